@@ -1,0 +1,44 @@
+# The README's two commands, `make demo` and `make test`, work on a fresh machine:
+# each runs `setup` first (venv, pinned Python packages; Kafka jars are fetched with Maven on first use).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-unit demo stack-up stack-down stack-status bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+# The test session starts its own Kafka broker, embedded ClickHouse server and PostgreSQL
+# (tests/conftest.py) and stops them when it ends, also when tests fail.
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+demo: setup
+	$(BIN)/python -m driftline.demo_cli
+
+stack-up: setup
+	$(BIN)/driftline stack up
+
+stack-down: setup
+	$(BIN)/driftline stack down
+
+stack-status: setup
+	$(BIN)/driftline stack status
+
+bench: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/throughput.py
+
+clean:
+	-$(BIN)/driftline stack down
+	rm -rf .driftline

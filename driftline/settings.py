@@ -1,0 +1,128 @@
+"""One settings object for every driftline process.
+
+Precedence, lowest first: defaults, a YAML file (``--config FILE`` or
+``DRIFTLINE_CONFIG``), ``DRIFTLINE_*`` environment variables, then explicit
+overrides from the command line. The variable names are a public contract
+(CONTRACTS.md), so they are spelled out here rather than derived.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+TOPIC_NAMES = (
+    "predictions",
+    "features",
+    "labels",
+    "drift",
+    "alerts",
+    "retrain-requests",
+    "models",
+    "dlq",
+)
+
+_ENV = {
+    "DRIFTLINE_KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "DRIFTLINE_TOPIC_PREFIX": "topic_prefix",
+    "DRIFTLINE_WAREHOUSE": "warehouse",
+    "DRIFTLINE_REGISTRY": "registry",
+    "DRIFTLINE_ARTIFACTS": "artifacts",
+    "DRIFTLINE_POLICY": "policy",
+    "DRIFTLINE_SCHEMA_REGISTRY": "schema_registry",
+    "DRIFTLINE_STATE_DIR": "state_dir",
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value or file that driftline cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where driftline finds Kafka, the warehouse, the registry and the policy.
+
+    >>> s = Settings(topic_prefix="t.")
+    >>> s.topic("predictions")
+    't.predictions'
+    >>> s.kafka_config()["bootstrap.servers"]
+    '127.0.0.1:9092'
+    """
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_extra: Mapping[str, str] = field(default_factory=dict)
+    topic_prefix: str = "driftline."
+    warehouse: str = "http://127.0.0.1:8123/driftline"
+    registry: str = "sqlite:///.driftline/registry.db"
+    artifacts: str = ".driftline/artifacts"
+    policy: str | None = None
+    schema_registry: str | None = None
+    state_dir: str = ".driftline"
+
+    def topic(self, name: str) -> str:
+        if name not in TOPIC_NAMES:
+            raise SettingsError(f"unknown topic {name!r}; expected one of {', '.join(TOPIC_NAMES)}")
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka-style client configuration (dots, lower case)."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap}
+        conf.update(self.kafka_extra)
+        return conf
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _kafka_extra_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    # DRIFTLINE_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol=SASL_SSL
+    extra = {}
+    for key, value in env.items():
+        if key.startswith("DRIFTLINE_KAFKA_") and key != "DRIFTLINE_KAFKA_BOOTSTRAP":
+            extra[key[len("DRIFTLINE_KAFKA_"):].lower().replace("_", ".")] = value
+    return extra
+
+
+def _from_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings")
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "kafka_extra" in data and not isinstance(data["kafka_extra"], dict):
+        raise SettingsError(f"config file {path}: kafka_extra must be a mapping")
+    return data
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings from defaults, file, environment and overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get("DRIFTLINE_CONFIG")
+    if config_file:
+        values.update(_from_file(config_file))
+    for var, name in _ENV.items():
+        if env.get(var):
+            values[name] = env[var]
+    extra = dict(values.get("kafka_extra") or {})
+    extra.update(_kafka_extra_from_env(env))
+    values["kafka_extra"] = extra
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

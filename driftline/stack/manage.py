@@ -1,0 +1,137 @@
+"""``driftline stack up|down|status``: Kafka and the embedded ClickHouse, without Docker.
+
+Each service starts only where nothing already answers on its address, so the
+same commands work beside a real cluster (they then do nothing) and on a
+fresh laptop (they start both). State lives under ``settings.state_dir``.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from driftline.settings import Settings
+from driftline.stack.kafka_local import KafkaBroker, admin_answers
+from driftline.stack.process import ManagedProcess, StackError, port_answers, wait_until
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    alive: bool
+    managed_pid: int | None
+    detail: str = ""
+
+    def line(self) -> str:
+        state = "alive" if self.alive else "down"
+        owner = f" (started by driftline, pid {self.managed_pid})" if self.managed_pid else ""
+        extra = f" - {self.detail}" if self.detail else ""
+        return f"{self.name:<11} {self.address:<28} {state}{owner}{extra}"
+
+
+@dataclass(frozen=True)
+class WarehouseAddress:
+    scheme: str
+    host: str
+    port: int
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> "WarehouseAddress":
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https"):
+            raise StackError(f"the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE={url} is not an http(s) URL")
+        port = parsed.port or (8443 if parsed.scheme == "https" else 8123)
+        return cls(parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline")
+
+    @property
+    def local(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+
+def _kafka(settings: Settings) -> KafkaBroker:
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    return KafkaBroker(Path(settings.state_dir) / "kafka", host=host or "127.0.0.1", port=int(port))
+
+
+def _chserver(settings: Settings) -> ManagedProcess:
+    home = Path(settings.state_dir) / "warehouse"
+    return ManagedProcess("clickhouse", home / "server.pid", home / "server.log")
+
+
+def ping_warehouse(address: WarehouseAddress, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{address.scheme}://{address.host}:{address.port}/ping", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def up(settings: Settings) -> list[ServiceStatus]:
+    broker = _kafka(settings)
+    if admin_answers(settings.kafka_bootstrap):
+        _say(f"kafka: already answering on {settings.kafka_bootstrap}, not starting another")
+    else:
+        if port_answers(broker.host, broker.port):
+            raise StackError(f"port {broker.bootstrap} is taken by something that is not a Kafka broker")
+        _say(f"kafka: starting a KRaft broker on {broker.bootstrap} (home {broker.home})")
+        broker.start()
+    address = WarehouseAddress.parse(settings.warehouse)
+    if ping_warehouse(address):
+        _say(f"clickhouse: already answering on {address.host}:{address.port}, not starting another")
+    else:
+        if not address.local:
+            raise StackError(f"ClickHouse at {address.host}:{address.port} does not answer, and it is not local to start")
+        if port_answers(address.host, address.port):
+            raise StackError(f"port {address.host}:{address.port} is taken by something that is not ClickHouse")
+        proc = _chserver(settings)
+        data = proc.pid_file.parent / "data"
+        _say(f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data})")
+        proc.spawn(
+            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(data),
+             "--host", address.host, "--port", str(address.port)]
+        )
+        wait_until(lambda: ping_warehouse(address), 60, proc, f"the embedded ClickHouse on {address.host}:{address.port}")
+    _migrate(settings)
+    return status(settings)
+
+
+def _migrate(settings: Settings) -> None:
+    from streams.warehouse import Warehouse
+
+    warehouse = Warehouse.connect(settings.warehouse)
+    try:
+        warehouse.migrate()
+    finally:
+        warehouse.close()
+
+
+def down(settings: Settings) -> list[str]:
+    stopped = []
+    if _chserver(settings).stop():
+        stopped.append("clickhouse")
+    if _kafka(settings).stop():
+        stopped.append("kafka")
+    return stopped
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    broker = _kafka(settings)
+    address = WarehouseAddress.parse(settings.warehouse)
+    return [
+        ServiceStatus("kafka", settings.kafka_bootstrap, admin_answers(settings.kafka_bootstrap), broker.process.pid()),
+        ServiceStatus(
+            "clickhouse",
+            f"{address.host}:{address.port}/{address.database}",
+            ping_warehouse(address),
+            _chserver(settings).pid(),
+        ),
+    ]

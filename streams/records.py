@@ -1,0 +1,247 @@
+"""The records that travel through driftline (namespace ``driftline.v1``).
+
+Field names follow the Avro schemas in ``schemas/avro/`` one to one, so that
+the codec converts between the two without renaming. Batches keep columns as
+numpy arrays: every statistic downstream works per column, never per value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+PREDICTION_FEATURE = "__prediction__"
+
+RetrainReason = Literal["drift", "performance", "schedule", "manual"]
+ModelEventKind = Literal["registered", "promoted", "rolled_back", "rejected"]
+
+
+@dataclass
+class PredictionEvent:
+    """One prediction, as any producer in any language can send it.
+
+    >>> e = PredictionEvent("e1", "credit", "1", 1700000000000, numeric={"age": 41.0})
+    >>> e.as_batch().numeric["age"].tolist()
+    [41.0]
+    """
+
+    event_id: str
+    model_id: str
+    model_version: str
+    event_time: int
+    numeric: dict[str, float] = field(default_factory=dict)
+    categorical: dict[str, str] = field(default_factory=dict)
+    prediction: float | None = None
+    predicted_label: str | None = None
+    latency_ms: float | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def as_batch(self) -> "PredictionBatch":
+        return PredictionBatch.from_events([self])
+
+
+@dataclass
+class PredictionBatch:
+    """Many predictions of one model version, in columns.
+
+    ``numeric`` columns are float64 with NaN for missing; ``categorical``
+    columns are lists with None for missing; ``predictions`` is float64 with
+    NaN for none; ``latency_ms`` is None when the producer sent no latency.
+
+    >>> b = PredictionBatch.from_events([
+    ...     PredictionEvent("a", "m", "1", 10, numeric={"x": 1.0}, prediction=0.2),
+    ...     PredictionEvent("b", "m", "1", 20, categorical={"c": "red"}),
+    ... ])
+    >>> b.n, b.numeric["x"].tolist()[1], b.categorical["c"]
+    (2, nan, [None, 'red'])
+    """
+
+    model_id: str
+    model_version: str
+    event_ids: list[str]
+    event_times: np.ndarray
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, list[str | None]] = field(default_factory=dict)
+    predictions: np.ndarray = field(default_factory=lambda: np.empty(0))
+    predicted_labels: list[str | None] = field(default_factory=list)
+    latency_ms: np.ndarray | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def from_events(cls, events: list[PredictionEvent]) -> "PredictionBatch":
+        """Columns of events that share one model version."""
+        if not events:
+            raise ValueError("a batch needs at least one event")
+        first = events[0]
+        n = len(events)
+        numeric_names = sorted({k for e in events for k in e.numeric})
+        categorical_names = sorted({k for e in events for k in e.categorical})
+        attribute_names = sorted({k for e in events for k in e.attributes})
+        latency = None
+        if any(e.latency_ms is not None for e in events):
+            latency = np.array([np.nan if e.latency_ms is None else e.latency_ms for e in events], dtype=np.float64)
+        labels = [e.predicted_label for e in events]
+        return cls(
+            model_id=first.model_id,
+            model_version=first.model_version,
+            event_ids=[e.event_id for e in events],
+            event_times=np.fromiter((e.event_time for e in events), dtype=np.int64, count=n),
+            numeric={k: np.array([e.numeric.get(k, np.nan) for e in events], dtype=np.float64) for k in numeric_names},
+            categorical={k: [e.categorical.get(k) for e in events] for k in categorical_names},
+            predictions=np.array([np.nan if e.prediction is None else e.prediction for e in events], dtype=np.float64),
+            predicted_labels=labels if any(label is not None for label in labels) else [],
+            latency_ms=latency,
+            attributes={k: [e.attributes.get(k, "") for e in events] for k in attribute_names},
+        )
+
+
+@dataclass
+class FeatureEvent:
+    """Model inputs logged without a prediction."""
+
+    event_id: str
+    model_id: str
+    model_version: str
+    event_time: int
+    numeric: dict[str, float] = field(default_factory=dict)
+    categorical: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def as_batch(self) -> PredictionBatch:
+        return PredictionBatch.from_events(
+            [PredictionEvent(self.event_id, self.model_id, self.model_version, self.event_time,
+                             numeric=self.numeric, categorical=self.categorical, attributes=self.attributes)]
+        )
+
+
+@dataclass
+class FeatureBatch:
+    """Many FeatureEvents of one model version, in the columns of a PredictionBatch.
+
+    >>> b = FeatureBatch.from_events([FeatureEvent("a", "m", "1", 10, numeric={"x": 1.5})])
+    >>> b.n, b.as_batch().numeric["x"].tolist(), b.as_batch().predictions.tolist()
+    (1, [1.5], [nan])
+    """
+
+    model_id: str
+    model_version: str
+    event_ids: list[str]
+    event_times: np.ndarray
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, list[str | None]] = field(default_factory=dict)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def from_events(cls, events: list[FeatureEvent]) -> "FeatureBatch":
+        """Columns of feature events that share one model version."""
+        batch = PredictionBatch.from_events(
+            [PredictionEvent(e.event_id, e.model_id, e.model_version, e.event_time,
+                             numeric=e.numeric, categorical=e.categorical, attributes=e.attributes) for e in events]
+        )
+        return cls(batch.model_id, batch.model_version, batch.event_ids, batch.event_times,
+                   batch.numeric, batch.categorical, batch.attributes)
+
+    def as_batch(self) -> PredictionBatch:
+        """The same columns as a PredictionBatch without predictions (all NaN)."""
+        return PredictionBatch(
+            model_id=self.model_id,
+            model_version=self.model_version,
+            event_ids=self.event_ids,
+            event_times=self.event_times,
+            numeric=self.numeric,
+            categorical=self.categorical,
+            predictions=np.full(self.n, np.nan),
+            attributes=self.attributes,
+        )
+
+
+@dataclass
+class LabelEvent:
+    """Ground truth for an earlier prediction, joined by ``event_id``."""
+
+    event_id: str
+    model_id: str
+    event_time: int
+    label: float | str
+
+
+@dataclass
+class Evidence:
+    """One metric that crossed its threshold in one window."""
+
+    metric: str
+    feature: str
+    value: float
+    threshold: float
+    window_start: int
+    window_end: int
+
+
+@dataclass
+class RetrainRequest:
+    request_id: str
+    model_id: str
+    model_version: str
+    reason: RetrainReason
+    requested_at: int
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class ModelEvent:
+    event: ModelEventKind
+    model_id: str
+    version: str
+    occurred_at: int
+    alias: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class FeatureDrift:
+    """One metric of one feature in a DriftReport."""
+
+    feature: str
+    metric: str
+    value: float
+    p_value: float | None
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class DriftReport:
+    """Everything measured for one model version and one closed window."""
+
+    model_id: str
+    model_version: str
+    window_start: int
+    window_end: int
+    n_current: int
+    n_reference: int
+    drifted_features: list[str]
+    metrics: list[FeatureDrift]
+    computed_at: int
+
+
+@dataclass
+class Alert:
+    alert_id: str
+    model_id: str
+    model_version: str
+    severity: Literal["info", "warning", "critical"]
+    kind: str
+    message: str
+    occurred_at: int
+    window_start: int | None = None
+    window_end: int | None = None
