@@ -1,0 +1,569 @@
+"""The ClickHouse warehouse adapter: every driftline read and write of ClickHouse.
+
+``DRIFTLINE_WAREHOUSE`` names the warehouse:
+
+- ``http(s)://[user[:password]@]host:port/database``: a ClickHouse server, or
+  the embedded one that ``driftline stack up`` serves;
+- ``chdb://PATH``: the engine inside this process (``chdb://:memory:`` for a
+  throwaway one). The database is ``driftline`` unless given as
+  ``?database=NAME``. chdb allows one PATH per process, and one process per
+  PATH.
+
+Both go through clickhouse-connect. Each thread gets its own client: a chdb
+connection shared between threads mixed up inserted data, and a ClickHouse
+HTTP session refuses concurrent queries. Inserts are columnar (Native, or
+Arrow for predictions), queries bind parameters server-side
+(``{name:Type}``), and timestamps are epoch milliseconds in
+``DateTime64(3, 'UTC')`` columns: typed inserts, never JSONEachRow, in which
+chdb turns epoch-millisecond integers into the year 9999 without an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import CLICKHOUSE_DIR
+from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
+from streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
+from streams.warehouse_rows import (
+    DriftMetricRow,
+    ModelVersionRow,
+    PerformanceRow,
+    RejectedEventRow,
+    WindowProfileRow,
+    alert_columns,
+    columns,
+    drift_metric_rows,
+    drift_report_columns,
+    label_columns,
+    predictions_table,
+    retrain_request_columns,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from clickhouse_connect.driver.client import Client
+
+    from driftline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "driftline"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+# Columns of a training snapshot that are not features.
+SNAPSHOT_COLUMNS = ("event_id", "model_version", "event_time", "prediction", "label")
+
+__all__ = ["Warehouse", "WarehouseError", "WarehouseLocation", "MigrationError"]
+
+
+class WarehouseError(RuntimeError):
+    """A failed warehouse call; ``code`` is ClickHouse's error code when it sent one.
+
+    >>> WarehouseError("query SELEC 1 failed: Syntax error", code=62).code
+    62
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class WarehouseLocation:
+    """Where the warehouse is, parsed from a ``DRIFTLINE_WAREHOUSE`` URL.
+
+    >>> WarehouseLocation.parse("http://bob:secret@ch.local:8123/metrics").redacted()
+    'http://bob:***@ch.local:8123/metrics'
+    >>> loc = WarehouseLocation.parse("chdb://.driftline/warehouse?database=demo")
+    >>> loc.kind, loc.path, loc.database
+    ('chdb', '.driftline/warehouse', 'demo')
+    """
+
+    kind: str  # "http", "https" or "chdb"
+    database: str = DEFAULT_DATABASE
+    host: str = "127.0.0.1"
+    port: int = 8123
+    username: str = "default"
+    password: str = ""
+    path: str | None = None  # chdb only; None means in memory
+
+    @classmethod
+    def parse(cls, url: str) -> "WarehouseLocation":
+        if url.startswith("chdb://"):
+            rest, _, query = url[len("chdb://"):].partition("?")
+            database = _query_database(query, url)
+            path = None if rest in ("", "memory", ":memory:") else unquote(rest)
+            return cls("chdb", database=database, path=path)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise WarehouseError(f"warehouse URL {url!r} must start with http://, https:// or chdb://")
+        if not parts.hostname:
+            raise WarehouseError(f"warehouse URL {url!r} has no host")
+        segments = [s for s in parts.path.split("/") if s]
+        if len(segments) > 1:
+            raise WarehouseError(f"warehouse URL {url!r}: the path must be just the database name")
+        database = unquote(segments[0]) if segments else _query_database(parts.query, url)
+        try:
+            port = parts.port or (8443 if parts.scheme == "https" else 8123)
+        except ValueError as exc:
+            raise WarehouseError(f"warehouse URL {url!r} has a bad port: {exc}") from exc
+        return cls(
+            parts.scheme,
+            database=_check_identifier(database, "database", url),
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else "default",
+            password=unquote(parts.password) if parts.password else "",
+        )
+
+    def redacted(self) -> str:
+        """The URL without the password, for logs and errors."""
+        if self.kind == "chdb":
+            return f"chdb://{self.path or ':memory:'}?database={self.database}"
+        auth = f"{self.username}:***@" if self.password else (f"{self.username}@" if self.username != "default" else "")
+        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database}"
+
+
+def _query_database(query: str, url: str) -> str:
+    values = parse_qs(query).get("database")
+    return _check_identifier(values[0] if values else DEFAULT_DATABASE, "database", url)
+
+
+def _check_identifier(name: str, what: str, context: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise WarehouseError(f"{context}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
+    return name
+
+
+class Warehouse:
+    """The ClickHouse warehouse, over HTTP or in-process (chdb).
+
+    >>> with Warehouse.connect("chdb://:memory:?database=doc") as wh:
+    ...     _ = wh.migrate()
+    ...     wh.query_rows("SELECT {x:UInt8} + 1 AS y", {"x": 41})
+    [{'y': 42}]
+    """
+
+    def __init__(self, location: WarehouseLocation) -> None:
+        self.location = location
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._types: dict[str, dict[str, str]] = {}
+
+    # ---- lifecycle -------------------------------------------------------
+
+    @classmethod
+    def connect(cls, url: str, *, migrate: bool = False) -> "Warehouse":
+        """Connect, create the database if missing, and optionally apply the migrations."""
+        warehouse = cls(WarehouseLocation.parse(url))
+        try:
+            warehouse._create_database()
+            if migrate:
+                warehouse.migrate()
+        except BaseException:
+            warehouse.close()
+            raise
+        return warehouse
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", *, migrate: bool = False) -> "Warehouse":
+        return cls.connect(settings.warehouse, migrate=migrate)
+
+    @property
+    def database(self) -> str:
+        return self.location.database
+
+    def close(self) -> None:
+        """Close every thread's client; the warehouse cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing is best effort: the process may be exiting
+                log.debug("closing a warehouse client failed", exc_info=True)
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.location.redacted()!r})"
+
+    @property
+    def client(self) -> "Client":
+        """This thread's clickhouse-connect client, created on first use."""
+        if self._closed:
+            raise WarehouseError(f"{self!r} is closed")
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._open_client(self.database)
+            self._local.client = client
+        return client
+
+    def _open_client(self, database: str | None) -> "Client":
+        import clickhouse_connect
+
+        loc = self.location
+        with self._lock:
+            if self._closed:
+                raise WarehouseError(f"{self!r} is closed")
+        if loc.kind == "chdb":
+            if loc.path:
+                Path(loc.path).mkdir(parents=True, exist_ok=True)
+            # the engine's own message for a path locked by another process says nothing about locks
+            hint = (
+                "; chdb runs one engine per process and one process per path: if another process (a worker, "
+                "`driftline stack up`) uses this path, connect to it over HTTP instead"
+            )
+            with self._errors(f"opening the chdb engine at {loc.path or ':memory:'}", hint=hint):
+                client = clickhouse_connect.get_client(interface="chdb", path=loc.path, database=database, tz_mode="aware")
+        else:
+            with self._errors(f"connecting to {loc.redacted()}"):
+                client = clickhouse_connect.get_client(
+                    interface=loc.kind,
+                    host=loc.host,
+                    port=loc.port,
+                    username=loc.username,
+                    password=loc.password,
+                    database=database,
+                    tz_mode="aware",
+                    connect_timeout=10,
+                )
+        with self._lock:
+            self._clients.append(client)
+        return client
+
+    def _create_database(self) -> None:
+        # The database may not exist yet, and an HTTP client bound to a missing database fails to connect.
+        bootstrap = self._open_client(None)
+        with self._errors(f"creating database {self.database}"):
+            # ask first: a user may read and write a database without the grant to create one
+            exists = bootstrap.command("SELECT count() FROM system.databases WHERE name = {db:String}", parameters={"db": self.database})
+            if not int(exists):
+                bootstrap.command("CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": self.database})
+            bootstrap.database = self.database
+        self._local.client = bootstrap
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, hint: str = "") -> Iterator[None]:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            yield
+        except ClickHouseError as exc:
+            code = getattr(exc, "code", None)
+            raise WarehouseError(f"{what} failed ({self.location.redacted()}): {exc}{hint}", code=code) from exc
+
+    # ---- generic queries -------------------------------------------------
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Run a statement (DDL, OPTIMIZE, ...); returns ClickHouse's short answer, if any."""
+        with self._errors(f"command {_head(sql)}"):
+            return self.client.command(sql, parameters=dict(parameters or {}))
+
+    def query_rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The result as a list of dicts. Timestamps come back as UTC-aware datetimes."""
+        with self._errors(f"query {_head(sql)}"):
+            return list(self.client.query(sql, parameters=dict(parameters or {})).named_results())
+
+    def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> "pd.DataFrame":
+        with self._errors(f"query {_head(sql)}"):
+            return self.client.query_df(sql, parameters=dict(parameters or {}))
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
+        with self._errors(f"query {_head(sql)}"):
+            return self.client.query_arrow(sql, parameters=dict(parameters or {}))
+
+    # ---- generic inserts -------------------------------------------------
+
+    def insert(
+        self,
+        table: str,
+        columns: Mapping[str, Sequence[Any] | np.ndarray],
+        *,
+        dedup_token: str | None = None,
+    ) -> int:
+        """Insert equal-length columns as one Native block; returns the number of rows.
+
+        Ints in DateTime64 columns are epoch milliseconds (every driftline
+        timestamp column has precision 3); numpy datetime64 arrays are
+        converted. With ``dedup_token``, a retry of the same insert counts
+        once (the table needs ``non_replicated_deduplication_window``).
+        """
+        _check_table(table)
+        if not columns:
+            raise ValueError(f"insert into {table}: no columns given")
+        names = list(columns)
+        data = [_column_values(columns[name]) for name in names]
+        lengths = {name: len(values) for name, values in zip(names, data)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"insert into {table}: columns differ in length: {lengths}")
+        n = len(data[0])
+        if n == 0:
+            return 0
+        types = self._column_types(table)
+        if not set(names) <= set(types):
+            self._types.pop(table, None)  # a newer migration may have added the column since we looked
+            types = self._column_types(table)
+        unknown = [name for name in names if name not in types]
+        if unknown:
+            raise WarehouseError(f"insert into {table}: no column(s) {', '.join(unknown)}; the table has {', '.join(types)}")
+        try:
+            with self._errors(f"insert of {n} rows into {table}"):
+                self.client.insert(
+                    table, data, column_names=names, column_type_names=[types[name] for name in names],
+                    column_oriented=True, settings=_dedup(dedup_token),
+                )
+        except WarehouseError:
+            self._types.pop(table, None)  # the table may have changed under us
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # clickhouse-connect serialises client-side
+            raise WarehouseError(f"insert of {n} rows into {table}: values do not fit the column types: {exc}") from exc
+        return n
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        # Cached: saves a DESCRIBE round trip per insert. Migrations only add columns, so a cached type stays right.
+        types = self._types.get(table)
+        if types is None:
+            database, _, name = table.rpartition(".")
+            rows = self.query_rows(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String} ORDER BY position",
+                {"db": database or self.database, "table": name},
+            )
+            if not rows:
+                raise WarehouseError(f"insert into {table}: no such table in {self.location.redacted()} (run migrate()?)")
+            types = self._types[table] = {r["name"]: r["type"] for r in rows}
+        return types
+
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> int:
+        """Insert an Arrow table (columns by name); returns the number of rows."""
+        _check_table(table)
+        if data.num_rows == 0:
+            return 0
+        with self._errors(f"insert of {data.num_rows} rows into {table}"):
+            self.client.insert_arrow(table, data, settings=_dedup(dedup_token))
+        return data.num_rows
+
+    # ---- typed inserts ---------------------------------------------------
+
+    def insert_drift_metrics(self, rows: Sequence[DriftMetricRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("drift_metrics", columns(rows, DriftMetricRow), dedup_token=dedup_token)
+
+    def insert_drift_reports(self, reports: Sequence[DriftReport], *, with_metrics: bool = True, dedup_token: str | None = None) -> int:
+        """One ``drift_reports`` row per report and, unless told otherwise, their ``drift_metrics`` rows."""
+        if with_metrics:
+            rows = [row for report in reports for row in drift_metric_rows(report)]
+            self.insert_drift_metrics(rows, dedup_token=None if dedup_token is None else f"{dedup_token}:metrics")
+        return self.insert("drift_reports", drift_report_columns(reports), dedup_token=dedup_token)
+
+    def insert_window_profiles(self, rows: Sequence[WindowProfileRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("window_profiles", columns(rows, WindowProfileRow), dedup_token=dedup_token)
+
+    def insert_performance_metrics(self, rows: Sequence[PerformanceRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("performance_metrics", columns(rows, PerformanceRow), dedup_token=dedup_token)
+
+    def insert_predictions(self, batches: PredictionBatch | Sequence[PredictionBatch], *, dedup_token: str | None = None) -> int:
+        """Insert one or more batches as a single Arrow block."""
+        if isinstance(batches, PredictionBatch):
+            batches = [batches]
+        return self.insert_arrow("predictions", predictions_table(batches), dedup_token=dedup_token)
+
+    def insert_labels(self, events: Sequence[LabelEvent | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("labels", label_columns(events), dedup_token=dedup_token)
+
+    def insert_alerts(self, alerts: Sequence[Alert | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("alerts", alert_columns(alerts), dedup_token=dedup_token)
+
+    def insert_rejected_events(self, rows: Sequence[RejectedEventRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("rejected_events", columns(rows, RejectedEventRow), dedup_token=dedup_token)
+
+    def upsert_retrain_request(
+        self,
+        request: RetrainRequest,
+        status: str,
+        error: str | None = None,
+        *,
+        registered_version: str | None = None,
+        updated_at: int | None = None,
+    ) -> None:
+        """Record ``request`` in ``status``; the latest ``updated_at`` wins (read with FINAL)."""
+        stamp = _now_ms() if updated_at is None else updated_at
+        self.insert("retrain_requests", retrain_request_columns(request, status, stamp, error, registered_version))
+
+    def upsert_model_versions(self, rows: Sequence[ModelVersionRow | Mapping[str, Any]]) -> int:
+        return self.insert("model_versions", columns(rows, ModelVersionRow))
+
+    # ---- migrations ------------------------------------------------------
+
+    def migrate(self, directory: Path = CLICKHOUSE_DIR) -> list[Migration]:
+        """Apply the migrations not yet applied, in order; returns those applied now.
+
+        An applied migration whose file changed since is an error, found
+        before anything is applied.
+        """
+        migrations = load_migrations(directory)
+        self._types.clear()
+        self.command(MIGRATIONS_DDL)
+        applied = {row["version"]: row for row in self.applied_migrations()}
+        for m in migrations:
+            done = applied.get(m.version)
+            if done is not None and done["checksum"] != m.checksum:
+                raise MigrationError(
+                    f"migration {m.version:04d}_{m.name} was applied to {self.location.redacted()} with checksum "
+                    f"{done['checksum'][:12]}, but the file now has {m.checksum[:12]}: applied migrations must not "
+                    "change; add a new migration instead"
+                )
+        unknown = sorted(set(applied) - {m.version for m in migrations})
+        if unknown:
+            log.warning("warehouse %s has migrations %s that %s does not know", self.location.redacted(), unknown, directory)
+        pending = [m for m in migrations if m.version not in applied]
+        for m in pending:
+            for statement in m.statements:
+                try:
+                    self.command(statement)
+                except WarehouseError as exc:
+                    raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
+            self.insert(
+                MIGRATIONS_TABLE,
+                {"version": [m.version], "name": [m.name], "checksum": [m.checksum], "applied_at": [_now_ms()]},
+            )
+            log.info("applied warehouse migration %04d_%s to %s", m.version, m.name, self.location.redacted())
+        self._types.clear()
+        return pending
+
+    def applied_migrations(self) -> list[dict[str, Any]]:
+        return self.query_rows(f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} FINAL ORDER BY version")
+
+    # ---- what the worker and the retrainer read --------------------------
+
+    def latest_closed_window(self, model_id: str, model_version: str) -> int | None:
+        """The end (epoch ms) of the latest window profiled for a model version, or None."""
+        rows = self.query_rows(
+            "SELECT count() AS n, toUnixTimestamp64Milli(max(window_end)) AS end_ms FROM window_profiles "
+            "WHERE model_id = {model_id:String} AND model_version = {model_version:String}",
+            {"model_id": model_id, "model_version": model_version},
+        )
+        return int(rows[0]["end_ms"]) if rows[0]["n"] else None
+
+    def training_snapshot(self, model_id: str, start_ms: int, end_ms: int) -> pa.Table:
+        """Labelled predictions of ``model_id`` with ``start_ms <= event_time < end_ms``.
+
+        One column per feature (numeric: float64 with NaN for missing;
+        categorical: string with null for missing), plus ``event_id``,
+        ``model_version``, ``event_time``, ``prediction`` and ``label``
+        (float64 for numeric labels, string for classes). Rows are ordered by
+        event time then event id, so the same data gives the same table.
+        """
+        raw = self.query_arrow(
+            "SELECT p.event_id AS event_id, p.model_version AS model_version, p.event_time AS event_time, "
+            "p.numeric AS numeric, p.categorical AS categorical, p.prediction AS prediction, "
+            "l.label_value AS label_value, l.label_class AS label_class "
+            "FROM (SELECT * FROM predictions FINAL WHERE model_id = {model_id:String} "
+            "      AND event_time >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') "
+            "      AND event_time < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')) AS p "
+            "INNER JOIN (SELECT event_id, label_value, label_class FROM labels FINAL "
+            "            WHERE model_id = {model_id:String}) AS l ON p.event_id = l.event_id "
+            "ORDER BY p.event_time, p.event_id",
+            {"model_id": model_id, "start_ms": int(start_ms), "end_ms": int(end_ms)},
+        )
+        return _snapshot_table(raw)
+
+
+def _snapshot_table(raw: pa.Table) -> pa.Table:
+    n = raw.num_rows
+    numeric = _flatten_map(raw.column("numeric"), n, numeric=True)
+    categorical = _flatten_map(raw.column("categorical"), n, numeric=False)
+    clash = sorted((set(numeric) & set(categorical)) | ((set(numeric) | set(categorical)) & set(SNAPSHOT_COLUMNS)))
+    if clash:
+        raise WarehouseError(f"training snapshot: feature name(s) {clash} clash with other columns")
+    values = raw.column("label_value")
+    classes = raw.column("label_class")
+    if classes.null_count == n:
+        label = values.cast(pa.float64())
+    elif values.null_count == n:
+        label = classes.cast(pa.string())
+    else:
+        raise WarehouseError("training snapshot: the labels mix numbers and classes")
+    out = {
+        "event_id": raw.column("event_id"),
+        "model_version": raw.column("model_version"),
+        "event_time": raw.column("event_time").cast(pa.timestamp("ms", tz="UTC")),
+        **{name: numeric[name] for name in sorted(numeric)},
+        **{name: categorical[name] for name in sorted(categorical)},
+        "prediction": raw.column("prediction").cast(pa.float64()),
+        "label": label,
+    }
+    return pa.table(out)
+
+
+def _flatten_map(column: pa.ChunkedArray, n: int, *, numeric: bool) -> dict[str, pa.Array]:
+    """One array per map key, positioned by row; absent keys are NaN (numeric) or null."""
+    maps = column.combine_chunks() if column.num_chunks else pa.array([], type=column.type)
+    if maps.offset:  # keys and items are the unsliced children: make the offsets start at 0
+        maps = maps.take(pa.array(np.arange(len(maps))))
+    offsets = maps.offsets.to_numpy()
+    keys = maps.keys.to_numpy(zero_copy_only=False)
+    items = maps.items
+    rows = np.repeat(np.arange(n), np.diff(offsets))
+    out: dict[str, pa.Array] = {}
+    for name in np.unique(keys) if len(keys) else []:
+        mask = keys == name
+        where = rows[mask]
+        if numeric:
+            filled = np.full(n, np.nan)
+            filled[where] = items.filter(pa.array(mask)).to_numpy(zero_copy_only=False)
+            out[str(name)] = pa.array(filled)
+        else:
+            # scatter the matches into place: row -> position among the matches, or null
+            position = np.full(n, -1, dtype=np.int64)
+            position[where] = np.arange(len(where))
+            out[str(name)] = pc.take(items.filter(pa.array(mask)), pa.array(position, mask=position < 0))
+    return out
+
+
+def _column_values(values: Sequence[Any] | np.ndarray) -> list[Any]:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "M":
+            return values.astype("datetime64[ms]").astype(np.int64).tolist()
+        return values.tolist()
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.to_pylist()
+    return list(values)
+
+
+def _check_table(table: str) -> None:
+    if not _TABLE.match(table):
+        raise ValueError(f"{table!r} is not a table name")
+
+
+def _dedup(token: str | None) -> dict[str, str] | None:
+    return None if token is None else {"insert_deduplication_token": token}
+
+
+def _head(sql: str) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= 80 else flat[:77] + "..."
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

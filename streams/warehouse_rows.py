@@ -1,0 +1,486 @@
+"""Rows of the ClickHouse tables, and their conversion to insertable columns.
+
+Pure functions, no I/O: ``streams.warehouse`` sends what these build. Rows
+may be given as the dataclasses below or as plain dicts with the same keys;
+either way they are validated here, so that a bad row fails with a message
+naming its table, position and field instead of a ClickHouse parse error.
+Every timestamp is an int of epoch milliseconds (``DateTime64(3, 'UTC')``).
+
+Prediction batches become Arrow tables with map columns built per batch by
+numpy, never per value.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
+
+RETRAIN_STATUSES = ("requested", "training", "registered", "rejected", "failed")
+RETRAIN_REASONS = ("drift", "performance", "schedule", "manual")
+ALERT_SEVERITIES = ("info", "warning", "critical")
+PROFILE_KINDS = ("numeric", "categorical")
+# rejected_events keeps the head of a bad message: enough to diagnose it, bounded so a huge message cannot bloat the table.
+MAX_RAW_BYTES = 64 * 1024
+
+# Field names that hold epoch milliseconds, in every row type.
+_TIMESTAMP_FIELDS = frozenset(
+    {"window_start", "window_end", "computed_at", "received_at", "created_at", "updated_at", "occurred_at", "requested_at", "event_time"}
+)
+
+Columns = dict[str, list[Any]]
+RowT = TypeVar("RowT")
+
+
+@dataclass(frozen=True)
+class DriftMetricRow:
+    """One metric of one feature in one closed window (table ``drift_metrics``).
+
+    >>> row = DriftMetricRow("credit", "3", "age", "psi", 0, 60_000, 0.31, None, 0.2, True, 5000, 812, 61_000)
+    >>> columns([row], DriftMetricRow)["drifted"]
+    [1]
+    """
+
+    model_id: str
+    model_version: str
+    feature: str
+    metric: str
+    window_start: int
+    window_end: int
+    value: float
+    p_value: float | None
+    threshold: float
+    drifted: bool
+    n_reference: int
+    n_current: int
+    computed_at: int
+
+
+@dataclass(frozen=True)
+class WindowProfileRow:
+    """The profile of one feature in one window (table ``window_profiles``).
+
+    Numeric features fill the moments, quantiles and histogram (``bin_edges``
+    has one more entry than ``histogram``); categorical features fill
+    ``categories``. Undefined moments stay NaN.
+
+    >>> row = WindowProfileRow("credit", "3", "age", 0, 60_000, count=3, missing=1, computed_at=61_000,
+    ...                        mean=40.0, bin_edges=[0.0, 50.0, 100.0], histogram=[2, 0])
+    >>> columns([row], WindowProfileRow)["histogram"]
+    [[2, 0]]
+    """
+
+    model_id: str
+    model_version: str
+    feature: str
+    window_start: int
+    window_end: int
+    count: int
+    missing: int
+    computed_at: int
+    kind: str = "numeric"
+    mean: float = math.nan
+    std: float = math.nan
+    min: float = math.nan
+    max: float = math.nan
+    quantile_levels: Sequence[float] = ()
+    quantiles: Sequence[float] = ()
+    bin_edges: Sequence[float] = ()
+    histogram: Sequence[int] = ()
+    categories: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROFILE_KINDS:
+            raise ValueError(f"kind must be one of {PROFILE_KINDS}, not {self.kind!r}")
+        if len(self.quantile_levels) != len(self.quantiles):
+            raise ValueError(f"{len(self.quantile_levels)} quantile levels but {len(self.quantiles)} quantiles")
+        if len(self.histogram) and len(self.bin_edges) != len(self.histogram) + 1:
+            raise ValueError(f"a histogram of {len(self.histogram)} bins needs {len(self.histogram) + 1} bin edges, not {len(self.bin_edges)}")
+
+
+@dataclass(frozen=True)
+class PerformanceRow:
+    """One performance or latency metric in one window (table ``performance_metrics``).
+
+    ``segment`` is ``''`` for the whole population, else ``key=value``.
+    Latency percentiles are metrics ``latency_p50``, ``latency_p95`` and
+    ``latency_p99`` in milliseconds, with ``n_labeled`` counting the
+    predictions that carried a latency.
+
+    >>> PerformanceRow("credit", "3", "auc", 0, 60_000, 0.81, 400, 61_000).segment
+    ''
+    """
+
+    model_id: str
+    model_version: str
+    metric: str
+    window_start: int
+    window_end: int
+    value: float
+    n_labeled: int
+    computed_at: int
+    segment: str = ""
+    n_predictions: int = 0
+
+
+@dataclass(frozen=True)
+class RejectedEventRow:
+    """An input message that failed decoding or validation (table ``rejected_events``).
+
+    >>> row = RejectedEventRow("driftline.predictions", 0, 42, "bad_magic", b"\\x07oops", 1_000)
+    >>> columns([row], RejectedEventRow)["raw_base64"]
+    ['B29vcHM=']
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    raw: bytes
+    received_at: int
+    detail: str = ""
+    model_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelVersionRow:
+    """A registry entry mirrored for dashboards (table ``model_versions``).
+
+    ``hyperparameters`` is any JSON-serialisable mapping (or a JSON string);
+    ``metrics`` maps metric names to numbers. ``updated_at`` defaults to
+    ``created_at``; a later status or alias change is a new row with a later
+    ``updated_at``.
+
+    >>> row = ModelVersionRow("credit", "4", "champion", 1_000, aliases=["champion"], metrics={"auc": 0.8})
+    >>> columns([row], ModelVersionRow)["updated_at"]
+    [1000]
+    """
+
+    model_id: str
+    version: str
+    status: str
+    created_at: int
+    aliases: Sequence[str] = ()
+    artifact_sha256: str = ""
+    dataset_uri: str = ""
+    dataset_sha256: str = ""
+    dataset_rows: int = 0
+    code_version: str = ""
+    hyperparameters: Mapping[str, Any] | str = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    parent_version: str | None = None
+    request_id: str | None = None
+    updated_at: int | None = None
+
+
+def as_rows(rows: Sequence[Any], row_type: type[RowT]) -> list[RowT]:
+    """Rows of ``row_type`` from instances or dicts, with a clear error for a bad one."""
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, row_type):
+            out.append(row)
+            continue
+        if not isinstance(row, Mapping):
+            raise TypeError(f"{row_type.__name__} #{i}: expected a {row_type.__name__} or a dict, got {type(row).__name__}")
+        try:
+            out.append(row_type(**row))
+        except TypeError as exc:
+            names = [f.name for f in dataclasses.fields(row_type)]  # type: ignore[arg-type]
+            raise ValueError(f"{row_type.__name__} #{i}: {exc}; fields are {', '.join(names)}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{row_type.__name__} #{i}: {exc}") from exc
+    return out
+
+
+def columns(rows: Sequence[Any], row_type: type) -> Columns:
+    """Column lists of the table that ``row_type`` describes, in insert form."""
+    typed = as_rows(rows, row_type)
+    if row_type is RejectedEventRow:
+        return _rejected_columns(typed)
+    if row_type is ModelVersionRow:
+        return _model_version_columns(typed)
+    names = [f.name for f in dataclasses.fields(row_type)]
+    out: Columns = {name: [getattr(r, name) for r in typed] for name in names}
+    for name in names:
+        if name in _TIMESTAMP_FIELDS:
+            out[name] = [epoch_ms(v, f"{row_type.__name__}.{name}") for v in out[name]]
+    if "drifted" in out:
+        out["drifted"] = [int(bool(v)) for v in out["drifted"]]
+    for name in ("quantile_levels", "quantiles", "bin_edges", "histogram"):
+        if name in out:
+            out[name] = [np.asarray(v).tolist() for v in out[name]]
+    if "categories" in out:
+        out["categories"] = [{str(k): int(c) for k, c in v.items()} for v in out["categories"]]
+    return out
+
+
+def epoch_ms(value: Any, what: str = "timestamp") -> int:
+    """An int of epoch milliseconds, or a TypeError that says what was wrong.
+
+    >>> epoch_ms(np.int64(5))
+    5
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    raise TypeError(f"{what} must be an int of epoch milliseconds, got {value!r}")
+
+
+def _optional_ms(value: Any, what: str) -> int | None:
+    return None if value is None else epoch_ms(value, what)
+
+
+def _rejected_columns(rows: list[RejectedEventRow]) -> Columns:
+    out: Columns = {
+        name: [getattr(r, name) for r in rows] for name in ("source_topic", "partition", "offset", "reason", "detail", "model_id")
+    }
+    out["received_at"] = [epoch_ms(r.received_at, "RejectedEventRow.received_at") for r in rows]
+    out["raw_base64"] = [base64.b64encode(bytes(r.raw[:MAX_RAW_BYTES])).decode("ascii") for r in rows]
+    out["raw_size"] = [len(r.raw) for r in rows]
+    return out
+
+
+def _model_version_columns(rows: list[ModelVersionRow]) -> Columns:
+    names = [f.name for f in dataclasses.fields(ModelVersionRow)]
+    out: Columns = {name: [getattr(r, name) for r in rows] for name in names}
+    out["created_at"] = [epoch_ms(v, "ModelVersionRow.created_at") for v in out["created_at"]]
+    out["updated_at"] = [
+        out["created_at"][i] if v is None else epoch_ms(v, "ModelVersionRow.updated_at") for i, v in enumerate(out["updated_at"])
+    ]
+    out["aliases"] = [list(v) for v in out["aliases"]]
+    out["hyperparameters"] = [v if isinstance(v, str) else json.dumps(dict(v), sort_keys=True) for v in out["hyperparameters"]]
+    try:
+        out["metrics"] = [{str(k): float(x) for k, x in v.items()} for v in out["metrics"]]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ModelVersionRow.metrics must map names to numbers: {exc}") from exc
+    return out
+
+
+def drift_metric_rows(report: DriftReport) -> list[DriftMetricRow]:
+    """The ``drift_metrics`` rows of one DriftReport.
+
+    >>> from streams.records import FeatureDrift
+    >>> report = DriftReport("m", "1", 0, 10, 50, 500, ["x"], [FeatureDrift("x", "ks", 0.4, 0.001, 0.1, True)], 11)
+    >>> drift_metric_rows(report)[0].n_current
+    50
+    """
+    return [
+        DriftMetricRow(
+            report.model_id, report.model_version, m.feature, m.metric, report.window_start, report.window_end,
+            m.value, m.p_value, m.threshold, m.drifted, report.n_reference, report.n_current, report.computed_at,
+        )
+        for m in report.metrics
+    ]
+
+
+def drift_report_columns(reports: Sequence[DriftReport]) -> Columns:
+    """Columns of ``drift_reports``: one row per report."""
+    return {
+        "model_id": [r.model_id for r in reports],
+        "model_version": [r.model_version for r in reports],
+        "window_start": [epoch_ms(r.window_start, "DriftReport.window_start") for r in reports],
+        "window_end": [epoch_ms(r.window_end, "DriftReport.window_end") for r in reports],
+        "n_current": [r.n_current for r in reports],
+        "n_reference": [r.n_reference for r in reports],
+        "drifted_features": [list(r.drifted_features) for r in reports],
+        "n_metrics": [len(r.metrics) for r in reports],
+        "n_drifted_metrics": [sum(1 for m in r.metrics if m.drifted) for r in reports],
+        "computed_at": [epoch_ms(r.computed_at, "DriftReport.computed_at") for r in reports],
+    }
+
+
+def alert_columns(alerts: Sequence[Alert | Mapping[str, Any]]) -> Columns:
+    """Columns of ``alerts`` from Alert records (or dicts of their fields)."""
+    typed = as_rows(alerts, Alert)
+    for a in typed:
+        if a.severity not in ALERT_SEVERITIES:
+            raise ValueError(f"alert {a.alert_id}: severity must be one of {ALERT_SEVERITIES}, not {a.severity!r}")
+    return {
+        "alert_id": [a.alert_id for a in typed],
+        "model_id": [a.model_id for a in typed],
+        "model_version": [a.model_version for a in typed],
+        "severity": [a.severity for a in typed],
+        "kind": [a.kind for a in typed],
+        "message": [a.message for a in typed],
+        "occurred_at": [epoch_ms(a.occurred_at, "Alert.occurred_at") for a in typed],
+        "window_start": [_optional_ms(a.window_start, "Alert.window_start") for a in typed],
+        "window_end": [_optional_ms(a.window_end, "Alert.window_end") for a in typed],
+    }
+
+
+def label_columns(events: Sequence[LabelEvent | Mapping[str, Any]]) -> Columns:
+    """Columns of ``labels``: numeric labels go to label_value, strings to label_class."""
+    typed = as_rows(events, LabelEvent)
+    values: list[float | None] = []
+    classes: list[str | None] = []
+    for e in typed:
+        if isinstance(e.label, str):
+            values.append(None)
+            classes.append(e.label)
+        elif isinstance(e.label, (int, float, np.integer, np.floating)) and not isinstance(e.label, bool):
+            values.append(float(e.label))
+            classes.append(None)
+        else:
+            raise TypeError(f"label of event {e.event_id} must be a number or a string, got {e.label!r}")
+    return {
+        "event_id": [e.event_id for e in typed],
+        "model_id": [e.model_id for e in typed],
+        "event_time": [epoch_ms(e.event_time, "LabelEvent.event_time") for e in typed],
+        "label_value": values,
+        "label_class": classes,
+    }
+
+
+def retrain_request_columns(
+    request: RetrainRequest,
+    status: str,
+    updated_at: int,
+    error: str | None = None,
+    registered_version: str | None = None,
+) -> Columns:
+    """One ``retrain_requests`` row: the request in a given status."""
+    if status not in RETRAIN_STATUSES:
+        raise ValueError(f"retrain request status must be one of {RETRAIN_STATUSES}, not {status!r}")
+    if request.reason not in RETRAIN_REASONS:
+        raise ValueError(f"retrain request reason must be one of {RETRAIN_REASONS}, not {request.reason!r}")
+    evidence = request.evidence
+    return {
+        "request_id": [request.request_id],
+        "model_id": [request.model_id],
+        "model_version": [request.model_version],
+        "reason": [request.reason],
+        "requested_at": [epoch_ms(request.requested_at, "RetrainRequest.requested_at")],
+        "evidence": [json.dumps([dataclasses.asdict(e) for e in evidence])],
+        "evidence_metric": [[e.metric for e in evidence]],
+        "evidence_feature": [[e.feature for e in evidence]],
+        "evidence_value": [[float(e.value) for e in evidence]],
+        "evidence_threshold": [[float(e.threshold) for e in evidence]],
+        "evidence_window_start": [[epoch_ms(e.window_start, "Evidence.window_start") for e in evidence]],
+        "evidence_window_end": [[epoch_ms(e.window_end, "Evidence.window_end") for e in evidence]],
+        "status": [status],
+        "error": [error],
+        "registered_version": [registered_version],
+        "updated_at": [epoch_ms(updated_at, "updated_at")],
+    }
+
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("model_id", pa.string()),
+        ("model_version", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+        ("numeric", pa.map_(pa.string(), pa.float64())),
+        ("categorical", pa.map_(pa.string(), pa.string())),
+        ("prediction", pa.float64()),
+        ("predicted_label", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+    ]
+)
+
+
+def predictions_table(batches: Sequence[PredictionBatch]) -> pa.Table:
+    """One Arrow table of ``predictions`` rows from many batches.
+
+    Numeric maps hold every numeric feature of the batch (NaN for missing);
+    categorical and attribute maps leave out the None values.
+
+    >>> from streams.records import PredictionEvent
+    >>> batch = PredictionBatch.from_events([
+    ...     PredictionEvent("a", "m", "1", 10, numeric={"x": 1.0}, categorical={"c": "red"}, prediction=0.2),
+    ...     PredictionEvent("b", "m", "1", 20, numeric={"x": 2.0, "y": 3.0}),
+    ... ])
+    >>> t = predictions_table([batch])
+    >>> t.column("numeric").to_pylist()[1], t.column("categorical").to_pylist(), t.column("prediction").to_pylist()
+    ([('x', 2.0), ('y', 3.0)], [[('c', 'red')], []], [0.2, None])
+    """
+    tables = [_batch_table(b) for b in batches]
+    if not tables:
+        return PREDICTIONS_SCHEMA.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _batch_table(batch: PredictionBatch) -> pa.Table:
+    n = batch.n
+    _check_batch(batch)
+    predictions = np.asarray(batch.predictions, dtype=np.float64)
+    latency = None if batch.latency_ms is None else np.asarray(batch.latency_ms, dtype=np.float64)
+    arrays = [
+        pa.array(batch.event_ids, type=pa.string()),
+        pa.repeat(pa.scalar(batch.model_id, pa.string()), n),
+        pa.repeat(pa.scalar(batch.model_version, pa.string()), n),
+        pa.array(np.asarray(batch.event_times, dtype=np.int64), type=pa.timestamp("ms", tz="UTC")),
+        _numeric_map(batch.numeric, n),
+        _string_map(batch.categorical, n, "categorical"),
+        pa.nulls(n, pa.float64()) if predictions.size == 0 else pa.array(predictions, mask=np.isnan(predictions)),
+        pa.nulls(n, pa.string()) if not batch.predicted_labels else _strings(batch.predicted_labels, "predicted_labels"),
+        pa.nulls(n, pa.float64()) if latency is None or latency.size == 0 else pa.array(latency, mask=np.isnan(latency)),
+        _string_map(batch.attributes, n, "attributes"),
+    ]
+    return pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
+
+
+def _check_batch(batch: PredictionBatch) -> None:
+    n = batch.n
+    where = f"PredictionBatch of {batch.model_id}/{batch.model_version} with {n} event_ids"
+    sizes = {"event_times": len(batch.event_times)}
+    sizes.update({f"numeric[{k!r}]": len(v) for k, v in batch.numeric.items()})
+    sizes.update({f"categorical[{k!r}]": len(v) for k, v in batch.categorical.items()})
+    sizes.update({f"attributes[{k!r}]": len(v) for k, v in batch.attributes.items()})
+    # These three may also be empty, meaning "none at all".
+    for name, values in (("predictions", batch.predictions), ("predicted_labels", batch.predicted_labels), ("latency_ms", batch.latency_ms)):
+        if values is not None and len(values):
+            sizes[name] = len(values)
+    wrong = {name: size for name, size in sizes.items() if size != n}
+    if wrong:
+        raise ValueError(f"{where}: " + ", ".join(f"{name} has {size} values" for name, size in wrong.items()))
+
+
+def _numeric_map(columns_: Mapping[str, np.ndarray], n: int) -> pa.MapArray:
+    names = sorted(columns_)
+    k = len(names)
+    if k == 0:
+        return _empty_maps(n, pa.float64())
+    values = np.stack([np.asarray(columns_[name], dtype=np.float64) for name in names], axis=1).reshape(-1)
+    keys = pc.take(pa.array(names, type=pa.string()), pa.array(np.tile(np.arange(k, dtype=np.int32), n)))
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.MapArray.from_arrays(offsets, keys, pa.array(values))
+
+
+def _string_map(columns_: Mapping[str, Sequence[str | None]], n: int, what: str) -> pa.MapArray:
+    names = sorted(columns_)
+    k = len(names)
+    if k == 0:
+        return _empty_maps(n, pa.string())
+    grid = np.empty((n, k), dtype=object)
+    for j, name in enumerate(names):
+        grid[:, j] = columns_[name]
+    present = np.not_equal(grid, None)
+    flat = present.reshape(-1)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(present.sum(axis=1), out=offsets[1:])
+    keys = pc.take(pa.array(names, type=pa.string()), pa.array(np.tile(np.arange(k, dtype=np.int32), n)[flat]))
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, _strings(grid.reshape(-1)[flat], what))
+
+
+def _strings(values: Any, what: str) -> pa.Array:
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise TypeError(f"{what} values must be strings or None: {exc}") from exc
+
+
+def _empty_maps(n: int, value_type: pa.DataType) -> pa.MapArray:
+    return pa.MapArray.from_arrays(
+        pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type=pa.string()), pa.array([], type=value_type)
+    )
