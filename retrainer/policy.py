@@ -1,0 +1,812 @@
+"""The monitoring and retraining policy: what to measure, when to retrain, what to promote.
+
+A policy file (YAML, ``DRIFTLINE_POLICY``) has a ``defaults:`` block and a
+``models:`` block whose entries override the defaults per model id. Mappings
+merge key by key (``defaults`` over the built-in values, a model over
+``defaults``); lists, scalars and ``retraining.hyperparameters`` replace as a
+whole. docs/POLICY.md is the reference of every key, with a full example.
+
+Parsing checks every key and value and reports all problems at once, each
+with its key path (``models.credit.drift.min_features: expected a positive
+integer, got 'two'``); unknown keys are errors, with a "did you mean" hint.
+Everything here is pure except :func:`load_policy`, which reads the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import re
+import types
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+
+from retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
+from retrainer.registry.errors import InvalidNameError
+from retrainer.registry.models import validate_name
+
+# Metric names of drift_metrics rows (CONTRACTS.md); ``drifted`` is the engine's verdict.
+DRIFT_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate", "new_category_rate")
+# Statistical tests: their drifted flag comes from p-values (Benjamini-Hochberg at fdr_q),
+# unless a fixed per-test level ``<test>_alpha`` is given for a feature.
+TEST_METRICS = ("ks", "chi2")
+THRESHOLD_KEYS = DRIFT_METRICS + tuple(f"{m}_alpha" for m in TEST_METRICS)
+DRIFTED = "drifted"
+ALL_FEATURES = "*"
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+}
+SnapshotSince = Literal["lookback", "last_promotion"]
+
+# A value above its threshold counts as drift. Wasserstein has none: it is in the feature's units.
+DEFAULT_THRESHOLDS = {
+    ALL_FEATURES: {"psi": 0.2, "jensenshannon": 0.1, "hellinger": 0.1, "missing_rate": 0.05, "new_category_rate": 0.05}
+}
+
+
+def _frozen_thresholds(raw: Mapping[str, Mapping[str, float | None]]) -> Mapping[str, Mapping[str, float]]:
+    # Each feature entry is completed with '*' here, once, so readers never merge;
+    # None (null in YAML) removes an inherited threshold.
+    everywhere = {m: v for m, v in raw.get(ALL_FEATURES, {}).items() if v is not None}
+    out = {ALL_FEATURES: types.MappingProxyType(everywhere)}
+    for feature, entry in raw.items():
+        if feature != ALL_FEATURES:
+            complete = {**everywhere, **entry}
+            out[feature] = types.MappingProxyType({m: v for m, v in complete.items() if v is not None})
+    return types.MappingProxyType(out)
+
+
+_HOUR_MS = 3_600_000
+_MINUTE_MS = 60_000
+
+
+class PolicyError(ValueError):
+    """A policy file that driftline cannot use; ``problems`` holds (key path, message) pairs.
+
+    >>> try:
+    ...     parse_policy({"models": {"credit": {"drift": {"min_features": "two"}}}}, source="p.yaml")
+    ... except PolicyError as exc:
+    ...     print(exc)
+    p.yaml: models.credit.drift.min_features: expected a positive integer, got 'two'
+    """
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        if len(problems) == 1:
+            path, message = problems[0]
+            text = f"{source}: {path}: {message}" if path else f"{source}: {message}"
+        else:
+            lines = [f"  {path}: {message}" if path else f"  {message}" for path, message in problems]
+            text = f"{source}: {len(problems)} problems:\n" + "\n".join(lines)
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """How reference profiles are built: histogram bins, kept categories, sample for KS.
+
+    >>> ReferenceSettings().bins
+    10
+    """
+
+    bins: int = 10
+    top_k: int = 20
+    sample_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Windowing and drift thresholds for one model.
+
+    ``thresholds`` maps ``'*'`` (every feature) and feature names to
+    ``{metric: value}``; a feature's entry is complete (already merged with
+    ``'*'``), so :meth:`threshold` and the drift engine never merge again.
+
+    >>> raw = {"thresholds": {"*": {"psi": 0.2}, "income": {"psi": 0.3, "hellinger": None}}}
+    >>> m = parse_policy({"defaults": {"monitoring": raw}}).defaults.monitoring
+    >>> m.threshold("income", "psi"), m.threshold("age", "psi"), m.threshold("age", "ks")
+    (0.3, 0.2, None)
+    >>> m.threshold("age", "hellinger"), m.threshold("income", "hellinger")
+    (0.1, None)
+    """
+
+    enabled: bool = True
+    window_seconds: int = 60
+    allowed_lateness_seconds: int = 10
+    thresholds: Mapping[str, Mapping[str, float]] = field(
+        default_factory=lambda: _frozen_thresholds(DEFAULT_THRESHOLDS))
+    fdr_q: float = 0.05
+    reference: ReferenceSettings = ReferenceSettings()
+    detectors: tuple[str, ...] = ("adwin",)
+
+    def threshold(self, feature: str, metric: str) -> float | None:
+        entry = self.thresholds.get(feature)
+        if entry is None:
+            entry = self.thresholds.get(ALL_FEATURES, {})
+        return entry.get(metric)
+
+    @property
+    def window_ms(self) -> int:
+        return self.window_seconds * 1000
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return self.allowed_lateness_seconds * 1000
+
+
+@dataclass(frozen=True)
+class DriftTrigger:
+    """Retrain when ``min_features`` features cross for ``consecutive_windows`` windows in a row.
+
+    ``metric='drifted'`` counts the drift engine's per-feature verdict (any
+    metric of the feature drifted); another metric compares each row's value
+    with ``op`` and ``threshold``, or with the row's own threshold (the
+    monitoring threshold of that feature) when ``threshold`` is None.
+
+    >>> t = DriftTrigger(metric="psi", op=">", threshold=0.2)
+    >>> t.crosses(0.25, row_threshold=0.5), t.crosses(0.15, row_threshold=0.1)
+    (True, False)
+    """
+
+    enabled: bool = True
+    metric: str = DRIFTED
+    op: str = ">"
+    threshold: float | None = None
+    min_features: int = 2
+    consecutive_windows: int = 2
+    features: tuple[str, ...] | None = None
+
+    def crosses(self, value: float, row_threshold: float) -> bool:
+        """``value op threshold``; a NaN value or threshold (nothing measured) never crosses."""
+        limit = self.effective_threshold(row_threshold)
+        return math.isfinite(value) and math.isfinite(limit) and bool(OPS[self.op](value, limit))
+
+    def effective_threshold(self, row_threshold: float) -> float:
+        return row_threshold if self.threshold is None else self.threshold
+
+
+@dataclass(frozen=True)
+class PerformanceTrigger:
+    """Retrain when a metric is worse than the reference by more than ``max_drop``, or worse than ``limit``.
+
+    The reference is the model version's registered holdout metric. Windows
+    with fewer than ``min_labels`` labels say nothing either way. ``limit`` is
+    an absolute bound: a floor for higher-is-better metrics, a ceiling for
+    lower-is-better ones.
+
+    >>> PerformanceTrigger(metric="mae", max_drop=0.5).worse_than(2.0)
+    2.5
+    """
+
+    enabled: bool = True
+    metric: str = "accuracy"
+    direction: Direction | None = None
+    max_drop: float | None = 0.05
+    limit: float | None = None
+    min_labels: int = 500
+    consecutive_windows: int = 1
+
+    @property
+    def higher_is_better(self) -> bool:
+        return metric_direction(self.metric, self.direction) == "higher"
+
+    def worse_than(self, reference: float) -> float:
+        """The value past which the metric has dropped too far from ``reference``."""
+        drop = self.max_drop or 0.0
+        return reference - drop if self.higher_is_better else reference + drop
+
+    def is_worse(self, value: float, bound: float) -> bool:
+        """Strictly past ``bound``; a difference within rounding (``TOLERANCE``) is not."""
+        return value < bound - TOLERANCE if self.higher_is_better else value > bound + TOLERANCE
+
+
+@dataclass(frozen=True)
+class ChangeDetectorTrigger:
+    """Retrain when change detectors fire at least ``min_events`` times in one window.
+
+    ``streams`` are stream names such as ``error`` or ``score``.
+
+    >>> ChangeDetectorTrigger(enabled=True).matches("adwin", "v3:error")
+    True
+    """
+
+    enabled: bool = False
+    detectors: tuple[str, ...] = ("adwin",)
+    streams: tuple[str, ...] = ("error",)
+    min_events: int = 1
+
+    def matches(self, detector: str, stream: str) -> bool:
+        # The detector bank keys streams as "<version>:<name>"; the policy names only the stream.
+        return detector in self.detectors and stream.rpartition(":")[2] in self.streams
+
+
+@dataclass(frozen=True)
+class ScheduleTrigger:
+    """Retrain when ``every_hours`` have passed since the last retrain request of any reason.
+
+    >>> ScheduleTrigger(every_hours=24).period_ms
+    86400000
+    """
+
+    every_hours: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_hours is not None
+
+    @property
+    def period_ms(self) -> int | None:
+        return None if self.every_hours is None else int(round(self.every_hours * _HOUR_MS))
+
+
+@dataclass(frozen=True)
+class ManualTrigger:
+    """Manual requests are always allowed; ``cooldown_minutes`` only spaces them out (0: none).
+
+    >>> ManualTrigger(cooldown_minutes=2).cooldown_ms
+    120000
+    """
+
+    cooldown_minutes: float = 0.0
+
+    @property
+    def cooldown_ms(self) -> int:
+        return int(round(self.cooldown_minutes * _MINUTE_MS))
+
+
+@dataclass(frozen=True)
+class SnapshotRange:
+    """Which rows a retrain learns from: the last ``lookback_hours``, or everything since
+    the last promotion (then ``lookback_hours`` is the fallback when nothing was promoted).
+
+    >>> SnapshotRange(since="last_promotion", lookback_hours=1).range(10 * 3_600_000, 9 * 3_600_000 + 5)
+    (32400005, 36000000)
+    >>> SnapshotRange(lookback_hours=2).range(10 * 3_600_000, None)
+    (28800000, 36000000)
+    """
+
+    since: SnapshotSince = "lookback"
+    lookback_hours: float = 168.0
+
+    def range(self, now_ms: int, last_promotion_ms: int | None) -> tuple[int, int]:
+        """``[start, end)`` in epoch milliseconds."""
+        if self.since == "last_promotion" and last_promotion_ms is not None:
+            return last_promotion_ms, now_ms
+        return now_ms - int(round(self.lookback_hours * _HOUR_MS)), now_ms
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """How a retrain runs and when its result is promoted.
+
+    ``cooldown_minutes`` spaces automatic requests of one model;
+    ``hysteresis_windows`` clean windows in a row end a drift or performance
+    episode, so that one episode makes one request.
+
+    >>> Retraining().cooldown_ms, Retraining().promotion.metric
+    (1800000, 'accuracy')
+    """
+
+    snapshot: SnapshotRange = SnapshotRange()
+    holdout_fraction: float = 0.2
+    min_rows: int = 1000
+    trainer: str = "river-linear"
+    hyperparameters: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    promotion: PromotionRule = PromotionRule()
+    cooldown_minutes: float = 30.0
+    hysteresis_windows: int = 3
+
+    @property
+    def cooldown_ms(self) -> int:
+        return int(round(self.cooldown_minutes * _MINUTE_MS))
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """Everything the policy says about one model.
+
+    >>> p = load_policy(None).for_model("credit")
+    >>> p.drift.min_features, p.drift.consecutive_windows, p.performance.max_drop
+    (2, 2, 0.05)
+    >>> p.thresholds["*"]["psi"]
+    0.2
+    """
+
+    model_id: str
+    monitoring: Monitoring = Monitoring()
+    drift: DriftTrigger = DriftTrigger()
+    performance: PerformanceTrigger = PerformanceTrigger()
+    change_detectors: ChangeDetectorTrigger = ChangeDetectorTrigger()
+    schedule: ScheduleTrigger = ScheduleTrigger()
+    manual: ManualTrigger = ManualTrigger()
+    retraining: Retraining = Retraining()
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        """``{feature or '*': {metric: threshold}}`` for the drift engine (a fresh copy)."""
+        return {feature: dict(entry) for feature, entry in self.monitoring.thresholds.items()}
+
+    def threshold(self, feature: str, metric: str) -> float | None:
+        return self.monitoring.threshold(feature, metric)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The parsed policy file: defaults and per-model overrides.
+
+    >>> policy = parse_policy({"models": {"credit": {"drift": {"min_features": 3}}}})
+    >>> policy.for_model("credit").drift.min_features, policy.for_model("churn").drift.min_features
+    (3, 2)
+    """
+
+    defaults: ModelPolicy
+    models: Mapping[str, ModelPolicy]
+    source: str = "<built-in defaults>"
+
+    def for_model(self, model_id: str) -> ModelPolicy:
+        found = self.models.get(model_id)
+        return found if found is not None else replace(self.defaults, model_id=model_id)
+
+
+# --------------------------------------------------------------------------- built-in values
+
+def _plain(value: Any) -> Any:
+    """The YAML-shaped form of a policy record: mappings, lists and scalars."""
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# The dataclass defaults are the one source of the built-in values.
+BUILTIN: dict[str, Any] = {k: v for k, v in _plain(ModelPolicy(ALL_FEATURES)).items() if k != "model_id"}
+
+# These replace the inherited value as a whole: hyperparameters belong to one trainer.
+_REPLACED = {("retraining", "hyperparameters")}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+
+class _Invalid(Exception):
+    """Raised by a value checker; the walker records it with the key path."""
+
+
+def _join(path: str, key: str) -> str:
+    if path and re.fullmatch(r"[A-Za-z0-9_.-]+|\*", key) is None:
+        key = repr(key)
+    return f"{path}.{key}" if path else key
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(minimum: int, what: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Invalid(f"expected {what}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(check: Callable[[float], bool], what: str) -> Callable[[Any], float]:
+    def run(value: Any) -> float:
+        if not _is_number(value) or not math.isfinite(value) or not check(value):
+            raise _Invalid(f"expected {what}, got {value!r}")
+        return float(value)
+
+    return run
+
+
+def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        return None if value is None else inner(value)
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {value!r}")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(options: tuple[str, ...], hint: str = "") -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            listed = ", ".join(repr(o) for o in options)
+            raise _Invalid(f"expected one of {listed}, got {value!r}{_did_you_mean(value, options)}{hint}")
+        return value
+
+    return check
+
+
+def _names(options: Callable[[], tuple[str, ...]] | None = None) -> Callable[[Any], list[str]]:
+    """A non-empty list of distinct names, each among ``options()`` when given."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _Invalid(f"expected a list of names, got {value!r}")
+        if not value:
+            raise _Invalid("expected at least one name, got an empty list")
+        if len(set(value)) != len(value):
+            raise _Invalid(f"names repeat in {value!r}")
+        if options is not None:
+            known = options()
+            for v in value:
+                if v not in known:
+                    raise _Invalid(f"unknown name {v!r}{_did_you_mean(v, known)}; known: {', '.join(known)}")
+        return list(value)
+
+    return check
+
+
+def _detector_names() -> tuple[str, ...]:
+    # Imported here: the detector module pulls in river, which a CLI that only reads the policy does not need.
+    from streams.core.detectors import DETECTORS
+
+    return tuple(DETECTORS)
+
+
+def _trainer(value: Any) -> str:
+    if not isinstance(value, str) or not (
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value)
+        or re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", value)
+    ):
+        raise _Invalid(f"expected an entry-point name such as 'river-linear' or 'module:function', got {value!r}")
+    return value
+
+
+def _did_you_mean(value: Any, options: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _json_value(value: Any, path: str, problems: _Problems) -> Any:
+    # Hyperparameters go into lineage JSON, which refuses anything JSON cannot spell.
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.add(path, f"expected a finite number, got {value!r}")
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                problems.add(path, f"keys must be strings, got {k!r}")
+                continue
+            out[k] = _json_value(v, _join(path, k), problems)
+        return out
+    problems.add(path, f"expected a JSON-like value (number, string, list, mapping), got {value!r}")
+    return None
+
+
+def _hyperparameters(value: Any, path: str, problems: _Problems) -> Any:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping of hyperparameters, got {value!r}")
+        return None
+    return _json_value(value, path, problems)
+
+
+def _thresholds(value: Any, path: str, problems: _Problems) -> Any:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping of feature (or '*') to {{metric: threshold}}, got {value!r}")
+        return None
+    out: dict[str, dict[str, float | None]] = {}
+    for feature, metrics in value.items():
+        fpath = _join(path, str(feature))
+        if not isinstance(feature, str) or not feature:
+            problems.add(fpath, f"feature names must be non-empty strings, got {feature!r}")
+            continue
+        if not isinstance(metrics, dict):
+            problems.add(fpath, f"expected a mapping of metric to threshold, got {metrics!r}")
+            continue
+        entry: dict[str, float | None] = {}
+        for metric, limit in metrics.items():
+            mpath = _join(fpath, str(metric))
+            if metric not in THRESHOLD_KEYS:
+                known = ", ".join(THRESHOLD_KEYS)
+                problems.add(mpath, f"unknown metric{_did_you_mean(metric, THRESHOLD_KEYS)}; known: {known}")
+                continue
+            if limit is None:  # null removes an inherited threshold
+                entry[metric] = None
+                continue
+            alpha = metric.endswith("_alpha")
+            ok = _is_number(limit) and math.isfinite(limit) and (0 < limit < 1 if alpha else limit >= 0)
+            if not ok:
+                wanted = "a significance level between 0 and 1" if alpha else "a non-negative number"
+                problems.add(mpath, f"expected {wanted} (or null to remove it), got {limit!r}")
+                continue
+            entry[metric] = float(limit)
+        out[feature] = entry
+    return out
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """A key checked as a whole by ``check(value, path, problems)``, which reports its own problems."""
+
+    check: Callable[[Any, str, _Problems], Any]
+
+_OP_HINT = " (quote it in YAML: op: '>')"
+
+_SCHEMA: dict[str, Any] = {
+    "monitoring": {
+        "enabled": _bool,
+        "window_seconds": _int(1, "a positive integer"),
+        "allowed_lateness_seconds": _int(0, "a non-negative integer"),
+        "thresholds": _Whole(_thresholds),
+        "fdr_q": _number(lambda v: 0 < v < 1, "a number between 0 and 1"),
+        "reference": {
+            "bins": _int(2, "an integer of at least 2"),
+            "top_k": _int(1, "a positive integer"),
+            "sample_size": _int(1, "a positive integer"),
+        },
+        "detectors": _names(_detector_names),
+    },
+    "drift": {
+        "enabled": _bool,
+        "metric": _choice((DRIFTED,) + DRIFT_METRICS),
+        "op": _choice(tuple(OPS), _OP_HINT),
+        "threshold": _optional(_number(lambda v: True, "a number")),
+        "min_features": _int(1, "a positive integer"),
+        "consecutive_windows": _int(1, "a positive integer"),
+        "features": _optional(_names()),
+    },
+    "performance": {
+        "enabled": _bool,
+        "metric": _name,
+        "direction": _optional(_choice(("higher", "lower"))),
+        "max_drop": _optional(_number(lambda v: v >= 0, "a non-negative number")),
+        "limit": _optional(_number(lambda v: True, "a number")),
+        "min_labels": _int(1, "a positive integer"),
+        "consecutive_windows": _int(1, "a positive integer"),
+    },
+    "change_detectors": {
+        "enabled": _bool,
+        "detectors": _names(_detector_names),
+        "streams": _names(),
+        "min_events": _int(1, "a positive integer"),
+    },
+    "schedule": {"every_hours": _optional(_number(lambda v: v > 0, "a positive number of hours"))},
+    "manual": {"cooldown_minutes": _number(lambda v: v >= 0, "a non-negative number of minutes")},
+    "retraining": {
+        "snapshot": {
+            "since": _choice(("lookback", "last_promotion")),
+            "lookback_hours": _number(lambda v: v > 0, "a positive number of hours"),
+        },
+        "holdout_fraction": _number(lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+        "min_rows": _int(1, "a positive integer"),
+        "trainer": _trainer,
+        "hyperparameters": _Whole(_hyperparameters),
+        "promotion": {
+            "metric": _name,
+            "min_improvement": _number(lambda v: True, "a number"),
+            "direction": _optional(_choice(("higher", "lower"))),
+        },
+        "cooldown_minutes": _number(lambda v: v >= 0, "a non-negative number of minutes"),
+        "hysteresis_windows": _int(1, "a positive integer"),
+    },
+}
+
+
+def _check_section(value: Any, schema: dict[str, Any], path: str, problems: _Problems) -> dict[str, Any]:
+    """Validate a partial section: every key optional, none unknown."""
+    if not isinstance(value, dict):
+        hint = ""
+        if value is None or isinstance(value, bool):
+            hint = "; to turn a trigger off write enabled: false" if "enabled" in schema else ""
+        problems.add(path, f"expected a mapping, got {value!r}{hint}")
+        return {}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        kpath = _join(path, str(key))
+        spec = schema.get(key) if isinstance(key, str) else None
+        if spec is None:
+            problems.add(kpath, f"unknown key{_did_you_mean(key, schema)}; known: {', '.join(schema)}")
+        elif isinstance(spec, dict):
+            out[key] = _check_section(item, spec, kpath, problems)
+        elif isinstance(spec, _Whole):
+            checked = spec.check(item, kpath, problems)
+            if checked is not None:
+                out[key] = checked
+        else:
+            try:
+                out[key] = spec(item)
+            except _Invalid as exc:
+                problems.add(kpath, str(exc))
+    return out
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        here = at + (key,)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and here not in _REPLACED:
+            merged[key] = _merge(merged[key], value, here)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _cross_checks(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rules that span keys, on a complete (merged) configuration; paths are relative."""
+    found = []
+    drift = config["drift"]
+    if drift["enabled"] and drift["metric"] == DRIFTED and drift["threshold"] is not None:
+        found.append(("drift.threshold", "metric 'drifted' counts the engine's verdict and takes no threshold; "
+                      "remove threshold, or pick a metric such as psi"))
+    perf = config["performance"]
+    if perf["enabled"]:
+        try:
+            metric_direction(perf["metric"], perf["direction"])
+        except ValueError as exc:
+            found.append(("performance.metric", str(exc)))
+        if perf["max_drop"] is None and perf["limit"] is None:
+            found.append(("performance", "an enabled performance trigger needs max_drop, limit or both"))
+    promotion = config["retraining"]["promotion"]
+    try:
+        metric_direction(promotion["metric"], promotion["direction"])
+    except ValueError as exc:
+        found.append(("retraining.promotion.metric", str(exc)))
+    change = config["change_detectors"]
+    if change["enabled"]:
+        missing = [d for d in change["detectors"] if d not in config["monitoring"]["detectors"]]
+        if missing:
+            found.append(("change_detectors.detectors",
+                          f"{', '.join(missing)} not in monitoring.detectors {config['monitoring']['detectors']}; "
+                          "a detector must run before it can trigger"))
+    return found
+
+
+def _freeze_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return types.MappingProxyType({k: _freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze_json(v) for v in value)
+    return value
+
+
+def _tuples(section: dict[str, Any]) -> dict[str, Any]:
+    # records keep sequences as tuples, so that they stay frozen
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
+def _build(model_id: str, c: dict[str, Any]) -> ModelPolicy:
+    """A complete, validated configuration as records (numbers are already floats where they should be)."""
+    mon, rt = c["monitoring"], c["retraining"]
+    return ModelPolicy(
+        model_id=model_id,
+        monitoring=Monitoring(**{
+            **_tuples(mon),
+            "thresholds": _frozen_thresholds(mon["thresholds"]),
+            "reference": ReferenceSettings(**mon["reference"]),
+        }),
+        drift=DriftTrigger(**_tuples(c["drift"])),
+        performance=PerformanceTrigger(**c["performance"]),
+        change_detectors=ChangeDetectorTrigger(**_tuples(c["change_detectors"])),
+        schedule=ScheduleTrigger(**c["schedule"]),
+        manual=ManualTrigger(**c["manual"]),
+        retraining=Retraining(**{
+            **rt,
+            "snapshot": SnapshotRange(**rt["snapshot"]),
+            "hyperparameters": _freeze_json(rt["hyperparameters"]),
+            "promotion": PromotionRule(**rt["promotion"]),
+        }),
+    )
+
+
+_TOP = ("version", "defaults", "models")
+
+
+def parse_policy(data: Mapping[str, Any] | None, source: str = "<policy>") -> Policy:
+    """Validate a policy mapping (as read from YAML) and build the :class:`Policy`.
+
+    ``source`` names the file in error messages. Every problem is collected
+    and raised together in one :class:`PolicyError`.
+
+    >>> parse_policy({"defaults": {"retraining": {"cooldown_minuts": 5}}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    retrainer.policy.PolicyError: <policy>: defaults.retraining.cooldown_minuts: unknown key (did you mean 'cooldown_minutes'?); ...
+    """
+    problems = _Problems()
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise PolicyError(source, [("", f"expected a mapping with keys {', '.join(_TOP)}, got {data!r}")])
+    for key in data:
+        if key not in _TOP:
+            problems.add(str(key), f"unknown key{_did_you_mean(key, _TOP)}; known: {', '.join(_TOP)}")
+    if "version" in data and (data["version"] != 1 or isinstance(data["version"], bool)):
+        problems.add("version", f"expected 1 (the only policy format so far), got {data['version']!r}")
+
+    defaults_raw = data.get("defaults")
+    defaults_partial = {} if defaults_raw is None else _check_section(defaults_raw, _SCHEMA, "defaults", problems)
+    defaults_config = _merge(BUILTIN, defaults_partial)
+    default_cross = _cross_checks(defaults_config)
+    for rel, message in default_cross:
+        problems.add(f"defaults.{rel}", message)
+
+    models_raw = data.get("models")
+    models_config: dict[str, dict[str, Any]] = {}
+    if models_raw is not None and not isinstance(models_raw, dict):
+        problems.add("models", f"expected a mapping of model id to its settings, got {models_raw!r}")
+    elif models_raw:
+        for model_id, section in models_raw.items():
+            path = _join("models", str(model_id))
+            try:
+                validate_name(model_id)
+            except InvalidNameError as exc:
+                problems.add(path, str(exc))
+                continue
+            partial = {} if section is None else _check_section(section, _SCHEMA, path, problems)
+            config = _merge(defaults_config, partial)
+            for rel, message in _cross_checks(config):
+                if (rel, message) not in default_cross:  # reported once, at defaults
+                    problems.add(f"{path}.{rel}", message)
+            models_config[model_id] = config
+
+    if problems.items:
+        raise PolicyError(source, problems.items)
+    return Policy(
+        defaults=_build(ALL_FEATURES, defaults_config),
+        models=types.MappingProxyType({m: _build(m, c) for m, c in models_config.items()}),
+        source=source,
+    )
+
+
+def load_policy(path: str | os.PathLike[str] | None) -> Policy:
+    """Read and parse a policy file; ``None`` gives the built-in defaults.
+
+    >>> load_policy(None).for_model("any").retraining.cooldown_minutes
+    30.0
+    """
+    if path is None:
+        return parse_policy({}, source="<built-in defaults>")
+    p = Path(path)
+    source = str(p)
+    if not p.is_file():
+        raise PolicyError(source, [("", "policy file does not exist")])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [("", f"not valid YAML: {exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(source, [("", f"not UTF-8 text: {exc}")]) from exc
+    return parse_policy(data, source=source)

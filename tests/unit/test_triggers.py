@@ -1,0 +1,386 @@
+"""The trigger evaluator: episodes, consecutive windows, hysteresis, cooldown, deterministic ids."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from retrainer import triggers as triggers_module
+from retrainer.policy import ModelPolicy, load_policy, parse_policy
+from retrainer.triggers import (
+    TriggerState,
+    WindowOutcome,
+    evaluate,
+    evaluate_schedule,
+    manual_cooldown_remaining_ms,
+    manual_request,
+    record_request,
+    stable_id,
+)
+from streams.records import Alert, FeatureDrift, RetrainRequest
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR  # an hour boundary, for readable times
+FEATURES = ("age", "debt", "income", "zip")
+
+
+def model_policy(**sections: dict) -> ModelPolicy:
+    return parse_policy({"models": {"m": sections}}).for_model("m")
+
+
+def rows(drifted: Iterable[str] = (), *, psi: dict[str, float] | None = None) -> list[FeatureDrift]:
+    """One psi row per feature; ``drifted`` features have psi 0.5 (threshold 0.2), the others 0.05."""
+    drifted = set(drifted)
+    psi = psi or {}
+    out = []
+    for f in FEATURES:
+        value = psi.get(f, 0.5 if f in drifted else 0.05)
+        out.append(FeatureDrift(f, "psi", value, None, 0.2, value > 0.2))
+    return out
+
+
+def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: int = 1, **kw: object) -> WindowOutcome:
+    start = T0 + i * minutes * MINUTE
+    drift = kw.pop("drift", rows(drifted))
+    return WindowOutcome("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
+
+
+def run(policy: ModelPolicy, windows: Sequence[WindowOutcome], state: TriggerState | None = None,
+        ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
+    state = state or TriggerState("m")
+    requests: list[RetrainRequest] = []
+    alerts: list[Alert] = []
+    for w in windows:
+        state, new_requests, new_alerts = evaluate(policy, state, w, w.window_end)
+        requests += new_requests
+        alerts += new_alerts
+    return state, requests, alerts
+
+
+HOT = ("age", "income")  # two features: enough for the default min_features=2
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(triggers_module).failed == 0
+
+
+# --------------------------------------------------------------------------- drift episodes
+
+
+def test_one_request_per_drift_episode() -> None:
+    policy = load_policy(None).for_model("m")
+    state, requests, alerts = run(policy, [window(i, drifted=HOT) for i in range(40)])
+    assert len(requests) == 1
+    r = requests[0]
+    assert (r.model_id, r.model_version, r.reason) == ("m", "1", "drift")
+    assert r.requested_at == T0 + 2 * MINUTE  # the end of the second consecutive window
+    assert r.request_id == stable_id("m", "1", "drift", T0)  # keyed by the episode's first window
+    assert [a.kind for a in alerts] == ["drift", "retrain_requested"]
+    assert [a.severity for a in alerts] == ["warning", "info"]
+    assert state.drift.active and state.drift.requested and state.last_request_id == r.request_id
+
+
+def test_evidence_lists_every_metric_that_crossed() -> None:
+    policy = load_policy(None).for_model("m")
+    _, requests, _ = run(policy, [window(i, drifted=("age", "income", "zip")) for i in range(2)])
+    evidence = requests[0].evidence
+    assert [(e.metric, e.feature, e.value, e.threshold) for e in evidence] == [
+        ("psi", "age", 0.5, 0.2), ("psi", "income", 0.5, 0.2), ("psi", "zip", 0.5, 0.2)]
+    assert {(e.window_start, e.window_end) for e in evidence} == {(T0 + MINUTE, T0 + 2 * MINUTE)}
+
+
+def test_consecutive_windows_must_be_consecutive() -> None:
+    policy = load_policy(None).for_model("m")
+    alternating = [window(i, drifted=HOT if i % 2 == 0 else ()) for i in range(20)]
+    assert run(policy, alternating)[1] == []
+    # one feature is not enough (min_features=2), however long it lasts
+    assert run(policy, [window(i, drifted=("age",)) for i in range(20)])[1] == []
+    # three in a row with consecutive_windows=3: the request comes at the third
+    policy3 = model_policy(drift={"consecutive_windows": 3})
+    seq = [window(0, drifted=HOT), window(1, drifted=HOT), window(2), window(3, drifted=HOT),
+           window(4, drifted=HOT), window(5, drifted=HOT)]
+    _, requests, _ = run(policy3, seq)
+    assert [r.requested_at for r in requests] == [T0 + 6 * MINUTE]
+    assert requests[0].request_id == stable_id("m", "1", "drift", T0 + 3 * MINUTE)
+
+
+def test_windows_with_nothing_to_judge_neither_extend_nor_break_a_streak() -> None:
+    policy = load_policy(None).for_model("m")
+    seq = [window(0, drifted=HOT), window(1, drift=[]), window(2, drifted=HOT)]
+    _, requests, _ = run(policy, seq)
+    assert [r.requested_at for r in requests] == [T0 + 3 * MINUTE]
+
+
+def test_metric_rule_with_own_threshold_or_the_rows_threshold() -> None:
+    psi = {"age": 0.3, "income": 0.28, "debt": 0.22}
+    seq = [window(i, drift=rows(psi=psi)) for i in range(2)]
+    # threshold 0.25: only age and income cross
+    _, requests, _ = run(model_policy(drift={"metric": "psi", "threshold": 0.25, "min_features": 2}), seq)
+    assert sorted(e.feature for e in requests[0].evidence) == ["age", "income"]
+    assert {e.threshold for e in requests[0].evidence} == {0.25}
+    assert run(model_policy(drift={"metric": "psi", "threshold": 0.25, "min_features": 3}), seq)[1] == []
+    # no threshold: each row's own (monitoring) threshold, 0.2, so debt crosses too
+    _, requests, _ = run(model_policy(drift={"metric": "psi", "min_features": 3}), seq)
+    assert sorted(e.feature for e in requests[0].evidence) == ["age", "debt", "income"]
+    # a metric the engine did not compute says nothing
+    assert run(model_policy(drift={"metric": "ks"}), seq)[1] == []
+    # restricting to features
+    assert run(model_policy(drift={"features": ["age", "debt"]}), [window(i, drifted=HOT) for i in range(3)])[1] == []
+
+
+# --------------------------------------------------------------------------- hysteresis and cooldown
+
+
+def test_hysteresis_keeps_a_flapping_metric_in_one_episode() -> None:
+    policy = model_policy(drift={"consecutive_windows": 1}, retraining={"hysteresis_windows": 3, "cooldown_minutes": 0})
+    pattern = [HOT, (), (), HOT, (), HOT, (), ()]  # never 3 clean windows in a row
+    seq = [window(i, drifted=pattern[i % len(pattern)]) for i in range(80)]
+    state, requests, alerts = run(policy, seq)
+    assert len(requests) == 1, "one episode, one request, even without a cooldown"
+    assert [a.kind for a in alerts] == ["drift", "retrain_requested"]
+    # three clean windows end the episode; the next hot window opens a new one with a new id
+    end = [window(80 + i) for i in range(3)] + [window(83, drifted=HOT)]
+    state, more, alerts = run(policy, end, state)
+    assert [a.kind for a in alerts] == ["drift_resolved", "drift", "retrain_requested"]
+    assert len(more) == 1 and more[0].request_id == stable_id("m", "1", "drift", T0 + 83 * MINUTE)
+    assert more[0].request_id != requests[0].request_id
+
+
+def test_a_flapping_sequence_makes_at_most_one_request_per_cooldown() -> None:
+    # episodes end quickly here (hysteresis 1), so only the cooldown stands between them
+    policy = model_policy(drift={"consecutive_windows": 1}, retraining={"hysteresis_windows": 1, "cooldown_minutes": 30})
+    seq = [window(i, drifted=HOT if i % 2 == 0 else ()) for i in range(180)]  # 3 hours, flapping every minute
+    _, requests, alerts = run(policy, seq)
+    times = [r.requested_at for r in requests]
+    assert len(times) == 6  # one per 30 minutes over 180 minutes
+    assert all(b - a >= 30 * MINUTE for a, b in zip(times, times[1:]))
+    assert len({r.request_id for r in requests}) == len(requests)
+    held = [a for a in alerts if a.kind == "drift" and "held back by the cooldown" in a.message]
+    assert held, "the operator is told why a drift episode made no request"
+
+
+def test_a_held_back_request_goes_out_when_the_cooldown_ends() -> None:
+    policy = load_policy(None).for_model("m")  # cooldown 30 minutes
+    state = TriggerState("m", "1", last_request_ms=T0)
+    _, requests, alerts = run(policy, [window(i, drifted=HOT) for i in range(40)], state)
+    assert [r.requested_at for r in requests] == [T0 + 30 * MINUTE]
+    # the id is still the episode's, which began at the first window
+    assert requests[0].request_id == stable_id("m", "1", "drift", T0)
+    assert "held back by the cooldown until" in alerts[0].message
+
+
+def test_cooldown_spans_reasons() -> None:
+    policy = load_policy(None).for_model("m")
+    perf = dict(performance={"accuracy": 0.6}, n_labeled=1000, reference_performance={"accuracy": 0.8})
+    seq = [window(i, drifted=HOT) for i in range(2)] + [window(i, **perf) for i in range(2, 40)]
+    _, requests, _ = run(policy, seq)
+    # the performance episode opens at once but waits for the cooldown of the drift request
+    assert [(r.reason, r.requested_at) for r in requests] == [
+        ("drift", T0 + 2 * MINUTE), ("performance", T0 + 32 * MINUTE)]
+    assert requests[1].request_id == stable_id("m", "1", "performance", T0 + 2 * MINUTE)
+
+
+# --------------------------------------------------------------------------- performance
+
+
+def perf_window(i: int, accuracy: float, n: int, reference: float | None = 0.80, **kw: object) -> WindowOutcome:
+    ref = None if reference is None else {"accuracy": reference}
+    return window(i, drift=[], performance={"accuracy": accuracy}, n_labeled=n, reference_performance=ref, **kw)
+
+
+def test_performance_drop_needs_enough_labels() -> None:
+    policy = load_policy(None).for_model("m")  # max_drop 0.05 over at least 500 labels
+    assert run(policy, [perf_window(i, 0.60, 499) for i in range(10)])[1] == []
+    state, requests, alerts = run(policy, [perf_window(0, 0.60, 499), perf_window(1, 0.74, 500)])
+    assert len(requests) == 1 and requests[0].reason == "performance"
+    e = requests[0].evidence[0]
+    assert (e.metric, e.feature, e.value, e.threshold) == ("accuracy", "", 0.74, pytest.approx(0.75))
+    assert [(a.kind, a.severity) for a in alerts] == [("performance_drop", "critical"), ("retrain_requested", "info")]
+    assert "accuracy 0.74 over 500 labels" in alerts[0].message
+
+
+def test_performance_drop_must_exceed_max_drop() -> None:
+    policy = load_policy(None).for_model("m")
+    # exactly 0.05 below the reference is not "more than 0.05", despite 0.80 - 0.75 rounding
+    assert run(policy, [perf_window(i, 0.75, 1000) for i in range(5)])[1] == []
+    assert len(run(policy, [perf_window(0, 0.7499, 1000)])[1]) == 1
+
+
+def test_performance_limit_without_a_reference() -> None:
+    no_limit = load_policy(None).for_model("m")
+    assert run(no_limit, [perf_window(i, 0.1, 1000, reference=None) for i in range(5)])[1] == []
+    limited = model_policy(performance={"limit": 0.7, "max_drop": None})
+    assert run(limited, [perf_window(0, 0.71, 1000, reference=None)])[1] == []
+    _, requests, _ = run(limited, [perf_window(0, 0.69, 1000, reference=None)])
+    assert requests[0].evidence[0].threshold == 0.7
+
+
+def test_lower_is_better_metric_drops_by_rising() -> None:
+    policy = model_policy(performance={"metric": "mae", "max_drop": 5.0, "min_labels": 100})
+
+    def w(i: int, mae: float) -> WindowOutcome:
+        return window(i, drift=[], performance={"mae": mae}, n_labeled=200, reference_performance={"mae": 20.0})
+
+    assert run(policy, [w(0, 10.0), w(1, 24.9), w(2, 25.0)])[1] == []  # better, or within 5
+    _, requests, _ = run(policy, [w(0, 25.5)])
+    assert requests[0].evidence[0].threshold == 25.0
+
+
+def test_performance_consecutive_windows_skip_windows_without_enough_labels() -> None:
+    policy = model_policy(performance={"consecutive_windows": 2})
+    seq = [perf_window(0, 0.6, 800), perf_window(1, 0.6, 10), perf_window(2, 0.6, 800)]
+    _, requests, _ = run(policy, seq)
+    assert [r.requested_at for r in requests] == [T0 + 3 * MINUTE]
+    assert requests[0].request_id == stable_id("m", "1", "performance", T0)
+
+
+def test_performance_wins_the_reason_and_evidence_holds_both() -> None:
+    policy = model_policy(drift={"consecutive_windows": 1})
+    w = window(0, drifted=HOT, performance={"accuracy": 0.5}, n_labeled=900, reference_performance={"accuracy": 0.8})
+    state, requests, alerts = run(policy, [w])
+    assert len(requests) == 1 and requests[0].reason == "performance"
+    assert {e.metric for e in requests[0].evidence} == {"accuracy", "psi"}
+    assert sorted(a.kind for a in alerts) == ["drift", "performance_drop", "retrain_requested"]
+    assert state.drift.requested and state.performance.requested  # one request answered both
+
+
+# --------------------------------------------------------------------------- change detectors
+
+
+def test_change_detector_trigger() -> None:
+    policy = model_policy(change_detectors={"enabled": True, "min_events": 2})
+    one = window(0, drift=[], change_events=[("adwin", "error")])
+    elsewhere = window(1, drift=[], change_events=[("adwin", "score"), ("adwin", "score")])
+    assert run(policy, [one, elsewhere])[1] == []
+    two = window(2, drift=[], change_events=[("adwin", "1:error"), ("adwin", "error")])
+    _, requests, alerts = run(policy, [two])
+    assert requests[0].reason == "drift"
+    assert [(e.metric, e.feature, e.value, e.threshold) for e in requests[0].evidence] == [
+        ("adwin", "1:error", 1.0, 2.0), ("adwin", "error", 1.0, 2.0)]
+    assert alerts[0].kind == "change" and alerts[0].severity == "warning"
+    # off by default
+    assert run(load_policy(None).for_model("m"), [two] * 1)[1] == []
+
+
+# --------------------------------------------------------------------------- determinism and state
+
+
+def test_replay_after_a_crash_gives_the_same_request_ids() -> None:
+    policy = load_policy(None).for_model("m")
+    seq = [window(i, drifted=HOT if i < 20 else ()) for i in range(30)]
+    _, uninterrupted, alerts = run(policy, seq)
+    # the worker persisted the state after window 0, crashed after window 5, and replays from window 1
+    saved = json.loads(json.dumps(run(policy, seq[:1])[0].to_dict()))
+    _, first_try, _ = run(policy, seq[1:6], TriggerState.from_dict(saved))
+    _, replayed, replay_alerts = run(policy, seq[1:], TriggerState.from_dict(saved))
+    assert [r.request_id for r in first_try] == [r.request_id for r in replayed] == [r.request_id for r in uninterrupted]
+    assert [a.alert_id for a in replay_alerts] == [a.alert_id for a in alerts]
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+
+
+def test_a_window_seen_before_changes_nothing() -> None:
+    policy = load_policy(None).for_model("m")
+    state, requests, _ = run(policy, [window(i, drifted=HOT) for i in range(2)])
+    assert len(requests) == 1
+    again, more, alerts = evaluate(policy, state, window(1, drifted=HOT), T0 + 5 * MINUTE)
+    assert (again, more, alerts) == (state, [], [])
+
+
+def test_request_ids_differ_by_model_version_and_episode() -> None:
+    ids = {stable_id("m", "1", "drift", T0), stable_id("m", "2", "drift", T0), stable_id("n", "1", "drift", T0),
+           stable_id("m", "1", "drift", T0 + MINUTE), stable_id("m", "1", "performance", T0)}
+    assert len(ids) == 5
+
+
+def test_a_new_version_starts_afresh_but_keeps_the_cooldown() -> None:
+    policy = load_policy(None).for_model("m")
+    state, requests, _ = run(policy, [window(i, drifted=HOT) for i in range(2)])
+    assert len(requests) == 1
+    state, more, _ = run(policy, [window(i, drifted=HOT, version="2") for i in range(2, 40)], state)
+    assert state.model_version == "2" and state.drift.requested
+    assert [r.requested_at for r in more] == [requests[0].requested_at + 30 * MINUTE]
+    assert more[0].model_version == "2" and more[0].request_id == stable_id("m", "2", "drift", T0 + 2 * MINUTE)
+
+
+def test_state_round_trips_through_json() -> None:
+    policy = load_policy(None).for_model("m")
+    state, _, _ = run(policy, [window(0, drifted=HOT)])
+    assert state.drift.streak == 1
+    data = json.loads(json.dumps(state.to_dict()))
+    assert TriggerState.from_dict(data) == state
+    with pytest.raises(ValueError, match="format"):
+        TriggerState.from_dict({"model_id": "m"})
+    with pytest.raises(ValueError, match="unknown keys: \\['surprise'\\]"):
+        TriggerState.from_dict({**data, "surprise": 1})
+    with pytest.raises(ValueError, match="no model_id"):
+        TriggerState.from_dict({"format": 1})
+    with pytest.raises(ValueError, match="malformed"):
+        TriggerState.from_dict({**data, "drift": {"streek": 1}})
+
+
+def test_disabled_monitoring_and_wrong_models() -> None:
+    off = model_policy(monitoring={"enabled": False})
+    assert run(off, [window(i, drifted=HOT) for i in range(10)])[1] == []
+    policy = load_policy(None).for_model("m")
+    with pytest.raises(ValueError, match="model ids differ"):
+        evaluate(policy, TriggerState("other"), window(0), T0)
+    with pytest.raises(ValueError, match="before it starts"):
+        evaluate(policy, TriggerState("m"), WindowOutcome("m", "1", T0, T0), T0)
+
+
+# --------------------------------------------------------------------------- schedule and manual
+
+
+def test_schedule_trigger() -> None:
+    policy = model_policy(schedule={"every_hours": 2})
+    state, requests, _ = evaluate_schedule(policy, TriggerState("m", "1"), T0)
+    assert requests == [] and state.schedule_anchor_ms == T0  # the clock starts when the model is first seen
+    state, requests, _ = evaluate_schedule(policy, state, T0 + 2 * HOUR - 1)
+    assert requests == []
+    state, requests, alerts = evaluate_schedule(policy, state, T0 + 2 * HOUR + 5)
+    assert [r.reason for r in requests] == ["schedule"] and alerts[0].kind == "retrain_requested"
+    assert requests[0].request_id == stable_id("m", "1", "schedule", T0 + 2 * HOUR)
+    assert evaluate_schedule(policy, state, T0 + 3 * HOUR)[1] == []
+    assert len(evaluate_schedule(policy, state, T0 + 4 * HOUR + 5)[1]) == 1
+    # no schedule in the policy, or no version known yet: nothing
+    assert evaluate_schedule(load_policy(None).for_model("m"), state, T0 + 100 * HOUR)[1] == []
+    assert evaluate_schedule(policy, TriggerState("m", schedule_anchor_ms=0), T0)[1] == []
+
+
+def test_any_request_restarts_the_schedule_clock() -> None:
+    policy = model_policy(schedule={"every_hours": 1})
+    state, _, _ = evaluate_schedule(policy, TriggerState("m", "1"), T0)
+    state, requests, _ = run(policy, [window(i, drifted=HOT, minutes=15) for i in range(2)], state)
+    assert requests[0].requested_at == T0 + 30 * MINUTE
+    assert evaluate_schedule(policy, state, T0 + HOUR + 1)[1] == []
+    assert len(evaluate_schedule(policy, state, T0 + 90 * MINUTE)[1]) == 1
+
+
+def test_manual_requests() -> None:
+    a = manual_request("m", "1", T0, "alice")
+    assert a == manual_request("m", "1", T0, "alice")
+    assert a.request_id != manual_request("m", "1", T0, "bob").request_id
+    assert a.request_id != manual_request("m", "1", T0 + 1, "alice").request_id
+    assert (a.reason, a.requested_at, a.evidence[0].feature) == ("manual", T0, "alice")
+    with pytest.raises(ValueError, match="requested_by"):
+        manual_request("m", "1", T0, "")
+    # always allowed by default; a policy may space them out
+    assert manual_cooldown_remaining_ms(load_policy(None).for_model("m"), T0, T0) == 0
+    spaced = model_policy(manual={"cooldown_minutes": 5})
+    assert manual_cooldown_remaining_ms(spaced, T0, T0 + MINUTE) == 4 * MINUTE
+    assert manual_cooldown_remaining_ms(spaced, T0, T0 + 5 * MINUTE) == 0
+
+
+def test_a_recorded_manual_request_answers_the_open_episode() -> None:
+    policy = model_policy(drift={"consecutive_windows": 3})
+    state, _, _ = run(policy, [window(i, drifted=HOT) for i in range(3)], TriggerState("m", "1", last_request_ms=T0))
+    assert state.drift.active and not state.drift.requested  # held back by the cooldown
+    state = record_request(state, manual_request("m", "1", T0 + 10 * MINUTE, "alice"))
+    assert state.drift.requested and state.last_request_ms == T0 + 10 * MINUTE
+    assert run(policy, [window(i, drifted=HOT) for i in range(3, 60)], state)[1] == []
+    # an older request does not move the clocks back
+    assert record_request(state, manual_request("m", "1", T0, "bob")) == state
