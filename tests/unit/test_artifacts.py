@@ -1,0 +1,141 @@
+"""The content-addressed artifact store: naming, atomic writes, verification on every read."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "artifacts")
+
+
+def _tamper(path: Path, data: bytes) -> None:
+    os.chmod(path, 0o644)  # objects are written read-only
+    path.write_bytes(data)
+
+
+def test_objects_are_named_by_sha256_and_sharded(store: ArtifactStore) -> None:
+    data = b"model weights \x00\x01"
+    sha = store.put_bytes(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    path = store.root / "objects" / sha[:2] / sha[2:]
+    assert store.path(sha) == path
+    assert path.read_bytes() == data
+    assert store.get_bytes(sha) == data
+    assert store.exists(sha)
+
+
+def test_same_content_is_stored_once(store: ArtifactStore) -> None:
+    a = store.put_bytes(b"x" * 1000)
+    b = store.put_bytes(b"x" * 1000)
+    assert a == b
+    assert sum(1 for p in (store.root / "objects").rglob("*") if p.is_file()) == 1
+
+
+def test_modified_artifact_is_refused(store: ArtifactStore) -> None:
+    sha = store.put_bytes(b"original model")
+    _tamper(store.path(sha), b"evil model")
+    with pytest.raises(ArtifactIntegrityError, match=f"artifact {sha} .* corrupted or was modified"):
+        store.get_bytes(sha)
+    with pytest.raises(ArtifactIntegrityError):
+        store.verified_path(sha)
+    with pytest.raises(ArtifactIntegrityError):
+        store.copy_to(sha, store.root.parent / "out.bin")
+    assert not (store.root.parent / "out.bin").exists()
+
+
+def test_truncated_artifact_is_refused(store: ArtifactStore) -> None:
+    sha = store.put_bytes(b"0123456789" * 100)
+    _tamper(store.path(sha), (b"0123456789" * 100)[:500])
+    with pytest.raises(ArtifactIntegrityError):
+        store.get_bytes(sha)
+
+
+def test_storing_again_repairs_a_damaged_object(store: ArtifactStore) -> None:
+    sha = store.put_bytes(b"payload")
+    _tamper(store.path(sha), b"garbage")
+    assert store.put_bytes(b"payload") == sha
+    assert store.get_bytes(sha) == b"payload"
+
+
+def test_missing_object_is_reported(store: ArtifactStore) -> None:
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(ArtifactNotFoundError, match=missing):
+        store.get_bytes(missing)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", "ab/../../x", "", "A" * 64, "0" * 63, "0" * 65, "g" * 64, "/abs" + "0" * 60],
+)
+def test_names_other_than_a_sha256_are_refused(store: ArtifactStore, name: str) -> None:
+    with pytest.raises(RegistryError, match="invalid artifact hash"):
+        store.get_bytes(name)
+    with pytest.raises(RegistryError, match="invalid artifact hash"):
+        store.path(name)
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(store: ArtifactStore) -> None:
+    class Failing(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError("disk went away")
+            return b"x" * 1024
+
+    with pytest.raises(OSError, match="disk went away"):
+        store.put_stream(Failing())
+    objects = store.root / "objects"
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+    store.put_bytes(b"ok")
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_files_are_streamed_in(store: ArtifactStore, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    data = os.urandom(3 * (1 << 20) + 17)  # several read chunks
+    big.write_bytes(data)
+    sha = store.put_file(big)
+    assert sha == hashlib.sha256(data).hexdigest()
+    out = store.copy_to(sha, tmp_path / "copy.bin")
+    assert out.read_bytes() == data
+    with pytest.raises(RegistryError, match="does not exist"):
+        store.put_file(tmp_path / "nope.bin")
+
+
+def test_json_blobs_are_canonical(store: ArtifactStore) -> None:
+    a = store.put_json({"b": [1, 2.5], "a": {"y": None, "x": "é"}})
+    b = store.put_json({"a": {"x": "é", "y": None}, "b": [1, 2.5]})
+    assert a == b
+    assert store.get_json(a) == {"a": {"x": "é", "y": None}, "b": [1, 2.5]}
+
+
+def test_dataset_snapshots_round_trip_as_parquet(store: ArtifactStore) -> None:
+    table = pa.table({"age": [31.0, None, 45.5], "city": ["a", "b", None], "label": [0, 1, 1]})
+    sha = store.put_table(table)
+    assert store.get_table(sha).equals(table)
+    assert store.get_bytes(sha)[:4] == b"PAR1"
+
+
+def test_uris_name_objects_by_hash(store: ArtifactStore) -> None:
+    sha = store.put_bytes(b"d")
+    uri = store.uri(sha)
+    assert uri == f"sha256:{sha}"
+    assert store.sha256_of_uri(uri) == sha
+    with pytest.raises(RegistryError):
+        store.sha256_of_uri("file:///etc/passwd")
