@@ -1,0 +1,233 @@
+"""Kafka through confluent-kafka: clients from Settings, topics, publishing, the DLQ and a test/CLI reader.
+
+Topic arguments are full topic names (``settings.topic("predictions")``),
+except in :func:`ensure_topics`, which takes the contract's names and adds the
+prefix. Message keys are ``model_id`` as UTF-8 (CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftline.settings import TOPIC_NAMES, Settings
+from streams.codec import Codec, DecodeError, Record, default_codec
+
+DLQ_ERROR_HEADER = "driftline-error"
+DLQ_SOURCE_HEADER = "driftline-source-topic"
+DLQ_DETAIL_HEADER = "driftline-error-detail"
+_DETAIL_LIMIT = 1000
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def producer(settings: Settings, **conf: Any) -> Producer:
+    """A producer for ``settings``; ``conf`` adds or overrides librdkafka settings.
+
+    Keys are librdkafka's dotted names, so pass them as ``**{"linger.ms": 5}``;
+    Python callbacks such as ``error_cb`` or ``logger`` pass as they are.
+
+    >>> p = producer(Settings(kafka_bootstrap="127.0.0.1:1"), **{"linger.ms": 5})
+    >>> type(p).__name__  # creating it never waits for a broker
+    'Producer'
+    """
+    return Producer({**settings.kafka_config(), **conf})
+
+
+def consumer(settings: Settings, group_id: str, **conf: Any) -> Consumer:
+    """A consumer in ``group_id``; a group without committed offsets starts from the earliest message."""
+    return Consumer({**settings.kafka_config(), "group.id": group_id, "auto.offset.reset": "earliest", **conf})
+
+
+def ensure_topics(
+    settings: Settings,
+    names: Iterable[str] = TOPIC_NAMES,
+    *,
+    partitions: int | Mapping[str, int] = 1,
+    replication: int = 1,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the prefixed topics that do not exist yet; returns the full names it created.
+
+    Idempotent: a topic that already exists is left as it is (its partition count included).
+    ``partitions`` is one count for all, or a count per contract name (default 1).
+    """
+    topics = []
+    for name in names:
+        count = partitions.get(name, 1) if isinstance(partitions, Mapping) else partitions
+        topics.append(NewTopic(settings.topic(name), num_partitions=count, replication_factor=replication))
+    if not topics:
+        return []
+    admin = AdminClient(settings.kafka_config())
+    futures = admin.create_topics(topics, operation_timeout=timeout, request_timeout=timeout)
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+        created.append(topic)
+    return sorted(created)
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: str | bytes | None,
+    *,
+    headers: list[tuple[str, bytes]] | None = None,
+    on_delivery: DeliveryCallback | None = None,
+    wait_when_full: float = 1.0,
+) -> None:
+    """``producer.produce``; when the client's queue is full, serve delivery reports for up to
+    ``wait_when_full`` seconds and try once more (raising BufferError if it is still full)."""
+    kwargs: dict[str, Any] = {"key": _key_bytes(key), "value": value}
+    if headers:
+        kwargs["headers"] = headers
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    try:
+        producer.produce(topic, **kwargs)
+    except BufferError:
+        producer.poll(wait_when_full)
+        producer.produce(topic, **kwargs)
+    producer.poll(0)
+
+
+def publish(
+    producer: Producer,
+    topic: str,
+    key: str,
+    record: Record,
+    *,
+    codec: Codec | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> bytes:
+    """Encode ``record`` (single-object Avro) and produce it with ``key`` (a model id); returns the bytes sent."""
+    value = (codec or default_codec()).encode(record)
+    produce(producer, topic, value, key, on_delivery=on_delivery)
+    return value
+
+
+def send_to_dlq(
+    producer: Producer,
+    settings: Settings,
+    raw: bytes,
+    key: str | bytes | None,
+    error: DecodeError | str,
+    source_topic: str,
+    *,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
+    """Put a rejected message on the DLQ topic, its bytes and key unchanged.
+
+    Headers: ``driftline-error`` (the reason code), ``driftline-source-topic``
+    (the full topic it was read from) and, for a DecodeError,
+    ``driftline-error-detail`` (its message, cut to 1,000 characters).
+    """
+    reason = error.reason if isinstance(error, DecodeError) else str(error)
+    headers = [(DLQ_ERROR_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source_topic.encode())]
+    if isinstance(error, DecodeError):
+        headers.append((DLQ_DETAIL_HEADER, error.message[:_DETAIL_LIMIT].encode()))
+    produce(producer, settings.topic("dlq"), raw, key, headers=headers, on_delivery=on_delivery)
+
+
+@dataclass
+class Received:
+    """One consumed message, decoded when it could be (else ``error`` says why)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes] = field(default_factory=dict)
+    record: Record | None = None
+    error: DecodeError | None = None
+
+
+def consume_records(
+    settings: Settings,
+    topics: str | Sequence[str],
+    n: int,
+    *,
+    timeout: float = 30.0,
+    codec: Codec | None = None,
+    decode: bool = True,
+) -> list[Received]:
+    """Read up to ``n`` messages of ``topics`` from their earliest offsets, waiting at most ``timeout`` seconds.
+
+    For tests and the CLI: it assigns every partition directly (no group
+    rebalance to wait for) and commits nothing. Topics that do not exist yet
+    are waited for. It returns what arrived in time, possibly fewer than ``n``;
+    the order is the log order within each partition.
+    """
+    codec = codec or default_codec()
+    names = [topics] if isinstance(topics, str) else list(topics)
+    deadline = time.monotonic() + timeout
+    client = consumer(settings, f"driftline-read-{uuid.uuid4().hex[:12]}", **{"enable.auto.commit": False})
+    received: list[Received] = []
+    try:
+        client.assign(_all_partitions(client, names, deadline))
+        while len(received) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            msg = client.poll(min(0.5, remaining))
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(err)
+            value = msg.value() or b""
+            item = Received(
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                timestamp_ms=msg.timestamp()[1],
+                key=msg.key(),
+                value=value,
+                headers={k: v for k, v in (msg.headers() or [])},
+            )
+            if decode:
+                try:
+                    item.record = codec.decode(value)
+                except DecodeError as exc:
+                    item.error = exc
+            received.append(item)
+    finally:
+        client.close()
+    return received
+
+
+def _all_partitions(client: Consumer, topics: list[str], deadline: float) -> list[TopicPartition]:
+    """Every partition of ``topics`` at its beginning, once the broker knows them all."""
+    while True:
+        partitions, missing = [], []
+        for topic in topics:
+            meta = client.list_topics(topic, timeout=max(0.1, min(5.0, deadline - time.monotonic()))).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                missing.append(topic)
+                continue
+            partitions += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+        if not missing:
+            return partitions
+        if time.monotonic() >= deadline:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topics not found: {', '.join(missing)}"))
+        time.sleep(0.1)
