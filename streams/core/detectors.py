@@ -1,0 +1,224 @@
+"""Change detectors on the prediction-score and error streams.
+
+The detectors are river's; this module only decides which ones run on which
+stream, with which parameters, and turns their alarms into records. river
+updates one value at a time, so each detector is fed in order, but nothing
+else is done per value: validation and bookkeeping work on whole batches.
+
+The driftline defaults (``DEFAULT_PARAMS``) differ from river's where river's
+raise many false alarms on stationary data; docs/DETECTORS.md has the
+measurements behind each choice.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import river
+from river import drift
+from river.drift import binary as binary_drift
+
+# The metric names of the ClickHouse rows (drift_metrics.metric) and of the policy.
+DETECTORS: dict[str, Callable[..., Any]] = {
+    "adwin": drift.ADWIN,
+    "page_hinkley": drift.PageHinkley,
+    "kswin": drift.KSWIN,
+    "ddm": binary_drift.DDM,
+    "eddm": binary_drift.EDDM,
+    "hddm_a": binary_drift.HDDMA,
+    "hddm_w": binary_drift.HDDMW,
+}
+
+# These model a stream of 0/1 outcomes (error or not); they have no meaning on scores.
+BINARY_DETECTORS = frozenset({"ddm", "eddm", "hddm_a", "hddm_w"})
+
+# Parameters that override river's defaults. Why each one: docs/DETECTORS.md.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "adwin": {},
+    # alpha=1 turns off the fading sum, whose stationary spread (about 70 sigma at
+    # river's alpha=0.9999) exceeds any usable threshold.
+    "page_hinkley": {"alpha": 1.0, "delta": 0.1, "threshold": 50.0},
+    # one KS test per value: keep the per-test level tiny, and seed it for replays.
+    "kswin": {"alpha": 1e-6, "window_size": 500, "stat_size": 150, "seed": 7},
+    # the first few hundred values make DDM's running minimum too optimistic.
+    "ddm": {"warm_start": 1000, "drift_threshold": 3.5},
+    "eddm": {"warm_start": 300, "alpha": 0.85, "beta": 0.75},
+    "hddm_a": {},
+    "hddm_w": {},
+}
+
+_STATE_FORMAT = 1
+
+
+@dataclass
+class ChangeEvent:
+    """One alarm of one detector on one stream.
+
+    ``index`` is the position in the array given to that ``update`` call, so that
+    the caller can look up the event time; ``value`` is the stream value there.
+
+    >>> ChangeEvent("adwin", "v1:score", 4123, 0.87)
+    ChangeEvent(detector='adwin', stream='v1:score', index=4123, value=0.87)
+    """
+
+    detector: str
+    stream: str
+    index: int
+    value: float
+
+
+@dataclass
+class _Stream:
+    binary: bool
+    detectors: dict[str, Any]
+
+
+class ChangeDetectorBank:
+    """One set of river change detectors per stream key.
+
+    The key is the caller's choice, typically ``f"{model_version}:score"`` or
+    ``f"{model_version}:error"``; an event's ``stream`` is that key. Detectors
+    for a key are created at its first update. Binary detectors (``ddm``,
+    ``eddm``, ``hddm_a``, ``hddm_w``) run only on keys updated with
+    ``binary=True``, whose values must then be 0 or 1. NaN means "no value"
+    and is skipped; infinite values are an error.
+
+    Parameters override ``DEFAULT_PARAMS`` per detector, by name.
+
+    >>> import numpy as np
+    >>> bank = ChangeDetectorBank(names=("adwin", "ddm"))
+    >>> rng = np.random.default_rng(0)
+    >>> errors = (rng.random(6000) < np.where(np.arange(6000) < 3000, 0.1, 0.4)).astype(float)
+    >>> events = bank.update("v1:error", errors, binary=True)
+    >>> sorted({e.detector for e in events})
+    ['adwin', 'ddm']
+    >>> 3000 <= min(e.index for e in events) < 3500
+    True
+    >>> bank.update("v1:score", rng.normal(size=1000))
+    []
+    >>> sorted(bank.detector_names("v1:score"))
+    ['adwin']
+    """
+
+    def __init__(self, names: Iterable[str] = ("adwin",), **params: Mapping[str, Any]) -> None:
+        self.names = tuple(names)
+        if not self.names:
+            raise ValueError("a ChangeDetectorBank needs at least one detector name")
+        unknown = [n for n in self.names if n not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown change detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate change detector names in {self.names}")
+        unused = sorted(set(params) - set(self.names))
+        if unused:
+            raise ValueError(f"parameters given for detector(s) {unused} that are not in names={self.names}")
+        self.params: dict[str, dict[str, Any]] = {
+            n: {**DEFAULT_PARAMS[n], **dict(params.get(n, {}))} for n in self.names
+        }
+        for n in self.names:  # fail at configuration time, not on the first batch
+            self._make(n)
+        self._streams: dict[str, _Stream] = {}
+
+    def _make(self, name: str) -> Any:
+        try:
+            return DETECTORS[name](**self.params[name])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid parameters for change detector {name!r}: {self.params[name]}: {exc}") from exc
+
+    def keys(self) -> list[str]:
+        return list(self._streams)
+
+    def detector_names(self, key: str) -> list[str]:
+        """The detectors that run on ``key`` (empty if the key was never updated)."""
+        stream = self._streams.get(key)
+        return [] if stream is None else list(stream.detectors)
+
+    def forget(self, key: str) -> bool:
+        """Drop the detectors of ``key``, e.g. of a retired model version."""
+        return self._streams.pop(key, None) is not None
+
+    def update(self, key: str, values: np.ndarray, *, binary: bool = False) -> list[ChangeEvent]:
+        """Feed ``values`` in order to every detector of ``key``; return the alarms."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"values for stream {key!r} must be one-dimensional, got shape {x.shape}")
+        present = ~np.isnan(x)
+        if np.isinf(x[present]).any():
+            raise ValueError(f"values for stream {key!r} contain infinite values")
+        positions = None if present.all() else np.flatnonzero(present)
+        x = x[present]
+        if binary and not np.isin(x, (0.0, 1.0)).all():
+            bad = x[~np.isin(x, (0.0, 1.0))][:3].tolist()
+            raise ValueError(f"binary stream {key!r} must hold 0/1 values, got e.g. {bad}")
+        stream = self._stream(key, binary)
+        if x.size == 0:
+            return []
+        xs = x.tolist()
+        events: list[ChangeEvent] = []
+        for name, detector in stream.detectors.items():
+            hits = _feed(detector, xs)
+            for i in hits:
+                index = i if positions is None else int(positions[i])
+                events.append(ChangeEvent(name, key, index, xs[i]))
+        events.sort(key=lambda e: e.index)
+        return events
+
+    def _stream(self, key: str, binary: bool) -> _Stream:
+        stream = self._streams.get(key)
+        if stream is None:
+            names = [n for n in self.names if binary or n not in BINARY_DETECTORS]
+            stream = _Stream(binary, {n: self._make(n) for n in names})
+            self._streams[key] = stream
+        elif stream.binary != binary:
+            raise ValueError(
+                f"stream {key!r} was first updated with binary={stream.binary}, now with binary={binary}"
+            )
+        return stream
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as plain data (detectors pickled).
+
+        Only load states this process or a trusted peer wrote: they hold pickles.
+        """
+        return {
+            "format": _STATE_FORMAT,
+            "river": river.__version__,
+            "names": list(self.names),
+            "params": self.params,
+            "streams": {
+                key: {"binary": s.binary, "detectors": {n: pickle.dumps(d) for n, d in s.detectors.items()}}
+                for key, s in self._streams.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ChangeDetectorBank":
+        """The bank that ``state_dict`` described."""
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"unsupported ChangeDetectorBank state format {state.get('format')!r}")
+        bank = cls(names=state["names"], **state["params"])
+        try:
+            for key, s in state["streams"].items():
+                bank._streams[key] = _Stream(
+                    bool(s["binary"]), {n: pickle.loads(blob) for n, blob in s["detectors"].items()}
+                )
+        except Exception as exc:
+            raise ValueError(
+                f"cannot restore change detectors written with river {state.get('river')} "
+                f"(running {river.__version__}): {exc}"
+            ) from exc
+        return bank
+
+
+def _feed(detector: Any, xs: list[float]) -> list[int]:
+    # The one per-value loop: river detectors take one value at a time.
+    update = detector.update
+    hits = []
+    for i, v in enumerate(xs):
+        update(v)
+        if detector.drift_detected:
+            hits.append(i)
+    return hits

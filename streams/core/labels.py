@@ -1,0 +1,315 @@
+"""Joining late labels to the predictions they grade, in bounded memory.
+
+Labels often arrive hours after their prediction, and sometimes before it
+(separate topics, separate partitions). ``PredictionIndex`` keeps recent
+predictions by ``event_id`` until their label comes, their time to live runs
+out or capacity forces the oldest out; labels without a prediction wait,
+also bounded, for the prediction to arrive. Every row that leaves without a
+join is counted in ``IndexStats``.
+
+Time is whatever the caller passes to ``expire`` (usually the stream's
+event-time watermark): there is no clock in here. The lookup by id is a dict
+(inherently per id); the rows themselves live in numpy columns, so adding,
+joining and expiring copy whole batches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass
+class JoinedLabels:
+    """Predictions matched with their labels, row by row, plus the label ids still waiting.
+
+    ``labels`` holds the labels as they came (numbers or strings); the
+    performance metrics parse them. ``unmatched`` are the ids of labels in
+    this call that found no prediction: they are kept pending, not dropped.
+
+    >>> j = JoinedLabels.empty(unmatched=["e9"])
+    >>> j.n, j.unmatched, j.by_version()
+    (0, ['e9'], {})
+    """
+
+    event_ids: np.ndarray  # object (str)
+    model_versions: np.ndarray  # object (str)
+    event_times: np.ndarray  # int64, timestamp-millis
+    scores: np.ndarray  # float64, NaN where none
+    predicted_labels: np.ndarray  # object (str or None)
+    labels: np.ndarray  # object (float or str)
+    attributes: dict[str, np.ndarray]  # object (str); '' where the event had no such attribute
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.event_ids.size)
+
+    @classmethod
+    def empty(cls, unmatched: list[str] | None = None) -> "JoinedLabels":
+        obj = np.empty(0, dtype=object)
+        return cls(obj, obj.copy(), np.empty(0, np.int64), np.empty(0), obj.copy(), obj.copy(), {},
+                   unmatched or [])
+
+    def select(self, mask: np.ndarray) -> "JoinedLabels":
+        """The rows where ``mask`` is true (``unmatched`` is not carried over)."""
+        return JoinedLabels(
+            self.event_ids[mask], self.model_versions[mask], self.event_times[mask], self.scores[mask],
+            self.predicted_labels[mask], self.labels[mask], {k: v[mask] for k, v in self.attributes.items()},
+        )
+
+    def by_version(self) -> dict[str, "JoinedLabels"]:
+        """The matched rows of each model version."""
+        if self.n == 0:
+            return {}
+        versions, codes = np.unique(self.model_versions.astype(str), return_inverse=True)
+        return {str(v): self.select(codes == i) for i, v in enumerate(versions)}
+
+
+@dataclass
+class IndexStats:
+    """Where the rows went; nothing leaves the index uncounted.
+
+    >>> s = IndexStats(added=10, joined=6, evicted=1, expired=2)
+    >>> s.added - s.joined - s.evicted - s.expired  # still waiting for a label
+    1
+    """
+
+    added: int = 0  # predictions stored
+    replaced: int = 0  # predictions whose event_id was already stored (the newer one is kept)
+    joined: int = 0  # labels matched to a stored prediction
+    joined_pending: int = 0  # predictions matched to a label that had arrived first
+    unmatched: int = 0  # labels that found no prediction and were kept pending
+    evicted: int = 0  # predictions dropped unlabeled because the index was full
+    expired: int = 0  # predictions dropped unlabeled because their time to live ran out
+    pending_evicted: int = 0  # pending labels dropped because too many were waiting
+    pending_expired: int = 0  # pending labels dropped because their time to live ran out
+
+
+class PredictionIndex:
+    """Recent predictions by ``event_id``, waiting for their labels.
+
+    A prediction stays until it is joined, until ``expire(now_ms)`` finds its
+    event time older than ``now_ms - ttl_ms``, or until more than
+    ``max_entries`` are stored (the earliest added goes first). A label with
+    no prediction waits in the same way: at most ``max_pending`` of them, for
+    ``ttl_ms`` after the latest ``expire`` time at which it arrived. The rows
+    live in numpy columns of at most about 3 x (max_entries + largest batch) rows.
+
+    >>> import numpy as np
+    >>> index = PredictionIndex(max_entries=1000, ttl_ms=60_000)
+    >>> _ = index.add(["a", "b", "c"], "v1", np.array([0, 10, 20]), np.array([0.9, 0.2, 0.7]),
+    ...               None, {"region": ["eu", "us", "eu"]})
+    >>> joined = index.join(["b", "x"], ["1", "0"])
+    >>> joined.event_ids.tolist(), joined.scores.tolist(), joined.labels.tolist(), joined.unmatched
+    (['b'], [0.2], ['1'], ['x'])
+    >>> late = index.add(["x"], "v1", np.array([30]), np.array([0.1]))
+    >>> late.event_ids.tolist(), late.labels.tolist()
+    (['x'], ['0'])
+    >>> index.expire(now_ms=60_015)
+    1
+    >>> len(index), index.stats.expired, index.stats.joined, index.stats.joined_pending
+    (1, 1, 1, 1)
+    """
+
+    def __init__(self, max_entries: int, ttl_ms: int, max_pending: int | None = None) -> None:
+        if max_entries < 1 or ttl_ms < 0:
+            raise ValueError("need max_entries >= 1 and ttl_ms >= 0")
+        self.max_entries = max_entries
+        self.ttl_ms = ttl_ms
+        self.max_pending = max_entries if max_pending is None else max_pending
+        if self.max_pending < 0:
+            raise ValueError("max_pending must be >= 0")
+        self.stats = IndexStats()
+        self._rows: OrderedDict[str, int] = OrderedDict()  # event_id -> row, in order of arrival
+        # label id -> (label, time it started waiting; None before the first expire)
+        self._pending: OrderedDict[str, tuple[object, int | None]] = OrderedDict()
+        self._now: int | None = None
+        self._size = 0
+        self._ids = np.empty(0, dtype=object)
+        self._versions = np.empty(0, dtype=object)
+        self._times = np.empty(0, dtype=np.int64)
+        self._scores = np.empty(0, dtype=np.float64)
+        self._predicted = np.empty(0, dtype=object)
+        self._attributes: dict[str, np.ndarray] = {}
+        self._alive = np.empty(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def add(
+        self,
+        event_ids: Sequence[str],
+        model_version: str,
+        event_times: np.ndarray,
+        scores: np.ndarray,
+        predicted_labels: Sequence[str | None] | None = None,
+        attributes: Mapping[str, Sequence[str]] | None = None,
+    ) -> JoinedLabels:
+        """Store a batch of predictions; return those whose label was already waiting."""
+        ids = np.asarray(event_ids, dtype=object)
+        n = ids.size
+        times = np.asarray(event_times, dtype=np.int64)
+        values = np.asarray(scores, dtype=np.float64)
+        predicted = np.full(n, None, dtype=object)
+        if predicted_labels is not None and len(predicted_labels):
+            predicted = np.asarray(predicted_labels, dtype=object)
+        attrs = {k: np.asarray(v, dtype=object) for k, v in (attributes or {}).items()}
+        for name, col in [("event_times", times), ("scores", values), ("predicted_labels", predicted),
+                          *((f"attribute {k!r}", v) for k, v in attrs.items())]:
+            if col.shape != (n,):
+                raise ValueError(f"{name} has {col.size} values for {n} event ids")
+        if n == 0:
+            return JoinedLabels.empty()
+
+        joined = JoinedLabels.empty()
+        if self._pending:
+            pending = self._pending
+            # pop as we go: an id repeated in the batch joins once, its repeat is stored
+            found = [(j, pending.pop(i)[0]) for j, i in enumerate(ids.tolist()) if i in pending]
+            if found:
+                waiting = np.zeros(n, dtype=bool)
+                waiting[[j for j, _ in found]] = True
+                labels = np.empty(len(found), dtype=object)
+                labels[:] = [label for _, label in found]
+                joined = JoinedLabels(
+                    ids[waiting], np.full(labels.size, model_version, dtype=object), times[waiting],
+                    values[waiting], predicted[waiting], labels, {k: v[waiting] for k, v in attrs.items()},
+                )
+                self.stats.joined_pending += labels.size
+                keep = ~waiting
+                ids, times, values, predicted = ids[keep], times[keep], values[keep], predicted[keep]
+                attrs = {k: v[keep] for k, v in attrs.items()}
+                n = ids.size
+
+        self._reserve(n)
+        start, stop = self._size, self._size + n
+        self._ids[start:stop] = ids
+        self._versions[start:stop] = model_version
+        self._times[start:stop] = times
+        self._scores[start:stop] = values
+        self._predicted[start:stop] = predicted
+        for key in attrs.keys() - self._attributes.keys():
+            self._attributes[key] = np.full(self._ids.size, "", dtype=object)
+        for key, col in self._attributes.items():
+            col[start:stop] = attrs.get(key, "")
+        self._alive[start:stop] = True
+        self._size = stop
+
+        replaced = []
+        rows = self._rows
+        for event_id, row in zip(ids.tolist(), range(start, stop)):
+            old = rows.pop(event_id, None)  # pop, so that a re-sent id counts as newest
+            if old is not None:
+                replaced.append(old)
+            rows[event_id] = row
+        self._alive[replaced] = False
+        self.stats.added += n
+        self.stats.replaced += len(replaced)
+
+        excess = len(rows) - self.max_entries
+        if excess > 0:
+            self._alive[[rows.popitem(last=False)[1] for _ in range(excess)]] = False
+            self.stats.evicted += excess
+        return joined
+
+    def join(self, event_ids: Sequence[str], labels: Sequence[object]) -> JoinedLabels:
+        """Match labels to stored predictions; keep the others pending."""
+        ids = list(event_ids)
+        labels = list(labels)
+        if len(labels) != len(ids):
+            raise ValueError(f"{len(labels)} labels for {len(ids)} event ids")
+        label_values = np.empty(len(ids), dtype=object)
+        label_values[:] = labels
+        rows = np.array([self._rows.pop(i, -1) for i in ids], dtype=np.intp)
+        matched = rows >= 0
+        unmatched = [ids[i] for i in np.flatnonzero(~matched).tolist()]
+        for event_id, label in zip(unmatched, label_values[~matched].tolist()):
+            self._pending.pop(event_id, None)  # a newer label for the same id replaces the older
+            self._pending[event_id] = (label, self._now)
+        self.stats.unmatched += len(unmatched)
+        excess = len(self._pending) - self.max_pending
+        for _ in range(max(excess, 0)):
+            self._pending.popitem(last=False)
+        self.stats.pending_evicted += max(excess, 0)
+
+        hit = rows[matched]
+        self._alive[hit] = False
+        self.stats.joined += hit.size
+        return JoinedLabels(
+            self._ids[hit], self._versions[hit], self._times[hit], self._scores[hit], self._predicted[hit],
+            label_values[matched], {k: v[hit] for k, v in self._attributes.items()}, unmatched,
+        )
+
+    def expire(self, now_ms: int) -> int:
+        """Drop predictions with event time before ``now_ms - ttl_ms`` and labels pending that long.
+
+        Returns the number of predictions dropped; ``stats`` counts both kinds.
+        """
+        now_ms = int(now_ms)
+        self._now = now_ms if self._now is None else max(self._now, now_ms)
+        cutoff = self._now - self.ttl_ms
+
+        old = np.flatnonzero(self._alive[: self._size] & (self._times[: self._size] < cutoff))
+        for event_id in self._ids[old].tolist():
+            del self._rows[event_id]
+        self._alive[old] = False
+        self.stats.expired += old.size
+
+        pending = self._pending
+        unstamped = []
+        for event_id, (label, since) in pending.items():
+            if since is not None:
+                break
+            unstamped.append((event_id, label))
+        for event_id, label in unstamped:  # arrived before time was known: waits from now
+            pending[event_id] = (label, self._now)
+        while pending:
+            event_id, (label, since) = next(iter(pending.items()))
+            if since >= cutoff:
+                break
+            pending.popitem(last=False)
+            self.stats.pending_expired += 1
+        return int(old.size)
+
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` more rows: first by dropping dead rows, else by growing."""
+        if self._size + n <= self._ids.size:
+            return
+        self._compact()
+        # grow unless compaction freed a quarter, so that compactions stay rare (amortised O(1) per row)
+        if self._size + n <= 0.75 * self._ids.size:
+            return
+        capacity = max(2 * self._ids.size, len(self._rows) + n, 1024)
+
+        def grow(col: np.ndarray, fill: object) -> np.ndarray:
+            out = np.full(capacity, fill, dtype=col.dtype)
+            out[: self._size] = col[: self._size]
+            return out
+
+        self._ids = grow(self._ids, None)
+        self._versions = grow(self._versions, None)
+        self._times = grow(self._times, 0)
+        self._scores = grow(self._scores, np.nan)
+        self._predicted = grow(self._predicted, None)
+        self._attributes = {k: grow(v, "") for k, v in self._attributes.items()}
+        self._alive = grow(self._alive, False)
+
+    def _compact(self) -> None:
+        live = np.flatnonzero(self._alive[: self._size])
+        k = live.size
+        for col in (self._ids, self._versions, self._times, self._scores, self._predicted,
+                    *self._attributes.values()):
+            col[:k] = col[live]
+        self._alive[:k] = True
+        self._alive[k:] = False
+        self._size = k
+        # new row numbers, keeping the arrival order the eviction relies on
+        self._rows.update(zip(self._ids[:k].tolist(), range(k)))
