@@ -79,11 +79,15 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+# DRIFTLINE_KAFKA_* variables that configure driftline itself, not the Kafka clients
+_NOT_CLIENT_SETTINGS = {"DRIFTLINE_KAFKA_BOOTSTRAP", "DRIFTLINE_KAFKA_JARS"}
+
+
 def _kafka_extra_from_env(env: Mapping[str, str]) -> dict[str, str]:
     # DRIFTLINE_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security.protocol=SASL_SSL
     extra = {}
     for key, value in env.items():
-        if key.startswith("DRIFTLINE_KAFKA_") and key != "DRIFTLINE_KAFKA_BOOTSTRAP":
+        if key.startswith("DRIFTLINE_KAFKA_") and key not in _NOT_CLIENT_SETTINGS:
             extra[key[len("DRIFTLINE_KAFKA_"):].lower().replace("_", ".")] = value
     return extra
 

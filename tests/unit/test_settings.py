@@ -17,7 +17,8 @@ def test_defaults_match_contracts() -> None:
 def test_precedence_file_env_overrides(tmp_path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("topic_prefix: file.\nwarehouse: chdb:///tmp/x\nkafka_extra: {acks: all}\n")
-    env = {"DRIFTLINE_CONFIG": str(cfg), "DRIFTLINE_TOPIC_PREFIX": "env.", "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    env = {"DRIFTLINE_CONFIG": str(cfg), "DRIFTLINE_TOPIC_PREFIX": "env.", "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "DRIFTLINE_KAFKA_JARS": "/opt/jars"}
     s = load_settings(env=env, registry="postgresql://x")
     assert s.topic_prefix == "env."
     assert s.warehouse == "chdb:///tmp/x"

@@ -1,0 +1,739 @@
+"""The retrainer service: retrain requests in, registered (and perhaps promoted) model versions out.
+
+:class:`Retrainer` handles one :class:`~streams.records.RetrainRequest`:
+
+1. **dedupe**: a request whose ``retrain_requests`` row already has a final
+   status is a duplicate; one whose version is in the registry (lineage
+   ``request_id``) but has no final status was interrupted, and is finished
+   rather than trained again, so a request delivered twice registers once;
+2. **snapshot**: the labelled predictions over the policy's range, from the
+   warehouse, stored content-addressed as Parquet; too few rows reject it;
+3. **train** with the policy's trainer (an entry point of ``driftline.trainers``
+   or ``module:function``) on the oldest rows;
+4. **evaluate** challenger and champion on the same newest rows
+   (:mod:`retrainer.evaluation`) and decide (:func:`retrainer.promotion.decide`);
+5. **register** the version with its lineage and reference profile; the
+   decision is stored with it (tag ``decision``), so that an interrupted
+   request finishes the way it was decided;
+6. **apply** the decision (promote, or alias ``challenger``), **publish** the
+   ModelEvents on ``models``, write the request's final status and mirror the
+   registry to ``model_versions``.
+
+A failure in steps 2-5 (a trainer that raises, unusable data) fails the
+request, with the error recorded, and the service goes on. A failure to
+record an outcome (Kafka, warehouse or registry unreachable) is not the
+request's fault: :class:`RetrainerService` leaves its offset uncommitted,
+seeks back and tries again after a pause.
+
+:class:`RetrainerService` consumes ``retrain-requests`` with manual commits
+and commits a message only after its outcome is recorded. The service holds
+no statistics and no SQL of its own beyond :func:`recorded_request`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from driftline.settings import Settings
+from retrainer.evaluation import ChampionScores, Evaluation, evaluate
+from retrainer.policy import ModelPolicy, Policy, load_policy
+from retrainer.promotion import finite_number
+from retrainer.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Lineage,
+    ModelNotFoundError,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    code_version,
+)
+from retrainer.registry.canonical import canonical_json
+from retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
+from retrainer.trainers import TrainedModel, TrainerError, TrainerFn, load_model, resolve_trainer, score
+from retrainer.triggers import manual_cooldown_remaining_ms
+from streams import kafka
+from streams.codec import Codec, DecodeError
+from streams.core.profile import ReferenceProfile
+from streams.records import ModelEvent, RetrainRequest
+from streams.warehouse import Warehouse
+from streams.warehouse_rows import ModelVersionRow
+
+log = logging.getLogger(__name__)
+
+ACTOR = "driftline-retrainer"
+FINAL_STATUSES = ("registered", "rejected", "failed")
+DECISION_TAG = "decision"  # "promote" or "keep", decided before registering
+PROMOTE, KEEP = "promote", "keep"
+
+Stage = Literal["snapshot", "training", "evaluating", "registering", "done"]
+OutcomeStatus = Literal["registered", "rejected", "failed", "duplicate"]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the retrainer has got with one request, for logs and live views.
+
+    >>> Progress("r1", "credit", "training", 3, 4, "batch 3/4").percent
+    75
+    """
+
+    request_id: str
+    model_id: str
+    stage: Stage
+    done: int
+    total: int
+    message: str
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total <= 0 else int(100 * self.done / self.total)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one request.
+
+    ``status`` is the request's final status, or ``duplicate`` when it had
+    one already; ``reason`` says why (the decision, the rejection or the error).
+
+    >>> Outcome("r1", "credit", "registered", version="2", promoted=True).line()
+    'request r1 (credit): registered version 2, promoted'
+    """
+
+    request_id: str
+    model_id: str
+    status: OutcomeStatus
+    version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    holdout_metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = f"request {self.request_id} ({self.model_id}): {self.status}"
+        if self.version is not None:
+            text += f" version {self.version}, " + ("promoted" if self.promoted else "kept as challenger")
+        return text + (f": {self.reason}" if self.reason else "")
+
+
+@dataclass
+class _Candidate:
+    """A trained and evaluated challenger, ready to register."""
+
+    snapshot: SnapshotRef
+    data: Snapshot
+    trained: TrainedModel
+    trainer: str
+    scores: np.ndarray  # the challenger's score of every snapshot row, for the reference profile
+    evaluation: Evaluation
+    parent: str | None
+
+
+class RetryLater(RuntimeError):
+    """An outcome could not be recorded (Kafka, warehouse or registry); the request is handled again."""
+
+
+# --------------------------------------------------------------------------- boundary helpers
+
+
+def recorded_request(warehouse: Warehouse, request_id: str) -> dict[str, Any] | None:
+    """The latest ``status``, ``error`` and ``registered_version`` of a retrain request, or None if it has no row."""
+    # TODO(warehouse adapter): belongs in Warehouse (e.g. retrain_request_status); here until it exists there
+    rows = warehouse.query_rows(
+        "SELECT toString(status) AS status, error, registered_version FROM retrain_requests FINAL "
+        "WHERE request_id = {request_id:String}",
+        {"request_id": request_id},
+    )
+    return rows[0] if rows else None
+
+
+def mirror_row(version: ModelVersion, updated_at: int) -> ModelVersionRow:
+    """A registry version as a ``model_versions`` row: absent values as the table's defaults,
+    metrics flattened to ``train.<metric>`` and ``holdout.<metric>``.
+
+    >>> mv = ModelVersion("credit", "2", "champion", Lineage(holdout_metrics={"auc": 0.8}), None, None,
+    ...                   aliases=("champion",), created_at=5)
+    >>> row = mirror_row(mv, 9)
+    >>> row.metrics, row.artifact_sha256, row.hyperparameters, row.updated_at
+    ({'holdout.auc': 0.8}, '', '{}', 9)
+    """
+    lin = version.lineage
+    metrics = {
+        f"{part}.{name}": value
+        for part, values in (("train", lin.train_metrics), ("holdout", lin.holdout_metrics))
+        for name, raw in values.items()
+        if (value := finite_number(raw)) is not None
+    }
+    return ModelVersionRow(
+        model_id=version.model_id,
+        version=version.version,
+        status=version.status,
+        created_at=version.created_at,
+        aliases=sorted(version.aliases),
+        artifact_sha256=version.artifact_sha256 or "",
+        dataset_uri=lin.dataset_uri or "",
+        dataset_sha256=lin.dataset_sha256 or "",
+        dataset_rows=lin.dataset_rows or 0,
+        code_version=lin.code_version or "",
+        hyperparameters=canonical_json(lin.hyperparameters, what="hyperparameters"),
+        metrics=metrics,
+        parent_version=lin.parent_version,
+        request_id=lin.request_id,
+        updated_at=updated_at,
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    # the policy keeps hyperparameters frozen (mapping proxies, tuples); trainers get plain JSON values
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _accepts_progress(fn: TrainerFn) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "progress" in parameters
+
+
+# --------------------------------------------------------------------------- one request
+
+
+class Retrainer:
+    """Handles retrain requests one at a time, wiring warehouse, trainer, evaluation, registry and Kafka.
+
+    ``producer`` publishes ModelEvents on the ``models`` topic; ``progress``
+    receives :class:`Progress` updates (the demo's live view). The policy's
+    ``manual.cooldown_minutes`` is enforced here, per process: a manual request
+    that comes too soon after the last one this process accepted is rejected.
+    Usage: ``Retrainer.from_settings(settings).handle(request)``; see
+    tests/integration/test_retrainer.py (it needs Kafka and a warehouse).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Registry,
+        warehouse: Warehouse,
+        producer: Producer,
+        policy: Policy,
+        codec: Codec | None = None,
+        progress: ProgressCallback | None = None,
+        flush_timeout_seconds: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.warehouse = warehouse
+        self.producer = producer
+        self.policy = policy
+        self.codec = codec or Codec.from_settings(settings)
+        self._progress_cb = progress
+        self.flush_timeout_seconds = flush_timeout_seconds
+        self._last_manual: dict[str, tuple[int, str]] = {}  # model -> (requested_at, request_id) last accepted
+        self._last_stamp = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, progress: ProgressCallback | None = None) -> "Retrainer":
+        policy = load_policy(settings.policy)
+        registry = Registry.from_settings(settings)
+        warehouse = Warehouse.from_settings(settings, migrate=True)
+        return cls(settings, registry=registry, warehouse=warehouse, producer=kafka.producer(settings),
+                   policy=policy, progress=progress)
+
+    def close(self) -> None:
+        self.producer.flush(self.flush_timeout_seconds)
+        self.warehouse.close()
+
+    # -- the request ------------------------------------------------------------
+    def handle(self, request: RetrainRequest) -> Outcome:
+        """Handle one request to its final status; raises :class:`RetryLater` when that status cannot be recorded."""
+        try:
+            status = (recorded_request(self.warehouse, request.request_id) or {}).get("status")
+            earlier = self.registry.find_by_request(request.model_id, request.request_id)
+        except Exception as exc:
+            raise RetryLater(f"cannot look up request {request.request_id}: {exc}") from exc
+        if status in FINAL_STATUSES:
+            log.info("request %s (%s) is already %s; skipping the duplicate", request.request_id, request.model_id,
+                     status)
+            return Outcome(request.request_id, request.model_id, "duplicate", reason=f"already {status}")
+        if earlier:
+            log.info("request %s (%s) registered version %s before it was interrupted; finishing it",
+                     request.request_id, request.model_id, earlier[-1].version)
+            return self._finish(request, earlier[-1])
+
+        policy = self.policy.for_model(request.model_id)
+        last_manual = self._last_manual.get(request.model_id)
+        if request.reason == "manual" and (last_manual is None or last_manual[1] != request.request_id):
+            wait_ms = manual_cooldown_remaining_ms(policy, None if last_manual is None else last_manual[0],
+                                                   request.requested_at)
+            if wait_ms:
+                return self._reject(request, f"manual requests of {request.model_id} are "
+                                             f"{policy.manual.cooldown_minutes:g} minutes apart "
+                                             f"(manual.cooldown_minutes); try again after "
+                                             f"{_iso(request.requested_at + wait_ms)}")
+            self._last_manual[request.model_id] = (request.requested_at, request.request_id)
+        self._record(request, "training")
+        log.info("request %s: retraining %s (reason %s, version %s, %d evidence)", request.request_id,
+                 request.model_id, request.reason, request.model_version, len(request.evidence))
+        try:
+            prepared = self._prepare(request, policy)
+            if isinstance(prepared, str):
+                return self._reject(request, prepared)
+            version = self._register(request, policy, prepared)
+        except Exception as exc:  # the request's own failure (trainer, data); the service goes on
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("request %s (%s) failed: %s", request.request_id, request.model_id, error,
+                      exc_info=not isinstance(exc, TrainerError))
+            self._record(request, "failed", error=error)
+            return Outcome(request.request_id, request.model_id, "failed", reason=error)
+        return self._finish(request, version)
+
+    # -- snapshot, train, evaluate -----------------------------------------------
+    def _prepare(self, request: RetrainRequest, policy: ModelPolicy) -> _Candidate | str:
+        """A trained, evaluated challenger; or why the request is rejected."""
+        rt = policy.retraining
+        last_promotion = self._last_promotion_ms(request.model_id) if rt.snapshot.since == "last_promotion" else None
+        start, end = rt.snapshot.range(request.requested_at, last_promotion)
+        span = f"[{_iso(start)}, {_iso(end)})"
+        self._progress(request, "snapshot", 0, 1, f"reading labelled predictions in {span}")
+        table = self.warehouse.training_snapshot(request.model_id, start, end)
+        if table.num_rows < rt.min_rows:
+            return (f"the snapshot has {table.num_rows} labelled predictions in {span}, fewer than the "
+                    f"{rt.min_rows} the policy needs (retraining.min_rows)")
+        sha256 = self.registry.artifacts.put_table(table)
+        first, last = event_time_range(table)
+        ref = SnapshotRef(self.registry.artifacts.uri(sha256), sha256, table.num_rows, first, last, start, end)
+        data = Snapshot.from_table(table)
+        dropped = f"; {data.dropped_unlabelled} rows without a label dropped" if data.dropped_unlabelled else ""
+        self._progress(request, "snapshot", 1, 1,
+                       f"{table.num_rows:,} labelled rows in {span}, {len(data.data.numeric)} numeric and "
+                       f"{len(data.data.categorical)} categorical features, task {data.data.task}, stored as "
+                       f"{ref.uri}{dropped}")
+        train_index, holdout_index = data.split_index(rt.holdout_fraction)
+        if len(train_index) == 0 or len(holdout_index) == 0:
+            return (f"the snapshot's {data.n} rows do not split into training and holdout rows at "
+                    f"holdout_fraction {rt.holdout_fraction:g}")
+        train, holdout = data.take(train_index), data.take(holdout_index)
+
+        trainer = resolve_trainer(rt.trainer)
+        params = _plain(rt.hyperparameters)
+        self._progress(request, "training", 0, 1, f"training {rt.trainer} on {train.n:,} rows (holdout "
+                                                  f"{holdout.n:,}), policy hyperparameters {json.dumps(params)}")
+        started = time.monotonic()
+        trained = self._train(request, trainer, rt.trainer, train, params)
+        self._progress(request, "training", 1, 1, f"trained {rt.trainer} in {time.monotonic() - started:.1f} s")
+
+        self._progress(request, "evaluating", 0, 1, f"scoring challenger and champion on {holdout.n:,} holdout rows")
+        scores = score(trained.model, data.data)
+        champion = self._champion(request.model_id)
+        champion_scores = None if champion is None else self._champion_scores(champion, holdout)
+        evaluation = evaluate(data.data.task, train.data.label, scores[train_index], holdout.data.label,
+                              scores[holdout_index], champion_scores, rt.promotion)
+        train_metrics = {**evaluation.train, **trained.train_metrics}
+        evaluation = replace(evaluation, train=train_metrics)
+        self._progress(request, "evaluating", 1, 1, evaluation.summary())
+        parent = champion.version if champion is not None else self._existing_version(request)
+        return _Candidate(ref, data, trained, rt.trainer, scores, evaluation, parent)
+
+    def _train(self, request: RetrainRequest, trainer: TrainerFn, name: str, train: Snapshot,
+               params: dict[str, Any]) -> TrainedModel:
+        reported = [-1]
+
+        def progress(done: int, total: int) -> None:
+            self._notify(Progress(request.request_id, request.model_id, "training", done, total,
+                                  f"batch {done}/{total}"))
+            tenth = 10 * done // max(total, 1)
+            if tenth > reported[0]:  # log every 10%, not every batch
+                reported[0] = tenth
+                log.info("request %s: training %s %d%% (%d/%d batches)", request.request_id, name,
+                         100 * done // max(total, 1), done, total)
+
+        try:
+            if _accepts_progress(trainer):
+                trained = trainer(train.data, params, progress=progress)
+            else:
+                trained = trainer(train.data, params)
+        except Exception as exc:
+            raise TrainerError(f"trainer {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(trained, TrainedModel):
+            raise TrainerError(f"trainer {name!r} returned {type(trained).__name__}, not a TrainedModel")
+        return trained
+
+    def _champion(self, model_id: str) -> ModelVersion | None:
+        try:
+            return self.registry.alias(model_id, CHAMPION)
+        except ModelNotFoundError:
+            return None
+
+    def _existing_version(self, request: RetrainRequest) -> str | None:
+        # without a champion, the version the request is about is the closest ancestor
+        try:
+            return self.registry.get(request.model_id, request.model_version).version
+        except RegistryError:
+            return None
+
+    def _champion_scores(self, champion: ModelVersion, holdout: Snapshot) -> ChampionScores:
+        if champion.artifact_sha256 is not None:
+            try:
+                model = load_model(self.registry.load_artifact(champion.model_id, champion.version))
+                return ChampionScores(champion.version, score(model, holdout.data), "artifact")
+            except Exception as exc:  # e.g. a model that river cannot score: fall back to what it logged
+                note = f"its artifact could not be scored ({type(exc).__name__}: {exc})"
+                log.warning("champion %s v%s: %s; using its logged predictions", champion.model_id,
+                            champion.version, note)
+                return ChampionScores(champion.version, holdout.logged_scores(champion.version),
+                                      "logged predictions", note)
+        return ChampionScores(champion.version, holdout.logged_scores(champion.version), "logged predictions",
+                              "it has no artifact")
+
+    def _last_promotion_ms(self, model_id: str) -> int | None:
+        try:
+            entries = self.registry.audit_log(model_id)
+        except ModelNotFoundError:
+            return None
+        moves = [e.occurred_at for e in entries if e.action in ("promote", "rollback")]
+        return moves[-1] if moves else None
+
+    # -- register, then finish ----------------------------------------------------
+    def _register(self, request: RetrainRequest, policy: ModelPolicy, c: _Candidate) -> ModelVersion:
+        ev = c.evaluation
+        self._progress(request, "registering", 0, 1, f"registering {request.model_id} with parent {c.parent or '-'}")
+        lineage = Lineage(
+            dataset_uri=c.snapshot.uri,
+            dataset_sha256=c.snapshot.sha256,
+            dataset_rows=c.snapshot.rows,
+            dataset_start_ms=c.snapshot.start_ms,
+            dataset_end_ms=c.snapshot.end_ms,
+            code_version=code_version(),
+            trainer=c.trainer,
+            hyperparameters=dict(c.trained.params),
+            train_metrics=ev.train,
+            holdout_metrics=ev.holdout,
+            parent_version=c.parent,
+            request_id=request.request_id,
+            evidence=list(request.evidence),
+        )
+        tags = {
+            DECISION_TAG: PROMOTE if ev.decision.promote else KEEP,
+            "task": ev.task,
+            "train_rows": str(c.data.n - ev.holdout_rows),
+            "holdout_rows": str(ev.holdout_rows),
+            "snapshot_range": f"{_iso(c.snapshot.range_start_ms)}/{_iso(c.snapshot.range_end_ms)}",
+        }
+        if ev.champion is not None:
+            tags["champion_scored_by"] = ev.champion.source
+        reference = policy.monitoring.reference
+        numeric, categorical = c.data.data.numeric, c.data.data.categorical
+
+        def profile(version: str) -> dict[str, Any]:
+            return ReferenceProfile.build(request.model_id, version, numeric=numeric, categorical=categorical,
+                                          predictions=c.scores, bins=reference.bins, top_k=reference.top_k,
+                                          sample_size=reference.sample_size).to_dict()
+
+        version = self.registry.register(
+            request.model_id, lineage=lineage, reference_profile=profile, artifact_bytes=c.trained.artifact(),
+            tags=tags, note=ev.summary(), actor=ACTOR,
+            reason=f"retrain request {request.request_id} ({request.reason})",
+        )
+        self._progress(request, "registering", 1, 1, f"registered {request.model_id} version {version.version}")
+        return version
+
+    def _finish(self, request: RetrainRequest, version: ModelVersion) -> Outcome:
+        """Apply the registered decision, publish, record the status and mirror; idempotent, so an
+        interrupted request can be finished again."""
+        try:
+            version, promoted = self._apply_decision(request, version)
+            events = [version.event("registered", occurred_at=version.created_at,
+                                    alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER)]
+            if promoted:
+                events.append(version.event("promoted", occurred_at=_now_ms(), alias=CHAMPION))
+            self._publish(events)
+            self._record(request, "registered", registered_version=version.version)
+            self._mirror(request.model_id)
+        except RetryLater:
+            raise
+        except Exception as exc:
+            raise RetryLater(f"request {request.request_id}: version {version.version} is registered but its "
+                             f"outcome could not be recorded: {exc}") from exc
+        reason = version.note or ""
+        self._progress(request, "done", 1, 1, f"{request.model_id} version {version.version} "
+                                              + ("promoted to champion" if promoted else "kept as challenger"))
+        outcome = Outcome(request.request_id, request.model_id, "registered", version.version, promoted, reason,
+                          dict(version.lineage.holdout_metrics))
+        log.info("%s", outcome.line())
+        return outcome
+
+    def _apply_decision(self, request: RetrainRequest, version: ModelVersion) -> tuple[ModelVersion, bool]:
+        decision = version.tags.get(DECISION_TAG, KEEP)
+        if version.status != "registered":  # applied before an interruption, or changed by a person since
+            return version, decision == PROMOTE and version.status == "champion"
+        why = version.note or ""
+        if decision == PROMOTE:
+            champion = self._champion(request.model_id)
+            if champion is None or champion.version == version.lineage.parent_version:
+                self.registry.promote(request.model_id, version.version, actor=ACTOR, reason=why)
+                return self.registry.get(request.model_id, version.version), True
+            why = (f"decided to promote, but the champion moved to version {champion.version} since; "
+                   f"kept as challenger ({why})")
+        self.registry.set_alias(request.model_id, CHALLENGER, version.version, actor=ACTOR, reason=why)
+        return self.registry.get(request.model_id, version.version), False
+
+    def _reject(self, request: RetrainRequest, reason: str) -> Outcome:
+        log.warning("request %s (%s) rejected: %s", request.request_id, request.model_id, reason)
+        self._record(request, "rejected", error=reason)
+        return Outcome(request.request_id, request.model_id, "rejected", reason=reason)
+
+    # -- adapters ---------------------------------------------------------------
+    def _stamp(self) -> int:
+        # strictly increasing, so that the latest of two statuses written in one millisecond wins (FINAL)
+        self._last_stamp = max(_now_ms(), self._last_stamp + 1)
+        return self._last_stamp
+
+    def _record(self, request: RetrainRequest, status: str, *, error: str | None = None,
+                registered_version: str | None = None) -> None:
+        try:
+            self.warehouse.upsert_retrain_request(request, status, error, registered_version=registered_version,
+                                                  updated_at=self._stamp())
+        except Exception as exc:
+            raise RetryLater(f"cannot record request {request.request_id} as {status}: {exc}") from exc
+
+    def _mirror(self, model_id: str) -> None:
+        stamp = self._stamp()
+        self.warehouse.upsert_model_versions([mirror_row(v, stamp) for v in self.registry.list_versions(model_id)])
+
+    def _publish(self, events: Sequence[ModelEvent]) -> None:
+        errors: list[str] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        topic = self.settings.topic("models")
+        for event in events:
+            kafka.publish(self.producer, topic, event.model_id, event, codec=self.codec, on_delivery=delivered)
+        left = self.producer.flush(self.flush_timeout_seconds)
+        if left or errors:
+            raise RetryLater(f"publishing {len(events)} model event(s) to {topic} failed: "
+                             + ("; ".join(errors) or f"{left} undelivered after {self.flush_timeout_seconds:g} s"))
+
+    def _progress(self, request: RetrainRequest, stage: Stage, done: int, total: int, message: str) -> None:
+        log.info("request %s: %s %d%%: %s", request.request_id, stage, 100 * done // max(total, 1), message)
+        self._notify(Progress(request.request_id, request.model_id, stage, done, total, message))
+
+    def _notify(self, progress: Progress) -> None:
+        if self._progress_cb is None:
+            return
+        try:
+            self._progress_cb(progress)
+        except Exception:  # a broken live view must not fail the retrain
+            log.exception("the progress callback failed")
+
+
+# --------------------------------------------------------------------------- the consumer loop
+
+
+@dataclass(frozen=True)
+class RetrainerOptions:
+    """How the service consumes: its group, and when it stops (by default never).
+
+    ``once`` stops when every request on the topic at start-up is handled;
+    ``idle_exit_seconds`` stops after that long without a message;
+    ``max_requests`` stops after that many messages (duplicates and failures count).
+
+    >>> RetrainerOptions(max_requests=1).group_id
+    'driftline-retrainer'
+    """
+
+    group_id: str = "driftline-retrainer"
+    once: bool = False
+    max_requests: int | None = None
+    idle_exit_seconds: float | None = None
+    poll_seconds: float = 0.5
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+
+@dataclass
+class RunSummary:
+    """What a run of the service did, and why it stopped.
+
+    >>> s = RunSummary([Outcome("r1", "m", "registered", "2"), Outcome("r1", "m", "duplicate")], undecodable=1)
+    >>> s.handled, s.counts()
+    (3, {'registered': 1, 'duplicate': 1, 'undecodable': 1})
+    """
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    undecodable: int = 0
+    retries: int = 0
+    stopped_because: str = ""
+
+    @property
+    def handled(self) -> int:
+        return len(self.outcomes) + self.undecodable
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            out[o.status] = out.get(o.status, 0) + 1
+        if self.undecodable:
+            out["undecodable"] = self.undecodable
+        return out
+
+
+class RetrainerService:
+    """Consumes ``retrain-requests`` and hands each request to a :class:`Retrainer`.
+
+    Offsets are committed one message at a time, after the outcome is
+    recorded; an undecodable message goes to the DLQ and is committed.
+    Usage: ``RetrainerService(settings, RetrainerOptions(once=True)).run()``
+    (needs Kafka; see tests/integration/test_retrainer.py).
+    """
+
+    def __init__(self, settings: Settings, options: RetrainerOptions = RetrainerOptions(), *,
+                 retrainer: Retrainer | None = None, progress: ProgressCallback | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.retrainer = retrainer or Retrainer.from_settings(settings, progress=progress)
+        self._owns_retrainer = retrainer is None
+        self._stop = threading.Event()
+        self._assigned: list[TopicPartition] = []
+        self._assignment_changed = False
+        self._next: dict[tuple[str, int], int] = {}
+        self._end: dict[tuple[str, int], int] | None = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current request (safe from signal handlers and threads)."""
+        self._stop.set()
+
+    def run(self) -> RunSummary:
+        topic = self.settings.topic("retrain-requests")
+        kafka.ensure_topics(self.settings, ["retrain-requests", "models", "dlq"])
+        consumer = kafka.consumer(self.settings, self.options.group_id,
+                                  **{"enable.auto.commit": False, "enable.auto.offset.store": False})
+        summary = RunSummary()
+        backoff = self.options.retry_initial_seconds
+        last_activity = time.monotonic()
+        consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("retrainer consuming %s as group %s", topic, self.options.group_id)
+        try:
+            while True:
+                if self._stop.is_set():
+                    summary.stopped_because = "stopped"
+                    break
+                if self.options.max_requests is not None and summary.handled >= self.options.max_requests:
+                    summary.stopped_because = f"handled {summary.handled} request(s) (--max-requests)"
+                    break
+                if self.options.once and self._caught_up(consumer):
+                    summary.stopped_because = "handled every request that was waiting (--once)"
+                    break
+                if self._assignment_changed:
+                    self._assignment_changed = False
+                    last_activity = time.monotonic()
+                idle = self.options.idle_exit_seconds
+                if idle is not None and time.monotonic() - last_activity >= idle:
+                    summary.stopped_because = f"idle for {idle:g} s (--idle-exit)"
+                    break
+                msg = consumer.poll(self.options.poll_seconds)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.fatal():
+                        raise KafkaException(err)
+                    log.warning("consumer error: %s", err)
+                    continue
+                last_activity = time.monotonic()
+                try:
+                    self._handle_message(msg, summary)
+                except RetryLater as exc:
+                    summary.retries += 1
+                    log.error("%s; trying again in %.0f s", exc, backoff)
+                    consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.options.retry_max_seconds)
+                    continue
+                backoff = self.options.retry_initial_seconds
+                consumer.commit(message=msg, asynchronous=False)
+                self._next[(msg.topic(), msg.partition())] = msg.offset() + 1
+        finally:
+            consumer.close()
+            if self._owns_retrainer:
+                self.retrainer.close()
+        log.info("retrainer stopped: %s; %s", summary.stopped_because,
+                 ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items())) or "no requests")
+        return summary
+
+    def _handle_message(self, msg: Message, summary: RunSummary) -> None:
+        raw = msg.value() or b""
+        try:
+            request = self.retrainer.codec.decode(raw, topic="retrain-requests")
+        except DecodeError as exc:
+            log.error("message %s[%d]@%d is not a RetrainRequest (%s); sent to the DLQ", msg.topic(), msg.partition(),
+                      msg.offset(), exc)
+            try:
+                kafka.send_to_dlq(self.retrainer.producer, self.settings, raw, msg.key(), exc, msg.topic())
+                if self.retrainer.producer.flush(self.retrainer.flush_timeout_seconds):
+                    raise RetryLater("the DLQ message was not delivered in time")
+            except KafkaException as kexc:
+                raise RetryLater(f"cannot send an undecodable message to the DLQ: {kexc}") from kexc
+            summary.undecodable += 1
+            return
+        summary.outcomes.append(self.retrainer.handle(request))
+
+    # -- assignment, for --once ------------------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._assigned = list(partitions)
+        self._assignment_changed = True
+        self._end = None
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._assigned = []
+        self._end = None
+
+    def _caught_up(self, consumer: Any) -> bool:
+        """Whether every assigned partition is read up to where it ended when it was assigned."""
+        if not self._assigned:
+            return False
+        if self._end is None:
+            self._end = {}
+            committed = consumer.committed(self._assigned, timeout=10)
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                key = (tp.topic, tp.partition)
+                self._end[key] = high
+                self._next[key] = tp.offset if tp.offset >= 0 else low
+        return all(self._next.get(key, 0) >= high for key, high in self._end.items())
