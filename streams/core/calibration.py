@@ -1,0 +1,155 @@
+"""Distance thresholds calibrated for the window's size, by resampling the reference.
+
+A fixed PSI or Wasserstein threshold means different things at different
+window sizes: stationary windows of 150 events routinely show distances that
+windows of 10,000 never reach. So driftline reports, next to each distance,
+the (1 - alpha) quantile of that distance between the reference and windows
+*drawn from the reference itself*: the size of distance that no drift at all
+produces in a window of that size, for that feature.
+
+The null distribution depends on the sizes through the two-sample effective
+size ``en = n N / (n + N)`` (window ``n``, reference ``N``): drawing windows of
+``en`` events from the reference's own distribution and comparing them with
+it reproduces the sampling noise of both sides. Calibration runs once per
+feature and power-of-two bucket of ``en``, is cached on the reference, and is
+scaled to the exact ``en`` inside the bucket by the metric's asymptotic rate
+(PSI, like chi-squared, falls as ``1/en``; the distances as ``1/sqrt(en)``).
+
+>>> import numpy as np
+>>> from streams.core.profile import ReferenceProfile
+>>> ref = ReferenceProfile.build("m", "1", {"x": np.random.default_rng(0).normal(size=20_000)}, {})
+>>> small = binned_thresholds(ref, "x", 150.0, 0.05)
+>>> large = binned_thresholds(ref, "x", 10_000.0, 0.05)
+>>> small["psi"] > 10 * large["psi"], 0.05 < small["psi"] < 0.2
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from streams.core import metrics
+from streams.core.profile import DEFAULT_WINDOW_SAMPLE, ReferenceProfile, stable_seed
+
+BINNED_REPLICATES = 1_000
+SAMPLE_REPLICATES = 400
+ATOMS = 500
+_RATE = {"psi": 1.0, "jensenshannon": 0.5, "hellinger": 0.5, "wasserstein": 0.5}
+
+
+def _bucket(en: float) -> int:
+    return max(0, int(math.floor(math.log2(max(en, 1.0)))))
+
+
+def _reference_proportions(reference: ReferenceProfile, feature: str) -> np.ndarray:
+    if feature in reference.numeric:
+        counts = reference.numeric[feature].counts.astype(np.float64)
+        n = counts.sum()
+        # A new value of a continuous feature falls below (above) all n
+        # reference values with probability 1/(n+1): that is what the open bins
+        # of stationary windows receive.
+        p = counts / (n + 1.0)
+        p[0] = p[-1] = 0.5 / (n + 1.0)
+        return p / p.sum()
+    counts = reference.categorical[feature].counts.astype(np.float64)
+    return counts / counts.sum()
+
+
+def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> tuple[float, ...]:
+    def calibrate() -> tuple[float, ...]:
+        rng = np.random.default_rng(stable_seed(reference.seed, "binned", feature, exponent, alpha))
+        p_true = _reference_proportions(reference, feature)
+        kind = reference.numeric.get(feature) or reference.categorical[feature]
+        p_ref = kind.counts / kind.counts.sum()
+        n = 2**exponent
+        q = rng.multinomial(n, p_true, size=BINNED_REPLICATES) / n
+        level = 1.0 - alpha
+        return (float(np.quantile(metrics.psi(p_ref, q), level)),
+                float(np.quantile(metrics.jensenshannon(p_ref, q), level)),
+                float(np.quantile(metrics.hellinger(p_ref, q), level)))
+
+    return reference.cached(("binned", feature, exponent, alpha), calibrate)
+
+
+def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> float:
+    def calibrate() -> float:
+        ref = reference.numeric[feature]
+        # The reference sample, thinned to at most ATOMS equally likely
+        # quantiles: the null distribution of W hardly changes, the cost falls
+        # tenfold.
+        s = ref.sample.size
+        atoms = ref.sample[((np.arange(min(s, ATOMS)) + 0.5) * s / min(s, ATOMS)).astype(np.int64)]
+        g = atoms.size
+        m = 2**exponent
+        rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein", feature, exponent, alpha))
+        # Windows of m values drawn from the atoms, as counts per atom; the
+        # area between the two CDFs is then a dot product.
+        draws = rng.integers(0, g, size=(SAMPLE_REPLICATES, m)) + np.arange(SAMPLE_REPLICATES)[:, None] * g
+        counts = np.bincount(draws.ravel(), minlength=SAMPLE_REPLICATES * g).reshape(SAMPLE_REPLICATES, g)
+        gap = np.abs(np.cumsum(counts[:, :-1], axis=1) / m - np.arange(1, g) / g)
+        w = gap @ np.diff(atoms) / (ref.std if ref.std > 0 else 1.0)
+        return float(np.quantile(w, 1.0 - alpha))
+
+    return reference.cached(("wasserstein", feature, exponent, alpha), calibrate)
+
+
+def _exponents(en: np.ndarray) -> np.ndarray:
+    return np.floor(np.log2(np.maximum(en, 1.0))).astype(np.int64)
+
+
+def _scale(en: np.ndarray, exponents: np.ndarray, metric: str) -> np.ndarray:
+    """From the bucket's size to the exact one, at the metric's asymptotic rate."""
+    return (np.exp2(exponents) / np.maximum(en, 1.0)) ** _RATE[metric]
+
+
+def binned_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
+                           alpha: float) -> dict[str, np.ndarray]:
+    """Null (1 - alpha) quantiles of PSI, Jensen-Shannon and Hellinger, per feature at effective size ``en``.
+
+    NaN where ``en`` is 0 (no values in the window).
+    """
+    en = np.asarray(en, dtype=np.float64)
+    exponents = _exponents(en)
+    table = np.full((len(features), 3), np.nan)
+    for i, (f, e) in enumerate(zip(features, exponents.tolist())):
+        if en[i] > 0:
+            table[i] = _binned_at(reference, f, e, alpha)
+    return {m: table[:, j] * _scale(en, exponents, m) for j, m in enumerate(("psi", "jensenshannon", "hellinger"))}
+
+
+def wasserstein_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
+                                alpha: float) -> np.ndarray:
+    """Null (1 - alpha) quantiles of the std-normalised Wasserstein distance, per feature (NaN where ``en`` is 0)."""
+    en = np.asarray(en, dtype=np.float64)
+    exponents = _exponents(en)
+    at = np.array([_wasserstein_at(reference, f, e, alpha) if en[i] > 0 else np.nan
+                   for i, (f, e) in enumerate(zip(features, exponents.tolist()))])
+    return at * _scale(en, exponents, "wasserstein")
+
+
+def binned_thresholds(reference: ReferenceProfile, feature: str, en: float, alpha: float) -> dict[str, float]:
+    """Null (1 - alpha) quantiles of PSI, Jensen-Shannon and Hellinger at effective size ``en``."""
+    table = binned_threshold_table(reference, [feature], np.array([en]), alpha)
+    return {m: float(v[0]) for m, v in table.items()}
+
+
+def wasserstein_threshold(reference: ReferenceProfile, feature: str, en: float, alpha: float) -> float:
+    """Null (1 - alpha) quantile of the std-normalised Wasserstein distance at effective size ``en``."""
+    return float(wasserstein_threshold_table(reference, [feature], np.array([en]), alpha)[0])
+
+
+def calibrate(reference: ReferenceProfile, window_sizes: list[int], alpha: float = 0.05, *,
+              window_sample_size: int = DEFAULT_WINDOW_SAMPLE) -> None:
+    """Fill the cache for windows of these sizes, e.g. when a worker loads a reference."""
+    for feature in reference.features:
+        for n in window_sizes:
+            if feature in reference.numeric:
+                ref = reference.numeric[feature]
+                binned_thresholds(reference, feature, float(metrics.ks_effective_n(n, ref.count)), alpha)
+                m = min(n, window_sample_size)
+                wasserstein_threshold(reference, feature, float(metrics.ks_effective_n(m, ref.sample.size)), alpha)
+            else:
+                binned_thresholds(reference, feature,
+                                  float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha)

@@ -1,0 +1,254 @@
+"""Distances and tests between a reference and a window.
+
+Every function works on the last axis, so one call measures all features of
+a window (rows) or all resamples of a calibration (rows) at once. Binned
+metrics take *proportions* (reference ``p``, current ``q``) over the same
+bins; sample metrics take *sorted* samples. Each one matches a scipy function
+or a textbook formula; the tests check that.
+
+>>> p = np.array([0.5, 0.5]); q = np.array([0.9, 0.1])
+>>> round(float(psi(p, q)), 4), round(float(jensenshannon(p, q)), 4), round(float(hellinger(p, q)), 4)
+(0.8789, 0.3831, 0.3249)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+PSI_EPSILON = 1e-4
+
+
+def psi(p: np.ndarray, q: np.ndarray, eps: float = PSI_EPSILON) -> np.ndarray:
+    """Population stability index ``sum((q - p) * ln(q / p))``.
+
+    Proportions below ``eps`` are raised to ``eps`` first (the usual
+    smoothing, as in Evidently): an empty bin on one side would otherwise
+    make the index infinite. Each term is non-negative, so smoothing never
+    makes the index negative, and bins empty on both sides add nothing.
+
+    >>> float(psi(np.array([0.25, 0.75]), np.array([0.25, 0.75])))
+    0.0
+    """
+    ps = np.maximum(p, eps)
+    qs = np.maximum(q, eps)
+    return np.sum((qs - ps) * np.log(qs / ps), axis=-1)
+
+
+def jensenshannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon *distance* in base 2 (0 to 1), as ``scipy.spatial.distance.jensenshannon(p, q, base=2)``.
+
+    >>> float(jensenshannon(np.array([1.0, 0.0]), np.array([0.0, 1.0])))
+    1.0
+    """
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0)
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0)
+    js = 0.5 * np.sum(kl_p + kl_q, axis=-1)
+    return np.sqrt(np.maximum(js, 0.0))
+
+
+def hellinger(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hellinger distance ``sqrt(sum((sqrt(p) - sqrt(q))**2) / 2)``, from 0 to 1.
+
+    >>> float(hellinger(np.array([1.0, 0.0]), np.array([0.0, 1.0])))
+    1.0
+    """
+    d = np.sqrt(p) - np.sqrt(q)
+    return np.sqrt(0.5 * np.sum(d * d, axis=-1))
+
+
+def ks_wasserstein_sorted(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """The two-sample KS statistic and the (raw) Wasserstein-1 distance of two *sorted* samples.
+
+    Both come from the same merged step functions: KS is the largest gap
+    between the two empirical CDFs, Wasserstein the area between them. The
+    merge costs one binary search of the current sample into the reference
+    and linear passes, no sort of the union.
+
+    >>> ks_wasserstein_sorted(np.array([0.0, 1.0, 2.0, 3.0]), np.array([2.0, 3.0]))
+    (0.5, 1.0)
+    """
+    n1, n2 = reference.size, current.size
+    if n1 == 0 or n2 == 0:
+        return float("nan"), float("nan")
+    # Inside a group of equal values the order of the two samples does not
+    # matter: the CDFs are only read where the value changes (step > 0).
+    n = n1 + n2
+    at = np.searchsorted(reference, current)
+    at += np.arange(n2)
+    from_current = np.zeros(n, dtype=bool)
+    from_current[at] = True
+    merged = np.empty(n)
+    merged[at] = current
+    merged[~from_current] = reference
+    # |F1 - F2| after each merged value: F1 = (i + 1 - c2) / n1, F2 = c2 / n2.
+    c2 = np.cumsum(from_current)
+    gap = np.abs(np.arange(1.0, n) * (1.0 / n1) - c2[:-1] * (n / (n1 * n2)))
+    step = np.diff(merged)
+    ks = float(np.max(gap[step > 0], initial=0.0))
+    wasserstein = float(np.dot(gap, step))
+    return ks, wasserstein
+
+
+def ks_effective_n(n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
+    n1 = np.asarray(n1, dtype=np.float64)
+    n2 = np.asarray(n2, dtype=np.float64)
+    return n1 * n2 / (n1 + n2)
+
+
+def ks_pvalue(statistic: np.ndarray | float, n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
+    """Two-sided p-value of the two-sample KS statistic.
+
+    The Kolmogorov limit with Stephens' small-sample correction,
+    ``kolmogorov((sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D)``, ``en = n1 n2 / (n1 + n2)``.
+    Against scipy's exact two-sample distribution it is within a few percent
+    (relative) at the tail levels that matter (0.05 to 0.001) for samples of
+    100 to 10,000, as close as scipy's own ``method='asymp'``, and costs a
+    microsecond for all features of a window instead of a millisecond each.
+
+    >>> round(float(ks_pvalue(0.1, 5_000, 1_000)), 4)
+    0.0
+    >>> round(float(ks_pvalue(0.05, 5_000, 1_000)), 4)
+    0.0299
+    """
+    s = np.sqrt(ks_effective_n(n1, n2))
+    return special.kolmogorov((s + 0.12 + 0.11 / s) * np.asarray(statistic, dtype=np.float64))
+
+
+def ks_critical_value(alpha: float, n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
+    """The KS statistic whose :func:`ks_pvalue` is ``alpha``.
+
+    >>> d = ks_critical_value(0.05, 5_000, 1_000)
+    >>> round(float(ks_pvalue(d, 5_000, 1_000)), 6)
+    0.05
+    """
+    s = np.sqrt(ks_effective_n(n1, n2))
+    return special.kolmogi(alpha) / (s + 0.12 + 0.11 / s)
+
+
+def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """KS statistic and p-value of two samples (any order), as ``scipy.stats.ks_2samp``.
+
+    >>> ks(np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0]))[0]
+    0.5
+    """
+    r, c = np.sort(reference), np.sort(current)
+    d, _ = ks_wasserstein_sorted(r, c)
+    return d, float(ks_pvalue(d, r.size, c.size))
+
+
+def wasserstein(reference: np.ndarray, current: np.ndarray, scale: float = 1.0) -> float:
+    """Wasserstein-1 distance of two samples divided by ``scale`` (driftline passes the reference std).
+
+    >>> wasserstein(np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0]), scale=2.0)
+    0.5
+    """
+    return ks_wasserstein_sorted(np.sort(reference), np.sort(current))[1] / scale
+
+
+def chi2_homogeneity(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pearson's chi-squared test that two count vectors come from one distribution.
+
+    The 2 x K contingency test (``scipy.stats.chi2_contingency(..., correction=False)``),
+    not a goodness-of-fit test against the reference proportions: the
+    reference is a sample too, and treating its proportions as exact makes
+    the test too eager when the window is not much smaller than the
+    reference. Columns empty on both sides are dropped. Returns statistic,
+    degrees of freedom and p-value (p = 1 with no degrees of freedom).
+
+    >>> stat, dof, p = chi2_homogeneity(np.array([10, 20, 0]), np.array([20, 10, 0]))
+    >>> round(float(stat), 3), int(dof), round(float(p), 4)
+    (6.667, 1, 0.0098)
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    c = np.asarray(current, dtype=np.float64)
+    nr = r.sum(axis=-1, keepdims=True)
+    nc = c.sum(axis=-1, keepdims=True)
+    total = nr + nc
+    column = r + c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        er = column * nr / total
+        ec = column * nc / total
+        cells = np.where(column > 0, (r - er) ** 2 / er + (c - ec) ** 2 / ec, 0.0)
+    stat = np.sum(np.nan_to_num(cells), axis=-1)
+    ok = (nr[..., 0] > 0) & (nc[..., 0] > 0)
+    dof = np.where(ok, np.count_nonzero(column > 0, axis=-1) - 1, 0)
+    stat = np.where(ok, stat, 0.0)
+    p = np.where(dof > 0, special.chdtrc(np.maximum(dof, 1), stat), 1.0)
+    return stat, dof, p
+
+
+def chi2_critical_value(alpha: float, dof: np.ndarray | int) -> np.ndarray:
+    """The chi-squared statistic with upper tail ``alpha`` (NaN with no degrees of freedom)."""
+    dof = np.asarray(dof)
+    return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
+
+
+def rate_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray,
+              current_n: np.ndarray) -> np.ndarray:
+    """Two-sided p-value that a rate (missing values, new categories) is the same in both.
+
+    Conditional on the total number of hits, the window's share of them is
+    binomial with probability ``current_n / (reference_n + current_n)``
+    under the null: the exact conditional test for two Poisson rates. Its
+    tails are a little heavier than the hypergeometric ones of Fisher's exact
+    test (equal for rare events), so it is never more eager than Fisher's
+    test, which would cost milliseconds per call in scipy. Two-sided by
+    doubling the smaller tail.
+
+    >>> round(float(rate_test(0, 50_000, 1, 1_000)), 4), round(float(rate_test(0, 50_000, 10, 1_000)), 12) < 1e-12
+    (0.0392, True)
+    >>> float(rate_test(0, 100, 0, 100))
+    1.0
+    """
+    k1 = np.asarray(reference_hits, dtype=np.int64)
+    k2 = np.asarray(current_hits, dtype=np.int64)
+    n1 = np.asarray(reference_n, dtype=np.float64)
+    n2 = np.asarray(current_n, dtype=np.float64)
+    k = k1 + k2
+    share = np.where(n1 + n2 > 0, n2 / np.maximum(n1 + n2, 1.0), 0.0)
+    with np.errstate(invalid="ignore"):
+        lower = special.bdtr(k2, k, share)  # P(X <= k2)
+        upper = np.where(k2 > 0, special.bdtrc(np.maximum(k2 - 1, 0), k, share), 1.0)  # P(X >= k2)
+    p = np.minimum(1.0, 2.0 * np.minimum(lower, upper))
+    return np.where((k > 0) & (n1 > 0) & (n2 > 0), p, 1.0)
+
+
+def missing_rate(missing: np.ndarray | int, total: np.ndarray | int) -> np.ndarray:
+    """Share of events with the feature missing (NaN when there were no events)."""
+    total = np.asarray(total, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, np.asarray(missing) / total, np.nan)
+
+
+def new_category_rate(other: np.ndarray | int, count: np.ndarray | int) -> np.ndarray:
+    """Share of non-missing values outside the reference's category table (NaN when none)."""
+    return missing_rate(other, count)
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Which hypotheses Benjamini-Hochberg rejects at false discovery rate ``q``.
+
+    Rejects the ``k`` smallest p-values, ``k`` the largest rank with
+    ``p_(k) <= k q / m``. Under the global null (no drift anywhere) it rejects
+    anything with probability at most ``q`` (the Simes test), so ``q`` is
+    also the per-window false-alarm rate.
+
+    >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]), 0.05).tolist()
+    [True, False, False, False]
+    >>> benjamini_hochberg(np.array([0.01, 0.02, 0.03, 0.04]), 0.05).tolist()
+    [True, True, True, True]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p, kind="stable")
+    below = p[order] <= q * np.arange(1, m + 1) / m
+    reject = np.zeros(m, dtype=bool)
+    if below.any():
+        k = int(np.flatnonzero(below)[-1])
+        reject[order[: k + 1]] = True
+    return reject
