@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "retrainer.registry_cli",
     "retrainer.service_cli",
     "driftline.demo_cli",
+    "driftline.report_cli",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], int]
