@@ -66,8 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = sys.modules[__name__] if name == __name__ else _import(name)
         if module is not None:
-            module.add_commands(sub)
+            module.add_commands(sub, **_wiring(name))
     return parser
+
+
+def _wiring(module: str) -> dict[str, object]:
+    """Adapters that a verb module receives from here, the composition root."""
+    if module == "retrainer.registry_cli":
+        from retrainer.announce import announce_from_cli
+
+        return {"publish": announce_from_cli}
+    return {}
 
 
 def _import(name: str):
