@@ -52,6 +52,7 @@ from streams.warehouse_rows import (
     predictions_table,
     retrain_request_columns,
 )
+from streams.warehouse_ttl import RowTTL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,7 +165,7 @@ class Warehouse:
         self._clients: list[Client] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._types: dict[str, dict[str, str]] = {}
+        self._tables: dict[str, _TableInfo] = {}
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -309,6 +310,8 @@ class Warehouse:
         timestamp column has precision 3); numpy datetime64 arrays are
         converted. With ``dedup_token``, a retry of the same insert counts
         once (the table needs ``non_replicated_deduplication_window``).
+        Rows already past the table's TTL are refused with an error:
+        ClickHouse would acknowledge them and delete them moments later.
         """
         _check_table(table)
         if not columns:
@@ -321,13 +324,16 @@ class Warehouse:
         n = len(data[0])
         if n == 0:
             return 0
-        types = self._column_types(table)
-        if not set(names) <= set(types):
-            self._types.pop(table, None)  # a newer migration may have added the column since we looked
-            types = self._column_types(table)
+        info = self._table_info(table)
+        if not set(names) <= set(info.types):
+            self._tables.pop(table, None)  # a newer migration may have added the column since we looked
+            info = self._table_info(table)
+        types = info.types
         unknown = [name for name in names if name not in types]
         if unknown:
             raise WarehouseError(f"insert into {table}: no column(s) {', '.join(unknown)}; the table has {', '.join(types)}")
+        if info.ttl is not None and info.ttl.column in lengths:
+            _refuse_expired(table, info.ttl, data[names.index(info.ttl.column)])
         try:
             with self._errors(f"insert of {n} rows into {table}"):
                 self.client.insert(
@@ -335,25 +341,28 @@ class Warehouse:
                     column_oriented=True, settings=_dedup(dedup_token),
                 )
         except WarehouseError:
-            self._types.pop(table, None)  # the table may have changed under us
+            self._tables.pop(table, None)  # the table may have changed under us
             raise
         except (ValueError, TypeError, OverflowError) as exc:  # clickhouse-connect serialises client-side
             raise WarehouseError(f"insert of {n} rows into {table}: values do not fit the column types: {exc}") from exc
         return n
 
-    def _column_types(self, table: str) -> dict[str, str]:
+    def _table_info(self, table: str) -> "_TableInfo":
         # Cached: saves a DESCRIBE round trip per insert. Migrations only add columns, so a cached type stays right.
-        types = self._types.get(table)
-        if types is None:
+        info = self._tables.get(table)
+        if info is None:
             database, _, name = table.rpartition(".")
             rows = self.query_rows(
-                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String} ORDER BY position",
+                "SELECT name, type, (SELECT any(engine_full) FROM system.tables WHERE database = {db:String} "
+                "AND name = {table:String}) AS engine_full "
+                "FROM system.columns WHERE database = {db:String} AND table = {table:String} ORDER BY position",
                 {"db": database or self.database, "table": name},
             )
             if not rows:
                 raise WarehouseError(f"insert into {table}: no such table in {self.location.redacted()} (run migrate()?)")
-            types = self._types[table] = {r["name"]: r["type"] for r in rows}
-        return types
+            types = {r["name"]: r["type"] for r in rows}
+            info = self._tables[table] = _TableInfo(types, RowTTL.parse(rows[0]["engine_full"]))
+        return info
 
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> int:
         """Insert an Arrow table (columns by name); returns the number of rows."""
@@ -422,7 +431,7 @@ class Warehouse:
         before anything is applied.
         """
         migrations = load_migrations(directory)
-        self._types.clear()
+        self._tables.clear()
         self.command(MIGRATIONS_DDL)
         applied = {row["version"]: row for row in self.applied_migrations()}
         for m in migrations:
@@ -448,7 +457,7 @@ class Warehouse:
                 {"version": [m.version], "name": [m.name], "checksum": [m.checksum], "applied_at": [_now_ms()]},
             )
             log.info("applied warehouse migration %04d_%s to %s", m.version, m.name, self.location.redacted())
-        self._types.clear()
+        self._tables.clear()
         return pending
 
     def applied_migrations(self) -> list[dict[str, Any]]:
@@ -487,6 +496,27 @@ class Warehouse:
             {"model_id": model_id, "start_ms": int(start_ms), "end_ms": int(end_ms)},
         )
         return _snapshot_table(raw)
+
+
+@dataclass(frozen=True)
+class _TableInfo:
+    """What an insert needs to know about its table."""
+
+    types: dict[str, str]
+    ttl: RowTTL | None
+
+
+def _refuse_expired(table: str, ttl: RowTTL, values: list[Any]) -> None:
+    try:
+        epoch_ms = np.asarray(values, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return  # not epoch milliseconds (datetimes, nulls): clickhouse-connect converts or refuses those
+    expired = ttl.expired(epoch_ms, _now_ms())
+    if expired:
+        raise WarehouseError(
+            f"insert into {table}: {expired} of {len(epoch_ms)} rows have {ttl.column} past the table's TTL "
+            f"({ttl.text}); ClickHouse would accept them and delete them at its next merge, so none were written"
+        )
 
 
 def _snapshot_table(raw: pa.Table) -> pa.Table:

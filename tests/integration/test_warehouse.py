@@ -243,10 +243,14 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
         {"alert_id": "al2", "severity": "info", "kind": "promoted", "message": "version 4 is champion", "we": None},
     ]
     huge = bytes(range(256)) * 1000  # 256 kB, over the bound
+    # received_at carries the table's 30-day TTL: a fixed date would expire as the calendar moves on
+    received = time.time_ns() // 1_000_000
     warehouse.insert_rejected_events([
-        RejectedEventRow("driftline.predictions", 2, 41, "bad_magic", b"\x07\x00oops", NOW, detail="first byte 0x07", model_id=""),
-        RejectedEventRow("driftline.labels", 0, 9, "too_large", huge, NOW + 1, model_id="credit"),
+        RejectedEventRow("driftline.predictions", 2, 41, "bad_magic", b"\x07\x00oops", received, detail="first byte 0x07", model_id=""),
+        RejectedEventRow("driftline.labels", 0, 9, "too_large", huge, received + 1, model_id="credit"),
     ])
+    # merge now (TTL included) rather than race ClickHouse's background merge: what survives it is what is kept
+    warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
     rejected = warehouse.query_rows(
         "SELECT source_topic, partition, offset, reason, detail, model_id, raw_base64, raw_size FROM rejected_events FINAL ORDER BY offset"
     )
@@ -257,6 +261,29 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
         "model_id": "", "raw_base64": base64.b64encode(b"\x07\x00oops").decode(), "raw_size": 6,
     }
 
+
+
+def test_rows_past_the_ttl_are_refused_not_acknowledged_and_lost(warehouse: Warehouse) -> None:
+    # ClickHouse accepts rows whose TTL has passed and deletes them at the merge it schedules right after
+    # the insert: a query moments later saw them or not depending on machine load. They must be refused.
+    day = 86_400_000
+    now = time.time_ns() // 1_000_000
+    stale = RejectedEventRow("driftline.predictions", 0, 1, "bad_magic", b"\x07", now - 31 * day)
+    recent = RejectedEventRow("driftline.predictions", 0, 2, "bad_magic", b"\x07", now - 29 * day)
+    with pytest.raises(WarehouseError, match=r"1 of 2 rows have received_at past the table's TTL \(toDateTime\(received_at\) \+ toIntervalDay\(30\)\)"):
+        warehouse.insert_rejected_events([stale, recent])
+    assert warehouse.insert_rejected_events([recent]) == 1
+    warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
+    assert [r["offset"] for r in warehouse.query_rows("SELECT offset FROM rejected_events FINAL")] == [2]
+    # the hazard itself, through the raw client: an insert that bypasses the check is acknowledged, then merged away
+    summary = warehouse.client.insert(
+        "rejected_events", [["driftline.labels", 0, 3, "bad_magic", "", "", "", 1, now - 31 * day]],
+        column_names=["source_topic", "partition", "offset", "reason", "detail", "model_id", "raw_base64", "raw_size", "received_at"],
+        column_type_names=["String", "Int32", "Int64", "String", "String", "String", "String", "UInt64", "DateTime64(3, 'UTC')"],
+    )
+    assert summary.written_rows == 1
+    warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
+    assert [r["offset"] for r in warehouse.query_rows("SELECT offset FROM rejected_events FINAL")] == [2]
 
 def test_retrain_requests_and_model_versions(warehouse: Warehouse) -> None:
     request = RetrainRequest(
