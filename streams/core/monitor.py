@@ -1,0 +1,676 @@
+"""The monitoring of models over event-time windows, without any I/O.
+
+``Monitor`` takes decoded, validated batches and returns what each closed
+window measured. The streams worker feeds it and writes what it returns; the
+same calls drive it in tests, with the wall clock passed in.
+
+Per model it keeps two sets of tumbling windows:
+
+- **prediction windows**, by the predictions' (and logged features') event
+  time: a ``WindowProfile`` against the version's reference profile, the
+  latency percentiles, and the scores for the change detectors;
+- **label windows**, by the labels' event time: the labelled predictions
+  (joined by ``event_id`` in a bounded ``PredictionIndex``) for the
+  performance metrics, and the errors for the change detectors. Labels come
+  hours after their predictions, whose windows are long closed by then, so
+  performance is reported for the window in which the labels arrived.
+
+Replays are exact: a window's sampling seed comes from its key, and a window
+already written before a restart (``recover``) is never opened again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
+from streams.core.drift import evaluate_window
+from streams.core.labels import PredictionIndex
+from streams.core.latency import LatencyWindow
+from streams.core.ledger import Hold
+from streams.core.performance import PerformanceRow, PerformanceWindow, parse_labels
+from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
+from streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
+
+ERROR_FEATURE = "__error__"
+NOT_IN_WINDOW = np.iinfo(np.int64).min
+
+PREDICTIONS = "predictions"  # hold stream names (see streams.core.ledger)
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """How one model is monitored (the shell builds it from the policy).
+
+    ``task`` is ``'classification'``, ``'regression'`` or None (inferred from
+    the labels of each window).
+
+    >>> MonitorSettings(Windowing(size_ms=5_000)).windowing.size_ms
+    5000
+    """
+
+    windowing: Windowing = Windowing()
+    thresholds: Mapping[str, Mapping[str, float]] | None = None
+    fdr_q: float = 0.05
+    detectors: tuple[str, ...] = ("adwin",)
+    task: str | None = None
+    min_segment_size: int = 30
+
+
+@dataclass
+class ChangeCount:
+    """How often one change detector fired on one stream in one window.
+
+    ``feature`` is ``__prediction__`` for the score stream and ``__error__``
+    for the error stream; ``n_values`` is how many values it was fed.
+
+    >>> ChangeCount("adwin", "__prediction__", alarms=2, n_values=1_000).as_feature_drift().drifted
+    True
+    """
+
+    detector: str
+    feature: str
+    alarms: int
+    n_values: int
+
+    def as_feature_drift(self) -> FeatureDrift:
+        return FeatureDrift(self.feature, self.detector, float(self.alarms), None, 1.0, self.alarms > 0)
+
+
+@dataclass
+class WindowOutcome:
+    """Everything measured in one closed prediction window of one model version.
+
+    ``report`` is its DriftReport, detector alarm counts included as metrics.
+
+    >>> import numpy as np
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
+    >>> o = WindowOutcome("m", "1", 0, 60_000, 0, ref.n, [FeatureDrift("x", "psi", 0.3, None, 0.2, True)],
+    ...                   WindowProfile.empty(ref, seed=0), {}, 0, [ChangeCount("adwin", "__prediction__", 0, 0)])
+    >>> r = o.report(computed_at=61_000)
+    >>> r.drifted_features, [m.metric for m in r.metrics]
+    (['x'], ['psi', 'adwin'])
+    """
+
+    model_id: str
+    model_version: str
+    window_start: int
+    window_end: int
+    n_current: int
+    n_reference: int
+    drift: list[FeatureDrift]
+    profile: WindowProfile
+    latency: dict[str, float]
+    n_latency: int
+    changes: list[ChangeCount]
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.model_id, self.model_version, self.window_start)
+
+    def report(self, computed_at: int) -> DriftReport:
+        """The DriftReport of this window; detector alarm counts are metrics named after the detector."""
+        metrics = list(self.drift) + [c.as_feature_drift() for c in self.changes]
+        drifted = sorted({m.feature for m in self.drift if m.drifted})
+        return DriftReport(
+            self.model_id, self.model_version, self.window_start, self.window_end,
+            self.n_current, self.n_reference, drifted, metrics, computed_at,
+        )
+
+
+@dataclass
+class PerformanceOutcome:
+    """The performance of the predictions labelled in one closed label window.
+
+    >>> PerformanceOutcome("m", "1", 0, 60_000, n_labeled=0, rows=[], changes=[]).key
+    ('m', '1', 0)
+    """
+
+    model_id: str
+    model_version: str
+    window_start: int
+    window_end: int
+    n_labeled: int
+    rows: list[PerformanceRow]
+    changes: list[ChangeCount]
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.model_id, self.model_version, self.window_start)
+
+
+@dataclass
+class Ingested:
+    """What became of the rows of one ``ingest`` call.
+
+    ``window_ends[i]`` is the end of the window that row ``i`` went into, or
+    ``NOT_IN_WINDOW`` when it was late or already written before a restart.
+    ``holds`` are extra windows that this call contributed to (labels that
+    waited for these predictions), to hold back its last message.
+
+    >>> Ingested(np.array([60_000, NOT_IN_WINDOW]), late=1).late
+    1
+    """
+
+    window_ends: np.ndarray
+    late: int = 0
+    replayed: int = 0
+    joined_labels: int = 0
+    holds: list[Hold] = field(default_factory=list)
+
+
+@dataclass
+class LabelsIngested:
+    """What became of one model's labels: joined, waiting for their prediction, late or replayed.
+
+    ``holds[i]`` lists the windows that label ``i`` went into (empty when it
+    did not); ``unmatched`` are the ids of the labels left waiting.
+
+    >>> LabelsIngested([[], []], pending=2, unmatched=["a", "b"]).pending
+    2
+    """
+
+    holds: list[list[Hold]]
+    joined: int = 0
+    pending: int = 0
+    late: int = 0
+    replayed: int = 0
+    unmatched: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    reference: ReferenceProfile
+    profile: WindowProfile
+    latency: LatencyWindow
+    scores: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class _LabelWindow:
+    performance: PerformanceWindow
+    errors: list[np.ndarray] = field(default_factory=list)
+    binary: list[bool] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Label:
+    # what waits in the PredictionIndex for its prediction: the label and when it was observed
+    value: object
+    event_time: int
+
+
+class _Track:
+    """Everything the monitor keeps for one model id."""
+
+    def __init__(self, model_id: str, settings: MonitorSettings, idle_ms: int | None,
+                 index_ttl_ms: int, index_max_entries: int) -> None:
+        self.model_id = model_id
+        self.settings = settings
+        w = settings.windowing
+        self.clock = EventClock(w.lateness_ms, idle_ms)
+        self.label_clock = EventClock(w.lateness_ms, idle_ms)
+        self.windows: WindowStore[_Window] = WindowStore()
+        self.label_windows: WindowStore[_LabelWindow] = WindowStore(self._new_label_window)
+        self.recovered: dict[str, int | None] = {}
+        self.label_recovered: dict[str, int | None] = {}
+        self.index = PredictionIndex(max_entries=index_max_entries, ttl_ms=index_ttl_ms)
+        self.detectors = ChangeDetectorBank(names=settings.detectors) if settings.detectors else None
+
+    def _new_label_window(self, key: WindowKey) -> _LabelWindow:
+        s = self.settings
+        return _LabelWindow(PerformanceWindow(task=s.task, min_segment_size=s.min_segment_size))
+
+
+class Monitor:
+    """Windowed drift, latency, performance and change detection for many models.
+
+    ``settings_for(model_id)`` gives a model's windows and thresholds (the
+    policy). The caller passes the reference profile with each batch, and the
+    wall clock (``now_ms``) with each call. Before the first batch of a model
+    version, the caller says how far that version was already written
+    (``recover``), so that a replay after a crash does not write a window twice.
+
+    >>> import numpy as np
+    >>> from streams.core.profile import ReferenceProfile
+    >>> rng = np.random.default_rng(0)
+    >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2000)}, {}, rng.random(2000))
+    >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
+    >>> monitor.recover("m", "1", None)
+    >>> batch = PredictionBatch("m", "1", [f"e{i}" for i in range(300)], np.arange(300) * 10,
+    ...                         numeric={"x": rng.normal(size=300)}, predictions=rng.random(300))
+    >>> ingested = monitor.ingest(batch, ref, source=0, now_ms=0)
+    >>> sorted(set(ingested.window_ends.tolist()))
+    [1000, 2000, 3000]
+    >>> [(o.window_start, o.n_current) for o in monitor.close_due(now_ms=0)]
+    [(0, 100), (1000, 100)]
+    """
+
+    def __init__(
+        self,
+        settings_for: Callable[[str], MonitorSettings],
+        *,
+        idle_ms: int | None = None,
+        index_ttl_ms: int = 24 * 3_600_000,
+        index_max_entries: int = 1_000_000,
+    ) -> None:
+        self.settings_for = settings_for
+        self.idle_ms = idle_ms
+        self.index_ttl_ms = index_ttl_ms
+        self.index_max_entries = index_max_entries
+        self._tracks: dict[str, _Track] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def _track(self, model_id: str) -> _Track:
+        track = self._tracks.get(model_id)
+        if track is None:
+            track = self._tracks[model_id] = _Track(
+                model_id, self.settings_for(model_id), self.idle_ms, self.index_ttl_ms, self.index_max_entries
+            )
+        return track
+
+    def needs_recovery(self, model_id: str, model_version: str) -> bool:
+        """Whether the caller must still say how far this version's prediction windows were written."""
+        track = self._tracks.get(model_id)
+        return track is None or model_version not in track.recovered
+
+    def recover(self, model_id: str, model_version: str, closed_through: int | None) -> None:
+        """The end of the last prediction window of this version already written (None: none)."""
+        track = self._track(model_id)
+        track.recovered[model_version] = closed_through
+        if closed_through is not None:
+            track.windows.mark_closed(model_id, model_version, closed_through)
+            track.clock.raise_floor(model_id, closed_through)
+
+    def needs_label_recovery(self, model_id: str, model_version: str) -> bool:
+        track = self._tracks.get(model_id)
+        return track is None or model_version not in track.label_recovered
+
+    def recover_labels(self, model_id: str, model_version: str, closed_through: int | None) -> None:
+        """The end of the last label (performance) window of this version already written."""
+        track = self._track(model_id)
+        track.label_recovered[model_version] = closed_through
+        if closed_through is not None:
+            track.label_windows.mark_closed(model_id, model_version, closed_through)
+            track.label_clock.raise_floor(model_id, closed_through)
+
+    def touch(self, model_id: str, source: Hashable, now_ms: int, *, labels: bool = False) -> None:
+        """A batch from ``source`` (or of labels) was just processed: the source is not idle (see EventClock.touch)."""
+        track = self._tracks.get(model_id)
+        if track is not None:
+            if labels:
+                track.label_clock.touch(model_id, LABELS, now_ms)
+            else:
+                track.clock.touch(model_id, source, now_ms)
+
+    def is_done(self, hold: Hold) -> bool:
+        """Whether the window a message waits for is closed (the caller wrote it before asking)."""
+        track = self._tracks.get(hold.model_id)
+        if track is None:
+            return False
+        store = track.windows if hold.stream == PREDICTIONS else track.label_windows
+        through = store.closed_through(hold.model_id, hold.model_version)
+        return through is not None and hold.window_end <= through
+
+    def open_windows(self) -> list[WindowKey]:
+        return sorted(k for t in self._tracks.values() for k in t.windows.keys())
+
+    def open_label_windows(self) -> list[WindowKey]:
+        return sorted(k for t in self._tracks.values() for k in t.label_windows.keys())
+
+    def reset(self) -> None:
+        """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
+        self._tracks.clear()
+
+    def pending_labels(self) -> int:
+        return sum(t.index.n_pending for t in self._tracks.values())
+
+    def index_stats(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for t in self._tracks.values():
+            for name, value in vars(t.index.stats).items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    # -- predictions and features --------------------------------------------------
+
+    def ingest(
+        self,
+        batch: PredictionBatch,
+        reference: ReferenceProfile,
+        *,
+        source: Hashable,
+        now_ms: int,
+        has_predictions: bool = True,
+    ) -> Ingested:
+        """Add a batch of one model version to its windows, in arrival order.
+
+        ``has_predictions=False`` is for logged features: they count for the
+        inputs' drift but not for the model output's. Rows in a window that
+        already closed are late and left out (counted); so are rows of a
+        window written before a restart (``replayed``).
+        """
+        track = self._track(batch.model_id)
+        if batch.model_version not in track.recovered:
+            raise RuntimeError(f"recover({batch.model_id!r}, {batch.model_version!r}, ...) must come before its first batch")
+        w = track.settings.windowing
+        times = np.asarray(batch.event_times, dtype=np.int64)
+        n = times.size
+        ends = np.full(n, NOT_IN_WINDOW, dtype=np.int64)
+        if n == 0:
+            return Ingested(ends)
+        row_ends = w.starts(times) + w.size_ms
+        late = w.late_mask(times, track.clock.watermark(batch.model_id, now_ms))
+        through = track.windows.closed_through(batch.model_id, batch.model_version)
+        if through is not None:
+            late |= row_ends <= through
+        recovered = track.recovered[batch.model_version]
+        replayed = late & (row_ends <= recovered) if recovered is not None else np.zeros(n, dtype=bool)
+        track.clock.observe(batch.model_id, source, int(times.max()), now_ms)
+
+        accepted = np.flatnonzero(~late)
+        holds: list[Hold] = []
+        joined = 0
+        if accepted.size:
+            ends[accepted] = row_ends[accepted]
+            part = batch if accepted.size == n else take_rows(batch, accepted)
+
+            def new_window(key: WindowKey) -> _Window:
+                return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow())
+
+            for start, rows in w.split(part.event_times):
+                key = (batch.model_id, batch.model_version, start)
+                window = track.windows.get(key, new_window)
+                chunk = part if rows.size == part.n else take_rows(part, rows)
+                window.profile.update(
+                    chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None
+                )
+                if has_predictions:
+                    if chunk.latency_ms is not None:
+                        window.latency.update(chunk.latency_ms)
+                    window.scores.append(np.asarray(chunk.predictions, dtype=np.float64))
+        if has_predictions:
+            waiting = track.index.add(
+                batch.event_ids, batch.model_version, times, batch.predictions,
+                batch.predicted_labels or None, batch.attributes,
+            )
+            if waiting.n:
+                joined = waiting.n
+                holds = self._add_labelled(track, waiting, now_ms)[0]
+        return Ingested(ends, late=int((late & ~replayed).sum()), replayed=int(replayed.sum()),
+                        joined_labels=joined, holds=holds)
+
+    # -- labels --------------------------------------------------------------------
+
+    def ingest_labels(
+        self,
+        model_id: str,
+        event_ids: Sequence[str],
+        labels: Sequence[object],
+        event_times: np.ndarray,
+        *,
+        now_ms: int,
+    ) -> LabelsIngested:
+        """Join labels of one model to their predictions and add them to their label windows.
+
+        Labels whose prediction is not known yet wait in the index (bounded,
+        with a time to live) and join when it arrives.
+        """
+        track = self._track(model_id)
+        times = np.asarray(event_times, dtype=np.int64)
+        n = times.size
+        if n == 0:
+            return LabelsIngested([])
+        values = [_Label(v, int(t)) for v, t in zip(labels, times.tolist())]
+        joined = track.index.join(list(event_ids), values)
+        holds_by_id, late, replayed = self._add_labelled(track, joined, now_ms, by_id=True)
+        position = {event_id: i for i, event_id in enumerate(event_ids)}
+        holds: list[list[Hold]] = [[] for _ in range(n)]
+        for event_id, hold in holds_by_id:
+            holds[position[event_id]].append(hold)
+        return LabelsIngested(holds, joined=joined.n, pending=len(joined.unmatched), late=late, replayed=replayed,
+                              unmatched=list(joined.unmatched))
+
+    def remember(self, batch: PredictionBatch, *, now_ms: int) -> dict[str, list[Hold]]:
+        """Predictions written before (found in the warehouse), for the labels waiting for them.
+
+        They only join waiting labels: their own windows were measured when they
+        first came. Returns, per joined label id, the label windows it went into.
+        """
+        track = self._track(batch.model_id)
+        waiting = track.index.add(batch.event_ids, batch.model_version, np.asarray(batch.event_times, dtype=np.int64),
+                                  batch.predictions, batch.predicted_labels or None, batch.attributes)
+        if not waiting.n:
+            return {}
+        holds: dict[str, list[Hold]] = {}
+        for event_id, hold in self._add_labelled(track, waiting, now_ms, by_id=True)[0]:
+            holds.setdefault(event_id, []).append(hold)
+        return holds
+
+    def _add_labelled(self, track: _Track, joined: Any, now_ms: int, by_id: bool = False) -> Any:
+        """Put joined rows into the label windows of their labels' event times.
+
+        The label clock follows joined labels only, as one source per model: a
+        label waiting for its prediction does not close the windows it may
+        still go into, and labels joined from either topic move the same clock.
+        """
+        w = track.settings.windowing
+        label_times = np.fromiter((lab.event_time for lab in joined.labels), dtype=np.int64, count=joined.n)
+        if joined.n == 0:
+            return [], 0, 0
+        watermark = track.label_clock.watermark(track.model_id, now_ms)
+        label_values = [lab.value for lab in joined.labels]
+        holds: list[Any] = []
+        late_total = replayed_total = 0
+        for version, rows in _positions_by_version(joined.model_versions):
+            if version not in track.label_recovered:
+                # the shell recovers versions of predictions; labels of another version start fresh
+                track.label_recovered[version] = None
+            t = label_times[rows]
+            row_ends = w.starts(t) + w.size_ms
+            late = w.late_mask(t, watermark)
+            through = track.label_windows.closed_through(track.model_id, version)
+            if through is not None:
+                late |= row_ends <= through
+            recovered = track.label_recovered[version]
+            replayed = late & (row_ends <= recovered) if recovered is not None else np.zeros(rows.size, dtype=bool)
+            late_total += int((late & ~replayed).sum())
+            replayed_total += int(replayed.sum())
+            keep = rows[~late]
+            for start, sub in w.split(label_times[keep]):
+                idx = keep[sub]
+                key = (track.model_id, version, start)
+                window = track.label_windows.get(key)
+                y = [label_values[i] for i in idx.tolist()]
+                scores = joined.scores[idx]
+                predicted = joined.predicted_labels[idx]
+                has_predicted = any(p is not None for p in predicted.tolist())
+                window.performance.update(
+                    y, scores, predicted if has_predicted else None,
+                    {k: v[idx].astype(str) for k, v in joined.attributes.items()},
+                )
+                errors, binary = _errors(y, scores, predicted if has_predicted else None, track.settings.task)
+                window.errors.append(errors)
+                window.binary.append(binary)
+                hold = Hold(LABELS, track.model_id, version, start + w.size_ms)
+                if by_id:
+                    holds.extend((event_id, hold) for event_id in joined.event_ids[idx].tolist())
+                elif hold not in holds:
+                    holds.append(hold)
+        track.label_clock.observe(track.model_id, LABELS, int(label_times.max()), now_ms)
+        return holds, late_total, replayed_total
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close_due(self, now_ms: int) -> list[WindowOutcome | PerformanceOutcome]:
+        """Close every window whose end the watermark has passed, oldest first per model."""
+        out: list[WindowOutcome | PerformanceOutcome] = []
+        for model_id in sorted(self._tracks):
+            track = self._tracks[model_id]
+            size = track.settings.windowing.size_ms
+            for key, window in track.windows.close(model_id, track.clock.watermark(model_id, now_ms), size):
+                out.append(self._window_outcome(track, key, window))
+            for key, lw in track.label_windows.close(model_id, track.label_clock.watermark(model_id, now_ms), size):
+                out.append(self._performance_outcome(track, key, lw))
+            wm = track.clock.watermark(model_id, now_ms)
+            if wm is not None:
+                track.index.expire(wm)
+        return out
+
+    def _window_outcome(self, track: _Track, key: WindowKey, window: _Window) -> WindowOutcome:
+        model_id, version, start = key
+        s = track.settings
+        drift = evaluate_window(window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q)
+        changes: list[ChangeCount] = []
+        if track.detectors is not None and window.scores:
+            scores = np.concatenate(window.scores)
+            events = track.detectors.update(f"{version}:score", scores)
+            fed = int((~np.isnan(scores)).sum())
+            for name in track.detectors.detector_names(f"{version}:score"):
+                changes.append(ChangeCount(name, PREDICTION_FEATURE, sum(e.detector == name for e in events), fed))
+        return WindowOutcome(
+            model_id, version, start, start + s.windowing.size_ms,
+            n_current=int(window.profile.n), n_reference=int(window.reference.n),
+            drift=drift, profile=window.profile,
+            latency=window.latency.quantiles() if window.latency.n else {}, n_latency=int(window.latency.n),
+            changes=changes,
+        )
+
+    def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
+        model_id, version, start = key
+        changes: list[ChangeCount] = []
+        if track.detectors is not None and lw.errors:
+            binary = all(lw.binary)
+            errors = np.concatenate(lw.errors)
+            stream = f"{version}:error"
+            names = track.detectors.names if binary else tuple(n for n in track.detectors.names if n not in BINARY_DETECTORS)
+            if names:
+                events = track.detectors.update(stream, errors, binary=binary)
+                fed = int((~np.isnan(errors)).sum())
+                for name in track.detectors.detector_names(stream):
+                    changes.append(ChangeCount(name, ERROR_FEATURE, sum(e.detector == name for e in events), fed))
+        return PerformanceOutcome(
+            model_id, version, start, start + track.settings.windowing.size_ms,
+            n_labeled=lw.performance.n, rows=lw.performance.rows(), changes=changes,
+        )
+
+
+def _positions_by_version(versions: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    if versions.size == 0:
+        return []
+    names, codes = np.unique(versions.astype(str), return_inverse=True)
+    return [(str(v), np.flatnonzero(codes == i)) for i, v in enumerate(names)]
+
+
+def _errors(y: list[object], scores: np.ndarray, predicted: np.ndarray | None, task: str | None) -> tuple[np.ndarray, bool]:
+    """The error stream of labelled rows: 0/1 misclassification, or the absolute error of a regression."""
+    truth, words = parse_labels(y)
+    present = truth[~np.isnan(truth)]
+    classification = task == "classification" or (task is None and (words or np.isin(present, (0.0, 1.0)).all()))
+    if classification:
+        if predicted is not None:
+            guess, _ = parse_labels(list(predicted))
+        else:
+            guess = np.where(np.isnan(scores), np.nan, (scores >= 0.5).astype(np.float64))
+        error = np.where(np.isnan(truth) | np.isnan(guess), np.nan, (truth != guess).astype(np.float64))
+        return error, True
+    return np.abs(scores - truth), False
+
+
+def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:
+    """The rows ``rows`` of a batch (an index array), as a new batch.
+
+    Rows of one window are usually one contiguous run (events arrive roughly in
+    time order), which is sliced rather than gathered.
+
+    >>> b = PredictionBatch("m", "1", ["a", "b", "c"], np.array([1, 2, 3]), categorical={"c": ["x", None, "y"]})
+    >>> take_rows(b, np.array([2, 0])).categorical["c"], take_rows(b, np.array([1, 2])).categorical["c"]
+    (['y', 'x'], [None, 'y'])
+    """
+    idx = np.asarray(rows, dtype=np.intp)
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size and (idx.size == 1 or (np.diff(idx) == 1).all()):
+        return _slice_rows(batch, slice(int(idx[0]), int(idx[-1]) + 1))
+
+    def pick(values: Sequence[Any]) -> list[Any]:
+        return np.asarray(values, dtype=object)[idx].tolist()
+
+    return PredictionBatch(
+        model_id=batch.model_id,
+        model_version=batch.model_version,
+        event_ids=pick(batch.event_ids),
+        event_times=np.asarray(batch.event_times)[idx],
+        numeric={k: np.asarray(v)[idx] for k, v in batch.numeric.items()},
+        categorical={k: pick(v) for k, v in batch.categorical.items()},
+        predictions=batch.predictions[idx] if batch.predictions.size else batch.predictions,
+        predicted_labels=pick(batch.predicted_labels) if batch.predicted_labels else [],
+        latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[idx],
+        attributes={k: pick(v) for k, v in batch.attributes.items()},
+    )
+
+
+def _slice_rows(batch: PredictionBatch, rows: slice) -> PredictionBatch:
+    return PredictionBatch(
+        model_id=batch.model_id,
+        model_version=batch.model_version,
+        event_ids=list(batch.event_ids[rows]),
+        event_times=np.asarray(batch.event_times)[rows],
+        numeric={k: np.asarray(v)[rows] for k, v in batch.numeric.items()},
+        categorical={k: list(v[rows]) for k, v in batch.categorical.items()},
+        predictions=batch.predictions[rows] if batch.predictions.size else batch.predictions,
+        predicted_labels=list(batch.predicted_labels[rows]) if batch.predicted_labels else [],
+        latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[rows],
+        attributes={k: list(v[rows]) for k, v in batch.attributes.items()},
+    )
+
+
+def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
+    """Batches of one model version as one, in order; a column absent from a batch is missing there.
+
+    >>> a = PredictionBatch("m", "1", ["a"], np.array([1]), numeric={"x": np.array([1.0])}, predictions=np.array([0.5]))
+    >>> b = PredictionBatch("m", "1", ["b"], np.array([2]), categorical={"c": ["k"]}, predictions=np.array([0.7]))
+    >>> c = concat_batches([a, b])
+    >>> c.numeric["x"].tolist(), c.categorical["c"], c.predictions.tolist()
+    ([1.0, nan], [None, 'k'], [0.5, 0.7])
+    """
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    sizes = [b.n for b in batches]
+    numeric_names = sorted({k for b in batches for k in b.numeric})
+    categorical_names = sorted({k for b in batches for k in b.categorical})
+    attribute_names = sorted({k for b in batches for k in b.attributes})
+
+    def floats(get: Callable[[PredictionBatch], np.ndarray | None]) -> np.ndarray:
+        parts = []
+        for b, n in zip(batches, sizes):
+            col = get(b)
+            parts.append(np.full(n, np.nan) if col is None or (n and col.size == 0) else np.asarray(col, dtype=np.float64))
+        return np.concatenate(parts)
+
+    def lists(get: Callable[[PredictionBatch], Sequence[Any] | None], fill: Any) -> list[Any]:
+        out: list[Any] = []
+        for b, n in zip(batches, sizes):
+            col = get(b)
+            out.extend([fill] * n if not col else col)
+        return out
+
+    any_latency = any(b.latency_ms is not None and b.latency_ms.size for b in batches)
+    any_labels = any(b.predicted_labels for b in batches)
+    return PredictionBatch(
+        model_id=first.model_id,
+        model_version=first.model_version,
+        event_ids=[i for b in batches for i in b.event_ids],
+        event_times=np.concatenate([np.asarray(b.event_times, dtype=np.int64) for b in batches]),
+        numeric={k: floats(lambda b, k=k: b.numeric.get(k)) for k in numeric_names},
+        categorical={k: lists(lambda b, k=k: b.categorical.get(k), None) for k in categorical_names},
+        predictions=floats(lambda b: b.predictions),
+        predicted_labels=lists(lambda b: b.predicted_labels, None) if any_labels else [],
+        latency_ms=floats(lambda b: b.latency_ms) if any_latency else None,
+        attributes={k: lists(lambda b, k=k: b.attributes.get(k), "") for k in attribute_names},
+    )

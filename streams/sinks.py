@@ -1,0 +1,378 @@
+"""Writes what the worker measured: rows into ClickHouse, records onto Kafka.
+
+Every write of a closed window is idempotent: its ClickHouse rows carry an
+``insert_deduplication_token`` derived from the window's key (and the tables
+are ReplacingMergeTrees keyed by window), and its Kafka records are
+at-least-once with ids that a replay reproduces.
+
+The order inside one window matters for crash safety. ``window_profiles`` is
+written last, because it is what the worker reads at start
+(``Warehouse.latest_closed_window``) to decide that a window was already
+written: a crash before it means the window is computed and written again,
+never that its DriftReport is skipped. Likewise the ``n_labeled`` row of a
+performance window marks that window written.
+
+Transient failures are retried with backoff (about 35 s in all by default);
+a write that keeps failing raises :class:`SinkError`, and the worker stops
+(exit code 1) rather than acknowledge messages whose results were not written:
+a restart reads them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from driftline.settings import Settings
+from streams import kafka
+from streams.codec import Codec, DecodeError, default_codec
+from streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
+from streams.core.profile import SUMMARY_QUANTILES, WindowProfile
+from streams.core.detectors import DETECTORS
+from streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
+from streams.warehouse import Warehouse, WarehouseError
+from streams.warehouse_rows import DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+
+log = logging.getLogger(__name__)
+
+N_LABELED = "n_labeled"  # the performance row that every written label window has
+
+T = TypeVar("T")
+
+
+class SinkError(RuntimeError):
+    """A write that kept failing: the worker must stop without acknowledging its messages.
+
+    >>> str(SinkError("insert of window profiles failed 5 times"))
+    'insert of window profiles failed 5 times'
+    """
+
+
+@dataclass
+class Rejected:
+    """One input message refused by the worker, on its way to the DLQ and ``rejected_events``.
+
+    >>> Rejected("t.predictions", 0, 7, b"m", b"\x07", "unknown_encoding", "first byte 0x07", 0).reason
+    'unknown_encoding'
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    reason: str
+    detail: str
+    received_at: int
+    model_id: str = ""
+
+
+@dataclass
+class WrittenWindow:
+    """A window as the warehouse has it: what the trigger evaluator needs to pick up where it was.
+
+    ``drift`` holds a prediction window's drift rows; ``performance`` the
+    whole-population metrics of a label window; ``change_events`` one
+    ``(detector, stream)`` pair per alarm.
+
+    >>> WrittenWindow(0, 60_000, change_events=[("adwin", "score")]).change_events
+    [('adwin', 'score')]
+    """
+
+    window_start: int
+    window_end: int
+    drift: list[FeatureDrift] = field(default_factory=list)
+    performance: dict[str, float] | None = None
+    n_labeled: int = 0
+    change_events: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Delivery:
+    errors: list[str] = field(default_factory=list)
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic() if msg is not None else '?'}: {err}")
+
+
+def profile_rows(outcome_profile: WindowProfile, model_id: str, model_version: str,
+                 window_start: int, window_end: int, computed_at: int) -> list[WindowProfileRow]:
+    """The ``window_profiles`` rows of one window, bins with their edges (open bins at ±inf)."""
+    ref = outcome_profile.reference
+    rows = []
+    for r in outcome_profile.summary_rows():
+        f = r["feature"]
+        common = dict(model_id=model_id, model_version=model_version, feature=f, window_start=window_start,
+                      window_end=window_end, count=int(r["count"]) + int(r["missing"]), missing=int(r["missing"]),
+                      computed_at=computed_at, kind=r["kind"])
+        if r["kind"] == "numeric":
+            cuts = ref.numeric[f].cuts.tolist()
+            rows.append(WindowProfileRow(
+                **common, mean=_nan(r["mean"]), std=_nan(r["std"]), min=_nan(r["min"]), max=_nan(r["max"]),
+                quantile_levels=list(SUMMARY_QUANTILES) if r["quantiles"] else [], quantiles=list(r["quantiles"]),
+                bin_edges=[-math.inf, *cuts, math.inf], histogram=[int(c) for c in r["histogram"]],
+            ))
+        else:
+            names = [*ref.categorical[f].categories, "__other__"]
+            rows.append(WindowProfileRow(**common, categories=dict(zip(names, (int(c) for c in r["histogram"])))))
+    return rows
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+class Sinks:
+    """ClickHouse and Kafka writes of the streams worker.
+
+    Needs a warehouse and a Kafka producer, so its examples are the worker's
+    integration tests (tests/integration/test_worker*.py).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        warehouse: Warehouse,
+        producer: Any,
+        *,
+        codec: Codec | None = None,
+        attempts: int = 8,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        delivery_timeout_s: float = 30.0,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.producer = producer
+        self.codec = codec or default_codec()
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.delivery_timeout_s = delivery_timeout_s
+        self.on_retry = on_retry
+        self._delivery = _Delivery()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except WarehouseError as exc:
+                if attempt == self.attempts:
+                    raise SinkError(f"{what} failed {self.attempts} times: {exc}") from exc
+                if self.on_retry is not None:
+                    self.on_retry("warehouse")
+                log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempt, self.attempts, exc)
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+        raise AssertionError("unreachable")
+
+    def _publish(self, name: str, key: str, record: Any) -> None:
+        kafka.publish(self.producer, self.settings.topic(name), key, record, codec=self.codec, on_delivery=self._delivery)
+
+    def flush_kafka(self) -> None:
+        """Wait until every record produced so far is delivered; raise if any was not."""
+        remaining = self.producer.flush(self.delivery_timeout_s)
+        errors, self._delivery.errors = self._delivery.errors, []
+        if remaining or errors:
+            raise SinkError(f"Kafka delivery failed: {remaining} record(s) undelivered; errors: {errors[:5]}")
+
+    # -- raw events ------------------------------------------------------------------------
+
+    def write_predictions(self, batches: Sequence[PredictionBatch], token: str) -> int:
+        if not batches:
+            return 0
+        return self._retry("insert of raw predictions",
+                           lambda: self.warehouse.insert_predictions(list(batches), dedup_token=f"predictions:{token}"))
+
+    def write_labels(self, labels: Sequence[LabelEvent], token: str) -> int:
+        if not labels:
+            return 0
+        return self._retry("insert of raw labels", lambda: self.warehouse.insert_labels(list(labels), dedup_token=f"labels:{token}"))
+
+    def reject(self, items: Sequence[Rejected], token: str) -> None:
+        """Send refused messages to the DLQ unchanged and record them in ``rejected_events``."""
+        if not items:
+            return
+        for r in items:
+            # as a DecodeError, the detail travels in the driftline-error-detail header too
+            kafka.send_to_dlq(self.producer, self.settings, r.raw, r.key, DecodeError(r.reason, r.detail),
+                              r.source_topic, on_delivery=self._delivery)
+        self.flush_kafka()
+        rows = [RejectedEventRow(r.source_topic, r.partition, r.offset, r.reason, r.raw, r.received_at,
+                                 detail=r.detail, model_id=r.model_id) for r in items]
+        self._retry("insert of rejected events",
+                    lambda: self.warehouse.insert_rejected_events(rows, dedup_token=f"rejected:{token}"))
+
+    # -- closed windows --------------------------------------------------------------------
+
+    def write_window(
+        self,
+        outcome: WindowOutcome,
+        computed_at: int,
+        requests: Sequence[RetrainRequest] = (),
+        alerts: Sequence[Alert] = (),
+    ) -> DriftReport:
+        m, v, start, end = outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end
+        token = f"{m}:{v}:{start}:{end}"
+        report = outcome.report(computed_at)
+        self._retry("insert of a drift report",
+                    lambda: self.warehouse.insert_drift_reports([report], dedup_token=f"drift:{token}"))
+        if outcome.latency:
+            latency = [PerformanceRow(m, v, name, start, end, float(value), outcome.n_latency, computed_at,
+                                      n_predictions=outcome.n_current)
+                       for name, value in outcome.latency.items() if not np.isnan(value)]
+            self._retry("insert of latency percentiles",
+                        lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"))
+        self._publish("drift", m, report)
+        self._decisions(requests, alerts, token)
+        rows = profile_rows(outcome.profile, m, v, start, end, computed_at)
+        self._retry("insert of window profiles",
+                    lambda: self.warehouse.insert_window_profiles(rows, dedup_token=f"profiles:{token}"))
+        return report
+
+    def write_performance(
+        self,
+        outcome: PerformanceOutcome,
+        computed_at: int,
+        requests: Sequence[RetrainRequest] = (),
+        alerts: Sequence[Alert] = (),
+    ) -> None:
+        m, v, start, end = outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end
+        token = f"{m}:{v}:{start}:{end}"
+        if outcome.changes:
+            changes = [DriftMetricRow(m, v, c.feature, c.detector, start, end, float(c.alarms), None, 1.0,
+                                      c.alarms > 0, 0, c.n_values, computed_at) for c in outcome.changes]
+            self._retry("insert of error-stream change counts",
+                        lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"))
+        self._decisions(requests, alerts, token)
+        rows = [PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), computed_at,
+                               segment=r.segment) for r in outcome.rows]
+        rows.append(PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at))
+        self._retry("insert of performance metrics",
+                    lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"))
+
+    def _decisions(self, requests: Sequence[RetrainRequest], alerts: Sequence[Alert], token: str) -> None:
+        for r in requests:
+            self._publish("retrain-requests", r.model_id, r)
+        for a in alerts:
+            self._publish("alerts", a.model_id, a)
+        self.flush_kafka()
+        for r in requests:
+            self._retry("insert of a retrain request",
+                        lambda r=r: self.warehouse.upsert_retrain_request(r, "requested", updated_at=r.requested_at))
+        if alerts:
+            self._retry("insert of alerts", lambda: self.warehouse.insert_alerts(list(alerts), dedup_token=f"alerts:{token}"))
+
+    # -- what was written before a restart ---------------------------------------------------
+
+    def written_windows(self, model_id: str, model_version: str, limit: int = 200) -> tuple[list[WrittenWindow], list[WrittenWindow]]:
+        """The last ``limit`` prediction windows and label windows written for a version, oldest first.
+
+        Prediction windows may include one whose write a crash interrupted: keep
+        only those up to :meth:`latest_window`, whose marker is written last.
+        """
+        def query() -> tuple[list[WrittenWindow], list[WrittenWindow]]:
+            params = {"model_id": model_id, "model_version": model_version, "limit": limit}
+            drift_rows = self.warehouse.query_rows(
+                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
+                "feature, metric, value, p_value, threshold, drifted FROM drift_metrics FINAL "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND window_start >= "
+                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
+                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
+                " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws, feature, metric",
+                params,
+            )
+            label_rows = self.warehouse.query_rows(
+                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
+                "metric, value, n_labeled FROM performance_metrics FINAL "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
+                "AND NOT startsWith(metric, 'latency_') AND window_start >= "
+                "(SELECT min(window_start) FROM (SELECT window_start FROM performance_metrics FINAL "
+                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
+                " AND metric = {marker:String} ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws",
+                {**params, "marker": N_LABELED},
+            )
+            return drift_rows, label_rows
+
+        drift_rows, label_rows = self._retry("reading the windows written before", query)
+        drift: dict[int, WrittenWindow] = {}
+        labelled: dict[int, WrittenWindow] = {}
+        for r in drift_rows:
+            stream = "error" if r["feature"] == ERROR_FEATURE else "score"
+            target = labelled if stream == "error" else drift
+            w = target.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
+            if r["metric"] in DETECTORS:
+                w.change_events += [(r["metric"], stream)] * int(r["value"])
+            else:
+                w.drift.append(FeatureDrift(r["feature"], r["metric"], r["value"], r["p_value"], r["threshold"],
+                                            bool(r["drifted"])))
+        for r in label_rows:
+            w = labelled.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
+            if r["metric"] == N_LABELED:
+                w.n_labeled = int(r["n_labeled"])
+            else:
+                w.performance = {**(w.performance or {}), r["metric"]: r["value"]}
+        # a label window without its marker row was not completely written (its error-stream rows come first)
+        marked = {r["ws"] for r in label_rows if r["metric"] == N_LABELED}
+        return [drift[k] for k in sorted(drift)], [labelled[k] for k in sorted(labelled) if k in marked]
+
+    def lookup_predictions(self, model_id: str, event_ids: Sequence[str], chunk: int = 10_000) -> list[PredictionBatch]:
+        """Raw predictions of ``model_id`` with these ids, one batch per version (what labels join to).
+
+        Only the columns a label join needs: ids, times, scores, predicted labels, attributes.
+        """
+        found: dict[str, list[dict[str, Any]]] = {}
+        ids = list(dict.fromkeys(event_ids))
+        for lo in range(0, len(ids), chunk):
+            part = ids[lo:lo + chunk]
+
+            def query(part: list[str] = part) -> list[dict[str, Any]]:
+                return self.warehouse.query_rows(
+                    "SELECT event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, prediction, "
+                    "predicted_label, attributes FROM predictions FINAL "
+                    "WHERE model_id = {model_id:String} AND event_id IN {ids:Array(String)}",
+                    {"model_id": model_id, "ids": part},
+                )
+
+            for row in self._retry("looking up predictions for labels", query):
+                found.setdefault(row["model_version"], []).append(row)
+        batches = []
+        for version, rows in sorted(found.items()):
+            keys = sorted({k for r in rows for k in r["attributes"]})
+            labels = [r["predicted_label"] for r in rows]
+            batches.append(PredictionBatch(
+                model_id, version, [r["event_id"] for r in rows],
+                np.array([r["event_time"] for r in rows], dtype=np.int64),
+                predictions=np.array([np.nan if r["prediction"] is None else r["prediction"] for r in rows], dtype=np.float64),
+                predicted_labels=labels if any(v is not None for v in labels) else [],
+                attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
+            ))
+        return batches
+
+    def latest_window(self, model_id: str, model_version: str) -> int | None:
+        return self._retry("reading the latest written window",
+                           lambda: self.warehouse.latest_closed_window(model_id, model_version))
+
+    def latest_label_window(self, model_id: str, model_version: str) -> int | None:
+        """The end of the last performance window written for this version (the ``n_labeled`` marker)."""
+        def query() -> int | None:
+            rows = self.warehouse.query_rows(
+                "SELECT count() AS n, toUnixTimestamp64Milli(max(window_end)) AS end_ms FROM performance_metrics "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
+                "AND metric = {metric:String} AND segment = ''",
+                {"model_id": model_id, "model_version": model_version, "metric": N_LABELED},
+            )
+            return int(rows[0]["end_ms"]) if rows[0]["n"] else None
+
+        return self._retry("reading the latest written label window", query)
+
+
+__all__ = ["N_LABELED", "Rejected", "SinkError", "Sinks", "WrittenWindow", "profile_rows"]

@@ -1,0 +1,499 @@
+"""The streams worker's service: decode, validate, monitor, write, and say what may be acknowledged.
+
+Everything here is synchronous and independent of Faust: the Faust app
+(``streams.app``) hands each batch of consumed messages to
+:meth:`WorkerService.handle` on one dedicated thread, and acknowledges the
+tokens it returns. The same object can be driven directly in tests.
+
+Delivery and crash safety:
+
+- a message is acknowledged (its offset may be committed) only when every
+  window it contributed to has been written (``streams.core.ledger``), and
+  only in offset order per partition. After a crash, Kafka delivers again
+  everything from the oldest message of the oldest open window;
+- before the first batch of a model version, the worker reads how far that
+  version was already written (``latest_closed_window``); replayed rows of
+  those windows are dropped, so a window is never written from part of its
+  events. Windows sample with seeds derived from their key, so the rewrite of
+  an open window is bit-identical;
+- after a rebalance, everything in memory is dropped: Faust seeks every
+  assigned partition back to its committed offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from driftline.settings import Settings
+from retrainer.policy import Policy, load_policy
+from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, record_request
+from streams.codec import Codec, DecodeError, default_codec
+from streams.core.drift import METRICS as DRIFT_METRICS
+from streams.core.ledger import AckLedger, Hold
+from streams.core.monitor import (
+    NOT_IN_WINDOW,
+    PREDICTIONS,
+    Monitor,
+    MonitorSettings,
+    PerformanceOutcome,
+    WindowOutcome,
+    concat_batches,
+)
+from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
+from streams.core.windows import Windowing
+from streams.observability import WorkerMetrics
+from streams.records import FeatureBatch, FeatureEvent, LabelEvent, ModelEvent, PredictionBatch, PredictionEvent
+from streams.references import ReferenceProvider
+from streams.sinks import Rejected, Sinks
+
+log = logging.getLogger("driftline.worker")
+
+INPUT_TOPICS = ("predictions", "features", "labels")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker runs; the policy decides the rest, per model.
+
+    ``window_seconds`` and ``lateness_seconds`` override the policy's for
+    every model when set. ``idle_seconds`` is how long a model may be silent
+    before its event clock follows the wall clock (None: never).
+
+    >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
+    (5, 30.0)
+    """
+
+    app_id: str = "driftline-worker"
+    window_seconds: float | None = None
+    lateness_seconds: float | None = None
+    idle_seconds: float | None = 30.0
+    tick_seconds: float = 1.0
+    batch_size: int = 1000
+    batch_within_seconds: float = 0.5
+    max_future_seconds: float = 3600.0
+    baseline: str = "version"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    datadir: str | None = None
+    partitions: int = 1
+    session_timeout_seconds: float = 30.0
+    index_ttl_hours: float = 24.0
+    index_max_entries: int = 1_000_000
+    write_raw: bool = True
+    task: str | None = None
+
+
+@dataclass
+class Incoming:
+    """One consumed message, as the service sees it; ``token`` is what the caller acknowledges.
+
+    >>> Incoming("predictions", 0, 42, b"credit", b"{}").offset
+    42
+    """
+
+    topic: str  # the contract name: predictions, features, labels
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    token: Any = None
+    full_topic: str = ""
+
+
+@dataclass
+class _Group:
+    batches: list[PredictionBatch] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+
+
+class WorkerService:
+    """Wires the monitor to Kafka records and to the sinks; holds no statistics of its own.
+
+    Its adapters (warehouse, Kafka producer, registry) are real services, so it
+    is exercised by tests/integration/test_worker*.py rather than by an example here.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: WorkerOptions,
+        *,
+        references: ReferenceProvider,
+        sinks: Sinks,
+        policy: Policy | None = None,
+        metrics: WorkerMetrics | None = None,
+        codec: Codec | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.references = references
+        self.sinks = sinks
+        self.policy = policy or load_policy(settings.policy)
+        self.metrics = metrics or WorkerMetrics()
+        self.codec = codec or default_codec()
+        self.clock = clock
+        self.monitor = self._new_monitor()
+        self.ledger: AckLedger[Any] = AckLedger()
+        self._last_offset: dict[tuple[str, int], int] = {}
+        self._triggers: dict[tuple[str, str], TriggerState] = {}
+        self.max_future_ms = int(options.max_future_seconds * 1000)
+        sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
+
+    def _new_monitor(self) -> Monitor:
+        o = self.options
+        return Monitor(
+            self.monitor_settings,
+            idle_ms=None if o.idle_seconds is None else int(o.idle_seconds * 1000),
+            index_ttl_ms=int(o.index_ttl_hours * 3_600_000),
+            index_max_entries=o.index_max_entries,
+        )
+
+    def monitor_settings(self, model_id: str) -> MonitorSettings:
+        return monitor_settings(self.policy, self.options, model_id)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- entry points ------------------------------------------------------------------
+
+    def handle(self, topic: str, messages: Sequence[Incoming]) -> list[Any]:
+        """Process one batch of messages of one input topic; return the tokens that may be acknowledged."""
+        started = time.perf_counter()
+        fresh = self._fresh(messages)
+        self.metrics.messages.labels(topic=topic).inc(len(messages))
+        if topic == "labels":
+            read = self._handle_labels(fresh)
+        elif topic in ("predictions", "features"):
+            read = self._handle_inputs(topic, fresh)
+        else:
+            raise ValueError(f"the worker does not consume topic {topic!r}")
+        done = self.now_ms()
+        for model_id, source in read:
+            self.monitor.touch(model_id, source, done, labels=topic == "labels")
+        self._close(done)
+        released = self.ledger.release(self.monitor.is_done)
+        self._gauges()
+        self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
+        return released
+
+    def tick(self) -> list[Any]:
+        """Close windows that the clock (idle models) has passed; return the tokens that may be acknowledged."""
+        self._close(self.now_ms())
+        released = self.ledger.release(self.monitor.is_done)
+        self._gauges()
+        return released
+
+    def reset(self) -> int:
+        """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
+        dropped = self.ledger.clear()
+        self.monitor = self._new_monitor()
+        self._last_offset.clear()
+        self._triggers.clear()
+        self.metrics.rebalances.inc()
+        self._gauges()
+        log.info("state dropped for a rebalance: %d unacknowledged messages will be redelivered", dropped,
+                 extra={"unacked": dropped})
+        return dropped
+
+    def on_model_event(self, event: ModelEvent) -> None:
+        """A registry change: the next windows of that model use the new baseline."""
+        self.references.on_model_event(event)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _fresh(self, messages: Sequence[Incoming]) -> list[Incoming]:
+        # a message at or below an offset already seen (no rebalance in between) would count twice
+        out = []
+        for m in messages:
+            key = (m.full_topic or m.topic, m.partition)
+            last = self._last_offset.get(key)
+            if last is not None and m.offset <= last:
+                log.warning("skipping %s[%d]@%d, already processed", key[0], m.partition, m.offset)
+                continue
+            self._last_offset[key] = m.offset
+            out.append(m)
+        return out
+
+    def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
+        self.metrics.dlq.labels(reason=reason).inc()
+        self.metrics.events.labels(topic=m.topic, outcome="rejected").inc()
+        log.warning("rejected %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail,
+                    extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "reason": reason})
+        return Rejected(m.full_topic or self.settings.topic(m.topic), m.partition, m.offset, m.key, m.value,
+                        reason, detail, now, model_id)
+
+    def _handle_inputs(self, topic: str, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
+        now = self.now_ms()
+        rejected: list[Rejected] = []
+        groups: dict[tuple[str, str, bool], _Group] = {}
+        for i, m in enumerate(messages):
+            try:
+                batch, has_predictions = _as_batch(self.codec.decode(m.value, topic=topic))
+            except DecodeError as exc:
+                rejected.append(self._rejected(m, exc.reason, exc.message, now))
+                continue
+            if batch.n == 0:
+                continue
+            problem: Rejection | None = check_batch(batch, now, self.max_future_ms)
+            if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
+                problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
+                                                   f"version {batch.model_version!r} (register it first)")
+            if problem is not None:
+                rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
+                continue
+            group = groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group())
+            group.batches.append(batch)
+            group.owners.append(i)
+
+        token = _token(messages)
+        self.sinks.reject(rejected, token)
+        if self.options.write_raw and topic == "predictions":
+            self.sinks.write_predictions([b for g in groups.values() for b in g.batches], token)
+
+        holds: dict[int, list[Hold]] = defaultdict(list)
+        read: set[tuple[str, Any]] = set()
+        for (model_id, version, has_predictions), group in groups.items():
+            if not self.policy.for_model(model_id).monitoring.enabled:
+                continue
+            self._recover(model_id, version)
+            batch = concat_batches(group.batches)
+            owners = np.repeat(np.asarray(group.owners), [b.n for b in group.batches])
+            reference = self.references.get(model_id, version)
+            # each topic partition is a source of the model's event clock (see streams.core.windows)
+            source = (topic, messages[group.owners[0]].partition)
+            ingested = self.monitor.ingest(batch, reference, source=source, now_ms=now, has_predictions=has_predictions)
+            read.add((model_id, source))
+            self._count(topic, batch.n, ingested.late, ingested.replayed)
+            in_window = ingested.window_ends != NOT_IN_WINDOW
+            if in_window.any():
+                latest = np.full(len(messages), NOT_IN_WINDOW, dtype=np.int64)
+                np.maximum.at(latest, owners[in_window], ingested.window_ends[in_window])
+                for i in np.unique(owners[in_window]).tolist():
+                    holds[i].append(Hold(PREDICTIONS, model_id, version, int(latest[i])))
+            if ingested.holds:
+                holds[group.owners[-1]].extend(ingested.holds)
+            if ingested.joined_labels:
+                self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
+        for i, m in enumerate(messages):
+            self.ledger.add((m.full_topic or m.topic, m.partition), m.offset, m.token, holds.get(i, []))
+        return read
+
+    def _handle_labels(self, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
+        now = self.now_ms()
+        rejected: list[Rejected] = []
+        by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
+        for i, m in enumerate(messages):
+            try:
+                record = self.codec.decode(m.value, topic="labels")
+            except DecodeError as exc:
+                rejected.append(self._rejected(m, exc.reason, exc.message, now))
+                continue
+            if not isinstance(record, LabelEvent):
+                rejected.append(self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now))
+                continue
+            problem = check_label(record, now, self.max_future_ms)
+            if problem is None and not self.references.knows_model(record.model_id):
+                problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
+            if problem is not None:
+                rejected.append(self._rejected(m, problem.reason, problem.detail, now, record.model_id))
+                continue
+            by_model[record.model_id].append((i, record))
+
+        token = _token(messages)
+        self.sinks.reject(rejected, token)
+        if self.options.write_raw:
+            self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
+
+        holds: dict[int, list[Hold]] = defaultdict(list)
+        for model_id, items in by_model.items():
+            if not self.policy.for_model(model_id).monitoring.enabled:
+                continue
+            events = [e for _, e in items]
+            result = self.monitor.ingest_labels(
+                model_id, [e.event_id for e in events], [e.label for e in events],
+                np.fromiter((e.event_time for e in events), dtype=np.int64, count=len(events)),
+                now_ms=now,
+            )
+            for (i, _), label_holds in zip(items, result.holds):
+                holds[i].extend(label_holds)
+            if result.unmatched:
+                # predictions from before a restart are no longer in memory, but in the warehouse
+                position = {e.event_id: i for i, e in items}
+                found = 0
+                for batch in self.sinks.lookup_predictions(model_id, result.unmatched):
+                    self._recover(model_id, batch.model_version)
+                    for event_id, label_holds in self.monitor.remember(batch, now_ms=now).items():
+                        holds[position[event_id]].extend(label_holds)
+                        found += 1
+                result.joined += found
+                result.pending -= found
+            self.metrics.events.labels(topic="labels", outcome="accepted").inc(len(events) - result.late - result.replayed)
+            self.metrics.events.labels(topic="labels", outcome="joined").inc(result.joined)
+            self.metrics.events.labels(topic="labels", outcome="pending").inc(result.pending)
+            if result.late:
+                self.metrics.events.labels(topic="labels", outcome="late").inc(result.late)
+                log.warning("%d late label(s) of %s: their windows were already closed", result.late, model_id,
+                            extra={"model_id": model_id, "late": result.late})
+            if result.replayed:
+                self.metrics.events.labels(topic="labels", outcome="replayed").inc(result.replayed)
+        for i, m in enumerate(messages):
+            self.ledger.add((m.full_topic or m.topic, m.partition), m.offset, m.token, holds.get(i, []))
+        return {(model_id, None) for model_id in by_model}
+
+    def _recover(self, model_id: str, version: str) -> None:
+        if self.monitor.needs_recovery(model_id, version):
+            through = self.sinks.latest_window(model_id, version)
+            self.monitor.recover(model_id, version, through)
+            self.monitor.recover_labels(model_id, version, self.sinks.latest_label_window(model_id, version))
+            if through is not None:
+                log.info("%s v%s: windows up to %d were written before; replayed events of them are skipped",
+                         model_id, version, through, extra={"model_id": model_id, "version": version, "through": through})
+            self._rebuild_triggers(model_id, version, through)
+
+    def _rebuild_triggers(self, model_id: str, version: str, through: int | None) -> None:
+        """Pick up the trigger states where they were: fold the evaluator over the windows already written.
+
+        The state is a pure function of the written windows (the evaluator uses
+        event time), so a restarted worker, or the one that takes a partition
+        over, continues an episode instead of starting a new one.
+        """
+        drift_windows, label_windows = self.sinks.written_windows(model_id, version)
+        policy = self.policy.for_model(model_id)
+        holdout = getattr(self.references, "holdout_metrics", None)
+        reference = holdout(model_id, version) if holdout and label_windows else None
+        folds = (("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
+                 ("performance", label_windows))
+        for stream, windows in folds:
+            state = self._triggers.get((stream, model_id)) or TriggerState(model_id)
+            for w in windows:
+                window = TriggerWindow(model_id, version, w.window_start, w.window_end, drift=w.drift,
+                                       performance=w.performance, n_labeled=w.n_labeled,
+                                       reference_performance=reference, change_events=w.change_events)
+                state, _, _ = evaluate(policy, state, window, w.window_end)
+            self._triggers[(stream, model_id)] = state
+        # either stream's last request starts the cooldown of both
+        states = [self._triggers[(k, model_id)] for k in ("drift", "performance")]
+        last = max(states, key=lambda st: st.last_request_ms if st.last_request_ms is not None else -1)
+        if last.last_request_ms is not None:
+            for k in ("drift", "performance"):
+                self._triggers[(k, model_id)] = replace(self._triggers[(k, model_id)],
+                                                        last_request_ms=last.last_request_ms,
+                                                        last_request_id=last.last_request_id)
+
+    def _count(self, topic: str, n: int, late: int, replayed: int) -> None:
+        self.metrics.events.labels(topic=topic, outcome="accepted").inc(n - late - replayed)
+        if late:
+            self.metrics.events.labels(topic=topic, outcome="late").inc(late)
+            log.warning("%d late event(s) on %s: their windows were already closed", late, topic,
+                        extra={"topic": topic, "late": late})
+        if replayed:
+            self.metrics.events.labels(topic=topic, outcome="replayed").inc(replayed)
+
+    # -- closing windows -------------------------------------------------------------------
+
+    def _close(self, now: int) -> None:
+        for outcome in self.monitor.close_due(now):
+            started = time.perf_counter()
+            if isinstance(outcome, WindowOutcome):
+                trigger_window = TriggerWindow(
+                    outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
+                    drift=outcome.drift,
+                    change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
+                )
+                requests, alerts = self._decide("drift", trigger_window)
+                report = self.sinks.write_window(outcome, now, requests, alerts)
+                self.metrics.windows.labels(kind="drift").inc()
+                log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
+                         outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
+                         ", ".join(report.drifted_features) or "none",
+                         extra={"model_id": outcome.model_id, "version": outcome.model_version,
+                                "window_start": outcome.window_start, "window_end": outcome.window_end,
+                                "n_current": outcome.n_current, "drifted_features": report.drifted_features})
+            else:
+                self._write_performance(outcome, now)
+            self.metrics.flush_seconds.observe(time.perf_counter() - started)
+
+    def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
+        overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
+        holdout = getattr(self.references, "holdout_metrics", None)
+        trigger_window = TriggerWindow(
+            outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
+            performance=overall or None, n_labeled=outcome.n_labeled,
+            reference_performance=holdout(outcome.model_id, outcome.model_version) if holdout else None,
+            change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
+        )
+        requests, alerts = self._decide("performance", trigger_window)
+        self.sinks.write_performance(outcome, now, requests, alerts)
+        self.metrics.windows.labels(kind="performance").inc()
+        log.info("label window %s v%s [%d, %d) written: %d labelled", outcome.model_id, outcome.model_version,
+                 outcome.window_start, outcome.window_end, outcome.n_labeled,
+                 extra={"model_id": outcome.model_id, "version": outcome.model_version,
+                        "window_start": outcome.window_start, "n_labeled": outcome.n_labeled})
+
+    def _decide(self, stream: str, window: TriggerWindow) -> tuple[list, list]:
+        # Prediction and label windows close at different times, so each has its own
+        # trigger state (the evaluator ignores a window older than the last one it saw);
+        # a request from either starts the cooldown of both.
+        policy = self.policy.for_model(window.model_id)
+        key = (stream, window.model_id)
+        state = self._triggers.get(key) or TriggerState(window.model_id)
+        state, requests, alerts = evaluate(policy, state, window, window.window_end)
+        self._triggers[key] = state
+        for request in requests:
+            other = ("performance" if stream == "drift" else "drift", window.model_id)
+            if other in self._triggers:
+                self._triggers[other] = record_request(self._triggers[other], request)
+            self.metrics.retrain_requests.labels(reason=request.reason).inc()
+        for alert in alerts:
+            self.metrics.alerts.labels(kind=alert.kind).inc()
+        return requests, alerts
+
+    def _gauges(self) -> None:
+        self.metrics.open_windows.set(len(self.monitor.open_windows()) + len(self.monitor.open_label_windows()))
+        self.metrics.unacked.set(len(self.ledger))
+        self.metrics.pending_labels.set(self.monitor.pending_labels())
+
+
+def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> MonitorSettings:
+    """How the monitor treats ``model_id``: the policy's monitoring, with the worker's overrides.
+
+    >>> from retrainer.policy import load_policy
+    >>> s = monitor_settings(load_policy(None), WorkerOptions(window_seconds=5), "credit")
+    >>> s.windowing.size_ms, s.windowing.lateness_ms, s.detectors
+    (5000, 10000, ('adwin',))
+    """
+    m = policy.for_model(model_id).monitoring
+    size = int(options.window_seconds * 1000) if options.window_seconds is not None else m.window_ms
+    lateness = int(options.lateness_seconds * 1000) if options.lateness_seconds is not None else m.allowed_lateness_ms
+    # the policy also knows per-test levels (ks_alpha, ...), which are not effect-size thresholds
+    thresholds = {f: {k: v for k, v in by.items() if k in DRIFT_METRICS} for f, by in m.thresholds.items()}
+    return MonitorSettings(Windowing(size, lateness), thresholds=thresholds, fdr_q=m.fdr_q,
+                           detectors=tuple(m.detectors), task=options.task)
+
+
+def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
+    if isinstance(record, PredictionBatch):
+        return record, True
+    if isinstance(record, PredictionEvent):
+        return record.as_batch(), True
+    if isinstance(record, FeatureBatch):
+        return record.as_batch(), False
+    if isinstance(record, FeatureEvent):
+        return record.as_batch(), False
+    raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
+
+
+def _token(messages: Iterable[Incoming]) -> str:
+    """A dedup token for the raw rows of one batch of messages: the offset ranges it covers."""
+    ranges: dict[tuple[str, int], list[int]] = {}
+    for m in messages:
+        r = ranges.setdefault((m.full_topic or m.topic, m.partition), [m.offset, m.offset])
+        r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
+    return ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))

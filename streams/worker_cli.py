@@ -1,0 +1,120 @@
+"""``driftline worker``: the Faust streaming worker.
+
+Every flag has a ``DRIFTLINE_WORKER_*`` environment variable of the same
+name (``--window-seconds`` -> ``DRIFTLINE_WORKER_WINDOW_SECONDS``); the flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable
+
+from driftline.settings import Settings
+from streams.worker import WorkerOptions
+
+
+def _env(name: str, cast: Callable[[str], Any], default: Any) -> Any:
+    raw = os.environ.get(f"DRIFTLINE_WORKER_{name.upper().replace('-', '_')}")
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("none", "off") and default is None:
+        return None
+    return cast(raw)
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() in ("none", "off", "never") else float(raw)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    d = WorkerOptions()
+    g = parser.add_argument_group("worker")
+    g.add_argument("--app-id", default=_env("app-id", str, d.app_id),
+                   help=f"Faust app id, also the Kafka consumer group (default {d.app_id})")
+    g.add_argument("--window-seconds", type=float, default=_env("window-seconds", float, None),
+                   help="window size for every model (default: the policy's monitoring.window_seconds, 60)")
+    g.add_argument("--lateness-seconds", type=float, default=_env("lateness-seconds", float, None),
+                   help="allowed lateness for every model (default: the policy's, 10)")
+    g.add_argument("--idle-seconds", type=_optional_float, default=_env("idle-seconds", _optional_float, d.idle_seconds),
+                   help="after this long without events, a model's event clock follows the wall clock so its last "
+                        f"window closes; 'never' to disable (default {d.idle_seconds})")
+    g.add_argument("--tick-seconds", type=float, default=_env("tick-seconds", float, d.tick_seconds),
+                   help=f"how often idle windows are checked (default {d.tick_seconds})")
+    g.add_argument("--batch-size", type=int, default=_env("batch-size", int, d.batch_size),
+                   help=f"messages taken from a topic at a time (default {d.batch_size})")
+    g.add_argument("--batch-within-seconds", type=float, default=_env("batch-within-seconds", float, d.batch_within_seconds),
+                   help=f"longest wait to fill a batch (default {d.batch_within_seconds})")
+    g.add_argument("--max-future-seconds", type=float, default=_env("max-future-seconds", float, d.max_future_seconds),
+                   help=f"events further ahead of the clock go to the DLQ (default {d.max_future_seconds:g})")
+    g.add_argument("--baseline", choices=("version", "champion"), default=_env("baseline", str, d.baseline),
+                   help="compare each version with its own reference profile (falling back to the champion's), "
+                        "or every version with the champion's (default version)")
+    g.add_argument("--web-host", default=_env("web-host", str, d.web_host), help=f"web/metrics host (default {d.web_host})")
+    g.add_argument("--web-port", type=int, default=_env("web-port", int, d.web_port),
+                   help=f"web port; /metrics serves Prometheus metrics (default {d.web_port})")
+    g.add_argument("--datadir", default=_env("datadir", str, None),
+                   help="Faust data directory (default STATE_DIR/worker/APP_ID)")
+    g.add_argument("--partitions", type=int, default=_env("partitions", int, d.partitions),
+                   help=f"partitions of topics the worker creates if missing (default {d.partitions})")
+    g.add_argument("--session-timeout-seconds", type=float,
+                   default=_env("session-timeout-seconds", float, d.session_timeout_seconds),
+                   help=f"Kafka consumer session timeout (default {d.session_timeout_seconds:g})")
+    g.add_argument("--index-ttl-hours", type=float, default=_env("index-ttl-hours", float, d.index_ttl_hours),
+                   help=f"how long predictions wait for their labels in memory (default {d.index_ttl_hours:g})")
+    g.add_argument("--index-max-entries", type=int, default=_env("index-max-entries", int, d.index_max_entries),
+                   help=f"predictions kept per model for the label join (default {d.index_max_entries})")
+    g.add_argument("--task", choices=("classification", "regression"), default=_env("task", str, None),
+                   help="what the labels grade (default: inferred per window)")
+    g.add_argument("--no-raw", dest="write_raw", action="store_false", default=True,
+                   help="do not write raw predictions and labels to ClickHouse")
+    g.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", str, "json"),
+                   help="log lines as JSON objects or text (default json)")
+    g.add_argument("--log-level", default=_env("log-level", str, "info"), help="log level (default info)")
+
+
+def options_from_args(args: argparse.Namespace) -> WorkerOptions:
+    return WorkerOptions(
+        app_id=args.app_id,
+        window_seconds=args.window_seconds,
+        lateness_seconds=args.lateness_seconds,
+        idle_seconds=args.idle_seconds,
+        tick_seconds=args.tick_seconds,
+        batch_size=args.batch_size,
+        batch_within_seconds=args.batch_within_seconds,
+        max_future_seconds=args.max_future_seconds,
+        baseline=args.baseline,
+        web_host=args.web_host,
+        web_port=args.web_port,
+        datadir=args.datadir,
+        partitions=args.partitions,
+        session_timeout_seconds=args.session_timeout_seconds,
+        index_ttl_hours=args.index_ttl_hours,
+        index_max_entries=args.index_max_entries,
+        write_raw=args.write_raw,
+        task=args.task,
+    )
+
+
+def handle(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+    from streams.observability import configure_logging
+
+    level = "DEBUG" if getattr(args, "verbose", False) else args.log_level.upper()
+    configure_logging(args.log_format, level)
+    # Faust and aiokafka are chatty at INFO; their warnings still show
+    import logging
+
+    if level != "DEBUG":
+        for name in ("faust", "aiokafka", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return run_worker(settings, options_from_args(args), loglevel=args.log_level)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="the streaming worker: windowed drift, performance and latency from Kafka into ClickHouse",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_worker_arguments(parser)
+    parser.set_defaults(handler=handle)

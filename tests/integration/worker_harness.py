@@ -1,0 +1,311 @@
+"""Running the streams worker like production, for the worker's integration tests.
+
+The worker runs as a subprocess (``driftline worker``) against the
+session's Kafka broker, the embedded ClickHouse server and a SQLite registry
+in the test's temporary directory. Every test has its own topics, consumer
+group (Faust app id), Faust data directory and web port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from driftline.settings import Settings
+from driftline.stack.process import free_port
+from retrainer.registry import Lineage, Registry
+from streams import kafka
+from streams.core.profile import ReferenceProfile
+from streams.records import PredictionBatch
+from streams.warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: backfilled events, aligned to every window size used here
+FEATURES = ("a", "b", "c", "d", "e")
+REGIONS = ("north", "south", "east", "west")
+
+T = TypeVar("T")
+
+
+def training_data(n: int = 20_000, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[str]], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    numeric = {f: rng.normal(size=n) for f in FEATURES}
+    categorical = {"region": rng.choice(REGIONS, n).tolist()}
+    return numeric, categorical, _score(numeric)
+
+
+def _score(numeric: dict[str, np.ndarray]) -> np.ndarray:
+    z = 0.8 * numeric["a"] - 0.5 * numeric["c"] + 0.3 * numeric["e"]  # b and d are free to drift
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def make_batch(model_id: str, version: str, start: int, n: int, step_ms: int, *, drift: Sequence[str] = (),
+               seed: int = 1, prefix: str = "e") -> PredictionBatch:
+    """``n`` predictions from ``start`` every ``step_ms``; features in ``drift`` shift by two standard deviations."""
+    rng = np.random.default_rng(seed)
+    numeric = {f: rng.normal(loc=2.0 if f in drift else 0.0, size=n) for f in FEATURES}
+    return PredictionBatch(
+        model_id, version, [f"{prefix}{seed}-{i}" for i in range(n)], start + np.arange(n, dtype=np.int64) * step_ms,
+        numeric=numeric,
+        categorical={"region": rng.choice(REGIONS, n).tolist()},
+        predictions=_score(numeric),
+        latency_ms=rng.gamma(2.0, 4.0, n),
+        attributes={"channel": rng.choice(["web", "app"], n).tolist()},
+    )
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.25,
+               on_timeout: Callable[[], str] | None = None) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = on_timeout() if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``driftline worker`` process."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    web_port: int
+    _log: Any = field(repr=False, default=None)
+    expected_exit: bool = False
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no commit."""
+        self.expected_exit = True
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(30)
+        self._close_log()
+
+    def stop(self, timeout: float = 30) -> int:
+        self.expected_exit = True
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._close_log()
+        return self.popen.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+
+
+@dataclass
+class WorkerEnv:
+    """A private corner of the shared services for one test."""
+
+    settings: Settings
+    tmp: Path
+    registry: Registry
+    warehouse: Warehouse
+    producer: Any
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, kafka_settings: Settings, warehouse_url: str, tmp: Path, *, partitions: int = 1) -> "WorkerEnv":
+        settings = kafka_settings.replace(
+            warehouse=warehouse_url,
+            registry=f"sqlite:///{tmp / 'registry.db'}",
+            artifacts=str(tmp / "artifacts"),
+            state_dir=str(tmp / "state"),
+        )
+        kafka.ensure_topics(settings, partitions=partitions)
+        registry = Registry.from_settings(settings)
+        warehouse = Warehouse.connect(warehouse_url, migrate=True)
+        producer = kafka.producer(settings, **{"linger.ms": 5})
+        return cls(settings, tmp, registry, warehouse, producer)
+
+    def register(self, model_id: str, *, seed: int = 0, promote: bool = True,
+                 data: tuple[dict, dict, np.ndarray] | None = None) -> str:
+        numeric, categorical, predictions = data or training_data(seed=seed)
+
+        def profile(version: str) -> dict:
+            return ReferenceProfile.build(model_id, version, numeric, categorical, predictions).to_dict()
+
+        version = self.registry.register(model_id, lineage=Lineage(dataset_rows=len(predictions)),
+                                         reference_profile=profile).version
+        if promote:
+            self.registry.promote(model_id, version)
+        return version
+
+    def publish(self, topic: str, key: str, record: Any) -> None:
+        kafka.publish(self.producer, self.settings.topic(topic), key, record)
+
+    def publish_raw(self, topic: str, key: str | None, value: bytes) -> None:
+        kafka.produce(self.producer, self.settings.topic(topic), value, key)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0
+
+    def start_worker(self, name: str, app_id: str, *args: str, window_seconds: float = 2,
+                     idle_seconds: float | str = 2.0) -> WorkerProcess:
+        port = free_port()
+        log_path = self.tmp / f"{name}.log"
+        log = open(log_path, "ab")
+        argv = [
+            sys.executable, "-m", "driftline.cli",  # that is, `driftline worker`
+            "--kafka", self.settings.kafka_bootstrap,
+            "--topic-prefix", self.settings.topic_prefix,
+            "--warehouse", self.settings.warehouse,
+            "--registry", self.settings.registry,
+            "--artifacts", self.settings.artifacts,
+            "worker",
+            "--app-id", app_id,
+            "--window-seconds", str(window_seconds),
+            "--lateness-seconds", "0",
+            "--idle-seconds", str(idle_seconds),
+            "--tick-seconds", "0.25",
+            "--batch-within-seconds", "0.2",
+            "--web-port", str(port),
+            "--datadir", str(self.tmp / f"faust-{name}"),
+            "--session-timeout-seconds", "10",
+            *args,
+        ]
+        # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
+        env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
+        env["PYTHONPATH"] = str(REPO)
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
+        worker = WorkerProcess(name, popen, log_path, port, log)
+        self.workers.append(worker)
+        return worker
+
+    def wait(self, check: Callable[[], T], timeout: float, what: str) -> T:
+        """``wait_until``, failing at once with the logs if an expected worker died."""
+        def checked() -> T:
+            dead = [w for w in self.workers if not w.alive() and not w.expected_exit]
+            if dead:
+                raise AssertionError(f"worker {dead[0].name} exited with {dead[0].popen.returncode}\n{self.logs()}")
+            return check()
+
+        return wait_until(checked, timeout, what, on_timeout=self.logs)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The consumer group's committed offset per partition of ``topic`` (-1001: none)."""
+        from confluent_kafka import TopicPartition
+
+        consumer = kafka.consumer(self.settings, group, **{"enable.auto.commit": False})
+        try:
+            partitions = consumer.list_topics(self.settings.topic(topic), timeout=10).topics[self.settings.topic(topic)].partitions
+            offsets = consumer.committed([TopicPartition(self.settings.topic(topic), p) for p in partitions], timeout=10)
+            return {tp.partition: tp.offset for tp in offsets}
+        finally:
+            consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+
+        consumer = kafka.consumer(self.settings, "driftline-test-offsets")
+        try:
+            name = self.settings.topic(topic)
+            partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+            return {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in partitions}
+        finally:
+            consumer.close()
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        return self.warehouse.query_rows(sql, params or None)
+
+    def count(self, table: str, where: str = "1", **params: Any) -> int:
+        return int(self.query(f"SELECT count() AS n FROM {table} FINAL WHERE {where}", **params)[0]["n"])
+
+    def windows_written(self, model_id: str | None = None) -> int:
+        """Prediction windows completely written (window_profiles is the last table a window writes)."""
+        where = "1" if model_id is None else "model_id = {m:String}"
+        return int(self.query(f"SELECT uniqExact(model_id, model_version, window_start) AS n FROM window_profiles "
+                              f"WHERE {where}", **({} if model_id is None else {"m": model_id}))[0]["n"])
+
+    def snapshot(self, model_id: str) -> dict[str, Any]:
+        """What a run wrote for a model, without write times: to compare runs."""
+        drift = self.query(
+            "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
+            "value, p_value, threshold, drifted, n_reference, n_current FROM drift_metrics FINAL "
+            "WHERE model_id = {m:String} ORDER BY ws, feature, metric", m=model_id)
+        profiles = self.query(
+            "SELECT feature, toUnixTimestamp64Milli(window_start) AS ws, count, missing, min, max, quantiles, "
+            "histogram, categories, mean, std FROM window_profiles FINAL WHERE model_id = {m:String} "
+            "ORDER BY ws, feature", m=model_id)
+        reports = self.query(
+            "SELECT toUnixTimestamp64Milli(window_start) AS ws, n_current, drifted_features FROM drift_reports FINAL "
+            "WHERE model_id = {m:String} ORDER BY ws", m=model_id)
+        requests = self.query(
+            "SELECT request_id, model_version, reason, toUnixTimestamp64Milli(requested_at) AS at, evidence "
+            "FROM retrain_requests FINAL WHERE model_id = {m:String} ORDER BY at, request_id", m=model_id)
+        alerts = self.query(
+            "SELECT alert_id, kind, severity, toUnixTimestamp64Milli(occurred_at) AS at FROM alerts FINAL "
+            "WHERE model_id = {m:String} ORDER BY at, alert_id", m=model_id)
+        return {"drift": drift, "profiles": profiles, "reports": reports, "requests": requests, "alerts": alerts,
+                "predictions": self.count("predictions", "model_id = {m:String}", m=model_id)}
+
+    def logs(self) -> str:
+        return "\n".join(w.log_tail() for w in self.workers)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.producer.flush(10)
+        self.warehouse.close()
+
+
+def assert_same_results(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Equal drift metrics (bit for bit), reports, raw counts and profiles.
+
+    A profile's mean and std are merged batch by batch in floating point, so
+    they may differ in the last bits when the batches were cut differently.
+    """
+    assert got["reports"] == expected["reports"]
+    assert got["predictions"] == expected["predictions"]
+    assert got["requests"] == expected["requests"]
+    assert got["alerts"] == expected["alerts"]
+    assert len(got["drift"]) == len(expected["drift"])
+    for g, e in zip(got["drift"], expected["drift"]):
+        assert _same_floats(g, e), (g, e)
+    assert len(got["profiles"]) == len(expected["profiles"])
+    for g, e in zip(got["profiles"], expected["profiles"]):
+        exact = ("feature", "ws", "count", "missing", "min", "max", "quantiles", "histogram", "categories")
+        assert _same_floats({k: g[k] for k in exact}, {k: e[k] for k in exact}), (g, e)
+        for k in ("mean", "std"):
+            assert np.isclose(g[k], e[k], rtol=1e-12, atol=1e-15, equal_nan=True), (k, g, e)
+
+
+def _same_floats(a: Any, b: Any) -> bool:
+    # NaN == NaN here: a metric that is NaN in both runs is the same result
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (np.isnan(a) and np.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_floats(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_floats(x, y) for x, y in zip(a, b))
+    return a == b

@@ -1,0 +1,55 @@
+"""``driftline worker`` flags, their environment variables, and the worker's settings per model."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from driftline.cli import build_parser
+from streams.worker_cli import add_worker_arguments, options_from_args
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_worker_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_become_worker_options() -> None:
+    options = options_from_args(parse(["--app-id", "w", "--window-seconds", "5", "--idle-seconds", "never",
+                                       "--baseline", "champion", "--no-raw", "--partitions", "4"]))
+    assert (options.app_id, options.window_seconds, options.idle_seconds) == ("w", 5.0, None)
+    assert (options.baseline, options.write_raw, options.partitions) == ("champion", False, 4)
+    defaults = options_from_args(parse([]))
+    assert defaults.window_seconds is None and defaults.idle_seconds == 30.0 and defaults.write_raw
+
+
+def test_environment_variables_are_the_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLINE_WORKER_WINDOW_SECONDS", "7")
+    monkeypatch.setenv("DRIFTLINE_WORKER_APP_ID", "from-env")
+    monkeypatch.setenv("DRIFTLINE_WORKER_IDLE_SECONDS", "off")
+    options = options_from_args(parse([]))
+    assert (options.window_seconds, options.app_id, options.idle_seconds) == (7.0, "from-env", None)
+    assert options_from_args(parse(["--window-seconds", "3"])).window_seconds == 3.0
+
+
+def test_the_worker_verb_is_on_the_driftline_command_line() -> None:
+    args = build_parser().parse_args(["--kafka", "k:9092", "worker", "--web-port", "7000"])
+    assert args.command == "worker" and args.web_port == 7000 and callable(args.handler)
+
+
+def test_worker_settings_follow_the_policy_unless_overridden() -> None:
+    from retrainer.policy import parse_policy
+    from streams.worker import WorkerOptions, monitor_settings
+
+    policy = parse_policy({"defaults": {"monitoring": {"window_seconds": 120, "allowed_lateness_seconds": 5,
+                                                       "thresholds": {"*": {"psi": 0.3, "ks_alpha": 0.01}}}},
+                           "models": {"fast": {"monitoring": {"window_seconds": 10}}}})
+    slow, fast = monitor_settings(policy, WorkerOptions(), "any"), monitor_settings(policy, WorkerOptions(), "fast")
+    assert (slow.windowing.size_ms, slow.windowing.lateness_ms, fast.windowing.size_ms) == (120_000, 5_000, 10_000)
+    # ks_alpha is a test level, not an effect-size threshold: the drift engine does not take it
+    assert slow.thresholds["*"]["psi"] == 0.3 and "ks_alpha" not in slow.thresholds["*"]
+    fixed = WorkerOptions(window_seconds=2, lateness_seconds=0)
+    assert monitor_settings(policy, fixed, "fast").windowing == monitor_settings(policy, fixed, "any").windowing
+    assert monitor_settings(policy, fixed, "fast").windowing.size_ms == 2_000
