@@ -23,8 +23,10 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
+# `driftline stack up`, a worker and a retrainer (logs in .driftline/demo/<model>/), then the loop on a
+# simulated model with live progress, a summary and an HTML report. Flags: make demo DEMO_ARGS="--patience 2"
 demo: setup
-	$(BIN)/python -m driftline.demo_cli
+	$(BIN)/python -m driftline.demo_cli $(DEMO_ARGS)
 
 stack-up: setup
 	$(BIN)/driftline stack up
