@@ -142,9 +142,10 @@ class KafkaBroker:
         props = self._properties()
         classpath = f"{libs}/*"
         if not (self.home / "data" / "meta.properties").exists():
+            # a Kafka cluster id is a url-safe base64 uuid; one that starts with "-" must not read as a flag
             cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props)],
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(props)],
                 capture_output=True,
                 text=True,
             )
