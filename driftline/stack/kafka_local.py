@@ -56,7 +56,8 @@ def require_tool(name: str, purpose: str) -> str:
 
 def fetch_jars(cache_dir: Path, pom: Path = POM) -> Path:
     """Download the broker's jars once; later calls reuse the cache."""
-    libs = cache_dir / "libs"
+    # absolute: Maven resolves a relative outputDirectory against the pom's folder, not ours
+    libs = cache_dir.resolve() / "libs"
     marker = libs / ".complete"
     if marker.exists():
         return libs
