@@ -13,6 +13,7 @@ the placeholder style, the identity column, and how a writer takes its lock:
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,11 +91,22 @@ class SQLiteDialect:
 
     def prepare(self) -> None:
         # WAL is a property of the file and cannot change inside a transaction.
-        conn = self.connect()
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        finally:
-            conn.close()
+        # Switching to WAL needs a moment alone with the file, and SQLite answers "database is
+        # locked" at once instead of waiting when other processes are starting up too.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            conn = self.connect()
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            finally:
+                conn.close()
+            time.sleep(0.05)
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
