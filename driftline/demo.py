@@ -35,7 +35,6 @@ import pyarrow as pa
 
 from driftline import simulation
 from driftline.service_sim import SimulatedService, ServiceStats, artifact_scorer, training_set
-from streams.records import ModelEvent
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -177,8 +176,8 @@ def register_first_version(
     first: FirstVersion,
 ) -> "ModelVersion":
     """Register v1 with its lineage and reference profile, promote it, announce both and mirror the registry."""
+    from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
     from retrainer.registry import CHAMPION, Lineage
-    from retrainer.service import mirror_row
     from streams.core.profile import ReferenceProfile
 
     dataset_sha256 = registry.artifacts.put_table(first.dataset)
@@ -207,21 +206,12 @@ def register_first_version(
         actor=ACTOR, reason="demo: the model in service before the drift",
     )
     promoted = registry.promote(model_id, version.version, actor=ACTOR, reason="demo: first champion")
-    publish_model_events(settings, producer, [version.registered_event(), promoted])
-    stamp = time.time_ns() // 1_000_000
-    warehouse.upsert_model_versions([mirror_row(v, stamp) for v in registry.list_versions(model_id)])
+    try:
+        publish_model_events(producer, settings, [version.registered_event(), promoted], timeout=30.0)
+    except AnnounceError as exc:
+        raise DemoError(str(exc)) from exc
+    mirror_versions(registry, warehouse, model_id)
     return registry.alias(model_id, CHAMPION) or version
-
-
-def publish_model_events(settings: "Settings", producer: "Producer", events: Sequence[ModelEvent]) -> None:
-    from streams import kafka
-
-    errors: list[str] = []
-    for event in events:
-        kafka.publish(producer, settings.topic("models"), event.model_id, event,
-                      on_delivery=lambda err, msg: errors.append(str(err)) if err is not None else None)
-    if producer.flush(30) or errors:
-        raise DemoError(f"could not publish {len(events)} model event(s): {'; '.join(errors) or 'timed out'}")
 
 
 # --------------------------------------------------------------------------- what the warehouse says

@@ -212,9 +212,7 @@ def running_services(settings: "Settings", logs: Path, *, startup_timeout: float
     services = Services(worker, retrainer, port)
     try:
         worker.spawn([sys.executable, "-m", "driftline.cli", "worker", "--app-id", f"{group}-worker",
-                      "--web-port", str(port), "--session-timeout-seconds", "10", "--log-format", "text",
-                      # Faust creates its data directory but not that directory's parents
-                      "--datadir", str(logs / "worker-data")], env=env)
+                      "--web-port", str(port), "--session-timeout-seconds", "10", "--log-format", "text"], env=env)
         retrainer.spawn([sys.executable, "-m", "driftline.cli", "retrainer", "--group-id", f"{group}-retrainer"], env=env)
         _say(f"worker and retrainer started (pids {worker.pid()}, {retrainer.pid()}); logs in {logs}")
         wait_until(lambda: port_answers("127.0.0.1", port), startup_timeout, worker, "the worker")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape
@@ -682,51 +682,58 @@ def _small_multiples(charts: Sequence[tuple[str, str]], columns: int = 2) -> str
     ) + "</div>"
 
 
+def _charts_per_metric(table: pa.Table | None, domain: Domain | None, colors: Mapping[str, str], *, what: str,
+                       source: str, nothing_yet: tuple[str, str], order: Sequence[str],
+                       chart: Callable[[pa.Table, Domain, str, np.ndarray], str]) -> str:
+    """One chart per metric of ``table`` under the versions' legend, or why there is none yet.
+
+    ``chart(table, domain, metric, where)`` draws one metric; ``where`` selects its rows of ``table``.
+    """
+    if table is None:
+        return _empty(f"{what} is unavailable.", f"The warehouse has no <code>{source}</code> table.")
+    if not table.num_rows or domain is None:
+        return _empty(*nothing_yet)
+    metric_col = _strings(table.column("metric"))
+    metrics = sorted({str(m) for m in metric_col.tolist()}, key=lambda m: _metric_rank(m, order))
+    charts = [(metric, chart(table, domain, metric, metric_col == metric)) for metric in metrics]
+    return _legend(colors, _versions_in(table)) + _small_multiples(charts)
+
+
 def _prediction_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
     intro = ("The distribution of the model's output against its reference: the earliest warning when labels "
              "arrive late. One chart per metric, the dashed line is the metric's threshold.")
-    table = data.prediction_drift
-    if table is None:
-        body = _empty("Prediction drift is unavailable.", "The warehouse has no <code>drift_metrics</code> table.")
-    elif not table.num_rows or domain is None:
-        body = _empty("No prediction drift yet.",
-                      "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
-                      "<code>prediction</code> value (a score or probability) and the reference profile one too.")
-    else:
-        metrics = sorted({str(m) for m in pc.unique(table.column("metric")).to_pylist()}, key=lambda m: _metric_rank(m, DRIFT_METRIC_ORDER))
-        metric_col = _strings(table.column("metric"))
-        thresholds = _floats(table.column("threshold"))
-        charts = []
-        for metric in metrics:
-            where = metric_col == metric
-            threshold = float(np.median(thresholds[where]))
-            svg = line_chart(series_by_version(table, "value", colors, where=where), domain, title=f"prediction {metric}",
-                             thresholds=[(threshold, "threshold")], markers=markers, marker_labels=False,
-                             y_include=[0.0], width=470, height=190)
-            charts.append((metric, svg))
-        body = _legend(colors, _versions_in(table)) + _small_multiples(charts)
+
+    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
+        threshold = float(np.median(_floats(table.column("threshold"))[where]))
+        return line_chart(series_by_version(table, "value", colors, where=where), domain, title=f"prediction {metric}",
+                          thresholds=[(threshold, "threshold")], markers=markers, marker_labels=False,
+                          y_include=[0.0], width=470, height=190)
+
+    body = _charts_per_metric(
+        data.prediction_drift, domain, colors, what="Prediction drift", source="drift_metrics",
+        order=DRIFT_METRIC_ORDER, chart=chart,
+        nothing_yet=("No prediction drift yet.",
+                     "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
+                     "<code>prediction</code> value (a score or probability) and the reference profile one too."),
+    )
     return _section("prediction-drift", "Prediction drift", intro, body, PREDICTION)
 
 
 def _performance_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
     intro = ("Quality of the predictions once their labels arrived, for the whole population, per window and "
              "version. Labels often come hours late, so the latest windows may be missing.")
-    table = data.performance
-    if table is None:
-        body = _empty("Performance is unavailable.", "The warehouse has no <code>performance_metrics</code> table.")
-    elif not table.num_rows or domain is None:
-        body = _empty("No performance metrics yet.",
-                      "They need ground truth: <code>LabelEvent</code>s on the <code>labels</code> topic, joined to "
-                      "predictions by <code>event_id</code>. Labels often arrive hours after the predictions.")
-    else:
-        metric_col = _strings(table.column("metric"))
-        metrics = sorted(set(metric_col.tolist()), key=lambda m: _metric_rank(m, METRIC_ORDER))
-        charts = [
-            (metric, line_chart(series_by_version(table, "value", colors, where=metric_col == metric), domain,
-                                title=metric, markers=markers, marker_labels=False, width=470, height=190))
-            for metric in metrics
-        ]
-        body = _legend(colors, _versions_in(table)) + _small_multiples(charts)
+
+    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
+        return line_chart(series_by_version(table, "value", colors, where=where), domain, title=metric,
+                          markers=markers, marker_labels=False, width=470, height=190)
+
+    body = _charts_per_metric(
+        data.performance, domain, colors, what="Performance", source="performance_metrics", order=METRIC_ORDER,
+        chart=chart,
+        nothing_yet=("No performance metrics yet.",
+                     "They need ground truth: <code>LabelEvent</code>s on the <code>labels</code> topic, joined to "
+                     "predictions by <code>event_id</code>. Labels often arrive hours after the predictions."),
+    )
     return _section("performance", "Performance", intro, body, PERFORMANCE)
 
 

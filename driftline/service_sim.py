@@ -81,10 +81,7 @@ def artifact_scorer(version: str, artifact: bytes) -> Scorer:
 def oracle_scorer(version: str, world: World = BEFORE) -> Scorer:
     """A scorer that knows ``world``'s true default probabilities: a model perfectly fit before any drift."""
     def probability(applicants: Applicants) -> np.ndarray:
-        weights = np.array([world.w_income, world.w_age, world.w_debt, world.w_mobile])
-        # the same features the world draws outcomes from (simulation.draw)
-        logit = world.intercept + simulation._features_matrix(applicants.numeric, applicants.categorical) @ weights
-        return 1.0 / (1.0 + np.exp(-logit))
+        return simulation.default_probability(world, applicants.numeric, applicants.categorical)
 
     name = "BEFORE" if world is BEFORE else "AFTER" if world is AFTER else "custom"
     return Scorer(version, probability, f"oracle: the {name} world")

@@ -64,6 +64,21 @@ def _features_matrix(numeric: dict[str, np.ndarray], categorical: dict[str, np.n
     return np.column_stack([log_income, age, debt, mobile])
 
 
+def default_probability(
+    world: World, applicants_numeric: dict[str, np.ndarray], applicants_categorical: dict[str, np.ndarray]
+) -> np.ndarray:
+    """The true probability that each applicant defaults in ``world``: its logistic default model.
+
+    >>> average = {"income": np.exp([10.8, 10.8]), "age": np.array([40.0, 40.0]), "debt_ratio": np.array([0.3, 0.9])}
+    >>> p = default_probability(BEFORE, average, {"channel": np.array(["web", "web"])})
+    >>> p.round(4).tolist()  # logits -1 and -1 + 2.5 * 0.6: an average applicant, then a heavily indebted one
+    [0.2689, 0.6225]
+    """
+    weights = np.array([world.w_income, world.w_age, world.w_debt, world.w_mobile])
+    logit = world.intercept + _features_matrix(applicants_numeric, applicants_categorical) @ weights
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
 def draw(world: World, n: int, rng: np.random.Generator) -> Applicants:
     """``n`` applicants of ``world``, with outcomes drawn from its default model.
 
@@ -80,9 +95,7 @@ def draw(world: World, n: int, rng: np.random.Generator) -> Applicants:
         "region": rng.choice(REGIONS, n, p=(0.3, 0.3, 0.2, 0.2)),
         "channel": rng.choice(CHANNELS, n, p=world.channel_p),
     }
-    weights = np.array([world.w_income, world.w_age, world.w_debt, world.w_mobile])
-    logit = world.intercept + _features_matrix(numeric, categorical) @ weights
-    default = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+    default = (rng.random(n) < default_probability(world, numeric, categorical)).astype(np.int64)
     return Applicants(numeric, categorical, default)
 
 

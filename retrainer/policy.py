@@ -29,13 +29,12 @@ import yaml
 from retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
 from retrainer.registry.errors import InvalidNameError
 from retrainer.registry.models import validate_name
+from streams.core import drift
 
-# Metric names of drift_metrics rows (CONTRACTS.md); ``drifted`` is the engine's verdict.
-DRIFT_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate", "new_category_rate")
-# Statistical tests: their drifted flag comes from p-values (Benjamini-Hochberg at fdr_q),
-# unless a fixed per-test level ``<test>_alpha`` is given for a feature.
-TEST_METRICS = ("ks", "chi2")
-THRESHOLD_KEYS = DRIFT_METRICS + tuple(f"{m}_alpha" for m in TEST_METRICS)
+# The drift engine owns its metric names (those of drift_metrics rows, CONTRACTS.md) and the
+# threshold keys it takes; ``drifted`` is the engine's verdict.
+DRIFT_METRICS = drift.METRICS
+THRESHOLD_KEYS = drift.THRESHOLD_KEYS
 DRIFTED = "drifted"
 ALL_FEATURES = "*"
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -540,6 +539,9 @@ def _thresholds(value: Any, path: str, problems: _Problems) -> Any:
         entry: dict[str, float | None] = {}
         for metric, limit in metrics.items():
             mpath = _join(fpath, str(metric))
+            if metric in drift.TEST_LEVEL_KEYS:
+                problems.add(mpath, f"not a threshold: {drift.TEST_LEVEL_HINT}")
+                continue
             if metric not in THRESHOLD_KEYS:
                 known = ", ".join(THRESHOLD_KEYS)
                 problems.add(mpath, f"unknown metric{_did_you_mean(metric, THRESHOLD_KEYS)}; known: {known}")
@@ -547,11 +549,8 @@ def _thresholds(value: Any, path: str, problems: _Problems) -> Any:
             if limit is None:  # null removes an inherited threshold
                 entry[metric] = None
                 continue
-            alpha = metric.endswith("_alpha")
-            ok = _is_number(limit) and math.isfinite(limit) and (0 < limit < 1 if alpha else limit >= 0)
-            if not ok:
-                wanted = "a significance level between 0 and 1" if alpha else "a non-negative number"
-                problems.add(mpath, f"expected {wanted} (or null to remove it), got {limit!r}")
+            if not (_is_number(limit) and math.isfinite(limit) and limit >= 0):
+                problems.add(mpath, f"expected a non-negative number (or null to remove it), got {limit!r}")
                 continue
             entry[metric] = float(limit)
         out[feature] = entry

@@ -145,6 +145,8 @@ def decide(
     (True, 0.5, 'rmse 2 is better than the champion 2.5 by 0.5 (lower is better; needed 0.1)')
     >>> decide({"rmse": 2.45}, {"rmse": 2.5}, rule).promote
     False
+    >>> decide({"rmse": 2.5}, {"rmse": 2.5}, PromotionRule("rmse")).reason
+    'rmse 2.5 ties the champion 2.5; a tie promotes: the challenger learnt from fresher data (lower is better; needed 0)'
     """
     metric = rule.metric
     direction = rule.direction_resolved
@@ -164,7 +166,13 @@ def decide(
         return PromotionDecision(False, f"the champion {what} {metric}; cannot compare", metric, challenger,
                                  None, None)
     margin = improvement(metric, challenger, champion, direction)
-    better = "better" if margin >= 0 else "worse"
-    reason = (f"{metric} {challenger:g} is {better} than the champion {champion:g} by {abs(margin):g} "
-              f"({direction} is better; needed {rule.min_improvement:g})")
-    return PromotionDecision(margin >= rule.min_improvement - TOLERANCE, reason, metric, challenger, champion, margin)
+    promote = margin >= rule.min_improvement - TOLERANCE
+    terms = f"({direction} is better; needed {rule.min_improvement:g})"
+    if abs(margin) <= TOLERANCE:
+        verdict = ("a tie promotes: the challenger learnt from fresher data" if promote
+                   else "a tie is not enough")
+        reason = f"{metric} {challenger:g} ties the champion {champion:g}; {verdict} {terms}"
+    else:
+        better = "better" if margin > 0 else "worse"
+        reason = f"{metric} {challenger:g} is {better} than the champion {champion:g} by {abs(margin):g} {terms}"
+    return PromotionDecision(promote, reason, metric, challenger, champion, margin)

@@ -401,25 +401,27 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 # -- promote, rollback, reject ------------------------------------------------------------
-def _promote(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    registry = Registry.from_settings(settings)
-    event = registry.promote(args.model, args.version, actor=args.actor, reason=args.reason)
+def _announced(settings: "Settings", publish: Publish, change: Callable[[Registry], ModelEvent],
+               done: Callable[[ModelEvent], str]) -> int:
+    """Make a registry change, announce its event, and say what it did."""
+    event = change(Registry.from_settings(settings))
     publish(event, settings)
-    print(f"{args.model}: version {event.version} is the {CHAMPION}")
+    print(done(event))
     return 0
+
+
+def _promote(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
+    return _announced(settings, publish,
+                      lambda r: r.promote(args.model, args.version, actor=args.actor, reason=args.reason),
+                      lambda e: f"{args.model}: version {e.version} is the {CHAMPION}")
 
 
 def _rollback(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    registry = Registry.from_settings(settings)
-    event = registry.rollback(args.model, actor=args.actor, reason=args.reason)
-    publish(event, settings)
-    print(f"{args.model}: rolled back; version {event.version} is the {CHAMPION} again")
-    return 0
+    return _announced(settings, publish, lambda r: r.rollback(args.model, actor=args.actor, reason=args.reason),
+                      lambda e: f"{args.model}: rolled back; version {e.version} is the {CHAMPION} again")
 
 
 def _reject(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    registry = Registry.from_settings(settings)
-    event = registry.reject(args.model, args.version, actor=args.actor, reason=args.reason)
-    publish(event, settings)
-    print(f"{args.model}: version {event.version} is rejected")
-    return 0
+    return _announced(settings, publish,
+                      lambda r: r.reject(args.model, args.version, actor=args.actor, reason=args.reason),
+                      lambda e: f"{args.model}: version {e.version} is rejected")

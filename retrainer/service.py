@@ -27,7 +27,7 @@ seeks back and tries again after a pause.
 
 :class:`RetrainerService` consumes ``retrain-requests`` with manual commits
 and commits a message only after its outcome is recorded. The service holds
-no statistics and no SQL of its own beyond :func:`recorded_request`.
+no statistics and no SQL of its own.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -46,9 +46,9 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from driftline.settings import Settings
+from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
 from retrainer.evaluation import ChampionScores, Evaluation, evaluate
 from retrainer.policy import ModelPolicy, Policy, load_policy
-from retrainer.promotion import finite_number
 from retrainer.registry import (
     CHALLENGER,
     CHAMPION,
@@ -59,16 +59,14 @@ from retrainer.registry import (
     RegistryError,
     code_version,
 )
-from retrainer.registry.canonical import canonical_json
 from retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
 from retrainer.trainers import TrainedModel, TrainerError, TrainerFn, load_model, resolve_trainer, score
 from retrainer.triggers import manual_cooldown_remaining_ms
 from streams import kafka
 from streams.codec import Codec, DecodeError
 from streams.core.profile import ReferenceProfile
-from streams.records import ModelEvent, RetrainRequest
+from streams.records import RetrainRequest
 from streams.warehouse import Warehouse
-from streams.warehouse_rows import ModelVersionRow
 
 log = logging.getLogger(__name__)
 
@@ -148,56 +146,6 @@ class _Candidate:
 
 class RetryLater(RuntimeError):
     """An outcome could not be recorded (Kafka, warehouse or registry); the request is handled again."""
-
-
-# --------------------------------------------------------------------------- boundary helpers
-
-
-def recorded_request(warehouse: Warehouse, request_id: str) -> dict[str, Any] | None:
-    """The latest ``status``, ``error`` and ``registered_version`` of a retrain request, or None if it has no row."""
-    # TODO(warehouse adapter): belongs in Warehouse (e.g. retrain_request_status); here until it exists there
-    rows = warehouse.query_rows(
-        "SELECT toString(status) AS status, error, registered_version FROM retrain_requests FINAL "
-        "WHERE request_id = {request_id:String}",
-        {"request_id": request_id},
-    )
-    return rows[0] if rows else None
-
-
-def mirror_row(version: ModelVersion, updated_at: int) -> ModelVersionRow:
-    """A registry version as a ``model_versions`` row: absent values as the table's defaults,
-    metrics flattened to ``train.<metric>`` and ``holdout.<metric>``.
-
-    >>> mv = ModelVersion("credit", "2", "champion", Lineage(holdout_metrics={"auc": 0.8}), None, None,
-    ...                   aliases=("champion",), created_at=5)
-    >>> row = mirror_row(mv, 9)
-    >>> row.metrics, row.artifact_sha256, row.hyperparameters, row.updated_at
-    ({'holdout.auc': 0.8}, '', '{}', 9)
-    """
-    lin = version.lineage
-    metrics = {
-        f"{part}.{name}": value
-        for part, values in (("train", lin.train_metrics), ("holdout", lin.holdout_metrics))
-        for name, raw in values.items()
-        if (value := finite_number(raw)) is not None
-    }
-    return ModelVersionRow(
-        model_id=version.model_id,
-        version=version.version,
-        status=version.status,
-        created_at=version.created_at,
-        aliases=sorted(version.aliases),
-        artifact_sha256=version.artifact_sha256 or "",
-        dataset_uri=lin.dataset_uri or "",
-        dataset_sha256=lin.dataset_sha256 or "",
-        dataset_rows=lin.dataset_rows or 0,
-        code_version=lin.code_version or "",
-        hyperparameters=canonical_json(lin.hyperparameters, what="hyperparameters"),
-        metrics=metrics,
-        parent_version=lin.parent_version,
-        request_id=lin.request_id,
-        updated_at=updated_at,
-    )
 
 
 def _now_ms() -> int:
@@ -280,7 +228,7 @@ class Retrainer:
     def handle(self, request: RetrainRequest) -> Outcome:
         """Handle one request to its final status; raises :class:`RetryLater` when that status cannot be recorded."""
         try:
-            status = (recorded_request(self.warehouse, request.request_id) or {}).get("status")
+            status = (self.warehouse.retrain_request_status(request.request_id) or {}).get("status")
             earlier = self.registry.find_by_request(request.model_id, request.request_id)
         except Exception as exc:
             raise RetryLater(f"cannot look up request {request.request_id}: {exc}") from exc
@@ -479,9 +427,13 @@ class Retrainer:
                                     alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER)]
             if promoted:
                 events.append(version.event("promoted", occurred_at=_now_ms(), alias=CHAMPION))
-            self._publish(events)
+            try:
+                publish_model_events(self.producer, self.settings, events, codec=self.codec,
+                                     timeout=self.flush_timeout_seconds)
+            except AnnounceError as exc:
+                raise RetryLater(str(exc)) from exc
             self._record(request, "registered", registered_version=version.version)
-            self._mirror(request.model_id)
+            mirror_versions(self.registry, self.warehouse, request.model_id)
         except RetryLater:
             raise
         except Exception as exc:
@@ -528,25 +480,6 @@ class Retrainer:
                                                   updated_at=self._stamp())
         except Exception as exc:
             raise RetryLater(f"cannot record request {request.request_id} as {status}: {exc}") from exc
-
-    def _mirror(self, model_id: str) -> None:
-        stamp = self._stamp()
-        self.warehouse.upsert_model_versions([mirror_row(v, stamp) for v in self.registry.list_versions(model_id)])
-
-    def _publish(self, events: Sequence[ModelEvent]) -> None:
-        errors: list[str] = []
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        topic = self.settings.topic("models")
-        for event in events:
-            kafka.publish(self.producer, topic, event.model_id, event, codec=self.codec, on_delivery=delivered)
-        left = self.producer.flush(self.flush_timeout_seconds)
-        if left or errors:
-            raise RetryLater(f"publishing {len(events)} model event(s) to {topic} failed: "
-                             + ("; ".join(errors) or f"{left} undelivered after {self.flush_timeout_seconds:g} s"))
 
     def _progress(self, request: RetrainRequest, stage: Stage, done: int, total: int, message: str) -> None:
         log.info("request %s: %s %d%%: %s", request.request_id, stage, 100 * done // max(total, 1), message)

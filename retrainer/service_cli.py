@@ -143,12 +143,12 @@ def _publish_request(request: RetrainRequest, settings: "Settings") -> None:
 
 
 def _wait_for_outcome(warehouse: Any, request: RetrainRequest, seconds: float) -> int:
-    from retrainer.service import FINAL_STATUSES, recorded_request
+    from retrainer.service import FINAL_STATUSES
 
     deadline = time.monotonic() + seconds
     row: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        row = recorded_request(warehouse, request.request_id) or {}
+        row = warehouse.retrain_request_status(request.request_id) or {}
         status = row.get("status")
         if status in FINAL_STATUSES:
             detail = f"version {row['registered_version']}" if status == "registered" else (row.get("error") or "")

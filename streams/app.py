@@ -183,9 +183,26 @@ def _broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def worker_datadir(settings: Settings, options: WorkerOptions) -> Path:
+    """The worker's Faust data directory, created with its parents.
+
+    Faust creates the directory itself but not its parents, so on a fresh state
+    directory the worker would stop with FileNotFoundError.
+
+    >>> import tempfile
+    >>> state = Path(tempfile.mkdtemp()) / "fresh" / "state"
+    >>> path = worker_datadir(Settings(state_dir=str(state)), WorkerOptions(app_id="w"))
+    >>> path.relative_to(state).as_posix(), path.is_dir()
+    ('worker/w', True)
+    """
+    datadir = Path(options.datadir) if options.datadir else Path(settings.state_dir) / "worker" / options.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    return datadir
+
+
 def create_app(settings: Settings, options: WorkerOptions, service: WorkerService) -> tuple[faust.App, Runner]:
     """The Faust app wired to ``service``; start it with ``faust.Worker`` (see :func:`run_worker`)."""
-    datadir = options.datadir or str(Path(settings.state_dir) / "worker" / options.app_id)
+    datadir = str(worker_datadir(settings, options))
     session_s = options.session_timeout_seconds
     app = faust.App(
         options.app_id,

@@ -144,6 +144,21 @@ def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, str]:
     return dict(attributes)
 
 
+def _input_fields(model_id: Any, model_version: Any, features: Mapping[str, Any] | None,
+                  attributes: Mapping[str, Any] | None, event_id: Any, event_time: Any) -> dict[str, Any]:
+    """The validated fields that a prediction and logged features share; a new uuid4 event id unless given."""
+    numeric, categorical = _split_features(features)
+    return {
+        "event_id": str(uuid.uuid4()) if event_id is None else _text(event_id, "event_id"),
+        "model_id": _text(model_id, "model_id"),
+        "model_version": _text(model_version, "model_version"),
+        "event_time": _event_time(event_time),
+        "numeric": numeric,
+        "categorical": categorical,
+        "attributes": _attributes(attributes),
+    }
+
+
 class PredictionLogger:
     """Logs predictions, labels and features to Kafka without blocking the caller (module docstring).
 
@@ -230,18 +245,11 @@ class PredictionLogger:
         """Queue one prediction; returns its event id (a new uuid4 unless given), also when it was dropped."""
         if self._full():
             return str(uuid.uuid4()) if event_id is None else event_id
-        numeric, categorical = _split_features(features)
         event = PredictionEvent(
-            event_id=str(uuid.uuid4()) if event_id is None else _text(event_id, "event_id"),
-            model_id=_text(model_id, "model_id"),
-            model_version=_text(model_version, "model_version"),
-            event_time=_event_time(event_time),
-            numeric=numeric,
-            categorical=categorical,
+            **_input_fields(model_id, model_version, features, attributes, event_id, event_time),
             prediction=_optional_number(prediction, "prediction"),
             predicted_label=None if predicted_label is None else _text(predicted_label, "predicted_label"),
             latency_ms=_optional_number(latency_ms, "latency_ms"),
-            attributes=_attributes(attributes),
         )
         self._append(("predictions", event.model_id, event.model_version), event)
         return event.event_id
@@ -259,16 +267,7 @@ class PredictionLogger:
         """Queue model inputs logged without a prediction; returns the event id."""
         if self._full():
             return str(uuid.uuid4()) if event_id is None else event_id
-        numeric, categorical = _split_features(features)
-        event = FeatureEvent(
-            event_id=str(uuid.uuid4()) if event_id is None else _text(event_id, "event_id"),
-            model_id=_text(model_id, "model_id"),
-            model_version=_text(model_version, "model_version"),
-            event_time=_event_time(event_time),
-            numeric=numeric,
-            categorical=categorical,
-            attributes=_attributes(attributes),
-        )
+        event = FeatureEvent(**_input_fields(model_id, model_version, features, attributes, event_id, event_time))
         self._append(("features", event.model_id, event.model_version), event)
         return event.event_id
 

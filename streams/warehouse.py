@@ -465,6 +465,15 @@ class Warehouse:
 
     # ---- what the worker and the retrainer read --------------------------
 
+    def retrain_request_status(self, request_id: str) -> dict[str, Any] | None:
+        """The latest ``status``, ``error`` and ``registered_version`` of a retrain request, or None if it has no row."""
+        rows = self.query_rows(
+            "SELECT toString(status) AS status, error, registered_version FROM retrain_requests FINAL "
+            "WHERE request_id = {request_id:String}",
+            {"request_id": request_id},
+        )
+        return rows[0] if rows else None
+
     def latest_closed_window(self, model_id: str, model_version: str) -> int | None:
         """The end (epoch ms) of the latest window profiled for a model version, or None."""
         rows = self.query_rows(

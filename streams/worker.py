@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
@@ -34,7 +35,6 @@ from driftline.settings import Settings
 from retrainer.policy import Policy, load_policy
 from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, record_request
 from streams.codec import Codec, DecodeError, default_codec
-from streams.core.drift import METRICS as DRIFT_METRICS
 from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
     NOT_IN_WINDOW,
@@ -103,7 +103,7 @@ class Incoming:
     key: bytes | None
     value: bytes
     token: Any = None
-    full_topic: str = ""
+    full_topic: str = ""  # the name on the broker, prefix included; empty: this deployment's
 
 
 @dataclass
@@ -166,6 +166,8 @@ class WorkerService:
     def handle(self, topic: str, messages: Sequence[Incoming]) -> list[Any]:
         """Process one batch of messages of one input topic; return the tokens that may be acknowledged."""
         started = time.perf_counter()
+        # callers without Faust (tests, benchmarks) may leave the full name out: it is this deployment's
+        messages = [m if m.full_topic else replace(m, full_topic=self.settings.topic(m.topic)) for m in messages]
         fresh = self._fresh(messages)
         self.metrics.messages.labels(topic=topic).inc(len(messages))
         if topic == "labels":
@@ -212,7 +214,7 @@ class WorkerService:
         # a message at or below an offset already seen (no rebalance in between) would count twice
         out = []
         for m in messages:
-            key = (m.full_topic or m.topic, m.partition)
+            key = (m.full_topic, m.partition)
             last = self._last_offset.get(key)
             if last is not None and m.offset <= last:
                 log.warning("skipping %s[%d]@%d, already processed", key[0], m.partition, m.offset)
@@ -226,7 +228,7 @@ class WorkerService:
         self.metrics.events.labels(topic=m.topic, outcome="rejected").inc()
         log.warning("rejected %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail,
                     extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "reason": reason})
-        return Rejected(m.full_topic or self.settings.topic(m.topic), m.partition, m.offset, m.key, m.value,
+        return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value,
                         reason, detail, now, model_id)
 
     def _handle_inputs(self, topic: str, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
@@ -252,7 +254,7 @@ class WorkerService:
             group.batches.append(batch)
             group.owners.append(i)
 
-        token = _token(messages)
+        token = batch_token(messages)
         self.sinks.reject(rejected, token)
         if self.options.write_raw and topic == "predictions":
             self.sinks.write_predictions([b for g in groups.values() for b in g.batches], token)
@@ -282,7 +284,7 @@ class WorkerService:
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
         for i, m in enumerate(messages):
-            self.ledger.add((m.full_topic or m.topic, m.partition), m.offset, m.token, holds.get(i, []))
+            self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
         return read
 
     def _handle_labels(self, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
@@ -306,7 +308,7 @@ class WorkerService:
                 continue
             by_model[record.model_id].append((i, record))
 
-        token = _token(messages)
+        token = batch_token(messages)
         self.sinks.reject(rejected, token)
         if self.options.write_raw:
             self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
@@ -344,7 +346,7 @@ class WorkerService:
             if result.replayed:
                 self.metrics.events.labels(topic="labels", outcome="replayed").inc(result.replayed)
         for i, m in enumerate(messages):
-            self.ledger.add((m.full_topic or m.topic, m.partition), m.offset, m.token, holds.get(i, []))
+            self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
         return {(model_id, None) for model_id in by_model}
 
     def _recover(self, model_id: str, version: str) -> None:
@@ -472,9 +474,7 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
     m = policy.for_model(model_id).monitoring
     size = int(options.window_seconds * 1000) if options.window_seconds is not None else m.window_ms
     lateness = int(options.lateness_seconds * 1000) if options.lateness_seconds is not None else m.allowed_lateness_ms
-    # the policy also knows per-test levels (ks_alpha, ...), which are not effect-size thresholds
-    thresholds = {f: {k: v for k, v in by.items() if k in DRIFT_METRICS} for f, by in m.thresholds.items()}
-    return MonitorSettings(Windowing(size, lateness), thresholds=thresholds, fdr_q=m.fdr_q,
+    return MonitorSettings(Windowing(size, lateness), thresholds=m.thresholds, fdr_q=m.fdr_q,
                            detectors=tuple(m.detectors), task=options.task)
 
 
@@ -490,10 +490,28 @@ def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
     raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
 
 
-def _token(messages: Iterable[Incoming]) -> str:
-    """A dedup token for the raw rows of one batch of messages: the offset ranges it covers."""
+def batch_token(messages: Iterable[Incoming]) -> str:
+    """The ``insert_deduplication_token`` of the raw rows of one batch of messages.
+
+    It names the data, not the consumer that read it: each partition's full
+    topic name with the offsets the batch covers (deployments with different
+    topic prefixes may write to one database) and a CRC-32 of the messages'
+    keys and bytes (a recreated topic numbers its messages from 0 again).
+    Messages delivered again after a crash make the same token, so ClickHouse
+    counts a retried insert once; different data never shares one.
+
+    >>> batch_token([Incoming("predictions", 0, o, None, b"x", full_topic="prod.predictions") for o in (7, 8)])
+    'prod.predictions:0:7-8:f8e1180f'
+    """
     ranges: dict[tuple[str, int], list[int]] = {}
+    checksum = 0
     for m in messages:
-        r = ranges.setdefault((m.full_topic or m.topic, m.partition), [m.offset, m.offset])
+        if not m.full_topic:
+            raise ValueError(f"message {m.topic}[{m.partition}]@{m.offset} has no full topic name")
+        r = ranges.setdefault((m.full_topic, m.partition), [m.offset, m.offset])
         r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
-    return ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
+        if m.key:
+            checksum = zlib.crc32(m.key, checksum)
+        checksum = zlib.crc32(m.value, checksum)
+    spans = ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
+    return f"{spans}:{checksum:08x}"

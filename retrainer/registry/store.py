@@ -144,6 +144,18 @@ class Registry:
     def _read(self) -> Any:
         return self._transaction(self._dialect.begin_read)
 
+    @contextmanager
+    def _version_change(self, model_id: str, version: int | str) -> Iterator[tuple[_Tx, int, str, int]]:
+        """A write transaction with the model locked: ``(tx, version number, its status now, when)``.
+
+        Raises if the model or the version does not exist.
+        """
+        number = version_number(version)
+        at = now_ms()
+        with self._write() as tx:
+            self._lock_model(tx, model_id)
+            yield tx, number, self._status(tx, model_id, number), at
+
     # -- schema -------------------------------------------------------------------
     def migrate(self) -> int:
         """Bring the schema up to date; safe to call from many processes at once. Returns the version."""
@@ -462,12 +474,8 @@ class Registry:
 
         Promoting the current champion again changes nothing and returns the same event.
         """
-        number = version_number(version)
         actor = actor or default_actor()
-        at = now_ms()
-        with self._write() as tx:
-            self._lock_model(tx, model_id)
-            status = self._status(tx, model_id, number)
+        with self._version_change(model_id, version) as (tx, number, status, at):
             previous = self._alias_version(tx, model_id, CHAMPION)
             if previous != number:
                 self._point_alias(tx, model_id, CHAMPION, number, at)
@@ -533,12 +541,8 @@ class Registry:
 
     def reject(self, model_id: str, version: int | str, actor: str | None = None, reason: str = "") -> ModelEvent:
         """Mark a version unfit; it loses its aliases. The champion cannot be rejected: roll back first."""
-        number = version_number(version)
         actor = actor or default_actor()
-        at = now_ms()
-        with self._write() as tx:
-            self._lock_model(tx, model_id)
-            status = self._status(tx, model_id, number)
+        with self._version_change(model_id, version) as (tx, number, status, at):
             if self._alias_version(tx, model_id, CHAMPION) == number:
                 raise RegistryError(
                     f"version {number} is the champion of model {model_id!r}; roll back or promote another "
@@ -568,12 +572,8 @@ class Registry:
         validate_name(name, "alias")
         if name == CHAMPION:
             raise RegistryError("the champion alias moves only through promote() and rollback(), which keep its history")
-        number = version_number(version)
         actor = actor or default_actor()
-        at = now_ms()
-        with self._write() as tx:
-            self._lock_model(tx, model_id)
-            status = self._status(tx, model_id, number)
+        with self._version_change(model_id, version) as (tx, number, status, at):
             if status == "rejected":
                 raise RegistryError(f"version {number} of model {model_id!r} is rejected; it cannot take an alias")
             if name == CHALLENGER and status == "champion":
@@ -612,12 +612,8 @@ class Registry:
     ) -> None:
         validate_name(key, "tag key")
         value = _tag_value(key, value)
-        number = version_number(version)
         actor = actor or default_actor()
-        at = now_ms()
-        with self._write() as tx:
-            self._lock_model(tx, model_id)
-            self._status(tx, model_id, number)
+        with self._version_change(model_id, version) as (tx, number, _, at):
             row = tx.one(
                 "SELECT tag_value FROM tags WHERE model_id = ? AND version = ? AND tag_key = ?", (model_id, number, key)
             )
@@ -634,12 +630,8 @@ class Registry:
             )
 
     def remove_tag(self, model_id: str, version: int | str, key: str, actor: str | None = None, reason: str = "") -> None:
-        number = version_number(version)
         actor = actor or default_actor()
-        at = now_ms()
-        with self._write() as tx:
-            self._lock_model(tx, model_id)
-            self._status(tx, model_id, number)
+        with self._version_change(model_id, version) as (tx, number, _, at):
             deleted = tx.execute(
                 "DELETE FROM tags WHERE model_id = ? AND version = ? AND tag_key = ?", (model_id, number, key)
             )

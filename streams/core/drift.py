@@ -27,7 +27,7 @@ quantiles for the distances (see :mod:`streams.core.calibration`).
 docs/STATISTICS.md gives the reasons.
 
 >>> import numpy as np
->>> from streams.core.profile import ReferenceProfile, WindowProfile
+>>> from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
 >>> rng = np.random.default_rng(0)
 >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=20_000), "y": rng.normal(size=20_000)},
 ...                              {"c": rng.choice(["a", "b", "c"], 20_000).tolist()})
@@ -47,18 +47,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import special
 
 from streams.core import calibration, metrics
-from streams.core.profile import ReferenceProfile, WindowProfile
+from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
 from streams.records import FeatureDrift
 
 NUMERIC_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate")
 CATEGORICAL_METRICS = ("chi2", "psi", "jensenshannon", "hellinger", "missing_rate", "new_category_rate")
-METRICS = frozenset(NUMERIC_METRICS + CATEGORICAL_METRICS)
+#: Every metric of the engine's rows, in a stable order.
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(NUMERIC_METRICS + CATEGORICAL_METRICS))
+#: The keys that thresholds (``{feature or '*': {key: minimum effect size}}``) may use: the
+#: engine's metrics. The policy validates its thresholds against this.
+THRESHOLD_KEYS: tuple[str, ...] = METRICS
+#: Per-test significance levels, which thresholds do not take: one level per feature would
+#: undo the false discovery rate that Benjamini-Hochberg keeps across a window's features.
+TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
+TEST_LEVEL_HINT = ("thresholds are minimum effect sizes, not test levels: significance is decided by "
+                   "Benjamini-Hochberg across the features of a window, so set fdr_q (monitoring.fdr_q) instead")
 
 #: A test compares the window with a reference that is itself a sample, and
 #: a monitor reuses that reference for every window: the share of the test's
@@ -87,14 +96,20 @@ def check_thresholds(thresholds: Thresholds | None) -> dict[str, dict[str, float
     Traceback (most recent call last):
     ...
     ValueError: unknown drift metric 'pis' in thresholds for 'age'; expected one of chi2, hellinger, ...
+    >>> check_thresholds({"age": {"ks_alpha": 0.01}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: 'ks_alpha' in thresholds for 'age': thresholds are minimum effect sizes, not test levels: ...
     """
     out: dict[str, dict[str, float]] = {}
     for feature, by_metric in (thresholds or {}).items():
         out[feature] = {}
         for metric, value in by_metric.items():
-            if metric not in METRICS:
+            if metric in TEST_LEVEL_KEYS:
+                raise ValueError(f"{metric!r} in thresholds for {feature!r}: {TEST_LEVEL_HINT}")
+            if metric not in THRESHOLD_KEYS:
                 raise ValueError(f"unknown drift metric {metric!r} in thresholds for {feature!r}; "
-                                 f"expected one of {', '.join(sorted(METRICS))}")
+                                 f"expected one of {', '.join(sorted(THRESHOLD_KEYS))}")
             value = float(value)
             if math.isnan(value):
                 raise ValueError(f"threshold of {metric!r} for {feature!r} is NaN")
@@ -340,17 +355,25 @@ def _as_lists(block: dict) -> dict:
     return out
 
 
+def _window_counts(
+    features: Sequence[NumericWindow | CategoricalWindow],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per feature (a row each) of a window: its bin counts (padded), values, missing values and bin shares."""
+    counts = _padded([f.counts.astype(np.float64) for f in features])
+    n = counts.sum(axis=1)
+    missing = np.array([f.missing for f in features], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = counts / n[:, None]
+    return counts, n, missing, q
+
+
 def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> dict:
     names = prep.numeric
     if not names:
         return {"metrics": NUMERIC_METRICS, "events": np.zeros(0), "p_feature": np.zeros(0)}
     wins = [window.numeric[f] for f in names]
     k = len(names)
-    counts = _padded([w.counts.astype(np.float64) for w in wins])
-    n = counts.sum(axis=1)
-    missing = np.array([w.missing for w in wins], dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = counts / n[:, None]
+    counts, n, missing, q = _window_counts(wins)
     psi = metrics.psi(prep.num_p, q)
     js = metrics.jensenshannon(prep.num_p, q)
     hel = metrics.hellinger(prep.num_p, q)
@@ -411,11 +434,7 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
         return {"metrics": CATEGORICAL_METRICS, "events": np.zeros(0), "p_feature": np.zeros(0)}
     wins = [window.categorical[f] for f in names]
     k = len(names)
-    counts = _padded([w.counts.astype(np.float64) for w in wins])
-    n = counts.sum(axis=1)
-    missing = np.array([w.missing for w in wins], dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = counts / n[:, None]
+    counts, n, missing, q = _window_counts(wins)
     has = n > 0
     other = counts[np.arange(k), prep.cat_bins - 1]
     seen_other = prep.cat_other > 0

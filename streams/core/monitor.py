@@ -31,7 +31,7 @@ from streams.core.drift import evaluate_window
 from streams.core.labels import PredictionIndex
 from streams.core.latency import LatencyWindow
 from streams.core.ledger import Hold
-from streams.core.performance import PerformanceRow, PerformanceWindow, parse_labels
+from streams.core.performance import PerformanceRow, PerformanceWindow
 from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
 from streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
 from streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
@@ -193,9 +193,8 @@ class _Window:
 
 @dataclass
 class _LabelWindow:
+    # its rows also give the error stream for the change detectors, when the window closes
     performance: PerformanceWindow
-    errors: list[np.ndarray] = field(default_factory=list)
-    binary: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -495,9 +494,6 @@ class Monitor:
                     y, scores, predicted if has_predicted else None,
                     {k: v[idx].astype(str) for k, v in joined.attributes.items()},
                 )
-                errors, binary = _errors(y, scores, predicted if has_predicted else None, track.settings.task)
-                window.errors.append(errors)
-                window.binary.append(binary)
                 hold = Hold(LABELS, track.model_id, version, start + w.size_ms)
                 if by_id:
                     holds.extend((event_id, hold) for event_id in joined.event_ids[idx].tolist())
@@ -545,9 +541,9 @@ class Monitor:
     def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
         model_id, version, start = key
         changes: list[ChangeCount] = []
-        if track.detectors is not None and lw.errors:
-            binary = all(lw.binary)
-            errors = np.concatenate(lw.errors)
+        if track.detectors is not None and lw.performance.n:
+            errors, task = lw.performance.errors()
+            binary = task == "classification"
             stream = f"{version}:error"
             names = track.detectors.names if binary else tuple(n for n in track.detectors.names if n not in BINARY_DETECTORS)
             if names:
@@ -566,21 +562,6 @@ def _positions_by_version(versions: np.ndarray) -> list[tuple[str, np.ndarray]]:
         return []
     names, codes = np.unique(versions.astype(str), return_inverse=True)
     return [(str(v), np.flatnonzero(codes == i)) for i, v in enumerate(names)]
-
-
-def _errors(y: list[object], scores: np.ndarray, predicted: np.ndarray | None, task: str | None) -> tuple[np.ndarray, bool]:
-    """The error stream of labelled rows: 0/1 misclassification, or the absolute error of a regression."""
-    truth, words = parse_labels(y)
-    present = truth[~np.isnan(truth)]
-    classification = task == "classification" or (task is None and (words or np.isin(present, (0.0, 1.0)).all()))
-    if classification:
-        if predicted is not None:
-            guess, _ = parse_labels(list(predicted))
-        else:
-            guess = np.where(np.isnan(scores), np.nan, (scores >= 0.5).astype(np.float64))
-        error = np.where(np.isnan(truth) | np.isnan(guess), np.nan, (truth != guess).astype(np.float64))
-        return error, True
-    return np.abs(scores - truth), False
 
 
 def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:

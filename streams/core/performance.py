@@ -393,6 +393,23 @@ class PerformanceWindow:
         self._has_words |= other._has_words
         return self
 
+    def errors(self) -> tuple[np.ndarray, str]:
+        """The error stream of the rows in the order they came, and its task (see ``prediction_errors``).
+
+        The task is resolved on the whole window, as for ``rows()``.
+
+        >>> w = PerformanceWindow()
+        >>> w.update(["1", "0"], np.array([0.9, 0.8]), ["0", None], {})  # no predicted label: score >= 0.5
+        >>> w.update(["1"], np.array([np.nan]), None, {})  # no score, no label: no error
+        >>> errors, task = w.errors()
+        >>> errors.tolist(), task
+        ([1.0, 1.0, nan], 'classification')
+        """
+        if not self._y:
+            return prediction_errors(np.empty(0), np.empty(0), None, self.task)
+        return prediction_errors(np.concatenate(self._y), np.concatenate(self._score), np.concatenate(self._predicted),
+                                 self.task)
+
     def rows(self) -> list[PerformanceRow]:
         if not self._y:
             return []

@@ -308,6 +308,9 @@ def test_retrain_requests_and_model_versions(warehouse: Warehouse) -> None:
     }
     history = warehouse.query_rows("SELECT status FROM retrain_requests ORDER BY updated_at")
     assert [r["status"] for r in history] == ["requested", "training", "failed"]  # without FINAL: the audit trail
+    assert warehouse.retrain_request_status("r1") == {"status": "failed", "error": "trainer crashed",
+                                                      "registered_version": None}
+    assert warehouse.retrain_request_status("r2") is None
 
     warehouse.upsert_model_versions([
         {"model_id": "credit", "version": "4", "status": "registered", "created_at": NOW, "artifact_sha256": "ab" * 32,
@@ -385,6 +388,26 @@ def test_retried_insert_with_dedup_token_counts_once(warehouse: Warehouse) -> No
     warehouse.insert_performance_metrics(rows, dedup_token="perf-1")
     warehouse.insert_performance_metrics(rows, dedup_token="perf-1")
     assert warehouse.query_rows("SELECT count() AS n FROM performance_metrics")[0]["n"] == 1
+
+
+def test_raw_rows_of_two_deployments_in_one_database_both_count(warehouse: Warehouse) -> None:
+    # two deployments (topic prefixes a. and b.) read different events at the same partition and offsets
+    from streams.codec import encode
+    from streams.worker import Incoming, batch_token
+
+    def token(prefix: str, batch: PredictionBatch) -> str:
+        message = Incoming("predictions", 0, 41, b"credit", encode(batch), full_topic=f"{prefix}predictions")
+        return f"predictions:{batch_token([message])}"
+
+    first, second = _batch("credit", "a", 300, seed=1), _batch("credit", "b", 200, seed=2)
+    warehouse.insert_predictions(first, dedup_token=token("a.", first))
+    warehouse.insert_predictions(second, dedup_token=token("b.", second))
+    warehouse.insert_predictions(second, dedup_token=token("b.", second))  # b's retry still counts once
+    assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 500
+    # the topic b.predictions deleted and created again: its offsets start over, with other events
+    again = _batch("credit", "c", 100, seed=3)
+    warehouse.insert_predictions(again, dedup_token=token("b.", again))
+    assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 600
 
 
 # ---- timestamps ----------------------------------------------------------------

@@ -21,22 +21,12 @@ import pytest
 from driftline.settings import Settings
 from streams import kafka
 from streams.records import DriftReport, FeatureBatch, PredictionEvent, RetrainRequest
-from worker_harness import FEATURES, T0, WorkerEnv, make_batch
+from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
-WINDOW_MS = 2_000
 PER_WINDOW = 500
 WINDOWS = 4
-
-
-@pytest.fixture
-def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path):
-    e = WorkerEnv.create(kafka_settings, warehouse_url, tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: WorkerEnv, unique: str) -> None:

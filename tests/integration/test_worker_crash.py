@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 
 from driftline.settings import Settings
-from worker_harness import T0, WorkerEnv, assert_same_results, make_batch
+from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
-WINDOW_MS = 2_000
 WINDOWS = 8
 PER_MESSAGE = 200
 MESSAGES = WINDOWS * 1_000 // PER_MESSAGE  # 1,000 events per window, one every 2 ms

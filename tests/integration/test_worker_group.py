@@ -13,11 +13,10 @@ import pytest
 
 from driftline.settings import Settings
 from streams import kafka
-from worker_harness import T0, WorkerEnv, assert_same_results, make_batch
+from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
-WINDOW_MS = 2_000
 WINDOWS = 4
 PER_MESSAGE = 100
 MESSAGES = WINDOWS * 500 // PER_MESSAGE  # 500 events per window and model

@@ -8,29 +8,16 @@ longer in the worker's memory and are found in ClickHouse instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from driftline.settings import Settings
 from streams.core.performance import compute_performance
 from streams.records import LabelEvent
-from worker_harness import T0, WorkerEnv, make_batch
+from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
-WINDOW_MS = 2_000
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path):
-    e = WorkerEnv.create(kafka_settings, warehouse_url, tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def label_windows(env: WorkerEnv, model: str) -> int:

@@ -3,28 +3,14 @@ are measured against the new champion's reference profile."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from driftline.settings import Settings
 from retrainer.registry import CHAMPION
 from streams.records import ModelEvent
-from worker_harness import T0, WorkerEnv, make_batch
+from worker_harness import T0, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
-
-WINDOW_MS = 2_000
-
-
-@pytest.fixture
-def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path):
-    e = WorkerEnv.create(kafka_settings, warehouse_url, tmp_path)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def drifted_data(n: int = 15_000) -> tuple[dict, dict, np.ndarray]:

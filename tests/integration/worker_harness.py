@@ -16,9 +16,10 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port
@@ -30,6 +31,7 @@ from streams.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: backfilled events, aligned to every window size used here
+WINDOW_MS = 2_000  # the workers' window size unless a test gives another
 FEATURES = ("a", "b", "c", "d", "e")
 REGIONS = ("north", "south", "east", "west")
 
@@ -170,7 +172,7 @@ class WorkerEnv:
     def flush(self) -> None:
         assert self.producer.flush(30) == 0
 
-    def start_worker(self, name: str, app_id: str, *args: str, window_seconds: float = 2,
+    def start_worker(self, name: str, app_id: str, *args: str, window_seconds: float = WINDOW_MS / 1000,
                      idle_seconds: float | str = 2.0) -> WorkerProcess:
         port = free_port()
         log_path = self.tmp / f"{name}.log"
@@ -277,6 +279,19 @@ class WorkerEnv:
             w.stop()
         self.producer.flush(10)
         self.warehouse.close()
+
+
+@pytest.fixture
+def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path) -> Iterator[WorkerEnv]:
+    """A WorkerEnv on the session's broker and warehouse server, for one test; its workers stop at the end.
+
+    A test module that uses it imports it from here, as pytest finds fixtures in a module's namespace.
+    """
+    e = WorkerEnv.create(kafka_settings, warehouse_url, tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
 
 
 def assert_same_results(got: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -319,6 +319,24 @@ def test_change_detectors_count_alarms_on_the_score_and_error_streams() -> None:
     assert sum(n for s, n in errors.items() if s >= T0 + 115_000) >= 1
 
 
+def test_rows_without_a_predicted_label_are_graded_by_their_score() -> None:
+    ref = reference()
+    monitor = Monitor(lambda m: settings(detectors=("adwin",)))
+    batch = stream(1_000)
+    by_score = np.where(batch.predictions >= 0.5, "1", "0")
+    # every other row carries a predicted label, the opposite of what its score says; the rest carry none
+    batch.predicted_labels = [None if i % 2 else ("0" if c == "1" else "1") for i, c in enumerate(by_score.tolist())]
+    run(monitor, [batch], ref)
+    y = by_score.astype(int)  # right wherever the score decides, wrong wherever the predicted label does
+    monitor.ingest_labels("m", batch.event_ids, y.tolist(), T0 + 3_600_000 + np.arange(1_000) * 10, now_ms=0)
+    close_labels(monitor, ref, T0 + 3_610_000)
+    (perf,) = [o for o in monitor.close_due(0) if isinstance(o, PerformanceOutcome)]
+    (errors,) = [c for c in perf.changes if c.feature == ERROR_FEATURE]
+    assert errors.n_values == 1_000  # rows without a predicted label are in the error stream too
+    accuracy = {r.metric: r.value for r in perf.rows if r.segment == ""}["accuracy"]
+    assert accuracy == 0.5
+
+
 def test_reset_forgets_everything() -> None:
     ref = reference()
     monitor = Monitor(lambda m: settings())

@@ -218,6 +218,25 @@ def test_prediction_errors_feed_the_change_detectors():
     assert 1 - errors.mean() == pytest.approx(overall(compute_performance(y, s, None, {}))["accuracy"])
 
 
+def test_a_windows_error_stream_falls_back_to_the_score_where_a_predicted_label_is_none():
+    w = PerformanceWindow()
+    # predicted labels 0, none (score 0.9 -> 1), 1, none (score 0.2 -> 0); then a batch without any
+    w.update(np.array([1, 1, 0, 1]), np.array([0.9, 0.9, 0.1, 0.2]), ["0", None, "1", None], {})
+    w.update(np.array([0, 1]), np.array([0.7, np.nan]), None, {})
+    errors, task = w.errors()
+    assert task == "classification"
+    assert errors[:5].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0] and np.isnan(errors[5])  # no score, no label: none
+    # the same rows at once give the same stream, and 1 - mean error is the window's accuracy
+    once, _ = prediction_errors(np.array([1, 1, 0, 1, 0, 1]), np.array([0.9, 0.9, 0.1, 0.2, 0.7, np.nan]),
+                                ["0", None, "1", None, None, None])
+    assert np.array_equal(errors, once, equal_nan=True)
+    assert 1 - np.nanmean(errors) == pytest.approx(overall(w.rows())["accuracy"])
+    regression = PerformanceWindow()
+    regression.update(np.array([1.0, 2.5]), np.array([2.0, 2.0]), None, {})
+    assert regression.errors()[0].tolist() == [1.0, 0.5] and regression.errors()[1] == "regression"
+    assert PerformanceWindow().errors()[0].size == 0
+
+
 def test_window_rejects_a_bad_batch_without_losing_the_others():
     w = PerformanceWindow(task="classification", min_segment_size=1)
     w.update(Y, S, None, {})

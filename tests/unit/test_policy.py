@@ -88,8 +88,8 @@ def test_thresholds_per_model_per_feature_per_metric() -> None:
     policy = parse_policy({
         "defaults": {"monitoring": {"thresholds": {"*": {"psi": 0.25}, "income": {"psi": 0.3}}}},
         "models": {"credit": {"monitoring": {"thresholds": {
-            "*": {"ks_alpha": 0.01},
-            "income": {"ks_alpha": 0.001, "hellinger": None},
+            "*": {"ks": 0.1},
+            "income": {"ks": 0.2, "hellinger": None},
             "age": {"wasserstein": 2.5},
         }}}},
     })
@@ -99,8 +99,8 @@ def test_thresholds_per_model_per_feature_per_metric() -> None:
     credit = policy.for_model("credit")
     t = credit.thresholds
     assert t["*"] == {"psi": 0.25, "jensenshannon": 0.1, "hellinger": 0.1, "missing_rate": 0.05,
-                      "new_category_rate": 0.05, "ks_alpha": 0.01}
-    assert t["income"]["psi"] == 0.3 and t["income"]["ks_alpha"] == 0.001 and "hellinger" not in t["income"]
+                      "new_category_rate": 0.05, "ks": 0.1}
+    assert t["income"]["psi"] == 0.3 and t["income"]["ks"] == 0.2 and "hellinger" not in t["income"]
     assert t["age"]["wasserstein"] == 2.5 and t["age"]["psi"] == 0.25
     assert credit.threshold("income", "hellinger") is None
     assert credit.threshold("debt", "hellinger") == 0.1
@@ -219,6 +219,16 @@ def test_all_problems_are_reported_together() -> None:
     assert "expected a positive integer, got True" in text  # a YAML boolean is not a count
 
 
+def test_the_policy_takes_exactly_the_drift_engines_threshold_keys() -> None:
+    from streams.core.drift import THRESHOLD_KEYS, check_thresholds
+
+    every = {key: 0.5 for key in THRESHOLD_KEYS}
+    thresholds = parse_policy({"defaults": {"monitoring": {"thresholds": {"*": every}}}}).for_model("m").thresholds
+    assert check_thresholds(thresholds) == {"*": every}
+    with pytest.raises(ValueError, match="set fdr_q"):
+        check_thresholds({"*": {"ks_alpha": 0.01}})
+
+
 @pytest.mark.parametrize(
     ("data", "path", "message"),
     [
@@ -234,8 +244,13 @@ def test_all_problems_are_reported_together() -> None:
          "defaults.change_detectors.detectors", "a detector must run before it can trigger"),
         ({"defaults": {"monitoring": {"detectors": ["adwinn"]}}}, "defaults.monitoring.detectors",
          "unknown name 'adwinn' (did you mean 'adwin'?)"),
-        ({"defaults": {"monitoring": {"thresholds": {"*": {"ks_alpha": 1.0}}}}},
-         "defaults.monitoring.thresholds.*.ks_alpha", "between 0 and 1"),
+        ({"defaults": {"monitoring": {"thresholds": {"*": {"ks": float("inf")}}}}},
+         "defaults.monitoring.thresholds.*.ks", "a non-negative number"),
+        # a per-feature test level would undo Benjamini-Hochberg's false discovery rate: fdr_q is the knob
+        ({"defaults": {"monitoring": {"thresholds": {"*": {"ks_alpha": 0.01}}}}},
+         "defaults.monitoring.thresholds.*.ks_alpha", "set fdr_q (monitoring.fdr_q) instead"),
+        ({"models": {"credit": {"monitoring": {"thresholds": {"income": {"chi2_alpha": 0.01}}}}}},
+         "models.credit.monitoring.thresholds.income.chi2_alpha", "not a threshold"),
         ({"defaults": {"monitoring": {"thresholds": {"my feature": {"psi": "high"}}}}},
          "defaults.monitoring.thresholds.'my feature'.psi", "got 'high'"),
         ({"defaults": {"schedule": {"every_hours": 0}}}, "defaults.schedule.every_hours", "a positive number of hours"),

@@ -48,6 +48,21 @@ def test_higher_is_better(challenger: float, champion: float, min_improvement: f
     assert (d.challenger_value, d.champion_value, d.metric) == (challenger, champion, "roc_auc")
 
 
+def test_a_tie_says_so_and_why_it_promotes() -> None:
+    d = decide({"roc_auc": 0.8}, {"roc_auc": 0.8}, PromotionRule("roc_auc"))
+    assert d.promote and d.margin == 0.0
+    assert d.reason == ("roc_auc 0.8 ties the champion 0.8; a tie promotes: the challenger learnt from fresher data "
+                        "(higher is better; needed 0)")
+    # within floating-point rounding is a tie too, never "worse by 1e-17"
+    rounded = decide({"accuracy": 0.1 + 0.2}, {"accuracy": 0.3}, PromotionRule("accuracy"))
+    assert rounded.promote and "ties the champion" in rounded.reason and "worse" not in rounded.reason
+    strict = decide({"log_loss": 0.4}, {"log_loss": 0.4}, PromotionRule("log_loss", min_improvement=0.01))
+    assert not strict.promote
+    assert strict.reason == "log_loss 0.4 ties the champion 0.4; a tie is not enough (lower is better; needed 0.01)"
+    better = decide({"roc_auc": 0.9}, {"roc_auc": 0.8}, PromotionRule("roc_auc"))
+    assert better.reason == "roc_auc 0.9 is better than the champion 0.8 by 0.1 (higher is better; needed 0)"
+
+
 @pytest.mark.parametrize("metric", ["log_loss", "brier", "mae", "rmse"])
 def test_lower_is_better(metric: str) -> None:
     rule = PromotionRule(metric, min_improvement=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -44,12 +45,29 @@ def test_worker_settings_follow_the_policy_unless_overridden() -> None:
     from streams.worker import WorkerOptions, monitor_settings
 
     policy = parse_policy({"defaults": {"monitoring": {"window_seconds": 120, "allowed_lateness_seconds": 5,
-                                                       "thresholds": {"*": {"psi": 0.3, "ks_alpha": 0.01}}}},
+                                                       "thresholds": {"*": {"psi": 0.3, "ks": 0.1}}}},
                            "models": {"fast": {"monitoring": {"window_seconds": 10}}}})
     slow, fast = monitor_settings(policy, WorkerOptions(), "any"), monitor_settings(policy, WorkerOptions(), "fast")
     assert (slow.windowing.size_ms, slow.windowing.lateness_ms, fast.windowing.size_ms) == (120_000, 5_000, 10_000)
-    # ks_alpha is a test level, not an effect-size threshold: the drift engine does not take it
-    assert slow.thresholds["*"]["psi"] == 0.3 and "ks_alpha" not in slow.thresholds["*"]
+    # the policy takes the drift engine's threshold keys, so every threshold reaches the engine as written
+    assert slow.thresholds == policy.for_model("any").thresholds
+    assert slow.thresholds["*"]["psi"] == 0.3 and slow.thresholds["*"]["ks"] == 0.1
     fixed = WorkerOptions(window_seconds=2, lateness_seconds=0)
     assert monitor_settings(policy, fixed, "fast").windowing == monitor_settings(policy, fixed, "any").windowing
     assert monitor_settings(policy, fixed, "fast").windowing.size_ms == 2_000
+
+
+def test_the_worker_creates_its_data_directory_with_its_parents(tmp_path: Path) -> None:
+    import faust
+
+    from driftline.settings import Settings
+    from streams.app import worker_datadir
+    from streams.worker import WorkerOptions
+
+    fresh = Settings(state_dir=str(tmp_path / "fresh" / "state"))
+    default = worker_datadir(fresh, WorkerOptions(app_id="w"))
+    assert default == tmp_path / "fresh" / "state" / "worker" / "w" and default.is_dir()
+    given = worker_datadir(fresh, WorkerOptions(datadir=str(tmp_path / "a" / "b" / "faust")))
+    assert given == tmp_path / "a" / "b" / "faust" and given.is_dir()
+    # what faust.Worker does on start, which raised FileNotFoundError when the parents were missing
+    faust.App("w", datadir=str(default), autodiscover=False)._create_directories()
