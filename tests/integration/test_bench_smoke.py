@@ -1,0 +1,60 @@
+"""The benchmark scripts still run and still print their result lines (no timing is asserted).
+
+``bench/window_compute.py`` needs no service. ``bench/throughput.py`` runs on
+the session's Kafka broker and embedded ClickHouse server (given through
+``DRIFTLINE_KAFKA_BOOTSTRAP`` and ``DRIFTLINE_WAREHOUSE``, as a user would
+point it at ``driftline stack up``), with N = 5,000.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def _run(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> str:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=timeout)
+    assert result.returncode == 0, f"{script} exited with {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_window_compute_prints_its_ratios_and_false_alarms() -> None:
+    out = _run("window_compute.py", "--quick", "--sizes", "150")
+    assert re.search(rf"^window 150: driftline {NUMBER} ms/window .* scipy {NUMBER} ms/window", out, re.M), out
+    assert re.search(rf"^RATIO window=150 scipy/driftline={NUMBER}x target>=10x (MET|NOT MET)$", out, re.M), out
+    assert re.search(rf"^FALSE-ALARMS window=150 driftline over 20 windows: \d+/20 = {NUMBER}%", out, re.M), out
+    if importlib.util.find_spec("evidently") is not None:
+        assert re.search(rf"^RATIO window=150 evidently/driftline={NUMBER}x target>=100x (MET|NOT MET)$", out, re.M), out
+        assert re.search(r"^FALSE-ALARMS window=150 windows=1 driftline=[01]/1 evidently-dataset-drift=[01]/1 "
+                         r"evidently-any-column=[01]/1", out, re.M), out
+    else:
+        assert "evidently: not installed" in out, out
+
+
+@pytest.mark.kafka
+@pytest.mark.warehouse
+def test_throughput_prints_its_results_and_ratios(kafka_bootstrap: str, warehouse_server) -> None:
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
+    out = _run("throughput.py", "--quick", env=env, timeout=280)
+    for mode, n in (("batched", 5_000), ("batched", 20_000), ("single", 1_000)):
+        assert re.search(rf"^RESULT mode={mode} n={n} messages=\d+ events_per_s={NUMBER} .* peak_rss_mib=\d+$",
+                         out, re.M), out
+        assert re.search(rf"^RESULT mode={mode} n={n} close_to_row_ms p50={NUMBER} p99={NUMBER} ", out, re.M), out
+    assert re.search(rf"^RESULT mode=live rate=5,000 seconds=6 events=\d+ window_ms=1000 windows=\d+ "
+                     rf"window_end_to_row_ms p50=({NUMBER}|nan) p99=({NUMBER}|nan) ", out, re.M), out
+    assert re.search(rf"^RESULT per-window compute \(driftline core, 1000 events, in this process\): {NUMBER} ms",
+                     out, re.M), out
+    for mode in ("batched", "single"):
+        assert re.search(rf"^RATIO throughput mode={mode} n=\d+ {NUMBER}/{NUMBER} events/s = {NUMBER}x of target",
+                         out, re.M), out
+    assert re.search(rf"^RATIO rss batched 4N/N = \d+/\d+ MiB = {NUMBER} target<=", out, re.M), out
