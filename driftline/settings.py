@@ -36,6 +36,7 @@ _ENV = {
     "DRIFTLINE_POLICY": "policy",
     "DRIFTLINE_SCHEMA_REGISTRY": "schema_registry",
     "DRIFTLINE_STATE_DIR": "state_dir",
+    "DRIFTLINE_ALERT_WEBHOOK": "alert_webhook",
 }
 
 
@@ -63,6 +64,7 @@ class Settings:
     policy: str | None = None
     schema_registry: str | None = None
     state_dir: str = ".driftline"
+    alert_webhook: str | None = None  # Slack-compatible incoming webhook for alerts
 
     def topic(self, name: str) -> str:
         if name not in TOPIC_NAMES:
