@@ -216,6 +216,9 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
         topic_disable_leader=True,
         topic_allow_declare=False,
         broker_commit_interval=1.0,
+        # Faust's default (1 MiB per partition and fetch) starves the agents of small messages: single
+        # PredictionEvents went 2.5k/s with it and 6k/s with 8 MiB (docs/PERFORMANCE.md)
+        consumer_max_fetch_size=8 * 1024 * 1024,
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(session_s / 10, 0.5),
         web_enabled=True,

@@ -407,7 +407,8 @@ def predictions_table(batches: Sequence[PredictionBatch]) -> pa.Table:
     tables = [_batch_table(b) for b in batches]
     if not tables:
         return PREDICTIONS_SCHEMA.empty_table()
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    # one chunk per column: clickhouse-connect serialises many small chunks far more slowly than one
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
 
 
 def _batch_table(batch: PredictionBatch) -> pa.Table:

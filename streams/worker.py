@@ -17,7 +17,11 @@ Delivery and crash safety:
   events. Windows sample with seeds derived from their key, so the rewrite of
   an open window is bit-identical;
 - after a rebalance, everything in memory is dropped: Faust seeks every
-  assigned partition back to its committed offset.
+  assigned partition back to its committed offset;
+- the raw rows are inserted on a writer thread while the service monitors and
+  writes windows; :meth:`WorkerService.handle` waits for those inserts before
+  it releases anything, so no message is acknowledged before its raw rows are
+  in the warehouse either.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from driftline.settings import Settings
 from retrainer.policy import Policy, load_policy
 from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, record_request
+from streams.background import BackgroundWriter
 from streams.codec import Codec, DecodeError, default_codec
 from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
@@ -50,7 +55,7 @@ from streams.core.windows import Windowing
 from streams.observability import WorkerMetrics
 from streams.records import FeatureBatch, FeatureEvent, LabelEvent, ModelEvent, PredictionBatch, PredictionEvent
 from streams.references import ReferenceProvider
-from streams.sinks import Rejected, Sinks
+from streams.sinks import ClosedWindow, Rejected, Sinks
 
 log = logging.getLogger("driftline.worker")
 
@@ -64,6 +69,11 @@ class WorkerOptions:
     ``window_seconds`` and ``lateness_seconds`` override the policy's for
     every model when set. ``idle_seconds`` is how long a model may be silent
     before its event clock follows the wall clock (None: never).
+    ``max_take_events`` bounds the events handled at once: a take of
+    ``batch_size`` messages of batches is handled in parts of about that many
+    events, so its memory and the wait of the windows it closes stay bounded.
+    ``index_max_entries`` bounds the predictions kept for the label join, at
+    about 300 bytes each (200,000: about 60 MiB).
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -76,6 +86,7 @@ class WorkerOptions:
     tick_seconds: float = 1.0
     batch_size: int = 1000
     batch_within_seconds: float = 0.5
+    max_take_events: int = 50_000
     max_future_seconds: float = 3600.0
     baseline: str = "version"
     web_host: str = "127.0.0.1"
@@ -84,7 +95,7 @@ class WorkerOptions:
     partitions: int = 1
     session_timeout_seconds: float = 30.0
     index_ttl_hours: float = 24.0
-    index_max_entries: int = 1_000_000
+    index_max_entries: int = 200_000
     write_raw: bool = True
     task: str | None = None
 
@@ -108,8 +119,15 @@ class Incoming:
 
 @dataclass
 class _Group:
+    """The batches of one model version in one take, and for each row the index of its message."""
+
     batches: list[PredictionBatch] = field(default_factory=list)
-    owners: list[int] = field(default_factory=list)
+    owners: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, batch: PredictionBatch, messages: list[int]) -> None:
+        # a batch comes from one message; a batch of single events has one message per row
+        self.batches.append(batch)
+        self.owners.append(np.full(batch.n, messages[0]) if len(messages) == 1 else np.asarray(messages))
 
 
 class WorkerService:
@@ -144,6 +162,10 @@ class WorkerService:
         self._last_offset: dict[tuple[str, int], int] = {}
         self._triggers: dict[tuple[str, str], TriggerState] = {}
         self.max_future_ms = int(options.max_future_seconds * 1000)
+        # The raw-row inserts run on their own thread, overlapped with decoding, monitoring and the
+        # window writes; handle() waits for them before it releases any message. At most two wait,
+        # which bounds the memory of the rows they hold.
+        self.raw_writes = BackgroundWriter("driftline-raw-writes", max_pending=2)
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
 
     def _new_monitor(self) -> Monitor:
@@ -171,15 +193,21 @@ class WorkerService:
         fresh = self._fresh(messages)
         self.metrics.messages.labels(topic=topic).inc(len(messages))
         if topic == "labels":
-            read = self._handle_labels(fresh)
+            parts: Iterable[Any] = [(self._handle_labels, fresh)]
         elif topic in ("predictions", "features"):
-            read = self._handle_inputs(topic, fresh)
+            parts = ((lambda part: self._handle_inputs(topic, part), part) for part in self._parts(topic, fresh))
         else:
             raise ValueError(f"the worker does not consume topic {topic!r}")
-        done = self.now_ms()
-        for model_id, source in read:
-            self.monitor.touch(model_id, source, done, labels=topic == "labels")
-        self._close(done)
+        try:
+            for handle_part, part in parts:
+                read = handle_part(part)
+                done = self.now_ms()
+                for model_id, source in read:
+                    self.monitor.touch(model_id, source, done, labels=topic == "labels")
+                self._close(done)
+        finally:
+            # no message is released before every write it contributed to is done; a failed write raises here
+            self.raw_writes.wait()
         released = self.ledger.release(self.monitor.is_done)
         self._gauges()
         self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
@@ -223,6 +251,23 @@ class WorkerService:
             out.append(m)
         return out
 
+    def _parts(self, topic: str, messages: Sequence[Incoming]) -> Iterator[list[tuple[Incoming, Any]]]:
+        """The messages decoded, in parts of at most about ``max_take_events`` events (at least one message)."""
+        part: list[tuple[Incoming, Any]] = []
+        events = 0
+        for m in messages:
+            try:
+                record: Any = self.codec.decode(m.value, topic=topic)
+            except DecodeError as exc:
+                record = exc
+            part.append((m, record))
+            events += record.n if isinstance(record, (PredictionBatch, FeatureBatch)) else 1
+            if events >= self.options.max_take_events:
+                yield part
+                part, events = [], 0
+        if part:
+            yield part
+
     def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
         self.metrics.dlq.labels(reason=reason).inc()
         self.metrics.events.labels(topic=m.topic, outcome="rejected").inc()
@@ -231,33 +276,54 @@ class WorkerService:
         return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value,
                         reason, detail, now, model_id)
 
-    def _handle_inputs(self, topic: str, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
+    def _handle_inputs(self, topic: str, decoded: Sequence[tuple[Incoming, Any]]) -> set[tuple[str, Any]]:
+        """Ingest decoded messages (a record, or the DecodeError of a message that did not decode)."""
+        messages = [m for m, _ in decoded]
         now = self.now_ms()
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
-        for i, m in enumerate(messages):
+        # Single events are gathered per model version and turned into one batch: building,
+        # validating and writing columns once per group instead of once per event.
+        singles: dict[tuple[str, str, bool], list[tuple[int, PredictionEvent | FeatureEvent]]] = defaultdict(list)
+        for i, (m, record) in enumerate(decoded):
             try:
-                batch, has_predictions = _as_batch(self.codec.decode(m.value, topic=topic))
+                if isinstance(record, DecodeError):
+                    raise record
+                if isinstance(record, (PredictionEvent, FeatureEvent)):
+                    singles[(record.model_id, record.model_version, isinstance(record, PredictionEvent))].append((i, record))
+                    continue
+                batch, has_predictions = _as_batch(record)
             except DecodeError as exc:
                 rejected.append(self._rejected(m, exc.reason, exc.message, now))
                 continue
             if batch.n == 0:
                 continue
-            problem: Rejection | None = check_batch(batch, now, self.max_future_ms)
-            if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
-                problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
-                                                   f"version {batch.model_version!r} (register it first)")
+            problem = self._problem(batch, now)
             if problem is not None:
                 rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
                 continue
-            group = groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group())
-            group.batches.append(batch)
-            group.owners.append(i)
+            groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group()).add(batch, [i])
+        for key, items in singles.items():
+            batch = _events_batch([e for _, e in items])
+            if self._problem(batch, now) is None:
+                groups.setdefault(key, _Group()).add(batch, [i for i, _ in items])
+                continue
+            # the unit of rejection is the message: find the events at fault, one by one (bad input only)
+            for i, event in items:
+                one = _events_batch([event])
+                problem = self._problem(one, now)
+                if problem is None:
+                    groups.setdefault(key, _Group()).add(one, [i])
+                else:
+                    rejected.append(self._rejected(messages[i], problem.reason, problem.detail, now, event.model_id))
+        # one batch per model version: the raw insert and the monitor both take it whole
+        batches = {key: concat_batches(group.batches) for key, group in groups.items()}
 
         token = batch_token(messages)
         self.sinks.reject(rejected, token)
         if self.options.write_raw and topic == "predictions":
-            self.sinks.write_predictions([b for g in groups.values() for b in g.batches], token)
+            raw = list(batches.values())
+            self.raw_writes.submit(lambda: self.sinks.write_predictions(raw, token))
 
         holds: dict[int, list[Hold]] = defaultdict(list)
         read: set[tuple[str, Any]] = set()
@@ -265,11 +331,11 @@ class WorkerService:
             if not self.policy.for_model(model_id).monitoring.enabled:
                 continue
             self._recover(model_id, version)
-            batch = concat_batches(group.batches)
-            owners = np.repeat(np.asarray(group.owners), [b.n for b in group.batches])
+            batch = batches[(model_id, version, has_predictions)]
+            owners = np.concatenate(group.owners)
             reference = self.references.get(model_id, version)
             # each topic partition is a source of the model's event clock (see streams.core.windows)
-            source = (topic, messages[group.owners[0]].partition)
+            source = (topic, messages[int(owners[0])].partition)
             ingested = self.monitor.ingest(batch, reference, source=source, now_ms=now, has_predictions=has_predictions)
             read.add((model_id, source))
             self._count(topic, batch.n, ingested.late, ingested.replayed)
@@ -280,12 +346,19 @@ class WorkerService:
                 for i in np.unique(owners[in_window]).tolist():
                     holds[i].append(Hold(PREDICTIONS, model_id, version, int(latest[i])))
             if ingested.holds:
-                holds[group.owners[-1]].extend(ingested.holds)
+                holds[int(owners.max())].extend(ingested.holds)
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
         for i, m in enumerate(messages):
             self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
         return read
+
+    def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
+        problem = check_batch(batch, now, self.max_future_ms)
+        if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
+            problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
+                                               f"version {batch.model_version!r} (register it first)")
+        return problem
 
     def _handle_labels(self, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
         now = self.now_ms()
@@ -401,8 +474,8 @@ class WorkerService:
     # -- closing windows -------------------------------------------------------------------
 
     def _close(self, now: int) -> None:
+        drift: list[ClosedWindow] = []
         for outcome in self.monitor.close_due(now):
-            started = time.perf_counter()
             if isinstance(outcome, WindowOutcome):
                 trigger_window = TriggerWindow(
                     outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
@@ -410,17 +483,24 @@ class WorkerService:
                     change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
                 )
                 requests, alerts = self._decide("drift", trigger_window)
-                report = self.sinks.write_window(outcome, now, requests, alerts)
-                self.metrics.windows.labels(kind="drift").inc()
-                log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
-                         outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
-                         ", ".join(report.drifted_features) or "none",
-                         extra={"model_id": outcome.model_id, "version": outcome.model_version,
-                                "window_start": outcome.window_start, "window_end": outcome.window_end,
-                                "n_current": outcome.n_current, "drifted_features": report.drifted_features})
+                drift.append(ClosedWindow(outcome, requests, alerts))
             else:
                 self._write_performance(outcome, now)
-            self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        if not drift:
+            return
+        # the windows that close together are written together: a round trip per table, not per window
+        started = time.perf_counter()
+        reports = self.sinks.write_windows(drift, now)
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        for closed, report in zip(drift, reports):
+            outcome = closed.outcome
+            self.metrics.windows.labels(kind="drift").inc()
+            log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
+                     outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
+                     ", ".join(report.drifted_features) or "none",
+                     extra={"model_id": outcome.model_id, "version": outcome.model_version,
+                            "window_start": outcome.window_start, "window_end": outcome.window_end,
+                            "n_current": outcome.n_current, "drifted_features": report.drifted_features})
 
     def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
@@ -432,7 +512,9 @@ class WorkerService:
             change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
         )
         requests, alerts = self._decide("performance", trigger_window)
+        started = time.perf_counter()
         self.sinks.write_performance(outcome, now, requests, alerts)
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
         self.metrics.windows.labels(kind="performance").inc()
         log.info("label window %s v%s [%d, %d) written: %d labelled", outcome.model_id, outcome.model_version,
                  outcome.window_start, outcome.window_end, outcome.n_labeled,
@@ -481,13 +563,16 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
 def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
     if isinstance(record, PredictionBatch):
         return record, True
-    if isinstance(record, PredictionEvent):
-        return record.as_batch(), True
     if isinstance(record, FeatureBatch):
         return record.as_batch(), False
-    if isinstance(record, FeatureEvent):
-        return record.as_batch(), False
     raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
+
+
+def _events_batch(events: list[PredictionEvent | FeatureEvent]) -> PredictionBatch:
+    """Columns of single events of one model version, all predictions or all feature events."""
+    if isinstance(events[0], PredictionEvent):
+        return PredictionBatch.from_events(events)  # type: ignore[arg-type]
+    return FeatureBatch.from_events(events).as_batch()  # type: ignore[arg-type]
 
 
 def batch_token(messages: Iterable[Incoming]) -> str:

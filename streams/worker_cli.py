@@ -45,6 +45,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"messages taken from a topic at a time (default {d.batch_size})")
     g.add_argument("--batch-within-seconds", type=float, default=_env("batch-within-seconds", float, d.batch_within_seconds),
                    help=f"longest wait to fill a batch (default {d.batch_within_seconds})")
+    g.add_argument("--max-take-events", type=int, default=_env("max-take-events", int, d.max_take_events),
+                   help="events handled at once: a batch of messages is handled in parts of about this many "
+                        f"events, which bounds its memory and how long its windows wait (default {d.max_take_events})")
     g.add_argument("--max-future-seconds", type=float, default=_env("max-future-seconds", float, d.max_future_seconds),
                    help=f"events further ahead of the clock go to the DLQ (default {d.max_future_seconds:g})")
     g.add_argument("--baseline", choices=("version", "champion"), default=_env("baseline", str, d.baseline),
@@ -63,7 +66,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--index-ttl-hours", type=float, default=_env("index-ttl-hours", float, d.index_ttl_hours),
                    help=f"how long predictions wait for their labels in memory (default {d.index_ttl_hours:g})")
     g.add_argument("--index-max-entries", type=int, default=_env("index-max-entries", int, d.index_max_entries),
-                   help=f"predictions kept per model for the label join (default {d.index_max_entries})")
+                   help="predictions kept per model for the label join, about 300 bytes each "
+                        f"(default {d.index_max_entries}, about 60 MiB)")
     g.add_argument("--task", choices=("classification", "regression"), default=_env("task", str, None),
                    help="what the labels grade (default: inferred per window)")
     g.add_argument("--no-raw", dest="write_raw", action="store_false", default=True,
@@ -82,6 +86,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         tick_seconds=args.tick_seconds,
         batch_size=args.batch_size,
         batch_within_seconds=args.batch_within_seconds,
+        max_take_events=args.max_take_events,
         max_future_seconds=args.max_future_seconds,
         baseline=args.baseline,
         web_host=args.web_host,

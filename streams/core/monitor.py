@@ -256,7 +256,7 @@ class Monitor:
         *,
         idle_ms: int | None = None,
         index_ttl_ms: int = 24 * 3_600_000,
-        index_max_entries: int = 1_000_000,
+        index_max_entries: int = 200_000,
     ) -> None:
         self.settings_for = settings_for
         self.idle_ms = idle_ms

@@ -1,0 +1,70 @@
+"""The worker service's fast paths, driven in-process: real Kafka producer, the embedded ClickHouse, a SQLite registry.
+
+- single PredictionEvents are gathered per model version into one batch; a
+  bad event among them is still rejected alone, by its own message;
+- a take of many batches is handled in parts of about ``max_take_events``
+  events, and windows that close inside the take are written in it;
+- the raw rows are written on the writer's thread, but every one of them is
+  in the warehouse before ``handle`` releases a message.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.app import build_service
+from streams.codec import default_codec
+from streams.records import PredictionEvent
+from streams.worker import Incoming, WorkerOptions
+from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
+
+
+def _messages(records: list, start: int = 0) -> list[Incoming]:
+    codec = default_codec()
+    return [Incoming("predictions", 0, start + i, b"k", codec.encode(r), token=start + i) for i, r in enumerate(records)]
+
+
+def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: WorkerEnv, unique: str) -> None:
+    model = f"single-{unique}"
+    version = env.register(model)
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
+    service = build_service(env.settings, options)
+    events = [PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
+                              categorical={"region": "north"}, prediction=0.5) for i in range(300)]
+    events[123] = PredictionEvent("bad", model, version, 4_102_444_800_000, numeric={"a": 0.1}, prediction=0.5)
+    # one event in the next window closes the first by the watermark
+    events.append(PredictionEvent("next", model, version, T0 + WINDOW_MS, numeric={"a": 0.0}, prediction=0.5))
+    released = service.handle("predictions", _messages(events))
+
+    assert env.count("predictions", "model_id = {m:String}", m=model) == 300  # all but the bad one
+    assert env.count("predictions", "model_id = {m:String} AND event_id = 'bad'", m=model) == 0
+    rejected = env.query("SELECT offset, reason FROM rejected_events FINAL WHERE model_id = {m:String}", m=model)
+    assert rejected == [{"offset": 123, "reason": "future_event_time"}]
+    assert env.windows_written(model) == 1
+    counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
+    assert counts == [{"n_current": 299}]
+    # the first window's messages are released, the last one waits for its window
+    assert released == list(range(300))
+
+
+def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: str) -> None:
+    model = f"parts-{unique}"
+    version = env.register(model)
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0,
+                            max_take_events=250)
+    service = build_service(env.settings, options)
+    per_window, windows = 400, 3
+    batches = [make_batch(model, version, T0 + w * WINDOW_MS + part * 450, 100, 4, seed=10 * w + part)
+               for w in range(windows) for part in range(per_window // 100)]
+    batches.append(make_batch(model, version, T0 + windows * WINDOW_MS, 1, 1, seed=99))
+    parts = list(service._parts("predictions", _messages(batches)))
+    assert [len(p) for p in parts] == [3, 3, 3, 3, 1]  # 300 events, then the rest
+
+    released = service.handle("predictions", _messages(batches))
+    assert env.count("predictions", "model_id = {m:String}", m=model) == per_window * windows + 1
+    assert env.windows_written(model) == windows
+    counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
+    assert counts == [{"n_current": per_window}]
+    assert released == list(range(len(batches) - 1))
