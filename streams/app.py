@@ -280,11 +280,13 @@ def build_service(settings: Settings, options: WorkerOptions) -> WorkerService:
     from streams.references import RegistryReferences
     from streams.sinks import Sinks
     from streams.warehouse import Warehouse
+    from streams.webhook import AlertWebhook
 
     warehouse = Warehouse.from_settings(settings, migrate=True)
+    webhook = AlertWebhook(settings.alert_webhook) if settings.alert_webhook else None
     producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
-    return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer),
+    return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer, webhook=webhook),
                          policy=load_policy(settings.policy))
 
 

@@ -36,6 +36,7 @@ from streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcom
 from streams.core.profile import SUMMARY_QUANTILES, WindowProfile
 from streams.core.detectors import DETECTORS
 from streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
+from streams.webhook import AlertWebhook
 from streams.warehouse import Warehouse, WarehouseError
 from streams.warehouse_rows import DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
 
@@ -181,8 +182,10 @@ class Sinks:
         max_backoff_s: float = 10.0,
         delivery_timeout_s: float = 30.0,
         on_retry: Callable[[str], None] | None = None,
+        webhook: AlertWebhook | None = None,
     ) -> None:
         self.settings = settings
+        self.webhook = webhook
         self.warehouse = warehouse
         self.producer = producer
         self.codec = codec or default_codec()
@@ -321,6 +324,9 @@ class Sinks:
                         lambda r=r: self.warehouse.upsert_retrain_request(r, "requested", updated_at=r.requested_at))
         if alerts:
             self._retry("insert of alerts", lambda: self.warehouse.insert_alerts(list(alerts), dedup_token=f"alerts:{token}"))
+            if self.webhook is not None:
+                # at least once, like everything else: a window replayed after a crash may post again
+                self.webhook.send(list(alerts))
 
     # -- what was written before a restart ---------------------------------------------------
 

@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from http_receiver import Receiver
 
 from streams.records import Alert
 from streams.webhook import AlertWebhook, slack_message
-
-
-class Receiver(ThreadingHTTPServer):
-    def __init__(self, fail_first: int = 0) -> None:
-        self.bodies: list[dict] = []
-        self.fail_first = fail_first
-        self.calls = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler) -> None:  # noqa: N805 - the server is `self`
-                self.calls += 1
-                body = handler.rfile.read(int(handler.headers["Content-Length"]))
-                if self.calls <= self.fail_first:
-                    handler.send_response(503)
-                    handler.end_headers()
-                    return
-                self.bodies.append(json.loads(body))
-                handler.send_response(200)
-                handler.end_headers()
-                handler.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
 
 
 ALERT = Alert("al-1", "credit", "3", "critical", "performance_drop", "accuracy 0.61 < 0.70", 1_700_000_000_000,

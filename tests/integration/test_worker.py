@@ -21,6 +21,7 @@ import pytest
 from driftline.settings import Settings
 from streams import kafka
 from streams.records import DriftReport, FeatureBatch, PredictionEvent, RetrainRequest
+from http_receiver import Receiver
 from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -58,7 +59,8 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
                                                        batch.numeric, batch.categorical, batch.attributes))
     env.flush()
 
-    worker = env.start_worker("w1", f"app-{unique}")
+    chat = Receiver()  # alerts also go to a Slack-compatible webhook
+    worker = env.start_worker("w1", f"app-{unique}", extra_env={"DRIFTLINE_ALERT_WEBHOOK": chat.url})
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 90, "four windows written")
 
     rows = env.query(
@@ -101,6 +103,11 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     assert env.count("retrain_requests", "model_id = {m:String}", m=model) == 1
     kinds = {r["kind"] for r in env.query("SELECT kind FROM alerts FINAL WHERE model_id = {m:String}", m=model)}
     assert kinds == {"drift", "retrain_requested"}
+    env.wait(lambda: len(chat.bodies) >= 2, 30, "alerts posted to the webhook")
+    posted = [b["text"] for b in chat.bodies]
+    assert any(f"{model} v{version} drift:" in t for t in posted)
+    assert any(f"{model} v{version} retrain_requested:" in t for t in posted)
+    chat.shutdown()
 
     dead = kafka.consume_records(env.settings, env.settings.topic("dlq"), 4, timeout=20, decode=False)
     by_reason = {d.headers["driftline-error"].decode(): d for d in dead}

@@ -173,7 +173,7 @@ class WorkerEnv:
         assert self.producer.flush(30) == 0
 
     def start_worker(self, name: str, app_id: str, *args: str, window_seconds: float = WINDOW_MS / 1000,
-                     idle_seconds: float | str = 2.0) -> WorkerProcess:
+                     idle_seconds: float | str = 2.0, extra_env: dict[str, str] | None = None) -> WorkerProcess:
         port = free_port()
         log_path = self.tmp / f"{name}.log"
         log = open(log_path, "ab")
@@ -199,6 +199,7 @@ class WorkerEnv:
         # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
         env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
         env["PYTHONPATH"] = str(REPO)
+        env.update(extra_env or {})
         popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
         worker = WorkerProcess(name, popen, log_path, port, log)
         self.workers.append(worker)
