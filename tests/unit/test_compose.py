@@ -62,3 +62,16 @@ def test_mounted_files_exist() -> None:
             src = volume.split(":")[0]
             if src.startswith("./"):
                 assert (REPO / src).exists(), f"compose mounts missing {src}"
+
+
+def test_grafana_gets_every_variable_its_datasource_file_uses() -> None:
+    import re
+
+    services = compose()["services"]
+    env = services["grafana"]["environment"]
+    lines = (REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$([A-Z_]+)", text))
+    assert used and used <= set(env), f"grafana lacks {used - set(env)}"
+    assert env["CLICKHOUSE_HOST"] in services and env["CLICKHOUSE_PORT"] == "8123"
+    assert env["CLICKHOUSE_PASSWORD"] == services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"]
