@@ -313,6 +313,10 @@ class Sinks:
         self._retry("insert of performance metrics",
                     lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"))
 
+    def write_decisions(self, requests: Sequence[RetrainRequest], alerts: Sequence[Alert], token: str) -> None:
+        """Retrain requests and alerts that no window carries (a schedule): Kafka, then ClickHouse."""
+        self._decisions(requests, alerts, token)
+
     def _decisions(self, requests: Sequence[RetrainRequest], alerts: Sequence[Alert], token: str) -> None:
         for r in requests:
             self._publish("retrain-requests", r.model_id, r)

@@ -37,7 +37,7 @@ import numpy as np
 
 from driftline.settings import Settings
 from retrainer.policy import Policy, load_policy
-from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, record_request
+from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
 from streams.background import BackgroundWriter
 from streams.codec import Codec, DecodeError, default_codec
 from streams.core.ledger import AckLedger, Hold
@@ -214,8 +214,11 @@ class WorkerService:
         return released
 
     def tick(self) -> list[Any]:
-        """Close windows that the clock (idle models) has passed; return the tokens that may be acknowledged."""
-        self._close(self.now_ms())
+        """Close windows that the clock (idle models) has passed, and ask for scheduled retrains;
+        return the tokens that may be acknowledged."""
+        now = self.now_ms()
+        self._close(now)
+        self._scheduled(now)
         released = self.ledger.release(self.monitor.is_done)
         self._gauges()
         return released
@@ -530,14 +533,32 @@ class WorkerService:
         state = self._triggers.get(key) or TriggerState(window.model_id)
         state, requests, alerts = evaluate(policy, state, window, window.window_end)
         self._triggers[key] = state
+        self._record(stream, window.model_id, requests, alerts)
+        return requests, alerts
+
+    def _scheduled(self, now: int) -> None:
+        # The schedule runs on the wall clock, from the drift stream's state (which knows the
+        # version being served); the request id is derived from the due time, so a replay repeats it.
+        for (stream, model_id), state in list(self._triggers.items()):
+            if stream != "drift":
+                continue
+            state, requests, alerts = evaluate_schedule(self.policy.for_model(model_id), state, now)
+            self._triggers[(stream, model_id)] = state
+            if requests:
+                self._record(stream, model_id, requests, alerts)
+                self.sinks.write_decisions(requests, alerts, f"schedule:{requests[0].request_id}")
+                log.info("scheduled retrain of %s v%s requested", model_id, requests[0].model_version,
+                         extra={"model_id": model_id, "request_id": requests[0].request_id})
+
+    def _record(self, stream: str, model_id: str, requests: list, alerts: list) -> None:
+        """Count decisions, and start the cooldown of the other stream too."""
         for request in requests:
-            other = ("performance" if stream == "drift" else "drift", window.model_id)
+            other = ("performance" if stream == "drift" else "drift", model_id)
             if other in self._triggers:
                 self._triggers[other] = record_request(self._triggers[other], request)
             self.metrics.retrain_requests.labels(reason=request.reason).inc()
         for alert in alerts:
             self.metrics.alerts.labels(kind=alert.kind).inc()
-        return requests, alerts
 
     def _gauges(self) -> None:
         self.metrics.open_windows.set(len(self.monitor.open_windows()) + len(self.monitor.open_label_windows()))

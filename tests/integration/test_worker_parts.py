@@ -68,3 +68,35 @@ def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: st
     counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
     assert counts == [{"n_current": per_window}]
     assert released == list(range(len(batches) - 1))
+
+
+def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv, unique: str, tmp_path) -> None:
+    from streams import kafka
+    from streams.records import RetrainRequest
+
+    model = f"sched-{unique}"
+    version = env.register(model)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ndefaults:\n  schedule:\n    every_hours: 1\n")
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
+    service = build_service(env.settings.replace(policy=str(policy)), options)
+    now = [T0 / 1000 + 10.0]
+    service.clock = lambda: now[0]
+    # one window closed: the worker now knows which version serves the model
+    batches = [make_batch(model, version, T0, 200, 4, seed=1), make_batch(model, version, T0 + WINDOW_MS, 1, 1, seed=2)]
+    service.handle("predictions", _messages(batches))
+    assert env.windows_written(model) == 1
+    service.tick()
+    now[0] += 1800  # half an hour: not yet
+    service.tick()
+    assert env.count("retrain_requests", "model_id = {m:String}", m=model) == 0
+    now[0] += 1801  # past the hour
+    service.tick()
+    service.tick()  # a second tick in the same period asks nothing more
+
+    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=20)]
+    assert len(requests) == 1 and isinstance(requests[0], RetrainRequest)
+    assert (requests[0].reason, requests[0].model_id, requests[0].model_version) == ("schedule", model, version)
+    rows = env.query("SELECT toString(reason) AS reason, toString(status) AS status FROM retrain_requests FINAL "
+                     "WHERE model_id = {m:String}", m=model)
+    assert rows == [{"reason": "schedule", "status": "requested"}]
