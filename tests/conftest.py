@@ -9,6 +9,7 @@ see one another's messages.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import uuid
@@ -41,6 +42,9 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         yield broker.bootstrap
     finally:
+        # producers that tests dropped are destroyed now, while the broker still answers,
+        # not at interpreter exit where librdkafka would log reconnect failures after pytest's summary
+        gc.collect()
         broker.stop()
         shutil.rmtree(broker_home, ignore_errors=True)
 
