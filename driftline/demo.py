@@ -697,8 +697,11 @@ def run_scenario(
     clock = _Clock()
     started_ms = time.time_ns() // 1_000_000
 
+    said = threading.Lock()  # the models watcher speaks from its own thread; lines must not interleave
+
     def say(kind: str, text: str) -> None:
-        out(f"[{clock.elapsed():6.1f}s] {kind:<9}{text}")
+        with said:
+            out(f"[{clock.elapsed():6.1f}s] {kind:<9}{text}")
 
     model_id = options.model_id
     policy = load_policy(settings.policy).for_model(model_id)
@@ -853,8 +856,8 @@ def _follow(
         now = clock.elapsed()
         if now - last_heartbeat >= options.heartbeat_s:
             last_heartbeat = now
-            versions = ", ".join(f"v{v} {n:,}" for v, n in sorted(stats.by_version.items()))
-            say("service", f"{stats.predictions:,} predictions ({versions}), {stats.labels:,} labels sent; "
+            say("service", f"{stats.predictions:,} predictions ({stats.by_version_line()}), "
+                           f"{stats.labels:,} labels sent; "
                            f"warehouse holds {sum(facts.predictions.values()):,} predictions, {facts.labels:,} labels")
         if now > options.timeout_s:
             return f"the demo ran out of time ({options.timeout_s:g} s) waiting for {waiting_for[phase]}"
