@@ -395,8 +395,8 @@ def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
         if watcher is not None:
             watcher.stop()
         sent = logger.close(timeout=30)
-    versions = ", ".join(f"v{v} {n:,}" for v, n in sorted(stats.by_version.items()))
-    _say(f"simulate: {stats.predictions:,} predictions ({versions}; {stats.after_drift:,} after the drift), "
+    _say(f"simulate: {stats.predictions:,} predictions ({stats.by_version_line()}; "
+         f"{stats.after_drift:,} after the drift), "
          f"{stats.labels:,} labels; delivered {sent.delivered:,}, failed {sent.failed:,}, dropped {sent.dropped:,}"
          + (f" ({sent.last_error})" if sent.last_error and (sent.failed or sent.dropped) else ""))
     if interrupted:

@@ -117,6 +117,8 @@ class ServiceStats:
 
     >>> ServiceStats(predictions=10, labels=4, by_version={"1": 10}).pending_labels
     6
+    >>> ServiceStats(by_version={"2": 300, "1": 1200}).by_version_line()
+    'v1 1,200, v2 300'
     """
 
     predictions: int = 0
@@ -132,6 +134,10 @@ class ServiceStats:
     @property
     def pending_labels(self) -> int:
         return self.predictions - self.labels if self.labels_enabled else 0
+
+    def by_version_line(self) -> str:
+        """Predictions per version, for progress lines."""
+        return ", ".join(f"v{v} {n:,}" for v, n in sorted(self.by_version.items()))
 
 
 class SimulatedService:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
 from driftline.settings import Settings
 from retrainer.registry import Registry
@@ -34,21 +34,11 @@ def publish_model_events(
     timeout: float = 10.0,
 ) -> None:
     """Publish ``events`` to ``models`` and wait until every one is delivered."""
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
     topic = settings.topic("models")
-    for event in events:
-        kafka.publish(producer, topic, event.model_id, event, codec=codec, on_delivery=delivered)
-    left = producer.flush(timeout)
-    if left or errors:
-        raise AnnounceError(
-            f"publishing {len(events)} model event(s) to {topic} failed: "
-            + ("; ".join(errors) or f"{left} undelivered after {timeout:g} s")
-        )
+    try:
+        kafka.publish_confirmed(producer, topic, [(e.model_id, e) for e in events], codec=codec, timeout=timeout)
+    except kafka.DeliveryError as exc:
+        raise AnnounceError(f"publishing {len(events)} model event(s) to {topic} failed: {exc}") from exc
 
 
 def mirror_versions(registry: Registry, warehouse: Warehouse, model_id: str) -> int:

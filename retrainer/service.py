@@ -525,6 +525,8 @@ class RunSummary:
     >>> s = RunSummary([Outcome("r1", "m", "registered", "2"), Outcome("r1", "m", "duplicate")], undecodable=1)
     >>> s.handled, s.counts()
     (3, {'registered': 1, 'duplicate': 1, 'undecodable': 1})
+    >>> s.counts_line(), RunSummary().counts_line()
+    ('1 duplicate, 1 registered, 1 undecodable', 'no requests')
     """
 
     outcomes: list[Outcome] = field(default_factory=list)
@@ -543,6 +545,10 @@ class RunSummary:
         if self.undecodable:
             out["undecodable"] = self.undecodable
         return out
+
+    def counts_line(self) -> str:
+        """The counts as one line for logs and the CLI (statuses in alphabetical order)."""
+        return ", ".join(f"{n} {status}" for status, n in sorted(self.counts().items())) or "no requests"
 
 
 class RetrainerService:
@@ -626,8 +632,7 @@ class RetrainerService:
             consumer.close()
             if self._owns_retrainer:
                 self.retrainer.close()
-        log.info("retrainer stopped: %s; %s", summary.stopped_because,
-                 ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items())) or "no requests")
+        log.info("retrainer stopped: %s; %s", summary.stopped_because, summary.counts_line())
         return summary
 
     def _handle_message(self, msg: Message, summary: RunSummary) -> None:

@@ -80,8 +80,7 @@ def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
         return _fail("retrainer", exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items())) or "no requests"
-    print(f"retrainer: {counts}; {summary.stopped_because}")
+    print(f"retrainer: {summary.counts_line()}; {summary.stopped_because}")
     return 0
 
 
@@ -133,13 +132,11 @@ def _publish_request(request: RetrainRequest, settings: "Settings") -> None:
     from streams import kafka
 
     kafka.ensure_topics(settings, ["retrain-requests"])
-    producer = kafka.producer(settings)
-    errors: list[str] = []
-    kafka.publish(producer, settings.topic("retrain-requests"), request.model_id, request,
-                  on_delivery=lambda err, msg: errors.append(str(err)) if err is not None else None)
-    left = producer.flush(30)
-    if left or errors:
-        raise RuntimeError("; ".join(errors) or "the request was not delivered within 30 s")
+    try:
+        kafka.publish_confirmed(kafka.producer(settings), settings.topic("retrain-requests"),
+                                [(request.model_id, request)], timeout=30)
+    except kafka.DeliveryError as exc:
+        raise RuntimeError("; ".join(exc.errors) or "the request was not delivered within 30 s") from exc
 
 
 def _wait_for_outcome(warehouse: Any, request: RetrainRequest, seconds: float) -> int:

@@ -122,6 +122,42 @@ def publish(
     return value
 
 
+class DeliveryError(RuntimeError):
+    """Records that :func:`publish_confirmed` could not get delivered: the broker's errors, or a timeout.
+
+    >>> str(DeliveryError([], 2, 30.0)), str(DeliveryError(["Broker: Message too large"], 1, 30.0))
+    ('2 undelivered after 30 s', 'Broker: Message too large')
+    """
+
+    def __init__(self, errors: list[str], undelivered: int, timeout: float) -> None:
+        super().__init__("; ".join(errors) or f"{undelivered} undelivered after {timeout:g} s")
+        self.errors = errors
+        self.undelivered = undelivered
+
+
+def publish_confirmed(
+    producer: Producer,
+    topic: str,
+    keyed: Iterable[tuple[str, Record]],
+    *,
+    codec: Codec | None = None,
+    timeout: float,
+) -> None:
+    """:func:`publish` each ``(key, record)``, then wait up to ``timeout`` seconds until every one is
+    delivered; raises :class:`DeliveryError` when one failed or is still undelivered."""
+    errors: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for key, record in keyed:
+        publish(producer, topic, key, record, codec=codec, on_delivery=delivered)
+    left = producer.flush(timeout)
+    if left or errors:
+        raise DeliveryError(errors, left, timeout)
+
+
 def send_to_dlq(
     producer: Producer,
     settings: Settings,

@@ -434,10 +434,9 @@ class PredictionLogger:
     def close(self, timeout: float = 5.0) -> LoggerStats:
         """Flush for up to ``timeout`` seconds, then stop; what is still unsent counts as dropped."""
         with self._lock:
-            if self._closed:
-                return LoggerStats(self._logged, self._sent, self._delivered, self._failed, self._dropped,
-                                   self._pending, self._last_error)
-            self._closed = True
+            already_closed, self._closed = self._closed, True
+        if already_closed:
+            return self.stats()
         atexit.unregister(self.close)
         self._wake.set()
         self._thread.join(timeout)

@@ -250,15 +250,6 @@ class Sinks:
 
     # -- closed windows --------------------------------------------------------------------
 
-    def write_window(
-        self,
-        outcome: WindowOutcome,
-        computed_at: int,
-        requests: Sequence[RetrainRequest] = (),
-        alerts: Sequence[Alert] = (),
-    ) -> DriftReport:
-        return self.write_windows([ClosedWindow(outcome, list(requests), list(alerts))], computed_at)[0]
-
     def write_windows(self, windows: Sequence["ClosedWindow"], computed_at: int) -> list[DriftReport]:
         """Write every window closed at one time: one insert per table and one Kafka flush for all of them.
 

@@ -177,10 +177,19 @@ class KafkaBroker:
         return self.process.stop(timeout)
 
 
+def first_broker(bootstrap: str) -> tuple[str, int]:
+    """Host and port of the first address in a bootstrap list (the host is empty when not given).
+
+    >>> first_broker("kafka-1:9093,kafka-2:9093"), first_broker(":9092")
+    (('kafka-1', 9093), ('', 9092))
+    """
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    return host, int(port)
+
+
 def admin_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a broker at ``bootstrap`` serves metadata through the Admin API."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    if not port_answers(host, int(port)):
+    if not port_answers(*first_broker(bootstrap)):
         return False
     from confluent_kafka.admin import AdminClient
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from driftline.settings import Settings
-from driftline.stack.kafka_local import KafkaBroker, admin_answers
+from driftline.stack.kafka_local import KafkaBroker, admin_answers, first_broker
 from driftline.stack.process import ManagedProcess, StackError, port_answers, wait_until
 
 
@@ -54,8 +54,8 @@ class WarehouseAddress:
 
 
 def _kafka(settings: Settings) -> KafkaBroker:
-    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
-    return KafkaBroker(Path(settings.state_dir) / "kafka", host=host or "127.0.0.1", port=int(port))
+    host, port = first_broker(settings.kafka_bootstrap)
+    return KafkaBroker(Path(settings.state_dir) / "kafka", host=host or "127.0.0.1", port=port)
 
 
 def _chserver(settings: Settings) -> ManagedProcess:
@@ -107,11 +107,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
 def _migrate(settings: Settings) -> None:
     from streams.warehouse import Warehouse
 
-    warehouse = Warehouse.connect(settings.warehouse)
-    try:
-        warehouse.migrate()
-    finally:
-        warehouse.close()
+    Warehouse.from_settings(settings, migrate=True).close()
 
 
 def down(settings: Settings) -> list[str]:
