@@ -642,10 +642,19 @@ class RetrainerService:
         except DecodeError as exc:
             log.error("message %s[%d]@%d is not a RetrainRequest (%s); sent to the DLQ", msg.topic(), msg.partition(),
                       msg.offset(), exc)
+            failures: list[str] = []  # a failed delivery is reported here, not by flush()'s count
+
+            def delivered(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None:
+                    failures.append(str(err))
+
             try:
-                kafka.send_to_dlq(self.retrainer.producer, self.settings, raw, msg.key(), exc, msg.topic())
+                kafka.send_to_dlq(self.retrainer.producer, self.settings, raw, msg.key(), exc, msg.topic(),
+                                  on_delivery=delivered)
                 if self.retrainer.producer.flush(self.retrainer.flush_timeout_seconds):
                     raise RetryLater("the DLQ message was not delivered in time")
+                if failures:
+                    raise RetryLater(f"the DLQ message was not delivered: {'; '.join(failures)}")
             except KafkaException as kexc:
                 raise RetryLater(f"cannot send an undecodable message to the DLQ: {kexc}") from kexc
             summary.undecodable += 1
