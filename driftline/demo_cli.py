@@ -106,22 +106,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-# DRIFTLINE_KAFKA_JARS names the local broker's jar cache (README), but settings read every
-# DRIFTLINE_KAFKA_* variable as a client property, and librdkafka refuses "jars".
-_NOT_CLIENT_SETTINGS = ("jars",)
-
-
-def client_settings(settings: "Settings") -> "Settings":
-    """``settings`` without the ``DRIFTLINE_KAFKA_*`` values that are not Kafka client properties.
-
-    >>> from driftline.settings import Settings
-    >>> client_settings(Settings(kafka_extra={"jars": "/cache", "acks": "all"})).kafka_extra
-    {'acks': 'all'}
-    """
-    extra = {k: v for k, v in settings.kafka_extra.items() if k not in _NOT_CLIENT_SETTINGS}
-    return settings if extra == dict(settings.kafka_extra) else settings.replace(kafka_extra=extra)
-
-
 # --------------------------------------------------------------------------- driftline demo
 
 
@@ -147,22 +131,7 @@ def service_env(settings: "Settings") -> dict[str, str]:
     >>> env["DRIFTLINE_TOPIC_PREFIX"], env["DRIFTLINE_KAFKA_SECURITY_PROTOCOL"], env["DRIFTLINE_POLICY"]
     ('t.', 'SSL', 'p.yaml')
     """
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DRIFTLINE_KAFKA_" + name.upper() for name in _NOT_CLIENT_SETTINGS}}
-    values = {
-        "DRIFTLINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix,
-        "DRIFTLINE_WAREHOUSE": settings.warehouse,
-        "DRIFTLINE_REGISTRY": settings.registry,
-        "DRIFTLINE_ARTIFACTS": settings.artifacts,
-        "DRIFTLINE_POLICY": settings.policy,
-        "DRIFTLINE_SCHEMA_REGISTRY": settings.schema_registry,
-        "DRIFTLINE_STATE_DIR": settings.state_dir,
-    }
-    for key, value in client_settings(settings).kafka_extra.items():
-        values["DRIFTLINE_KAFKA_" + key.upper().replace(".", "_")] = value
-    env.update({k: v for k, v in values.items() if v is not None})
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 @dataclass
@@ -258,7 +227,6 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
     from driftline.demo import DemoOptions, StepTimeouts, run_scenario, summary_table
     from retrainer.registry import Registry, RegistryError, validate_name
 
-    settings = client_settings(settings)
     problem = _preflight()
     if problem:
         print(f"driftline demo: {problem}", file=sys.stderr)
@@ -352,7 +320,6 @@ def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
     from streams import kafka
     from streams.sdk import PredictionLogger
 
-    settings = client_settings(settings)
     model_id = validate_name(args.model)
     registry = Registry.from_settings(settings)
     scorer = None

@@ -77,6 +77,20 @@ class Settings:
         conf.update(self.kafka_extra)
         return conf
 
+    def to_env(self) -> dict[str, str]:
+        """The ``DRIFTLINE_*`` variables that give a child process these settings.
+
+        >>> env = Settings(topic_prefix="t.", kafka_extra={"security.protocol": "SSL"}).to_env()
+        >>> env["DRIFTLINE_TOPIC_PREFIX"], env["DRIFTLINE_KAFKA_SECURITY_PROTOCOL"]
+        ('t.', 'SSL')
+        >>> load_settings(env=env) == Settings(topic_prefix="t.", kafka_extra={"security.protocol": "SSL"})
+        True
+        """
+        env = {var: str(getattr(self, name)) for var, name in _ENV.items() if getattr(self, name) is not None}
+        for key, value in self.kafka_extra.items():
+            env["DRIFTLINE_KAFKA_" + key.upper().replace(".", "_")] = value
+        return env
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

@@ -38,3 +38,10 @@ def test_bad_file_names_the_key(tmp_path) -> None:
 def test_unknown_topic() -> None:
     with pytest.raises(SettingsError, match="unknown topic"):
         Settings().topic("prediction")
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    s = Settings(kafka_bootstrap="k:1", kafka_extra={"sasl.mechanism": "PLAIN"}, topic_prefix="p.", warehouse="chdb:///x",
+                 registry="postgresql://r", artifacts="/a", policy="/p.yaml", schema_registry="http://sr",
+                 state_dir="/s", alert_webhook="http://hook")
+    assert load_settings(env=s.to_env()) == s
