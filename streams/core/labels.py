@@ -124,12 +124,16 @@ class PredictionIndex:
         if self.max_pending < 0:
             raise ValueError("max_pending must be >= 0")
         self.stats = IndexStats()
-        self._rows: OrderedDict[str, int] = OrderedDict()  # event_id -> row, in order of arrival
+        # event_id -> sequence number, in order of arrival. Rows are found from it by a search in
+        # ``_seqs`` (ascending), so compaction moves rows without rebuilding this per id.
+        self._rows: OrderedDict[str, int] = OrderedDict()
+        self._next_seq = 0
         # label id -> (label, time it started waiting; None before the first expire)
         self._pending: OrderedDict[str, tuple[object, int | None]] = OrderedDict()
         self._now: int | None = None
         self._size = 0
         self._ids = np.empty(0, dtype=object)
+        self._seqs = np.empty(0, dtype=np.int64)  # each row's sequence number, ascending
         self._versions = np.empty(0, dtype=object)
         self._times = np.empty(0, dtype=np.int64)
         self._scores = np.empty(0, dtype=np.float64)
@@ -192,6 +196,9 @@ class PredictionIndex:
         self._reserve(n)
         start, stop = self._size, self._size + n
         self._ids[start:stop] = ids
+        first = self._next_seq
+        self._seqs[start:stop] = np.arange(first, first + n)
+        self._next_seq += n
         self._versions[start:stop] = model_version
         self._times[start:stop] = times
         self._scores[start:stop] = values
@@ -205,18 +212,19 @@ class PredictionIndex:
 
         replaced = []
         rows = self._rows
-        for event_id, row in zip(ids.tolist(), range(start, stop)):
+        for event_id, seq in zip(ids.tolist(), range(first, first + n)):
             old = rows.pop(event_id, None)  # pop, so that a re-sent id counts as newest
             if old is not None:
                 replaced.append(old)
-            rows[event_id] = row
-        self._alive[replaced] = False
+            rows[event_id] = seq
+        if replaced:
+            self._alive[self._row_of(replaced)] = False
         self.stats.added += n
         self.stats.replaced += len(replaced)
 
         excess = len(rows) - self.max_entries
         if excess > 0:
-            self._alive[[rows.popitem(last=False)[1] for _ in range(excess)]] = False
+            self._alive[self._row_of([rows.popitem(last=False)[1] for _ in range(excess)])] = False
             self.stats.evicted += excess
         return joined
 
@@ -228,8 +236,8 @@ class PredictionIndex:
             raise ValueError(f"{len(labels)} labels for {len(ids)} event ids")
         label_values = np.empty(len(ids), dtype=object)
         label_values[:] = labels
-        rows = np.array([self._rows.pop(i, -1) for i in ids], dtype=np.intp)
-        matched = rows >= 0
+        seqs = np.array([self._rows.pop(i, -1) for i in ids], dtype=np.int64)
+        matched = seqs >= 0
         unmatched = [ids[i] for i in np.flatnonzero(~matched).tolist()]
         for event_id, label in zip(unmatched, label_values[~matched].tolist()):
             self._pending.pop(event_id, None)  # a newer label for the same id replaces the older
@@ -240,7 +248,7 @@ class PredictionIndex:
             self._pending.popitem(last=False)
         self.stats.pending_evicted += max(excess, 0)
 
-        hit = rows[matched]
+        hit = self._row_of(seqs[matched])
         self._alive[hit] = False
         self.stats.joined += hit.size
         return JoinedLabels(
@@ -279,6 +287,10 @@ class PredictionIndex:
             self.stats.pending_expired += 1
         return int(old.size)
 
+    def _row_of(self, seqs: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The rows of stored sequence numbers (every one must be in the index)."""
+        return np.searchsorted(self._seqs[: self._size], np.asarray(seqs, dtype=np.int64))
+
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more rows: first by dropping dead rows, else by growing."""
         if self._size + n <= self._ids.size:
@@ -295,6 +307,7 @@ class PredictionIndex:
             return out
 
         self._ids = grow(self._ids, None)
+        self._seqs = grow(self._seqs, 0)
         self._versions = grow(self._versions, None)
         self._times = grow(self._times, 0)
         self._scores = grow(self._scores, np.nan)
@@ -305,11 +318,9 @@ class PredictionIndex:
     def _compact(self) -> None:
         live = np.flatnonzero(self._alive[: self._size])
         k = live.size
-        for col in (self._ids, self._versions, self._times, self._scores, self._predicted,
+        for col in (self._ids, self._seqs, self._versions, self._times, self._scores, self._predicted,
                     *self._attributes.values()):
             col[:k] = col[live]
         self._alive[:k] = True
         self._alive[k:] = False
-        self._size = k
-        # new row numbers, keeping the arrival order the eviction relies on
-        self._rows.update(zip(self._ids[:k].tolist(), range(k)))
+        self._size = k  # ``_seqs`` stays ascending, so ``_rows`` needs no change
