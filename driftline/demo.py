@@ -178,7 +178,6 @@ def register_first_version(
     """Register v1 with its lineage and reference profile, promote it, announce both and mirror the registry."""
     from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
     from retrainer.registry import CHAMPION, Lineage
-    from streams.core.profile import ReferenceProfile
 
     dataset_sha256 = registry.artifacts.put_table(first.dataset)
     lineage = Lineage(
@@ -192,13 +191,7 @@ def register_first_version(
         train_metrics=first.train_metrics,
         holdout_metrics=first.holdout_metrics,
     )
-    reference = policy.monitoring.reference
-
-    def profile(version: str) -> dict[str, Any]:
-        return ReferenceProfile.build(
-            model_id, version, numeric=first.numeric, categorical=first.categorical, predictions=first.scores,
-            bins=reference.bins, top_k=reference.top_k, sample_size=reference.sample_size,
-        ).to_dict()
+    profile = policy.monitoring.reference.profile_builder(model_id, first.numeric, first.categorical, first.scores)
 
     version = registry.register(
         model_id, lineage=lineage, reference_profile=profile, artifact_bytes=first.trained.artifact(),

@@ -104,6 +104,27 @@ class ReferenceSettings:
     top_k: int = 20
     sample_size: int = 10_000
 
+    def profile_builder(
+        self, model_id: str, numeric: Mapping[str, Any], categorical: Mapping[str, Any], predictions: Any = None
+    ) -> Callable[[str], dict[str, Any]]:
+        """The registry's ``reference_profile`` callback: the profile of these columns, once the
+        registry has chosen the version number.
+
+        >>> import numpy as np
+        >>> build = ReferenceSettings(bins=4, sample_size=100).profile_builder("m", {"x": np.arange(50.0)}, {})
+        >>> d = build("3"); d["model_version"], d["model_id"]
+        ('3', 'm')
+        """
+        from streams.core.profile import ReferenceProfile
+
+        def build(version: str) -> dict[str, Any]:
+            return ReferenceProfile.build(
+                model_id, version, numeric=dict(numeric), categorical=dict(categorical), predictions=predictions,
+                bins=self.bins, top_k=self.top_k, sample_size=self.sample_size,
+            ).to_dict()
+
+        return build
+
 
 @dataclass(frozen=True)
 class Monitoring:

@@ -64,7 +64,6 @@ from retrainer.trainers import TrainedModel, TrainerError, TrainerFn, load_model
 from retrainer.triggers import manual_cooldown_remaining_ms
 from streams import kafka
 from streams.codec import Codec, DecodeError
-from streams.core.profile import ReferenceProfile
 from streams.records import RetrainRequest
 from streams.warehouse import Warehouse
 
@@ -402,13 +401,8 @@ class Retrainer:
         }
         if ev.champion is not None:
             tags["champion_scored_by"] = ev.champion.source
-        reference = policy.monitoring.reference
-        numeric, categorical = c.data.data.numeric, c.data.data.categorical
-
-        def profile(version: str) -> dict[str, Any]:
-            return ReferenceProfile.build(request.model_id, version, numeric=numeric, categorical=categorical,
-                                          predictions=c.scores, bins=reference.bins, top_k=reference.top_k,
-                                          sample_size=reference.sample_size).to_dict()
+        profile = policy.monitoring.reference.profile_builder(request.model_id, c.data.data.numeric,
+                                                              c.data.data.categorical, c.scores)
 
         version = self.registry.register(
             request.model_id, lineage=lineage, reference_profile=profile, artifact_bytes=c.trained.artifact(),
