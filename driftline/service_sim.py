@@ -408,14 +408,11 @@ class ChampionWatcher:
             self._thread.join(10)
 
     def _run(self) -> None:
-        from confluent_kafka import KafkaError, TopicPartition
+        from confluent_kafka import TopicPartition
 
         from streams import kafka
-        from streams.codec import DecodeError, default_codec
-        from streams.records import ModelEvent
 
         topic = self.settings.topic("models")
-        codec = default_codec()
         consumer = kafka.consumer(self.settings, f"driftline-service-{uuid.uuid4().hex[:12]}",
                                   **{"enable.auto.commit": False})
         try:
@@ -431,21 +428,7 @@ class ChampionWatcher:
             return
         self._ready.set()
         try:
-            while not self._stop.is_set():
-                msg = consumer.poll(0.25)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("models topic: %s", msg.error())
-                    continue
-                try:
-                    event = codec.decode(msg.value() or b"", topic="models")
-                except DecodeError as exc:
-                    log.warning("ignoring an undecodable models event: %s", exc)
-                    continue
-                if isinstance(event, ModelEvent) and event.model_id == self.service.model_id:
-                    self._on_model_event(event)
+            kafka.follow_model_events(consumer, self._stop, self._on_model_event, poll_seconds=0.25)
         except BaseException as exc:  # kept for the caller: a dead watcher means the service never switches
             self.error = exc
             log.exception("the champion watcher stopped")
@@ -453,6 +436,8 @@ class ChampionWatcher:
             consumer.close()
 
     def _on_model_event(self, event: "ModelEvent") -> None:
+        if event.model_id != self.service.model_id:
+            return
         if self.on_event is not None:
             self.on_event(event)
         if event.event not in ("promoted", "rolled_back"):

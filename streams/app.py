@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 import faust
 
 from driftline.settings import Settings
-from streams.codec import DecodeError, default_codec
 from streams.observability import CONTENT_TYPE_LATEST
 from streams.records import ModelEvent
 from streams.worker import INPUT_TOPICS, Incoming, WorkerOptions, WorkerService
@@ -159,24 +158,17 @@ class ModelEvents:
             self._thread.join(10)
 
     def _run(self) -> None:
-        codec = default_codec()
-        consumer = self._consumer
+        from streams import kafka
+
+        def received(event: ModelEvent) -> None:
+            log.info("models event: %s %s v%s", event.event, event.model_id, event.version,
+                     extra={"model_id": event.model_id, "event": event.event, "version": event.version})
+            self.on_event(event)
+
         try:
-            while not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error() is not None:
-                    continue
-                try:
-                    event = codec.decode(msg.value() or b"", topic="models")
-                except DecodeError as exc:
-                    log.warning("ignoring an undecodable models event: %s", exc)
-                    continue
-                if isinstance(event, ModelEvent):
-                    log.info("models event: %s %s v%s", event.event, event.model_id, event.version,
-                             extra={"model_id": event.model_id, "event": event.event, "version": event.version})
-                    self.on_event(event)
+            kafka.follow_model_events(self._consumer, self._stop, received)
         finally:
-            consumer.close()
+            self._consumer.close()
 
 
 def _broker_urls(bootstrap: str) -> list[str]:

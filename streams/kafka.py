@@ -7,6 +7,8 @@ prefix. Message keys are ``model_id`` as UTF-8 (CONTRACTS.md).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.settings import TOPIC_NAMES, Settings
 from streams.codec import Codec, DecodeError, Record, default_codec
+from streams.records import ModelEvent
+
+log = logging.getLogger(__name__)
 
 DLQ_ERROR_HEADER = "driftline-error"
 DLQ_SOURCE_HEADER = "driftline-source-topic"
@@ -267,3 +272,34 @@ def _all_partitions(client: Consumer, topics: list[str], deadline: float) -> lis
         if time.monotonic() >= deadline:
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topics not found: {', '.join(missing)}"))
         time.sleep(0.1)
+
+
+def follow_model_events(
+    consumer: Consumer,
+    stop: threading.Event,
+    on_event: Callable[[ModelEvent], None],
+    *,
+    codec: Codec | None = None,
+    poll_seconds: float = 0.5,
+) -> None:
+    """Hand every ``ModelEvent`` that an assigned ``models`` consumer reads to ``on_event``, until ``stop``.
+
+    Undecodable messages are logged and skipped: an event nobody can read must
+    not stop a worker from re-baselining, or a service from switching, on the next.
+    """
+    codec = codec or default_codec()
+    while not stop.is_set():
+        msg = consumer.poll(poll_seconds)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("models topic: %s", msg.error())
+            continue
+        try:
+            event = codec.decode(msg.value() or b"", topic="models")
+        except DecodeError as exc:
+            log.warning("ignoring an undecodable models event: %s", exc)
+            continue
+        if isinstance(event, ModelEvent):
+            on_event(event)
