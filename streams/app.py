@@ -1,12 +1,18 @@
 """The Faust app of the streams worker: agents that hand batches to the service.
 
-One agent per input topic (``predictions``, ``features``, ``labels``) takes
-up to ``batch_size`` raw messages at a time (``noack_take``: nothing is
-acknowledged by Faust) and passes them to :class:`~streams.worker.WorkerService`
-on a single dedicated thread, so that ClickHouse writes never block the event
-loop and the service is never entered twice at once. The service returns the
-messages whose windows are written; only those are acknowledged, so Faust only
-commits offsets whose results are safe in ClickHouse.
+A :class:`~streams.batch_consumer.BatchConsumer` polls the input topics
+(``predictions``, ``features``, ``labels``) on a fetch thread, up to
+``batch_size`` messages (and about ``max_poll_bytes``) a call. One agent per
+topic receives each poll's messages of its topic and passes them to
+:class:`~streams.worker.WorkerService` on a single service thread, so that
+ClickHouse writes never block the event loop and the service is never
+entered twice at once. The service returns the messages whose windows are
+written; only those are acknowledged, so only offsets whose results are
+safe in ClickHouse are committed.
+
+Why not Faust's own topic streams: Faust delivers one message at a time, at
+about 65 µs of Python per message, which held single ``PredictionEvent`` s
+near 7k/s (docs/PERFORMANCE.md).
 
 A timer closes the windows of models gone quiet. ``models`` events are read
 by every worker (not shared through the consumer group: each worker must
@@ -26,87 +32,90 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import faust
+from faust.app.base import BootStrategy
 
 from driftline.settings import Settings
+from streams.batch_consumer import BatchConsumer, contract_topics
+from streams.messages import Incoming, Offset
 from streams.observability import CONTENT_TYPE_LATEST
 from streams.records import ModelEvent
-from streams.worker import INPUT_TOPICS, Incoming, WorkerOptions, WorkerService
+from streams.worker import INPUT_TOPICS, WorkerOptions, WorkerService
 
 log = logging.getLogger("driftline.worker")
 
 
 class Runner:
-    """Runs the service on its own thread and acknowledges what it releases.
+    """Fetches batches on one thread, runs the service on another, and acknowledges what it releases.
 
-    After a partition revocation every batch fetched before it is discarded
-    (Faust redelivers from the committed offsets), and the service drops its
-    state; only events of the current consumer generation are processed.
+    A revocation drops the service's state (Kafka redelivers from the
+    committed offsets) and starts a new generation: every batch fetched in an
+    older one is discarded, so only events of the current assignment are
+    processed. Any exception from the service crashes the app before anything
+    of the failed batch is acknowledged.
     """
 
-    def __init__(self, app: faust.App, service: WorkerService) -> None:
+    def __init__(self, app: faust.App, service: WorkerService, consumer: BatchConsumer | None = None) -> None:
         self.app = app
         self.service = service
+        self.consumer = consumer
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-service")
-        self.generation: int | None = None
+        self.fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-fetch")
         self.failed: BaseException | None = None
+        self._stopping = threading.Event()
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def handle(self, topic: str, stream: Any, events: Sequence[Any]) -> None:
-        if self.failed is not None:
+    def _current(self, generation: int) -> bool:
+        return self.consumer is not None and generation == self.consumer.generation
+
+    async def fetch(self, channels: dict[str, Any], within: float) -> None:
+        """Poll until the app stops, sending each poll's messages of a topic to that topic's agent."""
+        assert self.consumer is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set() and self.failed is None:
+            poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            for topic, messages in poll.by_topic.items():
+                await channels[topic].send(value=Batch(poll.generation, messages))
+
+    async def handle(self, topic: str, batch: "Batch") -> None:
+        if self.failed is not None or not self._current(batch.generation):
             return
-        generation = self.generation
-        current = [e for e in events if generation is not None and e.message.generation_id == generation]
-        incoming = [
-            Incoming(topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                     token=(stream, e), full_topic=e.message.topic)
-            for e in current
-        ]
-        for e in current:
-            # the service has the bytes now; the ledger keeps the event (for its ack) without them
-            e.value = None
         try:
-            released = await self._run(self._handle_current, topic, incoming, generation)
+            released = await self._run(self._handle_current, topic, batch)
         except Exception as exc:
             await self._crash(exc)
             return
-        for e in current:
-            e.message.value = None
-        await self._ack(released)
+        self._ack(released)
 
-    def _handle_current(self, topic: str, incoming: list[Incoming], generation: int | None) -> list[Any]:
-        # runs on the service thread: a revocation may have happened since the batch was taken
-        if generation is None or generation != self.generation:
+    def _handle_current(self, topic: str, batch: "Batch") -> list[Offset]:
+        # runs on the service thread: a revocation may have happened since the batch was polled
+        if not self._current(batch.generation):
             return []
-        return self.service.handle(topic, incoming)
+        return self.service.handle(topic, batch.messages)
 
     async def tick(self) -> None:
-        if self.failed is not None or self.generation is None:
+        if self.failed is not None or self.consumer is None:
             return
         try:
             released = await self._run(self.service.tick)
         except Exception as exc:
             await self._crash(exc)
             return
-        await self._ack(released)
+        self._ack(released)
 
-    async def _ack(self, tokens: Sequence[Any]) -> None:
-        for stream, event in tokens:
-            await stream.ack(event)
+    def _ack(self, offsets: Sequence[Offset]) -> None:
+        if offsets and self.consumer is not None:
+            self.consumer.ack(offsets)
 
-    async def on_revoked(self, revoked: set) -> None:
-        self.generation = None
-        if revoked:
-            await self._run(self.service.reset)
-
-    async def on_assigned(self, assigned: set) -> None:
-        self.generation = self.app.consumer_generation_id
-        log.info("assigned %d partition(s), generation %s", len(assigned), self.generation,
-                 extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+    def on_revoked(self, partitions: list) -> None:
+        # from the fetch thread, inside a poll: the service thread owns the state, so it drops it
+        if partitions:
+            self.executor.submit(self.service.reset).result()
 
     def on_model_event(self, event: ModelEvent) -> None:
         # from the models thread: the service's caches belong to the service thread
@@ -119,7 +128,20 @@ class Runner:
         await self.app.crash(exc)
 
     def close(self) -> None:
+        """Leave the group (committing the stored offsets), then stop the service thread."""
+        self._stopping.set()
+        if self.consumer is not None:
+            self.fetcher.submit(self.consumer.close).result()
+        self.fetcher.shutdown(wait=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class Batch:
+    """One poll's messages of one topic, and the generation they were polled in."""
+
+    generation: int
+    messages: list[Incoming]
 
 
 class ModelEvents:
@@ -193,45 +215,56 @@ def worker_datadir(settings: Settings, options: WorkerOptions) -> Path:
 
 
 def create_app(settings: Settings, options: WorkerOptions, service: WorkerService) -> tuple[faust.App, Runner]:
-    """The Faust app wired to ``service``; start it with ``faust.Worker`` (see :func:`run_worker`)."""
+    """The Faust app wired to ``service``; start it with ``faust.Worker`` (see :func:`run_worker`).
+
+    The input topics are consumed by a :class:`~streams.batch_consumer.BatchConsumer`
+    in the group ``options.app_id``; each poll's messages of a topic go, as
+    one :class:`Batch`, through an in-memory channel to that topic's agent.
+    Faust starts no Kafka client of its own (its group would be a second
+    member with another assignor) and keeps the agents, the timers and the
+    web server.
+    """
     datadir = str(worker_datadir(settings, options))
-    session_s = options.session_timeout_seconds
     app = faust.App(
-        options.app_id,
+        f"{options.app_id}.faust",
         broker=_broker_urls(settings.kafka_bootstrap),
         datadir=datadir,
         autodiscover=False,
-        # a new consumer group reads from the beginning: events produced before the worker started count
-        consumer_auto_offset_reset="earliest",
-        # acks wait for windows to be written: a rebalance must not wait for them (state is rebuilt instead)
-        stream_wait_empty=False,
         topic_disable_leader=True,
         topic_allow_declare=False,
-        broker_commit_interval=1.0,
-        # Faust's default (1 MiB per partition and fetch) starves the agents of small messages: single
-        # PredictionEvents went 2.5k/s with it and 6k/s with 8 MiB (docs/PERFORMANCE.md)
-        consumer_max_fetch_size=8 * 1024 * 1024,
-        broker_session_timeout=session_s,
-        broker_heartbeat_interval=max(session_s / 10, 0.5),
         web_enabled=True,
         web_bind=options.web_host,
         web_host=options.web_host,
         web_port=options.web_port,
         store="memory://",
     )
+    # no Kafka client of Faust's own: its consumer would subscribe to nothing, and the app sends nothing
+    app.boot_strategy = BootStrategy(app, enable_kafka=False, enable_web=True)
     runner = Runner(app, service)
+    runner.consumer = BatchConsumer(
+        settings, options.app_id, contract_topics(settings, INPUT_TOPICS),
+        max_messages=options.batch_size, max_bytes=options.max_poll_bytes,
+        on_revoked=runner.on_revoked, session_timeout_seconds=options.session_timeout_seconds,
+    )
+    # two batches waiting per agent at most: the fetch waits for the service, and memory stays bounded
+    channels = {topic: app.channel(maxsize=2) for topic in INPUT_TOPICS}
 
     def agent_for(topic: str) -> Callable[[Any], Any]:
-        async def consume(stream: Any) -> None:
-            async for events in stream.noack_take(options.batch_size, within=options.batch_within_seconds):
-                await runner.handle(topic, stream, events)
+        async def consume(batches: Any) -> None:
+            async for batch in batches.noack():
+                await runner.handle(topic, batch)
 
         consume.__name__ = f"consume_{topic}"
         return consume
 
     for topic in INPUT_TOPICS:
-        channel = app.topic(settings.topic(topic), key_serializer="raw", value_serializer="raw")
-        app.agent(channel, name=f"driftline.{topic}")(agent_for(topic))
+        app.agent(channels[topic], name=f"driftline.{topic}")(agent_for(topic))
+
+    @app.task
+    async def fetch() -> None:
+        # Faust opens its queues' flow control when its own consumer gets partitions; it has none here
+        app.flow_control.resume()
+        await runner.fetch(channels, options.batch_within_seconds)
 
     @app.timer(options.tick_seconds)
     async def close_idle_windows() -> None:
@@ -239,27 +272,12 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
 
     @app.timer(2.0)
     async def report_lag() -> None:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            try:
-                high = consumer.highwater(tp)
-                position = await consumer.position(tp)
-            except Exception:  # lag is best effort; the consumer may be rebalancing
-                continue
-            if high is not None and position is not None:
-                service.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))
+        for (topic, partition), lag in runner.consumer.lag().items():
+            service.metrics.lag.labels(topic=topic, partition=str(partition)).set(lag)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(service.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
-        await runner.on_revoked(revoked)
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
-        await runner.on_assigned(assigned)
 
     return app, runner
 
@@ -286,8 +304,8 @@ def check_copartitioned(settings: Settings, timeout: float = 30.0) -> dict[str, 
     """The input topics' partition counts, which must be equal.
 
     A model's predictions and logged features go into the same windows, so
-    their partitions must reach the same worker: Faust assigns partition *n* of
-    topics with equal partition counts to one worker (as a join needs).
+    their partitions must reach the same worker: the ``range`` assignor gives
+    partition *n* of topics with equal partition counts to one worker (as a join needs).
     """
     from confluent_kafka.admin import AdminClient
 

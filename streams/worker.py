@@ -49,9 +49,11 @@ from streams.core.monitor import (
     PerformanceOutcome,
     WindowOutcome,
     concat_batches,
+    take_rows,
 )
 from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
 from streams.core.windows import Windowing
+from streams.messages import Incoming
 from streams.observability import WorkerMetrics
 from streams.records import FeatureBatch, FeatureEvent, LabelEvent, ModelEvent, PredictionBatch, PredictionEvent
 from streams.references import ReferenceProvider
@@ -69,8 +71,9 @@ class WorkerOptions:
     ``window_seconds`` and ``lateness_seconds`` override the policy's for
     every model when set. ``idle_seconds`` is how long a model may be silent
     before its event clock follows the wall clock (None: never).
-    ``max_take_events`` bounds the events handled at once: a take of
-    ``batch_size`` messages of batches is handled in parts of about that many
+    A poll takes at most ``batch_size`` messages and, after the first, about
+    ``max_poll_bytes``. ``max_take_events`` bounds the events handled at once:
+    a poll of messages of batches is handled in parts of about that many
     events, so its memory and the wait of the windows it closes stay bounded.
     ``index_max_entries`` bounds the predictions kept for the label join, at
     about 300 bytes each (200,000: about 60 MiB).
@@ -86,6 +89,7 @@ class WorkerOptions:
     tick_seconds: float = 1.0
     batch_size: int = 1000
     batch_within_seconds: float = 0.5
+    max_poll_bytes: int = 16 * 1024 * 1024
     max_take_events: int = 50_000
     max_future_seconds: float = 3600.0
     baseline: str = "version"
@@ -98,23 +102,6 @@ class WorkerOptions:
     index_max_entries: int = 200_000
     write_raw: bool = True
     task: str | None = None
-
-
-@dataclass
-class Incoming:
-    """One consumed message, as the service sees it; ``token`` is what the caller acknowledges.
-
-    >>> Incoming("predictions", 0, 42, b"credit", b"{}").offset
-    42
-    """
-
-    topic: str  # the contract name: predictions, features, labels
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    token: Any = None
-    full_topic: str = ""  # the name on the broker, prefix included; empty: this deployment's
 
 
 @dataclass
@@ -407,6 +394,10 @@ class WorkerService:
                 found = 0
                 for batch in self.sinks.lookup_predictions(model_id, result.unmatched):
                     self._recover(model_id, batch.model_version)
+                    # The warehouse returns rows in any order; the monitor takes row order as the labels'
+                    # arrival order (a label later in time arriving first would make the others late).
+                    arrival = np.fromiter((position[e] for e in batch.event_ids), dtype=np.int64, count=batch.n)
+                    batch = take_rows(batch, np.argsort(arrival, kind="stable"))
                     for event_id, label_holds in self.monitor.remember(batch, now_ms=now).items():
                         holds[position[event_id]].extend(label_holds)
                         found += 1

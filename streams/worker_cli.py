@@ -31,7 +31,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     d = WorkerOptions()
     g = parser.add_argument_group("worker")
     g.add_argument("--app-id", default=_env("app-id", str, d.app_id),
-                   help=f"Faust app id, also the Kafka consumer group (default {d.app_id})")
+                   help=f"the Kafka consumer group of the input topics (default {d.app_id})")
     g.add_argument("--window-seconds", type=float, default=_env("window-seconds", float, None),
                    help="window size for every model (default: the policy's monitoring.window_seconds, 60)")
     g.add_argument("--lateness-seconds", type=float, default=_env("lateness-seconds", float, None),
@@ -42,9 +42,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tick-seconds", type=float, default=_env("tick-seconds", float, d.tick_seconds),
                    help=f"how often idle windows are checked (default {d.tick_seconds})")
     g.add_argument("--batch-size", type=int, default=_env("batch-size", int, d.batch_size),
-                   help=f"messages taken from a topic at a time (default {d.batch_size})")
+                   help=f"most messages polled at a time (default {d.batch_size})")
     g.add_argument("--batch-within-seconds", type=float, default=_env("batch-within-seconds", float, d.batch_within_seconds),
-                   help=f"longest wait to fill a batch (default {d.batch_within_seconds})")
+                   help=f"longest wait to fill a poll (default {d.batch_within_seconds})")
+    g.add_argument("--max-poll-bytes", type=int, default=_env("max-poll-bytes", int, d.max_poll_bytes),
+                   help="about how many message bytes a poll takes, which bounds the memory of the messages "
+                        f"waiting to be handled (default {d.max_poll_bytes})")
     g.add_argument("--max-take-events", type=int, default=_env("max-take-events", int, d.max_take_events),
                    help="events handled at once: a batch of messages is handled in parts of about this many "
                         f"events, which bounds its memory and how long its windows wait (default {d.max_take_events})")
@@ -86,6 +89,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         tick_seconds=args.tick_seconds,
         batch_size=args.batch_size,
         batch_within_seconds=args.batch_within_seconds,
+        max_poll_bytes=args.max_poll_bytes,
         max_take_events=args.max_take_events,
         max_future_seconds=args.max_future_seconds,
         baseline=args.baseline,

@@ -28,56 +28,82 @@ class Hold:
 
 
 @dataclass
-class _Entry(Generic[T]):
-    offset: int
-    token: T
+class _Run(Generic[T]):
+    """Consecutive messages of one partition that wait for the same windows."""
+
+    first: int
+    last: int
+    token: T  # the last message's
     holds: tuple[Hold, ...]
+    count: int
 
 
 class AckLedger(Generic[T]):
     """Messages waiting for their windows, per partition, in offset order.
 
     ``token`` is whatever the caller needs to acknowledge the message later.
+    Acknowledging a message acknowledges every message before it in its
+    partition (a Kafka commit is one position), so consecutive messages that
+    wait for the same windows are kept as one run, and a released run gives
+    back its last message's token only. A window of single events is then a
+    handful of entries, not one per message.
 
     >>> ledger = AckLedger()
     >>> ledger.add("p0", 10, "m10", [Hold("predictions", "m", "1", 60_000)])
-    >>> ledger.add("p0", 11, "m11", [])  # nothing to wait for, but behind m10
+    >>> ledger.add("p0", 11, "m11", [Hold("predictions", "m", "1", 60_000)])  # the same run
+    >>> ledger.add("p0", 12, "m12", [])  # nothing to wait for, but behind m11
+    >>> len(ledger), ledger.runs
+    (3, 2)
     >>> ledger.release(lambda hold: False)
     []
     >>> ledger.release(lambda hold: hold.window_end <= 60_000)
-    ['m10', 'm11']
+    ['m11', 'm12']
     >>> len(ledger)
     0
     """
 
     def __init__(self) -> None:
-        self._pending: dict[Hashable, deque[_Entry[T]]] = {}
+        self._pending: dict[Hashable, deque[_Run[T]]] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def runs(self) -> int:
+        """Entries kept: runs of messages, not messages."""
+        return sum(len(q) for q in self._pending.values())
+
     def add(self, partition: Hashable, offset: int, token: T, holds: list[Hold] | tuple[Hold, ...]) -> None:
         queue = self._pending.setdefault(partition, deque())
-        if queue and offset <= queue[-1].offset:
-            raise ValueError(
-                f"offsets must increase per partition: got {offset} after {queue[-1].offset} on {partition!r}"
-            )
-        queue.append(_Entry(offset, token, tuple(holds)))
+        held = tuple(holds)
+        if queue:
+            tail = queue[-1]
+            if offset <= tail.last:
+                raise ValueError(
+                    f"offsets must increase per partition: got {offset} after {tail.last} on {partition!r}"
+                )
+            if tail.holds == held:
+                tail.last, tail.token = offset, token
+                tail.count += 1
+                self._size += 1
+                return
+        queue.append(_Run(offset, offset, token, held, 1))
         self._size += 1
 
     def release(self, is_done: Callable[[Hold], bool]) -> list[T]:
-        """Pop and return, per partition, the longest prefix of finished messages."""
+        """Pop, per partition, the longest prefix of finished messages; return the last token of each run."""
         released: list[T] = []
         for queue in self._pending.values():
             while queue and all(is_done(h) for h in queue[0].holds):
-                released.append(queue.popleft().token)
-                self._size -= 1
+                run = queue.popleft()
+                released.append(run.token)
+                self._size -= run.count
         return released
 
     def oldest_offsets(self) -> dict[Hashable, int]:
         """Per partition, the offset of the oldest message still waiting."""
-        return {p: q[0].offset for p, q in self._pending.items() if q}
+        return {p: q[0].first for p, q in self._pending.items() if q}
 
     def clear(self) -> int:
         """Forget every waiting message (after a rebalance, Kafka delivers them again); returns how many."""

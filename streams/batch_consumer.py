@@ -1,0 +1,264 @@
+"""The worker's input topics, consumed in batches: one consumer-group member, many messages per call.
+
+Faust hands its agents one message at a time, at about 65 µs of Python per
+message on the event loop (docs/PERFORMANCE.md). A single ``PredictionEvent``
+is a message, so that path topped out near 7k events/s. Here
+confluent-kafka's ``consume(num_messages=...)`` fetches in librdkafka's
+threads, outside the GIL, and returns a whole list of messages per call.
+
+Offsets: nothing is committed on its own. :meth:`BatchConsumer.ack` stores
+``offset + 1`` of a released message, and librdkafka commits stored offsets
+every second, on a revocation and on :meth:`BatchConsumer.close`. The worker
+acknowledges a message only when every window it contributed to is written,
+so a commit never gets ahead of ClickHouse.
+
+Rebalances: a revocation calls ``on_revoked`` (the worker drops its state)
+before the partitions go, and starts a new *generation*. Messages polled in
+an older generation are stale: the caller discards them, and Kafka delivers
+them again from the committed offsets. A poll during which the assignment
+changed is discarded whole, and every assigned partition is sought back to
+its committed offset, so nothing read in that call is skipped.
+
+The input topics must have equal partition counts (``check_copartitioned``):
+the ``range`` assignor then gives partition *n* of each topic to one member,
+so a model's predictions and features meet in one worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from driftline.settings import Settings
+from streams.messages import Incoming, Offset
+
+log = logging.getLogger("driftline.worker")
+
+
+@dataclass
+class Poll:
+    """The messages of one ``consume`` call, by contract topic, tagged with the generation they belong to.
+
+    >>> Poll(generation=2).count
+    0
+    """
+
+    generation: int
+    by_topic: dict[str, list[Incoming]] = field(default_factory=dict)
+    bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(m) for m in self.by_topic.values())
+
+
+class PollSizer:
+    """How many messages the next poll may take: at most ``max_messages``, and about ``max_bytes``.
+
+    A poll's messages are held until the worker releases them, so a poll is
+    bounded by bytes as well as by count: 1,000 single events are ~0.3 MB,
+    1,000 batches of 1,000 events ~200 MB. The first poll takes one message,
+    to learn the size; then the average size of each poll's messages sets
+    the next one's count.
+
+    >>> sizer = PollSizer(max_messages=1000, max_bytes=1_000_000)
+    >>> sizer.next
+    1
+    >>> sizer.observe(messages=1, size=300)          # single events
+    >>> sizer.next
+    1000
+    >>> sizer.observe(messages=10, size=2_000_000)   # 200 kB each
+    >>> sizer.next
+    5
+    >>> sizer.observe(messages=5, size=1_500)        # small messages again
+    >>> sizer.next
+    1000
+    """
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("a poll must be allowed at least one message and one byte")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.next = 1
+
+    def observe(self, messages: int, size: int) -> None:
+        if messages:
+            average = max(size / messages, 1.0)
+            self.next = max(1, min(self.max_messages, int(self.max_bytes / average)))
+
+
+class BatchConsumer:
+    """A consumer-group member on the worker's input topics that polls whole lists of messages.
+
+    ``poll`` (and so the rebalance callbacks) runs on one thread, the fetch
+    thread; ``ack`` and ``lag`` may be called from any thread. It needs a
+    broker, so it is exercised by tests/integration/test_worker*.py rather
+    than by an example here.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        topics: Mapping[str, str],
+        *,
+        max_messages: int = 1000,
+        max_bytes: int = 16 * 1024 * 1024,
+        on_revoked: Callable[[list[TopicPartition]], None] | None = None,
+        on_assigned: Callable[[list[TopicPartition]], None] | None = None,
+        session_timeout_seconds: float = 30.0,
+        conf: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topics = dict(topics)  # contract name -> full name
+        self._contract = {full: name for name, full in self.topics.items()}
+        self.sizer = PollSizer(max_messages, max_bytes)
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._assigned: set[tuple[str, int]] = set()
+        self._lag: dict[tuple[str, int], int] = {}
+        session_ms = int(session_timeout_seconds * 1000)
+        self._consumer = Consumer({
+            **settings.kafka_config(),
+            "group.id": group_id,
+            # a new group reads from the beginning: events produced before the worker started count
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 1000,
+            # partition n of every input topic to one member (co-partitioned topics)
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": max(session_ms // 10, 500),
+            "max.poll.interval.ms": max(300_000, session_ms),
+            # librdkafka prefetches up to 64 MiB by default; the worker's memory is bounded by its polls
+            "queued.max.messages.kbytes": max(1024, 2 * max_bytes // 1024),
+            "fetch.wait.max.ms": 100,
+            **(conf or {}),
+        })
+        self._consumer.subscribe(list(self.topics.values()), on_assign=self._assign, on_revoke=self._revoke,
+                                 on_lost=self._revoke)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._generation += 1
+            self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+            self._lag = {}
+        log.info("assigned %d partition(s), generation %d", len(partitions), self._generation,
+                 extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
+                        "generation": self._generation})
+        if self._on_assigned is not None:
+            self._on_assigned(partitions)
+
+    def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._generation += 1
+            self._assigned = set()
+            self._lag = {}
+        log.info("revoked %d partition(s)", len(partitions),
+                 extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)})
+        if self._on_revoked is not None:
+            self._on_revoked(partitions)
+
+    def poll(self, timeout: float) -> Poll:
+        """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only."""
+        before = self._generation
+        messages = self._consumer.consume(num_messages=self.sizer.next, timeout=timeout)
+        poll = Poll(self._generation)
+        if self._generation != before:
+            # The assignment changed during the call, so some of these messages may come from before it:
+            # drop them all, and start every assigned partition again from its committed offset.
+            self._rewind()
+            return poll
+        highest: dict[tuple[str, int], int] = {}
+        size = 0
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka: %s", err)
+                continue
+            full = msg.topic()
+            value = msg.value() or b""
+            size += len(value)
+            partition, offset = msg.partition(), msg.offset()
+            highest[(full, partition)] = offset
+            name = self._contract[full]
+            poll.by_topic.setdefault(name, []).append(
+                Incoming(name, partition, offset, msg.key(), value, Offset(full, partition, offset), full))
+        poll.bytes = size
+        self.sizer.observe(poll.count, size)
+        self._update_lag(highest)
+        return poll
+
+    def _rewind(self) -> None:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in self._consumer.committed(assignment, timeout=30):
+            # no committed offset yet: a new group starts from the earliest message
+            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+
+    def _update_lag(self, highest: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), offset in highest.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                with self._lock:
+                    self._lag[(topic, partition)] = max(high - offset - 1, 0)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the high watermark, per assigned partition, as of each partition's last poll."""
+        with self._lock:
+            return dict(self._lag)
+
+    def ack(self, offsets: Iterable[Offset]) -> int:
+        """Let librdkafka commit past these messages (the highest per partition counts); returns partitions stored.
+
+        A partition this member no longer owns is skipped: its new owner
+        starts from the last committed offset, which the released messages
+        never went beyond.
+        """
+        highest: dict[tuple[str, int], int] = {}
+        for o in offsets:
+            key = (o.topic, o.partition)
+            if o.next > highest.get(key, -1):
+                highest[key] = o.next
+        with self._lock:
+            owned = [TopicPartition(t, p, n) for (t, p), n in highest.items() if (t, p) in self._assigned]
+        if not owned:
+            return 0
+        try:
+            self._consumer.store_offsets(offsets=owned)
+        except KafkaException as exc:
+            # a revocation raced with the release: the partition's next owner replays from the last commit
+            log.info("offsets not stored (%s); they will be replayed", exc.args[0] if exc.args else exc)
+            return 0
+        return len(owned)
+
+    def close(self) -> None:
+        """Commit what was stored and leave the group (call it from the fetch thread, after the last poll)."""
+        self._consumer.close()
+
+
+def contract_topics(settings: Settings, names: Sequence[str]) -> dict[str, str]:
+    """Contract names to this deployment's full topic names.
+
+    >>> contract_topics(Settings(topic_prefix="prod."), ["predictions"])
+    {'predictions': 'prod.predictions'}
+    """
+    return {name: settings.topic(name) for name in names}

@@ -1,0 +1,150 @@
+"""The worker's batch consumer against a real broker: polls, offsets committed only when acknowledged,
+and rebalances that neither skip nor keep stale messages."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from driftline.settings import Settings
+from streams import kafka
+from streams.batch_consumer import BatchConsumer, contract_topics
+from streams.messages import Incoming
+
+pytestmark = [pytest.mark.kafka]
+
+TOPICS = ("predictions", "features", "labels")
+
+
+def _produce(settings: Settings, topic: str, count: int, partitions: int, start: int = 0) -> None:
+    producer = kafka.producer(settings)
+    for i in range(start, start + count):
+        producer.produce(settings.topic(topic), key=b"m", value=f"{topic}-{i}".encode(), partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+def _committed(settings: Settings, group: str, topic: str, partitions: int) -> dict[int, int]:
+    probe = Consumer({**settings.kafka_config(), "group.id": group})
+    try:
+        tps = probe.committed([TopicPartition(settings.topic(topic), p) for p in range(partitions)], timeout=30)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        probe.close()
+
+
+def _poll_until(consumer: BatchConsumer, want: int, timeout: float = 30) -> list[Incoming]:
+    got: list[Incoming] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        poll = consumer.poll(0.5)
+        got += [m for messages in poll.by_topic.values() for m in messages]
+    return got
+
+
+def test_polls_batches_by_topic_and_commits_only_what_was_acknowledged(kafka_settings: Settings, unique: str) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=2)
+    _produce(kafka_settings, "predictions", 300, 2)
+    _produce(kafka_settings, "labels", 10, 2)
+    group = f"g-{unique}"
+    consumer = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=1000)
+    try:
+        got = _poll_until(consumer, 310)
+        assert len(got) == 310
+        assert {m.topic for m in got} == {"predictions", "labels"}
+        values = {m.value.decode() for m in got}
+        assert values == {f"predictions-{i}" for i in range(300)} | {f"labels-{i}" for i in range(10)}
+        for m in got:
+            assert m.full_topic == kafka_settings.topic(m.topic)
+            assert (m.token.topic, m.token.partition, m.token.offset) == (m.full_topic, m.partition, m.offset)
+        # acknowledge the predictions of partition 0 up to offset 41 only, and no label at all
+        done = [m.token for m in got if m.topic == "predictions" and m.partition == 0 and m.offset <= 41]
+        assert consumer.ack(done) == 1
+    finally:
+        consumer.close()
+    assert _committed(kafka_settings, group, "predictions", 2) == {0: 42, 1: -1001}
+    assert _committed(kafka_settings, group, "labels", 2) == {0: -1001, 1: -1001}
+
+    # the next member of the group starts where the acknowledged messages end
+    again = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=1000)
+    try:
+        rest = _poll_until(again, 310 - 42)
+    finally:
+        again.close()
+    assert len(rest) == 310 - 42
+    assert not [m for m in rest if m.topic == "predictions" and m.partition == 0 and m.offset < 42]
+
+
+def test_a_poll_is_bounded_by_bytes(kafka_settings: Settings, unique: str) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
+    producer = kafka.producer(kafka_settings)
+    for i in range(40):
+        producer.produce(kafka_settings.topic("predictions"), value=bytes([i]) * 100_000)
+    assert producer.flush(30) == 0
+    consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS),
+                             max_messages=1000, max_bytes=500_000)
+    try:
+        sizes = []
+        deadline = time.monotonic() + 30
+        while sum(sizes) < 40 and time.monotonic() < deadline:
+            poll = consumer.poll(0.5)
+            if poll.count:
+                sizes.append(poll.count)
+    finally:
+        consumer.close()
+    assert sum(sizes) == 40
+    # the first poll takes one message to learn the size; every later one about 500 kB: 5 of 100 kB
+    assert sizes[0] == 1 and max(sizes) == 5, sizes
+
+
+def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_acknowledgement(
+    kafka_settings: Settings, unique: str
+) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=4)
+    _produce(kafka_settings, "predictions", 400, 4)
+    group = f"g-{unique}"
+    revoked: list[int] = []
+    first = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=50,
+                          on_revoked=lambda partitions: revoked.append(len(partitions)), session_timeout_seconds=10)
+    second = None
+    try:
+        seen = _poll_until(first, 100)
+        generation = first.generation
+        # acknowledge only what was seen of the first 10 messages of each partition
+        acked = [m.token for m in seen if m.offset < 10]
+        first.ack(acked)
+        start = {p: 1 + max((t.offset for t in acked if t.partition == p), default=-1) for p in range(4)}
+        second = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=50,
+                               session_timeout_seconds=10)
+        # both members must poll for the group to rebalance; what a member polled in an older
+        # generation is stale (the worker discards it), so only the current generation's polls count
+        polls: dict[str, list[tuple[int, list[Incoming]]]] = {"first": [], "second": []}
+        members = {"first": first, "second": second}
+
+        def current() -> dict[str, list[Incoming]]:
+            return {name: [m for g, ms in polls[name] if g == members[name].generation for m in ms] for name in polls}
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(map(len, current().values())) < 400 - sum(start.values()):
+            for name, member in members.items():
+                poll = member.poll(0.2)
+                polls[name].append((poll.generation, poll.by_topic.get("predictions", [])))
+        after = current()
+        assert revoked, "the first member saw no revocation"
+        assert first.generation > generation
+        assert after["second"], "the second member got no partition"
+        # every partition restarts after its last acknowledged offset in the new generation, and the
+        # messages after a rebalance cover the rest exactly once, by the member that owns the partition
+        firsts: dict[int, int] = {}
+        for m in after["first"] + after["second"]:
+            firsts[m.partition] = min(firsts.get(m.partition, m.offset), m.offset)
+        assert firsts == start
+        owners = {p: {n for n, ms in after.items() for m in ms if m.partition == p} for p in range(4)}
+        assert all(len(o) == 1 for o in owners.values()), owners
+        offsets = sorted((m.partition, m.offset) for ms in after.values() for m in ms)
+        assert offsets == sorted((p, o) for p in range(4) for o in range(start[p], 100))
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
