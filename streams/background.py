@@ -2,10 +2,11 @@
 
 The streams worker hands its raw-row inserts to a :class:`BackgroundWriter`:
 most of an insert is waiting for ClickHouse's answer, which the worker can
-spend decoding and monitoring the next part of its messages. The caller must
+spend decoding and monitoring its next messages. The caller must
 :meth:`~BackgroundWriter.wait` for the writes before it acknowledges the
 messages they came from; ``wait`` raises a write's failure, so nothing whose
-write failed is ever acknowledged.
+write failed is ever acknowledged. :meth:`~BackgroundWriter.check` raises a
+failure without waiting.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class BackgroundWriter:
     ...
     ZeroDivisionError: division by zero
     >>> writer.wait()  # the failure was reported once
+    >>> writer.submit(lambda: [][0])
+    >>> writer.wait() if False else writer._queue.join()  # (a write fails while the caller works on)
+    >>> writer.check()
+    Traceback (most recent call last):
+    ...
+    IndexError: list index out of range
     >>> writer.close()
     """
 
@@ -56,6 +63,12 @@ class BackgroundWriter:
     def wait(self) -> None:
         """Block until every submitted write is done; raise the first failure since the last ``wait``."""
         self._queue.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def check(self) -> None:
+        """Raise the first failure since the last ``wait`` or ``check``, without waiting for anything."""
         error, self._error = self._error, None
         if error is not None:
             raise error

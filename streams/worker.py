@@ -1,6 +1,6 @@
 """The streams worker's service: decode, validate, monitor, write, and say what may be acknowledged.
 
-Everything here is synchronous and independent of Faust: the Faust app
+Everything here is synchronous and independent of Kafka and Faust: the app
 (``streams.app``) hands each batch of consumed messages to
 :meth:`WorkerService.handle` on one dedicated thread, and acknowledges the
 tokens it returns. The same object can be driven directly in tests.
@@ -16,16 +16,17 @@ Delivery and crash safety:
   those windows are dropped, so a window is never written from part of its
   events. Windows sample with seeds derived from their key, so the rewrite of
   an open window is bit-identical;
-- after a rebalance, everything in memory is dropped: Faust seeks every
-  assigned partition back to its committed offset;
-- the raw rows are inserted on a writer thread while the service monitors and
-  writes windows; :meth:`WorkerService.handle` waits for those inserts before
-  it releases anything, so no message is acknowledged before its raw rows are
-  in the warehouse either.
+- after a rebalance, everything in memory is dropped: the consumer starts
+  every assigned partition again from its committed offset;
+- the raw rows are inserted on a writer thread while the service goes on
+  with the next messages; before :meth:`WorkerService.handle` (or ``tick``)
+  releases anything, it waits for every insert submitted so far, so no
+  message is acknowledged before its raw rows are in the warehouse either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import zlib
@@ -40,6 +41,7 @@ from retrainer.policy import Policy, load_policy
 from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
 from streams.background import BackgroundWriter
 from streams.codec import Codec, DecodeError, default_codec
+from streams.codec_bulk import DecodedGroup, decode_bulk
 from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
     NOT_IN_WINDOW,
@@ -55,7 +57,7 @@ from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check
 from streams.core.windows import Windowing
 from streams.messages import Incoming
 from streams.observability import WorkerMetrics
-from streams.records import FeatureBatch, FeatureEvent, LabelEvent, ModelEvent, PredictionBatch, PredictionEvent
+from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from streams.references import ReferenceProvider
 from streams.sinks import ClosedWindow, Rejected, Sinks
 
@@ -101,6 +103,7 @@ class WorkerOptions:
     index_ttl_hours: float = 24.0
     index_max_entries: int = 200_000
     write_raw: bool = True
+    raw_insert_rows: int = 50_000
     task: str | None = None
 
 
@@ -111,10 +114,44 @@ class _Group:
     batches: list[PredictionBatch] = field(default_factory=list)
     owners: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, batch: PredictionBatch, messages: list[int]) -> None:
+    def add(self, batch: PredictionBatch, owners: np.ndarray) -> None:
         # a batch comes from one message; a batch of single events has one message per row
         self.batches.append(batch)
-        self.owners.append(np.full(batch.n, messages[0]) if len(messages) == 1 else np.asarray(messages))
+        self.owners.append(owners)
+
+
+@dataclass
+class _Part:
+    """Decoded messages of one part of a poll: single events in columns, every other message alone.
+
+    ``groups`` and ``others`` index ``messages`` (see :class:`streams.codec_bulk.BulkDecoded`).
+    """
+
+    messages: list[Incoming]
+    groups: list[DecodedGroup]
+    others: list[tuple[int, Any]]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+def part_bounds(events: np.ndarray, max_events: int) -> list[tuple[int, int]]:
+    """Message ranges ``[lo, hi)`` of about ``max_events`` events each: a part ends at the message that
+    reaches the bound, and holds at least one message.
+
+    >>> part_bounds(np.array([100, 100, 100, 100, 1]), 250)
+    [(0, 3), (3, 5)]
+    >>> part_bounds(np.array([1000, 1]), 250)
+    [(0, 1), (1, 2)]
+    """
+    total = np.cumsum(events)
+    bounds: list[tuple[int, int]] = []
+    lo, base = 0, 0
+    while lo < events.size:
+        hi = min(max(int(np.searchsorted(total, base + max_events, side="left")) + 1, lo + 1), events.size)
+        bounds.append((lo, hi))
+        base, lo = int(total[hi - 1]), hi
+    return bounds
 
 
 class WorkerService:
@@ -153,6 +190,8 @@ class WorkerService:
         # window writes; handle() waits for them before it releases any message. At most two wait,
         # which bounds the memory of the rows they hold.
         self.raw_writes = BackgroundWriter("driftline-raw-writes", max_pending=2)
+        self._raw_pending: list[tuple[list[PredictionBatch], str]] = []
+        self._raw_rows = 0
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
 
     def _new_monitor(self) -> Monitor:
@@ -185,18 +224,13 @@ class WorkerService:
             parts = ((lambda part: self._handle_inputs(topic, part), part) for part in self._parts(topic, fresh))
         else:
             raise ValueError(f"the worker does not consume topic {topic!r}")
-        try:
-            for handle_part, part in parts:
-                read = handle_part(part)
-                done = self.now_ms()
-                for model_id, source in read:
-                    self.monitor.touch(model_id, source, done, labels=topic == "labels")
-                self._close(done)
-        finally:
-            # no message is released before every write it contributed to is done; a failed write raises here
-            self.raw_writes.wait()
-        released = self.ledger.release(self.monitor.is_done)
-        self._gauges()
+        for handle_part, part in parts:
+            read = handle_part(part)
+            done = self.now_ms()
+            for model_id, source in read:
+                self.monitor.touch(model_id, source, done, labels=topic == "labels")
+            self._close(done)
+        released = self._release()
         self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
         return released
 
@@ -206,13 +240,43 @@ class WorkerService:
         now = self.now_ms()
         self._close(now)
         self._scheduled(now)
+        # raw rows wait at most a tick to be written, so drill-down queries see them soon
+        self._flush_raw()
+        return self._release()
+
+    def _raw(self, batches: list[PredictionBatch], token: str) -> None:
+        # Raw rows are gathered into inserts of about ``raw_insert_rows``: ClickHouse takes one
+        # insert of 50,000 rows far faster than fifty of 1,000 (a part per insert).
+        self._raw_pending.append((batches, token))
+        self._raw_rows += sum(b.n for b in batches)
+        if self._raw_rows >= self.options.raw_insert_rows:
+            self._flush_raw()
+
+    def _flush_raw(self) -> None:
+        if not self._raw_pending:
+            return
+        batches = [b for part, _ in self._raw_pending for b in part]
+        token = combined_token([t for _, t in self._raw_pending])
+        self._raw_pending, self._raw_rows = [], 0
+        self.raw_writes.submit(lambda: self.sinks.write_predictions(batches, token))
+
+    def _release(self) -> list[Any]:
+        # The raw rows are written only when messages are released (or enough have gathered): none
+        # may be acknowledged before its raw rows are in the warehouse, but the next messages need
+        # not wait for them. A failed insert raises here, before anything is released.
+        self.raw_writes.check()
         released = self.ledger.release(self.monitor.is_done)
+        if released:
+            self._flush_raw()
+            self.raw_writes.wait()
         self._gauges()
         return released
 
     def reset(self) -> int:
         """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
         dropped = self.ledger.clear()
+        # their messages are not acknowledged: Kafka delivers them again, and they are written then
+        self._raw_pending, self._raw_rows = [], 0
         self.monitor = self._new_monitor()
         self._last_offset.clear()
         self._triggers.clear()
@@ -241,22 +305,28 @@ class WorkerService:
             out.append(m)
         return out
 
-    def _parts(self, topic: str, messages: Sequence[Incoming]) -> Iterator[list[tuple[Incoming, Any]]]:
-        """The messages decoded, in parts of at most about ``max_take_events`` events (at least one message)."""
-        part: list[tuple[Incoming, Any]] = []
-        events = 0
-        for m in messages:
-            try:
-                record: Any = self.codec.decode(m.value, topic=topic)
-            except DecodeError as exc:
-                record = exc
-            part.append((m, record))
-            events += record.n if isinstance(record, (PredictionBatch, FeatureBatch)) else 1
-            if events >= self.options.max_take_events:
-                yield part
-                part, events = [], 0
-        if part:
-            yield part
+    def _parts(self, topic: str, messages: Sequence[Incoming]) -> Iterator[_Part]:
+        """The messages decoded, in parts of at most about ``max_take_events`` events (at least one message).
+
+        Single events are decoded together, straight into columns (``decode_bulk``); batches and
+        anything else one by one.
+        """
+        if not messages:
+            return
+        decoded = decode_bulk(self.codec, [m.value for m in messages], topic=topic)
+        events = np.ones(len(messages), dtype=np.int64)
+        for i, record in decoded.others:
+            if isinstance(record, (PredictionBatch, FeatureBatch)):
+                events[i] = record.n
+        for lo, hi in part_bounds(events, self.options.max_take_events):
+            groups = []
+            for g in decoded.groups:
+                a, b = (int(x) for x in np.searchsorted(g.messages, [lo, hi]))
+                if a < b:
+                    batch = g.batch if b - a == g.batch.n else take_rows(g.batch, np.arange(a, b))
+                    groups.append(DecodedGroup(batch, g.has_predictions, g.messages[a:b] - lo))
+            others = [(i - lo, record) for i, record in decoded.others if lo <= i < hi]
+            yield _Part(list(messages[lo:hi]), groups, others)
 
     def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
         self.metrics.dlq.labels(reason=reason).inc()
@@ -266,22 +336,18 @@ class WorkerService:
         return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value,
                         reason, detail, now, model_id)
 
-    def _handle_inputs(self, topic: str, decoded: Sequence[tuple[Incoming, Any]]) -> set[tuple[str, Any]]:
-        """Ingest decoded messages (a record, or the DecodeError of a message that did not decode)."""
-        messages = [m for m, _ in decoded]
+    def _handle_inputs(self, topic: str, part: _Part) -> set[tuple[str, Any]]:
+        """Ingest one decoded part: its batches, its single events (already in columns per model
+        version), and the DecodeErrors of messages that did not decode."""
+        messages = part.messages
         now = self.now_ms()
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
-        # Single events are gathered per model version and turned into one batch: building,
-        # validating and writing columns once per group instead of once per event.
-        singles: dict[tuple[str, str, bool], list[tuple[int, PredictionEvent | FeatureEvent]]] = defaultdict(list)
-        for i, (m, record) in enumerate(decoded):
+        for i, record in part.others:
+            m = messages[i]
             try:
                 if isinstance(record, DecodeError):
                     raise record
-                if isinstance(record, (PredictionEvent, FeatureEvent)):
-                    singles[(record.model_id, record.model_version, isinstance(record, PredictionEvent))].append((i, record))
-                    continue
                 batch, has_predictions = _as_batch(record)
             except DecodeError as exc:
                 rejected.append(self._rejected(m, exc.reason, exc.message, now))
@@ -292,28 +358,31 @@ class WorkerService:
             if problem is not None:
                 rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
                 continue
-            groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group()).add(batch, [i])
-        for key, items in singles.items():
-            batch = _events_batch([e for _, e in items])
+            groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group()).add(
+                batch, np.full(batch.n, i))
+        # Single events come in one batch per model version: validated, written and monitored once.
+        for g in part.groups:
+            batch = g.batch
+            key = (batch.model_id, batch.model_version, g.has_predictions)
             if self._problem(batch, now) is None:
-                groups.setdefault(key, _Group()).add(batch, [i for i, _ in items])
+                groups.setdefault(key, _Group()).add(batch, g.messages)
                 continue
             # the unit of rejection is the message: find the events at fault, one by one (bad input only)
-            for i, event in items:
-                one = _events_batch([event])
+            for row in range(batch.n):
+                one = take_rows(batch, np.array([row]))
                 problem = self._problem(one, now)
                 if problem is None:
-                    groups.setdefault(key, _Group()).add(one, [i])
+                    groups.setdefault(key, _Group()).add(one, g.messages[row:row + 1])
                 else:
-                    rejected.append(self._rejected(messages[i], problem.reason, problem.detail, now, event.model_id))
+                    rejected.append(self._rejected(messages[int(g.messages[row])], problem.reason, problem.detail,
+                                                   now, batch.model_id))
         # one batch per model version: the raw insert and the monitor both take it whole
         batches = {key: concat_batches(group.batches) for key, group in groups.items()}
 
         token = batch_token(messages)
         self.sinks.reject(rejected, token)
         if self.options.write_raw and topic == "predictions":
-            raw = list(batches.values())
-            self.raw_writes.submit(lambda: self.sinks.write_predictions(raw, token))
+            self._raw(list(batches.values()), token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
         read: set[tuple[str, Any]] = set()
@@ -580,11 +649,23 @@ def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
     raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
 
 
-def _events_batch(events: list[PredictionEvent | FeatureEvent]) -> PredictionBatch:
-    """Columns of single events of one model version, all predictions or all feature events."""
-    if isinstance(events[0], PredictionEvent):
-        return PredictionBatch.from_events(events)  # type: ignore[arg-type]
-    return FeatureBatch.from_events(events).as_batch()  # type: ignore[arg-type]
+def combined_token(tokens: Sequence[str]) -> str:
+    """One deduplication token for the rows of several tokens written together.
+
+    One token stays as it is; several are named by the first and a digest of
+    all (a token of dozens of offset ranges would be long). The same messages
+    handled in the same parts make the same token again after a crash; if the
+    parts differ, ReplacingMergeTree's key still collapses the repeated rows.
+
+    >>> combined_token(["p:0:1-9:ab"])
+    'p:0:1-9:ab'
+    >>> combined_token(["p:0:1-9:ab", "p:0:10-19:cd"])
+    'p:0:1-9:ab+1:65bc8d15240ee011'
+    """
+    if len(tokens) == 1:
+        return tokens[0]
+    digest = hashlib.blake2b("\n".join(tokens).encode(), digest_size=8).hexdigest()
+    return f"{tokens[0]}+{len(tokens) - 1}:{digest}"
 
 
 def batch_token(messages: Iterable[Incoming]) -> str:

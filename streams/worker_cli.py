@@ -73,6 +73,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.index_max_entries}, about 60 MiB)")
     g.add_argument("--task", choices=("classification", "regression"), default=_env("task", str, None),
                    help="what the labels grade (default: inferred per window)")
+    g.add_argument("--raw-insert-rows", type=int, default=_env("raw-insert-rows", int, d.raw_insert_rows),
+                   help="raw predictions are inserted once about this many have gathered, or once a tick "
+                        f"(default {d.raw_insert_rows})")
     g.add_argument("--no-raw", dest="write_raw", action="store_false", default=True,
                    help="do not write raw predictions and labels to ClickHouse")
     g.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", str, "json"),
@@ -101,6 +104,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         index_ttl_hours=args.index_ttl_hours,
         index_max_entries=args.index_max_entries,
         write_raw=args.write_raw,
+        raw_insert_rows=args.raw_insert_rows,
         task=args.task,
     )
 

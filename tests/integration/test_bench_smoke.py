@@ -58,3 +58,11 @@ def test_throughput_prints_its_results_and_ratios(kafka_bootstrap: str, warehous
         assert re.search(rf"^RATIO throughput mode={mode} n=\d+ {NUMBER}/{NUMBER} events/s = {NUMBER}x of target",
                          out, re.M), out
     assert re.search(rf"^RATIO rss batched 4N/N = \d+/\d+ MiB = {NUMBER} target<=", out, re.M), out
+
+
+def test_decode_bulk_prints_its_ratios() -> None:
+    out = _run("decode_bulk.py", "--quick")
+    assert re.search(rf"^RESULT n=2,000 numeric=20 categorical=2 attributes=0 missing=0% "
+                     rf"slow_us_per_event={NUMBER}\.\.{NUMBER} bulk_us_per_event={NUMBER}\.\.{NUMBER}", out, re.M), out
+    assert re.search(rf"^RATIO decode n=2,000 .* slow/bulk={NUMBER}x \(range {NUMBER}\.\.{NUMBER}\) target>=4x (MET|NOT MET)$",
+                     out, re.M), out
