@@ -765,13 +765,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_service(bench, "single", n_single, args.per_window, 25, out)
         out(window_compute.machine_line())
     finally:
-        bench.cleanup()
-        stack.stop()
-        if args.keep:
-            say(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        tear_down(bench, stack, home, keep=args.keep, say=say)
     return 0
+
+
+def tear_down(bench: Any, stack: Stack, home: Path, *, keep: bool, say: Callable[[str], None]) -> None:
+    """Drop the benchmark's topics and databases, stop what it started, and remove (or keep) its directory."""
+    bench.cleanup()
+    stack.stop()
+    if keep:
+        say(f"kept {home}")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -124,9 +124,11 @@ class PredictionIndex:
         if self.max_pending < 0:
             raise ValueError("max_pending must be >= 0")
         self.stats = IndexStats()
-        # event_id -> sequence number, in order of arrival. Rows are found from it by a search in
-        # ``_seqs`` (ascending), so compaction moves rows without rebuilding this per id.
-        self._rows: OrderedDict[str, int] = OrderedDict()
+        # event_id -> sequence number, in order of arrival (a dict keeps insertion order, and a
+        # re-sent id is popped and put back, so the order is that of the sequence numbers). Rows
+        # are found from it by a search in ``_seqs`` (ascending), so compaction moves rows
+        # without rebuilding this per id.
+        self._rows: dict[str, int] = {}
         self._next_seq = 0
         # label id -> (label, time it started waiting; None before the first expire)
         self._pending: OrderedDict[str, tuple[object, int | None]] = OrderedDict()
@@ -210,13 +212,14 @@ class PredictionIndex:
         self._alive[start:stop] = True
         self._size = stop
 
-        replaced = []
         rows = self._rows
-        for event_id, seq in zip(ids.tolist(), range(first, first + n)):
-            old = rows.pop(event_id, None)  # pop, so that a re-sent id counts as newest
-            if old is not None:
-                replaced.append(old)
-            rows[event_id] = seq
+        id_list = ids.tolist()
+        known = len(rows)
+        # Usually every id is new: then the batch is merged in C, without a Python step per id.
+        rows.update(zip(id_list, range(first, first + n)))
+        replaced: list[int] = []
+        if len(rows) != known + n:
+            replaced = self._readd(id_list, first, start)
         if replaced:
             self._alive[self._row_of(replaced)] = False
         self.stats.added += n
@@ -224,9 +227,34 @@ class PredictionIndex:
 
         excess = len(rows) - self.max_entries
         if excess > 0:
-            self._alive[self._row_of([rows.popitem(last=False)[1] for _ in range(excess)])] = False
+            # ``_rows`` is in order of sequence number, and so are the live rows of the columns:
+            # the earliest added are the first live rows.
+            oldest = np.flatnonzero(self._alive[: self._size])[:excess]
+            for event_id in self._ids[oldest].tolist():
+                del rows[event_id]
+            self._alive[oldest] = False
             self.stats.evicted += excess
         return joined
+
+    def _readd(self, id_list: list[str], first: int, start: int) -> list[int]:
+        """Redo, id by id, the merge of a batch whose ids were not all new; return the replaced sequence numbers.
+
+        The one-go merge put a stored or repeated id at its first place with its last sequence
+        number, where a re-sent id must count as newest. The sequence numbers it overwrote are
+        those of the live rows before ``start`` with an id of the batch (rare: replays, retries).
+        """
+        rows = self._rows
+        batch = set(id_list)
+        before = np.flatnonzero(self._alive[:start])
+        replaced = self._seqs[before[[event_id in batch for event_id in self._ids[before].tolist()]]].tolist()
+        for event_id in id_list:  # back to the index without this batch
+            rows.pop(event_id, None)
+        for event_id, seq in zip(id_list, range(first, first + len(id_list))):
+            old = rows.pop(event_id, None)  # pop, so that an id repeated in the batch counts as newest
+            if old is not None:
+                replaced.append(old)
+            rows[event_id] = seq
+        return replaced
 
     def join(self, event_ids: Sequence[str], labels: Sequence[object]) -> JoinedLabels:
         """Match labels to stored predictions; keep the others pending."""

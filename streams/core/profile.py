@@ -97,6 +97,33 @@ def _opt(x: float | None) -> float | None:
     return None if x is None else float(x)
 
 
+# Below this many values, a binary search per value costs less than a pass per cut.
+_COUNT_BY_PASSES = 64
+
+
+def bin_counts(cuts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many of ``values`` fall in each bin of ``np.searchsorted(cuts, values, side="right")``.
+
+    ``cuts`` must be strictly increasing and ``values`` free of NaN. The result
+    equals ``np.bincount(np.searchsorted(cuts, values, side="right"),
+    minlength=len(cuts) + 1)``, but takes one vectorised comparison per cut
+    instead of one binary search per value, whose branches a CPU mispredicts
+    on every other step: a window's dozen cuts are ten times faster this way.
+
+    >>> bin_counts(np.array([0.0, 1.0, 2.0]), np.array([-5.0, 0.0, 0.5, 1.0, 2.0, 7.0])).tolist()
+    [1, 2, 1, 2]
+    """
+    if values.size < _COUNT_BY_PASSES:
+        return np.bincount(np.searchsorted(cuts, values, side="right"), minlength=cuts.size + 1)
+    # at_least[k]: values >= cuts[k], so bin k holds at_least[k - 1] - at_least[k]
+    at_least = np.array([np.count_nonzero(values >= cut) for cut in cuts.tolist()], dtype=np.int64)
+    counts = np.empty(at_least.size + 1, dtype=np.int64)
+    counts[0] = values.size - at_least[0]
+    np.subtract(at_least[:-1], at_least[1:], out=counts[1:-1])
+    counts[-1] = at_least[-1]
+    return counts
+
+
 # ----------------------------------------------------------------------------- column parsing
 
 
@@ -421,6 +448,9 @@ class BottomKSample:
             self.values = np.concatenate([self.values, values])
             self.keys = np.concatenate([self.keys, keys])
             return
+        if self.values.size == 0:
+            self._keep(values, keys)  # more values than capacity: what it keeps is a copy
+            return
         if self.values.size == self.capacity:
             # Only keys below the largest kept key can enter (ties are broken by value).
             take = keys <= self.keys.max()
@@ -432,6 +462,13 @@ class BottomKSample:
         if keys.size <= k:
             self.values, self.keys = values, keys
             return
+        if keys.size >= 4 * k:
+            # The keys are uniform over 64 bits: the k-th smallest of N lies near k/N of their
+            # range, and the keys below twice that are a small part of the array that holds the
+            # whole sample (unless fewer than k are, all but impossible: then every key is used).
+            few = np.flatnonzero(keys < _U64(min(int(2.0 * k / keys.size * 2.0**64), _MASK64)))
+            if few.size >= k:
+                values, keys = values[few], keys[few]
         kth = np.partition(keys, k - 1)[k - 1]
         keep = keys < kth
         tied = np.flatnonzero(keys == kth)
@@ -495,7 +532,7 @@ class NumericWindow:
         self.missing += n_missing
         if v.size == 0:
             return
-        self.counts += np.bincount(np.searchsorted(self.cuts, v, side="right"), minlength=len(self.counts))
+        self.counts += bin_counts(self.cuts, v)
         self.sample.offer(v, _sample_keys(self.base, self.count, v.size))
         b_mean = float(v.mean())
         d = v - b_mean
@@ -703,11 +740,12 @@ class WindowProfile:
         (p5, p25, p50, p75, p95 of the sample; empty if none), histogram (the
         bin counts: open-low, inner bins, open-high; or categories then other).
         """
+        quantiles = self._sample_quantiles()
         rows = []
         for f in self.features:
             if f in self.numeric:
                 w = self.numeric[f]
-                q = np.quantile(w.sample.values, SUMMARY_QUANTILES).tolist() if w.sample.values.size else []
+                q = quantiles.get(f, [])
                 rows.append({"feature": f, "kind": "numeric", "count": w.count, "missing": w.missing,
                              "mean": w.mean if w.count else None, "std": w.std, "min": w.min, "max": w.max,
                              "quantiles": q, "histogram": w.counts.tolist()})
@@ -717,6 +755,23 @@ class WindowProfile:
                              "mean": None, "std": None, "min": None, "max": None,
                              "quantiles": [], "histogram": c.counts.tolist()})
         return rows
+
+    def _sample_quantiles(self) -> dict[str, list[float]]:
+        """The summary quantiles of every non-empty numeric sample.
+
+        Samples of one size (usually all: the window's sample size) go through one
+        ``np.quantile`` along the rows of their stack, which computes each row as
+        ``np.quantile`` of that sample alone would.
+        """
+        by_size: dict[int, list[str]] = {}
+        for f, w in self.numeric.items():
+            if w.sample.values.size:
+                by_size.setdefault(w.sample.values.size, []).append(f)
+        out: dict[str, list[float]] = {}
+        for names in by_size.values():
+            stack = np.stack([self.numeric[f].sample.values for f in names])
+            out.update(zip(names, np.quantile(stack, SUMMARY_QUANTILES, axis=1).T.tolist()))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

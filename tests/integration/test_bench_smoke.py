@@ -66,3 +66,12 @@ def test_decode_bulk_prints_its_ratios() -> None:
                      rf"slow_us_per_event={NUMBER}\.\.{NUMBER} bulk_us_per_event={NUMBER}\.\.{NUMBER}", out, re.M), out
     assert re.search(rf"^RATIO decode n=2,000 .* slow/bulk={NUMBER}x \(range {NUMBER}\.\.{NUMBER}\) target>=4x (MET|NOT MET)$",
                      out, re.M), out
+
+
+@pytest.mark.kafka
+@pytest.mark.warehouse
+def test_service_profile_prints_its_result(kafka_bootstrap: str, warehouse_server) -> None:
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
+    out = _run("service_profile.py", "--n", "2000", "--per-window", "1000", "--repeats", "1", "--warmup", "0", env=env)
+    assert re.search(rf"^RESULT WorkerService.handle n=2000 per_window=1000 raw=yes runs=1 events_per_s "
+                     rf"median={NUMBER} min={NUMBER} max={NUMBER} cpu_s median={NUMBER}", out, re.M), out

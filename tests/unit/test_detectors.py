@@ -132,3 +132,44 @@ def test_configuration_and_input_errors_are_clear():
     with pytest.raises(ValueError, match="format"):
         ChangeDetectorBank.from_state({"format": 99})
     assert bank.update("s", np.array([np.nan])) == []
+
+
+def _one_value_at_a_time(detector, xs):
+    """river's documented way of feeding a detector: update, then read drift_detected."""
+    hits = []
+    for i, v in enumerate(xs):
+        detector.update(v)
+        if detector.drift_detected:
+            hits.append(i)
+    return hits
+
+
+@pytest.mark.parametrize("params", [{}, {"clock": 1, "grace_period": 1, "min_window_length": 1}, {"clock": 4}])
+def test_adwin_fed_in_bulk_drifts_where_and_as_river_one_value_at_a_time_does(params):
+    rng = np.random.default_rng(11)
+    # means that jump every 700 values: many drifts, each one resetting the detector
+    x = (rng.random(14_000) + np.repeat(rng.integers(0, 6, 20), 700) * 0.4).tolist()
+    slow, fast = DETECTORS["adwin"](**params), DETECTORS["adwin"](**params)
+    expected = _one_value_at_a_time(slow, x)
+    assert len(expected) >= 10
+    # cut the stream right after some drifts too: the reset due then happens at the next call's first value
+    cuts = sorted({0, len(x), *(i + 1 for i in expected[::3]), *rng.integers(0, len(x), 5).tolist()})
+    got = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        got += [lo + i for i in detectors._feed(fast, x[lo:hi])]
+        assert fast.drift_detected == slow.drift_detected or hi != len(x)
+    assert got == expected
+    assert (fast.width, fast.total, fast.n_detections, fast.drift_detected) == (
+        slow.width, slow.total, slow.n_detections, slow.drift_detected)
+    assert pickle.dumps(fast) == pickle.dumps(slow)
+
+
+def test_adwin_in_bulk_leaves_a_drift_on_the_last_value_as_river_does():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 0.1, 3000), rng.normal(3, 0.1, 3000)]).tolist()
+    first = _one_value_at_a_time(DETECTORS["adwin"](), x)[0]
+    slow, fast = DETECTORS["adwin"](), DETECTORS["adwin"]()
+    assert _one_value_at_a_time(slow, x[: first + 1])[-1] == detectors._feed(fast, x[: first + 1])[-1] == first
+    assert slow.drift_detected and fast.drift_detected  # the reset is still to come
+    assert _one_value_at_a_time(slow, x[first + 1:]) == detectors._feed(fast, x[first + 1:])
+    assert pickle.dumps(fast) == pickle.dumps(slow)

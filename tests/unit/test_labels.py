@@ -219,3 +219,29 @@ def test_memory_stays_bounded_and_operations_are_fast():
     assert len(index) == 19_500 and index.stats.joined == 50_000 and index.stats.evicted == 30_500
     assert index._ids.size <= 4 * (20_000 + 1000)  # capacity, in rows
     assert elapsed < 2.0
+
+
+def test_a_batch_with_stored_and_repeated_ids_is_merged_as_id_by_id():
+    # a batch of new ids is merged in one go; one that repeats or re-sends ids is redone id by id
+    index = PredictionIndex(max_entries=12, ttl_ms=10**9, max_pending=10)
+    ref = ReferenceIndex(12, 10**9, 10)
+    batches = [
+        [f"a{i}" for i in range(8)],
+        ["b0", "a3", "b1", "a0", "b1", "b2"],  # two stored ids, one repeated new id
+        ["c0", "c1", "c2", "c0", "c0"],  # repeats only
+        [f"d{i}" for i in range(6)],  # evicts the oldest, in the order the id-by-id merge left them
+    ]
+    for k, ids in enumerate(batches):
+        n = len(ids)
+        times, scores = np.arange(n) + 100 * k, np.round(np.linspace(0, 1, n), 3)
+        got = index.add(ids, "v", times, scores, [None] * n, {})
+        assert rows_of(got) == ref.add(ids, "v", times, scores, [None] * n, {})
+        assert len(index) == len(ref.rows) and index.stats == ref.stats
+    # a re-sent or repeated id counts as newest: a0, b1 and c0 outlive ids added after them first
+    assert (index.stats.replaced, index.stats.evicted) == (5, 8)
+    every = [f"{p}{i}" for p in "abcd" for i in range(8)]
+    got = index.join(every, ["1"] * len(every))
+    want, unmatched = ref.join(every, ["1"] * len(every))
+    assert rows_of(got) == want and got.unmatched == unmatched
+    assert [r[0] for r in want] == ["a0", "b1", "b2", "c0", "c1", "c2", "d0", "d1", "d2", "d3", "d4", "d5"]
+    assert [r[2] for r in want][:4] == [103, 104, 105, 204]  # the newest copy of each

@@ -360,3 +360,63 @@ def test_stable_seed_is_stable_and_non_negative() -> None:
 
 def test_profile_docstring_examples_run() -> None:
     assert doctest.testmod(profile).failed == 0
+
+
+# ----------------------------------------------------------------------------- the fast paths give what the plain ones give
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 5_000])
+def test_bin_counts_equal_bincount_of_searchsorted(n) -> None:
+    rng = np.random.default_rng(n)
+    ref = NumericReference.build("x", rng.poisson(3, 2_000).astype(float), bins=10, sample_size=100, seed=0)
+    # values on the edges, just beside them, beyond both ends, and -0.0 next to 0.0
+    pool = np.concatenate([ref.edges, np.nextafter(ref.edges, -np.inf), np.nextafter(ref.edges, np.inf),
+                           [-1e300, 1e300, -0.0, 0.0], rng.normal(3, 3, 50)])
+    v = rng.choice(pool, n)
+    want = np.bincount(np.searchsorted(ref.cuts, v, side="right"), minlength=ref.n_bins)
+    got = profile.bin_counts(ref.cuts, v)
+    assert got.dtype == np.int64 and got.tolist() == want.tolist()
+
+
+def _bottom_k_by_sorting(values: np.ndarray, keys: np.ndarray, k: int) -> tuple[list, list]:
+    """The k smallest (key, value) pairs, ties of keys to the smaller values, in their original order."""
+    order = np.lexsort((values, keys))[:k]
+    keep = np.sort(order)
+    return values[keep].tolist(), keys[keep].tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bottom_k_of_a_large_offer_is_the_k_smallest_keys_in_order(seed) -> None:
+    rng = np.random.default_rng(seed)
+    for n, k in [(50_000, 1_000), (4_000, 1_000), (3_999, 1_000), (10_000, 7)]:
+        values = rng.normal(size=n)
+        keys = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        if seed == 2:  # windows that share a seed: many equal keys
+            keys = rng.choice(keys[:50], n)
+        s = BottomKSample(k)
+        s.offer(values, keys)
+        assert (s.values.tolist(), s.keys.tolist()) == _bottom_k_by_sorting(values, keys, k)
+        assert not np.shares_memory(s.values, values)
+    # keys crowded at the top of the range: the cheap bound leaves fewer than k, so every key is used
+    keys = np.uint64(2**64 - 1) - rng.integers(0, 10**6, 8_000).astype(np.uint64)
+    values = rng.normal(size=8_000)
+    s = BottomKSample(500)
+    s.offer(values, keys)
+    assert (s.values.tolist(), s.keys.tolist()) == _bottom_k_by_sorting(values, keys, 500)
+
+
+def test_summary_quantiles_are_numpys_for_samples_of_any_sizes() -> None:
+    ref = make_reference()
+    rng = np.random.default_rng(4)
+    w = WindowProfile.empty(ref, seed=3, sample_size=300)
+    x = rng.normal(10, 2, 2_000)
+    w.update({"x": x, "k": np.full(2_000, np.nan)}, {}, rng.random(2_000))
+    w.update({"k": rng.poisson(2, 40).astype(float)}, {}, n=40)  # a sample of another size
+    rows = {r["feature"]: r for r in w.summary_rows()}
+    for f in ("x", "k", PREDICTION_FEATURE):
+        want = np.quantile(w.numeric[f].sample.values, [0.05, 0.25, 0.5, 0.75, 0.95]).tolist()
+        assert rows[f]["quantiles"] == want  # exactly: same numbers, same rounding
+    assert w.numeric["k"].sample.values.size == 40 and w.numeric["x"].sample.values.size == 300
+    empty = WindowProfile.empty(ref, seed=3)
+    empty.update({}, {"c": ["a"]})
+    assert all(r["quantiles"] == [] for r in empty.summary_rows())
