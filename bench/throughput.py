@@ -696,7 +696,9 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200_000, help="batched events of the first run (4N in the second)")
+    parser.add_argument("--n", type=int, default=400_000,
+                        help="batched events of the first run (4N in the second); the default is twice the label "
+                             "index (200,000), so that both runs measure its steady state")
     parser.add_argument("--n-single", type=int, default=None, help="single events (default N/4)")
     parser.add_argument("--per-window", type=int, default=10_000, help="events per event-time window of the backlogs")
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size of the backlogs")

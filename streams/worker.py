@@ -384,7 +384,7 @@ class WorkerService:
         if self.options.write_raw and topic == "predictions":
             self._raw(list(batches.values()), token)
 
-        holds: dict[int, list[Hold]] = defaultdict(list)
+        holds: list[tuple[Hold, ...]] = [()] * len(messages)
         read: set[tuple[str, Any]] = set()
         for (model_id, version, has_predictions), group in groups.items():
             if not self.policy.for_model(model_id).monitoring.enabled:
@@ -402,14 +402,21 @@ class WorkerService:
             if in_window.any():
                 latest = np.full(len(messages), NOT_IN_WINDOW, dtype=np.int64)
                 np.maximum.at(latest, owners[in_window], ingested.window_ends[in_window])
-                for i in np.unique(owners[in_window]).tolist():
-                    holds[i].append(Hold(PREDICTIONS, model_id, version, int(latest[i])))
+                held = np.flatnonzero(latest != NOT_IN_WINDOW)
+                # One Hold per window end, shared by the messages that wait for it, so that the
+                # ledger sees runs of identical holds (thousands of single events, one entry).
+                ends, codes = np.unique(latest[held], return_inverse=True)
+                shared = [(Hold(PREDICTIONS, model_id, version, end),) for end in ends.tolist()]
+                for i, code in zip(held.tolist(), codes.tolist()):
+                    holds[i] = holds[i] + shared[code] if holds[i] else shared[code]
             if ingested.holds:
-                holds[int(owners.max())].extend(ingested.holds)
+                last = int(owners.max())
+                holds[last] = holds[last] + tuple(ingested.holds)
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
-        for i, m in enumerate(messages):
-            self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
+        add = self.ledger.add
+        for m, held_by in zip(messages, holds):
+            add((m.full_topic, m.partition), m.offset, m.token, held_by)
         return read
 
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
@@ -682,14 +689,19 @@ def batch_token(messages: Iterable[Incoming]) -> str:
     'prod.predictions:0:7-8:f8e1180f'
     """
     ranges: dict[tuple[str, int], list[int]] = {}
-    checksum = 0
+    chunks: list[bytes] = []
     for m in messages:
         if not m.full_topic:
             raise ValueError(f"message {m.topic}[{m.partition}]@{m.offset} has no full topic name")
         r = ranges.setdefault((m.full_topic, m.partition), [m.offset, m.offset])
-        r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
+        if m.offset < r[0]:
+            r[0] = m.offset
+        elif m.offset > r[1]:
+            r[1] = m.offset
         if m.key:
-            checksum = zlib.crc32(m.key, checksum)
-        checksum = zlib.crc32(m.value, checksum)
+            chunks.append(m.key)
+        chunks.append(m.value)
+    # the CRC of the concatenation is the chained CRC of the parts, in one call
+    checksum = zlib.crc32(b"".join(chunks))
     spans = ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
     return f"{spans}:{checksum:08x}"

@@ -76,14 +76,15 @@ class AckLedger(Generic[T]):
 
     def add(self, partition: Hashable, offset: int, token: T, holds: list[Hold] | tuple[Hold, ...]) -> None:
         queue = self._pending.setdefault(partition, deque())
-        held = tuple(holds)
+        held = holds if type(holds) is tuple else tuple(holds)
         if queue:
             tail = queue[-1]
             if offset <= tail.last:
                 raise ValueError(
                     f"offsets must increase per partition: got {offset} after {tail.last} on {partition!r}"
                 )
-            if tail.holds == held:
+            # the caller shares one tuple among the messages of a window: identity is the usual match
+            if tail.holds is held or tail.holds == held:
                 tail.last, tail.token = offset, token
                 tail.count += 1
                 self._size += 1
