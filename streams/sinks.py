@@ -10,7 +10,9 @@ written last, because it is what the worker reads at start
 (``Warehouse.latest_closed_window``) to decide that a window was already
 written: a crash before it means the window is computed and written again,
 never that its DriftReport is skipped. Likewise the ``n_labeled`` row of a
-performance window marks that window written.
+performance window marks that window written. The change detectors' state
+after a window (``detector_states``) is written before its marker, and read
+back only up to the last marked window.
 
 Transient failures are retried with backoff (about 35 s in all by default);
 a write that keeps failing raises :class:`SinkError`, and the worker stops
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
+import river
 
 from driftline.settings import Settings
 from streams import kafka
@@ -38,7 +41,7 @@ from streams.core.detectors import DETECTORS
 from streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
 from streams.webhook import AlertWebhook
 from streams.warehouse import Warehouse, WarehouseError
-from streams.warehouse_rows import DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+from streams.warehouse_rows import DetectorStateRow, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,12 @@ def profile_rows(outcome_profile: WindowProfile, model_id: str, model_version: s
     return rows
 
 
+def _state_row(outcome: WindowOutcome | PerformanceOutcome, stream: str, computed_at: int) -> DetectorStateRow:
+    return DetectorStateRow(outcome.model_id, outcome.model_version, stream, outcome.window_end,
+                            outcome.detector_state or b"", computed_at,
+                            detectors=[c.detector for c in outcome.changes], river_version=river.__version__)
+
+
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -276,6 +285,10 @@ class Sinks:
         for report in reports:
             self._publish("drift", report.model_id, report)
         self._decisions([r for w in windows for r in w.requests], [a for w in windows for a in w.alerts], token)
+        states = [_state_row(w.outcome, "score", computed_at) for w in windows if w.outcome.detector_state is not None]
+        if states:
+            self._retry("insert of change-detector states",
+                        lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:score:{token}"))
         rows = [row for w in windows for row in profile_rows(w.outcome.profile, w.outcome.model_id,
                                                                w.outcome.model_version, w.outcome.window_start,
                                                                w.outcome.window_end, computed_at)]
@@ -298,6 +311,10 @@ class Sinks:
             self._retry("insert of error-stream change counts",
                         lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"))
         self._decisions(requests, alerts, token)
+        if outcome.detector_state is not None:
+            state = _state_row(outcome, "error", computed_at)
+            self._retry("insert of change-detector states",
+                        lambda: self.warehouse.insert_detector_states([state], dedup_token=f"detectors:error:{token}"))
         rows = [PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), computed_at,
                                segment=r.segment) for r in outcome.rows]
         rows.append(PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at))
@@ -408,6 +425,48 @@ class Sinks:
                 attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
             ))
         return batches
+
+    def detector_state(self, model_id: str, model_version: str, stream: str, through: int) -> bytes | None:
+        """The change-detector state of a version's ``stream`` after the last window written up to ``through``."""
+        return self._retry("reading the change-detector state",
+                           lambda: self.warehouse.latest_detector_state(model_id, model_version, stream, through))
+
+    def waiting_labels(self, model_id: str, since_ms: int, limit: int) -> list[LabelEvent]:
+        """Labels of ``model_id`` that may have been waiting for their prediction when the worker stopped.
+
+        Their messages were acknowledged as soon as they waited, so Kafka will
+        not deliver them again. These are the labels stored since ``since_ms``
+        (the index's time to live) that no written label window counts: no
+        prediction has their ``event_id``, or its version's label windows were
+        written only up to before the label's event time. At most ``limit``,
+        the latest stored, returned oldest first.
+        """
+        def query() -> list[dict[str, Any]]:
+            return self.warehouse.query_rows(
+                "SELECT l.event_id AS event_id, toUnixTimestamp64Milli(l.event_time) AS event_time, "
+                "l.label_value AS label_value, l.label_class AS label_class, l.ingested_at AS ingested_at "
+                "FROM (SELECT event_id, event_time, label_value, label_class, ingested_at FROM labels FINAL "
+                "      WHERE model_id = {model_id:String} "
+                "      AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) AS l "
+                # only the predictions of these labels: the key (model_id, event_id) finds them
+                "LEFT JOIN (SELECT event_id, argMax(model_version, ingested_at) AS model_version FROM predictions "
+                "           WHERE model_id = {model_id:String} AND event_id IN "
+                "           (SELECT event_id FROM labels WHERE model_id = {model_id:String} "
+                "            AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) "
+                "           GROUP BY event_id) AS p ON l.event_id = p.event_id "
+                "LEFT JOIN (SELECT model_version, max(window_end) AS through FROM performance_metrics "
+                "           WHERE model_id = {model_id:String} AND metric = {marker:String} AND segment = '' "
+                "           GROUP BY model_version) AS w ON p.model_version = w.model_version "
+                # a missing row of a LEFT JOIN reads as the column's default: '' and 1970
+                "WHERE p.event_id = '' OR l.event_time >= w.through "
+                "ORDER BY l.ingested_at DESC, l.event_id DESC LIMIT {limit:UInt64}",
+                {"model_id": model_id, "since": int(since_ms), "marker": N_LABELED, "limit": int(limit)},
+            )
+
+        rows = self._retry("reading the labels that waited for their predictions", query)
+        rows.reverse()
+        return [LabelEvent(r["event_id"], model_id, int(r["event_time"]),
+                           r["label_class"] if r["label_class"] is not None else r["label_value"]) for r in rows]
 
     def latest_window(self, model_id: str, model_version: str) -> int | None:
         return self._retry("reading the latest written window",

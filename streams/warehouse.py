@@ -20,6 +20,7 @@ chdb turns epoch-millisecond integers into the year 9999 without an error.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import re
@@ -39,6 +40,7 @@ from schemas import CLICKHOUSE_DIR
 from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 from streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
 from streams.warehouse_rows import (
+    DetectorStateRow,
     DriftMetricRow,
     ModelVersionRow,
     PerformanceRow,
@@ -391,6 +393,9 @@ class Warehouse:
     def insert_performance_metrics(self, rows: Sequence[PerformanceRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
         return self.insert("performance_metrics", columns(rows, PerformanceRow), dedup_token=dedup_token)
 
+    def insert_detector_states(self, rows: Sequence[DetectorStateRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+        return self.insert("detector_states", columns(rows, DetectorStateRow), dedup_token=dedup_token)
+
     def insert_predictions(self, batches: PredictionBatch | Sequence[PredictionBatch], *, dedup_token: str | None = None) -> int:
         """Insert one or more batches as a single Arrow block."""
         if isinstance(batches, PredictionBatch):
@@ -482,6 +487,21 @@ class Warehouse:
             {"model_id": model_id, "model_version": model_version},
         )
         return int(rows[0]["end_ms"]) if rows[0]["n"] else None
+
+    def latest_detector_state(self, model_id: str, model_version: str, stream: str, at_or_before_ms: int) -> bytes | None:
+        """The change-detector state of a version's stream after its latest window ending at or before
+        ``at_or_before_ms`` (``DetectorStateRow.state``), or None.
+
+        The state is binary: it travels as base64, which a String column of the
+        driver's results could not carry unchanged.
+        """
+        rows = self.query_rows(
+            "SELECT base64Encode(state) AS state FROM detector_states "
+            "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND stream = {stream:String} "
+            "AND window_end <= fromUnixTimestamp64Milli({at:Int64}, 'UTC') ORDER BY window_end DESC LIMIT 1",
+            {"model_id": model_id, "model_version": model_version, "stream": stream, "at": int(at_or_before_ms)},
+        )
+        return base64.b64decode(rows[0]["state"]) if rows else None
 
     def training_snapshot(self, model_id: str, start_ms: int, end_ms: int) -> pa.Table:
         """Labelled predictions of ``model_id`` with ``start_ms <= event_time < end_ms``.

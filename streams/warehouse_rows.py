@@ -30,6 +30,7 @@ RETRAIN_STATUSES = ("requested", "training", "registered", "rejected", "failed")
 RETRAIN_REASONS = ("drift", "performance", "schedule", "manual")
 ALERT_SEVERITIES = ("info", "warning", "critical")
 PROFILE_KINDS = ("numeric", "categorical")
+DETECTOR_STREAMS = ("score", "error")
 # rejected_events keeps the head of a bad message: enough to diagnose it, bounded so a huge message cannot bloat the table.
 MAX_RAW_BYTES = 64 * 1024
 
@@ -134,6 +135,34 @@ class PerformanceRow:
 
 
 @dataclass(frozen=True)
+class DetectorStateRow:
+    """The change detectors of one stream after one closed window (table ``detector_states``).
+
+    ``stream`` is ``score`` or ``error``; ``state`` the bytes of
+    ``ChangeDetectorBank.stream_state``.
+
+    >>> row = DetectorStateRow("credit", "3", "score", 60_000, b"pickled", 61_000, detectors=["adwin"])
+    >>> columns([row], DetectorStateRow)["window_end"], columns([row], DetectorStateRow)["state"]
+    ([60000], [b'pickled'])
+    """
+
+    model_id: str
+    model_version: str
+    stream: str
+    window_end: int
+    state: bytes
+    computed_at: int
+    detectors: Sequence[str] = ()
+    river_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.stream not in DETECTOR_STREAMS:
+            raise ValueError(f"stream must be one of {DETECTOR_STREAMS}, not {self.stream!r}")
+        if not isinstance(self.state, (bytes, bytearray)):
+            raise TypeError(f"state must be bytes, got {type(self.state).__name__}")
+
+
+@dataclass(frozen=True)
 class RejectedEventRow:
     """An input message that failed decoding or validation (table ``rejected_events``).
 
@@ -221,6 +250,10 @@ def columns(rows: Sequence[Any], row_type: type) -> Columns:
             out[name] = [np.asarray(v).tolist() for v in out[name]]
     if "categories" in out:
         out["categories"] = [{str(k): int(c) for k, c in v.items()} for v in out["categories"]]
+    if "detectors" in out:
+        out["detectors"] = [list(v) for v in out["detectors"]]
+    if "state" in out:
+        out["state"] = [bytes(v) for v in out["state"]]
     return out
 
 

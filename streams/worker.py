@@ -447,6 +447,10 @@ class WorkerService:
                 continue
             by_model[record.model_id].append((i, record))
 
+        for model_id in by_model:
+            if self.policy.for_model(model_id).monitoring.enabled:
+                # before this batch's raw rows are written, so that its labels are not read back as waiting
+                self._recover(model_id)
         token = batch_token(messages)
         self.sinks.reject(rejected, token)
         if self.options.write_raw:
@@ -492,15 +496,48 @@ class WorkerService:
             self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
         return {(model_id, None) for model_id in by_model}
 
-    def _recover(self, model_id: str, version: str) -> None:
-        if self.monitor.needs_recovery(model_id, version):
-            through = self.sinks.latest_window(model_id, version)
-            self.monitor.recover(model_id, version, through)
-            self.monitor.recover_labels(model_id, version, self.sinks.latest_label_window(model_id, version))
-            if through is not None:
-                log.info("%s v%s: windows up to %d were written before; replayed events of them are skipped",
-                         model_id, version, through, extra={"model_id": model_id, "version": version, "through": through})
-            self._rebuild_triggers(model_id, version, through)
+    def _recover(self, model_id: str, version: str | None = None) -> None:
+        """Pick up what was written before a start or rebalance, before the first batch that needs it.
+
+        Per model: the labels that were waiting for their predictions (their
+        messages were acknowledged, so Kafka does not deliver them again). Per
+        version (unless ``version`` is None): how far its windows were written,
+        its change detectors as of those windows, and its trigger states.
+        """
+        if self.monitor.needs_label_restore(model_id):
+            since = self.now_ms() - self.monitor.index_ttl_ms
+            waiting = self.sinks.waiting_labels(model_id, since, self.monitor.index_max_entries)
+            n = self.monitor.restore_labels(
+                model_id, [e.event_id for e in waiting], [e.label for e in waiting],
+                np.fromiter((e.event_time for e in waiting), dtype=np.int64, count=len(waiting)), now_ms=self.now_ms())
+            if n:
+                log.info("%s: %d label(s) stored before wait for their predictions again", model_id, n,
+                         extra={"model_id": model_id, "restored_labels": n})
+        if version is None or not self.monitor.needs_recovery(model_id, version):
+            return
+        through = self.sinks.latest_window(model_id, version)
+        label_through = self.sinks.latest_label_window(model_id, version)
+        self.monitor.recover(model_id, version, through)
+        self.monitor.recover_labels(model_id, version, label_through)
+        if through is not None:
+            log.info("%s v%s: windows up to %d were written before; replayed events of them are skipped",
+                     model_id, version, through, extra={"model_id": model_id, "version": version, "through": through})
+        for stream, written in (("score", through), ("error", label_through)):
+            state = None if written is None else self.sinks.detector_state(model_id, version, stream, written)
+            if state is None:
+                continue
+            try:
+                resumed = self.monitor.restore_detectors(model_id, version, stream, state)
+            except ValueError as exc:
+                # detectors that start afresh are better than a worker that cannot start
+                log.warning("%s v%s: the %s stream's change detectors start afresh: %s", model_id, version, stream, exc,
+                            extra={"model_id": model_id, "version": version, "stream": stream})
+                continue
+            if resumed is not None:
+                log.info("%s v%s: change detectors of the %s stream resumed as of %d: %s", model_id, version, stream,
+                         written, ", ".join(resumed) or "none",
+                         extra={"model_id": model_id, "version": version, "stream": stream, "through": written})
+        self._rebuild_triggers(model_id, version, through)
 
     def _rebuild_triggers(self, model_id: str, version: str, through: int | None) -> None:
         """Pick up the trigger states where they were: fold the evaluator over the windows already written.

@@ -12,6 +12,8 @@ measurements behind each choice.
 
 from __future__ import annotations
 
+import inspect
+import io
 import itertools
 import operator
 import pickle
@@ -53,6 +55,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 _STATE_FORMAT = 1
+_STREAM_STATE_FORMAT = 1
 
 
 @dataclass
@@ -180,6 +183,61 @@ class ChangeDetectorBank:
             )
         return stream
 
+    def stream_state(self, key: str) -> bytes | None:
+        """The state of ``key``'s detectors as bytes, to resume them elsewhere (None: never updated).
+
+        The worker stores it with each closed window (``detector_states``), so
+        that a restarted worker resumes the detectors where that window left them.
+        """
+        stream = self._streams.get(key)
+        if stream is None:
+            return None
+        return pickle.dumps({
+            "format": _STREAM_STATE_FORMAT,
+            "river": river.__version__,
+            "binary": stream.binary,
+            "params": {n: self.params[n] for n in stream.detectors},
+            "detectors": stream.detectors,
+        }, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore_stream(self, key: str, state: bytes) -> list[str]:
+        """Resume ``key``'s detectors from ``stream_state`` bytes; return the names resumed.
+
+        A detector that this bank no longer runs is dropped; one it runs with
+        other parameters than the state's, or that the state lacks, starts
+        afresh. Only river's classes are unpickled (see ``_RiverUnpickler``),
+        yet the bytes must come from a trusted store. Raises ValueError on
+        bytes it cannot read, leaving ``key`` as it was.
+
+        >>> import numpy as np
+        >>> x = np.r_[np.zeros(2_000), np.ones(2_000)]
+        >>> whole = ChangeDetectorBank()
+        >>> [e.index for e in whole.update("v1:score", x)]
+        [2015]
+        >>> first = ChangeDetectorBank()
+        >>> first.update("v1:score", x[:1_000])
+        []
+        >>> resumed = ChangeDetectorBank()
+        >>> resumed.restore_stream("v1:score", first.stream_state("v1:score"))
+        ['adwin']
+        >>> [e.index + 1_000 for e in resumed.update("v1:score", x[1_000:])]
+        [2015]
+        """
+        try:
+            saved = _loads(state)
+            if not isinstance(saved, dict) or saved.get("format") != _STREAM_STATE_FORMAT:
+                found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+                raise ValueError(f"unsupported change-detector stream state format {found!r}")
+            binary = bool(saved["binary"])
+            params, detectors = dict(saved["params"]), dict(saved["detectors"])
+        except Exception as exc:
+            raise ValueError(f"cannot restore the change detectors of stream {key!r} (running river "
+                             f"{river.__version__}): {exc}") from exc
+        names = [n for n in self.names if binary or n not in BINARY_DETECTORS]
+        resumed = [n for n in names if n in detectors and params.get(n) == self.params[n]]
+        self._streams[key] = _Stream(binary, {n: detectors[n] if n in resumed else self._make(n) for n in names})
+        return resumed
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as plain data (detectors pickled).
 
@@ -205,7 +263,7 @@ class ChangeDetectorBank:
         try:
             for key, s in state["streams"].items():
                 bank._streams[key] = _Stream(
-                    bool(s["binary"]), {n: pickle.loads(blob) for n, blob in s["detectors"].items()}
+                    bool(s["binary"]), {n: _loads(blob) for n, blob in s["detectors"].items()}
                 )
         except Exception as exc:
             raise ValueError(
@@ -213,6 +271,54 @@ class ChangeDetectorBank:
                 f"(running {river.__version__}): {exc}"
             ) from exc
         return bank
+
+
+# What a detector's pickle may name besides river's own classes (river 0.26: KSWIN keeps a deque,
+# numpy scalars and a random.Random; PageHinkley a bound method of itself).
+_PICKLE_GLOBALS = frozenset({
+    ("collections", "deque"),
+    ("random", "Random"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+})
+
+
+class _RiverUnpickler(pickle.Unpickler):
+    """An unpickler that builds river detectors and nothing else.
+
+    A pickle can call any global it names; this one resolves only river's
+    classes, the few containers their state holds, and ``getattr`` for bound
+    methods of river objects. States are read back from the warehouse, so this
+    narrows what a forged row could do; it does not make untrusted bytes safe.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name == "getattr":
+            return _river_method
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        if module == "river" or module.startswith("river."):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__.startswith("river"):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a change-detector state")
+
+
+def _river_method(obj: Any, name: str) -> Any:
+    # what pickle stores for a bound method: getattr(instance, name)
+    method = None if name.startswith("__") else getattr(obj, name, None)
+    if not (inspect.ismethod(method) and method.__self__ is obj and type(obj).__module__.startswith("river.")):
+        raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a change-detector state")
+    return method
+
+
+def _loads(data: bytes) -> Any:
+    """``pickle.loads`` restricted to river detectors (see ``_RiverUnpickler``)."""
+    return _RiverUnpickler(io.BytesIO(data)).load()
 
 
 def _feed(detector: Any, xs: list[float]) -> list[int]:

@@ -270,7 +270,21 @@ class WorkerEnv:
             "SELECT alert_id, kind, severity, toUnixTimestamp64Milli(occurred_at) AS at FROM alerts FINAL "
             "WHERE model_id = {m:String} ORDER BY at, alert_id", m=model_id)
         return {"drift": drift, "profiles": profiles, "reports": reports, "requests": requests, "alerts": alerts,
-                "predictions": self.count("predictions", "model_id = {m:String}", m=model_id)}
+                "predictions": self.settled_predictions(model_id)}
+
+    def settled_predictions(self, model_id: str, timeout: float = 30) -> int:
+        """The model's raw predictions once no more arrive. The worker writes the raw rows of messages
+        still waiting for a window at least once a tick (0.25 s here), so two equal counts a second
+        apart mean every row it read is in."""
+        deadline = time.monotonic() + timeout
+        last = self.count("predictions", "model_id = {m:String}", m=model_id)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self.count("predictions", "model_id = {m:String}", m=model_id)
+            if now == last:
+                return now
+            last = now
+        return last
 
     def logs(self) -> str:
         return "\n".join(w.log_tail() for w in self.workers)

@@ -1,0 +1,92 @@
+"""What a restarted worker reads back from ClickHouse: the change detectors' state of the last written
+window, and the labels that were waiting for their predictions."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from driftline.settings import Settings
+from streams.core.detectors import ChangeDetectorBank
+from streams.records import LabelEvent, PredictionBatch
+from streams.sinks import N_LABELED, Sinks
+from streams.warehouse import Warehouse
+from streams.warehouse_rows import DetectorStateRow, PerformanceRow
+
+pytestmark = pytest.mark.warehouse
+
+T0 = 1_735_689_600_000
+HOUR = 3_600_000
+
+
+@pytest.fixture
+def warehouse(warehouse_url: str):
+    with Warehouse.connect(warehouse_url, migrate=True) as wh:
+        yield wh
+
+
+def sinks(warehouse: Warehouse) -> Sinks:
+    # no Kafka: these reads and writes go to the warehouse only
+    return Sinks(Settings(), warehouse, producer=None, attempts=1)
+
+
+def test_the_latest_state_at_or_before_a_window_comes_back_byte_for_byte(warehouse: Warehouse) -> None:
+    bank = ChangeDetectorBank(names=("adwin", "kswin"))
+    states = []
+    for i in range(3):
+        bank.update("1:score", np.random.default_rng(i).normal(size=600))
+        states.append(bank.stream_state("1:score"))
+    assert all(b"\x00" in s for s in states)  # binary, not text
+    now = int(time.time() * 1000)
+    rows = [DetectorStateRow("m", "1", "score", T0 + (i + 1) * 60_000, s, now, detectors=["adwin", "kswin"])
+            for i, s in enumerate(states)]
+    rows.append(DetectorStateRow("m", "1", "error", T0 + 60_000, b"\xff\xfe error", now))
+    rows.append(DetectorStateRow("m", "2", "score", T0 + 60_000, b"other version", now))
+    assert warehouse.insert_detector_states(rows, dedup_token="t1") == 5
+    assert warehouse.insert_detector_states(rows, dedup_token="t1") == 5  # a retry: counted once
+    assert warehouse.query_rows("SELECT count() AS n FROM detector_states")[0]["n"] == 5
+
+    s = sinks(warehouse)
+    assert s.detector_state("m", "1", "score", T0 + 3 * 60_000) == states[2]
+    # a crash after the third window's state but before its marker: the second window's state is read
+    assert s.detector_state("m", "1", "score", T0 + 2 * 60_000 + 59_999) == states[1]
+    assert s.detector_state("m", "1", "score", T0 + 59_999) is None
+    assert s.detector_state("m", "1", "error", T0 + 10 * 60_000) == b"\xff\xfe error"
+    assert s.detector_state("m", "3", "score", T0 + 10 * 60_000) is None
+    resumed = ChangeDetectorBank(names=("adwin", "kswin"))
+    assert resumed.restore_stream("1:score", s.detector_state("m", "1", "score", T0 + 3 * 60_000)) == ["adwin", "kswin"]
+
+
+def test_waiting_labels_are_those_that_no_written_label_window_counts(warehouse: Warehouse) -> None:
+    """Labels stored within the time to live, whose prediction is unknown or whose label window is unwritten."""
+    s = sinks(warehouse)
+    now = int(time.time() * 1000)
+    # predictions of version 1 for p1..p3 and of version 2 for q1; none for w1, w2
+    warehouse.insert_predictions([
+        PredictionBatch("m", "1", ["p1", "p2", "p3"], np.array([T0, T0 + 1, T0 + 2]), predictions=np.array([0.1, 0.2, 0.3])),
+        PredictionBatch("m", "2", ["q1"], np.array([T0 + 3]), predictions=np.array([0.4])),
+        PredictionBatch("other", "1", ["w2"], np.array([T0]), predictions=np.array([0.5])),
+    ])
+    # version 1's label windows were written up to T0 + 1 h + 60 s; version 2 has none
+    warehouse.insert_performance_metrics([PerformanceRow("m", "1", N_LABELED, T0 + HOUR, T0 + HOUR + 60_000, 5.0, 5, now)])
+    warehouse.insert_labels([
+        LabelEvent("p1", "m", T0 + HOUR + 10, 1.0),  # counted in a written window: not waiting
+        LabelEvent("p2", "m", T0 + HOUR + 60_000, "yes"),  # its window is not written: it may have waited
+        LabelEvent("q1", "m", T0 + 10, 0.0),  # version 2 wrote no label window
+        LabelEvent("w1", "m", T0 + 20, 1.0),  # no prediction yet
+        LabelEvent("w2", "m", T0 + 20, 1.0),  # a prediction of another model only
+        LabelEvent("x1", "other", T0 + 20, 1.0),  # another model's label
+    ])
+    got = s.waiting_labels("m", now - HOUR, limit=100)
+    assert sorted((e.event_id, e.event_time, e.label) for e in got) == [
+        ("p2", T0 + HOUR + 60_000, "yes"), ("q1", T0 + 10, 0.0), ("w1", T0 + 20, 1.0), ("w2", T0 + 20, 1.0)]
+    assert all(e.model_id == "m" for e in got)
+    assert s.waiting_labels("m", now + HOUR, limit=100) == []  # stored before the time to live
+    assert len(s.waiting_labels("m", now - HOUR, limit=2)) == 2
+    # a label sent again replaces the earlier one
+    time.sleep(0.01)
+    warehouse.insert_labels([LabelEvent("w1", "m", T0 + 30, 0.0)])
+    (w1,) = [e for e in s.waiting_labels("m", now - HOUR, limit=100) if e.event_id == "w1"]
+    assert (w1.event_time, w1.label) == (T0 + 30, 0.0)
