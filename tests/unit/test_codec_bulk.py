@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -615,3 +616,360 @@ def test_generated_events_sharing_a_key_layout(items: list) -> None:
     fast, calls = check([encode_event(e) for e in items], topic="dlq")
     assert calls == sum(any(math.isinf(v) for v in e.numeric.values()) or math.isinf(getattr(e, "prediction", 0) or 0)
                         for e in items)
+
+
+# ---------------------------------------------------------------- batch messages (PredictionBatch, FeatureBatch)
+
+def packed(values: Any, dtype: str = "<f8") -> bytes:
+    return np.asarray(values, dtype=dtype).tobytes()
+
+
+def batch_datum(b: PredictionBatch | FeatureBatch) -> dict[str, Any]:
+    """The Avro datum of a batch, by the schema's docs (packed little-endian columns)."""
+    d: dict[str, Any] = {
+        "model_id": b.model_id, "model_version": b.model_version, "event_ids": list(b.event_ids),
+        "event_times": packed(b.event_times, "<i8"), "numeric": {k: packed(v) for k, v in b.numeric.items()},
+        "categorical": dict(b.categorical), "attributes": dict(b.attributes),
+    }
+    if isinstance(b, PredictionBatch):
+        d["predictions"] = packed(b.predictions)
+        d["predicted_labels"] = list(b.predicted_labels)
+        d["latency_ms"] = b"" if b.latency_ms is None else packed(b.latency_ms)
+    return d
+
+
+def encode_batch(d: dict[str, Any], *, header: bytes | None = None, pad: int = 0,
+                 blocks: dict[str, list[int]] | None = None, two_blocks: str = "", negative: bool = False,
+                 extra_items: dict[str, list[tuple[bytes, bytes]]] | None = None) -> bytes:
+    """The single-object encoding of a batch datum from the Avro specification (arrays and maps are
+    written like the maps of encode_event), with optional unusual but valid encoding choices; the datum
+    is written as it is, so that it may break the codec's rules (±inf, wrong column lengths).
+
+    ``blocks`` gives the block sizes of a field's arrays or maps (``categorical_values`` and
+    ``attribute_values`` name the arrays in those maps); ``two_blocks`` names a field whose arrays or
+    maps of two items or more are written in two blocks.
+    """
+    is_prediction = "predictions" in d
+    if header is None:
+        header = CODEC.schemas.current("PredictionBatch" if is_prediction else "FeatureBatch").header
+    blocks = blocks or {}
+    extra = extra_items or {}
+
+    def sizes(name: str, n: int) -> list[int] | None:
+        return blocks.get(name) or ([1, n - 1] if name == two_blocks and n > 1 else None)
+
+    def array(name: str, items: list, item: Any) -> bytes:
+        return avro_map([(item(x), b"") for x in items], sizes(name, len(items)), negative)
+
+    def text(x: str | bytes) -> bytes:
+        return string(x, pad)
+
+    def maybe_text(x: str | bytes | None) -> bytes:
+        return optional(None if x is None else text(x))
+
+    def field_map(name: str, value: Any) -> bytes:
+        items = [(text(k), value(v)) for k, v in d[name].items()] + extra.get(name, [])
+        return avro_map(items, sizes(name, len(items)), negative)
+
+    body = (text(d["model_id"]) + text(d["model_version"]) + array("event_ids", d["event_ids"], text)
+            + text(d["event_times"]) + field_map("numeric", text)
+            + field_map("categorical", lambda v: array("categorical_values", v, maybe_text)))
+    if is_prediction:
+        body += (text(d["predictions"]) + array("predicted_labels", d["predicted_labels"], maybe_text)
+                 + text(d["latency_ms"]))
+    return header + body + field_map("attributes", lambda v: array("attribute_values", v, text))
+
+
+def prediction_batch(j: int, n: int = 5, **changes: Any) -> PredictionBatch:
+    regions = ["eu", "us", None, "日本", "apac"]
+    values: dict[str, Any] = dict(
+        model_id="credit", model_version="3", event_ids=[f"b{j}-{i}" for i in range(n)],
+        event_times=T0 + np.arange(n, dtype=np.int64) + 1000 * j,
+        numeric={"age": 30.0 + np.arange(n), "income": np.linspace(0, 1, n) * j},
+        categorical={"region": [regions[(i + j) % 5] for i in range(n)], "channel": ["web"] * n},
+        predictions=np.full(n, 0.25), predicted_labels=[], latency_ms=np.full(n, 3.5),
+        attributes={"tier": ["gold"] * n})
+    values.update(changes)
+    return PredictionBatch(**values)
+
+
+def feature_batch(j: int, n: int = 5, **changes: Any) -> FeatureBatch:
+    b = prediction_batch(j, n)
+    values: dict[str, Any] = dict(model_id=b.model_id, model_version=b.model_version, event_ids=b.event_ids,
+                                  event_times=b.event_times, numeric=b.numeric, categorical=b.categorical,
+                                  attributes=b.attributes)
+    values.update(changes)
+    return FeatureBatch(**values)
+
+
+def batches(k: int = 10, n: int = 5) -> list[bytes]:
+    return [CODEC.encode(prediction_batch(j, n)) for j in range(k)]
+
+
+MIN_BATCH_MESSAGES = streams.codec_bulk._MIN_BATCH_MESSAGES
+MIN_BATCH_EVENTS = streams.codec_bulk._MIN_BATCH_EVENTS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_polls_of_batches() -> Iterator[None]:
+    """The fast path takes batch messages only in polls of at least 16 of them and 1000 events, where
+    it beats fastavro; these tests lower both to 8 messages and 1 event to exercise it on small
+    examples (test_small_polls_of_batches_go_one_by_one checks the real cut-offs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(streams.codec_bulk, "_MIN_BATCH_MESSAGES", 8)
+        patch.setattr(streams.codec_bulk, "_MIN_BATCH_EVENTS", 1)
+        yield
+
+
+def test_the_batch_hand_encoder_writes_what_fastavro_writes() -> None:
+    for b in (prediction_batch(0), prediction_batch(1, predicted_labels=["a", None, "ü", "", "x" * 70],
+                                                     latency_ms=None, numeric={}, attributes={}),
+              feature_batch(2)):
+        assert encode_batch(batch_datum(b)) == CODEC.encode(b)
+
+
+def test_batches_take_the_fast_path() -> None:
+    values = batches(10)
+    fast, calls = check(values)
+    assert calls == 0 and fast.groups == []
+    assert [i for i, _ in fast.others] == list(range(10))
+    b = fast.others[3][1]
+    assert type(b) is PredictionBatch and b.event_ids == ["b3-0", "b3-1", "b3-2", "b3-3", "b3-4"]
+    assert b.event_times.tolist() == [T0 + 3000 + i for i in range(5)]
+    assert b.numeric["income"].tolist() == [0.0, 0.75, 1.5, 2.25, 3.0]
+    assert b.categorical == {"region": ["日本", "apac", "eu", "us", None], "channel": ["web"] * 5}
+    assert b.attributes == {"tier": ["gold"] * 5} and b.predicted_labels == []
+    assert b.latency_ms.tolist() == [3.5] * 5
+
+
+def test_feature_batches_and_topics() -> None:
+    values = [CODEC.encode(feature_batch(j)) for j in range(9)]
+    fast, calls = check(values, topic="features")
+    assert calls == 0 and all(type(r) is FeatureBatch for _, r in fast.others)
+    # On the predictions topic a FeatureBatch is unexpected, and a PredictionBatch on features.
+    fast, _ = check(values, topic="predictions")
+    assert {e.reason for _, e in fast.others} == {"unexpected_record"}
+    fast, _ = check(batches(9), topic="features")
+    assert {e.reason for _, e in fast.others} == {"unexpected_record"}
+
+
+def test_small_polls_of_batches_go_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams.codec_bulk, "_MIN_BATCH_MESSAGES", MIN_BATCH_MESSAGES)
+    monkeypatch.setattr(streams.codec_bulk, "_MIN_BATCH_EVENTS", MIN_BATCH_EVENTS)
+    assert (MIN_BATCH_MESSAGES, MIN_BATCH_EVENTS) == (16, 1000)
+    _, calls = check(batches(15, n=100))
+    assert calls == 15
+    _, calls = check(batches(16, n=62))  # 992 events
+    assert calls == 16
+    _, calls = check([*batches(16, n=63), CODEC.encode(feature_batch(0, n=1000))])  # 1008 events
+    assert calls == 1
+
+
+def test_batches_among_single_events_and_broken_messages() -> None:
+    values = [CODEC.encode(event(0)), *batches(4), b"{oops", *batches(5), CODEC.encode(event(1)),
+              CODEC.encode(LabelEvent("e0", "credit", T0, 1.0))]
+    fast, calls = check(values, topic="dlq")
+    assert calls == 2  # the JSON and the label
+    assert fast.groups[0].messages.tolist() == [0, 11]
+    assert [type(r).__name__ for _, r in fast.others] == ["PredictionBatch"] * 4 + ["DecodeError"] + [
+        "PredictionBatch"] * 5 + ["LabelEvent"]
+
+
+def test_batches_of_different_sizes() -> None:
+    values = [CODEC.encode(prediction_batch(j, n)) for j, n in enumerate([3, 1, 40, 7, 7, 2, 9, 1, 5, 6, 300])]
+    fast, calls = check(values)
+    # past the 8th longest, the longer batches walk their last items one by one, still in the fast path
+    assert calls == 0 and len(fast.others) == 11
+
+
+def test_labels_latency_and_nulls() -> None:
+    values = [
+        CODEC.encode(prediction_batch(0, predicted_labels=["yes", None, "no", None, "日本"])),
+        CODEC.encode(prediction_batch(1, predicted_labels=[None] * 5)),  # kept, as the codec keeps it
+        CODEC.encode(prediction_batch(2, latency_ms=None)),
+        CODEC.encode(prediction_batch(3, categorical={"c": [None] * 5}, attributes={})),
+        CODEC.encode(prediction_batch(4, numeric={}, categorical={}, attributes={}, n=1)),
+        CODEC.encode(prediction_batch(5, predictions=np.array([np.nan, SNAN, NEG_NAN, -0.0, 1.0]),
+                                      numeric={"a": np.array([SNAN, NEG_NAN, -0.0, np.nan, 5e-324])})),
+        CODEC.encode(prediction_batch(6, event_times=np.array([-(2**63), -1, 0, 2**63 - 1, 2**62]))),
+        *batches(3),
+    ]
+    fast, calls = check(values)
+    assert calls == 0
+    assert fast.others[1][1].predicted_labels == [None] * 5 and fast.others[2][1].latency_ms is None
+    assert fast.others[6][1].event_times.tolist() == [-(2**63), -1, 0, 2**63 - 1, 2**62]
+
+
+def test_strings_that_need_the_careful_path() -> None:
+    odd = ["", "a\x00b", "x\x00", "é", "🙂" * 20, "k" * 100, "z" * 9000]  # NUL, long (2- and 3-byte lengths)
+    values = [
+        CODEC.encode(prediction_batch(0, n=7, event_ids=odd)),
+        CODEC.encode(prediction_batch(1, n=7, categorical={"c": odd, "d": [None, *odd[1:]]})),
+        CODEC.encode(prediction_batch(2, n=7, predicted_labels=odd[::-1], attributes={"t": odd, "\x00": odd})),
+        *[CODEC.encode(prediction_batch(j, n=7)) for j in range(3, 12)],
+    ]
+    fast, calls = check(values)
+    assert calls == 0
+    assert fast.others[0][1].event_ids == odd and fast.others[1][1].categorical["d"] == [None, *odd[1:]]
+
+
+def test_invalid_utf8_in_one_batch_leaves_the_others_fast() -> None:
+    good = batch_datum(prediction_batch(0))
+    values = [encode_batch({**good, "categorical": {"c": ["a", b"\xff", None, "b", "c"]}}),
+              encode_batch({**good, "event_ids": ["a", "b", b"\xed\xa0\x80", "c", "d"]}),  # a surrogate
+              encode_batch({**good, "attributes": {b"\xc0\x80": ["a"] * 5}}),               # an overlong NUL
+              encode_batch({**good, "model_version": b"\xe9"}),
+              encode_batch({**good, "predicted_labels": ["a", "b", "c", "d", b"\x80"]}),
+              encode_batch({**good, "numeric": {b"k\xff": packed([1.0] * 5)}}),
+              *batches(9)]
+    fast, calls = check(values)
+    assert calls == 6 and [(i, e.reason) for i, e in fast.others[:6]] == [(i, "avro_body") for i in range(6)]
+
+
+@pytest.mark.parametrize("changes", [
+    {"event_ids": [], "event_times": b"", "numeric": {}, "categorical": {}, "attributes": {}, "predictions": b"",
+     "latency_ms": b""},                                                   # an empty batch
+    {"event_times": packed([T0] * 4, "<i8")},
+    {"numeric": {"a": packed([1.0] * 6)}},
+    {"categorical": {"c": ["x"] * 4}},
+    {"categorical": {"c": []}},
+    {"attributes": {"t": ["x"] * 6}},
+    {"predictions": packed([1.0] * 4)},
+    {"predicted_labels": ["x"] * 4},
+    {"latency_ms": packed([1.0] * 6)},
+])
+def test_columns_of_the_wrong_length(changes: dict) -> None:
+    values = [encode_batch({**batch_datum(prediction_batch(0)), **changes}), *batches(9)]
+    fast, calls = check(values)
+    assert calls == 1 and fast.others[0][1].reason == "column_length"
+
+
+@pytest.mark.parametrize("changes", [{"numeric": {"a": packed([1.0, 2.0, np.inf, 4.0, 5.0])}},
+                                     {"predictions": packed([-np.inf] * 5)},
+                                     {"latency_ms": packed([1.0, 2.0, 3.0, 4.0, np.inf])}])
+def test_inf_in_a_batch_is_an_invalid_value(changes: dict) -> None:
+    values = [*batches(9), encode_batch({**batch_datum(prediction_batch(0)), **changes})]
+    fast, calls = check(values)
+    assert calls == 1 and fast.others[9][1].reason == "invalid_value"
+
+
+def test_unusual_encodings_of_batches() -> None:
+    d = batch_datum(prediction_batch(0, predicted_labels=["y", None, "n", "y", None]))
+    values = [
+        encode_batch(d, pad=1),                                    # non-minimal varints (2 bytes)
+        encode_batch(d, pad=3),                                    # non-minimal varints (4 bytes)
+        encode_batch(d, extra_items={"numeric": [(string("age"), string(packed([9.0] * 5)))],
+                                     "categorical": [(string("region"), avro_map([(optional(string("z")), b"")] * 5))],
+                                     "attributes": [(string("tier"), avro_map([(string("w"), b"")] * 5))]}),
+        encode_batch(d, blocks={"event_ids": [2, 3]}),             # an array in two blocks
+        encode_batch(d, blocks={"categorical_values": [4, 1]}),
+        encode_batch(d, blocks={"numeric": [1, 1]}),               # a map in two blocks
+        encode_batch(d, negative=True),                            # blocks with byte sizes
+        encode_batch(d) + b"\x00",                                 # a byte too many
+        encode_batch(d)[:-1],                                      # a byte too few
+        *batches(9),
+    ]
+    fast, calls = check(values)
+    assert calls == 6
+    assert fast.others[2][1].numeric["age"].tolist() == [9.0] * 5
+    assert fast.others[2][1].categorical["region"] == ["z"] * 5
+
+
+def test_a_newer_batch_schema_turns_the_batch_fast_path_off() -> None:
+    schemas = SchemaSet.load()
+    codec = CountingCodec(schemas)
+    v1 = batches(9)
+    fields = schemas.current("PredictionBatch").schema["fields"]
+    schemas.add({**schemas.current("PredictionBatch").schema, "fields": [fields[-1], *fields[:-1]]},
+                make_current=True)
+    values = [*v1, *[codec.encode(prediction_batch(j)) for j in range(9)]]
+    fast, calls = check(values, codec=codec)
+    assert calls == 18 and len(fast.others) == 18
+
+
+def test_many_batches_with_random_columns() -> None:
+    rng = np.random.default_rng(11)
+    words = ["eu", "us", "日本", "", "long-" * 20, None]
+    values = []
+    for j in range(40):
+        n = 300
+        names = [f"f{k}" for k in rng.permutation(12)[: rng.integers(0, 12)]]
+        values.append(CODEC.encode(PredictionBatch(
+            "credit", str(j % 3), [f"evt-{j}-{i}" for i in range(n)], T0 + rng.integers(0, 10**6, n),
+            numeric={k: rng.normal(size=n) for k in names},
+            categorical={f"c{k}": [words[x] for x in rng.integers(0, 6, n)] for k in range(rng.integers(0, 4))},
+            predictions=rng.random(n), predicted_labels=["yes", None] * (n // 2) if j % 2 else [],
+            latency_ms=rng.random(n) if j % 3 else None,
+            attributes={"tier": [["gold", "silver"][x] for x in rng.integers(0, 2, n)]} if j % 4 else {})))
+    fast, calls = check(values)
+    assert calls == 0 and len(fast.others) == 40
+
+
+TEXTS = st.one_of(TEXT, TEXT, TEXT, st.text(min_size=20, max_size=40))
+
+
+@st.composite
+def batch_data(draw: st.DrawFn, n: int | None = None, numbers: st.SearchStrategy = NUMBERS,
+               is_prediction: bool | None = None) -> dict[str, Any]:
+    """A random batch datum; with ``numbers`` holding ±inf it may be one the codec rejects."""
+    n = draw(st.integers(1, 6)) if n is None else n
+    column = st.lists(numbers, min_size=n, max_size=n).map(packed)
+    d: dict[str, Any] = dict(
+        model_id=draw(st.sampled_from(["credit", "fraud", "ü"])), model_version=draw(st.sampled_from(["1", "2"])),
+        event_ids=draw(st.lists(TEXTS, min_size=n, max_size=n)),
+        event_times=packed(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)), "<i8"),
+        numeric=draw(st.dictionaries(KEYS, column, max_size=4)),
+        categorical=draw(st.dictionaries(KEYS, st.lists(st.none() | TEXTS, min_size=n, max_size=n), max_size=3)),
+        attributes=draw(st.dictionaries(KEYS, st.lists(TEXTS, min_size=n, max_size=n), max_size=2)),
+    )
+    if is_prediction if is_prediction is not None else draw(st.booleans()):
+        d["predictions"] = draw(column)
+        d["predicted_labels"] = draw(st.just([]) | st.lists(st.none() | TEXTS, min_size=n, max_size=n))
+        d["latency_ms"] = draw(st.just(b"") | column)
+    return d
+
+
+@st.composite
+def batch_message(draw: st.DrawFn, n: int | None = None, is_prediction: bool | None = None) -> bytes:
+    """A batch, mostly as fastavro writes it, else in an unusual but valid encoding, or damaged."""
+    d = draw(batch_data(n, is_prediction=is_prediction))
+    how = draw(st.sampled_from(["plain"] * 6 + ["pad", "blocks", "negative", "cut", "flip", "append"]))
+    if how in ("pad", "blocks", "negative"):
+        fields = ["event_ids", "numeric", "categorical", "categorical_values", "attributes", "attribute_values",
+                  "predicted_labels"]
+        return encode_batch(d, pad=draw(st.integers(0, 2)) if how == "pad" else 0,
+                            two_blocks=draw(st.sampled_from(fields)) if how == "blocks" else "",
+                            negative=how == "negative")
+    data = bytearray(encode_batch(d))
+    if how == "cut":
+        return bytes(data[:draw(st.integers(0, len(data) - 1))])
+    if how == "flip":
+        at = draw(st.integers(10, len(data) - 1))
+        data[at] ^= draw(st.integers(1, 255))
+    if how == "append":
+        data += draw(st.binary(min_size=1, max_size=3))
+    return bytes(data)
+
+
+@st.composite
+def batch_poll(draw: st.DrawFn) -> list[bytes]:
+    """Enough batches for the fast path (of one kind, or both), with other messages in between."""
+    n = draw(st.none() | st.integers(1, 6))
+    is_prediction = draw(st.sampled_from([True, False, None]))
+    values = draw(st.lists(batch_message(n, is_prediction), min_size=8, max_size=16))
+    values += draw(st.lists(MESSAGES, max_size=4))
+    return draw(st.permutations(values))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch_poll(), st.sampled_from(["predictions", "features", "dlq"]))
+def test_generated_batches_decode_as_the_codec(values: list[bytes], topic: str) -> None:
+    check(values, topic=topic)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 8).flatmap(lambda n: st.lists(batch_data(n, FINITE, is_prediction=True), min_size=8,
+                                                    max_size=14)))
+def test_generated_valid_batches_all_take_the_fast_path(data: list[dict[str, Any]]) -> None:
+    fast, calls = check([encode_batch(d) for d in data])
+    assert calls == 0 and len(fast.others) == len(data)
