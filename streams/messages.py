@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Offset:
+class Offset(NamedTuple):
     """Where one message sits: the token the worker acknowledges once the message is done.
 
     It holds no bytes, so the acknowledgement ledger stays small however long
-    a window stays open.
+    a window stays open. (A named tuple: the consumer makes one per message,
+    at half the cost of a frozen dataclass.)
 
     >>> Offset("prod.predictions", 3, 41).next
     42
@@ -26,7 +26,7 @@ class Offset:
         return self.offset + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Incoming:
     """One consumed message, as the service sees it; ``token`` is what the caller acknowledges.
 
