@@ -20,7 +20,10 @@ from pathlib import Path
 from driftline.stack.process import (
     StackError,
     ManagedProcess,
+    free_port,
     port_answers,
+    port_free,
+    tail,
     wait_until,
 )
 
@@ -101,8 +104,15 @@ class KafkaBroker:
     def process(self) -> ManagedProcess:
         return ManagedProcess("kafka", self.home / "broker.pid", self.home / "broker.log")
 
+    def _controller(self) -> int:
+        # The controller listener is internal: next to the broker port when that is free, else any free port
+        # (an ephemeral client connection may hold port + 1, and Kafka would die on the bind).
+        if self.controller_port is not None:
+            return self.controller_port
+        return self.port + 1 if port_free(self.host, self.port + 1) else free_port(self.host)
+
     def _properties(self) -> Path:
-        controller = self.controller_port or self.port + 1
+        controller = self._controller()
         data = self.home / "data"
         props = self.home / "server.properties"
         props.write_text(
@@ -168,7 +178,11 @@ class KafkaBroker:
                 str(props),
             ]
         )
-        wait_until(lambda: self.admin_answers(), timeout, self.process, f"Kafka on {self.bootstrap}")
+        try:
+            wait_until(lambda: self.admin_answers(), timeout, self.process, f"Kafka on {self.bootstrap}")
+        except StackError as exc:
+            # the broker's own log (log4j) says why, e.g. a port taken; its stdout is often empty
+            raise StackError(f"{exc}\nlast lines of {self.home / 'server.log'}:\n{tail(self.home / 'server.log')}") from None
 
     def admin_answers(self) -> bool:
         return admin_answers(self.bootstrap)

@@ -29,6 +29,23 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``port`` now (a port held by any socket, even an outgoing
+    connection's local end, cannot be bound).
+
+    >>> with socket.socket() as s:
+    ...     s.bind(("127.0.0.1", 0)); s.listen(); taken = s.getsockname()[1]
+    ...     port_free("127.0.0.1", taken)
+    False
+    """
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

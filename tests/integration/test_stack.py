@@ -32,7 +32,13 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 
 def test_up_status_down(stack_env: dict[str, str]) -> None:
     try:
-        up = run(["stack", "up"], stack_env)
+        # the broker's controller listener goes next to its port, unless that port is held (here by
+        # a squatter; in a busy machine, by some client connection's local end)
+        host, port = stack_env["DRIFTLINE_KAFKA_BOOTSTRAP"].split(":")
+        with socket.socket() as squatter:
+            squatter.bind((host, int(port) + 1))
+            squatter.listen()
+            up = run(["stack", "up"], stack_env)
         assert up.returncode == 0, up.stderr
         assert "starting a KRaft broker" in up.stderr and "starting the embedded server" in up.stderr
 
