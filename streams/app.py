@@ -58,10 +58,11 @@ class Runner:
     of the failed batch is acknowledged.
     """
 
-    def __init__(self, app: faust.App, service: WorkerService, consumer: BatchConsumer | None = None) -> None:
+    def __init__(self, app: faust.App, service: WorkerService) -> None:
         self.app = app
         self.service = service
-        self.consumer = consumer
+        # set by create_app: the consumer's rebalance callbacks call back into this runner
+        self.consumer: BatchConsumer | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-service")
         self.fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-fetch")
         self.failed: BaseException | None = None

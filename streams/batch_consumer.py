@@ -50,7 +50,6 @@ class Poll:
 
     generation: int
     by_topic: dict[str, list[Incoming]] = field(default_factory=dict)
-    bytes: int = 0
 
     @property
     def count(self) -> int:
@@ -111,7 +110,6 @@ class BatchConsumer:
         max_messages: int = 1000,
         max_bytes: int = 16 * 1024 * 1024,
         on_revoked: Callable[[list[TopicPartition]], None] | None = None,
-        on_assigned: Callable[[list[TopicPartition]], None] | None = None,
         session_timeout_seconds: float = 30.0,
         conf: Mapping[str, Any] | None = None,
     ) -> None:
@@ -119,7 +117,6 @@ class BatchConsumer:
         self._contract = {full: name for name, full in self.topics.items()}
         self.sizer = PollSizer(max_messages, max_bytes)
         self._on_revoked = on_revoked
-        self._on_assigned = on_assigned
         self._lock = threading.Lock()
         self._generation = 0
         self._assigned: set[tuple[str, int]] = set()
@@ -160,8 +157,6 @@ class BatchConsumer:
         log.info("assigned %d partition(s), generation %d", len(partitions), self._generation,
                  extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
                         "generation": self._generation})
-        if self._on_assigned is not None:
-            self._on_assigned(partitions)
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
@@ -199,7 +194,6 @@ class BatchConsumer:
             name = self._contract[full]
             poll.by_topic.setdefault(name, []).append(
                 Incoming(name, partition, offset, msg.key(), value, Offset(full, partition, offset), full))
-        poll.bytes = size
         self.sizer.observe(poll.count, size)
         self._update_lag(highest)
         return poll

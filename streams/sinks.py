@@ -111,11 +111,30 @@ class ClosedWindow:
     alerts: list[Alert] = field(default_factory=list)
 
 
+def combined_token(tokens: Sequence[str]) -> str:
+    """One deduplication token for rows that several tokens name, written together.
+
+    One token stays as it is; several are named by the first and a digest of
+    all (a token of dozens of keys would be long). The same parts make the
+    same token again after a crash; if the parts differ, ReplacingMergeTree's
+    key still collapses the repeated rows.
+
+    >>> combined_token(["p:0:1-9:ab"])
+    'p:0:1-9:ab'
+    >>> combined_token(["p:0:1-9:ab", "p:0:10-19:cd"])
+    'p:0:1-9:ab+1:65bc8d15240ee011'
+    """
+    if len(tokens) == 1:
+        return tokens[0]
+    digest = hashlib.blake2b("\n".join(tokens).encode(), digest_size=8).hexdigest()
+    return f"{tokens[0]}+{len(tokens) - 1}:{digest}"
+
+
 def window_token(outcomes: Sequence[Any]) -> str:
     """The deduplication token of the rows of windows written together.
 
     One window keeps the token it always had; several are named by the first
-    and a digest of all their keys (a token of dozens of keys would be long).
+    and a digest of all their keys (``combined_token``).
 
     >>> from types import SimpleNamespace as W
     >>> window_token([W(model_id="m", model_version="1", window_start=0, window_end=60_000)])
@@ -123,11 +142,7 @@ def window_token(outcomes: Sequence[Any]) -> str:
     >>> window_token([W(model_id="m", model_version="1", window_start=s, window_end=s + 10) for s in (0, 10)])
     'm:1:0:10+1:cdbe50c30417a9ed'
     """
-    keys = [f"{o.model_id}:{o.model_version}:{o.window_start}:{o.window_end}" for o in outcomes]
-    if len(keys) == 1:
-        return keys[0]
-    digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=8).hexdigest()
-    return f"{keys[0]}+{len(keys) - 1}:{digest}"
+    return combined_token([f"{o.model_id}:{o.model_version}:{o.window_start}:{o.window_end}" for o in outcomes])
 
 
 @dataclass
@@ -486,4 +501,4 @@ class Sinks:
         return self._retry("reading the latest written label window", query)
 
 
-__all__ = ["N_LABELED", "ClosedWindow", "Rejected", "SinkError", "Sinks", "WrittenWindow", "profile_rows", "window_token"]
+__all__ = ["N_LABELED", "ClosedWindow", "Rejected", "SinkError", "Sinks", "WrittenWindow", "combined_token", "profile_rows", "window_token"]

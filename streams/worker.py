@@ -26,7 +26,6 @@ Delivery and crash safety:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import zlib
@@ -59,7 +58,7 @@ from streams.messages import Incoming
 from streams.observability import WorkerMetrics
 from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from streams.references import ReferenceProvider
-from streams.sinks import ClosedWindow, Rejected, Sinks
+from streams.sinks import ClosedWindow, Rejected, Sinks, combined_token
 
 log = logging.getLogger("driftline.worker")
 
@@ -691,25 +690,6 @@ def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
     if isinstance(record, FeatureBatch):
         return record.as_batch(), False
     raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
-
-
-def combined_token(tokens: Sequence[str]) -> str:
-    """One deduplication token for the rows of several tokens written together.
-
-    One token stays as it is; several are named by the first and a digest of
-    all (a token of dozens of offset ranges would be long). The same messages
-    handled in the same parts make the same token again after a crash; if the
-    parts differ, ReplacingMergeTree's key still collapses the repeated rows.
-
-    >>> combined_token(["p:0:1-9:ab"])
-    'p:0:1-9:ab'
-    >>> combined_token(["p:0:1-9:ab", "p:0:10-19:cd"])
-    'p:0:1-9:ab+1:65bc8d15240ee011'
-    """
-    if len(tokens) == 1:
-        return tokens[0]
-    digest = hashlib.blake2b("\n".join(tokens).encode(), digest_size=8).hexdigest()
-    return f"{tokens[0]}+{len(tokens) - 1}:{digest}"
 
 
 def batch_token(messages: Iterable[Incoming]) -> str:

@@ -46,6 +46,16 @@ def reports(env: WorkerEnv, model: str) -> int:
     return env.windows_written(model)
 
 
+def clean_and_crashed(kafka_settings: Settings, warehouse_server, unique: str, tmp_path: Path) -> tuple[WorkerEnv, WorkerEnv]:
+    """Two runs of the same events on their own topics and ClickHouse databases: one never crashes."""
+    for name in ("clean", "crash"):
+        (tmp_path / name).mkdir()
+    clean = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}c."),
+                             warehouse_server.url(f"dl_{unique}_clean"), tmp_path / "clean")
+    crashed = WorkerEnv.create(kafka_settings, warehouse_server.url(f"dl_{unique}_crash"), tmp_path / "crash")
+    return clean, crashed
+
+
 def test_kill_9_mid_window_then_restart_writes_what_a_clean_run_writes(
     kafka_settings: Settings, warehouse_server, unique: str, tmp_path: Path
 ) -> None:
@@ -53,11 +63,7 @@ def test_kill_9_mid_window_then_restart_writes_what_a_clean_run_writes(
     # idle closing is off: only event time closes windows, as in a replay
     worker_args = dict(window_seconds=WINDOW_MS / 1000, idle_seconds="never")
 
-    for name in ("clean", "crash"):
-        (tmp_path / name).mkdir()
-    clean = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}c."),
-                             warehouse_server.url(f"dl_{unique}_clean"), tmp_path / "clean")
-    crashed = WorkerEnv.create(kafka_settings, warehouse_server.url(f"dl_{unique}_crash"), tmp_path / "crash")
+    clean, crashed = clean_and_crashed(kafka_settings, warehouse_server, unique, tmp_path)
     try:
         for env in (clean, crashed):
             version = env.register(model)
@@ -140,11 +146,7 @@ def test_change_detectors_and_labels_resume_after_kill_9_as_if_nothing_happened(
     clean run's do."""
     model = f"detect-{unique}"
     worker_args = dict(window_seconds=WINDOW_MS / 1000, idle_seconds="never")
-    for name in ("clean", "crash"):
-        (tmp_path / name).mkdir()
-    clean = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}c."),
-                             warehouse_server.url(f"dl_{unique}_clean"), tmp_path / "clean")
-    crashed = WorkerEnv.create(kafka_settings, warehouse_server.url(f"dl_{unique}_crash"), tmp_path / "crash")
+    clean, crashed = clean_and_crashed(kafka_settings, warehouse_server, unique, tmp_path)
     try:
         for env in (clean, crashed):
             version = env.register(model)
