@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import logging
 import re
 import threading
@@ -94,6 +95,13 @@ class WarehouseLocation:
     >>> loc = WarehouseLocation.parse("chdb://.driftline/warehouse?database=demo")
     >>> loc.kind, loc.path, loc.database
     ('chdb', '.driftline/warehouse', 'demo')
+
+    HTTP bodies are compressed (lz4) except on a loopback address, where compressing
+    only costs CPU on both ends; ``?compress=`` (``lz4``, ``zstd``, ``none``) decides instead:
+
+    >>> [WarehouseLocation.parse(u).compress for u in
+    ...  ("http://ch.local/m", "http://127.0.0.1:8123/m", "http://localhost/m?compress=zstd")]
+    ['lz4', 'none', 'zstd']
     """
 
     kind: str  # "http", "https" or "chdb"
@@ -103,6 +111,7 @@ class WarehouseLocation:
     username: str = "default"
     password: str = ""
     path: str | None = None  # chdb only; None means in memory
+    compress: str = "lz4"  # HTTP only: lz4, zstd or none
 
     @classmethod
     def parse(cls, url: str) -> "WarehouseLocation":
@@ -131,6 +140,7 @@ class WarehouseLocation:
             port=port,
             username=unquote(parts.username) if parts.username else "default",
             password=unquote(parts.password) if parts.password else "",
+            compress=_query_compress(parts.query, parts.hostname, url),
         )
 
     def redacted(self) -> str:
@@ -139,6 +149,26 @@ class WarehouseLocation:
             return f"chdb://{self.path or ':memory:'}?database={self.database}"
         auth = f"{self.username}:***@" if self.password else (f"{self.username}@" if self.username != "default" else "")
         return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database}"
+
+
+def _query_compress(query: str, host: str, url: str) -> str:
+    values = parse_qs(query).get("compress")
+    if not values:
+        return "none" if _loopback(host) else "lz4"
+    value = values[0].lower()
+    if value not in _COMPRESSIONS:
+        raise WarehouseError(f"warehouse URL {url!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
+    return value
+
+
+_COMPRESSIONS = ("lz4", "zstd", "none")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _query_database(query: str, url: str) -> str:
@@ -251,6 +281,7 @@ class Warehouse:
                     database=database,
                     tz_mode="aware",
                     connect_timeout=10,
+                    compress=False if loc.compress == "none" else loc.compress,
                 )
         with self._lock:
             self._clients.append(client)

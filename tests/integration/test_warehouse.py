@@ -443,24 +443,32 @@ def test_json_each_row_epoch_millis_is_the_year_9999_trap(warehouse: Warehouse) 
 # ---- volume, errors, sessions, concurrency ---------------------------------------
 
 
-def test_200k_rows_compressed_insert_arrives_whole(warehouse: Warehouse, backend: str) -> None:
+def test_200k_rows_compressed_insert_arrives_whole(request: pytest.FixtureRequest, warehouse: Warehouse, backend: str) -> None:
     n = 200_000
+    clients = [warehouse]
     if backend == "http":
-        assert warehouse.client.write_compression in ("lz4", "zstd")  # a body of many compressed frames
-    ids = np.arange(n)
-    written = warehouse.insert(
-        "drift_metrics",
-        {
-            "model_id": ["big"] * n, "model_version": ["1"] * n, "feature": [f"f{i % 97}" for i in range(n)], "metric": ["psi"] * n,
-            "window_start": NOW + ids * MINUTE, "window_end": NOW + (ids + 1) * MINUTE, "value": ids / n,
-            "p_value": [None] * n, "threshold": np.full(n, 0.2), "drifted": (ids % 2).astype(np.uint8),
-            "n_reference": np.full(n, 100), "n_current": ids, "computed_at": np.full(n, NOW),
-        },
-    )
-    assert written == n
+        # a loopback URL is not compressed by default: ask for it, for bodies of many compressed frames
+        clients = [Warehouse.connect(_url(request, backend, warehouse.database) + f"?compress={c}") for c in ("lz4", "zstd")]
+        assert [c.client.write_compression for c in clients] == ["lz4", "zstd"]
+    for k, client in enumerate(clients):
+        ids = np.arange(k * n, (k + 1) * n)
+        written = client.insert(
+            "drift_metrics",
+            {
+                "model_id": ["big"] * n, "model_version": ["1"] * n, "feature": [f"f{i % 97}" for i in range(n)], "metric": ["psi"] * n,
+                "window_start": NOW + ids * MINUTE, "window_end": NOW + (ids + 1) * MINUTE, "value": ids / n,
+                "p_value": [None] * n, "threshold": np.full(n, 0.2), "drifted": (ids % 2).astype(np.uint8),
+                "n_reference": np.full(n, 100), "n_current": ids, "computed_at": np.full(n, NOW),
+            },
+        )
+        assert written == n
+    total = n * len(clients)
     stats = warehouse.query_rows("SELECT count() AS n, sum(n_current) AS s, max(window_end) = fromUnixTimestamp64Milli({e:Int64}, 'UTC') AS last FROM drift_metrics",
-                                 {"e": NOW + n * MINUTE})
-    assert stats == [{"n": n, "s": n * (n - 1) // 2, "last": 1}]
+                                 {"e": NOW + total * MINUTE})
+    assert stats == [{"n": total, "s": total * (total - 1) // 2, "last": 1}]
+    if backend == "http":
+        for client in clients:
+            client.close()
 
 
 def test_bad_sql_raises_with_the_clickhouse_message(warehouse: Warehouse) -> None:
@@ -633,7 +641,9 @@ def test_warehouse_urls() -> None:
     assert WarehouseLocation.parse("http://127.0.0.1:9000").database == "driftline"
     assert WarehouseLocation.parse("chdb:///var/lib/driftline").path == "/var/lib/driftline"
     assert WarehouseLocation.parse("chdb://:memory:").path is None
-    for bad in ("postgresql://x/y", "http://h:1/a/b", "http://h:1/bad-name", "chdb:///x?database=1x"):
+    assert WarehouseLocation.parse("http://[::1]:8123/m").compress == "none"
+    assert WarehouseLocation.parse("http://ch.example.com/m?compress=NONE").compress == "none"
+    for bad in ("postgresql://x/y", "http://h:1/a/b", "http://h:1/bad-name", "chdb:///x?database=1x", "http://h/m?compress=gzip"):
         with pytest.raises(WarehouseError):
             WarehouseLocation.parse(bad)
     assert split_statements("CREATE TABLE a (s String DEFAULT 'x;y'); /* ; */\n-- only a comment;\n") == [
