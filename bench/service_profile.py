@@ -124,14 +124,15 @@ def run_once(bench: Bench, tag: str, columns: Sequence[window_compute.Columns], 
             profiler.enable()
         started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(0, len(incoming), take):
-            service.handle("predictions", incoming[i:i + take])
+            service.handle("predictions", incoming[i:i + take], backlog=i + take < len(incoming))
+        service.drain()  # every write landed, as in the worker before it acknowledges
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if profiler is not None:
             profiler.disable()
         windows = int(service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total",
                                                                 {"kind": "drift"}) or 0)
     finally:
-        service.raw_writes.close()
+        service.outbox.close()
         service.sinks.producer.flush(30)
         service.sinks.warehouse.close()
     return seconds, cpu, windows

@@ -676,9 +676,11 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
     started = time.perf_counter()
     profiler.enable()
     for i in range(0, len(incoming), batch):
-        service.handle("predictions", incoming[i:i + batch])
+        service.handle("predictions", incoming[i:i + batch], backlog=i + batch < len(incoming))
+    service.drain()
     profiler.disable()
     seconds = time.perf_counter() - started
+    service.outbox.close()
     service.sinks.warehouse.close()
     out(f"PROFILE mode={mode} WorkerService.handle alone (no Faust, no Kafka fetch), {batch} messages a call: "
         f"{n} events in {seconds:.2f} s = {n / seconds:,.0f} events/s (under cProfile, which slows Python code)")

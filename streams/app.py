@@ -81,7 +81,7 @@ class Runner:
         while not self._stopping.is_set() and self.failed is None:
             poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
             for topic, messages in poll.by_topic.items():
-                await channels[topic].send(value=Batch(poll.generation, messages))
+                await channels[topic].send(value=Batch(poll.generation, messages, poll.backlog))
 
     async def handle(self, topic: str, batch: "Batch") -> None:
         if self.failed is not None or not self._current(batch.generation):
@@ -97,7 +97,7 @@ class Runner:
         # runs on the service thread: a revocation may have happened since the batch was polled
         if not self._current(batch.generation):
             return []
-        return self.service.handle(topic, batch.messages)
+        return self.service.handle(topic, batch.messages, backlog=batch.backlog)
 
     async def tick(self) -> None:
         if self.failed is not None or self.consumer is None:
@@ -131,6 +131,13 @@ class Runner:
     def close(self) -> None:
         """Leave the group (committing the stored offsets), then stop the service thread."""
         self._stopping.set()
+        if self.consumer is not None and self.failed is None:
+            # messages whose raw rows are still being written are acknowledged once they are in
+            try:
+                self._ack(self.executor.submit(self.service.drain).result(timeout=60))
+            except Exception:
+                log.warning("could not write the last raw rows before stopping; their messages will be redelivered",
+                            exc_info=True)
         if self.consumer is not None:
             self.fetcher.submit(self.consumer.close).result()
         self.fetcher.shutdown(wait=True)
@@ -143,6 +150,7 @@ class Batch:
 
     generation: int
     messages: list[Incoming]
+    backlog: bool = False  # polled while more messages were waiting
 
 
 class ModelEvents:

@@ -6,7 +6,9 @@ spend decoding and monitoring its next messages. The caller must
 :meth:`~BackgroundWriter.wait` for the writes before it acknowledges the
 messages they came from; ``wait`` raises a write's failure, so nothing whose
 write failed is ever acknowledged. :meth:`~BackgroundWriter.check` raises a
-failure without waiting.
+failure without waiting, and :attr:`~BackgroundWriter.completed` tells, without
+waiting, how many of the writes submitted so far are done, so that the caller
+acknowledges messages as their writes finish.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class BackgroundWriter:
     ...
     IndexError: list index out of range
     >>> writer.close()
+
+    ``submitted`` numbers the writes; ``completed`` counts those done, in order, and stops
+    at the first failure, so a write after a failed one never counts as done:
+
+    >>> writer = BackgroundWriter("doc-counter")
+    >>> writer.submit(lambda: None); writer.submit(lambda: 1 / 0); writer.submit(lambda: None)
+    >>> writer._queue.join()
+    >>> writer.submitted, writer.completed
+    (3, 1)
+    >>> writer.close()
     """
 
     def __init__(self, name: str, max_pending: int = 2) -> None:
@@ -52,6 +64,14 @@ class BackgroundWriter:
         self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.submitted = 0
+        self._completed = 0
+        self._failed = False
+
+    @property
+    def completed(self) -> int:
+        """How many writes are done, counted in submission order up to the first failure."""
+        return self._completed
 
     def submit(self, write: Callable[[], object]) -> None:
         """Queue ``write`` behind the writes submitted before it."""
@@ -59,6 +79,7 @@ class BackgroundWriter:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         self._queue.put(write)
+        self.submitted += 1
 
     def wait(self) -> None:
         """Block until every submitted write is done; raise the first failure since the last ``wait``."""
@@ -66,6 +87,10 @@ class BackgroundWriter:
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+    def join(self) -> None:
+        """Block until every submitted write is done, raising nothing (``check`` or ``wait`` still will)."""
+        self._queue.join()
 
     def check(self) -> None:
         """Raise the first failure since the last ``wait`` or ``check``, without waiting for anything."""
@@ -87,7 +112,10 @@ class BackgroundWriter:
                 if write is None:
                     return
                 write()
+                if not self._failed:
+                    self._completed += 1
             except BaseException as exc:  # handed to the caller's wait(), which stops the worker
+                self._failed = True
                 if self._error is None:
                     self._error = exc
             finally:

@@ -50,6 +50,7 @@ class Poll:
 
     generation: int
     by_topic: dict[str, list[Incoming]] = field(default_factory=dict)
+    backlog: bool = False  # the poll took as many messages as it asked for: more are probably waiting
 
     @property
     def count(self) -> int:
@@ -171,8 +172,9 @@ class BatchConsumer:
     def poll(self, timeout: float) -> Poll:
         """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only."""
         before = self._generation
-        messages = self._consumer.consume(num_messages=self.sizer.next, timeout=timeout)
-        poll = Poll(self._generation)
+        asked = self.sizer.next
+        messages = self._consumer.consume(num_messages=asked, timeout=timeout)
+        poll = Poll(self._generation, backlog=len(messages) >= asked)
         if self._generation != before:
             # The assignment changed during the call, so some of these messages may come from before it:
             # drop them all, and start every assigned partition again from its committed offset.

@@ -99,16 +99,17 @@ class WrittenWindow:
 
 @dataclass
 class ClosedWindow:
-    """A prediction window to write, with the retrain requests and alerts it led to.
+    """A prediction window to write, with the retrain requests and alerts it led to, and when it closed.
 
     >>> closed = ClosedWindow(outcome=None)  # the worker passes the monitor's WindowOutcome
-    >>> closed.requests, closed.alerts
-    ([], [])
+    >>> closed.requests, closed.alerts, closed.computed_at
+    ([], [], 0)
     """
 
     outcome: WindowOutcome
     requests: list[RetrainRequest] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    computed_at: int = 0  # epoch ms: the rows' ``computed_at``
 
 
 def combined_token(tokens: Sequence[str]) -> str:
@@ -274,25 +275,25 @@ class Sinks:
 
     # -- closed windows --------------------------------------------------------------------
 
-    def write_windows(self, windows: Sequence["ClosedWindow"], computed_at: int) -> list[DriftReport]:
-        """Write every window closed at one time: one insert per table and one Kafka flush for all of them.
+    def write_windows(self, windows: Sequence["ClosedWindow"]) -> list[DriftReport]:
+        """Write closed windows together: one insert per table and one Kafka flush for all of them.
 
         Per window, each insert and flush is a round trip of 10 to 80 ms, which
         a backlog that closes dozens of windows at once would pay one window
-        after the other. The order of the writes is that of one window:
-        ``window_profiles``, the marker of a written window, comes last, so a
-        crash before it means every one of these windows is computed and
-        written again.
+        after the other. Each window's rows carry its own ``computed_at``.
+        The order of the writes is that of one window: ``window_profiles``,
+        the marker of a written window, comes last, so a crash before it means
+        every one of these windows is computed and written again.
         """
         if not windows:
             return []
         token = window_token([w.outcome for w in windows])
-        reports = [w.outcome.report(computed_at) for w in windows]
+        reports = [w.outcome.report(w.computed_at) for w in windows]
         self._retry("insert of drift reports",
                     lambda: self.warehouse.insert_drift_reports(reports, dedup_token=f"drift:{token}"))
         latency = [PerformanceRow(o.model_id, o.model_version, name, o.window_start, o.window_end, float(value),
-                                  o.n_latency, computed_at, n_predictions=o.n_current)
-                   for o in (w.outcome for w in windows) if o.latency
+                                  o.n_latency, w.computed_at, n_predictions=o.n_current)
+                   for w in windows for o in (w.outcome,) if o.latency
                    for name, value in o.latency.items() if not np.isnan(value)]
         if latency:
             self._retry("insert of latency percentiles",
@@ -300,13 +301,13 @@ class Sinks:
         for report in reports:
             self._publish("drift", report.model_id, report)
         self._decisions([r for w in windows for r in w.requests], [a for w in windows for a in w.alerts], token)
-        states = [_state_row(w.outcome, "score", computed_at) for w in windows if w.outcome.detector_state is not None]
+        states = [_state_row(w.outcome, "score", w.computed_at) for w in windows if w.outcome.detector_state is not None]
         if states:
             self._retry("insert of change-detector states",
                         lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:score:{token}"))
         rows = [row for w in windows for row in profile_rows(w.outcome.profile, w.outcome.model_id,
                                                                w.outcome.model_version, w.outcome.window_start,
-                                                               w.outcome.window_end, computed_at)]
+                                                               w.outcome.window_end, w.computed_at)]
         self._retry("insert of window profiles",
                     lambda: self.warehouse.insert_window_profiles(rows, dedup_token=f"profiles:{token}"))
         return reports

@@ -38,7 +38,6 @@ import numpy as np
 from driftline.settings import Settings
 from retrainer.policy import Policy, load_policy
 from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
-from streams.background import BackgroundWriter
 from streams.codec import Codec, DecodeError, default_codec
 from streams.codec_bulk import DecodedGroup, decode_bulk
 from streams.core.ledger import AckLedger, Hold
@@ -56,6 +55,7 @@ from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check
 from streams.core.windows import Windowing
 from streams.messages import Incoming
 from streams.observability import WorkerMetrics
+from streams.outbox import Outbox
 from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from streams.references import ReferenceProvider
 from streams.sinks import ClosedWindow, Rejected, Sinks, combined_token
@@ -102,7 +102,7 @@ class WorkerOptions:
     index_ttl_hours: float = 24.0
     index_max_entries: int = 200_000
     write_raw: bool = True
-    raw_insert_rows: int = 50_000
+    raw_insert_rows: int = 100_000
     task: str | None = None
 
 
@@ -185,12 +185,9 @@ class WorkerService:
         self._last_offset: dict[tuple[str, int], int] = {}
         self._triggers: dict[tuple[str, str], TriggerState] = {}
         self.max_future_ms = int(options.max_future_seconds * 1000)
-        # The raw-row inserts run on their own thread, overlapped with decoding, monitoring and the
-        # window writes; handle() waits for them before it releases any message. At most two wait,
-        # which bounds the memory of the rows they hold.
-        self.raw_writes = BackgroundWriter("driftline-raw-writes", max_pending=2)
-        self._raw_pending: list[tuple[list[PredictionBatch], str]] = []
-        self._raw_rows = 0
+        # Raw rows and closed windows are written on their own thread, overlapped with decoding and
+        # monitoring; a message is acknowledged once the write that covers it has landed.
+        self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
 
     def _new_monitor(self) -> Monitor:
@@ -210,8 +207,12 @@ class WorkerService:
 
     # -- entry points ------------------------------------------------------------------
 
-    def handle(self, topic: str, messages: Sequence[Incoming]) -> list[Any]:
-        """Process one batch of messages of one input topic; return the tokens that may be acknowledged."""
+    def handle(self, topic: str, messages: Sequence[Incoming], backlog: bool = False) -> list[Any]:
+        """Process one batch of messages of one input topic; return the tokens that may be acknowledged.
+
+        ``backlog``: more messages are waiting (the poll came back full), so raw rows may gather
+        into a bigger insert; otherwise they are written now.
+        """
         started = time.perf_counter()
         # callers without Faust (tests, benchmarks) may leave the full name out: it is this deployment's
         messages = [m if m.full_topic else replace(m, full_topic=self.settings.topic(m.topic)) for m in messages]
@@ -229,7 +230,7 @@ class WorkerService:
             for model_id, source in read:
                 self.monitor.touch(model_id, source, done, labels=topic == "labels")
             self._close(done)
-        released = self._release()
+        released = self._release(flush=not backlog)
         self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
         return released
 
@@ -239,43 +240,46 @@ class WorkerService:
         now = self.now_ms()
         self._close(now)
         self._scheduled(now)
-        # raw rows wait at most a tick to be written, so drill-down queries see them soon
-        self._flush_raw()
-        return self._release()
+        # raw rows and windows wait at most a tick to be written, so queries see them soon
+        return self._release(flush=True)
+
+    def drain(self) -> list[Any]:
+        """Write everything gathered and wait for it; return every token that may now be
+        acknowledged (before the worker stops, and in tests)."""
+        return self._release(flush=True) + self.outbox.drain()
 
     def _raw(self, batches: list[PredictionBatch], token: str) -> None:
-        # Raw rows are gathered into inserts of about ``raw_insert_rows``: ClickHouse takes one
-        # insert of 50,000 rows far faster than fifty of 1,000 (a part per insert).
-        self._raw_pending.append((batches, token))
-        self._raw_rows += sum(b.n for b in batches)
-        if self._raw_rows >= self.options.raw_insert_rows:
-            self._flush_raw()
+        # Raw rows gather into inserts of about ``raw_insert_rows``: ClickHouse takes one insert
+        # of 100,000 rows far faster than a hundred of 1,000 (a part per insert, then merges).
+        self.outbox.add_raw(batches, token)
 
-    def _flush_raw(self) -> None:
-        if not self._raw_pending:
-            return
-        batches = [b for part, _ in self._raw_pending for b in part]
-        token = combined_token([t for _, t in self._raw_pending])
-        self._raw_pending, self._raw_rows = [], 0
-        self.raw_writes.submit(lambda: self.sinks.write_predictions(batches, token))
-
-    def _release(self) -> list[Any]:
-        # The raw rows are written only when messages are released (or enough have gathered): none
-        # may be acknowledged before its raw rows are in the warehouse, but the next messages need
-        # not wait for them. A failed insert raises here, before anything is released.
-        self.raw_writes.check()
-        released = self.ledger.release(self.monitor.is_done)
-        if released:
-            self._flush_raw()
-            self.raw_writes.wait()
+    def _release(self, flush: bool) -> list[Any]:
+        # A message done with its windows waits in the outbox for the writes that cover its raw rows
+        # and windows. While a backlog is read, raw rows gather into fewer, bigger inserts.
+        self.outbox.release(self.ledger.release(self.monitor.is_done))
+        self.outbox.flush(raw=flush)
         self._gauges()
-        return released
+        return self.outbox.written()
+
+    def _write_windows(self, windows: list[ClosedWindow]) -> None:
+        """Closed windows, on the outbox's window thread: a round trip per table, not per window."""
+        started = time.perf_counter()
+        reports = self.sinks.write_windows(windows)
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        for closed, report in zip(windows, reports):
+            outcome = closed.outcome
+            self.metrics.windows.labels(kind="drift").inc()
+            log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
+                     outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
+                     ", ".join(report.drifted_features) or "none",
+                     extra={"model_id": outcome.model_id, "version": outcome.model_version,
+                            "window_start": outcome.window_start, "window_end": outcome.window_end,
+                            "n_current": outcome.n_current, "drifted_features": report.drifted_features})
 
     def reset(self) -> int:
         """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
-        dropped = self.ledger.clear()
         # their messages are not acknowledged: Kafka delivers them again, and they are written then
-        self._raw_pending, self._raw_rows = [], 0
+        dropped = self.ledger.clear() + self.outbox.clear()
         self.monitor = self._new_monitor()
         self._last_offset.clear()
         self._triggers.clear()
@@ -589,24 +593,10 @@ class WorkerService:
                     change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
                 )
                 requests, alerts = self._decide("drift", trigger_window)
-                drift.append(ClosedWindow(outcome, requests, alerts))
+                drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
             else:
                 self._write_performance(outcome, now)
-        if not drift:
-            return
-        # the windows that close together are written together: a round trip per table, not per window
-        started = time.perf_counter()
-        reports = self.sinks.write_windows(drift, now)
-        self.metrics.flush_seconds.observe(time.perf_counter() - started)
-        for closed, report in zip(drift, reports):
-            outcome = closed.outcome
-            self.metrics.windows.labels(kind="drift").inc()
-            log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
-                     outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
-                     ", ".join(report.drifted_features) or "none",
-                     extra={"model_id": outcome.model_id, "version": outcome.model_version,
-                            "window_start": outcome.window_start, "window_end": outcome.window_end,
-                            "n_current": outcome.n_current, "drifted_features": report.drifted_features})
+        self.outbox.add_windows(drift)
 
     def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
@@ -665,7 +655,7 @@ class WorkerService:
 
     def _gauges(self) -> None:
         self.metrics.open_windows.set(len(self.monitor.open_windows()) + len(self.monitor.open_label_windows()))
-        self.metrics.unacked.set(len(self.ledger))
+        self.metrics.unacked.set(len(self.ledger) + len(self.outbox))
         self.metrics.pending_labels.set(self.monitor.pending_labels())
 
 

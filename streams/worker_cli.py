@@ -74,8 +74,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task", choices=("classification", "regression"), default=_env("task", str, None),
                    help="what the labels grade (default: inferred per window)")
     g.add_argument("--raw-insert-rows", type=int, default=_env("raw-insert-rows", int, d.raw_insert_rows),
-                   help="raw predictions are inserted once about this many have gathered, or once a tick "
-                        f"(default {d.raw_insert_rows})")
+                   help="while a backlog is read, raw predictions are inserted once about this many have "
+                        f"gathered (else at once, or within a tick) (default {d.raw_insert_rows})")
     g.add_argument("--no-raw", dest="write_raw", action="store_false", default=True,
                    help="do not write raw predictions and labels to ClickHouse")
     g.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", str, "json"),

@@ -384,7 +384,7 @@ class Monitor:
                 track.clock.touch(model_id, source, now_ms)
 
     def is_done(self, hold: Hold) -> bool:
-        """Whether the window a message waits for is closed (the caller wrote it before asking)."""
+        """Whether the window a message waits for is closed (the caller has it written before acknowledging)."""
         track = self._tracks.get(hold.model_id)
         if track is None:
             return False

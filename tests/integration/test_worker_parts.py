@@ -4,8 +4,9 @@
   bad event among them is still rejected alone, by its own message;
 - a take of many batches is handled in parts of about ``max_take_events``
   events, and windows that close inside the take are written in it;
-- the raw rows are written on the writer's thread, but every one of them is
-  in the warehouse before ``handle`` releases a message.
+- raw rows and windows are written on the outbox's thread: ``handle`` does not
+  wait for them, and releases a message only once the write covering it has
+  landed; while a backlog is read, they gather into one bigger write.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: Worker
     events[123] = PredictionEvent("bad", model, version, 4_102_444_800_000, numeric={"a": 0.1}, prediction=0.5)
     # one event in the next window closes the first by the watermark
     events.append(PredictionEvent("next", model, version, T0 + WINDOW_MS, numeric={"a": 0.0}, prediction=0.5))
-    released = service.handle("predictions", _messages(events))
+    released = service.handle("predictions", _messages(events)) + service.drain()
 
     assert env.count("predictions", "model_id = {m:String}", m=model) == 300  # all but the bad one
     assert env.count("predictions", "model_id = {m:String} AND event_id = 'bad'", m=model) == 0
@@ -63,7 +64,7 @@ def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: st
     parts = list(service._parts("predictions", _messages(batches)))
     assert [len(p) for p in parts] == [3, 3, 3, 3, 1]  # 300 events, then the rest
 
-    released = service.handle("predictions", _messages(batches))
+    released = service.handle("predictions", _messages(batches)) + service.drain()
     assert env.count("predictions", "model_id = {m:String}", m=model) == per_window * windows + 1
     assert env.windows_written(model) == windows
     counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
@@ -86,6 +87,7 @@ def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv
     # one window closed: the worker now knows which version serves the model
     batches = [make_batch(model, version, T0, 200, 4, seed=1), make_batch(model, version, T0 + WINDOW_MS, 1, 1, seed=2)]
     service.handle("predictions", _messages(batches))
+    service.drain()
     assert env.windows_written(model) == 1
     service.tick()
     now[0] += 1800  # half an hour: not yet

@@ -1,0 +1,134 @@
+"""The writes a worker owes the warehouse, gathered, and the messages that wait for them.
+
+A message may be acknowledged only once everything it fed is in the warehouse:
+its raw rows and the windows it was counted in. The :class:`Outbox` gathers
+those writes while a backlog is read, hands them to one writer thread, and
+gives each message's token back once the write that covers it has finished.
+The service thread never waits for the warehouse in between, and a backlog
+costs the warehouse an insert per hundred thousand raw rows instead of one per
+poll.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from streams.background import BackgroundWriter
+from streams.records import PredictionBatch
+from streams.sinks import ClosedWindow, combined_token
+
+
+class Outbox:
+    """Raw rows and closed windows written on two threads; tokens released as the writes covering them land.
+
+    Raw rows gather into inserts of about ``raw_insert_rows`` while a backlog is read; closed
+    windows are written at every :meth:`flush`, on their own thread, so that their rows do not
+    queue behind a big raw insert. A token passed to :meth:`release` waits for both writes that
+    cover its message: on each thread, the last one submitted, or the next one if anything is
+    gathered for it now.
+
+    >>> raw, windows = [], []
+    >>> outbox = Outbox(lambda batches, token: raw.append((sum(b.n for b in batches), token)),
+    ...                 windows.extend, raw_insert_rows=3)
+    >>> batch = PredictionBatch("m", "1", ["a", "b"], [1, 2])
+    >>> outbox.add_raw([batch], "t1")
+    >>> outbox.release(["offset-1"])  # its raw rows are gathered, not written yet
+    >>> outbox.written()
+    []
+    >>> outbox.add_raw([batch], "t2")  # 4 rows: at least raw_insert_rows, so written now
+    >>> outbox.drain()
+    ['offset-1']
+    >>> len(raw), raw[0][0], windows
+    (1, 4, [])
+    >>> outbox.close()
+    """
+
+    def __init__(
+        self,
+        write_raw: Callable[[list[PredictionBatch], str], object],
+        write_windows: Callable[[list[ClosedWindow]], object],
+        raw_insert_rows: int,
+    ) -> None:
+        self._write_raw = write_raw
+        self._write_windows = write_windows
+        self.raw_insert_rows = raw_insert_rows
+        # One raw insert waits while another runs, which bounds the memory of the rows they hold.
+        self.raw_writer = BackgroundWriter("driftline-raw-writes", max_pending=1)
+        self.window_writer = BackgroundWriter("driftline-window-writes", max_pending=2)
+        self._batches: list[PredictionBatch] = []
+        self._tokens: list[str] = []
+        self._rows = 0
+        self._windows: list[ClosedWindow] = []
+        # (raw insert number, window write number, tokens), in release order
+        self._waiting: deque[tuple[int, int, list[Any]]] = deque()
+
+    def add_raw(self, batches: Sequence[PredictionBatch], token: str) -> None:
+        """Raw rows to insert; written at once when ``raw_insert_rows`` have gathered."""
+        self._batches.extend(batches)
+        self._tokens.append(token)
+        self._rows += sum(b.n for b in batches)
+        if self._rows >= self.raw_insert_rows:
+            self._flush_raw()
+
+    def add_windows(self, windows: Sequence[ClosedWindow]) -> None:
+        self._windows.extend(windows)
+
+    def release(self, tokens: Sequence[Any]) -> None:
+        """Tokens of messages done with their windows; :meth:`written` returns them once their writes land."""
+        if tokens:
+            raw_due = self.raw_writer.submitted + (1 if self._batches else 0)
+            window_due = self.window_writer.submitted + (1 if self._windows else 0)
+            self._waiting.append((raw_due, window_due, list(tokens)))
+
+    def flush(self, raw: bool = True) -> None:
+        """Hand the gathered windows, and with ``raw`` the gathered raw rows, to their writers."""
+        if self._windows:
+            windows, self._windows = self._windows, []
+            self.window_writer.submit(lambda: self._write_windows(windows))
+        if raw:
+            self._flush_raw()
+
+    def written(self) -> list[Any]:
+        """Tokens whose writes have all landed; raises the failure of a write (nothing after it counts)."""
+        self.raw_writer.check()
+        self.window_writer.check()
+        raw_done, windows_done, out = self.raw_writer.completed, self.window_writer.completed, []
+        while self._waiting and self._waiting[0][0] <= raw_done and self._waiting[0][1] <= windows_done:
+            out.extend(self._waiting.popleft()[2])
+        return out
+
+    def drain(self) -> list[Any]:
+        """Flush, wait for every write, and return every token waiting."""
+        self.flush()
+        self.raw_writer.wait()
+        self.window_writer.wait()
+        return self.written()
+
+    def clear(self) -> int:
+        """Drop what is gathered and the tokens waiting (a rebalance: Kafka delivers them again); returns
+        how many tokens were dropped. Writes already handed over still finish first."""
+        self.raw_writer.join()
+        self.window_writer.join()
+        dropped = len(self)
+        self._batches, self._tokens, self._rows, self._windows = [], [], 0, []
+        self._waiting.clear()
+        return dropped
+
+    def close(self) -> None:
+        self.raw_writer.close()
+        self.window_writer.close()
+
+    def __len__(self) -> int:
+        """Tokens waiting for their writes."""
+        return sum(len(tokens) for _, _, tokens in self._waiting)
+
+    def _flush_raw(self) -> None:
+        if not self._batches:
+            return
+        batches, token = self._batches, combined_token(self._tokens)
+        self._batches, self._tokens, self._rows = [], [], 0
+        self.raw_writer.submit(lambda: self._write_raw(batches, token))
+
+
+__all__ = ["Outbox"]

@@ -1,0 +1,94 @@
+"""The outbox: a message is released only once the writes covering its raw rows and windows have landed."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from streams.outbox import Outbox
+from streams.records import PredictionBatch
+from streams.sinks import ClosedWindow
+
+
+def _batch(n: int) -> PredictionBatch:
+    return PredictionBatch("m", "1", [f"e{i}" for i in range(n)], np.arange(n, dtype=np.int64))
+
+
+class Gate:
+    """A write that blocks until opened, and records what it wrote."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.calls: list[object] = []
+
+    def raw(self, batches: list[PredictionBatch], token: str) -> None:
+        assert self.open.wait(10)
+        self.calls.append((sum(b.n for b in batches), token))
+
+    def windows(self, windows: list[ClosedWindow]) -> None:
+        assert self.open.wait(10)
+        self.calls.append(len(windows))
+
+
+def test_a_token_waits_for_the_raw_insert_and_the_window_write_that_cover_it() -> None:
+    raw, windows = Gate(), Gate()
+    outbox = Outbox(raw.raw, windows.windows, raw_insert_rows=1000)
+    outbox.add_raw([_batch(10)], "t1")
+    outbox.add_windows([ClosedWindow(outcome=None)])
+    outbox.release(["m1"])
+    outbox.flush()
+    windows.open.set()
+    outbox.window_writer.join()
+    assert outbox.written() == []  # the window is in, the raw rows are not
+    raw.open.set()
+    outbox.raw_writer.join()
+    assert outbox.written() == ["m1"]
+    assert raw.calls == [(10, "t1")] and windows.calls == [1]
+    outbox.close()
+
+
+def test_raw_rows_gather_while_a_backlog_is_read_and_tokens_keep_their_order() -> None:
+    raw, windows = Gate(), Gate()
+    raw.open.set(), windows.open.set()
+    outbox = Outbox(raw.raw, windows.windows, raw_insert_rows=25)
+    for i in range(5):
+        outbox.add_raw([_batch(10)], f"t{i}")
+        outbox.release([f"m{i}"])
+        outbox.flush(raw=False)  # a backlog: only the threshold writes raw rows
+    outbox.raw_writer.join()
+    assert raw.calls == [(30, raw.calls[0][1])]  # three messages' rows in one insert, the last two gathered
+    assert outbox.written() == ["m0", "m1", "m2"]
+    assert len(outbox) == 2
+    assert outbox.drain() == ["m3", "m4"]
+    assert [rows for rows, _ in raw.calls] == [30, 20]
+    outbox.close()
+
+
+def test_a_failed_write_is_raised_and_nothing_after_it_is_released() -> None:
+    def fail(batches: list[PredictionBatch], token: str) -> None:
+        if token.startswith("bad"):
+            raise RuntimeError("the warehouse refused the insert")
+
+    outbox = Outbox(fail, lambda windows: None, raw_insert_rows=1)
+    outbox.add_raw([_batch(1)], "bad")
+    outbox.release(["m1"])
+    outbox.add_raw([_batch(1)], "good")
+    outbox.release(["m2"])
+    outbox.raw_writer.join()
+    with pytest.raises(RuntimeError, match="refused"):
+        outbox.written()
+    assert outbox.written() == []  # the later insert landed, but it comes after the failed one
+    outbox.close()
+
+
+def test_clear_drops_gathered_rows_and_waiting_tokens() -> None:
+    raw = Gate()
+    raw.open.set()
+    outbox = Outbox(raw.raw, lambda windows: None, raw_insert_rows=100)
+    outbox.add_raw([_batch(5)], "t1")
+    outbox.release(["m1", "m2"])
+    assert outbox.clear() == 2
+    assert outbox.drain() == [] and raw.calls == []
+    outbox.close()
