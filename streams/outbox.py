@@ -11,6 +11,7 @@ poll.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
@@ -22,9 +23,10 @@ from streams.sinks import ClosedWindow, combined_token
 class Outbox:
     """Raw rows and closed windows written on two threads; tokens released as the writes covering them land.
 
-    Raw rows gather into inserts of about ``raw_insert_rows`` while a backlog is read; closed
-    windows are written at every :meth:`flush`, on their own thread, so that their rows do not
-    queue behind a big raw insert. A token passed to :meth:`release` waits for both writes that
+    While a backlog is read, raw rows gather into inserts of about ``raw_insert_rows`` and closed
+    windows gather with them: a flush writes both, the windows on their own thread, so that their
+    rows do not queue behind a big raw insert. (Each insert costs the server a part and, later,
+    merges: a backlog that closed windows at every poll cost it five small inserts a poll.) A token passed to :meth:`release` waits for both writes that
     cover its message: on each thread, the last one submitted, or the next one if anything is
     gathered for it now.
 
@@ -60,19 +62,27 @@ class Outbox:
         self._tokens: list[str] = []
         self._rows = 0
         self._windows: list[ClosedWindow] = []
+        self._since: float | None = None  # when the oldest thing gathered was added (monotonic)
         # (raw insert number, window write number, tokens), in release order
         self._waiting: deque[tuple[int, int, list[Any]]] = deque()
 
     def add_raw(self, batches: Sequence[PredictionBatch], token: str) -> None:
         """Raw rows to insert; written at once when ``raw_insert_rows`` have gathered."""
+        self._gathered()
         self._batches.extend(batches)
         self._tokens.append(token)
         self._rows += sum(b.n for b in batches)
         if self._rows >= self.raw_insert_rows:
-            self._flush_raw()
+            self.flush()
 
     def add_windows(self, windows: Sequence[ClosedWindow]) -> None:
-        self._windows.extend(windows)
+        if windows:
+            self._gathered()
+            self._windows.extend(windows)
+
+    def waited(self) -> float:
+        """Seconds the oldest gathered row or window has waited (0 when nothing is gathered)."""
+        return 0.0 if self._since is None else time.monotonic() - self._since
 
     def release(self, tokens: Sequence[Any]) -> None:
         """Tokens of messages done with their windows; :meth:`written` returns them once their writes land."""
@@ -81,13 +91,13 @@ class Outbox:
             window_due = self.window_writer.submitted + (1 if self._windows else 0)
             self._waiting.append((raw_due, window_due, list(tokens)))
 
-    def flush(self, raw: bool = True) -> None:
-        """Hand the gathered windows, and with ``raw`` the gathered raw rows, to their writers."""
+    def flush(self) -> None:
+        """Hand the gathered windows and raw rows to their writers."""
+        self._since = None
         if self._windows:
             windows, self._windows = self._windows, []
             self.window_writer.submit(lambda: self._write_windows(windows))
-        if raw:
-            self._flush_raw()
+        self._flush_raw()
 
     def written(self) -> list[Any]:
         """Tokens whose writes have all landed; raises the failure of a write (nothing after it counts)."""
@@ -111,7 +121,7 @@ class Outbox:
         self.raw_writer.join()
         self.window_writer.join()
         dropped = len(self)
-        self._batches, self._tokens, self._rows, self._windows = [], [], 0, []
+        self._batches, self._tokens, self._rows, self._windows, self._since = [], [], 0, [], None
         self._waiting.clear()
         return dropped
 
@@ -122,6 +132,10 @@ class Outbox:
     def __len__(self) -> int:
         """Tokens waiting for their writes."""
         return sum(len(tokens) for _, _, tokens in self._waiting)
+
+    def _gathered(self) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
 
     def _flush_raw(self) -> None:
         if not self._batches:

@@ -63,6 +63,9 @@ from streams.sinks import ClosedWindow, Rejected, Sinks, combined_token
 log = logging.getLogger("driftline.worker")
 
 INPUT_TOPICS = ("predictions", "features", "labels")
+# How long raw rows and closed windows may gather while a backlog is read, when the insert
+# threshold is not reached first (a backlog that stops short of it).
+BACKLOG_GATHER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class WorkerService:
         self.max_future_ms = int(options.max_future_seconds * 1000)
         # Raw rows and closed windows are written on their own thread, overlapped with decoding and
         # monitoring; a message is acknowledged once the write that covers it has landed.
+        self._backlog = False  # the last poll came back full
         self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
 
@@ -230,6 +234,7 @@ class WorkerService:
             for model_id, source in read:
                 self.monitor.touch(model_id, source, done, labels=topic == "labels")
             self._close(done)
+        self._backlog = backlog
         released = self._release(flush=not backlog)
         self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
         return released
@@ -240,8 +245,9 @@ class WorkerService:
         now = self.now_ms()
         self._close(now)
         self._scheduled(now)
-        # raw rows and windows wait at most a tick to be written, so queries see them soon
-        return self._release(flush=True)
+        # Out of a backlog, raw rows and windows wait at most a tick to be written, so queries see
+        # them soon; in one, they gather into big inserts for up to BACKLOG_GATHER_SECONDS.
+        return self._release(flush=not self._backlog or self.outbox.waited() >= BACKLOG_GATHER_SECONDS)
 
     def drain(self) -> list[Any]:
         """Write everything gathered and wait for it; return every token that may now be
@@ -255,9 +261,10 @@ class WorkerService:
 
     def _release(self, flush: bool) -> list[Any]:
         # A message done with its windows waits in the outbox for the writes that cover its raw rows
-        # and windows. While a backlog is read, raw rows gather into fewer, bigger inserts.
+        # and windows. While a backlog is read, they gather into fewer, bigger inserts.
         self.outbox.release(self.ledger.release(self.monitor.is_done))
-        self.outbox.flush(raw=flush)
+        if flush:
+            self.outbox.flush()
         self._gauges()
         return self.outbox.written()
 

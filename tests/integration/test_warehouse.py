@@ -224,6 +224,43 @@ def test_predictions_round_trip(warehouse: Warehouse) -> None:
     assert math.isnan(b["numeric"]["income"])  # NaN, not 0: missing stays missing
 
 
+def test_one_native_block_of_mixed_batches_round_trips(warehouse: Warehouse) -> None:
+    # Batches of two models and two layouts in one insert: the block's columns hold every batch's
+    # rows in order, map offsets run on across batches, and strings of 128 bytes and more need
+    # two-byte length prefixes.
+    long_id = "x" * 130
+    first = PredictionBatch(
+        "mixed-a", "1", ["a0", long_id, "a2"], np.array([NOW, NOW + 1, NOW + 2]),
+        numeric={"z": np.array([1.0, np.nan, -0.0]), "ä": np.array([2.0, 3.0, 4e300])},
+        categorical={"c": ["é", None, "y" * 200], "b": [None, None, "q"]},
+        predictions=np.array([0.5, np.nan, 1.0]), predicted_labels=["yes", None, "no"],
+        latency_ms=np.array([1.0, 2.0, np.nan]), attributes={"seg": ["s1", "", "s3"]},
+    )
+    second = PredictionBatch("mixed-b", "7", ["b0", "b1"], np.array([NOW + 5, NOW + 6]))
+    third = PredictionBatch("mixed-a", "2", ["a9"], np.array([NOW + 9]), numeric={"w": np.array([9.5])},
+                            categorical={"c": ["k"]})
+    assert warehouse.insert_predictions([first, second, third]) == 6
+    rows = warehouse.query_rows(
+        "SELECT event_id, model_id, model_version, toUnixTimestamp64Milli(event_time) AS t, numeric, categorical, "
+        "prediction, predicted_label, latency_ms, attributes FROM predictions FINAL "
+        "WHERE model_id LIKE 'mixed-%' ORDER BY model_id, event_id")
+    by_id = {r["event_id"]: r for r in rows}
+    assert sorted(by_id) == sorted(["a0", long_id, "a2", "a9", "b0", "b1"])
+    assert by_id["a0"] == {"event_id": "a0", "model_id": "mixed-a", "model_version": "1", "t": NOW,
+                           "numeric": {"z": 1.0, "ä": 2.0}, "categorical": {"c": "é"}, "prediction": 0.5,
+                           "predicted_label": "yes", "latency_ms": 1.0, "attributes": {"seg": "s1"}}
+    missing = by_id[long_id]
+    assert math.isnan(missing["numeric"]["z"]) and missing["numeric"]["ä"] == 3.0
+    assert (missing["categorical"], missing["prediction"], missing["predicted_label"], missing["attributes"]) == ({}, None, None, {"seg": ""})
+    last = by_id["a2"]
+    assert last["numeric"] == {"z": -0.0, "ä": 4e300} and last["categorical"] == {"b": "q", "c": "y" * 200}
+    assert (last["latency_ms"], last["predicted_label"]) == (None, "no")
+    assert [(by_id[i]["model_version"], by_id[i]["numeric"], by_id[i]["categorical"], by_id[i]["prediction"])
+            for i in ("b0", "b1", "a9")] == [("7", {}, {}, None), ("7", {}, {}, None), ("2", {"w": 9.5}, {"c": "k"}, None)]
+    with pytest.raises(TypeError, match="categorical values must be strings or None"):
+        warehouse.insert_predictions(PredictionBatch("mixed-c", "1", ["c0"], np.array([NOW]), categorical={"c": [3]}))
+
+
 def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
     warehouse.insert_labels([LabelEvent("a", "credit", NOW, 1.0), {"event_id": "b", "model_id": "credit", "event_time": NOW + 1, "label": "fraud"}])
     labels = warehouse.query_rows("SELECT event_id, label_value, label_class, toUnixTimestamp64Milli(event_time) AS t FROM labels FINAL ORDER BY event_id")

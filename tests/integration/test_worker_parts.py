@@ -103,3 +103,22 @@ def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv
     rows = env.query("SELECT toString(reason) AS reason, toString(status) AS status FROM retrain_requests FINAL "
                      "WHERE model_id = {m:String}", m=model)
     assert rows == [{"reason": "schedule", "status": "requested"}]
+
+
+def test_a_backlog_gathers_raw_rows_past_a_tick_but_not_for_ever(env: WorkerEnv, unique: str, monkeypatch) -> None:
+    from streams import worker
+
+    model = f"backlog-{unique}"
+    version = env.register(model)
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
+    service = build_service(env.settings, options)
+    batches = [make_batch(model, version, T0 + i * 100, 100, 4, seed=i) for i in range(3)]
+    assert service.handle("predictions", _messages(batches), backlog=True) == []
+    assert service.tick() == []  # more is coming: the 300 rows wait for more, or for the gather time
+    service.outbox.raw_writer.join()
+    assert env.count("predictions", "model_id = {m:String}", m=model) == 0
+    monkeypatch.setattr(worker, "BACKLOG_GATHER_SECONDS", 0.0)
+    service.tick()  # waited long enough: written, though the backlog did not end
+    service.outbox.raw_writer.join()
+    assert env.count("predictions", "model_id = {m:String}", m=model) == 300
+    service.outbox.close()

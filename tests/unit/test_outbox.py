@@ -56,7 +56,7 @@ def test_raw_rows_gather_while_a_backlog_is_read_and_tokens_keep_their_order() -
     for i in range(5):
         outbox.add_raw([_batch(10)], f"t{i}")
         outbox.release([f"m{i}"])
-        outbox.flush(raw=False)  # a backlog: only the threshold writes raw rows
+        # a backlog: nothing is flushed but by the threshold
     outbox.raw_writer.join()
     assert raw.calls == [(30, raw.calls[0][1])]  # three messages' rows in one insert, the last two gathered
     assert outbox.written() == ["m0", "m1", "m2"]
@@ -91,4 +91,22 @@ def test_clear_drops_gathered_rows_and_waiting_tokens() -> None:
     outbox.release(["m1", "m2"])
     assert outbox.clear() == 2
     assert outbox.drain() == [] and raw.calls == []
+    outbox.close()
+
+
+def test_closed_windows_wait_for_the_next_flush_with_the_raw_rows() -> None:
+    raw, windows = Gate(), Gate()
+    raw.open.set(), windows.open.set()
+    outbox = Outbox(raw.raw, windows.windows, raw_insert_rows=15)
+    outbox.add_windows([ClosedWindow(outcome=None)])
+    outbox.add_raw([_batch(10)], "t1")
+    outbox.release(["m1"])
+    outbox.window_writer.join()
+    assert windows.calls == [] and outbox.written() == []  # a backlog: both still gathered
+    outbox.add_windows([ClosedWindow(outcome=None)])
+    outbox.add_raw([_batch(10)], "t2")  # the threshold flushes the raw rows and both windows
+    outbox.release(["m2"])
+    outbox.raw_writer.join(), outbox.window_writer.join()
+    assert windows.calls == [2] and raw.calls == [(20, raw.calls[0][1])]
+    assert outbox.written() == ["m1", "m2"]
     outbox.close()
