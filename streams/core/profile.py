@@ -70,15 +70,29 @@ def stable_seed(*parts: object) -> int:
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> _U64(30))) * _MIX1
-    z = (z ^ (z >> _U64(27))) * _MIX2
-    return z ^ (z >> _U64(31))
+    """SplitMix64's finaliser, computed in place: ``z`` must be a fresh array."""
+    shifted = z >> _U64(30)  # one scratch array instead of a temporary per step
+    z ^= shifted
+    z *= _MIX1
+    z ^= np.right_shift(z, _U64(27), out=shifted)
+    z *= _MIX2
+    z ^= np.right_shift(z, _U64(31), out=shifted)
+    return z
 
 
-def _sample_keys(base: int, start: int, count: int) -> np.ndarray:
-    """Keys of positions ``start .. start+count-1`` of one feature's stream (a bijection of position)."""
-    positions = np.arange(start + 1, start + count + 1, dtype=np.uint64)
-    return _splitmix(_U64(base) + positions * _GOLDEN)
+def _sample_keys(base: int | np.ndarray, start: int | np.ndarray, count: int) -> np.ndarray:
+    """Keys of positions ``start .. start+count-1`` of one feature's stream (a bijection of position).
+
+    ``base`` and ``start`` may also be columns, one row per feature: the rows
+    are then each feature's keys, as separate calls would give them.
+
+    >>> rows = _sample_keys(np.array([[3], [8]], np.uint64), np.array([[0], [5]], np.uint64), 4)
+    >>> bool((rows[0] == _sample_keys(3, 0, 4)).all() and (rows[1] == _sample_keys(8, 5, 4)).all())
+    True
+    """
+    # base + (start + i) * golden, as (base + start * golden) + i * golden: one pass over the keys, not three
+    offset = np.asarray(base, np.uint64) + np.asarray(start, np.uint64) * _GOLDEN
+    return _splitmix(offset + np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN)
 
 
 def _feature_base(seed: int, feature: str) -> int:
@@ -97,8 +111,10 @@ def _opt(x: float | None) -> float | None:
     return None if x is None else float(x)
 
 
-# Below this many values, a binary search per value costs less than a pass per cut.
-_COUNT_BY_PASSES = 64
+# Below this many values, a binary search per value costs least; below the second
+# bound, one sort of the values and a binary search per cut; beyond it, one pass per cut.
+_COUNT_BY_SEARCH = 64
+_COUNT_BY_SORT = 4_096
 
 
 def bin_counts(cuts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -106,22 +122,47 @@ def bin_counts(cuts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
     ``cuts`` must be strictly increasing and ``values`` free of NaN. The result
     equals ``np.bincount(np.searchsorted(cuts, values, side="right"),
-    minlength=len(cuts) + 1)``, but takes one vectorised comparison per cut
-    instead of one binary search per value, whose branches a CPU mispredicts
-    on every other step: a window's dozen cuts are ten times faster this way.
+    minlength=len(cuts) + 1)``, but avoids one binary search per value, whose
+    branches a CPU mispredicts on every other step: a batch of a few thousand
+    values is sorted (a vectorised sort) and searched once per cut; a larger
+    one takes one vectorised comparison per cut.
 
     >>> bin_counts(np.array([0.0, 1.0, 2.0]), np.array([-5.0, 0.0, 0.5, 1.0, 2.0, 7.0])).tolist()
     [1, 2, 1, 2]
     """
-    if values.size < _COUNT_BY_PASSES:
+    n = values.size
+    if n < _COUNT_BY_SEARCH:
         return np.bincount(np.searchsorted(cuts, values, side="right"), minlength=cuts.size + 1)
-    # at_least[k]: values >= cuts[k], so bin k holds at_least[k - 1] - at_least[k]
-    at_least = np.array([np.count_nonzero(values >= cut) for cut in cuts.tolist()], dtype=np.int64)
-    counts = np.empty(at_least.size + 1, dtype=np.int64)
-    counts[0] = values.size - at_least[0]
-    np.subtract(at_least[:-1], at_least[1:], out=counts[1:-1])
-    counts[-1] = at_least[-1]
+    # below[k]: how many values are < cuts[k], so bin k holds below[k] - below[k - 1]
+    if n < _COUNT_BY_SORT:
+        below = np.searchsorted(np.sort(values), cuts, side="left")
+    else:
+        below = n - np.array([np.count_nonzero(values >= cut) for cut in cuts.tolist()], dtype=np.int64)
+    counts = np.empty(below.size + 1, dtype=np.int64)
+    counts[0] = below[0]
+    np.subtract(below[1:], below[:-1], out=counts[1:-1])
+    counts[-1] = n - below[-1]
     return counts
+
+
+def bin_counts_rows(cuts: Sequence[np.ndarray], values: np.ndarray) -> list[np.ndarray]:
+    """``bin_counts(cuts[j], values[j])`` for each row ``j`` of ``values``, one sort serving every row.
+
+    >>> x = np.array([[-5.0, 0.0, 0.5, 1.0, 2.0, 7.0], [3.0, 3.0, 3.0, 3.0, 3.0, -3.0]])
+    >>> [c.tolist() for c in bin_counts_rows([np.array([0.0, 1.0, 2.0]), np.array([3.0])], x)]
+    [[1, 2, 1, 2], [1, 5]]
+    """
+    rows, n = values.shape
+    if n >= _COUNT_BY_SORT:
+        return [bin_counts(c, v) for c, v in zip(cuts, values)]
+    ordered = np.sort(values, axis=1)
+    # below[j, 1 + k]: how many values of row j are < cuts[j][k]; 0 before the first cut, n after the last
+    below = np.full((rows, max(c.size for c in cuts) + 2), n, dtype=np.int64)
+    below[:, 0] = 0
+    for j, c in enumerate(cuts):
+        below[j, 1: c.size + 1] = np.searchsorted(ordered[j], c, side="left")
+    counts = np.diff(below, axis=1)
+    return [counts[j, : c.size + 1] for j, c in enumerate(cuts)]
 
 
 # ----------------------------------------------------------------------------- column parsing
@@ -145,6 +186,46 @@ def _finite_values(feature: str, x: np.ndarray) -> tuple[np.ndarray, int]:
     if v.size and not np.isfinite(v).all():
         raise ValueError(f"numeric feature {feature!r} holds infinite values; use NaN for missing")
     return v, n_missing
+
+
+# Columns are stacked in blocks of at most this many values: enough features to spread
+# numpy's cost per call over, few enough that each temporary stays under 128 KiB, where
+# glibc starts to map fresh pages for an allocation (their page faults cost more than
+# stacking saves). A batch too long for two columns a block goes column by column.
+_BLOCK_VALUES = 16_000
+
+
+def _complete_blocks(
+    columns: Mapping[str, np.ndarray], names: Sequence[str], n: int
+) -> tuple[list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """The columns of ``names`` that hold neither NaN nor infinity, stacked, and the names of the others.
+
+    Each block is (names, values with one row per feature, row minima, row
+    maxima). The others go through :func:`_finite_values`, one at a time, which
+    separates their missing values and rejects infinity with its own message;
+    so do all the columns of an empty batch or of one too long to stack.
+
+    >>> blocks, others = _complete_blocks({"a": np.array([1.0, 2.0]), "b": np.array([np.nan, 0.0])}, ["a", "b"], 2)
+    >>> [(names, x.tolist(), lo.tolist(), hi.tolist()) for names, x, lo, hi in blocks], others
+    ([(['a'], [[1.0, 2.0]], [1.0], [2.0])], ['b'])
+    """
+    rows = _BLOCK_VALUES // max(n, 1)
+    if n == 0 or rows < 2:
+        return [], list(names)
+    blocks, others = [], []
+    for i in range(0, len(names), rows):
+        group = list(names[i: i + rows])
+        x = np.stack([columns[f] for f in group])
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        # NaN spreads to the minimum and an infinity is an extreme: finite extremes, finite row.
+        complete = np.isfinite(lo) & np.isfinite(hi)
+        if not complete.all():
+            others += [f for f, ok in zip(group, complete.tolist()) if not ok]
+            group = [f for f, ok in zip(group, complete.tolist()) if ok]
+            x, lo, hi = x[complete], lo[complete], hi[complete]
+        if group:
+            blocks.append((group, x, lo, hi))
+    return blocks, others
 
 
 def _category_counts(feature: str, values: Sequence[Any]) -> tuple[Counter, int]:
@@ -427,42 +508,114 @@ class ReferenceProfile:
 # ----------------------------------------------------------------------------- window
 
 
-@dataclass(eq=False)
+# Offers to a full sample wait until they hold this many times its capacity: one
+# selection then serves several batches, for a few times the sample's memory.
+_SAMPLE_QUEUE = 2
+
+
 class BottomKSample:
     """A uniform sample of at most ``capacity`` values: those with the smallest keys.
+
+    Once the sample is full, offers wait in a queue and one selection settles
+    many of them together; ``values`` and ``keys`` settle the queue first, so
+    a read always sees the bottom-k of everything offered. (A plain class,
+    not a dataclass, because of that lazy state.)
 
     >>> s = BottomKSample(3)
     >>> s.offer(np.array([5.0, 6.0, 7.0, 8.0]), np.array([40, 10, 30, 20], np.uint64))
     >>> sorted(s.values.tolist())
     [6.0, 7.0, 8.0]
+    >>> s.offer(np.array([1.0, 2.0]), np.array([15, 50], np.uint64))
+    >>> sorted(s.values.tolist()), sorted(s.keys.tolist())
+    ([1.0, 6.0, 8.0], [10, 15, 20])
     """
 
-    capacity: int
-    values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
-    keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    def __init__(self, capacity: int, values: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+        self.capacity = capacity
+        self._values = np.empty(0, np.float64) if values is None else values
+        self._keys = np.empty(0, np.uint64) if keys is None else keys
+        self._queued_values: list[np.ndarray] = []
+        self._queued_keys: list[np.ndarray] = []
+        self._queued = 0
+        self._bound = self._entry_bound()
+
+    def __repr__(self) -> str:
+        return f"BottomKSample(capacity={self.capacity}, values={self.values!r}, keys={self.keys!r})"
+
+    @property
+    def values(self) -> np.ndarray:
+        self._settle()
+        return self._values
+
+    @property
+    def keys(self) -> np.ndarray:
+        self._settle()
+        return self._keys
 
     def offer(self, values: np.ndarray, keys: np.ndarray) -> None:
+        """Offer values and their keys; the sample keeps copies, never the arrays given."""
         if self.capacity == 0 or values.size == 0:
             return
-        if self.values.size + values.size <= self.capacity:
-            self.values = np.concatenate([self.values, values])
-            self.keys = np.concatenate([self.keys, keys])
+        if self._full:
+            # Only keys up to the largest kept key can enter (ties are broken by value).
+            take = np.flatnonzero(keys <= self._bound)
+            self._enqueue(values[take], keys[take])
             return
-        if self.values.size == 0:
+        if self._values.size + values.size <= self.capacity:
+            self._values = np.concatenate([self._values, values])
+            self._keys = np.concatenate([self._keys, keys])
+            self._bound = self._entry_bound()
+            return
+        if self._values.size == 0:
             self._keep(values, keys)  # more values than capacity: what it keeps is a copy
             return
-        if self.values.size == self.capacity:
-            # Only keys below the largest kept key can enter (ties are broken by value).
-            take = keys <= self.keys.max()
-            values, keys = values[take], keys[take]
-        self._keep(np.concatenate([self.values, values]), np.concatenate([self.keys, keys]))
+        self._keep(np.concatenate([self._values, values]), np.concatenate([self._keys, keys]))
+
+    @property
+    def entry_bound(self) -> np.uint64:
+        """The largest key that can still enter (ties are broken by value); any key while not full."""
+        return self._bound
+
+    def offer_entrants(self, values: np.ndarray, keys: np.ndarray) -> None:
+        """Offer values whose keys are all at most ``entry_bound``, in arrays that nobody changes afterwards.
+
+        A full sample queues the arrays as they are (views included), without
+        a copy or another comparison: the caller has made it for many samples
+        at once. (Keys above the bound would only make the queue longer.)
+        """
+        if self._full and values.size:
+            self._enqueue(values, keys)
+        else:
+            self.offer(values, keys)
+
+    @property
+    def _full(self) -> bool:
+        return self.capacity > 0 and self._values.size >= self.capacity
+
+    def _enqueue(self, values: np.ndarray, keys: np.ndarray) -> None:
+        self._queued_values.append(values)
+        self._queued_keys.append(keys)
+        self._queued += values.size
+        if self._queued >= _SAMPLE_QUEUE * self.capacity:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._queued:
+            values = np.concatenate([self._values, *self._queued_values])
+            keys = np.concatenate([self._keys, *self._queued_keys])
+            self._queued_values, self._queued_keys, self._queued = [], [], 0
+            self._keep(values, keys)
+
+    def _entry_bound(self) -> np.uint64:
+        return _U64(self._keys.max()) if self._full else _U64(_MASK64)
 
     def _keep(self, values: np.ndarray, keys: np.ndarray) -> None:
         k = self.capacity
         if keys.size <= k:
-            self.values, self.keys = values, keys
+            self._values, self._keys = values, keys
+            self._bound = self._entry_bound()
             return
-        if keys.size >= 4 * k:
+        if keys.size >= 10 * k:
             # The keys are uniform over 64 bits: the k-th smallest of N lies near k/N of their
             # range, and the keys below twice that are a small part of the array that holds the
             # whole sample (unless fewer than k are, all but impossible: then every key is used).
@@ -470,14 +623,16 @@ class BottomKSample:
             if few.size >= k:
                 values, keys = values[few], keys[few]
         kth = np.partition(keys, k - 1)[k - 1]
-        keep = keys < kth
-        tied = np.flatnonzero(keys == kth)
-        # Equal keys only arise when windows that share a seed are merged:
-        # the smaller values win, so that every merge order gives one sample.
-        if tied.size > 1:
+        # Positions, not a mask: gathering by position costs less than masking, and keeps the order.
+        keep = np.flatnonzero(keys <= kth)
+        if keep.size > k:
+            # Equal keys only arise when windows that share a seed are merged:
+            # the smaller values win, so that every merge order gives one sample.
+            tied = np.flatnonzero(keys == kth)
             tied = tied[np.argsort(values[tied], kind="stable")]
-        keep[tied[: k - int(np.count_nonzero(keep))]] = True
-        self.values, self.keys = values[keep], keys[keep]
+            below = np.flatnonzero(keys < kth)
+            keep = np.sort(np.concatenate([below, tied[: k - below.size]]))
+        self._values, self._keys, self._bound = values[keep], keys[keep], kth
 
     def merged(self, other: "BottomKSample") -> "BottomKSample":
         out = BottomKSample(min(self.capacity, other.capacity))
@@ -537,6 +692,48 @@ class NumericWindow:
         b_mean = float(v.mean())
         d = v - b_mean
         self._combine(v.size, b_mean, float(np.dot(d, d)), float(v.min()), float(v.max()))
+
+    @staticmethod
+    def add_rows(windows: Sequence["NumericWindow"], values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Add row ``j`` of ``values`` to ``windows[j]``, exactly as ``windows[j].add(values[j], 0)`` would.
+
+        ``values`` holds one row per feature, C-contiguous and finite; ``lo``
+        and ``hi`` are its row minima and maxima. Keys, bins, means and the
+        values that can enter the samples take one numpy call for all the rows:
+        a reduction along contiguous rows sums each row as it would sum the row
+        alone. The sum of squares stays one ``np.dot`` per row, as in
+        :meth:`add`, whose BLAS order no other call is sure to reproduce.
+
+        >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
+        >>> a, b = (NumericWindow.empty(ref, base=base, sample_size=2) for base in (1, 2))
+        >>> x = np.array([[1.0, 2.0, 30.0], [4.0, -5.0, 6.0]])
+        >>> NumericWindow.add_rows([a, b], x, x.min(axis=1), x.max(axis=1))
+        >>> a.counts.tolist(), a.mean, b.min, b.sample.values.size
+        ([0, 2, 0, 1], 11.0, -5.0, 2)
+        """
+        n = values.shape[1]
+        keys = _sample_keys(np.array([[w.base] for w in windows], np.uint64),
+                            np.array([[w.count] for w in windows], np.uint64), n)
+        counts = bin_counts_rows([w.cuts for w in windows], values)
+        means = values.mean(axis=1)
+        deviations = values - means[:, None]
+        # The values that can enter each sample, selected for every row at once: row j's are
+        # the positions from j * n to (j + 1) * n of the flattened block. While no sample is
+        # full, that is every value.
+        bounds = np.array([[w.sample.entry_bound] for w in windows], np.uint64)
+        entering_values, entering_keys = values.ravel(), keys.ravel()
+        ends = np.arange(1, len(windows) + 1) * n
+        if bounds.min() < _MASK64:
+            entering = np.flatnonzero(keys <= bounds)
+            entering_values, entering_keys = entering_values[entering], entering_keys[entering]
+            ends = np.searchsorted(entering, ends)
+        ends = ends.tolist()
+        starts = [0, *ends[:-1]]
+        for j, (w, mean, low, high) in enumerate(zip(windows, means.tolist(), lo.tolist(), hi.tolist())):
+            w.counts += counts[j]
+            w.sample.offer_entrants(entering_values[starts[j]: ends[j]], entering_keys[starts[j]: ends[j]])
+            d = deviations[j]
+            w._combine(n, mean, float(np.dot(d, d)), low, high)
 
     def _combine(self, n: int, mean: float, m2: float, lo: float | None, hi: float | None) -> None:
         # Chan et al.'s pairwise update: stable for any split of the data.
@@ -698,15 +895,21 @@ class WindowProfile:
         if predictions is not None:
             columns[PREDICTION_FEATURE] = _numeric_column(PREDICTION_FEATURE, predictions)
         # Validate every column before changing any state, so a bad batch leaves no trace.
-        parsed_num = {f: _finite_values(f, columns[f]) for f in self.numeric if f in columns}
+        # Columns without a missing value (the common case) are checked and added
+        # stacked; the others one by one, in the reference's order, so that the
+        # first bad column in that order gives the error.
+        blocks, others = _complete_blocks(columns, [f for f in self.numeric if f in columns], n)
+        parsed_num = {f: _finite_values(f, columns[f]) for f in others}
         parsed_cat = {f: ref.categorical[f].count_values(col)
                       for f, col in categorical.items() if f in self.categorical}
         self.unknown_features.update(f for f in columns if f not in self.numeric)
         self.unknown_features.update(f for f in categorical if f not in self.categorical)
+        for names, x, lo, hi in blocks:
+            NumericWindow.add_rows([self.numeric[f] for f in names], x, lo, hi)
         for f, w in self.numeric.items():
             if f in parsed_num:
                 w.add(*parsed_num[f])
-            elif f != PREDICTION_FEATURE:
+            elif f not in columns and f != PREDICTION_FEATURE:
                 w.missing += n
         for f, w in self.categorical.items():
             if f in parsed_cat:

@@ -420,3 +420,163 @@ def test_summary_quantiles_are_numpys_for_samples_of_any_sizes() -> None:
     empty = WindowProfile.empty(ref, seed=3)
     empty.update({}, {"c": ["a"]})
     assert all(r["quantiles"] == [] for r in empty.summary_rows())
+
+
+# ----------------------------------------------------------------------------- the stacked update, bit for bit
+
+def _wide_reference() -> ReferenceProfile:
+    rng = np.random.default_rng(21)
+    n = 3_000
+    return ReferenceProfile.build(
+        "wide", "1",
+        numeric={
+            "normal": rng.normal(5, 2, n),
+            "skewed": rng.lognormal(0, 1, n),
+            "counts": rng.poisson(1.5, n).astype(float),  # few distinct edges, many ties
+            "zeros": np.where(rng.random(n) < 0.5, -0.0, 0.0) + rng.integers(-1, 2, n),
+            "wide": rng.normal(size=n) * 10.0 ** rng.uniform(-6, 6, n),
+            "gappy": np.where(rng.random(n) < 0.2, np.nan, rng.uniform(-3, 3, n)),
+        },
+        categorical={"c": rng.choice(["a", "b", "c"], n).tolist()},
+        predictions=rng.random(n),
+    )
+
+
+WIDE_REF = _wide_reference()
+COLUMN_KINDS = ("plain", "plain", "plain", "some_nan", "all_nan", "absent", "ties", "signed_zeros", "magnitudes")
+
+
+def _column(kind: str, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    x = rng.normal(5, 3, n)
+    if kind == "some_nan":
+        x[rng.random(n) < 0.3] = np.nan
+    elif kind == "all_nan":
+        x[:] = np.nan
+    elif kind == "ties":
+        x = np.round(x)
+    elif kind == "signed_zeros":
+        x = np.where(rng.random(n) < 0.5, -0.0, 0.0) + rng.integers(-1, 2, n) * (rng.random(n) < 0.3)
+    elif kind == "magnitudes":
+        x = x * 10.0 ** rng.uniform(-8, 8, n)
+    return None if kind == "absent" else x
+
+
+@st.composite
+def wide_batches(draw) -> list[tuple[dict[str, np.ndarray], np.ndarray | None, int]]:
+    """Batches for WIDE_REF: tiny to larger than the sample, each column complete, gappy, all NaN or absent."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    sizes = draw(st.lists(st.sampled_from([0, 1, 2, 3, 17, 63, 64, 65, 300, 1_000, 4_095, 4_096, 6_000, 20_000]),
+                          min_size=1, max_size=6))
+    batches = []
+    for n in sizes:
+        kinds = draw(st.lists(st.sampled_from(COLUMN_KINDS), min_size=7, max_size=7))
+        columns = {f: _column(kind, n, rng) for f, kind in zip(list(WIDE_REF.numeric), kinds)}
+        predictions = columns.pop(PREDICTION_FEATURE)
+        batches.append(({f: x for f, x in columns.items() if x is not None}, predictions, n))
+    return batches
+
+
+def exact_numeric(w) -> tuple:
+    """Everything a numeric window holds, floats by their bits (``-0.0`` differs from ``0.0``)."""
+    values, keys = w.sample.canonical()
+    bits = [None if v is None else float(v).hex() for v in (w.mean, w.m2, w.min, w.max)]
+    return (w.counts.tolist(), w.missing, w.count, *bits, [v.hex() for v in values.tolist()], keys.tolist())
+
+
+@settings(max_examples=60, deadline=None)
+@given(wide_batches(), st.sampled_from([1, 5, 16, 1_000]), st.integers(0, 2**64 - 1))
+def test_stacked_update_equals_feature_by_feature_updates(batches, sample_size, seed) -> None:
+    stacked = WindowProfile.empty(WIDE_REF, seed=seed, sample_size=sample_size)
+    plain = WindowProfile.empty(WIDE_REF, seed=seed, sample_size=sample_size)
+    for numeric, predictions, n in batches:
+        stacked.update(numeric, {}, predictions, n=n)
+        # The plain way: every column through NumericWindow.update on its own.
+        columns = numeric if predictions is None else {**numeric, PREDICTION_FEATURE: predictions}
+        for f, w in plain.numeric.items():
+            if f in columns:
+                w.update(columns[f])
+            elif f != PREDICTION_FEATURE:
+                w.missing += n
+    for f in WIDE_REF.numeric:
+        assert exact_numeric(stacked.numeric[f]) == exact_numeric(plain.numeric[f]), f
+    # and against numpy on all the finite values at once, in stream order
+    for f, w in stacked.numeric.items():
+        columns = [b[0].get(f) if f != PREDICTION_FEATURE else b[1] for b in batches]
+        x = np.concatenate([c for c in columns if c is not None] or [np.empty(0)])
+        v = x[~np.isnan(x)]
+        cuts = WIDE_REF.numeric[f].cuts
+        want_counts = np.bincount(np.searchsorted(cuts, v, side="right"), minlength=cuts.size + 1)
+        assert w.counts.tolist() == want_counts.tolist()
+        assert (w.count, w.min, w.max) == (v.size, v.min() if v.size else None, v.max() if v.size else None)
+        want = _bottom_k_by_sorting(v, profile._sample_keys(w.base, 0, v.size), sample_size)
+        assert (w.sample.values.tolist(), w.sample.keys.tolist()) == want
+
+
+def test_stacked_update_refuses_infinity_as_feature_by_feature_does() -> None:
+    w = WindowProfile.empty(WIDE_REF, seed=3, sample_size=8)
+    w.update({"normal": np.arange(10.0)}, {}, np.full(10, 0.5))
+    before = w.to_dict()
+    clean = {f: np.ones(4) for f in WIDE_REF.numeric if f != PREDICTION_FEATURE}
+    # the first bad column in the reference's order is named, whether the others hold NaN or not
+    for bad, message in [({"skewed": [1.0, np.inf, 2.0, 3.0]}, "'skewed'"),
+                         ({"wide": [np.nan, -np.inf, 2.0, 3.0], "gappy": [np.inf, 0, 0, 0]}, "'wide'"),
+                         ({"gappy": [np.nan, 1.0, 1.0, 1.0], "zeros": [0.0, 0.0, np.inf, np.nan]}, "'zeros'")]:
+        with pytest.raises(ValueError, match=f"numeric feature {message} holds infinite values"):
+            w.update({**clean, **{f: np.array(x) for f, x in bad.items()}}, {}, np.ones(4))
+        assert w.to_dict() == before
+    with pytest.raises(ValueError, match=f"{PREDICTION_FEATURE!r} holds infinite values"):
+        w.update(clean, {}, np.array([0.0, 1.0, np.inf, 2.0]))
+    assert w.to_dict() == before
+
+
+def test_update_keeps_no_reference_to_the_callers_arrays() -> None:
+    rng = np.random.default_rng(8)
+    batches = [{f: rng.normal(size=700) for f in WIDE_REF.numeric if f != PREDICTION_FEATURE} for _ in range(6)]
+    reused = WindowProfile.empty(WIDE_REF, seed=4, sample_size=50)
+    fresh = WindowProfile.empty(WIDE_REF, seed=4, sample_size=50)
+    for batch in batches:
+        reused.update(batch, {})
+        fresh.update({f: x.copy() for f, x in batch.items()}, {})
+        for x in batch.values():
+            x[:] = 1e9  # the caller reuses its buffers
+    assert reused.to_dict() == fresh.to_dict()
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 4_095, 4_096, 5_000])
+def test_bin_counts_rows_equal_bincount_of_searchsorted(n) -> None:
+    rng = np.random.default_rng(n)
+    refs = [r for f, r in WIDE_REF.numeric.items()]
+    pool = np.concatenate([np.concatenate([r.edges, np.nextafter(r.edges, -np.inf), np.nextafter(r.edges, np.inf)])
+                           for r in refs] + [[-1e300, 1e300, -0.0, 0.0]])
+    values = rng.choice(pool, (len(refs), n))
+    got = profile.bin_counts_rows([r.cuts for r in refs], values)
+    for r, row, counts in zip(refs, values, got):
+        want = np.bincount(np.searchsorted(r.cuts, row, side="right"), minlength=r.n_bins)
+        assert counts.dtype == np.int64 and counts.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_queued_offers_give_the_bottom_k_of_everything_offered(ties) -> None:
+    rng = np.random.default_rng(ties)
+    for k in (1, 7, 100):
+        sample, entrants = BottomKSample(k), BottomKSample(k)
+        offered_values, offered_keys = [], []
+        for _ in range(60):
+            n = int(rng.choice([0, 1, 5, k, 3 * k, 9 * k]))
+            values = np.round(rng.normal(size=n), 1) if ties else rng.normal(size=n)
+            keys = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+            if ties:  # windows that share a seed: equal keys
+                keys = rng.integers(0, 3 * k, n).astype(np.uint64)
+            offered_values.append(values.copy())
+            offered_keys.append(keys.copy())
+            sample.offer(values, keys)
+            entering = keys <= entrants.entry_bound  # what a stacked update selects for many samples at once
+            entrants.offer_entrants(values[entering], keys[entering])
+            values[:] = 99.0  # the caller's arrays are its own again
+            if rng.random() < 0.2:  # a read in between settles the queue early
+                want = _bottom_k_by_sorting(np.concatenate(offered_values), np.concatenate(offered_keys), k)
+                assert (sample.values.tolist(), sample.keys.tolist()) == want
+        want = _bottom_k_by_sorting(np.concatenate(offered_values), np.concatenate(offered_keys), k)
+        assert (sample.values.tolist(), sample.keys.tolist()) == want
+        assert entrants.keys.tolist() == want[1] and entrants.values.tolist() == want[0]  # keys read first
+        assert (sample.copy().values.tolist(), sample.merged(entrants).values.size) == (want[0], len(want[0]))
