@@ -419,6 +419,21 @@ class WindowPoll:
         return sum(start_ms <= ws < end_ms for ws in self.seen)
 
 
+def wait_for_merges(warehouse: Warehouse, timeout: float = 60.0) -> float:
+    """Wait until the server runs no merge; returns the seconds waited.
+
+    The runs share one server: the parts an earlier run wrote are merged in the
+    background for seconds after it, on the same 2 cores, and would be charged
+    to the next run.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if int(warehouse.command("SELECT count() FROM system.merges")) == 0:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def measure(worker: WorkerRun, warehouse: Warehouse, model_id: str, w: Workload, timeout: float) -> RunResult:
     """Start the worker on a produced backlog and follow it until every row is in ClickHouse.
 
@@ -590,6 +605,9 @@ class Bench:
         messages, produce_s = produce(settings, model_id, version, w)
         self.say(f"{tag}: produced {messages} messages ({n} events, {mode}) in {produce_s:.1f} s; starting the worker")
         with Warehouse.connect(settings.warehouse, migrate=True) as warehouse:
+            waited = wait_for_merges(warehouse)
+            if waited >= 0.5:
+                self.say(f"{tag}: waited {waited:.1f} s for the warehouse to finish merging earlier runs' parts")
             worker = WorkerRun(settings, self.home, model_id, self.window_seconds, self.worker_args)
             result = measure(worker, warehouse, model_id, w, self.timeout)
         result.messages, result.produce_s = messages, produce_s

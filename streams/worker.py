@@ -65,7 +65,7 @@ log = logging.getLogger("driftline.worker")
 INPUT_TOPICS = ("predictions", "features", "labels")
 # How long raw rows and closed windows may gather while a backlog is read, when the insert
 # threshold is not reached first (a backlog that stops short of it).
-BACKLOG_GATHER_SECONDS = 1.0
+BACKLOG_GATHER_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
