@@ -58,7 +58,7 @@ from streams.observability import WorkerMetrics
 from streams.outbox import Outbox
 from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from streams.references import ReferenceProvider
-from streams.sinks import ClosedWindow, Rejected, Sinks, combined_token
+from streams.sinks import ClosedWindow, Rejected, Sinks
 
 log = logging.getLogger("driftline.worker")
 
