@@ -265,8 +265,9 @@ class WorkerService:
         self.outbox.release(self.ledger.release(self.monitor.is_done))
         if flush:
             self.outbox.flush()
-        self._gauges()
-        return self.outbox.written()
+        written = self.outbox.written()
+        self._gauges()  # after the written tokens have left the outbox: they are no longer unacknowledged
+        return written
 
     def _write_windows(self, windows: list[ClosedWindow]) -> None:
         """Closed windows, on the outbox's window thread: a round trip per table, not per window."""
