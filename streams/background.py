@@ -39,7 +39,7 @@ class BackgroundWriter:
     ZeroDivisionError: division by zero
     >>> writer.wait()  # the failure was reported once
     >>> writer.submit(lambda: [][0])
-    >>> writer.wait() if False else writer._queue.join()  # (a write fails while the caller works on)
+    >>> writer.join()  # (a write fails while the caller works on)
     >>> writer.check()
     Traceback (most recent call last):
     ...
@@ -51,7 +51,7 @@ class BackgroundWriter:
 
     >>> writer = BackgroundWriter("doc-counter")
     >>> writer.submit(lambda: None); writer.submit(lambda: 1 / 0); writer.submit(lambda: None)
-    >>> writer._queue.join()
+    >>> writer.join()
     >>> writer.submitted, writer.completed
     (3, 1)
     >>> writer.close()
@@ -83,10 +83,8 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         """Block until every submitted write is done; raise the first failure since the last ``wait``."""
-        self._queue.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        self.join()
+        self.check()
 
     def join(self) -> None:
         """Block until every submitted write is done, raising nothing (``check`` or ``wait`` still will)."""

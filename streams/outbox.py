@@ -26,9 +26,10 @@ class Outbox:
     While a backlog is read, raw rows gather into inserts of about ``raw_insert_rows`` and closed
     windows gather with them: a flush writes both, the windows on their own thread, so that their
     rows do not queue behind a big raw insert. (Each insert costs the server a part and, later,
-    merges: a backlog that closed windows at every poll cost it five small inserts a poll.) A token passed to :meth:`release` waits for both writes that
-    cover its message: on each thread, the last one submitted, or the next one if anything is
-    gathered for it now.
+    merges: a backlog that closed windows at every poll cost it five small inserts a poll.)
+
+    A token passed to :meth:`release` waits for both writes that cover its message: on each
+    thread, the last one submitted, or the next one if anything is gathered for it now.
 
     >>> raw, windows = [], []
     >>> outbox = Outbox(lambda batches, token: raw.append((sum(b.n for b in batches), token)),
