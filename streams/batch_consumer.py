@@ -50,7 +50,7 @@ class Poll:
 
     generation: int
     by_topic: dict[str, list[Incoming]] = field(default_factory=dict)
-    backlog: bool = False  # the poll took as many messages as it asked for: more are probably waiting
+    backlog: bool = False  # the poll took a full poll's worth (PollSizer.next): more are probably waiting
 
     @property
     def count(self) -> int:
@@ -97,9 +97,13 @@ class BatchConsumer:
     """A consumer-group member on the worker's input topics that polls whole lists of messages.
 
     ``poll`` (and so the rebalance callbacks) runs on one thread, the fetch
-    thread; ``ack`` and ``lag`` may be called from any thread. It needs a
-    broker, so it is exercised by tests/integration/test_worker*.py rather
-    than by an example here.
+    thread; ``ack`` and ``lag`` may be called from any thread. ``ack`` only
+    notes the offsets: the fetch thread stores them before its next poll, on a
+    revocation and on close, because librdkafka's ``store_offsets`` waits for a
+    ``consume`` running on another thread to return (up to its timeout), and
+    the worker acknowledges on its event loop. It needs a broker, so it is
+    exercised by tests/integration/test_*consumer*.py and test_worker*.py
+    rather than by an example here.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class BatchConsumer:
         self._generation = 0
         self._assigned: set[tuple[str, int]] = set()
         self._lag: dict[tuple[str, int], int] = {}
+        self._acked: dict[tuple[str, int], int] = {}  # next offset to commit, noted by ack, not yet stored
         session_ms = int(session_timeout_seconds * 1000)
         self._consumer = Consumer({
             **settings.kafka_config(),
@@ -144,7 +149,7 @@ class BatchConsumer:
             **(conf or {}),
         })
         self._consumer.subscribe(list(self.topics.values()), on_assign=self._assign, on_revoke=self._revoke,
-                                 on_lost=self._revoke)
+                                 on_lost=self._lose)
 
     @property
     def generation(self) -> int:
@@ -160,7 +165,13 @@ class BatchConsumer:
                         "generation": self._generation})
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # still ours until this returns: librdkafka commits what is stored as the partitions go
+        self._store_acked()
+        self._lose(consumer, partitions)
+
+    def _lose(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
+            self._acked = {}
             self._generation += 1
             self._assigned = set()
             self._lag = {}
@@ -171,10 +182,15 @@ class BatchConsumer:
 
     def poll(self, timeout: float) -> Poll:
         """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only."""
+        self._store_acked()
         before = self._generation
-        asked = self.sizer.next
+        full = self.sizer.next
+        behind = self._behind()
+        # At the end of a backlog, ask for what is left: consume then returns as soon as it is here,
+        # instead of waiting out the timeout for a full poll's worth that was never produced.
+        asked = behind if behind is not None and 0 < behind < full else full
         messages = self._consumer.consume(num_messages=asked, timeout=timeout)
-        poll = Poll(self._generation, backlog=len(messages) >= asked)
+        poll = Poll(self._generation, backlog=len(messages) >= full)
         if self._generation != before:
             # The assignment changed during the call, so some of these messages may come from before it:
             # drop them all, and start every assigned partition again from its committed offset.
@@ -219,17 +235,35 @@ class BatchConsumer:
                 with self._lock:
                     self._lag[(topic, partition)] = max(high - offset - 1, 0)
 
+    def _behind(self) -> int | None:
+        """Messages known to wait in the assigned partitions; None if a partition's count is not known."""
+        with self._lock:
+            assigned, lag = list(self._assigned), dict(self._lag)
+        total = 0
+        for topic, partition in assigned:
+            if (topic, partition) in lag:
+                total += lag[(topic, partition)]
+                continue
+            # not polled from yet: known only if it is empty
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                return None
+            if high < 0 or high != low:
+                return None
+        return total
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the high watermark, per assigned partition, as of each partition's last poll."""
         with self._lock:
             return dict(self._lag)
 
     def ack(self, offsets: Iterable[Offset]) -> int:
-        """Let librdkafka commit past these messages (the highest per partition counts); returns partitions stored.
+        """Let librdkafka commit past these messages (the highest per partition counts); returns partitions noted.
 
-        A partition this member no longer owns is skipped: its new owner
-        starts from the last committed offset, which the released messages
-        never went beyond.
+        The offsets are stored by the fetch thread before its next poll (see the class). A partition
+        this member no longer owns is skipped: its new owner starts from the last committed offset,
+        which the released messages never went beyond.
         """
         highest: dict[tuple[str, int], int] = {}
         for o in offsets:
@@ -237,19 +271,27 @@ class BatchConsumer:
             if o.next > highest.get(key, -1):
                 highest[key] = o.next
         with self._lock:
-            owned = [TopicPartition(t, p, n) for (t, p), n in highest.items() if (t, p) in self._assigned]
+            owned = {key: n for key, n in highest.items() if key in self._assigned}
+            for key, n in owned.items():
+                if n > self._acked.get(key, -1):
+                    self._acked[key] = n
+        return len(owned)
+
+    def _store_acked(self) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, {}
+            owned = [TopicPartition(t, p, n) for (t, p), n in acked.items() if (t, p) in self._assigned]
         if not owned:
-            return 0
+            return
         try:
             self._consumer.store_offsets(offsets=owned)
         except KafkaException as exc:
             # a revocation raced with the release: the partition's next owner replays from the last commit
             log.info("offsets not stored (%s); they will be replayed", exc.args[0] if exc.args else exc)
-            return 0
-        return len(owned)
 
     def close(self) -> None:
-        """Commit what was stored and leave the group (call it from the fetch thread, after the last poll)."""
+        """Commit what was acknowledged and leave the group (call it from the fetch thread, after the last poll)."""
+        self._store_acked()
         self._consumer.close()
 
 

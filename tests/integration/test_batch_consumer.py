@@ -3,6 +3,7 @@ and rebalances that neither skip nor keep stale messages."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -23,6 +24,25 @@ def _produce(settings: Settings, topic: str, count: int, partitions: int, start:
     for i in range(start, start + count):
         producer.produce(settings.topic(topic), key=b"m", value=f"{topic}-{i}".encode(), partition=i % partitions)
     assert producer.flush(30) == 0
+
+
+def _produce_100kb(settings: Settings, count: int) -> None:
+    producer = kafka.producer(settings)
+    for i in range(count):
+        producer.produce(settings.topic("predictions"), value=bytes([i]) * 100_000)
+    assert producer.flush(30) == 0
+
+
+def _polls(consumer: BatchConsumer, want: int, timeout: float) -> list[tuple[int, bool, float]]:
+    """(messages, backlog, seconds) of each non-empty poll until ``want`` messages came."""
+    polls: list[tuple[int, bool, float]] = []
+    deadline = time.monotonic() + 60
+    while sum(count for count, _, _ in polls) < want and time.monotonic() < deadline:
+        started = time.monotonic()
+        poll = consumer.poll(timeout)
+        if poll.count:
+            polls.append((poll.count, poll.backlog, time.monotonic() - started))
+    return polls
 
 
 def _committed(settings: Settings, group: str, topic: str, partitions: int) -> dict[int, int]:
@@ -76,26 +96,59 @@ def test_polls_batches_by_topic_and_commits_only_what_was_acknowledged(kafka_set
     assert not [m for m in rest if m.topic == "predictions" and m.partition == 0 and m.offset < 42]
 
 
+def test_ack_does_not_wait_for_a_poll_on_another_thread(kafka_settings: Settings, unique: str) -> None:
+    # The worker acknowledges on its event loop while the fetch thread waits in a poll; librdkafka's
+    # store_offsets would wait for that poll to return, and stall the loop for up to its timeout.
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
+    _produce(kafka_settings, "predictions", 20, 1)
+    group = f"g-{unique}"
+    consumer = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=1000)
+    try:
+        got = _poll_until(consumer, 20)
+        assert len(got) == 20
+        waiting = threading.Thread(target=consumer.poll, args=(8.0,))  # nothing more arrives: it waits 8 s
+        waiting.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert consumer.ack([m.token for m in got if m.offset < 5]) == 1
+        took = time.monotonic() - started
+        waiting.join()
+        assert took < 4.0, f"ack waited {took:.1f} s for the poll on the other thread"
+        consumer.poll(0.1)  # the fetch thread stores what was acknowledged before it polls
+        time.sleep(1.5)  # librdkafka commits stored offsets every second
+        assert _committed(kafka_settings, group, "predictions", 1) == {0: 5}
+    finally:
+        consumer.close()
+    assert _committed(kafka_settings, group, "predictions", 1) == {0: 5}
+
+
 def test_a_poll_is_bounded_by_bytes(kafka_settings: Settings, unique: str) -> None:
     kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
-    producer = kafka.producer(kafka_settings)
-    for i in range(40):
-        producer.produce(kafka_settings.topic("predictions"), value=bytes([i]) * 100_000)
-    assert producer.flush(30) == 0
+    _produce_100kb(kafka_settings, 40)
     consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS),
                              max_messages=1000, max_bytes=500_000)
     try:
-        sizes = []
-        deadline = time.monotonic() + 30
-        while sum(sizes) < 40 and time.monotonic() < deadline:
-            poll = consumer.poll(0.5)
-            if poll.count:
-                sizes.append(poll.count)
+        sizes = [count for count, _, _ in _polls(consumer, 40, 0.5)]
     finally:
         consumer.close()
     assert sum(sizes) == 40
     # the first poll takes one message to learn the size; every later one about 500 kB: 5 of 100 kB
     assert sizes[0] == 1 and max(sizes) == 5, sizes
+
+
+def test_the_end_of_a_backlog_is_polled_without_waiting_out_the_timeout(kafka_settings: Settings, unique: str) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
+    _produce_100kb(kafka_settings, 30)
+    consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS),
+                             max_messages=1000, max_bytes=2_000_000)
+    try:
+        polls = _polls(consumer, 30, 6.0)
+    finally:
+        consumer.close()
+    # one message to learn the size, 20 (2 MB), then the 9 left: asked for as such, so the poll
+    # returns once they are here, and is not a backlog (what it fed is written at once)
+    assert [(count, backlog) for count, backlog, _ in polls] == [(1, True), (20, True), (9, False)], polls
+    assert polls[-1][2] < 3.0, f"the last poll waited {polls[-1][2]:.1f} s for messages that were never produced"
 
 
 def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_acknowledgement(
