@@ -146,6 +146,9 @@ class BatchConsumer:
             # 1 MiB per partition and fetch (the default) is 5 batches of 1,000 events a round trip
             "max.partition.fetch.bytes": max(1024 * 1024, max_bytes // 2),
             "fetch.wait.max.ms": 100,
+            # Once the queue above is full, librdkafka waits this long before it fetches again (1 s by
+            # default), so a poll that has just emptied it waited out its timeout for a few messages.
+            "fetch.queue.backoff.ms": 20,
             **(conf or {}),
         })
         self._consumer.subscribe(list(self.topics.values()), on_assign=self._assign, on_revoke=self._revoke,
