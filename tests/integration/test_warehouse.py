@@ -427,6 +427,25 @@ def test_retried_insert_with_dedup_token_counts_once(warehouse: Warehouse) -> No
     assert warehouse.query_rows("SELECT count() AS n FROM performance_metrics")[0]["n"] == 1
 
 
+def test_raw_events_repeated_in_one_insert_count_once_with_final(warehouse: Warehouse) -> None:
+    # Raw inserts skip the insert-time collapse of repeated keys (optimize_on_insert=0), which costs
+    # the server a pass over every column: a re-sent event is two rows until a merge, one with FINAL.
+    batch = _batch("credit", "p", 300)
+    resent = _batch("credit", "p", 2, seed=5)  # p0 and p1 again, with other values
+    warehouse.insert_predictions([batch, resent])
+    assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 302
+    assert warehouse.query_rows("SELECT count() AS n FROM predictions FINAL")[0]["n"] == 300
+    label = {"model_id": "credit", "event_time": NOW, "event_id": "p0"}
+    warehouse.insert_labels([{**label, "label": "1"}, {**label, "label": "0"}])
+    assert warehouse.query_rows("SELECT count() AS n FROM labels")[0]["n"] == 2
+    assert warehouse.query_rows("SELECT count() AS n FROM labels FINAL")[0]["n"] == 1
+    warehouse.command("OPTIMIZE TABLE predictions FINAL")
+    assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 300
+    # the training snapshot reads one row per event, whatever was merged
+    snapshot = warehouse.query_rows("SELECT uniqExact(event_id) AS ids, count() AS n FROM predictions FINAL")
+    assert snapshot == [{"ids": 300, "n": 300}]
+
+
 def test_raw_rows_of_two_deployments_in_one_database_both_count(warehouse: Warehouse) -> None:
     # two deployments (topic prefixes a. and b.) read different events at the same partition and offsets
     from streams.codec import encode
