@@ -78,6 +78,7 @@ class Runner:
         """Poll until the app stops, sending each poll's messages of a topic to that topic's agent."""
         assert self.consumer is not None
         loop = asyncio.get_running_loop()
+        self.executor.submit(self.service.connect)  # while the group forms; the first batch queues behind it
         while not self._stopping.is_set() and self.failed is None:
             poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
             for topic, messages in poll.by_topic.items():

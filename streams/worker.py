@@ -254,6 +254,23 @@ class WorkerService:
         acknowledged (before the worker stops, and in tests)."""
         return self._release(flush=True) + self.outbox.drain()
 
+    def connect(self) -> None:
+        """Open the warehouse sessions of this thread and of the outbox's writers before the first batch.
+
+        Each thread has a session of its own, and opening one asks the server for its settings: a
+        round trip that the first batch and the first writes would otherwise wait for. A failure
+        here is only logged: the sessions are opened again on first use, with the sinks' retries.
+        """
+        def open_session() -> None:
+            try:
+                self.sinks.warehouse.client
+            except Exception as exc:
+                log.warning("could not open a warehouse session ahead of the first batch: %s", exc)
+
+        open_session()
+        self.outbox.raw_writer.submit(open_session)
+        self.outbox.window_writer.submit(open_session)
+
     def _raw(self, batches: list[PredictionBatch], token: str) -> None:
         # Raw rows gather into inserts of about ``raw_insert_rows``: ClickHouse takes one insert
         # of 100,000 rows far faster than a hundred of 1,000 (a part per insert, then merges).

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from streams.app import build_service
@@ -49,6 +51,24 @@ def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: Worker
     # the first window's messages are released, as the last token of each run of messages waiting
     # for the same windows (a commit covers the messages before it); the last one waits for its window
     assert released == [122, 123, 299]  # the rejected message 123 waits for nothing: a run of its own
+
+
+def test_connect_opens_the_sessions_of_the_service_and_its_writers_before_the_first_batch(
+    env: WorkerEnv, unique: str
+) -> None:
+    service = build_service(env.settings, WorkerOptions(app_id=f"app-{unique}"))
+    try:
+        warehouse = service.sinks.warehouse
+        before = len(warehouse._clients)  # one client per thread that has used the warehouse
+        service_thread = threading.Thread(target=service.connect)
+        service_thread.start()
+        service_thread.join()
+        service.outbox.raw_writer.join()
+        service.outbox.window_writer.join()
+        assert len(warehouse._clients) == before + 3
+        assert service.outbox.written() == [] and len(service.outbox) == 0
+    finally:
+        service.outbox.close()
 
 
 def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: str) -> None:
