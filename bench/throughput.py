@@ -47,6 +47,11 @@ private topics and databases that are dropped at the end; otherwise the
 script starts a Kafka broker and the embedded ClickHouse server on free ports
 under a temporary directory and stops them at the end.
 
+A first, unmeasured run (``--warm-up``, 100,000 batched events) warms the
+services: a broker and a ClickHouse server that have just started are slower
+for a while (the JVM's JIT, the server's first allocations), and in production
+they have been up for long. Every measured run still starts a worker afresh.
+
 Run ``python bench/throughput.py`` (a few minutes on 2 cores), or ``--quick``.
 Lines starting with ``RESULT`` and ``RATIO`` are the results.
 """
@@ -725,6 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--live-rate", type=float, default=20_000.0, help="events/s of the live run (0: no live run)")
     parser.add_argument("--live-seconds", type=float, default=30.0, help="length of the live run")
     parser.add_argument("--live-window-seconds", type=float, default=2.0, help="window size of the live run")
+    parser.add_argument("--warm-up", type=int, default=100_000,
+                        help="batched events of an unmeasured first run (0: none). A freshly started broker and "
+                             "ClickHouse server are slower at first (JIT, first allocations): about 2x on the first "
+                             "raw insert")
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"which runs, comma-separated (default all: {','.join(RUNS)})")
     parser.add_argument("--worker-args", default="", help="extra `driftline worker` flags, e.g. '--no-raw'")
@@ -736,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.per_window, args.timeout = 5_000, 1_000, min(args.timeout, 180.0)
+        args.warm_up = min(args.warm_up, 1_000)
         args.live_rate, args.live_seconds, args.live_window_seconds = min(args.live_rate, 5_000.0), 6.0, 1.0
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = sorted(set(runs) - set(RUNS))
@@ -757,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   shlex.split(args.worker_args))
     try:
         results: dict[str, RunResult] = {}
+        if args.warm_up > 0:
+            first = bench.run("w0", "batched", args.warm_up, args.per_window)
+            out(f"warm-up: {args.warm_up} batched events through a first worker, not measured: "
+                f"{first.events_per_s:,.0f} events/s")
         if "batched" in runs:
             results["b1"] = bench.run("b1", "batched", args.n, args.per_window)
             report(results["b1"], out)

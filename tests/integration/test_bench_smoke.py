@@ -46,6 +46,8 @@ def test_window_compute_prints_its_ratios_and_false_alarms() -> None:
 def test_throughput_prints_its_results_and_ratios(kafka_bootstrap: str, warehouse_server) -> None:
     env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
     out = _run("throughput.py", "--quick", env=env, timeout=280)
+    assert re.search(rf"^warm-up: 1000 batched events through a first worker, not measured: {NUMBER} events/s$",
+                     out, re.M), out
     for mode, n in (("batched", 5_000), ("batched", 20_000), ("single", 1_000)):
         assert re.search(rf"^RESULT mode={mode} n={n} messages=\d+ events_per_s={NUMBER} .* peak_rss_mib=\d+$",
                          out, re.M), out
