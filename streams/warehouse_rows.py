@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 
@@ -406,18 +405,19 @@ def retrain_request_columns(
     }
 
 
+_KEY = pa.dictionary(pa.int32(), pa.string())  # map keys: see _names
 PREDICTIONS_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
         ("model_id", pa.string()),
         ("model_version", pa.string()),
         ("event_time", pa.timestamp("ms", tz="UTC")),
-        ("numeric", pa.map_(pa.string(), pa.float64())),
-        ("categorical", pa.map_(pa.string(), pa.string())),
+        ("numeric", pa.map_(_KEY, pa.float64())),
+        ("categorical", pa.map_(_KEY, pa.string())),
         ("prediction", pa.float64()),
         ("predicted_label", pa.string()),
         ("latency_ms", pa.float64()),
-        ("attributes", pa.map_(pa.string(), pa.string())),
+        ("attributes", pa.map_(_KEY, pa.string())),
     ]
 )
 
@@ -486,9 +486,18 @@ def _numeric_map(columns_: Mapping[str, np.ndarray], n: int) -> pa.MapArray:
     if k == 0:
         return _empty_maps(n, pa.float64())
     values = np.stack([np.asarray(columns_[name], dtype=np.float64) for name in names], axis=1).reshape(-1)
-    keys = pc.take(pa.array(names, type=pa.string()), pa.array(np.tile(np.arange(k, dtype=np.int32), n)))
+    keys = _names(names, np.tile(np.arange(k, dtype=np.int32), n))
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
     return pa.MapArray.from_arrays(offsets, keys, pa.array(values))
+
+
+def _names(names: list[str], index: np.ndarray) -> pa.DictionaryArray:
+    """Map keys as indices into ``names``: ClickHouse reads a dictionary-encoded column into a String one.
+
+    Every row repeats the same few keys, so written out they were most of an insert's bytes (45 of
+    the 63 MB of 100,000 rows with 20 numeric features): built, copied and sent for nothing.
+    """
+    return pa.DictionaryArray.from_arrays(pa.array(index, type=pa.int32()), pa.array(names, type=pa.string()))
 
 
 def _string_map(columns_: Mapping[str, Sequence[str | None]], n: int, what: str) -> pa.MapArray:
@@ -503,7 +512,7 @@ def _string_map(columns_: Mapping[str, Sequence[str | None]], n: int, what: str)
     flat = present.reshape(-1)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(present.sum(axis=1), out=offsets[1:])
-    keys = pc.take(pa.array(names, type=pa.string()), pa.array(np.tile(np.arange(k, dtype=np.int32), n)[flat]))
+    keys = _names(names, np.tile(np.arange(k, dtype=np.int32), n)[flat])
     return pa.MapArray.from_arrays(pa.array(offsets), keys, _strings(grid.reshape(-1)[flat], what))
 
 
@@ -516,5 +525,5 @@ def _strings(values: Any, what: str) -> pa.Array:
 
 def _empty_maps(n: int, value_type: pa.DataType) -> pa.MapArray:
     return pa.MapArray.from_arrays(
-        pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type=pa.string()), pa.array([], type=value_type)
+        pa.array(np.zeros(n + 1, dtype=np.int32)), _names([], np.zeros(0, dtype=np.int32)), pa.array([], type=value_type)
     )
