@@ -2,8 +2,9 @@
 
 A message may be acknowledged only once everything it fed is in the warehouse:
 its raw rows and the windows it was counted in. The :class:`Outbox` gathers
-those writes while a backlog is read, hands them to one writer thread, and
-gives each message's token back once the write that covers it has finished.
+those writes while a backlog is read, hands them to two writer threads (raw
+rows on one, windows on the other), and gives each message's token back once
+both writes that cover it have finished.
 The service thread never waits for the warehouse in between, and a backlog
 costs the warehouse an insert per hundred thousand raw rows instead of one per
 poll.
