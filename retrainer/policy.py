@@ -9,6 +9,8 @@ whole. docs/POLICY.md is the reference of every key, with a full example.
 Parsing checks every key and value and reports all problems at once, each
 with its key path (``models.credit.drift.min_features: expected a positive
 integer, got 'two'``); unknown keys are errors, with a "did you mean" hint.
+pydantic does the walking (structure, unknown keys, locations, collecting);
+small checkers here say what each value must be, in the messages' words.
 Everything here is pure except :func:`load_policy`, which reads the file.
 """
 
@@ -22,9 +24,11 @@ import re
 import types
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping, NoReturn
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
 from retrainer.registry.errors import InvalidNameError
@@ -401,95 +405,99 @@ _REPLACED = {("retraining", "hyperparameters")}
 
 
 # --------------------------------------------------------------------------- validation
+# pydantic walks the file, forbids unknown keys and collects every problem with its location; the
+# checkers below only say what a value must be, in the words the error messages use.
+
+_Loc = tuple[Any, ...]
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append((path, message))
+def _fail(message: str, found: list[tuple[_Loc, str]] | None = None) -> NoReturn:
+    """Reject a value; ``found`` lists problems inside it, each at a location relative to the value."""
+    raise PydanticCustomError("policy", "{message}", {"message": message, "found": found or [((), message)]})
 
 
-class _Invalid(Exception):
-    """Raised by a value checker; the walker records it with the key path."""
+def _rule(check: Callable[[Any], Any]) -> Any:
+    """A field type whose only validation is ``check`` (which returns the value or calls :func:`_fail`)."""
+    return Annotated[Any, PlainValidator(check)]
 
 
-def _join(path: str, key: str) -> str:
-    if path and re.fullmatch(r"[A-Za-z0-9_.-]+|\*", key) is None:
-        key = repr(key)
-    return f"{path}.{key}" if path else key
+def _mapping(what: str) -> Any:
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict):
+            _fail(f"expected {what}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int(minimum: int, what: str) -> Callable[[Any], int]:
+def _int(minimum: int, what: str) -> Any:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Invalid(f"expected {what}, got {value!r}")
+            _fail(f"expected {what}, got {value!r}")
         return value
 
-    return check
+    return _rule(check)
 
 
-def _number(check: Callable[[float], bool], what: str) -> Callable[[Any], float]:
-    def run(value: Any) -> float:
-        if not _is_number(value) or not math.isfinite(value) or not check(value):
-            raise _Invalid(f"expected {what}, got {value!r}")
+def _number(accept: Callable[[float], bool], what: str, optional: bool = False) -> Any:
+    def check(value: Any) -> float | None:
+        if value is None and optional:
+            return None
+        if not _is_number(value) or not math.isfinite(value) or not accept(value):
+            _fail(f"expected {what}, got {value!r}")
         return float(value)
 
-    return run
-
-
-def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        return None if value is None else inner(value)
-
-    return check
+    return _rule(check)
 
 
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {value!r}")
+        _fail(f"expected true or false, got {value!r}")
     return value
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _Invalid(f"expected a non-empty string, got {value!r}")
+        _fail(f"expected a non-empty string, got {value!r}")
     return value
 
 
-def _choice(options: tuple[str, ...], hint: str = "") -> Callable[[Any], str]:
-    def check(value: Any) -> str:
+def _choice(options: tuple[str, ...], hint: str = "", optional: bool = False) -> Any:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
         if value not in options:
             listed = ", ".join(repr(o) for o in options)
-            raise _Invalid(f"expected one of {listed}, got {value!r}{_did_you_mean(value, options)}{hint}")
+            _fail(f"expected one of {listed}, got {value!r}{_did_you_mean(value, options)}{hint}")
         return value
 
-    return check
+    return _rule(check)
 
 
-def _names(options: Callable[[], tuple[str, ...]] | None = None) -> Callable[[Any], list[str]]:
+def _names(options: Callable[[], tuple[str, ...]] | None = None, optional: bool = False) -> Any:
     """A non-empty list of distinct names, each among ``options()`` when given."""
 
-    def check(value: Any) -> list[str]:
+    def check(value: Any) -> list[str] | None:
+        if value is None and optional:
+            return None
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise _Invalid(f"expected a list of names, got {value!r}")
+            _fail(f"expected a list of names, got {value!r}")
         if not value:
-            raise _Invalid("expected at least one name, got an empty list")
+            _fail("expected at least one name, got an empty list")
         if len(set(value)) != len(value):
-            raise _Invalid(f"names repeat in {value!r}")
+            _fail(f"names repeat in {value!r}")
         if options is not None:
             known = options()
             for v in value:
                 if v not in known:
-                    raise _Invalid(f"unknown name {v!r}{_did_you_mean(v, known)}; known: {', '.join(known)}")
+                    _fail(f"unknown name {v!r}{_did_you_mean(v, known)}; known: {', '.join(known)}")
         return list(value)
 
-    return check
+    return _rule(check)
 
 
 def _detector_names() -> tuple[str, ...]:
@@ -504,174 +512,311 @@ def _trainer(value: Any) -> str:
         re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value)
         or re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", value)
     ):
-        raise _Invalid(f"expected an entry-point name such as 'river-linear' or 'module:function', got {value!r}")
+        _fail(f"expected an entry-point name such as 'river-linear' or 'module:function', got {value!r}")
     return value
 
 
 def _did_you_mean(value: Any, options: Any) -> str:
+    """The hint pydantic lacks: the closest known name, if one is close.
+
+    >>> _did_you_mean("cooldown_minuts", ["cooldown_minutes", "min_rows"])
+    " (did you mean 'cooldown_minutes'?)"
+    """
     if not isinstance(value, str):
         return ""
     close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _json_value(value: Any, path: str, problems: _Problems) -> Any:
+def _json_value(value: Any, at: _Loc, found: list[tuple[_Loc, str]]) -> Any:
     # Hyperparameters go into lineage JSON, which refuses anything JSON cannot spell.
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            problems.add(path, f"expected a finite number, got {value!r}")
+            found.append((at, f"expected a finite number, got {value!r}"))
         return value
     if isinstance(value, list):
-        return [_json_value(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [_json_value(v, at + (i,), found) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                problems.add(path, f"keys must be strings, got {k!r}")
+                found.append((at, f"keys must be strings, got {k!r}"))
                 continue
-            out[k] = _json_value(v, _join(path, k), problems)
+            out[k] = _json_value(v, at + (k,), found)
         return out
-    problems.add(path, f"expected a JSON-like value (number, string, list, mapping), got {value!r}")
+    found.append((at, f"expected a JSON-like value (number, string, list, mapping), got {value!r}"))
     return None
 
 
-def _hyperparameters(value: Any, path: str, problems: _Problems) -> Any:
+def _hyperparameters(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        problems.add(path, f"expected a mapping of hyperparameters, got {value!r}")
-        return None
-    return _json_value(value, path, problems)
+        _fail(f"expected a mapping of hyperparameters, got {value!r}")
+    found: list[tuple[_Loc, str]] = []
+    checked = _json_value(value, (), found)
+    if found:
+        _fail(found[0][1], found)
+    return checked
 
 
-def _thresholds(value: Any, path: str, problems: _Problems) -> Any:
-    if not isinstance(value, dict):
-        problems.add(path, f"expected a mapping of feature (or '*') to {{metric: threshold}}, got {value!r}")
-        return None
-    out: dict[str, dict[str, float | None]] = {}
-    for feature, metrics in value.items():
-        fpath = _join(path, str(feature))
-        if not isinstance(feature, str) or not feature:
-            problems.add(fpath, f"feature names must be non-empty strings, got {feature!r}")
-            continue
-        if not isinstance(metrics, dict):
-            problems.add(fpath, f"expected a mapping of metric to threshold, got {metrics!r}")
-            continue
-        entry: dict[str, float | None] = {}
-        for metric, limit in metrics.items():
-            mpath = _join(fpath, str(metric))
-            if metric in drift.TEST_LEVEL_KEYS:
-                problems.add(mpath, f"not a threshold: {drift.TEST_LEVEL_HINT}")
-                continue
-            if metric not in THRESHOLD_KEYS:
-                known = ", ".join(THRESHOLD_KEYS)
-                problems.add(mpath, f"unknown metric{_did_you_mean(metric, THRESHOLD_KEYS)}; known: {known}")
-                continue
-            if limit is None:  # null removes an inherited threshold
-                entry[metric] = None
-                continue
-            if not (_is_number(limit) and math.isfinite(limit) and limit >= 0):
-                problems.add(mpath, f"expected a non-negative number (or null to remove it), got {limit!r}")
-                continue
-            entry[metric] = float(limit)
-        out[feature] = entry
-    return out
+def _feature(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(f"feature names must be non-empty strings, got {value!r}")
+    return value
 
 
-@dataclass(frozen=True)
-class _Whole:
-    """A key checked as a whole by ``check(value, path, problems)``, which reports its own problems."""
+def _threshold_key(metric: Any) -> str:
+    if metric in drift.TEST_LEVEL_KEYS:
+        _fail(f"not a threshold: {drift.TEST_LEVEL_HINT}")
+    if metric not in THRESHOLD_KEYS:
+        _fail(f"unknown metric{_did_you_mean(metric, THRESHOLD_KEYS)}; known: {', '.join(THRESHOLD_KEYS)}")
+    return metric
 
-    check: Callable[[Any, str, _Problems], Any]
 
+_Limit = _number(lambda v: v >= 0, "a non-negative number (or null to remove it)", optional=True)
+_FeatureName = _rule(_feature)
+_ThresholdKey = _rule(_threshold_key)
+_FeatureThresholds = Annotated[dict[_ThresholdKey, _Limit], _mapping("a mapping of metric to threshold")]
+_Thresholds = Annotated[
+    dict[_FeatureName, _FeatureThresholds], _mapping("a mapping of feature (or '*') to {metric: threshold}")
+]
 _OP_HINT = " (quote it in YAML: op: '>')"
-
-_SCHEMA: dict[str, Any] = {
-    "monitoring": {
-        "enabled": _bool,
-        "window_seconds": _int(1, "a positive integer"),
-        "allowed_lateness_seconds": _int(0, "a non-negative integer"),
-        "thresholds": _Whole(_thresholds),
-        "fdr_q": _number(lambda v: 0 < v < 1, "a number between 0 and 1"),
-        "reference": {
-            "bins": _int(2, "an integer of at least 2"),
-            "top_k": _int(1, "a positive integer"),
-            "sample_size": _int(1, "a positive integer"),
-        },
-        "detectors": _names(_detector_names),
-    },
-    "drift": {
-        "enabled": _bool,
-        "metric": _choice((DRIFTED,) + DRIFT_METRICS),
-        "op": _choice(tuple(OPS), _OP_HINT),
-        "threshold": _optional(_number(lambda v: True, "a number")),
-        "min_features": _int(1, "a positive integer"),
-        "consecutive_windows": _int(1, "a positive integer"),
-        "features": _optional(_names()),
-    },
-    "performance": {
-        "enabled": _bool,
-        "metric": _name,
-        "direction": _optional(_choice(("higher", "lower"))),
-        "max_drop": _optional(_number(lambda v: v >= 0, "a non-negative number")),
-        "limit": _optional(_number(lambda v: True, "a number")),
-        "min_labels": _int(1, "a positive integer"),
-        "consecutive_windows": _int(1, "a positive integer"),
-    },
-    "change_detectors": {
-        "enabled": _bool,
-        "detectors": _names(_detector_names),
-        "streams": _names(),
-        "min_events": _int(1, "a positive integer"),
-    },
-    "schedule": {"every_hours": _optional(_number(lambda v: v > 0, "a positive number of hours"))},
-    "manual": {"cooldown_minutes": _number(lambda v: v >= 0, "a non-negative number of minutes")},
-    "retraining": {
-        "snapshot": {
-            "since": _choice(("lookback", "last_promotion")),
-            "lookback_hours": _number(lambda v: v > 0, "a positive number of hours"),
-        },
-        "holdout_fraction": _number(lambda v: 0 < v < 1, "a fraction between 0 and 1"),
-        "min_rows": _int(1, "a positive integer"),
-        "trainer": _trainer,
-        "hyperparameters": _Whole(_hyperparameters),
-        "promotion": {
-            "metric": _name,
-            "min_improvement": _number(lambda v: True, "a number"),
-            "direction": _optional(_choice(("higher", "lower"))),
-        },
-        "cooldown_minutes": _number(lambda v: v >= 0, "a non-negative number of minutes"),
-        "hysteresis_windows": _int(1, "a positive integer"),
-    },
-}
+_Bool = _rule(_bool)
+_Name = _rule(_name)
+_PositiveInt = _int(1, "a positive integer")
+_NonNegativeInt = _int(0, "a non-negative integer")
+_Bins = _int(2, "an integer of at least 2")
+_AnyNumber = _number(lambda v: True, "a number")
+_OptionalNumber = _number(lambda v: True, "a number", optional=True)
+_Fraction = _number(lambda v: 0 < v < 1, "a fraction between 0 and 1")
+_FdrQ = _number(lambda v: 0 < v < 1, "a number between 0 and 1")
+_MaxDrop = _number(lambda v: v >= 0, "a non-negative number", optional=True)
+_Hours = _number(lambda v: v > 0, "a positive number of hours")
+_OptionalHours = _number(lambda v: v > 0, "a positive number of hours", optional=True)
+_Minutes = _number(lambda v: v >= 0, "a non-negative number of minutes")
+_Direction = _choice(("higher", "lower"), optional=True)
+_DriftMetric = _choice((DRIFTED,) + DRIFT_METRICS)
+_Op = _choice(tuple(OPS), _OP_HINT)
+_Since = _choice(("lookback", "last_promotion"))
+_Detectors = _names(_detector_names)
+_Names = _names()
+_OptionalNames = _names(optional=True)
+_Trainer = _rule(_trainer)
+_Hyperparameters = _rule(_hyperparameters)
+_Unchecked = _rule(lambda value: value)
 
 
-def _check_section(value: Any, schema: dict[str, Any], path: str, problems: _Problems) -> dict[str, Any]:
-    """Validate a partial section: every key optional, none unknown."""
-    if not isinstance(value, dict):
-        hint = ""
-        if value is None or isinstance(value, bool):
-            hint = "; to turn a trigger off write enabled: false" if "enabled" in schema else ""
-        problems.add(path, f"expected a mapping, got {value!r}{hint}")
-        return {}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        kpath = _join(path, str(key))
-        spec = schema.get(key) if isinstance(key, str) else None
-        if spec is None:
-            problems.add(kpath, f"unknown key{_did_you_mean(key, schema)}; known: {', '.join(schema)}")
-        elif isinstance(spec, dict):
-            out[key] = _check_section(item, spec, kpath, problems)
-        elif isinstance(spec, _Whole):
-            checked = spec.check(item, kpath, problems)
-            if checked is not None:
-                out[key] = checked
+class _Section(BaseModel):
+    """A partial block of the file: every key optional (None stands for "not given"), none unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            off = value is None or isinstance(value, bool)
+            hint = "; to turn a trigger off write enabled: false" if off and "enabled" in cls.model_fields else ""
+            _fail(f"expected a mapping, got {value!r}{hint}")
+        return value
+
+
+class _Reference(_Section):
+    bins: _Bins = None
+    top_k: _PositiveInt = None
+    sample_size: _PositiveInt = None
+
+
+class _Monitoring(_Section):
+    enabled: _Bool = None
+    window_seconds: _PositiveInt = None
+    allowed_lateness_seconds: _NonNegativeInt = None
+    thresholds: _Thresholds = None
+    fdr_q: _FdrQ = None
+    reference: _Reference = None
+    detectors: _Detectors = None
+
+
+class _Drift(_Section):
+    enabled: _Bool = None
+    metric: _DriftMetric = None
+    op: _Op = None
+    threshold: _OptionalNumber = None
+    min_features: _PositiveInt = None
+    consecutive_windows: _PositiveInt = None
+    features: _OptionalNames = None
+
+
+class _Performance(_Section):
+    enabled: _Bool = None
+    metric: _Name = None
+    direction: _Direction = None
+    max_drop: _MaxDrop = None
+    limit: _OptionalNumber = None
+    min_labels: _PositiveInt = None
+    consecutive_windows: _PositiveInt = None
+
+
+class _ChangeDetectors(_Section):
+    enabled: _Bool = None
+    detectors: _Detectors = None
+    streams: _Names = None
+    min_events: _PositiveInt = None
+
+
+class _Schedule(_Section):
+    every_hours: _OptionalHours = None
+
+
+class _Manual(_Section):
+    cooldown_minutes: _Minutes = None
+
+
+class _Snapshot(_Section):
+    since: _Since = None
+    lookback_hours: _Hours = None
+
+
+class _Promotion(_Section):
+    metric: _Name = None
+    min_improvement: _AnyNumber = None
+    direction: _Direction = None
+
+
+class _Retraining(_Section):
+    snapshot: _Snapshot = None
+    holdout_fraction: _Fraction = None
+    min_rows: _PositiveInt = None
+    trainer: _Trainer = None
+    hyperparameters: _Hyperparameters = None
+    promotion: _Promotion = None
+    cooldown_minutes: _Minutes = None
+    hysteresis_windows: _PositiveInt = None
+
+
+class _ModelSection(_Section):
+    """What ``defaults:`` and each entry of ``models:`` may say."""
+
+    monitoring: _Monitoring = None
+    drift: _Drift = None
+    performance: _Performance = None
+    change_detectors: _ChangeDetectors = None
+    schedule: _Schedule = None
+    manual: _Manual = None
+    retraining: _Retraining = None
+
+
+def _version(value: Any) -> int:
+    if value != 1 or isinstance(value, bool):
+        _fail(f"expected 1 (the only policy format so far), got {value!r}")
+    return value
+
+
+_Version = _rule(_version)
+
+
+class _File(_Section):
+    version: _Version = None
+    defaults: _Unchecked = None  # checked as a _ModelSection, at its own path
+    models: _Unchecked = None  # each entry checked at its own path, once its id is valid
+
+
+_TOP = tuple(_File.model_fields)
+
+
+def _join(path: str, key: str) -> str:
+    if path and re.fullmatch(r"[A-Za-z0-9_.-]+|\*", key) is None:
+        key = repr(key)
+    return f"{path}.{key}" if path else key
+
+
+def _locate(data: Any, loc: _Loc, at: _Loc = ()) -> tuple[list[int], str]:
+    """Where ``loc`` points in ``data``: its place in file order, and its path under ``at``, as people
+    write it (odd keys quoted, list items ``[i]``).
+
+    >>> _locate({"hp": {"a": 1, "layers": [4, 5]}}, ("hp", "layers", 1), ("defaults",))
+    ([0, 1, 1], 'defaults.hp.layers[1]')
+    >>> _locate({"my feature": {}}, ("my feature", "psi"), ("t",))
+    ([0, 0], "t.'my feature'.psi")
+    """
+    path = ""
+    for key in at:
+        path = _join(path, str(key))
+    # pydantic reports in the order of its fields; people read problems in the order of their file.
+    order = []
+    for key in loc:
+        if isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
+            order.append(key)
+            path = f"{path}[{key}]"
+            data = data[key]
+            continue
+        if isinstance(data, dict):
+            keys = list(data)
+            order.append(keys.index(key) if key in keys else len(keys))
+            data = data.get(key)
         else:
-            try:
-                out[key] = spec(item)
-            except _Invalid as exc:
-                problems.add(kpath, str(exc))
-    return out
+            order.append(0)
+            data = None
+        path = _join(path, str(key))
+    return order, path
+
+
+def _model_at(model: type[BaseModel], loc: _Loc) -> type[BaseModel] | None:
+    for key in loc:
+        found = model.model_fields.get(key) if isinstance(key, str) else None
+        if found is None or not (isinstance(found.annotation, type) and issubclass(found.annotation, BaseModel)):
+            return None
+        model = found.annotation
+    return model
+
+
+def _drop(data: dict[str, Any], loc: _Loc) -> None:
+    for key in loc[:-1]:
+        data = data.get(key) if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data.pop(loc[-1], None)
+
+
+def _check_section(
+    model: type[_Section], value: Any, at: _Loc, problems: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """The keys ``value`` sets, validated; its problems go to ``problems`` (located under ``at``), in
+    file order. A key with a problem is left out, so that rules spanning keys still see the rest."""
+    try:
+        return model.model_validate(value).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    found: list[tuple[list[int], str, str]] = []
+    bad: list[_Loc] = []
+    # a key with a problem of its own: its value is not looked at (pydantic checks both)
+    bad_keys = [tuple(error["loc"][:-1]) for error in errors if error["loc"][-1:] == ("[key]",)]
+    for error in errors:
+        loc = tuple(k for k in error["loc"] if k != "[key]")  # a dict key's own problem: report it at the key
+        if error["loc"][-1:] != ("[key]",) and any(loc[: len(k)] == k for k in bad_keys):
+            continue
+        bad.append(loc)
+        if error["type"] == "policy":
+            order = _locate(value, loc)[0]  # problems inside one value stay in the order its checker found them
+            for inner, message in error["ctx"]["found"]:
+                found.append((order, _locate(value, loc + inner, at)[1], message))
+        elif error["type"] in ("extra_forbidden", "invalid_key"):  # a key not among the fields, maybe not a string
+            section = _model_at(model, loc[:-1])
+            known = list(section.model_fields) if section is not None else []
+            message = f"unknown key{_did_you_mean(loc[-1], known)}; known: {', '.join(known)}"
+            found.append((*_locate(value, loc, at), message))
+        else:  # not raised by the checkers above; pydantic's own words then
+            found.append((*_locate(value, loc, at), f"{error['msg']}, got {error['input']!r}"))
+    problems.extend((path, message) for _, path, message in sorted(found, key=lambda f: f[0]))
+    if not bad or () in bad:
+        return {}
+    rest = copy.deepcopy(value)
+    for loc in bad:
+        _drop(rest, loc)
+    try:
+        return model.model_validate(rest).model_dump(exclude_unset=True)
+    except ValidationError:
+        return {}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -752,9 +897,6 @@ def _build(model_id: str, c: dict[str, Any]) -> ModelPolicy:
     )
 
 
-_TOP = ("version", "defaults", "models")
-
-
 def parse_policy(data: Mapping[str, Any] | None, source: str = "<policy>") -> Policy:
     """Validate a policy mapping (as read from YAML) and build the :class:`Policy`.
 
@@ -766,44 +908,42 @@ def parse_policy(data: Mapping[str, Any] | None, source: str = "<policy>") -> Po
     ...
     retrainer.policy.PolicyError: <policy>: defaults.retraining.cooldown_minuts: unknown key (did you mean 'cooldown_minutes'?); ...
     """
-    problems = _Problems()
+    problems: list[tuple[str, str]] = []
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise PolicyError(source, [("", f"expected a mapping with keys {', '.join(_TOP)}, got {data!r}")])
-    for key in data:
-        if key not in _TOP:
-            problems.add(str(key), f"unknown key{_did_you_mean(key, _TOP)}; known: {', '.join(_TOP)}")
-    if "version" in data and (data["version"] != 1 or isinstance(data["version"], bool)):
-        problems.add("version", f"expected 1 (the only policy format so far), got {data['version']!r}")
+    _check_section(_File, dict(data), (), problems)
 
     defaults_raw = data.get("defaults")
-    defaults_partial = {} if defaults_raw is None else _check_section(defaults_raw, _SCHEMA, "defaults", problems)
+    defaults_partial = {}
+    if defaults_raw is not None:
+        defaults_partial = _check_section(_ModelSection, defaults_raw, ("defaults",), problems)
     defaults_config = _merge(BUILTIN, defaults_partial)
     default_cross = _cross_checks(defaults_config)
     for rel, message in default_cross:
-        problems.add(f"defaults.{rel}", message)
+        problems.append((f"defaults.{rel}", message))
 
     models_raw = data.get("models")
     models_config: dict[str, dict[str, Any]] = {}
     if models_raw is not None and not isinstance(models_raw, dict):
-        problems.add("models", f"expected a mapping of model id to its settings, got {models_raw!r}")
+        problems.append(("models", f"expected a mapping of model id to its settings, got {models_raw!r}"))
     elif models_raw:
         for model_id, section in models_raw.items():
             path = _join("models", str(model_id))
             try:
                 validate_name(model_id)
             except InvalidNameError as exc:
-                problems.add(path, str(exc))
+                problems.append((path, str(exc)))
                 continue
-            partial = {} if section is None else _check_section(section, _SCHEMA, path, problems)
+            partial = {} if section is None else _check_section(_ModelSection, section, ("models", model_id), problems)
             config = _merge(defaults_config, partial)
             for rel, message in _cross_checks(config):
                 if (rel, message) not in default_cross:  # reported once, at defaults
-                    problems.add(f"{path}.{rel}", message)
+                    problems.append((f"{path}.{rel}", message))
             models_config[model_id] = config
 
-    if problems.items:
-        raise PolicyError(source, problems.items)
+    if problems:
+        raise PolicyError(source, problems)
     return Policy(
         defaults=_build(ALL_FEATURES, defaults_config),
         models=types.MappingProxyType({m: _build(m, c) for m, c in models_config.items()}),
