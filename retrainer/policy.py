@@ -22,9 +22,10 @@ import math
 import os
 import re
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, model_validator
@@ -903,10 +904,12 @@ def parse_policy(data: Mapping[str, Any] | None, source: str = "<policy>") -> Po
     ``source`` names the file in error messages. Every problem is collected
     and raised together in one :class:`PolicyError`.
 
-    >>> parse_policy({"defaults": {"retraining": {"cooldown_minuts": 5}}})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    retrainer.policy.PolicyError: <policy>: defaults.retraining.cooldown_minuts: unknown key (did you mean 'cooldown_minutes'?); ...
+    >>> try:
+    ...     parse_policy({"defaults": {"retraining": {"cooldown_minuts": 5}}})
+    ... except PolicyError as exc:
+    ...     path, message = exc.problems[0]
+    >>> path, message.split(";")[0]
+    ('defaults.retraining.cooldown_minuts', "unknown key (did you mean 'cooldown_minutes'?)")
     """
     problems: list[tuple[str, str]] = []
     data = {} if data is None else data
