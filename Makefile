@@ -5,14 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-unit demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-unit lint demo stack-up stack-down stack-status bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all,test]"
 	touch $(STAMP)
 
 # The test session starts its own Kafka broker, embedded ClickHouse server and PostgreSQL
@@ -44,3 +44,8 @@ bench: setup
 clean:
 	-$(BIN)/driftline stack down
 	rm -rf .driftline
+
+# Lint and type-check (config in pyproject.toml); not yet in .ci/run: the tree has findings to fix first.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy

@@ -1,2 +1,37 @@
-"""driftline: event-driven model monitoring and retraining."""
+"""driftline: event-driven model monitoring and retraining.
+
+The two names a service needs are here, imported on first use so that
+``import driftline`` stays light (the base install is only the SDK):
+
+>>> from driftline import PredictionLogger, Settings
+>>> PredictionLogger.__module__, Settings.__module__
+('streams.sdk', 'driftline.settings')
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["PredictionLogger", "Settings", "__version__"]
+
+# name -> module that defines it
+_LAZY = {"PredictionLogger": "streams.sdk", "Settings": "driftline.settings"}
+
+if TYPE_CHECKING:
+    from driftline.settings import Settings
+    from streams.sdk import PredictionLogger
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'driftline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
