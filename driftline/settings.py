@@ -3,7 +3,7 @@
 Precedence, lowest first: defaults, a YAML file (``--config FILE`` or
 ``DRIFTLINE_CONFIG``), ``DRIFTLINE_*`` environment variables, then explicit
 overrides from the command line. The variable names are a public contract
-(CONTRACTS.md), so they are spelled out here rather than derived.
+(docs/CONTRACTS.md), so they are spelled out here rather than derived.
 """
 
 from __future__ import annotations

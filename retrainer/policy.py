@@ -36,7 +36,7 @@ from retrainer.registry.errors import InvalidNameError
 from retrainer.registry.models import validate_name
 from streams.core import drift
 
-# The drift engine owns its metric names (those of drift_metrics rows, CONTRACTS.md) and the
+# The drift engine owns its metric names (those of drift_metrics rows, docs/CONTRACTS.md) and the
 # threshold keys it takes; ``drifted`` is the engine's verdict.
 DRIFT_METRICS = drift.METRICS
 THRESHOLD_KEYS = drift.THRESHOLD_KEYS

@@ -1,4 +1,4 @@
-"""Bytes to driftline records and back (CONTRACTS.md, "Message encoding").
+"""Bytes to driftline records and back (docs/CONTRACTS.md, "Message encoding").
 
 A message is recognised by its first bytes:
 
@@ -87,7 +87,7 @@ DECODE_ERROR_REASONS = frozenset({
     "unknown_schema_id", "unexpected_record",
 })
 
-# Which records each topic carries (CONTRACTS.md); the first is the JSON default.
+# Which records each topic carries (docs/CONTRACTS.md); the first is the JSON default.
 TOPIC_RECORDS: dict[str, tuple[str, ...]] = {
     "predictions": ("PredictionEvent", "PredictionBatch"),
     "features": ("FeatureEvent", "FeatureBatch"),

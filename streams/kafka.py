@@ -2,7 +2,7 @@
 
 Topic arguments are full topic names (``settings.topic("predictions")``),
 except in :func:`ensure_topics`, which takes the contract's names and adds the
-prefix. Message keys are ``model_id`` as UTF-8 (CONTRACTS.md).
+prefix. Message keys are ``model_id`` as UTF-8 (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
