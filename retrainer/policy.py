@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TypeAlias
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, model_validator
@@ -417,12 +417,7 @@ def _fail(message: str, found: list[tuple[_Loc, str]] | None = None) -> NoReturn
     raise PydanticCustomError("policy", "{message}", {"message": message, "found": found or [((), message)]})
 
 
-def _rule(check: Callable[[Any], Any]) -> Any:
-    """A field type whose only validation is ``check`` (which returns the value or calls :func:`_fail`)."""
-    return Annotated[Any, PlainValidator(check)]
-
-
-def _mapping(what: str) -> Any:
+def _mapping(what: str) -> BeforeValidator:
     def check(value: Any) -> Any:
         if not isinstance(value, dict):
             _fail(f"expected {what}, got {value!r}")
@@ -435,16 +430,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int(minimum: int, what: str) -> Any:
+def _int(minimum: int, what: str) -> PlainValidator:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             _fail(f"expected {what}, got {value!r}")
         return value
 
-    return _rule(check)
+    return PlainValidator(check)
 
 
-def _number(accept: Callable[[float], bool], what: str, optional: bool = False) -> Any:
+def _number(accept: Callable[[float], bool], what: str, optional: bool = False) -> PlainValidator:
     def check(value: Any) -> float | None:
         if value is None and optional:
             return None
@@ -452,7 +447,7 @@ def _number(accept: Callable[[float], bool], what: str, optional: bool = False) 
             _fail(f"expected {what}, got {value!r}")
         return float(value)
 
-    return _rule(check)
+    return PlainValidator(check)
 
 
 def _bool(value: Any) -> bool:
@@ -467,19 +462,19 @@ def _name(value: Any) -> str:
     return value
 
 
-def _choice(options: tuple[str, ...], hint: str = "", optional: bool = False) -> Any:
+def _choice(options: tuple[str, ...], hint: str = "", optional: bool = False) -> PlainValidator:
     def check(value: Any) -> str | None:
         if value is None and optional:
             return None
         if value not in options:
             listed = ", ".join(repr(o) for o in options)
             _fail(f"expected one of {listed}, got {value!r}{_did_you_mean(value, options)}{hint}")
-        return value
+        return str(value)
 
-    return _rule(check)
+    return PlainValidator(check)
 
 
-def _names(options: Callable[[], tuple[str, ...]] | None = None, optional: bool = False) -> Any:
+def _names(options: Callable[[], tuple[str, ...]] | None = None, optional: bool = False) -> PlainValidator:
     """A non-empty list of distinct names, each among ``options()`` when given."""
 
     def check(value: Any) -> list[str] | None:
@@ -498,7 +493,7 @@ def _names(options: Callable[[], tuple[str, ...]] | None = None, optional: bool 
                     _fail(f"unknown name {v!r}{_did_you_mean(v, known)}; known: {', '.join(known)}")
         return list(value)
 
-    return _rule(check)
+    return PlainValidator(check)
 
 
 def _detector_names() -> tuple[str, ...]:
@@ -551,7 +546,7 @@ def _json_value(value: Any, at: _Loc, found: list[tuple[_Loc, str]]) -> Any:
     return None
 
 
-def _hyperparameters(value: Any) -> dict[str, Any]:
+def _hyperparameters(value: Any) -> Any:
     if not isinstance(value, dict):
         _fail(f"expected a mapping of hyperparameters, got {value!r}")
     found: list[tuple[_Loc, str]] = []
@@ -572,44 +567,47 @@ def _threshold_key(metric: Any) -> str:
         _fail(f"not a threshold: {drift.TEST_LEVEL_HINT}")
     if metric not in THRESHOLD_KEYS:
         _fail(f"unknown metric{_did_you_mean(metric, THRESHOLD_KEYS)}; known: {', '.join(THRESHOLD_KEYS)}")
-    return metric
+    return str(metric)
 
 
-_Limit = _number(lambda v: v >= 0, "a non-negative number (or null to remove it)", optional=True)
-_FeatureName = _rule(_feature)
-_ThresholdKey = _rule(_threshold_key)
-_FeatureThresholds = Annotated[dict[_ThresholdKey, _Limit], _mapping("a mapping of metric to threshold")]
-_Thresholds = Annotated[
+_Limit: TypeAlias = Annotated[
+    Any, _number(lambda v: v >= 0, "a non-negative number (or null to remove it)", optional=True)
+]
+_FeatureName: TypeAlias = Annotated[Any, PlainValidator(_feature)]
+_ThresholdKey: TypeAlias = Annotated[Any, PlainValidator(_threshold_key)]
+_FeatureThresholds: TypeAlias = Annotated[dict[_ThresholdKey, _Limit], _mapping("a mapping of metric to threshold")]
+_Thresholds: TypeAlias = Annotated[
     dict[_FeatureName, _FeatureThresholds], _mapping("a mapping of feature (or '*') to {metric: threshold}")
 ]
 _OP_HINT = " (quote it in YAML: op: '>')"
-_Bool = _rule(_bool)
-_Name = _rule(_name)
-_PositiveInt = _int(1, "a positive integer")
-_NonNegativeInt = _int(0, "a non-negative integer")
-_Bins = _int(2, "an integer of at least 2")
-_AnyNumber = _number(lambda v: True, "a number")
-_OptionalNumber = _number(lambda v: True, "a number", optional=True)
-_Fraction = _number(lambda v: 0 < v < 1, "a fraction between 0 and 1")
-_FdrQ = _number(lambda v: 0 < v < 1, "a number between 0 and 1")
-_MaxDrop = _number(lambda v: v >= 0, "a non-negative number", optional=True)
-_Hours = _number(lambda v: v > 0, "a positive number of hours")
-_OptionalHours = _number(lambda v: v > 0, "a positive number of hours", optional=True)
-_Minutes = _number(lambda v: v >= 0, "a non-negative number of minutes")
-_Direction = _choice(("higher", "lower"), optional=True)
-_DriftMetric = _choice((DRIFTED,) + DRIFT_METRICS)
-_Op = _choice(tuple(OPS), _OP_HINT)
-_Since = _choice(("lookback", "last_promotion"))
-_Detectors = _names(_detector_names)
-_Names = _names()
-_OptionalNames = _names(optional=True)
-_Trainer = _rule(_trainer)
-_Hyperparameters = _rule(_hyperparameters)
-_Unchecked = _rule(lambda value: value)
+_Bool: TypeAlias = Annotated[Any, PlainValidator(_bool)]
+_Name: TypeAlias = Annotated[Any, PlainValidator(_name)]
+_PositiveInt: TypeAlias = Annotated[Any, _int(1, "a positive integer")]
+_NonNegativeInt: TypeAlias = Annotated[Any, _int(0, "a non-negative integer")]
+_Bins: TypeAlias = Annotated[Any, _int(2, "an integer of at least 2")]
+_AnyNumber: TypeAlias = Annotated[Any, _number(lambda v: True, "a number")]
+_OptionalNumber: TypeAlias = Annotated[Any, _number(lambda v: True, "a number", optional=True)]
+_Fraction: TypeAlias = Annotated[Any, _number(lambda v: 0 < v < 1, "a fraction between 0 and 1")]
+_FdrQ: TypeAlias = Annotated[Any, _number(lambda v: 0 < v < 1, "a number between 0 and 1")]
+_MaxDrop: TypeAlias = Annotated[Any, _number(lambda v: v >= 0, "a non-negative number", optional=True)]
+_Hours: TypeAlias = Annotated[Any, _number(lambda v: v > 0, "a positive number of hours")]
+_OptionalHours: TypeAlias = Annotated[Any, _number(lambda v: v > 0, "a positive number of hours", optional=True)]
+_Minutes: TypeAlias = Annotated[Any, _number(lambda v: v >= 0, "a non-negative number of minutes")]
+_Direction: TypeAlias = Annotated[Any, _choice(("higher", "lower"), optional=True)]
+_DriftMetric: TypeAlias = Annotated[Any, _choice((DRIFTED,) + DRIFT_METRICS)]
+_Op: TypeAlias = Annotated[Any, _choice(tuple(OPS), _OP_HINT)]
+_Since: TypeAlias = Annotated[Any, _choice(("lookback", "last_promotion"))]
+_Detectors: TypeAlias = Annotated[Any, _names(_detector_names)]
+_Names: TypeAlias = Annotated[Any, _names()]
+_OptionalNames: TypeAlias = Annotated[Any, _names(optional=True)]
+_Trainer: TypeAlias = Annotated[Any, PlainValidator(_trainer)]
+_Hyperparameters: TypeAlias = Annotated[Any, PlainValidator(_hyperparameters)]
+_Unchecked: TypeAlias = Annotated[Any, PlainValidator(lambda value: value)]
 
 
 class _Section(BaseModel):
-    """A partial block of the file: every key optional (None stands for "not given"), none unknown."""
+    """A partial block of the file: every key optional, none unknown. Defaults are placeholders:
+    only the keys the file sets are read (``model_dump(exclude_unset=True)``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -633,9 +631,9 @@ class _Monitoring(_Section):
     enabled: _Bool = None
     window_seconds: _PositiveInt = None
     allowed_lateness_seconds: _NonNegativeInt = None
-    thresholds: _Thresholds = None
+    thresholds: _Thresholds = {}
     fdr_q: _FdrQ = None
-    reference: _Reference = None
+    reference: _Reference = _Reference()
     detectors: _Detectors = None
 
 
@@ -686,12 +684,12 @@ class _Promotion(_Section):
 
 
 class _Retraining(_Section):
-    snapshot: _Snapshot = None
+    snapshot: _Snapshot = _Snapshot()
     holdout_fraction: _Fraction = None
     min_rows: _PositiveInt = None
     trainer: _Trainer = None
     hyperparameters: _Hyperparameters = None
-    promotion: _Promotion = None
+    promotion: _Promotion = _Promotion()
     cooldown_minutes: _Minutes = None
     hysteresis_windows: _PositiveInt = None
 
@@ -699,22 +697,22 @@ class _Retraining(_Section):
 class _ModelSection(_Section):
     """What ``defaults:`` and each entry of ``models:`` may say."""
 
-    monitoring: _Monitoring = None
-    drift: _Drift = None
-    performance: _Performance = None
-    change_detectors: _ChangeDetectors = None
-    schedule: _Schedule = None
-    manual: _Manual = None
-    retraining: _Retraining = None
+    monitoring: _Monitoring = _Monitoring()
+    drift: _Drift = _Drift()
+    performance: _Performance = _Performance()
+    change_detectors: _ChangeDetectors = _ChangeDetectors()
+    schedule: _Schedule = _Schedule()
+    manual: _Manual = _Manual()
+    retraining: _Retraining = _Retraining()
 
 
 def _version(value: Any) -> int:
     if value != 1 or isinstance(value, bool):
         _fail(f"expected 1 (the only policy format so far), got {value!r}")
-    return value
+    return 1
 
 
-_Version = _rule(_version)
+_Version: TypeAlias = Annotated[Any, PlainValidator(_version)]
 
 
 class _File(_Section):
@@ -772,7 +770,7 @@ def _model_at(model: type[BaseModel], loc: _Loc) -> type[BaseModel] | None:
     return model
 
 
-def _drop(data: dict[str, Any], loc: _Loc) -> None:
+def _drop(data: Any, loc: _Loc) -> None:
     for key in loc[:-1]:
         data = data.get(key) if isinstance(data, dict) else None
     if isinstance(data, dict):
