@@ -31,9 +31,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from driftline.naming import InvalidName, validate_name
 from retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
-from retrainer.registry.errors import InvalidNameError
-from retrainer.registry.models import validate_name
 from streams.core import drift
 
 # The drift engine owns its metric names (those of drift_metrics rows, docs/CONTRACTS.md) and the
@@ -933,7 +932,7 @@ def parse_policy(data: Mapping[str, Any] | None, source: str = "<policy>") -> Po
             path = _join("models", str(model_id))
             try:
                 validate_name(model_id)
-            except InvalidNameError as exc:
+            except InvalidName as exc:
                 problems.append((path, str(exc)))
                 continue
             partial = {} if section is None else _check_section(_ModelSection, section, ("models", model_id), problems)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from driftline.naming import InvalidName
+
 
 class RegistryError(Exception):
     """Base of every registry error; the message is meant for the operator."""
 
 
-class InvalidNameError(RegistryError, ValueError):
+class InvalidNameError(RegistryError, InvalidName):
     """A model id, alias or tag key that the registry does not accept."""
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.records import Evidence, ModelEvent, ModelEventKind
-
+from driftline import naming
 from retrainer.registry.canonical import canonical_json
 from retrainer.registry.errors import InvalidNameError, InvalidVersionError
+from streams.records import Evidence, ModelEvent, ModelEventKind
 
 Status = Literal["registered", "challenger", "champion", "rejected", "archived"]
 STATUSES: tuple[Status, ...] = ("registered", "challenger", "champion", "rejected", "archived")
@@ -26,24 +25,17 @@ CHALLENGER = "challenger"
 
 # Names never reach a file path (artifacts are stored by hash), but they do
 # reach topic keys, dashboards and shell commands: keep them boring.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
 def validate_name(value: object, what: str = "model id") -> str:
-    """Return ``value`` if it is a valid model id, alias or tag key.
+    """Return ``value`` if it is a valid model id, alias or tag key (the rule of :mod:`driftline.naming`).
 
     >>> validate_name("credit-risk_v2.1")
     'credit-risk_v2.1'
-    >>> validate_name("../etc/passwd")
+    >>> validate_name("../etc/passwd")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    retrainer.registry.errors.InvalidNameError: invalid model id '../etc/passwd': use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit
+    retrainer.registry.errors.InvalidNameError: invalid model id '../etc/passwd': use 1-128 letters, ...
     """
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise InvalidNameError(
-            f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return value
+    return naming.validate_name(value, what, error=InvalidNameError)
 
 
 def version_number(version: int | str) -> int:
@@ -101,7 +93,7 @@ class Lineage:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Lineage":
+    def from_dict(cls, data: dict[str, Any]) -> Lineage:
         values = dict(data)
         values["evidence"] = [Evidence(**e) for e in values.get("evidence") or []]
         return cls(**values)

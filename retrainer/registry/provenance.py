@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
-import driftline
-
-_SOURCE_ROOT = Path(driftline.__file__).resolve().parents[1]
+# the checkout this module runs from (retrainer/registry/provenance.py is two folders down)
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:
@@ -24,6 +24,14 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def release() -> str:
+    """The installed driftline release (``0.1.0``), read from the package metadata."""
+    try:
+        return metadata.version("driftline")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``<package version>`` plus ``+g<commit>`` in a git checkout, and ``.dirty`` with local changes.
@@ -32,10 +40,10 @@ def code_version() -> str:
     honest answer there. Computed once per process: the code does not change
     under a running process.
 
-    >>> code_version().startswith(driftline.__version__)
+    >>> code_version().startswith(release())
     True
     """
-    version = driftline.__version__
+    version = release()
     commit = _git("rev-parse", "--verify", "--quiet", "HEAD")
     if not commit:
         return version
