@@ -293,6 +293,8 @@ class Retrainer:
         ref = SnapshotRef(self.registry.artifacts.uri(sha256), sha256, table.num_rows, first, last, start, end)
         data = Snapshot.from_table(table)
         dropped = f"; {data.dropped_unlabelled} rows without a label dropped" if data.dropped_unlabelled else ""
+        if data.dropped_features:  # kept in the stored snapshot's metadata too
+            dropped += f"; left out {', '.join(map(str, data.dropped_features))}"
         self._progress(request, "snapshot", 1, 1,
                        f"{table.num_rows:,} labelled rows in {span}, {len(data.data.numeric)} numeric and "
                        f"{len(data.data.categorical)} categorical features, task {data.data.task}, stored as "
