@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from driftline.redaction import redact, redact_url, redacted_repr
 from schemas import CLICKHOUSE_DIR
 from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 from streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
@@ -123,17 +124,17 @@ class WarehouseLocation:
             return cls("chdb", database=database, path=path)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise WarehouseError(f"warehouse URL {url!r} must start with http://, https:// or chdb://")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} must start with http://, https:// or chdb://")
         if not parts.hostname:
-            raise WarehouseError(f"warehouse URL {url!r} has no host")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has no host")
         segments = [s for s in parts.path.split("/") if s]
         if len(segments) > 1:
-            raise WarehouseError(f"warehouse URL {url!r}: the path must be just the database name")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r}: the path must be just the database name")
         database = unquote(segments[0]) if segments else _query_database(parts.query, url)
         try:
             port = parts.port or (8443 if parts.scheme == "https" else 8123)
         except ValueError as exc:
-            raise WarehouseError(f"warehouse URL {url!r} has a bad port: {exc}") from exc
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has a bad port: {redact(exc)}") from None
         return cls(
             parts.scheme,
             database=_check_identifier(database, "database", url),
@@ -143,6 +144,9 @@ class WarehouseLocation:
             password=unquote(parts.password) if parts.password else "",
             compress=_query_compress(parts.query, parts.hostname, url),
         )
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
     def redacted(self) -> str:
         """The URL without the password, for logs and errors."""
@@ -158,7 +162,7 @@ def _query_compress(query: str, host: str, url: str) -> str:
         return "none" if _loopback(host) else "lz4"
     value = values[0].lower()
     if value not in _COMPRESSIONS:
-        raise WarehouseError(f"warehouse URL {url!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
+        raise WarehouseError(f"warehouse URL {redact_url(url)!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
     return value
 
 
@@ -179,7 +183,7 @@ def _query_database(query: str, url: str) -> str:
 
 def _check_identifier(name: str, what: str, context: str) -> str:
     if not _IDENTIFIER.match(name):
-        raise WarehouseError(f"{context}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
+        raise WarehouseError(f"{redact(context)}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
     return name
 
 
