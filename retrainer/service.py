@@ -413,6 +413,8 @@ class Retrainer:
         }
         if ev.champion is not None:
             tags["champion_scored_by"] = ev.champion.source
+        if c.data.dropped_features:  # what the snapshot left out so that one odd event could not fail it
+            tags["dropped_features"] = "; ".join(map(str, c.data.dropped_features))
         profile = policy.monitoring.reference.profile_builder(request.model_id, c.data.data.numeric,
                                                               c.data.data.categorical, c.scores)
 

@@ -95,3 +95,44 @@ def test_a_clean_range_has_no_record_of_left_out_features(warehouse: Warehouse) 
     table = warehouse.training_snapshot("credit", NOW, NOW + 10 * N)
     assert table.schema.metadata is None
     assert Snapshot.from_table(table).dropped_features == ()
+
+
+@pytest.mark.kafka
+def test_the_retrainer_trains_past_odd_events_and_the_version_says_what_was_left_out(
+    kafka_settings, warehouse_url: str, tmp_path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams import kafka
+    from retrainer.registry import Registry
+    from retrainer.service import Retrainer
+    from streams.records import RetrainRequest
+
+    monkeypatch.delenv("DRIFTLINE_KAFKA_JARS", raising=False)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  retraining:\n    min_rows: 100\n")
+    settings = kafka_settings.replace(warehouse=warehouse_url, registry=f"sqlite:///{tmp_path / 'registry.db'}",
+                                      artifacts=str(tmp_path / "artifacts"), policy=str(policy))
+    kafka.ensure_topics(settings, ["retrain-requests", "models", "dlq"])
+    now = int(np.datetime64("now", "ms").astype(np.int64))
+    rng = np.random.default_rng(5)
+    events = [PredictionEvent(f"g{i:04d}", "credit", "1", now - 3_600_000 + 1_000 * i,
+                              numeric={"income": float(x)}, prediction=0.5) for i, x in enumerate(rng.normal(size=N))]
+    events.append(PredictionEvent("odd", "credit", "1", now - 1_000, numeric={"label": 1.0},
+                                  categorical={"income": "lots"}, prediction=0.5))
+    wh = Warehouse.connect(warehouse_url, migrate=True)
+    retrainer = None
+    try:
+        wh.insert_predictions(PredictionBatch.from_events(events))
+        wh.insert_labels([LabelEvent(e.event_id, "credit", now, float(e.numeric.get("income", 0.0) > 0)) for e in events])
+        retrainer = Retrainer.from_settings(settings)
+        outcome = retrainer.handle(RetrainRequest(f"r-{unique}", "credit", "1", "manual", now))
+        assert (outcome.status, outcome.version) == ("registered", "1"), outcome
+        version = Registry.from_settings(settings).get("credit", "1")
+        assert version.tags["dropped_features"] == ("categorical feature 'income' (feature_kind_conflict, 1 values); "
+                                                    "numeric feature 'label' (reserved_feature_name, 1 values)")
+        stored = Registry.from_settings(settings).artifacts.get_table(version.lineage.dataset_sha256)
+        assert [str(d) for d in Snapshot.from_table(stored).dropped_features] == version.tags["dropped_features"].split("; ")
+    finally:
+        if retrainer is not None:
+            retrainer.close()
+        wh.command("DROP DATABASE IF EXISTS {db:Identifier}", {"db": wh.database})
+        wh.close()
