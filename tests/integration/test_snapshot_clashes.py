@@ -101,9 +101,9 @@ def test_a_clean_range_has_no_record_of_left_out_features(warehouse: Warehouse) 
 def test_the_retrainer_trains_past_odd_events_and_the_version_says_what_was_left_out(
     kafka_settings, warehouse_url: str, tmp_path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streams import kafka
     from retrainer.registry import Registry
     from retrainer.service import Retrainer
+    from streams import kafka
     from streams.records import RetrainRequest
 
     monkeypatch.delenv("DRIFTLINE_KAFKA_JARS", raising=False)

@@ -5,12 +5,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
 from retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
+from retrainer.trainers import (
+    DEFAULT_ARTIFACT_ALLOWLIST,
+    ArtifactNotAllowed,
+    TrainingSet,
+    artifact_allowlist,
+    load_model,
+    score,
+    train_river_linear,
+)
 
 
 @pytest.fixture
@@ -142,22 +154,6 @@ def test_uris_name_objects_by_hash(store: ArtifactStore) -> None:
 
 
 # --- loading through the allowlist (docs/SECURITY.md) -------------------------------------------------
-
-import pickle  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads  # noqa: E402
-from retrainer.trainers import (  # noqa: E402
-    DEFAULT_ARTIFACT_ALLOWLIST,
-    ArtifactNotAllowed,
-    TrainingSet,
-    artifact_allowlist,
-    load_model,
-    score,
-    train_river_linear,
-)
-
 
 class _RunsACommand:
     """Unpickling this calls os.system: what a hostile `registry register --artifact` would upload."""

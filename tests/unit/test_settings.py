@@ -49,8 +49,6 @@ def test_to_env_round_trips_every_setting() -> None:
 
 # --- secrets never shown (issue 11, finding 5) ---------------------------------------------------------
 
-import pytest  # noqa: E402
-
 SECRET = "Pa55-w0rd_X"
 
 
