@@ -200,7 +200,9 @@ def test_the_river_linear_model_round_trips(task: str) -> None:
     )
     trained = train_river_linear(data, {"epochs": 2})
     loaded = load_model(trained.artifact(), artifact_allowlist(train_river_linear))
-    np.testing.assert_array_equal(score(loaded, data), score(trained.model, data))
+    # equal up to summation order: river keeps weights in dicts/sets whose order an unpickled copy may change
+    np.testing.assert_allclose(score(loaded, data), score(trained.model, data), rtol=1e-12, atol=0)
+    assert type(loaded) is type(trained.model) and loaded is not trained.model
 
 
 def test_a_trainer_declares_what_its_artifacts_may_reference() -> None:
