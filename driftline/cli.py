@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from driftline.redaction import redact
 from driftline.settings import Settings, SettingsError, load_settings
 from driftline.stack.process import StackError
 
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return int(args.handler(args, settings) or 0)
     except (SettingsError, StackError) as exc:
-        print(f"driftline: {exc}", file=sys.stderr)
+        print(f"driftline: {redact(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from driftline.redaction import redact, redact_url
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -216,7 +218,7 @@ def _report(settings: "Settings", model_id: str, out_path: Path) -> str | None:
     try:
         report.write_report(settings, model_id, out_path)
     except Exception as exc:  # the loop's verdict stands; the report's failure is reported with it
-        return f"the HTML report could not be written: {type(exc).__name__}: {exc}"
+        return f"the HTML report could not be written: {type(exc).__name__}: {redact(exc)}"
     _say(f"report: {out_path.resolve()}")
     return None
 
@@ -245,7 +247,7 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
     try:
         model_id = validate_name(args.model) if args.model else new_model_id(registry)
     except RegistryError as exc:
-        print(f"driftline demo: {exc}", file=sys.stderr)
+        print(f"driftline demo: {redact(exc)}", file=sys.stderr)
         return BAD_INPUT
     if args.model and model_id in {m.model_id for m in registry.list_models()}:
         print(f"driftline demo: model {model_id} is already registered; the demo needs a new model id",
@@ -258,7 +260,7 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
         model_id=model_id, rate=args.rate, warmup_s=args.warmup, label_delay_s=args.label_delay, seed=args.seed,
         timeout_s=args.timeout * args.patience, timeouts=StepTimeouts().scaled(args.patience),
     )
-    _say(f"driftline demo: model {model_id}, policy {settings.policy}, warehouse {settings.warehouse}, "
+    _say(f"driftline demo: model {model_id}, policy {settings.policy}, warehouse {redact_url(settings.warehouse)}, "
          f"Kafka {settings.kafka_bootstrap} (topics {settings.topic_prefix}*)")
     started = time.monotonic()
     where = f"logs: {logs}" if args.services else "logs: those of your worker and retrainer"
@@ -270,7 +272,7 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
             else:
                 result = run_scenario(settings, options, out=_say)
     except (RuntimeError, RegistryError, KafkaException, OSError) as exc:  # v1 could not be trained or registered
-        print(f"driftline demo: the demo could not start: {type(exc).__name__}: {exc}\n{where}", file=sys.stderr)
+        print(f"driftline demo: the demo could not start: {type(exc).__name__}: {redact(exc)}\n{where}", file=sys.stderr)
         return BAD_INPUT
     elapsed = time.monotonic() - started
     report_problem = _report(settings, model_id, report_path)
@@ -331,7 +333,7 @@ def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
         except ModelNotFoundError:
             pass
         except RegistryError as exc:
-            print(f"driftline simulate: {exc}", file=sys.stderr)
+            print(f"driftline simulate: {redact(exc)}", file=sys.stderr)
             return BAD_INPUT
     if scorer is None:
         scorer = oracle_scorer(args.version or "1")

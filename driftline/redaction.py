@@ -17,7 +17,9 @@ never leaves the process.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 
 MASK = "***"
 
@@ -40,3 +42,36 @@ def redact(text: object) -> str:
 def redact_url(url: str) -> str:
     """A URL with its password (userinfo or query parameter) masked; the rest stays readable."""
     return redact(url)
+
+
+# Field or key names whose whole value is a secret (a Slack webhook URL's path is its token).
+_SECRET_NAME = re.compile(r"password|passwd|secret|token|webhook|credential|api_?key", re.IGNORECASE)
+
+
+def redacted_repr(obj: object) -> str:
+    """A dataclass's repr with secrets masked: fields named like a secret entirely, URLs' passwords, mapping values.
+
+    The ``__repr__`` of every settings-like dataclass that holds a URL or a password.
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Conf:
+    ...     url: str
+    ...     password: str = ""
+    ...     extra: dict = field(default_factory=dict)
+    >>> redacted_repr(Conf("http://u:pw@h/d", "hunter2", {"sasl.password": "p", "acks": "all"}))
+    "Conf(url='http://u:***@h/d', password='***', extra={'sasl.password': '***', 'acks': 'all'})"
+    """
+    shown = []
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        if f.repr:
+            shown.append(f"{f.name}={_redacted_value(f.name, getattr(obj, f.name))}")
+    return f"{type(obj).__name__}({', '.join(shown)})"
+
+
+def _redacted_value(name: str, value: object) -> str:
+    if value and _SECRET_NAME.search(name):
+        return repr(MASK)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_redacted_value(str(k), v)}" for k, v in value.items()) + "}"
+    return redact(repr(value))

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from driftline.redaction import redact
+
 if TYPE_CHECKING:
     from driftline.settings import Settings
 
@@ -37,10 +39,10 @@ def _report(args: argparse.Namespace, settings: "Settings") -> int:
     try:
         path = write_report(settings, args.model, out, days=args.days if args.days > 0 else None)
     except InvalidNameError as exc:
-        print(f"driftline report: {exc}", file=sys.stderr)
+        print(f"driftline report: {redact(exc)}", file=sys.stderr)
         return 2
     except (WarehouseError, RegistryError, OSError) as exc:
-        print(f"driftline report: {exc}", file=sys.stderr)
+        print(f"driftline report: {redact(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
     return 0

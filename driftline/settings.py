@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from driftline.redaction import redacted_repr
+
 TOPIC_NAMES = (
     "predictions",
     "features",
@@ -65,6 +67,14 @@ class Settings:
     schema_registry: str | None = None
     state_dir: str = ".driftline"
     alert_webhook: str | None = None  # Slack-compatible incoming webhook for alerts
+
+    def __repr__(self) -> str:
+        """Every field, with passwords, tokens and the webhook URL masked (``driftline.redaction``).
+
+        >>> Settings(warehouse="http://u:pw@ch:8123/d", kafka_extra={"sasl.password": "pw"})  # doctest: +ELLIPSIS
+        Settings(..., kafka_extra={'sasl.password': '***'}, ..., warehouse='http://u:***@ch:8123/d', ...)
+        """
+        return redacted_repr(self)
 
     def topic(self, name: str) -> str:
         if name not in TOPIC_NAMES:

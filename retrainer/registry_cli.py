@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from driftline.redaction import redact
 from streams.records import PREDICTION_FEATURE, ModelEvent
 
 from retrainer.registry import (
@@ -119,7 +120,7 @@ def _guarded(handler: Callable[[argparse.Namespace, "Settings"], int]) -> Callab
         try:
             return handler(args, settings)
         except (RegistryError, InputError) as exc:
-            print(f"driftline registry: {exc}", file=sys.stderr)
+            print(f"driftline registry: {redact(exc)}", file=sys.stderr)
             return BAD_INPUT
 
     return run

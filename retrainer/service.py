@@ -46,6 +46,7 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from driftline.settings import Settings
+from driftline.unpickling import Allowlist
 from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
 from retrainer.evaluation import ChampionScores, Evaluation, evaluate
 from retrainer.policy import ModelPolicy, Policy, load_policy
@@ -60,7 +61,15 @@ from retrainer.registry import (
     code_version,
 )
 from retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
-from retrainer.trainers import TrainedModel, TrainerError, TrainerFn, load_model, resolve_trainer, score
+from retrainer.trainers import (
+    TrainedModel,
+    TrainerError,
+    TrainerFn,
+    artifact_allowlist,
+    load_model,
+    resolve_trainer,
+    score,
+)
 from retrainer.triggers import manual_cooldown_remaining_ms
 from streams import kafka
 from streams.codec import Codec, DecodeError
@@ -284,6 +293,8 @@ class Retrainer:
         ref = SnapshotRef(self.registry.artifacts.uri(sha256), sha256, table.num_rows, first, last, start, end)
         data = Snapshot.from_table(table)
         dropped = f"; {data.dropped_unlabelled} rows without a label dropped" if data.dropped_unlabelled else ""
+        if data.dropped_features:  # kept in the stored snapshot's metadata too
+            dropped += f"; left out {', '.join(map(str, data.dropped_features))}"
         self._progress(request, "snapshot", 1, 1,
                        f"{table.num_rows:,} labelled rows in {span}, {len(data.data.numeric)} numeric and "
                        f"{len(data.data.categorical)} categorical features, task {data.data.task}, stored as "
@@ -305,7 +316,8 @@ class Retrainer:
         self._progress(request, "evaluating", 0, 1, f"scoring challenger and champion on {holdout.n:,} holdout rows")
         scores = score(trained.model, data.data)
         champion = self._champion(request.model_id)
-        champion_scores = None if champion is None else self._champion_scores(champion, holdout)
+        champion_scores = (None if champion is None
+                           else self._champion_scores(champion, holdout, artifact_allowlist(trainer)))
         evaluation = evaluate(data.data.task, train.data.label, scores[train_index], holdout.data.label,
                               scores[holdout_index], champion_scores, rt.promotion)
         train_metrics = {**evaluation.train, **trained.train_metrics}
@@ -351,10 +363,10 @@ class Retrainer:
         except RegistryError:
             return None
 
-    def _champion_scores(self, champion: ModelVersion, holdout: Snapshot) -> ChampionScores:
+    def _champion_scores(self, champion: ModelVersion, holdout: Snapshot, allow: Allowlist) -> ChampionScores:
         if champion.artifact_sha256 is not None:
             try:
-                model = load_model(self.registry.load_artifact(champion.model_id, champion.version))
+                model = load_model(self.registry.load_artifact(champion.model_id, champion.version), allow)
                 return ChampionScores(champion.version, score(model, holdout.data), "artifact")
             except Exception as exc:  # e.g. a model that river cannot score: fall back to what it logged
                 note = f"its artifact could not be scored ({type(exc).__name__}: {exc})"
@@ -401,6 +413,8 @@ class Retrainer:
         }
         if ev.champion is not None:
             tags["champion_scored_by"] = ev.champion.source
+        if c.data.dropped_features:  # what the snapshot left out so that one odd event could not fail it
+            tags["dropped_features"] = "; ".join(map(str, c.data.dropped_features))
         profile = policy.monitoring.reference.profile_builder(request.model_id, c.data.data.numeric,
                                                               c.data.data.categorical, c.scores)
 

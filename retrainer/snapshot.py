@@ -14,7 +14,8 @@ Everything here is pure: no warehouse, no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -26,6 +27,45 @@ from streams.core.performance import parse_labels
 # The columns of Warehouse.training_snapshot that are not features (streams.warehouse.SNAPSHOT_COLUMNS;
 # spelt out so that this pure module does not import the adapter, and checked equal by a test).
 SNAPSHOT_COLUMNS = ("event_id", "model_version", "event_time", "prediction", "label")
+# Schema metadata in which the warehouse lists the features it left out (streams.warehouse.SNAPSHOT_DROPPED_KEY).
+SNAPSHOT_DROPPED_KEY = b"driftline.dropped_features"
+
+
+@dataclass(frozen=True)
+class DroppedFeature:
+    """A feature the snapshot left out, so that one odd event cannot fail it: which, of what kind, why.
+
+    ``reason``: ``reserved_feature_name`` (named like a snapshot column), ``feature_kind_conflict``
+    (numeric in some events, categorical in others: the minority kind is left out) or
+    ``label_kind_conflict`` (numeric and class labels: the minority become unlabelled);
+    ``values``: how many non-missing values were left out.
+
+    >>> str(DroppedFeature("label", "numeric", "reserved_feature_name", 3))
+    "numeric feature 'label' (reserved_feature_name, 3 values)"
+    """
+
+    feature: str
+    kind: str
+    reason: str
+    values: int
+
+    def __str__(self) -> str:
+        return f"{self.kind} feature {self.feature!r} ({self.reason}, {self.values} values)"
+
+
+def dropped_features(table: pa.Table) -> tuple[DroppedFeature, ...]:
+    """What the warehouse left out of a snapshot table, as its schema metadata says (empty: nothing).
+
+    >>> t = pa.table({"x": [1]}).replace_schema_metadata(
+    ...     {SNAPSHOT_DROPPED_KEY: b'[{"feature": "x", "kind": "categorical", "reason": "feature_kind_conflict", "values": 1}]'})
+    >>> [str(d) for d in dropped_features(t)]
+    ["categorical feature 'x' (feature_kind_conflict, 1 values)"]
+    """
+    raw = (table.schema.metadata or {}).get(SNAPSHOT_DROPPED_KEY)
+    if not raw:
+        return ()
+    return tuple(DroppedFeature(str(d["feature"]), str(d["kind"]), str(d["reason"]), int(d["values"]))
+                 for d in json.loads(raw))
 
 
 class SnapshotError(ValueError):
@@ -80,6 +120,7 @@ class Snapshot:
     served_by: np.ndarray
     logged: np.ndarray
     dropped_unlabelled: int = 0
+    dropped_features: tuple[DroppedFeature, ...] = field(default=())
 
     @property
     def n(self) -> int:
@@ -92,7 +133,8 @@ class Snapshot:
         Numeric columns become float64 (NaN for missing), text columns object
         arrays (None for missing). Labels are parsed as the monitoring side
         parses them (numbers, or yes/no, true/false, 1/0 words); rows whose
-        label is missing are dropped and counted.
+        label is missing are dropped and counted. Features the warehouse left
+        out (:func:`dropped_features`) are listed in ``dropped_features``.
         """
         missing = [c for c in SNAPSHOT_COLUMNS if c not in table.column_names]
         if missing:
@@ -105,6 +147,7 @@ class Snapshot:
         task = infer_task(labels) if task is None else _checked_task(task, labels)
         numeric: dict[str, np.ndarray] = {}
         categorical: dict[str, np.ndarray] = {}
+        dropped = dropped_features(table)
         for name in table.column_names:
             if name in SNAPSHOT_COLUMNS:
                 continue
@@ -123,6 +166,7 @@ class Snapshot:
             event_ids=table.column("event_id").to_numpy(zero_copy_only=False).astype(object),
             served_by=table.column("model_version").to_numpy(zero_copy_only=False).astype(object),
             logged=_floats(table.column("prediction")),
+            dropped_features=dropped,
         )
         labelled = ~np.isnan(labels)
         if labelled.all():
@@ -132,7 +176,8 @@ class Snapshot:
         return kept
 
     def take(self, index: np.ndarray) -> "Snapshot":
-        return Snapshot(self.data.take(index), self.event_ids[index], self.served_by[index], self.logged[index])
+        return Snapshot(self.data.take(index), self.event_ids[index], self.served_by[index], self.logged[index],
+                        dropped_features=self.dropped_features)
 
     def split_index(self, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the training rows (oldest) and holdout rows (newest ``holdout_fraction``)."""

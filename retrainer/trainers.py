@@ -5,6 +5,12 @@ built-in one is a river pipeline (scaling, one-hot categoricals, then logistic
 regression for classification or linear regression for regression). Others
 plug in through the ``driftline.trainers`` entry-point group, or as
 ``module:function`` in the policy file.
+
+Artifacts are pickles, and a pickle can run any code it names; so they are read
+back through an allowlist (:mod:`driftline.unpickling`). A trainer declares what
+its artifacts may reference in an ``artifact_allowlist`` attribute (entries
+``"module"``: that package's own classes, or ``"module:name"``: one global);
+without one, :data:`DEFAULT_ARTIFACT_ALLOWLIST` (what ``river-linear`` needs) applies.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pandas as pd
 from river.base import MiniBatchTransformer
+
+from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
 
 Task = Literal["classification", "regression"]
 
@@ -104,9 +112,64 @@ def score(model: Any, data: TrainingSet) -> np.ndarray:
     return np.asarray(model.predict_many(frame), dtype=np.float64)
 
 
-def load_model(artifact: bytes) -> Any:
-    # artifacts are content-addressed and verified by the artifact store before they get here
-    return pickle.loads(artifact)
+# What a river-linear artifact references (river 0.26, numpy 2): river's classes, the containers
+# their state holds, numpy scalars and the fill step below. Nothing that runs a command or opens a file.
+DEFAULT_ARTIFACT_ALLOWLIST: tuple[str, ...] = (
+    "river",
+    "collections:Counter",
+    "collections:OrderedDict",
+    "collections:defaultdict",
+    "collections:deque",
+    "builtins:float",
+    "builtins:int",
+    "builtins:set",
+    "builtins:frozenset",
+    "numpy:dtype",
+    "numpy:ndarray",
+    "numpy._core.multiarray:scalar",
+    "numpy._core.multiarray:_reconstruct",
+    "numpy.core.multiarray:scalar",
+    "numpy.core.multiarray:_reconstruct",
+    "retrainer.trainers:FillMissing",
+)
+
+
+class ArtifactNotAllowed(TrainerError):
+    """A model artifact references a global outside its trainer's ``artifact_allowlist``."""
+
+
+def artifact_allowlist(trainer: Any) -> Allowlist:
+    """What ``trainer``'s artifacts may reference: its ``artifact_allowlist`` attribute, or the default.
+
+    >>> artifact_allowlist(train_river_linear).modules
+    ('river',)
+    >>> def custom(data, params): ...
+    >>> custom.artifact_allowlist = ["sklearn", "numpy:ndarray"]
+    >>> artifact_allowlist(custom).entries()
+    ['sklearn', 'numpy:ndarray']
+    """
+    entries = getattr(trainer, "artifact_allowlist", None)
+    name = getattr(trainer, "__name__", "trainer")
+    return Allowlist.parse(DEFAULT_ARTIFACT_ALLOWLIST if entries is None else entries,
+                           what=f"a model artifact (allowlist of {name})")
+
+
+def load_model(artifact: bytes, allow: Allowlist | None = None) -> Any:
+    """The model in ``artifact``, unpickled through ``allow`` (default: river-linear's allowlist).
+
+    Raises :class:`ArtifactNotAllowed` naming the global it refused and how to allow it.
+    The artifact store verifies the bytes' sha256 (integrity); this limits what they may do (trust).
+
+    >>> import os
+    >>> load_model(pickle.dumps(os.getcwd))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    retrainer.trainers.ArtifactNotAllowed: posix.getcwd is not allowed in a model artifact (allowlist of train_river_linear): its allowlist names only river, ...; if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist: set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)
+    """
+    try:
+        return restricted_loads(artifact, allow or artifact_allowlist(train_river_linear))
+    except PickleNotAllowed as exc:
+        raise ArtifactNotAllowed(f"{exc}: set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)") from exc
 
 
 DEFAULT_RIVER_PARAMS = {"learning_rate": 0.05, "l2": 0.0, "epochs": 5, "batch_size": 256, "seed": 0}
@@ -202,6 +265,8 @@ def train_river_linear(
                 progress(done, epochs * per_epoch)
     return TrainedModel(model=model, params=merged, trainer="river-linear")
 
+
+train_river_linear.artifact_allowlist = DEFAULT_ARTIFACT_ALLOWLIST  # type: ignore[attr-defined]
 
 TrainerFn = Callable[[TrainingSet, dict[str, Any]], TrainedModel]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -37,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from driftline.redaction import redact, redact_url, redacted_repr
 from schemas import CLICKHOUSE_DIR
 from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 from streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
@@ -122,17 +124,17 @@ class WarehouseLocation:
             return cls("chdb", database=database, path=path)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise WarehouseError(f"warehouse URL {url!r} must start with http://, https:// or chdb://")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} must start with http://, https:// or chdb://")
         if not parts.hostname:
-            raise WarehouseError(f"warehouse URL {url!r} has no host")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has no host")
         segments = [s for s in parts.path.split("/") if s]
         if len(segments) > 1:
-            raise WarehouseError(f"warehouse URL {url!r}: the path must be just the database name")
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r}: the path must be just the database name")
         database = unquote(segments[0]) if segments else _query_database(parts.query, url)
         try:
             port = parts.port or (8443 if parts.scheme == "https" else 8123)
         except ValueError as exc:
-            raise WarehouseError(f"warehouse URL {url!r} has a bad port: {exc}") from exc
+            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has a bad port: {redact(exc)}") from None
         return cls(
             parts.scheme,
             database=_check_identifier(database, "database", url),
@@ -142,6 +144,9 @@ class WarehouseLocation:
             password=unquote(parts.password) if parts.password else "",
             compress=_query_compress(parts.query, parts.hostname, url),
         )
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
     def redacted(self) -> str:
         """The URL without the password, for logs and errors."""
@@ -157,7 +162,7 @@ def _query_compress(query: str, host: str, url: str) -> str:
         return "none" if _loopback(host) else "lz4"
     value = values[0].lower()
     if value not in _COMPRESSIONS:
-        raise WarehouseError(f"warehouse URL {url!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
+        raise WarehouseError(f"warehouse URL {redact_url(url)!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
     return value
 
 
@@ -178,7 +183,7 @@ def _query_database(query: str, url: str) -> str:
 
 def _check_identifier(name: str, what: str, context: str) -> str:
     if not _IDENTIFIER.match(name):
-        raise WarehouseError(f"{context}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
+        raise WarehouseError(f"{redact(context)}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
     return name
 
 
@@ -579,21 +584,25 @@ def _refuse_expired(table: str, ttl: RowTTL, values: list[Any]) -> None:
         )
 
 
+# Schema metadata key of a training snapshot: the features left out of it and why (JSON list).
+SNAPSHOT_DROPPED_KEY = b"driftline.dropped_features"
+
+
 def _snapshot_table(raw: pa.Table) -> pa.Table:
     n = raw.num_rows
     numeric = _flatten_map(raw.column("numeric"), n, numeric=True)
     categorical = _flatten_map(raw.column("categorical"), n, numeric=False)
-    clash = sorted((set(numeric) & set(categorical)) | ((set(numeric) | set(categorical)) & set(SNAPSHOT_COLUMNS)))
-    if clash:
-        raise WarehouseError(f"training snapshot: feature name(s) {clash} clash with other columns")
+    numeric, categorical, dropped = drop_clashing_features(numeric, categorical)
     values = raw.column("label_value")
     classes = raw.column("label_class")
-    if classes.null_count == n:
-        label = values.cast(pa.float64())
-    elif values.null_count == n:
-        label = classes.cast(pa.string())
-    else:
-        raise WarehouseError("training snapshot: the labels mix numbers and classes")
+    # one label event of the other kind must not fail the snapshot: the kind most rows use wins,
+    # the others become unlabelled (and are dropped and counted downstream)
+    numbers, words = n - values.null_count, n - classes.null_count
+    keep_numbers = numbers >= words
+    label = values.cast(pa.float64()) if keep_numbers else classes.cast(pa.string())
+    if numbers and words:
+        dropped.append({"feature": "label", "kind": "label_class" if keep_numbers else "label_value",
+                        "reason": "label_kind_conflict", "values": words if keep_numbers else numbers})
     out = {
         "event_id": raw.column("event_id"),
         "model_version": raw.column("model_version"),
@@ -603,7 +612,53 @@ def _snapshot_table(raw: pa.Table) -> pa.Table:
         "prediction": raw.column("prediction").cast(pa.float64()),
         "label": label,
     }
-    return pa.table(out)
+    table = pa.table(out)
+    if not dropped:
+        return table
+    log.warning("training snapshot: left out %s", "; ".join(
+        f"{d['kind']} {d['feature']!r} ({d['reason']}, {d['values']} value(s))" for d in dropped))
+    return table.replace_schema_metadata({SNAPSHOT_DROPPED_KEY: json.dumps(dropped, sort_keys=True).encode()})
+
+
+def drop_clashing_features(
+    numeric: dict[str, pa.Array], categorical: dict[str, pa.Array]
+) -> tuple[dict[str, pa.Array], dict[str, pa.Array], list[dict[str, Any]]]:
+    """Features that cannot be snapshot columns, left out deterministically, with the reason for each.
+
+    A feature named like a snapshot column (``label``, ``prediction``, ...) is left out
+    (``reserved_feature_name``); a name used as numeric by some events and categorical by
+    others keeps the kind more events used (numeric on a tie) and loses the other kind's
+    values (``feature_kind_conflict``). ``values`` counts the non-missing values left out.
+
+    >>> num = {"label": pa.array([1.0, 2.0]), "x": pa.array([1.0, float("nan")])}
+    >>> cat = {"x": pa.array([None, "a"]), "y": pa.array(["u", "v"])}
+    >>> num, cat, dropped = drop_clashing_features(num, cat)
+    >>> sorted(num), sorted(cat)
+    (['x'], ['y'])
+    >>> [(d["feature"], d["kind"], d["reason"], d["values"]) for d in dropped]
+    [('x', 'categorical', 'feature_kind_conflict', 1), ('label', 'numeric', 'reserved_feature_name', 2)]
+    """
+    def present(kind: str, array: pa.Array) -> int:
+        if kind == "numeric":
+            return int(np.count_nonzero(~np.isnan(array.to_numpy(zero_copy_only=False))))
+        return len(array) - array.null_count
+
+    numeric, categorical = dict(numeric), dict(categorical)
+    dropped: list[dict[str, Any]] = []
+
+    def drop(name: str, kind: str, reason: str) -> None:
+        array = (numeric if kind == "numeric" else categorical).pop(name)
+        dropped.append({"feature": name, "kind": kind, "reason": reason, "values": present(kind, array)})
+
+    for name in sorted(set(numeric) & set(categorical) - set(SNAPSHOT_COLUMNS)):
+        loser = "categorical" if present("numeric", numeric[name]) >= present("categorical", categorical[name]) \
+            else "numeric"
+        drop(name, loser, "feature_kind_conflict")
+    for name in sorted(set(SNAPSHOT_COLUMNS)):
+        for kind, features in (("numeric", numeric), ("categorical", categorical)):
+            if name in features:
+                drop(name, kind, "reserved_feature_name")
+    return numeric, categorical, dropped
 
 
 def _flatten_map(column: pa.ChunkedArray, n: int, *, numeric: bool) -> dict[str, pa.Array]:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from driftline.redaction import redact, redact_url, redacted_repr
 
 from retrainer.registry.errors import RegistryError
 
@@ -66,7 +66,7 @@ class SQLiteDialect:
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them
         rest = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
         if not rest or "?" in rest:
-            raise RegistryError(f"registry URL {url!r}: expected sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
+            raise RegistryError(f"registry URL {redact_url(url)!r}: expected sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
         if rest == ":memory:":
             raise RegistryError(
                 "registry URL sqlite:///:memory: is not supported: every registry call opens its own "
@@ -134,7 +134,7 @@ class PostgresDialect:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s)
         except psycopg.OperationalError as exc:
-            raise RegistryError(f"cannot connect to the registry database {self.describe()}: {exc}") from exc
+            raise RegistryError(f"cannot connect to the registry database {self.describe()}: {redact(exc)}") from None
 
     def sql(self, statement: str) -> str:
         # the store's SQL never contains a literal '?' or '%'
@@ -147,12 +147,12 @@ class PostgresDialect:
     def prepare(self) -> None:
         pass
 
+    def __repr__(self) -> str:
+        """Without the password: ``PostgresDialect(url='postgresql://me:***@db:5432/reg', ...)``."""
+        return redacted_repr(self)
+
     def describe(self) -> str:
-        parts = urlsplit(self.url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts)
+        return redact_url(self.url)
 
 
 def dialect_for(url: str) -> SQLiteDialect | PostgresDialect:
@@ -162,6 +162,6 @@ def dialect_for(url: str) -> SQLiteDialect | PostgresDialect:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDialect(url)
     raise RegistryError(
-        f"registry URL {url!r} is not supported: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        f"registry URL {redact_url(url)!r} is not supported: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
     )
 

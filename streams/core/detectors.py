@@ -12,8 +12,6 @@ measurements behind each choice.
 
 from __future__ import annotations
 
-import inspect
-import io
 import itertools
 import operator
 import pickle
@@ -24,6 +22,8 @@ import numpy as np
 import river
 from river import drift
 from river.drift import binary as binary_drift
+
+from driftline.unpickling import Allowlist, restricted_loads
 
 # The metric names of the ClickHouse rows (drift_metrics.metric) and of the policy.
 DETECTORS: dict[str, Callable[..., Any]] = {
@@ -205,7 +205,7 @@ class ChangeDetectorBank:
 
         A detector that this bank no longer runs is dropped; one it runs with
         other parameters than the state's, or that the state lacks, starts
-        afresh. Only river's classes are unpickled (see ``_RiverUnpickler``),
+        afresh. Only river's classes are unpickled (see ``_loads``),
         yet the bytes must come from a trusted store. Raises ValueError on
         bytes it cannot read, leaving ``key`` as it was.
 
@@ -275,50 +275,30 @@ class ChangeDetectorBank:
 
 # What a detector's pickle may name besides river's own classes (river 0.26: KSWIN keeps a deque,
 # numpy scalars and a random.Random; PageHinkley a bound method of itself).
-_PICKLE_GLOBALS = frozenset({
-    ("collections", "deque"),
-    ("random", "Random"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-})
-
-
-class _RiverUnpickler(pickle.Unpickler):
-    """An unpickler that builds river detectors and nothing else.
-
-    A pickle can call any global it names; this one resolves only river's
-    classes, the few containers their state holds, and ``getattr`` for bound
-    methods of river objects. States are read back from the warehouse, so this
-    narrows what a forged row could do; it does not make untrusted bytes safe.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name == "getattr":
-            return _river_method
-        if (module, name) in _PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        if module == "river" or module.startswith("river."):
-            found = super().find_class(module, name)
-            if isinstance(found, type) and found.__module__.startswith("river"):
-                return found
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a change-detector state")
-
-
-def _river_method(obj: Any, name: str) -> Any:
-    # what pickle stores for a bound method: getattr(instance, name)
-    method = None if name.startswith("__") else getattr(obj, name, None)
-    if not (inspect.ismethod(method) and method.__self__ is obj and type(obj).__module__.startswith("river.")):
-        raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a change-detector state")
-    return method
+_DETECTOR_STATE = Allowlist.parse(
+    [
+        "river",
+        "collections:deque",
+        "random:Random",
+        "numpy:dtype",
+        "numpy:ndarray",
+        "numpy._core.multiarray:scalar",
+        "numpy._core.multiarray:_reconstruct",
+        "numpy.core.multiarray:scalar",
+        "numpy.core.multiarray:_reconstruct",
+    ],
+    what="a change-detector state",
+    bound_methods_of=["river"],
+)
 
 
 def _loads(data: bytes) -> Any:
-    """``pickle.loads`` restricted to river detectors (see ``_RiverUnpickler``)."""
-    return _RiverUnpickler(io.BytesIO(data)).load()
+    """``pickle.loads`` restricted to river detectors (see ``driftline.unpickling``).
+
+    States are read back from the warehouse, so this narrows what a forged row could do;
+    it does not make untrusted bytes safe.
+    """
+    return restricted_loads(data, _DETECTOR_STATE)
 
 
 def _feed(detector: Any, xs: list[float]) -> list[int]:

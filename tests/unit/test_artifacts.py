@@ -5,12 +5,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
 from retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
+from retrainer.trainers import (
+    DEFAULT_ARTIFACT_ALLOWLIST,
+    ArtifactNotAllowed,
+    TrainingSet,
+    artifact_allowlist,
+    load_model,
+    score,
+    train_river_linear,
+)
 
 
 @pytest.fixture
@@ -139,3 +151,79 @@ def test_uris_name_objects_by_hash(store: ArtifactStore) -> None:
     assert store.sha256_of_uri(uri) == sha
     with pytest.raises(RegistryError):
         store.sha256_of_uri("file:///etc/passwd")
+
+
+# --- loading through the allowlist (docs/SECURITY.md) -------------------------------------------------
+
+class _RunsACommand:
+    """Unpickling this calls os.system: what a hostile `registry register --artifact` would upload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_an_artifact_that_would_run_a_command_is_refused(store: ArtifactStore, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    sha = store.put_bytes(pickle.dumps(_RunsACommand(marker)))
+    with pytest.raises(ArtifactNotAllowed, match=r"(posix|os)\.system is not allowed .*'(posix|os):system'"):
+        load_model(store.get_bytes(sha))
+    assert not marker.exists()
+    # the control: without the allowlist the same bytes do run the command
+    pickle.loads(store.get_bytes(sha))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("payload", [
+    pickle.dumps(eval),                                    # a builtin function
+    pickle.dumps(__import__("subprocess").Popen),          # a class, but not of an allowed module
+    pickle.dumps(np.load),                                 # a numpy function, not a named global
+    pickle.dumps(np.memmap),                               # a numpy class that writes files
+])
+def test_only_named_globals_and_classes_of_allowed_packages_resolve(payload: bytes) -> None:
+    with pytest.raises(ArtifactNotAllowed, match="is not allowed in a model artifact"):
+        load_model(payload)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_river_linear_model_round_trips(task: str) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=600)
+    data = TrainingSet(
+        {"x": x, "y": np.where(x > 1.0, np.nan, -x)},
+        {"c": np.array(["a", "b", "c"] * 200, dtype=object)},
+        (x > 0).astype(float) if task == "classification" else 3.0 * x,
+        np.arange(600),
+        task,
+    )
+    trained = train_river_linear(data, {"epochs": 2})
+    loaded = load_model(trained.artifact(), artifact_allowlist(train_river_linear))
+    # equal up to summation order: river keeps weights in dicts/sets whose order an unpickled copy may change
+    np.testing.assert_allclose(score(loaded, data), score(trained.model, data), rtol=1e-12, atol=0)
+    assert type(loaded) is type(trained.model) and loaded is not trained.model
+
+
+def test_a_trainer_declares_what_its_artifacts_may_reference() -> None:
+    def counting_trainer(data, params):  # a plug-in trainer whose artifact is a Counter and a Fraction
+        raise NotImplementedError
+
+    import collections
+    import fractions
+
+    artifact = pickle.dumps({"counts": collections.Counter("aab"), "ratio": fractions.Fraction(1, 3)})
+    with pytest.raises(ArtifactNotAllowed, match=r"fractions\.Fraction is not allowed"):
+        load_model(artifact, artifact_allowlist(counting_trainer))
+    counting_trainer.artifact_allowlist = [*DEFAULT_ARTIFACT_ALLOWLIST, "fractions"]
+    assert load_model(artifact, artifact_allowlist(counting_trainer))["ratio"] == fractions.Fraction(1, 3)
+
+
+def test_detector_states_and_artifacts_share_the_one_unpickler() -> None:
+    from streams.core import detectors
+
+    assert detectors._DETECTOR_STATE.__class__ is Allowlist
+    with pytest.raises(PickleNotAllowed):
+        restricted_loads(pickle.dumps(os.system), detectors._DETECTOR_STATE)
+    with pytest.raises(ValueError, match="invalid allowlist entry"):
+        Allowlist.parse(["numpy:"])

@@ -1,7 +1,9 @@
 """docker-compose.yml cannot run here (no Docker engine), so check what it says."""
 
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from driftline.settings import load_settings
@@ -17,8 +19,26 @@ CONTRACT_VARIABLES = {
 }
 
 
-def compose() -> dict:
-    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
+# ${NAME}, ${NAME:?message}, ${NAME:-default}: the forms of compose interpolation this file may use
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:\?|:-)(?P<arg>[^}]*))?\}")
+# what an operator puts into .env from compose.env.example (URL-safe, as the example asks)
+FILLED = {"CLICKHOUSE_PASSWORD": "ch-Secret_1", "POSTGRES_PASSWORD": "pg-Secret_2", "GRAFANA_ADMIN_PASSWORD": "gf-Secret_3"}
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """``text`` with compose's ``${...}`` replaced from ``env``; a ``:?`` variable unset or empty fails, as in compose."""
+    def value(m: re.Match) -> str:
+        found = env.get(m["name"], "")
+        if m["op"] == ":?" and not found:
+            raise ValueError(f"required variable {m['name']} is missing a value: {m['arg']}")
+        return found or (m["arg"] if m["op"] == ":-" else "")
+    return _VARIABLE.sub(value, text)
+
+
+def compose(env: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml as ``docker compose config`` would see it with ``env`` as ``.env``."""
+    return yaml.safe_load(interpolate((REPO / "docker-compose.yml").read_text(), FILLED if env is None else env))
 
 
 def test_services_of_the_production_stack() -> None:
@@ -75,3 +95,51 @@ def test_grafana_gets_every_variable_its_datasource_file_uses() -> None:
     assert used and used <= set(env), f"grafana lacks {used - set(env)}"
     assert env["CLICKHOUSE_HOST"] in services and env["CLICKHOUSE_PORT"] == "8123"
     assert env["CLICKHOUSE_PASSWORD"] == services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"]
+
+
+# --- safe defaults (issue 11, finding 8; docs/SECURITY.md) ------------------------------------------------
+
+
+def test_the_env_example_names_every_required_variable_and_sets_none() -> None:
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    required = {m["name"] for m in _VARIABLE.finditer((REPO / "docker-compose.yml").read_text()) if m["op"] == ":?"}
+    assert required == set(FILLED) == set(example)
+    assert all(value == "" for value in example.values()), "the example must not ship a usable password"
+    with pytest.raises(ValueError, match="CLICKHOUSE_PASSWORD"):
+        compose(env={k: v for k, v in FILLED.items() if k != "CLICKHOUSE_PASSWORD"})
+    with pytest.raises(ValueError, match="required variable"):
+        compose(env={k: "" for k in FILLED})  # the example copied as is
+
+
+def test_no_password_is_written_in_the_compose_file() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key:
+                assert _VARIABLE.fullmatch(str(value)), f"{name}.{key} is not taken from .env"
+    settings = load_settings(env=compose()["services"]["worker"]["environment"])
+    assert FILLED["CLICKHOUSE_PASSWORD"] in settings.warehouse and FILLED["POSTGRES_PASSWORD"] in settings.registry
+    assert "driftline@" not in text and ":driftline@" not in text  # the old fixed logins
+
+
+def test_nothing_is_published_beyond_the_hosts_loopback_and_kafka_not_at_all() -> None:
+    services = compose()["services"]
+    kafka = services["kafka"]
+    protocols = kafka["environment"]["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    plaintext = any(p.split(":")[1] == "PLAINTEXT" and p.split(":")[0] != "CONTROLLER" for p in protocols.split(","))
+    assert not (plaintext and kafka.get("ports")), "plaintext Kafka must not be published"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            port = str(port)
+            assert port.startswith("127.0.0.1:") and port.count(":") == 2, f"{name} publishes {port} beyond loopback"
+
+
+def test_grafana_has_no_anonymous_access_and_an_admin_password_from_env() -> None:
+    env = compose()["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == FILLED["GRAFANA_ADMIN_PASSWORD"]
+    raw = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["grafana"]["environment"]
+    assert raw["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")

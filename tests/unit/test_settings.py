@@ -45,3 +45,52 @@ def test_to_env_round_trips_every_setting() -> None:
                  registry="postgresql://r", artifacts="/a", policy="/p.yaml", schema_registry="http://sr",
                  state_dir="/s", alert_webhook="http://hook")
     assert load_settings(env=s.to_env()) == s
+
+
+# --- secrets never shown (issue 11, finding 5) ---------------------------------------------------------
+
+SECRET = "Pa55-w0rd_X"
+
+
+def test_the_repr_of_settings_shows_no_secret() -> None:
+    from driftline.settings import Settings
+
+    settings = Settings(
+        warehouse=f"http://bob:{SECRET}@ch.local:8123/driftline",
+        registry=f"postgresql://reg:{SECRET}@db:5432/registry",
+        schema_registry=f"https://sr:{SECRET}@sr.local",
+        kafka_extra={"sasl.username": "svc", "sasl.password": SECRET, "security.protocol": "SASL_SSL"},
+        alert_webhook=f"https://hooks.slack.com/services/T0/B0/{SECRET}",
+    )
+    for text in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert SECRET not in text
+    assert "ch.local:8123" in repr(settings) and "'security.protocol': 'SASL_SSL'" in repr(settings)
+    assert settings.warehouse.count(SECRET) == 1  # the value itself is intact: only its display is masked
+
+
+def test_warehouse_locations_and_their_errors_show_no_password() -> None:
+    from streams.warehouse import WarehouseError, WarehouseLocation
+
+    location = WarehouseLocation.parse(f"http://bob:{SECRET}@ch.local:8123/driftline")
+    assert location.password == SECRET and SECRET not in repr(location)
+    for bad in (f"ftp://bob:{SECRET}@ch.local/db", f"http://bob:{SECRET}@ch.local:99999/db",
+                f"http://bob:{SECRET}@ch.local/a/b", f"http://bob:{SECRET}@ch.local/db?compress=brotli",
+                f"http://bob:{SECRET}@ch.local/1bad"):
+        with pytest.raises(WarehouseError) as raised:
+            WarehouseLocation.parse(bad)
+        assert SECRET not in str(raised.value) and "bob:***@ch.local" in str(raised.value)
+        assert raised.value.__cause__ is None or SECRET not in str(raised.value.__cause__)
+
+
+def test_registry_dialects_and_their_errors_show_no_password() -> None:
+    from retrainer.registry import RegistryError
+    from retrainer.registry.dialects import PostgresDialect, dialect_for
+
+    dialect = dialect_for(f"postgresql://reg:{SECRET}@127.0.0.1:9/registry?connect_timeout=1")
+    assert SECRET not in repr(dialect) and SECRET not in dialect.describe()
+    with pytest.raises(RegistryError) as raised:
+        dialect_for(f"mysql://reg:{SECRET}@db/registry")
+    assert SECRET not in str(raised.value)
+    with pytest.raises(RegistryError) as raised:
+        PostgresDialect(f"postgresql://reg:{SECRET}@127.0.0.1:9/registry", connect_timeout_s=1).connect()
+    assert SECRET not in str(raised.value) and "cannot connect" in str(raised.value)
