@@ -729,6 +729,8 @@ class _Handler(BaseHTTPRequestHandler):
                 head += chunk
         if isinstance(split, InsertData):
             return split, b"", chain((head[split.data_start :],), chunks)
+        if len(head) > limit:
+            raise _query_too_long(limit)
         text = head + _read_capped(chunks, limit - len(head))
         return None, text, iter(())
 
