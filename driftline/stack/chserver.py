@@ -220,7 +220,7 @@ class HttpLimits:
     262144
     """
 
-    max_body_bytes: int = 1 << 30  # a request body on the wire, and again once decompressed
+    max_body_bytes: int = 256 << 20  # a request body on the wire, and again once decompressed
     max_query_bytes: int = 256 << 10  # a statement read whole (ClickHouse's max_query_size); not insert data
     max_connections: int = 64  # open client connections, idle keep-alive ones included
     header_timeout: float = 10.0  # from a request's first byte to the end of its headers

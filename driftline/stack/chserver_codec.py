@@ -37,6 +37,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 _PIECE = 1 << 20  # the most output one decoder step produces, so a bomb is caught before it grows
 _SLICE = 1 << 10  # input per step for decoders without an output bound: zstd's densest block is about 32,000:1
+# Past BOMB_FLOOR bytes of output, a body may not expand more than BOMB_RATIO times: lz4 cannot pass
+# 255:1 and real insert data stays far below; a body of zeros reaches 32,000:1 with zstd.
+BOMB_FLOOR = 16 << 20
+BOMB_RATIO = 1000
 
 
 class _FrameDecoder(Protocol):
@@ -173,10 +177,11 @@ def _frames(
 ) -> Iterator[bytes]:
     decoder = new_decoder()
     inside = False  # the current decoder has taken bytes of a frame it has not finished
-    total = 0
+    total = taken = 0
     try:
         for chunk in chunks:
             data = chunk
+            taken += len(chunk)
             while data:
                 for out in decoder.feed(data):
                     total += len(out)
@@ -185,6 +190,12 @@ def _frames(
                             TOO_MANY_ROWS_OR_BYTES,
                             f"The {name} request body decompresses to more than {max_bytes} bytes, the server's "
                             "--max-body-bytes; send it in smaller requests",
+                        )
+                    if total > BOMB_FLOOR and total > BOMB_RATIO * taken:
+                        raise ClickHouseError(
+                            TOO_MANY_ROWS_OR_BYTES,
+                            f"The {name} request body decompresses more than {BOMB_RATIO} times its size "
+                            f"({taken} bytes to over {total}): refused as a decompression bomb",
                         )
                     if out:
                         yield out
@@ -223,6 +234,11 @@ def decode_native_blocks(chunks: Iterable[bytes], max_bytes: int | None = None) 
             raw_size = int.from_bytes(pending[offset + 21 : offset + 25], "little")
             if size < 9:
                 raise ClickHouseError(CANNOT_DECOMPRESS, f"Corrupt compressed block: size {size}")
+            if raw_size > BOMB_FLOOR and raw_size > BOMB_RATIO * size:
+                raise ClickHouseError(
+                    TOO_MANY_ROWS_OR_BYTES,
+                    f"A compressed block of {size} bytes claims {raw_size} decompressed: refused as a decompression bomb",
+                )
             total += raw_size  # checked before the block is decompressed: the header says how big it will be
             if max_bytes is not None and total > max_bytes:
                 raise ClickHouseError(

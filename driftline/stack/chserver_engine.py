@@ -416,6 +416,18 @@ class Engine:
 
         The lexer has already looked; this catches any shape it reads differently from ClickHouse.
         A statement the parser rejects is left for the engine to reject with its own message.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     engine = Engine(tmp)
+        ...     lease = engine.lease(None, timeout=60, check=False)
+        ...     engine.confine(lease.connection, "SELECT count() FROM numbers(3)")
+        ...     try:
+        ...         engine.confine(lease.connection, "SELECT * FROM `url`('http://example.com', 'TSV')")
+        ...     except ClickHouseError as err:
+        ...         print(err.name, err.message)
+        ...     lease.release(); engine.close()
+        ACCESS_DENIED url(...) is not allowed on this server: it reads files or reaches the network
         """
         try:
             ast, _ = connection.run("EXPLAIN AST " + sql, "TabSeparatedRaw", None)
