@@ -84,7 +84,13 @@ from driftline.stack.chserver_errors import (
     ClickHouseError,
 )
 from driftline.stack.chserver_native import upgrade_native
-from driftline.stack.chserver_sql import Head, InsertData, Statement, parse_statement, split_insert
+from driftline.stack.chserver_sql import (
+    Head,
+    InsertData,
+    Statement,
+    parse_statement,
+    split_insert,
+)
 from driftline.stack.process import StackError
 
 logger = logging.getLogger("driftline.stack.chserver")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import re
+from itertools import pairwise
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -392,10 +393,10 @@ class Confinement:
                 _check_source(buf, tokens, i + 1)
             elif word == "ATTACH" and _attach_from_path(buf, tokens):
                 raise _refused("ATTACH ... FROM a path is not allowed on this server")
-            if token.kind == "word" and (word.lower() in FILE_SETTINGS or word.lower() in TIME_SETTINGS):
-                if _is_assignment(buf, tokens, i + 1):  # SET name = v, SETTINGS name = v, at any depth
-                    value = tokens[i + 2] if i + 2 < len(tokens) else None
-                    self.check_settings({buf[token.start : token.end].decode(): _literal(buf, value)})
+            watched = word.lower() in FILE_SETTINGS or word.lower() in TIME_SETTINGS
+            if watched and _is_assignment(buf, tokens, i + 1):  # SET name = v, SETTINGS name = v, at any depth
+                value = tokens[i + 2] if i + 2 < len(tokens) else None
+                self.check_settings({buf[token.start : token.end].decode(): _literal(buf, value)})
 
     def _check_engine(self, buf: bytes, tokens: list[_Token], at: int) -> None:
         if at < len(tokens) and tokens[at].kind == "symbol" and buf[tokens[at].start] == 0x3D:  # '='
@@ -478,6 +479,4 @@ def _check_source(buf: bytes, tokens: list[_Token], at: int) -> None:
 
 
 def _attach_from_path(buf: bytes, tokens: list[_Token]) -> bool:
-    return any(
-        t.upper(buf) == "FROM" and n.kind == "quoted" and buf[n.start] == 0x27 for t, n in zip(tokens, tokens[1:])
-    )
+    return any(t.upper(buf) == "FROM" and n.kind == "quoted" and buf[n.start] == 0x27 for t, n in pairwise(tokens))
