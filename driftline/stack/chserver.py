@@ -182,7 +182,7 @@ class Request:
             session_id=params.get("session_id") or None,
             session_timeout=_number(params, "session_timeout", DEFAULT_SESSION_TIMEOUT),
             session_check=_flag(params, "session_check"),
-            readonly=int(_number(params, "readonly", 0)),
+            readonly=min(2, max(0, int(_number(params, "readonly", 0)))),  # ClickHouse's levels; also bounds the pools
             get=method == "GET",
             wait_end_of_query=_flag(params, "wait_end_of_query") or _flag(params, "http_wait_end_of_query"),
             decompress=_flag(params, "decompress"),
@@ -452,10 +452,16 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # headers and body go out as separate writes; without this, Nagle plus delayed ACKs add 40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._answered = False
 
     def handle_one_request(self) -> None:
-        """Wait for a request as long as keep-alive allows, then give its headers ``header_timeout`` in all."""
-        self.connection.settimeout(KEEP_ALIVE_SECONDS)
+        """Wait for a request as long as keep-alive allows, then give its headers ``header_timeout`` in all.
+
+        A new connection gets only ``header_timeout`` for its first byte: a client that connects and
+        says nothing (a half-open connection) does not hold a slot for the whole keep-alive time.
+        """
+        self.connection.settimeout(KEEP_ALIVE_SECONDS if self._answered else self.server.limits.header_timeout)
+        self._answered = True
         try:
             first = self.rfile.peek(1)  # type: ignore[attr-defined]
         except OSError:

@@ -300,6 +300,10 @@ def test_connection_header_and_session_limits(tmp_path: Path) -> None:
         finally:
             for sock in idle:
                 sock.close()
+        # a connection that says nothing is closed after --header-timeout, not after the keep-alive time
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(1) == b"" and time.monotonic() - started < 4
         # slowloris: headers that trickle in are cut off after --header-timeout
         time.sleep(0.3)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
