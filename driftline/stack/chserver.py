@@ -13,6 +13,12 @@ or, embedded in a test or a command::
     ...
     server.close()
 
+Safe by default (docs/SECURITY.md): with ``--password-file`` (``driftline stack up`` makes one) every
+query needs the password; statements that read files, reach the network or run programs are refused
+(``Confinement`` in ``chserver_sql``, then the engine's own parser); ``readonly`` is the engine's;
+requests with an ``Origin`` or a foreign ``Host`` are refused; body, decompressed body, statement,
+connections, header time, sessions and query time are limited (``--max-*``, ``--*-timeout``).
+
 Why the standard library's ``ThreadingHTTPServer``: chdb's API is blocking and
 releases the GIL while the engine works, so one thread per connection gives
 real concurrency without an event loop, a request keeps its chdb connection on

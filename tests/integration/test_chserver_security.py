@@ -216,6 +216,8 @@ def test_origin_host_and_cors(locked: ServerProcess) -> None:
         assert request(port, "POST", body="SELECT 1", headers={"Host": host}).text == "1\n"
     cors = request(port, "POST", {"add_http_cors_header": "1"}, "SELECT 1")
     assert cors.text == "1\n" and "Access-Control-Allow-Origin" not in cors.headers
+    preflight = request(port, "OPTIONS", headers={"Access-Control-Request-Method": "POST"})
+    assert preflight.status >= 400 and not any(h.lower().startswith("access-control") for h in preflight.headers)
 
 
 def test_password_required(locked: ServerProcess) -> None:
