@@ -156,3 +156,57 @@ def load_settings(
     values["kafka_extra"] = extra
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
+
+
+# -- the local stack's warehouse password ---------------------------------------------------------------
+# `driftline stack up` writes it (mode 600) where the embedded server's pid and log live; every
+# driftline process that shares the state directory reads it, so nobody configures it by hand.
+LOCAL_WAREHOUSE_PASSWORD = Path("warehouse") / "clickhouse.password"
+
+
+def local_warehouse_password_file(settings: Settings) -> Path:
+    """Where the local stack keeps its ClickHouse password: ``<state_dir>/warehouse/clickhouse.password``.
+
+    >>> local_warehouse_password_file(Settings(state_dir="/srv/dl")).as_posix()
+    '/srv/dl/warehouse/clickhouse.password'
+    """
+    return Path(settings.state_dir) / LOCAL_WAREHOUSE_PASSWORD
+
+
+def warehouse_url(settings: Settings) -> str:
+    """The warehouse URL to connect with: ``settings.warehouse``, plus the local stack's password
+    when the URL names a loopback HTTP server, carries no password, and the password file exists.
+
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     s = Settings(state_dir=tmp, warehouse="http://127.0.0.1:8123/driftline")
+    ...     before = warehouse_url(s)
+    ...     file = local_warehouse_password_file(s); file.parent.mkdir(); _ = file.write_text("p/w\\n")
+    ...     before, warehouse_url(s), warehouse_url(s.replace(warehouse="http://ch.example:8123/d"))
+    ('http://127.0.0.1:8123/driftline', 'http://default:p%2Fw@127.0.0.1:8123/driftline', 'http://ch.example:8123/d')
+    """
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    url = settings.warehouse
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.password is not None or not _loopback_host(parts.hostname or ""):
+        return url
+    try:
+        lines = local_warehouse_password_file(settings).read_text().splitlines()
+    except OSError:
+        return url  # no local stack here, or not ours to read: the server will say what it wants
+    password = lines[0].strip() if lines else ""
+    if not password:
+        return url
+    user = parts.username or "default"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def _loopback_host(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

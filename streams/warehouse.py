@@ -221,7 +221,10 @@ class Warehouse:
 
     @classmethod
     def from_settings(cls, settings: "Settings", *, migrate: bool = False) -> "Warehouse":
-        return cls.connect(settings.warehouse, migrate=migrate)
+        """Connect to ``settings.warehouse``; a local stack's password is found in its state directory."""
+        from driftline.settings import warehouse_url
+
+        return cls.connect(warehouse_url(settings), migrate=migrate)
 
     @property
     def database(self) -> str:

@@ -62,9 +62,11 @@ def kafka_settings(kafka_bootstrap: str, unique: str) -> Settings:
 
 
 class WarehouseServer:
-    """The embedded ClickHouse HTTP server (chdb), run as its own process like production."""
+    """The embedded ClickHouse HTTP server (chdb), run as its own process like production: locked with
+    a random password, as `driftline stack up` runs it; ``url`` carries the password."""
 
     def __init__(self, root: Path) -> None:
+        import secrets
         import subprocess
         import sys
         import time
@@ -73,20 +75,30 @@ class WarehouseServer:
 
         self.port = free_port()
         self.root = root
+        self.user = "default"
+        self.password = secrets.token_urlsafe(18)
+        self.password_file = root / "clickhouse.password"
+        self.password_file.write_text(self.password + "\n")
+        self.password_file.chmod(0o600)
         self._log = open(root / "chserver.log", "ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(self.port)],
+            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(self.port),
+             "--password-file", str(self.password_file)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-        )
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while not port_answers("127.0.0.1", self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"embedded ClickHouse server did not start: {(root / 'chserver.log').read_text()[-2000:]}")
             time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def url(self, database: str = "driftline") -> str:
-        return f"http://127.0.0.1:{self.port}/{database}"
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
         self._proc.terminate()

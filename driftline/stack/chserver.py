@@ -13,6 +13,12 @@ or, embedded in a test or a command::
     ...
     server.close()
 
+Safe by default (docs/SECURITY.md): with ``--password-file`` (``driftline stack up`` makes one) every
+query needs the password; statements that read files, reach the network or run programs are refused
+(``Confinement`` in ``chserver_sql``, then the engine's own parser); ``readonly`` is the engine's;
+requests with an ``Origin`` or a foreign ``Host`` are refused; body, decompressed body, statement,
+connections, header time, sessions and query time are limited (``--max-*``, ``--*-timeout``).
+
 Why the standard library's ``ThreadingHTTPServer``: chdb's API is blocking and
 releases the GIL while the engine works, so one thread per connection gives
 real concurrency without an event loop, a request keeps its chdb connection on
@@ -32,7 +38,9 @@ import argparse
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -58,18 +66,38 @@ from driftline.stack.chserver_codec import (
     response_encoder,
     response_encoding,
 )
-from driftline.stack.chserver_engine import DEFAULT_FORMAT, Engine, EngineConnection, Lease, QueryStats, ServerInfo
+from driftline.stack.chserver_engine import (
+    DEFAULT_FORMAT,
+    DEFAULT_MAX_EXECUTION_TIME,
+    DEFAULT_MAX_SESSIONS,
+    Engine,
+    EngineConnection,
+    Lease,
+    Limits,
+    QueryStats,
+    ServerInfo,
+)
 from driftline.stack.chserver_errors import (
+    ACCESS_DENIED,
     AUTHENTICATION_FAILED,
     BAD_ARGUMENTS,
     NOT_IMPLEMENTED,
     READONLY,
     STD_EXCEPTION,
     SYNTAX_ERROR,
+    TOO_MANY_ROWS_OR_BYTES,
+    TOO_MANY_SIMULTANEOUS_QUERIES,
     ClickHouseError,
 )
 from driftline.stack.chserver_native import upgrade_native
-from driftline.stack.chserver_sql import Head, InsertData, Statement, parse_statement, split_insert
+from driftline.stack.chserver_sql import (
+    Head,
+    InsertData,
+    Statement,
+    parse_statement,
+    split_insert,
+    tokenize,
+)
 from driftline.stack.process import StackError
 
 logger = logging.getLogger("driftline.stack.chserver")
@@ -77,8 +105,7 @@ logger = logging.getLogger("driftline.stack.chserver")
 KEEP_ALIVE_SECONDS = 60
 DEFAULT_SESSION_TIMEOUT = 60.0  # ClickHouse's default_session_timeout
 MAX_SESSION_TIMEOUT = 3600.0  # and max_session_timeout
-MAX_QUERY_BYTES = 128 << 20  # a statement read whole (not insert data)
-MAX_INSERT_HEAD_BYTES = 1 << 20  # how far into a stream the server looks for an INSERT's data
+MAX_FORM_BYTES = 16 << 20  # a multipart form of query and bind parameters
 READ_BYTES = 1 << 20
 SPOOL_BYTES = 32 << 20  # wait_end_of_query results past this go to a temporary file
 
@@ -145,7 +172,6 @@ class Request:
     protocol_version: int = 0  # the client's Native protocol revision (client_protocol_version)
     compression_enabled: bool | None = None  # None: the engine's default
     zlib_level: int = 3
-    cors: bool = False
 
     @classmethod
     def parse(cls, method: str, params: Mapping[str, str], headers: Mapping[str, str]) -> "Request":
@@ -163,15 +189,14 @@ class Request:
             session_id=params.get("session_id") or None,
             session_timeout=_number(params, "session_timeout", DEFAULT_SESSION_TIMEOUT),
             session_check=_flag(params, "session_check"),
-            readonly=int(_number(params, "readonly", 0)),
+            readonly=min(2, max(0, int(_number(params, "readonly", 0)))),  # ClickHouse's levels; also bounds the pools
             get=method == "GET",
             wait_end_of_query=_flag(params, "wait_end_of_query") or _flag(params, "http_wait_end_of_query"),
             decompress=_flag(params, "decompress"),
             protocol_version=int(_number(params, "client_protocol_version", 0)),
             compression_enabled=_flag(params, "enable_http_compression") if "enable_http_compression" in params else None,
             zlib_level=int(_number(params, "http_zlib_compression_level", 3)),
-            cors=_flag(params, "add_http_cors_header"),
-        )
+        )  # add_http_cors_header is read and ignored: the server never answers with CORS headers
         if not 0 < request.session_timeout <= MAX_SESSION_TIMEOUT:
             raise ClickHouseError(
                 BAD_ARGUMENTS, f"Session timeout {request.session_timeout} is not in (0, {MAX_SESSION_TIMEOUT:g}]"
@@ -198,6 +223,72 @@ def _number(params: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ClickHouseError(BAD_ARGUMENTS, f"Parameter {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may ask of the HTTP side; each refusal says which limit and its value.
+
+    >>> HttpLimits().max_query_bytes
+    262144
+    """
+
+    max_body_bytes: int = 256 << 20  # a request body on the wire, and again once decompressed
+    max_query_bytes: int = 256 << 10  # a statement read whole (ClickHouse's max_query_size); not insert data
+    max_connections: int = 64  # open client connections, idle keep-alive ones included
+    header_timeout: float = 10.0  # from a request's first byte to the end of its headers
+    read_timeout: float = 30.0  # the longest wait for the next bytes of a body, or for a client to read
+
+
+def allowed_hosts(bind: str, port: int, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
+    """The ``Host`` headers the server answers: a defence against DNS rebinding from a browser.
+
+    A loopback bind answers the loopback names only; a specific address, that address; a
+    wildcard bind (0.0.0.0, ::) any IP literal (``None`` here, checked per request), plus ``extra``.
+
+    >>> sorted(allowed_hosts("127.0.0.1", 8123))
+    ['127.0.0.1:8123', '[::1]:8123', 'localhost:8123']
+    >>> sorted(allowed_hosts("10.0.0.5", 8123, ("ch.internal",)))
+    ['10.0.0.5:8123', 'ch.internal:8123']
+    """
+    names = {f"{name}:{port}" for name in extra}
+    if bind in ("", "0.0.0.0", "::"):
+        return None
+    if _loopback(bind):
+        return frozenset(names | {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"})
+    host = f"[{bind}]" if ":" in bind else bind
+    return frozenset(names | {f"{host}:{port}"})
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def host_allowed(host: str, allowed: frozenset[str] | None, port: int, extra: tuple[str, ...] = ()) -> bool:
+    """Whether a request's ``Host`` header names this server (see ``allowed_hosts``).
+
+    >>> host_allowed("localhost:8123", allowed_hosts("127.0.0.1", 8123), 8123)
+    True
+    >>> host_allowed("evil.example:8123", allowed_hosts("127.0.0.1", 8123), 8123)
+    False
+    >>> host_allowed("192.168.1.9:8123", None, 8123), host_allowed("rebind.example:8123", None, 8123)
+    (True, False)
+    """
+    if allowed is not None:
+        return host.lower() in allowed
+    name, _, rest = host.rpartition(":") if not host.endswith("]") else (host, "", str(port))
+    if rest != str(port):
+        return False
+    if name.lower() in ("localhost", *extra):
+        return True
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -229,30 +320,89 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], engine: Engine, credentials: Credentials | None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        engine: Engine,
+        credentials: Credentials | None,
+        limits: HttpLimits,
+        extra_hosts: tuple[str, ...] = (),
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.engine = engine
         self.credentials = credentials
+        self.limits = limits
         self._state = threading.Condition()
         self._active = 0
         self._closing = False
         self._connections: set[socket.socket] = set()
+        self._reading_headers: dict[socket.socket, float] = {}  # connection -> deadline for its headers
         self.display_name = socket.gethostname()
         super().__init__(address, _Handler)
+        self.extra_hosts = extra_hosts
+        self.hosts = allowed_hosts(address[0], self.server_port, extra_hosts)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        """Past ``max_connections``, answer 503 at once instead of starting another thread."""
+        with self._state:
+            full = len(self._connections) >= self.limits.max_connections
+            if not full:
+                self._connections.add(request)
+        if full:
+            body = (
+                f"Code: 202. DB::Exception: Too many connections ({self.limits.max_connections}, the server's "
+                "--max-connections). (TOO_MANY_SIMULTANEOUS_QUERIES)\n"
+            ).encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+                f"X-ClickHouse-Exception-Code: {TOO_MANY_SIMULTANEOUS_QUERIES}\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            try:
+                request.settimeout(1.0)
+                request.sendall(head + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)  # type: ignore[arg-type]
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[arg-type]
+        finally:
+            with self._state:
+                self._connections.discard(request)
+                self._reading_headers.pop(request, None)
+
+    def reading_headers(self, connection: socket.socket, reading: bool) -> None:
+        with self._state:
+            if reading:
+                self._reading_headers[connection] = time.monotonic() + self.limits.header_timeout
+            else:
+                self._reading_headers.pop(connection, None)
+
+    def hang_up_slow_headers(self) -> int:
+        """Close connections whose request headers did not arrive within ``header_timeout`` (slowloris)."""
+        now = time.monotonic()
+        with self._state:
+            late = [c for c, deadline in self._reading_headers.items() if deadline < now]
+            for connection in late:
+                del self._reading_headers[connection]
+        for connection in late:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if late:
+            logger.warning("closed %d connection(s) whose request headers took over %.0f s", len(late), self.limits.header_timeout)
+        return len(late)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can hang without DNS.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def track(self, connection: socket.socket) -> None:
-        with self._state:
-            self._connections.add(connection)
-
-    def untrack(self, connection: socket.socket) -> None:
-        with self._state:
-            self._connections.discard(connection)
 
     def enter(self) -> bool:
         """Count a request in; False once the server is closing."""
@@ -284,7 +434,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 pass
         if not finished:
             with self._state:
-                finished = self._state.wait_for(lambda: self._active == 0, 5.0)
+                finished = self._state.wait_for(lambda: self._active == 0, 1.0)
         return finished
 
 
@@ -309,13 +459,57 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # headers and body go out as separate writes; without this, Nagle plus delayed ACKs add 40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection)
+        self._answered = False
 
-    def finish(self) -> None:
+    def handle_one_request(self) -> None:
+        """Wait for a request as long as keep-alive allows, then give its headers ``header_timeout`` in all.
+
+        A new connection gets only ``header_timeout`` for its first byte: a client that connects and
+        says nothing (a half-open connection) does not hold a slot for the whole keep-alive time.
+        """
+        self.connection.settimeout(KEEP_ALIVE_SECONDS if self._answered else self.server.limits.header_timeout)
+        self._answered = True
         try:
-            super().finish()
+            first = self.rfile.peek(1)  # type: ignore[attr-defined]
+        except OSError:
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        self.connection.settimeout(self.server.limits.read_timeout)
+        self.server.reading_headers(self.connection, True)
+        try:
+            super().handle_one_request()
         finally:
-            self.server.untrack(self.connection)
+            self.server.reading_headers(self.connection, False)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.reading_headers(self.connection, False)
+        return ok
+
+    def _refuse_foreign(self) -> bool:
+        """Refuse a request from a web page (``Origin``) or for another host name (DNS rebinding)."""
+        reason = None
+        if self.headers.get("Origin") is not None:
+            reason = "requests from web pages (with an Origin header) are not allowed"
+        else:
+            host = self.headers.get("Host")
+            if host is not None and not host_allowed(host.strip(), self.server.hosts, self.server.server_port, self.server.extra_hosts):
+                reason = f"Host {host.strip()!r} is not this server's address (see --allow-host)"
+        if reason is None:
+            return False
+        logger.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0], reason)
+        body = f"Code: {ACCESS_DENIED}. DB::Exception: {reason}. (ACCESS_DENIED)\n".encode()
+        self.close_connection = True
+        self.send_response(403)
+        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        self.send_header("X-ClickHouse-Exception-Code", str(ACCESS_DENIED))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self._write(body)
+        return True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
         logger.debug("http: " + format, *args)
@@ -333,6 +527,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self._head_only = True
         self._body_consumed = not self._has_body()
+        if self._refuse_foreign():
+            return
         if path in ("/", "/ping", "/replicas_status"):
             self._send_plain(200, "Ok.\n")
         else:
@@ -345,6 +541,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_sent = False
         self._body_consumed = not self._has_body()
         self._log: dict[str, object] = {"session": None, "query": ""}
+        if self._refuse_foreign():
+            return
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         if url.path in ("/ping", "/replicas_status") or (
@@ -388,25 +586,34 @@ class _Handler(BaseHTTPRequestHandler):
             chunks = iter(())
         request = Request.parse(self.command, params, self.headers)
         self._log["session"] = request.session_id
-        insert, text, data = self._read_statement(request.query, chunks)
         engine = self.server.engine
+        engine.confinement.check_settings(request.settings)
+        insert, text, data = self._read_statement(request.query, chunks)
         if insert is not None:
             statement = Statement("INSERT")
-            self._log["query"] = insert.sql.decode("utf-8", "replace") + " FORMAT " + insert.fmt
+            checked = insert.sql + b" FORMAT " + insert.fmt.encode()
+            self._log["query"] = checked.decode("utf-8", "replace")
+            tokens = tokenize(checked)
         else:
+            checked = text
             sql = _decode_sql(text)
             self._log["query"] = sql
-            statement = parse_statement(text)
+            tokens = tokenize(text)  # once: the lexer costs a few microseconds a token
+            statement = parse_statement(text, tokens)
             if not statement.kind:
                 raise ClickHouseError(SYNTAX_ERROR, "Empty query")
             if statement.multiple:
                 raise ClickHouseError(SYNTAX_ERROR, "Multi-statements are not allowed")
-        if not statement.allowed(request.readonly):
+        engine.confinement.check(checked, tokens)
+        # Outside a session the engine enforces readonly (a pooled connection opened at the request's
+        # level); a session's connection keeps the user's level, so a stricter request is checked here.
+        if request.session_id and request.readonly > engine.limits.readonly and not statement.allowed(request.readonly):
             hint = ". For queries over HTTP, method GET implies readonly; use POST for modifying queries" if request.get else ""
             raise ClickHouseError(READONLY, f"Cannot execute query in readonly mode{hint}")
-        lease = engine.lease(request.session_id, request.session_timeout, request.session_check)
+        lease = engine.lease(request.session_id, request.session_timeout, request.session_check, request.readonly)
         try:
             connection = lease.connection
+            engine.confine(connection, checked.decode("utf-8", "replace"))
             connection.prepare(request.settings, request.database, statement)
             if insert is not None:
                 stats = connection.insert(_decode_sql(insert.sql), insert.fmt, data)
@@ -495,14 +702,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(65537)  # the CRLF after the chunk
 
     def _request_body(self, params: Mapping[str, str]) -> Iterator[bytes]:
-        chunks = decode_body(self._raw_body(), self.headers.get("Content-Encoding"))
+        limit = self.server.limits.max_body_bytes
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower() and self._content_length() > limit:
+            raise ClickHouseError(
+                TOO_MANY_ROWS_OR_BYTES,
+                f"The request body is larger than {limit} bytes, the server's --max-body-bytes (Content-Length "
+                f"{self._content_length()}); send it in smaller requests",
+            )
+        chunks = decode_body(_capped(self._raw_body(), limit, "request body"), self.headers.get("Content-Encoding"), limit)
         if _flag(params, "decompress"):
-            chunks = decode_native_blocks(chunks)
+            chunks = decode_native_blocks(chunks, limit)
         return iter(chunks)
 
     def _form_fields(self, content_type: str, chunks: Iterator[bytes]) -> dict[str, str]:
         """query and param_* fields of a multipart form (clickhouse-connect sends long bind values this way)."""
-        body = _read_capped(chunks, MAX_QUERY_BYTES)
+        body = _read_capped(chunks, MAX_FORM_BYTES)
         message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
         fields: dict[str, str] = {}
         for part in message.iter_parts() if message.is_multipart() else ():
@@ -517,13 +731,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_statement(self, query: str, chunks: Iterator[bytes]) -> tuple[InsertData | None, bytes, Iterator[bytes]]:
         """Split the URL query followed by the body into a statement and, for an INSERT, its data."""
+        limit = self.server.limits.max_query_bytes
         head = query.encode() + b"\n" if query else b""
+        if len(head) > limit:
+            raise _query_too_long(limit)
         final = False
         while True:
             split = split_insert(head, final)
             if split is not Head.NEED_MORE:
                 break
-            if len(head) > MAX_INSERT_HEAD_BYTES:
+            if len(head) > limit:
                 split = Head.WHOLE_STATEMENT
                 break
             chunk = next(chunks, None)
@@ -533,7 +750,9 @@ class _Handler(BaseHTTPRequestHandler):
                 head += chunk
         if isinstance(split, InsertData):
             return split, b"", chain((head[split.data_start :],), chunks)
-        text = head + _read_capped(chunks, MAX_QUERY_BYTES - len(head))
+        if len(head) > limit:
+            raise _query_too_long(limit)
+        text = head + _read_capped(chunks, limit - len(head))
         return None, text, iter(())
 
     # -- responses ---------------------------------------------------------------------------------
@@ -619,8 +838,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-ClickHouse-Summary", stats.header())
         if request.session_id:
             self.send_header("X-ClickHouse-Session-Id", request.session_id)
-        if request.cors:
-            self.send_header("Access-Control-Allow-Origin", "*")
         if reply.encoding is not None:
             self.send_header("Content-Encoding", reply.encoding)
         if exception_tag is not None:
@@ -702,9 +919,29 @@ def _read_capped(chunks: Iterator[bytes], limit: int) -> bytes:
     for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise ClickHouseError(SYNTAX_ERROR, f"Max query size exceeded (the statement is longer than {limit} bytes)")
+            raise _query_too_long(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _query_too_long(limit: int) -> ClickHouseError:
+    return ClickHouseError(
+        SYNTAX_ERROR,
+        f"Max query size exceeded (the statement is longer than {limit} bytes, the server's --max-query-bytes); "
+        "send data after INSERT ... FORMAT, or bind long values as parameters",
+    )
+
+
+def _capped(chunks: Iterator[bytes], limit: int, what: str) -> Iterator[bytes]:
+    """``chunks`` until they pass ``limit`` bytes in all, then a clear error."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise ClickHouseError(
+                TOO_MANY_ROWS_OR_BYTES, f"The {what} is larger than {limit} bytes, the server's --max-body-bytes"
+            )
+        yield chunk
 
 
 def _decode_sql(text: bytes) -> str:
@@ -730,13 +967,16 @@ class EmbeddedClickHouse:
         port: int = 8123,
         user: str | None = None,
         password: str | None = None,
+        limits: Limits | None = None,
+        http_limits: HttpLimits | None = None,
+        allow_hosts: tuple[str, ...] = (),
     ) -> None:
         if password and not user:
             user = "default"
-        self.engine = Engine(path)
+        self.engine = Engine(path, limits=limits)
         credentials = Credentials(user, password or "") if user else None
         try:
-            self._http = _HTTPServer((host, port), self.engine, credentials)
+            self._http = _HTTPServer((host, port), self.engine, credentials, http_limits or HttpLimits(), allow_hosts)
         except BaseException:
             self.engine.close()
             raise
@@ -765,8 +1005,9 @@ class EmbeddedClickHouse:
         while not self._stop.wait(1.0):
             try:
                 self.engine.reap_sessions()
+                self._http.hang_up_slow_headers()
             except Exception:
-                logger.exception("expiring sessions failed")
+                logger.exception("expiring sessions or slow connections failed")
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting, let running requests finish (up to ``timeout``), then close the engine."""
@@ -776,12 +1017,16 @@ class EmbeddedClickHouse:
         self._stop.set()
         if self._started:
             self._http.shutdown()  # waits for serve_forever to return, so only once it has run
-        if not self._http.drain(timeout):
-            logger.warning("requests still running after %.0f s; closing the engine anyway", timeout)
+        drained = self._http.drain(timeout)
         self._http.server_close()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout)
+        if not drained:
+            # a chdb call cannot be interrupted from here, and closing its connection under it is unsafe;
+            # the process exits without closing the engine, which MergeTree survives as it survives a kill
+            logger.warning("requests still running after %.0f s; leaving the engine to the process exit", timeout)
+            return
         self.engine.close()
         logger.info("stopped serving %s", self.engine.path)
 
@@ -798,10 +1043,43 @@ class EmbeddedClickHouse:
 
 
 def serve(
-    path: str | Path, host: str = "127.0.0.1", port: int = 8123, user: str | None = None, password: str | None = None
+    path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    user: str | None = None,
+    password: str | None = None,
+    limits: Limits | None = None,
+    http_limits: HttpLimits | None = None,
+    allow_hosts: tuple[str, ...] = (),
 ) -> EmbeddedClickHouse:
     """Start serving chdb at ``path`` on ``host:port`` (0: any free port) in background threads."""
-    return EmbeddedClickHouse(path, host, port, user, password).start()
+    return EmbeddedClickHouse(path, host, port, user, password, limits, http_limits, allow_hosts).start()
+
+
+STOP_SECONDS = 4.0  # SIGTERM to exit, at most: requests get 2 s to finish, the rest is for closing
+
+
+def read_password_file(path: str | Path) -> str:
+    """The password in ``path`` (its first line), refusing a file others may read.
+
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = Path(tmp, "pw"); _ = p.write_text("s3cret\\n"); os.chmod(p, 0o600)
+    ...     read_password_file(p)
+    's3cret'
+    """
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        text = file.read_text()
+    except OSError as exc:
+        raise StackError(f"cannot read the password file {file}: {exc}") from exc
+    if mode & 0o077:
+        raise StackError(f"the password file {file} may be read by others (mode {mode & 0o777:o}); chmod 600 it")
+    password = text.splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise StackError(f"the password file {file} is empty")
+    return password
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -811,28 +1089,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", required=True, help="chdb data directory (this process owns it)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123, help="0 picks a free port (printed on start)")
-    parser.add_argument("--user", help="the one accepted user; without it authentication is off")
-    parser.add_argument("--password", help="that user's password")
+    parser.add_argument("--user", help="the one accepted user (default: default, when a password is given); "
+                        "without a password authentication is off")
+    parser.add_argument("--password", help="that user's password (visible to other local users in ps: prefer --password-file)")
+    parser.add_argument("--password-file", help="read the password from this file (mode 600); `driftline stack up` makes one")
+    parser.add_argument("--readonly", type=int, choices=[0, 1, 2], default=0,
+                        help="the user's readonly level, enforced by the engine: 1 reads only, 2 also changes settings")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests whose Host header is NAME:PORT (repeatable)")
+    http_defaults = HttpLimits()
+    parser.add_argument("--max-execution-time", type=float, default=DEFAULT_MAX_EXECUTION_TIME,
+                        help="seconds a query may run; clients may lower it, not raise it (default %(default)g)")
+    parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="open HTTP sessions (default %(default)s)")
+    parser.add_argument("--max-body-bytes", type=int, default=http_defaults.max_body_bytes,
+                        help="request body, on the wire and decompressed (default %(default)s)")
+    parser.add_argument("--max-query-bytes", type=int, default=http_defaults.max_query_bytes,
+                        help="statement text, not counting INSERT data (default %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=http_defaults.max_connections,
+                        help="open client connections (default %(default)s)")
+    parser.add_argument("--header-timeout", type=float, default=http_defaults.header_timeout,
+                        help="seconds for a request's headers to arrive (default %(default)g)")
+    parser.add_argument("--read-timeout", type=float, default=http_defaults.read_timeout,
+                        help="seconds to wait for a client's next bytes, or for it to read (default %(default)g)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = Limits(args.readonly, args.max_execution_time, args.max_sessions)
+    http_limits = HttpLimits(args.max_body_bytes, args.max_query_bytes, args.max_connections, args.header_timeout, args.read_timeout)
     try:
-        server = serve(args.path, args.host, args.port, args.user, args.password)
+        password = read_password_file(args.password_file) if args.password_file else args.password
+        server = serve(args.path, args.host, args.port, args.user, password, limits, http_limits, tuple(args.allow_host))
     except (StackError, OSError) as exc:
         logger.error("cannot serve on %s:%s: %s", args.host, args.port, exc)
         return 1
+    if password is None:
+        logger.warning("serving without a password: anything that can reach %s may read and write the warehouse", server.url)
 
     def stop(signum: int, frame: object) -> None:
         # close() waits for requests, so it runs beside the main thread rather than inside the handler
-        threading.Thread(target=server.close, name="chserver-stop").start()
+        threading.Thread(target=server.close, kwargs={"timeout": 2.0}, name="chserver-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"listening on {server.url}", flush=True)
     server.wait()
+    stopped_at = time.monotonic()
     for thread in threading.enumerate():
         if thread.name == "chserver-stop":
-            thread.join()
+            thread.join(max(0.0, STOP_SECONDS - (time.monotonic() - stopped_at)))
+            if thread.is_alive():
+                logger.warning("the server did not close within %.0f s of the signal; exiting now", STOP_SECONDS)
+                logging.shutdown()
+                os._exit(1)
     return 0
 
 

@@ -22,7 +22,12 @@ import lz4.block
 import lz4.frame
 import zstandard
 
-from driftline.stack.chserver_errors import CANNOT_DECOMPRESS, UNKNOWN_COMPRESSION_METHOD, ClickHouseError
+from driftline.stack.chserver_errors import (
+    CANNOT_DECOMPRESS,
+    TOO_MANY_ROWS_OR_BYTES,
+    UNKNOWN_COMPRESSION_METHOD,
+    ClickHouseError,
+)
 
 try:  # optional, as in ClickHouse clients: br only where the brotli package is installed
     import brotli  # type: ignore[import-not-found]
@@ -30,15 +35,82 @@ except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 
 
-class _FrameDecoder(Protocol):
-    eof: bool
-    unused_data: bytes | None
+_PIECE = 1 << 20  # the most output one decoder step produces, so a bomb is caught before it grows
+_SLICE = 1 << 10  # input per step for decoders without an output bound: zstd's densest block is about 32,000:1
+# Past BOMB_FLOOR bytes of output, a body may not expand more than BOMB_RATIO times: lz4 cannot pass
+# 255:1 and real insert data stays far below; a body of zeros reaches 32,000:1 with zstd.
+BOMB_FLOOR = 16 << 20
+BOMB_RATIO = 1000
 
-    def decompress(self, data: bytes) -> bytes: ...
+
+class _FrameDecoder(Protocol):
+    """One compressed frame; ``feed`` yields its output in pieces of at most about ``_PIECE`` bytes."""
+
+    eof: bool
+    unused_data: bytes
+
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+
+class _Lz4Decoder:
+    def __init__(self) -> None:
+        self._decoder = lz4.frame.LZ4FrameDecompressor()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._decoder.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._decoder.unused_data or b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        yield self._decoder.decompress(data, max_length=_PIECE)
+        while not self._decoder.eof and not self._decoder.needs_input:
+            yield self._decoder.decompress(b"", max_length=_PIECE)
+
+
+class _ZlibDecoder:
+    def __init__(self, wbits: int) -> None:
+        self._decoder = zlib.decompressobj(wbits=wbits)
+
+    @property
+    def eof(self) -> bool:
+        return self._decoder.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._decoder.unused_data
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        out = self._decoder.decompress(data, _PIECE)
+        yield out
+        while not self._decoder.eof and (self._decoder.unconsumed_tail or len(out) == _PIECE):
+            out = self._decoder.decompress(self._decoder.unconsumed_tail, _PIECE)
+            yield out
+
+
+class _SlicedDecoder:
+    """A decoder without an output bound (zstd, brotli), fed a little input at a time."""
+
+    def __init__(self, decoder: Any) -> None:
+        self._decoder = decoder
+        self.unused_data = b""
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._decoder.eof)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        for start in range(0, len(data), _SLICE):
+            yield self._decoder.decompress(data[start : start + _SLICE])
+            if self._decoder.eof:
+                self.unused_data = (self._decoder.unused_data or b"") + data[start + _SLICE :]
+                return
 
 
 class _BrotliDecoder:
-    """brotli's decompressor with the eof/unused_data surface of the others (one stream per body)."""
+    """brotli's decompressor with zstd's eof/unused_data surface (one stream per body)."""
 
     def __init__(self) -> None:
         self._decoder = brotli.Decompressor()
@@ -54,22 +126,33 @@ class _BrotliDecoder:
 
 def _decoder_factory(encoding: str) -> Callable[[], Any]:
     if encoding == "lz4":
-        return lz4.frame.LZ4FrameDecompressor
+        return _Lz4Decoder
     if encoding == "zstd":
-        return lambda: zstandard.ZstdDecompressor().decompressobj()
+        return lambda: _SlicedDecoder(zstandard.ZstdDecompressor().decompressobj())
     if encoding in ("gzip", "x-gzip"):
-        return lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        return lambda: _ZlibDecoder(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return lambda: zlib.decompressobj(wbits=zlib.MAX_WBITS)
+        return lambda: _ZlibDecoder(zlib.MAX_WBITS)
     if encoding == "br":
         if brotli is None:
             raise ClickHouseError(UNKNOWN_COMPRESSION_METHOD, "br request bodies need the brotli package on the server")
-        return _BrotliDecoder
+        return lambda: _SlicedDecoder(_BrotliDecoder())
     raise ClickHouseError(UNKNOWN_COMPRESSION_METHOD, f"Unknown HTTP Content-Encoding {encoding!r}")
 
 
-def decode_body(chunks: Iterable[bytes], content_encoding: str | None) -> Iterator[bytes]:
-    """The decompressed body, frame after frame, for one ``Content-Encoding``.
+def decode_body(chunks: Iterable[bytes], content_encoding: str | None, max_bytes: int | None = None) -> Iterator[bytes]:
+    """The decompressed body, frame after frame, for one ``Content-Encoding``; at most ``max_bytes`` of it.
+
+    The limit is checked while decompressing, piece by piece, so a small body that expands to
+    gigabytes fails after about ``max_bytes``, without ever holding more than a piece in memory:
+
+    >>> bomb = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 28))
+    >>> len(bomb) < 20_000
+    True
+    >>> sum(map(len, decode_body([bomb], "zstd", max_bytes=4 << 20)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    driftline.stack.chserver_errors.ClickHouseError: The zstd request body decompresses to more than 4194304 bytes...
 
     >>> frames = lz4.frame.compress(b"a" * 5) + lz4.frame.compress(b"b" * 3)
     >>> b"".join(decode_body([frames[:7], frames[7:]], "lz4"))
@@ -86,21 +169,38 @@ def decode_body(chunks: Iterable[bytes], content_encoding: str | None) -> Iterat
     if "," in encoding:
         raise ClickHouseError(UNKNOWN_COMPRESSION_METHOD, f"Stacked Content-Encoding {encoding!r} is not supported")
     new_decoder = _decoder_factory(encoding)
-    yield from _frames(chunks, new_decoder, encoding)
+    yield from _frames(chunks, new_decoder, encoding, max_bytes)
 
 
-def _frames(chunks: Iterable[bytes], new_decoder: Callable[[], _FrameDecoder], name: str) -> Iterator[bytes]:
+def _frames(
+    chunks: Iterable[bytes], new_decoder: Callable[[], _FrameDecoder], name: str, max_bytes: int | None
+) -> Iterator[bytes]:
     decoder = new_decoder()
     inside = False  # the current decoder has taken bytes of a frame it has not finished
+    total = taken = 0
     try:
         for chunk in chunks:
             data = chunk
+            taken += len(chunk)
             while data:
-                out = decoder.decompress(data)
-                if out:
-                    yield out
+                for out in decoder.feed(data):
+                    total += len(out)
+                    if max_bytes is not None and total > max_bytes:
+                        raise ClickHouseError(
+                            TOO_MANY_ROWS_OR_BYTES,
+                            f"The {name} request body decompresses to more than {max_bytes} bytes, the server's "
+                            "--max-body-bytes; send it in smaller requests",
+                        )
+                    if total > BOMB_FLOOR and total > BOMB_RATIO * taken:
+                        raise ClickHouseError(
+                            TOO_MANY_ROWS_OR_BYTES,
+                            f"The {name} request body decompresses more than {BOMB_RATIO} times its size "
+                            f"({taken} bytes to over {total}): refused as a decompression bomb",
+                        )
+                    if out:
+                        yield out
                 if decoder.eof:
-                    data = decoder.unused_data or b""
+                    data = decoder.unused_data
                     decoder, inside = new_decoder(), False
                 else:
                     data, inside = b"", True
@@ -114,7 +214,7 @@ _NATIVE_HEADER = 25  # checksum 16 + method 1 + compressed size 4 + decompressed
 _NATIVE_NONE, _NATIVE_LZ4, _NATIVE_ZSTD = 0x02, 0x82, 0x90
 
 
-def decode_native_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def decode_native_blocks(chunks: Iterable[bytes], max_bytes: int | None = None) -> Iterator[bytes]:
     """The payload of a ``decompress=1`` body: ClickHouse-compressed blocks, one after another.
 
     >>> def block(method, payload, raw):
@@ -124,6 +224,7 @@ def decode_native_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     b'hello!'
     """
     pending = bytearray()
+    total = 0
     for chunk in chunks:
         pending += chunk
         offset = 0
@@ -133,6 +234,17 @@ def decode_native_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
             raw_size = int.from_bytes(pending[offset + 21 : offset + 25], "little")
             if size < 9:
                 raise ClickHouseError(CANNOT_DECOMPRESS, f"Corrupt compressed block: size {size}")
+            if raw_size > BOMB_FLOOR and raw_size > BOMB_RATIO * size:
+                raise ClickHouseError(
+                    TOO_MANY_ROWS_OR_BYTES,
+                    f"A compressed block of {size} bytes claims {raw_size} decompressed: refused as a decompression bomb",
+                )
+            total += raw_size  # checked before the block is decompressed: the header says how big it will be
+            if max_bytes is not None and total > max_bytes:
+                raise ClickHouseError(
+                    TOO_MANY_ROWS_OR_BYTES,
+                    f"The request body decompresses to more than {max_bytes} bytes, the server's --max-body-bytes",
+                )
             if len(pending) - offset < 16 + size:
                 break
             payload = bytes(pending[offset + _NATIVE_HEADER : offset + 16 + size])

@@ -28,12 +28,22 @@ from chdb.state import sqlitelike
 
 from driftline.stack.chserver_errors import (
     SESSION_IS_LOCKED,
+    SESSION_LIMIT_EXCEEDED,
     SESSION_NOT_FOUND,
     UNKNOWN_FORMAT,
     UNKNOWN_SETTING,
     ClickHouseError,
 )
-from driftline.stack.chserver_sql import Statement, is_identifier, quote_identifier, quote_string
+from driftline.stack.chserver_sql import (
+    ALLOWED_ENGINES,
+    ALLOWED_TABLE_FUNCTIONS,
+    DENIED_CALLS,
+    Confinement,
+    Statement,
+    is_identifier,
+    quote_identifier,
+    quote_string,
+)
 from driftline.stack.process import StackError
 
 logger = logging.getLogger("driftline.stack.chserver")
@@ -42,6 +52,32 @@ DEFAULT_FORMAT = "TabSeparated"
 # chdb's Python layer turns these format names into Python objects instead of bytes.
 _PYTHON_OBJECT_FORMATS = frozenset({"dataframe", "arrowtable", "datastore"})
 _INSERT_APPEND_BYTES = 1 << 20  # coalesce small request chunks: each append is a call into the engine
+DEFAULT_MAX_EXECUTION_TIME = 600.0  # seconds; every connection starts with it, a client may only lower it
+DEFAULT_MAX_SESSIONS = 64  # each session holds a chdb connection of its own
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the engine holds every request to.
+
+    ``readonly`` is the user's level (ClickHouse's setting: 1 reads only, 2 reads and changes
+    settings); every connection starts with it, so neither a URL parameter nor ``SETTINGS
+    readonly = 0`` can lift it: the engine refuses to lower ``readonly`` once it is set.
+
+    >>> Limits(readonly=2).connection_string("/data", 1)
+    '/data?max_execution_time=600&readonly=2'
+    >>> Limits().connection_string("/data", 0)
+    '/data?max_execution_time=600'
+    """
+
+    readonly: int = 0
+    max_execution_time: float = DEFAULT_MAX_EXECUTION_TIME
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+
+    def connection_string(self, path: str, readonly: int) -> str:
+        level = max(self.readonly, readonly)
+        extra = f"&readonly={level}" if level else ""
+        return f"{path}?max_execution_time={self.max_execution_time:g}{extra}"
 
 
 @dataclass
@@ -337,7 +373,8 @@ class Engine:
     b'1\\n'
     """
 
-    def __init__(self, path: str | Path, pool_size: int = 8) -> None:
+    def __init__(self, path: str | Path, pool_size: int = 8, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self.path = Path(path).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         # The anchor holds the path for the server's lifetime, even when no request is running.
@@ -353,30 +390,74 @@ class Engine:
         )
         version, timezone, compression = json.loads(body)
         self.info = ServerInfo(version, timezone, str(compression).lower() in ("1", "true"))
-        self._pool: list[EngineConnection] = []
+        self.confinement = Confinement(self.limits.max_execution_time, self._denied_calls())
+        self._pools: dict[int, list[EngineConnection]] = {}
         self._pool_size = pool_size
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def _open(self) -> EngineConnection:
-        return EngineConnection(sqlitelike.connect(str(self.path)))
+    def _open(self, readonly: int = 0) -> EngineConnection:
+        return EngineConnection(sqlitelike.connect(self.limits.connection_string(str(self.path), readonly)))
 
-    def lease(self, session_id: str | None, timeout: float, check: bool) -> Lease:
-        """A connection for one request: the session's own, or one from the pool."""
+    def _denied_calls(self) -> frozenset[str]:
+        """The static list plus every table function and engine this chdb has beyond the allowlists."""
+        body, _ = self._anchor.run(
+            "SELECT lower(name) FROM system.table_functions UNION ALL SELECT lower(name) FROM system.table_engines "
+            "UNION ALL SELECT lower(name) FROM system.database_engines",
+            "TabSeparatedRaw",
+            None,
+        )
+        listed = set(body.decode().split()) - ALLOWED_TABLE_FUNCTIONS - ALLOWED_ENGINES
+        return DENIED_CALLS | frozenset(listed)
+
+    def confine(self, connection: EngineConnection, sql: str) -> None:
+        """Ask the engine's own parser what ``sql`` calls, and refuse what reaches files or the network.
+
+        The lexer has already looked; this catches any shape it reads differently from ClickHouse.
+        A statement the parser rejects is left for the engine to reject with its own message.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     engine = Engine(tmp)
+        ...     lease = engine.lease(None, timeout=60, check=False)
+        ...     engine.confine(lease.connection, "SELECT count() FROM numbers(3)")
+        ...     try:
+        ...         engine.confine(lease.connection, "SELECT * FROM `url`('http://example.com', 'TSV')")
+        ...     except ClickHouseError as err:
+        ...         print(err.name, err.message)
+        ...     lease.release(); engine.close()
+        ACCESS_DENIED url(...) is not allowed on this server: it reads files or reaches the network
+        """
+        try:
+            ast, _ = connection.run("EXPLAIN AST " + sql, "TabSeparatedRaw", None)
+        except ClickHouseError:
+            return
+        self.confinement.check_ast(ast.decode("utf-8", "replace"))
+
+    def lease(self, session_id: str | None, timeout: float, check: bool, readonly: int = 0) -> Lease:
+        """A connection for one request: the session's own, or one from the pool of its ``readonly`` level.
+
+        Pooled connections are opened at the level a request asks for (at least the user's) and only
+        ever serve that level: ``readonly`` cannot be lowered on a chdb connection. A session keeps the
+        connection it was opened with, at the user's level.
+        """
         if session_id:
             session = self._acquire_session(session_id, timeout, check)
             return Lease(session.connection, lambda broken: self._release_session(session), session_id)
+        level = max(self.limits.readonly, readonly)
         with self._lock:
-            connection = self._pool.pop() if self._pool else None
+            pool = self._pools.setdefault(level, [])
+            connection = pool.pop() if pool else None
         if connection is None:
-            connection = self._open()
-        return Lease(connection, lambda broken: self._return(connection, broken), None)
+            connection = self._open(level)
+        return Lease(connection, lambda broken: self._return(connection, broken, level), None)
 
-    def _return(self, connection: EngineConnection, broken: bool) -> None:
+    def _return(self, connection: EngineConnection, broken: bool, level: int) -> None:
         with self._lock:
-            if not (broken or connection.tainted or self._closed) and len(self._pool) < self._pool_size:
-                self._pool.append(connection)
+            pool = self._pools.setdefault(level, [])
+            if not (broken or connection.tainted or self._closed) and len(pool) < self._pool_size:
+                pool.append(connection)
                 return
         connection.close()
 
@@ -392,6 +473,12 @@ class Engine:
             if session is None:
                 if check:
                     raise ClickHouseError(SESSION_NOT_FOUND, f"Session {session_id} not found")
+                if len(self._sessions) >= self.limits.max_sessions:
+                    raise ClickHouseError(
+                        SESSION_LIMIT_EXCEEDED,
+                        f"Too many sessions ({self.limits.max_sessions} open, the server's --max-sessions); "
+                        "close idle ones or wait for them to expire",
+                    )
                 session = Session(session_id, self._open(), timeout)
                 self._sessions[session_id] = session
                 logger.debug("session opened session=%s timeout=%s", session_id, timeout)
@@ -428,9 +515,10 @@ class Engine:
         """Close every connection; requests still running must have finished."""
         with self._lock:
             self._closed = True
-            connections = [s.connection for s in self._sessions.values()] + self._pool
+            connections = [s.connection for s in self._sessions.values()]
+            connections += [c for pool in self._pools.values() for c in pool]
             self._sessions.clear()
-            self._pool = []
+            self._pools = {}
         for connection in connections:
             connection.close()
         self._anchor.close()

@@ -7,13 +7,15 @@ fresh laptop (they start both). State lives under ``settings.state_dir``.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-from driftline.settings import Settings
+from driftline.settings import Settings, local_warehouse_password_file
 from driftline.stack.kafka_local import KafkaBroker, admin_answers, first_broker
 from driftline.stack.process import ManagedProcess, StackError, port_answers, wait_until
 
@@ -39,6 +41,8 @@ class WarehouseAddress:
     host: str
     port: int
     database: str
+    user: str = "default"
+    password: str | None = None  # given in the URL; else the stack makes one
 
     @classmethod
     def parse(cls, url: str) -> "WarehouseAddress":
@@ -46,7 +50,9 @@ class WarehouseAddress:
         if parsed.scheme not in ("http", "https"):
             raise StackError(f"the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE={url} is not an http(s) URL")
         port = parsed.port or (8443 if parsed.scheme == "https" else 8123)
-        return cls(parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline")
+        user = unquote(parsed.username) if parsed.username else "default"
+        password = unquote(parsed.password) if parsed.password is not None else None
+        return cls(parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline", user, password)
 
     @property
     def local(self) -> bool:
@@ -61,6 +67,24 @@ def _kafka(settings: Settings) -> KafkaBroker:
 def _chserver(settings: Settings) -> ManagedProcess:
     home = Path(settings.state_dir) / "warehouse"
     return ManagedProcess("clickhouse", home / "server.pid", home / "server.log")
+
+
+def ensure_password(settings: Settings, given: str | None = None) -> Path:
+    """The local server's password file (mode 600, in a 700 directory): ``given`` (from the warehouse
+    URL) if there is one, else the one already there, else a new random one."""
+    path = local_warehouse_password_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if given is None and path.exists():
+        os.chmod(path, 0o600)
+        if path.read_text().strip():
+            return path
+    password = given if given is not None else secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that was already there
+    return path
 
 
 def ping_warehouse(address: WarehouseAddress, timeout: float = 2.0) -> bool:
@@ -94,10 +118,13 @@ def up(settings: Settings) -> list[ServiceStatus]:
             raise StackError(f"port {address.host}:{address.port} is taken by something that is not ClickHouse")
         proc = _chserver(settings)
         data = proc.pid_file.parent / "data"
-        _say(f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data})")
+        password_file = ensure_password(settings, address.password or None)
+        _say(f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data}; "
+             f"user {address.user}, password in {password_file})")
         proc.spawn(
             [sys.executable, "-m", "driftline.stack.chserver", "--path", str(data),
-             "--host", address.host, "--port", str(address.port)]
+             "--host", address.host, "--port", str(address.port),
+             "--user", address.user, "--password-file", str(password_file)]
         )
         wait_until(lambda: ping_warehouse(address), 60, proc, f"the embedded ClickHouse on {address.host}:{address.port}")
     _migrate(settings)

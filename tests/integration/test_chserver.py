@@ -38,6 +38,9 @@ pytestmark = pytest.mark.warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.timezone.utc
+# The module's server is locked like `driftline stack up` leaves it; requests here carry the password.
+PASSWORD = "pw-" + uuid.uuid4().hex
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"default:{PASSWORD}".encode()).decode()}
 
 
 @dataclass
@@ -77,9 +80,17 @@ def start_server(root: Path, *extra: str) -> ServerProcess:
     return ServerProcess(proc, int(line.rsplit(":", 1)[1]), log)
 
 
+def password_file(root: Path, password: str = PASSWORD) -> str:
+    path = root / "clickhouse.password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("chserver"))
+    root = tmp_path_factory.mktemp("chserver")
+    srv = start_server(root, "--password-file", password_file(root))
     yield srv
     assert srv.stop() == 0, srv.log.read_text()[-3000:]  # SIGTERM is a clean shutdown
 
@@ -96,12 +107,12 @@ class Reply:
 
 
 def request(port: int, method: str = "GET", params: dict | None = None, body=None, headers: dict | None = None,
-            path: str = "/") -> Reply:  # fmt: skip
-    """One HTTP request the way curl sends it; an iterable body goes out chunked."""
+            path: str = "/", auth: bool = True) -> Reply:  # fmt: skip
+    """One HTTP request the way curl sends it (``curl -u default:PASSWORD``); an iterable body goes out chunked."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     url = path + ("?" + urlencode(params) if params else "")
     encode_chunked = body is not None and not isinstance(body, (bytes, str))
-    conn.request(method, url, body=body, headers=headers or {}, encode_chunked=encode_chunked)
+    conn.request(method, url, body=body, headers={**(AUTH if auth else {}), **(headers or {})}, encode_chunked=encode_chunked)
     response = conn.getresponse()
     reply = Reply(response.status, response.headers, response.read())
     conn.close()
@@ -123,7 +134,7 @@ def db(server: ServerProcess) -> str:
 
 @pytest.fixture
 def client(server: ServerProcess, db: str):
-    c = clickhouse_connect.get_client(host="127.0.0.1", port=server.port, database=db)
+    c = clickhouse_connect.get_client(host="127.0.0.1", port=server.port, database=db, password=PASSWORD)
     yield c
     c.close()
 
@@ -184,7 +195,8 @@ def test_errors_carry_code_header_and_body(server: ServerProcess, db: str) -> No
     import socket
 
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
-        raw.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nSELECT 1\r\n0\r\n\r\n")
+        head = f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
+        raw.sendall(head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nSELECT 1\r\n0\r\n\r\n")
         assert raw.recv(65536).startswith(b"HTTP/1.1 ")
     assert query(server.port, "SELECT 'still serving'") == "still serving\n"
 
@@ -380,7 +392,7 @@ def test_replacing_merge_tree_final(client) -> None:
 
 def test_async_client(server: ServerProcess, db: str) -> None:
     async def run() -> None:
-        client = await clickhouse_connect.get_async_client(host="127.0.0.1", port=server.port, database=db)
+        client = await clickhouse_connect.get_async_client(host="127.0.0.1", port=server.port, database=db, password=PASSWORD)
         try:
             await client.command("CREATE TABLE a (id UInt32, ts DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY id")
             ts = dt.datetime(2024, 1, 1, 0, 0, 0, 5000, tzinfo=UTC)
@@ -400,7 +412,8 @@ def test_async_client(server: ServerProcess, db: str) -> None:
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
 def test_large_compressed_insert_arrives_whole(server: ServerProcess, db: str, compression: str) -> None:
-    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.port, database=db, compress=compression)
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.port, database=db, compress=compression,
+                                           password=PASSWORD)
     client.command("CREATE TABLE big (id UInt64, ts DateTime64(3, 'UTC'), x Float64, tag LowCardinality(String)) "
                    "ENGINE = MergeTree ORDER BY id")  # fmt: skip
     n = 200_000
@@ -484,16 +497,17 @@ def test_authentication(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--user", "analyst", "--password", "s3cret")
     try:
         port = srv.port
-        assert request(port, path="/ping").body == b"Ok.\n"  # health checks need no credentials
-        denied = request(port, "POST", body="SELECT 1")
+        assert request(port, path="/ping", auth=False).body == b"Ok.\n"  # health checks need no credentials
+        denied = request(port, "POST", body="SELECT 1", auth=False)
         assert denied.status == 403 and denied.headers["X-ClickHouse-Exception-Code"] == "516"
-        wrong = request(port, "POST", {"user": "analyst", "password": "nope"}, "SELECT 1")
+        wrong = request(port, "POST", {"user": "analyst", "password": "nope"}, "SELECT 1", auth=False)
         assert wrong.headers["X-ClickHouse-Exception-Code"] == "516" and "AUTHENTICATION_FAILED" in wrong.text
-        assert request(port, "POST", {"user": "analyst", "password": "s3cret"}, "SELECT 1").text == "1\n"
-        by_headers = request(port, "POST", body="SELECT 2", headers={"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "s3cret"})
+        assert request(port, "POST", {"user": "analyst", "password": "s3cret"}, "SELECT 1", auth=False).text == "1\n"
+        by_headers = request(port, "POST", body="SELECT 2", headers={"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "s3cret"},
+                             auth=False)
         assert by_headers.text == "2\n"
         basic = "Basic " + base64.b64encode(b"analyst:s3cret").decode()
-        assert request(port, "POST", body="SELECT 3", headers={"Authorization": basic}).text == "3\n"
+        assert request(port, "POST", body="SELECT 3", headers={"Authorization": basic}, auth=False).text == "3\n"
         good = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="analyst", password="s3cret")
         assert good.command("SELECT 4") == 4
         with pytest.raises(DatabaseError, match="516"):
@@ -504,8 +518,8 @@ def test_authentication(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys, clickhouse_connect
-port, db, tag = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=db)
+port, db, tag, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=db, password=password)
 for batch in range(20):
     client.insert("shared", [[tag, batch * 2000 + i] for i in range(2000)], column_names=["writer", "n"])
 """
@@ -514,7 +528,7 @@ for batch in range(20):
 def test_two_processes_insert_concurrently(server: ServerProcess, db: str) -> None:
     query(server.port, f"CREATE TABLE {db}.shared (writer String, n UInt64) ENGINE = MergeTree ORDER BY (writer, n)")
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(server.port), db, tag], cwd=REPO, stderr=subprocess.PIPE)
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(server.port), db, tag, PASSWORD], cwd=REPO, stderr=subprocess.PIPE)
         for tag in ("p1", "p2")
     ]
     for writer in writers:

@@ -31,6 +31,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_up_status_down(stack_env: dict[str, str]) -> None:
+    """Up, status, up again, down; the warehouse `up` starts is locked (issue 11's done-when check)."""
     try:
         # the broker's controller listener goes next to its port, unless that port is held (here by
         # a squatter; in a busy machine, by some client connection's local end)
@@ -55,10 +56,18 @@ def test_up_status_down(stack_env: dict[str, str]) -> None:
         # the warehouse was migrated by `up`: the contract tables exist
         import clickhouse_connect
 
-        url = stack_env["DRIFTLINE_WAREHOUSE"]
+        from driftline.settings import load_settings, local_warehouse_password_file, warehouse_url
+
+        settings = load_settings(env=stack_env)
+        url = warehouse_url(settings)  # the password from the state directory, nothing configured
+        assert url != stack_env["DRIFTLINE_WAREHOUSE"]
         client = clickhouse_connect.get_client(dsn=url.rsplit("/", 1)[0])
         tables = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = 'driftline'").result_rows}
         assert {"drift_metrics", "performance_metrics", "retrain_requests", "model_versions"} <= tables
+        password_file = local_warehouse_password_file(settings)
+        assert password_file.stat().st_mode & 0o777 == 0o600 and password_file.parent.stat().st_mode & 0o077 == 0
+        assert len(password_file.read_text().strip()) >= 24
+        assert_locked_down(stack_env, password_file.read_text().strip(), Path(settings.state_dir))
     finally:
         down = run(["stack", "down"], stack_env)
     assert down.returncode == 0, down.stderr
@@ -66,6 +75,47 @@ def test_up_status_down(stack_env: dict[str, str]) -> None:
     after = run(["stack", "status"], stack_env)
     assert after.returncode == 1
     assert all(" down" in line for line in after.stdout.splitlines())
+
+
+def assert_locked_down(env: dict[str, str], password: str, state: Path) -> None:
+    """file(), url(), INTO OUTFILE, an Origin, a zstd bomb and no password all fail cleanly; RSS < 600 MiB."""
+    import base64
+    import http.client
+
+    import zstandard
+
+    port = int(env["DRIFTLINE_WAREHOUSE"].rsplit(":", 1)[1].split("/")[0])
+    secret = state / "outside.txt"
+    secret.write_text("not for the network\n")
+    outfile = state / "appended.txt"
+    auth = {"Authorization": "Basic " + base64.b64encode(f"default:{password}".encode()).decode()}
+
+    def post(sql: str, headers: dict[str, str], body: bytes | None = None, query: str = "") -> tuple[int, str, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/" + (f"?query={query}" if query else ""), body=body if body is not None else sql, headers=headers)
+        reply = conn.getresponse()
+        text = reply.read().decode()
+        conn.close()
+        return reply.status, reply.getheader("X-ClickHouse-Exception-Code") or "", text
+
+    post("CREATE TABLE IF NOT EXISTS default.sink (a String) ENGINE = Memory", auth)
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))
+    attacks = {
+        "file": post(f"SELECT * FROM file('{secret}', 'LineAsString')", auth),
+        "url": post("SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')", auth),
+        "outfile": post(f"SELECT 1 INTO OUTFILE '{outfile}' APPEND", auth),
+        "origin": post("CREATE TABLE default.evil (a UInt8) ENGINE = Memory", {**auth, "Origin": "http://evil.example"}),
+        "bomb": post("", {**auth, "Content-Encoding": "zstd"}, bomb, "INSERT+INTO+default.sink+FORMAT+TSV"),
+        "no password": post("SELECT 1", {}),
+    }
+    for name, (status, code, text) in attacks.items():
+        assert 400 <= status < 500 and code and text.startswith(f"Code: {code}. DB::Exception: "), (name, status, text)
+        assert "not for the network" not in text, name
+    assert not outfile.exists()
+    pid = int((state / "warehouse" / "server.pid").read_text())
+    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    assert peak / 1024 < 600, f"the server peaked at {peak / 1024:.0f} MiB"
+    assert post("SELECT 'still serving'", auth)[2] == "still serving\n"
 
 
 def test_port_taken_is_a_clear_error(stack_env: dict[str, str]) -> None:
