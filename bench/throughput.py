@@ -609,7 +609,7 @@ class Bench:
         w = make_workload(model_id, mode, n, per_window, int(self.window_seconds * 1000))
         messages, produce_s = produce(settings, model_id, version, w)
         self.say(f"{tag}: produced {messages} messages ({n} events, {mode}) in {produce_s:.1f} s; starting the worker")
-        with Warehouse.connect(settings.warehouse, migrate=True) as warehouse:
+        with Warehouse.from_settings(settings, migrate=True) as warehouse:
             waited = wait_for_merges(warehouse)
             if waited >= 0.5:
                 self.say(f"{tag}: waited {waited:.1f} s for the warehouse to finish merging earlier runs' parts")
@@ -621,7 +621,7 @@ class Bench:
     def live(self, tag: str, rate: float, seconds: float, window_seconds: float) -> LiveResult:
         settings, model_id, version = self.prepare(tag)
         self.say(f"{tag}: {rate:,.0f} events/s for {seconds:.0f} s, {window_seconds:g}-s windows, to a running worker")
-        with Warehouse.connect(settings.warehouse, migrate=True) as warehouse:
+        with Warehouse.from_settings(settings, migrate=True) as warehouse:
             worker = WorkerRun(settings, self.home, model_id, window_seconds, self.worker_args)
             return measure_live(worker, warehouse, settings, model_id, version, rate, seconds, self.timeout)
 
