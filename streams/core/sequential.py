@@ -123,7 +123,8 @@ class TrendDetector:
             raise ValueError(f"need 0 < alpha < 1, slope > 0, horizon >= 1, memory >= 1; "
                              f"got {alpha}, {slope}, {horizon}, {memory}")
         self.alpha, self.slope, self.horizon, self.memory = float(alpha), float(slope), int(horizon), int(memory)
-        self.scale = np.maximum(self.ref_std, _SCALE_FLOOR * np.maximum(1.0, np.abs(self.ref_mean)))
+        self.floor = _SCALE_FLOOR * np.maximum(1.0, np.abs(self.ref_mean))
+        self.scale = np.maximum(self.ref_std, self.floor)
         self.reset()
 
     @classmethod
@@ -168,7 +169,7 @@ class TrendDetector:
         if (n < 0).any() or not (np.isfinite(mu[seen]).all() and np.isfinite(m2v[seen]).all()) or (m2v[seen] < 0).any():
             raise ValueError("window counts must be >= 0, and means and M2s of non-empty windows finite (M2 >= 0)")
         ref_var = self.ref_std**2
-        var = np.maximum((np.where(seen, m2v, 0.0) + _PRIOR_VALUES * ref_var) / (n + _PRIOR_VALUES), self.scale**2)
+        var = np.maximum((np.where(seen, m2v, 0.0) + _PRIOR_VALUES * ref_var) / (n + _PRIOR_VALUES), self.floor**2)
         precision = np.where(seen, n * self.scale**2 / var, 0.0)
         y = np.where(seen, (np.where(seen, mu, 0.0) - self.ref_mean) / self.scale, 0.0)
         self.recent_precision = np.vstack([self.recent_precision, precision])
