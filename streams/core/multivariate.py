@@ -34,8 +34,9 @@ per-feature tests' business.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -102,7 +103,7 @@ class MultivariateModel:
     dropped: list[str] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, columns: Mapping[str, Any], *, variance: float = 0.8, seed: int = 0) -> "MultivariateModel":
+    def fit(cls, columns: Mapping[str, Any], *, variance: float = 0.8, seed: int = 0) -> MultivariateModel:
         """Fit on reference columns (NaN missing); needs two non-constant features and 20 rows."""
         if not 0.0 < variance <= 1.0:
             raise ValueError(f"variance must be in (0, 1], got {variance}")
@@ -124,7 +125,7 @@ class MultivariateModel:
         # principal axes of the standardized fit half (the correlation matrix's eigenvectors)
         _, s, vt = np.linalg.svd(fit_rows - fit_rows.mean(axis=0), full_matrices=False)
         share = np.cumsum(s**2) / max(float((s**2).sum()), 1e-300)
-        k = int(min(np.searchsorted(share, variance - 1e-12) + 1, len(features)))
+        k = min(int(np.searchsorted(share, variance - 1e-12)) + 1, len(features))
         components = vt[:k].T.copy()
         err = _errors(cal_rows, components)
         corr, corr_var = _correlation_null(cal_rows)
@@ -132,13 +133,13 @@ class MultivariateModel:
                    corr, corr_var, int(cal_rows.shape[0]), float(variance),
                    [f for f, k in zip(names, keep.tolist()) if not k])
 
-    def window(self) -> "MultivariateWindow":
+    def window(self) -> MultivariateWindow:
         return MultivariateWindow.empty(len(self.features))
 
     def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
         return np.nan_to_num((_columns_matrix(self.features, columns, n) - self.mean) / self.scale)
 
-    def evaluate(self, window: "MultivariateWindow", alpha: float = 0.05) -> list[FeatureDrift]:
+    def evaluate(self, window: MultivariateWindow, alpha: float = 0.05) -> list[FeatureDrift]:
         """The two ``__multivariate__`` rows of a window, each at level ``alpha / 2``."""
         level = alpha / 2.0
         n = window.n
@@ -173,7 +174,7 @@ class MultivariateModel:
                 "n_calibration": self.n_calibration, "variance": self.variance, "dropped": self.dropped}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MultivariateModel":
+    def from_dict(cls, d: Mapping[str, Any]) -> MultivariateModel:
         if d.get("format") != _FORMAT:
             raise ValueError(f"unsupported multivariate model format {d.get('format')!r}; expected {_FORMAT}")
         p = len(d["features"])
@@ -235,7 +236,7 @@ class MultivariateWindow:
     outer_sum: np.ndarray
 
     @classmethod
-    def empty(cls, p: int) -> "MultivariateWindow":
+    def empty(cls, p: int) -> MultivariateWindow:
         return cls(0, 0.0, 0.0, np.zeros(p), np.zeros((p, p)))
 
     def update(self, model: MultivariateModel, columns: Mapping[str, Any], n: int | None = None) -> None:
@@ -250,7 +251,7 @@ class MultivariateWindow:
         self.row_sum += z.sum(axis=0)
         self.outer_sum += z.T @ z
 
-    def merge(self, other: "MultivariateWindow") -> "MultivariateWindow":
+    def merge(self, other: MultivariateWindow) -> MultivariateWindow:
         return MultivariateWindow(self.n + other.n, self.error_sum + other.error_sum,
                                   self.error_sq_sum + other.error_sq_sum,
                                   self.row_sum + other.row_sum, self.outer_sum + other.outer_sum)
@@ -268,7 +269,7 @@ class MultivariateWindow:
                 "row_sum": self.row_sum.tolist(), "outer_sum": self.outer_sum.tolist()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MultivariateWindow":
+    def from_dict(cls, d: Mapping[str, Any]) -> MultivariateWindow:
         p = len(d["row_sum"])
         return cls(int(d["n"]), float(d["error_sum"]), float(d["error_sq_sum"]),
                    np.asarray(d["row_sum"], np.float64), np.asarray(d["outer_sum"], np.float64).reshape(p, p))

@@ -49,7 +49,8 @@ integer-valued streams.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ class TrendDetector:
         self.reset()
 
     @classmethod
-    def from_reference(cls, reference: Any, features: Sequence[str] | None = None, **options: Any) -> "TrendDetector":
+    def from_reference(cls, reference: Any, features: Sequence[str] | None = None, **options: Any) -> TrendDetector:
         """A detector over the numeric features of a ``ReferenceProfile`` (all of them by default).
 
         >>> from streams.core.profile import ReferenceProfile
@@ -227,7 +228,7 @@ class TrendDetector:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrendDetector":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrendDetector:
         if d.get("format") != _STATE_FORMAT:
             raise ValueError(f"unsupported trend detector state format {d.get('format')!r}; expected {_STATE_FORMAT}")
         det = cls(d["names"], ref_count=d["ref_count"], ref_mean=d["ref_mean"], ref_std=d["ref_std"],

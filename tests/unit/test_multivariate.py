@@ -9,31 +9,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bench.power_slow_mv import mixed_stream
 from streams.core.multivariate import (
-    CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR, MultivariateModel, MultivariateWindow,
+    CORRELATION_CHANGE,
+    MULTIVARIATE_FEATURE,
+    RECONSTRUCTION_ERROR,
+    MultivariateModel,
+    MultivariateWindow,
     _correlation_null,
 )
 
 
-def _stream(rng: np.random.Generator, p: int, n: int, corr: float) -> dict[str, np.ndarray]:
-    """Features 0 and 1 with correlation ``corr`` and standard normal marginals; a correlated block;
-    an integer-valued, a constant and a partly missing feature."""
-    x = rng.normal(size=(n, p))
-    x[:, 1] = corr * x[:, 0] + math.sqrt(1 - corr**2) * x[:, 1]
-    factor = rng.normal(size=n)
-    x[:, 2: p // 2] = 0.7 * factor[:, None] + math.sqrt(0.51) * x[:, 2: p // 2]
-    cols = {f"f{j}": x[:, j] for j in range(p)}
-    cols[f"f{p - 1}"] = rng.poisson(4, size=n).astype(float)
-    cols[f"f{p - 2}"] = np.full(n, 3.0)
-    holes = cols[f"f{p - 3}"].copy()
-    holes[rng.random(n) < 0.1] = np.nan
-    cols[f"f{p - 3}"] = holes
-    return cols
-
-
 def test_components_span_the_top_eigenvectors_of_the_fit_half():
     rng = np.random.default_rng(0)
-    cols = _stream(rng, 8, 4_000, 0.0)
+    cols = mixed_stream(rng, 8, 4_000, 0.0)
     model = MultivariateModel.fit(cols, variance=0.8, seed=3)
     assert model.dropped == ["f6"] and "f6" not in model.features  # the constant feature
     x = np.column_stack([cols[f] for f in model.features])
@@ -49,8 +38,8 @@ def test_components_span_the_top_eigenvectors_of_the_fit_half():
 
 def test_window_statistics_are_the_row_formulas_and_merge_exactly():
     rng = np.random.default_rng(1)
-    model = MultivariateModel.fit(_stream(rng, 6, 2_000, 0.0))
-    cols = _stream(rng, 6, 900, 0.5)
+    model = MultivariateModel.fit(mixed_stream(rng, 6, 2_000, 0.0))
+    cols = mixed_stream(rng, 6, 900, 0.5)
     whole = model.window()
     whole.update(model, cols)
     parts = [model.window() for _ in range(3)]
@@ -82,9 +71,9 @@ def test_correlation_variance_is_the_normal_theory_value_for_normal_data():
 
 def test_p_values_and_thresholds_follow_the_normal_distribution():
     rng = np.random.default_rng(4)
-    model = MultivariateModel.fit(_stream(rng, 5, 3_000, 0.0))
+    model = MultivariateModel.fit(mixed_stream(rng, 5, 3_000, 0.0))
     w = model.window()
-    w.update(model, _stream(rng, 5, 400, 0.0))
+    w.update(model, mixed_stream(rng, 5, 400, 0.0))
     err, corr = model.evaluate(w, alpha=0.05)
     assert (err.feature, err.metric, corr.metric) == (MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR, CORRELATION_CHANGE)
     se = math.sqrt(model.error_var * (1 / 400 + 1 / model.n_calibration))
@@ -100,18 +89,18 @@ def test_p_values_and_thresholds_follow_the_normal_distribution():
 @pytest.mark.parametrize("p", [5, 22])
 def test_correlation_change_is_found_with_few_false_alarms(p):
     rng = np.random.default_rng(p)
-    model = MultivariateModel.fit(_stream(rng, p, 5_000, 0.0))
+    model = MultivariateModel.fit(mixed_stream(rng, p, 5_000, 0.0))
     reps = 100
-    null = sum(any(r.drifted for r in _evaluate(model, _stream(rng, p, 1_000, 0.0))) for _ in range(reps))
-    power = sum(any(r.drifted for r in _evaluate(model, _stream(rng, p, 1_000, 0.8))) for _ in range(reps))
+    null = sum(any(r.drifted for r in _evaluate(model, mixed_stream(rng, p, 1_000, 0.0))) for _ in range(reps))
+    power = sum(any(r.drifted for r in _evaluate(model, mixed_stream(rng, p, 1_000, 0.8))) for _ in range(reps))
     assert null <= stats.binom.ppf(0.999, reps, 0.05) and power >= 90
 
 
 def test_a_broken_correlation_raises_the_reconstruction_error():
     # the block of features 2..p/2 shares a factor; without it, rows leave the principal subspace
     rng = np.random.default_rng(7)
-    model = MultivariateModel.fit(_stream(rng, 12, 5_000, 0.0))
-    live = _stream(rng, 12, 1_000, 0.0)
+    model = MultivariateModel.fit(mixed_stream(rng, 12, 5_000, 0.0))
+    live = mixed_stream(rng, 12, 1_000, 0.0)
     for j in range(2, 6):
         live[f"f{j}"] = rng.normal(size=1_000)
     err, _ = _evaluate(model, live)
