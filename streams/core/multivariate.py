@@ -11,8 +11,9 @@ keeps what a window needs, mergeable across partitions; ``evaluate`` returns
   in batch). The PCA keeps the components explaining ``variance`` (0.8) of the
   reference's standardized variance. The test is a two-sample z test of the
   window's mean error against the error's mean and variance on held-out
-  reference rows (the PCA is fitted on the other half, so the in-sample
-  error's optimism does not bias the threshold).
+  reference rows: standardization and PCA are fitted on one half of the
+  reference and calibrated on the other, so the in-sample error's optimism
+  does not bias the threshold.
 - ``correlation_change``: the largest standardized change of a pairwise
   correlation, ``|r_window - r_ref| / sqrt(V (1/n + 1/N))`` with ``V`` the
   variance of the correlation's influence function on the held-out reference
@@ -34,6 +35,7 @@ per-feature tests' business.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,8 +86,9 @@ class MultivariateModel:
     ...         "d": rng.normal(size=2_000), "e": rng.normal(size=2_000)}
     >>> w = model.window()
     >>> w.update(model, live)
-    >>> [(r.metric, r.drifted) for r in model.evaluate(w)]
-    [('reconstruction_error', False), ('correlation_change', True)]
+    >>> error, correlation = model.evaluate(w)
+    >>> error.metric, correlation.metric, correlation.drifted, correlation.value > correlation.threshold
+    ('reconstruction_error', 'correlation_change', True, True)
     >>> MultivariateModel.from_dict(model.to_dict()).to_dict() == model.to_dict()
     True
     """
@@ -109,19 +112,21 @@ class MultivariateModel:
             raise ValueError(f"variance must be in (0, 1], got {variance}")
         names = list(columns)
         x = _columns_matrix(names, columns)
-        mean = np.nanmean(x, axis=0) if x.size else np.zeros(len(names))
-        with np.errstate(invalid="ignore"):
-            std = np.nanstd(x, axis=0)
+        order = np.random.default_rng(seed).permutation(x.shape[0])
+        fit_x, cal_x = x[order[: x.shape[0] // 2]], x[order[x.shape[0] // 2:]]
+        # Everything is fitted on one half (standardization included) and calibrated on the other,
+        # so that calibration rows are as new to the model as live rows are.
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: nan, dropped below
+            mean, std = np.nanmean(fit_x, axis=0), np.nanstd(fit_x, axis=0)
         keep = np.isfinite(std) & (std > 0)
         features = [f for f, k in zip(names, keep.tolist()) if k]
         if len(features) < 2 or x.shape[0] < 20:
             raise ValueError(f"a multivariate model needs two non-constant numeric features and 20 reference rows; "
                              f"got {features} over {x.shape[0]} rows")
         mean, scale = mean[keep], std[keep]
-        z = np.nan_to_num((x[:, keep] - mean) / scale)
-        order = np.random.default_rng(seed).permutation(z.shape[0])
-        half = z.shape[0] // 2
-        fit_rows, cal_rows = z[order[:half]], z[order[half:]]
+        fit_rows = np.nan_to_num((fit_x[:, keep] - mean) / scale)
+        cal_rows = np.nan_to_num((cal_x[:, keep] - mean) / scale)
         # principal axes of the standardized fit half (the correlation matrix's eigenvectors)
         _, s, vt = np.linalg.svd(fit_rows - fit_rows.mean(axis=0), full_matrices=False)
         share = np.cumsum(s**2) / max(float((s**2).sum()), 1e-300)

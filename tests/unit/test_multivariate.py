@@ -26,8 +26,10 @@ def test_components_span_the_top_eigenvectors_of_the_fit_half():
     model = MultivariateModel.fit(cols, variance=0.8, seed=3)
     assert model.dropped == ["f6"] and "f6" not in model.features  # the constant feature
     x = np.column_stack([cols[f] for f in model.features])
-    z = np.nan_to_num((x - np.nanmean(x, axis=0)) / np.nanstd(x, axis=0))
-    fit_half = z[np.random.default_rng(3).permutation(len(z))[: len(z) // 2]]
+    x = x[np.random.default_rng(3).permutation(len(x))[: len(x) // 2]]  # the fit half
+    np.testing.assert_allclose(model.mean, np.nanmean(x, axis=0))
+    np.testing.assert_allclose(model.scale, np.nanstd(x, axis=0))
+    fit_half = np.nan_to_num((x - np.nanmean(x, axis=0)) / np.nanstd(x, axis=0))
     values, vectors = np.linalg.eigh(np.cov(fit_half, rowvar=False))
     values, vectors = values[::-1], vectors[:, ::-1]
     k = int(np.searchsorted(np.cumsum(values) / values.sum(), 0.8) + 1)
