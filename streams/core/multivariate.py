@@ -52,7 +52,7 @@ _FORMAT = 1
 
 
 def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
-    """Rows x features as float64; an absent column is all missing (NaN)."""
+    """Features x rows as float64 (each column's values contiguous); an absent column is all missing (NaN)."""
     lengths = {len(columns[f]) for f in features if f in columns}
     if n is None:
         if len(lengths) != 1:
@@ -60,11 +60,11 @@ def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int 
         n = lengths.pop()
     elif lengths - {n}:
         raise ValueError(f"columns hold {sorted(lengths)} values for a batch of {n} rows")
-    x = np.full((n, len(features)), np.nan)
+    x = np.full((len(features), n), np.nan)
     for i, f in enumerate(features):
         if f in columns:
             try:
-                x[:, i] = np.asarray(columns[f], np.float64)
+                x[i] = np.asarray(columns[f], np.float64)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"numeric feature {f!r} has values that are not numbers: {exc}") from None
     if np.isinf(x).any():
@@ -111,7 +111,7 @@ class MultivariateModel:
         if not 0.0 < variance <= 1.0:
             raise ValueError(f"variance must be in (0, 1], got {variance}")
         names = list(columns)
-        x = _columns_matrix(names, columns)
+        x = _columns_matrix(names, columns).T
         order = np.random.default_rng(seed).permutation(x.shape[0])
         fit_x, cal_x = x[order[: x.shape[0] // 2]], x[order[x.shape[0] // 2:]]
         # Everything is fitted on one half (standardization included) and calibrated on the other,
@@ -142,7 +142,12 @@ class MultivariateModel:
         return MultivariateWindow.empty(len(self.features))
 
     def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
-        return np.nan_to_num((_columns_matrix(self.features, columns, n) - self.mean) / self.scale)
+        """Standardized values, features x rows, missing values 0 (the reference mean)."""
+        z = _columns_matrix(self.features, columns, n)
+        z -= self.mean[:, None]
+        z /= self.scale[:, None]
+        z[np.isnan(z)] = 0.0
+        return z
 
     def evaluate(self, window: MultivariateWindow, alpha: float = 0.05) -> list[FeatureDrift]:
         """The two ``__multivariate__`` rows of a window, each at level ``alpha / 2``."""
@@ -246,15 +251,17 @@ class MultivariateWindow:
 
     def update(self, model: MultivariateModel, columns: Mapping[str, Any], n: int | None = None) -> None:
         """Add a batch of rows given as columns (NaN or an absent column: missing)."""
-        z = model.standardize(columns, n)
-        if z.shape[1] != self.row_sum.size:
-            raise ValueError(f"the model has {z.shape[1]} features, the window {self.row_sum.size}")
-        e = _errors(z, model.components)
-        self.n += z.shape[0]
+        z = model.standardize(columns, n)  # features x rows: every product below is one BLAS call
+        if z.shape[0] != self.row_sum.size:
+            raise ValueError(f"the model has {z.shape[0]} features, the window {self.row_sum.size}")
+        outer = z @ z.T
+        projected = model.components.T @ z
+        e = np.einsum("ij,ij->j", z, z) - np.einsum("ij,ij->j", projected, projected)
+        self.n += z.shape[1]
         self.error_sum += float(e.sum())
         self.error_sq_sum += float(e @ e)
-        self.row_sum += z.sum(axis=0)
-        self.outer_sum += z.T @ z
+        self.row_sum += z.sum(axis=1)
+        self.outer_sum += outer
 
     def merge(self, other: MultivariateWindow) -> MultivariateWindow:
         return MultivariateWindow(self.n + other.n, self.error_sum + other.error_sum,
