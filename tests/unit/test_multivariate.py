@@ -69,6 +69,11 @@ def test_correlation_variance_is_the_normal_theory_value_for_normal_data():
     corr, var = _correlation_null(np.column_stack([a, b]))
     assert corr[0, 1] == pytest.approx(r, abs=0.01)
     assert var[0, 1] == pytest.approx((1 - r**2) ** 2, rel=0.03)  # the asymptotic variance of Pearson's r
+    # uncorrelated but dependent (bivariate t, 5 degrees of freedom): E[a^2 b^2] = (5 - 2) / (5 - 4) = 3,
+    # above the normal-theory value 1, which is only the floor
+    scale = np.sqrt(5 / rng.chisquare(5, size=200_000))
+    _, heavy = _correlation_null(rng.normal(size=(200_000, 2)) * scale[:, None])
+    assert heavy[0, 1] == pytest.approx(3.0, rel=0.25)
 
 
 def test_p_values_and_thresholds_follow_the_normal_distribution():
@@ -83,8 +88,8 @@ def test_p_values_and_thresholds_follow_the_normal_distribution():
     assert err.p_value == pytest.approx(2 * stats.norm.sf(abs(z)))
     assert err.threshold == pytest.approx(model.error_mean + stats.norm.isf(0.0125) * se)
     pairs = len(model.features) * (len(model.features) - 1) / 2
-    assert corr.p_value == pytest.approx(min(1.0, pairs * 2 * stats.norm.sf(corr.value)))
-    assert corr.threshold == pytest.approx(stats.norm.isf(0.025 / (2 * pairs)))
+    assert corr.p_value == pytest.approx(min(1.0, pairs * 2 * stats.t.sf(corr.value, 400 - 2)))
+    assert corr.threshold == pytest.approx(stats.t.isf(0.025 / (2 * pairs), 400 - 2))
     assert err.drifted == (err.p_value <= 0.025) and corr.drifted == (corr.p_value <= 0.025)
 
 
