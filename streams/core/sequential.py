@@ -188,6 +188,20 @@ class TrendDetector:
         return [FeatureDrift(f, METRIC, float(v), float(pv), self.threshold, bool(le >= log_threshold))
                 for f, v, pv, le in zip(self.names, value.tolist(), p.tolist(), log_e.tolist())]
 
+    def update_window(self, window: Any) -> list[FeatureDrift]:
+        """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2.
+
+        >>> from streams.core.profile import ReferenceProfile, WindowProfile
+        >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}, predictions=np.ones(100) / 2)
+        >>> det = TrendDetector.from_reference(ref)
+        >>> w = WindowProfile.empty(ref, seed=1)
+        >>> w.update({"x": np.arange(50.0)}, {})   # no predictions: that stream learns nothing
+        >>> [(r.feature, r.drifted) for r in det.update_window(w)]
+        [('x', False), ('__prediction__', False)]
+        """
+        moments = [window.numeric[f] for f in self.names]
+        return self.update([m.count for m in moments], [m.mean for m in moments], [m.m2 for m in moments])
+
     def log_evidence(self) -> np.ndarray:
         """log M_T per stream: the mixture over the kept starts plus the weight of starts still to come."""
         w, y = self.recent_precision, self.recent_y

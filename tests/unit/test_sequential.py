@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streams.core.profile import ReferenceProfile
+from streams.core.profile import ReferenceProfile, WindowProfile
 from streams.core.sequential import METRIC, TrendDetector
 
 
@@ -171,3 +171,18 @@ def test_from_reference_and_bad_input():
     with pytest.raises(ValueError, match="unsupported"):
         TrendDetector.from_dict({"format": 99})
 
+
+
+def test_update_window_reads_the_exact_moments_of_a_window_profile():
+    rng = np.random.default_rng(9)
+    ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2_000)}, {}, predictions=rng.random(2_000))
+    by_profile, by_moments = TrendDetector.from_reference(ref), TrendDetector.from_reference(ref)
+    for t in range(6):
+        w = WindowProfile.empty(ref, seed=t)
+        x, scores = rng.normal(0.05 * t, 1.0, 1_500), rng.random(1_500)
+        for part in range(3):  # three batches: the window's moments are merged, as the worker's are
+            w.update({"x": x[part * 500: (part + 1) * 500]}, {}, scores[part * 500: (part + 1) * 500])
+        got = by_profile.update_window(w)
+        expected = by_moments.update([x.size, scores.size], [x.mean(), scores.mean()],
+                                     [((x - x.mean()) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()])
+        assert [r.value for r in got] == pytest.approx([r.value for r in expected], rel=1e-9)
