@@ -1,0 +1,205 @@
+"""Power, false alarms and cost of the slow-drift and multivariate statistics.
+
+- **Slow drift** (``streams.core.sequential.TrendDetector``): a 5,000-row
+  reference, stationary windows 1-9, then +0.02 sigma per window from window
+  10; the delay is the number of drifted windows seen when first flagged (5:
+  flagged by the window whose mean has moved 0.1 sigma). One stream at
+  alpha = 0.05, and one stream of a 23-stream detector (22 features and the
+  output, Bonferroni: threshold 23/alpha).
+- **False alarms** of one stream over 1,000 stationary windows: normal,
+  t(3), integer-valued (Poisson 3), and window sizes drawn from 50 to 5,000.
+- **Multivariate** (``streams.core.multivariate``): two features whose
+  correlation goes 0 -> 0.8 with unchanged marginals, among 5, 22 and 50
+  features (a correlated block, an integer-valued, a constant and a 10%-missing
+  feature); the share of windows flagged, per metric and by either.
+- **Cost** per window: TrendDetector.update for 23 streams, and the
+  multivariate update + evaluate at 1,000 events x 22 features.
+
+Many streams of one simulation run as the streams of one detector (they are
+independent columns); each is judged at its own level (log evidence against
+log(1/alpha), or log(23/alpha)). ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small products: threads only contend
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from streams.core.multivariate import MultivariateModel
+from streams.core.profile import stable_seed
+from streams.core.sequential import TrendDetector
+
+N_REF = 5_000
+ONSET = 10
+
+
+def _draw(rng: np.random.Generator, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    if kind == "t3":
+        return rng.standard_t(3, size=shape) / math.sqrt(3.0)
+    if kind == "integer":
+        return rng.poisson(3.0, size=shape).astype(np.float64)
+    return rng.normal(size=shape)
+
+
+def _detector(rng: np.random.Generator, kind: str, streams: int) -> tuple[TrendDetector, float]:
+    ref = _draw(rng, kind, (streams, N_REF))
+    det = TrendDetector([f"s{i}" for i in range(streams)], ref_count=np.full(streams, N_REF),
+                        ref_mean=ref.mean(axis=1), ref_std=ref.std(axis=1))
+    return det, float(ref.std(axis=1).mean())
+
+
+def _window(rng, kind: str, streams: int, n: np.ndarray, shift: float, sd: float):
+    """Each stream's window count, mean and M2; normal windows from their exact laws."""
+    if kind == "normal":
+        mean = rng.normal(shift, sd / np.sqrt(n))
+        return n, mean, sd**2 * rng.chisquare(n - 1)
+    x = _draw(rng, kind, (streams, int(n[0]))) + shift
+    mean = x.mean(axis=1)
+    return n, mean, ((x - mean[:, None]) ** 2).sum(axis=1)
+
+
+def slow_drift_delays(n: int, reps: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    det, sd = _detector(rng, "normal", reps)
+    levels = {"alone": math.log(1 / det.alpha), "of 23": math.log(23 / det.alpha)}
+    first = {k: np.full(reps, -1) for k in levels}
+    for t in range(1, 60):
+        shift = 0.02 * sd * max(0, t - ONSET + 1)
+        det.update(*_window(rng, "normal", reps, np.full(reps, float(n)), shift, sd))
+        evidence = det.log_evidence()
+        for k, level in levels.items():
+            hit = (evidence >= level) & (first[k] < 0)
+            first[k][hit] = t
+    return {k: np.where(f > 0, f - ONSET + 1, 10**6) for k, f in first.items()}
+
+
+def false_alarms(kind: str, n: int | str, reps: int, windows: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    det, sd = _detector(rng, kind, reps)
+    level = math.log(1 / det.alpha)
+    alarmed = np.zeros(reps, bool)
+    for _ in range(windows):
+        sizes = rng.integers(50, 5_001, reps).astype(float) if n == "varied" else np.full(reps, float(n))
+        det.update(*_window(rng, kind, reps, sizes, 0.0, sd))
+        alarmed |= det.log_evidence() >= level
+    return float(alarmed.mean())
+
+
+def mixed_stream(rng: np.random.Generator, p: int, n: int, corr: float, block_break: bool = False) -> dict:
+    """Columns f0..f(p-1): f0 and f1 standard normal with correlation ``corr``; f2..f(p/2 - 1) sharing
+    a factor (pairwise correlation 0.49, none with ``block_break``); the last three are 10% missing,
+    constant and integer-valued (Poisson 4). The unit tests use it too."""
+    x = rng.normal(size=(n, p))
+    x[:, 1] = corr * x[:, 0] + math.sqrt(1 - corr**2) * x[:, 1]
+    if not block_break:
+        factor = rng.normal(size=n)
+        x[:, 2: p // 2] = 0.7 * factor[:, None] + math.sqrt(0.51) * x[:, 2: p // 2]
+    cols = {f"f{j}": x[:, j] for j in range(p)}
+    cols[f"f{p - 1}"] = rng.poisson(4, size=n).astype(float)
+    cols[f"f{p - 2}"] = np.full(n, 3.0)
+    holes = cols[f"f{p - 3}"].copy()
+    holes[rng.random(n) < 0.1] = np.nan
+    cols[f"f{p - 3}"] = holes
+    return cols
+
+
+def multivariate_rates(p: int, n: int, reps: int, seed: int, references: int = 10) -> dict[str, np.ndarray]:
+    """Shares of windows flagged, over ``references`` fitted references with reps/references windows each
+    (one reference's own sampling error moves its rate; the average over references is the level)."""
+    rng = np.random.default_rng(seed)
+    cases = [("stationary", 0.0, False), ("corr 0->0.8", 0.8, False)]
+    if p >= 8:  # features 2 .. p/2 share a factor (correlation 0.49) in the reference: there is a block to break
+        cases.append(("block 0.49->0", 0.0, True))
+    hits = {name: np.zeros(3) for name, _, _ in cases}
+    per_reference = max(reps // references, 1)
+    for r in range(references):
+        model = MultivariateModel.fit(mixed_stream(rng, p, N_REF, 0.0), seed=seed + r)
+        for name, corr, broken in cases:
+            for _ in range(per_reference):
+                w = model.window()
+                w.update(model, mixed_stream(rng, p, n, corr, broken))
+                err, cor = model.evaluate(w)
+                hits[name] += [err.drifted, cor.drifted, err.drifted or cor.drifted]
+    return {name: h / (per_reference * references) for name, h in hits.items()}
+
+
+def _per_call_us(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e6)
+
+
+def costs(repeat: int) -> None:
+    rng = np.random.default_rng(0)
+    det = TrendDetector([f"f{i}" for i in range(23)], ref_count=np.full(23, N_REF), ref_mean=np.zeros(23),
+                        ref_std=np.ones(23))
+    for _ in range(80):  # a full memory of 64 windows
+        det.update(np.full(23, 1_000.0), rng.normal(0, 0.03, 23), np.full(23, 999.0))
+    print(f"COST TrendDetector.update, 23 streams, 64 kept windows: "
+          f"{_per_call_us(lambda: det.update(np.full(23, 1_000.0), rng.normal(0, 0.03, 23), np.full(23, 999.0)), repeat):.0f} us")
+    model = MultivariateModel.fit(mixed_stream(rng, 22, N_REF, 0.0))
+    cols = mixed_stream(rng, 22, 1_000, 0.0)
+
+    def window() -> None:
+        w = model.window()
+        w.update(model, cols)
+        model.evaluate(w)
+
+    print(f"COST multivariate update + evaluate, 1,000 events x 22 features "
+          f"({len(model.features)} non-constant, {model.components.shape[1]} components): "
+          f"{_per_call_us(window, repeat):.0f} us")
+    w = model.window()
+    w.update(model, cols)
+    print(f"COST multivariate evaluate alone: {_per_call_us(lambda: model.evaluate(w), repeat):.0f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    args = parser.parse_args()
+    reps, null_reps, heavy_reps, mv_reps, windows = (
+        (20, 20, 10, 10, 50) if args.quick else (400, 200, 100, 400, 1_000))
+
+    print(f"# slow drift: +0.02 sigma/window from window {ONSET}, reference {N_REF:,}, {reps} streams")
+    print("# delay = drifted windows seen when first flagged (5 = by the window at +0.1 sigma)")
+    for n in (1_000, 10_000):
+        for k, d in slow_drift_delays(n, reps, seed=n).items():
+            never = float((d >= 10**6).mean())
+            q = np.quantile(np.where(d >= 10**6, np.inf, d), [0.1, 0.5, 0.9])
+            print(f"SLOW n={n:>6,} stream {k:<6} P(delay<=5)={(d <= 5).mean():.2f} "
+                  f"delay p10/p50/p90={q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f} never={never:.2f}")
+
+    print(f"# false alarms of one stream (alpha 0.05) over {windows:,} stationary windows")
+    for kind, n, r in (("normal", 100, null_reps), ("normal", 1_000, null_reps), ("normal", 10_000, null_reps),
+                       ("normal", "varied", null_reps), ("t3", 1_000, heavy_reps), ("t3", 100, heavy_reps),
+                       ("integer", 1_000, heavy_reps)):
+        start = time.perf_counter()
+        rate = false_alarms(kind, n, r, windows, seed=stable_seed(kind, n) % 2**32)
+        print(f"NULL {kind:<8} n={n!s:>6} streams={r:>4} false-alarm rate={rate:.3f} "
+              f"({time.perf_counter() - start:.0f} s)")
+
+    print(f"# multivariate: share of windows flagged ({mv_reps} windows per cell at n < 10,000, half that at 10,000; "
+          "10 references per cell; alpha 0.05: 0.025 per metric)")
+    print("# columns: reconstruction_error / correlation_change / either")
+    for p in (5, 22, 50):
+        for n in (100, 1_000, 10_000):
+            rates = multivariate_rates(p, n, mv_reps if n < 10_000 else max(mv_reps // 2, 5), seed=p * n)
+            cells = "  ".join(f"{k}: {'/'.join(f'{v:.2f}' for v in r)}" for k, r in rates.items())
+            print(f"MV p={p:>2} n={n:>6,}  {cells}")
+
+    costs(repeat=20 if args.quick else 200)
+
+
+if __name__ == "__main__":
+    main()
