@@ -1,0 +1,254 @@
+"""Exact, order-independent sums of float64 values, rounded once when read.
+
+A float sum depends on the order of its terms: ``(a + b) + c`` and
+``a + (b + c)`` can differ in the last bits. A window's mean, a segment's log
+loss or a feature's variance, summed batch by batch, would then depend on how
+the events were cut into batches, on the pace of reading and on restarts, and
+replays would not be bit-identical. Here every sum is kept *exactly*, as an
+integer times a power of two (:class:`ExactSum`); integer addition is
+associative and commutative, so any batching, order or merge of the same
+values gives the same total, and a statistic rounds that exact total once
+(``ratio``, ``std``): the result is correctly rounded, hence equal everywhere.
+
+How it stays batch-first: ``np.frexp`` splits each value into a fraction and
+a binary exponent. Exponents are grouped in *bands* of 16; within a band the
+value is an integer of at most 70 bits times the band's unit, cut into three
+pieces of at most 24 bits. ``np.bincount`` sums each piece per (row, band) in float64,
+which is exact while fewer than 2**30 values share a bucket (the sums stay
+below 2**53). Only the few non-empty buckets become Python integers. Squares
+are summed exactly too: ``x*x`` is split into its rounded product and the
+rounding error (Dekker's TwoProduct), both plain floats, and summed with the
+values in the same pass (``row_moments``).
+
+>>> s = ExactSum.of(np.array([1e16, 1.0, -1e16]))
+>>> float(s), sum([1e16, 1.0, -1e16])  # the float sum loses the 1.0
+(1.0, 0.0)
+>>> a, b = ExactSum.of(np.array([0.1, 0.2])), ExactSum.of(np.array([0.3]))
+>>> float(a.merged(b)) == float(ExactSum.of(np.array([0.3, 0.2, 0.1])))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+_BAND = 16  # exponents per band: a band's integers have 53 + 15 bits
+_PIECE = 23  # bits of the two low pieces: with a top piece of 24 bits they hold 70 bits
+_DEKKER = 134217729.0  # 2**27 + 1, Veltkamp's splitter for float64
+_CHUNK = 16_000  # terms at a time: temporaries of 125 KiB
+_LANE_BITS = 3
+_LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
+
+
+@dataclass(frozen=True)
+class ExactSum:
+    """The exact value ``mantissa * 2**exponent`` (canonical: an odd mantissa, or 0 with exponent 0).
+
+    Equal totals are equal objects whatever the order of the values that made
+    them; ``merged`` adds two totals exactly.
+
+    >>> t = ExactSum.of(np.array([0.5, 0.25, -0.125]))
+    >>> t, float(t), t.ratio(3)
+    (ExactSum(mantissa=5, exponent=-3), 0.625, 0.20833333333333334)
+    >>> ExactSum.from_text(t.to_text()) == t
+    True
+    """
+
+    mantissa: int = 0
+    exponent: int = 0
+
+    @staticmethod
+    def make(mantissa: int, exponent: int) -> "ExactSum":
+        if mantissa == 0:
+            return ZERO
+        zeros = (mantissa & -mantissa).bit_length() - 1
+        return ExactSum(mantissa >> zeros, exponent + zeros)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "ExactSum":
+        """The exact sum of finite ``values``."""
+        return row_sums(np.asarray(values, dtype=np.float64).reshape(1, -1))[0]
+
+    def merged(self, other: "ExactSum") -> "ExactSum":
+        if not other.mantissa:
+            return self
+        if not self.mantissa:
+            return other
+        low = min(self.exponent, other.exponent)
+        return ExactSum.make((self.mantissa << (self.exponent - low)) + (other.mantissa << (other.exponent - low)), low)
+
+    def fraction(self) -> Fraction:
+        if self.exponent >= 0:
+            return Fraction(self.mantissa << self.exponent)
+        return Fraction(self.mantissa, 1 << -self.exponent)
+
+    def __float__(self) -> float:
+        return self.ratio(1)
+
+    def ratio(self, n: int) -> float:
+        """``self / n`` correctly rounded to float64 (e.g. a mean); n must be positive."""
+        if n <= 0:
+            raise ValueError(f"cannot divide a sum by {n}")
+        num, den = (self.mantissa << self.exponent, n) if self.exponent >= 0 else (self.mantissa, n << -self.exponent)
+        try:
+            return num / den  # Python divides integers with correct rounding
+        except OverflowError:
+            return math.copysign(math.inf, num)
+
+    def to_text(self) -> str:
+        """A compact exact text form, ``<hex mantissa>p<exponent>``."""
+        return f"{self.mantissa:x}p{self.exponent}"
+
+    @classmethod
+    def from_text(cls, text: str) -> "ExactSum":
+        mantissa, _, exponent = str(text).partition("p")
+        return cls.make(int(mantissa, 16), int(exponent or 0))
+
+
+ZERO = ExactSum()
+
+
+def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
+    """``sqrt(sum((x - mean)**2) / n)`` from the exact sums of x and of x**2, the variance rounded once.
+
+    >>> x = np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
+    >>> population_std(*(s[0] for s in row_moments(x[None, :])), x.size)
+    2.0
+    """
+    if n <= 0:
+        raise ValueError(f"no standard deviation of {n} values")
+    # n * sum(x**2) - sum(x)**2 >= 0 exactly (Cauchy-Schwarz), over n**2
+    s, q = total, squares
+    low = min(q.exponent, 2 * s.exponent)
+    num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
+    variance = ExactSum.make(num, low).ratio(n * n)
+    return math.sqrt(variance)
+
+
+def row_sums(values: np.ndarray) -> list[ExactSum]:
+    """The exact sum of each row of a 2-D array of finite values.
+
+    >>> [float(s) for s in row_sums(np.array([[0.1, 0.2, 0.3], [1e300, -1e300, 5e-324]]))]
+    [0.6, 5e-324]
+    >>> 0.1 + 0.2 + 0.3, 0.3 + 0.2 + 0.1  # float sums depend on the order
+    (0.6000000000000001, 0.6)
+    """
+    frac, exp = np.frexp(values)
+    rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
+    return _totals(frac.ravel(), exp.ravel(), rows.ravel(), values.shape[0])
+
+
+def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
+    """The exact sums of the values and of their squares, per row of a 2-D array of finite values.
+
+    >>> from fractions import Fraction
+    >>> x = np.array([[0.1, 1e8 + 0.5, -3.0]])
+    >>> sums, squares = row_moments(x)
+    >>> sums[0] == ExactSum.of(x[0]), squares[0].fraction() == sum(Fraction(v) ** 2 for v in x[0].tolist())
+    (True, True)
+    """
+    n_rows, n = values.shape
+    frac, exp = np.frexp(values)
+    frac, exp = frac.ravel(), exp.ravel().astype(np.int64)
+    # x**2 = frac**2 * 2**(2 exp), and frac**2 = p + err exactly (Dekker's TwoProduct; frac is in
+    # [0.5, 1), so nothing under- or overflows): p * 2**54 and err * 2**106 are integers
+    p = frac * frac
+    t = _DEKKER * frac
+    hi = t - (t - frac)
+    lo = frac - hi
+    err = lo * lo - (((p - hi * hi) - hi * lo) - lo * hi)
+    err *= 2.0 ** 52
+    twice = 2 * exp
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), n)
+    acc = _Buckets(2 * n_rows, min(int(exp.min()), 2 * int(exp.min()) - 52), max(int(exp.max()), 2 * int(exp.max())))
+    acc.add(frac, exp, rows)
+    rows += n_rows
+    acc.add(p, twice, rows)
+    twice -= 52
+    acc.add(err, twice, rows)
+    totals = acc.totals()
+    return totals[:n_rows], totals[n_rows:]
+
+
+def group_sums(codes: np.ndarray, values: np.ndarray, n_groups: int) -> list[ExactSum]:
+    """The exact sum of ``values`` per group: ``np.bincount(codes, values, n_groups)``, without rounding.
+
+    >>> [s.fraction() for s in group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 2.0, 1.0, 3.0]), 3)]
+    [Fraction(10000000000000001, 1), Fraction(5, 1), Fraction(0, 1)]
+    """
+    frac, exp = np.frexp(np.asarray(values, dtype=np.float64))
+    return _totals(frac, exp, np.asarray(codes, dtype=np.int64), n_groups)
+
+
+def group_ratios(codes: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per group, the exact sum of its values over its count, correctly rounded (NaN where the count is 0).
+
+    >>> group_ratios(np.array([0, 0, 1]), np.array([0.1, 0.2, 5.0]), np.array([2, 1, 0])).tolist()
+    [0.15000000000000002, 5.0, nan]
+    """
+    sums = group_sums(codes, values, counts.size)
+    return np.array([s.ratio(int(n)) if n > 0 else math.nan for s, n in zip(sums, counts.tolist())], dtype=np.float64)
+
+
+def _totals(frac: np.ndarray, exp: np.ndarray, rows: np.ndarray, n_rows: int) -> list[ExactSum]:
+    """Exact totals per row of the terms ``frac * 2**exp`` (see ``_Buckets.add``), rows given per term."""
+    if frac.size == 0:
+        return [ZERO] * n_rows
+    exp = exp.astype(np.int64)
+    acc = _Buckets(n_rows, int(exp.min()), int(exp.max()))
+    acc.add(frac, exp, rows.astype(np.int64))
+    return acc.totals()
+
+
+class _Buckets:
+    """Exact sums of terms per (row, band of exponents), in float64 until ``totals``.
+
+    A term ``frac * 2**exp`` (|frac| < 1, ``frac * 2**54`` an integer) is an
+    integer below 2**70 in units of its band's ``2**(low - 54 + 16 band)``,
+    cut into pieces of 24, 23 and 23 bits; each piece is summed per bucket by
+    ``np.bincount`` in float64, exactly for fewer than 2**29 terms a bucket.
+    """
+
+    def __init__(self, n_rows: int, low: int, high: int) -> None:
+        self.n_rows = n_rows
+        self.low = low
+        self.n_bands = ((high - low) >> 4) + 1
+        size = n_rows * self.n_bands << _LANE_BITS
+        self.sums = [np.zeros(size) for _ in range(3)]
+        self.n = 0
+
+    def add(self, frac: np.ndarray, exp: np.ndarray, rows: np.ndarray) -> None:
+        self.n += frac.size
+        if self.n >= 1 << 29:
+            raise ValueError(f"{self.n} terms are too many for exact float64 bucket sums")
+        size = self.sums[0].size
+        # in chunks whose temporaries stay under 128 KiB (glibc maps larger ones afresh, page faults and all)
+        for start in range(0, frac.size, _CHUNK):
+            f, k = frac[start: start + _CHUNK], exp[start: start + _CHUNK] - self.low
+            t = np.ldexp(f, 54 + (k & (_BAND - 1)))
+            top = np.trunc(t * 2.0 ** (-2 * _PIECE))
+            t -= top * 2.0 ** (2 * _PIECE)
+            middle = np.trunc(t * 2.0 ** -_PIECE)
+            t -= middle * 2.0 ** _PIECE
+            # consecutive terms mostly share a bucket: spread over 8 lanes each, bincount does not wait
+            # on its previous add to the same place (about ten times faster); the lanes' sums add exactly
+            k >>= 4
+            k += rows[start: start + _CHUNK] * self.n_bands
+            k <<= _LANE_BITS
+            k |= _LANE_CYCLE[: k.size]
+            for total, piece in zip(self.sums, (top, middle, t)):
+                total += np.bincount(k, weights=piece, minlength=size)
+
+    def totals(self) -> list[ExactSum]:
+        lanes = 1 << _LANE_BITS
+        sums = [s.reshape(-1, lanes).sum(axis=1) for s in self.sums]
+        used = np.flatnonzero((sums[0] != 0) | (sums[1] != 0) | (sums[2] != 0))
+        totals = [0] * self.n_rows
+        for j, a, b, c in zip(used.tolist(), *(s[used].astype(np.int64).tolist() for s in sums)):
+            row, band = divmod(j, self.n_bands)
+            totals[row] += ((((a << _PIECE) + b) << _PIECE) + c) << (_BAND * band)
+        return [ExactSum.make(total, self.low - 54) for total in totals]
