@@ -44,11 +44,13 @@ from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
     NOT_IN_WINDOW,
     PREDICTIONS,
+    Arrival,
     Monitor,
     MonitorSettings,
     PerformanceOutcome,
     WindowOutcome,
     concat_batches,
+    in_arrival_order,
     take_rows,
 )
 from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
@@ -404,8 +406,11 @@ class WorkerService:
                 else:
                     rejected.append(self._rejected(messages[int(g.messages[row])], problem.reason, problem.detail,
                                                    now, batch.model_id))
-        # one batch per model version: the raw insert and the monitor both take it whole
-        batches = {key: concat_batches(group.batches) for key, group in groups.items()}
+        # one batch per model version: the raw insert and the monitor both take it whole, its rows in the
+        # order of their messages (batches were gathered before single events; in the log they interleave)
+        ordered = {key: in_arrival_order(concat_batches(group.batches), np.concatenate(group.owners))
+                   for key, group in groups.items()}
+        batches = {key: batch for key, (batch, _) in ordered.items()}
 
         token = batch_token(messages)
         self.sinks.reject(rejected, token)
@@ -414,18 +419,24 @@ class WorkerService:
 
         holds: list[tuple[Hold, ...]] = [()] * len(messages)
         read: set[tuple[str, Any]] = set()
-        for (model_id, version, has_predictions), group in groups.items():
-            if not self.policy.for_model(model_id).monitoring.enabled:
-                continue
-            self._recover(model_id, version)
-            batch = batches[(model_id, version, has_predictions)]
-            owners = np.concatenate(group.owners)
-            reference = self.references.get(model_id, version)
+        by_model: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+        for key in ordered:
+            if self.policy.for_model(key[0]).monitoring.enabled:
+                by_model[key[0]].append(key)
+        results: dict[tuple[str, str, bool], Any] = {}
+        for model_id, keys in by_model.items():
+            for _, version, _ in keys:
+                self._recover(model_id, version)
             # each topic partition is a source of the model's event clock (see streams.core.windows)
-            source = (topic, messages[int(owners[0])].partition)
-            ingested = self.monitor.ingest(batch, reference, source=source, now_ms=now, has_predictions=has_predictions)
+            source = (topic, messages[int(ordered[keys[0]][1][0])].partition)
+            # the versions of one model together: a row is late or not as its message stood in the poll
+            arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
+            results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
-            self._count(topic, batch.n, ingested.late, ingested.replayed)
+        for key, ingested in results.items():
+            model_id, version, _ = key
+            owners = ordered[key][1]
+            self._count(topic, owners.size, ingested.late, ingested.replayed)
             in_window = ingested.window_ends != NOT_IN_WINDOW
             if in_window.any():
                 latest = np.full(len(messages), NOT_IN_WINDOW, dtype=np.int64)
