@@ -97,7 +97,7 @@ class ExactSum:
         try:
             return num / den  # Python divides integers with correct rounding
         except OverflowError:
-            return math.copysign(math.inf, num)
+            return math.inf if num > 0 else -math.inf
 
     def to_text(self) -> str:
         """A compact exact text form, ``<hex mantissa>p<exponent>``."""
@@ -152,6 +152,8 @@ def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
     (True, True)
     """
     n_rows, n = values.shape
+    if values.size == 0:
+        return [ZERO] * n_rows, [ZERO] * n_rows
     frac, exp = np.frexp(values)
     frac, exp = frac.ravel(), exp.ravel().astype(np.int64)
     # x**2 = frac**2 * 2**(2 exp), and frac**2 = p + err exactly (Dekker's TwoProduct; frac is in
