@@ -165,13 +165,14 @@ def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
     err = lo * lo - (((p - hi * hi) - hi * lo) - lo * hi)
     err *= 2.0 ** 52
     twice = 2 * exp
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), n)
     acc = _Buckets(2 * n_rows, min(int(exp.min()), 2 * int(exp.min()) - 52), max(int(exp.max()), 2 * int(exp.max())))
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), n)
     acc.add(frac, exp, rows)
     rows += n_rows
-    acc.add(p, twice, rows)
+    places = acc.places(rows)
+    acc.add(p, twice, places=places)
     twice -= 52
-    acc.add(err, twice, rows)
+    acc.add(err, twice, places=places)
     totals = acc.totals()
     return totals[:n_rows], totals[n_rows:]
 
@@ -202,7 +203,7 @@ def _totals(frac: np.ndarray, exp: np.ndarray, rows: np.ndarray, n_rows: int) ->
         return [ZERO] * n_rows
     exp = exp.astype(np.int64)
     acc = _Buckets(n_rows, int(exp.min()), int(exp.max()))
-    acc.add(frac, exp, rows.astype(np.int64))
+    acc.add(frac, exp, rows)
     return acc.totals()
 
 
@@ -211,7 +212,8 @@ class _Buckets:
 
     A term ``frac * 2**exp`` (|frac| < 1, ``frac * 2**54`` an integer) is an
     integer below 2**70 in units of its band's ``2**(low - 54 + 16 band)``,
-    cut into pieces of 24, 23 and 23 bits; each piece is summed per bucket by
+    cut into pieces of 24, 23 and 23 bits (the last kept in units of 2**-54,
+    which saves scaling every term); each piece is summed per bucket by
     ``np.bincount`` in float64, exactly for fewer than 2**29 terms a bucket.
     """
 
@@ -223,31 +225,41 @@ class _Buckets:
         self.sums = [np.zeros(size) for _ in range(3)]
         self.n = 0
 
-    def add(self, frac: np.ndarray, exp: np.ndarray, rows: np.ndarray) -> None:
+    def places(self, rows: np.ndarray) -> np.ndarray:
+        """Each term's bucket before its band: its row's, and a lane (see ``add``); reusable for terms of the same rows."""
+        places = rows * (self.n_bands << _LANE_BITS)
+        places |= np.resize(_LANE_CYCLE, places.size) if places.size > _LANE_CYCLE.size else _LANE_CYCLE[: places.size]
+        return places
+
+    def add(self, frac: np.ndarray, exp: np.ndarray, rows: np.ndarray | None = None, *,
+            places: np.ndarray | None = None) -> None:
+        """Add terms, with the row of each (or its ``places``)."""
         self.n += frac.size
         if self.n >= 1 << 29:
             raise ValueError(f"{self.n} terms are too many for exact float64 bucket sums")
+        if places is None:
+            places = self.places(np.asarray(rows, dtype=np.int64))
         size = self.sums[0].size
         # in chunks whose temporaries stay under 128 KiB (glibc maps larger ones afresh, page faults and all)
         for start in range(0, frac.size, _CHUNK):
-            f, k = frac[start: start + _CHUNK], exp[start: start + _CHUNK] - self.low
-            t = np.ldexp(f, 54 + (k & (_BAND - 1)))
-            top = np.trunc(t * 2.0 ** (-2 * _PIECE))
-            t -= top * 2.0 ** (2 * _PIECE)
-            middle = np.trunc(t * 2.0 ** -_PIECE)
-            t -= middle * 2.0 ** _PIECE
+            k = exp[start: start + _CHUNK] - self.low
+            t = np.ldexp(frac[start: start + _CHUNK], k & (_BAND - 1))
+            top = np.trunc(t * 2.0 ** (54 - 2 * _PIECE))
+            t -= top * 2.0 ** (2 * _PIECE - 54)
+            middle = np.trunc(t * 2.0 ** (54 - _PIECE))
+            t -= middle * 2.0 ** (_PIECE - 54)
             # consecutive terms mostly share a bucket: spread over 8 lanes each, bincount does not wait
             # on its previous add to the same place (about ten times faster); the lanes' sums add exactly
             k >>= 4
-            k += rows[start: start + _CHUNK] * self.n_bands
             k <<= _LANE_BITS
-            k |= _LANE_CYCLE[: k.size]
+            k += places[start: start + _CHUNK]
             for total, piece in zip(self.sums, (top, middle, t)):
                 total += np.bincount(k, weights=piece, minlength=size)
 
     def totals(self) -> list[ExactSum]:
         lanes = 1 << _LANE_BITS
         sums = [s.reshape(-1, lanes).sum(axis=1) for s in self.sums]
+        sums[2] *= 2.0 ** 54
         used = np.flatnonzero((sums[0] != 0) | (sums[1] != 0) | (sums[2] != 0))
         totals = [0] * self.n_rows
         for j, a, b, c in zip(used.tolist(), *(s[used].astype(np.int64).tolist() for s in sums)):
