@@ -11,11 +11,11 @@ values gives the same total, and a statistic rounds that exact total once
 (``ratio``, ``std``): the result is correctly rounded, hence equal everywhere.
 
 How it stays batch-first: ``np.frexp`` splits each value into a fraction and
-a binary exponent. Exponents are grouped in *bands* of 16; within a band the
-value is an integer of at most 70 bits times the band's unit, cut into three
-pieces of at most 24 bits. ``np.bincount`` sums each piece per (row, band) in float64,
-which is exact while fewer than 2**30 values share a bucket (the sums stay
-below 2**53). Only the few non-empty buckets become Python integers. Squares
+a binary exponent; the fraction is cut into a 27-bit integer and a 27-bit
+remainder, each summed per (row, exponent) by ``np.bincount`` in float64,
+which is exact while a bucket takes at most 2**16 terms (the sums stay below
+2**43 units). Eight exponents at a time are then folded in float64, still
+exactly, and only the few non-empty groups become Python integers. Squares
 are summed exactly too: ``x*x`` is split into its rounded product and the
 rounding error (Dekker's TwoProduct), both plain floats, and summed with the
 values in the same pass (``row_moments``).
@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 from fractions import Fraction
 
 import numpy as np
 
-_BAND = 16  # exponents per band: a band's integers have 53 + 15 bits
-_PIECE = 23  # bits of the two low pieces: with a top piece of 24 bits they hold 70 bits
 _DEKKER = 134217729.0  # 2**27 + 1, Veltkamp's splitter for float64
 _CHUNK = 16_000  # terms at a time: temporaries of 125 KiB
+_MAX_TERMS = 1 << 16  # terms a bucket may take
+_FOLD = 2.0 ** np.arange(8)
 _LANE_BITS = 3
 _LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
 
@@ -154,6 +155,10 @@ def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
     n_rows, n = values.shape
     if values.size == 0:
         return [ZERO] * n_rows, [ZERO] * n_rows
+    if n > _MAX_TERMS // 2:  # a square gives two terms to a row's buckets
+        parts = [row_moments(values[:, lo: lo + _MAX_TERMS // 2]) for lo in range(0, n, _MAX_TERMS // 2)]
+        return ([_merged(p[0][j] for p in parts) for j in range(n_rows)],
+                [_merged(p[1][j] for p in parts) for j in range(n_rows)])
     frac, exp = np.frexp(values)
     frac, exp = frac.ravel(), exp.ravel().astype(np.int64)
     # x**2 = frac**2 * 2**(2 exp), and frac**2 = p + err exactly (Dekker's TwoProduct; frac is in
@@ -167,14 +172,21 @@ def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
     twice = 2 * exp
     acc = _Buckets(2 * n_rows, min(int(exp.min()), 2 * int(exp.min()) - 52), max(int(exp.max()), 2 * int(exp.max())))
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), n)
-    acc.add(frac, exp, rows)
+    acc.add(frac, exp, acc.places(rows))
     rows += n_rows
     places = acc.places(rows)
-    acc.add(p, twice, places=places)
+    acc.add(p, twice, places)
     twice -= 52
-    acc.add(err, twice, places=places)
+    acc.add(err, twice, places)
     totals = acc.totals()
     return totals[:n_rows], totals[n_rows:]
+
+
+def _merged(sums: Any) -> ExactSum:
+    out = ZERO
+    for s in sums:
+        out = out.merged(s)
+    return out
 
 
 def group_sums(codes: np.ndarray, values: np.ndarray, n_groups: int) -> list[ExactSum]:
@@ -198,71 +210,67 @@ def group_ratios(codes: np.ndarray, values: np.ndarray, counts: np.ndarray) -> n
 
 
 def _totals(frac: np.ndarray, exp: np.ndarray, rows: np.ndarray, n_rows: int) -> list[ExactSum]:
-    """Exact totals per row of the terms ``frac * 2**exp`` (see ``_Buckets.add``), rows given per term."""
+    """Exact totals per row of the terms ``frac * 2**exp`` (see ``_Buckets``), rows given per term."""
     if frac.size == 0:
         return [ZERO] * n_rows
+    if frac.size > _MAX_TERMS:
+        parts = [_totals(frac[lo: lo + _MAX_TERMS], exp[lo: lo + _MAX_TERMS], rows[lo: lo + _MAX_TERMS], n_rows)
+                 for lo in range(0, frac.size, _MAX_TERMS)]
+        return [_merged(p[j] for p in parts) for j in range(n_rows)]
     exp = exp.astype(np.int64)
     acc = _Buckets(n_rows, int(exp.min()), int(exp.max()))
-    acc.add(frac, exp, rows)
+    acc.add(frac, exp, acc.places(rows.astype(np.int64)))
     return acc.totals()
 
 
 class _Buckets:
-    """Exact sums of terms per (row, band of exponents), in float64 until ``totals``.
+    """Exact sums of terms per (row, exponent), in float64 until ``totals``; at most _MAX_TERMS a bucket.
 
-    A term ``frac * 2**exp`` (|frac| < 1, ``frac * 2**54`` an integer) is an
-    integer below 2**70 in units of its band's ``2**(low - 54 + 16 band)``,
-    cut into pieces of 24, 23 and 23 bits (the last kept in units of 2**-54,
-    which saves scaling every term); each piece is summed per bucket by
-    ``np.bincount`` in float64, exactly for fewer than 2**29 terms a bucket.
+    A term ``frac * 2**exp`` (|frac| < 1, ``frac * 2**54`` an integer) is
+    ``hi * 2**(exp - 27) + lo * 2**exp`` with ``hi`` an integer below 2**27 and
+    ``lo`` a multiple of 2**-54 below 2**-27: each part is summed per bucket by
+    ``np.bincount`` in float64, exactly (the sums stay below 2**43 units).
+    ``totals`` folds eight exponents at a time in float64, still exactly (below
+    2**51 units), so that only one Python integer step is left per eight.
     """
 
     def __init__(self, n_rows: int, low: int, high: int) -> None:
         self.n_rows = n_rows
         self.low = low
-        self.n_bands = ((high - low) >> 4) + 1
-        size = n_rows * self.n_bands << _LANE_BITS
-        self.sums = [np.zeros(size) for _ in range(3)]
-        self.n = 0
+        self.n_groups = ((high - low) >> 3) + 1
+        self.width = self.n_groups << 3  # exponents a row, padded to whole groups of eight
+        self.sums = [np.zeros(n_rows * self.width << _LANE_BITS) for _ in range(2)]
 
     def places(self, rows: np.ndarray) -> np.ndarray:
-        """Each term's bucket before its band: its row's, and a lane (see ``add``); reusable for terms of the same rows."""
-        places = rows * (self.n_bands << _LANE_BITS)
+        """Each term's bucket before its exponent: its row's, and a lane (see ``add``)."""
+        places = rows * (self.width << _LANE_BITS)
         places |= np.resize(_LANE_CYCLE, places.size) if places.size > _LANE_CYCLE.size else _LANE_CYCLE[: places.size]
         return places
 
-    def add(self, frac: np.ndarray, exp: np.ndarray, rows: np.ndarray | None = None, *,
-            places: np.ndarray | None = None) -> None:
-        """Add terms, with the row of each (or its ``places``)."""
-        self.n += frac.size
-        if self.n >= 1 << 29:
-            raise ValueError(f"{self.n} terms are too many for exact float64 bucket sums")
-        if places is None:
-            places = self.places(np.asarray(rows, dtype=np.int64))
+    def add(self, frac: np.ndarray, exp: np.ndarray, places: np.ndarray) -> None:
+        """Add terms ``frac * 2**exp``, each with its ``places``."""
         size = self.sums[0].size
         # in chunks whose temporaries stay under 128 KiB (glibc maps larger ones afresh, page faults and all)
         for start in range(0, frac.size, _CHUNK):
-            k = exp[start: start + _CHUNK] - self.low
-            t = np.ldexp(frac[start: start + _CHUNK], k & (_BAND - 1))
-            top = np.trunc(t * 2.0 ** (54 - 2 * _PIECE))
-            t -= top * 2.0 ** (2 * _PIECE - 54)
-            middle = np.trunc(t * 2.0 ** (54 - _PIECE))
-            t -= middle * 2.0 ** (_PIECE - 54)
+            f = frac[start: start + _CHUNK]
+            hi = np.trunc(f * 2.0 ** 27)
+            lo = f - hi * 2.0 ** -27
             # consecutive terms mostly share a bucket: spread over 8 lanes each, bincount does not wait
             # on its previous add to the same place (about ten times faster); the lanes' sums add exactly
-            k >>= 4
+            k = exp[start: start + _CHUNK] - self.low
             k <<= _LANE_BITS
             k += places[start: start + _CHUNK]
-            for total, piece in zip(self.sums, (top, middle, t)):
-                total += np.bincount(k, weights=piece, minlength=size)
+            for total, part in zip(self.sums, (hi, lo)):
+                total += np.bincount(k, weights=part, minlength=size)
 
     def totals(self) -> list[ExactSum]:
         lanes = 1 << _LANE_BITS
-        sums = [s.reshape(-1, lanes).sum(axis=1) for s in self.sums]
-        sums[2] *= 2.0 ** 54
-        used = np.flatnonzero((sums[0] != 0) | (sums[1] != 0) | (sums[2] != 0))
+        hi, lo = (s.reshape(-1, lanes).sum(axis=1).reshape(-1, 8) for s in self.sums)
+        lo *= 2.0 ** 54
+        hi, lo = hi @ _FOLD, lo @ _FOLD  # exponent k + j of a group counts 2**j
+        used = np.flatnonzero((hi != 0) | (lo != 0))
         totals = [0] * self.n_rows
-        for j, a, b, c in zip(used.tolist(), *(s[used].astype(np.int64).tolist() for s in sums)):
-            row, band = divmod(j, self.n_bands)
-            totals[row] += ((((a << _PIECE) + b) << _PIECE) + c) << (_BAND * band)
+        for j, a, b in zip(used.tolist(), hi[used].astype(np.int64).tolist(), lo[used].astype(np.int64).tolist()):
+            row, group = divmod(j, self.n_groups)
+            totals[row] += ((a << 27) + b) << (group << 3)
         return [ExactSum.make(total, self.low - 54) for total in totals]

@@ -258,3 +258,14 @@ def test_monitor_outcomes_are_bit_identical_for_any_batching_and_label_order() -
         window_of = label_times // 5_000
         order = np.concatenate([rng.permutation(np.flatnonzero(window_of == w)) for w in np.unique(window_of)])
         assert run(parts, labels(order, 70 + trial)) == expected
+
+
+def test_long_rows_and_big_groups_stay_exact() -> None:
+    # more terms than one set of float64 buckets may take exactly (2**16): split and merged
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=140_000) * 10.0 ** rng.integers(-5, 5, 140_000)
+    exact = sum(map(Fraction, x.tolist()))
+    sums, squares = row_moments(x[None, :])
+    assert sums[0].fraction() == exact
+    assert squares[0].fraction() == sum(Fraction(v) ** 2 for v in x.tolist())
+    assert group_sums(np.zeros(x.size, dtype=np.int64), x, 1)[0].fraction() == exact
