@@ -65,6 +65,7 @@ from streams.sinks import ClosedWindow, Rejected, Sinks
 log = logging.getLogger("driftline.worker")
 
 INPUT_TOPICS = ("predictions", "features", "labels")
+LATE_EVENT = "late_event"  # the DLQ reason of a message with late rows (WorkerOptions.keep_late_events)
 # How long raw rows and closed windows may gather while a backlog is read, when the insert
 # threshold is not reached first (a backlog that stops short of it).
 BACKLOG_GATHER_SECONDS = 0.5
@@ -82,7 +83,9 @@ class WorkerOptions:
     a poll of messages of batches is handled in parts of about that many
     events, so its memory and the wait of the windows it closes stay bounded.
     ``index_max_entries`` bounds the predictions kept for the label join, at
-    about 300 bytes each (200,000: about 60 MiB).
+    about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
+    sends each message with late rows to the DLQ and ``rejected_events``, reason
+    ``late_event`` (its other rows are accepted as usual).
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -109,6 +112,7 @@ class WorkerOptions:
     write_raw: bool = True
     raw_insert_rows: int = 100_000
     task: str | None = None
+    keep_late_events: bool = False
 
 
 @dataclass
@@ -433,6 +437,7 @@ class WorkerService:
             arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
             results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
+        late_rows = np.zeros(len(messages), dtype=np.int64)
         for key, ingested in results.items():
             model_id, version, _ = key
             owners = ordered[key][1]
@@ -453,6 +458,14 @@ class WorkerService:
                 holds[last] = holds[last] + tuple(ingested.holds)
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
+            if ingested.late_rows is not None:
+                np.add.at(late_rows, owners[ingested.late_rows], 1)
+        if self.options.keep_late_events and late_rows.any():
+            late = [Rejected(m.full_topic, m.partition, m.offset, m.key, m.value, LATE_EVENT,
+                             f"{int(late_rows[i])} row(s) came after their window closed; counted in "
+                             f"drift_reports.late_events", now, "") for i, m in enumerate(messages) if late_rows[i]]
+            self.metrics.dlq.labels(reason=LATE_EVENT).inc(len(late))
+            self.sinks.reject(late, f"{token}:late")
         add = self.ledger.add
         for m, held_by in zip(messages, holds):
             add((m.full_topic, m.partition), m.offset, m.token, held_by)

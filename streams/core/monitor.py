@@ -183,6 +183,8 @@ class Ingested:
     replayed: int = 0
     joined_labels: int = 0
     holds: list[Hold] = field(default_factory=list)
+    # the positions of the late rows (counted in ``late``), when there are any
+    late_rows: np.ndarray | None = None
 
 
 @dataclass
@@ -551,8 +553,8 @@ class Monitor:
             if waiting.n:
                 joined = waiting.n
                 holds = self._add_labelled(track, waiting, now_ms)[0]
-        return Ingested(ends, late=int(counted.sum()), replayed=int(replayed.sum()),
-                        joined_labels=joined, holds=holds)
+        return Ingested(ends, late=int(counted.sum()), replayed=int(replayed.sum()), joined_labels=joined,
+                        holds=holds, late_rows=np.flatnonzero(counted) if counted.any() else None)
 
     # -- labels --------------------------------------------------------------------
 

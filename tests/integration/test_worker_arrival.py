@@ -101,7 +101,7 @@ def test_singles_and_batches_give_the_same_windows_read_as_a_backlog_or_live(
         for m in messages:
             env.publish("predictions", model, m)
         env.flush()
-        env.start_worker("backlog", f"app-{unique}", idle_seconds=4.0)
+        env.start_worker("backlog", f"app-{unique}", "--keep-late-events", idle_seconds=4.0)
         env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "the backlog's windows")
 
         # live: the worker is there first, the messages come one by one
@@ -120,5 +120,10 @@ def test_singles_and_batches_give_the_same_windows_read_as_a_backlog_or_live(
         assert sum(r["n_current"] for r in backlog["late"]) == events - late  # nothing else left out
         for table in ("late", "reports", "drift", "profiles", "requests", "alerts"):
             assert backlog[table] == live[table], table
+        # --keep-late-events (the backlog's worker only): each message with a late row also went to the
+        # DLQ and rejected_events, reason late_event; the windows above are the same without it
+        kept = env.query("SELECT reason, count() AS n FROM rejected_events FINAL GROUP BY reason")
+        assert kept == [{"reason": "late_event", "n": late}]
+        assert live_env.count("rejected_events") == 0
     finally:
         live_env.close()

@@ -126,6 +126,7 @@ def test_a_late_row_goes_to_the_window_above_the_watermark_of_its_arrival() -> N
     got = monitor.ingest_all("m", [Arrival(b, ref, np.full(b.n, i)) for i, b in enumerate(arrivals)],
                              source=0, now_ms=0)
     assert [g.late for g in got] == [0, 1, 0]
+    assert got[1].late_rows.tolist() == [0] and got[0].late_rows is None
     assert [(o.window_start - T0, o.n_current, o.late_events) for o in monitor.close_due(0)] == [
         (0, 1, 0), (1_000, 1, 1), (2_000, 1, 0)]
 
