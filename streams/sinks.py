@@ -290,7 +290,8 @@ class Sinks:
         token = window_token([w.outcome for w in windows])
         reports = [w.outcome.report(w.computed_at) for w in windows]
         self._retry("insert of drift reports",
-                    lambda: self.warehouse.insert_drift_reports(reports, dedup_token=f"drift:{token}"))
+                    lambda: self.warehouse.insert_drift_reports(reports, dedup_token=f"drift:{token}",
+                                                                late_events=[w.outcome.late_events for w in windows]))
         latency = [PerformanceRow(o.model_id, o.model_version, name, o.window_start, o.window_end, float(value),
                                   o.n_latency, w.computed_at, n_predictions=o.n_current)
                    for w in windows for o in (w.outcome,) if o.latency

@@ -419,12 +419,14 @@ class Warehouse:
     def insert_drift_metrics(self, rows: Sequence[DriftMetricRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
         return self.insert("drift_metrics", columns(rows, DriftMetricRow), dedup_token=dedup_token)
 
-    def insert_drift_reports(self, reports: Sequence[DriftReport], *, with_metrics: bool = True, dedup_token: str | None = None) -> int:
-        """One ``drift_reports`` row per report and, unless told otherwise, their ``drift_metrics`` rows."""
+    def insert_drift_reports(self, reports: Sequence[DriftReport], *, with_metrics: bool = True, dedup_token: str | None = None,
+                             late_events: Sequence[int] | None = None) -> int:
+        """One ``drift_reports`` row per report (with ``late_events`` per report, when given) and, unless told
+        otherwise, their ``drift_metrics`` rows."""
         if with_metrics:
             rows = [row for report in reports for row in drift_metric_rows(report)]
             self.insert_drift_metrics(rows, dedup_token=None if dedup_token is None else f"{dedup_token}:metrics")
-        return self.insert("drift_reports", drift_report_columns(reports), dedup_token=dedup_token)
+        return self.insert("drift_reports", drift_report_columns(reports, late_events), dedup_token=dedup_token)
 
     def insert_window_profiles(self, rows: Sequence[WindowProfileRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
         return self.insert("window_profiles", columns(rows, WindowProfileRow), dedup_token=dedup_token)

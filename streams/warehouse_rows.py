@@ -314,8 +314,17 @@ def drift_metric_rows(report: DriftReport) -> list[DriftMetricRow]:
     ]
 
 
-def drift_report_columns(reports: Sequence[DriftReport]) -> Columns:
-    """Columns of ``drift_reports``: one row per report."""
+def drift_report_columns(reports: Sequence[DriftReport], late_events: Sequence[int] | None = None) -> Columns:
+    """Columns of ``drift_reports``: one row per report; ``late_events`` per report when given (else the
+    column's default, 0).
+
+    >>> report = DriftReport("m", "1", 0, 10, 50, 500, [], [], 11)
+    >>> drift_report_columns([report], late_events=[3])["late_events"]
+    [3]
+    """
+    if late_events is not None and len(late_events) != len(reports):
+        raise ValueError(f"{len(late_events)} late-event counts for {len(reports)} drift reports")
+    late = {} if late_events is None else {"late_events": [int(n) for n in late_events]}
     return {
         "model_id": [r.model_id for r in reports],
         "model_version": [r.model_version for r in reports],
@@ -327,7 +336,7 @@ def drift_report_columns(reports: Sequence[DriftReport]) -> Columns:
         "n_metrics": [len(r.metrics) for r in reports],
         "n_drifted_metrics": [sum(1 for m in r.metrics if m.drifted) for r in reports],
         "computed_at": [epoch_ms(r.computed_at, "DriftReport.computed_at") for r in reports],
-    }
+    } | late
 
 
 def alert_columns(alerts: Sequence[Alert | Mapping[str, Any]]) -> Columns:

@@ -44,11 +44,13 @@ from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
     NOT_IN_WINDOW,
     PREDICTIONS,
+    Arrival,
     Monitor,
     MonitorSettings,
     PerformanceOutcome,
     WindowOutcome,
     concat_batches,
+    in_arrival_order,
     take_rows,
 )
 from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
@@ -63,6 +65,7 @@ from streams.sinks import ClosedWindow, Rejected, Sinks
 log = logging.getLogger("driftline.worker")
 
 INPUT_TOPICS = ("predictions", "features", "labels")
+LATE_EVENT = "late_event"  # the DLQ reason of a message with late rows (WorkerOptions.keep_late_events)
 # How long raw rows and closed windows may gather while a backlog is read, when the insert
 # threshold is not reached first (a backlog that stops short of it).
 BACKLOG_GATHER_SECONDS = 0.5
@@ -80,7 +83,9 @@ class WorkerOptions:
     a poll of messages of batches is handled in parts of about that many
     events, so its memory and the wait of the windows it closes stay bounded.
     ``index_max_entries`` bounds the predictions kept for the label join, at
-    about 300 bytes each (200,000: about 60 MiB).
+    about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
+    sends each message with late rows to the DLQ and ``rejected_events``, reason
+    ``late_event`` (its other rows are accepted as usual).
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -107,6 +112,7 @@ class WorkerOptions:
     write_raw: bool = True
     raw_insert_rows: int = 100_000
     task: str | None = None
+    keep_late_events: bool = False
 
 
 @dataclass
@@ -404,8 +410,11 @@ class WorkerService:
                 else:
                     rejected.append(self._rejected(messages[int(g.messages[row])], problem.reason, problem.detail,
                                                    now, batch.model_id))
-        # one batch per model version: the raw insert and the monitor both take it whole
-        batches = {key: concat_batches(group.batches) for key, group in groups.items()}
+        # one batch per model version: the raw insert and the monitor both take it whole, its rows in the
+        # order of their messages (batches were gathered before single events; in the log they interleave)
+        ordered = {key: in_arrival_order(concat_batches(group.batches), np.concatenate(group.owners))
+                   for key, group in groups.items()}
+        batches = {key: batch for key, (batch, _) in ordered.items()}
 
         token = batch_token(messages)
         self.sinks.reject(rejected, token)
@@ -414,18 +423,25 @@ class WorkerService:
 
         holds: list[tuple[Hold, ...]] = [()] * len(messages)
         read: set[tuple[str, Any]] = set()
-        for (model_id, version, has_predictions), group in groups.items():
-            if not self.policy.for_model(model_id).monitoring.enabled:
-                continue
-            self._recover(model_id, version)
-            batch = batches[(model_id, version, has_predictions)]
-            owners = np.concatenate(group.owners)
-            reference = self.references.get(model_id, version)
+        by_model: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+        for key in ordered:
+            if self.policy.for_model(key[0]).monitoring.enabled:
+                by_model[key[0]].append(key)
+        results: dict[tuple[str, str, bool], Any] = {}
+        for model_id, keys in by_model.items():
+            for _, version, _ in keys:
+                self._recover(model_id, version)
             # each topic partition is a source of the model's event clock (see streams.core.windows)
-            source = (topic, messages[int(owners[0])].partition)
-            ingested = self.monitor.ingest(batch, reference, source=source, now_ms=now, has_predictions=has_predictions)
+            source = (topic, messages[int(ordered[keys[0]][1][0])].partition)
+            # the versions of one model together: a row is late or not as its message stood in the poll
+            arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
+            results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
-            self._count(topic, batch.n, ingested.late, ingested.replayed)
+        late_rows = np.zeros(len(messages), dtype=np.int64)
+        for key, ingested in results.items():
+            model_id, version, _ = key
+            owners = ordered[key][1]
+            self._count(topic, owners.size, ingested.late, ingested.replayed)
             in_window = ingested.window_ends != NOT_IN_WINDOW
             if in_window.any():
                 latest = np.full(len(messages), NOT_IN_WINDOW, dtype=np.int64)
@@ -442,6 +458,14 @@ class WorkerService:
                 holds[last] = holds[last] + tuple(ingested.holds)
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
+            if ingested.late_rows is not None:
+                np.add.at(late_rows, owners[ingested.late_rows], 1)
+        if self.options.keep_late_events and late_rows.any():
+            late = [Rejected(m.full_topic, m.partition, m.offset, m.key, m.value, LATE_EVENT,
+                             f"{int(late_rows[i])} row(s) came after their window closed; counted in "
+                             f"drift_reports.late_events", now, "") for i, m in enumerate(messages) if late_rows[i]]
+            self.metrics.dlq.labels(reason=LATE_EVENT).inc(len(late))
+            self.sinks.reject(late, f"{token}:late")
         add = self.ledger.add
         for m, held_by in zip(messages, holds):
             add((m.full_topic, m.partition), m.offset, m.token, held_by)

@@ -78,6 +78,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         f"gathered (else at once, or within a tick) (default {d.raw_insert_rows})")
     g.add_argument("--no-raw", dest="write_raw", action="store_false", default=True,
                    help="do not write raw predictions and labels to ClickHouse")
+    g.add_argument("--keep-late-events", action="store_true", default=False,
+                   help="also send each message with late rows to the DLQ and rejected_events, reason late_event "
+                        "(late rows are always counted in drift_reports.late_events and /metrics)")
     g.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", str, "json"),
                    help="log lines as JSON objects or text (default json)")
     g.add_argument("--log-level", default=_env("log-level", str, "info"), help="log level (default info)")
@@ -106,6 +109,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         write_raw=args.write_raw,
         raw_insert_rows=args.raw_insert_rows,
         task=args.task,
+        keep_late_events=args.keep_late_events,
     )
 
 

@@ -18,6 +18,13 @@ Per model it keeps two sets of tumbling windows:
 Replays are exact: a window's sampling seed comes from its key, and a window
 already written before a restart (``recover``) is never opened again.
 
+Rows are judged late in the order they arrived, whatever batch or message
+kind brought them (``ingest_all`` takes a poll's batches of one model with the
+arrival position of each row), so a backlog read and a live read of the same
+log give the same windows. A late row is counted (``late_events``) in the
+first prediction window of its model version to close after it arrived: the
+first whose end is above the watermark that made the row late.
+
 The change detectors see each window when it closes, its values sorted by
 event time (then value): what they see does not depend on how the events
 were cut into batches or interleaved across partitions. Their state after
@@ -118,6 +125,8 @@ class WindowOutcome:
     changes: list[ChangeCount]
     # the score stream's change detectors after this window (ChangeDetectorBank.stream_state); None: none ran
     detector_state: bytes | None = None
+    # rows of this version that arrived late since its previous window closed (see the module docstring)
+    late_events: int = 0
 
     @property
     def key(self) -> WindowKey:
@@ -174,6 +183,27 @@ class Ingested:
     replayed: int = 0
     joined_labels: int = 0
     holds: list[Hold] = field(default_factory=list)
+    # the positions of the late rows (counted in ``late``), when there are any
+    late_rows: np.ndarray | None = None
+
+
+@dataclass
+class Arrival:
+    """Rows of one model version to ingest, with where each row stands in the order of arrival.
+
+    ``order`` holds one non-decreasing key per row, comparable across the
+    arrivals given to one ``Monitor.ingest_all`` call (the worker passes the
+    index of each row's message in the poll). ``has_predictions=False`` is for
+    logged features (see ``Monitor.ingest``).
+
+    >>> Arrival(PredictionBatch("m", "1", ["a"], np.array([5])), None, np.array([3])).has_predictions
+    True
+    """
+
+    batch: PredictionBatch
+    reference: ReferenceProfile | None
+    order: np.ndarray
+    has_predictions: bool = True
 
 
 @dataclass
@@ -237,6 +267,8 @@ class _Track:
         self.recovered: dict[str, int | None] = {}
         self.label_recovered: dict[str, int | None] = {}
         self.index = PredictionIndex(max_entries=index_max_entries, ttl_ms=index_ttl_ms)
+        # per version: the watermark in force when each late row (still to be counted) arrived
+        self.late: dict[str, list[np.ndarray]] = {}
         self.detectors = ChangeDetectorBank(names=settings.detectors) if settings.detectors else None
         # labels restored from the warehouse: whether that was done, how many may still join, and the
         # ids of those that joined (their own message, if Kafka delivers it again, is then a replay;
@@ -430,23 +462,66 @@ class Monitor:
         already closed are late and left out (counted); so are rows of a
         window written before a restart (``replayed``).
         """
-        track = self._track(batch.model_id)
-        if batch.model_version not in track.recovered:
-            raise RuntimeError(f"recover({batch.model_id!r}, {batch.model_version!r}, ...) must come before its first batch")
+        arrival = Arrival(batch, reference, np.zeros(len(batch.event_ids), dtype=np.int64), has_predictions)
+        return self.ingest_all(batch.model_id, [arrival], source=source, now_ms=now_ms)[0]
+
+    def ingest_all(self, model_id: str, arrivals: Sequence[Arrival], *, source: Hashable, now_ms: int) -> list[Ingested]:
+        """Add batches of one model that arrived together from ``source``, each row judged late against the
+        watermark as it stood when that row arrived (``Arrival.order``), whatever its batch.
+
+        One ``Ingested`` per arrival, as ``ingest`` gives it.
+
+        >>> import numpy as np
+        >>> from streams.core.profile import ReferenceProfile
+        >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
+        >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
+        >>> monitor.recover("m", "1", None)
+        >>> def rows(*times):
+        ...     return PredictionBatch("m", "1", [f"e{t}" for t in times], np.array(times), numeric={"x": np.ones(len(times))})
+        >>> # message 0 is a single event of window 0, message 1 a batch of window 1000: nothing is late
+        >>> got = monitor.ingest_all("m", [Arrival(rows(1_500, 1_600), ref, np.array([1, 1]), False),
+        ...                                Arrival(rows(900), ref, np.array([0]), False)], source=0, now_ms=0)
+        >>> [g.late for g in got], [(o.window_start, o.n_current) for o in monitor.close_due(now_ms=0)]
+        ([0, 0], [(0, 1)])
+        """
+        track = self._track(model_id)
         w = track.settings.windowing
-        times = np.asarray(batch.event_times, dtype=np.int64)
+        for a in arrivals:
+            if a.batch.model_id != model_id:
+                raise ValueError(f"a batch of {a.batch.model_id!r} given with the batches of {model_id!r}")
+            if a.batch.model_version not in track.recovered:
+                raise RuntimeError(f"recover({model_id!r}, {a.batch.model_version!r}, ...) must come before its first batch")
+        times = [np.asarray(a.batch.event_times, dtype=np.int64) for a in arrivals]
+        all_times = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
+        if all_times.size == 0:
+            return [Ingested(np.full(t.size, NOT_IN_WINDOW, dtype=np.int64)) for t in times]
+        # the watermark in force at each row's arrival, rows of every batch taken in arrival order
+        order = np.argsort(np.concatenate([np.asarray(a.order, dtype=np.int64) for a in arrivals]), kind="stable")
+        in_force = np.empty_like(all_times)
+        in_force[order] = w.in_force(all_times[order], track.clock.watermark(model_id, now_ms))
+        track.clock.observe(model_id, source, int(all_times.max()), now_ms)
+        bounds = np.cumsum([0, *(t.size for t in times)])
+        return [self._ingest_version(track, a, t, in_force[lo:hi], now_ms)
+                for a, t, lo, hi in zip(arrivals, times, bounds[:-1].tolist(), bounds[1:].tolist())]
+
+    def _ingest_version(self, track: _Track, arrival: Arrival, times: np.ndarray, in_force: np.ndarray,
+                        now_ms: int) -> Ingested:
+        batch, reference, has_predictions = arrival.batch, arrival.reference, arrival.has_predictions
+        w = track.settings.windowing
         n = times.size
         ends = np.full(n, NOT_IN_WINDOW, dtype=np.int64)
         if n == 0:
             return Ingested(ends)
         row_ends = w.starts(times) + w.size_ms
-        late = w.late_mask(times, track.clock.watermark(batch.model_id, now_ms))
         through = track.windows.closed_through(batch.model_id, batch.model_version)
         if through is not None:
-            late |= row_ends <= through
+            in_force = np.maximum(in_force, through)
+        late = row_ends <= in_force
         recovered = track.recovered[batch.model_version]
         replayed = late & (row_ends <= recovered) if recovered is not None else np.zeros(n, dtype=bool)
-        track.clock.observe(batch.model_id, source, int(times.max()), now_ms)
+        counted = late & ~replayed
+        if counted.any():
+            track.late.setdefault(batch.model_version, []).append(in_force[counted])
 
         accepted = np.flatnonzero(~late)
         holds: list[Hold] = []
@@ -478,8 +553,8 @@ class Monitor:
             if waiting.n:
                 joined = waiting.n
                 holds = self._add_labelled(track, waiting, now_ms)[0]
-        return Ingested(ends, late=int((late & ~replayed).sum()), replayed=int(replayed.sum()),
-                        joined_labels=joined, holds=holds)
+        return Ingested(ends, late=int(counted.sum()), replayed=int(replayed.sum()), joined_labels=joined,
+                        holds=holds, late_rows=np.flatnonzero(counted) if counted.any() else None)
 
     # -- labels --------------------------------------------------------------------
 
@@ -625,12 +700,21 @@ class Monitor:
             for name in track.detectors.detector_names(key):
                 changes.append(ChangeCount(name, PREDICTION_FEATURE, sum(e.detector == name for e in events), fed))
             state = track.detectors.stream_state(key)
+        end = start + s.windowing.size_ms
+        late = 0
+        pending = track.late.get(version)
+        if pending:
+            # the late rows whose watermark this window's end is above: it is the first to close after them
+            waiting = np.concatenate(pending)
+            counted = waiting < end
+            late = int(counted.sum())
+            track.late[version] = [waiting[~counted]] if late < waiting.size else []
         return WindowOutcome(
-            model_id, version, start, start + s.windowing.size_ms,
+            model_id, version, start, end,
             n_current=int(window.profile.n), n_reference=int(window.reference.n),
             drift=drift, profile=window.profile,
             latency=window.latency.quantiles() if window.latency.n else {}, n_latency=int(window.latency.n),
-            changes=changes, detector_state=state,
+            changes=changes, detector_state=state, late_events=late,
         )
 
     def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
@@ -684,6 +768,22 @@ def _positions_by_version(versions: np.ndarray) -> list[tuple[str, np.ndarray]]:
         return []
     names, codes = np.unique(versions.astype(str), return_inverse=True)
     return [(str(v), np.flatnonzero(codes == i)) for i, v in enumerate(names)]
+
+
+def in_arrival_order(batch: PredictionBatch, order: np.ndarray) -> tuple[PredictionBatch, np.ndarray]:
+    """The batch's rows sorted by ``order`` (stable), and the sorted keys: e.g. rows gathered kind by kind
+    (batches, then single events) put back in the order of their messages.
+
+    >>> b = PredictionBatch("m", "1", ["late-batch", "single"], np.array([70, 10]))
+    >>> sorted_batch, keys = in_arrival_order(b, np.array([4, 1]))
+    >>> sorted_batch.event_ids, keys.tolist()
+    (['single', 'late-batch'], [1, 4])
+    """
+    keys = np.asarray(order, dtype=np.int64)
+    if keys.size < 2 or (keys[1:] >= keys[:-1]).all():
+        return batch, keys
+    rows = np.argsort(keys, kind="stable")
+    return take_rows(batch, rows), keys[rows]
 
 
 def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:

@@ -7,7 +7,10 @@ spread of a metric across its segments (max - min) is reported as segment
 
 All segments of one attribute key are computed together: codes from
 ``np.unique`` and sums from ``np.bincount``, and ROC AUC from one sort of
-(segment, score) with average ranks for ties (Mann-Whitney U).
+(segment, score) with average ranks for ties (Mann-Whitney U). Means of
+per-row values (MAE, RMSE, log loss, Brier) are exact sums rounded once
+(streams.core.exactsum), so they do not depend on the order of the rows: a
+window gives the same bits however its labels were batched or replayed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from streams.core.exactsum import group_ratios
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
 REGRESSION_METRICS = ("mae", "rmse")
@@ -127,8 +132,8 @@ def _group_metrics(
     with np.errstate(divide="ignore", invalid="ignore"):
         if task == "regression":
             err = s - s_y
-            out["mae"] = (np.bincount(s_codes, np.abs(err), n_groups) / n_scored, n_scored)
-            out["rmse"] = (np.sqrt(np.bincount(s_codes, err * err, n_groups) / n_scored), n_scored)
+            out["mae"] = (group_ratios(s_codes, np.abs(err), n_scored), n_scored)
+            out["rmse"] = (np.sqrt(group_ratios(s_codes, err * err, n_scored)), n_scored)
             return out
 
         has_pred = ~np.isnan(predicted)
@@ -145,8 +150,8 @@ def _group_metrics(
         out["roc_auc"] = (_grouped_auc(s_codes, n_groups, s_y, s), n_scored)
         clipped = np.clip(s, _LOG_LOSS_EPS, 1 - _LOG_LOSS_EPS)
         loss = -(s_y * np.log(clipped) + (1 - s_y) * np.log1p(-clipped))
-        out["log_loss"] = (np.bincount(s_codes, loss, n_groups) / n_scored, n_scored)
-        out["brier"] = (np.bincount(s_codes, (s - s_y) ** 2, n_groups) / n_scored, n_scored)
+        out["log_loss"] = (group_ratios(s_codes, loss, n_scored), n_scored)
+        out["brier"] = (group_ratios(s_codes, (s - s_y) ** 2, n_scored), n_scored)
     return out
 
 

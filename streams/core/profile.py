@@ -38,9 +38,12 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments
 from streams.records import PREDICTION_FEATURE
 
 FORMAT_VERSION = 1
+# Window profiles keep exact sums (streams.core.exactsum) instead of a running mean and m2.
+WINDOW_FORMAT_VERSION = 2
 OTHER = "__other__"
 SUMMARY_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 DEFAULT_WINDOW_SAMPLE = 1_000
@@ -650,7 +653,11 @@ class BottomKSample:
 
 @dataclass(eq=False)
 class NumericWindow:
-    """One numeric feature in one window: bin counts, moments, and a bottom-k sample.
+    """One numeric feature in one window: bin counts, exact sums, and a bottom-k sample.
+
+    The sums of the values and of their squares are exact (see
+    streams.core.exactsum), so ``mean`` and ``std`` are rounded once from
+    them: equal for any batching, order or merge of the same values.
 
     >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
     >>> w = NumericWindow.empty(ref, base=1, sample_size=100)
@@ -666,8 +673,8 @@ class NumericWindow:
     sample: BottomKSample
     missing: int = 0
     count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
+    total: ExactSum = ZERO
+    squares: ExactSum = ZERO
     min: float | None = None
     max: float | None = None
 
@@ -676,8 +683,14 @@ class NumericWindow:
         return cls(ref.name, base, ref.cuts, np.zeros(ref.n_bins, np.int64), BottomKSample(sample_size))
 
     @property
+    def mean(self) -> float:
+        """The mean of the values, correctly rounded (0.0 when there is none)."""
+        return self.total.ratio(self.count) if self.count else 0.0
+
+    @property
     def std(self) -> float | None:
-        return math.sqrt(self.m2 / self.count) if self.count else None
+        """The population standard deviation: the square root of the correctly rounded variance."""
+        return population_std(self.total, self.squares, self.count) if self.count else None
 
     def update(self, x: np.ndarray) -> None:
         self.add(*_finite_values(self.name, _numeric_column(self.name, x)))
@@ -689,9 +702,8 @@ class NumericWindow:
             return
         self.counts += bin_counts(self.cuts, v)
         self.sample.offer(v, _sample_keys(self.base, self.count, v.size))
-        b_mean = float(v.mean())
-        d = v - b_mean
-        self._combine(v.size, b_mean, float(np.dot(d, d)), float(v.min()), float(v.max()))
+        (total,), (squares,) = row_moments(v[None, :])
+        self._combine(v.size, total, squares, float(v.min()), float(v.max()))
 
     @staticmethod
     def add_rows(windows: Sequence["NumericWindow"], values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
@@ -700,9 +712,7 @@ class NumericWindow:
         ``values`` holds one row per feature, C-contiguous and finite; ``lo``
         and ``hi`` are its row minima and maxima. Keys, bins, means and the
         values that can enter the samples take one numpy call for all the rows:
-        a reduction along contiguous rows sums each row as it would sum the row
-        alone. The sum of squares stays one ``np.dot`` per row, as in
-        :meth:`add`, whose BLAS order no other call is sure to reproduce.
+        the exact sums of values and squares take one pass for all the rows.
 
         >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
         >>> a, b = (NumericWindow.empty(ref, base=base, sample_size=2) for base in (1, 2))
@@ -715,8 +725,7 @@ class NumericWindow:
         keys = _sample_keys(np.array([[w.base] for w in windows], np.uint64),
                             np.array([[w.count] for w in windows], np.uint64), n)
         counts = bin_counts_rows([w.cuts for w in windows], values)
-        means = values.mean(axis=1)
-        deviations = values - means[:, None]
+        totals, squares = row_moments(values)
         # The values that can enter each sample, selected for every row at once: row j's are
         # the positions from j * n to (j + 1) * n of the flattened block. While no sample is
         # full, that is every value.
@@ -729,34 +738,30 @@ class NumericWindow:
             ends = np.searchsorted(entering, ends)
         ends = ends.tolist()
         starts = [0, *ends[:-1]]
-        for j, (w, mean, low, high) in enumerate(zip(windows, means.tolist(), lo.tolist(), hi.tolist())):
+        for j, (w, low, high) in enumerate(zip(windows, lo.tolist(), hi.tolist())):
             w.counts += counts[j]
             w.sample.offer_entrants(entering_values[starts[j]: ends[j]], entering_keys[starts[j]: ends[j]])
-            d = deviations[j]
-            w._combine(n, mean, float(np.dot(d, d)), low, high)
+            w._combine(n, totals[j], squares[j], low, high)
 
-    def _combine(self, n: int, mean: float, m2: float, lo: float | None, hi: float | None) -> None:
-        # Chan et al.'s pairwise update: stable for any split of the data.
-        total = self.count + n
+    def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
         if n == 0:
             return
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
+        self.count += n
+        self.total = self.total.merged(total)
+        self.squares = self.squares.merged(squares)
         self.min = lo if self.min is None else min(self.min, lo)
         self.max = hi if self.max is None else max(self.max, hi)
 
     def merged(self, other: "NumericWindow") -> "NumericWindow":
         out = NumericWindow(self.name, self.base, self.cuts, self.counts + other.counts,
                             self.sample.merged(other.sample), self.missing + other.missing,
-                            self.count, self.mean, self.m2, self.min, self.max)
-        out._combine(other.count, other.mean, other.m2, other.min, other.max)
+                            self.count, self.total, self.squares, self.min, self.max)
+        out._combine(other.count, other.total, other.squares, other.min, other.max)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts.tolist(), "missing": self.missing, "count": self.count,
-                "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max,
+                "sum": self.total.to_text(), "sum_squares": self.squares.to_text(), "min": self.min, "max": self.max,
                 "sample_capacity": self.sample.capacity,
                 "sample": _pack(self.sample.values, "<f8"), "keys": _pack(self.sample.keys, "<u8")}
 
@@ -766,7 +771,8 @@ class NumericWindow:
         if len(d["counts"]) != ref.n_bins:
             raise ValueError(f"window feature {ref.name!r} has {len(d['counts'])} bins; the reference has {ref.n_bins}")
         return cls(ref.name, base, ref.cuts, np.asarray(d["counts"], np.int64), sample, int(d["missing"]),
-                   int(d["count"]), float(d["mean"]), float(d["m2"]), _opt(d["min"]), _opt(d["max"]))
+                   int(d["count"]), ExactSum.from_text(d["sum"]), ExactSum.from_text(d["sum_squares"]),
+                   _opt(d["min"]), _opt(d["max"]))
 
 
 @dataclass(eq=False)
@@ -820,9 +826,10 @@ class WindowProfile:
 
     The seed fixes the sample: pass something stable such as
     ``stable_seed(model_id, version, window_start)`` so that a replay
-    gives identical results. ``merge`` is exact for counts, missing, min and
-    max, exact up to rounding for mean and variance, and takes the bottom-k
-    of the union for the sample (associative and commutative).
+    gives identical results. ``merge`` is exact for counts, missing, min,
+    max and the sums behind mean and variance (so these are bit-identical
+    for any batching or merge order), and takes the bottom-k of the union
+    for the sample (associative and commutative).
 
     >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {"c": ["a", "b"] * 50})
     >>> w = WindowProfile.empty(ref, seed=7)
@@ -978,7 +985,7 @@ class WindowProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_VERSION,
+            "format": WINDOW_FORMAT_VERSION,
             "model_id": self.reference.model_id, "model_version": self.reference.model_version,
             "seed": self.seed, "sample_size": self.sample_size, "n": self.n,
             "unknown_features": sorted(self.unknown_features),
@@ -988,8 +995,8 @@ class WindowProfile:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], reference: ReferenceProfile) -> "WindowProfile":
-        if d.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported window profile format {d.get('format')!r}; expected {FORMAT_VERSION}")
+        if d.get("format") != WINDOW_FORMAT_VERSION:
+            raise ValueError(f"unsupported window profile format {d.get('format')!r}; expected {WINDOW_FORMAT_VERSION}")
         ref = reference
         if (d["model_id"], d["model_version"]) != (ref.model_id, ref.model_version):
             raise ValueError(f"window of {d['model_id']} {d['model_version']} given the reference of "

@@ -84,15 +84,25 @@ class Windowing:
         t = np.asarray(event_times, dtype=np.int64)
         if t.size == 0:
             return np.zeros(0, dtype=bool)
+        return self.starts(t) + self.size_ms <= self.in_force(t, watermark)
+
+    def in_force(self, event_times: np.ndarray, watermark: int | None) -> np.ndarray:
+        """The watermark in force at each event's arrival (see ``late_mask``); int64 min where there is none.
+
+        >>> Windowing(size_ms=10, lateness_ms=2).in_force(np.array([5, 15, 7]), watermark=None).tolist()[1:]
+        [3, 13]
+        """
+        t = np.asarray(event_times, dtype=np.int64)
         floor = np.iinfo(np.int64).min if watermark is None else int(watermark)
         running = np.empty_like(t)
+        if t.size == 0:
+            return running
         running[0] = np.iinfo(np.int64).min
         if t.size > 1:
             running[1:] = np.maximum.accumulate(t[:-1])
         # subtracting lateness from int64 min would wrap around
         running = np.where(running == np.iinfo(np.int64).min, running, running - self.lateness_ms)
-        in_force = np.maximum(running, floor)
-        return self.starts(t) + self.size_ms <= in_force
+        return np.maximum(running, floor)
 
 
 @dataclass
