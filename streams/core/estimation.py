@@ -1,0 +1,430 @@
+"""Label-free performance estimation for binary classifiers (confidence-based, CBPE).
+
+Labels arrive late; the model's scores arrive with the prediction. If the
+scores are *calibrated* (of the rows scored ``p``, a share ``p`` is positive),
+each row's outcome is a Bernoulli(``p``) draw, so a window's confusion matrix,
+and every metric built from it, has a known expectation and variance before
+any label exists. That is NannyML's confidence-based performance estimation,
+here as a streaming, mergeable state.
+
+1. :class:`ScoreCalibrator` is fitted once, where the reference profile is
+   built, on the reference's scores *and labels*: isotonic regression
+   (pool-adjacent-violators) of the label on the score. It cuts the score axis
+   at up to ``bins`` reference quantiles and keeps, per bin, the calibrated
+   probability (the mean isotonic fit of the reference rows in the bin) and
+   the isotonic block it belongs to with the block's size, for the
+   calibration's own uncertainty. It serialises to plain JSON.
+2. :class:`EstimationState` counts, per window (and per segment ``key=value``),
+   the scored rows by (score bin, predicted class): integer counts only, so
+   merging partitions is exact, associative and commutative.
+3. :meth:`EstimationState.rows` gives ``estimated_<metric>`` with
+   ``_lower``/``_upper`` 95% bands for accuracy, precision, recall, F1 and
+   ROC AUC. The band is analytic: the variance of the *realized* metric given
+   the calibrated probabilities (independent Bernoulli outcomes, delta method
+   for the ratios), plus the variance that the finite reference leaves in the
+   calibration itself (binomial per isotonic block).
+
+The estimate is only as good as the calibration: under covariate shift
+(P(y | x) unchanged) it follows the realized metric; under concept drift
+(P(y | x) changed) it cannot, and only labels tell. docs/ESTIMATION.md.
+
+>>> rng = np.random.default_rng(0)
+>>> s = rng.random(20_000); y = rng.random(20_000) < s          # scores already calibrated
+>>> cal = ScoreCalibrator.fit(s, y)
+>>> w = EstimationState(cal)
+>>> w.update(rng.random(2_000))
+>>> e = w.estimates()["accuracy"]
+>>> abs(e.value - 0.75) < 0.03, e.lower < e.value < e.upper   # E[accuracy] of uniform calibrated scores: 3/4
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import isotonic_regression
+
+from streams.core.performance import PerformanceRow, parse_labels
+
+ESTIMATED_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+DEFAULT_BINS = 200
+MIN_REFERENCE_ROWS = 100
+MIN_CLASS_ROWS = 10
+Z95 = 1.959963984540054
+FORMAT_VERSION = 1
+
+
+class CalibrationError(ValueError):
+    """The reference cannot calibrate the scores (too few rows, one class, bad values)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreCalibrator:
+    """Calibrated P(y = 1) per bin of the raw score, fitted on a labeled reference.
+
+    ``cuts`` are the inner bin edges (a score ``s`` falls in bin
+    ``searchsorted(cuts, s, side='right')``; the end bins are open, so scores
+    outside the reference's range take its extreme calibrated values).
+    ``block`` maps each bin to its isotonic block; ``block_rows`` and
+    ``block_positive`` are the reference rows and positives of each block
+    (``block_rows`` 0: no calibration uncertainty known, as for
+    :meth:`identity`). ``threshold`` is the model's decision threshold, used
+    when an event carries no predicted label.
+
+    >>> cal = ScoreCalibrator.fit(np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8] * 20),
+    ...                           np.array([0, 0, 1, 0, 1, 1] * 20), bins=6)
+    >>> cal.calibrate(np.array([0.0, 0.3, 0.65, 1.0])).tolist()  # 0.3 and 0.6 violate order: pooled
+    [0.0, 0.5, 0.5, 1.0]
+    >>> ScoreCalibrator.from_dict(cal.to_dict()).to_dict() == cal.to_dict()
+    True
+    """
+
+    cuts: np.ndarray
+    probability: np.ndarray
+    block: np.ndarray
+    block_rows: np.ndarray
+    block_positive: np.ndarray
+    threshold: float = 0.5
+    n: int = 0
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.probability.size)
+
+    @classmethod
+    def fit(
+        cls,
+        scores: np.ndarray | Sequence[float],
+        labels: np.ndarray | Sequence[object],
+        *,
+        threshold: float = 0.5,
+        bins: int = DEFAULT_BINS,
+    ) -> "ScoreCalibrator":
+        """Isotonic calibration of ``labels`` (0/1, or words as in performance.py) on ``scores``.
+
+        Rows without a score or a label are left out. Fewer than
+        ``MIN_REFERENCE_ROWS`` rows, or fewer than ``MIN_CLASS_ROWS`` of either
+        class, raise :class:`CalibrationError`: such a reference cannot say how
+        often a score is right (use :meth:`identity` to trust the raw scores).
+        """
+        if bins < 2:
+            raise CalibrationError(f"bins must be at least 2, got {bins}")
+        s = np.asarray(scores, dtype=np.float64)
+        try:
+            y, _ = parse_labels(labels)
+        except ValueError as exc:
+            raise CalibrationError(f"cannot calibrate on these labels: {exc}") from None
+        if s.shape != y.shape or s.ndim != 1:
+            raise CalibrationError(f"{s.size} scores for {y.size} labels")
+        if np.isinf(s).any():
+            raise CalibrationError("scores contain infinite values")
+        keep = ~np.isnan(s) & ~np.isnan(y)
+        s, y = s[keep], y[keep]
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise CalibrationError("calibration needs binary labels (0/1, true/false, yes/no)")
+        n, n_pos = y.size, int(y.sum())
+        if n < MIN_REFERENCE_ROWS or min(n_pos, n - n_pos) < MIN_CLASS_ROWS:
+            raise CalibrationError(
+                f"the reference has {n} scored and labeled rows ({n_pos} positive); calibration needs at least "
+                f"{MIN_REFERENCE_ROWS} with {MIN_CLASS_ROWS} of each class: store ScoreCalibrator.identity() "
+                "to trust the raw scores instead")
+        order = np.argsort(s, kind="stable")
+        s, y = s[order], y[order]
+        # Tied scores are one point of the fit: the model cannot order them.
+        first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        tie_rows = np.diff(np.r_[first, n]).astype(np.float64)
+        tie_pos = np.add.reduceat(y, first)
+        fit = isotonic_regression(tie_pos / tie_rows, weights=tie_rows)
+        fitted = np.repeat(fit.x, tie_rows.astype(np.int64))
+        tie_block = np.repeat(np.arange(fit.blocks.size - 1), np.diff(fit.blocks))
+        row_block = np.repeat(tie_block, tie_rows.astype(np.int64))
+        block_rows = np.bincount(row_block).astype(np.float64)
+        block_positive = np.bincount(row_block, y, minlength=block_rows.size)
+
+        # Inner edges at reference quantiles, taken from the values themselves, so no bin is empty.
+        positions = (np.arange(1, bins) * n) // bins
+        cuts = np.unique(s[positions])
+        cuts = cuts[cuts > s[0]]
+        row_bin = np.searchsorted(cuts, s, side="right")
+        per_bin = np.bincount(row_bin, minlength=cuts.size + 1).astype(np.float64)
+        probability = np.bincount(row_bin, fitted, minlength=cuts.size + 1) / per_bin
+        # A bin straddling two blocks joins the one holding most of its rows (its median row's).
+        median_row = np.searchsorted(row_bin, np.arange(cuts.size + 1), side="left") + (per_bin.astype(np.int64) // 2)
+        block = row_block[median_row]
+        return cls(cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n)
+
+    @classmethod
+    def identity(cls, *, threshold: float = 0.5, bins: int = DEFAULT_BINS) -> "ScoreCalibrator":
+        """Trust the raw scores as probabilities: ``bins`` equal bins of [0, 1] at their midpoints.
+
+        The fallback for a reference without labels; the bands then leave out
+        the calibration's uncertainty, which is unknown.
+
+        >>> ScoreCalibrator.identity(bins=4).calibrate(np.array([0.1, 0.9])).tolist()
+        [0.125, 0.875]
+        """
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        return cls(edges[1:-1], (edges[:-1] + edges[1:]) / 2, np.arange(bins), np.zeros(bins), np.zeros(bins),
+                   float(threshold), 0)
+
+    def bin_index(self, scores: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.cuts, scores, side="right")
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of ``scores`` (the bin's value)."""
+        return self.probability[self.bin_index(np.asarray(scores, dtype=np.float64))]
+
+    def block_variance(self) -> np.ndarray:
+        """Variance of each block's fitted probability: binomial, Jeffreys-smoothed so that 0/n is not certain."""
+        rows = self.block_rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = (self.block_positive + 0.5) / (rows + 1.0)
+            return np.where(rows > 0, p * (1.0 - p) / rows, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "method": "isotonic", "threshold": self.threshold, "n": self.n,
+                "cuts": self.cuts.tolist(), "probability": self.probability.tolist(), "block": self.block.tolist(),
+                "block_rows": self.block_rows.tolist(), "block_positive": self.block_positive.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ScoreCalibrator":
+        if d.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported calibrator format {d.get('format')!r}; expected {FORMAT_VERSION}")
+        cal = cls(np.asarray(d["cuts"], np.float64), np.asarray(d["probability"], np.float64),
+                  np.asarray(d["block"], np.int64), np.asarray(d["block_rows"], np.float64),
+                  np.asarray(d["block_positive"], np.float64), float(d["threshold"]), int(d["n"]))
+        if cal.probability.size != cal.cuts.size + 1 or cal.block.size != cal.probability.size:
+            raise ValueError("calibrator arrays do not match: one probability and one block per bin")
+        if cal.block.size and (cal.block.min() < 0 or cal.block.max() >= cal.block_rows.size):
+            raise ValueError("calibrator bins name blocks it does not have")
+        return cal
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimated metric with its 95% band.
+
+    >>> Estimate(0.9, 0.88, 0.92, 2000)
+    Estimate(value=0.9, lower=0.88, upper=0.92, n_predictions=2000)
+    """
+
+    value: float
+    lower: float
+    upper: float
+    n_predictions: int
+
+
+@dataclass
+class EstimatedPerformanceRow(PerformanceRow):
+    """A ``performance_metrics`` row of an estimate: ``n_labeled`` is 0, ``n_predictions`` the rows used.
+
+    >>> EstimatedPerformanceRow("", "estimated_accuracy", 0.9, 0, 2000).n_predictions
+    2000
+    """
+
+    n_predictions: int = 0
+
+
+def _confusion_estimates(c: np.ndarray, p: np.ndarray, block: np.ndarray, block_var: np.ndarray) -> dict[str, Estimate]:
+    """Estimates from counts ``c[bin, predicted class]`` and calibrated ``p`` per bin."""
+    pos, neg = c[:, 1].astype(np.float64), c[:, 0].astype(np.float64)
+    m1, m0 = pos.sum(), neg.sum()
+    n = m1 + m0
+    bern = p * (1.0 - p)
+    a, b = float(p @ pos), float(p @ neg)  # expected TP, FN
+    v1, v0 = float(bern @ pos), float(bern @ neg)
+    out: dict[str, Estimate] = {}
+
+    def add(name: str, value: float, d_a: float, d_b: float) -> None:
+        # d_a, d_b: the metric's derivatives in the positives among predicted positives (a) and negatives (b)
+        g = d_a * pos + d_b * neg  # derivative of the estimate in each bin's probability
+        g_block = np.bincount(block, g, minlength=block_var.size)
+        var = d_a * d_a * v1 + d_b * d_b * v0 + float(g_block**2 @ block_var)
+        out[name] = _band(value, var, int(n))
+
+    if n > 0:
+        add("accuracy", (a + m0 - b) / n, 1.0 / n, -1.0 / n)
+    if m1 > 0:
+        add("precision", a / m1, 1.0 / m1, 0.0)
+    if a + b > 0:
+        add("recall", a / (a + b), b / (a + b) ** 2, -a / (a + b) ** 2)
+    if a + m1 + b > 0:
+        d = (a + m1 + b) ** 2
+        add("f1", 2 * a / (a + m1 + b), 2 * (m1 + b) / d, -2 * a / d)
+    auc = _auc_estimate(pos + neg, p, block, block_var)
+    if auc is not None:
+        out["roc_auc"] = auc
+    return out
+
+
+def _auc_estimate(rows: np.ndarray, p: np.ndarray, block: np.ndarray, block_var: np.ndarray) -> Estimate | None:
+    """Expected ROC AUC over bins in score order, rows of one bin tied (Mann-Whitney with half ties).
+
+    AUC = U / (n1 n0) with U = sum_k Y_k (N_below_k + N_k / 2), Y_k the
+    positives and N_k the negatives of bin k; its variance by the delta method
+    in the independent Y_k (each a sum of Bernoulli(p_k)).
+    """
+    y = p * rows
+    neg = rows - y
+    n1, n0 = y.sum(), neg.sum()
+    if n1 <= 0 or n0 <= 0:
+        return None
+    below = np.cumsum(neg) - neg
+    above = y.sum() - np.cumsum(y)
+    pairs = n1 * n0
+    auc = float(y @ (below + 0.5 * neg)) / pairs
+    d_u = below + 0.5 * neg - 0.5 * y - above
+    grad = d_u / pairs - auc * (n0 - n1) / pairs
+    g_block = np.bincount(block, grad * rows, minlength=block_var.size)
+    var = float(grad**2 @ (p * (1.0 - p) * rows)) + float(g_block**2 @ block_var)
+    return _band(auc, var, int(rows.sum()))
+
+
+def _band(value: float, var: float, n: int) -> Estimate:
+    value, half = float(value), Z95 * math.sqrt(max(float(var), 0.0))
+    return Estimate(value, max(0.0, value - half), min(1.0, value + half), n)
+
+
+class EstimationState:
+    """One window's scored predictions, as counts by (segment, score bin, predicted class).
+
+    ``update`` takes a batch of scores (NaN: no score, not counted), the
+    predicted labels when the events carry them (else ``score >= threshold``),
+    and the segment attributes; ``merge`` adds another partition's counts.
+
+    >>> cal = ScoreCalibrator.identity(bins=10)
+    >>> a, b = EstimationState(cal, min_segment_size=1), EstimationState(cal, min_segment_size=1)
+    >>> a.update(np.array([0.95, 0.85, np.nan]), None, {"region": ["eu", "us", "us"]})
+    >>> b.update(np.array([0.05]), ["0"], {"region": ["eu"]})
+    >>> m = a.merge(b)
+    >>> m.n, m.n_unscored, round(m.estimates()["accuracy"].value, 3)
+    (3, 1, 0.917)
+    >>> [(r.segment, r.metric, round(r.value, 3)) for r in m.rows() if r.metric == "estimated_accuracy"]
+    [('', 'estimated_accuracy', 0.917), ('region=eu', 'estimated_accuracy', 0.95), ('region=us', 'estimated_accuracy', 0.85)]
+    """
+
+    def __init__(self, calibrator: ScoreCalibrator, *, min_segment_size: int = 30) -> None:
+        if min_segment_size < 1:
+            raise ValueError("min_segment_size must be >= 1")
+        self.calibrator = calibrator
+        self.min_segment_size = min_segment_size
+        self.counts: dict[str, np.ndarray] = {"": self._empty()}
+        self.n_unscored = 0
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.calibrator.n_bins, 2), np.int64)
+
+    @property
+    def n(self) -> int:
+        return int(self.counts[""].sum())
+
+    def update(
+        self,
+        scores: np.ndarray,
+        predicted_label: np.ndarray | Sequence[object] | None = None,
+        attributes: Mapping[str, Sequence[str] | np.ndarray] | None = None,
+    ) -> None:
+        """Add a batch; a bad batch raises ValueError and leaves the state unchanged."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 1:
+            raise ValueError(f"scores must be one-dimensional, got shape {s.shape}")
+        if np.isinf(s).any():
+            raise ValueError("scores contain infinite values")
+        n = s.size
+        predicted = (s >= self.calibrator.threshold).astype(np.float64)
+        if predicted_label is not None and len(predicted_label):
+            given, _ = parse_labels(predicted_label)
+            if given.shape != (n,):
+                raise ValueError(f"predicted_label has {given.size} values for {n} scores")
+            if not np.isin(given[~np.isnan(given)], (0.0, 1.0)).all():
+                raise ValueError("predicted labels must be binary (0/1, true/false, yes/no)")
+            predicted = np.where(np.isnan(given), predicted, given)
+        columns = {}
+        for key, values in (attributes or {}).items():
+            arr = np.asarray(values, dtype=str)
+            if arr.shape != (n,):
+                raise ValueError(f"attribute {key!r} has {arr.size} values for {n} scores")
+            columns[key] = arr
+        scored = ~np.isnan(s)
+        cell = self.calibrator.bin_index(s[scored]) * 2 + predicted[scored].astype(np.int64)
+        size = self.calibrator.n_bins * 2
+        self.counts[""] += np.bincount(cell, minlength=size).reshape(-1, 2)
+        for key in sorted(columns):
+            names, codes = np.unique(columns[key][scored], return_inverse=True)
+            by_segment = np.bincount(codes.ravel() * size + cell, minlength=names.size * size)
+            for g, name in enumerate(names.tolist()):
+                if name == "":  # the event had no such attribute: not a segment
+                    continue
+                segment = f"{key}={name}"
+                block = by_segment[g * size: (g + 1) * size].reshape(-1, 2)
+                self.counts[segment] = self.counts.get(segment, 0) + block
+        self.n_unscored += int(n - scored.sum())
+
+    def merge(self, other: "EstimationState") -> "EstimationState":
+        """Add ``other``'s counts to this state (in place) and return it."""
+        if other.calibrator.n_bins != self.calibrator.n_bins or not np.array_equal(other.calibrator.cuts,
+                                                                                    self.calibrator.cuts):
+            raise ValueError("cannot merge estimation states of different calibrators")
+        for segment, c in other.counts.items():
+            self.counts[segment] = self.counts.get(segment, 0) + c
+        self.n_unscored += other.n_unscored
+        return self
+
+    def estimates(self, segment: str = "") -> dict[str, Estimate]:
+        """metric -> Estimate for one segment; a metric undefined on the window is left out."""
+        cal = self.calibrator
+        c = self.counts.get(segment)
+        if c is None or c.sum() == 0:
+            return {}
+        return _confusion_estimates(c, cal.probability, cal.block, cal.block_variance())
+
+    def rows(self) -> list[EstimatedPerformanceRow]:
+        """``estimated_<metric>``, ``_lower`` and ``_upper`` rows, overall then per segment of enough rows."""
+        out: list[EstimatedPerformanceRow] = []
+        for segment in sorted(self.counts):
+            if segment and self.counts[segment].sum() < self.min_segment_size:
+                continue
+            found = self.estimates(segment)
+            for metric in ESTIMATED_METRICS:
+                if metric in found:
+                    e = found[metric]
+                    for suffix, value in (("", e.value), ("_lower", e.lower), ("_upper", e.upper)):
+                        out.append(EstimatedPerformanceRow(segment, f"estimated_{metric}{suffix}", value, 0,
+                                                           e.n_predictions))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts (sparse: nonzero cells) for a snapshot; the calibrator is stored with the reference."""
+        out = {}
+        for segment, c in self.counts.items():
+            flat = c.ravel()
+            nz = np.flatnonzero(flat)
+            out[segment] = [nz.tolist(), flat[nz].tolist()]
+        return {"format": FORMAT_VERSION, "n_unscored": self.n_unscored, "counts": out}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], calibrator: ScoreCalibrator, *,
+                  min_segment_size: int = 30) -> "EstimationState":
+        """The state of ``to_dict``.
+
+        >>> cal = ScoreCalibrator.identity(bins=4)
+        >>> w = EstimationState(cal); w.update(np.array([0.2, 0.9]), None, {"c": ["a", "b"]})
+        >>> EstimationState.from_dict(w.to_dict(), cal).to_dict() == w.to_dict()
+        True
+        """
+        if d.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported estimation state format {d.get('format')!r}; expected {FORMAT_VERSION}")
+        state = cls(calibrator, min_segment_size=min_segment_size)
+        size = calibrator.n_bins * 2
+        for segment, (cells, values) in d["counts"].items():
+            flat = np.zeros(size, np.int64)
+            idx = np.asarray(cells, np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= size):
+                raise ValueError(f"estimation state cells of segment {segment!r} are outside the calibrator's bins")
+            flat[idx] = np.asarray(values, np.int64)
+            state.counts[segment] = flat.reshape(-1, 2)
+        state.n_unscored = int(d["n_unscored"])
+        return state
