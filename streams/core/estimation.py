@@ -41,8 +41,9 @@ The estimate is only as good as the calibration: under covariate shift
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -102,7 +103,7 @@ class ScoreCalibrator:
         *,
         threshold: float = 0.5,
         bins: int = DEFAULT_BINS,
-    ) -> "ScoreCalibrator":
+    ) -> ScoreCalibrator:
         """Isotonic calibration of ``labels`` (0/1, or words as in performance.py) on ``scores``.
 
         Rows without a score or a label are left out. Fewer than
@@ -157,7 +158,7 @@ class ScoreCalibrator:
         return cls(cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n)
 
     @classmethod
-    def identity(cls, *, threshold: float = 0.5, bins: int = DEFAULT_BINS) -> "ScoreCalibrator":
+    def identity(cls, *, threshold: float = 0.5, bins: int = DEFAULT_BINS) -> ScoreCalibrator:
         """Trust the raw scores as probabilities: ``bins`` equal bins of [0, 1] at their midpoints.
 
         The fallback for a reference without labels; the bands then leave out
@@ -175,14 +176,16 @@ class ScoreCalibrator:
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of ``scores`` (the bin's value)."""
-        return self.probability[self.bin_index(np.asarray(scores, dtype=np.float64))]
+        calibrated: np.ndarray = self.probability[self.bin_index(np.asarray(scores, dtype=np.float64))]
+        return calibrated
 
     def block_variance(self) -> np.ndarray:
         """Variance of each block's fitted probability: binomial, Jeffreys-smoothed so that 0/n is not certain."""
         rows = self.block_rows
         with np.errstate(divide="ignore", invalid="ignore"):
             p = (self.block_positive + 0.5) / (rows + 1.0)
-            return np.where(rows > 0, p * (1.0 - p) / rows, 0.0)
+            variance: np.ndarray = np.where(rows > 0, p * (1.0 - p) / rows, 0.0)
+        return variance
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, "method": "isotonic", "threshold": self.threshold, "n": self.n,
@@ -190,7 +193,7 @@ class ScoreCalibrator:
                 "block_rows": self.block_rows.tolist(), "block_positive": self.block_positive.tolist()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ScoreCalibrator":
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoreCalibrator:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported calibrator format {d.get('format')!r}; expected {FORMAT_VERSION}")
         cal = cls(np.asarray(d["cuts"], np.float64), np.asarray(d["probability"], np.float64),
@@ -228,59 +231,60 @@ class EstimatedPerformanceRow(PerformanceRow):
     n_predictions: int = 0
 
 
-def _confusion_estimates(c: np.ndarray, p: np.ndarray, block: np.ndarray, block_var: np.ndarray) -> dict[str, Estimate]:
-    """Estimates from counts ``c[bin, predicted class]`` and calibrated ``p`` per bin."""
-    pos, neg = c[:, 1].astype(np.float64), c[:, 0].astype(np.float64)
-    m1, m0 = pos.sum(), neg.sum()
+def _block_sums(cal: ScoreCalibrator) -> tuple[np.ndarray, np.ndarray]:
+    """Where each isotonic block's bins start (bins are in score order, so blocks are contiguous), and
+    the variance of each of those blocks' probability."""
+    present, first = np.unique(cal.block, return_index=True)
+    return first, cal.block_variance()[present]
+
+
+def _estimates(c: np.ndarray, cal: ScoreCalibrator) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """metric -> (value, variance, defined) per segment, from counts ``c[segment, bin, predicted class]``.
+
+    With ``a``, ``b`` the positives among predicted positives and negatives
+    (sums of independent Bernoulli(p)), every metric is a function m(a, b);
+    its variance is m_a^2 var(a) + m_b^2 var(b) (delta method) plus the
+    calibration's: each block's probability is a binomial estimate, and the
+    metric moves by sum over the block's bins of dm/dp_bin.
+    """
+    p = cal.probability
+    starts, block_var = _block_sums(cal)
+    pos, neg = c[..., 1].astype(np.float64), c[..., 0].astype(np.float64)
+    m1, m0 = pos.sum(axis=1), neg.sum(axis=1)
     n = m1 + m0
     bern = p * (1.0 - p)
-    a, b = float(p @ pos), float(p @ neg)  # expected TP, FN
-    v1, v0 = float(bern @ pos), float(bern @ neg)
-    out: dict[str, Estimate] = {}
+    a, b = pos @ p, neg @ p  # expected TP and FN per segment
+    v1, v0 = pos @ bern, neg @ bern
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def add(name: str, value: float, d_a: float, d_b: float) -> None:
-        # d_a, d_b: the metric's derivatives in the positives among predicted positives (a) and negatives (b)
-        g = d_a * pos + d_b * neg  # derivative of the estimate in each bin's probability
-        g_block = np.bincount(block, g, minlength=block_var.size)
-        var = d_a * d_a * v1 + d_b * d_b * v0 + float(g_block**2 @ block_var)
-        out[name] = _band(value, var, int(n))
+    def add(name: str, defined: np.ndarray, value: np.ndarray, d_a: np.ndarray, d_b: np.ndarray) -> None:
+        g = d_a[:, None] * pos + d_b[:, None] * neg  # d(estimate) / d(probability of each bin)
+        calibration = (np.add.reduceat(g, starts, axis=1) ** 2) @ block_var
+        out[name] = (value, d_a * d_a * v1 + d_b * d_b * v0 + calibration, defined)
 
-    if n > 0:
-        add("accuracy", (a + m0 - b) / n, 1.0 / n, -1.0 / n)
-    if m1 > 0:
-        add("precision", a / m1, 1.0 / m1, 0.0)
-    if a + b > 0:
-        add("recall", a / (a + b), b / (a + b) ** 2, -a / (a + b) ** 2)
-    if a + m1 + b > 0:
-        d = (a + m1 + b) ** 2
-        add("f1", 2 * a / (a + m1 + b), 2 * (m1 + b) / d, -2 * a / d)
-    auc = _auc_estimate(pos + neg, p, block, block_var)
-    if auc is not None:
-        out["roc_auc"] = auc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zero = np.zeros_like(n)
+        add("accuracy", n > 0, (a + m0 - b) / n, 1.0 / n, -1.0 / n)
+        add("precision", m1 > 0, a / m1, 1.0 / m1, zero)
+        t = a + b
+        add("recall", t > 0, a / t, b / t**2, -a / t**2)
+        d = a + m1 + b
+        add("f1", d > 0, 2 * a / d, 2 * (m1 + b) / d**2, -2 * a / d**2)
+
+        # ROC AUC = U / (n1 n0), U = sum_k Y_k (N_below_k + N_k / 2): rows of one bin tie (Mann-Whitney);
+        # the Y_k (positives of bin k) are independent, so the delta method applies to them directly.
+        rows = pos + neg
+        y = rows * p
+        negs = rows - y
+        n1, n0 = y.sum(axis=1), negs.sum(axis=1)
+        pairs = n1 * n0
+        below = np.cumsum(negs, axis=1) - negs
+        above = n1[:, None] - np.cumsum(y, axis=1)
+        auc = (y * (below + 0.5 * negs)).sum(axis=1) / pairs
+        grad = (below + 0.5 * negs - 0.5 * y - above) / pairs[:, None] - (auc * (n0 - n1) / pairs)[:, None]
+        calibration = (np.add.reduceat(grad * rows, starts, axis=1) ** 2) @ block_var
+        out["roc_auc"] = (auc, (grad**2 * rows) @ bern + calibration, (n1 > 0) & (n0 > 0))
     return out
-
-
-def _auc_estimate(rows: np.ndarray, p: np.ndarray, block: np.ndarray, block_var: np.ndarray) -> Estimate | None:
-    """Expected ROC AUC over bins in score order, rows of one bin tied (Mann-Whitney with half ties).
-
-    AUC = U / (n1 n0) with U = sum_k Y_k (N_below_k + N_k / 2), Y_k the
-    positives and N_k the negatives of bin k; its variance by the delta method
-    in the independent Y_k (each a sum of Bernoulli(p_k)).
-    """
-    y = p * rows
-    neg = rows - y
-    n1, n0 = y.sum(), neg.sum()
-    if n1 <= 0 or n0 <= 0:
-        return None
-    below = np.cumsum(neg) - neg
-    above = y.sum() - np.cumsum(y)
-    pairs = n1 * n0
-    auc = float(y @ (below + 0.5 * neg)) / pairs
-    d_u = below + 0.5 * neg - 0.5 * y - above
-    grad = d_u / pairs - auc * (n0 - n1) / pairs
-    g_block = np.bincount(block, grad * rows, minlength=block_var.size)
-    var = float(grad**2 @ (p * (1.0 - p) * rows)) + float(g_block**2 @ block_var)
-    return _band(auc, var, int(rows.sum()))
 
 
 def _band(value: float, var: float, n: int) -> Estimate:
@@ -302,8 +306,9 @@ class EstimationState:
     >>> m = a.merge(b)
     >>> m.n, m.n_unscored, round(m.estimates()["accuracy"].value, 3)
     (3, 1, 0.917)
-    >>> [(r.segment, r.metric, round(r.value, 3)) for r in m.rows() if r.metric == "estimated_accuracy"]
-    [('', 'estimated_accuracy', 0.917), ('region=eu', 'estimated_accuracy', 0.95), ('region=us', 'estimated_accuracy', 0.85)]
+    >>> [(r.segment, round(r.value, 3), r.n_labeled, r.n_predictions) for r in m.rows()
+    ...  if r.metric == "estimated_accuracy"]
+    [('', 0.917, 0, 3), ('region=eu', 0.95, 0, 2), ('region=us', 0.85, 0, 1)]
     """
 
     def __init__(self, calibrator: ScoreCalibrator, *, min_segment_size: int = 30) -> None:
@@ -363,7 +368,7 @@ class EstimationState:
                 self.counts[segment] = self.counts.get(segment, 0) + block
         self.n_unscored += int(n - scored.sum())
 
-    def merge(self, other: "EstimationState") -> "EstimationState":
+    def merge(self, other: EstimationState) -> EstimationState:
         """Add ``other``'s counts to this state (in place) and return it."""
         if other.calibrator.n_bins != self.calibrator.n_bins or not np.array_equal(other.calibrator.cuts,
                                                                                     self.calibrator.cuts):
@@ -375,19 +380,28 @@ class EstimationState:
 
     def estimates(self, segment: str = "") -> dict[str, Estimate]:
         """metric -> Estimate for one segment; a metric undefined on the window is left out."""
-        cal = self.calibrator
         c = self.counts.get(segment)
         if c is None or c.sum() == 0:
             return {}
-        return _confusion_estimates(c, cal.probability, cal.block, cal.block_variance())
+        return self._all([segment])[segment]
+
+    def _all(self, segments: list[str]) -> dict[str, dict[str, Estimate]]:
+        """Estimates of many segments in one pass over their stacked counts."""
+        if not segments:
+            return {}
+        c = np.stack([self.counts[s] for s in segments])
+        n = c.sum(axis=(1, 2)).tolist()
+        found = {m: (value.tolist(), var.tolist(), ok.tolist())
+                 for m, (value, var, ok) in _estimates(c, self.calibrator).items()}
+        return {s: {m: _band(value[i], var[i], n[i]) for m, (value, var, ok) in found.items() if ok[i]}
+                for i, s in enumerate(segments)}
 
     def rows(self) -> list[EstimatedPerformanceRow]:
         """``estimated_<metric>``, ``_lower`` and ``_upper`` rows, overall then per segment of enough rows."""
+        keep = [s for s in sorted(self.counts)
+                if (s == "" and self.counts[s].sum() > 0) or self.counts[s].sum() >= max(self.min_segment_size, 1)]
         out: list[EstimatedPerformanceRow] = []
-        for segment in sorted(self.counts):
-            if segment and self.counts[segment].sum() < self.min_segment_size:
-                continue
-            found = self.estimates(segment)
+        for segment, found in self._all(keep).items():
             for metric in ESTIMATED_METRICS:
                 if metric in found:
                     e = found[metric]
@@ -407,7 +421,7 @@ class EstimationState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], calibrator: ScoreCalibrator, *,
-                  min_segment_size: int = 30) -> "EstimationState":
+                  min_segment_size: int = 30) -> EstimationState:
         """The state of ``to_dict``.
 
         >>> cal = ScoreCalibrator.identity(bins=4)

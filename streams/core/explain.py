@@ -50,8 +50,9 @@ drifted (docs/ESTIMATION.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -133,12 +134,12 @@ class RootCause:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for s, seg in zip(out["segments"], self.segments):
+        for s, seg in zip(out["segments"], self.segments, strict=True):
             s["concentration"] = seg.concentration
         return {"format": FORMAT_VERSION, **out}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RootCause":
+    def from_dict(cls, d: Mapping[str, Any]) -> RootCause:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported root cause format {d.get('format')!r}; expected {FORMAT_VERSION}")
         segments = [SegmentDrift(s["segment"], s["share"], s["n"], s["effect"], s["rest_effect"],
@@ -164,21 +165,21 @@ class _Stats:
     cells: list[np.ndarray]
 
     @classmethod
-    def of_window(cls, w: WindowProfile, numeric: list[str], categorical: list[str]) -> "_Stats":
+    def of_window(cls, w: WindowProfile, numeric: list[str], categorical: list[str]) -> _Stats:
         nw = [w.numeric[f] for f in numeric]
         return cls(w.n, np.array([x.count for x in nw], np.float64), np.array([x.mean for x in nw], np.float64),
                    np.array([x.m2 for x in nw], np.float64),
                    [w.categorical[f].counts.astype(np.float64) for f in categorical])
 
     @classmethod
-    def of_reference(cls, r: ReferenceProfile, numeric: list[str], categorical: list[str]) -> "_Stats":
+    def of_reference(cls, r: ReferenceProfile, numeric: list[str], categorical: list[str]) -> _Stats:
         nr = [r.numeric[f] for f in numeric]
         count = np.array([x.count for x in nr], np.float64)
         std = np.array([x.std for x in nr], np.float64)
         return cls(r.n, count, np.array([x.mean for x in nr], np.float64), std**2 * count,
                    [r.categorical[f].counts.astype(np.float64) for f in categorical])
 
-    def minus(self, part: "_Stats") -> "_Stats":
+    def minus(self, part: _Stats) -> _Stats:
         """Everyone in ``self`` but not in ``part`` (Chan's pairwise update, inverted)."""
         count = self.count - part.count
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -186,7 +187,7 @@ class _Stats:
             delta = part.mean - mean
             m2 = np.where(count > 0, self.m2 - part.m2 - delta * delta * part.count * count / self.count, 0.0)
         return _Stats(self.n - part.n, count, mean, np.maximum(m2, 0.0),
-                      [np.maximum(a - b, 0.0) for a, b in zip(self.cells, part.cells)])
+                      [np.maximum(a - b, 0.0) for a, b in zip(self.cells, part.cells, strict=True)])
 
 
 def _effects(cur: _Stats, base: _Stats, sigma: np.ndarray, numeric: list[str], categorical: list[str],
@@ -205,7 +206,7 @@ def _effects(cur: _Stats, base: _Stats, sigma: np.ndarray, numeric: list[str], c
     for j, f in enumerate(numeric):
         if ok[j]:
             out.append(FeatureEffect(f, "numeric", float(effect[j]), float(shift[j]), float(spread[j])))
-    for f, c, b, names in zip(categorical, cur.cells, base.cells, labels):
+    for f, c, b, names in zip(categorical, cur.cells, base.cells, labels, strict=True):
         n_c, n_b = c.sum(), b.sum()
         if n_c == 0 or n_b == 0:
             continue

@@ -136,7 +136,7 @@ def test_merge_is_exact_and_order_free():
     whole = EstimationState(cal)
     whole.update(score, None, attrs)
     parts = [EstimationState(cal) for _ in range(3)]
-    for part, rows in zip(parts, np.array_split(rng.permutation(6_000), 3)):
+    for part, rows in zip(parts, np.array_split(rng.permutation(6_000), 3), strict=True):
         part.update(score[rows], None, {k: v[rows] for k, v in attrs.items()})
     merged = parts[2].merge(parts[0]).merge(parts[1])
     assert merged.to_dict() == whole.to_dict()
@@ -190,7 +190,8 @@ def _windows(shifts: np.ndarray, concept: float = 1.0, seed: int = 11, n: int = 
     cal = _reference()
     rng = np.random.default_rng(seed)
     out = []
-    for shift, scale in zip(shifts.tolist(), (np.ones(shifts.size) if scales is None else scales).tolist()):
+    scales = np.ones(shifts.size) if scales is None else scales
+    for shift, scale in zip(shifts.tolist(), scales.tolist(), strict=True):
         score, y = _stream(rng, n, shift=shift, concept=concept, scale=scale)
         w = EstimationState(cal)
         w.update(score)

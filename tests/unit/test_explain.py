@@ -88,7 +88,7 @@ def test_rest_by_subtraction_equals_the_rest_profile(reference):
     np.testing.assert_allclose(got.count, want.count)
     np.testing.assert_allclose(got.mean, want.mean, atol=1e-12)
     np.testing.assert_allclose(got.m2, want.m2, rtol=1e-9)
-    for a, b in zip(got.cells, want.cells):
+    for a, b in zip(got.cells, want.cells, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
