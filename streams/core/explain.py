@@ -294,10 +294,14 @@ def update_segments(
     categorical: Mapping[str, Any],
     attributes: Mapping[str, Any],
     predictions: np.ndarray | None = None,
+    *,
+    sample_size: int | None = 0,
 ) -> None:
     """Add a batch to the per-segment profiles ``profiles`` (``key=value`` -> profile), creating new ones.
 
     One profile per value of each attribute; ``''`` (no such attribute) is no segment.
+    :func:`explain` reads no samples, so new profiles keep none unless ``sample_size`` says so
+    (None: the window default).
 
     >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
     >>> seg: dict[str, WindowProfile] = {}
@@ -316,7 +320,7 @@ def update_segments(
             rows = order[bounds[g]: bounds[g + 1]]
             segment = f"{key}={name}"
             if segment not in profiles:
-                profiles[segment] = WindowProfile.empty(reference, seed)
+                profiles[segment] = WindowProfile.empty(reference, seed, sample_size=sample_size)
             profiles[segment].update(
                 {f: np.asarray(x)[rows] for f, x in numeric.items()},
                 {f: np.asarray(x, dtype=object)[rows].tolist() for f, x in categorical.items()},
