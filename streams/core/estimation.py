@@ -90,6 +90,8 @@ class ScoreCalibrator:
     block_positive: np.ndarray
     threshold: float = 0.5
     n: int = 0
+    #: the reference's own rows by (bin, class predicted at ``threshold``): its estimate, for comparisons
+    reference_counts: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -155,7 +157,10 @@ class ScoreCalibrator:
         # A bin straddling two blocks joins the one holding most of its rows (its median row's).
         median_row = np.searchsorted(row_bin, np.arange(cuts.size + 1), side="left") + (per_bin.astype(np.int64) // 2)
         block = row_block[median_row]
-        return cls(cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n)
+        predicted = (s >= threshold).astype(np.int64)
+        reference_counts = np.bincount(row_bin * 2 + predicted, minlength=2 * (cuts.size + 1)).reshape(-1, 2)
+        return cls(cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n,
+                   reference_counts)
 
     @classmethod
     def identity(cls, *, threshold: float = 0.5, bins: int = DEFAULT_BINS) -> ScoreCalibrator:
@@ -187,8 +192,24 @@ class ScoreCalibrator:
             variance: np.ndarray = np.where(rows > 0, p * (1.0 - p) / rows, 0.0)
         return variance
 
+    def reference_estimates(self) -> dict[str, Estimate]:
+        """The estimate of the reference itself (empty for :meth:`identity`): the baseline of a policy
+        trigger, estimated as the windows are, so that a common calibration error cancels.
+
+        >>> s = np.linspace(0, 1, 1_000); cal = ScoreCalibrator.fit(s, s > 0.3)
+        >>> round(cal.reference_estimates()["accuracy"].value, 3)  # a perfect ranking, threshold 0.5
+        0.8
+        """
+        if self.reference_counts is None:
+            return {}
+        state = EstimationState(self)
+        state.counts[""] = self.reference_counts.copy()
+        return state.estimates()
+
     def to_dict(self) -> dict[str, Any]:
+        counts = None if self.reference_counts is None else self.reference_counts.ravel().tolist()
         return {"format": FORMAT_VERSION, "method": "isotonic", "threshold": self.threshold, "n": self.n,
+                "reference_counts": counts,
                 "cuts": self.cuts.tolist(), "probability": self.probability.tolist(), "block": self.block.tolist(),
                 "block_rows": self.block_rows.tolist(), "block_positive": self.block_positive.tolist()}
 
@@ -198,8 +219,12 @@ class ScoreCalibrator:
             raise ValueError(f"unsupported calibrator format {d.get('format')!r}; expected {FORMAT_VERSION}")
         cal = cls(np.asarray(d["cuts"], np.float64), np.asarray(d["probability"], np.float64),
                   np.asarray(d["block"], np.int64), np.asarray(d["block_rows"], np.float64),
-                  np.asarray(d["block_positive"], np.float64), float(d["threshold"]), int(d["n"]))
-        if cal.probability.size != cal.cuts.size + 1 or cal.block.size != cal.probability.size:
+                  np.asarray(d["block_positive"], np.float64), float(d["threshold"]), int(d["n"]),
+                  None if d.get("reference_counts") is None
+                  else np.asarray(d["reference_counts"], np.int64).reshape(-1, 2))
+        counts_bins = cal.probability.size if cal.reference_counts is None else cal.reference_counts.shape[0]
+        if (cal.probability.size != cal.cuts.size + 1 or cal.block.size != cal.probability.size
+                or counts_bins != cal.probability.size):
             raise ValueError("calibrator arrays do not match: one probability and one block per bin")
         if cal.block.size and (cal.block.min() < 0 or cal.block.max() >= cal.block_rows.size):
             raise ValueError("calibrator bins name blocks it does not have")

@@ -243,3 +243,19 @@ def test_segment_estimates_match_their_own_windows():
     assert w.estimates("channel=mobile") == alone.estimates()
     real = _realized(score, y, {"channel": channel})
     assert abs(w.estimates("channel=mobile")["accuracy"].value - real[("channel=mobile", "accuracy")]) < 0.03
+
+
+def test_reference_estimate_is_the_baseline_of_the_windows():
+    score, y = _stream(np.random.default_rng(1), 20_000)
+    cal = ScoreCalibrator.fit(score, y)
+    ref = cal.reference_estimates()
+    real = _realized(score, y)
+    # isotonic calibration reproduces the reference's own outcomes up to the rows of blocks astride the threshold
+    assert abs(ref["accuracy"].value - real[("", "accuracy")]) < 0.005
+    assert abs(ref["roc_auc"].value - real[("", "roc_auc")]) < 0.01
+    # windows drawn like the reference estimate the same, on average
+    windows = _windows(np.zeros(20), seed=15)
+    assert abs(np.mean([e["accuracy"].value for e, _ in windows]) - ref["accuracy"].value) < 0.005
+    back = ScoreCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.reference_estimates() == ref
+    assert ScoreCalibrator.identity().reference_estimates() == {}
