@@ -259,3 +259,13 @@ def test_reference_estimate_is_the_baseline_of_the_windows():
     back = ScoreCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back.reference_estimates() == ref
     assert ScoreCalibrator.identity().reference_estimates() == {}
+
+
+def test_metrics_undefined_on_a_window_are_left_out():
+    w = EstimationState(ScoreCalibrator.identity(bins=10))
+    w.update(np.array([0.05, 0.15, 0.25]))  # nothing predicted positive: no precision
+    found = w.estimates()
+    assert "precision" not in found and {"accuracy", "recall", "f1", "roc_auc"} <= set(found)
+    assert found["accuracy"].value == pytest.approx(1 - (0.05 + 0.15 + 0.25) / 3)
+    assert "estimated_precision" not in {r.metric for r in w.rows()}
+    assert EstimationState(ScoreCalibrator.identity()).rows() == []

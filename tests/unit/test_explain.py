@@ -171,3 +171,17 @@ def test_root_cause_is_json(reference):
     assert RootCause.from_dict(d) == cause
     assert d["segments"][0]["segment"] == "region=s" and d["segments"][0]["concentration"] > 0.5
     assert FeatureEffect(**d["features"][0]).feature == "x0"
+
+
+def test_categorical_drift_in_one_segment(reference):
+    rng = np.random.default_rng(9)
+    numeric, categorical, attrs = _data(rng, 10_000)
+    south = attrs["region"] == "s"
+    device = np.asarray(categorical["device"], dtype=object)
+    device[south] = rng.choice(["ios", "android", "web"], int(south.sum()), p=[0.7, 0.2, 0.1])
+    categorical["device"] = device.tolist()
+    whole, segments = _window(reference, numeric, categorical, attrs)
+    cause = explain(reference, whole, segments)
+    assert cause.features[0].feature == "device"
+    assert [s.segment for s in cause.segments] == ["region=s"]
+    assert cause.segments[0].features[0].describe().startswith("device 'ios' +4")
