@@ -228,6 +228,8 @@ class ScoreCalibrator:
             raise ValueError("calibrator arrays do not match: one probability and one block per bin")
         if cal.block.size and (cal.block.min() < 0 or cal.block.max() >= cal.block_rows.size):
             raise ValueError("calibrator bins name blocks it does not have")
+        if (np.diff(cal.block) < 0).any() or (np.diff(cal.cuts) <= 0).any():
+            raise ValueError("calibrator cuts must increase and its blocks follow them in order")
         return cal
 
 

@@ -105,6 +105,8 @@ def test_calibrator_round_trips_through_json():
     np.testing.assert_array_equal(back.block_variance(), cal.block_variance())
     with pytest.raises(ValueError, match="one probability and one block per bin"):
         ScoreCalibrator.from_dict({**cal.to_dict(), "probability": [0.5]})
+    with pytest.raises(ValueError, match="blocks follow them in order"):
+        ScoreCalibrator.from_dict({**cal.to_dict(), "block": cal.block[::-1].tolist()})
 
 
 def test_confusion_estimates_match_a_hand_worked_window():
