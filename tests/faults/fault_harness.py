@@ -187,12 +187,13 @@ def finished(env: WorkerEnv, loads: Sequence[Traffic], timeout: float) -> RunRes
     return last
 
 
-def hold(env: WorkerEnv, seconds: float, workers: Sequence[WorkerProcess] | None = None) -> None:
+def hold(env: WorkerEnv, seconds: float, what: str) -> None:
     """Sleep ``seconds``, checking four times a second that the workers are alive (no warehouse query)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        dead = [w for w in (workers or env.workers) if not w.alive() and not w.expected_exit]
-        assert not dead, f"worker {dead[0].name} exited with {dead[0].popen.returncode} during the fault\n{env.logs()}"
+    started = time.monotonic()
+    while time.monotonic() < started + seconds:
+        dead = [w for w in env.workers if not w.alive() and not w.expected_exit]
+        assert not dead, (f"worker {dead[0].name} exited with {dead[0].popen.returncode} "
+                          f"{time.monotonic() - started:.0f} s into {what}\n{env.logs()}")
         time.sleep(0.25)
 
 
@@ -208,6 +209,23 @@ def pair(kafka_settings: Settings, clean_url: str, fault_url: str, tmp: Path, un
         fault_settings = fault_settings.replace(kafka_bootstrap=fault_kafka)
     fault = WorkerEnv.create(fault_settings, fault_url, tmp / "fault", partitions=partitions)
     return clean, fault
+
+
+class Stopwatch:
+    """Seconds from the start of a test to each named moment, for its figures.
+
+    >>> watch = Stopwatch()
+    >>> watch.lap("started") >= 0, list(watch.laps)
+    (True, ['started'])
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        self.laps[name] = round(time.monotonic() - self.started, 1)
+        return self.laps[name]
 
 
 def record(test: str, **figures: Any) -> None:

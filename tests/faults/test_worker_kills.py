@@ -14,9 +14,9 @@ from fault_harness import compare, finished, kill_after, pair, send, sized, traf
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
-KILLS = sized(4, 10)
+KILLS = sized(3, 10)
 WINDOWS = sized(20, 25)
-PER_WINDOW = sized(1_500, 8_000)  # 30,000 or 200,000 events
+PER_WINDOW = sized(1_000, 8_000)  # 20,000 or 200,000 events
 
 
 @pytest.mark.timeout(sized(300, 1_200))

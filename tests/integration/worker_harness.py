@@ -359,8 +359,8 @@ def exact(value: Any) -> Any:
     """A value in a form that compares bit for bit: floats by their hex form (every NaN alike), maps by
     their sorted items, arrays as tuples.
 
-    >>> exact(0.1) == exact(0.1 + 1e-17), exact(0.1) == exact(0.1 + 2e-17)
-    (True, False)
+    >>> exact(0.3) == exact(0.1 + 0.2), exact(0.5) == exact(0.25 + 0.25)
+    (False, True)
     >>> exact({"b": [1.0, float("nan")], "a": 2})
     (('a', 2), ('b', ('0x1.0000000000000p+0', 'nan')))
     """
