@@ -1,4 +1,4 @@
-"""The embedded ClickHouse server stopped for 30 s, and later in the same run for 5 minutes (75 s in the
+"""The embedded ClickHouse server stopped for 30 s, and later in the same run for 5 minutes (60 s in the
 bounded run), then started again each time on the same port and data: the worker never exits, waits both
 outages out, and writes what a clean run writes.
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 WINDOWS = sized(12, 24)
 PER_WINDOW = sized(1_000, 5_000)
-OUTAGES = (30, sized(75, 300))
+OUTAGES = (30, sized(60, 300))
 
 
 @pytest.mark.timeout(sized(360, 1_200))
