@@ -176,6 +176,7 @@ def interleave(good: list[Message], bad: list[tuple[str, Message]]) -> list[tupl
     return out + bad[j:] + [("good", m) for m in tail]
 
 
+@pytest.mark.timeout(sized(300, 1_500))
 def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
     kafka_settings: Settings, warehouse_server, unique: str, tmp_path: Path
 ) -> None:

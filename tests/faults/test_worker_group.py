@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 MODELS = sized(4, 8)
 WINDOWS = sized(10, 20)
-PER_WINDOW = sized(500, 2_500)
+PER_WINDOW = sized(500, 1_250)  # 20,000 or 200,000 events in all
 PARTS = 4
 
 
