@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-unit lint demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-unit lint faults demo stack-up stack-down stack-status bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ test: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
+
+# The fault tests at the sizes of issue 11 (200k events and 10 worker kills, 5-minute warehouse outage,
+# 10,000 poison messages...); `make test` runs a bounded version of each. Figures: .driftline/faults/
+faults: setup
+	DRIFTLINE_FAULTS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 # `driftline stack up`, a worker and a retrainer (logs in .driftline/demo/<model>/), then the loop on a
 # simulated model with live progress, a summary and an HTML report. Flags: make demo DEMO_ARGS="--patience 2"

@@ -91,7 +91,9 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(text.splitlines()[-lines:])
+        # a line may quote a hostile message's megabyte-long field: keep its start and end
+        tail = [line if len(line) <= 4_000 else f"{line[:2_000]} [...] {line[-2_000:]}" for line in text.splitlines()[-lines:]]
+        return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(tail)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -339,3 +341,106 @@ def _same_floats(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same_floats(x, y) for x, y in zip(a, b))
     return a == b
+
+
+# -- every row a run wrote, compared exactly ------------------------------------------------------------------
+
+# The result tables with the columns that identify a row (their ORDER BY keys): a row is compared whole,
+# every column but the write time, so that a column added later is compared without a change here.
+RESULT_TABLES: dict[str, tuple[str, ...]] = {
+    "drift_metrics": ("model_id", "model_version", "feature", "metric", "window_start"),
+    "performance_metrics": ("model_id", "model_version", "segment", "metric", "window_start"),
+    "window_profiles": ("model_id", "model_version", "feature", "window_start", "window_end"),
+    "drift_reports": ("model_id", "model_version", "window_start"),
+}
+
+
+def exact(value: Any) -> Any:
+    """A value in a form that compares bit for bit: floats by their hex form (every NaN alike), maps by
+    their sorted items, arrays as tuples.
+
+    >>> exact(0.3) == exact(0.1 + 0.2), exact(0.5) == exact(0.25 + 0.25)
+    (False, True)
+    >>> exact({"b": [1.0, float("nan")], "a": 2})
+    (('a', 2), ('b', ('0x1.0000000000000p+0', 'nan')))
+    """
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, dict):
+        return tuple(sorted((k, exact(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(exact(v) for v in value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What a run wrote for some models: every row of the result tables (FINAL, without write times) and the
+    raw prediction and label counts per model version."""
+
+    tables: dict[str, list[dict[str, Any]]]
+    counts: dict[str, list[tuple]]
+
+    @classmethod
+    def read(cls, env: "WorkerEnv", models: Sequence[str]) -> "RunResults":
+        tables = {}
+        for table in RESULT_TABLES:
+            rows = env.query(f"SELECT * EXCEPT (computed_at) FROM {table} FINAL "
+                             "WHERE has({models:Array(String)}, model_id)", models=list(models))
+            tables[table] = sorted(({k: exact(v) for k, v in r.items()} for r in rows), key=_row_key)
+        counts = {
+            "predictions": [tuple(r.values()) for r in env.query(
+                "SELECT model_id, model_version, count() AS n FROM predictions FINAL "
+                "WHERE has({models:Array(String)}, model_id) GROUP BY model_id, model_version ORDER BY ALL",
+                models=list(models))],
+            "labels": [tuple(r.values()) for r in env.query(
+                "SELECT l.model_id AS model_id, p.model_version AS model_version, count() AS n "
+                "FROM (SELECT model_id, event_id FROM labels FINAL WHERE has({models:Array(String)}, model_id)) AS l "
+                "LEFT JOIN (SELECT model_id, event_id, model_version FROM predictions FINAL "
+                "WHERE has({models:Array(String)}, model_id)) AS p ON l.model_id = p.model_id AND l.event_id = p.event_id "
+                "GROUP BY model_id, model_version ORDER BY ALL", models=list(models))],
+        }
+        return cls(tables, counts)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(rows) for rows in self.tables.values()) + sum(len(c) for c in self.counts.values())
+
+    def differences(self, expected: "RunResults") -> list[str]:
+        """What differs from ``expected``: rows missing or extra per table, and for rows present in both
+        runs, the columns whose values differ (with the first example)."""
+        found = []
+        for table, key in RESULT_TABLES.items():
+            got = {tuple(r[k] for k in key): r for r in self.tables[table]}
+            want = {tuple(r[k] for k in key): r for r in expected.tables[table]}
+            missing, extra = want.keys() - got.keys(), got.keys() - want.keys()
+            if missing:
+                found.append(f"{table}: {len(missing)} of {len(want)} rows missing, e.g. {min(missing)}")
+            if extra:
+                found.append(f"{table}: {len(extra)} rows more than the clean run, e.g. {min(extra)}")
+            columns: dict[str, list] = {}
+            for k in sorted(want.keys() & got.keys()):
+                for column, value in want[k].items():
+                    if got[k].get(column) != value:
+                        columns.setdefault(column, []).append((k, value, got[k].get(column)))
+            for column, diffs in columns.items():
+                k, want_value, got_value = diffs[0]
+                found.append(f"{table}.{column}: {len(diffs)} rows differ, e.g. {k}: clean {str(want_value)[:200]} "
+                             f"got {str(got_value)[:200]}")
+        for name, want_counts in expected.counts.items():
+            if self.counts[name] != want_counts:
+                found.append(f"{name} per model version: clean {want_counts} got {self.counts[name]}")
+        return found
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    return repr(tuple(row.items()))
+
+
+def assert_identical(got: RunResults, expected: RunResults) -> None:
+    """Every row the same, bit for bit; the message names the tables and columns that differ."""
+    differences = got.differences(expected)
+    assert not differences, "results differ from the clean run:\n" + "\n".join(differences)
+    assert got.tables == expected.tables and got.counts == expected.counts
