@@ -237,16 +237,21 @@ def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: n
                   for i, (f, c) in enumerate(zip(features, cells.tolist()))]
         sizes = [int(g.max()) + 1 for g in groups]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        spare = int(offsets[-1])  # padding cells land here, and stay empty
-        flat = np.full((k, width), spare, dtype=np.int64)
-        gather = np.full((k, max(sizes, default=0)), spare, dtype=np.int64)
+        # Cells outside a feature's groups (padding, an ``other`` the reference
+        # never saw) land in a discard group that nothing reads; the rows of
+        # features with fewer groups are padded from a second, always empty
+        # group. One shared group would carry one feature's new categories into
+        # another feature's test.
+        discard = int(offsets[-1])
+        flat = np.full((k, width), discard, dtype=np.int64)
+        gather = np.full((k, max(sizes, default=0)), discard + 1, dtype=np.int64)
         for i, g in enumerate(groups):
             flat[i, : g.size] = offsets[i] + g
             gather[i, : sizes[i]] = offsets[i] + np.arange(sizes[i])
         return flat.ravel(), gather
 
     flat, gather = reference.cached(("pooling", ordered, tuple(features), buckets), layout)
-    size = int(gather.max()) + 2 if gather.size else 1
+    size = int(max(gather.max(initial=0), flat.max(initial=0))) + 2
     pooled_ref = np.bincount(flat, weights=ref_counts.ravel(), minlength=size)[gather]
     pooled_win = np.bincount(flat, weights=win_counts.ravel(), minlength=size)[gather]
     return metrics.chi2_homogeneity(pooled_ref, pooled_win)
