@@ -98,6 +98,8 @@ TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
 TEST_LEVEL_HINT = ("thresholds are minimum effect sizes, not test levels: significance is decided by "
                    "Benjamini-Hochberg across the features of a window, so set fdr_q (monitoring.fdr_q) instead")
 
+#: Above this reference kurtosis (3 for a normal) the scale test works on ranks (bins), not moments.
+HEAVY_KURTOSIS = 4.0
 #: Cochran's rule: cells of a chi-squared test expect at least this many values.
 MIN_EXPECTED = 5.0
 
@@ -200,6 +202,8 @@ class _Prepared:
     num_mean: np.ndarray
     num_var: np.ndarray        # reference variance (over all its values)
     num_kurtosis: np.ndarray   # of the reference sample (3 for a normal; sets the scale test's noise)
+    num_where: np.ndarray      # normal scores per bin (padded): rank tests of location ...
+    num_spread: np.ndarray     # ... and scale, for heavy-tailed features
     num_bins: np.ndarray
     cat_p: np.ndarray
     cat_counts: np.ndarray
@@ -224,6 +228,45 @@ def _kurtosis(sample: np.ndarray) -> float:
     return max(1.0, float(np.mean(d ** 4)) / (v * v)) if v > 0 else 3.0
 
 
+def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of a numeric reference, E[Z | bin] and E[Z^2 | bin] for Z normal over the bin's
+    quantiles: the scores of rank tests of location (van der Waerden) and scale (Klotz) on the
+    bins, whose null distributions hold whatever the feature's tails.
+
+    The open bins (values outside the reference's range) score as their inner
+    neighbours: how many values fall there is the out-of-range test's business,
+    and their heavy-tailed counts would break the normal approximation.
+
+    >>> where, spread = _normal_scores(np.array([0.0, 25.0, 25.0, 25.0, 25.0, 0.0]))
+    >>> round(float(where[1] + where[4]), 12), bool(spread[1] > spread[2] > 0), bool(spread[0] == spread[1])
+    (0.0, True, True)
+    """
+    inner = counts[1:-1]
+    cum = np.concatenate([[0.0], np.cumsum(inner) / max(inner.sum(), 1.0)])
+    cuts = special.ndtri(np.clip(cum, 0.0, 1.0))
+    lo, hi = cuts[:-1], cuts[1:]
+    with np.errstate(invalid="ignore"):
+        mass = special.ndtr(hi) - special.ndtr(lo)
+        safe = np.where(mass > 0, mass, 1.0)
+        pdf_lo, pdf_hi = np.exp(-lo * lo / 2) / np.sqrt(2 * np.pi), np.exp(-hi * hi / 2) / np.sqrt(2 * np.pi)
+        where = np.where(mass > 0, (pdf_lo - pdf_hi) / safe, 0.0)
+        spread = np.where(mass > 0, 1.0 + (np.nan_to_num(lo * pdf_lo) - np.nan_to_num(hi * pdf_hi)) / safe, 0.0)
+    pad = lambda x: np.concatenate([x[:1], x, x[-1:]])  # noqa: E731
+    return pad(where), pad(spread)
+
+
+def _rank_pvalue(scores: np.ndarray, counts: np.ndarray, ref_counts: np.ndarray) -> np.ndarray:
+    """Two-sided p-value of the two-sample test on mean bin scores (window vs reference), per row,
+    with the pooled variance of the scores: a permutation test's normal approximation."""
+    n, big_n = counts.sum(axis=1), ref_counts.sum(axis=1)
+    pooled = counts + ref_counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (pooled * scores).sum(axis=1) / (n + big_n)
+        var = (pooled * scores * scores).sum(axis=1) / (n + big_n) - mean ** 2
+        gap = (counts * scores).sum(axis=1) / n - (ref_counts * scores).sum(axis=1) / big_n
+        return np.where(var > 0, _two_sided(gap / np.sqrt(var * (1.0 / n + 1.0 / big_n))), 1.0)
+
+
 def _prepare(reference: ReferenceProfile) -> _Prepared:
     num = [f for f in reference.features if f in reference.numeric]
     cat = [f for f in reference.features if f in reference.categorical]
@@ -242,6 +285,8 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
         num_var=np.array([r.std ** 2 for r in nrefs], dtype=np.float64),
         num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
+        num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
+        num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None], cat_counts=cat_counts, cat_n=cat_n,
         cat_missing=np.array([r.missing for r in crefs], dtype=np.float64),
@@ -479,7 +524,7 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
     big_n = prep.num_n
 
     # Location and scale on the window's exact moments (every value, not the
-    # sample): Welch's z on the means, and the log-variance ratio whose noise,
+    # sample): z on the means, and the log-variance ratio whose noise,
     # (kurtosis - 1) / n, comes from the reference's kurtosis, so heavy tails
     # widen it instead of raising false alarms.
     mean_w = _settled(np.array([w.mean for w in wins], dtype=np.float64))
@@ -489,12 +534,23 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
     with np.errstate(invalid="ignore", divide="ignore"):
         var_w = np.where(n >= 2, m2_w / np.maximum(n - 1, 1), np.nan)
         var_r = prep.num_var * big_n / np.maximum(big_n - 1, 1)
-        se_loc = np.sqrt(var_w / n + var_r / big_n)
+        # The null's variance, from the reference's many values: the window's own
+        # variance makes z too eager on skewed windows (a rare binary value, 100 events).
+        se_loc = np.sqrt(var_r * (1.0 / n + 1.0 / big_n))
         p_loc = np.where(moments, _two_sided((mean_w - prep.num_mean) / se_loc), np.nan)
-        scaled = moments & (var_w > 0)
+        scaled = moments & (var_w > 0) & (prep.num_bins > 3)  # two values: the spread follows the mean
         log_ratio = np.where(scaled, 0.5 * np.log(var_w / var_r), np.nan)
         se_scale = 0.5 * np.sqrt((prep.num_kurtosis - 1.0) * (1.0 / n + 1.0 / big_n))
-        p_scale = np.where(scaled, _two_sided(log_ratio / se_scale), np.nan)
+        # Moments need a kurtosis, which a sample underestimates for heavy tails
+        # (Student t with 3 degrees of freedom has none), and means of heavy-tailed
+        # values have heavy tails too: beyond HEAVY_KURTOSIS, rank tests on the
+        # bins decide location and scale instead.
+        # Few distinct values (a binary feature shares one bin) leave ranks nothing
+        # to see, and their moments are well behaved.
+        heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
+        p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
+        p_scale = np.where(scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts),
+                                            _two_sided(log_ratio / se_scale)), np.nan)
 
     # Shape: chi-squared on the reference's bins over every value. A constant
     # reference feature pools into a single cell: what can change is the share
@@ -572,7 +628,7 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
     adj = _weighted_bonferroni(
         {"shape": chi_p, "missing": miss_p, "new": new_p},
         {"shape": has & (dof > 0), "missing": (total > 0) & (prep.cat_missing + missing > 0),
-         "new": has & (prep.cat_other + other > 0)},
+         "new": has & ~seen_other & (other > 0)},
         CATEGORICAL_WEIGHTS)
 
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, prep.cat_n), alpha)
