@@ -299,9 +299,35 @@ def _size_bucket(n: float) -> int:
     return int(math.floor(4 * math.log2(max(n, 1.0))))
 
 
-def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool) -> np.ndarray:
-    """Pooling of one feature's cells for windows of about ``n`` values (the bucket's lower edge)."""
-    return reference.cached(("pool", feature, n, ordered), lambda: _pool_groups(p, MIN_EXPECTED / n, ordered))
+def _pool_boundary(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Pool the kept categories whose reference count is within 3 standard errors of the smallest
+    kept one into ``other``'s group (the last cell), and renumber the groups.
+
+    A reference that kept only its top K categories chose them by its own counts: the
+    categories near the cut are there because they happened to be frequent in the reference,
+    and those in ``other`` because they happened to be rare. Windows then see the first fewer
+    and ``other`` more often than the reference, with no drift at all.
+
+    >>> _pool_boundary(np.array([500.0, 200.0, 30.0, 25.0, 60.0]), np.array([0, 1, 2, 3, 4])).tolist()
+    [0, 1, 2, 2, 2]
+    """
+    kept = counts[:-1]
+    low = float(kept.min()) if kept.size else 0.0
+    near = np.append(kept < low + 3.0 * math.sqrt(max(low, 1.0)), True)
+    out = groups.copy()
+    out[near] = groups[-1]
+    return np.unique(out, return_inverse=True)[1].astype(np.int64)
+
+
+def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool,
+            truncated_n: float | None = None) -> np.ndarray:
+    """Pooling of one feature's cells for windows of about ``n`` values (the bucket's lower edge);
+    ``truncated_n``: the reference count of a categorical feature whose reference saw ``other``."""
+    def pool() -> np.ndarray:
+        groups = _pool_groups(p, MIN_EXPECTED / n, ordered)
+        return groups if truncated_n is None else _pool_boundary(p * truncated_n, groups)
+
+    return reference.cached(("pool", feature, n, ordered, truncated_n is not None), pool)
 
 
 def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: np.ndarray,
@@ -319,8 +345,9 @@ def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: n
         # Where each (feature, cell) lands among all features' pooled groups,
         # and where each feature's groups sit in a padded matrix.
         k, width = ref_counts.shape
-        groups = [_groups(reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered)
-                  for i, (f, c) in enumerate(zip(features, cells.tolist()))]
+        truncated = [None if ordered or keep is None or not keep[i] else float(n_ref[i]) for i in range(k)]
+        groups = [_groups(reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered,
+                          truncated[i]) for i, (f, c) in enumerate(zip(features, cells.tolist()))]
         sizes = [int(g.max()) + 1 for g in groups]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         # Cells outside a feature's groups (padding, an ``other`` the reference
