@@ -235,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fa-per-reference", type=int, default=5,
                         help="windows per drawn reference (false alarms: the rate is an average over references)")
     parser.add_argument("--skip-power", action="store_true", help="only the false-alarm table")
+    parser.add_argument("--alternatives", default=",".join(ALTERNATIVES),
+                        help="alternatives of the power table, comma-separated")
     parser.add_argument("--streams", default="normal,t3,integer,constant,varied,52 features",
                         help="stationary streams of the false-alarm table, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few windows, small sizes only")
@@ -249,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| alternative | window | reference | reference test power | driftline power | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     worst = math.inf
-    for name in () if args.skip_power else ALTERNATIVES:
+    for name in () if args.skip_power else args.alternatives.split(","):
         for n in sizes:
             for big_n in refs:
                 mine, best = power_cell(name, n, big_n, args.windows, args.per_reference,

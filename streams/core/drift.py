@@ -567,7 +567,14 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
         p_loc = np.where(moments, _two_sided((mean_w - prep.num_mean) / se_loc), np.nan)
         scaled = moments & (var_w > 0) & (prep.num_bins > 3)  # two values: the spread follows the mean
         log_ratio = np.where(scaled, 0.5 * np.log(var_w / var_r), np.nan)
-        se_scale = 0.5 * np.sqrt((prep.num_kurtosis - 1.0) * (1.0 / n + 1.0 / big_n))
+        # Var(s^2) / sigma^4 = (kurtosis - 1) / n + 2 / (n (n - 1)); an F test with the degrees of
+        # freedom 2 / that (n - 1 for a normal: the exact F test) keeps the skew of variance ratios.
+        rel_w = (prep.num_kurtosis - 1.0) / n + 2.0 / (n * np.maximum(n - 1, 1))
+        rel_r = (prep.num_kurtosis - 1.0) / big_n + 2.0 / (big_n * np.maximum(big_n - 1, 1))
+        se_scale = 0.5 * np.sqrt(rel_w + rel_r)
+        ratio = var_w / var_r
+        below = special.fdtr(2.0 / rel_w, 2.0 / rel_r, ratio)
+        p_moments = np.minimum(1.0, 2.0 * np.minimum(below, special.fdtrc(2.0 / rel_w, 2.0 / rel_r, ratio)))
         # Moments need a kurtosis, which a sample underestimates for heavy tails
         # (Student t with 3 degrees of freedom has none), and means of heavy-tailed
         # values have heavy tails too: beyond HEAVY_KURTOSIS, rank tests on the
@@ -577,7 +584,7 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
         heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
         p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
         p_scale = np.where(scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts),
-                                            _two_sided(log_ratio / se_scale)), np.nan)
+                                            p_moments), np.nan)
 
     # Shape: chi-squared on the reference's bins over every value. A constant
     # reference feature pools into a single cell: what can change is the share
