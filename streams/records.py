@@ -217,6 +217,9 @@ class FeatureDrift:
     p_value: float | None
     threshold: float
     drifted: bool
+    #: Alarm class of the metric: "drift" (the distribution moved) or "data_quality"
+    #: (missing values, unknown categories, values outside the reference's range).
+    kind: str = "drift"
 
 
 @dataclass

@@ -4,27 +4,35 @@
 row per feature and metric. The decision is statistical, so that it means the
 same at every window size:
 
-1. Each feature gets one p-value. Its distribution test is KS on the
-   samples for numeric features, or a chi-squared test on the reference's
-   quantile bins once the window is large next to the reference sample; a
-   rate test of the values away from the constant for a feature constant in
-   the reference; chi-squared for categorical features. Bonferroni combines
-   it with a missing-rate test and, for categorical features whose reference
-   saw no ``other``, a new-category test; rate tests only count when the
-   reference or the window has any missing (new) values.
+1. Each feature gets one p-value from the tests that can say something in
+   this window, combined by weighted Bonferroni (valid however they depend
+   on each other). Drift tests: Welch's z on the window's exact mean against
+   the reference's (location), the log ratio of the variances with a noise
+   set by the reference's kurtosis (scale), and chi-squared on the
+   reference's quantile bins over every value (shape; for a feature
+   constant in the reference, a rate test of the values away from the
+   constant). Data-quality tests: one-sided rate tests of missing values
+   and unknown categories, and an exact test of the values outside the
+   reference's range. Categorical features: chi-squared on the categories.
 2. Benjamini-Hochberg across the features of the window at ``fdr_q``. Under
-   no drift, a window is flagged with probability at most ``fdr_q``.
+   no drift, a window raises an alarm of either class with probability at
+   most ``fdr_q``. A feature's drift (data-quality) alarm needs its own drift
+   (data-quality) tests to reach the cutoff.
 3. Thresholds you set (``{feature or '*': {metric: threshold}}``) are minimum
-   effect sizes: a significant feature is drifted only if at least one metric
-   you set a threshold for exceeds it. They can silence alarms, never raise
-   them.
+   effect sizes: a significant feature is drifted only if at least one drift
+   metric you set a threshold for exceeds it (signed metrics by their absolute
+   value); data-quality metrics are gated only by their own thresholds, read
+   as the excess over the reference's rate. :data:`DEFAULT_THRESHOLDS` are
+   the ones a user would choose. Thresholds can silence alarms, never raise them.
 
-Every row of a feature carries that feature's decision in ``drifted``. The
-``threshold`` of a row is the one you set, or else the value the metric
-reaches in only ``alpha`` of windows of this size without drift: the KS and
-chi-squared critical values, binomial quantiles for the rates, and resampled
-quantiles for the distances (see :mod:`streams.core.calibration`).
-docs/STATISTICS.md gives the reasons.
+Every row of a feature carries that feature's decision for the row's class
+(``kind``: ``"drift"`` or ``"data_quality"``) in ``drifted``. The
+``threshold`` of a row is the one you set (plus the reference's rate for
+data-quality metrics), or else the value the metric reaches in only
+``alpha`` of windows of this size without drift: critical values of the
+tests, binomial quantiles for the rates, and resampled quantiles for the
+distances (see :mod:`streams.core.calibration`). docs/STATISTICS.md gives
+the reasons.
 
 >>> import numpy as np
 >>> from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
@@ -36,7 +44,7 @@ docs/STATISTICS.md gives the reasons.
 ...          {"c": rng.choice(["a", "b", "c"], 1_000).tolist()})
 >>> rows = evaluate_window(ref, w)
 >>> sorted({r.metric for r in rows if r.feature == "x"})
-['chi2', 'hellinger', 'jensenshannon', 'ks', 'missing_rate', 'psi', 'wasserstein']
+['chi2', 'hellinger', 'jensenshannon', 'ks', 'log_std_ratio', 'mean_shift', 'missing_rate', 'out_of_range_rate', 'psi', 'wasserstein']
 >>> drifted_features(rows)
 ['x']
 >>> drifted_features(evaluate_window(ref, w, thresholds={"x": {"psi": 1.0}}))  # significant, but PSI < 1
@@ -56,35 +64,57 @@ from streams.core import calibration, metrics
 from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
 from streams.records import FeatureDrift
 
-NUMERIC_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate")
+NUMERIC_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate",
+                   "mean_shift", "log_std_ratio", "out_of_range_rate")
 CATEGORICAL_METRICS = ("chi2", "psi", "jensenshannon", "hellinger", "missing_rate", "new_category_rate")
 #: Every metric of the engine's rows, in a stable order.
 METRICS: tuple[str, ...] = tuple(dict.fromkeys(NUMERIC_METRICS + CATEGORICAL_METRICS))
+#: Metrics of the data-quality alarm class (rows with ``kind`` ``"data_quality"``); the rest are drift.
+#: Their thresholds are excesses over the reference's own rate.
+QUALITY_METRICS = ("missing_rate", "new_category_rate", "out_of_range_rate")
+#: Signed metrics: a threshold applies to their absolute value.
+SIGNED_METRICS = ("mean_shift", "log_std_ratio")
+DRIFT_KIND, QUALITY_KIND = "drift", "data_quality"
 #: The keys that thresholds (``{feature or '*': {key: minimum effect size}}``) may use: the
 #: engine's metrics. The policy validates its thresholds against this.
 THRESHOLD_KEYS: tuple[str, ...] = METRICS
+#: Minimum effects a user would choose (docs/POLICY.md gives the reasons): a feature's
+#: distribution has drifted when it moved a tenth of a standard deviation, its spread
+#: changed by about 10%, or its binned distribution by a Hellinger distance of 0.05
+#: (what a 0.14 sd shift of a normal gives); data quality failed when missing values
+#: rose 2 points above the reference's rate, unknown categories or values outside the
+#: reference's range 1 point above its own share.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "*": {"mean_shift": 0.1, "log_std_ratio": 0.1, "hellinger": 0.05,
+          "missing_rate": 0.02, "new_category_rate": 0.01, "out_of_range_rate": 0.01},
+}
+#: Shares of a feature's level (weighted Bonferroni, valid however the tests depend on each
+#: other) among the tests that can say anything in this window; see docs/STATISTICS.md.
+NUMERIC_WEIGHTS = {"location": 0.25, "scale": 0.25, "shape": 0.1, "missing": 0.25, "range": 0.15}
+CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.25, "new": 0.25}
 #: Per-test significance levels, which thresholds do not take: one level per feature would
 #: undo the false discovery rate that Benjamini-Hochberg keeps across a window's features.
 TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
 TEST_LEVEL_HINT = ("thresholds are minimum effect sizes, not test levels: significance is decided by "
                    "Benjamini-Hochberg across the features of a window, so set fdr_q (monitoring.fdr_q) instead")
 
-#: A test compares the window with a reference that is itself a sample, and
-#: a monitor reuses that reference for every window: the share of the test's
-#: noise that comes from the reference, n / (n + N), makes the false-alarm
-#: rate depend on the luck of the reference (docs/STATISTICS.md). KS on the
-#: samples decides while its share stays under this; beyond it, whichever of
-#: KS and the chi-squared test on the full reference's bins has the smaller share.
-KS_NOISE_SHARE = 0.1
+#: Above this reference kurtosis (3 for a normal) the scale test works on ranks (bins), not moments.
+HEAVY_KURTOSIS = 4.0
 #: Cochran's rule: cells of a chi-squared test expect at least this many values.
 MIN_EXPECTED = 5.0
 
 Thresholds = Mapping[str, Mapping[str, float]]
 
 
-def drifted_features(rows: list[FeatureDrift]) -> list[str]:
-    """Features flagged in rows from :func:`evaluate_window`, in order."""
-    return list(dict.fromkeys(r.feature for r in rows if r.drifted))
+def drifted_features(rows: list[FeatureDrift], kind: str | None = None) -> list[str]:
+    """Features flagged in rows from :func:`evaluate_window`, in order: by any alarm, or by alarms of ``kind``.
+
+    >>> rows = [FeatureDrift("a", "psi", 0.4, None, 0.2, True), FeatureDrift("b", "missing_rate", 0.3, 0.0, 0.02, True,
+    ...                                                                      "data_quality")]
+    >>> drifted_features(rows), drifted_features(rows, "drift"), drifted_features(rows, "data_quality")
+    (['a', 'b'], ['a'], ['b'])
+    """
+    return list(dict.fromkeys(r.feature for r in rows if r.drifted and (kind is None or r.kind == kind)))
 
 
 def check_thresholds(thresholds: Thresholds | None) -> dict[str, dict[str, float]]:
@@ -169,6 +199,11 @@ class _Prepared:
     num_missing: np.ndarray
     num_sample_n: np.ndarray
     num_scale: np.ndarray      # reference std (1 when constant)
+    num_mean: np.ndarray
+    num_var: np.ndarray        # reference variance (over all its values)
+    num_kurtosis: np.ndarray   # of the reference sample (3 for a normal; sets the scale test's noise)
+    num_where: np.ndarray      # normal scores per bin (padded): rank tests of location ...
+    num_spread: np.ndarray     # ... and scale, for heavy-tailed features
     num_bins: np.ndarray
     cat_p: np.ndarray
     cat_counts: np.ndarray
@@ -186,6 +221,52 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _kurtosis(sample: np.ndarray) -> float:
+    """Moment kurtosis of a sample (3 for a normal), at least 1 (its least possible value); 3 when constant."""
+    d = sample - sample.mean()
+    v = float(np.dot(d, d)) / max(sample.size, 1)
+    return max(1.0, float(np.mean(d ** 4)) / (v * v)) if v > 0 else 3.0
+
+
+def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of a numeric reference, E[Z | bin] and E[Z^2 | bin] for Z normal over the bin's
+    quantiles: the scores of rank tests of location (van der Waerden) and scale (Klotz) on the
+    bins, whose null distributions hold whatever the feature's tails.
+
+    The open bins (values outside the reference's range) score as their inner
+    neighbours: how many values fall there is the out-of-range test's business,
+    and their heavy-tailed counts would break the normal approximation.
+
+    >>> where, spread = _normal_scores(np.array([0.0, 25.0, 25.0, 25.0, 25.0, 0.0]))
+    >>> round(float(where[1] + where[4]), 12), bool(spread[1] > spread[2] > 0), bool(spread[0] == spread[1])
+    (0.0, True, True)
+    """
+    inner = counts[1:-1]
+    cum = np.concatenate([[0.0], np.cumsum(inner) / max(inner.sum(), 1.0)])
+    cuts = special.ndtri(np.clip(cum, 0.0, 1.0))
+    lo, hi = cuts[:-1], cuts[1:]
+    with np.errstate(invalid="ignore"):
+        mass = special.ndtr(hi) - special.ndtr(lo)
+        safe = np.where(mass > 0, mass, 1.0)
+        pdf_lo, pdf_hi = np.exp(-lo * lo / 2) / np.sqrt(2 * np.pi), np.exp(-hi * hi / 2) / np.sqrt(2 * np.pi)
+        where = np.where(mass > 0, (pdf_lo - pdf_hi) / safe, 0.0)
+        spread = np.where(mass > 0, 1.0 + (np.nan_to_num(lo * pdf_lo) - np.nan_to_num(hi * pdf_hi)) / safe, 0.0)
+    pad = lambda x: np.concatenate([x[:1], x, x[-1:]])  # noqa: E731
+    return pad(where), pad(spread)
+
+
+def _rank_pvalue(scores: np.ndarray, counts: np.ndarray, ref_counts: np.ndarray) -> np.ndarray:
+    """Two-sided p-value of the two-sample test on mean bin scores (window vs reference), per row,
+    with the pooled variance of the scores: a permutation test's normal approximation."""
+    n, big_n = counts.sum(axis=1), ref_counts.sum(axis=1)
+    pooled = counts + ref_counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (pooled * scores).sum(axis=1) / (n + big_n)
+        var = (pooled * scores * scores).sum(axis=1) / (n + big_n) - mean ** 2
+        gap = (counts * scores).sum(axis=1) / n - (ref_counts * scores).sum(axis=1) / big_n
+        return np.where(var > 0, _two_sided(gap / np.sqrt(var * (1.0 / n + 1.0 / big_n))), 1.0)
+
+
 def _prepare(reference: ReferenceProfile) -> _Prepared:
     num = [f for f in reference.features if f in reference.numeric]
     cat = [f for f in reference.features if f in reference.categorical]
@@ -201,6 +282,11 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_missing=np.array([r.missing for r in nrefs], dtype=np.float64),
         num_sample_n=np.array([r.sample.size for r in nrefs], dtype=np.float64),
         num_scale=np.array([r.std if r.std > 0 else 1.0 for r in nrefs], dtype=np.float64),
+        num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
+        num_var=np.array([r.std ** 2 for r in nrefs], dtype=np.float64),
+        num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
+        num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
+        num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None], cat_counts=cat_counts, cat_n=cat_n,
         cat_missing=np.array([r.missing for r in crefs], dtype=np.float64),
@@ -213,9 +299,35 @@ def _size_bucket(n: float) -> int:
     return int(math.floor(4 * math.log2(max(n, 1.0))))
 
 
-def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool) -> np.ndarray:
-    """Pooling of one feature's cells for windows of about ``n`` values (the bucket's lower edge)."""
-    return reference.cached(("pool", feature, n, ordered), lambda: _pool_groups(p, MIN_EXPECTED / n, ordered))
+def _pool_boundary(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Pool the kept categories whose reference count is within 3 standard errors of the smallest
+    kept one into ``other``'s group (the last cell), and renumber the groups.
+
+    A reference that kept only its top K categories chose them by its own counts: the
+    categories near the cut are there because they happened to be frequent in the reference,
+    and those in ``other`` because they happened to be rare. Windows then see the first fewer
+    and ``other`` more often than the reference, with no drift at all.
+
+    >>> _pool_boundary(np.array([500.0, 200.0, 30.0, 25.0, 60.0]), np.array([0, 1, 2, 3, 4])).tolist()
+    [0, 1, 2, 2, 2]
+    """
+    kept = counts[:-1]
+    low = float(kept.min()) if kept.size else 0.0
+    near = np.append(kept < low + 3.0 * math.sqrt(max(low, 1.0)), True)
+    out = groups.copy()
+    out[near] = groups[-1]
+    return np.unique(out, return_inverse=True)[1].astype(np.int64)
+
+
+def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool,
+            truncated_n: float | None = None) -> np.ndarray:
+    """Pooling of one feature's cells for windows of about ``n`` values (the bucket's lower edge);
+    ``truncated_n``: the reference count of a categorical feature whose reference saw ``other``."""
+    def pool() -> np.ndarray:
+        groups = _pool_groups(p, MIN_EXPECTED / n, ordered)
+        return groups if truncated_n is None else _pool_boundary(p * truncated_n, groups)
+
+    return reference.cached(("pool", feature, n, ordered, truncated_n is not None), pool)
 
 
 def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: np.ndarray,
@@ -233,20 +345,26 @@ def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: n
         # Where each (feature, cell) lands among all features' pooled groups,
         # and where each feature's groups sit in a padded matrix.
         k, width = ref_counts.shape
-        groups = [_groups(reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered)
-                  for i, (f, c) in enumerate(zip(features, cells.tolist()))]
+        truncated = [None if ordered or keep is None or not keep[i] else float(n_ref[i]) for i in range(k)]
+        groups = [_groups(reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered,
+                          truncated[i]) for i, (f, c) in enumerate(zip(features, cells.tolist()))]
         sizes = [int(g.max()) + 1 for g in groups]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        spare = int(offsets[-1])  # padding cells land here, and stay empty
-        flat = np.full((k, width), spare, dtype=np.int64)
-        gather = np.full((k, max(sizes, default=0)), spare, dtype=np.int64)
+        # Cells outside a feature's groups (padding, an ``other`` the reference
+        # never saw) land in a discard group that nothing reads; the rows of
+        # features with fewer groups are padded from a second, always empty
+        # group. One shared group would carry one feature's new categories into
+        # another feature's test.
+        discard = int(offsets[-1])
+        flat = np.full((k, width), discard, dtype=np.int64)
+        gather = np.full((k, max(sizes, default=0)), discard + 1, dtype=np.int64)
         for i, g in enumerate(groups):
             flat[i, : g.size] = offsets[i] + g
             gather[i, : sizes[i]] = offsets[i] + np.arange(sizes[i])
         return flat.ravel(), gather
 
     flat, gather = reference.cached(("pooling", ordered, tuple(features), buckets), layout)
-    size = int(gather.max()) + 2 if gather.size else 1
+    size = int(max(gather.max(initial=0), flat.max(initial=0))) + 2
     pooled_ref = np.bincount(flat, weights=ref_counts.ravel(), minlength=size)[gather]
     pooled_win = np.bincount(flat, weights=win_counts.ravel(), minlength=size)[gather]
     return metrics.chi2_homogeneity(pooled_ref, pooled_win)
@@ -263,11 +381,47 @@ def _rate_threshold(p_ref: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarra
     return np.where(n > 0, np.minimum(rate, 1.0), np.nan)
 
 
-def _bonferroni(p_values: list[np.ndarray], active: list[np.ndarray]) -> np.ndarray:
-    """min p times the number of active tests, per feature (NaN where none is: no test, no part in BH)."""
-    p = np.stack([np.where(a, pv, np.inf) for pv, a in zip(p_values, active)])
-    k = np.stack(active).sum(axis=0)
-    return np.where(k > 0, np.minimum(1.0, p.min(axis=0) * np.maximum(k, 1)), np.nan)
+def _weighted_bonferroni(p: Mapping[str, np.ndarray], active: Mapping[str, np.ndarray],
+                         weights: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Each test's p-value divided by its share of the feature's level among the tests active there.
+
+    A feature is significant at level ``a`` when any of these is at most ``a``
+    (weighted Bonferroni: valid whatever the dependence between the tests).
+    Inactive tests (nothing to test in this window) give ``inf``.
+
+    >>> adj = _weighted_bonferroni({"a": np.array([0.01, 0.01]), "b": np.array([0.5, 0.5])},
+    ...                            {"a": np.array([True, True]), "b": np.array([True, False])}, {"a": 0.5, "b": 0.5})
+    >>> adj["a"].tolist(), adj["b"].tolist()
+    ([0.02, 0.01], [1.0, inf])
+    """
+    names = list(weights)
+    w = np.stack([np.where(active[t], weights[t], 0.0) for t in names])
+    share = w / np.maximum(w.sum(axis=0), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adj = np.where(share > 0, np.stack([p[t] for t in names]) / share, np.inf)
+    return {t: adj[i] for i, t in enumerate(names)}
+
+
+def _decisions(adjusted: np.ndarray, fdr_q: float) -> np.ndarray:
+    """Which (class, feature) adjusted p-values are significant, by one Benjamini-Hochberg across features.
+
+    ``adjusted`` holds one row per alarm class; a feature's p-value is its
+    smallest, and a class alarms where its own value reaches the BH cutoff.
+    """
+    p_feature = adjusted.min(axis=0)
+    tested = np.isfinite(p_feature)
+    cut = metrics.bh_cutoff(np.minimum(p_feature[tested], 1.0), fdr_q)
+    return (adjusted <= cut) & (cut > 0)
+
+
+def _gate(values: Mapping[str, float], mine: Mapping[str, float], names: Sequence[str],
+          base: Mapping[str, float]) -> bool:
+    """Whether any metric with a threshold exceeds it (True when none has one: significance decides)."""
+    applicable = [m for m in names if m in mine and values[m] == values[m]]
+    if not applicable:
+        return True
+    return any((abs(values[m]) if m in SIGNED_METRICS else values[m] - base.get(m, 0.0)) > mine[m]
+               for m in applicable)
 
 
 def evaluate_window(
@@ -278,13 +432,15 @@ def evaluate_window(
     fdr_q: float = 0.05,
     alpha: float = 0.05,
 ) -> list[FeatureDrift]:
-    """Every drift metric of every feature of ``window``, with the ``drifted`` decision.
+    """Every drift and data-quality metric of every feature of ``window``, with the ``drifted`` decision.
 
     ``fdr_q`` is the false discovery rate of Benjamini-Hochberg across the
     window's features (and so its false-alarm rate without drift); ``alpha``
     the level of the reported per-metric thresholds. Features without any
     event in the window (``__prediction__`` when only features were logged)
     get no rows. Metrics that need values are NaN when all values were missing.
+    Rows of :data:`QUALITY_METRICS` carry the data-quality decision and
+    ``kind="data_quality"``; the others the drift decision and ``kind="drift"``.
     """
     if not 0.0 < fdr_q < 1.0 or not 0.0 < alpha < 1.0:
         raise ValueError(f"fdr_q and alpha must be between 0 and 1, got {fdr_q} and {alpha}")
@@ -299,14 +455,12 @@ def evaluate_window(
     cat = _categorical(reference, window, prep, alpha)
 
     names = prep.numeric + prep.categorical
-    p_feature = np.concatenate([num["p_feature"], cat["p_feature"]])
-    tested = ~np.isnan(p_feature)
-    significant = np.zeros(len(names), dtype=bool)
-    significant[tested] = metrics.benjamini_hochberg(p_feature[tested], fdr_q)
+    adjusted = np.stack([np.concatenate([num["drift_p"], cat["drift_p"]]),
+                         np.concatenate([num["quality_p"], cat["quality_p"]])])
+    significant = _decisions(adjusted, fdr_q).tolist()
 
     position = {f: i for i, f in enumerate(names)}
     tables = [_as_lists(num), _as_lists(cat)]
-    significant_list = significant.tolist()
     rows: list[FeatureDrift] = []
     for f in reference.features:
         i = position[f]
@@ -318,39 +472,26 @@ def evaluate_window(
         mine = {**overrides.get("*", {}), **overrides.get(f, {})}
         names_here = NUMERIC_METRICS if numeric else CATEGORICAL_METRICS
         values = {m: block[m][j] for m in names_here}
-        # A metric without a value (all values missing) cannot hold an alarm back.
-        applicable = [m for m in mine if m in values and values[m] == values[m]]
-        gate = any(values[m] > mine[m] for m in applicable) if applicable else True
-        drifted = bool(significant_list[i] and gate)
+        base = {m: block["base"][m][j] for m in block["base"]}
+        drift_metrics = [m for m in names_here if m not in QUALITY_METRICS]
+        quality_metrics = [m for m in names_here if m in QUALITY_METRICS]
+        drifted = bool(significant[0][i] and _gate(values, mine, drift_metrics, base))
+        quality = bool(significant[1][i] and _gate(values, mine, quality_metrics, base))
         for m in names_here:
             pv = block["p"][m][j] if m in block["p"] else None
             p_value = None if pv is None or pv != pv else pv
-            rows.append(FeatureDrift(f, m, values[m], p_value, mine.get(m, block["threshold"][m][j]), drifted))
+            is_quality = m in QUALITY_METRICS
+            threshold = mine[m] + base.get(m, 0.0) if m in mine else block["threshold"][m][j]
+            rows.append(FeatureDrift(f, m, values[m], p_value, threshold, quality if is_quality else drifted,
+                                     QUALITY_KIND if is_quality else DRIFT_KIND))
     return rows
-
-
-def _ks_decides(n: np.ndarray, m: np.ndarray, n_ref: np.ndarray, s_ref: np.ndarray) -> np.ndarray:
-    """Whether KS (window sample m vs reference sample s_ref) rather than binned chi-squared
-    (all n window values vs all n_ref reference values) gives each feature's p-value.
-
-    Reference noise shares: KS m / (m + s_ref), binned n / (n + n_ref); compared
-    exactly by cross-multiplying. On a tie, KS if its sample holds the whole
-    window (it is the more powerful test on the same data), else the binned
-    test, which sees every value.
-
-    >>> _ks_decides(np.array([400, 1_000, 10_000, 10_000, 1_000]), np.array([400, 1_000, 1_000, 1_000, 1_000]),
-    ...             np.array([50_000, 50_000, 50_000, 10_000, 5_000]), np.full(5, 5_000)).tolist()
-    [True, False, False, True, True]
-    """
-    ks_share_small = m <= KS_NOISE_SHARE / (1 - KS_NOISE_SHARE) * s_ref
-    ks_side, bin_side = m * n_ref, n * s_ref
-    return ks_share_small | (ks_side < bin_side) | ((ks_side == bin_side) & (m >= n))
 
 
 def _as_lists(block: dict) -> dict:
     """Python floats for the rows: indexing numpy arrays one value at a time is slow."""
-    out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in block.items() if k not in ("p", "threshold")}
-    for k in ("p", "threshold"):
+    out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in block.items()
+           if k not in ("p", "threshold", "base")}
+    for k in ("p", "threshold", "base"):
         out[k] = {m: np.asarray(v, dtype=np.float64).tolist() for m, v in block.get(k, {}).items()}
     return out
 
@@ -367,13 +508,18 @@ def _window_counts(
     return counts, n, missing, q
 
 
+def _two_sided(z: np.ndarray) -> np.ndarray:
+    return 2.0 * special.ndtr(-np.abs(z))
+
+
 def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> dict:
     names = prep.numeric
     if not names:
-        return {"metrics": NUMERIC_METRICS, "events": np.zeros(0), "p_feature": np.zeros(0)}
+        return {"metrics": NUMERIC_METRICS, "events": np.zeros(0), "drift_p": np.zeros(0), "quality_p": np.zeros(0)}
     wins = [window.numeric[f] for f in names]
     k = len(names)
     counts, n, missing, q = _window_counts(wins)
+    has = n > 0
     psi = metrics.psi(prep.num_p, q)
     js = metrics.jensenshannon(prep.num_p, q)
     hel = metrics.hellinger(prep.num_p, q)
@@ -389,49 +535,106 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
     ks_p = np.where(m > 0, metrics.ks_pvalue(np.nan_to_num(d), prep.num_sample_n, np.maximum(m, 1)), np.nan)
     chi, dof, chi_p = _pooled_chi2(reference, names, prep.num_counts, counts, prep.num_bins, n, ordered=True)
     total = n + missing
-    miss_p = metrics.rate_test(prep.num_missing, prep.num_n + prep.num_missing, missing, total)
+    big_n = prep.num_n
 
-    use_ks = _ks_decides(n, m, prep.num_n, prep.num_sample_n) & (m > 0)
-    # A constant reference feature pools into a single cell: what can change is
-    # the share of values away from the constant (in the open bins), tested
-    # like a rate; KS on a 5,000-value sample would barely notice 1% of them.
+    # Location and scale on the window's exact moments (every value, not the
+    # sample): z on the means, and the log-variance ratio whose noise,
+    # (kurtosis - 1) / n, comes from the reference's kurtosis, so heavy tails
+    # widen it instead of raising false alarms.
+    # exact sums in the profile: the same bits for any batching, so a replay gives the same rows
+    mean_w = np.array([w.mean for w in wins], dtype=np.float64)
+    m2_w = np.array([w.m2 for w in wins], dtype=np.float64)
+    varying = prep.num_var > 0
+    moments = (n >= 2) & varying
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_w = np.where(n >= 2, m2_w / np.maximum(n - 1, 1), np.nan)
+        var_r = prep.num_var * big_n / np.maximum(big_n - 1, 1)
+        # The null's variance, from the reference's many values: the window's own
+        # variance makes z too eager on skewed windows (a rare binary value, 100 events).
+        se_loc = np.sqrt(var_r * (1.0 / n + 1.0 / big_n))
+        p_loc = np.where(moments, _two_sided((mean_w - prep.num_mean) / se_loc), np.nan)
+        scaled = moments & (var_w > 0) & (prep.num_bins > 3)  # two values: the spread follows the mean
+        log_ratio = np.where(scaled, 0.5 * np.log(var_w / var_r), np.nan)
+        # Var(s^2) / sigma^4 = (kurtosis - 1) / n + 2 / (n (n - 1)); an F test with the degrees of
+        # freedom 2 / that (n - 1 for a normal: the exact F test) keeps the skew of variance ratios.
+        rel_w = (prep.num_kurtosis - 1.0) / n + 2.0 / (n * np.maximum(n - 1, 1))
+        rel_r = (prep.num_kurtosis - 1.0) / big_n + 2.0 / (big_n * np.maximum(big_n - 1, 1))
+        se_scale = 0.5 * np.sqrt(rel_w + rel_r)
+        ratio = var_w / var_r
+        below = special.fdtr(2.0 / rel_w, 2.0 / rel_r, ratio)
+        p_moments = np.minimum(1.0, 2.0 * np.minimum(below, special.fdtrc(2.0 / rel_w, 2.0 / rel_r, ratio)))
+        # Moments need a kurtosis, which a sample underestimates for heavy tails
+        # (Student t with 3 degrees of freedom has none), and means of heavy-tailed
+        # values have heavy tails too: beyond HEAVY_KURTOSIS, rank tests on the
+        # bins decide location and scale instead.
+        # Few distinct values (a binary feature shares one bin) leave ranks nothing
+        # to see, and their moments are well behaved.
+        heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
+        p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
+        p_scale = np.where(scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts),
+                                            p_moments), np.nan)
+
+    # Shape: chi-squared on the reference's bins over every value. A constant
+    # reference feature pools into a single cell: what can change is the share
+    # of values away from the constant (in the open bins), tested like a rate.
     rows_k = np.arange(k)
     outside = counts[:, 0] + counts[rows_k, prep.num_bins - 1]
     ref_outside = prep.num_counts[:, 0] + prep.num_counts[rows_k, prep.num_bins - 1]
-    p_outside = metrics.rate_test(ref_outside, prep.num_n, outside, n)
     constant = prep.num_bins == 3  # one inner bin between the two open ones
-    p_dist = np.where(constant, p_outside, np.where(use_ks, ks_p, chi_p))
-    p_feature = _bonferroni([p_dist, miss_p], [n > 0, (prep.num_missing + missing) > 0])
+    p_shape = np.where(constant, metrics.rate_test(ref_outside, big_n, outside, n), chi_p)
 
-    has = n > 0
-    binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, prep.num_n), alpha)
+    ref_total = big_n + prep.num_missing
+    miss_p = metrics.rate_increase_test(prep.num_missing, ref_total, missing, total)
+    range_p = metrics.out_of_range_pvalue(outside, n, big_n)
+    adj = _weighted_bonferroni(
+        {"location": p_loc, "scale": p_scale, "shape": p_shape, "missing": miss_p, "range": range_p},
+        {"location": moments, "scale": scaled, "shape": has & (constant | (dof > 0)),
+         "missing": (total > 0) & (prep.num_missing + missing > 0), "range": has & (outside > 0)},
+        NUMERIC_WEIGHTS)
+
+    z = special.ndtri(1.0 - alpha / 2)
+    tail_share = 2.0 / (big_n + 1.0)
+    # Normal approximation to the beta-binomial (n, 2, N - 1) quantile: the reported threshold only.
+    range_sd = np.sqrt(n * tail_share * (1 - tail_share) * (big_n + 1 + n) / (big_n + 2))
+    binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
     th_w = calibration.wasserstein_threshold_table(reference, names, metrics.ks_effective_n(m, prep.num_sample_n),
                                                    alpha)
-    th_psi, th_js, th_hel = binned["psi"], binned["jensenshannon"], binned["hellinger"]
     nan = np.full(k, np.nan)
-    return {
-        "metrics": NUMERIC_METRICS,
-        "events": total,
-        "p_feature": p_feature,
-        "psi": np.where(has, psi, np.nan), "ks": d, "wasserstein": w_raw / prep.num_scale,
-        "jensenshannon": np.where(has, js, np.nan), "hellinger": np.where(has, hel, np.nan),
-        "chi2": np.where(has & (dof > 0), chi, np.nan), "missing_rate": metrics.missing_rate(missing, total),
-        "p": {"ks": ks_p, "chi2": np.where(has & (dof > 0), chi_p, np.nan),
-              "missing_rate": np.where(total > 0, miss_p, np.nan)},
-        "threshold": {
-            "psi": th_psi, "jensenshannon": th_js, "hellinger": th_hel, "wasserstein": th_w,
-            "ks": np.where(m > 0, metrics.ks_critical_value(alpha, prep.num_sample_n, np.maximum(m, 1)), nan),
-            "chi2": metrics.chi2_critical_value(alpha, dof),
-            "missing_rate": _rate_threshold(prep.num_missing / np.maximum(prep.num_n + prep.num_missing, 1),
-                                            total, alpha),
-        },
-    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "metrics": NUMERIC_METRICS,
+            "events": total,
+            "drift_p": np.fmin(np.fmin(adj["location"], adj["scale"]), adj["shape"]),
+            "quality_p": np.fmin(adj["missing"], adj["range"]),
+            "psi": np.where(has, psi, np.nan), "ks": d, "wasserstein": w_raw / prep.num_scale,
+            "jensenshannon": np.where(has, js, np.nan), "hellinger": np.where(has, hel, np.nan),
+            "chi2": np.where(has & (dof > 0), chi, np.nan), "missing_rate": metrics.missing_rate(missing, total),
+            "mean_shift": np.where(has, (mean_w - prep.num_mean) / prep.num_scale, np.nan),
+            "log_std_ratio": log_ratio,
+            "out_of_range_rate": metrics.missing_rate(outside, n),
+            "p": {"ks": ks_p, "chi2": np.where(has & (dof > 0), chi_p, np.nan),
+                  "missing_rate": np.where(total > 0, miss_p, np.nan), "mean_shift": p_loc,
+                  "log_std_ratio": p_scale, "out_of_range_rate": np.where(has, range_p, np.nan)},
+            "base": {"missing_rate": prep.num_missing / np.maximum(ref_total, 1), "out_of_range_rate": tail_share},
+            "threshold": {
+                "psi": binned["psi"], "jensenshannon": binned["jensenshannon"], "hellinger": binned["hellinger"],
+                "wasserstein": th_w,
+                "ks": np.where(m > 0, metrics.ks_critical_value(alpha, prep.num_sample_n, np.maximum(m, 1)), nan),
+                "chi2": metrics.chi2_critical_value(alpha, dof),
+                "missing_rate": _rate_threshold(prep.num_missing / np.maximum(ref_total, 1), total, alpha),
+                "mean_shift": np.where(moments, z * se_loc / prep.num_scale, np.nan),
+                "log_std_ratio": np.where(moments, z * se_scale, np.nan),
+                "out_of_range_rate": np.where(has, tail_share + special.ndtri(1.0 - alpha) * range_sd
+                                              / np.maximum(n, 1), np.nan),
+            },
+        }
 
 
 def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> dict:
     names = prep.categorical
     if not names:
-        return {"metrics": CATEGORICAL_METRICS, "events": np.zeros(0), "p_feature": np.zeros(0)}
+        return {"metrics": CATEGORICAL_METRICS, "events": np.zeros(0), "drift_p": np.zeros(0),
+                "quality_p": np.zeros(0)}
     wins = [window.categorical[f] for f in names]
     k = len(names)
     counts, n, missing, q = _window_counts(wins)
@@ -441,17 +644,21 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
     chi, dof, chi_p = _pooled_chi2(reference, names, prep.cat_counts, counts, prep.cat_bins, n, ordered=False,
                                    keep=seen_other)
     total = n + missing
-    miss_p = metrics.rate_test(prep.cat_missing, prep.cat_n + prep.cat_missing, missing, total)
-    new_p = metrics.rate_test(prep.cat_other, prep.cat_n, other, n)
-    p_feature = _bonferroni([np.where(dof > 0, chi_p, 1.0), miss_p, new_p],
-                            [has & (dof > 0), (prep.cat_missing + missing) > 0, ~seen_other & (other > 0)])
+    ref_total = prep.cat_n + prep.cat_missing
+    miss_p = metrics.rate_increase_test(prep.cat_missing, ref_total, missing, total)
+    new_p = metrics.rate_increase_test(prep.cat_other, prep.cat_n, other, n)
+    adj = _weighted_bonferroni(
+        {"shape": chi_p, "missing": miss_p, "new": new_p},
+        {"shape": has & (dof > 0), "missing": (total > 0) & (prep.cat_missing + missing > 0),
+         "new": has & ~seen_other & (other > 0)},
+        CATEGORICAL_WEIGHTS)
 
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, prep.cat_n), alpha)
-    th_psi, th_js, th_hel = binned["psi"], binned["jensenshannon"], binned["hellinger"]
     return {
         "metrics": CATEGORICAL_METRICS,
         "events": total,
-        "p_feature": p_feature,
+        "drift_p": adj["shape"],
+        "quality_p": np.fmin(adj["missing"], adj["new"]),
         "chi2": np.where(has & (dof > 0), chi, np.nan),
         "psi": np.where(has, metrics.psi(prep.cat_p, q), np.nan),
         "jensenshannon": np.where(has, metrics.jensenshannon(prep.cat_p, q), np.nan),
@@ -460,11 +667,12 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
         "new_category_rate": metrics.new_category_rate(other, n),
         "p": {"chi2": np.where(has & (dof > 0), chi_p, np.nan), "missing_rate": np.where(total > 0, miss_p, np.nan),
               "new_category_rate": np.where(has, new_p, np.nan)},
+        "base": {"missing_rate": prep.cat_missing / np.maximum(ref_total, 1),
+                 "new_category_rate": prep.cat_other / np.maximum(prep.cat_n, 1)},
         "threshold": {
             "chi2": metrics.chi2_critical_value(alpha, dof),
-            "psi": th_psi, "jensenshannon": th_js, "hellinger": th_hel,
-            "missing_rate": _rate_threshold(prep.cat_missing / np.maximum(prep.cat_n + prep.cat_missing, 1),
-                                            total, alpha),
+            "psi": binned["psi"], "jensenshannon": binned["jensenshannon"], "hellinger": binned["hellinger"],
+            "missing_rate": _rate_threshold(prep.cat_missing / np.maximum(ref_total, 1), total, alpha),
             "new_category_rate": _rate_threshold(prep.cat_other / np.maximum(prep.cat_n, 1), n, alpha),
         },
     }

@@ -113,6 +113,14 @@ class ExactSum:
 ZERO = ExactSum()
 
 
+def _scaled_deviations(total: ExactSum, squares: ExactSum, n: int) -> ExactSum:
+    """``n * sum((x - mean)**2)``, exactly: ``n * sum(x**2) - sum(x)**2``, >= 0 by Cauchy-Schwarz."""
+    s, q = total, squares
+    low = min(q.exponent, 2 * s.exponent)
+    num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
+    return ExactSum.make(num, low)
+
+
 def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
     """``sqrt(sum((x - mean)**2) / n)`` from the exact sums of x and of x**2, the variance rounded once.
 
@@ -122,12 +130,19 @@ def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
     """
     if n <= 0:
         raise ValueError(f"no standard deviation of {n} values")
-    # n * sum(x**2) - sum(x)**2 >= 0 exactly (Cauchy-Schwarz), over n**2
-    s, q = total, squares
-    low = min(q.exponent, 2 * s.exponent)
-    num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
-    variance = ExactSum.make(num, low).ratio(n * n)
-    return math.sqrt(variance)
+    return math.sqrt(_scaled_deviations(total, squares, n).ratio(n * n))
+
+
+def squared_deviations(total: ExactSum, squares: ExactSum, n: int) -> float:
+    """``sum((x - mean)**2)`` (Welford's M2) from the exact sums of x and of x**2, rounded once.
+
+    >>> x = np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
+    >>> squared_deviations(*(s[0] for s in row_moments(x[None, :])), x.size)
+    32.0
+    """
+    if n <= 0:
+        return 0.0
+    return _scaled_deviations(total, squares, n).ratio(n)
 
 
 def row_sums(values: np.ndarray) -> list[ExactSum]:

@@ -216,6 +216,79 @@ def rate_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits:
     return np.where((k > 0) & (n1 > 0) & (n2 > 0), p, 1.0)
 
 
+def rate_increase_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray,
+                       current_n: np.ndarray) -> np.ndarray:
+    """One-sided p-value that a rate (missing values, new categories) is *higher* in the window.
+
+    The upper tail of :func:`rate_test`'s conditional binomial: a data-quality
+    alarm is about more missing values or more unknown categories, so the
+    one-sided test spends the whole level where the alarm is.
+
+    >>> round(float(rate_increase_test(0, 50_000, 1, 1_000)), 4)
+    0.0196
+    >>> float(rate_increase_test(10, 1_000, 0, 1_000))
+    1.0
+    """
+    k1 = np.asarray(reference_hits, dtype=np.int64)
+    k2 = np.asarray(current_hits, dtype=np.int64)
+    n1 = np.asarray(reference_n, dtype=np.float64)
+    n2 = np.asarray(current_n, dtype=np.float64)
+    k = k1 + k2
+    share = np.where(n1 + n2 > 0, n2 / np.maximum(n1 + n2, 1.0), 0.0)
+    with np.errstate(invalid="ignore"):
+        upper = np.where(k2 > 0, special.bdtrc(np.maximum(k2 - 1, 0), k, share), 1.0)  # P(X >= k2)
+    return np.where((k > 0) & (n1 > 0) & (n2 > 0), np.minimum(upper, 1.0), 1.0)
+
+
+def _log_binom(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return special.gammaln(a + 1.0) - special.gammaln(b + 1.0) - special.gammaln(a - b + 1.0)
+
+
+def out_of_range_pvalue(outside: np.ndarray, n: np.ndarray, reference_n: np.ndarray) -> np.ndarray:
+    """P(at least ``outside`` of ``n`` window values fall outside the range of ``reference_n`` reference values).
+
+    Without drift the ``N + n`` values are exchangeable, so the count outside
+    the reference's [min, max] is beta-binomial(n, 2, N - 1) for continuous
+    values (ties, as in integer features, only make it smaller: the test is
+    then conservative). Its tail has a closed form by the hockey-stick
+    identity, ``((k + 1) C(N + n - 1 - k, N - 1) + C(N + n - 1 - k, N)) / C(N + n, N)``,
+    as ``scipy.stats.betabinom.sf(k - 1, n, 2, N - 1)`` at a hundredth of its cost.
+
+    >>> from scipy import stats
+    >>> round(float(out_of_range_pvalue(5, 1_000, 5_000)), 6) == round(float(stats.betabinom.sf(4, 1_000, 2, 4_999)), 6)
+    True
+    >>> float(out_of_range_pvalue(0, 1_000, 5_000))
+    1.0
+    """
+    k = np.asarray(outside, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    big_n = np.asarray(reference_n, dtype=np.float64)
+    rest = big_n + n - 1.0 - k
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        total = _log_binom(big_n + n, big_n)
+        first = np.exp(np.log(k + 1.0) + _log_binom(np.maximum(rest, big_n - 1), big_n - 1) - total)
+        second = np.where(rest >= big_n, np.exp(_log_binom(np.maximum(rest, big_n), big_n) - total), 0.0)
+        p = np.where(rest >= big_n - 1, first, 0.0) + second
+    return np.where((k <= 0) | (big_n < 1) | (n < 1), 1.0, np.clip(p, 0.0, 1.0))
+
+
+def out_of_range_critical_rate(alpha: float, n: np.ndarray, reference_n: np.ndarray) -> np.ndarray:
+    """The smallest share of ``n`` window values outside the reference's range whose p-value is at most ``alpha``.
+
+    >>> r = out_of_range_critical_rate(0.05, np.array([1_000.0]), np.array([5_000.0]))
+    >>> bool(out_of_range_pvalue(r * 1_000, 1_000, 5_000)[0] <= 0.05 < out_of_range_pvalue(r * 1_000 - 1, 1_000, 5_000)[0])
+    True
+    """
+    n = np.asarray(n, dtype=np.float64)
+    big_n = np.asarray(reference_n, dtype=np.float64)
+    lo, hi = np.zeros_like(n), np.maximum(n, 1.0)  # sf(lo) > alpha >= sf(hi), or hi = n
+    for _ in range(int(np.ceil(np.log2(max(float(hi.max(initial=1.0)), 2.0)))) + 1):
+        mid = np.floor((lo + hi) / 2)
+        below = out_of_range_pvalue(mid, n, big_n) <= alpha
+        hi, lo = np.where(below, mid, hi), np.where(below, lo, mid)
+    return np.where(n > 0, hi / np.maximum(n, 1.0), np.nan)
+
+
 def missing_rate(missing: np.ndarray | int, total: np.ndarray | int) -> np.ndarray:
     """Share of events with the feature missing (NaN when there were no events)."""
     total = np.asarray(total, dtype=np.float64)
@@ -226,6 +299,23 @@ def missing_rate(missing: np.ndarray | int, total: np.ndarray | int) -> np.ndarr
 def new_category_rate(other: np.ndarray | int, count: np.ndarray | int) -> np.ndarray:
     """Share of non-missing values outside the reference's category table (NaN when none)."""
     return missing_rate(other, count)
+
+
+def bh_cutoff(p_values: np.ndarray, q: float) -> float:
+    """The p-value at or under which Benjamini-Hochberg rejects at false discovery rate ``q`` (0 when none).
+
+    >>> bh_cutoff(np.array([0.01, 0.04, 0.03, 0.5]), 0.05)
+    0.0125
+    >>> bh_cutoff(np.array([0.2, 0.5]), 0.05)
+    0.0
+    """
+    p = np.sort(np.asarray(p_values, dtype=np.float64))
+    m = p.size
+    if m == 0:
+        return 0.0
+    steps = q * np.arange(1, m + 1) / m
+    below = np.flatnonzero(p <= steps)
+    return float(steps[below[-1]]) if below.size else 0.0
 
 
 def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments
+from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, squared_deviations
 from streams.records import PREDICTION_FEATURE
 
 FORMAT_VERSION = 1
@@ -691,6 +691,11 @@ class NumericWindow:
     def std(self) -> float | None:
         """The population standard deviation: the square root of the correctly rounded variance."""
         return population_std(self.total, self.squares, self.count) if self.count else None
+
+    @property
+    def m2(self) -> float:
+        """The sum of squared deviations from the mean, from the exact sums (the same bits for any batching)."""
+        return squared_deviations(self.total, self.squares, self.count)
 
     def update(self, x: np.ndarray) -> None:
         self.add(*_finite_values(self.name, _numeric_column(self.name, x)))

@@ -287,3 +287,28 @@ def test_drift_docstring_examples_run() -> None:
 
 def test_calibration_docstring_examples_run() -> None:
     assert doctest.testmod(calibration).failed == 0
+
+
+# ----------------------------------------------------------------------------- regressions
+
+
+@pytest.mark.parametrize("n,windows", [(100, 300), (150, 300), (1_000, 200)])
+def test_new_categories_in_one_feature_never_flag_another(n: int, windows: int) -> None:
+    # The reference saw no ``other`` in either feature, and "few" has fewer
+    # categories than "many": its padded cells once shared a spare group with
+    # the new categories of "many", which then showed up in the test of "few".
+    rng = np.random.default_rng(31)
+    many = np.array([f"m{i}" for i in range(8)])
+    few = np.array(["a", "b", "c"])
+    ref = ReferenceProfile.build("m", "1", {}, {"many": many[rng.integers(0, 8, 20_000)].tolist(),
+                                               "few": few[rng.choice(3, 20_000, p=[0.5, 0.3, 0.2])].tolist()})
+    wrongly = 0
+    for k in range(windows):
+        values = many[rng.integers(0, 8, n)].astype(object)
+        values[rng.random(n) < 0.1] = "new"
+        w = WindowProfile.empty(ref, seed=k)
+        w.update({}, {"many": values.tolist(), "few": few[rng.choice(3, n, p=[0.5, 0.3, 0.2])].tolist()})
+        rows = by_key(evaluate_window(ref, w))
+        wrongly += rows["few", "chi2"].drifted
+        assert rows["few", "chi2"].value < 60  # the leak made it hundreds
+    assert_rate_at_most(wrongly, windows, 0.05)

@@ -1,0 +1,283 @@
+"""Power of driftline's per-window decision against the most powerful test for each kind of change.
+
+For each alternative, window size and reference size, windows are drawn with
+a change sized so that the *reference test* (the most powerful test for that
+alternative, told which alternative it faces) has 95% power at level 0.05:
+
+| alternative | change | reference test |
+|---|---|---|
+| location | normal feature, mean + delta | Welch's z on the raw means |
+| scale | normal feature, sd x factor | two-sided F test on the raw variances |
+| categories | 5 categories, proportions moved along a fixed direction | chi-squared on the full counts |
+| missing | numeric feature, 1% missing in the reference, more in the window | exact conditional binomial (one-sided) |
+| new_category | categorical, the reference saw no other, new ones in the window | exact conditional binomial (one-sided) |
+
+driftline sees the same windows through ``WindowProfile`` and decides with
+``evaluate_window(..., thresholds=None)`` (fdr_q 0.05): a window counts when
+the feature has an alarm of the alternative's class (drift, or data quality
+for missing and new categories). The power ratio is driftline's power over
+the reference test's. A fresh reference is drawn every ``--per-reference``
+windows, shared by both.
+
+False alarms: stationary streams of several features (normal; Student t with
+3 degrees of freedom; integer-valued; constant; window sizes varying from 80
+to 12,000; 52 mixed features), a window counts when any feature has any
+alarm.
+
+Run ``python bench/power.py`` (a few minutes on 2 cores) or ``--quick`` (seconds,
+a smoke run with too few windows to read the figures). Lines starting with
+``|`` are the tables of docs/STATISTICS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import special, stats
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from streams.core.drift import drifted_features, evaluate_window  # noqa: E402
+from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
+
+LEVEL = 0.05
+TARGET_POWER = 0.95
+WINDOW_SIZES = (100, 1_000, 10_000)
+REFERENCE_SIZES = (1_000, 5_000, 50_000)
+CATEGORIES = np.array(["a", "b", "c", "d", "e"], dtype=object)
+CAT_P = np.array([0.4, 0.25, 0.15, 0.12, 0.08])
+CAT_DIRECTION = np.array([-0.5, 0.2, 0.2, 0.05, 0.05])
+REF_MISSING = 0.01
+Z_POWER = special.ndtri(1 - LEVEL / 2) + special.ndtri(TARGET_POWER)  # two-sided z tests
+
+
+def _en(n: int, big_n: int) -> float:
+    return n * big_n / (n + big_n)
+
+
+# ----------------------------------------------------------------------------- alternatives
+# Each returns (reference data, window generator, reference test) for sizes n and N.
+# A window generator gives (numeric, categorical) columns; the reference test takes the
+# reference and window columns and returns its p-value.
+
+Columns = tuple[dict[str, np.ndarray], dict[str, list]]
+
+
+def location(n: int, big_n: int, rng: np.random.Generator):
+    delta = Z_POWER * math.sqrt(1 / n + 1 / big_n)
+
+    def window(r: np.random.Generator) -> Columns:
+        return {"x": r.normal(delta, 1.0, n)}, {}
+
+    def test(ref: Columns, win: Columns) -> float:
+        return float(stats.ttest_ind(win[0]["x"], ref[0]["x"], equal_var=False).pvalue)
+
+    return ({"x": rng.normal(size=big_n)}, {}), window, test, "drift"
+
+
+def scale(n: int, big_n: int, rng: np.random.Generator):
+    factor = math.exp(0.5 * Z_POWER * math.sqrt(2 / n + 2 / big_n))
+
+    def window(r: np.random.Generator) -> Columns:
+        return {"x": r.normal(0.0, factor, n)}, {}
+
+    def test(ref: Columns, win: Columns) -> float:
+        a, b = win[0]["x"], ref[0]["x"]
+        f = a.var(ddof=1) / b.var(ddof=1)
+        tail = stats.f.sf(f, a.size - 1, b.size - 1)
+        return float(min(1.0, 2 * min(tail, 1 - tail)))
+
+    return ({"x": rng.normal(size=big_n)}, {}), window, test, "drift"
+
+
+def categories(n: int, big_n: int, rng: np.random.Generator):
+    dof = CAT_P.size - 1
+    crit = stats.chi2.isf(LEVEL, dof)
+    lam = _solve(lambda x: stats.ncx2.sf(crit, dof, x) - TARGET_POWER, 0.1, 1e4)
+    unit = float(np.sum(CAT_DIRECTION ** 2 / CAT_P))
+    q = CAT_P + CAT_DIRECTION * math.sqrt(lam / (unit * _en(n, big_n)))
+
+    def window(r: np.random.Generator) -> Columns:
+        return {}, {"c": CATEGORIES[r.choice(CAT_P.size, n, p=q)].tolist()}
+
+    def test(ref: Columns, win: Columns) -> float:
+        table = np.array([[np.sum(np.asarray(side[1]["c"]) == c) for c in CATEGORIES] for side in (ref, win)])
+        table = table[:, table.sum(axis=0) > 0]
+        return float(stats.chi2_contingency(table, correction=False).pvalue)
+
+    return ({}, {"c": CATEGORIES[rng.choice(CAT_P.size, big_n, p=CAT_P)].tolist()}), window, test, "drift"
+
+
+def missing(n: int, big_n: int, rng: np.random.Generator):
+    z = special.ndtri(1 - LEVEL) + special.ndtri(TARGET_POWER)  # one-sided
+    p0 = REF_MISSING
+    rate = _solve(lambda r: (r - p0) - z * math.sqrt(r * (1 - r) / n + p0 * (1 - p0) / big_n), p0, 0.99)
+
+    def window(r: np.random.Generator) -> Columns:
+        x = r.normal(size=n)
+        x[r.random(n) < rate] = np.nan
+        return {"x": x}, {}
+
+    def test(ref: Columns, win: Columns) -> float:
+        k1, k2 = int(np.isnan(ref[0]["x"]).sum()), int(np.isnan(win[0]["x"]).sum())
+        if k1 + k2 == 0:
+            return 1.0
+        return float(stats.binomtest(k2, k1 + k2, n / (n + big_n), alternative="greater").pvalue)
+
+    x = rng.normal(size=big_n)
+    x[rng.random(big_n) < p0] = np.nan
+    return ({"x": x}, {}), window, test, "data_quality"
+
+
+def new_category(n: int, big_n: int, rng: np.random.Generator):
+    share = n / (n + big_n)
+    k_crit = max(1, math.ceil(math.log(LEVEL) / math.log(share)))
+    rate = min(0.99, float(special.gammaincinv(k_crit, TARGET_POWER)) / n)
+
+    def window(r: np.random.Generator) -> Columns:
+        values = CATEGORIES[r.choice(CAT_P.size, n, p=CAT_P)]
+        values[r.random(n) < rate] = "new"
+        return {}, {"c": values.tolist()}
+
+    def test(ref: Columns, win: Columns) -> float:
+        k2 = int(np.sum(np.asarray(win[1]["c"]) == "new"))
+        return float(stats.binomtest(k2, k2, share, alternative="greater").pvalue) if k2 else 1.0
+
+    return ({}, {"c": CATEGORIES[rng.choice(CAT_P.size, big_n, p=CAT_P)].tolist()}), window, test, "data_quality"
+
+
+ALTERNATIVES: dict[str, Callable] = {"location": location, "scale": scale, "categories": categories,
+                                     "missing": missing, "new_category": new_category}
+KIND = {"location": "drift", "scale": "drift", "categories": "drift", "missing": "data_quality",
+        "new_category": "data_quality"}
+
+
+def _solve(f: Callable[[float], float], lo: float, hi: float) -> float:
+    from scipy.optimize import brentq
+    return float(brentq(f, lo, hi))
+
+
+def power_cell(name: str, n: int, big_n: int, windows: int, per_reference: int, seed: int) -> tuple[float, float]:
+    """driftline's power and the reference test's, over ``windows`` windows."""
+    rng = np.random.default_rng(seed)
+    hits = oracle = 0
+    ref_data = ref = window = test = None
+    for k in range(windows):
+        if k % per_reference == 0:
+            ref_data, window, test, _ = ALTERNATIVES[name](n, big_n, rng)
+            ref = ReferenceProfile.build("m", "1", ref_data[0], ref_data[1], seed=k)
+        win = window(rng)
+        profile = WindowProfile.empty(ref, seed=k)
+        profile.update(win[0], win[1])
+        hits += bool(drifted_features(evaluate_window(ref, profile), KIND[name]))
+        oracle += test(ref_data, win) <= LEVEL
+    return hits / windows, oracle / windows
+
+
+# ----------------------------------------------------------------------------- stationary streams
+
+
+def _stream(kind: str, size: int, rng: np.random.Generator) -> Columns:
+    if kind == "normal":
+        return {f"x{i}": rng.normal(size=size) for i in range(10)}, {}
+    if kind == "t3":
+        return {f"x{i}": rng.standard_t(3, size=size) for i in range(10)}, {}
+    if kind == "integer":
+        return {**{f"p{i}": rng.poisson(3, size).astype(float) for i in range(5)},
+                **{f"b{i}": rng.binomial(1, 0.1, size).astype(float) for i in range(5)}}, {}
+    if kind == "constant":
+        return {**{f"k{i}": np.full(size, float(i)) for i in range(5)},
+                **{f"x{i}": rng.normal(size=size) for i in range(5)}}, {}
+    # 52 mixed features, with missing values and categories.
+    numeric = {}
+    for i in range(40):
+        x = (rng.normal(size=size), rng.standard_t(3, size=size), rng.exponential(size=size),
+             rng.poisson(2, size).astype(float))[i % 4]
+        if i % 5 == 0:
+            x[rng.random(size) < 0.05] = np.nan
+        numeric[f"n{i:02d}"] = x
+    zipf = 1.0 / np.arange(1, 31) ** 1.1
+    categorical = {f"c{i:02d}": np.array([f"v{j}" for j in range(30)], dtype=object)[
+        rng.choice(30, size, p=zipf / zipf.sum())].tolist() for i in range(12)}
+    return numeric, categorical
+
+
+def false_alarm_cell(kind: str, n: int | None, big_n: int, windows: int, per_reference: int,
+                     seed: int) -> float:
+    """Share of stationary windows with any alarm (``n`` None: sizes log-uniform in 80 to 12,000)."""
+    rng = np.random.default_rng(seed)
+    alarms = 0
+    ref = None
+    stream = "mixed" if kind in ("varied", "52 features") else kind
+    for k in range(windows):
+        if k % per_reference == 0:
+            ref = ReferenceProfile.build("m", "1", *_stream(stream, big_n, rng), seed=k)
+        size = n if n is not None else int(np.exp(rng.uniform(np.log(80), np.log(12_000))))
+        profile = WindowProfile.empty(ref, seed=k)
+        profile.update(*_stream(stream, size, rng))
+        alarms += bool(drifted_features(evaluate_window(ref, profile)))
+    return alarms / windows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--windows", type=int, default=100, help="windows per power cell")
+    parser.add_argument("--fa-windows", type=int, default=200, help="windows per false-alarm cell")
+    parser.add_argument("--per-reference", type=int, default=20, help="windows per drawn reference (power)")
+    parser.add_argument("--fa-per-reference", type=int, default=5,
+                        help="windows per drawn reference (false alarms: the rate is an average over references)")
+    parser.add_argument("--skip-power", action="store_true", help="only the false-alarm table")
+    parser.add_argument("--alternatives", default=",".join(ALTERNATIVES),
+                        help="alternatives of the power table, comma-separated")
+    parser.add_argument("--streams", default="normal,t3,integer,constant,varied,52 features",
+                        help="stationary streams of the false-alarm table, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few windows, small sizes only")
+    args = parser.parse_args(argv)
+    sizes, refs = WINDOW_SIZES, REFERENCE_SIZES
+    if args.quick:
+        args.windows, args.fa_windows, args.per_reference, args.fa_per_reference = 20, 20, 10, 5
+        sizes, refs = (100, 1_000), (1_000, 5_000)
+    started = time.perf_counter()
+    print(f"Power at the change where the reference test has {TARGET_POWER:.0%} power (level {LEVEL}); "
+          f"{args.windows} windows per cell, a reference every {args.per_reference}.")
+    print("| alternative | window | reference | reference test power | driftline power | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    worst = math.inf
+    for name in () if args.skip_power else args.alternatives.split(","):
+        for n in sizes:
+            for big_n in refs:
+                mine, best = power_cell(name, n, big_n, args.windows, args.per_reference,
+                                        seed=stable_seed("power", name, n, big_n))
+                ratio = mine / best if best else math.nan
+                worst = min(worst, ratio)
+                print(f"| {name} | {n:,} | {big_n:,} | {best:.3f} | {mine:.3f} | {ratio:.2f} |", flush=True)
+    print(f"WORST-RATIO {worst:.2f}")
+    print()
+    print("False alarms on stationary streams (share of windows with any alarm, thresholds=None, fdr_q 0.05); "
+          f"{args.fa_windows} windows per cell.")
+    print("| stream | window | reference | false alarms |")
+    print("|---|---:|---:|---:|")
+    worst_fa = 0.0
+    for kind in args.streams.split(","):
+        for n in ((None,) if kind == "varied" else sizes):
+            for big_n in refs:
+                rate = false_alarm_cell(kind, n, big_n, args.fa_windows, args.fa_per_reference,
+                                        seed=stable_seed("false-alarms", kind, n, big_n))
+                worst_fa = max(worst_fa, rate)
+                label = "80 to 12,000" if n is None else f"{n:,}"
+                print(f"| {kind} | {label} | {big_n:,} | {rate:.3f} |", flush=True)
+    print(f"WORST-FALSE-ALARMS {worst_fa:.3f}")
+    print(f"ELAPSED {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
