@@ -64,6 +64,7 @@ class DriftMetricRow:
     n_reference: int
     n_current: int
     computed_at: int
+    kind: str = "drift"  # the alarm class: drift or data_quality (migration 0006)
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def drift_metric_rows(report: DriftReport) -> list[DriftMetricRow]:
         DriftMetricRow(
             report.model_id, report.model_version, m.feature, m.metric, report.window_start, report.window_end,
             m.value, m.p_value, m.threshold, m.drifted, report.n_reference, report.n_current, report.computed_at,
+            m.kind,
         )
         for m in report.metrics
     ]
