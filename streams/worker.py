@@ -51,7 +51,7 @@ from streams.core.monitor import (
     concat_batches,
     take_rows,
 )
-from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
+from streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
 from streams.core.windows import Windowing
 from streams.messages import Incoming
 from streams.observability import WorkerMetrics
@@ -80,7 +80,8 @@ class WorkerOptions:
     a poll of messages of batches is handled in parts of about that many
     events, so its memory and the wait of the windows it closes stay bounded.
     ``index_max_entries`` bounds the predictions kept for the label join, at
-    about 300 bytes each (200,000: about 60 MiB).
+    about 300 bytes each (200,000: about 60 MiB). Events before ``min_event_time_ms``
+    (epoch ms; default 2000-01-01) or more than ``max_future_seconds`` ahead go to the DLQ.
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -96,6 +97,7 @@ class WorkerOptions:
     max_poll_bytes: int = 16 * 1024 * 1024
     max_take_events: int = 50_000
     max_future_seconds: float = 3600.0
+    min_event_time_ms: int = MIN_EVENT_TIME_MS
     baseline: str = "version"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -448,7 +450,7 @@ class WorkerService:
         return read
 
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
-        problem = check_batch(batch, now, self.max_future_ms)
+        problem = check_batch(batch, now, self.max_future_ms, self.options.min_event_time_ms)
         if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
             problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
                                                f"version {batch.model_version!r} (register it first)")
@@ -467,7 +469,7 @@ class WorkerService:
             if not isinstance(record, LabelEvent):
                 rejected.append(self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now))
                 continue
-            problem = check_label(record, now, self.max_future_ms)
+            problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
             if problem is None and not self.references.knows_model(record.model_id):
                 problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
             if problem is not None:
