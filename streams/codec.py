@@ -67,6 +67,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import reprlib
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -625,8 +626,9 @@ class Codec:
         try:
             validate(obj, version.parsed, raise_errors=True)
         except ValidationError as exc:
-            problems = "; ".join(f"{e.field.removeprefix(version.name + '.')} is {e.datum!r}, expected {e.schema}"
-                                 for e in exc.errors)
+            # reprlib: a value of a megabyte is quoted by its first characters, at once
+            problems = "; ".join(f"{e.field.removeprefix(version.name + '.')} is {reprlib.repr(e.datum)}, "
+                                 f"expected {e.schema}" for e in exc.errors[:5])
             raise DecodeError("json_schema", f"not a valid {version.short_name}: {problems}") from exc
         # A write and read through the same schema fills defaults and makes ints of double fields floats,
         # so that JSON and Avro inputs give identical records.

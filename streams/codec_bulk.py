@@ -463,12 +463,15 @@ class _Cursor:
 def _name_faults(numeric: "_MapColumns", categorical: "_MapColumns") -> np.ndarray:
     """Messages with a reserved feature name, or a name both numeric and categorical (checked once per key)."""
     fault = np.zeros(numeric.m, dtype=bool)
-    categorical_ids = {name: i for i, name in enumerate(categorical.keys.names) if name is not None}
-    for columns in (numeric, categorical):
-        for i, name in enumerate(columns.keys.names):
+    # A key interned for a template that no message matched has no row in ``present``: it is present nowhere.
+    numeric_names = numeric.keys.names[:len(numeric.present)]
+    categorical_names = categorical.keys.names[:len(categorical.present)]
+    categorical_ids = {name: i for i, name in enumerate(categorical_names) if name is not None}
+    for columns, names in ((numeric, numeric_names), (categorical, categorical_names)):
+        for i, name in enumerate(names):
             if name in RESERVED_FEATURE_NAMES:
                 fault |= columns.present[i]
-    for i, name in enumerate(numeric.keys.names):
+    for i, name in enumerate(numeric_names):
         j = categorical_ids.get(name)
         if j is not None:
             fault |= numeric.present[i] & categorical.present[j]

@@ -55,6 +55,7 @@ from streams.records import (
 T0 = 1_700_000_000_123
 MUTATION_KINDS = ("json", "avro", "bytes", "seed")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_MESSAGE_BYTES = 1 << 20
 
 _HUGE_INTS = [2**63, 2**63 - 1, -(2**63), -(2**63) - 1, 2**64, 10**19, 10**20, 10**308, 10**309, -(10**400),
               10**4000, INT64_MIN, 0, -1]
@@ -135,7 +136,7 @@ class Corpus:
 
     def __init__(self, codec: Codec | None = None, *, big: bool = True) -> None:
         self.codec = codec or Codec()
-        # big: strings up to a megabyte and maps of 20,000 entries now and then (the long run); without,
+        # big: strings up to a megabyte and maps of 10,000 entries now and then (the long run); without,
         # strings of at most 4 KiB and maps of 1,000 entries (the CI run, which checks the big ones by hand)
         self.big = big
         self.seeds: list[_Seed] = []
@@ -169,7 +170,8 @@ class Corpus:
             data = self.bytes_mutant(rng, base)
         else:
             data = seed.avro if seed.json is None or rng.random() < 0.5 else seed.json
-        return kind, data
+        # no broker takes more by default (message.max.bytes is 1 MB): longer mutants are cut there
+        return kind, data[:MAX_MESSAGE_BYTES]
 
     def topic(self, rng: random.Random) -> str | None:
         return rng.choice(_TOPICS)
@@ -200,7 +202,7 @@ class Corpus:
             return [rng.choice(_HUGE_INTS + _ODD_FLOATS), "x", None]
         if pick == 6:
             return {self.odd_string(rng): rng.choice(_ODD_FLOATS + [1.0, "v"]) for _ in range(rng.randrange(4))}
-        return {f"k{i}": float(i) for i in range(rng.choice([1_000, 20_000] if self.big else [100, 1_000]))}
+        return {f"k{i}": float(i) for i in range(rng.choice([1_000, 10_000] if self.big else [100, 1_000]))}
 
     # -- JSON
 
@@ -283,8 +285,8 @@ class Corpus:
             op = rng.randrange(3)
             if op == 0 and value:
                 value.pop(rng.randrange(len(value)))
-            elif op == 1:
-                value.extend([value[0]] * rng.choice([1, 1_000]) if value else [])
+            elif op == 1 and value:
+                value.extend([value[0]] * _copies(rng.choice([1, 1_000]), value[0]))
             elif value and isinstance(value[0], str):
                 value[rng.randrange(len(value))] = self.odd_string(rng)
         elif kind == "enum":
@@ -310,7 +312,7 @@ class Corpus:
         elif op == 1:
             # many entries; fewer when each is a whole column, so that a mutant stays under a megabyte
             many = [1_000, 10_000] if self.big else [100, 1_000]
-            for i in range(rng.choice([50, 200] if isinstance(sample, (list, bytes)) else many)):
+            for i in range(_copies(rng.choice([50, 200] if isinstance(sample, (list, bytes)) else many), sample)):
                 value[f"k{i}"] = sample
         elif op == 2 and value:
             key = rng.choice(list(value))
@@ -382,6 +384,21 @@ def expand_nesting(data: bytes) -> bytes:
         return b"[" * depth + b"1" + b"]" * depth
 
     return _MARKER.sub(nest, data)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(map(_size, value))
+    if isinstance(value, dict):
+        return sum(_size(k) + _size(v) for k, v in value.items())
+    return 8
+
+
+def _copies(wanted: int, value: Any) -> int:
+    """At most ``wanted`` copies of ``value``, and no more than a megabyte of them (memory stays bounded)."""
+    return max(1, min(wanted, MAX_MESSAGE_BYTES // max(1, _size(value))))
 
 
 def _kind(avro_type: Any) -> str:

@@ -5,7 +5,7 @@
     python tests/fuzz/run.py --atheris --seconds 600  # coverage-guided, when atheris is installed
 
 Without ``--atheris`` it runs the mutator of the CI test (``tests/unit/test_fuzz.py``)
-for longer, with megabyte strings and 20,000-entry maps. With it, atheris
+for longer, with megabyte strings and 10,000-entry maps. With it, atheris
 (libFuzzer for Python) mutates bytes guided by the coverage of the Python code
 of ``streams/`` (fastavro and numpy are compiled and not instrumented), starting
 from every seed message; any exception other than DecodeError, or a message

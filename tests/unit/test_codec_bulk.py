@@ -344,6 +344,21 @@ def test_feature_names_refused_by_the_codec_are_refused_in_the_fast_path(changes
     assert fast.groups[0].messages.tolist() == [0, 2]
 
 
+def test_a_reserved_name_in_a_template_no_message_matches(caplog: pytest.LogCaptureFixture) -> None:
+    # Found by make fuzz: the first message's keys are interned as a template, which the others do not
+    # match; the name checks must not look for rows of keys that no message holds (an IndexError, which
+    # the fallback hid at the cost of decoding the whole call one by one).
+    # Here no entry is read at all: one long map among few messages sends them all to the codec at once.
+    values = [encode_event(event(0, numeric={"age": 1.0, "income": 2.0, "label": 3.0}))]
+    values += [encode_event(event(i, numeric={f"k{i}": 1.0})) for i in range(1, 4)]
+    values += [encode_event(event(4, numeric={f"f{k}": 1.0 for k in range(1_000)}))]
+    with caplog.at_level("WARNING", logger="driftline.codec"):
+        fast, calls = check(values)
+    assert "fell back" not in caplog.text
+    assert calls == 5
+    assert [(i, e.reason) for i, e in fast.others] == [(0, "reserved_feature_name")]
+
+
 def test_feature_names_refused_in_batches_take_the_codec() -> None:
     good = batches(20)
     bad = [encode_batch({**batch_datum(prediction_batch(90)), "numeric": {"label": packed(np.ones(5))}}),
