@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-unit lint faults demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-unit lint faults fuzz demo stack-up stack-down stack-status bench clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ stack-status: setup
 bench: setup
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/throughput.py
+
+# The long fuzz run of the decoders (tests/fuzz/README.md); the CI one is tests/unit/test_fuzz.py.
+# make fuzz FUZZ_ARGS="--seconds 3600"   or   FUZZ_ARGS="--count 2000000 --seed 7"
+FUZZ_ARGS ?= --seconds 300
+fuzz: setup
+	$(BIN)/python tests/fuzz/run.py $(FUZZ_ARGS)
 
 clean:
 	-$(BIN)/driftline stack down

@@ -34,11 +34,28 @@ that the streams worker writes into the DLQ header ``driftline-error``:
 ``json_syntax``        not JSON
 ``json_schema``        JSON that does not match the record's schema
 ``column_length``      a batch column does not hold exactly n values
-``invalid_value``      ±inf in a numeric input, a prediction or a latency
+``invalid_value``      ±inf in a numeric input, a prediction or a latency; NaN as the
+                       prediction of a single event (null says "no prediction" there;
+                       in a batch column NaN is the contract's "none")
 ``schema_registry``    the schema registry could not be asked
 ``unknown_schema_id``  the registry does not know the id, or it is not a driftline record
 ``unexpected_record``  a valid record that does not belong on that topic
+``reserved_feature_name``, ``feature_kind_conflict``, ``value_too_long``
+                       the feature names or attribute keys of one event or batch
+                       message (``streams.core.validation.check_feature_names``)
+``malformed``          anything else that went wrong reading the message; the
+                       detail names the exception class (a bug to report, never a crash)
 =====================  =====================================================
+
+Decoding is total: :meth:`Codec.decode` raises :class:`DecodeError` and nothing
+else for any bytes (``ValueError`` only for a topic name that is not one, a
+programming error). A detail is at most ``MAX_DETAIL_CHARS`` characters of valid
+UTF-8 with passwords masked (``driftline.redaction``), so that it always fits a
+DLQ header and a log line. JSON must be UTF-8; lone surrogates, escaped or raw,
+are ``json_syntax``, as is nesting deeper than Python's parser allows; an integer
+too large for a double field is ``json_schema``.
+
+Encoding writes a NaN prediction of a single event as null.
 
 Timestamps stay exact integer milliseconds (see ``streams.codec_schemas``).
 Batches decode with one fastavro read and ``np.frombuffer`` per packed
@@ -50,6 +67,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import reprlib
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,8 +78,10 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.validation import ValidationError, validate
 
+from driftline.redaction import redact
 from streams.codec_registry import SchemaRegistryClient, SchemaRegistryError
 from streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, SchemaSet, SchemaSetError, SchemaVersion
+from streams.core.validation import check_feature_names
 from streams.records import (
     Alert,
     DriftReport,
@@ -84,8 +104,10 @@ Record = Union[
 DECODE_ERROR_REASONS = frozenset({
     "empty", "unknown_encoding", "truncated", "unknown_fingerprint", "avro_body", "schema_resolution",
     "json_syntax", "json_schema", "column_length", "invalid_value", "schema_registry",
-    "unknown_schema_id", "unexpected_record",
+    "unknown_schema_id", "unexpected_record", "reserved_feature_name", "feature_kind_conflict", "value_too_long",
+    "malformed",
 })
+MAX_DETAIL_CHARS = 1_024
 
 # Which records each topic carries (docs/CONTRACTS.md); the first is the JSON default.
 TOPIC_RECORDS: dict[str, tuple[str, ...]] = {
@@ -107,15 +129,36 @@ _BATCHES = frozenset({f"{NAMESPACE}.PredictionBatch", f"{NAMESPACE}.FeatureBatch
 class DecodeError(ValueError):
     """A message that is not a valid driftline record; ``reason`` is a short code (module docstring).
 
+    The message is made safe for headers and logs: valid UTF-8 (a lone surrogate quoted from the
+    input is escaped), at most ``MAX_DETAIL_CHARS`` characters, passwords masked.
+
     >>> err = DecodeError("empty", "the message has no bytes")
     >>> err.reason, str(err)
     ('empty', 'empty: the message has no bytes')
+    >>> DecodeError("json_schema", "no field " + chr(0xD800) + " at http://u:pw@host/").message
+    'no field \\\\ud800 at http://u:***@host/'
     """
 
     def __init__(self, reason: str, message: str) -> None:
+        message = _safe_detail(message)
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+def _safe_detail(message: str) -> str:
+    if len(message) > MAX_DETAIL_CHARS:
+        message = f"{message[:MAX_DETAIL_CHARS - 40]}... ({len(message)} characters in all)"
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return redact(message)
+
+
+def _unexpected(exc: BaseException) -> DecodeError:
+    """An exception the decoders did not foresee, as the reason ``malformed``."""
+    return DecodeError("malformed", f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------- value checks
@@ -146,11 +189,17 @@ def _event_problem(numeric: Mapping[str, float], prediction: float | None = None
     key = _infinite_key(numeric)
     if key is not None:
         return f"numeric input {key!r} is ±inf (missing is NaN or an absent key)"
-    if _is_inf(prediction):
-        return "prediction is ±inf"
+    if prediction is not None and not math.isfinite(prediction):
+        return f"prediction is {prediction}; a single event without a prediction sends null"
     if _is_inf(latency_ms):
         return "latency_ms is ±inf"
     return None
+
+
+def _check_names(d: Mapping[str, Any]) -> None:
+    problem = check_feature_names(d["numeric"], d["categorical"], d["attributes"])
+    if problem:
+        raise DecodeError(problem.reason, problem.detail)
 
 
 def _batch_problem(numeric: Mapping[str, np.ndarray], predictions: np.ndarray | None = None,
@@ -200,6 +249,7 @@ def _prediction_batch(d: dict[str, Any]) -> PredictionBatch:
     problem = _batch_problem(numeric, predictions, latency)
     if problem:
         raise DecodeError("invalid_value", problem)
+    _check_names(d)
     return PredictionBatch(d["model_id"], d["model_version"], d["event_ids"], times, numeric,
                            d["categorical"], predictions, labels, latency, d["attributes"])
 
@@ -209,6 +259,7 @@ def _feature_batch(d: dict[str, Any]) -> FeatureBatch:
     problem = _batch_problem(numeric)
     if problem:
         raise DecodeError("invalid_value", problem)
+    _check_names(d)
     return FeatureBatch(d["model_id"], d["model_version"], d["event_ids"], times, numeric,
                         d["categorical"], d["attributes"])
 
@@ -217,6 +268,7 @@ def _prediction_event(d: dict[str, Any]) -> PredictionEvent:
     problem = _event_problem(d["numeric"], d["prediction"], d["latency_ms"])
     if problem:
         raise DecodeError("invalid_value", problem)
+    _check_names(d)
     return PredictionEvent(**d)
 
 
@@ -224,6 +276,7 @@ def _feature_event(d: dict[str, Any]) -> FeatureEvent:
     problem = _event_problem(d["numeric"])
     if problem:
         raise DecodeError("invalid_value", problem)
+    _check_names(d)
     return FeatureEvent(**d)
 
 
@@ -294,6 +347,9 @@ def _feature_batch_datum(b: FeatureBatch) -> dict[str, Any]:
 
 
 def _prediction_event_datum(e: PredictionEvent) -> dict[str, Any]:
+    if e.prediction is not None and math.isnan(e.prediction):
+        # NaN is "no prediction" in the SDK and in batches; a single event says that with null
+        return {**e.__dict__, "prediction": None}
     problem = _event_problem(e.numeric, e.prediction, e.latency_ms)
     if problem:
         raise ValueError(problem)
@@ -454,27 +510,44 @@ class Codec:
     # -- decoding
 
     def decode(self, data: bytes, *, topic: str | None = None) -> Record:
-        """The record in ``data``; ``topic`` (a name like ``"predictions"``, without prefix) also checks it belongs there."""
-        if type(data) is not bytes:
-            data = bytes(data)
-        if data[:2] == SINGLE_OBJECT_MAGIC:
-            # The hot path: one dict look-up, one fastavro read.
-            reader = self._by_fingerprint.get(data[2:10])
-            record = (reader or self._single_object_reader(data)).record(data, 10)
-        else:
-            reader, datum = self._decode_other(data, topic)
-            record = reader.convert(datum)
-        if topic is not None:
-            self._check_topic(record, topic)
-        return record
+        """The record in ``data``; ``topic`` (a name like ``"predictions"``, without prefix) also checks it belongs there.
+
+        Raises DecodeError and nothing else (module docstring), ValueError for an unknown topic name.
+        """
+        if topic is not None and topic not in TOPIC_RECORDS:
+            raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPIC_RECORDS)}")
+        try:
+            if type(data) is not bytes:
+                data = as_message_bytes(data)
+            if data[:2] == SINGLE_OBJECT_MAGIC:
+                # The hot path: one dict look-up, one fastavro read.
+                reader = self._by_fingerprint.get(data[2:10])
+                record = (reader or self._single_object_reader(data)).record(data, 10)
+            else:
+                reader, datum = self._decode_other(data, topic)
+                record = reader.convert(datum)
+            if topic is not None:
+                self._check_topic(record, topic)
+            return record
+        except DecodeError:
+            raise
+        except Exception as exc:  # a reader's surprise must cost one message, never the consumer
+            raise _unexpected(exc) from exc
 
     def decode_datum(self, data: bytes, *, topic: str | None = None) -> tuple[SchemaVersion, dict[str, Any]]:
-        """The reader schema and the plain Avro datum, before conversion to a record."""
-        if data[:2] == SINGLE_OBJECT_MAGIC:
-            reader = self._by_fingerprint.get(data[2:10]) or self._single_object_reader(data)
-            return reader.reader, reader.datum(data, 10)
-        reader, datum = self._decode_other(data, topic)
-        return reader.reader, datum
+        """The reader schema and the plain Avro datum, before conversion to a record (DecodeError as ``decode``)."""
+        try:
+            if type(data) is not bytes:
+                data = as_message_bytes(data)
+            if data[:2] == SINGLE_OBJECT_MAGIC:
+                reader = self._by_fingerprint.get(data[2:10]) or self._single_object_reader(data)
+                return reader.reader, reader.datum(data, 10)
+            reader, datum = self._decode_other(data, topic)
+            return reader.reader, datum
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc) from exc
 
     def _single_object_reader(self, data: bytes) -> _Reader:
         if len(data) < 10:
@@ -524,9 +597,14 @@ class Codec:
 
     def _decode_json(self, data: bytes, topic: str | None) -> tuple[_Reader, dict[str, Any]]:
         try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # Strict UTF-8 (json.loads of bytes would also take UTF-16 and raw surrogates)
+            obj = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DecodeError("json_syntax", f"JSON must be UTF-8: {exc}") from exc
+        except ValueError as exc:
             raise DecodeError("json_syntax", str(exc)) from exc
+        except RecursionError as exc:
+            raise DecodeError("json_syntax", "nested too deeply") from exc
         if not isinstance(obj, dict):
             raise DecodeError("json_schema", f"expected a JSON object, got {type(obj).__name__}")
         name = obj.pop("type", None)
@@ -548,13 +626,20 @@ class Codec:
         try:
             validate(obj, version.parsed, raise_errors=True)
         except ValidationError as exc:
-            problems = "; ".join(f"{e.field.removeprefix(version.name + '.')} is {e.datum!r}, expected {e.schema}"
-                                 for e in exc.errors)
+            # reprlib: a value of a megabyte is quoted by its first characters, at once
+            problems = "; ".join(f"{e.field.removeprefix(version.name + '.')} is {reprlib.repr(e.datum)}, "
+                                 f"expected {e.schema}" for e in exc.errors[:5])
             raise DecodeError("json_schema", f"not a valid {version.short_name}: {problems}") from exc
         # A write and read through the same schema fills defaults and makes ints of double fields floats,
         # so that JSON and Avro inputs give identical records.
         buf = io.BytesIO()
-        schemaless_writer(buf, version.parsed, obj)
+        try:
+            schemaless_writer(buf, version.parsed, obj)
+        except UnicodeEncodeError as exc:
+            raise DecodeError("json_syntax", f"a string holds a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
+                                             "which is not a Unicode character") from exc
+        except OverflowError as exc:
+            raise DecodeError("json_schema", f"a number does not fit its {version.short_name} field: {exc}") from exc
         buf.seek(0)
         return _Reader(version, version, _KINDS.get(version.name)), schemaless_reader(buf, version.parsed, None)
 
@@ -598,6 +683,19 @@ class Codec:
             raise TypeError(f"{type(record).__name__} has no JSON form; encode it with Avro")
         datum = _KINDS[name].to_datum(record)
         return json.dumps({"type": name.rsplit(".", 1)[-1], **datum}, separators=(",", ":")).encode()
+
+
+def as_message_bytes(value: Any) -> bytes:
+    """A message value as ``bytes``; a missing value (a Kafka tombstone) is a DecodeError ``empty``.
+
+    >>> as_message_bytes(memoryview(b"{}")), as_message_bytes(bytearray(b"x"))
+    (b'{}', b'x')
+    """
+    if value is None:
+        raise DecodeError("empty", "the message has no value (a tombstone)")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise DecodeError("malformed", f"a message value is bytes, not {type(value).__name__}")
 
 
 _default_codec: Codec | None = None

@@ -37,10 +37,18 @@ anything else (blocked arrays, wrong column lengths, ±inf, invalid UTF-8, ...)
 goes to ``Codec.decode``, and each batch lands in ``others`` equal to what
 ``Codec.decode`` returns; its columns are read-only aligned copies rather than
 views of the message.
+
+Like ``Codec.decode``, :func:`decode_bulk` is total: whatever the bytes, every
+message ends up in a group or in ``others`` (as a record or a DecodeError). The
+fast paths only ever send a message they cannot vouch for to ``Codec.decode``
+(a NaN prediction, a reserved or conflicting feature name, ...); should one of
+them raise all the same, the call is redone message by message and a warning
+logged (``driftline.codec``), so that a bug costs speed, never a message.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +59,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from streams.codec import TOPIC_RECORDS, Codec, DecodeError
 from streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, fingerprint
+from streams.core.validation import RESERVED_FEATURE_NAMES, check_feature_names
 from streams.records import FeatureBatch, FeatureEvent, PredictionBatch, PredictionEvent
+
+log = logging.getLogger("driftline.codec")
 
 # The writer layouts the parser below knows, in Parsing Canonical Form terms: a schema file that
 # changed in any way that matters to the bytes changes its fingerprint and so leaves the fast path.
@@ -449,6 +460,24 @@ class _Cursor:
         return start, length, has
 
 
+def _name_faults(numeric: "_MapColumns", categorical: "_MapColumns") -> np.ndarray:
+    """Messages with a reserved feature name, or a name both numeric and categorical (checked once per key)."""
+    fault = np.zeros(numeric.m, dtype=bool)
+    # A key interned for a template that no message matched has no row in ``present``: it is present nowhere.
+    numeric_names = numeric.keys.names[:len(numeric.present)]
+    categorical_names = categorical.keys.names[:len(categorical.present)]
+    categorical_ids = {name: i for i, name in enumerate(categorical_names) if name is not None}
+    for columns, names in ((numeric, numeric_names), (categorical, categorical_names)):
+        for i, name in enumerate(names):
+            if name in RESERVED_FEATURE_NAMES:
+                fault |= columns.present[i]
+    for i, name in enumerate(numeric_names):
+        j = categorical_ids.get(name)
+        if j is not None:
+            fault |= numeric.present[i] & categorical.present[j]
+    return fault
+
+
 class _MapColumns:
     """The entries of one map field of every message: one row per distinct key, one column per message.
 
@@ -719,19 +748,21 @@ def _parse(buf: _Buffer, messages: np.ndarray, starts: np.ndarray, ends: np.ndar
     categorical.read(cur)
     predictions = label_start = label_length = has_label = latency = latency_present = None
     if has_predictions:
-        predictions, _ = cur.optional_double()
+        predictions, has_prediction = cur.optional_double()
         label_start, label_length, has_label = cur.optional_string()
         latency, latency_present = cur.optional_double()
     attributes = _MapColumns(buf, m, doubles=False)
     attributes.read(cur)
     fail = cur.fail | (cur.pos != ends)  # bytes left after the record: the slow path says avro_body
 
-    # ±inf is invalid: the slow path gives those messages their DecodeError("invalid_value").
+    # ±inf is invalid, and so is a NaN prediction: the slow path gives those messages their
+    # DecodeError("invalid_value"), and the feature names it refuses their reasons.
     k = len(numeric.keys)
     if k:
         fail |= np.isinf(numeric.values[:k]).any(axis=0)
     if has_predictions:
-        fail |= np.isinf(predictions) | np.isinf(latency)
+        fail |= (has_prediction & ~np.isfinite(predictions)) | np.isinf(latency)
+    fail |= _name_faults(numeric, categorical)
 
     live = np.flatnonzero(~fail)
     event_ids = np.empty(m, dtype=object)
@@ -1287,8 +1318,8 @@ def _parse_batches(buf: _Buffer, starts: np.ndarray, ends: np.ndarray,
             continue  # the codec: invalid_value
         k = len(numeric[row])
         numeric_columns = mapping(numeric_keys[row], list(values[1:1 + k]))
-        if numeric_columns is None:
-            continue
+        if numeric_columns is None or check_feature_names(numeric_columns, cats, attrs) is not None:
+            continue  # the codec says why
         if has_predictions:
             out[row] = PredictionBatch(model_id, version, event_ids[row], words[0].view("<i8"), numeric_columns,
                                        cats, values[1 + k], labels[row],
@@ -1383,21 +1414,80 @@ def _fast_batch_fingerprints(codec: Codec, topic: str | None) -> dict[int, bool]
     return out
 
 
-def decode_bulk(codec: Codec, values: Sequence[bytes], *, topic: str | None) -> BulkDecoded:
+def _message_bytes(value: Any) -> bytes:
+    # a missing value (a Kafka tombstone) decodes as no bytes: DecodeError("empty")
+    return b"" if value is None else bytes(value)
+
+
+def decode_bulk(codec: Codec, values: Sequence[bytes | None], *, topic: str | None) -> BulkDecoded:
     """Decode many messages at once; the result is that of ``codec.decode(v, topic=topic)`` on each.
 
     Prediction and feature events are grouped per (model_id, model_version, kind) in order of
     first appearance, each group's rows in message order, its batch equal to
     ``PredictionBatch.from_events`` (``FeatureBatch.from_events(...).as_batch()`` for feature
     events) of those events. Every other outcome is in ``others``. An unknown topic raises
-    ValueError at once, as ``codec.decode`` would at the first message that decodes.
+    ValueError at once, as ``codec.decode`` would at the first message that decodes; nothing
+    else is raised (module docstring). A None value (a tombstone) is a DecodeError ``empty``.
     """
     if topic is not None and topic not in TOPIC_RECORDS:
         raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPIC_RECORDS)}")
-    values = [v if type(v) is bytes else bytes(v) for v in values]
-    n = len(values)
-    if not n:
+    values = [v if type(v) is bytes else _message_bytes(v) for v in values]
+    if not values:
         return BulkDecoded([], [])
+    try:
+        return _decode_bulk(codec, values, topic)
+    except Exception as exc:  # a bug in the vectorised reading: redo the call the slow way
+        log.warning("decode_bulk fell back to decoding %d messages one by one after %s: %s",
+                    len(values), type(exc).__name__, exc)
+        others: list[tuple[int, Any]] = []
+        parts = _decode_alone(codec, values, range(len(values)), topic, others)
+        return _assemble(parts, others)
+
+
+def _decode_alone(codec: Codec, values: list[bytes], indices: Sequence[int], topic: str | None,
+                  others: list[tuple[int, Any]]) -> dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]]:
+    """The messages at ``indices`` through ``codec.decode``, one at a time, exactly as the worker's slow path:
+    their events as one batch per (model_id, model_version, kind), everything else into ``others``."""
+    slow_events: dict[tuple[str, str, bool], tuple[list[int], list]] = {}
+    for i in indices:
+        try:
+            record: Any = codec.decode(values[i], topic=topic)
+        except DecodeError as exc:
+            others.append((i, exc))
+            continue
+        if isinstance(record, (PredictionEvent, FeatureEvent)):
+            key = (record.model_id, record.model_version, isinstance(record, PredictionEvent))
+            found, events = slow_events.setdefault(key, ([], []))
+            found.append(i)
+            events.append(record)
+        else:
+            others.append((i, record))
+    parts: dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]] = {}
+    for key, (found, events) in slow_events.items():
+        try:
+            parts[key] = [(np.array(found, dtype=np.int64), _slow_batch(events, key[2]))]
+        except Exception:  # noqa: BLE001 - one event the columns cannot hold: find it, the others stay
+            for i, event in zip(found, events):
+                try:
+                    parts.setdefault(key, []).append((np.array([i], dtype=np.int64), _slow_batch([event], key[2])))
+                except Exception as exc:  # noqa: BLE001
+                    others.append((i, DecodeError("malformed", f"{type(exc).__name__}: {exc}")))
+    return parts
+
+
+def _assemble(parts: dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]],
+              others: list[tuple[int, Any]]) -> BulkDecoded:
+    groups = []
+    for key, group_parts in parts.items():
+        batch, messages = _merge(group_parts)
+        groups.append(DecodedGroup(batch, key[2], messages.astype(np.int64, copy=False)))
+    groups.sort(key=lambda g: int(g.messages[0]))
+    others.sort(key=lambda item: item[0])
+    return BulkDecoded(groups, others)
+
+
+def _decode_bulk(codec: Codec, values: list[bytes], topic: str | None) -> BulkDecoded:
+    n = len(values)
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
     ends = np.cumsum(lengths)
     starts = ends - lengths
@@ -1429,32 +1519,12 @@ def decode_bulk(codec: Codec, values: Sequence[bytes], *, topic: str | None) -> 
                         others.append((i, record))
 
     # Everything else, one message at a time, exactly as the worker's slow path.
-    slow_events: dict[tuple[str, str, bool], tuple[list[int], list]] = {}
-    for i in np.flatnonzero(~taken).tolist():
-        try:
-            record: Any = codec.decode(values[i], topic=topic)
-        except DecodeError as exc:
-            others.append((i, exc))
-            continue
-        if isinstance(record, (PredictionEvent, FeatureEvent)):
-            key = (record.model_id, record.model_version, isinstance(record, PredictionEvent))
-            indices, events = slow_events.setdefault(key, ([], []))
-            indices.append(i)
-            events.append(record)
-        else:
-            others.append((i, record))
-
+    slow_parts = _decode_alone(codec, values, np.flatnonzero(~taken).tolist(), topic, others)
     parts: dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]] = {}
     for parsed, has_predictions in fast_rows:
         for key, rows in parsed.group_keys.items():
             batch = parsed.batch(rows, key)
             parts.setdefault((*key, has_predictions), []).append((parsed.messages[rows], batch))
-    for key, (indices, events) in slow_events.items():
-        parts.setdefault(key, []).append((np.array(indices, dtype=np.int64), _slow_batch(events, key[2])))
-    groups = []
-    for key, group_parts in parts.items():
-        batch, messages = _merge(group_parts)
-        groups.append(DecodedGroup(batch, key[2], messages.astype(np.int64, copy=False)))
-    groups.sort(key=lambda g: int(g.messages[0]))
-    others.sort(key=lambda item: item[0])
-    return BulkDecoded(groups, others)
+    for key, group_parts in slow_parts.items():
+        parts.setdefault(key, []).extend(group_parts)
+    return _assemble(parts, others)

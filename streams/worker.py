@@ -53,7 +53,7 @@ from streams.core.monitor import (
     in_arrival_order,
     take_rows,
 )
-from streams.core.validation import UNKNOWN_MODEL, Rejection, check_batch, check_label
+from streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
 from streams.core.windows import Windowing
 from streams.messages import Incoming
 from streams.observability import WorkerMetrics
@@ -85,7 +85,8 @@ class WorkerOptions:
     ``index_max_entries`` bounds the predictions kept for the label join, at
     about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
     sends each message with late rows to the DLQ and ``rejected_events``, reason
-    ``late_event`` (its other rows are accepted as usual).
+    ``late_event`` (its other rows are accepted as usual). Events before ``min_event_time_ms``
+    (epoch ms; default 2000-01-01) or more than ``max_future_seconds`` ahead go to the DLQ.
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -101,6 +102,7 @@ class WorkerOptions:
     max_poll_bytes: int = 16 * 1024 * 1024
     max_take_events: int = 50_000
     max_future_seconds: float = 3600.0
+    min_event_time_ms: int = MIN_EVENT_TIME_MS
     baseline: str = "version"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -472,7 +474,7 @@ class WorkerService:
         return read
 
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
-        problem = check_batch(batch, now, self.max_future_ms)
+        problem = check_batch(batch, now, self.max_future_ms, self.options.min_event_time_ms)
         if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
             problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
                                                f"version {batch.model_version!r} (register it first)")
@@ -491,7 +493,7 @@ class WorkerService:
             if not isinstance(record, LabelEvent):
                 rejected.append(self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now))
                 continue
-            problem = check_label(record, now, self.max_future_ms)
+            problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
             if problem is None and not self.references.knows_model(record.model_id):
                 problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
             if problem is not None:

@@ -53,6 +53,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         f"events, which bounds its memory and how long its windows wait (default {d.max_take_events})")
     g.add_argument("--max-future-seconds", type=float, default=_env("max-future-seconds", float, d.max_future_seconds),
                    help=f"events further ahead of the clock go to the DLQ (default {d.max_future_seconds:g})")
+    g.add_argument("--min-event-time-ms", type=int, default=_env("min-event-time-ms", int, d.min_event_time_ms),
+                   help=f"events before this epoch millisecond go to the DLQ (default {d.min_event_time_ms}, 2000-01-01)")
     g.add_argument("--baseline", choices=("version", "champion"), default=_env("baseline", str, d.baseline),
                    help="compare each version with its own reference profile (falling back to the champion's), "
                         "or every version with the champion's (default version)")
@@ -98,6 +100,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         max_poll_bytes=args.max_poll_bytes,
         max_take_events=args.max_take_events,
         max_future_seconds=args.max_future_seconds,
+        min_event_time_ms=args.min_event_time_ms,
         baseline=args.baseline,
         web_host=args.web_host,
         web_port=args.web_port,

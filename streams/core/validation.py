@@ -7,27 +7,61 @@ DLQ is exactly what was not ingested and can be replayed after a fix.
 
 Reason codes added here (the codec's own are in ``streams.codec``):
 
-=====================  =====================================================
-``unknown_model``      no reference profile for the model version (nor a champion)
-``invalid_value``      ±inf where a number must be finite, a negative latency,
-                       a NaN or infinite label or event time
-``future_event_time``  an event time further ahead of the wall clock than allowed
-=====================  =====================================================
+=========================  =================================================
+``unknown_model``          no reference profile for the model version (nor a champion)
+``invalid_value``          ±inf where a number must be finite, a negative latency,
+                           a NaN or infinite label or event time
+``future_event_time``      an event time further ahead of the wall clock than allowed
+``invalid_event_time``     an event time before ``min_event_time_ms``
+                           (default ``MIN_EVENT_TIME_MS``, 2000-01-01T00:00:00Z)
+``value_too_long``         a string longer than its limit (below)
+``reserved_feature_name``  a feature named like a column of the training snapshot
+                           (``RESERVED_FEATURE_NAMES``)
+``feature_kind_conflict``  one name both numeric and categorical in one event or batch message
+=========================  =================================================
+
+String limits, in characters (code points):
+
+- ``MAX_ID_LENGTH`` (256): ``event_id``, ``model_id``, ``model_version``,
+  feature names and attribute keys;
+- ``MAX_VALUE_LENGTH`` (1,024): categorical values, attribute values,
+  ``predicted_label`` and string labels.
+
+Feature names are checked per message by the codec (:func:`check_feature_names`,
+so that one event's bad name cannot fail the other events it is grouped with);
+values and event times by :func:`check_batch` and :func:`check_label`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
 
-from streams.records import LabelEvent, PredictionBatch
+from streams.records import PREDICTION_FEATURE, LabelEvent, PredictionBatch
 
 UNKNOWN_MODEL = "unknown_model"
 INVALID_VALUE = "invalid_value"
 FUTURE_EVENT_TIME = "future_event_time"
+INVALID_EVENT_TIME = "invalid_event_time"
+VALUE_TOO_LONG = "value_too_long"
+RESERVED_FEATURE_NAME = "reserved_feature_name"
+FEATURE_KIND_CONFLICT = "feature_kind_conflict"
 DEFAULT_MAX_FUTURE_MS = 3_600_000
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_ID_LENGTH = 256
+MAX_VALUE_LENGTH = 1_024
+# The columns of a training snapshot that are not features (streams.warehouse.SNAPSHOT_COLUMNS), the other
+# fields of an event, and the pseudo-feature of the model output: a feature of one of these names would
+# stand for two things in the snapshot, the profiles or the reports.
+RESERVED_FEATURE_NAMES = frozenset({
+    "event_id", "model_id", "model_version", "event_time", "prediction", "predicted_label", "latency_ms",
+    "label", PREDICTION_FEATURE,
+})
+_QUOTE = 40  # characters of a bad value quoted in a detail
 
 
 @dataclass(frozen=True)
@@ -42,24 +76,121 @@ class Rejection:
     detail: str
 
 
-def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> Rejection | None:
+def quote(value: str, limit: int = _QUOTE) -> str:
+    """``repr`` of at most the first ``limit`` characters of a string, and its length when cut.
+
+    >>> quote("credit"), quote("x" * 1000, 4)
+    ("'credit'", "'xxxx'... (1000 characters)")
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _longest(values: Iterable[str | None]) -> int:
+    # filter(None) drops None (and "", whose length is 0 anyway): all of it stays in C
+    return max(map(len, filter(None, values)), default=0)
+
+
+def _keys(names: Iterable[str]) -> AbstractSet[str]:
+    return names.keys() if isinstance(names, dict) else set(names)
+
+
+def _short(names: Iterable[str]) -> bool:
+    """Whether no name is longer than MAX_ID_LENGTH; all of them together rarely are, which one join tells."""
+    return len("".join(names)) <= MAX_ID_LENGTH or _longest(names) <= MAX_ID_LENGTH
+
+
+def _too_long(what: str, values: Iterable[str | None], limit: int) -> Rejection | None:
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    if _longest(values) <= limit:
+        return None
+    first = next(v for v in values if v is not None and len(v) > limit)
+    return Rejection(VALUE_TOO_LONG, f"{what} {quote(first)} is longer than {limit} characters")
+
+
+def check_feature_names(numeric: Iterable[str], categorical: Iterable[str],
+                        attributes: Iterable[str] = ()) -> Rejection | None:
+    """The first problem of the feature names and attribute keys of one event or batch message, or None.
+
+    >>> check_feature_names(["age", "label"], []).reason
+    'reserved_feature_name'
+    >>> check_feature_names(["age"], ["age"]).reason
+    'feature_kind_conflict'
+    >>> check_feature_names(["a" * 300], []).reason
+    'value_too_long'
+    >>> check_feature_names(["age"], ["region"], ["channel"]) is None
+    True
+    """
+    if (RESERVED_FEATURE_NAMES.isdisjoint(numeric) and _short(numeric) and (not attributes or _short(attributes))
+            and (not categorical or (RESERVED_FEATURE_NAMES.isdisjoint(categorical) and _short(categorical)
+                                     and _keys(numeric).isdisjoint(categorical)))):
+        return None  # the common case, in a few C calls: this runs for every event the codec decodes
+    numeric, categorical = set(numeric), set(categorical)
+    reserved = (numeric | categorical) & RESERVED_FEATURE_NAMES
+    if reserved:
+        return Rejection(RESERVED_FEATURE_NAME, f"feature name(s) {sorted(reserved)} are reserved for other columns "
+                                                f"(reserved: {', '.join(sorted(RESERVED_FEATURE_NAMES))})")
+    both = numeric & categorical
+    if both:
+        shown = ", ".join(quote(name) for name in sorted(both)[:5])
+        return Rejection(FEATURE_KIND_CONFLICT, f"feature(s) {shown} are both numeric and categorical")
+    problem = _too_long("feature name", [*numeric, *categorical], MAX_ID_LENGTH)
+    return problem or _too_long("attribute key", attributes, MAX_ID_LENGTH)
+
+
+def _event_time_problem(earliest: int, latest: int, now_ms: int, max_future_ms: int,
+                        min_event_time_ms: int) -> Rejection | None:
+    if earliest < min_event_time_ms:
+        return Rejection(INVALID_EVENT_TIME, f"event_time {earliest} is before the earliest allowed, "
+                                             f"{min_event_time_ms} (epoch milliseconds)")
+    if latest > now_ms + max_future_ms:
+        return Rejection(
+            FUTURE_EVENT_TIME,
+            f"event_time {latest} is {(latest - now_ms) / 1000:.0f} s ahead of the clock (at most {max_future_ms / 1000:.0f} s allowed)",
+        )
+    return None
+
+
+def _strings_problem(batch: PredictionBatch) -> Rejection | None:
+    problem = (_too_long("model_id", [batch.model_id], MAX_ID_LENGTH)
+               or _too_long("model_version", [batch.model_version], MAX_ID_LENGTH)
+               or _too_long("event_id", batch.event_ids, MAX_ID_LENGTH)
+               or _too_long("predicted_label", batch.predicted_labels, MAX_VALUE_LENGTH))
+    if problem:
+        return problem
+    for what, columns in (("categorical value of", batch.categorical), ("attribute value of", batch.attributes)):
+        for name, column in columns.items():
+            problem = _too_long(f"{what} {quote(name)}", column, MAX_VALUE_LENGTH)
+            if problem:
+                return problem
+    return None
+
+
+def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+                min_event_time_ms: int = MIN_EVENT_TIME_MS) -> Rejection | None:
     """The first problem of a decoded batch of model inputs, or None.
 
     >>> b = PredictionBatch("m", "1", ["a", "b"], np.array([1_000, 2_000]), numeric={"x": np.array([1.0, np.inf])})
-    >>> check_batch(b, now_ms=10_000).reason
+    >>> check_batch(b, now_ms=10_000, min_event_time_ms=0).reason
     'invalid_value'
     >>> b.numeric["x"] = np.array([1.0, np.nan])  # NaN is a missing value, not an error
-    >>> check_batch(b, now_ms=10_000) is None
+    >>> check_batch(b, now_ms=10_000, min_event_time_ms=0) is None
     True
-    >>> check_batch(b, now_ms=10_000, max_future_ms=-9_000).reason
+    >>> check_batch(b, now_ms=10_000, max_future_ms=-9_000, min_event_time_ms=0).reason
     'future_event_time'
+    >>> check_batch(b, now_ms=10_000).reason  # 1970 is before the default earliest time, 2000-01-01
+    'invalid_event_time'
+    >>> b.event_ids[0] = "e" * 257
+    >>> check_batch(b, now_ms=10_000, min_event_time_ms=0).reason
+    'value_too_long'
     """
     times = np.asarray(batch.event_times)
     if times.dtype.kind == "f" and not np.isfinite(times).all():
         return Rejection(INVALID_VALUE, "an event_time is NaN or infinite")
     for name, column in batch.numeric.items():
         if np.isinf(column).any():
-            return Rejection(INVALID_VALUE, f"numeric input {name!r} holds an infinite value")
+            return Rejection(INVALID_VALUE, f"numeric input {quote(name)} holds an infinite value")
     if batch.predictions.size and np.isinf(batch.predictions).any():
         return Rejection(INVALID_VALUE, "a prediction is infinite")
     if batch.latency_ms is not None and batch.latency_ms.size:
@@ -67,30 +198,33 @@ def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAUL
         if bad.any():
             return Rejection(INVALID_VALUE, f"latency_ms {batch.latency_ms[bad][0]!r} is not a finite non-negative number")
     if times.size:
-        latest = int(times.max())
-        if latest > now_ms + max_future_ms:
-            return Rejection(
-                FUTURE_EVENT_TIME,
-                f"event_time {latest} is {(latest - now_ms) / 1000:.0f} s ahead of the clock (at most {max_future_ms / 1000:.0f} s allowed)",
-            )
-    return None
+        problem = _event_time_problem(int(times.min()), int(times.max()), now_ms, max_future_ms, min_event_time_ms)
+        if problem:
+            return problem
+    return _strings_problem(batch)
 
 
-def check_label(event: LabelEvent, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> Rejection | None:
-    """The first problem of a decoded label, or None.
+def check_label(event: LabelEvent, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+                min_event_time_ms: int = MIN_EVENT_TIME_MS) -> Rejection | None:
+    """The first problem of a decoded label, or None: the time and length checks of :func:`check_batch`.
 
-    >>> check_label(LabelEvent("e1", "m", 1_000, float("nan")), now_ms=2_000).reason
+    >>> check_label(LabelEvent("e1", "m", 1_000, float("nan")), now_ms=2_000, min_event_time_ms=0).reason
     'invalid_value'
-    >>> check_label(LabelEvent("e1", "m", 1_000, "fraud"), now_ms=2_000) is None
+    >>> check_label(LabelEvent("e1", "m", 1_000, "fraud"), now_ms=2_000, min_event_time_ms=0) is None
     True
+    >>> check_label(LabelEvent("e1", "m", -1, "fraud"), now_ms=2_000, min_event_time_ms=0).reason
+    'invalid_event_time'
+    >>> check_label(LabelEvent("e1", "m", 1_000, "x" * 2_000), now_ms=2_000, min_event_time_ms=0).reason
+    'value_too_long'
     """
     if isinstance(event.event_time, float) and not math.isfinite(event.event_time):
         return Rejection(INVALID_VALUE, "the event_time is NaN or infinite")
     if isinstance(event.label, float) and not math.isfinite(event.label):
         return Rejection(INVALID_VALUE, f"label {event.label!r} is not a finite number")
-    if event.event_time > now_ms + max_future_ms:
-        return Rejection(
-            FUTURE_EVENT_TIME,
-            f"event_time {event.event_time} is {(event.event_time - now_ms) / 1000:.0f} s ahead of the clock",
-        )
-    return None
+    problem = _event_time_problem(event.event_time, event.event_time, now_ms, max_future_ms, min_event_time_ms)
+    if problem:
+        return problem
+    return (_too_long("event_id", [event.event_id], MAX_ID_LENGTH)
+            or _too_long("model_id", [event.model_id], MAX_ID_LENGTH)
+            or (_too_long("label", [event.label], MAX_VALUE_LENGTH) if isinstance(event.label, str) else None))
+

@@ -12,6 +12,12 @@ no longer holds the others back, and when all of a model's sources are
 silent, its clock runs on with the wall clock from the latest event time seen,
 so that the last window of a stream that stopped still closes. Wall-clock time is always passed in
 (``now_ms``), which keeps all of this deterministic under test.
+
+All arithmetic stays inside int64, whatever the event times (validation keeps them
+near the present, but nothing here relies on it): a window is always a whole
+aligned window whose start and end are int64, so the times of the partial
+windows at either end of the int64 range join the nearest whole one, and
+watermarks saturate at the int64 ends instead of wrapping.
 """
 
 from __future__ import annotations
@@ -22,6 +28,18 @@ from typing import Callable, Generic, Hashable, Iterable, TypeVar
 import numpy as np
 
 WindowKey = tuple[str, str, int]  # (model_id, model_version, window_start)
+
+INT64_MIN = int(np.iinfo(np.int64).min)
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def clamp_int64(value: int) -> int:
+    """A Python int saturated to the int64 range.
+
+    >>> clamp_int64(2**70) == INT64_MAX, clamp_int64(-5)
+    (True, -5)
+    """
+    return min(max(int(value), INT64_MIN), INT64_MAX)
 
 S = TypeVar("S")
 
@@ -37,6 +55,9 @@ class Windowing:
     120000
     >>> [(start, rows.tolist()) for start, rows in w.split(np.array([61_000, 1_000, 62_000, 2_000]))]
     [(0, [1, 3]), (60000, [0, 2])]
+    >>> top = w.start(np.iinfo(np.int64).max)  # the last whole window, not one that ends past int64
+    >>> top + w.size_ms <= np.iinfo(np.int64).max < top + 2 * w.size_ms
+    True
     """
 
     size_ms: int = 60_000
@@ -48,16 +69,27 @@ class Windowing:
         if self.lateness_ms < 0:
             raise ValueError(f"allowed lateness cannot be negative, got {self.lateness_ms} ms")
 
+    @property
+    def _window_numbers(self) -> tuple[int, int]:
+        """The first and last k whose whole window [k * size, (k + 1) * size) lies inside int64."""
+        return -(-INT64_MIN // self.size_ms), (INT64_MAX - self.size_ms) // self.size_ms
+
     def starts(self, event_times: np.ndarray) -> np.ndarray:
-        """The start of the window of each event time (floor division, also before 1970)."""
+        """The start of the window of each event time (floor division, also before 1970).
+
+        Floor division cannot overflow; the window number is clipped to the whole windows
+        inside int64 (module docstring), so neither the start nor the end can wrap.
+        """
         t = np.asarray(event_times, dtype=np.int64)
-        return (t // self.size_ms) * self.size_ms
+        first, last = self._window_numbers
+        return np.clip(t // self.size_ms, first, last) * self.size_ms
 
     def start(self, event_time: int) -> int:
-        return (int(event_time) // self.size_ms) * self.size_ms
+        first, last = self._window_numbers
+        return min(max(int(event_time) // self.size_ms, first), last) * self.size_ms
 
     def end(self, start: int) -> int:
-        return int(start) + self.size_ms
+        return min(int(start) + self.size_ms, INT64_MAX)
 
     def split(self, event_times: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Row positions grouped by window, windows in time order, rows in arrival order."""
@@ -93,15 +125,16 @@ class Windowing:
         [3, 13]
         """
         t = np.asarray(event_times, dtype=np.int64)
-        floor = np.iinfo(np.int64).min if watermark is None else int(watermark)
+        floor = INT64_MIN if watermark is None else clamp_int64(watermark)
         running = np.empty_like(t)
         if t.size == 0:
             return running
-        running[0] = np.iinfo(np.int64).min
+        running[0] = INT64_MIN
         if t.size > 1:
             running[1:] = np.maximum.accumulate(t[:-1])
-        # subtracting lateness from int64 min would wrap around
-        running = np.where(running == np.iinfo(np.int64).min, running, running - self.lateness_ms)
+        # saturating: subtracting lateness from near int64 min would wrap around
+        lateness = min(self.lateness_ms, INT64_MAX)
+        running = np.maximum(running, INT64_MIN + lateness) - lateness
         return np.maximum(running, floor)
 
 
@@ -171,7 +204,7 @@ class EventClock:
             candidates.append(self._last[model_id])
         if not candidates:
             return None
-        wm = max(candidates)
+        wm = clamp_int64(max(candidates))
         self._last[model_id] = wm
         return wm
 
@@ -262,7 +295,7 @@ class WindowStore(Generic[S]):
         closed = []
         for key in due:
             closed.append((key, self._open.pop(key)))
-            self.mark_closed(key[0], key[1], key[2] + size_ms)
+            self.mark_closed(key[0], key[1], clamp_int64(key[2] + size_ms))
         return closed
 
     def models(self) -> list[str]:

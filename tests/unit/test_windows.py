@@ -220,3 +220,48 @@ def test_a_slow_batch_does_not_make_its_source_idle() -> None:
     assert clock.watermark("m", now_ms=4_500) == 5_500  # idle since 3 s + 1 s
     clock.touch("m", source=1, now_ms=9_000)  # an unknown source is not created by a touch
     assert clock.watermark("m", now_ms=4_500) == 5_500
+
+
+# ------------------------------------------------------------ the ends of int64 (issue 11)
+
+I64 = np.iinfo(np.int64)
+
+
+@pytest.mark.parametrize("size", [1, 7, 60_000, 3_600_000, 2**40 + 3])
+def test_window_arithmetic_at_the_int64_extremes_never_wraps(size: int) -> None:
+    w = Windowing(size_ms=size, lateness_ms=5_000)
+    t = np.array([I64.min, I64.min + 1, -1, 0, 1_700_000_000_000, I64.max - 1, I64.max], dtype=np.int64)
+    with np.errstate(over="raise"):
+        starts = w.starts(t)
+    ends = [w.end(int(s)) for s in starts]
+    # every window is a whole aligned one inside int64, in time order: none wraps to the other end
+    assert all(I64.min <= s and e <= I64.max for s, e in zip(starts.tolist(), ends))
+    assert all(e - s == size and s % size == 0 for s, e in zip(starts.tolist(), ends))
+    assert (np.diff(starts) >= 0).all()
+    assert starts.tolist() == [w.start(int(x)) for x in t]
+    # times inside int64's own partial windows join the nearest whole one, by hand:
+    first, last = -(2**63 // size) * size, (I64.max - size) // size * size
+    assert starts[0] == first and starts[-1] == last
+    assert w.start(0) == 0 and w.start(-1) == -size
+    # the late rule and the split work there too
+    late = w.late_mask(t, watermark=I64.min)
+    assert late.dtype == bool and len(late) == len(t)
+    assert [s for s, _ in w.split(t)] == sorted(set(starts.tolist()))
+
+
+def test_lateness_and_watermarks_saturate_at_the_int64_ends() -> None:
+    w = Windowing(size_ms=60_000, lateness_ms=10**18)
+    t = np.array([I64.min + 5, I64.min + 10, I64.max], dtype=np.int64)
+    with np.errstate(over="raise"):
+        assert w.late_mask(t, watermark=None).tolist() == [False, False, False]
+    clock = EventClock(lateness_ms=10**18, idle_ms=1_000)
+    clock.observe("m", 0, I64.min + 1, now_ms=0)
+    assert clock.watermark("m", now_ms=0) == I64.min  # not below int64
+    idle = EventClock(lateness_ms=0, idle_ms=1_000)
+    idle.observe("m", 0, I64.max - 10, now_ms=0)
+    assert idle.watermark("m", now_ms=10**15) == I64.max  # idle: runs on with the wall clock, up to int64 max
+    store: WindowStore[list] = WindowStore(lambda key: [])
+    top = w.start(I64.max)
+    store.get(("m", "1", top)).append(1)
+    assert [k for k, _ in store.close("m", watermark=I64.max, size_ms=w.size_ms)] == [("m", "1", top)]
+    assert store.closed_through("m", "1") == top + w.size_ms <= I64.max
