@@ -122,12 +122,27 @@ def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
     """
     if n <= 0:
         raise ValueError(f"no standard deviation of {n} values")
-    # n * sum(x**2) - sum(x)**2 >= 0 exactly (Cauchy-Schwarz), over n**2
+    return math.sqrt(_n_times_m2(total, squares, n).ratio(n * n))
+
+
+def sum_squared_deviations(total: ExactSum, squares: ExactSum, n: int) -> float:
+    """M2 = ``sum((x - mean)**2)`` from the exact sums of x and of x**2, rounded once.
+
+    >>> x = np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
+    >>> sum_squared_deviations(*(s[0] for s in row_moments(x[None, :])), x.size)
+    32.0
+    """
+    if n <= 0:
+        raise ValueError(f"no deviations of {n} values")
+    return _n_times_m2(total, squares, n).ratio(n)
+
+
+def _n_times_m2(total: ExactSum, squares: ExactSum, n: int) -> ExactSum:
+    # n * sum(x**2) - sum(x)**2 >= 0 exactly (Cauchy-Schwarz)
     s, q = total, squares
     low = min(q.exponent, 2 * s.exponent)
     num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
-    variance = ExactSum.make(num, low).ratio(n * n)
-    return math.sqrt(variance)
+    return ExactSum.make(num, low)
 
 
 def row_sums(values: np.ndarray) -> list[ExactSum]:

@@ -246,7 +246,7 @@ class PredictionIndex:
         rows = self._rows
         batch = set(id_list)
         before = np.flatnonzero(self._alive[:start])
-        replaced = self._seqs[before[[event_id in batch for event_id in self._ids[before].tolist()]]].tolist()
+        replaced: list[int] = self._seqs[before[[event_id in batch for event_id in self._ids[before].tolist()]]].tolist()
         for event_id in id_list:  # back to the index without this batch
             rows.pop(event_id, None)
         for event_id, seq in zip(id_list, range(first, first + len(id_list))):
@@ -309,6 +309,7 @@ class PredictionIndex:
             pending[event_id] = (label, self._now)
         while pending:
             event_id, (label, since) = next(iter(pending.items()))
+            assert since is not None  # every label pending was stamped just above
             if since >= cutoff:
                 break
             pending.popitem(last=False)

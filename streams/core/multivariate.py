@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import special
 
 from streams.records import FeatureDrift
@@ -198,10 +199,11 @@ class MultivariateModel:
                    float(d["variance"]), list(d["dropped"]))
 
 
-def _errors(z: np.ndarray, components: np.ndarray) -> np.ndarray:
+def _errors(z: NDArray[np.float64], components: NDArray[np.float64]) -> NDArray[np.float64]:
     """Squared distance of each standardized row from the principal subspace."""
     projected = z @ components
-    return np.einsum("ij,ij->i", z, z) - np.einsum("ij,ij->i", projected, projected)
+    errors: NDArray[np.float64] = np.einsum("ij,ij->i", z, z) - np.einsum("ij,ij->i", projected, projected)
+    return errors
 
 
 def _correlation_null(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,13 +277,14 @@ class MultivariateWindow:
                                   self.error_sq_sum + other.error_sq_sum,
                                   self.row_sum + other.row_sum, self.outer_sum + other.outer_sum)
 
-    def correlation(self) -> np.ndarray:
+    def correlation(self) -> NDArray[np.float64]:
         n = max(self.n, 1)
         mean = self.row_sum / n
         cov = self.outer_sum / n - np.outer(mean, mean)
         sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
         sd = np.where(sd > 0, sd, 1.0)
-        return cov / np.outer(sd, sd)
+        corr: NDArray[np.float64] = cov / np.outer(sd, sd)
+        return corr
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "error_sum": self.error_sum, "error_sq_sum": self.error_sq_sum,

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments
+from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, sum_squared_deviations
 from streams.records import PREDICTION_FEATURE
 
 FORMAT_VERSION = 1
@@ -231,7 +231,7 @@ def _complete_blocks(
     return blocks, others
 
 
-def _category_counts(feature: str, values: Sequence[Any]) -> tuple[Counter, int]:
+def _category_counts(feature: str, values: Sequence[Any]) -> tuple[Counter[Any], int]:
     """Counts of each category and the missing count (None, or a float NaN as pandas writes it)."""
     try:
         counts = Counter(values)
@@ -451,7 +451,8 @@ class ReferenceProfile:
     def cached(self, key: Any, factory: Callable[[], T]) -> T:
         """Derived data kept for the life of this object (the reference is immutable once built)."""
         try:
-            return self._cache[key]
+            hit: T = self._cache[key]  # the factory stored under this key made it
+            return hit
         except KeyError:
             value = self._cache[key] = factory()
             return value
@@ -692,6 +693,11 @@ class NumericWindow:
         """The population standard deviation: the square root of the correctly rounded variance."""
         return population_std(self.total, self.squares, self.count) if self.count else None
 
+    @property
+    def m2(self) -> float:
+        """The sum of squared deviations from the mean, correctly rounded (0.0 when there is none)."""
+        return sum_squared_deviations(self.total, self.squares, self.count) if self.count else 0.0
+
     def update(self, x: np.ndarray) -> None:
         self.add(*_finite_values(self.name, _numeric_column(self.name, x)))
 
@@ -746,6 +752,7 @@ class NumericWindow:
     def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
         if n == 0:
             return
+        assert lo is not None and hi is not None  # rows were added, so they have extremes
         self.count += n
         self.total = self.total.merged(total)
         self.squares = self.squares.merged(squares)
@@ -918,13 +925,13 @@ class WindowProfile:
                 w.add(*parsed_num[f])
             elif f not in columns and f != PREDICTION_FEATURE:
                 w.missing += n
-        for f, w in self.categorical.items():
+        for f, cw in self.categorical.items():
             if f in parsed_cat:
                 counts, n_missing = parsed_cat[f]
-                w.counts += counts
-                w.missing += n_missing
+                cw.counts += counts
+                cw.missing += n_missing
             else:
-                w.missing += n
+                cw.missing += n
         self.n += n
 
     def merge(self, other: "WindowProfile") -> "WindowProfile":

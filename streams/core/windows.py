@@ -180,8 +180,8 @@ class EventClock:
         # When every source is idle, the latest one runs on with the wall clock.
         if self.idle_ms is None:
             return min(s.max_event_time for s in sources)
-        active = []
-        idle = []
+        active: list[tuple[int, int]] = []  # (max event time, ms silent beyond idle_ms)
+        idle: list[tuple[int, int]] = []
         for s in sources:
             silent = now_ms - s.last_seen_ms - self.idle_ms
             (idle if silent > 0 else active).append((s.max_event_time, silent))
