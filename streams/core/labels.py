@@ -246,7 +246,8 @@ class PredictionIndex:
         rows = self._rows
         batch = set(id_list)
         before = np.flatnonzero(self._alive[:start])
-        replaced: list[int] = self._seqs[before[[event_id in batch for event_id in self._ids[before].tolist()]]].tolist()
+        in_batch = [event_id in batch for event_id in self._ids[before].tolist()]
+        replaced: list[int] = self._seqs[before[in_batch]].tolist()
         for event_id in id_list:  # back to the index without this batch
             rows.pop(event_id, None)
         for event_id, seq in zip(id_list, range(first, first + len(id_list))):

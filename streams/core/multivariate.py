@@ -53,7 +53,7 @@ CORRELATION_CHANGE = "correlation_change"
 _FORMAT = 1
 
 
-def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
+def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int | None = None) -> NDArray[np.float64]:
     """Features x rows as float64 (each column's values contiguous); an absent column is all missing (NaN)."""
     lengths = {len(columns[f]) for f in features if f in columns}
     if n is None:
@@ -96,13 +96,13 @@ class MultivariateModel:
     """
 
     features: list[str]
-    mean: np.ndarray
-    scale: np.ndarray
-    components: np.ndarray  # features x kept components, orthonormal columns
+    mean: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    components: NDArray[np.float64]  # features x kept components, orthonormal columns
     error_mean: float
     error_var: float
-    correlation: np.ndarray  # features x features, held-out reference rows
-    correlation_var: np.ndarray  # variance of each correlation's influence function
+    correlation: NDArray[np.float64]  # features x features, held-out reference rows
+    correlation_var: NDArray[np.float64]  # variance of each correlation's influence function
     n_calibration: int
     variance: float = 0.8
     dropped: list[str] = field(default_factory=list)
@@ -143,7 +143,7 @@ class MultivariateModel:
     def window(self) -> MultivariateWindow:
         return MultivariateWindow.empty(len(self.features))
 
-    def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
+    def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> NDArray[np.float64]:
         """Standardized values, features x rows, missing values 0 (the reference mean)."""
         z = _columns_matrix(self.features, columns, n)
         z -= self.mean[:, None]
@@ -206,7 +206,7 @@ def _errors(z: NDArray[np.float64], components: NDArray[np.float64]) -> NDArray[
     return errors
 
 
-def _correlation_null(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _correlation_null(z: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Correlations of the rows and the variance of each one's influence function.
 
     For standardized ``a, b`` with correlation ``r`` the influence function of
@@ -251,8 +251,8 @@ class MultivariateWindow:
     n: int
     error_sum: float
     error_sq_sum: float
-    row_sum: np.ndarray
-    outer_sum: np.ndarray
+    row_sum: NDArray[np.float64]
+    outer_sum: NDArray[np.float64]
 
     @classmethod
     def empty(cls, p: int) -> MultivariateWindow:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 WindowKey = tuple[str, str, int]  # (model_id, model_version, window_start)
 
@@ -48,7 +49,7 @@ class Windowing:
         if self.lateness_ms < 0:
             raise ValueError(f"allowed lateness cannot be negative, got {self.lateness_ms} ms")
 
-    def starts(self, event_times: np.ndarray) -> np.ndarray:
+    def starts(self, event_times: NDArray[np.integer]) -> NDArray[np.int64]:
         """The start of the window of each event time (floor division, also before 1970)."""
         t = np.asarray(event_times, dtype=np.int64)
         return (t // self.size_ms) * self.size_ms
@@ -59,7 +60,7 @@ class Windowing:
     def end(self, start: int) -> int:
         return int(start) + self.size_ms
 
-    def split(self, event_times: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    def split(self, event_times: NDArray[np.integer]) -> list[tuple[int, NDArray[np.intp]]]:
         """Row positions grouped by window, windows in time order, rows in arrival order."""
         starts = self.starts(event_times)
         if starts.size == 0:
@@ -69,7 +70,7 @@ class Windowing:
         groups = np.split(order, first[1:])
         return [(int(s), g) for s, g in zip(uniq.tolist(), groups)]
 
-    def late_mask(self, event_times: np.ndarray, watermark: int | None) -> np.ndarray:
+    def late_mask(self, event_times: NDArray[np.integer], watermark: int | None) -> NDArray[np.bool_]:
         """Which events, in arrival order, fall in a window already closed when they arrive.
 
         An event is late when its window's end is at or below the watermark in
@@ -86,7 +87,7 @@ class Windowing:
             return np.zeros(0, dtype=bool)
         return self.starts(t) + self.size_ms <= self.in_force(t, watermark)
 
-    def in_force(self, event_times: np.ndarray, watermark: int | None) -> np.ndarray:
+    def in_force(self, event_times: NDArray[np.integer], watermark: int | None) -> NDArray[np.int64]:
         """The watermark in force at each event's arrival (see ``late_mask``); int64 min where there is none.
 
         >>> Windowing(size_ms=10, lateness_ms=2).in_force(np.array([5, 15, 7]), watermark=None).tolist()[1:]
