@@ -118,7 +118,7 @@ def finite_number(value: object) -> float | None:
     >>> finite_number(1), finite_number(float("nan")), finite_number("0.9"), finite_number(True)
     (1.0, None, None, None)
     """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     value = float(value)
     return value if math.isfinite(value) else None

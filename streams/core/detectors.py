@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import operator
 import pickle
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
-import river
 from river import drift
+from river.__version__ import __version__ as _RIVER_VERSION  # river's __init__ re-exports it without __all__
 from river.drift import binary as binary_drift
 
 from driftline.unpickling import Allowlist, restricted_loads
@@ -194,7 +195,7 @@ class ChangeDetectorBank:
             return None
         return pickle.dumps({
             "format": _STREAM_STATE_FORMAT,
-            "river": river.__version__,
+            "river": _RIVER_VERSION,
             "binary": stream.binary,
             "params": {n: self.params[n] for n in stream.detectors},
             "detectors": stream.detectors,
@@ -232,7 +233,7 @@ class ChangeDetectorBank:
             params, detectors = dict(saved["params"]), dict(saved["detectors"])
         except Exception as exc:
             raise ValueError(f"cannot restore the change detectors of stream {key!r} (running river "
-                             f"{river.__version__}): {exc}") from exc
+                             f"{_RIVER_VERSION}): {exc}") from exc
         names = [n for n in self.names if binary or n not in BINARY_DETECTORS]
         resumed = [n for n in names if n in detectors and params.get(n) == self.params[n]]
         self._streams[key] = _Stream(binary, {n: detectors[n] if n in resumed else self._make(n) for n in names})
@@ -245,7 +246,7 @@ class ChangeDetectorBank:
         """
         return {
             "format": _STATE_FORMAT,
-            "river": river.__version__,
+            "river": _RIVER_VERSION,
             "names": list(self.names),
             "params": self.params,
             "streams": {
@@ -255,7 +256,7 @@ class ChangeDetectorBank:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "ChangeDetectorBank":
+    def from_state(cls, state: Mapping[str, Any]) -> ChangeDetectorBank:
         """The bank that ``state_dict`` described."""
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"unsupported ChangeDetectorBank state format {state.get('format')!r}")
@@ -268,7 +269,7 @@ class ChangeDetectorBank:
         except Exception as exc:
             raise ValueError(
                 f"cannot restore change detectors written with river {state.get('river')} "
-                f"(running {river.__version__}): {exc}"
+                f"(running {_RIVER_VERSION}): {exc}"
             ) from exc
         return bank
 

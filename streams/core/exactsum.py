@@ -36,6 +36,7 @@ from typing import Any
 from fractions import Fraction
 
 import numpy as np
+from numpy.typing import NDArray
 
 _DEKKER = 134217729.0  # 2**27 + 1, Veltkamp's splitter for float64
 _CHUNK = 16_000  # terms at a time: temporaries of 125 KiB
@@ -70,7 +71,7 @@ class ExactSum:
         return ExactSum(mantissa >> zeros, exponent + zeros)
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "ExactSum":
+    def of(cls, values: NDArray[np.float64]) -> "ExactSum":
         """The exact sum of finite ``values``."""
         return row_sums(np.asarray(values, dtype=np.float64).reshape(1, -1))[0]
 
@@ -113,14 +114,6 @@ class ExactSum:
 ZERO = ExactSum()
 
 
-def _scaled_deviations(total: ExactSum, squares: ExactSum, n: int) -> ExactSum:
-    """``n * sum((x - mean)**2)``, exactly: ``n * sum(x**2) - sum(x)**2``, >= 0 by Cauchy-Schwarz."""
-    s, q = total, squares
-    low = min(q.exponent, 2 * s.exponent)
-    num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
-    return ExactSum.make(num, low)
-
-
 def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
     """``sqrt(sum((x - mean)**2) / n)`` from the exact sums of x and of x**2, the variance rounded once.
 
@@ -130,22 +123,30 @@ def population_std(total: ExactSum, squares: ExactSum, n: int) -> float:
     """
     if n <= 0:
         raise ValueError(f"no standard deviation of {n} values")
-    return math.sqrt(_scaled_deviations(total, squares, n).ratio(n * n))
+    return math.sqrt(_n_times_m2(total, squares, n).ratio(n * n))
 
 
-def squared_deviations(total: ExactSum, squares: ExactSum, n: int) -> float:
-    """``sum((x - mean)**2)`` (Welford's M2) from the exact sums of x and of x**2, rounded once.
+def sum_squared_deviations(total: ExactSum, squares: ExactSum, n: int) -> float:
+    """M2 = ``sum((x - mean)**2)`` from the exact sums of x and of x**2, rounded once.
 
     >>> x = np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
-    >>> squared_deviations(*(s[0] for s in row_moments(x[None, :])), x.size)
+    >>> sum_squared_deviations(*(s[0] for s in row_moments(x[None, :])), x.size)
     32.0
     """
     if n <= 0:
-        return 0.0
-    return _scaled_deviations(total, squares, n).ratio(n)
+        raise ValueError(f"no deviations of {n} values")
+    return _n_times_m2(total, squares, n).ratio(n)
 
 
-def row_sums(values: np.ndarray) -> list[ExactSum]:
+def _n_times_m2(total: ExactSum, squares: ExactSum, n: int) -> ExactSum:
+    # n * sum(x**2) - sum(x)**2 >= 0 exactly (Cauchy-Schwarz)
+    s, q = total, squares
+    low = min(q.exponent, 2 * s.exponent)
+    num = ((n * q.mantissa) << (q.exponent - low)) - ((s.mantissa * s.mantissa) << (2 * s.exponent - low))
+    return ExactSum.make(num, low)
+
+
+def row_sums(values: NDArray[np.float64]) -> list[ExactSum]:
     """The exact sum of each row of a 2-D array of finite values.
 
     >>> [float(s) for s in row_sums(np.array([[0.1, 0.2, 0.3], [1e300, -1e300, 5e-324]]))]
@@ -158,7 +159,7 @@ def row_sums(values: np.ndarray) -> list[ExactSum]:
     return _totals(frac.ravel(), exp.ravel(), rows.ravel(), values.shape[0])
 
 
-def row_moments(values: np.ndarray) -> tuple[list[ExactSum], list[ExactSum]]:
+def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
     """The exact sums of the values and of their squares, per row of a 2-D array of finite values.
 
     >>> from fractions import Fraction
@@ -204,7 +205,7 @@ def _merged(sums: Any) -> ExactSum:
     return out
 
 
-def group_sums(codes: np.ndarray, values: np.ndarray, n_groups: int) -> list[ExactSum]:
+def group_sums(codes: NDArray[np.integer], values: NDArray[np.float64], n_groups: int) -> list[ExactSum]:
     """The exact sum of ``values`` per group: ``np.bincount(codes, values, n_groups)``, without rounding.
 
     >>> [s.fraction() for s in group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 2.0, 1.0, 3.0]), 3)]
@@ -214,7 +215,8 @@ def group_sums(codes: np.ndarray, values: np.ndarray, n_groups: int) -> list[Exa
     return _totals(frac, exp, np.asarray(codes, dtype=np.int64), n_groups)
 
 
-def group_ratios(codes: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def group_ratios(codes: NDArray[np.integer], values: NDArray[np.float64],
+                 counts: NDArray[np.integer]) -> NDArray[np.float64]:
     """Per group, the exact sum of its values over its count, correctly rounded (NaN where the count is 0).
 
     >>> group_ratios(np.array([0, 0, 1]), np.array([0.1, 0.2, 5.0]), np.array([2, 1, 0])).tolist()
@@ -224,7 +226,7 @@ def group_ratios(codes: np.ndarray, values: np.ndarray, counts: np.ndarray) -> n
     return np.array([s.ratio(int(n)) if n > 0 else math.nan for s, n in zip(sums, counts.tolist())], dtype=np.float64)
 
 
-def _totals(frac: np.ndarray, exp: np.ndarray, rows: np.ndarray, n_rows: int) -> list[ExactSum]:
+def _totals(frac: NDArray[np.float64], exp: NDArray[np.integer], rows: NDArray[np.integer], n_rows: int) -> list[ExactSum]:
     """Exact totals per row of the terms ``frac * 2**exp`` (see ``_Buckets``), rows given per term."""
     if frac.size == 0:
         return [ZERO] * n_rows
@@ -232,9 +234,9 @@ def _totals(frac: np.ndarray, exp: np.ndarray, rows: np.ndarray, n_rows: int) ->
         parts = [_totals(frac[lo: lo + _MAX_TERMS], exp[lo: lo + _MAX_TERMS], rows[lo: lo + _MAX_TERMS], n_rows)
                  for lo in range(0, frac.size, _MAX_TERMS)]
         return [_merged(p[j] for p in parts) for j in range(n_rows)]
-    exp = exp.astype(np.int64)
-    acc = _Buckets(n_rows, int(exp.min()), int(exp.max()))
-    acc.add(frac, exp, acc.places(rows.astype(np.int64)))
+    exp64 = exp.astype(np.int64)
+    acc = _Buckets(n_rows, int(exp64.min()), int(exp64.max()))
+    acc.add(frac, exp64, acc.places(rows.astype(np.int64)))
     return acc.totals()
 
 
@@ -256,13 +258,13 @@ class _Buckets:
         self.width = self.n_groups << 3  # exponents a row, padded to whole groups of eight
         self.sums = [np.zeros(n_rows * self.width << _LANE_BITS) for _ in range(2)]
 
-    def places(self, rows: np.ndarray) -> np.ndarray:
+    def places(self, rows: NDArray[np.int64]) -> NDArray[np.int64]:
         """Each term's bucket before its exponent: its row's, and a lane (see ``add``)."""
         places = rows * (self.width << _LANE_BITS)
         places |= np.resize(_LANE_CYCLE, places.size) if places.size > _LANE_CYCLE.size else _LANE_CYCLE[: places.size]
         return places
 
-    def add(self, frac: np.ndarray, exp: np.ndarray, places: np.ndarray) -> None:
+    def add(self, frac: NDArray[np.float64], exp: NDArray[np.int64], places: NDArray[np.int64]) -> None:
         """Add terms ``frac * 2**exp``, each with its ``places``."""
         size = self.sums[0].size
         # in chunks whose temporaries stay under 128 KiB (glibc maps larger ones afresh, page faults and all)

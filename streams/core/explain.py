@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.core.profile import OTHER, ReferenceProfile, WindowProfile
 
@@ -159,10 +160,10 @@ class _Stats:
     """Numeric (count, mean, M2) per numeric feature and counts per categorical feature, as arrays."""
 
     n: int
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    cells: list[np.ndarray]
+    count: NDArray[np.float64]
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+    cells: list[NDArray[np.float64]]
 
     @classmethod
     def of_window(cls, w: WindowProfile, numeric: list[str], categorical: list[str]) -> _Stats:
@@ -190,7 +191,7 @@ class _Stats:
                       [np.maximum(a - b, 0.0) for a, b in zip(self.cells, part.cells, strict=True)])
 
 
-def _effects(cur: _Stats, base: _Stats, sigma: np.ndarray, numeric: list[str], categorical: list[str],
+def _effects(cur: _Stats, base: _Stats, sigma: NDArray[np.float64], numeric: list[str], categorical: list[str],
              labels: list[list[str]]) -> list[FeatureEffect]:
     """Debiased effect of every feature, ``cur`` against ``base``, in the reference's ``sigma``."""
     out: list[FeatureEffect] = []

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @dataclass
@@ -35,13 +38,13 @@ class JoinedLabels:
     (0, ['e9'], {})
     """
 
-    event_ids: np.ndarray  # object (str)
-    model_versions: np.ndarray  # object (str)
-    event_times: np.ndarray  # int64, timestamp-millis
-    scores: np.ndarray  # float64, NaN where none
-    predicted_labels: np.ndarray  # object (str or None)
-    labels: np.ndarray  # object (float or str)
-    attributes: dict[str, np.ndarray]  # object (str); '' where the event had no such attribute
+    event_ids: NDArray[np.object_]  # str
+    model_versions: NDArray[np.object_]  # str
+    event_times: NDArray[np.int64]  # timestamp-millis
+    scores: NDArray[np.float64]  # NaN where none
+    predicted_labels: NDArray[np.object_]  # str or None
+    labels: NDArray[np.object_]  # float or str
+    attributes: dict[str, NDArray[np.object_]]  # str; '' where the event had no such attribute
     unmatched: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +57,7 @@ class JoinedLabels:
         return cls(obj, obj.copy(), np.empty(0, np.int64), np.empty(0), obj.copy(), obj.copy(), {},
                    unmatched or [])
 
-    def select(self, mask: np.ndarray) -> "JoinedLabels":
+    def select(self, mask: NDArray[np.bool_]) -> "JoinedLabels":
         """The rows where ``mask`` is true (``unmatched`` is not carried over)."""
         return JoinedLabels(
             self.event_ids[mask], self.model_versions[mask], self.event_times[mask], self.scores[mask],
@@ -140,7 +143,7 @@ class PredictionIndex:
         self._times = np.empty(0, dtype=np.int64)
         self._scores = np.empty(0, dtype=np.float64)
         self._predicted = np.empty(0, dtype=object)
-        self._attributes: dict[str, np.ndarray] = {}
+        self._attributes: dict[str, NDArray[np.object_]] = {}
         self._alive = np.empty(0, dtype=bool)
 
     def __len__(self) -> int:
@@ -154,8 +157,8 @@ class PredictionIndex:
         self,
         event_ids: Sequence[str],
         model_version: str,
-        event_times: np.ndarray,
-        scores: np.ndarray,
+        event_times: NDArray[np.integer],
+        scores: NDArray[np.floating],
         predicted_labels: Sequence[str | None] | None = None,
         attributes: Mapping[str, Sequence[str]] | None = None,
     ) -> JoinedLabels:
@@ -246,7 +249,8 @@ class PredictionIndex:
         rows = self._rows
         batch = set(id_list)
         before = np.flatnonzero(self._alive[:start])
-        replaced = self._seqs[before[[event_id in batch for event_id in self._ids[before].tolist()]]].tolist()
+        in_batch = [event_id in batch for event_id in self._ids[before].tolist()]
+        replaced: list[int] = self._seqs[before[in_batch]].tolist()
         for event_id in id_list:  # back to the index without this batch
             rows.pop(event_id, None)
         for event_id, seq in zip(id_list, range(first, first + len(id_list))):
@@ -309,13 +313,14 @@ class PredictionIndex:
             pending[event_id] = (label, self._now)
         while pending:
             event_id, (label, since) = next(iter(pending.items()))
+            assert since is not None  # every label pending was stamped just above
             if since >= cutoff:
                 break
             pending.popitem(last=False)
             self.stats.pending_expired += 1
         return int(old.size)
 
-    def _row_of(self, seqs: Sequence[int] | np.ndarray) -> np.ndarray:
+    def _row_of(self, seqs: Sequence[int] | NDArray[np.int64]) -> NDArray[np.intp]:
         """The rows of stored sequence numbers (every one must be in the index)."""
         return np.searchsorted(self._seqs[: self._size], np.asarray(seqs, dtype=np.int64))
 
@@ -329,7 +334,7 @@ class PredictionIndex:
             return
         capacity = max(2 * self._ids.size, len(self._rows) + n, 1024)
 
-        def grow(col: np.ndarray, fill: object) -> np.ndarray:
+        def grow(col: NDArray[_Scalar], fill: object) -> NDArray[_Scalar]:
             out = np.full(capacity, fill, dtype=col.dtype)
             out[: self._size] = col[: self._size]
             return out

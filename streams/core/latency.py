@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 LATENCY_QUANTILES: dict[str, float] = {"latency_p50": 0.50, "latency_p95": 0.95, "latency_p99": 0.99}
 
@@ -69,9 +70,10 @@ class LatencyWindow:
         self._offset = math.ceil(math.log(min_value) / self._log_gamma)
         # bin 0: values below min_value; last bin: values above max_value
         self._n_bins = math.ceil(math.log(max_value) / self._log_gamma) - self._offset + 3
-        self._exact: list[np.ndarray] | None = []
+        # exact values while small; emptied for good once the counts take over
+        self._exact: list[NDArray[np.float64]] = []
         self._n_exact = 0
-        self._counts: np.ndarray | None = None
+        self._counts: NDArray[np.int64] | None = None
         self._min = math.inf
         self._max = -math.inf
 
@@ -85,7 +87,7 @@ class LatencyWindow:
     def is_exact(self) -> bool:
         return self._counts is None
 
-    def update(self, latency_ms: np.ndarray) -> "LatencyWindow":
+    def update(self, latency_ms: NDArray[np.floating] | NDArray[np.integer]) -> "LatencyWindow":
         """Add a batch of latencies (milliseconds); NaN values are skipped."""
         x = np.asarray(latency_ms, dtype=np.float64).ravel()
         x = x[~np.isnan(x)]
@@ -100,8 +102,8 @@ class LatencyWindow:
             self._exact.append(x.copy())
             self._n_exact += x.size
             return self
-        self._to_histogram()
-        self._counts += np.bincount(self._bins(x), minlength=self._n_bins)
+        counts = self._to_histogram()
+        counts += np.bincount(self._bins(x), minlength=self._n_bins)
         return self
 
     def merge(self, other: "LatencyWindow") -> "LatencyWindow":
@@ -118,12 +120,12 @@ class LatencyWindow:
             self._exact.extend(other._exact)
             self._n_exact += other._n_exact
             return self
-        self._to_histogram()
+        counts = self._to_histogram()
         if other._counts is not None:
-            self._counts += other._counts
+            counts += other._counts
         else:
             for chunk in other._exact:
-                self._counts += np.bincount(self._bins(chunk), minlength=self._n_bins)
+                counts += np.bincount(self._bins(chunk), minlength=self._n_bins)
         return self
 
     def quantiles(self) -> dict[str, float]:
@@ -141,24 +143,28 @@ class LatencyWindow:
             values = np.clip(self._representative(bins), self._min, self._max)
         return {name: float(v) for name, v in zip(LATENCY_QUANTILES, values)}
 
-    def _to_histogram(self) -> None:
+    def _to_histogram(self) -> NDArray[np.int64]:
+        # switch to the histogram (once) and return its counts, to add to in place
         if self._counts is not None:
-            return
-        self._counts = np.zeros(self._n_bins, dtype=np.int64)
+            return self._counts
+        counts = np.zeros(self._n_bins, dtype=np.int64)
         for chunk in self._exact:
-            self._counts += np.bincount(self._bins(chunk), minlength=self._n_bins)
-        self._exact = None
+            counts += np.bincount(self._bins(chunk), minlength=self._n_bins)
+        self._counts = counts
+        self._exact = []
         self._n_exact = 0
+        return counts
 
-    def _bins(self, x: np.ndarray) -> np.ndarray:
+    def _bins(self, x: NDArray[np.float64]) -> NDArray[np.intp]:
         # bin i >= 1 holds (gamma**(i+offset-2), gamma**(i+offset-1)]
         with np.errstate(divide="ignore"):
             idx = np.ceil(np.log(np.maximum(x, self.min_value)) / self._log_gamma) - self._offset + 1
         idx = np.where(x < self.min_value, 0, idx)
         idx = np.where(x > self.max_value, self._n_bins - 1, idx)
-        return np.clip(idx, 0, self._n_bins - 1).astype(np.intp)
+        bins: NDArray[np.intp] = np.clip(idx, 0, self._n_bins - 1).astype(np.intp)
+        return bins
 
-    def _representative(self, bins: np.ndarray) -> np.ndarray:
+    def _representative(self, bins: NDArray[np.intp]) -> NDArray[np.float64]:
         gamma = math.exp(self._log_gamma)
         upper = np.exp((bins + self._offset - 1) * self._log_gamma)
         rep = 2.0 * upper / (gamma + 1.0)

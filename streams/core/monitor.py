@@ -531,6 +531,9 @@ class Monitor:
             part = batch if accepted.size == n else take_rows(batch, accepted)
 
             def new_window(key: WindowKey) -> _Window:
+                if reference is None:  # the worker rejects a batch with no reference before it gets here
+                    raise ValueError(f"no reference profile for model {batch.model_id!r} "
+                                     f"version {batch.model_version!r}: cannot open its window")
                 return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow())
 
             for start, rows in w.split(part.event_times):
@@ -694,12 +697,12 @@ class Monitor:
         state = None
         if track.detectors is not None and window.scores:
             scores = _in_event_order(np.concatenate(window.scores), np.concatenate(window.score_times))
-            key = f"{version}:score"
-            events = track.detectors.update(key, scores)
+            stream = f"{version}:score"
+            events = track.detectors.update(stream, scores)
             fed = int((~np.isnan(scores)).sum())
-            for name in track.detectors.detector_names(key):
+            for name in track.detectors.detector_names(stream):
                 changes.append(ChangeCount(name, PREDICTION_FEATURE, sum(e.detector == name for e in events), fed))
-            state = track.detectors.stream_state(key)
+            state = track.detectors.stream_state(stream)
         end = start + s.windowing.size_ms
         late = 0
         pending = track.late.get(version)
@@ -801,7 +804,8 @@ def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:
         return _slice_rows(batch, slice(int(idx[0]), int(idx[-1]) + 1))
 
     def pick(values: Sequence[Any]) -> list[Any]:
-        return np.asarray(values, dtype=object)[idx].tolist()
+        picked: list[Any] = np.asarray(values, dtype=object)[idx].tolist()
+        return picked
 
     return PredictionBatch(
         model_id=batch.model_id,
@@ -849,17 +853,16 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
     categorical_names = sorted({k for b in batches for k in b.categorical})
     attribute_names = sorted({k for b in batches for k in b.attributes})
 
-    def floats(get: Callable[[PredictionBatch], np.ndarray | None]) -> np.ndarray:
+    def floats(cols: Sequence[np.ndarray | None]) -> np.ndarray:
+        # one column per batch, in order
         parts = []
-        for b, n in zip(batches, sizes):
-            col = get(b)
+        for col, n in zip(cols, sizes):
             parts.append(np.full(n, np.nan) if col is None or (n and col.size == 0) else np.asarray(col, dtype=np.float64))
         return np.concatenate(parts)
 
-    def lists(get: Callable[[PredictionBatch], Sequence[Any] | None], fill: Any) -> list[Any]:
+    def lists(cols: Sequence[Sequence[Any] | None], fill: Any) -> list[Any]:
         out: list[Any] = []
-        for b, n in zip(batches, sizes):
-            col = get(b)
+        for col, n in zip(cols, sizes):
             out.extend([fill] * n if not col else col)
         return out
 
@@ -870,10 +873,10 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
         model_version=first.model_version,
         event_ids=[i for b in batches for i in b.event_ids],
         event_times=np.concatenate([np.asarray(b.event_times, dtype=np.int64) for b in batches]),
-        numeric={k: floats(lambda b, k=k: b.numeric.get(k)) for k in numeric_names},
-        categorical={k: lists(lambda b, k=k: b.categorical.get(k), None) for k in categorical_names},
-        predictions=floats(lambda b: b.predictions),
-        predicted_labels=lists(lambda b: b.predicted_labels, None) if any_labels else [],
-        latency_ms=floats(lambda b: b.latency_ms) if any_latency else None,
-        attributes={k: lists(lambda b, k=k: b.attributes.get(k), "") for k in attribute_names},
+        numeric={k: floats([b.numeric.get(k) for b in batches]) for k in numeric_names},
+        categorical={k: lists([b.categorical.get(k) for b in batches], None) for k in categorical_names},
+        predictions=floats([b.predictions for b in batches]),
+        predicted_labels=lists([b.predicted_labels for b in batches], None) if any_labels else [],
+        latency_ms=floats([b.latency_ms for b in batches]) if any_latency else None,
+        attributes={k: lists([b.attributes.get(k) for b in batches], "") for k in attribute_names},
     )

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import special
 
 from streams.records import FeatureDrift
@@ -52,7 +53,7 @@ CORRELATION_CHANGE = "correlation_change"
 _FORMAT = 1
 
 
-def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
+def _columns_matrix(features: Sequence[str], columns: Mapping[str, Any], n: int | None = None) -> NDArray[np.float64]:
     """Features x rows as float64 (each column's values contiguous); an absent column is all missing (NaN)."""
     lengths = {len(columns[f]) for f in features if f in columns}
     if n is None:
@@ -95,13 +96,13 @@ class MultivariateModel:
     """
 
     features: list[str]
-    mean: np.ndarray
-    scale: np.ndarray
-    components: np.ndarray  # features x kept components, orthonormal columns
+    mean: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    components: NDArray[np.float64]  # features x kept components, orthonormal columns
     error_mean: float
     error_var: float
-    correlation: np.ndarray  # features x features, held-out reference rows
-    correlation_var: np.ndarray  # variance of each correlation's influence function
+    correlation: NDArray[np.float64]  # features x features, held-out reference rows
+    correlation_var: NDArray[np.float64]  # variance of each correlation's influence function
     n_calibration: int
     variance: float = 0.8
     dropped: list[str] = field(default_factory=list)
@@ -142,7 +143,7 @@ class MultivariateModel:
     def window(self) -> MultivariateWindow:
         return MultivariateWindow.empty(len(self.features))
 
-    def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> np.ndarray:
+    def standardize(self, columns: Mapping[str, Any], n: int | None = None) -> NDArray[np.float64]:
         """Standardized values, features x rows, missing values 0 (the reference mean)."""
         z = _columns_matrix(self.features, columns, n)
         z -= self.mean[:, None]
@@ -198,13 +199,14 @@ class MultivariateModel:
                    float(d["variance"]), list(d["dropped"]))
 
 
-def _errors(z: np.ndarray, components: np.ndarray) -> np.ndarray:
+def _errors(z: NDArray[np.float64], components: NDArray[np.float64]) -> NDArray[np.float64]:
     """Squared distance of each standardized row from the principal subspace."""
     projected = z @ components
-    return np.einsum("ij,ij->i", z, z) - np.einsum("ij,ij->i", projected, projected)
+    errors: NDArray[np.float64] = np.einsum("ij,ij->i", z, z) - np.einsum("ij,ij->i", projected, projected)
+    return errors
 
 
-def _correlation_null(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _correlation_null(z: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Correlations of the rows and the variance of each one's influence function.
 
     For standardized ``a, b`` with correlation ``r`` the influence function of
@@ -249,8 +251,8 @@ class MultivariateWindow:
     n: int
     error_sum: float
     error_sq_sum: float
-    row_sum: np.ndarray
-    outer_sum: np.ndarray
+    row_sum: NDArray[np.float64]
+    outer_sum: NDArray[np.float64]
 
     @classmethod
     def empty(cls, p: int) -> MultivariateWindow:
@@ -275,13 +277,14 @@ class MultivariateWindow:
                                   self.error_sq_sum + other.error_sq_sum,
                                   self.row_sum + other.row_sum, self.outer_sum + other.outer_sum)
 
-    def correlation(self) -> np.ndarray:
+    def correlation(self) -> NDArray[np.float64]:
         n = max(self.n, 1)
         mean = self.row_sum / n
         cov = self.outer_sum / n - np.outer(mean, mean)
         sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
         sd = np.where(sd > 0, sd, 1.0)
-        return cov / np.outer(sd, sd)
+        corr: NDArray[np.float64] = cov / np.outer(sd, sd)
+        return corr
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "error_sum": self.error_sum, "error_sq_sum": self.error_sq_sum,

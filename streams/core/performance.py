@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.core.exactsum import group_ratios
 
@@ -50,11 +51,11 @@ class PerformanceRow:
 
 @dataclass
 class _Labels:
-    values: np.ndarray  # float64, NaN where missing
+    values: NDArray[np.float64]  # NaN where missing
     has_words: bool  # some label was a word such as "yes", so the task cannot be regression
 
 
-def parse_labels(labels: Sequence[object] | np.ndarray) -> tuple[np.ndarray, bool]:
+def parse_labels(labels: Sequence[object] | np.ndarray) -> tuple[NDArray[np.float64], bool]:
     """Labels as float64 (NaN where missing) and whether any was a boolean word.
 
     Numbers stay numbers; "1"/"0"/"true"/"false"/"yes"/"no" (any case) become
@@ -118,14 +119,15 @@ def _resolve_task(task: str | None, y: _Labels) -> str:
 
 
 def _group_metrics(
-    codes: np.ndarray, n_groups: int, task: str, y: np.ndarray, score: np.ndarray, predicted: np.ndarray
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    codes: NDArray[np.intp], n_groups: int, task: str,
+    y: NDArray[np.float64], score: NDArray[np.float64], predicted: NDArray[np.float64],
+) -> dict[str, tuple[NDArray[np.float64], NDArray[np.intp]]]:
     """metric -> (value per group, rows used per group); value NaN where undefined.
 
     Every row of ``y`` is labeled; ``score`` is NaN where the model gave none and
     ``predicted`` NaN where no label can be derived.
     """
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, tuple[NDArray[np.float64], NDArray[np.intp]]] = {}
     scored = ~np.isnan(score)
     s_codes, s, s_y = codes[scored], score[scored], y[scored]
     n_scored = np.bincount(s_codes, minlength=n_groups)
@@ -155,7 +157,9 @@ def _group_metrics(
     return out
 
 
-def _grouped_auc(codes: np.ndarray, n_groups: int, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+def _grouped_auc(
+    codes: NDArray[np.intp], n_groups: int, y: NDArray[np.float64], score: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """ROC AUC per group as U / (n1 n0), ties counted one half (average ranks)."""
     order = np.lexsort((score, codes))
     c, s, yy = codes[order], score[order], y[order]
@@ -179,7 +183,7 @@ def _grouped_auc(codes: np.ndarray, n_groups: int, y: np.ndarray, score: np.ndar
     return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
 
 
-def _predicted_classes(task: str, score: np.ndarray, predicted: _Labels | None) -> np.ndarray:
+def _predicted_classes(task: str, score: NDArray[np.float64], predicted: _Labels | None) -> NDArray[np.float64]:
     """The predicted class per row (NaN where none): the given label, else score >= 0.5.
 
     Also checks that classification scores are probabilities; NaN everywhere for regression.
@@ -201,7 +205,7 @@ def _predicted_classes(task: str, score: np.ndarray, predicted: _Labels | None) 
     return np.where(np.isnan(pv), derived, pv)
 
 
-def _checked_score(score: np.ndarray, n: int) -> np.ndarray:
+def _checked_score(score: np.ndarray, n: int) -> NDArray[np.float64]:
     score = np.asarray(score, dtype=np.float64)
     if score.shape != (n,):
         raise ValueError(f"score has shape {score.shape} for {n} labels")
@@ -210,7 +214,7 @@ def _checked_score(score: np.ndarray, n: int) -> np.ndarray:
     return score
 
 
-def _segment_codes(values: Sequence[str] | np.ndarray, n: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+def _segment_codes(values: Sequence[str] | np.ndarray, n: int, key: str) -> tuple[NDArray[np.str_], NDArray[np.intp]]:
     arr = np.asarray(values, dtype=str)
     if arr.shape != (n,):
         raise ValueError(f"attribute {key!r} has {arr.size} values for {n} rows")
@@ -301,7 +305,7 @@ def prediction_errors(
     score: np.ndarray,
     predicted_label: np.ndarray | Sequence[str | None] | None = None,
     task: str | None = None,
-) -> tuple[np.ndarray, str]:
+) -> tuple[NDArray[np.float64], str]:
     """The error stream for the change detectors, and the task it was computed for.
 
     Classification: 1.0 where the predicted class is wrong, else 0.0 (a binary
@@ -347,10 +351,10 @@ class PerformanceWindow:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.task = task
         self.min_segment_size = min_segment_size
-        self._y: list[np.ndarray] = []
-        self._score: list[np.ndarray] = []
-        self._predicted: list[np.ndarray] = []
-        self._attributes: list[dict[str, np.ndarray]] = []
+        self._y: list[NDArray[np.float64]] = []
+        self._score: list[NDArray[np.float64]] = []
+        self._predicted: list[NDArray[np.float64]] = []
+        self._attributes: list[dict[str, NDArray[np.str_]]] = []
         self._has_words = False
 
     @property
@@ -398,7 +402,7 @@ class PerformanceWindow:
         self._has_words |= other._has_words
         return self
 
-    def errors(self) -> tuple[np.ndarray, str]:
+    def errors(self) -> tuple[NDArray[np.float64], str]:
         """The error stream of the rows in the order they came, and its task (see ``prediction_errors``).
 
         The task is resolved on the whole window, as for ``rows()``.

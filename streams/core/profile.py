@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
-from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, squared_deviations
+from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, sum_squared_deviations
 from streams.records import PREDICTION_FEATURE
 
 FORMAT_VERSION = 1
@@ -72,7 +73,7 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def _splitmix(z: np.ndarray) -> np.ndarray:
+def _splitmix(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
     """SplitMix64's finaliser, computed in place: ``z`` must be a fresh array."""
     shifted = z >> _U64(30)  # one scratch array instead of a temporary per step
     z ^= shifted
@@ -83,7 +84,7 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def _sample_keys(base: int | np.ndarray, start: int | np.ndarray, count: int) -> np.ndarray:
+def _sample_keys(base: int | NDArray[np.uint64], start: int | NDArray[np.uint64], count: int) -> NDArray[np.uint64]:
     """Keys of positions ``start .. start+count-1`` of one feature's stream (a bijection of position).
 
     ``base`` and ``start`` may also be columns, one row per feature: the rows
@@ -120,7 +121,7 @@ _COUNT_BY_SEARCH = 64
 _COUNT_BY_SORT = 4_096
 
 
-def bin_counts(cuts: np.ndarray, values: np.ndarray) -> np.ndarray:
+def bin_counts(cuts: NDArray[np.float64], values: NDArray[np.float64]) -> NDArray[np.int64]:
     """How many of ``values`` fall in each bin of ``np.searchsorted(cuts, values, side="right")``.
 
     ``cuts`` must be strictly increasing and ``values`` free of NaN. The result
@@ -148,7 +149,7 @@ def bin_counts(cuts: np.ndarray, values: np.ndarray) -> np.ndarray:
     return counts
 
 
-def bin_counts_rows(cuts: Sequence[np.ndarray], values: np.ndarray) -> list[np.ndarray]:
+def bin_counts_rows(cuts: Sequence[NDArray[np.float64]], values: NDArray[np.float64]) -> list[NDArray[np.int64]]:
     """``bin_counts(cuts[j], values[j])`` for each row ``j`` of ``values``, one sort serving every row.
 
     >>> x = np.array([[-5.0, 0.0, 0.5, 1.0, 2.0, 7.0], [3.0, 3.0, 3.0, 3.0, 3.0, -3.0]])
@@ -171,7 +172,7 @@ def bin_counts_rows(cuts: Sequence[np.ndarray], values: np.ndarray) -> list[np.n
 # ----------------------------------------------------------------------------- column parsing
 
 
-def _numeric_column(feature: str, values: Any) -> np.ndarray:
+def _numeric_column(feature: str, values: Any) -> NDArray[np.float64]:
     try:
         x = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -181,7 +182,7 @@ def _numeric_column(feature: str, values: Any) -> np.ndarray:
     return x
 
 
-def _finite_values(feature: str, x: np.ndarray) -> tuple[np.ndarray, int]:
+def _finite_values(feature: str, x: NDArray[np.float64]) -> tuple[NDArray[np.float64], int]:
     """Non-missing values and the missing count; NaN is missing, infinity is an error."""
     missing = np.isnan(x)
     n_missing = int(np.count_nonzero(missing))
@@ -231,7 +232,7 @@ def _complete_blocks(
     return blocks, others
 
 
-def _category_counts(feature: str, values: Sequence[Any]) -> tuple[Counter, int]:
+def _category_counts(feature: str, values: Sequence[Any]) -> tuple[Counter[Any], int]:
     """Counts of each category and the missing count (None, or a float NaN as pandas writes it)."""
     try:
         counts = Counter(values)
@@ -451,7 +452,8 @@ class ReferenceProfile:
     def cached(self, key: Any, factory: Callable[[], T]) -> T:
         """Derived data kept for the life of this object (the reference is immutable once built)."""
         try:
-            return self._cache[key]
+            hit: T = self._cache[key]  # the factory stored under this key made it
+            return hit
         except KeyError:
             value = self._cache[key] = factory()
             return value
@@ -533,12 +535,14 @@ class BottomKSample:
     ([1.0, 6.0, 8.0], [10, 15, 20])
     """
 
-    def __init__(self, capacity: int, values: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+    def __init__(
+        self, capacity: int, values: NDArray[np.float64] | None = None, keys: NDArray[np.uint64] | None = None
+    ) -> None:
         self.capacity = capacity
         self._values = np.empty(0, np.float64) if values is None else values
         self._keys = np.empty(0, np.uint64) if keys is None else keys
-        self._queued_values: list[np.ndarray] = []
-        self._queued_keys: list[np.ndarray] = []
+        self._queued_values: list[NDArray[np.float64]] = []
+        self._queued_keys: list[NDArray[np.uint64]] = []
         self._queued = 0
         self._bound = self._entry_bound()
 
@@ -546,16 +550,16 @@ class BottomKSample:
         return f"BottomKSample(capacity={self.capacity}, values={self.values!r}, keys={self.keys!r})"
 
     @property
-    def values(self) -> np.ndarray:
+    def values(self) -> NDArray[np.float64]:
         self._settle()
         return self._values
 
     @property
-    def keys(self) -> np.ndarray:
+    def keys(self) -> NDArray[np.uint64]:
         self._settle()
         return self._keys
 
-    def offer(self, values: np.ndarray, keys: np.ndarray) -> None:
+    def offer(self, values: NDArray[np.float64], keys: NDArray[np.uint64]) -> None:
         """Offer values and their keys; the sample keeps copies, never the arrays given."""
         if self.capacity == 0 or values.size == 0:
             return
@@ -579,7 +583,7 @@ class BottomKSample:
         """The largest key that can still enter (ties are broken by value); any key while not full."""
         return self._bound
 
-    def offer_entrants(self, values: np.ndarray, keys: np.ndarray) -> None:
+    def offer_entrants(self, values: NDArray[np.float64], keys: NDArray[np.uint64]) -> None:
         """Offer values whose keys are all at most ``entry_bound``, in arrays that nobody changes afterwards.
 
         A full sample queues the arrays as they are (views included), without
@@ -595,7 +599,7 @@ class BottomKSample:
     def _full(self) -> bool:
         return self.capacity > 0 and self._values.size >= self.capacity
 
-    def _enqueue(self, values: np.ndarray, keys: np.ndarray) -> None:
+    def _enqueue(self, values: NDArray[np.float64], keys: NDArray[np.uint64]) -> None:
         self._queued_values.append(values)
         self._queued_keys.append(keys)
         self._queued += values.size
@@ -612,7 +616,7 @@ class BottomKSample:
     def _entry_bound(self) -> np.uint64:
         return _U64(self._keys.max()) if self._full else _U64(_MASK64)
 
-    def _keep(self, values: np.ndarray, keys: np.ndarray) -> None:
+    def _keep(self, values: NDArray[np.float64], keys: NDArray[np.uint64]) -> None:
         k = self.capacity
         if keys.size <= k:
             self._values, self._keys = values, keys
@@ -642,7 +646,7 @@ class BottomKSample:
         out._keep(np.concatenate([self.values, other.values]), np.concatenate([self.keys, other.keys]))
         return out
 
-    def canonical(self) -> tuple[np.ndarray, np.ndarray]:
+    def canonical(self) -> tuple[NDArray[np.float64], NDArray[np.uint64]]:
         """(values, keys) ordered by key then value: equal samples give equal arrays."""
         order = np.lexsort((self.values, self.keys))
         return self.values[order], self.keys[order]
@@ -694,8 +698,8 @@ class NumericWindow:
 
     @property
     def m2(self) -> float:
-        """The sum of squared deviations from the mean, from the exact sums (the same bits for any batching)."""
-        return squared_deviations(self.total, self.squares, self.count)
+        """The sum of squared deviations from the mean, correctly rounded (0.0 when there is none)."""
+        return sum_squared_deviations(self.total, self.squares, self.count) if self.count else 0.0
 
     def update(self, x: np.ndarray) -> None:
         self.add(*_finite_values(self.name, _numeric_column(self.name, x)))
@@ -751,6 +755,7 @@ class NumericWindow:
     def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
         if n == 0:
             return
+        assert lo is not None and hi is not None  # rows were added, so they have extremes
         self.count += n
         self.total = self.total.merged(total)
         self.squares = self.squares.merged(squares)
@@ -923,13 +928,13 @@ class WindowProfile:
                 w.add(*parsed_num[f])
             elif f not in columns and f != PREDICTION_FEATURE:
                 w.missing += n
-        for f, w in self.categorical.items():
+        for f, cw in self.categorical.items():
             if f in parsed_cat:
                 counts, n_missing = parsed_cat[f]
-                w.counts += counts
-                w.missing += n_missing
+                cw.counts += counts
+                cw.missing += n_missing
             else:
-                w.missing += n
+                cw.missing += n
         self.n += n
 
     def merge(self, other: "WindowProfile") -> "WindowProfile":

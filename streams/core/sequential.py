@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.records import FeatureDrift
 
@@ -202,7 +203,7 @@ class TrendDetector:
         moments = [window.numeric[f] for f in self.names]
         return self.update([m.count for m in moments], [m.mean for m in moments], [m.m2 for m in moments])
 
-    def log_evidence(self) -> np.ndarray:
+    def log_evidence(self) -> NDArray[np.float64]:
         """log M_T per stream: the mixture over the kept starts plus the weight of starts still to come."""
         w, y = self.recent_precision, self.recent_y
         m = w.shape[0]
@@ -228,7 +229,8 @@ class TrendDetector:
         # the starts after this window have Bayes factor 1: their weights sum to H / (H + T)
         future = math.log(h / (h + self.windows))
         top = np.maximum(terms.max(axis=0), future)
-        return top + np.log(np.exp(terms - top).sum(axis=0) + np.exp(future - top))
+        evidence: NDArray[np.float64] = top + np.log(np.exp(terms - top).sum(axis=0) + np.exp(future - top))
+        return evidence
 
     def to_dict(self) -> dict[str, Any]:
         """The whole state as plain JSON values (stored with each closed window)."""

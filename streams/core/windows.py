@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 WindowKey = tuple[str, str, int]  # (model_id, model_version, window_start)
 
@@ -74,7 +75,7 @@ class Windowing:
         """The first and last k whose whole window [k * size, (k + 1) * size) lies inside int64."""
         return -(-INT64_MIN // self.size_ms), (INT64_MAX - self.size_ms) // self.size_ms
 
-    def starts(self, event_times: np.ndarray) -> np.ndarray:
+    def starts(self, event_times: NDArray[np.integer]) -> NDArray[np.int64]:
         """The start of the window of each event time (floor division, also before 1970).
 
         Floor division cannot overflow; the window number is clipped to the whole windows
@@ -91,7 +92,7 @@ class Windowing:
     def end(self, start: int) -> int:
         return min(int(start) + self.size_ms, INT64_MAX)
 
-    def split(self, event_times: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    def split(self, event_times: NDArray[np.integer]) -> list[tuple[int, NDArray[np.intp]]]:
         """Row positions grouped by window, windows in time order, rows in arrival order."""
         starts = self.starts(event_times)
         if starts.size == 0:
@@ -101,7 +102,7 @@ class Windowing:
         groups = np.split(order, first[1:])
         return [(int(s), g) for s, g in zip(uniq.tolist(), groups)]
 
-    def late_mask(self, event_times: np.ndarray, watermark: int | None) -> np.ndarray:
+    def late_mask(self, event_times: NDArray[np.integer], watermark: int | None) -> NDArray[np.bool_]:
         """Which events, in arrival order, fall in a window already closed when they arrive.
 
         An event is late when its window's end is at or below the watermark in
@@ -118,7 +119,7 @@ class Windowing:
             return np.zeros(0, dtype=bool)
         return self.starts(t) + self.size_ms <= self.in_force(t, watermark)
 
-    def in_force(self, event_times: np.ndarray, watermark: int | None) -> np.ndarray:
+    def in_force(self, event_times: NDArray[np.integer], watermark: int | None) -> NDArray[np.int64]:
         """The watermark in force at each event's arrival (see ``late_mask``); int64 min where there is none.
 
         >>> Windowing(size_ms=10, lateness_ms=2).in_force(np.array([5, 15, 7]), watermark=None).tolist()[1:]
@@ -213,8 +214,8 @@ class EventClock:
         # When every source is idle, the latest one runs on with the wall clock.
         if self.idle_ms is None:
             return min(s.max_event_time for s in sources)
-        active = []
-        idle = []
+        active: list[tuple[int, int]] = []  # (max event time, ms silent beyond idle_ms)
+        idle: list[tuple[int, int]] = []
         for s in sources:
             silent = now_ms - s.last_seen_ms - self.idle_ms
             (idle if silent > 0 else active).append((s.max_event_time, silent))
