@@ -188,7 +188,10 @@ def test_topics_headers_reasons_and_settings_are_documented(doc: str) -> None:
     assert set(TOPIC_NAMES) <= set(topics), set(TOPIC_NAMES) - set(topics)
     headers = table_rows(doc.split("### DLQ headers", 1)[1].split("\n## ", 1)[0])  # headers, then reasons
     assert {DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER, DLQ_DETAIL_HEADER} <= set(headers)
-    reasons = DECODE_ERROR_REASONS | {validation.UNKNOWN_MODEL, validation.INVALID_VALUE, validation.FUTURE_EVENT_TIME}
+    reasons = DECODE_ERROR_REASONS | {
+        validation.UNKNOWN_MODEL, validation.INVALID_VALUE, validation.FUTURE_EVENT_TIME, validation.INVALID_EVENT_TIME,
+        validation.VALUE_TOO_LONG, validation.RESERVED_FEATURE_NAME, validation.FEATURE_KIND_CONFLICT,
+    }
     assert reasons <= set(headers), reasons - set(headers)
     variables = table_rows(doc.split("## Configuration", 1)[1].split("\n## ", 1)[0])
     assert set(_ENV) | {"DRIFTLINE_CONFIG", "DRIFTLINE_KAFKA_JARS"} <= set(variables), set(_ENV) - set(variables)
