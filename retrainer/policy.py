@@ -221,6 +221,9 @@ class PerformanceTrigger:
     limit: float | None = None
     min_labels: int = 500
     consecutive_windows: int = 1
+    # label-free: retrain when a prediction window's estimated accuracy (CBPE, streams.core.estimation)
+    # is more than this below the reference's own estimate; None: off. Needs a calibrated reference.
+    estimated_accuracy_drop: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -654,6 +657,7 @@ class _Performance(_Section):
     limit: _OptionalNumber = None
     min_labels: _PositiveInt = None
     consecutive_windows: _PositiveInt = None
+    estimated_accuracy_drop: _MaxDrop = None
 
 
 class _ChangeDetectors(_Section):

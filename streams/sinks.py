@@ -296,6 +296,10 @@ class Sinks:
                                   o.n_latency, w.computed_at, n_predictions=o.n_current)
                    for w in windows for o in (w.outcome,) if o.latency
                    for name, value in o.latency.items() if not np.isnan(value)]
+        # label-free estimates ride with the latency rows: metrics of the prediction window, n_labeled 0
+        latency += [PerformanceRow(o.model_id, o.model_version, r.metric, o.window_start, o.window_end, float(r.value),
+                                   0, w.computed_at, segment=r.segment, n_predictions=int(r.n_predictions))
+                    for w in windows for o in (w.outcome,) for r in o.estimates]
         if latency:
             self._retry("insert of latency percentiles",
                         lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"))

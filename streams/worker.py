@@ -640,6 +640,8 @@ class WorkerService:
                     outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
                     drift=outcome.drift,
                     change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
+                    estimated_performance=outcome.estimated_performance() or None,
+                    reference_estimates=outcome.reference_estimates or None,
                 )
                 requests, alerts = self._decide("drift", trigger_window)
                 drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
