@@ -743,7 +743,7 @@ class Monitor:
             latency=window.latency.quantiles() if window.latency.n else {}, n_latency=int(window.latency.n),
             changes=changes, detector_state=state, late_events=late,
             estimates=window.estimation.rows() if window.estimation is not None else [],
-            reference_estimates=_reference_estimates(window.reference) if window.estimation is not None else {},
+            reference_estimates=reference_estimates(window.reference) if window.estimation is not None else {},
         )
 
     def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
@@ -791,7 +791,12 @@ def reference_calibrator(reference: ReferenceProfile) -> ScoreCalibrator | None:
     return reference.cached("score_calibrator", parse)
 
 
-def _reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
+def reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
+    """The reference's own label-free estimates (metric -> value); empty without a calibrator.
+
+    >>> reference_estimates(ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}))
+    {}
+    """
     calibrator = reference_calibrator(reference)
     if calibrator is None:
         return {}

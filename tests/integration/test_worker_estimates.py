@@ -17,6 +17,7 @@ import yaml
 
 from retrainer.evaluation import fit_calibrator
 from retrainer.policy import ReferenceSettings
+from retrainer.registry import Lineage
 from streams import kafka
 from streams.core.performance import compute_performance
 from streams.records import PredictionBatch, RetrainRequest
@@ -59,8 +60,6 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     calibrator = fit_calibrator("classification", labels, score)
     assert calibrator is not None
     profile = ReferenceSettings().profile_builder(model, numeric, categorical, score, calibrator)
-    from retrainer.registry import Lineage
-
     version = env.registry.register(model, lineage=Lineage(dataset_rows=score.size), reference_profile=profile).version
     env.registry.promote(model, version)
 
@@ -71,7 +70,13 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     }}))
 
     truth: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per window: labels never sent, scores, channel
-    for w in range(WINDOWS):
+
+    def publish(windows: range) -> None:
+        for w in windows:
+            publish_window(w)
+        env.flush()
+
+    def publish_window(w: int) -> None:
         x = _inputs(rng, PER_WINDOW, shifted=w >= STEADY)
         s = _score(x)
         y = (rng.random(PER_WINDOW) < s).astype(float)
@@ -87,12 +92,19 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
                 predictions=s[part],
                 attributes={"channel": channel[part].tolist()},
             ))
-    env.flush()
 
-    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
-    env.wait(lambda: env.windows_written(model) >= WINDOWS, 180, "every prediction window")
-    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=30)]
-    assert worker.stop() == 0
+    # half the stream, a restart, the other half: the restarted worker picks the estimate's episode up
+    # from the rows written (no second request for the same episode)
+    half = WINDOWS // 2
+    publish(range(half))
+    first = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    env.wait(lambda: env.windows_written(model) >= half, 120, "the first half's prediction windows")
+    assert first.stop() == 0
+    publish(range(half, WINDOWS))
+    second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
+    assert second.stop() == 0
+    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)]
 
     # no label exists anywhere: the request comes from the estimate alone, and its evidence names it
     assert env.count("labels", "model_id = {m:String}", m=model) == 0
