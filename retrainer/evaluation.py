@@ -15,7 +15,7 @@ registered holdout metrics still cover the whole holdout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -174,3 +174,36 @@ def _challenger_metrics(labels: np.ndarray, scores: np.ndarray, task: Task, part
 def _blocked(rule: PromotionRule, challenger: Mapping[str, float], reason: str) -> PromotionDecision:
     value = challenger.get(rule.metric)
     return PromotionDecision(False, reason, rule.metric, value, None, None)
+
+
+def fit_calibrator(task: Task | None, labels: np.ndarray | None, scores: np.ndarray | None) -> dict[str, Any] | None:
+    """The JSON of a score calibrator for label-free performance estimates, or None where none fits.
+
+    Fitted for binary classification only (labels 0/1, scores in [0, 1]), on rows
+    with both a label and a score; the decision threshold is the monitor's, 0.5.
+    A reference too small or one-sided to calibrate (``CalibrationError``) gets
+    none: its windows then have no estimate rather than a misleading one.
+
+    >>> rng = np.random.default_rng(0)
+    >>> s = rng.random(2_000); y = (rng.random(2_000) < s).astype(float)
+    >>> fit_calibrator("classification", y, s)["threshold"]
+    0.5
+    >>> fit_calibrator("regression", y, s) is None, fit_calibrator("classification", y[:50], s[:50]) is None
+    (True, True)
+    """
+    from streams.core.estimation import CalibrationError, ScoreCalibrator
+
+    if task != "classification" or labels is None or scores is None:
+        return None
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(scores, dtype=np.float64)
+    if y.shape != p.shape:
+        return None
+    known = ~np.isnan(y) & ~np.isnan(p)
+    y, p = y[known], p[known]
+    if not np.isin(y, (0.0, 1.0)).all() or p.size == 0 or p.min() < 0.0 or p.max() > 1.0:
+        return None  # not a binary classifier's probability
+    try:
+        return ScoreCalibrator.fit(p, y, threshold=0.5).to_dict()
+    except CalibrationError:
+        return None

@@ -109,10 +109,12 @@ class ReferenceSettings:
     sample_size: int = 10_000
 
     def profile_builder(
-        self, model_id: str, numeric: Mapping[str, Any], categorical: Mapping[str, Any], predictions: Any = None
+        self, model_id: str, numeric: Mapping[str, Any], categorical: Mapping[str, Any], predictions: Any = None,
+        calibrator: Mapping[str, Any] | None = None,
     ) -> Callable[[str], dict[str, Any]]:
         """The registry's ``reference_profile`` callback: the profile of these columns, once the
-        registry has chosen the version number.
+        registry has chosen the version number; ``calibrator`` (``ScoreCalibrator.to_dict()``, fitted on
+        labelled held-out rows) travels inside it for label-free performance estimates.
 
         >>> import numpy as np
         >>> build = ReferenceSettings(bins=4, sample_size=100).profile_builder("m", {"x": np.arange(50.0)}, {})
@@ -122,10 +124,11 @@ class ReferenceSettings:
         from streams.core.profile import ReferenceProfile
 
         def build(version: str) -> dict[str, Any]:
-            return ReferenceProfile.build(
+            profile = ReferenceProfile.build(
                 model_id, version, numeric=dict(numeric), categorical=dict(categorical), predictions=predictions,
                 bins=self.bins, top_k=self.top_k, sample_size=self.sample_size,
-            ).to_dict()
+            )
+            return replace(profile, calibrator=dict(calibrator) if calibrator is not None else None).to_dict()
 
         return build
 
@@ -221,6 +224,9 @@ class PerformanceTrigger:
     limit: float | None = None
     min_labels: int = 500
     consecutive_windows: int = 1
+    # label-free: retrain when a prediction window's estimated accuracy (CBPE, streams.core.estimation)
+    # is more than this below the reference's own estimate; None: off. Needs a calibrated reference.
+    estimated_accuracy_drop: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -654,6 +660,7 @@ class _Performance(_Section):
     limit: _OptionalNumber = None
     min_labels: _PositiveInt = None
     consecutive_windows: _PositiveInt = None
+    estimated_accuracy_drop: _MaxDrop = None
 
 
 class _ChangeDetectors(_Section):

@@ -230,13 +230,17 @@ def split_columns(frame: "pd.DataFrame") -> dict[str, Any]:
         if not pd.api.types.is_numeric_dtype(column):
             raise InputError(f"dataset column {PREDICTION_COLUMN!r} must be numeric (a score or a regression output)")
         predictions = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    return {"numeric": numeric, "categorical": categorical, "predictions": predictions}
+    labels = None
+    if LABEL_COLUMN in frame.columns and pd.api.types.is_numeric_dtype(frame[LABEL_COLUMN]):
+        labels = frame[LABEL_COLUMN].to_numpy(dtype=np.float64, na_value=np.nan)
+    return {"numeric": numeric, "categorical": categorical, "predictions": predictions, "labels": labels}
 
 
 def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, Any]:
     # imported here: the profile module lives in the monitoring side and is
     # needed only by this verb
     try:
+        from retrainer.evaluation import fit_calibrator
         from streams.core.profile import ReferenceProfile
     except ImportError as exc:
         raise InputError(f"cannot compute the reference profile: {exc}") from exc
@@ -250,7 +254,9 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
         )
     except ValueError as exc:
         raise InputError(f"cannot compute the reference profile of the dataset: {exc}") from exc
-    return profile.to_dict()
+    # a binary classifier's dataset with both label and prediction calibrates the label-free estimate
+    calibrator = fit_calibrator("classification", columns.get("labels"), columns["predictions"])
+    return dataclasses.replace(profile, calibrator=calibrator).to_dict()
 
 
 def _time_range(frame: "pd.DataFrame") -> tuple[int | None, int | None]:

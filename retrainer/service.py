@@ -48,7 +48,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from driftline.settings import Settings
 from driftline.unpickling import Allowlist
 from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
-from retrainer.evaluation import ChampionScores, Evaluation, evaluate
+from retrainer.evaluation import ChampionScores, Evaluation, evaluate, fit_calibrator
 from retrainer.policy import ModelPolicy, Policy, load_policy
 from retrainer.registry import (
     CHALLENGER,
@@ -150,6 +150,8 @@ class _Candidate:
     scores: np.ndarray  # the challenger's score of every snapshot row, for the reference profile
     evaluation: Evaluation
     parent: str | None
+    # ScoreCalibrator JSON fitted on the holdout's scores and labels (binary classifiers), or None
+    calibrator: dict[str, Any] | None = None
 
 
 class RetryLater(RuntimeError):
@@ -324,7 +326,9 @@ class Retrainer:
         evaluation = replace(evaluation, train=train_metrics)
         self._progress(request, "evaluating", 1, 1, evaluation.summary())
         parent = champion.version if champion is not None else self._existing_version(request)
-        return _Candidate(ref, data, trained, rt.trainer, scores, evaluation, parent)
+        # calibrated on held-out rows: scores of the training rows are over-confident
+        calibrator = fit_calibrator(data.data.task, holdout.data.label, scores[holdout_index])
+        return _Candidate(ref, data, trained, rt.trainer, scores, evaluation, parent, calibrator)
 
     def _train(self, request: RetrainRequest, trainer: TrainerFn, name: str, train: Snapshot,
                params: dict[str, Any]) -> TrainedModel:
@@ -416,7 +420,7 @@ class Retrainer:
         if c.data.dropped_features:  # what the snapshot left out so that one odd event could not fail it
             tags["dropped_features"] = "; ".join(map(str, c.data.dropped_features))
         profile = policy.monitoring.reference.profile_builder(request.model_id, c.data.data.numeric,
-                                                              c.data.data.categorical, c.scores)
+                                                              c.data.data.categorical, c.scores, c.calibrator)
 
         version = self.registry.register(
             request.model_id, lineage=lineage, reference_profile=profile, artifact_bytes=c.trained.artifact(),

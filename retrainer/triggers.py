@@ -8,7 +8,10 @@ Three signals are followed, each as *episodes*:
 
 - ``drift``: enough features cross in ``consecutive_windows`` windows in a row;
 - ``change``: change detectors fire on the chosen streams (reason ``drift``);
-- ``performance``: a metric is worse than the reference or an absolute limit.
+- ``performance``: a metric is worse than the reference or an absolute limit;
+- ``estimate``: the label-free estimate of accuracy (a prediction window's
+  ``estimated_accuracy``) is more than ``performance.estimated_accuracy_drop``
+  below the reference's own estimate (reason ``performance``, before any label).
 
 An episode begins when its condition has held long enough and ends after
 ``hysteresis_windows`` clean windows in a row. One episode makes at most one
@@ -33,18 +36,21 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Mapping, Sequence
 
 from retrainer.policy import DRIFTED, ModelPolicy
-from retrainer.promotion import finite_number
+from retrainer.promotion import TOLERANCE, finite_number
 from streams.records import Alert, Evidence, FeatureDrift, RetrainReason, RetrainRequest
 
-Kind = Literal["drift", "change", "performance"]
+Kind = Literal["drift", "change", "performance", "estimate"]
 Status = Literal["hot", "clean", "unknown"]
 
 # The first kind in this order that asks for a retrain names the request's reason.
-KINDS: tuple[Kind, ...] = ("performance", "drift", "change")
-REASONS: dict[Kind, RetrainReason] = {"performance": "performance", "drift": "drift", "change": "drift"}
-_SEVERITY = {"performance": "critical", "drift": "warning", "change": "warning"}
-_STARTED = {"performance": "performance_drop", "drift": "drift", "change": "change"}
-_ENDED = {"performance": "performance_recovered", "drift": "drift_resolved", "change": "change_resolved"}
+KINDS: tuple[Kind, ...] = ("performance", "estimate", "drift", "change")
+REASONS: dict[Kind, RetrainReason] = {"performance": "performance", "estimate": "performance", "drift": "drift",
+                                      "change": "drift"}
+_SEVERITY = {"performance": "critical", "estimate": "warning", "drift": "warning", "change": "warning"}
+_STARTED = {"performance": "performance_drop", "estimate": "estimated_performance_drop", "drift": "drift",
+            "change": "change"}
+_ENDED = {"performance": "performance_recovered", "estimate": "estimated_performance_recovered",
+          "drift": "drift_resolved", "change": "change_resolved"}
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://driftline.dev/ns/v1")
 _STATE_FORMAT = 1
@@ -68,7 +74,10 @@ class WindowOutcome:
     ``drift`` holds the drift engine's rows; ``performance`` the metrics over
     ``n_labeled`` labelled predictions (None: no labels yet);
     ``reference_performance`` the version's registered holdout metrics;
-    ``change_events`` the (detector, stream) pairs that fired in the window.
+    ``change_events`` the (detector, stream) pairs that fired in the window;
+    ``estimated_performance`` the label-free estimates of a prediction window
+    (``{'accuracy': .., 'accuracy_lower': ..}``, None: none) and
+    ``reference_estimates`` the same metrics estimated on the reference.
 
     >>> w = WindowOutcome("credit", "3", 0, 60_000, change_events=[("adwin", "error")])
     >>> w.window_end - w.window_start
@@ -84,6 +93,8 @@ class WindowOutcome:
     n_labeled: int = 0
     reference_performance: Mapping[str, float] | None = None
     change_events: Sequence[tuple[str, str]] = ()
+    estimated_performance: Mapping[str, float] | None = None
+    reference_estimates: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class TriggerState:
     change: Episode = Episode()
     performance: Episode = Episode()
     last_request_ms: int | None = None
+    estimate: Episode = Episode()  # last: states saved before it existed load with a fresh episode
     last_request_id: str | None = None
     schedule_anchor_ms: int | None = None
 
@@ -250,6 +262,39 @@ def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     return Signal("hot", evidence, f"{rule.metric} {value:g} over {window.n_labeled} labels: {reasons}")
 
 
+ESTIMATED_METRIC = "accuracy"  # the estimate a policy compares: estimated_accuracy
+
+
+def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+    """Hot when the window's estimated accuracy is more than ``estimated_accuracy_drop`` below the reference's.
+
+    Both sides are estimated the same way (from calibrated scores, no label),
+    so a calibration error common to both cancels.
+
+    >>> from retrainer.policy import parse_policy
+    >>> p = parse_policy({"defaults": {"performance": {"estimated_accuracy_drop": 0.05}}}).for_model("m")
+    >>> w = WindowOutcome("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
+    ...                   reference_estimates={"accuracy": 0.80})
+    >>> s = estimate_signal(p, w)
+    >>> s.status, s.evidence[0].metric, s.summary
+    ('hot', 'estimated_accuracy', 'estimated_accuracy 0.7 (no labels): worse than 0.75 (reference estimate 0.8 - 0.05)')
+    """
+    drop = policy.performance.estimated_accuracy_drop
+    if drop is None or not window.estimated_performance:
+        return _UNKNOWN
+    value = finite_number(window.estimated_performance.get(ESTIMATED_METRIC))
+    reference = finite_number((window.reference_estimates or {}).get(ESTIMATED_METRIC))
+    if value is None or reference is None:
+        return _UNKNOWN
+    bound = reference - drop
+    if not value < bound - TOLERANCE:
+        return _CLEAN
+    metric = f"estimated_{ESTIMATED_METRIC}"
+    evidence = (Evidence(metric, _PERFORMANCE_SEGMENT, value, bound, window.window_start, window.window_end),)
+    return Signal("hot", evidence, f"{metric} {value:g} (no labels): worse than {bound:g} "
+                                   f"(reference estimate {reference:g} - {drop:g})")
+
+
 def _advance(episode: Episode, signal: Signal, window_start: int, need: int, clear: int) -> Episode:
     """The episode after one window: ``need`` hot windows in a row open it, ``clear`` clean ones close it."""
     if signal.status == "unknown":
@@ -362,8 +407,10 @@ def _read_window(policy: ModelPolicy, state: TriggerState, window: WindowOutcome
                  ) -> tuple[TriggerState, dict[Kind, Signal]]:
     """Every enabled signal's reading of the window, and the episodes advanced by it."""
     enabled = {"drift": policy.drift.enabled, "change": policy.change_detectors.enabled,
-               "performance": policy.performance.enabled}
-    readers = {"drift": drift_signal, "change": change_signal, "performance": performance_signal}
+               "performance": policy.performance.enabled,
+               "estimate": policy.performance.estimated_accuracy_drop is not None}
+    readers = {"drift": drift_signal, "change": change_signal, "performance": performance_signal,
+               "estimate": estimate_signal}
     signals: dict[Kind, Signal] = {}
     for kind in KINDS:
         if not enabled[kind]:
@@ -379,7 +426,8 @@ def _read_window(policy: ModelPolicy, state: TriggerState, window: WindowOutcome
 def _needed(policy: ModelPolicy, kind: Kind) -> int:
     # a change detector's alarm is already a confirmed change: one window is enough
     return {"drift": policy.drift.consecutive_windows, "change": 1,
-            "performance": policy.performance.consecutive_windows}[kind]
+            "performance": policy.performance.consecutive_windows,
+            "estimate": policy.performance.consecutive_windows}[kind]
 
 
 def _episode_alerts(policy: ModelPolicy, before: TriggerState, after: TriggerState, signals: dict[Kind, Signal],

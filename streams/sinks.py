@@ -95,6 +95,8 @@ class WrittenWindow:
     performance: dict[str, float] | None = None
     n_labeled: int = 0
     change_events: list[tuple[str, str]] = field(default_factory=list)
+    # a prediction window's label-free estimates, {'accuracy': .., 'accuracy_lower': ..} (None: none)
+    estimated: dict[str, float] | None = None
 
 
 @dataclass
@@ -296,6 +298,10 @@ class Sinks:
                                   o.n_latency, w.computed_at, n_predictions=o.n_current)
                    for w in windows for o in (w.outcome,) if o.latency
                    for name, value in o.latency.items() if not np.isnan(value)]
+        # label-free estimates ride with the latency rows: metrics of the prediction window, n_labeled 0
+        latency += [PerformanceRow(o.model_id, o.model_version, r.metric, o.window_start, o.window_end, float(r.value),
+                                   0, w.computed_at, segment=r.segment, n_predictions=int(r.n_predictions))
+                    for w in windows for o in (w.outcome,) for r in o.estimates]
         if latency:
             self._retry("insert of latency percentiles",
                         lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"))
@@ -365,7 +371,7 @@ class Sinks:
         Prediction windows may include one whose write a crash interrupted: keep
         only those up to :meth:`latest_window`, whose marker is written last.
         """
-        def query() -> tuple[list[WrittenWindow], list[WrittenWindow]]:
+        def query() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
             params = {"model_id": model_id, "model_version": model_version, "limit": limit}
             drift_rows = self.warehouse.query_rows(
                 "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
@@ -380,15 +386,25 @@ class Sinks:
                 "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
                 "metric, value, n_labeled FROM performance_metrics FINAL "
                 "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
-                "AND NOT startsWith(metric, 'latency_') AND window_start >= "
+                "AND NOT startsWith(metric, 'latency_') AND NOT startsWith(metric, 'estimated_') AND window_start >= "
                 "(SELECT min(window_start) FROM (SELECT window_start FROM performance_metrics FINAL "
                 " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
                 " AND metric = {marker:String} ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws",
                 {**params, "marker": N_LABELED},
             )
-            return drift_rows, label_rows
+            estimate_rows = self.warehouse.query_rows(
+                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
+                "metric, value FROM performance_metrics FINAL "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
+                "AND startsWith(metric, 'estimated_') AND window_start >= "
+                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
+                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
+                " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws",
+                params,
+            )
+            return drift_rows, label_rows, estimate_rows
 
-        drift_rows, label_rows = self._retry("reading the windows written before", query)
+        drift_rows, label_rows, estimate_rows = self._retry("reading the windows written before", query)
         drift: dict[int, WrittenWindow] = {}
         labelled: dict[int, WrittenWindow] = {}
         for r in drift_rows:
@@ -400,6 +416,9 @@ class Sinks:
             else:
                 w.drift.append(FeatureDrift(r["feature"], r["metric"], r["value"], r["p_value"], r["threshold"],
                                             bool(r["drifted"])))
+        for r in estimate_rows:
+            w = drift.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
+            w.estimated = {**(w.estimated or {}), r["metric"][len("estimated_"):]: r["value"]}
         for r in label_rows:
             w = labelled.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
             if r["metric"] == N_LABELED:

@@ -51,6 +51,7 @@ from streams.core.monitor import (
     WindowOutcome,
     concat_batches,
     in_arrival_order,
+    reference_estimates,
     take_rows,
 )
 from streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
@@ -606,12 +607,15 @@ class WorkerService:
         reference = holdout(model_id, version) if holdout and label_windows else None
         folds = (("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
                  ("performance", label_windows))
+        profile = self.references.get(model_id, version) if any(w.estimated for w in drift_windows) else None
+        estimated_reference = reference_estimates(profile) if profile is not None else None
         for stream, windows in folds:
             state = self._triggers.get((stream, model_id)) or TriggerState(model_id)
             for w in windows:
                 window = TriggerWindow(model_id, version, w.window_start, w.window_end, drift=w.drift,
                                        performance=w.performance, n_labeled=w.n_labeled,
-                                       reference_performance=reference, change_events=w.change_events)
+                                       reference_performance=reference, change_events=w.change_events,
+                                       estimated_performance=w.estimated, reference_estimates=estimated_reference)
                 state, _, _ = evaluate(policy, state, window, w.window_end)
             self._triggers[(stream, model_id)] = state
         # either stream's last request starts the cooldown of both
@@ -642,6 +646,8 @@ class WorkerService:
                     outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
                     drift=outcome.drift,
                     change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
+                    estimated_performance=outcome.estimated_performance() or None,
+                    reference_estimates=outcome.reference_estimates or None,
                 )
                 requests, alerts = self._decide("drift", trigger_window)
                 drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))

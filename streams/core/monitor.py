@@ -46,6 +46,7 @@ from streams.core.drift import evaluate_window
 from streams.core.labels import PredictionIndex
 from streams.core.latency import LatencyWindow
 from streams.core.ledger import Hold
+from streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
 from streams.core.performance import PerformanceRow, PerformanceWindow
 from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
 from streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
@@ -127,6 +128,16 @@ class WindowOutcome:
     detector_state: bytes | None = None
     # rows of this version that arrived late since its previous window closed (see the module docstring)
     late_events: int = 0
+    # label-free performance estimate of the window (estimated_<metric>[_lower|_upper], overall and per
+    # segment), empty unless the reference carries a calibrator; reference_estimates: the same metrics
+    # estimated on the reference itself (ScoreCalibrator.reference_estimates), a policy's baseline
+    estimates: list[EstimatedPerformanceRow] = field(default_factory=list)
+    reference_estimates: dict[str, float] = field(default_factory=dict)
+
+    def estimated_performance(self) -> dict[str, float]:
+        """The whole window's estimates, ``{'accuracy': 0.81, 'accuracy_lower': ..., ...}``."""
+        prefix = "estimated_"
+        return {r.metric[len(prefix):]: float(r.value) for r in self.estimates if r.segment == ""}
 
     @property
     def key(self) -> WindowKey:
@@ -233,6 +244,8 @@ class _Window:
     # the scores and their event times, in chunks: the change detectors take them sorted at close
     scores: list[np.ndarray] = field(default_factory=list)
     score_times: list[np.ndarray] = field(default_factory=list)
+    # None when the reference has no calibrator (no estimate for this version)
+    estimation: EstimationState | None = None
 
 
 @dataclass
@@ -534,7 +547,10 @@ class Monitor:
                 if reference is None:  # the worker rejects a batch with no reference before it gets here
                     raise ValueError(f"no reference profile for model {batch.model_id!r} "
                                      f"version {batch.model_version!r}: cannot open its window")
-                return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow())
+                calibrator = reference_calibrator(reference)
+                return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow(),
+                               estimation=None if calibrator is None else
+                               EstimationState(calibrator, min_segment_size=track.settings.min_segment_size))
 
             for start, rows in w.split(part.event_times):
                 key = (batch.model_id, batch.model_version, start)
@@ -548,6 +564,17 @@ class Monitor:
                         window.latency.update(chunk.latency_ms)
                     window.scores.append(np.asarray(chunk.predictions, dtype=np.float64))
                     window.score_times.append(np.asarray(chunk.event_times, dtype=np.int64))
+                    if window.estimation is not None:
+                        predicted = chunk.predicted_labels
+                        try:
+                            window.estimation.update(
+                                chunk.predictions, predicted if any(p is not None for p in predicted) else None,
+                                chunk.attributes,
+                            )
+                        except ValueError:
+                            # labels a binary calibrator cannot read (a multiclass model registered with
+                            # one): the window's drift stands, it just gets no estimate
+                            window.estimation = None
         if has_predictions:
             waiting = track.index.add(
                 batch.event_ids, batch.model_version, times, batch.predictions,
@@ -718,6 +745,8 @@ class Monitor:
             drift=drift, profile=window.profile,
             latency=window.latency.quantiles() if window.latency.n else {}, n_latency=int(window.latency.n),
             changes=changes, detector_state=state, late_events=late,
+            estimates=window.estimation.rows() if window.estimation is not None else [],
+            reference_estimates=reference_estimates(window.reference) if window.estimation is not None else {},
         )
 
     def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
@@ -740,6 +769,42 @@ class Monitor:
             model_id, version, start, start + track.settings.windowing.size_ms,
             n_labeled=lw.performance.n, rows=lw.performance.rows(), changes=changes, detector_state=state,
         )
+
+
+def reference_calibrator(reference: ReferenceProfile) -> ScoreCalibrator | None:
+    """The reference's score calibrator, parsed once per reference; None if it has none or a broken one.
+
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
+    >>> reference_calibrator(ref) is None
+    True
+    >>> from dataclasses import replace
+    >>> reference_calibrator(replace(ref, calibrator=ScoreCalibrator.identity(bins=10).to_dict())).n_bins
+    10
+    """
+    if reference.calibrator is None:
+        return None
+
+    def parse() -> ScoreCalibrator | None:
+        try:
+            return ScoreCalibrator.from_dict(reference.calibrator or {})
+        except (ValueError, KeyError, TypeError):
+            # an unreadable calibrator costs the estimate, never the window's drift
+            return None
+
+    return reference.cached("score_calibrator", parse)
+
+
+def reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
+    """The reference's own label-free estimates (metric -> value); empty without a calibrator.
+
+    >>> reference_estimates(ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}))
+    {}
+    """
+    calibrator = reference_calibrator(reference)
+    if calibrator is None:
+        return {}
+    return reference.cached("reference_estimates", lambda: {
+        m: float(e.value) for m, e in calibrator.reference_estimates().items()})
 
 
 def _in_event_order(values: np.ndarray, event_times: np.ndarray) -> np.ndarray:

@@ -435,6 +435,9 @@ class ReferenceProfile:
     top_k: int = 20
     sample_size: int = 5_000
     seed: int = 0
+    # ScoreCalibrator.to_dict() of a binary classifier, fitted where the profile was built (scores and
+    # labels are both at hand only there); None: no label-free performance estimate for this version
+    calibrator: dict[str, Any] | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -496,6 +499,8 @@ class ReferenceProfile:
             "settings": {"bins": self.bins, "top_k": self.top_k, "sample_size": self.sample_size, "seed": self.seed},
             "features": [*(r.to_dict() for r in self.numeric.values()),
                          *(r.to_dict() for r in self.categorical.values())],
+            # only when present, so profiles without one read and write exactly as before
+            **({"calibrator": self.calibrator} if self.calibrator is not None else {}),
         }
 
     @classmethod
@@ -507,7 +512,8 @@ class ReferenceProfile:
         categorical = {f["name"]: CategoricalReference.from_dict(f)
                        for f in d["features"] if f["kind"] == "categorical"}
         return cls(d["model_id"], d["model_version"], int(d["n"]), numeric, categorical,
-                   int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]))
+                   int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]),
+                   calibrator=d.get("calibrator"))
 
 
 # ----------------------------------------------------------------------------- window

@@ -559,6 +559,9 @@ def _training_frame(n: int = 200) -> pd.DataFrame:
 def test_cli_registers_an_external_model_with_its_reference_profile(
     cli_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
+    from dataclasses import replace
+
+    from streams.core.estimation import ScoreCalibrator
     from streams.core.profile import ReferenceProfile
 
     frame = _training_frame()
@@ -595,7 +598,11 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
         numeric={"age": read_back["age"].to_numpy(np.float64), "income": read_back["income"].to_numpy(np.float64)},
         categorical={"city": read_back["city"].astype(str).tolist()},
         predictions=read_back["prediction"].to_numpy(np.float64),
-    ).to_dict()
+    )
+    # label and prediction columns: the score calibrator of the label-free estimate travels with the profile
+    calibrator = ScoreCalibrator.fit(read_back["prediction"].to_numpy(np.float64),
+                                     read_back["label"].to_numpy(np.float64), threshold=0.5).to_dict()
+    expected = replace(expected, calibrator=calibrator).to_dict()
     assert json.dumps(stored, sort_keys=True) == json.dumps(expected, sort_keys=True)
     restored = ReferenceProfile.from_dict(stored)  # what the worker does when it re-baselines
     assert (restored.model_version, restored.n, restored.features) == ("1", 200, ["age", "income", "city", "__prediction__"])
