@@ -29,6 +29,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,9 +44,16 @@ from streams.batch_consumer import BatchConsumer, contract_topics
 from streams.messages import Incoming, Offset
 from streams.observability import CONTENT_TYPE_LATEST
 from streams.records import ModelEvent
+from streams.supervision import Supervisor
 from streams.worker import INPUT_TOPICS, WorkerOptions, WorkerService
 
 log = logging.getLogger("driftline.worker")
+
+# Batches handed to the service and not handled yet, at most; past it the fetch waits. If the
+# service makes no progress for STALLED_SECONDS, the consumer is paused (it keeps polling, to stay
+# in its group); it is paused at once when the warehouse is known to be down.
+MAX_INFLIGHT = 3
+STALLED_SECONDS = 30.0
 
 
 class Runner:
@@ -67,6 +75,11 @@ class Runner:
         self.fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-fetch")
         self.failed: BaseException | None = None
         self._stopping = threading.Event()
+        self._inflight = 0  # batches sent to the agents and not handled yet
+        self._progress = time.monotonic()  # when the service last finished a batch
+        self.paused = False
+        # a write that waits out an outage gives up only when the worker stops (a restart replays it)
+        service.sinks.should_stop = self._stopping.is_set
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -74,25 +87,66 @@ class Runner:
     def _current(self, generation: int) -> bool:
         return self.consumer is not None and generation == self.consumer.generation
 
+    def _must_pause(self) -> bool:
+        """Whether to stop fetching: the warehouse is down, or the service has been stuck for long.
+
+        A paused consumer still polls (and gets nothing), so it stays in its group however long
+        the wait: a member that does not poll for ``max.poll.interval.ms`` is put out of it.
+        """
+        if not self.service.sinks.outage.up:
+            return True
+        return self._inflight >= MAX_INFLIGHT and time.monotonic() - self._progress >= STALLED_SECONDS
+
+    def _pause(self, paused: bool) -> None:
+        if paused != self.paused:
+            assert self.consumer is not None
+            self.paused = paused
+            self.consumer.pause(paused)
+            self.service.metrics.fetch_paused.set(1 if paused else 0)
+            log.log(logging.WARNING if paused else logging.INFO,
+                    "consumption %s", "paused while the service waits" if paused else "resumed")
+
     async def fetch(self, channels: dict[str, Any], within: float) -> None:
-        """Poll until the app stops, sending each poll's messages of a topic to that topic's agent."""
+        """Poll until the app stops, sending each poll's messages of a topic to that topic's agent.
+
+        At most MAX_INFLIGHT batches wait for the service; while it waits for the warehouse the
+        consumer is paused (see :meth:`_must_pause`) and anything it still returns is held here.
+        """
         assert self.consumer is not None
         loop = asyncio.get_running_loop()
         self.executor.submit(self.service.connect)  # while the group forms; the first batch queues behind it
+        held: list[Any] = []
         while not self._stopping.is_set() and self.failed is None:
-            poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            if self._must_pause():
+                self._pause(True)
+                poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+                if poll.count:
+                    held.append(poll)
+                continue
+            self._pause(False)
+            if self._inflight >= MAX_INFLIGHT:
+                await asyncio.sleep(0.005)
+                continue
+            poll = held.pop(0) if held else await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
             for topic, messages in poll.by_topic.items():
+                self._inflight += 1
                 await channels[topic].send(value=Batch(poll.generation, messages, poll.backlog))
 
     async def handle(self, topic: str, batch: "Batch") -> None:
-        if self.failed is not None or not self._current(batch.generation):
-            return
         try:
-            released = await self._run(self._handle_current, topic, batch)
-        except Exception as exc:
-            await self._crash(exc)
-            return
-        self._ack(released)
+            if self.failed is not None or not self._current(batch.generation):
+                return
+            try:
+                released = await self._run(self._handle_current, topic, batch)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return  # interrupted by the stop: nothing of it is acknowledged, a restart replays it
+                await self._crash(exc)
+                return
+            self._ack(released)
+        finally:
+            self._inflight -= 1
+            self._progress = time.monotonic()
 
     def _handle_current(self, topic: str, batch: "Batch") -> list[Offset]:
         # runs on the service thread: a revocation may have happened since the batch was polled
@@ -122,6 +176,11 @@ class Runner:
     def on_model_event(self, event: ModelEvent) -> None:
         # from the models thread: the service's caches belong to the service thread
         self.executor.submit(self.service.on_model_event, event)
+
+    def on_model_poison(self, msg: Any, exc: Exception) -> None:
+        # from the models thread: dead-lettered by the service thread, which owns the producer's flushes
+        incoming = Incoming("models", msg.partition(), msg.offset(), msg.key(), msg.value() or b"", None, msg.topic())
+        self.executor.submit(self.service.poisoned, incoming, exc)
 
     async def _crash(self, exc: BaseException) -> None:
         # Nothing of the failed batch was acknowledged, so a restart redelivers it.
@@ -159,14 +218,21 @@ class ModelEvents:
 
     Not through the worker's consumer group: each worker must re-baseline. The
     consumer is assigned every partition at its current end before ``start``
-    returns, so no event published after that is missed.
+    returns, so no event published after that is missed. Its thread is
+    supervised: if reading raises, it is logged, counted and started again
+    (on the same consumer, so nothing is skipped); a message whose handling
+    raises goes to ``on_poison`` and the next one is read.
     """
 
-    def __init__(self, settings: Settings, on_event: Callable[[ModelEvent], None]) -> None:
+    THREAD = "driftline-models"
+
+    def __init__(self, settings: Settings, on_event: Callable[[ModelEvent], None], *,
+                 supervisor: Supervisor | None = None,
+                 on_poison: Callable[[Any, Exception], None] | None = None) -> None:
         self.settings = settings
         self.on_event = on_event
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="driftline-models", daemon=True)
+        self.on_poison = on_poison
+        self.supervisor = supervisor or Supervisor()
         self._consumer: Any = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -182,14 +248,15 @@ class ModelEvents:
                 for p in sorted(partitions)]
         consumer.assign(ends)
         self._consumer = consumer
-        self._thread.start()
+        self.supervisor.start(self.THREAD, self._run)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        self.supervisor.stop()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         from streams import kafka
 
         def received(event: ModelEvent) -> None:
@@ -197,10 +264,7 @@ class ModelEvents:
                      extra={"model_id": event.model_id, "event": event.event, "version": event.version})
             self.on_event(event)
 
-        try:
-            kafka.follow_model_events(self._consumer, self._stop, received)
-        finally:
-            self._consumer.close()
+        kafka.follow_model_events(self._consumer, stop, received, on_poison=self.on_poison)
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
@@ -256,8 +320,9 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
         max_messages=options.batch_size, max_bytes=options.max_poll_bytes,
         on_revoked=runner.on_revoked, session_timeout_seconds=options.session_timeout_seconds,
     )
-    # two batches waiting per agent at most: the fetch waits for the service, and memory stays bounded
-    channels = {topic: app.channel(maxsize=2) for topic in INPUT_TOPICS}
+    # the fetch sends at most MAX_INFLIGHT batches ahead (and a poll's topics at once), so a send never
+    # waits: the fetch loop keeps polling, and memory stays bounded by those batches
+    channels = {topic: app.channel(maxsize=MAX_INFLIGHT + len(INPUT_TOPICS)) for topic in INPUT_TOPICS}
 
     def agent_for(topic: str) -> Callable[[Any], Any]:
         async def consume(batches: Any) -> None:
@@ -287,7 +352,13 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
+        service.health()  # the gauges of outages and threads, as of now (the service thread may be waiting)
         return web.bytes(service.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        report = {**service.health(), "fetch_paused": runner.paused, "failed": runner.failed is not None}
+        return web.json(report)
 
     return app, runner
 
@@ -304,7 +375,8 @@ def build_service(settings: Settings, options: WorkerOptions) -> WorkerService:
 
     warehouse = Warehouse.from_settings(settings, migrate=True)
     webhook = AlertWebhook(settings.alert_webhook) if settings.alert_webhook else None
-    producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
+    # no delivery deadline: a record waits for a broker that is away however long (the worker blocks meanwhile)
+    producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True, "message.timeout.ms": 0})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
     return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer, webhook=webhook),
                          policy=load_policy(settings.policy))
@@ -340,7 +412,7 @@ def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "i
     check_copartitioned(settings)
     service = build_service(settings, options)
     app, runner = create_app(settings, options, service)
-    models = ModelEvents(settings, runner.on_model_event)
+    models = ModelEvents(settings, runner.on_model_event, supervisor=service.supervisor, on_poison=runner.on_model_poison)
     models.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     log.info("driftline worker %s starting: topics %s*, warehouse %s, web port %d", options.app_id,

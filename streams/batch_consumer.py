@@ -127,6 +127,7 @@ class BatchConsumer:
         self._assigned: set[tuple[str, int]] = set()
         self._lag: dict[tuple[str, int], int] = {}
         self._acked: dict[tuple[str, int], int] = {}  # next offset to commit, noted by ack, not yet stored
+        self._paused = False
         session_ms = int(session_timeout_seconds * 1000)
         self._consumer = Consumer({
             **settings.kafka_config(),
@@ -183,9 +184,25 @@ class BatchConsumer:
         if self._on_revoked is not None:
             self._on_revoked(partitions)
 
+    def pause(self, paused: bool) -> None:
+        """Stop (or start again) fetching every assigned partition; polls go on, so the member stays
+        in its group, and return nothing while paused. Fetch thread only.
+
+        Resuming fetches from the position after the last message returned, so nothing is skipped.
+        """
+        self._paused = paused
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+
     def poll(self, timeout: float) -> Poll:
         """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only."""
         self._store_acked()
+        if self._paused:
+            # partitions assigned since the pause started are paused too
+            assignment = self._consumer.assignment()
+            if assignment:
+                self._consumer.pause(assignment)
         before = self._generation
         full = self.sizer.next
         behind = self._behind()
