@@ -307,6 +307,9 @@ class WorkerService:
         down = outage.down_seconds()
         self.metrics.warehouse_up.set(1 if outage.up else 0)
         self.metrics.warehouse_outage_seconds.set(down)
+        counted = self.metrics.value("driftline_warehouse_outages_total") or 0.0
+        if outage.outages > counted:
+            self.metrics.warehouse_outages.inc(outage.outages - counted)
         threads = self.supervisor.health()
         for name, state in threads.items():
             self.metrics.thread_up.labels(thread=name).set(1 if state["state"] in ("running", "idle") else 0)
