@@ -37,15 +37,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import faust
+from confluent_kafka import KafkaException
 from faust.app.base import BootStrategy
 
+from driftline.redaction import redact
 from driftline.settings import Settings
 from streams.batch_consumer import BatchConsumer, contract_topics
 from streams.messages import Incoming, Offset
 from streams.observability import CONTENT_TYPE_LATEST
 from streams.records import ModelEvent
 from streams.supervision import Supervisor
-from streams.worker import INPUT_TOPICS, WorkerOptions, WorkerService
+from streams.worker import INPUT_TOPICS, Replay, WorkerOptions, WorkerService
 
 log = logging.getLogger("driftline.worker")
 
@@ -54,6 +56,7 @@ log = logging.getLogger("driftline.worker")
 # in its group); it is paused at once when the warehouse is known to be down.
 MAX_INFLIGHT = 3
 STALLED_SECONDS = 30.0
+FETCH_BACKOFF_SECONDS = 0.5
 
 
 class Runner:
@@ -80,6 +83,7 @@ class Runner:
         self.paused = False
         # a write that waits out an outage gives up only when the worker stops (a restart replays it)
         service.sinks.should_stop = self._stopping.is_set
+        service.on_replay = self._replay
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -116,18 +120,27 @@ class Runner:
         loop = asyncio.get_running_loop()
         self.executor.submit(self.service.connect)  # while the group forms; the first batch queues behind it
         held: list[Any] = []
+        backoff = FETCH_BACKOFF_SECONDS
         while not self._stopping.is_set() and self.failed is None:
-            if self._must_pause():
-                self._pause(True)
-                poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
-                if poll.count:
-                    held.append(poll)
+            try:
+                if self._must_pause():
+                    self._pause(True)
+                    poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+                    if poll.count:
+                        held.append(poll)
+                    continue
+                self._pause(False)
+                if self._inflight >= MAX_INFLIGHT:
+                    await asyncio.sleep(0.005)
+                    continue
+                poll = held.pop(0) if held else await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            except KafkaException as exc:
+                # the broker is away (a rewind or a pause needs it): nothing was taken, so try again
+                log.warning("polling failed, trying again in %.1f s: %s", backoff, redact(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
                 continue
-            self._pause(False)
-            if self._inflight >= MAX_INFLIGHT:
-                await asyncio.sleep(0.005)
-                continue
-            poll = held.pop(0) if held else await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            backoff = FETCH_BACKOFF_SECONDS
             for topic, messages in poll.by_topic.items():
                 self._inflight += 1
                 await channels[topic].send(value=Batch(poll.generation, messages, poll.backlog))
@@ -138,6 +151,8 @@ class Runner:
                 return
             try:
                 released = await self._run(self._handle_current, topic, batch)
+            except Replay:
+                return  # the service dropped its state, and the consumer delivers again from the last ack
             except Exception as exc:
                 if self._stopping.is_set():
                     return  # interrupted by the stop: nothing of it is acknowledged, a restart replays it
@@ -153,6 +168,11 @@ class Runner:
         if not self._current(batch.generation):
             return []
         return self.service.handle(topic, batch.messages, backlog=batch.backlog)
+
+    def _replay(self) -> None:
+        # on the service thread, before it handles anything else: batches polled so far become stale
+        if self.consumer is not None:
+            self.consumer.replay()
 
     async def tick(self) -> None:
         if self.failed is not None or self.consumer is None:

@@ -90,6 +90,11 @@ class WorkerMetrics:
             "Messages whose handling raised (not a DecodeError): dead-lettered as internal_error, by topic and "
             "exception class", ["topic", "error_class"], registry=r,
         )
+        self.replays = Counter(
+            "driftline_worker_replays",
+            "Times handling a message raised after state had changed: state dropped, messages delivered again",
+            registry=r,
+        )
         self.warehouse_up = Gauge(
             "driftline_warehouse_up", "1 while the warehouse answers, 0 during an outage (writes wait for it)",
             registry=r,

@@ -67,6 +67,9 @@ INPUT_TOPICS = ("predictions", "features", "labels")
 # How long raw rows and closed windows may gather while a backlog is read, when the insert
 # threshold is not reached first (a backlog that stops short of it).
 BACKLOG_GATHER_SECONDS = 0.5
+# Poison messages remembered (a few hundred bytes each), so that a replay dead-letters them before
+# anything changes; the oldest is forgotten first (long committed by then).
+KNOWN_POISON = 10_000
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,19 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 INFRASTRUCTURE_ERRORS = _infrastructure_errors()
 
 
+class Replay(RuntimeError):
+    """Handling a message raised after the service's state had changed: the state is dropped, and
+    Kafka must deliver everything not acknowledged again (``WorkerService.on_replay``).
+
+    >>> str(Replay("ZeroDivisionError: division by zero"))
+    'ZeroDivisionError: division by zero'
+    """
+
+
+def _key(m: Incoming) -> tuple[str, int, int]:
+    return (m.full_topic, m.partition, m.offset)
+
+
 @dataclass(frozen=True)
 class _Poison:
     """A message whose decoding raised something other than a DecodeError."""
@@ -262,6 +278,11 @@ class WorkerService:
         self._backlog = False  # the last poll came back full
         self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
+        # messages of a part whose handling raised, applied one by one when delivered again; and those
+        # that raised alone (see _apply): kept across the reset that follows, by (topic, partition, offset)
+        self._suspects: set[tuple[str, int, int]] = set()
+        self._known_poison: dict[tuple[str, int, int], Exception] = {}
+        self.on_replay: Callable[[], None] | None = None  # the app's: the consumer delivers again (BatchConsumer.replay)
         # background threads, shown with their state in /metrics and /health (see streams.supervision)
         self.supervisor = Supervisor(on_restart=lambda name: self.metrics.thread_restarts.labels(thread=name).inc())
         for writer in (self.outbox.raw_writer, self.outbox.window_writer):
@@ -339,13 +360,13 @@ class WorkerService:
         fresh = self._fresh(messages)
         self.metrics.messages.labels(topic=topic).inc(len(messages))
         if topic == "labels":
-            parts: Iterable[Any] = [(self._handle_labels, fresh)]
+            parts: Iterable[Any] = [(self._handle_labels, fresh, lambda lo, hi: fresh[lo:hi])]
         elif topic in ("predictions", "features"):
-            parts = ((lambda part: self._handle_inputs(topic, part), part) for part in self._parts(topic, fresh))
+            parts = ((lambda part: self._handle_inputs(topic, part), part, part.slice) for part in self._parts(topic, fresh))
         else:
             raise ValueError(f"the worker does not consume topic {topic!r}")
-        for handle_part, part in parts:
-            read = handle_part(part)
+        for handle_part, part, cut in parts:
+            read = self._apply(handle_part, part, cut)
             done = self.now_ms()
             for model_id, source in read:
                 self.monitor.touch(model_id, source, done, labels=topic == "labels")
@@ -417,18 +438,82 @@ class WorkerService:
                             "window_start": outcome.window_start, "window_end": outcome.window_end,
                             "n_current": outcome.n_current, "drifted_features": report.drifted_features})
 
-    def reset(self) -> int:
+    def reset(self, why: str = "a rebalance") -> int:
         """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
         # their messages are not acknowledged: Kafka delivers them again, and they are written then
         dropped = self.ledger.clear() + self.outbox.clear()
         self.monitor = self._new_monitor()
         self._last_offset.clear()
         self._triggers.clear()
-        self.metrics.rebalances.inc()
+        if why == "a rebalance":
+            self.metrics.rebalances.inc()
         self._gauges()
-        log.info("state dropped for a rebalance: %d unacknowledged messages will be redelivered", dropped,
+        log.info("state dropped for %s: %d unacknowledged messages will be redelivered", why, dropped,
                  extra={"unacked": dropped})
         return dropped
+
+    # -- a message whose handling raises after state changed --------------------------------
+    #
+    # Preparing a part (decoding, validation, grouping) changes nothing, so a message whose preparation
+    # raises is isolated by bisection in place (_handle_inputs). Applying it (the monitor, the ledger,
+    # the writes) changes state, which a failure may leave half changed. Then everything in memory is
+    # dropped and Kafka delivers again from the last acknowledged message (Replay), as after a rebalance;
+    # the messages of the failed part are "suspects" and are applied one at a time; a suspect that fails
+    # alone is poison, and the next delivery dead-letters it in its preparation (internal_error), before
+    # anything changes. Two deliveries again find a poison message, and the others are processed as if
+    # it had never been there.
+
+    def _apply(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
+               cut: Callable[[int, int], Any]) -> set[tuple[str, Any]]:
+        messages: Sequence[Incoming] = part.messages if isinstance(part, _Part) else part
+        suspect = [_key(m) in self._suspects for m in messages] if self._suspects else []
+        if not any(suspect):
+            return self._apply_once(handle_part, part, messages, alone=False)
+        read: set[tuple[str, Any]] = set()
+        lo = 0
+        while lo < len(messages):
+            hi = lo + 1
+            if not suspect[lo]:
+                while hi < len(messages) and not suspect[hi]:
+                    hi += 1
+            read |= self._apply_once(handle_part, cut(lo, hi), messages[lo:hi], alone=suspect[lo])
+            lo = hi
+        return read
+
+    def _apply_once(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
+                    messages: Sequence[Incoming], alone: bool) -> set[tuple[str, Any]]:
+        try:
+            read = handle_part(part)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:
+            kind, detail = error_detail(exc)
+            if alone:
+                # kept until forgotten as the oldest of KNOWN_POISON: it comes again with every replay
+                # until the offsets after it are committed, which the service does not see
+                self._known_poison[_key(messages[0])] = exc
+                while len(self._known_poison) > KNOWN_POISON:
+                    del self._known_poison[next(iter(self._known_poison))]
+            else:
+                self._suspects.update(_key(m) for m in messages)
+            first, last = messages[0], messages[-1]
+            log.error("handling %s[%d]@%d..%d raised %s: %s; %s", first.topic, first.partition, first.offset,
+                      last.offset, kind, detail,
+                      "the message is poison and is dead-lettered when it comes again" if alone else
+                      "its messages are delivered again and handled one by one to find the one at fault",
+                      exc_info=exc, extra={"topic": first.topic, "partition": first.partition, "error_class": kind})
+            self.metrics.replays.inc()
+            self.reset("a message whose handling raised")
+            if self.on_replay is not None:
+                self.on_replay()
+            raise Replay(f"{kind}: {detail}") from exc
+        if self._suspects:
+            self._suspects.difference_update(_key(m) for m in messages)
+        return read
+
+    def _poison_of(self, m: Incoming) -> Exception | None:
+        """The exception a message raised when it was applied alone before (it is poison), if any."""
+        return self._known_poison.get(_key(m)) if self._known_poison else None
 
     def on_model_event(self, event: ModelEvent) -> None:
         """A registry change: the next windows of that model use the new baseline."""
@@ -515,7 +600,14 @@ class WorkerService:
         are prepared again without it; only then does anything change."""
         messages = part.messages
         now = self.now_ms()
-        prepared = isolate(len(messages), lambda lo, hi: self._prepare_inputs(part.slice(lo, hi), now).shifted(lo),
+        def attempt(lo: int, hi: int) -> _Prepared:
+            for m in messages[lo:hi] if self._known_poison else ():
+                known = self._poison_of(m)
+                if known is not None:
+                    raise known
+            return self._prepare_inputs(part.slice(lo, hi), now).shifted(lo)
+
+        prepared = isolate(len(messages), attempt,
                            lambda i, exc: _Prepared([self._poisoned(messages[i], exc, now)]), _Prepared.merge,
                            passes=INFRASTRUCTURE_ERRORS)
         return self._apply_inputs(topic, part, now, prepared)
@@ -637,6 +729,9 @@ class WorkerService:
         for i, m in enumerate(messages):
             # preparing a label changes nothing, so one that raises is that message's alone
             try:
+                known = self._poison_of(m)
+                if known is not None:
+                    raise known
                 label = self._prepare_label(m, now)
             except INFRASTRUCTURE_ERRORS:
                 raise

@@ -21,7 +21,7 @@ from streams import kafka
 from streams.app import build_service
 from streams.codec import default_codec
 from streams.records import LabelEvent, PredictionBatch, PredictionEvent
-from streams.worker import Incoming, WorkerOptions
+from streams.worker import Incoming, Replay, WorkerOptions
 from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, env, make_batch  # noqa: F401
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -112,6 +112,56 @@ def test_a_label_whose_handling_raises_is_dead_lettered_alone(env: WorkerEnv, un
     service.drain()
     assert env.count("labels", "model_id = {m:String}", m=model) == 19
     assert env.query("SELECT offset, reason FROM rejected_events FINAL") == [{"offset": 5, "reason": "internal_error"}]
+    service.outbox.close()
+
+
+class BrokenReferences(FailingReferences):
+    """A reference "profile" for ``model_id`` that the monitor cannot use: handling its events raises
+    only once state is changing (the monitor's ingest), after validation passed."""
+
+    def get(self, model_id: str, version: str):
+        return object() if model_id == self.model_id else self.inner.get(model_id, version)
+
+
+def _until_handled(service, topic: str, messages: list[Incoming]) -> tuple[list, int]:
+    """Handle like the app: after a Replay, Kafka delivers the unacknowledged messages again (here all)."""
+    for replays in range(10):
+        try:
+            return service.handle(topic, messages) + service.drain(), replays
+        except Replay:
+            continue
+    raise AssertionError("still replaying after 10 deliveries")
+
+
+def test_a_message_that_raises_while_state_changes_is_found_by_replays_and_the_rest_is_as_if_it_was_not_there(
+    env: WorkerEnv, unique: str
+) -> None:
+    model = f"apply-{unique}"
+    version = env.register(model)
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
+    service = build_service(env.settings, options)
+    service.references = BrokenReferences(service.references, "boom")
+    codec = default_codec()
+    values = [codec.encode(PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
+                                           categorical={"region": "north"}, prediction=0.5)) for i in range(200)]
+    values[40] = codec.encode(PredictionEvent("x40", "boom", "1", T0 + 200, numeric={"a": 1.0}, prediction=0.5))
+    values[120] = codec.encode(make_batch("boom", "1", T0, 10, 5))
+    values.append(codec.encode(PredictionEvent("next", model, version, T0 + WINDOW_MS, numeric={"a": 0.0},
+                                               prediction=0.5)))
+    released, replays = _until_handled(service, "predictions", _incoming("predictions", values))
+
+    # the part fails; its messages are applied one by one (the first bad one is poison); then the second
+    assert replays == 3
+    assert service.metrics.value("driftline_worker_replays_total") == 3.0
+    rejected = env.query("SELECT offset, reason, detail FROM rejected_events FINAL ORDER BY offset")
+    assert [(r["offset"], r["reason"]) for r in rejected] == [(40, "internal_error"), (120, "internal_error")]
+    assert all(r["detail"].startswith("AttributeError: ") for r in rejected)
+    assert env.count("predictions", "model_id = {m:String}", m=model) == 199
+    assert env.count("predictions", "model_id = 'boom'") == 0
+    counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
+    assert counts == [{"n_current": 198}]
+    assert max(released) == 199
+    assert not service._suspects
     service.outbox.close()
 
 

@@ -1,0 +1,138 @@
+"""A warehouse outage longer than the old retry budget (about 35 s) is waited out, never fatal.
+
+The embedded ClickHouse server of this test is killed for 60 s while ``driftline worker`` has
+events to write, and started again on the same port and data directory. The worker must not
+exit, must say so in ``/metrics`` (``driftline_warehouse_up`` 0, then 1) and in its log (one
+warning, one line at recovery), and must end with the same rows as a clean run of the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from driftline.settings import Settings
+from driftline.stack.process import free_port, port_answers
+from streams.codec import default_codec
+from test_worker_poison import _second_env, _traffic
+from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
+
+OUTAGE_SECONDS = 60.0
+
+
+class Server:
+    """An embedded ClickHouse server that can be killed and started again on its port and data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.root / "chserver.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(self.root / "data"), "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 60
+        while not port_answers("127.0.0.1", self.port):
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.root / "chserver.log").read_text()[-2000:]
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def url(self, database: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{database}"
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
+    env: WorkerEnv, kafka_settings: Settings, tmp_path: Path, unique: str
+) -> None:
+    singles, batches = f"singles-{unique}", f"batches-{unique}"
+    codec = default_codec()
+    windows = 6
+    version = env.register(singles)
+    assert env.register(batches) == version
+    good = [v for _, v in _traffic(singles, batches, version, codec, windows)]
+
+    # the clean run, on the session's server
+    for value in good:
+        env.publish_raw("predictions", "k", value)
+    env.flush()
+    env.start_worker("clean", f"clean-{unique}", idle_seconds="never")
+    env.wait(lambda: env.windows_written() >= 2 * windows, 120, "the clean run's windows")
+    expected = {m: env.snapshot(m) for m in (singles, batches)}
+
+    server_root = tmp_path / "outage-server"
+    server_root.mkdir()
+    server = Server(server_root)
+    outage: WorkerEnv | None = None
+    try:
+        outage = _second_env(kafka_settings, server.url(f"dl_{unique}"), tmp_path / "outage", "outage")
+        assert outage.register(singles) == version and outage.register(batches) == version
+        half = len(good) // 2
+        for value in good[:half]:
+            outage.publish_raw("predictions", "k", value)
+        outage.flush()
+        worker = outage.start_worker("w", f"outage-{unique}", idle_seconds="never")
+        outage.wait(lambda: outage.windows_written() >= 2, 120, "the first windows")
+
+        server.kill()
+        down_at = time.monotonic()
+        for value in good[half:]:  # the rest arrives while the warehouse is down
+            outage.publish_raw("predictions", "k", value)
+        outage.flush()
+        seen_down = False
+        while time.monotonic() - down_at < OUTAGE_SECONDS:
+            assert worker.alive(), outage.logs()
+            metrics = worker.metrics()
+            if _metric(metrics, "driftline_warehouse_up") == 0.0:
+                seen_down = True
+                assert _metric(metrics, "driftline_warehouse_outage_seconds") > 0
+                assert _health(worker.web_port)["warehouse"]["up"] is False
+            time.sleep(2)
+        assert seen_down, outage.logs()
+        assert worker.alive(), outage.logs()
+        server.start()
+
+        outage.wait(lambda: outage.windows_written() >= 2 * windows, 180, "every window after the outage")
+        assert worker.alive()
+        for m in (singles, batches):
+            assert_same_results(outage.snapshot(m), expected[m])
+        metrics = worker.metrics()
+        assert _metric(metrics, "driftline_warehouse_up") == 1.0
+        assert _metric(metrics, "driftline_warehouse_outages_total") >= 1.0
+        health = _health(worker.web_port)
+        assert health["warehouse"]["up"] is True and health["warehouse"]["outages"] >= 1
+        assert health["threads"]["driftline-models"]["state"] == "running"
+        log = worker.log_path.read_text()
+        assert log.count('"outage": "start"') >= 1 and log.count('"outage": "end"') >= 1
+        assert "the worker stops" not in log
+    finally:
+        if outage is not None:
+            outage.close()
+        server.kill()
