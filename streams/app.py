@@ -16,8 +16,10 @@ near 7k/s (docs/PERFORMANCE.md).
 
 A timer closes the windows of models gone quiet. ``models`` events are read
 by every worker (not shared through the consumer group: each worker must
-re-baseline), by a plain consumer on its own thread. ``/metrics`` on the
-Faust web port serves the Prometheus metrics.
+re-baseline), by a plain consumer on its own supervised thread
+(``streams.supervision``: restarted with backoff if it fails). ``/metrics`` on
+the Faust web port serves the Prometheus metrics, ``/health`` a JSON report of
+the warehouse, the background threads and the fetch (``driftline worker --health``).
 
 Run it with ``driftline worker`` (or ``python -m streams.app``, the same with
 settings from the environment only).
@@ -65,8 +67,12 @@ class Runner:
     A revocation drops the service's state (Kafka redelivers from the
     committed offsets) and starts a new generation: every batch fetched in an
     older one is discarded, so only events of the current assignment are
-    processed. Any exception from the service crashes the app before anything
-    of the failed batch is acknowledged.
+    processed. So does a :class:`~streams.worker.Replay` (a message raised
+    while the service's state was changing: the service isolates it, see
+    ``WorkerService._apply``). While the warehouse is down the consumer is
+    paused but keeps polling, so the worker stays in its group however long
+    the outage. Any other exception from the service (a write refused for
+    good) crashes the app before anything of the failed batch is acknowledged.
     """
 
     def __init__(self, app: faust.App, service: WorkerService) -> None:

@@ -31,6 +31,7 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -286,7 +287,7 @@ class WorkerService:
         # background threads, shown with their state in /metrics and /health (see streams.supervision)
         self.supervisor = Supervisor(on_restart=lambda name: self.metrics.thread_restarts.labels(thread=name).inc())
         for writer in (self.outbox.raw_writer, self.outbox.window_writer):
-            self.supervisor.watch(writer.name, lambda writer=writer: self._writer_state(writer))
+            self.supervisor.watch(writer.name, partial(self._writer_state, writer))
         webhook = getattr(sinks, "webhook", None)
         if webhook is not None and hasattr(webhook, "_thread"):
             self.supervisor.watch("driftline-webhook", lambda: "running" if webhook._thread.is_alive() else None)

@@ -20,8 +20,7 @@ from driftline.settings import Settings
 from driftline.stack.kafka_local import KafkaBroker
 from driftline.stack.process import free_port
 from streams import kafka
-from streams.codec import default_codec
-from test_worker_poison import _traffic
+from test_worker_poison import clean_run, start_half
 from worker_harness import REPO, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -32,19 +31,8 @@ DOWN_SECONDS = 15.0
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_broker_down_for_15_seconds_is_ridden_out(env: WorkerEnv, warehouse_url: str, tmp_path: Path,
                                                      unique: str, how: str) -> None:
-    singles, batches = f"singles-{unique}", f"batches-{unique}"
     windows = 6
-    version = env.register(singles)
-    assert env.register(batches) == version
-    good = [v for _, v in _traffic(singles, batches, version, default_codec(), windows)]
-
-    # the clean run, on the session's broker
-    for value in good:
-        env.publish_raw("predictions", "k", value)
-    env.flush()
-    env.start_worker("clean", f"clean-{unique}", idle_seconds="never")
-    env.wait(lambda: env.windows_written() >= 2 * windows, 120, "the clean run's windows")
-    expected = {m: env.snapshot(m) for m in (singles, batches)}
+    singles, batches, version, good, expected = clean_run(env, unique, windows)
 
     home = REPO / ".driftline" / f"test-broker-{uuid.uuid4().hex[:8]}"
     broker = KafkaBroker(home, port=free_port(), controller_port=free_port(), jars=REPO / ".driftline" / "kafka-jars")
@@ -54,13 +42,8 @@ def test_a_broker_down_for_15_seconds_is_ridden_out(env: WorkerEnv, warehouse_ur
         settings = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"b{unique}.")
         (tmp_path / "outage").mkdir()
         outage = WorkerEnv.create(settings, f"{warehouse_url}_broker", tmp_path / "outage")
-        assert outage.register(singles) == version and outage.register(batches) == version
+        worker = start_half(outage, unique, version, (singles, batches), good)
         half = len(good) // 2
-        for value in good[:half]:
-            outage.publish_raw("predictions", "k", value)
-        outage.flush()
-        worker = outage.start_worker("w", f"outage-{unique}", idle_seconds="never")
-        outage.wait(lambda: outage.windows_written() >= 2, 120, "the first windows")
 
         if how == "SIGKILL":
             pid = broker.process.pid()

@@ -20,8 +20,7 @@ import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port, port_answers
-from streams.codec import default_codec
-from test_worker_poison import _second_env, _traffic
+from test_worker_poison import _second_env, clean_run, start_half
 from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -72,20 +71,8 @@ def _health(port: int) -> dict:
 def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
     env: WorkerEnv, kafka_settings: Settings, tmp_path: Path, unique: str
 ) -> None:
-    singles, batches = f"singles-{unique}", f"batches-{unique}"
-    codec = default_codec()
     windows = 6
-    version = env.register(singles)
-    assert env.register(batches) == version
-    good = [v for _, v in _traffic(singles, batches, version, codec, windows)]
-
-    # the clean run, on the session's server
-    for value in good:
-        env.publish_raw("predictions", "k", value)
-    env.flush()
-    env.start_worker("clean", f"clean-{unique}", idle_seconds="never")
-    env.wait(lambda: env.windows_written() >= 2 * windows, 120, "the clean run's windows")
-    expected = {m: env.snapshot(m) for m in (singles, batches)}
+    singles, batches, version, good, expected = clean_run(env, unique, windows)
 
     server_root = tmp_path / "outage-server"
     server_root.mkdir()
@@ -93,13 +80,8 @@ def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
     outage: WorkerEnv | None = None
     try:
         outage = _second_env(kafka_settings, server.url(f"dl_{unique}"), tmp_path / "outage", "outage")
-        assert outage.register(singles) == version and outage.register(batches) == version
+        worker = start_half(outage, unique, version, (singles, batches), good)
         half = len(good) // 2
-        for value in good[:half]:
-            outage.publish_raw("predictions", "k", value)
-        outage.flush()
-        worker = outage.start_worker("w", f"outage-{unique}", idle_seconds="never")
-        outage.wait(lambda: outage.windows_written() >= 2, 120, "the first windows")
 
         server.kill()
         down_at = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from driftline.settings import Settings
 from streams import kafka
 from streams.app import build_service
 from streams.codec import default_codec
-from streams.records import LabelEvent, PredictionBatch, PredictionEvent
+from streams.records import LabelEvent, PredictionEvent
 from streams.worker import Incoming, Replay, WorkerOptions
 from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, env, make_batch  # noqa: F401
 
@@ -58,18 +59,55 @@ def _dlq(settings: Settings, n: int, timeout: float = 30.0) -> list[kafka.Receiv
     return kafka.consume_records(settings, settings.topic("dlq"), n, timeout=timeout, decode=False)
 
 
+def _service_and_events(env: WorkerEnv, model: str, n: int, references: type, unique: str) -> tuple[Any, str, list[bytes]]:
+    """A service in-process whose references fail for model ``boom``, and ``n`` encoded single events of ``model``."""
+    version = env.register(model)
+    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
+    service = build_service(env.settings, options)
+    service.references = references(service.references, "boom")
+    codec = default_codec()
+    values = [codec.encode(PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
+                                           categorical={"region": "north"}, prediction=0.5)) for i in range(n)]
+    return service, version, values
+
+
+def two_models(env: WorkerEnv, unique: str, windows: int) -> tuple[str, str, str, list[tuple[str, bytes]]]:
+    """A model fed single events and one fed batches, registered alike, and their good traffic (_traffic)."""
+    singles, batches = f"singles-{unique}", f"batches-{unique}"
+    version = env.register(singles)
+    assert env.register(batches) == version
+    return singles, batches, version, _traffic(singles, batches, version, default_codec(), windows)
+
+
+def start_half(e: WorkerEnv, unique: str, version: str, models: tuple[str, ...], good: list[bytes]) -> Any:
+    """Register the models in ``e``, publish the first half of ``good``, start a worker and wait for
+    its first windows (a fault then strikes while the worker runs); returns the worker."""
+    assert all(e.register(m) == version for m in models)
+    for value in good[:len(good) // 2]:
+        e.publish_raw("predictions", "k", value)
+    e.flush()
+    worker = e.start_worker("w", f"outage-{unique}", idle_seconds="never")
+    e.wait(lambda: e.windows_written() >= 2, 120, "the first windows")
+    return worker
+
+
+def clean_run(env: WorkerEnv, unique: str, windows: int) -> tuple[str, str, str, list[bytes], dict[str, Any]]:
+    """``two_models``' traffic through a worker on the session's services: what a run must write."""
+    singles, batches, version, good = two_models(env, unique, windows)
+    for _, value in good:
+        env.publish_raw("predictions", "k", value)
+    env.flush()
+    env.start_worker("clean", f"clean-{unique}", idle_seconds="never")
+    env.wait(lambda: env.windows_written() >= 2 * windows, 120, "the clean run's windows")
+    return singles, batches, version, [v for _, v in good], {m: env.snapshot(m) for m in (singles, batches)}
+
+
 def test_a_message_whose_handling_raises_is_dead_lettered_alone_and_the_rest_processed(
     env: WorkerEnv, unique: str
 ) -> None:
     model = f"poison-{unique}"
-    version = env.register(model)
-    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
-    service = build_service(env.settings, options)
-    service.references = FailingReferences(service.references, "boom")
+    service, version, values = _service_and_events(env, model, 300, FailingReferences, unique)
     codec = default_codec()
-    events = [PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
-                              categorical={"region": "north"}, prediction=0.5) for i in range(300)]
-    values = [codec.encode(e) for e in events]
     values[77] = codec.encode(PredictionEvent("x77", "boom", "1", T0 + 77 * 5, numeric={"a": 1.0}, prediction=0.5))
     values[150] = codec.encode(make_batch("boom", "1", T0, 10, 5))  # a batch whose handling raises
     # a lone surrogate, today a UnicodeEncodeError in the JSON decoder (else a DecodeError: a reason either way)
@@ -137,13 +175,8 @@ def test_a_message_that_raises_while_state_changes_is_found_by_replays_and_the_r
     env: WorkerEnv, unique: str
 ) -> None:
     model = f"apply-{unique}"
-    version = env.register(model)
-    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
-    service = build_service(env.settings, options)
-    service.references = BrokenReferences(service.references, "boom")
+    service, version, values = _service_and_events(env, model, 200, BrokenReferences, unique)
     codec = default_codec()
-    values = [codec.encode(PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
-                                           categorical={"region": "north"}, prediction=0.5)) for i in range(200)]
     values[40] = codec.encode(PredictionEvent("x40", "boom", "1", T0 + 200, numeric={"a": 1.0}, prediction=0.5))
     values[120] = codec.encode(make_batch("boom", "1", T0, 10, 5))
     values.append(codec.encode(PredictionEvent("next", model, version, T0 + WINDOW_MS, numeric={"a": 0.0},
@@ -224,12 +257,9 @@ def _run(e: WorkerEnv, model: str, messages: list[bytes], app_id: str, windows: 
 def test_oversized_and_poison_messages_among_good_traffic_are_dead_lettered_in_a_form_that_fits(
     env: WorkerEnv, kafka_settings: Settings, warehouse_url: str, tmp_path: Path, unique: str
 ) -> None:
-    model, other = f"singles-{unique}", f"batches-{unique}"
     codec = default_codec()
     windows = 4
-    version = env.register(model)
-    assert env.register(other) == version
-    good = _traffic(model, other, version, codec, windows)
+    model, other, version, good = two_models(env, unique, windows)
     bad = _poison(model, version, codec)
     originals = {hashlib.sha256(v).hexdigest(): len(v) for v in bad}
     # the bad messages at random places among the good ones (the last good ones close the last windows)
