@@ -20,6 +20,7 @@ import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port, port_answers
+from streams.codec import default_codec
 from test_worker_poison import _second_env, clean_run, start_half
 from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
@@ -117,4 +118,44 @@ def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
     finally:
         if outage is not None:
             outage.close()
+        server.kill()
+
+
+def test_a_worker_stopped_during_an_outage_exits_at_once_and_commits_nothing_unwritten(
+    env: WorkerEnv, kafka_settings: Settings, tmp_path: Path, unique: str
+) -> None:
+    from test_worker_poison import two_models
+
+    server_root = tmp_path / "outage-server"
+    server_root.mkdir()
+    server = Server(server_root)
+    outage: WorkerEnv | None = None
+    try:
+        outage = _second_env(kafka_settings, server.url(f"dl_{unique}"), tmp_path / "outage", "outage")
+        _, _, version, good = two_models(outage, unique, 4)
+        worker = start_half(outage, unique, version, (), [v for _, v in good])
+        server.kill()
+        for _, value in good[len(good) // 2:]:
+            outage.publish_raw("predictions", "k", value)
+        outage.flush()
+        outage.wait(lambda: _metric(worker.metrics(), "driftline_warehouse_up") == 0.0, 60, "the outage to be seen")
+        started = time.monotonic()
+        assert worker.stop(timeout=30) == 0  # SIGTERM: a clean stop, not a crash
+        assert time.monotonic() - started < 20
+        # nothing whose rows were not written was acknowledged: every event before the commit is in
+        server.start()
+        committed = outage.committed(f"outage-{unique}", "predictions").get(0, -1)
+        assert 0 < committed <= len(good) // 2
+        codec = default_codec()
+        ids = set()
+        for _, value in good[:committed]:
+            record = codec.decode(value)
+            ids.update(record.event_ids if hasattr(record, "event_ids") else [record.event_id])
+        stored = {r["event_id"] for r in outage.query("SELECT event_id FROM predictions")}
+        assert ids <= stored
+    finally:
+        if outage is not None:
+            outage.workers.clear()  # stopped above
+            outage.producer.flush(10)
+            outage.warehouse.close()
         server.kill()
