@@ -28,6 +28,7 @@ settings from the environment only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -56,7 +57,7 @@ log = logging.getLogger("driftline.worker")
 # Batches handed to the service and not handled yet, at most; past it the fetch waits. If the
 # service makes no progress for STALLED_SECONDS, the consumer is paused (it keeps polling, to stay
 # in its group); it is paused at once when the warehouse is known to be down.
-MAX_INFLIGHT = 3
+MAX_INFLIGHT = 4
 STALLED_SECONDS = 30.0
 FETCH_BACKOFF_SECONDS = 0.5
 
@@ -85,6 +86,7 @@ class Runner:
         self.failed: BaseException | None = None
         self._stopping = threading.Event()
         self._inflight = 0  # batches sent to the agents and not handled yet
+        self._freed = asyncio.Event()  # set when the service finishes a batch (made again on the fetch's loop)
         self._progress = time.monotonic()  # when the service last finished a batch
         self.paused = False
         # a write that waits out an outage gives up only when the worker stops (a restart replays it)
@@ -127,6 +129,7 @@ class Runner:
         self.executor.submit(self.service.connect)  # while the group forms; the first batch queues behind it
         held: list[Any] = []
         backoff = FETCH_BACKOFF_SECONDS
+        self._freed = asyncio.Event()
         while not self._stopping.is_set() and self.failed is None:
             try:
                 if self._must_pause():
@@ -137,7 +140,10 @@ class Runner:
                     continue
                 self._pause(False)
                 if self._inflight >= MAX_INFLIGHT:
-                    await asyncio.sleep(0.005)
+                    # until the service finishes a batch (or a second passes: it may be stuck, see _must_pause)
+                    self._freed.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), timeout=1.0)
                     continue
                 poll = held.pop(0) if held else await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
             except KafkaException as exc:
@@ -168,6 +174,7 @@ class Runner:
         finally:
             self._inflight -= 1
             self._progress = time.monotonic()
+            self._freed.set()
 
     def _handle_current(self, topic: str, batch: "Batch") -> list[Offset]:
         # runs on the service thread: a revocation may have happened since the batch was polled
