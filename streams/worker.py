@@ -283,6 +283,8 @@ class WorkerService:
         # that raised alone (see _apply): kept across the reset that follows, by (topic, partition, offset)
         self._suspects: set[tuple[str, int, int]] = set()
         self._known_poison: dict[tuple[str, int, int], Exception] = {}
+        self._unacked = 0  # messages waiting for their writes, as of the last batch (for health)
+        self._outages_counted = 0
         self.on_replay: Callable[[], None] | None = None  # the app's: the consumer delivers again (BatchConsumer.replay)
         # background threads, shown with their state in /metrics and /health (see streams.supervision)
         self.supervisor = Supervisor(on_restart=lambda name: self.metrics.thread_restarts.labels(thread=name).inc())
@@ -329,9 +331,10 @@ class WorkerService:
         down = outage.down_seconds()
         self.metrics.warehouse_up.set(1 if outage.up else 0)
         self.metrics.warehouse_outage_seconds.set(down)
-        counted = self.metrics.value("driftline_warehouse_outages_total") or 0.0
-        if outage.outages > counted:
-            self.metrics.warehouse_outages.inc(outage.outages - counted)
+        # (plain counts, not the registry's samples: /metrics is scraped often and collecting costs)
+        if outage.outages > self._outages_counted:
+            self.metrics.warehouse_outages.inc(outage.outages - self._outages_counted)
+            self._outages_counted = outage.outages
         threads = self.supervisor.health()
         for name, state in threads.items():
             self.metrics.thread_up.labels(thread=name).set(1 if state["state"] in ("running", "idle") else 0)
@@ -339,7 +342,7 @@ class WorkerService:
             "warehouse": {"up": outage.up, "outage_seconds": round(down, 1), "outages": outage.outages,
                           "last_error": outage.last_error},
             "threads": threads,
-            "unacked_messages": int(self.metrics.value("driftline_worker_unacked_messages") or 0),
+            "unacked_messages": self._unacked,
         }
 
     def poisoned(self, m: Incoming, exc: Exception) -> None:
@@ -948,7 +951,8 @@ class WorkerService:
 
     def _gauges(self) -> None:
         self.metrics.open_windows.set(len(self.monitor.open_windows()) + len(self.monitor.open_label_windows()))
-        self.metrics.unacked.set(len(self.ledger) + len(self.outbox))
+        self._unacked = len(self.ledger) + len(self.outbox)
+        self.metrics.unacked.set(self._unacked)
         self.metrics.pending_labels.set(self.monitor.pending_labels())
 
 
