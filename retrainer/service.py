@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from driftline.redaction import redact
 from driftline.settings import Settings
 from driftline.unpickling import Allowlist
 from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
@@ -73,8 +74,9 @@ from retrainer.trainers import (
 from retrainer.triggers import manual_cooldown_remaining_ms
 from streams import kafka
 from streams.codec import Codec, DecodeError
+from streams.supervision import INTERNAL_ERROR, error_detail
 from streams.records import RetrainRequest
-from streams.warehouse import Warehouse
+from streams.warehouse import Warehouse, WarehouseError
 
 log = logging.getLogger(__name__)
 
@@ -545,10 +547,11 @@ class RunSummary:
     undecodable: int = 0
     retries: int = 0
     stopped_because: str = ""
+    poison: int = 0  # messages whose handling raised: dead-lettered as internal_error
 
     @property
     def handled(self) -> int:
-        return len(self.outcomes) + self.undecodable
+        return len(self.outcomes) + self.undecodable + self.poison
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -556,6 +559,8 @@ class RunSummary:
             out[o.status] = out.get(o.status, 0) + 1
         if self.undecodable:
             out["undecodable"] = self.undecodable
+        if self.poison:
+            out["internal_error"] = self.poison
         return out
 
     def counts_line(self) -> str:
@@ -648,30 +653,46 @@ class RetrainerService:
         return summary
 
     def _handle_message(self, msg: Message, summary: RunSummary) -> None:
+        """Decode and handle one request. An undecodable message, or one whose handling raises
+        anything but :class:`RetryLater` (an outage), goes to the DLQ (``internal_error`` with the
+        exception's class and message) and is committed: the next request is not held up by it."""
         raw = msg.value() or b""
         try:
             request = self.retrainer.codec.decode(raw, topic="retrain-requests")
+            summary.outcomes.append(self.retrainer.handle(request))
+        except RetryLater:
+            raise
+        except (WarehouseError, KafkaException, ConnectionError, TimeoutError) as exc:
+            # an outage, not the message's fault: the request is tried again
+            raise RetryLater(f"handling {msg.topic()}[{msg.partition()}]@{msg.offset()} failed: {redact(exc)}") from exc
         except DecodeError as exc:
             log.error("message %s[%d]@%d is not a RetrainRequest (%s); sent to the DLQ", msg.topic(), msg.partition(),
                       msg.offset(), exc)
-            failures: list[str] = []  # a failed delivery is reported here, not by flush()'s count
-
-            def delivered(err: KafkaError | None, _msg: Message) -> None:
-                if err is not None:
-                    failures.append(str(err))
-
-            try:
-                kafka.send_to_dlq(self.retrainer.producer, self.settings, raw, msg.key(), exc, msg.topic(),
-                                  on_delivery=delivered)
-                if self.retrainer.producer.flush(self.retrainer.flush_timeout_seconds):
-                    raise RetryLater("the DLQ message was not delivered in time")
-                if failures:
-                    raise RetryLater(f"the DLQ message was not delivered: {'; '.join(failures)}")
-            except KafkaException as kexc:
-                raise RetryLater(f"cannot send an undecodable message to the DLQ: {kexc}") from kexc
+            self._dead_letter(msg, exc)
             summary.undecodable += 1
-            return
-        summary.outcomes.append(self.retrainer.handle(request))
+        except Exception as exc:
+            kind, detail = error_detail(exc)
+            log.error("handling message %s[%d]@%d raised %s: %s; sent to the DLQ", msg.topic(), msg.partition(),
+                      msg.offset(), kind, detail, exc_info=exc)
+            self._dead_letter(msg, DecodeError(INTERNAL_ERROR, f"{kind}: {detail}"), error_class=kind)
+            summary.poison += 1
+
+    def _dead_letter(self, msg: Message, error: DecodeError, error_class: str = "") -> None:
+        failures: list[str] = []  # a failed delivery is reported here, not by flush()'s count
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        try:
+            kafka.send_to_dlq(self.retrainer.producer, self.settings, msg.value() or b"", msg.key(), error, msg.topic(),
+                              on_delivery=delivered, error_class=error_class)
+            if self.retrainer.producer.flush(self.retrainer.flush_timeout_seconds):
+                raise RetryLater("the DLQ message was not delivered in time")
+            if failures:
+                raise RetryLater(f"the DLQ message was not delivered: {'; '.join(failures)}")
+        except KafkaException as kexc:
+            raise RetryLater(f"cannot send a message to the DLQ: {kexc}") from kexc
 
     # -- assignment, for --once ------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:

@@ -16,8 +16,10 @@ near 7k/s (docs/PERFORMANCE.md).
 
 A timer closes the windows of models gone quiet. ``models`` events are read
 by every worker (not shared through the consumer group: each worker must
-re-baseline), by a plain consumer on its own thread. ``/metrics`` on the
-Faust web port serves the Prometheus metrics.
+re-baseline), by a plain consumer on its own supervised thread
+(``streams.supervision``: restarted with backoff if it fails). ``/metrics`` on
+the Faust web port serves the Prometheus metrics, ``/health`` a JSON report of
+the warehouse, the background threads and the fetch (``driftline worker --health``).
 
 Run it with ``driftline worker`` (or ``python -m streams.app``, the same with
 settings from the environment only).
@@ -26,9 +28,11 @@ settings from the environment only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,16 +40,26 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import faust
+from confluent_kafka import KafkaException
 from faust.app.base import BootStrategy
 
+from driftline.redaction import redact
 from driftline.settings import Settings
 from streams.batch_consumer import BatchConsumer, contract_topics
 from streams.messages import Incoming, Offset
 from streams.observability import CONTENT_TYPE_LATEST
 from streams.records import ModelEvent
-from streams.worker import INPUT_TOPICS, WorkerOptions, WorkerService
+from streams.supervision import Supervisor
+from streams.worker import INPUT_TOPICS, Replay, WorkerOptions, WorkerService
 
 log = logging.getLogger("driftline.worker")
+
+# Batches handed to the service and not handled yet, at most; past it the fetch waits. If the
+# service makes no progress for STALLED_SECONDS, the consumer is paused (it keeps polling, to stay
+# in its group); it is paused at once when the warehouse is known to be down.
+MAX_INFLIGHT = 4
+STALLED_SECONDS = 30.0
+FETCH_BACKOFF_SECONDS = 0.5
 
 
 class Runner:
@@ -54,8 +68,12 @@ class Runner:
     A revocation drops the service's state (Kafka redelivers from the
     committed offsets) and starts a new generation: every batch fetched in an
     older one is discarded, so only events of the current assignment are
-    processed. Any exception from the service crashes the app before anything
-    of the failed batch is acknowledged.
+    processed. So does a :class:`~streams.worker.Replay` (a message raised
+    while the service's state was changing: the service isolates it, see
+    ``WorkerService._apply``). While the warehouse is down the consumer is
+    paused but keeps polling, so the worker stays in its group however long
+    the outage. Any other exception from the service (a write refused for
+    good) crashes the app before anything of the failed batch is acknowledged.
     """
 
     def __init__(self, app: faust.App, service: WorkerService) -> None:
@@ -67,6 +85,13 @@ class Runner:
         self.fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-fetch")
         self.failed: BaseException | None = None
         self._stopping = threading.Event()
+        self._inflight = 0  # batches sent to the agents and not handled yet
+        self._freed = asyncio.Event()  # set when the service finishes a batch (made again on the fetch's loop)
+        self._progress = time.monotonic()  # when the service last finished a batch
+        self.paused = False
+        # a write that waits out an outage gives up only when the worker stops (a restart replays it)
+        service.sinks.should_stop = self._stopping.is_set
+        service.on_replay = self._replay
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -74,31 +99,93 @@ class Runner:
     def _current(self, generation: int) -> bool:
         return self.consumer is not None and generation == self.consumer.generation
 
+    def _must_pause(self) -> bool:
+        """Whether to stop fetching: the warehouse is down, or the service has been stuck for long.
+
+        A paused consumer still polls (and gets nothing), so it stays in its group however long
+        the wait: a member that does not poll for ``max.poll.interval.ms`` is put out of it.
+        """
+        if not self.service.sinks.outage.up:
+            return True
+        return self._inflight >= MAX_INFLIGHT and time.monotonic() - self._progress >= STALLED_SECONDS
+
+    def _pause(self, paused: bool) -> None:
+        if paused != self.paused:
+            assert self.consumer is not None
+            self.paused = paused
+            self.consumer.pause(paused)
+            self.service.metrics.fetch_paused.set(1 if paused else 0)
+            log.log(logging.WARNING if paused else logging.INFO,
+                    "consumption %s", "paused while the service waits" if paused else "resumed")
+
     async def fetch(self, channels: dict[str, Any], within: float) -> None:
-        """Poll until the app stops, sending each poll's messages of a topic to that topic's agent."""
+        """Poll until the app stops, sending each poll's messages of a topic to that topic's agent.
+
+        At most MAX_INFLIGHT batches wait for the service; while it waits for the warehouse the
+        consumer is paused (see :meth:`_must_pause`) and anything it still returns is held here.
+        """
         assert self.consumer is not None
         loop = asyncio.get_running_loop()
         self.executor.submit(self.service.connect)  # while the group forms; the first batch queues behind it
+        held: list[Any] = []
+        backoff = FETCH_BACKOFF_SECONDS
+        self._freed = asyncio.Event()
         while not self._stopping.is_set() and self.failed is None:
-            poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            try:
+                if self._must_pause():
+                    self._pause(True)
+                    poll = await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+                    if poll.count:
+                        held.append(poll)
+                    continue
+                self._pause(False)
+                if self._inflight >= MAX_INFLIGHT:
+                    # until the service finishes a batch (or a second passes: it may be stuck, see _must_pause)
+                    self._freed.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), timeout=1.0)
+                    continue
+                poll = held.pop(0) if held else await loop.run_in_executor(self.fetcher, self.consumer.poll, within)
+            except KafkaException as exc:
+                # the broker is away (a rewind or a pause needs it): nothing was taken, so try again
+                log.warning("polling failed, trying again in %.1f s: %s", backoff, redact(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = FETCH_BACKOFF_SECONDS
             for topic, messages in poll.by_topic.items():
+                self._inflight += 1
                 await channels[topic].send(value=Batch(poll.generation, messages, poll.backlog))
 
     async def handle(self, topic: str, batch: "Batch") -> None:
-        if self.failed is not None or not self._current(batch.generation):
-            return
         try:
-            released = await self._run(self._handle_current, topic, batch)
-        except Exception as exc:
-            await self._crash(exc)
-            return
-        self._ack(released)
+            if self.failed is not None or not self._current(batch.generation):
+                return
+            try:
+                released = await self._run(self._handle_current, topic, batch)
+            except Replay:
+                return  # the service dropped its state, and the consumer delivers again from the last ack
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return  # interrupted by the stop: nothing of it is acknowledged, a restart replays it
+                await self._crash(exc)
+                return
+            self._ack(released)
+        finally:
+            self._inflight -= 1
+            self._progress = time.monotonic()
+            self._freed.set()
 
     def _handle_current(self, topic: str, batch: "Batch") -> list[Offset]:
         # runs on the service thread: a revocation may have happened since the batch was polled
         if not self._current(batch.generation):
             return []
         return self.service.handle(topic, batch.messages, backlog=batch.backlog)
+
+    def _replay(self) -> None:
+        # on the service thread, before it handles anything else: batches polled so far become stale
+        if self.consumer is not None:
+            self.consumer.replay()
 
     async def tick(self) -> None:
         if self.failed is not None or self.consumer is None:
@@ -122,6 +209,11 @@ class Runner:
     def on_model_event(self, event: ModelEvent) -> None:
         # from the models thread: the service's caches belong to the service thread
         self.executor.submit(self.service.on_model_event, event)
+
+    def on_model_poison(self, msg: Any, exc: Exception) -> None:
+        # from the models thread: dead-lettered by the service thread, which owns the producer's flushes
+        incoming = Incoming("models", msg.partition(), msg.offset(), msg.key(), msg.value() or b"", None, msg.topic())
+        self.executor.submit(self.service.poisoned, incoming, exc)
 
     async def _crash(self, exc: BaseException) -> None:
         # Nothing of the failed batch was acknowledged, so a restart redelivers it.
@@ -159,14 +251,21 @@ class ModelEvents:
 
     Not through the worker's consumer group: each worker must re-baseline. The
     consumer is assigned every partition at its current end before ``start``
-    returns, so no event published after that is missed.
+    returns, so no event published after that is missed. Its thread is
+    supervised: if reading raises, it is logged, counted and started again
+    (on the same consumer, so nothing is skipped); a message whose handling
+    raises goes to ``on_poison`` and the next one is read.
     """
 
-    def __init__(self, settings: Settings, on_event: Callable[[ModelEvent], None]) -> None:
+    THREAD = "driftline-models"
+
+    def __init__(self, settings: Settings, on_event: Callable[[ModelEvent], None], *,
+                 supervisor: Supervisor | None = None,
+                 on_poison: Callable[[Any, Exception], None] | None = None) -> None:
         self.settings = settings
         self.on_event = on_event
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="driftline-models", daemon=True)
+        self.on_poison = on_poison
+        self.supervisor = supervisor or Supervisor()
         self._consumer: Any = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -182,14 +281,15 @@ class ModelEvents:
                 for p in sorted(partitions)]
         consumer.assign(ends)
         self._consumer = consumer
-        self._thread.start()
+        self.supervisor.start(self.THREAD, self._run)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        self.supervisor.stop()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         from streams import kafka
 
         def received(event: ModelEvent) -> None:
@@ -197,10 +297,7 @@ class ModelEvents:
                      extra={"model_id": event.model_id, "event": event.event, "version": event.version})
             self.on_event(event)
 
-        try:
-            kafka.follow_model_events(self._consumer, self._stop, received)
-        finally:
-            self._consumer.close()
+        kafka.follow_model_events(self._consumer, stop, received, on_poison=self.on_poison)
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
@@ -256,8 +353,9 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
         max_messages=options.batch_size, max_bytes=options.max_poll_bytes,
         on_revoked=runner.on_revoked, session_timeout_seconds=options.session_timeout_seconds,
     )
-    # two batches waiting per agent at most: the fetch waits for the service, and memory stays bounded
-    channels = {topic: app.channel(maxsize=2) for topic in INPUT_TOPICS}
+    # the fetch sends at most MAX_INFLIGHT batches ahead (and a poll's topics at once), so a send never
+    # waits: the fetch loop keeps polling, and memory stays bounded by those batches
+    channels = {topic: app.channel(maxsize=MAX_INFLIGHT + len(INPUT_TOPICS)) for topic in INPUT_TOPICS}
 
     def agent_for(topic: str) -> Callable[[Any], Any]:
         async def consume(batches: Any) -> None:
@@ -287,7 +385,13 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
+        service.health()  # the gauges of outages and threads, as of now (the service thread may be waiting)
         return web.bytes(service.metrics.exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        report = {**service.health(), "fetch_paused": runner.paused, "failed": runner.failed is not None}
+        return web.json(report)
 
     return app, runner
 
@@ -304,7 +408,8 @@ def build_service(settings: Settings, options: WorkerOptions) -> WorkerService:
 
     warehouse = Warehouse.from_settings(settings, migrate=True)
     webhook = AlertWebhook(settings.alert_webhook) if settings.alert_webhook else None
-    producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
+    # no delivery deadline: a record waits for a broker that is away however long (the worker blocks meanwhile)
+    producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True, "message.timeout.ms": 0})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
     return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer, webhook=webhook),
                          policy=load_policy(settings.policy))
@@ -340,7 +445,7 @@ def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "i
     check_copartitioned(settings)
     service = build_service(settings, options)
     app, runner = create_app(settings, options, service)
-    models = ModelEvents(settings, runner.on_model_event)
+    models = ModelEvents(settings, runner.on_model_event, supervisor=service.supervisor, on_poison=runner.on_model_poison)
     models.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     log.info("driftline worker %s starting: topics %s*, warehouse %s, web port %d", options.app_id,

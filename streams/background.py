@@ -73,6 +73,11 @@ class BackgroundWriter:
         """How many writes are done, counted in submission order up to the first failure."""
         return self._completed
 
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs (it starts with the first write)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, write: Callable[[], object]) -> None:
         """Queue ``write`` behind the writes submitted before it."""
         if self._thread is None:

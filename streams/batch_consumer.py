@@ -127,6 +127,8 @@ class BatchConsumer:
         self._assigned: set[tuple[str, int]] = set()
         self._lag: dict[tuple[str, int], int] = {}
         self._acked: dict[tuple[str, int], int] = {}  # next offset to commit, noted by ack, not yet stored
+        self._paused = False
+        self._rewind_pending = False  # a rewind is due before the next consume (see replay)
         session_ms = int(session_timeout_seconds * 1000)
         self._consumer = Consumer({
             **settings.kafka_config(),
@@ -183,9 +185,39 @@ class BatchConsumer:
         if self._on_revoked is not None:
             self._on_revoked(partitions)
 
+    def pause(self, paused: bool) -> None:
+        """Stop (or start again) fetching every assigned partition; polls go on, so the member stays
+        in its group, and return nothing while paused. Fetch thread only.
+
+        Resuming fetches from the position after the last message returned, so nothing is skipped.
+        """
+        self._paused = paused
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+
+    def replay(self) -> None:
+        """Drop everything polled so far that is not acknowledged: a new generation starts, and the
+        next poll starts every assigned partition again after its last acknowledged message. Any thread."""
+        with self._lock:
+            self._generation += 1
+            self._rewind_pending = True
+
     def poll(self, timeout: float) -> Poll:
-        """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only."""
+        """The messages that arrive within ``timeout`` seconds (at most ``sizer.next``); fetch thread only.
+
+        Raises KafkaException when a rewind that is due cannot reach the broker; it is tried
+        again by the next poll, and nothing is consumed before it is done.
+        """
         self._store_acked()
+        if self._rewind_pending:
+            self._commit_stored()
+            self._rewind()
+        if self._paused:
+            # partitions assigned since the pause started are paused too
+            assignment = self._consumer.assignment()
+            if assignment:
+                self._consumer.pause(assignment)
         before = self._generation
         full = self.sizer.next
         behind = self._behind()
@@ -197,6 +229,7 @@ class BatchConsumer:
         if self._generation != before:
             # The assignment changed during the call, so some of these messages may come from before it:
             # drop them all, and start every assigned partition again from its committed offset.
+            self._rewind_pending = True
             self._rewind()
             return poll
         highest: dict[tuple[str, int], int] = {}
@@ -221,12 +254,20 @@ class BatchConsumer:
 
     def _rewind(self) -> None:
         assignment = self._consumer.assignment()
-        if not assignment:
-            return
-        for tp in self._consumer.committed(assignment, timeout=30):
-            # no committed offset yet: a new group starts from the earliest message
-            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        if assignment:
+            for tp in self._consumer.committed(assignment, timeout=30):
+                # no committed offset yet: a new group starts from the earliest message
+                start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        self._rewind_pending = False
+
+    def _commit_stored(self) -> None:
+        # the acknowledged offsets, committed now: a rewind must start after them, not at the last auto-commit
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if not (exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET):
+                raise
 
     def _update_lag(self, highest: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), offset in highest.items():

@@ -18,16 +18,30 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from driftline.redaction import redact
 from driftline.settings import TOPIC_NAMES, Settings
 from streams.codec import Codec, DecodeError, Record, default_codec
 from streams.records import ModelEvent
+from streams.supervision import clip, error_detail
 
 log = logging.getLogger(__name__)
 
 DLQ_ERROR_HEADER = "driftline-error"
 DLQ_SOURCE_HEADER = "driftline-source-topic"
 DLQ_DETAIL_HEADER = "driftline-error-detail"
+DLQ_CLASS_HEADER = "driftline-error-class"
+# An oversized message is dead-lettered cut short, with what it was: its size and sha256 (and its key's).
+DLQ_TRUNCATED_HEADER = "driftline-truncated"
+DLQ_SIZE_HEADER = "driftline-original-size"
+DLQ_SHA256_HEADER = "driftline-original-sha256"
+DLQ_KEY_SIZE_HEADER = "driftline-original-key-size"
+DLQ_KEY_SHA256_HEADER = "driftline-original-key-sha256"
 _DETAIL_LIMIT = 1000
+# What a DLQ message may weigh: under the producer's ``message.max.bytes`` (1,000,000) and the broker's
+# default limit (1 MiB), with room for headers. Past it, the value keeps its first DLQ_CUT_BYTES.
+DLQ_MAX_BYTES = 900_000
+DLQ_CUT_BYTES = 64 * 1024
+DLQ_KEY_BYTES = 1024
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
@@ -172,18 +186,39 @@ def send_to_dlq(
     source_topic: str,
     *,
     on_delivery: DeliveryCallback | None = None,
+    error_class: str = "",
+    max_bytes: int = DLQ_MAX_BYTES,
 ) -> None:
-    """Put a rejected message on the DLQ topic, its bytes and key unchanged.
+    """Put a rejected message on the DLQ topic, its bytes and key unchanged when they fit.
 
     Headers: ``driftline-error`` (the reason code), ``driftline-source-topic``
     (the full topic it was read from) and, for a DecodeError,
-    ``driftline-error-detail`` (its message, cut to 1,000 characters).
+    ``driftline-error-detail`` (its message, cut to 1,000 characters, redacted);
+    ``driftline-error-class`` the exception's class when handling raised (reason ``internal_error``).
+    A message over ``max_bytes`` would be refused by the broker: its value keeps its first
+    64 KiB (its key, 1 KiB), and ``driftline-truncated`` (``value``, ``key`` or ``key,value``),
+    ``driftline-original-size``/``-sha256`` (and ``-key-size``/``-key-sha256``) say what it was.
     """
     reason = error.reason if isinstance(error, DecodeError) else str(error)
     headers = [(DLQ_ERROR_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source_topic.encode())]
     if isinstance(error, DecodeError):
-        headers.append((DLQ_DETAIL_HEADER, error.message[:_DETAIL_LIMIT].encode()))
-    produce(producer, settings.topic("dlq"), raw, key, headers=headers, on_delivery=on_delivery)
+        headers.append((DLQ_DETAIL_HEADER, redact(error.message[:_DETAIL_LIMIT]).encode()))
+    if error_class:
+        headers.append((DLQ_CLASS_HEADER, error_class[:200].encode()))
+    key_bytes = _key_bytes(key)
+    if len(raw) + len(key_bytes or b"") > max_bytes:
+        cut = []
+        if key_bytes is not None:
+            key_bytes, about = clip(key_bytes, DLQ_KEY_BYTES)
+            if about:
+                cut.append("key")
+                headers += [(DLQ_KEY_SIZE_HEADER, about["size"].encode()), (DLQ_KEY_SHA256_HEADER, about["sha256"].encode())]
+        raw, about = clip(raw, min(DLQ_CUT_BYTES, max_bytes))
+        if about:
+            cut.append("value")
+            headers += [(DLQ_SIZE_HEADER, about["size"].encode()), (DLQ_SHA256_HEADER, about["sha256"].encode())]
+        headers.append((DLQ_TRUNCATED_HEADER, ",".join(cut).encode()))
+    produce(producer, settings.topic("dlq"), raw, key_bytes, headers=headers, on_delivery=on_delivery)
 
 
 @dataclass
@@ -281,11 +316,14 @@ def follow_model_events(
     *,
     codec: Codec | None = None,
     poll_seconds: float = 0.5,
+    on_poison: Callable[[Message, Exception], None] | None = None,
 ) -> None:
     """Hand every ``ModelEvent`` that an assigned ``models`` consumer reads to ``on_event``, until ``stop``.
 
     Undecodable messages are logged and skipped: an event nobody can read must
     not stop a worker from re-baselining, or a service from switching, on the next.
+    Any other exception while decoding or handling one message is that message's
+    alone: it goes to ``on_poison`` (else it is logged) and the next one is read.
     """
     codec = codec or default_codec()
     while not stop.is_set():
@@ -298,8 +336,13 @@ def follow_model_events(
             continue
         try:
             event = codec.decode(msg.value() or b"", topic="models")
+            if isinstance(event, ModelEvent):
+                on_event(event)
         except DecodeError as exc:
             log.warning("ignoring an undecodable models event: %s", exc)
-            continue
-        if isinstance(event, ModelEvent):
-            on_event(event)
+        except Exception as exc:
+            if on_poison is not None:
+                on_poison(msg, exc)
+            else:
+                log.error("models event %s[%d]@%d skipped: %s: %s", msg.topic(), msg.partition(), msg.offset(),
+                          *error_detail(exc))

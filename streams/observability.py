@@ -85,6 +85,40 @@ class WorkerMetrics:
         self.errors = Counter(
             "driftline_worker_errors", "Errors while writing (retried), by sink", ["sink"], registry=r
         )
+        self.poison = Counter(
+            "driftline_worker_poison_messages",
+            "Messages whose handling raised (not a DecodeError): dead-lettered as internal_error, by topic and "
+            "exception class", ["topic", "error_class"], registry=r,
+        )
+        self.replays = Counter(
+            "driftline_worker_replays",
+            "Times handling a message raised after state had changed: state dropped, messages delivered again",
+            registry=r,
+        )
+        self.warehouse_up = Gauge(
+            "driftline_warehouse_up", "1 while the warehouse answers, 0 during an outage (writes wait for it)",
+            registry=r,
+        )
+        self.warehouse_up.set(1)
+        self.warehouse_outage_seconds = Gauge(
+            "driftline_warehouse_outage_seconds", "Seconds the current warehouse outage has lasted (0: none)",
+            registry=r,
+        )
+        self.warehouse_outages = Counter(
+            "driftline_warehouse_outages", "Warehouse outages ridden out", registry=r
+        )
+        self.fetch_paused = Gauge(
+            "driftline_worker_fetch_paused", "1 while consumption is paused (the service waits for the warehouse)",
+            registry=r,
+        )
+        self.thread_up = Gauge(
+            "driftline_worker_thread_up", "1 while a background thread runs, 0 while it restarts or is stopped",
+            ["thread"], registry=r,
+        )
+        self.thread_restarts = Counter(
+            "driftline_worker_thread_restarts", "Background thread failures (each logged, then restarted)",
+            ["thread"], registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,6 +28,9 @@ from streams.records import ModelEvent
 log = logging.getLogger(__name__)
 
 BASELINES = ("version", "champion")
+# The registry accepts model ids (and versions) of 1-128 characters: a longer one is no model's, and it
+# is refused without a query (or a cache entry) per event.
+MAX_MODEL_ID = 128
 
 
 class ReferenceProvider(Protocol):
@@ -92,14 +95,16 @@ class RegistryReferences:
         return self._champion_profile(model_id)
 
     def knows_model(self, model_id: str) -> bool:
-        from retrainer.registry import ModelNotFoundError
+        from retrainer.registry import InvalidNameError, ModelNotFoundError
 
+        if len(model_id) > MAX_MODEL_ID:
+            return False  # no registered model has such a name, and it would not be worth caching
         cached = self._models.get(model_id)
         if cached is not None and (cached[0] or self._clock() - cached[1] < self.negative_ttl_s):
             return cached[0]
         try:
             known = bool(self.registry.list_versions(model_id))
-        except ModelNotFoundError:
+        except (InvalidNameError, ModelNotFoundError):  # a name the registry refuses is no model of it
             known = False
         self._models[model_id] = (known, self._clock())
         return known
@@ -126,8 +131,10 @@ class RegistryReferences:
                  extra={"model_id": event.model_id, "event": event.event, "version": event.version})
 
     def _own_profile(self, model_id: str, model_version: str) -> ReferenceProfile | None:
-        from retrainer.registry import InvalidVersionError, ModelNotFoundError, VersionNotFoundError
+        from retrainer.registry import InvalidNameError, InvalidVersionError, ModelNotFoundError, VersionNotFoundError
 
+        if len(model_id) > MAX_MODEL_ID or len(model_version) > MAX_MODEL_ID:
+            return None
         key = (model_id, model_version)
         found = self._own.get(key)
         if found is not None:
@@ -137,7 +144,7 @@ class RegistryReferences:
             return None
         try:
             profile = ReferenceProfile.from_dict(self.registry.reference_profile(model_id, model_version))
-        except (InvalidVersionError, ModelNotFoundError, VersionNotFoundError):
+        except (InvalidNameError, InvalidVersionError, ModelNotFoundError, VersionNotFoundError):
             self._missing[key] = self._clock()
             return None
         self._own[key] = profile
@@ -145,8 +152,10 @@ class RegistryReferences:
         return profile
 
     def _champion_profile(self, model_id: str) -> ReferenceProfile | None:
-        from retrainer.registry import CHAMPION, ModelNotFoundError
+        from retrainer.registry import CHAMPION, InvalidNameError, ModelNotFoundError
 
+        if len(model_id) > MAX_MODEL_ID:
+            return None
         cached = self._champion.get(model_id)
         if cached is not None:
             ttl = self.negative_ttl_s if cached[0] is None else self.champion_ttl_s
@@ -154,7 +163,7 @@ class RegistryReferences:
                 return cached[0]
         try:
             champion = self.registry.alias(model_id, CHAMPION)
-        except ModelNotFoundError:
+        except (InvalidNameError, ModelNotFoundError):
             champion = None
         profile = None if champion is None else self._own_profile(model_id, champion.version)
         self._champion[model_id] = (profile, self._clock())

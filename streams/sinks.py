@@ -14,10 +14,13 @@ performance window marks that window written. The change detectors' state
 after a window (``detector_states``) is written before its marker, and read
 back only up to the last marked window.
 
-Transient failures are retried with backoff (about 35 s in all by default);
-a write that keeps failing raises :class:`SinkError`, and the worker stops
-(exit code 1) rather than acknowledge messages whose results were not written:
-a restart reads them again.
+An unreachable warehouse (no answer, a refused connection, a server error
+that says try again) is waited for as long as it takes, with backoff: the
+write blocks, so the worker handles nothing more and acknowledges nothing
+unwritten meanwhile; :attr:`Sinks.outage` tells for how long (``/metrics``,
+the log). Any other failure is retried ``attempts`` times, then raises
+:class:`SinkError`, and the worker stops (exit code 1) rather than acknowledge
+messages whose results were not written: a restart reads them again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import river
 from driftline.settings import Settings
 from streams import kafka
 from streams.codec import Codec, DecodeError, default_codec
+from streams.supervision import DETAIL_LIMIT, Outage, clip
 from streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
 from streams.core.profile import SUMMARY_QUANTILES, WindowProfile
 from streams.core.detectors import DETECTORS
@@ -44,6 +48,14 @@ from streams.warehouse import Warehouse, WarehouseError
 from streams.warehouse_rows import DetectorStateRow, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
 
 log = logging.getLogger(__name__)
+
+# ClickHouse error codes that mean "not now" rather than "never": the server is busy, restarting
+# or cut off (TIMEOUT_EXCEEDED, SOCKET_TIMEOUT, NETWORK_ERROR, TOO_MANY_SIMULTANEOUS_QUERIES,
+# NO_FREE_CONNECTION, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY, TOO_MANY_PARTS, ...).
+TRANSIENT_CODES = frozenset({3, 159, 164, 198, 202, 203, 209, 210, 236, 241, 242, 252, 319, 394, 425, 999, 1000})
+# A rejected message's bytes and model id kept in ``rejected_events`` at most (the DLQ keeps more).
+REJECTED_RAW_LIMIT = 64 * 1024
+REJECTED_MODEL_ID_LIMIT = 256
 
 N_LABELED = "n_labeled"  # the performance row that every written label window has
 
@@ -75,6 +87,43 @@ class Rejected:
     detail: str
     received_at: int
     model_id: str = ""
+    error_class: str = ""  # the exception's class, for reason ``internal_error``
+
+    def row(self) -> RejectedEventRow:
+        """Its ``rejected_events`` row, bounded: an oversized message keeps its first bytes, and
+        the detail says how big it was and its sha256.
+
+        >>> r = Rejected("t.p", 0, 7, None, b"x" * 100_000, "invalid_value", "too big", 0, model_id="m" * 1000)
+        >>> row = r.row()
+        >>> len(row.raw), len(row.model_id), row.detail.split(";")[1].strip()[:28]
+        (65536, 256, 'message of 100000 bytes, cut')
+        """
+        raw, about = clip(self.raw, REJECTED_RAW_LIMIT)
+        detail = self.detail[:DETAIL_LIMIT]
+        if about:
+            detail += f"; message of {about['size']} bytes, cut to {len(raw)}, sha256 {about['sha256']}"
+        return RejectedEventRow(self.source_topic, self.partition, self.offset, self.reason, raw, self.received_at,
+                                detail=detail, model_id=self.model_id[:REJECTED_MODEL_ID_LIMIT])
+
+
+def transient(exc: WarehouseError) -> bool:
+    """Whether a warehouse failure means "not now": no answer, or an error code that says so.
+
+    Values that do not fit their columns, syntax or schema errors are not: trying again changes nothing.
+
+    >>> refused = WarehouseError("connecting failed: Connection refused")
+    >>> refused.__cause__ = ConnectionRefusedError()
+    >>> transient(refused), transient(WarehouseError("insert into t: no column(s) x"))
+    (True, False)
+    >>> transient(WarehouseError("Syntax error", code=62)), transient(WarehouseError("busy", code=202))
+    (False, True)
+    """
+    if exc.code is not None:
+        return exc.code in TRANSIENT_CODES
+    # clickhouse-connect's transport errors carry no code; the warehouse's own refusals (a missing
+    # column, a closed client) have no cause, and a value that did not serialise is a TypeError & co
+    cause = exc.__cause__
+    return cause is not None and not isinstance(cause, (ValueError, TypeError, OverflowError))
 
 
 @dataclass
@@ -210,6 +259,8 @@ class Sinks:
         delivery_timeout_s: float = 30.0,
         on_retry: Callable[[str], None] | None = None,
         webhook: AlertWebhook | None = None,
+        outage: Outage | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.webhook = webhook
@@ -221,32 +272,61 @@ class Sinks:
         self.max_backoff_s = max_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
         self.on_retry = on_retry
+        # ``attempts`` bounds the retries of errors that are not an outage; an outage is waited out,
+        # unless ``should_stop`` (the worker is stopping: what is unwritten is replayed after a restart)
+        self.outage = outage or Outage("warehouse")
+        self.should_stop = should_stop
         self._delivery = _Delivery()
 
     # -- plumbing ----------------------------------------------------------------------
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(1, self.attempts + 1):
+        attempt, waits = 0, 0
+        while True:
             try:
-                return fn()
+                result = fn()
             except WarehouseError as exc:
-                if attempt == self.attempts:
-                    raise SinkError(f"{what} failed {self.attempts} times: {exc}") from exc
                 if self.on_retry is not None:
                     self.on_retry("warehouse")
+                if transient(exc):
+                    # no time limit: the write blocks, so nothing more is read or acknowledged meanwhile
+                    if self.should_stop():
+                        raise SinkError(f"{what} interrupted: the worker is stopping during an outage: {exc}") from exc
+                    self.outage.failed(exc, what)
+                    time.sleep(min(self.backoff_s * 2 ** min(waits, 16), self.max_backoff_s))
+                    waits += 1
+                    continue
+                attempt += 1
+                if attempt >= self.attempts:
+                    raise SinkError(f"{what} failed {self.attempts} times: {exc}") from exc
                 log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempt, self.attempts, exc)
                 time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
-        raise AssertionError("unreachable")
+                continue
+            self.outage.recovered()
+            return result
 
     def _publish(self, name: str, key: str, record: Any) -> None:
         kafka.publish(self.producer, self.settings.topic(name), key, record, codec=self.codec, on_delivery=self._delivery)
 
     def flush_kafka(self) -> None:
-        """Wait until every record produced so far is delivered; raise if any was not."""
-        remaining = self.producer.flush(self.delivery_timeout_s)
-        errors, self._delivery.errors = self._delivery.errors, []
-        if remaining or errors:
-            raise SinkError(f"Kafka delivery failed: {remaining} record(s) undelivered; errors: {errors[:5]}")
+        """Wait until every record produced so far is delivered; raise if one was refused.
+
+        Records still queued after ``delivery_timeout_s`` mean the broker is away: they are waited
+        for as long as it takes (the producer retries them), unless the worker is stopping.
+        """
+        waited = 0.0
+        while True:
+            remaining = self.producer.flush(self.delivery_timeout_s)
+            errors, self._delivery.errors = self._delivery.errors, []
+            if errors:
+                raise SinkError(f"Kafka delivery failed: {remaining} record(s) undelivered; errors: {errors[:5]}")
+            if not remaining:
+                return
+            waited += self.delivery_timeout_s
+            if self.should_stop():
+                raise SinkError(f"Kafka delivery interrupted: {remaining} record(s) undelivered, the worker is stopping")
+            log.warning("Kafka: %d record(s) still undelivered after %.0f s; waiting for the broker", remaining, waited,
+                        extra={"undelivered": remaining, "seconds": waited})
 
     # -- raw events ------------------------------------------------------------------------
 
@@ -268,10 +348,9 @@ class Sinks:
         for r in items:
             # as a DecodeError, the detail travels in the driftline-error-detail header too
             kafka.send_to_dlq(self.producer, self.settings, r.raw, r.key, DecodeError(r.reason, r.detail),
-                              r.source_topic, on_delivery=self._delivery)
+                              r.source_topic, on_delivery=self._delivery, error_class=r.error_class)
         self.flush_kafka()
-        rows = [RejectedEventRow(r.source_topic, r.partition, r.offset, r.reason, r.raw, r.received_at,
-                                 detail=r.detail, model_id=r.model_id) for r in items]
+        rows = [r.row() for r in items]
         self._retry("insert of rejected events",
                     lambda: self.warehouse.insert_rejected_events(rows, dedup_token=f"rejected:{token}"))
 
@@ -522,4 +601,5 @@ class Sinks:
         return self._retry("reading the latest written label window", query)
 
 
-__all__ = ["N_LABELED", "ClosedWindow", "Rejected", "SinkError", "Sinks", "WrittenWindow", "combined_token", "profile_rows", "window_token"]
+__all__ = ["N_LABELED", "ClosedWindow", "Rejected", "SinkError", "Sinks", "WrittenWindow", "combined_token", "profile_rows",
+           "transient", "window_token"]

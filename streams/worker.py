@@ -31,6 +31,7 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ from driftline.settings import Settings
 from retrainer.policy import Policy, load_policy
 from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
 from streams.codec import Codec, DecodeError, default_codec
-from streams.codec_bulk import DecodedGroup, decode_bulk
+from streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
 from streams.core.ledger import AckLedger, Hold
 from streams.core.monitor import (
     NOT_IN_WINDOW,
@@ -61,7 +62,8 @@ from streams.observability import WorkerMetrics
 from streams.outbox import Outbox
 from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from streams.references import ReferenceProvider
-from streams.sinks import ClosedWindow, Rejected, Sinks
+from streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
+from streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
 
 log = logging.getLogger("driftline.worker")
 
@@ -70,6 +72,9 @@ LATE_EVENT = "late_event"  # the DLQ reason of a message with late rows (WorkerO
 # How long raw rows and closed windows may gather while a backlog is read, when the insert
 # threshold is not reached first (a backlog that stops short of it).
 BACKLOG_GATHER_SECONDS = 0.5
+# Poison messages remembered (a few hundred bytes each), so that a replay dead-letters them before
+# anything changes; the oldest is forgotten first (long committed by then).
+KNOWN_POISON = 10_000
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,87 @@ class _Part:
     def __len__(self) -> int:
         return len(self.messages)
 
+    def slice(self, lo: int, hi: int) -> "_Part":
+        """Its messages ``[lo, hi)``, with their single events and other records (indices from ``lo``)."""
+        groups = []
+        for g in self.groups:
+            a, b = (int(x) for x in np.searchsorted(g.messages, [lo, hi]))
+            if a < b:
+                batch = g.batch if b - a == g.batch.n else take_rows(g.batch, np.arange(a, b))
+                groups.append(DecodedGroup(batch, g.has_predictions, g.messages[a:b] - lo))
+        others = [(i - lo, record) for i, record in self.others if lo <= i < hi]
+        return _Part(list(self.messages[lo:hi]), groups, others)
+
+
+@dataclass
+class _Prepared:
+    """What a part of a poll comes to before anything is changed: refused messages, and the
+    accepted events by (model, version, has predictions), each row with the index of its message."""
+
+    rejected: list[Rejected] = field(default_factory=list)
+    groups: dict[tuple[str, str, bool], _Group] = field(default_factory=dict)
+
+    def shifted(self, offset: int) -> "_Prepared":
+        if offset:
+            for group in self.groups.values():
+                group.owners = [owners + offset for owners in group.owners]
+        return self
+
+    @staticmethod
+    def merge(parts: list["_Prepared"]) -> "_Prepared":
+        """Parts prepared apart, as if prepared together (in message order)."""
+        out = _Prepared()
+        for part in parts:
+            out.rejected.extend(part.rejected)
+            for key, group in part.groups.items():
+                into = out.groups.setdefault(key, _Group())
+                into.batches.extend(group.batches)
+                into.owners.extend(group.owners)
+        return out
+
+
+# Failures that are not a message's fault: the warehouse, the broker or the registry. They stop the
+# batch (nothing of it is acknowledged) rather than dead-letter messages that did nothing wrong.
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    from confluent_kafka import KafkaException
+
+    from streams.warehouse import WarehouseError
+
+    errors: list[type[BaseException]] = [SinkError, WarehouseError, KafkaException, ConnectionError, TimeoutError,
+                                         sqlite3.OperationalError, MemoryError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.OperationalError)
+    except ImportError:  # the registry runs on SQLite here
+        pass
+    return tuple(errors)
+
+
+INFRASTRUCTURE_ERRORS = _infrastructure_errors()
+
+
+class Replay(RuntimeError):
+    """Handling a message raised after the service's state had changed: the state is dropped, and
+    Kafka must deliver everything not acknowledged again (``WorkerService.on_replay``).
+
+    >>> str(Replay("ZeroDivisionError: division by zero"))
+    'ZeroDivisionError: division by zero'
+    """
+
+
+def _key(m: Incoming) -> tuple[str, int, int]:
+    return (m.full_topic, m.partition, m.offset)
+
+
+@dataclass(frozen=True)
+class _Poison:
+    """A message whose decoding raised something other than a DecodeError."""
+
+    error: Exception
+
 
 def part_bounds(events: np.ndarray, max_events: int) -> list[tuple[int, int]]:
     """Message ranges ``[lo, hi)`` of about ``max_events`` events each: a part ends at the message that
@@ -202,6 +288,20 @@ class WorkerService:
         self._backlog = False  # the last poll came back full
         self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
+        # messages of a part whose handling raised, applied one by one when delivered again; and those
+        # that raised alone (see _apply): kept across the reset that follows, by (topic, partition, offset)
+        self._suspects: set[tuple[str, int, int]] = set()
+        self._known_poison: dict[tuple[str, int, int], Exception] = {}
+        self._unacked = 0  # messages waiting for their writes, as of the last batch (for health)
+        self._outages_counted = 0
+        self.on_replay: Callable[[], None] | None = None  # the app's: the consumer delivers again (BatchConsumer.replay)
+        # background threads, shown with their state in /metrics and /health (see streams.supervision)
+        self.supervisor = Supervisor(on_restart=lambda name: self.metrics.thread_restarts.labels(thread=name).inc())
+        for writer in (self.outbox.raw_writer, self.outbox.window_writer):
+            self.supervisor.watch(writer.name, partial(self._writer_state, writer))
+        webhook = getattr(sinks, "webhook", None)
+        if webhook is not None and hasattr(webhook, "_thread"):
+            self.supervisor.watch("driftline-webhook", lambda: "running" if webhook._thread.is_alive() else None)
 
     def _new_monitor(self) -> Monitor:
         o = self.options
@@ -218,6 +318,47 @@ class WorkerService:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def _writer_state(self, writer: Any) -> str:
+        if writer.submitted > writer.completed and not self.sinks.outage.up:
+            return "waiting for the warehouse"
+        return "running" if writer.alive else "idle"
+
+    def health(self) -> dict[str, Any]:
+        """What operators see at ``/health`` (and the gauges of ``/metrics``, refreshed here): the
+        warehouse's state, every background thread's, and the messages waiting; any thread may call it.
+
+        >>> from streams.references import StaticReferences
+        >>> sinks = Sinks(Settings(), warehouse=None, producer=None)  # nothing is written here
+        >>> service = WorkerService(Settings(), WorkerOptions(), references=StaticReferences({}), sinks=sinks)
+        >>> report = service.health()
+        >>> report["warehouse"]["up"], sorted(report["threads"])
+        (True, ['driftline-raw-writes', 'driftline-window-writes'])
+        >>> report["threads"]["driftline-raw-writes"]
+        {'state': 'idle', 'restarts': 0, 'last_error': ''}
+        """
+        outage = self.sinks.outage
+        down = outage.down_seconds()
+        self.metrics.warehouse_up.set(1 if outage.up else 0)
+        self.metrics.warehouse_outage_seconds.set(down)
+        # (plain counts, not the registry's samples: /metrics is scraped often and collecting costs)
+        if outage.outages > self._outages_counted:
+            self.metrics.warehouse_outages.inc(outage.outages - self._outages_counted)
+            self._outages_counted = outage.outages
+        threads = self.supervisor.health()
+        for name, state in threads.items():
+            self.metrics.thread_up.labels(thread=name).set(1 if state["state"] in ("running", "idle") else 0)
+        return {
+            "warehouse": {"up": outage.up, "outage_seconds": round(down, 1), "outages": outage.outages,
+                          "last_error": outage.last_error},
+            "threads": threads,
+            "unacked_messages": self._unacked,
+        }
+
+    def poisoned(self, m: Incoming, exc: Exception) -> None:
+        """Dead-letter one message read outside the input topics (the ``models`` follower) whose handling raised."""
+        rejected = self._poisoned(m, exc, self.now_ms())
+        self._reject([rejected], batch_token([m]))
+
     # -- entry points ------------------------------------------------------------------
 
     def handle(self, topic: str, messages: Sequence[Incoming], backlog: bool = False) -> list[Any]:
@@ -232,13 +373,13 @@ class WorkerService:
         fresh = self._fresh(messages)
         self.metrics.messages.labels(topic=topic).inc(len(messages))
         if topic == "labels":
-            parts: Iterable[Any] = [(self._handle_labels, fresh)]
+            parts: Iterable[Any] = [(self._handle_labels, fresh, lambda lo, hi: fresh[lo:hi])]
         elif topic in ("predictions", "features"):
-            parts = ((lambda part: self._handle_inputs(topic, part), part) for part in self._parts(topic, fresh))
+            parts = ((lambda part: self._handle_inputs(topic, part), part, part.slice) for part in self._parts(topic, fresh))
         else:
             raise ValueError(f"the worker does not consume topic {topic!r}")
-        for handle_part, part in parts:
-            read = handle_part(part)
+        for handle_part, part, cut in parts:
+            read = self._apply(handle_part, part, cut)
             done = self.now_ms()
             for model_id, source in read:
                 self.monitor.touch(model_id, source, done, labels=topic == "labels")
@@ -310,18 +451,82 @@ class WorkerService:
                             "window_start": outcome.window_start, "window_end": outcome.window_end,
                             "n_current": outcome.n_current, "drifted_features": report.drifted_features})
 
-    def reset(self) -> int:
+    def reset(self, why: str = "a rebalance") -> int:
         """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
         # their messages are not acknowledged: Kafka delivers them again, and they are written then
         dropped = self.ledger.clear() + self.outbox.clear()
         self.monitor = self._new_monitor()
         self._last_offset.clear()
         self._triggers.clear()
-        self.metrics.rebalances.inc()
+        if why == "a rebalance":
+            self.metrics.rebalances.inc()
         self._gauges()
-        log.info("state dropped for a rebalance: %d unacknowledged messages will be redelivered", dropped,
+        log.info("state dropped for %s: %d unacknowledged messages will be redelivered", why, dropped,
                  extra={"unacked": dropped})
         return dropped
+
+    # -- a message whose handling raises after state changed --------------------------------
+    #
+    # Preparing a part (decoding, validation, grouping) changes nothing, so a message whose preparation
+    # raises is isolated by bisection in place (_handle_inputs). Applying it (the monitor, the ledger,
+    # the writes) changes state, which a failure may leave half changed. Then everything in memory is
+    # dropped and Kafka delivers again from the last acknowledged message (Replay), as after a rebalance;
+    # the messages of the failed part are "suspects" and are applied one at a time; a suspect that fails
+    # alone is poison, and the next delivery dead-letters it in its preparation (internal_error), before
+    # anything changes. Two deliveries again find a poison message, and the others are processed as if
+    # it had never been there.
+
+    def _apply(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
+               cut: Callable[[int, int], Any]) -> set[tuple[str, Any]]:
+        messages: Sequence[Incoming] = part.messages if isinstance(part, _Part) else part
+        suspect = [_key(m) in self._suspects for m in messages] if self._suspects else []
+        if not any(suspect):
+            return self._apply_once(handle_part, part, messages, alone=False)
+        read: set[tuple[str, Any]] = set()
+        lo = 0
+        while lo < len(messages):
+            hi = lo + 1
+            if not suspect[lo]:
+                while hi < len(messages) and not suspect[hi]:
+                    hi += 1
+            read |= self._apply_once(handle_part, cut(lo, hi), messages[lo:hi], alone=suspect[lo])
+            lo = hi
+        return read
+
+    def _apply_once(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
+                    messages: Sequence[Incoming], alone: bool) -> set[tuple[str, Any]]:
+        try:
+            read = handle_part(part)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:
+            kind, detail = error_detail(exc)
+            if alone:
+                # kept until forgotten as the oldest of KNOWN_POISON: it comes again with every replay
+                # until the offsets after it are committed, which the service does not see
+                self._known_poison[_key(messages[0])] = exc
+                while len(self._known_poison) > KNOWN_POISON:
+                    del self._known_poison[next(iter(self._known_poison))]
+            else:
+                self._suspects.update(_key(m) for m in messages)
+            first, last = messages[0], messages[-1]
+            log.error("handling %s[%d]@%d..%d raised %s: %s; %s", first.topic, first.partition, first.offset,
+                      last.offset, kind, detail,
+                      "the message is poison and is dead-lettered when it comes again" if alone else
+                      "its messages are delivered again and handled one by one to find the one at fault",
+                      exc_info=exc, extra={"topic": first.topic, "partition": first.partition, "error_class": kind})
+            self.metrics.replays.inc()
+            self.reset("a message whose handling raised")
+            if self.on_replay is not None:
+                self.on_replay()
+            raise Replay(f"{kind}: {detail}") from exc
+        if self._suspects:
+            self._suspects.difference_update(_key(m) for m in messages)
+        return read
+
+    def _poison_of(self, m: Incoming) -> Exception | None:
+        """The exception a message raised when it was applied alone before (it is poison), if any."""
+        return self._known_poison.get(_key(m)) if self._known_poison else None
 
     def on_model_event(self, event: ModelEvent) -> None:
         """A registry change: the next windows of that model use the new baseline."""
@@ -350,38 +555,85 @@ class WorkerService:
         """
         if not messages:
             return
-        decoded = decode_bulk(self.codec, [m.value for m in messages], topic=topic)
+        decoded = self._decode(topic, messages)
         events = np.ones(len(messages), dtype=np.int64)
         for i, record in decoded.others:
             if isinstance(record, (PredictionBatch, FeatureBatch)):
                 events[i] = record.n
+        whole = _Part(list(messages), decoded.groups, decoded.others)
         for lo, hi in part_bounds(events, self.options.max_take_events):
-            groups = []
-            for g in decoded.groups:
-                a, b = (int(x) for x in np.searchsorted(g.messages, [lo, hi]))
-                if a < b:
-                    batch = g.batch if b - a == g.batch.n else take_rows(g.batch, np.arange(a, b))
-                    groups.append(DecodedGroup(batch, g.has_predictions, g.messages[a:b] - lo))
-            others = [(i - lo, record) for i, record in decoded.others if lo <= i < hi]
-            yield _Part(list(messages[lo:hi]), groups, others)
+            yield whole.slice(lo, hi)
+
+    def _decode(self, topic: str, messages: Sequence[Incoming]) -> BulkDecoded:
+        """``decode_bulk`` of the messages; a message whose decoding raises anything but a
+        DecodeError stands alone as a :class:`_Poison` among the others."""
+        def attempt(lo: int, hi: int) -> BulkDecoded:
+            decoded = decode_bulk(self.codec, [m.value for m in messages[lo:hi]], topic=topic)
+            return BulkDecoded([DecodedGroup(g.batch, g.has_predictions, g.messages + lo) for g in decoded.groups],
+                               [(i + lo, record) for i, record in decoded.others])
+
+        def merge(parts: list[BulkDecoded]) -> BulkDecoded:
+            return BulkDecoded([g for p in parts for g in p.groups], [o for p in parts for o in p.others])
+
+        return isolate(len(messages), attempt, lambda i, exc: BulkDecoded([], [(i, _Poison(exc))]), merge,
+                       passes=INFRASTRUCTURE_ERRORS)
 
     def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
-        self.metrics.dlq.labels(reason=reason).inc()
-        self.metrics.events.labels(topic=m.topic, outcome="rejected").inc()
-        log.warning("rejected %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail,
-                    extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "reason": reason})
+        # counted and logged by _reject, once the part is settled: a part may be prepared more than once
         return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value,
                         reason, detail, now, model_id)
 
+    def _poisoned(self, m: Incoming, exc: BaseException, now: int) -> Rejected:
+        """A message whose handling raised: dead-lettered as ``internal_error`` with the exception."""
+        kind, detail = error_detail(exc)
+        log.error("handling %s[%d]@%d raised %s: %s; the message goes to the DLQ", m.topic, m.partition, m.offset,
+                  kind, detail, exc_info=exc,
+                  extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "error_class": kind})
+        self.metrics.poison.labels(topic=m.topic, error_class=kind).inc()
+        rejected = self._rejected(m, INTERNAL_ERROR, f"{kind}: {detail}", now)
+        rejected.error_class = kind
+        return rejected
+
+    def _reject(self, rejected: list[Rejected], token: str) -> None:
+        for r in rejected:
+            prefix = self.settings.topic_prefix
+            topic = r.source_topic[len(prefix):] if r.source_topic.startswith(prefix) else r.source_topic
+            self.metrics.dlq.labels(reason=r.reason).inc()
+            self.metrics.events.labels(topic=topic, outcome="rejected").inc()
+            log.warning("rejected %s[%d]@%d: %s: %s", r.source_topic, r.partition, r.offset, r.reason, r.detail[:1000],
+                        extra={"topic": topic, "partition": r.partition, "offset": r.offset, "reason": r.reason})
+        self.sinks.reject(rejected, token)
+
     def _handle_inputs(self, topic: str, part: _Part) -> set[tuple[str, Any]]:
         """Ingest one decoded part: its batches, its single events (already in columns per model
-        version), and the DecodeErrors of messages that did not decode."""
+        version), and the DecodeErrors of messages that did not decode.
+
+        Preparing (validation and grouping) changes nothing, so a message whose preparation raises
+        is found by bisection (``streams.supervision.isolate``) and dead-lettered, and the others
+        are prepared again without it; only then does anything change."""
         messages = part.messages
         now = self.now_ms()
+        def attempt(lo: int, hi: int) -> _Prepared:
+            for m in messages[lo:hi] if self._known_poison else ():
+                known = self._poison_of(m)
+                if known is not None:
+                    raise known
+            return self._prepare_inputs(part.slice(lo, hi), now).shifted(lo)
+
+        prepared = isolate(len(messages), attempt,
+                           lambda i, exc: _Prepared([self._poisoned(messages[i], exc, now)]), _Prepared.merge,
+                           passes=INFRASTRUCTURE_ERRORS)
+        return self._apply_inputs(topic, part, now, prepared)
+
+    def _prepare_inputs(self, part: _Part, now: int) -> _Prepared:
+        """Validate and group one part's records; changes nothing (it may run again on fewer messages)."""
+        messages = part.messages
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
         for i, record in part.others:
             m = messages[i]
+            if isinstance(record, _Poison):
+                raise record.error
             try:
                 if isinstance(record, DecodeError):
                     raise record
@@ -413,6 +665,11 @@ class WorkerService:
                 else:
                     rejected.append(self._rejected(messages[int(g.messages[row])], problem.reason, problem.detail,
                                                    now, batch.model_id))
+        return _Prepared(rejected, groups)
+
+    def _apply_inputs(self, topic: str, part: _Part, now: int, prepared: _Prepared) -> set[tuple[str, Any]]:
+        messages = part.messages
+        rejected, groups = prepared.rejected, prepared.groups
         # one batch per model version: the raw insert and the monitor both take it whole, its rows in the
         # order of their messages (batches were gathered before single events; in the log they interleave)
         ordered = {key: in_arrival_order(concat_batches(group.batches), np.concatenate(group.owners))
@@ -420,7 +677,7 @@ class WorkerService:
         batches = {key: batch for key, (batch, _) in ordered.items()}
 
         token = batch_token(messages)
-        self.sinks.reject(rejected, token)
+        self._reject(rejected, token)
         if self.options.write_raw and topic == "predictions":
             self._raw(list(batches.values()), token)
 
@@ -481,33 +738,47 @@ class WorkerService:
                                                f"version {batch.model_version!r} (register it first)")
         return problem
 
+    def _prepare_label(self, m: Incoming, now: int) -> LabelEvent | Rejected:
+        """The label of one message, or why it is refused."""
+        try:
+            record = self.codec.decode(m.value, topic="labels")
+        except DecodeError as exc:
+            return self._rejected(m, exc.reason, exc.message, now)
+        if not isinstance(record, LabelEvent):
+            return self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now)
+        problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
+        if problem is None and not self.references.knows_model(record.model_id):
+            problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
+        if problem is not None:
+            return self._rejected(m, problem.reason, problem.detail, now, record.model_id)
+        return record
+
     def _handle_labels(self, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
         now = self.now_ms()
         rejected: list[Rejected] = []
         by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
         for i, m in enumerate(messages):
+            # preparing a label changes nothing, so one that raises is that message's alone
             try:
-                record = self.codec.decode(m.value, topic="labels")
-            except DecodeError as exc:
-                rejected.append(self._rejected(m, exc.reason, exc.message, now))
-                continue
-            if not isinstance(record, LabelEvent):
-                rejected.append(self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now))
-                continue
-            problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
-            if problem is None and not self.references.knows_model(record.model_id):
-                problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
-            if problem is not None:
-                rejected.append(self._rejected(m, problem.reason, problem.detail, now, record.model_id))
-                continue
-            by_model[record.model_id].append((i, record))
+                known = self._poison_of(m)
+                if known is not None:
+                    raise known
+                label = self._prepare_label(m, now)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                label = self._poisoned(m, exc, now)
+            if isinstance(label, Rejected):
+                rejected.append(label)
+            else:
+                by_model[label.model_id].append((i, label))
 
         for model_id in by_model:
             if self.policy.for_model(model_id).monitoring.enabled:
                 # before this batch's raw rows are written, so that its labels are not read back as waiting
                 self._recover(model_id)
         token = batch_token(messages)
-        self.sinks.reject(rejected, token)
+        self._reject(rejected, token)
         if self.options.write_raw:
             self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
 
@@ -712,7 +983,8 @@ class WorkerService:
 
     def _gauges(self) -> None:
         self.metrics.open_windows.set(len(self.monitor.open_windows()) + len(self.monitor.open_label_windows()))
-        self.metrics.unacked.set(len(self.ledger) + len(self.outbox))
+        self._unacked = len(self.ledger) + len(self.outbox)
+        self.metrics.unacked.set(self._unacked)
         self.metrics.pending_labels.set(self.monitor.pending_labels())
 
 

@@ -83,6 +83,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-late-events", action="store_true", default=False,
                    help="also send each message with late rows to the DLQ and rejected_events, reason late_event "
                         "(late rows are always counted in drift_reports.late_events and /metrics)")
+    g.add_argument("--health", action="store_true",
+                   help="print the health of the worker running at --web-host:--web-port (warehouse, background "
+                        "threads, fetch paused) as JSON and exit: 0 when healthy, 1 when not, 2 when it does not answer")
     g.add_argument("--log-format", choices=("json", "text"), default=_env("log-format", str, "json"),
                    help="log lines as JSON objects or text (default json)")
     g.add_argument("--log-level", default=_env("log-level", str, "info"), help="log level (default info)")
@@ -116,7 +119,52 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
     )
 
 
+def health_problems(report: dict[str, Any]) -> list[str]:
+    """What is wrong in a worker's ``/health`` report (empty: healthy).
+
+    >>> ok = {"warehouse": {"up": True}, "threads": {"driftline-models": {"state": "running", "restarts": 1,
+    ...       "last_error": "RuntimeError: x"}}, "fetch_paused": False, "failed": False}
+    >>> health_problems(ok)
+    []
+    >>> health_problems({**ok, "warehouse": {"up": False, "outage_seconds": 61.5},
+    ...                  "threads": {"driftline-models": {"state": "restarting", "last_error": "OSError: gone"}}})
+    ['warehouse unreachable for 61.5 s', 'thread driftline-models restarting (OSError: gone)']
+    """
+    problems = []
+    if report.get("failed"):
+        problems.append("the worker has failed and is stopping")
+    warehouse = report.get("warehouse", {})
+    if not warehouse.get("up", True):
+        problems.append(f"warehouse unreachable for {warehouse.get('outage_seconds', 0):g} s")
+    for name, thread in sorted(report.get("threads", {}).items()):
+        if thread.get("state") not in ("running", "idle"):
+            problems.append(f"thread {name} {thread.get('state')} ({thread.get('last_error') or 'no error'})")
+    return problems
+
+
+def print_health(host: str, port: int) -> int:
+    """``driftline worker --health``: the running worker's report, and an exit code for scripts and probes."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as r:
+            report = json.loads(r.read())
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"no worker answers at http://{host}:{port}/health: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=True))
+    problems = health_problems(report)
+    for problem in problems:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def handle(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "health", False):
+        return print_health(args.web_host, args.web_port)
     from streams.app import run_worker
     from streams.observability import configure_logging
 

@@ -201,3 +201,44 @@ def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_a
         first.close()
         if second is not None:
             second.close()
+
+
+def test_replay_delivers_again_everything_after_the_last_acknowledgement(kafka_settings: Settings, unique: str) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
+    _produce(kafka_settings, "predictions", 100, 1)
+    group = f"g-{unique}"
+    consumer = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=1000)
+    try:
+        got = _poll_until(consumer, 100)
+        assert [m.offset for m in got] == list(range(100))
+        generation = consumer.generation
+        consumer.ack([m.token for m in got[:30]])
+        consumer.replay()  # from the service thread: what was polled is stale at once
+        assert consumer.generation == generation + 1
+        again = _poll_until(consumer, 70)
+        assert [m.offset for m in again] == list(range(30, 100))
+        assert _committed(kafka_settings, group, "predictions", 1) == {0: 30}
+    finally:
+        consumer.close()
+
+
+def test_a_paused_consumer_keeps_polling_returns_nothing_and_resumes_where_it_was(
+    kafka_settings: Settings, unique: str
+) -> None:
+    kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
+    _produce(kafka_settings, "predictions", 50, 1)
+    consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS), max_messages=20)
+    try:
+        first = _poll_until(consumer, 1)
+        consumer.pause(True)
+        _produce(kafka_settings, "predictions", 50, 1, start=50)
+        held = []
+        for _ in range(6):
+            held += [m for ms in consumer.poll(0.5).by_topic.values() for m in ms]
+        consumer.pause(False)
+        rest = _poll_until(consumer, 100 - len(first) - len(held))
+        offsets = [m.offset for m in first + held + rest]
+        assert offsets == list(range(100))  # nothing skipped, nothing twice, whatever the pause held back
+        assert len(held) <= 20  # at most what was already on its way when the pause began
+    finally:
+        consumer.close()
