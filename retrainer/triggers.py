@@ -33,7 +33,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, TypedDict
 
 from retrainer.policy import DRIFTED, ModelPolicy
 from retrainer.promotion import TOLERANCE, finite_number
@@ -46,11 +46,12 @@ Status = Literal["hot", "clean", "unknown"]
 KINDS: tuple[Kind, ...] = ("performance", "estimate", "drift", "change")
 REASONS: dict[Kind, RetrainReason] = {"performance": "performance", "estimate": "performance", "drift": "drift",
                                       "change": "drift"}
-_SEVERITY = {"performance": "critical", "estimate": "warning", "drift": "warning", "change": "warning"}
-_STARTED = {"performance": "performance_drop", "estimate": "estimated_performance_drop", "drift": "drift",
-            "change": "change"}
-_ENDED = {"performance": "performance_recovered", "estimate": "estimated_performance_recovered",
-          "drift": "drift_resolved", "change": "change_resolved"}
+_SEVERITY: dict[Kind, Literal["info", "warning", "critical"]] = {
+    "performance": "critical", "estimate": "warning", "drift": "warning", "change": "warning"}
+_STARTED: dict[Kind, str] = {"performance": "performance_drop", "estimate": "estimated_performance_drop",
+                             "drift": "drift", "change": "change"}
+_ENDED: dict[Kind, str] = {"performance": "performance_recovered", "estimate": "estimated_performance_recovered",
+                           "drift": "drift_resolved", "change": "change_resolved"}
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://driftline.dev/ns/v1")
 _STATE_FORMAT = 1
@@ -118,6 +119,15 @@ class Episode:
         return self.start is not None
 
 
+class _Episodes(TypedDict, total=False):
+    """Episodes by kind, to replace in a :class:`TriggerState` (``replace(state, **episodes)``)."""
+
+    drift: Episode
+    change: Episode
+    performance: Episode
+    estimate: Episode
+
+
 @dataclass(frozen=True)
 class TriggerState:
     """What the evaluator remembers about one model between windows.
@@ -139,7 +149,9 @@ class TriggerState:
     schedule_anchor_ms: int | None = None
 
     def episode(self, kind: Kind) -> Episode:
-        return getattr(self, kind)
+        episodes: _Episodes = {"drift": self.drift, "change": self.change, "performance": self.performance,
+                               "estimate": self.estimate}
+        return episodes[kind]
 
     def for_version(self, model_version: str) -> "TriggerState":
         """A fresh start for another version (its reference differs); cooldown and schedule carry over."""
@@ -329,7 +341,10 @@ def _iso(ms: int) -> str:
 
 def _request_made(state: TriggerState, request: RetrainRequest) -> TriggerState:
     # one retrain answers every episode open now, so none of them asks again
-    covered = {k: replace(state.episode(k), requested=True) for k in KINDS if state.episode(k).active}
+    covered: _Episodes = {}
+    for k in KINDS:
+        if state.episode(k).active:
+            covered[k] = replace(state.episode(k), requested=True)
     return replace(state, last_request_ms=request.requested_at, last_request_id=request.request_id, **covered)
 
 
@@ -414,13 +429,19 @@ def _read_window(policy: ModelPolicy, state: TriggerState, window: WindowOutcome
     signals: dict[Kind, Signal] = {}
     for kind in KINDS:
         if not enabled[kind]:
-            state = replace(state, **{kind: Episode()})  # a trigger turned off by a policy reload
+            state = _with_episode(state, kind, Episode())  # a trigger turned off by a policy reload
             continue
         signals[kind] = readers[kind](policy, window)
         episode = _advance(state.episode(kind), signals[kind], window.window_start, _needed(policy, kind),
                            policy.retraining.hysteresis_windows)
-        state = replace(state, **{kind: episode})
+        state = _with_episode(state, kind, episode)
     return state, signals
+
+
+def _with_episode(state: TriggerState, kind: Kind, episode: Episode) -> TriggerState:
+    episodes: _Episodes = {}
+    episodes[kind] = episode
+    return replace(state, **episodes)
 
 
 def _needed(policy: ModelPolicy, kind: Kind) -> int:
@@ -446,7 +467,7 @@ def _episode_alerts(policy: ModelPolicy, before: TriggerState, after: TriggerSta
             alert_id = stable_id("alert", window.model_id, window.model_version, kind, new.start)
             alerts.append(Alert(alert_id, window.model_id, window.model_version, _SEVERITY[kind], _STARTED[kind],
                                 message, now_ms, window.window_start, window.window_end))
-        elif old.active and not new.active:
+        elif old.start is not None and not new.active:  # old.active, spelt so that start is known
             message = (f"{name}: the {kind} episode that began {_iso(old.start)} ended after "
                        f"{policy.retraining.hysteresis_windows} clean window(s)")
             alert_id = stable_id("alert", window.model_id, window.model_version, _ENDED[kind], old.start)
@@ -474,12 +495,14 @@ def evaluate_schedule(
     """
     if policy.model_id != state.model_id:
         raise ValueError(f"model ids differ: policy {policy.model_id!r}, state {state.model_id!r}")
-    if state.schedule_anchor_ms is None:
-        state = replace(state, schedule_anchor_ms=now_ms)
-    period = policy.schedule.period_ms
-    if period is None or state.model_version is None:
+    anchor = state.schedule_anchor_ms
+    if anchor is None:
+        anchor = now_ms
+        state = replace(state, schedule_anchor_ms=anchor)
+    period, hours = policy.schedule.period_ms, policy.schedule.every_hours  # both None or neither
+    if period is None or hours is None or state.model_version is None:
         return state, [], []
-    since = state.last_request_ms if state.last_request_ms is not None else state.schedule_anchor_ms
+    since = state.last_request_ms if state.last_request_ms is not None else anchor
     due = since + period
     if now_ms < due:
         return state, [], []
@@ -489,7 +512,7 @@ def evaluate_schedule(
         model_version=state.model_version,
         reason="schedule",
         requested_at=now_ms,
-        evidence=[Evidence("schedule", "", (now_ms - since) / _HOUR_MS, float(policy.schedule.every_hours),
+        evidence=[Evidence("schedule", "", (now_ms - since) / _HOUR_MS, float(hours),
                            since, now_ms)],
     )
     return _request_made(state, request), [request], [_requested_alert(request, None)]

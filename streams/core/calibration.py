@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.core import metrics
 from streams.core.profile import DEFAULT_WINDOW_SAMPLE, ReferenceProfile, stable_seed
@@ -43,7 +44,7 @@ def _bucket(en: float) -> int:
     return max(0, int(math.floor(math.log2(max(en, 1.0)))))
 
 
-def _reference_proportions(reference: ReferenceProfile, feature: str) -> np.ndarray:
+def _reference_proportions(reference: ReferenceProfile, feature: str) -> NDArray[np.float64]:
     if feature in reference.numeric:
         counts = reference.numeric[feature].counts.astype(np.float64)
         n = counts.sum()
@@ -52,9 +53,11 @@ def _reference_proportions(reference: ReferenceProfile, feature: str) -> np.ndar
         # of stationary windows receive.
         p = counts / (n + 1.0)
         p[0] = p[-1] = 0.5 / (n + 1.0)
-        return p / p.sum()
+        shares: NDArray[np.float64] = p / p.sum()
+        return shares
     counts = reference.categorical[feature].counts.astype(np.float64)
-    return counts / counts.sum()
+    shares = counts / counts.sum()
+    return shares
 
 
 def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> tuple[float, ...]:
@@ -95,13 +98,15 @@ def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, al
     return reference.cached(("wasserstein", feature, exponent, alpha), calibrate)
 
 
-def _exponents(en: np.ndarray) -> np.ndarray:
-    return np.floor(np.log2(np.maximum(en, 1.0))).astype(np.int64)
+def _exponents(en: np.ndarray) -> NDArray[np.int64]:
+    out: NDArray[np.int64] = np.floor(np.log2(np.maximum(en, 1.0))).astype(np.int64)
+    return out
 
 
-def _scale(en: np.ndarray, exponents: np.ndarray, metric: str) -> np.ndarray:
+def _scale(en: np.ndarray, exponents: np.ndarray, metric: str) -> NDArray[np.float64]:
     """From the bucket's size to the exact one, at the metric's asymptotic rate."""
-    return (np.exp2(exponents) / np.maximum(en, 1.0)) ** _RATE[metric]
+    out: NDArray[np.float64] = (np.exp2(exponents) / np.maximum(en, 1.0)) ** _RATE[metric]
+    return out
 
 
 def binned_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
@@ -120,13 +125,14 @@ def binned_threshold_table(reference: ReferenceProfile, features: list[str], en:
 
 
 def wasserstein_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
-                                alpha: float) -> np.ndarray:
+                                alpha: float) -> NDArray[np.float64]:
     """Null (1 - alpha) quantiles of the std-normalised Wasserstein distance, per feature (NaN where ``en`` is 0)."""
     en = np.asarray(en, dtype=np.float64)
     exponents = _exponents(en)
     at = np.array([_wasserstein_at(reference, f, e, alpha) if en[i] > 0 else np.nan
                    for i, (f, e) in enumerate(zip(features, exponents.tolist()))])
-    return at * _scale(en, exponents, "wasserstein")
+    out: NDArray[np.float64] = at * _scale(en, exponents, "wasserstein")
+    return out
 
 
 def binned_thresholds(reference: ReferenceProfile, feature: str, en: float, alpha: float) -> dict[str, float]:

@@ -55,9 +55,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypedDict
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import special
 
 from streams.core import calibration, metrics
@@ -189,6 +190,29 @@ def _pool_groups(p: np.ndarray, min_share: float, ordered: bool) -> np.ndarray:
     return groups
 
 
+class _Columns(TypedDict):
+    """One class's (numeric or categorical) results, a row per feature; the dicts are keyed by metric."""
+
+    metrics: tuple[str, ...]
+    events: np.ndarray
+    drift_p: np.ndarray
+    quality_p: np.ndarray
+    values: dict[str, np.ndarray]
+    p: dict[str, np.ndarray]
+    threshold: dict[str, np.ndarray]
+    base: dict[str, np.ndarray]  # the reference's rate of a data-quality metric (added to a threshold you set)
+
+
+class _Rows(TypedDict):
+    """:class:`_Columns` as Python lists, for the rows."""
+
+    events: list[float]
+    values: dict[str, list[float]]
+    p: dict[str, list[float]]
+    threshold: dict[str, list[float]]
+    base: dict[str, list[float]]
+
+
 @dataclass
 class _Prepared:
     numeric: list[str]
@@ -251,7 +275,9 @@ def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pdf_lo, pdf_hi = np.exp(-lo * lo / 2) / np.sqrt(2 * np.pi), np.exp(-hi * hi / 2) / np.sqrt(2 * np.pi)
         where = np.where(mass > 0, (pdf_lo - pdf_hi) / safe, 0.0)
         spread = np.where(mass > 0, 1.0 + (np.nan_to_num(lo * pdf_lo) - np.nan_to_num(hi * pdf_hi)) / safe, 0.0)
-    pad = lambda x: np.concatenate([x[:1], x, x[-1:]])  # noqa: E731
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x[:1], x, x[-1:]])
+
     return pad(where), pad(spread)
 
 
@@ -471,7 +497,7 @@ def evaluate_window(
             continue
         mine = {**overrides.get("*", {}), **overrides.get(f, {})}
         names_here = NUMERIC_METRICS if numeric else CATEGORICAL_METRICS
-        values = {m: block[m][j] for m in names_here}
+        values = {m: block["values"][m][j] for m in names_here}
         base = {m: block["base"][m][j] for m in block["base"]}
         drift_metrics = [m for m in names_here if m not in QUALITY_METRICS]
         quality_metrics = [m for m in names_here if m in QUALITY_METRICS]
@@ -487,13 +513,13 @@ def evaluate_window(
     return rows
 
 
-def _as_lists(block: dict) -> dict:
+def _as_lists(block: _Columns) -> _Rows:
     """Python floats for the rows: indexing numpy arrays one value at a time is slow."""
-    out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in block.items()
-           if k not in ("p", "threshold", "base")}
-    for k in ("p", "threshold", "base"):
-        out[k] = {m: np.asarray(v, dtype=np.float64).tolist() for m, v in block.get(k, {}).items()}
-    return out
+    def floats(columns: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        return {m: np.asarray(v, dtype=np.float64).tolist() for m, v in columns.items()}
+
+    return {"events": block["events"].tolist(), "values": {m: v.tolist() for m, v in block["values"].items()},
+            "p": floats(block["p"]), "threshold": floats(block["threshold"]), "base": floats(block["base"])}
 
 
 def _window_counts(
@@ -508,14 +534,21 @@ def _window_counts(
     return counts, n, missing, q
 
 
-def _two_sided(z: np.ndarray) -> np.ndarray:
-    return 2.0 * special.ndtr(-np.abs(z))
+def _two_sided(z: np.ndarray) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = 2.0 * special.ndtr(-np.abs(z))
+    return out
 
 
-def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> dict:
+def _no_columns(names: tuple[str, ...]) -> _Columns:
+    """The columns of a class without features."""
+    return {"metrics": names, "events": np.zeros(0), "drift_p": np.zeros(0), "quality_p": np.zeros(0),
+            "values": {}, "p": {}, "threshold": {}, "base": {}}
+
+
+def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> _Columns:
     names = prep.numeric
     if not names:
-        return {"metrics": NUMERIC_METRICS, "events": np.zeros(0), "drift_p": np.zeros(0), "quality_p": np.zeros(0)}
+        return _no_columns(NUMERIC_METRICS)
     wins = [window.numeric[f] for f in names]
     k = len(names)
     counts, n, missing, q = _window_counts(wins)
@@ -606,12 +639,14 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
             "events": total,
             "drift_p": np.fmin(np.fmin(adj["location"], adj["scale"]), adj["shape"]),
             "quality_p": np.fmin(adj["missing"], adj["range"]),
-            "psi": np.where(has, psi, np.nan), "ks": d, "wasserstein": w_raw / prep.num_scale,
-            "jensenshannon": np.where(has, js, np.nan), "hellinger": np.where(has, hel, np.nan),
-            "chi2": np.where(has & (dof > 0), chi, np.nan), "missing_rate": metrics.missing_rate(missing, total),
-            "mean_shift": np.where(has, (mean_w - prep.num_mean) / prep.num_scale, np.nan),
-            "log_std_ratio": log_ratio,
-            "out_of_range_rate": metrics.missing_rate(outside, n),
+            "values": {
+                "psi": np.where(has, psi, np.nan), "ks": d, "wasserstein": w_raw / prep.num_scale,
+                "jensenshannon": np.where(has, js, np.nan), "hellinger": np.where(has, hel, np.nan),
+                "chi2": np.where(has & (dof > 0), chi, np.nan), "missing_rate": metrics.missing_rate(missing, total),
+                "mean_shift": np.where(has, (mean_w - prep.num_mean) / prep.num_scale, np.nan),
+                "log_std_ratio": log_ratio,
+                "out_of_range_rate": metrics.missing_rate(outside, n),
+            },
             "p": {"ks": ks_p, "chi2": np.where(has & (dof > 0), chi_p, np.nan),
                   "missing_rate": np.where(total > 0, miss_p, np.nan), "mean_shift": p_loc,
                   "log_std_ratio": p_scale, "out_of_range_rate": np.where(has, range_p, np.nan)},
@@ -630,11 +665,10 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
         }
 
 
-def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> dict:
+def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> _Columns:
     names = prep.categorical
     if not names:
-        return {"metrics": CATEGORICAL_METRICS, "events": np.zeros(0), "drift_p": np.zeros(0),
-                "quality_p": np.zeros(0)}
+        return _no_columns(CATEGORICAL_METRICS)
     wins = [window.categorical[f] for f in names]
     k = len(names)
     counts, n, missing, q = _window_counts(wins)
@@ -659,12 +693,14 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
         "events": total,
         "drift_p": adj["shape"],
         "quality_p": np.fmin(adj["missing"], adj["new"]),
-        "chi2": np.where(has & (dof > 0), chi, np.nan),
-        "psi": np.where(has, metrics.psi(prep.cat_p, q), np.nan),
-        "jensenshannon": np.where(has, metrics.jensenshannon(prep.cat_p, q), np.nan),
-        "hellinger": np.where(has, metrics.hellinger(prep.cat_p, q), np.nan),
-        "missing_rate": metrics.missing_rate(missing, total),
-        "new_category_rate": metrics.new_category_rate(other, n),
+        "values": {
+            "chi2": np.where(has & (dof > 0), chi, np.nan),
+            "psi": np.where(has, metrics.psi(prep.cat_p, q), np.nan),
+            "jensenshannon": np.where(has, metrics.jensenshannon(prep.cat_p, q), np.nan),
+            "hellinger": np.where(has, metrics.hellinger(prep.cat_p, q), np.nan),
+            "missing_rate": metrics.missing_rate(missing, total),
+            "new_category_rate": metrics.new_category_rate(other, n),
+        },
         "p": {"chi2": np.where(has & (dof > 0), chi_p, np.nan), "missing_rate": np.where(total > 0, miss_p, np.nan),
               "new_category_rate": np.where(has, new_p, np.nan)},
         "base": {"missing_rate": prep.cat_missing / np.maximum(ref_total, 1),

@@ -14,12 +14,13 @@ or a textbook formula; the tests check that.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import special
 
 PSI_EPSILON = 1e-4
 
 
-def psi(p: np.ndarray, q: np.ndarray, eps: float = PSI_EPSILON) -> np.ndarray:
+def psi(p: np.ndarray, q: np.ndarray, eps: float = PSI_EPSILON) -> NDArray[np.float64]:
     """Population stability index ``sum((q - p) * ln(q / p))``.
 
     Proportions below ``eps`` are raised to ``eps`` first (the usual
@@ -32,10 +33,11 @@ def psi(p: np.ndarray, q: np.ndarray, eps: float = PSI_EPSILON) -> np.ndarray:
     """
     ps = np.maximum(p, eps)
     qs = np.maximum(q, eps)
-    return np.sum((qs - ps) * np.log(qs / ps), axis=-1)
+    out: NDArray[np.float64] = np.sum((qs - ps) * np.log(qs / ps), axis=-1)
+    return out
 
 
-def jensenshannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def jensenshannon(p: np.ndarray, q: np.ndarray) -> NDArray[np.float64]:
     """Jensen-Shannon *distance* in base 2 (0 to 1), as ``scipy.spatial.distance.jensenshannon(p, q, base=2)``.
 
     >>> float(jensenshannon(np.array([1.0, 0.0]), np.array([0.0, 1.0])))
@@ -46,17 +48,19 @@ def jensenshannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         kl_p = np.where(p > 0, p * np.log2(p / m), 0.0)
         kl_q = np.where(q > 0, q * np.log2(q / m), 0.0)
     js = 0.5 * np.sum(kl_p + kl_q, axis=-1)
-    return np.sqrt(np.maximum(js, 0.0))
+    out: NDArray[np.float64] = np.sqrt(np.maximum(js, 0.0))
+    return out
 
 
-def hellinger(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def hellinger(p: np.ndarray, q: np.ndarray) -> NDArray[np.float64]:
     """Hellinger distance ``sqrt(sum((sqrt(p) - sqrt(q))**2) / 2)``, from 0 to 1.
 
     >>> float(hellinger(np.array([1.0, 0.0]), np.array([0.0, 1.0])))
     1.0
     """
     d = np.sqrt(p) - np.sqrt(q)
-    return np.sqrt(0.5 * np.sum(d * d, axis=-1))
+    out: NDArray[np.float64] = np.sqrt(0.5 * np.sum(d * d, axis=-1))
+    return out
 
 
 def ks_wasserstein_sorted(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -92,13 +96,14 @@ def ks_wasserstein_sorted(reference: np.ndarray, current: np.ndarray) -> tuple[f
     return ks, wasserstein
 
 
-def ks_effective_n(n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
-    n1 = np.asarray(n1, dtype=np.float64)
-    n2 = np.asarray(n2, dtype=np.float64)
-    return n1 * n2 / (n1 + n2)
+def ks_effective_n(n1: np.ndarray | int, n2: np.ndarray | int) -> NDArray[np.float64]:
+    a = np.asarray(n1, dtype=np.float64)
+    b = np.asarray(n2, dtype=np.float64)
+    out: NDArray[np.float64] = a * b / (a + b)
+    return out
 
 
-def ks_pvalue(statistic: np.ndarray | float, n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
+def ks_pvalue(statistic: np.ndarray | float, n1: np.ndarray | int, n2: np.ndarray | int) -> NDArray[np.float64]:
     """Two-sided p-value of the two-sample KS statistic.
 
     The Kolmogorov limit with Stephens' small-sample correction,
@@ -114,10 +119,11 @@ def ks_pvalue(statistic: np.ndarray | float, n1: np.ndarray | int, n2: np.ndarra
     0.0299
     """
     s = np.sqrt(ks_effective_n(n1, n2))
-    return special.kolmogorov((s + 0.12 + 0.11 / s) * np.asarray(statistic, dtype=np.float64))
+    out: NDArray[np.float64] = special.kolmogorov((s + 0.12 + 0.11 / s) * np.asarray(statistic, dtype=np.float64))
+    return out
 
 
-def ks_critical_value(alpha: float, n1: np.ndarray | int, n2: np.ndarray | int) -> np.ndarray:
+def ks_critical_value(alpha: float, n1: np.ndarray | int, n2: np.ndarray | int) -> NDArray[np.float64]:
     """The KS statistic whose :func:`ks_pvalue` is ``alpha``.
 
     >>> d = ks_critical_value(0.05, 5_000, 1_000)
@@ -125,7 +131,8 @@ def ks_critical_value(alpha: float, n1: np.ndarray | int, n2: np.ndarray | int) 
     0.05
     """
     s = np.sqrt(ks_effective_n(n1, n2))
-    return special.kolmogi(alpha) / (s + 0.12 + 0.11 / s)
+    out: NDArray[np.float64] = special.kolmogi(alpha) / (s + 0.12 + 0.11 / s)
+    return out
 
 
 def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -240,8 +247,9 @@ def rate_increase_test(reference_hits: np.ndarray, reference_n: np.ndarray, curr
     return np.where((k > 0) & (n1 > 0) & (n2 > 0), np.minimum(upper, 1.0), 1.0)
 
 
-def _log_binom(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return special.gammaln(a + 1.0) - special.gammaln(b + 1.0) - special.gammaln(a - b + 1.0)
+def _log_binom(a: np.ndarray, b: np.ndarray) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = special.gammaln(a + 1.0) - special.gammaln(b + 1.0) - special.gammaln(a - b + 1.0)
+    return out
 
 
 def out_of_range_pvalue(outside: np.ndarray, n: np.ndarray, reference_n: np.ndarray) -> np.ndarray:
