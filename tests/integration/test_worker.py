@@ -75,8 +75,13 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
         assert flagged == {"b", "d"}, f"window {ws}"
         assert calm == {"a", "c", "e", "region", "__prediction__"}, f"window {ws}"
         assert {r["n"] for r in rows if r["ws"] == ws} == {PER_WINDOW}
-    # every metric row of a feature carries the feature's decision
-    assert all(r["high"] == r["low"] for r in rows)
+    # every metric row of a feature carries the feature's decision of its alarm class (drift, data_quality)
+    classes = env.query(
+        "SELECT feature, kind, toUnixTimestamp64Milli(window_start) AS ws, max(drifted) AS high, min(drifted) AS low "
+        "FROM drift_metrics FINAL WHERE model_id = {m:String} AND metric NOT IN ('adwin') "
+        "GROUP BY feature, kind, ws", m=model)
+    assert {r["kind"] for r in classes} == {"drift", "data_quality"}
+    assert all(r["high"] == r["low"] for r in classes)
 
     profiles = env.query(
         "SELECT feature, count() AS n, sum(count) AS events FROM window_profiles FINAL WHERE model_id = {m:String} "
