@@ -12,6 +12,7 @@ mrkdwn, so a model id cannot inject a mention or a link.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -119,10 +120,8 @@ def post_json(url: str, body: bytes, *, deadline: float) -> int:
         expired.set()
         sock = conn.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)  # wakes a read blocked in the delivery thread
-            except OSError:
-                pass
 
     watchdog = threading.Timer(deadline, expire)
     watchdog.daemon = True

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -391,10 +392,8 @@ class _HTTPServer(ThreadingHTTPServer):
             for connection in late:
                 del self._reading_headers[connection]
         for connection in late:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if late:
             logger.warning("closed %d connection(s) whose request headers took over %.0f s", len(late), self.limits.header_timeout)
         return len(late)
@@ -428,10 +427,8 @@ class _HTTPServer(ThreadingHTTPServer):
             finished = self._state.wait_for(lambda: self._active == 0, timeout)
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if not finished:
             with self._state:
                 finished = self._state.wait_for(lambda: self._active == 0, 1.0)
