@@ -297,10 +297,11 @@ class Credentials:
     """The one user the server accepts; without it, authentication is off.
 
     >>> Credentials("analyst", "s3cret").check("analyst", "s3cret")
-    >>> Credentials("analyst", "s3cret").check("analyst", "nope")
+    >>> Credentials("analyst", "s3cret").check("analyst", "nope")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: analyst: Authentication failed: password is incorrect, or there is no user with such name
+    driftline.stack.chserver_errors.ClickHouseError: analyst: Authentication failed: password is incorrect,
+    or there is no user with such name
     """
 
     user: str
@@ -860,7 +861,8 @@ class _Handler(BaseHTTPRequestHandler):
         logger.log(
             level,
             "query failed code=%s name=%s status=%s session=%s query_id=%s error=%r query=%.500r",
-            err.code, err.name, err.http_status, self._log.get("session"), query_id, err.message, self._log.get("query"),
+            err.code, err.name, err.http_status, self._log.get("session"), query_id, err.message,
+            self._log.get("query"),
             extra={"ch_code": err.code, "ch_name": err.name, "query_id": query_id},
         )  # fmt: skip
         if self._headers_sent:
