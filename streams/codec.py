@@ -510,7 +510,7 @@ class Codec:
     # -- decoding
 
     def decode(self, data: bytes, *, topic: str | None = None) -> Record:
-        """The record in ``data``; ``topic`` (a name like ``"predictions"``, without prefix) also checks it belongs there.
+        """The record in ``data``; ``topic`` (like ``"predictions"``, no prefix) also checks it belongs there.
 
         Raises DecodeError and nothing else (module docstring), ValueError for an unknown topic name.
         """
