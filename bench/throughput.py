@@ -654,7 +654,8 @@ def report(r: RunResult, out: Callable[[str], None]) -> None:
         f"seconds={r.seconds:.2f} windows={w.windows} per_window={w.per_window} "
         f"peak_rss_mib={r.peak_rss_kib / 1024:.0f}")
     out(f"RESULT mode={w.mode} n={w.n} close_to_row_ms p50={percentile(r.close_to_row_ms, 50):.0f} "
-        f"p99={percentile(r.close_to_row_ms, 99):.0f} (computed_at to rows seen by a {WAREHOUSE_POLL_S * 1000:.0f} ms poll); "
+        f"p99={percentile(r.close_to_row_ms, 99):.0f} "
+        f"(computed_at to rows seen by a {WAREHOUSE_POLL_S * 1000:.0f} ms poll); "
         f"worker_log_ms p50={percentile(r.write_ms, 50):.0f} p99={percentile(r.write_ms, 99):.0f} "
         f"(computed_at to the worker's 'written' log line); handle batch p50={ms(r.batch_p50_s)} "
         f"p99={ms(r.batch_p99_s)} ms; window write p50={ms(r.flush_p50_s)} p99={ms(r.flush_p99_s)} ms")
@@ -789,7 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in results.values():
             target = SINGLE_TARGET if r.workload.mode == "single" else BATCHED_TARGET
             ratio = r.events_per_s / target
-            out(f"RATIO throughput mode={r.workload.mode} n={r.workload.n} {r.events_per_s:,.0f}/{target:,.0f} events/s "
+            out(f"RATIO throughput mode={r.workload.mode} n={r.workload.n} "
+                f"{r.events_per_s:,.0f}/{target:,.0f} events/s "
                 f"= {ratio:.2f}x of target {'MET' if ratio >= 1 else 'NOT MET'}")
         if "b1" in results and "b4" in results:
             small, large = results["b1"].peak_rss_kib, results["b4"].peak_rss_kib

@@ -327,23 +327,24 @@ def run(sizes: Sequence[int], repeats: int, evidently_repeats: int, false_alarm_
     for size in sizes:
         windows = [synthetic(size, 20_000 + i) for i in range(repeats)]
         chunks = [w.chunks(CHUNK) for w in windows]
-        cold = median_ms(lambda c: driftline_window(reference, c, stable_seed("cold", size)),
+        cold = median_ms(lambda c, size=size: driftline_window(reference, c, stable_seed("cold", size)),
                          [synthetic(size, 19_999).chunks(CHUNK)])
         methods: dict[str, tuple[Callable[[int], object], int]] = {
-            "driftline": (lambda i: driftline_window(reference, chunks[i], stable_seed(size, i)), repeats),
-            "scipy": (lambda i: scipy_window(scipy_ref, windows[i]), repeats),
-            "scipy-asymp": (lambda i: scipy_window(scipy_ref, windows[i], ks_method="asymp"), repeats),
+            "driftline": (lambda i, chunks=chunks, size=size: driftline_window(reference, chunks[i], stable_seed(size, i)),
+                          repeats),
+            "scipy": (lambda i, windows=windows: scipy_window(scipy_ref, windows[i]), repeats),
+            "scipy-asymp": (lambda i, windows=windows: scipy_window(scipy_ref, windows[i], ks_method="asymp"), repeats),
         }
         if baseline is not None:
             frames = [baseline.frame(w) for w in windows[:evidently_repeats]]
-            methods["evidently"] = (lambda i: baseline.run(frames[i]), len(frames))
+            methods["evidently"] = (lambda i, frames=frames: baseline.run(frames[i]), len(frames))
         profiles = []
         for i, c in enumerate(chunks):
             profile = WindowProfile.empty(reference, seed=stable_seed(size, i))
             for part in c:
                 profile.update(part.numeric, part.categorical, part.predictions)
             profiles.append(profile)
-        methods["evaluate_window"] = (lambda i: evaluate_window(reference, profiles[i]), repeats)
+        methods["evaluate_window"] = (lambda i, profiles=profiles: evaluate_window(reference, profiles[i]), repeats)
         times = interleaved_ms(methods, repeats)
         out(f"EVALUATE window={size} evaluate_window {times['evaluate_window']:.2f} ms/window "
             f"({len(reference.features)} features; the profile already built)")

@@ -453,7 +453,8 @@ def drift_heatmap(table: pa.Table, colors: Mapping[str, str]) -> Heatmap:
         tips = [["" for _ in window_starts] for _ in pairs]
         for r, c in zip(*np.nonzero(np.isfinite(grid))):
             tips[r][c] = (f"{_feature_label(pairs[r][1])} · v{pairs[r][0]} · "
-                          f"{merged[c]} windows {format_time(int(window_starts[c]))}–{format_time(int(window_ends[c]))[11:]} UTC\n"
+                          f"{merged[c]} windows {format_time(int(window_starts[c]))}–"
+                          f"{format_time(int(window_ends[c]))[11:]} UTC\n"
                           f"worst value / threshold: {format_number(float(grid[r, c]))}" + ("  ⚠ drifted" if flagged[r, c] else ""))
     else:
         tips = [["" for _ in window_starts] for _ in pairs]
@@ -606,7 +607,8 @@ def _empty(headline: str, explanation: str) -> str:
 
 def _legend(colors: Mapping[str, str], versions: Sequence[str]) -> str:
     items = "".join(
-        f'<button type="button" class="key" data-toggle="v{escape(v)}"><span class="swatch" style="background:{colors.get(v, PALETTE[-1])}"></span>v{escape(v)}</button>'
+        f'<button type="button" class="key" data-toggle="v{escape(v)}">'
+        f'<span class="swatch" style="background:{colors.get(v, PALETTE[-1])}"></span>v{escape(v)}</button>'
         for v in versions
     )
     return f'<div class="legend" aria-label="versions (click to hide or show)">{items}</div>' if items else ""
@@ -672,7 +674,8 @@ def _drift_section(data: ReportData, domain: Domain | None, markers: Sequence[Ma
                       "(a registered version).")
     else:
         grid = drift_heatmap(data.drift, colors)
-        body = f'<figure class="wide">{heatmap(grid, domain, title="drift per feature and window", markers=markers)}</figure>'
+        figure = heatmap(grid, domain, title="drift per feature and window", markers=markers)
+        body = f'<figure class="wide">{figure}</figure>'
     return _section("drift", "Drift per feature", intro, body, DRIFT)
 
 
@@ -801,7 +804,8 @@ def _timeline_section(data: ReportData, events: Sequence[TimelineEvent], domain:
         for e in events:
             on_chart = "✓" if e.chart_ms is not None and domain is not None and domain.contains(e.chart_ms) else ""
             rows.append(
-                f'<tr class="ev-{escape(e.marker_kind)}"><td>{format_time(e.at_ms)}</td><td><span class="pill {escape(e.kind.replace(":", "-"))}">'
+                f'<tr class="ev-{escape(e.marker_kind)}"><td>{format_time(e.at_ms)}</td>'
+                f'<td><span class="pill {escape(e.kind.replace(":", "-"))}">'
                 f"{escape(e.summary)}</span></td><td>{('v' + escape(e.version)) if e.version else ''}</td>"
                 f"<td>{escape(e.detail)}</td><td class=\"num\">{on_chart}</td></tr>"
             )
@@ -842,7 +846,8 @@ def _lineage_section(data: ReportData, colors: Mapping[str, str]) -> str:
         ("artifact sha256", [_hash(v.artifact_sha256) for v in versions]),
     ]
     head = "".join(
-        f'<th><span class="swatch" style="background:{colors.get(v.version, PALETTE[-1])}"></span>v{escape(v.version)}</th>'
+        f'<th><span class="swatch" style="background:{colors.get(v.version, PALETTE[-1])}"></span>'
+        f"v{escape(v.version)}</th>"
         for v in versions
     )
     rows = "".join(f"<tr><th scope=\"row\">{escape(name)}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>" for name, cells in fields)
@@ -851,7 +856,8 @@ def _lineage_section(data: ReportData, colors: Mapping[str, str]) -> str:
         history = '<p class="intro">Champions, oldest first (rollbacks walk back along this list): ' + " → ".join(
             f"v{escape(v)}" for v in data.champion_history) + "</p>"
     more = f'<p class="intro">{hidden} older version(s) not shown.</p>' if hidden > 0 else ""
-    body = f'{history}<div class="scroll"><table class="lineage"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table></div>{more}'
+    body = (f'{history}<div class="scroll"><table class="lineage"><thead><tr><th></th>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>{more}")
     return _section("lineage", "Lineage", intro, body, VERSIONS if data.lineage_source == "warehouse mirror" else ())
 
 
@@ -868,10 +874,13 @@ def _range(start: int | None, end: int | None) -> str:
 def _mapping(values: Mapping[str, Any]) -> str:
     if not values:
         return "–"
-    return "<br>".join(
-        f"{escape(str(k))} = {escape(format_number(v) if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v)}"
-        for k, v in sorted(values.items())
-    )
+    return "<br>".join(f"{escape(str(k))} = {escape(_mapping_value(v))}" for k, v in sorted(values.items()))
+
+
+def _mapping_value(value: Any) -> str:
+    if isinstance(value, float):
+        return format_number(value)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _request(request_id: str | None, requests: Mapping[str, Mapping[str, Any]]) -> str:
@@ -888,7 +897,8 @@ def _evidence(evidence: Sequence[Evidence]) -> str:
         return "–"
     items = "".join(
         f"<li>{escape(e.metric)}({escape(_feature_label(e.feature))}) = {escape(format_number(e.value))} &gt; "
-        f"{escape(format_number(e.threshold))} in {format_time(e.window_start)[11:16]}–{format_time(e.window_end)[11:16]}</li>"
+        f"{escape(format_number(e.threshold))} in "
+        f"{format_time(e.window_start)[11:16]}–{format_time(e.window_end)[11:16]}</li>"
         for e in evidence
     )
     return f'<ul class="evidence">{items}</ul>'
@@ -897,7 +907,8 @@ def _evidence(evidence: Sequence[Evidence]) -> str:
 _CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--card:#fff;--accent:#2563eb}
 *{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+body{margin:0;background:var(--bg);color:var(--ink);
+  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
 main{max-width:1040px;margin:0 auto;padding:24px 20px 40px}
 h1{font-size:24px;margin:0 0 4px}
 h2{font-size:18px;margin:0 0 6px}
@@ -927,7 +938,8 @@ svg .threshold text{fill:#dc2626;font-size:10px}
 svg .cell.flagged,svg .flag-sample{stroke:#111827;stroke-width:1.3}
 svg .mark.point{stroke:#fff;stroke-width:.6}
 .legend{display:flex;flex-wrap:wrap;gap:6px;margin:6px 0}
-.legend .key{font:inherit;font-size:12px;border:1px solid var(--line);border-radius:999px;background:#fff;padding:2px 10px;display:inline-flex;align-items:center;gap:6px}
+.legend .key{font:inherit;font-size:12px;border:1px solid var(--line);border-radius:999px;background:#fff;
+  padding:2px 10px;display:inline-flex;align-items:center;gap:6px}
 .legend button.key{cursor:pointer}
 .legend .key.off{opacity:.4;text-decoration:line-through}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;vertical-align:middle;margin-right:4px}

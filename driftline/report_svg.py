@@ -11,7 +11,7 @@ them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
@@ -215,8 +215,10 @@ def time_ticks(domain: Domain, target: int = 8) -> list[tuple[int, str]]:
 def format_number(value: float) -> str:
     """A short human form of a number for labels and tooltips.
 
-    >>> format_number(0.123456), format_number(52000.0), format_number(200.0), format_number(float("nan")), format_number(3e-05)
-    ('0.1235', '52,000', '200', '–', '3e-05')
+    >>> format_number(0.123456), format_number(52000.0), format_number(200.0)
+    ('0.1235', '52,000', '200')
+    >>> format_number(float("nan")), format_number(3e-05)
+    ('–', '3e-05')
     """
     if value is None or not math.isfinite(value):
         return "–"
@@ -301,6 +303,21 @@ def _svg_open(width: int, height: int, label: str) -> str:
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'width="100%" role="img" aria-label="{escape(label)}" font-size="{_FONT}">'
     )
+
+
+def _value_axis(frame: _Frame, ticks: np.ndarray, y: Callable[[float], np.ndarray], unit: str) -> list[str]:
+    """Grid lines and labels at ``ticks`` (placed by ``y``), and the ``unit`` above the axis."""
+    out = []
+    for t in ticks:
+        yy = float(y(float(t)))
+        out.append(f'<line class="grid" x1="{frame.left}" y1="{yy:.1f}" x2="{frame.width - frame.right}" y2="{yy:.1f}"/>')
+        out.append(
+            f'<text class="tick-label" x="{frame.left - 6}" y="{yy + 4:.1f}" text-anchor="end">'
+            f"{escape(format_number(float(t)))}</text>"
+        )
+    if unit:
+        out.append(f'<text class="unit" x="4" y="{frame.top - 4}">{escape(unit)}</text>')
+    return out
 
 
 def _time_axis(frame: _Frame) -> list[str]:
@@ -400,12 +417,7 @@ def line_chart(
         return frame.top + (1 - (np.asarray(v, dtype=np.float64) - y_lo) / (y_hi - y_lo)) * frame.plot_h
 
     out = [_svg_open(width, height, title or "line chart")]
-    for t in ticks:
-        yy = float(y(t))
-        out.append(f'<line class="grid" x1="{frame.left}" y1="{yy:.1f}" x2="{width - frame.right}" y2="{yy:.1f}"/>')
-        out.append(f'<text class="tick-label" x="{frame.left - 6}" y="{yy + 4:.1f}" text-anchor="end">{escape(format_number(float(t)))}</text>')
-    if unit:
-        out.append(f'<text class="unit" x="4" y="{frame.top - 4}">{escape(unit)}</text>')
+    out.extend(_value_axis(frame, ticks, y, unit))
     out.extend(_time_axis(frame))
     for value, label in thresholds:
         yy = float(y(value))
@@ -443,7 +455,8 @@ def _series(s: Series, frame: _Frame, y) -> str:
         for at, value, x, yy in zip(xs, ys, px, py):
             out.append(
                 f'<circle class="mark point" cx="{x:.1f}" cy="{yy:.1f}" r="2.4" fill="{s.color}">'
-                f"<title>{escape(s.label)} · {format_time(int(at))} · {escape(format_number(float(value)))}</title></circle>"
+                f"<title>{escape(s.label)} · {format_time(int(at))} · "
+                f"{escape(format_number(float(value)))}</title></circle>"
             )
     out.append("</g>")
     return "".join(out)
@@ -484,7 +497,8 @@ def heatmap(
         y_top = top + row * row_height
         out.append(
             f'<g class="group"><rect x="2" y="{y_top + 1}" width="{group_w - 8}" height="{count * row_height - 2}" '
-            f'rx="3" fill="{color}" opacity="0.14"/><text x="{(group_w - 6) / 2:.1f}" y="{y_top + count * row_height / 2 + 4:.1f}" '
+            f'rx="3" fill="{color}" opacity="0.14"/>'
+            f'<text x="{(group_w - 6) / 2:.1f}" y="{y_top + count * row_height / 2 + 4:.1f}" '
             f'text-anchor="middle" fill="{color}" font-weight="700">{escape(label)}</text></g>'
         )
         if row:
@@ -492,7 +506,10 @@ def heatmap(
         row += count
     for i, name in enumerate(grid.rows):
         y_top = top + i * row_height
-        out.append(f'<text class="row-label" x="{left - 6}" y="{y_top + row_height / 2 + 4:.1f}" text-anchor="end">{escape(name)}</text>')
+        out.append(
+            f'<text class="row-label" x="{left - 6}" y="{y_top + row_height / 2 + 4:.1f}" text-anchor="end">'
+            f"{escape(name)}</text>"
+        )
         present = np.flatnonzero(np.isfinite(grid.scores[i]))
         for j in present:
             w = max(float(x1[j] - x0[j]) - 1.0, 1.0)
@@ -548,12 +565,7 @@ def bar_chart(
         return frame.top + (1 - np.asarray(v, dtype=np.float64) / y_hi) * frame.plot_h
 
     out = [_svg_open(width, height, title or "bar chart")]
-    for t in ticks:
-        yy = float(y(t))
-        out.append(f'<line class="grid" x1="{frame.left}" y1="{yy:.1f}" x2="{width - frame.right}" y2="{yy:.1f}"/>')
-        out.append(f'<text class="tick-label" x="{frame.left - 6}" y="{yy + 4:.1f}" text-anchor="end">{escape(format_number(float(t)))}</text>')
-    if unit:
-        out.append(f'<text class="unit" x="4" y="{frame.top - 4}">{escape(unit)}</text>')
+    out.extend(_value_axis(frame, ticks, y, unit))
     out.extend(_time_axis(frame))
     x0 = frame.x(bars.starts)
     bar_w = max(float(frame.x(bars.starts[0] + bars.width_ms) - x0[0]) - 1.5, 1.0) if len(bars.starts) else 0.0

@@ -11,10 +11,11 @@ resolves only what an :class:`Allowlist` names and refuses the rest with
 >>> restricted_loads(pickle.dumps(collections.Counter("aab")), allow)
 Counter({'a': 2, 'b': 1})
 >>> import os
->>> restricted_loads(pickle.dumps(os.getcwd), allow)
+>>> restricted_loads(pickle.dumps(os.getcwd), allow)  # doctest: +NORMALIZE_WHITESPACE
 Traceback (most recent call last):
 ...
-driftline.unpickling.PickleNotAllowed: posix.getcwd is not allowed in a test artifact: its allowlist names only collections; if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist
+driftline.unpickling.PickleNotAllowed: posix.getcwd is not allowed in a test artifact:
+its allowlist names only collections; if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class Evaluation:
     >>> ev = evaluate("classification", y, y, y, np.array([0.9, 0.2, 0.4, 0.1]), logged, PromotionRule())
     >>> ev.holdout["accuracy"], ev.compared_rows, ev.challenger_compared["accuracy"], ev.champion_metrics["accuracy"]
     (0.75, 2, 1.0, 1.0)
-    >>> print(ev.summary())  # doctest: +ELLIPSIS
-    challenger accuracy 0.75 on 4 holdout rows; champion v1 (logged predictions) 1 vs challenger 1 on 2 rows: promote: ...
+    >>> print(ev.summary())  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    challenger accuracy 0.75 on 4 holdout rows;
+    champion v1 (logged predictions) 1 vs challenger 1 on 2 rows: promote: ...
     """
 
     task: Task

@@ -57,7 +57,8 @@ def dropped_features(table: pa.Table) -> tuple[DroppedFeature, ...]:
     """What the warehouse left out of a snapshot table, as its schema metadata says (empty: nothing).
 
     >>> t = pa.table({"x": [1]}).replace_schema_metadata(
-    ...     {SNAPSHOT_DROPPED_KEY: b'[{"feature": "x", "kind": "categorical", "reason": "feature_kind_conflict", "values": 1}]'})
+    ...     {SNAPSHOT_DROPPED_KEY: b'[{"feature": "x", "kind": "categorical", '
+    ...                            b'"reason": "feature_kind_conflict", "values": 1}]'})
     >>> [str(d) for d in dropped_features(t)]
     ["categorical feature 'x' (feature_kind_conflict, 1 values)"]
     """

@@ -38,7 +38,8 @@ class TrainerError(RuntimeError):
 class TrainingSet:
     """Feature columns, labels and event times of one snapshot (or its holdout part).
 
-    >>> ts = TrainingSet({"x": np.array([1.0, 2.0])}, {"c": np.array(["a", "b"])}, np.array([0.0, 1.0]), np.array([1, 2]))
+    >>> ts = TrainingSet({"x": np.array([1.0, 2.0])}, {"c": np.array(["a", "b"])},
+    ...                  np.array([0.0, 1.0]), np.array([1, 2]))
     >>> ts.n, ts.frame().columns.tolist()
     (2, ['x', 'c'])
     """
@@ -161,10 +162,13 @@ def load_model(artifact: bytes, allow: Allowlist | None = None) -> Any:
     The artifact store verifies the bytes' sha256 (integrity); this limits what they may do (trust).
 
     >>> import os
-    >>> load_model(pickle.dumps(os.getcwd))  # doctest: +ELLIPSIS
+    >>> load_model(pickle.dumps(os.getcwd))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    retrainer.trainers.ArtifactNotAllowed: posix.getcwd is not allowed in a model artifact (allowlist of train_river_linear): its allowlist names only river, ...; if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist: set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)
+    retrainer.trainers.ArtifactNotAllowed: posix.getcwd is not allowed in a model artifact
+    (allowlist of train_river_linear): its allowlist names only river, ...;
+    if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist:
+    set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)
     """
     try:
         return restricted_loads(artifact, allow or artifact_allowlist(train_river_linear))

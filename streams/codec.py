@@ -71,7 +71,7 @@ import reprlib
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
@@ -96,10 +96,10 @@ from streams.records import (
     RetrainRequest,
 )
 
-Record = Union[
-    PredictionEvent, PredictionBatch, FeatureEvent, FeatureBatch, LabelEvent,
-    RetrainRequest, ModelEvent, DriftReport, Alert,
-]
+Record = (
+    PredictionEvent | PredictionBatch | FeatureEvent | FeatureBatch | LabelEvent
+    | RetrainRequest | ModelEvent | DriftReport | Alert
+)
 
 DECODE_ERROR_REASONS = frozenset({
     "empty", "unknown_encoding", "truncated", "unknown_fingerprint", "avro_body", "schema_resolution",
@@ -510,7 +510,7 @@ class Codec:
     # -- decoding
 
     def decode(self, data: bytes, *, topic: str | None = None) -> Record:
-        """The record in ``data``; ``topic`` (a name like ``"predictions"``, without prefix) also checks it belongs there.
+        """The record in ``data``; ``topic`` (like ``"predictions"``, no prefix) also checks it belongs there.
 
         Raises DecodeError and nothing else (module docstring), ValueError for an unknown topic name.
         """

@@ -48,6 +48,7 @@ logged (``driftline.codec``), so that a bug costs speed, never a message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -1017,10 +1018,8 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
         nuls = int(ends_before[hi - 1] - (ends_before[lo - 1] if lo else 0))
         pieces: list[str] | None = None
         if flat.count(0) == nuls:
-            try:
+            with contextlib.suppress(UnicodeDecodeError):  # pieces stays None: the per-item path below
                 pieces = flat.decode("utf-8").split("\x00")
-            except UnicodeDecodeError:
-                pass
         if pieces is None:
             if b - a == 1:
                 return one(a)

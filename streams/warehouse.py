@@ -512,7 +512,7 @@ class Warehouse:
     # ---- what the worker and the retrainer read --------------------------
 
     def retrain_request_status(self, request_id: str) -> dict[str, Any] | None:
-        """The latest ``status``, ``error`` and ``registered_version`` of a retrain request, or None if it has no row."""
+        """The latest ``status``, ``error`` and ``registered_version`` of a retrain request (None: no row)."""
         rows = self.query_rows(
             "SELECT toString(status) AS status, error, registered_version FROM retrain_requests FINAL "
             "WHERE request_id = {request_id:String}",
@@ -538,7 +538,8 @@ class Warehouse:
         """
         rows = self.query_rows(
             "SELECT base64Encode(state) AS state FROM detector_states "
-            "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND stream = {stream:String} "
+            "WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
+            "AND stream = {stream:String} "
             "AND window_end <= fromUnixTimestamp64Milli({at:Int64}, 'UTC') ORDER BY window_end DESC LIMIT 1",
             {"model_id": model_id, "model_version": model_version, "stream": stream, "at": int(at_or_before_ms)},
         )

@@ -30,7 +30,8 @@ RETRAIN_REASONS = ("drift", "performance", "schedule", "manual")
 ALERT_SEVERITIES = ("info", "warning", "critical")
 PROFILE_KINDS = ("numeric", "categorical")
 DETECTOR_STREAMS = ("score", "error")
-# rejected_events keeps the head of a bad message: enough to diagnose it, bounded so a huge message cannot bloat the table.
+# rejected_events keeps the head of a bad message: enough to diagnose it, bounded so a huge message
+# cannot bloat the table.
 MAX_RAW_BYTES = 64 * 1024
 
 # Field names that hold epoch milliseconds, in every row type.
@@ -106,7 +107,10 @@ class WindowProfileRow:
         if len(self.quantile_levels) != len(self.quantiles):
             raise ValueError(f"{len(self.quantile_levels)} quantile levels but {len(self.quantiles)} quantiles")
         if len(self.histogram) and len(self.bin_edges) != len(self.histogram) + 1:
-            raise ValueError(f"a histogram of {len(self.histogram)} bins needs {len(self.histogram) + 1} bin edges, not {len(self.bin_edges)}")
+            raise ValueError(
+                f"a histogram of {len(self.histogram)} bins needs {len(self.histogram) + 1} bin edges, "
+                f"not {len(self.bin_edges)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ mrkdwn, so a model id cannot inject a mention or a link.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -100,10 +101,11 @@ def post_json(url: str, body: bytes, *, deadline: float) -> int:
     shuts the socket when it passes, so a reply trickled one byte a second cannot hold the attempt
     longer. Redirects are not followed. Raises :class:`WebhookError` (never the URL's path or password).
 
-    >>> post_json("http://127.0.0.1:9/hook", b"{}", deadline=0.5)
+    >>> post_json("http://127.0.0.1:9/hook", b"{}", deadline=0.5)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    streams.webhook.WebhookError: cannot reach the webhook at 127.0.0.1:9: ConnectionRefusedError: [Errno 111] Connection refused
+    streams.webhook.WebhookError: cannot reach the webhook at 127.0.0.1:9:
+    ConnectionRefusedError: [Errno 111] Connection refused
     """
     parts = urllib.parse.urlsplit(url)
     target = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
@@ -119,10 +121,8 @@ def post_json(url: str, body: bytes, *, deadline: float) -> int:
         expired.set()
         sock = conn.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)  # wakes a read blocked in the delivery thread
-            except OSError:
-                pass
 
     watchdog = threading.Timer(deadline, expire)
     watchdog.daemon = True

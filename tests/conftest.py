@@ -80,7 +80,7 @@ class WarehouseServer:
         self.password_file = root / "clickhouse.password"
         self.password_file.write_text(self.password + "\n")
         self.password_file.chmod(0o600)
-        self._log = open(root / "chserver.log", "ab")
+        self._log = open(root / "chserver.log", "ab")  # noqa: SIM115 - the server writes it until stop() closes it
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(self.port),
              "--password-file", str(self.password_file)],

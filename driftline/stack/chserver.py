@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -296,10 +297,11 @@ class Credentials:
     """The one user the server accepts; without it, authentication is off.
 
     >>> Credentials("analyst", "s3cret").check("analyst", "s3cret")
-    >>> Credentials("analyst", "s3cret").check("analyst", "nope")
+    >>> Credentials("analyst", "s3cret").check("analyst", "nope")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: analyst: Authentication failed: password is incorrect, or there is no user with such name
+    driftline.stack.chserver_errors.ClickHouseError: analyst: Authentication failed: password is incorrect,
+    or there is no user with such name
     """
 
     user: str
@@ -391,10 +393,8 @@ class _HTTPServer(ThreadingHTTPServer):
             for connection in late:
                 del self._reading_headers[connection]
         for connection in late:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if late:
             logger.warning("closed %d connection(s) whose request headers took over %.0f s", len(late), self.limits.header_timeout)
         return len(late)
@@ -428,10 +428,8 @@ class _HTTPServer(ThreadingHTTPServer):
             finished = self._state.wait_for(lambda: self._active == 0, timeout)
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if not finished:
             with self._state:
                 finished = self._state.wait_for(lambda: self._active == 0, 1.0)
@@ -863,7 +861,8 @@ class _Handler(BaseHTTPRequestHandler):
         logger.log(
             level,
             "query failed code=%s name=%s status=%s session=%s query_id=%s error=%r query=%.500r",
-            err.code, err.name, err.http_status, self._log.get("session"), query_id, err.message, self._log.get("query"),
+            err.code, err.name, err.http_status, self._log.get("session"), query_id, err.message,
+            self._log.get("query"),
             extra={"ch_code": err.code, "ch_name": err.name, "query_id": query_id},
         )  # fmt: skip
         if self._headers_sent:

@@ -218,7 +218,8 @@ def decode_native_blocks(chunks: Iterable[bytes], max_bytes: int | None = None) 
     """The payload of a ``decompress=1`` body: ClickHouse-compressed blocks, one after another.
 
     >>> def block(method, payload, raw):
-    ...     return bytes(16) + bytes([method]) + (9 + len(payload)).to_bytes(4, "little") + len(raw).to_bytes(4, "little") + payload
+    ...     sizes = (9 + len(payload)).to_bytes(4, "little") + len(raw).to_bytes(4, "little")
+    ...     return bytes(16) + bytes([method]) + sizes + payload
     >>> body = block(0x82, lz4.block.compress(b"hello", store_size=False), b"hello") + block(0x02, b"!", b"!")
     >>> b"".join(decode_native_blocks([body[:10], body[10:]]))
     b'hello!'
@@ -237,7 +238,8 @@ def decode_native_blocks(chunks: Iterable[bytes], max_bytes: int | None = None) 
             if raw_size > BOMB_FLOOR and raw_size > BOMB_RATIO * size:
                 raise ClickHouseError(
                     TOO_MANY_ROWS_OR_BYTES,
-                    f"A compressed block of {size} bytes claims {raw_size} decompressed: refused as a decompression bomb",
+                    f"A compressed block of {size} bytes claims {raw_size} decompressed: "
+                    "refused as a decompression bomb",
                 )
             total += raw_size  # checked before the block is decompressed: the header says how big it will be
             if max_bytes is not None and total > max_bytes:

@@ -51,8 +51,10 @@ _LC_INDEX_SIZES = (1, 2, 4, 8)
 class DataType:
     """A ClickHouse type name parsed into its name and arguments.
 
-    >>> DataType.parse("Map(String, Array(Nullable(DateTime64(3, 'UTC'))))").args[1].args[0]
-    DataType(name='Nullable', args=(DataType(name='DateTime64', args=(DataType(name='3', args=()), DataType(name="'UTC'", args=()))),))
+    >>> nested = DataType.parse("Map(String, Array(Nullable(DateTime64(3, 'UTC'))))")
+    >>> nested.args[1].args[0]  # doctest: +NORMALIZE_WHITESPACE
+    DataType(name='Nullable',
+             args=(DataType(name='DateTime64', args=(DataType(name='3', args=()), DataType(name="'UTC'", args=()))),))
     >>> [a.name for a in DataType.parse("Tuple(a String, `b c` UInt8)").args]
     ['String', 'UInt8']
     """

@@ -361,18 +361,21 @@ class Confinement:
 
     >>> box = Confinement(max_execution_time=60)
     >>> box.check("SELECT count() FROM numbers(10) SETTINGS max_execution_time = 5")
-    >>> box.check("select * from/**/`FILE` ('/etc/passwd', 'LineAsString')")
+    >>> box.check("select * from/**/`FILE` ('/etc/passwd', 'LineAsString')")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: FILE(...) is not allowed on this server: it reads files or reaches the network
-    >>> box.check("SELECT 1 INTO OUTFILE '/tmp/x'")
+    driftline.stack.chserver_errors.ClickHouseError: FILE(...) is not allowed on this server:
+    it reads files or reaches the network
+    >>> box.check("SELECT 1 INTO OUTFILE '/tmp/x'")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: INTO OUTFILE and FROM INFILE are not allowed on this server: they reach files outside its data folder
-    >>> box.check_settings({"max_execution_time": "0"})
+    driftline.stack.chserver_errors.ClickHouseError: INTO OUTFILE and FROM INFILE are not allowed on this server:
+    they reach files outside its data folder
+    >>> box.check_settings({"max_execution_time": "0"})  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: max_execution_time must be between 0 and 60 seconds on this server (0, no limit, is not allowed), not '0'
+    driftline.stack.chserver_errors.ClickHouseError: max_execution_time must be between 0 and 60 seconds on this server
+    (0, no limit, is not allowed), not '0'
     """
 
     max_execution_time: float
@@ -392,7 +395,8 @@ class Confinement:
             word = token.upper(buf)
             if word in ("OUTFILE", "INFILE"):
                 raise _refused(
-                    "INTO OUTFILE and FROM INFILE are not allowed on this server: they reach files outside its data folder"
+                    "INTO OUTFILE and FROM INFILE are not allowed on this server: "
+                    "they reach files outside its data folder"
                 )
             if nxt is not None and nxt.kind == "symbol" and buf[nxt.start] == 0x28:  # name(
                 name = _name(buf, token)

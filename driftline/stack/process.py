@@ -7,6 +7,7 @@ while starting is reported with the tail of its log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -129,10 +130,8 @@ def _alive(pid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def wait_until(ready: Callable[[], bool], timeout: float, process: ManagedProcess, what: str) -> None:

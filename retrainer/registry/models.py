@@ -43,10 +43,11 @@ def version_number(version: int | str) -> int:
 
     >>> version_number("3"), version_number(3)
     (3, 3)
-    >>> version_number("v3")
+    >>> version_number("v3")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    retrainer.registry.errors.InvalidVersionError: invalid version 'v3': versions are whole numbers from 1 ("1", "2", ...)
+    retrainer.registry.errors.InvalidVersionError: invalid version 'v3':
+    versions are whole numbers from 1 ("1", "2", ...)
     """
     if isinstance(version, bool):
         number = None

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Hold:
-    """A message waits until window ``(model_id, model_version, ...)`` of ``stream`` is closed through ``window_end``."""
+    """A message held until window ``(model_id, model_version, ...)`` of ``stream`` closes through ``window_end``."""
 
     stream: str
     model_id: str

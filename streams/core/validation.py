@@ -147,7 +147,8 @@ def _event_time_problem(earliest: int, latest: int, now_ms: int, max_future_ms: 
     if latest > now_ms + max_future_ms:
         return Rejection(
             FUTURE_EVENT_TIME,
-            f"event_time {latest} is {(latest - now_ms) / 1000:.0f} s ahead of the clock (at most {max_future_ms / 1000:.0f} s allowed)",
+            f"event_time {latest} is {(latest - now_ms) / 1000:.0f} s ahead of the clock "
+            f"(at most {max_future_ms / 1000:.0f} s allowed)",
         )
     return None
 

@@ -328,7 +328,8 @@ def test_demo_closes_the_loop_end_to_end(kafka_settings: Settings, warehouse_url
         versions = wh.query_rows("SELECT version, status, aliases, request_id, parent_version FROM model_versions FINAL "
                                  "WHERE model_id = {m:String} ORDER BY version", p)
         served = {r["model_version"]: r["n"] for r in wh.query_rows(
-            "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} GROUP BY model_version", p)}
+            "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} "
+            "GROUP BY model_version", p)}
         accuracy = {r["model_version"]: r["n"] for r in wh.query_rows(
             "SELECT model_version, count() AS n FROM performance_metrics FINAL WHERE model_id = {m:String} "
             "AND metric = 'accuracy' AND segment = '' GROUP BY model_version", p)}

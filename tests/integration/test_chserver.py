@@ -327,9 +327,10 @@ def test_native_walker_finds_every_block_boundary(server: ServerProcess) -> None
 def test_param_binding(server: ServerProcess, client) -> None:
     got = query(server.port, "SELECT {x:UInt32} + 1, {s:String}, {a:Array(UInt8)}", param_x="41", param_s="it's", param_a="[1,2]")
     assert got == "42\tit\\'s\t[1,2]\n"
+    at = dt.datetime(2024, 5, 6, 7, 8, 9, 123000)
     row = client.query("SELECT {a:String}, {n:Int64}, {t:DateTime64(3, 'UTC')}",
-                       parameters={"a": "x'y", "n": -5, "t": dt.datetime(2024, 5, 6, 7, 8, 9, 123000)}).result_rows[0]  # fmt: skip
-    assert row == ("x'y", -5, dt.datetime(2024, 5, 6, 7, 8, 9, 123000))
+                       parameters={"a": "x'y", "n": -5, "t": at}).result_rows[0]
+    assert row == ("x'y", -5, at)
     long_value = "v" * 10_000  # past clickhouse-connect's URL budget: sent as a multipart form
     assert client.query("SELECT length({s:String})", parameters={"s": long_value}).result_rows == [(10_000,)]
 
@@ -340,7 +341,8 @@ def test_param_binding(server: ServerProcess, client) -> None:
 def test_sync_client_round_trips_types(client, db: str) -> None:
     assert client.protocol_version == 54405 and client.server_version  # block info in Native replies
     client.command(
-        "CREATE TABLE events (id UInt64, ts DateTime64(3, 'UTC'), score Nullable(Float64), region LowCardinality(String), "
+        "CREATE TABLE events (id UInt64, ts DateTime64(3, 'UTC'), score Nullable(Float64), "
+        "region LowCardinality(String), "
         "tags Map(String, Float64), names Array(String), note String) ENGINE = MergeTree ORDER BY id"
     )
     base = dt.datetime(2024, 2, 29, 23, 59, 58, tzinfo=UTC)

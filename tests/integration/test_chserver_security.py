@@ -33,6 +33,7 @@ from tests.integration.test_chserver import (
 pytestmark = pytest.mark.warehouse
 
 SECRET = "driftline-secret-" + uuid.uuid4().hex
+FLAT = "LAYOUT(FLAT()) LIFETIME(0)"  # the dictionary layout every hostile dictionary below uses
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +126,16 @@ def hostile_statements(secret: Path, outfile: Path, port: int) -> list[str]:
         f"CREATE TABLE leak (line String) ENGINE=URL('{url}', LineAsString)",
         f"CREATE TABLE leak (line String) ENGINE = S3('{url}/a', 'LineAsString')",
         "CREATE TABLE leak (line String) ENGINE = Executable('cat', 'TSV')",
-        f"CREATE TABLE leak (a UInt8) ENGINE = MergeTree ORDER BY a SETTINGS disk = disk(type = local, path = '{outfile.parent}/')",
+        "CREATE TABLE leak (a UInt8) ENGINE = MergeTree ORDER BY a "
+        f"SETTINGS disk = disk(type = local, path = '{outfile.parent}/')",
         f"CREATE TABLE leak AS file('{secret}', 'LineAsString')",
         f"CREATE DATABASE leak ENGINE = Filesystem('{secret.parent}')",
-        f"CREATE DICTIONARY d (line String) PRIMARY KEY line SOURCE(HTTP(url '{url}' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
-        f"CREATE DICTIONARY d (line String) PRIMARY KEY line SOURCE(FILE(path '{secret}' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
-        "CREATE DICTIONARY d (a UInt64) PRIMARY KEY a SOURCE(EXECUTABLE(command 'cat' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
-        f"CREATE DICTIONARY d (a UInt64) PRIMARY KEY a SOURCE(CLICKHOUSE(HOST '127.0.0.1' PORT {port} TABLE 't')) LAYOUT(FLAT()) LIFETIME(0)",
-        "CREATE DICTIONARY d (a UInt64) PRIMARY KEY a SOURCE(CLICKHOUSE(QUERY 'SELECT 1')) LAYOUT(FLAT()) LIFETIME(0)",
+        f"CREATE DICTIONARY d (line String) PRIMARY KEY line SOURCE(HTTP(url '{url}' format 'TSV')) {FLAT}",
+        f"CREATE DICTIONARY d (line String) PRIMARY KEY line SOURCE(FILE(path '{secret}' format 'TSV')) {FLAT}",
+        f"CREATE DICTIONARY d (a UInt64) PRIMARY KEY a SOURCE(EXECUTABLE(command 'cat' format 'TSV')) {FLAT}",
+        "CREATE DICTIONARY d (a UInt64) PRIMARY KEY a "
+        f"SOURCE(CLICKHOUSE(HOST '127.0.0.1' PORT {port} TABLE 't')) {FLAT}",
+        f"CREATE DICTIONARY d (a UInt64) PRIMARY KEY a SOURCE(CLICKHOUSE(QUERY 'SELECT 1')) {FLAT}",
         "SYSTEM RELOAD CONFIG",
         "system flush logs",
         f"BACKUP TABLE system.one TO File('{outfile}')",
@@ -281,7 +284,8 @@ def test_execution_time_limit(locked: ServerProcess) -> None:
     assert reply.headers["X-ClickHouse-Exception-Code"] == "159" and "TIMEOUT_EXCEEDED" in reply.text
     assert time.perf_counter() - started < 10
     for lifted in (slow + " SETTINGS max_execution_time = 0", slow + " SETTINGS max_execution_time = 100",
-                   "SET max_execution_time = DEFAULT", "SELECT * FROM (SELECT 1 SETTINGS max_execution_time=0)"):  # fmt: skip
+                   "SET max_execution_time = DEFAULT",
+                   "SELECT * FROM (SELECT 1 SETTINGS max_execution_time=0)"):  # fmt: skip
         refused(request(port, "POST", {"session_id": "t1"}, lifted), 497)
     refused(request(port, "POST", {"max_execution_time": "0"}, "SELECT 1"), 497)
     assert request(port, "POST", {"max_execution_time": "2"}, "SELECT getSetting('max_execution_time')").text == "2\n"

@@ -65,10 +65,14 @@ def expand(sql: str, *, start_ms: int, end_ms: int, interval_ms: int, variables:
             "fromTime_ms": f"fromUnixTimestamp64Milli({start_ms})",
             "toTime_ms": f"fromUnixTimestamp64Milli({end_ms})",
             "timeFilter": f"{column} >= toDateTime({from_s}) AND {column} <= toDateTime({to_s})",
-            "timeFilter_ms": f"{column} >= fromUnixTimestamp64Milli({start_ms}) AND {column} <= fromUnixTimestamp64Milli({end_ms})",
+            "timeFilter_ms": (
+                f"{column} >= fromUnixTimestamp64Milli({start_ms}) AND {column} <= fromUnixTimestamp64Milli({end_ms})"
+            ),
             "dateFilter": f"{column} >= toDate('{_day(start_ms)}') AND {column} <= toDate('{_day(end_ms)}')",
             "timeInterval": f"toStartOfInterval(toDateTime({column}), INTERVAL {seconds} second)",
-            "timeInterval_ms": f"toStartOfInterval(toDateTime64({column}, 3), INTERVAL {max(interval_ms, 1)} millisecond)",
+            "timeInterval_ms": (
+                f"toStartOfInterval(toDateTime64({column}, 3), INTERVAL {max(interval_ms, 1)} millisecond)"
+            ),
             "interval_s": f"{seconds}",
         }
         if name not in table:

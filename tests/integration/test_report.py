@@ -133,7 +133,8 @@ def test_report_draws_what_the_data_holds(html: str, seeded: Seeded, warehouse: 
         "WHERE model_id = {m:String})", {"m": run.model_id})[0]["n"]
     assert _count(r'class="mark cell(?: flagged)?"', html) == cells
     assert _count(r'class="mark cell flagged"', html) == sum(run.drifted_windows.values())
-    # prediction drift: psi, ks, wasserstein, adwin; performance: five metrics; latency: three percentiles; a line per version
+    # prediction drift: psi, ks, wasserstein, adwin; performance: five metrics; latency: three percentiles;
+    # a line per version
     assert _count(r'class="mark line"', html) == 2 * (4 + 5 + 3)
     assert _count(r'class="mark bar"', html) > 0
     for label in ("retrain (drift)", "v2 registered", "v2 promoted", "v2 serves"):

@@ -120,7 +120,7 @@ def test_unreachable_broker_never_blocks_or_raises() -> None:
     features = {f"f{j}": float(j) for j in range(10)} | {"c": "x"}
     slowest = 0.0
     started = time.perf_counter()
-    for i in range(100_000):
+    for _ in range(100_000):
         t = time.perf_counter()
         logger.log_prediction("m", "1", features=features, prediction=0.5)
         slowest = max(slowest, time.perf_counter() - t)

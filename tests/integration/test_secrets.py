@@ -51,27 +51,26 @@ def guarded_warehouse() -> Iterator[int]:
     """An embedded ClickHouse server that accepts only user ``driftline`` with ``CH_SECRET``: its port."""
     root = Path(tempfile.mkdtemp(prefix="driftline-secrets-ch-"))
     port = free_port()
-    log = open(root / "chserver.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(port),
-         "--user", "driftline", "--password", CH_SECRET],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_answers("127.0.0.1", port):
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "chserver.log").read_text()[-2000:]
-            time.sleep(0.1)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with open(root / "chserver.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(port),
+             "--user", "driftline", "--password", CH_SECRET],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+            deadline = time.monotonic() + 60
+            while not port_answers("127.0.0.1", port):
+                assert proc.poll() is None and time.monotonic() < deadline, (root / "chserver.log").read_text()[-2000:]
+                time.sleep(0.1)
+            yield port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +157,7 @@ def _child_env() -> dict[str, str]:
 def _start_worker(env: WorkerEnv, name: str, app_id: str, extra_env: dict[str, str]) -> WorkerProcess:
     port = free_port()
     log_path = env.tmp / f"{name}.log"
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 - the worker writes it; WorkerProcess owns and closes it
     s = env.settings
     argv = [sys.executable, "-m", "driftline.cli", "-v", "--kafka", s.kafka_bootstrap, "--topic-prefix", s.topic_prefix,
             "--warehouse", s.warehouse, "--registry", s.registry, "--artifacts", s.artifacts, "--policy", str(s.policy),

@@ -112,7 +112,8 @@ def test_contract_columns_and_engines(warehouse: Warehouse) -> None:
         "drifted": "UInt8", "n_reference": "UInt64", "n_current": "UInt64", "computed_at": ts,
     }
     engine = warehouse.query_rows(
-        "SELECT engine_full, sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'drift_metrics'"
+        "SELECT engine_full, sorting_key FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'drift_metrics'"
     )[0]
     assert engine["engine_full"].startswith("ReplacingMergeTree(computed_at)")
     assert engine["sorting_key"] == "model_id, model_version, feature, metric, window_start"
@@ -136,7 +137,8 @@ def test_drift_metrics_and_reports_round_trip(warehouse: Warehouse) -> None:
          "n_current": 812, "computed_at": NOW + MINUTE + 7},
     ])
     rows = warehouse.query_rows(
-        "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, value, "
+        "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, "
+        "toUnixTimestamp64Milli(window_end) AS we, value, "
         "p_value, threshold, drifted, n_reference, n_current, toUnixTimestamp64Milli(computed_at) AS ca "
         "FROM drift_metrics FINAL WHERE model_id = {m:String} ORDER BY feature, metric", {"m": "credit"},
     )
@@ -165,7 +167,8 @@ def test_window_profiles_round_trip_and_latest_closed_window(warehouse: Warehous
     }
     assert warehouse.insert_window_profiles([numeric, categorical]) == 2
     rows = warehouse.query_rows(
-        "SELECT feature, kind, count, missing, mean, std, min, max, quantile_levels, quantiles, bin_edges, histogram, categories "
+        "SELECT feature, kind, count, missing, mean, std, min, max, "
+        "quantile_levels, quantiles, bin_edges, histogram, categories "
         "FROM window_profiles FINAL ORDER BY feature"
     )
     assert rows[0] == {
@@ -185,7 +188,8 @@ def test_performance_metrics_round_trip(warehouse: Warehouse) -> None:
     ]
     warehouse.insert_performance_metrics(rows)
     got = warehouse.query_rows(
-        "SELECT segment, metric, value, n_labeled, n_predictions FROM performance_metrics FINAL ORDER BY metric, segment"
+        "SELECT segment, metric, value, n_labeled, n_predictions "
+        "FROM performance_metrics FINAL ORDER BY metric, segment"
     )
     assert got == [
         {"segment": "", "metric": "auc", "value": 0.81, "n_labeled": 400, "n_predictions": 1000},
@@ -263,7 +267,10 @@ def test_one_native_block_of_mixed_batches_round_trips(warehouse: Warehouse) -> 
 
 def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
     warehouse.insert_labels([LabelEvent("a", "credit", NOW, 1.0), {"event_id": "b", "model_id": "credit", "event_time": NOW + 1, "label": "fraud"}])
-    labels = warehouse.query_rows("SELECT event_id, label_value, label_class, toUnixTimestamp64Milli(event_time) AS t FROM labels FINAL ORDER BY event_id")
+    labels = warehouse.query_rows(
+        "SELECT event_id, label_value, label_class, toUnixTimestamp64Milli(event_time) AS t "
+        "FROM labels FINAL ORDER BY event_id"
+    )
     assert labels == [
         {"event_id": "a", "label_value": 1.0, "label_class": None, "t": NOW},
         {"event_id": "b", "label_value": None, "label_class": "fraud", "t": NOW + 1},
@@ -273,7 +280,8 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
         Alert("al2", "credit", "3", "info", "promoted", "version 4 is champion", NOW + 1),
     ])
     alerts = warehouse.query_rows(
-        "SELECT alert_id, severity, kind, message, toUnixTimestamp64Milli(window_end) AS we FROM alerts FINAL ORDER BY alert_id"
+        "SELECT alert_id, severity, kind, message, toUnixTimestamp64Milli(window_end) AS we "
+        "FROM alerts FINAL ORDER BY alert_id"
     )
     assert alerts == [
         {"alert_id": "al1", "severity": "critical", "kind": "drift", "message": "psi of age is 0.31", "we": NOW},
@@ -289,7 +297,8 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
     # merge now (TTL included) rather than race ClickHouse's background merge: what survives it is what is kept
     warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
     rejected = warehouse.query_rows(
-        "SELECT source_topic, partition, offset, reason, detail, model_id, raw_base64, raw_size FROM rejected_events FINAL ORDER BY offset"
+        "SELECT source_topic, partition, offset, reason, detail, model_id, raw_base64, raw_size "
+        "FROM rejected_events FINAL ORDER BY offset"
     )
     assert rejected[0]["source_topic"] == "driftline.labels" and rejected[0]["raw_size"] == len(huge)
     assert base64.b64decode(rejected[0]["raw_base64"]) == huge[:MAX_RAW_BYTES]
@@ -519,8 +528,11 @@ def test_200k_rows_compressed_insert_arrives_whole(request: pytest.FixtureReques
         )
         assert written == n
     total = n * len(clients)
-    stats = warehouse.query_rows("SELECT count() AS n, sum(n_current) AS s, max(window_end) = fromUnixTimestamp64Milli({e:Int64}, 'UTC') AS last FROM drift_metrics",
-                                 {"e": NOW + total * MINUTE})
+    stats = warehouse.query_rows(
+        "SELECT count() AS n, sum(n_current) AS s, "
+        "max(window_end) = fromUnixTimestamp64Milli({e:Int64}, 'UTC') AS last FROM drift_metrics",
+        {"e": NOW + total * MINUTE},
+    )
     assert stats == [{"n": total, "s": total * (total - 1) // 2, "last": 1}]
     if backend == "http":
         for client in clients:
@@ -611,8 +623,9 @@ def test_two_processes_share_the_warehouse(
                 time.sleep(0.01)
             for j in range(10):
                 n = 500
-                wh.insert_predictions(PredictionBatch("shared", "1", [f"{tag}-{j}-{i}" for i in range(n)],
-                                                      np.full(n, 1764000000123, dtype=np.int64), numeric={"x": np.ones(n)}))
+                ids = [f"{tag}-{j}-{i}" for i in range(n)]
+                times = np.full(n, 1764000000123, dtype=np.int64)
+                wh.insert_predictions(PredictionBatch("shared", "1", ids, times, numeric={"x": np.ones(n)}))
         """
     )
     url = _url(request, backend, warehouse.database)

@@ -15,6 +15,7 @@ from driftline.stack.chserver_sql import Confinement, parse_statement
 
 REPO = Path(__file__).resolve().parents[2]
 BOX = Confinement(max_execution_time=600)
+FLAT = "LAYOUT(FLAT()) LIFETIME(0)"  # the dictionary layout of the statements below
 
 HOSTILE = [
     "SELECT * FROM file('/etc/passwd', 'LineAsString')",
@@ -40,9 +41,9 @@ HOSTILE = [
     "CREATE TABLE t (a UInt8) ENGINE = MergeTree ORDER BY a SETTINGS disk = disk(type=local, path='/tmp/d/')",
     "CREATE DATABASE d ENGINE = Filesystem('/')",
     "CREATE DATABASE d ENGINE = MySQL('h:3306', 'db', 'u', 'p')",
-    "CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(HTTP(url 'http://x' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
-    "CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(ClickHouse(host 'h' port 9000 table 't')) LAYOUT(FLAT()) LIFETIME(0)",
-    "CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(CLICKHOUSE(query 'SELECT * FROM url(1)')) LAYOUT(FLAT()) LIFETIME(0)",
+    f"CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(HTTP(url 'http://x' format 'TSV')) {FLAT}",
+    f"CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(ClickHouse(host 'h' port 9000 table 't')) {FLAT}",
+    f"CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(CLICKHOUSE(query 'SELECT * FROM url(1)')) {FLAT}",
     "ATTACH TABLE t FROM '/var/lib/x' (a UInt8) ENGINE = MergeTree ORDER BY a",
     "SYSTEM RELOAD DICTIONARIES",
     "  /* lead */ system shutdown",
@@ -70,7 +71,7 @@ LEGIT = [
     "CREATE TABLE t (a UInt8, b String) ENGINE = ReplacingMergeTree ORDER BY a SETTINGS index_granularity = 8192",
     "CREATE TABLE m (a UInt8) ENGINE = Memory",
     "CREATE DATABASE IF NOT EXISTS d ENGINE = Atomic",
-    "CREATE DICTIONARY d (a UInt64, b String) PRIMARY KEY a SOURCE(CLICKHOUSE(TABLE 't' DB 'x')) LAYOUT(FLAT()) LIFETIME(0)",
+    f"CREATE DICTIONARY d (a UInt64, b String) PRIMARY KEY a SOURCE(CLICKHOUSE(TABLE 't' DB 'x')) {FLAT}",
     "INSERT INTO t SELECT number, toString(number) FROM numbers(3)",
     "SELECT * FROM input('a String') FORMAT TSV",
     "SELECT a == 1, b = 2 FROM t",

@@ -27,7 +27,7 @@ FILLED = {"CLICKHOUSE_PASSWORD": "ch-Secret_1", "POSTGRES_PASSWORD": "pg-Secret_
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """``text`` with compose's ``${...}`` replaced from ``env``; a ``:?`` variable unset or empty fails, as in compose."""
+    """``text`` with ``${...}`` filled from ``env`` as compose does; an unset or empty ``:?`` variable fails."""
     def value(m: re.Match) -> str:
         found = env.get(m["name"], "")
         if m["op"] == ":?" and not found:

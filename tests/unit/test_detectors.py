@@ -104,7 +104,10 @@ def test_streams_are_independent_and_state_round_trips():
     for ev in later:
         ev.index += 4000
     got += later
-    key = lambda ev: (ev.stream, ev.detector, ev.index)
+
+    def key(ev: ChangeEvent) -> tuple[str, str, int]:
+        return (ev.stream, ev.detector, ev.index)
+
     assert sorted(got, key=key) == sorted(expected, key=key)
     assert {ev.stream for ev in expected} == {"v1:score", "v1:error"}
     assert resumed.detector_names("v1:score") == ["adwin", "page_hinkley"]

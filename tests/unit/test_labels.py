@@ -160,7 +160,7 @@ class ReferenceIndex:
         for e, (label, since) in list(self.pending.items()):
             if since is None:
                 self.pending[e] = (label, self.now)
-        for e, (label, since) in list(self.pending.items()):
+        for e, (_, since) in list(self.pending.items()):
             if since >= cutoff:
                 break
             del self.pending[e]

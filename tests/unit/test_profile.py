@@ -363,7 +363,7 @@ def test_profile_docstring_examples_run() -> None:
     assert doctest.testmod(profile).failed == 0
 
 
-# ----------------------------------------------------------------------------- the fast paths give what the plain ones give
+# ------------------------------------------------------------ the fast paths give what the plain ones give
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 5_000])
