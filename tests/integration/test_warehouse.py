@@ -110,6 +110,7 @@ def test_contract_columns_and_engines(warehouse: Warehouse) -> None:
         "model_id": "String", "model_version": "String", "feature": "String", "metric": "LowCardinality(String)",
         "window_start": ts, "window_end": ts, "value": "Float64", "p_value": "Nullable(Float64)", "threshold": "Float64",
         "drifted": "UInt8", "n_reference": "UInt64", "n_current": "UInt64", "computed_at": ts,
+        "kind": "LowCardinality(String)",  # migration 0006: drift or data_quality
     }
     engine = warehouse.query_rows(
         "SELECT engine_full, sorting_key FROM system.tables "
