@@ -21,8 +21,7 @@ re-baseline), by a plain consumer on its own supervised thread
 the Faust web port serves the Prometheus metrics, ``/health`` a JSON report of
 the warehouse, the background threads and the fetch (``driftline worker --health``).
 
-Run it with ``driftline worker`` (or ``python -m streams.app``, the same with
-settings from the environment only).
+Run it with ``driftline worker``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import threading
 import time
 import uuid
@@ -461,11 +459,3 @@ def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "i
     if runner.failed is not None:
         return 1
     return code
-
-
-if __name__ == "__main__":
-    # ``python -m streams.app [worker flags]`` is ``driftline worker [worker flags]``; the
-    # settings then come from DRIFTLINE_* variables and DRIFTLINE_CONFIG.
-    from driftline.cli import main as cli_main
-
-    sys.exit(cli_main(["worker", *sys.argv[1:]]))
