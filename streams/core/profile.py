@@ -435,6 +435,10 @@ class ReferenceProfile:
     top_k: int = 20
     sample_size: int = 5_000
     seed: int = 0
+    # the fitted ``MultivariateModel.to_dict()`` of the raw reference rows (None: not fitted, e.g. an
+    # old profile, or fewer than two non-constant numeric features); it needs the joint rows, which
+    # the per-feature references do not keep, so whoever builds the profile fits it
+    multivariate: dict[str, Any] | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -471,6 +475,7 @@ class ReferenceProfile:
         top_k: int = 20,
         sample_size: int = 5_000,
         seed: int = 0,
+        multivariate: Mapping[str, Any] | None = None,
     ) -> "ReferenceProfile":
         if bins < 1 or top_k < 1 or sample_size < 1:
             raise ValueError(f"bins, top_k and sample_size must be positive, got {bins}, {top_k}, {sample_size}")
@@ -486,7 +491,7 @@ class ReferenceProfile:
             {f: NumericReference.build(f, x, bins=bins, sample_size=sample_size, seed=seed)
              for f, x in columns.items()},
             {f: CategoricalReference.build(f, x, top_k=top_k) for f, x in categorical.items()},
-            bins, top_k, sample_size, seed,
+            bins, top_k, sample_size, seed, None if multivariate is None else dict(multivariate),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -496,6 +501,8 @@ class ReferenceProfile:
             "settings": {"bins": self.bins, "top_k": self.top_k, "sample_size": self.sample_size, "seed": self.seed},
             "features": [*(r.to_dict() for r in self.numeric.values()),
                          *(r.to_dict() for r in self.categorical.values())],
+            # only when fitted, so that the dict of a profile without it is what it always was
+            **({"multivariate": self.multivariate} if self.multivariate is not None else {}),
         }
 
     @classmethod
@@ -507,7 +514,8 @@ class ReferenceProfile:
         categorical = {f["name"]: CategoricalReference.from_dict(f)
                        for f in d["features"] if f["kind"] == "categorical"}
         return cls(d["model_id"], d["model_version"], int(d["n"]), numeric, categorical,
-                   int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]))
+                   int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]),
+                   d.get("multivariate"))
 
 
 # ----------------------------------------------------------------------------- window
