@@ -10,8 +10,6 @@ import pytest
 from streams import observability, references, sinks, worker, worker_cli
 from streams.core import monitor as monitor_module
 from streams.core.drift import evaluate_window
-from streams.core.multivariate import MULTIVARIATE_FEATURE
-from streams.core.sequential import METRIC as TREND_METRIC
 from streams.core.ledger import Hold
 from streams.core.monitor import (
     ERROR_FEATURE,
@@ -25,8 +23,10 @@ from streams.core.monitor import (
     concat_batches,
     take_rows,
 )
+from streams.core.multivariate import MULTIVARIATE_FEATURE
 from streams.core.performance import compute_performance
 from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from streams.core.sequential import METRIC as TREND_METRIC
 from streams.core.windows import Windowing
 from streams.records import PREDICTION_FEATURE, PredictionBatch
 
