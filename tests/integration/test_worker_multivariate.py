@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch, training_data  # noqa: F401 (env: the fixture)
 
-from retrainer.registry import Lineage
 from retrainer.reference import build_reference
+from retrainer.registry import Lineage
 from streams.core.monitor import split_detector_state
 from streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
 from streams.core.sequential import METRIC as TREND_METRIC
 from streams.records import PREDICTION_FEATURE
-from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch, training_data  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -42,7 +42,8 @@ def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows
     for w in range(WINDOWS):
         window = mv.window()
         for part in range(4):  # four batches per window
-            batch = make_batch(model, version, T0 + w * WINDOW_MS + part * 500, 250, 2, seed=2_000 + 10 * w + part)
+            batch = make_batch(model, version, T0 + w * WINDOW_MS + part * 500, PER_WINDOW // 4, 2,
+                               seed=2_000 + 10 * w + part)
             if w >= CORRELATED_FROM:
                 noise = np.random.default_rng(7_000 + 10 * w + part).normal(size=batch.n)
                 batch.numeric["b"] = 0.8 * batch.numeric["a"] + 0.6 * noise
@@ -61,7 +62,8 @@ def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows
     assert {r["kind"] for r in joint} == {"drift"}
     # (a stationary window is flagged 2.5% of the time: these seeds give none, as the oracle below confirms)
     correlation = {r["ws"]: r for r in joint if r["metric"] == "correlation_change"}
-    assert [correlation[ws]["drifted"] for ws in sorted(correlation)] == [0] * CORRELATED_FROM + [1] * (WINDOWS - CORRELATED_FROM)
+    flags = [correlation[ws]["drifted"] for ws in sorted(correlation)]
+    assert flags == [0] * CORRELATED_FROM + [1] * (WINDOWS - CORRELATED_FROM)
     for r in joint:  # what the core computes on exactly the window's rows
         want = expected[r["ws"]][r["metric"]]
         assert r["value"] == pytest.approx(want.value, rel=1e-9) and bool(r["drifted"]) == want.drifted, (r, want)

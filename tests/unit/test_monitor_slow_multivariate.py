@@ -29,7 +29,8 @@ def reference(version: str = "1", seed: int = 0, n: int = 5_000, loc: float = 0.
     return build_reference("m", version, {f: rng.normal(loc=loc, size=n) for f in FEATURES}, {}, rng.random(n))
 
 
-def stream(windows: int, *, rho_from: int | None = None, trend_from: int | None = None, seed: int = 1) -> PredictionBatch:
+def stream(windows: int, *, rho_from: int | None = None, trend_from: int | None = None,
+           seed: int = 1) -> PredictionBatch:
     """``windows`` windows of 1,000 events: a and b get correlation 0.8 from ``rho_from`` (marginals
     unchanged), c's mean moves by 0.05 sigma per window from ``trend_from``."""
     rng = np.random.default_rng(seed)
@@ -41,7 +42,8 @@ def stream(windows: int, *, rho_from: int | None = None, trend_from: int | None 
         b = np.where(window >= rho_from, 0.8 * a + 0.6 * noise, b)
     if trend_from is not None:
         c = c + 0.05 * np.clip(window - trend_from + 1, 0, None)
-    return PredictionBatch("m", "1", [f"e{i}" for i in range(n)], T0 + np.arange(n, dtype=np.int64) * (SIZE // PER_WINDOW),
+    times = T0 + np.arange(n, dtype=np.int64) * (SIZE // PER_WINDOW)
+    return PredictionBatch("m", "1", [f"e{i}" for i in range(n)], times,
                            numeric={"a": a, "b": b, "c": c}, predictions=rng.random(n))
 
 
@@ -53,10 +55,11 @@ def pieces(batch: PredictionBatch, size: int) -> list[PredictionBatch]:
     return [take_rows(batch, np.arange(lo, min(lo + size, batch.n))) for lo in range(0, batch.n, size)]
 
 
-def run(monitor: Monitor, batches: list[PredictionBatch], ref: ReferenceProfile | list[ReferenceProfile]) -> list[WindowOutcome]:
+def run(monitor: Monitor, batches: list[PredictionBatch],
+        ref: ReferenceProfile | list[ReferenceProfile]) -> list[WindowOutcome]:
     refs = ref if isinstance(ref, list) else [ref] * len(batches)
     out = []
-    for b, r in zip(batches, refs):
+    for b, r in zip(batches, refs, strict=True):
         if monitor.needs_recovery("m", "1"):
             monitor.recover("m", "1", None)
         monitor.ingest(b, r, source=0, now_ms=0)
@@ -65,7 +68,8 @@ def run(monitor: Monitor, batches: list[PredictionBatch], ref: ReferenceProfile 
 
 
 def rows(outcome: WindowOutcome, *, metric: str | None = None, feature: str | None = None) -> list[FeatureDrift]:
-    return [r for r in outcome.drift if (metric is None or r.metric == metric) and (feature is None or r.feature == feature)]
+    return [r for r in outcome.drift
+            if (metric is None or r.metric == metric) and (feature is None or r.feature == feature)]
 
 
 def window_rows(batch: PredictionBatch, start: int) -> PredictionBatch:
@@ -91,12 +95,13 @@ def test_each_window_gets_trend_rows_per_numeric_stream_and_multivariate_rows_ma
         got = rows(o, feature=MULTIVARIATE_FEATURE)
         want = model.evaluate(expected_window)
         assert [(r.metric, r.drifted) for r in got] == [(r.metric, r.drifted) for r in want]
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert g.value == pytest.approx(w.value, rel=1e-9)
         correlation = {r.metric: r for r in got}["correlation_change"]
         assert correlation.drifted == (i >= 4), (i, correlation)
     # c's trend is flagged within a few windows of its onset; a and b never
-    flagged = {f: [i for i, o in enumerate(outcomes) if rows(o, metric=TREND_METRIC, feature=f)[0].drifted] for f in FEATURES}
+    flagged = {f: [i for i, o in enumerate(outcomes) if rows(o, metric=TREND_METRIC, feature=f)[0].drifted]
+               for f in FEATURES}
     assert flagged["a"] == flagged["b"] == []
     assert flagged["c"] and flagged["c"][0] <= 2 + 4 and flagged["c"] == list(range(flagged["c"][0], 7))
 
@@ -109,7 +114,8 @@ def test_a_reference_without_a_multivariate_model_gets_no_multivariate_rows_and_
     outcomes = run(Monitor(lambda m: settings()), [stream(3)], plain)
     assert outcomes and all(not rows(o, feature=MULTIVARIATE_FEATURE) for o in outcomes)
     assert all(len(rows(o, metric=TREND_METRIC)) == 4 for o in outcomes)
-    assert build_reference("m", "1", {"x": rng.normal(size=100)}, {}).multivariate is None  # one feature: nothing to relate
+    # one feature: nothing to relate
+    assert build_reference("m", "1", {"x": rng.normal(size=100)}, {}).multivariate is None
 
 
 def test_a_new_reference_for_the_version_restarts_the_trend_from_the_new_baseline() -> None:
@@ -135,7 +141,8 @@ def test_a_new_reference_for_the_version_restarts_the_trend_from_the_new_baselin
 
 
 @pytest.mark.parametrize("detectors", [("adwin",), ()])
-def test_a_restart_from_the_last_written_window_gives_the_rows_of_a_run_without_a_crash(detectors: tuple[str, ...]) -> None:
+def test_a_restart_from_the_last_written_window_gives_the_rows_of_a_run_without_a_crash(
+        detectors: tuple[str, ...]) -> None:
     ref = reference()
     batch = stream(10, rho_from=3, trend_from=2)
     batches = pieces(batch, 500)  # two messages per window
@@ -155,7 +162,7 @@ def test_a_restart_from_the_last_written_window_gives_the_rows_of_a_run_without_
     assert resumed == (list(detectors) if detectors else None)
     after = run(second, batches[10:], ref)  # Kafka delivers again from window 5's first message
     assert [o.window_start for o in after] == [o.window_start for o in clean[5:]]
-    for got, want in zip(after, clean[5:]):
+    for got, want in zip(after, clean[5:], strict=True):
         assert got.drift == want.drift
         assert got.detector_state == want.detector_state
 
