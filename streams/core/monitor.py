@@ -781,7 +781,15 @@ def multivariate_model(reference: ReferenceProfile) -> MultivariateModel | None:
     stored = reference.multivariate
     if stored is None:
         return None
-    return reference.cached("multivariate_model", lambda: MultivariateModel.from_dict(stored))
+
+    def read() -> MultivariateModel | None:
+        try:
+            return MultivariateModel.from_dict(stored)
+        except (ValueError, KeyError, TypeError):
+            # a model this version cannot read (another format): the per-feature tests still run
+            return None
+
+    return reference.cached("multivariate_model", read)
 
 
 def _reference_key(reference: ReferenceProfile) -> str:
@@ -796,9 +804,11 @@ def _trend_for(track: _Track, version: str, reference: ReferenceProfile) -> Tren
     held = track.trends.get(version)
     if held is not None and held[0] == key:
         return held[1]
-    if not reference.numeric:
+    # a stream whose reference has no finite mean and spread has no baseline to drift from
+    streams = [f for f, r in reference.numeric.items() if r.count > 0 and np.isfinite([r.mean, r.std]).all()]
+    if not streams:
         return None
-    trend = TrendDetector.from_reference(reference)
+    trend = TrendDetector.from_reference(reference, streams)
     track.trends[version] = (key, trend)
     return trend
 

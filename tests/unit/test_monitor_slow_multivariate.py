@@ -183,3 +183,11 @@ def test_an_unreadable_trend_state_raises_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="slow-drift"):
         monitor.restore_detectors("m", "1", "score", state[:40])
     assert monitor.restore_detectors("m", "1", "score", state) is None  # read now; no change detectors run
+
+
+def test_a_multivariate_model_of_an_unknown_format_is_left_out_and_the_window_still_closes() -> None:
+    ref = reference()
+    unreadable = ReferenceProfile.from_dict({**ref.to_dict(), "multivariate": {**ref.multivariate, "format": 99}})
+    outcomes = run(Monitor(lambda m: settings()), [stream(3)], unreadable)
+    assert outcomes and all(not rows(o, feature=MULTIVARIATE_FEATURE) for o in outcomes)
+    assert all(len(rows(o, metric=TREND_METRIC)) == 4 for o in outcomes)
