@@ -121,11 +121,11 @@ class ReferenceSettings:
         >>> d = build("3"); d["model_version"], d["model_id"]
         ('3', 'm')
         """
-        from streams.core.profile import ReferenceProfile
+        from retrainer.reference import build_reference
 
         def build(version: str) -> dict[str, Any]:
-            profile = ReferenceProfile.build(
-                model_id, version, numeric=dict(numeric), categorical=dict(categorical), predictions=predictions,
+            profile = build_reference(
+                model_id, version, numeric, categorical, predictions,
                 bins=self.bins, top_k=self.top_k, sample_size=self.sample_size,
             )
             return replace(profile, calibrator=dict(calibrator) if calibrator is not None else None).to_dict()

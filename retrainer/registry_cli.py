@@ -241,17 +241,11 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
     # needed only by this verb
     try:
         from retrainer.evaluation import fit_calibrator
-        from streams.core.profile import ReferenceProfile
+        from retrainer.reference import build_reference
     except ImportError as exc:
         raise InputError(f"cannot compute the reference profile: {exc}") from exc
     try:
-        profile = ReferenceProfile.build(
-            model_id,
-            version,
-            numeric=columns["numeric"],
-            categorical=columns["categorical"],
-            predictions=columns["predictions"],
-        )
+        profile = build_reference(model_id, version, columns["numeric"], columns["categorical"], columns["predictions"])
     except ValueError as exc:
         raise InputError(f"cannot compute the reference profile of the dataset: {exc}") from exc
     # a binary classifier's dataset with both label and prediction calibrates the label-free estimate

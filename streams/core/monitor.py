@@ -36,6 +36,7 @@ prediction (and per labelled prediction in a label window).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
@@ -47,8 +48,10 @@ from streams.core.labels import PredictionIndex
 from streams.core.latency import LatencyWindow
 from streams.core.ledger import Hold
 from streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
+from streams.core.multivariate import MultivariateModel, MultivariateWindow
 from streams.core.performance import PerformanceRow, PerformanceWindow
 from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from streams.core.sequential import TrendDetector
 from streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
 from streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
 
@@ -241,6 +244,8 @@ class _Window:
     reference: ReferenceProfile
     profile: WindowProfile
     latency: LatencyWindow
+    # None when the reference carries no multivariate model
+    multivariate: MultivariateWindow | None = None
     # the scores and their event times, in chunks: the change detectors take them sorted at close
     scores: list[np.ndarray] = field(default_factory=list)
     score_times: list[np.ndarray] = field(default_factory=list)
@@ -283,6 +288,8 @@ class _Track:
         # per version: the watermark in force when each late row (still to be counted) arrived
         self.late: dict[str, list[np.ndarray]] = {}
         self.detectors = ChangeDetectorBank(names=settings.detectors) if settings.detectors else None
+        # per version: the slow-drift detector and the reference it measures against (_reference_key)
+        self.trends: dict[str, tuple[str, TrendDetector]] = {}
         # labels restored from the warehouse: whether that was done, how many may still join, and the
         # ids of those that joined (their own message, if Kafka delivers it again, is then a replay;
         # at most as many as were restored, themselves at most the index's max_pending)
@@ -381,9 +388,12 @@ class Monitor:
             raise ValueError(f"stream must be 'score' or 'error', not {stream!r}")
         track = self._track(model_id)
         key = f"{model_version}:{stream}"
-        if track.detectors is None or key in track.detectors.keys():
+        bank_state, trend = split_detector_state(state)
+        if trend is not None and model_version not in track.trends:
+            track.trends[model_version] = trend
+        if track.detectors is None or key in track.detectors.keys() or bank_state is None:
             return None
-        return track.detectors.restore_stream(key, state)
+        return track.detectors.restore_stream(key, bank_state)
 
     def needs_label_restore(self, model_id: str) -> bool:
         """Whether the labels that waited for their predictions before a restart are still to be restored."""
@@ -548,7 +558,9 @@ class Monitor:
                     raise ValueError(f"no reference profile for model {batch.model_id!r} "
                                      f"version {batch.model_version!r}: cannot open its window")
                 calibrator = reference_calibrator(reference)
+                model = multivariate_model(reference)
                 return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow(),
+                               None if model is None else model.window(),
                                estimation=None if calibrator is None else
                                EstimationState(calibrator, min_segment_size=track.settings.min_segment_size))
 
@@ -559,6 +571,12 @@ class Monitor:
                 window.profile.update(
                     chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None
                 )
+                if window.multivariate is not None:
+                    model = multivariate_model(window.reference)
+                    # a batch with none of the model's features (predictions logged apart from
+                    # their features) would only add rows at the reference mean
+                    if model is not None and any(f in chunk.numeric for f in model.features):
+                        window.multivariate.update(model, chunk.numeric, n=chunk.n)
                 if has_predictions:
                     if chunk.latency_ms is not None:
                         window.latency.update(chunk.latency_ms)
@@ -720,6 +738,14 @@ class Monitor:
         model_id, version, start = key
         s = track.settings
         drift = evaluate_window(window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q)
+        trend = _trend_for(track, version, window.reference)
+        if trend is not None:
+            # a stream with no values in this window (no predictions: features logged alone) learns
+            # nothing from it and gets no row, as the per-window tests give none
+            drift += [r for r in trend.update_window(window.profile) if window.profile.numeric[r.feature].count]
+        model = multivariate_model(window.reference)
+        if model is not None and window.multivariate is not None:
+            drift += model.evaluate(window.multivariate)
         changes: list[ChangeCount] = []
         state = None
         if track.detectors is not None and window.scores:
@@ -730,6 +756,8 @@ class Monitor:
             for name in track.detectors.detector_names(stream):
                 changes.append(ChangeCount(name, PREDICTION_FEATURE, sum(e.detector == name for e in events), fed))
             state = track.detectors.stream_state(stream)
+        if trend is not None:
+            state = join_detector_state(state, (_reference_key(window.reference), trend))
         end = start + s.windowing.size_ms
         late = 0
         pending = track.late.get(version)
@@ -805,6 +833,87 @@ def reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
         return {}
     return reference.cached("reference_estimates", lambda: {
         m: float(e.value) for m, e in calibrator.reference_estimates().items()})
+def multivariate_model(reference: ReferenceProfile) -> MultivariateModel | None:
+    """The reference's multivariate model, read once per reference object (None: it has none).
+
+    >>> import numpy as np
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
+    >>> multivariate_model(ref) is None
+    True
+    """
+    stored = reference.multivariate
+    if stored is None:
+        return None
+
+    def read() -> MultivariateModel | None:
+        try:
+            return MultivariateModel.from_dict(stored)
+        except (ValueError, KeyError, TypeError):
+            # a model this version cannot read (another format): the per-feature tests still run
+            return None
+
+    return reference.cached("multivariate_model", read)
+
+
+def _reference_key(reference: ReferenceProfile) -> str:
+    # what tells one baseline from the next: with baseline='champion' a version's reference
+    # changes when another version is promoted
+    return f"{reference.model_id}:{reference.model_version}:{reference.n}"
+
+
+def _trend_for(track: _Track, version: str, reference: ReferenceProfile) -> TrendDetector | None:
+    """The version's slow-drift detector, started afresh from ``reference`` on a re-baseline."""
+    key = _reference_key(reference)
+    held = track.trends.get(version)
+    if held is not None and held[0] == key:
+        return held[1]
+    # a stream whose reference has no finite mean and spread has no baseline to drift from
+    streams = [f for f, r in reference.numeric.items() if r.count > 0 and np.isfinite([r.mean, r.std]).all()]
+    if not streams:
+        return None
+    trend = TrendDetector.from_reference(reference, streams)
+    track.trends[version] = (key, trend)
+    return trend
+
+
+# A score-stream state that also carries the slow-drift detector: this prefix, the length of the
+# JSON part (4 bytes, big-endian), the JSON, then the change detectors' bytes (none: empty).
+# Change-detector states are pickles (first byte 0x80), so a state without the prefix is read as before.
+_TREND_STATE_PREFIX = b"driftline-trend/1\n"
+
+
+def join_detector_state(bank_state: bytes | None, trend: tuple[str, TrendDetector]) -> bytes:
+    """The ``detector_state`` of a prediction window: the change detectors' bytes and the slow-drift detector.
+
+    >>> import numpy as np
+    >>> det = TrendDetector(["x"], ref_count=[100], ref_mean=[0.0], ref_std=[1.0])
+    >>> bank, (ref_key, back) = split_detector_state(join_detector_state(b"\\x80bank", ("m:1:100", det)))
+    >>> bank, ref_key, back.to_dict() == det.to_dict()
+    (b'\\x80bank', 'm:1:100', True)
+    >>> split_detector_state(b"\\x80bank")
+    (b'\\x80bank', None)
+    """
+    text = json.dumps({"reference": trend[0], "trend": trend[1].to_dict()}, separators=(",", ":")).encode()
+    return _TREND_STATE_PREFIX + len(text).to_bytes(4, "big") + text + (bank_state or b"")
+
+
+def split_detector_state(state: bytes) -> tuple[bytes | None, tuple[str, TrendDetector] | None]:
+    """The change detectors' bytes (None: none ran) and the slow-drift detector (None: not stored) of a
+    ``detector_state``; raises ValueError on a slow-drift part it cannot read."""
+    if not state.startswith(_TREND_STATE_PREFIX):
+        return state, None
+    head = len(_TREND_STATE_PREFIX)
+    try:
+        size = int.from_bytes(state[head:head + 4], "big")
+        body = state[head + 4:head + 4 + size]
+        if len(body) != size:
+            raise ValueError(f"{len(body)} bytes where the state says {size}")
+        saved = json.loads(body)
+        trend = (str(saved["reference"]), TrendDetector.from_dict(saved["trend"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot restore the slow-drift detector: {exc}") from exc
+    rest = state[head + 4 + size:]
+    return (rest or None), trend
 
 
 def _in_event_order(values: np.ndarray, event_times: np.ndarray) -> np.ndarray:

@@ -438,6 +438,10 @@ class ReferenceProfile:
     # ScoreCalibrator.to_dict() of a binary classifier, fitted where the profile was built (scores and
     # labels are both at hand only there); None: no label-free performance estimate for this version
     calibrator: dict[str, Any] | None = None
+    # the fitted ``MultivariateModel.to_dict()`` of the raw reference rows (None: not fitted, e.g. an
+    # old profile, or fewer than two non-constant numeric features); it needs the joint rows, which
+    # the per-feature references do not keep, so whoever builds the profile fits it
+    multivariate: dict[str, Any] | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -474,6 +478,7 @@ class ReferenceProfile:
         top_k: int = 20,
         sample_size: int = 5_000,
         seed: int = 0,
+        multivariate: Mapping[str, Any] | None = None,
     ) -> "ReferenceProfile":
         if bins < 1 or top_k < 1 or sample_size < 1:
             raise ValueError(f"bins, top_k and sample_size must be positive, got {bins}, {top_k}, {sample_size}")
@@ -489,7 +494,7 @@ class ReferenceProfile:
             {f: NumericReference.build(f, x, bins=bins, sample_size=sample_size, seed=seed)
              for f, x in columns.items()},
             {f: CategoricalReference.build(f, x, top_k=top_k) for f, x in categorical.items()},
-            bins, top_k, sample_size, seed,
+            bins, top_k, sample_size, seed, multivariate=None if multivariate is None else dict(multivariate),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -501,6 +506,8 @@ class ReferenceProfile:
                          *(r.to_dict() for r in self.categorical.values())],
             # only when present, so profiles without one read and write exactly as before
             **({"calibrator": self.calibrator} if self.calibrator is not None else {}),
+            # only when fitted, so that the dict of a profile without it is what it always was
+            **({"multivariate": self.multivariate} if self.multivariate is not None else {}),
         }
 
     @classmethod
@@ -513,7 +520,7 @@ class ReferenceProfile:
                        for f in d["features"] if f["kind"] == "categorical"}
         return cls(d["model_id"], d["model_version"], int(d["n"]), numeric, categorical,
                    int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]),
-                   calibrator=d.get("calibrator"))
+                   calibrator=d.get("calibrator"), multivariate=d.get("multivariate"))
 
 
 # ----------------------------------------------------------------------------- window

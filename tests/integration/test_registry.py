@@ -562,6 +562,7 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
     from dataclasses import replace
 
     from streams.core.estimation import ScoreCalibrator
+    from streams.core.multivariate import MultivariateModel
     from streams.core.profile import ReferenceProfile
 
     frame = _training_frame()
@@ -593,17 +594,19 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
 
     stored = registry.reference_profile("credit", "1")
     read_back = pd.read_csv(dataset) if fmt == "csv" else pd.read_parquet(dataset)
+    numeric = {"age": read_back["age"].to_numpy(np.float64), "income": read_back["income"].to_numpy(np.float64)}
     expected = ReferenceProfile.build(
-        "credit", "1",
-        numeric={"age": read_back["age"].to_numpy(np.float64), "income": read_back["income"].to_numpy(np.float64)},
+        "credit", "1", numeric=numeric,
         categorical={"city": read_back["city"].astype(str).tolist()},
         predictions=read_back["prediction"].to_numpy(np.float64),
+        multivariate=MultivariateModel.fit(numeric).to_dict(),  # of the raw numeric columns, seed 0
     )
     # label and prediction columns: the score calibrator of the label-free estimate travels with the profile
     calibrator = ScoreCalibrator.fit(read_back["prediction"].to_numpy(np.float64),
                                      read_back["label"].to_numpy(np.float64), threshold=0.5).to_dict()
     expected = replace(expected, calibrator=calibrator).to_dict()
     assert json.dumps(stored, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert stored["multivariate"]["features"] == ["age", "income"]
     restored = ReferenceProfile.from_dict(stored)  # what the worker does when it re-baselines
     assert (restored.model_version, restored.n, restored.features) == ("1", 200, ["age", "income", "city", "__prediction__"])
 

@@ -164,6 +164,8 @@ def test_retrain_requests_become_versions_with_lineage(env, unique: str, capsys:
     assert (profile.model_version, profile.n) == ("2", N_A)
     assert profile.features == ["x1", "x2", "segment", PREDICTION_FEATURE]
     assert profile.calibrator is not None and profile.calibrator["n"] == 400  # fitted on the holdout only
+    # the challenger's reference carries the multivariate model of its numeric features
+    assert profile.multivariate is not None and profile.multivariate["features"] == ["x1", "x2"]
     assert _status(warehouse, request.request_id) == {"status": "registered", "error": None, "registered_version": "2"}
 
     # 4. no data in range: rejected with the reason
