@@ -4,7 +4,7 @@
 
 1. ``driftline stack up``: Kafka and the embedded ClickHouse, where nothing answers yet;
 2. the worker and the retrainer as background processes, logging to
-   ``STATE_DIR/demo/<model>/``, with the demo policy (``deploy/demo-policy.yaml``)
+   ``STATE_DIR/demo/<model>/``, with the demo policy (``driftline/demo-policy.yaml``)
    unless a policy is configured;
 3. the scenario of :mod:`driftline.demo`, with live progress and a summary;
 4. the HTML report (``driftline report``), then the worker and the retrainer
@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     from driftline.settings import Settings
     from driftline.stack.process import ManagedProcess
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_POLICY = REPO / "deploy" / "demo-policy.yaml"
+DEMO_POLICY = Path(__file__).resolve().with_name("demo-policy.yaml")  # package data
 BAD_INPUT = 2
 FAILED = 1
 INTERRUPTED = 130

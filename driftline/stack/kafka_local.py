@@ -1,7 +1,7 @@
 """A single-node Apache Kafka 4 broker in KRaft mode, fetched from Maven Central.
 
 No Docker engine runs on our machines, so the broker runs straight from the
-jars that ``deploy/local/pom.xml`` names. The jars are cached under the
+jars that ``driftline/stack/kafka-pom.xml`` names. The jars are cached under the
 state directory; storage is formatted once; the broker's pid and log live
 next to its data so that ``stack down`` and ``stack status`` find them later.
 """
@@ -27,7 +27,8 @@ from driftline.stack.process import (
     wait_until,
 )
 
-POM = Path(__file__).resolve().parents[2] / "deploy" / "local" / "pom.xml"
+# package data: the pom travels inside the wheel, next to this module
+POM = Path(__file__).resolve().with_name("kafka-pom.xml")
 
 _LOG4J2 = """\
 status = warn

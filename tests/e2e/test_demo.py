@@ -40,7 +40,7 @@ from streams.sdk import PredictionLogger
 from streams.warehouse import SNAPSHOT_COLUMNS, Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_POLICY = REPO / "deploy" / "demo-policy.yaml"
+DEMO_POLICY = REPO / "driftline" / "demo-policy.yaml"
 
 
 @pytest.mark.parametrize("module", [demo, demo_cli, service_sim])
