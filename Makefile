@@ -18,15 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 # The test session starts its own Kafka broker, embedded ClickHouse server and PostgreSQL
 # (tests/conftest.py) and stops them when it ends, also when tests fail.
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -P -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: setup
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -P -m pytest -q tests/unit
 
 # The fault tests at the sizes of issue 11 (200k events and 10 worker kills, 5-minute warehouse outage,
 # 10,000 poison messages...); `make test` runs a bounded version of each. Figures: .driftline/faults/
 faults: setup
-	DRIFTLINE_FAULTS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
+	DRIFTLINE_FAULTS=full $(BIN)/python -P -m pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 # `driftline stack up`, a worker and a retrainer (logs in .driftline/demo/<model>/), then the loop on a
 # simulated model with live progress, a summary and an HTML report. Flags: make demo DEMO_ARGS="--patience 2"

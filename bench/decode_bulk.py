@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.codec import Codec, DecodeError  # noqa: E402
-from streams.codec_bulk import _MIN_BATCH_MESSAGES, decode_bulk  # noqa: E402
-from streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.codec import Codec, DecodeError  # noqa: E402
+from driftline.streams.codec_bulk import _MIN_BATCH_MESSAGES, decode_bulk  # noqa: E402
+from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
 
 TARGET = 4.0
 BATCH_TARGET = 1.5

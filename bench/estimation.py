@@ -1,6 +1,6 @@
 """Label-free performance estimation and root cause: honesty of the bands, and cost per window.
 
-1. **Estimator** (``streams.core.estimation``): a model whose score is a
+1. **Estimator** (``driftline.streams.core.estimation``): a model whose score is a
    miscalibrated but monotone function of the true log-odds is calibrated on a
    labeled reference of 20,000 rows. Windows of 2,000 events then follow
    (a) covariate shift: the inputs move and narrow, P(y | x) stays; and
@@ -10,7 +10,7 @@
    covers the realized value; and the cost per window of the state
    (``update`` in batches of 500, then ``rows()``), without and with segments
    of 3 attributes x 5 values.
-2. **Root cause** (``streams.core.explain``): windows of 2,000 events with 20
+2. **Root cause** (``driftline.streams.core.explain``): windows of 2,000 events with 20
    numeric and 2 categorical features, 3 attributes x 5 values, drift in one
    segment. Cost per window of ``explain`` on ready profiles, and of building the
    15 per-segment profiles (``update_segments``), which the worker would pay.
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from streams.core.estimation import ESTIMATED_METRICS, EstimationState, ScoreCalibrator
-from streams.core.explain import explain, update_segments
-from streams.core.performance import compute_performance
-from streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.estimation import ESTIMATED_METRICS, EstimationState, ScoreCalibrator
+from driftline.streams.core.explain import explain, update_segments
+from driftline.streams.core.performance import compute_performance
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile
 
 WINDOW = 2_000
 BATCH = 500

@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from streams.core.drift import drifted_features, evaluate_window  # noqa: E402
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
+from driftline.streams.core.drift import drifted_features, evaluate_window  # noqa: E402
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
 
 LEVEL = 0.05
 TARGET_POWER = 0.95

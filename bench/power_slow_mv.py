@@ -1,6 +1,6 @@
 """Power, false alarms and cost of the slow-drift and multivariate statistics.
 
-- **Slow drift** (``streams.core.sequential.TrendDetector``): a 5,000-row
+- **Slow drift** (``driftline.streams.core.sequential.TrendDetector``): a 5,000-row
   reference, stationary windows 1-9, then +0.02 sigma per window from window
   10; the delay is the number of drifted windows seen when first flagged (5:
   flagged by the window whose mean has moved 0.1 sigma). One stream at
@@ -8,7 +8,7 @@
   output, Bonferroni: threshold 23/alpha).
 - **False alarms** of one stream over 1,000 stationary windows: normal,
   t(3), integer-valued (Poisson 3), and window sizes drawn from 50 to 5,000.
-- **Multivariate** (``streams.core.multivariate``): two features whose
+- **Multivariate** (``driftline.streams.core.multivariate``): two features whose
   correlation goes 0 -> 0.8 with unchanged marginals, among 5, 22 and 50
   features (a correlated block, an integer-valued, a constant and a 10%-missing
   feature); the share of windows flagged, per metric and by either.
@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from streams.core.multivariate import MultivariateModel
-from streams.core.profile import stable_seed
-from streams.core.sequential import TrendDetector
+from driftline.streams.core.multivariate import MultivariateModel
+from driftline.streams.core.profile import stable_seed
+from driftline.streams.core.sequential import TrendDetector
 
 N_REF = 5_000
 ONSET = 10

@@ -56,8 +56,8 @@ for path in (REPO, REPO / "bench"):
 import window_compute  # noqa: E402
 import throughput  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
-from streams.codec import default_codec  # noqa: E402
-from streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.codec import default_codec  # noqa: E402
+from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
 
 
 def backlog_columns(n: int) -> list[window_compute.Columns]:
@@ -85,14 +85,14 @@ def encode_backlog(columns: Sequence[window_compute.Columns], model_id: str, ver
 
 
 def build_service(settings: Any, options: Any) -> Any:
-    """The service with its real adapters, as ``streams.app.build_service`` wires it (without importing Faust)."""
-    from retrainer.policy import load_policy
-    from retrainer.registry import Registry
-    from streams import kafka
-    from streams.references import RegistryReferences
-    from streams.sinks import Sinks
-    from streams.warehouse import Warehouse
-    from streams.worker import WorkerService
+    """The service with its real adapters, as ``driftline.streams.app.build_service`` wires it (without importing Faust)."""
+    from driftline.retrainer.policy import load_policy
+    from driftline.retrainer.registry import Registry
+    from driftline.streams import kafka
+    from driftline.streams.references import RegistryReferences
+    from driftline.streams.sinks import Sinks
+    from driftline.streams.warehouse import Warehouse
+    from driftline.streams.worker import WorkerService
 
     warehouse = Warehouse.from_settings(settings, migrate=True)
     producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
@@ -105,7 +105,7 @@ def run_once(bench: Bench, tag: str, columns: Sequence[window_compute.Columns], 
              profiler: cProfile.Profile | None = None, write_raw: bool = True) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds (this process, all threads) that ``WorkerService.handle`` takes over the
     whole backlog, and the windows it wrote."""
-    from streams.worker import Incoming, WorkerOptions
+    from driftline.streams.worker import Incoming, WorkerOptions
 
     settings, model_id, version = bench.prepare(tag)
     window_ms = int(bench.window_seconds * 1000)

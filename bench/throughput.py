@@ -90,11 +90,11 @@ from driftline.settings import Settings  # noqa: E402
 from driftline.stack.kafka_local import KafkaBroker, admin_answers  # noqa: E402
 from driftline.stack.manage import WarehouseAddress, ping_warehouse  # noqa: E402
 from driftline.stack.process import ManagedProcess, free_port, wait_until  # noqa: E402
-from retrainer.registry import Lineage, Registry  # noqa: E402
-from streams import kafka  # noqa: E402
-from streams.codec import default_codec  # noqa: E402
-from streams.records import PredictionBatch, PredictionEvent  # noqa: E402
-from streams.warehouse import Warehouse  # noqa: E402
+from driftline.retrainer.registry import Lineage, Registry  # noqa: E402
+from driftline.streams import kafka  # noqa: E402
+from driftline.streams.codec import default_codec  # noqa: E402
+from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.warehouse import Warehouse  # noqa: E402
 
 BATCH_EVENTS = 1_000
 BATCHED_TARGET = 250_000.0
@@ -677,8 +677,8 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
     """``WorkerService.handle`` under cProfile on a backlog read here with confluent-kafka (no Faust)."""
     from confluent_kafka import TopicPartition
 
-    from streams.app import build_service
-    from streams.worker import Incoming, WorkerOptions
+    from driftline.streams.app import build_service
+    from driftline.streams.worker import Incoming, WorkerOptions
 
     settings, model_id, version = bench.prepare(f"p{mode[0]}")
     w = make_workload(model_id, mode, n, per_window, int(bench.window_seconds * 1000))

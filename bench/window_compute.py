@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from streams.core.drift import drifted_features, evaluate_window  # noqa: E402
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
-from streams.records import PREDICTION_FEATURE, FeatureDrift  # noqa: E402
+from driftline.streams.core.drift import drifted_features, evaluate_window  # noqa: E402
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
+from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift  # noqa: E402
 
 N_NUMERIC = 20
 REFERENCE_ROWS = 5_000

@@ -5,7 +5,7 @@ The two names a service needs are here, imported on first use so that
 
 >>> from driftline import PredictionLogger, Settings
 >>> PredictionLogger.__module__, Settings.__module__
-('streams.sdk', 'driftline.settings')
+('driftline.streams.sdk', 'driftline.settings')
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 __all__ = ["PredictionLogger", "Settings", "__version__"]
 
 # name -> module that defines it
-_LAZY = {"PredictionLogger": "streams.sdk", "Settings": "driftline.settings"}
+_LAZY = {"PredictionLogger": "driftline.streams.sdk", "Settings": "driftline.settings"}
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
-    from streams.sdk import PredictionLogger
+    from driftline.streams.sdk import PredictionLogger
 
 
 def __getattr__(name: str) -> Any:

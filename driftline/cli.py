@@ -20,9 +20,9 @@ from driftline.stack.process import StackError
 # modules that contribute verbs; each defines add_commands(subparsers)
 COMMAND_MODULES = (
     "driftline.cli",
-    "streams.worker_cli",
-    "retrainer.registry_cli",
-    "retrainer.service_cli",
+    "driftline.streams.worker_cli",
+    "driftline.retrainer.registry_cli",
+    "driftline.retrainer.service_cli",
     "driftline.demo_cli",
     "driftline.report_cli",
 )
@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wiring(module: str) -> dict[str, object]:
     """Adapters that a verb module receives from here, the composition root."""
-    if module == "retrainer.registry_cli":
-        from retrainer.announce import announce_from_cli
+    if module == "driftline.retrainer.registry_cli":
+        from driftline.retrainer.announce import announce_from_cli
 
         return {"publish": announce_from_cli}
     return {}

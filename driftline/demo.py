@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from confluent_kafka import Producer
 
     from driftline.settings import Settings
-    from retrainer.policy import ModelPolicy
-    from retrainer.registry import ModelVersion, Registry
-    from streams.warehouse import Warehouse
+    from driftline.retrainer.policy import ModelPolicy
+    from driftline.retrainer.registry import ModelVersion, Registry
+    from driftline.streams.warehouse import Warehouse
 
 ACTOR = "driftline-demo"
 FIRST_VERSION = "1"
@@ -113,7 +113,7 @@ class DemoOptions:
 class FirstVersion:
     """v1 before registration: the trained model, its dataset and what it scored.
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> first = train_first_version(load_policy(None).for_model("credit"), 500, seed=0, end_ms=3_600_000)
     >>> first.dataset.num_rows, first.trainer, sorted(first.categorical), first.start_ms, first.end_ms < 3_600_000
     (500, 'river-linear', ['channel', 'region'], 0, True)
@@ -138,8 +138,8 @@ def train_first_version(policy: "ModelPolicy", rows: int, seed: int, end_ms: int
     evaluate, as the retrainer does; the metrics are the monitoring side's,
     so the performance trigger compares like with like.
     """
-    from retrainer.evaluation import score_metrics
-    from retrainer.trainers import resolve_trainer, score
+    from driftline.retrainer.evaluation import score_metrics
+    from driftline.retrainer.trainers import resolve_trainer, score
 
     rng = np.random.default_rng(seed)
     applicants = simulation.draw(simulation.BEFORE, rows, rng)
@@ -176,8 +176,8 @@ def register_first_version(
     first: FirstVersion,
 ) -> "ModelVersion":
     """Register v1 with its lineage and reference profile, promote it, announce both and mirror the registry."""
-    from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
-    from retrainer.registry import CHAMPION, Lineage
+    from driftline.retrainer.announce import AnnounceError, mirror_versions, publish_model_events
+    from driftline.retrainer.registry import CHAMPION, Lineage
 
     dataset_sha256 = registry.artifacts.put_table(first.dataset)
     lineage = Lineage(
@@ -681,11 +681,11 @@ def run_scenario(
     ``health`` returns why the services cannot work any more (a crashed
     worker, with its log), or None; the run then stops at once.
     """
-    from retrainer.policy import load_policy
-    from retrainer.registry import Registry
-    from streams import kafka
-    from streams.sdk import PredictionLogger
-    from streams.warehouse import Warehouse
+    from driftline.retrainer.policy import load_policy
+    from driftline.retrainer.registry import Registry
+    from driftline.streams import kafka
+    from driftline.streams.sdk import PredictionLogger
+    from driftline.streams.warehouse import Warehouse
 
     clock = _Clock()
     started_ms = time.time_ns() // 1_000_000
@@ -785,7 +785,7 @@ def run_scenario(
 
 
 def read_champion(registry: "Registry", model_id: str) -> Champion | None:
-    from retrainer.registry import CHAMPION
+    from driftline.retrainer.registry import CHAMPION
 
     version = registry.alias(model_id, CHAMPION)
     if version is None:

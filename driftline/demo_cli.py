@@ -112,7 +112,7 @@ def _say(message: str) -> None:
 
 def new_model_id(registry: Any, now: datetime | None = None) -> str:
     """``credit-HHMMSS``, with a suffix if the registry already has that model (a run at the same time of day)."""
-    from retrainer.registry import ModelNotFoundError
+    from driftline.retrainer.registry import ModelNotFoundError
 
     base = f"credit-{(now or datetime.now()).strftime('%H%M%S')}"
     for n in range(1, 100):
@@ -178,7 +178,7 @@ def running_services(settings: "Settings", logs: Path, *, startup_timeout: float
     group = _group_prefix(settings)
     port = free_port()
     worker = ManagedProcess("worker", logs / "worker.pid", logs / "worker.log")
-    retrainer = ManagedProcess("retrainer", logs / "retrainer.pid", logs / "retrainer.log")
+    retrainer = ManagedProcess("retrainer", logs / "driftline.retrainer.pid", logs / "driftline.retrainer.log")
     services = Services(worker, retrainer, port)
     try:
         worker.spawn([sys.executable, "-m", "driftline.cli", "worker", "--app-id", f"{group}-worker",
@@ -226,7 +226,7 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
     from confluent_kafka import KafkaException
 
     from driftline.demo import DemoOptions, StepTimeouts, run_scenario, summary_table
-    from retrainer.registry import Registry, RegistryError, validate_name
+    from driftline.retrainer.registry import Registry, RegistryError, validate_name
 
     problem = _preflight()
     if problem:
@@ -317,9 +317,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
     from driftline.service_sim import ChampionWatcher, SimulatedService, artifact_scorer, oracle_scorer
-    from retrainer.registry import CHAMPION, ModelNotFoundError, Registry, RegistryError, validate_name
-    from streams import kafka
-    from streams.sdk import PredictionLogger
+    from driftline.retrainer.registry import CHAMPION, ModelNotFoundError, Registry, RegistryError, validate_name
+    from driftline.streams import kafka
+    from driftline.streams.sdk import PredictionLogger
 
     model_id = validate_name(args.model)
     registry = Registry.from_settings(settings)

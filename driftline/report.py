@@ -45,13 +45,13 @@ from driftline.report_svg import (
     heatmap,
     line_chart,
 )
-from retrainer.registry import AuditEntry, ModelNotFoundError, ModelVersion, Registry, RegistryError, validate_name
-from streams.cookbook import Query, load_queries
-from streams.records import PREDICTION_FEATURE, Evidence
+from driftline.retrainer.registry import AuditEntry, ModelNotFoundError, ModelVersion, Registry, RegistryError, validate_name
+from driftline.streams.cookbook import Query, load_queries
+from driftline.streams.records import PREDICTION_FEATURE, Evidence
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
-    from streams.warehouse import Warehouse
+    from driftline.streams.warehouse import Warehouse
 
 __all__ = ["ReportData", "TimelineEvent", "VersionInfo", "collect", "render", "render_report", "write_report"]
 
@@ -279,7 +279,7 @@ def write_report(
     file that does not exist is not created: the report then takes lineage
     from the warehouse mirror and says so.
     """
-    from streams.warehouse import Warehouse
+    from driftline.streams.warehouse import Warehouse
 
     validate_name(model_id)
     out = Path(out_path)

@@ -32,8 +32,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace, settings: "Settings") -> int:
     from driftline.report import write_report
-    from retrainer.registry import InvalidNameError, RegistryError
-    from streams.warehouse import WarehouseError
+    from driftline.retrainer.registry import InvalidNameError, RegistryError
+    from driftline.streams.warehouse import WarehouseError
 
     out = args.out or f"driftline-report-{args.model}.html"
     try:

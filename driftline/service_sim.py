@@ -29,13 +29,13 @@ import numpy as np
 
 from driftline import simulation
 from driftline.simulation import AFTER, BEFORE, Applicants, Timeline, World
-from retrainer.trainers import TrainingSet, load_model, score
+from driftline.retrainer.trainers import TrainingSet, load_model, score
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
-    from retrainer.registry import Registry
-    from streams.records import ModelEvent
-    from streams.sdk import PredictionLogger
+    from driftline.retrainer.registry import Registry
+    from driftline.streams.records import ModelEvent
+    from driftline.streams.sdk import PredictionLogger
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Scorer:
 
 
 def artifact_scorer(version: str, artifact: bytes) -> Scorer:
-    """A scorer from a registered artifact (a pickled river pipeline, as ``retrainer.trainers`` writes)."""
+    """A scorer from a registered artifact (a pickled river pipeline, as ``driftline.retrainer.trainers`` writes)."""
     model = load_model(artifact)
     return Scorer(version, lambda applicants: score(model, training_set(applicants)), "registry artifact")
 
@@ -89,7 +89,7 @@ def oracle_scorer(version: str, world: World = BEFORE) -> Scorer:
 
 def champion_scorer(registry: "Registry", model_id: str) -> Scorer | None:
     """The registry champion's scorer, or None when the model has no champion."""
-    from retrainer.registry import CHAMPION
+    from driftline.retrainer.registry import CHAMPION
 
     champion = registry.alias(model_id, CHAMPION)
     if champion is None:
@@ -150,7 +150,7 @@ class SimulatedService:
 
     ``clock`` returns seconds (``time.time``); tests pass their own.
 
-    >>> from streams.sdk import PredictionLogger
+    >>> from driftline.streams.sdk import PredictionLogger
     >>> logger = PredictionLogger("127.0.0.1:1")  # nothing listens: events are buffered, then dropped
     >>> now = [1_700_000_000.0]
     >>> service = SimulatedService(logger, "credit", oracle_scorer("1"), rate=100, label_delay_s=1.0,
@@ -365,8 +365,8 @@ class ChampionWatcher:
 
     >>> import tempfile
     >>> from driftline.settings import Settings
-    >>> from retrainer.registry import ArtifactStore, Registry
-    >>> from streams.sdk import PredictionLogger
+    >>> from driftline.retrainer.registry import ArtifactStore, Registry
+    >>> from driftline.streams.sdk import PredictionLogger
     >>> d = tempfile.mkdtemp()
     >>> service = SimulatedService(PredictionLogger("127.0.0.1:1"), "credit", oracle_scorer("1"), rate=10)
     >>> watcher = ChampionWatcher(Settings(), Registry(f"sqlite:///{d}/r.db", ArtifactStore(d)), service, since_ms=0)
@@ -410,7 +410,7 @@ class ChampionWatcher:
     def _run(self) -> None:
         from confluent_kafka import TopicPartition
 
-        from streams import kafka
+        from driftline.streams import kafka
 
         topic = self.settings.topic("models")
         consumer = kafka.consumer(self.settings, f"driftline-service-{uuid.uuid4().hex[:12]}",

@@ -14,11 +14,11 @@ from typing import Sequence
 from confluent_kafka import Producer
 
 from driftline.settings import Settings
-from retrainer.registry import Registry
-from streams import kafka
-from streams.codec import Codec
-from streams.records import ModelEvent
-from streams.warehouse import Warehouse
+from driftline.retrainer.registry import Registry
+from driftline.streams import kafka
+from driftline.streams.codec import Codec
+from driftline.streams.records import ModelEvent
+from driftline.streams.warehouse import Warehouse
 
 
 class AnnounceError(RuntimeError):

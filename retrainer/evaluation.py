@@ -1,7 +1,7 @@
 """Challenger against champion on one time-based holdout: metrics and the promotion decision.
 
 Pure: scores and labels in, metrics and a :class:`~retrainer.promotion.PromotionDecision`
-out. Metrics are those of the monitoring side (``streams.core.performance``),
+out. Metrics are those of the monitoring side (``driftline.streams.core.performance``),
 so a version's registered holdout metrics and its live performance windows
 are computed the same way and can be compared by the performance trigger.
 
@@ -19,9 +19,9 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from retrainer.promotion import PromotionDecision, PromotionRule, decide
-from retrainer.trainers import Task
-from streams.core.performance import compute_performance
+from driftline.retrainer.promotion import PromotionDecision, PromotionRule, decide
+from driftline.retrainer.trainers import Task
+from driftline.streams.core.performance import compute_performance
 
 ChampionSource = Literal["artifact", "logged predictions"]
 
@@ -192,7 +192,7 @@ def fit_calibrator(task: Task | None, labels: np.ndarray | None, scores: np.ndar
     >>> fit_calibrator("regression", y, s) is None, fit_calibrator("classification", y[:50], s[:50]) is None
     (True, True)
     """
-    from streams.core.estimation import CalibrationError, ScoreCalibrator
+    from driftline.streams.core.estimation import CalibrationError, ScoreCalibrator
 
     if task != "classification" or labels is None or scores is None:
         return None

@@ -32,8 +32,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, Val
 from pydantic_core import PydanticCustomError
 
 from driftline.naming import InvalidName, validate_name
-from retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
-from streams.core import drift
+from driftline.retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
+from driftline.streams.core import drift
 
 # The drift engine owns its metric names (those of drift_metrics rows, docs/CONTRACTS.md) and the
 # threshold keys it takes; ``drifted`` is the engine's verdict.
@@ -121,7 +121,7 @@ class ReferenceSettings:
         >>> d = build("3"); d["model_version"], d["model_id"]
         ('3', 'm')
         """
-        from retrainer.reference import build_reference
+        from driftline.retrainer.reference import build_reference
 
         def build(version: str) -> dict[str, Any]:
             profile = build_reference(
@@ -503,7 +503,7 @@ def _names(options: Callable[[], tuple[str, ...]] | None = None, optional: bool 
 
 def _detector_names() -> tuple[str, ...]:
     # Imported here: the detector module pulls in river, which a CLI that only reads the policy does not need.
-    from streams.core.detectors import DETECTORS
+    from driftline.streams.core.detectors import DETECTORS
 
     return tuple(DETECTORS)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from driftline.redaction import redact
-from streams.records import PREDICTION_FEATURE, ModelEvent
+from driftline.streams.records import PREDICTION_FEATURE, ModelEvent
 
-from retrainer.registry import (
+from driftline.retrainer.registry import (
     CHALLENGER,
     CHAMPION,
     Lineage,
@@ -240,8 +240,8 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
     # imported here: the profile module lives in the monitoring side and is
     # needed only by this verb
     try:
-        from retrainer.evaluation import fit_calibrator
-        from retrainer.reference import build_reference
+        from driftline.retrainer.evaluation import fit_calibrator
+        from driftline.retrainer.reference import build_reference
     except ImportError as exc:
         raise InputError(f"cannot compute the reference profile: {exc}") from exc
     try:

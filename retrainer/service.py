@@ -11,7 +11,7 @@
 3. **train** with the policy's trainer (an entry point of ``driftline.trainers``
    or ``module:function``) on the oldest rows;
 4. **evaluate** challenger and champion on the same newest rows
-   (:mod:`retrainer.evaluation`) and decide (:func:`retrainer.promotion.decide`);
+   (:mod:`driftline.retrainer.evaluation`) and decide (:func:`driftline.retrainer.promotion.decide`);
 5. **register** the version with its lineage and reference profile; the
    decision is stored with it (tag ``decision``), so that an interrupted
    request finishes the way it was decided;
@@ -48,10 +48,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from driftline.redaction import redact
 from driftline.settings import Settings
 from driftline.unpickling import Allowlist
-from retrainer.announce import AnnounceError, mirror_versions, publish_model_events
-from retrainer.evaluation import ChampionScores, Evaluation, evaluate, fit_calibrator
-from retrainer.policy import ModelPolicy, Policy, load_policy
-from retrainer.registry import (
+from driftline.retrainer.announce import AnnounceError, mirror_versions, publish_model_events
+from driftline.retrainer.evaluation import ChampionScores, Evaluation, evaluate, fit_calibrator
+from driftline.retrainer.policy import ModelPolicy, Policy, load_policy
+from driftline.retrainer.registry import (
     CHALLENGER,
     CHAMPION,
     Lineage,
@@ -61,8 +61,8 @@ from retrainer.registry import (
     RegistryError,
     code_version,
 )
-from retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
-from retrainer.trainers import (
+from driftline.retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
+from driftline.retrainer.trainers import (
     TrainedModel,
     TrainerError,
     TrainerFn,
@@ -71,12 +71,12 @@ from retrainer.trainers import (
     resolve_trainer,
     score,
 )
-from retrainer.triggers import manual_cooldown_remaining_ms
-from streams import kafka
-from streams.codec import Codec, DecodeError
-from streams.supervision import INTERNAL_ERROR, error_detail
-from streams.records import RetrainRequest
-from streams.warehouse import Warehouse, WarehouseError
+from driftline.retrainer.triggers import manual_cooldown_remaining_ms
+from driftline.streams import kafka
+from driftline.streams.codec import Codec, DecodeError
+from driftline.streams.supervision import INTERNAL_ERROR, error_detail
+from driftline.streams.records import RetrainRequest
+from driftline.streams.warehouse import Warehouse, WarehouseError
 
 log = logging.getLogger(__name__)
 

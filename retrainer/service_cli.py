@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from streams.records import RetrainRequest
+from driftline.streams.records import RetrainRequest
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
@@ -58,10 +58,10 @@ def _fail(verb: str, exc: BaseException) -> int:
 def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
     from confluent_kafka import KafkaException
 
-    from retrainer.policy import PolicyError
-    from retrainer.registry import RegistryError
-    from retrainer.service import RetrainerOptions, RetrainerService
-    from streams.warehouse import WarehouseError
+    from driftline.retrainer.policy import PolicyError
+    from driftline.retrainer.registry import RegistryError
+    from driftline.retrainer.service import RetrainerOptions, RetrainerService
+    from driftline.streams.warehouse import WarehouseError
 
     options = RetrainerOptions(group_id=args.group_id, once=args.once, max_requests=args.max_requests,
                                idle_exit_seconds=args.idle_exit, poll_seconds=args.poll_seconds)
@@ -88,10 +88,10 @@ def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
 def _retrain(args: argparse.Namespace, settings: "Settings") -> int:
     from confluent_kafka import KafkaException
 
-    from retrainer.registry import CHAMPION, Registry, RegistryError, validate_name, version_number
-    from retrainer.registry.store import default_actor
-    from retrainer.triggers import manual_request
-    from streams.warehouse import Warehouse, WarehouseError
+    from driftline.retrainer.registry import CHAMPION, Registry, RegistryError, validate_name, version_number
+    from driftline.retrainer.registry.store import default_actor
+    from driftline.retrainer.triggers import manual_request
+    from driftline.streams.warehouse import Warehouse, WarehouseError
 
     try:
         model_id = validate_name(args.model)
@@ -129,7 +129,7 @@ def _retrain(args: argparse.Namespace, settings: "Settings") -> int:
 
 
 def _publish_request(request: RetrainRequest, settings: "Settings") -> None:
-    from streams import kafka
+    from driftline.streams import kafka
 
     kafka.ensure_topics(settings, ["retrain-requests"])
     try:
@@ -140,7 +140,7 @@ def _publish_request(request: RetrainRequest, settings: "Settings") -> None:
 
 
 def _wait_for_outcome(warehouse: Any, request: RetrainRequest, seconds: float) -> int:
-    from retrainer.service import FINAL_STATUSES
+    from driftline.retrainer.service import FINAL_STATUSES
 
     deadline = time.monotonic() + seconds
     row: dict[str, Any] = {}

@@ -21,8 +21,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from retrainer.trainers import Task, TrainingSet
-from streams.core.performance import parse_labels
+from driftline.retrainer.trainers import Task, TrainingSet
+from driftline.streams.core.performance import parse_labels
 
 # The columns of Warehouse.training_snapshot that are not features (streams.warehouse.SNAPSHOT_COLUMNS;
 # spelt out so that this pure module does not import the adapter, and checked equal by a test).

@@ -131,7 +131,7 @@ DEFAULT_ARTIFACT_ALLOWLIST: tuple[str, ...] = (
     "numpy._core.multiarray:_reconstruct",
     "numpy.core.multiarray:scalar",
     "numpy.core.multiarray:_reconstruct",
-    "retrainer.trainers:FillMissing",
+    "driftline.retrainer.trainers:FillMissing",
 )
 
 
@@ -165,7 +165,7 @@ def load_model(artifact: bytes, allow: Allowlist | None = None) -> Any:
     >>> load_model(pickle.dumps(os.getcwd))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    retrainer.trainers.ArtifactNotAllowed: posix.getcwd is not allowed in a model artifact
+    driftline.retrainer.trainers.ArtifactNotAllowed: posix.getcwd is not allowed in a model artifact
     (allowlist of train_river_linear): its allowlist names only river, ...;
     if you trust it, add 'posix:getcwd' (or its module 'posix') to the allowlist:
     set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)

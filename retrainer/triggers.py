@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping, Sequence, TypedDict
 
-from retrainer.policy import DRIFTED, ModelPolicy
-from retrainer.promotion import TOLERANCE, finite_number
-from streams.records import Alert, Evidence, FeatureDrift, RetrainReason, RetrainRequest
+from driftline.retrainer.policy import DRIFTED, ModelPolicy
+from driftline.retrainer.promotion import TOLERANCE, finite_number
+from driftline.streams.records import Alert, Evidence, FeatureDrift, RetrainReason, RetrainRequest
 
 Kind = Literal["drift", "change", "performance", "estimate"]
 Status = Literal["hot", "clean", "unknown"]
@@ -202,7 +202,7 @@ _CLEAN = Signal("clean")
 def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     """Hot when at least ``min_features`` features cross in this window.
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> rows = [FeatureDrift("a", "psi", 0.4, None, 0.2, True), FeatureDrift("b", "psi", 0.05, None, 0.2, False)]
     >>> drift_signal(load_policy(None).for_model("m"), WindowOutcome("m", "1", 0, 60_000, drift=rows)).status
     'clean'
@@ -243,7 +243,7 @@ def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
 def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     """Hot when the metric is worse than reference by more than ``max_drop``, or worse than ``limit``.
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> p = load_policy(None).for_model("m")
     >>> w = WindowOutcome("m", "1", 0, 60_000, performance={"accuracy": 0.70}, n_labeled=800,
     ...                   reference_performance={"accuracy": 0.80})
@@ -283,7 +283,7 @@ def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     Both sides are estimated the same way (from calibrated scores, no label),
     so a calibration error common to both cancels.
 
-    >>> from retrainer.policy import parse_policy
+    >>> from driftline.retrainer.policy import parse_policy
     >>> p = parse_policy({"defaults": {"performance": {"estimated_accuracy_drop": 0.05}}}).for_model("m")
     >>> w = WindowOutcome("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
     ...                   reference_estimates={"accuracy": 0.80})
@@ -326,7 +326,7 @@ def _advance(episode: Episode, signal: Signal, window_start: int, need: int, cle
 def cooldown_remaining_ms(policy: ModelPolicy, state: TriggerState, now_ms: int) -> int:
     """How long automatic requests must still wait (0: they may go now).
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> cooldown_remaining_ms(load_policy(None).for_model("m"), TriggerState("m", last_request_ms=0), 60_000)
     1740000
     """
@@ -372,7 +372,7 @@ def evaluate(
     version; a window that ends no later than the last one seen (a replay)
     changes nothing and emits nothing.
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> policy = load_policy(None).for_model("m")
     >>> rows = [FeatureDrift(f, "psi", 0.5, None, 0.2, True) for f in ("a", "b")]
     >>> state = TriggerState("m")
@@ -486,7 +486,7 @@ def evaluate_schedule(
     cooldown (the period is the user's explicit choice) and need a known
     model version.
 
-    >>> from retrainer.policy import parse_policy
+    >>> from driftline.retrainer.policy import parse_policy
     >>> policy = parse_policy({"defaults": {"schedule": {"every_hours": 1}}}).for_model("m")
     >>> state, requests, _ = evaluate_schedule(policy, TriggerState("m", "1"), 0)
     >>> state, requests, _ = evaluate_schedule(policy, state, 3_600_000)
@@ -549,7 +549,7 @@ def manual_request(model_id: str, model_version: str, now_ms: int, requested_by:
 def manual_cooldown_remaining_ms(policy: ModelPolicy, last_manual_ms: int | None, now_ms: int) -> int:
     """How long a new manual request must still wait (0: accept it now).
 
-    >>> from retrainer.policy import parse_policy
+    >>> from driftline.retrainer.policy import parse_policy
     >>> p = parse_policy({"defaults": {"manual": {"cooldown_minutes": 2}}}).for_model("m")
     >>> manual_cooldown_remaining_ms(p, 0, 60_000), manual_cooldown_remaining_ms(p, None, 0)
     (60000, 0)

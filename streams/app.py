@@ -17,7 +17,7 @@ near 7k/s (docs/PERFORMANCE.md).
 A timer closes the windows of models gone quiet. ``models`` events are read
 by every worker (not shared through the consumer group: each worker must
 re-baseline), by a plain consumer on its own supervised thread
-(``streams.supervision``: restarted with backoff if it fails). ``/metrics`` on
+(``driftline.streams.supervision``: restarted with backoff if it fails). ``/metrics`` on
 the Faust web port serves the Prometheus metrics, ``/health`` a JSON report of
 the warehouse, the background threads and the fetch (``driftline worker --health``).
 
@@ -43,12 +43,12 @@ from faust.app.base import BootStrategy
 
 from driftline.redaction import redact
 from driftline.settings import Settings
-from streams.batch_consumer import BatchConsumer, contract_topics
-from streams.messages import Incoming, Offset
-from streams.observability import CONTENT_TYPE_LATEST
-from streams.records import ModelEvent
-from streams.supervision import Supervisor
-from streams.worker import INPUT_TOPICS, Replay, WorkerOptions, WorkerService
+from driftline.streams.batch_consumer import BatchConsumer, contract_topics
+from driftline.streams.messages import Incoming, Offset
+from driftline.streams.observability import CONTENT_TYPE_LATEST
+from driftline.streams.records import ModelEvent
+from driftline.streams.supervision import Supervisor
+from driftline.streams.worker import INPUT_TOPICS, Replay, WorkerOptions, WorkerService
 
 log = logging.getLogger("driftline.worker")
 
@@ -269,7 +269,7 @@ class ModelEvents:
     def start(self, timeout: float = 30.0) -> None:
         from confluent_kafka import TopicPartition
 
-        from streams import kafka
+        from driftline.streams import kafka
 
         topic = self.settings.topic("models")
         consumer = kafka.consumer(self.settings, f"driftline-models-{uuid.uuid4().hex[:12]}",
@@ -288,7 +288,7 @@ class ModelEvents:
             self._consumer = None
 
     def _run(self, stop: threading.Event) -> None:
-        from streams import kafka
+        from driftline.streams import kafka
 
         def received(event: ModelEvent) -> None:
             log.info("models event: %s %s v%s", event.event, event.model_id, event.version,
@@ -396,13 +396,13 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
 
 def build_service(settings: Settings, options: WorkerOptions) -> WorkerService:
     """The service with its real adapters: warehouse, Kafka producer, registry references."""
-    from retrainer.policy import load_policy
-    from retrainer.registry import Registry
-    from streams import kafka
-    from streams.references import RegistryReferences
-    from streams.sinks import Sinks
-    from streams.warehouse import Warehouse
-    from streams.webhook import AlertWebhook
+    from driftline.retrainer.policy import load_policy
+    from driftline.retrainer.registry import Registry
+    from driftline.streams import kafka
+    from driftline.streams.references import RegistryReferences
+    from driftline.streams.sinks import Sinks
+    from driftline.streams.warehouse import Warehouse
+    from driftline.streams.webhook import AlertWebhook
 
     warehouse = Warehouse.from_settings(settings, migrate=True)
     webhook = AlertWebhook(settings.alert_webhook) if settings.alert_webhook else None
@@ -437,7 +437,7 @@ def check_copartitioned(settings: Settings, timeout: float = 30.0) -> dict[str, 
 
 def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "info") -> int:
     """Create the topics, start the worker and block until it stops; returns the exit code."""
-    from streams import kafka
+    from driftline.streams import kafka
 
     kafka.ensure_topics(settings, partitions=options.partitions)
     check_copartitioned(settings)

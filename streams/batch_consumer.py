@@ -35,7 +35,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from driftline.settings import Settings
-from streams.messages import Incoming, Offset
+from driftline.streams.messages import Incoming, Offset
 
 log = logging.getLogger("driftline.worker")
 

@@ -42,7 +42,7 @@ that the streams worker writes into the DLQ header ``driftline-error``:
 ``unexpected_record``  a valid record that does not belong on that topic
 ``reserved_feature_name``, ``feature_kind_conflict``, ``value_too_long``
                        the feature names or attribute keys of one event or batch
-                       message (``streams.core.validation.check_feature_names``)
+                       message (``driftline.streams.core.validation.check_feature_names``)
 ``malformed``          anything else that went wrong reading the message; the
                        detail names the exception class (a bug to report, never a crash)
 =====================  =====================================================
@@ -57,7 +57,7 @@ too large for a double field is ``json_schema``.
 
 Encoding writes a NaN prediction of a single event as null.
 
-Timestamps stay exact integer milliseconds (see ``streams.codec_schemas``).
+Timestamps stay exact integer milliseconds (see ``driftline.streams.codec_schemas``).
 Batches decode with one fastavro read and ``np.frombuffer`` per packed
 column, so their numeric columns are read-only views of the message bytes.
 """
@@ -79,10 +79,10 @@ from fastavro.read import SchemaResolutionError
 from fastavro.validation import ValidationError, validate
 
 from driftline.redaction import redact
-from streams.codec_registry import SchemaRegistryClient, SchemaRegistryError
-from streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, SchemaSet, SchemaSetError, SchemaVersion
-from streams.core.validation import check_feature_names
-from streams.records import (
+from driftline.streams.codec_registry import SchemaRegistryClient, SchemaRegistryError
+from driftline.streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, SchemaSet, SchemaSetError, SchemaVersion
+from driftline.streams.core.validation import check_feature_names
+from driftline.streams.records import (
     Alert,
     DriftReport,
     Evidence,
@@ -471,7 +471,7 @@ class Codec:
     >>> codec.decode(b"\\x01garbage")
     Traceback (most recent call last):
     ...
-    streams.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), 00 (Confluent) or { (JSON)
+    driftline.streams.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), 00 (Confluent) or { (JSON)
     """
 
     def __init__(self, schemas: SchemaSet | None = None, *,

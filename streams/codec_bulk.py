@@ -58,10 +58,10 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from streams.codec import TOPIC_RECORDS, Codec, DecodeError
-from streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, fingerprint
-from streams.core.validation import RESERVED_FEATURE_NAMES, check_feature_names
-from streams.records import FeatureBatch, FeatureEvent, PredictionBatch, PredictionEvent
+from driftline.streams.codec import TOPIC_RECORDS, Codec, DecodeError
+from driftline.streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, fingerprint
+from driftline.streams.core.validation import RESERVED_FEATURE_NAMES, check_feature_names
+from driftline.streams.records import FeatureBatch, FeatureEvent, PredictionBatch, PredictionEvent
 
 log = logging.getLogger("driftline.codec")
 
@@ -131,7 +131,7 @@ class BulkDecoded:
     ``others`` holds ``(message index, record or DecodeError)`` in message order for every message
     that is not a Prediction/FeatureEvent: batches, labels, and the messages that did not decode.
 
-    >>> from streams.codec import Codec
+    >>> from driftline.streams.codec import Codec
     >>> codec = Codec()
     >>> values = [codec.encode(PredictionEvent("a", "m", "1", 10, numeric={"x": 1.0})), b"{oops",
     ...           codec.encode(PredictionEvent("b", "m", "1", 20, numeric={"y": 2.0}))]

@@ -25,7 +25,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas import AVRO_DIR
+from driftline.schemas import AVRO_DIR
 
 NAMESPACE = "driftline.v1"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas import QUERIES_DIR
-from streams.warehouse_migrations import MigrationError, split_statements
+from driftline.schemas import QUERIES_DIR
+from driftline.streams.warehouse_migrations import MigrationError, split_statements
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from streams.warehouse import Warehouse
+    from driftline.streams.warehouse import Warehouse
 
 __all__ = ["CookbookError", "Query", "load_queries"]
 

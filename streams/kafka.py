@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.redaction import redact
 from driftline.settings import TOPIC_NAMES, Settings
-from streams.codec import Codec, DecodeError, Record, default_codec
-from streams.records import ModelEvent
-from streams.supervision import clip, error_detail
+from driftline.streams.codec import Codec, DecodeError, Record, default_codec
+from driftline.streams.records import ModelEvent
+from driftline.streams.supervision import clip, error_detail
 
 log = logging.getLogger(__name__)
 

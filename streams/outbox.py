@@ -16,9 +16,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from streams.background import BackgroundWriter
-from streams.records import PredictionBatch
-from streams.sinks import ClosedWindow, combined_token
+from driftline.streams.background import BackgroundWriter
+from driftline.streams.records import PredictionBatch
+from driftline.streams.sinks import ClosedWindow, combined_token
 
 
 class Outbox:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from streams.core.profile import ReferenceProfile
-from streams.records import ModelEvent
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.records import ModelEvent
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ class ReferenceProvider(Protocol):
 
 
 class RegistryReferences:
-    """Reference profiles from the registry (``retrainer.registry.Registry``), cached.
+    """Reference profiles from the registry (``driftline.retrainer.registry.Registry``), cached.
 
     >>> import tempfile, numpy as np
-    >>> from retrainer.registry import ArtifactStore, Lineage, Registry
+    >>> from driftline.retrainer.registry import ArtifactStore, Lineage, Registry
     >>> d = tempfile.mkdtemp()
     >>> reg = Registry(f"sqlite:///{d}/r.db", ArtifactStore(d))
     >>> profile = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
@@ -95,7 +95,7 @@ class RegistryReferences:
         return self._champion_profile(model_id)
 
     def knows_model(self, model_id: str) -> bool:
-        from retrainer.registry import InvalidNameError, ModelNotFoundError
+        from driftline.retrainer.registry import InvalidNameError, ModelNotFoundError
 
         if len(model_id) > MAX_MODEL_ID:
             return False  # no registered model has such a name, and it would not be worth caching
@@ -111,7 +111,7 @@ class RegistryReferences:
 
     def holdout_metrics(self, model_id: str, model_version: str) -> dict[str, float] | None:
         """The version's registered holdout metrics (the performance trigger's reference), if any."""
-        from retrainer.registry import RegistryError
+        from driftline.retrainer.registry import RegistryError
 
         key = (model_id, model_version)
         if key not in self._holdout:
@@ -131,7 +131,7 @@ class RegistryReferences:
                  extra={"model_id": event.model_id, "event": event.event, "version": event.version})
 
     def _own_profile(self, model_id: str, model_version: str) -> ReferenceProfile | None:
-        from retrainer.registry import InvalidNameError, InvalidVersionError, ModelNotFoundError, VersionNotFoundError
+        from driftline.retrainer.registry import InvalidNameError, InvalidVersionError, ModelNotFoundError, VersionNotFoundError
 
         if len(model_id) > MAX_MODEL_ID or len(model_version) > MAX_MODEL_ID:
             return None
@@ -152,7 +152,7 @@ class RegistryReferences:
         return profile
 
     def _champion_profile(self, model_id: str) -> ReferenceProfile | None:
-        from retrainer.registry import CHAMPION, InvalidNameError, ModelNotFoundError
+        from driftline.retrainer.registry import CHAMPION, InvalidNameError, ModelNotFoundError
 
         if len(model_id) > MAX_MODEL_ID:
             return None

@@ -37,9 +37,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.codec import Codec, default_codec
-from streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams import kafka
+from driftline.streams.codec import Codec, default_codec
+from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
 
 log = logging.getLogger(__name__)
 

@@ -36,16 +36,16 @@ import numpy as np
 import river
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.codec import Codec, DecodeError, default_codec
-from streams.supervision import DETAIL_LIMIT, Outage, clip
-from streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
-from streams.core.profile import SUMMARY_QUANTILES, WindowProfile
-from streams.core.detectors import DETECTORS
-from streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
-from streams.webhook import AlertWebhook
-from streams.warehouse import Warehouse, WarehouseError
-from streams.warehouse_rows import DetectorStateRow, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams import kafka
+from driftline.streams.codec import Codec, DecodeError, default_codec
+from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
+from driftline.streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
+from driftline.streams.core.profile import SUMMARY_QUANTILES, WindowProfile
+from driftline.streams.core.detectors import DETECTORS
+from driftline.streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.webhook import AlertWebhook
+from driftline.streams.warehouse import Warehouse, WarehouseError
+from driftline.streams.warehouse_rows import DetectorStateRow, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from driftline.redaction import redact, redact_url, redacted_repr
-from schemas import CLICKHOUSE_DIR
-from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
-from streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
-from streams.warehouse_rows import (
+from driftline.schemas import CLICKHOUSE_DIR
+from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
+from driftline.streams.warehouse_rows import (
     DetectorStateRow,
     DriftMetricRow,
     ModelVersionRow,
@@ -57,7 +57,7 @@ from streams.warehouse_rows import (
     predictions_table,
     retrain_request_columns,
 )
-from streams.warehouse_ttl import RowTTL
+from driftline.streams.warehouse_ttl import RowTTL
 
 if TYPE_CHECKING:
     import pandas as pd

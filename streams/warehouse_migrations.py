@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas import CLICKHOUSE_DIR
+from driftline.schemas import CLICKHOUSE_DIR
 
 MIGRATIONS_TABLE = "schema_migrations"
 

@@ -1,6 +1,6 @@
 """Rows of the ClickHouse tables, and their conversion to insertable columns.
 
-Pure functions, no I/O: ``streams.warehouse`` sends what these build. Rows
+Pure functions, no I/O: ``driftline.streams.warehouse`` sends what these build. Rows
 may be given as the dataclasses below or as plain dicts with the same keys;
 either way they are validated here, so that a bad row fails with a message
 naming its table, position and field instead of a ClickHouse parse error.
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 
 RETRAIN_STATUSES = ("requested", "training", "registered", "rejected", "failed")
 RETRAIN_REASONS = ("drift", "performance", "schedule", "manual")
@@ -305,7 +305,7 @@ def _model_version_columns(rows: list[ModelVersionRow]) -> Columns:
 def drift_metric_rows(report: DriftReport) -> list[DriftMetricRow]:
     """The ``drift_metrics`` rows of one DriftReport.
 
-    >>> from streams.records import FeatureDrift
+    >>> from driftline.streams.records import FeatureDrift
     >>> report = DriftReport("m", "1", 0, 10, 50, 500, ["x"], [FeatureDrift("x", "ks", 0.4, 0.001, 0.1, True)], 11)
     >>> drift_metric_rows(report)[0].n_current
     50
@@ -443,7 +443,7 @@ def predictions_table(batches: Sequence[PredictionBatch]) -> pa.Table:
     Numeric maps hold every numeric feature of the batch (NaN for missing);
     categorical and attribute maps leave out the None values.
 
-    >>> from streams.records import PredictionEvent
+    >>> from driftline.streams.records import PredictionEvent
     >>> batch = PredictionBatch.from_events([
     ...     PredictionEvent("a", "m", "1", 10, numeric={"x": 1.0}, categorical={"c": "red"}, prediction=0.2),
     ...     PredictionEvent("b", "m", "1", 20, numeric={"x": 2.0, "y": 3.0}),

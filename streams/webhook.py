@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from driftline.redaction import redact
-from streams.records import Alert
+from driftline.streams.records import Alert
 
 log = logging.getLogger("driftline.webhook")
 
@@ -104,7 +104,7 @@ def post_json(url: str, body: bytes, *, deadline: float) -> int:
     >>> post_json("http://127.0.0.1:9/hook", b"{}", deadline=0.5)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    streams.webhook.WebhookError: cannot reach the webhook at 127.0.0.1:9:
+    driftline.streams.webhook.WebhookError: cannot reach the webhook at 127.0.0.1:9:
     ConnectionRefusedError: [Errno 111] Connection refused
     """
     parts = urllib.parse.urlsplit(url)

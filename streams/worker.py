@@ -1,14 +1,14 @@
 """The streams worker's service: decode, validate, monitor, write, and say what may be acknowledged.
 
 Everything here is synchronous and independent of Kafka and Faust: the app
-(``streams.app``) hands each batch of consumed messages to
+(``driftline.streams.app``) hands each batch of consumed messages to
 :meth:`WorkerService.handle` on one dedicated thread, and acknowledges the
 tokens it returns. The same object can be driven directly in tests.
 
 Delivery and crash safety:
 
 - a message is acknowledged (its offset may be committed) only when every
-  window it contributed to has been written (``streams.core.ledger``), and
+  window it contributed to has been written (``driftline.streams.core.ledger``), and
   only in offset order per partition. After a crash, Kafka delivers again
   everything from the oldest message of the oldest open window;
 - before the first batch of a model version, the worker reads how far that
@@ -37,12 +37,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from driftline.settings import Settings
-from retrainer.policy import Policy, load_policy
-from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
-from streams.codec import Codec, DecodeError, default_codec
-from streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
-from streams.core.ledger import AckLedger, Hold
-from streams.core.monitor import (
+from driftline.retrainer.policy import Policy, load_policy
+from driftline.retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
+from driftline.streams.codec import Codec, DecodeError, default_codec
+from driftline.streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
+from driftline.streams.core.ledger import AckLedger, Hold
+from driftline.streams.core.monitor import (
     NOT_IN_WINDOW,
     PREDICTIONS,
     Arrival,
@@ -55,15 +55,15 @@ from streams.core.monitor import (
     reference_estimates,
     take_rows,
 )
-from streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
-from streams.core.windows import Windowing
-from streams.messages import Incoming
-from streams.observability import WorkerMetrics
-from streams.outbox import Outbox
-from streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
-from streams.references import ReferenceProvider
-from streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
-from streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
+from driftline.streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
+from driftline.streams.core.windows import Windowing
+from driftline.streams.messages import Incoming
+from driftline.streams.observability import WorkerMetrics
+from driftline.streams.outbox import Outbox
+from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
+from driftline.streams.references import ReferenceProvider
+from driftline.streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
+from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
 
 log = logging.getLogger("driftline.worker")
 
@@ -140,7 +140,7 @@ class _Group:
 class _Part:
     """Decoded messages of one part of a poll: single events in columns, every other message alone.
 
-    ``groups`` and ``others`` index ``messages`` (see :class:`streams.codec_bulk.BulkDecoded`).
+    ``groups`` and ``others`` index ``messages`` (see :class:`driftline.streams.codec_bulk.BulkDecoded`).
     """
 
     messages: list[Incoming]
@@ -196,7 +196,7 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 
     from confluent_kafka import KafkaException
 
-    from streams.warehouse import WarehouseError
+    from driftline.streams.warehouse import WarehouseError
 
     errors: list[type[BaseException]] = [SinkError, WarehouseError, KafkaException, ConnectionError, TimeoutError,
                                          sqlite3.OperationalError, MemoryError]
@@ -327,7 +327,7 @@ class WorkerService:
         """What operators see at ``/health`` (and the gauges of ``/metrics``, refreshed here): the
         warehouse's state, every background thread's, and the messages waiting; any thread may call it.
 
-        >>> from streams.references import StaticReferences
+        >>> from driftline.streams.references import StaticReferences
         >>> sinks = Sinks(Settings(), warehouse=None, producer=None)  # nothing is written here
         >>> service = WorkerService(Settings(), WorkerOptions(), references=StaticReferences({}), sinks=sinks)
         >>> report = service.health()
@@ -609,7 +609,7 @@ class WorkerService:
         version), and the DecodeErrors of messages that did not decode.
 
         Preparing (validation and grouping) changes nothing, so a message whose preparation raises
-        is found by bisection (``streams.supervision.isolate``) and dead-lettered, and the others
+        is found by bisection (``driftline.streams.supervision.isolate``) and dead-lettered, and the others
         are prepared again without it; only then does anything change."""
         messages = part.messages
         now = self.now_ms()
@@ -991,7 +991,7 @@ class WorkerService:
 def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> MonitorSettings:
     """How the monitor treats ``model_id``: the policy's monitoring, with the worker's overrides.
 
-    >>> from retrainer.policy import load_policy
+    >>> from driftline.retrainer.policy import load_policy
     >>> s = monitor_settings(load_policy(None), WorkerOptions(window_seconds=5), "credit")
     >>> s.windowing.size_ms, s.windowing.lateness_ms, s.detectors
     (5000, 10000, ('adwin',))

@@ -11,7 +11,7 @@ import os
 from typing import Any, Callable
 
 from driftline.settings import Settings
-from streams.worker import WorkerOptions
+from driftline.streams.worker import WorkerOptions
 
 
 def _env(name: str, cast: Callable[[str], Any], default: Any) -> Any:
@@ -165,8 +165,8 @@ def print_health(host: str, port: int) -> int:
 def handle(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "health", False):
         return print_health(args.web_host, args.web_port)
-    from streams.app import run_worker
-    from streams.observability import configure_logging
+    from driftline.streams.app import run_worker
+    from driftline.streams.observability import configure_logging
 
     level = "DEBUG" if getattr(args, "verbose", False) else args.log_level.upper()
     configure_logging(args.log_format, level)

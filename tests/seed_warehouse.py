@@ -32,8 +32,8 @@ from unittest import mock
 import numpy as np
 from scipy import stats
 
-from retrainer.registry import ArtifactStore, Lineage, Registry
-from streams.records import (
+from driftline.retrainer.registry import ArtifactStore, Lineage, Registry
+from driftline.streams.records import (
     PREDICTION_FEATURE,
     Alert,
     DriftReport,
@@ -43,8 +43,8 @@ from streams.records import (
     PredictionBatch,
     RetrainRequest,
 )
-from streams.warehouse import Warehouse
-from streams.warehouse_rows import PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams.warehouse import Warehouse
+from driftline.streams.warehouse_rows import PerformanceRow, RejectedEventRow, WindowProfileRow
 
 MINUTE = 60_000
 WINDOW_MS = 5 * MINUTE
@@ -89,7 +89,7 @@ class SeededRun:
 @contextlib.contextmanager
 def registry_clock(at_ms: int) -> Iterator[None]:
     """Make the registry stamp its changes at ``at_ms``, so they fall inside the seeded history."""
-    with mock.patch("retrainer.registry.store.now_ms", lambda: at_ms):
+    with mock.patch("driftline.retrainer.registry.store.now_ms", lambda: at_ms):
         yield
 
 

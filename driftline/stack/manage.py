@@ -132,7 +132,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
 
 
 def _migrate(settings: Settings) -> None:
-    from streams.warehouse import Warehouse
+    from driftline.streams.warehouse import Warehouse
 
     Warehouse.from_settings(settings, migrate=True).close()
 

@@ -6,8 +6,8 @@
 '1'
 """
 
-from retrainer.registry.artifacts import ArtifactStore
-from retrainer.registry.errors import (
+from driftline.retrainer.registry.artifacts import ArtifactStore
+from driftline.retrainer.registry.errors import (
     ArtifactIntegrityError,
     ArtifactNotFoundError,
     InvalidNameError,
@@ -16,7 +16,7 @@ from retrainer.registry.errors import (
     RegistryError,
     VersionNotFoundError,
 )
-from retrainer.registry.models import (
+from driftline.retrainer.registry.models import (
     CHALLENGER,
     CHAMPION,
     STATUSES,
@@ -28,8 +28,8 @@ from retrainer.registry.models import (
     validate_name,
     version_number,
 )
-from retrainer.registry.provenance import code_version
-from retrainer.registry.store import SCHEMA_VERSION, Registry
+from driftline.retrainer.registry.provenance import code_version
+from driftline.retrainer.registry.store import SCHEMA_VERSION, Registry
 
 __all__ = [
     "ArtifactIntegrityError",

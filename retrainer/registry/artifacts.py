@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from retrainer.registry.canonical import canonical_json, sha256_hex
-from retrainer.registry.errors import ArtifactIntegrityError, ArtifactNotFoundError, RegistryError
+from driftline.retrainer.registry.canonical import canonical_json, sha256_hex
+from driftline.retrainer.registry.errors import ArtifactIntegrityError, ArtifactNotFoundError, RegistryError
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from retrainer.registry.errors import RegistryError
+from driftline.retrainer.registry.errors import RegistryError
 
 
 def canonical_json(value: Any, *, what: str, allow_nan: bool = False) -> str:

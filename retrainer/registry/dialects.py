@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from driftline.redaction import redact, redact_url, redacted_repr
 
-from retrainer.registry.errors import RegistryError
+from driftline.retrainer.registry.errors import RegistryError
 
 # Any constant works; it only has to be the same in every driftline process.
 _MIGRATION_LOCK_KEY = 0x64726966746C  # "driftl"

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from driftline import naming
-from retrainer.registry.canonical import canonical_json
-from retrainer.registry.errors import InvalidNameError, InvalidVersionError
-from streams.records import Evidence, ModelEvent, ModelEventKind
+from driftline.retrainer.registry.canonical import canonical_json
+from driftline.retrainer.registry.errors import InvalidNameError, InvalidVersionError
+from driftline.streams.records import Evidence, ModelEvent, ModelEventKind
 
 Status = Literal["registered", "challenger", "champion", "rejected", "archived"]
 STATUSES: tuple[Status, ...] = ("registered", "challenger", "champion", "rejected", "archived")
@@ -33,7 +33,7 @@ def validate_name(value: object, what: str = "model id") -> str:
     >>> validate_name("../etc/passwd")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    retrainer.registry.errors.InvalidNameError: invalid model id '../etc/passwd': use 1-128 letters, ...
+    driftline.retrainer.registry.errors.InvalidNameError: invalid model id '../etc/passwd': use 1-128 letters, ...
     """
     return naming.validate_name(value, what, error=InvalidNameError)
 
@@ -46,7 +46,7 @@ def version_number(version: int | str) -> int:
     >>> version_number("v3")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    retrainer.registry.errors.InvalidVersionError: invalid version 'v3':
+    driftline.retrainer.registry.errors.InvalidVersionError: invalid version 'v3':
     versions are whole numbers from 1 ("1", "2", ...)
     """
     if isinstance(version, bool):

@@ -19,18 +19,18 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from streams.records import ModelEvent
+from driftline.streams.records import ModelEvent
 
-from retrainer.registry.artifacts import ArtifactStore
-from retrainer.registry.canonical import canonical_json, sha256_hex
-from retrainer.registry.dialects import Dialect, dialect_for
-from retrainer.registry.errors import (
+from driftline.retrainer.registry.artifacts import ArtifactStore
+from driftline.retrainer.registry.canonical import canonical_json, sha256_hex
+from driftline.retrainer.registry.dialects import Dialect, dialect_for
+from driftline.retrainer.registry.errors import (
     ArtifactIntegrityError,
     ModelNotFoundError,
     RegistryError,
     VersionNotFoundError,
 )
-from retrainer.registry.models import (
+from driftline.retrainer.registry.models import (
     CHALLENGER,
     CHAMPION,
     AuditEntry,
@@ -40,8 +40,8 @@ from retrainer.registry.models import (
     validate_name,
     version_number,
 )
-from retrainer.registry.provenance import code_version
-from retrainer.registry.schema import MIGRATIONS, SCHEMA_VERSION
+from driftline.retrainer.registry.provenance import code_version
+from driftline.retrainer.registry.schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from driftline.settings import Settings

@@ -31,11 +31,11 @@ Every row of a feature carries that feature's decision for the row's class
 data-quality metrics), or else the value the metric reaches in only
 ``alpha`` of windows of this size without drift: critical values of the
 tests, binomial quantiles for the rates, and resampled quantiles for the
-distances (see :mod:`streams.core.calibration`). docs/STATISTICS.md gives
+distances (see :mod:`driftline.streams.core.calibration`). docs/STATISTICS.md gives
 the reasons.
 
 >>> import numpy as np
->>> from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
+>>> from driftline.streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
 >>> rng = np.random.default_rng(0)
 >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=20_000), "y": rng.normal(size=20_000)},
 ...                              {"c": rng.choice(["a", "b", "c"], 20_000).tolist()})
@@ -61,9 +61,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-from streams.core import calibration, metrics
-from streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
-from streams.records import FeatureDrift
+from driftline.streams.core import calibration, metrics
+from driftline.streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
+from driftline.streams.records import FeatureDrift
 
 NUMERIC_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate",
                    "mean_shift", "log_std_ratio", "out_of_range_rate")

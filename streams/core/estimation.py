@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import isotonic_regression
 
-from streams.core.performance import PerformanceRow, parse_labels
+from driftline.streams.core.performance import PerformanceRow, parse_labels
 
 ESTIMATED_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 DEFAULT_BINS = 200

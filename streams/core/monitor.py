@@ -42,18 +42,18 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
-from streams.core.drift import evaluate_window
-from streams.core.labels import PredictionIndex
-from streams.core.latency import LatencyWindow
-from streams.core.ledger import Hold
-from streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
-from streams.core.multivariate import MultivariateModel, MultivariateWindow
-from streams.core.performance import PerformanceRow, PerformanceWindow
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
-from streams.core.sequential import TrendDetector
-from streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
-from streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
+from driftline.streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
+from driftline.streams.core.drift import evaluate_window
+from driftline.streams.core.labels import PredictionIndex
+from driftline.streams.core.latency import LatencyWindow
+from driftline.streams.core.ledger import Hold
+from driftline.streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
+from driftline.streams.core.multivariate import MultivariateModel, MultivariateWindow
+from driftline.streams.core.performance import PerformanceRow, PerformanceWindow
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.sequential import TrendDetector
+from driftline.streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
+from driftline.streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
 
 ERROR_FEATURE = "__error__"
 NOT_IN_WINDOW = np.iinfo(np.int64).min
@@ -312,7 +312,7 @@ class Monitor:
     (``recover``), so that a replay after a crash does not write a window twice.
 
     >>> import numpy as np
-    >>> from streams.core.profile import ReferenceProfile
+    >>> from driftline.streams.core.profile import ReferenceProfile
     >>> rng = np.random.default_rng(0)
     >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2000)}, {}, rng.random(2000))
     >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
@@ -495,7 +495,7 @@ class Monitor:
         One ``Ingested`` per arrival, as ``ingest`` gives it.
 
         >>> import numpy as np
-        >>> from streams.core.profile import ReferenceProfile
+        >>> from driftline.streams.core.profile import ReferenceProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
         >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
         >>> monitor.recover("m", "1", None)

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-from streams.records import FeatureDrift
+from driftline.streams.records import FeatureDrift
 
 MULTIVARIATE_FEATURE = "__multivariate__"
 RECONSTRUCTION_ERROR = "reconstruction_error"

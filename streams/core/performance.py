@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from streams.core.exactsum import group_ratios
+from driftline.streams.core.exactsum import group_ratios
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
 REGRESSION_METRICS = ("mae", "rmse")

@@ -39,8 +39,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, sum_squared_deviations
-from streams.records import PREDICTION_FEATURE
+from driftline.streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, sum_squared_deviations
+from driftline.streams.records import PREDICTION_FEATURE
 
 FORMAT_VERSION = 1
 # Window profiles keep exact sums (streams.core.exactsum) instead of a running mean and m2.

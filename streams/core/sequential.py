@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from streams.records import FeatureDrift
+from driftline.streams.records import FeatureDrift
 
 METRIC = "trend_evidence"
 _STATE_FORMAT = 1
@@ -133,7 +133,7 @@ class TrendDetector:
     def from_reference(cls, reference: Any, features: Sequence[str] | None = None, **options: Any) -> TrendDetector:
         """A detector over the numeric features of a ``ReferenceProfile`` (all of them by default).
 
-        >>> from streams.core.profile import ReferenceProfile
+        >>> from driftline.streams.core.profile import ReferenceProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(10.0)}, {}, predictions=np.ones(10))
         >>> TrendDetector.from_reference(ref).names
         ['x', '__prediction__']
@@ -192,7 +192,7 @@ class TrendDetector:
     def update_window(self, window: Any) -> list[FeatureDrift]:
         """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2.
 
-        >>> from streams.core.profile import ReferenceProfile, WindowProfile
+        >>> from driftline.streams.core.profile import ReferenceProfile, WindowProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}, predictions=np.ones(100) / 2)
         >>> det = TrendDetector.from_reference(ref)
         >>> w = WindowProfile.empty(ref, seed=1)

@@ -5,7 +5,7 @@ reason code as its ``driftline-error`` header. The unit of rejection is the
 message: a batch with one bad row is rejected whole, so that what is in the
 DLQ is exactly what was not ingested and can be replayed after a fix.
 
-Reason codes added here (the codec's own are in ``streams.codec``):
+Reason codes added here (the codec's own are in ``driftline.streams.codec``):
 
 =========================  =================================================
 ``unknown_model``          no reference profile for the model version (nor a champion)
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.records import PREDICTION_FEATURE, LabelEvent, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, LabelEvent, PredictionBatch
 
 UNKNOWN_MODEL = "unknown_model"
 INVALID_VALUE = "invalid_value"

@@ -25,9 +25,9 @@ import numpy as np
 from driftline.stack.kafka_local import KafkaBroker
 from driftline.stack.process import free_port, port_answers
 from driftline.settings import Settings
-from streams import kafka
-from streams.codec import encode
-from streams.records import LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams import kafka
+from driftline.streams.codec import encode
+from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
 from worker_harness import REPO, T0, RunResults, WorkerEnv, WorkerProcess, make_batch
 
 FULL = os.environ.get("DRIFTLINE_FAULTS", "") == "full"

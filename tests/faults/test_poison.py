@@ -15,9 +15,9 @@ import pytest
 
 from driftline.settings import Settings
 from fault_harness import Message, Traffic, compare, finished, pair, send, sized, traffic
-from streams import kafka
-from streams.codec import decode, encode
-from streams.records import LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams import kafka
+from driftline.streams.codec import decode, encode
+from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
 from worker_harness import T0, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

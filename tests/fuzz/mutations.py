@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 from fastavro import schemaless_writer
 
-from streams.codec import Codec
-from streams.codec_schemas import SchemaVersion
-from streams.records import (
+from driftline.streams.codec import Codec
+from driftline.streams.codec_schemas import SchemaVersion
+from driftline.streams.records import (
     Alert,
     DriftReport,
     Evidence,

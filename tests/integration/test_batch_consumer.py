@@ -10,9 +10,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.batch_consumer import BatchConsumer, contract_topics
-from streams.messages import Incoming
+from driftline.streams import kafka
+from driftline.streams.batch_consumer import BatchConsumer, contract_topics
+from driftline.streams.messages import Incoming
 
 pytestmark = [pytest.mark.kafka]
 

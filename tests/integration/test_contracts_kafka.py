@@ -8,9 +8,9 @@ import numpy as np
 from confluent_kafka.admin import AdminClient
 
 from driftline.settings import TOPIC_NAMES, Settings
-from streams.codec import TOPIC_RECORDS, Codec, DecodeError
-from streams.kafka import consume_records, ensure_topics, produce, producer, publish, send_to_dlq
-from streams.records import (
+from driftline.streams.codec import TOPIC_RECORDS, Codec, DecodeError
+from driftline.streams.kafka import consume_records, ensure_topics, produce, producer, publish, send_to_dlq
+from driftline.streams.records import (
     Alert,
     DriftReport,
     Evidence,

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from seed_warehouse import CATEGORICAL, NUMERIC, Seeded, seeded_once
-from streams.warehouse import Warehouse
+from driftline.streams.warehouse import Warehouse
 
 pytestmark = pytest.mark.warehouse
 

@@ -32,7 +32,7 @@ import pytest
 from driftline.settings import Settings
 from driftline.stack.postgres import PostgresServer, start_postgres
 from driftline.stack.process import free_port
-from retrainer.registry import (
+from driftline.retrainer.registry import (
     SCHEMA_VERSION,
     ArtifactIntegrityError,
     ArtifactStore,
@@ -45,7 +45,7 @@ from retrainer.registry import (
     VersionNotFoundError,
     code_version,
 )
-from streams.records import Evidence, ModelEvent
+from driftline.streams.records import Evidence, ModelEvent
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR_COLUMNS = {
@@ -196,7 +196,7 @@ def test_parent_must_exist(registry: Registry) -> None:
 
 
 def test_mirror_rows_fit_the_warehouse_model_versions_table(registry: Registry) -> None:
-    from streams.warehouse_rows import ModelVersionRow, columns
+    from driftline.streams.warehouse_rows import ModelVersionRow, columns
 
     _register(registry)
     _register(registry, hyperparameters={"lr": 0.1}, train_metrics={"auc": 0.8, "note": "text"},
@@ -240,7 +240,7 @@ def test_concurrent_registrations_in_threads_get_distinct_versions(registry: Reg
 _PROCESS_WORKER = """
 import sys, time
 from pathlib import Path
-from retrainer.registry import ArtifactStore, Lineage, Registry
+from driftline.retrainer.registry import ArtifactStore, Lineage, Registry
 url, root, go, tag, n = sys.argv[1:]
 while not Path(go).exists():
     time.sleep(0.005)
@@ -528,7 +528,7 @@ class _Recorder:
 
 
 def _cli(settings: Settings, argv: list[str], capsys: pytest.CaptureFixture[str], publish: _Recorder | None = None):
-    from retrainer.registry_cli import add_commands
+    from driftline.retrainer.registry_cli import add_commands
 
     parser = argparse.ArgumentParser(prog="driftline")
     add_commands(parser.add_subparsers(dest="command"), publish=publish)
@@ -561,9 +561,9 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
 ) -> None:
     from dataclasses import replace
 
-    from streams.core.estimation import ScoreCalibrator
-    from streams.core.multivariate import MultivariateModel
-    from streams.core.profile import ReferenceProfile
+    from driftline.streams.core.estimation import ScoreCalibrator
+    from driftline.streams.core.multivariate import MultivariateModel
+    from driftline.streams.core.profile import ReferenceProfile
 
     frame = _training_frame()
     dataset = tmp_path / f"train.{fmt}"

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.records import ModelEvent
-from streams.warehouse import Warehouse
+from driftline.streams import kafka
+from driftline.streams.records import ModelEvent
+from driftline.streams.warehouse import Warehouse
 
 
 def driftline(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

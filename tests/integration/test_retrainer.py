@@ -26,13 +26,13 @@ import pytest
 
 from driftline.cli import main as cli
 from driftline.settings import Settings
-from retrainer.registry import CHALLENGER, CHAMPION, Lineage, Registry, code_version
-from retrainer.service import Progress, Retrainer, RetrainerOptions, RetrainerService
-from retrainer.trainers import DEFAULT_RIVER_PARAMS
-from streams import kafka
-from streams.core.profile import ReferenceProfile
-from streams.records import PREDICTION_FEATURE, Evidence, LabelEvent, ModelEvent, PredictionBatch, RetrainRequest
-from streams.warehouse import Warehouse
+from driftline.retrainer.registry import CHALLENGER, CHAMPION, Lineage, Registry, code_version
+from driftline.retrainer.service import Progress, Retrainer, RetrainerOptions, RetrainerService
+from driftline.retrainer.trainers import DEFAULT_RIVER_PARAMS
+from driftline.streams import kafka
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.records import PREDICTION_FEATURE, Evidence, LabelEvent, ModelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.warehouse import Warehouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -269,7 +269,7 @@ def test_an_outcome_that_cannot_be_recorded_is_retried_and_manual_requests_keep_
                 retrainer.warehouse = working
 
     repair = RepairAfterTwoRetries()
-    service_log = logging.getLogger("retrainer.service")
+    service_log = logging.getLogger("driftline.retrainer.service")
     service_log.addHandler(repair)
     try:
         summary = RetrainerService(settings, RetrainerOptions(group_id=f"retry-{unique}", max_requests=2,

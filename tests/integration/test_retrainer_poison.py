@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrainer.service import Retrainer, RetrainerOptions, RetrainerService
-from streams import kafka
-from streams.records import RetrainRequest
+from driftline.retrainer.service import Retrainer, RetrainerOptions, RetrainerService
+from driftline.streams import kafka
+from driftline.streams.records import RetrainRequest
 from test_retrainer import env  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

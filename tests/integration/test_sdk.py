@@ -10,9 +10,9 @@ import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port
-from streams.kafka import consume_records, ensure_topics
-from streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
-from streams.sdk import LoggerStats, PredictionLogger
+from driftline.streams.kafka import consume_records, ensure_topics
+from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams.sdk import LoggerStats, PredictionLogger
 
 T0 = 1_700_000_000_000
 

@@ -30,10 +30,10 @@ from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, WorkerProcess, make_b
 from driftline.settings import Settings
 from driftline.stack.postgres import PostgresServer, start_postgres
 from driftline.stack.process import free_port, port_answers
-from retrainer.registry import Registry
-from streams import kafka
-from streams.records import LabelEvent
-from streams.warehouse import Warehouse, WarehouseError
+from driftline.retrainer.registry import Registry
+from driftline.streams import kafka
+from driftline.streams.records import LabelEvent
+from driftline.streams.warehouse import Warehouse, WarehouseError
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse, pytest.mark.postgres]
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from retrainer.registry import ArtifactStore
-from retrainer.snapshot import DroppedFeature, Snapshot
-from retrainer.trainers import score, train_river_linear
-from streams.records import LabelEvent, PredictionBatch, PredictionEvent
-from streams.warehouse import Warehouse
+from driftline.retrainer.registry import ArtifactStore
+from driftline.retrainer.snapshot import DroppedFeature, Snapshot
+from driftline.retrainer.trainers import score, train_river_linear
+from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams.warehouse import Warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -101,10 +101,10 @@ def test_a_clean_range_has_no_record_of_left_out_features(warehouse: Warehouse) 
 def test_the_retrainer_trains_past_odd_events_and_the_version_says_what_was_left_out(
     kafka_settings, warehouse_url: str, tmp_path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retrainer.registry import Registry
-    from retrainer.service import Retrainer
-    from streams import kafka
-    from streams.records import RetrainRequest
+    from driftline.retrainer.registry import Registry
+    from driftline.retrainer.service import Retrainer
+    from driftline.streams import kafka
+    from driftline.streams.records import RetrainRequest
 
     monkeypatch.delenv("DRIFTLINE_KAFKA_JARS", raising=False)
     policy = tmp_path / "policy.yaml"

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pytest
 
 from driftline.settings import Settings
-from schemas import CLICKHOUSE_DIR
-from streams.records import (
+from driftline.schemas import CLICKHOUSE_DIR
+from driftline.streams.records import (
     Alert,
     DriftReport,
     Evidence,
@@ -37,9 +37,9 @@ from streams.records import (
     PredictionEvent,
     RetrainRequest,
 )
-from streams.warehouse import Warehouse, WarehouseError, WarehouseLocation
-from streams.warehouse_migrations import MigrationError, load_migrations, split_statements
-from streams.warehouse_rows import MAX_RAW_BYTES, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams.warehouse import Warehouse, WarehouseError, WarehouseLocation
+from driftline.streams.warehouse_migrations import MigrationError, load_migrations, split_statements
+from driftline.streams.warehouse_rows import MAX_RAW_BYTES, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
 
 pytestmark = pytest.mark.warehouse
 
@@ -458,8 +458,8 @@ def test_raw_events_repeated_in_one_insert_count_once_with_final(warehouse: Ware
 
 def test_raw_rows_of_two_deployments_in_one_database_both_count(warehouse: Warehouse) -> None:
     # two deployments (topic prefixes a. and b.) read different events at the same partition and offsets
-    from streams.codec import encode
-    from streams.worker import Incoming, batch_token
+    from driftline.streams.codec import encode
+    from driftline.streams.worker import Incoming, batch_token
 
     def token(prefix: str, batch: PredictionBatch) -> str:
         message = Incoming("predictions", 0, 41, b"credit", encode(batch), full_topic=f"{prefix}predictions")
@@ -615,8 +615,8 @@ def test_two_processes_share_the_warehouse(
         import sys, time
         from pathlib import Path
         import numpy as np
-        from streams.records import PredictionBatch
-        from streams.warehouse import Warehouse
+        from driftline.streams.records import PredictionBatch
+        from driftline.streams.warehouse import Warehouse
         url, tag, rendezvous = sys.argv[1], sys.argv[2], Path(sys.argv[3])
         with Warehouse.connect(url) as wh:
             (rendezvous / tag).touch()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from driftline.settings import Settings
-from streams.core.detectors import ChangeDetectorBank
-from streams.records import LabelEvent, PredictionBatch
-from streams.sinks import N_LABELED, Sinks
-from streams.warehouse import Warehouse
-from streams.warehouse_rows import DetectorStateRow, PerformanceRow
+from driftline.streams.core.detectors import ChangeDetectorBank
+from driftline.streams.records import LabelEvent, PredictionBatch
+from driftline.streams.sinks import N_LABELED, Sinks
+from driftline.streams.warehouse import Warehouse
+from driftline.streams.warehouse_rows import DetectorStateRow, PerformanceRow
 
 pytestmark = pytest.mark.warehouse
 

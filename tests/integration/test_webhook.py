@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 from http_receiver import Receiver
 
-from streams.records import Alert
-from streams.webhook import AlertWebhook, WebhookError, post_json, slack_message
+from driftline.streams.records import Alert
+from driftline.streams.webhook import AlertWebhook, WebhookError, post_json, slack_message
 
 
 ALERT = Alert("al-1", "credit", "3", "critical", "performance_drop", "accuracy 0.61 < 0.70", 1_700_000_000_000,

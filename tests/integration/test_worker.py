@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.records import DriftReport, FeatureBatch, PredictionEvent, RetrainRequest
+from driftline.streams import kafka
+from driftline.streams.records import DriftReport, FeatureBatch, PredictionEvent, RetrainRequest
 from http_receiver import Receiver
 from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams.records import PredictionEvent
+from driftline.streams.records import PredictionEvent
 from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

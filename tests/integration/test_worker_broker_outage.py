@@ -19,7 +19,7 @@ import pytest
 from driftline.settings import Settings
 from driftline.stack.kafka_local import KafkaBroker
 from driftline.stack.process import free_port
-from streams import kafka
+from driftline.streams import kafka
 from test_worker_poison import clean_run, start_half
 from worker_harness import REPO, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from driftline.settings import Settings
-from streams.records import LabelEvent
+from driftline.streams.records import LabelEvent
 from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

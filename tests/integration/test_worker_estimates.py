@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
-from retrainer.evaluation import fit_calibrator
-from retrainer.policy import ReferenceSettings
-from retrainer.registry import Lineage
-from streams import kafka
-from streams.core.performance import compute_performance
-from streams.records import PredictionBatch, RetrainRequest
+from driftline.retrainer.evaluation import fit_calibrator
+from driftline.retrainer.policy import ReferenceSettings
+from driftline.retrainer.registry import Lineage
+from driftline.streams import kafka
+from driftline.streams.core.performance import compute_performance
+from driftline.streams.records import PredictionBatch, RetrainRequest
 from worker_harness import FEATURES, REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from driftline.settings import Settings
-from streams import kafka
+from driftline.streams import kafka
 from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

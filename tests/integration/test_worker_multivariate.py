@@ -1,7 +1,7 @@
 """The worker writes slow-drift and multivariate rows: real Kafka, the embedded ClickHouse server.
 
 The model's reference is built the way ``registry register`` and the retrainer
-build it (``retrainer.reference.build_reference``), so it carries the
+build it (``driftline.retrainer.reference.build_reference``), so it carries the
 multivariate model. Six 2-second windows of 1,000 events; from window 3 on,
 ``b`` becomes ``0.8 a + 0.6 noise``: its marginal stays N(0, 1), only its
 correlation with ``a`` goes from 0 to 0.8.
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch, training_data  # noqa: F401 (env: the fixture)
 
-from retrainer.reference import build_reference
-from retrainer.registry import Lineage
-from streams.core.monitor import split_detector_state
-from streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
-from streams.core.sequential import METRIC as TREND_METRIC
-from streams.records import PREDICTION_FEATURE
+from driftline.retrainer.reference import build_reference
+from driftline.retrainer.registry import Lineage
+from driftline.streams.core.monitor import split_detector_state
+from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
+from driftline.streams.records import PREDICTION_FEATURE
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 

@@ -20,7 +20,7 @@ import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port, port_answers
-from streams.codec import default_codec
+from driftline.streams.codec import default_codec
 from test_worker_poison import _second_env, clean_run, start_half
 from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 

@@ -15,10 +15,10 @@ import threading
 
 import pytest
 
-from streams.app import build_service
-from streams.codec import default_codec
-from streams.records import PredictionEvent
-from streams.worker import Incoming, WorkerOptions
+from driftline.streams.app import build_service
+from driftline.streams.codec import default_codec
+from driftline.streams.records import PredictionEvent
+from driftline.streams.worker import Incoming, WorkerOptions
 from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -93,8 +93,8 @@ def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: st
 
 
 def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv, unique: str, tmp_path) -> None:
-    from streams import kafka
-    from streams.records import RetrainRequest
+    from driftline.streams import kafka
+    from driftline.streams.records import RetrainRequest
 
     model = f"sched-{unique}"
     version = env.register(model)
@@ -126,7 +126,7 @@ def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv
 
 
 def test_a_backlog_gathers_raw_rows_past_a_tick_but_not_for_ever(env: WorkerEnv, unique: str, monkeypatch) -> None:
-    from streams import worker
+    from driftline.streams import worker
 
     model = f"backlog-{unique}"
     version = env.register(model)

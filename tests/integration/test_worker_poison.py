@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from driftline.settings import Settings
-from streams import kafka
-from streams.app import build_service
-from streams.codec import default_codec
-from streams.records import LabelEvent, PredictionEvent
-from streams.worker import Incoming, Replay, WorkerOptions
+from driftline.streams import kafka
+from driftline.streams.app import build_service
+from driftline.streams.codec import default_codec
+from driftline.streams.records import LabelEvent, PredictionEvent
+from driftline.streams.worker import Incoming, Replay, WorkerOptions
 from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, env, make_batch  # noqa: F401
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

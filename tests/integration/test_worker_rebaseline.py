@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrainer.registry import CHAMPION
-from streams.records import ModelEvent
+from driftline.retrainer.registry import CHAMPION
+from driftline.streams.records import ModelEvent
 from worker_harness import T0, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.core.performance import compute_performance
-from streams.records import LabelEvent
+from driftline.streams.core.performance import compute_performance
+from driftline.streams.records import LabelEvent
 from worker_harness import T0, WINDOW_MS, WorkerEnv, WorkerProcess, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]

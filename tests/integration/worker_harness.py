@@ -23,11 +23,11 @@ import pytest
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port
-from retrainer.registry import Lineage, Registry
-from streams import kafka
-from streams.core.profile import ReferenceProfile
-from streams.records import PredictionBatch
-from streams.warehouse import Warehouse
+from driftline.retrainer.registry import Lineage, Registry
+from driftline.streams import kafka
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.records import PredictionBatch
+from driftline.streams.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: backfilled events, aligned to every window size used here

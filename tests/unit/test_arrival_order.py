@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.core.monitor import Arrival, Monitor, MonitorSettings, concat_batches, in_arrival_order, take_rows
-from streams.core.profile import ReferenceProfile
-from streams.core.windows import Windowing
-from streams.records import PredictionBatch
+from driftline.streams.core.monitor import Arrival, Monitor, MonitorSettings, concat_batches, in_arrival_order, take_rows
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PredictionBatch
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 1_000
 SIZE = 1_000

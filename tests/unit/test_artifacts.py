@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
-from retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
-from retrainer.trainers import (
+from driftline.retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
+from driftline.retrainer.trainers import (
     DEFAULT_ARTIFACT_ALLOWLIST,
     ArtifactNotAllowed,
     TrainingSet,
@@ -220,7 +220,7 @@ def test_a_trainer_declares_what_its_artifacts_may_reference() -> None:
 
 
 def test_detector_states_and_artifacts_share_the_one_unpickler() -> None:
-    from streams.core import detectors
+    from driftline.streams.core import detectors
 
     assert detectors._DETECTOR_STATE.__class__ is Allowlist
     with pytest.raises(PickleNotAllowed):

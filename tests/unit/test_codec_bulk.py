@@ -7,7 +7,6 @@ duplicate keys, ±inf), and by the codec itself (fastavro, JSON, batches, other 
 
 from __future__ import annotations
 
-import doctest
 import math
 import struct
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import streams.codec_bulk
-from streams.codec import Codec, DecodeError
-from streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
-from streams.codec_schemas import SchemaSet
-from streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams import codec_bulk
+from driftline.streams.codec import Codec, DecodeError
+from driftline.streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
+from driftline.streams.codec_schemas import SchemaSet
+from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
 
 T0 = 1_700_000_000_000
 SNAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000001))[0]      # a signalling NaN
@@ -381,7 +380,7 @@ def test_tombstones_and_a_failing_fast_path_cost_no_message(monkeypatch: pytest.
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise IndexError("injected")
 
-    monkeypatch.setattr(streams.codec_bulk, "_parse", broken)
+    monkeypatch.setattr(codec_bulk, "_parse", broken)
     with caplog.at_level("WARNING", logger="driftline.codec"):
         again = decode_bulk(CODEC, values, topic="predictions")
     assert "fell back" in caplog.text and "IndexError" in caplog.text
@@ -563,10 +562,6 @@ def test_bytes_like_messages() -> None:
 def test_an_unknown_topic_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown topic"):
         decode_bulk(CODEC, [CODEC.encode(event(0))], topic="nope")
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(streams.codec_bulk).failed == 0
 
 
 # ---------------------------------------------------------------- generated messages
@@ -781,8 +776,8 @@ def batches(k: int = 10, n: int = 5) -> list[bytes]:
     return [CODEC.encode(prediction_batch(j, n)) for j in range(k)]
 
 
-MIN_BATCH_MESSAGES = streams.codec_bulk._MIN_BATCH_MESSAGES
-MIN_BATCH_EVENTS = streams.codec_bulk._MIN_BATCH_EVENTS
+MIN_BATCH_MESSAGES = codec_bulk._MIN_BATCH_MESSAGES
+MIN_BATCH_EVENTS = codec_bulk._MIN_BATCH_EVENTS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -791,8 +786,8 @@ def small_polls_of_batches() -> Iterator[None]:
     it beats fastavro; these tests lower both to 8 messages and 1 event to exercise it on small
     examples (test_small_polls_of_batches_go_one_by_one checks the real cut-offs)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(streams.codec_bulk, "_MIN_BATCH_MESSAGES", 8)
-        patch.setattr(streams.codec_bulk, "_MIN_BATCH_EVENTS", 1)
+        patch.setattr(codec_bulk, "_MIN_BATCH_MESSAGES", 8)
+        patch.setattr(codec_bulk, "_MIN_BATCH_EVENTS", 1)
         yield
 
 
@@ -829,8 +824,8 @@ def test_feature_batches_and_topics() -> None:
 
 
 def test_small_polls_of_batches_go_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streams.codec_bulk, "_MIN_BATCH_MESSAGES", MIN_BATCH_MESSAGES)
-    monkeypatch.setattr(streams.codec_bulk, "_MIN_BATCH_EVENTS", MIN_BATCH_EVENTS)
+    monkeypatch.setattr(codec_bulk, "_MIN_BATCH_MESSAGES", MIN_BATCH_MESSAGES)
+    monkeypatch.setattr(codec_bulk, "_MIN_BATCH_EVENTS", MIN_BATCH_EVENTS)
     assert (MIN_BATCH_MESSAGES, MIN_BATCH_EVENTS) == (16, 1000)
     _, calls = check(batches(15, n=100))
     assert calls == 15

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from driftline.settings import _ENV, TOPIC_NAMES
-from schemas import AVRO_DIR
-from streams.codec import DECODE_ERROR_REASONS
-from streams.core import validation
-from streams.kafka import DLQ_DETAIL_HEADER, DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER
+from driftline.schemas import AVRO_DIR
+from driftline.streams.codec import DECODE_ERROR_REASONS
+from driftline.streams.core import validation
+from driftline.streams.kafka import DLQ_DETAIL_HEADER, DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "CONTRACTS.md"
@@ -31,7 +31,7 @@ Tables = dict[str, list[tuple[str, str]]]  # table -> [(column, type)]
 _FINAL_COLUMNS = r"""
 import json, sys, tempfile
 from chdb import session
-from streams.warehouse_migrations import MIGRATIONS_DDL, load_migrations
+from driftline.streams.warehouse_migrations import MIGRATIONS_DDL, load_migrations
 
 with tempfile.TemporaryDirectory() as path:
     db = session.Session(path)

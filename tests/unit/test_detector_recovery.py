@@ -15,9 +15,9 @@ import random
 import numpy as np
 import pytest
 
-from streams.core.detectors import BINARY_DETECTORS, DETECTORS, ChangeDetectorBank
-from streams.core.ledger import Hold
-from streams.core.monitor import (
+from driftline.streams.core.detectors import BINARY_DETECTORS, DETECTORS, ChangeDetectorBank
+from driftline.streams.core.ledger import Hold
+from driftline.streams.core.monitor import (
     LABELS,
     Monitor,
     MonitorSettings,
@@ -27,9 +27,9 @@ from streams.core.monitor import (
     split_detector_state,
     take_rows,
 )
-from streams.core.profile import ReferenceProfile
-from streams.core.windows import Windowing
-from streams.records import PredictionBatch
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PredictionBatch
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 SIZE = 5_000  # window size (ms); 1,000 events per window, one every 5 ms
@@ -308,7 +308,7 @@ def test_labels_restored_after_a_restart_wait_and_join_their_predictions_once() 
 
 @pytest.mark.parametrize("case", ["in order", "out of order", "ties", "ties out of order", "one", "none"])
 def test_a_window_s_values_go_to_the_detectors_sorted_by_time_then_value(case: str) -> None:
-    from streams.core.monitor import _in_event_order
+    from driftline.streams.core.monitor import _in_event_order
 
     rng = np.random.default_rng(len(case))
     n = {"one": 1, "none": 0}.get(case, 2_000)

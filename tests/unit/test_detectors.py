@@ -1,11 +1,10 @@
-import doctest
 import pickle
 
 import numpy as np
 import pytest
 
-from streams.core import detectors
-from streams.core.detectors import BINARY_DETECTORS, DETECTORS, ChangeDetectorBank, ChangeEvent
+from driftline.streams.core import detectors
+from driftline.streams.core.detectors import BINARY_DETECTORS, DETECTORS, ChangeDetectorBank, ChangeEvent
 
 CONTINUOUS = [n for n in DETECTORS if n not in BINARY_DETECTORS]
 FAST_CONTINUOUS = [n for n in CONTINUOUS if n != "kswin"]  # KSWIN runs ~5k updates/s: tested on short streams
@@ -23,10 +22,6 @@ def errors(n, seed, change_at=None, before=0.1, after=0.3):
     if change_at is not None:
         p[change_at:] = after
     return (np.random.default_rng(seed).random(n) < p).astype(float)
-
-
-def test_docstring_examples():
-    assert doctest.testmod(detectors).failed == 0
 
 
 # False-alarm bounds: docs/DETECTORS.md has the rates on 10 x 1e5 values (ADWIN: none in 1e7).

@@ -38,3 +38,14 @@ def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name} (output above)"
+
+
+def test_one_name_per_module() -> None:
+    """The repository's folders are reached only through the ``driftline`` namespace: no generic
+    top-level ``streams``, ``retrainer`` or ``schemas`` is importable, or imported, in the test run."""
+    import importlib.util
+    import sys
+
+    for name in ("streams", "retrainer", "schemas"):
+        assert importlib.util.find_spec(name) is None, f"{name} is importable at the top level"
+        assert not [m for m in sys.modules if m == name or m.startswith(f"{name}.")]

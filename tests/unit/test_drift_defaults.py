@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streams.core.drift import DEFAULT_THRESHOLDS, drifted_features, evaluate_window
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.drift import DEFAULT_THRESHOLDS, drifted_features, evaluate_window
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
 
 COLOURS = np.array(["red", "green", "blue"], dtype=object)
 BASE_P = np.array([0.5, 0.3, 0.2])

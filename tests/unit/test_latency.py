@@ -1,10 +1,8 @@
-import doctest
 
 import numpy as np
 import pytest
 
-from streams.core import latency
-from streams.core.latency import LatencyWindow
+from driftline.streams.core.latency import LatencyWindow
 
 Q = [50, 95, 99]
 
@@ -12,10 +10,6 @@ Q = [50, 95, 99]
 def as_list(w: LatencyWindow) -> list[float]:
     q = w.quantiles()
     return [q["latency_p50"], q["latency_p95"], q["latency_p99"]]
-
-
-def test_docstring_examples():
-    assert doctest.testmod(latency).failed == 0
 
 
 @pytest.mark.parametrize("values", [

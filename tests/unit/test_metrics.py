@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from streams.core import metrics
+from driftline.streams.core import metrics
 
 
 def proportions(rng: np.random.Generator, rows: int, k: int, zeros: bool = True) -> np.ndarray:
@@ -171,5 +170,3 @@ def test_benjamini_hochberg_matches_scipy_adjusted_pvalues() -> None:
     assert metrics.benjamini_hochberg(np.array([]), 0.05).size == 0
 
 
-def test_metrics_docstring_examples_run() -> None:
-    assert doctest.testmod(metrics).failed == 0

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
 
-from streams import observability, references, sinks, worker, worker_cli
-from streams.core import monitor as monitor_module
-from streams.core.drift import evaluate_window
-from streams.core.ledger import Hold
-from streams.core.monitor import (
+from driftline.streams.core.drift import evaluate_window
+from driftline.streams.core.ledger import Hold
+from driftline.streams.core.monitor import (
     ERROR_FEATURE,
     LABELS,
     NOT_IN_WINDOW,
@@ -23,19 +20,16 @@ from streams.core.monitor import (
     concat_batches,
     take_rows,
 )
-from streams.core.multivariate import MULTIVARIATE_FEATURE
-from streams.core.performance import compute_performance
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
-from streams.core.sequential import METRIC as TREND_METRIC
-from streams.core.windows import Windowing
-from streams.records import PREDICTION_FEATURE, PredictionBatch
+from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE
+from driftline.streams.core.performance import compute_performance
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PREDICTION_FEATURE, PredictionBatch
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 10_000  # window-aligned
 
 
-@pytest.mark.parametrize("module", [monitor_module, observability, references, sinks, worker, worker_cli])
-def test_docstring_examples(module) -> None:
-    assert doctest.testmod(module).failed == 0
 FEATURES = ("a", "b", "c", "d")
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrainer.reference import build_reference
-from streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, split_detector_state, take_rows
-from streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
-from streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
-from streams.core.sequential import METRIC as TREND_METRIC
-from streams.core.sequential import TrendDetector
-from streams.core.windows import Windowing
-from streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
+from driftline.retrainer.reference import build_reference
+from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, split_detector_state, take_rows
+from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
+from driftline.streams.core.sequential import TrendDetector
+from driftline.streams.core.windows import Windowing
+from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 SIZE = 10_000

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.power_slow_mv import mixed_stream
-from streams.core.multivariate import (
+from driftline.streams.core.multivariate import (
     CORRELATION_CHANGE,
     MULTIVARIATE_FEATURE,
     RECONSTRUCTION_ERROR,
@@ -18,6 +17,20 @@ from streams.core.multivariate import (
     MultivariateWindow,
     _correlation_null,
 )
+
+def _bench(name: str):  # the benchmark scripts are not a package: load the one whose stream generator is shared
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mixed_stream = _bench("power_slow_mv").mixed_stream
 
 
 def test_components_span_the_top_eigenvectors_of_the_fit_half():

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from streams.outbox import Outbox
-from streams.records import PredictionBatch
-from streams.sinks import ClosedWindow
+from driftline.streams.outbox import Outbox
+from driftline.streams.records import PredictionBatch
+from driftline.streams.sinks import ClosedWindow
 
 
 def _batch(n: int) -> PredictionBatch:

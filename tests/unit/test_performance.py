@@ -1,12 +1,10 @@
-import doctest
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from streams.core import performance
-from streams.core.performance import (
+from driftline.streams.core.performance import (
     PerformanceRow,
     PerformanceWindow,
     compute_performance,
@@ -30,10 +28,6 @@ def overall(rows: list[PerformanceRow]) -> dict[str, float]:
 def by(rows, segment, metric):
     [row] = [r for r in rows if r.segment == segment and r.metric == metric]
     return row
-
-
-def test_docstring_examples():
-    assert doctest.testmod(performance).failed == 0
 
 
 def test_hand_worked_classification():

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import pytest
 
-from retrainer import promotion
-from retrainer.promotion import (
+from driftline.retrainer.promotion import (
     HIGHER_IS_BETTER,
     LOWER_IS_BETTER,
     PromotionRule,
@@ -16,10 +14,6 @@ from retrainer.promotion import (
     improvement,
     metric_direction,
 )
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(promotion).failed == 0
 
 
 def test_no_champion_promotes() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streams.core.profile import ReferenceProfile, WindowProfile
-from streams.core.sequential import METRIC, TrendDetector
+from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.sequential import METRIC, TrendDetector
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

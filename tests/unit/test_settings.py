@@ -69,7 +69,7 @@ def test_the_repr_of_settings_shows_no_secret() -> None:
 
 
 def test_warehouse_locations_and_their_errors_show_no_password() -> None:
-    from streams.warehouse import WarehouseError, WarehouseLocation
+    from driftline.streams.warehouse import WarehouseError, WarehouseLocation
 
     location = WarehouseLocation.parse(f"http://bob:{SECRET}@ch.local:8123/driftline")
     assert location.password == SECRET and SECRET not in repr(location)
@@ -83,8 +83,8 @@ def test_warehouse_locations_and_their_errors_show_no_password() -> None:
 
 
 def test_registry_dialects_and_their_errors_show_no_password() -> None:
-    from retrainer.registry import RegistryError
-    from retrainer.registry.dialects import PostgresDialect, dialect_for
+    from driftline.retrainer.registry import RegistryError
+    from driftline.retrainer.registry.dialects import PostgresDialect, dialect_for
 
     dialect = dialect_for(f"postgresql://reg:{SECRET}@127.0.0.1:9/registry?connect_timeout=1")
     assert SECRET not in repr(dialect) and SECRET not in dialect.describe()

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 from scipy import stats
 
-from driftline import service_sim, simulation
 from driftline.service_sim import oracle_scorer
 from driftline.simulation import AFTER, BEFORE, default_probability, draw
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(simulation).failed == 0
-    assert doctest.testmod(service_sim).failed == 0
 
 
 def test_default_probability_by_hand() -> None:

