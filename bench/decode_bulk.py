@@ -50,13 +50,19 @@ def events(n: int, attributes: int, missing: float, seed: int = 0) -> list[Predi
     regions, channels = ["eu", "us", "apac", "latam"], ["web", "app", "branch"]
     out = []
     for i in range(n):
-        out.append(PredictionEvent(
-            event_id=f"evt-{i:010d}", model_id="credit", model_version="3", event_time=T0 + i,
-            numeric={f"f{k}": float(values[i, k]) for k in range(20) if keep[i, k]},
-            categorical={"region": regions[i % 4], "channel": channels[i % 3]},
-            prediction=float(scores[i]), latency_ms=2.5 + i % 7,
-            attributes={f"a{k}": "gold" for k in range(attributes)},
-        ))
+        out.append(
+            PredictionEvent(
+                event_id=f"evt-{i:010d}",
+                model_id="credit",
+                model_version="3",
+                event_time=T0 + i,
+                numeric={f"f{k}": float(values[i, k]) for k in range(20) if keep[i, k]},
+                categorical={"region": regions[i % 4], "channel": channels[i % 3]},
+                prediction=float(scores[i]),
+                latency_ms=2.5 + i % 7,
+                attributes={f"a{k}": "gold" for k in range(attributes)},
+            )
+        )
     return out
 
 
@@ -66,15 +72,25 @@ def batch_messages(codec: Codec, k: int, n: int, labels: bool = False, seed: int
     regions, channels = ["eu", "us", "apac", "latam"], ["web", "app", "branch"]
     out = []
     for j in range(k):
-        out.append(codec.encode(PredictionBatch(
-            model_id="credit", model_version="3", event_ids=[f"evt-{j * n + i:010d}" for i in range(n)],
-            event_times=T0 + j * n + np.arange(n, dtype=np.int64),
-            numeric={f"f{f}": rng.normal(size=n) for f in range(20)},
-            categorical={"region": [regions[i % 4] for i in range(n)], "channel": [channels[i % 3] for i in range(n)]},
-            predictions=rng.random(n),
-            predicted_labels=[["approve", "deny"][i % 2] for i in range(n)] if labels else [],
-            latency_ms=2.5 + np.arange(n) % 7, attributes={"tier": [["gold", "silver"][i % 2] for i in range(n)]},
-        )))
+        out.append(
+            codec.encode(
+                PredictionBatch(
+                    model_id="credit",
+                    model_version="3",
+                    event_ids=[f"evt-{j * n + i:010d}" for i in range(n)],
+                    event_times=T0 + j * n + np.arange(n, dtype=np.int64),
+                    numeric={f"f{f}": rng.normal(size=n) for f in range(20)},
+                    categorical={
+                        "region": [regions[i % 4] for i in range(n)],
+                        "channel": [channels[i % 3] for i in range(n)],
+                    },
+                    predictions=rng.random(n),
+                    predicted_labels=[["approve", "deny"][i % 2] for i in range(n)] if labels else [],
+                    latency_ms=2.5 + np.arange(n) % 7,
+                    attributes={"tier": [["gold", "silver"][i % 2] for i in range(n)]},
+                )
+            )
+        )
     return out
 
 
@@ -88,10 +104,15 @@ def fast_batches(codec: Codec, values: Sequence[bytes]) -> list[object]:
 
 def same_batches(a: list[object], b: list[object]) -> bool:
     return len(a) == len(b) and all(
-        type(x) is PredictionBatch and type(y) is PredictionBatch and same([x], [y])
-        and x.model_id == y.model_id and x.model_version == y.model_version
-        and x.predicted_labels == y.predicted_labels and x.event_times.dtype == y.event_times.dtype
-        for x, y in zip(a, b))
+        type(x) is PredictionBatch
+        and type(y) is PredictionBatch
+        and same([x], [y])
+        and x.model_id == y.model_id
+        and x.model_version == y.model_version
+        and x.predicted_labels == y.predicted_labels
+        and x.event_times.dtype == y.event_times.dtype
+        for x, y in zip(a, b)
+    )
 
 
 def slow_path(codec: Codec, values: Sequence[bytes]) -> list[PredictionBatch]:
@@ -122,8 +143,8 @@ def same(a: list[PredictionBatch], b: list[PredictionBatch]) -> bool:
         if not np.array_equal(x.predictions.view(np.uint64), y.predictions.view(np.uint64)):
             return False
         if (x.latency_ms is None) != (y.latency_ms is None) or (
-                x.latency_ms is not None and not np.array_equal(x.latency_ms.view(np.uint64),
-                                                                y.latency_ms.view(np.uint64))):
+            x.latency_ms is not None and not np.array_equal(x.latency_ms.view(np.uint64), y.latency_ms.view(np.uint64))
+        ):
             return False
     return True
 
@@ -136,8 +157,10 @@ def per_event_us(fn: Callable[[], object], n: int) -> float:
 
 def machine_line() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return (f"machine: {os.cpu_count()} cpu(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-            f"python {platform.python_version()}, numpy {np.__version__}")
+    return (
+        f"machine: {os.cpu_count()} cpu(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"python {platform.python_version()}, numpy {np.__version__}"
+    )
 
 
 def run(n: int, repeats: int, out: Callable[[str], None] = print) -> int:
@@ -156,11 +179,15 @@ def run(n: int, repeats: int, out: Callable[[str], None] = print) -> int:
             slow.append(per_event_us(lambda: slow_path(codec, values), n))  # noqa: B023 - called at once, within this iteration
             fast.append(per_event_us(lambda: fast_path(codec, values), n))  # noqa: B023 - called at once, within this iteration
         ratios = [s / f for s, f in zip(slow, fast)]
-        out(f"RESULT {label} slow_us_per_event={min(slow):.2f}..{max(slow):.2f} "
-            f"bulk_us_per_event={min(fast):.2f}..{max(fast):.2f} repeats={repeats}")
+        out(
+            f"RESULT {label} slow_us_per_event={min(slow):.2f}..{max(slow):.2f} "
+            f"bulk_us_per_event={min(fast):.2f}..{max(fast):.2f} repeats={repeats}"
+        )
         ratio = statistics.median(ratios)
-        out(f"RATIO decode {label} slow/bulk={ratio:.1f}x (range {min(ratios):.1f}..{max(ratios):.1f}) "
-            f"target>={TARGET:g}x {'MET' if ratio >= TARGET else 'NOT MET'}")
+        out(
+            f"RATIO decode {label} slow/bulk={ratio:.1f}x (range {min(ratios):.1f}..{max(ratios):.1f}) "
+            f"target>={TARGET:g}x {'MET' if ratio >= TARGET else 'NOT MET'}"
+        )
     out(machine_line())
     return 1 if failures else 0
 
@@ -171,8 +198,10 @@ def run_batches(messages: Sequence[int], n: int, repeats: int, out: Callable[[st
     failures = 0
     for k in messages:
         for labels in (False, True):
-            label = (f"batches={k} events_per_batch={n:,} numeric=20 categorical=2 attributes=1 "
-                     f"labels={'yes' if labels else 'no'}")
+            label = (
+                f"batches={k} events_per_batch={n:,} numeric=20 categorical=2 attributes=1 "
+                f"labels={'yes' if labels else 'no'}"
+            )
             values = batch_messages(codec, k, n, labels)
             if not same_batches(fast_batches(codec, values), slow_batches(codec, values)):
                 out(f"MISMATCH {label}: decode_bulk and Codec.decode disagree")
@@ -183,11 +212,16 @@ def run_batches(messages: Sequence[int], n: int, repeats: int, out: Callable[[st
                 slow.append(per_event_us(lambda: slow_batches(codec, values), k * n))  # noqa: B023 - called at once, within this iteration
                 fast.append(per_event_us(lambda: fast_batches(codec, values), k * n))  # noqa: B023 - called at once, within this iteration
             ratios = [s / f for s, f in zip(slow, fast)]
-            out(f"RESULT {label} slow_us_per_event={min(slow):.3f}..{max(slow):.3f} "
-                f"bulk_us_per_event={min(fast):.3f}..{max(fast):.3f} repeats={repeats}")
+            out(
+                f"RESULT {label} slow_us_per_event={min(slow):.3f}..{max(slow):.3f} "
+                f"bulk_us_per_event={min(fast):.3f}..{max(fast):.3f} repeats={repeats}"
+            )
             ratio = statistics.median(ratios)
-            verdict = (f"target>={BATCH_TARGET:g}x {'MET' if ratio >= BATCH_TARGET else 'NOT MET'}"
-                       if k >= _MIN_BATCH_MESSAGES else "no target: Codec.decode per message inside decode_bulk")
+            verdict = (
+                f"target>={BATCH_TARGET:g}x {'MET' if ratio >= BATCH_TARGET else 'NOT MET'}"
+                if k >= _MIN_BATCH_MESSAGES
+                else "no target: Codec.decode per message inside decode_bulk"
+            )
             out(f"RATIO decode {label} slow/bulk={ratio:.2f}x (range {min(ratios):.2f}..{max(ratios):.2f}) {verdict}")
     out(machine_line())
     return 1 if failures else 0
@@ -198,8 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20_000, help="events per scenario")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per scenario")
     parser.add_argument("--batch-events", type=int, default=1000, help="events per batch message")
-    parser.add_argument("--batches", type=int, nargs="*", default=[200, 80, 16, 8],
-                        help="batch messages per scenario (none: skip the batched scenarios)")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[200, 80, 16, 8],
+        help="batch messages per scenario (none: skip the batched scenarios)",
+    )
     parser.add_argument("--no-singles", action="store_true", help="skip the single-event scenarios")
     parser.add_argument("--quick", action="store_true", help="a smoke run: --n 2000 --repeats 2, batches of 100")
     args = parser.parse_args(argv)

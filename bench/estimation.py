@@ -37,13 +37,16 @@ from driftline.streams.core.profile import ReferenceProfile, WindowProfile
 WINDOW = 2_000
 BATCH = 500
 WEIGHTS = np.array([1.2, -0.8, 0.6])
-ATTRIBUTES = {"channel": ["web", "mobile", "branch", "partner", "phone"],
-              "region": ["n", "s", "e", "w", "c"],
-              "tier": ["a", "b", "c", "d", "e"]}
+ATTRIBUTES = {
+    "channel": ["web", "mobile", "branch", "partner", "phone"],
+    "region": ["n", "s", "e", "w", "c"],
+    "tier": ["a", "b", "c", "d", "e"],
+}
 
 
-def labeled(rng: np.random.Generator, n: int, shift: float, scale: float,
-            concept: float) -> tuple[np.ndarray, np.ndarray]:
+def labeled(
+    rng: np.random.Generator, n: int, shift: float, scale: float, concept: float
+) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(shift, scale, size=(n, WEIGHTS.size))
     logit = x @ WEIGHTS - 0.3
     y = (rng.random(n) < expit(concept * logit)).astype(np.int64)
@@ -72,9 +75,12 @@ def estimate_windows(cal: ScoreCalibrator, windows: int, seed: int, concept: flo
             hit[m].append(est[m].lower <= real[m] <= est[m].upper)
         realized_acc.append(real["accuracy"])
         estimated_acc.append(est["accuracy"].value)
-    return {"mae": {m: float(np.mean(v)) for m, v in err.items()},
-            "coverage": {m: float(np.mean(v)) for m, v in hit.items()},
-            "realized": (realized_acc[0], realized_acc[-1]), "estimated": (estimated_acc[0], estimated_acc[-1])}
+    return {
+        "mae": {m: float(np.mean(v)) for m, v in err.items()},
+        "coverage": {m: float(np.mean(v)) for m, v in hit.items()},
+        "realized": (realized_acc[0], realized_acc[-1]),
+        "estimated": (estimated_acc[0], estimated_acc[-1]),
+    }
 
 
 def time_state(cal: ScoreCalibrator, rounds: int, with_segments: bool) -> float:
@@ -86,17 +92,20 @@ def time_state(cal: ScoreCalibrator, rounds: int, with_segments: bool) -> float:
         start = time.perf_counter()
         state = EstimationState(cal)
         for lo in range(0, WINDOW, BATCH):
-            state.update(score[lo: lo + BATCH], None, {k: v[lo: lo + BATCH] for k, v in attrs.items()})
+            state.update(score[lo : lo + BATCH], None, {k: v[lo : lo + BATCH] for k, v in attrs.items()})
         state.rows()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e6
 
 
-def features(rng: np.random.Generator, n: int,
-             mobile_shift: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+def features(
+    rng: np.random.Generator, n: int, mobile_shift: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     numeric = {f"x{i}": rng.normal(0.0, 1.0, n) for i in range(20)}
-    categorical = {"device": rng.choice(["ios", "android", "web"], n, p=[0.3, 0.5, 0.2]).tolist(),
-                   "plan": rng.choice(["free", "pro"], n).tolist()}
+    categorical = {
+        "device": rng.choice(["ios", "android", "web"], n, p=[0.3, 0.5, 0.2]).tolist(),
+        "plan": rng.choice(["free", "pro"], n).tolist(),
+    }
     if mobile_shift is not None:
         numeric["x2"] = numeric["x2"] - 0.8 * mobile_shift
         numeric["x9"] = numeric["x9"] + 0.5 * mobile_shift
@@ -117,8 +126,14 @@ def time_root_cause(rounds: int) -> tuple[float, float, str]:
         segments: dict[str, WindowProfile] = {}
         for lo in range(0, WINDOW, BATCH):
             rows = slice(lo, lo + BATCH)
-            update_segments(segments, ref, 1, {f: x[rows] for f, x in numeric.items()},
-                            {f: x[rows] for f, x in categorical.items()}, {k: v[rows] for k, v in attrs.items()})
+            update_segments(
+                segments,
+                ref,
+                1,
+                {f: x[rows] for f, x in numeric.items()},
+                {f: x[rows] for f, x in categorical.items()},
+                {k: v[rows] for k, v in attrs.items()},
+            )
         mid = time.perf_counter()
         summary = explain(ref, whole, segments).summary
         end = time.perf_counter()
@@ -139,22 +154,34 @@ def main() -> None:
     start = time.perf_counter()
     cal = ScoreCalibrator.fit(ref_score, ref_y)
     fit_ms = (time.perf_counter() - start) * 1e3
-    print(f"reference: 20,000 labeled rows, calibrator fitted in {fit_ms:.1f} ms, {cal.n_bins} bins, "
-          f"{cal.block_rows.size} isotonic blocks")
+    print(
+        f"reference: 20,000 labeled rows, calibrator fitted in {fit_ms:.1f} ms, {cal.n_bins} bins, "
+        f"{cal.block_rows.size} isotonic blocks"
+    )
     for name, concept, shifting in (("covariate-shift", 1.0, True), ("concept-drift", 0.3, False)):
         out = estimate_windows(cal, windows, 11, concept, shifting)
         for m in ESTIMATED_METRICS:
-            print(f"RESULT scenario={name} windows={windows} window={WINDOW} metric={m} "
-                  f"mae={out['mae'][m]:.4f} coverage95={out['coverage'][m]:.3f}")
-        print(f"  {name}: realized accuracy {out['realized'][0]:.3f} -> {out['realized'][1]:.3f}, "
-              f"estimated {out['estimated'][0]:.3f} -> {out['estimated'][1]:.3f} (first -> last window)")
-    print(f"RESULT cost=estimator window={WINDOW} batches={WINDOW // BATCH} segments=0 "
-          f"us_per_window={time_state(cal, rounds, False):.0f}")
-    print(f"RESULT cost=estimator window={WINDOW} batches={WINDOW // BATCH} segments=3x5 "
-          f"us_per_window={time_state(cal, rounds, True):.0f}")
+            print(
+                f"RESULT scenario={name} windows={windows} window={WINDOW} metric={m} "
+                f"mae={out['mae'][m]:.4f} coverage95={out['coverage'][m]:.3f}"
+            )
+        print(
+            f"  {name}: realized accuracy {out['realized'][0]:.3f} -> {out['realized'][1]:.3f}, "
+            f"estimated {out['estimated'][0]:.3f} -> {out['estimated'][1]:.3f} (first -> last window)"
+        )
+    print(
+        f"RESULT cost=estimator window={WINDOW} batches={WINDOW // BATCH} segments=0 "
+        f"us_per_window={time_state(cal, rounds, False):.0f}"
+    )
+    print(
+        f"RESULT cost=estimator window={WINDOW} batches={WINDOW // BATCH} segments=3x5 "
+        f"us_per_window={time_state(cal, rounds, True):.0f}"
+    )
     explain_us, build_us, summary = time_root_cause(rounds)
-    print(f"RESULT cost=root-cause window={WINDOW} segments=3x5 features=22 explain_us_per_window={explain_us:.0f} "
-          f"segment_profiles_us_per_window={build_us:.0f}")
+    print(
+        f"RESULT cost=root-cause window={WINDOW} segments=3x5 features=22 explain_us_per_window={explain_us:.0f} "
+        f"segment_profiles_us_per_window={build_us:.0f}"
+    )
     print(f"  summary: {summary}")
 
 

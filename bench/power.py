@@ -9,8 +9,8 @@ alternative, told which alternative it faces) has 95% power at level 0.05:
 | location | normal feature, mean + delta | Welch's z on the raw means |
 | scale | normal feature, sd x factor | two-sided F test on the raw variances |
 | categories | 5 categories, proportions moved along a fixed direction | chi-squared on the full counts |
-| missing | numeric feature, 1% missing in the reference, more in the window | exact conditional binomial (one-sided) |
-| new_category | categorical, the reference saw no other, new ones in the window | exact conditional binomial (one-sided) |
+| missing | numeric feature, 1% missing in the reference, more in the window | exact binomial, one-sided |
+| new_category | categorical, no `other` in the reference, new ones in the window | exact binomial, one-sided |
 
 driftline sees the same windows through ``WindowProfile`` and decides with
 ``evaluate_window(..., thresholds=None)`` (fdr_q 0.05): a window counts when
@@ -35,8 +35,8 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import special, stats
@@ -102,7 +102,7 @@ def categories(n: int, big_n: int, rng: np.random.Generator):
     dof = CAT_P.size - 1
     crit = stats.chi2.isf(LEVEL, dof)
     lam = _solve(lambda x: stats.ncx2.sf(crit, dof, x) - TARGET_POWER, 0.1, 1e4)
-    unit = float(np.sum(CAT_DIRECTION ** 2 / CAT_P))
+    unit = float(np.sum(CAT_DIRECTION**2 / CAT_P))
     q = CAT_P + CAT_DIRECTION * math.sqrt(lam / (unit * _en(n, big_n)))
 
     def window(r: np.random.Generator) -> Columns:
@@ -154,14 +154,25 @@ def new_category(n: int, big_n: int, rng: np.random.Generator):
     return ({}, {"c": CATEGORIES[rng.choice(CAT_P.size, big_n, p=CAT_P)].tolist()}), window, test, "data_quality"
 
 
-ALTERNATIVES: dict[str, Callable] = {"location": location, "scale": scale, "categories": categories,
-                                     "missing": missing, "new_category": new_category}
-KIND = {"location": "drift", "scale": "drift", "categories": "drift", "missing": "data_quality",
-        "new_category": "data_quality"}
+ALTERNATIVES: dict[str, Callable] = {
+    "location": location,
+    "scale": scale,
+    "categories": categories,
+    "missing": missing,
+    "new_category": new_category,
+}
+KIND = {
+    "location": "drift",
+    "scale": "drift",
+    "categories": "drift",
+    "missing": "data_quality",
+    "new_category": "data_quality",
+}
 
 
 def _solve(f: Callable[[float], float], lo: float, hi: float) -> float:
     from scipy.optimize import brentq
+
     return float(brentq(f, lo, hi))
 
 
@@ -191,27 +202,38 @@ def _stream(kind: str, size: int, rng: np.random.Generator) -> Columns:
     if kind == "t3":
         return {f"x{i}": rng.standard_t(3, size=size) for i in range(10)}, {}
     if kind == "integer":
-        return {**{f"p{i}": rng.poisson(3, size).astype(float) for i in range(5)},
-                **{f"b{i}": rng.binomial(1, 0.1, size).astype(float) for i in range(5)}}, {}
+        return {
+            **{f"p{i}": rng.poisson(3, size).astype(float) for i in range(5)},
+            **{f"b{i}": rng.binomial(1, 0.1, size).astype(float) for i in range(5)},
+        }, {}
     if kind == "constant":
-        return {**{f"k{i}": np.full(size, float(i)) for i in range(5)},
-                **{f"x{i}": rng.normal(size=size) for i in range(5)}}, {}
+        return {
+            **{f"k{i}": np.full(size, float(i)) for i in range(5)},
+            **{f"x{i}": rng.normal(size=size) for i in range(5)},
+        }, {}
     # 52 mixed features, with missing values and categories.
     numeric = {}
     for i in range(40):
-        x = (rng.normal(size=size), rng.standard_t(3, size=size), rng.exponential(size=size),
-             rng.poisson(2, size).astype(float))[i % 4]
+        x = (
+            rng.normal(size=size),
+            rng.standard_t(3, size=size),
+            rng.exponential(size=size),
+            rng.poisson(2, size).astype(float),
+        )[i % 4]
         if i % 5 == 0:
             x[rng.random(size) < 0.05] = np.nan
         numeric[f"n{i:02d}"] = x
     zipf = 1.0 / np.arange(1, 31) ** 1.1
-    categorical = {f"c{i:02d}": np.array([f"v{j}" for j in range(30)], dtype=object)[
-        rng.choice(30, size, p=zipf / zipf.sum())].tolist() for i in range(12)}
+    categorical = {
+        f"c{i:02d}": np.array([f"v{j}" for j in range(30)], dtype=object)[
+            rng.choice(30, size, p=zipf / zipf.sum())
+        ].tolist()
+        for i in range(12)
+    }
     return numeric, categorical
 
 
-def false_alarm_cell(kind: str, n: int | None, big_n: int, windows: int, per_reference: int,
-                     seed: int) -> float:
+def false_alarm_cell(kind: str, n: int | None, big_n: int, windows: int, per_reference: int, seed: int) -> float:
     """Share of stationary windows with any alarm (``n`` None: sizes log-uniform in 80 to 12,000)."""
     rng = np.random.default_rng(seed)
     alarms = 0
@@ -232,13 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=100, help="windows per power cell")
     parser.add_argument("--fa-windows", type=int, default=200, help="windows per false-alarm cell")
     parser.add_argument("--per-reference", type=int, default=20, help="windows per drawn reference (power)")
-    parser.add_argument("--fa-per-reference", type=int, default=5,
-                        help="windows per drawn reference (false alarms: the rate is an average over references)")
+    parser.add_argument(
+        "--fa-per-reference",
+        type=int,
+        default=5,
+        help="windows per drawn reference (false alarms: the rate is an average over references)",
+    )
     parser.add_argument("--skip-power", action="store_true", help="only the false-alarm table")
-    parser.add_argument("--alternatives", default=",".join(ALTERNATIVES),
-                        help="alternatives of the power table, comma-separated")
-    parser.add_argument("--streams", default="normal,t3,integer,constant,varied,52 features",
-                        help="stationary streams of the false-alarm table, comma-separated")
+    parser.add_argument(
+        "--alternatives", default=",".join(ALTERNATIVES), help="alternatives of the power table, comma-separated"
+    )
+    parser.add_argument(
+        "--streams",
+        default="normal,t3,integer,constant,varied,52 features",
+        help="stationary streams of the false-alarm table, comma-separated",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: few windows, small sizes only")
     args = parser.parse_args(argv)
     sizes, refs = WINDOW_SIZES, REFERENCE_SIZES
@@ -246,31 +276,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.windows, args.fa_windows, args.per_reference, args.fa_per_reference = 20, 20, 10, 5
         sizes, refs = (100, 1_000), (1_000, 5_000)
     started = time.perf_counter()
-    print(f"Power at the change where the reference test has {TARGET_POWER:.0%} power (level {LEVEL}); "
-          f"{args.windows} windows per cell, a reference every {args.per_reference}.")
+    print(
+        f"Power at the change where the reference test has {TARGET_POWER:.0%} power (level {LEVEL}); "
+        f"{args.windows} windows per cell, a reference every {args.per_reference}."
+    )
     print("| alternative | window | reference | reference test power | driftline power | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     worst = math.inf
     for name in () if args.skip_power else args.alternatives.split(","):
         for n in sizes:
             for big_n in refs:
-                mine, best = power_cell(name, n, big_n, args.windows, args.per_reference,
-                                        seed=stable_seed("power", name, n, big_n))
+                mine, best = power_cell(
+                    name, n, big_n, args.windows, args.per_reference, seed=stable_seed("power", name, n, big_n)
+                )
                 ratio = mine / best if best else math.nan
                 worst = min(worst, ratio)
                 print(f"| {name} | {n:,} | {big_n:,} | {best:.3f} | {mine:.3f} | {ratio:.2f} |", flush=True)
     print(f"WORST-RATIO {worst:.2f}")
     print()
-    print("False alarms on stationary streams (share of windows with any alarm, thresholds=None, fdr_q 0.05); "
-          f"{args.fa_windows} windows per cell.")
+    print(
+        "False alarms on stationary streams (share of windows with any alarm, thresholds=None, fdr_q 0.05); "
+        f"{args.fa_windows} windows per cell."
+    )
     print("| stream | window | reference | false alarms |")
     print("|---|---:|---:|---:|")
     worst_fa = 0.0
     for kind in args.streams.split(","):
-        for n in ((None,) if kind == "varied" else sizes):
+        for n in (None,) if kind == "varied" else sizes:
             for big_n in refs:
-                rate = false_alarm_cell(kind, n, big_n, args.fa_windows, args.fa_per_reference,
-                                        seed=stable_seed("false-alarms", kind, n, big_n))
+                rate = false_alarm_cell(
+                    kind,
+                    n,
+                    big_n,
+                    args.fa_windows,
+                    args.fa_per_reference,
+                    seed=stable_seed("false-alarms", kind, n, big_n),
+                )
                 worst_fa = max(worst_fa, rate)
                 label = "80 to 12,000" if n is None else f"{n:,}"
                 print(f"| {kind} | {label} | {big_n:,} | {rate:.3f} |", flush=True)

@@ -50,8 +50,12 @@ def _draw(rng: np.random.Generator, kind: str, shape: tuple[int, ...]) -> np.nda
 
 def _detector(rng: np.random.Generator, kind: str, streams: int) -> tuple[TrendDetector, float]:
     ref = _draw(rng, kind, (streams, N_REF))
-    det = TrendDetector([f"s{i}" for i in range(streams)], ref_count=np.full(streams, N_REF),
-                        ref_mean=ref.mean(axis=1), ref_std=ref.std(axis=1))
+    det = TrendDetector(
+        [f"s{i}" for i in range(streams)],
+        ref_count=np.full(streams, N_REF),
+        ref_mean=ref.mean(axis=1),
+        ref_std=ref.std(axis=1),
+    )
     return det, float(ref.std(axis=1).mean())
 
 
@@ -100,7 +104,7 @@ def mixed_stream(rng: np.random.Generator, p: int, n: int, corr: float, block_br
     x[:, 1] = corr * x[:, 0] + math.sqrt(1 - corr**2) * x[:, 1]
     if not block_break:
         factor = rng.normal(size=n)
-        x[:, 2: p // 2] = 0.7 * factor[:, None] + math.sqrt(0.51) * x[:, 2: p // 2]
+        x[:, 2 : p // 2] = 0.7 * factor[:, None] + math.sqrt(0.51) * x[:, 2 : p // 2]
     cols = {f"f{j}": x[:, j] for j in range(p)}
     cols[f"f{p - 1}"] = rng.poisson(4, size=n).astype(float)
     cols[f"f{p - 2}"] = np.full(n, 3.0)
@@ -142,12 +146,16 @@ def _per_call_us(fn, repeat: int) -> float:
 
 def costs(repeat: int) -> None:
     rng = np.random.default_rng(0)
-    det = TrendDetector([f"f{i}" for i in range(23)], ref_count=np.full(23, N_REF), ref_mean=np.zeros(23),
-                        ref_std=np.ones(23))
+    det = TrendDetector(
+        [f"f{i}" for i in range(23)], ref_count=np.full(23, N_REF), ref_mean=np.zeros(23), ref_std=np.ones(23)
+    )
     for _ in range(80):  # a full memory of 64 windows
         det.update(np.full(23, 1_000.0), rng.normal(0, 0.03, 23), np.full(23, 999.0))
-    print(f"COST TrendDetector.update, 23 streams, 64 kept windows: "
-          f"{_per_call_us(lambda: det.update(np.full(23, 1_000.0), rng.normal(0, 0.03, 23), np.full(23, 999.0)), repeat):.0f} us")
+
+    def update() -> object:
+        return det.update(np.full(23, 1_000.0), rng.normal(0, 0.03, 23), np.full(23, 999.0))
+
+    print(f"COST TrendDetector.update, 23 streams, 64 kept windows: {_per_call_us(update, repeat):.0f} us")
     model = MultivariateModel.fit(mixed_stream(rng, 22, N_REF, 0.0))
     cols = mixed_stream(rng, 22, 1_000, 0.0)
 
@@ -156,9 +164,11 @@ def costs(repeat: int) -> None:
         w.update(model, cols)
         model.evaluate(w)
 
-    print(f"COST multivariate update + evaluate, 1,000 events x 22 features "
-          f"({len(model.features)} non-constant, {model.components.shape[1]} components): "
-          f"{_per_call_us(window, repeat):.0f} us")
+    print(
+        f"COST multivariate update + evaluate, 1,000 events x 22 features "
+        f"({len(model.features)} non-constant, {model.components.shape[1]} components): "
+        f"{_per_call_us(window, repeat):.0f} us"
+    )
     w = model.window()
     w.update(model, cols)
     print(f"COST multivariate evaluate alone: {_per_call_us(lambda: model.evaluate(w), repeat):.0f} us")
@@ -168,8 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     args = parser.parse_args()
-    reps, null_reps, heavy_reps, mv_reps, windows = (
-        (20, 20, 10, 10, 50) if args.quick else (400, 200, 100, 400, 1_000))
+    reps, null_reps, heavy_reps, mv_reps, windows = (20, 20, 10, 10, 50) if args.quick else (400, 200, 100, 400, 1_000)
 
     print(f"# slow drift: +0.02 sigma/window from window {ONSET}, reference {N_REF:,}, {reps} streams")
     print("# delay = drifted windows seen when first flagged (5 = by the window at +0.1 sigma)")
@@ -177,20 +186,32 @@ def main() -> None:
         for k, d in slow_drift_delays(n, reps, seed=n).items():
             never = float((d >= 10**6).mean())
             q = np.quantile(np.where(d >= 10**6, np.inf, d), [0.1, 0.5, 0.9])
-            print(f"SLOW n={n:>6,} stream {k:<6} P(delay<=5)={(d <= 5).mean():.2f} "
-                  f"delay p10/p50/p90={q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f} never={never:.2f}")
+            print(
+                f"SLOW n={n:>6,} stream {k:<6} P(delay<=5)={(d <= 5).mean():.2f} "
+                f"delay p10/p50/p90={q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f} never={never:.2f}"
+            )
 
     print(f"# false alarms of one stream (alpha 0.05) over {windows:,} stationary windows")
-    for kind, n, r in (("normal", 100, null_reps), ("normal", 1_000, null_reps), ("normal", 10_000, null_reps),
-                       ("normal", "varied", null_reps), ("t3", 1_000, heavy_reps), ("t3", 100, heavy_reps),
-                       ("integer", 1_000, heavy_reps)):
+    for kind, n, r in (
+        ("normal", 100, null_reps),
+        ("normal", 1_000, null_reps),
+        ("normal", 10_000, null_reps),
+        ("normal", "varied", null_reps),
+        ("t3", 1_000, heavy_reps),
+        ("t3", 100, heavy_reps),
+        ("integer", 1_000, heavy_reps),
+    ):
         start = time.perf_counter()
         rate = false_alarms(kind, n, r, windows, seed=stable_seed(kind, n) % 2**32)
-        print(f"NULL {kind:<8} n={n!s:>6} streams={r:>4} false-alarm rate={rate:.3f} "
-              f"({time.perf_counter() - start:.0f} s)")
+        print(
+            f"NULL {kind:<8} n={n!s:>6} streams={r:>4} false-alarm rate={rate:.3f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
 
-    print(f"# multivariate: share of windows flagged ({mv_reps} windows per cell at n < 10,000, half that at 10,000; "
-          "10 references per cell; alpha 0.05: 0.025 per metric)")
+    print(
+        f"# multivariate: share of windows flagged ({mv_reps} windows per cell at n < 10,000, half that at 10,000; "
+        "10 references per cell; alpha 0.05: 0.025 per metric)"
+    )
     print("# columns: reconstruction_error / correlation_change / either")
     for p in (5, 22, 50):
         for n in (100, 1_000, 10_000):

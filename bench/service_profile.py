@@ -43,8 +43,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,21 +54,25 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import window_compute  # noqa: E402
 import throughput  # noqa: E402
+import window_compute  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
+
 from driftline.streams.codec import default_codec  # noqa: E402
 from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
 
 
 def backlog_columns(n: int) -> list[window_compute.Columns]:
     """The columns of each 1,000-event message of ``throughput.produce``'s batched backlog (same seeds)."""
-    return [window_compute.synthetic(min(BATCH_EVENTS, n - start), seed=1_000 + start)
-            for start in range(0, n, BATCH_EVENTS)]
+    return [
+        window_compute.synthetic(min(BATCH_EVENTS, n - start), seed=1_000 + start)
+        for start in range(0, n, BATCH_EVENTS)
+    ]
 
 
-def encode_backlog(columns: Sequence[window_compute.Columns], model_id: str, version: str, n: int,
-                   per_window: int, window_ms: int) -> list[bytes]:
+def encode_backlog(
+    columns: Sequence[window_compute.Columns], model_id: str, version: str, n: int, per_window: int, window_ms: int
+) -> list[bytes]:
     """The encoded messages of a batched backlog of ``model_id``, and the one event that closes its last window."""
     w = make_workload(model_id, "batched", n, per_window, window_ms)
     codec = default_codec()
@@ -77,15 +82,28 @@ def encode_backlog(columns: Sequence[window_compute.Columns], model_id: str, ver
         start = k * BATCH_EVENTS
         ids = [f"{w.name}-{i}" for i in range(start, start + c.n)]
         latency = rng.gamma(2.0, 4.0, c.n)
-        out.append(codec.encode(PredictionBatch(model_id, version, ids, w.times(start, c.n), numeric=c.numeric,
-                                                categorical=c.categorical, predictions=c.predictions,
-                                                latency_ms=latency)))
-    out.append(codec.encode(PredictionEvent(f"{w.name}-closer", model_id, version, w.closer_time, {"f00": 0.0}, {}, 0.5)))
+        out.append(
+            codec.encode(
+                PredictionBatch(
+                    model_id,
+                    version,
+                    ids,
+                    w.times(start, c.n),
+                    numeric=c.numeric,
+                    categorical=c.categorical,
+                    predictions=c.predictions,
+                    latency_ms=latency,
+                )
+            )
+        )
+    out.append(
+        codec.encode(PredictionEvent(f"{w.name}-closer", model_id, version, w.closer_time, {"f00": 0.0}, {}, 0.5))
+    )
     return out
 
 
 def build_service(settings: Any, options: Any) -> Any:
-    """The service with its real adapters, as ``driftline.streams.app.build_service`` wires it (without importing Faust)."""
+    """The service with its real adapters, as ``driftline.streams.app.build_service`` wires it (without Faust)."""
     from driftline.retrainer.policy import load_policy
     from driftline.retrainer.registry import Registry
     from driftline.streams import kafka
@@ -97,12 +115,24 @@ def build_service(settings: Any, options: Any) -> Any:
     warehouse = Warehouse.from_settings(settings, migrate=True)
     producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
-    return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer),
-                         policy=load_policy(settings.policy))
+    return WorkerService(
+        settings,
+        options,
+        references=references,
+        sinks=Sinks(settings, warehouse, producer),
+        policy=load_policy(settings.policy),
+    )
 
 
-def run_once(bench: Bench, tag: str, columns: Sequence[window_compute.Columns], n: int, per_window: int,
-             profiler: cProfile.Profile | None = None, write_raw: bool = True) -> tuple[float, float, int]:
+def run_once(
+    bench: Bench,
+    tag: str,
+    columns: Sequence[window_compute.Columns],
+    n: int,
+    per_window: int,
+    profiler: cProfile.Profile | None = None,
+    write_raw: bool = True,
+) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds (this process, all threads) that ``WorkerService.handle`` takes over the
     whole backlog, and the windows it wrote."""
     from driftline.streams.worker import Incoming, WorkerOptions
@@ -112,10 +142,13 @@ def run_once(bench: Bench, tag: str, columns: Sequence[window_compute.Columns], 
     values = encode_backlog(columns, model_id, version, n, per_window, window_ms)
     topic = settings.topic("predictions")
     key = model_id.encode()
-    incoming = [Incoming("predictions", 0, offset, key, value, token=offset, full_topic=topic)
-                for offset, value in enumerate(values)]
-    options = WorkerOptions(app_id=model_id, window_seconds=bench.window_seconds, lateness_seconds=0.0,
-                            write_raw=write_raw)
+    incoming = [
+        Incoming("predictions", 0, offset, key, value, token=offset, full_topic=topic)
+        for offset, value in enumerate(values)
+    ]
+    options = WorkerOptions(
+        app_id=model_id, window_seconds=bench.window_seconds, lateness_seconds=0.0, write_raw=write_raw
+    )
     service = build_service(settings, options)
     take = options.batch_size
     try:
@@ -124,13 +157,14 @@ def run_once(bench: Bench, tag: str, columns: Sequence[window_compute.Columns], 
             profiler.enable()
         started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(0, len(incoming), take):
-            service.handle("predictions", incoming[i:i + take], backlog=i + take < len(incoming))
+            service.handle("predictions", incoming[i : i + take], backlog=i + take < len(incoming))
         service.drain()  # every write landed, as in the worker before it acknowledges
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if profiler is not None:
             profiler.disable()
-        windows = int(service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total",
-                                                                {"kind": "drift"}) or 0)
+        windows = int(
+            service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total", {"kind": "drift"}) or 0
+        )
     finally:
         service.outbox.close()
         service.sinks.producer.flush(30)
@@ -155,8 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (imports, caches)")
-    parser.add_argument("--no-raw", action="store_true",
-                        help="do not insert the raw predictions (the worker's --no-raw), to see the rest without them")
+    parser.add_argument(
+        "--no-raw",
+        action="store_true",
+        help="do not insert the raw predictions (the worker's --no-raw), to see the rest without them",
+    )
     parser.add_argument("--profile", action="store_true", help="one more repetition under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile lines to print per ordering")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -174,23 +211,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         columns = backlog_columns(args.n)
         rates, cpus = [], []
         for i in range(args.warmup + args.repeats):
-            seconds, cpu, windows = run_once(bench, f"r{i}", columns, args.n, args.per_window,
-                                             write_raw=not args.no_raw)
+            seconds, cpu, windows = run_once(
+                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw
+            )
             timed = i >= args.warmup
             if timed:
                 rates.append(args.n / seconds)
                 cpus.append(cpu)
-            out(f"{'RUN' if timed else 'WARMUP'} {i}: n={args.n} windows={windows} seconds={seconds:.3f} "
-                f"cpu_s={cpu:.3f} events_per_s={args.n / seconds:,.0f}")
+            out(
+                f"{'RUN' if timed else 'WARMUP'} {i}: n={args.n} windows={windows} seconds={seconds:.3f} "
+                f"cpu_s={cpu:.3f} events_per_s={args.n / seconds:,.0f}"
+            )
         if rates:
-            out(f"RESULT WorkerService.handle n={args.n} per_window={args.per_window} "
+            out(
+                f"RESULT WorkerService.handle n={args.n} per_window={args.per_window} "
                 f"raw={'no' if args.no_raw else 'yes'} runs={len(rates)} "
                 f"events_per_s median={statistics.median(rates):,.0f} min={min(rates):,.0f} max={max(rates):,.0f} "
-                f"cpu_s median={statistics.median(cpus):.3f} (process CPU, every thread)")
+                f"cpu_s median={statistics.median(cpus):.3f} (process CPU, every thread)"
+            )
         if args.profile:
             profiler = cProfile.Profile()
-            seconds, _, _ = run_once(bench, "prof", columns, args.n, args.per_window, profiler,
-                                     write_raw=not args.no_raw)
+            seconds, _, _ = run_once(
+                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw
+            )
             out(f"PROFILE n={args.n} in {seconds:.2f} s under cProfile = {args.n / seconds:,.0f} events/s")
             print_profile(profiler, args.top, out)
         out(window_compute.machine_line())

@@ -73,10 +73,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,11 +87,12 @@ for path in (REPO, REPO / "bench"):
         sys.path.insert(0, str(path))
 
 import window_compute  # noqa: E402
+
+from driftline.retrainer.registry import Lineage, Registry  # noqa: E402
 from driftline.settings import Settings  # noqa: E402
 from driftline.stack.kafka_local import KafkaBroker, admin_answers  # noqa: E402
 from driftline.stack.manage import WarehouseAddress, ping_warehouse  # noqa: E402
 from driftline.stack.process import ManagedProcess, free_port, wait_until  # noqa: E402
-from driftline.retrainer.registry import Lineage, Registry  # noqa: E402
 from driftline.streams import kafka  # noqa: E402
 from driftline.streams.codec import default_codec  # noqa: E402
 from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
@@ -119,7 +121,7 @@ class Stack:
     chserver: ManagedProcess | None = None
 
     @classmethod
-    def start(cls, home: Path, say: Callable[[str], None]) -> "Stack":
+    def start(cls, home: Path, say: Callable[[str], None]) -> Stack:
         bootstrap = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP")
         warehouse = os.environ.get("DRIFTLINE_WAREHOUSE")
         stack = cls("", "")
@@ -142,11 +144,21 @@ class Stack:
                 say(f"clickhouse: using {address.host}:{address.port}")
             else:
                 address = WarehouseAddress("http", "127.0.0.1", free_port(), "driftline")
-                stack.chserver = ManagedProcess("clickhouse", home / "warehouse" / "server.pid",
-                                                home / "warehouse" / "server.log")
+                stack.chserver = ManagedProcess(
+                    "clickhouse", home / "warehouse" / "server.pid", home / "warehouse" / "server.log"
+                )
                 say(f"clickhouse: starting the embedded server on port {address.port}")
-                stack.chserver.spawn([sys.executable, "-m", "driftline.stack.chserver", "--path",
-                                      str(home / "warehouse" / "data"), "--port", str(address.port)])
+                stack.chserver.spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "driftline.stack.chserver",
+                        "--path",
+                        str(home / "warehouse" / "data"),
+                        "--port",
+                        str(address.port),
+                    ]
+                )
                 wait_until(lambda: ping_warehouse(address), 60, stack.chserver, "the embedded ClickHouse server")
             stack.warehouse_base = f"{address.scheme}://{address.host}:{address.port}"
         except BaseException:
@@ -201,8 +213,9 @@ def make_workload(name: str, mode: str, n: int, per_window: int, window_ms: int)
     return Workload(name, mode, n, per_window, window_ms, t0)
 
 
-def _events(columns: window_compute.Columns, model_id: str, version: str, ids: list[str],
-            times: np.ndarray, latency: np.ndarray) -> list[PredictionEvent]:
+def _events(
+    columns: window_compute.Columns, model_id: str, version: str, ids: list[str], times: np.ndarray, latency: np.ndarray
+) -> list[PredictionEvent]:
     names = list(columns.numeric)
     values = np.column_stack([columns.numeric[f] for f in names]).tolist()
     cats = list(zip(*columns.categorical.values()))
@@ -211,9 +224,19 @@ def _events(columns: window_compute.Columns, model_id: str, version: str, ids: l
     for i, event_id in enumerate(ids):
         # the contract: an absent key means missing
         numeric = {f: v for f, v in zip(names, values[i]) if v == v}
-        out.append(PredictionEvent(event_id, model_id, version, int(times[i]), numeric,
-                                   dict(zip(cat_names, cats[i])), float(columns.predictions[i]), None,
-                                   float(latency[i])))
+        out.append(
+            PredictionEvent(
+                event_id,
+                model_id,
+                version,
+                int(times[i]),
+                numeric,
+                dict(zip(cat_names, cats[i])),
+                float(columns.predictions[i]),
+                None,
+                float(latency[i]),
+            )
+        )
     return out
 
 
@@ -232,9 +255,18 @@ def produce(settings: Settings, model_id: str, version: str, w: Workload) -> tup
         times = w.times(start, count)
         latency = rng.gamma(2.0, 4.0, count)
         if w.mode == "batched":
-            records: list[Any] = [PredictionBatch(model_id, version, ids, times, numeric=columns.numeric,
-                                                  categorical=columns.categorical, predictions=columns.predictions,
-                                                  latency_ms=latency)]
+            records: list[Any] = [
+                PredictionBatch(
+                    model_id,
+                    version,
+                    ids,
+                    times,
+                    numeric=columns.numeric,
+                    categorical=columns.categorical,
+                    predictions=columns.predictions,
+                    latency_ms=latency,
+                )
+            ]
         else:
             records = _events(columns, model_id, version, ids, times, latency)
         for record in records:
@@ -256,11 +288,15 @@ def _metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def histogram_quantile(samples: list[tuple[str, dict[str, str], float]], name: str, q: float,
-                       **labels: str) -> float | None:
+def histogram_quantile(
+    samples: list[tuple[str, dict[str, str], float]], name: str, q: float, **labels: str
+) -> float | None:
     """Quantile ``q`` of a Prometheus histogram, interpolated inside its bucket as PromQL does (seconds)."""
-    buckets = sorted((float(lab["le"]), value) for n, lab, value in samples
-                     if n == f"{name}_bucket" and all(lab.get(k) == v for k, v in labels.items()))
+    buckets = sorted(
+        (float(lab["le"]), value)
+        for n, lab, value in samples
+        if n == f"{name}_bucket" and all(lab.get(k) == v for k, v in labels.items())
+    )
     if not buckets or buckets[-1][1] == 0:
         return None
     rank = q * buckets[-1][1]
@@ -330,20 +366,45 @@ class WorkerRun:
         self.log_path = self.home / f"{self.app_id}.log"
         s = self.settings
         argv = [
-            sys.executable, "-m", "driftline.cli",
-            "--kafka", s.kafka_bootstrap, "--topic-prefix", s.topic_prefix, "--warehouse", s.warehouse,
-            "--registry", s.registry, "--artifacts", s.artifacts,
-            "worker", "--app-id", self.app_id, "--window-seconds", str(self.window_seconds),
-            "--lateness-seconds", "0", "--idle-seconds", "5", "--tick-seconds", "0.25",
-            "--web-port", str(self.web_port), "--datadir", str(self.home / f"faust-{self.app_id}"),
-            "--log-format", "json", *self.extra,
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "--kafka",
+            s.kafka_bootstrap,
+            "--topic-prefix",
+            s.topic_prefix,
+            "--warehouse",
+            s.warehouse,
+            "--registry",
+            s.registry,
+            "--artifacts",
+            s.artifacts,
+            "worker",
+            "--app-id",
+            self.app_id,
+            "--window-seconds",
+            str(self.window_seconds),
+            "--lateness-seconds",
+            "0",
+            "--idle-seconds",
+            "5",
+            "--tick-seconds",
+            "0.25",
+            "--web-port",
+            str(self.web_port),
+            "--datadir",
+            str(self.home / f"faust-{self.app_id}"),
+            "--log-format",
+            "json",
+            *self.extra,
         ]
         # DRIFTLINE_KAFKA_* variables become Kafka client settings; the jar cache is not one
         env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          cwd=self.home, env=env)
+            self.popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home, env=env
+            )
 
     @property
     def pid(self) -> int:
@@ -352,7 +413,9 @@ class WorkerRun:
 
     def check_alive(self) -> None:
         if self.popen is None or self.popen.poll() is not None:
-            raise RuntimeError(f"the worker exited with {self.popen.returncode if self.popen else '?'}\n{self.log_tail()}")
+            raise RuntimeError(
+                f"the worker exited with {self.popen.returncode if self.popen else '?'}\n{self.log_tail()}"
+            )
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         try:
@@ -396,8 +459,10 @@ def wait_consuming(worker: WorkerRun, deadline: float) -> float:
         worker.check_alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"the worker consumed nothing in time\n{worker.log_tail()}")
-        if any(n == "driftline_worker_messages_total" and lab.get("topic") == "predictions" and v > 0
-               for n, lab, v in worker.metrics()):
+        if any(
+            n == "driftline_worker_messages_total" and lab.get("topic") == "predictions" and v > 0
+            for n, lab, v in worker.metrics()
+        ):
             return time.time()
         time.sleep(METRICS_POLL_S)
 
@@ -418,7 +483,8 @@ class WindowPoll:
             "FROM window_profiles WHERE model_id = {m:String} "
             "AND window_start >= fromUnixTimestamp64Milli(toInt64({lo:Int64}), 'UTC') "
             "AND window_start < fromUnixTimestamp64Milli(toInt64({hi:Int64}), 'UTC') GROUP BY ws",
-            {"m": self.model_id, "lo": start_ms, "hi": end_ms})
+            {"m": self.model_id, "lo": start_ms, "hi": end_ms},
+        )
         for r in rows:
             self.seen.setdefault(int(r["ws"]), (now_ms, int(r["c"])))
         return sum(start_ms <= ws < end_ms for ws in self.seen)
@@ -453,14 +519,17 @@ def measure(worker: WorkerRun, warehouse: Warehouse, model_id: str, w: Workload,
         while True:
             worker.check_alive()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not every row reached ClickHouse within {timeout:.0f} s: {len(windows.seen)} of "
-                                   f"{w.windows} windows\n{worker.log_tail()}")
+                raise RuntimeError(
+                    f"not every row reached ClickHouse within {timeout:.0f} s: {len(windows.seen)} of "
+                    f"{w.windows} windows\n{worker.log_tail()}"
+                )
             if windows.poll(w.t0, w.closer_time) >= w.windows:
                 if not raw:
                     finished = time.time()
                     break
-                count = warehouse.query_rows("SELECT count() AS n FROM predictions WHERE model_id = {m:String}",
-                                             {"m": model_id})[0]["n"]
+                count = warehouse.query_rows(
+                    "SELECT count() AS n FROM predictions WHERE model_id = {m:String}", {"m": model_id}
+                )[0]["n"]
                 if int(count) >= w.n:
                     finished = time.time()
                     break
@@ -471,7 +540,10 @@ def measure(worker: WorkerRun, warehouse: Warehouse, model_id: str, w: Workload,
     finally:
         worker.stop()
     return RunResult(
-        w, 0, 0.0, finished - first,
+        w,
+        0,
+        0.0,
+        finished - first,
         close_to_row_ms=[float(seen_ms - c) for seen_ms, c in windows.seen.values()],
         write_ms=[float(logged[ws] - c) for ws, (_, c) in windows.seen.items() if ws in logged],
         peak_rss_kib=peak,
@@ -494,8 +566,16 @@ class LiveResult:
     peak_rss_kib: int
 
 
-def measure_live(worker: WorkerRun, warehouse: Warehouse, settings: Settings, model_id: str, version: str,
-                 rate: float, seconds: float, timeout: float) -> LiveResult:
+def measure_live(
+    worker: WorkerRun,
+    warehouse: Warehouse,
+    settings: Settings,
+    model_id: str,
+    version: str,
+    rate: float,
+    seconds: float,
+    timeout: float,
+) -> LiveResult:
     """Produce ``rate`` events/s with event time = now for ``seconds``, in batches of 1,000, to a running worker.
 
     Lateness is 0, so a window may close at ``window_end``; its latency is
@@ -509,9 +589,15 @@ def measure_live(worker: WorkerRun, warehouse: Warehouse, settings: Settings, mo
     worker.start()
     try:
         # a warm-up event a minute back: production starts once the worker is consuming
-        kafka.publish(producer, topic, model_id, PredictionEvent(
-            f"{model_id}-warm-up", model_id, version, int(time.time() * 1000) - 60_000, {"f00": 0.0}, {}, 0.5),
-            codec=codec)
+        kafka.publish(
+            producer,
+            topic,
+            model_id,
+            PredictionEvent(
+                f"{model_id}-warm-up", model_id, version, int(time.time() * 1000) - 60_000, {"f00": 0.0}, {}, 0.5
+            ),
+            codec=codec,
+        )
         producer.flush(30)
         wait_consuming(worker, deadline)
         pool = [window_compute.synthetic(BATCH_EVENTS, seed=3_000 + i) for i in range(8)]
@@ -525,13 +611,27 @@ def measure_live(worker: WorkerRun, warehouse: Warehouse, settings: Settings, mo
             if now >= next_send:
                 now_ms = int(now * 1000)
                 # the events of the last interval, all at or before now
-                times = now_ms - ((BATCH_EVENTS - 1 - np.arange(BATCH_EVENTS)) * interval * 1000 / BATCH_EVENTS
-                                  ).astype(np.int64)
+                times = now_ms - ((BATCH_EVENTS - 1 - np.arange(BATCH_EVENTS)) * interval * 1000 / BATCH_EVENTS).astype(
+                    np.int64
+                )
                 columns = pool[sent % len(pool)]
                 ids = [f"{model_id}-{sent}-{i}" for i in range(BATCH_EVENTS)]
-                kafka.produce(producer, topic, codec.encode(PredictionBatch(
-                    model_id, version, ids, times, numeric=columns.numeric, categorical=columns.categorical,
-                    predictions=columns.predictions)), model_id)
+                kafka.produce(
+                    producer,
+                    topic,
+                    codec.encode(
+                        PredictionBatch(
+                            model_id,
+                            version,
+                            ids,
+                            times,
+                            numeric=columns.numeric,
+                            categorical=columns.categorical,
+                            predictions=columns.predictions,
+                        )
+                    ),
+                    model_id,
+                )
                 sent += 1
                 last_ms = now_ms
                 next_send += interval
@@ -554,9 +654,15 @@ def measure_live(worker: WorkerRun, warehouse: Warehouse, settings: Settings, mo
     finally:
         worker.stop()
     closed = {ws: seen_ms for ws, (seen_ms, _) in windows.seen.items() if lo <= ws < hi}
-    return LiveResult(rate, seconds, window_ms, sent * BATCH_EVENTS,
-                      [float(seen_ms - (ws + window_ms)) for ws, seen_ms in closed.items()],
-                      [float(logged[ws] - (ws + window_ms)) for ws in closed if ws in logged], peak)
+    return LiveResult(
+        rate,
+        seconds,
+        window_ms,
+        sent * BATCH_EVENTS,
+        [float(seen_ms - (ws + window_ms)) for ws, seen_ms in closed.items()],
+        [float(logged[ws] - (ws + window_ms)) for ws in closed if ws in logged],
+        peak,
+    )
 
 
 # ----------------------------------------------------------------------------- one run
@@ -573,18 +679,23 @@ class Bench:
     worker_args: Sequence[str] = ()
     databases: list[str] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
-    reference_data: window_compute.Columns = field(default_factory=lambda: window_compute.synthetic(
-        window_compute.REFERENCE_ROWS, seed=0))
+    reference_data: window_compute.Columns = field(
+        default_factory=lambda: window_compute.synthetic(window_compute.REFERENCE_ROWS, seed=0)
+    )
 
     def settings(self, tag: str) -> Settings:
         database = f"dlbench_{self.run_id}_{tag}"
         prefix = f"bench{self.run_id}{tag}."
         self.databases.append(database)
         self.prefixes.append(prefix)
-        return Settings(kafka_bootstrap=self.stack.kafka_bootstrap, topic_prefix=prefix,
-                        warehouse=f"{self.stack.warehouse_base}/{database}",
-                        registry=f"sqlite:///{self.home / 'registry.db'}", artifacts=str(self.home / "artifacts"),
-                        state_dir=str(self.home / "state"))
+        return Settings(
+            kafka_bootstrap=self.stack.kafka_bootstrap,
+            topic_prefix=prefix,
+            warehouse=f"{self.stack.warehouse_base}/{database}",
+            registry=f"sqlite:///{self.home / 'registry.db'}",
+            artifacts=str(self.home / "artifacts"),
+            state_dir=str(self.home / "state"),
+        )
 
     def register(self, settings: Settings, model_id: str) -> str:
         registry = Registry.from_settings(settings)
@@ -650,24 +761,30 @@ class Bench:
 def report(r: RunResult, out: Callable[[str], None]) -> None:
     w = r.workload
     ms = lambda s: "n/a" if s is None else f"{1000 * s:.0f}"  # noqa: E731
-    out(f"RESULT mode={w.mode} n={w.n} messages={r.messages} events_per_s={r.events_per_s:,.0f} "
+    out(
+        f"RESULT mode={w.mode} n={w.n} messages={r.messages} events_per_s={r.events_per_s:,.0f} "
         f"seconds={r.seconds:.2f} windows={w.windows} per_window={w.per_window} "
-        f"peak_rss_mib={r.peak_rss_kib / 1024:.0f}")
-    out(f"RESULT mode={w.mode} n={w.n} close_to_row_ms p50={percentile(r.close_to_row_ms, 50):.0f} "
+        f"peak_rss_mib={r.peak_rss_kib / 1024:.0f}"
+    )
+    out(
+        f"RESULT mode={w.mode} n={w.n} close_to_row_ms p50={percentile(r.close_to_row_ms, 50):.0f} "
         f"p99={percentile(r.close_to_row_ms, 99):.0f} "
         f"(computed_at to rows seen by a {WAREHOUSE_POLL_S * 1000:.0f} ms poll); "
         f"worker_log_ms p50={percentile(r.write_ms, 50):.0f} p99={percentile(r.write_ms, 99):.0f} "
         f"(computed_at to the worker's 'written' log line); handle batch p50={ms(r.batch_p50_s)} "
-        f"p99={ms(r.batch_p99_s)} ms; window write p50={ms(r.flush_p50_s)} p99={ms(r.flush_p99_s)} ms")
+        f"p99={ms(r.batch_p99_s)} ms; window write p50={ms(r.flush_p50_s)} p99={ms(r.flush_p99_s)} ms"
+    )
 
 
 def report_live(r: LiveResult, out: Callable[[str], None]) -> None:
-    out(f"RESULT mode=live rate={r.rate:,.0f} seconds={r.seconds:.0f} events={r.events} "
+    out(
+        f"RESULT mode=live rate={r.rate:,.0f} seconds={r.seconds:.0f} events={r.events} "
         f"window_ms={r.window_ms} windows={len(r.end_to_row_ms)} "
         f"window_end_to_row_ms p50={percentile(r.end_to_row_ms, 50):.0f} p99={percentile(r.end_to_row_ms, 99):.0f} "
         f"(lateness 0; rows seen by a {WAREHOUSE_POLL_S * 1000:.0f} ms poll) "
         f"worker_log_ms p50={percentile(r.end_to_log_ms, 50):.0f} p99={percentile(r.end_to_log_ms, 99):.0f} "
-        f"peak_rss_mib={r.peak_rss_kib / 1024:.0f}")
+        f"peak_rss_mib={r.peak_rss_kib / 1024:.0f}"
+    )
 
 
 # ----------------------------------------------------------------------------- profile of the service
@@ -690,8 +807,11 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
     while len(incoming) < messages:
         for m in consumer.consume(1_000, timeout=5):
             if m.error() is None:
-                incoming.append(Incoming("predictions", m.partition(), m.offset(), m.key(), m.value(),
-                                         token=m.offset(), full_topic=topic))
+                incoming.append(
+                    Incoming(
+                        "predictions", m.partition(), m.offset(), m.key(), m.value(), token=m.offset(), full_topic=topic
+                    )
+                )
     consumer.close()
     options = WorkerOptions(app_id=model_id, window_seconds=bench.window_seconds, lateness_seconds=0.0)
     service = build_service(settings, options)
@@ -700,14 +820,16 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
     started = time.perf_counter()
     profiler.enable()
     for i in range(0, len(incoming), batch):
-        service.handle("predictions", incoming[i:i + batch], backlog=i + batch < len(incoming))
+        service.handle("predictions", incoming[i : i + batch], backlog=i + batch < len(incoming))
     service.drain()
     profiler.disable()
     seconds = time.perf_counter() - started
     service.outbox.close()
     service.sinks.warehouse.close()
-    out(f"PROFILE mode={mode} WorkerService.handle alone (no Faust, no Kafka fetch), {batch} messages a call: "
-        f"{n} events in {seconds:.2f} s = {n / seconds:,.0f} events/s (under cProfile, which slows Python code)")
+    out(
+        f"PROFILE mode={mode} WorkerService.handle alone (no Faust, no Kafka fetch), {batch} messages a call: "
+        f"{n} events in {seconds:.2f} s = {n / seconds:,.0f} events/s (under cProfile, which slows Python code)"
+    )
     for order in ("tottime", "cumulative"):
         buf = io.StringIO()
         pstats.Stats(profiler, stream=buf).strip_dirs().sort_stats(order).print_stats(top)
@@ -722,26 +844,38 @@ def profile_service(bench: Bench, mode: str, n: int, per_window: int, top: int, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=400_000,
-                        help="batched events of the first run (4N in the second); the default is twice the label "
-                             "index (200,000), so that both runs measure its steady state")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=400_000,
+        help="batched events of the first run (4N in the second); the default is twice the label "
+        "index (200,000), so that both runs measure its steady state",
+    )
     parser.add_argument("--n-single", type=int, default=None, help="single events (default N/4)")
     parser.add_argument("--per-window", type=int, default=10_000, help="events per event-time window of the backlogs")
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size of the backlogs")
     parser.add_argument("--live-rate", type=float, default=20_000.0, help="events/s of the live run (0: no live run)")
     parser.add_argument("--live-seconds", type=float, default=30.0, help="length of the live run")
     parser.add_argument("--live-window-seconds", type=float, default=2.0, help="window size of the live run")
-    parser.add_argument("--warm-up", type=int, default=100_000,
-                        help="batched events of an unmeasured first run (0: none). A freshly started broker and "
-                             "ClickHouse server are slower at first (JIT, first allocations): about 2x on the first "
-                             "raw insert")
-    parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"which runs, comma-separated (default all: {','.join(RUNS)})")
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=100_000,
+        help="batched events of an unmeasured first run (0: none). A freshly started broker and "
+        "ClickHouse server are slower at first (JIT, first allocations): about 2x on the first "
+        "raw insert",
+    )
+    parser.add_argument(
+        "--runs", default=",".join(RUNS), help=f"which runs, comma-separated (default all: {','.join(RUNS)})"
+    )
     parser.add_argument("--worker-args", default="", help="extra `driftline worker` flags, e.g. '--no-raw'")
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for one run")
     parser.add_argument("--profile", action="store_true", help="also profile WorkerService.handle in-process")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: N=5,000, 1,000 events per window, 6 s live at 5,000/s (times not meaningful)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: N=5,000, 1,000 events per window, 6 s live at 5,000/s (times not meaningful)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (worker logs)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -752,8 +886,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"unknown run(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}")
-    n_single = args.n_single if args.n_single is not None else max(
-        args.per_window, args.n // 4 // args.per_window * args.per_window)
+    n_single = (
+        args.n_single
+        if args.n_single is not None
+        else max(args.per_window, args.n // 4 // args.per_window * args.per_window)
+    )
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -764,14 +901,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         out(f"worker flags: {args.worker_args}")
     home = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     stack = Stack.start(home, say)
-    bench = Bench(stack, home, uuid.uuid4().hex[:8], args.window_seconds, args.timeout, say,
-                  shlex.split(args.worker_args))
+    bench = Bench(
+        stack, home, uuid.uuid4().hex[:8], args.window_seconds, args.timeout, say, shlex.split(args.worker_args)
+    )
     try:
         results: dict[str, RunResult] = {}
         if args.warm_up > 0:
             first = bench.run("w0", "batched", args.warm_up, args.per_window)
-            out(f"warm-up: {args.warm_up} batched events through a first worker, not measured: "
-                f"{first.events_per_s:,.0f} events/s")
+            out(
+                f"warm-up: {args.warm_up} batched events through a first worker, not measured: "
+                f"{first.events_per_s:,.0f} events/s"
+            )
         if "batched" in runs:
             results["b1"] = bench.run("b1", "batched", args.n, args.per_window)
             report(results["b1"], out)
@@ -785,19 +925,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_live(bench.live("l1", args.live_rate, args.live_seconds, args.live_window_seconds), out)
         reference = window_compute.build_reference(bench.reference_data)
         cold, warm = window_compute.driftline_ms(reference, args.per_window, 3 if args.quick else 10)
-        out(f"RESULT per-window compute (driftline core, {args.per_window} events, in this process): {warm:.2f} ms "
-            f"(first window, calibration included: {cold:.0f} ms)")
+        out(
+            f"RESULT per-window compute (driftline core, {args.per_window} events, in this process): {warm:.2f} ms "
+            f"(first window, calibration included: {cold:.0f} ms)"
+        )
         for r in results.values():
             target = SINGLE_TARGET if r.workload.mode == "single" else BATCHED_TARGET
             ratio = r.events_per_s / target
-            out(f"RATIO throughput mode={r.workload.mode} n={r.workload.n} "
+            out(
+                f"RATIO throughput mode={r.workload.mode} n={r.workload.n} "
                 f"{r.events_per_s:,.0f}/{target:,.0f} events/s "
-                f"= {ratio:.2f}x of target {'MET' if ratio >= 1 else 'NOT MET'}")
+                f"= {ratio:.2f}x of target {'MET' if ratio >= 1 else 'NOT MET'}"
+            )
         if "b1" in results and "b4" in results:
             small, large = results["b1"].peak_rss_kib, results["b4"].peak_rss_kib
             ratio = large / max(small, 1)
-            out(f"RATIO rss batched 4N/N = {large / 1024:.0f}/{small / 1024:.0f} MiB = {ratio:.2f} "
-                f"target<={RSS_FLAT} (flat) {'MET' if ratio <= RSS_FLAT else 'NOT MET'}")
+            out(
+                f"RATIO rss batched 4N/N = {large / 1024:.0f}/{small / 1024:.0f} MiB = {ratio:.2f} "
+                f"target<={RSS_FLAT} (flat) {'MET' if ratio <= RSS_FLAT else 'NOT MET'}"
+            )
         if args.profile:
             profile_service(bench, "batched", args.n, args.per_window, 25, out)
             profile_service(bench, "single", n_single, args.per_window, 25, out)

@@ -40,9 +40,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -88,11 +89,14 @@ class Columns:
     def n(self) -> int:
         return int(self.predictions.size)
 
-    def rows(self, start: int, stop: int) -> "Columns":
-        return Columns({f: x[start:stop] for f, x in self.numeric.items()},
-                       {f: x[start:stop] for f, x in self.categorical.items()}, self.predictions[start:stop])
+    def rows(self, start: int, stop: int) -> Columns:
+        return Columns(
+            {f: x[start:stop] for f, x in self.numeric.items()},
+            {f: x[start:stop] for f, x in self.categorical.items()},
+            self.predictions[start:stop],
+        )
 
-    def chunks(self, size: int) -> list["Columns"]:
+    def chunks(self, size: int) -> list[Columns]:
         return [self.rows(i, i + size) for i in range(0, self.n, size)]
 
 
@@ -153,10 +157,12 @@ class ScipyReference:
     categorical: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, data: Columns) -> "ScipyReference":
+    def of(cls, data: Columns) -> ScipyReference:
         columns = {**data.numeric, PREDICTION_FEATURE: data.predictions}
-        return cls({f: x[~np.isnan(x)] for f, x in columns.items()},
-                   {f: np.asarray(x, dtype=object) for f, x in data.categorical.items()})
+        return cls(
+            {f: x[~np.isnan(x)] for f, x in columns.items()},
+            {f: np.asarray(x, dtype=object) for f, x in data.categorical.items()},
+        )
 
 
 def scipy_window(reference: ScipyReference, window: Columns, ks_method: str = "auto") -> dict[str, dict[str, float]]:
@@ -174,9 +180,12 @@ def scipy_window(reference: ScipyReference, window: Columns, ks_method: str = "a
         edges = np.unique(edges)
         p, _ = np.histogram(r, edges)
         q, _ = np.histogram(v, edges)
-        out[f] = {"ks": float(ks.statistic), "ks_p": float(ks.pvalue),
-                  "wasserstein": float(stats.wasserstein_distance(r, v)),
-                  "jensenshannon": float(distance.jensenshannon(p, q, base=2))}
+        out[f] = {
+            "ks": float(ks.statistic),
+            "ks_p": float(ks.pvalue),
+            "wasserstein": float(stats.wasserstein_distance(r, v)),
+            "jensenshannon": float(distance.jensenshannon(p, q, base=2)),
+        }
     for f, col in window.categorical.items():
         ref_values, ref_counts = np.unique(reference.categorical[f], return_counts=True)
         cur_values, cur_counts = np.unique(np.asarray(col, dtype=object), return_counts=True)
@@ -202,6 +211,7 @@ def import_evidently() -> Any | None:
     except ImportError:
         return None
     if not hasattr(common, "infer_dtype_from_object"):
+
         def removed_in_pandas_3(*args: Any, **kwargs: Any) -> Any:
             raise NotImplementedError("pandas 3 removed infer_dtype_from_object")
 
@@ -278,8 +288,9 @@ def interleaved_ms(methods: dict[str, tuple[Callable[[int], object], int]], roun
     return {name: 1000.0 * statistics.median(t) for name, t in times.items() if t}
 
 
-def driftline_ms(reference: ReferenceProfile, size: int, windows: int, *, seed: int = 10_000,
-                 chunk: int = CHUNK) -> tuple[float, float]:
+def driftline_ms(
+    reference: ReferenceProfile, size: int, windows: int, *, seed: int = 10_000, chunk: int = CHUNK
+) -> tuple[float, float]:
     """(cold ms of the first window, median warm ms per window) of driftline at ``size`` events."""
     data = [synthetic(size, seed + i).chunks(chunk) for i in range(windows + 1)]
     cold = median_ms(lambda c: driftline_window(reference, c, stable_seed("cold", size)), data[:1])
@@ -293,16 +304,26 @@ def verdict(ratio: float, target: float) -> str:
 
 def machine_line() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return (f"machine: {os.cpu_count()} cpu(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-            f"python {platform.python_version()}, numpy {np.__version__}")
+    return (
+        f"machine: {os.cpu_count()} cpu(s), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"python {platform.python_version()}, numpy {np.__version__}"
+    )
 
 
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def run(sizes: Sequence[int], repeats: int, evidently_repeats: int, false_alarm_windows: int,
-        driftline_false_alarm_windows: int, use_evidently: bool, *, warm_up: bool = True,
-        out: Callable[[str], None] = print) -> int:
+def run(
+    sizes: Sequence[int],
+    repeats: int,
+    evidently_repeats: int,
+    false_alarm_windows: int,
+    driftline_false_alarm_windows: int,
+    use_evidently: bool,
+    *,
+    warm_up: bool = True,
+    out: Callable[[str], None] = print,
+) -> int:
     import scipy
 
     out(machine_line())
@@ -321,17 +342,23 @@ def run(sizes: Sequence[int], repeats: int, evidently_repeats: int, false_alarm_
         out("evidently: not installed (pip install -e '.[bench]'); its comparison is left out")
     else:
         out("evidently: left out (--no-evidently)")
-    out(f"reference: {REFERENCE_ROWS} rows; {N_NUMERIC} numeric + 2 categorical features + score; "
-        f"driftline updates in chunks of {CHUNK}")
+    out(
+        f"reference: {REFERENCE_ROWS} rows; {N_NUMERIC} numeric + 2 categorical features + score; "
+        f"driftline updates in chunks of {CHUNK}"
+    )
 
     for size in sizes:
         windows = [synthetic(size, 20_000 + i) for i in range(repeats)]
         chunks = [w.chunks(CHUNK) for w in windows]
-        cold = median_ms(lambda c, size=size: driftline_window(reference, c, stable_seed("cold", size)),
-                         [synthetic(size, 19_999).chunks(CHUNK)])
+        cold = median_ms(
+            lambda c, size=size: driftline_window(reference, c, stable_seed("cold", size)),
+            [synthetic(size, 19_999).chunks(CHUNK)],
+        )
         methods: dict[str, tuple[Callable[[int], object], int]] = {
-            "driftline": (lambda i, chunks=chunks, size=size: driftline_window(reference, chunks[i], stable_seed(size, i)),
-                          repeats),
+            "driftline": (
+                lambda i, chunks=chunks, size=size: driftline_window(reference, chunks[i], stable_seed(size, i)),
+                repeats,
+            ),
             "scipy": (lambda i, windows=windows: scipy_window(scipy_ref, windows[i]), repeats),
             "scipy-asymp": (lambda i, windows=windows: scipy_window(scipy_ref, windows[i], ks_method="asymp"), repeats),
         }
@@ -346,20 +373,30 @@ def run(sizes: Sequence[int], repeats: int, evidently_repeats: int, false_alarm_
             profiles.append(profile)
         methods["evaluate_window"] = (lambda i, profiles=profiles: evaluate_window(reference, profiles[i]), repeats)
         times = interleaved_ms(methods, repeats)
-        out(f"EVALUATE window={size} evaluate_window {times['evaluate_window']:.2f} ms/window "
-            f"({len(reference.features)} features; the profile already built)")
+        out(
+            f"EVALUATE window={size} evaluate_window {times['evaluate_window']:.2f} ms/window "
+            f"({len(reference.features)} features; the profile already built)"
+        )
         dl, sp, sp_asymp, ev = times["driftline"], times["scipy"], times["scipy-asymp"], times.get("evidently")
-        out(f"window {size}: driftline {dl:.2f} ms/window (first window, calibration included: {cold:.1f} ms), "
+        out(
+            f"window {size}: driftline {dl:.2f} ms/window (first window, calibration included: {cold:.1f} ms), "
             f"scipy {sp:.2f} ms/window (asymp KS: {sp_asymp:.2f}), "
-            + (f"evidently {ev:.1f} ms/window" if ev is not None else "evidently n/a"))
+            + (f"evidently {ev:.1f} ms/window" if ev is not None else "evidently n/a")
+        )
         ratio = sp / dl
-        out(f"RATIO window={size} scipy/driftline={ratio:.1f}x target>={SCIPY_TARGET:g}x {verdict(ratio, SCIPY_TARGET)}")
-        out(f"RATIO window={size} scipy-asymp/driftline={sp_asymp / dl:.1f}x (informational: scipy's KS with "
-            "method='asymp')")
+        out(
+            f"RATIO window={size} scipy/driftline={ratio:.1f}x target>={SCIPY_TARGET:g}x {verdict(ratio, SCIPY_TARGET)}"
+        )
+        out(
+            f"RATIO window={size} scipy-asymp/driftline={sp_asymp / dl:.1f}x (informational: scipy's KS with "
+            "method='asymp')"
+        )
         if ev is not None:
             ratio = ev / dl
-            out(f"RATIO window={size} evidently/driftline={ratio:.0f}x target>={EVIDENTLY_TARGET:g}x "
-                f"{verdict(ratio, EVIDENTLY_TARGET)}")
+            out(
+                f"RATIO window={size} evidently/driftline={ratio:.0f}x target>={EVIDENTLY_TARGET:g}x "
+                f"{verdict(ratio, EVIDENTLY_TARGET)}"
+            )
 
     for size in [s for s in FALSE_ALARM_SIZES if s in sizes] or [min(sizes)]:
         false_alarms(reference, baseline, size, false_alarm_windows, driftline_false_alarm_windows, out)
@@ -367,12 +404,20 @@ def run(sizes: Sequence[int], repeats: int, evidently_repeats: int, false_alarm_
     return 0
 
 
-def false_alarms(reference: ReferenceProfile, baseline: EvidentlyBaseline | None, size: int, windows: int,
-                 driftline_windows: int, out: Callable[[str], None]) -> None:
+def false_alarms(
+    reference: ReferenceProfile,
+    baseline: EvidentlyBaseline | None,
+    size: int,
+    windows: int,
+    driftline_windows: int,
+    out: Callable[[str], None],
+) -> None:
     """Alarms on stationary windows: the same windows for both tools, then more windows for driftline alone."""
     data = [synthetic(size, 50_000 + size + i) for i in range(max(windows, driftline_windows))]
-    flagged = [bool(drifted_features(driftline_window(reference, w.chunks(CHUNK), stable_seed("fa", size, i))))
-               for i, w in enumerate(data)]
+    flagged = [
+        bool(drifted_features(driftline_window(reference, w.chunks(CHUNK), stable_seed("fa", size, i))))
+        for i, w in enumerate(data)
+    ]
     shared = flagged[:windows]
     line = f"FALSE-ALARMS window={size} windows={windows} driftline={sum(shared)}/{windows}"
     if baseline is not None:
@@ -380,12 +425,16 @@ def false_alarms(reference: ReferenceProfile, baseline: EvidentlyBaseline | None
         dataset = sum(share >= 0.5 for _, share in verdicts)
         any_column = sum(count > 0 for count, _ in verdicts)
         mean_share = statistics.mean(share for _, share in verdicts)
-        line += (f" evidently-dataset-drift={dataset}/{windows} evidently-any-column={any_column}/{windows} "
-                 f"(mean share of drifted columns {mean_share:.2f})")
+        line += (
+            f" evidently-dataset-drift={dataset}/{windows} evidently-any-column={any_column}/{windows} "
+            f"(mean share of drifted columns {mean_share:.2f})"
+        )
     out(line)
     n = len(flagged)
-    out(f"FALSE-ALARMS window={size} driftline over {n} windows: {sum(flagged)}/{n} = {sum(flagged) / n:.1%} "
-        "(design: at most fdr_q = 5%)")
+    out(
+        f"FALSE-ALARMS window={size} driftline over {n} windows: {sum(flagged)}/{n} = {sum(flagged) / n:.1%} "
+        "(design: at most fdr_q = 5%)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,13 +442,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="window sizes (events), comma-separated")
     parser.add_argument("--repeats", type=int, default=20, help="windows timed per size for driftline and scipy")
     parser.add_argument("--evidently-repeats", type=int, default=3, help="windows timed per size for Evidently")
-    parser.add_argument("--false-alarm-windows", type=int, default=10,
-                        help="stationary windows per size checked by both tools")
-    parser.add_argument("--driftline-false-alarm-windows", type=int, default=1_000,
-                        help="stationary windows per size checked by driftline alone")
+    parser.add_argument(
+        "--false-alarm-windows", type=int, default=10, help="stationary windows per size checked by both tools"
+    )
+    parser.add_argument(
+        "--driftline-false-alarm-windows",
+        type=int,
+        default=1_000,
+        help="stationary windows per size checked by driftline alone",
+    )
     parser.add_argument("--no-evidently", dest="evidently", action="store_false", help="leave Evidently out")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: sizes up to 1,000 only, few windows, no warm-up (times not meaningful)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: sizes up to 1,000 only, few windows, no warm-up (times not meaningful)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 2:
@@ -410,9 +467,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.false_alarm_windows, args.driftline_false_alarm_windows = 1, 20
     if min(args.repeats, args.evidently_repeats, args.false_alarm_windows) < 1:
         parser.error("repeats and window counts must be at least 1")
-    return run(sizes, args.repeats, args.evidently_repeats, args.false_alarm_windows,
-               max(args.driftline_false_alarm_windows, args.false_alarm_windows), args.evidently,
-               warm_up=not args.quick)
+    return run(
+        sizes,
+        args.repeats,
+        args.evidently_repeats,
+        args.false_alarm_windows,
+        max(args.driftline_false_alarm_windows, args.false_alarm_windows),
+        args.evidently,
+        warm_up=not args.quick,
+    )
 
 
 if __name__ == "__main__":

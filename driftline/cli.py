@@ -11,7 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from driftline.redaction import redact
 from driftline.settings import Settings, SettingsError, load_settings
@@ -93,7 +93,9 @@ def _import(name: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

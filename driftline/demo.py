@@ -34,14 +34,14 @@ import numpy as np
 import pyarrow as pa
 
 from driftline import simulation
-from driftline.service_sim import SimulatedService, ServiceStats, artifact_scorer, training_set
+from driftline.service_sim import ServiceStats, SimulatedService, artifact_scorer, training_set
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-    from driftline.settings import Settings
     from driftline.retrainer.policy import ModelPolicy
     from driftline.retrainer.registry import ModelVersion, Registry
+    from driftline.settings import Settings
     from driftline.streams.warehouse import Warehouse
 
 ACTOR = "driftline-demo"
@@ -76,7 +76,7 @@ class StepTimeouts:
     switch: float = 30.0  # from the promotion to the service serving it
     recovery: float = 75.0  # from the switch to enough evidence of recovery
 
-    def scaled(self, factor: float) -> "StepTimeouts":
+    def scaled(self, factor: float) -> StepTimeouts:
         return StepTimeouts(*(getattr(self, f) * factor for f in self.__dataclass_fields__))
 
 
@@ -131,7 +131,7 @@ class FirstVersion:
     end_ms: int
 
 
-def train_first_version(policy: "ModelPolicy", rows: int, seed: int, end_ms: int) -> FirstVersion:
+def train_first_version(policy: ModelPolicy, rows: int, seed: int, end_ms: int) -> FirstVersion:
     """Train v1 on ``rows`` applicants of the BEFORE world, dated over the hour before ``end_ms``.
 
     The oldest rows train and the newest ``retraining.holdout_fraction``
@@ -153,28 +153,40 @@ def train_first_version(policy: "ModelPolicy", rows: int, seed: int, end_ms: int
     labels = data.label
     train_metrics = score_metrics(labels[train_index], scores[train_index], "classification")
     holdout_metrics = score_metrics(labels[holdout_index], scores[holdout_index], "classification")
-    dataset = pa.table({
-        "event_id": [f"train-{i}" for i in range(rows)],
-        "model_version": [FIRST_VERSION] * rows,
-        "event_time": pa.array(times, pa.timestamp("ms", tz="UTC")),
-        **{k: pa.array(v) for k, v in applicants.numeric.items()},
-        **{k: pa.array(v.tolist(), pa.string()) for k, v in applicants.categorical.items()},
-        "prediction": pa.array(scores),
-        "label": pa.array(labels),
-    })
-    return FirstVersion(trained, rt.trainer, dataset, train_metrics, holdout_metrics, dict(applicants.numeric),
-                        dict(applicants.categorical), scores, int(times[0]), int(times[-1]))
+    dataset = pa.table(
+        {
+            "event_id": [f"train-{i}" for i in range(rows)],
+            "model_version": [FIRST_VERSION] * rows,
+            "event_time": pa.array(times, pa.timestamp("ms", tz="UTC")),
+            **{k: pa.array(v) for k, v in applicants.numeric.items()},
+            **{k: pa.array(v.tolist(), pa.string()) for k, v in applicants.categorical.items()},
+            "prediction": pa.array(scores),
+            "label": pa.array(labels),
+        }
+    )
+    return FirstVersion(
+        trained,
+        rt.trainer,
+        dataset,
+        train_metrics,
+        holdout_metrics,
+        dict(applicants.numeric),
+        dict(applicants.categorical),
+        scores,
+        int(times[0]),
+        int(times[-1]),
+    )
 
 
 def register_first_version(
-    settings: "Settings",
-    registry: "Registry",
-    warehouse: "Warehouse",
-    producer: "Producer",
+    settings: Settings,
+    registry: Registry,
+    warehouse: Warehouse,
+    producer: Producer,
     model_id: str,
-    policy: "ModelPolicy",
+    policy: ModelPolicy,
     first: FirstVersion,
-) -> "ModelVersion":
+) -> ModelVersion:
     """Register v1 with its lineage and reference profile, promote it, announce both and mirror the registry."""
     from driftline.retrainer.announce import AnnounceError, mirror_versions, publish_model_events
     from driftline.retrainer.registry import CHAMPION, Lineage
@@ -194,9 +206,14 @@ def register_first_version(
     profile = policy.monitoring.reference.profile_builder(model_id, first.numeric, first.categorical, first.scores)
 
     version = registry.register(
-        model_id, lineage=lineage, reference_profile=profile, artifact_bytes=first.trained.artifact(),
-        tags={"demo": "true", "world": "before"}, note="the demo's first model, trained before the drift",
-        actor=ACTOR, reason="demo: the model in service before the drift",
+        model_id,
+        lineage=lineage,
+        reference_profile=profile,
+        artifact_bytes=first.trained.artifact(),
+        tags={"demo": "true", "world": "before"},
+        note="the demo's first model, trained before the drift",
+        actor=ACTOR,
+        reason="demo: the model in service before the drift",
     )
     promoted = registry.promote(model_id, version.version, actor=ACTOR, reason="demo: first champion")
     try:
@@ -320,22 +337,32 @@ def _ms(column: str) -> str:
     return f"toUnixTimestamp64Milli({column})"
 
 
-def read_facts(warehouse: "Warehouse", model_id: str) -> LoopFacts:
+def read_facts(warehouse: Warehouse, model_id: str) -> LoopFacts:
     """What the worker, the retrainer and the demo wrote about ``model_id`` (ReplacingMergeTrees read FINAL)."""
     p = {"m": model_id}
     drift = tuple(
-        DriftWindow(r["model_version"], int(r["s"]), int(r["e"]), int(r["n_current"]), tuple(sorted(r["drifted_features"])),
-                    int(r["c"]))
+        DriftWindow(
+            r["model_version"],
+            int(r["s"]),
+            int(r["e"]),
+            int(r["n_current"]),
+            tuple(sorted(r["drifted_features"])),
+            int(r["c"]),
+        )
         for r in warehouse.query_rows(
             f"SELECT model_version, {_ms('window_start')} AS s, {_ms('window_end')} AS e, n_current, drifted_features, "
             f"{_ms('computed_at')} AS c FROM drift_reports FINAL WHERE model_id = {{m:String}} "
-            "ORDER BY window_start, model_version", p)
+            "ORDER BY window_start, model_version",
+            p,
+        )
     )
     by_window: dict[tuple[str, int], dict[str, Any]] = {}
     for r in warehouse.query_rows(
         f"SELECT model_version, {_ms('window_start')} AS s, {_ms('window_end')} AS e, metric, value, n_labeled, "
         f"{_ms('computed_at')} AS c FROM performance_metrics FINAL WHERE model_id = {{m:String}} AND segment = '' "
-        "AND metric IN ('accuracy', 'log_loss', 'n_labeled')", p):
+        "AND metric IN ('accuracy', 'log_loss', 'n_labeled')",
+        p,
+    ):
         w = by_window.setdefault((r["model_version"], int(r["s"])), {"e": int(r["e"]), "c": int(r["c"])})
         w[r["metric"]] = float(r["value"])
         w["c"] = max(w["c"], int(r["c"]))
@@ -345,29 +372,47 @@ def read_facts(warehouse: "Warehouse", model_id: str) -> LoopFacts:
         if "n_labeled" in w  # the marker row is written last: the window is complete
     )
     requests = tuple(
-        RequestRow(r["request_id"], r["model_version"], r["reason"], r["status"], int(r["rq"]), int(r["up"]),
-                   r["registered_version"], r["error"],
-                   tuple(zip(r["evidence_metric"], r["evidence_feature"], r["evidence_value"], r["evidence_threshold"])))
+        RequestRow(
+            r["request_id"],
+            r["model_version"],
+            r["reason"],
+            r["status"],
+            int(r["rq"]),
+            int(r["up"]),
+            r["registered_version"],
+            r["error"],
+            tuple(zip(r["evidence_metric"], r["evidence_feature"], r["evidence_value"], r["evidence_threshold"])),
+        )
         for r in warehouse.query_rows(
             f"SELECT request_id, model_version, toString(reason) AS reason, toString(status) AS status, "
             f"{_ms('requested_at')} AS rq, {_ms('updated_at')} AS up, registered_version, error, evidence_metric, "
             "evidence_feature, evidence_value, evidence_threshold FROM retrain_requests FINAL "
-            "WHERE model_id = {m:String} ORDER BY requested_at", p)
+            "WHERE model_id = {m:String} ORDER BY requested_at",
+            p,
+        )
     )
     versions = tuple(
         VersionRow(r["version"], r["status"], tuple(r["aliases"]), r["request_id"])
         for r in warehouse.query_rows(
             "SELECT version, status, aliases, request_id FROM model_versions FINAL WHERE model_id = {m:String} "
-            "ORDER BY toUInt64OrZero(version)", p)
+            "ORDER BY toUInt64OrZero(version)",
+            p,
+        )
     )
     alerts = tuple(
         AlertRow(r["alert_id"], r["model_version"], r["severity"], r["kind"], r["message"], int(r["o"]))
         for r in warehouse.query_rows(
             f"SELECT alert_id, model_version, toString(severity) AS severity, kind, message, {_ms('occurred_at')} AS o "
-            "FROM alerts FINAL WHERE model_id = {m:String} ORDER BY occurred_at, alert_id", p)
+            "FROM alerts FINAL WHERE model_id = {m:String} ORDER BY occurred_at, alert_id",
+            p,
+        )
     )
-    predictions = {r["model_version"]: int(r["n"]) for r in warehouse.query_rows(
-        "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} GROUP BY model_version", p)}
+    predictions = {
+        r["model_version"]: int(r["n"])
+        for r in warehouse.query_rows(
+            "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} GROUP BY model_version", p
+        )
+    }
     n_labels = warehouse.query_rows("SELECT count() AS n FROM labels WHERE model_id = {m:String}", p)[0]["n"]
     return LoopFacts(drift, labels, requests, versions, alerts, predictions, int(n_labels))
 
@@ -460,35 +505,63 @@ def judge(facts: LoopFacts, champion: Champion | None, service: ServiceStats, ct
     after = [w for w in facts.windows_of(v1) if drift_at is not None and w.start_ms >= drift_at]
     detected = next((w for w in after if len(w.drifted) >= ctx.min_features), None)
     if detected is None:
-        steps.append(Step(1, "drift detected", False, None,
-                          f"no window of v{v1} after the drift has {ctx.min_features} or more drifted features yet"))
+        steps.append(
+            Step(
+                1,
+                "drift detected",
+                False,
+                None,
+                f"no window of v{v1} after the drift has {ctx.min_features} or more drifted features yet",
+            )
+        )
     else:
         before = [w for w in facts.windows_of(v1) if drift_at is not None and w.end_ms <= drift_at]
         false_alarms = sum(len(w.drifted) >= ctx.min_features for w in before)
-        steps.append(Step(1, "drift detected", True, detected.computed_ms,
-                          f"v{v1} window {_span(detected.start_ms, detected.end_ms)}: {', '.join(detected.drifted)} "
-                          f"drifted ({len(detected.drifted)} features; {false_alarms} of {len(before)} windows "
-                          "before the drift flagged)"))
+        steps.append(
+            Step(
+                1,
+                "drift detected",
+                True,
+                detected.computed_ms,
+                f"v{v1} window {_span(detected.start_ms, detected.end_ms)}: {', '.join(detected.drifted)} "
+                f"drifted ({len(detected.drifted)} features; {false_alarms} of {len(before)} windows "
+                "before the drift flagged)",
+            )
+        )
 
     # 2. a retrain requested after the drift
     requests = [r for r in facts.requests if drift_at is not None and r.requested_ms >= drift_at]
     request = requests[0] if requests else None
     if request is None:
-        steps.append(Step(2, "retrain requested", False, None, "no retrain request after the drift in retrain_requests"))
+        steps.append(
+            Step(2, "retrain requested", False, None, "no retrain request after the drift in retrain_requests")
+        )
     else:
-        shown = ", ".join(f"{m}{' ' + f if f else ''} {v:.3g} (threshold {t:.3g})" for m, f, v, t in request.evidence[:3])
+        shown = ", ".join(
+            f"{m}{' ' + f if f else ''} {v:.3g} (threshold {t:.3g})" for m, f, v, t in request.evidence[:3]
+        )
         more = f" +{len(request.evidence) - 3} more" if len(request.evidence) > 3 else ""
         # requested_at is event time (the window's end); the worker decided when it wrote that window
-        decided = next((w.computed_ms for w in facts.windows_of(request.version) if w.end_ms == request.requested_ms),
-                       request.requested_ms)
-        steps.append(Step(2, "retrain requested", True, decided,
-                          f"request {request.request_id[:8]} ({request.reason}, about v{request.version}): "
-                          f"{shown}{more}; status {request.status}"
-                          + (f" ({request.error})" if request.error else "")))
+        decided = next(
+            (w.computed_ms for w in facts.windows_of(request.version) if w.end_ms == request.requested_ms),
+            request.requested_ms,
+        )
+        steps.append(
+            Step(
+                2,
+                "retrain requested",
+                True,
+                decided,
+                f"request {request.request_id[:8]} ({request.reason}, about v{request.version}): "
+                f"{shown}{more}; status {request.status}" + (f" ({request.error})" if request.error else ""),
+            )
+        )
 
     # 3. a new version registered for that request and promoted (the registry is the authority)
     new_champion = champion if champion is not None and champion.version != v1 else None
-    trained_for_request = new_champion is not None and request is not None and new_champion.request_id == request.request_id
+    trained_for_request = (
+        new_champion is not None and request is not None and new_champion.request_id == request.request_id
+    )
     if not trained_for_request:
         why = "the registry's champion is still v" + (champion.version if champion else "?")
         if new_champion is not None and request is not None:
@@ -496,25 +569,47 @@ def judge(facts: LoopFacts, champion: Champion | None, service: ServiceStats, ct
         steps.append(Step(3, "new version registered and promoted", False, None, why))
     else:
         mirrored = next((v for v in facts.versions if v.version == new_champion.version), None)
-        mirror = (f"model_versions: v{mirrored.version} {mirrored.status}" if mirrored
-                  else "not yet in model_versions")
-        steps.append(Step(3, f"v{new_champion.version} registered and promoted", True, new_champion.promoted_ms,
-                          f"registry: v{new_champion.version} champion, parent v{new_champion.parent or '-'}, "
-                          f"{new_champion.rows or 0:,} snapshot rows, holdout {ctx.promotion_metric} "
-                          f"{new_champion.holdout.get(ctx.promotion_metric, math.nan):.3f}; {mirror}"))
+        mirror = f"model_versions: v{mirrored.version} {mirrored.status}" if mirrored else "not yet in model_versions"
+        steps.append(
+            Step(
+                3,
+                f"v{new_champion.version} registered and promoted",
+                True,
+                new_champion.promoted_ms,
+                f"registry: v{new_champion.version} champion, parent v{new_champion.parent or '-'}, "
+                f"{new_champion.rows or 0:,} snapshot rows, holdout {ctx.promotion_metric} "
+                f"{new_champion.holdout.get(ctx.promotion_metric, math.nan):.3f}; {mirror}",
+            )
+        )
 
     # 4. the service serves the version of this loop, and its predictions reached the warehouse
     target = new_champion.version if trained_for_request and new_champion is not None else None
     switch = next((s for s in service.switches if target is not None and s.to_version == target), None)
     stored = facts.predictions.get(target, 0) if target is not None else 0
     if switch is None or stored == 0:
-        steps.append(Step(4, "service switched", False, None,
-                          "no version of this loop to switch to" if target is None
-                          else f"the service did not switch to v{target}" if switch is None
-                          else f"no v{target} prediction in the warehouse yet"))
+        steps.append(
+            Step(
+                4,
+                "service switched",
+                False,
+                None,
+                "no version of this loop to switch to"
+                if target is None
+                else f"the service did not switch to v{target}"
+                if switch is None
+                else f"no v{target} prediction in the warehouse yet",
+            )
+        )
     else:
-        steps.append(Step(4, f"service switched to v{target}", True, switch.at_ms,
-                          f"{switch.cause}; {stored:,} v{target} predictions in the warehouse"))
+        steps.append(
+            Step(
+                4,
+                f"service switched to v{target}",
+                True,
+                switch.at_ms,
+                f"{switch.cause}; {stored:,} v{target} predictions in the warehouse",
+            )
+        )
 
     # 5. performance on the changed world: the new champion's log loss below v1's. Log loss, not accuracy,
     # decides: the changed world is noisier (even a perfect model is right only ~70% of the time), so the
@@ -527,28 +622,55 @@ def judge(facts: LoopFacts, champion: Champion | None, service: ServiceStats, ct
     v1_before = [w for w in facts.label_windows_of(v1) if w.end_ms <= labels_after]
     v1_after = [w for w in facts.label_windows_of(v1) if w.start_ms >= labels_after]
     new_windows = facts.label_windows_of(target)
-    loss = {name: _pooled(ws, "log_loss") for name, ws in (("before", v1_before), ("after", v1_after), ("new", new_windows))}
-    acc = {name: _pooled(ws, "accuracy")[0] for name, ws in (("before", v1_before), ("after", v1_after), ("new", new_windows))}
+    loss = {
+        name: _pooled(ws, "log_loss") for name, ws in (("before", v1_before), ("after", v1_after), ("new", new_windows))
+    }
+    acc = {
+        name: _pooled(ws, "accuracy")[0]
+        for name, ws in (("before", v1_before), ("after", v1_after), ("new", new_windows))
+    }
     f3 = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    perf = (f"log loss v{v1} before drift {f3(loss['before'][0])}, after {f3(loss['after'][0])} "
-            f"(n={loss['after'][1]:,}) -> v{target} {f3(loss['new'][0])} (n={loss['new'][1]:,}); "
-            f"accuracy {f3(acc['before'])} -> {f3(acc['after'])} -> {f3(acc['new'])}")
+    perf = (
+        f"log loss v{v1} before drift {f3(loss['before'][0])}, after {f3(loss['after'][0])} "
+        f"(n={loss['after'][1]:,}) -> v{target} {f3(loss['new'][0])} (n={loss['new'][1]:,}); "
+        f"accuracy {f3(acc['before'])} -> {f3(acc['after'])} -> {f3(acc['new'])}"
+    )
     n_new = loss["new"][1]
-    recovered = (loss["new"][0] is not None and loss["after"][0] is not None and n_new >= ctx.recovery_labels
-                 and loss["new"][0] < loss["after"][0])
+    recovered = (
+        loss["new"][0] is not None
+        and loss["after"][0] is not None
+        and n_new >= ctx.recovery_labels
+        and loss["new"][0] < loss["after"][0]
+    )
     when = max((w.computed_ms for w in new_windows), default=None)
-    steps.append(Step(5, "performance recovered", recovered, when if recovered else None,
-                      perf if n_new >= ctx.recovery_labels else f"{perf}; waiting for {ctx.recovery_labels:,} labels"))
+    steps.append(
+        Step(
+            5,
+            "performance recovered",
+            recovered,
+            when if recovered else None,
+            perf if n_new >= ctx.recovery_labels else f"{perf}; waiting for {ctx.recovery_labels:,} labels",
+        )
+    )
 
     # 6. drift against the new reference: complete windows of the new champion, the latest below the trigger
     full = [w for w in facts.windows_of(target) if w.n_current >= 0.8 * ctx.expected_per_window]
     v1_counts = [len(w.drifted) for w in after]
     counts = [len(w.drifted) for w in full]
-    evidence = (f"drifted features per window: v{target} {counts or '-'} (v{v1} after drift {v1_counts or '-'}); "
-                f"the trigger needs {ctx.min_features}")
+    evidence = (
+        f"drifted features per window: v{target} {counts or '-'} (v{v1} after drift {v1_counts or '-'}); "
+        f"the trigger needs {ctx.min_features}"
+    )
     subsided = len(full) >= 2 and counts[-1] < ctx.min_features
-    steps.append(Step(6, "drift subsided against the new reference", subsided,
-                      full[-1].computed_ms if subsided else None, evidence))
+    steps.append(
+        Step(
+            6,
+            "drift subsided against the new reference",
+            subsided,
+            full[-1].computed_ms if subsided else None,
+            evidence,
+        )
+    )
     return steps
 
 
@@ -565,7 +687,9 @@ def summary_table(steps: Sequence[Step], started_ms: int) -> str:
     """
     rows = [("STEP", "WHEN", "EVIDENCE")]
     for s in steps:
-        when = "not seen" if s.at_ms is None or not s.done else f"+{(s.at_ms - started_ms) / 1000:.1f} s  {_hms(s.at_ms)}"
+        when = (
+            "not seen" if s.at_ms is None or not s.done else f"+{(s.at_ms - started_ms) / 1000:.1f} s  {_hms(s.at_ms)}"
+        )
         rows.append((f"{s.number} {s.name}", when, s.evidence))
     w0 = max(len(r[0]) for r in rows) + 2
     w1 = max(len(r[1]) for r in rows) + 2
@@ -602,16 +726,20 @@ class ProgressView:
             self._windows.add((w.version, w.start_ms))
             flag = "DRIFT " if len(w.drifted) >= self.min_features else ""
             drifted = ", ".join(w.drifted) if w.drifted else "none"
-            lines.append(f"window  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_current:>6,} events  "
-                         f"{flag}drifted: {drifted}")
+            lines.append(
+                f"window  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_current:>6,} events  "
+                f"{flag}drifted: {drifted}"
+            )
         for w in facts.label_windows:
             if (w.version, w.start_ms) in self._labels:
                 continue
             self._labels.add((w.version, w.start_ms))
             acc = "-" if w.accuracy is None else f"{w.accuracy:.3f}"
             loss = "-" if w.log_loss is None else f"{w.log_loss:.3f}"
-            lines.append(f"labels  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_labeled:>6,} labelled  "
-                         f"accuracy {acc}  log loss {loss}")
+            lines.append(
+                f"labels  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_labeled:>6,} labelled  "
+                f"accuracy {acc}  log loss {loss}"
+            )
         for a in facts.alerts:
             if a.alert_id in self._alerts:
                 continue
@@ -624,8 +752,10 @@ class ProgressView:
             self._requests[r.request_id] = state
             detail = f" -> v{r.registered_version}" if r.registered_version else ""
             error = f": {r.error}" if r.error else ""
-            lines.append(f"request {r.request_id[:8]} ({r.reason}, v{r.version}, {len(r.evidence)} evidence): "
-                         f"{r.status}{detail}{error}")
+            lines.append(
+                f"request {r.request_id[:8]} ({r.reason}, v{r.version}, {len(r.evidence)} evidence): "
+                f"{r.status}{detail}{error}"
+            )
         for v in facts.versions:
             state = (v.status, v.aliases)
             if self._versions.get(v.version) == state:
@@ -670,7 +800,7 @@ class _Clock:
 
 
 def run_scenario(
-    settings: "Settings",
+    settings: Settings,
     options: DemoOptions,
     *,
     out: Out = print,
@@ -708,8 +838,12 @@ def run_scenario(
         options = replace(options, label_delay_s=window_ms / 1000)
     assert options.label_delay_s is not None
     ctx = Context(
-        first_version=FIRST_VERSION, drift_at_ms=None, window_ms=window_ms, min_features=policy.drift.min_features,
-        expected_per_window=options.expected_per_window(window_ms), label_delay_ms=int(options.label_delay_s * 1000),
+        first_version=FIRST_VERSION,
+        drift_at_ms=None,
+        window_ms=window_ms,
+        min_features=policy.drift.min_features,
+        expected_per_window=options.expected_per_window(window_ms),
+        label_delay_ms=int(options.label_delay_s * 1000),
         recovery_labels=int(1.5 * options.expected_per_window(window_ms)),
         promotion_metric=policy.retraining.promotion.metric,
     )
@@ -719,18 +853,31 @@ def run_scenario(
     if v1.version != FIRST_VERSION:
         raise DemoError(f"model {model_id} already had versions: pick another --model")
     h = first.holdout_metrics
-    say("registry", f"v1 registered and promoted: {first.dataset.num_rows:,} rows, holdout accuracy "
-                    f"{h.get('accuracy', math.nan):.3f}, log loss {h.get('log_loss', math.nan):.3f}; "
-                    f"dataset {v1.lineage.dataset_uri[:19]}...")
+    say(
+        "registry",
+        f"v1 registered and promoted: {first.dataset.num_rows:,} rows, holdout accuracy "
+        f"{h.get('accuracy', math.nan):.3f}, log loss {h.get('log_loss', math.nan):.3f}; "
+        f"dataset {v1.lineage.dataset_uri[:19]}...",
+    )
 
     logger = PredictionLogger(settings, linger_ms=100)
-    service = SimulatedService(logger, model_id, artifact_scorer(v1.version, first.trained.artifact()),
-                               rate=options.rate, label_delay_s=options.label_delay_s, seed=options.seed + 1)
+    service = SimulatedService(
+        logger,
+        model_id,
+        artifact_scorer(v1.version, first.trained.artifact()),
+        rate=options.rate,
+        label_delay_s=options.label_delay_s,
+        seed=options.seed + 1,
+    )
     from driftline.service_sim import ChampionWatcher
 
-    watcher = ChampionWatcher(settings, registry, service, since_ms=started_ms,
-                              on_event=lambda e: say("models", f"{e.event} v{e.version}"
-                                                     + (f" ({e.alias})" if e.alias else "")))
+    watcher = ChampionWatcher(
+        settings,
+        registry,
+        service,
+        since_ms=started_ms,
+        on_event=lambda e: say("models", f"{e.event} v{e.version}" + (f" ({e.alias})" if e.alias else "")),
+    )
     service_errors: list[BaseException] = []
 
     def serve() -> None:
@@ -755,8 +902,11 @@ def run_scenario(
     try:
         watcher.start()
         thread.start()
-        say("service", f"scoring {options.rate:g} applicants/s with v1; labels arrive {options.label_delay_s:g} s late; "
-                       f"windows of {window_ms / 1000:g} s")
+        say(
+            "service",
+            f"scoring {options.rate:g} applicants/s with v1; labels arrive {options.label_delay_s:g} s late; "
+            f"windows of {window_ms / 1000:g} s",
+        )
         failure = _follow(options, ctx, clock, service, warehouse, registry, view, problems, say, timeouts)
     except KeyboardInterrupt:
         interrupted = True
@@ -784,16 +934,23 @@ def run_scenario(
     return DemoResult(model_id, steps, started_ms, failure, facts, service.stats(), interrupted)
 
 
-def read_champion(registry: "Registry", model_id: str) -> Champion | None:
+def read_champion(registry: Registry, model_id: str) -> Champion | None:
     from driftline.retrainer.registry import CHAMPION
 
     version = registry.alias(model_id, CHAMPION)
     if version is None:
         return None
-    promoted = [e.occurred_at for e in registry.audit_log(model_id) if e.action == "promote" and e.version == version.version]
-    return Champion(version.version, version.lineage.request_id, promoted[-1] if promoted else None,
-                    version.lineage.parent_version, version.lineage.dataset_rows,
-                    {k: v for k, v in version.lineage.holdout_metrics.items() if isinstance(v, (int, float))})
+    promoted = [
+        e.occurred_at for e in registry.audit_log(model_id) if e.action == "promote" and e.version == version.version
+    ]
+    return Champion(
+        version.version,
+        version.lineage.request_id,
+        promoted[-1] if promoted else None,
+        version.lineage.parent_version,
+        version.lineage.dataset_rows,
+        {k: v for k, v in version.lineage.holdout_metrics.items() if isinstance(v, (int, float))},
+    )
 
 
 PHASES = ("warmup", "detect", "request", "promote", "switch", "recover")
@@ -804,8 +961,8 @@ def _follow(
     ctx: Context,
     clock: _Clock,
     service: SimulatedService,
-    warehouse: "Warehouse",
-    registry: "Registry",
+    warehouse: Warehouse,
+    registry: Registry,
     view: ProgressView,
     problems: Callable[[], str | None],
     say: Callable[[str, str], None],
@@ -843,15 +1000,18 @@ def _follow(
             kind, _, rest = line.partition(" ")
             say(kind, rest.lstrip())
         stats = service.stats()
-        for switch in stats.switches[len(switches_shown):]:
+        for switch in stats.switches[len(switches_shown) :]:
             say("service", f"now serving v{switch.to_version} (was v{switch.from_version}): {switch.cause}")
         switches_shown = stats.switches
         now = clock.elapsed()
         if now - last_heartbeat >= options.heartbeat_s:
             last_heartbeat = now
-            say("service", f"{stats.predictions:,} predictions ({stats.by_version_line()}), "
-                           f"{stats.labels:,} labels sent; "
-                           f"warehouse holds {sum(facts.predictions.values()):,} predictions, {facts.labels:,} labels")
+            say(
+                "service",
+                f"{stats.predictions:,} predictions ({stats.by_version_line()}), "
+                f"{stats.labels:,} labels sent; "
+                f"warehouse holds {sum(facts.predictions.values()):,} predictions, {facts.labels:,} labels",
+            )
         if now > options.timeout_s:
             return f"the demo ran out of time ({options.timeout_s:g} s) waiting for {waiting_for[phase]}"
         if now - phase_started > deadline_for[phase]:
@@ -864,8 +1024,11 @@ def _follow(
                 # at a window boundary, so that every window is wholly before or wholly after the change
                 drift_at = (service.now_ms() // ctx.window_ms + 1) * ctx.window_ms
                 service.inject_drift(drift_at)
-                say("drift", f"the world changes at {_hms(drift_at)}: incomes fall, debt ratios rise, mobile takes "
-                             "over (covariate drift), and debt matters more for defaults (concept drift)")
+                say(
+                    "drift",
+                    f"the world changes at {_hms(drift_at)}: incomes fall, debt ratios rise, mobile takes "
+                    "over (covariate drift), and debt matters more for defaults (concept drift)",
+                )
                 phase, phase_started = "detect", now
             continue
         steps = judge(facts, read_champion(registry, options.model_id), stats, ctx_now)

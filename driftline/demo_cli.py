@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from driftline.redaction import redact, redact_url
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
@@ -45,47 +45,92 @@ INTERRUPTED = 130
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="the whole loop on a simulated credit-scoring model, with an HTML report",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="the whole loop on a simulated credit-scoring model, with an HTML report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--model", help="model id (default credit-HHMMSS, new each run)")
     demo.add_argument("--rate", type=_positive, default=400.0, help="requests per second (default %(default)g)")
-    demo.add_argument("--warmup", type=_positive, default=20.0, metavar="SECONDS",
-                      help="traffic before the drift (default %(default)g)")
-    demo.add_argument("--label-delay", type=_non_negative, metavar="SECONDS",
-                      help="how late labels arrive (default: one window of the policy, 5 s)")
+    demo.add_argument(
+        "--warmup",
+        type=_positive,
+        default=20.0,
+        metavar="SECONDS",
+        help="traffic before the drift (default %(default)g)",
+    )
+    demo.add_argument(
+        "--label-delay",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="how late labels arrive (default: one window of the policy, 5 s)",
+    )
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (default %(default)s)")
-    demo.add_argument("--timeout", type=_positive, default=300.0, metavar="SECONDS",
-                      help="give up after this long (default %(default)g)")
-    demo.add_argument("--patience", type=_positive, default=1.0, metavar="FACTOR",
-                      help="multiply every step's deadline, for slow machines (default %(default)g)")
+    demo.add_argument(
+        "--timeout",
+        type=_positive,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long (default %(default)g)",
+    )
+    demo.add_argument(
+        "--patience",
+        type=_positive,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every step's deadline, for slow machines (default %(default)g)",
+    )
     demo.add_argument("--report", metavar="FILE", help="HTML report (default STATE_DIR/demo/report-<model>.html)")
-    demo.add_argument("--no-stack", dest="stack", action="store_false",
-                      help="do not run `stack up` (Kafka and ClickHouse already run elsewhere)")
-    demo.add_argument("--no-services", dest="services", action="store_false",
-                      help="do not start a worker and a retrainer (they already run, with a demo-like policy)")
+    demo.add_argument(
+        "--no-stack",
+        dest="stack",
+        action="store_false",
+        help="do not run `stack up` (Kafka and ClickHouse already run elsewhere)",
+    )
+    demo.add_argument(
+        "--no-services",
+        dest="services",
+        action="store_false",
+        help="do not start a worker and a retrainer (they already run, with a demo-like policy)",
+    )
     demo.set_defaults(handler=_demo)
 
     sim = subparsers.add_parser(
-        "simulate", help="synthetic credit-scoring predictions and labels through the SDK, with drift on demand",
+        "simulate",
+        help="synthetic credit-scoring predictions and labels through the SDK, with drift on demand",
         description="Score simulated applicants in real time and log them with the SDK: predictions now, "
-                    "labels --label-delay seconds later. Scores come from the registry's model (the champion, or "
-                    "--version) when it has an artifact, else from the pre-drift world's true probabilities.",
+        "labels --label-delay seconds later. Scores come from the registry's model (the champion, or "
+        "--version) when it has an artifact, else from the pre-drift world's true probabilities.",
     )
     sim.add_argument("--model", required=True, help="model id")
     sim.add_argument("--version", help="model version to log (default: the registry's champion, else 1)")
     sim.add_argument("--rate", type=_positive, default=100.0, help="events per second (default %(default)g)")
     sim.add_argument("--duration", type=_positive, default=60.0, metavar="SECONDS", help="default %(default)g")
-    sim.add_argument("--drift-at", type=_non_negative, metavar="SECONDS",
-                     help="from this many seconds after the start, covariate and concept drift (simulation.AFTER)")
-    sim.add_argument("--label-delay", type=_non_negative, default=3.0, metavar="SECONDS",
-                     help="labels this many seconds after their predictions (default %(default)g)")
+    sim.add_argument(
+        "--drift-at",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="from this many seconds after the start, covariate and concept drift (simulation.AFTER)",
+    )
+    sim.add_argument(
+        "--label-delay",
+        type=_non_negative,
+        default=3.0,
+        metavar="SECONDS",
+        help="labels this many seconds after their predictions (default %(default)g)",
+    )
     sim.add_argument("--no-labels", action="store_true", help="log predictions only")
     sim.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    sim.add_argument("--oracle", action="store_true",
-                     help="score with the pre-drift world's true probabilities, even if the registry has the model")
-    sim.add_argument("--follow-champion", action="store_true",
-                     help="switch to each new champion announced on the models topic, as a real service would")
+    sim.add_argument(
+        "--oracle",
+        action="store_true",
+        help="score with the pre-drift world's true probabilities, even if the registry has the model",
+    )
+    sim.add_argument(
+        "--follow-champion",
+        action="store_true",
+        help="switch to each new champion announced on the models topic, as a real service would",
+    )
     sim.set_defaults(handler=_simulate)
 
 
@@ -124,7 +169,7 @@ def new_model_id(registry: Any, now: datetime | None = None) -> str:
     raise RuntimeError(f"the registry already has models {base} to {base}-99")
 
 
-def service_env(settings: "Settings") -> dict[str, str]:
+def service_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process these settings (variables win over a config file).
 
     >>> from driftline.settings import Settings
@@ -148,8 +193,8 @@ class Services:
     True
     """
 
-    worker: "ManagedProcess"
-    retrainer: "ManagedProcess"
+    worker: ManagedProcess
+    retrainer: ManagedProcess
     web_port: int
 
     def health(self) -> str | None:
@@ -162,14 +207,14 @@ class Services:
         return None
 
 
-def _group_prefix(settings: "Settings") -> str:
+def _group_prefix(settings: Settings) -> str:
     # consumer groups are per broker: demos on other topic prefixes must not share them
     prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", settings.topic_prefix).strip("-")
     return f"{prefix}-demo" if prefix else "demo"
 
 
 @contextmanager
-def running_services(settings: "Settings", logs: Path, *, startup_timeout: float = 90.0) -> Iterator[Services]:
+def running_services(settings: Settings, logs: Path, *, startup_timeout: float = 90.0) -> Iterator[Services]:
     """Start the worker and the retrainer with ``settings``; stop both on the way out, whatever happens."""
     from driftline.stack.process import ManagedProcess, StackError, free_port, port_answers, wait_until
 
@@ -181,9 +226,26 @@ def running_services(settings: "Settings", logs: Path, *, startup_timeout: float
     retrainer = ManagedProcess("retrainer", logs / "driftline.retrainer.pid", logs / "driftline.retrainer.log")
     services = Services(worker, retrainer, port)
     try:
-        worker.spawn([sys.executable, "-m", "driftline.cli", "worker", "--app-id", f"{group}-worker",
-                      "--web-port", str(port), "--session-timeout-seconds", "10", "--log-format", "text"], env=env)
-        retrainer.spawn([sys.executable, "-m", "driftline.cli", "retrainer", "--group-id", f"{group}-retrainer"], env=env)
+        worker.spawn(
+            [
+                sys.executable,
+                "-m",
+                "driftline.cli",
+                "worker",
+                "--app-id",
+                f"{group}-worker",
+                "--web-port",
+                str(port),
+                "--session-timeout-seconds",
+                "10",
+                "--log-format",
+                "text",
+            ],
+            env=env,
+        )
+        retrainer.spawn(
+            [sys.executable, "-m", "driftline.cli", "retrainer", "--group-id", f"{group}-retrainer"], env=env
+        )
         _say(f"worker and retrainer started (pids {worker.pid()}, {retrainer.pid()}); logs in {logs}")
         wait_until(lambda: port_answers("127.0.0.1", port), startup_timeout, worker, "the worker")
         problem = services.health()
@@ -202,12 +264,14 @@ def _preflight() -> str | None:
 
     # the SDK compresses with lz4, and the worker's Kafka client (aiokafka) reads lz4 through cramjam
     if not codec.has_lz4():
-        return ("the worker could not read the SDK's lz4-compressed batches: aiokafka needs the cramjam package "
-                "(pip install cramjam)")
+        return (
+            "the worker could not read the SDK's lz4-compressed batches: aiokafka needs the cramjam package "
+            "(pip install cramjam)"
+        )
     return None
 
 
-def _report(settings: "Settings", model_id: str, out_path: Path) -> str | None:
+def _report(settings: Settings, model_id: str, out_path: Path) -> str | None:
     """Write the HTML report if the report module is installed; returns a problem, or None."""
     try:
         from driftline import report
@@ -222,7 +286,7 @@ def _report(settings: "Settings", model_id: str, out_path: Path) -> str | None:
     return None
 
 
-def _demo(args: argparse.Namespace, settings: "Settings") -> int:
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import KafkaException
 
     from driftline.demo import DemoOptions, StepTimeouts, run_scenario, summary_table
@@ -249,18 +313,24 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
         print(f"driftline demo: {redact(exc)}", file=sys.stderr)
         return BAD_INPUT
     if args.model and model_id in {m.model_id for m in registry.list_models()}:
-        print(f"driftline demo: model {model_id} is already registered; the demo needs a new model id",
-              file=sys.stderr)
+        print(f"driftline demo: model {model_id} is already registered; the demo needs a new model id", file=sys.stderr)
         return BAD_INPUT
     demo_dir = Path(settings.state_dir) / "demo"
     logs = demo_dir / model_id
     report_path = Path(args.report) if args.report else demo_dir / f"report-{model_id}.html"
     options = DemoOptions(
-        model_id=model_id, rate=args.rate, warmup_s=args.warmup, label_delay_s=args.label_delay, seed=args.seed,
-        timeout_s=args.timeout * args.patience, timeouts=StepTimeouts().scaled(args.patience),
+        model_id=model_id,
+        rate=args.rate,
+        warmup_s=args.warmup,
+        label_delay_s=args.label_delay,
+        seed=args.seed,
+        timeout_s=args.timeout * args.patience,
+        timeouts=StepTimeouts().scaled(args.patience),
     )
-    _say(f"driftline demo: model {model_id}, policy {settings.policy}, warehouse {redact_url(settings.warehouse)}, "
-         f"Kafka {settings.kafka_bootstrap} (topics {settings.topic_prefix}*)")
+    _say(
+        f"driftline demo: model {model_id}, policy {settings.policy}, warehouse {redact_url(settings.warehouse)}, "
+        f"Kafka {settings.kafka_bootstrap} (topics {settings.topic_prefix}*)"
+    )
     started = time.monotonic()
     where = f"logs: {logs}" if args.services else "logs: those of your worker and retrainer"
     try:
@@ -271,7 +341,9 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
             else:
                 result = run_scenario(settings, options, out=_say)
     except (RuntimeError, RegistryError, KafkaException, OSError) as exc:  # v1 could not be trained or registered
-        print(f"driftline demo: the demo could not start: {type(exc).__name__}: {redact(exc)}\n{where}", file=sys.stderr)
+        print(
+            f"driftline demo: the demo could not start: {type(exc).__name__}: {redact(exc)}\n{where}", file=sys.stderr
+        )
         return BAD_INPUT
     elapsed = time.monotonic() - started
     report_problem = _report(settings, model_id, report_path)
@@ -284,8 +356,10 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
         _say(f"interrupted after {elapsed:.0f} s; {where}")
         return INTERRUPTED
     if result.closed and report_problem is None:
-        _say(f"the loop closed in {elapsed:.0f} s: drift detected, v{result.service.version} trained, promoted "
-             f"and serving, performance recovered. {where}")
+        _say(
+            f"the loop closed in {elapsed:.0f} s: drift detected, v{result.service.version} trained, promoted "
+            f"and serving, performance recovered. {where}"
+        )
         return 0
     missing = next((s for s in result.steps if not s.done), None)
     reason = result.failure or report_problem or "the checks above did not pass"
@@ -302,6 +376,7 @@ def _demo(args: argparse.Namespace, settings: "Settings") -> int:
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM ends the demo like Ctrl-C does, so that the worker and the retrainer are still stopped."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -315,9 +390,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
 # --------------------------------------------------------------------------- driftline simulate
 
 
-def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
-    from driftline.service_sim import ChampionWatcher, SimulatedService, artifact_scorer, oracle_scorer
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.retrainer.registry import CHAMPION, ModelNotFoundError, Registry, RegistryError, validate_name
+    from driftline.service_sim import ChampionWatcher, SimulatedService, artifact_scorer, oracle_scorer
     from driftline.streams import kafka
     from driftline.streams.sdk import PredictionLogger
 
@@ -347,10 +422,12 @@ def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
     started_ms = service.now_ms()
     if args.drift_at is not None:
         service.inject_drift(started_ms + int(args.drift_at * 1000))
-    _say(f"simulate: {model_id} v{scorer.version} ({scorer.source}), {args.rate:g} events/s for {args.duration:g} s"
-         + (f", drift at +{args.drift_at:g} s" if args.drift_at is not None else "")
-         + ("" if label_delay is None else f", labels {label_delay:g} s late")
-         + f"; topics {settings.topic_prefix}*")
+    _say(
+        f"simulate: {model_id} v{scorer.version} ({scorer.source}), {args.rate:g} events/s for {args.duration:g} s"
+        + (f", drift at +{args.drift_at:g} s" if args.drift_at is not None else "")
+        + ("" if label_delay is None else f", labels {label_delay:g} s late")
+        + f"; topics {settings.topic_prefix}*"
+    )
     interrupted = False
     try:
         service.start(started_ms)
@@ -363,10 +440,12 @@ def _simulate(args: argparse.Namespace, settings: "Settings") -> int:
         if watcher is not None:
             watcher.stop()
         sent = logger.close(timeout=30)
-    _say(f"simulate: {stats.predictions:,} predictions ({stats.by_version_line()}; "
-         f"{stats.after_drift:,} after the drift), "
-         f"{stats.labels:,} labels; delivered {sent.delivered:,}, failed {sent.failed:,}, dropped {sent.dropped:,}"
-         + (f" ({sent.last_error})" if sent.last_error and (sent.failed or sent.dropped) else ""))
+    _say(
+        f"simulate: {stats.predictions:,} predictions ({stats.by_version_line()}; "
+        f"{stats.after_drift:,} after the drift), "
+        f"{stats.labels:,} labels; delivered {sent.delivered:,}, failed {sent.failed:,}, dropped {sent.dropped:,}"
+        + (f" ({sent.last_error})" if sent.last_error and (sent.failed or sent.dropped) else "")
+    )
     if interrupted:
         return INTERRUPTED
     return 0 if sent.failed == 0 and sent.dropped == 0 else FAILED

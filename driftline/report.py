@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,14 @@ from driftline.report_svg import (
     heatmap,
     line_chart,
 )
-from driftline.retrainer.registry import AuditEntry, ModelNotFoundError, ModelVersion, Registry, RegistryError, validate_name
+from driftline.retrainer.registry import (
+    AuditEntry,
+    ModelNotFoundError,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    validate_name,
+)
 from driftline.streams.cookbook import Query, load_queries
 from driftline.streams.records import PREDICTION_FEATURE, Evidence
 
@@ -56,11 +63,26 @@ if TYPE_CHECKING:
 __all__ = ["ReportData", "TimelineEvent", "VersionInfo", "collect", "render", "render_report", "write_report"]
 
 # the cookbook queries behind each part of the report
-DRIFT, PREDICTION, PERFORMANCE, LATENCY, DLQ = "drift_by_window", "prediction_drift", "performance_over_time", "latency_over_time", "dlq_per_minute"
+DRIFT, PREDICTION, PERFORMANCE, LATENCY, DLQ = (
+    "drift_by_window",
+    "prediction_drift",
+    "performance_over_time",
+    "latency_over_time",
+    "dlq_per_minute",
+)
 RETRAINS, ALERTS, VERSIONS, MODELS = "retrain_timeline", "alerts_timeline", "model_versions", "models"
 # metrics in a sensible reading order; others follow alphabetically
 METRIC_ORDER = ("accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "brier", "mae", "rmse", "r2")
-DRIFT_METRIC_ORDER = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate", "new_category_rate")
+DRIFT_METRIC_ORDER = (
+    "psi",
+    "ks",
+    "wasserstein",
+    "jensenshannon",
+    "hellinger",
+    "chi2",
+    "missing_rate",
+    "new_category_rate",
+)
 PERCENTILES = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"))
 MAX_LINEAGE_VERSIONS = 8
 DEFAULT_DAYS = 7.0  # how much history the report shows, counted back from the model's latest window
@@ -101,20 +123,33 @@ class VersionInfo:
     note: str = ""
 
     @classmethod
-    def from_registry(cls, mv: ModelVersion) -> "VersionInfo":
+    def from_registry(cls, mv: ModelVersion) -> VersionInfo:
         lin = mv.lineage
         return cls(
-            version=mv.version, status=mv.status, aliases=tuple(mv.aliases), created_at_ms=mv.created_at,
-            created_by=mv.created_by, trainer=lin.trainer or "", code_version=lin.code_version or "",
-            dataset_uri=lin.dataset_uri or "", dataset_sha256=lin.dataset_sha256 or "", dataset_rows=lin.dataset_rows,
-            dataset_start_ms=lin.dataset_start_ms, dataset_end_ms=lin.dataset_end_ms,
-            hyperparameters=dict(lin.hyperparameters), train_metrics=dict(lin.train_metrics),
-            holdout_metrics=dict(lin.holdout_metrics), parent_version=lin.parent_version, request_id=lin.request_id,
-            evidence=tuple(lin.evidence), artifact_sha256=mv.artifact_sha256 or "", note=mv.note or "",
+            version=mv.version,
+            status=mv.status,
+            aliases=tuple(mv.aliases),
+            created_at_ms=mv.created_at,
+            created_by=mv.created_by,
+            trainer=lin.trainer or "",
+            code_version=lin.code_version or "",
+            dataset_uri=lin.dataset_uri or "",
+            dataset_sha256=lin.dataset_sha256 or "",
+            dataset_rows=lin.dataset_rows,
+            dataset_start_ms=lin.dataset_start_ms,
+            dataset_end_ms=lin.dataset_end_ms,
+            hyperparameters=dict(lin.hyperparameters),
+            train_metrics=dict(lin.train_metrics),
+            holdout_metrics=dict(lin.holdout_metrics),
+            parent_version=lin.parent_version,
+            request_id=lin.request_id,
+            evidence=tuple(lin.evidence),
+            artifact_sha256=mv.artifact_sha256 or "",
+            note=mv.note or "",
         )
 
     @classmethod
-    def from_mirror(cls, row: Mapping[str, Any]) -> "VersionInfo":
+    def from_mirror(cls, row: Mapping[str, Any]) -> VersionInfo:
         """From a row of the ``model_versions`` query: metrics come flattened as ``train.x`` and ``holdout.x``."""
         metrics = dict(row.get("metrics") or {})
         try:
@@ -122,13 +157,19 @@ class VersionInfo:
         except json.JSONDecodeError:
             params = {"(unparsed)": row.get("hyperparameters")}
         return cls(
-            version=str(row["version"]), status=str(row.get("status") or ""), aliases=tuple(row.get("aliases") or ()),
-            created_at_ms=_ms(row.get("created_at")), code_version=row.get("code_version") or "",
-            dataset_uri=row.get("dataset_uri") or "", dataset_sha256=row.get("dataset_sha256") or "",
-            dataset_rows=row.get("dataset_rows"), hyperparameters=params,
-            train_metrics={k[len("train."):]: v for k, v in metrics.items() if k.startswith("train.")},
-            holdout_metrics={k[len("holdout."):]: v for k, v in metrics.items() if k.startswith("holdout.")},
-            parent_version=row.get("parent_version"), request_id=row.get("request_id"),
+            version=str(row["version"]),
+            status=str(row.get("status") or ""),
+            aliases=tuple(row.get("aliases") or ()),
+            created_at_ms=_ms(row.get("created_at")),
+            code_version=row.get("code_version") or "",
+            dataset_uri=row.get("dataset_uri") or "",
+            dataset_sha256=row.get("dataset_sha256") or "",
+            dataset_rows=row.get("dataset_rows"),
+            hyperparameters=params,
+            train_metrics={k[len("train.") :]: v for k, v in metrics.items() if k.startswith("train.")},
+            holdout_metrics={k[len("holdout.") :]: v for k, v in metrics.items() if k.startswith("holdout.")},
+            parent_version=row.get("parent_version"),
+            request_id=row.get("request_id"),
             artifact_sha256=row.get("artifact_sha256") or "",
         )
 
@@ -191,7 +232,7 @@ class ReportData:
 
 
 def collect(
-    warehouse: "Warehouse",
+    warehouse: Warehouse,
     registry: Registry | None,
     model_id: str,
     *,
@@ -214,27 +255,35 @@ def collect(
         registry="" if registry is None else repr(registry),
         queries=queries,
     )
-    present = {r["name"] for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+    present = {
+        r["name"] for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    }
 
     def runnable(name: str) -> bool:
         missing = [t for t in queries[name].tables if t not in present]
         if missing:
-            note = (f"The warehouse ({data.warehouse}) has no table {', '.join(missing)}: apply the warehouse "
-                    "migrations (schemas/clickhouse/; the worker and `driftline stack up` do).")
+            note = (
+                f"The warehouse ({data.warehouse}) has no table {', '.join(missing)}: apply the warehouse "
+                "migrations (schemas/clickhouse/; the worker and `driftline stack up` do)."
+            )
             if note not in data.notes:
                 data.notes.append(note)
         return not missing
 
     known = {r["model_id"]: r for r in queries[MODELS].run(warehouse)} if runnable(MODELS) else {}
     data.known_models = list(known)
-    since = datetime.fromtimestamp(0, tz=timezone.utc)
+    since = datetime.fromtimestamp(0, tz=UTC)
     if days is not None and model_id in known:
         cutoff = known[model_id]["last_window"] - timedelta(days=days)
         if cutoff > known[model_id]["first_window"]:
             since = cutoff
             data.since_ms = _ms(cutoff)
-    for attr, name in (("drift", DRIFT), ("prediction_drift", PREDICTION), ("performance", PERFORMANCE),
-                       ("latency", LATENCY)):
+    for attr, name in (
+        ("drift", DRIFT),
+        ("prediction_drift", PREDICTION),
+        ("performance", PERFORMANCE),
+        ("latency", LATENCY),
+    ):
         if runnable(name):
             setattr(data, attr, queries[name].run_arrow(warehouse, model_id=model_id, since=since))
     if runnable(DLQ):
@@ -252,11 +301,17 @@ def collect(
             data.champion_history = registry.champion_history(model_id)
             data.lineage_source = "registry"
         except ModelNotFoundError:
-            data.notes.append(f"The registry has no model {model_id}; lineage comes from the warehouse's model_versions mirror.")
+            data.notes.append(
+                f"The registry has no model {model_id}; lineage comes from the warehouse's model_versions mirror."
+            )
         except RegistryError as exc:
-            data.notes.append(f"The registry could not be read ({exc}); lineage comes from the warehouse's model_versions mirror.")
+            data.notes.append(
+                f"The registry could not be read ({exc}); lineage comes from the warehouse's model_versions mirror."
+            )
     else:
-        data.notes.append("No registry was given; lineage comes from the warehouse's model_versions mirror, without the audit log.")
+        data.notes.append(
+            "No registry was given; lineage comes from the warehouse's model_versions mirror, without the audit log."
+        )
     if not data.lineage_source:
         data.versions = [VersionInfo.from_mirror(r) for r in mirror]
         data.lineage_source = "warehouse mirror" if mirror else ""
@@ -264,14 +319,14 @@ def collect(
 
 
 def render_report(
-    warehouse: "Warehouse", registry: Registry | None, model_id: str, *, days: float | None = DEFAULT_DAYS
+    warehouse: Warehouse, registry: Registry | None, model_id: str, *, days: float | None = DEFAULT_DAYS
 ) -> str:
     """The report of ``model_id`` as one self-contained HTML document (the last ``days`` of windows)."""
     return render(collect(warehouse, registry, model_id, days=days))
 
 
 def write_report(
-    settings: "Settings", model_id: str, out_path: str | os.PathLike[str], *, days: float | None = DEFAULT_DAYS
+    settings: Settings, model_id: str, out_path: str | os.PathLike[str], *, days: float | None = DEFAULT_DAYS
 ) -> Path:
     """Write the report of ``model_id`` to ``out_path`` (atomically) and return the path.
 
@@ -293,9 +348,9 @@ def write_report(
     return out
 
 
-def _open_registry(settings: "Settings") -> Registry | None:
+def _open_registry(settings: Settings) -> Registry | None:
     prefix = "sqlite:///"
-    if settings.registry.startswith(prefix) and not Path(settings.registry[len(prefix):]).exists():
+    if settings.registry.startswith(prefix) and not Path(settings.registry[len(prefix) :]).exists():
         return None
     return Registry.from_settings(settings)
 
@@ -363,41 +418,104 @@ def timeline(data: ReportData) -> list[TimelineEvent]:
         detail = f"request {r['request_id']} from v{r['from_version']}; evidence: {features}; now {outcome}"
         if r.get("error"):
             detail += f" ({r['error']})"
-        events.append(TimelineEvent(requested, "retrain", str(r["from_version"]), f"retrain requested ({r['reason']})", detail,
-                                    chart_ms=evidence_end if evidence_end is not None else requested,
-                                    label=f"retrain ({r['reason']})"))
+        events.append(
+            TimelineEvent(
+                requested,
+                "retrain",
+                str(r["from_version"]),
+                f"retrain requested ({r['reason']})",
+                detail,
+                chart_ms=evidence_end if evidence_end is not None else requested,
+                label=f"retrain ({r['reason']})",
+            )
+        )
     for v in data.versions:
         if v.created_at_ms is not None:
             origin = f"for request {v.request_id}" if v.request_id else "registered by hand"
             by = f" by {v.created_by}" if v.created_by else ""
-            events.append(TimelineEvent(v.created_at_ms, "registered", v.version, f"v{v.version} registered",
-                                        f"{origin}{by}; trainer {v.trainer or 'unknown'}", chart_ms=v.created_at_ms,
-                                        label=f"v{v.version} registered"))
+            events.append(
+                TimelineEvent(
+                    v.created_at_ms,
+                    "registered",
+                    v.version,
+                    f"v{v.version} registered",
+                    f"{origin}{by}; trainer {v.trainer or 'unknown'}",
+                    chart_ms=v.created_at_ms,
+                    label=f"v{v.version} registered",
+                )
+            )
     for entry in data.audit:
         if entry.action == "promote":
             previous = entry.details.get("from")
-            detail = (f"replacing v{previous}" if previous else "first champion") + f"; by {entry.actor}" + (f": {entry.reason}" if entry.reason else "")
-            events.append(TimelineEvent(entry.occurred_at, "promoted", entry.version or "", f"v{entry.version} promoted to champion",
-                                        detail, chart_ms=entry.occurred_at, label=f"v{entry.version} promoted"))
+            detail = (
+                (f"replacing v{previous}" if previous else "first champion")
+                + f"; by {entry.actor}"
+                + (f": {entry.reason}" if entry.reason else "")
+            )
+            events.append(
+                TimelineEvent(
+                    entry.occurred_at,
+                    "promoted",
+                    entry.version or "",
+                    f"v{entry.version} promoted to champion",
+                    detail,
+                    chart_ms=entry.occurred_at,
+                    label=f"v{entry.version} promoted",
+                )
+            )
         elif entry.action == "rollback":
-            detail = f"from v{entry.details.get('from')}; by {entry.actor}" + (f": {entry.reason}" if entry.reason else "")
-            events.append(TimelineEvent(entry.occurred_at, "rollback", entry.version or "", f"rolled back to v{entry.version}",
-                                        detail, chart_ms=entry.occurred_at, label=f"rollback to v{entry.version}"))
+            detail = f"from v{entry.details.get('from')}; by {entry.actor}" + (
+                f": {entry.reason}" if entry.reason else ""
+            )
+            events.append(
+                TimelineEvent(
+                    entry.occurred_at,
+                    "rollback",
+                    entry.version or "",
+                    f"rolled back to v{entry.version}",
+                    detail,
+                    chart_ms=entry.occurred_at,
+                    label=f"rollback to v{entry.version}",
+                )
+            )
         elif entry.action == "reject":
-            events.append(TimelineEvent(entry.occurred_at, "rejected", entry.version or "", f"v{entry.version} rejected",
-                                        f"by {entry.actor}" + (f": {entry.reason}" if entry.reason else "")))
+            events.append(
+                TimelineEvent(
+                    entry.occurred_at,
+                    "rejected",
+                    entry.version or "",
+                    f"v{entry.version} rejected",
+                    f"by {entry.actor}" + (f": {entry.reason}" if entry.reason else ""),
+                )
+            )
     first = _first_traffic(data)
     earliest = min(first.values()) if first else None
     for version, at in first.items():
         if at != earliest:  # the first version's first window is where the charts begin anyway
-            events.append(TimelineEvent(at, "traffic", version, f"v{version} serves its first window",
-                                        "first window with monitoring results", chart_ms=at, label=f"v{version} serves"))
+            events.append(
+                TimelineEvent(
+                    at,
+                    "traffic",
+                    version,
+                    f"v{version} serves its first window",
+                    "first window with monitoring results",
+                    chart_ms=at,
+                    label=f"v{version} serves",
+                )
+            )
     for a in data.alerts:
         window = ""
         if a.get("window_start") is not None:
             window = f" (window {format_time(_ms(a['window_start']))}–{format_time(_ms(a['window_end']))[11:]})"
-        events.append(TimelineEvent(_ms(a["occurred_at"]), f"alert:{a['severity']}", str(a["model_version"]),
-                                    f"{a['severity']} alert: {a['kind']}", f"{a['message']}{window}"))
+        events.append(
+            TimelineEvent(
+                _ms(a["occurred_at"]),
+                f"alert:{a['severity']}",
+                str(a["model_version"]),
+                f"{a['severity']} alert: {a['kind']}",
+                f"{a['message']}{window}",
+            )
+        )
     return sorted(events, key=lambda e: (e.at_ms, e.kind))
 
 
@@ -423,8 +541,11 @@ def chart_markers(events: Sequence[TimelineEvent], domain: Domain | None) -> lis
     """
     if domain is None:
         return []
-    return [Marker(e.chart_ms, e.label or e.summary, e.marker_kind) for e in events
-            if e.chart_ms is not None and domain.contains(e.chart_ms)]
+    return [
+        Marker(e.chart_ms, e.label or e.summary, e.marker_kind)
+        for e in events
+        if e.chart_ms is not None and domain.contains(e.chart_ms)
+    ]
 
 
 def drift_heatmap(table: pa.Table, colors: Mapping[str, str]) -> Heatmap:
@@ -438,10 +559,14 @@ def drift_heatmap(table: pa.Table, colors: Mapping[str, str]) -> Heatmap:
     window_starts, col = np.unique(starts, return_inverse=True)
     window_ends = np.full(len(window_starts), np.iinfo(np.int64).min)
     np.maximum.at(window_ends, col, ends)
-    pairs = sorted({(str(v), str(f)) for v, f in zip(versions, features)},
-                   key=lambda p: (_version_key(p[0]), p[1] == PREDICTION_FEATURE, p[1]))
+    pairs = sorted(
+        {(str(v), str(f)) for v, f in zip(versions, features)},
+        key=lambda p: (_version_key(p[0]), p[1] == PREDICTION_FEATURE, p[1]),
+    )
     index = {p: i for i, p in enumerate(pairs)}
-    row = np.fromiter((index[(str(v), str(f))] for v, f in zip(versions, features)), dtype=np.int64, count=len(versions))
+    row = np.fromiter(
+        (index[(str(v), str(f))] for v, f in zip(versions, features)), dtype=np.int64, count=len(versions)
+    )
     grid = np.full((len(pairs), len(window_starts)), np.nan)
     grid[row, col] = scores
     flagged = np.zeros(grid.shape, dtype=bool)
@@ -452,13 +577,18 @@ def drift_heatmap(table: pa.Table, colors: Mapping[str, str]) -> Heatmap:
         grid, flagged, window_starts, window_ends, merged = _merge_columns(grid, flagged, window_starts, window_ends, k)
         tips = [["" for _ in window_starts] for _ in pairs]
         for r, c in zip(*np.nonzero(np.isfinite(grid))):
-            tips[r][c] = (f"{_feature_label(pairs[r][1])} · v{pairs[r][0]} · "
-                          f"{merged[c]} windows {format_time(int(window_starts[c]))}–"
-                          f"{format_time(int(window_ends[c]))[11:]} UTC\n"
-                          f"worst value / threshold: {format_number(float(grid[r, c]))}" + ("  ⚠ drifted" if flagged[r, c] else ""))
+            tips[r][c] = (
+                f"{_feature_label(pairs[r][1])} · v{pairs[r][0]} · "
+                f"{merged[c]} windows {format_time(int(window_starts[c]))}–"
+                f"{format_time(int(window_ends[c]))[11:]} UTC\n"
+                f"worst value / threshold: {format_number(float(grid[r, c]))}"
+                + ("  ⚠ drifted" if flagged[r, c] else "")
+            )
     else:
         tips = [["" for _ in window_starts] for _ in pairs]
-        for r, c, metrics, v, f, s, e in zip(row, col, table.column("metrics").to_pylist(), versions, features, starts, ends):
+        for r, c, metrics, v, f, s, e in zip(
+            row, col, table.column("metrics").to_pylist(), versions, features, starts, ends
+        ):
             lines = [f"{_feature_label(f)} · v{v} · {format_time(int(s))}–{format_time(int(e))[11:]} UTC"]
             for m in sorted(metrics, key=lambda m: _metric_rank(m["1"], DRIFT_METRIC_ORDER)):
                 mark = "  ⚠ drifted" if m["4"] else ""
@@ -535,8 +665,13 @@ def dlq_bars(table: pa.Table) -> tuple[Bars, Domain]:
     grid = np.zeros((len(names), n_buckets), dtype=np.int64)
     np.add.at(grid, (which, bucket), counts)
     order = np.argsort(-grid.sum(axis=1), kind="stable")
-    bars = Bars(start + np.arange(n_buckets, dtype=np.int64) * bucket_ms, bucket_ms, [str(names[i]) for i in order],
-                grid[order], [PALETTE[i % len(PALETTE)] for i in range(len(order))])
+    bars = Bars(
+        start + np.arange(n_buckets, dtype=np.int64) * bucket_ms,
+        bucket_ms,
+        [str(names[i]) for i in order],
+        grid[order],
+        [PALETTE[i % len(PALETTE)] for i in range(len(order))],
+    )
     return bars, Domain(start, start + n_buckets * bucket_ms)
 
 
@@ -561,12 +696,12 @@ def render(data: ReportData) -> str:
     ]
     title = f"driftline report: {data.model_id}"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<meta name=\"generator\" content=\"driftline {escape(driftline.__version__)}\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="driftline {escape(driftline.__version__)}">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main><header><h1>{escape(title)}</h1>"
-        f"<p class=\"meta\">Generated {format_time(data.generated_at_ms)} UTC from {escape(data.warehouse)}"
+        f'<p class="meta">Generated {format_time(data.generated_at_ms)} UTC from {escape(data.warehouse)}'
         + (f" and the {escape(data.lineage_source)}" if data.lineage_source else "")
         + ". Times are UTC; the charts' axis is event time (the windows), the DLQ's is arrival time.</p></header>"
         + _notes(data)
@@ -580,14 +715,22 @@ def render(data: ReportData) -> str:
 def _notes(data: ReportData) -> str:
     notes = list(data.notes)
     if data.since_ms is not None:
-        notes.append(f"Windows before {format_time(data.since_ms)} UTC are left out; `driftline report --days N` "
-                     "shows more (0 for all).")
+        notes.append(
+            f"Windows before {format_time(data.since_ms)} UTC are left out; `driftline report --days N` "
+            "shows more (0 for all)."
+        )
     # the DLQ does not count: it holds messages without a readable model id, which belong to no model in particular
     nothing = not any(_rows(t) for t in (data.drift, data.prediction_drift, data.performance, data.latency))
     if nothing and not data.versions and not data.retrains and not data.alerts:
         others = [m for m in data.known_models if m != data.model_id]
-        known = f" Models with data in this warehouse: {', '.join(others[:20])}." if others else " This warehouse holds no monitoring data yet."
-        notes.insert(0, f"Nothing is known about model {data.model_id}: no monitoring data and no registered versions.{known}")
+        known = (
+            f" Models with data in this warehouse: {', '.join(others[:20])}."
+            if others
+            else " This warehouse holds no monitoring data yet."
+        )
+        notes.insert(
+            0, f"Nothing is known about model {data.model_id}: no monitoring data and no registered versions.{known}"
+        )
     if not notes:
         return ""
     return '<section class="notes">' + "".join(f"<p>{escape(n)}</p>" for n in notes) + "</section>"
@@ -596,7 +739,9 @@ def _notes(data: ReportData) -> str:
 def _section(anchor: str, title: str, intro: str, body: str, query: str | Sequence[str] = ()) -> str:
     names = [query] if isinstance(query, str) else list(query)
     source = (
-        '<p class="source">Query: ' + ", ".join(f"<code>{escape(n)}.sql</code>" for n in names) + "</p>" if names else ""
+        '<p class="source">Query: ' + ", ".join(f"<code>{escape(n)}.sql</code>" for n in names) + "</p>"
+        if names
+        else ""
     )
     return f'<section id="{anchor}"><h2>{escape(title)}</h2><p class="intro">{intro}</p>{body}{source}</section>'
 
@@ -622,10 +767,14 @@ def _versions_in(table: pa.Table | None) -> list[str]:
 
 def _summary(data: ReportData, domain: Domain | None, colors: Mapping[str, str]) -> str:
     champion = next((v.version for v in data.versions if "champion" in v.aliases), None)
-    cards = [("Champion", f"v{champion}" if champion else "none", "" if champion else "no version holds the champion alias")]
+    cards = [
+        ("Champion", f"v{champion}" if champion else "none", "" if champion else "no version holds the champion alias")
+    ]
     cards.append(("Versions", str(len(colors)), ", ".join(f"v{v}" for v in colors)))
     if _rows(data.drift):
-        keys = pc.binary_join_element_wise(data.drift.column("model_version"), pc.cast(data.drift.column("window_start"), pa.string()), "|")
+        keys = pc.binary_join_element_wise(
+            data.drift.column("model_version"), pc.cast(data.drift.column("window_start"), pa.string()), "|"
+        )
         windows = len(pc.unique(keys))
         drifted = len(pc.unique(pc.filter(keys, pc.equal(data.drift.column("any_drifted"), 1))))
         cards.append(("Windows", str(windows), f"{drifted} with drift"))
@@ -636,7 +785,9 @@ def _summary(data: ReportData, domain: Domain | None, colors: Mapping[str, str])
         latest = int(np.argmax(starts))
         value = float(table.column("value")[latest].as_py())
         version = table.column("model_version")[latest].as_py()
-        cards.append((f"Latest {metric}", format_number(value), f"v{version}, window of {format_time(int(starts[latest]))[:16]}"))
+        cards.append(
+            (f"Latest {metric}", format_number(value), f"v{version}, window of {format_time(int(starts[latest]))[:16]}")
+        )
     statuses: dict[str, int] = {}
     for r in data.retrains:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
@@ -647,11 +798,20 @@ def _summary(data: ReportData, domain: Domain | None, colors: Mapping[str, str])
         total = int(pc.sum(data.dlq.column("messages")).as_py() or 0)
         unattributed = int(pc.sum(data.dlq.column("unattributed")).as_py() or 0)
         cards.append(("DLQ messages", str(total), f"{unattributed} without a readable model id"))
-    span = f"Windows from {format_time(domain.start_ms)} to {format_time(domain.end_ms)} UTC." if domain else "No windows yet."
-    body = '<div class="cards">' + "".join(
-        f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>'
-        f'<div class="sub">{escape(sub)}</div></div>' for label, value, sub in cards
-    ) + "</div>"
+    span = (
+        f"Windows from {format_time(domain.start_ms)} to {format_time(domain.end_ms)} UTC."
+        if domain
+        else "No windows yet."
+    )
+    body = (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>'
+            f'<div class="sub">{escape(sub)}</div></div>'
+            for label, value, sub in cards
+        )
+        + "</div>"
+    )
     return _section("summary", "Summary", escape(span), body)
 
 
@@ -660,18 +820,27 @@ def _headline_metric(table: pa.Table) -> str:
     return min(metrics, key=lambda m: _metric_rank(m, METRIC_ORDER))
 
 
-def _drift_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
-    intro = ("Each cell is one closed window of one feature: its colour is the worst drift metric divided by that "
-             "metric's threshold (1 = at the threshold), an outline means a metric crossed its threshold. "
-             "Hover a cell for every metric. Rows are grouped by model version; dashed lines mark retraining events.")
+def _drift_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "Each cell is one closed window of one feature: its colour is the worst drift metric divided by that "
+        "metric's threshold (1 = at the threshold), an outline means a metric crossed its threshold. "
+        "Hover a cell for every metric. Rows are grouped by model version; dashed lines mark retraining events."
+    )
     if data.drift is None:
-        body = _empty("Drift metrics are unavailable.", "The warehouse has no <code>drift_metrics</code> table (see the note above).")
+        body = _empty(
+            "Drift metrics are unavailable.",
+            "The warehouse has no <code>drift_metrics</code> table (see the note above).",
+        )
     elif not data.drift.num_rows or domain is None:
-        body = _empty(f"No drift metrics for {data.model_id} yet.",
-                      "The streams worker (<code>driftline worker</code>) writes one row per feature and metric to "
-                      "<code>drift_metrics</code> when a window closes; check that it runs and that predictions of this "
-                      "model arrive on the <code>predictions</code> topic, and that the model has a reference profile "
-                      "(a registered version).")
+        body = _empty(
+            f"No drift metrics for {data.model_id} yet.",
+            "The streams worker (<code>driftline worker</code>) writes one row per feature and metric to "
+            "<code>drift_metrics</code> when a window closes; check that it runs and that predictions of this "
+            "model arrive on the <code>predictions</code> topic, and that the model has a reference profile "
+            "(a registered version).",
+        )
     else:
         grid = drift_heatmap(data.drift, colors)
         figure = heatmap(grid, domain, title="drift per feature and window", markers=markers)
@@ -680,14 +849,24 @@ def _drift_section(data: ReportData, domain: Domain | None, markers: Sequence[Ma
 
 
 def _small_multiples(charts: Sequence[tuple[str, str]], columns: int = 2) -> str:
-    return f'<div class="grid cols-{columns}">' + "".join(
-        f'<figure><figcaption>{escape(caption)}</figcaption>{svg}</figure>' for caption, svg in charts
-    ) + "</div>"
+    return (
+        f'<div class="grid cols-{columns}">'
+        + "".join(f"<figure><figcaption>{escape(caption)}</figcaption>{svg}</figure>" for caption, svg in charts)
+        + "</div>"
+    )
 
 
-def _charts_per_metric(table: pa.Table | None, domain: Domain | None, colors: Mapping[str, str], *, what: str,
-                       source: str, nothing_yet: tuple[str, str], order: Sequence[str],
-                       chart: Callable[[pa.Table, Domain, str, np.ndarray], str]) -> str:
+def _charts_per_metric(
+    table: pa.Table | None,
+    domain: Domain | None,
+    colors: Mapping[str, str],
+    *,
+    what: str,
+    source: str,
+    nothing_yet: tuple[str, str],
+    order: Sequence[str],
+    chart: Callable[[pa.Table, Domain, str, np.ndarray], str],
+) -> str:
     """One chart per metric of ``table`` under the versions' legend, or why there is none yet.
 
     ``chart(table, domain, metric, where)`` draws one metric; ``where`` selects its rows of ``table``.
@@ -702,57 +881,110 @@ def _charts_per_metric(table: pa.Table | None, domain: Domain | None, colors: Ma
     return _legend(colors, _versions_in(table)) + _small_multiples(charts)
 
 
-def _prediction_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
-    intro = ("The distribution of the model's output against its reference: the earliest warning when labels "
-             "arrive late. One chart per metric, the dashed line is the metric's threshold.")
+def _prediction_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "The distribution of the model's output against its reference: the earliest warning when labels "
+        "arrive late. One chart per metric, the dashed line is the metric's threshold."
+    )
 
     def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
         threshold = float(np.median(_floats(table.column("threshold"))[where]))
-        return line_chart(series_by_version(table, "value", colors, where=where), domain, title=f"prediction {metric}",
-                          thresholds=[(threshold, "threshold")], markers=markers, marker_labels=False,
-                          y_include=[0.0], width=470, height=190)
+        return line_chart(
+            series_by_version(table, "value", colors, where=where),
+            domain,
+            title=f"prediction {metric}",
+            thresholds=[(threshold, "threshold")],
+            markers=markers,
+            marker_labels=False,
+            y_include=[0.0],
+            width=470,
+            height=190,
+        )
 
     body = _charts_per_metric(
-        data.prediction_drift, domain, colors, what="Prediction drift", source="drift_metrics",
-        order=DRIFT_METRIC_ORDER, chart=chart,
-        nothing_yet=("No prediction drift yet.",
-                     "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
-                     "<code>prediction</code> value (a score or probability) and the reference profile one too."),
+        data.prediction_drift,
+        domain,
+        colors,
+        what="Prediction drift",
+        source="drift_metrics",
+        order=DRIFT_METRIC_ORDER,
+        chart=chart,
+        nothing_yet=(
+            "No prediction drift yet.",
+            "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
+            "<code>prediction</code> value (a score or probability) and the reference profile one too.",
+        ),
     )
     return _section("prediction-drift", "Prediction drift", intro, body, PREDICTION)
 
 
-def _performance_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
-    intro = ("Quality of the predictions once their labels arrived, for the whole population, per window and "
-             "version. Labels often come hours late, so the latest windows may be missing.")
+def _performance_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "Quality of the predictions once their labels arrived, for the whole population, per window and "
+        "version. Labels often come hours late, so the latest windows may be missing."
+    )
 
     def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
-        return line_chart(series_by_version(table, "value", colors, where=where), domain, title=metric,
-                          markers=markers, marker_labels=False, width=470, height=190)
+        return line_chart(
+            series_by_version(table, "value", colors, where=where),
+            domain,
+            title=metric,
+            markers=markers,
+            marker_labels=False,
+            width=470,
+            height=190,
+        )
 
     body = _charts_per_metric(
-        data.performance, domain, colors, what="Performance", source="performance_metrics", order=METRIC_ORDER,
+        data.performance,
+        domain,
+        colors,
+        what="Performance",
+        source="performance_metrics",
+        order=METRIC_ORDER,
         chart=chart,
-        nothing_yet=("No performance metrics yet.",
-                     "They need ground truth: <code>LabelEvent</code>s on the <code>labels</code> topic, joined to "
-                     "predictions by <code>event_id</code>. Labels often arrive hours after the predictions."),
+        nothing_yet=(
+            "No performance metrics yet.",
+            "They need ground truth: <code>LabelEvent</code>s on the <code>labels</code> topic, joined to "
+            "predictions by <code>event_id</code>. Labels often arrive hours after the predictions.",
+        ),
     )
     return _section("performance", "Performance", intro, body, PERFORMANCE)
 
 
-def _latency_section(data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]) -> str:
+def _latency_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
     intro = "Serving latency percentiles per window and version, in milliseconds, as the producers reported them."
     table = data.latency
     if table is None:
         body = _empty("Latency is unavailable.", "The warehouse has no <code>performance_metrics</code> table.")
     elif not table.num_rows or domain is None:
-        body = _empty("No latency reported.",
-                      "Producers send <code>latency_ms</code> with each prediction (the SDK does when it is given one); "
-                      "the worker then writes the p50, p95 and p99 of each window.")
+        body = _empty(
+            "No latency reported.",
+            "Producers send <code>latency_ms</code> with each prediction (the SDK does when it is given one); "
+            "the worker then writes the p50, p95 and p99 of each window.",
+        )
     else:
         charts = [
-            (label, line_chart(series_by_version(table, column, colors), domain, title=f"latency {label}", unit="ms",
-                               markers=markers, marker_labels=False, y_include=[0.0], width=320, height=180))
+            (
+                label,
+                line_chart(
+                    series_by_version(table, column, colors),
+                    domain,
+                    title=f"latency {label}",
+                    unit="ms",
+                    markers=markers,
+                    marker_labels=False,
+                    y_include=[0.0],
+                    width=320,
+                    height=180,
+                ),
+            )
             for column, label in PERCENTILES
         ]
         body = _legend(colors, _versions_in(table)) + _small_multiples(charts, columns=3)
@@ -760,8 +992,10 @@ def _latency_section(data: ReportData, domain: Domain | None, markers: Sequence[
 
 
 def _dlq_section(data: ReportData) -> str:
-    intro = ("Input messages the worker refused (sent unchanged to the <code>dlq</code> topic), by reason code and "
-             "time of arrival. Messages that could not be read far enough to name a model are counted too.")
+    intro = (
+        "Input messages the worker refused (sent unchanged to the <code>dlq</code> topic), by reason code and "
+        "time of arrival. Messages that could not be read far enough to name a model are counted too."
+    )
     table = data.dlq
     if table is None:
         body = _empty("DLQ counts are unavailable.", "The warehouse has no <code>rejected_events</code> table.")
@@ -769,10 +1003,14 @@ def _dlq_section(data: ReportData) -> str:
         body = _empty("No rejected messages.", "Every input message of this model decoded and validated.")
     else:
         bars, domain = dlq_bars(table)
-        legend = '<div class="legend static">' + "".join(
-            f'<span class="key"><span class="swatch" style="background:{c}"></span>{escape(name)}</span>'
-            for name, c in zip(bars.categories, bars.colors)
-        ) + "</div>"
+        legend = (
+            '<div class="legend static">'
+            + "".join(
+                f'<span class="key"><span class="swatch" style="background:{c}"></span>{escape(name)}</span>'
+                for name, c in zip(bars.categories, bars.colors)
+            )
+            + "</div>"
+        )
         per_bucket = f"{bars.width_ms // 60_000} min"
         chart = bar_chart(bars, domain, title="DLQ messages by reason", unit=f"per {per_bucket}")
         body = legend + f'<figure class="wide">{chart}</figure>' + _dlq_table(table)
@@ -780,25 +1018,33 @@ def _dlq_section(data: ReportData) -> str:
 
 
 def _dlq_table(table: pa.Table) -> str:
-    grouped = table.group_by(["reason", "source_topic"]).aggregate(
-        [("messages", "sum"), ("unattributed", "sum"), ("minute", "min"), ("minute", "max")]
-    ).sort_by([("messages_sum", "descending"), ("reason", "ascending")])
+    grouped = (
+        table.group_by(["reason", "source_topic"])
+        .aggregate([("messages", "sum"), ("unattributed", "sum"), ("minute", "min"), ("minute", "max")])
+        .sort_by([("messages_sum", "descending"), ("reason", "ascending")])
+    )
     rows = "".join(
         f"<tr><td><code>{escape(r['reason'])}</code></td><td>{escape(r['source_topic'])}</td>"
-        f"<td class=\"num\">{r['messages_sum']}</td><td class=\"num\">{r['unattributed_sum']}</td>"
+        f'<td class="num">{r["messages_sum"]}</td><td class="num">{r["unattributed_sum"]}</td>'
         f"<td>{format_time(_ms(r['minute_min']))[:16]}</td><td>{format_time(_ms(r['minute_max']))[:16]}</td></tr>"
         for r in grouped.to_pylist()
     )
-    return ("<table><thead><tr><th>reason</th><th>source topic</th><th>messages</th><th>without model id</th>"
-            f"<th>first (minute)</th><th>last (minute)</th></tr></thead><tbody>{rows}</tbody></table>")
+    return (
+        "<table><thead><tr><th>reason</th><th>source topic</th><th>messages</th><th>without model id</th>"
+        f"<th>first (minute)</th><th>last (minute)</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _timeline_section(data: ReportData, events: Sequence[TimelineEvent], domain: Domain | None) -> str:
-    intro = ("Retrain requests, registrations, promotions, rollbacks and alerts, oldest first. Retrain requests are "
-             "drawn on the charts at the end of the windows that triggered them; registry changes at the time they "
-             "were made, so those outside the charts' event-time range are listed here only.")
+    intro = (
+        "Retrain requests, registrations, promotions, rollbacks and alerts, oldest first. Retrain requests are "
+        "drawn on the charts at the end of the windows that triggered them; registry changes at the time they "
+        "were made, so those outside the charts' event-time range are listed here only."
+    )
     if not events:
-        body = _empty("Nothing happened yet.", "No retrain requests, registrations, promotions or alerts for this model.")
+        body = _empty(
+            "Nothing happened yet.", "No retrain requests, registrations, promotions or alerts for this model."
+        )
     else:
         rows = []
         for e in events:
@@ -807,30 +1053,49 @@ def _timeline_section(data: ReportData, events: Sequence[TimelineEvent], domain:
                 f'<tr class="ev-{escape(e.marker_kind)}"><td>{format_time(e.at_ms)}</td>'
                 f'<td><span class="pill {escape(e.kind.replace(":", "-"))}">'
                 f"{escape(e.summary)}</span></td><td>{('v' + escape(e.version)) if e.version else ''}</td>"
-                f"<td>{escape(e.detail)}</td><td class=\"num\">{on_chart}</td></tr>"
+                f'<td>{escape(e.detail)}</td><td class="num">{on_chart}</td></tr>'
             )
-        body = ("<table><thead><tr><th>time (UTC)</th><th>event</th><th>version</th><th>details</th><th>on charts</th>"
-                f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        body = (
+            "<table><thead><tr><th>time (UTC)</th><th>event</th><th>version</th><th>details</th><th>on charts</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
     return _section("timeline", "Retraining and promotion timeline", intro, body, (RETRAINS, ALERTS))
 
 
 def _lineage_section(data: ReportData, colors: Mapping[str, str]) -> str:
-    source = {"registry": "the model registry", "warehouse mirror": "the warehouse's <code>model_versions</code> mirror"}
-    intro = (f"Where each version came from, as recorded by {source.get(data.lineage_source, 'the registry')}: "
-             "training data, code, trainer, parameters, metrics, parent and the retrain request with its evidence.")
+    source = {
+        "registry": "the model registry",
+        "warehouse mirror": "the warehouse's <code>model_versions</code> mirror",
+    }
+    intro = (
+        f"Where each version came from, as recorded by {source.get(data.lineage_source, 'the registry')}: "
+        "training data, code, trainer, parameters, metrics, parent and the retrain request with its evidence."
+    )
     versions = sorted(data.versions, key=lambda v: _version_key(v.version))
     if not versions:
-        body = _empty("No registered versions.",
-                      f"<code>driftline registry register --model {escape(data.model_id)} --dataset FILE</code> registers "
-                      "one; the retrainer registers the versions it trains.")
+        body = _empty(
+            "No registered versions.",
+            f"<code>driftline registry register --model {escape(data.model_id)} --dataset FILE</code> registers "
+            "one; the retrainer registers the versions it trains.",
+        )
         return _section("lineage", "Lineage", intro, body)
     hidden = len(versions) - MAX_LINEAGE_VERSIONS
     versions = versions[-MAX_LINEAGE_VERSIONS:]
     requests = {str(r["request_id"]): r for r in data.retrains}
     fields: list[tuple[str, list[str]]] = [
         ("status", [escape(v.status) for v in versions]),
-        ("aliases", [", ".join(f'<span class="pill alias">{escape(a)}</span>' for a in v.aliases) or "–" for v in versions]),
-        ("registered", [(format_time(v.created_at_ms) if v.created_at_ms else "–") + (f" by {escape(v.created_by)}" if v.created_by else "") for v in versions]),
+        (
+            "aliases",
+            [", ".join(f'<span class="pill alias">{escape(a)}</span>' for a in v.aliases) or "–" for v in versions],
+        ),
+        (
+            "registered",
+            [
+                (format_time(v.created_at_ms) if v.created_at_ms else "–")
+                + (f" by {escape(v.created_by)}" if v.created_by else "")
+                for v in versions
+            ],
+        ),
         ("trainer", [escape(v.trainer) or "–" for v in versions]),
         ("code version", [f"<code>{escape(v.code_version)}</code>" if v.code_version else "–" for v in versions]),
         ("dataset", [f'<span class="uri">{escape(v.dataset_uri)}</span>' if v.dataset_uri else "–" for v in versions]),
@@ -850,14 +1115,22 @@ def _lineage_section(data: ReportData, colors: Mapping[str, str]) -> str:
         f"v{escape(v.version)}</th>"
         for v in versions
     )
-    rows = "".join(f"<tr><th scope=\"row\">{escape(name)}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>" for name, cells in fields)
+    rows = "".join(
+        f'<tr><th scope="row">{escape(name)}</th>{"".join(f"<td>{c}</td>" for c in cells)}</tr>'
+        for name, cells in fields
+    )
     history = ""
     if data.champion_history:
-        history = '<p class="intro">Champions, oldest first (rollbacks walk back along this list): ' + " → ".join(
-            f"v{escape(v)}" for v in data.champion_history) + "</p>"
+        history = (
+            '<p class="intro">Champions, oldest first (rollbacks walk back along this list): '
+            + " → ".join(f"v{escape(v)}" for v in data.champion_history)
+            + "</p>"
+        )
     more = f'<p class="intro">{hidden} older version(s) not shown.</p>' if hidden > 0 else ""
-    body = (f'{history}<div class="scroll"><table class="lineage"><thead><tr><th></th>{head}</tr></thead>'
-            f"<tbody>{rows}</tbody></table></div>{more}")
+    body = (
+        f'{history}<div class="scroll"><table class="lineage"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>{more}"
+    )
     return _section("lineage", "Lineage", intro, body, VERSIONS if data.lineage_source == "warehouse mirror" else ())
 
 
@@ -868,7 +1141,9 @@ def _hash(value: str) -> str:
 def _range(start: int | None, end: int | None) -> str:
     if start is None and end is None:
         return "–"
-    return f"{format_time(start)[:16] if start is not None else '…'} – {format_time(end)[:16] if end is not None else '…'}"
+    return (
+        f"{format_time(start)[:16] if start is not None else '…'} – {format_time(end)[:16] if end is not None else '…'}"
+    )
 
 
 def _mapping(values: Mapping[str, Any]) -> str:

@@ -25,12 +25,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     report.add_argument("--model", required=True, help="model id")
     report.add_argument("--out", help="output file (default: driftline-report-MODEL.html)")
-    report.add_argument("--days", type=float, default=7.0,
-                        help="days of windows to show, back from the model's latest window (default 7; 0 for all)")
+    report.add_argument(
+        "--days",
+        type=float,
+        default=7.0,
+        help="days of windows to show, back from the model's latest window (default 7; 0 for all)",
+    )
     report.set_defaults(handler=_report)
 
 
-def _report(args: argparse.Namespace, settings: "Settings") -> int:
+def _report(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.report import write_report
     from driftline.retrainer.registry import InvalidNameError, RegistryError
     from driftline.streams.warehouse import WarehouseError

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 
 import numpy as np
@@ -52,10 +52,30 @@ MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 _TIME_STEPS = (
-    SECOND, 2 * SECOND, 5 * SECOND, 10 * SECOND, 15 * SECOND, 30 * SECOND,
-    MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MINUTE, 15 * MINUTE, 30 * MINUTE,
-    HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR,
-    DAY, 2 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 91 * DAY, 365 * DAY,
+    SECOND,
+    2 * SECOND,
+    5 * SECOND,
+    10 * SECOND,
+    15 * SECOND,
+    30 * SECOND,
+    MINUTE,
+    2 * MINUTE,
+    5 * MINUTE,
+    10 * MINUTE,
+    15 * MINUTE,
+    30 * MINUTE,
+    HOUR,
+    2 * HOUR,
+    3 * HOUR,
+    6 * HOUR,
+    12 * HOUR,
+    DAY,
+    2 * DAY,
+    7 * DAY,
+    14 * DAY,
+    30 * DAY,
+    91 * DAY,
+    365 * DAY,
 )
 
 
@@ -75,7 +95,7 @@ class Domain:
             raise ValueError(f"a time domain needs end_ms > start_ms, got {self.start_ms}..{self.end_ms}")
 
     @classmethod
-    def around(cls, times_ms: Sequence[int] | np.ndarray) -> "Domain":
+    def around(cls, times_ms: Sequence[int] | np.ndarray) -> Domain:
         """The smallest domain holding ``times_ms``; one second wide for a single instant."""
         times = np.asarray(times_ms, dtype=np.int64)
         if times.size == 0:
@@ -209,7 +229,7 @@ def time_ticks(domain: Domain, target: int = 8) -> list[tuple[int, str]]:
         fmt = "%H:%M:%S"
     else:
         fmt = "%H:%M"
-    return [(int(t), datetime.fromtimestamp(t / 1000, tz=timezone.utc).strftime(fmt)) for t in ticks]
+    return [(int(t), datetime.fromtimestamp(t / 1000, tz=UTC).strftime(fmt)) for t in ticks]
 
 
 def format_number(value: float) -> str:
@@ -240,7 +260,7 @@ def format_time(at_ms: int) -> str:
     >>> format_time(1_764_000_000_000)
     '2025-11-24 16:00:00'
     """
-    return datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def heat_colors(scores: np.ndarray) -> np.ndarray:
@@ -310,7 +330,9 @@ def _value_axis(frame: _Frame, ticks: np.ndarray, y: Callable[[float], np.ndarra
     out = []
     for t in ticks:
         yy = float(y(float(t)))
-        out.append(f'<line class="grid" x1="{frame.left}" y1="{yy:.1f}" x2="{frame.width - frame.right}" y2="{yy:.1f}"/>')
+        out.append(
+            f'<line class="grid" x1="{frame.left}" y1="{yy:.1f}" x2="{frame.width - frame.right}" y2="{yy:.1f}"/>'
+        )
         out.append(
             f'<text class="tick-label" x="{frame.left - 6}" y="{yy + 4:.1f}" text-anchor="end">'
             f"{escape(format_number(float(t)))}</text>"

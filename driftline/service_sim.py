@@ -22,18 +22,19 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from driftline import simulation
-from driftline.simulation import AFTER, BEFORE, Applicants, Timeline, World
 from driftline.retrainer.trainers import TrainingSet, load_model, score
+from driftline.simulation import AFTER, BEFORE, Applicants, Timeline, World
 
 if TYPE_CHECKING:
-    from driftline.settings import Settings
     from driftline.retrainer.registry import Registry
+    from driftline.settings import Settings
     from driftline.streams.records import ModelEvent
     from driftline.streams.sdk import PredictionLogger
 
@@ -51,8 +52,9 @@ def training_set(applicants: Applicants, event_time: np.ndarray | None = None) -
     (4, ['age', 'debt_ratio', 'income'], ['channel', 'region'], 'classification')
     """
     times = np.arange(applicants.n, dtype=np.int64) if event_time is None else event_time
-    return TrainingSet(dict(applicants.numeric), dict(applicants.categorical),
-                       applicants.default.astype(np.float64), times)
+    return TrainingSet(
+        dict(applicants.numeric), dict(applicants.categorical), applicants.default.astype(np.float64), times
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ def artifact_scorer(version: str, artifact: bytes) -> Scorer:
 
 def oracle_scorer(version: str, world: World = BEFORE) -> Scorer:
     """A scorer that knows ``world``'s true default probabilities: a model perfectly fit before any drift."""
+
     def probability(applicants: Applicants) -> np.ndarray:
         return simulation.default_probability(world, applicants.numeric, applicants.categorical)
 
@@ -87,7 +90,7 @@ def oracle_scorer(version: str, world: World = BEFORE) -> Scorer:
     return Scorer(version, probability, f"oracle: the {name} world")
 
 
-def champion_scorer(registry: "Registry", model_id: str) -> Scorer | None:
+def champion_scorer(registry: Registry, model_id: str) -> Scorer | None:
     """The registry champion's scorer, or None when the model has no champion."""
     from driftline.retrainer.registry import CHAMPION
 
@@ -169,7 +172,7 @@ class SimulatedService:
 
     def __init__(
         self,
-        logger: "PredictionLogger",
+        logger: PredictionLogger,
         model_id: str,
         scorer: Scorer,
         *,
@@ -252,8 +255,9 @@ class SimulatedService:
     def start(self, at_ms: int | None = None) -> None:
         """Begin the stream at ``at_ms`` (default: now); :meth:`step` then serves what is due."""
         with self._lock:
-            self._timeline = Timeline(start_ms=self.now_ms() if at_ms is None else at_ms, rate=self.rate,
-                                      drift_at_ms=self._drift_at_ms)
+            self._timeline = Timeline(
+                start_ms=self.now_ms() if at_ms is None else at_ms, rate=self.rate, drift_at_ms=self._drift_at_ms
+            )
 
     def step(self, now_ms: int | None = None) -> int:
         """Serve every request due by ``now_ms`` and log every label due by then; returns the requests served."""
@@ -285,8 +289,14 @@ class SimulatedService:
             features: dict[str, float | str] = {k: v[i] for k, v in numeric.items()}
             features.update({k: v[i] for k, v in categorical.items()})
             self.logger.log_prediction(
-                self.model_id, scorer.version, features=features, prediction=prediction, latency_ms=latency_ms,
-                attributes={k: categorical[k][i] for k in ATTRIBUTES}, event_id=event_id, event_time=event_time,
+                self.model_id,
+                scorer.version,
+                features=features,
+                prediction=prediction,
+                latency_ms=latency_ms,
+                attributes={k: categorical[k][i] for k in ATTRIBUTES},
+                event_id=event_id,
+                event_time=event_time,
             )
         if self.label_delay_ms is not None:
             # each label's event time is exactly its prediction's plus the delay; a micro-batch's labels
@@ -377,12 +387,12 @@ class ChampionWatcher:
 
     def __init__(
         self,
-        settings: "Settings",
-        registry: "Registry",
+        settings: Settings,
+        registry: Registry,
         service: SimulatedService,
         *,
         since_ms: int | None = None,
-        on_event: Callable[["ModelEvent"], None] | None = None,
+        on_event: Callable[[ModelEvent], None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -398,7 +408,9 @@ class ChampionWatcher:
         """Start reading; returns once the consumer is assigned (raises if it could not be)."""
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"the models topic {self.settings.topic('models')} could not be read within {timeout:g} s")
+            raise TimeoutError(
+                f"the models topic {self.settings.topic('models')} could not be read within {timeout:g} s"
+            )
         if self.error is not None:
             raise RuntimeError(f"cannot read the models topic: {self.error}") from self.error
 
@@ -413,8 +425,9 @@ class ChampionWatcher:
         from driftline.streams import kafka
 
         topic = self.settings.topic("models")
-        consumer = kafka.consumer(self.settings, f"driftline-service-{uuid.uuid4().hex[:12]}",
-                                  **{"enable.auto.commit": False})
+        consumer = kafka.consumer(
+            self.settings, f"driftline-service-{uuid.uuid4().hex[:12]}", **{"enable.auto.commit": False}
+        )
         try:
             meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
@@ -435,7 +448,7 @@ class ChampionWatcher:
         finally:
             consumer.close()
 
-    def _on_model_event(self, event: "ModelEvent") -> None:
+    def _on_model_event(self, event: ModelEvent) -> None:
         if event.model_id != self.service.model_id:
             return
         if self.on_event is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -101,7 +102,7 @@ class Settings:
             env["DRIFTLINE_KAFKA_" + key.upper().replace(".", "_")] = value
         return env
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -114,7 +115,7 @@ def _kafka_extra_from_env(env: Mapping[str, str]) -> dict[str, str]:
     extra = {}
     for key, value in env.items():
         if key.startswith("DRIFTLINE_KAFKA_") and key not in _NOT_CLIENT_SETTINGS:
-            extra[key[len("DRIFTLINE_KAFKA_"):].lower().replace("_", ".")] = value
+            extra[key[len("DRIFTLINE_KAFKA_") :].lower().replace("_", ".")] = value
     return extra
 
 
@@ -131,7 +132,9 @@ def _from_file(path: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise SettingsError(f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise SettingsError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     if "kafka_extra" in data and not isinstance(data["kafka_extra"], dict):
         raise SettingsError(f"config file {path}: kafka_extra must be a mapping")
     return data

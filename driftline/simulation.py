@@ -40,7 +40,9 @@ class World:
 
 
 BEFORE = World()
-AFTER = World(income_log_mean=10.45, debt_alpha=3.5, debt_beta=4.0, channel_p=(0.2, 0.1, 0.7), w_debt=6.0, w_income=-0.4)
+AFTER = World(
+    income_log_mean=10.45, debt_alpha=3.5, debt_beta=4.0, channel_p=(0.2, 0.1, 0.7), w_debt=6.0, w_income=-0.4
+)
 
 
 @dataclass

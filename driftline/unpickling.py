@@ -23,8 +23,9 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 class PickleNotAllowed(pickle.UnpicklingError):
@@ -54,8 +55,9 @@ class Allowlist:
     what: str = "a pickle"
 
     @classmethod
-    def parse(cls, entries: Iterable[str], *, what: str = "a pickle",
-              bound_methods_of: Iterable[str] = ()) -> "Allowlist":
+    def parse(
+        cls, entries: Iterable[str], *, what: str = "a pickle", bound_methods_of: Iterable[str] = ()
+    ) -> Allowlist:
         """An allowlist from entries ``"module"`` (its classes) or ``"module:name"`` (one global)."""
         modules: list[str] = []
         names: list[tuple[str, str]] = []
@@ -101,8 +103,11 @@ class _AllowlistUnpickler(pickle.Unpickler):
         # what pickle stores for a bound method: getattr(instance, name)
         method = None if name.startswith("__") else getattr(obj, name, None)
         owner = type(obj).__module__
-        if not (inspect.ismethod(method) and method.__self__ is obj
-                and any(owner == m or owner.startswith(m + ".") for m in self.allow.bound_methods_of)):
+        if not (
+            inspect.ismethod(method)
+            and method.__self__ is obj
+            and any(owner == m or owner.startswith(m + ".") for m in self.allow.bound_methods_of)
+        ):
             raise PickleNotAllowed(f"getattr({type(obj).__name__}, {name!r}) is not allowed in {self.allow.what}")
         return method
 

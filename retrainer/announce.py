@@ -9,12 +9,12 @@ and the ``driftline registry`` verbs share these functions.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from confluent_kafka import Producer
 
-from driftline.settings import Settings
 from driftline.retrainer.registry import Registry
+from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec
 from driftline.streams.records import ModelEvent
@@ -58,7 +58,9 @@ def announce_from_cli(event: ModelEvent, settings: Settings) -> None:
     try:
         publish_model_events(producer, settings, [event], timeout=15.0)
     except AnnounceError as exc:
-        print(f"driftline registry: the registry changed, but {exc}; run the verb again to re-announce", file=sys.stderr)
+        print(
+            f"driftline registry: the registry changed, but {exc}; run the verb again to re-announce", file=sys.stderr
+        )
         raise SystemExit(1) from exc
     try:
         registry = Registry.from_settings(settings)

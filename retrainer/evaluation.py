@@ -14,8 +14,9 @@ registered holdout metrics still cover the whole holdout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -105,9 +106,11 @@ class Evaluation:
         line = f"challenger {metric} {_fmt(self.holdout.get(metric))} on {self.holdout_rows} holdout rows"
         if self.champion is not None:
             source = self.champion.source + (f"; {self.champion.note}" if self.champion.note else "")
-            line += (f"; champion v{self.champion.version} ({source}) "
-                     f"{_fmt((self.champion_metrics or {}).get(metric))} vs challenger "
-                     f"{_fmt(self.challenger_compared.get(metric))} on {self.compared_rows} rows")
+            line += (
+                f"; champion v{self.champion.version} ({source}) "
+                f"{_fmt((self.champion_metrics or {}).get(metric))} vs challenger "
+                f"{_fmt(self.challenger_compared.get(metric))} on {self.compared_rows} rows"
+            )
         verdict = "promote" if self.decision.promote else "keep as challenger"
         return f"{line}: {verdict}: {self.decision.reason}"
 
@@ -157,8 +160,17 @@ def evaluate(
         champion_metrics = score_metrics(labels, champion_scores[covered], task)
     except EvaluationError as exc:
         reason = f"{name} cannot be evaluated: {exc}"
-        return Evaluation(task, train, holdout, n, champion, None, challenger_compared, compared,
-                          _blocked(rule, challenger_compared, reason))
+        return Evaluation(
+            task,
+            train,
+            holdout,
+            n,
+            champion,
+            None,
+            challenger_compared,
+            compared,
+            _blocked(rule, challenger_compared, reason),
+        )
     decision = decide(challenger_compared, champion_metrics, rule)
     return Evaluation(task, train, holdout, n, champion, champion_metrics, challenger_compared, compared, decision)
 

@@ -109,7 +109,11 @@ class ReferenceSettings:
     sample_size: int = 10_000
 
     def profile_builder(
-        self, model_id: str, numeric: Mapping[str, Any], categorical: Mapping[str, Any], predictions: Any = None,
+        self,
+        model_id: str,
+        numeric: Mapping[str, Any],
+        categorical: Mapping[str, Any],
+        predictions: Any = None,
         calibrator: Mapping[str, Any] | None = None,
     ) -> Callable[[str], dict[str, Any]]:
         """The registry's ``reference_profile`` callback: the profile of these columns, once the
@@ -125,8 +129,14 @@ class ReferenceSettings:
 
         def build(version: str) -> dict[str, Any]:
             profile = build_reference(
-                model_id, version, numeric, categorical, predictions,
-                bins=self.bins, top_k=self.top_k, sample_size=self.sample_size,
+                model_id,
+                version,
+                numeric,
+                categorical,
+                predictions,
+                bins=self.bins,
+                top_k=self.top_k,
+                sample_size=self.sample_size,
             )
             return replace(profile, calibrator=dict(calibrator) if calibrator is not None else None).to_dict()
 
@@ -153,7 +163,8 @@ class Monitoring:
     window_seconds: int = 60
     allowed_lateness_seconds: int = 10
     thresholds: Mapping[str, Mapping[str, float]] = field(
-        default_factory=lambda: _frozen_thresholds(DEFAULT_THRESHOLDS))
+        default_factory=lambda: _frozen_thresholds(DEFAULT_THRESHOLDS)
+    )
     fdr_q: float = 0.05
     reference: ReferenceSettings = ReferenceSettings()
     detectors: tuple[str, ...] = ("adwin",)
@@ -391,6 +402,7 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- built-in values
+
 
 def _plain(value: Any) -> Any:
     """The YAML-shaped form of a policy record: mappings, lists and scalars."""
@@ -783,9 +795,7 @@ def _drop(data: Any, loc: _Loc) -> None:
         data.pop(loc[-1], None)
 
 
-def _check_section(
-    model: type[_Section], value: Any, at: _Loc, problems: list[tuple[str, str]]
-) -> dict[str, Any]:
+def _check_section(model: type[_Section], value: Any, at: _Loc, problems: list[tuple[str, str]]) -> dict[str, Any]:
     """The keys ``value`` sets, validated; its problems go to ``problems`` (located under ``at``), in
     file order. A key with a problem is left out, so that rules spanning keys still see the rest."""
     try:
@@ -840,8 +850,13 @@ def _cross_checks(config: dict[str, Any]) -> list[tuple[str, str]]:
     found = []
     drift = config["drift"]
     if drift["enabled"] and drift["metric"] == DRIFTED and drift["threshold"] is not None:
-        found.append(("drift.threshold", "metric 'drifted' counts the engine's verdict and takes no threshold; "
-                      "remove threshold, or pick a metric such as psi"))
+        found.append(
+            (
+                "drift.threshold",
+                "metric 'drifted' counts the engine's verdict and takes no threshold; "
+                "remove threshold, or pick a metric such as psi",
+            )
+        )
     perf = config["performance"]
     if perf["enabled"]:
         try:
@@ -859,9 +874,13 @@ def _cross_checks(config: dict[str, Any]) -> list[tuple[str, str]]:
     if change["enabled"]:
         missing = [d for d in change["detectors"] if d not in config["monitoring"]["detectors"]]
         if missing:
-            found.append(("change_detectors.detectors",
-                          f"{', '.join(missing)} not in monitoring.detectors {config['monitoring']['detectors']}; "
-                          "a detector must run before it can trigger"))
+            found.append(
+                (
+                    "change_detectors.detectors",
+                    f"{', '.join(missing)} not in monitoring.detectors {config['monitoring']['detectors']}; "
+                    "a detector must run before it can trigger",
+                )
+            )
     return found
 
 
@@ -883,22 +902,26 @@ def _build(model_id: str, c: dict[str, Any]) -> ModelPolicy:
     mon, rt = c["monitoring"], c["retraining"]
     return ModelPolicy(
         model_id=model_id,
-        monitoring=Monitoring(**{
-            **_tuples(mon),
-            "thresholds": _frozen_thresholds(mon["thresholds"]),
-            "reference": ReferenceSettings(**mon["reference"]),
-        }),
+        monitoring=Monitoring(
+            **{
+                **_tuples(mon),
+                "thresholds": _frozen_thresholds(mon["thresholds"]),
+                "reference": ReferenceSettings(**mon["reference"]),
+            }
+        ),
         drift=DriftTrigger(**_tuples(c["drift"])),
         performance=PerformanceTrigger(**c["performance"]),
         change_detectors=ChangeDetectorTrigger(**_tuples(c["change_detectors"])),
         schedule=ScheduleTrigger(**c["schedule"]),
         manual=ManualTrigger(**c["manual"]),
-        retraining=Retraining(**{
-            **rt,
-            "snapshot": SnapshotRange(**rt["snapshot"]),
-            "hyperparameters": _freeze_json(rt["hyperparameters"]),
-            "promotion": PromotionRule(**rt["promotion"]),
-        }),
+        retraining=Retraining(
+            **{
+                **rt,
+                "snapshot": SnapshotRange(**rt["snapshot"]),
+                "hyperparameters": _freeze_json(rt["hyperparameters"]),
+                "promotion": PromotionRule(**rt["promotion"]),
+            }
+        ),
     )
 
 

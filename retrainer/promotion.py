@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 Direction = Literal["higher", "lower"]
 
@@ -155,23 +156,28 @@ def decide(
     if challenger is None:
         raw = challenger_metrics.get(metric)
         what = "has no" if raw is None else f"has a non-finite or non-numeric ({raw!r})"
-        return PromotionDecision(False, f"the challenger {what} {metric}; cannot judge it", metric, None,
-                                 _value(champion_metrics or {}, metric), None)
+        return PromotionDecision(
+            False,
+            f"the challenger {what} {metric}; cannot judge it",
+            metric,
+            None,
+            _value(champion_metrics or {}, metric),
+            None,
+        )
     if champion_metrics is None:
-        return PromotionDecision(True, f"no champion yet; challenger {metric} {challenger:g}", metric, challenger,
-                                 None, None)
+        return PromotionDecision(
+            True, f"no champion yet; challenger {metric} {challenger:g}", metric, challenger, None, None
+        )
     champion = _value(champion_metrics, metric)
     if champion is None:
         raw = champion_metrics.get(metric)
         what = "has no" if raw is None else f"has a non-finite or non-numeric ({raw!r})"
-        return PromotionDecision(False, f"the champion {what} {metric}; cannot compare", metric, challenger,
-                                 None, None)
+        return PromotionDecision(False, f"the champion {what} {metric}; cannot compare", metric, challenger, None, None)
     margin = improvement(metric, challenger, champion, direction)
     promote = margin >= rule.min_improvement - TOLERANCE
     terms = f"({direction} is better; needed {rule.min_improvement:g})"
     if abs(margin) <= TOLERANCE:
-        verdict = ("a tie promotes: the challenger learnt from fresher data" if promote
-                   else "a tie is not enough")
+        verdict = "a tie promotes: the challenger learnt from fresher data" if promote else "a tie is not enough"
         reason = f"{metric} {challenger:g} ties the champion {champion:g}; {verdict} {terms}"
     else:
         better = "better" if margin > 0 else "worse"

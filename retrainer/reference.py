@@ -53,6 +53,11 @@ def build_reference(
     """
     numeric = dict(numeric)
     return ReferenceProfile.build(
-        model_id, version, numeric=numeric, categorical=dict(categorical), predictions=predictions,
-        multivariate=fit_multivariate(numeric, seed=int(settings.get("seed", 0))), **settings,
+        model_id,
+        version,
+        numeric=numeric,
+        categorical=dict(categorical),
+        predictions=predictions,
+        multivariate=fit_multivariate(numeric, seed=int(settings.get("seed", 0))),
+        **settings,
     )

@@ -16,13 +16,12 @@ import dataclasses
 import functools
 import json
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from driftline.redaction import redact
-from driftline.streams.records import PREDICTION_FEATURE, ModelEvent
-
 from driftline.retrainer.registry import (
     CHALLENGER,
     CHAMPION,
@@ -33,6 +32,7 @@ from driftline.retrainer.registry import (
     validate_name,
     version_number,
 )
+from driftline.streams.records import PREDICTION_FEATURE, ModelEvent
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +55,7 @@ class InputError(ValueError):
     """A command-line value that cannot be used."""
 
 
-def no_publish(event: ModelEvent, settings: "Settings") -> None:
+def no_publish(event: ModelEvent, settings: Settings) -> None:
     """The default publisher: the registry change is made, the event goes nowhere."""
 
 
@@ -67,8 +67,12 @@ def add_commands(subparsers: argparse._SubParsersAction, publish: Publish | None
 
     reg = verbs.add_parser("register", help="register an externally trained model version")
     reg.add_argument("--model", required=True, help="model id")
-    reg.add_argument("--dataset", required=True, help="training data, CSV or Parquet: one column per feature, "
-                     "optional label, prediction, event_id and event_time (epoch ms) columns")
+    reg.add_argument(
+        "--dataset",
+        required=True,
+        help="training data, CSV or Parquet: one column per feature, "
+        "optional label, prediction, event_id and event_time (epoch ms) columns",
+    )
     reg.add_argument("--artifact", help="the model file to store (content-addressed)")
     reg.add_argument("--params", help="hyperparameters as a JSON object (or @FILE)")
     reg.add_argument("--metrics", help="holdout metrics as a JSON object (or @FILE)")
@@ -114,9 +118,11 @@ def _add_who(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="why, for the audit log")
 
 
-def _guarded(handler: Callable[[argparse.Namespace, "Settings"], int]) -> Callable[[argparse.Namespace, "Settings"], int]:
+def _guarded(
+    handler: Callable[[argparse.Namespace, Settings], int],
+) -> Callable[[argparse.Namespace, Settings], int]:
     @functools.wraps(handler)
-    def run(args: argparse.Namespace, settings: "Settings") -> int:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             return handler(args, settings)
         except (RegistryError, InputError) as exc:
@@ -127,7 +133,7 @@ def _guarded(handler: Callable[[argparse.Namespace, "Settings"], int]) -> Callab
 
 
 # -- register -------------------------------------------------------------------------
-def _register(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
+def _register(args: argparse.Namespace, settings: Settings, *, publish: Publish) -> int:
     model_id = validate_name(args.model)
     params = _json_object(args.params, "--params")
     metrics = _json_object(args.metrics, "--metrics")
@@ -176,7 +182,7 @@ def _register(args: argparse.Namespace, settings: "Settings", *, publish: Publis
     return 0
 
 
-def read_dataset(path: Path) -> "pd.DataFrame":
+def read_dataset(path: Path) -> pd.DataFrame:
     """A CSV or Parquet file as a data frame; the format is chosen by the file name."""
     import pandas as pd
 
@@ -197,7 +203,7 @@ def read_dataset(path: Path) -> "pd.DataFrame":
     return frame
 
 
-def split_columns(frame: "pd.DataFrame") -> dict[str, Any]:
+def split_columns(frame: pd.DataFrame) -> dict[str, Any]:
     """Numeric dtypes become numeric features, everything else categorical; ``prediction`` is the output.
 
     >>> import pandas as pd
@@ -253,7 +259,7 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
     return dataclasses.replace(profile, calibrator=calibrator).to_dict()
 
 
-def _time_range(frame: "pd.DataFrame") -> tuple[int | None, int | None]:
+def _time_range(frame: pd.DataFrame) -> tuple[int | None, int | None]:
     import pandas as pd
 
     if EVENT_TIME_COLUMN not in frame.columns:
@@ -288,7 +294,7 @@ def _json_object(value: str | None, flag: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{flag} is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
-        raise InputError(f"{flag} must be a JSON object like {{\"lr\": 0.1}}, got {type(parsed).__name__}")
+        raise InputError(f'{flag} must be a JSON object like {{"lr": 0.1}}, got {type(parsed).__name__}')
     return parsed
 
 
@@ -303,7 +309,7 @@ def _tags(values: list[str]) -> dict[str, str]:
 
 
 # -- list, show -----------------------------------------------------------------------
-def _list(args: argparse.Namespace, settings: "Settings") -> int:
+def _list(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry.from_settings(settings)
     if args.model is None:
         models = registry.list_models()
@@ -315,8 +321,15 @@ def _list(args: argparse.Namespace, settings: "Settings") -> int:
             return 0
         rows = [["MODEL", "VERSIONS", "LATEST", CHAMPION.upper(), CHALLENGER.upper()]]
         for m in models:
-            rows.append([m.model_id, str(m.versions), m.latest_version or "-",
-                         m.aliases.get(CHAMPION, "-"), m.aliases.get(CHALLENGER, "-")])
+            rows.append(
+                [
+                    m.model_id,
+                    str(m.versions),
+                    m.latest_version or "-",
+                    m.aliases.get(CHAMPION, "-"),
+                    m.aliases.get(CHALLENGER, "-"),
+                ]
+            )
         _print_table(rows)
         return 0
     versions = registry.list_versions(args.model)
@@ -325,14 +338,22 @@ def _list(args: argparse.Namespace, settings: "Settings") -> int:
         return 0
     rows = [["VERSION", "STATUS", "ALIASES", "CREATED (UTC)", "ROWS", "TRAINER", "HOLDOUT METRICS"]]
     for v in versions:
-        rows.append([v.version, v.status, ",".join(v.aliases) or "-", _time(v.created_at),
-                     "-" if v.lineage.dataset_rows is None else str(v.lineage.dataset_rows),
-                     v.lineage.trainer or "-", _compact(v.lineage.holdout_metrics)])
+        rows.append(
+            [
+                v.version,
+                v.status,
+                ",".join(v.aliases) or "-",
+                _time(v.created_at),
+                "-" if v.lineage.dataset_rows is None else str(v.lineage.dataset_rows),
+                v.lineage.trainer or "-",
+                _compact(v.lineage.holdout_metrics),
+            ]
+        )
     _print_table(rows)
     return 0
 
 
-def _show(args: argparse.Namespace, settings: "Settings") -> int:
+def _show(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry.from_settings(settings)
     if args.version is not None:
         version = registry.get(args.model, args.version)
@@ -384,7 +405,7 @@ def describe(v: ModelVersion) -> str:
 def _time(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _utc(ms: int | None) -> str:
@@ -402,8 +423,9 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 # -- promote, rollback, reject ------------------------------------------------------------
-def _announced(settings: "Settings", publish: Publish, change: Callable[[Registry], ModelEvent],
-               done: Callable[[ModelEvent], str]) -> int:
+def _announced(
+    settings: Settings, publish: Publish, change: Callable[[Registry], ModelEvent], done: Callable[[ModelEvent], str]
+) -> int:
     """Make a registry change, announce its event, and say what it did."""
     event = change(Registry.from_settings(settings))
     publish(event, settings)
@@ -411,18 +433,28 @@ def _announced(settings: "Settings", publish: Publish, change: Callable[[Registr
     return 0
 
 
-def _promote(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    return _announced(settings, publish,
-                      lambda r: r.promote(args.model, args.version, actor=args.actor, reason=args.reason),
-                      lambda e: f"{args.model}: version {e.version} is the {CHAMPION}")
+def _promote(args: argparse.Namespace, settings: Settings, *, publish: Publish) -> int:
+    return _announced(
+        settings,
+        publish,
+        lambda r: r.promote(args.model, args.version, actor=args.actor, reason=args.reason),
+        lambda e: f"{args.model}: version {e.version} is the {CHAMPION}",
+    )
 
 
-def _rollback(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    return _announced(settings, publish, lambda r: r.rollback(args.model, actor=args.actor, reason=args.reason),
-                      lambda e: f"{args.model}: rolled back; version {e.version} is the {CHAMPION} again")
+def _rollback(args: argparse.Namespace, settings: Settings, *, publish: Publish) -> int:
+    return _announced(
+        settings,
+        publish,
+        lambda r: r.rollback(args.model, actor=args.actor, reason=args.reason),
+        lambda e: f"{args.model}: rolled back; version {e.version} is the {CHAMPION} again",
+    )
 
 
-def _reject(args: argparse.Namespace, settings: "Settings", *, publish: Publish) -> int:
-    return _announced(settings, publish,
-                      lambda r: r.reject(args.model, args.version, actor=args.actor, reason=args.reason),
-                      lambda e: f"{args.model}: version {e.version} is rejected")
+def _reject(args: argparse.Namespace, settings: Settings, *, publish: Publish) -> int:
+    return _announced(
+        settings,
+        publish,
+        lambda r: r.reject(args.model, args.version, actor=args.actor, reason=args.reason),
+        lambda e: f"{args.model}: version {e.version} is rejected",
+    )

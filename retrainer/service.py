@@ -39,15 +39,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from driftline.redaction import redact
-from driftline.settings import Settings
-from driftline.unpickling import Allowlist
 from driftline.retrainer.announce import AnnounceError, mirror_versions, publish_model_events
 from driftline.retrainer.evaluation import ChampionScores, Evaluation, evaluate, fit_calibrator
 from driftline.retrainer.policy import ModelPolicy, Policy, load_policy
@@ -72,11 +70,13 @@ from driftline.retrainer.trainers import (
     score,
 )
 from driftline.retrainer.triggers import manual_cooldown_remaining_ms
+from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec, DecodeError
-from driftline.streams.supervision import INTERNAL_ERROR, error_detail
 from driftline.streams.records import RetrainRequest
+from driftline.streams.supervision import INTERNAL_ERROR, error_detail
 from driftline.streams.warehouse import Warehouse, WarehouseError
+from driftline.unpickling import Allowlist
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _now_ms() -> int:
 def _iso(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _plain(value: Any) -> Any:
@@ -225,12 +225,18 @@ class Retrainer:
         self._last_stamp = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, progress: ProgressCallback | None = None) -> "Retrainer":
+    def from_settings(cls, settings: Settings, *, progress: ProgressCallback | None = None) -> Retrainer:
         policy = load_policy(settings.policy)
         registry = Registry.from_settings(settings)
         warehouse = Warehouse.from_settings(settings, migrate=True)
-        return cls(settings, registry=registry, warehouse=warehouse, producer=kafka.producer(settings),
-                   policy=policy, progress=progress)
+        return cls(
+            settings,
+            registry=registry,
+            warehouse=warehouse,
+            producer=kafka.producer(settings),
+            policy=policy,
+            progress=progress,
+        )
 
     def close(self) -> None:
         self.producer.flush(self.flush_timeout_seconds)
@@ -245,28 +251,43 @@ class Retrainer:
         except Exception as exc:
             raise RetryLater(f"cannot look up request {request.request_id}: {exc}") from exc
         if status in FINAL_STATUSES:
-            log.info("request %s (%s) is already %s; skipping the duplicate", request.request_id, request.model_id,
-                     status)
+            log.info(
+                "request %s (%s) is already %s; skipping the duplicate", request.request_id, request.model_id, status
+            )
             return Outcome(request.request_id, request.model_id, "duplicate", reason=f"already {status}")
         if earlier:
-            log.info("request %s (%s) registered version %s before it was interrupted; finishing it",
-                     request.request_id, request.model_id, earlier[-1].version)
+            log.info(
+                "request %s (%s) registered version %s before it was interrupted; finishing it",
+                request.request_id,
+                request.model_id,
+                earlier[-1].version,
+            )
             return self._finish(request, earlier[-1])
 
         policy = self.policy.for_model(request.model_id)
         last_manual = self._last_manual.get(request.model_id)
         if request.reason == "manual" and (last_manual is None or last_manual[1] != request.request_id):
-            wait_ms = manual_cooldown_remaining_ms(policy, None if last_manual is None else last_manual[0],
-                                                   request.requested_at)
+            wait_ms = manual_cooldown_remaining_ms(
+                policy, None if last_manual is None else last_manual[0], request.requested_at
+            )
             if wait_ms:
-                return self._reject(request, f"manual requests of {request.model_id} are "
-                                             f"{policy.manual.cooldown_minutes:g} minutes apart "
-                                             f"(manual.cooldown_minutes); try again after "
-                                             f"{_iso(request.requested_at + wait_ms)}")
+                return self._reject(
+                    request,
+                    f"manual requests of {request.model_id} are "
+                    f"{policy.manual.cooldown_minutes:g} minutes apart "
+                    f"(manual.cooldown_minutes); try again after "
+                    f"{_iso(request.requested_at + wait_ms)}",
+                )
             self._last_manual[request.model_id] = (request.requested_at, request.request_id)
         self._record(request, "training")
-        log.info("request %s: retraining %s (reason %s, version %s, %d evidence)", request.request_id,
-                 request.model_id, request.reason, request.model_version, len(request.evidence))
+        log.info(
+            "request %s: retraining %s (reason %s, version %s, %d evidence)",
+            request.request_id,
+            request.model_id,
+            request.reason,
+            request.model_version,
+            len(request.evidence),
+        )
         try:
             prepared = self._prepare(request, policy)
             if isinstance(prepared, str):
@@ -274,8 +295,13 @@ class Retrainer:
             version = self._register(request, policy, prepared)
         except Exception as exc:  # the request's own failure (trainer, data); the service goes on
             error = f"{type(exc).__name__}: {exc}"
-            log.error("request %s (%s) failed: %s", request.request_id, request.model_id, error,
-                      exc_info=not isinstance(exc, TrainerError))
+            log.error(
+                "request %s (%s) failed: %s",
+                request.request_id,
+                request.model_id,
+                error,
+                exc_info=not isinstance(exc, TrainerError),
+            )
             self._record(request, "failed", error=error)
             return Outcome(request.request_id, request.model_id, "failed", reason=error)
         return self._finish(request, version)
@@ -290,8 +316,10 @@ class Retrainer:
         self._progress(request, "snapshot", 0, 1, f"reading labelled predictions in {span}")
         table = self.warehouse.training_snapshot(request.model_id, start, end)
         if table.num_rows < rt.min_rows:
-            return (f"the snapshot has {table.num_rows} labelled predictions in {span}, fewer than the "
-                    f"{rt.min_rows} the policy needs (retraining.min_rows)")
+            return (
+                f"the snapshot has {table.num_rows} labelled predictions in {span}, fewer than the "
+                f"{rt.min_rows} the policy needs (retraining.min_rows)"
+            )
         sha256 = self.registry.artifacts.put_table(table)
         first, last = event_time_range(table)
         ref = SnapshotRef(self.registry.artifacts.uri(sha256), sha256, table.num_rows, first, last, start, end)
@@ -299,20 +327,33 @@ class Retrainer:
         dropped = f"; {data.dropped_unlabelled} rows without a label dropped" if data.dropped_unlabelled else ""
         if data.dropped_features:  # kept in the stored snapshot's metadata too
             dropped += f"; left out {', '.join(map(str, data.dropped_features))}"
-        self._progress(request, "snapshot", 1, 1,
-                       f"{table.num_rows:,} labelled rows in {span}, {len(data.data.numeric)} numeric and "
-                       f"{len(data.data.categorical)} categorical features, task {data.data.task}, stored as "
-                       f"{ref.uri}{dropped}")
+        self._progress(
+            request,
+            "snapshot",
+            1,
+            1,
+            f"{table.num_rows:,} labelled rows in {span}, {len(data.data.numeric)} numeric and "
+            f"{len(data.data.categorical)} categorical features, task {data.data.task}, stored as "
+            f"{ref.uri}{dropped}",
+        )
         train_index, holdout_index = data.split_index(rt.holdout_fraction)
         if len(train_index) == 0 or len(holdout_index) == 0:
-            return (f"the snapshot's {data.n} rows do not split into training and holdout rows at "
-                    f"holdout_fraction {rt.holdout_fraction:g}")
+            return (
+                f"the snapshot's {data.n} rows do not split into training and holdout rows at "
+                f"holdout_fraction {rt.holdout_fraction:g}"
+            )
         train, holdout = data.take(train_index), data.take(holdout_index)
 
         trainer = resolve_trainer(rt.trainer)
         params = _plain(rt.hyperparameters)
-        self._progress(request, "training", 0, 1, f"training {rt.trainer} on {train.n:,} rows (holdout "
-                                                  f"{holdout.n:,}), policy hyperparameters {json.dumps(params)}")
+        self._progress(
+            request,
+            "training",
+            0,
+            1,
+            f"training {rt.trainer} on {train.n:,} rows (holdout "
+            f"{holdout.n:,}), policy hyperparameters {json.dumps(params)}",
+        )
         started = time.monotonic()
         trained = self._train(request, trainer, rt.trainer, train, params)
         self._progress(request, "training", 1, 1, f"trained {rt.trainer} in {time.monotonic() - started:.1f} s")
@@ -320,10 +361,18 @@ class Retrainer:
         self._progress(request, "evaluating", 0, 1, f"scoring challenger and champion on {holdout.n:,} holdout rows")
         scores = score(trained.model, data.data)
         champion = self._champion(request.model_id)
-        champion_scores = (None if champion is None
-                           else self._champion_scores(champion, holdout, artifact_allowlist(trainer)))
-        evaluation = evaluate(data.data.task, train.data.label, scores[train_index], holdout.data.label,
-                              scores[holdout_index], champion_scores, rt.promotion)
+        champion_scores = (
+            None if champion is None else self._champion_scores(champion, holdout, artifact_allowlist(trainer))
+        )
+        evaluation = evaluate(
+            data.data.task,
+            train.data.label,
+            scores[train_index],
+            holdout.data.label,
+            scores[holdout_index],
+            champion_scores,
+            rt.promotion,
+        )
         train_metrics = {**evaluation.train, **trained.train_metrics}
         evaluation = replace(evaluation, train=train_metrics)
         self._progress(request, "evaluating", 1, 1, evaluation.summary())
@@ -332,18 +381,26 @@ class Retrainer:
         calibrator = fit_calibrator(data.data.task, holdout.data.label, scores[holdout_index])
         return _Candidate(ref, data, trained, rt.trainer, scores, evaluation, parent, calibrator)
 
-    def _train(self, request: RetrainRequest, trainer: TrainerFn, name: str, train: Snapshot,
-               params: dict[str, Any]) -> TrainedModel:
+    def _train(
+        self, request: RetrainRequest, trainer: TrainerFn, name: str, train: Snapshot, params: dict[str, Any]
+    ) -> TrainedModel:
         reported = [-1]
 
         def progress(done: int, total: int) -> None:
-            self._notify(Progress(request.request_id, request.model_id, "training", done, total,
-                                  f"batch {done}/{total}"))
+            self._notify(
+                Progress(request.request_id, request.model_id, "training", done, total, f"batch {done}/{total}")
+            )
             tenth = 10 * done // max(total, 1)
             if tenth > reported[0]:  # log every 10%, not every batch
                 reported[0] = tenth
-                log.info("request %s: training %s %d%% (%d/%d batches)", request.request_id, name,
-                         100 * done // max(total, 1), done, total)
+                log.info(
+                    "request %s: training %s %d%% (%d/%d batches)",
+                    request.request_id,
+                    name,
+                    100 * done // max(total, 1),
+                    done,
+                    total,
+                )
 
         try:
             if _accepts_progress(trainer):
@@ -376,12 +433,15 @@ class Retrainer:
                 return ChampionScores(champion.version, score(model, holdout.data), "artifact")
             except Exception as exc:  # e.g. a model that river cannot score: fall back to what it logged
                 note = f"its artifact could not be scored ({type(exc).__name__}: {exc})"
-                log.warning("champion %s v%s: %s; using its logged predictions", champion.model_id,
-                            champion.version, note)
-                return ChampionScores(champion.version, holdout.logged_scores(champion.version),
-                                      "logged predictions", note)
-        return ChampionScores(champion.version, holdout.logged_scores(champion.version), "logged predictions",
-                              "it has no artifact")
+                log.warning(
+                    "champion %s v%s: %s; using its logged predictions", champion.model_id, champion.version, note
+                )
+                return ChampionScores(
+                    champion.version, holdout.logged_scores(champion.version), "logged predictions", note
+                )
+        return ChampionScores(
+            champion.version, holdout.logged_scores(champion.version), "logged predictions", "it has no artifact"
+        )
 
     def _last_promotion_ms(self, model_id: str) -> int | None:
         try:
@@ -421,12 +481,18 @@ class Retrainer:
             tags["champion_scored_by"] = ev.champion.source
         if c.data.dropped_features:  # what the snapshot left out so that one odd event could not fail it
             tags["dropped_features"] = "; ".join(map(str, c.data.dropped_features))
-        profile = policy.monitoring.reference.profile_builder(request.model_id, c.data.data.numeric,
-                                                              c.data.data.categorical, c.scores, c.calibrator)
+        profile = policy.monitoring.reference.profile_builder(
+            request.model_id, c.data.data.numeric, c.data.data.categorical, c.scores, c.calibrator
+        )
 
         version = self.registry.register(
-            request.model_id, lineage=lineage, reference_profile=profile, artifact_bytes=c.trained.artifact(),
-            tags=tags, note=ev.summary(), actor=ACTOR,
+            request.model_id,
+            lineage=lineage,
+            reference_profile=profile,
+            artifact_bytes=c.trained.artifact(),
+            tags=tags,
+            note=ev.summary(),
+            actor=ACTOR,
             reason=f"retrain request {request.request_id} ({request.reason})",
         )
         self._progress(request, "registering", 1, 1, f"registered {request.model_id} version {version.version}")
@@ -437,13 +503,19 @@ class Retrainer:
         interrupted request can be finished again."""
         try:
             version, promoted = self._apply_decision(request, version)
-            events = [version.event("registered", occurred_at=version.created_at,
-                                    alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER)]
+            events = [
+                version.event(
+                    "registered",
+                    occurred_at=version.created_at,
+                    alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER,
+                )
+            ]
             if promoted:
                 events.append(version.event("promoted", occurred_at=_now_ms(), alias=CHAMPION))
             try:
-                publish_model_events(self.producer, self.settings, events, codec=self.codec,
-                                     timeout=self.flush_timeout_seconds)
+                publish_model_events(
+                    self.producer, self.settings, events, codec=self.codec, timeout=self.flush_timeout_seconds
+                )
             except AnnounceError as exc:
                 raise RetryLater(str(exc)) from exc
             self._record(request, "registered", registered_version=version.version)
@@ -451,13 +523,28 @@ class Retrainer:
         except RetryLater:
             raise
         except Exception as exc:
-            raise RetryLater(f"request {request.request_id}: version {version.version} is registered but its "
-                             f"outcome could not be recorded: {exc}") from exc
+            raise RetryLater(
+                f"request {request.request_id}: version {version.version} is registered but its "
+                f"outcome could not be recorded: {exc}"
+            ) from exc
         reason = version.note or ""
-        self._progress(request, "done", 1, 1, f"{request.model_id} version {version.version} "
-                                              + ("promoted to champion" if promoted else "kept as challenger"))
-        outcome = Outcome(request.request_id, request.model_id, "registered", version.version, promoted, reason,
-                          dict(version.lineage.holdout_metrics))
+        self._progress(
+            request,
+            "done",
+            1,
+            1,
+            f"{request.model_id} version {version.version} "
+            + ("promoted to champion" if promoted else "kept as challenger"),
+        )
+        outcome = Outcome(
+            request.request_id,
+            request.model_id,
+            "registered",
+            version.version,
+            promoted,
+            reason,
+            dict(version.lineage.holdout_metrics),
+        )
         log.info("%s", outcome.line())
         return outcome
 
@@ -471,8 +558,10 @@ class Retrainer:
             if champion is None or champion.version == version.lineage.parent_version:
                 self.registry.promote(request.model_id, version.version, actor=ACTOR, reason=why)
                 return self.registry.get(request.model_id, version.version), True
-            why = (f"decided to promote, but the champion moved to version {champion.version} since; "
-                   f"kept as challenger ({why})")
+            why = (
+                f"decided to promote, but the champion moved to version {champion.version} since; "
+                f"kept as challenger ({why})"
+            )
         self.registry.set_alias(request.model_id, CHALLENGER, version.version, actor=ACTOR, reason=why)
         return self.registry.get(request.model_id, version.version), False
 
@@ -487,11 +576,13 @@ class Retrainer:
         self._last_stamp = max(_now_ms(), self._last_stamp + 1)
         return self._last_stamp
 
-    def _record(self, request: RetrainRequest, status: str, *, error: str | None = None,
-                registered_version: str | None = None) -> None:
+    def _record(
+        self, request: RetrainRequest, status: str, *, error: str | None = None, registered_version: str | None = None
+    ) -> None:
         try:
-            self.warehouse.upsert_retrain_request(request, status, error, registered_version=registered_version,
-                                                  updated_at=self._stamp())
+            self.warehouse.upsert_retrain_request(
+                request, status, error, registered_version=registered_version, updated_at=self._stamp()
+            )
         except Exception as exc:
             raise RetryLater(f"cannot record request {request.request_id} as {status}: {exc}") from exc
 
@@ -577,8 +668,14 @@ class RetrainerService:
     (needs Kafka; see tests/integration/test_retrainer.py).
     """
 
-    def __init__(self, settings: Settings, options: RetrainerOptions = RetrainerOptions(), *,
-                 retrainer: Retrainer | None = None, progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: RetrainerOptions = RetrainerOptions(),
+        *,
+        retrainer: Retrainer | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
         self.settings = settings
         self.options = options
         self.retrainer = retrainer or Retrainer.from_settings(settings, progress=progress)
@@ -596,8 +693,9 @@ class RetrainerService:
     def run(self) -> RunSummary:
         topic = self.settings.topic("retrain-requests")
         kafka.ensure_topics(self.settings, ["retrain-requests", "models", "dlq"])
-        consumer = kafka.consumer(self.settings, self.options.group_id,
-                                  **{"enable.auto.commit": False, "enable.auto.offset.store": False})
+        consumer = kafka.consumer(
+            self.settings, self.options.group_id, **{"enable.auto.commit": False, "enable.auto.offset.store": False}
+        )
         summary = RunSummary()
         backoff = self.options.retry_initial_seconds
         last_activity = time.monotonic()
@@ -666,14 +764,26 @@ class RetrainerService:
             # an outage, not the message's fault: the request is tried again
             raise RetryLater(f"handling {msg.topic()}[{msg.partition()}]@{msg.offset()} failed: {redact(exc)}") from exc
         except DecodeError as exc:
-            log.error("message %s[%d]@%d is not a RetrainRequest (%s); sent to the DLQ", msg.topic(), msg.partition(),
-                      msg.offset(), exc)
+            log.error(
+                "message %s[%d]@%d is not a RetrainRequest (%s); sent to the DLQ",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                exc,
+            )
             self._dead_letter(msg, exc)
             summary.undecodable += 1
         except Exception as exc:
             kind, detail = error_detail(exc)
-            log.error("handling message %s[%d]@%d raised %s: %s; sent to the DLQ", msg.topic(), msg.partition(),
-                      msg.offset(), kind, detail, exc_info=exc)
+            log.error(
+                "handling message %s[%d]@%d raised %s: %s; sent to the DLQ",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                kind,
+                detail,
+                exc_info=exc,
+            )
             self._dead_letter(msg, DecodeError(INTERNAL_ERROR, f"{kind}: {detail}"), error_class=kind)
             summary.poison += 1
 
@@ -685,8 +795,16 @@ class RetrainerService:
                 failures.append(str(err))
 
         try:
-            kafka.send_to_dlq(self.retrainer.producer, self.settings, msg.value() or b"", msg.key(), error, msg.topic(),
-                              on_delivery=delivered, error_class=error_class)
+            kafka.send_to_dlq(
+                self.retrainer.producer,
+                self.settings,
+                msg.value() or b"",
+                msg.key(),
+                error,
+                msg.topic(),
+                on_delivery=delivered,
+                error_class=error_class,
+            )
             if self.retrainer.producer.flush(self.retrainer.flush_timeout_seconds):
                 raise RetryLater("the DLQ message was not delivered in time")
             if failures:

@@ -37,8 +37,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     retrain.add_argument("--version", help="the version the request is about (default: the champion)")
     retrain.add_argument("--reason", choices=REASONS, default="manual", help="the request's reason (default manual)")
     retrain.add_argument("--requested-by", help="who asks (default: the OS user)")
-    retrain.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                         help="wait up to SECONDS for the retrainer's outcome (default: do not wait)")
+    retrain.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the retrainer's outcome (default: do not wait)",
+    )
     retrain.set_defaults(handler=_retrain)
 
 
@@ -55,7 +60,7 @@ def _fail(verb: str, exc: BaseException) -> int:
 
 
 # -- driftline retrainer ---------------------------------------------------------------
-def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
+def _run_service(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import KafkaException
 
     from driftline.retrainer.policy import PolicyError
@@ -63,8 +68,13 @@ def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
     from driftline.retrainer.service import RetrainerOptions, RetrainerService
     from driftline.streams.warehouse import WarehouseError
 
-    options = RetrainerOptions(group_id=args.group_id, once=args.once, max_requests=args.max_requests,
-                               idle_exit_seconds=args.idle_exit, poll_seconds=args.poll_seconds)
+    options = RetrainerOptions(
+        group_id=args.group_id,
+        once=args.once,
+        max_requests=args.max_requests,
+        idle_exit_seconds=args.idle_exit,
+        poll_seconds=args.poll_seconds,
+    )
     try:
         service = RetrainerService(settings, options)
     except (PolicyError, RegistryError, WarehouseError, KafkaException) as exc:
@@ -85,7 +95,7 @@ def _run_service(args: argparse.Namespace, settings: "Settings") -> int:
 
 
 # -- driftline retrain ------------------------------------------------------------------
-def _retrain(args: argparse.Namespace, settings: "Settings") -> int:
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import KafkaException
 
     from driftline.retrainer.registry import CHAMPION, Registry, RegistryError, validate_name, version_number
@@ -117,8 +127,10 @@ def _retrain(args: argparse.Namespace, settings: "Settings") -> int:
         except (KafkaException, RuntimeError) as exc:
             warehouse.upsert_retrain_request(request, "failed", f"could not be published: {exc}")
             return _fail("retrain", exc)
-        print(f"requested a retrain of {model_id} (version {version}, reason {request.reason}): "
-              f"request {request.request_id}")
+        print(
+            f"requested a retrain of {model_id} (version {version}, reason {request.reason}): "
+            f"request {request.request_id}"
+        )
         if args.wait > 0:
             return _wait_for_outcome(warehouse, request, args.wait)
         return 0
@@ -128,13 +140,14 @@ def _retrain(args: argparse.Namespace, settings: "Settings") -> int:
         warehouse.close()
 
 
-def _publish_request(request: RetrainRequest, settings: "Settings") -> None:
+def _publish_request(request: RetrainRequest, settings: Settings) -> None:
     from driftline.streams import kafka
 
     kafka.ensure_topics(settings, ["retrain-requests"])
     try:
-        kafka.publish_confirmed(kafka.producer(settings), settings.topic("retrain-requests"),
-                                [(request.model_id, request)], timeout=30)
+        kafka.publish_confirmed(
+            kafka.producer(settings), settings.topic("retrain-requests"), [(request.model_id, request)], timeout=30
+        )
     except kafka.DeliveryError as exc:
         raise RuntimeError("; ".join(exc.errors) or "the request was not delivered within 30 s") from exc
 

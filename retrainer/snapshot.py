@@ -65,8 +65,9 @@ def dropped_features(table: pa.Table) -> tuple[DroppedFeature, ...]:
     raw = (table.schema.metadata or {}).get(SNAPSHOT_DROPPED_KEY)
     if not raw:
         return ()
-    return tuple(DroppedFeature(str(d["feature"]), str(d["kind"]), str(d["reason"]), int(d["values"]))
-                 for d in json.loads(raw))
+    return tuple(
+        DroppedFeature(str(d["feature"]), str(d["kind"]), str(d["reason"]), int(d["values"])) for d in json.loads(raw)
+    )
 
 
 class SnapshotError(ValueError):
@@ -128,7 +129,7 @@ class Snapshot:
         return self.data.n
 
     @classmethod
-    def from_table(cls, table: pa.Table, task: Task | None = None) -> "Snapshot":
+    def from_table(cls, table: pa.Table, task: Task | None = None) -> Snapshot:
         """Convert a ``training_snapshot`` table; ``task`` is inferred from the labels unless given.
 
         Numeric columns become float64 (NaN for missing), text columns object
@@ -139,8 +140,9 @@ class Snapshot:
         """
         missing = [c for c in SNAPSHOT_COLUMNS if c not in table.column_names]
         if missing:
-            raise SnapshotError(f"the snapshot has no column(s) {', '.join(missing)}; "
-                                f"it has {', '.join(table.column_names)}")
+            raise SnapshotError(
+                f"the snapshot has no column(s) {', '.join(missing)}; it has {', '.join(table.column_names)}"
+            )
         try:
             labels, _ = parse_labels(_objects_or_floats(table.column("label")))
         except ValueError as exc:
@@ -155,8 +157,9 @@ class Snapshot:
             column = table.column(name)
             kind = _feature_kind(column.type)
             if kind is None:
-                raise SnapshotError(f"feature column {name!r} has type {column.type}, "
-                                    "which is neither numeric nor text")
+                raise SnapshotError(
+                    f"feature column {name!r} has type {column.type}, which is neither numeric nor text"
+                )
             if kind == "numeric":
                 numeric[name] = _floats(column)
             else:
@@ -176,15 +179,20 @@ class Snapshot:
         kept.dropped_unlabelled = int((~labelled).sum())
         return kept
 
-    def take(self, index: np.ndarray) -> "Snapshot":
-        return Snapshot(self.data.take(index), self.event_ids[index], self.served_by[index], self.logged[index],
-                        dropped_features=self.dropped_features)
+    def take(self, index: np.ndarray) -> Snapshot:
+        return Snapshot(
+            self.data.take(index),
+            self.event_ids[index],
+            self.served_by[index],
+            self.logged[index],
+            dropped_features=self.dropped_features,
+        )
 
     def split_index(self, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the training rows (oldest) and holdout rows (newest ``holdout_fraction``)."""
         return self.data.split_index(holdout_fraction)
 
-    def split(self, holdout_fraction: float) -> tuple["Snapshot", "Snapshot"]:
+    def split(self, holdout_fraction: float) -> tuple[Snapshot, Snapshot]:
         train, holdout = self.split_index(holdout_fraction)
         return self.take(train), self.take(holdout)
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import importlib
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ class TrainingSet:
         columns.update({k: pd.Series(v, dtype=object) for k, v in self.categorical.items()})
         return pd.DataFrame(columns)
 
-    def split_by_time(self, holdout_fraction: float) -> tuple["TrainingSet", "TrainingSet"]:
+    def split_by_time(self, holdout_fraction: float) -> tuple[TrainingSet, TrainingSet]:
         """The oldest events train, the newest ``holdout_fraction`` evaluate."""
         train, holdout = self.split_index(holdout_fraction)
         return self.take(train), self.take(holdout)
@@ -77,7 +78,7 @@ class TrainingSet:
         cut = int(round(self.n * (1.0 - holdout_fraction)))
         return order[:cut], order[cut:]
 
-    def take(self, index: np.ndarray) -> "TrainingSet":
+    def take(self, index: np.ndarray) -> TrainingSet:
         return TrainingSet(
             {k: v[index] for k, v in self.numeric.items()},
             {k: v[index] for k, v in self.categorical.items()},
@@ -151,8 +152,9 @@ def artifact_allowlist(trainer: Any) -> Allowlist:
     """
     entries = getattr(trainer, "artifact_allowlist", None)
     name = getattr(trainer, "__name__", "trainer")
-    return Allowlist.parse(DEFAULT_ARTIFACT_ALLOWLIST if entries is None else entries,
-                           what=f"a model artifact (allowlist of {name})")
+    return Allowlist.parse(
+        DEFAULT_ARTIFACT_ALLOWLIST if entries is None else entries, what=f"a model artifact (allowlist of {name})"
+    )
 
 
 def load_model(artifact: bytes, allow: Allowlist | None = None) -> Any:
@@ -173,7 +175,9 @@ def load_model(artifact: bytes, allow: Allowlist | None = None) -> Any:
     try:
         return restricted_loads(artifact, allow or artifact_allowlist(train_river_linear))
     except PickleNotAllowed as exc:
-        raise ArtifactNotAllowed(f"{exc}: set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)") from exc
+        raise ArtifactNotAllowed(
+            f"{exc}: set the trainer's artifact_allowlist attribute (see docs/SECURITY.md)"
+        ) from exc
 
 
 DEFAULT_RIVER_PARAMS = {"learning_rate": 0.05, "l2": 0.0, "epochs": 5, "batch_size": 256, "seed": 0}

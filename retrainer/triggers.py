@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
-from typing import Any, Literal, Mapping, Sequence, TypedDict
+from datetime import UTC, datetime
+from typing import Any, Literal, TypedDict
 
 from driftline.retrainer.policy import DRIFTED, ModelPolicy
 from driftline.retrainer.promotion import TOLERANCE, finite_number
@@ -44,14 +45,30 @@ Status = Literal["hot", "clean", "unknown"]
 
 # The first kind in this order that asks for a retrain names the request's reason.
 KINDS: tuple[Kind, ...] = ("performance", "estimate", "drift", "change")
-REASONS: dict[Kind, RetrainReason] = {"performance": "performance", "estimate": "performance", "drift": "drift",
-                                      "change": "drift"}
+REASONS: dict[Kind, RetrainReason] = {
+    "performance": "performance",
+    "estimate": "performance",
+    "drift": "drift",
+    "change": "drift",
+}
 _SEVERITY: dict[Kind, Literal["info", "warning", "critical"]] = {
-    "performance": "critical", "estimate": "warning", "drift": "warning", "change": "warning"}
-_STARTED: dict[Kind, str] = {"performance": "performance_drop", "estimate": "estimated_performance_drop",
-                             "drift": "drift", "change": "change"}
-_ENDED: dict[Kind, str] = {"performance": "performance_recovered", "estimate": "estimated_performance_recovered",
-                           "drift": "drift_resolved", "change": "change_resolved"}
+    "performance": "critical",
+    "estimate": "warning",
+    "drift": "warning",
+    "change": "warning",
+}
+_STARTED: dict[Kind, str] = {
+    "performance": "performance_drop",
+    "estimate": "estimated_performance_drop",
+    "drift": "drift",
+    "change": "change",
+}
+_ENDED: dict[Kind, str] = {
+    "performance": "performance_recovered",
+    "estimate": "estimated_performance_recovered",
+    "drift": "drift_resolved",
+    "change": "change_resolved",
+}
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://driftline.dev/ns/v1")
 _STATE_FORMAT = 1
@@ -149,14 +166,23 @@ class TriggerState:
     schedule_anchor_ms: int | None = None
 
     def episode(self, kind: Kind) -> Episode:
-        episodes: _Episodes = {"drift": self.drift, "change": self.change, "performance": self.performance,
-                               "estimate": self.estimate}
+        episodes: _Episodes = {
+            "drift": self.drift,
+            "change": self.change,
+            "performance": self.performance,
+            "estimate": self.estimate,
+        }
         return episodes[kind]
 
-    def for_version(self, model_version: str) -> "TriggerState":
+    def for_version(self, model_version: str) -> TriggerState:
         """A fresh start for another version (its reference differs); cooldown and schedule carry over."""
-        return TriggerState(self.model_id, model_version, last_request_ms=self.last_request_ms,
-                            last_request_id=self.last_request_id, schedule_anchor_ms=self.schedule_anchor_ms)
+        return TriggerState(
+            self.model_id,
+            model_version,
+            last_request_ms=self.last_request_ms,
+            last_request_id=self.last_request_id,
+            schedule_anchor_ms=self.schedule_anchor_ms,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -164,7 +190,7 @@ class TriggerState:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TriggerState":
+    def from_dict(cls, data: Mapping[str, Any]) -> TriggerState:
         if not isinstance(data, Mapping) or data.get("format") != _STATE_FORMAT:
             raise ValueError(f"not a trigger state of format {_STATE_FORMAT}: {data!r}")
         values = {k: v for k, v in data.items() if k != "format"}
@@ -208,9 +234,11 @@ def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     'clean'
     """
     rule = policy.drift
-    rows = [r for r in window.drift
-            if (rule.features is None or r.feature in rule.features)
-            and (rule.metric == DRIFTED or r.metric == rule.metric)]
+    rows = [
+        r
+        for r in window.drift
+        if (rule.features is None or r.feature in rule.features) and (rule.metric == DRIFTED or r.metric == rule.metric)
+    ]
     if not rows:
         return _UNKNOWN
     if rule.metric == DRIFTED:
@@ -220,10 +248,22 @@ def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     features = sorted({r.feature for r in hits})
     if len(features) < rule.min_features:
         return _CLEAN
-    evidence = tuple(Evidence(r.metric, r.feature, float(r.value), float(rule.effective_threshold(r.threshold)),
-                              window.window_start, window.window_end) for r in hits)
-    what = "drift" if rule.metric == DRIFTED else f"{rule.metric} {rule.op} " + (
-        "its threshold" if rule.threshold is None else f"{rule.threshold:g}")
+    evidence = tuple(
+        Evidence(
+            r.metric,
+            r.feature,
+            float(r.value),
+            float(rule.effective_threshold(r.threshold)),
+            window.window_start,
+            window.window_end,
+        )
+        for r in hits
+    )
+    what = (
+        "drift"
+        if rule.metric == DRIFTED
+        else f"{rule.metric} {rule.op} " + ("its threshold" if rule.threshold is None else f"{rule.threshold:g}")
+    )
     return Signal("hot", evidence, f"{what} on {len(features)} feature(s) ({', '.join(features)})")
 
 
@@ -234,8 +274,10 @@ def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     total = sum(counts.values())
     if total < rule.min_events:
         return _CLEAN
-    evidence = tuple(Evidence(d, s, float(n), float(rule.min_events), window.window_start, window.window_end)
-                     for (d, s), n in sorted(counts.items()))
+    evidence = tuple(
+        Evidence(d, s, float(n), float(rule.min_events), window.window_start, window.window_end)
+        for (d, s), n in sorted(counts.items())
+    )
     fired = ", ".join(f"{d} on {s} ({n}x)" for (d, s), n in sorted(counts.items()))
     return Signal("hot", evidence, f"change detected: {fired}")
 
@@ -268,8 +310,10 @@ def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     crossed = [(bound, why) for bound, why in bounds if rule.is_worse(value, bound)]
     if not crossed:
         return _CLEAN
-    evidence = tuple(Evidence(rule.metric, _PERFORMANCE_SEGMENT, value, bound, window.window_start, window.window_end)
-                     for bound, _ in crossed)
+    evidence = tuple(
+        Evidence(rule.metric, _PERFORMANCE_SEGMENT, value, bound, window.window_start, window.window_end)
+        for bound, _ in crossed
+    )
     reasons = "; ".join(f"worse than {bound:g} {why}" for bound, why in crossed)
     return Signal("hot", evidence, f"{rule.metric} {value:g} over {window.n_labeled} labels: {reasons}")
 
@@ -303,8 +347,11 @@ def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
         return _CLEAN
     metric = f"estimated_{ESTIMATED_METRIC}"
     evidence = (Evidence(metric, _PERFORMANCE_SEGMENT, value, bound, window.window_start, window.window_end),)
-    return Signal("hot", evidence, f"{metric} {value:g} (no labels): worse than {bound:g} "
-                                   f"(reference estimate {reference:g} - {drop:g})")
+    return Signal(
+        "hot",
+        evidence,
+        f"{metric} {value:g} (no labels): worse than {bound:g} (reference estimate {reference:g} - {drop:g})",
+    )
 
 
 def _advance(episode: Episode, signal: Signal, window_start: int, need: int, clear: int) -> Episode:
@@ -336,7 +383,7 @@ def cooldown_remaining_ms(policy: ModelPolicy, state: TriggerState, now_ms: int)
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _request_made(state: TriggerState, request: RetrainRequest) -> TriggerState:
@@ -356,7 +403,7 @@ def _requested_alert(request: RetrainRequest, window: WindowOutcome | None) -> A
         severity="info",
         kind="retrain_requested",
         message=f"{request.model_id} v{request.model_version}: retrain requested ({request.reason}), "
-                f"request {request.request_id}",
+        f"request {request.request_id}",
         occurred_at=request.requested_at,
         window_start=None if window is None else window.window_start,
         window_end=None if window is None else window.window_end,
@@ -386,7 +433,8 @@ def evaluate(
     """
     if not (policy.model_id == state.model_id == window.model_id):
         raise ValueError(
-            f"model ids differ: policy {policy.model_id!r}, state {state.model_id!r}, window {window.model_id!r}")
+            f"model ids differ: policy {policy.model_id!r}, state {state.model_id!r}, window {window.model_id!r}"
+        )
     if window.window_end <= window.window_start:
         raise ValueError(f"window ends ({window.window_end}) before it starts ({window.window_start})")
     if state.model_version != window.model_version:
@@ -400,8 +448,11 @@ def evaluate(
 
     before = state
     state, signals = _read_window(policy, state, window)
-    wanting = [k for k in KINDS if k in signals and signals[k].status == "hot"
-               and state.episode(k).active and not state.episode(k).requested]
+    wanting = [
+        k
+        for k in KINDS
+        if k in signals and signals[k].status == "hot" and state.episode(k).active and not state.episode(k).requested
+    ]
     wait_ms = cooldown_remaining_ms(policy, state, now_ms) if wanting else 0
     alerts = _episode_alerts(policy, before, state, signals, window, now_ms, wait_ms)
     if not wanting or wait_ms:
@@ -418,22 +469,37 @@ def evaluate(
     return _request_made(state, request), [request], alerts + [_requested_alert(request, window)]
 
 
-def _read_window(policy: ModelPolicy, state: TriggerState, window: WindowOutcome,
-                 ) -> tuple[TriggerState, dict[Kind, Signal]]:
+def _read_window(
+    policy: ModelPolicy,
+    state: TriggerState,
+    window: WindowOutcome,
+) -> tuple[TriggerState, dict[Kind, Signal]]:
     """Every enabled signal's reading of the window, and the episodes advanced by it."""
-    enabled = {"drift": policy.drift.enabled, "change": policy.change_detectors.enabled,
-               "performance": policy.performance.enabled,
-               "estimate": policy.performance.estimated_accuracy_drop is not None}
-    readers = {"drift": drift_signal, "change": change_signal, "performance": performance_signal,
-               "estimate": estimate_signal}
+    enabled = {
+        "drift": policy.drift.enabled,
+        "change": policy.change_detectors.enabled,
+        "performance": policy.performance.enabled,
+        "estimate": policy.performance.estimated_accuracy_drop is not None,
+    }
+    readers = {
+        "drift": drift_signal,
+        "change": change_signal,
+        "performance": performance_signal,
+        "estimate": estimate_signal,
+    }
     signals: dict[Kind, Signal] = {}
     for kind in KINDS:
         if not enabled[kind]:
             state = _with_episode(state, kind, Episode())  # a trigger turned off by a policy reload
             continue
         signals[kind] = readers[kind](policy, window)
-        episode = _advance(state.episode(kind), signals[kind], window.window_start, _needed(policy, kind),
-                           policy.retraining.hysteresis_windows)
+        episode = _advance(
+            state.episode(kind),
+            signals[kind],
+            window.window_start,
+            _needed(policy, kind),
+            policy.retraining.hysteresis_windows,
+        )
         state = _with_episode(state, kind, episode)
     return state, signals
 
@@ -446,13 +512,23 @@ def _with_episode(state: TriggerState, kind: Kind, episode: Episode) -> TriggerS
 
 def _needed(policy: ModelPolicy, kind: Kind) -> int:
     # a change detector's alarm is already a confirmed change: one window is enough
-    return {"drift": policy.drift.consecutive_windows, "change": 1,
-            "performance": policy.performance.consecutive_windows,
-            "estimate": policy.performance.consecutive_windows}[kind]
+    return {
+        "drift": policy.drift.consecutive_windows,
+        "change": 1,
+        "performance": policy.performance.consecutive_windows,
+        "estimate": policy.performance.consecutive_windows,
+    }[kind]
 
 
-def _episode_alerts(policy: ModelPolicy, before: TriggerState, after: TriggerState, signals: dict[Kind, Signal],
-                    window: WindowOutcome, now_ms: int, wait_ms: int) -> list[Alert]:
+def _episode_alerts(
+    policy: ModelPolicy,
+    before: TriggerState,
+    after: TriggerState,
+    signals: dict[Kind, Signal],
+    window: WindowOutcome,
+    now_ms: int,
+    wait_ms: int,
+) -> list[Alert]:
     """An alert for every episode that began or ended in this window."""
     alerts = []
     name = f"{window.model_id} v{window.model_version}"
@@ -465,14 +541,38 @@ def _episode_alerts(policy: ModelPolicy, before: TriggerState, after: TriggerSta
             if wait_ms:
                 message += f"; retrain held back by the cooldown until {_iso(now_ms + wait_ms)}"
             alert_id = stable_id("alert", window.model_id, window.model_version, kind, new.start)
-            alerts.append(Alert(alert_id, window.model_id, window.model_version, _SEVERITY[kind], _STARTED[kind],
-                                message, now_ms, window.window_start, window.window_end))
+            alerts.append(
+                Alert(
+                    alert_id,
+                    window.model_id,
+                    window.model_version,
+                    _SEVERITY[kind],
+                    _STARTED[kind],
+                    message,
+                    now_ms,
+                    window.window_start,
+                    window.window_end,
+                )
+            )
         elif old.start is not None and not new.active:  # old.active, spelt so that start is known
-            message = (f"{name}: the {kind} episode that began {_iso(old.start)} ended after "
-                       f"{policy.retraining.hysteresis_windows} clean window(s)")
+            message = (
+                f"{name}: the {kind} episode that began {_iso(old.start)} ended after "
+                f"{policy.retraining.hysteresis_windows} clean window(s)"
+            )
             alert_id = stable_id("alert", window.model_id, window.model_version, _ENDED[kind], old.start)
-            alerts.append(Alert(alert_id, window.model_id, window.model_version, "info", _ENDED[kind],
-                                message, now_ms, window.window_start, window.window_end))
+            alerts.append(
+                Alert(
+                    alert_id,
+                    window.model_id,
+                    window.model_version,
+                    "info",
+                    _ENDED[kind],
+                    message,
+                    now_ms,
+                    window.window_start,
+                    window.window_end,
+                )
+            )
     return alerts
 
 
@@ -512,8 +612,7 @@ def evaluate_schedule(
         model_version=state.model_version,
         reason="schedule",
         requested_at=now_ms,
-        evidence=[Evidence("schedule", "", (now_ms - since) / _HOUR_MS, float(hours),
-                           since, now_ms)],
+        evidence=[Evidence("schedule", "", (now_ms - since) / _HOUR_MS, float(hours), since, now_ms)],
     )
     return _request_made(state, request), [request], [_requested_alert(request, None)]
 

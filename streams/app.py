@@ -32,10 +32,11 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import faust
 from confluent_kafka import KafkaException
@@ -113,8 +114,11 @@ class Runner:
             self.paused = paused
             self.consumer.pause(paused)
             self.service.metrics.fetch_paused.set(1 if paused else 0)
-            log.log(logging.WARNING if paused else logging.INFO,
-                    "consumption %s", "paused while the service waits" if paused else "resumed")
+            log.log(
+                logging.WARNING if paused else logging.INFO,
+                "consumption %s",
+                "paused while the service waits" if paused else "resumed",
+            )
 
     async def fetch(self, channels: dict[str, Any], within: float) -> None:
         """Poll until the app stops, sending each poll's messages of a topic to that topic's agent.
@@ -155,7 +159,7 @@ class Runner:
                 self._inflight += 1
                 await channels[topic].send(value=Batch(poll.generation, messages, poll.backlog))
 
-    async def handle(self, topic: str, batch: "Batch") -> None:
+    async def handle(self, topic: str, batch: Batch) -> None:
         try:
             if self.failed is not None or not self._current(batch.generation):
                 return
@@ -174,7 +178,7 @@ class Runner:
             self._progress = time.monotonic()
             self._freed.set()
 
-    def _handle_current(self, topic: str, batch: "Batch") -> list[Offset]:
+    def _handle_current(self, topic: str, batch: Batch) -> list[Offset]:
         # runs on the service thread: a revocation may have happened since the batch was polled
         if not self._current(batch.generation):
             return []
@@ -227,8 +231,10 @@ class Runner:
             try:
                 self._ack(self.executor.submit(self.service.drain).result(timeout=60))
             except Exception:
-                log.warning("could not write the last raw rows before stopping; their messages will be redelivered",
-                            exc_info=True)
+                log.warning(
+                    "could not write the last raw rows before stopping; their messages will be redelivered",
+                    exc_info=True,
+                )
         if self.consumer is not None:
             self.fetcher.submit(self.consumer.close).result()
         self.fetcher.shutdown(wait=True)
@@ -257,9 +263,14 @@ class ModelEvents:
 
     THREAD = "driftline-models"
 
-    def __init__(self, settings: Settings, on_event: Callable[[ModelEvent], None], *,
-                 supervisor: Supervisor | None = None,
-                 on_poison: Callable[[Any, Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_event: Callable[[ModelEvent], None],
+        *,
+        supervisor: Supervisor | None = None,
+        on_poison: Callable[[Any, Exception], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.on_event = on_event
         self.on_poison = on_poison
@@ -272,11 +283,14 @@ class ModelEvents:
         from driftline.streams import kafka
 
         topic = self.settings.topic("models")
-        consumer = kafka.consumer(self.settings, f"driftline-models-{uuid.uuid4().hex[:12]}",
-                                  **{"enable.auto.commit": False})
+        consumer = kafka.consumer(
+            self.settings, f"driftline-models-{uuid.uuid4().hex[:12]}", **{"enable.auto.commit": False}
+        )
         partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1])
-                for p in sorted(partitions)]
+        ends = [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1])
+            for p in sorted(partitions)
+        ]
         consumer.assign(ends)
         self._consumer = consumer
         self.supervisor.start(self.THREAD, self._run)
@@ -291,8 +305,13 @@ class ModelEvents:
         from driftline.streams import kafka
 
         def received(event: ModelEvent) -> None:
-            log.info("models event: %s %s v%s", event.event, event.model_id, event.version,
-                     extra={"model_id": event.model_id, "event": event.event, "version": event.version})
+            log.info(
+                "models event: %s %s v%s",
+                event.event,
+                event.model_id,
+                event.version,
+                extra={"model_id": event.model_id, "event": event.event, "version": event.version},
+            )
             self.on_event(event)
 
         kafka.follow_model_events(self._consumer, stop, received, on_poison=self.on_poison)
@@ -347,9 +366,13 @@ def create_app(settings: Settings, options: WorkerOptions, service: WorkerServic
     app.boot_strategy = BootStrategy(app, enable_kafka=False, enable_web=True)
     runner = Runner(app, service)
     runner.consumer = BatchConsumer(
-        settings, options.app_id, contract_topics(settings, INPUT_TOPICS),
-        max_messages=options.batch_size, max_bytes=options.max_poll_bytes,
-        on_revoked=runner.on_revoked, session_timeout_seconds=options.session_timeout_seconds,
+        settings,
+        options.app_id,
+        contract_topics(settings, INPUT_TOPICS),
+        max_messages=options.batch_size,
+        max_bytes=options.max_poll_bytes,
+        on_revoked=runner.on_revoked,
+        session_timeout_seconds=options.session_timeout_seconds,
     )
     # the fetch sends at most MAX_INFLIGHT batches ahead (and a poll's topics at once), so a send never
     # waits: the fetch loop keeps polling, and memory stays bounded by those batches
@@ -409,8 +432,13 @@ def build_service(settings: Settings, options: WorkerOptions) -> WorkerService:
     # no delivery deadline: a record waits for a broker that is away however long (the worker blocks meanwhile)
     producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True, "message.timeout.ms": 0})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
-    return WorkerService(settings, options, references=references, sinks=Sinks(settings, warehouse, producer, webhook=webhook),
-                         policy=load_policy(settings.policy))
+    return WorkerService(
+        settings,
+        options,
+        references=references,
+        sinks=Sinks(settings, warehouse, producer, webhook=webhook),
+        policy=load_policy(settings.policy),
+    )
 
 
 def check_copartitioned(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
@@ -443,11 +471,18 @@ def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "i
     check_copartitioned(settings)
     service = build_service(settings, options)
     app, runner = create_app(settings, options, service)
-    models = ModelEvents(settings, runner.on_model_event, supervisor=service.supervisor, on_poison=runner.on_model_poison)
+    models = ModelEvents(
+        settings, runner.on_model_event, supervisor=service.supervisor, on_poison=runner.on_model_poison
+    )
     models.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
-    log.info("driftline worker %s starting: topics %s*, warehouse %s, web port %d", options.app_id,
-             settings.topic_prefix, service.sinks.warehouse, options.web_port)
+    log.info(
+        "driftline worker %s starting: topics %s*, warehouse %s, web port %d",
+        options.app_id,
+        settings.topic_prefix,
+        service.sinks.warehouse,
+        options.web_port,
+    )
     code = 0
     try:
         worker.execute_from_commandline()

@@ -130,31 +130,34 @@ class BatchConsumer:
         self._paused = False
         self._rewind_pending = False  # a rewind is due before the next consume (see replay)
         session_ms = int(session_timeout_seconds * 1000)
-        self._consumer = Consumer({
-            **settings.kafka_config(),
-            "group.id": group_id,
-            # a new group reads from the beginning: events produced before the worker started count
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-            "auto.commit.interval.ms": 1000,
-            # partition n of every input topic to one member (co-partitioned topics)
-            "partition.assignment.strategy": "range",
-            "session.timeout.ms": session_ms,
-            "heartbeat.interval.ms": max(session_ms // 10, 500),
-            "max.poll.interval.ms": max(300_000, session_ms),
-            # librdkafka prefetches up to 64 MiB by default; the worker's memory is bounded by its polls
-            "queued.max.messages.kbytes": max(1024, 2 * max_bytes // 1024),
-            # 1 MiB per partition and fetch (the default) is 5 batches of 1,000 events a round trip
-            "max.partition.fetch.bytes": max(1024 * 1024, max_bytes // 2),
-            "fetch.wait.max.ms": 100,
-            # Once the queue above is full, librdkafka waits this long before it fetches again (1 s by
-            # default), so a poll that has just emptied it waited out its timeout for a few messages.
-            "fetch.queue.backoff.ms": 20,
-            **(conf or {}),
-        })
-        self._consumer.subscribe(list(self.topics.values()), on_assign=self._assign, on_revoke=self._revoke,
-                                 on_lost=self._lose)
+        self._consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": group_id,
+                # a new group reads from the beginning: events produced before the worker started count
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                # partition n of every input topic to one member (co-partitioned topics)
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(session_ms // 10, 500),
+                "max.poll.interval.ms": max(300_000, session_ms),
+                # librdkafka prefetches up to 64 MiB by default; the worker's memory is bounded by its polls
+                "queued.max.messages.kbytes": max(1024, 2 * max_bytes // 1024),
+                # 1 MiB per partition and fetch (the default) is 5 batches of 1,000 events a round trip
+                "max.partition.fetch.bytes": max(1024 * 1024, max_bytes // 2),
+                "fetch.wait.max.ms": 100,
+                # Once the queue above is full, librdkafka waits this long before it fetches again (1 s by
+                # default), so a poll that has just emptied it waited out its timeout for a few messages.
+                "fetch.queue.backoff.ms": 20,
+                **(conf or {}),
+            }
+        )
+        self._consumer.subscribe(
+            list(self.topics.values()), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lose
+        )
 
     @property
     def generation(self) -> int:
@@ -165,9 +168,15 @@ class BatchConsumer:
             self._generation += 1
             self._assigned = {(tp.topic, tp.partition) for tp in partitions}
             self._lag = {}
-        log.info("assigned %d partition(s), generation %d", len(partitions), self._generation,
-                 extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
-                        "generation": self._generation})
+        log.info(
+            "assigned %d partition(s), generation %d",
+            len(partitions),
+            self._generation,
+            extra={
+                "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
+                "generation": self._generation,
+            },
+        )
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # still ours until this returns: librdkafka commits what is stored as the partitions go
@@ -180,8 +189,11 @@ class BatchConsumer:
             self._generation += 1
             self._assigned = set()
             self._lag = {}
-        log.info("revoked %d partition(s)", len(partitions),
-                 extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)})
+        log.info(
+            "revoked %d partition(s)",
+            len(partitions),
+            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)},
+        )
         if self._on_revoked is not None:
             self._on_revoked(partitions)
 
@@ -247,7 +259,8 @@ class BatchConsumer:
             highest[(full, partition)] = offset
             name = self._contract[full]
             poll.by_topic.setdefault(name, []).append(
-                Incoming(name, partition, offset, msg.key(), value, Offset(full, partition, offset), full))
+                Incoming(name, partition, offset, msg.key(), value, Offset(full, partition, offset), full)
+            )
         self.sizer.observe(poll.count, size)
         self._update_lag(highest)
         return poll

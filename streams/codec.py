@@ -97,16 +97,38 @@ from driftline.streams.records import (
 )
 
 Record = (
-    PredictionEvent | PredictionBatch | FeatureEvent | FeatureBatch | LabelEvent
-    | RetrainRequest | ModelEvent | DriftReport | Alert
+    PredictionEvent
+    | PredictionBatch
+    | FeatureEvent
+    | FeatureBatch
+    | LabelEvent
+    | RetrainRequest
+    | ModelEvent
+    | DriftReport
+    | Alert
 )
 
-DECODE_ERROR_REASONS = frozenset({
-    "empty", "unknown_encoding", "truncated", "unknown_fingerprint", "avro_body", "schema_resolution",
-    "json_syntax", "json_schema", "column_length", "invalid_value", "schema_registry",
-    "unknown_schema_id", "unexpected_record", "reserved_feature_name", "feature_kind_conflict", "value_too_long",
-    "malformed",
-})
+DECODE_ERROR_REASONS = frozenset(
+    {
+        "empty",
+        "unknown_encoding",
+        "truncated",
+        "unknown_fingerprint",
+        "avro_body",
+        "schema_resolution",
+        "json_syntax",
+        "json_schema",
+        "column_length",
+        "invalid_value",
+        "schema_registry",
+        "unknown_schema_id",
+        "unexpected_record",
+        "reserved_feature_name",
+        "feature_kind_conflict",
+        "value_too_long",
+        "malformed",
+    }
+)
 MAX_DETAIL_CHARS = 1_024
 
 # Which records each topic carries (docs/CONTRACTS.md); the first is the JSON default.
@@ -148,7 +170,7 @@ class DecodeError(ValueError):
 
 def _safe_detail(message: str) -> str:
     if len(message) > MAX_DETAIL_CHARS:
-        message = f"{message[:MAX_DETAIL_CHARS - 40]}... ({len(message)} characters in all)"
+        message = f"{message[: MAX_DETAIL_CHARS - 40]}... ({len(message)} characters in all)"
     try:
         message.encode("utf-8")
     except UnicodeEncodeError:
@@ -162,6 +184,7 @@ def _unexpected(exc: BaseException) -> DecodeError:
 
 
 # ---------------------------------------------------------------- value checks
+
 
 def _infinite_key(values: Mapping[str, float]) -> str | None:
     """The first key holding ±inf, or None; one C-level sum covers the common all-finite case."""
@@ -184,8 +207,9 @@ def _is_inf(value: float | None) -> bool:
     return value is not None and math.isinf(value)
 
 
-def _event_problem(numeric: Mapping[str, float], prediction: float | None = None,
-                   latency_ms: float | None = None) -> str | None:
+def _event_problem(
+    numeric: Mapping[str, float], prediction: float | None = None, latency_ms: float | None = None
+) -> str | None:
     key = _infinite_key(numeric)
     if key is not None:
         return f"numeric input {key!r} is ±inf (missing is NaN or an absent key)"
@@ -202,8 +226,9 @@ def _check_names(d: Mapping[str, Any]) -> None:
         raise DecodeError(problem.reason, problem.detail)
 
 
-def _batch_problem(numeric: Mapping[str, np.ndarray], predictions: np.ndarray | None = None,
-                   latency_ms: np.ndarray | None = None) -> str | None:
+def _batch_problem(
+    numeric: Mapping[str, np.ndarray], predictions: np.ndarray | None = None, latency_ms: np.ndarray | None = None
+) -> str | None:
     key = _infinite_column(numeric)
     if key is not None:
         return f"numeric input {key!r} holds ±inf (missing is NaN)"
@@ -215,6 +240,7 @@ def _batch_problem(numeric: Mapping[str, np.ndarray], predictions: np.ndarray | 
 
 
 # ---------------------------------------------------------------- datum -> record
+
 
 def _column(buf: bytes, dtype: str, n: int, what: str) -> np.ndarray:
     if len(buf) != 8 * n:
@@ -250,8 +276,18 @@ def _prediction_batch(d: dict[str, Any]) -> PredictionBatch:
     if problem:
         raise DecodeError("invalid_value", problem)
     _check_names(d)
-    return PredictionBatch(d["model_id"], d["model_version"], d["event_ids"], times, numeric,
-                           d["categorical"], predictions, labels, latency, d["attributes"])
+    return PredictionBatch(
+        d["model_id"],
+        d["model_version"],
+        d["event_ids"],
+        times,
+        numeric,
+        d["categorical"],
+        predictions,
+        labels,
+        latency,
+        d["attributes"],
+    )
 
 
 def _feature_batch(d: dict[str, Any]) -> FeatureBatch:
@@ -260,8 +296,9 @@ def _feature_batch(d: dict[str, Any]) -> FeatureBatch:
     if problem:
         raise DecodeError("invalid_value", problem)
     _check_names(d)
-    return FeatureBatch(d["model_id"], d["model_version"], d["event_ids"], times, numeric,
-                        d["categorical"], d["attributes"])
+    return FeatureBatch(
+        d["model_id"], d["model_version"], d["event_ids"], times, numeric, d["categorical"], d["attributes"]
+    )
 
 
 def _prediction_event(d: dict[str, Any]) -> PredictionEvent:
@@ -291,6 +328,7 @@ def _drift_report(d: dict[str, Any]) -> DriftReport:
 
 
 # ---------------------------------------------------------------- record -> datum
+
 
 def _pack(values: Any, dtype: str, n: int, what: str) -> bytes:
     array = np.asarray(values, dtype=dtype)
@@ -331,8 +369,11 @@ def _prediction_batch_datum(b: PredictionBatch) -> dict[str, Any]:
     d["predictions"] = _pack(predictions, "<f8", n, "predictions")
     d["predicted_labels"] = list(b.predicted_labels)
     d["latency_ms"] = b"" if b.latency_ms is None else _pack(b.latency_ms, "<f8", n, "latency_ms")
-    problem = _batch_problem({k: np.frombuffer(v, "<f8") for k, v in d["numeric"].items()},
-                             np.frombuffer(d["predictions"], "<f8"), np.frombuffer(d["latency_ms"], "<f8"))
+    problem = _batch_problem(
+        {k: np.frombuffer(v, "<f8") for k, v in d["numeric"].items()},
+        np.frombuffer(d["predictions"], "<f8"),
+        np.frombuffer(d["latency_ms"], "<f8"),
+    )
     if problem:
         raise ValueError(problem)
     return d
@@ -420,11 +461,15 @@ def infer_json_record(obj: Mapping[str, Any]) -> str:
         return "PredictionEvent"
     if "model_version" in keys:
         return "FeatureEvent"
-    raise DecodeError("json_schema", 'cannot tell which record this JSON object is; add "type": "PredictionEvent" '
-                                     "(or LabelEvent, FeatureEvent, ...)")
+    raise DecodeError(
+        "json_schema",
+        'cannot tell which record this JSON object is; add "type": "PredictionEvent" '
+        "(or LabelEvent, FeatureEvent, ...)",
+    )
 
 
 # ---------------------------------------------------------------- the codec
+
 
 @dataclass(frozen=True)
 class _Reader:
@@ -441,10 +486,14 @@ class _Reader:
         try:
             datum = schemaless_reader(fo, self.writer.parsed, reader)
         except SchemaResolutionError as exc:
-            raise DecodeError("schema_resolution", f"{self.writer.name} v{self.writer.version} cannot be read as "
-                                                   f"v{self.reader.version}: {exc}") from exc
+            raise DecodeError(
+                "schema_resolution",
+                f"{self.writer.name} v{self.writer.version} cannot be read as v{self.reader.version}: {exc}",
+            ) from exc
         except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ... on bad bytes
-            raise DecodeError("avro_body", f"{self.writer.name} body does not parse: {type(exc).__name__}: {exc}") from exc
+            raise DecodeError(
+                "avro_body", f"{self.writer.name} body does not parse: {type(exc).__name__}: {exc}"
+            ) from exc
         if fo.tell() != len(data):
             raise DecodeError("avro_body", f"{len(data) - fo.tell()} bytes left after the {self.writer.name} body")
         return datum
@@ -471,11 +520,12 @@ class Codec:
     >>> codec.decode(b"\\x01garbage")
     Traceback (most recent call last):
     ...
-    driftline.streams.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), 00 (Confluent) or { (JSON)
+    driftline.streams.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), 00 (Confluent) or ...
     """
 
-    def __init__(self, schemas: SchemaSet | None = None, *,
-                 schema_registry: str | SchemaRegistryClient | None = None) -> None:
+    def __init__(
+        self, schemas: SchemaSet | None = None, *, schema_registry: str | SchemaRegistryClient | None = None
+    ) -> None:
         self.schemas = schemas if schemas is not None else SchemaSet.load()
         if isinstance(schema_registry, str):
             schema_registry = SchemaRegistryClient(schema_registry)
@@ -493,7 +543,7 @@ class Codec:
         self.schemas.on_change(on_change)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Codec":
+    def from_settings(cls, settings: Any) -> Codec:
         """A codec that also reads Confluent framing when ``settings.schema_registry`` is set."""
         return cls(schema_registry=settings.schema_registry or None)
 
@@ -555,8 +605,11 @@ class Codec:
         fp = data[2:10]
         writer = self.schemas.by_fingerprint(fp)
         if writer is None:
-            raise DecodeError("unknown_fingerprint", f"no known schema has fingerprint {fp.hex()} (little-endian); "
-                                                     f"known records: {', '.join(self.schemas.names())}")
+            raise DecodeError(
+                "unknown_fingerprint",
+                f"no known schema has fingerprint {fp.hex()} (little-endian); "
+                f"known records: {', '.join(self.schemas.names())}",
+            )
         reader = self._by_fingerprint[fp] = self._reader_for(writer)
         return reader
 
@@ -571,12 +624,16 @@ class Codec:
             return self._decode_json(data, topic)
         if first == SINGLE_OBJECT_MAGIC[0]:
             raise DecodeError("unknown_encoding", f"C3 is followed by {data[1:2].hex() or 'nothing'}, not 01")
-        raise DecodeError("unknown_encoding", f"first byte 0x{first:02x} is not C3 01 (Avro), 00 (Confluent) or {{ (JSON)")
+        raise DecodeError(
+            "unknown_encoding", f"first byte 0x{first:02x} is not C3 01 (Avro), 00 (Confluent) or {{ (JSON)"
+        )
 
     def _confluent_reader(self, data: bytes) -> _Reader:
         if self.registry is None:
-            raise DecodeError("unknown_encoding", "Confluent wire format (first byte 00) needs a schema registry; "
-                                                  "set DRIFTLINE_SCHEMA_REGISTRY")
+            raise DecodeError(
+                "unknown_encoding",
+                "Confluent wire format (first byte 00) needs a schema registry; set DRIFTLINE_SCHEMA_REGISTRY",
+            )
         if len(data) < 5:
             raise DecodeError("truncated", f"{len(data)} bytes; Confluent framing needs a 5-byte header")
         schema_id = int.from_bytes(data[1:5], "big")
@@ -627,8 +684,10 @@ class Codec:
             validate(obj, version.parsed, raise_errors=True)
         except ValidationError as exc:
             # reprlib: a value of a megabyte is quoted by its first characters, at once
-            problems = "; ".join(f"{e.field.removeprefix(version.name + '.')} is {reprlib.repr(e.datum)}, "
-                                 f"expected {e.schema}" for e in exc.errors[:5])
+            problems = "; ".join(
+                f"{e.field.removeprefix(version.name + '.')} is {reprlib.repr(e.datum)}, expected {e.schema}"
+                for e in exc.errors[:5]
+            )
             raise DecodeError("json_schema", f"not a valid {version.short_name}: {problems}") from exc
         # A write and read through the same schema fills defaults and makes ints of double fields floats,
         # so that JSON and Avro inputs give identical records.
@@ -636,8 +695,11 @@ class Codec:
         try:
             schemaless_writer(buf, version.parsed, obj)
         except UnicodeEncodeError as exc:
-            raise DecodeError("json_syntax", f"a string holds a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
-                                             "which is not a Unicode character") from exc
+            raise DecodeError(
+                "json_syntax",
+                f"a string holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+                "which is not a Unicode character",
+            ) from exc
         except OverflowError as exc:
             raise DecodeError("json_schema", f"a number does not fit its {version.short_name} field: {exc}") from exc
         buf.seek(0)
@@ -649,8 +711,10 @@ class Codec:
         if allowed is None:
             raise ValueError(f"unknown topic {topic!r}; expected one of {', '.join(TOPIC_RECORDS)}")
         if allowed and type(record).__name__ not in allowed:
-            raise DecodeError("unexpected_record", f"a {type(record).__name__} does not belong on {topic} "
-                                                   f"(expected {' or '.join(allowed)})")
+            raise DecodeError(
+                "unexpected_record",
+                f"a {type(record).__name__} does not belong on {topic} (expected {' or '.join(allowed)})",
+            )
 
     # -- encoding
 

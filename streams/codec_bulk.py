@@ -76,36 +76,44 @@ _COMMON_FIELDS = [
     {"name": "categorical", "type": {"type": "map", "values": "string"}},
 ]
 _LAYOUTS: dict[str, dict[str, Any]] = {
-    "PredictionEvent": {"type": "record", "name": f"{NAMESPACE}.PredictionEvent", "fields": [
-        *_COMMON_FIELDS,
-        {"name": "prediction", "type": ["null", "double"]},
-        {"name": "predicted_label", "type": ["null", "string"]},
-        {"name": "latency_ms", "type": ["null", "double"]},
-        {"name": "attributes", "type": {"type": "map", "values": "string"}},
-    ]},
-    "FeatureEvent": {"type": "record", "name": f"{NAMESPACE}.FeatureEvent", "fields": [
-        *_COMMON_FIELDS,
-        {"name": "attributes", "type": {"type": "map", "values": "string"}},
-    ]},
+    "PredictionEvent": {
+        "type": "record",
+        "name": f"{NAMESPACE}.PredictionEvent",
+        "fields": [
+            *_COMMON_FIELDS,
+            {"name": "prediction", "type": ["null", "double"]},
+            {"name": "predicted_label", "type": ["null", "string"]},
+            {"name": "latency_ms", "type": ["null", "double"]},
+            {"name": "attributes", "type": {"type": "map", "values": "string"}},
+        ],
+    },
+    "FeatureEvent": {
+        "type": "record",
+        "name": f"{NAMESPACE}.FeatureEvent",
+        "fields": [
+            *_COMMON_FIELDS,
+            {"name": "attributes", "type": {"type": "map", "values": "string"}},
+        ],
+    },
 }
 _LAYOUT_FINGERPRINTS = {name: fingerprint(layout) for name, layout in _LAYOUTS.items()}
 
 _HEADER = len(SINGLE_OBJECT_MAGIC) + 8
-_MAX_KEY = 256           # longest map key (and model_id + model_version) the fast path interns, in bytes
+_MAX_KEY = 256  # longest map key (and model_id + model_version) the fast path interns, in bytes
 _MAX_STRING_WIDTH = 256  # longer strings are decoded one by one instead of in a padded matrix
-_LEN_BYTES = 5           # varint bytes of a length, a count or a union index
-_LONG_BYTES = 9          # 63 bits of zigzag payload: every int64 but the two extreme ends
-_MAX_CELLS = 1 << 23     # messages x distinct keys of one map: beyond, messages with new keys go one by one
-_TEMPLATES = 4           # key layouts tried per numeric map field and pass
-_TEMPLATE_MIN_ROWS = 4   # with fewer messages left, the entry by entry reading
-_TEMPLATE_SAMPLE = 64    # messages a template is first tried on
+_LEN_BYTES = 5  # varint bytes of a length, a count or a union index
+_LONG_BYTES = 9  # 63 bits of zigzag payload: every int64 but the two extreme ends
+_MAX_CELLS = 1 << 23  # messages x distinct keys of one map: beyond, messages with new keys go one by one
+_TEMPLATES = 4  # key layouts tried per numeric map field and pass
+_TEMPLATE_MIN_ROWS = 4  # with fewer messages left, the entry by entry reading
+_TEMPLATE_SAMPLE = 64  # messages a template is first tried on
 _TEMPLATE_MAX_ITEMS = 512
 _TEMPLATE_MAX_BYTES = 4096
 _PAD = _TEMPLATE_MAX_BYTES + 2 * _MAX_KEY + 64  # zero bytes past the last message: window reads stay inside
-_FEW_ROWS_STEPS = 64     # map steps left before few remaining messages go to the slow path instead
-_MANY_GROUPS = 32        # beyond this many model versions in one pass, tiny groups go to the slow path
-_TINY_GROUP = 4          # (building a group's columns costs about as much as decoding 4 events slowly)
-_NULL, _SECOND = 0, 2    # union branch 0 and 1 as one zigzag varint byte
+_FEW_ROWS_STEPS = 64  # map steps left before few remaining messages go to the slow path instead
+_MANY_GROUPS = 32  # beyond this many model versions in one pass, tiny groups go to the slow path
+_TINY_GROUP = 4  # (building a group's columns costs about as much as decoding 4 events slowly)
+_NULL, _SECOND = 0, 2  # union branch 0 and 1 as one zigzag varint byte
 
 
 @dataclass
@@ -149,6 +157,7 @@ class BulkDecoded:
 
 
 # ---------------------------------------------------------------- byte-level reads, vectorised
+
 
 def _scalar_varint(data: bytes, at: int) -> tuple[int, int]:
     """One zigzag varint of at most _LEN_BYTES bytes at ``at``: (value, next position); IndexError if none."""
@@ -271,7 +280,7 @@ class _Interner:
         if found is None:
             length = np.array([len(raw)], dtype=np.int64)
             words = np.zeros((1, max(1, -(-len(raw) // 8))), dtype=np.uint64)
-            words.view(np.uint8)[0, :len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            words.view(np.uint8)[0, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
             self._add(_hash(words, length), words, length)
             found = self._by_raw.get(raw, -1)
         return found
@@ -284,7 +293,7 @@ class _Interner:
         # The common case: every row holds the same string (the same key at the same map position,
         # one model version). One comparison with the first row and a dict look-up then do.
         if (length == length[0]).all() and (words == words[0]).all():
-            found = self.intern(words[0].view(np.uint8)[:length[0]].tobytes())
+            found = self.intern(words[0].view(np.uint8)[: length[0]].tobytes())
             return np.full(len(start), found, dtype=np.int64), found
         h = _hash(words, length)
         ids = self._lookup(h, words, length)
@@ -302,8 +311,11 @@ class _Interner:
         at = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)
         cand = self._sorted_ids[at]
         n_words = min(words.shape[1], self._words.shape[1])  # beyond, both are zero when lengths agree
-        same = ((self._hashes[at] == h) & (self._lengths[cand] == length)
-                & (words[:, :n_words] == self._words[cand, :n_words]).all(axis=1))
+        same = (
+            (self._hashes[at] == h)
+            & (self._lengths[cand] == length)
+            & (words[:, :n_words] == self._words[cand, :n_words]).all(axis=1)
+        )
         return np.where(same, cand, -1)
 
     def _add(self, h: np.ndarray, words: np.ndarray, length: np.ndarray) -> None:
@@ -314,7 +326,7 @@ class _Interner:
             raw = row.view(np.uint8)[:n].tobytes()
             self._by_hash[value] = self._by_raw[raw] = len(self.raw)
             self.raw.append(raw)
-            self._rows.append(row[:max(1, -(-n // 8))].copy())
+            self._rows.append(row[: max(1, -(-n // 8))].copy())
             try:
                 self.names.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -327,7 +339,7 @@ class _Interner:
         width = max((len(r) for r in self._rows), default=1)
         self._words = np.zeros((len(self._rows), width), dtype=np.uint64)
         for i, row in enumerate(self._rows):
-            self._words[i, :len(row)] = row
+            self._words[i, : len(row)] = row
         self._lengths = np.array([len(r) for r in self.raw], dtype=np.int64)
         self._valid = np.array([name is not None for name in self.names] + [False])
         hashes = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
@@ -370,7 +382,7 @@ def _strings(buf: _Buffer, start: np.ndarray, length: np.ndarray) -> tuple[np.nd
         alone[rows[nul]] = True
     for i in np.flatnonzero(alone):
         try:
-            out[i] = buf.u8[start[i]:start[i] + length[i]].tobytes().decode("utf-8")
+            out[i] = buf.u8[start[i] : start[i] + length[i]].tobytes().decode("utf-8")
         except UnicodeDecodeError:
             bad[i] = True
     return out, bad
@@ -407,6 +419,7 @@ def _utf8_rows(win: np.ndarray, inside: np.ndarray) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------- the parser
+
 
 class _Cursor:
     """One read position per message; a message that breaks any rule is marked failed, never raised."""
@@ -461,12 +474,12 @@ class _Cursor:
         return start, length, has
 
 
-def _name_faults(numeric: "_MapColumns", categorical: "_MapColumns") -> np.ndarray:
+def _name_faults(numeric: _MapColumns, categorical: _MapColumns) -> np.ndarray:
     """Messages with a reserved feature name, or a name both numeric and categorical (checked once per key)."""
     fault = np.zeros(numeric.m, dtype=bool)
     # A key interned for a template that no message matched has no row in ``present``: it is present nowhere.
-    numeric_names = numeric.keys.names[:len(numeric.present)]
-    categorical_names = categorical.keys.names[:len(categorical.present)]
+    numeric_names = numeric.keys.names[: len(numeric.present)]
+    categorical_names = categorical.keys.names[: len(categorical.present)]
     categorical_ids = {name: i for i, name in enumerate(categorical_names) if name is not None}
     for columns, names in ((numeric, numeric_names), (categorical, categorical_names)):
         for i, name in enumerate(names):
@@ -550,7 +563,7 @@ class _MapColumns:
 
     def _template(self, cur: _Cursor, row: int) -> tuple[list[int], list[int], np.ndarray, np.ndarray] | None:
         """(key ids, value offsets, byte pattern, byte mask) of one message's map, or None if unsuitable."""
-        data = cur.buf.u8[cur.pos[row]:cur.end[row]].tobytes()
+        data = cur.buf.u8[cur.pos[row] : cur.end[row]].tobytes()
         keys: list[bytes] = []
         offsets: list[int] = []
         try:
@@ -561,7 +574,7 @@ class _MapColumns:
                 length, at = _scalar_varint(data, at)
                 if not 0 <= length <= _MAX_KEY:
                     return None
-                keys.append(data[at:at + length])
+                keys.append(data[at : at + length])
                 offsets.append(at + length)
                 at += length + 8
             if at >= len(data) or data[at] != 0:
@@ -577,8 +590,8 @@ class _MapColumns:
         pattern = np.frombuffer(data[:size], dtype=np.uint8).copy()
         mask = np.full(size, 0xFF, dtype=np.uint8)
         for offset in offsets:
-            pattern[offset:offset + 8] = 0
-            mask[offset:offset + 8] = 0
+            pattern[offset : offset + 8] = 0
+            mask[offset : offset + 8] = 0
         return kids, offsets, pattern, mask
 
     @staticmethod
@@ -586,9 +599,9 @@ class _MapColumns:
         """Which rows hold the pattern where the mask is set (and have its bytes), and their byte windows."""
         width = -(-len(pattern) // 8) * 8
         padded_pattern = np.zeros(width, dtype=np.uint8)
-        padded_pattern[:len(pattern)] = pattern
+        padded_pattern[: len(pattern)] = pattern
         padded_mask = np.zeros(width, dtype=np.uint8)
-        padded_mask[:len(mask)] = mask
+        padded_mask[: len(mask)] = mask
         win = cur.buf.windows(cur.pos[rows], width)
         words = win.view(np.uint64)
         differ = ((words ^ padded_pattern.view(np.uint64)) & padded_mask.view(np.uint64)).any(axis=1)
@@ -694,9 +707,9 @@ class _MapColumns:
 class _FastRows:
     """The events one pass parsed without fault, ready to be cut into groups."""
 
-    messages: np.ndarray           # message index per parsed row (all rows, failed ones too)
+    messages: np.ndarray  # message index per parsed row (all rows, failed ones too)
     ok: np.ndarray
-    event_ids: np.ndarray          # object array of str
+    event_ids: np.ndarray  # object array of str
     event_times: np.ndarray
     numeric: _MapColumns
     categorical: _MapColumns
@@ -704,7 +717,7 @@ class _FastRows:
     attributes: _MapColumns
     attribute_items: np.ndarray
     predictions: np.ndarray | None
-    labels: np.ndarray | None      # object array, None where null
+    labels: np.ndarray | None  # object array, None where null
     label_present: np.ndarray | None
     latency: np.ndarray | None
     latency_present: np.ndarray | None
@@ -732,8 +745,9 @@ class _FastRows:
         )
 
 
-def _parse(buf: _Buffer, messages: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-           has_predictions: bool) -> _FastRows:
+def _parse(
+    buf: _Buffer, messages: np.ndarray, starts: np.ndarray, ends: np.ndarray, has_predictions: bool
+) -> _FastRows:
     """Parse the bodies of these single-object messages, all known to have the fast-path layout."""
     m = len(messages)
     cur = _Cursor(buf, starts + _HEADER, ends)
@@ -796,17 +810,32 @@ def _parse(buf: _Buffer, messages: np.ndarray, starts: np.ndarray, ends: np.ndar
     versions, bad_version = _strings(buf, version_start[reps], version_length[reps])
     many = len(reps) > _MANY_GROUPS
     group_keys: dict[tuple[str, str], list[np.ndarray]] = {}
-    for g, (model_id, version, is_bad) in enumerate(zip(model_ids.tolist(), versions.tolist(),
-                                                         (bad_model | bad_version).tolist())):
-        rows = live[order[bounds[g]:bounds[g + 1]]]
+    for g, (model_id, version, is_bad) in enumerate(
+        zip(model_ids.tolist(), versions.tolist(), (bad_model | bad_version).tolist())
+    ):
+        rows = live[order[bounds[g] : bounds[g + 1]]]
         if is_bad or (many and len(rows) < _TINY_GROUP):
             fail[rows] = True
             continue
         group_keys.setdefault((model_id, version), []).append(rows)
     merged = {key: np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0] for key, parts in group_keys.items()}
-    return _FastRows(messages, ~fail, event_ids, event_times, numeric, categorical, categorical_items,
-                     attributes, attribute_items, predictions, labels, has_label, latency, latency_present,
-                     merged)
+    return _FastRows(
+        messages,
+        ~fail,
+        event_ids,
+        event_times,
+        numeric,
+        categorical,
+        categorical_items,
+        attributes,
+        attribute_items,
+        predictions,
+        labels,
+        has_label,
+        latency,
+        latency_present,
+        merged,
+    )
 
 
 # ---------------------------------------------------------------- batch messages
@@ -822,17 +851,25 @@ _BATCH_COMMON_FIELDS = [
 ]
 _BATCH_ATTRIBUTES = {"name": "attributes", "type": {"type": "map", "values": {"type": "array", "items": "string"}}}
 _BATCH_LAYOUTS: dict[str, dict[str, Any]] = {
-    "PredictionBatch": {"type": "record", "name": f"{NAMESPACE}.PredictionBatch", "fields": [
-        *_BATCH_COMMON_FIELDS,
-        {"name": "predictions", "type": "bytes"},
-        {"name": "predicted_labels", "type": {"type": "array", "items": ["null", "string"]}},
-        {"name": "latency_ms", "type": "bytes"},
-        _BATCH_ATTRIBUTES,
-    ]},
-    "FeatureBatch": {"type": "record", "name": f"{NAMESPACE}.FeatureBatch", "fields": [
-        *_BATCH_COMMON_FIELDS,
-        _BATCH_ATTRIBUTES,
-    ]},
+    "PredictionBatch": {
+        "type": "record",
+        "name": f"{NAMESPACE}.PredictionBatch",
+        "fields": [
+            *_BATCH_COMMON_FIELDS,
+            {"name": "predictions", "type": "bytes"},
+            {"name": "predicted_labels", "type": {"type": "array", "items": ["null", "string"]}},
+            {"name": "latency_ms", "type": "bytes"},
+            _BATCH_ATTRIBUTES,
+        ],
+    },
+    "FeatureBatch": {
+        "type": "record",
+        "name": f"{NAMESPACE}.FeatureBatch",
+        "fields": [
+            *_BATCH_COMMON_FIELDS,
+            _BATCH_ATTRIBUTES,
+        ],
+    },
 }
 _BATCH_LAYOUT_FINGERPRINTS = {name: fingerprint(layout) for name, layout in _BATCH_LAYOUTS.items()}
 
@@ -893,19 +930,24 @@ def _walk_one(data: bytes, at: int, items: int, end: int, union: bool) -> list[i
 class _Items:
     """The items of one array field in many messages (one array each), found by :func:`_walk`."""
 
-    rows: np.ndarray    # the message row of each array
+    rows: np.ndarray  # the message row of each array
     starts: np.ndarray  # every item's first byte, array after array
     bounds: np.ndarray  # array i holds items bounds[i]:bounds[i + 1]
-    stops: np.ndarray   # the byte after each array's last item
+    stops: np.ndarray  # the byte after each array's last item
 
-    def subset(self, keep: np.ndarray) -> "_Items":
+    def subset(self, keep: np.ndarray) -> _Items:
         counts = np.diff(self.bounds)[keep]
-        return _Items(self.rows[keep], self.starts[np.repeat(keep, np.diff(self.bounds))],
-                      np.concatenate([[0], np.cumsum(counts)]), self.stops[keep])
+        return _Items(
+            self.rows[keep],
+            self.starts[np.repeat(keep, np.diff(self.bounds))],
+            np.concatenate([[0], np.cumsum(counts)]),
+            self.stops[keep],
+        )
 
 
-def _walk(buf: _Buffer, rows: np.ndarray, first: np.ndarray, counts: np.ndarray, ends: np.ndarray,
-          union: bool) -> tuple[_Items, np.ndarray]:
+def _walk(
+    buf: _Buffer, rows: np.ndarray, first: np.ndarray, counts: np.ndarray, ends: np.ndarray, union: bool
+) -> tuple[_Items, np.ndarray]:
     """Where the items of many arrays (``counts[i] >= 1`` items of one block from ``first[i]``) start.
 
     Each item's start depends on the one before, so the arrays are walked in step: at step j one
@@ -931,7 +973,7 @@ def _walk(buf: _Buffer, rows: np.ndarray, first: np.ndarray, counts: np.ndarray,
     cuts = np.flatnonzero(np.diff(walking)) + 1
     for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), steps]) if steps else ():
         k = int(walking[lo])
-        pairs, head = flat[:2 * k], at[:k]
+        pairs, head = flat[: 2 * k], at[:k]
         run = []
         for _ in range(hi - lo):
             # The two bytes at each item as one little-endian word pick the size (twice, to move both
@@ -957,7 +999,7 @@ def _walk(buf: _Buffer, rows: np.ndarray, first: np.ndarray, counts: np.ndarray,
         pieces = []
         for c in range(r):
             a = int(stall_at[c])
-            piece = starts[offsets[c]:offsets[c] + a]
+            piece = starts[offsets[c] : offsets[c] + a]
             if a < counts[c]:
                 out = _walk_one(buf.data, int(stops[c]), int(counts[c]) - a, int(ends[c]), union)
                 if out is None:
@@ -1027,7 +1069,7 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
             left, bad_left = decode(a, mid)
             right, bad_right = decode(mid, b)
             return left + right, np.concatenate([bad_left, bad_right])
-        offsets = (items.bounds[a:b + 1] - lo).tolist()
+        offsets = (items.bounds[a : b + 1] - lo).tolist()
         if regular:
             strings = pieces[h::h]
             return [strings[x:y] for x, y in zip(offsets[:-1], offsets[1:])], np.zeros(b - a, dtype=bool)
@@ -1160,8 +1202,9 @@ def _column_template(data: bytes, at: int, end: int, n: int) -> tuple[np.ndarray
     return np.fromiter((i for r in outside for i in r), dtype=np.int64), keys, columns, at + 1 - start
 
 
-def _read_column_templates(cur: _Rows, rows: np.ndarray, n: np.ndarray, keys: list[list],
-                           out: list[list]) -> np.ndarray:
+def _read_column_templates(
+    cur: _Rows, rows: np.ndarray, n: np.ndarray, keys: list[list], out: list[list]
+) -> np.ndarray:
     """Numeric maps laid out byte for byte as another message's (the same keys, in the same order,
     of the same n), found with one gather and compared at once; returns the rows read.
 
@@ -1179,7 +1222,7 @@ def _read_column_templates(cur: _Rows, rows: np.ndarray, n: np.ndarray, keys: li
         if template is None:
             break
         outside, template_keys, offsets, size = template
-        if len({buf.data[a:a + b] for a, b in template_keys}) != len(template_keys):
+        if len({buf.data[a : a + b] for a, b in template_keys}) != len(template_keys):
             break
         expected = buf.u8[cur.pos[first] + outside]
         candidates = todo[(n[todo] == n[first]) & (cur.pos[todo] + size <= cur.end[todo])]
@@ -1229,8 +1272,9 @@ def _read_map(cur: _Rows, rows: np.ndarray, n: np.ndarray, values: str) -> tuple
     return keys, out
 
 
-def _parse_batches(buf: _Buffer, starts: np.ndarray, ends: np.ndarray,
-                   has_predictions: bool) -> list[PredictionBatch | FeatureBatch | None]:
+def _parse_batches(
+    buf: _Buffer, starts: np.ndarray, ends: np.ndarray, has_predictions: bool
+) -> list[PredictionBatch | FeatureBatch | None]:
     """The batch in each of these single-object messages (all with the v1 layout), None where it
     takes the slow path: anything that does not parse here, or that the codec would reject."""
     m = len(starts)
@@ -1272,7 +1316,7 @@ def _parse_batches(buf: _Buffer, starts: np.ndarray, ends: np.ndarray,
     names: dict[bytes, str | None] = {}
 
     def text(start: int, length: int) -> str | None:
-        raw = data[start:start + length]
+        raw = data[start : start + length]
         name = names.get(raw, False)
         if name is False:
             try:
@@ -1308,28 +1352,38 @@ def _parse_batches(buf: _Buffer, starts: np.ndarray, ends: np.ndarray,
                 column_starts.append(int(latency[row]))
         view = views.get(size)
         if view is None:
-            view = views[size] = np.ndarray((len(data) - 8 * size + 1, size), dtype="<u8", buffer=data,
-                                            strides=(1, 8))
+            view = views[size] = np.ndarray((len(data) - 8 * size + 1, size), dtype="<u8", buffer=data, strides=(1, 8))
         words = view[column_starts]
         words.flags.writeable = False
         values = words.view("<f8")
         if np.isinf(values[1:]).any():
             continue  # the codec: invalid_value
         k = len(numeric[row])
-        numeric_columns = mapping(numeric_keys[row], list(values[1:1 + k]))
+        numeric_columns = mapping(numeric_keys[row], list(values[1 : 1 + k]))
         if numeric_columns is None or check_feature_names(numeric_columns, cats, attrs) is not None:
             continue  # the codec says why
         if has_predictions:
-            out[row] = PredictionBatch(model_id, version, event_ids[row], words[0].view("<i8"), numeric_columns,
-                                       cats, values[1 + k], labels[row],
-                                       values[2 + k] if latency[row] >= 0 else None, attrs)
+            out[row] = PredictionBatch(
+                model_id,
+                version,
+                event_ids[row],
+                words[0].view("<i8"),
+                numeric_columns,
+                cats,
+                values[1 + k],
+                labels[row],
+                values[2 + k] if latency[row] >= 0 else None,
+                attrs,
+            )
         else:
-            out[row] = FeatureBatch(model_id, version, event_ids[row], words[0].view("<i8"), numeric_columns,
-                                    cats, attrs)
+            out[row] = FeatureBatch(
+                model_id, version, event_ids[row], words[0].view("<i8"), numeric_columns, cats, attrs
+            )
     return out
 
 
 # ---------------------------------------------------------------- merging with the slow path
+
 
 def _slow_batch(events: list, has_predictions: bool) -> PredictionBatch:
     if has_predictions:
@@ -1370,18 +1424,22 @@ def _merge(parts: list[tuple[np.ndarray, PredictionBatch]]) -> tuple[PredictionB
         event_ids=objects([b.event_ids for b in batches]),
         event_times=np.concatenate([b.event_times for b in batches])[order],
         numeric={k: floats([b.numeric.get(k) for b in batches]) for k in names("numeric")},
-        categorical={k: objects([b.categorical.get(k) or [None] * n for b, n in zip(batches, sizes)])
-                     for k in names("categorical")},
+        categorical={
+            k: objects([b.categorical.get(k) or [None] * n for b, n in zip(batches, sizes)])
+            for k in names("categorical")
+        },
         predictions=floats([b.predictions for b in batches]),
         predicted_labels=labels,
         latency_ms=latency,
-        attributes={k: objects([b.attributes.get(k) or [""] * n for b, n in zip(batches, sizes)])
-                    for k in names("attributes")},
+        attributes={
+            k: objects([b.attributes.get(k) or [""] * n for b, n in zip(batches, sizes)]) for k in names("attributes")
+        },
     )
     return batch, messages[order]
 
 
 # ---------------------------------------------------------------- entry point
+
 
 def _fast_fingerprints(codec: Codec, topic: str | None) -> dict[int, bool]:
     """Fingerprint (as a little-endian int) -> has_predictions, for the records the fast path may take."""
@@ -1436,15 +1494,20 @@ def decode_bulk(codec: Codec, values: Sequence[bytes | None], *, topic: str | No
     try:
         return _decode_bulk(codec, values, topic)
     except Exception as exc:  # a bug in the vectorised reading: redo the call the slow way
-        log.warning("decode_bulk fell back to decoding %d messages one by one after %s: %s",
-                    len(values), type(exc).__name__, exc)
+        log.warning(
+            "decode_bulk fell back to decoding %d messages one by one after %s: %s",
+            len(values),
+            type(exc).__name__,
+            exc,
+        )
         others: list[tuple[int, Any]] = []
         parts = _decode_alone(codec, values, range(len(values)), topic, others)
         return _assemble(parts, others)
 
 
-def _decode_alone(codec: Codec, values: list[bytes], indices: Sequence[int], topic: str | None,
-                  others: list[tuple[int, Any]]) -> dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]]:
+def _decode_alone(
+    codec: Codec, values: list[bytes], indices: Sequence[int], topic: str | None, others: list[tuple[int, Any]]
+) -> dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]]:
     """The messages at ``indices`` through ``codec.decode``, one at a time, exactly as the worker's slow path:
     their events as one batch per (model_id, model_version, kind), everything else into ``others``."""
     slow_events: dict[tuple[str, str, bool], tuple[list[int], list]] = {}
@@ -1474,8 +1537,9 @@ def _decode_alone(codec: Codec, values: list[bytes], indices: Sequence[int], top
     return parts
 
 
-def _assemble(parts: dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]],
-              others: list[tuple[int, Any]]) -> BulkDecoded:
+def _assemble(
+    parts: dict[tuple[str, str, bool], list[tuple[np.ndarray, PredictionBatch]]], others: list[tuple[int, Any]]
+) -> BulkDecoded:
     groups = []
     for key, group_parts in parts.items():
         batch, messages = _merge(group_parts)
@@ -1511,8 +1575,9 @@ def _decode_bulk(codec: Codec, values: list[bytes], topic: str | None) -> BulkDe
         for fp, has_predictions in fast_batches.items():
             chosen = candidates[magic & (fps == np.uint64(fp))]
             if chosen.size >= _MIN_BATCH_MESSAGES:
-                for i, record in zip(chosen.tolist(), _parse_batches(buf, starts[chosen], ends[chosen],
-                                                                     has_predictions)):
+                for i, record in zip(
+                    chosen.tolist(), _parse_batches(buf, starts[chosen], ends[chosen], has_predictions)
+                ):
                     if record is not None:
                         taken[i] = True
                         others.append((i, record))

@@ -103,8 +103,9 @@ class SchemaRegistryClient:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
-                raise SchemaRegistryError(f"schema id {schema_id} is not in the registry at {self.shown_url}",
-                                          unknown=True) from exc
+                raise SchemaRegistryError(
+                    f"schema id {schema_id} is not in the registry at {self.shown_url}", unknown=True
+                ) from exc
             raise SchemaRegistryError(f"schema registry {url} answered HTTP {exc.code}") from exc
         except Exception as exc:  # URLError, OSError, http.client.HTTPException, InvalidURL (a ValueError), ...
             raise SchemaRegistryError(f"schema registry {url} unreachable: {type(exc).__name__}: {exc}") from exc
@@ -116,8 +117,9 @@ class SchemaRegistryClient:
         except SchemaRegistryError:
             raise
         except Exception as exc:  # not JSON, not an object, too deep (RecursionError), ...
-            raise SchemaRegistryError(f"schema registry {url} gave an answer that is not a schema: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+            raise SchemaRegistryError(
+                f"schema registry {url} gave an answer that is not a schema: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(schema, dict):
             raise SchemaRegistryError(f"schema id {schema_id} is not an Avro record schema", unknown=True)
         return schema

@@ -85,7 +85,7 @@ class SchemaVersion:
     fingerprint: bytes = field(repr=False)
 
     @classmethod
-    def from_schema(cls, schema: Mapping[str, Any] | str, version: int) -> "SchemaVersion":
+    def from_schema(cls, schema: Mapping[str, Any] | str, version: int) -> SchemaVersion:
         if isinstance(schema, str):
             schema = json.loads(schema)
         if not isinstance(schema, Mapping) or schema.get("type") != "record":
@@ -129,7 +129,7 @@ class SchemaSet:
             self._insert(v, make_current=v.version >= self._current.get(v.name, v).version)
 
     @classmethod
-    def load(cls, directory: Path | str = AVRO_DIR) -> "SchemaSet":
+    def load(cls, directory: Path | str = AVRO_DIR) -> SchemaSet:
         """Every ``<Record>.v<N>.avsc`` in ``directory``."""
         versions = []
         for path in sorted(Path(directory).glob("*.avsc")):
@@ -148,8 +148,9 @@ class SchemaSet:
             raise SchemaSetError(f"no Avro schemas in {directory}")
         return cls(versions)
 
-    def add(self, schema: Mapping[str, Any] | str, *, version: int | None = None,
-            make_current: bool = False) -> SchemaVersion:
+    def add(
+        self, schema: Mapping[str, Any] | str, *, version: int | None = None, make_current: bool = False
+    ) -> SchemaVersion:
         """Register one more writer schema at run time (e.g. a newer producer's); returns it.
 
         ``version`` defaults to one past the highest known version of that record.
@@ -170,7 +171,9 @@ class SchemaSet:
     def _insert(self, version: SchemaVersion, *, make_current: bool) -> None:
         other = self._by_fingerprint.get(version.fingerprint)
         if other is not None and other is not version:
-            raise SchemaSetError(f"{version.name} v{version.version} has the fingerprint of {other.name} v{other.version}")
+            raise SchemaSetError(
+                f"{version.name} v{version.version} has the fingerprint of {other.name} v{other.version}"
+            )
         self._by_fingerprint[version.fingerprint] = version
         if make_current:
             self._current[version.name] = version

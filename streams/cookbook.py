@@ -76,7 +76,7 @@ class Query:
     path: Path | None = None
 
     @classmethod
-    def parse(cls, name: str, text: str, path: Path | None = None) -> "Query":
+    def parse(cls, name: str, text: str, path: Path | None = None) -> Query:
         where = f"query {name}" + (f" ({path})" if path else "")
         if not _NAME.match(name):
             raise CookbookError(f"{where}: names are lower case letters, digits and underscores")
@@ -86,7 +86,7 @@ class Query:
         docs: dict[str, str] = {}
         for line in header:
             if line.startswith("title:"):
-                title = line[len("title:"):].strip()
+                title = line[len("title:") :].strip()
             elif (doc := _PARAM_DOC.match(line)) is not None:
                 docs[doc.group(1)] = doc.group(2).strip()
             else:
@@ -123,7 +123,7 @@ class Query:
         return tuple(dict.fromkeys(_TABLE_REF.findall(self.sql)))
 
     @classmethod
-    def from_file(cls, path: Path) -> "Query":
+    def from_file(cls, path: Path) -> Query:
         return cls.parse(path.stem, path.read_text(encoding="utf-8"), path)
 
     def bind(self, **values: Any) -> dict[str, Any]:
@@ -132,15 +132,17 @@ class Query:
         unknown = sorted(set(values) - set(self.parameters))
         if missing or unknown:
             expected = ", ".join(f"{p} ({t})" for p, t in self.parameters.items()) or "none"
-            problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown {', '.join(unknown)}"] if unknown else []
+            )
             raise CookbookError(f"query {self.name}: {'; '.join(problems)}; it takes {expected}")
         return {p: values[p] for p in self.parameters}
 
-    def run(self, warehouse: "Warehouse", **values: Any) -> list[dict[str, Any]]:
+    def run(self, warehouse: Warehouse, **values: Any) -> list[dict[str, Any]]:
         """Run on ``warehouse``; rows as dicts, timestamps as UTC-aware datetimes."""
         return warehouse.query_rows(self.sql, self.bind(**values))
 
-    def run_arrow(self, warehouse: "Warehouse", **values: Any) -> "pa.Table":
+    def run_arrow(self, warehouse: Warehouse, **values: Any) -> pa.Table:
         """Run on ``warehouse``; the result in columns (timestamps as ``timestamp[ms, UTC]``)."""
         return warehouse.query_arrow(self.sql, self.bind(**values))
 
@@ -173,4 +175,3 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, Query]:
     if not paths:
         raise CookbookError(f"no cookbook queries (*.sql) in {directory}")
     return {q.name: q for q in map(Query.from_file, paths)}
-

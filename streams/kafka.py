@@ -90,7 +90,11 @@ def ensure_topics(
         try:
             future.result(timeout)
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            if (
+                exc.args
+                and isinstance(exc.args[0], KafkaError)
+                and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+            ):
                 continue
             raise
         created.append(topic)
@@ -212,7 +216,10 @@ def send_to_dlq(
             key_bytes, about = clip(key_bytes, DLQ_KEY_BYTES)
             if about:
                 cut.append("key")
-                headers += [(DLQ_KEY_SIZE_HEADER, about["size"].encode()), (DLQ_KEY_SHA256_HEADER, about["sha256"].encode())]
+                headers += [
+                    (DLQ_KEY_SIZE_HEADER, about["size"].encode()),
+                    (DLQ_KEY_SHA256_HEADER, about["sha256"].encode()),
+                ]
         raw, about = clip(raw, min(DLQ_CUT_BYTES, max_bytes))
         if about:
             cut.append("value")
@@ -305,7 +312,9 @@ def _all_partitions(client: Consumer, topics: list[str], deadline: float) -> lis
         if not missing:
             return partitions
         if time.monotonic() >= deadline:
-            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topics not found: {', '.join(missing)}"))
+            raise KafkaException(
+                KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topics not found: {', '.join(missing)}")
+            )
         time.sleep(0.1)
 
 
@@ -344,5 +353,10 @@ def follow_model_events(
             if on_poison is not None:
                 on_poison(msg, exc)
             else:
-                log.error("models event %s[%d]@%d skipped: %s: %s", msg.topic(), msg.partition(), msg.offset(),
-                          *error_detail(exc))
+                log.error(
+                    "models event %s[%d]@%d skipped: %s: %s",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    *error_detail(exc),
+                )

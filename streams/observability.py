@@ -33,9 +33,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages = Counter(
-            "driftline_worker_messages", "Kafka messages consumed, by topic", ["topic"], registry=r
-        )
+        self.messages = Counter("driftline_worker_messages", "Kafka messages consumed, by topic", ["topic"], registry=r)
         self.events = Counter(
             "driftline_worker_events",
             "Events (rows) consumed, by topic and outcome: accepted, late, replayed (window already written), "
@@ -47,7 +45,9 @@ class WorkerMetrics:
             "driftline_worker_dlq_messages", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
         )
         self.windows = Counter(
-            "driftline_worker_windows_closed", "Windows closed and written, by kind (drift, performance)", ["kind"],
+            "driftline_worker_windows_closed",
+            "Windows closed and written, by kind (drift, performance)",
+            ["kind"],
             registry=r,
         )
         self.flush_seconds = Histogram(
@@ -64,12 +64,15 @@ class WorkerMetrics:
             registry=r,
         )
         self.lag = Gauge(
-            "driftline_worker_consumer_lag", "Messages not yet consumed, by topic and partition", ["topic", "partition"],
+            "driftline_worker_consumer_lag",
+            "Messages not yet consumed, by topic and partition",
+            ["topic", "partition"],
             registry=r,
         )
         self.open_windows = Gauge("driftline_worker_open_windows", "Windows open in memory", registry=r)
         self.unacked = Gauge(
-            "driftline_worker_unacked_messages", "Messages waiting for their windows to be written before commit",
+            "driftline_worker_unacked_messages",
+            "Messages waiting for their windows to be written before commit",
             registry=r,
         )
         self.pending_labels = Gauge(
@@ -88,7 +91,9 @@ class WorkerMetrics:
         self.poison = Counter(
             "driftline_worker_poison_messages",
             "Messages whose handling raised (not a DecodeError): dead-lettered as internal_error, by topic and "
-            "exception class", ["topic", "error_class"], registry=r,
+            "exception class",
+            ["topic", "error_class"],
+            registry=r,
         )
         self.replays = Counter(
             "driftline_worker_replays",
@@ -96,28 +101,33 @@ class WorkerMetrics:
             registry=r,
         )
         self.warehouse_up = Gauge(
-            "driftline_warehouse_up", "1 while the warehouse answers, 0 during an outage (writes wait for it)",
+            "driftline_warehouse_up",
+            "1 while the warehouse answers, 0 during an outage (writes wait for it)",
             registry=r,
         )
         self.warehouse_up.set(1)
         self.warehouse_outage_seconds = Gauge(
-            "driftline_warehouse_outage_seconds", "Seconds the current warehouse outage has lasted (0: none)",
+            "driftline_warehouse_outage_seconds",
+            "Seconds the current warehouse outage has lasted (0: none)",
             registry=r,
         )
-        self.warehouse_outages = Counter(
-            "driftline_warehouse_outages", "Warehouse outages ridden out", registry=r
-        )
+        self.warehouse_outages = Counter("driftline_warehouse_outages", "Warehouse outages ridden out", registry=r)
         self.fetch_paused = Gauge(
-            "driftline_worker_fetch_paused", "1 while consumption is paused (the service waits for the warehouse)",
+            "driftline_worker_fetch_paused",
+            "1 while consumption is paused (the service waits for the warehouse)",
             registry=r,
         )
         self.thread_up = Gauge(
-            "driftline_worker_thread_up", "1 while a background thread runs, 0 while it restarts or is stopped",
-            ["thread"], registry=r,
+            "driftline_worker_thread_up",
+            "1 while a background thread runs, 0 while it restarts or is stopped",
+            ["thread"],
+            registry=r,
         )
         self.thread_restarts = Counter(
-            "driftline_worker_thread_restarts", "Background thread failures (each logged, then restarted)",
-            ["thread"], registry=r,
+            "driftline_worker_thread_restarts",
+            "Background thread failures (each logged, then restarted)",
+            ["thread"],
+            registry=r,
         )
 
     def exposition(self) -> bytes:

@@ -38,7 +38,7 @@ class PredictionEvent:
     latency_ms: float | None = None
     attributes: dict[str, str] = field(default_factory=dict)
 
-    def as_batch(self) -> "PredictionBatch":
+    def as_batch(self) -> PredictionBatch:
         return PredictionBatch.from_events([self])
 
 
@@ -74,7 +74,7 @@ class PredictionBatch:
         return len(self.event_ids)
 
     @classmethod
-    def from_events(cls, events: list[PredictionEvent]) -> "PredictionBatch":
+    def from_events(cls, events: list[PredictionEvent]) -> PredictionBatch:
         """Columns of events that share one model version."""
         if not events:
             raise ValueError("a batch needs at least one event")
@@ -115,8 +115,17 @@ class FeatureEvent:
 
     def as_batch(self) -> PredictionBatch:
         return PredictionBatch.from_events(
-            [PredictionEvent(self.event_id, self.model_id, self.model_version, self.event_time,
-                             numeric=self.numeric, categorical=self.categorical, attributes=self.attributes)]
+            [
+                PredictionEvent(
+                    self.event_id,
+                    self.model_id,
+                    self.model_version,
+                    self.event_time,
+                    numeric=self.numeric,
+                    categorical=self.categorical,
+                    attributes=self.attributes,
+                )
+            ]
         )
 
 
@@ -142,14 +151,31 @@ class FeatureBatch:
         return len(self.event_ids)
 
     @classmethod
-    def from_events(cls, events: list[FeatureEvent]) -> "FeatureBatch":
+    def from_events(cls, events: list[FeatureEvent]) -> FeatureBatch:
         """Columns of feature events that share one model version."""
         batch = PredictionBatch.from_events(
-            [PredictionEvent(e.event_id, e.model_id, e.model_version, e.event_time,
-                             numeric=e.numeric, categorical=e.categorical, attributes=e.attributes) for e in events]
+            [
+                PredictionEvent(
+                    e.event_id,
+                    e.model_id,
+                    e.model_version,
+                    e.event_time,
+                    numeric=e.numeric,
+                    categorical=e.categorical,
+                    attributes=e.attributes,
+                )
+                for e in events
+            ]
         )
-        return cls(batch.model_id, batch.model_version, batch.event_ids, batch.event_times,
-                   batch.numeric, batch.categorical, batch.attributes)
+        return cls(
+            batch.model_id,
+            batch.model_version,
+            batch.event_ids,
+            batch.event_times,
+            batch.numeric,
+            batch.categorical,
+            batch.attributes,
+        )
 
     def as_batch(self) -> PredictionBatch:
         """The same columns as a PredictionBatch without predictions (all NaN)."""

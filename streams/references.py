@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from driftline.streams.core.profile import ReferenceProfile
 from driftline.streams.records import ModelEvent
@@ -127,11 +128,21 @@ class RegistryReferences:
         self._models.pop(event.model_id, None)
         for key in [k for k in self._missing if k[0] == event.model_id]:
             del self._missing[key]
-        log.info("reference baseline of %s reset by a %s event (version %s)", event.model_id, event.event, event.version,
-                 extra={"model_id": event.model_id, "event": event.event, "version": event.version})
+        log.info(
+            "reference baseline of %s reset by a %s event (version %s)",
+            event.model_id,
+            event.event,
+            event.version,
+            extra={"model_id": event.model_id, "event": event.event, "version": event.version},
+        )
 
     def _own_profile(self, model_id: str, model_version: str) -> ReferenceProfile | None:
-        from driftline.retrainer.registry import InvalidNameError, InvalidVersionError, ModelNotFoundError, VersionNotFoundError
+        from driftline.retrainer.registry import (
+            InvalidNameError,
+            InvalidVersionError,
+            ModelNotFoundError,
+            VersionNotFoundError,
+        )
 
         if len(model_id) > MAX_MODEL_ID or len(model_version) > MAX_MODEL_ID:
             return None
@@ -188,7 +199,7 @@ class StaticReferences:
         }
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "StaticReferences":
+    def from_file(cls, path: str | Path) -> StaticReferences:
         """A JSON file holding a list of ``ReferenceProfile.to_dict()`` objects, each for its own version."""
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):

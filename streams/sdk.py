@@ -144,8 +144,14 @@ def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, str]:
     return dict(attributes)
 
 
-def _input_fields(model_id: Any, model_version: Any, features: Mapping[str, Any] | None,
-                  attributes: Mapping[str, Any] | None, event_id: Any, event_time: Any) -> dict[str, Any]:
+def _input_fields(
+    model_id: Any,
+    model_version: Any,
+    features: Mapping[str, Any] | None,
+    attributes: Mapping[str, Any] | None,
+    event_id: Any,
+    event_time: Any,
+) -> dict[str, Any]:
     """The validated fields that a prediction and logged features share; a new uuid4 event id unless given."""
     numeric, categorical = _split_features(features)
     return {
@@ -345,7 +351,7 @@ class PredictionLogger:
             taken, wait = self._take(force)
             for (kind, model_id, _), records in taken:
                 for start in range(0, len(records), self.batch_size):
-                    self._send(kind, model_id, records[start:start + self.batch_size])
+                    self._send(kind, model_id, records[start : start + self.batch_size])
         return wait
 
     def _send(self, kind: str, model_id: str, records: list) -> None:
@@ -418,8 +424,9 @@ class PredictionLogger:
 
     def stats(self) -> LoggerStats:
         with self._lock:
-            return LoggerStats(self._logged, self._sent, self._delivered, self._failed, self._dropped,
-                               self._pending, self._last_error)
+            return LoggerStats(
+                self._logged, self._sent, self._delivered, self._failed, self._dropped, self._pending, self._last_error
+            )
 
     def flush(self, timeout: float = 10.0) -> LoggerStats:
         """Send everything buffered and wait up to ``timeout`` seconds for deliveries; returns the stats.
@@ -450,7 +457,7 @@ class PredictionLogger:
                 self._pending = 0
         return self.stats()
 
-    def __enter__(self) -> "PredictionLogger":
+    def __enter__(self) -> PredictionLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,8 +29,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import river
@@ -38,14 +39,20 @@ import river
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec, DecodeError, default_codec
-from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
+from driftline.streams.core.detectors import DETECTORS
 from driftline.streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
 from driftline.streams.core.profile import SUMMARY_QUANTILES, WindowProfile
-from driftline.streams.core.detectors import DETECTORS
 from driftline.streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
-from driftline.streams.webhook import AlertWebhook
+from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
 from driftline.streams.warehouse import Warehouse, WarehouseError
-from driftline.streams.warehouse_rows import DetectorStateRow, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams.warehouse_rows import (
+    DetectorStateRow,
+    DriftMetricRow,
+    PerformanceRow,
+    RejectedEventRow,
+    WindowProfileRow,
+)
+from driftline.streams.webhook import AlertWebhook
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,16 @@ class Rejected:
         detail = self.detail[:DETAIL_LIMIT]
         if about:
             detail += f"; message of {about['size']} bytes, cut to {len(raw)}, sha256 {about['sha256']}"
-        return RejectedEventRow(self.source_topic, self.partition, self.offset, self.reason, raw, self.received_at,
-                                detail=detail, model_id=self.model_id[:REJECTED_MODEL_ID_LIMIT])
+        return RejectedEventRow(
+            self.source_topic,
+            self.partition,
+            self.offset,
+            self.reason,
+            raw,
+            self.received_at,
+            detail=detail,
+            model_id=self.model_id[:REJECTED_MODEL_ID_LIMIT],
+        )
 
 
 def transient(exc: WarehouseError) -> bool:
@@ -206,23 +221,45 @@ class _Delivery:
             self.errors.append(f"{msg.topic() if msg is not None else '?'}: {err}")
 
 
-def profile_rows(outcome_profile: WindowProfile, model_id: str, model_version: str,
-                 window_start: int, window_end: int, computed_at: int) -> list[WindowProfileRow]:
+def profile_rows(
+    outcome_profile: WindowProfile,
+    model_id: str,
+    model_version: str,
+    window_start: int,
+    window_end: int,
+    computed_at: int,
+) -> list[WindowProfileRow]:
     """The ``window_profiles`` rows of one window, bins with their edges (open bins at ±inf)."""
     ref = outcome_profile.reference
     rows = []
     for r in outcome_profile.summary_rows():
         f = r["feature"]
-        common = dict(model_id=model_id, model_version=model_version, feature=f, window_start=window_start,
-                      window_end=window_end, count=int(r["count"]) + int(r["missing"]), missing=int(r["missing"]),
-                      computed_at=computed_at, kind=r["kind"])
+        common = dict(
+            model_id=model_id,
+            model_version=model_version,
+            feature=f,
+            window_start=window_start,
+            window_end=window_end,
+            count=int(r["count"]) + int(r["missing"]),
+            missing=int(r["missing"]),
+            computed_at=computed_at,
+            kind=r["kind"],
+        )
         if r["kind"] == "numeric":
             cuts = ref.numeric[f].cuts.tolist()
-            rows.append(WindowProfileRow(
-                **common, mean=_nan(r["mean"]), std=_nan(r["std"]), min=_nan(r["min"]), max=_nan(r["max"]),
-                quantile_levels=list(SUMMARY_QUANTILES) if r["quantiles"] else [], quantiles=list(r["quantiles"]),
-                bin_edges=[-math.inf, *cuts, math.inf], histogram=[int(c) for c in r["histogram"]],
-            ))
+            rows.append(
+                WindowProfileRow(
+                    **common,
+                    mean=_nan(r["mean"]),
+                    std=_nan(r["std"]),
+                    min=_nan(r["min"]),
+                    max=_nan(r["max"]),
+                    quantile_levels=list(SUMMARY_QUANTILES) if r["quantiles"] else [],
+                    quantiles=list(r["quantiles"]),
+                    bin_edges=[-math.inf, *cuts, math.inf],
+                    histogram=[int(c) for c in r["histogram"]],
+                )
+            )
         else:
             names = [*ref.categorical[f].categories, "__other__"]
             rows.append(WindowProfileRow(**common, categories=dict(zip(names, (int(c) for c in r["histogram"])))))
@@ -230,9 +267,16 @@ def profile_rows(outcome_profile: WindowProfile, model_id: str, model_version: s
 
 
 def _state_row(outcome: WindowOutcome | PerformanceOutcome, stream: str, computed_at: int) -> DetectorStateRow:
-    return DetectorStateRow(outcome.model_id, outcome.model_version, stream, outcome.window_end,
-                            outcome.detector_state or b"", computed_at,
-                            detectors=[c.detector for c in outcome.changes], river_version=river.__version__)
+    return DetectorStateRow(
+        outcome.model_id,
+        outcome.model_version,
+        stream,
+        outcome.window_end,
+        outcome.detector_state or b"",
+        computed_at,
+        detectors=[c.detector for c in outcome.changes],
+        river_version=river.__version__,
+    )
 
 
 def _nan(value: float | None) -> float:
@@ -306,7 +350,9 @@ class Sinks:
             return result
 
     def _publish(self, name: str, key: str, record: Any) -> None:
-        kafka.publish(self.producer, self.settings.topic(name), key, record, codec=self.codec, on_delivery=self._delivery)
+        kafka.publish(
+            self.producer, self.settings.topic(name), key, record, codec=self.codec, on_delivery=self._delivery
+        )
 
     def flush_kafka(self) -> None:
         """Wait until every record produced so far is delivered; raise if one was refused.
@@ -324,22 +370,32 @@ class Sinks:
                 return
             waited += self.delivery_timeout_s
             if self.should_stop():
-                raise SinkError(f"Kafka delivery interrupted: {remaining} record(s) undelivered, the worker is stopping")
-            log.warning("Kafka: %d record(s) still undelivered after %.0f s; waiting for the broker", remaining, waited,
-                        extra={"undelivered": remaining, "seconds": waited})
+                raise SinkError(
+                    f"Kafka delivery interrupted: {remaining} record(s) undelivered, the worker is stopping"
+                )
+            log.warning(
+                "Kafka: %d record(s) still undelivered after %.0f s; waiting for the broker",
+                remaining,
+                waited,
+                extra={"undelivered": remaining, "seconds": waited},
+            )
 
     # -- raw events ------------------------------------------------------------------------
 
     def write_predictions(self, batches: Sequence[PredictionBatch], token: str) -> int:
         if not batches:
             return 0
-        return self._retry("insert of raw predictions",
-                           lambda: self.warehouse.insert_predictions(list(batches), dedup_token=f"predictions:{token}"))
+        return self._retry(
+            "insert of raw predictions",
+            lambda: self.warehouse.insert_predictions(list(batches), dedup_token=f"predictions:{token}"),
+        )
 
     def write_labels(self, labels: Sequence[LabelEvent], token: str) -> int:
         if not labels:
             return 0
-        return self._retry("insert of raw labels", lambda: self.warehouse.insert_labels(list(labels), dedup_token=f"labels:{token}"))
+        return self._retry(
+            "insert of raw labels", lambda: self.warehouse.insert_labels(list(labels), dedup_token=f"labels:{token}")
+        )
 
     def reject(self, items: Sequence[Rejected], token: str) -> None:
         """Send refused messages to the DLQ unchanged and record them in ``rejected_events``."""
@@ -347,16 +403,26 @@ class Sinks:
             return
         for r in items:
             # as a DecodeError, the detail travels in the driftline-error-detail header too
-            kafka.send_to_dlq(self.producer, self.settings, r.raw, r.key, DecodeError(r.reason, r.detail),
-                              r.source_topic, on_delivery=self._delivery, error_class=r.error_class)
+            kafka.send_to_dlq(
+                self.producer,
+                self.settings,
+                r.raw,
+                r.key,
+                DecodeError(r.reason, r.detail),
+                r.source_topic,
+                on_delivery=self._delivery,
+                error_class=r.error_class,
+            )
         self.flush_kafka()
         rows = [r.row() for r in items]
-        self._retry("insert of rejected events",
-                    lambda: self.warehouse.insert_rejected_events(rows, dedup_token=f"rejected:{token}"))
+        self._retry(
+            "insert of rejected events",
+            lambda: self.warehouse.insert_rejected_events(rows, dedup_token=f"rejected:{token}"),
+        )
 
     # -- closed windows --------------------------------------------------------------------
 
-    def write_windows(self, windows: Sequence["ClosedWindow"]) -> list[DriftReport]:
+    def write_windows(self, windows: Sequence[ClosedWindow]) -> list[DriftReport]:
         """Write closed windows together: one insert per table and one Kafka flush for all of them.
 
         Per window, each insert and flush is a round trip of 10 to 80 ms, which
@@ -370,32 +436,80 @@ class Sinks:
             return []
         token = window_token([w.outcome for w in windows])
         reports = [w.outcome.report(w.computed_at) for w in windows]
-        self._retry("insert of drift reports",
-                    lambda: self.warehouse.insert_drift_reports(reports, dedup_token=f"drift:{token}",
-                                                                late_events=[w.outcome.late_events for w in windows]))
-        latency = [PerformanceRow(o.model_id, o.model_version, name, o.window_start, o.window_end, float(value),
-                                  o.n_latency, w.computed_at, n_predictions=o.n_current)
-                   for w in windows for o in (w.outcome,) if o.latency
-                   for name, value in o.latency.items() if not np.isnan(value)]
+        self._retry(
+            "insert of drift reports",
+            lambda: self.warehouse.insert_drift_reports(
+                reports, dedup_token=f"drift:{token}", late_events=[w.outcome.late_events for w in windows]
+            ),
+        )
+        latency = [
+            PerformanceRow(
+                o.model_id,
+                o.model_version,
+                name,
+                o.window_start,
+                o.window_end,
+                float(value),
+                o.n_latency,
+                w.computed_at,
+                n_predictions=o.n_current,
+            )
+            for w in windows
+            for o in (w.outcome,)
+            if o.latency
+            for name, value in o.latency.items()
+            if not np.isnan(value)
+        ]
         # label-free estimates ride with the latency rows: metrics of the prediction window, n_labeled 0
-        latency += [PerformanceRow(o.model_id, o.model_version, r.metric, o.window_start, o.window_end, float(r.value),
-                                   0, w.computed_at, segment=r.segment, n_predictions=int(r.n_predictions))
-                    for w in windows for o in (w.outcome,) for r in o.estimates]
+        latency += [
+            PerformanceRow(
+                o.model_id,
+                o.model_version,
+                r.metric,
+                o.window_start,
+                o.window_end,
+                float(r.value),
+                0,
+                w.computed_at,
+                segment=r.segment,
+                n_predictions=int(r.n_predictions),
+            )
+            for w in windows
+            for o in (w.outcome,)
+            for r in o.estimates
+        ]
         if latency:
-            self._retry("insert of latency percentiles",
-                        lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"))
+            self._retry(
+                "insert of latency percentiles",
+                lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"),
+            )
         for report in reports:
             self._publish("drift", report.model_id, report)
         self._decisions([r for w in windows for r in w.requests], [a for w in windows for a in w.alerts], token)
-        states = [_state_row(w.outcome, "score", w.computed_at) for w in windows if w.outcome.detector_state is not None]
+        states = [
+            _state_row(w.outcome, "score", w.computed_at) for w in windows if w.outcome.detector_state is not None
+        ]
         if states:
-            self._retry("insert of change-detector states",
-                        lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:score:{token}"))
-        rows = [row for w in windows for row in profile_rows(w.outcome.profile, w.outcome.model_id,
-                                                               w.outcome.model_version, w.outcome.window_start,
-                                                               w.outcome.window_end, w.computed_at)]
-        self._retry("insert of window profiles",
-                    lambda: self.warehouse.insert_window_profiles(rows, dedup_token=f"profiles:{token}"))
+            self._retry(
+                "insert of change-detector states",
+                lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:score:{token}"),
+            )
+        rows = [
+            row
+            for w in windows
+            for row in profile_rows(
+                w.outcome.profile,
+                w.outcome.model_id,
+                w.outcome.model_version,
+                w.outcome.window_start,
+                w.outcome.window_end,
+                w.computed_at,
+            )
+        ]
+        self._retry(
+            "insert of window profiles",
+            lambda: self.warehouse.insert_window_profiles(rows, dedup_token=f"profiles:{token}"),
+        )
         return reports
 
     def write_performance(
@@ -408,20 +522,46 @@ class Sinks:
         m, v, start, end = outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end
         token = f"{m}:{v}:{start}:{end}"
         if outcome.changes:
-            changes = [DriftMetricRow(m, v, c.feature, c.detector, start, end, float(c.alarms), None, 1.0,
-                                      c.alarms > 0, 0, c.n_values, computed_at) for c in outcome.changes]
-            self._retry("insert of error-stream change counts",
-                        lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"))
+            changes = [
+                DriftMetricRow(
+                    m,
+                    v,
+                    c.feature,
+                    c.detector,
+                    start,
+                    end,
+                    float(c.alarms),
+                    None,
+                    1.0,
+                    c.alarms > 0,
+                    0,
+                    c.n_values,
+                    computed_at,
+                )
+                for c in outcome.changes
+            ]
+            self._retry(
+                "insert of error-stream change counts",
+                lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"),
+            )
         self._decisions(requests, alerts, token)
         if outcome.detector_state is not None:
             state = _state_row(outcome, "error", computed_at)
-            self._retry("insert of change-detector states",
-                        lambda: self.warehouse.insert_detector_states([state], dedup_token=f"detectors:error:{token}"))
-        rows = [PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), computed_at,
-                               segment=r.segment) for r in outcome.rows]
-        rows.append(PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at))
-        self._retry("insert of performance metrics",
-                    lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"))
+            self._retry(
+                "insert of change-detector states",
+                lambda: self.warehouse.insert_detector_states([state], dedup_token=f"detectors:error:{token}"),
+            )
+        rows = [
+            PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), computed_at, segment=r.segment)
+            for r in outcome.rows
+        ]
+        rows.append(
+            PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at)
+        )
+        self._retry(
+            "insert of performance metrics",
+            lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"),
+        )
 
     def write_decisions(self, requests: Sequence[RetrainRequest], alerts: Sequence[Alert], token: str) -> None:
         """Retrain requests and alerts that no window carries (a schedule): Kafka, then ClickHouse."""
@@ -434,22 +574,29 @@ class Sinks:
             self._publish("alerts", a.model_id, a)
         self.flush_kafka()
         for r in requests:
-            self._retry("insert of a retrain request",
-                        lambda r=r: self.warehouse.upsert_retrain_request(r, "requested", updated_at=r.requested_at))
+            self._retry(
+                "insert of a retrain request",
+                lambda r=r: self.warehouse.upsert_retrain_request(r, "requested", updated_at=r.requested_at),
+            )
         if alerts:
-            self._retry("insert of alerts", lambda: self.warehouse.insert_alerts(list(alerts), dedup_token=f"alerts:{token}"))
+            self._retry(
+                "insert of alerts", lambda: self.warehouse.insert_alerts(list(alerts), dedup_token=f"alerts:{token}")
+            )
             if self.webhook is not None:
                 # at least once, like everything else: a window replayed after a crash may post again
                 self.webhook.send(list(alerts))
 
     # -- what was written before a restart ---------------------------------------------------
 
-    def written_windows(self, model_id: str, model_version: str, limit: int = 200) -> tuple[list[WrittenWindow], list[WrittenWindow]]:
+    def written_windows(
+        self, model_id: str, model_version: str, limit: int = 200
+    ) -> tuple[list[WrittenWindow], list[WrittenWindow]]:
         """The last ``limit`` prediction windows and label windows written for a version, oldest first.
 
         Prediction windows may include one whose write a crash interrupted: keep
         only those up to :meth:`latest_window`, whose marker is written last.
         """
+
         def query() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
             params = {"model_id": model_id, "model_version": model_version, "limit": limit}
             drift_rows = self.warehouse.query_rows(
@@ -493,11 +640,14 @@ class Sinks:
             if r["metric"] in DETECTORS:
                 w.change_events += [(r["metric"], stream)] * int(r["value"])
             else:
-                w.drift.append(FeatureDrift(r["feature"], r["metric"], r["value"], r["p_value"], r["threshold"],
-                                            bool(r["drifted"])))
+                w.drift.append(
+                    FeatureDrift(
+                        r["feature"], r["metric"], r["value"], r["p_value"], r["threshold"], bool(r["drifted"])
+                    )
+                )
         for r in estimate_rows:
             w = drift.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
-            w.estimated = {**(w.estimated or {}), r["metric"][len("estimated_"):]: r["value"]}
+            w.estimated = {**(w.estimated or {}), r["metric"][len("estimated_") :]: r["value"]}
         for r in label_rows:
             w = labelled.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
             if r["metric"] == N_LABELED:
@@ -516,7 +666,7 @@ class Sinks:
         found: dict[str, list[dict[str, Any]]] = {}
         ids = list(dict.fromkeys(event_ids))
         for lo in range(0, len(ids), chunk):
-            part = ids[lo:lo + chunk]
+            part = ids[lo : lo + chunk]
 
             def query(part: list[str] = part) -> list[dict[str, Any]]:
                 return self.warehouse.query_rows(
@@ -532,19 +682,27 @@ class Sinks:
         for version, rows in sorted(found.items()):
             keys = sorted({k for r in rows for k in r["attributes"]})
             labels = [r["predicted_label"] for r in rows]
-            batches.append(PredictionBatch(
-                model_id, version, [r["event_id"] for r in rows],
-                np.array([r["event_time"] for r in rows], dtype=np.int64),
-                predictions=np.array([np.nan if r["prediction"] is None else r["prediction"] for r in rows], dtype=np.float64),
-                predicted_labels=labels if any(v is not None for v in labels) else [],
-                attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
-            ))
+            batches.append(
+                PredictionBatch(
+                    model_id,
+                    version,
+                    [r["event_id"] for r in rows],
+                    np.array([r["event_time"] for r in rows], dtype=np.int64),
+                    predictions=np.array(
+                        [np.nan if r["prediction"] is None else r["prediction"] for r in rows], dtype=np.float64
+                    ),
+                    predicted_labels=labels if any(v is not None for v in labels) else [],
+                    attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
+                )
+            )
         return batches
 
     def detector_state(self, model_id: str, model_version: str, stream: str, through: int) -> bytes | None:
         """The change-detector state of a version's ``stream`` after the last window written up to ``through``."""
-        return self._retry("reading the change-detector state",
-                           lambda: self.warehouse.latest_detector_state(model_id, model_version, stream, through))
+        return self._retry(
+            "reading the change-detector state",
+            lambda: self.warehouse.latest_detector_state(model_id, model_version, stream, through),
+        )
 
     def waiting_labels(self, model_id: str, since_ms: int, limit: int) -> list[LabelEvent]:
         """Labels of ``model_id`` that may have been waiting for their prediction when the worker stopped.
@@ -556,6 +714,7 @@ class Sinks:
         written only up to before the label's event time. At most ``limit``,
         the latest stored, returned oldest first.
         """
+
         def query() -> list[dict[str, Any]]:
             return self.warehouse.query_rows(
                 "SELECT l.event_id AS event_id, toUnixTimestamp64Milli(l.event_time) AS event_time, "
@@ -580,15 +739,24 @@ class Sinks:
 
         rows = self._retry("reading the labels that waited for their predictions", query)
         rows.reverse()
-        return [LabelEvent(r["event_id"], model_id, int(r["event_time"]),
-                           r["label_class"] if r["label_class"] is not None else r["label_value"]) for r in rows]
+        return [
+            LabelEvent(
+                r["event_id"],
+                model_id,
+                int(r["event_time"]),
+                r["label_class"] if r["label_class"] is not None else r["label_value"],
+            )
+            for r in rows
+        ]
 
     def latest_window(self, model_id: str, model_version: str) -> int | None:
-        return self._retry("reading the latest written window",
-                           lambda: self.warehouse.latest_closed_window(model_id, model_version))
+        return self._retry(
+            "reading the latest written window", lambda: self.warehouse.latest_closed_window(model_id, model_version)
+        )
 
     def latest_label_window(self, model_id: str, model_version: str) -> int | None:
         """The end of the last performance window written for this version (the ``n_labeled`` marker)."""
+
         def query() -> int | None:
             rows = self.warehouse.query_rows(
                 "SELECT count() AS n, toUnixTimestamp64Milli(max(window_end)) AS end_ms FROM performance_metrics "
@@ -601,5 +769,15 @@ class Sinks:
         return self._retry("reading the latest written label window", query)
 
 
-__all__ = ["N_LABELED", "ClosedWindow", "Rejected", "SinkError", "Sinks", "WrittenWindow", "combined_token", "profile_rows",
-           "transient", "window_token"]
+__all__ = [
+    "N_LABELED",
+    "ClosedWindow",
+    "Rejected",
+    "SinkError",
+    "Sinks",
+    "WrittenWindow",
+    "combined_token",
+    "profile_rows",
+    "transient",
+    "window_token",
+]

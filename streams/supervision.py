@@ -19,8 +19,9 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from driftline.redaction import redact
 
@@ -140,8 +141,14 @@ class Supervisor:
     'stopped'
     """
 
-    def __init__(self, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0, healthy_s: float = 60.0,
-                 on_restart: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        healthy_s: float = 60.0,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.healthy_s = healthy_s
@@ -221,9 +228,20 @@ class Supervisor:
                 kind, message = error_detail(exc)
                 with self._lock:
                     health = self._health[name]
-                    health.state, health.restarts, health.last_error = "restarting", health.restarts + 1, f"{kind}: {message}"
-                log.error("thread %s failed (%s: %s); restarting it in %.1f s", name, kind, message, backoff,
-                          exc_info=exc, extra={"supervised_thread": name, "restarts": health.restarts})
+                    health.state, health.restarts, health.last_error = (
+                        "restarting",
+                        health.restarts + 1,
+                        f"{kind}: {message}",
+                    )
+                log.error(
+                    "thread %s failed (%s: %s); restarting it in %.1f s",
+                    name,
+                    kind,
+                    message,
+                    backoff,
+                    exc_info=exc,
+                    extra={"supervised_thread": name, "restarts": health.restarts},
+                )
                 if self.on_restart is not None:
                     self.on_restart(name)
                 if time.monotonic() - started >= self.healthy_s:
@@ -286,14 +304,25 @@ class Outage:
             self.failures += 1
             if self._since is None:
                 self._since, self._reported = now, now
-                log.warning("%s unreachable (%s: %s); waiting for it, nothing is acknowledged meanwhile%s",
-                            self.name, kind, message, f" ({what})" if what else "",
-                            extra={"dependency": self.name, "outage": "start"})
+                log.warning(
+                    "%s unreachable (%s: %s); waiting for it, nothing is acknowledged meanwhile%s",
+                    self.name,
+                    kind,
+                    message,
+                    f" ({what})" if what else "",
+                    extra={"dependency": self.name, "outage": "start"},
+                )
             elif now - self._reported >= self.report_every_s:
                 self._reported = now
-                log.warning("%s still unreachable after %.0f s and %d attempts (%s: %s)", self.name, now - self._since,
-                            self.failures, kind, message,
-                            extra={"dependency": self.name, "outage": "ongoing", "seconds": now - self._since})
+                log.warning(
+                    "%s still unreachable after %.0f s and %d attempts (%s: %s)",
+                    self.name,
+                    now - self._since,
+                    self.failures,
+                    kind,
+                    message,
+                    extra={"dependency": self.name, "outage": "ongoing", "seconds": now - self._since},
+                )
 
     def recovered(self) -> None:
         """An attempt worked: if the dependency was down, the outage is over."""
@@ -305,8 +334,13 @@ class Outage:
             seconds, attempts = self._clock() - self._since, self.failures
             self._since, self.failures = None, 0
             self.outages += 1
-        log.info("%s reachable again after %.1f s (%d failed attempts)", self.name, seconds, attempts,
-                 extra={"dependency": self.name, "outage": "end", "seconds": seconds})
+        log.info(
+            "%s reachable again after %.1f s (%d failed attempts)",
+            self.name,
+            seconds,
+            attempts,
+            extra={"dependency": self.name, "outage": "end", "seconds": seconds},
+        )
 
 
 __all__ = ["DETAIL_LIMIT", "INTERNAL_ERROR", "Outage", "Supervisor", "ThreadHealth", "clip", "error_detail", "isolate"]

@@ -41,7 +41,13 @@ import pyarrow.compute as pc
 from driftline.redaction import redact, redact_url, redacted_repr
 from driftline.schemas import CLICKHOUSE_DIR
 from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
-from driftline.streams.warehouse_migrations import MIGRATIONS_DDL, MIGRATIONS_TABLE, Migration, MigrationError, load_migrations
+from driftline.streams.warehouse_migrations import (
+    MIGRATIONS_DDL,
+    MIGRATIONS_TABLE,
+    Migration,
+    MigrationError,
+    load_migrations,
+)
 from driftline.streams.warehouse_rows import (
     DetectorStateRow,
     DriftMetricRow,
@@ -116,9 +122,9 @@ class WarehouseLocation:
     compress: str = "lz4"  # HTTP only: lz4, zstd or none
 
     @classmethod
-    def parse(cls, url: str) -> "WarehouseLocation":
+    def parse(cls, url: str) -> WarehouseLocation:
         if url.startswith("chdb://"):
-            rest, _, query = url[len("chdb://"):].partition("?")
+            rest, _, query = url[len("chdb://") :].partition("?")
             database = _query_database(query, url)
             path = None if rest in ("", "memory", ":memory:") else unquote(rest)
             return cls("chdb", database=database, path=path)
@@ -162,7 +168,9 @@ def _query_compress(query: str, host: str, url: str) -> str:
         return "none" if _loopback(host) else "lz4"
     value = values[0].lower()
     if value not in _COMPRESSIONS:
-        raise WarehouseError(f"warehouse URL {redact_url(url)!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}")
+        raise WarehouseError(
+            f"warehouse URL {redact_url(url)!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}"
+        )
     return value
 
 
@@ -183,7 +191,9 @@ def _query_database(query: str, url: str) -> str:
 
 def _check_identifier(name: str, what: str, context: str) -> str:
     if not _IDENTIFIER.match(name):
-        raise WarehouseError(f"{redact(context)}: {what} {name!r} must be letters, digits and underscores, not starting with a digit")
+        raise WarehouseError(
+            f"{redact(context)}: {what} {name!r} must be letters, digits and underscores, not starting with a digit"
+        )
     return name
 
 
@@ -207,7 +217,7 @@ class Warehouse:
     # ---- lifecycle -------------------------------------------------------
 
     @classmethod
-    def connect(cls, url: str, *, migrate: bool = False) -> "Warehouse":
+    def connect(cls, url: str, *, migrate: bool = False) -> Warehouse:
         """Connect, create the database if missing, and optionally apply the migrations."""
         warehouse = cls(WarehouseLocation.parse(url))
         try:
@@ -220,7 +230,7 @@ class Warehouse:
         return warehouse
 
     @classmethod
-    def from_settings(cls, settings: "Settings", *, migrate: bool = False) -> "Warehouse":
+    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Warehouse:
         """Connect to ``settings.warehouse``; a local stack's password is found in its state directory."""
         from driftline.settings import warehouse_url
 
@@ -241,7 +251,7 @@ class Warehouse:
             except Exception:  # closing is best effort: the process may be exiting
                 log.debug("closing a warehouse client failed", exc_info=True)
 
-    def __enter__(self) -> "Warehouse":
+    def __enter__(self) -> Warehouse:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -251,7 +261,7 @@ class Warehouse:
         return f"Warehouse({self.location.redacted()!r})"
 
     @property
-    def client(self) -> "Client":
+    def client(self) -> Client:
         """This thread's clickhouse-connect client, created on first use."""
         if self._closed:
             raise WarehouseError(f"{self!r} is closed")
@@ -261,7 +271,7 @@ class Warehouse:
             self._local.client = client
         return client
 
-    def _open_client(self, database: str | None) -> "Client":
+    def _open_client(self, database: str | None) -> Client:
         import clickhouse_connect
 
         loc = self.location
@@ -277,7 +287,9 @@ class Warehouse:
                 "`driftline stack up`) uses this path, connect to it over HTTP instead"
             )
             with self._errors(f"opening the chdb engine at {loc.path or ':memory:'}", hint=hint):
-                client = clickhouse_connect.get_client(interface="chdb", path=loc.path, database=database, tz_mode="aware")
+                client = clickhouse_connect.get_client(
+                    interface="chdb", path=loc.path, database=database, tz_mode="aware"
+                )
         else:
             with self._errors(f"connecting to {loc.redacted()}"):
                 client = clickhouse_connect.get_client(
@@ -300,7 +312,9 @@ class Warehouse:
         bootstrap = self._open_client(None)
         with self._errors(f"creating database {self.database}"):
             # ask first: a user may read and write a database without the grant to create one
-            exists = bootstrap.command("SELECT count() FROM system.databases WHERE name = {db:String}", parameters={"db": self.database})
+            exists = bootstrap.command(
+                "SELECT count() FROM system.databases WHERE name = {db:String}", parameters={"db": self.database}
+            )
             if not int(exists):
                 bootstrap.command("CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": self.database})
             bootstrap.database = self.database
@@ -328,7 +342,7 @@ class Warehouse:
         with self._errors(f"query {_head(sql)}"):
             return list(self.client.query(sql, parameters=dict(parameters or {})).named_results())
 
-    def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> "pd.DataFrame":
+    def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame:
         with self._errors(f"query {_head(sql)}"):
             return self.client.query_df(sql, parameters=dict(parameters or {}))
 
@@ -372,14 +386,20 @@ class Warehouse:
         types = info.types
         unknown = [name for name in names if name not in types]
         if unknown:
-            raise WarehouseError(f"insert into {table}: no column(s) {', '.join(unknown)}; the table has {', '.join(types)}")
+            raise WarehouseError(
+                f"insert into {table}: no column(s) {', '.join(unknown)}; the table has {', '.join(types)}"
+            )
         if info.ttl is not None and info.ttl.column in lengths:
             _refuse_expired(table, info.ttl, data[names.index(info.ttl.column)])
         try:
             with self._errors(f"insert of {n} rows into {table}"):
                 self.client.insert(
-                    table, data, column_names=names, column_type_names=[types[name] for name in names],
-                    column_oriented=True, settings=_insert_settings(dedup_token, table),
+                    table,
+                    data,
+                    column_names=names,
+                    column_type_names=[types[name] for name in names],
+                    column_oriented=True,
+                    settings=_insert_settings(dedup_token, table),
                 )
         except WarehouseError:
             self._tables.pop(table, None)  # the table may have changed under us
@@ -388,7 +408,7 @@ class Warehouse:
             raise WarehouseError(f"insert of {n} rows into {table}: values do not fit the column types: {exc}") from exc
         return n
 
-    def _table_info(self, table: str) -> "_TableInfo":
+    def _table_info(self, table: str) -> _TableInfo:
         # Cached: saves a DESCRIBE round trip per insert. Migrations only add columns, so a cached type stays right.
         info = self._tables.get(table)
         if info is None:
@@ -400,7 +420,9 @@ class Warehouse:
                 {"db": database or self.database, "table": name},
             )
             if not rows:
-                raise WarehouseError(f"insert into {table}: no such table in {self.location.redacted()} (run migrate()?)")
+                raise WarehouseError(
+                    f"insert into {table}: no such table in {self.location.redacted()} (run migrate()?)"
+                )
             types = {r["name"]: r["type"] for r in rows}
             info = self._tables[table] = _TableInfo(types, RowTTL.parse(rows[0]["engine_full"]))
         return info
@@ -416,11 +438,19 @@ class Warehouse:
 
     # ---- typed inserts ---------------------------------------------------
 
-    def insert_drift_metrics(self, rows: Sequence[DriftMetricRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+    def insert_drift_metrics(
+        self, rows: Sequence[DriftMetricRow | Mapping[str, Any]], *, dedup_token: str | None = None
+    ) -> int:
         return self.insert("drift_metrics", columns(rows, DriftMetricRow), dedup_token=dedup_token)
 
-    def insert_drift_reports(self, reports: Sequence[DriftReport], *, with_metrics: bool = True, dedup_token: str | None = None,
-                             late_events: Sequence[int] | None = None) -> int:
+    def insert_drift_reports(
+        self,
+        reports: Sequence[DriftReport],
+        *,
+        with_metrics: bool = True,
+        dedup_token: str | None = None,
+        late_events: Sequence[int] | None = None,
+    ) -> int:
         """One ``drift_reports`` row per report (with ``late_events`` per report, when given) and, unless told
         otherwise, their ``drift_metrics`` rows."""
         if with_metrics:
@@ -428,16 +458,24 @@ class Warehouse:
             self.insert_drift_metrics(rows, dedup_token=None if dedup_token is None else f"{dedup_token}:metrics")
         return self.insert("drift_reports", drift_report_columns(reports, late_events), dedup_token=dedup_token)
 
-    def insert_window_profiles(self, rows: Sequence[WindowProfileRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+    def insert_window_profiles(
+        self, rows: Sequence[WindowProfileRow | Mapping[str, Any]], *, dedup_token: str | None = None
+    ) -> int:
         return self.insert("window_profiles", columns(rows, WindowProfileRow), dedup_token=dedup_token)
 
-    def insert_performance_metrics(self, rows: Sequence[PerformanceRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+    def insert_performance_metrics(
+        self, rows: Sequence[PerformanceRow | Mapping[str, Any]], *, dedup_token: str | None = None
+    ) -> int:
         return self.insert("performance_metrics", columns(rows, PerformanceRow), dedup_token=dedup_token)
 
-    def insert_detector_states(self, rows: Sequence[DetectorStateRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+    def insert_detector_states(
+        self, rows: Sequence[DetectorStateRow | Mapping[str, Any]], *, dedup_token: str | None = None
+    ) -> int:
         return self.insert("detector_states", columns(rows, DetectorStateRow), dedup_token=dedup_token)
 
-    def insert_predictions(self, batches: PredictionBatch | Sequence[PredictionBatch], *, dedup_token: str | None = None) -> int:
+    def insert_predictions(
+        self, batches: PredictionBatch | Sequence[PredictionBatch], *, dedup_token: str | None = None
+    ) -> int:
         """Insert one or more batches as a single Arrow block."""
         if isinstance(batches, PredictionBatch):
             batches = [batches]
@@ -449,7 +487,9 @@ class Warehouse:
     def insert_alerts(self, alerts: Sequence[Alert | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
         return self.insert("alerts", alert_columns(alerts), dedup_token=dedup_token)
 
-    def insert_rejected_events(self, rows: Sequence[RejectedEventRow | Mapping[str, Any]], *, dedup_token: str | None = None) -> int:
+    def insert_rejected_events(
+        self, rows: Sequence[RejectedEventRow | Mapping[str, Any]], *, dedup_token: str | None = None
+    ) -> int:
         return self.insert("rejected_events", columns(rows, RejectedEventRow), dedup_token=dedup_token)
 
     def upsert_retrain_request(
@@ -490,7 +530,9 @@ class Warehouse:
                 )
         unknown = sorted(set(applied) - {m.version for m in migrations})
         if unknown:
-            log.warning("warehouse %s has migrations %s that %s does not know", self.location.redacted(), unknown, directory)
+            log.warning(
+                "warehouse %s has migrations %s that %s does not know", self.location.redacted(), unknown, directory
+            )
         pending = [m for m in migrations if m.version not in applied]
         for m in pending:
             for statement in m.statements:
@@ -507,7 +549,9 @@ class Warehouse:
         return pending
 
     def applied_migrations(self) -> list[dict[str, Any]]:
-        return self.query_rows(f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} FINAL ORDER BY version")
+        return self.query_rows(
+            f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} FINAL ORDER BY version"
+        )
 
     # ---- what the worker and the retrainer read --------------------------
 
@@ -529,7 +573,9 @@ class Warehouse:
         )
         return int(rows[0]["end_ms"]) if rows[0]["n"] else None
 
-    def latest_detector_state(self, model_id: str, model_version: str, stream: str, at_or_before_ms: int) -> bytes | None:
+    def latest_detector_state(
+        self, model_id: str, model_version: str, stream: str, at_or_before_ms: int
+    ) -> bytes | None:
         """The change-detector state of a version's stream after its latest window ending at or before
         ``at_or_before_ms`` (``DetectorStateRow.state``), or None.
 
@@ -607,8 +653,14 @@ def _snapshot_table(raw: pa.Table) -> pa.Table:
     keep_numbers = numbers >= words
     label = values.cast(pa.float64()) if keep_numbers else classes.cast(pa.string())
     if numbers and words:
-        dropped.append({"feature": "label", "kind": "label_class" if keep_numbers else "label_value",
-                        "reason": "label_kind_conflict", "values": words if keep_numbers else numbers})
+        dropped.append(
+            {
+                "feature": "label",
+                "kind": "label_class" if keep_numbers else "label_value",
+                "reason": "label_kind_conflict",
+                "values": words if keep_numbers else numbers,
+            }
+        )
     out = {
         "event_id": raw.column("event_id"),
         "model_version": raw.column("model_version"),
@@ -621,8 +673,10 @@ def _snapshot_table(raw: pa.Table) -> pa.Table:
     table = pa.table(out)
     if not dropped:
         return table
-    log.warning("training snapshot: left out %s", "; ".join(
-        f"{d['kind']} {d['feature']!r} ({d['reason']}, {d['values']} value(s))" for d in dropped))
+    log.warning(
+        "training snapshot: left out %s",
+        "; ".join(f"{d['kind']} {d['feature']!r} ({d['reason']}, {d['values']} value(s))" for d in dropped),
+    )
     return table.replace_schema_metadata({SNAPSHOT_DROPPED_KEY: json.dumps(dropped, sort_keys=True).encode()})
 
 
@@ -644,6 +698,7 @@ def drop_clashing_features(
     >>> [(d["feature"], d["kind"], d["reason"], d["values"]) for d in dropped]
     [('x', 'categorical', 'feature_kind_conflict', 1), ('label', 'numeric', 'reserved_feature_name', 2)]
     """
+
     def present(kind: str, array: pa.Array) -> int:
         if kind == "numeric":
             return int(np.count_nonzero(~np.isnan(array.to_numpy(zero_copy_only=False))))
@@ -657,8 +712,11 @@ def drop_clashing_features(
         dropped.append({"feature": name, "kind": kind, "reason": reason, "values": present(kind, array)})
 
     for name in sorted(set(numeric) & set(categorical) - set(SNAPSHOT_COLUMNS)):
-        loser = "categorical" if present("numeric", numeric[name]) >= present("categorical", categorical[name]) \
+        loser = (
+            "categorical"
+            if present("numeric", numeric[name]) >= present("categorical", categorical[name])
             else "numeric"
+        )
         drop(name, loser, "feature_kind_conflict")
     for name in sorted(set(SNAPSHOT_COLUMNS)):
         for kind, features in (("numeric", numeric), ("categorical", categorical)):

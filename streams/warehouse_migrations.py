@@ -65,11 +65,11 @@ class Migration:
     statements: list[str]
 
     @classmethod
-    def from_text(cls, version: int, name: str, text: str) -> "Migration":
+    def from_text(cls, version: int, name: str, text: str) -> Migration:
         return cls(version, name, hashlib.sha256(text.encode()).hexdigest(), split_statements(text))
 
     @classmethod
-    def from_file(cls, path: Path) -> "Migration":
+    def from_file(cls, path: Path) -> Migration:
         match = _FILE_NAME.match(path.name)
         if not match:
             raise MigrationError(f"migration file {path} is not named NNNN_name.sql")
@@ -82,7 +82,9 @@ def load_migrations(directory: Path = CLICKHOUSE_DIR) -> list[Migration]:
     seen: dict[int, str] = {}
     for m in migrations:
         if m.version in seen:
-            raise MigrationError(f"migrations {seen[m.version]} and {m.name} in {directory} share version {m.version:04d}")
+            raise MigrationError(
+                f"migrations {seen[m.version]} and {m.name} in {directory} share version {m.version:04d}"
+            )
         seen[m.version] = m.name
     return migrations
 

@@ -36,7 +36,17 @@ MAX_RAW_BYTES = 64 * 1024
 
 # Field names that hold epoch milliseconds, in every row type.
 _TIMESTAMP_FIELDS = frozenset(
-    {"window_start", "window_end", "computed_at", "received_at", "created_at", "updated_at", "occurred_at", "requested_at", "event_time"}
+    {
+        "window_start",
+        "window_end",
+        "computed_at",
+        "received_at",
+        "created_at",
+        "updated_at",
+        "occurred_at",
+        "requested_at",
+        "event_time",
+    }
 )
 
 Columns = dict[str, list[Any]]
@@ -224,7 +234,9 @@ def as_rows(rows: Sequence[Any], row_type: type[RowT]) -> list[RowT]:
             out.append(row)
             continue
         if not isinstance(row, Mapping):
-            raise TypeError(f"{row_type.__name__} #{i}: expected a {row_type.__name__} or a dict, got {type(row).__name__}")
+            raise TypeError(
+                f"{row_type.__name__} #{i}: expected a {row_type.__name__} or a dict, got {type(row).__name__}"
+            )
         try:
             out.append(row_type(**row))
         except TypeError as exc:
@@ -278,7 +290,8 @@ def _optional_ms(value: Any, what: str) -> int | None:
 
 def _rejected_columns(rows: list[RejectedEventRow]) -> Columns:
     out: Columns = {
-        name: [getattr(r, name) for r in rows] for name in ("source_topic", "partition", "offset", "reason", "detail", "model_id")
+        name: [getattr(r, name) for r in rows]
+        for name in ("source_topic", "partition", "offset", "reason", "detail", "model_id")
     }
     out["received_at"] = [epoch_ms(r.received_at, "RejectedEventRow.received_at") for r in rows]
     out["raw_base64"] = [base64.b64encode(bytes(r.raw[:MAX_RAW_BYTES])).decode("ascii") for r in rows]
@@ -291,10 +304,13 @@ def _model_version_columns(rows: list[ModelVersionRow]) -> Columns:
     out: Columns = {name: [getattr(r, name) for r in rows] for name in names}
     out["created_at"] = [epoch_ms(v, "ModelVersionRow.created_at") for v in out["created_at"]]
     out["updated_at"] = [
-        out["created_at"][i] if v is None else epoch_ms(v, "ModelVersionRow.updated_at") for i, v in enumerate(out["updated_at"])
+        out["created_at"][i] if v is None else epoch_ms(v, "ModelVersionRow.updated_at")
+        for i, v in enumerate(out["updated_at"])
     ]
     out["aliases"] = [list(v) for v in out["aliases"]]
-    out["hyperparameters"] = [v if isinstance(v, str) else json.dumps(dict(v), sort_keys=True) for v in out["hyperparameters"]]
+    out["hyperparameters"] = [
+        v if isinstance(v, str) else json.dumps(dict(v), sort_keys=True) for v in out["hyperparameters"]
+    ]
     try:
         out["metrics"] = [{str(k): float(x) for k, x in v.items()} for v in out["metrics"]]
     except (TypeError, ValueError) as exc:
@@ -312,8 +328,19 @@ def drift_metric_rows(report: DriftReport) -> list[DriftMetricRow]:
     """
     return [
         DriftMetricRow(
-            report.model_id, report.model_version, m.feature, m.metric, report.window_start, report.window_end,
-            m.value, m.p_value, m.threshold, m.drifted, report.n_reference, report.n_current, report.computed_at,
+            report.model_id,
+            report.model_version,
+            m.feature,
+            m.metric,
+            report.window_start,
+            report.window_end,
+            m.value,
+            m.p_value,
+            m.threshold,
+            m.drifted,
+            report.n_reference,
+            report.n_current,
+            report.computed_at,
             m.kind,
         )
         for m in report.metrics
@@ -472,8 +499,12 @@ def _batch_table(batch: PredictionBatch) -> pa.Table:
         _numeric_map(batch.numeric, n),
         _string_map(batch.categorical, n, "categorical"),
         pa.nulls(n, pa.float64()) if predictions.size == 0 else pa.array(predictions, mask=np.isnan(predictions)),
-        pa.nulls(n, pa.string()) if not batch.predicted_labels else _strings(batch.predicted_labels, "predicted_labels"),
-        pa.nulls(n, pa.float64()) if latency is None or latency.size == 0 else pa.array(latency, mask=np.isnan(latency)),
+        pa.nulls(n, pa.string())
+        if not batch.predicted_labels
+        else _strings(batch.predicted_labels, "predicted_labels"),
+        pa.nulls(n, pa.float64())
+        if latency is None or latency.size == 0
+        else pa.array(latency, mask=np.isnan(latency)),
         _string_map(batch.attributes, n, "attributes"),
     ]
     return pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
@@ -487,7 +518,11 @@ def _check_batch(batch: PredictionBatch) -> None:
     sizes.update({f"categorical[{k!r}]": len(v) for k, v in batch.categorical.items()})
     sizes.update({f"attributes[{k!r}]": len(v) for k, v in batch.attributes.items()})
     # These three may also be empty, meaning "none at all".
-    for name, values in (("predictions", batch.predictions), ("predicted_labels", batch.predicted_labels), ("latency_ms", batch.latency_ms)):
+    for name, values in (
+        ("predictions", batch.predictions),
+        ("predicted_labels", batch.predicted_labels),
+        ("latency_ms", batch.latency_ms),
+    ):
         if values is not None and len(values):
             sizes[name] = len(values)
     wrong = {name: size for name, size in sizes.items() if size != n}
@@ -540,5 +575,7 @@ def _strings(values: Any, what: str) -> pa.Array:
 
 def _empty_maps(n: int, value_type: pa.DataType) -> pa.MapArray:
     return pa.MapArray.from_arrays(
-        pa.array(np.zeros(n + 1, dtype=np.int32)), _names([], np.zeros(0, dtype=np.int32)), pa.array([], type=value_type)
+        pa.array(np.zeros(n + 1, dtype=np.int32)),
+        _names([], np.zeros(0, dtype=np.int32)),
+        pa.array([], type=value_type),
     )

@@ -50,7 +50,7 @@ class RowTTL:
     text: str  # as ClickHouse prints it, for error messages
 
     @classmethod
-    def parse(cls, engine_full: str) -> "RowTTL | None":
+    def parse(cls, engine_full: str) -> RowTTL | None:
         """The TTL in a ``system.tables.engine_full``; None without one, or with one of another form."""
         match = _TTL.search(engine_full)
         if match is None:

@@ -64,10 +64,12 @@ def slack_message(alert: Alert) -> dict:
         {"title": "alert id", "value": e(alert.alert_id), "short": True},
     ]
     if alert.window_start is not None and alert.window_end is not None:
-        fields.append({"title": "window", "value": f"{_utc(alert.window_start)} .. {_utc(alert.window_end)}", "short": False})
+        fields.append(
+            {"title": "window", "value": f"{_utc(alert.window_start)} .. {_utc(alert.window_end)}", "short": False}
+        )
     return {
         "text": f"{_ICONS[severity]} [{e(alert.severity)}] {e(alert.model_id)} v{e(alert.model_version)} "
-                f"{e(alert.kind)}: {e(alert.message)}",
+        f"{e(alert.kind)}: {e(alert.message)}",
         "attachments": [{"color": _COLORS[severity], "fields": fields, "ts": alert.occurred_at // 1000}],
     }
 
@@ -112,7 +114,8 @@ def post_json(url: str, body: bytes, *, deadline: float) -> int:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=deadline, context=ssl.create_default_context())
+            parts.hostname or "", parts.port, timeout=deadline, context=ssl.create_default_context()
+        )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=deadline)
     expired = threading.Event()
@@ -161,8 +164,16 @@ class AlertWebhook:
     2
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0, attempts: int = 3, max_queue: int = 1000,
-                 backoff: float = 0.5, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        max_queue: int = 1000,
+        backoff: float = 0.5,
+        max_backoff: float = 5.0,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # the URL itself is a secret for Slack (its path is the token): only its scheme is quoted
@@ -214,8 +225,12 @@ class AlertWebhook:
             except Exception as exc:  # never end the thread: the next alert must still go out
                 self.stats.errors += 1
                 self.stats.dropped += 1
-                log.error("alert webhook: unexpected %s delivering %s: %s; dropped, delivery goes on",
-                          type(exc).__name__, getattr(alert, "alert_id", "?"), redact(exc))
+                log.error(
+                    "alert webhook: unexpected %s delivering %s: %s; dropped, delivery goes on",
+                    type(exc).__name__,
+                    getattr(alert, "alert_id", "?"),
+                    redact(exc),
+                )
 
     def _post(self, alert: Alert) -> None:
         body = json.dumps(slack_message(alert)).encode()
@@ -226,7 +241,9 @@ class AlertWebhook:
                 return
             except WebhookError as exc:
                 self.stats.failed_attempts += 1
-                log.warning("alert webhook attempt %d/%d for %s failed: %s", attempt, self.attempts, alert.alert_id, exc)
+                log.warning(
+                    "alert webhook attempt %d/%d for %s failed: %s", attempt, self.attempts, alert.alert_id, exc
+                )
                 if not exc.retry:
                     break
                 if attempt < self.attempts:

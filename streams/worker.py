@@ -30,15 +30,24 @@ import logging
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from driftline.settings import Settings
 from driftline.retrainer.policy import Policy, load_policy
-from driftline.retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, evaluate, evaluate_schedule, record_request
+from driftline.retrainer.triggers import (
+    TriggerState,
+    evaluate,
+    evaluate_schedule,
+    record_request,
+)
+from driftline.retrainer.triggers import (
+    WindowOutcome as TriggerWindow,
+)
+from driftline.settings import Settings
 from driftline.streams.codec import Codec, DecodeError, default_codec
 from driftline.streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
 from driftline.streams.core.ledger import AckLedger, Hold
@@ -150,7 +159,7 @@ class _Part:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def slice(self, lo: int, hi: int) -> "_Part":
+    def slice(self, lo: int, hi: int) -> _Part:
         """Its messages ``[lo, hi)``, with their single events and other records (indices from ``lo``)."""
         groups = []
         for g in self.groups:
@@ -170,14 +179,14 @@ class _Prepared:
     rejected: list[Rejected] = field(default_factory=list)
     groups: dict[tuple[str, str, bool], _Group] = field(default_factory=dict)
 
-    def shifted(self, offset: int) -> "_Prepared":
+    def shifted(self, offset: int) -> _Prepared:
         if offset:
             for group in self.groups.values():
                 group.owners = [owners + offset for owners in group.owners]
         return self
 
     @staticmethod
-    def merge(parts: list["_Prepared"]) -> "_Prepared":
+    def merge(parts: list[_Prepared]) -> _Prepared:
         """Parts prepared apart, as if prepared together (in message order)."""
         out = _Prepared()
         for part in parts:
@@ -198,8 +207,15 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 
     from driftline.streams.warehouse import WarehouseError
 
-    errors: list[type[BaseException]] = [SinkError, WarehouseError, KafkaException, ConnectionError, TimeoutError,
-                                         sqlite3.OperationalError, MemoryError]
+    errors: list[type[BaseException]] = [
+        SinkError,
+        WarehouseError,
+        KafkaException,
+        ConnectionError,
+        TimeoutError,
+        sqlite3.OperationalError,
+        MemoryError,
+    ]
     try:
         import psycopg
 
@@ -294,7 +310,9 @@ class WorkerService:
         self._known_poison: dict[tuple[str, int, int], Exception] = {}
         self._unacked = 0  # messages waiting for their writes, as of the last batch (for health)
         self._outages_counted = 0
-        self.on_replay: Callable[[], None] | None = None  # the app's: the consumer delivers again (BatchConsumer.replay)
+        self.on_replay: Callable[[], None] | None = (
+            None  # the app's: the consumer delivers again (BatchConsumer.replay)
+        )
         # background threads, shown with their state in /metrics and /health (see streams.supervision)
         self.supervisor = Supervisor(on_restart=lambda name: self.metrics.thread_restarts.labels(thread=name).inc())
         for writer in (self.outbox.raw_writer, self.outbox.window_writer):
@@ -348,8 +366,12 @@ class WorkerService:
         for name, state in threads.items():
             self.metrics.thread_up.labels(thread=name).set(1 if state["state"] in ("running", "idle") else 0)
         return {
-            "warehouse": {"up": outage.up, "outage_seconds": round(down, 1), "outages": outage.outages,
-                          "last_error": outage.last_error},
+            "warehouse": {
+                "up": outage.up,
+                "outage_seconds": round(down, 1),
+                "outages": outage.outages,
+                "last_error": outage.last_error,
+            },
             "threads": threads,
             "unacked_messages": self._unacked,
         }
@@ -375,7 +397,9 @@ class WorkerService:
         if topic == "labels":
             parts: Iterable[Any] = [(self._handle_labels, fresh, lambda lo, hi: fresh[lo:hi])]
         elif topic in ("predictions", "features"):
-            parts = ((lambda part: self._handle_inputs(topic, part), part, part.slice) for part in self._parts(topic, fresh))
+            parts = (
+                (lambda part: self._handle_inputs(topic, part), part, part.slice) for part in self._parts(topic, fresh)
+            )
         else:
             raise ValueError(f"the worker does not consume topic {topic!r}")
         for handle_part, part, cut in parts:
@@ -411,9 +435,10 @@ class WorkerService:
         round trip that the first batch and the first writes would otherwise wait for. A failure
         here is only logged: the sessions are opened again on first use, with the sinks' retries.
         """
+
         def open_session() -> None:
             try:
-                self.sinks.warehouse.client
+                _ = self.sinks.warehouse.client  # the property opens this thread's session
             except Exception as exc:
                 log.warning("could not open a warehouse session ahead of the first batch: %s", exc)
 
@@ -444,15 +469,29 @@ class WorkerService:
         for closed, report in zip(windows, reports):
             outcome = closed.outcome
             self.metrics.windows.labels(kind="drift").inc()
-            log.info("window %s v%s [%d, %d) written: %d events, drifted: %s", outcome.model_id,
-                     outcome.model_version, outcome.window_start, outcome.window_end, outcome.n_current,
-                     ", ".join(report.drifted_features) or "none",
-                     extra={"model_id": outcome.model_id, "version": outcome.model_version,
-                            "window_start": outcome.window_start, "window_end": outcome.window_end,
-                            "n_current": outcome.n_current, "drifted_features": report.drifted_features})
+            log.info(
+                "window %s v%s [%d, %d) written: %d events, drifted: %s",
+                outcome.model_id,
+                outcome.model_version,
+                outcome.window_start,
+                outcome.window_end,
+                outcome.n_current,
+                ", ".join(report.drifted_features) or "none",
+                extra={
+                    "model_id": outcome.model_id,
+                    "version": outcome.model_version,
+                    "window_start": outcome.window_start,
+                    "window_end": outcome.window_end,
+                    "n_current": outcome.n_current,
+                    "drifted_features": report.drifted_features,
+                },
+            )
 
     def reset(self, why: str = "a rebalance") -> int:
-        """Forget all state (after a rebalance Kafka redelivers from the committed offsets); returns messages dropped."""
+        """Forget all state (after a rebalance, Kafka redelivers from the committed offsets).
+
+        Returns how many unacknowledged messages were dropped.
+        """
         # their messages are not acknowledged: Kafka delivers them again, and they are written then
         dropped = self.ledger.clear() + self.outbox.clear()
         self.monitor = self._new_monitor()
@@ -461,8 +500,12 @@ class WorkerService:
         if why == "a rebalance":
             self.metrics.rebalances.inc()
         self._gauges()
-        log.info("state dropped for %s: %d unacknowledged messages will be redelivered", why, dropped,
-                 extra={"unacked": dropped})
+        log.info(
+            "state dropped for %s: %d unacknowledged messages will be redelivered",
+            why,
+            dropped,
+            extra={"unacked": dropped},
+        )
         return dropped
 
     # -- a message whose handling raises after state changed --------------------------------
@@ -476,8 +519,9 @@ class WorkerService:
     # anything changes. Two deliveries again find a poison message, and the others are processed as if
     # it had never been there.
 
-    def _apply(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
-               cut: Callable[[int, int], Any]) -> set[tuple[str, Any]]:
+    def _apply(
+        self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any, cut: Callable[[int, int], Any]
+    ) -> set[tuple[str, Any]]:
         messages: Sequence[Incoming] = part.messages if isinstance(part, _Part) else part
         suspect = [_key(m) in self._suspects for m in messages] if self._suspects else []
         if not any(suspect):
@@ -493,8 +537,9 @@ class WorkerService:
             lo = hi
         return read
 
-    def _apply_once(self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any,
-                    messages: Sequence[Incoming], alone: bool) -> set[tuple[str, Any]]:
+    def _apply_once(
+        self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any, messages: Sequence[Incoming], alone: bool
+    ) -> set[tuple[str, Any]]:
         try:
             read = handle_part(part)
         except INFRASTRUCTURE_ERRORS:
@@ -510,11 +555,20 @@ class WorkerService:
             else:
                 self._suspects.update(_key(m) for m in messages)
             first, last = messages[0], messages[-1]
-            log.error("handling %s[%d]@%d..%d raised %s: %s; %s", first.topic, first.partition, first.offset,
-                      last.offset, kind, detail,
-                      "the message is poison and is dead-lettered when it comes again" if alone else
-                      "its messages are delivered again and handled one by one to find the one at fault",
-                      exc_info=exc, extra={"topic": first.topic, "partition": first.partition, "error_class": kind})
+            log.error(
+                "handling %s[%d]@%d..%d raised %s: %s; %s",
+                first.topic,
+                first.partition,
+                first.offset,
+                last.offset,
+                kind,
+                detail,
+                "the message is poison and is dead-lettered when it comes again"
+                if alone
+                else "its messages are delivered again and handled one by one to find the one at fault",
+                exc_info=exc,
+                extra={"topic": first.topic, "partition": first.partition, "error_class": kind},
+            )
             self.metrics.replays.inc()
             self.reset("a message whose handling raised")
             if self.on_replay is not None:
@@ -567,28 +621,42 @@ class WorkerService:
     def _decode(self, topic: str, messages: Sequence[Incoming]) -> BulkDecoded:
         """``decode_bulk`` of the messages; a message whose decoding raises anything but a
         DecodeError stands alone as a :class:`_Poison` among the others."""
+
         def attempt(lo: int, hi: int) -> BulkDecoded:
             decoded = decode_bulk(self.codec, [m.value for m in messages[lo:hi]], topic=topic)
-            return BulkDecoded([DecodedGroup(g.batch, g.has_predictions, g.messages + lo) for g in decoded.groups],
-                               [(i + lo, record) for i, record in decoded.others])
+            return BulkDecoded(
+                [DecodedGroup(g.batch, g.has_predictions, g.messages + lo) for g in decoded.groups],
+                [(i + lo, record) for i, record in decoded.others],
+            )
 
         def merge(parts: list[BulkDecoded]) -> BulkDecoded:
             return BulkDecoded([g for p in parts for g in p.groups], [o for p in parts for o in p.others])
 
-        return isolate(len(messages), attempt, lambda i, exc: BulkDecoded([], [(i, _Poison(exc))]), merge,
-                       passes=INFRASTRUCTURE_ERRORS)
+        return isolate(
+            len(messages),
+            attempt,
+            lambda i, exc: BulkDecoded([], [(i, _Poison(exc))]),
+            merge,
+            passes=INFRASTRUCTURE_ERRORS,
+        )
 
     def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
         # counted and logged by _reject, once the part is settled: a part may be prepared more than once
-        return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value,
-                        reason, detail, now, model_id)
+        return Rejected(m.full_topic, m.partition, m.offset, m.key, m.value, reason, detail, now, model_id)
 
     def _poisoned(self, m: Incoming, exc: BaseException, now: int) -> Rejected:
         """A message whose handling raised: dead-lettered as ``internal_error`` with the exception."""
         kind, detail = error_detail(exc)
-        log.error("handling %s[%d]@%d raised %s: %s; the message goes to the DLQ", m.topic, m.partition, m.offset,
-                  kind, detail, exc_info=exc,
-                  extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "error_class": kind})
+        log.error(
+            "handling %s[%d]@%d raised %s: %s; the message goes to the DLQ",
+            m.topic,
+            m.partition,
+            m.offset,
+            kind,
+            detail,
+            exc_info=exc,
+            extra={"topic": m.topic, "partition": m.partition, "offset": m.offset, "error_class": kind},
+        )
         self.metrics.poison.labels(topic=m.topic, error_class=kind).inc()
         rejected = self._rejected(m, INTERNAL_ERROR, f"{kind}: {detail}", now)
         rejected.error_class = kind
@@ -597,11 +665,18 @@ class WorkerService:
     def _reject(self, rejected: list[Rejected], token: str) -> None:
         for r in rejected:
             prefix = self.settings.topic_prefix
-            topic = r.source_topic[len(prefix):] if r.source_topic.startswith(prefix) else r.source_topic
+            topic = r.source_topic[len(prefix) :] if r.source_topic.startswith(prefix) else r.source_topic
             self.metrics.dlq.labels(reason=r.reason).inc()
             self.metrics.events.labels(topic=topic, outcome="rejected").inc()
-            log.warning("rejected %s[%d]@%d: %s: %s", r.source_topic, r.partition, r.offset, r.reason, r.detail[:1000],
-                        extra={"topic": topic, "partition": r.partition, "offset": r.offset, "reason": r.reason})
+            log.warning(
+                "rejected %s[%d]@%d: %s: %s",
+                r.source_topic,
+                r.partition,
+                r.offset,
+                r.reason,
+                r.detail[:1000],
+                extra={"topic": topic, "partition": r.partition, "offset": r.offset, "reason": r.reason},
+            )
         self.sinks.reject(rejected, token)
 
     def _handle_inputs(self, topic: str, part: _Part) -> set[tuple[str, Any]]:
@@ -613,6 +688,7 @@ class WorkerService:
         are prepared again without it; only then does anything change."""
         messages = part.messages
         now = self.now_ms()
+
         def attempt(lo: int, hi: int) -> _Prepared:
             for m in messages[lo:hi] if self._known_poison else ():
                 known = self._poison_of(m)
@@ -620,9 +696,13 @@ class WorkerService:
                     raise known
             return self._prepare_inputs(part.slice(lo, hi), now).shifted(lo)
 
-        prepared = isolate(len(messages), attempt,
-                           lambda i, exc: _Prepared([self._poisoned(messages[i], exc, now)]), _Prepared.merge,
-                           passes=INFRASTRUCTURE_ERRORS)
+        prepared = isolate(
+            len(messages),
+            attempt,
+            lambda i, exc: _Prepared([self._poisoned(messages[i], exc, now)]),
+            _Prepared.merge,
+            passes=INFRASTRUCTURE_ERRORS,
+        )
         return self._apply_inputs(topic, part, now, prepared)
 
     def _prepare_inputs(self, part: _Part, now: int) -> _Prepared:
@@ -648,7 +728,8 @@ class WorkerService:
                 rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
                 continue
             groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group()).add(
-                batch, np.full(batch.n, i))
+                batch, np.full(batch.n, i)
+            )
         # Single events come in one batch per model version: validated, written and monitored once.
         for g in part.groups:
             batch = g.batch
@@ -661,10 +742,13 @@ class WorkerService:
                 one = take_rows(batch, np.array([row]))
                 problem = self._problem(one, now)
                 if problem is None:
-                    groups.setdefault(key, _Group()).add(one, g.messages[row:row + 1])
+                    groups.setdefault(key, _Group()).add(one, g.messages[row : row + 1])
                 else:
-                    rejected.append(self._rejected(messages[int(g.messages[row])], problem.reason, problem.detail,
-                                                   now, batch.model_id))
+                    rejected.append(
+                        self._rejected(
+                            messages[int(g.messages[row])], problem.reason, problem.detail, now, batch.model_id
+                        )
+                    )
         return _Prepared(rejected, groups)
 
     def _apply_inputs(self, topic: str, part: _Part, now: int, prepared: _Prepared) -> set[tuple[str, Any]]:
@@ -672,8 +756,10 @@ class WorkerService:
         rejected, groups = prepared.rejected, prepared.groups
         # one batch per model version: the raw insert and the monitor both take it whole, its rows in the
         # order of their messages (batches were gathered before single events; in the log they interleave)
-        ordered = {key: in_arrival_order(concat_batches(group.batches), np.concatenate(group.owners))
-                   for key, group in groups.items()}
+        ordered = {
+            key: in_arrival_order(concat_batches(group.batches), np.concatenate(group.owners))
+            for key, group in groups.items()
+        }
         batches = {key: batch for key, (batch, _) in ordered.items()}
 
         token = batch_token(messages)
@@ -721,9 +807,21 @@ class WorkerService:
             if ingested.late_rows is not None:
                 np.add.at(late_rows, owners[ingested.late_rows], 1)
         if self.options.keep_late_events and late_rows.any():
-            late = [Rejected(m.full_topic, m.partition, m.offset, m.key, m.value, LATE_EVENT,
-                             f"{int(late_rows[i])} row(s) came after their window closed; counted in "
-                             f"drift_reports.late_events", now, "") for i, m in enumerate(messages) if late_rows[i]]
+            late = [
+                Rejected(
+                    m.full_topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.value,
+                    LATE_EVENT,
+                    f"{int(late_rows[i])} row(s) came after their window closed; counted in drift_reports.late_events",
+                    now,
+                    "",
+                )
+                for i, m in enumerate(messages)
+                if late_rows[i]
+            ]
             self.metrics.dlq.labels(reason=LATE_EVENT).inc(len(late))
             self.sinks.reject(late, f"{token}:late")
         add = self.ledger.add
@@ -734,8 +832,11 @@ class WorkerService:
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
         problem = check_batch(batch, now, self.max_future_ms, self.options.min_event_time_ms)
         if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
-            problem = Rejection(UNKNOWN_MODEL, f"no reference profile for model {batch.model_id!r} "
-                                               f"version {batch.model_version!r} (register it first)")
+            problem = Rejection(
+                UNKNOWN_MODEL,
+                f"no reference profile for model {batch.model_id!r} "
+                f"version {batch.model_version!r} (register it first)",
+            )
         return problem
 
     def _prepare_label(self, m: Incoming, now: int) -> LabelEvent | Rejected:
@@ -788,7 +889,9 @@ class WorkerService:
                 continue
             events = [e for _, e in items]
             result = self.monitor.ingest_labels(
-                model_id, [e.event_id for e in events], [e.label for e in events],
+                model_id,
+                [e.event_id for e in events],
+                [e.label for e in events],
                 np.fromiter((e.event_time for e in events), dtype=np.int64, count=len(events)),
                 now_ms=now,
             )
@@ -809,13 +912,19 @@ class WorkerService:
                         found += 1
                 result.joined += found
                 result.pending -= found
-            self.metrics.events.labels(topic="labels", outcome="accepted").inc(len(events) - result.late - result.replayed)
+            self.metrics.events.labels(topic="labels", outcome="accepted").inc(
+                len(events) - result.late - result.replayed
+            )
             self.metrics.events.labels(topic="labels", outcome="joined").inc(result.joined)
             self.metrics.events.labels(topic="labels", outcome="pending").inc(result.pending)
             if result.late:
                 self.metrics.events.labels(topic="labels", outcome="late").inc(result.late)
-                log.warning("%d late label(s) of %s: their windows were already closed", result.late, model_id,
-                            extra={"model_id": model_id, "late": result.late})
+                log.warning(
+                    "%d late label(s) of %s: their windows were already closed",
+                    result.late,
+                    model_id,
+                    extra={"model_id": model_id, "late": result.late},
+                )
             if result.replayed:
                 self.metrics.events.labels(topic="labels", outcome="replayed").inc(result.replayed)
         for i, m in enumerate(messages):
@@ -834,11 +943,19 @@ class WorkerService:
             since = self.now_ms() - self.monitor.index_ttl_ms
             waiting = self.sinks.waiting_labels(model_id, since, self.monitor.index_max_entries)
             n = self.monitor.restore_labels(
-                model_id, [e.event_id for e in waiting], [e.label for e in waiting],
-                np.fromiter((e.event_time for e in waiting), dtype=np.int64, count=len(waiting)), now_ms=self.now_ms())
+                model_id,
+                [e.event_id for e in waiting],
+                [e.label for e in waiting],
+                np.fromiter((e.event_time for e in waiting), dtype=np.int64, count=len(waiting)),
+                now_ms=self.now_ms(),
+            )
             if n:
-                log.info("%s: %d label(s) stored before wait for their predictions again", model_id, n,
-                         extra={"model_id": model_id, "restored_labels": n})
+                log.info(
+                    "%s: %d label(s) stored before wait for their predictions again",
+                    model_id,
+                    n,
+                    extra={"model_id": model_id, "restored_labels": n},
+                )
         if version is None or not self.monitor.needs_recovery(model_id, version):
             return
         through = self.sinks.latest_window(model_id, version)
@@ -846,8 +963,13 @@ class WorkerService:
         self.monitor.recover(model_id, version, through)
         self.monitor.recover_labels(model_id, version, label_through)
         if through is not None:
-            log.info("%s v%s: windows up to %d were written before; replayed events of them are skipped",
-                     model_id, version, through, extra={"model_id": model_id, "version": version, "through": through})
+            log.info(
+                "%s v%s: windows up to %d were written before; replayed events of them are skipped",
+                model_id,
+                version,
+                through,
+                extra={"model_id": model_id, "version": version, "through": through},
+            )
         for stream, written in (("score", through), ("error", label_through)):
             state = None if written is None else self.sinks.detector_state(model_id, version, stream, written)
             if state is None:
@@ -856,13 +978,25 @@ class WorkerService:
                 resumed = self.monitor.restore_detectors(model_id, version, stream, state)
             except ValueError as exc:
                 # detectors that start afresh are better than a worker that cannot start
-                log.warning("%s v%s: the %s stream's change detectors start afresh: %s", model_id, version, stream, exc,
-                            extra={"model_id": model_id, "version": version, "stream": stream})
+                log.warning(
+                    "%s v%s: the %s stream's change detectors start afresh: %s",
+                    model_id,
+                    version,
+                    stream,
+                    exc,
+                    extra={"model_id": model_id, "version": version, "stream": stream},
+                )
                 continue
             if resumed is not None:
-                log.info("%s v%s: change detectors of the %s stream resumed as of %d: %s", model_id, version, stream,
-                         written, ", ".join(resumed) or "none",
-                         extra={"model_id": model_id, "version": version, "stream": stream, "through": written})
+                log.info(
+                    "%s v%s: change detectors of the %s stream resumed as of %d: %s",
+                    model_id,
+                    version,
+                    stream,
+                    written,
+                    ", ".join(resumed) or "none",
+                    extra={"model_id": model_id, "version": version, "stream": stream, "through": written},
+                )
         self._rebuild_triggers(model_id, version, through)
 
     def _rebuild_triggers(self, model_id: str, version: str, through: int | None) -> None:
@@ -876,17 +1010,28 @@ class WorkerService:
         policy = self.policy.for_model(model_id)
         holdout = getattr(self.references, "holdout_metrics", None)
         reference = holdout(model_id, version) if holdout and label_windows else None
-        folds = (("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
-                 ("performance", label_windows))
+        folds = (
+            ("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
+            ("performance", label_windows),
+        )
         profile = self.references.get(model_id, version) if any(w.estimated for w in drift_windows) else None
         estimated_reference = reference_estimates(profile) if profile is not None else None
         for stream, windows in folds:
             state = self._triggers.get((stream, model_id)) or TriggerState(model_id)
             for w in windows:
-                window = TriggerWindow(model_id, version, w.window_start, w.window_end, drift=w.drift,
-                                       performance=w.performance, n_labeled=w.n_labeled,
-                                       reference_performance=reference, change_events=w.change_events,
-                                       estimated_performance=w.estimated, reference_estimates=estimated_reference)
+                window = TriggerWindow(
+                    model_id,
+                    version,
+                    w.window_start,
+                    w.window_end,
+                    drift=w.drift,
+                    performance=w.performance,
+                    n_labeled=w.n_labeled,
+                    reference_performance=reference,
+                    change_events=w.change_events,
+                    estimated_performance=w.estimated,
+                    reference_estimates=estimated_reference,
+                )
                 state, _, _ = evaluate(policy, state, window, w.window_end)
             self._triggers[(stream, model_id)] = state
         # either stream's last request starts the cooldown of both
@@ -894,16 +1039,22 @@ class WorkerService:
         last = max(states, key=lambda st: st.last_request_ms if st.last_request_ms is not None else -1)
         if last.last_request_ms is not None:
             for k in ("drift", "performance"):
-                self._triggers[(k, model_id)] = replace(self._triggers[(k, model_id)],
-                                                        last_request_ms=last.last_request_ms,
-                                                        last_request_id=last.last_request_id)
+                self._triggers[(k, model_id)] = replace(
+                    self._triggers[(k, model_id)],
+                    last_request_ms=last.last_request_ms,
+                    last_request_id=last.last_request_id,
+                )
 
     def _count(self, topic: str, n: int, late: int, replayed: int) -> None:
         self.metrics.events.labels(topic=topic, outcome="accepted").inc(n - late - replayed)
         if late:
             self.metrics.events.labels(topic=topic, outcome="late").inc(late)
-            log.warning("%d late event(s) on %s: their windows were already closed", late, topic,
-                        extra={"topic": topic, "late": late})
+            log.warning(
+                "%d late event(s) on %s: their windows were already closed",
+                late,
+                topic,
+                extra={"topic": topic, "late": late},
+            )
         if replayed:
             self.metrics.events.labels(topic=topic, outcome="replayed").inc(replayed)
 
@@ -914,7 +1065,10 @@ class WorkerService:
         for outcome in self.monitor.close_due(now):
             if isinstance(outcome, WindowOutcome):
                 trigger_window = TriggerWindow(
-                    outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
+                    outcome.model_id,
+                    outcome.model_version,
+                    outcome.window_start,
+                    outcome.window_end,
                     drift=outcome.drift,
                     change_events=[(c.detector, "score") for c in outcome.changes for _ in range(c.alarms)],
                     estimated_performance=outcome.estimated_performance() or None,
@@ -930,8 +1084,12 @@ class WorkerService:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
         holdout = getattr(self.references, "holdout_metrics", None)
         trigger_window = TriggerWindow(
-            outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end,
-            performance=overall or None, n_labeled=outcome.n_labeled,
+            outcome.model_id,
+            outcome.model_version,
+            outcome.window_start,
+            outcome.window_end,
+            performance=overall or None,
+            n_labeled=outcome.n_labeled,
             reference_performance=holdout(outcome.model_id, outcome.model_version) if holdout else None,
             change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
         )
@@ -940,10 +1098,20 @@ class WorkerService:
         self.sinks.write_performance(outcome, now, requests, alerts)
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
         self.metrics.windows.labels(kind="performance").inc()
-        log.info("label window %s v%s [%d, %d) written: %d labelled", outcome.model_id, outcome.model_version,
-                 outcome.window_start, outcome.window_end, outcome.n_labeled,
-                 extra={"model_id": outcome.model_id, "version": outcome.model_version,
-                        "window_start": outcome.window_start, "n_labeled": outcome.n_labeled})
+        log.info(
+            "label window %s v%s [%d, %d) written: %d labelled",
+            outcome.model_id,
+            outcome.model_version,
+            outcome.window_start,
+            outcome.window_end,
+            outcome.n_labeled,
+            extra={
+                "model_id": outcome.model_id,
+                "version": outcome.model_version,
+                "window_start": outcome.window_start,
+                "n_labeled": outcome.n_labeled,
+            },
+        )
 
     def _decide(self, stream: str, window: TriggerWindow) -> tuple[list, list]:
         # Prediction and label windows close at different times, so each has its own
@@ -968,8 +1136,12 @@ class WorkerService:
             if requests:
                 self._record(stream, model_id, requests, alerts)
                 self.sinks.write_decisions(requests, alerts, f"schedule:{requests[0].request_id}")
-                log.info("scheduled retrain of %s v%s requested", model_id, requests[0].model_version,
-                         extra={"model_id": model_id, "request_id": requests[0].request_id})
+                log.info(
+                    "scheduled retrain of %s v%s requested",
+                    model_id,
+                    requests[0].model_version,
+                    extra={"model_id": model_id, "request_id": requests[0].request_id},
+                )
 
     def _record(self, stream: str, model_id: str, requests: list, alerts: list) -> None:
         """Count decisions, and start the cooldown of the other stream too."""
@@ -999,8 +1171,13 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
     m = policy.for_model(model_id).monitoring
     size = int(options.window_seconds * 1000) if options.window_seconds is not None else m.window_ms
     lateness = int(options.lateness_seconds * 1000) if options.lateness_seconds is not None else m.allowed_lateness_ms
-    return MonitorSettings(Windowing(size, lateness), thresholds=m.thresholds, fdr_q=m.fdr_q,
-                           detectors=tuple(m.detectors), task=options.task)
+    return MonitorSettings(
+        Windowing(size, lateness),
+        thresholds=m.thresholds,
+        fdr_q=m.fdr_q,
+        detectors=tuple(m.detectors),
+        task=options.task,
+    )
 
 
 def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:

@@ -90,7 +90,9 @@ class WarehouseServer:
         deadline = time.monotonic() + 60
         while not port_answers("127.0.0.1", self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embedded ClickHouse server did not start: {(root / 'chserver.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"embedded ClickHouse server did not start: {(root / 'chserver.log').read_text()[-2000:]}"
+                )
             time.sleep(0.1)
 
     @property

@@ -134,16 +134,24 @@ def seed_run(
     drifted_pairs: dict[str, set[tuple[str, int]]] = {f: set() for f in (*NUMERIC, *CATEGORICAL, PREDICTION_FEATURE)}
     for version, active in serving.items():
         for w in np.flatnonzero(active):
-            metrics = _window_metrics(rng, float(moved[version][w]), detector_fired=(version == "1" and w == DRIFT_AT + 1))
+            metrics = _window_metrics(
+                rng, float(moved[version][w]), detector_fired=(version == "1" and w == DRIFT_AT + 1)
+            )
             drifted = sorted({m.feature for m in metrics if m.drifted})
             for feature in drifted:
                 drifted_pairs[feature].add((version, int(w)))
             computed = int(ends[w]) + 1_500
-            reports.append(DriftReport(model_id, version, int(starts[w]), int(ends[w]), 300, 20_000, drifted, metrics, computed))
+            reports.append(
+                DriftReport(model_id, version, int(starts[w]), int(ends[w]), 300, 20_000, drifted, metrics, computed)
+            )
     count("drift_metrics", sum(len(r.metrics) for r in reports))
     warehouse.insert_drift_reports(reports)
     # a worker that crashed after writing replays its last windows: the same results, computed again
-    replayed = [r for r in reports if r.model_version == "1" and DRIFT_AT <= (r.window_start - start_ms) // WINDOW_MS <= RETRAIN_AT]
+    replayed = [
+        r
+        for r in reports
+        if r.model_version == "1" and DRIFT_AT <= (r.window_start - start_ms) // WINDOW_MS <= RETRAIN_AT
+    ]
     replayed = [dataclasses.replace(r, computed_at=r.computed_at + 60_000) for r in replayed]
     count("drift_metrics", sum(len(r.metrics) for r in replayed))
     warehouse.insert_drift_reports(replayed)
@@ -165,8 +173,17 @@ def seed_run(
 
     # ---- alerts -------------------------------------------------------------------------------------------
     def alert(kind: str, severity: str, version: str, w: int, message: str) -> Alert:
-        return Alert(f"{model_id}-{version}-{kind}-{int(starts[w])}", model_id, version, severity, kind, message,
-                     int(ends[w]) + 2_000, int(starts[w]), int(ends[w]))
+        return Alert(
+            f"{model_id}-{version}-{kind}-{int(starts[w])}",
+            model_id,
+            version,
+            severity,
+            kind,
+            message,
+            int(ends[w]) + 2_000,
+            int(starts[w]),
+            int(ends[w]),
+        )
 
     alerts = [
         alert("drift", "warning", "1", DRIFT_AT + 1, "income, debt_ratio and the prediction drifted (psi above 0.2)"),
@@ -191,7 +208,9 @@ def seed_run(
     warehouse.upsert_retrain_request(request, "registered", registered_version="2", updated_at=v2_registered_ms)
     manual = RetrainRequest(f"{model_id}-manual-{int(starts[4])}", model_id, "1", "manual", int(ends[4]))
     warehouse.upsert_retrain_request(manual, "requested", updated_at=int(ends[4]))
-    warehouse.upsert_retrain_request(manual, "failed", "not enough labelled rows: 812 < 2000", updated_at=int(ends[4]) + 15_000)
+    warehouse.upsert_retrain_request(
+        manual, "failed", "not enough labelled rows: 812 < 2000", updated_at=int(ends[4]) + 15_000
+    )
     count("retrain_requests", 5)
 
     # ---- registry and its mirror ----------------------------------------------------------------------
@@ -244,7 +263,9 @@ def seed_run(
         registry.set_alias(model_id, "challenger", "2", actor="retrainer", reason="candidate")
         warehouse.upsert_model_versions(registry.mirror_rows(model_id))
     with registry_clock(promoted_ms):
-        registry.promote(model_id, "2", actor="retrainer", reason="challenger beat champion: holdout roc_auc 0.871 > 0.742")
+        registry.promote(
+            model_id, "2", actor="retrainer", reason="challenger beat champion: holdout roc_auc 0.871 > 0.742"
+        )
         warehouse.upsert_model_versions(registry.mirror_rows(model_id))
     count("model_versions", 4)
 
@@ -319,18 +340,45 @@ def _profiles(rng, model_id, serving, moved, starts, ends) -> list[WindowProfile
                 mean = base + (mean1 - mean0) * float(moved[version][w]) + rng.normal(0, std / 20)
                 edges = np.linspace(mean0 - 3 * std, mean0 + 3 * std, 11)
                 hist = np.round(300 * np.diff(stats.norm.cdf(edges, mean, std))).astype(np.int64)
-                out.append(WindowProfileRow(
-                    model_id, version, feature, int(starts[w]), int(ends[w]), count=300, missing=int(rng.integers(0, 5)),
-                    computed_at=computed, mean=float(mean), std=float(std * rng.uniform(0.95, 1.05)),
-                    min=float(mean - 3.1 * std), max=float(mean + 3.2 * std), quantile_levels=levels,
-                    quantiles=stats.norm.ppf(levels, mean, std).tolist(), bin_edges=edges.tolist(), histogram=hist.tolist(),
-                ))
-            for feature, names, p in (("region", REGIONS, (0.3, 0.3, 0.2, 0.2)), ("channel", CHANNELS, (0.5, 0.3, 0.2))):
+                out.append(
+                    WindowProfileRow(
+                        model_id,
+                        version,
+                        feature,
+                        int(starts[w]),
+                        int(ends[w]),
+                        count=300,
+                        missing=int(rng.integers(0, 5)),
+                        computed_at=computed,
+                        mean=float(mean),
+                        std=float(std * rng.uniform(0.95, 1.05)),
+                        min=float(mean - 3.1 * std),
+                        max=float(mean + 3.2 * std),
+                        quantile_levels=levels,
+                        quantiles=stats.norm.ppf(levels, mean, std).tolist(),
+                        bin_edges=edges.tolist(),
+                        histogram=hist.tolist(),
+                    )
+                )
+            for feature, names, p in (
+                ("region", REGIONS, (0.3, 0.3, 0.2, 0.2)),
+                ("channel", CHANNELS, (0.5, 0.3, 0.2)),
+            ):
                 counts = rng.multinomial(300, p)
-                out.append(WindowProfileRow(
-                    model_id, version, feature, int(starts[w]), int(ends[w]), count=300, missing=0, computed_at=computed,
-                    kind="categorical", categories=dict(zip(names, counts.tolist())),
-                ))
+                out.append(
+                    WindowProfileRow(
+                        model_id,
+                        version,
+                        feature,
+                        int(starts[w]),
+                        int(ends[w]),
+                        count=300,
+                        missing=0,
+                        computed_at=computed,
+                        kind="categorical",
+                        categories=dict(zip(names, counts.tolist())),
+                    )
+                )
     return out
 
 
@@ -353,17 +401,48 @@ def _performance(rng, model_id, serving, shift, starts, ends) -> list[Performanc
             accuracy = (0.862 if version == "1" else 0.845) - 0.16 * drop + rng.normal(0, 0.008)
             auc = (0.881 if version == "1" else 0.871) - 0.15 * drop + rng.normal(0, 0.006)
             for metric, value in (
-                ("accuracy", accuracy), ("roc_auc", auc), ("f1", accuracy - 0.21 + rng.normal(0, 0.01)),
-                ("log_loss", 0.33 + 0.35 * drop + abs(rng.normal(0, 0.01))), ("brier", 0.10 + 0.09 * drop + abs(rng.normal(0, 0.004))),
+                ("accuracy", accuracy),
+                ("roc_auc", auc),
+                ("f1", accuracy - 0.21 + rng.normal(0, 0.01)),
+                ("log_loss", 0.33 + 0.35 * drop + abs(rng.normal(0, 0.01))),
+                ("brier", 0.10 + 0.09 * drop + abs(rng.normal(0, 0.004))),
             ):
-                out.append(PerformanceRow(model_id, version, metric, s, e, float(value), int(n * 0.93), computed, n_predictions=n))
+                out.append(
+                    PerformanceRow(
+                        model_id, version, metric, s, e, float(value), int(n * 0.93), computed, n_predictions=n
+                    )
+                )
             per_region = {r: accuracy + off + rng.normal(0, 0.012) for r, off in region_offset.items()}
             for region, value in per_region.items():
-                out.append(PerformanceRow(model_id, version, "accuracy", s, e, float(value), int(n * 0.93 / 4), computed,
-                                          segment=f"region={region}", n_predictions=n // 4))
+                out.append(
+                    PerformanceRow(
+                        model_id,
+                        version,
+                        "accuracy",
+                        s,
+                        e,
+                        float(value),
+                        int(n * 0.93 / 4),
+                        computed,
+                        segment=f"region={region}",
+                        n_predictions=n // 4,
+                    )
+                )
             gap = max(per_region.values()) - min(per_region.values())
-            out.append(PerformanceRow(model_id, version, "accuracy_gap", s, e, float(gap), int(n * 0.93), computed,
-                                      segment="region=*", n_predictions=n))
+            out.append(
+                PerformanceRow(
+                    model_id,
+                    version,
+                    "accuracy_gap",
+                    s,
+                    e,
+                    float(gap),
+                    int(n * 0.93),
+                    computed,
+                    segment="region=*",
+                    n_predictions=n,
+                )
+            )
     return out
 
 
@@ -388,15 +467,23 @@ def _raw_events(rng, model_id, serving, moved, starts) -> tuple[list[PredictionB
             score = 1 / (1 + np.exp(-2.0 * (-1.0 - 0.9 * z_income + w_debt * z_debt)))
             times = int(starts[w]) + np.sort(rng.integers(0, WINDOW_MS, n)).astype(np.int64)
             ids = [f"{model_id}-{version}-{w:02d}-{i:03d}" for i in range(n)]
-            batches.append(PredictionBatch(
-                model_id, version, ids, times,
-                numeric={"income": income, "age": age, "debt_ratio": debt},
-                categorical={"region": list(rng.choice(REGIONS, n)), "channel": list(rng.choice(CHANNELS, n, p=(0.5, 0.3, 0.2)))},
-                predictions=score,
-                predicted_labels=["default" if s >= 0.5 else "repaid" for s in score],
-                latency_ms=rng.lognormal(np.log(11 if version == "1" else 14), 0.4, n),
-                attributes={"region": list(rng.choice(REGIONS, n)), "channel": list(rng.choice(CHANNELS, n))},
-            ))
+            batches.append(
+                PredictionBatch(
+                    model_id,
+                    version,
+                    ids,
+                    times,
+                    numeric={"income": income, "age": age, "debt_ratio": debt},
+                    categorical={
+                        "region": list(rng.choice(REGIONS, n)),
+                        "channel": list(rng.choice(CHANNELS, n, p=(0.5, 0.3, 0.2))),
+                    },
+                    predictions=score,
+                    predicted_labels=["default" if s >= 0.5 else "repaid" for s in score],
+                    latency_ms=rng.lognormal(np.log(11 if version == "1" else 14), 0.4, n),
+                    attributes={"region": list(rng.choice(REGIONS, n)), "channel": list(rng.choice(CHANNELS, n))},
+                )
+            )
             if w < N_WINDOWS - LABEL_LAG:
                 labels.extend(LabelEvent(i, model_id, int(t), float(y)) for i, t, y in zip(ids, times, truth))
     return batches, labels
@@ -415,12 +502,31 @@ def _rejected(rng, model_id, starts) -> list[RejectedEventRow]:
     for w in range(1, N_WINDOWS, 3):  # a steady trickle from one flaky producer
         add(w, "invalid_value", "numeric input 'income' holds an infinite value", b"\xc3\x01" + bytes(30), model_id)
     for w in (6, 19, 30):
-        add(w, "future_event_time", "event_time is 7300 s ahead of the clock", b"\xc3\x01" + bytes(24), model_id, "driftline.labels")
+        add(
+            w,
+            "future_event_time",
+            "event_time is 7300 s ahead of the clock",
+            b"\xc3\x01" + bytes(24),
+            model_id,
+            "driftline.labels",
+        )
     for w in (20, 21, 22):  # a producer deploy sends JSON without model_version
         for _ in range(8):
-            add(w, "json_schema", "missing required field 'model_version'", b'{"event_id": "x", "model_id": "credit"}', model_id)
+            add(
+                w,
+                "json_schema",
+                "missing required field 'model_version'",
+                b'{"event_id": "x", "model_id": "credit"}',
+                model_id,
+            )
         for _ in range(2):
-            add(w, "unknown_fingerprint", "no schema in schemas/avro/ has fingerprint 0x5a1f...", b"\xc3\x01\x5a\x1f" + bytes(20), "")
+            add(
+                w,
+                "unknown_fingerprint",
+                "no schema in schemas/avro/ has fingerprint 0x5a1f...",
+                b"\xc3\x01\x5a\x1f" + bytes(20),
+                "",
+            )
     add(21, "truncated", "the message ends inside the Avro body", b"\xc3\x01\x00", "")
     return out
 

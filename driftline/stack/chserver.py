@@ -175,7 +175,7 @@ class Request:
     zlib_level: int = 3
 
     @classmethod
-    def parse(cls, method: str, params: Mapping[str, str], headers: Mapping[str, str]) -> "Request":
+    def parse(cls, method: str, params: Mapping[str, str], headers: Mapping[str, str]) -> Request:
         if _flag(params, "compress"):
             raise ClickHouseError(
                 NOT_IMPLEMENTED,
@@ -195,7 +195,9 @@ class Request:
             wait_end_of_query=_flag(params, "wait_end_of_query") or _flag(params, "http_wait_end_of_query"),
             decompress=_flag(params, "decompress"),
             protocol_version=int(_number(params, "client_protocol_version", 0)),
-            compression_enabled=_flag(params, "enable_http_compression") if "enable_http_compression" in params else None,
+            compression_enabled=_flag(params, "enable_http_compression")
+            if "enable_http_compression" in params
+            else None,
             zlib_level=int(_number(params, "http_zlib_compression_level", 3)),
         )  # add_http_cors_header is read and ignored: the server never answers with CORS headers
         if not 0 < request.session_timeout <= MAX_SESSION_TIMEOUT:
@@ -396,7 +398,9 @@ class _HTTPServer(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         if late:
-            logger.warning("closed %d connection(s) whose request headers took over %.0f s", len(late), self.limits.header_timeout)
+            logger.warning(
+                "closed %d connection(s) whose request headers took over %.0f s", len(late), self.limits.header_timeout
+            )
         return len(late)
 
     def server_bind(self) -> None:
@@ -493,11 +497,15 @@ class _Handler(BaseHTTPRequestHandler):
             reason = "requests from web pages (with an Origin header) are not allowed"
         else:
             host = self.headers.get("Host")
-            if host is not None and not host_allowed(host.strip(), self.server.hosts, self.server.server_port, self.server.extra_hosts):
+            if host is not None and not host_allowed(
+                host.strip(), self.server.hosts, self.server.server_port, self.server.extra_hosts
+            ):
                 reason = f"Host {host.strip()!r} is not this server's address (see --allow-host)"
         if reason is None:
             return False
-        logger.warning("refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0], reason)
+        logger.warning(
+            "refused %s %s from %s: %s", self.command, urlsplit(self.path).path, self.client_address[0], reason
+        )
         body = f"Code: {ACCESS_DENIED}. DB::Exception: {reason}. (ACCESS_DENIED)\n".encode()
         self.close_connection = True
         self.send_response(403)
@@ -559,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ClickHouseError as err:
             status = err.http_status
             self._fail(err, query_id)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, socket.timeout) as exc:
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
             status = "disconnected"
             logger.debug("client went away query_id=%s: %s", query_id, exc)
             self.close_connection = True
@@ -606,7 +614,11 @@ class _Handler(BaseHTTPRequestHandler):
         # Outside a session the engine enforces readonly (a pooled connection opened at the request's
         # level); a session's connection keeps the user's level, so a stricter request is checked here.
         if request.session_id and request.readonly > engine.limits.readonly and not statement.allowed(request.readonly):
-            hint = ". For queries over HTTP, method GET implies readonly; use POST for modifying queries" if request.get else ""
+            hint = (
+                ". For queries over HTTP, method GET implies readonly; use POST for modifying queries"
+                if request.get
+                else ""
+            )
             raise ClickHouseError(READONLY, f"Cannot execute query in readonly mode{hint}")
         lease = engine.lease(request.session_id, request.session_timeout, request.session_check, request.readonly)
         try:
@@ -707,7 +719,9 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The request body is larger than {limit} bytes, the server's --max-body-bytes (Content-Length "
                 f"{self._content_length()}); send it in smaller requests",
             )
-        chunks = decode_body(_capped(self._raw_body(), limit, "request body"), self.headers.get("Content-Encoding"), limit)
+        chunks = decode_body(
+            _capped(self._raw_body(), limit, "request body"), self.headers.get("Content-Encoding"), limit
+        )
         if _flag(params, "decompress"):
             chunks = decode_native_blocks(chunks, limit)
         return iter(chunks)
@@ -786,7 +800,7 @@ class _Handler(BaseHTTPRequestHandler):
             stream.close()  # cancels an unfinished chdb stream before the connection is reused
 
     def _send_spooled(
-        self, reply: "_Reply", stats: QueryStats, chunks: Iterator[bytes], encoder: ResponseEncoder, lease: Lease
+        self, reply: _Reply, stats: QueryStats, chunks: Iterator[bytes], encoder: ResponseEncoder, lease: Lease
     ) -> None:
         """The whole result first (memory, then a temporary file), so a late error is still a clean error."""
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
@@ -801,7 +815,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(piece)
 
     def _send_streamed(
-        self, reply: "_Reply", stats: QueryStats, chunks: Iterator[bytes], encoder: ResponseEncoder, lease: Lease
+        self, reply: _Reply, stats: QueryStats, chunks: Iterator[bytes], encoder: ResponseEncoder, lease: Lease
     ) -> None:
         """Chunks as chdb makes them; an error after the first byte goes out as ClickHouse's tagged block."""
         first = next(chunks, b"")  # an error before the first byte is an ordinary error response
@@ -827,7 +841,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(_Reply(request, "text/plain; charset=UTF-8"), stats, length=len(body))
         self._write(body)
 
-    def _start(self, reply: "_Reply", stats: QueryStats, length: int | None, exception_tag: str | None = None) -> None:
+    def _start(self, reply: _Reply, stats: QueryStats, length: int | None, exception_tag: str | None = None) -> None:
         request = reply.request
         self.send_response(200)
         self._common_headers(request.query_id, reply.content_type)
@@ -984,7 +998,9 @@ class EmbeddedClickHouse:
         self._closed = threading.Event()
         self._started = False
         self._threads = [
-            threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, name="chserver-http", daemon=True),
+            threading.Thread(
+                target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, name="chserver-http", daemon=True
+            ),
             threading.Thread(target=self._reap, name="chserver-sessions", daemon=True),
         ]
 
@@ -993,7 +1009,7 @@ class EmbeddedClickHouse:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "EmbeddedClickHouse":
+    def start(self) -> EmbeddedClickHouse:
         self._started = True
         for thread in self._threads:
             thread.start()
@@ -1034,7 +1050,7 @@ class EmbeddedClickHouse:
         while not self._closed.wait(0.5):
             pass
 
-    def __enter__(self) -> "EmbeddedClickHouse":
+    def __enter__(self) -> EmbeddedClickHouse:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1088,41 +1104,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", required=True, help="chdb data directory (this process owns it)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123, help="0 picks a free port (printed on start)")
-    parser.add_argument("--user", help="the one accepted user (default: default, when a password is given); "
-                        "without a password authentication is off")
-    parser.add_argument("--password", help="that user's password (visible to other local users in ps: prefer --password-file)")
-    parser.add_argument("--password-file", help="read the password from this file (mode 600); `driftline stack up` makes one")
-    parser.add_argument("--readonly", type=int, choices=[0, 1, 2], default=0,
-                        help="the user's readonly level, enforced by the engine: 1 reads only, 2 also changes settings")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                        help="also answer requests whose Host header is NAME:PORT (repeatable)")
+    parser.add_argument(
+        "--user",
+        help="the one accepted user (default: default, when a password is given); "
+        "without a password authentication is off",
+    )
+    parser.add_argument(
+        "--password", help="that user's password (visible to other local users in ps: prefer --password-file)"
+    )
+    parser.add_argument(
+        "--password-file", help="read the password from this file (mode 600); `driftline stack up` makes one"
+    )
+    parser.add_argument(
+        "--readonly",
+        type=int,
+        choices=[0, 1, 2],
+        default=0,
+        help="the user's readonly level, enforced by the engine: 1 reads only, 2 also changes settings",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME:PORT (repeatable)",
+    )
     http_defaults = HttpLimits()
-    parser.add_argument("--max-execution-time", type=float, default=DEFAULT_MAX_EXECUTION_TIME,
-                        help="seconds a query may run; clients may lower it, not raise it (default %(default)g)")
-    parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="open HTTP sessions (default %(default)s)")
-    parser.add_argument("--max-body-bytes", type=int, default=http_defaults.max_body_bytes,
-                        help="request body, on the wire and decompressed (default %(default)s)")
-    parser.add_argument("--max-query-bytes", type=int, default=http_defaults.max_query_bytes,
-                        help="statement text, not counting INSERT data (default %(default)s)")
-    parser.add_argument("--max-connections", type=int, default=http_defaults.max_connections,
-                        help="open client connections (default %(default)s)")
-    parser.add_argument("--header-timeout", type=float, default=http_defaults.header_timeout,
-                        help="seconds for a request's headers to arrive (default %(default)g)")
-    parser.add_argument("--read-timeout", type=float, default=http_defaults.read_timeout,
-                        help="seconds to wait for a client's next bytes, or for it to read (default %(default)g)")
+    parser.add_argument(
+        "--max-execution-time",
+        type=float,
+        default=DEFAULT_MAX_EXECUTION_TIME,
+        help="seconds a query may run; clients may lower it, not raise it (default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="open HTTP sessions (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=http_defaults.max_body_bytes,
+        help="request body, on the wire and decompressed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-query-bytes",
+        type=int,
+        default=http_defaults.max_query_bytes,
+        help="statement text, not counting INSERT data (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=http_defaults.max_connections,
+        help="open client connections (default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=http_defaults.header_timeout,
+        help="seconds for a request's headers to arrive (default %(default)g)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=http_defaults.read_timeout,
+        help="seconds to wait for a client's next bytes, or for it to read (default %(default)g)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(args.readonly, args.max_execution_time, args.max_sessions)
-    http_limits = HttpLimits(args.max_body_bytes, args.max_query_bytes, args.max_connections, args.header_timeout, args.read_timeout)
+    http_limits = HttpLimits(
+        args.max_body_bytes, args.max_query_bytes, args.max_connections, args.header_timeout, args.read_timeout
+    )
     try:
         password = read_password_file(args.password_file) if args.password_file else args.password
-        server = serve(args.path, args.host, args.port, args.user, password, limits, http_limits, tuple(args.allow_host))
+        server = serve(
+            args.path, args.host, args.port, args.user, password, limits, http_limits, tuple(args.allow_host)
+        )
     except (StackError, OSError) as exc:
         logger.error("cannot serve on %s:%s: %s", args.host, args.port, exc)
         return 1
     if password is None:
-        logger.warning("serving without a password: anything that can reach %s may read and write the warehouse", server.url)
+        logger.warning(
+            "serving without a password: anything that can reach %s may read and write the warehouse", server.url
+        )
 
     def stop(signum: int, frame: object) -> None:
         # close() waits for requests, so it runs beside the main thread rather than inside the handler

@@ -207,7 +207,9 @@ def _frames(
     except (RuntimeError, zlib.error, zstandard.ZstdError, ValueError) as exc:
         raise ClickHouseError(CANNOT_DECOMPRESS, f"Cannot decompress {name} request body: {exc}") from exc
     if inside:
-        raise ClickHouseError(CANNOT_DECOMPRESS, f"Cannot decompress {name} request body: the {name} body ends inside a frame")
+        raise ClickHouseError(
+            CANNOT_DECOMPRESS, f"Cannot decompress {name} request body: the {name} body ends inside a frame"
+        )
 
 
 _NATIVE_HEADER = 25  # checksum 16 + method 1 + compressed size 4 + decompressed size 4

@@ -180,7 +180,9 @@ class EngineConnection:
         if not names:
             return
         listed = ", ".join(quote_string(n) for n in names)
-        body, _ = self.run(f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})", "JSONCompactEachRow", None)
+        body, _ = self.run(
+            f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})", "JSONCompactEachRow", None
+        )
         for line in body.splitlines():
             name, value, changed = json.loads(line)
             self._baseline[name] = (value, bool(int(changed)))

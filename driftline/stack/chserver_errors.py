@@ -95,15 +95,15 @@ class ClickHouseError(Exception):
             self.name = _NAMES.get(self.code, "UNKNOWN_EXCEPTION")
 
     @classmethod
-    def from_engine(cls, text: str) -> "ClickHouseError":
+    def from_engine(cls, text: str) -> ClickHouseError:
         """Parse chdb's exception text; text without a code becomes STD_EXCEPTION."""
         found = _CODE.search(text)
         if not found:
             return cls(STD_EXCEPTION, text.strip() or "unknown engine error")
-        full = text[found.start():].strip()
+        full = text[found.start() :].strip()
         code = int(found.group(1))
         names = _NAME.findall(full)
-        message = full[len(found.group(0)):]
+        message = full[len(found.group(0)) :]
         message = message.removeprefix("DB::Exception: ")
         name = names[-1] if names else ""
         if name and message.endswith(f"({name})"):

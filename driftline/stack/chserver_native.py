@@ -60,10 +60,10 @@ class DataType:
     """
 
     name: str
-    args: tuple["DataType", ...] = ()
+    args: tuple[DataType, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> "DataType":
+    def parse(cls, text: str) -> DataType:
         text = _ALIASES.get(text.strip(), text.strip())
         if not text.endswith(")") or "(" not in text:
             return cls(text)

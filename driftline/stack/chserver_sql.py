@@ -318,7 +318,9 @@ ALLOWED_ENGINES = frozenset(
 )  # fmt: skip
 ALLOWED_DICTIONARY_SOURCES = frozenset({"clickhouse", "null"})
 # Keys that would make a ClickHouse dictionary source connect somewhere, or run SQL hidden in a string.
-_REMOTE_SOURCE_KEYS = frozenset({"HOST", "PORT", "SECURE", "USER", "PASSWORD", "QUERY", "NAME", "UPDATE_FIELD", "INVALIDATE_QUERY"})
+_REMOTE_SOURCE_KEYS = frozenset(
+    {"HOST", "PORT", "SECURE", "USER", "PASSWORD", "QUERY", "NAME", "UPDATE_FIELD", "INVALIDATE_QUERY"}
+)
 # Table functions and engines of chdb 26.9 that read files, reach the network or run programs (the
 # server adds whatever its engine lists beyond the allowlists), and scalar functions that read files.
 DENIED_CALLS = frozenset(
@@ -418,7 +420,9 @@ class Confinement:
             at += 1
         name = _name(buf, tokens[at]) if at < len(tokens) else None
         if name is not None and name.lower() not in ALLOWED_ENGINES:
-            raise _refused(f"ENGINE = {name} is not allowed on this server: only local engines (MergeTree, Memory, Log, ...) are")
+            raise _refused(
+                f"ENGINE = {name} is not allowed on this server: only local engines (MergeTree, Memory, Log, ...) are"
+            )
 
     def check_settings(self, settings: Mapping[str, str]) -> None:
         """Refuse settings that name files or hosts, or that lift the time limit."""
@@ -443,8 +447,14 @@ class Confinement:
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "Function" and parts[1].lower() in self.denied_calls:
                 raise _refused(f"{parts[1]}(...) is not allowed on this server: it reads files or reaches the network")
-            if len(parts) >= 2 and parts[0] == "FunctionWithKeyValueArguments" and parts[1].lower() not in ALLOWED_DICTIONARY_SOURCES:
-                raise _refused(f"dictionary source {parts[1]} is not allowed on this server: only local ClickHouse tables are")
+            if (
+                len(parts) >= 2
+                and parts[0] == "FunctionWithKeyValueArguments"
+                and parts[1].lower() not in ALLOWED_DICTIONARY_SOURCES
+            ):
+                raise _refused(
+                    f"dictionary source {parts[1]} is not allowed on this server: only local ClickHouse tables are"
+                )
 
 
 def _refused(message: str) -> ClickHouseError:
@@ -455,7 +465,7 @@ def _name(buf: bytes, token: _Token) -> str | None:
     """A function or engine name: a bare word, or a back/double-quoted identifier."""
     if token.kind == "word":
         return buf[token.start : token.end].decode("utf-8", "replace")
-    if token.kind == "quoted" and token.complete and buf[token.start] in b"`\"":
+    if token.kind == "quoted" and token.complete and buf[token.start] in b'`"':
         inner = buf[token.start + 1 : token.end - 1].decode("utf-8", "replace")
         return re.sub(r"\\(.)|``|\"\"", lambda m: m.group(1) or m.group(0)[0], inner)
     return None
@@ -466,7 +476,9 @@ def _is_assignment(buf: bytes, tokens: list[_Token], at: int) -> bool:
     if at >= len(tokens) or tokens[at].kind != "symbol" or buf[tokens[at].start] != 0x3D:
         return False
     after = tokens[at + 1] if at + 1 < len(tokens) else None
-    return not (after is not None and after.kind == "symbol" and buf[after.start] == 0x3D and after.start == tokens[at].end)
+    return not (
+        after is not None and after.kind == "symbol" and buf[after.start] == 0x3D and after.start == tokens[at].end
+    )
 
 
 def _literal(buf: bytes, token: _Token | None) -> str:
@@ -490,7 +502,9 @@ def _check_source(buf: bytes, tokens: list[_Token], at: int) -> None:
         if token.depth < depth:
             break
         if token.upper(buf) in _REMOTE_SOURCE_KEYS:
-            raise _refused(f"dictionary source key {token.upper(buf)} is not allowed on this server: only local tables are")
+            raise _refused(
+                f"dictionary source key {token.upper(buf)} is not allowed on this server: only local tables are"
+            )
 
 
 def _attach_from_path(buf: bytes, tokens: list[_Token]) -> bool:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from driftline.stack.process import (
-    StackError,
     ManagedProcess,
+    StackError,
     free_port,
     port_answers,
     port_free,
@@ -95,7 +95,6 @@ class KafkaBroker:
     controller_port: int | None = None
     heap: str = "512m"
     jars: Path | None = None  # default: <home>/../kafka-jars; DRIFTLINE_KAFKA_JARS overrides
-
 
     @property
     def bootstrap(self) -> str:
@@ -183,7 +182,9 @@ class KafkaBroker:
             wait_until(lambda: self.admin_answers(), timeout, self.process, f"Kafka on {self.bootstrap}")
         except StackError as exc:
             # the broker's own log (log4j) says why, e.g. a port taken; its stdout is often empty
-            raise StackError(f"{exc}\nlast lines of {self.home / 'server.log'}:\n{tail(self.home / 'server.log')}") from None
+            raise StackError(
+                f"{exc}\nlast lines of {self.home / 'server.log'}:\n{tail(self.home / 'server.log')}"
+            ) from None
 
     def admin_answers(self) -> bool:
         return admin_answers(self.bootstrap)

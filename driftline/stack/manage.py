@@ -45,14 +45,16 @@ class WarehouseAddress:
     password: str | None = None  # given in the URL; else the stack makes one
 
     @classmethod
-    def parse(cls, url: str) -> "WarehouseAddress":
+    def parse(cls, url: str) -> WarehouseAddress:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https"):
             raise StackError(f"the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE={url} is not an http(s) URL")
         port = parsed.port or (8443 if parsed.scheme == "https" else 8123)
         user = unquote(parsed.username) if parsed.username else "default"
         password = unquote(parsed.password) if parsed.password is not None else None
-        return cls(parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline", user, password)
+        return cls(
+            parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline", user, password
+        )
 
     @property
     def local(self) -> bool:
@@ -113,20 +115,38 @@ def up(settings: Settings) -> list[ServiceStatus]:
         _say(f"clickhouse: already answering on {address.host}:{address.port}, not starting another")
     else:
         if not address.local:
-            raise StackError(f"ClickHouse at {address.host}:{address.port} does not answer, and it is not local to start")
+            raise StackError(
+                f"ClickHouse at {address.host}:{address.port} does not answer, and it is not local to start"
+            )
         if port_answers(address.host, address.port):
             raise StackError(f"port {address.host}:{address.port} is taken by something that is not ClickHouse")
         proc = _chserver(settings)
         data = proc.pid_file.parent / "data"
         password_file = ensure_password(settings, address.password or None)
-        _say(f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data}; "
-             f"user {address.user}, password in {password_file})")
-        proc.spawn(
-            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(data),
-             "--host", address.host, "--port", str(address.port),
-             "--user", address.user, "--password-file", str(password_file)]
+        _say(
+            f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data}; "
+            f"user {address.user}, password in {password_file})"
         )
-        wait_until(lambda: ping_warehouse(address), 60, proc, f"the embedded ClickHouse on {address.host}:{address.port}")
+        proc.spawn(
+            [
+                sys.executable,
+                "-m",
+                "driftline.stack.chserver",
+                "--path",
+                str(data),
+                "--host",
+                address.host,
+                "--port",
+                str(address.port),
+                "--user",
+                address.user,
+                "--password-file",
+                str(password_file),
+            ]
+        )
+        wait_until(
+            lambda: ping_warehouse(address), 60, proc, f"the embedded ClickHouse on {address.host}:{address.port}"
+        )
     _migrate(settings)
     return status(settings)
 

@@ -104,7 +104,9 @@ class PostgresServer:
         return True
 
 
-def start_postgres(data_dir: str | os.PathLike[str], port: int, *, fsync: bool = True, timeout_s: int = 30) -> PostgresServer:
+def start_postgres(
+    data_dir: str | os.PathLike[str], port: int, *, fsync: bool = True, timeout_s: int = 30
+) -> PostgresServer:
     """Start a server on ``127.0.0.1:port`` with its cluster in ``data_dir`` (created on first use).
 
     If something already answers on the port it is reused and left running on
@@ -119,15 +121,40 @@ def start_postgres(data_dir: str | os.PathLike[str], port: int, *, fsync: bool =
     _prepare_data_dir(data_dir)
     if not (data_dir / "PG_VERSION").is_file():
         _run_as_service_user(
-            [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
             what="initialise the PostgreSQL cluster",
             log=log,
         )
     # pg_ctl hands -o to a shell, so the socket path is quoted
-    options = f"-h {HOST} -p {port} -k {shlex.quote(str(data_dir))}" + ("" if fsync else " -c fsync=off -c synchronous_commit=off")
+    options = f"-h {HOST} -p {port} -k {shlex.quote(str(data_dir))}" + (
+        "" if fsync else " -c fsync=off -c synchronous_commit=off"
+    )
     _run_as_service_user(
-        [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log), "-w", "-t", str(timeout_s), "-o", options, "start"],
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data_dir),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(timeout_s),
+            "-o",
+            options,
+            "start",
+        ],
         what=f"start PostgreSQL on {HOST}:{port}",
         log=log,
     )

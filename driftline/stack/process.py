@@ -13,9 +13,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 class StackError(RuntimeError):
@@ -140,6 +140,10 @@ def wait_until(ready: Callable[[], bool], timeout: float, process: ManagedProces
         if ready():
             return
         if process.crashed():
-            raise StackError(f"{what} exited while starting; last lines of {process.log_file}:\n{tail(process.log_file)}")
+            raise StackError(
+                f"{what} exited while starting; last lines of {process.log_file}:\n{tail(process.log_file)}"
+            )
         time.sleep(0.25)
-    raise StackError(f"{what} did not answer within {timeout:.0f} s; last lines of {process.log_file}:\n{tail(process.log_file)}")
+    raise StackError(
+        f"{what} did not answer within {timeout:.0f} s; last lines of {process.log_file}:\n{tail(process.log_file)}"
+    )

@@ -69,7 +69,7 @@ class ArtifactStore:
     def sha256_of_uri(uri: str) -> str:
         if not uri.startswith(URI_PREFIX):
             raise RegistryError(f"{uri!r} is not an artifact store URI (expected {URI_PREFIX}<hex>)")
-        return validate_sha256(uri[len(URI_PREFIX):])
+        return validate_sha256(uri[len(URI_PREFIX) :])
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
@@ -120,7 +120,7 @@ class ArtifactStore:
         """Store a JSON value in canonical form, so equal values share one object."""
         return self.put_bytes(canonical_json(value, what="JSON blob", allow_nan=True).encode())
 
-    def put_table(self, table: "pa.Table") -> str:
+    def put_table(self, table: pa.Table) -> str:
         """Store a dataset snapshot as Parquet."""
         import pyarrow.parquet as pq
 
@@ -154,7 +154,7 @@ class ArtifactStore:
     def get_json(self, sha256: str) -> Any:
         return json.loads(self.get_bytes(sha256))
 
-    def get_table(self, sha256: str) -> "pa.Table":
+    def get_table(self, sha256: str) -> pa.Table:
         """A stored Parquet dataset snapshot."""
         import pyarrow.parquet as pq
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from driftline.redaction import redact, redact_url, redacted_repr
 
+from driftline.redaction import redact, redact_url, redacted_repr
 from driftline.retrainer.registry.errors import RegistryError
 
 # Any constant works; it only has to be the same in every driftline process.
@@ -62,11 +62,13 @@ class SQLiteDialect:
     busy_timeout_s: float = 60.0
 
     @classmethod
-    def from_url(cls, url: str) -> "SQLiteDialect":
+    def from_url(cls, url: str) -> SQLiteDialect:
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them
-        rest = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        rest = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not rest or "?" in rest:
-            raise RegistryError(f"registry URL {redact_url(url)!r}: expected sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH")
+            raise RegistryError(
+                f"registry URL {redact_url(url)!r}: expected sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH"
+            )
         if rest == ":memory:":
             raise RegistryError(
                 "registry URL sqlite:///:memory: is not supported: every registry call opens its own "
@@ -164,4 +166,3 @@ def dialect_for(url: str) -> SQLiteDialect | PostgresDialect:
     raise RegistryError(
         f"registry URL {redact_url(url)!r} is not supported: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
     )
-

@@ -23,6 +23,7 @@ STATUSES: tuple[Status, ...] = ("registered", "challenger", "champion", "rejecte
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
+
 # Names never reach a file path (artifacts are stored by hash), but they do
 # reach topic keys, dashboards and shell commands: keep them boring.
 def validate_name(value: object, what: str = "model id") -> str:
@@ -58,7 +59,7 @@ def version_number(version: int | str) -> int:
     else:
         number = None
     if number is None or number < 1:
-        raise InvalidVersionError(f"invalid version {version!r}: versions are whole numbers from 1 (\"1\", \"2\", ...)")
+        raise InvalidVersionError(f'invalid version {version!r}: versions are whole numbers from 1 ("1", "2", ...)')
     return number
 
 

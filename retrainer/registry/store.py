@@ -15,11 +15,10 @@ import getpass
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
-
-from driftline.streams.records import ModelEvent
+from typing import TYPE_CHECKING, Any
 
 from driftline.retrainer.registry.artifacts import ArtifactStore
 from driftline.retrainer.registry.canonical import canonical_json, sha256_hex
@@ -42,6 +41,7 @@ from driftline.retrainer.registry.models import (
 )
 from driftline.retrainer.registry.provenance import code_version
 from driftline.retrainer.registry.schema import MIGRATIONS, SCHEMA_VERSION
+from driftline.streams.records import ModelEvent
 
 if TYPE_CHECKING:
     from driftline.settings import Settings
@@ -115,7 +115,7 @@ class Registry:
         self.migrate()
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "Registry":
+    def from_settings(cls, settings: Settings) -> Registry:
         """The registry at ``DRIFTLINE_REGISTRY`` with artifacts under ``DRIFTLINE_ARTIFACTS``."""
         return cls(settings.registry, ArtifactStore(settings.artifacts))
 
@@ -222,7 +222,9 @@ class Registry:
 
     @staticmethod
     def _set_status(tx: _Tx, model_id: str, version: int, status: str) -> None:
-        tx.execute("UPDATE model_versions SET status = ? WHERE model_id = ? AND version = ?", (status, model_id, version))
+        tx.execute(
+            "UPDATE model_versions SET status = ? WHERE model_id = ? AND version = ?", (status, model_id, version)
+        )
 
     @staticmethod
     def _alias_version(tx: _Tx, model_id: str, alias: str) -> int | None:
@@ -239,13 +241,17 @@ class Registry:
         )
 
     def _fetch_versions(self, tx: _Tx, model_id: str, version: int | None = None) -> list[ModelVersion]:
-        where, params = ("model_id = ?", [model_id]) if version is None else ("model_id = ? AND version = ?", [model_id, version])
+        where, params = (
+            ("model_id = ?", [model_id]) if version is None else ("model_id = ? AND version = ?", [model_id, version])
+        )
         rows = tx.all(f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE {where} ORDER BY version", params)
         aliases: dict[int, list[str]] = defaultdict(list)
         for alias, v in tx.all(f"SELECT alias, version FROM aliases WHERE {where} ORDER BY alias", params):
             aliases[int(v)].append(alias)
         tags: dict[int, dict[str, str]] = defaultdict(dict)
-        for key, value, v in tx.all(f"SELECT tag_key, tag_value, version FROM tags WHERE {where} ORDER BY tag_key", params):
+        for key, value, v in tx.all(
+            f"SELECT tag_key, tag_value, version FROM tags WHERE {where} ORDER BY tag_key", params
+        ):
             tags[int(v)][key] = value
         return [_version_from_row(row, tuple(aliases[int(row[1])]), tags[int(row[1])]) for row in rows]
 
@@ -313,11 +319,27 @@ class Registry:
             tx.execute(
                 f"INSERT INTO model_versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 21)})",
                 (
-                    model_id, number, "registered", artifact_sha256, profile_sha256,
-                    lineage.dataset_uri, lineage.dataset_sha256, _int(lineage.dataset_rows),
-                    _int(lineage.dataset_start_ms), _int(lineage.dataset_end_ms), lineage.code_version, lineage.trainer,
-                    lineage_json["hyperparameters"], lineage_json["train_metrics"], lineage_json["holdout_metrics"],
-                    parent, lineage.request_id, lineage_json["evidence"], note, at, actor,
+                    model_id,
+                    number,
+                    "registered",
+                    artifact_sha256,
+                    profile_sha256,
+                    lineage.dataset_uri,
+                    lineage.dataset_sha256,
+                    _int(lineage.dataset_rows),
+                    _int(lineage.dataset_start_ms),
+                    _int(lineage.dataset_end_ms),
+                    lineage.code_version,
+                    lineage.trainer,
+                    lineage_json["hyperparameters"],
+                    lineage_json["train_metrics"],
+                    lineage_json["holdout_metrics"],
+                    parent,
+                    lineage.request_id,
+                    lineage_json["evidence"],
+                    note,
+                    at,
+                    actor,
                 ),
             )
             tx.execute(
@@ -330,7 +352,12 @@ class Registry:
                     (model_id, number, key, value),
                 )
             self._audit(
-                tx, model_id, number, "register", actor, reason,
+                tx,
+                model_id,
+                number,
+                "register",
+                actor,
+                reason,
                 {"artifact_sha256": artifact_sha256, "request_id": lineage.request_id, "tags": tag_items},
                 at,
             )
@@ -452,8 +479,14 @@ class Registry:
                 rows = tx.all(f"SELECT {columns} FROM audit_log WHERE model_id = ? ORDER BY id", (model_id,))
         return [
             AuditEntry(
-                id=int(i), model_id=m, version=None if v is None else str(v), action=a, actor=who,
-                reason=why, details=json.loads(d), occurred_at=int(t),
+                id=int(i),
+                model_id=m,
+                version=None if v is None else str(v),
+                action=a,
+                actor=who,
+                reason=why,
+                details=json.loads(d),
+                occurred_at=int(t),
             )
             for i, m, v, a, who, why, d, t in rows
         ]
@@ -490,9 +523,18 @@ class Registry:
                     (model_id, number, at),
                 )
                 self._audit(
-                    tx, model_id, number, "promote", actor, reason,
-                    {"from": _str(previous), "to": str(number), "previous_status": status,
-                     "removed_aliases": [CHALLENGER] if was_challenger else []},
+                    tx,
+                    model_id,
+                    number,
+                    "promote",
+                    actor,
+                    reason,
+                    {
+                        "from": _str(previous),
+                        "to": str(number),
+                        "previous_status": status,
+                        "removed_aliases": [CHALLENGER] if was_challenger else [],
+                    },
                     at,
                 )
             promoted = self._fetch_versions(tx, model_id, number)[0]
@@ -549,14 +591,24 @@ class Registry:
                     "version before rejecting it"
                 )
             if status != "rejected":
-                removed = [r[0] for r in tx.all(
-                    "SELECT alias FROM aliases WHERE model_id = ? AND version = ? ORDER BY alias", (model_id, number)
-                )]
+                removed = [
+                    r[0]
+                    for r in tx.all(
+                        "SELECT alias FROM aliases WHERE model_id = ? AND version = ? ORDER BY alias",
+                        (model_id, number),
+                    )
+                ]
                 tx.execute("DELETE FROM aliases WHERE model_id = ? AND version = ?", (model_id, number))
                 self._set_status(tx, model_id, number, "rejected")
                 self._audit(
-                    tx, model_id, number, "reject", actor, reason,
-                    {"previous_status": status, "removed_aliases": removed}, at,
+                    tx,
+                    model_id,
+                    number,
+                    "reject",
+                    actor,
+                    reason,
+                    {"previous_status": status, "removed_aliases": removed},
+                    at,
                 )
             rejected = self._fetch_versions(tx, model_id, number)[0]
         return rejected.event("rejected", occurred_at=at)
@@ -571,13 +623,17 @@ class Registry:
         """
         validate_name(name, "alias")
         if name == CHAMPION:
-            raise RegistryError("the champion alias moves only through promote() and rollback(), which keep its history")
+            raise RegistryError(
+                "the champion alias moves only through promote() and rollback(), which keep its history"
+            )
         actor = actor or default_actor()
         with self._version_change(model_id, version) as (tx, number, status, at):
             if status == "rejected":
                 raise RegistryError(f"version {number} of model {model_id!r} is rejected; it cannot take an alias")
             if name == CHALLENGER and status == "champion":
-                raise RegistryError(f"version {number} of model {model_id!r} is the champion; it cannot be the challenger")
+                raise RegistryError(
+                    f"version {number} of model {model_id!r} is the champion; it cannot be the challenger"
+                )
             previous = self._alias_version(tx, model_id, name)
             if previous != number:
                 self._point_alias(tx, model_id, name, number, at)
@@ -587,8 +643,14 @@ class Registry:
                     if status == "registered":
                         self._set_status(tx, model_id, number, "challenger")
                 self._audit(
-                    tx, model_id, number, "set_alias", actor, reason,
-                    {"alias": name, "from": _str(previous), "to": str(number)}, at,
+                    tx,
+                    model_id,
+                    number,
+                    "set_alias",
+                    actor,
+                    reason,
+                    {"alias": name, "from": _str(previous), "to": str(number)},
+                    at,
                 )
             return self._fetch_versions(tx, model_id, number)[0]
 
@@ -625,11 +687,19 @@ class Registry:
                 (model_id, number, key, value),
             )
             self._audit(
-                tx, model_id, number, "set_tag", actor, reason,
-                {"key": key, "from": None if row is None else row[0], "to": value}, at,
+                tx,
+                model_id,
+                number,
+                "set_tag",
+                actor,
+                reason,
+                {"key": key, "from": None if row is None else row[0], "to": value},
+                at,
             )
 
-    def remove_tag(self, model_id: str, version: int | str, key: str, actor: str | None = None, reason: str = "") -> None:
+    def remove_tag(
+        self, model_id: str, version: int | str, key: str, actor: str | None = None, reason: str = ""
+    ) -> None:
         actor = actor or default_actor()
         with self._version_change(model_id, version) as (tx, number, _, at):
             deleted = tx.execute(
@@ -650,24 +720,46 @@ def _tag_value(key: str, value: object) -> str:
 
 
 def _version_from_row(row: tuple, aliases: tuple[str, ...], tags: dict[str, str]) -> ModelVersion:
-    (model_id, version, status, artifact_sha256, profile_sha256, dataset_uri, dataset_sha256, dataset_rows,
-     start_ms, end_ms, code, trainer, hyperparameters, train_metrics, holdout_metrics, parent, request_id,
-     evidence, note, created_at, created_by) = row
-    lineage = Lineage.from_dict({
-        "dataset_uri": dataset_uri,
-        "dataset_sha256": dataset_sha256,
-        "dataset_rows": _int(dataset_rows),
-        "dataset_start_ms": _int(start_ms),
-        "dataset_end_ms": _int(end_ms),
-        "code_version": code,
-        "trainer": trainer,
-        "hyperparameters": json.loads(hyperparameters),
-        "train_metrics": json.loads(train_metrics),
-        "holdout_metrics": json.loads(holdout_metrics),
-        "parent_version": None if parent is None else str(parent),
-        "request_id": request_id,
-        "evidence": json.loads(evidence),
-    })
+    (
+        model_id,
+        version,
+        status,
+        artifact_sha256,
+        profile_sha256,
+        dataset_uri,
+        dataset_sha256,
+        dataset_rows,
+        start_ms,
+        end_ms,
+        code,
+        trainer,
+        hyperparameters,
+        train_metrics,
+        holdout_metrics,
+        parent,
+        request_id,
+        evidence,
+        note,
+        created_at,
+        created_by,
+    ) = row
+    lineage = Lineage.from_dict(
+        {
+            "dataset_uri": dataset_uri,
+            "dataset_sha256": dataset_sha256,
+            "dataset_rows": _int(dataset_rows),
+            "dataset_start_ms": _int(start_ms),
+            "dataset_end_ms": _int(end_ms),
+            "code_version": code,
+            "trainer": trainer,
+            "hyperparameters": json.loads(hyperparameters),
+            "train_metrics": json.loads(train_metrics),
+            "holdout_metrics": json.loads(holdout_metrics),
+            "parent_version": None if parent is None else str(parent),
+            "request_id": request_id,
+            "evidence": json.loads(evidence),
+        }
+    )
     return ModelVersion(
         model_id=model_id,
         version=str(version),

@@ -69,9 +69,11 @@ def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: 
         n = 2**exponent
         q = rng.multinomial(n, p_true, size=BINNED_REPLICATES) / n
         level = 1.0 - alpha
-        return (float(np.quantile(metrics.psi(p_ref, q), level)),
-                float(np.quantile(metrics.jensenshannon(p_ref, q), level)),
-                float(np.quantile(metrics.hellinger(p_ref, q), level)))
+        return (
+            float(np.quantile(metrics.psi(p_ref, q), level)),
+            float(np.quantile(metrics.jensenshannon(p_ref, q), level)),
+            float(np.quantile(metrics.hellinger(p_ref, q), level)),
+        )
 
     return reference.cached(("binned", feature, exponent, alpha), calibrate)
 
@@ -109,8 +111,9 @@ def _scale(en: np.ndarray, exponents: np.ndarray, metric: str) -> NDArray[np.flo
     return out
 
 
-def binned_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
-                           alpha: float) -> dict[str, np.ndarray]:
+def binned_threshold_table(
+    reference: ReferenceProfile, features: list[str], en: np.ndarray, alpha: float
+) -> dict[str, np.ndarray]:
     """Null (1 - alpha) quantiles of PSI, Jensen-Shannon and Hellinger, per feature at effective size ``en``.
 
     NaN where ``en`` is 0 (no values in the window).
@@ -124,13 +127,18 @@ def binned_threshold_table(reference: ReferenceProfile, features: list[str], en:
     return {m: table[:, j] * _scale(en, exponents, m) for j, m in enumerate(("psi", "jensenshannon", "hellinger"))}
 
 
-def wasserstein_threshold_table(reference: ReferenceProfile, features: list[str], en: np.ndarray,
-                                alpha: float) -> NDArray[np.float64]:
+def wasserstein_threshold_table(
+    reference: ReferenceProfile, features: list[str], en: np.ndarray, alpha: float
+) -> NDArray[np.float64]:
     """Null (1 - alpha) quantiles of the std-normalised Wasserstein distance, per feature (NaN where ``en`` is 0)."""
     en = np.asarray(en, dtype=np.float64)
     exponents = _exponents(en)
-    at = np.array([_wasserstein_at(reference, f, e, alpha) if en[i] > 0 else np.nan
-                   for i, (f, e) in enumerate(zip(features, exponents.tolist()))])
+    at = np.array(
+        [
+            _wasserstein_at(reference, f, e, alpha) if en[i] > 0 else np.nan
+            for i, (f, e) in enumerate(zip(features, exponents.tolist()))
+        ]
+    )
     out: NDArray[np.float64] = at * _scale(en, exponents, "wasserstein")
     return out
 
@@ -146,8 +154,13 @@ def wasserstein_threshold(reference: ReferenceProfile, feature: str, en: float, 
     return float(wasserstein_threshold_table(reference, [feature], np.array([en]), alpha)[0])
 
 
-def calibrate(reference: ReferenceProfile, window_sizes: list[int], alpha: float = 0.05, *,
-              window_sample_size: int = DEFAULT_WINDOW_SAMPLE) -> None:
+def calibrate(
+    reference: ReferenceProfile,
+    window_sizes: list[int],
+    alpha: float = 0.05,
+    *,
+    window_sample_size: int = DEFAULT_WINDOW_SAMPLE,
+) -> None:
     """Fill the cache for windows of these sizes, e.g. when a worker loads a reference."""
     for feature in reference.features:
         for n in window_sizes:
@@ -157,5 +170,6 @@ def calibrate(reference: ReferenceProfile, window_sizes: list[int], alpha: float
                 m = min(n, window_sample_size)
                 wasserstein_threshold(reference, feature, float(metrics.ks_effective_n(m, ref.sample.size)), alpha)
             else:
-                binned_thresholds(reference, feature,
-                                  float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha)
+                binned_thresholds(
+                    reference, feature, float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha
+                )

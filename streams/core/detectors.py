@@ -179,9 +179,7 @@ class ChangeDetectorBank:
             stream = _Stream(binary, {n: self._make(n) for n in names})
             self._streams[key] = stream
         elif stream.binary != binary:
-            raise ValueError(
-                f"stream {key!r} was first updated with binary={stream.binary}, now with binary={binary}"
-            )
+            raise ValueError(f"stream {key!r} was first updated with binary={stream.binary}, now with binary={binary}")
         return stream
 
     def stream_state(self, key: str) -> bytes | None:
@@ -193,13 +191,16 @@ class ChangeDetectorBank:
         stream = self._streams.get(key)
         if stream is None:
             return None
-        return pickle.dumps({
-            "format": _STREAM_STATE_FORMAT,
-            "river": _RIVER_VERSION,
-            "binary": stream.binary,
-            "params": {n: self.params[n] for n in stream.detectors},
-            "detectors": stream.detectors,
-        }, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(
+            {
+                "format": _STREAM_STATE_FORMAT,
+                "river": _RIVER_VERSION,
+                "binary": stream.binary,
+                "params": {n: self.params[n] for n in stream.detectors},
+                "detectors": stream.detectors,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
 
     def restore_stream(self, key: str, state: bytes) -> list[str]:
         """Resume ``key``'s detectors from ``stream_state`` bytes; return the names resumed.
@@ -232,8 +233,9 @@ class ChangeDetectorBank:
             binary = bool(saved["binary"])
             params, detectors = dict(saved["params"]), dict(saved["detectors"])
         except Exception as exc:
-            raise ValueError(f"cannot restore the change detectors of stream {key!r} (running river "
-                             f"{_RIVER_VERSION}): {exc}") from exc
+            raise ValueError(
+                f"cannot restore the change detectors of stream {key!r} (running river {_RIVER_VERSION}): {exc}"
+            ) from exc
         names = [n for n in self.names if binary or n not in BINARY_DETECTORS]
         resumed = [n for n in names if n in detectors and params.get(n) == self.params[n]]
         self._streams[key] = _Stream(binary, {n: detectors[n] if n in resumed else self._make(n) for n in names})
@@ -263,9 +265,7 @@ class ChangeDetectorBank:
         bank = cls(names=state["names"], **state["params"])
         try:
             for key, s in state["streams"].items():
-                bank._streams[key] = _Stream(
-                    bool(s["binary"]), {n: _loads(blob) for n, blob in s["detectors"].items()}
-                )
+                bank._streams[key] = _Stream(bool(s["binary"]), {n: _loads(blob) for n, blob in s["detectors"].items()})
         except Exception as exc:
             raise ValueError(
                 f"cannot restore change detectors written with river {state.get('river')} "

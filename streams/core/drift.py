@@ -43,8 +43,8 @@ the reasons.
 >>> w.update({"x": rng.normal(0.5, 1, 1_000), "y": rng.normal(size=1_000)},
 ...          {"c": rng.choice(["a", "b", "c"], 1_000).tolist()})
 >>> rows = evaluate_window(ref, w)
->>> sorted({r.metric for r in rows if r.feature == "x"})
-['chi2', 'hellinger', 'jensenshannon', 'ks', 'log_std_ratio', 'mean_shift', 'missing_rate', 'out_of_range_rate', 'psi', 'wasserstein']
+>>> print(*sorted({r.metric for r in rows if r.feature == "x"}))
+chi2 hellinger jensenshannon ks log_std_ratio mean_shift missing_rate out_of_range_rate psi wasserstein
 >>> drifted_features(rows)
 ['x']
 >>> drifted_features(evaluate_window(ref, w, thresholds={"x": {"psi": 1.0}}))  # significant, but PSI < 1
@@ -54,8 +54,9 @@ the reasons.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence, TypedDict
+from typing import TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,8 +66,18 @@ from driftline.streams.core import calibration, metrics
 from driftline.streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
 from driftline.streams.records import FeatureDrift
 
-NUMERIC_METRICS = ("psi", "ks", "wasserstein", "jensenshannon", "hellinger", "chi2", "missing_rate",
-                   "mean_shift", "log_std_ratio", "out_of_range_rate")
+NUMERIC_METRICS = (
+    "psi",
+    "ks",
+    "wasserstein",
+    "jensenshannon",
+    "hellinger",
+    "chi2",
+    "missing_rate",
+    "mean_shift",
+    "log_std_ratio",
+    "out_of_range_rate",
+)
 CATEGORICAL_METRICS = ("chi2", "psi", "jensenshannon", "hellinger", "missing_rate", "new_category_rate")
 #: Every metric of the engine's rows, in a stable order.
 METRICS: tuple[str, ...] = tuple(dict.fromkeys(NUMERIC_METRICS + CATEGORICAL_METRICS))
@@ -86,8 +97,14 @@ THRESHOLD_KEYS: tuple[str, ...] = METRICS
 #: rose 2 points above the reference's rate, unknown categories or values outside the
 #: reference's range 1 point above its own share.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "*": {"mean_shift": 0.1, "log_std_ratio": 0.1, "hellinger": 0.05,
-          "missing_rate": 0.02, "new_category_rate": 0.01, "out_of_range_rate": 0.01},
+    "*": {
+        "mean_shift": 0.1,
+        "log_std_ratio": 0.1,
+        "hellinger": 0.05,
+        "missing_rate": 0.02,
+        "new_category_rate": 0.01,
+        "out_of_range_rate": 0.01,
+    },
 }
 #: Shares of a feature's level (weighted Bonferroni, valid however the tests depend on each
 #: other) among the tests that can say anything in this window; see docs/STATISTICS.md.
@@ -96,8 +113,10 @@ CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.25, "new": 0.25}
 #: Per-test significance levels, which thresholds do not take: one level per feature would
 #: undo the false discovery rate that Benjamini-Hochberg keeps across a window's features.
 TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
-TEST_LEVEL_HINT = ("thresholds are minimum effect sizes, not test levels: significance is decided by "
-                   "Benjamini-Hochberg across the features of a window, so set fdr_q (monitoring.fdr_q) instead")
+TEST_LEVEL_HINT = (
+    "thresholds are minimum effect sizes, not test levels: significance is decided by "
+    "Benjamini-Hochberg across the features of a window, so set fdr_q (monitoring.fdr_q) instead"
+)
 
 #: Above this reference kurtosis (3 for a normal) the scale test works on ranks (bins), not moments.
 HEAVY_KURTOSIS = 4.0
@@ -139,8 +158,10 @@ def check_thresholds(thresholds: Thresholds | None) -> dict[str, dict[str, float
             if metric in TEST_LEVEL_KEYS:
                 raise ValueError(f"{metric!r} in thresholds for {feature!r}: {TEST_LEVEL_HINT}")
             if metric not in THRESHOLD_KEYS:
-                raise ValueError(f"unknown drift metric {metric!r} in thresholds for {feature!r}; "
-                                 f"expected one of {', '.join(sorted(THRESHOLD_KEYS))}")
+                raise ValueError(
+                    f"unknown drift metric {metric!r} in thresholds for {feature!r}; "
+                    f"expected one of {', '.join(sorted(THRESHOLD_KEYS))}"
+                )
             value = float(value)
             if math.isnan(value):
                 raise ValueError(f"threshold of {metric!r} for {feature!r} is NaN")
@@ -217,23 +238,23 @@ class _Rows(TypedDict):
 class _Prepared:
     numeric: list[str]
     categorical: list[str]
-    num_p: np.ndarray          # reference proportions, padded (features x bins)
-    num_counts: np.ndarray     # reference counts, padded
-    num_n: np.ndarray          # reference non-missing count
+    num_p: np.ndarray  # reference proportions, padded (features x bins)
+    num_counts: np.ndarray  # reference counts, padded
+    num_n: np.ndarray  # reference non-missing count
     num_missing: np.ndarray
     num_sample_n: np.ndarray
-    num_scale: np.ndarray      # reference std (1 when constant)
+    num_scale: np.ndarray  # reference std (1 when constant)
     num_mean: np.ndarray
-    num_var: np.ndarray        # reference variance (over all its values)
-    num_kurtosis: np.ndarray   # of the reference sample (3 for a normal; sets the scale test's noise)
-    num_where: np.ndarray      # normal scores per bin (padded): rank tests of location ...
-    num_spread: np.ndarray     # ... and scale, for heavy-tailed features
+    num_var: np.ndarray  # reference variance (over all its values)
+    num_kurtosis: np.ndarray  # of the reference sample (3 for a normal; sets the scale test's noise)
+    num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
+    num_spread: np.ndarray  # ... and scale, for heavy-tailed features
     num_bins: np.ndarray
     cat_p: np.ndarray
     cat_counts: np.ndarray
     cat_n: np.ndarray
     cat_missing: np.ndarray
-    cat_other: np.ndarray      # reference count outside the table
+    cat_other: np.ndarray  # reference count outside the table
     cat_bins: np.ndarray
 
 
@@ -249,7 +270,7 @@ def _kurtosis(sample: np.ndarray) -> float:
     """Moment kurtosis of a sample (3 for a normal), at least 1 (its least possible value); 3 when constant."""
     d = sample - sample.mean()
     v = float(np.dot(d, d)) / max(sample.size, 1)
-    return max(1.0, float(np.mean(d ** 4)) / (v * v)) if v > 0 else 3.0
+    return max(1.0, float(np.mean(d**4)) / (v * v)) if v > 0 else 3.0
 
 
 def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +296,7 @@ def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pdf_lo, pdf_hi = np.exp(-lo * lo / 2) / np.sqrt(2 * np.pi), np.exp(-hi * hi / 2) / np.sqrt(2 * np.pi)
         where = np.where(mass > 0, (pdf_lo - pdf_hi) / safe, 0.0)
         spread = np.where(mass > 0, 1.0 + (np.nan_to_num(lo * pdf_lo) - np.nan_to_num(hi * pdf_hi)) / safe, 0.0)
+
     def pad(x: np.ndarray) -> np.ndarray:
         return np.concatenate([x[:1], x, x[-1:]])
 
@@ -288,7 +310,7 @@ def _rank_pvalue(scores: np.ndarray, counts: np.ndarray, ref_counts: np.ndarray)
     pooled = counts + ref_counts
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (pooled * scores).sum(axis=1) / (n + big_n)
-        var = (pooled * scores * scores).sum(axis=1) / (n + big_n) - mean ** 2
+        var = (pooled * scores * scores).sum(axis=1) / (n + big_n) - mean**2
         gap = (counts * scores).sum(axis=1) / n - (ref_counts * scores).sum(axis=1) / big_n
         return np.where(var > 0, _two_sided(gap / np.sqrt(var * (1.0 / n + 1.0 / big_n))), 1.0)
 
@@ -303,18 +325,23 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     num_n = num_counts.sum(axis=1)
     cat_n = cat_counts.sum(axis=1)
     return _Prepared(
-        numeric=num, categorical=cat,
-        num_p=num_counts / np.maximum(num_n, 1)[:, None], num_counts=num_counts, num_n=num_n,
+        numeric=num,
+        categorical=cat,
+        num_p=num_counts / np.maximum(num_n, 1)[:, None],
+        num_counts=num_counts,
+        num_n=num_n,
         num_missing=np.array([r.missing for r in nrefs], dtype=np.float64),
         num_sample_n=np.array([r.sample.size for r in nrefs], dtype=np.float64),
         num_scale=np.array([r.std if r.std > 0 else 1.0 for r in nrefs], dtype=np.float64),
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
-        num_var=np.array([r.std ** 2 for r in nrefs], dtype=np.float64),
+        num_var=np.array([r.std**2 for r in nrefs], dtype=np.float64),
         num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
         num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
         num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
-        cat_p=cat_counts / np.maximum(cat_n, 1)[:, None], cat_counts=cat_counts, cat_n=cat_n,
+        cat_p=cat_counts / np.maximum(cat_n, 1)[:, None],
+        cat_counts=cat_counts,
+        cat_n=cat_n,
         cat_missing=np.array([r.missing for r in crefs], dtype=np.float64),
         cat_other=np.array([r.counts[-1] for r in crefs], dtype=np.float64),
         cat_bins=np.array([r.n_bins for r in crefs], dtype=np.int64),
@@ -345,10 +372,12 @@ def _pool_boundary(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.unique(out, return_inverse=True)[1].astype(np.int64)
 
 
-def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool,
-            truncated_n: float | None = None) -> np.ndarray:
+def _groups(
+    reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, ordered: bool, truncated_n: float | None = None
+) -> np.ndarray:
     """Pooling of one feature's cells for windows of about ``n`` values (the bucket's lower edge);
     ``truncated_n``: the reference count of a categorical feature whose reference saw ``other``."""
+
     def pool() -> np.ndarray:
         groups = _pool_groups(p, MIN_EXPECTED / n, ordered)
         return groups if truncated_n is None else _pool_boundary(p * truncated_n, groups)
@@ -356,9 +385,16 @@ def _groups(reference: ReferenceProfile, feature: str, p: np.ndarray, n: float, 
     return reference.cached(("pool", feature, n, ordered, truncated_n is not None), pool)
 
 
-def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: np.ndarray,
-                 win_counts: np.ndarray, n_bins: np.ndarray, n_window: np.ndarray, ordered: bool,
-                 keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pooled_chi2(
+    reference: ReferenceProfile,
+    features: list[str],
+    ref_counts: np.ndarray,
+    win_counts: np.ndarray,
+    n_bins: np.ndarray,
+    n_window: np.ndarray,
+    ordered: bool,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chi-squared homogeneity per feature on Cochran-pooled cells.
 
     ``keep[i]`` False drops feature i's last cell (an ``other`` the reference never saw).
@@ -372,8 +408,12 @@ def _pooled_chi2(reference: ReferenceProfile, features: list[str], ref_counts: n
         # and where each feature's groups sit in a padded matrix.
         k, width = ref_counts.shape
         truncated = [None if ordered or keep is None or not keep[i] else float(n_ref[i]) for i in range(k)]
-        groups = [_groups(reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered,
-                          truncated[i]) for i, (f, c) in enumerate(zip(features, cells.tolist()))]
+        groups = [
+            _groups(
+                reference, f, ref_counts[i, :c] / max(n_ref[i], 1.0), 2.0 ** (buckets[i] / 4), ordered, truncated[i]
+            )
+            for i, (f, c) in enumerate(zip(features, cells.tolist()))
+        ]
         sizes = [int(g.max()) + 1 for g in groups]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         # Cells outside a feature's groups (padding, an ``other`` the reference
@@ -407,8 +447,9 @@ def _rate_threshold(p_ref: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarra
     return np.where(n > 0, np.minimum(rate, 1.0), np.nan)
 
 
-def _weighted_bonferroni(p: Mapping[str, np.ndarray], active: Mapping[str, np.ndarray],
-                         weights: Mapping[str, float]) -> dict[str, np.ndarray]:
+def _weighted_bonferroni(
+    p: Mapping[str, np.ndarray], active: Mapping[str, np.ndarray], weights: Mapping[str, float]
+) -> dict[str, np.ndarray]:
     """Each test's p-value divided by its share of the feature's level among the tests active there.
 
     A feature is significant at level ``a`` when any of these is at most ``a``
@@ -440,14 +481,14 @@ def _decisions(adjusted: np.ndarray, fdr_q: float) -> np.ndarray:
     return (adjusted <= cut) & (cut > 0)
 
 
-def _gate(values: Mapping[str, float], mine: Mapping[str, float], names: Sequence[str],
-          base: Mapping[str, float]) -> bool:
+def _gate(
+    values: Mapping[str, float], mine: Mapping[str, float], names: Sequence[str], base: Mapping[str, float]
+) -> bool:
     """Whether any metric with a threshold exceeds it (True when none has one: significance decides)."""
     applicable = [m for m in names if m in mine and values[m] == values[m]]
     if not applicable:
         return True
-    return any((abs(values[m]) if m in SIGNED_METRICS else values[m] - base.get(m, 0.0)) > mine[m]
-               for m in applicable)
+    return any((abs(values[m]) if m in SIGNED_METRICS else values[m] - base.get(m, 0.0)) > mine[m] for m in applicable)
 
 
 def evaluate_window(
@@ -472,17 +513,23 @@ def evaluate_window(
         raise ValueError(f"fdr_q and alpha must be between 0 and 1, got {fdr_q} and {alpha}")
     wref = window.reference
     if wref is not reference and (wref.model_id, wref.model_version, wref.features) != (
-            reference.model_id, reference.model_version, reference.features):
-        raise ValueError(f"window of {wref.model_id} {wref.model_version} evaluated against the reference of "
-                         f"{reference.model_id} {reference.model_version}")
+        reference.model_id,
+        reference.model_version,
+        reference.features,
+    ):
+        raise ValueError(
+            f"window of {wref.model_id} {wref.model_version} evaluated against the reference of "
+            f"{reference.model_id} {reference.model_version}"
+        )
     overrides = check_thresholds(thresholds)
     prep = reference.cached("drift", lambda: _prepare(reference))
     num = _numeric(reference, window, prep, alpha)
     cat = _categorical(reference, window, prep, alpha)
 
     names = prep.numeric + prep.categorical
-    adjusted = np.stack([np.concatenate([num["drift_p"], cat["drift_p"]]),
-                         np.concatenate([num["quality_p"], cat["quality_p"]])])
+    adjusted = np.stack(
+        [np.concatenate([num["drift_p"], cat["drift_p"]]), np.concatenate([num["quality_p"], cat["quality_p"]])]
+    )
     significant = _decisions(adjusted, fdr_q).tolist()
 
     position = {f: i for i, f in enumerate(names)}
@@ -508,18 +555,33 @@ def evaluate_window(
             p_value = None if pv is None or pv != pv else pv
             is_quality = m in QUALITY_METRICS
             threshold = mine[m] + base.get(m, 0.0) if m in mine else block["threshold"][m][j]
-            rows.append(FeatureDrift(f, m, values[m], p_value, threshold, quality if is_quality else drifted,
-                                     QUALITY_KIND if is_quality else DRIFT_KIND))
+            rows.append(
+                FeatureDrift(
+                    f,
+                    m,
+                    values[m],
+                    p_value,
+                    threshold,
+                    quality if is_quality else drifted,
+                    QUALITY_KIND if is_quality else DRIFT_KIND,
+                )
+            )
     return rows
 
 
 def _as_lists(block: _Columns) -> _Rows:
     """Python floats for the rows: indexing numpy arrays one value at a time is slow."""
+
     def floats(columns: dict[str, np.ndarray]) -> dict[str, list[float]]:
         return {m: np.asarray(v, dtype=np.float64).tolist() for m, v in columns.items()}
 
-    return {"events": block["events"].tolist(), "values": {m: v.tolist() for m, v in block["values"].items()},
-            "p": floats(block["p"]), "threshold": floats(block["threshold"]), "base": floats(block["base"])}
+    return {
+        "events": block["events"].tolist(),
+        "values": {m: v.tolist() for m, v in block["values"].items()},
+        "p": floats(block["p"]),
+        "threshold": floats(block["threshold"]),
+        "base": floats(block["base"]),
+    }
 
 
 def _window_counts(
@@ -541,8 +603,16 @@ def _two_sided(z: np.ndarray) -> NDArray[np.float64]:
 
 def _no_columns(names: tuple[str, ...]) -> _Columns:
     """The columns of a class without features."""
-    return {"metrics": names, "events": np.zeros(0), "drift_p": np.zeros(0), "quality_p": np.zeros(0),
-            "values": {}, "p": {}, "threshold": {}, "base": {}}
+    return {
+        "metrics": names,
+        "events": np.zeros(0),
+        "drift_p": np.zeros(0),
+        "quality_p": np.zeros(0),
+        "values": {},
+        "p": {},
+        "threshold": {},
+        "base": {},
+    }
 
 
 def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> _Columns:
@@ -604,8 +674,9 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
         # to see, and their moments are well behaved.
         heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
         p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
-        p_scale = np.where(scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts),
-                                            p_moments), np.nan)
+        p_scale = np.where(
+            scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts), p_moments), np.nan
+        )
 
     # Shape: chi-squared on the reference's bins over every value. A constant
     # reference feature pools into a single cell: what can change is the share
@@ -621,17 +692,24 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
     range_p = metrics.out_of_range_pvalue(outside, n, big_n)
     adj = _weighted_bonferroni(
         {"location": p_loc, "scale": p_scale, "shape": p_shape, "missing": miss_p, "range": range_p},
-        {"location": moments, "scale": scaled, "shape": has & (constant | (dof > 0)),
-         "missing": (total > 0) & (prep.num_missing + missing > 0), "range": has & (outside > 0)},
-        NUMERIC_WEIGHTS)
+        {
+            "location": moments,
+            "scale": scaled,
+            "shape": has & (constant | (dof > 0)),
+            "missing": (total > 0) & (prep.num_missing + missing > 0),
+            "range": has & (outside > 0),
+        },
+        NUMERIC_WEIGHTS,
+    )
 
     z = special.ndtri(1.0 - alpha / 2)
     tail_share = 2.0 / (big_n + 1.0)
     # Normal approximation to the beta-binomial (n, 2, N - 1) quantile: the reported threshold only.
     range_sd = np.sqrt(n * tail_share * (1 - tail_share) * (big_n + 1 + n) / (big_n + 2))
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
-    th_w = calibration.wasserstein_threshold_table(reference, names, metrics.ks_effective_n(m, prep.num_sample_n),
-                                                   alpha)
+    th_w = calibration.wasserstein_threshold_table(
+        reference, names, metrics.ks_effective_n(m, prep.num_sample_n), alpha
+    )
     nan = np.full(k, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
@@ -640,27 +718,39 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
             "drift_p": np.fmin(np.fmin(adj["location"], adj["scale"]), adj["shape"]),
             "quality_p": np.fmin(adj["missing"], adj["range"]),
             "values": {
-                "psi": np.where(has, psi, np.nan), "ks": d, "wasserstein": w_raw / prep.num_scale,
-                "jensenshannon": np.where(has, js, np.nan), "hellinger": np.where(has, hel, np.nan),
-                "chi2": np.where(has & (dof > 0), chi, np.nan), "missing_rate": metrics.missing_rate(missing, total),
+                "psi": np.where(has, psi, np.nan),
+                "ks": d,
+                "wasserstein": w_raw / prep.num_scale,
+                "jensenshannon": np.where(has, js, np.nan),
+                "hellinger": np.where(has, hel, np.nan),
+                "chi2": np.where(has & (dof > 0), chi, np.nan),
+                "missing_rate": metrics.missing_rate(missing, total),
                 "mean_shift": np.where(has, (mean_w - prep.num_mean) / prep.num_scale, np.nan),
                 "log_std_ratio": log_ratio,
                 "out_of_range_rate": metrics.missing_rate(outside, n),
             },
-            "p": {"ks": ks_p, "chi2": np.where(has & (dof > 0), chi_p, np.nan),
-                  "missing_rate": np.where(total > 0, miss_p, np.nan), "mean_shift": p_loc,
-                  "log_std_ratio": p_scale, "out_of_range_rate": np.where(has, range_p, np.nan)},
+            "p": {
+                "ks": ks_p,
+                "chi2": np.where(has & (dof > 0), chi_p, np.nan),
+                "missing_rate": np.where(total > 0, miss_p, np.nan),
+                "mean_shift": p_loc,
+                "log_std_ratio": p_scale,
+                "out_of_range_rate": np.where(has, range_p, np.nan),
+            },
             "base": {"missing_rate": prep.num_missing / np.maximum(ref_total, 1), "out_of_range_rate": tail_share},
             "threshold": {
-                "psi": binned["psi"], "jensenshannon": binned["jensenshannon"], "hellinger": binned["hellinger"],
+                "psi": binned["psi"],
+                "jensenshannon": binned["jensenshannon"],
+                "hellinger": binned["hellinger"],
                 "wasserstein": th_w,
                 "ks": np.where(m > 0, metrics.ks_critical_value(alpha, prep.num_sample_n, np.maximum(m, 1)), nan),
                 "chi2": metrics.chi2_critical_value(alpha, dof),
                 "missing_rate": _rate_threshold(prep.num_missing / np.maximum(ref_total, 1), total, alpha),
                 "mean_shift": np.where(moments, z * se_loc / prep.num_scale, np.nan),
                 "log_std_ratio": np.where(moments, z * se_scale, np.nan),
-                "out_of_range_rate": np.where(has, tail_share + special.ndtri(1.0 - alpha) * range_sd
-                                              / np.maximum(n, 1), np.nan),
+                "out_of_range_rate": np.where(
+                    has, tail_share + special.ndtri(1.0 - alpha) * range_sd / np.maximum(n, 1), np.nan
+                ),
             },
         }
 
@@ -675,17 +765,22 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
     has = n > 0
     other = counts[np.arange(k), prep.cat_bins - 1]
     seen_other = prep.cat_other > 0
-    chi, dof, chi_p = _pooled_chi2(reference, names, prep.cat_counts, counts, prep.cat_bins, n, ordered=False,
-                                   keep=seen_other)
+    chi, dof, chi_p = _pooled_chi2(
+        reference, names, prep.cat_counts, counts, prep.cat_bins, n, ordered=False, keep=seen_other
+    )
     total = n + missing
     ref_total = prep.cat_n + prep.cat_missing
     miss_p = metrics.rate_increase_test(prep.cat_missing, ref_total, missing, total)
     new_p = metrics.rate_increase_test(prep.cat_other, prep.cat_n, other, n)
     adj = _weighted_bonferroni(
         {"shape": chi_p, "missing": miss_p, "new": new_p},
-        {"shape": has & (dof > 0), "missing": (total > 0) & (prep.cat_missing + missing > 0),
-         "new": has & ~seen_other & (other > 0)},
-        CATEGORICAL_WEIGHTS)
+        {
+            "shape": has & (dof > 0),
+            "missing": (total > 0) & (prep.cat_missing + missing > 0),
+            "new": has & ~seen_other & (other > 0),
+        },
+        CATEGORICAL_WEIGHTS,
+    )
 
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, prep.cat_n), alpha)
     return {
@@ -701,13 +796,20 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
             "missing_rate": metrics.missing_rate(missing, total),
             "new_category_rate": metrics.new_category_rate(other, n),
         },
-        "p": {"chi2": np.where(has & (dof > 0), chi_p, np.nan), "missing_rate": np.where(total > 0, miss_p, np.nan),
-              "new_category_rate": np.where(has, new_p, np.nan)},
-        "base": {"missing_rate": prep.cat_missing / np.maximum(ref_total, 1),
-                 "new_category_rate": prep.cat_other / np.maximum(prep.cat_n, 1)},
+        "p": {
+            "chi2": np.where(has & (dof > 0), chi_p, np.nan),
+            "missing_rate": np.where(total > 0, miss_p, np.nan),
+            "new_category_rate": np.where(has, new_p, np.nan),
+        },
+        "base": {
+            "missing_rate": prep.cat_missing / np.maximum(ref_total, 1),
+            "new_category_rate": prep.cat_other / np.maximum(prep.cat_n, 1),
+        },
         "threshold": {
             "chi2": metrics.chi2_critical_value(alpha, dof),
-            "psi": binned["psi"], "jensenshannon": binned["jensenshannon"], "hellinger": binned["hellinger"],
+            "psi": binned["psi"],
+            "jensenshannon": binned["jensenshannon"],
+            "hellinger": binned["hellinger"],
             "missing_rate": _rate_threshold(prep.cat_missing / np.maximum(ref_total, 1), total, alpha),
             "new_category_rate": _rate_threshold(prep.cat_other / np.maximum(prep.cat_n, 1), n, alpha),
         },

@@ -133,7 +133,8 @@ class ScoreCalibrator:
             raise CalibrationError(
                 f"the reference has {n} scored and labeled rows ({n_pos} positive); calibration needs at least "
                 f"{MIN_REFERENCE_ROWS} with {MIN_CLASS_ROWS} of each class: store ScoreCalibrator.identity() "
-                "to trust the raw scores instead")
+                "to trust the raw scores instead"
+            )
         order = np.argsort(s, kind="stable")
         s, y = s[order], y[order]
         # Tied scores are one point of the fit: the model cannot order them.
@@ -159,8 +160,9 @@ class ScoreCalibrator:
         block = row_block[median_row]
         predicted = (s >= threshold).astype(np.int64)
         reference_counts = np.bincount(row_bin * 2 + predicted, minlength=2 * (cuts.size + 1)).reshape(-1, 2)
-        return cls(cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n,
-                   reference_counts)
+        return cls(
+            cuts, probability, block.astype(np.int64), block_rows, block_positive, float(threshold), n, reference_counts
+        )
 
     @classmethod
     def identity(cls, *, threshold: float = 0.5, bins: int = DEFAULT_BINS) -> ScoreCalibrator:
@@ -173,8 +175,15 @@ class ScoreCalibrator:
         [0.125, 0.875]
         """
         edges = np.linspace(0.0, 1.0, bins + 1)
-        return cls(edges[1:-1], (edges[:-1] + edges[1:]) / 2, np.arange(bins), np.zeros(bins), np.zeros(bins),
-                   float(threshold), 0)
+        return cls(
+            edges[1:-1],
+            (edges[:-1] + edges[1:]) / 2,
+            np.arange(bins),
+            np.zeros(bins),
+            np.zeros(bins),
+            float(threshold),
+            0,
+        )
 
     def bin_index(self, scores: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.cuts, scores, side="right")
@@ -208,23 +217,39 @@ class ScoreCalibrator:
 
     def to_dict(self) -> dict[str, Any]:
         counts = None if self.reference_counts is None else self.reference_counts.ravel().tolist()
-        return {"format": FORMAT_VERSION, "method": "isotonic", "threshold": self.threshold, "n": self.n,
-                "reference_counts": counts,
-                "cuts": self.cuts.tolist(), "probability": self.probability.tolist(), "block": self.block.tolist(),
-                "block_rows": self.block_rows.tolist(), "block_positive": self.block_positive.tolist()}
+        return {
+            "format": FORMAT_VERSION,
+            "method": "isotonic",
+            "threshold": self.threshold,
+            "n": self.n,
+            "reference_counts": counts,
+            "cuts": self.cuts.tolist(),
+            "probability": self.probability.tolist(),
+            "block": self.block.tolist(),
+            "block_rows": self.block_rows.tolist(),
+            "block_positive": self.block_positive.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreCalibrator:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported calibrator format {d.get('format')!r}; expected {FORMAT_VERSION}")
-        cal = cls(np.asarray(d["cuts"], np.float64), np.asarray(d["probability"], np.float64),
-                  np.asarray(d["block"], np.int64), np.asarray(d["block_rows"], np.float64),
-                  np.asarray(d["block_positive"], np.float64), float(d["threshold"]), int(d["n"]),
-                  None if d.get("reference_counts") is None
-                  else np.asarray(d["reference_counts"], np.int64).reshape(-1, 2))
+        cal = cls(
+            np.asarray(d["cuts"], np.float64),
+            np.asarray(d["probability"], np.float64),
+            np.asarray(d["block"], np.int64),
+            np.asarray(d["block_rows"], np.float64),
+            np.asarray(d["block_positive"], np.float64),
+            float(d["threshold"]),
+            int(d["n"]),
+            None if d.get("reference_counts") is None else np.asarray(d["reference_counts"], np.int64).reshape(-1, 2),
+        )
         counts_bins = cal.probability.size if cal.reference_counts is None else cal.reference_counts.shape[0]
-        if (cal.probability.size != cal.cuts.size + 1 or cal.block.size != cal.probability.size
-                or counts_bins != cal.probability.size):
+        if (
+            cal.probability.size != cal.cuts.size + 1
+            or cal.block.size != cal.probability.size
+            or counts_bins != cal.probability.size
+        ):
             raise ValueError("calibrator arrays do not match: one probability and one block per bin")
         if cal.block.size and (cal.block.min() < 0 or cal.block.max() >= cal.block_rows.size):
             raise ValueError("calibrator bins name blocks it does not have")
@@ -391,14 +416,15 @@ class EstimationState:
                 if name == "":  # the event had no such attribute: not a segment
                     continue
                 segment = f"{key}={name}"
-                block = by_segment[g * size: (g + 1) * size].reshape(-1, 2)
+                block = by_segment[g * size : (g + 1) * size].reshape(-1, 2)
                 self.counts[segment] = self.counts.get(segment, 0) + block
         self.n_unscored += int(n - scored.sum())
 
     def merge(self, other: EstimationState) -> EstimationState:
         """Add ``other``'s counts to this state (in place) and return it."""
-        if other.calibrator.n_bins != self.calibrator.n_bins or not np.array_equal(other.calibrator.cuts,
-                                                                                    self.calibrator.cuts):
+        if other.calibrator.n_bins != self.calibrator.n_bins or not np.array_equal(
+            other.calibrator.cuts, self.calibrator.cuts
+        ):
             raise ValueError("cannot merge estimation states of different calibrators")
         for segment, c in other.counts.items():
             self.counts[segment] = self.counts.get(segment, 0) + c
@@ -418,23 +444,31 @@ class EstimationState:
             return {}
         c = np.stack([self.counts[s] for s in segments])
         n = c.sum(axis=(1, 2)).tolist()
-        found = {m: (value.tolist(), var.tolist(), ok.tolist())
-                 for m, (value, var, ok) in _estimates(c, self.calibrator).items()}
-        return {s: {m: _band(value[i], var[i], n[i]) for m, (value, var, ok) in found.items() if ok[i]}
-                for i, s in enumerate(segments)}
+        found = {
+            m: (value.tolist(), var.tolist(), ok.tolist())
+            for m, (value, var, ok) in _estimates(c, self.calibrator).items()
+        }
+        return {
+            s: {m: _band(value[i], var[i], n[i]) for m, (value, var, ok) in found.items() if ok[i]}
+            for i, s in enumerate(segments)
+        }
 
     def rows(self) -> list[EstimatedPerformanceRow]:
         """``estimated_<metric>``, ``_lower`` and ``_upper`` rows, overall then per segment of enough rows."""
-        keep = [s for s in sorted(self.counts)
-                if (s == "" and self.counts[s].sum() > 0) or self.counts[s].sum() >= max(self.min_segment_size, 1)]
+        keep = [
+            s
+            for s in sorted(self.counts)
+            if (s == "" and self.counts[s].sum() > 0) or self.counts[s].sum() >= max(self.min_segment_size, 1)
+        ]
         out: list[EstimatedPerformanceRow] = []
         for segment, found in self._all(keep).items():
             for metric in ESTIMATED_METRICS:
                 if metric in found:
                     e = found[metric]
                     for suffix, value in (("", e.value), ("_lower", e.lower), ("_upper", e.upper)):
-                        out.append(EstimatedPerformanceRow(segment, f"estimated_{metric}{suffix}", value, 0,
-                                                           e.n_predictions))
+                        out.append(
+                            EstimatedPerformanceRow(segment, f"estimated_{metric}{suffix}", value, 0, e.n_predictions)
+                        )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -447,8 +481,9 @@ class EstimationState:
         return {"format": FORMAT_VERSION, "n_unscored": self.n_unscored, "counts": out}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], calibrator: ScoreCalibrator, *,
-                  min_segment_size: int = 30) -> EstimationState:
+    def from_dict(
+        cls, d: Mapping[str, Any], calibrator: ScoreCalibrator, *, min_segment_size: int = 30
+    ) -> EstimationState:
         """The state of ``to_dict``.
 
         >>> cal = ScoreCalibrator.identity(bins=4)

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,18 +64,18 @@ class ExactSum:
     exponent: int = 0
 
     @staticmethod
-    def make(mantissa: int, exponent: int) -> "ExactSum":
+    def make(mantissa: int, exponent: int) -> ExactSum:
         if mantissa == 0:
             return ZERO
         zeros = (mantissa & -mantissa).bit_length() - 1
         return ExactSum(mantissa >> zeros, exponent + zeros)
 
     @classmethod
-    def of(cls, values: NDArray[np.float64]) -> "ExactSum":
+    def of(cls, values: NDArray[np.float64]) -> ExactSum:
         """The exact sum of finite ``values``."""
         return row_sums(np.asarray(values, dtype=np.float64).reshape(1, -1))[0]
 
-    def merged(self, other: "ExactSum") -> "ExactSum":
+    def merged(self, other: ExactSum) -> ExactSum:
         if not other.mantissa:
             return self
         if not self.mantissa:
@@ -106,7 +106,7 @@ class ExactSum:
         return f"{self.mantissa:x}p{self.exponent}"
 
     @classmethod
-    def from_text(cls, text: str) -> "ExactSum":
+    def from_text(cls, text: str) -> ExactSum:
         mantissa, _, exponent = str(text).partition("p")
         return cls.make(int(mantissa, 16), int(exponent or 0))
 
@@ -172,9 +172,11 @@ def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[Exact
     if values.size == 0:
         return [ZERO] * n_rows, [ZERO] * n_rows
     if n > _MAX_TERMS // 2:  # a square gives two terms to a row's buckets
-        parts = [row_moments(values[:, lo: lo + _MAX_TERMS // 2]) for lo in range(0, n, _MAX_TERMS // 2)]
-        return ([_merged(p[0][j] for p in parts) for j in range(n_rows)],
-                [_merged(p[1][j] for p in parts) for j in range(n_rows)])
+        parts = [row_moments(values[:, lo : lo + _MAX_TERMS // 2]) for lo in range(0, n, _MAX_TERMS // 2)]
+        return (
+            [_merged(p[0][j] for p in parts) for j in range(n_rows)],
+            [_merged(p[1][j] for p in parts) for j in range(n_rows)],
+        )
     frac, exp = np.frexp(values)
     frac, exp = frac.ravel(), exp.ravel().astype(np.int64)
     # x**2 = frac**2 * 2**(2 exp), and frac**2 = p + err exactly (Dekker's TwoProduct; frac is in
@@ -184,7 +186,7 @@ def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[Exact
     hi = t - (t - frac)
     lo = frac - hi
     err = lo * lo - (((p - hi * hi) - hi * lo) - lo * hi)
-    err *= 2.0 ** 52
+    err *= 2.0**52
     twice = 2 * exp
     acc = _Buckets(2 * n_rows, min(int(exp.min()), 2 * int(exp.min()) - 52), max(int(exp.max()), 2 * int(exp.max())))
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), n)
@@ -215,8 +217,9 @@ def group_sums(codes: NDArray[np.integer], values: NDArray[np.float64], n_groups
     return _totals(frac, exp, np.asarray(codes, dtype=np.int64), n_groups)
 
 
-def group_ratios(codes: NDArray[np.integer], values: NDArray[np.float64],
-                 counts: NDArray[np.integer]) -> NDArray[np.float64]:
+def group_ratios(
+    codes: NDArray[np.integer], values: NDArray[np.float64], counts: NDArray[np.integer]
+) -> NDArray[np.float64]:
     """Per group, the exact sum of its values over its count, correctly rounded (NaN where the count is 0).
 
     >>> group_ratios(np.array([0, 0, 1]), np.array([0.1, 0.2, 5.0]), np.array([2, 1, 0])).tolist()
@@ -226,13 +229,17 @@ def group_ratios(codes: NDArray[np.integer], values: NDArray[np.float64],
     return np.array([s.ratio(int(n)) if n > 0 else math.nan for s, n in zip(sums, counts.tolist())], dtype=np.float64)
 
 
-def _totals(frac: NDArray[np.float64], exp: NDArray[np.integer], rows: NDArray[np.integer], n_rows: int) -> list[ExactSum]:
+def _totals(
+    frac: NDArray[np.float64], exp: NDArray[np.integer], rows: NDArray[np.integer], n_rows: int
+) -> list[ExactSum]:
     """Exact totals per row of the terms ``frac * 2**exp`` (see ``_Buckets``), rows given per term."""
     if frac.size == 0:
         return [ZERO] * n_rows
     if frac.size > _MAX_TERMS:
-        parts = [_totals(frac[lo: lo + _MAX_TERMS], exp[lo: lo + _MAX_TERMS], rows[lo: lo + _MAX_TERMS], n_rows)
-                 for lo in range(0, frac.size, _MAX_TERMS)]
+        parts = [
+            _totals(frac[lo : lo + _MAX_TERMS], exp[lo : lo + _MAX_TERMS], rows[lo : lo + _MAX_TERMS], n_rows)
+            for lo in range(0, frac.size, _MAX_TERMS)
+        ]
         return [_merged(p[j] for p in parts) for j in range(n_rows)]
     exp64 = exp.astype(np.int64)
     acc = _Buckets(n_rows, int(exp64.min()), int(exp64.max()))
@@ -269,21 +276,21 @@ class _Buckets:
         size = self.sums[0].size
         # in chunks whose temporaries stay under 128 KiB (glibc maps larger ones afresh, page faults and all)
         for start in range(0, frac.size, _CHUNK):
-            f = frac[start: start + _CHUNK]
-            hi = np.trunc(f * 2.0 ** 27)
-            lo = f - hi * 2.0 ** -27
+            f = frac[start : start + _CHUNK]
+            hi = np.trunc(f * 2.0**27)
+            lo = f - hi * 2.0**-27
             # consecutive terms mostly share a bucket: spread over 8 lanes each, bincount does not wait
             # on its previous add to the same place (about ten times faster); the lanes' sums add exactly
-            k = exp[start: start + _CHUNK] - self.low
+            k = exp[start : start + _CHUNK] - self.low
             k <<= _LANE_BITS
-            k += places[start: start + _CHUNK]
+            k += places[start : start + _CHUNK]
             for total, part in zip(self.sums, (hi, lo)):
                 total += np.bincount(k, weights=part, minlength=size)
 
     def totals(self) -> list[ExactSum]:
         lanes = 1 << _LANE_BITS
         hi, lo = (s.reshape(-1, lanes).sum(axis=1).reshape(-1, 8) for s in self.sums)
-        lo *= 2.0 ** 54
+        lo *= 2.0**54
         hi, lo = hi @ _FOLD, lo @ _FOLD  # exponent k + j of a group counts 2**j
         used = np.flatnonzero((hi != 0) | (lo != 0))
         totals = [0] * self.n_rows

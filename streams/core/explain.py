@@ -143,8 +143,17 @@ class RootCause:
     def from_dict(cls, d: Mapping[str, Any]) -> RootCause:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported root cause format {d.get('format')!r}; expected {FORMAT_VERSION}")
-        segments = [SegmentDrift(s["segment"], s["share"], s["n"], s["effect"], s["rest_effect"],
-                                 [FeatureEffect(**f) for f in s["features"]]) for s in d["segments"]]
+        segments = [
+            SegmentDrift(
+                s["segment"],
+                s["share"],
+                s["n"],
+                s["effect"],
+                s["rest_effect"],
+                [FeatureEffect(**f) for f in s["features"]],
+            )
+            for s in d["segments"]
+        ]
         return cls(int(d["n"]), [FeatureEffect(**f) for f in d["features"]], segments, d["summary"])
 
 
@@ -168,17 +177,26 @@ class _Stats:
     @classmethod
     def of_window(cls, w: WindowProfile, numeric: list[str], categorical: list[str]) -> _Stats:
         nw = [w.numeric[f] for f in numeric]
-        return cls(w.n, np.array([x.count for x in nw], np.float64), np.array([x.mean for x in nw], np.float64),
-                   np.array([x.m2 for x in nw], np.float64),
-                   [w.categorical[f].counts.astype(np.float64) for f in categorical])
+        return cls(
+            w.n,
+            np.array([x.count for x in nw], np.float64),
+            np.array([x.mean for x in nw], np.float64),
+            np.array([x.m2 for x in nw], np.float64),
+            [w.categorical[f].counts.astype(np.float64) for f in categorical],
+        )
 
     @classmethod
     def of_reference(cls, r: ReferenceProfile, numeric: list[str], categorical: list[str]) -> _Stats:
         nr = [r.numeric[f] for f in numeric]
         count = np.array([x.count for x in nr], np.float64)
         std = np.array([x.std for x in nr], np.float64)
-        return cls(r.n, count, np.array([x.mean for x in nr], np.float64), std**2 * count,
-                   [r.categorical[f].counts.astype(np.float64) for f in categorical])
+        return cls(
+            r.n,
+            count,
+            np.array([x.mean for x in nr], np.float64),
+            std**2 * count,
+            [r.categorical[f].counts.astype(np.float64) for f in categorical],
+        )
 
     def minus(self, part: _Stats) -> _Stats:
         """Everyone in ``self`` but not in ``part`` (Chan's pairwise update, inverted)."""
@@ -187,12 +205,23 @@ class _Stats:
             mean = np.where(count > 0, (self.count * self.mean - part.count * part.mean) / count, 0.0)
             delta = part.mean - mean
             m2 = np.where(count > 0, self.m2 - part.m2 - delta * delta * part.count * count / self.count, 0.0)
-        return _Stats(self.n - part.n, count, mean, np.maximum(m2, 0.0),
-                      [np.maximum(a - b, 0.0) for a, b in zip(self.cells, part.cells, strict=True)])
+        return _Stats(
+            self.n - part.n,
+            count,
+            mean,
+            np.maximum(m2, 0.0),
+            [np.maximum(a - b, 0.0) for a, b in zip(self.cells, part.cells, strict=True)],
+        )
 
 
-def _effects(cur: _Stats, base: _Stats, sigma: NDArray[np.float64], numeric: list[str], categorical: list[str],
-             labels: list[list[str]]) -> list[FeatureEffect]:
+def _effects(
+    cur: _Stats,
+    base: _Stats,
+    sigma: NDArray[np.float64],
+    numeric: list[str],
+    categorical: list[str],
+    labels: list[list[str]],
+) -> list[FeatureEffect]:
     """Debiased effect of every feature, ``cur`` against ``base``, in the reference's ``sigma``."""
     out: list[FeatureEffect] = []
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -216,8 +245,11 @@ def _effects(cur: _Stats, base: _Stats, sigma: NDArray[np.float64], numeric: lis
         cells = int(np.count_nonzero((c > 0) | (b > 0)))
         w2 = float(((p_c - p_b) ** 2 / floor).sum()) - (cells - 1) * (1.0 / n_c + 1.0 / n_b)
         grew = int(np.argmax(p_c - p_b))
-        out.append(FeatureEffect(f, "categorical", math.sqrt(max(w2, 0.0)), category=names[grew],
-                                 change=float(p_c[grew] - p_b[grew])))
+        out.append(
+            FeatureEffect(
+                f, "categorical", math.sqrt(max(w2, 0.0)), category=names[grew], change=float(p_c[grew] - p_b[grew])
+            )
+        )
     return out
 
 
@@ -318,7 +350,7 @@ def update_segments(
         for g, name in enumerate(names.tolist()):
             if name == "":
                 continue
-            rows = order[bounds[g]: bounds[g + 1]]
+            rows = order[bounds[g] : bounds[g + 1]]
             segment = f"{key}={name}"
             if segment not in profiles:
                 profiles[segment] = WindowProfile.empty(reference, seed, sample_size=sample_size)

@@ -16,8 +16,9 @@ joining and expiring copy whole batches.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,19 +53,23 @@ class JoinedLabels:
         return int(self.event_ids.size)
 
     @classmethod
-    def empty(cls, unmatched: list[str] | None = None) -> "JoinedLabels":
+    def empty(cls, unmatched: list[str] | None = None) -> JoinedLabels:
         obj = np.empty(0, dtype=object)
-        return cls(obj, obj.copy(), np.empty(0, np.int64), np.empty(0), obj.copy(), obj.copy(), {},
-                   unmatched or [])
+        return cls(obj, obj.copy(), np.empty(0, np.int64), np.empty(0), obj.copy(), obj.copy(), {}, unmatched or [])
 
-    def select(self, mask: NDArray[np.bool_]) -> "JoinedLabels":
+    def select(self, mask: NDArray[np.bool_]) -> JoinedLabels:
         """The rows where ``mask`` is true (``unmatched`` is not carried over)."""
         return JoinedLabels(
-            self.event_ids[mask], self.model_versions[mask], self.event_times[mask], self.scores[mask],
-            self.predicted_labels[mask], self.labels[mask], {k: v[mask] for k, v in self.attributes.items()},
+            self.event_ids[mask],
+            self.model_versions[mask],
+            self.event_times[mask],
+            self.scores[mask],
+            self.predicted_labels[mask],
+            self.labels[mask],
+            {k: v[mask] for k, v in self.attributes.items()},
         )
 
-    def by_version(self) -> dict[str, "JoinedLabels"]:
+    def by_version(self) -> dict[str, JoinedLabels]:
         """The matched rows of each model version."""
         if self.n == 0:
             return {}
@@ -171,8 +176,12 @@ class PredictionIndex:
         if predicted_labels is not None and len(predicted_labels):
             predicted = np.asarray(predicted_labels, dtype=object)
         attrs = {k: np.asarray(v, dtype=object) for k, v in (attributes or {}).items()}
-        for name, col in [("event_times", times), ("scores", values), ("predicted_labels", predicted),
-                          *((f"attribute {k!r}", v) for k, v in attrs.items())]:
+        for name, col in [
+            ("event_times", times),
+            ("scores", values),
+            ("predicted_labels", predicted),
+            *((f"attribute {k!r}", v) for k, v in attrs.items()),
+        ]:
             if col.shape != (n,):
                 raise ValueError(f"{name} has {col.size} values for {n} event ids")
         if n == 0:
@@ -189,8 +198,13 @@ class PredictionIndex:
                 labels = np.empty(len(found), dtype=object)
                 labels[:] = [label for _, label in found]
                 joined = JoinedLabels(
-                    ids[waiting], np.full(labels.size, model_version, dtype=object), times[waiting],
-                    values[waiting], predicted[waiting], labels, {k: v[waiting] for k, v in attrs.items()},
+                    ids[waiting],
+                    np.full(labels.size, model_version, dtype=object),
+                    times[waiting],
+                    values[waiting],
+                    predicted[waiting],
+                    labels,
+                    {k: v[waiting] for k, v in attrs.items()},
                 )
                 self.stats.joined_pending += labels.size
                 keep = ~waiting
@@ -284,8 +298,14 @@ class PredictionIndex:
         self._alive[hit] = False
         self.stats.joined += hit.size
         return JoinedLabels(
-            self._ids[hit], self._versions[hit], self._times[hit], self._scores[hit], self._predicted[hit],
-            label_values[matched], {k: v[hit] for k, v in self._attributes.items()}, unmatched,
+            self._ids[hit],
+            self._versions[hit],
+            self._times[hit],
+            self._scores[hit],
+            self._predicted[hit],
+            label_values[matched],
+            {k: v[hit] for k, v in self._attributes.items()},
+            unmatched,
         )
 
     def expire(self, now_ms: int) -> int:
@@ -351,8 +371,15 @@ class PredictionIndex:
     def _compact(self) -> None:
         live = np.flatnonzero(self._alive[: self._size])
         k = live.size
-        for col in (self._ids, self._seqs, self._versions, self._times, self._scores, self._predicted,
-                    *self._attributes.values()):
+        for col in (
+            self._ids,
+            self._seqs,
+            self._versions,
+            self._times,
+            self._scores,
+            self._predicted,
+            *self._attributes.values(),
+        ):
             col[:k] = col[live]
         self._alive[:k] = True
         self._alive[k:] = False

@@ -87,7 +87,7 @@ class LatencyWindow:
     def is_exact(self) -> bool:
         return self._counts is None
 
-    def update(self, latency_ms: NDArray[np.floating] | NDArray[np.integer]) -> "LatencyWindow":
+    def update(self, latency_ms: NDArray[np.floating] | NDArray[np.integer]) -> LatencyWindow:
         """Add a batch of latencies (milliseconds); NaN values are skipped."""
         x = np.asarray(latency_ms, dtype=np.float64).ravel()
         x = x[~np.isnan(x)]
@@ -106,10 +106,12 @@ class LatencyWindow:
         counts += np.bincount(self._bins(x), minlength=self._n_bins)
         return self
 
-    def merge(self, other: "LatencyWindow") -> "LatencyWindow":
+    def merge(self, other: LatencyWindow) -> LatencyWindow:
         """Add ``other``'s values to this window (in place) and return it."""
         if (other.relative_accuracy, other.min_value, other.max_value) != (
-            self.relative_accuracy, self.min_value, self.max_value
+            self.relative_accuracy,
+            self.min_value,
+            self.max_value,
         ):
             raise ValueError("cannot merge LatencyWindows with different relative_accuracy or value range")
         if other.n == 0:

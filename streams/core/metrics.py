@@ -193,8 +193,9 @@ def chi2_critical_value(alpha: float, dof: np.ndarray | int) -> np.ndarray:
     return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
 
 
-def rate_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray,
-              current_n: np.ndarray) -> np.ndarray:
+def rate_test(
+    reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray, current_n: np.ndarray
+) -> np.ndarray:
     """Two-sided p-value that a rate (missing values, new categories) is the same in both.
 
     Conditional on the total number of hits, the window's share of them is
@@ -223,8 +224,9 @@ def rate_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits:
     return np.where((k > 0) & (n1 > 0) & (n2 > 0), p, 1.0)
 
 
-def rate_increase_test(reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray,
-                       current_n: np.ndarray) -> np.ndarray:
+def rate_increase_test(
+    reference_hits: np.ndarray, reference_n: np.ndarray, current_hits: np.ndarray, current_n: np.ndarray
+) -> np.ndarray:
     """One-sided p-value that a rate (missing values, new categories) is *higher* in the window.
 
     The upper tail of :func:`rate_test`'s conditional binomial: a data-quality
@@ -284,7 +286,8 @@ def out_of_range_critical_rate(alpha: float, n: np.ndarray, reference_n: np.ndar
     """The smallest share of ``n`` window values outside the reference's range whose p-value is at most ``alpha``.
 
     >>> r = out_of_range_critical_rate(0.05, np.array([1_000.0]), np.array([5_000.0]))
-    >>> bool(out_of_range_pvalue(r * 1_000, 1_000, 5_000)[0] <= 0.05 < out_of_range_pvalue(r * 1_000 - 1, 1_000, 5_000)[0])
+    >>> at, below = out_of_range_pvalue(r * 1_000, 1_000, 5_000)[0], out_of_range_pvalue(r * 1_000 - 1, 1_000, 5_000)[0]
+    >>> bool(at <= 0.05 < below)
     True
     """
     n = np.asarray(n, dtype=np.float64)

@@ -37,22 +37,23 @@ prediction (and per labelled prediction in a label window).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from driftline.streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
 from driftline.streams.core.drift import evaluate_window
+from driftline.streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
 from driftline.streams.core.labels import PredictionIndex
 from driftline.streams.core.latency import LatencyWindow
 from driftline.streams.core.ledger import Hold
-from driftline.streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
 from driftline.streams.core.multivariate import MultivariateModel, MultivariateWindow
 from driftline.streams.core.performance import PerformanceRow, PerformanceWindow
 from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
 from driftline.streams.core.sequential import TrendDetector
-from driftline.streams.core.windows import EventClock, WindowKey, Windowing, WindowStore
+from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
 from driftline.streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
 
 ERROR_FEATURE = "__error__"
@@ -140,7 +141,7 @@ class WindowOutcome:
     def estimated_performance(self) -> dict[str, float]:
         """The whole window's estimates, ``{'accuracy': 0.81, 'accuracy_lower': ..., ...}``."""
         prefix = "estimated_"
-        return {r.metric[len(prefix):]: float(r.value) for r in self.estimates if r.segment == ""}
+        return {r.metric[len(prefix) :]: float(r.value) for r in self.estimates if r.segment == ""}
 
     @property
     def key(self) -> WindowKey:
@@ -151,8 +152,15 @@ class WindowOutcome:
         metrics = list(self.drift) + [c.as_feature_drift() for c in self.changes]
         drifted = sorted({m.feature for m in self.drift if m.drifted})
         return DriftReport(
-            self.model_id, self.model_version, self.window_start, self.window_end,
-            self.n_current, self.n_reference, drifted, metrics, computed_at,
+            self.model_id,
+            self.model_version,
+            self.window_start,
+            self.window_end,
+            self.n_current,
+            self.n_reference,
+            drifted,
+            metrics,
+            computed_at,
         )
 
 
@@ -273,8 +281,9 @@ class _Label:
 class _Track:
     """Everything the monitor keeps for one model id."""
 
-    def __init__(self, model_id: str, settings: MonitorSettings, idle_ms: int | None,
-                 index_ttl_ms: int, index_max_entries: int) -> None:
+    def __init__(
+        self, model_id: str, settings: MonitorSettings, idle_ms: int | None, index_ttl_ms: int, index_max_entries: int
+    ) -> None:
         self.model_id = model_id
         self.settings = settings
         w = settings.windowing
@@ -391,7 +400,7 @@ class Monitor:
         bank_state, trend = split_detector_state(state)
         if trend is not None and model_version not in track.trends:
             track.trends[model_version] = trend
-        if track.detectors is None or key in track.detectors.keys() or bank_state is None:
+        if track.detectors is None or key in track.detectors.keys() or bank_state is None:  # noqa: SIM118 - a bank, not a dict
             return None
         return track.detectors.restore_stream(key, bank_state)
 
@@ -448,10 +457,10 @@ class Monitor:
         return through is not None and hold.window_end <= through
 
     def open_windows(self) -> list[WindowKey]:
-        return sorted(k for t in self._tracks.values() for k in t.windows.keys())
+        return sorted(k for t in self._tracks.values() for k in t.windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
 
     def open_label_windows(self) -> list[WindowKey]:
-        return sorted(k for t in self._tracks.values() for k in t.label_windows.keys())
+        return sorted(k for t in self._tracks.values() for k in t.label_windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
 
     def reset(self) -> None:
         """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
@@ -488,7 +497,9 @@ class Monitor:
         arrival = Arrival(batch, reference, np.zeros(len(batch.event_ids), dtype=np.int64), has_predictions)
         return self.ingest_all(batch.model_id, [arrival], source=source, now_ms=now_ms)[0]
 
-    def ingest_all(self, model_id: str, arrivals: Sequence[Arrival], *, source: Hashable, now_ms: int) -> list[Ingested]:
+    def ingest_all(
+        self, model_id: str, arrivals: Sequence[Arrival], *, source: Hashable, now_ms: int
+    ) -> list[Ingested]:
         """Add batches of one model that arrived together from ``source``, each row judged late against the
         watermark as it stood when that row arrived (``Arrival.order``), whatever its batch.
 
@@ -500,7 +511,8 @@ class Monitor:
         >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
         >>> monitor.recover("m", "1", None)
         >>> def rows(*times):
-        ...     return PredictionBatch("m", "1", [f"e{t}" for t in times], np.array(times), numeric={"x": np.ones(len(times))})
+        ...     ids = [f"e{t}" for t in times]
+        ...     return PredictionBatch("m", "1", ids, np.array(times), numeric={"x": np.ones(len(times))})
         >>> # message 0 is a single event of window 0, message 1 a batch of window 1000: nothing is late
         >>> got = monitor.ingest_all("m", [Arrival(rows(1_500, 1_600), ref, np.array([1, 1]), False),
         ...                                Arrival(rows(900), ref, np.array([0]), False)], source=0, now_ms=0)
@@ -513,7 +525,9 @@ class Monitor:
             if a.batch.model_id != model_id:
                 raise ValueError(f"a batch of {a.batch.model_id!r} given with the batches of {model_id!r}")
             if a.batch.model_version not in track.recovered:
-                raise RuntimeError(f"recover({model_id!r}, {a.batch.model_version!r}, ...) must come before its first batch")
+                raise RuntimeError(
+                    f"recover({model_id!r}, {a.batch.model_version!r}, ...) must come before its first batch"
+                )
         times = [np.asarray(a.batch.event_times, dtype=np.int64) for a in arrivals]
         all_times = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
         if all_times.size == 0:
@@ -524,11 +538,14 @@ class Monitor:
         in_force[order] = w.in_force(all_times[order], track.clock.watermark(model_id, now_ms))
         track.clock.observe(model_id, source, int(all_times.max()), now_ms)
         bounds = np.cumsum([0, *(t.size for t in times)])
-        return [self._ingest_version(track, a, t, in_force[lo:hi], now_ms)
-                for a, t, lo, hi in zip(arrivals, times, bounds[:-1].tolist(), bounds[1:].tolist())]
+        return [
+            self._ingest_version(track, a, t, in_force[lo:hi], now_ms)
+            for a, t, lo, hi in zip(arrivals, times, bounds[:-1].tolist(), bounds[1:].tolist())
+        ]
 
-    def _ingest_version(self, track: _Track, arrival: Arrival, times: np.ndarray, in_force: np.ndarray,
-                        now_ms: int) -> Ingested:
+    def _ingest_version(
+        self, track: _Track, arrival: Arrival, times: np.ndarray, in_force: np.ndarray, now_ms: int
+    ) -> Ingested:
         batch, reference, has_predictions = arrival.batch, arrival.reference, arrival.has_predictions
         w = track.settings.windowing
         n = times.size
@@ -555,22 +572,27 @@ class Monitor:
 
             def new_window(key: WindowKey) -> _Window:
                 if reference is None:  # the worker rejects a batch with no reference before it gets here
-                    raise ValueError(f"no reference profile for model {batch.model_id!r} "
-                                     f"version {batch.model_version!r}: cannot open its window")
+                    raise ValueError(
+                        f"no reference profile for model {batch.model_id!r} "
+                        f"version {batch.model_version!r}: cannot open its window"
+                    )
                 calibrator = reference_calibrator(reference)
                 model = multivariate_model(reference)
-                return _Window(reference, WindowProfile.empty(reference, seed=stable_seed(*key)), LatencyWindow(),
-                               None if model is None else model.window(),
-                               estimation=None if calibrator is None else
-                               EstimationState(calibrator, min_segment_size=track.settings.min_segment_size))
+                return _Window(
+                    reference,
+                    WindowProfile.empty(reference, seed=stable_seed(*key)),
+                    LatencyWindow(),
+                    None if model is None else model.window(),
+                    estimation=None
+                    if calibrator is None
+                    else EstimationState(calibrator, min_segment_size=track.settings.min_segment_size),
+                )
 
             for start, rows in w.split(part.event_times):
                 key = (batch.model_id, batch.model_version, start)
                 window = track.windows.get(key, new_window)
                 chunk = part if rows.size == part.n else take_rows(part, rows)
-                window.profile.update(
-                    chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None
-                )
+                window.profile.update(chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None)
                 if window.multivariate is not None:
                     model = multivariate_model(window.reference)
                     # a batch with none of the model's features (predictions logged apart from
@@ -586,7 +608,8 @@ class Monitor:
                         predicted = chunk.predicted_labels
                         try:
                             window.estimation.update(
-                                chunk.predictions, predicted if any(p is not None for p in predicted) else None,
+                                chunk.predictions,
+                                predicted if any(p is not None for p in predicted) else None,
                                 chunk.attributes,
                             )
                         except ValueError:
@@ -595,14 +618,24 @@ class Monitor:
                             window.estimation = None
         if has_predictions:
             waiting = track.index.add(
-                batch.event_ids, batch.model_version, times, batch.predictions,
-                batch.predicted_labels or None, batch.attributes,
+                batch.event_ids,
+                batch.model_version,
+                times,
+                batch.predictions,
+                batch.predicted_labels or None,
+                batch.attributes,
             )
             if waiting.n:
                 joined = waiting.n
                 holds = self._add_labelled(track, waiting, now_ms)[0]
-        return Ingested(ends, late=int(counted.sum()), replayed=int(replayed.sum()), joined_labels=joined,
-                        holds=holds, late_rows=np.flatnonzero(counted) if counted.any() else None)
+        return Ingested(
+            ends,
+            late=int(counted.sum()),
+            replayed=int(replayed.sum()),
+            joined_labels=joined,
+            holds=holds,
+            late_rows=np.flatnonzero(counted) if counted.any() else None,
+        )
 
     # -- labels --------------------------------------------------------------------
 
@@ -642,8 +675,14 @@ class Monitor:
         holds: list[list[Hold]] = [[] for _ in range(n)]
         for event_id, hold in holds_by_id:
             holds[position[event_id]].append(hold)
-        return LabelsIngested(holds, joined=joined.n, pending=len(joined.unmatched), late=late,
-                              replayed=replayed + again, unmatched=list(joined.unmatched))
+        return LabelsIngested(
+            holds,
+            joined=joined.n,
+            pending=len(joined.unmatched),
+            late=late,
+            replayed=replayed + again,
+            unmatched=list(joined.unmatched),
+        )
 
     def remember(self, batch: PredictionBatch, *, now_ms: int) -> dict[str, list[Hold]]:
         """Predictions written before (found in the warehouse), for the labels waiting for them.
@@ -652,8 +691,14 @@ class Monitor:
         first came. Returns, per joined label id, the label windows it went into.
         """
         track = self._track(batch.model_id)
-        waiting = track.index.add(batch.event_ids, batch.model_version, np.asarray(batch.event_times, dtype=np.int64),
-                                  batch.predictions, batch.predicted_labels or None, batch.attributes)
+        waiting = track.index.add(
+            batch.event_ids,
+            batch.model_version,
+            np.asarray(batch.event_times, dtype=np.int64),
+            batch.predictions,
+            batch.predicted_labels or None,
+            batch.attributes,
+        )
         if not waiting.n:
             return {}
         holds: dict[str, list[Hold]] = {}
@@ -705,7 +750,9 @@ class Monitor:
                 predicted = joined.predicted_labels[idx]
                 has_predicted = any(p is not None for p in predicted.tolist())
                 window.performance.update(
-                    y, scores, predicted if has_predicted else None,
+                    y,
+                    scores,
+                    predicted if has_predicted else None,
                     {k: v[idx].astype(str) for k, v in joined.attributes.items()},
                 )
                 window.label_times.append(label_times[idx])
@@ -768,11 +815,19 @@ class Monitor:
             late = int(counted.sum())
             track.late[version] = [waiting[~counted]] if late < waiting.size else []
         return WindowOutcome(
-            model_id, version, start, end,
-            n_current=int(window.profile.n), n_reference=int(window.reference.n),
-            drift=drift, profile=window.profile,
-            latency=window.latency.quantiles() if window.latency.n else {}, n_latency=int(window.latency.n),
-            changes=changes, detector_state=state, late_events=late,
+            model_id,
+            version,
+            start,
+            end,
+            n_current=int(window.profile.n),
+            n_reference=int(window.reference.n),
+            drift=drift,
+            profile=window.profile,
+            latency=window.latency.quantiles() if window.latency.n else {},
+            n_latency=int(window.latency.n),
+            changes=changes,
+            detector_state=state,
+            late_events=late,
             estimates=window.estimation.rows() if window.estimation is not None else [],
             reference_estimates=reference_estimates(window.reference) if window.estimation is not None else {},
         )
@@ -785,7 +840,11 @@ class Monitor:
             errors, task = lw.performance.errors()
             binary = task == "classification"
             stream = f"{version}:error"
-            names = track.detectors.names if binary else tuple(n for n in track.detectors.names if n not in BINARY_DETECTORS)
+            names = (
+                track.detectors.names
+                if binary
+                else tuple(n for n in track.detectors.names if n not in BINARY_DETECTORS)
+            )
             if names:
                 errors = _in_event_order(errors, np.concatenate(lw.label_times))
                 events = track.detectors.update(stream, errors, binary=binary)
@@ -794,8 +853,14 @@ class Monitor:
                     changes.append(ChangeCount(name, ERROR_FEATURE, sum(e.detector == name for e in events), fed))
                 state = track.detectors.stream_state(stream)
         return PerformanceOutcome(
-            model_id, version, start, start + track.settings.windowing.size_ms,
-            n_labeled=lw.performance.n, rows=lw.performance.rows(), changes=changes, detector_state=state,
+            model_id,
+            version,
+            start,
+            start + track.settings.windowing.size_ms,
+            n_labeled=lw.performance.n,
+            rows=lw.performance.rows(),
+            changes=changes,
+            detector_state=state,
         )
 
 
@@ -831,8 +896,11 @@ def reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
     calibrator = reference_calibrator(reference)
     if calibrator is None:
         return {}
-    return reference.cached("reference_estimates", lambda: {
-        m: float(e.value) for m, e in calibrator.reference_estimates().items()})
+    return reference.cached(
+        "reference_estimates", lambda: {m: float(e.value) for m, e in calibrator.reference_estimates().items()}
+    )
+
+
 def multivariate_model(reference: ReferenceProfile) -> MultivariateModel | None:
     """The reference's multivariate model, read once per reference object (None: it has none).
 
@@ -904,15 +972,15 @@ def split_detector_state(state: bytes) -> tuple[bytes | None, tuple[str, TrendDe
         return state, None
     head = len(_TREND_STATE_PREFIX)
     try:
-        size = int.from_bytes(state[head:head + 4], "big")
-        body = state[head + 4:head + 4 + size]
+        size = int.from_bytes(state[head : head + 4], "big")
+        body = state[head + 4 : head + 4 + size]
         if len(body) != size:
             raise ValueError(f"{len(body)} bytes where the state says {size}")
         saved = json.loads(body)
         trend = (str(saved["reference"]), TrendDetector.from_dict(saved["trend"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"cannot restore the slow-drift detector: {exc}") from exc
-    rest = state[head + 4 + size:]
+    rest = state[head + 4 + size :]
     return (rest or None), trend
 
 
@@ -1031,13 +1099,15 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
         # one column per batch, in order
         parts = []
         for col, n in zip(cols, sizes):
-            parts.append(np.full(n, np.nan) if col is None or (n and col.size == 0) else np.asarray(col, dtype=np.float64))
+            parts.append(
+                np.full(n, np.nan) if col is None or (n and col.size == 0) else np.asarray(col, dtype=np.float64)
+            )
         return np.concatenate(parts)
 
     def lists(cols: Sequence[Sequence[Any] | None], fill: Any) -> list[Any]:
         out: list[Any] = []
         for col, n in zip(cols, sizes):
-            out.extend([fill] * n if not col else col)
+            out.extend(col if col else [fill] * n)
         return out
 
     any_latency = any(b.latency_ms is not None and b.latency_ms.size for b in batches)

@@ -115,7 +115,7 @@ class MultivariateModel:
         names = list(columns)
         x = _columns_matrix(names, columns).T
         order = np.random.default_rng(seed).permutation(x.shape[0])
-        fit_x, cal_x = x[order[: x.shape[0] // 2]], x[order[x.shape[0] // 2:]]
+        fit_x, cal_x = x[order[: x.shape[0] // 2]], x[order[x.shape[0] // 2 :]]
         # Everything is fitted on one half (standardization included) and calibrated on the other,
         # so that calibration rows are as new to the model as live rows are.
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -124,8 +124,10 @@ class MultivariateModel:
         keep = np.isfinite(std) & (std > 0)
         features = [f for f, k in zip(names, keep.tolist()) if k]
         if len(features) < 2 or x.shape[0] < 20:
-            raise ValueError(f"a multivariate model needs two non-constant numeric features and 20 reference rows; "
-                             f"got {features} over {x.shape[0]} rows")
+            raise ValueError(
+                f"a multivariate model needs two non-constant numeric features and 20 reference rows; "
+                f"got {features} over {x.shape[0]} rows"
+            )
         mean, scale = mean[keep], std[keep]
         fit_rows = np.nan_to_num((fit_x[:, keep] - mean) / scale)
         cal_rows = np.nan_to_num((cal_x[:, keep] - mean) / scale)
@@ -136,9 +138,19 @@ class MultivariateModel:
         components = vt[:k].T.copy()
         err = _errors(cal_rows, components)
         corr, corr_var = _correlation_null(cal_rows)
-        return cls(features, mean, scale, components, float(err.mean()), float(err.var()),
-                   corr, corr_var, int(cal_rows.shape[0]), float(variance),
-                   [f for f, k in zip(names, keep.tolist()) if not k])
+        return cls(
+            features,
+            mean,
+            scale,
+            components,
+            float(err.mean()),
+            float(err.var()),
+            corr,
+            corr_var,
+            int(cal_rows.shape[0]),
+            float(variance),
+            [f for f, k in zip(names, keep.tolist()) if not k],
+        )
 
     def window(self) -> MultivariateWindow:
         return MultivariateWindow.empty(len(self.features))
@@ -156,8 +168,10 @@ class MultivariateModel:
         level = alpha / 2.0
         n = window.n
         if n < 3:
-            return [FeatureDrift(MULTIVARIATE_FEATURE, m, math.nan, None, math.nan, False)
-                    for m in (RECONSTRUCTION_ERROR, CORRELATION_CHANGE)]
+            return [
+                FeatureDrift(MULTIVARIATE_FEATURE, m, math.nan, None, math.nan, False)
+                for m in (RECONSTRUCTION_ERROR, CORRELATION_CHANGE)
+            ]
         spread = 1.0 / n + 1.0 / self.n_calibration
         mean_error = window.error_sum / n
         se = math.sqrt(self.error_var * spread)
@@ -174,29 +188,52 @@ class MultivariateModel:
         p_corr = float(min(1.0, pairs * 2.0 * special.stdtr(n - 2, -top)))
         threshold_corr = float(special.stdtrit(n - 2, 1.0 - level / (2.0 * pairs)))
         return [
-            FeatureDrift(MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR, float(mean_error), p_error, threshold_error,
-                         p_error <= level),
+            FeatureDrift(
+                MULTIVARIATE_FEATURE,
+                RECONSTRUCTION_ERROR,
+                float(mean_error),
+                p_error,
+                threshold_error,
+                p_error <= level,
+            ),
             FeatureDrift(MULTIVARIATE_FEATURE, CORRELATION_CHANGE, top, p_corr, threshold_corr, p_corr <= level),
         ]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, to store with the reference profile."""
-        return {"format": _FORMAT, "features": self.features, "mean": self.mean.tolist(),
-                "scale": self.scale.tolist(), "components": self.components.tolist(),
-                "error_mean": self.error_mean, "error_var": self.error_var,
-                "correlation": self.correlation.tolist(), "correlation_var": self.correlation_var.tolist(),
-                "n_calibration": self.n_calibration, "variance": self.variance, "dropped": self.dropped}
+        return {
+            "format": _FORMAT,
+            "features": self.features,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "components": self.components.tolist(),
+            "error_mean": self.error_mean,
+            "error_var": self.error_var,
+            "correlation": self.correlation.tolist(),
+            "correlation_var": self.correlation_var.tolist(),
+            "n_calibration": self.n_calibration,
+            "variance": self.variance,
+            "dropped": self.dropped,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MultivariateModel:
         if d.get("format") != _FORMAT:
             raise ValueError(f"unsupported multivariate model format {d.get('format')!r}; expected {_FORMAT}")
         p = len(d["features"])
-        return cls(list(d["features"]), np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64),
-                   np.asarray(d["components"], np.float64).reshape(p, -1), float(d["error_mean"]),
-                   float(d["error_var"]), np.asarray(d["correlation"], np.float64).reshape(p, p),
-                   np.asarray(d["correlation_var"], np.float64).reshape(p, p), int(d["n_calibration"]),
-                   float(d["variance"]), list(d["dropped"]))
+        return cls(
+            list(d["features"]),
+            np.asarray(d["mean"], np.float64),
+            np.asarray(d["scale"], np.float64),
+            np.asarray(d["components"], np.float64).reshape(p, -1),
+            float(d["error_mean"]),
+            float(d["error_var"]),
+            np.asarray(d["correlation"], np.float64).reshape(p, p),
+            np.asarray(d["correlation_var"], np.float64).reshape(p, p),
+            int(d["n_calibration"]),
+            float(d["variance"]),
+            list(d["dropped"]),
+        )
 
 
 def _errors(z: NDArray[np.float64], components: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -273,9 +310,13 @@ class MultivariateWindow:
         self.outer_sum += outer
 
     def merge(self, other: MultivariateWindow) -> MultivariateWindow:
-        return MultivariateWindow(self.n + other.n, self.error_sum + other.error_sum,
-                                  self.error_sq_sum + other.error_sq_sum,
-                                  self.row_sum + other.row_sum, self.outer_sum + other.outer_sum)
+        return MultivariateWindow(
+            self.n + other.n,
+            self.error_sum + other.error_sum,
+            self.error_sq_sum + other.error_sq_sum,
+            self.row_sum + other.row_sum,
+            self.outer_sum + other.outer_sum,
+        )
 
     def correlation(self) -> NDArray[np.float64]:
         n = max(self.n, 1)
@@ -287,11 +328,21 @@ class MultivariateWindow:
         return corr
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "error_sum": self.error_sum, "error_sq_sum": self.error_sq_sum,
-                "row_sum": self.row_sum.tolist(), "outer_sum": self.outer_sum.tolist()}
+        return {
+            "n": self.n,
+            "error_sum": self.error_sum,
+            "error_sq_sum": self.error_sq_sum,
+            "row_sum": self.row_sum.tolist(),
+            "outer_sum": self.outer_sum.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MultivariateWindow:
         p = len(d["row_sum"])
-        return cls(int(d["n"]), float(d["error_sum"]), float(d["error_sq_sum"]),
-                   np.asarray(d["row_sum"], np.float64), np.asarray(d["outer_sum"], np.float64).reshape(p, p))
+        return cls(
+            int(d["n"]),
+            float(d["error_sum"]),
+            float(d["error_sq_sum"]),
+            np.asarray(d["row_sum"], np.float64),
+            np.asarray(d["outer_sum"], np.float64).reshape(p, p),
+        )

@@ -16,8 +16,8 @@ window gives the same bits however its labels were batched or replayed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,8 +119,12 @@ def _resolve_task(task: str | None, y: _Labels) -> str:
 
 
 def _group_metrics(
-    codes: NDArray[np.intp], n_groups: int, task: str,
-    y: NDArray[np.float64], score: NDArray[np.float64], predicted: NDArray[np.float64],
+    codes: NDArray[np.intp],
+    n_groups: int,
+    task: str,
+    y: NDArray[np.float64],
+    score: NDArray[np.float64],
+    predicted: NDArray[np.float64],
 ) -> dict[str, tuple[NDArray[np.float64], NDArray[np.intp]]]:
     """metric -> (value per group, rows used per group); value NaN where undefined.
 
@@ -253,7 +257,7 @@ def _performance(
         names, codes = _segment_codes(attributes[key], n, key)
         per_group = _group_metrics(codes[labeled], names.size, task, yv, sv, pv)
         # '' means the event had no such attribute: not a segment
-        keep = (names != "")
+        keep = names != ""
         for m in metric_names:
             value, used = per_group[m]
             ok = keep & (used >= min_segment_size) & ~np.isnan(value)
@@ -393,7 +397,7 @@ class PerformanceWindow:
         self._attributes.append(attrs)
         self._has_words |= y.has_words
 
-    def merge(self, other: "PerformanceWindow") -> "PerformanceWindow":
+    def merge(self, other: PerformanceWindow) -> PerformanceWindow:
         """Add ``other``'s rows to this window (in place) and return it."""
         self._y += other._y
         self._score += other._score
@@ -416,8 +420,9 @@ class PerformanceWindow:
         """
         if not self._y:
             return prediction_errors(np.empty(0), np.empty(0), None, self.task)
-        return prediction_errors(np.concatenate(self._y), np.concatenate(self._score), np.concatenate(self._predicted),
-                                 self.task)
+        return prediction_errors(
+            np.concatenate(self._y), np.concatenate(self._score), np.concatenate(self._predicted), self.task
+        )
 
     def rows(self) -> list[PerformanceRow]:
         if not self._y:
@@ -425,8 +430,7 @@ class PerformanceWindow:
         keys = sorted({k for chunk in self._attributes for k in chunk})
         # a batch without an attribute key counts as "no such attribute" ('')
         attributes = {
-            k: np.concatenate([c.get(k, np.full(y.size, "")) for c, y in zip(self._attributes, self._y)])
-            for k in keys
+            k: np.concatenate([c.get(k, np.full(y.size, "")) for c, y in zip(self._attributes, self._y)]) for k in keys
         }
         predicted = np.concatenate(self._predicted)
         return _performance(

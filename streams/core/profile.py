@@ -33,8 +33,9 @@ import base64
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -164,7 +165,7 @@ def bin_counts_rows(cuts: Sequence[NDArray[np.float64]], values: NDArray[np.floa
     below = np.full((rows, max(c.size for c in cuts) + 2), n, dtype=np.int64)
     below[:, 0] = 0
     for j, c in enumerate(cuts):
-        below[j, 1: c.size + 1] = np.searchsorted(ordered[j], c, side="left")
+        below[j, 1 : c.size + 1] = np.searchsorted(ordered[j], c, side="left")
     counts = np.diff(below, axis=1)
     return [counts[j, : c.size + 1] for j, c in enumerate(cuts)]
 
@@ -218,7 +219,7 @@ def _complete_blocks(
         return [], list(names)
     blocks, others = [], []
     for i in range(0, len(names), rows):
-        group = list(names[i: i + rows])
+        group = list(names[i : i + rows])
         x = np.stack([columns[f] for f in group])
         lo, hi = x.min(axis=1), x.max(axis=1)
         # NaN spreads to the minimum and an infinity is an extreme: finite extremes, finite row.
@@ -317,7 +318,7 @@ class NumericReference:
         return np.searchsorted(self.cuts, values, side="right")
 
     @classmethod
-    def build(cls, name: str, values: Any, *, bins: int, sample_size: int, seed: int) -> "NumericReference":
+    def build(cls, name: str, values: Any, *, bins: int, sample_size: int, seed: int) -> NumericReference:
         v, n_missing = _finite_values(name, _numeric_column(name, values))
         if v.size == 0:
             raise ValueError(f"numeric feature {name!r} has no values in the reference; drop it or supply data")
@@ -326,24 +327,47 @@ class NumericReference:
         edges = np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1), method="inverted_cdf"))
         rng = np.random.default_rng(stable_seed(seed, "reference", name))
         sample = v if v.size <= sample_size else rng.choice(v, size=sample_size, replace=False)
-        ref = cls(name, edges, np.zeros(max(len(edges), 2) + 1, np.int64), n_missing,
-                  float(v.mean()), float(v.std()), float(v.min()), float(v.max()), np.sort(sample))
+        ref = cls(
+            name,
+            edges,
+            np.zeros(max(len(edges), 2) + 1, np.int64),
+            n_missing,
+            float(v.mean()),
+            float(v.std()),
+            float(v.min()),
+            float(v.max()),
+            np.sort(sample),
+        )
         ref.counts = np.bincount(ref.bin_index(v), minlength=ref.n_bins).astype(np.int64)
         return ref
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": "numeric",
-            "edges": self.edges.tolist(), "counts": self.counts.tolist(), "missing": self.missing,
-            "mean": self.mean, "std": self.std, "min": self.min, "max": self.max,
+            "name": self.name,
+            "kind": "numeric",
+            "edges": self.edges.tolist(),
+            "counts": self.counts.tolist(),
+            "missing": self.missing,
+            "mean": self.mean,
+            "std": self.std,
+            "min": self.min,
+            "max": self.max,
             "sample": _pack(self.sample, "<f8"),
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "NumericReference":
-        return cls(d["name"], np.asarray(d["edges"], np.float64), np.asarray(d["counts"], np.int64),
-                   int(d["missing"]), float(d["mean"]), float(d["std"]), float(d["min"]), float(d["max"]),
-                   _unpack(d["sample"], "<f8"))
+    def from_dict(cls, d: Mapping[str, Any]) -> NumericReference:
+        return cls(
+            d["name"],
+            np.asarray(d["edges"], np.float64),
+            np.asarray(d["counts"], np.int64),
+            int(d["missing"]),
+            float(d["mean"]),
+            float(d["std"]),
+            float(d["min"]),
+            float(d["max"]),
+            _unpack(d["sample"], "<f8"),
+        )
 
 
 @dataclass(eq=False)
@@ -384,7 +408,7 @@ class CategoricalReference:
         return out, n_missing
 
     @classmethod
-    def build(cls, name: str, values: Sequence[Any], *, top_k: int) -> "CategoricalReference":
+    def build(cls, name: str, values: Sequence[Any], *, top_k: int) -> CategoricalReference:
         counts, n_missing = _category_counts(name, values)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         top = [k for k, _ in ranked[:top_k]]
@@ -394,11 +418,16 @@ class CategoricalReference:
         return cls(name, top, table, n_missing)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "categorical", "categories": list(self.categories),
-                "counts": self.counts.tolist(), "missing": self.missing}
+        return {
+            "name": self.name,
+            "kind": "categorical",
+            "categories": list(self.categories),
+            "counts": self.counts.tolist(),
+            "missing": self.missing,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CategoricalReference":
+    def from_dict(cls, d: Mapping[str, Any]) -> CategoricalReference:
         return cls(d["name"], list(d["categories"]), np.asarray(d["counts"], np.int64), int(d["missing"]))
 
 
@@ -446,8 +475,11 @@ class ReferenceProfile:
 
     @property
     def features(self) -> list[str]:
-        return [*(f for f in self.numeric if f != PREDICTION_FEATURE), *self.categorical,
-                *(f for f in self.numeric if f == PREDICTION_FEATURE)]
+        return [
+            *(f for f in self.numeric if f != PREDICTION_FEATURE),
+            *self.categorical,
+            *(f for f in self.numeric if f == PREDICTION_FEATURE),
+        ]
 
     def kind(self, feature: str) -> str:
         if feature in self.numeric:
@@ -479,7 +511,7 @@ class ReferenceProfile:
         sample_size: int = 5_000,
         seed: int = 0,
         multivariate: Mapping[str, Any] | None = None,
-    ) -> "ReferenceProfile":
+    ) -> ReferenceProfile:
         if bins < 1 or top_k < 1 or sample_size < 1:
             raise ValueError(f"bins, top_k and sample_size must be positive, got {bins}, {top_k}, {sample_size}")
         _check_names(numeric, categorical)
@@ -490,20 +522,32 @@ class ReferenceProfile:
         if predictions is not None:
             columns[PREDICTION_FEATURE] = predictions
         return cls(
-            model_id, model_version, n,
-            {f: NumericReference.build(f, x, bins=bins, sample_size=sample_size, seed=seed)
-             for f, x in columns.items()},
+            model_id,
+            model_version,
+            n,
+            {
+                f: NumericReference.build(f, x, bins=bins, sample_size=sample_size, seed=seed)
+                for f, x in columns.items()
+            },
             {f: CategoricalReference.build(f, x, top_k=top_k) for f, x in categorical.items()},
-            bins, top_k, sample_size, seed, multivariate=None if multivariate is None else dict(multivariate),
+            bins,
+            top_k,
+            sample_size,
+            seed,
+            multivariate=None if multivariate is None else dict(multivariate),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
-            "model_id": self.model_id, "model_version": self.model_version, "n": self.n,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "n": self.n,
             "settings": {"bins": self.bins, "top_k": self.top_k, "sample_size": self.sample_size, "seed": self.seed},
-            "features": [*(r.to_dict() for r in self.numeric.values()),
-                         *(r.to_dict() for r in self.categorical.values())],
+            "features": [
+                *(r.to_dict() for r in self.numeric.values()),
+                *(r.to_dict() for r in self.categorical.values()),
+            ],
             # only when present, so profiles without one read and write exactly as before
             **({"calibrator": self.calibrator} if self.calibrator is not None else {}),
             # only when fitted, so that the dict of a profile without it is what it always was
@@ -511,16 +555,27 @@ class ReferenceProfile:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ReferenceProfile":
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceProfile:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported reference profile format {d.get('format')!r}; expected {FORMAT_VERSION}")
         s = d["settings"]
         numeric = {f["name"]: NumericReference.from_dict(f) for f in d["features"] if f["kind"] == "numeric"}
-        categorical = {f["name"]: CategoricalReference.from_dict(f)
-                       for f in d["features"] if f["kind"] == "categorical"}
-        return cls(d["model_id"], d["model_version"], int(d["n"]), numeric, categorical,
-                   int(s["bins"]), int(s["top_k"]), int(s["sample_size"]), int(s["seed"]),
-                   calibrator=d.get("calibrator"), multivariate=d.get("multivariate"))
+        categorical = {
+            f["name"]: CategoricalReference.from_dict(f) for f in d["features"] if f["kind"] == "categorical"
+        }
+        return cls(
+            d["model_id"],
+            d["model_version"],
+            int(d["n"]),
+            numeric,
+            categorical,
+            int(s["bins"]),
+            int(s["top_k"]),
+            int(s["sample_size"]),
+            int(s["seed"]),
+            calibrator=d.get("calibrator"),
+            multivariate=d.get("multivariate"),
+        )
 
 
 # ----------------------------------------------------------------------------- window
@@ -654,7 +709,7 @@ class BottomKSample:
             keep = np.sort(np.concatenate([below, tied[: k - below.size]]))
         self._values, self._keys, self._bound = values[keep], keys[keep], kth
 
-    def merged(self, other: "BottomKSample") -> "BottomKSample":
+    def merged(self, other: BottomKSample) -> BottomKSample:
         out = BottomKSample(min(self.capacity, other.capacity))
         out._keep(np.concatenate([self.values, other.values]), np.concatenate([self.keys, other.keys]))
         return out
@@ -664,7 +719,7 @@ class BottomKSample:
         order = np.lexsort((self.values, self.keys))
         return self.values[order], self.keys[order]
 
-    def copy(self) -> "BottomKSample":
+    def copy(self) -> BottomKSample:
         return BottomKSample(self.capacity, self.values.copy(), self.keys.copy())
 
 
@@ -696,7 +751,7 @@ class NumericWindow:
     max: float | None = None
 
     @classmethod
-    def empty(cls, ref: NumericReference, *, base: int, sample_size: int) -> "NumericWindow":
+    def empty(cls, ref: NumericReference, *, base: int, sample_size: int) -> NumericWindow:
         return cls(ref.name, base, ref.cuts, np.zeros(ref.n_bins, np.int64), BottomKSample(sample_size))
 
     @property
@@ -728,7 +783,7 @@ class NumericWindow:
         self._combine(v.size, total, squares, float(v.min()), float(v.max()))
 
     @staticmethod
-    def add_rows(windows: Sequence["NumericWindow"], values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    def add_rows(windows: Sequence[NumericWindow], values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         """Add row ``j`` of ``values`` to ``windows[j]``, exactly as ``windows[j].add(values[j], 0)`` would.
 
         ``values`` holds one row per feature, C-contiguous and finite; ``lo``
@@ -744,8 +799,9 @@ class NumericWindow:
         ([0, 2, 0, 1], 11.0, -5.0, 2)
         """
         n = values.shape[1]
-        keys = _sample_keys(np.array([[w.base] for w in windows], np.uint64),
-                            np.array([[w.count] for w in windows], np.uint64), n)
+        keys = _sample_keys(
+            np.array([[w.base] for w in windows], np.uint64), np.array([[w.count] for w in windows], np.uint64), n
+        )
         counts = bin_counts_rows([w.cuts for w in windows], values)
         totals, squares = row_moments(values)
         # The values that can enter each sample, selected for every row at once: row j's are
@@ -762,7 +818,7 @@ class NumericWindow:
         starts = [0, *ends[:-1]]
         for j, (w, low, high) in enumerate(zip(windows, lo.tolist(), hi.tolist())):
             w.counts += counts[j]
-            w.sample.offer_entrants(entering_values[starts[j]: ends[j]], entering_keys[starts[j]: ends[j]])
+            w.sample.offer_entrants(entering_values[starts[j] : ends[j]], entering_keys[starts[j] : ends[j]])
             w._combine(n, totals[j], squares[j], low, high)
 
     def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
@@ -775,27 +831,55 @@ class NumericWindow:
         self.min = lo if self.min is None else min(self.min, lo)
         self.max = hi if self.max is None else max(self.max, hi)
 
-    def merged(self, other: "NumericWindow") -> "NumericWindow":
-        out = NumericWindow(self.name, self.base, self.cuts, self.counts + other.counts,
-                            self.sample.merged(other.sample), self.missing + other.missing,
-                            self.count, self.total, self.squares, self.min, self.max)
+    def merged(self, other: NumericWindow) -> NumericWindow:
+        out = NumericWindow(
+            self.name,
+            self.base,
+            self.cuts,
+            self.counts + other.counts,
+            self.sample.merged(other.sample),
+            self.missing + other.missing,
+            self.count,
+            self.total,
+            self.squares,
+            self.min,
+            self.max,
+        )
         out._combine(other.count, other.total, other.squares, other.min, other.max)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts.tolist(), "missing": self.missing, "count": self.count,
-                "sum": self.total.to_text(), "sum_squares": self.squares.to_text(), "min": self.min, "max": self.max,
-                "sample_capacity": self.sample.capacity,
-                "sample": _pack(self.sample.values, "<f8"), "keys": _pack(self.sample.keys, "<u8")}
+        return {
+            "counts": self.counts.tolist(),
+            "missing": self.missing,
+            "count": self.count,
+            "sum": self.total.to_text(),
+            "sum_squares": self.squares.to_text(),
+            "min": self.min,
+            "max": self.max,
+            "sample_capacity": self.sample.capacity,
+            "sample": _pack(self.sample.values, "<f8"),
+            "keys": _pack(self.sample.keys, "<u8"),
+        }
 
     @classmethod
-    def from_dict(cls, ref: NumericReference, base: int, d: Mapping[str, Any]) -> "NumericWindow":
+    def from_dict(cls, ref: NumericReference, base: int, d: Mapping[str, Any]) -> NumericWindow:
         sample = BottomKSample(int(d["sample_capacity"]), _unpack(d["sample"], "<f8"), _unpack(d["keys"], "<u8"))
         if len(d["counts"]) != ref.n_bins:
             raise ValueError(f"window feature {ref.name!r} has {len(d['counts'])} bins; the reference has {ref.n_bins}")
-        return cls(ref.name, base, ref.cuts, np.asarray(d["counts"], np.int64), sample, int(d["missing"]),
-                   int(d["count"]), ExactSum.from_text(d["sum"]), ExactSum.from_text(d["sum_squares"]),
-                   _opt(d["min"]), _opt(d["max"]))
+        return cls(
+            ref.name,
+            base,
+            ref.cuts,
+            np.asarray(d["counts"], np.int64),
+            sample,
+            int(d["missing"]),
+            int(d["count"]),
+            ExactSum.from_text(d["sum"]),
+            ExactSum.from_text(d["sum_squares"]),
+            _opt(d["min"]),
+            _opt(d["max"]),
+        )
 
 
 @dataclass(eq=False)
@@ -814,7 +898,7 @@ class CategoricalWindow:
     missing: int = 0
 
     @classmethod
-    def empty(cls, ref: CategoricalReference) -> "CategoricalWindow":
+    def empty(cls, ref: CategoricalReference) -> CategoricalWindow:
         return cls(ref.name, np.zeros(ref.n_bins, np.int64))
 
     @property
@@ -826,14 +910,14 @@ class CategoricalWindow:
         self.counts += counts
         self.missing += n_missing
 
-    def merged(self, other: "CategoricalWindow") -> "CategoricalWindow":
+    def merged(self, other: CategoricalWindow) -> CategoricalWindow:
         return CategoricalWindow(self.name, self.counts + other.counts, self.missing + other.missing)
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts.tolist(), "missing": self.missing}
 
     @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> "CategoricalWindow":
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> CategoricalWindow:
         return cls(name, np.asarray(d["counts"], np.int64), int(d["missing"]))
 
 
@@ -880,7 +964,7 @@ class WindowProfile:
     unknown_features: set[str] = field(default_factory=set)
 
     @classmethod
-    def empty(cls, reference: ReferenceProfile, seed: int, *, sample_size: int | None = None) -> "WindowProfile":
+    def empty(cls, reference: ReferenceProfile, seed: int, *, sample_size: int | None = None) -> WindowProfile:
         """An empty window; ``sample_size`` bounds each numeric sample.
 
         The default is 1,000 values, or the reference's sample size if smaller.
@@ -890,9 +974,13 @@ class WindowProfile:
             raise ValueError(f"sample_size cannot be negative, got {size}")
         seed = int(seed) & _MASK64
         return cls(
-            reference, seed, size,
-            {f: NumericWindow.empty(r, base=_feature_base(seed, f), sample_size=size)
-             for f, r in reference.numeric.items()},
+            reference,
+            seed,
+            size,
+            {
+                f: NumericWindow.empty(r, base=_feature_base(seed, f), sample_size=size)
+                for f, r in reference.numeric.items()
+            },
             {f: CategoricalWindow.empty(r) for f, r in reference.categorical.items()},
         )
 
@@ -930,8 +1018,9 @@ class WindowProfile:
         # first bad column in that order gives the error.
         blocks, others = _complete_blocks(columns, [f for f in self.numeric if f in columns], n)
         parsed_num = {f: _finite_values(f, columns[f]) for f in others}
-        parsed_cat = {f: ref.categorical[f].count_values(col)
-                      for f, col in categorical.items() if f in self.categorical}
+        parsed_cat = {
+            f: ref.categorical[f].count_values(col) for f, col in categorical.items() if f in self.categorical
+        }
         self.unknown_features.update(f for f in columns if f not in self.numeric)
         self.unknown_features.update(f for f in categorical if f not in self.categorical)
         for names, x, lo, hi in blocks:
@@ -950,7 +1039,7 @@ class WindowProfile:
                 cw.missing += n
         self.n += n
 
-    def merge(self, other: "WindowProfile") -> "WindowProfile":
+    def merge(self, other: WindowProfile) -> WindowProfile:
         """The window of both profiles' events; the result keeps this profile's seed."""
         a, b = self.reference, other.reference
         if a is not b and (a.model_id, a.model_version, a.features) != (b.model_id, b.model_version, b.features):
@@ -959,10 +1048,13 @@ class WindowProfile:
                 f"and {b.model_id} {b.model_version}"
             )
         return WindowProfile(
-            self.reference, self.seed, min(self.sample_size, other.sample_size),
+            self.reference,
+            self.seed,
+            min(self.sample_size, other.sample_size),
             {f: w.merged(other.numeric[f]) for f, w in self.numeric.items()},
             {f: w.merged(other.categorical[f]) for f, w in self.categorical.items()},
-            self.n + other.n, self.unknown_features | other.unknown_features,
+            self.n + other.n,
+            self.unknown_features | other.unknown_features,
         )
 
     def summary_rows(self) -> list[dict[str, Any]]:
@@ -979,14 +1071,36 @@ class WindowProfile:
             if f in self.numeric:
                 w = self.numeric[f]
                 q = quantiles.get(f, [])
-                rows.append({"feature": f, "kind": "numeric", "count": w.count, "missing": w.missing,
-                             "mean": w.mean if w.count else None, "std": w.std, "min": w.min, "max": w.max,
-                             "quantiles": q, "histogram": w.counts.tolist()})
+                rows.append(
+                    {
+                        "feature": f,
+                        "kind": "numeric",
+                        "count": w.count,
+                        "missing": w.missing,
+                        "mean": w.mean if w.count else None,
+                        "std": w.std,
+                        "min": w.min,
+                        "max": w.max,
+                        "quantiles": q,
+                        "histogram": w.counts.tolist(),
+                    }
+                )
             else:
                 c = self.categorical[f]
-                rows.append({"feature": f, "kind": "categorical", "count": c.count, "missing": c.missing,
-                             "mean": None, "std": None, "min": None, "max": None,
-                             "quantiles": [], "histogram": c.counts.tolist()})
+                rows.append(
+                    {
+                        "feature": f,
+                        "kind": "categorical",
+                        "count": c.count,
+                        "missing": c.missing,
+                        "mean": None,
+                        "std": None,
+                        "min": None,
+                        "max": None,
+                        "quantiles": [],
+                        "histogram": c.counts.tolist(),
+                    }
+                )
         return rows
 
     def _sample_quantiles(self) -> dict[str, list[float]]:
@@ -1009,29 +1123,37 @@ class WindowProfile:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": WINDOW_FORMAT_VERSION,
-            "model_id": self.reference.model_id, "model_version": self.reference.model_version,
-            "seed": self.seed, "sample_size": self.sample_size, "n": self.n,
+            "model_id": self.reference.model_id,
+            "model_version": self.reference.model_version,
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "n": self.n,
             "unknown_features": sorted(self.unknown_features),
             "numeric": {f: w.to_dict() for f, w in self.numeric.items()},
             "categorical": {f: w.to_dict() for f, w in self.categorical.items()},
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], reference: ReferenceProfile) -> "WindowProfile":
+    def from_dict(cls, d: Mapping[str, Any], reference: ReferenceProfile) -> WindowProfile:
         if d.get("format") != WINDOW_FORMAT_VERSION:
             raise ValueError(f"unsupported window profile format {d.get('format')!r}; expected {WINDOW_FORMAT_VERSION}")
         ref = reference
         if (d["model_id"], d["model_version"]) != (ref.model_id, ref.model_version):
-            raise ValueError(f"window of {d['model_id']} {d['model_version']} given the reference of "
-                             f"{ref.model_id} {ref.model_version}")
+            raise ValueError(
+                f"window of {d['model_id']} {d['model_version']} given the reference of "
+                f"{ref.model_id} {ref.model_version}"
+            )
         if list(d["numeric"]) != list(ref.numeric) or list(d["categorical"]) != list(ref.categorical):
             raise ValueError("window features do not match the reference's")
         seed = int(d["seed"])
-        numeric = {f: NumericWindow.from_dict(ref.numeric[f], _feature_base(seed, f), w)
-                   for f, w in d["numeric"].items()}
+        numeric = {
+            f: NumericWindow.from_dict(ref.numeric[f], _feature_base(seed, f), w) for f, w in d["numeric"].items()
+        }
         categorical = {f: CategoricalWindow.from_dict(f, w) for f, w in d["categorical"].items()}
         for f, c in categorical.items():
             if len(c.counts) != ref.categorical[f].n_bins:
-                raise ValueError(f"window feature {f!r} has {len(c.counts)} categories; "
-                                 f"the reference has {ref.categorical[f].n_bins}")
+                raise ValueError(
+                    f"window feature {f!r} has {len(c.counts)} categories; "
+                    f"the reference has {ref.categorical[f].n_bins}"
+                )
         return cls(ref, seed, int(d["sample_size"]), numeric, categorical, int(d["n"]), set(d["unknown_features"]))

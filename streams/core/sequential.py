@@ -118,12 +118,17 @@ class TrendDetector:
             raise ValueError(f"a TrendDetector needs distinct stream names, got {self.names}")
         if not (self.ref_count.size == self.ref_mean.size == self.ref_std.size == k):
             raise ValueError(f"{k} streams need {k} reference counts, means and standard deviations")
-        if not (np.isfinite(self.ref_mean).all() and np.isfinite(self.ref_std).all()
-                and (self.ref_std >= 0).all() and (self.ref_count > 0).all()):
+        if not (
+            np.isfinite(self.ref_mean).all()
+            and np.isfinite(self.ref_std).all()
+            and (self.ref_std >= 0).all()
+            and (self.ref_count > 0).all()
+        ):
             raise ValueError("reference means and standard deviations must be finite, counts positive")
         if not (0.0 < alpha < 1.0 and slope > 0.0 and horizon >= 1 and memory >= 1):
-            raise ValueError(f"need 0 < alpha < 1, slope > 0, horizon >= 1, memory >= 1; "
-                             f"got {alpha}, {slope}, {horizon}, {memory}")
+            raise ValueError(
+                f"need 0 < alpha < 1, slope > 0, horizon >= 1, memory >= 1; got {alpha}, {slope}, {horizon}, {memory}"
+            )
         self.alpha, self.slope, self.horizon, self.memory = float(alpha), float(slope), int(horizon), int(memory)
         self.floor = _SCALE_FLOOR * np.maximum(1.0, np.abs(self.ref_mean))
         self.scale = np.maximum(self.ref_std, self.floor)
@@ -140,8 +145,13 @@ class TrendDetector:
         """
         names = list(reference.numeric) if features is None else list(features)
         refs = [reference.numeric[f] for f in names]
-        return cls(names, ref_count=[r.count for r in refs], ref_mean=[r.mean for r in refs],
-                   ref_std=[r.std for r in refs], **options)
+        return cls(
+            names,
+            ref_count=[r.count for r in refs],
+            ref_mean=[r.mean for r in refs],
+            ref_std=[r.std for r in refs],
+            **options,
+        )
 
     @property
     def threshold(self) -> float:
@@ -186,8 +196,10 @@ class TrendDetector:
         log_threshold = math.log(self.threshold)
         value = np.exp(np.minimum(log_e, _LOG_MAX))
         p = np.minimum(1.0, np.exp(log_threshold + math.log(self.alpha) - self.max_log_evidence))
-        return [FeatureDrift(f, METRIC, float(v), float(pv), self.threshold, bool(le >= log_threshold))
-                for f, v, pv, le in zip(self.names, value.tolist(), p.tolist(), log_e.tolist())]
+        return [
+            FeatureDrift(f, METRIC, float(v), float(pv), self.threshold, bool(le >= log_threshold))
+            for f, v, pv, le in zip(self.names, value.tolist(), p.tolist(), log_e.tolist())
+        ]
 
     def update_window(self, window: Any) -> list[FeatureDrift]:
         """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2.
@@ -235,20 +247,37 @@ class TrendDetector:
     def to_dict(self) -> dict[str, Any]:
         """The whole state as plain JSON values (stored with each closed window)."""
         return {
-            "format": _STATE_FORMAT, "names": self.names,
-            "ref_count": self.ref_count.tolist(), "ref_mean": self.ref_mean.tolist(), "ref_std": self.ref_std.tolist(),
-            "alpha": self.alpha, "slope": self.slope, "horizon": self.horizon, "memory": self.memory,
-            "windows": self.windows, "base_precision": self.base_precision.tolist(),
-            "base_sum": self.base_sum.tolist(), "recent_precision": self.recent_precision.tolist(),
-            "recent_y": self.recent_y.tolist(), "max_log_evidence": self.max_log_evidence.tolist(),
+            "format": _STATE_FORMAT,
+            "names": self.names,
+            "ref_count": self.ref_count.tolist(),
+            "ref_mean": self.ref_mean.tolist(),
+            "ref_std": self.ref_std.tolist(),
+            "alpha": self.alpha,
+            "slope": self.slope,
+            "horizon": self.horizon,
+            "memory": self.memory,
+            "windows": self.windows,
+            "base_precision": self.base_precision.tolist(),
+            "base_sum": self.base_sum.tolist(),
+            "recent_precision": self.recent_precision.tolist(),
+            "recent_y": self.recent_y.tolist(),
+            "max_log_evidence": self.max_log_evidence.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrendDetector:
         if d.get("format") != _STATE_FORMAT:
             raise ValueError(f"unsupported trend detector state format {d.get('format')!r}; expected {_STATE_FORMAT}")
-        det = cls(d["names"], ref_count=d["ref_count"], ref_mean=d["ref_mean"], ref_std=d["ref_std"],
-                  alpha=d["alpha"], slope=d["slope"], horizon=d["horizon"], memory=d["memory"])
+        det = cls(
+            d["names"],
+            ref_count=d["ref_count"],
+            ref_mean=d["ref_mean"],
+            ref_std=d["ref_std"],
+            alpha=d["alpha"],
+            slope=d["slope"],
+            horizon=d["horizon"],
+            memory=d["memory"],
+        )
         k = len(det.names)
         det.windows = int(d["windows"])
         det.base_precision = np.asarray(d["base_precision"], np.float64)

@@ -57,10 +57,19 @@ MAX_VALUE_LENGTH = 1_024
 # The columns of a training snapshot that are not features (streams.warehouse.SNAPSHOT_COLUMNS), the other
 # fields of an event, and the pseudo-feature of the model output: a feature of one of these names would
 # stand for two things in the snapshot, the profiles or the reports.
-RESERVED_FEATURE_NAMES = frozenset({
-    "event_id", "model_id", "model_version", "event_time", "prediction", "predicted_label", "latency_ms",
-    "label", PREDICTION_FEATURE,
-})
+RESERVED_FEATURE_NAMES = frozenset(
+    {
+        "event_id",
+        "model_id",
+        "model_version",
+        "event_time",
+        "prediction",
+        "predicted_label",
+        "latency_ms",
+        "label",
+        PREDICTION_FEATURE,
+    }
+)
 _QUOTE = 40  # characters of a bad value quoted in a detail
 
 
@@ -109,8 +118,9 @@ def _too_long(what: str, values: Iterable[str | None], limit: int) -> Rejection 
     return Rejection(VALUE_TOO_LONG, f"{what} {quote(first)} is longer than {limit} characters")
 
 
-def check_feature_names(numeric: Iterable[str], categorical: Iterable[str],
-                        attributes: Iterable[str] = ()) -> Rejection | None:
+def check_feature_names(
+    numeric: Iterable[str], categorical: Iterable[str], attributes: Iterable[str] = ()
+) -> Rejection | None:
     """The first problem of the feature names and attribute keys of one event or batch message, or None.
 
     >>> check_feature_names(["age", "label"], []).reason
@@ -122,15 +132,28 @@ def check_feature_names(numeric: Iterable[str], categorical: Iterable[str],
     >>> check_feature_names(["age"], ["region"], ["channel"]) is None
     True
     """
-    if (RESERVED_FEATURE_NAMES.isdisjoint(numeric) and _short(numeric) and (not attributes or _short(attributes))
-            and (not categorical or (RESERVED_FEATURE_NAMES.isdisjoint(categorical) and _short(categorical)
-                                     and _keys(numeric).isdisjoint(categorical)))):
+    if (
+        RESERVED_FEATURE_NAMES.isdisjoint(numeric)
+        and _short(numeric)
+        and (not attributes or _short(attributes))
+        and (
+            not categorical
+            or (
+                RESERVED_FEATURE_NAMES.isdisjoint(categorical)
+                and _short(categorical)
+                and _keys(numeric).isdisjoint(categorical)
+            )
+        )
+    ):
         return None  # the common case, in a few C calls: this runs for every event the codec decodes
     numeric, categorical = set(numeric), set(categorical)
     reserved = (numeric | categorical) & RESERVED_FEATURE_NAMES
     if reserved:
-        return Rejection(RESERVED_FEATURE_NAME, f"feature name(s) {sorted(reserved)} are reserved for other columns "
-                                                f"(reserved: {', '.join(sorted(RESERVED_FEATURE_NAMES))})")
+        return Rejection(
+            RESERVED_FEATURE_NAME,
+            f"feature name(s) {sorted(reserved)} are reserved for other columns "
+            f"(reserved: {', '.join(sorted(RESERVED_FEATURE_NAMES))})",
+        )
     both = numeric & categorical
     if both:
         shown = ", ".join(quote(name) for name in sorted(both)[:5])
@@ -139,11 +162,14 @@ def check_feature_names(numeric: Iterable[str], categorical: Iterable[str],
     return problem or _too_long("attribute key", attributes, MAX_ID_LENGTH)
 
 
-def _event_time_problem(earliest: int, latest: int, now_ms: int, max_future_ms: int,
-                        min_event_time_ms: int) -> Rejection | None:
+def _event_time_problem(
+    earliest: int, latest: int, now_ms: int, max_future_ms: int, min_event_time_ms: int
+) -> Rejection | None:
     if earliest < min_event_time_ms:
-        return Rejection(INVALID_EVENT_TIME, f"event_time {earliest} is before the earliest allowed, "
-                                             f"{min_event_time_ms} (epoch milliseconds)")
+        return Rejection(
+            INVALID_EVENT_TIME,
+            f"event_time {earliest} is before the earliest allowed, {min_event_time_ms} (epoch milliseconds)",
+        )
     if latest > now_ms + max_future_ms:
         return Rejection(
             FUTURE_EVENT_TIME,
@@ -154,10 +180,12 @@ def _event_time_problem(earliest: int, latest: int, now_ms: int, max_future_ms: 
 
 
 def _strings_problem(batch: PredictionBatch) -> Rejection | None:
-    problem = (_too_long("model_id", [batch.model_id], MAX_ID_LENGTH)
-               or _too_long("model_version", [batch.model_version], MAX_ID_LENGTH)
-               or _too_long("event_id", batch.event_ids, MAX_ID_LENGTH)
-               or _too_long("predicted_label", batch.predicted_labels, MAX_VALUE_LENGTH))
+    problem = (
+        _too_long("model_id", [batch.model_id], MAX_ID_LENGTH)
+        or _too_long("model_version", [batch.model_version], MAX_ID_LENGTH)
+        or _too_long("event_id", batch.event_ids, MAX_ID_LENGTH)
+        or _too_long("predicted_label", batch.predicted_labels, MAX_VALUE_LENGTH)
+    )
     if problem:
         return problem
     for what, columns in (("categorical value of", batch.categorical), ("attribute value of", batch.attributes)):
@@ -168,8 +196,12 @@ def _strings_problem(batch: PredictionBatch) -> Rejection | None:
     return None
 
 
-def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
-                min_event_time_ms: int = MIN_EVENT_TIME_MS) -> Rejection | None:
+def check_batch(
+    batch: PredictionBatch,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    min_event_time_ms: int = MIN_EVENT_TIME_MS,
+) -> Rejection | None:
     """The first problem of a decoded batch of model inputs, or None.
 
     >>> b = PredictionBatch("m", "1", ["a", "b"], np.array([1_000, 2_000]), numeric={"x": np.array([1.0, np.inf])})
@@ -197,7 +229,9 @@ def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAUL
     if batch.latency_ms is not None and batch.latency_ms.size:
         bad = np.isinf(batch.latency_ms) | (batch.latency_ms < 0)
         if bad.any():
-            return Rejection(INVALID_VALUE, f"latency_ms {batch.latency_ms[bad][0]!r} is not a finite non-negative number")
+            return Rejection(
+                INVALID_VALUE, f"latency_ms {batch.latency_ms[bad][0]!r} is not a finite non-negative number"
+            )
     if times.size:
         problem = _event_time_problem(int(times.min()), int(times.max()), now_ms, max_future_ms, min_event_time_ms)
         if problem:
@@ -205,8 +239,12 @@ def check_batch(batch: PredictionBatch, now_ms: int, max_future_ms: int = DEFAUL
     return _strings_problem(batch)
 
 
-def check_label(event: LabelEvent, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
-                min_event_time_ms: int = MIN_EVENT_TIME_MS) -> Rejection | None:
+def check_label(
+    event: LabelEvent,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    min_event_time_ms: int = MIN_EVENT_TIME_MS,
+) -> Rejection | None:
     """The first problem of a decoded label, or None: the time and length checks of :func:`check_batch`.
 
     >>> check_label(LabelEvent("e1", "m", 1_000, float("nan")), now_ms=2_000, min_event_time_ms=0).reason
@@ -225,7 +263,8 @@ def check_label(event: LabelEvent, now_ms: int, max_future_ms: int = DEFAULT_MAX
     problem = _event_time_problem(event.event_time, event.event_time, now_ms, max_future_ms, min_event_time_ms)
     if problem:
         return problem
-    return (_too_long("event_id", [event.event_id], MAX_ID_LENGTH)
-            or _too_long("model_id", [event.model_id], MAX_ID_LENGTH)
-            or (_too_long("label", [event.label], MAX_VALUE_LENGTH) if isinstance(event.label, str) else None))
-
+    return (
+        _too_long("event_id", [event.event_id], MAX_ID_LENGTH)
+        or _too_long("model_id", [event.model_id], MAX_ID_LENGTH)
+        or (_too_long("label", [event.label], MAX_VALUE_LENGTH) if isinstance(event.label, str) else None)
+    )

@@ -22,8 +22,9 @@ watermarks saturate at the int64 ends instead of wrapping.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +42,7 @@ def clamp_int64(value: int) -> int:
     (True, -5)
     """
     return min(max(int(value), INT64_MIN), INT64_MAX)
+
 
 S = TypeVar("S")
 

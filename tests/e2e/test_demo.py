@@ -29,10 +29,10 @@ from driftline.demo import (
     judge,
     summary_table,
 )
-from driftline.service_sim import ServiceStats, SimulatedService, Switch, oracle_scorer
-from driftline.settings import Settings
 from driftline.retrainer.policy import load_policy
 from driftline.retrainer.registry import CHAMPION, ArtifactStore, Registry
+from driftline.service_sim import ServiceStats, SimulatedService, Switch, oracle_scorer
+from driftline.settings import Settings
 from driftline.streams.kafka import consume_records, ensure_topics
 from driftline.streams.records import PREDICTION_FEATURE, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.sdk import PredictionLogger
@@ -51,27 +51,51 @@ W = 5_000
 def _closed_loop() -> tuple[LoopFacts, Champion, ServiceStats, Context]:
     """Facts of a run in which every step happened (hand-made, with numbers easy to check)."""
     v1_before = [DriftWindow("1", D - 2 * W + i * W, D - W + i * W, 2000, (), D - W + i * W + 2500) for i in range(2)]
-    v1_after = [DriftWindow("1", D + i * W, D + (i + 1) * W, 2000, ("channel", "debt_ratio", "income"), D + (i + 1) * W + 2500)
-                for i in range(3)]
-    v2 = [DriftWindow("2", D + 3 * W, D + 4 * W, 900, ("income",), D + 4 * W + 2500),  # partial: the switch window
-          DriftWindow("2", D + 4 * W, D + 5 * W, 2000, ("income",), D + 5 * W + 2500),
-          DriftWindow("2", D + 5 * W, D + 6 * W, 2000, (), D + 6 * W + 2500)]
-    labels = [LabelWindow("1", D - W, D, 2000, 0.74, 0.55, D + 2500),
-              LabelWindow("1", D + W, D + 2 * W, 2000, 0.66, 0.64, D + 2 * W + 2500),
-              LabelWindow("1", D + 2 * W, D + 3 * W, 1000, 0.67, 0.61, D + 3 * W + 2500),
-              LabelWindow("2", D + 4 * W, D + 5 * W, 2000, 0.70, 0.59, D + 5 * W + 2500),
-              LabelWindow("2", D + 5 * W, D + 6 * W, 2000, 0.69, 0.57, D + 6 * W + 2500)]
-    request = RequestRow("req-1", "1", "drift", "registered", D + 2 * W, D + 2 * W + 4000, "2", None,
-                         (("psi", "income", 0.4, 0.2), ("psi", "debt_ratio", 0.3, 0.2)))
+    v1_after = [
+        DriftWindow("1", D + i * W, D + (i + 1) * W, 2000, ("channel", "debt_ratio", "income"), D + (i + 1) * W + 2500)
+        for i in range(3)
+    ]
+    v2 = [
+        DriftWindow("2", D + 3 * W, D + 4 * W, 900, ("income",), D + 4 * W + 2500),  # partial: the switch window
+        DriftWindow("2", D + 4 * W, D + 5 * W, 2000, ("income",), D + 5 * W + 2500),
+        DriftWindow("2", D + 5 * W, D + 6 * W, 2000, (), D + 6 * W + 2500),
+    ]
+    labels = [
+        LabelWindow("1", D - W, D, 2000, 0.74, 0.55, D + 2500),
+        LabelWindow("1", D + W, D + 2 * W, 2000, 0.66, 0.64, D + 2 * W + 2500),
+        LabelWindow("1", D + 2 * W, D + 3 * W, 1000, 0.67, 0.61, D + 3 * W + 2500),
+        LabelWindow("2", D + 4 * W, D + 5 * W, 2000, 0.70, 0.59, D + 5 * W + 2500),
+        LabelWindow("2", D + 5 * W, D + 6 * W, 2000, 0.69, 0.57, D + 6 * W + 2500),
+    ]
+    request = RequestRow(
+        "req-1",
+        "1",
+        "drift",
+        "registered",
+        D + 2 * W,
+        D + 2 * W + 4000,
+        "2",
+        None,
+        (("psi", "income", 0.4, 0.2), ("psi", "debt_ratio", 0.3, 0.2)),
+    )
     facts = LoopFacts(
-        drift_windows=tuple(v1_before + v1_after + v2), label_windows=tuple(labels), requests=(request,),
+        drift_windows=tuple(v1_before + v1_after + v2),
+        label_windows=tuple(labels),
+        requests=(request,),
         versions=(VersionRow("1", "archived", (), None), VersionRow("2", "champion", ("champion",), "req-1")),
         alerts=(AlertRow("a1", "1", "warning", "drift", "drift on 3 features", D + 2 * W),),
-        predictions={"1": 20_000, "2": 5_000}, labels=24_000,
+        predictions={"1": 20_000, "2": 5_000},
+        labels=24_000,
     )
     champion = Champion("2", "req-1", D + 2 * W + 6000, "1", 3500, {"log_loss": 0.5712})
-    service = ServiceStats(predictions=25_000, labels=24_000, by_version={"1": 20_000, "2": 5_000}, version="2",
-                           drift_at_ms=D, switches=(Switch(D + 2 * W + 6500, "1", "2", "models event"),))
+    service = ServiceStats(
+        predictions=25_000,
+        labels=24_000,
+        by_version={"1": 20_000, "2": 5_000},
+        version="2",
+        drift_at_ms=D,
+        switches=(Switch(D + 2 * W + 6500, "1", "2", "models event"),),
+    )
     ctx = Context("1", D, W, 2, 2000.0, 3000, 3000, "log_loss")
     return facts, champion, service, ctx
 
@@ -81,14 +105,17 @@ def test_judge_sees_every_step_of_a_closed_loop() -> None:
     steps = judge(facts, champion, service, ctx)
     assert [s.done for s in steps] == [True] * 6
     assert steps[0].at_ms == D + W + 2500  # when the worker wrote the first drifted window
-    assert "channel, debt_ratio, income drifted (3 features; 0 of 2 windows before the drift flagged)" in steps[0].evidence
+    assert (
+        "channel, debt_ratio, income drifted (3 features; 0 of 2 windows before the drift flagged)" in steps[0].evidence
+    )
     assert steps[1].at_ms == D + 2 * W + 2500  # requested_at is the window's end; the worker decided when writing it
     assert steps[2].name == "v2 registered and promoted" and steps[2].at_ms == D + 2 * W + 6000
     assert "3,500 snapshot rows, holdout log_loss 0.571; model_versions: v2 champion" in steps[2].evidence
     assert steps[3].at_ms == D + 2 * W + 6500 and "5,000 v2 predictions" in steps[3].evidence
     # pooled over windows by labels: v1 after the drift (label windows from D + 3 s on) (0.64*2000 + 0.61*1000) / 3000
-    assert steps[4].evidence == ("log loss v1 before drift 0.550, after 0.630 (n=3,000) -> v2 0.580 (n=4,000); "
-                                 "accuracy 0.740 -> 0.663 -> 0.695")
+    assert steps[4].evidence == (
+        "log loss v1 before drift 0.550, after 0.630 (n=3,000) -> v2 0.580 (n=4,000); accuracy 0.740 -> 0.663 -> 0.695"
+    )
     # the partial switch window does not count; the latest complete v2 window has no drift
     assert "v2 [1, 0] (v1 after drift [3, 3, 3])" in steps[5].evidence
     table = summary_table(steps, D)
@@ -98,13 +125,32 @@ def test_judge_sees_every_step_of_a_closed_loop() -> None:
 
 def test_judge_fails_the_steps_that_did_not_happen() -> None:
     facts, champion, service, ctx = _closed_loop()
-    worse = LoopFacts(**{**facts.__dict__, "label_windows": tuple(
-        LabelWindow(w.version, w.start_ms, w.end_ms, w.n_labeled, w.accuracy,
-                    0.64 if w.version == "2" else w.log_loss, w.computed_ms) for w in facts.label_windows)})
+    worse = LoopFacts(
+        **{
+            **facts.__dict__,
+            "label_windows": tuple(
+                LabelWindow(
+                    w.version,
+                    w.start_ms,
+                    w.end_ms,
+                    w.n_labeled,
+                    w.accuracy,
+                    0.64 if w.version == "2" else w.log_loss,
+                    w.computed_ms,
+                )
+                for w in facts.label_windows
+            ),
+        }
+    )
     assert [s.done for s in judge(worse, champion, service, ctx)] == [True] * 4 + [False, True]
 
-    still_drifting = LoopFacts(**{**facts.__dict__, "drift_windows": facts.drift_windows[:-1] + (
-        DriftWindow("2", D + 5 * W, D + 6 * W, 2000, ("age", "income"), D + 6 * W + 2500),)})
+    still_drifting = LoopFacts(
+        **{
+            **facts.__dict__,
+            "drift_windows": facts.drift_windows[:-1]
+            + (DriftWindow("2", D + 5 * W, D + 6 * W, 2000, ("age", "income"), D + 6 * W + 2500),),
+        }
+    )
     assert [s.done for s in judge(still_drifting, champion, service, ctx)][-1] is False
 
     other_request = Champion("2", "req-other", D + 2 * W + 6000, "1", 3500)
@@ -115,8 +161,12 @@ def test_judge_fails_the_steps_that_did_not_happen() -> None:
     no_switch = ServiceStats(**{**service.__dict__, "switches": ()})
     assert [s.done for s in judge(facts, champion, no_switch, ctx)][3] is False
 
-    early_request = LoopFacts(**{**facts.__dict__, "requests": (RequestRow(
-        "req-0", "1", "drift", "registered", D - W, D - W, "2", None, ()),)})
+    early_request = LoopFacts(
+        **{
+            **facts.__dict__,
+            "requests": (RequestRow("req-0", "1", "drift", "registered", D - W, D - W, "2", None, ()),),
+        }
+    )
     assert [s.done for s in judge(early_request, champion, service, ctx)][1] is False  # before the drift: not ours
 
     assert [s.done for s in judge(facts, champion, service, Context("1", None, W, 2, 2000.0, 3000, 3000))][0] is False
@@ -131,8 +181,12 @@ def test_progress_view_reports_each_change_once() -> None:
     assert kinds.count("alert") == 1 and kinds.count("request") == 1 and kinds.count("registry") == 2
     assert sum("DRIFT drifted: channel, debt_ratio, income" in line for line in lines) == 3
     assert view.news(facts) == []
-    moved = LoopFacts(**{**facts.__dict__, "requests": (RequestRow(
-        "req-1", "1", "drift", "failed", D + 2 * W, D + 2 * W + 9000, None, "boom", ()),)})
+    moved = LoopFacts(
+        **{
+            **facts.__dict__,
+            "requests": (RequestRow("req-1", "1", "drift", "failed", D + 2 * W, D + 2 * W + 9000, None, "boom", ()),),
+        }
+    )
     assert [line.split("evidence): ")[-1] for line in view.news(moved)] == ["failed: boom"]
 
 
@@ -155,8 +209,9 @@ def test_first_version_learns_the_world_before_the_drift() -> None:
     from driftline.retrainer.evaluation import score_metrics
     from driftline.retrainer.trainers import score
 
-    on_after = score_metrics(after.default.astype(float), score(first.trained.model, service_sim.training_set(after)),
-                             "classification")
+    on_after = score_metrics(
+        after.default.astype(float), score(first.trained.model, service_sim.training_set(after)), "classification"
+    )
     assert on_after["accuracy"] < first.holdout_metrics["accuracy"] - 0.04
 
 
@@ -174,8 +229,9 @@ def test_simulated_service_logs_predictions_then_late_labels_and_drifts_on_time(
     t0 = 1_800_000_000_000
     clock = _Clock(t0)
     with PredictionLogger(kafka_settings, linger_ms=10) as logger:
-        service = SimulatedService(logger, "credit-sim", oracle_scorer("1"), rate=100.0, label_delay_s=2.0, seed=1,
-                                   clock=clock)
+        service = SimulatedService(
+            logger, "credit-sim", oracle_scorer("1"), rate=100.0, label_delay_s=2.0, seed=1, clock=clock
+        )
         service.inject_drift(t0 + 10_000)
         service.start()
         for ms in range(0, 20_000, 100):  # 20 s of simulated time, in ticks
@@ -187,7 +243,9 @@ def test_simulated_service_logs_predictions_then_late_labels_and_drifts_on_time(
         assert logger.flush(20).delivered == served.predictions + service.stats().labels
     assert served.predictions == 2000 and served.after_drift == 1000 and served.by_version == {"1": 2000}
 
-    batches = [r.record for r in consume_records(kafka_settings, kafka_settings.topic("predictions"), 10_000, timeout=4)]
+    batches = [
+        r.record for r in consume_records(kafka_settings, kafka_settings.topic("predictions"), 10_000, timeout=4)
+    ]
     assert all(isinstance(b, PredictionBatch) for b in batches)
     times = np.concatenate([b.event_times for b in batches])
     income = np.concatenate([b.numeric["income"] for b in batches])
@@ -198,7 +256,9 @@ def test_simulated_service_logs_predictions_then_late_labels_and_drifts_on_time(
     before, after = times < t0 + 10_000, times >= t0 + 10_000
     # BEFORE: log-income mean 10.8 and 20% mobile; AFTER: 10.45 and 70% mobile (simulation.py)
     assert abs(np.log(income[before]).mean() - 10.8) < 0.06 and abs(np.log(income[after]).mean() - 10.45) < 0.06
-    assert abs((channel[before] == "mobile").mean() - 0.2) < 0.05 and abs((channel[after] == "mobile").mean() - 0.7) < 0.05
+    assert (
+        abs((channel[before] == "mobile").mean() - 0.2) < 0.05 and abs((channel[after] == "mobile").mean() - 0.7) < 0.05
+    )
     assert all(set(b.attributes) == {"region", "channel"} for b in batches)
     assert all(np.isfinite(b.latency_ms).all() for b in batches)
 
@@ -213,16 +273,18 @@ def test_simulated_service_logs_predictions_then_late_labels_and_drifts_on_time(
 
 def _env(settings: Settings, tmp_path: Path, warehouse_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
-    env.update({
-        "DRIFTLINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix,
-        "DRIFTLINE_WAREHOUSE": warehouse_url,
-        "DRIFTLINE_REGISTRY": f"sqlite:///{tmp_path / 'registry.db'}",
-        "DRIFTLINE_ARTIFACTS": str(tmp_path / "artifacts"),
-        "DRIFTLINE_STATE_DIR": str(tmp_path / "state"),
-        # as `make test` sets it: the broker's jar cache, which must not reach the Kafka clients
-        "DRIFTLINE_KAFKA_JARS": os.environ.get("DRIFTLINE_KAFKA_JARS", str(REPO / ".driftline" / "kafka-jars")),
-    })
+    env.update(
+        {
+            "DRIFTLINE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix,
+            "DRIFTLINE_WAREHOUSE": warehouse_url,
+            "DRIFTLINE_REGISTRY": f"sqlite:///{tmp_path / 'registry.db'}",
+            "DRIFTLINE_ARTIFACTS": str(tmp_path / "artifacts"),
+            "DRIFTLINE_STATE_DIR": str(tmp_path / "state"),
+            # as `make test` sets it: the broker's jar cache, which must not reach the Kafka clients
+            "DRIFTLINE_KAFKA_JARS": os.environ.get("DRIFTLINE_KAFKA_JARS", str(REPO / ".driftline" / "kafka-jars")),
+        }
+    )
     return env
 
 
@@ -230,14 +292,36 @@ def _env(settings: Settings, tmp_path: Path, warehouse_url: str) -> dict[str, st
 def test_simulate_verb_produces_predictions_and_labels(kafka_settings: Settings, tmp_path: Path) -> None:
     env = _env(kafka_settings, tmp_path, "http://127.0.0.1:1/unused")
     run = subprocess.run(
-        [sys.executable, "-m", "driftline.cli", "simulate", "--model", "credit-cli", "--rate", "200", "--duration", "2",
-         "--drift-at", "1", "--label-delay", "0.5", "--seed", "5"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "simulate",
+            "--model",
+            "credit-cli",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--drift-at",
+            "1",
+            "--label-delay",
+            "0.5",
+            "--seed",
+            "5",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "oracle: the BEFORE world" in run.stdout  # the registry does not know the model
     assert "400 predictions (v1 400; 200 after the drift), 400 labels; delivered 800, failed 0, dropped 0" in run.stdout
-    batches = [r.record for r in consume_records(kafka_settings, kafka_settings.topic("predictions"), 10_000, timeout=4)]
+    batches = [
+        r.record for r in consume_records(kafka_settings, kafka_settings.topic("predictions"), 10_000, timeout=4)
+    ]
     assert sum(b.n for b in batches) == 400 and {b.model_id for b in batches} == {"credit-cli"}
     labels = consume_records(kafka_settings, kafka_settings.topic("labels"), 400, timeout=10)
     assert len(labels) == 400
@@ -248,8 +332,9 @@ def test_simulate_verb_produces_predictions_and_labels(kafka_settings: Settings,
 def test_first_version_is_registered_promoted_announced_and_mirrored(
     kafka_settings: Settings, warehouse_url: str, tmp_path: Path
 ) -> None:
-    settings = kafka_settings.replace(warehouse=warehouse_url, registry=f"sqlite:///{tmp_path / 'r.db'}",
-                                      artifacts=str(tmp_path / "artifacts"))
+    settings = kafka_settings.replace(
+        warehouse=warehouse_url, registry=f"sqlite:///{tmp_path / 'r.db'}", artifacts=str(tmp_path / "artifacts")
+    )
     ensure_topics(settings, ["models"])
     policy = load_policy(str(DEMO_POLICY)).for_model("credit-reg")
     first = demo.train_first_version(policy, 2_000, seed=1, end_ms=1_800_000_000_000)
@@ -257,10 +342,13 @@ def test_first_version_is_registered_promoted_announced_and_mirrored(
     from driftline.streams import kafka
 
     with Warehouse.connect(warehouse_url, migrate=True) as warehouse:
-        v1 = demo.register_first_version(settings, registry, warehouse, kafka.producer(settings), "credit-reg",
-                                         policy, first)
-        mirror = warehouse.query_rows("SELECT version, status, aliases, dataset_rows, metrics FROM model_versions FINAL "
-                                      "WHERE model_id = 'credit-reg'")
+        v1 = demo.register_first_version(
+            settings, registry, warehouse, kafka.producer(settings), "credit-reg", policy, first
+        )
+        mirror = warehouse.query_rows(
+            "SELECT version, status, aliases, dataset_rows, metrics FROM model_versions FINAL "
+            "WHERE model_id = 'credit-reg'"
+        )
     assert v1.version == "1" and v1.status == "champion" and registry.alias("credit-reg", CHAMPION).version == "1"
     lineage = v1.lineage
     assert lineage.dataset_rows == 2000 and lineage.trainer == "river-linear"
@@ -273,8 +361,15 @@ def test_first_version_is_registered_promoted_announced_and_mirrored(
     assert set(features) == {"income", "age", "debt_ratio", "region", "channel", PREDICTION_FEATURE}
     assert profile["n"] == 2000 and profile["settings"]["sample_size"] == 5000  # the demo policy's reference settings
     assert features[PREDICTION_FEATURE]["min"] == pytest.approx(first.scores.min())
-    assert mirror == [{"version": "1", "status": "champion", "aliases": ["champion"], "dataset_rows": 2000,
-                       "metrics": mirror[0]["metrics"]}]
+    assert mirror == [
+        {
+            "version": "1",
+            "status": "champion",
+            "aliases": ["champion"],
+            "dataset_rows": 2000,
+            "metrics": mirror[0]["metrics"],
+        }
+    ]
     assert mirror[0]["metrics"]["holdout.accuracy"] == pytest.approx(first.holdout_metrics["accuracy"])
     events = [r.record for r in consume_records(settings, settings.topic("models"), 2, timeout=10)]
     assert [(e.event, e.version, e.alias) for e in events] == [("registered", "1", None), ("promoted", "1", "champion")]
@@ -287,24 +382,45 @@ def test_first_version_is_registered_promoted_announced_and_mirrored(
 @pytest.mark.kafka
 @pytest.mark.warehouse
 @pytest.mark.timeout(900)
-def test_demo_closes_the_loop_end_to_end(kafka_settings: Settings, warehouse_url: str, tmp_path: Path,
-                                         unique: str) -> None:
+def test_demo_closes_the_loop_end_to_end(
+    kafka_settings: Settings, warehouse_url: str, tmp_path: Path, unique: str
+) -> None:
     model_id = f"credit-e2e-{unique}"
     report = tmp_path / "report.html"
     env = _env(kafka_settings, tmp_path, warehouse_url)
     # what `make demo` runs, without `stack up` (the session's broker and warehouse are used instead);
     # patience doubles every deadline, for a loaded machine
     run = subprocess.run(
-        [sys.executable, "-m", "driftline.demo_cli", "--no-stack", "--model", model_id, "--patience", "2",
-         "--report", str(report)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=840,
+        [
+            sys.executable,
+            "-m",
+            "driftline.demo_cli",
+            "--no-stack",
+            "--model",
+            model_id,
+            "--patience",
+            "2",
+            "--report",
+            str(report),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     logs = tmp_path / "state" / "demo" / model_id
     assert run.returncode == 0, f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\nlogs in {logs}"
     out = run.stdout
     assert "the loop closed in" in out
-    for step in ("1 drift detected", "2 retrain requested", "3 v2 registered and promoted", "4 service switched to v2",
-                 "5 performance recovered", "6 drift subsided against the new reference"):
+    for step in (
+        "1 drift detected",
+        "2 retrain requested",
+        "3 v2 registered and promoted",
+        "4 service switched to v2",
+        "5 performance recovered",
+        "6 drift subsided against the new reference",
+    ):
         assert step in out
     assert "not seen" not in out.split("STEP", 1)[1]
     assert (logs / "worker.log").is_file() and (logs / "driftline.retrainer.log").is_file()
@@ -312,26 +428,50 @@ def test_demo_closes_the_loop_end_to_end(kafka_settings: Settings, warehouse_url
 
     with Warehouse.connect(warehouse_url) as wh:
         p = {"m": model_id}
-        drifted = wh.query_rows("SELECT count() AS n FROM drift_reports FINAL WHERE model_id = {m:String} "
-                                "AND model_version = '1' AND length(drifted_features) >= 2", p)[0]["n"]
-        drifted_rows = wh.query_rows("SELECT DISTINCT feature FROM drift_metrics FINAL WHERE model_id = {m:String} "
-                                     "AND model_version = '1' AND drifted = 1", p)
-        requests = wh.query_rows("SELECT request_id, toString(reason) AS reason, toString(status) AS status, "
-                                 "registered_version FROM retrain_requests FINAL WHERE model_id = {m:String}", p)
-        versions = wh.query_rows("SELECT version, status, aliases, request_id, parent_version FROM model_versions FINAL "
-                                 "WHERE model_id = {m:String} ORDER BY version", p)
-        served = {r["model_version"]: r["n"] for r in wh.query_rows(
-            "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} "
-            "GROUP BY model_version", p)}
-        accuracy = {r["model_version"]: r["n"] for r in wh.query_rows(
-            "SELECT model_version, count() AS n FROM performance_metrics FINAL WHERE model_id = {m:String} "
-            "AND metric = 'accuracy' AND segment = '' GROUP BY model_version", p)}
+        drifted = wh.query_rows(
+            "SELECT count() AS n FROM drift_reports FINAL WHERE model_id = {m:String} "
+            "AND model_version = '1' AND length(drifted_features) >= 2",
+            p,
+        )[0]["n"]
+        drifted_rows = wh.query_rows(
+            "SELECT DISTINCT feature FROM drift_metrics FINAL WHERE model_id = {m:String} "
+            "AND model_version = '1' AND drifted = 1",
+            p,
+        )
+        requests = wh.query_rows(
+            "SELECT request_id, toString(reason) AS reason, toString(status) AS status, "
+            "registered_version FROM retrain_requests FINAL WHERE model_id = {m:String}",
+            p,
+        )
+        versions = wh.query_rows(
+            "SELECT version, status, aliases, request_id, parent_version FROM model_versions FINAL "
+            "WHERE model_id = {m:String} ORDER BY version",
+            p,
+        )
+        served = {
+            r["model_version"]: r["n"]
+            for r in wh.query_rows(
+                "SELECT model_version, count() AS n FROM predictions WHERE model_id = {m:String} "
+                "GROUP BY model_version",
+                p,
+            )
+        }
+        accuracy = {
+            r["model_version"]: r["n"]
+            for r in wh.query_rows(
+                "SELECT model_version, count() AS n FROM performance_metrics FINAL WHERE model_id = {m:String} "
+                "AND metric = 'accuracy' AND segment = '' GROUP BY model_version",
+                p,
+            )
+        }
     assert drifted >= 1
     assert {"income", "debt_ratio", "channel"} <= {r["feature"] for r in drifted_rows}
     assert len(requests) == 1 and requests[0]["status"] == "registered" and requests[0]["registered_version"] == "2"
     assert requests[0]["reason"] == "drift"  # the demo policy lets drift, the earlier signal, ask first
     assert [(v["version"], v["status"], v["aliases"]) for v in versions] == [
-        ("1", "archived", []), ("2", "champion", ["champion"])]
+        ("1", "archived", []),
+        ("2", "champion", ["champion"]),
+    ]
     assert versions[1]["request_id"] == requests[0]["request_id"] and versions[1]["parent_version"] == "1"
     assert served.get("1", 0) > 0 and served.get("2", 0) > 0
     assert accuracy.get("1", 0) >= 2 and accuracy.get("2", 0) >= 1
@@ -344,8 +484,14 @@ def test_demo_closes_the_loop_end_to_end(kafka_settings: Settings, warehouse_url
 
     # issue "done when": `driftline registry show M --version 2` prints the complete lineage of the
     # version that the drift trigger retrained
-    show = subprocess.run([sys.executable, "-m", "driftline.cli", "registry", "show", model_id, "--version", "2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    show = subprocess.run(
+        [sys.executable, "-m", "driftline.cli", "registry", "show", model_id, "--version", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert show.returncode == 0, show.stderr
     lineage = champion.lineage
     text = show.stdout

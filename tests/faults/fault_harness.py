@@ -9,6 +9,7 @@ without it each test runs a bounded version, small enough for every ``make test`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,19 +17,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from worker_harness import REPO, T0, RunResults, WorkerEnv, WorkerProcess, make_batch
 
+from driftline.settings import Settings
 from driftline.stack.kafka_local import KafkaBroker
 from driftline.stack.process import free_port, port_answers
-from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import encode
 from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
-from worker_harness import REPO, T0, RunResults, WorkerEnv, WorkerProcess, make_batch
 
 FULL = os.environ.get("DRIFTLINE_FAULTS", "") == "full"
 FIGURES = REPO / ".driftline" / "faults" / f"figures-{'full' if FULL else 'bounded'}.jsonl"
@@ -44,6 +46,7 @@ def sized(bounded: Any, full: Any) -> Any:
 
 
 # -- the traffic ----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Message:
@@ -87,8 +90,18 @@ class Traffic:
         return chosen + (self.messages[-2:] if k == parts - 1 else [])
 
 
-def traffic(model_id: str, version: str, *, windows: int, per_window: int, group: int = 100, singles_every: int = 4,
-            label_share: float = 0.5, drift_from: int | None = None, seed: int = 0) -> Traffic:
+def traffic(
+    model_id: str,
+    version: str,
+    *,
+    windows: int,
+    per_window: int,
+    group: int = 100,
+    singles_every: int = 4,
+    label_share: float = 0.5,
+    drift_from: int | None = None,
+    seed: int = 0,
+) -> Traffic:
     """Deterministic traffic for one model version (class docstring).
 
     >>> t = traffic("m", "1", windows=2, per_window=400, group=100)
@@ -103,8 +116,16 @@ def traffic(model_id: str, version: str, *, windows: int, per_window: int, group
         drift = ("b", "d") if drift_from is not None and w >= drift_from else ()
         for g, start in enumerate(range(0, per_window, group)):
             n = min(group, per_window - start)
-            batch = make_batch(model_id, version, T0 + w * window_ms + start * step, n, step, drift=drift,
-                               seed=seed * 1_000_000 + w * 1_000 + g, prefix=f"{model_id}-")
+            batch = make_batch(
+                model_id,
+                version,
+                T0 + w * window_ms + start * step,
+                n,
+                step,
+                drift=drift,
+                seed=seed * 1_000_000 + w * 1_000 + g,
+                prefix=f"{model_id}-",
+            )
             if g % singles_every == singles_every - 1:
                 records: list[Any] = singles(batch)
                 out.singles += n
@@ -112,16 +133,24 @@ def traffic(model_id: str, version: str, *, windows: int, per_window: int, group
                 records = [batch]
             labelled = np.flatnonzero(rng.random(n) < label_share)
             truth = (rng.random(labelled.size) < batch.predictions[labelled]).astype(int)
-            records += [LabelEvent(batch.event_ids[i], model_id, int(batch.event_times[i]), int(y))
-                        for i, y in zip(labelled.tolist(), truth.tolist())]
+            records += [
+                LabelEvent(batch.event_ids[i], model_id, int(batch.event_times[i]), int(y))
+                for i, y in zip(labelled.tolist(), truth.tolist())
+            ]
             for r in records:
-                out.messages.append(Message("labels" if isinstance(r, LabelEvent) else "predictions", model_id, encode(r)))
+                out.messages.append(
+                    Message("labels" if isinstance(r, LabelEvent) else "predictions", model_id, encode(r))
+                )
                 out.window_of_message.append(w)
             out.events += n
             out.labels += labelled.size
-    end = make_batch(model_id, version, T0 + (windows + 10) * window_ms, 1, 1, seed=seed + 999, prefix=f"{model_id}-end-")
-    out.messages += [Message("predictions", model_id, encode(end)),
-                     Message("labels", model_id, encode(LabelEvent(end.event_ids[0], model_id, int(end.event_times[0]), 1)))]
+    end = make_batch(
+        model_id, version, T0 + (windows + 10) * window_ms, 1, 1, seed=seed + 999, prefix=f"{model_id}-end-"
+    )
+    out.messages += [
+        Message("predictions", model_id, encode(end)),
+        Message("labels", model_id, encode(LabelEvent(end.event_ids[0], model_id, int(end.event_times[0]), 1))),
+    ]
     out.window_of_message += [windows, windows]
     return out
 
@@ -134,16 +163,27 @@ def singles(batch: PredictionBatch) -> list[PredictionEvent]:
     """
     numeric = {f: v.tolist() for f, v in batch.numeric.items()}
     latency = batch.latency_ms.tolist() if batch.latency_ms is not None else [None] * batch.n
-    return [PredictionEvent(event_id, batch.model_id, batch.model_version, t,
-                            numeric={f: v[i] for f, v in numeric.items()},
-                            categorical={f: v[i] for f, v in batch.categorical.items()},
-                            prediction=p, latency_ms=latency[i],
-                            attributes={f: v[i] for f, v in batch.attributes.items()})
-            for i, (event_id, t, p) in enumerate(zip(batch.event_ids, batch.event_times.tolist(), batch.predictions.tolist()))]
+    return [
+        PredictionEvent(
+            event_id,
+            batch.model_id,
+            batch.model_version,
+            t,
+            numeric={f: v[i] for f, v in numeric.items()},
+            categorical={f: v[i] for f, v in batch.categorical.items()},
+            prediction=p,
+            latency_ms=latency[i],
+            attributes={f: v[i] for f, v in batch.attributes.items()},
+        )
+        for i, (event_id, t, p) in enumerate(
+            zip(batch.event_ids, batch.event_times.tolist(), batch.predictions.tolist())
+        )
+    ]
 
 
-def send(env: WorkerEnv, messages: Iterable[Message], *, producer: Any = None,
-         offsets: list[tuple[str, int]] | None = None) -> int:
+def send(
+    env: WorkerEnv, messages: Iterable[Message], *, producer: Any = None, offsets: list[tuple[str, int]] | None = None
+) -> int:
     """Produce the messages in order and wait for them; with ``offsets``, append each one's (topic, offset)."""
     client = producer or env.producer
     count = 0
@@ -156,6 +196,7 @@ def send(env: WorkerEnv, messages: Iterable[Message], *, producer: Any = None,
             def on_delivery(err: Any, msg: Any, slot: int = slot, topic: str = m.topic) -> None:
                 assert err is None, err
                 offsets[slot] = (topic, msg.offset())
+
         kafka.produce(client, env.settings.topic(m.topic), m.value, m.key, on_delivery=on_delivery, wait_when_full=5.0)
         count += 1
     assert client.flush(120) == 0
@@ -164,15 +205,20 @@ def send(env: WorkerEnv, messages: Iterable[Message], *, producer: Any = None,
 
 # -- waiting for a run to finish ------------------------------------------------------------------------------
 
+
 def label_windows(env: WorkerEnv, model_id: str) -> int:
-    return env.count("performance_metrics", "model_id = {m:String} AND metric = 'n_labeled' AND segment = ''", m=model_id)
+    return env.count(
+        "performance_metrics", "model_id = {m:String} AND metric = 'n_labeled' AND segment = ''", m=model_id
+    )
 
 
 def finished(env: WorkerEnv, loads: Sequence[Traffic], timeout: float) -> RunResults:
     """Wait until every window of the traffic is written and the rows stop changing, then read them."""
+
     def all_windows() -> bool:
-        return all(env.windows_written(t.model_id) >= t.windows and label_windows(env, t.model_id) >= t.windows
-                   for t in loads)
+        return all(
+            env.windows_written(t.model_id) >= t.windows and label_windows(env, t.model_id) >= t.windows for t in loads
+        )
 
     env.wait(all_windows, timeout, "every prediction and label window")
     models = [t.model_id for t in loads]
@@ -192,18 +238,29 @@ def hold(env: WorkerEnv, seconds: float, what: str) -> None:
     started = time.monotonic()
     while time.monotonic() < started + seconds:
         dead = [w for w in env.workers if not w.alive() and not w.expected_exit]
-        assert not dead, (f"worker {dead[0].name} exited with {dead[0].popen.returncode} "
-                          f"{time.monotonic() - started:.0f} s into {what}\n{env.logs()}")
+        assert not dead, (
+            f"worker {dead[0].name} exited with {dead[0].popen.returncode} "
+            f"{time.monotonic() - started:.0f} s into {what}\n{env.logs()}"
+        )
         time.sleep(0.25)
 
 
-def pair(kafka_settings: Settings, clean_url: str, fault_url: str, tmp: Path, unique: str, *,
-         fault_kafka: str | None = None, partitions: int = 1) -> tuple[WorkerEnv, WorkerEnv]:
+def pair(
+    kafka_settings: Settings,
+    clean_url: str,
+    fault_url: str,
+    tmp: Path,
+    unique: str,
+    *,
+    fault_kafka: str | None = None,
+    partitions: int = 1,
+) -> tuple[WorkerEnv, WorkerEnv]:
     """A clean and a fault run, each with its own topics, group, ClickHouse database and directory."""
     for name in ("clean", "fault"):
         (tmp / name).mkdir()
-    clean = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}c."), clean_url, tmp / "clean",
-                             partitions=partitions)
+    clean = WorkerEnv.create(
+        kafka_settings.replace(topic_prefix=f"t{unique}c."), clean_url, tmp / "clean", partitions=partitions
+    )
     fault_settings = kafka_settings.replace(topic_prefix=f"t{unique}f.")
     if fault_kafka:
         fault_settings = fault_settings.replace(kafka_bootstrap=fault_kafka)
@@ -232,10 +289,13 @@ def record(test: str, **figures: Any) -> None:
     """Append one test's measured figures to ``.driftline/faults/`` (docs/RELIABILITY.md quotes them)."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     with FIGURES.open("a") as out:
-        out.write(json.dumps({"test": test, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}) + "\n")
+        out.write(
+            json.dumps({"test": test, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}) + "\n"
+        )
 
 
 # -- services a test may stop ---------------------------------------------------------------------------------
+
 
 def stop_process(pid: int, sig: int, grace: float) -> tuple[float, bool]:
     """Send ``sig`` and wait up to ``grace`` seconds; then SIGKILL. Returns the seconds it took and whether
@@ -254,10 +314,8 @@ def stop_process(pid: int, sig: int, grace: float) -> tuple[float, bool]:
 
 
 def _running(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
@@ -281,14 +339,26 @@ class PrivateWarehouse:
         return f"http://127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60) -> None:
-        log = open(self.root / "chserver.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "driftline.stack.chserver", "--path", str(self.root / "data"),
-                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        log = open(self.root / "chserver.log", "ab")  # noqa: SIM115 - the server writes to it until stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "driftline.stack.chserver",
+                "--path",
+                str(self.root / "data"),
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not port_answers("127.0.0.1", self.port):
-            assert self.proc.poll() is None and time.monotonic() < deadline, \
+            assert self.proc.poll() is None and time.monotonic() < deadline, (
                 f"the embedded ClickHouse server did not start: {(self.root / 'chserver.log').read_text()[-2000:]}"
+            )
             time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> tuple[float, bool]:
@@ -330,8 +400,9 @@ class PrivateBroker:
         self.broker.stop()
 
 
-def kill_after(worker: WorkerProcess, progress: Callable[[], bool], env: WorkerEnv, rng: np.random.Generator,
-               timeout: float) -> None:
+def kill_after(
+    worker: WorkerProcess, progress: Callable[[], bool], env: WorkerEnv, rng: np.random.Generator, timeout: float
+) -> None:
     """SIGKILL ``worker`` at a random moment (up to 0.8 s) after ``progress`` holds."""
     env.wait(progress, timeout, f"{worker.name} at work")
     time.sleep(float(rng.uniform(0.0, 0.8)))
@@ -352,25 +423,46 @@ def shortfalls(results: RunResults, loads: Sequence[Traffic]) -> list[str]:
         reports = [r for r in results.tables["drift_reports"] if r["model_id"] == load.model_id]
         short = [r for r in reports if r["n_current"] != load.per_window]
         if len(reports) != load.windows or short:
-            found.append(f"{load.model_id}: {len(reports)} windows written of {load.windows}, {len(short)} not holding "
-                         f"their {load.per_window} events ({sum(r['n_current'] for r in reports)} of {load.events} in all)")
-        labelled = sum(r["n_labeled"] for r in results.tables["performance_metrics"]
-                       if r["model_id"] == load.model_id and r["metric"] == "n_labeled" and r["segment"] == "")
+            found.append(
+                f"{load.model_id}: {len(reports)} windows written of {load.windows}, {len(short)} not holding "
+                f"their {load.per_window} events ({sum(r['n_current'] for r in reports)} of {load.events} in all)"
+            )
+        labelled = sum(
+            r["n_labeled"]
+            for r in results.tables["performance_metrics"]
+            if r["model_id"] == load.model_id and r["metric"] == "n_labeled" and r["segment"] == ""
+        )
         if labelled != load.labels:
             found.append(f"{load.model_id}: {labelled} labels counted in label windows of {load.labels} sent")
     return found
 
 
-def compare(test: str, got: RunResults, expected: RunResults, loads: Sequence[Traffic], started: float, *,
-            problems: Sequence[str] = (), **figures: Any) -> None:
+def compare(
+    test: str,
+    got: RunResults,
+    expected: RunResults,
+    loads: Sequence[Traffic],
+    started: float,
+    *,
+    problems: Sequence[str] = (),
+    **figures: Any,
+) -> None:
     """Record the test's figures, then assert that both runs hold every event and label of the traffic, that
     every row equals the clean run's, and that the test found no other ``problems``."""
     differences = list(problems) + [f"clean run: {s}" for s in shortfalls(expected, loads)]
     differences += [f"fault run: {s}" for s in shortfalls(got, loads)]
     differences += got.differences(expected)
-    record(test, seconds=round(time.monotonic() - started, 1), rows_compared=expected.rows,
-           events=sum(t.events for t in loads), singles=sum(t.singles for t in loads),
-           labels=sum(t.labels for t in loads), windows=sum(t.windows for t in loads),
-           result="identical" if not differences else "DIFFERENT", differences=differences, **figures)
+    record(
+        test,
+        seconds=round(time.monotonic() - started, 1),
+        rows_compared=expected.rows,
+        events=sum(t.events for t in loads),
+        singles=sum(t.singles for t in loads),
+        labels=sum(t.labels for t in loads),
+        windows=sum(t.windows for t in loads),
+        result="identical" if not differences else "DIFFERENT",
+        differences=differences,
+        **figures,
+    )
     assert not differences, "the runs fall short or differ from the clean run:\n" + "\n".join(differences)
     assert got == expected

@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from driftline.settings import Settings
 from fault_harness import PrivateBroker, Stopwatch, compare, finished, hold, pair, send, sized, traffic
 from worker_harness import REPO
+
+from driftline.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -36,8 +36,14 @@ def test_a_broker_stopped_for_15_s_by_sigterm_then_by_sigkill_changes_nothing(
     home = REPO / ".driftline" / f"fault-broker-{uuid.uuid4().hex[:8]}"
     broker = PrivateBroker(home, REPO / ".driftline" / "kafka-jars")
     watch.lap("broker up")
-    clean, fault = pair(kafka_settings, warehouse_server.url(f"dl_{unique}_clean"),
-                        warehouse_server.url(f"dl_{unique}_fault"), tmp_path, unique, fault_kafka=broker.bootstrap)
+    clean, fault = pair(
+        kafka_settings,
+        warehouse_server.url(f"dl_{unique}_clean"),
+        warehouse_server.url(f"dl_{unique}_fault"),
+        tmp_path,
+        unique,
+        fault_kafka=broker.bootstrap,
+    )
     try:
         version = clean.register(model)
         assert fault.register(model) == version
@@ -50,7 +56,7 @@ def test_a_broker_stopped_for_15_s_by_sigterm_then_by_sigkill_changes_nothing(
         worker = fault.start_worker("fault", f"fault-{unique}", **args)
         stops, written = {}, 0
         for k, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
-            fault.wait(lambda: fault.windows_written(model) > written, 120, "the worker at work")
+            fault.wait(lambda written=written: fault.windows_written(model) > written, 120, "the worker at work")
             watch.lap(f"{sig.name} sent")
             took, on_signal = broker.stop(sig)
             stops[sig.name] = {"seconds_to_stop": round(took, 1), "stopped_on_signal": on_signal}
@@ -65,8 +71,16 @@ def test_a_broker_stopped_for_15_s_by_sigterm_then_by_sigkill_changes_nothing(
         got = finished(fault, [load], sized(180, 600))
         watch.lap("fault run read")
         assert worker.alive(), "the worker exited"
-        compare("broker outages", got, expected, [load], started,
-                faults=f"broker SIGTERM then SIGKILL, {OUTAGE_SECONDS} s down each", broker_stops=stops, laps=watch.laps)
+        compare(
+            "broker outages",
+            got,
+            expected,
+            [load],
+            started,
+            faults=f"broker SIGTERM then SIGKILL, {OUTAGE_SECONDS} s down each",
+            broker_stops=stops,
+            laps=watch.laps,
+        )
     finally:
         clean.close()
         fault.close()

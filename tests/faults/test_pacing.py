@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_harness import compare, finished, pair, send, sized, traffic
 
 from driftline.settings import Settings
-from fault_harness import compare, finished, pair, send, sized, traffic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -24,8 +24,13 @@ def test_singles_and_batches_of_one_model_give_the_same_windows_read_as_a_backlo
 ) -> None:
     started = time.monotonic()
     model = f"pace-{unique}"
-    backlog, live = pair(kafka_settings, warehouse_server.url(f"dl_{unique}_backlog"),
-                         warehouse_server.url(f"dl_{unique}_live"), tmp_path, unique)
+    backlog, live = pair(
+        kafka_settings,
+        warehouse_server.url(f"dl_{unique}_backlog"),
+        warehouse_server.url(f"dl_{unique}_live"),
+        tmp_path,
+        unique,
+    )
     try:
         version = backlog.register(model)
         assert live.register(model) == version

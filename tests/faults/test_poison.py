@@ -4,6 +4,7 @@ bad message is in the DLQ and in ``rejected_events`` with a reason, and produced
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_harness import Message, Traffic, compare, finished, pair, send, sized, traffic
+from worker_harness import T0, make_batch
 
 from driftline.settings import Settings
-from fault_harness import Message, Traffic, compare, finished, pair, send, sized, traffic
 from driftline.streams import kafka
-from driftline.streams.codec import decode, encode
+from driftline.streams.codec import DecodeError, decode, encode
 from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
-from worker_harness import T0, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -48,14 +49,37 @@ ISSUE_REASONS = {
     "unknown_model": {"unknown_model"},
 }
 # kinds the codec must refuse (the others decode and fail validation)
-UNDECODABLE = {"json_nested_2000", "label_json_nested_2000", "int_too_big", "label_int_too_big", "surrogate_escaped",
-               "label_surrogate_escaped", "surrogate_raw", "label_surrogate_raw", "truncated_avro", "truncated_batch",
-               "garbled_avro_fingerprint", "truncated_json", "garbled_json", "not_a_record", "oversized_garbage_near_limit"}
+UNDECODABLE = {
+    "json_nested_2000",
+    "label_json_nested_2000",
+    "int_too_big",
+    "label_int_too_big",
+    "surrogate_escaped",
+    "label_surrogate_escaped",
+    "surrogate_raw",
+    "label_surrogate_raw",
+    "truncated_avro",
+    "truncated_batch",
+    "garbled_avro_fingerprint",
+    "truncated_json",
+    "garbled_json",
+    "not_a_record",
+    "oversized_garbage_near_limit",
+}
 
 
 def json_event(model: str, version: str, i: int, t: int, **fields: object) -> dict:
-    return {"type": "PredictionEvent", "event_id": f"bad-{i}", "model_id": model, "model_version": version,
-            "event_time": t, "numeric": {"a": 0.1}, "categorical": {"region": "north"}, "prediction": 0.5, **fields}
+    return {
+        "type": "PredictionEvent",
+        "event_id": f"bad-{i}",
+        "model_id": model,
+        "model_version": version,
+        "event_time": t,
+        "numeric": {"a": 0.1},
+        "categorical": {"region": "north"},
+        "prediction": 0.5,
+        **fields,
+    }
 
 
 def json_label(model: str, i: int, t: int, **fields: object) -> dict:
@@ -72,6 +96,7 @@ def dumps(obj: dict, *, raw: dict[str, bytes] | None = None) -> bytes:
 
 def poison_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Message]]:
     """Each kind of bad message: a function of (message number, an event time among the good ones)."""
+
     def p(value: bytes, key: str | None = model) -> Message:
         return Message("predictions", key, value, "bad")
 
@@ -89,26 +114,40 @@ def poison_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Mes
         "label_json_nested_2000": lambda i, t: lab(dumps(json_label(model, i, t, label="@n@"), raw={"n": nested})),
         "int_too_big": lambda i, t: p(dumps(json_event(model, version, i, t, prediction="@n@"), raw={"n": huge_int})),
         "label_int_too_big": lambda i, t: lab(dumps(json_label(model, i, t, label="@n@"), raw={"n": huge_int})),
-        "surrogate_escaped": lambda i, t: p(dumps(json_event(model, version, i, t, event_id="@s@"),
-                                                  raw={"s": b'"\\ud800"'})),
-        "label_surrogate_escaped": lambda i, t: lab(dumps(json_label(model, i, t, event_id="@s@"),
-                                                          raw={"s": b'"\\ud800"'})),
-        "surrogate_raw": lambda i, t: p(dumps(json_event(model, version, i, t, event_id="@s@"),
-                                              raw={"s": b'"x\xed\xa0\x80"'})),
-        "label_surrogate_raw": lambda i, t: lab(dumps(json_label(model, i, t, event_id="@s@"),
-                                                      raw={"s": b'"x\xed\xa0\x80"'})),
-        "event_time_int64_min": lambda i, t: p(encode(single(i, -(2 ** 63) + 1))),
-        "event_time_int64_max": lambda i, t: p(dumps(json_event(model, version, i, 2 ** 63 - 1))),
+        "surrogate_escaped": lambda i, t: p(
+            dumps(json_event(model, version, i, t, event_id="@s@"), raw={"s": b'"\\ud800"'})
+        ),
+        "label_surrogate_escaped": lambda i, t: lab(
+            dumps(json_label(model, i, t, event_id="@s@"), raw={"s": b'"\\ud800"'})
+        ),
+        "surrogate_raw": lambda i, t: p(
+            dumps(json_event(model, version, i, t, event_id="@s@"), raw={"s": b'"x\xed\xa0\x80"'})
+        ),
+        "label_surrogate_raw": lambda i, t: lab(
+            dumps(json_label(model, i, t, event_id="@s@"), raw={"s": b'"x\xed\xa0\x80"'})
+        ),
+        "event_time_int64_min": lambda i, t: p(encode(single(i, -(2**63) + 1))),
+        "event_time_int64_max": lambda i, t: p(dumps(json_event(model, version, i, 2**63 - 1))),
         "event_time_negative": lambda i, t: p(encode(single(i, -1_000 - i))),
         "label_event_time_negative": lambda i, t: lab(encode(LabelEvent(f"bad-{i}", model, -1_000 - i, 1))),
         "event_time_before_2000": lambda i, t: p(dumps(json_event(model, version, i, 946_684_799_999 - i))),
         "nan_prediction": lambda i, t: p(encode(single(i, t, prediction=float("nan")))),
         "feature_named_label": lambda i, t: p(encode(single(i, t, numeric={"a": 0.1, "label": 1.0}))),
-        "feature_named_prediction": lambda i, t: p(dumps(json_event(model, version, i, t,
-                                                                    categorical={"prediction": "yes"}))),
-        "batch_feature_named_label": lambda i, t: p(encode(PredictionBatch(
-            model, version, [f"bad-{i}-0", f"bad-{i}-1"], np.array([t, t + 1]),
-            numeric={"a": np.array([0.1, 0.2]), "label": np.array([1.0, 0.0])}, predictions=np.array([0.5, 0.5])))),
+        "feature_named_prediction": lambda i, t: p(
+            dumps(json_event(model, version, i, t, categorical={"prediction": "yes"}))
+        ),
+        "batch_feature_named_label": lambda i, t: p(
+            encode(
+                PredictionBatch(
+                    model,
+                    version,
+                    [f"bad-{i}-0", f"bad-{i}-1"],
+                    np.array([t, t + 1]),
+                    numeric={"a": np.array([0.1, 0.2]), "label": np.array([1.0, 0.0])},
+                    predictions=np.array([0.5, 0.5]),
+                )
+            )
+        ),
         "feature_kind_conflict": lambda i, t: p(encode(single(i, t, numeric={"a": 0.1}, categorical={"a": "x"}))),
         "truncated_avro": lambda i, t: p(encode(single(i, t))[:30]),
         "truncated_batch": lambda i, t: p(encode(make_batch(model, version, t, 20, 1, seed=i, prefix="bad-"))[:-40]),
@@ -116,13 +155,16 @@ def poison_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Mes
         "truncated_json": lambda i, t: p(dumps(json_event(model, version, i, t))[:-7]),
         "garbled_json": lambda i, t: p(dumps(json_event(model, version, i, t)).replace(b'":', b'"\x00', 2)),
         "not_a_record": lambda i, t: p(b"\x07garbage" + i.to_bytes(4, "big")),
-        "unknown_model": lambda i, t: p(encode(PredictionEvent(f"bad-{i}", f"nobody-{model}", "1", t,
-                                                               numeric={"a": 0.1}, prediction=0.5)), key=f"nobody-{model}"),
+        "unknown_model": lambda i, t: p(
+            encode(PredictionEvent(f"bad-{i}", f"nobody-{model}", "1", t, numeric={"a": 0.1}, prediction=0.5)),
+            key=f"nobody-{model}",
+        ),
     }
 
 
 def big_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Message]]:
     """The 1 MB kinds: fields of a million characters, and messages close to the broker's size limit."""
+
     def p(value: bytes, key: str | None = model) -> Message:
         return Message("predictions", key, value, "bad")
 
@@ -136,10 +178,12 @@ def big_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Messag
     return {
         "model_id_1mb": lambda i, t: p(event(i, t, model_id="m" * MB), key=None),
         "categorical_1mb": lambda i, t: p(event(i, t, categorical={"region": "r" * MB})),
-        "event_id_1mb": lambda i, t: p(encode(PredictionEvent("e" * MB, model, version, t, numeric={"a": 0.1},
-                                                              prediction=0.5))),
-        "label_event_id_1mb": lambda i, t: Message("labels", model, dumps(json_label(model, i, t, event_id="e" * MB)),
-                                                   "bad"),
+        "event_id_1mb": lambda i, t: p(
+            encode(PredictionEvent("e" * MB, model, version, t, numeric={"a": 0.1}, prediction=0.5))
+        ),
+        "label_event_id_1mb": lambda i, t: Message(
+            "labels", model, dumps(json_label(model, i, t, event_id="e" * MB)), "bad"
+        ),
         "oversized_json_near_limit": lambda i, t: p(near_limit(i, t)),
         "oversized_garbage_near_limit": lambda i, t: p(b"\xfe" * NEAR_LIMIT),
     }
@@ -182,8 +226,13 @@ def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
 ) -> None:
     started = time.monotonic()
     model = f"poison-{unique}"
-    clean, fault = pair(kafka_settings, warehouse_server.url(f"dl_{unique}_clean"),
-                        warehouse_server.url(f"dl_{unique}_fault"), tmp_path, unique)
+    clean, fault = pair(
+        kafka_settings,
+        warehouse_server.url(f"dl_{unique}_clean"),
+        warehouse_server.url(f"dl_{unique}_fault"),
+        tmp_path,
+        unique,
+    )
     big_producer = kafka.producer(fault.settings, **{"linger.ms": 5, "message.max.bytes": 2 * MB})
     try:
         version = clean.register(model)
@@ -192,7 +241,7 @@ def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
         bad = poison(load, BAD, BIG_EACH)
         for name, m in bad:  # the test's own check: these kinds are not valid records by the codec's rules
             if name in UNDECODABLE:
-                with pytest.raises(Exception):
+                with pytest.raises(DecodeError):
                     decode(m.value, topic=m.topic)
         assert len({name for name, _ in bad}) == 31
         stream = interleave(load.messages, bad)
@@ -206,22 +255,27 @@ def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
 
         expected = finished(clean, [load], sized(120, 400))
         got = finished(fault, [load], sized(240, 900))
-        bad_at = {(fault.settings.topic(topic), offset): name for (name, _), (topic, offset) in zip(stream, offsets)
-                  if name != "good"}
-        good_at = {(fault.settings.topic(topic), offset) for (name, _), (topic, offset) in zip(stream, offsets)
-                   if name == "good"}
+        bad_at = {
+            (fault.settings.topic(topic), offset): name
+            for (name, _), (topic, offset) in zip(stream, offsets)
+            if name != "good"
+        }
+        good_at = {
+            (fault.settings.topic(topic), offset)
+            for (name, _), (topic, offset) in zip(stream, offsets)
+            if name == "good"
+        }
 
         def rejected() -> dict[tuple[str, int], str]:
             rows = fault.query("SELECT source_topic, offset, reason FROM rejected_events FINAL")
             return {(r["source_topic"], r["offset"]): r["reason"] for r in rows}
 
-        try:
+        with contextlib.suppress(AssertionError):  # counted below, kind by kind
             fault.wait(lambda: len(rejected()) >= len(bad_at), 60, "every bad message in rejected_events")
-        except AssertionError:
-            pass  # counted below, kind by kind
         reasons = rejected()
-        dead = kafka.consume_records(fault.settings, fault.settings.topic("dlq"), len(bad_at) + 1, timeout=30,
-                                     decode=False)
+        dead = kafka.consume_records(
+            fault.settings, fault.settings.topic("dlq"), len(bad_at) + 1, timeout=30, decode=False
+        )
         problems = []
         missed = Counter(name for at, name in bad_at.items() if at not in reasons)
         if missed:
@@ -239,8 +293,9 @@ def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
                 problems.append(f"{name}: reasons {dict(seen)}, wanted {sorted(allowed) if allowed else 'a reason'}")
         dlq_reasons = Counter(m.headers.get("driftline-error", b"").decode() for m in dead)
         if len(dead) != len(bad_at) or dlq_reasons != Counter(reasons[at] for at in bad_at if at in reasons):
-            problems.append(f"{len(dead)} messages in the DLQ for {len(bad_at)} bad ones; DLQ reasons "
-                            f"{dict(dlq_reasons)}")
+            problems.append(
+                f"{len(dead)} messages in the DLQ for {len(bad_at)} bad ones; DLQ reasons {dict(dlq_reasons)}"
+            )
         if not worker.alive():
             problems.append(f"the worker exited with {worker.popen.returncode}")
         produced, dead_lettered = len(offsets), len(dead)
@@ -249,9 +304,19 @@ def test_bad_messages_of_every_kind_are_dead_lettered_and_change_no_good_window(
             problems.append(f"produced {produced} != accepted {accepted} + dead-lettered {dead_lettered}")
         kinds = {name: dict(seen) for name, seen in sorted(by_kind.items())}
         print(f"reasons by kind: {kinds}")
-        compare("poison messages", got, expected, [load], started, faults=f"{len(bad_at)} bad messages, "
-                f"{len(by_kind)} of 31 kinds dead-lettered", produced=produced, accepted=accepted,
-                dead_lettered=dead_lettered, problems=problems, reasons_by_kind=kinds)
+        compare(
+            "poison messages",
+            got,
+            expected,
+            [load],
+            started,
+            faults=f"{len(bad_at)} bad messages, {len(by_kind)} of 31 kinds dead-lettered",
+            produced=produced,
+            accepted=accepted,
+            dead_lettered=dead_lettered,
+            problems=problems,
+            reasons_by_kind=kinds,
+        )
     finally:
         big_producer.flush(10)
         clean.close()

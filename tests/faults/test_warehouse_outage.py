@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from driftline.settings import Settings
 from fault_harness import PrivateWarehouse, Stopwatch, compare, finished, hold, pair, send, sized, traffic
 from worker_harness import WorkerEnv, wait_until
+
+from driftline.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -32,8 +32,9 @@ def test_warehouse_outages_of_30_s_and_minutes_are_waited_out_without_a_worker_e
     model = f"outage-{unique}"
     (tmp_path / "server").mkdir()
     server = PrivateWarehouse(tmp_path / "server")
-    clean, fault = pair(kafka_settings, warehouse_server.url(f"dl_{unique}_clean"), server.url(f"dl_{unique}"),
-                        tmp_path, unique)
+    clean, fault = pair(
+        kafka_settings, warehouse_server.url(f"dl_{unique}_clean"), server.url(f"dl_{unique}"), tmp_path, unique
+    )
     try:
         version = clean.register(model)
         assert fault.register(model) == version
@@ -47,10 +48,12 @@ def test_warehouse_outages_of_30_s_and_minutes_are_waited_out_without_a_worker_e
         worker = fault.start_worker("fault", f"fault-{unique}", **args)
         stops, written = [], 0
         for k, outage in enumerate(OUTAGES):
-            fault.wait(lambda: fault.windows_written(model) > written, 120, "the worker at work")
+            fault.wait(lambda written=written: fault.windows_written(model) > written, 120, "the worker at work")
             watch.lap(f"stop {k + 1}")
             took, on_sigterm = server.stop(signal.SIGTERM, grace=5)
-            stops.append({"outage_seconds": outage, "sigterm_seconds": round(took, 1), "stopped_on_sigterm": on_sigterm})
+            stops.append(
+                {"outage_seconds": outage, "sigterm_seconds": round(took, 1), "stopped_on_sigterm": on_sigterm}
+            )
             down = time.monotonic()
             send(fault, load.part(2 * k + 1, parts))  # read, or waiting to be read, while the warehouse is away
             hold(fault, outage - (time.monotonic() - down), f"a {outage} s warehouse outage")
@@ -65,8 +68,16 @@ def test_warehouse_outages_of_30_s_and_minutes_are_waited_out_without_a_worker_e
         got = finished(fault, [load], sized(240, 600))
         watch.lap("fault run read")
         assert worker.alive(), "the worker exited"
-        compare("warehouse outages", got, expected, [load], started,
-                faults=f"embedded ClickHouse down {' s, then '.join(map(str, OUTAGES))} s", server_stops=stops, laps=watch.laps)
+        compare(
+            "warehouse outages",
+            got,
+            expected,
+            [load],
+            started,
+            faults=f"embedded ClickHouse down {' s, then '.join(map(str, OUTAGES))} s",
+            server_stops=stops,
+            laps=watch.laps,
+        )
     finally:
         clean.close()
         fault.close()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_harness import compare, finished, kill_after, pair, send, sized, traffic
 
 from driftline.settings import Settings
-from fault_harness import compare, finished, kill_after, pair, send, sized, traffic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -25,8 +25,13 @@ def test_a_worker_killed_with_sigkill_again_and_again_writes_what_a_clean_run_wr
 ) -> None:
     started = time.monotonic()
     model = f"kill-{unique}"
-    clean, fault = pair(kafka_settings, warehouse_server.url(f"dl_{unique}_clean"),
-                        warehouse_server.url(f"dl_{unique}_fault"), tmp_path, unique)
+    clean, fault = pair(
+        kafka_settings,
+        warehouse_server.url(f"dl_{unique}_clean"),
+        warehouse_server.url(f"dl_{unique}_fault"),
+        tmp_path,
+        unique,
+    )
     try:
         version = clean.register(model)
         assert fault.register(model) == version
@@ -40,7 +45,7 @@ def test_a_worker_killed_with_sigkill_again_and_again_writes_what_a_clean_run_wr
             send(fault, load.part(k, KILLS + 1))
             before = fault.windows_written(model)
             worker = fault.start_worker(f"w{k}", f"fault-{unique}", **args)
-            kill_after(worker, lambda: fault.windows_written(model) > before, fault, rng, 120)
+            kill_after(worker, lambda before=before: fault.windows_written(model) > before, fault, rng, 120)
         send(fault, load.part(KILLS, KILLS + 1))
         fault.start_worker(f"w{KILLS}", f"fault-{unique}", **args)
 

@@ -30,8 +30,8 @@ from mutations import Corpus
 from driftline.streams.codec import DECODE_ERROR_REASONS, MAX_DETAIL_CHARS, TOPIC_RECORDS, DecodeError
 from driftline.streams.codec_bulk import decode_bulk
 
-ROUND = 40            # messages of one grouped decode_bulk call
-ROUND_EVERY = 400     # single mutants between two grouped rounds
+ROUND = 40  # messages of one grouped decode_bulk call
+ROUND_EVERY = 400  # single mutants between two grouped rounds
 _GROUP_SEEDS = ("PredictionEvent", "FeatureEvent", "PredictionBatch", "FeatureBatch")
 
 
@@ -45,7 +45,9 @@ class Failure:
     topic: str | None
 
     def __str__(self) -> str:
-        return f"{self.where} (topic {self.topic}): {self.problem}; message {self.data[:120]!r} ({len(self.data)} bytes)"
+        return (
+            f"{self.where} (topic {self.topic}): {self.problem}; message {self.data[:120]!r} ({len(self.data)} bytes)"
+        )
 
 
 @dataclass
@@ -63,12 +65,14 @@ class FuzzReport:
     fallbacks: int = 0
 
     def summary(self) -> str:
-        return (f"{self.messages} messages in {self.seconds:.1f} s: {self.accepted} accepted, "
-                f"{sum(self.reasons.values())} DecodeErrors {dict(self.reasons.most_common())}; "
-                f"mutants {dict(self.by_kind)}; slowest Codec.decode {self.slowest_ms:.1f} ms, slowest decode_bulk "
-                f"of one message {self.slowest_bulk_ms:.1f} ms, slowest grouped "
-                f"decode_bulk call ({ROUND} messages) {self.slowest_bulk_round_ms:.1f} ms; "
-                f"{len(self.slow)} slow, {len(self.failures)} failures, {self.fallbacks} decode_bulk fallbacks")
+        return (
+            f"{self.messages} messages in {self.seconds:.1f} s: {self.accepted} accepted, "
+            f"{sum(self.reasons.values())} DecodeErrors {dict(self.reasons.most_common())}; "
+            f"mutants {dict(self.by_kind)}; slowest Codec.decode {self.slowest_ms:.1f} ms, slowest decode_bulk "
+            f"of one message {self.slowest_bulk_ms:.1f} ms, slowest grouped "
+            f"decode_bulk call ({ROUND} messages) {self.slowest_bulk_round_ms:.1f} ms; "
+            f"{len(self.slow)} slow, {len(self.failures)} failures, {self.fallbacks} decode_bulk fallbacks"
+        )
 
 
 class _CountFallbacks(logging.Handler):
@@ -138,8 +142,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}: {str(exc)[:200]}"
 
 
-def fuzz(corpus: Corpus, rng: random.Random, count: int, *, slow_ms: float = 100.0,
-         seconds: float | None = None) -> FuzzReport:
+def fuzz(
+    corpus: Corpus, rng: random.Random, count: int, *, slow_ms: float = 100.0, seconds: float | None = None
+) -> FuzzReport:
     """At least ``count`` mutants (or as many as fit in ``seconds``) through both decoders."""
     codec = corpus.codec
     report = FuzzReport()
@@ -162,8 +167,9 @@ def fuzz(corpus: Corpus, rng: random.Random, count: int, *, slow_ms: float = 100
     return report
 
 
-def _timed_outcome(codec: Any, data: bytes, topic: str | None, report: FuzzReport,
-                   slow_ms: float) -> tuple[str, Any] | None:
+def _timed_outcome(
+    codec: Any, data: bytes, topic: str | None, report: FuzzReport, slow_ms: float
+) -> tuple[str, Any] | None:
     """Codec.decode of one message, timed; None (and a failure recorded) if it raised anything else."""
     t = time.perf_counter()
     try:

@@ -57,24 +57,57 @@ MUTATION_KINDS = ("json", "avro", "bytes", "seed")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_MESSAGE_BYTES = 1 << 20
 
-_HUGE_INTS = [2**63, 2**63 - 1, -(2**63), -(2**63) - 1, 2**64, 10**19, 10**20, 10**308, 10**309, -(10**400),
-              10**4000, INT64_MIN, 0, -1]
+_HUGE_INTS = [
+    2**63,
+    2**63 - 1,
+    -(2**63),
+    -(2**63) - 1,
+    2**64,
+    10**19,
+    10**20,
+    10**308,
+    10**309,
+    -(10**400),
+    10**4000,
+    INT64_MIN,
+    0,
+    -1,
+]
 _ODD_FLOATS = [float("nan"), float("inf"), float("-inf"), 1e308, -1e308, 5e-324, -0.0, 1.7976931348623157e308]
-_ODD_STRINGS = ["", "\ud800", "\udfff", "a\ud800b", "\ud83d\ude00", "\x00", "\x00\x00x", "é" * 300, "\u2028",
-                "label", "prediction", "__prediction__", "event_time", "type", "\\", '"']
+_ODD_STRINGS = [
+    "",
+    "\ud800",
+    "\udfff",
+    "a\ud800b",
+    "\ud83d\ude00",
+    "\x00",
+    "\x00\x00x",
+    "é" * 300,
+    "\u2028",
+    "label",
+    "prediction",
+    "__prediction__",
+    "event_time",
+    "type",
+    "\\",
+    '"',
+]
 _BYTE_VALUES = [0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF, 0xC3, 0xED, 0xA0, ord("{"), ord("["), ord('"'), ord("\\")]
 _CHUNKS = [
-    b"\xff" * 10 + b"\x01",          # an overlong varint
-    b"\xff" * 9 + b"\x7f",           # the largest 10-byte varint
+    b"\xff" * 10 + b"\x01",  # an overlong varint
+    b"\xff" * 9 + b"\x7f",  # the largest 10-byte varint
     b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # zigzag int64 max as a length
     b"\x81\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # a huge negative count (a block with a byte size)
-    b"\xed\xa0\x80",                 # a UTF-8-encoded lone surrogate
+    b"\xed\xa0\x80",  # a UTF-8-encoded lone surrogate
     b"\\ud800",
-    b"\xc0\x80",                     # overlong NUL
+    b"\xc0\x80",  # overlong NUL
     b"[" * 3000,
-    b"{\"a\":" * 2000,
+    b'{"a":' * 2000,
     b"9" * 400,
-    b"NaN", b"Infinity", b"-Infinity", b"1e999",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"1e999",
     b"\x00" * 16,
 ]
 _TOPICS = (None, "predictions", "features", "labels", "models", "retrain-requests", "drift", "alerts")
@@ -85,32 +118,66 @@ def seed_records() -> list[Any]:
     rng = np.random.default_rng(0)
 
     def event(i: int, **changes: Any) -> PredictionEvent:
-        values = dict(event_id=f"e{i}", model_id="credit", model_version="3", event_time=T0 + i,
-                      numeric={"age": 41.0 + i, "income": -1.5e6}, categorical={"region": "eu"},
-                      prediction=0.25, predicted_label="approve", latency_ms=3.5, attributes={"channel": "web"})
+        values = dict(
+            event_id=f"e{i}",
+            model_id="credit",
+            model_version="3",
+            event_time=T0 + i,
+            numeric={"age": 41.0 + i, "income": -1.5e6},
+            categorical={"region": "eu"},
+            prediction=0.25,
+            predicted_label="approve",
+            latency_ms=3.5,
+            attributes={"channel": "web"},
+        )
         values.update(changes)
         return PredictionEvent(**values)
 
     n = 70  # 16 such batches hold the 1,000 events that send a poll of batches to codec_bulk's parser
-    batch_events = [event(i, numeric={f"f{k}": float(v) for k, v in enumerate(rng.normal(size=3))},
-                          categorical={"region": ["eu", "us", None][i % 3] or "apac"},
-                          predicted_label=None if i % 4 else "deny") for i in range(n)]
+    batch_events = [
+        event(
+            i,
+            numeric={f"f{k}": float(v) for k, v in enumerate(rng.normal(size=3))},
+            categorical={"region": ["eu", "us", None][i % 3] or "apac"},
+            predicted_label=None if i % 4 else "deny",
+        )
+        for i in range(n)
+    ]
     return [
         event(0),
         event(1, prediction=None, predicted_label=None, latency_ms=None, attributes={}),
         PredictionEvent("e-min", "m", "1", 0),
         PredictionBatch.from_events(batch_events),
         FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}, categorical={"c": "x"}, attributes={"a": "b"}),
-        FeatureBatch.from_events([FeatureEvent(f"f{i}", "credit", "3", T0 + i, numeric={"age": float(i)},
-                                               categorical={"c": "xy"[i % 2]}, attributes={"a": "b"})
-                                  for i in range(n)]),
+        FeatureBatch.from_events(
+            [
+                FeatureEvent(
+                    f"f{i}",
+                    "credit",
+                    "3",
+                    T0 + i,
+                    numeric={"age": float(i)},
+                    categorical={"c": "xy"[i % 2]},
+                    attributes={"a": "b"},
+                )
+                for i in range(n)
+            ]
+        ),
         LabelEvent("e1", "credit", T0, 1.0),
         LabelEvent("e2", "credit", T0, "approve"),
         RetrainRequest("r1", "credit", "3", "drift", T0, [Evidence("psi", "age", 0.31, 0.2, T0 - 3_600_000, T0)]),
         ModelEvent("promoted", "credit", "4", T0, alias="champion", request_id="r1"),
-        DriftReport("credit", "3", T0 - 3_600_000, T0, 1000, 5000, ["age"],
-                    [FeatureDrift("age", "psi", 0.31, None, 0.2, True),
-                     FeatureDrift("age", "ks", 0.12, 0.003, 0.1, True)], T0 + 5),
+        DriftReport(
+            "credit",
+            "3",
+            T0 - 3_600_000,
+            T0,
+            1000,
+            5000,
+            ["age"],
+            [FeatureDrift("age", "psi", 0.31, None, 0.2, True), FeatureDrift("age", "ks", 0.12, 0.003, 0.1, True)],
+            T0 + 5,
+        ),
         Alert("a1", "credit", "3", "warning", "drift", "age drifted", T0, T0 - 3_600_000, T0),
     ]
 
@@ -210,8 +277,9 @@ class Corpus:
         obj: dict[str, Any] = json.loads(seed.json)
         for _ in range(rng.randint(1, 3)):
             self._mutate_object(rng, obj)
-        text = json.dumps(obj, ensure_ascii=rng.random() < 0.5, allow_nan=True,
-                          separators=rng.choice([(",", ":"), (", ", ": ")]))
+        text = json.dumps(
+            obj, ensure_ascii=rng.random() < 0.5, allow_nan=True, separators=rng.choice([(",", ":"), (", ", ": ")])
+        )
         data = expand_nesting(text.encode("utf-8", "surrogatepass"))  # lone surrogates: raw ED A0 80 unless escaped
         if rng.random() < 0.2:
             data = self.bytes_mutant(rng, data, rounds=1)
@@ -234,8 +302,10 @@ class Corpus:
         elif op == 2:
             target[self.odd_string(rng)] = self.odd_value(rng)
         elif op == 3:
-            obj["type"] = rng.choice(self.kinds + ["PredictionBatch", "Nope", "driftline.v1.Alert", "", 7, None,
-                                                   ["LabelEvent"], {"a": 1}, "\ud800"])
+            obj["type"] = rng.choice(
+                self.kinds
+                + ["PredictionBatch", "Nope", "driftline.v1.Alert", "", 7, None, ["LabelEvent"], {"a": 1}, "\ud800"]
+            )
         elif op == 4:
             target[key] = rng.choice(_HUGE_INTS)
         elif op == 5:
@@ -295,7 +365,7 @@ class Corpus:
     def _column(self, rng: random.Random, value: bytes) -> bytes:
         op = rng.randrange(4)
         if op == 0:
-            return value[:-rng.choice([1, 8])]
+            return value[: -rng.choice([1, 8])]
         if op == 1:
             return value + bytes(8)
         if op == 2:
@@ -349,10 +419,10 @@ class Corpus:
         elif op == 3:
             buf[at:at] = rng.choice(_CHUNKS)
         elif op == 4 and n:
-            del buf[at:at + rng.randint(1, 16)]
+            del buf[at : at + rng.randint(1, 16)]
         elif op == 5 and n:
             size = rng.randint(1, 32)
-            buf[at:at] = buf[at:at + size] * rng.choice([1, 2, 50])
+            buf[at:at] = buf[at : at + size] * rng.choice([1, 2, 50])
         elif op == 6:
             other = rng.choice(self.seeds)
             donor = other.avro if other.json is None or rng.random() < 0.5 else other.json
@@ -377,6 +447,7 @@ def expand_nesting(data: bytes) -> bytes:
     >>> expand_nesting(json.dumps({"x": nesting_marker(2, True)}).encode())
     b'{"x": {"a":{"a":1}}}'
     """
+
     def nest(match: re.Match) -> bytes:
         depth = int(match[1])
         if match[2] == b"o":
@@ -411,8 +482,11 @@ def _kind(avro_type: Any) -> str:
 
 def _surrogate_free(text: str) -> str:
     # fastavro cannot write a lone surrogate; raw invalid UTF-8 comes from the byte mutations
-    return text.encode("utf-8", "replace").decode("utf-8", "replace") if any(
-        "\ud800" <= c <= "\udfff" for c in text[:8]) else text
+    return (
+        text.encode("utf-8", "replace").decode("utf-8", "replace")
+        if any("\ud800" <= c <= "\udfff" for c in text[:8])
+        else text
+    )
 
 
 def _copy(datum: Any) -> Any:
@@ -421,4 +495,3 @@ def _copy(datum: Any) -> Any:
     if isinstance(datum, list):
         return [_copy(v) for v in datum]
     return datum
-

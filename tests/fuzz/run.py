@@ -30,8 +30,13 @@ def _mutator(args: argparse.Namespace) -> int:
     from harness import fuzz
     from mutations import Corpus
 
-    report = fuzz(Corpus(big=True), random.Random(args.seed), args.count or sys.maxsize,
-                  slow_ms=args.slow_ms, seconds=args.seconds)
+    report = fuzz(
+        Corpus(big=True),
+        random.Random(args.seed),
+        args.count or sys.maxsize,
+        slow_ms=args.slow_ms,
+        seconds=args.seconds,
+    )
     print(report.summary())
     for failure in report.failures[:50]:
         print("FAILURE", failure)

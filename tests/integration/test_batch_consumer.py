@@ -125,8 +125,9 @@ def test_ack_does_not_wait_for_a_poll_on_another_thread(kafka_settings: Settings
 def test_a_poll_is_bounded_by_bytes(kafka_settings: Settings, unique: str) -> None:
     kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
     _produce_100kb(kafka_settings, 40)
-    consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS),
-                             max_messages=1000, max_bytes=500_000)
+    consumer = BatchConsumer(
+        kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS), max_messages=1000, max_bytes=500_000
+    )
     try:
         sizes = [count for count, _, _ in _polls(consumer, 40, 0.5)]
     finally:
@@ -139,8 +140,9 @@ def test_a_poll_is_bounded_by_bytes(kafka_settings: Settings, unique: str) -> No
 def test_the_end_of_a_backlog_is_polled_without_waiting_out_the_timeout(kafka_settings: Settings, unique: str) -> None:
     kafka.ensure_topics(kafka_settings, TOPICS, partitions=1)
     _produce_100kb(kafka_settings, 30)
-    consumer = BatchConsumer(kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS),
-                             max_messages=1000, max_bytes=2_000_000)
+    consumer = BatchConsumer(
+        kafka_settings, f"g-{unique}", contract_topics(kafka_settings, TOPICS), max_messages=1000, max_bytes=2_000_000
+    )
     try:
         polls = _polls(consumer, 30, 6.0)
     finally:
@@ -158,8 +160,14 @@ def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_a
     _produce(kafka_settings, "predictions", 400, 4)
     group = f"g-{unique}"
     revoked: list[int] = []
-    first = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=50,
-                          on_revoked=lambda partitions: revoked.append(len(partitions)), session_timeout_seconds=10)
+    first = BatchConsumer(
+        kafka_settings,
+        group,
+        contract_topics(kafka_settings, TOPICS),
+        max_messages=50,
+        on_revoked=lambda partitions: revoked.append(len(partitions)),
+        session_timeout_seconds=10,
+    )
     second = None
     try:
         seen = _poll_until(first, 100)
@@ -168,8 +176,9 @@ def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_a
         acked = [m.token for m in seen if m.offset < 10]
         first.ack(acked)
         start = {p: 1 + max((t.offset for t in acked if t.partition == p), default=-1) for p in range(4)}
-        second = BatchConsumer(kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=50,
-                               session_timeout_seconds=10)
+        second = BatchConsumer(
+            kafka_settings, group, contract_topics(kafka_settings, TOPICS), max_messages=50, session_timeout_seconds=10
+        )
         # both members must poll for the group to rebalance; what a member polled in an older
         # generation is stale (the worker discards it), so only the current generation's polls count
         polls: dict[str, list[tuple[int, list[Incoming]]]] = {"first": [], "second": []}

@@ -22,8 +22,14 @@ NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
 
 def _run(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
-                            cwd=REPO, env=env, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"{script} exited with {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -34,9 +40,15 @@ def test_window_compute_prints_its_ratios_and_false_alarms() -> None:
     assert re.search(rf"^RATIO window=150 scipy/driftline={NUMBER}x target>=10x (MET|NOT MET)$", out, re.M), out
     assert re.search(rf"^FALSE-ALARMS window=150 driftline over 20 windows: \d+/20 = {NUMBER}%", out, re.M), out
     if importlib.util.find_spec("evidently") is not None:
-        assert re.search(rf"^RATIO window=150 evidently/driftline={NUMBER}x target>=100x (MET|NOT MET)$", out, re.M), out
-        assert re.search(r"^FALSE-ALARMS window=150 windows=1 driftline=[01]/1 evidently-dataset-drift=[01]/1 "
-                         r"evidently-any-column=[01]/1", out, re.M), out
+        assert re.search(rf"^RATIO window=150 evidently/driftline={NUMBER}x target>=100x (MET|NOT MET)$", out, re.M), (
+            out
+        )
+        assert re.search(
+            r"^FALSE-ALARMS window=150 windows=1 driftline=[01]/1 evidently-dataset-drift=[01]/1 "
+            r"evidently-any-column=[01]/1",
+            out,
+            re.M,
+        ), out
     else:
         assert "evidently: not installed" in out, out
 
@@ -46,28 +58,43 @@ def test_window_compute_prints_its_ratios_and_false_alarms() -> None:
 def test_throughput_prints_its_results_and_ratios(kafka_bootstrap: str, warehouse_server) -> None:
     env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
     out = _run("throughput.py", "--quick", env=env, timeout=280)
-    assert re.search(rf"^warm-up: 1000 batched events through a first worker, not measured: {NUMBER} events/s$",
-                     out, re.M), out
+    assert re.search(
+        rf"^warm-up: 1000 batched events through a first worker, not measured: {NUMBER} events/s$", out, re.M
+    ), out
     for mode, n in (("batched", 5_000), ("batched", 20_000), ("single", 1_000)):
-        assert re.search(rf"^RESULT mode={mode} n={n} messages=\d+ events_per_s={NUMBER} .* peak_rss_mib=\d+$",
-                         out, re.M), out
+        assert re.search(
+            rf"^RESULT mode={mode} n={n} messages=\d+ events_per_s={NUMBER} .* peak_rss_mib=\d+$", out, re.M
+        ), out
         assert re.search(rf"^RESULT mode={mode} n={n} close_to_row_ms p50={NUMBER} p99={NUMBER} ", out, re.M), out
-    assert re.search(rf"^RESULT mode=live rate=5,000 seconds=6 events=\d+ window_ms=1000 windows=\d+ "
-                     rf"window_end_to_row_ms p50=({NUMBER}|nan) p99=({NUMBER}|nan) ", out, re.M), out
-    assert re.search(rf"^RESULT per-window compute \(driftline core, 1000 events, in this process\): {NUMBER} ms",
-                     out, re.M), out
+    assert re.search(
+        rf"^RESULT mode=live rate=5,000 seconds=6 events=\d+ window_ms=1000 windows=\d+ "
+        rf"window_end_to_row_ms p50=({NUMBER}|nan) p99=({NUMBER}|nan) ",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        rf"^RESULT per-window compute \(driftline core, 1000 events, in this process\): {NUMBER} ms", out, re.M
+    ), out
     for mode in ("batched", "single"):
-        assert re.search(rf"^RATIO throughput mode={mode} n=\d+ {NUMBER}/{NUMBER} events/s = {NUMBER}x of target",
-                         out, re.M), out
+        assert re.search(
+            rf"^RATIO throughput mode={mode} n=\d+ {NUMBER}/{NUMBER} events/s = {NUMBER}x of target", out, re.M
+        ), out
     assert re.search(rf"^RATIO rss batched 4N/N = \d+/\d+ MiB = {NUMBER} target<=", out, re.M), out
 
 
 def test_decode_bulk_prints_its_ratios() -> None:
     out = _run("decode_bulk.py", "--quick")
-    assert re.search(rf"^RESULT n=2,000 numeric=20 categorical=2 attributes=0 missing=0% "
-                     rf"slow_us_per_event={NUMBER}\.\.{NUMBER} bulk_us_per_event={NUMBER}\.\.{NUMBER}", out, re.M), out
-    assert re.search(rf"^RATIO decode n=2,000 .* slow/bulk={NUMBER}x \(range {NUMBER}\.\.{NUMBER}\) target>=4x (MET|NOT MET)$",
-                     out, re.M), out
+    assert re.search(
+        rf"^RESULT n=2,000 numeric=20 categorical=2 attributes=0 missing=0% "
+        rf"slow_us_per_event={NUMBER}\.\.{NUMBER} bulk_us_per_event={NUMBER}\.\.{NUMBER}",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        rf"^RATIO decode n=2,000 .* slow/bulk={NUMBER}x \(range {NUMBER}\.\.{NUMBER}\) target>=4x (MET|NOT MET)$",
+        out,
+        re.M,
+    ), out
 
 
 @pytest.mark.kafka
@@ -75,5 +102,9 @@ def test_decode_bulk_prints_its_ratios() -> None:
 def test_service_profile_prints_its_result(kafka_bootstrap: str, warehouse_server) -> None:
     env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
     out = _run("service_profile.py", "--n", "2000", "--per-window", "1000", "--repeats", "1", "--warmup", "0", env=env)
-    assert re.search(rf"^RESULT WorkerService.handle n=2000 per_window=1000 raw=yes runs=1 events_per_s "
-                     rf"median={NUMBER} min={NUMBER} max={NUMBER} cpu_s median={NUMBER}", out, re.M), out
+    assert re.search(
+        rf"^RESULT WorkerService.handle n=2000 per_window=1000 raw=yes runs=1 events_per_s "
+        rf"median={NUMBER} min={NUMBER} max={NUMBER} cpu_s median={NUMBER}",
+        out,
+        re.M,
+    ), out

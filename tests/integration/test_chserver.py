@@ -37,7 +37,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 pytestmark = pytest.mark.warehouse
 
 REPO = Path(__file__).resolve().parents[2]
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # The module's server is locked like `driftline stack up` leaves it; requests here carry the password.
 PASSWORD = "pw-" + uuid.uuid4().hex
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"default:{PASSWORD}".encode()).decode()}
@@ -112,7 +112,9 @@ def request(port: int, method: str = "GET", params: dict | None = None, body=Non
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     url = path + ("?" + urlencode(params) if params else "")
     encode_chunked = body is not None and not isinstance(body, (bytes, str))
-    conn.request(method, url, body=body, headers={**(AUTH if auth else {}), **(headers or {})}, encode_chunked=encode_chunked)
+    conn.request(
+        method, url, body=body, headers={**(AUTH if auth else {}), **(headers or {})}, encode_chunked=encode_chunked
+    )
     response = conn.getresponse()
     reply = Reply(response.status, response.headers, response.read())
     conn.close()
@@ -151,7 +153,10 @@ def test_ping_root_and_plain_queries(server: ServerProcess, db: str) -> None:
     assert got.headers["X-ClickHouse-Query-Id"] and got.headers["X-ClickHouse-Timezone"]
     # the URL query and the body are one statement; the body alone too
     assert query(server.port, " 40 + 2", query="SELECT") == "42\n"
-    assert query(server.port, "SELECT number FROM numbers(3) FORMAT JSONEachRow") == '{"number":0}\n{"number":1}\n{"number":2}\n'
+    assert (
+        query(server.port, "SELECT number FROM numbers(3) FORMAT JSONEachRow")
+        == '{"number":0}\n{"number":1}\n{"number":2}\n'
+    )
     assert json.loads(query(server.port, "SELECT 7 AS x", default_format="JSON"))["data"] == [{"x": 7}]
     # database from the parameter or the header
     query(server.port, "CREATE TABLE t (a UInt8) ENGINE = Memory", database=db)
@@ -163,7 +168,11 @@ def test_ping_root_and_plain_queries(server: ServerProcess, db: str) -> None:
     query(server.port, f"INSERT INTO {db}.t FORMAT CSV\n3\n")
     query(server.port, f"INSERT INTO {db}.t VALUES (4), (5)")
     query(server.port, "(6)", query=f"INSERT INTO {db}.t VALUES")
-    summary = json.loads(request(server.port, "POST", {"query": f"INSERT INTO {db}.t FORMAT TSV"}, b"7\n8\n").headers["X-ClickHouse-Summary"])
+    summary = json.loads(
+        request(server.port, "POST", {"query": f"INSERT INTO {db}.t FORMAT TSV"}, b"7\n8\n").headers[
+            "X-ClickHouse-Summary"
+        ]
+    )
     assert summary["written_rows"] == "2"
     assert query(server.port, f"SELECT groupArray(a) FROM (SELECT a FROM {db}.t ORDER BY a)") == "[1,2,3,4,5,6,7,8]\n"
 
@@ -185,17 +194,24 @@ def test_errors_carry_code_header_and_body(server: ServerProcess, db: str) -> No
     assert unknown_setting.headers["X-ClickHouse-Exception-Code"] == "115"
     empty = request(server.port, "POST", body="  ")
     assert empty.headers["X-ClickHouse-Exception-Code"] == "62"
-    corrupt = request(server.port, "POST", {"query": f"INSERT INTO {db}.t FORMAT TSV"}, b"not lz4", {"Content-Encoding": "lz4"})
+    corrupt = request(
+        server.port, "POST", {"query": f"INSERT INTO {db}.t FORMAT TSV"}, b"not lz4", {"Content-Encoding": "lz4"}
+    )
     assert corrupt.headers["X-ClickHouse-Exception-Code"] == "271"
     bogus_encoding = request(server.port, "POST", body=b"SELECT 1", headers={"Content-Encoding": "snappy"})
     assert bogus_encoding.headers["X-ClickHouse-Exception-Code"] == "89"
     bad_rows = request(server.port, "POST", {"query": f"INSERT INTO {db}.t FORMAT TSV"}, b"1\nnot a number\n")
-    assert bad_rows.headers["X-ClickHouse-Exception-Code"] == "27" and "(CANNOT_PARSE_INPUT_ASSERTION_FAILED)" in bad_rows.text
+    assert (
+        bad_rows.headers["X-ClickHouse-Exception-Code"] == "27"
+        and "(CANNOT_PARSE_INPUT_ASSERTION_FAILED)" in bad_rows.text
+    )
     # a malformed chunked body: the server answers or hangs up, and keeps serving
     import socket
 
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
-        head = f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
+        head = (
+            f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
+        )
         raw.sendall(head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nSELECT 1\r\n0\r\n\r\n")
         assert raw.recv(65536).startswith(b"HTTP/1.1 ")
     assert query(server.port, "SELECT 'still serving'") == "still serving\n"
@@ -231,7 +247,13 @@ def test_request_compression_every_frame_arrives(server: ServerProcess, db: str)
 
     # decompress=1: ClickHouse's own compressed blocks (LZ4 and none)
     def block(method: int, payload: bytes, raw: bytes) -> bytes:
-        return bytes(16) + bytes([method]) + (9 + len(payload)).to_bytes(4, "little") + len(raw).to_bytes(4, "little") + payload
+        return (
+            bytes(16)
+            + bytes([method])
+            + (9 + len(payload)).to_bytes(4, "little")
+            + len(raw).to_bytes(4, "little")
+            + payload
+        )
 
     native = block(0x82, lz4.block.compress(b"1\n2\n", store_size=False), b"1\n2\n") + block(0x02, b"3\n", b"3\n")
     query(server.port, f"TRUNCATE TABLE {db}.c")
@@ -270,12 +292,16 @@ def test_large_result_streams_in_chunks(server: ServerProcess) -> None:
 
 
 def test_error_after_the_first_rows_reaches_the_client(server: ServerProcess, client) -> None:
-    failing = "SELECT number, throwIf(number >= 150000) FROM numbers(200000) SETTINGS max_block_size = 1000, max_threads = 1"
+    failing = (
+        "SELECT number, throwIf(number >= 150000) FROM numbers(200000) SETTINGS max_block_size = 1000, max_threads = 1"
+    )
     reply = request(server.port, "GET", {"query": failing})
     assert reply.status == 200  # the headers went out with the first rows
     tag = reply.headers["X-ClickHouse-Exception-Tag"]
     tail = reply.body[-600:].decode()
-    assert f"__exception__\r\n{tag}\r\n" in tail and "Code: 395" in tail and tail.endswith(f" {tag}\r\n__exception__\r\n")
+    assert (
+        f"__exception__\r\n{tag}\r\n" in tail and "Code: 395" in tail and tail.endswith(f" {tag}\r\n__exception__\r\n")
+    )
     with pytest.raises(DatabaseError, match="395"):
         with client.query_row_block_stream(failing) as stream:
             for _ in stream:
@@ -325,11 +351,18 @@ def test_native_walker_finds_every_block_boundary(server: ServerProcess) -> None
 
 
 def test_param_binding(server: ServerProcess, client) -> None:
-    got = query(server.port, "SELECT {x:UInt32} + 1, {s:String}, {a:Array(UInt8)}", param_x="41", param_s="it's", param_a="[1,2]")
+    got = query(
+        server.port,
+        "SELECT {x:UInt32} + 1, {s:String}, {a:Array(UInt8)}",
+        param_x="41",
+        param_s="it's",
+        param_a="[1,2]",
+    )
     assert got == "42\tit\\'s\t[1,2]\n"
     at = dt.datetime(2024, 5, 6, 7, 8, 9, 123000)
-    row = client.query("SELECT {a:String}, {n:Int64}, {t:DateTime64(3, 'UTC')}",
-                       parameters={"a": "x'y", "n": -5, "t": at}).result_rows[0]
+    row = client.query(
+        "SELECT {a:String}, {n:Int64}, {t:DateTime64(3, 'UTC')}", parameters={"a": "x'y", "n": -5, "t": at}
+    ).result_rows[0]
     assert row == ("x'y", -5, at)
     long_value = "v" * 10_000  # past clickhouse-connect's URL budget: sent as a multipart form
     assert client.query("SELECT length({s:String})", parameters={"s": long_value}).result_rows == [(10_000,)]
@@ -367,7 +400,9 @@ def test_sync_client_round_trips_types(client, db: str) -> None:
     client.insert_df("copy", df.assign(tags=[{"x": 1.0}] * 1000, names=[["a"]] * 1000, note="df"))
     client.insert_arrow("copy", pa.table({"id": pa.array([5000], pa.uint64()), "note": ["arrow"]}))
     assert client.query("SELECT count(), countIf(note = 'arrow') FROM copy").result_rows == [(1001, 1)]
-    assert client.query("SELECT max(ts) FROM copy WHERE note = 'df'").result_rows[0][0] == dt.datetime(2024, 3, 1, 0, 0, 4, 994000)
+    assert client.query("SELECT max(ts) FROM copy WHERE note = 'df'").result_rows[0][0] == dt.datetime(
+        2024, 3, 1, 0, 0, 4, 994000
+    )
 
     client.raw_insert("copy", ["id", "note"], b"9001,raw\n9002,raw\n", fmt="CSV")
     assert client.raw_query("SELECT id FROM copy WHERE note = 'raw' ORDER BY id FORMAT CSV") == b"9001\n9002\n"
@@ -394,7 +429,9 @@ def test_replacing_merge_tree_final(client) -> None:
 
 def test_async_client(server: ServerProcess, db: str) -> None:
     async def run() -> None:
-        client = await clickhouse_connect.get_async_client(host="127.0.0.1", port=server.port, database=db, password=PASSWORD)
+        client = await clickhouse_connect.get_async_client(
+            host="127.0.0.1", port=server.port, database=db, password=PASSWORD
+        )
         try:
             await client.command("CREATE TABLE a (id UInt32, ts DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY id")
             ts = dt.datetime(2024, 1, 1, 0, 0, 0, 5000, tzinfo=UTC)
@@ -414,8 +451,9 @@ def test_async_client(server: ServerProcess, db: str) -> None:
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
 def test_large_compressed_insert_arrives_whole(server: ServerProcess, db: str, compression: str) -> None:
-    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.port, database=db, compress=compression,
-                                           password=PASSWORD)
+    client = clickhouse_connect.get_client(
+        host="127.0.0.1", port=server.port, database=db, compress=compression, password=PASSWORD
+    )
     client.command("CREATE TABLE big (id UInt64, ts DateTime64(3, 'UTC'), x Float64, tag LowCardinality(String)) "
                    "ENGINE = MergeTree ORDER BY id")  # fmt: skip
     n = 200_000
@@ -434,7 +472,9 @@ def test_large_compressed_insert_arrives_whole(server: ServerProcess, db: str, c
     for _ in range(200):
         client.query("SELECT 1")
     latency_ms = (time.perf_counter() - started) / 200 * 1000
-    print(f"\n[chserver] {compression}: insert {n / elapsed:,.0f} rows/s ({elapsed:.2f} s); SELECT 1 {latency_ms:.2f} ms")
+    print(
+        f"\n[chserver] {compression}: insert {n / elapsed:,.0f} rows/s ({elapsed:.2f} s); SELECT 1 {latency_ms:.2f} ms"
+    )
     client.close()
 
 
@@ -470,7 +510,9 @@ def test_sessions_settings_and_temporary_tables(server: ServerProcess) -> None:
 
     # a second request while the session is busy is refused, like ClickHouse (373)
     slow: list[Reply] = []
-    worker = threading.Thread(target=lambda: slow.append(in_session(a, "SELECT sleepEachRow(0.1) FROM numbers(20) FORMAT Null")))
+    worker = threading.Thread(
+        target=lambda: slow.append(in_session(a, "SELECT sleepEachRow(0.1) FROM numbers(20) FORMAT Null"))
+    )
     worker.start()
     time.sleep(0.6)
     busy = in_session(a, "SELECT 1")
@@ -505,8 +547,13 @@ def test_authentication(tmp_path: Path) -> None:
         wrong = request(port, "POST", {"user": "analyst", "password": "nope"}, "SELECT 1", auth=False)
         assert wrong.headers["X-ClickHouse-Exception-Code"] == "516" and "AUTHENTICATION_FAILED" in wrong.text
         assert request(port, "POST", {"user": "analyst", "password": "s3cret"}, "SELECT 1", auth=False).text == "1\n"
-        by_headers = request(port, "POST", body="SELECT 2", headers={"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "s3cret"},
-                             auth=False)
+        by_headers = request(
+            port,
+            "POST",
+            body="SELECT 2",
+            headers={"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "s3cret"},
+            auth=False,
+        )
         assert by_headers.text == "2\n"
         basic = "Basic " + base64.b64encode(b"analyst:s3cret").decode()
         assert request(port, "POST", body="SELECT 3", headers={"Authorization": basic}, auth=False).text == "3\n"
@@ -530,13 +577,17 @@ for batch in range(20):
 def test_two_processes_insert_concurrently(server: ServerProcess, db: str) -> None:
     query(server.port, f"CREATE TABLE {db}.shared (writer String, n UInt64) ENGINE = MergeTree ORDER BY (writer, n)")
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(server.port), db, tag, PASSWORD], cwd=REPO, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(server.port), db, tag, PASSWORD], cwd=REPO, stderr=subprocess.PIPE
+        )
         for tag in ("p1", "p2")
     ]
     for writer in writers:
         _, err = writer.communicate(timeout=120)
         assert writer.returncode == 0, err.decode()[-2000:]
-    got = query(server.port, f"SELECT writer, count(), uniqExact(n), sum(n) FROM {db}.shared GROUP BY writer ORDER BY writer")
+    got = query(
+        server.port, f"SELECT writer, count(), uniqExact(n), sum(n) FROM {db}.shared GROUP BY writer ORDER BY writer"
+    )
     total = 39_999 * 40_000 // 2
     assert got == f"p1\t40000\t40000\t{total}\np2\t40000\t40000\t{total}\n"
 

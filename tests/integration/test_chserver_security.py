@@ -95,7 +95,7 @@ def hostile_statements(secret: Path, outfile: Path, port: int) -> list[str]:
         f"SELECT * FROM file('{secret}', 'LineAsString')",
         f"select * from FILE('{secret}', 'LineAsString')",
         f"SELECT * FROM `file`('{secret}', 'LineAsString')",
-        f'SELECT * FROM "file"(\'{secret}\', \'LineAsString\')',
+        f"SELECT * FROM \"file\"('{secret}', 'LineAsString')",
         f"SELECT * FROM file /* a comment */ ('{secret}', 'LineAsString')",
         f"SELECT * FROM file -- line comment\n('{secret}', 'LineAsString')",
         f"SELECT $$ ' $$, c1 FROM file('{secret}', 'LineAsString')",  # a heredoc hiding the call from a naive lexer
@@ -152,13 +152,19 @@ def test_no_request_reaches_files_network_or_programs(locked: ServerProcess, sec
     try:
         request(locked.port, "POST", body="CREATE TABLE t (line String) ENGINE = Memory")
         for sql in hostile_statements(secret_file, outfile, listener.port):
-            for method, params, body in (("POST", None, sql), ("POST", {"query": sql}, None), ("GET", {"query": sql}, None)):
+            for method, params, body in (
+                ("POST", None, sql),
+                ("POST", {"query": sql}, None),
+                ("GET", {"query": sql}, None),
+            ):
                 reply = request(locked.port, method, params, body)
                 assert 400 <= reply.status < 500, (sql, reply.status, reply.text)
                 assert reply.headers["X-ClickHouse-Exception-Code"] in ("497", "164"), (sql, reply.text)
                 assert SECRET not in reply.text, sql
         # a whole statement in a multipart form, and a settings override in the URL
-        reply = request(locked.port, "POST", {"format_template_resultset": str(secret_file)}, "SELECT 1 FORMAT Template")
+        reply = request(
+            locked.port, "POST", {"format_template_resultset": str(secret_file)}, "SELECT 1 FORMAT Template"
+        )
         refused(reply, 497)
         # two statements, the second one hostile: refused as a whole
         reply = request(locked.port, "POST", body=f"SELECT 1; SELECT * FROM file('{secret_file}', 'LineAsString')")
@@ -166,8 +172,13 @@ def test_no_request_reaches_files_network_or_programs(locked: ServerProcess, sec
         assert not outfile.exists(), "INTO OUTFILE wrote a file"
         assert listener.connections == 0, "the server made a network connection"
         # what legitimate clients do still works
-        assert request(locked.port, "POST", body="SELECT count() FROM numbers(10) SETTINGS max_threads = 1").text == "10\n"
-        assert request(locked.port, "POST", body="SELECT 'file(x)', `file` FROM (SELECT 1 AS `file`)").text == "file(x)\t1\n"
+        assert (
+            request(locked.port, "POST", body="SELECT count() FROM numbers(10) SETTINGS max_threads = 1").text == "10\n"
+        )
+        assert (
+            request(locked.port, "POST", body="SELECT 'file(x)', `file` FROM (SELECT 1 AS `file`)").text
+            == "file(x)\t1\n"
+        )
     finally:
         listener.close()
     assert "ACCESS_DENIED" in locked.log.read_text()  # refusals are logged
@@ -207,7 +218,9 @@ def test_get_and_readonly_requests_are_readonly_in_the_engine(locked: ServerProc
 
 def test_origin_host_and_cors(locked: ServerProcess) -> None:
     port = locked.port
-    from_page = request(port, "POST", body="CREATE TABLE evil (a UInt8) ENGINE = Memory", headers={"Origin": "http://evil.example"})
+    from_page = request(
+        port, "POST", body="CREATE TABLE evil (a UInt8) ENGINE = Memory", headers={"Origin": "http://evil.example"}
+    )
     refused(from_page, 497)
     assert "Origin" in from_page.text and "Access-Control-Allow-Origin" not in from_page.headers
     assert "evil" not in request(port, "POST", body="SHOW TABLES").text.split()
@@ -226,7 +239,9 @@ def test_origin_host_and_cors(locked: ServerProcess) -> None:
 def test_password_required(locked: ServerProcess) -> None:
     refused(request(locked.port, "POST", body="SELECT 1", auth=False), 516)
     refused(request(locked.port, "POST", {"user": "default", "password": "guess"}, "SELECT 1", auth=False), 516)
-    assert request(locked.port, "POST", body="SELECT 1", headers={"X-ClickHouse-Key": PASSWORD}, auth=False).text == "1\n"
+    assert (
+        request(locked.port, "POST", body="SELECT 1", headers={"X-ClickHouse-Key": PASSWORD}, auth=False).text == "1\n"
+    )
     assert request(locked.port, path="/ping", auth=False).text == "Ok.\n"  # health checks stay open
 
 
@@ -256,13 +271,19 @@ def test_body_decompression_query_limits(locked: ServerProcess) -> None:
     assert rss_mib(locked.proc.pid, "VmHWM") < 600
     # a Content-Length past the limit is refused before the body is read
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        raw.sendall(f"POST /?query=INSERT+INTO+sink+FORMAT+TSV HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                    f"Authorization: {AUTH['Authorization']}\r\nContent-Length: {10 << 20}\r\n\r\n".encode())
+        raw.sendall(
+            f"POST /?query=INSERT+INTO+sink+FORMAT+TSV HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: {AUTH['Authorization']}\r\nContent-Length: {10 << 20}\r\n\r\n".encode()
+        )
         received = b""
         while piece := raw.recv(65536):  # the server answers, then closes: the body is never read
             received += piece
         too_big = received.decode()
-    assert too_big.startswith("HTTP/1.1 413") and "X-ClickHouse-Exception-Code: 396" in too_big and "--max-body-bytes" in too_big
+    assert (
+        too_big.startswith("HTTP/1.1 413")
+        and "X-ClickHouse-Exception-Code: 396" in too_big
+        and "--max-body-bytes" in too_big
+    )
     chunked = request(port, "POST", {"query": "INSERT INTO sink FORMAT TSV"}, iter([b"x\n" * (1 << 20)] * 5))
     refused(chunked, 396)  # a chunked body has no length to check first: it is counted as it arrives
     long_query = request(port, "POST", body="SELECT '" + "x" * 70_000 + "'")
@@ -270,9 +291,15 @@ def test_body_decompression_query_limits(locked: ServerProcess) -> None:
     assert "--max-query-bytes" in long_query.text
     # inserts bigger than the statement limit are data, not statement
     rows = b"".join(b"row%d\n" % i for i in range(100_000))
-    assert request(port, "POST", {"query": "INSERT INTO sink FORMAT TSV"}, rows, {"Content-Encoding": "identity"}).status == 200
+    assert (
+        request(port, "POST", {"query": "INSERT INTO sink FORMAT TSV"}, rows, {"Content-Encoding": "identity"}).status
+        == 200
+    )
     compressed = zstandard.ZstdCompressor().compress(rows)
-    assert request(port, "POST", {"query": "INSERT INTO sink FORMAT TSV"}, compressed, {"Content-Encoding": "zstd"}).status == 200
+    assert (
+        request(port, "POST", {"query": "INSERT INTO sink FORMAT TSV"}, compressed, {"Content-Encoding": "zstd"}).status
+        == 200
+    )
     assert request(port, "POST", body="SELECT count() FROM sink").text == "200000\n"
 
 
@@ -332,7 +359,11 @@ def test_connection_header_and_session_limits(tmp_path: Path) -> None:
         assert request(port, "POST", {"session_id": "a"}, "SELECT 1").text == "1\n"
         assert request(port, "POST", {"session_id": "b"}, "SELECT 1").text == "1\n"
         third = request(port, "POST", {"session_id": "c"}, "SELECT 1")
-        assert third.status == 429 and third.headers["X-ClickHouse-Exception-Code"] == "700" and "--max-sessions" in third.text
+        assert (
+            third.status == 429
+            and third.headers["X-ClickHouse-Exception-Code"] == "700"
+            and "--max-sessions" in third.text
+        )
         assert request(port, "POST", {"session_id": "a"}, "SELECT 2").text == "2\n"
     finally:
         assert srv.stop() == 0
@@ -345,7 +376,11 @@ def test_sigterm_stops_within_5_seconds(tmp_path: Path) -> None:
 
     def long_query() -> None:
         try:
-            busy.append(request(port, "POST", body="SELECT sleepEachRow(1) FROM numbers(60) SETTINGS max_block_size = 1 FORMAT JSON"))
+            busy.append(
+                request(
+                    port, "POST", body="SELECT sleepEachRow(1) FROM numbers(60) SETTINGS max_block_size = 1 FORMAT JSON"
+                )
+            )
         except OSError as exc:
             busy.append(exc)
 
@@ -382,7 +417,9 @@ def test_done_when_against_the_server_process(locked: ServerProcess, secret_file
     refused(request(locked.port, "POST", body="SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')"), 497)
     refused(request(locked.port, "POST", body=f"SELECT 1 INTO OUTFILE '{outfile}' APPEND"), 497)
     refused(request(port, "POST", body="SELECT 1", headers={"Origin": "http://evil.example"}), 497)
-    refused(request(port, "POST", {"query": "INSERT INTO sink2 FORMAT TSV"}, zstd_bomb(), {"Content-Encoding": "zstd"}), 396)
+    refused(
+        request(port, "POST", {"query": "INSERT INTO sink2 FORMAT TSV"}, zstd_bomb(), {"Content-Encoding": "zstd"}), 396
+    )
     refused(request(port, "POST", body="SELECT 1", auth=False), 516)
     assert not outfile.exists()
     assert rss_mib(locked.proc.pid, "VmHWM") < 600

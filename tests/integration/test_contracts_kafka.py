@@ -29,22 +29,47 @@ T0 = 1_700_000_000_123
 
 def _records() -> list:
     events = [
-        PredictionEvent(f"e{i}", "credit", "3", T0 + i, numeric={"age": 40.0 + i, "income": float(i) * 1e5},
-                        categorical={"region": "eu" if i % 2 else "us"}, prediction=i / 10,
-                        predicted_label="approve" if i % 2 else None, latency_ms=1.5 * i, attributes={"channel": "web"})
+        PredictionEvent(
+            f"e{i}",
+            "credit",
+            "3",
+            T0 + i,
+            numeric={"age": 40.0 + i, "income": float(i) * 1e5},
+            categorical={"region": "eu" if i % 2 else "us"},
+            prediction=i / 10,
+            predicted_label="approve" if i % 2 else None,
+            latency_ms=1.5 * i,
+            attributes={"channel": "web"},
+        )
         for i in range(5)
     ]
     return [
         events[0],
         PredictionBatch.from_events(events),
         FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}, categorical={"c": "x"}),
-        FeatureBatch.from_events([FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}),
-                                  FeatureEvent("f2", "credit", "3", T0 + 1, categorical={"c": "y"})]),
+        FeatureBatch.from_events(
+            [
+                FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}),
+                FeatureEvent("f2", "credit", "3", T0 + 1, categorical={"c": "y"}),
+            ]
+        ),
         LabelEvent("e1", "credit", 2**63 - 1, 1.0),
         LabelEvent("e2", "credit", -1, "approve"),
-        RetrainRequest("r1", "credit", "3", "performance", T0, [Evidence("auc", "__prediction__", 0.6, 0.7, T0 - 10, T0)]),
+        RetrainRequest(
+            "r1", "credit", "3", "performance", T0, [Evidence("auc", "__prediction__", 0.6, 0.7, T0 - 10, T0)]
+        ),
         ModelEvent("rolled_back", "credit", "3", T0, alias="champion"),
-        DriftReport("credit", "3", T0 - 3_600_000, T0, 10, 20, [], [FeatureDrift("age", "wasserstein", 0.1, None, 0.5, False)], T0),
+        DriftReport(
+            "credit",
+            "3",
+            T0 - 3_600_000,
+            T0,
+            10,
+            20,
+            [],
+            [FeatureDrift("age", "wasserstein", 0.1, None, 0.5, False)],
+            T0,
+        ),
         Alert("a1", "credit", "3", "critical", "drift", "psi 0.4 on age", T0, T0 - 3_600_000, T0),
     ]
 
@@ -103,8 +128,14 @@ def test_every_record_round_trips_through_kafka(kafka_settings: Settings) -> Non
 def test_json_input_is_accepted_from_kafka(kafka_settings: Settings) -> None:
     ensure_topics(kafka_settings, ["predictions", "labels"])
     client = producer(kafka_settings)
-    prediction = {"event_id": "j1", "model_id": "credit", "model_version": "3", "event_time": T0,
-                  "numeric": {"age": 41}, "categorical": {"region": "eu"}}
+    prediction = {
+        "event_id": "j1",
+        "model_id": "credit",
+        "model_version": "3",
+        "event_time": T0,
+        "numeric": {"age": 41},
+        "categorical": {"region": "eu"},
+    }
     label = {"event_id": "j1", "model_id": "credit", "event_time": T0 + 5, "label": 0}
     produce(client, kafka_settings.topic("predictions"), json.dumps(prediction).encode(), "credit")
     produce(client, kafka_settings.topic("labels"), json.dumps(label).encode(), "credit")
@@ -114,7 +145,8 @@ def test_json_input_is_accepted_from_kafka(kafka_settings: Settings) -> None:
     codec = Codec()
     # Without "type" and prediction fields it would be a FeatureEvent; the topic says it is a prediction.
     assert codec.decode(p.value, topic="predictions") == PredictionEvent(
-        "j1", "credit", "3", T0, numeric={"age": 41.0}, categorical={"region": "eu"})
+        "j1", "credit", "3", T0, numeric={"age": 41.0}, categorical={"region": "eu"}
+    )
     assert lab.record == LabelEvent("j1", "credit", T0 + 5, 0.0)
 
 
@@ -136,7 +168,11 @@ def test_rejected_bytes_go_to_the_dlq_unchanged(kafka_settings: Settings) -> Non
     dlq = consume_records(kafka_settings, kafka_settings.topic("dlq"), len(bad) + 1, timeout=20, decode=False)
     assert [m.value for m in dlq] == bad + [b"raw"]
     assert [m.key for m in dlq] == [b"credit"] * len(bad) + [None]
-    assert [m.headers["driftline-error"] for m in dlq] == [b"unknown_fingerprint", b"json_syntax",
-                                                          b"unknown_encoding", b"unexpected_record"]
+    assert [m.headers["driftline-error"] for m in dlq] == [
+        b"unknown_fingerprint",
+        b"json_syntax",
+        b"unknown_encoding",
+        b"unexpected_record",
+    ]
     assert {m.headers["driftline-source-topic"] for m in dlq} == {source.encode()}
     assert b"fingerprint" in dlq[0].headers["driftline-error-detail"]

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
-
 from seed_warehouse import DRIFT_AT, N_WINDOWS, RETRAIN_AT, V2_SERVES_FROM, Seeded, seeded_once
+
 from driftline.streams.cookbook import CookbookError, Query, load_queries
 from driftline.streams.warehouse import Warehouse
 
@@ -39,7 +39,7 @@ def warehouse(seeded: Seeded):
 
 
 def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _params(seeded: Seeded) -> dict[str, Any]:
@@ -91,7 +91,9 @@ def test_binding_requires_exactly_the_query_parameters() -> None:
 
 
 def test_parameters_with_compound_types_are_recognised() -> None:
-    q = Query.parse("q", "-- title: T\n-- param t: a time\n-- param xs: a list\nSELECT {t:DateTime64(3, 'UTC')}, {xs:Array(String)}")
+    q = Query.parse(
+        "q", "-- title: T\n-- param t: a time\n-- param xs: a list\nSELECT {t:DateTime64(3, 'UTC')}, {xs:Array(String)}"
+    )
     assert q.parameters == {"t": "DateTime64(3, 'UTC')", "xs": "Array(String)"}
 
 
@@ -124,14 +126,18 @@ def check_drifted_windows(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
 def check_drift_by_window(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
     distinct = wh.query_rows(
         "SELECT count() AS n FROM (SELECT DISTINCT model_version, feature, window_start FROM drift_metrics "
-        "WHERE model_id = {m:String})", {"m": seeded.run.model_id})[0]["n"]
+        "WHERE model_id = {m:String})",
+        {"m": seeded.run.model_id},
+    )[0]["n"]
     assert len(rows) == distinct
     assert sum(r["any_drifted"] for r in rows) == sum(seeded.run.drifted_windows.values())
     for r in rows:
         ratios = [v / t for _, v, t, _ in r["metrics"] if t > 0]
         assert r["score"] == pytest.approx(max(ratios))
         assert r["any_drifted"] == max(d for *_, d in r["metrics"])
-        assert len({m for m, *_ in r["metrics"]}) == len(r["metrics"])  # each metric once: FINAL deduplicated the replay
+        assert len({m for m, *_ in r["metrics"]}) == len(
+            r["metrics"]
+        )  # each metric once: FINAL deduplicated the replay
 
 
 def check_prediction_drift(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
@@ -170,7 +176,11 @@ def check_performance_by_segment(rows: Rows, seeded: Seeded, wh: Warehouse) -> N
         {"m": seeded.run.model_id},
     )
     for r in rows:
-        mine = [(x["value"], x["n_labeled"]) for x in raw if (x["model_version"], x["segment"]) == (r["model_version"], r["segment"])]
+        mine = [
+            (x["value"], x["n_labeled"])
+            for x in raw
+            if (x["model_version"], x["segment"]) == (r["model_version"], r["segment"])
+        ]
         values, weights = np.array(mine).T
         assert r["weighted_value"] == pytest.approx(np.average(values, weights=weights), abs=1e-4)
         assert r["worst_window"] <= r["weighted_value"] <= r["best_window"]
@@ -206,7 +216,10 @@ def check_champion_lineage(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
 
 
 def check_model_versions(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
-    assert [(r["version"], r["status"], r["aliases"]) for r in rows] == [("1", "archived", []), ("2", "champion", ["champion"])]
+    assert [(r["version"], r["status"], r["aliases"]) for r in rows] == [
+        ("1", "archived", []),
+        ("2", "champion", ["champion"]),
+    ]
     assert rows[1]["request_id"] == seeded.run.retrain_request_id and rows[0]["request_id"] is None
 
 
@@ -250,7 +263,7 @@ def check_models(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
 
 
 CHECKS: dict[str, Callable[[Rows, Seeded, Warehouse], None]] = {
-    name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")
+    name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")
 }
 
 

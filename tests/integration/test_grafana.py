@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from seed_warehouse import CATEGORICAL, NUMERIC, Seeded, seeded_once
+
 from driftline.streams.warehouse import Warehouse
 
 pytestmark = pytest.mark.warehouse
@@ -89,7 +89,7 @@ def expand(sql: str, *, start_ms: int, end_ms: int, interval_ms: int, variables:
 
 
 def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
 def test_expansion_matches_the_plugin_documentation() -> None:
@@ -108,8 +108,12 @@ def test_expansion_matches_the_plugin_documentation() -> None:
     assert expand("$__fromTime, $__toTime", start_ms=start, end_ms=end, interval_ms=1, variables=vars_) == (
         "toDateTime(1415792726), toDateTime(1447328726)"
     )
-    assert expand("m = '${model}' OR m = '$model' OR m = '[[model]]'", start_ms=0, end_ms=1000, interval_ms=1,
-                  variables=vars_) == "m = 'credit' OR m = 'credit' OR m = 'credit'"
+    assert (
+        expand(
+            "m = '${model}' OR m = '$model' OR m = '[[model]]'", start_ms=0, end_ms=1000, interval_ms=1, variables=vars_
+        )
+        == "m = 'credit' OR m = 'credit' OR m = 'credit'"
+    )
     with pytest.raises(UnknownMacro, match="not defined"):
         expand("'${nope}'", start_ms=0, end_ms=1000, interval_ms=1, variables=vars_)
     with pytest.raises(UnknownMacro, match="not one the ClickHouse plugin expands"):
@@ -207,10 +211,17 @@ def _variables(seeded: Seeded) -> dict[str, str]:
     return values
 
 
-def _run(warehouse: Warehouse, seeded: Seeded, target: dict[str, Any], variables: Mapping[str, str]) -> list[dict[str, Any]]:
+def _run(
+    warehouse: Warehouse, seeded: Seeded, target: dict[str, Any], variables: Mapping[str, str]
+) -> list[dict[str, Any]]:
     run = seeded.run
-    sql = expand(target["rawSql"], start_ms=run.start_ms - 600_000, end_ms=run.end_ms + 600_000,
-                 interval_ms=INTERVAL_MS, variables=variables)
+    sql = expand(
+        target["rawSql"],
+        start_ms=run.start_ms - 600_000,
+        end_ms=run.end_ms + 600_000,
+        interval_ms=INTERVAL_MS,
+        variables=variables,
+    )
     return warehouse.query_rows(sql)
 
 

@@ -6,7 +6,9 @@ def test_broker_round_trip(kafka_bootstrap: str, unique: str) -> None:
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(topic, key=b"m", value=b"hello")
     assert producer.flush(10) == 0
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique}", "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique}", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic])
     try:
         msg = None

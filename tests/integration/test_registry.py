@@ -29,9 +29,6 @@ import pandas as pd
 import psycopg
 import pytest
 
-from driftline.settings import Settings
-from driftline.stack.postgres import PostgresServer, start_postgres
-from driftline.stack.process import free_port
 from driftline.retrainer.registry import (
     SCHEMA_VERSION,
     ArtifactIntegrityError,
@@ -45,12 +42,28 @@ from driftline.retrainer.registry import (
     VersionNotFoundError,
     code_version,
 )
+from driftline.settings import Settings
+from driftline.stack.postgres import PostgresServer, start_postgres
+from driftline.stack.process import free_port
 from driftline.streams.records import Evidence, ModelEvent
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR_COLUMNS = {
-    "model_id", "version", "status", "aliases", "artifact_sha256", "dataset_uri", "dataset_sha256", "dataset_rows",
-    "code_version", "hyperparameters", "metrics", "parent_version", "request_id", "created_at", "updated_at",
+    "model_id",
+    "version",
+    "status",
+    "aliases",
+    "artifact_sha256",
+    "dataset_uri",
+    "dataset_sha256",
+    "dataset_rows",
+    "code_version",
+    "hyperparameters",
+    "metrics",
+    "parent_version",
+    "request_id",
+    "created_at",
+    "updated_at",
 }
 
 
@@ -87,7 +100,7 @@ def registry(registry_url: str, artifacts: ArtifactStore) -> Registry:
 def _raw_execute(url: str, statement: str, params: tuple = ()) -> None:
     """Change the database behind the registry's back (to simulate tampering)."""
     if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
+        conn = sqlite3.connect(url[len("sqlite:///") :], isolation_level=None)
         try:
             conn.execute(statement, params)
         finally:
@@ -119,7 +132,13 @@ def test_lineage_round_trips_exactly(registry: Registry) -> None:
         dataset_end_ms=1_700_003_600_000,
         code_version="0.1.0+g0123456789ab",
         trainer="river-linear",
-        hyperparameters={"lr": 0.01, "l2": 1e-9, "layers": [64, 32], "name": "ünïcode ✓", "nested": {"a": None, "b": True}},
+        hyperparameters={
+            "lr": 0.01,
+            "l2": 1e-9,
+            "layers": [64, 32],
+            "name": "ünïcode ✓",
+            "nested": {"a": None, "b": True},
+        },
         train_metrics={"roc_auc": 0.9123456789012345, "log_loss": 0.3},
         holdout_metrics={"roc_auc": 0.9, "n": 5000},
         parent_version="1",
@@ -131,8 +150,14 @@ def test_lineage_round_trips_exactly(registry: Registry) -> None:
     )
     profile = {"features": {"age": {"mean": 41.5, "hist": [1, 2, 3], "edges": [0.0, 0.5, 1.0]}}, "n": 10, "x": None}
     registered = registry.register(
-        "credit", lineage=lineage, artifact_bytes=b"\x00model\xff", reference_profile=profile,
-        tags={"team": "risk", "stage": "canary"}, note="retrained after drift", actor="retrainer", reason="drift",
+        "credit",
+        lineage=lineage,
+        artifact_bytes=b"\x00model\xff",
+        reference_profile=profile,
+        tags={"team": "risk", "stage": "canary"},
+        note="retrained after drift",
+        actor="retrainer",
+        reason="drift",
     )
     assert registered.version == "2"
     fetched = registry.get("credit", "2")
@@ -199,9 +224,17 @@ def test_mirror_rows_fit_the_warehouse_model_versions_table(registry: Registry) 
     from driftline.streams.warehouse_rows import ModelVersionRow, columns
 
     _register(registry)
-    _register(registry, hyperparameters={"lr": 0.1}, train_metrics={"auc": 0.8, "note": "text"},
-              holdout_metrics={"auc": 0.7, "n": 12}, parent_version="1", request_id="r1", dataset_rows=10,
-              dataset_uri="sha256:" + "d" * 64, dataset_sha256="d" * 64)
+    _register(
+        registry,
+        hyperparameters={"lr": 0.1},
+        train_metrics={"auc": 0.8, "note": "text"},
+        holdout_metrics={"auc": 0.7, "n": 12},
+        parent_version="1",
+        request_id="r1",
+        dataset_rows=10,
+        dataset_uri="sha256:" + "d" * 64,
+        dataset_sha256="d" * 64,
+    )
     registry.promote("credit", "2", actor="ana")
     rows = registry.mirror_rows()
     assert [r["version"] for r in rows] == ["1", "2"]
@@ -259,8 +292,20 @@ def test_concurrent_registrations_in_processes_get_distinct_versions(registry_ur
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _PROCESS_WORKER, registry_url, str(tmp_path / "artifacts"), str(go), f"p{p}", str(per_process)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-c",
+                _PROCESS_WORKER,
+                registry_url,
+                str(tmp_path / "artifacts"),
+                str(go),
+                f"p{p}",
+                str(per_process),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for p in range(processes)
     ]
@@ -416,7 +461,9 @@ def test_a_tampered_artifact_is_refused(registry: Registry, artifacts: ArtifactS
 
 def test_a_tampered_reference_profile_is_refused(registry: Registry, registry_url: str) -> None:
     _register(registry)
-    _raw_execute(registry_url, "UPDATE reference_profiles SET body = ? WHERE model_id = ?", ('{"model_id":"x"}', "credit"))
+    _raw_execute(
+        registry_url, "UPDATE reference_profiles SET body = ? WHERE model_id = ?", ('{"model_id":"x"}', "credit")
+    )
     with pytest.raises(ArtifactIntegrityError, match="reference profile"):
         registry.reference_profile("credit", "1")
 
@@ -439,7 +486,7 @@ def test_invalid_aliases_tags_and_versions_are_refused(registry: Registry) -> No
     for bad in ("v1", "0", "-1", "1.0", ""):
         with pytest.raises(InvalidVersionError):
             registry.get("credit", bad)
-    assert "x" * 128 == _register(registry, "x" * 128).model_id
+    assert _register(registry, "x" * 128).model_id == "x" * 128
 
 
 def test_unknown_models_and_versions_are_reported(registry: Registry) -> None:
@@ -493,8 +540,11 @@ def test_the_audit_log_records_every_change(registry: Registry) -> None:
 def test_schema_is_created_once_and_newer_schemas_are_refused(registry_url: str, artifacts: ArtifactStore) -> None:
     for _ in range(3):
         assert Registry(registry_url, artifacts).schema_version() == SCHEMA_VERSION
-    _raw_execute(registry_url, "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                 (SCHEMA_VERSION + 1, "from the future", 0))
+    _raw_execute(
+        registry_url,
+        "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+        (SCHEMA_VERSION + 1, "from the future", 0),
+    )
     with pytest.raises(RegistryError, match="newer than this driftline understands"):
         Registry(registry_url, artifacts)
 
@@ -545,14 +595,16 @@ def cli_settings(registry_url: str, tmp_path: Path) -> Settings:
 
 def _training_frame(n: int = 200) -> pd.DataFrame:
     rng = np.random.default_rng(7)
-    return pd.DataFrame({
-        "age": rng.normal(40, 10, n),
-        "income": rng.lognormal(10, 1, n).round(2),
-        "city": rng.choice(["lisbon", "porto", "faro"], n),
-        "label": rng.integers(0, 2, n),
-        "prediction": rng.random(n),
-        "event_time": np.arange(n, dtype=np.int64) * 1000 + 1_700_000_000_000,
-    })
+    return pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n),
+            "income": rng.lognormal(10, 1, n).round(2),
+            "city": rng.choice(["lisbon", "porto", "faro"], n),
+            "label": rng.integers(0, 2, n),
+            "prediction": rng.random(n),
+            "event_time": np.arange(n, dtype=np.int64) * 1000 + 1_700_000_000_000,
+        }
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -572,11 +624,30 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
     model_file.write_bytes(b"external model bytes")
     published = _Recorder()
 
-    code, out, err = _cli(cli_settings, [
-        "registry", "register", "--model", "credit", "--dataset", str(dataset), "--artifact", str(model_file),
-        "--params", '{"max_depth": 6, "eta": 0.3}', "--metrics", '{"roc_auc": 0.81}', "--promote",
-        "--version-note", "trained in the notebook", "--actor", "ana",
-    ], capsys, published)
+    code, out, err = _cli(
+        cli_settings,
+        [
+            "registry",
+            "register",
+            "--model",
+            "credit",
+            "--dataset",
+            str(dataset),
+            "--artifact",
+            str(model_file),
+            "--params",
+            '{"max_depth": 6, "eta": 0.3}',
+            "--metrics",
+            '{"roc_auc": 0.81}',
+            "--promote",
+            "--version-note",
+            "trained in the notebook",
+            "--actor",
+            "ana",
+        ],
+        capsys,
+        published,
+    )
     assert code == 0, err
     assert "registered credit version 1" in out and "promoted" in out
     assert [(e.event, e.version) for e in published.events] == [("registered", "1"), ("promoted", "1")]
@@ -596,19 +667,26 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
     read_back = pd.read_csv(dataset) if fmt == "csv" else pd.read_parquet(dataset)
     numeric = {"age": read_back["age"].to_numpy(np.float64), "income": read_back["income"].to_numpy(np.float64)}
     expected = ReferenceProfile.build(
-        "credit", "1", numeric=numeric,
+        "credit",
+        "1",
+        numeric=numeric,
         categorical={"city": read_back["city"].astype(str).tolist()},
         predictions=read_back["prediction"].to_numpy(np.float64),
         multivariate=MultivariateModel.fit(numeric).to_dict(),  # of the raw numeric columns, seed 0
     )
     # label and prediction columns: the score calibrator of the label-free estimate travels with the profile
-    calibrator = ScoreCalibrator.fit(read_back["prediction"].to_numpy(np.float64),
-                                     read_back["label"].to_numpy(np.float64), threshold=0.5).to_dict()
+    calibrator = ScoreCalibrator.fit(
+        read_back["prediction"].to_numpy(np.float64), read_back["label"].to_numpy(np.float64), threshold=0.5
+    ).to_dict()
     expected = replace(expected, calibrator=calibrator).to_dict()
     assert json.dumps(stored, sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert stored["multivariate"]["features"] == ["age", "income"]
     restored = ReferenceProfile.from_dict(stored)  # what the worker does when it re-baselines
-    assert (restored.model_version, restored.n, restored.features) == ("1", 200, ["age", "income", "city", "__prediction__"])
+    assert (restored.model_version, restored.n, restored.features) == (
+        "1",
+        200,
+        ["age", "income", "city", "__prediction__"],
+    )
 
 
 def test_cli_show_list_promote_and_rollback(
@@ -618,29 +696,62 @@ def test_cli_show_list_promote_and_rollback(
     _training_frame(50).to_csv(dataset, index=False)
     published = _Recorder()
     for params in ('{"lr": 0.1}', '{"lr": 0.05}'):
-        code, _, err = _cli(cli_settings, ["registry", "register", "--model", "credit", "--dataset", str(dataset),
-                                           "--params", params, "--tag", "team=risk"], capsys, published)
+        code, _, err = _cli(
+            cli_settings,
+            [
+                "registry",
+                "register",
+                "--model",
+                "credit",
+                "--dataset",
+                str(dataset),
+                "--params",
+                params,
+                "--tag",
+                "team=risk",
+            ],
+            capsys,
+            published,
+        )
         assert code == 0, err
     registry = Registry.from_settings(cli_settings)
-    registry.register("credit", lineage=Lineage(
-        parent_version="2", request_id="req-9", dataset_rows=50,
-        evidence=[Evidence("psi", "age", 0.42, 0.2, 1_700_000_000_000, 1_700_000_600_000)],
-    ), reference_profile={})
+    registry.register(
+        "credit",
+        lineage=Lineage(
+            parent_version="2",
+            request_id="req-9",
+            dataset_rows=50,
+            evidence=[Evidence("psi", "age", 0.42, 0.2, 1_700_000_000_000, 1_700_000_600_000)],
+        ),
+        reference_profile={},
+    )
 
-    code, out, _ = _cli(cli_settings, ["registry", "promote", "credit", "--version", "1", "--reason", "first"], capsys, published)
+    code, out, _ = _cli(
+        cli_settings, ["registry", "promote", "credit", "--version", "1", "--reason", "first"], capsys, published
+    )
     assert code == 0 and "version 1 is the champion" in out
     code, out, _ = _cli(cli_settings, ["registry", "promote", "credit", "--version", "3"], capsys, published)
     assert code == 0
     code, out, _ = _cli(cli_settings, ["registry", "rollback", "credit", "--reason", "latency"], capsys, published)
     assert code == 0 and "version 1 is the champion again" in out
     assert [(e.event, e.version) for e in published.events] == [
-        ("registered", "1"), ("registered", "2"), ("promoted", "1"), ("promoted", "3"), ("rolled_back", "1"),
+        ("registered", "1"),
+        ("registered", "2"),
+        ("promoted", "1"),
+        ("promoted", "3"),
+        ("rolled_back", "1"),
     ]
 
     code, out, _ = _cli(cli_settings, ["registry", "show", "credit", "--version", "3"], capsys)
     assert code == 0
-    for expected in ("parent     2", "request    req-9", "psi age = 0.42 (threshold 0.2)", "rows     50",
-                     f"code       {code_version()}", "status     archived"):
+    for expected in (
+        "parent     2",
+        "request    req-9",
+        "psi age = 0.42 (threshold 0.2)",
+        "rows     50",
+        f"code       {code_version()}",
+        "status     archived",
+    ):
         assert expected in out, out
     code, out, _ = _cli(cli_settings, ["registry", "show", "credit"], capsys)
     assert "version    1" in out and "aliases    champion" in out and '"lr": 0.1' in out
@@ -652,12 +763,18 @@ def test_cli_show_list_promote_and_rollback(
     code, out, _ = _cli(cli_settings, ["registry", "list"], capsys)
     assert code == 0 and out.splitlines()[1].split() == ["credit", "3", "3", "1", "-"]
     code, out, _ = _cli(cli_settings, ["registry", "list", "--model", "credit"], capsys)
-    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["1", "champion"], ["2", "registered"], ["3", "archived"]]
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [
+        ["1", "champion"],
+        ["2", "registered"],
+        ["3", "archived"],
+    ]
     code, out, _ = _cli(cli_settings, ["registry", "list", "--json"], capsys)
     assert json.loads(out)[0]["aliases"] == {"champion": "1"}
 
 
-def test_cli_bad_input_exits_2_with_one_line(cli_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_input_exits_2_with_one_line(
+    cli_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset = tmp_path / "train.csv"
     _training_frame(20).to_csv(dataset, index=False)
     (tmp_path / "notes.txt").write_text("x")
@@ -667,7 +784,10 @@ def test_cli_bad_input_exits_2_with_one_line(cli_settings: Settings, tmp_path: P
         (["registry", "register", "--model", "m", "--dataset", str(dataset), "--params", "[1]"], "JSON object"),
         (["registry", "register", "--model", "../m", "--dataset", str(dataset)], "invalid model id"),
         (["registry", "register", "--model", "m", "--dataset", str(tmp_path / "notes.txt")], "unknown format"),
-        (["registry", "register", "--model", "m", "--dataset", str(dataset), "--artifact", str(tmp_path / "no.bin")], "no such file"),
+        (
+            ["registry", "register", "--model", "m", "--dataset", str(dataset), "--artifact", str(tmp_path / "no.bin")],
+            "no such file",
+        ),
         (["registry", "show", "nope"], "not registered"),
         (["registry", "promote", "nope", "--version", "1"], "not registered"),
         (["registry", "rollback", "nope"], "not registered"),

@@ -17,7 +17,9 @@ from driftline.streams.warehouse import Warehouse
 
 
 def driftline(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "driftline.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "driftline.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_register_promote_and_rollback_are_published_and_mirrored(
@@ -50,7 +52,11 @@ def test_register_promote_and_rollback_are_published_and_mirrored(
     events = [r.record for r in received]
     assert all(isinstance(e, ModelEvent) for e in events)
     assert [(e.event, e.version) for e in events] == [
-        ("registered", "1"), ("promoted", "1"), ("registered", "2"), ("promoted", "2"), ("rolled_back", "1"),
+        ("registered", "1"),
+        ("promoted", "1"),
+        ("registered", "2"),
+        ("promoted", "2"),
+        ("rolled_back", "1"),
     ]
 
     with Warehouse.connect(warehouse_url) as warehouse:

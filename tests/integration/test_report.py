@@ -19,22 +19,29 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from seed_warehouse import Seeded, seeded_once
 
 from driftline import report_cli
 from driftline.report import drift_heatmap, render_report, write_report
 from driftline.report_svg import DAY, HOUR, Domain, Series, format_time, heat_colors, line_chart, nice_ticks, time_ticks
+from driftline.retrainer.registry import Registry
 from driftline.settings import Settings
 from driftline.stack.process import free_port
-from driftline.retrainer.registry import Registry
-from seed_warehouse import Seeded, seeded_once
 from driftline.streams.warehouse import Warehouse
 
 pytestmark = pytest.mark.warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--mute-audio",
 )
 WINDOW = (1100, 2400)
 
@@ -94,13 +101,17 @@ def test_heatmap_merges_neighbouring_windows_beyond_its_width() -> None:
     starts = np.arange(n, dtype=np.int64) * 300_000
     scores = np.full(n, 0.2)
     scores[301] = 3.0
-    table = pa.table({
-        "model_version": ["1"] * n, "feature": ["income"] * n,
-        "window_start": pa.array(starts, pa.timestamp("ms", tz="UTC")),
-        "window_end": pa.array(starts + 300_000, pa.timestamp("ms", tz="UTC")),
-        "score": scores, "any_drifted": pa.array((scores > 1).astype(np.uint8)),
-        "metrics": [[{"1": "psi", "2": float(x) * 0.2, "3": 0.2, "4": int(x > 1)}] for x in scores],
-    })
+    table = pa.table(
+        {
+            "model_version": ["1"] * n,
+            "feature": ["income"] * n,
+            "window_start": pa.array(starts, pa.timestamp("ms", tz="UTC")),
+            "window_end": pa.array(starts + 300_000, pa.timestamp("ms", tz="UTC")),
+            "score": scores,
+            "any_drifted": pa.array((scores > 1).astype(np.uint8)),
+            "metrics": [[{"1": "psi", "2": float(x) * 0.2, "3": 0.2, "4": int(x > 1)}] for x in scores],
+        }
+    )
     grid = drift_heatmap(table, {"1": "#000"})
     assert grid.scores.shape == (1, 200)  # 600 windows, 3 to a column
     assert np.flatnonzero(grid.flags[0]).tolist() == [100] and grid.scores[0, 100] == 3.0
@@ -122,7 +133,9 @@ def test_report_draws_what_the_data_holds(html: str, seeded: Seeded, warehouse: 
     run = seeded.run
     cells = warehouse.query_rows(
         "SELECT count() AS n FROM (SELECT DISTINCT model_version, feature, window_start FROM drift_metrics "
-        "WHERE model_id = {m:String})", {"m": run.model_id})[0]["n"]
+        "WHERE model_id = {m:String})",
+        {"m": run.model_id},
+    )[0]["n"]
     assert _count(r'class="mark cell(?: flagged)?"', html) == cells
     assert _count(r'class="mark cell flagged"', html) == sum(run.drifted_windows.values())
     # prediction drift: psi, ks, wasserstein, adwin; performance: five metrics; latency: three percentiles;
@@ -131,7 +144,7 @@ def test_report_draws_what_the_data_holds(html: str, seeded: Seeded, warehouse: 
     assert _count(r'class="mark bar"', html) > 0
     for label in ("retrain (drift)", "v2 registered", "v2 promoted", "v2 serves"):
         assert f">{label}</text>" in html, label
-    assert ">Champion</div><div class=\"value\">v2<" in html
+    assert '>Champion</div><div class="value">v2<' in html
 
 
 def test_report_lineage_and_timeline(html: str, seeded: Seeded) -> None:
@@ -143,8 +156,16 @@ def test_report_lineage_and_timeline(html: str, seeded: Seeded) -> None:
     assert "river-linear" in html and "learning_rate = 0.05" in html and "champion_roc_auc = 0.742" in html
     assert "psi(income) = " in html and "psi(debt_ratio) = " in html
     assert "Champions, oldest first (rollbacks walk back along this list): v1 → v2" in html
-    order = [html.index(s) for s in ("retrain requested (manual)", "retrain requested (drift)", "v2 registered</span>",
-                                     "v2 promoted to champion", "info alert: performance_recovered")]
+    order = [
+        html.index(s)
+        for s in (
+            "retrain requested (manual)",
+            "retrain requested (drift)",
+            "v2 registered</span>",
+            "v2 promoted to champion",
+            "info alert: performance_recovered",
+        )
+    ]
     assert order == sorted(order)
     assert "not enough labelled rows: 812 &lt; 2000" in html
 
@@ -156,7 +177,8 @@ def test_days_leave_out_older_windows(seeded: Seeded, warehouse: Warehouse) -> N
     cells = warehouse.query_rows(
         "SELECT count() AS n FROM (SELECT DISTINCT model_version, feature, window_start FROM drift_metrics "
         "WHERE model_id = {m:String} AND window_start >= fromUnixTimestamp64Milli({c:Int64}, 'UTC'))",
-        {"m": run.model_id, "c": cutoff})[0]["n"]
+        {"m": run.model_id, "c": cutoff},
+    )[0]["n"]
     assert 0 < _count(r'class="mark cell', html) == cells
     assert f"Windows before {format_time(cutoff)} UTC are left out" in html
     assert "v1 registered" in html  # the timeline and lineage are not cut
@@ -165,7 +187,9 @@ def test_days_leave_out_older_windows(seeded: Seeded, warehouse: Warehouse) -> N
 def test_report_without_a_registry_reads_the_mirror(seeded: Seeded, warehouse: Warehouse) -> None:
     html = render_report(warehouse, None, seeded.run.model_id)
     assert "No registry was given" in html
-    assert "the warehouse&#x27;s <code>model_versions</code> mirror" not in html  # the intro is markup, not escaped text
+    assert (
+        "the warehouse&#x27;s <code>model_versions</code> mirror" not in html
+    )  # the intro is markup, not escaped text
     assert "the warehouse's <code>model_versions</code> mirror" in html
     assert "learning_rate = 0.05" in html and "holdout" in html
     assert ">v2 promoted</text>" not in html  # promotions live in the registry's audit log only
@@ -175,8 +199,13 @@ def test_report_without_a_registry_reads_the_mirror(seeded: Seeded, warehouse: W
 def test_report_of_an_unknown_model_explains_instead_of_failing(seeded: Seeded, warehouse: Warehouse) -> None:
     html = render_report(warehouse, seeded.run.registry, "nobody")
     assert "Nothing is known about model nobody" in html and seeded.run.model_id in html
-    for headline in ("No drift metrics for nobody yet.", "No prediction drift yet.", "No performance metrics yet.",
-                     "No latency reported.", "No registered versions."):
+    for headline in (
+        "No drift metrics for nobody yet.",
+        "No prediction drift yet.",
+        "No performance metrics yet.",
+        "No latency reported.",
+        "No registered versions.",
+    ):
         assert headline in html
     assert 'class="mark cell' not in html and 'class="mark line"' not in html
 
@@ -201,7 +230,9 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / f"chromium-profile-{len(list(tmp_path.iterdir()))}"
     done = subprocess.run(
         [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -228,9 +259,9 @@ def _png_size_and_pixels(path: Path) -> tuple[int, int, bytes]:
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     chunks, i = [], 8
     while i < len(data):
-        length = int.from_bytes(data[i:i + 4], "big")
-        if data[i + 4:i + 8] == b"IDAT":
-            chunks.append(data[i + 8:i + 8 + length])
+        length = int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == b"IDAT":
+            chunks.append(data[i + 8 : i + 8 + length])
         i += 12 + length
     return width, height, zlib.decompress(b"".join(chunks))
 

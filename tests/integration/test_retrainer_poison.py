@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_retrainer import env  # noqa: F401 (the fixture)
 
 from driftline.retrainer.service import Retrainer, RetrainerOptions, RetrainerService
 from driftline.streams import kafka
 from driftline.streams.records import RetrainRequest
-from test_retrainer import env  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -36,8 +36,11 @@ def test_a_request_whose_handling_raises_is_dead_lettered_and_the_next_one_handl
 
     retrainer.handle = faulty  # a bug that one request's content triggers
     try:
-        summary = RetrainerService(settings, RetrainerOptions(group_id=f"poison-{unique}", max_requests=3,
-                                                              idle_exit_seconds=60), retrainer=retrainer).run()
+        summary = RetrainerService(
+            settings,
+            RetrainerOptions(group_id=f"poison-{unique}", max_requests=3, idle_exit_seconds=60),
+            retrainer=retrainer,
+        ).run()
     finally:
         retrainer.close()
     assert summary.poison + summary.undecodable == 2 and summary.poison >= 1

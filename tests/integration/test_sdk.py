@@ -18,8 +18,14 @@ T0 = 1_700_000_000_000
 
 
 def _features(i: int) -> dict:
-    return {"age": 20 + i % 50, "income": 1000.5 * i, "region": ["eu", "us", "apac"][i % 3],
-            "score": np.float32(0.5), "flag": i % 2 == 0, "missing": None}
+    return {
+        "age": 20 + i % 50,
+        "income": 1000.5 * i,
+        "region": ["eu", "us", "apac"][i % 3],
+        "score": np.float32(0.5),
+        "flag": i % 2 == 0,
+        "missing": None,
+    }
 
 
 def test_predictions_are_batched_per_model_version(kafka_settings: Settings) -> None:
@@ -29,11 +35,21 @@ def test_predictions_are_batched_per_model_version(kafka_settings: Settings) -> 
     with PredictionLogger(kafka_settings, batch_size=1000, linger_ms=60_000) as logger:
         for i in range(2500):
             version = "1" if i % 5 else "2"
-            ids[logger.log_prediction("credit", version, features=_features(i), prediction=i / 2500,
-                                      latency_ms=1.0, attributes={"channel": "web"}, event_time=T0 + i)] = i
+            ids[
+                logger.log_prediction(
+                    "credit",
+                    version,
+                    features=_features(i),
+                    prediction=i / 2500,
+                    latency_ms=1.0,
+                    attributes={"channel": "web"},
+                    event_time=T0 + i,
+                )
+            ] = i
         stats = logger.flush(10)
-    assert stats == LoggerStats(logged=2500, sent=2500, delivered=2500, failed=0, dropped=0, buffered=0,
-                                last_error=stats.last_error)
+    assert stats == LoggerStats(
+        logged=2500, sent=2500, delivered=2500, failed=0, dropped=0, buffered=0, last_error=stats.last_error
+    )
     received = consume_records(kafka_settings, kafka_settings.topic("predictions"), 3, timeout=10)
     batches = [m.record for m in received]
     assert all(isinstance(b, PredictionBatch) for b in batches)
@@ -55,19 +71,35 @@ def test_predictions_are_batched_per_model_version(kafka_settings: Settings) -> 
 def test_single_events_labels_and_features(kafka_settings: Settings) -> None:
     ensure_topics(kafka_settings, ["predictions", "labels", "features"])
     with PredictionLogger(kafka_settings, single_events=True, linger_ms=10) as logger:
-        event_id = logger.log_prediction("fraud", "7", features={"amount": 12.5, "country": "fr"},
-                                         prediction=0.9, predicted_label="fraud", event_time=T0)
+        event_id = logger.log_prediction(
+            "fraud",
+            "7",
+            features={"amount": 12.5, "country": "fr"},
+            prediction=0.9,
+            predicted_label="fraud",
+            event_time=T0,
+        )
         logger.log_label("fraud", event_id, "fraud", event_time=T0 + 3_600_000)
         logger.log_label("fraud", "other", 1, event_time=T0 + 1)
         logger.log_features("fraud", "7", features={"amount": 3}, event_id="f1", event_time=T0 + 2)
         stats = logger.flush(10)
     assert (stats.delivered, stats.failed, stats.dropped) == (4, 0, 0)
     [prediction] = consume_records(kafka_settings, kafka_settings.topic("predictions"), 1, timeout=10)
-    assert prediction.record == PredictionEvent(event_id, "fraud", "7", T0, numeric={"amount": 12.5},
-                                                categorical={"country": "fr"}, prediction=0.9, predicted_label="fraud")
+    assert prediction.record == PredictionEvent(
+        event_id,
+        "fraud",
+        "7",
+        T0,
+        numeric={"amount": 12.5},
+        categorical={"country": "fr"},
+        prediction=0.9,
+        predicted_label="fraud",
+    )
     labels = consume_records(kafka_settings, kafka_settings.topic("labels"), 2, timeout=10)
-    assert [m.record for m in labels] == [LabelEvent(event_id, "fraud", T0 + 3_600_000, "fraud"),
-                                          LabelEvent("other", "fraud", T0 + 1, 1.0)]
+    assert [m.record for m in labels] == [
+        LabelEvent(event_id, "fraud", T0 + 3_600_000, "fraud"),
+        LabelEvent("other", "fraud", T0 + 1, 1.0),
+    ]
     [features] = consume_records(kafka_settings, kafka_settings.topic("features"), 1, timeout=10)
     assert features.record == FeatureEvent("f1", "fraud", "7", T0 + 2, numeric={"amount": 3.0})
 

@@ -88,8 +88,10 @@ def test_base_wheel_is_the_light_sdk_and_logs_without_a_broker(tmp_path: Path) -
     size = _size_mb(site)
     top = sorted(p.name for p in site.iterdir() if not p.name.endswith(("__pycache__", ".dist-info", ".pth")))
     largest = sorted(((_size_mb(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)[:6]
-    print(f"\nbase install: {size:.1f} MB in site-packages ({', '.join(f'{n} {mb:.1f}' for mb, n in largest)}); "
-          f"top level: {', '.join(top)}")
+    print(
+        f"\nbase install: {size:.1f} MB in site-packages ({', '.join(f'{n} {mb:.1f}' for mb, n in largest)}); "
+        f"top level: {', '.join(top)}"
+    )
     assert size < LIMIT_MB, (size, largest)
     assert "driftline" in top and not set(HEAVY) & set(top), top
 

@@ -27,10 +27,10 @@ import pytest
 from http_receiver import Receiver
 from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, WorkerProcess, make_batch
 
+from driftline.retrainer.registry import Registry
 from driftline.settings import Settings
 from driftline.stack.postgres import PostgresServer, start_postgres
 from driftline.stack.process import free_port, port_answers
-from driftline.retrainer.registry import Registry
 from driftline.streams import kafka
 from driftline.streams.records import LabelEvent
 from driftline.streams.warehouse import Warehouse, WarehouseError
@@ -53,9 +53,21 @@ def guarded_warehouse() -> Iterator[int]:
     port = free_port()
     with open(root / "chserver.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(root / "data"), "--port", str(port),
-             "--user", "driftline", "--password", CH_SECRET],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "driftline.stack.chserver",
+                "--path",
+                str(root / "data"),
+                "--port",
+                str(port),
+                "--user",
+                "driftline",
+                "--password",
+                CH_SECRET,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 60
@@ -96,15 +108,23 @@ def _registry_url(server: PostgresServer, unique: str) -> str:
 
 
 @pytest.fixture
-def secret_env(kafka_settings: Settings, guarded_warehouse: int, postgres: PostgresServer, tmp_path: Path,
-               unique: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerEnv]:
+def secret_env(
+    kafka_settings: Settings,
+    guarded_warehouse: int,
+    postgres: PostgresServer,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[WorkerEnv]:
     monkeypatch.delenv("DRIFTLINE_KAFKA_JARS", raising=False)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(textwrap.dedent("""
+    policy.write_text(
+        textwrap.dedent("""
         defaults:
           retraining:
             min_rows: 100
-    """))
+    """)
+    )
     settings = kafka_settings.replace(
         warehouse=_warehouse_url(guarded_warehouse, f"dl_{unique}"),
         registry=_registry_url(postgres, unique),
@@ -113,8 +133,13 @@ def secret_env(kafka_settings: Settings, guarded_warehouse: int, postgres: Postg
         policy=str(policy),
     )
     kafka.ensure_topics(settings, partitions=1)
-    env = WorkerEnv(settings, tmp_path, Registry.from_settings(settings),
-                    Warehouse.connect(settings.warehouse, migrate=True), kafka.producer(settings, **{"linger.ms": 5}))
+    env = WorkerEnv(
+        settings,
+        tmp_path,
+        Registry.from_settings(settings),
+        Warehouse.connect(settings.warehouse, migrate=True),
+        kafka.producer(settings, **{"linger.ms": 5}),
+    )
     try:
         yield env
     finally:
@@ -138,14 +163,35 @@ class Outputs:
         return [f"{secret} in {where}" for where, text in self.texts.items() for secret in SECRETS if secret in text]
 
 
-def _cli(env: WorkerEnv, *args: str, settings: Settings | None = None, extra_env: dict[str, str] | None = None,
-         ) -> subprocess.CompletedProcess:
+def _cli(
+    env: WorkerEnv,
+    *args: str,
+    settings: Settings | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     s = settings or env.settings
-    argv = [sys.executable, "-m", "driftline.cli", "-v", "--kafka", s.kafka_bootstrap, "--topic-prefix", s.topic_prefix,
-            "--warehouse", s.warehouse, "--registry", s.registry, "--artifacts", s.artifacts,
-            "--policy", str(s.policy), *args]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=env.tmp, timeout=300,
-                          env={**_child_env(), **(extra_env or {})})
+    argv = [
+        sys.executable,
+        "-m",
+        "driftline.cli",
+        "-v",
+        "--kafka",
+        s.kafka_bootstrap,
+        "--topic-prefix",
+        s.topic_prefix,
+        "--warehouse",
+        s.warehouse,
+        "--registry",
+        s.registry,
+        "--artifacts",
+        s.artifacts,
+        "--policy",
+        str(s.policy),
+        *args,
+    ]
+    return subprocess.run(
+        argv, capture_output=True, text=True, cwd=env.tmp, timeout=300, env={**_child_env(), **(extra_env or {})}
+    )
 
 
 def _child_env() -> dict[str, str]:
@@ -159,11 +205,43 @@ def _start_worker(env: WorkerEnv, name: str, app_id: str, extra_env: dict[str, s
     log_path = env.tmp / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - the worker writes it; WorkerProcess owns and closes it
     s = env.settings
-    argv = [sys.executable, "-m", "driftline.cli", "-v", "--kafka", s.kafka_bootstrap, "--topic-prefix", s.topic_prefix,
-            "--warehouse", s.warehouse, "--registry", s.registry, "--artifacts", s.artifacts, "--policy", str(s.policy),
-            "worker", "--app-id", app_id, "--window-seconds", str(WINDOW_MS / 1000), "--lateness-seconds", "0",
-            "--idle-seconds", "2", "--tick-seconds", "0.25", "--batch-within-seconds", "0.2",
-            "--web-port", str(port), "--datadir", str(env.tmp / f"faust-{name}"), "--session-timeout-seconds", "10"]
+    argv = [
+        sys.executable,
+        "-m",
+        "driftline.cli",
+        "-v",
+        "--kafka",
+        s.kafka_bootstrap,
+        "--topic-prefix",
+        s.topic_prefix,
+        "--warehouse",
+        s.warehouse,
+        "--registry",
+        s.registry,
+        "--artifacts",
+        s.artifacts,
+        "--policy",
+        str(s.policy),
+        "worker",
+        "--app-id",
+        app_id,
+        "--window-seconds",
+        str(WINDOW_MS / 1000),
+        "--lateness-seconds",
+        "0",
+        "--idle-seconds",
+        "2",
+        "--tick-seconds",
+        "0.25",
+        "--batch-within-seconds",
+        "0.2",
+        "--web-port",
+        str(port),
+        "--datadir",
+        str(env.tmp / f"faust-{name}"),
+        "--session-timeout-seconds",
+        "10",
+    ]
     popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=env.tmp, env={**_child_env(), **extra_env})
     worker = WorkerProcess(name, popen, log_path, port, log)
     env.workers.append(worker)
@@ -175,8 +253,9 @@ def _warehouse_rows(env: WorkerEnv, outputs: Outputs) -> None:
         outputs.add(f"warehouse {table}", env.query(f"SELECT * FROM {table}"))
 
 
-def test_no_password_in_anything_the_worker_retrainer_and_cli_write(secret_env: WorkerEnv, unique: str,
-                                                                    guarded_warehouse: int) -> None:
+def test_no_password_in_anything_the_worker_retrainer_and_cli_write(
+    secret_env: WorkerEnv, unique: str, guarded_warehouse: int
+) -> None:
     env = secret_env
     outputs = Outputs()
     # the warehouse really checks the password: a wrong one fails, and its error does not quote it either
@@ -189,8 +268,9 @@ def test_no_password_in_anything_the_worker_retrainer_and_cli_write(secret_env: 
     version = env.register(model)
     for w in range(WINDOWS):
         for part in range(2):
-            batch = make_batch(model, version, T0 + w * WINDOW_MS + part * 1_000, 200, 5, drift=("b", "d"),
-                               seed=10 * w + part)
+            batch = make_batch(
+                model, version, T0 + w * WINDOW_MS + part * 1_000, 200, 5, drift=("b", "d"), seed=10 * w + part
+            )
             env.publish("predictions", model, batch)
             for event_id, t, p in zip(batch.event_ids, batch.event_times, batch.predictions):
                 env.publish("labels", model, LabelEvent(event_id, model, int(t) + 100, float(p > 0.5)))
@@ -232,9 +312,13 @@ def test_no_password_in_anything_the_worker_retrainer_and_cli_write(secret_env: 
     gone = env.settings.replace(registry=f"postgresql://postgres:{PG_SECRET}@127.0.0.1:{free_port()}/x")
     unparsable = env.settings.replace(warehouse=f"http://driftline:{CH_SECRET}@127.0.0.1:99999/dl")
     failing = {
-        "report, wrong password": _cli(env, "report", "--model", model, "--out", str(env.tmp / "r2.html"), settings=wrong),
+        "report, wrong password": _cli(
+            env, "report", "--model", model, "--out", str(env.tmp / "r2.html"), settings=wrong
+        ),
         "registry list, no server": _cli(env, "registry", "list", settings=gone),
-        "report, bad URL": _cli(env, "report", "--model", model, "--out", str(env.tmp / "r3.html"), settings=unparsable),
+        "report, bad URL": _cli(
+            env, "report", "--model", model, "--out", str(env.tmp / "r3.html"), settings=unparsable
+        ),
     }
     assert all(r.returncode != 0 and r.stderr for r in failing.values())
     for name, r in {**runs, **failing}.items():

@@ -36,8 +36,15 @@ def warehouse(warehouse_url: str) -> Iterator[Warehouse]:
 
 def _good_events(rng: np.random.Generator) -> list[PredictionEvent]:
     return [
-        PredictionEvent(f"g{i:04d}", "credit", "1", NOW + i, numeric={"income": float(x), "age": float(30 + i % 40)},
-                        categorical={"region": "eu" if i % 3 else "us"}, prediction=0.5)
+        PredictionEvent(
+            f"g{i:04d}",
+            "credit",
+            "1",
+            NOW + i,
+            numeric={"income": float(x), "age": float(30 + i % 40)},
+            categorical={"region": "eu" if i % 3 else "us"},
+            prediction=0.5,
+        )
         for i, x in enumerate(rng.normal(size=N))
     ]
 
@@ -56,8 +63,11 @@ def test_odd_events_leave_out_only_what_clashes(warehouse: Warehouse, tmp_path) 
         PredictionEvent("word-label", "credit", "1", NOW + 15, numeric={"income": 0.3}, prediction=0.5),
     ]
     warehouse.insert_predictions(PredictionBatch.from_events(good + odd))
-    labels = [LabelEvent(e.event_id, "credit", NOW + 1_000, float(e.numeric.get("income", 0.0) > 0))
-              for e in good + odd if e.event_id != "word-label"]
+    labels = [
+        LabelEvent(e.event_id, "credit", NOW + 1_000, float(e.numeric.get("income", 0.0) > 0))
+        for e in good + odd
+        if e.event_id != "word-label"
+    ]
     labels.append(LabelEvent("word-label", "credit", NOW + 1_000, "yes"))  # a class where all others are numbers
     warehouse.insert_labels(labels)
 
@@ -109,28 +119,45 @@ def test_the_retrainer_trains_past_odd_events_and_the_version_says_what_was_left
     monkeypatch.delenv("DRIFTLINE_KAFKA_JARS", raising=False)
     policy = tmp_path / "policy.yaml"
     policy.write_text("defaults:\n  retraining:\n    min_rows: 100\n")
-    settings = kafka_settings.replace(warehouse=warehouse_url, registry=f"sqlite:///{tmp_path / 'registry.db'}",
-                                      artifacts=str(tmp_path / "artifacts"), policy=str(policy))
+    settings = kafka_settings.replace(
+        warehouse=warehouse_url,
+        registry=f"sqlite:///{tmp_path / 'registry.db'}",
+        artifacts=str(tmp_path / "artifacts"),
+        policy=str(policy),
+    )
     kafka.ensure_topics(settings, ["retrain-requests", "models", "dlq"])
     now = int(np.datetime64("now", "ms").astype(np.int64))
     rng = np.random.default_rng(5)
-    events = [PredictionEvent(f"g{i:04d}", "credit", "1", now - 3_600_000 + 1_000 * i,
-                              numeric={"income": float(x)}, prediction=0.5) for i, x in enumerate(rng.normal(size=N))]
-    events.append(PredictionEvent("odd", "credit", "1", now - 1_000, numeric={"label": 1.0},
-                                  categorical={"income": "lots"}, prediction=0.5))
+    events = [
+        PredictionEvent(
+            f"g{i:04d}", "credit", "1", now - 3_600_000 + 1_000 * i, numeric={"income": float(x)}, prediction=0.5
+        )
+        for i, x in enumerate(rng.normal(size=N))
+    ]
+    events.append(
+        PredictionEvent(
+            "odd", "credit", "1", now - 1_000, numeric={"label": 1.0}, categorical={"income": "lots"}, prediction=0.5
+        )
+    )
     wh = Warehouse.connect(warehouse_url, migrate=True)
     retrainer = None
     try:
         wh.insert_predictions(PredictionBatch.from_events(events))
-        wh.insert_labels([LabelEvent(e.event_id, "credit", now, float(e.numeric.get("income", 0.0) > 0)) for e in events])
+        wh.insert_labels(
+            [LabelEvent(e.event_id, "credit", now, float(e.numeric.get("income", 0.0) > 0)) for e in events]
+        )
         retrainer = Retrainer.from_settings(settings)
         outcome = retrainer.handle(RetrainRequest(f"r-{unique}", "credit", "1", "manual", now))
         assert (outcome.status, outcome.version) == ("registered", "1"), outcome
         version = Registry.from_settings(settings).get("credit", "1")
-        assert version.tags["dropped_features"] == ("categorical feature 'income' (feature_kind_conflict, 1 values); "
-                                                    "numeric feature 'label' (reserved_feature_name, 1 values)")
+        assert version.tags["dropped_features"] == (
+            "categorical feature 'income' (feature_kind_conflict, 1 values); "
+            "numeric feature 'label' (reserved_feature_name, 1 values)"
+        )
         stored = Registry.from_settings(settings).artifacts.get_table(version.lineage.dataset_sha256)
-        assert [str(d) for d in Snapshot.from_table(stored).dropped_features] == version.tags["dropped_features"].split("; ")
+        assert [str(d) for d in Snapshot.from_table(stored).dropped_features] == version.tags["dropped_features"].split(
+            "; "
+        )
     finally:
         if retrainer is not None:
             retrainer.close()

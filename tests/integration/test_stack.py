@@ -92,7 +92,9 @@ def assert_locked_down(env: dict[str, str], password: str, state: Path) -> None:
 
     def post(sql: str, headers: dict[str, str], body: bytes | None = None, query: str = "") -> tuple[int, str, str]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/" + (f"?query={query}" if query else ""), body=body if body is not None else sql, headers=headers)
+        conn.request(
+            "POST", "/" + (f"?query={query}" if query else ""), body=body if body is not None else sql, headers=headers
+        )
         reply = conn.getresponse()
         text = reply.read().decode()
         conn.close()
@@ -104,7 +106,9 @@ def assert_locked_down(env: dict[str, str], password: str, state: Path) -> None:
         "file": post(f"SELECT * FROM file('{secret}', 'LineAsString')", auth),
         "url": post("SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')", auth),
         "outfile": post(f"SELECT 1 INTO OUTFILE '{outfile}' APPEND", auth),
-        "origin": post("CREATE TABLE default.evil (a UInt8) ENGINE = Memory", {**auth, "Origin": "http://evil.example"}),
+        "origin": post(
+            "CREATE TABLE default.evil (a UInt8) ENGINE = Memory", {**auth, "Origin": "http://evil.example"}
+        ),
         "bomb": post("", {**auth, "Content-Encoding": "zstd"}, bomb, "INSERT+INTO+default.sink+FORMAT+TSV"),
         "no password": post("SELECT 1", {}),
     }
@@ -113,7 +117,11 @@ def assert_locked_down(env: dict[str, str], password: str, state: Path) -> None:
         assert "not for the network" not in text, name
     assert not outfile.exists()
     pid = int((state / "warehouse" / "server.pid").read_text())
-    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    peak = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     assert peak / 1024 < 600, f"the server peaked at {peak / 1024:.0f} MiB"
     assert post("SELECT 'still serving'", auth)[2] == "still serving\n"
 

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from driftline.settings import Settings
 from driftline.schemas import CLICKHOUSE_DIR
+from driftline.settings import Settings
 from driftline.streams.records import (
     Alert,
     DriftReport,
@@ -39,7 +39,13 @@ from driftline.streams.records import (
 )
 from driftline.streams.warehouse import Warehouse, WarehouseError, WarehouseLocation
 from driftline.streams.warehouse_migrations import MigrationError, load_migrations, split_statements
-from driftline.streams.warehouse_rows import MAX_RAW_BYTES, DriftMetricRow, PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams.warehouse_rows import (
+    MAX_RAW_BYTES,
+    DriftMetricRow,
+    PerformanceRow,
+    RejectedEventRow,
+    WindowProfileRow,
+)
 
 pytestmark = pytest.mark.warehouse
 
@@ -47,8 +53,16 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = 1_764_000_000_123  # 2025-11-24, with milliseconds that must survive
 MINUTE = 60_000
 CONTRACT_TABLES = (
-    "drift_metrics", "drift_reports", "window_profiles", "performance_metrics", "predictions", "labels",
-    "rejected_events", "alerts", "retrain_requests", "model_versions",
+    "drift_metrics",
+    "drift_reports",
+    "window_profiles",
+    "performance_metrics",
+    "predictions",
+    "labels",
+    "rejected_events",
+    "alerts",
+    "retrain_requests",
+    "model_versions",
 )
 
 
@@ -89,7 +103,10 @@ def _batch(model: str, prefix: str, n: int, start: int = NOW, seed: int = 0, n_n
         event_ids=[f"{prefix}{i}" for i in range(n)],
         event_times=start + np.arange(n, dtype=np.int64),
         numeric=numeric,
-        categorical={"region": list(rng.choice(["eu", "us", "apac"], n)), "plan": [None if i % 3 == 0 else "pro" for i in range(n)]},
+        categorical={
+            "region": list(rng.choice(["eu", "us", "apac"], n)),
+            "plan": [None if i % 3 == 0 else "pro" for i in range(n)],
+        },
         predictions=rng.random(n),
         latency_ms=rng.gamma(2.0, 3.0, n),
     )
@@ -99,17 +116,31 @@ def _batch(model: str, prefix: str, n: int, start: int = NOW, seed: int = 0, n_n
 
 
 def test_contract_columns_and_engines(warehouse: Warehouse) -> None:
-    tables = {r["name"] for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+    tables = {
+        r["name"] for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    }
     assert set(CONTRACT_TABLES) | {"schema_migrations"} <= tables
     types = {
         r["name"]: r["type"]
-        for r in warehouse.query_rows("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'drift_metrics'")
+        for r in warehouse.query_rows(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'drift_metrics'"
+        )
     }
     ts = "DateTime64(3, 'UTC')"
     assert types == {
-        "model_id": "String", "model_version": "String", "feature": "String", "metric": "LowCardinality(String)",
-        "window_start": ts, "window_end": ts, "value": "Float64", "p_value": "Nullable(Float64)", "threshold": "Float64",
-        "drifted": "UInt8", "n_reference": "UInt64", "n_current": "UInt64", "computed_at": ts,
+        "model_id": "String",
+        "model_version": "String",
+        "feature": "String",
+        "metric": "LowCardinality(String)",
+        "window_start": ts,
+        "window_end": ts,
+        "value": "Float64",
+        "p_value": "Nullable(Float64)",
+        "threshold": "Float64",
+        "drifted": "UInt8",
+        "n_reference": "UInt64",
+        "n_current": "UInt64",
+        "computed_at": ts,
         "kind": "LowCardinality(String)",  # migration 0006: drift or data_quality
     }
     engine = warehouse.query_rows(
@@ -127,44 +158,124 @@ def test_contract_columns_and_engines(warehouse: Warehouse) -> None:
 
 def test_drift_metrics_and_reports_round_trip(warehouse: Warehouse) -> None:
     report = DriftReport(
-        "credit", "3", NOW, NOW + MINUTE, n_current=812, n_reference=5000, drifted_features=["age"],
-        metrics=[FeatureDrift("age", "psi", 0.31, None, 0.2, True), FeatureDrift("age", "ks", 0.08, 0.0123, 0.1, False)],
+        "credit",
+        "3",
+        NOW,
+        NOW + MINUTE,
+        n_current=812,
+        n_reference=5000,
+        drifted_features=["age"],
+        metrics=[
+            FeatureDrift("age", "psi", 0.31, None, 0.2, True),
+            FeatureDrift("age", "ks", 0.08, 0.0123, 0.1, False),
+        ],
         computed_at=NOW + MINUTE + 5,
     )
     warehouse.insert_drift_reports([report])
-    warehouse.insert_drift_metrics([
-        {"model_id": "credit", "model_version": "3", "feature": "__prediction__", "metric": "wasserstein", "window_start": NOW,
-         "window_end": NOW + MINUTE, "value": 0.5, "p_value": None, "threshold": 0.1, "drifted": True, "n_reference": 5000,
-         "n_current": 812, "computed_at": NOW + MINUTE + 7},
-    ])
+    warehouse.insert_drift_metrics(
+        [
+            {
+                "model_id": "credit",
+                "model_version": "3",
+                "feature": "__prediction__",
+                "metric": "wasserstein",
+                "window_start": NOW,
+                "window_end": NOW + MINUTE,
+                "value": 0.5,
+                "p_value": None,
+                "threshold": 0.1,
+                "drifted": True,
+                "n_reference": 5000,
+                "n_current": 812,
+                "computed_at": NOW + MINUTE + 7,
+            },
+        ]
+    )
     rows = warehouse.query_rows(
         "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, "
         "toUnixTimestamp64Milli(window_end) AS we, value, "
         "p_value, threshold, drifted, n_reference, n_current, toUnixTimestamp64Milli(computed_at) AS ca "
-        "FROM drift_metrics FINAL WHERE model_id = {m:String} ORDER BY feature, metric", {"m": "credit"},
+        "FROM drift_metrics FINAL WHERE model_id = {m:String} ORDER BY feature, metric",
+        {"m": "credit"},
     )
     assert rows == [
-        {"feature": "__prediction__", "metric": "wasserstein", "ws": NOW, "we": NOW + MINUTE, "value": 0.5, "p_value": None,
-         "threshold": 0.1, "drifted": 1, "n_reference": 5000, "n_current": 812, "ca": NOW + MINUTE + 7},
-        {"feature": "age", "metric": "ks", "ws": NOW, "we": NOW + MINUTE, "value": 0.08, "p_value": 0.0123,
-         "threshold": 0.1, "drifted": 0, "n_reference": 5000, "n_current": 812, "ca": NOW + MINUTE + 5},
-        {"feature": "age", "metric": "psi", "ws": NOW, "we": NOW + MINUTE, "value": 0.31, "p_value": None,
-         "threshold": 0.2, "drifted": 1, "n_reference": 5000, "n_current": 812, "ca": NOW + MINUTE + 5},
+        {
+            "feature": "__prediction__",
+            "metric": "wasserstein",
+            "ws": NOW,
+            "we": NOW + MINUTE,
+            "value": 0.5,
+            "p_value": None,
+            "threshold": 0.1,
+            "drifted": 1,
+            "n_reference": 5000,
+            "n_current": 812,
+            "ca": NOW + MINUTE + 7,
+        },
+        {
+            "feature": "age",
+            "metric": "ks",
+            "ws": NOW,
+            "we": NOW + MINUTE,
+            "value": 0.08,
+            "p_value": 0.0123,
+            "threshold": 0.1,
+            "drifted": 0,
+            "n_reference": 5000,
+            "n_current": 812,
+            "ca": NOW + MINUTE + 5,
+        },
+        {
+            "feature": "age",
+            "metric": "psi",
+            "ws": NOW,
+            "we": NOW + MINUTE,
+            "value": 0.31,
+            "p_value": None,
+            "threshold": 0.2,
+            "drifted": 1,
+            "n_reference": 5000,
+            "n_current": 812,
+            "ca": NOW + MINUTE + 5,
+        },
     ]
-    summary = warehouse.query_rows("SELECT drifted_features, n_metrics, n_drifted_metrics, n_current FROM drift_reports FINAL")
+    summary = warehouse.query_rows(
+        "SELECT drifted_features, n_metrics, n_drifted_metrics, n_current FROM drift_reports FINAL"
+    )
     assert summary == [{"drifted_features": ["age"], "n_metrics": 2, "n_drifted_metrics": 1, "n_current": 812}]
 
 
 def test_window_profiles_round_trip_and_latest_closed_window(warehouse: Warehouse) -> None:
     assert warehouse.latest_closed_window("credit", "3") is None
     numeric = WindowProfileRow(
-        "credit", "3", "age", NOW, NOW + MINUTE, count=10, missing=2, computed_at=NOW + MINUTE, mean=41.5, std=3.25,
-        min=30.0, max=60.0, quantile_levels=[0.5, 0.9], quantiles=np.array([40.0, 55.0]), bin_edges=[0.0, 40.0, 80.0],
+        "credit",
+        "3",
+        "age",
+        NOW,
+        NOW + MINUTE,
+        count=10,
+        missing=2,
+        computed_at=NOW + MINUTE,
+        mean=41.5,
+        std=3.25,
+        min=30.0,
+        max=60.0,
+        quantile_levels=[0.5, 0.9],
+        quantiles=np.array([40.0, 55.0]),
+        bin_edges=[0.0, 40.0, 80.0],
         histogram=np.array([3, 5], dtype=np.uint64),
     )
     categorical = {
-        "model_id": "credit", "model_version": "3", "feature": "region", "kind": "categorical", "window_start": NOW + MINUTE,
-        "window_end": NOW + 2 * MINUTE, "count": 7, "missing": 0, "computed_at": NOW + 2 * MINUTE, "categories": {"eu": 4, "us": 3},
+        "model_id": "credit",
+        "model_version": "3",
+        "feature": "region",
+        "kind": "categorical",
+        "window_start": NOW + MINUTE,
+        "window_end": NOW + 2 * MINUTE,
+        "count": 7,
+        "missing": 0,
+        "computed_at": NOW + 2 * MINUTE,
+        "categories": {"eu": 4, "us": 3},
     }
     assert warehouse.insert_window_profiles([numeric, categorical]) == 2
     rows = warehouse.query_rows(
@@ -173,8 +284,19 @@ def test_window_profiles_round_trip_and_latest_closed_window(warehouse: Warehous
         "FROM window_profiles FINAL ORDER BY feature"
     )
     assert rows[0] == {
-        "feature": "age", "kind": "numeric", "count": 10, "missing": 2, "mean": 41.5, "std": 3.25, "min": 30.0, "max": 60.0,
-        "quantile_levels": [0.5, 0.9], "quantiles": [40.0, 55.0], "bin_edges": [0.0, 40.0, 80.0], "histogram": [3, 5], "categories": {},
+        "feature": "age",
+        "kind": "numeric",
+        "count": 10,
+        "missing": 2,
+        "mean": 41.5,
+        "std": 3.25,
+        "min": 30.0,
+        "max": 60.0,
+        "quantile_levels": [0.5, 0.9],
+        "quantiles": [40.0, 55.0],
+        "bin_edges": [0.0, 40.0, 80.0],
+        "histogram": [3, 5],
+        "categories": {},
     }
     assert rows[1]["categories"] == {"eu": 4, "us": 3} and math.isnan(rows[1]["mean"])
     assert warehouse.latest_closed_window("credit", "3") == NOW + 2 * MINUTE
@@ -199,7 +321,8 @@ def test_performance_metrics_round_trip(warehouse: Warehouse) -> None:
     ]
     df = warehouse.query_df(
         "SELECT metric, avg(value) AS mean, max(window_end) AS last FROM performance_metrics FINAL "
-        "WHERE model_id = {m:String} AND segment = {s:String} GROUP BY metric ORDER BY metric", {"m": "credit", "s": ""},
+        "WHERE model_id = {m:String} AND segment = {s:String} GROUP BY metric ORDER BY metric",
+        {"m": "credit", "s": ""},
     )
     assert df["metric"].tolist() == ["auc", "latency_p95"] and df["mean"].tolist() == [0.81, 12.5]
     assert [t.value // 1_000_000 for t in df["last"]] == [NOW + MINUTE] * 2 and str(df["last"].dt.tz) == "UTC"
@@ -208,23 +331,47 @@ def test_performance_metrics_round_trip(warehouse: Warehouse) -> None:
 
 def test_predictions_round_trip(warehouse: Warehouse) -> None:
     events = [
-        PredictionEvent("a", "credit", "3", NOW, numeric={"age": 41.0, "income": 1.5}, categorical={"region": "eu"},
-                        prediction=0.25, predicted_label="good", latency_ms=3.5, attributes={"channel": "web"}),
+        PredictionEvent(
+            "a",
+            "credit",
+            "3",
+            NOW,
+            numeric={"age": 41.0, "income": 1.5},
+            categorical={"region": "eu"},
+            prediction=0.25,
+            predicted_label="good",
+            latency_ms=3.5,
+            attributes={"channel": "web"},
+        ),
         PredictionEvent("b", "credit", "3", NOW + 1, numeric={"age": 52.0}),
     ]
     assert warehouse.insert_predictions(PredictionBatch.from_events(events)) == 2
     rows = warehouse.query_rows(
         "SELECT event_id, model_version, toUnixTimestamp64Milli(event_time) AS t, numeric, categorical, prediction, "
         "predicted_label, latency_ms, attributes, ingested_at > now64(3) - INTERVAL 1 HOUR AS fresh "
-        "FROM predictions FINAL WHERE model_id = {m:String} ORDER BY event_id", {"m": "credit"},
+        "FROM predictions FINAL WHERE model_id = {m:String} ORDER BY event_id",
+        {"m": "credit"},
     )
     assert rows[0] == {
-        "event_id": "a", "model_version": "3", "t": NOW, "numeric": {"age": 41.0, "income": 1.5}, "categorical": {"region": "eu"},
-        "prediction": 0.25, "predicted_label": "good", "latency_ms": 3.5, "attributes": {"channel": "web"}, "fresh": 1,
+        "event_id": "a",
+        "model_version": "3",
+        "t": NOW,
+        "numeric": {"age": 41.0, "income": 1.5},
+        "categorical": {"region": "eu"},
+        "prediction": 0.25,
+        "predicted_label": "good",
+        "latency_ms": 3.5,
+        "attributes": {"channel": "web"},
+        "fresh": 1,
     }
     b = rows[1]
     assert (b["t"], b["numeric"]["age"], b["categorical"], b["prediction"], b["predicted_label"], b["latency_ms"]) == (
-        NOW + 1, 52.0, {}, None, None, None
+        NOW + 1,
+        52.0,
+        {},
+        None,
+        None,
+        None,
     )
     assert math.isnan(b["numeric"]["income"])  # NaN, not 0: missing stays missing
 
@@ -235,39 +382,67 @@ def test_one_native_block_of_mixed_batches_round_trips(warehouse: Warehouse) -> 
     # two-byte length prefixes.
     long_id = "x" * 130
     first = PredictionBatch(
-        "mixed-a", "1", ["a0", long_id, "a2"], np.array([NOW, NOW + 1, NOW + 2]),
+        "mixed-a",
+        "1",
+        ["a0", long_id, "a2"],
+        np.array([NOW, NOW + 1, NOW + 2]),
         numeric={"z": np.array([1.0, np.nan, -0.0]), "ä": np.array([2.0, 3.0, 4e300])},
         categorical={"c": ["é", None, "y" * 200], "b": [None, None, "q"]},
-        predictions=np.array([0.5, np.nan, 1.0]), predicted_labels=["yes", None, "no"],
-        latency_ms=np.array([1.0, 2.0, np.nan]), attributes={"seg": ["s1", "", "s3"]},
+        predictions=np.array([0.5, np.nan, 1.0]),
+        predicted_labels=["yes", None, "no"],
+        latency_ms=np.array([1.0, 2.0, np.nan]),
+        attributes={"seg": ["s1", "", "s3"]},
     )
     second = PredictionBatch("mixed-b", "7", ["b0", "b1"], np.array([NOW + 5, NOW + 6]))
-    third = PredictionBatch("mixed-a", "2", ["a9"], np.array([NOW + 9]), numeric={"w": np.array([9.5])},
-                            categorical={"c": ["k"]})
+    third = PredictionBatch(
+        "mixed-a", "2", ["a9"], np.array([NOW + 9]), numeric={"w": np.array([9.5])}, categorical={"c": ["k"]}
+    )
     assert warehouse.insert_predictions([first, second, third]) == 6
     rows = warehouse.query_rows(
         "SELECT event_id, model_id, model_version, toUnixTimestamp64Milli(event_time) AS t, numeric, categorical, "
         "prediction, predicted_label, latency_ms, attributes FROM predictions FINAL "
-        "WHERE model_id LIKE 'mixed-%' ORDER BY model_id, event_id")
+        "WHERE model_id LIKE 'mixed-%' ORDER BY model_id, event_id"
+    )
     by_id = {r["event_id"]: r for r in rows}
     assert sorted(by_id) == sorted(["a0", long_id, "a2", "a9", "b0", "b1"])
-    assert by_id["a0"] == {"event_id": "a0", "model_id": "mixed-a", "model_version": "1", "t": NOW,
-                           "numeric": {"z": 1.0, "ä": 2.0}, "categorical": {"c": "é"}, "prediction": 0.5,
-                           "predicted_label": "yes", "latency_ms": 1.0, "attributes": {"seg": "s1"}}
+    assert by_id["a0"] == {
+        "event_id": "a0",
+        "model_id": "mixed-a",
+        "model_version": "1",
+        "t": NOW,
+        "numeric": {"z": 1.0, "ä": 2.0},
+        "categorical": {"c": "é"},
+        "prediction": 0.5,
+        "predicted_label": "yes",
+        "latency_ms": 1.0,
+        "attributes": {"seg": "s1"},
+    }
     missing = by_id[long_id]
     assert math.isnan(missing["numeric"]["z"]) and missing["numeric"]["ä"] == 3.0
-    assert (missing["categorical"], missing["prediction"], missing["predicted_label"], missing["attributes"]) == ({}, None, None, {"seg": ""})
+    assert (missing["categorical"], missing["prediction"], missing["predicted_label"], missing["attributes"]) == (
+        {},
+        None,
+        None,
+        {"seg": ""},
+    )
     last = by_id["a2"]
     assert last["numeric"] == {"z": -0.0, "ä": 4e300} and last["categorical"] == {"b": "q", "c": "y" * 200}
     assert (last["latency_ms"], last["predicted_label"]) == (None, "no")
-    assert [(by_id[i]["model_version"], by_id[i]["numeric"], by_id[i]["categorical"], by_id[i]["prediction"])
-            for i in ("b0", "b1", "a9")] == [("7", {}, {}, None), ("7", {}, {}, None), ("2", {"w": 9.5}, {"c": "k"}, None)]
+    assert [
+        (by_id[i]["model_version"], by_id[i]["numeric"], by_id[i]["categorical"], by_id[i]["prediction"])
+        for i in ("b0", "b1", "a9")
+    ] == [("7", {}, {}, None), ("7", {}, {}, None), ("2", {"w": 9.5}, {"c": "k"}, None)]
     with pytest.raises(TypeError, match="categorical values must be strings or None"):
         warehouse.insert_predictions(PredictionBatch("mixed-c", "1", ["c0"], np.array([NOW]), categorical={"c": [3]}))
 
 
 def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
-    warehouse.insert_labels([LabelEvent("a", "credit", NOW, 1.0), {"event_id": "b", "model_id": "credit", "event_time": NOW + 1, "label": "fraud"}])
+    warehouse.insert_labels(
+        [
+            LabelEvent("a", "credit", NOW, 1.0),
+            {"event_id": "b", "model_id": "credit", "event_time": NOW + 1, "label": "fraud"},
+        ]
+    )
     labels = warehouse.query_rows(
         "SELECT event_id, label_value, label_class, toUnixTimestamp64Milli(event_time) AS t "
         "FROM labels FINAL ORDER BY event_id"
@@ -276,10 +451,22 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
         {"event_id": "a", "label_value": 1.0, "label_class": None, "t": NOW},
         {"event_id": "b", "label_value": None, "label_class": "fraud", "t": NOW + 1},
     ]
-    warehouse.insert_alerts([
-        Alert("al1", "credit", "3", "critical", "drift", "psi of age is 0.31", NOW, window_start=NOW - MINUTE, window_end=NOW),
-        Alert("al2", "credit", "3", "info", "promoted", "version 4 is champion", NOW + 1),
-    ])
+    warehouse.insert_alerts(
+        [
+            Alert(
+                "al1",
+                "credit",
+                "3",
+                "critical",
+                "drift",
+                "psi of age is 0.31",
+                NOW,
+                window_start=NOW - MINUTE,
+                window_end=NOW,
+            ),
+            Alert("al2", "credit", "3", "info", "promoted", "version 4 is champion", NOW + 1),
+        ]
+    )
     alerts = warehouse.query_rows(
         "SELECT alert_id, severity, kind, message, toUnixTimestamp64Milli(window_end) AS we "
         "FROM alerts FINAL ORDER BY alert_id"
@@ -291,10 +478,21 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
     huge = bytes(range(256)) * 1000  # 256 kB, over the bound
     # received_at carries the table's 30-day TTL: a fixed date would expire as the calendar moves on
     received = time.time_ns() // 1_000_000
-    warehouse.insert_rejected_events([
-        RejectedEventRow("driftline.predictions", 2, 41, "bad_magic", b"\x07\x00oops", received, detail="first byte 0x07", model_id=""),
-        RejectedEventRow("driftline.labels", 0, 9, "too_large", huge, received + 1, model_id="credit"),
-    ])
+    warehouse.insert_rejected_events(
+        [
+            RejectedEventRow(
+                "driftline.predictions",
+                2,
+                41,
+                "bad_magic",
+                b"\x07\x00oops",
+                received,
+                detail="first byte 0x07",
+                model_id="",
+            ),
+            RejectedEventRow("driftline.labels", 0, 9, "too_large", huge, received + 1, model_id="credit"),
+        ]
+    )
     # merge now (TTL included) rather than race ClickHouse's background merge: what survives it is what is kept
     warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
     rejected = warehouse.query_rows(
@@ -304,10 +502,15 @@ def test_labels_alerts_rejected_events_round_trip(warehouse: Warehouse) -> None:
     assert rejected[0]["source_topic"] == "driftline.labels" and rejected[0]["raw_size"] == len(huge)
     assert base64.b64decode(rejected[0]["raw_base64"]) == huge[:MAX_RAW_BYTES]
     assert rejected[1] == {
-        "source_topic": "driftline.predictions", "partition": 2, "offset": 41, "reason": "bad_magic", "detail": "first byte 0x07",
-        "model_id": "", "raw_base64": base64.b64encode(b"\x07\x00oops").decode(), "raw_size": 6,
+        "source_topic": "driftline.predictions",
+        "partition": 2,
+        "offset": 41,
+        "reason": "bad_magic",
+        "detail": "first byte 0x07",
+        "model_id": "",
+        "raw_base64": base64.b64encode(b"\x07\x00oops").decode(),
+        "raw_size": 6,
     }
-
 
 
 def test_rows_past_the_ttl_are_refused_not_acknowledged_and_lost(warehouse: Warehouse) -> None:
@@ -317,25 +520,57 @@ def test_rows_past_the_ttl_are_refused_not_acknowledged_and_lost(warehouse: Ware
     now = time.time_ns() // 1_000_000
     stale = RejectedEventRow("driftline.predictions", 0, 1, "bad_magic", b"\x07", now - 31 * day)
     recent = RejectedEventRow("driftline.predictions", 0, 2, "bad_magic", b"\x07", now - 29 * day)
-    with pytest.raises(WarehouseError, match=r"1 of 2 rows have received_at past the table's TTL \(toDateTime\(received_at\) \+ toIntervalDay\(30\)\)"):
+    with pytest.raises(
+        WarehouseError,
+        match=r"1 of 2 rows have received_at past the table's TTL \(toDateTime\(received_at\) \+ toIntervalDay\(30\)\)",
+    ):
         warehouse.insert_rejected_events([stale, recent])
     assert warehouse.insert_rejected_events([recent]) == 1
     warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
     assert [r["offset"] for r in warehouse.query_rows("SELECT offset FROM rejected_events FINAL")] == [2]
     # the hazard itself, through the raw client: an insert that bypasses the check is acknowledged, then merged away
     summary = warehouse.client.insert(
-        "rejected_events", [["driftline.labels", 0, 3, "bad_magic", "", "", "", 1, now - 31 * day]],
-        column_names=["source_topic", "partition", "offset", "reason", "detail", "model_id", "raw_base64", "raw_size", "received_at"],
-        column_type_names=["String", "Int32", "Int64", "String", "String", "String", "String", "UInt64", "DateTime64(3, 'UTC')"],
+        "rejected_events",
+        [["driftline.labels", 0, 3, "bad_magic", "", "", "", 1, now - 31 * day]],
+        column_names=[
+            "source_topic",
+            "partition",
+            "offset",
+            "reason",
+            "detail",
+            "model_id",
+            "raw_base64",
+            "raw_size",
+            "received_at",
+        ],
+        column_type_names=[
+            "String",
+            "Int32",
+            "Int64",
+            "String",
+            "String",
+            "String",
+            "String",
+            "UInt64",
+            "DateTime64(3, 'UTC')",
+        ],
     )
     assert summary.written_rows == 1
     warehouse.command("OPTIMIZE TABLE rejected_events FINAL")
     assert [r["offset"] for r in warehouse.query_rows("SELECT offset FROM rejected_events FINAL")] == [2]
 
+
 def test_retrain_requests_and_model_versions(warehouse: Warehouse) -> None:
     request = RetrainRequest(
-        "r1", "credit", "3", "drift", NOW,
-        evidence=[Evidence("psi", "age", 0.31, 0.2, NOW - MINUTE, NOW), Evidence("ks", "income", 0.2, 0.1, NOW - MINUTE, NOW)],
+        "r1",
+        "credit",
+        "3",
+        "drift",
+        NOW,
+        evidence=[
+            Evidence("psi", "age", 0.31, 0.2, NOW - MINUTE, NOW),
+            Evidence("ks", "income", 0.2, 0.1, NOW - MINUTE, NOW),
+        ],
     )
     warehouse.upsert_retrain_request(request, "requested", updated_at=NOW + 1)
     warehouse.upsert_retrain_request(request, "training", updated_at=NOW + 2)
@@ -348,28 +583,70 @@ def test_retrain_requests_and_model_versions(warehouse: Warehouse) -> None:
     )
     assert len(rows) == 1
     row = rows[0]
-    assert (row["request_id"], row["reason"], row["status"], row["error"]) == ("r1", "drift", "failed", "trainer crashed")
+    assert (row["request_id"], row["reason"], row["status"], row["error"]) == (
+        "r1",
+        "drift",
+        "failed",
+        "trainer crashed",
+    )
     assert row["evidence_feature"] == ["age", "income"] and row["ends"] == [NOW, NOW]
     assert json.loads(row["evidence"])[0] == {
-        "metric": "psi", "feature": "age", "value": 0.31, "threshold": 0.2, "window_start": NOW - MINUTE, "window_end": NOW
+        "metric": "psi",
+        "feature": "age",
+        "value": 0.31,
+        "threshold": 0.2,
+        "window_start": NOW - MINUTE,
+        "window_end": NOW,
     }
     history = warehouse.query_rows("SELECT status FROM retrain_requests ORDER BY updated_at")
     assert [r["status"] for r in history] == ["requested", "training", "failed"]  # without FINAL: the audit trail
-    assert warehouse.retrain_request_status("r1") == {"status": "failed", "error": "trainer crashed",
-                                                      "registered_version": None}
+    assert warehouse.retrain_request_status("r1") == {
+        "status": "failed",
+        "error": "trainer crashed",
+        "registered_version": None,
+    }
     assert warehouse.retrain_request_status("r2") is None
 
-    warehouse.upsert_model_versions([
-        {"model_id": "credit", "version": "4", "status": "registered", "created_at": NOW, "artifact_sha256": "ab" * 32,
-         "dataset_uri": "artifacts/ds.parquet", "dataset_sha256": "cd" * 32, "dataset_rows": 5000, "code_version": "0.1.0",
-         "hyperparameters": {"l2": 0.01}, "metrics": {"auc": 0.83}, "parent_version": "3", "request_id": "r1"},
-    ])
-    warehouse.upsert_model_versions([
-        {"model_id": "credit", "version": "4", "status": "champion", "aliases": ["champion"], "created_at": NOW,
-         "updated_at": NOW + 5, "metrics": {"auc": 0.83}, "parent_version": "3", "request_id": "r1"},
-    ])
-    versions = warehouse.query_rows("SELECT version, status, aliases, metrics, parent_version FROM model_versions FINAL")
-    assert versions == [{"version": "4", "status": "champion", "aliases": ["champion"], "metrics": {"auc": 0.83}, "parent_version": "3"}]
+    warehouse.upsert_model_versions(
+        [
+            {
+                "model_id": "credit",
+                "version": "4",
+                "status": "registered",
+                "created_at": NOW,
+                "artifact_sha256": "ab" * 32,
+                "dataset_uri": "artifacts/ds.parquet",
+                "dataset_sha256": "cd" * 32,
+                "dataset_rows": 5000,
+                "code_version": "0.1.0",
+                "hyperparameters": {"l2": 0.01},
+                "metrics": {"auc": 0.83},
+                "parent_version": "3",
+                "request_id": "r1",
+            },
+        ]
+    )
+    warehouse.upsert_model_versions(
+        [
+            {
+                "model_id": "credit",
+                "version": "4",
+                "status": "champion",
+                "aliases": ["champion"],
+                "created_at": NOW,
+                "updated_at": NOW + 5,
+                "metrics": {"auc": 0.83},
+                "parent_version": "3",
+                "request_id": "r1",
+            },
+        ]
+    )
+    versions = warehouse.query_rows(
+        "SELECT version, status, aliases, metrics, parent_version FROM model_versions FINAL"
+    )
+    assert versions == [
+        {"version": "4", "status": "champion", "aliases": ["champion"], "metrics": {"auc": 0.83}, "parent_version": "3"}
+    ]
     first = warehouse.query_rows("SELECT hyperparameters, dataset_rows FROM model_versions WHERE status = 'registered'")
     assert first == [{"hyperparameters": '{"l2": 0.01}', "dataset_rows": 5000}]
 
@@ -380,19 +657,37 @@ def test_retrain_requests_and_model_versions(warehouse: Warehouse) -> None:
 def test_training_snapshot_joins_labels_over_a_time_range(warehouse: Warehouse) -> None:
     events = [
         PredictionEvent("e0", "credit", "3", NOW - 1, numeric={"age": 20.0}, prediction=0.1),  # before the range
-        PredictionEvent("e1", "credit", "3", NOW, numeric={"age": 30.0, "income": 2.0}, categorical={"region": "eu"}, prediction=0.2),
-        PredictionEvent("e2", "credit", "3", NOW + 10, numeric={"age": 40.0}, categorical={"plan": "pro"}, prediction=0.3),
+        PredictionEvent(
+            "e1", "credit", "3", NOW, numeric={"age": 30.0, "income": 2.0}, categorical={"region": "eu"}, prediction=0.2
+        ),
+        PredictionEvent(
+            "e2", "credit", "3", NOW + 10, numeric={"age": 40.0}, categorical={"plan": "pro"}, prediction=0.3
+        ),
         PredictionEvent("e3", "credit", "3", NOW + 20, numeric={"age": 50.0}, prediction=0.4),  # never labelled
         PredictionEvent("e4", "credit", "3", NOW + 30, numeric={"age": 60.0}, prediction=0.5),  # at the end: excluded
     ]
     warehouse.insert_predictions(PredictionBatch.from_events(events))
     warehouse.insert_predictions(PredictionBatch.from_events(events[1:2]))  # a redelivered event counts once
-    warehouse.insert_predictions(PredictionBatch.from_events([PredictionEvent("o1", "other", "1", NOW, numeric={"z": 1.0})]))
-    warehouse.insert_labels([LabelEvent(e, "credit", NOW + 100, float(i % 2)) for i, e in enumerate(["e0", "e1", "e2", "e4"])])
+    warehouse.insert_predictions(
+        PredictionBatch.from_events([PredictionEvent("o1", "other", "1", NOW, numeric={"z": 1.0})])
+    )
+    warehouse.insert_labels(
+        [LabelEvent(e, "credit", NOW + 100, float(i % 2)) for i, e in enumerate(["e0", "e1", "e2", "e4"])]
+    )
     warehouse.insert_labels([LabelEvent("o1", "other", NOW, 1.0)])
 
     snap = warehouse.training_snapshot("credit", NOW, NOW + 30)
-    assert snap.column_names == ["event_id", "model_version", "event_time", "age", "income", "plan", "region", "prediction", "label"]
+    assert snap.column_names == [
+        "event_id",
+        "model_version",
+        "event_time",
+        "age",
+        "income",
+        "plan",
+        "region",
+        "prediction",
+        "label",
+    ]
     assert snap.column("event_id").to_pylist() == ["e1", "e2"]
     assert snap.schema.field("event_time").type == pa.timestamp("ms", tz="UTC")
     assert snap.column("event_time").cast(pa.int64()).to_pylist() == [NOW, NOW + 10]
@@ -411,7 +706,9 @@ def test_training_snapshot_joins_labels_over_a_time_range(warehouse: Warehouse) 
 
 def test_window_written_twice_counts_once_with_final(warehouse: Warehouse) -> None:
     def row(value: float, computed_at: int) -> DriftMetricRow:
-        return DriftMetricRow("credit", "3", "age", "psi", NOW, NOW + MINUTE, value, None, 0.2, value > 0.2, 5000, 800, computed_at)
+        return DriftMetricRow(
+            "credit", "3", "age", "psi", NOW, NOW + MINUTE, value, None, 0.2, value > 0.2, 5000, 800, computed_at
+        )
 
     warehouse.insert_drift_metrics([row(0.10, NOW + MINUTE)])
     warehouse.insert_drift_metrics([row(0.30, NOW + MINUTE + 1)])  # the window recomputed after a replay
@@ -428,7 +725,9 @@ def test_retried_insert_with_dedup_token_counts_once(warehouse: Warehouse) -> No
     warehouse.insert_predictions(batch, dedup_token="predictions:0:1200")  # the retry after a lost acknowledgement
     # no FINAL: the retry was dropped at insert time, not merged away later
     assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 500
-    warehouse.insert_predictions(batch, dedup_token="predictions:0:1700")  # a replay of the same events under a new token
+    warehouse.insert_predictions(
+        batch, dedup_token="predictions:0:1700"
+    )  # a replay of the same events under a new token
     assert warehouse.query_rows("SELECT count() AS n FROM predictions")[0]["n"] == 1000
     assert warehouse.query_rows("SELECT count() AS n FROM predictions FINAL")[0]["n"] == 500
     rows = [PerformanceRow("credit", "3", "auc", NOW, NOW + MINUTE, 0.8, 100, NOW + MINUTE)]
@@ -509,22 +808,35 @@ def test_json_each_row_epoch_millis_is_the_year_9999_trap(warehouse: Warehouse) 
 # ---- volume, errors, sessions, concurrency ---------------------------------------
 
 
-def test_200k_rows_compressed_insert_arrives_whole(request: pytest.FixtureRequest, warehouse: Warehouse, backend: str) -> None:
+def test_200k_rows_compressed_insert_arrives_whole(
+    request: pytest.FixtureRequest, warehouse: Warehouse, backend: str
+) -> None:
     n = 200_000
     clients = [warehouse]
     if backend == "http":
         # a loopback URL is not compressed by default: ask for it, for bodies of many compressed frames
-        clients = [Warehouse.connect(_url(request, backend, warehouse.database) + f"?compress={c}") for c in ("lz4", "zstd")]
+        clients = [
+            Warehouse.connect(_url(request, backend, warehouse.database) + f"?compress={c}") for c in ("lz4", "zstd")
+        ]
         assert [c.client.write_compression for c in clients] == ["lz4", "zstd"]
     for k, client in enumerate(clients):
         ids = np.arange(k * n, (k + 1) * n)
         written = client.insert(
             "drift_metrics",
             {
-                "model_id": ["big"] * n, "model_version": ["1"] * n, "feature": [f"f{i % 97}" for i in range(n)], "metric": ["psi"] * n,
-                "window_start": NOW + ids * MINUTE, "window_end": NOW + (ids + 1) * MINUTE, "value": ids / n,
-                "p_value": [None] * n, "threshold": np.full(n, 0.2), "drifted": (ids % 2).astype(np.uint8),
-                "n_reference": np.full(n, 100), "n_current": ids, "computed_at": np.full(n, NOW),
+                "model_id": ["big"] * n,
+                "model_version": ["1"] * n,
+                "feature": [f"f{i % 97}" for i in range(n)],
+                "metric": ["psi"] * n,
+                "window_start": NOW + ids * MINUTE,
+                "window_end": NOW + (ids + 1) * MINUTE,
+                "value": ids / n,
+                "p_value": [None] * n,
+                "threshold": np.full(n, 0.2),
+                "drifted": (ids % 2).astype(np.uint8),
+                "n_reference": np.full(n, 100),
+                "n_current": ids,
+                "computed_at": np.full(n, NOW),
             },
         )
         assert written == n
@@ -547,7 +859,9 @@ def test_bad_sql_raises_with_the_clickhouse_message(warehouse: Warehouse) -> Non
     with pytest.raises(WarehouseError, match="UNKNOWN_TABLE") as unknown:
         warehouse.query_rows("SELECT * FROM no_such_table")
     assert unknown.value.code == 60
-    with pytest.raises(WarehouseError, match="insert into drift_metrics: no column.s. no_such_column; the table has model_id, "):
+    with pytest.raises(
+        WarehouseError, match="insert into drift_metrics: no column.s. no_such_column; the table has model_id, "
+    ):
         warehouse.insert("drift_metrics", {"no_such_column": [1]})
     with pytest.raises(WarehouseError, match="insert of 1 rows into drift_metrics: values do not fit .*'not a number'"):
         warehouse.insert("drift_metrics", {"value": ["not a number"]})
@@ -632,7 +946,13 @@ def test_two_processes_share_the_warehouse(
     url = _url(request, backend, warehouse.database)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", child, url, tag, str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", child, url, tag, str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for tag in ("a", "b")
     ]
     deadline = time.monotonic() + 60
@@ -648,7 +968,9 @@ def test_two_processes_share_the_warehouse(
         assert warehouse.query_rows("SELECT count() AS n FROM predictions") == [{"n": 0}]
         return
     assert all(code == 0 for _, _, code in results), results
-    rows = warehouse.query_rows("SELECT substring(event_id, 1, 1) AS tag, uniqExact(event_id) AS n FROM predictions GROUP BY tag ORDER BY tag")
+    rows = warehouse.query_rows(
+        "SELECT substring(event_id, 1, 1) AS tag, uniqExact(event_id) AS n FROM predictions GROUP BY tag ORDER BY tag"
+    )
     assert rows == [{"tag": "a", "n": 5000}, {"tag": "b", "n": 5000}]
 
 
@@ -663,8 +985,12 @@ def test_prediction_batches_insert_fast(warehouse: Warehouse, backend: str) -> N
     start = time.perf_counter()
     warehouse.insert_predictions(more)
     grouped = 20_000 / (time.perf_counter() - start)
-    print(f"\n{backend}: predictions insert {single:,.0f} rows/s in 1k batches, {grouped:,.0f} rows/s as one 20k insert")
-    assert warehouse.query_rows("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions") == [{"n": 40_000, "u": 40_000}]
+    print(
+        f"\n{backend}: predictions insert {single:,.0f} rows/s in 1k batches, {grouped:,.0f} rows/s as one 20k insert"
+    )
+    assert warehouse.query_rows("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions") == [
+        {"n": 40_000, "u": 40_000}
+    ]
     assert single > 5_000 and grouped > 5_000  # row-by-row SQL manages about 1k rows/s
 
 
@@ -672,7 +998,10 @@ def test_prediction_batches_insert_fast(warehouse: Warehouse, backend: str) -> N
 
 
 def _schema(warehouse: Warehouse) -> dict[str, str]:
-    names = [r["name"] for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")]
+    names = [
+        r["name"]
+        for r in warehouse.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
+    ]
     return {name: warehouse.command("SHOW CREATE TABLE {t:Identifier}", {"t": name}) for name in names}
 
 
@@ -690,11 +1019,18 @@ def test_pending_migrations_apply_in_order_and_edits_are_refused(warehouse: Ware
     for path in CLICKHOUSE_DIR.glob("*.sql"):
         (tmp_path / path.name).write_text(path.read_text())
     extra = tmp_path / "0999_extra.sql"
-    extra.write_text("CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x; -- a; trailing comment\n"
-                     "ALTER TABLE extra ADD COLUMN IF NOT EXISTS note String DEFAULT ';';\n")
+    extra.write_text(
+        "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x; -- a; trailing comment\n"
+        "ALTER TABLE extra ADD COLUMN IF NOT EXISTS note String DEFAULT ';';\n"
+    )
     applied = warehouse.migrate(tmp_path)
     assert [m.version for m in applied] == [999]
-    assert [r["name"] for r in warehouse.query_rows("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'extra'")] == ["x", "note"]
+    assert [
+        r["name"]
+        for r in warehouse.query_rows(
+            "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'extra'"
+        )
+    ] == ["x", "note"]
     extra.write_text(extra.read_text() + "SELECT 1;\n")
     with pytest.raises(MigrationError, match="0999_extra was applied .* add a new migration"):
         warehouse.migrate(tmp_path)
@@ -705,7 +1041,14 @@ def test_pending_migrations_apply_in_order_and_edits_are_refused(warehouse: Ware
 
 def test_warehouse_urls() -> None:
     loc = WarehouseLocation.parse("https://bob:s%40cret@ch.example.com/metrics")
-    assert (loc.kind, loc.host, loc.port, loc.username, loc.password, loc.database) == ("https", "ch.example.com", 8443, "bob", "s@cret", "metrics")
+    assert (loc.kind, loc.host, loc.port, loc.username, loc.password, loc.database) == (
+        "https",
+        "ch.example.com",
+        8443,
+        "bob",
+        "s@cret",
+        "metrics",
+    )
     assert "s@cret" not in loc.redacted()
     assert WarehouseLocation.parse(Settings().warehouse).database == "driftline"
     assert WarehouseLocation.parse("http://127.0.0.1:9000").database == "driftline"
@@ -713,7 +1056,13 @@ def test_warehouse_urls() -> None:
     assert WarehouseLocation.parse("chdb://:memory:").path is None
     assert WarehouseLocation.parse("http://[::1]:8123/m").compress == "none"
     assert WarehouseLocation.parse("http://ch.example.com/m?compress=NONE").compress == "none"
-    for bad in ("postgresql://x/y", "http://h:1/a/b", "http://h:1/bad-name", "chdb:///x?database=1x", "http://h/m?compress=gzip"):
+    for bad in (
+        "postgresql://x/y",
+        "http://h:1/a/b",
+        "http://h:1/bad-name",
+        "chdb:///x?database=1x",
+        "http://h/m?compress=gzip",
+    ):
         with pytest.raises(WarehouseError):
             WarehouseLocation.parse(bad)
     assert split_statements("CREATE TABLE a (s String DEFAULT 'x;y'); /* ; */\n-- only a comment;\n") == [

@@ -40,8 +40,10 @@ def test_the_latest_state_at_or_before_a_window_comes_back_byte_for_byte(warehou
         states.append(bank.stream_state("1:score"))
     assert all(b"\x00" in s for s in states)  # binary, not text
     now = int(time.time() * 1000)
-    rows = [DetectorStateRow("m", "1", "score", T0 + (i + 1) * 60_000, s, now, detectors=["adwin", "kswin"])
-            for i, s in enumerate(states)]
+    rows = [
+        DetectorStateRow("m", "1", "score", T0 + (i + 1) * 60_000, s, now, detectors=["adwin", "kswin"])
+        for i, s in enumerate(states)
+    ]
     rows.append(DetectorStateRow("m", "1", "error", T0 + 60_000, b"\xff\xfe error", now))
     rows.append(DetectorStateRow("m", "2", "score", T0 + 60_000, b"other version", now))
     assert warehouse.insert_detector_states(rows, dedup_token="t1") == 5
@@ -64,24 +66,36 @@ def test_waiting_labels_are_those_that_no_written_label_window_counts(warehouse:
     s = sinks(warehouse)
     now = int(time.time() * 1000)
     # predictions of version 1 for p1..p3 and of version 2 for q1; none for w1, w2
-    warehouse.insert_predictions([
-        PredictionBatch("m", "1", ["p1", "p2", "p3"], np.array([T0, T0 + 1, T0 + 2]), predictions=np.array([0.1, 0.2, 0.3])),
-        PredictionBatch("m", "2", ["q1"], np.array([T0 + 3]), predictions=np.array([0.4])),
-        PredictionBatch("other", "1", ["w2"], np.array([T0]), predictions=np.array([0.5])),
-    ])
+    warehouse.insert_predictions(
+        [
+            PredictionBatch(
+                "m", "1", ["p1", "p2", "p3"], np.array([T0, T0 + 1, T0 + 2]), predictions=np.array([0.1, 0.2, 0.3])
+            ),
+            PredictionBatch("m", "2", ["q1"], np.array([T0 + 3]), predictions=np.array([0.4])),
+            PredictionBatch("other", "1", ["w2"], np.array([T0]), predictions=np.array([0.5])),
+        ]
+    )
     # version 1's label windows were written up to T0 + 1 h + 60 s; version 2 has none
-    warehouse.insert_performance_metrics([PerformanceRow("m", "1", N_LABELED, T0 + HOUR, T0 + HOUR + 60_000, 5.0, 5, now)])
-    warehouse.insert_labels([
-        LabelEvent("p1", "m", T0 + HOUR + 10, 1.0),  # counted in a written window: not waiting
-        LabelEvent("p2", "m", T0 + HOUR + 60_000, "yes"),  # its window is not written: it may have waited
-        LabelEvent("q1", "m", T0 + 10, 0.0),  # version 2 wrote no label window
-        LabelEvent("w1", "m", T0 + 20, 1.0),  # no prediction yet
-        LabelEvent("w2", "m", T0 + 20, 1.0),  # a prediction of another model only
-        LabelEvent("x1", "other", T0 + 20, 1.0),  # another model's label
-    ])
+    warehouse.insert_performance_metrics(
+        [PerformanceRow("m", "1", N_LABELED, T0 + HOUR, T0 + HOUR + 60_000, 5.0, 5, now)]
+    )
+    warehouse.insert_labels(
+        [
+            LabelEvent("p1", "m", T0 + HOUR + 10, 1.0),  # counted in a written window: not waiting
+            LabelEvent("p2", "m", T0 + HOUR + 60_000, "yes"),  # its window is not written: it may have waited
+            LabelEvent("q1", "m", T0 + 10, 0.0),  # version 2 wrote no label window
+            LabelEvent("w1", "m", T0 + 20, 1.0),  # no prediction yet
+            LabelEvent("w2", "m", T0 + 20, 1.0),  # a prediction of another model only
+            LabelEvent("x1", "other", T0 + 20, 1.0),  # another model's label
+        ]
+    )
     got = s.waiting_labels("m", now - HOUR, limit=100)
     assert sorted((e.event_id, e.event_time, e.label) for e in got) == [
-        ("p2", T0 + HOUR + 60_000, "yes"), ("q1", T0 + 10, 0.0), ("w1", T0 + 20, 1.0), ("w2", T0 + 20, 1.0)]
+        ("p2", T0 + HOUR + 60_000, "yes"),
+        ("q1", T0 + 10, 0.0),
+        ("w1", T0 + 20, 1.0),
+        ("w2", T0 + 20, 1.0),
+    ]
     assert all(e.model_id == "m" for e in got)
     assert s.waiting_labels("m", now + HOUR, limit=100) == []  # stored before the time to live
     assert len(s.waiting_labels("m", now - HOUR, limit=2)) == 2

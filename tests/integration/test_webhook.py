@@ -14,9 +14,17 @@ from http_receiver import Receiver
 from driftline.streams.records import Alert
 from driftline.streams.webhook import AlertWebhook, WebhookError, post_json, slack_message
 
-
-ALERT = Alert("al-1", "credit", "3", "critical", "performance_drop", "accuracy 0.61 < 0.70", 1_700_000_000_000,
-              window_start=1_700_000_000_000 - 60_000, window_end=1_700_000_000_000)
+ALERT = Alert(
+    "al-1",
+    "credit",
+    "3",
+    "critical",
+    "performance_drop",
+    "accuracy 0.61 < 0.70",
+    1_700_000_000_000,
+    window_start=1_700_000_000_000 - 60_000,
+    window_end=1_700_000_000_000,
+)
 
 
 def test_alerts_are_posted_as_slack_json() -> None:
@@ -30,7 +38,9 @@ def test_alerts_are_posted_as_slack_json() -> None:
             ":information_source: [info] credit v3 retrain_requested: asked",
         ]
         window = [f for f in server.bodies[0]["attachments"][0]["fields"] if f["title"] == "window"]
-        assert window == [{"title": "window", "value": "2023-11-14 22:12:20 UTC .. 2023-11-14 22:13:20 UTC", "short": False}]
+        assert window == [
+            {"title": "window", "value": "2023-11-14 22:12:20 UTC .. 2023-11-14 22:13:20 UTC", "short": False}
+        ]
         assert hook.stats.posted == 2 and hook.stats.dropped == 0
     finally:
         server.shutdown()
@@ -60,6 +70,7 @@ def test_bad_url_is_refused() -> None:
 
 
 # --- a far side that misbehaves -------------------------------------------------------------------------
+
 
 class RawServer:
     """A real TCP server on 127.0.0.1 whose ``reply(conn)`` does whatever a broken or hostile webhook does.
@@ -96,8 +107,14 @@ class RawServer:
                     return
                 data += chunk
             head, _, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
             while len(body) < length:
                 body += conn.recv(65536)
             self.reply(conn)
@@ -143,6 +160,7 @@ def _endless_headers(conn: socket.socket) -> None:
 def _status(code: int, extra: bytes = b"") -> Callable[[socket.socket], None]:
     def reply(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n%s\r\n" % (code, extra))
+
     return reply
 
 
@@ -229,9 +247,14 @@ def test_event_fields_cannot_inject_slack_markup() -> None:
         hook.send([Alert("<@U123>", "<!channel>", "1&2", "warning", "drift>", "<https://evil.example|click>", 0)])
         hook.close()
         body = good.bodies[0]
-        assert body["text"] == (":warning: [warning] &lt;!channel&gt; v1&amp;2 drift&gt;: "
-                                "&lt;https://evil.example|click&gt;")
-        assert [f["value"] for f in body["attachments"][0]["fields"]] == ["&lt;!channel&gt;", "1&amp;2", "drift&gt;",
-                                                                         "&lt;@U123&gt;"]
+        assert body["text"] == (
+            ":warning: [warning] &lt;!channel&gt; v1&amp;2 drift&gt;: &lt;https://evil.example|click&gt;"
+        )
+        assert [f["value"] for f in body["attachments"][0]["fields"]] == [
+            "&lt;!channel&gt;",
+            "1&amp;2",
+            "drift&gt;",
+            "&lt;@U123&gt;",
+        ]
     finally:
         good.shutdown()

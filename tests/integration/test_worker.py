@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from http_receiver import Receiver
+from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.records import DriftReport, FeatureBatch, PredictionEvent, RetrainRequest
-from http_receiver import Receiver
-from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -37,16 +37,31 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     for w in range(WINDOWS):
         for part in range(5):  # five batches of 100 per window, as the SDK would send them
             start = T0 + w * WINDOW_MS + part * 400
-            env.publish("predictions", model, make_batch(model, version, start, 100, 4, drift=("b", "d"),
-                                                         seed=100 * w + part))
+            env.publish(
+                "predictions", model, make_batch(model, version, start, 100, 4, drift=("b", "d"), seed=100 * w + part)
+            )
             good += 100
         if w == 1:  # bad messages between good ones; they must not disturb them
             env.publish_raw("predictions", model, b"\x07 not a driftline message")
-            env.publish_raw("predictions", model, json.dumps(
-                {"event_id": "inf-1", "model_id": model, "model_version": version, "event_time": T0 + 2_500,
-                 "numeric": {"a": math.inf}, "prediction": 0.5}).encode())  # json writes inf as Infinity
-            env.publish("predictions", model, PredictionEvent("future-1", model, version, 4_102_444_800_000,
-                                                              numeric={"a": 0.1}, prediction=0.3))
+            env.publish_raw(
+                "predictions",
+                model,
+                json.dumps(
+                    {
+                        "event_id": "inf-1",
+                        "model_id": model,
+                        "model_version": version,
+                        "event_time": T0 + 2_500,
+                        "numeric": {"a": math.inf},
+                        "prediction": 0.5,
+                    }
+                ).encode(),
+            )  # json writes inf as Infinity
+            env.publish(
+                "predictions",
+                model,
+                PredictionEvent("future-1", model, version, 4_102_444_800_000, numeric={"a": 0.1}, prediction=0.3),
+            )
             env.publish("predictions", "nobody", make_batch("nobody", "1", T0 + 2_600, 10, 4, seed=7))
         if w == 2:  # an event of window 0, long closed by then: late, counted, left out
             env.publish("predictions", model, make_batch(model, version, T0 + 100, 3, 1, seed=5, prefix="late"))
@@ -55,8 +70,13 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     env.register(features)
     for part in range(2):
         batch = make_batch(features, "1", T0 + part * 1_000, 200, 5, seed=50 + part)
-        env.publish("features", features, FeatureBatch(features, "1", batch.event_ids, batch.event_times,
-                                                       batch.numeric, batch.categorical, batch.attributes))
+        env.publish(
+            "features",
+            features,
+            FeatureBatch(
+                features, "1", batch.event_ids, batch.event_times, batch.numeric, batch.categorical, batch.attributes
+            ),
+        )
     env.flush()
 
     chat = Receiver()  # alerts also go to a Slack-compatible webhook
@@ -69,7 +89,9 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
         # the per-window distribution decision: data quality and the slow-drift evidence (trend_evidence)
         # are alarms of their own
         "AND kind = 'drift' AND metric NOT IN ('adwin', 'trend_evidence') "
-        "GROUP BY feature, ws ORDER BY ws, feature", m=model)
+        "GROUP BY feature, ws ORDER BY ws, feature",
+        m=model,
+    )
     windows = sorted({r["ws"] for r in rows})
     assert windows == [T0 + i * WINDOW_MS for i in range(WINDOWS)]
     for ws in windows:
@@ -82,15 +104,20 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     classes = env.query(
         "SELECT feature, kind, toUnixTimestamp64Milli(window_start) AS ws, max(drifted) AS high, min(drifted) AS low "
         "FROM drift_metrics FINAL WHERE model_id = {m:String} AND metric NOT IN ('adwin') "
-        "GROUP BY feature, kind, ws", m=model)
+        "GROUP BY feature, kind, ws",
+        m=model,
+    )
     assert {r["kind"] for r in classes} == {"drift", "data_quality"}
     assert all(r["high"] == r["low"] for r in classes)
 
     profiles = env.query(
         "SELECT feature, count() AS n, sum(count) AS events FROM window_profiles FINAL WHERE model_id = {m:String} "
-        "GROUP BY feature ORDER BY feature", m=model)
+        "GROUP BY feature ORDER BY feature",
+        m=model,
+    )
     assert {r["feature"]: (r["n"], r["events"]) for r in profiles} == {
-        f: (WINDOWS, WINDOWS * PER_WINDOW) for f in (*FEATURES, "region", "__prediction__")}
+        f: (WINDOWS, WINDOWS * PER_WINDOW) for f in (*FEATURES, "region", "__prediction__")
+    }
     latency = env.count("performance_metrics", "model_id = {m:String} AND metric = 'latency_p95'", m=model)
     assert latency == WINDOWS
     assert env.count("predictions", "model_id = {m:String}", m=model) == good + 3  # raw rows include the late ones
@@ -100,13 +127,19 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     assert {r["feature"] for r in logged} == {*FEATURES, "region"} and {r["n_current"] for r in logged} == {400}
 
     # the inputs model's window is a report too, written whenever its messages were handled
-    reports = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("drift"), WINDOWS + 1, timeout=30)]
-    assert sorted((r.window_start, tuple(r.drifted_features), r.n_current) for r in reports
-                  if isinstance(r, DriftReport) and r.model_id == model) == [
-        (T0 + i * WINDOW_MS, ("b", "d"), PER_WINDOW) for i in range(WINDOWS)]
+    reports = [
+        r.record for r in kafka.consume_records(env.settings, env.settings.topic("drift"), WINDOWS + 1, timeout=30)
+    ]
+    assert sorted(
+        (r.window_start, tuple(r.drifted_features), r.n_current)
+        for r in reports
+        if isinstance(r, DriftReport) and r.model_id == model
+    ) == [(T0 + i * WINDOW_MS, ("b", "d"), PER_WINDOW) for i in range(WINDOWS)]
 
     # the default policy: two drifted features in two windows in a row ask for one retrain
-    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=20)]
+    requests = [
+        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=20)
+    ]
     assert len(requests) == 1 and isinstance(requests[0], RetrainRequest)
     assert requests[0].reason == "drift" and requests[0].model_id == model
     assert {e.feature for e in requests[0].evidence} == {"b", "d"}
@@ -124,16 +157,22 @@ def test_two_drifting_features_are_flagged_and_bad_messages_go_to_the_dlq(env: W
     assert set(by_reason) == {"unknown_encoding", "invalid_value", "future_event_time", "unknown_model"}
     assert by_reason["unknown_encoding"].value == b"\x07 not a driftline message"
     assert all(d.headers["driftline-source-topic"] == env.settings.topic("predictions").encode() for d in dead)
-    rejected = env.query("SELECT reason, model_id FROM rejected_events FINAL WHERE source_topic = {t:String}",
-                         t=env.settings.topic("predictions"))
+    rejected = env.query(
+        "SELECT reason, model_id FROM rejected_events FINAL WHERE source_topic = {t:String}",
+        t=env.settings.topic("predictions"),
+    )
     assert sorted(r["reason"] for r in rejected) == sorted(by_reason)
     assert {r["model_id"] for r in rejected if r["reason"] == "unknown_model"} == {"nobody"}
 
     # every window was written, so every message was acknowledged and its offset committed
-    env.wait(lambda: env.committed(f"app-{unique}", "predictions") == env.end_offsets("predictions"), 30,
-             "committed offsets at the end of the topic")
-    metrics = env.wait(lambda: (m := worker.metrics()) and "driftline_worker_consumer_lag{" in m and m, 30,
-                       "the lag gauge")
+    env.wait(
+        lambda: env.committed(f"app-{unique}", "predictions") == env.end_offsets("predictions"),
+        30,
+        "committed offsets at the end of the topic",
+    )
+    metrics = env.wait(
+        lambda: (m := worker.metrics()) and "driftline_worker_consumer_lag{" in m and m, 30, "the lag gauge"
+    )
     assert 'driftline_worker_dlq_messages_total{reason="unknown_model"} 1.0' in metrics
     assert f'driftline_worker_events_total{{outcome="accepted",topic="predictions"}} {float(good)}' in metrics
     assert 'driftline_worker_events_total{outcome="late",topic="predictions"} 3.0' in metrics
@@ -148,9 +187,22 @@ def test_input_topics_with_different_partition_counts_are_refused(kafka_settings
     kafka.ensure_topics(kafka_settings, ["predictions"], partitions=2)
     kafka.ensure_topics(kafka_settings, ["features", "labels"], partitions=1)
     done = subprocess.run(
-        [sys.executable, "-m", "driftline.cli", "--kafka", kafka_settings.kafka_bootstrap,
-         "--topic-prefix", kafka_settings.topic_prefix, "--warehouse", "http://127.0.0.1:1/none", "worker"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "driftline.cli",
+            "--kafka",
+            kafka_settings.kafka_bootstrap,
+            "--topic-prefix",
+            kafka_settings.topic_prefix,
+            "--warehouse",
+            "http://127.0.0.1:1/none",
+            "worker",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"},
     )
     assert done.returncode == 2, done.stderr[-2000:]

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.streams.records import PredictionEvent
-from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -41,17 +41,35 @@ def the_log(model: str, version: str) -> tuple[list[Any], int, int]:
     while t < end:
         i += 1
         if i % LATE_EVERY == 0 and t - 3 * WINDOW_MS >= T0:
-            messages.append(PredictionEvent(f"late-{i}", model, version, t - 3 * WINDOW_MS, numeric={"a": 0.5, "b": 0.1},
-                                            categorical={"region": "north"}, prediction=0.4))
+            messages.append(
+                PredictionEvent(
+                    f"late-{i}",
+                    model,
+                    version,
+                    t - 3 * WINDOW_MS,
+                    numeric={"a": 0.5, "b": 0.1},
+                    categorical={"region": "north"},
+                    prediction=0.4,
+                )
+            )
             events, late = events + 1, late + 1
             continue
         step = int(rng.integers(1, 4))
         n = min(int(rng.integers(20, 120)), (end - t) // step)
         if rng.random() < 0.7 or n < 1:
             x = rng.normal(size=5)
-            messages.append(PredictionEvent(f"s-{i}", model, version, t, numeric=dict(zip("abcde", x.tolist())),
-                                            categorical={"region": str(rng.choice(["north", "south"]))},
-                                            prediction=float(rng.random()), latency_ms=float(rng.gamma(2.0, 4.0))))
+            messages.append(
+                PredictionEvent(
+                    f"s-{i}",
+                    model,
+                    version,
+                    t,
+                    numeric=dict(zip("abcde", x.tolist())),
+                    categorical={"region": str(rng.choice(["north", "south"]))},
+                    prediction=float(rng.random()),
+                    latency_ms=float(rng.gamma(2.0, 4.0)),
+                )
+            )
             events, t = events + 1, t + int(rng.integers(1, 8))
         else:
             messages.append(make_batch(model, version, t, n, step, seed=i, prefix="b"))
@@ -81,7 +99,9 @@ def results(env: WorkerEnv, model: str) -> dict[str, Any]:
     snapshot = env.snapshot(model)
     snapshot["late"] = env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, n_current, late_events FROM drift_reports FINAL "
-        "WHERE model_id = {m:String} ORDER BY ws", m=model)
+        "WHERE model_id = {m:String} ORDER BY ws",
+        m=model,
+    )
     return bits(snapshot)
 
 

@@ -15,13 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_worker_poison import clean_run, start_half
+from worker_harness import REPO, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 from driftline.settings import Settings
 from driftline.stack.kafka_local import KafkaBroker
 from driftline.stack.process import free_port
 from driftline.streams import kafka
-from test_worker_poison import clean_run, start_half
-from worker_harness import REPO, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -29,8 +29,9 @@ DOWN_SECONDS = 15.0
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_broker_down_for_15_seconds_is_ridden_out(env: WorkerEnv, warehouse_url: str, tmp_path: Path,
-                                                     unique: str, how: str) -> None:
+def test_a_broker_down_for_15_seconds_is_ridden_out(
+    env: WorkerEnv, warehouse_url: str, tmp_path: Path, unique: str, how: str
+) -> None:
     windows = 6
     singles, batches, version, good, expected = clean_run(env, unique, windows)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 from driftline.settings import Settings
 from driftline.streams.records import LabelEvent
-from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -31,8 +31,11 @@ PHASE_ONE = 27  # five and a half windows
 
 def produce(env: WorkerEnv, model: str, version: str, messages: range) -> None:
     for i in messages:
-        env.publish("predictions", model,
-                    make_batch(model, version, T0 + i * PER_MESSAGE * 2, PER_MESSAGE, 2, drift=("b", "d"), seed=i))
+        env.publish(
+            "predictions",
+            model,
+            make_batch(model, version, T0 + i * PER_MESSAGE * 2, PER_MESSAGE, 2, drift=("b", "d"), seed=i),
+        )
     env.flush()
 
 
@@ -46,12 +49,17 @@ def reports(env: WorkerEnv, model: str) -> int:
     return env.windows_written(model)
 
 
-def clean_and_crashed(kafka_settings: Settings, warehouse_server, unique: str, tmp_path: Path) -> tuple[WorkerEnv, WorkerEnv]:
+def clean_and_crashed(
+    kafka_settings: Settings, warehouse_server, unique: str, tmp_path: Path
+) -> tuple[WorkerEnv, WorkerEnv]:
     """Two runs of the same events on their own topics and ClickHouse databases: one never crashes."""
     for name in ("clean", "crash"):
         (tmp_path / name).mkdir()
-    clean = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}c."),
-                             warehouse_server.url(f"dl_{unique}_clean"), tmp_path / "clean")
+    clean = WorkerEnv.create(
+        kafka_settings.replace(topic_prefix=f"t{unique}c."),
+        warehouse_server.url(f"dl_{unique}_clean"),
+        tmp_path / "clean",
+    )
     crashed = WorkerEnv.create(kafka_settings, warehouse_server.url(f"dl_{unique}_crash"), tmp_path / "crash")
     return clean, crashed
 
@@ -106,8 +114,9 @@ def produce_scored(env: WorkerEnv, model: str, version: str, messages: range) ->
     """Predictions whose score shifts at window 5 (feature ``a`` moves it), each message followed by its labels:
     a calibrated model before the shift, a model that is mostly wrong after it."""
     for i in messages:
-        batch = make_batch(model, version, T0 + i * PER_MESSAGE * 2, PER_MESSAGE, 2,
-                           drift=("a",) if i >= SHIFT_FROM else (), seed=i)
+        batch = make_batch(
+            model, version, T0 + i * PER_MESSAGE * 2, PER_MESSAGE, 2, drift=("a",) if i >= SHIFT_FROM else (), seed=i
+        )
         env.publish("predictions", model, batch)
         drawn = np.random.default_rng(1_000 + i).random(batch.n) < batch.predictions
         y = np.where(drawn, 1, 0) if i < SHIFT_FROM else np.where(drawn, 0, 1)
@@ -131,7 +140,9 @@ def label_windows(env: WorkerEnv, model: str) -> int:
 def performance(env: WorkerEnv, model: str) -> list[dict]:
     return env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, segment, metric, value, n_labeled FROM performance_metrics "
-        "FINAL WHERE model_id = {m:String} AND NOT startsWith(metric, 'latency') ORDER BY ws, segment, metric", m=model)
+        "FINAL WHERE model_id = {m:String} AND NOT startsWith(metric, 'latency') ORDER BY ws, segment, metric",
+        m=model,
+    )
 
 
 def alarms(snapshot: dict, feature: str) -> dict[int, float]:
@@ -155,8 +166,11 @@ def test_change_detectors_and_labels_resume_after_kill_9_as_if_nothing_happened(
         clean.start_worker("clean", f"clean-{unique}", **worker_args)
         first = crashed.start_worker("first", f"crash-{unique}", **worker_args)
         # windows 0 to 4 of both kinds are written, window 5 (two of its five messages) is open
-        crashed.wait(lambda: reports(crashed, model) >= 5 and label_windows(crashed, model) >= 5, 90,
-                     "five prediction and five label windows written before the crash")
+        crashed.wait(
+            lambda: reports(crashed, model) >= 5 and label_windows(crashed, model) >= 5,
+            90,
+            "five prediction and five label windows written before the crash",
+        )
         first.kill()
         assert (reports(crashed, model), label_windows(crashed, model)) == (5, 5)
 
@@ -165,8 +179,11 @@ def test_change_detectors_and_labels_resume_after_kill_9_as_if_nothing_happened(
             sentinel_labelled(env, model, version)
         crashed.start_worker("second", f"crash-{unique}", **worker_args)
         for env in (clean, crashed):
-            env.wait(lambda env=env: reports(env, model) >= WINDOWS and label_windows(env, model) >= WINDOWS, 120,
-                     f"{WINDOWS} prediction and label windows")
+            env.wait(
+                lambda env=env: reports(env, model) >= WINDOWS and label_windows(env, model) >= WINDOWS,
+                120,
+                f"{WINDOWS} prediction and label windows",
+            )
 
         got, expected = crashed.snapshot(model), clean.snapshot(model)
         shift = T0 + 5 * WINDOW_MS
@@ -178,8 +195,9 @@ def test_change_detectors_and_labels_resume_after_kill_9_as_if_nothing_happened(
             assert alarms(got, feature) == fired, feature
         assert_same_results(got, expected)
         got_perf, expected_perf = performance(crashed, model), performance(clean, model)
-        assert [(r["ws"], r["segment"], r["metric"], r["n_labeled"]) for r in got_perf] == \
-            [(r["ws"], r["segment"], r["metric"], r["n_labeled"]) for r in expected_perf]
+        assert [(r["ws"], r["segment"], r["metric"], r["n_labeled"]) for r in got_perf] == [
+            (r["ws"], r["segment"], r["metric"], r["n_labeled"]) for r in expected_perf
+        ]
         assert sum(r["n_labeled"] for r in expected_perf if r["metric"] == "n_labeled") == WINDOWS * 1_000
         for g, e in zip(got_perf, expected_perf):
             # the rows of a label window may be added in another order after the crash: sums differ in the last bits

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from worker_harness import FEATURES, REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 from driftline.retrainer.evaluation import fit_calibrator
 from driftline.retrainer.policy import ReferenceSettings
@@ -21,7 +22,6 @@ from driftline.retrainer.registry import Lineage
 from driftline.streams import kafka
 from driftline.streams.core.performance import compute_performance
 from driftline.streams.records import PredictionBatch, RetrainRequest
-from worker_harness import FEATURES, REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -53,7 +53,9 @@ def _reference(rng: np.random.Generator, n: int = 20_000) -> tuple[dict, dict, n
     return numeric, {"region": rng.choice(REGIONS, n).tolist()}, score, labels
 
 
-def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_labels(env: WorkerEnv, unique: str) -> None:
+def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_labels(
+    env: WorkerEnv, unique: str
+) -> None:
     model = f"estimate-{unique}"
     rng = np.random.default_rng(13)
     numeric, categorical, score, labels = _reference(rng)
@@ -64,10 +66,17 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     env.registry.promote(model, version)
 
     policy = env.tmp / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"version": 1, "defaults": {
-        "drift": {"enabled": False},
-        "performance": {"estimated_accuracy_drop": 0.05},
-    }}))
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "defaults": {
+                    "drift": {"enabled": False},
+                    "performance": {"estimated_accuracy_drop": 0.05},
+                },
+            }
+        )
+    )
 
     truth: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per window: labels never sent, scores, channel
 
@@ -85,13 +94,20 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
         times = T0 + w * WINDOW_MS + np.arange(PER_WINDOW, dtype=np.int64)
         for lo in range(0, PER_WINDOW, CHUNK):
             part = slice(lo, lo + CHUNK)
-            env.publish("predictions", model, PredictionBatch(
-                model, version, [f"w{w}-{i}" for i in range(lo, lo + CHUNK)], times[part],
-                numeric={f: v[part] for f, v in x.items()},
-                categorical={"region": rng.choice(REGIONS, CHUNK).tolist()},
-                predictions=s[part],
-                attributes={"channel": channel[part].tolist()},
-            ))
+            env.publish(
+                "predictions",
+                model,
+                PredictionBatch(
+                    model,
+                    version,
+                    [f"w{w}-{i}" for i in range(lo, lo + CHUNK)],
+                    times[part],
+                    numeric={f: v[part] for f, v in x.items()},
+                    categorical={"region": rng.choice(REGIONS, CHUNK).tolist()},
+                    predictions=s[part],
+                    attributes={"channel": channel[part].tolist()},
+                ),
+            )
 
     # half the stream, a restart, the other half: the restarted worker picks the estimate's episode up
     # from the rows written (no second request for the same episode)
@@ -104,7 +120,9 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
     assert second.stop() == 0
-    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)]
+    requests = [
+        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)
+    ]
 
     # no label exists anywhere: the request comes from the estimate alone, and its evidence names it
     assert env.count("labels", "model_id = {m:String}", m=model) == 0
@@ -117,11 +135,16 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
 
     rows = env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, segment, metric, value, n_labeled, n_predictions "
-        "FROM performance_metrics FINAL WHERE model_id = {m:String} AND startsWith(metric, 'estimated_')", m=model)
+        "FROM performance_metrics FINAL WHERE model_id = {m:String} AND startsWith(metric, 'estimated_')",
+        m=model,
+    )
     assert sorted({r["ws"] for r in rows}) == [T0 + w * WINDOW_MS for w in range(WINDOWS)]
     assert {r["n_labeled"] for r in rows} == {0}
-    names = [f"estimated_{m}{s}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc")
-             for s in ("", "_lower", "_upper")]
+    names = [
+        f"estimated_{m}{s}"
+        for m in ("accuracy", "precision", "recall", "f1", "roc_auc")
+        for s in ("", "_lower", "_upper")
+    ]
     covered, errors, auc_errors = 0, [], []
     for w, (y, s, channel) in enumerate(truth):
         got = {(r["segment"], r["metric"]): r for r in rows if r["ws"] == T0 + w * WINDOW_MS}
@@ -141,10 +164,22 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     assert np.mean(errors) <= 0.02, np.mean(errors)
     assert np.mean(auc_errors) <= 0.03, np.mean(auc_errors)
     # the shift is real: the estimate follows the realized accuracy down
-    first = np.mean([r["value"] for r in rows if r["segment"] == "" and r["metric"] == "estimated_accuracy"
-                     and r["ws"] < T0 + STEADY * WINDOW_MS])
-    last = np.mean([r["value"] for r in rows if r["segment"] == "" and r["metric"] == "estimated_accuracy"
-                    and r["ws"] >= T0 + STEADY * WINDOW_MS])
+    first = np.mean(
+        [
+            r["value"]
+            for r in rows
+            if r["segment"] == "" and r["metric"] == "estimated_accuracy" and r["ws"] < T0 + STEADY * WINDOW_MS
+        ]
+    )
+    last = np.mean(
+        [
+            r["value"]
+            for r in rows
+            if r["segment"] == "" and r["metric"] == "estimated_accuracy" and r["ws"] >= T0 + STEADY * WINDOW_MS
+        ]
+    )
     assert first - last > 0.08, (first, last)
-    print(f"RESULT windows={WINDOWS} coverage95={covered / WINDOWS:.3f} accuracy_mae={np.mean(errors):.4f} "
-          f"roc_auc_mae={np.mean(auc_errors):.4f} estimated_accuracy {first:.3f} -> {last:.3f}")
+    print(
+        f"RESULT windows={WINDOWS} coverage95={covered / WINDOWS:.3f} accuracy_mae={np.mean(errors):.4f} "
+        f"roc_auc_mae={np.mean(auc_errors):.4f} estimated_accuracy {first:.3f} -> {last:.3f}"
+    )

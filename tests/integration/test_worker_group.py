@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 from driftline.settings import Settings
 from driftline.streams import kafka
-from worker_harness import T0, WINDOW_MS, WorkerEnv, assert_same_results, make_batch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -27,8 +27,11 @@ def produce(env: WorkerEnv, models: list[str], messages: range) -> None:
     for k, model in enumerate(models):
         drift = ("b", "d") if k % 2 else ()
         for i in messages:
-            env.publish("predictions", model, make_batch(model, "1", T0 + i * PER_MESSAGE * 4, PER_MESSAGE, 4,
-                                                         drift=drift, seed=1_000 * k + i))
+            env.publish(
+                "predictions",
+                model,
+                make_batch(model, "1", T0 + i * PER_MESSAGE * 4, PER_MESSAGE, 4, drift=drift, seed=1_000 * k + i),
+            )
     env.flush()
 
 
@@ -49,8 +52,12 @@ def test_two_workers_in_one_group_write_what_one_worker_writes(
     args = dict(window_seconds=WINDOW_MS / 1000, idle_seconds="never")
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
-    one = WorkerEnv.create(kafka_settings.replace(topic_prefix=f"t{unique}one."),
-                           warehouse_server.url(f"dl_{unique}_one"), tmp_path / "one", partitions=4)
+    one = WorkerEnv.create(
+        kafka_settings.replace(topic_prefix=f"t{unique}one."),
+        warehouse_server.url(f"dl_{unique}_one"),
+        tmp_path / "one",
+        partitions=4,
+    )
     two = WorkerEnv.create(kafka_settings, warehouse_server.url(f"dl_{unique}_two"), tmp_path / "two", partitions=4)
     try:
         for env in (one, two):
@@ -64,8 +71,11 @@ def test_two_workers_in_one_group_write_what_one_worker_writes(
         first = two.start_worker("w1", f"two-{unique}", **args)
         two.wait(lambda: written(two) >= 1, 90, "the first worker at work")
         second = two.start_worker("w2", f"two-{unique}", **args)
-        two.wait(lambda: '"assigned' in second.log_tail(400) and "predictions" in second.log_tail(400), 60,
-                 "the second worker to get partitions")
+        two.wait(
+            lambda: '"assigned' in second.log_tail(400) and "predictions" in second.log_tail(400),
+            60,
+            "the second worker to get partitions",
+        )
         produce(two, models, range(MESSAGES // 2, MESSAGES))
         close_all(two, models)
 

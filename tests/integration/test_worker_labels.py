@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.streams.core.performance import compute_performance
 from driftline.streams.records import LabelEvent
-from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -35,7 +35,8 @@ def test_labels_join_predictions_and_performance_is_written_per_label_window(env
         y = (rng.random(b.n) < b.predictions).astype(int)  # a calibrated model
         delay = HOUR_MS if i < 6 else 2 * HOUR_MS
         (early if i < 6 else late).extend(
-            LabelEvent(e, model, int(t) + delay, int(v)) for e, t, v in zip(b.event_ids, b.event_times, y))
+            LabelEvent(e, model, int(t) + delay, int(v)) for e, t, v in zip(b.event_ids, b.event_times, y)
+        )
     for label in early:
         env.publish("labels", model, label)
     for b in batches:
@@ -43,8 +44,11 @@ def test_labels_join_predictions_and_performance_is_written_per_label_window(env
     env.flush()
 
     first = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0)
-    env.wait(lambda: label_windows(env, model) >= 2 and env.windows_written(model) >= 3,
-             90, "the first label windows and every prediction window")
+    env.wait(
+        lambda: label_windows(env, model) >= 2 and env.windows_written(model) >= 3,
+        90,
+        "the first label windows and every prediction window",
+    )
     assert first.stop() == 0
 
     for label in late:
@@ -57,15 +61,22 @@ def test_labels_join_predictions_and_performance_is_written_per_label_window(env
     rows = env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, segment, metric, value, n_labeled "
         "FROM performance_metrics FINAL WHERE model_id = {m:String} AND NOT startsWith(metric, 'latency') ORDER BY ws",
-        m=model)
+        m=model,
+    )
     starts = sorted({r["ws"] for r in rows})
-    assert starts == [T0 + HOUR_MS, T0 + HOUR_MS + WINDOW_MS, T0 + 2 * HOUR_MS + WINDOW_MS, T0 + 2 * HOUR_MS + 2 * WINDOW_MS]
+    assert starts == [
+        T0 + HOUR_MS,
+        T0 + HOUR_MS + WINDOW_MS,
+        T0 + 2 * HOUR_MS + WINDOW_MS,
+        T0 + 2 * HOUR_MS + 2 * WINDOW_MS,
+    ]
     labelled = {lab.event_id: lab for lab in early + late}
     for ws in starts:
         got = {(r["segment"], r["metric"]): (r["value"], r["n_labeled"]) for r in rows if r["ws"] == ws}
         # the oracle: the window's labelled predictions graded at once
-        rows_in = [(b, i) for b in batches for i, e in enumerate(b.event_ids)
-                   if ws <= labelled[e].event_time < ws + WINDOW_MS]
+        rows_in = [
+            (b, i) for b in batches for i, e in enumerate(b.event_ids) if ws <= labelled[e].event_time < ws + WINDOW_MS
+        ]
         y = np.array([labelled[b.event_ids[i]].label for b, i in rows_in])
         score = np.array([b.predictions[i] for b, i in rows_in])
         channel = [b.attributes["channel"][i] for b, i in rows_in]

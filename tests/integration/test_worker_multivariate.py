@@ -28,12 +28,15 @@ CORRELATED_FROM = 3
 
 
 def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows_are_written(
-        env: WorkerEnv, unique: str) -> None:
+    env: WorkerEnv, unique: str
+) -> None:
     model = f"joint-{unique}"
     numeric, categorical, predictions = training_data(n=10_000)
     version = env.registry.register(
-        model, lineage=Lineage(dataset_rows=len(predictions)),
-        reference_profile=lambda v: build_reference(model, v, numeric, categorical, predictions).to_dict()).version
+        model,
+        lineage=Lineage(dataset_rows=len(predictions)),
+        reference_profile=lambda v: build_reference(model, v, numeric, categorical, predictions).to_dict(),
+    ).version
     env.registry.promote(model, version)
     # the build is deterministic: this is the model the registry stored
     mv = MultivariateModel.from_dict(build_reference(model, version, numeric, categorical, predictions).multivariate)
@@ -42,8 +45,9 @@ def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows
     for w in range(WINDOWS):
         window = mv.window()
         for part in range(4):  # four batches per window
-            batch = make_batch(model, version, T0 + w * WINDOW_MS + part * 500, PER_WINDOW // 4, 2,
-                               seed=2_000 + 10 * w + part)
+            batch = make_batch(
+                model, version, T0 + w * WINDOW_MS + part * 500, PER_WINDOW // 4, 2, seed=2_000 + 10 * w + part
+            )
             if w >= CORRELATED_FROM:
                 noise = np.random.default_rng(7_000 + 10 * w + part).normal(size=batch.n)
                 batch.numeric["b"] = 0.8 * batch.numeric["a"] + 0.6 * noise
@@ -57,7 +61,10 @@ def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows
 
     joint = env.query(
         "SELECT metric, toUnixTimestamp64Milli(window_start) AS ws, value, drifted, kind FROM drift_metrics FINAL "
-        "WHERE model_id = {m:String} AND feature = {f:String} ORDER BY ws, metric", m=model, f=MULTIVARIATE_FEATURE)
+        "WHERE model_id = {m:String} AND feature = {f:String} ORDER BY ws, metric",
+        m=model,
+        f=MULTIVARIATE_FEATURE,
+    )
     assert sorted({r["ws"] for r in joint}) == [T0 + i * WINDOW_MS for i in range(WINDOWS)]
     assert {r["kind"] for r in joint} == {"drift"}
     # (a stationary window is flagged 2.5% of the time: these seeds give none, as the oracle below confirms)
@@ -71,12 +78,18 @@ def test_a_correlation_change_with_unchanged_marginals_is_flagged_and_trend_rows
     # the marginals did not move: the per-feature tests see nothing in b
     per_feature = env.query(
         "SELECT max(drifted) AS high FROM drift_metrics FINAL WHERE model_id = {m:String} AND feature = 'b' "
-        "AND metric != {t:String}", m=model, t=TREND_METRIC)
+        "AND metric != {t:String}",
+        m=model,
+        t=TREND_METRIC,
+    )
     assert per_feature[0]["high"] == 0
 
     trend = env.query(
         "SELECT feature, count() AS n, max(drifted) AS high FROM drift_metrics FINAL WHERE model_id = {m:String} "
-        "AND metric = {t:String} GROUP BY feature ORDER BY feature", m=model, t=TREND_METRIC)
+        "AND metric = {t:String} GROUP BY feature ORDER BY feature",
+        m=model,
+        t=TREND_METRIC,
+    )
     assert {r["feature"]: r["n"] for r in trend} == {f: WINDOWS for f in (*FEATURES, PREDICTION_FEATURE)}
     assert all(r["high"] == 0 for r in trend)  # stationary means: no trend
     # the trend's state goes out with the last window's detector state, for a restarted worker

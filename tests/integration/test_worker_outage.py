@@ -17,12 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_worker_poison import _second_env, clean_run, start_half
+from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 from driftline.settings import Settings
 from driftline.stack.process import free_port, port_answers
 from driftline.streams.codec import default_codec
-from test_worker_poison import _second_env, clean_run, start_half
-from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -38,14 +38,26 @@ class Server:
         self.start()
 
     def start(self) -> None:
-        log = open(self.root / "chserver.log", "ab")
+        log = open(self.root / "chserver.log", "ab")  # noqa: SIM115 - the server writes to it until stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.stack.chserver", "--path", str(self.root / "data"), "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "driftline.stack.chserver",
+                "--path",
+                str(self.root / "data"),
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         deadline = time.monotonic() + 60
         while not port_answers("127.0.0.1", self.port):
-            assert self.proc.poll() is None and time.monotonic() < deadline, (self.root / "chserver.log").read_text()[-2000:]
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.root / "chserver.log").read_text()[
+                -2000:
+            ]
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -135,7 +147,7 @@ def test_a_worker_stopped_during_an_outage_exits_at_once_and_commits_nothing_unw
         _, _, version, good = two_models(outage, unique, 4)
         worker = start_half(outage, unique, version, (), [v for _, v in good])
         server.kill()
-        for _, value in good[len(good) // 2:]:
+        for _, value in good[len(good) // 2 :]:
             outage.publish_raw("predictions", "k", value)
         outage.flush()
         outage.wait(lambda: _metric(worker.metrics(), "driftline_warehouse_up") == 0.0, 60, "the outage to be seen")

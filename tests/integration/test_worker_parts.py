@@ -14,19 +14,21 @@ from __future__ import annotations
 import threading
 
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.streams.app import build_service
 from driftline.streams.codec import default_codec
 from driftline.streams.records import PredictionEvent
 from driftline.streams.worker import Incoming, WorkerOptions
-from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 
 def _messages(records: list, start: int = 0) -> list[Incoming]:
     codec = default_codec()
-    return [Incoming("predictions", 0, start + i, b"k", codec.encode(r), token=start + i) for i, r in enumerate(records)]
+    return [
+        Incoming("predictions", 0, start + i, b"k", codec.encode(r), token=start + i) for i, r in enumerate(records)
+    ]
 
 
 def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: WorkerEnv, unique: str) -> None:
@@ -34,8 +36,18 @@ def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: Worker
     version = env.register(model)
     options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0)
     service = build_service(env.settings, options)
-    events = [PredictionEvent(f"e{i}", model, version, T0 + i * 5, numeric={"a": 0.1 * i, "b": 1.0},
-                              categorical={"region": "north"}, prediction=0.5) for i in range(300)]
+    events = [
+        PredictionEvent(
+            f"e{i}",
+            model,
+            version,
+            T0 + i * 5,
+            numeric={"a": 0.1 * i, "b": 1.0},
+            categorical={"region": "north"},
+            prediction=0.5,
+        )
+        for i in range(300)
+    ]
     events[123] = PredictionEvent("bad", model, version, 4_102_444_800_000, numeric={"a": 0.1}, prediction=0.5)
     # one event in the next window closes the first by the watermark
     events.append(PredictionEvent("next", model, version, T0 + WINDOW_MS, numeric={"a": 0.0}, prediction=0.5))
@@ -74,12 +86,16 @@ def test_connect_opens_the_sessions_of_the_service_and_its_writers_before_the_fi
 def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: str) -> None:
     model = f"parts-{unique}"
     version = env.register(model)
-    options = WorkerOptions(app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0,
-                            max_take_events=250)
+    options = WorkerOptions(
+        app_id=f"app-{unique}", window_seconds=WINDOW_MS / 1000, lateness_seconds=0.0, max_take_events=250
+    )
     service = build_service(env.settings, options)
     per_window, windows = 400, 3
-    batches = [make_batch(model, version, T0 + w * WINDOW_MS + part * 450, 100, 4, seed=10 * w + part)
-               for w in range(windows) for part in range(per_window // 100)]
+    batches = [
+        make_batch(model, version, T0 + w * WINDOW_MS + part * 450, 100, 4, seed=10 * w + part)
+        for w in range(windows)
+        for part in range(per_window // 100)
+    ]
     batches.append(make_batch(model, version, T0 + windows * WINDOW_MS, 1, 1, seed=99))
     parts = list(service._parts("predictions", _messages(batches)))
     assert [len(p) for p in parts] == [3, 3, 3, 3, 1]  # 300 events, then the rest
@@ -117,11 +133,16 @@ def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv
     service.tick()
     service.tick()  # a second tick in the same period asks nothing more
 
-    requests = [r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=20)]
+    requests = [
+        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 1, timeout=20)
+    ]
     assert len(requests) == 1 and isinstance(requests[0], RetrainRequest)
     assert (requests[0].reason, requests[0].model_id, requests[0].model_version) == ("schedule", model, version)
-    rows = env.query("SELECT toString(reason) AS reason, toString(status) AS status FROM retrain_requests FINAL "
-                     "WHERE model_id = {m:String}", m=model)
+    rows = env.query(
+        "SELECT toString(reason) AS reason, toString(status) AS status FROM retrain_requests FINAL "
+        "WHERE model_id = {m:String}",
+        m=model,
+    )
     assert rows == [{"reason": "schedule", "status": "requested"}]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from worker_harness import T0, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.retrainer.registry import CHAMPION
 from driftline.streams.records import ModelEvent
-from worker_harness import T0, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -20,8 +20,11 @@ def drifted_data(n: int = 15_000) -> tuple[dict, dict, np.ndarray]:
 
 
 def reports(env: WorkerEnv, model: str) -> list[dict]:
-    return env.query("SELECT toUnixTimestamp64Milli(window_start) AS ws, drifted_features, n_reference "
-                     "FROM drift_reports FINAL WHERE model_id = {m:String} ORDER BY ws", m=model)
+    return env.query(
+        "SELECT toUnixTimestamp64Milli(window_start) AS ws, drifted_features, n_reference "
+        "FROM drift_reports FINAL WHERE model_id = {m:String} ORDER BY ws",
+        m=model,
+    )
 
 
 def test_a_promotion_rebaselines_the_next_windows(env: WorkerEnv, unique: str) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from worker_harness import T0, WINDOW_MS, WorkerEnv, WorkerProcess, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.streams.core.performance import compute_performance
 from driftline.streams.records import LabelEvent
-from worker_harness import T0, WINDOW_MS, WorkerEnv, WorkerProcess, env, make_batch  # noqa: F401 (env: the fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -53,9 +53,11 @@ def test_labels_waiting_at_a_kill_9_join_their_predictions_after_the_restart(env
 
     first = env.start_worker("w1", group, idle_seconds=2.0)
     # every label waits, and its message is acknowledged: Kafka will not deliver it again
-    env.wait(lambda: pending_gauge(first) == len(labels)
-             and env.committed(group, "labels") == env.end_offsets("labels"), 90,
-             "every label waiting, its message committed")
+    env.wait(
+        lambda: pending_gauge(first) == len(labels) and env.committed(group, "labels") == env.end_offsets("labels"),
+        90,
+        "every label waiting, its message committed",
+    )
     first.kill()
     assert label_windows(env, model) == 0
 
@@ -63,21 +65,27 @@ def test_labels_waiting_at_a_kill_9_join_their_predictions_after_the_restart(env
         env.publish("predictions", model, b)
     env.flush()
     second = env.start_worker("w2", group, idle_seconds=2.0)
-    env.wait(lambda: label_windows(env, model) >= 2 and env.windows_written(model) >= 2, 90,
-             "the label windows of the labels that waited")
+    env.wait(
+        lambda: label_windows(env, model) >= 2 and env.windows_written(model) >= 2,
+        90,
+        "the label windows of the labels that waited",
+    )
     assert f"{len(labels)} label(s) stored before wait for their predictions again" in second.log_tail(400)
 
     rows = env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, segment, metric, value, n_labeled "
         "FROM performance_metrics FINAL WHERE model_id = {m:String} AND NOT startsWith(metric, 'latency') ORDER BY ws",
-        m=model)
+        m=model,
+    )
     starts = sorted({r["ws"] for r in rows})
     assert starts == [T0 + HOUR_MS, T0 + HOUR_MS + WINDOW_MS]
     by_id = {lab.event_id: lab for lab in labels}
     for ws in starts:
         got = {(r["segment"], r["metric"]): (r["value"], r["n_labeled"]) for r in rows if r["ws"] == ws}
         # the oracle: the window's labelled predictions graded at once
-        rows_in = [(b, i) for b in batches for i, e in enumerate(b.event_ids) if ws <= by_id[e].event_time < ws + WINDOW_MS]
+        rows_in = [
+            (b, i) for b in batches for i, e in enumerate(b.event_ids) if ws <= by_id[e].event_time < ws + WINDOW_MS
+        ]
         assert got[("", "n_labeled")] == (float(len(rows_in)), len(rows_in)) == (1_000.0, 1_000)
         y = np.array([by_id[b.event_ids[i]].label for b, i in rows_in])
         score = np.array([b.predictions[i] for b, i in rows_in])

@@ -14,16 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
+from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
 from driftline.stack.process import free_port
-from driftline.retrainer.registry import Lineage, Registry
 from driftline.streams import kafka
 from driftline.streams.core.profile import ReferenceProfile
 from driftline.streams.records import PredictionBatch
@@ -50,13 +51,25 @@ def _score(numeric: dict[str, np.ndarray]) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def make_batch(model_id: str, version: str, start: int, n: int, step_ms: int, *, drift: Sequence[str] = (),
-               seed: int = 1, prefix: str = "e") -> PredictionBatch:
+def make_batch(
+    model_id: str,
+    version: str,
+    start: int,
+    n: int,
+    step_ms: int,
+    *,
+    drift: Sequence[str] = (),
+    seed: int = 1,
+    prefix: str = "e",
+) -> PredictionBatch:
     """``n`` predictions from ``start`` every ``step_ms``; features in ``drift`` shift by two standard deviations."""
     rng = np.random.default_rng(seed)
     numeric = {f: rng.normal(loc=2.0 if f in drift else 0.0, size=n) for f in FEATURES}
     return PredictionBatch(
-        model_id, version, [f"{prefix}{seed}-{i}" for i in range(n)], start + np.arange(n, dtype=np.int64) * step_ms,
+        model_id,
+        version,
+        [f"{prefix}{seed}-{i}" for i in range(n)],
+        start + np.arange(n, dtype=np.int64) * step_ms,
         numeric=numeric,
         categorical={"region": rng.choice(REGIONS, n).tolist()},
         predictions=_score(numeric),
@@ -65,8 +78,13 @@ def make_batch(model_id: str, version: str, start: int, n: int, step_ms: int, *,
     )
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.25,
-               on_timeout: Callable[[], str] | None = None) -> T:
+def wait_until(
+    check: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -92,7 +110,10 @@ class WorkerProcess:
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         # a line may quote a hostile message's megabyte-long field: keep its start and end
-        tail = [line if len(line) <= 4_000 else f"{line[:2_000]} [...] {line[-2_000:]}" for line in text.splitlines()[-lines:]]
+        tail = [
+            line if len(line) <= 4_000 else f"{line[:2_000]} [...] {line[-2_000:]}"
+            for line in text.splitlines()[-lines:]
+        ]
         return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(tail)
 
     def alive(self) -> bool:
@@ -139,7 +160,7 @@ class WorkerEnv:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @classmethod
-    def create(cls, kafka_settings: Settings, warehouse_url: str, tmp: Path, *, partitions: int = 1) -> "WorkerEnv":
+    def create(cls, kafka_settings: Settings, warehouse_url: str, tmp: Path, *, partitions: int = 1) -> WorkerEnv:
         settings = kafka_settings.replace(
             warehouse=warehouse_url,
             registry=f"sqlite:///{tmp / 'registry.db'}",
@@ -152,15 +173,17 @@ class WorkerEnv:
         producer = kafka.producer(settings, **{"linger.ms": 5})
         return cls(settings, tmp, registry, warehouse, producer)
 
-    def register(self, model_id: str, *, seed: int = 0, promote: bool = True,
-                 data: tuple[dict, dict, np.ndarray] | None = None) -> str:
+    def register(
+        self, model_id: str, *, seed: int = 0, promote: bool = True, data: tuple[dict, dict, np.ndarray] | None = None
+    ) -> str:
         numeric, categorical, predictions = data or training_data(seed=seed)
 
         def profile(version: str) -> dict:
             return ReferenceProfile.build(model_id, version, numeric, categorical, predictions).to_dict()
 
-        version = self.registry.register(model_id, lineage=Lineage(dataset_rows=len(predictions)),
-                                         reference_profile=profile).version
+        version = self.registry.register(
+            model_id, lineage=Lineage(dataset_rows=len(predictions)), reference_profile=profile
+        ).version
         if promote:
             self.registry.promote(model_id, version)
         return version
@@ -174,28 +197,51 @@ class WorkerEnv:
     def flush(self) -> None:
         assert self.producer.flush(30) == 0
 
-    def start_worker(self, name: str, app_id: str, *args: str, window_seconds: float = WINDOW_MS / 1000,
-                     idle_seconds: float | str = 2.0, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def start_worker(
+        self,
+        name: str,
+        app_id: str,
+        *args: str,
+        window_seconds: float = WINDOW_MS / 1000,
+        idle_seconds: float | str = 2.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         port = free_port()
         log_path = self.tmp / f"{name}.log"
-        log = open(log_path, "ab")
+        log = open(log_path, "ab")  # noqa: SIM115 - the worker writes to it until WorkerProcess closes it
         argv = [
-            sys.executable, "-m", "driftline.cli",  # that is, `driftline worker`
-            "--kafka", self.settings.kafka_bootstrap,
-            "--topic-prefix", self.settings.topic_prefix,
-            "--warehouse", self.settings.warehouse,
-            "--registry", self.settings.registry,
-            "--artifacts", self.settings.artifacts,
+            sys.executable,
+            "-m",
+            "driftline.cli",  # that is, `driftline worker`
+            "--kafka",
+            self.settings.kafka_bootstrap,
+            "--topic-prefix",
+            self.settings.topic_prefix,
+            "--warehouse",
+            self.settings.warehouse,
+            "--registry",
+            self.settings.registry,
+            "--artifacts",
+            self.settings.artifacts,
             "worker",
-            "--app-id", app_id,
-            "--window-seconds", str(window_seconds),
-            "--lateness-seconds", "0",
-            "--idle-seconds", str(idle_seconds),
-            "--tick-seconds", "0.25",
-            "--batch-within-seconds", "0.2",
-            "--web-port", str(port),
-            "--datadir", str(self.tmp / f"faust-{name}"),
-            "--session-timeout-seconds", "10",
+            "--app-id",
+            app_id,
+            "--window-seconds",
+            str(window_seconds),
+            "--lateness-seconds",
+            "0",
+            "--idle-seconds",
+            str(idle_seconds),
+            "--tick-seconds",
+            "0.25",
+            "--batch-within-seconds",
+            "0.2",
+            "--web-port",
+            str(port),
+            "--datadir",
+            str(self.tmp / f"faust-{name}"),
+            "--session-timeout-seconds",
+            "10",
             *args,
         ]
         # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
@@ -209,6 +255,7 @@ class WorkerEnv:
 
     def wait(self, check: Callable[[], T], timeout: float, what: str) -> T:
         """``wait_until``, failing at once with the logs if an expected worker died."""
+
         def checked() -> T:
             dead = [w for w in self.workers if not w.alive() and not w.expected_exit]
             if dead:
@@ -223,8 +270,14 @@ class WorkerEnv:
 
         consumer = kafka.consumer(self.settings, group, **{"enable.auto.commit": False})
         try:
-            partitions = consumer.list_topics(self.settings.topic(topic), timeout=10).topics[self.settings.topic(topic)].partitions
-            offsets = consumer.committed([TopicPartition(self.settings.topic(topic), p) for p in partitions], timeout=10)
+            partitions = (
+                consumer.list_topics(self.settings.topic(topic), timeout=10)
+                .topics[self.settings.topic(topic)]
+                .partitions
+            )
+            offsets = consumer.committed(
+                [TopicPartition(self.settings.topic(topic), p) for p in partitions], timeout=10
+            )
             return {tp.partition: tp.offset for tp in offsets}
         finally:
             consumer.close()
@@ -249,30 +302,51 @@ class WorkerEnv:
     def windows_written(self, model_id: str | None = None) -> int:
         """Prediction windows completely written (window_profiles is the last table a window writes)."""
         where = "1" if model_id is None else "model_id = {m:String}"
-        return int(self.query(f"SELECT uniqExact(model_id, model_version, window_start) AS n FROM window_profiles "
-                              f"WHERE {where}", **({} if model_id is None else {"m": model_id}))[0]["n"])
+        return int(
+            self.query(
+                f"SELECT uniqExact(model_id, model_version, window_start) AS n FROM window_profiles WHERE {where}",
+                **({} if model_id is None else {"m": model_id}),
+            )[0]["n"]
+        )
 
     def snapshot(self, model_id: str) -> dict[str, Any]:
         """What a run wrote for a model, without write times: to compare runs."""
         drift = self.query(
-            "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
+            "SELECT feature, metric, toUnixTimestamp64Milli(window_start) AS ws, "
+            "toUnixTimestamp64Milli(window_end) AS we, "
             "value, p_value, threshold, drifted, n_reference, n_current FROM drift_metrics FINAL "
-            "WHERE model_id = {m:String} ORDER BY ws, feature, metric", m=model_id)
+            "WHERE model_id = {m:String} ORDER BY ws, feature, metric",
+            m=model_id,
+        )
         profiles = self.query(
             "SELECT feature, toUnixTimestamp64Milli(window_start) AS ws, count, missing, min, max, quantiles, "
             "histogram, categories, mean, std FROM window_profiles FINAL WHERE model_id = {m:String} "
-            "ORDER BY ws, feature", m=model_id)
+            "ORDER BY ws, feature",
+            m=model_id,
+        )
         reports = self.query(
             "SELECT toUnixTimestamp64Milli(window_start) AS ws, n_current, drifted_features FROM drift_reports FINAL "
-            "WHERE model_id = {m:String} ORDER BY ws", m=model_id)
+            "WHERE model_id = {m:String} ORDER BY ws",
+            m=model_id,
+        )
         requests = self.query(
             "SELECT request_id, model_version, reason, toUnixTimestamp64Milli(requested_at) AS at, evidence "
-            "FROM retrain_requests FINAL WHERE model_id = {m:String} ORDER BY at, request_id", m=model_id)
+            "FROM retrain_requests FINAL WHERE model_id = {m:String} ORDER BY at, request_id",
+            m=model_id,
+        )
         alerts = self.query(
             "SELECT alert_id, kind, severity, toUnixTimestamp64Milli(occurred_at) AS at FROM alerts FINAL "
-            "WHERE model_id = {m:String} ORDER BY at, alert_id", m=model_id)
-        return {"drift": drift, "profiles": profiles, "reports": reports, "requests": requests, "alerts": alerts,
-                "predictions": self.settled_predictions(model_id)}
+            "WHERE model_id = {m:String} ORDER BY at, alert_id",
+            m=model_id,
+        )
+        return {
+            "drift": drift,
+            "profiles": profiles,
+            "reports": reports,
+            "requests": requests,
+            "alerts": alerts,
+            "predictions": self.settled_predictions(model_id),
+        }
 
     def settled_predictions(self, model_id: str, timeout: float = 30) -> int:
         """The model's raw predictions once no more arrive. The worker writes the raw rows of messages
@@ -384,23 +458,36 @@ class RunResults:
     counts: dict[str, list[tuple]]
 
     @classmethod
-    def read(cls, env: "WorkerEnv", models: Sequence[str]) -> "RunResults":
+    def read(cls, env: WorkerEnv, models: Sequence[str]) -> RunResults:
         tables = {}
         for table in RESULT_TABLES:
-            rows = env.query(f"SELECT * EXCEPT (computed_at) FROM {table} FINAL "
-                             "WHERE has({models:Array(String)}, model_id)", models=list(models))
+            rows = env.query(
+                f"SELECT * EXCEPT (computed_at) FROM {table} FINAL WHERE has({{models:Array(String)}}, model_id)",
+                models=list(models),
+            )
             tables[table] = sorted(({k: exact(v) for k, v in r.items()} for r in rows), key=_row_key)
         counts = {
-            "predictions": [tuple(r.values()) for r in env.query(
-                "SELECT model_id, model_version, count() AS n FROM predictions FINAL "
-                "WHERE has({models:Array(String)}, model_id) GROUP BY model_id, model_version ORDER BY ALL",
-                models=list(models))],
-            "labels": [tuple(r.values()) for r in env.query(
-                "SELECT l.model_id AS model_id, p.model_version AS model_version, count() AS n "
-                "FROM (SELECT model_id, event_id FROM labels FINAL WHERE has({models:Array(String)}, model_id)) AS l "
-                "LEFT JOIN (SELECT model_id, event_id, model_version FROM predictions FINAL "
-                "WHERE has({models:Array(String)}, model_id)) AS p ON l.model_id = p.model_id AND l.event_id = p.event_id "
-                "GROUP BY model_id, model_version ORDER BY ALL", models=list(models))],
+            "predictions": [
+                tuple(r.values())
+                for r in env.query(
+                    "SELECT model_id, model_version, count() AS n FROM predictions FINAL "
+                    "WHERE has({models:Array(String)}, model_id) GROUP BY model_id, model_version ORDER BY ALL",
+                    models=list(models),
+                )
+            ],
+            "labels": [
+                tuple(r.values())
+                for r in env.query(
+                    "SELECT l.model_id AS model_id, p.model_version AS model_version, count() AS n "
+                    "FROM (SELECT model_id, event_id FROM labels FINAL "
+                    "WHERE has({models:Array(String)}, model_id)) AS l "
+                    "LEFT JOIN (SELECT model_id, event_id, model_version FROM predictions FINAL "
+                    "WHERE has({models:Array(String)}, model_id)) AS p "
+                    "ON l.model_id = p.model_id AND l.event_id = p.event_id "
+                    "GROUP BY model_id, model_version ORDER BY ALL",
+                    models=list(models),
+                )
+            ],
         }
         return cls(tables, counts)
 
@@ -408,7 +495,7 @@ class RunResults:
     def rows(self) -> int:
         return sum(len(rows) for rows in self.tables.values()) + sum(len(c) for c in self.counts.values())
 
-    def differences(self, expected: "RunResults") -> list[str]:
+    def differences(self, expected: RunResults) -> list[str]:
         """What differs from ``expected``: rows missing or extra per table, and for rows present in both
         runs, the columns whose values differ (with the first example)."""
         found = []
@@ -427,8 +514,10 @@ class RunResults:
                         columns.setdefault(column, []).append((k, value, got[k].get(column)))
             for column, diffs in columns.items():
                 k, want_value, got_value = diffs[0]
-                found.append(f"{table}.{column}: {len(diffs)} rows differ, e.g. {k}: clean {str(want_value)[:200]} "
-                             f"got {str(got_value)[:200]}")
+                found.append(
+                    f"{table}.{column}: {len(diffs)} rows differ, e.g. {k}: clean {str(want_value)[:200]} "
+                    f"got {str(got_value)[:200]}"
+                )
         for name, want_counts in expected.counts.items():
             if self.counts[name] != want_counts:
                 found.append(f"{name} per model version: clean {want_counts} got {self.counts[name]}")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftline.streams.core.monitor import Arrival, Monitor, MonitorSettings, concat_batches, in_arrival_order, take_rows
+from driftline.streams.core.monitor import (
+    Arrival,
+    Monitor,
+    MonitorSettings,
+    concat_batches,
+    in_arrival_order,
+    take_rows,
+)
 from driftline.streams.core.profile import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch
@@ -22,16 +29,23 @@ SIZE = 1_000
 
 def reference() -> ReferenceProfile:
     rng = np.random.default_rng(0)
-    return ReferenceProfile.build("m", "1", {"x": rng.normal(size=5_000)}, {"c": rng.choice(["a", "b"], 5_000).tolist()},
-                                  rng.random(5_000))
+    return ReferenceProfile.build(
+        "m", "1", {"x": rng.normal(size=5_000)}, {"c": rng.choice(["a", "b"], 5_000).tolist()}, rng.random(5_000)
+    )
 
 
 def message(times: list[int], seed: int, version: str = "1") -> PredictionBatch:
     rng = np.random.default_rng(seed)
     n = len(times)
-    return PredictionBatch("m", version, [f"e{seed}-{i}" for i in range(n)], np.array(times, dtype=np.int64),
-                           numeric={"x": rng.normal(size=n)}, categorical={"c": rng.choice(["a", "b"], n).tolist()},
-                           predictions=rng.random(n))
+    return PredictionBatch(
+        "m",
+        version,
+        [f"e{seed}-{i}" for i in range(n)],
+        np.array(times, dtype=np.int64),
+        numeric={"x": rng.normal(size=n)},
+        categorical={"c": rng.choice(["a", "b"], n).tolist()},
+        predictions=rng.random(n),
+    )
 
 
 def log(n_messages: int, seed: int = 1, late_every: int = 0) -> list[PredictionBatch]:
@@ -55,8 +69,16 @@ def settings(model_id: str) -> MonitorSettings:
 
 
 def outcome_table(outcomes: list) -> list[tuple]:
-    return [(o.key, o.n_current, o.late_events, o.profile.summary_rows(),
-             [(m.feature, m.metric, m.value, m.p_value, m.drifted) for m in o.drift]) for o in outcomes]
+    return [
+        (
+            o.key,
+            o.n_current,
+            o.late_events,
+            o.profile.summary_rows(),
+            [(m.feature, m.metric, m.value, m.p_value, m.drifted) for m in o.drift],
+        )
+        for o in outcomes
+    ]
 
 
 def live(messages: list[PredictionBatch], ref: ReferenceProfile) -> tuple[list, int]:
@@ -69,14 +91,16 @@ def live(messages: list[PredictionBatch], ref: ReferenceProfile) -> tuple[list, 
     return out + monitor.close_due(now_ms=10**13), late
 
 
-def backlog(messages: list[PredictionBatch], ref: ReferenceProfile, poll: int, reorder: bool = True) -> tuple[list, int]:
+def backlog(
+    messages: list[PredictionBatch], ref: ReferenceProfile, poll: int, reorder: bool = True
+) -> tuple[list, int]:
     """Polls of ``poll`` messages, gathered as the worker does: batches first, then the single events
     in one batch; ``reorder=False`` leaves them so (the behaviour before the fix)."""
     monitor = Monitor(settings, idle_ms=1)
     monitor.recover("m", "1", None)
     out, late = [], 0
     for lo in range(0, len(messages), poll):
-        part = list(enumerate(messages[lo: lo + poll]))
+        part = list(enumerate(messages[lo : lo + poll]))
         gathered = [(i, b) for i, b in part if b.n > 1] + [(i, b) for i, b in part if b.n == 1]
         batch = concat_batches([b for _, b in gathered])
         owners = np.concatenate([np.full(b.n, i) for i, b in gathered])
@@ -123,12 +147,16 @@ def test_a_late_row_goes_to_the_window_above_the_watermark_of_its_arrival() -> N
     # window 0 closes when 1500 arrives; 200 comes after it: late, and counted in [1000, 2000), the first
     # window to close after it, not in [2000, 3000) opened later
     arrivals = [message([T0 + 100, T0 + 1_500], 1), message([T0 + 200], 2), message([T0 + 2_100, T0 + 3_100], 3)]
-    got = monitor.ingest_all("m", [Arrival(b, ref, np.full(b.n, i)) for i, b in enumerate(arrivals)],
-                             source=0, now_ms=0)
+    got = monitor.ingest_all(
+        "m", [Arrival(b, ref, np.full(b.n, i)) for i, b in enumerate(arrivals)], source=0, now_ms=0
+    )
     assert [g.late for g in got] == [0, 1, 0]
     assert got[1].late_rows.tolist() == [0] and got[0].late_rows is None
     assert [(o.window_start - T0, o.n_current, o.late_events) for o in monitor.close_due(0)] == [
-        (0, 1, 0), (1_000, 1, 1), (2_000, 1, 0)]
+        (0, 1, 0),
+        (1_000, 1, 1),
+        (2_000, 1, 0),
+    ]
 
 
 def test_versions_of_one_model_are_judged_in_the_order_of_their_messages() -> None:
@@ -141,8 +169,9 @@ def test_versions_of_one_model_are_judged_in_the_order_of_their_messages() -> No
     # in the wrong order, version 1's row would look late.
     v2 = message([T0 + 2_500], 2, version="2")
     v1 = message([T0 + 100], 1)
-    got = monitor.ingest_all("m", [Arrival(v2, ref2, np.array([1])), Arrival(v1, ref1, np.array([0]))],
-                             source=0, now_ms=0)
+    got = monitor.ingest_all(
+        "m", [Arrival(v2, ref2, np.array([1])), Arrival(v1, ref1, np.array([0]))], source=0, now_ms=0
+    )
     assert [g.late for g in got] == [0, 0]
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
 from driftline.retrainer.registry import ArtifactIntegrityError, ArtifactNotFoundError, ArtifactStore, RegistryError
 from driftline.retrainer.trainers import (
     DEFAULT_ARTIFACT_ALLOWLIST,
@@ -23,6 +22,7 @@ from driftline.retrainer.trainers import (
     score,
     train_river_linear,
 )
+from driftline.unpickling import Allowlist, PickleNotAllowed, restricted_loads
 
 
 @pytest.fixture
@@ -155,6 +155,7 @@ def test_uris_name_objects_by_hash(store: ArtifactStore) -> None:
 
 # --- loading through the allowlist (docs/SECURITY.md) -------------------------------------------------
 
+
 class _RunsACommand:
     """Unpickling this calls os.system: what a hostile `registry register --artifact` would upload."""
 
@@ -176,12 +177,15 @@ def test_an_artifact_that_would_run_a_command_is_refused(store: ArtifactStore, t
     assert marker.exists()
 
 
-@pytest.mark.parametrize("payload", [
-    pickle.dumps(eval),                                    # a builtin function
-    pickle.dumps(__import__("subprocess").Popen),          # a class, but not of an allowed module
-    pickle.dumps(np.load),                                 # a numpy function, not a named global
-    pickle.dumps(np.memmap),                               # a numpy class that writes files
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pickle.dumps(eval),  # a builtin function
+        pickle.dumps(__import__("subprocess").Popen),  # a class, but not of an allowed module
+        pickle.dumps(np.load),  # a numpy function, not a named global
+        pickle.dumps(np.memmap),  # a numpy class that writes files
+    ],
+)
 def test_only_named_globals_and_classes_of_allowed_packages_resolve(payload: bytes) -> None:
     with pytest.raises(ArtifactNotAllowed, match="is not allowed in a model artifact"):
         load_model(payload)

@@ -21,7 +21,7 @@ HOSTILE = [
     "SELECT * FROM file('/etc/passwd', 'LineAsString')",
     "SELECT * FROM FiLe('/etc/passwd', 'LineAsString')",
     "SELECT * FROM `file`('/etc/passwd', 'LineAsString')",
-    'SELECT * FROM "url"(\'http://x\', \'TSV\')',
+    "SELECT * FROM \"url\"('http://x', 'TSV')",
     "SELECT * FROM file/* nested /* comment */ still */('/etc/passwd')",
     "SELECT * FROM file\n-- comment\n# another\n('/etc/passwd')",
     "SELECT $$ ' $$ AS a, * FROM file('/etc/passwd')",
@@ -118,6 +118,10 @@ def test_driftlines_own_sql_is_never_refused() -> None:
 
 def test_settings_in_the_url() -> None:
     BOX.check_settings({"max_threads": "2", "max_execution_time": "30", "readonly": "1"})
-    for name, value in (("format_template_row", "/etc/passwd"), ("max_execution_time", "0"), ("max_execution_time", "1e9")):
+    for name, value in (
+        ("format_template_row", "/etc/passwd"),
+        ("max_execution_time", "0"),
+        ("max_execution_time", "1e9"),
+    ):
         with pytest.raises(ClickHouseError, match=name):
             BOX.check_settings({name: value})

@@ -50,9 +50,16 @@ T0 = 1_700_000_000_123
 
 def _prediction_event(i: int = 0, **changes) -> PredictionEvent:
     values = dict(
-        event_id=f"e{i}", model_id="credit", model_version="3", event_time=T0 + i,
-        numeric={"age": 41.0 + i, "income": -1.5e6}, categorical={"region": "eu"},
-        prediction=0.25, predicted_label="approve", latency_ms=3.5, attributes={"channel": "web"},
+        event_id=f"e{i}",
+        model_id="credit",
+        model_version="3",
+        event_time=T0 + i,
+        numeric={"age": 41.0 + i, "income": -1.5e6},
+        categorical={"region": "eu"},
+        prediction=0.25,
+        predicted_label="approve",
+        latency_ms=3.5,
+        attributes={"channel": "web"},
     )
     values.update(changes)
     return PredictionEvent(**values)
@@ -69,18 +76,29 @@ def sample_records() -> list:
         PredictionEvent("e-min", "m", "1", 0),
         PredictionBatch.from_events(events),
         FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}, categorical={"c": "x"}, attributes={"a": "b"}),
-        FeatureBatch.from_events([FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}),
-                                  FeatureEvent("f2", "credit", "3", T0 + 1, categorical={"c": "y"})]),
+        FeatureBatch.from_events(
+            [
+                FeatureEvent("f1", "credit", "3", T0, numeric={"age": 3.0}),
+                FeatureEvent("f2", "credit", "3", T0 + 1, categorical={"c": "y"}),
+            ]
+        ),
         LabelEvent("e1", "credit", T0, 1.0),
         LabelEvent("e2", "credit", T0, "approve"),
-        RetrainRequest("r1", "credit", "3", "drift", T0,
-                       [Evidence("psi", "age", 0.31, 0.2, T0 - 3_600_000, T0)]),
+        RetrainRequest("r1", "credit", "3", "drift", T0, [Evidence("psi", "age", 0.31, 0.2, T0 - 3_600_000, T0)]),
         RetrainRequest("r2", "credit", "3", "manual", T0),
         ModelEvent("promoted", "credit", "4", T0, alias="champion", request_id="r1"),
         ModelEvent("registered", "credit", "5", T0),
-        DriftReport("credit", "3", T0 - 3_600_000, T0, 1000, 5000, ["age"],
-                    [FeatureDrift("age", "psi", 0.31, None, 0.2, True),
-                     FeatureDrift("age", "ks", 0.12, 0.003, 0.1, True)], T0 + 5),
+        DriftReport(
+            "credit",
+            "3",
+            T0 - 3_600_000,
+            T0,
+            1000,
+            5000,
+            ["age"],
+            [FeatureDrift("age", "psi", 0.31, None, 0.2, True), FeatureDrift("age", "ks", 0.12, 0.003, 0.1, True)],
+            T0 + 5,
+        ),
         Alert("a1", "credit", "3", "warning", "drift", "age drifted", T0, T0 - 3_600_000, T0),
         Alert("a2", "credit", "3", "critical", "retrain_failed", "boom", T0),
     ]
@@ -112,6 +130,7 @@ def _same_value(x, y) -> bool:
 
 
 # ------------------------------------------------------------ fingerprints and schemas
+
 
 def _spec_fingerprint64(data: bytes) -> int:
     """CRC-64-AVRO as the Avro specification writes it (its Java listing, transcribed by hand)."""
@@ -154,9 +173,15 @@ def encode_header_of(version: SchemaVersion) -> bytes:
 
 
 def test_canonical_form_drops_doc_defaults_and_logical_types_by_hand() -> None:
-    schema = {"type": "record", "name": "T", "namespace": "x.y", "doc": "d",
-              "fields": [{"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0,
-                          "doc": "when"}]}
+    schema = {
+        "type": "record",
+        "name": "T",
+        "namespace": "x.y",
+        "doc": "d",
+        "fields": [
+            {"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0, "doc": "when"}
+        ],
+    }
     from fastavro.schema import to_parsing_canonical_form
 
     hand = '{"name":"x.y.T","type":"record","fields":[{"name":"t","type":"long"}]}'
@@ -189,8 +214,18 @@ def test_v1_schemas_are_pinned() -> None:
 def test_prediction_event_schema_is_the_contract() -> None:
     schema = json.loads((AVRO_DIR / "PredictionEvent.v1.avsc").read_text())
     types = {f["name"]: f["type"] for f in schema["fields"]}
-    assert list(types) == ["event_id", "model_id", "model_version", "event_time", "numeric", "categorical",
-                           "prediction", "predicted_label", "latency_ms", "attributes"]
+    assert list(types) == [
+        "event_id",
+        "model_id",
+        "model_version",
+        "event_time",
+        "numeric",
+        "categorical",
+        "prediction",
+        "predicted_label",
+        "latency_ms",
+        "attributes",
+    ]
     assert types["event_time"] == {"type": "long", "logicalType": "timestamp-millis"}
     assert types["numeric"] == {"type": "map", "values": "double"}
     assert types["prediction"] == ["null", "double"]
@@ -218,6 +253,7 @@ def test_schema_files_must_be_named_after_their_record(tmp_path) -> None:
 
 
 # ------------------------------------------------------------ round trips
+
 
 @pytest.mark.parametrize("record", sample_records(), ids=lambda r: type(r).__name__)
 def test_every_record_round_trips(record) -> None:
@@ -250,7 +286,9 @@ def test_batch_columns_are_packed_little_endian_and_decoded_zero_copy() -> None:
     assert version.short_name == "PredictionBatch"
     assert datum["event_times"] == struct.pack("<2q", T0, T0 + 1)
     assert datum["numeric"]["age"] == struct.pack("<2d", 41.0, 42.0)
-    assert datum["latency_ms"][:8] == struct.pack("<d", 3.5) and math.isnan(struct.unpack("<d", datum["latency_ms"][8:])[0])
+    assert datum["latency_ms"][:8] == struct.pack("<d", 3.5) and math.isnan(
+        struct.unpack("<d", datum["latency_ms"][8:])[0]
+    )
     decoded = codec.decode(codec.encode(batch))
     assert not decoded.numeric["age"].flags.writeable  # a view of the message bytes, not a copy
     assert decoded.numeric["age"].base is not None
@@ -290,9 +328,18 @@ def test_prediction_event_round_trip_property(numeric, categorical, prediction, 
 
 # ------------------------------------------------------------ JSON input
 
+
 def test_json_prediction_event_is_validated_and_normalised() -> None:
-    raw = json.dumps({"event_id": "e1", "model_id": "credit", "model_version": "3", "event_time": T0,
-                      "numeric": {"age": 41}, "prediction": 1}).encode()
+    raw = json.dumps(
+        {
+            "event_id": "e1",
+            "model_id": "credit",
+            "model_version": "3",
+            "event_time": T0,
+            "numeric": {"age": 41},
+            "prediction": 1,
+        }
+    ).encode()
     event = decode(raw)
     assert event == PredictionEvent("e1", "credit", "3", T0, numeric={"age": 41.0}, prediction=1.0)
     assert type(event.numeric["age"]) is float and type(event.prediction) is float
@@ -312,8 +359,11 @@ def test_json_record_comes_from_type_then_topic_then_fields() -> None:
     assert label == LabelEvent("e1", "credit", 5, "yes")
 
 
-@pytest.mark.parametrize("record", [r for r in sample_records() if not isinstance(r, (PredictionBatch, FeatureBatch))],
-                         ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize(
+    "record",
+    [r for r in sample_records() if not isinstance(r, (PredictionBatch, FeatureBatch))],
+    ids=lambda r: type(r).__name__,
+)
 def test_encode_json_round_trips(record) -> None:
     raw = encode_json(record)
     assert json.loads(raw)["type"] == type(record).__name__
@@ -331,22 +381,31 @@ def test_batches_have_no_json_form() -> None:
     assert err.value.reason == "json_schema"
 
 
-@pytest.mark.parametrize("raw, reason, words", [
-    (b'{"event_id": "e1", "model_id"', "json_syntax", ""),
-    (b"{\xff}", "json_syntax", ""),
-    (b'{"model_id": "m"}', "json_schema", "cannot tell which record"),
-    (b'{"type": "Nope", "model_id": "m"}', "json_schema", "unknown record 'Nope'"),
-    (b'{"type": 3}', "json_schema", "must name a record"),
-    (b'{"event_id": "e", "model_id": "m", "event_time": "yesterday", "label": 1}', "json_schema", "event_time"),
-    (b'{"event_id": "e", "model_id": "m", "event_time": 1.5, "label": 1}', "json_schema", "event_time"),
-    (b'{"event_id": "e", "model_id": "m", "event_time": 1, "label": [1]}', "json_schema", "label"),
-    (b'{"event_id": "e", "model_id": "m", "event_time": 1, "label": 1, "colour": "red"}', "json_schema", "colour"),
-    (b'{"event_id": "e", "model_id": "m", "model_version": "1", "event_time": 1, "numeric": {"x": "1"}}',
-     "json_schema", "numeric"),
-    (b'{"event_id": "e", "model_id": "m", "model_version": "1", "event_time": 1, "numeric": {"x": Infinity}}',
-     "invalid_value", "'x'"),
-    (b'{"event_id": "e", "model_id": "m", "event_time": 1}', "json_schema", "cannot tell"),
-])
+@pytest.mark.parametrize(
+    "raw, reason, words",
+    [
+        (b'{"event_id": "e1", "model_id"', "json_syntax", ""),
+        (b"{\xff}", "json_syntax", ""),
+        (b'{"model_id": "m"}', "json_schema", "cannot tell which record"),
+        (b'{"type": "Nope", "model_id": "m"}', "json_schema", "unknown record 'Nope'"),
+        (b'{"type": 3}', "json_schema", "must name a record"),
+        (b'{"event_id": "e", "model_id": "m", "event_time": "yesterday", "label": 1}', "json_schema", "event_time"),
+        (b'{"event_id": "e", "model_id": "m", "event_time": 1.5, "label": 1}', "json_schema", "event_time"),
+        (b'{"event_id": "e", "model_id": "m", "event_time": 1, "label": [1]}', "json_schema", "label"),
+        (b'{"event_id": "e", "model_id": "m", "event_time": 1, "label": 1, "colour": "red"}', "json_schema", "colour"),
+        (
+            b'{"event_id": "e", "model_id": "m", "model_version": "1", "event_time": 1, "numeric": {"x": "1"}}',
+            "json_schema",
+            "numeric",
+        ),
+        (
+            b'{"event_id": "e", "model_id": "m", "model_version": "1", "event_time": 1, "numeric": {"x": Infinity}}',
+            "invalid_value",
+            "'x'",
+        ),
+        (b'{"event_id": "e", "model_id": "m", "event_time": 1}', "json_schema", "cannot tell"),
+    ],
+)
 def test_bad_json_gives_typed_errors(raw, reason, words) -> None:
     with pytest.raises(DecodeError) as err:
         decode(raw)
@@ -356,13 +415,16 @@ def test_bad_json_gives_typed_errors(raw, reason, words) -> None:
 
 # ------------------------------------------------------------ corrupt bytes
 
+
 def _label_bytes() -> bytes:
     return encode(LabelEvent("e1", "credit", T0, "approve"))
 
 
 def _batch_datum(**changes) -> dict:
     codec = Codec()
-    _, datum = codec.decode_datum(codec.encode(PredictionBatch.from_events([_prediction_event(0), _prediction_event(1)])))
+    _, datum = codec.decode_datum(
+        codec.encode(PredictionBatch.from_events([_prediction_event(0), _prediction_event(1)]))
+    )
     datum.update(changes)
     return datum
 
@@ -372,31 +434,45 @@ def _raw_batch(**changes) -> bytes:
     return codec.encode_datum(_batch_datum(**changes), codec.schemas.current("PredictionBatch"))
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"", "empty"),
-    (b"\x01\x02\x03", "unknown_encoding"),
-    (b"hello", "unknown_encoding"),
-    (b"\xc3\x02" + bytes(8), "unknown_encoding"),
-    (b"\xc3", "unknown_encoding"),
-    (b"\xc3\x01\x8f\x5c", "truncated"),
-    (b"\xc3\x01" + bytes(8) + b"\x02e", "unknown_fingerprint"),
-    (b"\x00\x00\x00\x00\x01\x02", "unknown_encoding"),  # Confluent framing without a registry
-    (_label_bytes()[:-3], "avro_body"),
-    (_label_bytes() + b"\x00", "avro_body"),
-    (_label_bytes()[:10] + b"\x02\xff\xfe" + _label_bytes()[13:], "avro_body"),
-    (_label_bytes()[:10] + b"\xff" * 12, "avro_body"),
-    (_raw_batch(event_times=b"\x00" * 8), "column_length"),
-    (_raw_batch(numeric={"age": b"\x00" * 24}), "column_length"),
-    (_raw_batch(predictions=b""), "column_length"),
-    (_raw_batch(latency_ms=b"\x00" * 8), "column_length"),
-    (_raw_batch(predicted_labels=["a"]), "column_length"),
-    (_raw_batch(categorical={"region": ["eu"]}), "column_length"),
-    (_raw_batch(attributes={"channel": ["web", "app", "x"]}), "column_length"),
-    (_raw_batch(event_ids=[], event_times=b"", predictions=b"", latency_ms=b"", numeric={}, categorical={},
-                predicted_labels=[], attributes={}), "column_length"),
-    (_raw_batch(numeric={"age": struct.pack("<2d", 1.0, float("-inf"))}), "invalid_value"),
-    (_raw_batch(predictions=struct.pack("<2d", 1.0, float("inf"))), "invalid_value"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", "empty"),
+        (b"\x01\x02\x03", "unknown_encoding"),
+        (b"hello", "unknown_encoding"),
+        (b"\xc3\x02" + bytes(8), "unknown_encoding"),
+        (b"\xc3", "unknown_encoding"),
+        (b"\xc3\x01\x8f\x5c", "truncated"),
+        (b"\xc3\x01" + bytes(8) + b"\x02e", "unknown_fingerprint"),
+        (b"\x00\x00\x00\x00\x01\x02", "unknown_encoding"),  # Confluent framing without a registry
+        (_label_bytes()[:-3], "avro_body"),
+        (_label_bytes() + b"\x00", "avro_body"),
+        (_label_bytes()[:10] + b"\x02\xff\xfe" + _label_bytes()[13:], "avro_body"),
+        (_label_bytes()[:10] + b"\xff" * 12, "avro_body"),
+        (_raw_batch(event_times=b"\x00" * 8), "column_length"),
+        (_raw_batch(numeric={"age": b"\x00" * 24}), "column_length"),
+        (_raw_batch(predictions=b""), "column_length"),
+        (_raw_batch(latency_ms=b"\x00" * 8), "column_length"),
+        (_raw_batch(predicted_labels=["a"]), "column_length"),
+        (_raw_batch(categorical={"region": ["eu"]}), "column_length"),
+        (_raw_batch(attributes={"channel": ["web", "app", "x"]}), "column_length"),
+        (
+            _raw_batch(
+                event_ids=[],
+                event_times=b"",
+                predictions=b"",
+                latency_ms=b"",
+                numeric={},
+                categorical={},
+                predicted_labels=[],
+                attributes={},
+            ),
+            "column_length",
+        ),
+        (_raw_batch(numeric={"age": struct.pack("<2d", 1.0, float("-inf"))}), "invalid_value"),
+        (_raw_batch(predictions=struct.pack("<2d", 1.0, float("inf"))), "invalid_value"),
+    ],
+)
 def test_corrupt_bytes_give_one_typed_error(raw: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as err:
         Codec().decode(raw)
@@ -407,7 +483,11 @@ def test_corrupt_bytes_give_one_typed_error(raw: bytes, reason: str) -> None:
 def test_infinite_single_event_values_are_invalid_both_ways() -> None:
     codec = Codec()
     version = codec.schemas.current("PredictionEvent")
-    for change in ({"numeric": {"a": 1.0, "b": float("inf")}}, {"prediction": float("-inf")}, {"latency_ms": float("inf")}):
+    for change in (
+        {"numeric": {"a": 1.0, "b": float("inf")}},
+        {"prediction": float("-inf")},
+        {"latency_ms": float("inf")},
+    ):
         datum = {**_prediction_event().__dict__, **change}
         with pytest.raises(DecodeError) as err:
             codec.decode(codec.encode_datum(datum, version))
@@ -434,11 +514,20 @@ def test_topic_check_refuses_records_of_another_topic() -> None:
         decode(data, topic="predictions")
     assert err.value.reason == "unexpected_record"
     assert decode(data, topic="dlq") is not None
-    assert set(TOPIC_RECORDS) == {"predictions", "features", "labels", "drift", "alerts", "retrain-requests",
-                                  "models", "dlq"}
+    assert set(TOPIC_RECORDS) == {
+        "predictions",
+        "features",
+        "labels",
+        "drift",
+        "alerts",
+        "retrain-requests",
+        "models",
+        "dlq",
+    }
 
 
 # ------------------------------------------------------------ schema evolution
+
 
 def _prediction_event_v2() -> dict:
     schema = json.loads((AVRO_DIR / "PredictionEvent.v1.avsc").read_text())
@@ -486,10 +575,14 @@ def test_adding_the_same_schema_twice_returns_the_known_version() -> None:
     assert schemas.add(json.loads((AVRO_DIR / "LabelEvent.v1.avsc").read_text())) is known
     with pytest.raises(SchemaSetError):
         schemas.add({"type": "enum", "name": "E", "symbols": ["a"]})
-    assert strip_logical_types(["null", {"type": "long", "logicalType": "timestamp-millis"}]) == ["null", {"type": "long"}]
+    assert strip_logical_types(["null", {"type": "long", "logicalType": "timestamp-millis"}]) == [
+        "null",
+        {"type": "long"},
+    ]
 
 
 # ------------------------------------------------------------ Confluent wire format
+
 
 class _Registry:
     """The one endpoint of a Confluent Schema Registry that the codec calls, served locally."""
@@ -506,8 +599,8 @@ class _Registry:
                 if self.headers.get("Authorization"):
                     registry.authorizations.append(self.headers["Authorization"])
                 prefix = "/schemas/ids/"
-                if self.path.startswith(prefix) and int(self.path[len(prefix):]) in registry.schemas:
-                    body = json.dumps({"schema": json.dumps(registry.schemas[int(self.path[len(prefix):])])}).encode()
+                if self.path.startswith(prefix) and int(self.path[len(prefix) :]) in registry.schemas:
+                    body = json.dumps({"schema": json.dumps(registry.schemas[int(self.path[len(prefix) :])])}).encode()
                     self.send_response(200)
                 else:
                     body = b'{"error_code": 40403, "message": "Schema not found"}'
@@ -562,9 +655,11 @@ def test_confluent_framing_fetches_each_schema_id_once(registry: _Registry) -> N
 
 def test_confluent_unknown_ids_and_foreign_records(registry: _Registry) -> None:
     codec = Codec(schema_registry=registry.url)
-    for raw, reason in [(b"\x00\x00\x00\x00\x63\x02", "unknown_schema_id"),
-                        (_confluent(9, registry.schemas[9], {"x": 1}), "unknown_schema_id"),
-                        (b"\x00\x00\x00", "truncated")]:
+    for raw, reason in [
+        (b"\x00\x00\x00\x00\x63\x02", "unknown_schema_id"),
+        (_confluent(9, registry.schemas[9], {"x": 1}), "unknown_schema_id"),
+        (b"\x00\x00\x00", "truncated"),
+    ]:
         with pytest.raises(DecodeError) as err:
             codec.decode(raw)
         assert err.value.reason == reason
@@ -585,6 +680,7 @@ def test_unreachable_registry_fails_fast_after_the_first_try(registry: _Registry
 
 # ------------------------------------------------------------ speed
 
+
 def _rate(fn, events_per_call: int, seconds: float = 0.3) -> float:
     calls, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
@@ -596,10 +692,18 @@ def _rate(fn, events_per_call: int, seconds: float = 0.3) -> float:
 def test_decode_throughput_floor() -> None:
     """Far below what this machine measures (about 80k and 1.1M events/s); catches per-value Python loops."""
     rng = np.random.default_rng(0)
-    events = [PredictionEvent(str(uuid.uuid4()), "credit", "3", T0 + i,
-                              numeric={f"f{j}": float(v) for j, v in enumerate(rng.normal(size=20))},
-                              categorical={"c1": "abc"[i % 3], "c2": "xy"[i % 2]}, prediction=0.5)
-              for i in range(1000)]
+    events = [
+        PredictionEvent(
+            str(uuid.uuid4()),
+            "credit",
+            "3",
+            T0 + i,
+            numeric={f"f{j}": float(v) for j, v in enumerate(rng.normal(size=20))},
+            categorical={"c1": "abc"[i % 3], "c2": "xy"[i % 2]},
+            prediction=0.5,
+        )
+        for i in range(1000)
+    ]
     codec = Codec()
     singles = [codec.encode(e) for e in events[:100]]
     batch = codec.encode(PredictionBatch.from_events(events))
@@ -612,31 +716,59 @@ def test_decode_throughput_floor() -> None:
 
 # ------------------------------------------------------------ poison messages (issue 11)
 
+
 def _label_json(**fields) -> bytes:
     base = {"type": "LabelEvent", "event_id": "e1", "model_id": "m", "event_time": T0, "label": 1}
     return json.dumps({**base, **fields}).encode()
 
 
-_NESTED = b'{"type":"LabelEvent","event_id":' + b"[" * 2_000 + b"]" * 2_000 + b',"model_id":"m","event_time":1,"label":1}'
-_NESTED_OBJECT = (b'{"type":"LabelEvent","model_id":"m","event_time":1,"label":1,"event_id":'
-                  + b'{"a":' * 5_000 + b"1" + b"}" * 5_000 + b"}")
+_NESTED = (
+    b'{"type":"LabelEvent","event_id":' + b"[" * 2_000 + b"]" * 2_000 + b',"model_id":"m","event_time":1,"label":1}'
+)
+_NESTED_OBJECT = (
+    b'{"type":"LabelEvent","model_id":"m","event_time":1,"label":1,"event_id":'
+    + b'{"a":' * 5_000
+    + b"1"
+    + b"}" * 5_000
+    + b"}"
+)
 
 
-@pytest.mark.parametrize("raw, reason, words", [
-    (_NESTED, "json_syntax", "nested too deeply"),  # was RecursionError
-    (_NESTED_OBJECT, "json_syntax", "nested too deeply"),
-    (b'{"type":"LabelEvent","event_id":"e","model_id":"m","event_time":1,"label":' + b"9" * 400 + b"}",
-     "json_schema", "does not fit"),  # was OverflowError
-    (b'{"type":"PredictionEvent","event_id":"e","model_id":"m","model_version":"1","event_time":1,'
-     b'"numeric":{"x":1' + b"0" * 320 + b"}}", "json_schema", "does not fit"),
-    (b'{"type":"LabelEvent","event_id":"\\ud800","model_id":"m","event_time":1,"label":1}', "json_syntax",
-     "lone surrogate"),  # was UnicodeEncodeError
-    (b'{"type":"LabelEvent","event_id":"\xed\xa0\x80","model_id":"m","event_time":1,"label":1}', "json_syntax",
-     "UTF-8"),  # the raw bytes of a surrogate: was UnicodeEncodeError
-    (b'{"type":"PredictionEvent","event_id":"e","model_id":"m","model_version":"1","event_time":1,'
-     b'"categorical":{"\\udfff":"x"}}', "json_syntax", "lone surrogate"),
-    (b'{\x00"\x00}\x00', "json_syntax", ""),  # UTF-16 is not taken for UTF-8
-])
+@pytest.mark.parametrize(
+    "raw, reason, words",
+    [
+        (_NESTED, "json_syntax", "nested too deeply"),  # was RecursionError
+        (_NESTED_OBJECT, "json_syntax", "nested too deeply"),
+        (
+            b'{"type":"LabelEvent","event_id":"e","model_id":"m","event_time":1,"label":' + b"9" * 400 + b"}",
+            "json_schema",
+            "does not fit",
+        ),  # was OverflowError
+        (
+            b'{"type":"PredictionEvent","event_id":"e","model_id":"m","model_version":"1","event_time":1,'
+            b'"numeric":{"x":1' + b"0" * 320 + b"}}",
+            "json_schema",
+            "does not fit",
+        ),
+        (
+            b'{"type":"LabelEvent","event_id":"\\ud800","model_id":"m","event_time":1,"label":1}',
+            "json_syntax",
+            "lone surrogate",
+        ),  # was UnicodeEncodeError
+        (
+            b'{"type":"LabelEvent","event_id":"\xed\xa0\x80","model_id":"m","event_time":1,"label":1}',
+            "json_syntax",
+            "UTF-8",
+        ),  # the raw bytes of a surrogate: was UnicodeEncodeError
+        (
+            b'{"type":"PredictionEvent","event_id":"e","model_id":"m","model_version":"1","event_time":1,'
+            b'"categorical":{"\\udfff":"x"}}',
+            "json_syntax",
+            "lone surrogate",
+        ),
+        (b'{\x00"\x00}\x00', "json_syntax", ""),  # UTF-16 is not taken for UTF-8
+    ],
+)
 def test_poison_json_is_a_decode_error(raw: bytes, reason: str, words: str) -> None:
     for decoder in (lambda: decode(raw), lambda: Codec().decode(raw, topic="labels")):
         with pytest.raises(DecodeError) as err:
@@ -659,8 +791,7 @@ def test_the_issue_example_is_a_decode_error() -> None:
 
 def test_a_detail_is_short_valid_utf8_whatever_the_input() -> None:
     huge = "k" * 1_000_000
-    for raw in (_label_json(**{huge: 1}), _label_json(**{"\ud800" + huge: 1}),
-                _label_json(event_time="x" * 1_000_000)):
+    for raw in (_label_json(**{huge: 1}), _label_json(**{"\ud800" + huge: 1}), _label_json(event_time="x" * 1_000_000)):
         with pytest.raises(DecodeError) as err:
             decode(raw)
         assert err.value.reason == "json_schema"
@@ -719,21 +850,25 @@ def _event_json(**fields) -> bytes:
     return json.dumps({**base, **fields}).encode()
 
 
-@pytest.mark.parametrize("fields, reason", [
-    ({"numeric": {"label": 1.0}}, "reserved_feature_name"),
-    ({"numeric": {"prediction": 1.0}}, "reserved_feature_name"),
-    ({"categorical": {"event_time": "x"}}, "reserved_feature_name"),
-    ({"numeric": {"__prediction__": 1.0}}, "reserved_feature_name"),
-    ({"numeric": {"age": 1.0}, "categorical": {"age": "old"}}, "feature_kind_conflict"),
-    ({"numeric": {"a" * 257: 1.0}}, "value_too_long"),
-    ({"attributes": {"k" * 257: "v"}}, "value_too_long"),
-])
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"numeric": {"label": 1.0}}, "reserved_feature_name"),
+        ({"numeric": {"prediction": 1.0}}, "reserved_feature_name"),
+        ({"categorical": {"event_time": "x"}}, "reserved_feature_name"),
+        ({"numeric": {"__prediction__": 1.0}}, "reserved_feature_name"),
+        ({"numeric": {"age": 1.0}, "categorical": {"age": "old"}}, "feature_kind_conflict"),
+        ({"numeric": {"a" * 257: 1.0}}, "value_too_long"),
+        ({"attributes": {"k" * 257: "v"}}, "value_too_long"),
+    ],
+)
 def test_feature_names_are_checked_per_message(fields: dict, reason: str) -> None:
     codec = Codec()
     event = json.loads(_event_json(**fields))
     event.pop("type")
-    avro = codec.encode_datum({**PredictionEvent("e1", "m", "1", T0).__dict__, **event},
-                              codec.schemas.current("PredictionEvent"))
+    avro = codec.encode_datum(
+        {**PredictionEvent("e1", "m", "1", T0).__dict__, **event}, codec.schemas.current("PredictionEvent")
+    )
     batch = codec.encode(PredictionBatch.from_events([PredictionEvent(**event), _prediction_event(1)]))
     for raw in (_event_json(**fields), avro, batch):
         with pytest.raises(DecodeError) as err:
@@ -744,6 +879,7 @@ def test_feature_names_are_checked_per_message(fields: dict, reason: str) -> Non
 
 # ------------------------------------------------------------ the schema registry keeps its secrets
 
+
 def test_registry_credentials_go_in_a_header_never_in_an_error(registry: _Registry) -> None:
     port = registry.url.rsplit(":", 1)[1]
     secret_url = f"http://bob:s3cr%40t@127.0.0.1:{port}"
@@ -753,7 +889,7 @@ def test_registry_credentials_go_in_a_header_never_in_an_error(registry: _Regist
     assert registry.authorizations == ["Basic Ym9iOnMzY3JAdA=="]  # bob:s3cr@t
     assert "s3cr" not in repr(codec.registry)
     errors = []
-    for raw in (b"\x00\x00\x00\x00\x63\x02", ):  # an unknown id: the error names the registry
+    for raw in (b"\x00\x00\x00\x00\x63\x02",):  # an unknown id: the error names the registry
         with pytest.raises(DecodeError) as err:
             codec.decode(raw)
         errors.append(err.value)
@@ -761,8 +897,12 @@ def test_registry_credentials_go_in_a_header_never_in_an_error(registry: _Regist
     with pytest.raises(ValueError) as bad_url:
         Codec(schema_registry="http://bob:s3cret@[::1")
     assert "s3cret" not in str(bad_url.value) and bad_url.value.__cause__ is None
-    for url in (secret_url, f"http://bob:s3cret@127.0.0.1:{port}/", "http://bob:s3cret@no-such-host.invalid/",
-                f"http://bob:s3cret@127.0.0.1:{port}x/"):
+    for url in (
+        secret_url,
+        f"http://bob:s3cret@127.0.0.1:{port}/",
+        "http://bob:s3cret@no-such-host.invalid/",
+        f"http://bob:s3cret@127.0.0.1:{port}x/",
+    ):
         with pytest.raises(DecodeError) as err:
             Codec(schema_registry=url).decode(_confluent(7, registry.schemas[7], event.__dict__))
         errors.append(err.value)

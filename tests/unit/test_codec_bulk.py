@@ -24,8 +24,8 @@ from driftline.streams.codec_schemas import SchemaSet
 from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
 
 T0 = 1_700_000_000_000
-SNAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000001))[0]      # a signalling NaN
-NEG_NAN = struct.unpack("<d", struct.pack("<Q", 0xFFF8000000000ABC))[0]   # negative, with a payload
+SNAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000001))[0]  # a signalling NaN
+NEG_NAN = struct.unpack("<d", struct.pack("<Q", 0xFFF8000000000ABC))[0]  # negative, with a payload
 
 
 class CountingCodec(Codec):
@@ -42,7 +42,9 @@ class CountingCodec(Codec):
 
 # An older PredictionEvent writer, without latency_ms: readable into v1 by schema resolution only.
 OLD_PREDICTION_EVENT = {
-    "type": "record", "name": "PredictionEvent", "namespace": "driftline.v1",
+    "type": "record",
+    "name": "PredictionEvent",
+    "namespace": "driftline.v1",
     "fields": [
         {"name": "event_id", "type": "string"},
         {"name": "model_id", "type": "string"},
@@ -60,6 +62,7 @@ OLD_WRITER = CODEC.schemas.add(OLD_PREDICTION_EVENT, version=0)
 
 
 # ---------------------------------------------------------------- an Avro encoder from the specification
+
 
 def varint(n: int, pad: int = 0) -> bytes:
     """A zigzag varint; ``pad`` extra zero groups make a valid but non-minimal encoding."""
@@ -90,7 +93,7 @@ def avro_map(items: list[tuple[bytes, bytes]], blocks: list[int] | None = None, 
     sizes = blocks or ([len(items)] if items else [])
     at = 0
     for size in sizes:
-        chunk = b"".join(k + v for k, v in items[at:at + size])
+        chunk = b"".join(k + v for k, v in items[at : at + size])
         at += size
         if negative:
             out += varint(-size) + varint(len(chunk)) + chunk
@@ -104,9 +107,15 @@ def optional(value: bytes | None) -> bytes:
     return b"\x00" if value is None else b"\x02" + value
 
 
-def encode_event(e: PredictionEvent | FeatureEvent, *, header: bytes | None = None, pad: int = 0,
-                 blocks: dict[str, list[int]] | None = None, negative: bool = False,
-                 extra_items: dict[str, list[tuple[bytes, bytes]]] | None = None) -> bytes:
+def encode_event(
+    e: PredictionEvent | FeatureEvent,
+    *,
+    header: bytes | None = None,
+    pad: int = 0,
+    blocks: dict[str, list[int]] | None = None,
+    negative: bool = False,
+    extra_items: dict[str, list[tuple[bytes, bytes]]] | None = None,
+) -> bytes:
     """The single-object encoding of an event, with optional unusual but valid encoding choices."""
     is_prediction = isinstance(e, PredictionEvent)
     if header is None:
@@ -118,32 +127,56 @@ def encode_event(e: PredictionEvent | FeatureEvent, *, header: bytes | None = No
         items = [(string(k, pad), value(v)) for k, v in values.items()] + extra.get(name, [])
         return avro_map(items, blocks.get(name), negative)
 
-    body = (string(e.event_id, pad) + string(e.model_id, pad) + string(e.model_version, pad) + varint(e.event_time)
-            + field_map("numeric", e.numeric, double) + field_map("categorical", e.categorical, string))
+    body = (
+        string(e.event_id, pad)
+        + string(e.model_id, pad)
+        + string(e.model_version, pad)
+        + varint(e.event_time)
+        + field_map("numeric", e.numeric, double)
+        + field_map("categorical", e.categorical, string)
+    )
     if is_prediction:
-        body += (optional(None if e.prediction is None else double(e.prediction))
-                 + optional(None if e.predicted_label is None else string(e.predicted_label, pad))
-                 + optional(None if e.latency_ms is None else double(e.latency_ms)))
+        body += (
+            optional(None if e.prediction is None else double(e.prediction))
+            + optional(None if e.predicted_label is None else string(e.predicted_label, pad))
+            + optional(None if e.latency_ms is None else double(e.latency_ms))
+        )
     return header + body + field_map("attributes", e.attributes, string)
 
 
 def event(i: int, **changes: Any) -> PredictionEvent:
     values: dict[str, Any] = dict(
-        event_id=f"e{i}", model_id="credit", model_version="3", event_time=T0 + i,
-        numeric={"age": 40.0 + i, "income": 1000.5 * i}, categorical={"region": "eu"},
-        prediction=0.25, predicted_label=None, latency_ms=3.5, attributes={})
+        event_id=f"e{i}",
+        model_id="credit",
+        model_version="3",
+        event_time=T0 + i,
+        numeric={"age": 40.0 + i, "income": 1000.5 * i},
+        categorical={"region": "eu"},
+        prediction=0.25,
+        predicted_label=None,
+        latency_ms=3.5,
+        attributes={},
+    )
     values.update(changes)
     return PredictionEvent(**values)
 
 
 def feature_event(i: int, **changes: Any) -> FeatureEvent:
-    values: dict[str, Any] = dict(event_id=f"f{i}", model_id="credit", model_version="3", event_time=T0 + i,
-                                  numeric={"age": 30.0 + i}, categorical={"region": "us"}, attributes={})
+    values: dict[str, Any] = dict(
+        event_id=f"f{i}",
+        model_id="credit",
+        model_version="3",
+        event_time=T0 + i,
+        numeric={"age": 30.0 + i},
+        categorical={"region": "us"},
+        attributes={},
+    )
     values.update(changes)
     return FeatureEvent(**values)
 
 
 # ---------------------------------------------------------------- the slow path and the comparison
+
 
 def slow_path(codec: Codec, values: list[bytes], topic: str) -> BulkDecoded:
     """What the worker did before: decode each message, group single events, from_events per group."""
@@ -223,9 +256,13 @@ def check(values: list[bytes], topic: str = "predictions", codec: CountingCodec 
 
 # ---------------------------------------------------------------- hand-worked examples
 
+
 def test_the_hand_encoder_writes_what_fastavro_writes() -> None:
-    for e in (event(1), event(2, numeric={}, categorical={"ü": "日本"}, predicted_label="yes", attributes={"a": ""}),
-              feature_event(3)):
+    for e in (
+        event(1),
+        event(2, numeric={}, categorical={"ü": "日本"}, predicted_label="yes", attributes={"a": ""}),
+        feature_event(3),
+    ):
         assert encode_event(e) == CODEC.encode(e)
 
 
@@ -252,14 +289,21 @@ def test_interleaved_model_versions_group_in_order_of_first_appearance() -> None
     fast, calls = check(values)
     assert calls == 0
     assert [(g.batch.model_id, g.batch.model_version, g.messages.tolist()) for g in fast.groups] == [
-        ("credit", "2", [0, 4]), ("credit", "3", [1, 3]), ("fraud", "2", [2, 5])]
+        ("credit", "2", [0, 4]),
+        ("credit", "3", [1, 3]),
+        ("fraud", "2", [2, 5]),
+    ]
     assert fast.groups[1].batch.event_ids == ["e1", "e3"]
     assert fast.groups[1].batch.numeric["age"].tolist() == [41.0, 43.0]
 
 
 def test_prediction_and_feature_events_form_separate_groups() -> None:
-    values = [CODEC.encode(event(0)), CODEC.encode(feature_event(1)), CODEC.encode(event(2)),
-              CODEC.encode(feature_event(3))]
+    values = [
+        CODEC.encode(event(0)),
+        CODEC.encode(feature_event(1)),
+        CODEC.encode(event(2)),
+        CODEC.encode(feature_event(3)),
+    ]
     fast, calls = check(values, topic="dlq")  # a topic that accepts both
     assert calls == 0
     assert [(g.has_predictions, g.messages.tolist()) for g in fast.groups] == [(True, [0, 2]), (False, [1, 3])]
@@ -276,8 +320,15 @@ def test_missing_keys_and_different_key_orders() -> None:
     values = [
         CODEC.encode(event(0, numeric={"b": 1.0, "a": 2.0}, categorical={"y": "1", "x": "2"}, latency_ms=None)),
         CODEC.encode(event(1, numeric={"a": 3.0}, categorical={}, prediction=None, latency_ms=None)),
-        CODEC.encode(event(2, numeric={"c": 4.0, "b": 5.0, "a": 6.0}, categorical={"x": "3"},
-                           attributes={"tier": "gold"}, latency_ms=None)),
+        CODEC.encode(
+            event(
+                2,
+                numeric={"c": 4.0, "b": 5.0, "a": 6.0},
+                categorical={"x": "3"},
+                attributes={"tier": "gold"},
+                latency_ms=None,
+            )
+        ),
     ]
     fast, calls = check(values)
     assert calls == 0
@@ -294,10 +345,26 @@ def test_missing_keys_and_different_key_orders() -> None:
 
 def test_unicode_keys_and_values() -> None:
     values = [
-        CODEC.encode(event(0, event_id="é-1", model_id="modèle", numeric={"ünï": 1.0, "🙂": 2.0},
-                           categorical={"región": "日本", "z": "a\x00b", "t": "x\x00"}, predicted_label="ja✓")),
-        CODEC.encode(event(1, event_id="plain", model_id="modèle", numeric={"🙂": 3.0},
-                           categorical={"región": "ascii", "z": ""}, attributes={"ключ": "значение"})),
+        CODEC.encode(
+            event(
+                0,
+                event_id="é-1",
+                model_id="modèle",
+                numeric={"ünï": 1.0, "🙂": 2.0},
+                categorical={"región": "日本", "z": "a\x00b", "t": "x\x00"},
+                predicted_label="ja✓",
+            )
+        ),
+        CODEC.encode(
+            event(
+                1,
+                event_id="plain",
+                model_id="modèle",
+                numeric={"🙂": 3.0},
+                categorical={"región": "ascii", "z": ""},
+                attributes={"ключ": "значение"},
+            )
+        ),
     ]
     fast, calls = check(values)
     assert calls == 0
@@ -309,8 +376,10 @@ def test_unicode_keys_and_values() -> None:
 
 
 def test_nan_values_keep_their_bits() -> None:
-    values = [CODEC.encode(event(0, numeric={"a": SNAN, "b": -0.0}, latency_ms=SNAN)),
-              CODEC.encode(event(1, numeric={"a": math.nan}, prediction=None))]
+    values = [
+        CODEC.encode(event(0, numeric={"a": SNAN, "b": -0.0}, latency_ms=SNAN)),
+        CODEC.encode(event(1, numeric={"a": math.nan}, prediction=None)),
+    ]
     fast, calls = check(values)
     assert calls == 0
     b = fast.groups[0].batch
@@ -327,16 +396,23 @@ def test_a_nan_prediction_of_a_single_event_is_an_invalid_value() -> None:
     assert fast.groups[0].messages.tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"numeric": {"label": 1.0}}, "reserved_feature_name"),
-    ({"categorical": {"prediction": "x"}}, "reserved_feature_name"),
-    ({"numeric": {"__prediction__": 0.5}}, "reserved_feature_name"),
-    ({"numeric": {"f0": 1.0}, "categorical": {"f0": "x"}}, "feature_kind_conflict"),
-])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"numeric": {"label": 1.0}}, "reserved_feature_name"),
+        ({"categorical": {"prediction": "x"}}, "reserved_feature_name"),
+        ({"numeric": {"__prediction__": 0.5}}, "reserved_feature_name"),
+        ({"numeric": {"f0": 1.0}, "categorical": {"f0": "x"}}, "feature_kind_conflict"),
+    ],
+)
 def test_feature_names_refused_by_the_codec_are_refused_in_the_fast_path(changes: dict, reason: str) -> None:
     # the same key in another event of the poll, numeric in one and categorical in the other, is not a conflict
-    values = [encode_event(event(0, categorical={"f0": "x"})), encode_event(event(1, **changes)),
-              encode_event(event(2)), encode_event(feature_event(3, **changes))]
+    values = [
+        encode_event(event(0, categorical={"f0": "x"})),
+        encode_event(event(1, **changes)),
+        encode_event(event(2)),
+        encode_event(feature_event(3, **changes)),
+    ]
     fast, calls = check(values)
     assert calls == 2
     assert [(i, e.reason) for i, e in fast.others] == [(1, reason), (3, reason)]
@@ -360,16 +436,19 @@ def test_a_reserved_name_in_a_template_no_message_matches(caplog: pytest.LogCapt
 
 def test_feature_names_refused_in_batches_take_the_codec() -> None:
     good = batches(20)
-    bad = [encode_batch({**batch_datum(prediction_batch(90)), "numeric": {"label": packed(np.ones(5))}}),
-           encode_batch({**batch_datum(prediction_batch(91)), "categorical": {"age": [None, "a", "b", "c", "d"]}})]
+    bad = [
+        encode_batch({**batch_datum(prediction_batch(90)), "numeric": {"label": packed(np.ones(5))}}),
+        encode_batch({**batch_datum(prediction_batch(91)), "categorical": {"age": [None, "a", "b", "c", "d"]}}),
+    ]
     fast, calls = check(good[:10] + bad + good[10:])
     assert calls == 2
     reasons = [(i, r.reason) for i, r in fast.others if isinstance(r, DecodeError)]
     assert reasons == [(10, "reserved_feature_name"), (11, "feature_kind_conflict")]
 
 
-def test_tombstones_and_a_failing_fast_path_cost_no_message(monkeypatch: pytest.MonkeyPatch,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_tombstones_and_a_failing_fast_path_cost_no_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     values = [encode_event(event(0)), None, encode_event(event(1)), b"{oops"]
     out = decode_bulk(CODEC, values, topic="predictions")
     assert [(i, e.reason) for i, e in out.others] == [(1, "empty"), (3, "json_syntax")]
@@ -387,8 +466,9 @@ def test_tombstones_and_a_failing_fast_path_cost_no_message(monkeypatch: pytest.
     assert_same(again, out)
 
 
-@pytest.mark.parametrize("changes", [{"numeric": {"a": 1.0, "b": math.inf}}, {"prediction": -math.inf},
-                                     {"latency_ms": math.inf}])
+@pytest.mark.parametrize(
+    "changes", [{"numeric": {"a": 1.0, "b": math.inf}}, {"prediction": -math.inf}, {"latency_ms": math.inf}]
+)
 def test_inf_is_an_invalid_value(changes: dict) -> None:
     values = [encode_event(event(0)), encode_event(event(1, **changes)), encode_event(event(2))]
     fast, calls = check(values)
@@ -410,7 +490,12 @@ def test_truncated_and_overlong_messages_get_the_slow_path_reasons() -> None:
     fast, calls = check(values)
     assert calls == 5
     assert [(i, e.reason) for i, e in fast.others] == [
-        (0, "truncated"), (1, "avro_body"), (2, "avro_body"), (3, "avro_body"), (4, "avro_body")]
+        (0, "truncated"),
+        (1, "avro_body"),
+        (2, "avro_body"),
+        (3, "avro_body"),
+        (4, "avro_body"),
+    ]
     assert fast.groups[0].messages.tolist() == [5]
 
 
@@ -439,9 +524,13 @@ def test_invalid_utf8_anywhere_is_an_avro_body_error() -> None:
 
 
 def test_json_messages_join_their_group_in_message_order() -> None:
-    values = [CODEC.encode(event(0, numeric={"a": 1.0})), CODEC.encode_json(event(1, numeric={"j": 2.0})),
-              CODEC.encode(event(2, numeric={"a": 3.0}, latency_ms=None)), b'{"broken',
-              CODEC.encode_json(event(4, model_version="9"))]
+    values = [
+        CODEC.encode(event(0, numeric={"a": 1.0})),
+        CODEC.encode_json(event(1, numeric={"j": 2.0})),
+        CODEC.encode(event(2, numeric={"a": 3.0}, latency_ms=None)),
+        b'{"broken',
+        CODEC.encode_json(event(4, model_version="9")),
+    ]
     fast, calls = check(values)
     assert calls == 3
     b = fast.groups[0].batch
@@ -454,22 +543,33 @@ def test_json_messages_join_their_group_in_message_order() -> None:
 
 def test_batches_and_other_records_stay_alone() -> None:
     batch = PredictionBatch.from_events([event(10), event(11, numeric={"z": 1.0})])
-    values = [CODEC.encode(event(0)), CODEC.encode(batch), CODEC.encode(event(1)),
-              CODEC.encode(LabelEvent("e0", "credit", T0, 1.0)),
-              CODEC.encode(FeatureBatch.from_events([feature_event(0)]))]
+    values = [
+        CODEC.encode(event(0)),
+        CODEC.encode(batch),
+        CODEC.encode(event(1)),
+        CODEC.encode(LabelEvent("e0", "credit", T0, 1.0)),
+        CODEC.encode(FeatureBatch.from_events([feature_event(0)])),
+    ]
     fast, calls = check(values, topic="dlq")
     assert calls == 3
     assert [(i, type(r).__name__) for i, r in fast.others] == [
-        (1, "PredictionBatch"), (3, "LabelEvent"), (4, "FeatureBatch")]
+        (1, "PredictionBatch"),
+        (3, "LabelEvent"),
+        (4, "FeatureBatch"),
+    ]
     assert fast.groups[0].messages.tolist() == [0, 2]
     fast, _ = check(values, topic="predictions")
     assert [(i, getattr(r, "reason", None)) for i, r in fast.others] == [
-        (1, None), (3, "unexpected_record"), (4, "unexpected_record")]
+        (1, None),
+        (3, "unexpected_record"),
+        (4, "unexpected_record"),
+    ]
 
 
 def test_other_schema_versions_go_through_the_codec() -> None:
-    old = CODEC.encode_datum({k: v for k, v in vars(event(1, numeric={"old": 1.0})).items() if k != "latency_ms"},
-                             OLD_WRITER)
+    old = CODEC.encode_datum(
+        {k: v for k, v in vars(event(1, numeric={"old": 1.0})).items() if k != "latency_ms"}, OLD_WRITER
+    )
     unknown = b"\xc3\x01" + b"\x01" * 8 + CODEC.encode(event(3))[10:]
     values = [CODEC.encode(event(0)), old, CODEC.encode(event(2)), unknown]
     fast, calls = check(values)
@@ -486,8 +586,9 @@ def test_a_newer_current_schema_turns_the_fast_path_off() -> None:
     v1 = [encode_event(event(i)) for i in range(3)]
     # v2 only moves attributes first: readable both ways, but not the layout the fast path knows.
     fields = schemas.current("PredictionEvent").schema["fields"]
-    v2 = schemas.add({**schemas.current("PredictionEvent").schema, "fields": [fields[-1], *fields[:-1]]},
-                     make_current=True)
+    v2 = schemas.add(
+        {**schemas.current("PredictionEvent").schema, "fields": [fields[-1], *fields[:-1]]}, make_current=True
+    )
     values = [*v1, codec.encode(event(5, attributes={"a": "b"}))]
     assert values[-1][:10] == v2.header
     fast, calls = check(values, codec=codec)
@@ -498,13 +599,14 @@ def test_unusual_but_valid_encodings() -> None:
     e = event(0, numeric={"a": 1.0, "b": 2.0, "c": 3.0}, categorical={"x": "1", "y": "2"})
     values = [
         encode_event(e),
-        encode_event(e, blocks={"numeric": [1, 2]}),                       # a map in two blocks
-        encode_event(e, negative=True),                                    # blocks with byte sizes
-        encode_event(e, pad=2),                                            # non-minimal length varints
-        encode_event(e, extra_items={"numeric": [(string("a"), double(9.0))],
-                                     "categorical": [(string("x"), string("last"))]}),  # duplicate keys
-        encode_event(event(1, event_time=2**62)),                          # a 9-byte varint
-        encode_event(event(2, event_time=-(2**63))),                       # the 10-byte extreme
+        encode_event(e, blocks={"numeric": [1, 2]}),  # a map in two blocks
+        encode_event(e, negative=True),  # blocks with byte sizes
+        encode_event(e, pad=2),  # non-minimal length varints
+        encode_event(
+            e, extra_items={"numeric": [(string("a"), double(9.0))], "categorical": [(string("x"), string("last"))]}
+        ),  # duplicate keys
+        encode_event(event(1, event_time=2**62)),  # a 9-byte varint
+        encode_event(event(2, event_time=-(2**63))),  # the 10-byte extreme
         encode_event(event(3, event_id="x" * 300, categorical={"k" * 300: "v" * 1000})),  # long strings
         encode_event(e, header=CODEC.schemas.current("PredictionEvent").header[:2] + b"\0" * 8),
     ]
@@ -516,8 +618,10 @@ def test_unusual_but_valid_encodings() -> None:
 
 def test_duplicate_keys_in_the_fast_path_keep_the_last_value() -> None:
     e = event(0, numeric={"a": 1.0})
-    values = [encode_event(e, extra_items={"numeric": [(string("a"), double(2.0))]}),
-              encode_event(event(1, numeric={"a": 41.0}))]
+    values = [
+        encode_event(e, extra_items={"numeric": [(string("a"), double(2.0))]}),
+        encode_event(event(1, numeric={"a": 41.0})),
+    ]
     fast, calls = check(values)
     assert calls == 0 and fast.groups[0].batch.numeric["a"].tolist() == [2.0, 41.0]
 
@@ -543,11 +647,16 @@ def test_many_events_with_random_keys_take_the_fast_path() -> None:
     values = []
     for i in range(3000):
         keys = [f"f{k}" for k in rng.permutation(25)[: rng.integers(0, 25)]]
-        e = event(i, numeric={k: float(rng.normal()) for k in keys},
-                  categorical={"region": ["eu", "us", "日本"][i % 3]} if i % 4 else {},
-                  model_version=str(i % 3), prediction=None if i % 5 == 0 else float(rng.random()),
-                  predicted_label=None if i % 2 else "yes", latency_ms=None if i % 7 else 1.5,
-                  attributes={"tier": "gold"} if i % 11 == 0 else {})
+        e = event(
+            i,
+            numeric={k: float(rng.normal()) for k in keys},
+            categorical={"region": ["eu", "us", "日本"][i % 3]} if i % 4 else {},
+            model_version=str(i % 3),
+            prediction=None if i % 5 == 0 else float(rng.random()),
+            predicted_label=None if i % 2 else "yes",
+            latency_ms=None if i % 7 else 1.5,
+            attributes={"tier": "gold"} if i % 11 == 0 else {},
+        )
         values.append(CODEC.encode(e))
     fast, calls = check(values)
     assert calls == 0 and [g.batch.n for g in fast.groups] == [1000, 1000, 1000]
@@ -569,15 +678,20 @@ def test_an_unknown_topic_is_a_programming_error() -> None:
 KEYS = st.sampled_from(["f0", "f1", "f2", "age", "ünï", "🙂", "", "k" * 40])
 TEXT = st.text(max_size=8)
 NAN_BITS = st.integers(0x7FF0000000000001, 0x7FFFFFFFFFFFFFFF) | st.integers(0xFFF0000000000001, 2**64 - 1)
-NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.floats(allow_nan=False, allow_infinity=False),
-                    st.floats(), NAN_BITS.map(lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]))
+NUMBERS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(),
+    NAN_BITS.map(lambda b: struct.unpack("<d", struct.pack("<Q", b))[0]),
+)
 FINITE = st.floats(allow_infinity=False)
 
 
 @st.composite
 def events(draw: st.DrawFn, numbers: st.SearchStrategy = NUMBERS) -> PredictionEvent | FeatureEvent:
     common = dict(
-        event_id=draw(TEXT), model_id=draw(st.sampled_from(["credit", "fraud", "ü"])),
+        event_id=draw(TEXT),
+        model_id=draw(st.sampled_from(["credit", "fraud", "ü"])),
         model_version=draw(st.sampled_from(["1", "2"])),
         event_time=draw(st.integers(-(2**50), 2**50) | st.integers(-(2**63), 2**63 - 1)),
         numeric=draw(st.dictionaries(KEYS, numbers, max_size=5)),
@@ -586,8 +700,12 @@ def events(draw: st.DrawFn, numbers: st.SearchStrategy = NUMBERS) -> PredictionE
     )
     if draw(st.integers(0, 3)) == 0:
         return FeatureEvent(**common)
-    return PredictionEvent(**common, prediction=draw(st.none() | numbers), predicted_label=draw(st.none() | TEXT),
-                           latency_ms=draw(st.none() | numbers))
+    return PredictionEvent(
+        **common,
+        prediction=draw(st.none() | numbers),
+        predicted_label=draw(st.none() | TEXT),
+        latency_ms=draw(st.none() | numbers),
+    )
 
 
 @st.composite
@@ -608,7 +726,7 @@ def damaged(draw: st.DrawFn) -> bytes:
     data = bytearray(encode_event(draw(events())))
     how = draw(st.sampled_from(["cut", "flip", "append"]))
     if how == "cut":
-        return bytes(data[:draw(st.integers(0, len(data) - 1))])
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
     if how == "flip":
         at = draw(st.integers(10, len(data) - 1))
         data[at] ^= draw(st.integers(1, 255))
@@ -624,16 +742,20 @@ def _encode_or_skip(encode: Any, record: Any) -> bytes:
 
 
 MESSAGES = st.one_of(
-    events().map(encode_event), events().map(encode_event), events().map(encode_event),
+    events().map(encode_event),
+    events().map(encode_event),
+    events().map(encode_event),
     events(FINITE).map(CODEC.encode),
     unusual(),
     damaged(),
     events(FINITE).map(lambda e: _encode_or_skip(CODEC.encode_json, e)),
-    st.lists(events(FINITE).filter(lambda e: isinstance(e, PredictionEvent)), min_size=1, max_size=3)
-      .map(lambda es: CODEC.encode(PredictionBatch.from_events(es))),
+    st.lists(events(FINITE).filter(lambda e: isinstance(e, PredictionEvent)), min_size=1, max_size=3).map(
+        lambda es: CODEC.encode(PredictionBatch.from_events(es))
+    ),
     st.just(CODEC.encode(LabelEvent("e", "credit", T0, "yes"))),
-    events(FINITE).filter(lambda e: isinstance(e, PredictionEvent)).map(
-        lambda e: CODEC.encode_datum({k: v for k, v in vars(e).items() if k != "latency_ms"}, OLD_WRITER)),
+    events(FINITE)
+    .filter(lambda e: isinstance(e, PredictionEvent))
+    .map(lambda e: CODEC.encode_datum({k: v for k, v in vars(e).items() if k != "latency_ms"}, OLD_WRITER)),
     st.binary(max_size=40),
 )
 
@@ -651,10 +773,15 @@ def test_generated_events_of_one_model_version(items: list) -> None:
     fast, calls = check(values, topic="dlq")
     # Only ±inf, NaN predictions, a name both numeric and categorical, and 10-byte timestamps (a zigzag
     # payload over 63 bits) go one by one.
-    slow = [e for e in items if ((e.event_time << 1) ^ (e.event_time >> 63)) >= 2**63
-            or any(math.isinf(v) for v in e.numeric.values())
-            or any(math.isinf(getattr(e, f) or 0.0) for f in ("prediction", "latency_ms") if hasattr(e, f))
-            or _nan_prediction(e) or e.numeric.keys() & e.categorical.keys()]
+    slow = [
+        e
+        for e in items
+        if ((e.event_time << 1) ^ (e.event_time >> 63)) >= 2**63
+        or any(math.isinf(v) for v in e.numeric.values())
+        or any(math.isinf(getattr(e, f) or 0.0) for f in ("prediction", "latency_ms") if hasattr(e, f))
+        or _nan_prediction(e)
+        or e.numeric.keys() & e.categorical.keys()
+    ]
     assert calls == len(slow)
 
 
@@ -672,11 +799,19 @@ def shared_layout(draw: st.DrawFn) -> list[PredictionEvent | FeatureEvent]:
     for i in range(draw(st.integers(4, 40))):
         names = keys
         if draw(st.integers(0, 4)) == 0:  # another order, or fewer keys
-            names = draw(st.permutations(keys))[:draw(st.integers(0, len(keys)))]
+            names = draw(st.permutations(keys))[: draw(st.integers(0, len(keys)))]
         extra = dict(prediction=draw(st.none() | NUMBERS)) if kind is PredictionEvent else {}
-        out.append(kind(f"e{i}", "m", draw(st.sampled_from(["1", "2"])), T0 + i,
-                        numeric={k: draw(NUMBERS) for k in names},
-                        categorical=draw(st.dictionaries(KEYS, TEXT, max_size=2)), **extra))
+        out.append(
+            kind(
+                f"e{i}",
+                "m",
+                draw(st.sampled_from(["1", "2"])),
+                T0 + i,
+                numeric={k: draw(NUMBERS) for k in names},
+                categorical=draw(st.dictionaries(KEYS, TEXT, max_size=2)),
+                **extra,
+            )
+        )
     return out
 
 
@@ -684,11 +819,17 @@ def shared_layout(draw: st.DrawFn) -> list[PredictionEvent | FeatureEvent]:
 @given(shared_layout())
 def test_generated_events_sharing_a_key_layout(items: list) -> None:
     fast, calls = check([encode_event(e) for e in items], topic="dlq")
-    assert calls == sum(any(math.isinf(v) for v in e.numeric.values()) or math.isinf(getattr(e, "prediction", 0) or 0)
-                        or _nan_prediction(e) or bool(e.numeric.keys() & e.categorical.keys()) for e in items)
+    assert calls == sum(
+        any(math.isinf(v) for v in e.numeric.values())
+        or math.isinf(getattr(e, "prediction", 0) or 0)
+        or _nan_prediction(e)
+        or bool(e.numeric.keys() & e.categorical.keys())
+        for e in items
+    )
 
 
 # ---------------------------------------------------------------- batch messages (PredictionBatch, FeatureBatch)
+
 
 def packed(values: Any, dtype: str = "<f8") -> bytes:
     return np.asarray(values, dtype=dtype).tobytes()
@@ -697,9 +838,13 @@ def packed(values: Any, dtype: str = "<f8") -> bytes:
 def batch_datum(b: PredictionBatch | FeatureBatch) -> dict[str, Any]:
     """The Avro datum of a batch, by the schema's docs (packed little-endian columns)."""
     d: dict[str, Any] = {
-        "model_id": b.model_id, "model_version": b.model_version, "event_ids": list(b.event_ids),
-        "event_times": packed(b.event_times, "<i8"), "numeric": {k: packed(v) for k, v in b.numeric.items()},
-        "categorical": dict(b.categorical), "attributes": dict(b.attributes),
+        "model_id": b.model_id,
+        "model_version": b.model_version,
+        "event_ids": list(b.event_ids),
+        "event_times": packed(b.event_times, "<i8"),
+        "numeric": {k: packed(v) for k, v in b.numeric.items()},
+        "categorical": dict(b.categorical),
+        "attributes": dict(b.attributes),
     }
     if isinstance(b, PredictionBatch):
         d["predictions"] = packed(b.predictions)
@@ -708,9 +853,16 @@ def batch_datum(b: PredictionBatch | FeatureBatch) -> dict[str, Any]:
     return d
 
 
-def encode_batch(d: dict[str, Any], *, header: bytes | None = None, pad: int = 0,
-                 blocks: dict[str, list[int]] | None = None, two_blocks: str = "", negative: bool = False,
-                 extra_items: dict[str, list[tuple[bytes, bytes]]] | None = None) -> bytes:
+def encode_batch(
+    d: dict[str, Any],
+    *,
+    header: bytes | None = None,
+    pad: int = 0,
+    blocks: dict[str, list[int]] | None = None,
+    two_blocks: str = "",
+    negative: bool = False,
+    extra_items: dict[str, list[tuple[bytes, bytes]]] | None = None,
+) -> bytes:
     """The single-object encoding of a batch datum from the Avro specification (arrays and maps are
     written like the maps of encode_event), with optional unusual but valid encoding choices; the datum
     is written as it is, so that it may break the codec's rules (±inf, wrong column lengths).
@@ -741,33 +893,52 @@ def encode_batch(d: dict[str, Any], *, header: bytes | None = None, pad: int = 0
         items = [(text(k), value(v)) for k, v in d[name].items()] + extra.get(name, [])
         return avro_map(items, sizes(name, len(items)), negative)
 
-    body = (text(d["model_id"]) + text(d["model_version"]) + array("event_ids", d["event_ids"], text)
-            + text(d["event_times"]) + field_map("numeric", text)
-            + field_map("categorical", lambda v: array("categorical_values", v, maybe_text)))
+    body = (
+        text(d["model_id"])
+        + text(d["model_version"])
+        + array("event_ids", d["event_ids"], text)
+        + text(d["event_times"])
+        + field_map("numeric", text)
+        + field_map("categorical", lambda v: array("categorical_values", v, maybe_text))
+    )
     if is_prediction:
-        body += (text(d["predictions"]) + array("predicted_labels", d["predicted_labels"], maybe_text)
-                 + text(d["latency_ms"]))
+        body += (
+            text(d["predictions"])
+            + array("predicted_labels", d["predicted_labels"], maybe_text)
+            + text(d["latency_ms"])
+        )
     return header + body + field_map("attributes", lambda v: array("attribute_values", v, text))
 
 
 def prediction_batch(j: int, n: int = 5, **changes: Any) -> PredictionBatch:
     regions = ["eu", "us", None, "日本", "apac"]
     values: dict[str, Any] = dict(
-        model_id="credit", model_version="3", event_ids=[f"b{j}-{i}" for i in range(n)],
+        model_id="credit",
+        model_version="3",
+        event_ids=[f"b{j}-{i}" for i in range(n)],
         event_times=T0 + np.arange(n, dtype=np.int64) + 1000 * j,
         numeric={"age": 30.0 + np.arange(n), "income": np.linspace(0, 1, n) * j},
         categorical={"region": [regions[(i + j) % 5] for i in range(n)], "channel": ["web"] * n},
-        predictions=np.full(n, 0.25), predicted_labels=[], latency_ms=np.full(n, 3.5),
-        attributes={"tier": ["gold"] * n})
+        predictions=np.full(n, 0.25),
+        predicted_labels=[],
+        latency_ms=np.full(n, 3.5),
+        attributes={"tier": ["gold"] * n},
+    )
     values.update(changes)
     return PredictionBatch(**values)
 
 
 def feature_batch(j: int, n: int = 5, **changes: Any) -> FeatureBatch:
     b = prediction_batch(j, n)
-    values: dict[str, Any] = dict(model_id=b.model_id, model_version=b.model_version, event_ids=b.event_ids,
-                                  event_times=b.event_times, numeric=b.numeric, categorical=b.categorical,
-                                  attributes=b.attributes)
+    values: dict[str, Any] = dict(
+        model_id=b.model_id,
+        model_version=b.model_version,
+        event_ids=b.event_ids,
+        event_times=b.event_times,
+        numeric=b.numeric,
+        categorical=b.categorical,
+        attributes=b.attributes,
+    )
     values.update(changes)
     return FeatureBatch(**values)
 
@@ -792,9 +963,13 @@ def small_polls_of_batches() -> Iterator[None]:
 
 
 def test_the_batch_hand_encoder_writes_what_fastavro_writes() -> None:
-    for b in (prediction_batch(0), prediction_batch(1, predicted_labels=["a", None, "ü", "", "x" * 70],
-                                                     latency_ms=None, numeric={}, attributes={}),
-              feature_batch(2)):
+    for b in (
+        prediction_batch(0),
+        prediction_batch(
+            1, predicted_labels=["a", None, "ü", "", "x" * 70], latency_ms=None, numeric={}, attributes={}
+        ),
+        feature_batch(2),
+    ):
         assert encode_batch(batch_datum(b)) == CODEC.encode(b)
 
 
@@ -836,13 +1011,20 @@ def test_small_polls_of_batches_go_one_by_one(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_batches_among_single_events_and_broken_messages() -> None:
-    values = [CODEC.encode(event(0)), *batches(4), b"{oops", *batches(5), CODEC.encode(event(1)),
-              CODEC.encode(LabelEvent("e0", "credit", T0, 1.0))]
+    values = [
+        CODEC.encode(event(0)),
+        *batches(4),
+        b"{oops",
+        *batches(5),
+        CODEC.encode(event(1)),
+        CODEC.encode(LabelEvent("e0", "credit", T0, 1.0)),
+    ]
     fast, calls = check(values, topic="dlq")
     assert calls == 2  # the JSON and the label
     assert fast.groups[0].messages.tolist() == [0, 11]
     assert [type(r).__name__ for _, r in fast.others] == ["PredictionBatch"] * 4 + ["DecodeError"] + [
-        "PredictionBatch"] * 5 + ["LabelEvent"]
+        "PredictionBatch"
+    ] * 5 + ["LabelEvent"]
 
 
 def test_batches_of_different_sizes() -> None:
@@ -859,8 +1041,13 @@ def test_labels_latency_and_nulls() -> None:
         CODEC.encode(prediction_batch(2, latency_ms=None)),
         CODEC.encode(prediction_batch(3, categorical={"c": [None] * 5}, attributes={})),
         CODEC.encode(prediction_batch(4, numeric={}, categorical={}, attributes={}, n=1)),
-        CODEC.encode(prediction_batch(5, predictions=np.array([np.nan, SNAN, NEG_NAN, -0.0, 1.0]),
-                                      numeric={"a": np.array([SNAN, NEG_NAN, -0.0, np.nan, 5e-324])})),
+        CODEC.encode(
+            prediction_batch(
+                5,
+                predictions=np.array([np.nan, SNAN, NEG_NAN, -0.0, 1.0]),
+                numeric={"a": np.array([SNAN, NEG_NAN, -0.0, np.nan, 5e-324])},
+            )
+        ),
         CODEC.encode(prediction_batch(6, event_times=np.array([-(2**63), -1, 0, 2**63 - 1, 2**62]))),
         *batches(3),
     ]
@@ -885,38 +1072,55 @@ def test_strings_that_need_the_careful_path() -> None:
 
 def test_invalid_utf8_in_one_batch_leaves_the_others_fast() -> None:
     good = batch_datum(prediction_batch(0))
-    values = [encode_batch({**good, "categorical": {"c": ["a", b"\xff", None, "b", "c"]}}),
-              encode_batch({**good, "event_ids": ["a", "b", b"\xed\xa0\x80", "c", "d"]}),  # a surrogate
-              encode_batch({**good, "attributes": {b"\xc0\x80": ["a"] * 5}}),               # an overlong NUL
-              encode_batch({**good, "model_version": b"\xe9"}),
-              encode_batch({**good, "predicted_labels": ["a", "b", "c", "d", b"\x80"]}),
-              encode_batch({**good, "numeric": {b"k\xff": packed([1.0] * 5)}}),
-              *batches(9)]
+    values = [
+        encode_batch({**good, "categorical": {"c": ["a", b"\xff", None, "b", "c"]}}),
+        encode_batch({**good, "event_ids": ["a", "b", b"\xed\xa0\x80", "c", "d"]}),  # a surrogate
+        encode_batch({**good, "attributes": {b"\xc0\x80": ["a"] * 5}}),  # an overlong NUL
+        encode_batch({**good, "model_version": b"\xe9"}),
+        encode_batch({**good, "predicted_labels": ["a", "b", "c", "d", b"\x80"]}),
+        encode_batch({**good, "numeric": {b"k\xff": packed([1.0] * 5)}}),
+        *batches(9),
+    ]
     fast, calls = check(values)
     assert calls == 6 and [(i, e.reason) for i, e in fast.others[:6]] == [(i, "avro_body") for i in range(6)]
 
 
-@pytest.mark.parametrize("changes", [
-    {"event_ids": [], "event_times": b"", "numeric": {}, "categorical": {}, "attributes": {}, "predictions": b"",
-     "latency_ms": b""},                                                   # an empty batch
-    {"event_times": packed([T0] * 4, "<i8")},
-    {"numeric": {"a": packed([1.0] * 6)}},
-    {"categorical": {"c": ["x"] * 4}},
-    {"categorical": {"c": []}},
-    {"attributes": {"t": ["x"] * 6}},
-    {"predictions": packed([1.0] * 4)},
-    {"predicted_labels": ["x"] * 4},
-    {"latency_ms": packed([1.0] * 6)},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {
+            "event_ids": [],
+            "event_times": b"",
+            "numeric": {},
+            "categorical": {},
+            "attributes": {},
+            "predictions": b"",
+            "latency_ms": b"",
+        },  # an empty batch
+        {"event_times": packed([T0] * 4, "<i8")},
+        {"numeric": {"a": packed([1.0] * 6)}},
+        {"categorical": {"c": ["x"] * 4}},
+        {"categorical": {"c": []}},
+        {"attributes": {"t": ["x"] * 6}},
+        {"predictions": packed([1.0] * 4)},
+        {"predicted_labels": ["x"] * 4},
+        {"latency_ms": packed([1.0] * 6)},
+    ],
+)
 def test_columns_of_the_wrong_length(changes: dict) -> None:
     values = [encode_batch({**batch_datum(prediction_batch(0)), **changes}), *batches(9)]
     fast, calls = check(values)
     assert calls == 1 and fast.others[0][1].reason == "column_length"
 
 
-@pytest.mark.parametrize("changes", [{"numeric": {"a": packed([1.0, 2.0, np.inf, 4.0, 5.0])}},
-                                     {"predictions": packed([-np.inf] * 5)},
-                                     {"latency_ms": packed([1.0, 2.0, 3.0, 4.0, np.inf])}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"numeric": {"a": packed([1.0, 2.0, np.inf, 4.0, 5.0])}},
+        {"predictions": packed([-np.inf] * 5)},
+        {"latency_ms": packed([1.0, 2.0, 3.0, 4.0, np.inf])},
+    ],
+)
 def test_inf_in_a_batch_is_an_invalid_value(changes: dict) -> None:
     values = [*batches(9), encode_batch({**batch_datum(prediction_batch(0)), **changes})]
     fast, calls = check(values)
@@ -926,17 +1130,22 @@ def test_inf_in_a_batch_is_an_invalid_value(changes: dict) -> None:
 def test_unusual_encodings_of_batches() -> None:
     d = batch_datum(prediction_batch(0, predicted_labels=["y", None, "n", "y", None]))
     values = [
-        encode_batch(d, pad=1),                                    # non-minimal varints (2 bytes)
-        encode_batch(d, pad=3),                                    # non-minimal varints (4 bytes)
-        encode_batch(d, extra_items={"numeric": [(string("age"), string(packed([9.0] * 5)))],
-                                     "categorical": [(string("region"), avro_map([(optional(string("z")), b"")] * 5))],
-                                     "attributes": [(string("tier"), avro_map([(string("w"), b"")] * 5))]}),
-        encode_batch(d, blocks={"event_ids": [2, 3]}),             # an array in two blocks
+        encode_batch(d, pad=1),  # non-minimal varints (2 bytes)
+        encode_batch(d, pad=3),  # non-minimal varints (4 bytes)
+        encode_batch(
+            d,
+            extra_items={
+                "numeric": [(string("age"), string(packed([9.0] * 5)))],
+                "categorical": [(string("region"), avro_map([(optional(string("z")), b"")] * 5))],
+                "attributes": [(string("tier"), avro_map([(string("w"), b"")] * 5))],
+            },
+        ),
+        encode_batch(d, blocks={"event_ids": [2, 3]}),  # an array in two blocks
         encode_batch(d, blocks={"categorical_values": [4, 1]}),
-        encode_batch(d, blocks={"numeric": [1, 1]}),               # a map in two blocks
-        encode_batch(d, negative=True),                            # blocks with byte sizes
-        encode_batch(d) + b"\x00",                                 # a byte too many
-        encode_batch(d)[:-1],                                      # a byte too few
+        encode_batch(d, blocks={"numeric": [1, 1]}),  # a map in two blocks
+        encode_batch(d, negative=True),  # blocks with byte sizes
+        encode_batch(d) + b"\x00",  # a byte too many
+        encode_batch(d)[:-1],  # a byte too few
         *batches(9),
     ]
     fast, calls = check(values)
@@ -950,8 +1159,7 @@ def test_a_newer_batch_schema_turns_the_batch_fast_path_off() -> None:
     codec = CountingCodec(schemas)
     v1 = batches(9)
     fields = schemas.current("PredictionBatch").schema["fields"]
-    schemas.add({**schemas.current("PredictionBatch").schema, "fields": [fields[-1], *fields[:-1]]},
-                make_current=True)
+    schemas.add({**schemas.current("PredictionBatch").schema, "fields": [fields[-1], *fields[:-1]]}, make_current=True)
     values = [*v1, *[codec.encode(prediction_batch(j)) for j in range(9)]]
     fast, calls = check(values, codec=codec)
     assert calls == 18 and len(fast.others) == 18
@@ -964,13 +1172,22 @@ def test_many_batches_with_random_columns() -> None:
     for j in range(40):
         n = 300
         names = [f"f{k}" for k in rng.permutation(12)[: rng.integers(0, 12)]]
-        values.append(CODEC.encode(PredictionBatch(
-            "credit", str(j % 3), [f"evt-{j}-{i}" for i in range(n)], T0 + rng.integers(0, 10**6, n),
-            numeric={k: rng.normal(size=n) for k in names},
-            categorical={f"c{k}": [words[x] for x in rng.integers(0, 6, n)] for k in range(rng.integers(0, 4))},
-            predictions=rng.random(n), predicted_labels=["yes", None] * (n // 2) if j % 2 else [],
-            latency_ms=rng.random(n) if j % 3 else None,
-            attributes={"tier": [["gold", "silver"][x] for x in rng.integers(0, 2, n)]} if j % 4 else {})))
+        values.append(
+            CODEC.encode(
+                PredictionBatch(
+                    "credit",
+                    str(j % 3),
+                    [f"evt-{j}-{i}" for i in range(n)],
+                    T0 + rng.integers(0, 10**6, n),
+                    numeric={k: rng.normal(size=n) for k in names},
+                    categorical={f"c{k}": [words[x] for x in rng.integers(0, 6, n)] for k in range(rng.integers(0, 4))},
+                    predictions=rng.random(n),
+                    predicted_labels=["yes", None] * (n // 2) if j % 2 else [],
+                    latency_ms=rng.random(n) if j % 3 else None,
+                    attributes={"tier": [["gold", "silver"][x] for x in rng.integers(0, 2, n)]} if j % 4 else {},
+                )
+            )
+        )
     fast, calls = check(values)
     assert calls == 0 and len(fast.others) == 40
 
@@ -979,13 +1196,15 @@ TEXTS = st.one_of(TEXT, TEXT, TEXT, st.text(min_size=20, max_size=40))
 
 
 @st.composite
-def batch_data(draw: st.DrawFn, n: int | None = None, numbers: st.SearchStrategy = NUMBERS,
-               is_prediction: bool | None = None) -> dict[str, Any]:
+def batch_data(
+    draw: st.DrawFn, n: int | None = None, numbers: st.SearchStrategy = NUMBERS, is_prediction: bool | None = None
+) -> dict[str, Any]:
     """A random batch datum; with ``numbers`` holding ±inf it may be one the codec rejects."""
     n = draw(st.integers(1, 6)) if n is None else n
     column = st.lists(numbers, min_size=n, max_size=n).map(packed)
     d: dict[str, Any] = dict(
-        model_id=draw(st.sampled_from(["credit", "fraud", "ü"])), model_version=draw(st.sampled_from(["1", "2"])),
+        model_id=draw(st.sampled_from(["credit", "fraud", "ü"])),
+        model_version=draw(st.sampled_from(["1", "2"])),
         event_ids=draw(st.lists(TEXTS, min_size=n, max_size=n)),
         event_times=packed(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)), "<i8"),
         numeric=draw(st.dictionaries(KEYS, column, max_size=4)),
@@ -1005,14 +1224,24 @@ def batch_message(draw: st.DrawFn, n: int | None = None, is_prediction: bool | N
     d = draw(batch_data(n, is_prediction=is_prediction))
     how = draw(st.sampled_from(["plain"] * 6 + ["pad", "blocks", "negative", "cut", "flip", "append"]))
     if how in ("pad", "blocks", "negative"):
-        fields = ["event_ids", "numeric", "categorical", "categorical_values", "attributes", "attribute_values",
-                  "predicted_labels"]
-        return encode_batch(d, pad=draw(st.integers(0, 2)) if how == "pad" else 0,
-                            two_blocks=draw(st.sampled_from(fields)) if how == "blocks" else "",
-                            negative=how == "negative")
+        fields = [
+            "event_ids",
+            "numeric",
+            "categorical",
+            "categorical_values",
+            "attributes",
+            "attribute_values",
+            "predicted_labels",
+        ]
+        return encode_batch(
+            d,
+            pad=draw(st.integers(0, 2)) if how == "pad" else 0,
+            two_blocks=draw(st.sampled_from(fields)) if how == "blocks" else "",
+            negative=how == "negative",
+        )
     data = bytearray(encode_batch(d))
     if how == "cut":
-        return bytes(data[:draw(st.integers(0, len(data) - 1))])
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
     if how == "flip":
         at = draw(st.integers(10, len(data) - 1))
         data[at] ^= draw(st.integers(1, 255))
@@ -1038,8 +1267,9 @@ def test_generated_batches_decode_as_the_codec(values: list[bytes], topic: str) 
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(1, 8).flatmap(lambda n: st.lists(batch_data(n, FINITE, is_prediction=True), min_size=8,
-                                                    max_size=14)))
+@given(
+    st.integers(1, 8).flatmap(lambda n: st.lists(batch_data(n, FINITE, is_prediction=True), min_size=8, max_size=14))
+)
 def test_generated_valid_batches_all_take_the_fast_path(data: list[dict[str, Any]]) -> None:
     fast, calls = check([encode_batch(d) for d in data])
     # all of them, but those with a name both numeric and categorical: the codec refuses those

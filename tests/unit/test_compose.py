@@ -23,16 +23,22 @@ ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
 # ${NAME}, ${NAME:?message}, ${NAME:-default}: the forms of compose interpolation this file may use
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:\?|:-)(?P<arg>[^}]*))?\}")
 # what an operator puts into .env from compose.env.example (URL-safe, as the example asks)
-FILLED = {"CLICKHOUSE_PASSWORD": "ch-Secret_1", "POSTGRES_PASSWORD": "pg-Secret_2", "GRAFANA_ADMIN_PASSWORD": "gf-Secret_3"}
+FILLED = {
+    "CLICKHOUSE_PASSWORD": "ch-Secret_1",
+    "POSTGRES_PASSWORD": "pg-Secret_2",
+    "GRAFANA_ADMIN_PASSWORD": "gf-Secret_3",
+}
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
     """``text`` with ``${...}`` filled from ``env`` as compose does; an unset or empty ``:?`` variable fails."""
+
     def value(m: re.Match) -> str:
         found = env.get(m["name"], "")
         if m["op"] == ":?" and not found:
             raise ValueError(f"required variable {m['name']} is missing a value: {m['arg']}")
         return found or (m["arg"] if m["op"] == ":-" else "")
+
     return _VARIABLE.sub(value, text)
 
 
@@ -56,7 +62,7 @@ def test_driftline_services_get_every_contract_variable_and_they_parse() -> None
     services = compose()["services"]
     for name in ("worker", "retrainer"):
         env = services[name]["environment"]
-        assert CONTRACT_VARIABLES <= set(env), f"{name} lacks {CONTRACT_VARIABLES - set(env)}"
+        assert set(env) >= CONTRACT_VARIABLES, f"{name} lacks {CONTRACT_VARIABLES - set(env)}"
         settings = load_settings(env=env)
         assert settings.kafka_bootstrap == "kafka:9092"
         assert settings.warehouse.startswith("http://") and settings.warehouse.endswith("/driftline")
@@ -101,8 +107,11 @@ def test_grafana_gets_every_variable_its_datasource_file_uses() -> None:
 
 
 def test_the_env_example_names_every_required_variable_and_sets_none() -> None:
-    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-                   if line.strip() and not line.lstrip().startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     required = {m["name"] for m in _VARIABLE.finditer((REPO / "docker-compose.yml").read_text()) if m["op"] == ":?"}
     assert required == set(FILLED) == set(example)
     assert all(value == "" for value in example.values()), "the example must not ship a usable password"

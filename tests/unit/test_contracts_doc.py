@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from driftline.settings import _ENV, TOPIC_NAMES
 from driftline.schemas import AVRO_DIR
+from driftline.settings import _ENV, TOPIC_NAMES
 from driftline.streams.codec import DECODE_ERROR_REASONS
 from driftline.streams.core import validation
 from driftline.streams.kafka import DLQ_DETAIL_HEADER, DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER
@@ -141,8 +141,10 @@ def gaps(doc: str, records: Records, tables: Tables) -> list[str]:
                 continue
             documented = re.match(r"`([^`]+)`", rows[column][0] if rows[column] else "")
             if documented is None or documented.group(1) != type_:
-                found.append(f"table {table}: column {column} is documented as "
-                             f"{documented.group(1) if documented else '?'}, is {type_}")
+                found.append(
+                    f"table {table}: column {column} is documented as "
+                    f"{documented.group(1) if documented else '?'}, is {type_}"
+                )
         found += [f"table {table}: column {c} is not in the schema" for c in rows if c not in dict(columns)]
     return found
 
@@ -175,8 +177,9 @@ def test_a_missing_field_or_column_is_found(doc: str, tables: dict) -> None:
     assert gaps(doc, records, grown) == ["table drift_reports: column undocumented missing"]
     # a changed type, and a documented column that no longer exists
     retyped = {**tables, "labels": [(c, "String" if c == "label_value" else t) for c, t in tables["labels"]]}
-    assert gaps(doc, records, retyped) == ["table labels: column label_value is documented as Nullable(Float64), "
-                                           "is String"]
+    assert gaps(doc, records, retyped) == [
+        "table labels: column label_value is documented as Nullable(Float64), is String"
+    ]
     dropped = {**tables, "alerts": [(c, t) for c, t in tables["alerts"] if c != "kind"]}
     assert gaps(doc, records, dropped) == ["table alerts: column kind is not in the schema"]
     symbols = {**records, "Alert": [(f, s + ["fatal"] if f == "severity" else s) for f, s in records["Alert"]]}
@@ -189,8 +192,13 @@ def test_topics_headers_reasons_and_settings_are_documented(doc: str) -> None:
     headers = table_rows(doc.split("### DLQ headers", 1)[1].split("\n## ", 1)[0])  # headers, then reasons
     assert {DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER, DLQ_DETAIL_HEADER} <= set(headers)
     reasons = DECODE_ERROR_REASONS | {
-        validation.UNKNOWN_MODEL, validation.INVALID_VALUE, validation.FUTURE_EVENT_TIME, validation.INVALID_EVENT_TIME,
-        validation.VALUE_TOO_LONG, validation.RESERVED_FEATURE_NAME, validation.FEATURE_KIND_CONFLICT,
+        validation.UNKNOWN_MODEL,
+        validation.INVALID_VALUE,
+        validation.FUTURE_EVENT_TIME,
+        validation.INVALID_EVENT_TIME,
+        validation.VALUE_TOO_LONG,
+        validation.RESERVED_FEATURE_NAME,
+        validation.FEATURE_KIND_CONFLICT,
     }
     assert reasons <= set(headers), reasons - set(headers)
     variables = table_rows(doc.split("## Configuration", 1)[1].split("\n## ", 1)[0])

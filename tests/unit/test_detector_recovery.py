@@ -52,10 +52,17 @@ def shifted_stream() -> PredictionBatch:
     n = N_WINDOWS * 1_000
     scores = np.where(np.arange(n) < SHIFT_AT * 1_000, rng.normal(0.3, 0.05, n), rng.normal(0.6, 0.05, n))
     times = T0 + np.arange(n, dtype=np.int64) * 5
-    batch = PredictionBatch("m", "1", [f"e{i}" for i in range(n)], times, numeric={"x": rng.normal(size=n)},
-                            predictions=np.clip(scores, 0, 1))
-    sentinel = PredictionBatch("m", "1", ["sentinel"], np.array([T0 + 100 * SIZE]), numeric={"x": np.zeros(1)},
-                               predictions=np.array([0.5]))
+    batch = PredictionBatch(
+        "m",
+        "1",
+        [f"e{i}" for i in range(n)],
+        times,
+        numeric={"x": rng.normal(size=n)},
+        predictions=np.clip(scores, 0, 1),
+    )
+    sentinel = PredictionBatch(
+        "m", "1", ["sentinel"], np.array([T0 + 100 * SIZE]), numeric={"x": np.zeros(1)}, predictions=np.array([0.5])
+    )
     return concat_batches([batch, sentinel])
 
 
@@ -122,7 +129,9 @@ def test_a_restored_stream_keeps_only_the_detectors_the_bank_runs_with_their_par
     # kswin is no longer run; page_hinkley has another threshold, so it starts afresh; ddm is binary only
     assert new.restore_stream("v:score", state) == ["adwin"]
     assert new.detector_names("v:score") == ["adwin", "page_hinkley"]
-    assert pickle.dumps(new._streams["v:score"].detectors["adwin"]) == pickle.dumps(old._streams["v:score"].detectors["adwin"])
+    assert pickle.dumps(new._streams["v:score"].detectors["adwin"]) == pickle.dumps(
+        old._streams["v:score"].detectors["adwin"]
+    )
     assert new._streams["v:score"].detectors["page_hinkley"].threshold == 80.0
     with pytest.raises(ValueError, match="binary"):  # the stream stays what it was: a score stream
         new.update("v:score", np.zeros(3), binary=True)
@@ -139,14 +148,22 @@ class _EvilMethod:
         return (getattr, (random.Random(0), "seed"))
 
 
-@pytest.mark.parametrize(("payload", "why"), [
-    (pickle.dumps(_Evil()), "system is not allowed"),
-    (pickle.dumps({"format": 1, "binary": False, "params": {}, "detectors": {"adwin": _Evil()}}), "system is not allowed"),
-    (pickle.dumps({"format": 1, "binary": False, "params": {}, "detectors": {"adwin": _EvilMethod()}}),
-     r"getattr\(Random, 'seed'\) is not allowed"),
-    (b"not a pickle", "cannot restore"),
-    (pickle.dumps({"format": 2}), "format 2"),
-])
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (pickle.dumps(_Evil()), "system is not allowed"),
+        (
+            pickle.dumps({"format": 1, "binary": False, "params": {}, "detectors": {"adwin": _Evil()}}),
+            "system is not allowed",
+        ),
+        (
+            pickle.dumps({"format": 1, "binary": False, "params": {}, "detectors": {"adwin": _EvilMethod()}}),
+            r"getattr\(Random, 'seed'\) is not allowed",
+        ),
+        (b"not a pickle", "cannot restore"),
+        (pickle.dumps({"format": 2}), "format 2"),
+    ],
+)
 def test_a_state_that_is_not_river_detectors_is_refused_and_changes_nothing(payload: bytes, why: str) -> None:
     bank = ChangeDetectorBank()
     bank.update("v:score", np.linspace(0, 1, 100))
@@ -176,10 +193,12 @@ def test_the_detectors_see_a_window_in_event_order_whatever_the_arrival_order() 
     times = T0 + np.sort(rng.integers(0, SIZE, n))  # one window, with ties in time
     scores = np.where(times < T0 + SIZE // 2, rng.normal(0.2, 0.05, n), rng.normal(0.8, 0.05, n))
     scores[::97] = np.nan
-    batch = PredictionBatch("m", "1", [f"e{i}" for i in range(n)], times, numeric={"x": rng.normal(size=n)},
-                            predictions=scores)
-    sentinel = PredictionBatch("m", "1", ["s"], np.array([T0 + 3 * SIZE]), numeric={"x": np.zeros(1)},
-                               predictions=np.array([0.5]))
+    batch = PredictionBatch(
+        "m", "1", [f"e{i}" for i in range(n)], times, numeric={"x": rng.normal(size=n)}, predictions=scores
+    )
+    sentinel = PredictionBatch(
+        "m", "1", ["s"], np.array([T0 + 3 * SIZE]), numeric={"x": np.zeros(1)}, predictions=np.array([0.5])
+    )
 
     def close(order: np.ndarray, sizes: list[int]) -> WindowOutcome:
         monitor = Monitor(lambda m: settings())
@@ -238,7 +257,10 @@ def test_a_restart_resumes_the_detectors_of_both_streams_from_the_last_written_w
     assert len([o for o in clean if isinstance(o, WindowOutcome)]) == N_WINDOWS
     assert len([o for o in clean if isinstance(o, PerformanceOutcome)]) == N_WINDOWS
     # the change is seen in both streams at window 5, and only there
-    assert {k for k, v in expected.items() if v} == {("score", T0 + SHIFT_AT * SIZE), ("error", T0 + 3_600_000 + SHIFT_AT * SIZE)}
+    assert {k for k, v in expected.items() if v} == {
+        ("score", T0 + SHIFT_AT * SIZE),
+        ("error", T0 + 3_600_000 + SHIFT_AT * SIZE),
+    }
 
     first = Monitor(lambda m: settings())
     before = run_all(first, batches[:11], ref, labels=True)  # window 5 holds its first message only
@@ -297,8 +319,14 @@ def test_labels_restored_after_a_restart_wait_and_join_their_predictions_once() 
     assert again.replayed == 50 and again.joined == 50 and again.holds[:50] == [[]] * 50
     # a label sent once more after that is an ordinary label again
     assert monitor.ingest_labels("m", ids[100:101], [1], t[100:101], now_ms=0).replayed == 0
-    monitor.ingest(PredictionBatch("m", "1", ["s"], np.array([T0 + 3_700_000]), numeric={"x": np.zeros(1)},
-                                   predictions=np.array([0.5])), ref, source=0, now_ms=0)
+    monitor.ingest(
+        PredictionBatch(
+            "m", "1", ["s"], np.array([T0 + 3_700_000]), numeric={"x": np.zeros(1)}, predictions=np.array([0.5])
+        ),
+        ref,
+        source=0,
+        now_ms=0,
+    )
     monitor.ingest_labels("m", ["s"], [1], np.array([T0 + 3_700_000]), now_ms=0)
     perf = [o for o in monitor.close_due(0) if isinstance(o, PerformanceOutcome)]
     assert [(o.window_start, o.n_labeled) for o in perf] == [(T0 + 3_600_000, 200)]

@@ -158,7 +158,11 @@ def test_adwin_fed_in_bulk_drifts_where_and_as_river_one_value_at_a_time_does(pa
         assert fast.drift_detected == slow.drift_detected or hi != len(x)
     assert got == expected
     assert (fast.width, fast.total, fast.n_detections, fast.drift_detected) == (
-        slow.width, slow.total, slow.n_detections, slow.drift_detected)
+        slow.width,
+        slow.total,
+        slow.n_detections,
+        slow.drift_detected,
+    )
     assert pickle.dumps(fast) == pickle.dumps(slow)
 
 
@@ -169,5 +173,5 @@ def test_adwin_in_bulk_leaves_a_drift_on_the_last_value_as_river_does():
     slow, fast = DETECTORS["adwin"](), DETECTORS["adwin"]()
     assert _one_value_at_a_time(slow, x[: first + 1])[-1] == detectors._feed(fast, x[: first + 1])[-1] == first
     assert slow.drift_detected and fast.drift_detected  # the reset is still to come
-    assert _one_value_at_a_time(slow, x[first + 1:]) == detectors._feed(fast, x[first + 1:])
+    assert _one_value_at_a_time(slow, x[first + 1 :]) == detectors._feed(fast, x[first + 1 :])
     assert pickle.dumps(fast) == pickle.dumps(slow)

@@ -48,8 +48,9 @@ def reference() -> ReferenceProfile:
     return ReferenceProfile.build("credit", "7", *stream(np.random.default_rng(2024), 50_000))
 
 
-def window_of(reference: ReferenceProfile, rng: np.random.Generator, n: int, shift: float = 0.0,
-              seed: int = 0) -> WindowProfile:
+def window_of(
+    reference: ReferenceProfile, rng: np.random.Generator, n: int, shift: float = 0.0, seed: int = 0
+) -> WindowProfile:
     w = WindowProfile.empty(reference, seed=seed)
     w.update(*stream(rng, n, shift))
     return w
@@ -72,8 +73,11 @@ def test_one_row_per_feature_and_metric(reference: ReferenceProfile) -> None:
     rows = evaluate_window(reference, window_of(reference, np.random.default_rng(1), 500))
     keys = [(r.feature, r.metric) for r in rows]
     assert len(keys) == len(set(keys))
-    expected = [(f, m) for f in reference.features
-                for m in (CATEGORICAL_METRICS if f in reference.categorical else NUMERIC_METRICS)]
+    expected = [
+        (f, m)
+        for f in reference.features
+        for m in (CATEGORICAL_METRICS if f in reference.categorical else NUMERIC_METRICS)
+    ]
     assert keys == expected
     for feature in reference.features:
         assert len({r.drifted for r in rows if r.feature == feature}) == 1
@@ -88,16 +92,19 @@ def test_values_match_scipy_on_the_same_window(reference: ReferenceProfile) -> N
         assert rows[f, "ks"].value == pytest.approx(stats.ks_2samp(ref.sample, sample).statistic, abs=1e-12)
         assert rows[f, "ks"].p_value == pytest.approx(stats.ks_2samp(ref.sample, sample).pvalue, rel=0.1, abs=1e-12)
         assert rows[f, "wasserstein"].value == pytest.approx(
-            stats.wasserstein_distance(ref.sample, sample) / ref.std, rel=1e-9)
+            stats.wasserstein_distance(ref.sample, sample) / ref.std, rel=1e-9
+        )
         p, q = ref.counts / ref.counts.sum(), win.counts / win.counts.sum()
         assert rows[f, "psi"].value == pytest.approx(float(metrics.psi(p, q)), rel=1e-12)
         assert rows[f, "jensenshannon"].value == pytest.approx(
-            distance.jensenshannon(ref.counts, win.counts, base=2), rel=1e-9)
+            distance.jensenshannon(ref.counts, win.counts, base=2), rel=1e-9
+        )
         assert rows[f, "hellinger"].value == pytest.approx(math.sqrt(1 - np.sum(np.sqrt(p * q))), rel=1e-6)
     assert rows["uniform", "missing_rate"].value == w.numeric["uniform"].missing / 800
     ref_u = reference.numeric["uniform"]
     assert rows["uniform", "missing_rate"].threshold == pytest.approx(
-        stats.binom.ppf(0.95, 800, ref_u.missing / (ref_u.missing + ref_u.count)) / 800)
+        stats.binom.ppf(0.95, 800, ref_u.missing / (ref_u.missing + ref_u.count)) / 800
+    )
     # Three large colours: no pooling, the plain 2 x 3 contingency test.
     ref_c, win_c = reference.categorical["colour"], w.categorical["colour"]
     table = np.array([ref_c.counts[:-1], win_c.counts[:-1]])
@@ -106,8 +113,7 @@ def test_values_match_scipy_on_the_same_window(reference: ReferenceProfile) -> N
     assert rows["colour", "chi2"].p_value == pytest.approx(expected.pvalue, rel=1e-9)
     assert rows["colour", "chi2"].threshold == pytest.approx(stats.chi2.isf(0.05, 2))
     assert rows["colour", "new_category_rate"].value == 0.0
-    assert rows["normal", "ks"].threshold == pytest.approx(
-        float(metrics.ks_critical_value(0.05, ref.sample.size, 800)))
+    assert rows["normal", "ks"].threshold == pytest.approx(float(metrics.ks_critical_value(0.05, ref.sample.size, 800)))
 
 
 def test_features_without_events_get_no_rows(reference: ReferenceProfile) -> None:
@@ -261,8 +267,10 @@ def test_power_with_a_reference_no_larger_than_its_sample() -> None:
     # 5,000 rows: KS on the samples decides at every window size.
     rng = np.random.default_rng(12)
     small = ReferenceProfile.build("m", "1", *stream(rng, 5_000))
-    caught = sum("normal" in drifted_features(evaluate_window(small, window_of(small, rng, 1_000, shift=0.25, seed=k)))
-                 for k in range(100))
+    caught = sum(
+        "normal" in drifted_features(evaluate_window(small, window_of(small, rng, 1_000, shift=0.25, seed=k)))
+        for k in range(100)
+    )
     assert caught / 100 >= 0.9
 
 
@@ -273,11 +281,15 @@ def test_a_replay_gives_identical_rows_whatever_the_batches(reference: Reference
     whole.update(numeric, categorical, predictions)
     replay = WindowProfile.empty(reference, seed=seed)
     for part in np.array_split(np.arange(3_000), 11):
-        replay.update({f: x[part] for f, x in numeric.items()},
-                      {f: [c[i] for i in part] for f, c in categorical.items()}, predictions[part])
+        replay.update(
+            {f: x[part] for f, x in numeric.items()},
+            {f: [c[i] for i in part] for f, c in categorical.items()},
+            predictions[part],
+        )
     a, b = evaluate_window(reference, whole), evaluate_window(reference, replay)
-    assert [(r.feature, r.metric, r.value, r.p_value, r.threshold, r.drifted) for r in a] == \
-           [(r.feature, r.metric, r.value, r.p_value, r.threshold, r.drifted) for r in b]
+    assert [(r.feature, r.metric, r.value, r.p_value, r.threshold, r.drifted) for r in a] == [
+        (r.feature, r.metric, r.value, r.p_value, r.threshold, r.drifted) for r in b
+    ]
 
 
 # ----------------------------------------------------------------------------- regressions
@@ -291,8 +303,15 @@ def test_new_categories_in_one_feature_never_flag_another(n: int, windows: int) 
     rng = np.random.default_rng(31)
     many = np.array([f"m{i}" for i in range(8)])
     few = np.array(["a", "b", "c"])
-    ref = ReferenceProfile.build("m", "1", {}, {"many": many[rng.integers(0, 8, 20_000)].tolist(),
-                                               "few": few[rng.choice(3, 20_000, p=[0.5, 0.3, 0.2])].tolist()})
+    ref = ReferenceProfile.build(
+        "m",
+        "1",
+        {},
+        {
+            "many": many[rng.integers(0, 8, 20_000)].tolist(),
+            "few": few[rng.choice(3, 20_000, p=[0.5, 0.3, 0.2])].tolist(),
+        },
+    )
     wrongly = 0
     for k in range(windows):
         values = many[rng.integers(0, 8, n)].astype(object)

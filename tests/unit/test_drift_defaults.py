@@ -7,7 +7,7 @@ most 5%, and stationary windows raise at most 5% false alarms.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,8 +23,16 @@ WINDOWS = 40
 Change = dict[str, float]
 
 
-def columns(rng: np.random.Generator, n: int, *, shift: float = 0.0, scale: float = 1.0, p: np.ndarray = BASE_P,
-            new: float = 0.0, missing: float = 0.0) -> tuple[dict, dict]:
+def columns(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    shift: float = 0.0,
+    scale: float = 1.0,
+    p: np.ndarray = BASE_P,
+    new: float = 0.0,
+    missing: float = 0.0,
+) -> tuple[dict, dict]:
     x = rng.normal(shift, scale, n)
     x[rng.random(n) < missing] = np.nan
     colour = COLOURS[rng.choice(3, n, p=p)]

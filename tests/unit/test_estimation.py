@@ -142,8 +142,9 @@ def test_merge_is_exact_and_order_free():
         part.update(score[rows], None, {k: v[rows] for k, v in attrs.items()})
     merged = parts[2].merge(parts[0]).merge(parts[1])
     assert merged.to_dict() == whole.to_dict()
-    assert [(r.segment, r.metric, r.value) for r in merged.rows()] == [(r.segment, r.metric, r.value)
-                                                                     for r in whole.rows()]
+    assert [(r.segment, r.metric, r.value) for r in merged.rows()] == [
+        (r.segment, r.metric, r.value) for r in whole.rows()
+    ]
     assert "channel=" not in {r.segment for r in whole.rows()}  # '' is no segment
 
 
@@ -207,8 +208,7 @@ def test_covariate_shift_is_followed_within_the_band():
     windows = _windows(np.linspace(0.0, 0.6, 150), scales=np.linspace(1.0, 0.4, 150))
     realized = np.array([r[("", "accuracy")] for _, r in windows])
     assert realized[:20].mean() - realized[-20:].mean() > 0.08  # the shift does move the metric
-    for metric, mae_max in (("accuracy", 0.02), ("roc_auc", 0.03), ("precision", 0.03), ("recall", 0.03),
-                            ("f1", 0.03)):
+    for metric, mae_max in (("accuracy", 0.02), ("roc_auc", 0.03), ("precision", 0.03), ("recall", 0.03), ("f1", 0.03)):
         est = np.array([e[metric].value for e, _ in windows])
         lo = np.array([e[metric].lower for e, _ in windows])
         hi = np.array([e[metric].upper for e, _ in windows])

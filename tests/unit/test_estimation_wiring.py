@@ -9,7 +9,8 @@ import pytest
 
 from driftline.retrainer.evaluation import fit_calibrator
 from driftline.retrainer.policy import PolicyError, ReferenceSettings, parse_policy
-from driftline.retrainer.triggers import TriggerState, WindowOutcome as TriggerWindow, estimate_signal, evaluate
+from driftline.retrainer.triggers import TriggerState, estimate_signal, evaluate
+from driftline.retrainer.triggers import WindowOutcome as TriggerWindow
 from driftline.streams.core.estimation import EstimationState, ScoreCalibrator
 from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
 from driftline.streams.core.profile import ReferenceProfile
@@ -35,9 +36,16 @@ def reference(with_calibrator: bool = True) -> ReferenceProfile:
 def batch(n: int, seed: int, spread: float = 1.0, predicted: list | None = None) -> PredictionBatch:
     x, score, _ = calibrated(n, seed, spread)
     rng = np.random.default_rng(seed + 100)
-    return PredictionBatch("m", "1", [f"e{seed}-{i}" for i in range(n)], T0 + np.arange(n, dtype=np.int64) * 5,
-                           numeric={"x": x}, predictions=score, predicted_labels=predicted or [],
-                           attributes={"channel": rng.choice(["web", "app"], n).tolist()})
+    return PredictionBatch(
+        "m",
+        "1",
+        [f"e{seed}-{i}" for i in range(n)],
+        T0 + np.arange(n, dtype=np.int64) * 5,
+        numeric={"x": x},
+        predictions=score,
+        predicted_labels=predicted or [],
+        attributes={"channel": rng.choice(["web", "app"], n).tolist()},
+    )
 
 
 def closed(ref: ReferenceProfile, batches: list[PredictionBatch]) -> WindowOutcome:
@@ -46,8 +54,9 @@ def closed(ref: ReferenceProfile, batches: list[PredictionBatch]) -> WindowOutco
         if monitor.needs_recovery("m", "1"):
             monitor.recover("m", "1", None)
         monitor.ingest(b, ref, source=0, now_ms=0)
-    monitor.ingest(replace(batch(1, 99), event_ids=["late"], event_times=np.array([T0 + 60_000])), ref,
-                   source=0, now_ms=0)
+    monitor.ingest(
+        replace(batch(1, 99), event_ids=["late"], event_times=np.array([T0 + 60_000])), ref, source=0, now_ms=0
+    )
     (outcome,) = [o for o in monitor.close_due(0) if isinstance(o, WindowOutcome)]
     return outcome
 
@@ -103,7 +112,9 @@ def test_fit_calibrator_only_for_binary_scores_with_enough_labels() -> None:
     assert fit_calibrator("classification", y, score * 3) is None  # not probabilities
     assert fit_calibrator("classification", y[:50], score[:50]) is None  # too few to calibrate
     assert fit_calibrator("classification", None, score) is None
-    profile = ReferenceSettings().profile_builder("m", {"s": score}, {}, score, fit_calibrator("classification", y, score))
+    profile = ReferenceSettings().profile_builder(
+        "m", {"s": score}, {}, score, fit_calibrator("classification", y, score)
+    )
     assert ReferenceProfile.from_dict(profile("7")).calibrator["threshold"] == 0.5
 
 
@@ -116,13 +127,20 @@ def test_policy_key_parses_and_is_checked() -> None:
 
 
 def test_estimate_trigger_requests_a_retrain_without_labels() -> None:
-    policy = parse_policy({"defaults": {"drift": {"enabled": False},
-                                        "performance": {"estimated_accuracy_drop": 0.05}}}).for_model("m")
+    policy = parse_policy(
+        {"defaults": {"drift": {"enabled": False}, "performance": {"estimated_accuracy_drop": 0.05}}}
+    ).for_model("m")
     ref = {"accuracy": 0.80}
 
     def window(i: int, estimate: float | None) -> TriggerWindow:
-        return TriggerWindow("m", "1", i * 60_000, (i + 1) * 60_000, reference_estimates=ref,
-                             estimated_performance=None if estimate is None else {"accuracy": estimate})
+        return TriggerWindow(
+            "m",
+            "1",
+            i * 60_000,
+            (i + 1) * 60_000,
+            reference_estimates=ref,
+            estimated_performance=None if estimate is None else {"accuracy": estimate},
+        )
 
     assert estimate_signal(policy, window(0, None)).status == "unknown"
     assert estimate_signal(policy, window(0, 0.76)).status == "clean"
@@ -131,7 +149,8 @@ def test_estimate_trigger_requests_a_retrain_without_labels() -> None:
     assert requests == []
     state, requests, alerts = evaluate(policy, state, window(1, 0.70), 120_000)
     assert [(r.reason, [(e.metric, e.value, e.threshold) for e in r.evidence]) for r in requests] == [
-        ("performance", [("estimated_accuracy", 0.70, pytest.approx(0.75))])]
+        ("performance", [("estimated_accuracy", 0.70, pytest.approx(0.75))])
+    ]
     assert [a.kind for a in alerts] == ["estimated_performance_drop", "retrain_requested"]
     # without the key the estimate says nothing
     off = parse_policy({"defaults": {"drift": {"enabled": False}}}).for_model("m")

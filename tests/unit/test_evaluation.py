@@ -69,8 +69,15 @@ def test_better_challenger_is_promoted_worse_is_kept() -> None:
 
 def test_a_tie_is_kept_when_a_margin_is_required() -> None:
     y, good, _ = _data()
-    ev = evaluate("classification", y, good, y, good, ChampionScores("1", good.copy(), "artifact"),
-                  PromotionRule("accuracy", min_improvement=0.01))
+    ev = evaluate(
+        "classification",
+        y,
+        good,
+        y,
+        good,
+        ChampionScores("1", good.copy(), "artifact"),
+        PromotionRule("accuracy", min_improvement=0.01),
+    )
     assert ev.decision.margin == 0.0 and not ev.decision.promote
 
 
@@ -86,8 +93,15 @@ def test_logged_predictions_compare_both_models_on_the_rows_the_champion_served(
     challenger = np.where(np.arange(20) < 10, y, 1 - y)
     champion = np.full(20, np.nan)
     champion[10:] = y[10:] * 0.8 + 0.1  # right on every row it served
-    ev = evaluate("classification", y, y, y, challenger, ChampionScores("1", champion, "logged predictions"),
-                  PromotionRule("accuracy"))
+    ev = evaluate(
+        "classification",
+        y,
+        y,
+        y,
+        challenger,
+        ChampionScores("1", champion, "logged predictions"),
+        PromotionRule("accuracy"),
+    )
     assert ev.holdout["accuracy"] == 0.5  # registered metrics: the whole holdout
     assert ev.compared_rows == 10
     assert ev.challenger_compared["accuracy"] == 0.0 and ev.champion_metrics["accuracy"] == 1.0
@@ -96,17 +110,26 @@ def test_logged_predictions_compare_both_models_on_the_rows_the_champion_served(
 
 def test_a_champion_that_served_none_of_the_holdout_blocks_promotion() -> None:
     y, good, _ = _data(20)
-    ev = evaluate("classification", y, good, y, good, ChampionScores("3", np.full(20, np.nan), "logged predictions"),
-                  PromotionRule())
+    ev = evaluate(
+        "classification",
+        y,
+        good,
+        y,
+        good,
+        ChampionScores("3", np.full(20, np.nan), "logged predictions"),
+        PromotionRule(),
+    )
     assert not ev.decision.promote
-    assert ev.decision.reason == ("the champion (version 3, logged predictions) has no score for any of the "
-                                  "20 holdout rows; cannot compare")
+    assert ev.decision.reason == (
+        "the champion (version 3, logged predictions) has no score for any of the 20 holdout rows; cannot compare"
+    )
 
 
 def test_a_champion_whose_scores_are_not_probabilities_blocks_promotion() -> None:
     y, good, _ = _data(20)
-    ev = evaluate("classification", y, good, y, good, ChampionScores("1", good * 5, "logged predictions"),
-                  PromotionRule())
+    ev = evaluate(
+        "classification", y, good, y, good, ChampionScores("1", good * 5, "logged predictions"), PromotionRule()
+    )
     assert not ev.decision.promote
     assert "cannot be evaluated: classification scores must be probabilities" in ev.decision.reason
 
@@ -117,5 +140,3 @@ def test_a_challenger_without_scores_is_an_error() -> None:
     holes[3] = np.nan
     with pytest.raises(EvaluationError, match="no score for 1 of 20 holdout rows"):
         evaluate("classification", y, good, y, holes, None, PromotionRule())
-
-

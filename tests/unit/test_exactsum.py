@@ -103,8 +103,13 @@ def test_group_sums_match_fractions_per_group() -> None:
 # ------------------------------------------------------------------------------------- profiles
 
 
-REF = ReferenceProfile.build("m", "1", {f"x{i}": np.random.default_rng(i).normal(size=2_000) for i in range(5)},
-                             {"c": ["a", "b"] * 1_000}, np.random.default_rng(9).random(2_000))
+REF = ReferenceProfile.build(
+    "m",
+    "1",
+    {f"x{i}": np.random.default_rng(i).normal(size=2_000) for i in range(5)},
+    {"c": ["a", "b"] * 1_000},
+    np.random.default_rng(9).random(2_000),
+)
 
 
 def columns(n: int, seed: int) -> tuple[dict, dict, np.ndarray]:
@@ -115,8 +120,10 @@ def columns(n: int, seed: int) -> tuple[dict, dict, np.ndarray]:
 
 
 def moments(w: WindowProfile) -> list[tuple]:
-    return [(r["feature"], r["count"], r["missing"], r["mean"], r["std"], r["min"], r["max"], r["histogram"])
-            for r in w.summary_rows()]
+    return [
+        (r["feature"], r["count"], r["missing"], r["mean"], r["std"], r["min"], r["max"], r["histogram"])
+        for r in w.summary_rows()
+    ]
 
 
 def cut(n: int, sizes_seed: int) -> list[tuple[int, int]]:
@@ -141,8 +148,11 @@ def test_profile_moments_are_bit_identical_for_any_batching_order_split_and_merg
         for lo, hi in cut(n, trial):
             rows = order[lo:hi]
             p = WindowProfile.empty(REF, seed=trial)
-            p.update({f: x[rows] for f, x in numeric.items()}, {"c": [categorical["c"][i] for i in rows.tolist()]},
-                     predictions[rows])
+            p.update(
+                {f: x[rows] for f, x in numeric.items()},
+                {"c": [categorical["c"][i] for i in rows.tolist()]},
+                predictions[rows],
+            )
             # the persistence path: a profile written out and read back goes on as if never stored
             parts.append(WindowProfile.from_dict(p.to_dict(), REF) if lo % 2 else p)
         rng.shuffle(parts)
@@ -155,8 +165,11 @@ def test_profile_moments_are_bit_identical_for_any_batching_order_split_and_merg
     order = rng.permutation(n)
     for lo, hi in cut(n, 99):
         rows = order[lo:hi]
-        fed.update({f: x[rows] for f, x in numeric.items()}, {"c": [categorical["c"][i] for i in rows.tolist()]},
-                   predictions[rows])
+        fed.update(
+            {f: x[rows] for f, x in numeric.items()},
+            {"c": [categorical["c"][i] for i in rows.tolist()]},
+            predictions[rows],
+        )
     assert moments(fed) == expected
 
 
@@ -187,8 +200,9 @@ def test_performance_is_bit_identical_for_any_batching_and_order() -> None:
         merged = windows[0]
         for w in windows[1:]:
             merged = merged.merge(w)
-        assert [(r.segment, r.metric, r.value, r.n_labeled) for r in merged.rows()] == \
-            [(r.segment, r.metric, r.value, r.n_labeled) for r in expected]
+        assert [(r.segment, r.metric, r.value, r.n_labeled) for r in merged.rows()] == [
+            (r.segment, r.metric, r.value, r.n_labeled) for r in expected
+        ]
 
 
 def test_regression_errors_are_bit_identical_for_any_order() -> None:
@@ -207,14 +221,20 @@ def test_regression_errors_are_bit_identical_for_any_order() -> None:
 def stream(n: int) -> PredictionBatch:
     rng = np.random.default_rng(8)
     numeric, categorical, predictions = columns(n, 8)
-    return PredictionBatch("m", "1", [f"e{i}" for i in range(n)], 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 3,
-                           numeric=numeric, categorical=categorical, predictions=predictions,
-                           attributes={"region": rng.choice(["eu", "us"], n).tolist()})
+    return PredictionBatch(
+        "m",
+        "1",
+        [f"e{i}" for i in range(n)],
+        1_700_000_000_000 + np.arange(n, dtype=np.int64) * 3,
+        numeric=numeric,
+        categorical=categorical,
+        predictions=predictions,
+        attributes={"region": rng.choice(["eu", "us"], n).tolist()},
+    )
 
 
 def run(batches: list[PredictionBatch], labels: list[tuple[list[str], np.ndarray, np.ndarray]]) -> list[tuple]:
-    monitor = Monitor(lambda m: MonitorSettings(Windowing(5_000), detectors=("adwin",), min_segment_size=1),
-                      idle_ms=1)
+    monitor = Monitor(lambda m: MonitorSettings(Windowing(5_000), detectors=("adwin",), min_segment_size=1), idle_ms=1)
     monitor.recover("m", "1", None)
     out = []
     for b in batches:
@@ -227,12 +247,24 @@ def run(batches: list[PredictionBatch], labels: list[tuple[list[str], np.ndarray
     table = []
     for o in sorted(out, key=lambda o: (type(o).__name__, o.window_start)):
         if isinstance(o, WindowOutcome):
-            table.append((o.key, moments(o.profile), [(m.feature, m.metric, m.value, m.p_value) for m in o.drift],
-                          o.latency, [(c.detector, c.alarms) for c in o.changes]))
+            table.append(
+                (
+                    o.key,
+                    moments(o.profile),
+                    [(m.feature, m.metric, m.value, m.p_value) for m in o.drift],
+                    o.latency,
+                    [(c.detector, c.alarms) for c in o.changes],
+                )
+            )
         else:
             assert isinstance(o, PerformanceOutcome)
-            table.append((o.key, [(r.segment, r.metric, r.value, r.n_labeled) for r in o.rows],
-                          [(c.detector, c.alarms) for c in o.changes]))
+            table.append(
+                (
+                    o.key,
+                    [(r.segment, r.metric, r.value, r.n_labeled) for r in o.rows],
+                    [(c.detector, c.alarms) for c in o.changes],
+                )
+            )
     return table
 
 
@@ -245,8 +277,9 @@ def test_monitor_outcomes_are_bit_identical_for_any_batching_and_label_order() -
     y = (rng.random(n) < batch.predictions).astype(float)
 
     def labels(order: np.ndarray, sizes_seed: int) -> list:
-        return [(ids[order[lo:hi]].tolist(), y[order[lo:hi]], label_times[order[lo:hi]])
-                for lo, hi in cut(n, sizes_seed)]
+        return [
+            (ids[order[lo:hi]].tolist(), y[order[lo:hi]], label_times[order[lo:hi]]) for lo, hi in cut(n, sizes_seed)
+        ]
 
     in_order = np.arange(n)
     expected = run([batch], labels(in_order, 0))

@@ -11,15 +11,19 @@ from driftline.streams.core.explain import FeatureEffect, RootCause, _Stats, exp
 from driftline.streams.core.profile import ReferenceProfile, WindowProfile
 
 NUMERIC = [f"x{i}" for i in range(20)]
-ATTRIBUTES = {"channel": ["web", "mobile", "branch", "partner", "phone"],
-              "region": ["n", "s", "e", "w", "c"],
-              "tier": ["a", "b", "c", "d", "e"]}
+ATTRIBUTES = {
+    "channel": ["web", "mobile", "branch", "partner", "phone"],
+    "region": ["n", "s", "e", "w", "c"],
+    "tier": ["a", "b", "c", "d", "e"],
+}
 
 
 def _data(rng: np.random.Generator, n: int, offsets: dict[str, np.ndarray] | None = None):
     numeric = {f: rng.normal(0.0, 1.0, n) for f in NUMERIC}
-    categorical = {"device": rng.choice(["ios", "android", "web"], n, p=[0.3, 0.5, 0.2]).tolist(),
-                   "plan": rng.choice(["free", "pro"], n).tolist()}
+    categorical = {
+        "device": rng.choice(["ios", "android", "web"], n, p=[0.3, 0.5, 0.2]).tolist(),
+        "plan": rng.choice(["free", "pro"], n).tolist(),
+    }
     attrs = {k: rng.choice(v, n) for k, v in ATTRIBUTES.items()}
     for f, add in (offsets or {}).items():
         numeric[f] = numeric[f] + add
@@ -79,8 +83,10 @@ def test_rest_by_subtraction_equals_the_rest_profile(reference):
     whole, segments = _window(reference, numeric, categorical, attrs)
     rest = WindowProfile.empty(reference, 5)
     keep = attrs["channel"] != "mobile"
-    rest.update({f: x[keep] for f, x in numeric.items()},
-                {f: np.asarray(x, dtype=object)[keep].tolist() for f, x in categorical.items()})
+    rest.update(
+        {f: x[keep] for f, x in numeric.items()},
+        {f: np.asarray(x, dtype=object)[keep].tolist() for f, x in categorical.items()},
+    )
     num, cat = list(reference.numeric), list(reference.categorical)
     got = _Stats.of_window(whole, num, cat).minus(_Stats.of_window(segments["channel=mobile"], num, cat))
     want = _Stats.of_window(rest, num, cat)
@@ -108,8 +114,9 @@ def test_drift_confined_to_one_segment_names_it_first(reference):
         assert top.share == pytest.approx(mobile.mean())
         assert [e.feature for e in top.features][:2] == ["x2", "x9"]
         assert top.features[0].shift == pytest.approx(-0.8, abs=0.1)
-        assert cause.summary.startswith(f"drift is in channel=mobile ({round(100 * mobile.mean())}% of the window): "
-                                        "x2 −0.8σ, x9 +0.5σ")
+        assert cause.summary.startswith(
+            f"drift is in channel=mobile ({round(100 * mobile.mean())}% of the window): x2 −0.8σ, x9 +0.5σ"
+        )
 
 
 def test_drift_spread_evenly_names_no_segment(reference):

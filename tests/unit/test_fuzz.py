@@ -57,6 +57,14 @@ def test_twenty_thousand_mutants_raise_only_decode_errors_and_none_is_slow(corpu
     assert report.fallbacks == 0  # decode_bulk's fast path never had to be rescued
     assert report.slowest_ms < SLOW_MS
     # the mutants reach deep: most reasons show up, and some mutants are still valid records
-    assert {"avro_body", "json_syntax", "json_schema", "unknown_fingerprint", "column_length", "invalid_value",
-            "reserved_feature_name", "value_too_long"} <= set(report.reasons)
+    assert {
+        "avro_body",
+        "json_syntax",
+        "json_schema",
+        "unknown_fingerprint",
+        "column_length",
+        "invalid_value",
+        "reserved_feature_name",
+        "value_too_long",
+    } <= set(report.reasons)
     assert report.accepted > 0

@@ -10,8 +10,15 @@ from driftline.streams.core.labels import IndexStats, JoinedLabels, PredictionIn
 def rows_of(j: JoinedLabels) -> list[tuple]:
     keys = sorted(j.attributes)
     return [
-        (j.event_ids[i], j.model_versions[i], int(j.event_times[i]), float(j.scores[i]), j.predicted_labels[i],
-         j.labels[i], tuple((k, j.attributes[k][i]) for k in keys if j.attributes[k][i] != ""))
+        (
+            j.event_ids[i],
+            j.model_versions[i],
+            int(j.event_times[i]),
+            float(j.scores[i]),
+            j.predicted_labels[i],
+            j.labels[i],
+            tuple((k, j.attributes[k][i]) for k in keys if j.attributes[k][i] != ""),
+        )
         for i in range(j.n)
     ]
 
@@ -36,8 +43,9 @@ def test_join_returns_the_stored_columns():
 def test_labels_that_arrive_first_join_when_the_prediction_comes():
     index = PredictionIndex(max_entries=10, ttl_ms=1000)
     assert index.join(["p", "q"], ["1", "0"]).unmatched == ["p", "q"]
-    j = index.add(["x", "q", "y"], "v1", np.array([5, 6, 7]), np.array([0.5, 0.6, 0.7]), None,
-                  {"region": ["a", "b", "c"]})
+    j = index.add(
+        ["x", "q", "y"], "v1", np.array([5, 6, 7]), np.array([0.5, 0.6, 0.7]), None, {"region": ["a", "b", "c"]}
+    )
     assert rows_of(j) == [("q", "v1", 6, 0.6, None, "0", (("region", "b"),))]
     assert len(index) == 2 and index.n_pending == 1
     assert index.stats.joined_pending == 1 and index.stats.added == 2  # stored ones only
@@ -110,8 +118,14 @@ class ReferenceIndex:
     def add(self, ids, version, times, scores, predicted, attrs):
         joined = []
         for i, e in enumerate(ids):
-            row = (e, version, int(times[i]), float(scores[i]), predicted[i],
-                   tuple((k, attrs[k][i]) for k in sorted(attrs) if attrs[k][i] != ""))
+            row = (
+                e,
+                version,
+                int(times[i]),
+                float(scores[i]),
+                predicted[i],
+                tuple((k, attrs[k][i]) for k in sorted(attrs) if attrs[k][i] != ""),
+            )
             if e in self.pending:
                 label = self.pending.pop(e)[0]
                 joined.append(row[:5] + (label,) + row[5:])

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -12,13 +11,16 @@ def as_list(w: LatencyWindow) -> list[float]:
     return [q["latency_p50"], q["latency_p95"], q["latency_p99"]]
 
 
-@pytest.mark.parametrize("values", [
-    [5.0],
-    [3.0, 1.0],
-    [10.0, 10.0, 10.0, 200.0],
-    list(np.arange(1.0, 101.0)),
-    list(np.random.default_rng(3).exponential(20.0, 1024)),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [5.0],
+        [3.0, 1.0],
+        [10.0, 10.0, 10.0, 200.0],
+        list(np.arange(1.0, 101.0)),
+        list(np.random.default_rng(3).exponential(20.0, 1024)),
+    ],
+)
 def test_small_windows_are_exact(values):
     w = LatencyWindow().update(np.array(values))
     assert w.is_exact

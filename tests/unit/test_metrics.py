@@ -147,8 +147,13 @@ def test_rate_test_is_the_conditional_binomial_test() -> None:
 
 def test_rate_test_is_not_more_eager_than_fishers_exact_test() -> None:
     # Both two-sided by doubling the smaller one-sided tail.
-    for k1, n1, k2, n2 in [(0, 50_000, 3, 1_000), (500, 5_000, 70, 500), (5_000, 50_000, 80, 1_000),
-                           (20, 10_000, 0, 2_000), (300, 3_000, 20, 300)]:
+    for k1, n1, k2, n2 in [
+        (0, 50_000, 3, 1_000),
+        (500, 5_000, 70, 500),
+        (5_000, 50_000, 80, 1_000),
+        (20, 10_000, 0, 2_000),
+        (300, 3_000, 20, 300),
+    ]:
         table = [[k2, n2 - k2], [k1, n1 - k1]]
         tails = [stats.fisher_exact(table, alternative=a).pvalue for a in ("less", "greater")]
         fisher = min(1.0, 2 * min(tails))
@@ -168,5 +173,3 @@ def test_benjamini_hochberg_matches_scipy_adjusted_pvalues() -> None:
         adjusted = stats.false_discovery_control(p, method="bh")
         np.testing.assert_array_equal(metrics.benjamini_hochberg(p, 0.05), adjusted <= 0.05)
     assert metrics.benjamini_hochberg(np.array([]), 0.05).size == 0
-
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -36,19 +35,24 @@ FEATURES = ("a", "b", "c", "d")
 def reference(seed: int = 0, n: int = 20_000) -> ReferenceProfile:
     rng = np.random.default_rng(seed)
     return ReferenceProfile.build(
-        "m", "1",
+        "m",
+        "1",
         {f: rng.normal(size=n) for f in FEATURES},
         {"region": rng.choice(["north", "south", "east"], n).tolist()},
         rng.random(n),
     )
 
 
-def stream(n: int, *, start: int = T0, step: int = 10, drift: tuple[str, ...] = (), seed: int = 1,
-           version: str = "1") -> PredictionBatch:
+def stream(
+    n: int, *, start: int = T0, step: int = 10, drift: tuple[str, ...] = (), seed: int = 1, version: str = "1"
+) -> PredictionBatch:
     rng = np.random.default_rng(seed)
     numeric = {f: rng.normal(loc=2.0 if f in drift else 0.0, size=n) for f in FEATURES}
     return PredictionBatch(
-        "m", version, [f"e{seed}-{i}" for i in range(n)], start + np.arange(n, dtype=np.int64) * step,
+        "m",
+        version,
+        [f"e{seed}-{i}" for i in range(n)],
+        start + np.arange(n, dtype=np.int64) * step,
         numeric=numeric,
         categorical={"region": rng.choice(["north", "south", "east"], n).tolist()},
         predictions=rng.random(n),
@@ -79,8 +83,11 @@ def run(monitor: Monitor, batches: list[PredictionBatch], ref: ReferenceProfile,
 
 def drift_table(outcome: WindowOutcome) -> dict[tuple[str, str], tuple[float, float | None, bool]]:
     # the per-window engine's rows: the slow-drift and multivariate rows come from across windows or from joint rows
-    return {(r.feature, r.metric): (r.value, r.p_value, r.drifted) for r in outcome.drift
-            if r.metric != TREND_METRIC and r.feature != MULTIVARIATE_FEATURE}
+    return {
+        (r.feature, r.metric): (r.value, r.p_value, r.drifted)
+        for r in outcome.drift
+        if r.metric != TREND_METRIC and r.feature != MULTIVARIATE_FEATURE
+    }
 
 
 def test_two_drifted_features_are_flagged_and_match_the_drift_engine_on_the_same_rows() -> None:
@@ -241,10 +248,12 @@ def test_labels_join_their_predictions_and_grade_them_per_label_window() -> None
     close_labels(monitor, ref, T0 + 3_610_000)
     (perf,) = [o for o in monitor.close_due(0) if isinstance(o, PerformanceOutcome)]
     assert perf.window_start == T0 + 3_600_000 and perf.n_labeled == 1_000
-    expected = compute_performance(np.array(y), batch.predictions, None, {"channel": batch.attributes["channel"]},
-                                   min_segment_size=1)
+    expected = compute_performance(
+        np.array(y), batch.predictions, None, {"channel": batch.attributes["channel"]}, min_segment_size=1
+    )
     assert {(r.segment, r.metric): r.value for r in perf.rows} == pytest.approx(
-        {(r.segment, r.metric): r.value for r in expected})
+        {(r.segment, r.metric): r.value for r in expected}
+    )
     assert monitor.is_done(Hold(LABELS, "m", "1", T0 + 3_610_000))
 
 
@@ -342,8 +351,15 @@ def test_reset_forgets_everything() -> None:
 
 def test_concat_and_take_keep_columns_aligned() -> None:
     a = stream(5, seed=1)
-    b = PredictionBatch("m", "1", ["x", "y"], np.array([T0, T0 + 1]), numeric={"a": np.array([1.0, 2.0])},
-                        predictions=np.array([0.1, 0.2]), predicted_labels=["1", "0"])
+    b = PredictionBatch(
+        "m",
+        "1",
+        ["x", "y"],
+        np.array([T0, T0 + 1]),
+        numeric={"a": np.array([1.0, 2.0])},
+        predictions=np.array([0.1, 0.2]),
+        predicted_labels=["1", "0"],
+    )
     c = concat_batches([a, b])
     assert c.n == 7 and c.event_ids[-2:] == ["x", "y"]
     assert np.isnan(c.numeric["b"][-2:]).all() and c.numeric["a"][-2:].tolist() == [1.0, 2.0]

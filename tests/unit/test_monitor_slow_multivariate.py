@@ -29,8 +29,9 @@ def reference(version: str = "1", seed: int = 0, n: int = 5_000, loc: float = 0.
     return build_reference("m", version, {f: rng.normal(loc=loc, size=n) for f in FEATURES}, {}, rng.random(n))
 
 
-def stream(windows: int, *, rho_from: int | None = None, trend_from: int | None = None,
-           seed: int = 1) -> PredictionBatch:
+def stream(
+    windows: int, *, rho_from: int | None = None, trend_from: int | None = None, seed: int = 1
+) -> PredictionBatch:
     """``windows`` windows of 1,000 events: a and b get correlation 0.8 from ``rho_from`` (marginals
     unchanged), c's mean moves by 0.05 sigma per window from ``trend_from``."""
     rng = np.random.default_rng(seed)
@@ -43,8 +44,9 @@ def stream(windows: int, *, rho_from: int | None = None, trend_from: int | None 
     if trend_from is not None:
         c = c + 0.05 * np.clip(window - trend_from + 1, 0, None)
     times = T0 + np.arange(n, dtype=np.int64) * (SIZE // PER_WINDOW)
-    return PredictionBatch("m", "1", [f"e{i}" for i in range(n)], times,
-                           numeric={"a": a, "b": b, "c": c}, predictions=rng.random(n))
+    return PredictionBatch(
+        "m", "1", [f"e{i}" for i in range(n)], times, numeric={"a": a, "b": b, "c": c}, predictions=rng.random(n)
+    )
 
 
 def settings(detectors: tuple[str, ...] = ()) -> MonitorSettings:
@@ -55,8 +57,9 @@ def pieces(batch: PredictionBatch, size: int) -> list[PredictionBatch]:
     return [take_rows(batch, np.arange(lo, min(lo + size, batch.n))) for lo in range(0, batch.n, size)]
 
 
-def run(monitor: Monitor, batches: list[PredictionBatch],
-        ref: ReferenceProfile | list[ReferenceProfile]) -> list[WindowOutcome]:
+def run(
+    monitor: Monitor, batches: list[PredictionBatch], ref: ReferenceProfile | list[ReferenceProfile]
+) -> list[WindowOutcome]:
     refs = ref if isinstance(ref, list) else [ref] * len(batches)
     out = []
     for b, r in zip(batches, refs, strict=True):
@@ -68,8 +71,9 @@ def run(monitor: Monitor, batches: list[PredictionBatch],
 
 
 def rows(outcome: WindowOutcome, *, metric: str | None = None, feature: str | None = None) -> list[FeatureDrift]:
-    return [r for r in outcome.drift
-            if (metric is None or r.metric == metric) and (feature is None or r.feature == feature)]
+    return [
+        r for r in outcome.drift if (metric is None or r.metric == metric) and (feature is None or r.feature == feature)
+    ]
 
 
 def window_rows(batch: PredictionBatch, start: int) -> PredictionBatch:
@@ -100,8 +104,9 @@ def test_each_window_gets_trend_rows_per_numeric_stream_and_multivariate_rows_ma
         correlation = {r.metric: r for r in got}["correlation_change"]
         assert correlation.drifted == (i >= 4), (i, correlation)
     # c's trend is flagged within a few windows of its onset; a and b never
-    flagged = {f: [i for i, o in enumerate(outcomes) if rows(o, metric=TREND_METRIC, feature=f)[0].drifted]
-               for f in FEATURES}
+    flagged = {
+        f: [i for i, o in enumerate(outcomes) if rows(o, metric=TREND_METRIC, feature=f)[0].drifted] for f in FEATURES
+    }
     assert flagged["a"] == flagged["b"] == []
     assert flagged["c"] and flagged["c"][0] <= 2 + 4 and flagged["c"] == list(range(flagged["c"][0], 7))
 
@@ -142,7 +147,8 @@ def test_a_new_reference_for_the_version_restarts_the_trend_from_the_new_baselin
 
 @pytest.mark.parametrize("detectors", [("adwin",), ()])
 def test_a_restart_from_the_last_written_window_gives_the_rows_of_a_run_without_a_crash(
-        detectors: tuple[str, ...]) -> None:
+    detectors: tuple[str, ...],
+) -> None:
     ref = reference()
     batch = stream(10, rho_from=3, trend_from=2)
     batches = pieces(batch, 500)  # two messages per window
@@ -169,8 +175,9 @@ def test_a_restart_from_the_last_written_window_gives_the_rows_of_a_run_without_
     # without the restore, the trend would start over: the rows would differ
     fresh = Monitor(lambda m: settings(detectors))
     fresh.recover("m", "1", written.window_end)
-    assert [rows(o, metric=TREND_METRIC) for o in run(fresh, batches[10:], ref)] != \
-           [rows(o, metric=TREND_METRIC) for o in clean[5:]]
+    assert [rows(o, metric=TREND_METRIC) for o in run(fresh, batches[10:], ref)] != [
+        rows(o, metric=TREND_METRIC) for o in clean[5:]
+    ]
 
 
 def test_an_unreadable_trend_state_raises_and_changes_nothing() -> None:

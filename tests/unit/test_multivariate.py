@@ -18,6 +18,7 @@ from driftline.streams.core.multivariate import (
     _correlation_null,
 )
 
+
 def _bench(name: str):  # the benchmark scripts are not a package: load the one whose stream generator is shared
     import importlib.util
     from pathlib import Path
@@ -59,7 +60,7 @@ def test_window_statistics_are_the_row_formulas_and_merge_exactly():
     whole.update(model, cols)
     parts = [model.window() for _ in range(3)]
     for i, part in enumerate(parts):
-        part.update(model, {f: c[i * 300: (i + 1) * 300] for f, c in cols.items()})
+        part.update(model, {f: c[i * 300 : (i + 1) * 300] for f, c in cols.items()})
     merged = parts[0].merge(parts[1]).merge(parts[2])
     z = np.column_stack([(cols[f] - m) / s for f, m, s in zip(model.features, model.mean, model.scale)])
     z = np.nan_to_num(z)

@@ -32,12 +32,30 @@ def by(rows, segment, metric):
 
 def test_hand_worked_classification():
     got = overall(compute_performance(Y, S, None, {}))
-    log_loss = -(math.log(.9) + math.log(.8) + math.log(.4) + math.log(.3)
-                 + math.log(.4) + math.log(.7) + math.log(.7) + math.log(.9)) / 8
-    assert got == pytest.approx({
-        "accuracy": 5 / 8, "precision": 2 / 3, "recall": 2 / 4, "f1": 4 / 7,
-        "roc_auc": 13 / 16, "log_loss": log_loss, "brier": 1.45 / 8,
-    })
+    log_loss = (
+        -(
+            math.log(0.9)
+            + math.log(0.8)
+            + math.log(0.4)
+            + math.log(0.3)
+            + math.log(0.4)
+            + math.log(0.7)
+            + math.log(0.7)
+            + math.log(0.9)
+        )
+        / 8
+    )
+    assert got == pytest.approx(
+        {
+            "accuracy": 5 / 8,
+            "precision": 2 / 3,
+            "recall": 2 / 4,
+            "f1": 4 / 7,
+            "roc_auc": 13 / 16,
+            "log_loss": log_loss,
+            "brier": 1.45 / 8,
+        }
+    )
 
 
 def test_string_labels_give_the_same_result():
@@ -104,8 +122,9 @@ def test_gaps_min_segment_size_and_missing_attribute():
     assert by(rows, "region=*", "accuracy_gap").n_labeled == 4
     assert by(rows, "", "accuracy").n_labeled == 7
     # one class only in a segment: its roc_auc is undefined and not reported, so no gap either
-    rows = compute_performance(np.array([1, 1, 0, 1]), np.array([.9, .8, .2, .7]), None,
-                               {"g": ["a", "a", "b", "b"]}, min_segment_size=1)
+    rows = compute_performance(
+        np.array([1, 1, 0, 1]), np.array([0.9, 0.8, 0.2, 0.7]), None, {"g": ["a", "a", "b", "b"]}, min_segment_size=1
+    )
     assert [r.segment for r in rows if r.metric.startswith("roc_auc")] == ["", "g=b"]
 
 
@@ -185,6 +204,7 @@ def test_window_merge_equals_one_computation():
 
 def test_many_segments_are_fast():
     import time
+
     rng = np.random.default_rng(0)
     n = 50_000
     y = (rng.random(n) < 0.2).astype(int)
@@ -200,8 +220,9 @@ def test_prediction_errors_feed_the_change_detectors():
     errors, task = prediction_errors(Y, S, None)
     # preds 1 1 0 1 0 0 0 0 vs y 1 1 1 0 0 0 1 0
     assert task == "classification" and errors.tolist() == [0, 0, 1, 1, 0, 0, 1, 0]
-    errors, _ = prediction_errors(np.array(["1", None, "0"], dtype=object), np.array([np.nan, 0.9, 0.7]),
-                                  ["1", None, None])
+    errors, _ = prediction_errors(
+        np.array(["1", None, "0"], dtype=object), np.array([np.nan, 0.9, 0.7]), ["1", None, None]
+    )
     assert errors[0] == 0.0 and np.isnan(errors[1]) and errors[2] == 1.0
     errors, task = prediction_errors(np.array([0.0, 1.0]), np.array([0.5, 3.0]), task="regression")
     assert task == "regression" and errors.tolist() == [0.5, 2.0]
@@ -221,8 +242,9 @@ def test_a_windows_error_stream_falls_back_to_the_score_where_a_predicted_label_
     assert task == "classification"
     assert errors[:5].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0] and np.isnan(errors[5])  # no score, no label: none
     # the same rows at once give the same stream, and 1 - mean error is the window's accuracy
-    once, _ = prediction_errors(np.array([1, 1, 0, 1, 0, 1]), np.array([0.9, 0.9, 0.1, 0.2, 0.7, np.nan]),
-                                ["0", None, "1", None, None, None])
+    once, _ = prediction_errors(
+        np.array([1, 1, 0, 1, 0, 1]), np.array([0.9, 0.9, 0.1, 0.2, 0.7, np.nan]), ["0", None, "1", None, None, None]
+    )
     assert np.array_equal(errors, once, equal_nan=True)
     assert 1 - np.nanmean(errors) == pytest.approx(overall(w.rows())["accuracy"])
     regression = PerformanceWindow()

@@ -39,10 +39,19 @@ def test_no_file_gives_the_built_in_defaults() -> None:
     assert p.monitoring.fdr_q == 0.05 and p.monitoring.detectors == ("adwin",)
     assert p.thresholds["*"]["psi"] == 0.2
     # a retrain when 2 features drift for 2 consecutive windows ...
-    assert (p.drift.enabled, p.drift.metric, p.drift.min_features, p.drift.consecutive_windows) == (True, "drifted", 2, 2)
+    assert (p.drift.enabled, p.drift.metric, p.drift.min_features, p.drift.consecutive_windows) == (
+        True,
+        "drifted",
+        2,
+        2,
+    )
     # ... or when performance drops significantly against the reference
     assert (p.performance.enabled, p.performance.metric, p.performance.max_drop, p.performance.min_labels) == (
-        True, "accuracy", 0.05, 500)
+        True,
+        "accuracy",
+        0.05,
+        500,
+    )
     assert not p.change_detectors.enabled and not p.schedule.enabled
     assert p.manual.cooldown_minutes == 0
     r = p.retraining
@@ -67,10 +76,15 @@ def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
 
 
 def test_models_override_defaults_key_by_key() -> None:
-    policy = parse_policy({
-        "defaults": {"drift": {"min_features": 3}, "retraining": {"cooldown_minutes": 10}},
-        "models": {"credit": {"drift": {"consecutive_windows": 4}}, "churn": {"retraining": {"cooldown_minutes": 0}}},
-    })
+    policy = parse_policy(
+        {
+            "defaults": {"drift": {"min_features": 3}, "retraining": {"cooldown_minutes": 10}},
+            "models": {
+                "credit": {"drift": {"consecutive_windows": 4}},
+                "churn": {"retraining": {"cooldown_minutes": 0}},
+            },
+        }
+    )
     credit, churn, other = (policy.for_model(m) for m in ("credit", "churn", "other"))
     assert (credit.drift.min_features, credit.drift.consecutive_windows) == (3, 4)
     assert credit.retraining.cooldown_minutes == 10
@@ -79,21 +93,35 @@ def test_models_override_defaults_key_by_key() -> None:
 
 
 def test_thresholds_per_model_per_feature_per_metric() -> None:
-    policy = parse_policy({
-        "defaults": {"monitoring": {"thresholds": {"*": {"psi": 0.25}, "income": {"psi": 0.3}}}},
-        "models": {"credit": {"monitoring": {"thresholds": {
-            "*": {"ks": 0.1},
-            "income": {"ks": 0.2, "hellinger": None},
-            "age": {"wasserstein": 2.5},
-        }}}},
-    })
+    policy = parse_policy(
+        {
+            "defaults": {"monitoring": {"thresholds": {"*": {"psi": 0.25}, "income": {"psi": 0.3}}}},
+            "models": {
+                "credit": {
+                    "monitoring": {
+                        "thresholds": {
+                            "*": {"ks": 0.1},
+                            "income": {"ks": 0.2, "hellinger": None},
+                            "age": {"wasserstein": 2.5},
+                        }
+                    }
+                }
+            },
+        }
+    )
     default = policy.for_model("x").thresholds
     assert default["*"]["psi"] == 0.25 and default["*"]["jensenshannon"] == 0.1  # built-in kept
     assert default["income"]["psi"] == 0.3 and default["income"]["jensenshannon"] == 0.1
     credit = policy.for_model("credit")
     t = credit.thresholds
-    assert t["*"] == {"psi": 0.25, "jensenshannon": 0.1, "hellinger": 0.1, "missing_rate": 0.05,
-                      "new_category_rate": 0.05, "ks": 0.1}
+    assert t["*"] == {
+        "psi": 0.25,
+        "jensenshannon": 0.1,
+        "hellinger": 0.1,
+        "missing_rate": 0.05,
+        "new_category_rate": 0.05,
+        "ks": 0.1,
+    }
     assert t["income"]["psi"] == 0.3 and t["income"]["ks"] == 0.2 and "hellinger" not in t["income"]
     assert t["age"]["wasserstein"] == 2.5 and t["age"]["psi"] == 0.25
     assert credit.threshold("income", "hellinger") is None
@@ -105,16 +133,20 @@ def test_thresholds_per_model_per_feature_per_metric() -> None:
 
 
 def test_lists_and_hyperparameters_replace_rather_than_merge() -> None:
-    policy = parse_policy({
-        "defaults": {
-            "monitoring": {"detectors": ["adwin", "page_hinkley"]},
-            "retraining": {"hyperparameters": {"epochs": 3, "l2": 0.1}},
-        },
-        "models": {"credit": {
-            "monitoring": {"detectors": ["kswin"]},
-            "retraining": {"hyperparameters": {"epochs": 8}},
-        }},
-    })
+    policy = parse_policy(
+        {
+            "defaults": {
+                "monitoring": {"detectors": ["adwin", "page_hinkley"]},
+                "retraining": {"hyperparameters": {"epochs": 3, "l2": 0.1}},
+            },
+            "models": {
+                "credit": {
+                    "monitoring": {"detectors": ["kswin"]},
+                    "retraining": {"hyperparameters": {"epochs": 8}},
+                }
+            },
+        }
+    )
     assert policy.for_model("other").monitoring.detectors == ("adwin", "page_hinkley")
     credit = policy.for_model("credit")
     assert credit.monitoring.detectors == ("kswin",)
@@ -122,12 +154,18 @@ def test_lists_and_hyperparameters_replace_rather_than_merge() -> None:
 
 
 def test_a_model_can_turn_a_trigger_off_and_another_on() -> None:
-    policy = parse_policy({"models": {"quiet": {
-        "drift": {"enabled": False},
-        "change_detectors": {"enabled": True, "streams": ["error", "score"], "min_events": 2},
-        "schedule": {"every_hours": 0.5},
-        "manual": {"cooldown_minutes": 5},
-    }}})
+    policy = parse_policy(
+        {
+            "models": {
+                "quiet": {
+                    "drift": {"enabled": False},
+                    "change_detectors": {"enabled": True, "streams": ["error", "score"], "min_events": 2},
+                    "schedule": {"every_hours": 0.5},
+                    "manual": {"cooldown_minutes": 5},
+                }
+            }
+        }
+    )
     quiet = policy.for_model("quiet")
     assert not quiet.drift.enabled
     assert quiet.change_detectors.enabled and quiet.change_detectors.streams == ("error", "score")
@@ -172,26 +210,43 @@ def test_error_names_the_key_path() -> None:
 
 
 def test_unknown_keys_are_errors_with_a_hint() -> None:
-    found = dict(problems({
-        "default": {},
-        "models": {"credit": {"drfit": {}, "retraining": {"cooldown_minuts": 5}}},
-    }))
+    found = dict(
+        problems(
+            {
+                "default": {},
+                "models": {"credit": {"drfit": {}, "retraining": {"cooldown_minuts": 5}}},
+            }
+        )
+    )
     assert found["default"].startswith("unknown key (did you mean 'defaults'?)")
     assert found["models.credit.drfit"].startswith("unknown key (did you mean 'drift'?)")
-    assert found["models.credit.retraining.cooldown_minuts"].startswith("unknown key (did you mean 'cooldown_minutes'?)")
+    assert found["models.credit.retraining.cooldown_minuts"].startswith(
+        "unknown key (did you mean 'cooldown_minutes'?)"
+    )
     assert "known: snapshot, holdout_fraction" in found["models.credit.retraining.cooldown_minuts"]
 
 
 def test_all_problems_are_reported_together() -> None:
     with pytest.raises(PolicyError) as info:
-        parse_policy({
-            "defaults": {
-                "monitoring": {"window_seconds": 0, "fdr_q": 1.5, "thresholds": {"*": {"pis": 0.2}, "age": {"psi": -1}}},
-                "drift": {"consecutive_windows": True, "op": "", "metric": "pis"},
-                "retraining": {"holdout_fraction": 1.0, "trainer": "not a trainer", "hyperparameters": {"lr": float("nan")}},
+        parse_policy(
+            {
+                "defaults": {
+                    "monitoring": {
+                        "window_seconds": 0,
+                        "fdr_q": 1.5,
+                        "thresholds": {"*": {"pis": 0.2}, "age": {"psi": -1}},
+                    },
+                    "drift": {"consecutive_windows": True, "op": "", "metric": "pis"},
+                    "retraining": {
+                        "holdout_fraction": 1.0,
+                        "trainer": "not a trainer",
+                        "hyperparameters": {"lr": float("nan")},
+                    },
+                },
+                "models": {"../etc": {}, "ok": {"performance": {"min_labels": 0}}},
             },
-            "models": {"../etc": {}, "ok": {"performance": {"min_labels": 0}}},
-        }, source="p.yaml")
+            source="p.yaml",
+        )
     paths = [path for path, _ in info.value.problems]
     assert paths == [  # in the order of the file
         "defaults.monitoring.window_seconds",
@@ -232,26 +287,53 @@ def test_the_policy_takes_exactly_the_drift_engines_threshold_keys() -> None:
         ({"defaults": {"drift": {"threshold": 0.3}}}, "defaults.drift.threshold", "metric 'drifted'"),
         ({"defaults": {"performance": {"metric": "lift"}}}, "defaults.performance.metric", "no known direction"),
         ({"defaults": {"performance": {"max_drop": None}}}, "defaults.performance", "needs max_drop, limit or both"),
-        ({"defaults": {"retraining": {"promotion": {"metric": "lift"}}}}, "defaults.retraining.promotion.metric",
-         "no known direction"),
-        ({"defaults": {"change_detectors": {"enabled": True, "detectors": ["ddm"]}}},
-         "defaults.change_detectors.detectors", "a detector must run before it can trigger"),
-        ({"defaults": {"monitoring": {"detectors": ["adwinn"]}}}, "defaults.monitoring.detectors",
-         "unknown name 'adwinn' (did you mean 'adwin'?)"),
-        ({"defaults": {"monitoring": {"thresholds": {"*": {"ks": float("inf")}}}}},
-         "defaults.monitoring.thresholds.*.ks", "a non-negative number"),
+        (
+            {"defaults": {"retraining": {"promotion": {"metric": "lift"}}}},
+            "defaults.retraining.promotion.metric",
+            "no known direction",
+        ),
+        (
+            {"defaults": {"change_detectors": {"enabled": True, "detectors": ["ddm"]}}},
+            "defaults.change_detectors.detectors",
+            "a detector must run before it can trigger",
+        ),
+        (
+            {"defaults": {"monitoring": {"detectors": ["adwinn"]}}},
+            "defaults.monitoring.detectors",
+            "unknown name 'adwinn' (did you mean 'adwin'?)",
+        ),
+        (
+            {"defaults": {"monitoring": {"thresholds": {"*": {"ks": float("inf")}}}}},
+            "defaults.monitoring.thresholds.*.ks",
+            "a non-negative number",
+        ),
         # a per-feature test level would undo Benjamini-Hochberg's false discovery rate: fdr_q is the knob
-        ({"defaults": {"monitoring": {"thresholds": {"*": {"ks_alpha": 0.01}}}}},
-         "defaults.monitoring.thresholds.*.ks_alpha", "set fdr_q (monitoring.fdr_q) instead"),
-        ({"models": {"credit": {"monitoring": {"thresholds": {"income": {"chi2_alpha": 0.01}}}}}},
-         "models.credit.monitoring.thresholds.income.chi2_alpha", "not a threshold"),
-        ({"defaults": {"monitoring": {"thresholds": {"my feature": {"psi": "high"}}}}},
-         "defaults.monitoring.thresholds.'my feature'.psi", "got 'high'"),
+        (
+            {"defaults": {"monitoring": {"thresholds": {"*": {"ks_alpha": 0.01}}}}},
+            "defaults.monitoring.thresholds.*.ks_alpha",
+            "set fdr_q (monitoring.fdr_q) instead",
+        ),
+        (
+            {"models": {"credit": {"monitoring": {"thresholds": {"income": {"chi2_alpha": 0.01}}}}}},
+            "models.credit.monitoring.thresholds.income.chi2_alpha",
+            "not a threshold",
+        ),
+        (
+            {"defaults": {"monitoring": {"thresholds": {"my feature": {"psi": "high"}}}}},
+            "defaults.monitoring.thresholds.'my feature'.psi",
+            "got 'high'",
+        ),
         ({"defaults": {"schedule": {"every_hours": 0}}}, "defaults.schedule.every_hours", "a positive number of hours"),
-        ({"defaults": {"retraining": {"snapshot": {"since": "forever"}}}}, "defaults.retraining.snapshot.since",
-         "expected one of 'lookback', 'last_promotion'"),
-        ({"defaults": {"retraining": {"hyperparameters": [1, 2]}}}, "defaults.retraining.hyperparameters",
-         "expected a mapping of hyperparameters"),
+        (
+            {"defaults": {"retraining": {"snapshot": {"since": "forever"}}}},
+            "defaults.retraining.snapshot.since",
+            "expected one of 'lookback', 'last_promotion'",
+        ),
+        (
+            {"defaults": {"retraining": {"hyperparameters": [1, 2]}}},
+            "defaults.retraining.hyperparameters",
+            "expected a mapping of hyperparameters",
+        ),
         ({"defaults": {"drift": {"features": []}}}, "defaults.drift.features", "at least one name"),
     ],
 )

@@ -27,7 +27,8 @@ def make_reference(n: int = 4_000, seed: int = 0, **kwargs) -> ReferenceProfile:
     x = rng.normal(10, 2, n)
     x[rng.random(n) < 0.05] = np.nan
     return ReferenceProfile.build(
-        "credit", "3",
+        "credit",
+        "3",
         numeric={"x": x, "k": rng.poisson(2, n).astype(float)},
         categorical={"c": rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1]).tolist()},
         predictions=rng.random(n),
@@ -204,8 +205,11 @@ def test_window_round_trips_exactly_through_json() -> None:
     ref = make_reference()
     rng = np.random.default_rng(3)
     w = WindowProfile.empty(ref, seed=stable_seed("credit", "3", 60_000))
-    w.update({"x": rng.normal(size=3_000), "k": rng.poisson(2, 3_000).astype(float)},
-             {"c": rng.choice(["a", "q"], 3_000).tolist(), "extra": ["1"] * 3_000}, rng.random(3_000))
+    w.update(
+        {"x": rng.normal(size=3_000), "k": rng.poisson(2, 3_000).astype(float)},
+        {"c": rng.choice(["a", "q"], 3_000).tolist(), "extra": ["1"] * 3_000},
+        rng.random(3_000),
+    )
     d = w.to_dict()
     again = WindowProfile.from_dict(json_round_trip(d), ref)
     assert again.to_dict() == d
@@ -300,9 +304,21 @@ def window(xs: list[float], cs: list[str | None], seed: int) -> WindowProfile:
 def exact_parts(w: WindowProfile) -> dict:
     x, c = w.numeric["x"], w.categorical["c"]
     values, keys = x.sample.canonical()
-    return {"n": w.n, "x_counts": x.counts.tolist(), "x_missing": x.missing, "x_count": x.count,
-            "x_min": x.min, "x_max": x.max, "x_sum": x.total, "x_squares": x.squares, "c_counts": c.counts.tolist(), "c_missing": c.missing,
-            "k_missing": w.numeric["k"].missing, "sample": values.tolist(), "keys": keys.tolist()}
+    return {
+        "n": w.n,
+        "x_counts": x.counts.tolist(),
+        "x_missing": x.missing,
+        "x_count": x.count,
+        "x_min": x.min,
+        "x_max": x.max,
+        "x_sum": x.total,
+        "x_squares": x.squares,
+        "c_counts": c.counts.tolist(),
+        "c_missing": c.missing,
+        "k_missing": w.numeric["k"].missing,
+        "sample": values.tolist(),
+        "keys": keys.tolist(),
+    }
 
 
 @settings(max_examples=60, deadline=None)
@@ -315,8 +331,10 @@ def test_merge_is_associative_and_commutative(x1, c1, x2, c2, x3, c3) -> None:
     assert exact_parts(a.merge(b)) | {"n": 0} == exact_parts(b.merge(a)) | {"n": 0}
     for f in ("x",):  # exact sums: the moments are bit-identical whatever the merge order
         assert (left.numeric[f].mean, left.numeric[f].std) == (right.numeric[f].mean, right.numeric[f].std)
-        assert (a.merge(b).numeric[f].mean, a.merge(b).numeric[f].std) == (b.merge(a).numeric[f].mean,
-                                                                           b.merge(a).numeric[f].std)
+        assert (a.merge(b).numeric[f].mean, a.merge(b).numeric[f].std) == (
+            b.merge(a).numeric[f].mean,
+            b.merge(a).numeric[f].std,
+        )
 
 
 @settings(max_examples=60, deadline=None)
@@ -366,8 +384,15 @@ def test_bin_counts_equal_bincount_of_searchsorted(n) -> None:
     rng = np.random.default_rng(n)
     ref = NumericReference.build("x", rng.poisson(3, 2_000).astype(float), bins=10, sample_size=100, seed=0)
     # values on the edges, just beside them, beyond both ends, and -0.0 next to 0.0
-    pool = np.concatenate([ref.edges, np.nextafter(ref.edges, -np.inf), np.nextafter(ref.edges, np.inf),
-                           [-1e300, 1e300, -0.0, 0.0], rng.normal(3, 3, 50)])
+    pool = np.concatenate(
+        [
+            ref.edges,
+            np.nextafter(ref.edges, -np.inf),
+            np.nextafter(ref.edges, np.inf),
+            [-1e300, 1e300, -0.0, 0.0],
+            rng.normal(3, 3, 50),
+        ]
+    )
     v = rng.choice(pool, n)
     want = np.bincount(np.searchsorted(ref.cuts, v, side="right"), minlength=ref.n_bins)
     got = profile.bin_counts(ref.cuts, v)
@@ -420,11 +445,13 @@ def test_summary_quantiles_are_numpys_for_samples_of_any_sizes() -> None:
 
 # ----------------------------------------------------------------------------- the stacked update, bit for bit
 
+
 def _wide_reference() -> ReferenceProfile:
     rng = np.random.default_rng(21)
     n = 3_000
     return ReferenceProfile.build(
-        "wide", "1",
+        "wide",
+        "1",
         numeric={
             "normal": rng.normal(5, 2, n),
             "skewed": rng.lognormal(0, 1, n),
@@ -461,8 +488,13 @@ def _column(kind: str, n: int, rng: np.random.Generator) -> np.ndarray | None:
 def wide_batches(draw) -> list[tuple[dict[str, np.ndarray], np.ndarray | None, int]]:
     """Batches for WIDE_REF: tiny to larger than the sample, each column complete, gappy, all NaN or absent."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    sizes = draw(st.lists(st.sampled_from([0, 1, 2, 3, 17, 63, 64, 65, 300, 1_000, 4_095, 4_096, 6_000, 20_000]),
-                          min_size=1, max_size=6))
+    sizes = draw(
+        st.lists(
+            st.sampled_from([0, 1, 2, 3, 17, 63, 64, 65, 300, 1_000, 4_095, 4_096, 6_000, 20_000]),
+            min_size=1,
+            max_size=6,
+        )
+    )
     batches = []
     for n in sizes:
         kinds = draw(st.lists(st.sampled_from(COLUMN_KINDS), min_size=7, max_size=7))
@@ -514,9 +546,11 @@ def test_stacked_update_refuses_infinity_as_feature_by_feature_does() -> None:
     before = w.to_dict()
     clean = {f: np.ones(4) for f in WIDE_REF.numeric if f != PREDICTION_FEATURE}
     # the first bad column in the reference's order is named, whether the others hold NaN or not
-    for bad, message in [({"skewed": [1.0, np.inf, 2.0, 3.0]}, "'skewed'"),
-                         ({"wide": [np.nan, -np.inf, 2.0, 3.0], "gappy": [np.inf, 0, 0, 0]}, "'wide'"),
-                         ({"gappy": [np.nan, 1.0, 1.0, 1.0], "zeros": [0.0, 0.0, np.inf, np.nan]}, "'zeros'")]:
+    for bad, message in [
+        ({"skewed": [1.0, np.inf, 2.0, 3.0]}, "'skewed'"),
+        ({"wide": [np.nan, -np.inf, 2.0, 3.0], "gappy": [np.inf, 0, 0, 0]}, "'wide'"),
+        ({"gappy": [np.nan, 1.0, 1.0, 1.0], "zeros": [0.0, 0.0, np.inf, np.nan]}, "'zeros'"),
+    ]:
         with pytest.raises(ValueError, match=f"numeric feature {message} holds infinite values"):
             w.update({**clean, **{f: np.array(x) for f, x in bad.items()}}, {}, np.ones(4))
         assert w.to_dict() == before
@@ -542,8 +576,10 @@ def test_update_keeps_no_reference_to_the_callers_arrays() -> None:
 def test_bin_counts_rows_equal_bincount_of_searchsorted(n) -> None:
     rng = np.random.default_rng(n)
     refs = [r for f, r in WIDE_REF.numeric.items()]
-    pool = np.concatenate([np.concatenate([r.edges, np.nextafter(r.edges, -np.inf), np.nextafter(r.edges, np.inf)])
-                           for r in refs] + [[-1e300, 1e300, -0.0, 0.0]])
+    pool = np.concatenate(
+        [np.concatenate([r.edges, np.nextafter(r.edges, -np.inf), np.nextafter(r.edges, np.inf)]) for r in refs]
+        + [[-1e300, 1e300, -0.0, 0.0]]
+    )
     values = rng.choice(pool, (len(refs), n))
     got = profile.bin_counts_rows([r.cuts for r in refs], values)
     for r, row, counts in zip(refs, values, got):

@@ -45,8 +45,10 @@ def test_higher_is_better(challenger: float, champion: float, min_improvement: f
 def test_a_tie_says_so_and_why_it_promotes() -> None:
     d = decide({"roc_auc": 0.8}, {"roc_auc": 0.8}, PromotionRule("roc_auc"))
     assert d.promote and d.margin == 0.0
-    assert d.reason == ("roc_auc 0.8 ties the champion 0.8; a tie promotes: the challenger learnt from fresher data "
-                        "(higher is better; needed 0)")
+    assert d.reason == (
+        "roc_auc 0.8 ties the champion 0.8; a tie promotes: the challenger learnt from fresher data "
+        "(higher is better; needed 0)"
+    )
     # within floating-point rounding is a tie too, never "worse by 1e-17"
     rounded = decide({"accuracy": 0.1 + 0.2}, {"accuracy": 0.3}, PromotionRule("accuracy"))
     assert rounded.promote and "ties the champion" in rounded.reason and "worse" not in rounded.reason

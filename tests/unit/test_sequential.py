@@ -57,8 +57,12 @@ def test_evidence_is_a_martingale_under_the_null():
     # E[M_T] = 1 under the null: the mean over many stationary streams stays at 1.
     k, n = 20_000, 100
     rng = np.random.default_rng(0)
-    det = TrendDetector([f"s{i}" for i in range(k)], ref_count=np.full(k, 2_000.0),
-                        ref_mean=rng.normal(0, 1 / math.sqrt(2_000), k), ref_std=np.ones(k))
+    det = TrendDetector(
+        [f"s{i}" for i in range(k)],
+        ref_count=np.full(k, 2_000.0),
+        ref_mean=rng.normal(0, 1 / math.sqrt(2_000), k),
+        ref_std=np.ones(k),
+    )
     for _ in range(4):
         det.update(np.full(k, n), rng.normal(0, 1 / math.sqrt(n), k), rng.chisquare(n - 1, k))
     evidence = np.exp(det.log_evidence())
@@ -68,8 +72,13 @@ def test_evidence_is_a_martingale_under_the_null():
 def test_few_false_alarms_over_many_stationary_windows():
     k, n, windows = 200, 1_000, 300
     rng = np.random.default_rng(1)
-    det = TrendDetector([f"s{i}" for i in range(k)], ref_count=np.full(k, 5_000.0),
-                        ref_mean=rng.normal(0, 1 / math.sqrt(5_000), k), ref_std=np.ones(k), memory=32)
+    det = TrendDetector(
+        [f"s{i}" for i in range(k)],
+        ref_count=np.full(k, 5_000.0),
+        ref_mean=rng.normal(0, 1 / math.sqrt(5_000), k),
+        ref_std=np.ones(k),
+        memory=32,
+    )
     alarmed = np.zeros(k, bool)
     for _ in range(windows):
         det.update(np.full(k, n), rng.normal(0, 1 / math.sqrt(n), k), rng.chisquare(n - 1, k))
@@ -82,8 +91,12 @@ def test_few_false_alarms_over_many_stationary_windows():
 def test_a_slow_trend_is_flagged_soon_after_its_onset(n):
     k, onset = 100, 10
     rng = np.random.default_rng(n)
-    det = TrendDetector([f"s{i}" for i in range(k)], ref_count=np.full(k, 5_000.0),
-                        ref_mean=rng.normal(0, 1 / math.sqrt(5_000), k), ref_std=np.ones(k))
+    det = TrendDetector(
+        [f"s{i}" for i in range(k)],
+        ref_count=np.full(k, 5_000.0),
+        ref_mean=rng.normal(0, 1 / math.sqrt(5_000), k),
+        ref_std=np.ones(k),
+    )
     first = np.full(k, -1)
     for t in range(1, 25):
         drift = 0.02 * max(0, t - onset + 1)
@@ -172,7 +185,6 @@ def test_from_reference_and_bad_input():
         TrendDetector.from_dict({"format": 99})
 
 
-
 def test_update_window_reads_the_exact_moments_of_a_window_profile():
     rng = np.random.default_rng(9)
     ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2_000)}, {}, predictions=rng.random(2_000))
@@ -181,8 +193,11 @@ def test_update_window_reads_the_exact_moments_of_a_window_profile():
         w = WindowProfile.empty(ref, seed=t)
         x, scores = rng.normal(0.05 * t, 1.0, 1_500), rng.random(1_500)
         for part in range(3):  # three batches: the window's moments are merged, as the worker's are
-            w.update({"x": x[part * 500: (part + 1) * 500]}, {}, scores[part * 500: (part + 1) * 500])
+            w.update({"x": x[part * 500 : (part + 1) * 500]}, {}, scores[part * 500 : (part + 1) * 500])
         got = by_profile.update_window(w)
-        expected = by_moments.update([x.size, scores.size], [x.mean(), scores.mean()],
-                                     [((x - x.mean()) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()])
+        expected = by_moments.update(
+            [x.size, scores.size],
+            [x.mean(), scores.mean()],
+            [((x - x.mean()) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()],
+        )
         assert [r.value for r in got] == pytest.approx([r.value for r in expected], rel=1e-9)

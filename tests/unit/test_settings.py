@@ -17,8 +17,12 @@ def test_defaults_match_contracts() -> None:
 def test_precedence_file_env_overrides(tmp_path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("topic_prefix: file.\nwarehouse: chdb:///tmp/x\nkafka_extra: {acks: all}\n")
-    env = {"DRIFTLINE_CONFIG": str(cfg), "DRIFTLINE_TOPIC_PREFIX": "env.", "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-           "DRIFTLINE_KAFKA_JARS": "/opt/jars"}
+    env = {
+        "DRIFTLINE_CONFIG": str(cfg),
+        "DRIFTLINE_TOPIC_PREFIX": "env.",
+        "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "DRIFTLINE_KAFKA_JARS": "/opt/jars",
+    }
     s = load_settings(env=env, registry="postgresql://x")
     assert s.topic_prefix == "env."
     assert s.warehouse == "chdb:///tmp/x"
@@ -41,9 +45,18 @@ def test_unknown_topic() -> None:
 
 
 def test_to_env_round_trips_every_setting() -> None:
-    s = Settings(kafka_bootstrap="k:1", kafka_extra={"sasl.mechanism": "PLAIN"}, topic_prefix="p.", warehouse="chdb:///x",
-                 registry="postgresql://r", artifacts="/a", policy="/p.yaml", schema_registry="http://sr",
-                 state_dir="/s", alert_webhook="http://hook")
+    s = Settings(
+        kafka_bootstrap="k:1",
+        kafka_extra={"sasl.mechanism": "PLAIN"},
+        topic_prefix="p.",
+        warehouse="chdb:///x",
+        registry="postgresql://r",
+        artifacts="/a",
+        policy="/p.yaml",
+        schema_registry="http://sr",
+        state_dir="/s",
+        alert_webhook="http://hook",
+    )
     assert load_settings(env=s.to_env()) == s
 
 
@@ -73,9 +86,13 @@ def test_warehouse_locations_and_their_errors_show_no_password() -> None:
 
     location = WarehouseLocation.parse(f"http://bob:{SECRET}@ch.local:8123/driftline")
     assert location.password == SECRET and SECRET not in repr(location)
-    for bad in (f"ftp://bob:{SECRET}@ch.local/db", f"http://bob:{SECRET}@ch.local:99999/db",
-                f"http://bob:{SECRET}@ch.local/a/b", f"http://bob:{SECRET}@ch.local/db?compress=brotli",
-                f"http://bob:{SECRET}@ch.local/1bad"):
+    for bad in (
+        f"ftp://bob:{SECRET}@ch.local/db",
+        f"http://bob:{SECRET}@ch.local:99999/db",
+        f"http://bob:{SECRET}@ch.local/a/b",
+        f"http://bob:{SECRET}@ch.local/db?compress=brotli",
+        f"http://bob:{SECRET}@ch.local/1bad",
+    ):
         with pytest.raises(WarehouseError) as raised:
             WarehouseLocation.parse(bad)
         assert SECRET not in str(raised.value) and "bob:***@ch.local" in str(raised.value)

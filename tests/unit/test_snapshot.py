@@ -29,8 +29,9 @@ def _table(n: int = 6, label: pa.Array | list | None = None, **features: pa.Arra
 
 
 def test_columns_become_typed_arrays() -> None:
-    table = _table(4, x=[1.0, float("nan"), 3.0, 4.0], count=pa.array([1, None, 3, 4], pa.int64()),
-                   region=["eu", None, "us", "eu"])
+    table = _table(
+        4, x=[1.0, float("nan"), 3.0, 4.0], count=pa.array([1, None, 3, 4], pa.int64()), region=["eu", None, "us", "eu"]
+    )
     snap = Snapshot.from_table(table)
     data = snap.data
     assert sorted(data.numeric) == ["count", "x"] and list(data.categorical) == ["region"]
@@ -115,8 +116,13 @@ def test_a_snapshot_with_missing_values_trains_a_model_that_scores_every_row() -
     n = 600
     x = rng.normal(size=n)
     z = np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n))  # a fifth missing
-    table = _table(n, label=(x > 0).astype(float).tolist(), x=x.tolist(), z=z.tolist(),
-                   region=[None if i % 5 == 0 else "ab"[i % 2] for i in range(n)])
+    table = _table(
+        n,
+        label=(x > 0).astype(float).tolist(),
+        x=x.tolist(),
+        z=z.tolist(),
+        region=[None if i % 5 == 0 else "ab"[i % 2] for i in range(n)],
+    )
     snap = Snapshot.from_table(table)
     trained = train_river_linear(snap.data)
     scores = score(trained.model, snap.data)
@@ -129,5 +135,3 @@ def test_non_feature_columns_match_the_warehouse_adapter() -> None:
     from driftline.streams.warehouse import SNAPSHOT_COLUMNS
 
     assert snapshot.SNAPSHOT_COLUMNS == SNAPSHOT_COLUMNS
-
-

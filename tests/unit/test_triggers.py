@@ -47,8 +47,11 @@ def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: 
     return WindowOutcome("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
 
 
-def run(policy: ModelPolicy, windows: Sequence[WindowOutcome], state: TriggerState | None = None,
-        ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
+def run(
+    policy: ModelPolicy,
+    windows: Sequence[WindowOutcome],
+    state: TriggerState | None = None,
+) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
     state = state or TriggerState("m")
     requests: list[RetrainRequest] = []
     alerts: list[Alert] = []
@@ -83,7 +86,10 @@ def test_evidence_lists_every_metric_that_crossed() -> None:
     _, requests, _ = run(policy, [window(i, drifted=("age", "income", "zip")) for i in range(2)])
     evidence = requests[0].evidence
     assert [(e.metric, e.feature, e.value, e.threshold) for e in evidence] == [
-        ("psi", "age", 0.5, 0.2), ("psi", "income", 0.5, 0.2), ("psi", "zip", 0.5, 0.2)]
+        ("psi", "age", 0.5, 0.2),
+        ("psi", "income", 0.5, 0.2),
+        ("psi", "zip", 0.5, 0.2),
+    ]
     assert {(e.window_start, e.window_end) for e in evidence} == {(T0 + MINUTE, T0 + 2 * MINUTE)}
 
 
@@ -95,8 +101,14 @@ def test_consecutive_windows_must_be_consecutive() -> None:
     assert run(policy, [window(i, drifted=("age",)) for i in range(20)])[1] == []
     # three in a row with consecutive_windows=3: the request comes at the third
     policy3 = model_policy(drift={"consecutive_windows": 3})
-    seq = [window(0, drifted=HOT), window(1, drifted=HOT), window(2), window(3, drifted=HOT),
-           window(4, drifted=HOT), window(5, drifted=HOT)]
+    seq = [
+        window(0, drifted=HOT),
+        window(1, drifted=HOT),
+        window(2),
+        window(3, drifted=HOT),
+        window(4, drifted=HOT),
+        window(5, drifted=HOT),
+    ]
     _, requests, _ = run(policy3, seq)
     assert [r.requested_at for r in requests] == [T0 + 6 * MINUTE]
     assert requests[0].request_id == stable_id("m", "1", "drift", T0 + 3 * MINUTE)
@@ -146,7 +158,9 @@ def test_hysteresis_keeps_a_flapping_metric_in_one_episode() -> None:
 
 def test_a_flapping_sequence_makes_at_most_one_request_per_cooldown() -> None:
     # episodes end quickly here (hysteresis 1), so only the cooldown stands between them
-    policy = model_policy(drift={"consecutive_windows": 1}, retraining={"hysteresis_windows": 1, "cooldown_minutes": 30})
+    policy = model_policy(
+        drift={"consecutive_windows": 1}, retraining={"hysteresis_windows": 1, "cooldown_minutes": 30}
+    )
     seq = [window(i, drifted=HOT if i % 2 == 0 else ()) for i in range(180)]  # 3 hours, flapping every minute
     _, requests, alerts = run(policy, seq)
     times = [r.requested_at for r in requests]
@@ -174,7 +188,9 @@ def test_cooldown_spans_reasons() -> None:
     _, requests, _ = run(policy, seq)
     # the performance episode opens at once but waits for the cooldown of the drift request
     assert [(r.reason, r.requested_at) for r in requests] == [
-        ("drift", T0 + 2 * MINUTE), ("performance", T0 + 32 * MINUTE)]
+        ("drift", T0 + 2 * MINUTE),
+        ("performance", T0 + 32 * MINUTE),
+    ]
     assert requests[1].request_id == stable_id("m", "1", "performance", T0 + 2 * MINUTE)
 
 
@@ -254,7 +270,9 @@ def test_change_detector_trigger() -> None:
     _, requests, alerts = run(policy, [two])
     assert requests[0].reason == "drift"
     assert [(e.metric, e.feature, e.value, e.threshold) for e in requests[0].evidence] == [
-        ("adwin", "1:error", 1.0, 2.0), ("adwin", "error", 1.0, 2.0)]
+        ("adwin", "1:error", 1.0, 2.0),
+        ("adwin", "error", 1.0, 2.0),
+    ]
     assert alerts[0].kind == "change" and alerts[0].severity == "warning"
     # off by default
     assert run(load_policy(None).for_model("m"), [two] * 1)[1] == []
@@ -271,7 +289,9 @@ def test_replay_after_a_crash_gives_the_same_request_ids() -> None:
     saved = json.loads(json.dumps(run(policy, seq[:1])[0].to_dict()))
     _, first_try, _ = run(policy, seq[1:6], TriggerState.from_dict(saved))
     _, replayed, replay_alerts = run(policy, seq[1:], TriggerState.from_dict(saved))
-    assert [r.request_id for r in first_try] == [r.request_id for r in replayed] == [r.request_id for r in uninterrupted]
+    assert (
+        [r.request_id for r in first_try] == [r.request_id for r in replayed] == [r.request_id for r in uninterrupted]
+    )
     assert [a.alert_id for a in replay_alerts] == [a.alert_id for a in alerts]
     assert len({a.alert_id for a in alerts}) == len(alerts)
 
@@ -285,8 +305,13 @@ def test_a_window_seen_before_changes_nothing() -> None:
 
 
 def test_request_ids_differ_by_model_version_and_episode() -> None:
-    ids = {stable_id("m", "1", "drift", T0), stable_id("m", "2", "drift", T0), stable_id("n", "1", "drift", T0),
-           stable_id("m", "1", "drift", T0 + MINUTE), stable_id("m", "1", "performance", T0)}
+    ids = {
+        stable_id("m", "1", "drift", T0),
+        stable_id("m", "2", "drift", T0),
+        stable_id("n", "1", "drift", T0),
+        stable_id("m", "1", "drift", T0 + MINUTE),
+        stable_id("m", "1", "performance", T0),
+    }
     assert len(ids) == 5
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,8 +21,10 @@ def test_window_starts_are_epoch_aligned_floors() -> None:
     assert w.end(60_000) == 120_000
 
 
-@given(st.lists(st.integers(min_value=-10**13, max_value=10**13), min_size=1, max_size=200),
-       st.integers(min_value=1, max_value=10**7))
+@given(
+    st.lists(st.integers(min_value=-(10**13), max_value=10**13), min_size=1, max_size=200),
+    st.integers(min_value=1, max_value=10**7),
+)
 @settings(max_examples=200, deadline=None)
 def test_every_event_lies_in_its_window(times: list[int], size: int) -> None:
     w = Windowing(size_ms=size)
@@ -71,8 +72,11 @@ def test_late_mask_counts_the_batch_in_arrival_order() -> None:
     assert w.late_mask(np.array([], dtype=np.int64), watermark=5).tolist() == []
 
 
-@given(st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=100),
-       st.integers(min_value=1, max_value=500), st.integers(min_value=0, max_value=500))
+@given(
+    st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=100),
+    st.integers(min_value=1, max_value=500),
+    st.integers(min_value=0, max_value=500),
+)
 @settings(max_examples=200, deadline=None)
 def test_late_mask_matches_one_event_at_a_time(times: list[int], size: int, lateness: int) -> None:
     w = Windowing(size_ms=size, lateness_ms=lateness)

@@ -18,8 +18,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_flags_become_worker_options() -> None:
-    options = options_from_args(parse(["--app-id", "w", "--window-seconds", "5", "--idle-seconds", "never",
-                                       "--baseline", "champion", "--no-raw", "--partitions", "4"]))
+    options = options_from_args(
+        parse(
+            [
+                "--app-id",
+                "w",
+                "--window-seconds",
+                "5",
+                "--idle-seconds",
+                "never",
+                "--baseline",
+                "champion",
+                "--no-raw",
+                "--partitions",
+                "4",
+            ]
+        )
+    )
     assert (options.app_id, options.window_seconds, options.idle_seconds) == ("w", 5.0, None)
     assert (options.baseline, options.write_raw, options.partitions) == ("champion", False, 4)
     defaults = options_from_args(parse([]))
@@ -44,9 +59,18 @@ def test_worker_settings_follow_the_policy_unless_overridden() -> None:
     from driftline.retrainer.policy import parse_policy
     from driftline.streams.worker import WorkerOptions, monitor_settings
 
-    policy = parse_policy({"defaults": {"monitoring": {"window_seconds": 120, "allowed_lateness_seconds": 5,
-                                                       "thresholds": {"*": {"psi": 0.3, "ks": 0.1}}}},
-                           "models": {"fast": {"monitoring": {"window_seconds": 10}}}})
+    policy = parse_policy(
+        {
+            "defaults": {
+                "monitoring": {
+                    "window_seconds": 120,
+                    "allowed_lateness_seconds": 5,
+                    "thresholds": {"*": {"psi": 0.3, "ks": 0.1}},
+                }
+            },
+            "models": {"fast": {"monitoring": {"window_seconds": 10}}},
+        }
+    )
     slow, fast = monitor_settings(policy, WorkerOptions(), "any"), monitor_settings(policy, WorkerOptions(), "fast")
     assert (slow.windowing.size_ms, slow.windowing.lateness_ms, fast.windowing.size_ms) == (120_000, 5_000, 10_000)
     # the policy takes the drift engine's threshold keys, so every threshold reaches the engine as written
