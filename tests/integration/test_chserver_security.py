@@ -19,8 +19,7 @@ import clickhouse_connect
 import pytest
 import zstandard
 from clickhouse_connect.driver.exceptions import DatabaseError
-
-from tests.integration.test_chserver import (
+from test_chserver import (
     AUTH,
     PASSWORD,
     Reply,
