@@ -131,7 +131,8 @@ def poison_kinds(model: str, version: str) -> dict[str, Callable[[int, int], Mes
         "event_time_negative": lambda i, t: p(encode(single(i, -1_000 - i))),
         "label_event_time_negative": lambda i, t: lab(encode(LabelEvent(f"bad-{i}", model, -1_000 - i, 1))),
         "event_time_before_2000": lambda i, t: p(dumps(json_event(model, version, i, 946_684_799_999 - i))),
-        "nan_prediction": lambda i, t: p(encode(single(i, t, prediction=float("nan")))),
+        # JSON's NaN literal: the Avro encoder writes a NaN prediction as null (no prediction), a valid event
+        "nan_prediction": lambda i, t: p(dumps(json_event(model, version, i, t, prediction="@n@"), raw={"n": b"NaN"})),
         "feature_named_label": lambda i, t: p(encode(single(i, t, numeric={"a": 0.1, "label": 1.0}))),
         "feature_named_prediction": lambda i, t: p(
             dumps(json_event(model, version, i, t, categorical={"prediction": "yes"}))
