@@ -94,6 +94,7 @@ def test_base_wheel_is_the_light_sdk_and_logs_without_a_broker(tmp_path: Path) -
     )
     assert size < LIMIT_MB, (size, largest)
     assert "driftline" in top and not set(HEAVY) & set(top), top
+    assert not {"streams", "retrainer", "schemas", "deploy"} & set(top), top  # one namespace: driftline
 
     report = json.loads(_run(python, "-I", "-c", LOG_10K, cwd=tmp_path, timeout=60).splitlines()[-1])
     assert report["driftline"].startswith(str(site)), report["driftline"]  # the wheel, not the working tree
