@@ -186,6 +186,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
     [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     >>> nice_ticks(3.0, 3.0).tolist()
     [2.5, 3.0, 3.5]
+    >>> len(nice_ticks(0.0, 1e30))  # e-values grow that large
+    3
     """
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"ticks need finite bounds, got {lo}..{hi}")
@@ -206,7 +208,8 @@ def _nice_step(raw: float) -> float:
     exponent = math.floor(math.log10(raw))
     fraction = raw / 10**exponent
     nice = 1 if fraction <= 1 else 2 if fraction <= 2 else 5 if fraction <= 5 else 10
-    return nice * 10**exponent
+    # a float: 10**exponent is a Python int for exponent >= 0, which numpy cannot hold past 2**63
+    return nice * 10.0**exponent
 
 
 def time_ticks(domain: Domain, target: int = 8) -> list[tuple[int, str]]:
