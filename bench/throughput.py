@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -160,7 +161,11 @@ class Stack:
                     ]
                 )
                 wait_until(lambda: ping_warehouse(address), 60, stack.chserver, "the embedded ClickHouse server")
-            stack.warehouse_base = f"{address.scheme}://{address.host}:{address.port}"
+            # a given URL keeps its credentials (a locked server); our own server has none
+            given = urlsplit(warehouse) if warehouse else None
+            stack.warehouse_base = (
+                f"{given.scheme}://{given.netloc}" if given else f"{address.scheme}://{address.host}:{address.port}"
+            )
         except BaseException:
             stack.stop()
             raise
