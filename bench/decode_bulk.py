@@ -2,7 +2,7 @@
 
 The slow path is what the streams worker does per message: ``Codec.decode(value,
 topic="predictions")`` (fastavro), then per model version ``PredictionBatch.from_events``.
-``decode_bulk`` does both at once over all messages (``streams/codec_bulk.py``).
+``decode_bulk`` does both at once over all messages (``streams/codec/bulk.py``).
 
 Each scenario encodes N PredictionEvents (20 numeric features f0..f19, 2 categorical
 features, a prediction and a latency) and times both paths in the same process, in rounds
@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from driftline.streams.codec import Codec, DecodeError  # noqa: E402
-from driftline.streams.codec_bulk import _MIN_BATCH_MESSAGES, decode_bulk  # noqa: E402
+from driftline.streams.codec import Codec, DecodeError, decode_bulk  # noqa: E402
+from driftline.streams.codec.bulk import _MIN_BATCH_MESSAGES  # noqa: E402
 from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
 
 TARGET = 4.0

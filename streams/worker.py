@@ -48,8 +48,7 @@ from driftline.retrainer.triggers import (
     WindowOutcome as TriggerWindow,
 )
 from driftline.settings import Settings
-from driftline.streams.codec import Codec, DecodeError, default_codec
-from driftline.streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
+from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
 from driftline.streams.core.ledger import AckLedger, Hold
 from driftline.streams.core.monitor import (
     NOT_IN_WINDOW,
@@ -149,7 +148,7 @@ class _Group:
 class _Part:
     """Decoded messages of one part of a poll: single events in columns, every other message alone.
 
-    ``groups`` and ``others`` index ``messages`` (see :class:`driftline.streams.codec_bulk.BulkDecoded`).
+    ``groups`` and ``others`` index ``messages`` (see :class:`driftline.streams.codec.BulkDecoded`).
     """
 
     messages: list[Incoming]

@@ -27,8 +27,7 @@ from typing import Any
 
 from mutations import Corpus
 
-from driftline.streams.codec import DECODE_ERROR_REASONS, MAX_DETAIL_CHARS, TOPIC_RECORDS, DecodeError
-from driftline.streams.codec_bulk import decode_bulk
+from driftline.streams.codec import DECODE_ERROR_REASONS, MAX_DETAIL_CHARS, TOPIC_RECORDS, DecodeError, decode_bulk
 
 ROUND = 40  # messages of one grouped decode_bulk call
 ROUND_EVERY = 400  # single mutants between two grouped rounds

@@ -37,7 +37,7 @@ import numpy as np
 from fastavro import schemaless_writer
 
 from driftline.streams.codec import Codec
-from driftline.streams.codec_schemas import SchemaVersion
+from driftline.streams.codec.schemas import SchemaVersion
 from driftline.streams.records import (
     Alert,
     DriftReport,
@@ -133,7 +133,7 @@ def seed_records() -> list[Any]:
         values.update(changes)
         return PredictionEvent(**values)
 
-    n = 70  # 16 such batches hold the 1,000 events that send a poll of batches to codec_bulk's parser
+    n = 70  # 16 such batches hold the 1,000 events that send a poll of batches to the bulk decoder's batch parser
     batch_events = [
         event(
             i,

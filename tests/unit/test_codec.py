@@ -30,7 +30,7 @@ from driftline.streams.codec import (
     encode,
     encode_json,
 )
-from driftline.streams.codec_schemas import SchemaSet, SchemaSetError, SchemaVersion, fingerprint, strip_logical_types
+from driftline.streams.codec.schemas import SchemaSet, SchemaSetError, SchemaVersion, fingerprint, strip_logical_types
 from driftline.streams.records import (
     Alert,
     DriftReport,
@@ -776,7 +776,7 @@ def test_poison_json_is_a_decode_error(raw: bytes, reason: str, words: str) -> N
         if decoder is not None and err.value.reason != "unexpected_record":
             assert err.value.reason == reason
             assert words in err.value.message
-    from driftline.streams.codec_bulk import decode_bulk
+    from driftline.streams.codec import decode_bulk
 
     out = decode_bulk(Codec(), [raw, _label_json()], topic=None)
     assert [(i, type(r).__name__) for i, r in out.others] == [(0, "DecodeError"), (1, "LabelEvent")]
@@ -803,7 +803,7 @@ def test_a_detail_is_short_valid_utf8_whatever_the_input() -> None:
 
 
 def test_a_tombstone_and_other_values_are_decode_errors() -> None:
-    from driftline.streams.codec_bulk import decode_bulk
+    from driftline.streams.codec import decode_bulk
 
     with pytest.raises(DecodeError) as err:
         decode(None)

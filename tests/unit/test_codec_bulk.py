@@ -17,10 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftline.streams import codec_bulk
-from driftline.streams.codec import Codec, DecodeError
-from driftline.streams.codec_bulk import BulkDecoded, DecodedGroup, decode_bulk
-from driftline.streams.codec_schemas import SchemaSet
+from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, batch_parser, bulk, decode_bulk
+from driftline.streams.codec.schemas import SchemaSet
 from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
 
 T0 = 1_700_000_000_000
@@ -459,7 +457,7 @@ def test_tombstones_and_a_failing_fast_path_cost_no_message(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise IndexError("injected")
 
-    monkeypatch.setattr(codec_bulk, "_parse", broken)
+    monkeypatch.setattr(bulk, "_parse", broken)
     with caplog.at_level("WARNING", logger="driftline.codec"):
         again = decode_bulk(CODEC, values, topic="predictions")
     assert "fell back" in caplog.text and "IndexError" in caplog.text
@@ -947,8 +945,8 @@ def batches(k: int = 10, n: int = 5) -> list[bytes]:
     return [CODEC.encode(prediction_batch(j, n)) for j in range(k)]
 
 
-MIN_BATCH_MESSAGES = codec_bulk._MIN_BATCH_MESSAGES
-MIN_BATCH_EVENTS = codec_bulk._MIN_BATCH_EVENTS
+MIN_BATCH_MESSAGES = bulk._MIN_BATCH_MESSAGES
+MIN_BATCH_EVENTS = batch_parser._MIN_BATCH_EVENTS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -957,8 +955,8 @@ def small_polls_of_batches() -> Iterator[None]:
     it beats fastavro; these tests lower both to 8 messages and 1 event to exercise it on small
     examples (test_small_polls_of_batches_go_one_by_one checks the real cut-offs)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(codec_bulk, "_MIN_BATCH_MESSAGES", 8)
-        patch.setattr(codec_bulk, "_MIN_BATCH_EVENTS", 1)
+        patch.setattr(bulk, "_MIN_BATCH_MESSAGES", 8)
+        patch.setattr(batch_parser, "_MIN_BATCH_EVENTS", 1)
         yield
 
 
@@ -999,8 +997,8 @@ def test_feature_batches_and_topics() -> None:
 
 
 def test_small_polls_of_batches_go_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec_bulk, "_MIN_BATCH_MESSAGES", MIN_BATCH_MESSAGES)
-    monkeypatch.setattr(codec_bulk, "_MIN_BATCH_EVENTS", MIN_BATCH_EVENTS)
+    monkeypatch.setattr(bulk, "_MIN_BATCH_MESSAGES", MIN_BATCH_MESSAGES)
+    monkeypatch.setattr(batch_parser, "_MIN_BATCH_EVENTS", MIN_BATCH_EVENTS)
     assert (MIN_BATCH_MESSAGES, MIN_BATCH_EVENTS) == (16, 1000)
     _, calls = check(batches(15, n=100))
     assert calls == 15

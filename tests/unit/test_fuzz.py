@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 from harness import fuzz  # noqa: E402
 from mutations import MUTATION_KINDS, Corpus  # noqa: E402
 
-from driftline.streams.codec_schemas import SchemaSet  # noqa: E402
+from driftline.streams.codec.schemas import SchemaSet  # noqa: E402
 
 SEED = 20261207
 COUNT = 20_000

@@ -57,7 +57,7 @@ too large for a double field is ``json_schema``.
 
 Encoding writes a NaN prediction of a single event as null.
 
-Timestamps stay exact integer milliseconds (see ``driftline.streams.codec_schemas``).
+Timestamps stay exact integer milliseconds (see ``driftline.streams.codec.schemas``).
 Batches decode with one fastavro read and ``np.frombuffer`` per packed
 column, so their numeric columns are read-only views of the message bytes.
 """
@@ -79,8 +79,8 @@ from fastavro.read import SchemaResolutionError
 from fastavro.validation import ValidationError, validate
 
 from driftline.redaction import redact
-from driftline.streams.codec_registry import SchemaRegistryClient, SchemaRegistryError
-from driftline.streams.codec_schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, SchemaSet, SchemaSetError, SchemaVersion
+from driftline.streams.codec.registry import SchemaRegistryClient, SchemaRegistryError
+from driftline.streams.codec.schemas import NAMESPACE, SINGLE_OBJECT_MAGIC, SchemaSet, SchemaSetError, SchemaVersion
 from driftline.streams.core.validation import check_feature_names
 from driftline.streams.records import (
     Alert,
@@ -520,7 +520,7 @@ class Codec:
     >>> codec.decode(b"\\x01garbage")
     Traceback (most recent call last):
     ...
-    driftline.streams.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), 00 (Confluent) or ...
+    driftline.streams.codec.codec.DecodeError: unknown_encoding: first byte 0x01 is not C3 01 (Avro), ...
     """
 
     def __init__(
