@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftline.schemas import QUERIES_DIR
-from driftline.streams.warehouse_migrations import MigrationError, split_statements
+from driftline.streams.warehouse.migrations import MigrationError, split_statements
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -39,13 +39,13 @@ import river
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec, DecodeError, default_codec
-from driftline.streams.core.detectors import DETECTORS
-from driftline.streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
+from driftline.streams.core.monitor import PerformanceOutcome, WindowOutcome
 from driftline.streams.core.profile import SUMMARY_QUANTILES, WindowProfile
-from driftline.streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
 from driftline.streams.warehouse import Warehouse, WarehouseError
-from driftline.streams.warehouse_rows import (
+from driftline.streams.warehouse.rows import (
+    N_LABELED,
     DetectorStateRow,
     DriftMetricRow,
     PerformanceRow,
@@ -63,8 +63,6 @@ TRANSIENT_CODES = frozenset({3, 159, 164, 198, 202, 203, 209, 210, 236, 241, 242
 # A rejected message's bytes and model id kept in ``rejected_events`` at most (the DLQ keeps more).
 REJECTED_RAW_LIMIT = 64 * 1024
 REJECTED_MODEL_ID_LIMIT = 256
-
-N_LABELED = "n_labeled"  # the performance row that every written label window has
 
 T = TypeVar("T")
 
@@ -139,28 +137,6 @@ def transient(exc: WarehouseError) -> bool:
     # column, a closed client) have no cause, and a value that did not serialise is a TypeError & co
     cause = exc.__cause__
     return cause is not None and not isinstance(cause, (ValueError, TypeError, OverflowError))
-
-
-@dataclass
-class WrittenWindow:
-    """A window as the warehouse has it: what the trigger evaluator needs to pick up where it was.
-
-    ``drift`` holds a prediction window's drift rows; ``performance`` the
-    whole-population metrics of a label window; ``change_events`` one
-    ``(detector, stream)`` pair per alarm.
-
-    >>> WrittenWindow(0, 60_000, change_events=[("adwin", "score")]).change_events
-    [('adwin', 'score')]
-    """
-
-    window_start: int
-    window_end: int
-    drift: list[FeatureDrift] = field(default_factory=list)
-    performance: dict[str, float] | None = None
-    n_labeled: int = 0
-    change_events: list[tuple[str, str]] = field(default_factory=list)
-    # a prediction window's label-free estimates, {'accuracy': .., 'accuracy_lower': ..} (None: none)
-    estimated: dict[str, float] | None = None
 
 
 @dataclass
@@ -324,7 +300,9 @@ class Sinks:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried as every warehouse write is: an outage is waited out, other failures
+        ``attempts`` times, then :class:`SinkError`. The worker's reads (``WarehouseQueries``) use it too."""
         attempt, waits = 0, 0
         while True:
             try:
@@ -385,7 +363,7 @@ class Sinks:
     def write_predictions(self, batches: Sequence[PredictionBatch], token: str) -> int:
         if not batches:
             return 0
-        return self._retry(
+        return self.retry(
             "insert of raw predictions",
             lambda: self.warehouse.insert_predictions(list(batches), dedup_token=f"predictions:{token}"),
         )
@@ -393,7 +371,7 @@ class Sinks:
     def write_labels(self, labels: Sequence[LabelEvent], token: str) -> int:
         if not labels:
             return 0
-        return self._retry(
+        return self.retry(
             "insert of raw labels", lambda: self.warehouse.insert_labels(list(labels), dedup_token=f"labels:{token}")
         )
 
@@ -415,7 +393,7 @@ class Sinks:
             )
         self.flush_kafka()
         rows = [r.row() for r in items]
-        self._retry(
+        self.retry(
             "insert of rejected events",
             lambda: self.warehouse.insert_rejected_events(rows, dedup_token=f"rejected:{token}"),
         )
@@ -436,7 +414,7 @@ class Sinks:
             return []
         token = window_token([w.outcome for w in windows])
         reports = [w.outcome.report(w.computed_at) for w in windows]
-        self._retry(
+        self.retry(
             "insert of drift reports",
             lambda: self.warehouse.insert_drift_reports(
                 reports, dedup_token=f"drift:{token}", late_events=[w.outcome.late_events for w in windows]
@@ -479,7 +457,7 @@ class Sinks:
             for r in o.estimates
         ]
         if latency:
-            self._retry(
+            self.retry(
                 "insert of latency percentiles",
                 lambda: self.warehouse.insert_performance_metrics(latency, dedup_token=f"latency:{token}"),
             )
@@ -490,7 +468,7 @@ class Sinks:
             _state_row(w.outcome, "score", w.computed_at) for w in windows if w.outcome.detector_state is not None
         ]
         if states:
-            self._retry(
+            self.retry(
                 "insert of change-detector states",
                 lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:score:{token}"),
             )
@@ -506,7 +484,7 @@ class Sinks:
                 w.computed_at,
             )
         ]
-        self._retry(
+        self.retry(
             "insert of window profiles",
             lambda: self.warehouse.insert_window_profiles(rows, dedup_token=f"profiles:{token}"),
         )
@@ -540,14 +518,14 @@ class Sinks:
                 )
                 for c in outcome.changes
             ]
-            self._retry(
+            self.retry(
                 "insert of error-stream change counts",
                 lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"),
             )
         self._decisions(requests, alerts, token)
         if outcome.detector_state is not None:
             state = _state_row(outcome, "error", computed_at)
-            self._retry(
+            self.retry(
                 "insert of change-detector states",
                 lambda: self.warehouse.insert_detector_states([state], dedup_token=f"detectors:error:{token}"),
             )
@@ -558,7 +536,7 @@ class Sinks:
         rows.append(
             PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at)
         )
-        self._retry(
+        self.retry(
             "insert of performance metrics",
             lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"),
         )
@@ -574,208 +552,24 @@ class Sinks:
             self._publish("alerts", a.model_id, a)
         self.flush_kafka()
         for r in requests:
-            self._retry(
+            self.retry(
                 "insert of a retrain request",
                 lambda r=r: self.warehouse.upsert_retrain_request(r, "requested", updated_at=r.requested_at),
             )
         if alerts:
-            self._retry(
+            self.retry(
                 "insert of alerts", lambda: self.warehouse.insert_alerts(list(alerts), dedup_token=f"alerts:{token}")
             )
             if self.webhook is not None:
                 # at least once, like everything else: a window replayed after a crash may post again
                 self.webhook.send(list(alerts))
 
-    # -- what was written before a restart ---------------------------------------------------
-
-    def written_windows(
-        self, model_id: str, model_version: str, limit: int = 200
-    ) -> tuple[list[WrittenWindow], list[WrittenWindow]]:
-        """The last ``limit`` prediction windows and label windows written for a version, oldest first.
-
-        Prediction windows may include one whose write a crash interrupted: keep
-        only those up to :meth:`latest_window`, whose marker is written last.
-        """
-
-        def query() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-            params = {"model_id": model_id, "model_version": model_version, "limit": limit}
-            drift_rows = self.warehouse.query_rows(
-                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
-                "feature, metric, value, p_value, threshold, drifted FROM drift_metrics FINAL "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND window_start >= "
-                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
-                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
-                " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws, feature, metric",
-                params,
-            )
-            label_rows = self.warehouse.query_rows(
-                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
-                "metric, value, n_labeled FROM performance_metrics FINAL "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
-                "AND NOT startsWith(metric, 'latency_') AND NOT startsWith(metric, 'estimated_') AND window_start >= "
-                "(SELECT min(window_start) FROM (SELECT window_start FROM performance_metrics FINAL "
-                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
-                " AND metric = {marker:String} ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws",
-                {**params, "marker": N_LABELED},
-            )
-            estimate_rows = self.warehouse.query_rows(
-                "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
-                "metric, value FROM performance_metrics FINAL "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
-                "AND startsWith(metric, 'estimated_') AND window_start >= "
-                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
-                " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
-                " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws",
-                params,
-            )
-            return drift_rows, label_rows, estimate_rows
-
-        drift_rows, label_rows, estimate_rows = self._retry("reading the windows written before", query)
-        drift: dict[int, WrittenWindow] = {}
-        labelled: dict[int, WrittenWindow] = {}
-        for r in drift_rows:
-            stream = "error" if r["feature"] == ERROR_FEATURE else "score"
-            target = labelled if stream == "error" else drift
-            w = target.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
-            if r["metric"] in DETECTORS:
-                w.change_events += [(r["metric"], stream)] * int(r["value"])
-            else:
-                w.drift.append(
-                    FeatureDrift(
-                        r["feature"], r["metric"], r["value"], r["p_value"], r["threshold"], bool(r["drifted"])
-                    )
-                )
-        for r in estimate_rows:
-            w = drift.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
-            w.estimated = {**(w.estimated or {}), r["metric"][len("estimated_") :]: r["value"]}
-        for r in label_rows:
-            w = labelled.setdefault(r["ws"], WrittenWindow(r["ws"], r["we"]))
-            if r["metric"] == N_LABELED:
-                w.n_labeled = int(r["n_labeled"])
-            else:
-                w.performance = {**(w.performance or {}), r["metric"]: r["value"]}
-        # a label window without its marker row was not completely written (its error-stream rows come first)
-        marked = {r["ws"] for r in label_rows if r["metric"] == N_LABELED}
-        return [drift[k] for k in sorted(drift)], [labelled[k] for k in sorted(labelled) if k in marked]
-
-    def lookup_predictions(self, model_id: str, event_ids: Sequence[str], chunk: int = 10_000) -> list[PredictionBatch]:
-        """Raw predictions of ``model_id`` with these ids, one batch per version (what labels join to).
-
-        Only the columns a label join needs: ids, times, scores, predicted labels, attributes.
-        """
-        found: dict[str, list[dict[str, Any]]] = {}
-        ids = list(dict.fromkeys(event_ids))
-        for lo in range(0, len(ids), chunk):
-            part = ids[lo : lo + chunk]
-
-            def query(part: list[str] = part) -> list[dict[str, Any]]:
-                return self.warehouse.query_rows(
-                    "SELECT event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, prediction, "
-                    "predicted_label, attributes FROM predictions FINAL "
-                    "WHERE model_id = {model_id:String} AND event_id IN {ids:Array(String)}",
-                    {"model_id": model_id, "ids": part},
-                )
-
-            for row in self._retry("looking up predictions for labels", query):
-                found.setdefault(row["model_version"], []).append(row)
-        batches = []
-        for version, rows in sorted(found.items()):
-            keys = sorted({k for r in rows for k in r["attributes"]})
-            labels = [r["predicted_label"] for r in rows]
-            batches.append(
-                PredictionBatch(
-                    model_id,
-                    version,
-                    [r["event_id"] for r in rows],
-                    np.array([r["event_time"] for r in rows], dtype=np.int64),
-                    predictions=np.array(
-                        [np.nan if r["prediction"] is None else r["prediction"] for r in rows], dtype=np.float64
-                    ),
-                    predicted_labels=labels if any(v is not None for v in labels) else [],
-                    attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
-                )
-            )
-        return batches
-
-    def detector_state(self, model_id: str, model_version: str, stream: str, through: int) -> bytes | None:
-        """The change-detector state of a version's ``stream`` after the last window written up to ``through``."""
-        return self._retry(
-            "reading the change-detector state",
-            lambda: self.warehouse.latest_detector_state(model_id, model_version, stream, through),
-        )
-
-    def waiting_labels(self, model_id: str, since_ms: int, limit: int) -> list[LabelEvent]:
-        """Labels of ``model_id`` that may have been waiting for their prediction when the worker stopped.
-
-        Their messages were acknowledged as soon as they waited, so Kafka will
-        not deliver them again. These are the labels stored since ``since_ms``
-        (the index's time to live) that no written label window counts: no
-        prediction has their ``event_id``, or its version's label windows were
-        written only up to before the label's event time. At most ``limit``,
-        the latest stored, returned oldest first.
-        """
-
-        def query() -> list[dict[str, Any]]:
-            return self.warehouse.query_rows(
-                "SELECT l.event_id AS event_id, toUnixTimestamp64Milli(l.event_time) AS event_time, "
-                "l.label_value AS label_value, l.label_class AS label_class, l.ingested_at AS ingested_at "
-                "FROM (SELECT event_id, event_time, label_value, label_class, ingested_at FROM labels FINAL "
-                "      WHERE model_id = {model_id:String} "
-                "      AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) AS l "
-                # only the predictions of these labels: the key (model_id, event_id) finds them
-                "LEFT JOIN (SELECT event_id, argMax(model_version, ingested_at) AS model_version FROM predictions "
-                "           WHERE model_id = {model_id:String} AND event_id IN "
-                "           (SELECT event_id FROM labels WHERE model_id = {model_id:String} "
-                "            AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) "
-                "           GROUP BY event_id) AS p ON l.event_id = p.event_id "
-                "LEFT JOIN (SELECT model_version, max(window_end) AS through FROM performance_metrics "
-                "           WHERE model_id = {model_id:String} AND metric = {marker:String} AND segment = '' "
-                "           GROUP BY model_version) AS w ON p.model_version = w.model_version "
-                # a missing row of a LEFT JOIN reads as the column's default: '' and 1970
-                "WHERE p.event_id = '' OR l.event_time >= w.through "
-                "ORDER BY l.ingested_at DESC, l.event_id DESC LIMIT {limit:UInt64}",
-                {"model_id": model_id, "since": int(since_ms), "marker": N_LABELED, "limit": int(limit)},
-            )
-
-        rows = self._retry("reading the labels that waited for their predictions", query)
-        rows.reverse()
-        return [
-            LabelEvent(
-                r["event_id"],
-                model_id,
-                int(r["event_time"]),
-                r["label_class"] if r["label_class"] is not None else r["label_value"],
-            )
-            for r in rows
-        ]
-
-    def latest_window(self, model_id: str, model_version: str) -> int | None:
-        return self._retry(
-            "reading the latest written window", lambda: self.warehouse.latest_closed_window(model_id, model_version)
-        )
-
-    def latest_label_window(self, model_id: str, model_version: str) -> int | None:
-        """The end of the last performance window written for this version (the ``n_labeled`` marker)."""
-
-        def query() -> int | None:
-            rows = self.warehouse.query_rows(
-                "SELECT count() AS n, toUnixTimestamp64Milli(max(window_end)) AS end_ms FROM performance_metrics "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
-                "AND metric = {metric:String} AND segment = ''",
-                {"model_id": model_id, "model_version": model_version, "metric": N_LABELED},
-            )
-            return int(rows[0]["end_ms"]) if rows[0]["n"] else None
-
-        return self._retry("reading the latest written label window", query)
-
 
 __all__ = [
-    "N_LABELED",
     "ClosedWindow",
     "Rejected",
     "SinkError",
     "Sinks",
-    "WrittenWindow",
     "combined_token",
     "profile_rows",
     "transient",

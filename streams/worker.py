@@ -72,6 +72,7 @@ from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, Pred
 from driftline.streams.references import ReferenceProvider
 from driftline.streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
 from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
+from driftline.streams.warehouse.queries import WarehouseQueries
 
 log = logging.getLogger("driftline.worker")
 
@@ -289,6 +290,7 @@ class WorkerService:
         self.options = options
         self.references = references
         self.sinks = sinks
+        self.queries = WarehouseQueries(sinks.warehouse, retry=sinks.retry)  # reads wait out outages as writes do
         self.policy = policy or load_policy(settings.policy)
         self.metrics = metrics or WorkerMetrics()
         self.codec = codec or default_codec()
@@ -900,7 +902,7 @@ class WorkerService:
                 # predictions from before a restart are no longer in memory, but in the warehouse
                 position = {e.event_id: i for i, e in items}
                 found = 0
-                for batch in self.sinks.lookup_predictions(model_id, result.unmatched):
+                for batch in self.queries.lookup_predictions(model_id, result.unmatched):
                     self._recover(model_id, batch.model_version)
                     # The warehouse returns rows in any order; the monitor takes row order as the labels'
                     # arrival order (a label later in time arriving first would make the others late).
@@ -940,7 +942,7 @@ class WorkerService:
         """
         if self.monitor.needs_label_restore(model_id):
             since = self.now_ms() - self.monitor.index_ttl_ms
-            waiting = self.sinks.waiting_labels(model_id, since, self.monitor.index_max_entries)
+            waiting = self.queries.waiting_labels(model_id, since, self.monitor.index_max_entries)
             n = self.monitor.restore_labels(
                 model_id,
                 [e.event_id for e in waiting],
@@ -957,8 +959,8 @@ class WorkerService:
                 )
         if version is None or not self.monitor.needs_recovery(model_id, version):
             return
-        through = self.sinks.latest_window(model_id, version)
-        label_through = self.sinks.latest_label_window(model_id, version)
+        through = self.queries.latest_window(model_id, version)
+        label_through = self.queries.latest_label_window(model_id, version)
         self.monitor.recover(model_id, version, through)
         self.monitor.recover_labels(model_id, version, label_through)
         if through is not None:
@@ -970,7 +972,7 @@ class WorkerService:
                 extra={"model_id": model_id, "version": version, "through": through},
             )
         for stream, written in (("score", through), ("error", label_through)):
-            state = None if written is None else self.sinks.detector_state(model_id, version, stream, written)
+            state = None if written is None else self.queries.detector_state(model_id, version, stream, written)
             if state is None:
                 continue
             try:
@@ -1005,7 +1007,7 @@ class WorkerService:
         event time), so a restarted worker, or the one that takes a partition
         over, continues an episode instead of starting a new one.
         """
-        drift_windows, label_windows = self.sinks.written_windows(model_id, version)
+        drift_windows, label_windows = self.queries.written_windows(model_id, version)
         policy = self.policy.for_model(model_id)
         holdout = getattr(self.references, "holdout_metrics", None)
         reference = holdout(model_id, version) if holdout and label_windows else None

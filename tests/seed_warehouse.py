@@ -44,7 +44,7 @@ from driftline.streams.records import (
     RetrainRequest,
 )
 from driftline.streams.warehouse import Warehouse
-from driftline.streams.warehouse_rows import PerformanceRow, RejectedEventRow, WindowProfileRow
+from driftline.streams.warehouse.rows import PerformanceRow, RejectedEventRow, WindowProfileRow
 
 MINUTE = 60_000
 WINDOW_MS = 5 * MINUTE

@@ -221,7 +221,7 @@ def test_parent_must_exist(registry: Registry) -> None:
 
 
 def test_mirror_rows_fit_the_warehouse_model_versions_table(registry: Registry) -> None:
-    from driftline.streams.warehouse_rows import ModelVersionRow, columns
+    from driftline.streams.warehouse.rows import ModelVersionRow, columns
 
     _register(registry)
     _register(

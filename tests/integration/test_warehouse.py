@@ -38,8 +38,8 @@ from driftline.streams.records import (
     RetrainRequest,
 )
 from driftline.streams.warehouse import Warehouse, WarehouseError, WarehouseLocation
-from driftline.streams.warehouse_migrations import MigrationError, load_migrations, split_statements
-from driftline.streams.warehouse_rows import (
+from driftline.streams.warehouse.migrations import MigrationError, load_migrations, split_statements
+from driftline.streams.warehouse.rows import (
     MAX_RAW_BYTES,
     DriftMetricRow,
     PerformanceRow,

@@ -11,9 +11,9 @@ import pytest
 from driftline.settings import Settings
 from driftline.streams.core.detectors import ChangeDetectorBank
 from driftline.streams.records import LabelEvent, PredictionBatch
-from driftline.streams.sinks import N_LABELED, Sinks
-from driftline.streams.warehouse import Warehouse
-from driftline.streams.warehouse_rows import DetectorStateRow, PerformanceRow
+from driftline.streams.sinks import Sinks
+from driftline.streams.warehouse import Warehouse, WarehouseQueries
+from driftline.streams.warehouse.rows import N_LABELED, DetectorStateRow, PerformanceRow
 
 pytestmark = pytest.mark.warehouse
 
@@ -27,9 +27,9 @@ def warehouse(warehouse_url: str):
         yield wh
 
 
-def sinks(warehouse: Warehouse) -> Sinks:
-    # no Kafka: these reads and writes go to the warehouse only
-    return Sinks(Settings(), warehouse, producer=None, attempts=1)
+def sinks(warehouse: Warehouse) -> WarehouseQueries:
+    # no Kafka: these reads go to the warehouse only, retried as the worker's are
+    return WarehouseQueries(warehouse, retry=Sinks(Settings(), warehouse, producer=None, attempts=1).retry)
 
 
 def test_the_latest_state_at_or_before_a_window_comes_back_byte_for_byte(warehouse: Warehouse) -> None:

@@ -31,7 +31,7 @@ Tables = dict[str, list[tuple[str, str]]]  # table -> [(column, type)]
 _FINAL_COLUMNS = r"""
 import json, sys, tempfile
 from chdb import session
-from driftline.streams.warehouse_migrations import MIGRATIONS_DDL, load_migrations
+from driftline.streams.warehouse.migrations import MIGRATIONS_DDL, load_migrations
 
 with tempfile.TemporaryDirectory() as path:
     db = session.Session(path)

@@ -41,14 +41,14 @@ import pyarrow.compute as pc
 from driftline.redaction import redact, redact_url, redacted_repr
 from driftline.schemas import CLICKHOUSE_DIR
 from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
-from driftline.streams.warehouse_migrations import (
+from driftline.streams.warehouse.migrations import (
     MIGRATIONS_DDL,
     MIGRATIONS_TABLE,
     Migration,
     MigrationError,
     load_migrations,
 )
-from driftline.streams.warehouse_rows import (
+from driftline.streams.warehouse.rows import (
     DetectorStateRow,
     DriftMetricRow,
     ModelVersionRow,
@@ -63,7 +63,7 @@ from driftline.streams.warehouse_rows import (
     predictions_table,
     retrain_request_columns,
 )
-from driftline.streams.warehouse_ttl import RowTTL
+from driftline.streams.warehouse.ttl import RowTTL
 
 if TYPE_CHECKING:
     import pandas as pd

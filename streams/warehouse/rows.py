@@ -28,6 +28,8 @@ from driftline.streams.records import Alert, DriftReport, LabelEvent, Prediction
 RETRAIN_STATUSES = ("requested", "training", "registered", "rejected", "failed")
 RETRAIN_REASONS = ("drift", "performance", "schedule", "manual")
 ALERT_SEVERITIES = ("info", "warning", "critical")
+# The performance_metrics row that every written label window has: written last, it marks the window written.
+N_LABELED = "n_labeled"
 PROFILE_KINDS = ("numeric", "categorical")
 DETECTOR_STREAMS = ("score", "error")
 # rejected_events keeps the head of a bad message: enough to diagnose it, bounded so a huge message
