@@ -41,7 +41,7 @@ from driftline.streams import kafka
 from driftline.streams.codec import Codec, DecodeError, default_codec
 from driftline.streams.core.detectors import DETECTORS
 from driftline.streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
-from driftline.streams.core.profile import SUMMARY_QUANTILES, WindowProfile
+from driftline.streams.core.window_profile import SUMMARY_QUANTILES, WindowProfile
 from driftline.streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
 from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
 from driftline.streams.warehouse import Warehouse, WarehouseError
