@@ -32,7 +32,8 @@ from scipy.special import expit
 from driftline.streams.core.estimation import ESTIMATED_METRICS, EstimationState, ScoreCalibrator
 from driftline.streams.core.explain import explain, update_segments
 from driftline.streams.core.performance import compute_performance
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.window_profile import WindowProfile
 
 WINDOW = 2_000
 BATCH = 500

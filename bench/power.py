@@ -46,7 +46,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from driftline.streams.core.drift import drifted_features, evaluate_window  # noqa: E402
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
+from driftline.streams.core.reference import ReferenceProfile  # noqa: E402
+from driftline.streams.core.sampler import stable_seed  # noqa: E402
+from driftline.streams.core.window_profile import WindowProfile  # noqa: E402
 
 LEVEL = 0.05
 TARGET_POWER = 0.95

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from driftline.streams.core.multivariate import MultivariateModel
-from driftline.streams.core.profile import stable_seed
+from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import TrendDetector
 
 N_REF = 5_000

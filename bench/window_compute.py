@@ -52,7 +52,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from driftline.streams.core.drift import drifted_features, evaluate_window  # noqa: E402
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed  # noqa: E402
+from driftline.streams.core.reference import ReferenceProfile  # noqa: E402
+from driftline.streams.core.sampler import stable_seed  # noqa: E402
+from driftline.streams.core.window_profile import WindowProfile  # noqa: E402
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift  # noqa: E402
 
 N_NUMERIC = 20

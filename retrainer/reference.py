@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from driftline.streams.core.multivariate import MultivariateModel
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 
 
 def fit_multivariate(numeric: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ scaled to the exact ``en`` inside the bucket by the metric's asymptotic rate
 (PSI, like chi-squared, falls as ``1/en``; the distances as ``1/sqrt(en)``).
 
 >>> import numpy as np
->>> from driftline.streams.core.profile import ReferenceProfile
+>>> from driftline.streams.core.reference import ReferenceProfile
 >>> ref = ReferenceProfile.build("m", "1", {"x": np.random.default_rng(0).normal(size=20_000)}, {})
 >>> small = binned_thresholds(ref, "x", 150.0, 0.05)
 >>> large = binned_thresholds(ref, "x", 10_000.0, 0.05)
@@ -32,7 +32,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.streams.core import metrics
-from driftline.streams.core.profile import DEFAULT_WINDOW_SAMPLE, ReferenceProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
+from driftline.streams.core.window_profile import DEFAULT_WINDOW_SAMPLE
 
 BINNED_REPLICATES = 1_000
 SAMPLE_REPLICATES = 400

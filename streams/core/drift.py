@@ -35,7 +35,8 @@ distances (see :mod:`driftline.streams.core.calibration`). docs/STATISTICS.md gi
 the reasons.
 
 >>> import numpy as np
->>> from driftline.streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
+>>> from driftline.streams.core.reference import ReferenceProfile
+>>> from driftline.streams.core.window_profile import CategoricalWindow, NumericWindow, WindowProfile
 >>> rng = np.random.default_rng(0)
 >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=20_000), "y": rng.normal(size=20_000)},
 ...                              {"c": rng.choice(["a", "b", "c"], 20_000).tolist()})
@@ -63,7 +64,8 @@ from numpy.typing import NDArray
 from scipy import special
 
 from driftline.streams.core import calibration, metrics
-from driftline.streams.core.profile import CategoricalWindow, NumericWindow, ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.window_profile import CategoricalWindow, NumericWindow, WindowProfile
 from driftline.streams.records import FeatureDrift
 
 NUMERIC_METRICS = (

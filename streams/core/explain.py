@@ -30,7 +30,8 @@ baselines, a segment that has always differed from the population looks
 drifted (docs/ESTIMATION.md).
 
 >>> import numpy as np
->>> from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+>>> from driftline.streams.core.reference import ReferenceProfile
+>>> from driftline.streams.core.window_profile import WindowProfile
 >>> rng = np.random.default_rng(0)
 >>> ref = ReferenceProfile.build("m", "1", {"income": rng.normal(50, 10, 20_000)}, {})
 >>> channel = rng.choice(["web", "mobile"], 4_000)
@@ -57,7 +58,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from driftline.streams.core.profile import OTHER, ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import OTHER, ReferenceProfile
+from driftline.streams.core.window_profile import WindowProfile
 
 TOP_FEATURES = 5
 MIN_EFFECT = 0.1

@@ -51,8 +51,10 @@ from driftline.streams.core.latency import LatencyWindow
 from driftline.streams.core.ledger import Hold
 from driftline.streams.core.multivariate import MultivariateModel, MultivariateWindow
 from driftline.streams.core.performance import PerformanceRow, PerformanceWindow
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import TrendDetector
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
 from driftline.streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
 
@@ -321,7 +323,7 @@ class Monitor:
     (``recover``), so that a replay after a crash does not write a window twice.
 
     >>> import numpy as np
-    >>> from driftline.streams.core.profile import ReferenceProfile
+    >>> from driftline.streams.core.reference import ReferenceProfile
     >>> rng = np.random.default_rng(0)
     >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2000)}, {}, rng.random(2000))
     >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
@@ -506,7 +508,7 @@ class Monitor:
         One ``Ingested`` per arrival, as ``ingest`` gives it.
 
         >>> import numpy as np
-        >>> from driftline.streams.core.profile import ReferenceProfile
+        >>> from driftline.streams.core.reference import ReferenceProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
         >>> monitor = Monitor(lambda model_id: MonitorSettings(Windowing(size_ms=1_000), detectors=()))
         >>> monitor.recover("m", "1", None)

@@ -138,7 +138,7 @@ class TrendDetector:
     def from_reference(cls, reference: Any, features: Sequence[str] | None = None, **options: Any) -> TrendDetector:
         """A detector over the numeric features of a ``ReferenceProfile`` (all of them by default).
 
-        >>> from driftline.streams.core.profile import ReferenceProfile
+        >>> from driftline.streams.core.reference import ReferenceProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(10.0)}, {}, predictions=np.ones(10))
         >>> TrendDetector.from_reference(ref).names
         ['x', '__prediction__']
@@ -204,7 +204,8 @@ class TrendDetector:
     def update_window(self, window: Any) -> list[FeatureDrift]:
         """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2.
 
-        >>> from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+        >>> from driftline.streams.core.reference import ReferenceProfile
+        >>> from driftline.streams.core.window_profile import WindowProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}, predictions=np.ones(100) / 2)
         >>> det = TrendDetector.from_reference(ref)
         >>> w = WindowProfile.empty(ref, seed=1)

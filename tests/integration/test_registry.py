@@ -568,7 +568,7 @@ def test_postgres_helper_reuses_a_running_server(postgres: PostgresServer, tmp_p
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-# -- command line (runs last: it needs streams.core.profile) ------------------------------------
+# -- command line (runs last: it needs streams.core.reference) ------------------------------------
 class _Recorder:
     def __init__(self) -> None:
         self.events: list[ModelEvent] = []
@@ -615,7 +615,7 @@ def test_cli_registers_an_external_model_with_its_reference_profile(
 
     from driftline.streams.core.estimation import ScoreCalibrator
     from driftline.streams.core.multivariate import MultivariateModel
-    from driftline.streams.core.profile import ReferenceProfile
+    from driftline.streams.core.reference import ReferenceProfile
 
     frame = _training_frame()
     dataset = tmp_path / f"train.{fmt}"

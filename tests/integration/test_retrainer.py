@@ -30,7 +30,7 @@ from driftline.retrainer.service import Progress, Retrainer, RetrainerOptions, R
 from driftline.retrainer.trainers import DEFAULT_RIVER_PARAMS
 from driftline.settings import Settings
 from driftline.streams import kafka
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.records import (
     PREDICTION_FEATURE,
     Evidence,

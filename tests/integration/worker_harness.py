@@ -26,7 +26,7 @@ from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
 from driftline.stack.process import free_port
 from driftline.streams import kafka
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.records import PredictionBatch
 from driftline.streams.warehouse import Warehouse
 

@@ -19,7 +19,7 @@ from driftline.streams.core.monitor import (
     in_arrival_order,
     take_rows,
 )
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch
 

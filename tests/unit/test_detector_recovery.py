@@ -27,7 +27,7 @@ from driftline.streams.core.monitor import (
     split_detector_state,
     take_rows,
 )
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch
 

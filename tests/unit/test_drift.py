@@ -16,7 +16,9 @@ from driftline.streams.core.drift import (
     drifted_features,
     evaluate_window,
 )
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift
 
 ZIPF = np.array([f"z{i}" for i in range(12)])

@@ -14,7 +14,9 @@ import pytest
 from scipy import stats
 
 from driftline.streams.core.drift import DEFAULT_THRESHOLDS, drifted_features, evaluate_window
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
+from driftline.streams.core.window_profile import WindowProfile
 
 COLOURS = np.array(["red", "green", "blue"], dtype=object)
 BASE_P = np.array([0.5, 0.3, 0.2])

@@ -13,7 +13,7 @@ from driftline.retrainer.triggers import TriggerState, estimate_signal, evaluate
 from driftline.retrainer.triggers import WindowOutcome as TriggerWindow
 from driftline.streams.core.estimation import EstimationState, ScoreCalibrator
 from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
-from driftline.streams.core.profile import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch
 

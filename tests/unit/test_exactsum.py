@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from driftline.streams.core.exactsum import ExactSum, group_ratios, group_sums, population_std, row_moments
 from driftline.streams.core.monitor import Monitor, MonitorSettings, PerformanceOutcome, WindowOutcome, take_rows
 from driftline.streams.core.performance import PerformanceWindow, compute_performance
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from driftline.streams.core.explain import FeatureEffect, RootCause, _Stats, explain, update_segments
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.window_profile import WindowProfile
 
 NUMERIC = [f"x{i}" for i in range(20)]
 ATTRIBUTES = {

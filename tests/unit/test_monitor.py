@@ -21,8 +21,10 @@ from driftline.streams.core.monitor import (
 )
 from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE
 from driftline.streams.core.performance import compute_performance
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PREDICTION_FEATURE, PredictionBatch
 

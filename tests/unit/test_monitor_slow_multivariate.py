@@ -12,9 +12,11 @@ import pytest
 from driftline.retrainer.reference import build_reference
 from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, split_detector_state, take_rows
 from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile, stable_seed
+from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
 from driftline.streams.core.sequential import TrendDetector
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 

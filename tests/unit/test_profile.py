@@ -10,15 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from driftline.streams.core import profile
-from driftline.streams.core.profile import (
-    BottomKSample,
-    CategoricalReference,
-    NumericReference,
-    ReferenceProfile,
-    WindowProfile,
-    stable_seed,
-)
+from driftline.streams.core.binning import bin_counts, bin_counts_rows
+from driftline.streams.core.reference import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.streams.core.sampler import BottomKSample, sample_keys, stable_seed
+from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.records import PREDICTION_FEATURE
 
 
@@ -395,7 +390,7 @@ def test_bin_counts_equal_bincount_of_searchsorted(n) -> None:
     )
     v = rng.choice(pool, n)
     want = np.bincount(np.searchsorted(ref.cuts, v, side="right"), minlength=ref.n_bins)
-    got = profile.bin_counts(ref.cuts, v)
+    got = bin_counts(ref.cuts, v)
     assert got.dtype == np.int64 and got.tolist() == want.tolist()
 
 
@@ -536,7 +531,7 @@ def test_stacked_update_equals_feature_by_feature_updates(batches, sample_size, 
         want_counts = np.bincount(np.searchsorted(cuts, v, side="right"), minlength=cuts.size + 1)
         assert w.counts.tolist() == want_counts.tolist()
         assert (w.count, w.min, w.max) == (v.size, v.min() if v.size else None, v.max() if v.size else None)
-        want = _bottom_k_by_sorting(v, profile._sample_keys(w.base, 0, v.size), sample_size)
+        want = _bottom_k_by_sorting(v, sample_keys(w.base, 0, v.size), sample_size)
         assert (w.sample.values.tolist(), w.sample.keys.tolist()) == want
 
 
@@ -581,7 +576,7 @@ def test_bin_counts_rows_equal_bincount_of_searchsorted(n) -> None:
         + [[-1e300, 1e300, -0.0, 0.0]]
     )
     values = rng.choice(pool, (len(refs), n))
-    got = profile.bin_counts_rows([r.cuts for r in refs], values)
+    got = bin_counts_rows([r.cuts for r in refs], values)
     for r, row, counts in zip(refs, values, got):
         want = np.bincount(np.searchsorted(r.cuts, row, side="right"), minlength=r.n_bins)
         assert counts.dtype == np.int64 and counts.tolist() == want.tolist()

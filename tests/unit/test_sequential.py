@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from driftline.streams.core.profile import ReferenceProfile, WindowProfile
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.sequential import METRIC, TrendDetector
+from driftline.streams.core.window_profile import WindowProfile
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

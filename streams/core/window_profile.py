@@ -1,0 +1,512 @@
+"""Window profiles: live traffic of one model version in one event-time window.
+
+A :class:`WindowProfile` summarises one window over the *reference's* bins
+and categories (``streams.core.reference``), so that the two can be compared
+without keeping raw events: numeric features keep bin counts, exact sums
+(``streams.core.exactsum``) and a bottom-k sample (``streams.core.sampler``);
+categorical ones count the reference's categories plus ``other``. ``to_dict``
+round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from driftline.streams.core.binning import bin_counts, bin_counts_rows
+from driftline.streams.core.columns import check_names, columns_length, finite_values, numeric_column
+from driftline.streams.core.exactsum import ZERO, ExactSum, population_std, row_moments, sum_squared_deviations
+from driftline.streams.core.packing import pack_array, unpack_array
+from driftline.streams.core.reference import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.streams.core.sampler import MASK64, BottomKSample, feature_base, sample_keys
+from driftline.streams.records import PREDICTION_FEATURE
+
+# Window profiles keep exact sums (streams.core.exactsum) instead of a running mean and m2.
+WINDOW_FORMAT_VERSION = 2
+SUMMARY_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+DEFAULT_WINDOW_SAMPLE = 1_000
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+# Columns are stacked in blocks of at most this many values: enough features to spread
+# numpy's cost per call over, few enough that each temporary stays under 128 KiB, where
+# glibc starts to map fresh pages for an allocation (their page faults cost more than
+# stacking saves). A batch too long for two columns a block goes column by column.
+_BLOCK_VALUES = 16_000
+
+
+def _complete_blocks(
+    columns: Mapping[str, np.ndarray], names: Sequence[str], n: int
+) -> tuple[list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """The columns of ``names`` that hold neither NaN nor infinity, stacked, and the names of the others.
+
+    Each block is (names, values with one row per feature, row minima, row
+    maxima). The others go through :func:`finite_values`, one at a time, which
+    separates their missing values and rejects infinity with its own message;
+    so do all the columns of an empty batch or of one too long to stack.
+
+    >>> blocks, others = _complete_blocks({"a": np.array([1.0, 2.0]), "b": np.array([np.nan, 0.0])}, ["a", "b"], 2)
+    >>> [(names, x.tolist(), lo.tolist(), hi.tolist()) for names, x, lo, hi in blocks], others
+    ([(['a'], [[1.0, 2.0]], [1.0], [2.0])], ['b'])
+    """
+    rows = _BLOCK_VALUES // max(n, 1)
+    if n == 0 or rows < 2:
+        return [], list(names)
+    blocks, others = [], []
+    for i in range(0, len(names), rows):
+        group = list(names[i : i + rows])
+        x = np.stack([columns[f] for f in group])
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        # NaN spreads to the minimum and an infinity is an extreme: finite extremes, finite row.
+        complete = np.isfinite(lo) & np.isfinite(hi)
+        if not complete.all():
+            others += [f for f, ok in zip(group, complete.tolist()) if not ok]
+            group = [f for f, ok in zip(group, complete.tolist()) if ok]
+            x, lo, hi = x[complete], lo[complete], hi[complete]
+        if group:
+            blocks.append((group, x, lo, hi))
+    return blocks, others
+
+
+@dataclass(eq=False)
+class NumericWindow:
+    """One numeric feature in one window: bin counts, exact sums, and a bottom-k sample.
+
+    The sums of the values and of their squares are exact (see
+    streams.core.exactsum), so ``mean`` and ``std`` are rounded once from
+    them: equal for any batching, order or merge of the same values.
+
+    >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
+    >>> w = NumericWindow.empty(ref, base=1, sample_size=100)
+    >>> w.update(np.array([-5.0, 1.0, 9.0, 50.0, np.nan]))
+    >>> w.counts.tolist(), w.count, w.missing, w.mean, w.min, w.max
+    ([1, 1, 1, 1], 4, 1, 13.75, -5.0, 50.0)
+    """
+
+    name: str
+    base: int  # key stream of this feature in this window
+    cuts: np.ndarray = field(repr=False)  # the reference's, shared
+    counts: np.ndarray
+    sample: BottomKSample
+    missing: int = 0
+    count: int = 0
+    total: ExactSum = ZERO
+    squares: ExactSum = ZERO
+    min: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def empty(cls, ref: NumericReference, *, base: int, sample_size: int) -> NumericWindow:
+        return cls(ref.name, base, ref.cuts, np.zeros(ref.n_bins, np.int64), BottomKSample(sample_size))
+
+    @property
+    def mean(self) -> float:
+        """The mean of the values, correctly rounded (0.0 when there is none)."""
+        return self.total.ratio(self.count) if self.count else 0.0
+
+    @property
+    def std(self) -> float | None:
+        """The population standard deviation: the square root of the correctly rounded variance."""
+        return population_std(self.total, self.squares, self.count) if self.count else None
+
+    @property
+    def m2(self) -> float:
+        """The sum of squared deviations from the mean, correctly rounded (0.0 when there is none)."""
+        return sum_squared_deviations(self.total, self.squares, self.count) if self.count else 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        self.add(*finite_values(self.name, numeric_column(self.name, x)))
+
+    def add(self, v: np.ndarray, n_missing: int) -> None:
+        """Add finite values ``v`` and ``n_missing`` missing ones (already validated)."""
+        self.missing += n_missing
+        if v.size == 0:
+            return
+        self.counts += bin_counts(self.cuts, v)
+        self.sample.offer(v, sample_keys(self.base, self.count, v.size))
+        (total,), (squares,) = row_moments(v[None, :])
+        self._combine(v.size, total, squares, float(v.min()), float(v.max()))
+
+    @staticmethod
+    def add_rows(windows: Sequence[NumericWindow], values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Add row ``j`` of ``values`` to ``windows[j]``, exactly as ``windows[j].add(values[j], 0)`` would.
+
+        ``values`` holds one row per feature, C-contiguous and finite; ``lo``
+        and ``hi`` are its row minima and maxima. Keys, bins, means and the
+        values that can enter the samples take one numpy call for all the rows:
+        the exact sums of values and squares take one pass for all the rows.
+
+        >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
+        >>> a, b = (NumericWindow.empty(ref, base=base, sample_size=2) for base in (1, 2))
+        >>> x = np.array([[1.0, 2.0, 30.0], [4.0, -5.0, 6.0]])
+        >>> NumericWindow.add_rows([a, b], x, x.min(axis=1), x.max(axis=1))
+        >>> a.counts.tolist(), a.mean, b.min, b.sample.values.size
+        ([0, 2, 0, 1], 11.0, -5.0, 2)
+        """
+        n = values.shape[1]
+        keys = sample_keys(
+            np.array([[w.base] for w in windows], np.uint64), np.array([[w.count] for w in windows], np.uint64), n
+        )
+        counts = bin_counts_rows([w.cuts for w in windows], values)
+        totals, squares = row_moments(values)
+        # The values that can enter each sample, selected for every row at once: row j's are
+        # the positions from j * n to (j + 1) * n of the flattened block. While no sample is
+        # full, that is every value.
+        bounds = np.array([[w.sample.entry_bound] for w in windows], np.uint64)
+        entering_values, entering_keys = values.ravel(), keys.ravel()
+        ends = np.arange(1, len(windows) + 1) * n
+        if bounds.min() < MASK64:
+            entering = np.flatnonzero(keys <= bounds)
+            entering_values, entering_keys = entering_values[entering], entering_keys[entering]
+            ends = np.searchsorted(entering, ends)
+        ends = ends.tolist()
+        starts = [0, *ends[:-1]]
+        for j, (w, low, high) in enumerate(zip(windows, lo.tolist(), hi.tolist())):
+            w.counts += counts[j]
+            w.sample.offer_entrants(entering_values[starts[j] : ends[j]], entering_keys[starts[j] : ends[j]])
+            w._combine(n, totals[j], squares[j], low, high)
+
+    def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
+        if n == 0:
+            return
+        assert lo is not None and hi is not None  # rows were added, so they have extremes
+        self.count += n
+        self.total = self.total.merged(total)
+        self.squares = self.squares.merged(squares)
+        self.min = lo if self.min is None else min(self.min, lo)
+        self.max = hi if self.max is None else max(self.max, hi)
+
+    def merged(self, other: NumericWindow) -> NumericWindow:
+        out = NumericWindow(
+            self.name,
+            self.base,
+            self.cuts,
+            self.counts + other.counts,
+            self.sample.merged(other.sample),
+            self.missing + other.missing,
+            self.count,
+            self.total,
+            self.squares,
+            self.min,
+            self.max,
+        )
+        out._combine(other.count, other.total, other.squares, other.min, other.max)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts.tolist(),
+            "missing": self.missing,
+            "count": self.count,
+            "sum": self.total.to_text(),
+            "sum_squares": self.squares.to_text(),
+            "min": self.min,
+            "max": self.max,
+            "sample_capacity": self.sample.capacity,
+            "sample": pack_array(self.sample.values, "<f8"),
+            "keys": pack_array(self.sample.keys, "<u8"),
+        }
+
+    @classmethod
+    def from_dict(cls, ref: NumericReference, base: int, d: Mapping[str, Any]) -> NumericWindow:
+        sample = BottomKSample(
+            int(d["sample_capacity"]), unpack_array(d["sample"], "<f8"), unpack_array(d["keys"], "<u8")
+        )
+        if len(d["counts"]) != ref.n_bins:
+            raise ValueError(f"window feature {ref.name!r} has {len(d['counts'])} bins; the reference has {ref.n_bins}")
+        return cls(
+            ref.name,
+            base,
+            ref.cuts,
+            np.asarray(d["counts"], np.int64),
+            sample,
+            int(d["missing"]),
+            int(d["count"]),
+            ExactSum.from_text(d["sum"]),
+            ExactSum.from_text(d["sum_squares"]),
+            _opt(d["min"]),
+            _opt(d["max"]),
+        )
+
+
+@dataclass(eq=False)
+class CategoricalWindow:
+    """One categorical feature in one window: counts over the reference categories + other.
+
+    >>> ref = CategoricalReference.build("c", ["a", "b"], top_k=5)
+    >>> w = CategoricalWindow.empty(ref)
+    >>> w.update(["a", "z", None, "a"], ref)
+    >>> w.counts.tolist(), w.missing, w.count
+    ([2, 0, 1], 1, 3)
+    """
+
+    name: str
+    counts: np.ndarray
+    missing: int = 0
+
+    @classmethod
+    def empty(cls, ref: CategoricalReference) -> CategoricalWindow:
+        return cls(ref.name, np.zeros(ref.n_bins, np.int64))
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def update(self, values: Sequence[Any], ref: CategoricalReference) -> None:
+        counts, n_missing = ref.count_values(values)
+        self.counts += counts
+        self.missing += n_missing
+
+    def merged(self, other: CategoricalWindow) -> CategoricalWindow:
+        return CategoricalWindow(self.name, self.counts + other.counts, self.missing + other.missing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts.tolist(), "missing": self.missing}
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> CategoricalWindow:
+        return cls(name, np.asarray(d["counts"], np.int64), int(d["missing"]))
+
+
+@dataclass(eq=False)
+class WindowProfile:
+    """Live traffic of one model version in one window, over the reference's bins.
+
+    ``update`` takes whole batches of columns. A reference feature absent from
+    a batch is missing for every event of it (the contract: an absent key
+    means missing), except ``__prediction__``, which only counts batches that
+    carry predictions (``FeatureEvent`` batches have none). Features unknown
+    to the reference are ignored and listed in ``unknown_features``.
+
+    The seed fixes the sample: pass something stable such as
+    ``stable_seed(model_id, version, window_start)`` so that a replay
+    gives identical results. ``merge`` is exact for counts, missing, min,
+    max and the sums behind mean and variance (so these are bit-identical
+    for any batching or merge order), and takes the bottom-k of the union
+    for the sample (associative and commutative).
+
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {"c": ["a", "b"] * 50})
+    >>> w = WindowProfile.empty(ref, seed=7)
+    >>> w.update({"x": np.array([1.0, np.nan, 500.0])}, {"c": ["a", "new", None], "zip": ["1", "2", "3"]}, None)
+    >>> w.n, w.numeric["x"].count, w.numeric["x"].missing, sorted(w.unknown_features)
+    (3, 2, 1, ['zip'])
+    >>> other = WindowProfile.empty(ref, seed=8)
+    >>> other.update({}, {"c": ["b"]}, np.array([0.5]))
+    >>> merged = w.merge(other)
+    >>> merged.n, merged.numeric["x"].missing, merged.categorical["c"].counts.tolist()
+    (4, 2, [1, 1, 1])
+    >>> rows = {r["feature"]: r for r in merged.summary_rows()}
+    >>> rows["x"]["count"], rows["x"]["max"], rows["c"]["histogram"]
+    (2, 500.0, [1, 1, 1])
+    >>> WindowProfile.from_dict(merged.to_dict(), ref).to_dict() == merged.to_dict()
+    True
+    """
+
+    reference: ReferenceProfile
+    seed: int
+    sample_size: int
+    numeric: dict[str, NumericWindow]
+    categorical: dict[str, CategoricalWindow]
+    n: int = 0
+    unknown_features: set[str] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, reference: ReferenceProfile, seed: int, *, sample_size: int | None = None) -> WindowProfile:
+        """An empty window; ``sample_size`` bounds each numeric sample.
+
+        The default is 1,000 values, or the reference's sample size if smaller.
+        """
+        size = min(DEFAULT_WINDOW_SAMPLE, reference.sample_size) if sample_size is None else int(sample_size)
+        if size < 0:
+            raise ValueError(f"sample_size cannot be negative, got {size}")
+        seed = int(seed) & MASK64
+        return cls(
+            reference,
+            seed,
+            size,
+            {
+                f: NumericWindow.empty(r, base=feature_base(seed, f), sample_size=size)
+                for f, r in reference.numeric.items()
+            },
+            {f: CategoricalWindow.empty(r) for f, r in reference.categorical.items()},
+        )
+
+    @property
+    def features(self) -> list[str]:
+        return self.reference.features
+
+    def update(
+        self,
+        numeric: Mapping[str, np.ndarray],
+        categorical: Mapping[str, Sequence[str | None]],
+        predictions: np.ndarray | None = None,
+        *,
+        n: int | None = None,
+    ) -> None:
+        """Add a batch of ``n`` events (inferred from the columns when not given)."""
+        check_names(numeric, categorical)
+        length = columns_length(numeric, categorical, predictions)
+        if n is None:
+            if length is None:
+                raise ValueError("a batch without columns needs n, its number of events")
+            n = length
+        elif length is not None and length != n:
+            raise ValueError(f"columns hold {length} values for a batch of {n} events")
+        ref = self.reference
+        wrong = [f for f in numeric if f in ref.categorical] + [f for f in categorical if f in ref.numeric]
+        if wrong:
+            raise ValueError(f"features of the wrong kind for the reference: {sorted(wrong)}")
+        columns: dict[str, np.ndarray] = {f: numeric_column(f, x) for f, x in numeric.items()}
+        if predictions is not None:
+            columns[PREDICTION_FEATURE] = numeric_column(PREDICTION_FEATURE, predictions)
+        # Validate every column before changing any state, so a bad batch leaves no trace.
+        # Columns without a missing value (the common case) are checked and added
+        # stacked; the others one by one, in the reference's order, so that the
+        # first bad column in that order gives the error.
+        blocks, others = _complete_blocks(columns, [f for f in self.numeric if f in columns], n)
+        parsed_num = {f: finite_values(f, columns[f]) for f in others}
+        parsed_cat = {
+            f: ref.categorical[f].count_values(col) for f, col in categorical.items() if f in self.categorical
+        }
+        self.unknown_features.update(f for f in columns if f not in self.numeric)
+        self.unknown_features.update(f for f in categorical if f not in self.categorical)
+        for names, x, lo, hi in blocks:
+            NumericWindow.add_rows([self.numeric[f] for f in names], x, lo, hi)
+        for f, w in self.numeric.items():
+            if f in parsed_num:
+                w.add(*parsed_num[f])
+            elif f not in columns and f != PREDICTION_FEATURE:
+                w.missing += n
+        for f, cw in self.categorical.items():
+            if f in parsed_cat:
+                counts, n_missing = parsed_cat[f]
+                cw.counts += counts
+                cw.missing += n_missing
+            else:
+                cw.missing += n
+        self.n += n
+
+    def merge(self, other: WindowProfile) -> WindowProfile:
+        """The window of both profiles' events; the result keeps this profile's seed."""
+        a, b = self.reference, other.reference
+        if a is not b and (a.model_id, a.model_version, a.features) != (b.model_id, b.model_version, b.features):
+            raise ValueError(
+                f"cannot merge windows of different references: {a.model_id} {a.model_version} "
+                f"and {b.model_id} {b.model_version}"
+            )
+        return WindowProfile(
+            self.reference,
+            self.seed,
+            min(self.sample_size, other.sample_size),
+            {f: w.merged(other.numeric[f]) for f, w in self.numeric.items()},
+            {f: w.merged(other.categorical[f]) for f, w in self.categorical.items()},
+            self.n + other.n,
+            self.unknown_features | other.unknown_features,
+        )
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per feature for the ``window_profiles`` table.
+
+        Keys: feature, kind, count (non-missing), missing, mean, std, min, max
+        (None for categorical features or when nothing was seen), quantiles
+        (p5, p25, p50, p75, p95 of the sample; empty if none), histogram (the
+        bin counts: open-low, inner bins, open-high; or categories then other).
+        """
+        quantiles = self._sample_quantiles()
+        rows = []
+        for f in self.features:
+            if f in self.numeric:
+                w = self.numeric[f]
+                q = quantiles.get(f, [])
+                rows.append(
+                    {
+                        "feature": f,
+                        "kind": "numeric",
+                        "count": w.count,
+                        "missing": w.missing,
+                        "mean": w.mean if w.count else None,
+                        "std": w.std,
+                        "min": w.min,
+                        "max": w.max,
+                        "quantiles": q,
+                        "histogram": w.counts.tolist(),
+                    }
+                )
+            else:
+                c = self.categorical[f]
+                rows.append(
+                    {
+                        "feature": f,
+                        "kind": "categorical",
+                        "count": c.count,
+                        "missing": c.missing,
+                        "mean": None,
+                        "std": None,
+                        "min": None,
+                        "max": None,
+                        "quantiles": [],
+                        "histogram": c.counts.tolist(),
+                    }
+                )
+        return rows
+
+    def _sample_quantiles(self) -> dict[str, list[float]]:
+        """The summary quantiles of every non-empty numeric sample.
+
+        Samples of one size (usually all: the window's sample size) go through one
+        ``np.quantile`` along the rows of their stack, which computes each row as
+        ``np.quantile`` of that sample alone would.
+        """
+        by_size: dict[int, list[str]] = {}
+        for f, w in self.numeric.items():
+            if w.sample.values.size:
+                by_size.setdefault(w.sample.values.size, []).append(f)
+        out: dict[str, list[float]] = {}
+        for names in by_size.values():
+            stack = np.stack([self.numeric[f].sample.values for f in names])
+            out.update(zip(names, np.quantile(stack, SUMMARY_QUANTILES, axis=1).T.tolist()))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": WINDOW_FORMAT_VERSION,
+            "model_id": self.reference.model_id,
+            "model_version": self.reference.model_version,
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "n": self.n,
+            "unknown_features": sorted(self.unknown_features),
+            "numeric": {f: w.to_dict() for f, w in self.numeric.items()},
+            "categorical": {f: w.to_dict() for f, w in self.categorical.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], reference: ReferenceProfile) -> WindowProfile:
+        if d.get("format") != WINDOW_FORMAT_VERSION:
+            raise ValueError(f"unsupported window profile format {d.get('format')!r}; expected {WINDOW_FORMAT_VERSION}")
+        ref = reference
+        if (d["model_id"], d["model_version"]) != (ref.model_id, ref.model_version):
+            raise ValueError(
+                f"window of {d['model_id']} {d['model_version']} given the reference of "
+                f"{ref.model_id} {ref.model_version}"
+            )
+        if list(d["numeric"]) != list(ref.numeric) or list(d["categorical"]) != list(ref.categorical):
+            raise ValueError("window features do not match the reference's")
+        seed = int(d["seed"])
+        numeric = {
+            f: NumericWindow.from_dict(ref.numeric[f], feature_base(seed, f), w) for f, w in d["numeric"].items()
+        }
+        categorical = {f: CategoricalWindow.from_dict(f, w) for f, w in d["categorical"].items()}
+        for f, c in categorical.items():
+            if len(c.counts) != ref.categorical[f].n_bins:
+                raise ValueError(
+                    f"window feature {f!r} has {len(c.counts)} categories; "
+                    f"the reference has {ref.categorical[f].n_bins}"
+                )
+        return cls(ref, seed, int(d["sample_size"]), numeric, categorical, int(d["n"]), set(d["unknown_features"]))
