@@ -49,20 +49,11 @@ from driftline.retrainer.triggers import (
 )
 from driftline.settings import Settings
 from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
+from driftline.streams.core.batches import concat_batches, in_arrival_order, take_rows
 from driftline.streams.core.ledger import AckLedger, Hold
-from driftline.streams.core.monitor import (
-    NOT_IN_WINDOW,
-    PREDICTIONS,
-    Arrival,
-    Monitor,
-    MonitorSettings,
-    PerformanceOutcome,
-    WindowOutcome,
-    concat_batches,
-    in_arrival_order,
-    reference_estimates,
-    take_rows,
-)
+from driftline.streams.core.monitor import PREDICTIONS, Monitor, MonitorSettings
+from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceOutcome, WindowOutcome
+from driftline.streams.core.reference_models import reference_estimates
 from driftline.streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
 from driftline.streams.core.windows import Windowing
 from driftline.streams.messages import Incoming

@@ -36,30 +36,69 @@ prediction (and per labelled prediction in a label window).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from driftline.streams.core.batches import (
+    _positions_by_version,
+    concat_batches,
+    in_arrival_order,
+    take_rows,
+)
+from driftline.streams.core.detector_state import join_detector_state, split_detector_state
 from driftline.streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
 from driftline.streams.core.drift import evaluate_window
-from driftline.streams.core.estimation import EstimatedPerformanceRow, EstimationState, ScoreCalibrator
+from driftline.streams.core.estimation import EstimationState
 from driftline.streams.core.labels import PredictionIndex
 from driftline.streams.core.latency import LatencyWindow
 from driftline.streams.core.ledger import Hold
-from driftline.streams.core.multivariate import MultivariateModel, MultivariateWindow
-from driftline.streams.core.performance import PerformanceRow, PerformanceWindow
+from driftline.streams.core.multivariate import MultivariateWindow
+from driftline.streams.core.outcomes import (
+    ERROR_FEATURE,
+    NOT_IN_WINDOW,
+    Arrival,
+    ChangeCount,
+    Ingested,
+    LabelsIngested,
+    PerformanceOutcome,
+    WindowOutcome,
+)
+from driftline.streams.core.performance import PerformanceWindow
 from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.reference_models import multivariate_model, reference_calibrator, reference_estimates
 from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import TrendDetector
 from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
-from driftline.streams.records import PREDICTION_FEATURE, DriftReport, FeatureDrift, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, PredictionBatch
 
-ERROR_FEATURE = "__error__"
-NOT_IN_WINDOW = np.iinfo(np.int64).min
+# the names callers imported from here before the outcomes, batch helpers, reference models and
+# detector state got modules of their own
+__all__ = [
+    "ERROR_FEATURE",
+    "LABELS",
+    "NOT_IN_WINDOW",
+    "PREDICTIONS",
+    "Arrival",
+    "ChangeCount",
+    "Ingested",
+    "LabelsIngested",
+    "Monitor",
+    "MonitorSettings",
+    "PerformanceOutcome",
+    "WindowOutcome",
+    "concat_batches",
+    "in_arrival_order",
+    "join_detector_state",
+    "multivariate_model",
+    "reference_calibrator",
+    "reference_estimates",
+    "split_detector_state",
+    "take_rows",
+]
 
 PREDICTIONS = "predictions"  # hold stream names (see streams.core.ledger)
 LABELS = "labels"
@@ -82,171 +121,6 @@ class MonitorSettings:
     detectors: tuple[str, ...] = ("adwin",)
     task: str | None = None
     min_segment_size: int = 30
-
-
-@dataclass
-class ChangeCount:
-    """How often one change detector fired on one stream in one window.
-
-    ``feature`` is ``__prediction__`` for the score stream and ``__error__``
-    for the error stream; ``n_values`` is how many values it was fed.
-
-    >>> ChangeCount("adwin", "__prediction__", alarms=2, n_values=1_000).as_feature_drift().drifted
-    True
-    """
-
-    detector: str
-    feature: str
-    alarms: int
-    n_values: int
-
-    def as_feature_drift(self) -> FeatureDrift:
-        return FeatureDrift(self.feature, self.detector, float(self.alarms), None, 1.0, self.alarms > 0)
-
-
-@dataclass
-class WindowOutcome:
-    """Everything measured in one closed prediction window of one model version.
-
-    ``report`` is its DriftReport, detector alarm counts included as metrics.
-
-    >>> import numpy as np
-    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
-    >>> o = WindowOutcome("m", "1", 0, 60_000, 0, ref.n, [FeatureDrift("x", "psi", 0.3, None, 0.2, True)],
-    ...                   WindowProfile.empty(ref, seed=0), {}, 0, [ChangeCount("adwin", "__prediction__", 0, 0)])
-    >>> r = o.report(computed_at=61_000)
-    >>> r.drifted_features, [m.metric for m in r.metrics]
-    (['x'], ['psi', 'adwin'])
-    """
-
-    model_id: str
-    model_version: str
-    window_start: int
-    window_end: int
-    n_current: int
-    n_reference: int
-    drift: list[FeatureDrift]
-    profile: WindowProfile
-    latency: dict[str, float]
-    n_latency: int
-    changes: list[ChangeCount]
-    # the score stream's change detectors after this window (ChangeDetectorBank.stream_state); None: none ran
-    detector_state: bytes | None = None
-    # rows of this version that arrived late since its previous window closed (see the module docstring)
-    late_events: int = 0
-    # label-free performance estimate of the window (estimated_<metric>[_lower|_upper], overall and per
-    # segment), empty unless the reference carries a calibrator; reference_estimates: the same metrics
-    # estimated on the reference itself (ScoreCalibrator.reference_estimates), a policy's baseline
-    estimates: list[EstimatedPerformanceRow] = field(default_factory=list)
-    reference_estimates: dict[str, float] = field(default_factory=dict)
-
-    def estimated_performance(self) -> dict[str, float]:
-        """The whole window's estimates, ``{'accuracy': 0.81, 'accuracy_lower': ..., ...}``."""
-        prefix = "estimated_"
-        return {r.metric[len(prefix) :]: float(r.value) for r in self.estimates if r.segment == ""}
-
-    @property
-    def key(self) -> WindowKey:
-        return (self.model_id, self.model_version, self.window_start)
-
-    def report(self, computed_at: int) -> DriftReport:
-        """The DriftReport of this window; detector alarm counts are metrics named after the detector."""
-        metrics = list(self.drift) + [c.as_feature_drift() for c in self.changes]
-        drifted = sorted({m.feature for m in self.drift if m.drifted})
-        return DriftReport(
-            self.model_id,
-            self.model_version,
-            self.window_start,
-            self.window_end,
-            self.n_current,
-            self.n_reference,
-            drifted,
-            metrics,
-            computed_at,
-        )
-
-
-@dataclass
-class PerformanceOutcome:
-    """The performance of the predictions labelled in one closed label window.
-
-    >>> PerformanceOutcome("m", "1", 0, 60_000, n_labeled=0, rows=[], changes=[]).key
-    ('m', '1', 0)
-    """
-
-    model_id: str
-    model_version: str
-    window_start: int
-    window_end: int
-    n_labeled: int
-    rows: list[PerformanceRow]
-    changes: list[ChangeCount]
-    # the error stream's change detectors after this window; None: none ran
-    detector_state: bytes | None = None
-
-    @property
-    def key(self) -> WindowKey:
-        return (self.model_id, self.model_version, self.window_start)
-
-
-@dataclass
-class Ingested:
-    """What became of the rows of one ``ingest`` call.
-
-    ``window_ends[i]`` is the end of the window that row ``i`` went into, or
-    ``NOT_IN_WINDOW`` when it was late or already written before a restart.
-    ``holds`` are extra windows that this call contributed to (labels that
-    waited for these predictions), to hold back its last message.
-
-    >>> Ingested(np.array([60_000, NOT_IN_WINDOW]), late=1).late
-    1
-    """
-
-    window_ends: np.ndarray
-    late: int = 0
-    replayed: int = 0
-    joined_labels: int = 0
-    holds: list[Hold] = field(default_factory=list)
-    # the positions of the late rows (counted in ``late``), when there are any
-    late_rows: np.ndarray | None = None
-
-
-@dataclass
-class Arrival:
-    """Rows of one model version to ingest, with where each row stands in the order of arrival.
-
-    ``order`` holds one non-decreasing key per row, comparable across the
-    arrivals given to one ``Monitor.ingest_all`` call (the worker passes the
-    index of each row's message in the poll). ``has_predictions=False`` is for
-    logged features (see ``Monitor.ingest``).
-
-    >>> Arrival(PredictionBatch("m", "1", ["a"], np.array([5])), None, np.array([3])).has_predictions
-    True
-    """
-
-    batch: PredictionBatch
-    reference: ReferenceProfile | None
-    order: np.ndarray
-    has_predictions: bool = True
-
-
-@dataclass
-class LabelsIngested:
-    """What became of one model's labels: joined, waiting for their prediction, late or replayed.
-
-    ``holds[i]`` lists the windows that label ``i`` went into (empty when it
-    did not); ``unmatched`` are the ids of the labels left waiting.
-
-    >>> LabelsIngested([[], []], pending=2, unmatched=["a", "b"]).pending
-    2
-    """
-
-    holds: list[list[Hold]]
-    joined: int = 0
-    pending: int = 0
-    late: int = 0
-    replayed: int = 0
-    unmatched: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -280,8 +154,45 @@ class _Label:
     restored: bool = False
 
 
+W = TypeVar("W")
+
+
+class _Stream(Generic[W]):
+    """One stream of windows of a model: predictions by their event time, or labels by theirs.
+
+    Its event clock, its open windows, and how far each version's windows were
+    written before a restart (``recovered``: version -> end of the last one, None: none).
+
+    >>> s: _Stream[int] = _Stream(lateness_ms=0, idle_ms=None)
+    >>> s.recover("m", "1", 60_000)
+    >>> s.recovered, s.is_done(Hold(LABELS, "m", "1", 60_000)), s.is_done(Hold(LABELS, "m", "1", 120_000))
+    ({'1': 60000}, True, False)
+    """
+
+    def __init__(
+        self, lateness_ms: int, idle_ms: int | None, new_window: Callable[[WindowKey], W] | None = None
+    ) -> None:
+        self.clock = EventClock(lateness_ms, idle_ms)
+        self.windows: WindowStore[W] = WindowStore(new_window)
+        self.recovered: dict[str, int | None] = {}
+
+    def recover(self, model_id: str, model_version: str, closed_through: int | None) -> None:
+        self.recovered[model_version] = closed_through
+        if closed_through is not None:
+            self.windows.mark_closed(model_id, model_version, closed_through)
+            self.clock.raise_floor(model_id, closed_through)
+
+    def is_done(self, hold: Hold) -> bool:
+        through = self.windows.closed_through(hold.model_id, hold.model_version)
+        return through is not None and hold.window_end <= through
+
+    def close(self, model_id: str, now_ms: int, size_ms: int) -> list[tuple[WindowKey, W]]:
+        """The windows the watermark has passed, oldest first."""
+        return self.windows.close(model_id, self.clock.watermark(model_id, now_ms), size_ms)
+
+
 class _Track:
-    """Everything the monitor keeps for one model id."""
+    """Everything the monitor keeps for one model id: its prediction and label streams, and what they share."""
 
     def __init__(
         self, model_id: str, settings: MonitorSettings, idle_ms: int | None, index_ttl_ms: int, index_max_entries: int
@@ -289,12 +200,8 @@ class _Track:
         self.model_id = model_id
         self.settings = settings
         w = settings.windowing
-        self.clock = EventClock(w.lateness_ms, idle_ms)
-        self.label_clock = EventClock(w.lateness_ms, idle_ms)
-        self.windows: WindowStore[_Window] = WindowStore()
-        self.label_windows: WindowStore[_LabelWindow] = WindowStore(self._new_label_window)
-        self.recovered: dict[str, int | None] = {}
-        self.label_recovered: dict[str, int | None] = {}
+        self.predictions: _Stream[_Window] = _Stream(w.lateness_ms, idle_ms)
+        self.labels: _Stream[_LabelWindow] = _Stream(w.lateness_ms, idle_ms, self._new_label_window)
         self.index = PredictionIndex(max_entries=index_max_entries, ttl_ms=index_ttl_ms)
         # per version: the watermark in force when each late row (still to be counted) arrived
         self.late: dict[str, list[np.ndarray]] = {}
@@ -364,27 +271,19 @@ class Monitor:
     def needs_recovery(self, model_id: str, model_version: str) -> bool:
         """Whether the caller must still say how far this version's prediction windows were written."""
         track = self._tracks.get(model_id)
-        return track is None or model_version not in track.recovered
+        return track is None or model_version not in track.predictions.recovered
 
     def recover(self, model_id: str, model_version: str, closed_through: int | None) -> None:
         """The end of the last prediction window of this version already written (None: none)."""
-        track = self._track(model_id)
-        track.recovered[model_version] = closed_through
-        if closed_through is not None:
-            track.windows.mark_closed(model_id, model_version, closed_through)
-            track.clock.raise_floor(model_id, closed_through)
+        self._track(model_id).predictions.recover(model_id, model_version, closed_through)
 
     def needs_label_recovery(self, model_id: str, model_version: str) -> bool:
         track = self._tracks.get(model_id)
-        return track is None or model_version not in track.label_recovered
+        return track is None or model_version not in track.labels.recovered
 
     def recover_labels(self, model_id: str, model_version: str, closed_through: int | None) -> None:
         """The end of the last label (performance) window of this version already written."""
-        track = self._track(model_id)
-        track.label_recovered[model_version] = closed_through
-        if closed_through is not None:
-            track.label_windows.mark_closed(model_id, model_version, closed_through)
-            track.label_clock.raise_floor(model_id, closed_through)
+        self._track(model_id).labels.recover(model_id, model_version, closed_through)
 
     def restore_detectors(self, model_id: str, model_version: str, stream: str, state: bytes) -> list[str] | None:
         """Resume the change detectors of a version's ``stream`` (``'score'`` or ``'error'``) from the
@@ -445,24 +344,22 @@ class Monitor:
         track = self._tracks.get(model_id)
         if track is not None:
             if labels:
-                track.label_clock.touch(model_id, LABELS, now_ms)
+                track.labels.clock.touch(model_id, LABELS, now_ms)
             else:
-                track.clock.touch(model_id, source, now_ms)
+                track.predictions.clock.touch(model_id, source, now_ms)
 
     def is_done(self, hold: Hold) -> bool:
         """Whether the window a message waits for is closed (the caller has it written before acknowledging)."""
         track = self._tracks.get(hold.model_id)
         if track is None:
             return False
-        store = track.windows if hold.stream == PREDICTIONS else track.label_windows
-        through = store.closed_through(hold.model_id, hold.model_version)
-        return through is not None and hold.window_end <= through
+        return (track.predictions if hold.stream == PREDICTIONS else track.labels).is_done(hold)
 
     def open_windows(self) -> list[WindowKey]:
-        return sorted(k for t in self._tracks.values() for k in t.windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
+        return sorted(k for t in self._tracks.values() for k in t.predictions.windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
 
     def open_label_windows(self) -> list[WindowKey]:
-        return sorted(k for t in self._tracks.values() for k in t.label_windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
+        return sorted(k for t in self._tracks.values() for k in t.labels.windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
 
     def reset(self) -> None:
         """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
@@ -526,7 +423,7 @@ class Monitor:
         for a in arrivals:
             if a.batch.model_id != model_id:
                 raise ValueError(f"a batch of {a.batch.model_id!r} given with the batches of {model_id!r}")
-            if a.batch.model_version not in track.recovered:
+            if a.batch.model_version not in track.predictions.recovered:
                 raise RuntimeError(
                     f"recover({model_id!r}, {a.batch.model_version!r}, ...) must come before its first batch"
                 )
@@ -537,8 +434,8 @@ class Monitor:
         # the watermark in force at each row's arrival, rows of every batch taken in arrival order
         order = np.argsort(np.concatenate([np.asarray(a.order, dtype=np.int64) for a in arrivals]), kind="stable")
         in_force = np.empty_like(all_times)
-        in_force[order] = w.in_force(all_times[order], track.clock.watermark(model_id, now_ms))
-        track.clock.observe(model_id, source, int(all_times.max()), now_ms)
+        in_force[order] = w.in_force(all_times[order], track.predictions.clock.watermark(model_id, now_ms))
+        track.predictions.clock.observe(model_id, source, int(all_times.max()), now_ms)
         bounds = np.cumsum([0, *(t.size for t in times)])
         return [
             self._ingest_version(track, a, t, in_force[lo:hi], now_ms)
@@ -555,11 +452,11 @@ class Monitor:
         if n == 0:
             return Ingested(ends)
         row_ends = w.starts(times) + w.size_ms
-        through = track.windows.closed_through(batch.model_id, batch.model_version)
+        through = track.predictions.windows.closed_through(batch.model_id, batch.model_version)
         if through is not None:
             in_force = np.maximum(in_force, through)
         late = row_ends <= in_force
-        recovered = track.recovered[batch.model_version]
+        recovered = track.predictions.recovered[batch.model_version]
         replayed = late & (row_ends <= recovered) if recovered is not None else np.zeros(n, dtype=bool)
         counted = late & ~replayed
         if counted.any():
@@ -592,7 +489,7 @@ class Monitor:
 
             for start, rows in w.split(part.event_times):
                 key = (batch.model_id, batch.model_version, start)
-                window = track.windows.get(key, new_window)
+                window = track.predictions.windows.get(key, new_window)
                 chunk = part if rows.size == part.n else take_rows(part, rows)
                 window.profile.update(chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None)
                 if window.multivariate is not None:
@@ -719,7 +616,7 @@ class Monitor:
         label_times = np.fromiter((lab.event_time for lab in joined.labels), dtype=np.int64, count=joined.n)
         if joined.n == 0:
             return [], 0, 0
-        watermark = track.label_clock.watermark(track.model_id, now_ms)
+        watermark = track.labels.clock.watermark(track.model_id, now_ms)
         label_values = [lab.value for lab in joined.labels]
         if track.restored_waiting:
             restored = [event_id for event_id, lab in zip(joined.event_ids.tolist(), joined.labels) if lab.restored]
@@ -729,16 +626,16 @@ class Monitor:
         holds: list[Any] = []
         late_total = replayed_total = 0
         for version, rows in _positions_by_version(joined.model_versions):
-            if version not in track.label_recovered:
+            if version not in track.labels.recovered:
                 # the shell recovers versions of predictions; labels of another version start fresh
-                track.label_recovered[version] = None
+                track.labels.recovered[version] = None
             t = label_times[rows]
             row_ends = w.starts(t) + w.size_ms
             late = w.late_mask(t, watermark)
-            through = track.label_windows.closed_through(track.model_id, version)
+            through = track.labels.windows.closed_through(track.model_id, version)
             if through is not None:
                 late |= row_ends <= through
-            recovered = track.label_recovered[version]
+            recovered = track.labels.recovered[version]
             replayed = late & (row_ends <= recovered) if recovered is not None else np.zeros(rows.size, dtype=bool)
             late_total += int((late & ~replayed).sum())
             replayed_total += int(replayed.sum())
@@ -746,7 +643,7 @@ class Monitor:
             for start, sub in w.split(label_times[keep]):
                 idx = keep[sub]
                 key = (track.model_id, version, start)
-                window = track.label_windows.get(key)
+                window = track.labels.windows.get(key)
                 y = [label_values[i] for i in idx.tolist()]
                 scores = joined.scores[idx]
                 predicted = joined.predicted_labels[idx]
@@ -763,7 +660,7 @@ class Monitor:
                     holds.extend((event_id, hold) for event_id in joined.event_ids[idx].tolist())
                 elif hold not in holds:
                     holds.append(hold)
-        track.label_clock.observe(track.model_id, LABELS, int(label_times.max()), now_ms)
+        track.labels.clock.observe(track.model_id, LABELS, int(label_times.max()), now_ms)
         return holds, late_total, replayed_total
 
     # -- closing ---------------------------------------------------------------------
@@ -774,11 +671,11 @@ class Monitor:
         for model_id in sorted(self._tracks):
             track = self._tracks[model_id]
             size = track.settings.windowing.size_ms
-            for key, window in track.windows.close(model_id, track.clock.watermark(model_id, now_ms), size):
+            for key, window in track.predictions.close(model_id, now_ms, size):
                 out.append(self._window_outcome(track, key, window))
-            for key, lw in track.label_windows.close(model_id, track.label_clock.watermark(model_id, now_ms), size):
+            for key, lw in track.labels.close(model_id, now_ms, size):
                 out.append(self._performance_outcome(track, key, lw))
-            wm = track.clock.watermark(model_id, now_ms)
+            wm = track.predictions.clock.watermark(model_id, now_ms)
             if wm is not None:
                 track.index.expire(wm)
         return out
@@ -866,65 +763,6 @@ class Monitor:
         )
 
 
-def reference_calibrator(reference: ReferenceProfile) -> ScoreCalibrator | None:
-    """The reference's score calibrator, parsed once per reference; None if it has none or a broken one.
-
-    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
-    >>> reference_calibrator(ref) is None
-    True
-    >>> from dataclasses import replace
-    >>> reference_calibrator(replace(ref, calibrator=ScoreCalibrator.identity(bins=10).to_dict())).n_bins
-    10
-    """
-    if reference.calibrator is None:
-        return None
-
-    def parse() -> ScoreCalibrator | None:
-        try:
-            return ScoreCalibrator.from_dict(reference.calibrator or {})
-        except (ValueError, KeyError, TypeError):
-            # an unreadable calibrator costs the estimate, never the window's drift
-            return None
-
-    return reference.cached("score_calibrator", parse)
-
-
-def reference_estimates(reference: ReferenceProfile) -> dict[str, float]:
-    """The reference's own label-free estimates (metric -> value); empty without a calibrator.
-
-    >>> reference_estimates(ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {}))
-    {}
-    """
-    calibrator = reference_calibrator(reference)
-    if calibrator is None:
-        return {}
-    return reference.cached(
-        "reference_estimates", lambda: {m: float(e.value) for m, e in calibrator.reference_estimates().items()}
-    )
-
-
-def multivariate_model(reference: ReferenceProfile) -> MultivariateModel | None:
-    """The reference's multivariate model, read once per reference object (None: it has none).
-
-    >>> import numpy as np
-    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
-    >>> multivariate_model(ref) is None
-    True
-    """
-    stored = reference.multivariate
-    if stored is None:
-        return None
-
-    def read() -> MultivariateModel | None:
-        try:
-            return MultivariateModel.from_dict(stored)
-        except (ValueError, KeyError, TypeError):
-            # a model this version cannot read (another format): the per-feature tests still run
-            return None
-
-    return reference.cached("multivariate_model", read)
-
-
 def _reference_key(reference: ReferenceProfile) -> str:
     # what tells one baseline from the next: with baseline='champion' a version's reference
     # changes when another version is promoted
@@ -944,46 +782,6 @@ def _trend_for(track: _Track, version: str, reference: ReferenceProfile) -> Tren
     trend = TrendDetector.from_reference(reference, streams)
     track.trends[version] = (key, trend)
     return trend
-
-
-# A score-stream state that also carries the slow-drift detector: this prefix, the length of the
-# JSON part (4 bytes, big-endian), the JSON, then the change detectors' bytes (none: empty).
-# Change-detector states are pickles (first byte 0x80), so a state without the prefix is read as before.
-_TREND_STATE_PREFIX = b"driftline-trend/1\n"
-
-
-def join_detector_state(bank_state: bytes | None, trend: tuple[str, TrendDetector]) -> bytes:
-    """The ``detector_state`` of a prediction window: the change detectors' bytes and the slow-drift detector.
-
-    >>> import numpy as np
-    >>> det = TrendDetector(["x"], ref_count=[100], ref_mean=[0.0], ref_std=[1.0])
-    >>> bank, (ref_key, back) = split_detector_state(join_detector_state(b"\\x80bank", ("m:1:100", det)))
-    >>> bank, ref_key, back.to_dict() == det.to_dict()
-    (b'\\x80bank', 'm:1:100', True)
-    >>> split_detector_state(b"\\x80bank")
-    (b'\\x80bank', None)
-    """
-    text = json.dumps({"reference": trend[0], "trend": trend[1].to_dict()}, separators=(",", ":")).encode()
-    return _TREND_STATE_PREFIX + len(text).to_bytes(4, "big") + text + (bank_state or b"")
-
-
-def split_detector_state(state: bytes) -> tuple[bytes | None, tuple[str, TrendDetector] | None]:
-    """The change detectors' bytes (None: none ran) and the slow-drift detector (None: not stored) of a
-    ``detector_state``; raises ValueError on a slow-drift part it cannot read."""
-    if not state.startswith(_TREND_STATE_PREFIX):
-        return state, None
-    head = len(_TREND_STATE_PREFIX)
-    try:
-        size = int.from_bytes(state[head : head + 4], "big")
-        body = state[head + 4 : head + 4 + size]
-        if len(body) != size:
-            raise ValueError(f"{len(body)} bytes where the state says {size}")
-        saved = json.loads(body)
-        trend = (str(saved["reference"]), TrendDetector.from_dict(saved["trend"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot restore the slow-drift detector: {exc}") from exc
-    rest = state[head + 4 + size :]
-    return (rest or None), trend
 
 
 def _in_event_order(values: np.ndarray, event_times: np.ndarray) -> np.ndarray:
@@ -1008,121 +806,3 @@ def _in_event_order(values: np.ndarray, event_times: np.ndarray) -> np.ndarray:
     if (times[1:] > times[:-1]).all():
         return values[order]
     return values[np.lexsort((values, event_times))]
-
-
-def _positions_by_version(versions: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    if versions.size == 0:
-        return []
-    names, codes = np.unique(versions.astype(str), return_inverse=True)
-    return [(str(v), np.flatnonzero(codes == i)) for i, v in enumerate(names)]
-
-
-def in_arrival_order(batch: PredictionBatch, order: np.ndarray) -> tuple[PredictionBatch, np.ndarray]:
-    """The batch's rows sorted by ``order`` (stable), and the sorted keys: e.g. rows gathered kind by kind
-    (batches, then single events) put back in the order of their messages.
-
-    >>> b = PredictionBatch("m", "1", ["late-batch", "single"], np.array([70, 10]))
-    >>> sorted_batch, keys = in_arrival_order(b, np.array([4, 1]))
-    >>> sorted_batch.event_ids, keys.tolist()
-    (['single', 'late-batch'], [1, 4])
-    """
-    keys = np.asarray(order, dtype=np.int64)
-    if keys.size < 2 or (keys[1:] >= keys[:-1]).all():
-        return batch, keys
-    rows = np.argsort(keys, kind="stable")
-    return take_rows(batch, rows), keys[rows]
-
-
-def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:
-    """The rows ``rows`` of a batch (an index array), as a new batch.
-
-    Rows of one window are usually one contiguous run (events arrive roughly in
-    time order), which is sliced rather than gathered.
-
-    >>> b = PredictionBatch("m", "1", ["a", "b", "c"], np.array([1, 2, 3]), categorical={"c": ["x", None, "y"]})
-    >>> take_rows(b, np.array([2, 0])).categorical["c"], take_rows(b, np.array([1, 2])).categorical["c"]
-    (['y', 'x'], [None, 'y'])
-    """
-    idx = np.asarray(rows, dtype=np.intp)
-    if idx.size and idx[-1] - idx[0] + 1 == idx.size and (idx.size == 1 or (np.diff(idx) == 1).all()):
-        return _slice_rows(batch, slice(int(idx[0]), int(idx[-1]) + 1))
-
-    def pick(values: Sequence[Any]) -> list[Any]:
-        picked: list[Any] = np.asarray(values, dtype=object)[idx].tolist()
-        return picked
-
-    return PredictionBatch(
-        model_id=batch.model_id,
-        model_version=batch.model_version,
-        event_ids=pick(batch.event_ids),
-        event_times=np.asarray(batch.event_times)[idx],
-        numeric={k: np.asarray(v)[idx] for k, v in batch.numeric.items()},
-        categorical={k: pick(v) for k, v in batch.categorical.items()},
-        predictions=batch.predictions[idx] if batch.predictions.size else batch.predictions,
-        predicted_labels=pick(batch.predicted_labels) if batch.predicted_labels else [],
-        latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[idx],
-        attributes={k: pick(v) for k, v in batch.attributes.items()},
-    )
-
-
-def _slice_rows(batch: PredictionBatch, rows: slice) -> PredictionBatch:
-    return PredictionBatch(
-        model_id=batch.model_id,
-        model_version=batch.model_version,
-        event_ids=list(batch.event_ids[rows]),
-        event_times=np.asarray(batch.event_times)[rows],
-        numeric={k: np.asarray(v)[rows] for k, v in batch.numeric.items()},
-        categorical={k: list(v[rows]) for k, v in batch.categorical.items()},
-        predictions=batch.predictions[rows] if batch.predictions.size else batch.predictions,
-        predicted_labels=list(batch.predicted_labels[rows]) if batch.predicted_labels else [],
-        latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[rows],
-        attributes={k: list(v[rows]) for k, v in batch.attributes.items()},
-    )
-
-
-def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
-    """Batches of one model version as one, in order; a column absent from a batch is missing there.
-
-    >>> a = PredictionBatch("m", "1", ["a"], np.array([1]), numeric={"x": np.array([1.0])}, predictions=np.array([0.5]))
-    >>> b = PredictionBatch("m", "1", ["b"], np.array([2]), categorical={"c": ["k"]}, predictions=np.array([0.7]))
-    >>> c = concat_batches([a, b])
-    >>> c.numeric["x"].tolist(), c.categorical["c"], c.predictions.tolist()
-    ([1.0, nan], [None, 'k'], [0.5, 0.7])
-    """
-    if len(batches) == 1:
-        return batches[0]
-    first = batches[0]
-    sizes = [b.n for b in batches]
-    numeric_names = sorted({k for b in batches for k in b.numeric})
-    categorical_names = sorted({k for b in batches for k in b.categorical})
-    attribute_names = sorted({k for b in batches for k in b.attributes})
-
-    def floats(cols: Sequence[np.ndarray | None]) -> np.ndarray:
-        # one column per batch, in order
-        parts = []
-        for col, n in zip(cols, sizes):
-            parts.append(
-                np.full(n, np.nan) if col is None or (n and col.size == 0) else np.asarray(col, dtype=np.float64)
-            )
-        return np.concatenate(parts)
-
-    def lists(cols: Sequence[Sequence[Any] | None], fill: Any) -> list[Any]:
-        out: list[Any] = []
-        for col, n in zip(cols, sizes):
-            out.extend(col if col else [fill] * n)
-        return out
-
-    any_latency = any(b.latency_ms is not None and b.latency_ms.size for b in batches)
-    any_labels = any(b.predicted_labels for b in batches)
-    return PredictionBatch(
-        model_id=first.model_id,
-        model_version=first.model_version,
-        event_ids=[i for b in batches for i in b.event_ids],
-        event_times=np.concatenate([np.asarray(b.event_times, dtype=np.int64) for b in batches]),
-        numeric={k: floats([b.numeric.get(k) for b in batches]) for k in numeric_names},
-        categorical={k: lists([b.categorical.get(k) for b in batches], None) for k in categorical_names},
-        predictions=floats([b.predictions for b in batches]),
-        predicted_labels=lists([b.predicted_labels for b in batches], None) if any_labels else [],
-        latency_ms=floats([b.latency_ms for b in batches]) if any_latency else None,
-        attributes={k: lists([b.attributes.get(k) for b in batches], "") for k in attribute_names},
-    )
