@@ -86,7 +86,7 @@ def stable_id(*parts: object) -> str:
 
 
 @dataclass(frozen=True)
-class WindowOutcome:
+class TriggerInput:
     """What was measured for one model version in one closed window.
 
     ``drift`` holds the drift engine's rows; ``performance`` the metrics over
@@ -97,7 +97,7 @@ class WindowOutcome:
     (``{'accuracy': .., 'accuracy_lower': ..}``, None: none) and
     ``reference_estimates`` the same metrics estimated on the reference.
 
-    >>> w = WindowOutcome("credit", "3", 0, 60_000, change_events=[("adwin", "error")])
+    >>> w = TriggerInput("credit", "3", 0, 60_000, change_events=[("adwin", "error")])
     >>> w.window_end - w.window_start
     60000
     """
@@ -225,12 +225,12 @@ _UNKNOWN = Signal("unknown")
 _CLEAN = Signal("clean")
 
 
-def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def drift_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when at least ``min_features`` features cross in this window.
 
     >>> from driftline.retrainer.policy import load_policy
     >>> rows = [FeatureDrift("a", "psi", 0.4, None, 0.2, True), FeatureDrift("b", "psi", 0.05, None, 0.2, False)]
-    >>> drift_signal(load_policy(None).for_model("m"), WindowOutcome("m", "1", 0, 60_000, drift=rows)).status
+    >>> drift_signal(load_policy(None).for_model("m"), TriggerInput("m", "1", 0, 60_000, drift=rows)).status
     'clean'
     """
     rule = policy.drift
@@ -267,7 +267,7 @@ def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     return Signal("hot", evidence, f"{what} on {len(features)} feature(s) ({', '.join(features)})")
 
 
-def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def change_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the chosen detectors fired at least ``min_events`` times on the chosen streams."""
     rule = policy.change_detectors
     counts = Counter((d, s) for d, s in window.change_events if rule.matches(d, s))
@@ -282,12 +282,12 @@ def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     return Signal("hot", evidence, f"change detected: {fired}")
 
 
-def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def performance_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the metric is worse than reference by more than ``max_drop``, or worse than ``limit``.
 
     >>> from driftline.retrainer.policy import load_policy
     >>> p = load_policy(None).for_model("m")
-    >>> w = WindowOutcome("m", "1", 0, 60_000, performance={"accuracy": 0.70}, n_labeled=800,
+    >>> w = TriggerInput("m", "1", 0, 60_000, performance={"accuracy": 0.70}, n_labeled=800,
     ...                   reference_performance={"accuracy": 0.80})
     >>> performance_signal(p, w).summary
     'accuracy 0.7 over 800 labels: worse than 0.75 (reference 0.8 - 0.05)'
@@ -321,7 +321,7 @@ def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
 ESTIMATED_METRIC = "accuracy"  # the estimate a policy compares: estimated_accuracy
 
 
-def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def estimate_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the window's estimated accuracy is more than ``estimated_accuracy_drop`` below the reference's.
 
     Both sides are estimated the same way (from calibrated scores, no label),
@@ -329,7 +329,7 @@ def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
 
     >>> from driftline.retrainer.policy import parse_policy
     >>> p = parse_policy({"defaults": {"performance": {"estimated_accuracy_drop": 0.05}}}).for_model("m")
-    >>> w = WindowOutcome("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
+    >>> w = TriggerInput("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
     ...                   reference_estimates={"accuracy": 0.80})
     >>> s = estimate_signal(p, w)
     >>> s.status, s.evidence[0].metric, s.summary
@@ -395,7 +395,7 @@ def _request_made(state: TriggerState, request: RetrainRequest) -> TriggerState:
     return replace(state, last_request_ms=request.requested_at, last_request_id=request.request_id, **covered)
 
 
-def _requested_alert(request: RetrainRequest, window: WindowOutcome | None) -> Alert:
+def _requested_alert(request: RetrainRequest, window: TriggerInput | None) -> Alert:
     return Alert(
         alert_id=stable_id("alert", request.request_id),
         model_id=request.model_id,
@@ -411,7 +411,7 @@ def _requested_alert(request: RetrainRequest, window: WindowOutcome | None) -> A
 
 
 def evaluate(
-    policy: ModelPolicy, state: TriggerState, window: WindowOutcome, now_ms: int
+    policy: ModelPolicy, state: TriggerState, window: TriggerInput, now_ms: int
 ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
     """Apply the policy to one closed window.
 
@@ -424,7 +424,7 @@ def evaluate(
     >>> rows = [FeatureDrift(f, "psi", 0.5, None, 0.2, True) for f in ("a", "b")]
     >>> state = TriggerState("m")
     >>> for i in range(3):
-    ...     w = WindowOutcome("m", "1", i * 60_000, (i + 1) * 60_000, drift=rows)
+    ...     w = TriggerInput("m", "1", i * 60_000, (i + 1) * 60_000, drift=rows)
     ...     state, requests, alerts = evaluate(policy, state, w, w.window_end)
     ...     print(i, [r.reason for r in requests], [a.kind for a in alerts])
     0 [] []
@@ -472,7 +472,7 @@ def evaluate(
 def _read_window(
     policy: ModelPolicy,
     state: TriggerState,
-    window: WindowOutcome,
+    window: TriggerInput,
 ) -> tuple[TriggerState, dict[Kind, Signal]]:
     """Every enabled signal's reading of the window, and the episodes advanced by it."""
     enabled = {
@@ -525,7 +525,7 @@ def _episode_alerts(
     before: TriggerState,
     after: TriggerState,
     signals: dict[Kind, Signal],
-    window: WindowOutcome,
+    window: TriggerInput,
     now_ms: int,
     wait_ms: int,
 ) -> list[Alert]:

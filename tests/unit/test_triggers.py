@@ -9,8 +9,8 @@ import pytest
 
 from driftline.retrainer.policy import ModelPolicy, load_policy, parse_policy
 from driftline.retrainer.triggers import (
+    TriggerInput,
     TriggerState,
-    WindowOutcome,
     evaluate,
     evaluate_schedule,
     manual_cooldown_remaining_ms,
@@ -41,15 +41,15 @@ def rows(drifted: Iterable[str] = (), *, psi: dict[str, float] | None = None) ->
     return out
 
 
-def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: int = 1, **kw: object) -> WindowOutcome:
+def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: int = 1, **kw: object) -> TriggerInput:
     start = T0 + i * minutes * MINUTE
     drift = kw.pop("drift", rows(drifted))
-    return WindowOutcome("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
+    return TriggerInput("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
 
 
 def run(
     policy: ModelPolicy,
-    windows: Sequence[WindowOutcome],
+    windows: Sequence[TriggerInput],
     state: TriggerState | None = None,
 ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
     state = state or TriggerState("m")
@@ -197,7 +197,7 @@ def test_cooldown_spans_reasons() -> None:
 # --------------------------------------------------------------------------- performance
 
 
-def perf_window(i: int, accuracy: float, n: int, reference: float | None = 0.80, **kw: object) -> WindowOutcome:
+def perf_window(i: int, accuracy: float, n: int, reference: float | None = 0.80, **kw: object) -> TriggerInput:
     ref = None if reference is None else {"accuracy": reference}
     return window(i, drift=[], performance={"accuracy": accuracy}, n_labeled=n, reference_performance=ref, **kw)
 
@@ -232,7 +232,7 @@ def test_performance_limit_without_a_reference() -> None:
 def test_lower_is_better_metric_drops_by_rising() -> None:
     policy = model_policy(performance={"metric": "mae", "max_drop": 5.0, "min_labels": 100})
 
-    def w(i: int, mae: float) -> WindowOutcome:
+    def w(i: int, mae: float) -> TriggerInput:
         return window(i, drift=[], performance={"mae": mae}, n_labeled=200, reference_performance={"mae": 20.0})
 
     assert run(policy, [w(0, 10.0), w(1, 24.9), w(2, 25.0)])[1] == []  # better, or within 5
@@ -348,7 +348,7 @@ def test_disabled_monitoring_and_wrong_models() -> None:
     with pytest.raises(ValueError, match="model ids differ"):
         evaluate(policy, TriggerState("other"), window(0), T0)
     with pytest.raises(ValueError, match="before it starts"):
-        evaluate(policy, TriggerState("m"), WindowOutcome("m", "1", T0, T0), T0)
+        evaluate(policy, TriggerState("m"), TriggerInput("m", "1", T0, T0), T0)
 
 
 # --------------------------------------------------------------------------- schedule and manual
