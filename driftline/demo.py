@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from driftline import simulation
+from driftline.report.versions import VersionInfo
 from driftline.service_sim import ServiceStats, SimulatedService, artifact_scorer, training_set
 
 if TYPE_CHECKING:
@@ -280,20 +281,6 @@ class RequestRow:
 
 
 @dataclass(frozen=True)
-class VersionRow:
-    """A model version as the ``model_versions`` mirror shows it.
-
-    >>> VersionRow("2", "champion", ("champion",), "r1").aliases
-    ('champion',)
-    """
-
-    version: str
-    status: str
-    aliases: tuple[str, ...]
-    request_id: str | None
-
-
-@dataclass(frozen=True)
 class AlertRow:
     """An alert the worker raised (``alerts``).
 
@@ -321,7 +308,7 @@ class LoopFacts:
     drift_windows: tuple[DriftWindow, ...] = ()
     label_windows: tuple[LabelWindow, ...] = ()
     requests: tuple[RequestRow, ...] = ()
-    versions: tuple[VersionRow, ...] = ()
+    versions: tuple[VersionInfo, ...] = ()
     alerts: tuple[AlertRow, ...] = ()
     predictions: Mapping[str, int] = field(default_factory=dict)  # raw predictions stored, per version
     labels: int = 0
@@ -392,7 +379,7 @@ def read_facts(warehouse: Warehouse, model_id: str) -> LoopFacts:
         )
     )
     versions = tuple(
-        VersionRow(r["version"], r["status"], tuple(r["aliases"]), r["request_id"])
+        VersionInfo.from_mirror(r)
         for r in warehouse.query_rows(
             "SELECT version, status, aliases, request_id FROM model_versions FINAL WHERE model_id = {m:String} "
             "ORDER BY toUInt64OrZero(version)",

@@ -34,12 +34,17 @@ from pydantic_core import PydanticCustomError
 from driftline.naming import InvalidName, validate_name
 from driftline.retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
 from driftline.streams.core import drift
+from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
 
 # The drift engine owns its metric names (those of drift_metrics rows, docs/CONTRACTS.md) and the
 # threshold keys it takes; ``drifted`` is the engine's verdict.
 DRIFT_METRICS = drift.METRICS
 THRESHOLD_KEYS = drift.THRESHOLD_KEYS
 DRIFTED = "drifted"
+# The alarm classes other than per-window distribution drift, each with a trigger of its own.
+QUALITY_METRICS = drift.QUALITY_METRICS
+MULTIVARIATE_METRICS = (RECONSTRUCTION_ERROR, CORRELATION_CHANGE)
 ALL_FEATURES = "*"
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b,
@@ -254,6 +259,72 @@ class PerformanceTrigger:
 
 
 @dataclass(frozen=True)
+class DataQualityTrigger:
+    """Retrain when ``min_features`` features raise a data-quality alarm for ``consecutive_windows`` windows.
+
+    A data-quality alarm is a row of one of ``metrics`` (missing values, unknown
+    categories, values outside the reference's range) whose ``drifted`` is set:
+    the drift engine's decision against the reference's own rate. Off by
+    default: such alarms usually mean a broken pipeline, which a model trained
+    on the broken data would learn.
+
+    >>> t = DataQualityTrigger(enabled=True, metrics=("missing_rate",))
+    >>> t.watches("income", "missing_rate"), t.watches("income", "out_of_range_rate")
+    (True, False)
+    """
+
+    enabled: bool = False
+    metrics: tuple[str, ...] = QUALITY_METRICS
+    min_features: int = 1
+    consecutive_windows: int = 2
+    features: tuple[str, ...] | None = None
+
+    def watches(self, feature: str, metric: str) -> bool:
+        return metric in self.metrics and (self.features is None or feature in self.features)
+
+
+@dataclass(frozen=True)
+class MultivariateTrigger:
+    """Retrain when a multivariate statistic (feature ``__multivariate__``) is flagged ``consecutive_windows`` in a row.
+
+    It sees a change in how the numeric features relate that leaves every
+    marginal unchanged (docs/STATISTICS.md); each window's test holds its
+    level, so two windows in a row keep false requests rare, as for drift.
+
+    >>> MultivariateTrigger().watches("__multivariate__", "correlation_change")
+    True
+    """
+
+    enabled: bool = True
+    metrics: tuple[str, ...] = MULTIVARIATE_METRICS
+    consecutive_windows: int = 2
+
+    def watches(self, feature: str, metric: str) -> bool:
+        return feature == MULTIVARIATE_FEATURE and metric in self.metrics
+
+
+@dataclass(frozen=True)
+class TrendTrigger:
+    """Retrain when the slow-drift evidence (``trend_evidence``) crosses its alarm level on ``min_features`` streams.
+
+    The evidence is an anytime-valid e-value accumulated across the version's
+    windows, so its alarm already holds its false-alarm rate over any number
+    of windows: one window is enough (``consecutive_windows`` 1).
+
+    >>> TrendTrigger(features=("__prediction__",)).watches("income", "trend_evidence")
+    False
+    """
+
+    enabled: bool = True
+    min_features: int = 1
+    consecutive_windows: int = 1
+    features: tuple[str, ...] | None = None
+
+    def watches(self, feature: str, metric: str) -> bool:
+        return metric == TREND_METRIC and (self.features is None or feature in self.features)
+
+
+@dataclass(frozen=True)
 class ChangeDetectorTrigger:
     """Retrain when change detectors fire at least ``min_events`` times in one window.
 
@@ -373,6 +444,9 @@ class ModelPolicy:
     schedule: ScheduleTrigger = ScheduleTrigger()
     manual: ManualTrigger = ManualTrigger()
     retraining: Retraining = Retraining()
+    data_quality: DataQualityTrigger = DataQualityTrigger()
+    multivariate: MultivariateTrigger = MultivariateTrigger()
+    trend: TrendTrigger = TrendTrigger()
 
     @property
     def thresholds(self) -> dict[str, dict[str, float]]:
@@ -616,6 +690,8 @@ _Op: TypeAlias = Annotated[Any, _choice(tuple(OPS), _OP_HINT)]
 _Since: TypeAlias = Annotated[Any, _choice(("lookback", "last_promotion"))]
 _Detectors: TypeAlias = Annotated[Any, _names(_detector_names)]
 _Names: TypeAlias = Annotated[Any, _names()]
+_QualityMetrics: TypeAlias = Annotated[Any, _names(lambda: QUALITY_METRICS)]
+_MultivariateMetrics: TypeAlias = Annotated[Any, _names(lambda: MULTIVARIATE_METRICS)]
 _OptionalNames: TypeAlias = Annotated[Any, _names(optional=True)]
 _Trainer: TypeAlias = Annotated[Any, PlainValidator(_trainer)]
 _Hyperparameters: TypeAlias = Annotated[Any, PlainValidator(_hyperparameters)]
@@ -675,6 +751,27 @@ class _Performance(_Section):
     estimated_accuracy_drop: _MaxDrop = None
 
 
+class _DataQuality(_Section):
+    enabled: _Bool = None
+    metrics: _QualityMetrics = None
+    min_features: _PositiveInt = None
+    consecutive_windows: _PositiveInt = None
+    features: _OptionalNames = None
+
+
+class _Multivariate(_Section):
+    enabled: _Bool = None
+    metrics: _MultivariateMetrics = None
+    consecutive_windows: _PositiveInt = None
+
+
+class _Trend(_Section):
+    enabled: _Bool = None
+    min_features: _PositiveInt = None
+    consecutive_windows: _PositiveInt = None
+    features: _OptionalNames = None
+
+
 class _ChangeDetectors(_Section):
     enabled: _Bool = None
     detectors: _Detectors = None
@@ -722,6 +819,9 @@ class _ModelSection(_Section):
     schedule: _Schedule = _Schedule()
     manual: _Manual = _Manual()
     retraining: _Retraining = _Retraining()
+    data_quality: _DataQuality = _DataQuality()
+    multivariate: _Multivariate = _Multivariate()
+    trend: _Trend = _Trend()
 
 
 def _version(value: Any) -> int:
@@ -914,6 +1014,9 @@ def _build(model_id: str, c: dict[str, Any]) -> ModelPolicy:
         change_detectors=ChangeDetectorTrigger(**_tuples(c["change_detectors"])),
         schedule=ScheduleTrigger(**c["schedule"]),
         manual=ManualTrigger(**c["manual"]),
+        data_quality=DataQualityTrigger(**_tuples(c["data_quality"])),
+        multivariate=MultivariateTrigger(**_tuples(c["multivariate"])),
+        trend=TrendTrigger(**_tuples(c["trend"])),
         retraining=Retraining(
             **{
                 **rt,

@@ -11,7 +11,16 @@ Three signals are followed, each as *episodes*:
 - ``performance``: a metric is worse than the reference or an absolute limit;
 - ``estimate``: the label-free estimate of accuracy (a prediction window's
   ``estimated_accuracy``) is more than ``performance.estimated_accuracy_drop``
-  below the reference's own estimate (reason ``performance``, before any label).
+  below the reference's own estimate (reason ``performance``, before any label);
+- ``data_quality``: enough features raise a data-quality alarm (missing values,
+  unknown categories, values outside the reference's range; reason ``drift``);
+- ``multivariate``: the numeric features together (``__multivariate__``) are
+  flagged, e.g. a correlation changed (reason ``drift``);
+- ``trend``: the slow-drift evidence (``trend_evidence``) crossed its alarm
+  level on enough streams (reason ``drift``).
+
+The ``drift`` signal counts the per-window distribution decision only: the
+rows of the other three alarm classes belong to their own signals.
 
 An episode begins when its condition has held long enough and ends after
 ``hysteresis_windows`` clean windows in a row. One episode makes at most one
@@ -29,6 +38,7 @@ decisions too, pass event time as ``now_ms`` (e.g. the window's end).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -36,38 +46,54 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
-from driftline.retrainer.policy import DRIFTED, ModelPolicy
+from driftline.retrainer.policy import DRIFTED, QUALITY_METRICS, ModelPolicy
 from driftline.retrainer.promotion import TOLERANCE, finite_number
+from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
 from driftline.streams.records import Alert, Evidence, FeatureDrift, RetrainReason, RetrainRequest
 
-Kind = Literal["drift", "change", "performance", "estimate"]
+Kind = Literal["drift", "change", "performance", "estimate", "data_quality", "multivariate", "trend"]
 Status = Literal["hot", "clean", "unknown"]
 
-# The first kind in this order that asks for a retrain names the request's reason.
-KINDS: tuple[Kind, ...] = ("performance", "estimate", "drift", "change")
+# The first kind in this order that asks for a retrain names the request's reason (and its id:
+# new kinds go last, so that the requests of the older ones keep their ids).
+KINDS: tuple[Kind, ...] = ("performance", "estimate", "drift", "change", "multivariate", "trend", "data_quality")
+# The request's reason is one of a fixed set (docs/CONTRACTS.md); its evidence names the metric.
 REASONS: dict[Kind, RetrainReason] = {
     "performance": "performance",
     "estimate": "performance",
     "drift": "drift",
     "change": "drift",
+    "multivariate": "drift",
+    "trend": "drift",
+    "data_quality": "drift",
 }
 _SEVERITY: dict[Kind, Literal["info", "warning", "critical"]] = {
     "performance": "critical",
     "estimate": "warning",
     "drift": "warning",
     "change": "warning",
+    "multivariate": "warning",
+    "trend": "warning",
+    "data_quality": "warning",
 }
 _STARTED: dict[Kind, str] = {
     "performance": "performance_drop",
     "estimate": "estimated_performance_drop",
     "drift": "drift",
     "change": "change",
+    "multivariate": "multivariate_drift",
+    "trend": "trend",
+    "data_quality": "data_quality",
 }
 _ENDED: dict[Kind, str] = {
     "performance": "performance_recovered",
     "estimate": "estimated_performance_recovered",
     "drift": "drift_resolved",
     "change": "change_resolved",
+    "multivariate": "multivariate_drift_resolved",
+    "trend": "trend_resolved",
+    "data_quality": "data_quality_resolved",
 }
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://driftline.dev/ns/v1")
@@ -86,7 +112,7 @@ def stable_id(*parts: object) -> str:
 
 
 @dataclass(frozen=True)
-class WindowOutcome:
+class TriggerInput:
     """What was measured for one model version in one closed window.
 
     ``drift`` holds the drift engine's rows; ``performance`` the metrics over
@@ -97,7 +123,7 @@ class WindowOutcome:
     (``{'accuracy': .., 'accuracy_lower': ..}``, None: none) and
     ``reference_estimates`` the same metrics estimated on the reference.
 
-    >>> w = WindowOutcome("credit", "3", 0, 60_000, change_events=[("adwin", "error")])
+    >>> w = TriggerInput("credit", "3", 0, 60_000, change_events=[("adwin", "error")])
     >>> w.window_end - w.window_start
     60000
     """
@@ -143,6 +169,9 @@ class _Episodes(TypedDict, total=False):
     change: Episode
     performance: Episode
     estimate: Episode
+    data_quality: Episode
+    multivariate: Episode
+    trend: Episode
 
 
 @dataclass(frozen=True)
@@ -164,6 +193,10 @@ class TriggerState:
     estimate: Episode = Episode()  # last: states saved before it existed load with a fresh episode
     last_request_id: str | None = None
     schedule_anchor_ms: int | None = None
+    # last: states saved before they existed load with fresh episodes
+    data_quality: Episode = Episode()
+    multivariate: Episode = Episode()
+    trend: Episode = Episode()
 
     def episode(self, kind: Kind) -> Episode:
         episodes: _Episodes = {
@@ -171,6 +204,9 @@ class TriggerState:
             "change": self.change,
             "performance": self.performance,
             "estimate": self.estimate,
+            "data_quality": self.data_quality,
+            "multivariate": self.multivariate,
+            "trend": self.trend,
         }
         return episodes[kind]
 
@@ -225,19 +261,21 @@ _UNKNOWN = Signal("unknown")
 _CLEAN = Signal("clean")
 
 
-def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def drift_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when at least ``min_features`` features cross in this window.
 
     >>> from driftline.retrainer.policy import load_policy
     >>> rows = [FeatureDrift("a", "psi", 0.4, None, 0.2, True), FeatureDrift("b", "psi", 0.05, None, 0.2, False)]
-    >>> drift_signal(load_policy(None).for_model("m"), WindowOutcome("m", "1", 0, 60_000, drift=rows)).status
+    >>> drift_signal(load_policy(None).for_model("m"), TriggerInput("m", "1", 0, 60_000, drift=rows)).status
     'clean'
     """
     rule = policy.drift
     rows = [
         r
         for r in window.drift
-        if (rule.features is None or r.feature in rule.features) and (rule.metric == DRIFTED or r.metric == rule.metric)
+        if (rule.features is None or r.feature in rule.features)
+        and (rule.metric == DRIFTED or r.metric == rule.metric)
+        and not _own_alarm_class(r)
     ]
     if not rows:
         return _UNKNOWN
@@ -267,7 +305,83 @@ def drift_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     return Signal("hot", evidence, f"{what} on {len(features)} feature(s) ({', '.join(features)})")
 
 
-def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def _own_alarm_class(row: FeatureDrift) -> bool:
+    """A row of data quality, the multivariate statistics or the slow-drift evidence: not the drift signal's.
+
+    By metric name, not ``kind``: rows read back from the warehouse to rebuild a state carry no kind.
+    """
+    return row.metric in QUALITY_METRICS or row.feature == MULTIVARIATE_FEATURE or row.metric == TREND_METRIC
+
+
+def _alarm_signal(
+    window: TriggerInput, watched: list[FeatureDrift], min_features: int, what: str, unit: str = "feature(s)"
+) -> Signal:
+    """Hot when the engine flagged ``watched`` rows of at least ``min_features`` features; those rows are the evidence.
+
+    Rows without a finite value (nothing measured) say nothing.
+    """
+    rows = [r for r in watched if math.isfinite(r.value)]
+    if not rows:
+        return _UNKNOWN
+    hits = [r for r in rows if r.drifted]
+    features = sorted({r.feature for r in hits})
+    if len(features) < min_features:
+        return _CLEAN
+    evidence = tuple(
+        Evidence(r.metric, r.feature, float(r.value), float(r.threshold), window.window_start, window.window_end)
+        for r in hits
+    )
+    values = ", ".join(f"{r.metric}({r.feature}) {r.value:.4g} > {r.threshold:.4g}" for r in hits)
+    return Signal("hot", evidence, f"{what} on {len(features)} {unit}: {values}")
+
+
+def data_quality_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
+    """Hot when at least ``data_quality.min_features`` features raise a data-quality alarm.
+
+    >>> from driftline.retrainer.policy import parse_policy
+    >>> p = parse_policy({"defaults": {"data_quality": {"enabled": True}}}).for_model("m")
+    >>> rows = [FeatureDrift("income", "missing_rate", 0.08, None, 0.031, True, "data_quality"),
+    ...         FeatureDrift("income", "psi", 0.01, None, 0.2, False)]
+    >>> s = data_quality_signal(p, TriggerInput("m", "1", 0, 60_000, drift=rows))
+    >>> s.status, [(e.metric, e.feature, e.value) for e in s.evidence]
+    ('hot', [('missing_rate', 'income', 0.08)])
+    >>> s.summary
+    'data-quality alarm on 1 feature(s): missing_rate(income) 0.08 > 0.031'
+    """
+    rule = policy.data_quality
+    watched = [r for r in window.drift if rule.watches(r.feature, r.metric)]
+    return _alarm_signal(window, watched, rule.min_features, "data-quality alarm")
+
+
+def multivariate_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
+    """Hot when a statistic of all numeric features together (``__multivariate__``) is flagged.
+
+    >>> from driftline.retrainer.policy import load_policy
+    >>> rows = [FeatureDrift("__multivariate__", "correlation_change", 0.62, 1e-9, 0.21, True)]
+    >>> multivariate_signal(load_policy(None).for_model("m"), TriggerInput("m", "1", 0, 60_000, drift=rows)).summary
+    'multivariate drift on 1 statistic(s): correlation_change(__multivariate__) 0.62 > 0.21'
+    """
+    rule = policy.multivariate
+    watched = [r for r in window.drift if rule.watches(r.feature, r.metric)]
+    return _alarm_signal(window, watched, 1, "multivariate drift", "statistic(s)")
+
+
+def trend_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
+    """Hot when the slow-drift evidence crossed its alarm level on at least ``trend.min_features`` streams.
+
+    >>> from driftline.retrainer.policy import load_policy
+    >>> rows = [FeatureDrift("__prediction__", "trend_evidence", 2.5e3, 0.008, 600.0, True),
+    ...         FeatureDrift("income", "trend_evidence", 3.0, 1.0, 600.0, False)]
+    >>> s = trend_signal(load_policy(None).for_model("m"), TriggerInput("m", "1", 0, 60_000, drift=rows))
+    >>> s.status, s.evidence[0].feature, s.evidence[0].value
+    ('hot', '__prediction__', 2500.0)
+    """
+    rule = policy.trend
+    watched = [r for r in window.drift if rule.watches(r.feature, r.metric)]
+    return _alarm_signal(window, watched, rule.min_features, "slow drift (trend evidence)", "stream(s)")
+
+
+def change_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the chosen detectors fired at least ``min_events`` times on the chosen streams."""
     rule = policy.change_detectors
     counts = Counter((d, s) for d, s in window.change_events if rule.matches(d, s))
@@ -282,12 +396,12 @@ def change_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
     return Signal("hot", evidence, f"change detected: {fired}")
 
 
-def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def performance_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the metric is worse than reference by more than ``max_drop``, or worse than ``limit``.
 
     >>> from driftline.retrainer.policy import load_policy
     >>> p = load_policy(None).for_model("m")
-    >>> w = WindowOutcome("m", "1", 0, 60_000, performance={"accuracy": 0.70}, n_labeled=800,
+    >>> w = TriggerInput("m", "1", 0, 60_000, performance={"accuracy": 0.70}, n_labeled=800,
     ...                   reference_performance={"accuracy": 0.80})
     >>> performance_signal(p, w).summary
     'accuracy 0.7 over 800 labels: worse than 0.75 (reference 0.8 - 0.05)'
@@ -321,7 +435,7 @@ def performance_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
 ESTIMATED_METRIC = "accuracy"  # the estimate a policy compares: estimated_accuracy
 
 
-def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
+def estimate_signal(policy: ModelPolicy, window: TriggerInput) -> Signal:
     """Hot when the window's estimated accuracy is more than ``estimated_accuracy_drop`` below the reference's.
 
     Both sides are estimated the same way (from calibrated scores, no label),
@@ -329,7 +443,7 @@ def estimate_signal(policy: ModelPolicy, window: WindowOutcome) -> Signal:
 
     >>> from driftline.retrainer.policy import parse_policy
     >>> p = parse_policy({"defaults": {"performance": {"estimated_accuracy_drop": 0.05}}}).for_model("m")
-    >>> w = WindowOutcome("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
+    >>> w = TriggerInput("m", "1", 0, 60_000, estimated_performance={"accuracy": 0.70},
     ...                   reference_estimates={"accuracy": 0.80})
     >>> s = estimate_signal(p, w)
     >>> s.status, s.evidence[0].metric, s.summary
@@ -395,7 +509,7 @@ def _request_made(state: TriggerState, request: RetrainRequest) -> TriggerState:
     return replace(state, last_request_ms=request.requested_at, last_request_id=request.request_id, **covered)
 
 
-def _requested_alert(request: RetrainRequest, window: WindowOutcome | None) -> Alert:
+def _requested_alert(request: RetrainRequest, window: TriggerInput | None) -> Alert:
     return Alert(
         alert_id=stable_id("alert", request.request_id),
         model_id=request.model_id,
@@ -411,7 +525,7 @@ def _requested_alert(request: RetrainRequest, window: WindowOutcome | None) -> A
 
 
 def evaluate(
-    policy: ModelPolicy, state: TriggerState, window: WindowOutcome, now_ms: int
+    policy: ModelPolicy, state: TriggerState, window: TriggerInput, now_ms: int
 ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
     """Apply the policy to one closed window.
 
@@ -424,7 +538,7 @@ def evaluate(
     >>> rows = [FeatureDrift(f, "psi", 0.5, None, 0.2, True) for f in ("a", "b")]
     >>> state = TriggerState("m")
     >>> for i in range(3):
-    ...     w = WindowOutcome("m", "1", i * 60_000, (i + 1) * 60_000, drift=rows)
+    ...     w = TriggerInput("m", "1", i * 60_000, (i + 1) * 60_000, drift=rows)
     ...     state, requests, alerts = evaluate(policy, state, w, w.window_end)
     ...     print(i, [r.reason for r in requests], [a.kind for a in alerts])
     0 [] []
@@ -472,7 +586,7 @@ def evaluate(
 def _read_window(
     policy: ModelPolicy,
     state: TriggerState,
-    window: WindowOutcome,
+    window: TriggerInput,
 ) -> tuple[TriggerState, dict[Kind, Signal]]:
     """Every enabled signal's reading of the window, and the episodes advanced by it."""
     enabled = {
@@ -480,12 +594,18 @@ def _read_window(
         "change": policy.change_detectors.enabled,
         "performance": policy.performance.enabled,
         "estimate": policy.performance.estimated_accuracy_drop is not None,
+        "data_quality": policy.data_quality.enabled,
+        "multivariate": policy.multivariate.enabled,
+        "trend": policy.trend.enabled,
     }
     readers = {
         "drift": drift_signal,
         "change": change_signal,
         "performance": performance_signal,
         "estimate": estimate_signal,
+        "data_quality": data_quality_signal,
+        "multivariate": multivariate_signal,
+        "trend": trend_signal,
     }
     signals: dict[Kind, Signal] = {}
     for kind in KINDS:
@@ -517,6 +637,9 @@ def _needed(policy: ModelPolicy, kind: Kind) -> int:
         "change": 1,
         "performance": policy.performance.consecutive_windows,
         "estimate": policy.performance.consecutive_windows,
+        "data_quality": policy.data_quality.consecutive_windows,
+        "multivariate": policy.multivariate.consecutive_windows,
+        "trend": policy.trend.consecutive_windows,
     }[kind]
 
 
@@ -525,7 +648,7 @@ def _episode_alerts(
     before: TriggerState,
     after: TriggerState,
     signals: dict[Kind, Signal],
-    window: WindowOutcome,
+    window: TriggerInput,
     now_ms: int,
     wait_ms: int,
 ) -> list[Alert]:

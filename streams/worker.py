@@ -39,13 +39,11 @@ import numpy as np
 
 from driftline.retrainer.policy import Policy, load_policy
 from driftline.retrainer.triggers import (
+    TriggerInput,
     TriggerState,
     evaluate,
     evaluate_schedule,
     record_request,
-)
-from driftline.retrainer.triggers import (
-    WindowOutcome as TriggerWindow,
 )
 from driftline.settings import Settings
 from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
@@ -1011,7 +1009,7 @@ class WorkerService:
         for stream, windows in folds:
             state = self._triggers.get((stream, model_id)) or TriggerState(model_id)
             for w in windows:
-                window = TriggerWindow(
+                window = TriggerInput(
                     model_id,
                     version,
                     w.window_start,
@@ -1056,7 +1054,7 @@ class WorkerService:
         drift: list[ClosedWindow] = []
         for outcome in self.monitor.close_due(now):
             if isinstance(outcome, WindowOutcome):
-                trigger_window = TriggerWindow(
+                trigger_window = TriggerInput(
                     outcome.model_id,
                     outcome.model_version,
                     outcome.window_start,
@@ -1075,7 +1073,7 @@ class WorkerService:
     def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
         holdout = getattr(self.references, "holdout_metrics", None)
-        trigger_window = TriggerWindow(
+        trigger_window = TriggerInput(
             outcome.model_id,
             outcome.model_version,
             outcome.window_start,
@@ -1105,7 +1103,7 @@ class WorkerService:
             },
         )
 
-    def _decide(self, stream: str, window: TriggerWindow) -> tuple[list, list]:
+    def _decide(self, stream: str, window: TriggerInput) -> tuple[list, list]:
         # Prediction and label windows close at different times, so each has its own
         # trigger state (the evaluator ignores a window older than the last one it saw);
         # a request from either starts the cooldown of both.

@@ -10,7 +10,14 @@ Three hours of five-minute windows for one credit model:
   promoted; it takes the traffic from window 17 and accuracy recovers;
 - latency has a spike, the DLQ a burst of bad JSON, labels lag two windows;
 - a replayed window and a second registry sync write some rows twice, so a
-  query without FINAL where it matters counts them twice.
+  query without FINAL where it matters counts them twice;
+- the other alarm classes: ``income`` loses values while it drifts (a
+  data-quality alarm on ``missing_rate`` in windows 13 and 14 of v1), the
+  numeric features together (``__multivariate__``) are flagged in windows 13 to
+  15 of v1, and the slow-drift evidence (``trend_evidence``) of the drifting
+  streams crosses its alarm level from window 13 until v1 stops serving; every
+  prediction window has label-free estimates (``estimated_accuracy``,
+  ``estimated_roc_auc`` with their 95% band), the last ones before any label.
 
 Values are deterministic for a given seed; times end at ``end_ms`` (default:
 now, rounded down to the window) so that "this week" queries find them.
@@ -63,6 +70,14 @@ FEATURE_SHAPE = {"income": (52_000.0, 14_000.0, 39_000.0), "age": (41.0, 12.0, 4
 WASSERSTEIN_THRESHOLD = {"income": 4_000.0, "age": 3.0, "debt_ratio": 0.05, PREDICTION_FEATURE: 0.05}
 THRESHOLDS = {"psi": 0.2, "ks": 0.1, "missing_rate": 0.05, "chi2": 16.9, "new_category_rate": 0.01, "adwin": 1.0}
 EVENTS_PER_WINDOW = 40  # raw predictions kept per version and window (the metrics assume ~300)
+QUALITY_AT = (DRIFT_AT + 1, DRIFT_AT + 2)  # v1 windows where income's missing_rate raises a data-quality alarm
+MISSING_ALARM = 0.09  # income's missing_rate in those windows (its threshold: 0.05)
+MULTIVARIATE_AT = (DRIFT_AT + 1, DRIFT_AT + 2, DRIFT_AT + 3)  # v1 windows flagged by __multivariate__
+MULTIVARIATE = "__multivariate__"
+TREND_STREAMS = (*NUMERIC, PREDICTION_FEATURE)
+TREND_LEVEL = len(TREND_STREAMS) / 0.05  # k / alpha
+ESTIMATED = ("accuracy", "roc_auc")
+ESTIMATE_HALF_BAND = 0.03
 
 
 @dataclass
@@ -131,12 +146,22 @@ def seed_run(
 
     # ---- drift: one DriftReport per version and window ----------------------------------------------
     reports: list[DriftReport] = []
-    drifted_pairs: dict[str, set[tuple[str, int]]] = {f: set() for f in (*NUMERIC, *CATEGORICAL, PREDICTION_FEATURE)}
+    drifted_pairs: dict[str, set[tuple[str, int]]] = {
+        f: set() for f in (*NUMERIC, *CATEGORICAL, PREDICTION_FEATURE, MULTIVARIATE)
+    }
+    # the new alarm classes draw from their own generator: the older rows keep their values
+    extra = np.random.default_rng(seed + 1)
     for version, active in serving.items():
         for w in np.flatnonzero(active):
+            v1 = version == "1"
             metrics = _window_metrics(
-                rng, float(moved[version][w]), detector_fired=(version == "1" and w == DRIFT_AT + 1)
+                rng,
+                float(moved[version][w]),
+                detector_fired=(v1 and w == DRIFT_AT + 1),
+                income_missing=MISSING_ALARM if v1 and w in QUALITY_AT else None,
             )
+            metrics += _multivariate_metrics(extra, flagged=v1 and w in MULTIVARIATE_AT)
+            metrics += _trend_metrics(extra, windows_drifting=int(w) - DRIFT_AT + 1 if v1 else 0)
             drifted = sorted({m.feature for m in metrics if m.drifted})
             for feature in drifted:
                 drifted_pairs[feature].add((version, int(w)))
@@ -298,12 +323,17 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _window_metrics(rng: np.random.Generator, moved: float, *, detector_fired: bool) -> list[FeatureDrift]:
+def _window_metrics(
+    rng: np.random.Generator, moved: float, *, detector_fired: bool, income_missing: float | None = None
+) -> list[FeatureDrift]:
     """The metrics of one window; inputs in DRIFTING (and the prediction) move with ``moved``."""
     out: list[FeatureDrift] = []
 
     def add(feature: str, metric: str, value: float, threshold: float, p_value: float | None = None) -> None:
-        out.append(FeatureDrift(feature, metric, float(value), p_value, threshold, bool(value > threshold)))
+        kind = "data_quality" if metric in ("missing_rate", "new_category_rate") else "drift"
+        if feature == "income" and metric == "missing_rate" and income_missing is not None:
+            value = income_missing
+        out.append(FeatureDrift(feature, metric, float(value), p_value, threshold, bool(value > threshold), kind))
 
     for feature in (*NUMERIC, PREDICTION_FEATURE):
         m = moved if feature in DRIFTING or feature == PREDICTION_FEATURE else 0.0
@@ -324,6 +354,49 @@ def _window_metrics(rng: np.random.Generator, moved: float, *, detector_fired: b
         add(feature, "chi2", chi2, THRESHOLDS["chi2"], float(stats.chi2.sf(chi2, 3 if feature == "region" else 2)))
         add(feature, "new_category_rate", 0.0, THRESHOLDS["new_category_rate"])
         add(feature, "missing_rate", abs(rng.normal(0.004, 0.002)), THRESHOLDS["missing_rate"])
+    return out
+
+
+def _multivariate_metrics(rng: np.random.Generator, *, flagged: bool) -> list[FeatureDrift]:
+    """The two statistics of all numeric features together; ``flagged``: a correlation changed."""
+    error = (1.35 if flagged else 1.0) + abs(rng.normal(0, 0.02))
+    change = (0.55 if flagged else 0.06) + abs(rng.normal(0, 0.02))
+    return [
+        FeatureDrift(MULTIVARIATE, "reconstruction_error", error, 1e-6 if flagged else 0.4, 1.15, error > 1.15),
+        FeatureDrift(MULTIVARIATE, "correlation_change", change, 1e-9 if flagged else 0.5, 0.21, change > 0.21),
+    ]
+
+
+def _trend_metrics(rng: np.random.Generator, *, windows_drifting: int) -> list[FeatureDrift]:
+    """Slow-drift e-values: about 1 without a trend; for the drifting streams a decade more per drifted window."""
+    out = []
+    for stream in TREND_STREAMS:
+        moving = windows_drifting > 0 and (stream in DRIFTING or stream == PREDICTION_FEATURE)
+        value = 10 ** (1.4 * windows_drifting) if moving else float(np.exp(rng.normal(-0.5, 0.4)))
+        p_value = min(1.0, len(TREND_STREAMS) / value)
+        out.append(FeatureDrift(stream, "trend_evidence", value, p_value, TREND_LEVEL, value > TREND_LEVEL))
+    return out
+
+
+def _estimates(
+    model_id: str, version: str, w: int, shift: float, n: int, start: int, end: int, computed: int
+) -> list[PerformanceRow]:
+    """The label-free estimates of a prediction window, written when it closes (n_labeled 0), near the truth."""
+    rng = np.random.default_rng(1_000 * w + int(version))  # its own stream: the labelled rows keep their values
+    drop = shift if version == "1" else 0.0
+    expected = {
+        "accuracy": (0.862 if version == "1" else 0.845) - 0.16 * drop,
+        "roc_auc": (0.881 if version == "1" else 0.871) - 0.15 * drop,
+    }
+    out = []
+    for metric in ESTIMATED:
+        value = expected[metric] + float(rng.normal(0, 0.005))
+        for name, v in (
+            (f"estimated_{metric}", value),
+            (f"estimated_{metric}_lower", value - ESTIMATE_HALF_BAND),
+            (f"estimated_{metric}_upper", value + ESTIMATE_HALF_BAND),
+        ):
+            out.append(PerformanceRow(model_id, version, name, start, end, v, 0, computed, n_predictions=n))
     return out
 
 
@@ -395,6 +468,7 @@ def _performance(rng, model_id, serving, shift, starts, ends) -> list[Performanc
             for metric, factor in (("latency_p50", 1.0), ("latency_p95", 2.5), ("latency_p99", 4.4 * spike)):
                 value = base * factor * rng.uniform(0.93, 1.07)
                 out.append(PerformanceRow(model_id, version, metric, s, e, float(value), n, computed, n_predictions=n))
+            out += _estimates(model_id, version, w, float(shift[w]), n, s, e, int(ends[w]) + 1_500)
             if w >= N_WINDOWS - LABEL_LAG:
                 continue  # labels have not arrived yet
             drop = float(shift[w]) if version == "1" else 0.0

@@ -25,7 +25,7 @@ from driftline.demo import (
     LoopFacts,
     ProgressView,
     RequestRow,
-    VersionRow,
+    VersionInfo,
     judge,
     summary_table,
 )
@@ -82,7 +82,7 @@ def _closed_loop() -> tuple[LoopFacts, Champion, ServiceStats, Context]:
         drift_windows=tuple(v1_before + v1_after + v2),
         label_windows=tuple(labels),
         requests=(request,),
-        versions=(VersionRow("1", "archived", (), None), VersionRow("2", "champion", ("champion",), "req-1")),
+        versions=(VersionInfo("1", "archived", (), None), VersionInfo("2", "champion", ("champion",), "req-1")),
         alerts=(AlertRow("a1", "1", "warning", "drift", "drift on 3 features", D + 2 * W),),
         predictions={"1": 20_000, "2": 5_000},
         labels=24_000,

@@ -17,7 +17,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from seed_warehouse import DRIFT_AT, N_WINDOWS, RETRAIN_AT, V2_SERVES_FROM, Seeded, seeded_once
+from seed_warehouse import (
+    DRIFT_AT,
+    DRIFTING,
+    ESTIMATE_HALF_BAND,
+    LABEL_LAG,
+    MISSING_ALARM,
+    MULTIVARIATE_AT,
+    N_WINDOWS,
+    NUMERIC,
+    QUALITY_AT,
+    RETRAIN_AT,
+    TREND_LEVEL,
+    V2_SERVES_FROM,
+    Seeded,
+    seeded_once,
+)
 
 from driftline.streams.cookbook import CookbookError, Query, load_queries
 from driftline.streams.warehouse import Warehouse
@@ -141,7 +156,7 @@ def check_drift_by_window(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
 
 
 def check_prediction_drift(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
-    assert {r["metric"] for r in rows} == {"psi", "ks", "wasserstein", "adwin"}
+    assert {r["metric"] for r in rows} == {"psi", "ks", "wasserstein", "adwin", "trend_evidence"}
     for r in rows:
         assert bool(r["drifted"]) == (r["value"] > r["threshold"])
     drifted_windows = {(r["model_version"], r["window_start"]) for r in rows if r["drifted"]}
@@ -260,6 +275,68 @@ def check_models(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
     assert r["versions"] == ["1", "2"]
     assert r["windows"] == (V2_SERVES_FROM + 1) + (N_WINDOWS - V2_SERVES_FROM)
     assert r["drifted_windows"] == seeded.run.drifted_window_count
+
+
+def _window(seeded: Seeded, r: dict[str, Any]) -> int:
+    return (int(r["window_start"].timestamp() * 1000) - seeded.run.start_ms) // seeded.run.window_ms
+
+
+def check_data_quality_alarms(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
+    # income's missing values in two v1 windows; the replayed windows count once
+    assert [(r["model_version"], r["feature"], r["metric"], _window(seeded, r)) for r in rows] == [
+        ("1", "income", "missing_rate", w) for w in sorted(QUALITY_AT, reverse=True)
+    ]
+    assert all(r["value"] == MISSING_ALARM and r["threshold"] == 0.05 and r["n_current"] == 300 for r in rows)
+
+
+def check_multivariate_drift(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
+    assert {r["metric"] for r in rows} == {"reconstruction_error", "correlation_change"}
+    assert len(rows) == 2 * ((V2_SERVES_FROM + 1) + (N_WINDOWS - V2_SERVES_FROM))  # both versions, no duplicates
+    flagged = {(r["model_version"], _window(seeded, r)) for r in rows if r["drifted"]}
+    assert flagged == {("1", w) for w in MULTIVARIATE_AT}
+    assert all(bool(r["drifted"]) == (r["value"] > r["threshold"]) for r in rows)
+
+
+def check_trend_evidence(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
+    assert {r["feature"] for r in rows} == {*NUMERIC, "__prediction__"}
+    assert {r["threshold"] for r in rows} == {TREND_LEVEL}
+    for r in rows:
+        assert r["log10_evidence"] == pytest.approx(np.log10(r["value"]))
+    crossed = {(r["model_version"], r["feature"]) for r in rows if r["drifted"]}
+    assert crossed == {("1", f) for f in (*DRIFTING, "__prediction__")}  # v2 starts afresh; age never trends
+    income = [r["value"] for r in rows if r["feature"] == "income" and r["model_version"] == "1"]
+    assert len(income) == V2_SERVES_FROM + 1 and income[-1] > 1e6
+    assert np.all(np.diff(income[DRIFT_AT:]) > 0)  # the evidence grows while the trend lasts
+
+
+def check_estimated_vs_realized(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
+    assert {r["metric"] for r in rows} == {"accuracy", "roc_auc"}
+    windows = (V2_SERVES_FROM + 1) + (N_WINDOWS - V2_SERVES_FROM)
+    assert len(rows) == 2 * windows  # every prediction window has an estimate, labelled or not
+    for r in rows:
+        assert r["estimated_lower"] == pytest.approx(r["estimated"] - ESTIMATE_HALF_BAND)
+        assert r["estimated_upper"] == pytest.approx(r["estimated"] + ESTIMATE_HALF_BAND)
+        assert r["n_predictions"] in (150, 300)
+    waiting = [r for r in rows if r["realized"] is None]
+    assert {_window(seeded, r) for r in waiting} == set(range(N_WINDOWS - LABEL_LAG, N_WINDOWS))
+    assert all(r["error"] is None and r["covered"] is None and r["n_labeled"] == 0 for r in waiting)
+    labelled = [r for r in rows if r["realized"] is not None]
+    raw = {
+        (x["model_version"], x["metric"], x["ws"]): x["value"]
+        for x in wh.query_rows(
+            "SELECT model_version, metric, toUnixTimestamp64Milli(window_start) AS ws, value FROM performance_metrics "
+            "FINAL WHERE model_id = {m:String} AND segment = '' AND metric IN ('accuracy', 'roc_auc')",
+            {"m": seeded.run.model_id},
+        )
+    }
+    for r in labelled:
+        ws = int(r["window_start"].timestamp() * 1000)
+        assert r["realized"] == raw[(r["model_version"], r["metric"], ws)]
+        assert r["error"] == pytest.approx(r["realized"] - r["estimated"])
+        assert bool(r["covered"]) == (r["estimated_lower"] <= r["realized"] <= r["estimated_upper"])
+    # the seeded estimate follows the truth: the band covers most windows, the errors are small
+    assert np.mean([bool(r["covered"]) for r in labelled]) >= 0.8
+    assert np.mean([abs(r["error"]) for r in labelled]) <= 0.02
 
 
 CHECKS: dict[str, Callable[[Rows, Seeded, Warehouse], None]] = {

@@ -9,8 +9,7 @@ import pytest
 
 from driftline.retrainer.evaluation import fit_calibrator
 from driftline.retrainer.policy import PolicyError, ReferenceSettings, parse_policy
-from driftline.retrainer.triggers import TriggerState, estimate_signal, evaluate
-from driftline.retrainer.triggers import WindowOutcome as TriggerWindow
+from driftline.retrainer.triggers import TriggerInput, TriggerState, estimate_signal, evaluate
 from driftline.streams.core.estimation import EstimationState, ScoreCalibrator
 from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
 from driftline.streams.core.reference import ReferenceProfile
@@ -132,8 +131,8 @@ def test_estimate_trigger_requests_a_retrain_without_labels() -> None:
     ).for_model("m")
     ref = {"accuracy": 0.80}
 
-    def window(i: int, estimate: float | None) -> TriggerWindow:
-        return TriggerWindow(
+    def window(i: int, estimate: float | None) -> TriggerInput:
+        return TriggerInput(
             "m",
             "1",
             i * 60_000,

@@ -383,3 +383,53 @@ def test_policies_are_frozen() -> None:
         p.monitoring.thresholds["*"] = {}  # type: ignore[index]
     with pytest.raises(TypeError):
         load_policy(None).models["x"] = p  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- data quality, multivariate, trend
+
+
+def test_the_alarm_class_triggers_and_their_defaults() -> None:
+    p = load_policy(None).for_model("m")
+    assert (p.data_quality.enabled, p.data_quality.min_features, p.data_quality.consecutive_windows) == (False, 1, 2)
+    assert p.data_quality.metrics == ("missing_rate", "new_category_rate", "out_of_range_rate")
+    assert (p.multivariate.enabled, p.multivariate.consecutive_windows) == (True, 2)
+    assert p.multivariate.metrics == ("reconstruction_error", "correlation_change")
+    assert (p.trend.enabled, p.trend.min_features, p.trend.consecutive_windows, p.trend.features) == (True, 1, 1, None)
+    example = load_policy(EXAMPLE)
+    assert example.for_model("other").data_quality.enabled
+    assert example.for_model("credit").data_quality.metrics == ("missing_rate", "out_of_range_rate")
+    assert example.for_model("house-prices").trend.features == ("__prediction__",)
+    assert example.for_model("credit").trend.features is None
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "message"),
+    [
+        (
+            {"defaults": {"data_quality": {"metrics": ["missing_rte"]}}},
+            "defaults.data_quality.metrics",
+            "unknown name 'missing_rte' (did you mean 'missing_rate'?)",
+        ),
+        ({"defaults": {"data_quality": {"metrics": ["psi"]}}}, "defaults.data_quality.metrics", "known: missing_rate"),
+        ({"models": {"c": {"data_quality": {"min_features": 0}}}}, "models.c.data_quality.min_features", "positive"),
+        ({"defaults": {"data_quality": {"features": []}}}, "defaults.data_quality.features", "at least one name"),
+        ({"defaults": {"data_quality": "on"}}, "defaults.data_quality", "expected a mapping"),
+        (
+            {"defaults": {"multivariate": {"metrics": ["correlation"]}}},
+            "defaults.multivariate.metrics",
+            "(did you mean 'correlation_change'?)",
+        ),
+        ({"defaults": {"multivariate": {"min_features": 2}}}, "defaults.multivariate.min_features", "unknown key"),
+        ({"defaults": {"multivariate": {"enabled": "yes"}}}, "defaults.multivariate.enabled", "got 'yes'"),
+        ({"models": {"c": {"trend": {"consecutive_windows": 0}}}}, "models.c.trend.consecutive_windows", "positive"),
+        (
+            {"defaults": {"trend": {"min_feature": 2}}},
+            "defaults.trend.min_feature",
+            "(did you mean 'min_features'?)",
+        ),
+    ],
+)
+def test_invalid_alarm_class_triggers(data: dict, path: str, message: str) -> None:
+    found = problems(data)
+    assert [p for p, _ in found] == [path], found
+    assert message in found[0][1]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 
 import pytest
 
 from driftline.retrainer.policy import ModelPolicy, load_policy, parse_policy
 from driftline.retrainer.triggers import (
+    TriggerInput,
     TriggerState,
-    WindowOutcome,
     evaluate,
     evaluate_schedule,
     manual_cooldown_remaining_ms,
@@ -41,15 +42,15 @@ def rows(drifted: Iterable[str] = (), *, psi: dict[str, float] | None = None) ->
     return out
 
 
-def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: int = 1, **kw: object) -> WindowOutcome:
+def window(i: int, *, drifted: Iterable[str] = (), version: str = "1", minutes: int = 1, **kw: object) -> TriggerInput:
     start = T0 + i * minutes * MINUTE
     drift = kw.pop("drift", rows(drifted))
-    return WindowOutcome("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
+    return TriggerInput("m", version, start, start + minutes * MINUTE, drift=drift, **kw)  # type: ignore[arg-type]
 
 
 def run(
     policy: ModelPolicy,
-    windows: Sequence[WindowOutcome],
+    windows: Sequence[TriggerInput],
     state: TriggerState | None = None,
 ) -> tuple[TriggerState, list[RetrainRequest], list[Alert]]:
     state = state or TriggerState("m")
@@ -197,7 +198,7 @@ def test_cooldown_spans_reasons() -> None:
 # --------------------------------------------------------------------------- performance
 
 
-def perf_window(i: int, accuracy: float, n: int, reference: float | None = 0.80, **kw: object) -> WindowOutcome:
+def perf_window(i: int, accuracy: float, n: int, reference: float | None = 0.80, **kw: object) -> TriggerInput:
     ref = None if reference is None else {"accuracy": reference}
     return window(i, drift=[], performance={"accuracy": accuracy}, n_labeled=n, reference_performance=ref, **kw)
 
@@ -232,7 +233,7 @@ def test_performance_limit_without_a_reference() -> None:
 def test_lower_is_better_metric_drops_by_rising() -> None:
     policy = model_policy(performance={"metric": "mae", "max_drop": 5.0, "min_labels": 100})
 
-    def w(i: int, mae: float) -> WindowOutcome:
+    def w(i: int, mae: float) -> TriggerInput:
         return window(i, drift=[], performance={"mae": mae}, n_labeled=200, reference_performance={"mae": 20.0})
 
     assert run(policy, [w(0, 10.0), w(1, 24.9), w(2, 25.0)])[1] == []  # better, or within 5
@@ -348,7 +349,7 @@ def test_disabled_monitoring_and_wrong_models() -> None:
     with pytest.raises(ValueError, match="model ids differ"):
         evaluate(policy, TriggerState("other"), window(0), T0)
     with pytest.raises(ValueError, match="before it starts"):
-        evaluate(policy, TriggerState("m"), WindowOutcome("m", "1", T0, T0), T0)
+        evaluate(policy, TriggerState("m"), TriggerInput("m", "1", T0, T0), T0)
 
 
 # --------------------------------------------------------------------------- schedule and manual
@@ -403,3 +404,147 @@ def test_a_recorded_manual_request_answers_the_open_episode() -> None:
     assert run(policy, [window(i, drifted=HOT) for i in range(3, 60)], state)[1] == []
     # an older request does not move the clocks back
     assert record_request(state, manual_request("m", "1", T0, "bob")) == state
+
+
+# --------------------------------------------------------------------------- data quality, multivariate, trend
+
+
+def quality_rows(alarmed: Iterable[str] = (), metric: str = "missing_rate") -> list[FeatureDrift]:
+    """Calm psi rows, plus one data-quality row per feature; ``alarmed`` features flagged (0.08 against 0.031)."""
+    alarmed = set(alarmed)
+    return rows() + [
+        FeatureDrift(f, metric, 0.08 if f in alarmed else 0.0, None, 0.031, f in alarmed, "data_quality")
+        for f in FEATURES
+    ]
+
+
+def test_data_quality_alarms_never_count_as_drift_and_trigger_only_when_enabled() -> None:
+    default = load_policy(None).for_model("m")
+    assert not default.data_quality.enabled  # retraining on a broken pipeline's data would learn the breakage
+    windows = [window(i, drift=quality_rows(HOT)) for i in range(6)]
+    state, requests, alerts = run(default, windows)
+    assert requests == [] and alerts == []  # two features alarmed, but not the drift trigger's business
+    assert not state.drift.active and not state.data_quality.active
+
+    policy = model_policy(data_quality={"enabled": True})
+    state, requests, alerts = run(policy, windows)
+    assert len(requests) == 1
+    r = requests[0]
+    assert r.reason == "drift" and r.requested_at == T0 + 2 * MINUTE  # consecutive_windows 2
+    assert r.request_id == stable_id("m", "1", "data_quality", T0)
+    assert sorted((e.metric, e.feature, e.value, e.threshold) for e in r.evidence) == [
+        ("missing_rate", "age", 0.08, 0.031),
+        ("missing_rate", "income", 0.08, 0.031),
+    ]
+    assert (r.evidence[0].window_start, r.evidence[0].window_end) == (T0 + MINUTE, T0 + 2 * MINUTE)
+    assert [a.kind for a in alerts] == ["data_quality", "retrain_requested"]
+    assert "missing_rate(age) 0.08 > 0.031" in alerts[0].message and "2 windows in a row" in alerts[0].message
+
+
+def test_data_quality_metrics_features_and_min_features() -> None:
+    windows = [window(i, drift=quality_rows(["zip"], "new_category_rate")) for i in range(3)]
+    only_missing = model_policy(data_quality={"enabled": True, "metrics": ["missing_rate"]})
+    assert run(only_missing, windows)[1] == []
+    other_feature = model_policy(data_quality={"enabled": True, "features": ["age"]})
+    assert run(other_feature, windows)[1] == []
+    two = model_policy(data_quality={"enabled": True, "min_features": 2})
+    assert run(two, windows)[1] == []
+    one = model_policy(data_quality={"enabled": True, "consecutive_windows": 1})
+    (request,) = run(one, windows)[1]
+    assert [(e.metric, e.feature) for e in request.evidence] == [("new_category_rate", "zip")]
+    assert request.requested_at == T0 + MINUTE
+
+
+def multivariate_rows(flagged: bool, value: float = 0.62) -> list[FeatureDrift]:
+    return rows() + [
+        FeatureDrift("__multivariate__", "reconstruction_error", 1.01, 0.4, 1.2, False),
+        FeatureDrift("__multivariate__", "correlation_change", value, 1e-9 if flagged else 0.6, 0.21, flagged),
+    ]
+
+
+def test_multivariate_drift_triggers_after_two_windows_with_its_statistic_as_evidence() -> None:
+    policy = load_policy(None).for_model("m")
+    assert policy.multivariate.enabled and policy.multivariate.consecutive_windows == 2
+    windows = [window(0, drift=multivariate_rows(False, 0.05))] + [
+        window(i, drift=multivariate_rows(True)) for i in range(1, 5)
+    ]
+    state, requests, alerts = run(policy, windows)
+    (r,) = requests
+    assert r.reason == "drift" and r.requested_at == T0 + 3 * MINUTE
+    assert r.request_id == stable_id("m", "1", "multivariate", T0 + MINUTE)
+    assert [(e.metric, e.feature, e.value, e.threshold) for e in r.evidence] == [
+        ("correlation_change", "__multivariate__", 0.62, 0.21)
+    ]
+    assert [a.kind for a in alerts] == ["multivariate_drift", "retrain_requested"]
+    assert not state.drift.active  # the __multivariate__ row is not one of the drift trigger's features
+    off = model_policy(multivariate={"enabled": False})
+    assert run(off, windows)[1] == []
+    reconstruction_only = model_policy(multivariate={"metrics": ["reconstruction_error"]})
+    assert run(reconstruction_only, windows)[1] == []
+
+
+def test_multivariate_rows_without_a_value_say_nothing() -> None:
+    # a window with too few complete rows gets NaN statistics: neither hot nor clean, the streak holds
+    nan = [FeatureDrift("__multivariate__", "correlation_change", math.nan, None, math.nan, False)]
+    windows = [
+        window(0, drift=multivariate_rows(True)),
+        window(1, drift=rows() + nan),
+        window(2, drift=multivariate_rows(True)),
+    ]
+    (r,) = run(load_policy(None).for_model("m"), windows)[1]
+    assert r.requested_at == T0 + 3 * MINUTE
+
+
+def trend_rows(evidence: dict[str, float]) -> list[FeatureDrift]:
+    level = 600.0  # k / alpha
+    return rows() + [
+        FeatureDrift(f, "trend_evidence", e, min(1.0, 30 / e), level, e >= level) for f, e in evidence.items()
+    ]
+
+
+def test_trend_triggers_in_the_first_window_its_evidence_crosses() -> None:
+    policy = load_policy(None).for_model("m")
+    assert policy.trend.enabled and policy.trend.consecutive_windows == 1
+    series = [1.0, 4.0, 90.0, 2.4e3, 5.1e5, 1e30]
+    windows = [window(i, drift=trend_rows({"__prediction__": e, "income": 1.0})) for i, e in enumerate(series)]
+    state, requests, alerts = run(policy, windows)
+    (r,) = requests
+    assert r.requested_at == T0 + 4 * MINUTE  # the window where 2,400 >= 600
+    assert [(e.metric, e.feature, e.value, e.threshold) for e in r.evidence] == [
+        ("trend_evidence", "__prediction__", 2.4e3, 600.0)
+    ]
+    assert [a.kind for a in alerts] == ["trend", "retrain_requested"]
+    assert not state.drift.active
+    only_income = model_policy(trend={"features": ["income"]})
+    assert run(only_income, windows)[1] == []
+    two_streams = model_policy(trend={"min_features": 2})
+    assert run(two_streams, windows)[1] == []
+
+
+def test_every_alarm_class_in_one_request_names_them_all() -> None:
+    policy = model_policy(data_quality={"enabled": True, "consecutive_windows": 1})
+    drift = (
+        quality_rows(["zip"])
+        + multivariate_rows(True)[len(FEATURES) :]
+        + trend_rows({"__prediction__": 1e4})[len(FEATURES) :]
+    )
+    windows = [window(i, drift=drift) for i in range(2)]
+    state, requests, _ = run(policy, windows)
+    (r,) = requests
+    # trend needs one window and asks first, naming every signal hot in that window; the multivariate
+    # episode opens a window later, inside the cooldown, so no second request
+    assert r.request_id == stable_id("m", "1", "trend", T0)
+    assert {(e.metric, e.feature) for e in r.evidence} == {
+        ("trend_evidence", "__prediction__"),
+        ("missing_rate", "zip"),
+        ("correlation_change", "__multivariate__"),
+    }
+    assert state.multivariate.active and not state.multivariate.requested
+    assert TriggerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+def test_a_state_saved_before_the_new_alarm_classes_loads() -> None:
+    policy = load_policy(None).for_model("m")
+    state, _, _ = run(policy, [window(0, drifted=HOT)])
+    old = {k: v for k, v in state.to_dict().items() if k not in ("data_quality", "multivariate", "trend")}
+    assert TriggerState.from_dict(old) == state
