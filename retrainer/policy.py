@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from driftline.naming import InvalidName, validate_name
 from driftline.retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
 from driftline.streams.core import drift
+from driftline.streams.core.drift import DEFAULT_THRESHOLDS
 from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
 
@@ -53,11 +54,6 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda a, b: a <= b,
 }
 SnapshotSince = Literal["lookback", "last_promotion"]
-
-# A value above its threshold counts as drift. Wasserstein has none: it is in the feature's units.
-DEFAULT_THRESHOLDS = {
-    ALL_FEATURES: {"psi": 0.2, "jensenshannon": 0.1, "hellinger": 0.1, "missing_rate": 0.05, "new_category_rate": 0.05}
-}
 
 
 def _frozen_thresholds(raw: Mapping[str, Mapping[str, float | None]]) -> Mapping[str, Mapping[str, float]]:
@@ -161,7 +157,7 @@ class Monitoring:
     >>> m.threshold("income", "psi"), m.threshold("age", "psi"), m.threshold("age", "ks")
     (0.3, 0.2, None)
     >>> m.threshold("age", "hellinger"), m.threshold("income", "hellinger")
-    (0.1, None)
+    (0.05, None)
     """
 
     enabled: bool = True
@@ -432,8 +428,8 @@ class ModelPolicy:
     >>> p = load_policy(None).for_model("credit")
     >>> p.drift.min_features, p.drift.consecutive_windows, p.performance.max_drop
     (2, 2, 0.05)
-    >>> p.thresholds["*"]["psi"]
-    0.2
+    >>> p.thresholds["*"]["hellinger"]
+    0.05
     """
 
     model_id: str

@@ -57,7 +57,6 @@ from driftline.retrainer.registry import (
     ModelVersion,
     Registry,
     RegistryError,
-    code_version,
 )
 from driftline.retrainer.snapshot import Snapshot, SnapshotRef, event_time_range
 from driftline.retrainer.trainers import (
@@ -461,7 +460,6 @@ class Retrainer:
             dataset_rows=c.snapshot.rows,
             dataset_start_ms=c.snapshot.start_ms,
             dataset_end_ms=c.snapshot.end_ms,
-            code_version=code_version(),
             trainer=c.trainer,
             hyperparameters=dict(c.trained.params),
             train_metrics=ev.train,
@@ -504,11 +502,7 @@ class Retrainer:
         try:
             version, promoted = self._apply_decision(request, version)
             events = [
-                version.event(
-                    "registered",
-                    occurred_at=version.created_at,
-                    alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER,
-                )
+                version.registered_event(alias=None if promoted or CHALLENGER not in version.aliases else CHALLENGER)
             ]
             if promoted:
                 events.append(version.event("promoted", occurred_at=_now_ms(), alias=CHAMPION))

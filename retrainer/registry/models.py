@@ -67,6 +67,13 @@ def version_number(version: int | str) -> int:
 class Lineage:
     """Where a model version came from: data, code, trainer, results and the trigger.
 
+    This is the trainer's half of a version, and :class:`ModelVersion` the
+    registry's: a ``Lineage`` is complete before the version exists (it is
+    what :meth:`Registry.register <driftline.retrainer.registry.Registry.register>`
+    takes, and what a retried request compares), never changes afterwards,
+    and names nothing the registry decides. The two share no field.
+    Its field names are the ``model_versions`` columns that store it.
+
     ``dataset_start_ms``/``dataset_end_ms`` bound the event times of the
     training rows. ``evidence`` is what made the policy ask for this model.
 
@@ -103,7 +110,14 @@ class Lineage:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One immutable registered version of a model, with its current status and aliases.
+    """One registered version of a model: the registry's record of it.
+
+    It holds what the registry decides or computes (the model id and
+    version number, status, aliases and tags, the stored artifact's and
+    reference profile's hashes, who registered it and when) around the
+    trainer's :class:`Lineage`, kept whole so that what was asked to be
+    registered is what comes back. The lineage and artifact never change;
+    status, aliases and tags do.
 
     >>> mv = ModelVersion("credit", "2", "champion", Lineage(request_id="r1"), None, None,
     ...                   aliases=("champion",), created_at=1700000000000)
@@ -112,6 +126,8 @@ class ModelVersion:
     ('2', ['champion'], '', 'r1')
     >>> mv.event("promoted", alias="champion", occurred_at=5).request_id
     'r1'
+    >>> mv.registered_event(alias="challenger").occurred_at
+    1700000000000
     """
 
     model_id: str
@@ -137,8 +153,9 @@ class ModelVersion:
             request_id=self.lineage.request_id,
         )
 
-    def registered_event(self) -> ModelEvent:
-        return self.event("registered", occurred_at=self.created_at)
+    def registered_event(self, alias: str | None = None) -> ModelEvent:
+        """The ``registered`` record, stamped with the registration time; ``alias`` names one it took."""
+        return self.event("registered", occurred_at=self.created_at, alias=alias)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (``show --json``)."""

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from driftline.retrainer.registry.artifacts import ArtifactStore
@@ -48,11 +48,13 @@ if TYPE_CHECKING:
 
 ProfileSource = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
 
-_VERSION_COLUMNS = (
-    "model_id, version, status, artifact_sha256, reference_profile_sha256, dataset_uri, dataset_sha256, "
-    "dataset_rows, dataset_start_ms, dataset_end_ms, code_version, trainer, hyperparameters, train_metrics, "
-    "holdout_metrics, parent_version, request_id, evidence, note, created_at, created_by"
-)
+# A Lineage's fields are stored in columns of the same names, between the registry's own.
+_LINEAGE_COLUMNS = tuple(f.name for f in fields(Lineage))
+_LINEAGE_JSON = ("hyperparameters", "train_metrics", "holdout_metrics", "evidence")
+_LINEAGE_NUMBERS = ("dataset_rows", "dataset_start_ms", "dataset_end_ms", "parent_version")
+_HEAD_COLUMNS = ("model_id", "version", "status", "artifact_sha256", "reference_profile_sha256")
+_TAIL_COLUMNS = ("note", "created_at", "created_by")
+_VERSION_COLUMNS = ", ".join(_HEAD_COLUMNS + _LINEAGE_COLUMNS + _TAIL_COLUMNS)
 
 
 def now_ms() -> int:
@@ -288,12 +290,7 @@ class Registry:
         parent = None if lineage.parent_version is None else version_number(lineage.parent_version)
         if parent is not None and lineage.parent_version != str(parent):
             lineage = replace(lineage, parent_version=str(parent))
-        lineage_json = {
-            "hyperparameters": canonical_json(lineage.hyperparameters, what="hyperparameters"),
-            "train_metrics": canonical_json(lineage.train_metrics, what="train metrics"),
-            "holdout_metrics": canonical_json(lineage.holdout_metrics, what="holdout metrics"),
-            "evidence": canonical_json(lineage.to_dict()["evidence"], what="evidence"),
-        }
+        lineage_values = _lineage_values(lineage)
         # Stored before the row that names it: a crash in between leaves an
         # unreferenced object, never a version whose artifact is missing.
         artifact_sha256 = None if artifact_bytes is None else self.artifacts.put_bytes(artifact_bytes)
@@ -316,32 +313,8 @@ class Registry:
                 raise RegistryError(f"the reference profile must be a JSON object (dict), not {type(profile).__name__}")
             profile_body = canonical_json(dict(profile), what="reference profile", allow_nan=True)
             profile_sha256 = sha256_hex(profile_body.encode())
-            tx.execute(
-                f"INSERT INTO model_versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 21)})",
-                (
-                    model_id,
-                    number,
-                    "registered",
-                    artifact_sha256,
-                    profile_sha256,
-                    lineage.dataset_uri,
-                    lineage.dataset_sha256,
-                    _int(lineage.dataset_rows),
-                    _int(lineage.dataset_start_ms),
-                    _int(lineage.dataset_end_ms),
-                    lineage.code_version,
-                    lineage.trainer,
-                    lineage_json["hyperparameters"],
-                    lineage_json["train_metrics"],
-                    lineage_json["holdout_metrics"],
-                    parent,
-                    lineage.request_id,
-                    lineage_json["evidence"],
-                    note,
-                    at,
-                    actor,
-                ),
-            )
+            row = (model_id, number, "registered", artifact_sha256, profile_sha256, *lineage_values, note, at, actor)
+            tx.execute(f"INSERT INTO model_versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row)
             tx.execute(
                 "INSERT INTO reference_profiles (model_id, version, sha256, body) VALUES (?, ?, ?, ?)",
                 (model_id, number, profile_sha256, profile_body),
@@ -719,52 +692,31 @@ def _tag_value(key: str, value: object) -> str:
     return value
 
 
+def _lineage_values(lineage: Lineage) -> tuple[Any, ...]:
+    """The lineage's column values, in :data:`_LINEAGE_COLUMNS` order: JSON as canonical text."""
+    data = lineage.to_dict()
+    for name in _LINEAGE_JSON:
+        data[name] = canonical_json(data[name], what=name.replace("_", " "))
+    for name in _LINEAGE_NUMBERS:
+        data[name] = _int(data[name])
+    return tuple(data[name] for name in _LINEAGE_COLUMNS)
+
+
 def _version_from_row(row: tuple, aliases: tuple[str, ...], tags: dict[str, str]) -> ModelVersion:
-    (
-        model_id,
-        version,
-        status,
-        artifact_sha256,
-        profile_sha256,
-        dataset_uri,
-        dataset_sha256,
-        dataset_rows,
-        start_ms,
-        end_ms,
-        code,
-        trainer,
-        hyperparameters,
-        train_metrics,
-        holdout_metrics,
-        parent,
-        request_id,
-        evidence,
-        note,
-        created_at,
-        created_by,
-    ) = row
-    lineage = Lineage.from_dict(
-        {
-            "dataset_uri": dataset_uri,
-            "dataset_sha256": dataset_sha256,
-            "dataset_rows": _int(dataset_rows),
-            "dataset_start_ms": _int(start_ms),
-            "dataset_end_ms": _int(end_ms),
-            "code_version": code,
-            "trainer": trainer,
-            "hyperparameters": json.loads(hyperparameters),
-            "train_metrics": json.loads(train_metrics),
-            "holdout_metrics": json.loads(holdout_metrics),
-            "parent_version": None if parent is None else str(parent),
-            "request_id": request_id,
-            "evidence": json.loads(evidence),
-        }
-    )
+    model_id, version, status, artifact_sha256, profile_sha256 = row[: len(_HEAD_COLUMNS)]
+    lineage_end = len(_HEAD_COLUMNS) + len(_LINEAGE_COLUMNS)
+    data = dict(zip(_LINEAGE_COLUMNS, row[len(_HEAD_COLUMNS) : lineage_end], strict=True))
+    note, created_at, created_by = row[lineage_end:]
+    for name in _LINEAGE_JSON:
+        data[name] = json.loads(data[name])
+    for name in _LINEAGE_NUMBERS:
+        data[name] = _int(data[name])
+    data["parent_version"] = _str(data["parent_version"])
     return ModelVersion(
         model_id=model_id,
         version=str(version),
         status=status,
-        lineage=lineage,
+        lineage=Lineage.from_dict(data),
         artifact_sha256=artifact_sha256,
         reference_profile_sha256=profile_sha256,
         aliases=aliases,

@@ -16,6 +16,7 @@ from driftline.retrainer.policy import (
     load_policy,
     parse_policy,
 )
+from driftline.streams.core.drift import DEFAULT_THRESHOLDS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "policy.example.yaml"
@@ -37,7 +38,10 @@ def test_no_file_gives_the_built_in_defaults() -> None:
     assert p.model_id == "anything"
     assert (p.monitoring.enabled, p.monitoring.window_seconds, p.monitoring.allowed_lateness_seconds) == (True, 60, 10)
     assert p.monitoring.fdr_q == 0.05 and p.monitoring.detectors == ("adwin",)
-    assert p.thresholds["*"]["psi"] == 0.2
+    # the built-in thresholds are the drift engine's defaults (one source), as docs/POLICY.md lists them
+    assert p.thresholds["*"] == DEFAULT_THRESHOLDS["*"]
+    assert p.thresholds["*"]["hellinger"] == 0.05 and p.thresholds["*"]["mean_shift"] == 0.1
+    assert "psi" not in p.thresholds["*"]
     # a retrain when 2 features drift for 2 consecutive windows ...
     assert (p.drift.enabled, p.drift.metric, p.drift.min_features, p.drift.consecutive_windows) == (
         True,
@@ -110,22 +114,24 @@ def test_thresholds_per_model_per_feature_per_metric() -> None:
         }
     )
     default = policy.for_model("x").thresholds
-    assert default["*"]["psi"] == 0.25 and default["*"]["jensenshannon"] == 0.1  # built-in kept
-    assert default["income"]["psi"] == 0.3 and default["income"]["jensenshannon"] == 0.1
+    assert default["*"]["psi"] == 0.25 and default["*"]["mean_shift"] == 0.1  # built-in kept
+    assert default["income"]["psi"] == 0.3 and default["income"]["mean_shift"] == 0.1
     credit = policy.for_model("credit")
     t = credit.thresholds
     assert t["*"] == {
         "psi": 0.25,
-        "jensenshannon": 0.1,
-        "hellinger": 0.1,
-        "missing_rate": 0.05,
-        "new_category_rate": 0.05,
+        "mean_shift": 0.1,
+        "log_std_ratio": 0.1,
+        "hellinger": 0.05,
+        "missing_rate": 0.02,
+        "new_category_rate": 0.01,
+        "out_of_range_rate": 0.01,
         "ks": 0.1,
     }
     assert t["income"]["psi"] == 0.3 and t["income"]["ks"] == 0.2 and "hellinger" not in t["income"]
     assert t["age"]["wasserstein"] == 2.5 and t["age"]["psi"] == 0.25
     assert credit.threshold("income", "hellinger") is None
-    assert credit.threshold("debt", "hellinger") == 0.1
+    assert credit.threshold("debt", "hellinger") == 0.05
     assert credit.threshold("debt", "wasserstein") is None
     # the thresholds API hands out copies: the policy cannot be changed through it
     t["*"]["psi"] = 99.0
