@@ -1,7 +1,8 @@
 """The ClickHouse warehouse: the client, its migrations, its rows, its time to live, and its reads.
 
-One concept per module: ``client`` (:class:`Warehouse`, every driftline read and write of
-ClickHouse), ``migrations`` (the schema's SQL files applied in order), ``rows`` (table rows and
+One concept per module: ``location`` (the one parser of a warehouse URL, also the local
+stack's), ``errors`` (:class:`WarehouseError`), ``client`` (:class:`Warehouse`, every driftline
+read and write of ClickHouse), ``migrations`` (the schema's SQL files applied in order), ``rows`` (table rows and
 their columns, pure), ``ttl`` (the tables' time to live), and ``queries`` (the streams worker's
 reads; ``driftline.streams.sinks`` only writes). The names below are the public surface.
 
@@ -16,26 +17,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from driftline.streams.warehouse.client import (
-        DEFAULT_DATABASE,
-        SNAPSHOT_COLUMNS,
-        SNAPSHOT_DROPPED_KEY,
-        Warehouse,
-        WarehouseError,
-        WarehouseLocation,
-    )
+    from driftline.streams.warehouse.client import SNAPSHOT_COLUMNS, SNAPSHOT_DROPPED_KEY, Warehouse
+    from driftline.streams.warehouse.errors import WarehouseError
+    from driftline.streams.warehouse.location import DEFAULT_DATABASE, WarehouseLocation
     from driftline.streams.warehouse.migrations import MigrationError
     from driftline.streams.warehouse.queries import WarehouseQueries, WrittenWindow
 
 # Each name is imported from its module on first use, so that a process pays only for what it
 # reads: the report needs the client (pyarrow), not the worker's queries (river, through the core).
 _HOMES = {
-    "DEFAULT_DATABASE": "client",
+    "DEFAULT_DATABASE": "location",
     "SNAPSHOT_COLUMNS": "client",
     "SNAPSHOT_DROPPED_KEY": "client",
     "Warehouse": "client",
-    "WarehouseError": "client",
-    "WarehouseLocation": "client",
+    "WarehouseError": "errors",
+    "WarehouseLocation": "location",
     "MigrationError": "migrations",
     "WarehouseQueries": "queries",
     "WrittenWindow": "queries",
