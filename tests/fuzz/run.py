@@ -58,8 +58,7 @@ def _atheris(args: argparse.Namespace, rest: list[str]) -> int:
     import atheris
 
     with atheris.instrument_imports(include=["streams"]):
-        from driftline.streams.codec import TOPIC_RECORDS, Codec, DecodeError
-        from driftline.streams.codec_bulk import decode_bulk
+        from driftline.streams.codec import TOPIC_RECORDS, Codec, DecodeError, decode_bulk
     from mutations import Corpus
 
     codec = Codec()
