@@ -13,8 +13,9 @@ reads; ``driftline.streams.sinks`` only writes). The names below are the public 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftline.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from driftline.streams.warehouse.client import SNAPSHOT_COLUMNS, SNAPSHOT_DROPPED_KEY, Warehouse
@@ -26,15 +27,15 @@ if TYPE_CHECKING:
 # Each name is imported from its module on first use, so that a process pays only for what it
 # reads: the report needs the client (pyarrow), not the worker's queries (river, through the core).
 _HOMES = {
-    "DEFAULT_DATABASE": "location",
-    "SNAPSHOT_COLUMNS": "client",
-    "SNAPSHOT_DROPPED_KEY": "client",
-    "Warehouse": "client",
-    "WarehouseError": "errors",
-    "WarehouseLocation": "location",
-    "MigrationError": "migrations",
-    "WarehouseQueries": "queries",
-    "WrittenWindow": "queries",
+    "DEFAULT_DATABASE": "driftline.streams.warehouse.location",
+    "SNAPSHOT_COLUMNS": "driftline.streams.warehouse.client",
+    "SNAPSHOT_DROPPED_KEY": "driftline.streams.warehouse.client",
+    "Warehouse": "driftline.streams.warehouse.client",
+    "WarehouseError": "driftline.streams.warehouse.errors",
+    "WarehouseLocation": "driftline.streams.warehouse.location",
+    "MigrationError": "driftline.streams.warehouse.migrations",
+    "WarehouseQueries": "driftline.streams.warehouse.queries",
+    "WrittenWindow": "driftline.streams.warehouse.queries",
 }
 
 __all__ = [
@@ -49,15 +50,4 @@ __all__ = [
     "WrittenWindow",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

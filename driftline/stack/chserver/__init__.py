@@ -14,26 +14,16 @@ sessions, pool, per-request settings), ``codec`` (request and response compressi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftline.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from driftline.stack.chserver.server import EmbeddedClickHouse, HttpLimits, serve
 
 # imported on first use: the statement reader (``sql``) and the errors need no chdb, the server does
-_HOMES = {"EmbeddedClickHouse": "server", "HttpLimits": "server", "serve": "server"}
+_HOMES = dict.fromkeys(("EmbeddedClickHouse", "HttpLimits", "serve"), "driftline.stack.chserver.server")
 
 __all__ = ["EmbeddedClickHouse", "HttpLimits", "serve"]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
