@@ -92,12 +92,12 @@ import window_compute  # noqa: E402
 from driftline.retrainer.registry import Lineage, Registry  # noqa: E402
 from driftline.settings import Settings  # noqa: E402
 from driftline.stack.kafka_local import KafkaBroker, admin_answers  # noqa: E402
-from driftline.stack.manage import WarehouseAddress, ping_warehouse  # noqa: E402
+from driftline.stack.manage import ping_warehouse, warehouse_location  # noqa: E402
 from driftline.stack.process import ManagedProcess, free_port, wait_until  # noqa: E402
 from driftline.streams import kafka  # noqa: E402
 from driftline.streams.codec import default_codec  # noqa: E402
 from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
-from driftline.streams.warehouse import Warehouse  # noqa: E402
+from driftline.streams.warehouse import Warehouse, WarehouseLocation  # noqa: E402
 
 BATCH_EVENTS = 1_000
 BATCHED_TARGET = 250_000.0
@@ -139,12 +139,12 @@ class Stack:
                 stack.broker.start()
                 stack.kafka_bootstrap = stack.broker.bootstrap
             if warehouse:
-                address = WarehouseAddress.parse(warehouse)
+                address = warehouse_location(warehouse)
                 if not ping_warehouse(address):
                     raise RuntimeError(f"DRIFTLINE_WAREHOUSE={warehouse} does not answer")
                 say(f"clickhouse: using {address.host}:{address.port}")
             else:
-                address = WarehouseAddress("http", "127.0.0.1", free_port(), "driftline")
+                address = WarehouseLocation("http", "127.0.0.1", free_port(), "driftline")
                 stack.chserver = ManagedProcess(
                     "clickhouse", home / "warehouse" / "server.pid", home / "warehouse" / "server.log"
                 )
@@ -164,7 +164,7 @@ class Stack:
             # a given URL keeps its credentials (a locked server); our own server has none
             given = urlsplit(warehouse) if warehouse else None
             stack.warehouse_base = (
-                f"{given.scheme}://{given.netloc}" if given else f"{address.scheme}://{address.host}:{address.port}"
+                f"{given.scheme}://{given.netloc}" if given else f"{address.kind}://{address.host}:{address.port}"
             )
         except BaseException:
             stack.stop()

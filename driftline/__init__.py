@@ -10,8 +10,9 @@ The two names a service needs are here, imported on first use so that
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftline.lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["PredictionLogger", "Settings", "__version__"]
@@ -23,15 +24,4 @@ if TYPE_CHECKING:
     from driftline.settings import Settings
     from driftline.streams.sdk import PredictionLogger
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'driftline' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

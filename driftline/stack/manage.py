@@ -13,11 +13,13 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
+from driftline.redaction import redact_url
 from driftline.settings import Settings, local_warehouse_password_file
 from driftline.stack.kafka_local import KafkaBroker, admin_answers, first_broker
 from driftline.stack.process import ManagedProcess, StackError, port_answers, wait_until
+from driftline.streams.warehouse.errors import WarehouseError
+from driftline.streams.warehouse.location import WarehouseLocation
 
 
 @dataclass(frozen=True)
@@ -35,30 +37,26 @@ class ServiceStatus:
         return f"{self.name:<11} {self.address:<28} {state}{owner}{extra}"
 
 
-@dataclass(frozen=True)
-class WarehouseAddress:
-    scheme: str
-    host: str
-    port: int
-    database: str
-    user: str = "default"
-    password: str | None = None  # given in the URL; else the stack makes one
+def warehouse_location(url: str) -> WarehouseLocation:
+    """The warehouse the stack serves: ``url`` read by the one parser, which must be an HTTP server.
 
-    @classmethod
-    def parse(cls, url: str) -> WarehouseAddress:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https"):
-            raise StackError(f"the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE={url} is not an http(s) URL")
-        port = parsed.port or (8443 if parsed.scheme == "https" else 8123)
-        user = unquote(parsed.username) if parsed.username else "default"
-        password = unquote(parsed.password) if parsed.password is not None else None
-        return cls(
-            parsed.scheme, parsed.hostname or "127.0.0.1", port, parsed.path.strip("/") or "driftline", user, password
+    >>> loc = warehouse_location("http://127.0.0.1:8123/?database=demo")
+    >>> loc.host, loc.port, loc.database, loc.local
+    ('127.0.0.1', 8123, 'demo', True)
+    >>> warehouse_location("chdb://:memory:")
+    Traceback (most recent call last):
+    ...
+    driftline.stack.process.StackError: the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE=chdb://:memory: ...
+    """
+    try:
+        location = WarehouseLocation.parse(url)
+    except WarehouseError as exc:
+        raise StackError(str(exc)) from None
+    if location.kind not in ("http", "https"):
+        raise StackError(
+            f"the stack serves ClickHouse over HTTP; DRIFTLINE_WAREHOUSE={redact_url(url)} is not an http(s) URL"
         )
-
-    @property
-    def local(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1")
+    return location
 
 
 def _kafka(settings: Settings) -> KafkaBroker:
@@ -89,9 +87,9 @@ def ensure_password(settings: Settings, given: str | None = None) -> Path:
     return path
 
 
-def ping_warehouse(address: WarehouseAddress, timeout: float = 2.0) -> bool:
+def ping_warehouse(address: WarehouseLocation, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{address.scheme}://{address.host}:{address.port}/ping", timeout=timeout) as r:
+        with urllib.request.urlopen(f"{address.kind}://{address.host}:{address.port}/ping", timeout=timeout) as r:
             return r.status == 200
     except OSError:
         return False
@@ -110,7 +108,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
             raise StackError(f"port {broker.bootstrap} is taken by something that is not a Kafka broker")
         _say(f"kafka: starting a KRaft broker on {broker.bootstrap} (home {broker.home})")
         broker.start()
-    address = WarehouseAddress.parse(settings.warehouse)
+    address = warehouse_location(settings.warehouse)
     if ping_warehouse(address):
         _say(f"clickhouse: already answering on {address.host}:{address.port}, not starting another")
     else:
@@ -125,7 +123,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
         password_file = ensure_password(settings, address.password or None)
         _say(
             f"clickhouse: starting the embedded server (chdb) on {address.host}:{address.port} (data {data}; "
-            f"user {address.user}, password in {password_file})"
+            f"user {address.username}, password in {password_file})"
         )
         proc.spawn(
             [
@@ -139,7 +137,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
                 "--port",
                 str(address.port),
                 "--user",
-                address.user,
+                address.username,
                 "--password-file",
                 str(password_file),
             ]
@@ -168,7 +166,7 @@ def down(settings: Settings) -> list[str]:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     broker = _kafka(settings)
-    address = WarehouseAddress.parse(settings.warehouse)
+    address = warehouse_location(settings.warehouse)
     return [
         ServiceStatus("kafka", settings.kafka_bootstrap, admin_answers(settings.kafka_bootstrap), broker.process.pid()),
         ServiceStatus(

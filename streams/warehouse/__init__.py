@@ -1,7 +1,8 @@
 """The ClickHouse warehouse: the client, its migrations, its rows, its time to live, and its reads.
 
-One concept per module: ``client`` (:class:`Warehouse`, every driftline read and write of
-ClickHouse), ``migrations`` (the schema's SQL files applied in order), ``rows`` (table rows and
+One concept per module: ``location`` (the one parser of a warehouse URL, also the local
+stack's), ``errors`` (:class:`WarehouseError`), ``client`` (:class:`Warehouse`, every driftline
+read and write of ClickHouse), ``migrations`` (the schema's SQL files applied in order), ``rows`` (table rows and
 their columns, pure), ``ttl`` (the tables' time to live), and ``queries`` (the streams worker's
 reads; ``driftline.streams.sinks`` only writes). The names below are the public surface.
 
@@ -12,33 +13,29 @@ reads; ``driftline.streams.sinks`` only writes). The names below are the public 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftline.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from driftline.streams.warehouse.client import (
-        DEFAULT_DATABASE,
-        SNAPSHOT_COLUMNS,
-        SNAPSHOT_DROPPED_KEY,
-        Warehouse,
-        WarehouseError,
-        WarehouseLocation,
-    )
+    from driftline.streams.warehouse.client import SNAPSHOT_COLUMNS, SNAPSHOT_DROPPED_KEY, Warehouse
+    from driftline.streams.warehouse.errors import WarehouseError
+    from driftline.streams.warehouse.location import DEFAULT_DATABASE, WarehouseLocation
     from driftline.streams.warehouse.migrations import MigrationError
     from driftline.streams.warehouse.queries import WarehouseQueries, WrittenWindow
 
 # Each name is imported from its module on first use, so that a process pays only for what it
 # reads: the report needs the client (pyarrow), not the worker's queries (river, through the core).
 _HOMES = {
-    "DEFAULT_DATABASE": "client",
-    "SNAPSHOT_COLUMNS": "client",
-    "SNAPSHOT_DROPPED_KEY": "client",
-    "Warehouse": "client",
-    "WarehouseError": "client",
-    "WarehouseLocation": "client",
-    "MigrationError": "migrations",
-    "WarehouseQueries": "queries",
-    "WrittenWindow": "queries",
+    "DEFAULT_DATABASE": "driftline.streams.warehouse.location",
+    "SNAPSHOT_COLUMNS": "driftline.streams.warehouse.client",
+    "SNAPSHOT_DROPPED_KEY": "driftline.streams.warehouse.client",
+    "Warehouse": "driftline.streams.warehouse.client",
+    "WarehouseError": "driftline.streams.warehouse.errors",
+    "WarehouseLocation": "driftline.streams.warehouse.location",
+    "MigrationError": "driftline.streams.warehouse.migrations",
+    "WarehouseQueries": "driftline.streams.warehouse.queries",
+    "WrittenWindow": "driftline.streams.warehouse.queries",
 }
 
 __all__ = [
@@ -53,15 +50,4 @@ __all__ = [
     "WrittenWindow",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -32,15 +31,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from driftline.redaction import redact, redact_url, redacted_repr
 from driftline.schemas import CLICKHOUSE_DIR
 from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.warehouse.errors import WarehouseError
+from driftline.streams.warehouse.location import WarehouseLocation
 from driftline.streams.warehouse.migrations import (
     MIGRATIONS_DDL,
     MIGRATIONS_TABLE,
@@ -73,128 +72,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATABASE = "driftline"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 # Columns of a training snapshot that are not features.
 SNAPSHOT_COLUMNS = ("event_id", "model_version", "event_time", "prediction", "label")
 
 __all__ = ["Warehouse", "WarehouseError", "WarehouseLocation", "MigrationError"]
-
-
-class WarehouseError(RuntimeError):
-    """A failed warehouse call; ``code`` is ClickHouse's error code when it sent one.
-
-    >>> WarehouseError("query SELEC 1 failed: Syntax error", code=62).code
-    62
-    """
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class WarehouseLocation:
-    """Where the warehouse is, parsed from a ``DRIFTLINE_WAREHOUSE`` URL.
-
-    >>> WarehouseLocation.parse("http://bob:secret@ch.local:8123/metrics").redacted()
-    'http://bob:***@ch.local:8123/metrics'
-    >>> loc = WarehouseLocation.parse("chdb://.driftline/warehouse?database=demo")
-    >>> loc.kind, loc.path, loc.database
-    ('chdb', '.driftline/warehouse', 'demo')
-
-    HTTP bodies are compressed (lz4) except on a loopback address, where compressing
-    only costs CPU on both ends; ``?compress=`` (``lz4``, ``zstd``, ``none``) decides instead:
-
-    >>> [WarehouseLocation.parse(u).compress for u in
-    ...  ("http://ch.local/m", "http://127.0.0.1:8123/m", "http://localhost/m?compress=zstd")]
-    ['lz4', 'none', 'zstd']
-    """
-
-    kind: str  # "http", "https" or "chdb"
-    database: str = DEFAULT_DATABASE
-    host: str = "127.0.0.1"
-    port: int = 8123
-    username: str = "default"
-    password: str = ""
-    path: str | None = None  # chdb only; None means in memory
-    compress: str = "lz4"  # HTTP only: lz4, zstd or none
-
-    @classmethod
-    def parse(cls, url: str) -> WarehouseLocation:
-        if url.startswith("chdb://"):
-            rest, _, query = url[len("chdb://") :].partition("?")
-            database = _query_database(query, url)
-            path = None if rest in ("", "memory", ":memory:") else unquote(rest)
-            return cls("chdb", database=database, path=path)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise WarehouseError(f"warehouse URL {redact_url(url)!r} must start with http://, https:// or chdb://")
-        if not parts.hostname:
-            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has no host")
-        segments = [s for s in parts.path.split("/") if s]
-        if len(segments) > 1:
-            raise WarehouseError(f"warehouse URL {redact_url(url)!r}: the path must be just the database name")
-        database = unquote(segments[0]) if segments else _query_database(parts.query, url)
-        try:
-            port = parts.port or (8443 if parts.scheme == "https" else 8123)
-        except ValueError as exc:
-            raise WarehouseError(f"warehouse URL {redact_url(url)!r} has a bad port: {redact(exc)}") from None
-        return cls(
-            parts.scheme,
-            database=_check_identifier(database, "database", url),
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else "default",
-            password=unquote(parts.password) if parts.password else "",
-            compress=_query_compress(parts.query, parts.hostname, url),
-        )
-
-    def __repr__(self) -> str:
-        return redacted_repr(self)
-
-    def redacted(self) -> str:
-        """The URL without the password, for logs and errors."""
-        if self.kind == "chdb":
-            return f"chdb://{self.path or ':memory:'}?database={self.database}"
-        auth = f"{self.username}:***@" if self.password else (f"{self.username}@" if self.username != "default" else "")
-        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database}"
-
-
-def _query_compress(query: str, host: str, url: str) -> str:
-    values = parse_qs(query).get("compress")
-    if not values:
-        return "none" if _loopback(host) else "lz4"
-    value = values[0].lower()
-    if value not in _COMPRESSIONS:
-        raise WarehouseError(
-            f"warehouse URL {redact_url(url)!r}: compress must be one of {', '.join(_COMPRESSIONS)}, not {values[0]!r}"
-        )
-    return value
-
-
-_COMPRESSIONS = ("lz4", "zstd", "none")
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _query_database(query: str, url: str) -> str:
-    values = parse_qs(query).get("database")
-    return _check_identifier(values[0] if values else DEFAULT_DATABASE, "database", url)
-
-
-def _check_identifier(name: str, what: str, context: str) -> str:
-    if not _IDENTIFIER.match(name):
-        raise WarehouseError(
-            f"{redact(context)}: {what} {name!r} must be letters, digits and underscores, not starting with a digit"
-        )
-    return name
 
 
 class Warehouse:

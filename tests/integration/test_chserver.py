@@ -311,7 +311,7 @@ def test_error_after_the_first_rows_reaches_the_client(server: ServerProcess, cl
 
 
 def test_native_for_protocol_revisions(server: ServerProcess) -> None:
-    from driftline.stack.chserver_native import BLOCK_INFO
+    from driftline.stack.chserver.native import BLOCK_INFO
 
     sql = "SELECT toUInt8(number) AS x FROM numbers(3) FORMAT Native"
     plain = request(server.port, "POST", body=sql).body
@@ -328,7 +328,7 @@ def test_native_walker_finds_every_block_boundary(server: ServerProcess) -> None
     The server adds BlockInfo per streamed chunk (one chunk is one block) without parsing; the
     walker must find the same boundaries in the plain stream, or the two outputs differ.
     """
-    from driftline.stack.chserver_native import BLOCK_INFO, upgrade_native
+    from driftline.stack.chserver.native import BLOCK_INFO, upgrade_native
 
     sql = """SELECT number AS n, toString(number) AS s, if(number % 3 = 0, NULL, number / 7) AS nf,
         toLowCardinality(concat('k', toString(number % 17))) AS lc,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from driftline.stack.chserver_errors import ClickHouseError
-from driftline.stack.chserver_sql import Confinement, parse_statement
+from driftline.stack.chserver.errors import ClickHouseError
+from driftline.stack.chserver.sql import Confinement, parse_statement
 
 REPO = Path(__file__).resolve().parents[2]
 BOX = Confinement(max_execution_time=600)

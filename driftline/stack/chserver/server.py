@@ -15,7 +15,7 @@ or, embedded in a test or a command::
 
 Safe by default (docs/SECURITY.md): with ``--password-file`` (``driftline stack up`` makes one) every
 query needs the password; statements that read files, reach the network or run programs are refused
-(``Confinement`` in ``chserver_sql``, then the engine's own parser); ``readonly`` is the engine's;
+(``Confinement`` in ``sql``, then the engine's own parser); ``readonly`` is the engine's;
 requests with an ``Origin`` or a foreign ``Host`` are refused; body, decompressed body, statement,
 connections, header time, sessions and query time are limited (``--max-*``, ``--*-timeout``).
 
@@ -26,24 +26,19 @@ one thread from start to end, and the server needs nothing beyond chdb. What
 the stdlib lacks (chunked request bodies, chunked streaming responses, tracking
 connections for a clean shutdown) is small and lives here.
 
-Modules: ``chserver_sql`` reads the statement, ``chserver_engine`` owns the chdb
-connections (sessions, pool, per-request settings), ``chserver_codec`` does
-request and response compression, ``chserver_native`` adapts Native output to
-the client's protocol revision, ``chserver_errors`` gives errors ClickHouse's form.
+Modules (``driftline.stack.chserver``): ``sql`` reads the statement, ``engine`` owns the chdb
+connections (sessions, pool, per-request settings), ``codec`` does request and response
+compression, ``native`` adapts Native output to the client's protocol revision, ``errors`` gives
+errors ClickHouse's form, ``access`` decides whom to answer, ``cli`` runs this as a process.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
-import hmac
-import ipaddress
 import logging
-import os
 import secrets
-import signal
 import socket
 import socketserver
 import tempfile
@@ -60,17 +55,16 @@ from itertools import chain
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from driftline.stack.chserver_codec import (
+from driftline.stack.chserver.access import Credentials, allowed_hosts, host_allowed
+from driftline.stack.chserver.codec import (
     ResponseEncoder,
     decode_body,
     decode_native_blocks,
     response_encoder,
     response_encoding,
 )
-from driftline.stack.chserver_engine import (
+from driftline.stack.chserver.engine import (
     DEFAULT_FORMAT,
-    DEFAULT_MAX_EXECUTION_TIME,
-    DEFAULT_MAX_SESSIONS,
     Engine,
     EngineConnection,
     Lease,
@@ -78,7 +72,7 @@ from driftline.stack.chserver_engine import (
     QueryStats,
     ServerInfo,
 )
-from driftline.stack.chserver_errors import (
+from driftline.stack.chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
     BAD_ARGUMENTS,
@@ -90,8 +84,8 @@ from driftline.stack.chserver_errors import (
     TOO_MANY_SIMULTANEOUS_QUERIES,
     ClickHouseError,
 )
-from driftline.stack.chserver_native import upgrade_native
-from driftline.stack.chserver_sql import (
+from driftline.stack.chserver.native import upgrade_native
+from driftline.stack.chserver.sql import (
     Head,
     InsertData,
     Statement,
@@ -99,7 +93,6 @@ from driftline.stack.chserver_sql import (
     split_insert,
     tokenize,
 )
-from driftline.stack.process import StackError
 
 logger = logging.getLogger("driftline.stack.chserver")
 
@@ -241,82 +234,6 @@ class HttpLimits:
     max_connections: int = 64  # open client connections, idle keep-alive ones included
     header_timeout: float = 10.0  # from a request's first byte to the end of its headers
     read_timeout: float = 30.0  # the longest wait for the next bytes of a body, or for a client to read
-
-
-def allowed_hosts(bind: str, port: int, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
-    """The ``Host`` headers the server answers: a defence against DNS rebinding from a browser.
-
-    A loopback bind answers the loopback names only; a specific address, that address; a
-    wildcard bind (0.0.0.0, ::) any IP literal (``None`` here, checked per request), plus ``extra``.
-
-    >>> sorted(allowed_hosts("127.0.0.1", 8123))
-    ['127.0.0.1:8123', '[::1]:8123', 'localhost:8123']
-    >>> sorted(allowed_hosts("10.0.0.5", 8123, ("ch.internal",)))
-    ['10.0.0.5:8123', 'ch.internal:8123']
-    """
-    names = {f"{name}:{port}" for name in extra}
-    if bind in ("", "0.0.0.0", "::"):
-        return None
-    if _loopback(bind):
-        return frozenset(names | {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"})
-    host = f"[{bind}]" if ":" in bind else bind
-    return frozenset(names | {f"{host}:{port}"})
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def host_allowed(host: str, allowed: frozenset[str] | None, port: int, extra: tuple[str, ...] = ()) -> bool:
-    """Whether a request's ``Host`` header names this server (see ``allowed_hosts``).
-
-    >>> host_allowed("localhost:8123", allowed_hosts("127.0.0.1", 8123), 8123)
-    True
-    >>> host_allowed("evil.example:8123", allowed_hosts("127.0.0.1", 8123), 8123)
-    False
-    >>> host_allowed("192.168.1.9:8123", None, 8123), host_allowed("rebind.example:8123", None, 8123)
-    (True, False)
-    """
-    if allowed is not None:
-        return host.lower() in allowed
-    name, _, rest = host.rpartition(":") if not host.endswith("]") else (host, "", str(port))
-    if rest != str(port):
-        return False
-    if name.lower() in ("localhost", *extra):
-        return True
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """The one user the server accepts; without it, authentication is off.
-
-    >>> Credentials("analyst", "s3cret").check("analyst", "s3cret")
-    >>> Credentials("analyst", "s3cret").check("analyst", "nope")  # doctest: +NORMALIZE_WHITESPACE
-    Traceback (most recent call last):
-    ...
-    driftline.stack.chserver_errors.ClickHouseError: analyst: Authentication failed: password is incorrect,
-    or there is no user with such name
-    """
-
-    user: str
-    password: str
-
-    def check(self, user: str, password: str) -> None:
-        user_ok = hmac.compare_digest(user.encode(), self.user.encode())
-        password_ok = hmac.compare_digest(password.encode(), self.password.encode())
-        if not (user_ok and password_ok):
-            raise ClickHouseError(
-                AUTHENTICATION_FAILED,
-                f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
-            )
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -1069,144 +986,3 @@ def serve(
 ) -> EmbeddedClickHouse:
     """Start serving chdb at ``path`` on ``host:port`` (0: any free port) in background threads."""
     return EmbeddedClickHouse(path, host, port, user, password, limits, http_limits, allow_hosts).start()
-
-
-STOP_SECONDS = 4.0  # SIGTERM to exit, at most: requests get 2 s to finish, the rest is for closing
-
-
-def read_password_file(path: str | Path) -> str:
-    """The password in ``path`` (its first line), refusing a file others may read.
-
-    >>> import tempfile, os
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     p = Path(tmp, "pw"); _ = p.write_text("s3cret\\n"); os.chmod(p, 0o600)
-    ...     read_password_file(p)
-    's3cret'
-    """
-    file = Path(path)
-    try:
-        mode = file.stat().st_mode
-        text = file.read_text()
-    except OSError as exc:
-        raise StackError(f"cannot read the password file {file}: {exc}") from exc
-    if mode & 0o077:
-        raise StackError(f"the password file {file} may be read by others (mode {mode & 0o777:o}); chmod 600 it")
-    password = text.splitlines()[0].strip() if text.strip() else ""
-    if not password:
-        raise StackError(f"the password file {file} is empty")
-    return password
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m driftline.stack.chserver", description="Serve chdb over ClickHouse's HTTP interface."
-    )
-    parser.add_argument("--path", required=True, help="chdb data directory (this process owns it)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8123, help="0 picks a free port (printed on start)")
-    parser.add_argument(
-        "--user",
-        help="the one accepted user (default: default, when a password is given); "
-        "without a password authentication is off",
-    )
-    parser.add_argument(
-        "--password", help="that user's password (visible to other local users in ps: prefer --password-file)"
-    )
-    parser.add_argument(
-        "--password-file", help="read the password from this file (mode 600); `driftline stack up` makes one"
-    )
-    parser.add_argument(
-        "--readonly",
-        type=int,
-        choices=[0, 1, 2],
-        default=0,
-        help="the user's readonly level, enforced by the engine: 1 reads only, 2 also changes settings",
-    )
-    parser.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also answer requests whose Host header is NAME:PORT (repeatable)",
-    )
-    http_defaults = HttpLimits()
-    parser.add_argument(
-        "--max-execution-time",
-        type=float,
-        default=DEFAULT_MAX_EXECUTION_TIME,
-        help="seconds a query may run; clients may lower it, not raise it (default %(default)g)",
-    )
-    parser.add_argument(
-        "--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="open HTTP sessions (default %(default)s)"
-    )
-    parser.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=http_defaults.max_body_bytes,
-        help="request body, on the wire and decompressed (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-query-bytes",
-        type=int,
-        default=http_defaults.max_query_bytes,
-        help="statement text, not counting INSERT data (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=http_defaults.max_connections,
-        help="open client connections (default %(default)s)",
-    )
-    parser.add_argument(
-        "--header-timeout",
-        type=float,
-        default=http_defaults.header_timeout,
-        help="seconds for a request's headers to arrive (default %(default)g)",
-    )
-    parser.add_argument(
-        "--read-timeout",
-        type=float,
-        default=http_defaults.read_timeout,
-        help="seconds to wait for a client's next bytes, or for it to read (default %(default)g)",
-    )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(args.readonly, args.max_execution_time, args.max_sessions)
-    http_limits = HttpLimits(
-        args.max_body_bytes, args.max_query_bytes, args.max_connections, args.header_timeout, args.read_timeout
-    )
-    try:
-        password = read_password_file(args.password_file) if args.password_file else args.password
-        server = serve(
-            args.path, args.host, args.port, args.user, password, limits, http_limits, tuple(args.allow_host)
-        )
-    except (StackError, OSError) as exc:
-        logger.error("cannot serve on %s:%s: %s", args.host, args.port, exc)
-        return 1
-    if password is None:
-        logger.warning(
-            "serving without a password: anything that can reach %s may read and write the warehouse", server.url
-        )
-
-    def stop(signum: int, frame: object) -> None:
-        # close() waits for requests, so it runs beside the main thread rather than inside the handler
-        threading.Thread(target=server.close, kwargs={"timeout": 2.0}, name="chserver-stop", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"listening on {server.url}", flush=True)
-    server.wait()
-    stopped_at = time.monotonic()
-    for thread in threading.enumerate():
-        if thread.name == "chserver-stop":
-            thread.join(max(0.0, STOP_SECONDS - (time.monotonic() - stopped_at)))
-            if thread.is_alive():
-                logger.warning("the server did not close within %.0f s of the signal; exiting now", STOP_SECONDS)
-                logging.shutdown()
-                os._exit(1)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import NamedTuple
 
-from driftline.stack.chserver_errors import ACCESS_DENIED, ClickHouseError
+from driftline.stack.chserver.errors import ACCESS_DENIED, ClickHouseError
 
 _TOKEN = re.compile(
     rb"""
@@ -366,17 +366,17 @@ class Confinement:
     >>> box.check("select * from/**/`FILE` ('/etc/passwd', 'LineAsString')")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: FILE(...) is not allowed on this server:
+    driftline.stack.chserver.errors.ClickHouseError: FILE(...) is not allowed on this server:
     it reads files or reaches the network
     >>> box.check("SELECT 1 INTO OUTFILE '/tmp/x'")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: INTO OUTFILE and FROM INFILE are not allowed on this server:
+    driftline.stack.chserver.errors.ClickHouseError: INTO OUTFILE and FROM INFILE are not allowed on this server:
     they reach files outside its data folder
     >>> box.check_settings({"max_execution_time": "0"})  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: max_execution_time must be between 0 and 60 seconds on this server
+    driftline.stack.chserver.errors.ClickHouseError: max_execution_time must be between 0 and 60 seconds on this server
     (0, no limit, is not allowed), not '0'
     """
 

@@ -22,7 +22,7 @@ import lz4.block
 import lz4.frame
 import zstandard
 
-from driftline.stack.chserver_errors import (
+from driftline.stack.chserver.errors import (
     CANNOT_DECOMPRESS,
     TOO_MANY_ROWS_OR_BYTES,
     UNKNOWN_COMPRESSION_METHOD,
@@ -152,7 +152,7 @@ def decode_body(chunks: Iterable[bytes], content_encoding: str | None, max_bytes
     >>> sum(map(len, decode_body([bomb], "zstd", max_bytes=4 << 20)))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: The zstd request body decompresses to more than 4194304 bytes...
+    driftline.stack.chserver.errors.ClickHouseError: The zstd request body decompresses to more than 4194304 bytes...
 
     >>> frames = lz4.frame.compress(b"a" * 5) + lz4.frame.compress(b"b" * 3)
     >>> b"".join(decode_body([frames[:7], frames[7:]], "lz4"))
@@ -160,7 +160,7 @@ def decode_body(chunks: Iterable[bytes], content_encoding: str | None, max_bytes
     >>> b"".join(decode_body([lz4.frame.compress(b"abc")[:-2]], "lz4"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    driftline.stack.chserver_errors.ClickHouseError: ... lz4 body ends inside a frame...
+    driftline.stack.chserver.errors.ClickHouseError: ... lz4 body ends inside a frame...
     """
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from chdb.state import sqlitelike
 
-from driftline.stack.chserver_errors import (
+from driftline.stack.chserver.errors import (
     SESSION_IS_LOCKED,
     SESSION_LIMIT_EXCEEDED,
     SESSION_NOT_FOUND,
@@ -34,7 +34,7 @@ from driftline.stack.chserver_errors import (
     UNKNOWN_SETTING,
     ClickHouseError,
 )
-from driftline.stack.chserver_sql import (
+from driftline.stack.chserver.sql import (
     ALLOWED_ENGINES,
     ALLOWED_TABLE_FUNCTIONS,
     DENIED_CALLS,

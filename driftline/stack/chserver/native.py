@@ -21,7 +21,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from driftline.stack.chserver_errors import NOT_IMPLEMENTED, ClickHouseError
+from driftline.stack.chserver.errors import NOT_IMPLEMENTED, ClickHouseError
 
 # BlockInfo: field 1 is_overflows = false, field 2 bucket_num = -1, field 0 ends it.
 BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
