@@ -548,3 +548,18 @@ def test_a_state_saved_before_the_new_alarm_classes_loads() -> None:
     state, _, _ = run(policy, [window(0, drifted=HOT)])
     old = {k: v for k, v in state.to_dict().items() if k not in ("data_quality", "multivariate", "trend")}
     assert TriggerState.from_dict(old) == state
+
+
+def test_alarm_evidence_is_the_rows_that_crossed_their_own_threshold() -> None:
+    # the engine flags every data-quality row of a feature with the feature's decision
+    flagged = [
+        FeatureDrift("b", "missing_rate", 0.2, None, 0.03, True, "data_quality"),
+        FeatureDrift("b", "out_of_range_rate", 0.0, None, 0.01, True, "data_quality"),
+    ]
+    policy = model_policy(data_quality={"enabled": True, "consecutive_windows": 1})
+    (r,) = run(policy, [window(0, drift=rows() + flagged)])[1]
+    assert [(e.metric, e.feature) for e in r.evidence] == [("missing_rate", "b")]
+    # a decision no single row explains keeps all the feature's flagged rows
+    below = [FeatureDrift("b", m, 0.0, None, 0.01, True, "data_quality") for m in ("missing_rate", "out_of_range_rate")]
+    (r,) = run(policy, [window(0, drift=rows() + below)])[1]
+    assert sorted(e.metric for e in r.evidence) == ["missing_rate", "out_of_range_rate"]
