@@ -27,25 +27,15 @@ from driftline.report_svg import (
     format_number,
     format_time,
 )
-from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE
+from driftline.streams.core import drift
+from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
 from driftline.streams.records import PREDICTION_FEATURE
 
 # metrics in a sensible reading order; others follow alphabetically
 METRIC_ORDER = ("accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "brier", "mae", "rmse", "r2")
-DRIFT_METRIC_ORDER = (
-    "psi",
-    "ks",
-    "wasserstein",
-    "jensenshannon",
-    "hellinger",
-    "chi2",
-    "missing_rate",
-    "new_category_rate",
-    "out_of_range_rate",
-    "reconstruction_error",
-    "correlation_change",
-    "trend_evidence",
-)
+# the engine's metrics in its own order, then the other alarm classes' rows
+DRIFT_METRIC_ORDER = (*drift.METRICS, RECONSTRUCTION_ERROR, CORRELATION_CHANGE, TREND_METRIC)
 MAX_HEAT_COLUMNS = 240  # beyond this many windows, neighbouring windows share a heatmap column
 MAX_DLQ_BUCKETS = 60
 _DLQ_BUCKETS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)

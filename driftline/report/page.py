@@ -279,20 +279,6 @@ def _prediction_section(
         "arrive late. One chart per metric, the dashed line is the metric's threshold."
     )
 
-    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
-        threshold = float(np.median(_floats(table.column("threshold"))[where]))
-        return line_chart(
-            series_by_version(table, "value", colors, where=where),
-            domain,
-            title=f"prediction {metric}",
-            thresholds=[(threshold, "threshold")],
-            markers=markers,
-            marker_labels=False,
-            y_include=[0.0],
-            width=470,
-            height=190,
-        )
-
     table = data.prediction_drift
     if table is not None:  # the slow-drift evidence has its own section, on a log axis
         table = table.filter(pc.not_equal(table.column("metric"), TREND_METRIC))
@@ -303,7 +289,7 @@ def _prediction_section(
         what="Prediction drift",
         source="drift_metrics",
         order=DRIFT_METRIC_ORDER,
-        chart=chart,
+        chart=_metric_against_threshold("prediction", colors, markers),
         nothing_yet=(
             "No prediction drift yet.",
             "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
@@ -403,19 +389,6 @@ def _multivariate_section(
         "is the threshold for the window's size; a point above it is flagged."
     )
 
-    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
-        return line_chart(
-            series_by_version(table, "value", colors, where=where),
-            domain,
-            title=f"multivariate {metric}",
-            thresholds=_threshold_line(table, where, "threshold"),
-            markers=markers,
-            marker_labels=False,
-            y_include=[0.0],
-            width=470,
-            height=190,
-        )
-
     body = _charts_per_metric(
         data.multivariate,
         domain,
@@ -423,7 +396,7 @@ def _multivariate_section(
         what="Multivariate drift",
         source="drift_metrics",
         order=DRIFT_METRIC_ORDER,
-        chart=chart,
+        chart=_metric_against_threshold("multivariate", colors, markers),
         nothing_yet=(
             "No multivariate statistics.",
             "They need a reference profile with a multivariate model of its numeric features (built by "
@@ -516,6 +489,27 @@ def _estimates_section(
         ),
     )
     return _section("estimates", "Estimated and realized performance", intro, body, ESTIMATES)
+
+
+def _metric_against_threshold(
+    what: str, colors: Mapping[str, str], markers: Sequence[Marker]
+) -> Callable[[pa.Table, Domain, str, np.ndarray], str]:
+    """A chart of one drift metric per version from 0 up, with its threshold as a dashed line."""
+
+    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
+        return line_chart(
+            series_by_version(table, "value", colors, where=where),
+            domain,
+            title=f"{what} {metric}",
+            thresholds=_threshold_line(table, where, "threshold"),
+            markers=markers,
+            marker_labels=False,
+            y_include=[0.0],
+            width=470,
+            height=190,
+        )
+
+    return chart
 
 
 def _threshold_line(table: pa.Table, where: np.ndarray, label: str) -> list[tuple[float, str]]:
