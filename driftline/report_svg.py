@@ -207,6 +207,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
     [2.5, 3.0, 3.5]
     >>> len(nice_ticks(0.0, 1e30))  # e-values grow that large
     3
+    >>> nice_ticks(0.0, 2e-15).tolist()
+    [0.0, 5e-16, 1e-15, 1.5e-15, 2e-15]
     """
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"ticks need finite bounds, got {lo}..{hi}")
@@ -219,8 +221,10 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
     step = _nice_step((hi - lo) / max(target, 1))
     first = math.floor(lo / step + 1e-9) * step
     last = math.ceil(hi / step - 1e-9) * step
-    # rounding drops the float noise of first + k * step (0.6000000000000001)
-    return np.round(first + step * np.arange(int(round((last - first) / step)) + 1), 12)
+    # rounding drops the float noise of first + k * step (0.6000000000000001), at the step's own scale
+    # so that ticks of tiny values (a metric of 1e-15) stay apart
+    decimals = max(0, 3 - math.floor(math.log10(step)))
+    return np.round(first + step * np.arange(int(round((last - first) / step)) + 1), decimals)
 
 
 def log_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
