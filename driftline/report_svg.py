@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html import escape
 
@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "DASHES",
     "PALETTE",
+    "Band",
     "Bars",
     "Domain",
     "Heatmap",
@@ -31,6 +32,7 @@ __all__ = [
     "heatmap",
     "heat_colors",
     "line_chart",
+    "log_ticks",
     "nice_ticks",
     "time_ticks",
 ]
@@ -125,6 +127,23 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Band:
+    """A shaded range around a line: ``lo`` to ``hi`` over ``xs`` (epoch ms), e.g. an estimate's 95% band.
+
+    ``key`` ties it to a series for the legend's show and hide.
+
+    >>> Band("v1", np.array([0, 1000]), np.array([0.7, 0.72]), np.array([0.8, 0.82]), PALETTE[0]).key
+    'v1'
+    """
+
+    key: str
+    xs: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    color: str
+
+
+@dataclass(frozen=True)
 class Marker:
     """A moment worth a vertical line: a retrain request, a registration, a promotion, a version taking traffic.
 
@@ -188,6 +207,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
     [2.5, 3.0, 3.5]
     >>> len(nice_ticks(0.0, 1e30))  # e-values grow that large
     3
+    >>> nice_ticks(0.0, 2e-15).tolist()
+    [0.0, 5e-16, 1e-15, 1.5e-15, 2e-15]
     """
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"ticks need finite bounds, got {lo}..{hi}")
@@ -200,8 +221,42 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
     step = _nice_step((hi - lo) / max(target, 1))
     first = math.floor(lo / step + 1e-9) * step
     last = math.ceil(hi / step - 1e-9) * step
-    # rounding drops the float noise of first + k * step (0.6000000000000001)
-    return np.round(first + step * np.arange(int(round((last - first) / step)) + 1), 12)
+    # rounding drops the float noise of first + k * step (0.6000000000000001), at the step's own scale
+    # so that ticks of tiny values (a metric of 1e-15) stay apart
+    decimals = max(0, 3 - math.floor(math.log10(step)))
+    return np.round(first + step * np.arange(int(round((last - first) / step)) + 1), decimals)
+
+
+def log_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
+    """Whole decades (as exponents) covering ``[lo, hi]`` (exponents too), about ``target`` of them.
+
+    >>> log_ticks(-0.3, 2.4).tolist()
+    [-1.0, 0.0, 1.0, 2.0, 3.0]
+    >>> log_ticks(0.0, 30.0).tolist()  # e-values of 1 to 1e30: every tenth decade
+    [0.0, 10.0, 20.0, 30.0]
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"ticks need finite bounds, got {lo}..{hi}")
+    lo, hi = min(lo, hi), max(lo, hi)
+    first, last = math.floor(lo), math.ceil(hi)
+    if last == first:
+        first, last = first - 1, last + 1
+    step = max(1, math.ceil((last - first) / max(target, 1)))
+    if step > 1:
+        step = int(_nice_step(step))
+    first = math.floor(first / step) * step
+    last = math.ceil(last / step) * step
+    return np.arange(first, last + step, step, dtype=np.float64)
+
+
+def _decade_label(exponent: float) -> str:
+    """``10^k`` in few characters: 0.01, 1, 1000, 1e+06.
+
+    >>> [_decade_label(k) for k in (-2.0, 0.0, 3.0, 6.0, 30.0)]
+    ['0.01', '1', '1000', '1e+06', '1e+30']
+    """
+    k = int(exponent)
+    return f"{10.0**k:g}" if -4 <= k < 5 else f"1e{k:+03d}"
 
 
 def _nice_step(raw: float) -> float:
@@ -328,8 +383,14 @@ def _svg_open(width: int, height: int, label: str) -> str:
     )
 
 
-def _value_axis(frame: _Frame, ticks: np.ndarray, y: Callable[[float], np.ndarray], unit: str) -> list[str]:
-    """Grid lines and labels at ``ticks`` (placed by ``y``), and the ``unit`` above the axis."""
+def _value_axis(
+    frame: _Frame,
+    ticks: np.ndarray,
+    y: Callable[[float], np.ndarray],
+    unit: str,
+    label: Callable[[float], str] = format_number,
+) -> list[str]:
+    """Grid lines and labels at ``ticks`` (placed by ``y``, written by ``label``), and the ``unit`` above the axis."""
     out = []
     for t in ticks:
         yy = float(y(float(t)))
@@ -338,7 +399,7 @@ def _value_axis(frame: _Frame, ticks: np.ndarray, y: Callable[[float], np.ndarra
         )
         out.append(
             f'<text class="tick-label" x="{frame.left - 6}" y="{yy + 4:.1f}" text-anchor="end">'
-            f"{escape(format_number(float(t)))}</text>"
+            f"{escape(label(float(t)))}</text>"
         )
     if unit:
         out.append(f'<text class="unit" x="4" y="{frame.top - 4}">{escape(unit)}</text>')
@@ -414,36 +475,61 @@ def line_chart(
     y_include: Sequence[float] = (),
     width: int = 960,
     height: int = 240,
+    log_y: bool = False,
+    bands: Sequence[Band] = (),
 ) -> str:
-    """Lines over time with points, optional threshold lines and event markers.
+    """Lines over time with points, optional threshold lines, shaded bands and event markers.
 
     Points closer than the series' usual spacing are joined; a longer gap
     (a version that stopped serving) breaks the line. ``y_include`` values
-    are kept inside the y range (0 for latency, say).
+    are kept inside the y range (0 for latency, say). ``log_y`` puts the
+    values on a logarithmic axis (values of 0 or less are left out), for
+    quantities that span decades such as e-values.
 
     >>> svg = line_chart([Series("a", "A", np.array([0, 60_000, 120_000]), np.array([0.1, 0.4, 0.2]), PALETTE[0])],
     ...                  Domain(0, 120_000), thresholds=[(0.3, "limit")])
     >>> svg.count('class="mark line"'), svg.count('class="mark point"'), "limit" in svg
     (1, 3, True)
+    >>> e = line_chart([Series("a", "A", np.array([0, 60_000]), np.array([0.5, 1e12]), PALETTE[0])],
+    ...                Domain(0, 60_000), thresholds=[(80.0, "alarm")], log_y=True)
+    >>> ">1e+10</text>" in e, ">1</text>" in e  # decades 1e-05 to 1e+15, in steps of five
+    (True, True)
     """
     label_rows = marker_label_rows(markers, domain, width, 56, 16) if marker_labels else 0
     frame = _Frame(width, height, 56, 16, 12 + 14 * label_rows if label_rows else 14, 26, domain)
+
+    def scale(v: np.ndarray | float) -> np.ndarray:
+        values = np.asarray(v, dtype=np.float64)
+        if not log_y:
+            return values
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
+
     finite = np.concatenate(
-        [np.asarray(s.ys, dtype=np.float64)[np.isfinite(s.ys)] for s in series]
-        + [np.array([t for t, _ in thresholds], dtype=np.float64), np.asarray(y_include, dtype=np.float64)]
+        [scale(s.ys) for s in series]
+        + [scale(b.lo) for b in bands]
+        + [scale(b.hi) for b in bands]
+        + [scale(np.array([t for t, _ in thresholds], dtype=np.float64)), scale(np.asarray(y_include))]
     )
+    finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         finite = np.array([0.0, 1.0])
     lo, hi = float(finite.min()), float(finite.max())
-    ticks = nice_ticks(lo, hi, target=max(3, int(frame.plot_h // 40)))
+    target = max(3, int(frame.plot_h // 40))
+    ticks = log_ticks(lo, hi, target) if log_y else nice_ticks(lo, hi, target=target)
     y_lo, y_hi = float(ticks[0]), float(ticks[-1])
 
     def y(v: np.ndarray | float) -> np.ndarray:
-        return frame.top + (1 - (np.asarray(v, dtype=np.float64) - y_lo) / (y_hi - y_lo)) * frame.plot_h
+        return frame.top + (1 - (scale(v) - y_lo) / (y_hi - y_lo)) * frame.plot_h
+
+    def at_tick(t: float) -> np.ndarray:  # ticks are already on the axis' scale
+        return frame.top + (1 - (np.asarray(t, dtype=np.float64) - y_lo) / (y_hi - y_lo)) * frame.plot_h
 
     out = [_svg_open(width, height, title or "line chart")]
-    out.extend(_value_axis(frame, ticks, y, unit))
+    out.extend(_value_axis(frame, ticks, at_tick, unit, _decade_label if log_y else format_number))
     out.extend(_time_axis(frame))
+    for band in bands:
+        out.append(_band(band, frame, y))
     for value, label in thresholds:
         yy = float(y(value))
         out.append(
@@ -453,9 +539,28 @@ def line_chart(
         )
     out.extend(_markers(markers, frame, marker_labels))
     for s in series:
+        if log_y:  # a value of 0 or less has no place on a log axis: a gap, as for a missing one
+            s = replace(s, ys=np.where(np.asarray(s.ys, dtype=np.float64) > 0, s.ys, np.nan))
         out.append(_series(s, frame, y))
     out.append("</svg>")
     return "".join(out)
+
+
+def _band(band: Band, frame: _Frame, y: Callable[[np.ndarray], np.ndarray]) -> str:
+    """The band as one closed shape: along ``hi`` forwards, back along ``lo``; missing points are left out."""
+    order = np.argsort(band.xs, kind="stable")
+    xs = np.asarray(band.xs, dtype=np.int64)[order]
+    lo, hi = y(np.asarray(band.lo)[order]), y(np.asarray(band.hi)[order])
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return ""
+    px = frame.x(xs[ok])
+    top = [f"{x:.1f},{v:.1f}" for x, v in zip(px, hi[ok])]
+    bottom = [f"{x:.1f},{v:.1f}" for x, v in zip(px[::-1], lo[ok][::-1])]
+    return (
+        f'<path class="band" data-series="{escape(band.key)}" d="M{" L".join(top + bottom)} Z" '
+        f'fill="{band.color}" fill-opacity="0.15" stroke="none"/>'
+    )
 
 
 def _series(s: Series, frame: _Frame, y) -> str:

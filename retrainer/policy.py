@@ -305,7 +305,10 @@ class TrendTrigger:
 
     The evidence is an anytime-valid e-value accumulated across the version's
     windows, so its alarm already holds its false-alarm rate over any number
-    of windows: one window is enough (``consecutive_windows`` 1).
+    of windows. Two windows all the same: an abrupt change crosses it in its
+    first window, and the second keeps it from asking before the drift
+    trigger's own confirmation (and before the snapshot holds data from after
+    the change); once crossed, the evidence stays, so a slow trend loses one window.
 
     >>> TrendTrigger(features=("__prediction__",)).watches("income", "trend_evidence")
     False
@@ -313,7 +316,7 @@ class TrendTrigger:
 
     enabled: bool = True
     min_features: int = 1
-    consecutive_windows: int = 1
+    consecutive_windows: int = 2
     features: tuple[str, ...] | None = None
 
     def watches(self, feature: str, metric: str) -> bool:

@@ -327,6 +327,10 @@ def _alarm_signal(
     features = sorted({r.feature for r in hits})
     if len(features) < min_features:
         return _CLEAN
+    # Every row of a feature carries the feature's decision for its alarm class; the evidence is the rows
+    # that crossed their own threshold (all of the feature's flagged rows when none did on its own).
+    crossed = {r.feature for r in hits if r.value > r.threshold}
+    hits = [r for r in hits if r.feature not in crossed or r.value > r.threshold]
     evidence = tuple(
         Evidence(r.metric, r.feature, float(r.value), float(r.threshold), window.window_start, window.window_end)
         for r in hits

@@ -15,21 +15,27 @@ import pyarrow.compute as pc
 
 from driftline.report.columns import _epoch_ms, _floats, _ms, _rows, _strings, _version_key
 from driftline.report.queries import ReportData
-from driftline.report_svg import PALETTE, Bars, Domain, Heatmap, Marker, Series, format_number, format_time
+from driftline.report_svg import (
+    DASHES,
+    PALETTE,
+    Band,
+    Bars,
+    Domain,
+    Heatmap,
+    Marker,
+    Series,
+    format_number,
+    format_time,
+)
+from driftline.streams.core import drift
+from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
 from driftline.streams.records import PREDICTION_FEATURE
 
 # metrics in a sensible reading order; others follow alphabetically
 METRIC_ORDER = ("accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "brier", "mae", "rmse", "r2")
-DRIFT_METRIC_ORDER = (
-    "psi",
-    "ks",
-    "wasserstein",
-    "jensenshannon",
-    "hellinger",
-    "chi2",
-    "missing_rate",
-    "new_category_rate",
-)
+# the engine's metrics in its own order, then the other alarm classes' rows
+DRIFT_METRIC_ORDER = (*drift.METRICS, RECONSTRUCTION_ERROR, CORRELATION_CHANGE, TREND_METRIC)
 MAX_HEAT_COLUMNS = 240  # beyond this many windows, neighbouring windows share a heatmap column
 MAX_DLQ_BUCKETS = 60
 _DLQ_BUCKETS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)
@@ -234,7 +240,7 @@ def drift_heatmap(table: pa.Table, colors: Mapping[str, str]) -> Heatmap:
     np.maximum.at(window_ends, col, ends)
     pairs = sorted(
         {(str(v), str(f)) for v, f in zip(versions, features)},
-        key=lambda p: (_version_key(p[0]), p[1] == PREDICTION_FEATURE, p[1]),
+        key=lambda p: (_version_key(p[0]), p[1] in (PREDICTION_FEATURE, MULTIVARIATE_FEATURE), p[1]),
     )
     index = {p: i for i, p in enumerate(pairs)}
     row = np.fromiter(
@@ -300,7 +306,9 @@ def _merge_columns(
 
 
 def _feature_label(feature: str) -> str:
-    return "prediction (output)" if feature == PREDICTION_FEATURE else feature
+    return {PREDICTION_FEATURE: "prediction (output)", MULTIVARIATE_FEATURE: "all numeric (multivariate)"}.get(
+        feature, feature
+    )
 
 
 def _metric_rank(metric: str, order: Sequence[str]) -> tuple[int, str]:
@@ -320,6 +328,38 @@ def series_by_version(
         mask = keep & (versions == v)
         out.append(Series(f"v{v}", f"v{v}", starts[mask], values[mask], colors.get(v, PALETTE[-1])))
     return out
+
+
+def estimate_series(
+    table: pa.Table, colors: Mapping[str, str], *, where: np.ndarray | None = None
+) -> tuple[list[Series], list[Band]]:
+    """Per version: the realized metric (solid), the label-free estimate (dashed) and the estimate's 95% band.
+
+    ``table`` holds rows of the ``estimated_vs_realized`` query; the realized
+    line has gaps where labels have not arrived yet.
+
+    >>> import pyarrow as pa
+    >>> t = pa.table({"model_version": ["1", "1"], "window_start": pa.array([0, 60_000], pa.timestamp("ms")),
+    ...     "estimated": [0.8, 0.7], "estimated_lower": [0.77, 0.67], "estimated_upper": [0.83, 0.73],
+    ...     "realized": [0.81, None]})
+    >>> lines, bands = estimate_series(t, {"1": "#000"})
+    >>> [(s.label, s.dash, s.ys.tolist()) for s in lines], bands[0].hi.tolist()
+    ([('v1 realized', '', [0.81, nan]), ('v1 estimated', '7 4', [0.8, 0.7])], [0.83, 0.73])
+    """
+    versions = _strings(table.column("model_version"))
+    starts = _epoch_ms(table.column("window_start"))
+    realized, estimated = _floats(table.column("realized")), _floats(table.column("estimated"))
+    lower, upper = _floats(table.column("estimated_lower")), _floats(table.column("estimated_upper"))
+    keep = np.ones(len(versions), dtype=bool) if where is None else where
+    lines: list[Series] = []
+    bands: list[Band] = []
+    for v in sorted({str(x) for x in versions[keep]}, key=_version_key):
+        mask = keep & (versions == v)
+        color = colors.get(v, PALETTE[-1])
+        lines.append(Series(f"v{v}", f"v{v} realized", starts[mask], realized[mask], color))
+        lines.append(Series(f"v{v}", f"v{v} estimated", starts[mask], estimated[mask], color, DASHES[1]))
+        bands.append(Band(f"v{v}", starts[mask], lower[mask], upper[mask], color))
+    return lines, bands
 
 
 def dlq_bars(table: pa.Table) -> tuple[Bars, Domain]:

@@ -26,6 +26,7 @@ from driftline.report.model import (
     chart_markers,
     dlq_bars,
     drift_heatmap,
+    estimate_series,
     event_domain,
     series_by_version,
     timeline,
@@ -33,21 +34,27 @@ from driftline.report.model import (
 )
 from driftline.report.queries import (
     ALERTS,
+    DATA_QUALITY,
     DLQ,
     DRIFT,
+    ESTIMATES,
     LATENCY,
+    MULTIVARIATE,
     PERFORMANCE,
     PREDICTION,
     RETRAINS,
+    TREND,
     VERSIONS,
     ReportData,
 )
 from driftline.report.style import CSS, SCRIPT
 from driftline.report_svg import PALETTE, Domain, Marker, bar_chart, format_number, format_time, heatmap, line_chart
-from driftline.streams.records import Evidence
+from driftline.streams.core.sequential import METRIC as TREND_METRIC
+from driftline.streams.records import PREDICTION_FEATURE, Evidence
 
 PERCENTILES = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"))
 MAX_LINEAGE_VERSIONS = 8
+MAX_QUALITY_ROWS = 50  # data-quality alarms listed, newest first
 
 # ---- pure: HTML ------------------------------------------------------------------------------------------
 
@@ -61,8 +68,12 @@ def render(data: ReportData) -> str:
     sections = [
         _summary(data, domain, colors),
         _drift_section(data, domain, markers, colors),
+        _data_quality_section(data, colors),
+        _multivariate_section(data, domain, markers, colors),
+        _trend_section(data, domain, markers, colors),
         _prediction_section(data, domain, markers, colors),
         _performance_section(data, domain, markers, colors),
+        _estimates_section(data, domain, markers, colors),
         _latency_section(data, domain, markers, colors),
         _dlq_section(data),
         _timeline_section(data, events, domain),
@@ -162,6 +173,9 @@ def _summary(data: ReportData, domain: Domain | None, colors: Mapping[str, str])
         cards.append(
             (f"Latest {metric}", format_number(value), f"v{version}, window of {format_time(int(starts[latest]))[:16]}")
         )
+    if data.data_quality is not None:
+        features = {str(f) for f in pc.unique(data.data_quality.column("feature")).to_pylist()}
+        cards.append(("Data-quality alarms", str(data.data_quality.num_rows), ", ".join(sorted(features)) or "none"))
     statuses: dict[str, int] = {}
     for r in data.retrains:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
@@ -240,8 +254,10 @@ def _charts_per_metric(
     nothing_yet: tuple[str, str],
     order: Sequence[str],
     chart: Callable[[pa.Table, Domain, str, np.ndarray], str],
+    by: str = "metric",
+    columns: int = 2,
 ) -> str:
-    """One chart per metric of ``table`` under the versions' legend, or why there is none yet.
+    """One chart per metric (or other ``by`` column) of ``table`` under the versions' legend, or why there is none yet.
 
     ``chart(table, domain, metric, where)`` draws one metric; ``where`` selects its rows of ``table``.
     """
@@ -249,10 +265,10 @@ def _charts_per_metric(
         return _empty(f"{what} is unavailable.", f"The warehouse has no <code>{source}</code> table.")
     if not table.num_rows or domain is None:
         return _empty(*nothing_yet)
-    metric_col = _strings(table.column("metric"))
+    metric_col = _strings(table.column(by))
     metrics = sorted({str(m) for m in metric_col.tolist()}, key=lambda m: _metric_rank(m, order))
-    charts = [(metric, chart(table, domain, metric, metric_col == metric)) for metric in metrics]
-    return _legend(colors, _versions_in(table)) + _small_multiples(charts)
+    charts = [(_feature_label(metric), chart(table, domain, metric, metric_col == metric)) for metric in metrics]
+    return _legend(colors, _versions_in(table)) + _small_multiples(charts, columns)
 
 
 def _prediction_section(
@@ -263,28 +279,17 @@ def _prediction_section(
         "arrive late. One chart per metric, the dashed line is the metric's threshold."
     )
 
-    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
-        threshold = float(np.median(_floats(table.column("threshold"))[where]))
-        return line_chart(
-            series_by_version(table, "value", colors, where=where),
-            domain,
-            title=f"prediction {metric}",
-            thresholds=[(threshold, "threshold")],
-            markers=markers,
-            marker_labels=False,
-            y_include=[0.0],
-            width=470,
-            height=190,
-        )
-
+    table = data.prediction_drift
+    if table is not None:  # the slow-drift evidence has its own section, on a log axis
+        table = table.filter(pc.not_equal(table.column("metric"), TREND_METRIC))
     body = _charts_per_metric(
-        data.prediction_drift,
+        table,
         domain,
         colors,
         what="Prediction drift",
         source="drift_metrics",
         order=DRIFT_METRIC_ORDER,
-        chart=chart,
+        chart=_metric_against_threshold("prediction", colors, markers),
         nothing_yet=(
             "No prediction drift yet.",
             "It is measured on the feature <code>__prediction__</code>, so the predictions need a "
@@ -328,6 +333,190 @@ def _performance_section(
         ),
     )
     return _section("performance", "Performance", intro, body, PERFORMANCE)
+
+
+def _data_quality_section(data: ReportData, colors: Mapping[str, str]) -> str:
+    intro = (
+        "Missing values, categories the reference never saw and values outside the reference's range: an alarm "
+        "is a rate above the reference's own by more than its threshold. They are an alarm class of their own "
+        "(no distance threshold hides them) and usually point at the pipeline rather than the world; the "
+        "policy's <code>data_quality</code> trigger can ask for a retrain on them. Newest first."
+    )
+    table = data.data_quality
+    if table is None:
+        body = _empty("Data-quality alarms are unavailable.", "The warehouse has no <code>drift_metrics</code> table.")
+    elif not table.num_rows:
+        body = _empty(
+            "No data-quality alarms.",
+            "Every window's missing, new-category and out-of-range rates stayed within their thresholds "
+            "(rows of kind <code>data_quality</code> in <code>drift_metrics</code>).",
+        )
+    else:
+        rows = table.slice(0, MAX_QUALITY_ROWS).to_pylist()
+        features = sorted({str(r["feature"]) for r in table.select(["feature"]).to_pylist()})
+        cells = "".join(
+            f'<tr><td><span class="swatch" style="background:{colors.get(str(r["model_version"]), PALETTE[-1])}">'
+            f"</span>v{escape(str(r['model_version']))}</td><td>{escape(_feature_label(str(r['feature'])))}</td>"
+            f"<td><code>{escape(str(r['metric']))}</code></td>"
+            f"<td>{format_time(_ms(r['window_start']))[:16]}–{format_time(_ms(r['window_end']))[11:16]}</td>"
+            f'<td class="num">{escape(format_number(r["value"]))}</td>'
+            f'<td class="num">{escape(format_number(r["threshold"]))}</td>'
+            f'<td class="num">{r["n_current"]}</td></tr>'
+            for r in rows
+        )
+        more = (
+            f'<p class="intro">{table.num_rows - MAX_QUALITY_ROWS} older alarm(s) not shown.</p>'
+            if table.num_rows > MAX_QUALITY_ROWS
+            else ""
+        )
+        body = (
+            f'<p class="intro"><strong>{table.num_rows} alarm(s)</strong> on '
+            f"{escape(', '.join(_feature_label(f) for f in features))}.</p>"
+            '<table class="quality"><thead><tr><th>version</th><th>feature</th><th>metric</th><th>window (UTC)</th>'
+            "<th>rate</th><th>threshold</th><th>events</th></tr></thead>"
+            f"<tbody>{cells}</tbody></table>{more}"
+        )
+    return _section("data-quality", "Data quality", intro, body, DATA_QUALITY)
+
+
+def _multivariate_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "All numeric features together (<code>__multivariate__</code>): the reconstruction error of the window's "
+        "standardized rows through the reference's PCA, and the largest change of a pairwise correlation. They see "
+        "a change in how features relate that leaves each feature's own distribution unchanged. The dashed line "
+        "is the threshold for the window's size; a point above it is flagged."
+    )
+
+    body = _charts_per_metric(
+        data.multivariate,
+        domain,
+        colors,
+        what="Multivariate drift",
+        source="drift_metrics",
+        order=DRIFT_METRIC_ORDER,
+        chart=_metric_against_threshold("multivariate", colors, markers),
+        nothing_yet=(
+            "No multivariate statistics.",
+            "They need a reference profile with a multivariate model of its numeric features (built by "
+            "<code>driftline registry register</code> and the retrainer from a dataset with two or more numeric "
+            "columns); older profiles get none.",
+        ),
+    )
+    return _section("multivariate", "Multivariate drift", intro, body, MULTIVARIATE)
+
+
+def _trend_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "Evidence of a slow trend, accumulated across a version's windows per numeric feature and for the model "
+        "output: an anytime-valid e-value that stays near 1 or below without a trend and grows by factors with "
+        "one. On a logarithmic axis; the dashed line is the alarm level (k / alpha for k streams), whose "
+        "false-alarm guarantee holds over any number of windows."
+    )
+
+    def chart(table: pa.Table, domain: Domain, feature: str, where: np.ndarray) -> str:
+        return line_chart(
+            series_by_version(table, "value", colors, where=where),
+            domain,
+            title=f"trend evidence of {_feature_label(feature)}",
+            unit="e-value",
+            thresholds=_threshold_line(table, where, "alarm level"),
+            markers=markers,
+            marker_labels=False,
+            y_include=[1.0],
+            log_y=True,
+            width=320,
+            height=180,
+        )
+
+    body = _charts_per_metric(
+        data.trend,
+        domain,
+        colors,
+        what="Trend evidence",
+        source="drift_metrics",
+        order=(PREDICTION_FEATURE,),
+        chart=chart,
+        by="feature",
+        columns=3,
+        nothing_yet=(
+            "No trend evidence yet.",
+            "The worker accumulates it per numeric feature and for <code>__prediction__</code> from each closed "
+            "window (rows <code>trend_evidence</code> in <code>drift_metrics</code>).",
+        ),
+    )
+    return _section("trend", "Slow drift (trend evidence)", intro, body, TREND)
+
+
+def _estimates_section(
+    data: ReportData, domain: Domain | None, markers: Sequence[Marker], colors: Mapping[str, str]
+) -> str:
+    intro = (
+        "For a binary classifier with a calibrated reference: each prediction window's performance estimated from "
+        "its scores alone when the window closed (dashed, with its 95% band shaded), next to the performance "
+        "realized once the labels arrived (solid). Where the solid line stops, labels have not arrived yet. The "
+        "estimate follows covariate shift; under concept drift only the labels can tell (docs/ESTIMATION.md)."
+    )
+
+    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
+        lines, bands = estimate_series(table, colors, where=where)
+        return line_chart(
+            lines,
+            domain,
+            title=f"{metric}: realized and estimated",
+            bands=bands,
+            markers=markers,
+            marker_labels=False,
+            width=470,
+            height=190,
+        )
+
+    body = _charts_per_metric(
+        data.estimates,
+        domain,
+        colors,
+        what="Estimated performance",
+        source="performance_metrics",
+        order=METRIC_ORDER,
+        chart=chart,
+        nothing_yet=(
+            "No label-free estimates.",
+            "They are written for binary classifiers whose reference profile carries a score calibrator "
+            "(fitted on labelled reference data), when each prediction window closes.",
+        ),
+    )
+    return _section("estimates", "Estimated and realized performance", intro, body, ESTIMATES)
+
+
+def _metric_against_threshold(
+    what: str, colors: Mapping[str, str], markers: Sequence[Marker]
+) -> Callable[[pa.Table, Domain, str, np.ndarray], str]:
+    """A chart of one drift metric per version from 0 up, with its threshold as a dashed line."""
+
+    def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:
+        return line_chart(
+            series_by_version(table, "value", colors, where=where),
+            domain,
+            title=f"{what} {metric}",
+            thresholds=_threshold_line(table, where, "threshold"),
+            markers=markers,
+            marker_labels=False,
+            y_include=[0.0],
+            width=470,
+            height=190,
+        )
+
+    return chart
+
+
+def _threshold_line(table: pa.Table, where: np.ndarray, label: str) -> list[tuple[float, str]]:
+    """The median threshold of the selected rows as one line (thresholds vary a little with window size)."""
+    thresholds = _floats(table.column("threshold"))[where]
+    finite = thresholds[np.isfinite(thresholds)]
+    return [(float(np.median(finite)), label)] if finite.size else []
 
 
 def _latency_section(

@@ -33,6 +33,12 @@ DRIFT, PREDICTION, PERFORMANCE, LATENCY, DLQ = (
     "dlq_per_minute",
 )
 RETRAINS, ALERTS, VERSIONS, MODELS = "retrain_timeline", "alerts_timeline", "model_versions", "models"
+DATA_QUALITY, MULTIVARIATE, TREND, ESTIMATES = (
+    "data_quality_alarms",
+    "multivariate_drift",
+    "trend_evidence",
+    "estimated_vs_realized",
+)
 DEFAULT_DAYS = 7.0  # how much history the report shows, counted back from the model's latest window
 
 
@@ -49,6 +55,10 @@ class ReportData:
     since_ms: int | None = None  # windows before this were left out (None: none were)
     drift: pa.Table | None = None
     prediction_drift: pa.Table | None = None
+    data_quality: pa.Table | None = None
+    multivariate: pa.Table | None = None
+    trend: pa.Table | None = None
+    estimates: pa.Table | None = None
     performance: pa.Table | None = None
     latency: pa.Table | None = None
     dlq: pa.Table | None = None
@@ -120,6 +130,10 @@ def collect(
         ("prediction_drift", PREDICTION),
         ("performance", PERFORMANCE),
         ("latency", LATENCY),
+        ("data_quality", DATA_QUALITY),
+        ("multivariate", MULTIVARIATE),
+        ("trend", TREND),
+        ("estimates", ESTIMATES),
     ):
         if runnable(name):
             setattr(data, attr, queries[name].run_arrow(warehouse, model_id=model_id, since=since))

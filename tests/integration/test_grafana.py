@@ -18,7 +18,17 @@ from typing import Any
 
 import pytest
 import yaml
-from seed_warehouse import CATEGORICAL, NUMERIC, Seeded, seeded_once
+from seed_warehouse import (
+    CATEGORICAL,
+    DRIFTING,
+    ESTIMATED,
+    MISSING_ALARM,
+    MULTIVARIATE_AT,
+    NUMERIC,
+    QUALITY_AT,
+    Seeded,
+    seeded_once,
+)
 
 from driftline.streams.warehouse import Warehouse
 
@@ -170,7 +180,18 @@ def test_dashboard_shape() -> None:
     board = dashboard()
     uid = _yaml(GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml")["datasources"][0]["uid"]
     titles = [p["title"].lower() for p in board["panels"]]
-    for topic in ("heatmap", "drift metric per feature", "performance", "latency", "dlq", "timeline"):
+    for topic in (
+        "heatmap",
+        "drift metric per feature",
+        "performance",
+        "latency",
+        "dlq",
+        "timeline",
+        "data-quality",
+        "multivariate",
+        "trend evidence",
+        "estimated vs realized",
+    ):
         assert any(topic in t for t in titles), topic
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
     for panel in board["panels"]:
@@ -247,7 +268,7 @@ def test_heatmap_has_a_series_per_feature_and_version(seeded: Seeded, warehouse:
     panel = next(p for p in dashboard()["panels"] if "heatmap" in p["title"].lower())
     rows = _run(warehouse, seeded, panel["targets"][0], _variables(seeded))
     series = {r["series"] for r in rows}
-    assert series == {f"{f} · v{v}" for f in (*NUMERIC, *CATEGORICAL, "prediction") for v in ("1", "2")}
+    assert series == {f"{f} · v{v}" for f in (*NUMERIC, *CATEGORICAL, "prediction", "multivariate") for v in ("1", "2")}
     drifted = {r["series"] for r in rows if r["score"] > 1}
     assert {"income · v1", "debt_ratio · v1", "prediction · v1"} <= drifted
     assert not any(s.endswith("v2") for s in drifted)
@@ -261,3 +282,49 @@ def test_every_drift_metric_option_has_data_for_some_panel(seeded: Seeded, wareh
     for metric in sorted(computed & set(options) - {"adwin"}):
         rows = _run(warehouse, seeded, panel["targets"][0], {**_variables(seeded), "metric": metric})
         assert rows, metric
+
+
+def _panel(title_start: str) -> dict[str, Any]:
+    return next(p for p in dashboard()["panels"] if p["title"].startswith(title_start))
+
+
+def test_data_quality_panel_lists_the_alarms(seeded: Seeded, warehouse: Warehouse) -> None:
+    rows = _run(warehouse, seeded, _panel("Data-quality alarms")["targets"][0], _variables(seeded))
+    assert [(r["version"], r["feature"], r["metric"], r["rate"]) for r in rows] == [
+        ("1", "income", "missing_rate", MISSING_ALARM)
+    ] * len(QUALITY_AT)
+
+
+def test_multivariate_panel_crosses_one_in_the_flagged_windows(seeded: Seeded, warehouse: Warehouse) -> None:
+    rows = _run(warehouse, seeded, _panel("Multivariate drift")["targets"][0], _variables(seeded))
+    assert {r["series"] for r in rows} == {
+        f"{m} · v{v}" for m in ("reconstruction_error", "correlation_change") for v in "12"
+    }
+    above = {(r["series"], r["time"]) for r in rows if r["ratio"] > 1}
+    assert len(above) == 2 * len(MULTIVARIATE_AT) and all(s.endswith("v1") for s, _ in above)
+
+
+def test_trend_panel_is_on_a_log_axis_with_the_alarm_at_one(seeded: Seeded, warehouse: Warehouse) -> None:
+    panel = _panel("Slow drift")
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["custom"]["scaleDistribution"] == {"type": "log", "log": 10}
+    assert defaults["thresholds"]["steps"][-1]["value"] == 1
+    rows = _run(warehouse, seeded, panel["targets"][0], _variables(seeded))
+    assert all(r["evidence_over_alarm"] > 0 for r in rows)  # a log axis has no place for 0
+    alarmed = {r["series"] for r in rows if r["evidence_over_alarm"] > 1}
+    assert alarmed == {f"{f} · v1" for f in (*DRIFTING, "prediction")}
+
+
+def test_estimated_vs_realized_panel_has_both_and_the_band(seeded: Seeded, warehouse: Warehouse) -> None:
+    panel = _panel("Estimated vs realized")
+    assert "accuracy" in ESTIMATED
+    rows = _run(warehouse, seeded, panel["targets"][0], _variables(seeded))
+    parts = ("realized", "estimated", "estimate lower", "estimate upper")
+    assert {r["series"] for r in rows} == {f"v{v} {p}" for v in "12" for p in parts}
+    by_time: dict[tuple[Any, str], dict[str, float]] = {}
+    for r in rows:
+        version, part = r["series"].split(" ", 1)
+        by_time.setdefault((r["time"], version), {})[part] = r["value"]
+    for values in by_time.values():
+        assert values["estimate lower"] < values["estimated"] < values["estimate upper"]
+    assert sum("realized" not in v for v in by_time.values()) > 0  # the latest windows have no labels yet

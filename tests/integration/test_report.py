@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from seed_warehouse import Seeded, seeded_once
+from seed_warehouse import MISSING_ALARM, NUMERIC, QUALITY_AT, Seeded, seeded_once
 
 from driftline import report_cli
 from driftline.report import drift_heatmap, render_report, write_report
@@ -139,12 +139,47 @@ def test_report_draws_what_the_data_holds(html: str, seeded: Seeded, warehouse: 
     assert _count(r'class="mark cell(?: flagged)?"', html) == cells
     assert _count(r'class="mark cell flagged"', html) == sum(run.drifted_windows.values())
     # prediction drift: psi, ks, wasserstein, adwin; performance: five metrics; latency: three percentiles;
-    # a line per version
-    assert _count(r'class="mark line"', html) == 2 * (4 + 5 + 3)
+    # multivariate: two statistics; trend evidence: three numeric features and the prediction; a line per
+    # version; estimated and realized: accuracy and roc_auc, two lines per version
+    assert _count(r'class="mark line"', html) == 2 * (4 + 5 + 3 + 2 + 4) + 2 * 2 * 2
     assert _count(r'class="mark bar"', html) > 0
     for label in ("retrain (drift)", "v2 registered", "v2 promoted", "v2 serves"):
         assert f">{label}</text>" in html, label
     assert '>Champion</div><div class="value">v2<' in html
+
+
+def _section_of(html: str, anchor: str) -> str:
+    start = html.index(f'<section id="{anchor}">')
+    return html[start : html.index("</section>", start)]
+
+
+def test_report_shows_the_other_alarm_classes_and_the_estimates(html: str, seeded: Seeded) -> None:
+    quality = _section_of(html, "data-quality")
+    rows = re.findall(r"<tr><td>.*?</tr>", quality.split("<tbody>")[1])
+    assert len(rows) == len(QUALITY_AT)  # income's two alarms, the replayed windows counted once
+    assert all("income" in r and "<code>missing_rate</code>" in r and f">{MISSING_ALARM:g}<" in r for r in rows)
+    assert '<div class="label">Data-quality alarms</div><div class="value">2<' in html
+
+    multivariate = _section_of(html, "multivariate")
+    assert multivariate.count("<svg") == 2 and ">threshold</text>" in multivariate
+    assert "reconstruction_error" in multivariate and "correlation_change" in multivariate
+    assert "all numeric (multivariate)" in _section_of(html, "drift")  # a heatmap row of its own
+
+    trend = _section_of(html, "trend")
+    assert trend.count("<svg") == len(NUMERIC) + 1 and trend.count(">alarm level</text>") == len(NUMERIC) + 1
+    # a log axis: decades as tick labels (the seeded evidence reaches 1e8), not a linear scale from 0
+    assert ">1e+10</text>" in trend or ">1e+08</text>" in trend
+    assert 'class="tick-label" x="50" y="' in trend and ">0</text>" not in trend
+    assert trend.index("prediction (output)") < trend.index("income")  # the model output first
+    assert "trend_evidence" not in _section_of(html, "prediction-drift")
+
+    estimates = _section_of(html, "estimates")
+    assert estimates.count("<svg") == 2 and estimates.count('class="band"') == 2 * 2  # per metric and version
+    assert estimates.count('stroke-dasharray="7 4"') == 2 * 2  # the estimates are dashed
+    assert "v1 realized" in estimates and "v2 estimated" in estimates
+    assert "estimated_" not in _section_of(html, "performance")  # the estimates have their own section
+    order = [html.index(f'<section id="{a}">') for a in ("drift", "data-quality", "multivariate", "trend")]
+    assert order == sorted(order)
 
 
 def test_report_lineage_and_timeline(html: str, seeded: Seeded) -> None:
@@ -246,11 +281,12 @@ def test_chromium_runs_the_scripts_and_draws_every_chart(html: str, tmp_path: Pa
     marks = int(re.search(r'data-marks="(\d+)"', dom).group(1))
     assert marks == _count(r'class="mark ', html) > 0
     svgs = re.findall(r"<svg\b.*?</svg>", dom, flags=re.S)
-    assert len(svgs) == 1 + 4 + 5 + 3 + 1  # heatmap, prediction drift, performance, latency, DLQ
+    # heatmap, multivariate, trend, prediction drift, performance, estimates, latency, DLQ
+    assert len(svgs) == 1 + 2 + 4 + 4 + 5 + 2 + 3 + 1
     for svg in svgs:
         assert re.search(r'<(?:rect|path|circle) class="mark', svg), svg[:200]
     assert _count(r'<rect class="mark cell', dom) == _count(r'class="mark cell', html)
-    assert _count(r'<path class="mark line"', dom) == 24
+    assert _count(r'<path class="mark line"', dom) == 44
 
 
 def _png_size_and_pixels(path: Path) -> tuple[int, int, bytes]:

@@ -400,7 +400,7 @@ def test_the_alarm_class_triggers_and_their_defaults() -> None:
     assert p.data_quality.metrics == ("missing_rate", "new_category_rate", "out_of_range_rate")
     assert (p.multivariate.enabled, p.multivariate.consecutive_windows) == (True, 2)
     assert p.multivariate.metrics == ("reconstruction_error", "correlation_change")
-    assert (p.trend.enabled, p.trend.min_features, p.trend.consecutive_windows, p.trend.features) == (True, 1, 1, None)
+    assert (p.trend.enabled, p.trend.min_features, p.trend.consecutive_windows, p.trend.features) == (True, 1, 2, None)
     example = load_policy(EXAMPLE)
     assert example.for_model("other").data_quality.enabled
     assert example.for_model("credit").data_quality.metrics == ("missing_rate", "out_of_range_rate")

@@ -502,19 +502,22 @@ def trend_rows(evidence: dict[str, float]) -> list[FeatureDrift]:
     ]
 
 
-def test_trend_triggers_in_the_first_window_its_evidence_crosses() -> None:
+def test_trend_triggers_the_second_window_its_evidence_stays_above_the_alarm_level() -> None:
     policy = load_policy(None).for_model("m")
-    assert policy.trend.enabled and policy.trend.consecutive_windows == 1
+    assert policy.trend.enabled and policy.trend.consecutive_windows == 2
     series = [1.0, 4.0, 90.0, 2.4e3, 5.1e5, 1e30]
     windows = [window(i, drift=trend_rows({"__prediction__": e, "income": 1.0})) for i, e in enumerate(series)]
     state, requests, alerts = run(policy, windows)
     (r,) = requests
-    assert r.requested_at == T0 + 4 * MINUTE  # the window where 2,400 >= 600
+    assert r.requested_at == T0 + 5 * MINUTE  # 2,400 >= 600 in window 3, confirmed in window 4
+    assert r.request_id == stable_id("m", "1", "trend", T0 + 3 * MINUTE)
     assert [(e.metric, e.feature, e.value, e.threshold) for e in r.evidence] == [
-        ("trend_evidence", "__prediction__", 2.4e3, 600.0)
+        ("trend_evidence", "__prediction__", 5.1e5, 600.0)
     ]
     assert [a.kind for a in alerts] == ["trend", "retrain_requested"]
     assert not state.drift.active
+    at_once = model_policy(trend={"consecutive_windows": 1})
+    assert run(at_once, windows)[1][0].requested_at == T0 + 4 * MINUTE
     only_income = model_policy(trend={"features": ["income"]})
     assert run(only_income, windows)[1] == []
     two_streams = model_policy(trend={"min_features": 2})
@@ -531,15 +534,16 @@ def test_every_alarm_class_in_one_request_names_them_all() -> None:
     windows = [window(i, drift=drift) for i in range(2)]
     state, requests, _ = run(policy, windows)
     (r,) = requests
-    # trend needs one window and asks first, naming every signal hot in that window; the multivariate
-    # episode opens a window later, inside the cooldown, so no second request
-    assert r.request_id == stable_id("m", "1", "trend", T0)
+    # data quality needs one window here and asks first, naming every signal hot in that window; the
+    # multivariate and trend episodes open a window later, inside the cooldown, so no second request
+    assert r.request_id == stable_id("m", "1", "data_quality", T0) and r.requested_at == T0 + MINUTE
     assert {(e.metric, e.feature) for e in r.evidence} == {
         ("trend_evidence", "__prediction__"),
         ("missing_rate", "zip"),
         ("correlation_change", "__multivariate__"),
     }
     assert state.multivariate.active and not state.multivariate.requested
+    assert state.trend.active and not state.trend.requested
     assert TriggerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
@@ -548,3 +552,18 @@ def test_a_state_saved_before_the_new_alarm_classes_loads() -> None:
     state, _, _ = run(policy, [window(0, drifted=HOT)])
     old = {k: v for k, v in state.to_dict().items() if k not in ("data_quality", "multivariate", "trend")}
     assert TriggerState.from_dict(old) == state
+
+
+def test_alarm_evidence_is_the_rows_that_crossed_their_own_threshold() -> None:
+    # the engine flags every data-quality row of a feature with the feature's decision
+    flagged = [
+        FeatureDrift("b", "missing_rate", 0.2, None, 0.03, True, "data_quality"),
+        FeatureDrift("b", "out_of_range_rate", 0.0, None, 0.01, True, "data_quality"),
+    ]
+    policy = model_policy(data_quality={"enabled": True, "consecutive_windows": 1})
+    (r,) = run(policy, [window(0, drift=rows() + flagged)])[1]
+    assert [(e.metric, e.feature) for e in r.evidence] == [("missing_rate", "b")]
+    # a decision no single row explains keeps all the feature's flagged rows
+    below = [FeatureDrift("b", m, 0.0, None, 0.01, True, "data_quality") for m in ("missing_rate", "out_of_range_rate")]
+    (r,) = run(policy, [window(0, drift=rows() + below)])[1]
+    assert sorted(e.metric for e in r.evidence) == ["missing_rate", "out_of_range_rate"]
