@@ -12,15 +12,12 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from worker_harness import postgres  # noqa: F401 (the fixture)
 
 from driftline.retrainer.registry import (
     SCHEMA_VERSION,
@@ -44,7 +42,6 @@ from driftline.retrainer.registry import (
 )
 from driftline.settings import Settings
 from driftline.stack.postgres import PostgresServer, start_postgres
-from driftline.stack.process import free_port
 from driftline.streams.records import Evidence, ModelEvent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,18 +62,6 @@ MIRROR_COLUMNS = {
     "created_at",
     "updated_at",
 }
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    root = Path(tempfile.mkdtemp(prefix="driftline-pg-"))
-    root.chmod(0o755)  # the postgres system user must reach the data directory inside
-    server = start_postgres(root / "data", free_port(), fsync=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

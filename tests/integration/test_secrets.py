@@ -22,11 +22,20 @@ from typing import Any
 
 import pytest
 from http_receiver import Receiver
-from worker_harness import T0, WINDOW_MS, PrivateWarehouse, WorkerEnv, child_env, cli_argv, make_batch
+from worker_harness import (  # noqa: F401 (postgres: the fixture)
+    T0,
+    WINDOW_MS,
+    PrivateWarehouse,
+    WorkerEnv,
+    child_env,
+    cli_argv,
+    make_batch,
+    postgres,
+)
 
 from driftline.retrainer.registry import Registry
 from driftline.settings import Settings
-from driftline.stack.postgres import PostgresServer, start_postgres
+from driftline.stack.postgres import PostgresServer
 from driftline.stack.process import free_port
 from driftline.streams import kafka
 from driftline.streams.records import LabelEvent
@@ -52,18 +61,6 @@ def guarded_warehouse() -> Iterator[int]:
         yield server.port
     finally:
         server.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    root = Path(tempfile.mkdtemp(prefix="driftline-secrets-pg-"))
-    root.chmod(0o755)  # the postgres system user must reach the data directory inside
-    server = start_postgres(root / "data", free_port(), fsync=False)
-    try:
-        yield server
-    finally:
-        server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +27,7 @@ import pytest
 
 from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
+from driftline.stack.postgres import PostgresServer, start_postgres
 from driftline.stack.process import free_port, port_answers
 from driftline.streams import kafka
 from driftline.streams.core.profile import ReferenceProfile
@@ -478,6 +481,19 @@ def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path) -> Iterato
         yield e
     finally:
         e.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of one test module (tests make their own schemas in it)."""
+    root = Path(tempfile.mkdtemp(prefix="driftline-pg-"))
+    root.chmod(0o755)  # the postgres system user must reach the data directory inside
+    server = start_postgres(root / "data", free_port(), fsync=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def assert_same_results(got: dict[str, Any], expected: dict[str, Any]) -> None:
