@@ -11,7 +11,6 @@ import getpass
 import hashlib
 import json
 import math
-import os
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from worker_harness import postgres  # noqa: F401 (the fixture)
+from worker_harness import child_env, postgres  # noqa: F401 (postgres: the fixture)
 
 from driftline.retrainer.registry import (
     SCHEMA_VERSION,
@@ -270,11 +269,26 @@ for i in range(int(n)):
 """
 
 
+def test_subprocesses_import_this_checkout_under_driftline_only() -> None:
+    """The subprocesses of the tests (registry writers here, workers, the CLI) run this checkout's code,
+    and reach its folders only as ``driftline.*``: no module is importable under two names."""
+    probe = (
+        "import importlib.util, driftline.retrainer.registry as r; print(r.__file__, importlib.util.find_spec('%s'))"
+    )
+    for name in ("streams", "retrainer", "schemas"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe % name], env=child_env(), cwd="/", capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        path, spec = done.stdout.split()
+        assert Path(path).resolve() == REPO / "retrainer" / "registry" / "__init__.py" and spec == "None", done.stdout
+
+
 def test_concurrent_registrations_in_processes_get_distinct_versions(registry_url: str, tmp_path: Path) -> None:
     # a fresh store per process, so the schema migration races as well
     processes, per_process = 4, 6
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     procs = [
         subprocess.Popen(
             [

@@ -119,11 +119,26 @@ def cli_argv(settings: Settings, *args: str, verbose: bool = False) -> list[str]
     return [*argv, *args]
 
 
+def import_root() -> Path:
+    """A folder that holds only this checkout's ``driftline`` package (a link), for a subprocess's path.
+
+    With the repository itself on PYTHONPATH, a subprocess could also import its folders as
+    top-level ``streams``, ``retrainer`` and ``schemas``: one module under two names.
+    """
+    root = REPO / ".driftline" / "import-root"
+    link = root / "driftline"
+    if not link.is_symlink():
+        root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made by a test process running at the same time
+            link.symlink_to(REPO / "driftline", target_is_directory=True)
+    return root
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a driftline subprocess: this one, running this checkout's code, plus ``extra``."""
     # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
     env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(import_root())
     env.update(extra or {})
     return env
 
