@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from driftline.settings import Settings
@@ -28,134 +29,119 @@ def _optional_float(raw: str) -> float | None:
     return None if raw.lower() in ("none", "off", "never") else float(raw)
 
 
+#: A flag's default is the WorkerOptions field of its name unless given here.
+_FROM_OPTIONS: Any = object()
+
+
+@dataclass(frozen=True)
+class _Flag:
+    """One valued ``driftline worker`` flag: ``--<name>``, read from ``DRIFTLINE_WORKER_<NAME>`` when not given.
+
+    ``help`` may say ``{default}`` (formatted like an f-string field); ``type`` also reads the variable.
+    """
+
+    name: str
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = _FROM_OPTIONS
+    choices: tuple[str, ...] | None = None
+
+
+_FLAGS = (
+    _Flag("app-id", "the Kafka consumer group of the input topics (default {default})"),
+    _Flag(
+        "window-seconds",
+        "window size for every model (default: the policy's monitoring.window_seconds, 60)",
+        float,
+    ),
+    _Flag("lateness-seconds", "allowed lateness for every model (default: the policy's, 10)", float),
+    _Flag(
+        "idle-seconds",
+        "after this long without events, a model's event clock follows the wall clock so its last "
+        "window closes; 'never' to disable (default {default})",
+        _optional_float,
+    ),
+    _Flag("tick-seconds", "how often idle windows are checked (default {default})", float),
+    _Flag("batch-size", "most messages polled at a time (default {default})", int),
+    _Flag("batch-within-seconds", "longest wait to fill a poll (default {default})", float),
+    _Flag(
+        "max-poll-bytes",
+        "about how many message bytes a poll takes, which bounds the memory of the messages "
+        "waiting to be handled (default {default})",
+        int,
+    ),
+    _Flag(
+        "max-take-events",
+        "events handled at once: a batch of messages is handled in parts of about this many "
+        "events, which bounds its memory and how long its windows wait (default {default})",
+        int,
+    ),
+    _Flag("max-future-seconds", "events further ahead of the clock go to the DLQ (default {default:g})", float),
+    _Flag(
+        "min-event-time-ms", "events before this epoch millisecond go to the DLQ (default {default}, 2000-01-01)", int
+    ),
+    _Flag(
+        "baseline",
+        "compare each version with its own reference profile (falling back to the champion's), "
+        "or every version with the champion's (default version)",
+        choices=("version", "champion"),
+    ),
+    _Flag("web-host", "web/metrics host (default {default})"),
+    _Flag("web-port", "web port; /metrics serves Prometheus metrics (default {default})", int),
+    _Flag("datadir", "Faust data directory (default STATE_DIR/worker/APP_ID)", default=None),
+    _Flag("partitions", "partitions of topics the worker creates if missing (default {default})", int),
+    _Flag("session-timeout-seconds", "Kafka consumer session timeout (default {default:g})", float),
+    _Flag("index-ttl-hours", "how long predictions wait for their labels in memory (default {default:g})", float),
+    _Flag(
+        "index-max-entries",
+        "predictions kept per model for the label join, about 300 bytes each (default {default}, about 60 MiB)",
+        int,
+    ),
+    _Flag(
+        "task",
+        "what the labels grade (default: inferred per window)",
+        default=None,
+        choices=("classification", "regression"),
+    ),
+    _Flag(
+        "raw-insert-rows",
+        "while a backlog is read, raw predictions are inserted once about this many have "
+        "gathered (else at once, or within a tick) (default {default})",
+        int,
+    ),
+)
+#: Logging flags, listed by ``--help`` after the switches.
+_LOGGING_FLAGS = (
+    _Flag(
+        "log-format", "log lines as JSON objects or text (default {default})", default="json", choices=("json", "text")
+    ),
+    _Flag("log-level", "log level (default {default})", default="info"),
+)
+
+
+def _add_flag(group: argparse._ArgumentGroup, flag: _Flag, options: WorkerOptions) -> None:
+    default = getattr(options, flag.name.replace("-", "_")) if flag.default is _FROM_OPTIONS else flag.default
+    extra: dict[str, Any] = {} if flag.type is str else {"type": flag.type}
+    if flag.choices is not None:
+        extra["choices"] = flag.choices
+    group.add_argument(
+        f"--{flag.name}", default=_env(flag.name, flag.type, default), help=flag.help.format(default=default), **extra
+    )
+
+
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``driftline worker`` flags, in the ``worker`` group of ``parser``.
+
+    >>> parser = argparse.ArgumentParser()
+    >>> add_worker_arguments(parser)
+    >>> args = parser.parse_args(["--batch-size", "10", "--no-raw"])
+    >>> args.batch_size, args.write_raw, args.tick_seconds, args.log_format
+    (10, False, 1.0, 'json')
+    """
     d = WorkerOptions()
     g = parser.add_argument_group("worker")
-    g.add_argument(
-        "--app-id",
-        default=_env("app-id", str, d.app_id),
-        help=f"the Kafka consumer group of the input topics (default {d.app_id})",
-    )
-    g.add_argument(
-        "--window-seconds",
-        type=float,
-        default=_env("window-seconds", float, None),
-        help="window size for every model (default: the policy's monitoring.window_seconds, 60)",
-    )
-    g.add_argument(
-        "--lateness-seconds",
-        type=float,
-        default=_env("lateness-seconds", float, None),
-        help="allowed lateness for every model (default: the policy's, 10)",
-    )
-    g.add_argument(
-        "--idle-seconds",
-        type=_optional_float,
-        default=_env("idle-seconds", _optional_float, d.idle_seconds),
-        help="after this long without events, a model's event clock follows the wall clock so its last "
-        f"window closes; 'never' to disable (default {d.idle_seconds})",
-    )
-    g.add_argument(
-        "--tick-seconds",
-        type=float,
-        default=_env("tick-seconds", float, d.tick_seconds),
-        help=f"how often idle windows are checked (default {d.tick_seconds})",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=_env("batch-size", int, d.batch_size),
-        help=f"most messages polled at a time (default {d.batch_size})",
-    )
-    g.add_argument(
-        "--batch-within-seconds",
-        type=float,
-        default=_env("batch-within-seconds", float, d.batch_within_seconds),
-        help=f"longest wait to fill a poll (default {d.batch_within_seconds})",
-    )
-    g.add_argument(
-        "--max-poll-bytes",
-        type=int,
-        default=_env("max-poll-bytes", int, d.max_poll_bytes),
-        help="about how many message bytes a poll takes, which bounds the memory of the messages "
-        f"waiting to be handled (default {d.max_poll_bytes})",
-    )
-    g.add_argument(
-        "--max-take-events",
-        type=int,
-        default=_env("max-take-events", int, d.max_take_events),
-        help="events handled at once: a batch of messages is handled in parts of about this many "
-        f"events, which bounds its memory and how long its windows wait (default {d.max_take_events})",
-    )
-    g.add_argument(
-        "--max-future-seconds",
-        type=float,
-        default=_env("max-future-seconds", float, d.max_future_seconds),
-        help=f"events further ahead of the clock go to the DLQ (default {d.max_future_seconds:g})",
-    )
-    g.add_argument(
-        "--min-event-time-ms",
-        type=int,
-        default=_env("min-event-time-ms", int, d.min_event_time_ms),
-        help=f"events before this epoch millisecond go to the DLQ (default {d.min_event_time_ms}, 2000-01-01)",
-    )
-    g.add_argument(
-        "--baseline",
-        choices=("version", "champion"),
-        default=_env("baseline", str, d.baseline),
-        help="compare each version with its own reference profile (falling back to the champion's), "
-        "or every version with the champion's (default version)",
-    )
-    g.add_argument(
-        "--web-host", default=_env("web-host", str, d.web_host), help=f"web/metrics host (default {d.web_host})"
-    )
-    g.add_argument(
-        "--web-port",
-        type=int,
-        default=_env("web-port", int, d.web_port),
-        help=f"web port; /metrics serves Prometheus metrics (default {d.web_port})",
-    )
-    g.add_argument(
-        "--datadir", default=_env("datadir", str, None), help="Faust data directory (default STATE_DIR/worker/APP_ID)"
-    )
-    g.add_argument(
-        "--partitions",
-        type=int,
-        default=_env("partitions", int, d.partitions),
-        help=f"partitions of topics the worker creates if missing (default {d.partitions})",
-    )
-    g.add_argument(
-        "--session-timeout-seconds",
-        type=float,
-        default=_env("session-timeout-seconds", float, d.session_timeout_seconds),
-        help=f"Kafka consumer session timeout (default {d.session_timeout_seconds:g})",
-    )
-    g.add_argument(
-        "--index-ttl-hours",
-        type=float,
-        default=_env("index-ttl-hours", float, d.index_ttl_hours),
-        help=f"how long predictions wait for their labels in memory (default {d.index_ttl_hours:g})",
-    )
-    g.add_argument(
-        "--index-max-entries",
-        type=int,
-        default=_env("index-max-entries", int, d.index_max_entries),
-        help="predictions kept per model for the label join, about 300 bytes each "
-        f"(default {d.index_max_entries}, about 60 MiB)",
-    )
-    g.add_argument(
-        "--task",
-        choices=("classification", "regression"),
-        default=_env("task", str, None),
-        help="what the labels grade (default: inferred per window)",
-    )
-    g.add_argument(
-        "--raw-insert-rows",
-        type=int,
-        default=_env("raw-insert-rows", int, d.raw_insert_rows),
-        help="while a backlog is read, raw predictions are inserted once about this many have "
-        f"gathered (else at once, or within a tick) (default {d.raw_insert_rows})",
-    )
+    for flag in _FLAGS:
+        _add_flag(g, flag, d)
     g.add_argument(
         "--no-raw",
         dest="write_raw",
@@ -176,41 +162,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the health of the worker running at --web-host:--web-port (warehouse, background "
         "threads, fetch paused) as JSON and exit: 0 when healthy, 1 when not, 2 when it does not answer",
     )
-    g.add_argument(
-        "--log-format",
-        choices=("json", "text"),
-        default=_env("log-format", str, "json"),
-        help="log lines as JSON objects or text (default json)",
-    )
-    g.add_argument("--log-level", default=_env("log-level", str, "info"), help="log level (default info)")
+    for flag in _LOGGING_FLAGS:
+        _add_flag(g, flag, d)
 
 
 def options_from_args(args: argparse.Namespace) -> WorkerOptions:
-    return WorkerOptions(
-        app_id=args.app_id,
-        window_seconds=args.window_seconds,
-        lateness_seconds=args.lateness_seconds,
-        idle_seconds=args.idle_seconds,
-        tick_seconds=args.tick_seconds,
-        batch_size=args.batch_size,
-        batch_within_seconds=args.batch_within_seconds,
-        max_poll_bytes=args.max_poll_bytes,
-        max_take_events=args.max_take_events,
-        max_future_seconds=args.max_future_seconds,
-        min_event_time_ms=args.min_event_time_ms,
-        baseline=args.baseline,
-        web_host=args.web_host,
-        web_port=args.web_port,
-        datadir=args.datadir,
-        partitions=args.partitions,
-        session_timeout_seconds=args.session_timeout_seconds,
-        index_ttl_hours=args.index_ttl_hours,
-        index_max_entries=args.index_max_entries,
-        write_raw=args.write_raw,
-        raw_insert_rows=args.raw_insert_rows,
-        task=args.task,
-        keep_late_events=args.keep_late_events,
-    )
+    """The worker's options from its parsed flags (each flag's destination is the field of its name)."""
+    return WorkerOptions(**{f.name: getattr(args, f.name) for f in fields(WorkerOptions) if hasattr(args, f.name)})
 
 
 def health_problems(report: dict[str, Any]) -> list[str]:

@@ -70,9 +70,9 @@ class Lineage:
     This is the trainer's half of a version, and :class:`ModelVersion` the
     registry's: a ``Lineage`` is complete before the version exists (it is
     what :meth:`Registry.register <driftline.retrainer.registry.Registry.register>`
-    takes, and what a retried request compares), never changes afterwards,
-    and names nothing the registry decides. The two share no field.
-    Its field names are the ``model_versions`` columns that store it.
+    takes), never changes afterwards, and names nothing the registry decides,
+    so the two are kept apart and share no field. Its field names are the
+    ``model_versions`` columns that store it.
 
     ``dataset_start_ms``/``dataset_end_ms`` bound the event times of the
     training rows. ``evidence`` is what made the policy ask for this model.
@@ -115,9 +115,9 @@ class ModelVersion:
     It holds what the registry decides or computes (the model id and
     version number, status, aliases and tags, the stored artifact's and
     reference profile's hashes, who registered it and when) around the
-    trainer's :class:`Lineage`, kept whole so that what was asked to be
-    registered is what comes back. The lineage and artifact never change;
-    status, aliases and tags do.
+    trainer's :class:`Lineage`, kept whole: the lineage given to ``register``
+    is the one that comes back (a missing code version filled in). The
+    lineage and artifact never change; status, aliases and tags do.
 
     >>> mv = ModelVersion("credit", "2", "champion", Lineage(request_id="r1"), None, None,
     ...                   aliases=("champion",), created_at=1700000000000)

@@ -9,13 +9,9 @@ without it each test runs a bounded version, small enough for every ``make test`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worker_harness import REPO, T0, RunResults, WorkerEnv, WorkerProcess, make_batch
+from worker_harness import REPO, T0, RunResults, WorkerEnv, WorkerProcess, make_batch, stop_process
 
 from driftline.settings import Settings
 from driftline.stack.kafka_local import KafkaBroker
@@ -295,81 +291,6 @@ def record(test: str, **figures: Any) -> None:
 
 
 # -- services a test may stop ---------------------------------------------------------------------------------
-
-
-def stop_process(pid: int, sig: int, grace: float) -> tuple[float, bool]:
-    """Send ``sig`` and wait up to ``grace`` seconds; then SIGKILL. Returns the seconds it took and whether
-    the process stopped on ``sig`` alone."""
-    started = time.monotonic()
-    os.kill(pid, sig)
-    deadline = started + grace
-    while time.monotonic() < deadline:
-        if not _running(pid):
-            return time.monotonic() - started, True
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    while _running(pid):
-        time.sleep(0.05)
-    return time.monotonic() - started, False
-
-
-def _running(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-class PrivateWarehouse:
-    """An embedded ClickHouse server of one test, which it may stop and start again on the same port and data.
-
-    (The session's server in tests/conftest.py is shared by every test, so it must never stop.)
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def url(self, database: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{database}"
-
-    def start(self, timeout: float = 60) -> None:
-        log = open(self.root / "chserver.log", "ab")  # noqa: SIM115 - the server writes to it until stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driftline.stack.chserver",
-                "--path",
-                str(self.root / "data"),
-                "--port",
-                str(self.port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not port_answers("127.0.0.1", self.port):
-            assert self.proc.poll() is None and time.monotonic() < deadline, (
-                f"the embedded ClickHouse server did not start: {(self.root / 'chserver.log').read_text()[-2000:]}"
-            )
-            time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> tuple[float, bool]:
-        assert self.proc is not None
-        took = stop_process(self.proc.pid, sig, grace)
-        self.proc.wait()
-        return took
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop(signal.SIGTERM, 20)
 
 
 class PrivateBroker:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_harness import PrivateWarehouse, Stopwatch, compare, finished, hold, pair, send, sized, traffic
-from worker_harness import WorkerEnv, wait_until
+from fault_harness import Stopwatch, compare, finished, hold, pair, send, sized, traffic
+from worker_harness import PrivateWarehouse, WorkerEnv, wait_until
 
 from driftline.settings import Settings
 

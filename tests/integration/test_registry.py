@@ -11,16 +11,12 @@ import getpass
 import hashlib
 import json
 import math
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +24,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from worker_harness import child_env, postgres  # noqa: F401 (postgres: the fixture)
 
 from driftline.retrainer.registry import (
     SCHEMA_VERSION,
@@ -44,7 +41,6 @@ from driftline.retrainer.registry import (
 )
 from driftline.settings import Settings
 from driftline.stack.postgres import PostgresServer, start_postgres
-from driftline.stack.process import free_port
 from driftline.streams.records import Evidence, ModelEvent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,18 +61,6 @@ MIRROR_COLUMNS = {
     "created_at",
     "updated_at",
 }
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    root = Path(tempfile.mkdtemp(prefix="driftline-pg-"))
-    root.chmod(0o755)  # the postgres system user must reach the data directory inside
-    server = start_postgres(root / "data", free_port(), fsync=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -285,11 +269,26 @@ for i in range(int(n)):
 """
 
 
+def test_subprocesses_import_this_checkout_under_driftline_only() -> None:
+    """The subprocesses of the tests (registry writers here, workers, the CLI) run this checkout's code,
+    and reach its folders only as ``driftline.*``: no module is importable under two names."""
+    probe = (
+        "import importlib.util, driftline.retrainer.registry as r; print(r.__file__, importlib.util.find_spec('%s'))"
+    )
+    for name in ("streams", "retrainer", "schemas"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe % name], env=child_env(), cwd="/", capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        path, spec = done.stdout.split()
+        assert Path(path).resolve() == REPO / "retrainer" / "registry" / "__init__.py" and spec == "None", done.stdout
+
+
 def test_concurrent_registrations_in_processes_get_distinct_versions(registry_url: str, tmp_path: Path) -> None:
     # a fresh store per process, so the schema migration races as well
     processes, per_process = 4, 6
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     procs = [
         subprocess.Popen(
             [

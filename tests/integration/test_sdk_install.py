@@ -27,8 +27,9 @@ LOG_10K = r"""
 import json, socket, sys, time
 
 started = time.perf_counter()
-from driftline import PredictionLogger
+from driftline import PredictionLogger, Settings
 import_s = time.perf_counter() - started
+settings = Settings()  # the settings record is part of the SDK
 
 probe = socket.socket()
 probe.bind(("127.0.0.1", 0))
@@ -48,6 +49,7 @@ close_s = time.perf_counter() - started
 print(json.dumps({
     "driftline": sys.modules["driftline"].__file__,
     "modules": sorted({name.split(".")[0] for name in sys.modules}),
+    "settings": type(settings).__module__,
     "import_s": import_s, "log_s": log_s, "close_s": close_s,
     "logged": logged.__dict__, "closed": closed.__dict__,
 }))
@@ -98,6 +100,7 @@ def test_base_wheel_is_the_light_sdk_and_logs_without_a_broker(tmp_path: Path) -
 
     report = json.loads(_run(python, "-I", "-c", LOG_10K, cwd=tmp_path, timeout=60).splitlines()[-1])
     assert report["driftline"].startswith(str(site)), report["driftline"]  # the wheel, not the working tree
+    assert report["settings"] == "driftline.settings", report
     assert not set(HEAVY) & set(report["modules"]), report["modules"]
     logged, closed = report["logged"], report["closed"]
     # every event accepted and held: nothing delivered, nothing lost yet

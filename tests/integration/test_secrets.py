@@ -10,27 +10,33 @@ rejected_events, alerts, retrain_requests and model_versions rows, and what the 
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import textwrap
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from http_receiver import Receiver
-from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, WorkerProcess, make_batch
+from worker_harness import (  # noqa: F401 (postgres: the fixture)
+    T0,
+    WINDOW_MS,
+    PrivateWarehouse,
+    WorkerEnv,
+    child_env,
+    cli_argv,
+    make_batch,
+    postgres,
+)
 
 from driftline.retrainer.registry import Registry
 from driftline.settings import Settings
-from driftline.stack.postgres import PostgresServer, start_postgres
-from driftline.stack.process import free_port, port_answers
+from driftline.stack.postgres import PostgresServer
+from driftline.stack.process import free_port
 from driftline.streams import kafka
 from driftline.streams.records import LabelEvent
 from driftline.streams.warehouse import Warehouse, WarehouseError
@@ -50,50 +56,11 @@ WINDOWS = 3
 def guarded_warehouse() -> Iterator[int]:
     """An embedded ClickHouse server that accepts only user ``driftline`` with ``CH_SECRET``: its port."""
     root = Path(tempfile.mkdtemp(prefix="driftline-secrets-ch-"))
-    port = free_port()
-    with open(root / "chserver.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driftline.stack.chserver",
-                "--path",
-                str(root / "data"),
-                "--port",
-                str(port),
-                "--user",
-                "driftline",
-                "--password",
-                CH_SECRET,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not port_answers("127.0.0.1", port):
-                assert proc.poll() is None and time.monotonic() < deadline, (root / "chserver.log").read_text()[-2000:]
-                time.sleep(0.1)
-            yield port
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    root = Path(tempfile.mkdtemp(prefix="driftline-secrets-pg-"))
-    root.chmod(0o755)  # the postgres system user must reach the data directory inside
-    server = start_postgres(root / "data", free_port(), fsync=False)
+    server = PrivateWarehouse(root, "--user", "driftline", "--password", CH_SECRET)
     try:
-        yield server
+        yield server.port
     finally:
-        server.stop()
+        server.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -155,9 +122,21 @@ class Outputs:
     def add(self, where: str, text: object) -> None:
         self.texts[where] = self.texts.get(where, "") + "\n" + (text if isinstance(text, str) else repr(text))
 
+    def add_dead_letters(self, dead: Iterable[Any]) -> None:
+        """The headers of DLQ records read back from Kafka (they quote errors)."""
+        for d in dead:
+            self.add("dlq headers", {k: v.decode("utf-8", "replace") for k, v in d.headers.items()})
+
     def add_files(self, root: Path) -> None:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             self.add(str(path), path.read_bytes().decode("utf-8", "replace"))
+
+    def add_what_stays(self, env: WorkerEnv) -> None:
+        """What outlives the processes: the warehouse rows that may quote an error, and every file
+        under the test's directory (logs, report HTML, state and Faust data directories, artifacts)."""
+        for table in ("rejected_events", "alerts", "retrain_requests", "model_versions", "drift_reports"):
+            self.add(f"warehouse {table}", env.query(f"SELECT * FROM {table}"))
+        self.add_files(env.tmp)
 
     def leaks(self) -> list[str]:
         return [f"{secret} in {where}" for where, text in self.texts.items() for secret in SECRETS if secret in text]
@@ -169,88 +148,8 @@ def _cli(
     settings: Settings | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    s = settings or env.settings
-    argv = [
-        sys.executable,
-        "-m",
-        "driftline.cli",
-        "-v",
-        "--kafka",
-        s.kafka_bootstrap,
-        "--topic-prefix",
-        s.topic_prefix,
-        "--warehouse",
-        s.warehouse,
-        "--registry",
-        s.registry,
-        "--artifacts",
-        s.artifacts,
-        "--policy",
-        str(s.policy),
-        *args,
-    ]
-    return subprocess.run(
-        argv, capture_output=True, text=True, cwd=env.tmp, timeout=300, env={**_child_env(), **(extra_env or {})}
-    )
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def _start_worker(env: WorkerEnv, name: str, app_id: str, extra_env: dict[str, str]) -> WorkerProcess:
-    port = free_port()
-    log_path = env.tmp / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - the worker writes it; WorkerProcess owns and closes it
-    s = env.settings
-    argv = [
-        sys.executable,
-        "-m",
-        "driftline.cli",
-        "-v",
-        "--kafka",
-        s.kafka_bootstrap,
-        "--topic-prefix",
-        s.topic_prefix,
-        "--warehouse",
-        s.warehouse,
-        "--registry",
-        s.registry,
-        "--artifacts",
-        s.artifacts,
-        "--policy",
-        str(s.policy),
-        "worker",
-        "--app-id",
-        app_id,
-        "--window-seconds",
-        str(WINDOW_MS / 1000),
-        "--lateness-seconds",
-        "0",
-        "--idle-seconds",
-        "2",
-        "--tick-seconds",
-        "0.25",
-        "--batch-within-seconds",
-        "0.2",
-        "--web-port",
-        str(port),
-        "--datadir",
-        str(env.tmp / f"faust-{name}"),
-        "--session-timeout-seconds",
-        "10",
-    ]
-    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=env.tmp, env={**_child_env(), **extra_env})
-    worker = WorkerProcess(name, popen, log_path, port, log)
-    env.workers.append(worker)
-    return worker
-
-
-def _warehouse_rows(env: WorkerEnv, outputs: Outputs) -> None:
-    for table in ("rejected_events", "alerts", "retrain_requests", "model_versions", "drift_reports"):
-        outputs.add(f"warehouse {table}", env.query(f"SELECT * FROM {table}"))
+    argv = cli_argv(settings or env.settings, *args, verbose=True)
+    return subprocess.run(argv, capture_output=True, text=True, cwd=env.tmp, timeout=300, env=child_env(extra_env))
 
 
 def test_no_password_in_anything_the_worker_retrainer_and_cli_write(
@@ -283,13 +182,12 @@ def test_no_password_in_anything_the_worker_retrainer_and_cli_write(
     chat = Receiver()
     try:
         hook = f"{chat.url.rsplit('/', 1)[0]}/services/T000/B000/{HOOK_SECRET}"
-        worker = _start_worker(env, "w1", f"app-{unique}", {"DRIFTLINE_ALERT_WEBHOOK": hook})
+        worker = env.start_worker("w1", f"app-{unique}", extra_env={"DRIFTLINE_ALERT_WEBHOOK": hook}, verbose=True)
         env.wait(lambda: env.windows_written(model) >= WINDOWS - 1, 120, "windows written")
         env.wait(lambda: len(chat.bodies) >= 1, 60, "an alert posted to the webhook")
         dead = kafka.consume_records(env.settings, env.settings.topic("dlq"), 3, timeout=30, decode=False)
         assert len(dead) == 3, env.logs()
-        for d in dead:
-            outputs.add("dlq headers", {k: v.decode("utf-8", "replace") for k, v in d.headers.items()})
+        outputs.add_dead_letters(dead)
         outputs.add("/metrics", env.wait(lambda: worker.metrics(), 30, "the metrics"))
         outputs.add("webhook bodies", chat.bodies)
         worker.stop()
@@ -325,9 +223,8 @@ def test_no_password_in_anything_the_worker_retrainer_and_cli_write(
         outputs.add(f"{name} stdout", r.stdout)
         outputs.add(f"{name} stderr", r.stderr)
 
-    _warehouse_rows(env, outputs)
     assert (env.tmp / "report.html").stat().st_size > 1000
-    outputs.add_files(env.tmp)  # worker log, report HTML, state and Faust data directories, artifacts
+    outputs.add_what_stays(env)
     assert any("not_a_driftline" in t or "unknown_encoding" in t for t in outputs.texts.values())  # we did search
     assert not outputs.leaks(), "\n".join(outputs.leaks())
 
@@ -346,7 +243,7 @@ def test_schema_registry_credentials_stay_out_of_the_dlq_and_the_log(secret_env:
     env.flush()
     registry = {"DRIFTLINE_SCHEMA_REGISTRY": f"http://sr-user:{SR_SECRET}@127.0.0.1:{free_port()}"}
     outputs.add("settings repr", repr(env.settings.replace(schema_registry=registry["DRIFTLINE_SCHEMA_REGISTRY"])))
-    worker = _start_worker(env, "w2", f"app-{unique}", registry)
+    worker = env.start_worker("w2", f"app-{unique}", extra_env=registry, verbose=True)
     env.wait(lambda: env.count("rejected_events") >= 1, 90, "the worker's rejected event")
     outputs.add("/metrics", env.wait(lambda: worker.metrics(), 30, "the metrics"))
     worker.stop()
@@ -359,8 +256,6 @@ def test_schema_registry_credentials_stay_out_of_the_dlq_and_the_log(secret_env:
     assert set(by_topic) == {env.settings.topic("predictions"), env.settings.topic("retrain-requests")}
     # the retrainer reads the framing: its entry comes from asking the (absent) registry
     assert "schema registry" in by_topic[env.settings.topic("retrain-requests")]["driftline-error-detail"].decode()
-    for headers in by_topic.values():
-        outputs.add("dlq headers", {k: v.decode("utf-8", "replace") for k, v in headers.items()})
-    _warehouse_rows(env, outputs)
-    outputs.add_files(env.tmp)
+    outputs.add_dead_letters(dead)
+    outputs.add_what_stays(env)
     assert not outputs.leaks(), "\n".join(outputs.leaks())

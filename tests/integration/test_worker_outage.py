@@ -10,63 +10,26 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from test_worker_poison import _second_env, clean_run, start_half
-from worker_harness import WINDOW_MS, WorkerEnv, assert_same_results, env  # noqa: F401 (env: the fixture)
+from worker_harness import (  # noqa: F401 (env: the fixture)
+    WINDOW_MS,
+    PrivateWarehouse,
+    WorkerEnv,
+    assert_same_results,
+    env,
+)
 
 from driftline.settings import Settings
-from driftline.stack.process import free_port, port_answers
 from driftline.streams.codec import default_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 OUTAGE_SECONDS = 60.0
-
-
-class Server:
-    """An embedded ClickHouse server that can be killed and started again on its port and data directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        log = open(self.root / "chserver.log", "ab")  # noqa: SIM115 - the server writes to it until stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driftline.stack.chserver",
-                "--path",
-                str(self.root / "data"),
-                "--port",
-                str(self.port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 60
-        while not port_answers("127.0.0.1", self.port):
-            assert self.proc.poll() is None and time.monotonic() < deadline, (self.root / "chserver.log").read_text()[
-                -2000:
-            ]
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def url(self, database: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{database}"
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -89,14 +52,14 @@ def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
 
     server_root = tmp_path / "outage-server"
     server_root.mkdir()
-    server = Server(server_root)
+    server = PrivateWarehouse(server_root)
     outage: WorkerEnv | None = None
     try:
         outage = _second_env(kafka_settings, server.url(f"dl_{unique}"), tmp_path / "outage", "outage")
         worker = start_half(outage, unique, version, (singles, batches), good)
         half = len(good) // 2
 
-        server.kill()
+        server.stop(signal.SIGKILL)
         down_at = time.monotonic()
         for value in good[half:]:  # the rest arrives while the warehouse is down
             outage.publish_raw("predictions", "k", value)
@@ -130,7 +93,7 @@ def test_a_warehouse_outage_longer_than_the_old_retry_budget_is_waited_out(
     finally:
         if outage is not None:
             outage.close()
-        server.kill()
+        server.close()
 
 
 def test_a_worker_stopped_during_an_outage_exits_at_once_and_commits_nothing_unwritten(
@@ -140,13 +103,13 @@ def test_a_worker_stopped_during_an_outage_exits_at_once_and_commits_nothing_unw
 
     server_root = tmp_path / "outage-server"
     server_root.mkdir()
-    server = Server(server_root)
+    server = PrivateWarehouse(server_root)
     outage: WorkerEnv | None = None
     try:
         outage = _second_env(kafka_settings, server.url(f"dl_{unique}"), tmp_path / "outage", "outage")
         _, _, version, good = two_models(outage, unique, 4)
         worker = start_half(outage, unique, version, (), [v for _, v in good])
-        server.kill()
+        server.stop(signal.SIGKILL)
         for _, value in good[len(good) // 2 :]:
             outage.publish_raw("predictions", "k", value)
         outage.flush()
@@ -170,4 +133,4 @@ def test_a_worker_stopped_during_an_outage_exits_at_once_and_commits_nothing_unw
             outage.workers.clear()  # stopped above
             outage.producer.flush(10)
             outage.warehouse.close()
-        server.kill()
+        server.close()

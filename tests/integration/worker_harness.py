@@ -8,13 +8,16 @@ group (Faust app id), Faust data directory and web port.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +27,8 @@ import pytest
 
 from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
-from driftline.stack.process import free_port
+from driftline.stack.postgres import PostgresServer, start_postgres
+from driftline.stack.process import free_port, port_answers
 from driftline.streams import kafka
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.records import PredictionBatch
@@ -94,6 +98,128 @@ def wait_until(
             extra = on_timeout() if on_timeout else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
         time.sleep(interval)
+
+
+def cli_argv(settings: Settings, *args: str, verbose: bool = False) -> list[str]:
+    """``python -m driftline.cli`` (that is, ``driftline``) on ``settings``' services, then ``args``.
+
+    The policy is passed only when ``settings`` names one; ``verbose`` adds ``-v`` (debug logging).
+
+    >>> cli_argv(Settings(kafka_bootstrap="k:9092", policy="p.yaml"), "registry", "list", verbose=True)[2:6]
+    ['driftline.cli', '-v', '--kafka', 'k:9092']
+    >>> cli_argv(Settings(policy="p.yaml"), "registry", "list")[-4:]
+    ['--policy', 'p.yaml', 'registry', 'list']
+    """
+    s = settings
+    argv = [sys.executable, "-m", "driftline.cli", *(["-v"] if verbose else [])]
+    argv += ["--kafka", s.kafka_bootstrap, "--topic-prefix", s.topic_prefix, "--warehouse", s.warehouse]
+    argv += ["--registry", s.registry, "--artifacts", s.artifacts]
+    if s.policy is not None:
+        argv += ["--policy", str(s.policy)]
+    return [*argv, *args]
+
+
+def import_root() -> Path:
+    """A folder that holds only this checkout's ``driftline`` package (a link), for a subprocess's path.
+
+    With the repository itself on PYTHONPATH, a subprocess could also import its folders as
+    top-level ``streams``, ``retrainer`` and ``schemas``: one module under two names.
+    """
+    root = REPO / ".driftline" / "import-root"
+    link = root / "driftline"
+    if not link.is_symlink():
+        root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made by a test process running at the same time
+            link.symlink_to(REPO / "driftline", target_is_directory=True)
+    return root
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a driftline subprocess: this one, running this checkout's code, plus ``extra``."""
+    # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
+    env["PYTHONPATH"] = str(import_root())
+    env.update(extra or {})
+    return env
+
+
+def stop_process(pid: int, sig: int, grace: float) -> tuple[float, bool]:
+    """Send ``sig`` and wait up to ``grace`` seconds; then SIGKILL. Returns the seconds it took and whether
+    the process stopped on ``sig`` alone."""
+    started = time.monotonic()
+    os.kill(pid, sig)
+    deadline = started + grace
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return time.monotonic() - started, True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    while _running(pid):
+        time.sleep(0.05)
+    return time.monotonic() - started, False
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class PrivateWarehouse:
+    """An embedded ClickHouse server of one test, which it may stop and start again on the same port and data.
+
+    ``server_args`` go to ``driftline.stack.chserver`` as they are (e.g. ``--user``/``--password``).
+    (The session's server in tests/conftest.py is shared by every test, so it must never stop.)
+    """
+
+    def __init__(self, root: Path, *server_args: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.server_args = server_args
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def url(self, database: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{database}"
+
+    def start(self, timeout: float = 60) -> None:
+        log = open(self.root / "chserver.log", "ab")  # noqa: SIM115 - the server writes to it until stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "driftline.stack.chserver",
+                "--path",
+                str(self.root / "data"),
+                "--port",
+                str(self.port),
+                *self.server_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not port_answers("127.0.0.1", self.port):
+            assert self.proc.poll() is None and time.monotonic() < deadline, (
+                f"the embedded ClickHouse server did not start: {(self.root / 'chserver.log').read_text()[-2000:]}"
+            )
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> tuple[float, bool]:
+        """Stop the server with ``sig`` (SIGKILL after ``grace`` seconds); see :func:`stop_process`."""
+        assert self.proc is not None
+        took = stop_process(self.proc.pid, sig, grace)
+        self.proc.wait()
+        return took
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop(signal.SIGTERM, 20)
 
 
 @dataclass
@@ -205,24 +331,14 @@ class WorkerEnv:
         window_seconds: float = WINDOW_MS / 1000,
         idle_seconds: float | str = 2.0,
         extra_env: dict[str, str] | None = None,
+        verbose: bool = False,
     ) -> WorkerProcess:
+        """``driftline worker`` on this environment's settings (``-v`` if ``verbose``), logging to ``<name>.log``."""
         port = free_port()
         log_path = self.tmp / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the worker writes to it until WorkerProcess closes it
-        argv = [
-            sys.executable,
-            "-m",
-            "driftline.cli",  # that is, `driftline worker`
-            "--kafka",
-            self.settings.kafka_bootstrap,
-            "--topic-prefix",
-            self.settings.topic_prefix,
-            "--warehouse",
-            self.settings.warehouse,
-            "--registry",
-            self.settings.registry,
-            "--artifacts",
-            self.settings.artifacts,
+        argv = cli_argv(
+            self.settings,
             "worker",
             "--app-id",
             app_id,
@@ -243,12 +359,9 @@ class WorkerEnv:
             "--session-timeout-seconds",
             "10",
             *args,
-        ]
-        # DRIFTLINE_KAFKA_JARS (the test broker's jar cache) is not a Kafka client setting
-        env = {k: v for k, v in os.environ.items() if k != "DRIFTLINE_KAFKA_JARS"}
-        env["PYTHONPATH"] = str(REPO)
-        env.update(extra_env or {})
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
+            verbose=verbose,
+        )
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=child_env(extra_env))
         worker = WorkerProcess(name, popen, log_path, port, log)
         self.workers.append(worker)
         return worker
@@ -383,6 +496,19 @@ def env(kafka_settings: Settings, warehouse_url: str, tmp_path: Path) -> Iterato
         yield e
     finally:
         e.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of one test module (tests make their own schemas in it)."""
+    root = Path(tempfile.mkdtemp(prefix="driftline-pg-"))
+    root.chmod(0o755)  # the postgres system user must reach the data directory inside
+    server = start_postgres(root / "data", free_port(), fsync=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def assert_same_results(got: dict[str, Any], expected: dict[str, Any]) -> None:

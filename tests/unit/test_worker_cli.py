@@ -41,6 +41,51 @@ def test_flags_become_worker_options() -> None:
     assert defaults.window_seconds is None and defaults.idle_seconds == 30.0 and defaults.write_raw
 
 
+def test_the_defaults_are_the_worker_options_and_the_flags_of_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``driftline worker`` parses with no flag and no variable, written out as they were before the
+    flags became a table, so that a slip in the table shows as a changed default."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DRIFTLINE_WORKER_")]:
+        monkeypatch.delenv(name)
+    assert vars(parse([])) == {
+        "app_id": "driftline-worker",
+        "window_seconds": None,
+        "lateness_seconds": None,
+        "idle_seconds": 30.0,
+        "tick_seconds": 1.0,
+        "batch_size": 1000,
+        "batch_within_seconds": 0.5,
+        "max_poll_bytes": 16 * 1024 * 1024,
+        "max_take_events": 50_000,
+        "max_future_seconds": 3600.0,
+        "min_event_time_ms": 946_684_800_000,  # 2000-01-01
+        "baseline": "version",
+        "web_host": "127.0.0.1",
+        "web_port": 6066,
+        "datadir": None,
+        "partitions": 1,
+        "session_timeout_seconds": 30.0,
+        "index_ttl_hours": 24.0,
+        "index_max_entries": 200_000,
+        "task": None,
+        "raw_insert_rows": 100_000,
+        "write_raw": True,
+        "keep_late_events": False,
+        "health": False,
+        "log_format": "json",
+        "log_level": "info",
+    }
+    help_text = argparse.ArgumentParser()
+    add_worker_arguments(help_text)
+    text = " ".join(help_text.format_help().split())
+    assert "events further ahead of the clock go to the DLQ (default 3600)" in text
+    assert "--baseline {version,champion}" in text and "(default 200000, about 60 MiB)" in text
+    assert (
+        text.index("--raw-insert-rows") < text.index("--no-raw") < text.index("--health") < text.index("--log-format")
+    )
+
+
 def test_environment_variables_are_the_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRIFTLINE_WORKER_WINDOW_SECONDS", "7")
     monkeypatch.setenv("DRIFTLINE_WORKER_APP_ID", "from-env")
