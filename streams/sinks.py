@@ -43,6 +43,7 @@ from driftline.streams.core.detectors import DETECTORS
 from driftline.streams.core.monitor import ERROR_FEATURE, PerformanceOutcome, WindowOutcome
 from driftline.streams.core.profile import SUMMARY_QUANTILES, WindowProfile
 from driftline.streams.records import Alert, DriftReport, FeatureDrift, LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.segment_rows import ROOT_CAUSES, root_cause_columns, segment_drift_rows
 from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip
 from driftline.streams.warehouse import Warehouse, WarehouseError
 from driftline.streams.warehouse_rows import (
@@ -442,6 +443,19 @@ class Sinks:
                 reports, dedup_token=f"drift:{token}", late_events=[w.outcome.late_events for w in windows]
             ),
         )
+        # where the drift comes from: per-segment drift_metrics rows and root causes (streams.segment_rows)
+        segment_rows = [r for w in windows for r in segment_drift_rows(w.outcome, w.computed_at)]
+        if segment_rows:
+            self._retry(
+                "insert of segment drift",
+                lambda: self.warehouse.insert_drift_metrics(segment_rows, dedup_token=f"segments:{token}"),
+            )
+        causes = root_cause_columns([(w.outcome, w.computed_at) for w in windows])
+        if causes["model_id"]:
+            self._retry(
+                "insert of root causes",
+                lambda: self.warehouse.insert(ROOT_CAUSES, causes, dedup_token=f"causes:{token}"),
+            )
         latency = [
             PerformanceRow(
                 o.model_id,
@@ -602,8 +616,8 @@ class Sinks:
             drift_rows = self.warehouse.query_rows(
                 "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
                 "feature, metric, value, p_value, threshold, drifted FROM drift_metrics FINAL "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND window_start >= "
-                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
+                "AND window_start >= (SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
                 " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
                 " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws, feature, metric",
                 params,
