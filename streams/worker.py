@@ -1068,8 +1068,8 @@ class WorkerService:
                 )
                 requests, alerts = self._decide("drift", trigger_window)
                 if outcome.root_cause is not None:
-                    # where the drift comes from travels with the request (metrics effect, segment_share)
-                    for request in requests:
+                    # where the drift comes from travels with a drift request (metrics effect, segment_share)
+                    for request in (r for r in requests if r.reason == "drift"):
                         request.evidence += root_cause_evidence(
                             outcome.root_cause, outcome.window_start, outcome.window_end
                         )
