@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import driftline
+from driftline.report_root_cause import collect_root_causes, root_cause_section
 from driftline.report_svg import (
     PALETTE,
     Bars,
@@ -54,6 +55,7 @@ from driftline.retrainer.registry import (
     validate_name,
 )
 from driftline.streams.cookbook import Query, load_queries
+from driftline.streams.explain_queries import WindowRootCause
 from driftline.streams.records import PREDICTION_FEATURE, Evidence
 
 if TYPE_CHECKING:
@@ -226,6 +228,7 @@ class ReportData:
     registry: str = ""
     notes: list[str] = field(default_factory=list)
     queries: dict[str, Query] = field(default_factory=dict)
+    root_causes: list[WindowRootCause] | None = field(default_factory=list)  # None: no root_causes table
 
 
 # ---- I/O: collecting -------------------------------------------------------------------------------------
@@ -292,6 +295,7 @@ def collect(
         data.retrains = queries[RETRAINS].run(warehouse, model_id=model_id)
     if runnable(ALERTS):
         data.alerts = queries[ALERTS].run(warehouse, model_id=model_id)
+    data.root_causes = collect_root_causes(warehouse, model_id, present)
     mirror = queries[VERSIONS].run(warehouse, model_id=model_id) if runnable(VERSIONS) else []
 
     if registry is not None:
@@ -688,6 +692,7 @@ def render(data: ReportData) -> str:
         _summary(data, domain, colors),
         _drift_section(data, domain, markers, colors),
         _prediction_section(data, domain, markers, colors),
+        root_cause_section(data.root_causes),
         _performance_section(data, domain, markers, colors),
         _latency_section(data, domain, markers, colors),
         _dlq_section(data),

@@ -27,6 +27,7 @@ import pytest
 import yaml
 from worker_harness import FEATURES, REGIONS, REPO, T0, WINDOW_MS, WorkerEnv, _score, env  # noqa: F401 (env: fixture)
 
+from driftline.report import render_report
 from driftline.schemas import CLICKHOUSE_DIR, QUERIES_DIR
 from driftline.streams import kafka
 from driftline.streams.cookbook import Query
@@ -169,6 +170,17 @@ def test_drift_confined_to_one_segment_is_found_there(env: WorkerEnv, unique: st
 
     none = _explain_cli(env, "--model", model, "--window", str(starts[0] - WINDOW_MS))
     assert none.returncode == 1 and "no drifted window" in none.stderr
+
+    # the report's root-cause section: the latest drifted windows, the segment named first
+    html = render_report(env.warehouse, env.registry, model, days=None)
+    section = html[html.index('<section id="root-cause">') :]
+    section = section[: section.index("</section>")]
+    windows = section.split("<h3>")[1:]
+    assert len(windows) == WINDOWS - STEADY
+    for text in windows:
+        assert "<strong>drift is in channel=mobile" in text
+        assert text.split("<tbody>")[1].startswith("<tr><td><code>channel=mobile</code>")  # segments first
+        assert text.split("<tbody>")[2].startswith("<tr><td>a</td>")  # then features, a first
 
 
 # ---- migration 0007 on rows written before it ------------------------------------------------------------
