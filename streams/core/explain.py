@@ -290,6 +290,8 @@ def explain(
     period without drift, against which the window and each segment are
     compared instead of the reference. Segments with fewer than
     ``min_segment_size`` events, or leaving fewer in the rest, are not named.
+    A segment ``key=value`` is judged without the feature ``key``, if there is one
+    (a segment of channel=mobile is all mobile: no drift in itself).
     """
     # the model output moves because its inputs did: the root cause ranks the inputs only
     numeric = [f for f in reference.numeric if f != PREDICTION_FEATURE]
@@ -318,8 +320,12 @@ def explain(
         else:
             seg_base = rest_base = ref
         seg_effects = _effects(seg, seg_base, sigma, numeric, categorical, labels)
-        e_seg = _norm(seg_effects, top)
-        e_rest = _norm(_effects(rest, rest_base, sigma, numeric, categorical, labels), top)
+        # a segment of the attribute that is also a feature differs in that feature by definition
+        key = segment.partition("=")[0]
+        seg_effects = [e for e in seg_effects if e.feature != key]
+        judged = [f for f in top if f != key]
+        e_seg = _norm(seg_effects, judged)
+        e_rest = _norm(_effects(rest, rest_base, sigma, numeric, categorical, labels), judged)
         noise = z * math.sqrt(1.0 / seg.n + 1.0 / rest.n)
         if e_seg - e_rest >= max(min_concentration, noise):
             # what moved in the segment, whether or not it shows in the diluted whole window
@@ -420,6 +426,7 @@ def segment_drift(
 ) -> list[SegmentWindowDrift]:
     """The drift of ``features`` in each segment of at least ``min_segment_size`` events, as the drift
     engine judges a whole window (``evaluate_window``, Benjamini-Hochberg across the segment's features).
+    A segment ``key=value`` gets no rows of the feature ``key`` (constant there by definition).
 
     >>> rng = np.random.default_rng(0)
     >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=5_000), "y": rng.normal(size=5_000)}, {})
@@ -435,8 +442,11 @@ def segment_drift(
         profile = segments[name]
         if profile.n < min_segment_size:
             continue
+        key = name.partition("=")[0]
         rows = evaluate_window(reference, profile, thresholds=thresholds, fdr_q=fdr_q)
-        out.append(SegmentWindowDrift(name, int(profile.n), [m for m in rows if m.feature in features]))
+        out.append(
+            SegmentWindowDrift(name, int(profile.n), [m for m in rows if m.feature in features and m.feature != key])
+        )
     return out
 
 

@@ -290,3 +290,28 @@ def test_model_output_is_not_ranked_as_a_cause():
     whole = WindowProfile.empty(ref, 1)
     whole.update({"x": y}, {}, 1 / (1 + np.exp(-y)))
     assert [e.feature for e in explain(ref, whole, {}).features] == ["x"]
+
+
+def test_a_segment_of_a_feature_is_not_drifted_for_holding_one_value(reference):
+    # segments by the categorical feature "device" itself: each segment is all one device, which says
+    # nothing about drift; a shift of x1 in device=ios is what names it
+    rng = np.random.default_rng(15)
+    numeric, categorical, _ = _data(rng, 6_000)
+    device = np.asarray(categorical["device"])
+    numeric["x1"] = numeric["x1"] + 1.0 * (device == "ios")
+    whole = WindowProfile.empty(reference, 2)
+    whole.update(numeric, categorical)
+    segments: dict[str, WindowProfile] = {}
+    update_segments(segments, reference, 2, numeric, categorical, {"device": device}, sample_size=None)
+    cause = explain(reference, whole, segments)
+    assert [s.segment for s in cause.segments] == ["device=ios"]
+    assert all(e.feature != "device" for s in cause.segments for e in s.features)
+    got = segment_drift(reference, segments, ["x1", "device"], min_segment_size=100)
+    assert {m.feature for d in got for m in d.drift} == {"x1"}
+    # without drift, no device segment is named although each holds one device only
+    numeric["x1"] = rng.normal(size=device.size)
+    whole = WindowProfile.empty(reference, 2)
+    whole.update(numeric, categorical)
+    segments = {}
+    update_segments(segments, reference, 2, numeric, categorical, {"device": device})
+    assert explain(reference, whole, segments, min_effect=0.0).segments == []
