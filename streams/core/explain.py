@@ -360,6 +360,10 @@ def update_segments(
     >>> {k: (p.n, p.numeric["x"].mean) for k, p in sorted(seg.items())}
     {'c=a': (1, 1.0), 'c=b': (1, 2.0)}
     """
+    # each column converted once, not once per segment
+    num = {f: np.asarray(x) for f, x in numeric.items()}
+    cat = {f: np.asarray(x, dtype=object) for f, x in categorical.items()}
+    scores = None if predictions is None else np.asarray(predictions)
     for key in sorted(attributes):
         values = np.asarray(attributes[key], dtype=str)
         names, codes = np.unique(values, return_inverse=True)
@@ -378,9 +382,9 @@ def update_segments(
                     held += 1
                 profiles[segment] = WindowProfile.empty(reference, seed, sample_size=sample_size)
             profiles[segment].update(
-                {f: np.asarray(x)[rows] for f, x in numeric.items()},
-                {f: np.asarray(x, dtype=object)[rows].tolist() for f, x in categorical.items()},
-                None if predictions is None else np.asarray(predictions)[rows],
+                {f: x[rows] for f, x in num.items()},
+                {f: x[rows].tolist() for f, x in cat.items()},
+                None if scores is None else scores[rows],
                 n=rows.size,
             )
 
