@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "driftline.retrainer.service_cli",
     "driftline.demo_cli",
     "driftline.report_cli",
+    "driftline.explain_cli",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], int]

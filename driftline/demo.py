@@ -130,6 +130,8 @@ class FirstVersion:
     scores: np.ndarray  # v1's scores of every dataset row: the reference of __prediction__
     start_ms: int
     end_ms: int
+    # fitted on the holdout's labels: the worker estimates v1's accuracy from its scores alone
+    calibrator: dict[str, Any] | None = None
 
 
 def train_first_version(policy: ModelPolicy, rows: int, seed: int, end_ms: int) -> FirstVersion:
@@ -139,7 +141,7 @@ def train_first_version(policy: ModelPolicy, rows: int, seed: int, end_ms: int) 
     evaluate, as the retrainer does; the metrics are the monitoring side's,
     so the performance trigger compares like with like.
     """
-    from driftline.retrainer.evaluation import score_metrics
+    from driftline.retrainer.evaluation import fit_calibrator, score_metrics
     from driftline.retrainer.trainers import resolve_trainer, score
 
     rng = np.random.default_rng(seed)
@@ -176,6 +178,7 @@ def train_first_version(policy: ModelPolicy, rows: int, seed: int, end_ms: int) 
         scores,
         int(times[0]),
         int(times[-1]),
+        fit_calibrator("classification", labels[holdout_index], scores[holdout_index]),
     )
 
 
@@ -204,7 +207,9 @@ def register_first_version(
         train_metrics=first.train_metrics,
         holdout_metrics=first.holdout_metrics,
     )
-    profile = policy.monitoring.reference.profile_builder(model_id, first.numeric, first.categorical, first.scores)
+    profile = policy.monitoring.reference.profile_builder(
+        model_id, first.numeric, first.categorical, first.scores, first.calibrator
+    )
 
     version = registry.register(
         model_id,
@@ -242,6 +247,11 @@ class DriftWindow:
     n_current: int
     drifted: tuple[str, ...]
     computed_ms: int
+    # v1's accuracy estimated from its scores alone (no label needed), and, when the window
+    # drifted, where its drift comes from (root_causes.summary)
+    estimated_accuracy: float | None = None
+    cause: str = ""
+    complete: bool = True  # its last row (window_profiles) is written: the estimate and cause are in
 
 
 @dataclass(frozen=True)
@@ -327,6 +337,30 @@ def _ms(column: str) -> str:
 def read_facts(warehouse: Warehouse, model_id: str) -> LoopFacts:
     """What the worker, the retrainer and the demo wrote about ``model_id`` (ReplacingMergeTrees read FINAL)."""
     p = {"m": model_id}
+    estimated = {
+        (r["model_version"], int(r["s"])): float(r["value"])
+        for r in warehouse.query_rows(
+            f"SELECT model_version, {_ms('window_start')} AS s, value FROM performance_metrics FINAL "
+            "WHERE model_id = {m:String} AND segment = '' AND metric = 'estimated_accuracy'",
+            p,
+        )
+    }
+    causes = {
+        (r["model_version"], int(r["s"])): r["summary"]
+        for r in warehouse.query_rows(
+            f"SELECT model_version, {_ms('window_start')} AS s, summary FROM root_causes FINAL "
+            "WHERE model_id = {m:String}",
+            p,
+        )
+    }
+    written = {
+        (r["model_version"], int(r["s"]))
+        for r in warehouse.query_rows(
+            f"SELECT DISTINCT model_version, {_ms('window_start')} AS s FROM window_profiles "
+            "WHERE model_id = {m:String}",
+            p,
+        )
+    }
     drift = tuple(
         DriftWindow(
             r["model_version"],
@@ -335,6 +369,9 @@ def read_facts(warehouse: Warehouse, model_id: str) -> LoopFacts:
             int(r["n_current"]),
             tuple(sorted(r["drifted_features"])),
             int(r["c"]),
+            estimated.get((r["model_version"], int(r["s"]))),
+            causes.get((r["model_version"], int(r["s"])), ""),
+            (r["model_version"], int(r["s"])) in written,
         )
         for r in warehouse.query_rows(
             f"SELECT model_version, {_ms('window_start')} AS s, {_ms('window_end')} AS e, n_current, drifted_features, "
@@ -708,15 +745,18 @@ class ProgressView:
         """
         lines = []
         for w in facts.drift_windows:
-            if (w.version, w.start_ms) in self._windows:
+            if (w.version, w.start_ms) in self._windows or not w.complete:
                 continue
             self._windows.add((w.version, w.start_ms))
             flag = "DRIFT " if len(w.drifted) >= self.min_features else ""
             drifted = ", ".join(w.drifted) if w.drifted else "none"
+            estimate = "" if w.estimated_accuracy is None else f"  est. accuracy {w.estimated_accuracy:.3f}"
             lines.append(
-                f"window  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_current:>6,} events  "
+                f"window  v{w.version} {_span(w.start_ms, w.end_ms)}  {w.n_current:>6,} events{estimate}  "
                 f"{flag}drifted: {drifted}"
             )
+            if flag and w.cause:
+                lines.append(f"cause   v{w.version} {_span(w.start_ms, w.end_ms)}  {w.cause}")
         for w in facts.label_windows:
             if (w.version, w.start_ms) in self._labels:
                 continue
@@ -1013,8 +1053,8 @@ def _follow(
                 service.inject_drift(drift_at)
                 say(
                     "drift",
-                    f"the world changes at {_hms(drift_at)}: incomes fall, debt ratios rise, mobile takes "
-                    "over (covariate drift), and debt matters more for defaults (concept drift)",
+                    f"the world changes at {_hms(drift_at)}: mobile applicants' incomes fall, debt ratios rise, "
+                    "mobile takes over (covariate drift), and debt matters more for defaults (concept drift)",
                 )
                 phase, phase_started = "detect", now
             continue

@@ -4,7 +4,8 @@ Applicants have a numeric income, age and debt ratio, and a categorical region
 and channel. Whether they default follows a logistic "world" model. At a
 chosen moment the world changes twice over:
 
-- covariate drift: incomes fall, debt ratios rise, and the mobile channel takes over;
+- covariate drift: the incomes of mobile applicants fall (a segment's drift: the
+  other channels' stay), debt ratios rise, and the mobile channel takes over;
 - concept drift: debt ratio starts to matter much more for defaults.
 
 A model trained before the change keeps scoring with the old weights, so its
@@ -29,6 +30,7 @@ class World:
     """How applicants look and how they default, before or after the change."""
 
     income_log_mean: float = 10.8
+    mobile_income_shift: float = 0.0  # added to the log-income mean of mobile applicants
     debt_alpha: float = 2.0
     debt_beta: float = 5.0
     channel_p: tuple[float, float, float] = (0.5, 0.3, 0.2)
@@ -40,8 +42,9 @@ class World:
 
 
 BEFORE = World()
+# log-income falls by 0.5 for mobile applicants only: with 70% mobile, the mean falls to 10.45 overall
 AFTER = World(
-    income_log_mean=10.45, debt_alpha=3.5, debt_beta=4.0, channel_p=(0.2, 0.1, 0.7), w_debt=6.0, w_income=-0.4
+    mobile_income_shift=-0.5, debt_alpha=3.5, debt_beta=4.0, channel_p=(0.2, 0.1, 0.7), w_debt=6.0, w_income=-0.4
 )
 
 
@@ -88,8 +91,8 @@ def draw(world: World, n: int, rng: np.random.Generator) -> Applicants:
     >>> a.n, sorted(a.numeric), bool(0.05 < a.default.mean() < 0.6)
     (1000, ['age', 'debt_ratio', 'income'], True)
     """
+    log_income = rng.normal(world.income_log_mean, 0.5, n)
     numeric = {
-        "income": np.exp(rng.normal(world.income_log_mean, 0.5, n)),
         "age": np.clip(rng.normal(40.0, 12.0, n), 18.0, 90.0),
         "debt_ratio": rng.beta(world.debt_alpha, world.debt_beta, n),
     }
@@ -97,6 +100,9 @@ def draw(world: World, n: int, rng: np.random.Generator) -> Applicants:
         "region": rng.choice(REGIONS, n, p=(0.3, 0.3, 0.2, 0.2)),
         "channel": rng.choice(CHANNELS, n, p=world.channel_p),
     }
+    # drawn in the order above whatever the world, so that BEFORE's applicants stay what they were
+    mobile = categorical["channel"] == "mobile"
+    numeric = {"income": np.exp(log_income + world.mobile_income_shift * mobile)} | numeric
     default = (rng.random(n) < default_probability(world, numeric, categorical)).astype(np.int64)
     return Applicants(numeric, categorical, default)
 

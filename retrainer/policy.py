@@ -169,6 +169,8 @@ class Monitoring:
     fdr_q: float = 0.05
     reference: ReferenceSettings = ReferenceSettings()
     detectors: tuple[str, ...] = ("adwin",)
+    # event attributes whose values get their own drift rows and root-cause segments (docs/POLICY.md)
+    segments: tuple[str, ...] = ()
 
     def threshold(self, feature: str, metric: str) -> float | None:
         entry = self.thresholds.get(feature)
@@ -727,6 +729,7 @@ class _Monitoring(_Section):
     fdr_q: _FdrQ = None
     reference: _Reference = _Reference()
     detectors: _Detectors = None
+    segments: _Names = None
 
 
 class _Drift(_Section):

@@ -52,6 +52,7 @@ from driftline.streams.warehouse.rows import (
     RejectedEventRow,
     WindowProfileRow,
 )
+from driftline.streams.warehouse.segment_rows import ROOT_CAUSES, root_cause_columns, segment_drift_rows
 from driftline.streams.webhook import AlertWebhook
 
 log = logging.getLogger(__name__)
@@ -420,6 +421,19 @@ class Sinks:
                 reports, dedup_token=f"drift:{token}", late_events=[w.outcome.late_events for w in windows]
             ),
         )
+        # where the drift comes from: per-segment drift_metrics rows and root causes (streams.warehouse.segment_rows)
+        segment_rows = [r for w in windows for r in segment_drift_rows(w.outcome, w.computed_at)]
+        if segment_rows:
+            self.retry(
+                "insert of segment drift",
+                lambda: self.warehouse.insert_drift_metrics(segment_rows, dedup_token=f"segments:{token}"),
+            )
+        causes = root_cause_columns([(w.outcome, w.computed_at) for w in windows])
+        if causes["model_id"]:
+            self.retry(
+                "insert of root causes",
+                lambda: self.warehouse.insert(ROOT_CAUSES, causes, dedup_token=f"causes:{token}"),
+            )
         latency = [
             PerformanceRow(
                 o.model_id,

@@ -48,6 +48,7 @@ from driftline.retrainer.triggers import (
 from driftline.settings import Settings
 from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
 from driftline.streams.core.batches import concat_batches, in_arrival_order, take_rows
+from driftline.streams.core.explain import root_cause_evidence
 from driftline.streams.core.ledger import AckLedger, Hold
 from driftline.streams.core.monitor import PREDICTIONS, Monitor, MonitorSettings
 from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceOutcome, WindowOutcome
@@ -1065,6 +1066,12 @@ class WorkerService:
                     reference_estimates=outcome.reference_estimates or None,
                 )
                 requests, alerts = self._decide("drift", trigger_window)
+                if outcome.root_cause is not None:
+                    # where the drift comes from travels with a drift request (metrics effect, segment_share)
+                    for request in (r for r in requests if r.reason == "drift"):
+                        request.evidence += root_cause_evidence(
+                            outcome.root_cause, outcome.window_start, outcome.window_end
+                        )
                 drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
             else:
                 self._write_performance(outcome, now)
@@ -1167,6 +1174,7 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
         fdr_q=m.fdr_q,
         detectors=tuple(m.detectors),
         task=options.task,
+        segments=tuple(m.segments),
     )
 
 

@@ -47,6 +47,7 @@ from driftline.report.queries import (
     VERSIONS,
     ReportData,
 )
+from driftline.report.root_cause import root_cause_section
 from driftline.report.style import CSS, SCRIPT
 from driftline.report_svg import PALETTE, Domain, Marker, bar_chart, format_number, format_time, heatmap, line_chart
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
@@ -72,6 +73,7 @@ def render(data: ReportData) -> str:
         _multivariate_section(data, domain, markers, colors),
         _trend_section(data, domain, markers, colors),
         _prediction_section(data, domain, markers, colors),
+        root_cause_section(data.root_causes),
         _performance_section(data, domain, markers, colors),
         _estimates_section(data, domain, markers, colors),
         _latency_section(data, domain, markers, colors),

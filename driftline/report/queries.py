@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from driftline.report.columns import _ms
+from driftline.report.root_cause import collect_root_causes
 from driftline.report.versions import VersionInfo
 from driftline.retrainer.registry import AuditEntry, ModelNotFoundError, Registry, RegistryError, validate_name
 from driftline.streams.cookbook import Query, load_queries
+from driftline.streams.warehouse.root_causes import WindowRootCause
 
 if TYPE_CHECKING:
     from driftline.streams.warehouse import Warehouse
@@ -73,6 +75,7 @@ class ReportData:
     registry: str = ""
     notes: list[str] = field(default_factory=list)
     queries: dict[str, Query] = field(default_factory=dict)
+    root_causes: list[WindowRootCause] | None = field(default_factory=list)  # None: no root_causes table
 
 
 # ---- I/O: collecting -------------------------------------------------------------------------------------
@@ -143,6 +146,7 @@ def collect(
         data.retrains = queries[RETRAINS].run(warehouse, model_id=model_id)
     if runnable(ALERTS):
         data.alerts = queries[ALERTS].run(warehouse, model_id=model_id)
+    data.root_causes = collect_root_causes(warehouse, model_id, present)
     mirror = queries[VERSIONS].run(warehouse, model_id=model_id) if runnable(VERSIONS) else []
 
     if registry is not None:

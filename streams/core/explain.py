@@ -51,15 +51,17 @@ drifted (docs/ESTIMATION.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from driftline.streams.core.drift import Thresholds, evaluate_window
 from driftline.streams.core.reference import OTHER, ReferenceProfile
 from driftline.streams.core.window_profile import WindowProfile
+from driftline.streams.records import PREDICTION_FEATURE, Evidence, FeatureDrift
 
 TOP_FEATURES = 5
 MIN_EFFECT = 0.1
@@ -67,6 +69,13 @@ MIN_CONCENTRATION = 0.2
 MIN_SEGMENT_SIZE = 100
 Z = 3.0
 FORMAT_VERSION = 1
+# per attribute, the values that get a profile of their own in one window (the first seen): bounds memory
+MAX_SEGMENT_VALUES = 20
+# values kept per numeric feature of a segment's profile, for its KS and Wasserstein tests
+SEGMENT_SAMPLE_SIZE = 1_000
+# metric names of the root cause's entries in a retrain request's evidence
+EFFECT_EVIDENCE = "effect"
+SEGMENT_EVIDENCE = "segment_share"
 
 
 @dataclass(frozen=True)
@@ -283,8 +292,11 @@ def explain(
     period without drift, against which the window and each segment are
     compared instead of the reference. Segments with fewer than
     ``min_segment_size`` events, or leaving fewer in the rest, are not named.
+    A segment ``key=value`` is judged without the feature ``key``, if there is one
+    (a segment of channel=mobile is all mobile: no drift in itself).
     """
-    numeric = [f for f in reference.numeric]
+    # the model output moves because its inputs did: the root cause ranks the inputs only
+    numeric = [f for f in reference.numeric if f != PREDICTION_FEATURE]
     categorical = list(reference.categorical)
     labels = [[*reference.categorical[f].categories, OTHER] for f in categorical]
     sigma = np.array([reference.numeric[f].std for f in numeric], np.float64)
@@ -310,8 +322,12 @@ def explain(
         else:
             seg_base = rest_base = ref
         seg_effects = _effects(seg, seg_base, sigma, numeric, categorical, labels)
-        e_seg = _norm(seg_effects, top)
-        e_rest = _norm(_effects(rest, rest_base, sigma, numeric, categorical, labels), top)
+        # a segment of the attribute that is also a feature differs in that feature by definition
+        key = segment.partition("=")[0]
+        seg_effects = [e for e in seg_effects if e.feature != key]
+        judged = [f for f in top if f != key]
+        e_seg = _norm(seg_effects, judged)
+        e_rest = _norm(_effects(rest, rest_base, sigma, numeric, categorical, labels), judged)
         noise = z * math.sqrt(1.0 / seg.n + 1.0 / rest.n)
         if e_seg - e_rest >= max(min_concentration, noise):
             # what moved in the segment, whether or not it shows in the diluted whole window
@@ -331,12 +347,14 @@ def update_segments(
     predictions: np.ndarray | None = None,
     *,
     sample_size: int | None = 0,
+    max_values: int | None = None,
 ) -> None:
     """Add a batch to the per-segment profiles ``profiles`` (``key=value`` -> profile), creating new ones.
 
     One profile per value of each attribute; ``''`` (no such attribute) is no segment.
     :func:`explain` reads no samples, so new profiles keep none unless ``sample_size`` says so
-    (None: the window default).
+    (None: the window default). With ``max_values``, an attribute gets at most that many
+    profiles: the values first seen; the rows of later values go into no segment.
 
     >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
     >>> seg: dict[str, WindowProfile] = {}
@@ -344,22 +362,31 @@ def update_segments(
     >>> {k: (p.n, p.numeric["x"].mean) for k, p in sorted(seg.items())}
     {'c=a': (1, 1.0), 'c=b': (1, 2.0)}
     """
+    # each column converted once, not once per segment
+    num = {f: np.asarray(x) for f, x in numeric.items()}
+    cat = {f: np.asarray(x, dtype=object) for f, x in categorical.items()}
+    scores = None if predictions is None else np.asarray(predictions)
     for key in sorted(attributes):
         values = np.asarray(attributes[key], dtype=str)
         names, codes = np.unique(values, return_inverse=True)
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(names.size + 1))
+        held = sum(s.startswith(f"{key}=") for s in profiles) if max_values is not None else 0
         for g, name in enumerate(names.tolist()):
             if name == "":
                 continue
             rows = order[bounds[g] : bounds[g + 1]]
             segment = f"{key}={name}"
             if segment not in profiles:
+                if max_values is not None:
+                    if held >= max_values:
+                        continue
+                    held += 1
                 profiles[segment] = WindowProfile.empty(reference, seed, sample_size=sample_size)
             profiles[segment].update(
-                {f: np.asarray(x)[rows] for f, x in numeric.items()},
-                {f: np.asarray(x, dtype=object)[rows].tolist() for f, x in categorical.items()},
-                None if predictions is None else np.asarray(predictions)[rows],
+                {f: x[rows] for f, x in num.items()},
+                {f: x[rows].tolist() for f, x in cat.items()},
+                None if scores is None else scores[rows],
                 n=rows.size,
             )
 
@@ -375,3 +402,88 @@ def _summary(ranked: list[FeatureEffect], top: list[str], named: list[SegmentDri
         return f"drift is spread across the window (no segment stands out): {listing(ranked)}"
     parts = [f"{s.segment} ({round(100 * s.share)}% of the window): {listing(s.features)}" for s in named[:3]]
     return "drift is in " + "; also in ".join(parts)
+
+
+@dataclass(frozen=True)
+class SegmentWindowDrift:
+    """The drift rows of one segment ``key=value`` of one window, and how many events it held.
+
+    >>> SegmentWindowDrift("channel=mobile", 812, [FeatureDrift("x", "psi", 0.3, None, 0.2, True)]).drifted
+    ['x']
+    """
+
+    segment: str
+    n: int
+    drift: list[FeatureDrift]
+
+    @property
+    def drifted(self) -> list[str]:
+        return sorted({m.feature for m in self.drift if m.drifted})
+
+
+def segment_drift(
+    reference: ReferenceProfile,
+    segments: Mapping[str, WindowProfile],
+    features: Collection[str],
+    *,
+    thresholds: Thresholds | None = None,
+    fdr_q: float = 0.05,
+    min_segment_size: int = MIN_SEGMENT_SIZE,
+) -> list[SegmentWindowDrift]:
+    """The drift of ``features`` in each segment of at least ``min_segment_size`` events, as the drift
+    engine judges a whole window (``evaluate_window``, Benjamini-Hochberg across the segment's features).
+    A segment ``key=value`` gets no rows of the feature ``key`` (constant there by definition).
+
+    >>> rng = np.random.default_rng(0)
+    >>> ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=5_000), "y": rng.normal(size=5_000)}, {})
+    >>> seg: dict[str, WindowProfile] = {}
+    >>> c = np.repeat(["a", "b", "tiny"], [500, 500, 10])
+    >>> x = rng.normal(size=c.size) + 2.0 * (c == "b")
+    >>> update_segments(seg, ref, 1, {"x": x, "y": rng.normal(size=c.size)}, {}, {"c": c}, sample_size=None)
+    >>> [(d.segment, d.n, d.drifted, sorted({m.feature for m in d.drift})) for d in segment_drift(ref, seg, ["x"])]
+    [('c=a', 500, [], ['x']), ('c=b', 500, ['x'], ['x'])]
+    """
+    out = []
+    for name in sorted(segments):
+        profile = segments[name]
+        if profile.n < min_segment_size:
+            continue
+        key = name.partition("=")[0]
+        rows = evaluate_window(reference, profile, thresholds=thresholds, fdr_q=fdr_q)
+        out.append(
+            SegmentWindowDrift(name, int(profile.n), [m for m in rows if m.feature in features and m.feature != key])
+        )
+    return out
+
+
+def drift_features(cause: RootCause, top_features: int = TOP_FEATURES) -> list[str]:
+    """The features whose drift is written per segment: the model output and the top inputs by effect.
+
+    >>> effects = [FeatureEffect("b", "numeric", 0.9), FeatureEffect("a", "numeric", 0.1)]
+    >>> drift_features(RootCause(10, effects, [], ""), 1)
+    ['__prediction__', 'b']
+    """
+    return [PREDICTION_FEATURE, *(e.feature for e in cause.features[:top_features])]
+
+
+def root_cause_evidence(cause: RootCause, window_start: int, window_end: int) -> list[Evidence]:
+    """A root cause as retrain-request evidence: its top features (metric ``effect``, the value
+    in reference standard deviations, the threshold ``MIN_EFFECT``) and its segments (metric
+    ``segment_share``: the feature is ``key=value``, the value its share of the window and the
+    threshold its concentration, its effect above the rest's).
+
+    >>> rc = RootCause(100, [FeatureEffect("income", "numeric", 0.8, -0.8, 0.0)],
+    ...                [SegmentDrift("channel=mobile", 0.5, 50, 1.2, 0.1, [])], "")
+    >>> [(e.metric, e.feature, e.value, e.threshold) for e in root_cause_evidence(rc, 0, 60_000)]
+    [('effect', 'income', 0.8, 0.1), ('segment_share', 'channel=mobile', 0.5, 1.1)]
+    """
+    features = [
+        Evidence(EFFECT_EVIDENCE, e.feature, e.effect, MIN_EFFECT, window_start, window_end)
+        for e in cause.features[:TOP_FEATURES]
+        if e.effect >= MIN_EFFECT
+    ]
+    segments = [
+        Evidence(SEGMENT_EVIDENCE, s.segment, s.share, s.concentration, window_start, window_end)
+        for s in cause.segments
+    ]
+    return features + segments

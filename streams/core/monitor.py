@@ -52,6 +52,17 @@ from driftline.streams.core.detector_state import join_detector_state, split_det
 from driftline.streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
 from driftline.streams.core.drift import evaluate_window
 from driftline.streams.core.estimation import EstimationState
+from driftline.streams.core.explain import (
+    MAX_SEGMENT_VALUES,
+    MIN_SEGMENT_SIZE,
+    SEGMENT_SAMPLE_SIZE,
+    RootCause,
+    SegmentWindowDrift,
+    drift_features,
+    explain,
+    segment_drift,
+    update_segments,
+)
 from driftline.streams.core.labels import PredictionIndex
 from driftline.streams.core.latency import LatencyWindow
 from driftline.streams.core.ledger import Hold
@@ -73,7 +84,7 @@ from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import TrendDetector
 from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
-from driftline.streams.records import PREDICTION_FEATURE, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 
 # the names callers imported from here before the outcomes, batch helpers, reference models and
 # detector state got modules of their own
@@ -121,6 +132,12 @@ class MonitorSettings:
     detectors: tuple[str, ...] = ("adwin",)
     task: str | None = None
     min_segment_size: int = 30
+    # event attributes whose values get their own drift rows and root-cause segments (policy
+    # monitoring.segments), at most max_segment_values values each, those of min_drift_segment
+    # events or more (a segment's drift and estimates have their own minimum sizes)
+    segments: tuple[str, ...] = ()
+    max_segment_values: int = MAX_SEGMENT_VALUES
+    min_drift_segment: int = MIN_SEGMENT_SIZE
 
 
 @dataclass
@@ -135,6 +152,8 @@ class _Window:
     score_times: list[np.ndarray] = field(default_factory=list)
     # None when the reference has no calibrator (no estimate for this version)
     estimation: EstimationState | None = None
+    # one profile per segment key=value of the attributes the settings name
+    segments: dict[str, WindowProfile] = field(default_factory=dict)
 
 
 @dataclass
@@ -492,6 +511,19 @@ class Monitor:
                 window = track.predictions.windows.get(key, new_window)
                 chunk = part if rows.size == part.n else take_rows(part, rows)
                 window.profile.update(chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None)
+                named = {k: chunk.attributes[k] for k in track.settings.segments if k in chunk.attributes}
+                if named:
+                    update_segments(
+                        window.segments,
+                        window.reference,
+                        stable_seed(*key),
+                        chunk.numeric,
+                        chunk.categorical,
+                        named,
+                        chunk.predictions if has_predictions else None,
+                        sample_size=SEGMENT_SAMPLE_SIZE,
+                        max_values=track.settings.max_segment_values,
+                    )
                 if window.multivariate is not None:
                     model = multivariate_model(window.reference)
                     # a batch with none of the model's features (predictions logged apart from
@@ -692,6 +724,7 @@ class Monitor:
         model = multivariate_model(window.reference)
         if model is not None and window.multivariate is not None:
             drift += model.evaluate(window.multivariate)
+        cause, segments = _explain(s, window, drift)
         changes: list[ChangeCount] = []
         state = None
         if track.detectors is not None and window.scores:
@@ -729,6 +762,8 @@ class Monitor:
             late_events=late,
             estimates=window.estimation.rows() if window.estimation is not None else [],
             reference_estimates=reference_estimates(window.reference) if window.estimation is not None else {},
+            segment_drift=segments,
+            root_cause=cause,
         )
 
     def _performance_outcome(self, track: _Track, key: WindowKey, lw: _LabelWindow) -> PerformanceOutcome:
@@ -761,6 +796,26 @@ class Monitor:
             changes=changes,
             detector_state=state,
         )
+
+
+def _explain(
+    s: MonitorSettings, window: _Window, drift: list[FeatureDrift]
+) -> tuple[RootCause | None, list[SegmentWindowDrift]]:
+    """The window's root cause when it drifted, and the drift of its segments (when the settings name
+    attributes): the model output's and the top features' by effect over the whole window."""
+    drifted = any(m.drifted for m in drift)
+    if not drifted and not window.segments:
+        return None, []
+    cause = explain(window.reference, window.profile, window.segments, min_segment_size=s.min_drift_segment)
+    segments = segment_drift(
+        window.reference,
+        window.segments,
+        drift_features(cause),
+        thresholds=s.thresholds,
+        fdr_q=s.fdr_q,
+        min_segment_size=s.min_drift_segment,
+    )
+    return (cause if drifted else None), segments
 
 
 def _reference_key(reference: ReferenceProfile) -> str:

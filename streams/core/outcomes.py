@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from driftline.streams.core.estimation import EstimatedPerformanceRow
+from driftline.streams.core.explain import RootCause, SegmentWindowDrift
 from driftline.streams.core.ledger import Hold
 from driftline.streams.core.performance import PerformanceRow
 from driftline.streams.core.reference import ReferenceProfile
@@ -78,6 +79,10 @@ class WindowOutcome:
     # estimated on the reference itself (ScoreCalibrator.reference_estimates), a policy's baseline
     estimates: list[EstimatedPerformanceRow] = field(default_factory=list)
     reference_estimates: dict[str, float] = field(default_factory=dict)
+    # per segment key=value of the attributes the settings name: the model output's and the top
+    # features' drift; and, when the window drifted, where its drift comes from (streams.core.explain)
+    segment_drift: list[SegmentWindowDrift] = field(default_factory=list)
+    root_cause: RootCause | None = None
 
     def estimated_performance(self) -> dict[str, float]:
         """The whole window's estimates, ``{'accuracy': 0.81, 'accuracy_lower': ..., ...}``."""

@@ -84,8 +84,8 @@ class WarehouseQueries:
             drift_rows = self.warehouse.query_rows(
                 "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(window_end) AS we, "
                 "feature, metric, value, p_value, threshold, drifted FROM drift_metrics FINAL "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND window_start >= "
-                "(SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
+                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} AND segment = '' "
+                "AND window_start >= (SELECT min(window_start) FROM (SELECT window_start FROM drift_reports FINAL "
                 " WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
                 " ORDER BY window_start DESC LIMIT {limit:UInt32})) ORDER BY ws, feature, metric",
                 params,

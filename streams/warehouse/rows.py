@@ -78,6 +78,7 @@ class DriftMetricRow:
     n_current: int
     computed_at: int
     kind: str = "drift"  # the alarm class: drift or data_quality (migration 0006)
+    segment: str = ""  # '' for the whole population, else key=value (migration 0007)
 
 
 @dataclass(frozen=True)

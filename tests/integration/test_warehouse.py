@@ -142,13 +142,14 @@ def test_contract_columns_and_engines(warehouse: Warehouse) -> None:
         "n_current": "UInt64",
         "computed_at": ts,
         "kind": "LowCardinality(String)",  # migration 0006: drift or data_quality
+        "segment": "String",  # migration 0007: '' the whole population, else key=value
     }
     engine = warehouse.query_rows(
         "SELECT engine_full, sorting_key FROM system.tables "
         "WHERE database = currentDatabase() AND name = 'drift_metrics'"
     )[0]
     assert engine["engine_full"].startswith("ReplacingMergeTree(computed_at)")
-    assert engine["sorting_key"] == "model_id, model_version, feature, metric, window_start"
+    assert engine["sorting_key"] == "model_id, model_version, feature, metric, window_start, segment"
     # every timestamp of every table is DateTime64(3, 'UTC'): the epoch-millisecond contract
     temporal = warehouse.query_rows(
         "SELECT table, name, type FROM system.columns WHERE database = currentDatabase() AND type LIKE '%Date%'"

@@ -7,7 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from driftline.streams.core.explain import FeatureEffect, RootCause, _Stats, explain, update_segments
+from driftline.streams.core.drift import evaluate_window
+from driftline.streams.core.explain import (
+    FeatureEffect,
+    RootCause,
+    _Stats,
+    drift_features,
+    explain,
+    root_cause_evidence,
+    segment_drift,
+    update_segments,
+)
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.window_profile import WindowProfile
 
@@ -193,3 +203,116 @@ def test_categorical_drift_in_one_segment(reference):
     assert cause.features[0].feature == "device"
     assert [s.segment for s in cause.segments] == ["region=s"]
     assert cause.segments[0].features[0].describe().startswith("device 'ios' +4")
+
+
+# ---- per-segment drift, bounded, and the root cause as evidence ----------------------------------------
+
+
+def test_segment_values_are_capped_per_attribute_first_seen_first(reference):
+    rng = np.random.default_rng(11)
+    numeric, categorical, _ = _data(rng, 600)
+    shop = np.array([f"s{i:02d}" for i in range(30)])[np.arange(600) % 30]  # 30 values, 20 each
+    segments: dict[str, WindowProfile] = {}
+    update_segments(segments, reference, 1, numeric, categorical, {"shop": shop[:300]}, max_values=5)
+    # one batch: the 5 smallest values (np.unique's order) get profiles, the rest go into none
+    assert sorted(segments) == [f"shop=s{i:02d}" for i in range(5)]
+    # a later batch adds rows to the held values only, and no new value
+    later = {f: v[300:] for f, v in numeric.items()}
+    update_segments(
+        segments,
+        reference,
+        1,
+        later,
+        {f: v[300:] for f, v in categorical.items()},
+        {"shop": shop[300:]},
+        max_values=5,
+    )
+    assert sorted(segments) == [f"shop=s{i:02d}" for i in range(5)]
+    assert all(p.n == 20 for p in segments.values())
+    # the cap is per attribute: another attribute gets its own five
+    update_segments(segments, reference, 1, numeric, categorical, {"tier": shop}, max_values=5)
+    assert sum(s.startswith("tier=") for s in segments) == 5
+
+
+def test_segment_drift_is_the_drift_engine_on_the_segment_alone(reference):
+    rng = np.random.default_rng(12)
+    numeric, categorical, attrs = _data(rng, 4_000)
+    mobile = attrs["channel"] == "mobile"
+    numeric["x2"] = numeric["x2"] + 1.0 * mobile
+    segments: dict[str, WindowProfile] = {}
+    update_segments(segments, reference, 3, numeric, categorical, {"channel": attrs["channel"]}, sample_size=None)
+    got = {d.segment: d for d in segment_drift(reference, segments, ["x2", "x7"], min_segment_size=100)}
+    assert set(got) == {f"channel={c}" for c in ATTRIBUTES["channel"]}
+    for name, d in got.items():
+        # the same rows as evaluating a window of that segment's events only
+        rows = np.flatnonzero(attrs["channel"] == name.split("=")[1])
+        alone = WindowProfile.empty(reference, 3, sample_size=None)
+        alone.update(
+            {f: v[rows] for f, v in numeric.items()}, {f: [v[i] for i in rows] for f, v in categorical.items()}
+        )
+        expected = [m for m in evaluate_window(reference, alone) if m.feature in ("x2", "x7")]
+        assert d.n == rows.size
+        assert [(m.feature, m.metric, m.drifted) for m in d.drift] == [
+            (m.feature, m.metric, m.drifted) for m in expected
+        ]
+        for a, b in zip(d.drift, expected, strict=True):
+            assert a.value == pytest.approx(b.value, nan_ok=True, rel=0.05, abs=0.02)  # samples differ only
+    assert got["channel=mobile"].drifted == ["x2"]
+    assert all(d.drifted == [] for name, d in got.items() if name != "channel=mobile")
+    # segments under the minimum size get no rows
+    assert segment_drift(reference, segments, ["x2"], min_segment_size=5_000) == []
+
+
+def test_root_cause_evidence_names_the_features_then_the_segments(reference):
+    rng = np.random.default_rng(13)
+    numeric, categorical, attrs = _data(rng, 6_000)
+    mobile = attrs["channel"] == "mobile"
+    numeric["x4"] = numeric["x4"] + 1.2 * mobile
+    numeric["x9"] = numeric["x9"] + 0.6 * mobile
+    whole, segments = _window(reference, numeric, categorical, attrs)
+    cause = explain(reference, whole, segments)
+    evidence = root_cause_evidence(cause, 1_000, 2_000)
+    effects = [e for e in evidence if e.metric == "effect"]
+    shares = [e for e in evidence if e.metric == "segment_share"]
+    assert [e.feature for e in effects[:2]] == ["x4", "x9"]
+    assert all(e.value >= e.threshold == 0.1 for e in effects)
+    assert shares[0].feature == "channel=mobile"
+    assert shares[0].value == pytest.approx(mobile.mean())
+    assert shares[0].threshold == pytest.approx(cause.segments[0].concentration)
+    assert {(e.window_start, e.window_end) for e in evidence} == {(1_000, 2_000)}
+    assert drift_features(cause)[:3] == ["__prediction__", "x4", "x9"]
+
+
+def test_model_output_is_not_ranked_as_a_cause():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=10_000)
+    ref = ReferenceProfile.build("m", "1", {"x": x}, {}, 1 / (1 + np.exp(-x)))
+    y = rng.normal(size=2_000) + 1.0
+    whole = WindowProfile.empty(ref, 1)
+    whole.update({"x": y}, {}, 1 / (1 + np.exp(-y)))
+    assert [e.feature for e in explain(ref, whole, {}).features] == ["x"]
+
+
+def test_a_segment_of_a_feature_is_not_drifted_for_holding_one_value(reference):
+    # segments by the categorical feature "device" itself: each segment is all one device, which says
+    # nothing about drift; a shift of x1 in device=ios is what names it
+    rng = np.random.default_rng(15)
+    numeric, categorical, _ = _data(rng, 6_000)
+    device = np.asarray(categorical["device"])
+    numeric["x1"] = numeric["x1"] + 1.0 * (device == "ios")
+    whole = WindowProfile.empty(reference, 2)
+    whole.update(numeric, categorical)
+    segments: dict[str, WindowProfile] = {}
+    update_segments(segments, reference, 2, numeric, categorical, {"device": device}, sample_size=None)
+    cause = explain(reference, whole, segments)
+    assert [s.segment for s in cause.segments] == ["device=ios"]
+    assert all(e.feature != "device" for s in cause.segments for e in s.features)
+    got = segment_drift(reference, segments, ["x1", "device"], min_segment_size=100)
+    assert {m.feature for d in got for m in d.drift} == {"x1"}
+    # without drift, no device segment is named although each holds one device only
+    numeric["x1"] = rng.normal(size=device.size)
+    whole = WindowProfile.empty(reference, 2)
+    whole.update(numeric, categorical)
+    segments = {}
+    update_segments(segments, reference, 2, numeric, categorical, {"device": device})
+    assert explain(reference, whole, segments, min_effect=0.0).segments == []

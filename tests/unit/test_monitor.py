@@ -372,3 +372,39 @@ def test_concat_and_take_keep_columns_aligned() -> None:
     t = take_rows(c, np.array([6, 0]))
     assert t.event_ids == ["y", a.event_ids[0]] and t.predicted_labels == ["0", None]
     assert t.event_times.tolist() == [T0 + 1, a.event_times[0]]
+
+
+def test_segments_named_in_the_settings_get_their_drift_and_the_window_its_root_cause() -> None:
+    ref = reference()
+    batch = stream(3_000)
+    app = np.asarray(batch.attributes["channel"]) == "app"
+    batch.numeric["b"] = batch.numeric["b"] + 1.5 * app  # drift in channel=app only
+    segmented = MonitorSettings(Windowing(10_000, 0), detectors=(), min_segment_size=1, segments=("channel",))
+    outcomes = run(Monitor(lambda m: segmented), chunks(batch, [700, 1_100, 1_200]), ref)
+    again = run(Monitor(lambda m: segmented), [batch], ref)
+    plain = run(Monitor(lambda m: settings()), [batch], ref)
+    for o, o2, p in zip(outcomes, again, plain, strict=True):
+        # the population's rows are those of a monitor without segments
+        assert drift_table(o) == drift_table(p) and p.segment_drift == []
+        assert [s.segment for s in o.segment_drift] == ["channel=app", "channel=web"]
+        rows = np.flatnonzero((batch.event_times >= o.window_start) & (batch.event_times < o.window_end))
+        part = take_rows(batch, rows)
+        for s in o.segment_drift:
+            assert s.n == sum(c == s.segment.split("=")[1] for c in part.attributes["channel"])
+            # the model output and the window's top 5 features by effect, every metric of each
+            top = [e.feature for e in o.root_cause.features[:5]]
+            assert {m.feature for m in s.drift} == {PREDICTION_FEATURE, *top} and "b" in top
+        by = {s.segment: s for s in o.segment_drift}
+        assert by["channel=app"].drifted == ["b"] and by["channel=web"].drifted == []
+        assert o.root_cause is not None and o.root_cause.features[0].feature == "b"
+        assert o.root_cause.segments[0].segment == "channel=app"
+        # the batching does not change them
+        assert [(s.segment, s.n, [(m.feature, m.metric, m.value) for m in s.drift]) for s in o.segment_drift] == [
+            (s.segment, s.n, [(m.feature, m.metric, m.value) for m in s.drift]) for s in o2.segment_drift
+        ]
+        assert o.root_cause == o2.root_cause
+
+
+def test_without_drift_or_segments_a_window_has_no_root_cause() -> None:
+    outcomes = run(Monitor(lambda m: settings()), [stream(3_000)], reference())
+    assert outcomes and all(o.root_cause is None and o.segment_drift == [] for o in outcomes)

@@ -19,6 +19,7 @@ SELECT
     n_current
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND kind = 'data_quality'
   AND drifted = 1
   AND window_start >= {since:DateTime64(3, 'UTC')}

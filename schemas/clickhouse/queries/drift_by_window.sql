@@ -18,6 +18,7 @@ SELECT
     arraySort(groupArray((metric, value, threshold, drifted))) AS metrics
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND window_start >= {since:DateTime64(3, 'UTC')}
 GROUP BY model_version, feature, window_start, window_end
 ORDER BY toUInt64OrZero(model_version), feature, window_start

@@ -17,6 +17,7 @@ SELECT
     max(n_current) AS n_current
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND window_start >= {since:DateTime64(3, 'UTC')}
   AND window_start < {until:DateTime64(3, 'UTC')}
 GROUP BY model_version, window_start, window_end

@@ -11,5 +11,6 @@ SELECT
     min(window_start) AS first_window,
     max(window_end) AS last_window
 FROM drift_metrics FINAL
+WHERE segment = ''
 GROUP BY model_id
 ORDER BY last_window DESC, model_id

@@ -17,6 +17,7 @@ SELECT
     n_current
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND feature = '__prediction__'
   AND window_start >= {since:DateTime64(3, 'UTC')}
 ORDER BY metric, toUInt64OrZero(model_version), window_start

@@ -17,6 +17,7 @@ SELECT
     maxIfOrNull(window_end, drifted = 1) AS last_drifted
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND feature != '__prediction__'
   AND window_start >= now64(3) - INTERVAL {days:UInt16} DAY
 GROUP BY feature

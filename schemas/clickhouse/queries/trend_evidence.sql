@@ -20,6 +20,7 @@ SELECT
     drifted
 FROM drift_metrics FINAL
 WHERE model_id = {model_id:String}
+  AND segment = ''
   AND metric = 'trend_evidence'
   AND window_start >= {since:DateTime64(3, 'UTC')}
 ORDER BY feature, toUInt64OrZero(model_version), window_start
