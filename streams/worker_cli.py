@@ -56,6 +56,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         f"window closes; 'never' to disable (default {d.idle_seconds})",
     )
     g.add_argument(
+        "--release-idle-seconds",
+        type=_optional_float,
+        default=_env("release-idle-seconds", _optional_float, d.release_idle_seconds),
+        help="after this long without predictions, and once its windows are written, a model version's "
+        "reference and score detectors leave memory, to be read back from the registry and the warehouse "
+        f"on its next event; 'never' to keep them (default {d.release_idle_seconds})",
+    )
+    g.add_argument(
         "--tick-seconds",
         type=float,
         default=_env("tick-seconds", float, d.tick_seconds),
@@ -191,6 +199,7 @@ def options_from_args(args: argparse.Namespace) -> WorkerOptions:
         window_seconds=args.window_seconds,
         lateness_seconds=args.lateness_seconds,
         idle_seconds=args.idle_seconds,
+        release_idle_seconds=args.release_idle_seconds,
         tick_seconds=args.tick_seconds,
         batch_size=args.batch_size,
         batch_within_seconds=args.batch_within_seconds,
