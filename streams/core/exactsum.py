@@ -208,22 +208,28 @@ def _moments_by_extraction(
     values: NDArray[np.float64], largest: NDArray[np.float64]
 ) -> tuple[list[ExactSum], list[ExactSum]]:
     """``row_moments`` of rows whose squares and their errors are normal floats (see ``row_moments``)."""
-    p = values * values
-    # Dekker's TwoProduct: x*x = p + err exactly, with err a normal float in this range
+    # Dekker's TwoProduct: x*x = p + err exactly, with err a normal float in this range (in place where
+    # it can be: a fresh temporary per step would cost page faults on a big block)
     t = values * _DEKKER
-    hi = t - (t - values)
-    lo = values - hi
+    hi = t - values
+    np.subtract(t, hi, out=hi)
+    lo = np.subtract(values, hi, out=t)
+    p = values * values
     err = lo * lo
-    t = hi * hi
-    t -= p
+    t2 = hi * hi
+    t2 -= p
     hi *= lo
-    t += hi
-    t += hi
-    err += t
+    t2 += hi
+    t2 += hi
+    err += t2
+    del t, hi, lo, t2
     sums = _extracted_sums(values, largest)
     squares = [
         a.merged(b)
-        for a, b in zip(_extracted_sums(p, largest * largest), _extracted_sums(err, np.abs(err).max(axis=1)))
+        for a, b in zip(
+            _extracted_sums(p, largest * largest, owned=True),
+            _extracted_sums(err, np.abs(err).max(axis=1), owned=True),
+        )
     ]
     return sums, squares
 
@@ -260,7 +266,7 @@ def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], li
     return totals[:n_rows], totals[n_rows:]
 
 
-def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64]) -> list[ExactSum]:
+def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64], *, owned: bool = False) -> list[ExactSum]:
     """The exact sum of each row of ``terms`` (normal floats or zeros, at most 2**900), ``largest`` its max |t|.
 
     Rump, Ogita and Oishi's extraction (Accurate floating-point summation,
@@ -269,7 +275,7 @@ def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64]) ->
     ``2**-53 * sigma`` no larger than ``2**-m * sigma``, ``t - q`` is exact,
     and any sum of the n values ``q`` is exact in float64. Each round takes
     about 52 - m leading bits of every term; after a few rounds the terms
-    still left (usually none) go to the buckets.
+    still left (usually none) go to the buckets. ``owned``: ``terms`` may be overwritten.
 
     >>> x = np.array([[1e16, 1.0, -1e16, 0.25], [0.1, 0.2, 0.3, 0.0]])
     >>> [s.fraction() for s in _extracted_sums(x, np.abs(x).max(axis=1))] == [
@@ -279,20 +285,26 @@ def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64]) ->
     n_rows, n = terms.shape
     m = (n + 1).bit_length()
     totals = [ZERO] * n_rows
-    rest = terms
+    rest = terms if owned else None
+    q = np.empty_like(terms)
     for _ in range(_EXTRACTIONS):
         # sigma's multiples of 2**-53 must be normal floats: rows with terms this small go to the buckets
         if not largest.any() or ((largest > 0) & (largest < 2.0**-900)).any():
             break
         _, e = np.frexp(largest)
         sigma = np.ldexp(1.0, (e + m).astype(np.int64))[:, None]
-        q = rest + sigma
+        np.add(terms if rest is None else rest, sigma, out=q)
         q -= sigma
-        rest = rest - q
+        if rest is None:
+            rest = terms - q
+        else:
+            rest -= q
         for j, level in enumerate(q.sum(axis=1).tolist()):
             if level:
                 totals[j] = totals[j].merged(_float_sum(level))
-        largest = np.abs(rest).max(axis=1)
+        largest = np.abs(rest, out=q).max(axis=1)
+    if rest is None:
+        rest = terms
     left = np.flatnonzero(rest)
     if left.size:
         rows, _ = np.divmod(left, n)
