@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 PER_MESSAGE = 250  # 1,000 events per 2-second window, one every 2 ms
 IDLE_S = 5.0  # an idle model's last window closes after this long
-RELEASE_S = 8.0
-SILENCE_S = 20.0  # how long "quiet" is silent, with "busy" going on
+RELEASE_S = 12.0
+SILENCE_S = 25.0  # how long "quiet" is silent, with "busy" going on
 # An idle model's event clock runs on with the wall clock, so each model comes back far ahead in event
 # time (of any wall-clock wait): no event of either run is late, whatever the pace of the machine.
 BUSY_BACK = 240  # message index (2 minutes of event time) where "busy" goes on after the first windows
