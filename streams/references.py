@@ -123,6 +123,25 @@ class RegistryReferences:
             self._holdout[key] = metrics or None
         return self._holdout[key]
 
+    def release(self, model_id: str, model_version: str) -> None:
+        """Drop a version's cached profile (an idle version; the next ``get`` reads it again).
+
+        >>> import tempfile, numpy as np
+        >>> from driftline.retrainer.registry import ArtifactStore, Lineage, Registry
+        >>> d = tempfile.mkdtemp()
+        >>> reg = Registry(f"sqlite:///{d}/r.db", ArtifactStore(d))
+        >>> _ = reg.register("m", lineage=Lineage(),
+        ...                  reference_profile=ReferenceProfile.build("m", "1", {"x": np.arange(9.0)}, {}).to_dict())
+        >>> refs = RegistryReferences(reg)
+        >>> first = refs.get("m", "1")
+        >>> refs.release("m", "1")
+        >>> again = refs.get("m", "1")
+        >>> again is not first, again.to_dict() == first.to_dict()
+        (True, True)
+        """
+        self._own.pop((model_id, model_version), None)
+        self._holdout.pop((model_id, model_version), None)
+
     def on_model_event(self, event: ModelEvent) -> None:
         self._champion.pop(event.model_id, None)
         self._models.pop(event.model_id, None)

