@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from driftline.streams.core.explain import RootCause
 
 if TYPE_CHECKING:
-    from driftline.streams.warehouse import Warehouse
+    from driftline.streams.warehouse.client import Warehouse
 
 ANY_WINDOW = -1
 

@@ -53,6 +53,7 @@ def test_the_defaults_are_the_worker_options_and_the_flags_of_old(monkeypatch: p
         "window_seconds": None,
         "lateness_seconds": None,
         "idle_seconds": 30.0,
+        "release_idle_seconds": None,
         "tick_seconds": 1.0,
         "batch_size": 1000,
         "batch_within_seconds": 0.5,
