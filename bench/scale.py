@@ -285,6 +285,31 @@ class Traffic:
             out.append(Message("predictions", model_id, codec.encode(event), 1))
         return out
 
+    def primers(self) -> list[Message]:
+        """One full prediction per model at the first instant of the traffic, to load every reference first.
+
+        A worker loads a model version's reference at its first event; with many models that is seconds
+        of start-up, which the paced runs keep out of their timed part.
+        """
+        codec = default_codec()
+        rows = feature_columns(self.fleet.n, self.fleet.features, seed=99)
+        names, cat_names = list(rows.numeric), list(rows.categorical)
+        out = []
+        for rank, (model_id, version) in enumerate(zip(self.fleet.model_ids, self.fleet.versions)):
+            numeric = {f: float(rows.numeric[f][rank]) for f in names}
+            event = PredictionEvent(
+                f"prime-{rank}",
+                model_id,
+                version,
+                self.t0,
+                {f: v for f, v in numeric.items() if v == v},
+                {f: rows.categorical[f][rank] for f in cat_names},
+                float(rows.predictions[rank]),
+            )
+            out.append(Message("predictions", model_id, codec.encode(event), 0))
+            self.windows.add((rank, self.t0 // self.window_ms * self.window_ms))
+        return out
+
     @property
     def closer_time(self) -> int:
         """The first instant of the window after the last event's: an event there closes every window."""
@@ -525,6 +550,30 @@ def wait_group(workers: Sequence[Any], partitions: int, deadline: float, settle_
         time.sleep(0.5)
 
 
+def prime(settings: Settings, traffic: Traffic, workers: Sequence[Any], deadline: float) -> None:
+    """Send the primers and wait until the workers have taken one event per model (every reference loaded)."""
+    producer = kafka.producer(settings, **{"linger.ms": 5})
+    topic = settings.topic("predictions")
+    for m in traffic.primers():
+        kafka.produce(producer, topic, m.value, m.key, wait_when_full=10.0)
+    if producer.flush(60):
+        raise RuntimeError("the primers could not be delivered within 60 s")
+    while True:
+        taken = sum(
+            v
+            for w in workers
+            for n, lab, v in w.metrics()
+            if n == "driftline_worker_events_total" and lab.get("topic") == "predictions"
+        )
+        if taken >= traffic.fleet.n:
+            return
+        for w in workers:
+            w.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers took {taken:.0f} of {traffic.fleet.n} primers in time")
+        time.sleep(0.5)
+
+
 def run_models(
     *,
     settings: Settings,
@@ -565,6 +614,7 @@ def run_models(
                 for p in procs:
                     p.start()
                 wait_group(procs, partitions, min(deadline, time.monotonic() + 120))
+                prime(settings, traffic, procs, deadline)
                 say(f"{workers} worker(s) in the group; producing at {rate:,.0f}/s" if rate else "producing")
                 messages, produce_s = produce_traffic(settings, traffic, rate, on_start=mark_start)
                 say(f"produced {messages:,} messages ({traffic.events:,} predictions) in {produce_s:.1f} s")
@@ -640,3 +690,129 @@ def detail_lines(r: ModelsResult) -> list[str]:
         f"RESULT mode=models windows_expected={r.windows_expected} windows_written={r.windows_written} "
         f"(drift_reports {r.windows_reports}, drift_metrics {r.windows_metrics})",
     ]
+
+
+# ----------------------------------------------------------------------------- plans and targets
+
+CPU_BATCHED_TARGET = 2.0  # worker CPU seconds per million events, one model x 22 features, batched
+CPU_SINGLE_TARGET = 10.0  # the same, single events
+RSS_ONE_MODEL_MIB = 300.0
+RSS_FLAT = 1.10  # peak RSS of the run's second half / its first half
+RSS_MANY_MIB = 1024.0
+CLOSE_TO_ROW_P99_MS = 2_000.0
+GROUP_CPU_SPREAD = 0.10
+PACE = 0.95  # a paced run that sends below this share of its rate did not test the rate
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One configuration: its runs (one per worker count) share a fleet, a seed and a start.
+
+    >>> Plan("x", 1_000, 30, 10**6, 100_000.0, (1, 2), 8, "mixed").describe()
+    'models=1000 features=30 events=1000000 rate=100,000/s workers=1,2 partitions=8 mode=mixed'
+    """
+
+    name: str
+    models: int
+    features: int
+    events: int
+    rate: float
+    workers: tuple[int, ...]
+    partitions: int
+    mode: str
+    event_rate: float = 0.0
+
+    def describe(self) -> str:
+        rate = f"{self.rate:,.0f}/s" if self.rate > 0 else "backlog"
+        return (
+            f"models={self.models} features={self.features} events={self.events} rate={rate} "
+            f"workers={','.join(map(str, self.workers))} partitions={self.partitions} mode={self.mode}"
+        )
+
+
+def target_plans(events: int) -> list[Plan]:
+    """The runs behind the targets of issue 15, each ``events`` long (single events: a quarter).
+
+    >>> [(p.name, p.models, p.events, p.workers) for p in target_plans(400_000)]  # doctest: +NORMALIZE_WHITESPACE
+    [('one-batched', 1, 400000, (1,)), ('one-single', 1, 100000, (1,)), ('many', 1000, 400000, (1,)),
+     ('group', 1000, 400000, (1, 2, 4))]
+    """
+    return [
+        Plan("one-batched", 1, 22, events, 0.0, (1,), 1, "batched"),
+        Plan("one-single", 1, 22, max(events // 4, 1), 0.0, (1,), 1, "single"),
+        Plan("many", 1_000, 30, events, 100_000.0, (1,), 1, "mixed"),
+        Plan("group", 1_000, 30, events, 100_000.0, (1, 2, 4), 8, "mixed"),
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def rss_halves(samples: Sequence[tuple[float, int]]) -> tuple[int, int] | None:
+    """Peak RSS (KiB) of the first and of the second half of a run's samples, or None with too few.
+
+    >>> rss_halves([(0.0, 100), (1.0, 120), (2.0, 118), (3.0, 125)])
+    (120, 125)
+    """
+    if len(samples) < 4:
+        return None
+    end = samples[-1][0]
+    first = [kib for t, kib in samples if t <= end / 2]
+    second = [kib for t, kib in samples if t > end / 2]
+    return (max(first), max(second)) if first and second else None
+
+
+def ratio_lines(plan: Plan, results: Sequence[ModelsResult]) -> list[str]:
+    """The RATIO lines of the targets that apply to a plan's runs."""
+    out: list[str] = []
+    head = f"RATIO models={plan.models} features={plan.features} mode={plan.mode}"
+    for r in results:
+        where = f"{head} workers={r.workers}"
+        cpu = r.per_million(r.worker_cpu_s)
+        if plan.models == 1 and plan.mode in ("batched", "single") and cpu is not None:
+            target = CPU_BATCHED_TARGET if plan.mode == "batched" else CPU_SINGLE_TARGET
+            out.append(f"{where} worker_cpu_s_per_million={cpu:.2f} target<={target:g} {verdict(cpu <= target)}")
+        peak = max(r.peak_rss_kib) / 1024
+        limit = RSS_ONE_MODEL_MIB if plan.models == 1 else RSS_MANY_MIB
+        out.append(f"{where} peak_rss_mib={peak:.0f} target<={limit:g} {verdict(peak <= limit)}")
+        halves = rss_halves(r.rss_samples_kib)
+        if plan.models == 1 and halves is not None:
+            ratio = halves[1] / max(halves[0], 1)
+            out.append(
+                f"{where} rss_flat second/first half = {halves[1] / 1024:.0f}/{halves[0] / 1024:.0f} MiB "
+                f"= {ratio:.2f} target<={RSS_FLAT} {verdict(ratio <= RSS_FLAT)} (events={r.events})"
+            )
+        if plan.models > 1:
+            p99 = float(np.percentile(r.close_to_row_ms, 99)) if r.close_to_row_ms else float("inf")
+            out.append(
+                f"{where} close_to_row_ms_p99={p99:.0f} target<={CLOSE_TO_ROW_P99_MS:.0f} "
+                f"{verdict(p99 <= CLOSE_TO_ROW_P99_MS)}"
+            )
+        out.append(
+            f"{where} windows_written/expected = {r.windows_written}/{r.windows_expected} target=all "
+            f"{verdict(r.windows_written == r.windows_expected)}"
+        )
+        if plan.rate > 0:
+            sent = r.events / max(r.produce_s, 1e-9)
+            out.append(
+                f"{where} producer_rate={sent:,.0f}/{plan.rate:,.0f} events/s = {sent / plan.rate:.2f}x "
+                f"target>={PACE} {verdict(sent >= PACE * plan.rate)}"
+            )
+    if len(results) > 1:
+        base = results[0]
+        base_cpu = base.per_million(base.worker_cpu_s) or float("nan")
+        for r in results[1:]:
+            same = r.fingerprints == base.fingerprints
+            counts = ", ".join(f"{t} {r.fingerprints[t][0]}/{base.fingerprints[t][0]}" for t in sorted(r.fingerprints))
+            out.append(
+                f"{head} rows workers={r.workers} vs {base.workers}: identical={'yes' if same else 'no'} "
+                f"(rows {counts}) {verdict(same)}"
+            )
+            cpu = r.per_million(r.worker_cpu_s) or float("nan")
+            ratio = cpu / base_cpu
+            out.append(
+                f"{head} group_cpu workers={r.workers} vs {base.workers}: {cpu:.2f}/{base_cpu:.2f} s per million "
+                f"= {ratio:.2f} target<={1 + GROUP_CPU_SPREAD:.2f} {verdict(ratio <= 1 + GROUP_CPU_SPREAD)}"
+            )
+    return out

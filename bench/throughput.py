@@ -901,8 +901,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     many.add_argument("--label-share", type=float, default=0.1, help="share of predictions that get a label")
     many.add_argument("--slice-seconds", type=float, default=1.0, help="event time drawn and sent at a time")
     many.add_argument("--seed", type=int, default=7, help="seed of the traffic")
+    many.add_argument(
+        "--targets",
+        action="store_true",
+        help="the runs of every target of issue 15 in turn (1 model batched and single, 1,000 x 30 at "
+        "100k/s, 1, 2 and 4 workers on 8 partitions), each --events long (single events: a quarter)",
+    )
     args = parser.parse_args(argv)
-    if args.models:
+    if args.models or args.targets:
         return models_main(args)
     if args.quick:
         args.n, args.per_window, args.timeout = 5_000, 1_000, min(args.timeout, 180.0)
@@ -980,13 +986,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def models_main(args: argparse.Namespace) -> int:
-    """``--models N``: the many-models run(s) of ``bench/scale.py``, one per worker count."""
+    """``--models N`` or ``--targets``: the many-models runs of ``bench/scale.py`` and their RATIO lines."""
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     out = lambda line: print(line, flush=True)  # noqa: E731
-    counts = [int(k) for k in args.workers.split(",") if k.strip()]
+    if args.targets:
+        plans = scale.target_plans(args.events)
+    else:
+        counts = tuple(int(k) for k in args.workers.split(",") if k.strip())
+        plans = [
+            scale.Plan(
+                "run",
+                args.models,
+                args.features,
+                args.events,
+                args.rate,
+                counts,
+                args.partitions,
+                args.mode,
+                args.event_rate,
+            )
+        ]
     out(window_compute.machine_line())
     if args.worker_args:
         out(f"worker flags: {args.worker_args}")
@@ -996,11 +1018,8 @@ def models_main(args: argparse.Namespace) -> int:
     worker_args = ["--idle-seconds", "never", *shlex.split(args.worker_args)]
     bench = Bench(stack, home, uuid.uuid4().hex[:8], args.window_seconds, args.timeout, say, worker_args)
     try:
-        server_pid = (
-            stack.chserver.pid()
-            if stack.chserver is not None
-            else scale.listening_pid(urlsplit(stack.warehouse_base).port or 0)
-        )
+        port = urlsplit(stack.warehouse_base).port or 0
+        server_pid = stack.chserver.pid() if stack.chserver is not None else scale.listening_pid(port)
         if server_pid is None:
             say("the ClickHouse server's process was not found: no server CPU figure")
         if args.warm_up > 0:
@@ -1010,39 +1029,50 @@ def models_main(args: argparse.Namespace) -> int:
                 f"{first.events_per_s:,.0f} events/s"
             )
         registry = Registry.from_settings(bench.settings("reg"))
-        fleet = scale.register_fleet(registry, f"b{bench.run_id}", args.models, args.features, args.mode, say)
         window_ms = int(args.window_seconds * 1000)
-        event_rate = args.event_rate or (args.rate if args.rate > 0 else 1_000.0 * args.models)
-        t0 = (int(time.time() * 1000) - 2 * DAY_MS) // window_ms * window_ms
-        results = []
-        for k in counts:
-            settings = bench.settings(f"k{k}")
-            kafka.ensure_topics(settings, partitions=args.partitions)
-            traffic = scale.Traffic(
-                fleet, args.events, event_rate, window_ms, t0, args.slice_seconds, args.label_share, args.seed
-            )
+        fleets: dict[tuple[int, int, str], scale.Fleet] = {}
+        for number, plan in enumerate(plans):
+            out(f"plan {plan.name}: {plan.describe()}")
+            shape = (plan.models, plan.features, plan.mode)
+            if shape not in fleets:  # plans of the same shape share their registered models
+                fleets[shape] = scale.register_fleet(
+                    registry, f"b{bench.run_id}p{number}", plan.models, plan.features, plan.mode, say
+                )
+            fleet = fleets[shape]
+            event_rate = plan.event_rate or (plan.rate if plan.rate > 0 else 1_000.0 * plan.models)
+            t0 = (int(time.time() * 1000) - 2 * DAY_MS) // window_ms * window_ms
+            results = []
+            for k in plan.workers:
+                tag = f"p{number}k{k}"
+                settings = bench.settings(tag)
+                kafka.ensure_topics(settings, partitions=plan.partitions)
+                traffic = scale.Traffic(
+                    fleet, plan.events, event_rate, window_ms, t0, args.slice_seconds, args.label_share, args.seed
+                )
 
-            def make_worker(member: str, settings: Settings = settings, k: int = k) -> WorkerRun:
-                app_id = f"bench-{bench.run_id}-k{k}"
-                return WorkerRun(settings, home, app_id, args.window_seconds, worker_args, member=member)
+                def make_worker(member: str, settings: Settings = settings, tag: str = tag) -> WorkerRun:
+                    app_id = f"bench-{bench.run_id}-{tag}"
+                    return WorkerRun(settings, home, app_id, args.window_seconds, worker_args, member=member)
 
-            r = scale.run_models(
-                settings=settings,
-                make_worker=make_worker,
-                traffic=traffic,
-                workers=k,
-                partitions=args.partitions,
-                rate=args.rate,
-                server_pid=server_pid,
-                timeout=args.timeout,
-                say=say,
-                wait_consuming=wait_consuming,
-                wait_for_merges=wait_for_merges,
-            )
-            out(scale.result_line(r))
-            for line in scale.detail_lines(r):
+                r = scale.run_models(
+                    settings=settings,
+                    make_worker=make_worker,
+                    traffic=traffic,
+                    workers=k,
+                    partitions=plan.partitions,
+                    rate=plan.rate,
+                    server_pid=server_pid,
+                    timeout=args.timeout,
+                    say=say,
+                    wait_consuming=wait_consuming,
+                    wait_for_merges=wait_for_merges,
+                )
+                out(scale.result_line(r))
+                for line in scale.detail_lines(r):
+                    out(line)
+                results.append(r)
+            for line in scale.ratio_lines(plan, results):
                 out(line)
-            results.append(r)
         out(window_compute.machine_line())
     finally:
         tear_down(bench, stack, home, keep=args.keep, say=say)
