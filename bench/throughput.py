@@ -87,6 +87,7 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import scale  # noqa: E402
 import window_compute  # noqa: E402
 
 from driftline.retrainer.registry import Lineage, Registry  # noqa: E402
@@ -362,13 +363,14 @@ class WorkerRun:
     app_id: str
     window_seconds: float
     extra: Sequence[str] = ()
+    member: str = ""  # tells apart the logs and data directories of several workers in one group
     popen: subprocess.Popen | None = None
     web_port: int = 0
     log_path: Path = field(default_factory=Path)
 
     def start(self) -> None:
         self.web_port = free_port()
-        self.log_path = self.home / f"{self.app_id}.log"
+        self.log_path = self.home / f"{self.app_id}{self.member}.log"
         s = self.settings
         argv = [
             sys.executable,
@@ -398,7 +400,7 @@ class WorkerRun:
             "--web-port",
             str(self.web_port),
             "--datadir",
-            str(self.home / f"faust-{self.app_id}"),
+            str(self.home / f"faust-{self.app_id}{self.member}"),
             "--log-format",
             "json",
             *self.extra,
@@ -882,7 +884,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a smoke run: N=5,000, 1,000 events per window, 6 s live at 5,000/s (times not meaningful)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (worker logs)")
+    many = parser.add_argument_group("many models (bench/scale.py): given --models, only this run is made")
+    many.add_argument("--models", type=int, default=0, help="model versions, each with its own reference")
+    many.add_argument("--features", type=int, default=22, help="features per model (numeric and categorical)")
+    many.add_argument("--events", type=int, default=200_000, help="predictions of the run")
+    many.add_argument("--rate", type=float, default=0.0, help="producer pace in predictions/s (0: a backlog first)")
+    many.add_argument(
+        "--event-rate",
+        type=float,
+        default=0.0,
+        help="predictions per second of event time (default --rate, else 1,000 per model)",
+    )
+    many.add_argument("--workers", default="1", help="workers in one group, e.g. '1,2,4' for one run each")
+    many.add_argument("--partitions", type=int, default=1, help="partitions of the input topics")
+    many.add_argument("--mode", choices=scale.MODES, default="mixed", help="batches, single events or both")
+    many.add_argument("--label-share", type=float, default=0.1, help="share of predictions that get a label")
+    many.add_argument("--slice-seconds", type=float, default=1.0, help="event time drawn and sent at a time")
+    many.add_argument("--seed", type=int, default=7, help="seed of the traffic")
+    many.add_argument(
+        "--targets",
+        action="store_true",
+        help="the runs of every target of issue 15 in turn (1 model batched and single, 1,000 x 30 at "
+        "100k/s, 1, 2 and 4 workers on 8 partitions), each --events long (single events: a quarter)",
+    )
     args = parser.parse_args(argv)
+    if args.models or args.targets:
+        return models_main(args)
     if args.quick:
         args.n, args.per_window, args.timeout = 5_000, 1_000, min(args.timeout, 180.0)
         args.warm_up = min(args.warm_up, 1_000)
@@ -952,6 +979,100 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             profile_service(bench, "batched", args.n, args.per_window, 25, out)
             profile_service(bench, "single", n_single, args.per_window, 25, out)
+        out(window_compute.machine_line())
+    finally:
+        tear_down(bench, stack, home, keep=args.keep, say=say)
+    return 0
+
+
+def models_main(args: argparse.Namespace) -> int:
+    """``--models N`` or ``--targets``: the many-models runs of ``bench/scale.py`` and their RATIO lines."""
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    out = lambda line: print(line, flush=True)  # noqa: E731
+    if args.targets:
+        plans = scale.target_plans(args.events)
+    else:
+        counts = tuple(int(k) for k in args.workers.split(",") if k.strip())
+        plans = [
+            scale.Plan(
+                "run",
+                args.models,
+                args.features,
+                args.events,
+                args.rate,
+                counts,
+                args.partitions,
+                args.mode,
+                args.event_rate,
+            )
+        ]
+    out(window_compute.machine_line())
+    if args.worker_args:
+        out(f"worker flags: {args.worker_args}")
+    home = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    stack = Stack.start(home, say)
+    # the last window of each model closes by the watermark (a closer event), never by the wall clock
+    worker_args = ["--idle-seconds", "never", *shlex.split(args.worker_args)]
+    bench = Bench(stack, home, uuid.uuid4().hex[:8], args.window_seconds, args.timeout, say, worker_args)
+    try:
+        port = urlsplit(stack.warehouse_base).port or 0
+        server_pid = stack.chserver.pid() if stack.chserver is not None else scale.listening_pid(port)
+        if server_pid is None:
+            say("the ClickHouse server's process was not found: no server CPU figure")
+        if args.warm_up > 0:
+            first = bench.run("w0", "batched", args.warm_up, args.per_window)
+            out(
+                f"warm-up: {args.warm_up} batched events through a first worker, not measured: "
+                f"{first.events_per_s:,.0f} events/s"
+            )
+        registry = Registry.from_settings(bench.settings("reg"))
+        window_ms = int(args.window_seconds * 1000)
+        fleets: dict[tuple[int, int, str], scale.Fleet] = {}
+        for number, plan in enumerate(plans):
+            out(f"plan {plan.name}: {plan.describe()}")
+            shape = (plan.models, plan.features, plan.mode)
+            if shape not in fleets:  # plans of the same shape share their registered models
+                fleets[shape] = scale.register_fleet(
+                    registry, f"b{bench.run_id}p{number}", plan.models, plan.features, plan.mode, say
+                )
+            fleet = fleets[shape]
+            event_rate = plan.event_rate or (plan.rate if plan.rate > 0 else 1_000.0 * plan.models)
+            t0 = (int(time.time() * 1000) - 2 * DAY_MS) // window_ms * window_ms
+            results = []
+            for k in plan.workers:
+                tag = f"p{number}k{k}"
+                settings = bench.settings(tag)
+                kafka.ensure_topics(settings, partitions=plan.partitions)
+                traffic = scale.Traffic(
+                    fleet, plan.events, event_rate, window_ms, t0, args.slice_seconds, args.label_share, args.seed
+                )
+
+                def make_worker(member: str, settings: Settings = settings, tag: str = tag) -> WorkerRun:
+                    app_id = f"bench-{bench.run_id}-{tag}"
+                    return WorkerRun(settings, home, app_id, args.window_seconds, worker_args, member=member)
+
+                r = scale.run_models(
+                    settings=settings,
+                    make_worker=make_worker,
+                    traffic=traffic,
+                    workers=k,
+                    partitions=plan.partitions,
+                    rate=plan.rate,
+                    server_pid=server_pid,
+                    timeout=args.timeout,
+                    say=say,
+                    wait_consuming=wait_consuming,
+                    wait_for_merges=wait_for_merges,
+                )
+                out(scale.result_line(r))
+                for line in scale.detail_lines(r):
+                    out(line)
+                results.append(r)
+            for line in scale.ratio_lines(plan, results):
+                out(line)
         out(window_compute.machine_line())
     finally:
         tear_down(bench, stack, home, keep=args.keep, say=say)

@@ -108,3 +108,35 @@ def test_service_profile_prints_its_result(kafka_bootstrap: str, warehouse_serve
         out,
         re.M,
     ), out
+
+
+@pytest.mark.kafka
+@pytest.mark.warehouse
+def test_throughput_many_models_writes_every_window(kafka_bootstrap: str, warehouse_server) -> None:
+    """``--models 20 --features 5`` through the real worker, Kafka and ClickHouse: the RESULT line, every window."""
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
+    out = _run(
+        "throughput.py",
+        *("--models", "20", "--features", "5", "--events", "6000", "--warm-up", "0", "--timeout", "120"),
+        env=env,
+        timeout=170,  # about 30 s on a quiet machine; the shared 2-core machines may be far from quiet
+    )
+    result = re.search(
+        rf"^RESULT mode=models models=20 features=5 events_per_s=(?P<rate>{NUMBER}) close_to_row_ms_p99=(?P<p99>\d+) "
+        rf"peak_rss_mib=(?P<rss>\d+) worker_cpu_s_per_million=(?P<worker>{NUMBER}) "
+        rf"server_cpu_s_per_million=(?P<server>{NUMBER})$",
+        out,
+        re.M,
+    )
+    assert result, out
+    assert int(result["rss"]) > 0 and float(result["worker"]) > 0 and float(result["server"]) > 0, out
+    windows = re.search(r"^RESULT mode=models windows_expected=(\d+) windows_written=(\d+) ", out, re.M)
+    assert windows, out
+    # 6,000 events at 20,000/s of event time: 0.3 s, so one or two 10-s windows per model with events
+    assert 20 <= int(windows[1]) <= 40 and windows[1] == windows[2], out
+    assert re.search(
+        r"^RATIO models=20 features=5 mode=mixed workers=1 windows_written/expected = (\d+)/\1 .* MET$", out, re.M
+    ), out
+    assert re.search(
+        r"^RATIO models=20 features=5 mode=mixed workers=1 peak_rss_mib=\d+ target<=1024 (MET|NOT MET)$", out, re.M
+    ), out
