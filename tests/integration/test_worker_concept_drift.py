@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from estimate_stream import inputs, realized_accuracy, register_calibrated, score
-from worker_harness import T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
+from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 from driftline.streams import kafka
 from driftline.streams.records import LabelEvent, PredictionBatch, RetrainRequest
@@ -131,3 +131,15 @@ def test_estimate_does_not_follow_concept_drift_while_the_labels_show_it(env: Wo
         f"estimated={estimated[before].mean():.3f}; after: realized={realized[after].mean():.3f} "
         f"estimated={estimated[after].mean():.3f} band=[{lower[after].mean():.3f}, {upper[after].mean():.3f}]"
     )
+
+
+def test_the_docs_say_when_to_trust_the_estimate_and_when_only_labels_can_tell() -> None:
+    text = (REPO / "docs" / "ESTIMATION.md").read_text()
+    heading = "### When to trust the estimate, and when only labels can tell"
+    assert heading in text
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0]
+    assert "**Covariate shift**" in section and "trust it" in section
+    assert "**Concept drift**" in section and "Only labels tell" in section
+    # the measured figures are this test's and the covariate-shift test's
+    assert "tests/integration/test_worker_concept_drift.py" in section
+    assert "tests/integration/test_worker_estimates.py" in section
