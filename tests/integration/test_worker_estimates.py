@@ -14,13 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from worker_harness import FEATURES, REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
+from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, score
+from worker_harness import REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
-from driftline.retrainer.evaluation import fit_calibrator
-from driftline.retrainer.policy import ReferenceSettings
-from driftline.retrainer.registry import Lineage
 from driftline.streams import kafka
-from driftline.streams.core.performance import compute_performance
 from driftline.streams.records import PredictionBatch, RetrainRequest
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
@@ -31,39 +28,12 @@ STEADY = 5  # windows before the shift
 CHUNK = 500
 
 
-def _score(numeric: dict[str, np.ndarray]) -> np.ndarray:
-    z = 0.8 * numeric["a"] - 0.5 * numeric["c"] + 0.3 * numeric["e"]
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _inputs(rng: np.random.Generator, n: int, shifted: bool) -> dict[str, np.ndarray]:
-    # the shift moves a and narrows a, c, e: scores crowd 0.5, where the model is least sure
-    numeric = {f: rng.normal(size=n) for f in FEATURES}
-    if shifted:
-        numeric["a"] = 0.3 + 0.35 * numeric["a"]
-        numeric["c"] = 0.35 * numeric["c"]
-        numeric["e"] = 0.35 * numeric["e"]
-    return numeric
-
-
-def _reference(rng: np.random.Generator, n: int = 20_000) -> tuple[dict, dict, np.ndarray, np.ndarray]:
-    numeric = _inputs(rng, n, shifted=False)
-    score = _score(numeric)
-    labels = (rng.random(n) < score).astype(float)  # calibrated: P(y | x) is the score
-    return numeric, {"region": rng.choice(REGIONS, n).tolist()}, score, labels
-
-
 def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_labels(
     env: WorkerEnv, unique: str
 ) -> None:
     model = f"estimate-{unique}"
     rng = np.random.default_rng(13)
-    numeric, categorical, score, labels = _reference(rng)
-    calibrator = fit_calibrator("classification", labels, score)
-    assert calibrator is not None
-    profile = ReferenceSettings().profile_builder(model, numeric, categorical, score, calibrator)
-    version = env.registry.register(model, lineage=Lineage(dataset_rows=score.size), reference_profile=profile).version
-    env.registry.promote(model, version)
+    version, _, _ = register_calibrated(env, model, rng)
 
     policy = env.tmp / "policy.yaml"
     policy.write_text(
@@ -90,8 +60,8 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
         env.flush()
 
     def publish_window(w: int) -> None:
-        x = _inputs(rng, PER_WINDOW, shifted=w >= STEADY)
-        s = _score(x)
+        x = inputs(rng, PER_WINDOW, shifted=w >= STEADY)
+        s = score(x)
         y = (rng.random(PER_WINDOW) < s).astype(float)
         channel = rng.choice(["web", "app"], PER_WINDOW)
         truth.append((y, s, channel))
@@ -155,13 +125,13 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
         assert set(got) == {(seg, m) for seg in ("", "channel=app", "channel=web") for m in names}
         assert {got[("", m)]["n_predictions"] for m in names} == {PER_WINDOW}
         assert got[("channel=web", "estimated_accuracy")]["n_predictions"] == int((channel == "web").sum())
-        realized = {r.metric: r.value for r in compute_performance(y, s, None, {}) if r.segment == ""}
+        accuracy = realized_accuracy(y, s)
         value = got[("", "estimated_accuracy")]["value"]
         lower, upper = got[("", "estimated_accuracy_lower")]["value"], got[("", "estimated_accuracy_upper")]["value"]
         assert lower <= value <= upper
-        covered += lower <= realized["accuracy"] <= upper
-        errors.append(abs(value - realized["accuracy"]))
-        auc_errors.append(abs(got[("", "estimated_roc_auc")]["value"] - realized["roc_auc"]))
+        covered += lower <= accuracy <= upper
+        errors.append(abs(value - accuracy))
+        auc_errors.append(abs(got[("", "estimated_roc_auc")]["value"] - realized_roc_auc(y, s)))
 
     # the done-when of issue 13, on these windows
     assert covered / WINDOWS >= 0.9, (covered, WINDOWS)
