@@ -682,8 +682,8 @@ def test_unreachable_registry_fails_fast_after_the_first_try(registry: _Registry
 
 
 def _rate(fn, events_per_call: int, seconds: float = 0.3) -> float:
-    calls, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
+    calls, started = 0, time.process_time()
+    while (elapsed := time.process_time() - started) < seconds:
         fn()
         calls += 1
     return calls * events_per_call / elapsed
