@@ -109,7 +109,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 #: Shares of a feature's level (weighted Bonferroni, valid however the tests depend on each
 #: other) among the tests that can say anything in this window; see docs/STATISTICS.md.
 NUMERIC_WEIGHTS = {"location": 0.25, "scale": 0.25, "shape": 0.1, "missing": 0.5, "range": 0.15}
-CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.5, "new": 0.4}
+CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.5, "new": 0.6}
 #: Per-test significance levels, which thresholds do not take: one level per feature would
 #: undo the false discovery rate that Benjamini-Hochberg keeps across a window's features.
 TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
