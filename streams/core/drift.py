@@ -110,8 +110,8 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 }
 #: Shares of a feature's level (weighted Bonferroni, valid however the tests depend on each
 #: other) among the tests that can say anything in this window; see docs/STATISTICS.md.
-NUMERIC_WEIGHTS = {"location": 0.25, "scale": 0.25, "shape": 0.1, "missing": 0.25, "range": 0.15}
-CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.25, "new": 0.25}
+NUMERIC_WEIGHTS = {"location": 0.25, "scale": 0.25, "shape": 0.1, "missing": 0.5, "range": 0.15}
+CATEGORICAL_WEIGHTS = {"shape": 0.5, "missing": 0.5, "new": 0.6}
 #: Per-test significance levels, which thresholds do not take: one level per feature would
 #: undo the false discovery rate that Benjamini-Hochberg keeps across a window's features.
 TEST_LEVEL_KEYS = ("ks_alpha", "chi2_alpha")
@@ -124,6 +124,9 @@ TEST_LEVEL_HINT = (
 HEAVY_KURTOSIS = 4.0
 #: Cochran's rule: cells of a chi-squared test expect at least this many values.
 MIN_EXPECTED = 5.0
+#: A truncated reference's table is cut (kept categories apart, the rest with ``other``) at a gap
+#: between consecutive counts of at least this many standard errors (see ``_pool_boundary``).
+GAP_SE = 2.0
 
 Thresholds = Mapping[str, Mapping[str, float]]
 
@@ -354,21 +357,35 @@ def _size_bucket(n: float) -> int:
     return int(math.floor(4 * math.log2(max(n, 1.0))))
 
 
-def _pool_boundary(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Pool the kept categories whose reference count is within 3 standard errors of the smallest
-    kept one into ``other``'s group (the last cell), and renumber the groups.
+def _pool_boundary(counts: np.ndarray, groups: np.ndarray, window_n: float = 0.0) -> np.ndarray:
+    """Pool the kept categories whose selection into the top K may be the reference's luck into
+    ``other``'s group (the last cell), and renumber the groups.
 
     A reference that kept only its top K categories chose them by its own counts: the
     categories near the cut are there because they happened to be frequent in the reference,
     and those in ``other`` because they happened to be rare. Windows then see the first fewer
-    and ``other`` more often than the reference, with no drift at all.
+    and ``other`` more often than the reference, with no drift at all. So the kept categories
+    whose count is within 3 standard errors of the smallest kept one join ``other``. Any cut
+    on the reference's own counts biases the categories near it, and the bias weighs as much
+    as the test's noise once the window is not much smaller than the reference (the share of
+    the reference's noise in the test is ``N / (n + N)``): then (``window_n`` above a quarter
+    of the reference) the cut moves up to the lowest *gap* between consecutive kept counts of
+    at least :data:`GAP_SE` standard errors, where no category sits close to it.
 
     >>> _pool_boundary(np.array([500.0, 200.0, 30.0, 25.0, 60.0]), np.array([0, 1, 2, 3, 4])).tolist()
     [0, 1, 2, 2, 2]
+    >>> _pool_boundary(np.array([500.0, 200.0, 190.0, 150.0, 60.0]), np.arange(5), window_n=10_000).tolist()
+    [0, 1, 2, 3, 3]
     """
     kept = counts[:-1]
     low = float(kept.min()) if kept.size else 0.0
-    near = np.append(kept < low + 3.0 * math.sqrt(max(low, 1.0)), True)
+    cut = low + 3.0 * math.sqrt(max(low, 1.0))
+    if kept.size > 1 and 4.0 * window_n > counts.sum():
+        ranked = np.sort(kept)[::-1]
+        wide = np.flatnonzero(ranked[:-1] - ranked[1:] >= GAP_SE * np.sqrt(ranked[:-1] + ranked[1:]))
+        # no wide gap: only the categories far above every other count stay apart
+        cut = max(cut, float(ranked[wide[-1]]) if wide.size else float(ranked[0]) + 1.0)
+    near = np.append(kept < cut, True)
     out = groups.copy()
     out[near] = groups[-1]
     return np.unique(out, return_inverse=True)[1].astype(np.int64)
@@ -382,7 +399,7 @@ def _groups(
 
     def pool() -> np.ndarray:
         groups = _pool_groups(p, MIN_EXPECTED / n, ordered)
-        return groups if truncated_n is None else _pool_boundary(p * truncated_n, groups)
+        return groups if truncated_n is None else _pool_boundary(p * truncated_n, groups, n)
 
     return reference.cached(("pool", feature, n, ordered, truncated_n is not None), pool)
 
@@ -449,8 +466,45 @@ def _rate_threshold(p_ref: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarra
     return np.where(n > 0, np.minimum(rate, 1.0), np.nan)
 
 
+def _rate_can_matter(hits: np.ndarray, reference_n: np.ndarray, window_n: np.ndarray, level: float) -> np.ndarray:
+    """Whether a rate test could reach ``level`` at all: its smallest p-value, all ``hits`` in the
+    window, is ``share ** hits`` with ``share = n / (N + n)``.
+
+    The conditional test's null law is fixed by the total ``hits``, and no
+    feature's cutoff exceeds ``fdr_q``: a test that cannot reach it takes no
+    share of the feature's level (Tarone's rule for discrete tests), so it
+    costs the other tests nothing.
+
+    >>> _rate_can_matter(np.array([0, 1, 5, 1]), np.array([1e3, 1e3, 1e3, 5e4]), np.array([1e3, 1e3, 1e3, 1e3]), 0.05)
+    array([False, False,  True,  True])
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = window_n / (reference_n + window_n)
+        least = np.where(hits > 0, share ** np.maximum(hits, 1.0), 1.0)
+    return (hits > 0) & (reference_n > 0) & (window_n > 0) & (least <= level)
+
+
+def _rate_weight(window_n: np.ndarray, reference_n: np.ndarray) -> np.ndarray:
+    """How much a rate test's share of the level grows with the window: ``1 + n / N``.
+
+    A hit in the window is evidence ``ln(1 + N / n)`` against the null of the
+    conditional test, which vanishes as the window outgrows the reference: the
+    window's count must then rise by about ``ln(1 / share) * n / N`` hits to
+    pass a level cut by ``share``, against a noise of ``sqrt(n / N)`` hits, so
+    a fixed share would cost more and more power. Location, scale and shape
+    tests lose the same at every size. The weight depends on the sizes only.
+
+    >>> _rate_weight(np.array([100.0, 1_000.0, 10_000.0]), np.array([1_000.0, 1_000.0, 1_000.0])).tolist()
+    [1.1, 2.0, 11.0]
+    """
+    out: NDArray[np.float64] = 1.0 + np.asarray(window_n, np.float64) / np.maximum(reference_n, 1.0)
+    return out
+
+
 def _weighted_bonferroni(
-    p: Mapping[str, np.ndarray], active: Mapping[str, np.ndarray], weights: Mapping[str, float]
+    p: Mapping[str, np.ndarray],
+    active: Mapping[str, np.ndarray],
+    weights: Mapping[str, float | np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Each test's p-value divided by its share of the feature's level among the tests active there.
 
@@ -525,8 +579,8 @@ def evaluate_window(
         )
     overrides = check_thresholds(thresholds)
     prep = reference.cached("drift", lambda: _prepare(reference))
-    num = _numeric(reference, window, prep, alpha)
-    cat = _categorical(reference, window, prep, alpha)
+    num = _numeric(reference, window, prep, alpha, fdr_q)
+    cat = _categorical(reference, window, prep, alpha, fdr_q)
 
     names = prep.numeric + prep.categorical
     adjusted = np.stack(
@@ -617,7 +671,9 @@ def _no_columns(names: tuple[str, ...]) -> _Columns:
     }
 
 
-def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> _Columns:
+def _numeric(
+    reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float, level: float
+) -> _Columns:
     names = prep.numeric
     if not names:
         return _no_columns(NUMERIC_METRICS)
@@ -698,10 +754,10 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
             "location": moments,
             "scale": scaled,
             "shape": has & (constant | (dof > 0)),
-            "missing": (total > 0) & (prep.num_missing + missing > 0),
+            "missing": _rate_can_matter(prep.num_missing + missing, ref_total, total, level),
             "range": has & (outside > 0),
         },
-        NUMERIC_WEIGHTS,
+        {**NUMERIC_WEIGHTS, "missing": NUMERIC_WEIGHTS["missing"] * _rate_weight(total, ref_total)},
     )
 
     z = special.ndtri(1.0 - alpha / 2)
@@ -757,7 +813,9 @@ def _numeric(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared
         }
 
 
-def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float) -> _Columns:
+def _categorical(
+    reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float, level: float
+) -> _Columns:
     names = prep.categorical
     if not names:
         return _no_columns(CATEGORICAL_METRICS)
@@ -778,10 +836,14 @@ def _categorical(reference: ReferenceProfile, window: WindowProfile, prep: _Prep
         {"shape": chi_p, "missing": miss_p, "new": new_p},
         {
             "shape": has & (dof > 0),
-            "missing": (total > 0) & (prep.cat_missing + missing > 0),
-            "new": has & ~seen_other & (other > 0),
+            "missing": _rate_can_matter(prep.cat_missing + missing, ref_total, total, level),
+            "new": ~seen_other & _rate_can_matter(other, prep.cat_n, n, level),
         },
-        CATEGORICAL_WEIGHTS,
+        {
+            **CATEGORICAL_WEIGHTS,
+            "missing": CATEGORICAL_WEIGHTS["missing"] * _rate_weight(total, ref_total),
+            "new": CATEGORICAL_WEIGHTS["new"] * _rate_weight(n, prep.cat_n),
+        },
     )
 
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, prep.cat_n), alpha)

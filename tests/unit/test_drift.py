@@ -324,3 +324,43 @@ def test_new_categories_in_one_feature_never_flag_another(n: int, windows: int) 
         wrongly += rows["few", "chi2"].drifted
         assert rows["few", "chi2"].value < 60  # the leak made it hundreds
     assert_rate_at_most(wrongly, windows, 0.05)
+
+
+def test_a_truncated_top_k_table_keeps_its_level_with_windows_larger_than_the_reference() -> None:
+    # 30 Zipf categories, a 1,000-row reference that keeps its top 20, windows of 10,000: the
+    # reference chose its table by its own counts, and with the window ten times larger that
+    # luck showed as drift (2.5 times the level) until the table is cut at a wide gap.
+    zipf = 1.0 / np.arange(1, 31) ** 1.1
+    values = np.array([f"v{i}" for i in range(30)], dtype=object)
+    rng = np.random.default_rng(52)
+    # One window per reference: with windows this large, a reference's own luck sets the rate of
+    # all its windows, so the level holds on average over references (docs/STATISTICS.md).
+    alarms, windows = 0, 250
+    for k in range(windows):
+        ref = ReferenceProfile.build("m", "1", {}, {"c": values[rng.choice(30, 1_000, p=zipf / zipf.sum())].tolist()})
+        w = WindowProfile.empty(ref, seed=k)
+        w.update({}, {"c": values[rng.choice(30, 10_000, p=zipf / zipf.sum())].tolist()})
+        alarms += by_key(evaluate_window(ref, w))["c", "chi2"].drifted
+    assert_rate_at_most(alarms, windows, 0.05)
+
+
+def test_a_rate_test_that_cannot_reach_the_level_costs_the_location_test_nothing() -> None:
+    # One missing value in a window as large as the reference (none in the reference): the
+    # missing test's best p-value is 0.5, so it takes no share of the level. Were it to take its
+    # weight, the location test's share would fall from 1/3 to 1/7 and this shift (p = 0.0093)
+    # would no longer be drift.
+    rng = np.random.default_rng(5)
+    ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=1_000)}, {})
+    mean, sd = ref.numeric["x"].mean, ref.numeric["x"].std
+    z = rng.normal(size=999)
+    z = (z - z.mean()) / z.std()
+    x = mean + sd * (z + 2.6 * math.sqrt(1_000 / 999 * (1 / 999 + 1 / 1_000)))
+    rows = {}
+    for name, values in (("one missing", np.append(x, np.nan)), ("none missing", x)):
+        w = WindowProfile.empty(ref, seed=1)
+        w.update({"x": values}, {})
+        rows[name] = by_key(evaluate_window(ref, w))
+    assert rows["one missing"]["x", "missing_rate"].p_value == pytest.approx(0.5, abs=0.01)
+    assert rows["one missing"]["x", "mean_shift"].p_value == pytest.approx(0.0093, abs=0.0005)
+    assert rows["one missing"]["x", "mean_shift"].drifted and rows["none missing"]["x", "mean_shift"].drifted
+    assert not rows["one missing"]["x", "missing_rate"].drifted
