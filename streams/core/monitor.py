@@ -63,7 +63,7 @@ from driftline.streams.core.explain import (
     segment_drift,
     update_segments,
 )
-from driftline.streams.core.labels import PredictionIndex
+from driftline.streams.core.labels import IndexBudget, PredictionIndex
 from driftline.streams.core.latency import LatencyWindow
 from driftline.streams.core.ledger import Hold
 from driftline.streams.core.multivariate import MultivariateWindow
@@ -214,14 +214,14 @@ class _Track:
     """Everything the monitor keeps for one model id: its prediction and label streams, and what they share."""
 
     def __init__(
-        self, model_id: str, settings: MonitorSettings, idle_ms: int | None, index_ttl_ms: int, index_max_entries: int
+        self, model_id: str, settings: MonitorSettings, idle_ms: int | None, index_ttl_ms: int, budget: IndexBudget
     ) -> None:
         self.model_id = model_id
         self.settings = settings
         w = settings.windowing
         self.predictions: _Stream[_Window] = _Stream(w.lateness_ms, idle_ms)
         self.labels: _Stream[_LabelWindow] = _Stream(w.lateness_ms, idle_ms, self._new_label_window)
-        self.index = PredictionIndex(max_entries=index_max_entries, ttl_ms=index_ttl_ms)
+        self.index = PredictionIndex(ttl_ms=index_ttl_ms, budget=budget)
         # per version: the watermark in force when each late row (still to be counted) arrived
         self.late: dict[str, list[np.ndarray]] = {}
         self.detectors = ChangeDetectorBank(names=settings.detectors) if settings.detectors else None
@@ -251,6 +251,8 @@ class Monitor:
     wall clock (``now_ms``) with each call. Before the first batch of a model
     version, the caller says how far that version was already written
     (``recover``), so that a replay after a crash does not write a window twice.
+    ``index_max_entries`` bounds the predictions waiting for their labels in
+    all the models together (the earliest added go first, whichever model's).
 
     >>> import numpy as np
     >>> from driftline.streams.core.reference import ReferenceProfile
@@ -279,6 +281,8 @@ class Monitor:
         self.idle_ms = idle_ms
         self.index_ttl_ms = index_ttl_ms
         self.index_max_entries = index_max_entries
+        # one bound on the predictions waiting for labels, shared by every model (the oldest go first)
+        self._index_budget = IndexBudget(index_max_entries)
         self._tracks: dict[str, _Track] = {}
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -287,7 +291,7 @@ class Monitor:
         track = self._tracks.get(model_id)
         if track is None:
             track = self._tracks[model_id] = _Track(
-                model_id, self.settings_for(model_id), self.idle_ms, self.index_ttl_ms, self.index_max_entries
+                model_id, self.settings_for(model_id), self.idle_ms, self.index_ttl_ms, self._index_budget
             )
         return track
 
@@ -433,6 +437,7 @@ class Monitor:
     def reset(self) -> None:
         """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
         self._tracks.clear()
+        self._index_budget = IndexBudget(self.index_max_entries)
 
     def pending_labels(self) -> int:
         return sum(t.index.n_pending for t in self._tracks.values())

@@ -408,3 +408,21 @@ def test_segments_named_in_the_settings_get_their_drift_and_the_window_its_root_
 def test_without_drift_or_segments_a_window_has_no_root_cause() -> None:
     outcomes = run(Monitor(lambda m: settings()), [stream(3_000)], reference())
     assert outcomes and all(o.root_cause is None and o.segment_drift == [] for o in outcomes)
+
+
+def test_the_label_index_bound_is_shared_by_every_model() -> None:
+    # two models, 300 predictions each, a bound of 400 for both: the first model's earliest
+    # 200 predictions make room for the second's; the labels of those find no prediction
+    ref = reference()
+    monitor = Monitor(lambda m: settings(), index_max_entries=400)
+    for model in ("m", "n"):
+        batch = stream(300, seed=ord(model))
+        batch.model_id = model
+        monitor.recover(model, "1", None)
+        monitor.ingest(batch, ref, source=0, now_ms=0)
+    assert monitor.index_stats()["evicted"] == 200
+    first = [f"e{ord('m')}-{i}" for i in range(300)]
+    got = monitor.ingest_labels("m", first, [1] * 300, np.full(300, T0 + 60_000), now_ms=0)
+    assert (got.joined, got.pending) == (100, 200)
+    second = [f"e{ord('n')}-{i}" for i in range(300)]
+    assert monitor.ingest_labels("n", second, [1] * 300, np.full(300, T0 + 60_000), now_ms=0).joined == 300
