@@ -34,8 +34,14 @@ def traced() -> int:
 
 
 def by_file(snapshot: tracemalloc.Snapshot, top: int = 12) -> list[str]:
-    stats = snapshot.statistics("filename")
-    return [f"  {s.size / MIB:9.1f} MiB  {s.traceback[0].filename.split('driftline/')[-1]}" for s in stats[:top]]
+    """Traced memory by the innermost driftline file that allocated it (numpy's own frames skipped)."""
+    sizes: dict[str, int] = {}
+    for trace in snapshot.traces:
+        name = next((f.filename for f in reversed(trace.traceback) if "/streams/" in f.filename), trace.traceback[0].filename)
+        name = name.split("/streams/")[-1] if "/streams/" in name else name.rsplit("/", 1)[-1]
+        sizes[name] = sizes.get(name, 0) + trace.size
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+    return [f"  {size / MIB:9.1f} MiB  {name}" for name, size in ranked]
 
 
 def main() -> None:
@@ -56,7 +62,7 @@ def main() -> None:
     names = [f"f{i}" for i in range(a.features)]
     detectors = tuple(d for d in a.detectors.split(",") if d)
     settings = MonitorSettings(Windowing(a.window_seconds * 1000), detectors=detectors)
-    tracemalloc.start()
+    tracemalloc.start(10)
     base = traced()
     refs = []
     for m in range(a.models):
