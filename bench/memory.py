@@ -37,7 +37,8 @@ def by_file(snapshot: tracemalloc.Snapshot, top: int = 12) -> list[str]:
     """Traced memory by the innermost driftline file that allocated it (numpy's own frames skipped)."""
     sizes: dict[str, int] = {}
     for trace in snapshot.traces:
-        name = next((f.filename for f in reversed(trace.traceback) if "/streams/" in f.filename), trace.traceback[0].filename)
+        frames = [f.filename for f in reversed(trace.traceback)]
+        name = next((f for f in frames if "/streams/" in f), frames[0])
         name = name.split("/streams/")[-1] if "/streams/" in name else name.rsplit("/", 1)[-1]
         sizes[name] = sizes.get(name, 0) + trace.size
     ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
