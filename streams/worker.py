@@ -90,8 +90,9 @@ class WorkerOptions:
     ``max_poll_bytes``. ``max_take_events`` bounds the events handled at once:
     a poll of messages of batches is handled in parts of about that many
     events, so its memory and the wait of the windows it closes stay bounded.
-    ``index_max_entries`` bounds the predictions kept for the label join, at
-    about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
+    ``index_max_entries`` bounds the predictions kept for the label join by all
+    the worker's models together (the earliest added go first, whichever
+    model's), at about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
     sends each message with late rows to the DLQ and ``rejected_events``, reason
     ``late_event`` (its other rows are accepted as usual). Events before ``min_event_time_ms``
     (epoch ms; default 2000-01-01) or more than ``max_future_seconds`` ahead go to the DLQ.

@@ -101,7 +101,8 @@ _FLAGS = (
     _Flag("index-ttl-hours", "how long predictions wait for their labels in memory (default {default:g})", float),
     _Flag(
         "index-max-entries",
-        "predictions kept per model for the label join, about 300 bytes each (default {default}, about 60 MiB)",
+        "predictions kept for the label join by all models together, oldest out first, "
+        "about 300 bytes each (default {default}, about 60 MiB)",
         int,
     ),
     _Flag(

@@ -15,6 +15,7 @@ joining and expiring copy whole batches.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,12 +98,73 @@ class IndexStats:
     pending_expired: int = 0  # pending labels dropped because their time to live ran out
 
 
+class IndexBudget:
+    """One bound on the predictions stored by several ``PredictionIndex`` together (a worker's models).
+
+    When the indexes sharing it hold more than ``max_entries`` predictions in
+    all, the earliest added go first, whichever index holds them: a busy model
+    does not keep a quiet one's predictions, and a thousand models do not each
+    keep ``max_entries``. Each index counts what it lost in its own ``stats.evicted``.
+
+    >>> import numpy as np
+    >>> budget = IndexBudget(3)
+    >>> a, b = (PredictionIndex(ttl_ms=10**9, budget=budget) for _ in range(2))
+    >>> _ = a.add(["a1", "a2"], "1", np.array([0, 1]), np.zeros(2))
+    >>> _ = b.add(["b1", "b2"], "1", np.array([2, 3]), np.zeros(2))
+    >>> len(a), len(b), budget.size, a.stats.evicted
+    (1, 2, 3, 1)
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("need max_entries >= 1")
+        self.max_entries = max_entries
+        self.size = 0  # predictions stored by all the indexes sharing the budget
+        self._next_seq = 0  # sequence numbers are shared, so that "earliest added" spans the indexes
+        # (oldest stored sequence number, tie-breaker, index) of every index holding predictions; an
+        # index's oldest only grows, so an entry is at most stale low, and is refreshed when popped
+        self._oldest: list[tuple[int, int, PredictionIndex]] = []
+        self._queued: set[int] = set()
+
+    def _take_seqs(self, n: int) -> int:
+        first = self._next_seq
+        self._next_seq += n
+        return first
+
+    def _enqueue(self, index: PredictionIndex) -> None:
+        if id(index) not in self._queued and len(index):
+            oldest = index._oldest_seq()
+            assert oldest is not None  # it holds predictions
+            self._queued.add(id(index))
+            heapq.heappush(self._oldest, (oldest, id(index), index))
+
+    def _evict(self) -> None:
+        """Drop the earliest added predictions of all the indexes until they fit."""
+        heap = self._oldest
+        while self.size > self.max_entries and heap:
+            seq, key, index = heapq.heappop(heap)
+            oldest = index._oldest_seq()
+            if oldest is None:
+                self._queued.discard(key)
+                continue
+            if oldest != seq:
+                heapq.heappush(heap, (oldest, key, index))
+                continue
+            # every row of this index before the next index's oldest goes first (a stale, lower
+            # entry only makes the step shorter); sequence numbers are unique, so at least one goes
+            limit = heap[0][0] if heap else None
+            index._evict_oldest(self.size - self.max_entries, limit)
+            self._queued.discard(key)
+            self._enqueue(index)
+
+
 class PredictionIndex:
     """Recent predictions by ``event_id``, waiting for their labels.
 
     A prediction stays until it is joined, until ``expire(now_ms)`` finds its
     event time older than ``now_ms - ttl_ms``, or until more than
-    ``max_entries`` are stored (the earliest added goes first). A label with
+    ``max_entries`` are stored (the earliest added goes first; with a shared
+    ``budget``, more than its ``max_entries`` in all the indexes that share it). A label with
     no prediction waits in the same way: at most ``max_pending`` of them, for
     ``ttl_ms`` after the latest ``expire`` time at which it arrived. The rows
     live in numpy columns of at most about 3 x (max_entries + largest batch) rows.
@@ -123,21 +185,35 @@ class PredictionIndex:
     (1, 1, 1, 1)
     """
 
-    def __init__(self, max_entries: int, ttl_ms: int, max_pending: int | None = None) -> None:
-        if max_entries < 1 or ttl_ms < 0:
-            raise ValueError("need max_entries >= 1 and ttl_ms >= 0")
-        self.max_entries = max_entries
+    def __init__(
+        self,
+        max_entries: int | None = None,
+        ttl_ms: int = 24 * 3_600_000,
+        max_pending: int | None = None,
+        *,
+        budget: IndexBudget | None = None,
+    ) -> None:
+        if budget is None:
+            if max_entries is None:
+                raise ValueError("need max_entries or a budget")
+            budget = IndexBudget(max_entries)
+        elif max_entries is not None and max_entries != budget.max_entries:
+            raise ValueError(f"max_entries={max_entries} with a budget of {budget.max_entries}")
+        if ttl_ms < 0:
+            raise ValueError("need ttl_ms >= 0")
+        self.budget = budget
         self.ttl_ms = ttl_ms
-        self.max_pending = max_entries if max_pending is None else max_pending
+        self.max_pending = budget.max_entries if max_pending is None else max_pending
         if self.max_pending < 0:
             raise ValueError("max_pending must be >= 0")
         self.stats = IndexStats()
+        self._counted = 0  # len(_rows) as last told to the budget
+        self._head = 0  # no live row before this one
         # event_id -> sequence number, in order of arrival (a dict keeps insertion order, and a
         # re-sent id is popped and put back, so the order is that of the sequence numbers). Rows
         # are found from it by a search in ``_seqs`` (ascending), so compaction moves rows
         # without rebuilding this per id.
         self._rows: dict[str, int] = {}
-        self._next_seq = 0
         # label id -> (label, time it started waiting; None before the first expire)
         self._pending: OrderedDict[str, tuple[object, int | None]] = OrderedDict()
         self._now: int | None = None
@@ -153,6 +229,36 @@ class PredictionIndex:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def max_entries(self) -> int:
+        """The bound of the budget (shared or this index's own)."""
+        return self.budget.max_entries
+
+    def _account(self) -> None:
+        """Tell the budget how many predictions this index now holds."""
+        self.budget.size += len(self._rows) - self._counted
+        self._counted = len(self._rows)
+
+    def _oldest_seq(self) -> int | None:
+        """The sequence number of the earliest added prediction still stored (None: none)."""
+        if not self._rows:
+            return None
+        alive = self._alive[self._head : self._size]
+        self._head += int(alive.argmax())  # a prediction is stored, so some row is alive
+        return int(self._seqs[self._head])
+
+    def _evict_oldest(self, most: int, below: int | None) -> None:
+        """Drop up to ``most`` of the earliest added predictions, those with sequence numbers below ``below``."""
+        start = self._head
+        live = np.flatnonzero(self._alive[start : self._size])[:most] + start
+        if below is not None:
+            live = live[: int(np.searchsorted(self._seqs[live], below))]
+        for event_id in self._ids[live].tolist():
+            del self._rows[event_id]
+        self._alive[live] = False
+        self.stats.evicted += live.size
+        self._account()
 
     @property
     def n_pending(self) -> int:
@@ -215,9 +321,8 @@ class PredictionIndex:
         self._reserve(n)
         start, stop = self._size, self._size + n
         self._ids[start:stop] = ids
-        first = self._next_seq
+        first = self.budget._take_seqs(n)
         self._seqs[start:stop] = np.arange(first, first + n)
-        self._next_seq += n
         self._versions[start:stop] = model_version
         self._times[start:stop] = times
         self._scores[start:stop] = values
@@ -242,15 +347,11 @@ class PredictionIndex:
         self.stats.added += n
         self.stats.replaced += len(replaced)
 
-        excess = len(rows) - self.max_entries
-        if excess > 0:
-            # ``_rows`` is in order of sequence number, and so are the live rows of the columns:
-            # the earliest added are the first live rows.
-            oldest = np.flatnonzero(self._alive[: self._size])[:excess]
-            for event_id in self._ids[oldest].tolist():
-                del rows[event_id]
-            self._alive[oldest] = False
-            self.stats.evicted += excess
+        # ``_rows`` is in order of sequence number, and so are the live rows of the columns:
+        # the earliest added are the first live rows.
+        self._account()
+        self.budget._enqueue(self)
+        self.budget._evict()
         return joined
 
     def _readd(self, id_list: list[str], first: int, start: int) -> list[int]:
@@ -296,6 +397,7 @@ class PredictionIndex:
 
         hit = self._row_of(seqs[matched])
         self._alive[hit] = False
+        self._account()
         self.stats.joined += hit.size
         return JoinedLabels(
             self._ids[hit],
@@ -321,6 +423,7 @@ class PredictionIndex:
         for event_id in self._ids[old].tolist():
             del self._rows[event_id]
         self._alive[old] = False
+        self._account()
         self.stats.expired += old.size
 
         pending = self._pending
@@ -383,4 +486,5 @@ class PredictionIndex:
             col[:k] = col[live]
         self._alive[:k] = True
         self._alive[k:] = False
-        self._size = k  # ``_seqs`` stays ascending, so ``_rows`` needs no change
+        self._size = k
+        self._head = 0  # ``_seqs`` stays ascending, so ``_rows`` needs no change

@@ -4,7 +4,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from driftline.streams.core.labels import IndexStats, JoinedLabels, PredictionIndex
+from driftline.streams.core.labels import IndexBudget, IndexStats, JoinedLabels, PredictionIndex
 
 
 def rows_of(j: JoinedLabels) -> list[tuple]:
@@ -253,3 +253,37 @@ def test_a_batch_with_stored_and_repeated_ids_is_merged_as_id_by_id():
     assert rows_of(got) == want and got.unmatched == unmatched
     assert [r[0] for r in want] == ["a0", "b1", "b2", "c0", "c1", "c2", "d0", "d1", "d2", "d3", "d4", "d5"]
     assert [r[2] for r in want][:4] == [103, 104, 105, 204]  # the newest copy of each
+
+
+def test_a_shared_budget_evicts_the_oldest_across_indexes():
+    # the same operations on three indexes sharing a budget and on one index holding them all
+    # evict the same predictions: the earliest added, whichever index holds them
+    rng = np.random.default_rng(7)
+    budget = IndexBudget(150)
+    shared = [PredictionIndex(ttl_ms=10**9, budget=budget) for _ in range(3)]
+    ref = ReferenceIndex(150, 10**9, 10**6)
+    for b in range(60):
+        which = int(rng.choice(3, p=[0.7, 0.2, 0.1]))  # skewed, like Zipf traffic
+        n = int(rng.integers(1, 40))
+        ids = [f"{which}-{b}-{i}" for i in range(n)]
+        times, scores = np.full(n, b), np.round(rng.random(n), 3)
+        shared[which].add(ids, "v", times, scores, [None] * n, {})
+        ref.add(ids, "v", times, scores, [None] * n, {})
+        if b % 7 == 3:  # labels for a few of the stored predictions, of any index
+            asked = [e for e in ref.rows if rng.random() < 0.2]
+            joined = [shared[int(e.split("-")[0])].join([e], ["1"]).event_ids.tolist() for e in asked]
+            assert [e for got in joined for e in got] == [r[0] for r in ref.join(asked, ["1"] * len(asked))[0]]
+        assert budget.size == sum(len(i) for i in shared) == len(ref.rows) <= 150
+        assert sorted(e for i in shared for e in i._rows) == sorted(ref.rows)
+    assert sum(i.stats.evicted for i in shared) == ref.stats.evicted > 0
+    # the quiet index lost predictions to the busy one's newer ones
+    assert shared[2].stats.evicted > 0
+
+
+def test_an_index_needs_a_bound():
+    with pytest.raises(ValueError):
+        PredictionIndex(ttl_ms=10)
+    with pytest.raises(ValueError):
+        PredictionIndex(max_entries=5, ttl_ms=10, budget=IndexBudget(6))
+    with pytest.raises(ValueError):
+        IndexBudget(0)

@@ -15,6 +15,7 @@ from driftline.streams.core.monitor import (
     Monitor,
     MonitorSettings,
     PerformanceOutcome,
+    ScoreLog,
     WindowOutcome,
     concat_batches,
     take_rows,
@@ -408,3 +409,43 @@ def test_segments_named_in_the_settings_get_their_drift_and_the_window_its_root_
 def test_without_drift_or_segments_a_window_has_no_root_cause() -> None:
     outcomes = run(Monitor(lambda m: settings()), [stream(3_000)], reference())
     assert outcomes and all(o.root_cause is None and o.segment_drift == [] for o in outcomes)
+
+
+def test_the_label_index_bound_is_shared_by_every_model() -> None:
+    # two models, 300 predictions each, a bound of 400 for both: the first model's earliest
+    # 200 predictions make room for the second's; the labels of those find no prediction
+    ref = reference()
+    monitor = Monitor(lambda m: settings(), index_max_entries=400)
+    for model in ("m", "n"):
+        batch = stream(300, seed=ord(model))
+        batch.model_id = model
+        monitor.recover(model, "1", None)
+        monitor.ingest(batch, ref, source=0, now_ms=0)
+    assert monitor.index_stats()["evicted"] == 200
+    first = [f"e{ord('m')}-{i}" for i in range(300)]
+    got = monitor.ingest_labels("m", first, [1] * 300, np.full(300, T0 + 60_000), now_ms=0)
+    assert (got.joined, got.pending) == (100, 200)
+    second = [f"e{ord('n')}-{i}" for i in range(300)]
+    assert monitor.ingest_labels("n", second, [1] * 300, np.full(300, T0 + 60_000), now_ms=0).joined == 300
+
+
+def test_the_score_log_gives_the_raw_event_order_in_less_room() -> None:
+    # chunks in time order with repeated times (kept as runs), out of order, and views of a larger
+    # buffer: the detectors see exactly the order the raw scores and times give
+    rng = np.random.default_rng(3)
+    start = T0
+    log = ScoreLog(start)
+    scores, times = [], []
+    for k in range(40):
+        n = int(rng.integers(1, 300))
+        t = start + rng.integers(0, 60_000, n)
+        if k % 2:
+            t = np.sort(rng.integers(0, 50, n) + start + 1_000 * k)  # many events per millisecond
+        buffer = np.round(rng.random((3, n)), 2)  # rounded: ties in time and value
+        log.append(buffer[1], t)
+        scores.append(buffer[1].copy())
+        times.append(t)
+    raw = np.concatenate(scores), np.concatenate(times)
+    assert log.in_event_order().tolist() == raw[0][np.lexsort((raw[0], raw[1]))].tolist()
+    kept = sum(s.nbytes for s in log._scores) + sum(t.nbytes + (0 if r is None else r.nbytes) for t, r in log._times)
+    assert kept < 12 * log.n and all(s.base is None for s in log._scores)

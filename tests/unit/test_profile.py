@@ -607,3 +607,30 @@ def test_queued_offers_give_the_bottom_k_of_everything_offered(ties) -> None:
         assert (sample.values.tolist(), sample.keys.tolist()) == want
         assert entrants.keys.tolist() == want[1] and entrants.values.tolist() == want[0]  # keys read first
         assert (sample.copy().values.tolist(), sample.merged(entrants).values.size) == (want[0], len(want[0]))
+
+
+def test_a_sparse_window_holds_samples_as_large_as_what_it_has_seen() -> None:
+    # a quiet model's window does not reserve its samples' capacity: each numeric sample holds the
+    # values seen so far (16 bytes each, value and key), in own arrays, and the same values as a
+    # window given all the values at once (bottom-k by key)
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    ref = ReferenceProfile.build("m", "1", {f"f{i}": rng.normal(size=500) for i in range(30)}, {}, rng.random(500))
+    tracemalloc.start()
+    window = WindowProfile.empty(ref, seed=9, sample_size=1_000)
+    empty_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert empty_bytes < 31 * 1_024  # bin counts and bookkeeping, no sample arrays
+    batches = [{f: rng.normal(size=4) for f in ref.numeric if f != "__prediction__"} for _ in range(5)]
+    for b in batches:
+        window.update(b, {}, None)
+    whole = WindowProfile.empty(ref, seed=9, sample_size=1_000)
+    whole.update({f: np.concatenate([b[f] for b in batches]) for f in batches[0]}, {}, None)
+    for f, w in window.numeric.items():
+        if f == "__prediction__":
+            assert w.sample.values.size == 0
+            continue
+        assert w.sample.values.nbytes + w.sample.keys.nbytes == 20 * 16
+        assert w.sample.values.base is None
+        assert [a.tolist() for a in w.sample.canonical()] == [a.tolist() for a in whole.numeric[f].sample.canonical()]
