@@ -25,8 +25,11 @@ row for row.
   worker starts; the run is timed from its first consumed message to the
   moment every expected window is in ``drift_reports``.
 - ``--rate R`` (or several workers): the workers start first on the empty
-  topics, the group settles, then the producer paces itself to R events/s
-  (0: as fast as it can); the run is timed from the first message produced.
+  topics, the group settles, each model gets one primer event (a worker
+  loads a version's reference and reads how far it was written at its first
+  event: with 1,000 models that is minutes of start-up, kept out of the
+  timed part), then the producer paces itself to R events/s (0: as fast as
+  it can); the run is timed from the first message produced.
 
 Figures: CPU seconds per million predictions of the worker processes
 (``utime + stime`` from ``/proc/PID/stat``, summed over the group) and of the
