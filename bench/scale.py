@@ -423,7 +423,12 @@ def listening_pid(port: int) -> int | None:
 
 @dataclass
 class WindowRows:
-    """When each window's ``drift_reports`` row was first seen, polled incrementally by ``computed_at``."""
+    """When each window's ``drift_reports`` row was first seen, with its ``computed_at``.
+
+    Every poll reads the run's rows computed since it started (the run has a database of its
+    own, so they are only its windows): a window may be written long after it was computed
+    when the warehouse falls behind, so no later bound on ``computed_at`` is safe.
+    """
 
     warehouse: Warehouse
     seen: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (seen ms, computed_at ms)
@@ -437,13 +442,8 @@ class WindowRows:
             "WHERE computed_at >= fromUnixTimestamp64Milli(toInt64({since:Int64}), 'UTC') GROUP BY m, ws",
             {"since": self.since_ms},
         )
-        latest = self.since_ms
         for r in rows:
-            c = int(r["c"])
-            self.seen.setdefault((str(r["m"]), int(r["ws"])), (now_ms, c))
-            latest = max(latest, c)
-        # rows of one flush may land out of computed_at order: look back well past any flush
-        self.since_ms = max(self.since_ms, latest - 60_000)
+            self.seen.setdefault((str(r["m"]), int(r["ws"])), (now_ms, int(r["c"])))
 
 
 def written_windows(warehouse: Warehouse, table: str) -> set[tuple[str, int]]:
@@ -625,8 +625,8 @@ def run_models(
                 messages, produce_s = produce_traffic(settings, traffic, rate, on_start=mark_start)
                 say(f"produced {messages:,} messages ({traffic.events:,} predictions) in {produce_s:.1f} s")
             expected = {(fleet.model_ids[rank], ws) for rank, ws in traffic.windows}
-            rows = WindowRows(warehouse, since_ms=traffic.t0 if backlog else int(marks["wall"] * 1000) - 60_000)
-            rows.since_ms = int(marks["wall"] * 1000) - 60_000
+            # a minute of slack for the worker's clock against this one (both are this machine's)
+            rows = WindowRows(warehouse, since_ms=int(marks["wall"] * 1000) - 60_000)
             rss: list[tuple[float, int]] = []
             while True:
                 for p in procs:
