@@ -25,8 +25,11 @@ row for row.
   worker starts; the run is timed from its first consumed message to the
   moment every expected window is in ``drift_reports``.
 - ``--rate R`` (or several workers): the workers start first on the empty
-  topics, the group settles, then the producer paces itself to R events/s
-  (0: as fast as it can); the run is timed from the first message produced.
+  topics, the group settles, each model gets one primer event (a worker
+  loads a version's reference and reads how far it was written at its first
+  event: with 1,000 models that is minutes of start-up, kept out of the
+  timed part), then the producer paces itself to R events/s (0: as fast as
+  it can); the run is timed from the first message produced.
 
 Figures: CPU seconds per million predictions of the worker processes
 (``utime + stime`` from ``/proc/PID/stat``, summed over the group) and of the
@@ -87,20 +90,7 @@ def feature_columns(n: int, features: int, seed: int) -> window_compute.Columns:
     n_categorical = min(2, features // 3)
     n_numeric = features - n_categorical
     rng = np.random.default_rng(seed)
-    numeric: dict[str, np.ndarray] = {}
-    for i in range(n_numeric):
-        kind = i % 5
-        if kind == 0:
-            x = rng.normal(2.0 * i, 1.0 + i / 10, n)
-        elif kind == 1:
-            x = rng.lognormal(0.0, 0.5 + i / 40, n)
-        elif kind == 2:
-            x = rng.uniform(-1.0, 1.0 + i, n)
-        elif kind == 3:
-            x = rng.poisson(1.0 + i / 4, n).astype(np.float64)
-        else:
-            x = rng.exponential(1.0 + i / 10, n)
-        numeric[f"f{i:02d}"] = x
+    numeric = {f"f{i:02d}": window_compute.numeric_column(rng, i, n) for i in range(n_numeric)}
     if n_numeric >= 20:
         numeric[f"f{n_numeric - 1:02d}"][rng.random(n) < 0.05] = np.nan
     names = ("region", "merchant")[:n_categorical]
@@ -114,6 +104,59 @@ def feature_columns(n: int, features: int, seed: int) -> window_compute.Columns:
     if "f02" in numeric:
         logit = logit - 0.5 * numeric["f02"]
     return window_compute.Columns(numeric, categorical, 1.0 / (1.0 + np.exp(-logit)))
+
+
+def prediction_records(
+    columns: window_compute.Columns,
+    model_id: str,
+    version: str,
+    ids: list[str],
+    times: np.ndarray,
+    latency: np.ndarray | None,
+    *,
+    single: bool,
+) -> list[PredictionBatch] | list[PredictionEvent]:
+    """The rows as one ``PredictionBatch``, or as one ``PredictionEvent`` each (``single``).
+
+    >>> c = feature_columns(3, 4, seed=1)
+    >>> c.numeric["f00"][1] = float("nan")
+    >>> events = prediction_records(c, "m", "1", ["a", "b", "c"], np.arange(3), None, single=True)
+    >>> [sorted(e.numeric) for e in events][:2], events[0].categorical.keys() == {"region"}
+    ([['f00', 'f01', 'f02'], ['f01', 'f02']], True)
+    >>> prediction_records(c, "m", "1", ["a", "b", "c"], np.arange(3), None, single=False)[0].n
+    3
+    """
+    if not single:
+        return [
+            PredictionBatch(
+                model_id,
+                version,
+                ids,
+                times,
+                numeric=columns.numeric,
+                categorical=columns.categorical,
+                predictions=columns.predictions,
+                latency_ms=latency,
+            )
+        ]
+    names, cat_names = list(columns.numeric), list(columns.categorical)
+    values = np.column_stack([columns.numeric[f] for f in names]).tolist()
+    cats = list(zip(*columns.categorical.values())) if cat_names else [()] * len(ids)
+    scores = columns.predictions.tolist()
+    return [
+        PredictionEvent(
+            event_id,
+            model_id,
+            version,
+            int(times[i]),
+            {f: v for f, v in zip(names, values[i]) if v == v},  # the contract: an absent key means missing
+            dict(zip(cat_names, cats[i])),
+            scores[i],
+            None,
+            None if latency is None else float(latency[i]),
+        )
+        for i, event_id in enumerate(ids)
+    ]
 
 
 def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
@@ -252,38 +295,9 @@ class Traffic:
         model_id, version = self.fleet.model_ids[rank], self.fleet.versions[rank]
         ids = [f"e{i}" for i in seq.tolist()]
         latency = rng.gamma(2.0, 4.0, c)
-        if not self.fleet.single[rank]:
-            batch = PredictionBatch(
-                model_id,
-                version,
-                ids,
-                times,
-                numeric=rows.numeric,
-                categorical=rows.categorical,
-                predictions=rows.predictions,
-                latency_ms=latency,
-            )
-            return [Message("predictions", model_id, codec.encode(batch), c)]
-        names = list(rows.numeric)
-        values = np.column_stack([rows.numeric[f] for f in names]).tolist()
-        cat_names = list(rows.categorical)
-        cats = list(zip(*rows.categorical.values())) if cat_names else [()] * c
-        scores = rows.predictions.tolist()
-        out = []
-        for i in range(c):
-            event = PredictionEvent(
-                ids[i],
-                model_id,
-                version,
-                int(times[i]),
-                {f: v for f, v in zip(names, values[i]) if v == v},  # the contract: an absent key means missing
-                dict(zip(cat_names, cats[i])),
-                scores[i],
-                None,
-                float(latency[i]),
-            )
-            out.append(Message("predictions", model_id, codec.encode(event), 1))
-        return out
+        records = prediction_records(rows, model_id, version, ids, times, latency, single=bool(self.fleet.single[rank]))
+        per_record = c // len(records)
+        return [Message("predictions", model_id, codec.encode(r), per_record) for r in records]
 
     def primers(self) -> list[Message]:
         """One full prediction per model at the first instant of the traffic, to load every reference first.
@@ -293,18 +307,10 @@ class Traffic:
         """
         codec = default_codec()
         rows = feature_columns(self.fleet.n, self.fleet.features, seed=99)
-        names, cat_names = list(rows.numeric), list(rows.categorical)
         out = []
         for rank, (model_id, version) in enumerate(zip(self.fleet.model_ids, self.fleet.versions)):
-            numeric = {f: float(rows.numeric[f][rank]) for f in names}
-            event = PredictionEvent(
-                f"prime-{rank}",
-                model_id,
-                version,
-                self.t0,
-                {f: v for f, v in numeric.items() if v == v},
-                {f: rows.categorical[f][rank] for f in cat_names},
-                float(rows.predictions[rank]),
+            (event,) = prediction_records(
+                rows.rows(rank, rank + 1), model_id, version, [f"prime-{rank}"], np.array([self.t0]), None, single=True
             )
             out.append(Message("predictions", model_id, codec.encode(event), 0))
             self.windows.add((rank, self.t0 // self.window_ms * self.window_ms))
@@ -417,7 +423,12 @@ def listening_pid(port: int) -> int | None:
 
 @dataclass
 class WindowRows:
-    """When each window's ``drift_reports`` row was first seen, polled incrementally by ``computed_at``."""
+    """When each window's ``drift_reports`` row was first seen, with its ``computed_at``.
+
+    Every poll reads the run's rows computed since it started (the run has a database of its
+    own, so they are only its windows): a window may be written long after it was computed
+    when the warehouse falls behind, so no later bound on ``computed_at`` is safe.
+    """
 
     warehouse: Warehouse
     seen: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (seen ms, computed_at ms)
@@ -431,13 +442,8 @@ class WindowRows:
             "WHERE computed_at >= fromUnixTimestamp64Milli(toInt64({since:Int64}), 'UTC') GROUP BY m, ws",
             {"since": self.since_ms},
         )
-        latest = self.since_ms
         for r in rows:
-            c = int(r["c"])
-            self.seen.setdefault((str(r["m"]), int(r["ws"])), (now_ms, c))
-            latest = max(latest, c)
-        # rows of one flush may land out of computed_at order: look back well past any flush
-        self.since_ms = max(self.since_ms, latest - 60_000)
+            self.seen.setdefault((str(r["m"]), int(r["ws"])), (now_ms, int(r["c"])))
 
 
 def written_windows(warehouse: Warehouse, table: str) -> set[tuple[str, int]]:
@@ -619,8 +625,8 @@ def run_models(
                 messages, produce_s = produce_traffic(settings, traffic, rate, on_start=mark_start)
                 say(f"produced {messages:,} messages ({traffic.events:,} predictions) in {produce_s:.1f} s")
             expected = {(fleet.model_ids[rank], ws) for rank, ws in traffic.windows}
-            rows = WindowRows(warehouse, since_ms=traffic.t0 if backlog else int(marks["wall"] * 1000) - 60_000)
-            rows.since_ms = int(marks["wall"] * 1000) - 60_000
+            # a minute of slack for the worker's clock against this one (both are this machine's)
+            rows = WindowRows(warehouse, since_ms=int(marks["wall"] * 1000) - 60_000)
             rss: list[tuple[float, int]] = []
             while True:
                 for p in procs:

@@ -97,7 +97,7 @@ from driftline.stack.manage import ping_warehouse, warehouse_location  # noqa: E
 from driftline.stack.process import ManagedProcess, free_port, wait_until  # noqa: E402
 from driftline.streams import kafka  # noqa: E402
 from driftline.streams.codec import default_codec  # noqa: E402
-from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.records import PredictionEvent  # noqa: E402
 from driftline.streams.warehouse import Warehouse, WarehouseLocation  # noqa: E402
 
 BATCH_EVENTS = 1_000
@@ -219,33 +219,6 @@ def make_workload(name: str, mode: str, n: int, per_window: int, window_ms: int)
     return Workload(name, mode, n, per_window, window_ms, t0)
 
 
-def _events(
-    columns: window_compute.Columns, model_id: str, version: str, ids: list[str], times: np.ndarray, latency: np.ndarray
-) -> list[PredictionEvent]:
-    names = list(columns.numeric)
-    values = np.column_stack([columns.numeric[f] for f in names]).tolist()
-    cats = list(zip(*columns.categorical.values()))
-    cat_names = list(columns.categorical)
-    out = []
-    for i, event_id in enumerate(ids):
-        # the contract: an absent key means missing
-        numeric = {f: v for f, v in zip(names, values[i]) if v == v}
-        out.append(
-            PredictionEvent(
-                event_id,
-                model_id,
-                version,
-                int(times[i]),
-                numeric,
-                dict(zip(cat_names, cats[i])),
-                float(columns.predictions[i]),
-                None,
-                float(latency[i]),
-            )
-        )
-    return out
-
-
 def produce(settings: Settings, model_id: str, version: str, w: Workload) -> tuple[int, float]:
     """Produce the backlog and its closing event; returns (messages, seconds)."""
     codec = default_codec()
@@ -260,21 +233,7 @@ def produce(settings: Settings, model_id: str, version: str, w: Workload) -> tup
         ids = [f"{w.name}-{i}" for i in range(start, start + count)]
         times = w.times(start, count)
         latency = rng.gamma(2.0, 4.0, count)
-        if w.mode == "batched":
-            records: list[Any] = [
-                PredictionBatch(
-                    model_id,
-                    version,
-                    ids,
-                    times,
-                    numeric=columns.numeric,
-                    categorical=columns.categorical,
-                    predictions=columns.predictions,
-                    latency_ms=latency,
-                )
-            ]
-        else:
-            records = _events(columns, model_id, version, ids, times, latency)
+        records = scale.prediction_records(columns, model_id, version, ids, times, latency, single=w.mode != "batched")
         for record in records:
             kafka.produce(producer, topic, codec.encode(record), model_id, wait_when_full=5.0)
             messages += 1
@@ -627,15 +586,7 @@ def measure_live(
                     producer,
                     topic,
                     codec.encode(
-                        PredictionBatch(
-                            model_id,
-                            version,
-                            ids,
-                            times,
-                            numeric=columns.numeric,
-                            categorical=columns.categorical,
-                            predictions=columns.predictions,
-                        )
+                        scale.prediction_records(columns, model_id, version, ids, times, None, single=False)[0]
                     ),
                     model_id,
                 )

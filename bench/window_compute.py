@@ -112,20 +112,7 @@ def synthetic(n: int, seed: int) -> Columns:
     more than the reference's top 20.
     """
     rng = np.random.default_rng(seed)
-    numeric: dict[str, np.ndarray] = {}
-    for i in range(N_NUMERIC):
-        kind = i % 5
-        if kind == 0:
-            x = rng.normal(2.0 * i, 1.0 + i / 10, n)
-        elif kind == 1:
-            x = rng.lognormal(0.0, 0.5 + i / 40, n)
-        elif kind == 2:
-            x = rng.uniform(-1.0, 1.0 + i, n)
-        elif kind == 3:
-            x = rng.poisson(1.0 + i / 4, n).astype(np.float64)
-        else:
-            x = rng.exponential(1.0 + i / 10, n)
-        numeric[f"f{i:02d}"] = x
+    numeric = {f"f{i:02d}": numeric_column(rng, i, n) for i in range(N_NUMERIC)}
     numeric[f"f{N_NUMERIC - 1:02d}"][rng.random(n) < 0.05] = np.nan
     zipf = 1.0 / np.arange(1, len(MERCHANTS) + 1) ** 1.1
     categorical = {
@@ -134,6 +121,24 @@ def synthetic(n: int, seed: int) -> Columns:
     }
     logit = 0.8 * (numeric["f00"]) - 0.5 * numeric["f02"] + 0.3 * (numeric["f05"] - 10.0)
     return Columns(numeric, categorical, 1.0 / (1.0 + np.exp(-logit)))
+
+
+def numeric_column(rng: np.random.Generator, i: int, n: int) -> np.ndarray:
+    """Feature ``i``'s ``n`` values: its shape by ``i % 5`` (normal, lognormal, uniform, Poisson, exponential).
+
+    >>> numeric_column(np.random.default_rng(0), 3, 4).dtype, numeric_column(np.random.default_rng(0), 3, 4).size
+    (dtype('float64'), 4)
+    """
+    kind = i % 5
+    if kind == 0:
+        return rng.normal(2.0 * i, 1.0 + i / 10, n)
+    if kind == 1:
+        return rng.lognormal(0.0, 0.5 + i / 40, n)
+    if kind == 2:
+        return rng.uniform(-1.0, 1.0 + i, n)
+    if kind == 3:
+        return rng.poisson(1.0 + i / 4, n).astype(np.float64)
+    return rng.exponential(1.0 + i / 10, n)
 
 
 def build_reference(data: Columns, model_id: str = "bench", version: str = "1") -> ReferenceProfile:
