@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, score
+from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, retrain_requests, score
 from worker_harness import REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
-from driftline.streams import kafka
-from driftline.streams.records import PredictionBatch, RetrainRequest
+from driftline.streams.records import PredictionBatch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -94,13 +93,10 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
     assert second.stop() == 0
-    requests = [
-        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)
-    ]
+    mine = retrain_requests(env, model)
 
     # no label exists anywhere: the request comes from the estimate alone, and its evidence names it
     assert env.count("labels", "model_id = {m:String}", m=model) == 0
-    mine = [r for r in requests if isinstance(r, RetrainRequest) and r.model_id == model]
     assert len(mine) == 1 and mine[0].reason == "performance"
     assert [e.metric for e in mine[0].evidence] == ["estimated_accuracy"]
     assert mine[0].evidence[0].window_start >= T0 + STEADY * WINDOW_MS
