@@ -94,6 +94,21 @@ class RawWindow:
     predicted: np.ndarray  # the decision, 1.0 or 0.0: score >= 0.5 (the labels 'default'/'repaid' are no binary words)
     labels: np.ndarray  # 0.0/1.0, NaN where the label has not arrived
 
+    @property
+    def n_labeled(self) -> int:
+        return int((~np.isnan(self.labels)).sum())
+
+    def realized(self, metric: str) -> float | None:
+        """The window's ``accuracy`` (numpy) or ``roc_auc`` (scipy's Mann-Whitney U) on its labelled rows."""
+        known = ~np.isnan(self.labels)
+        y, s = self.labels[known], self.scores[known]
+        n1, n0 = int((y == 1).sum()), int((y == 0).sum())
+        if metric == "accuracy":
+            return float(np.mean(self.predicted[known] == y)) if known.any() else None
+        if metric == "roc_auc":
+            return float(stats.mannwhitneyu(s[y == 1], s[y == 0]).statistic / (n1 * n0)) if n1 and n0 else None
+        raise ValueError(f"no hand grading for {metric!r}")
+
 
 @dataclass
 class SeededRun:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scipy import stats
 from seed_warehouse import (
     DRIFT_AT,
     DRIFTING,
@@ -312,17 +311,6 @@ def check_trend_evidence(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
     assert np.all(np.diff(income[DRIFT_AT:]) > 0)  # the evidence grows while the trend lasts
 
 
-def _realized_by_hand(scores: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
-    """A window's realized metrics from its own predictions' labels: numpy, and ROC AUC as scipy's Mann-Whitney U."""
-    known = ~np.isnan(labels)
-    if not known.any():
-        return {"accuracy": None, "roc_auc": None}
-    y, p, s = labels[known], predicted[known], scores[known]
-    n1, n0 = int(y.sum()), int((1 - y).sum())
-    auc = stats.mannwhitneyu(s[y == 1], s[y == 0]).statistic / (n1 * n0) if n1 and n0 else None
-    return {"accuracy": float(np.mean(p == y)), "roc_auc": auc}
-
-
 def check_estimated_vs_realized(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
     run = seeded.run
     assert {r["metric"] for r in rows} == {"accuracy", "roc_auc"}
@@ -339,8 +327,8 @@ def check_estimated_vs_realized(rows: Rows, seeded: Seeded, wh: Warehouse) -> No
     # (12 windows on): graded by hand from the raw arrays the seed wrote
     for r in rows:
         truth = run.raw[(r["model_version"], _window(seeded, r))]
-        assert r["n_labeled"] == int((~np.isnan(truth.labels)).sum())
-        expected = _realized_by_hand(truth.scores, truth.predicted, truth.labels)[r["metric"]]
+        assert r["n_labeled"] == truth.n_labeled
+        expected = truth.realized(r["metric"])
         if expected is None:
             assert r["realized"] is None
             continue

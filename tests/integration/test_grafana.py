@@ -16,10 +16,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
-from scipy import stats
 from seed_warehouse import (
     CATEGORICAL,
     DRIFTING,
@@ -28,7 +26,6 @@ from seed_warehouse import (
     MULTIVARIATE_AT,
     NUMERIC,
     QUALITY_AT,
-    RawWindow,
     Seeded,
     seeded_once,
 )
@@ -318,15 +315,6 @@ def test_trend_panel_is_on_a_log_axis_with_the_alarm_at_one(seeded: Seeded, ware
     assert alarmed == {f"{f} · v1" for f in (*DRIFTING, "prediction")}
 
 
-def _realized_by_hand(metric: str, truth: RawWindow) -> float:
-    """Accuracy (numpy) or ROC AUC (scipy's Mann-Whitney U) of one window's labelled predictions."""
-    known = ~np.isnan(truth.labels)
-    y, s = truth.labels[known], truth.scores[known]
-    if metric == "accuracy":
-        return float(np.mean(truth.predicted[known] == y))
-    return float(stats.mannwhitneyu(s[y == 1], s[y == 0]).statistic / ((y == 1).sum() * (y == 0).sum()))
-
-
 @pytest.mark.parametrize("metric", ESTIMATED)
 def test_estimated_vs_realized_panel_has_both_and_the_band(metric: str, seeded: Seeded, warehouse: Warehouse) -> None:
     panel = _panel("Estimated vs realized")
@@ -345,7 +333,7 @@ def test_estimated_vs_realized_panel_has_both_and_the_band(metric: str, seeded: 
     for (time, version), values in by_time.items():
         window = (int(time.timestamp() * 1000) - run.start_ms) // run.window_ms
         truth = run.raw[(version[1:], window)]
-        if (~np.isnan(truth.labels)).any():
-            assert values["realized"] == pytest.approx(_realized_by_hand(metric, truth), abs=1e-12)
+        if truth.n_labeled:
+            assert values["realized"] == pytest.approx(truth.realized(metric), abs=1e-12)
         else:
             assert "realized" not in values
