@@ -17,7 +17,11 @@ Three hours of five-minute windows for one credit model:
   15 of v1, and the slow-drift evidence (``trend_evidence``) of the drifting
   streams crosses its alarm level from window 13 until v1 stops serving; every
   prediction window has label-free estimates (``estimated_accuracy``,
-  ``estimated_roc_auc`` with their 95% band), the last ones before any label.
+  ``estimated_roc_auc`` with their 95% band), the last ones before any label;
+  the raw labels carry an event time an hour after their prediction's (as a
+  label logged when the outcome is known does), and the last labelled window
+  has labels for half its predictions only, so ``estimated_vs_realized`` must
+  grade each prediction window by its own predictions' labels.
 
 Values are deterministic for a given seed; times end at ``end_ms`` (default:
 now, rounded down to the window) so that "this week" queries find them.
@@ -78,6 +82,32 @@ TREND_STREAMS = (*NUMERIC, PREDICTION_FEATURE)
 TREND_LEVEL = len(TREND_STREAMS) / 0.05  # k / alpha
 ESTIMATED = ("accuracy", "roc_auc")
 ESTIMATE_HALF_BAND = 0.03
+LABEL_DELAY_MS = 60 * MINUTE  # a raw label's event time is this long after its prediction's
+PARTLY_LABELLED = N_WINDOWS - LABEL_LAG - 1  # the window whose labels have half arrived
+
+
+@dataclass(frozen=True)
+class RawWindow:
+    """The raw events seeded for one version and window: what a realized metric is graded from."""
+
+    scores: np.ndarray
+    predicted: np.ndarray  # the decision, 1.0 or 0.0: score >= 0.5 (the labels 'default'/'repaid' are no binary words)
+    labels: np.ndarray  # 0.0/1.0, NaN where the label has not arrived
+
+    @property
+    def n_labeled(self) -> int:
+        return int((~np.isnan(self.labels)).sum())
+
+    def realized(self, metric: str) -> float | None:
+        """The window's ``accuracy`` (numpy) or ``roc_auc`` (scipy's Mann-Whitney U) on its labelled rows."""
+        known = ~np.isnan(self.labels)
+        y, s = self.labels[known], self.scores[known]
+        n1, n0 = int((y == 1).sum()), int((y == 0).sum())
+        if metric == "accuracy":
+            return float(np.mean(self.predicted[known] == y)) if known.any() else None
+        if metric == "roc_auc":
+            return float(stats.mannwhitneyu(s[y == 1], s[y == 0]).statistic / (n1 * n0)) if n1 and n0 else None
+        raise ValueError(f"no hand grading for {metric!r}")
 
 
 @dataclass
@@ -96,6 +126,8 @@ class SeededRun:
     drifted_window_count: int  # (version, window) pairs with any drifted input or prediction metric
     rejected_by_reason: dict[str, int]
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows inserted, duplicates included
+    # (version, window) -> the raw predictions' scores and labels (NaN: no label yet), in the order written
+    raw: dict[tuple[str, int], RawWindow] = field(default_factory=dict)
 
     def window_start(self, k: int) -> int:
         return self.start_ms + k * self.window_ms
@@ -190,7 +222,7 @@ def seed_run(
     warehouse.insert_performance_metrics(perf)
 
     # ---- raw predictions and labels ------------------------------------------------------------------
-    batches, labels = _raw_events(rng, model_id, serving, moved, starts)
+    batches, labels, raw = _raw_events(rng, model_id, serving, moved, starts)
     count("predictions", sum(b.n for b in batches))
     count("labels", len(labels))
     warehouse.insert_predictions(batches)
@@ -316,6 +348,7 @@ def seed_run(
         drifted_window_count=len(drifted_any),
         rejected_by_reason=by_reason,
         rows=rows,
+        raw=raw,
     )
 
 
@@ -520,9 +553,12 @@ def _performance(rng, model_id, serving, shift, starts, ends) -> list[Performanc
     return out
 
 
-def _raw_events(rng, model_id, serving, moved, starts) -> tuple[list[PredictionBatch], list[LabelEvent]]:
+def _raw_events(
+    rng, model_id, serving, moved, starts
+) -> tuple[list[PredictionBatch], list[LabelEvent], dict[tuple[str, int], RawWindow]]:
     batches: list[PredictionBatch] = []
     labels: list[LabelEvent] = []
+    raw: dict[tuple[str, int], RawWindow] = {}
     n = EVENTS_PER_WINDOW
     for version, active in serving.items():
         for w in np.flatnonzero(active):
@@ -558,9 +594,18 @@ def _raw_events(rng, model_id, serving, moved, starts) -> tuple[list[PredictionB
                     attributes={"region": list(rng.choice(REGIONS, n)), "channel": list(rng.choice(CHANNELS, n))},
                 )
             )
-            if w < N_WINDOWS - LABEL_LAG:
-                labels.extend(LabelEvent(i, model_id, int(t), float(y)) for i, t, y in zip(ids, times, truth))
-    return batches, labels
+            arrived = np.full(n, w < N_WINDOWS - LABEL_LAG)
+            if w == PARTLY_LABELLED:
+                arrived[n // 2 :] = False
+            labels.extend(
+                LabelEvent(i, model_id, int(t) + LABEL_DELAY_MS, float(y))
+                for i, t, y, a in zip(ids, times, truth, arrived)
+                if a
+            )
+            raw[(version, int(w))] = RawWindow(
+                score, (score >= 0.5).astype(np.float64), np.where(arrived, truth.astype(np.float64), np.nan)
+            )
+    return batches, labels, raw
 
 
 def _rejected(rng, model_id, starts) -> list[RejectedEventRow]:

@@ -459,8 +459,10 @@ def _estimates_section(
     intro = (
         "For a binary classifier with a calibrated reference: each prediction window's performance estimated from "
         "its scores alone when the window closed (dashed, with its 95% band shaded), next to the performance "
-        "realized once the labels arrived (solid). Where the solid line stops, labels have not arrived yet. The "
-        "estimate follows covariate shift; under concept drift only the labels can tell (docs/ESTIMATION.md)."
+        "realized on the same window's predictions once their labels arrived (solid), however late the labels "
+        "came: graded from the raw predictions joined to their labels. Where the solid line stops, no label has "
+        "arrived yet. The estimate follows covariate shift; under concept drift only the labels can tell "
+        "(docs/ESTIMATION.md)."
     )
 
     def chart(table: pa.Table, domain: Domain, metric: str, where: np.ndarray) -> str:

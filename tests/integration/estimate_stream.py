@@ -14,7 +14,9 @@ from worker_harness import FEATURES, REGIONS, WorkerEnv
 from driftline.retrainer.evaluation import fit_calibrator
 from driftline.retrainer.policy import ReferenceSettings
 from driftline.retrainer.registry import Lineage
+from driftline.streams import kafka
 from driftline.streams.core.estimation import ScoreCalibrator
+from driftline.streams.records import RetrainRequest
 
 THRESHOLD = 0.5  # the monitor's decision threshold: predicted positive when score >= 0.5
 
@@ -82,3 +84,12 @@ def register_calibrated(
     version = env.registry.register(model, lineage=lineage, reference_profile=profile).version
     env.registry.promote(model, version)
     return version, ScoreCalibrator.from_dict(calibrator), accuracy
+
+
+def retrain_requests(env: WorkerEnv, model: str) -> list[RetrainRequest]:
+    """Every retrain request for ``model`` on the test's own topic, read up to its end offsets (no idle
+    wait for requests that will not come: the workers have stopped)."""
+    on_topic = sum(env.end_offsets("retrain-requests").values())
+    received = kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), on_topic, timeout=15)
+    assert len(received) == on_topic
+    return [r.record for r in received if isinstance(r.record, RetrainRequest) and r.record.model_id == model]

@@ -21,11 +21,13 @@ from seed_warehouse import (
     DRIFT_AT,
     DRIFTING,
     ESTIMATE_HALF_BAND,
+    EVENTS_PER_WINDOW,
     LABEL_LAG,
     MISSING_ALARM,
     MULTIVARIATE_AT,
     N_WINDOWS,
     NUMERIC,
+    PARTLY_LABELLED,
     QUALITY_AT,
     RETRAIN_AT,
     TREND_LEVEL,
@@ -310,33 +312,31 @@ def check_trend_evidence(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
 
 
 def check_estimated_vs_realized(rows: Rows, seeded: Seeded, wh: Warehouse) -> None:
+    run = seeded.run
     assert {r["metric"] for r in rows} == {"accuracy", "roc_auc"}
     windows = (V2_SERVES_FROM + 1) + (N_WINDOWS - V2_SERVES_FROM)
     assert len(rows) == 2 * windows  # every prediction window has an estimate, labelled or not
     for r in rows:
         assert r["estimated_lower"] == pytest.approx(r["estimated"] - ESTIMATE_HALF_BAND)
         assert r["estimated_upper"] == pytest.approx(r["estimated"] + ESTIMATE_HALF_BAND)
-        assert r["n_predictions"] in (150, 300)
+        assert r["n_predictions"] in (150, 300)  # the estimate's, not the raw rows kept
     waiting = [r for r in rows if r["realized"] is None]
     assert {_window(seeded, r) for r in waiting} == set(range(N_WINDOWS - LABEL_LAG, N_WINDOWS))
     assert all(r["error"] is None and r["covered"] is None and r["n_labeled"] == 0 for r in waiting)
-    labelled = [r for r in rows if r["realized"] is not None]
-    raw = {
-        (x["model_version"], x["metric"], x["ws"]): x["value"]
-        for x in wh.query_rows(
-            "SELECT model_version, metric, toUnixTimestamp64Milli(window_start) AS ws, value FROM performance_metrics "
-            "FINAL WHERE model_id = {m:String} AND segment = '' AND metric IN ('accuracy', 'roc_auc')",
-            {"m": seeded.run.model_id},
-        )
-    }
-    for r in labelled:
-        ws = int(r["window_start"].timestamp() * 1000)
-        assert r["realized"] == raw[(r["model_version"], r["metric"], ws)]
+    # realized on the estimate window's own predictions, though every label's event time is an hour later
+    # (12 windows on): graded by hand from the raw arrays the seed wrote
+    for r in rows:
+        truth = run.raw[(r["model_version"], _window(seeded, r))]
+        assert r["n_labeled"] == truth.n_labeled
+        expected = truth.realized(r["metric"])
+        if expected is None:
+            assert r["realized"] is None
+            continue
+        assert r["realized"] == pytest.approx(expected, abs=1e-12)
         assert r["error"] == pytest.approx(r["realized"] - r["estimated"])
         assert bool(r["covered"]) == (r["estimated_lower"] <= r["realized"] <= r["estimated_upper"])
-    # the seeded estimate follows the truth: the band covers most windows, the errors are small
-    assert np.mean([bool(r["covered"]) for r in labelled]) >= 0.8
-    assert np.mean([abs(r["error"]) for r in labelled]) <= 0.02
+    half = [r for r in rows if _window(seeded, r) == PARTLY_LABELLED]
+    assert half and all(r["n_labeled"] == EVENTS_PER_WINDOW // 2 for r in half)
 
 
 CHECKS: dict[str, Callable[[Rows, Seeded, Warehouse], None]] = {

@@ -22,7 +22,7 @@ import pytest
 from seed_warehouse import MISSING_ALARM, NUMERIC, QUALITY_AT, Seeded, seeded_once
 
 from driftline import report_cli
-from driftline.report import drift_heatmap, render_report, write_report
+from driftline.report import collect, drift_heatmap, render, render_report, write_report
 from driftline.report_svg import DAY, HOUR, Domain, Series, format_time, heat_colors, line_chart, nice_ticks, time_ticks
 from driftline.retrainer.registry import Registry
 from driftline.settings import Settings
@@ -180,6 +180,27 @@ def test_report_shows_the_other_alarm_classes_and_the_estimates(html: str, seede
     assert "estimated_" not in _section_of(html, "performance")  # the estimates have their own section
     order = [html.index(f'<section id="{a}">') for a in ("drift", "data-quality", "multivariate", "trend")]
     assert order == sorted(order)
+
+
+def test_report_estimates_are_realized_on_the_same_predictions(seeded: Seeded, warehouse: Warehouse) -> None:
+    run = seeded.run
+    data = collect(warehouse, run.registry, run.model_id)
+    assert data.estimates is not None
+    rows = [r for r in data.estimates.to_pylist() if r["metric"] == "accuracy"]
+    assert len(rows) == len(run.raw)  # every version's prediction window has its estimate
+    labelled = 0
+    for r in rows:
+        window = (int(r["window_start"].timestamp() * 1000) - run.start_ms) // run.window_ms
+        truth = run.raw[(r["model_version"], window)]
+        # the labels' own event time is an hour later: they still grade this window
+        assert r["n_labeled"] == truth.n_labeled
+        if truth.n_labeled:
+            labelled += 1
+            assert r["realized"] == pytest.approx(truth.realized("accuracy"), abs=1e-12)
+        else:
+            assert r["realized"] is None
+    assert 0 < labelled < len(rows)
+    assert "realized on the same window's predictions" in render(data)
 
 
 def test_report_lineage_and_timeline(html: str, seeded: Seeded) -> None:

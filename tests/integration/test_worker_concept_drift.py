@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from estimate_stream import inputs, realized_accuracy, register_calibrated, score
+from estimate_stream import inputs, realized_accuracy, register_calibrated, retrain_requests, score
 from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
-from driftline.streams import kafka
-from driftline.streams.records import LabelEvent, PredictionBatch, RetrainRequest
+from driftline.streams.records import LabelEvent, PredictionBatch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -83,9 +82,7 @@ def test_estimate_does_not_follow_concept_drift_while_the_labels_show_it(env: Wo
         "every prediction window and every label window",
     )
     assert worker.stop() == 0
-    requests = [
-        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)
-    ]
+    mine = retrain_requests(env, model)
 
     rows = env.query(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, metric, value, n_labeled FROM performance_metrics FINAL "
@@ -119,7 +116,6 @@ def test_estimate_does_not_follow_concept_drift_while_the_labels_show_it(env: Wo
 
     # only the labels can ask for the retrain: the performance trigger fires on the realized accuracy,
     # the estimate's trigger stays quiet
-    mine = [r for r in requests if isinstance(r, RetrainRequest) and r.model_id == model]
     assert len(mine) == 1 and mine[0].reason == "performance", mine
     assert [e.metric for e in mine[0].evidence] == ["accuracy"]
     assert mine[0].evidence[0].window_start >= T0 + LABEL_DELAY_MS + STEADY * WINDOW_MS

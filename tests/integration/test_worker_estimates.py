@@ -6,19 +6,23 @@ The stream has covariate shift with the model staying calibrated (P(y | x) uncha
 five windows the inputs crowd the decision boundary, so the realized accuracy falls. The labels
 the model would get are drawn here but never sent; they grade the estimate offline (the issue's
 done-when: the 95% band covers the realized accuracy in at least 90% of 2,000-event windows and
-the mean absolute error is at most 0.02; ROC AUC within 0.03).
+the mean absolute error is at most 0.02; ROC AUC within 0.03). Only after the request are some
+windows' labels sent, an hour late in event time: the cookbook's ``estimated_vs_realized`` must then
+show, per prediction window, the metrics realized on that window's own predictions.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 import yaml
-from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, score
+from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, retrain_requests, score
 from worker_harness import REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
-from driftline.streams import kafka
-from driftline.streams.records import PredictionBatch, RetrainRequest
+from driftline.streams.cookbook import load_queries
+from driftline.streams.records import LabelEvent, PredictionBatch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
@@ -26,6 +30,23 @@ PER_WINDOW = 2_000  # one event per millisecond in 2-second windows
 WINDOWS = 30
 STEADY = 5  # windows before the shift
 CHUNK = 500
+
+
+LABELLED = (0, 1, 10, 11)  # windows whose labels all arrive (an hour late), before and after the shift
+HALF_LABELLED = 12  # a window with labels for its first half only
+LABEL_DELAY_MS = 3_600_000
+
+
+def _realized(metric: str, y: np.ndarray, s: np.ndarray) -> float:
+    """A window's realized metric by hand: the decision score >= 0.5, as the worker's."""
+    if metric == "accuracy":
+        return realized_accuracy(y, s)
+    if metric == "roc_auc":
+        return realized_roc_auc(y, s)
+    decided = s >= 0.5
+    tp = float(np.sum(decided & (y == 1)))
+    precision, recall = tp / decided.sum(), tp / (y == 1).sum()
+    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / (precision + recall)}[metric]
 
 
 def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_labels(
@@ -94,13 +115,10 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
     assert second.stop() == 0
-    requests = [
-        r.record for r in kafka.consume_records(env.settings, env.settings.topic("retrain-requests"), 5, timeout=15)
-    ]
+    mine = retrain_requests(env, model)
 
     # no label exists anywhere: the request comes from the estimate alone, and its evidence names it
     assert env.count("labels", "model_id = {m:String}", m=model) == 0
-    mine = [r for r in requests if isinstance(r, RetrainRequest) and r.model_id == model]
     assert len(mine) == 1 and mine[0].reason == "performance"
     assert [e.metric for e in mine[0].evidence] == ["estimated_accuracy"]
     assert mine[0].evidence[0].window_start >= T0 + STEADY * WINDOW_MS
@@ -157,3 +175,33 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
         f"RESULT windows={WINDOWS} coverage95={covered / WINDOWS:.3f} accuracy_mae={np.mean(errors):.4f} "
         f"roc_auc_mae={np.mean(auc_errors):.4f} estimated_accuracy {first:.3f} -> {last:.3f}"
     )
+
+    # ---- then labels arrive, an hour late in event time, for some windows (one of them half): the cookbook's
+    # estimated_vs_realized grades each estimate's prediction window on its own predictions' labels
+    sent: dict[int, np.ndarray] = {w: np.ones(PER_WINDOW, dtype=bool) for w in LABELLED}
+    sent[HALF_LABELLED] = np.arange(PER_WINDOW) < PER_WINDOW // 2
+    for w, mask in sent.items():
+        y, _, _ = truth[w]
+        times = T0 + w * WINDOW_MS + np.arange(PER_WINDOW, dtype=np.int64)
+        for i in np.flatnonzero(mask).tolist():
+            env.publish("labels", model, LabelEvent(f"w{w}-{i}", model, int(times[i]) + LABEL_DELAY_MS, float(y[i])))
+    env.flush()
+    n_sent = int(sum(m.sum() for m in sent.values()))
+    third = env.start_worker("w3", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    env.wait(lambda: env.count("labels", "model_id = {m:String}", m=model) >= n_sent, 120, "the labels' raw rows")
+    assert third.stop() == 0
+    side_by_side = load_queries()["estimated_vs_realized"].run(
+        env.warehouse, model_id=model, since=datetime.fromtimestamp(T0 / 1000, tz=UTC)
+    )
+    assert len(side_by_side) == WINDOWS * 5
+    for r in side_by_side:
+        w = (int(r["window_start"].timestamp() * 1000) - T0) // WINDOW_MS
+        assert r["n_predictions"] == PER_WINDOW
+        mask = sent.get(w, np.zeros(PER_WINDOW, dtype=bool))
+        assert r["n_labeled"] == int(mask.sum())
+        if not mask.any():
+            assert r["realized"] is None and r["covered"] is None
+            continue
+        y, s, _ = truth[w]
+        assert r["realized"] == pytest.approx(_realized(r["metric"], y[mask], s[mask]), abs=1e-12), (w, r["metric"])
+        assert r["error"] == pytest.approx(r["realized"] - r["estimated"])
