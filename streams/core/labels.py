@@ -150,6 +150,7 @@ class PredictionIndex:
         self._predicted = np.empty(0, dtype=object)
         self._attributes: dict[str, NDArray[np.object_]] = {}
         self._alive = np.empty(0, dtype=bool)
+        self._head = 0  # no row before this one is alive: eviction looks for the oldest from here
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -246,12 +247,30 @@ class PredictionIndex:
         if excess > 0:
             # ``_rows`` is in order of sequence number, and so are the live rows of the columns:
             # the earliest added are the first live rows.
-            oldest = np.flatnonzero(self._alive[: self._size])[:excess]
+            oldest = self._oldest_alive(excess)
             for event_id in self._ids[oldest].tolist():
                 del rows[event_id]
             self._alive[oldest] = False
             self.stats.evicted += excess
         return joined
+
+    def _oldest_alive(self, k: int) -> NDArray[np.intp]:
+        """The first ``k`` live rows, to be evicted (``_head`` moves past them), found from ``_head`` on in growing
+        stretches: a full index evicts a batch's worth per batch, so scanning every row each time
+        cost more than the eviction itself."""
+        found: list[NDArray[np.intp]] = []
+        need, at, step = k, self._head, max(2 * k, 1024)
+        while need > 0:
+            stop = min(at + step, self._size)
+            live = np.flatnonzero(self._alive[at:stop])[:need] + at
+            found.append(live)
+            need -= live.size
+            if stop == self._size:
+                break
+            at, step = stop, 2 * step
+        rows = np.concatenate(found)
+        self._head = int(rows[-1]) + 1
+        return rows
 
     def _readd(self, id_list: list[str], first: int, start: int) -> list[int]:
         """Redo, id by id, the merge of a batch whose ids were not all new; return the replaced sequence numbers.
@@ -383,4 +402,5 @@ class PredictionIndex:
             col[:k] = col[live]
         self._alive[:k] = True
         self._alive[k:] = False
-        self._size = k  # ``_seqs`` stays ascending, so ``_rows`` needs no change
+        self._size = k
+        self._head = 0  # ``_seqs`` stays ascending, so ``_rows`` needs no change
