@@ -226,6 +226,7 @@ class PredictionIndex:
         self._predicted = np.empty(0, dtype=object)
         self._attributes: dict[str, NDArray[np.object_]] = {}
         self._alive = np.empty(0, dtype=bool)
+        self._head = 0  # no row before this one is alive: eviction looks for the oldest from here
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -250,13 +251,14 @@ class PredictionIndex:
 
     def _evict_oldest(self, most: int, below: int | None) -> None:
         """Drop up to ``most`` of the earliest added predictions, those with sequence numbers below ``below``."""
-        start = self._head
-        live = np.flatnonzero(self._alive[start : self._size])[:most] + start
+        live = self._first_alive(most)
         if below is not None:
             live = live[: int(np.searchsorted(self._seqs[live], below))]
         for event_id in self._ids[live].tolist():
             del self._rows[event_id]
         self._alive[live] = False
+        if live.size:
+            self._head = int(live[-1]) + 1  # the rows before it are dead now
         self.stats.evicted += live.size
         self._account()
 
@@ -353,6 +355,20 @@ class PredictionIndex:
         self.budget._enqueue(self)
         self.budget._evict()
         return joined
+
+    def _first_alive(self, k: int) -> NDArray[np.intp]:
+        """The first ``k`` live rows from ``_head`` on (fewer if there are fewer), found in growing
+        stretches: a full index evicts a batch's worth per batch, so scanning every row each time
+        cost more than the eviction itself."""
+        found: list[NDArray[np.intp]] = []
+        need, at, step = k, self._head, max(2 * k, 1024)
+        while need > 0 and at < self._size:
+            stop = min(at + step, self._size)
+            live = np.flatnonzero(self._alive[at:stop])[:need] + at
+            found.append(live)
+            need -= live.size
+            at, step = stop, 2 * step
+        return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
 
     def _readd(self, id_list: list[str], first: int, start: int) -> list[int]:
         """Redo, id by id, the merge of a batch whose ids were not all new; return the replaced sequence numbers.

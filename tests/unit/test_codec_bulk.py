@@ -1032,6 +1032,25 @@ def test_batches_of_different_sizes() -> None:
     assert calls == 0 and len(fast.others) == 11
 
 
+def test_arrays_of_one_item_size_beside_others() -> None:
+    # Arrays whose items all have one size are placed at once, the others walked: in one poll, fixed-width
+    # ids beside ids that change width at the last item or the first, and all-null or fixed-width unions.
+    values = [
+        CODEC.encode(prediction_batch(0, n=12, event_ids=[f"id{i:03d}" for i in range(12)])),
+        CODEC.encode(prediction_batch(1, n=12, event_ids=[*(f"id{i:03d}" for i in range(11)), "id0110"])),
+        CODEC.encode(prediction_batch(2, n=12, event_ids=["i", *(f"id{i:03d}" for i in range(11))])),
+        CODEC.encode(prediction_batch(3, n=12, predicted_labels=[None] * 12, categorical={"c": ["ab"] * 12})),
+        CODEC.encode(
+            prediction_batch(4, n=12, predicted_labels=["yes"] * 11 + [None], categorical={"c": ["x" * 70] * 12})
+        ),
+        *[CODEC.encode(prediction_batch(j, n=12)) for j in range(5, 12)],
+    ]
+    fast, calls = check(values)
+    assert calls == 0
+    assert fast.others[1][1].event_ids[-2:] == ["id010", "id0110"] and fast.others[2][1].event_ids[0] == "i"
+    assert fast.others[4][1].predicted_labels[-2:] == ["yes", None]
+
+
 def test_labels_latency_and_nulls() -> None:
     values = [
         CODEC.encode(prediction_batch(0, predicted_labels=["yes", None, "no", None, "日本"])),

@@ -214,6 +214,27 @@ def test_random_operations_match_a_reference(seed):
         assert index.stats == ref.stats
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_eviction_from_a_large_index_with_holes_matches_a_reference(seed):
+    # Eviction looks for the oldest live rows in growing stretches past the last evicted one:
+    # joins leave dead rows among them, batches larger than a stretch, compactions move them.
+    rng = np.random.default_rng(seed)
+    index = PredictionIndex(3_000, 10**9, max_pending=0)
+    ref = ReferenceIndex(3_000, 10**9, 0)
+    added = 0
+    for _ in range(40):
+        n = int(rng.choice([10, 700, 2_500]))
+        ids = [f"e{k}" for k in range(added, added + n)]
+        added += n
+        times, scores = np.zeros(n, dtype=np.int64), np.round(rng.random(n), 3)
+        assert rows_of(index.add(ids, "v", times, scores, None, {})) == ref.add(ids, "v", times, scores, [None] * n, {})
+        joined = [f"e{k}" for k in rng.integers(max(0, added - 4_000), added, int(rng.integers(0, 1_500)))]
+        got = index.join(joined, ["1"] * len(joined))
+        want, unmatched = ref.join(joined, ["1"] * len(joined))
+        assert rows_of(got) == want and got.unmatched == unmatched
+        assert len(index) == len(ref.rows) and index.stats == ref.stats
+
+
 def test_memory_stays_bounded_and_operations_are_fast():
     index = PredictionIndex(max_entries=20_000, ttl_ms=10**9)
     rng = np.random.default_rng(0)
