@@ -95,7 +95,10 @@ def test_kill_9_mid_window_then_restart_writes_what_a_clean_run_writes(
         got, expected = crashed.snapshot(model), clean.snapshot(model)
         assert len(expected["reports"]) == WINDOWS
         assert [r["n_current"] for r in expected["reports"]] == [1_000] * WINDOWS
-        assert all(r["drifted_features"] == ["b", "d"] for r in expected["reports"])
+        # b and d drift in every window; a stationary feature may be flagged now and then (the
+        # decision's level is per feature and window), and the crashed run must flag it too
+        assert all({"b", "d"} <= set(r["drifted_features"]) for r in expected["reports"])
+        assert sum(len(r["drifted_features"]) - 2 for r in expected["reports"]) <= 2
         # one drift episode from the second window on: one retrain request, which the restarted
         # worker knows about (it rebuilt the trigger state from the windows already written)
         assert [r["reason"] for r in expected["requests"]] == ["drift"]
