@@ -8,8 +8,8 @@
 -- The column joins the sorting key, so that a segment's row never replaces
 -- the population's row of the same feature, metric and window in the
 -- ReplacingMergeTree. ClickHouse allows that only for a column added in the
--- same ALTER and without a DEFAULT expression (a String's default is '' anyway);
--- the primary key stays as it was. Read the population with segment = ''.
+-- same ALTER and without a DEFAULT expression (a String's default is '' anyway).
+-- The primary key stays as it was. Read the population with segment = ''.
 
 ALTER TABLE drift_metrics
     ADD COLUMN IF NOT EXISTS segment String COMMENT 'empty for the whole population, else key=value',
