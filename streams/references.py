@@ -1,6 +1,7 @@
 """Where the worker finds each model version's reference profile.
 
-Two providers behind one interface (``get``, ``knows_model``, ``on_model_event``):
+Two providers behind one interface (``get``, ``knows_model``, ``holdout_metrics``, ``release``,
+``on_model_event``):
 
 - :class:`RegistryReferences` reads the model registry. A version's own
   profile is used when the registry has it; an event of a version the
@@ -41,6 +42,14 @@ class ReferenceProvider(Protocol):
 
     def knows_model(self, model_id: str) -> bool:
         """Whether the model has any reference profile at all (labels carry no version)."""
+        ...
+
+    def holdout_metrics(self, model_id: str, model_version: str) -> dict[str, float] | None:
+        """The version's registered holdout metrics (the performance trigger's reference), or None."""
+        ...
+
+    def release(self, model_id: str, model_version: str) -> None:
+        """Drop what is cached for an idle version; the next ``get`` loads it again."""
         ...
 
     def on_model_event(self, event: ModelEvent) -> None:
@@ -231,6 +240,14 @@ class StaticReferences:
 
     def knows_model(self, model_id: str) -> bool:
         return any((k == model_id) or (isinstance(k, tuple) and k[0] == model_id) for k in self._profiles)
+
+    def holdout_metrics(self, model_id: str, model_version: str) -> dict[str, float] | None:
+        """None: profiles given up front carry no registered holdout metrics."""
+        return None
+
+    def release(self, model_id: str, model_version: str) -> None:
+        """Nothing to drop: the profiles were given up front and stay."""
+        return None
 
     def on_model_event(self, event: ModelEvent) -> None:
         return None

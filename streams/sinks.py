@@ -39,7 +39,7 @@ import river
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec, DecodeError, default_codec
-from driftline.streams.core.monitor import PerformanceOutcome, WindowOutcome
+from driftline.streams.core.outcomes import PerformanceOutcome, WindowOutcome
 from driftline.streams.core.window_profile import SUMMARY_QUANTILES, WindowProfile
 from driftline.streams.records import Alert, DriftReport, LabelEvent, PredictionBatch, RetrainRequest
 from driftline.streams.supervision import DETAIL_LIMIT, Outage, clip

@@ -429,9 +429,7 @@ class WorkerService:
             return  # a closed window not yet written: its detector state is not in the warehouse yet
         for model_id, version in self.monitor.release_idle(now, int(after * 1000)):
             self._released.add((model_id, version))
-            release = getattr(self.references, "release", None)
-            if release is not None:
-                release(model_id, version)
+            self.references.release(model_id, version)
             log.info(
                 "%s v%s: idle for %g s, its state is released until its next event",
                 model_id,
@@ -1030,8 +1028,7 @@ class WorkerService:
         """
         drift_windows, label_windows = self.queries.written_windows(model_id, version)
         policy = self.policy.for_model(model_id)
-        holdout = getattr(self.references, "holdout_metrics", None)
-        reference = holdout(model_id, version) if holdout and label_windows else None
+        reference = self.references.holdout_metrics(model_id, version) if label_windows else None
         folds = (
             ("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
             ("performance", label_windows),
@@ -1110,7 +1107,6 @@ class WorkerService:
 
     def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
-        holdout = getattr(self.references, "holdout_metrics", None)
         trigger_window = TriggerInput(
             outcome.model_id,
             outcome.model_version,
@@ -1118,7 +1114,7 @@ class WorkerService:
             outcome.window_end,
             performance=overall or None,
             n_labeled=outcome.n_labeled,
-            reference_performance=holdout(outcome.model_id, outcome.model_version) if holdout else None,
+            reference_performance=self.references.holdout_metrics(outcome.model_id, outcome.model_version),
             change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
         )
         requests, alerts = self._decide("performance", trigger_window)

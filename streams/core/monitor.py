@@ -45,8 +45,6 @@ import numpy as np
 
 from driftline.streams.core.batches import (
     _positions_by_version,
-    concat_batches,
-    in_arrival_order,
     take_rows,
 )
 from driftline.streams.core.detector_state import join_detector_state, split_detector_state
@@ -86,32 +84,6 @@ from driftline.streams.core.sequential import TrendDetector
 from driftline.streams.core.window_profile import WindowProfile
 from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
-
-# the names callers imported from here before the outcomes, batch helpers, reference models and
-# detector state got modules of their own
-__all__ = [
-    "ERROR_FEATURE",
-    "LABELS",
-    "NOT_IN_WINDOW",
-    "PREDICTIONS",
-    "Arrival",
-    "ChangeCount",
-    "Ingested",
-    "LabelsIngested",
-    "Monitor",
-    "MonitorSettings",
-    "PerformanceOutcome",
-    "ScoreLog",
-    "WindowOutcome",
-    "concat_batches",
-    "in_arrival_order",
-    "join_detector_state",
-    "multivariate_model",
-    "reference_calibrator",
-    "reference_estimates",
-    "split_detector_state",
-    "take_rows",
-]
 
 PREDICTIONS = "predictions"  # hold stream names (see streams.core.ledger)
 LABELS = "labels"

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from driftline.streams.core.detectors import DETECTORS
-from driftline.streams.core.monitor import ERROR_FEATURE
+from driftline.streams.core.outcomes import ERROR_FEATURE
 from driftline.streams.records import FeatureDrift, LabelEvent, PredictionBatch
 from driftline.streams.warehouse.client import Warehouse
 from driftline.streams.warehouse.rows import N_LABELED

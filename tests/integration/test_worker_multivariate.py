@@ -15,7 +15,7 @@ from worker_harness import FEATURES, T0, WINDOW_MS, WorkerEnv, env, make_batch, 
 
 from driftline.retrainer.reference import build_reference
 from driftline.retrainer.registry import Lineage
-from driftline.streams.core.monitor import split_detector_state
+from driftline.streams.core.detector_state import split_detector_state
 from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
 from driftline.streams.records import PREDICTION_FEATURE

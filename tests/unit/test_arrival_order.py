@@ -11,14 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftline.streams.core.monitor import (
-    Arrival,
-    Monitor,
-    MonitorSettings,
-    concat_batches,
-    in_arrival_order,
-    take_rows,
-)
+from driftline.streams.core.batches import concat_batches, in_arrival_order, take_rows
+from driftline.streams.core.monitor import Monitor, MonitorSettings
+from driftline.streams.core.outcomes import Arrival
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch

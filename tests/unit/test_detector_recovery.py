@@ -15,18 +15,12 @@ import random
 import numpy as np
 import pytest
 
+from driftline.streams.core.batches import concat_batches, take_rows
+from driftline.streams.core.detector_state import split_detector_state
 from driftline.streams.core.detectors import BINARY_DETECTORS, DETECTORS, ChangeDetectorBank
 from driftline.streams.core.ledger import Hold
-from driftline.streams.core.monitor import (
-    LABELS,
-    Monitor,
-    MonitorSettings,
-    PerformanceOutcome,
-    WindowOutcome,
-    concat_batches,
-    split_detector_state,
-    take_rows,
-)
+from driftline.streams.core.monitor import LABELS, Monitor, MonitorSettings
+from driftline.streams.core.outcomes import PerformanceOutcome, WindowOutcome
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch

@@ -10,8 +10,10 @@ import pytest
 from driftline.retrainer.evaluation import fit_calibrator
 from driftline.retrainer.policy import PolicyError, ReferenceSettings, parse_policy
 from driftline.retrainer.triggers import TriggerInput, TriggerState, estimate_signal, evaluate
+from driftline.streams.core.batches import take_rows
 from driftline.streams.core.estimation import EstimationState, ScoreCalibrator
-from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, take_rows
+from driftline.streams.core.monitor import Monitor, MonitorSettings
+from driftline.streams.core.outcomes import WindowOutcome
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch

@@ -10,8 +10,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftline.streams.core.batches import take_rows
 from driftline.streams.core.exactsum import ExactSum, group_ratios, group_sums, population_std, row_moments
-from driftline.streams.core.monitor import Monitor, MonitorSettings, PerformanceOutcome, WindowOutcome, take_rows
+from driftline.streams.core.monitor import Monitor, MonitorSettings
+from driftline.streams.core.outcomes import PerformanceOutcome, WindowOutcome
 from driftline.streams.core.performance import PerformanceWindow, compute_performance
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.window_profile import WindowProfile

@@ -5,22 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from driftline.streams.core.batches import concat_batches, take_rows
 from driftline.streams.core.drift import evaluate_window
 from driftline.streams.core.ledger import Hold
-from driftline.streams.core.monitor import (
-    ERROR_FEATURE,
-    LABELS,
-    NOT_IN_WINDOW,
-    PREDICTIONS,
-    Monitor,
-    MonitorSettings,
-    PerformanceOutcome,
-    ScoreLog,
-    WindowOutcome,
-    concat_batches,
-    take_rows,
-)
+from driftline.streams.core.monitor import LABELS, PREDICTIONS, Monitor, MonitorSettings, ScoreLog
 from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE
+from driftline.streams.core.outcomes import ERROR_FEATURE, NOT_IN_WINDOW, PerformanceOutcome, WindowOutcome
 from driftline.streams.core.performance import compute_performance
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.sampler import stable_seed

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome
+from driftline.streams.core.monitor import Monitor, MonitorSettings
+from driftline.streams.core.outcomes import WindowOutcome
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.windows import Windowing
 from driftline.streams.records import PredictionBatch

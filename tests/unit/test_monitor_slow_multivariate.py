@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from driftline.retrainer.reference import build_reference
-from driftline.streams.core.monitor import Monitor, MonitorSettings, WindowOutcome, split_detector_state, take_rows
+from driftline.streams.core.batches import take_rows
+from driftline.streams.core.detector_state import split_detector_state
+from driftline.streams.core.monitor import Monitor, MonitorSettings
 from driftline.streams.core.multivariate import MULTIVARIATE_FEATURE, MultivariateModel
+from driftline.streams.core.outcomes import WindowOutcome
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import METRIC as TREND_METRIC

@@ -164,7 +164,7 @@ def test_the_worker_passes_its_earliest_time_option() -> None:
 def test_single_events_grouped_by_the_worker_are_judged_row_by_row() -> None:
     # decode_bulk merges single events into one batch per model version; a bad value in one row must
     # not make the others look bad when the worker checks them one by one (streams.worker._handle_inputs)
-    from driftline.streams.core.monitor import take_rows
+    from driftline.streams.core.batches import take_rows
 
     merged = PredictionBatch.from_events(
         [
