@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from worker_harness import FEATURES, REGIONS, REPO, T0, WINDOW_MS, WorkerEnv, _score, env  # noqa: F401 (env: fixture)
 
 from driftline.report import render_report
@@ -74,24 +73,13 @@ def _explain_cli(env: WorkerEnv, *args: str) -> subprocess.CompletedProcess[str]
 def test_drift_confined_to_one_segment_is_found_there(env: WorkerEnv, unique: str) -> None:
     model = f"segments-{unique}"
     version = env.register(model)
-    policy = env.tmp / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "defaults": {
-                    "monitoring": {"segments": ["channel"]},
-                    "drift": {"min_features": 1, "consecutive_windows": 1},
-                },
-            }
-        )
-    )
+    policy = {"monitoring": {"segments": ["channel"]}, "drift": {"min_features": 1, "consecutive_windows": 1}}
     rng = np.random.default_rng(7)
     for w in range(WINDOWS):
         for batch in _batch(model, version, w, rng):
             env.publish("predictions", model, batch)
     env.flush()
-    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, policy=policy)
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 180, "every prediction window")
     assert worker.stop() == 0
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 from estimate_stream import inputs, realized_accuracy, register_calibrated, retrain_requests, score
-from worker_harness import REPO, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
+from worker_harness import INPUT_MONITORS_OFF, REPO, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 from driftline.streams.records import LabelEvent, PredictionBatch
 
@@ -34,22 +33,10 @@ def test_estimate_does_not_follow_concept_drift_while_the_labels_show_it(env: Wo
     version, calibrator, reference_accuracy = register_calibrated(env, model, rng, with_holdout=True)
     reference_estimate = calibrator.reference_estimates()["accuracy"].value
 
-    policy = env.tmp / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "defaults": {
-                    # the inputs do not move: the input monitors are off so that nothing but performance speaks
-                    "drift": {"enabled": False},
-                    "multivariate": {"enabled": False},
-                    "trend": {"enabled": False},
-                    # both performance triggers are armed, the label-driven one and the estimate's
-                    "performance": {"metric": "accuracy", "max_drop": 0.05, "estimated_accuracy_drop": 0.05},
-                },
-            }
-        )
-    )
+    # the inputs do not move: the input monitors are off so that nothing but performance speaks; both
+    # performance triggers are armed, the label-driven one and the estimate's
+    performance = {"metric": "accuracy", "max_drop": 0.05, "estimated_accuracy_drop": 0.05}
+    policy = {**INPUT_MONITORS_OFF, "performance": performance}
 
     truth: list[tuple[np.ndarray, np.ndarray]] = []  # per window: the labels sent, the scores
     for w in range(WINDOWS):
@@ -71,7 +58,7 @@ def test_estimate_does_not_follow_concept_drift_while_the_labels_show_it(env: Wo
             env.publish("labels", model, LabelEvent(event_id, model, t + LABEL_DELAY_MS, label))
     env.flush()
 
-    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, policy=policy)
 
     def label_windows() -> int:
         return env.count("performance_metrics", "model_id = {m:String} AND metric = 'n_labeled'", m=model)

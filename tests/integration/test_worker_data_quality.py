@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
-from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
+from worker_harness import INPUT_MONITORS_OFF, T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F401 (env: the fixture)
 
 from driftline.streams import kafka
 from driftline.streams.records import RetrainRequest
@@ -28,20 +27,7 @@ MISSING = 0.2
 def test_a_data_quality_alarm_requests_a_retrain_with_its_evidence(env: WorkerEnv, unique: str) -> None:
     model = f"quality-{unique}"
     version = env.register(model)
-    policy = env.tmp / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "defaults": {
-                    "drift": {"enabled": False},
-                    "multivariate": {"enabled": False},
-                    "trend": {"enabled": False},
-                    "data_quality": {"enabled": True, "consecutive_windows": 2},
-                },
-            }
-        )
-    )
+    policy = {**INPUT_MONITORS_OFF, "data_quality": {"enabled": True, "consecutive_windows": 2}}
     rng = np.random.default_rng(5)
     for w in range(WINDOWS):
         batch = make_batch(model, version, T0 + w * WINDOW_MS, PER_WINDOW, WINDOW_MS // PER_WINDOW, seed=100 + w)
@@ -51,7 +37,7 @@ def test_a_data_quality_alarm_requests_a_retrain_with_its_evidence(env: WorkerEn
             batch.numeric["b"] = b
         env.publish("predictions", model, batch)
     env.flush()
-    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    worker = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, policy=policy)
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
     assert worker.stop() == 0
 

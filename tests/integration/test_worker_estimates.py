@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-import yaml
 from estimate_stream import inputs, realized_accuracy, realized_roc_auc, register_calibrated, retrain_requests, score
-from worker_harness import REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
+from worker_harness import INPUT_MONITORS_OFF, REGIONS, T0, WINDOW_MS, WorkerEnv, env  # noqa: F401 (env: the fixture)
 
 from driftline.streams.cookbook import load_queries
 from driftline.streams.records import LabelEvent, PredictionBatch
@@ -56,22 +55,9 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     rng = np.random.default_rng(13)
     version, _, _ = register_calibrated(env, model, rng)
 
-    policy = env.tmp / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "defaults": {
-                    "drift": {"enabled": False},
-                    # the shift also moves the inputs together and trends: those triggers are off here,
-                    # so the request is the estimate's alone
-                    "multivariate": {"enabled": False},
-                    "trend": {"enabled": False},
-                    "performance": {"estimated_accuracy_drop": 0.05},
-                },
-            }
-        )
-    )
+    # the shift also moves the inputs together and trends: those triggers are off here, so the request
+    # is the estimate's alone
+    policy = {**INPUT_MONITORS_OFF, "performance": {"estimated_accuracy_drop": 0.05}}
 
     truth: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per window: labels never sent, scores, channel
 
@@ -108,11 +94,11 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
     # from the rows written (no second request for the same episode)
     half = WINDOWS // 2
     publish(range(half))
-    first = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    first = env.start_worker("w1", f"app-{unique}", idle_seconds=2.0, policy=policy)
     env.wait(lambda: env.windows_written(model) >= half, 120, "the first half's prediction windows")
     assert first.stop() == 0
     publish(range(half, WINDOWS))
-    second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    second = env.start_worker("w2", f"app-{unique}", idle_seconds=2.0, policy=policy)
     env.wait(lambda: env.windows_written(model) >= WINDOWS, 120, "every prediction window")
     assert second.stop() == 0
     mine = retrain_requests(env, model)
@@ -187,7 +173,7 @@ def test_estimates_are_written_per_window_and_a_retrain_is_requested_without_lab
             env.publish("labels", model, LabelEvent(f"w{w}-{i}", model, int(times[i]) + LABEL_DELAY_MS, float(y[i])))
     env.flush()
     n_sent = int(sum(m.sum() for m in sent.values()))
-    third = env.start_worker("w3", f"app-{unique}", idle_seconds=2.0, extra_env={"DRIFTLINE_POLICY": str(policy)})
+    third = env.start_worker("w3", f"app-{unique}", idle_seconds=2.0, policy=policy)
     env.wait(lambda: env.count("labels", "model_id = {m:String}", m=model) >= n_sent, 120, "the labels' raw rows")
     assert third.stop() == 0
     side_by_side = load_queries()["estimated_vs_realized"].run(

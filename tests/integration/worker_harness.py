@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import yaml
 
 from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
@@ -39,6 +40,14 @@ T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: backfilled events, aligned to ev
 WINDOW_MS = 2_000  # the workers' window size unless a test gives another
 FEATURES = ("a", "b", "c", "d", "e")
 REGIONS = ("north", "south", "east", "west")
+
+# The input monitors that speak on any input change; tests of one other signal turn them off so
+# that nothing else requests a retrain.
+INPUT_MONITORS_OFF: dict[str, Any] = {
+    "drift": {"enabled": False},
+    "multivariate": {"enabled": False},
+    "trend": {"enabled": False},
+}
 
 T = TypeVar("T")
 
@@ -332,8 +341,16 @@ class WorkerEnv:
         idle_seconds: float | str = 2.0,
         extra_env: dict[str, str] | None = None,
         verbose: bool = False,
+        policy: Mapping[str, Any] | None = None,
     ) -> WorkerProcess:
-        """``driftline worker`` on this environment's settings (``-v`` if ``verbose``), logging to ``<name>.log``."""
+        """``driftline worker`` on this environment's settings (``-v`` if ``verbose``), logging to ``<name>.log``.
+
+        ``policy``: the ``defaults`` of a version-1 policy file written for this worker.
+        """
+        if policy is not None:
+            path = self.tmp / f"{name}-policy.yaml"
+            path.write_text(yaml.safe_dump({"version": 1, "defaults": dict(policy)}))
+            extra_env = {**(extra_env or {}), "DRIFTLINE_POLICY": str(path)}
         port = free_port()
         log_path = self.tmp / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the worker writes to it until WorkerProcess closes it
