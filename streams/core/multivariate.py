@@ -102,10 +102,12 @@ def _units(x: NDArray[np.float64], mean: NDArray[np.float64], scale: NDArray[np.
     """Standardized values of features x rows in integer units of 2**-10 (float64), clipped, missing 0.
 
     Element by element (no reduction), so a value's units never depend on the batch it came in.
+    ``x`` is overwritten (a fresh block per batch: another would cost its page faults again).
     """
-    z = x - mean[:, None]
+    z = x
+    z -= mean[:, None]
     z /= scale[:, None]
-    np.nan_to_num(z, copy=False, nan=0.0)
+    np.copyto(z, 0.0, where=np.isnan(z))
     np.clip(z, -CLIP, CLIP, out=z)
     z *= _UNIT
     np.rint(z, out=z)
