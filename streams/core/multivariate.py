@@ -229,6 +229,8 @@ class MultivariateModel:
         ``reference_risk``: the chance that the reference's own sampling error exceeds the
         tolerance added to the thresholds (see the module's docstring).
         """
+        if not (0.0 < alpha < 1.0 and 0.0 < reference_risk <= 1.0):
+            raise ValueError(f"alpha must be in (0, 1) and reference_risk in (0, 1], got {alpha}, {reference_risk}")
         level = alpha / 2.0
         n = window.n
         if n < 3:

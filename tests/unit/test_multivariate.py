@@ -242,6 +242,8 @@ def test_missing_absent_and_bad_input():
     assert w.n == 2 and w.row_sum[1] == 0 and w.row_sum[0] == round((1.0 - model.mean[0]) / model.scale[0] * 1024)
     empty = model.window()
     assert all(not r.drifted and math.isnan(r.value) for r in model.evaluate(empty))
+    with pytest.raises(ValueError, match="reference_risk"):
+        model.evaluate(w, reference_risk=0.0)
     with pytest.raises(ValueError, match="infinite"):
         w.update(model, {"a": np.array([np.inf])})
     with pytest.raises(ValueError, match="one common length"):
