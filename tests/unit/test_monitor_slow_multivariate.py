@@ -103,9 +103,8 @@ def test_each_window_gets_trend_rows_per_numeric_stream_and_multivariate_rows_ma
         expected_window.update(model, part.numeric)
         got = rows(o, feature=MULTIVARIATE_FEATURE)
         want = model.evaluate(expected_window)
-        assert [(r.metric, r.drifted) for r in got] == [(r.metric, r.drifted) for r in want]
-        for g, w in zip(got, want, strict=True):
-            assert g.value == pytest.approx(w.value, rel=1e-9)
+        # the window's sums are exact: the monitor's batches of 700 give the oracle's rows bit for bit
+        assert got == want
         correlation = {r.metric: r for r in got}["correlation_change"]
         assert correlation.drifted == (i >= 4), (i, correlation)
     # c's trend is flagged within a few windows of its onset; a and b never
