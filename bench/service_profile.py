@@ -6,7 +6,8 @@ up only what the service needs (a Kafka broker for the records the sinks
 produce, a ClickHouse server for the rows, a registry with the model) and
 times ``WorkerService.handle`` on a backlog of N events as ``PredictionBatch``
 messages of 1,000 events (20 numeric + 2 categorical features + score, the
-same columns and seeds as ``throughput.py``), ``--repeats`` times in one process.
+same columns and seeds as ``throughput.py``), or with ``--mode single`` as one
+``PredictionEvent`` message per event, ``--repeats`` times in one process.
 
 The messages are encoded here with the worker's codec and handed to the
 service in takes of ``batch_size`` messages, as the Faust app hands them: the
@@ -28,7 +29,7 @@ dropped at the end; otherwise the script starts a broker and the embedded
 ClickHouse server itself, as ``throughput.py`` does. Lines starting with
 ``RESULT`` are the results::
 
-    .venv/bin/python bench/service_profile.py --n 200000 --repeats 5 [--profile]
+    .venv/bin/python bench/service_profile.py --n 200000 --repeats 5 [--mode single] [--profile]
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import scale  # noqa: E402
 import throughput  # noqa: E402
 import window_compute  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
 
 from driftline.streams.codec import default_codec  # noqa: E402
-from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.records import PredictionEvent  # noqa: E402
 
 
 def backlog_columns(n: int) -> list[window_compute.Columns]:
@@ -71,10 +73,17 @@ def backlog_columns(n: int) -> list[window_compute.Columns]:
 
 
 def encode_backlog(
-    columns: Sequence[window_compute.Columns], model_id: str, version: str, n: int, per_window: int, window_ms: int
+    columns: Sequence[window_compute.Columns],
+    model_id: str,
+    version: str,
+    n: int,
+    per_window: int,
+    window_ms: int,
+    mode: str = "batched",
 ) -> list[bytes]:
-    """The encoded messages of a batched backlog of ``model_id``, and the one event that closes its last window."""
-    w = make_workload(model_id, "batched", n, per_window, window_ms)
+    """The encoded messages of a backlog of ``model_id`` (one ``PredictionBatch`` per 1,000 events, or one
+    ``PredictionEvent`` per event: ``mode='single'``), and the one event that closes its last window."""
+    w = make_workload(model_id, mode, n, per_window, window_ms)
     codec = default_codec()
     rng = np.random.default_rng(7)
     out = []
@@ -82,20 +91,10 @@ def encode_backlog(
         start = k * BATCH_EVENTS
         ids = [f"{w.name}-{i}" for i in range(start, start + c.n)]
         latency = rng.gamma(2.0, 4.0, c.n)
-        out.append(
-            codec.encode(
-                PredictionBatch(
-                    model_id,
-                    version,
-                    ids,
-                    w.times(start, c.n),
-                    numeric=c.numeric,
-                    categorical=c.categorical,
-                    predictions=c.predictions,
-                    latency_ms=latency,
-                )
-            )
+        records = scale.prediction_records(
+            c, model_id, version, ids, w.times(start, c.n), latency, single=mode == "single"
         )
+        out.extend(codec.encode(record) for record in records)
     out.append(
         codec.encode(PredictionEvent(f"{w.name}-closer", model_id, version, w.closer_time, {"f00": 0.0}, {}, 0.5))
     )
@@ -132,6 +131,7 @@ def run_once(
     per_window: int,
     profiler: cProfile.Profile | None = None,
     write_raw: bool = True,
+    mode: str = "batched",
 ) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds (this process, all threads) that ``WorkerService.handle`` takes over the
     whole backlog, and the windows it wrote."""
@@ -139,7 +139,7 @@ def run_once(
 
     settings, model_id, version = bench.prepare(tag)
     window_ms = int(bench.window_seconds * 1000)
-    values = encode_backlog(columns, model_id, version, n, per_window, window_ms)
+    values = encode_backlog(columns, model_id, version, n, per_window, window_ms, mode)
     topic = settings.topic("predictions")
     key = model_id.encode()
     incoming = [
@@ -187,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200_000, help="events of the backlog (a multiple of --per-window)")
     parser.add_argument("--per-window", type=int, default=10_000, help="events per event-time window")
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size")
+    parser.add_argument(
+        "--mode",
+        choices=("batched", "single"),
+        default="batched",
+        help="messages of 1,000-event batches, or one single event per message",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (imports, caches)")
     parser.add_argument(
@@ -212,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates, cpus = [], []
         for i in range(args.warmup + args.repeats):
             seconds, cpu, windows = run_once(
-                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw
+                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw, mode=args.mode
             )
             timed = i >= args.warmup
             if timed:
@@ -220,19 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpus.append(cpu)
             out(
                 f"{'RUN' if timed else 'WARMUP'} {i}: n={args.n} windows={windows} seconds={seconds:.3f} "
-                f"cpu_s={cpu:.3f} events_per_s={args.n / seconds:,.0f}"
+                f"cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.2f} events_per_s={args.n / seconds:,.0f}"
             )
         if rates:
             out(
-                f"RESULT WorkerService.handle n={args.n} per_window={args.per_window} "
+                f"RESULT WorkerService.handle mode={args.mode} n={args.n} per_window={args.per_window} "
                 f"raw={'no' if args.no_raw else 'yes'} runs={len(rates)} "
                 f"events_per_s median={statistics.median(rates):,.0f} min={min(rates):,.0f} max={max(rates):,.0f} "
-                f"cpu_s median={statistics.median(cpus):.3f} (process CPU, every thread)"
+                f"cpu_s median={statistics.median(cpus):.3f} "
+                f"cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.2f} (process CPU, every thread)"
             )
         if args.profile:
             profiler = cProfile.Profile()
             seconds, _, _ = run_once(
-                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw
+                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw, mode=args.mode
             )
             out(f"PROFILE n={args.n} in {seconds:.2f} s under cProfile = {args.n / seconds:,.0f} events/s")
             print_profile(profiler, args.top, out)
