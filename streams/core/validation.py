@@ -99,7 +99,7 @@ def quote(value: str, limit: int = _QUOTE) -> str:
 def _longest(values: Iterable[str | None]) -> int:
     try:
         # the longest itself, found in C: cheaper than a max over map(len) when no value is None
-        return len(max(values, key=len))
+        return len(max(values, key=len))  # type: ignore[arg-type]  # a None raises TypeError: handled below
     except (TypeError, ValueError):  # a None among them, or none at all
         # filter(None) drops None (and "", whose length is 0 anyway): all of it stays in C
         return max(map(len, filter(None, values)), default=0)
