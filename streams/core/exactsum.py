@@ -296,11 +296,14 @@ def _extracted_levels(
     levels: list[NDArray[np.float64]] = []
     rest = terms if owned else None
     q = np.empty_like(terms)
+    # every |t| of a row is below 2**e; rows with no terms (largest 0) take no part in the checks
     _, e = np.frexp(largest)
     e = e.astype(np.int64)
+    nonzero = e if largest.all() else e[largest > 0]
+    lowest = int(nonzero.min()) if nonzero.size else None
     for _ in range(_EXTRACTIONS):
         # sigma's multiples of 2**-53 must be normal floats: rows with terms this small go to the buckets
-        if not largest.any() or ((largest > 0) & (largest < 2.0**-900)).any():
+        if lowest is None or lowest <= -900:
             break
         sigma = np.ldexp(1.0, e + m)[:, None]
         np.add(terms if rest is None else rest, sigma, out=q)
@@ -310,10 +313,9 @@ def _extracted_levels(
         else:
             rest -= q
         levels.append(q.sum(axis=1))
-        # |t - q| <= 2**-53 * sigma, so every term left is below 2**(e + m - 52); a row with no terms
-        # keeps a bound of 0
+        # |t - q| <= 2**-53 * sigma, so every term left is below 2**(e + m - 52)
         e += m - 52
-        largest = np.where(largest > 0, np.ldexp(1.0, e), 0.0)
+        lowest += m - 52
     if rest is None:
         rest = terms
     left: list[list[ExactSum]] = []
