@@ -30,6 +30,14 @@ ClickHouse server itself, as ``throughput.py`` does. Lines starting with
 ``RESULT`` are the results::
 
     .venv/bin/python bench/service_profile.py --n 200000 --repeats 5 [--mode single] [--profile]
+
+``--core`` times only the core's share of ``handle`` (batch checks, concatenation,
+``Monitor.ingest_all`` and ``close_due``) on the same backlog decoded as the worker
+decodes it, in polls of ``--take`` messages and parts of ``max_take_events``, with no
+Kafka or ClickHouse, and prints a digest of what the closed windows measured, so that a
+change to the core can show its rows unchanged::
+
+    .venv/bin/python bench/service_profile.py --core --n 100000 --repeats 5 [--mode single]
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
 import io
+import json
 import pstats
 import statistics
 import sys
@@ -45,6 +55,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +91,14 @@ def encode_backlog(
     per_window: int,
     window_ms: int,
     mode: str = "batched",
+    now_s: float | None = None,
 ) -> list[bytes]:
     """The encoded messages of a backlog of ``model_id`` (one ``PredictionBatch`` per 1,000 events, or one
-    ``PredictionEvent`` per event: ``mode='single'``), and the one event that closes its last window."""
+    ``PredictionEvent`` per event: ``mode='single'``), and the one event that closes its last window.
+    ``now_s``: the wall clock the backlog's times are placed before (default: now)."""
     w = make_workload(model_id, mode, n, per_window, window_ms)
+    if now_s is not None:
+        w = replace(w, t0=(int(now_s * 1000) - 2 * throughput.DAY_MS) // window_ms * window_ms)
     codec = default_codec()
     rng = np.random.default_rng(7)
     out = []
@@ -182,6 +197,118 @@ def print_profile(profiler: cProfile.Profile, top: int, out: Callable[[str], Non
                 out(f"PROFILE   {line}")
 
 
+# A fixed wall clock for --core (2026-12-06): the same windows, seeds and digest in every run.
+CORE_CLOCK_MS = 1_796_600_000_000
+
+
+def core_polls(
+    columns: Sequence[window_compute.Columns], n: int, per_window: int, window_ms: int, mode: str, take: int
+) -> list[list[tuple[Any, np.ndarray]]]:
+    """The backlog decoded as the worker decodes it, poll by poll (``take`` messages) and part by part
+    (``WorkerOptions.max_take_events``): each part as its batches and, per row, the index of its message."""
+    from driftline.streams.codec import decode_bulk
+    from driftline.streams.core.batches import take_rows
+    from driftline.streams.worker import WorkerOptions, part_bounds
+
+    values = encode_backlog(columns, "bench", "1", n, per_window, window_ms, mode, now_s=CORE_CLOCK_MS / 1000)
+    codec = default_codec()
+    parts = []
+    for start in range(0, len(values), take):
+        decoded = decode_bulk(codec, values[start : start + take], topic="predictions")
+        events = np.ones(min(take, len(values) - start), dtype=np.int64)
+        for i, record in decoded.others:
+            events[i] = record.n
+        for lo, hi in part_bounds(events, WorkerOptions().max_take_events):
+            part = [(record, np.full(record.n, i)) for i, record in decoded.others if lo <= i < hi]
+            for g in decoded.groups:
+                rows = np.flatnonzero((g.messages >= lo) & (g.messages < hi))
+                if rows.size:
+                    part.append((take_rows(g.batch, rows), g.messages[rows]))
+            parts.append(sorted(part, key=lambda p: int(p[1][0])))
+    return parts
+
+
+def core_once(
+    reference: Any, parts: Sequence[list[tuple[Any, np.ndarray]]], window_seconds: float
+) -> tuple[float, Any]:
+    """CPU seconds of the worker's core calls on the decoded parts (batch checks, concatenation, ``Monitor``
+    ingestion and closing; no decoding, no Kafka, no warehouse), and the windows closed."""
+    from driftline.retrainer.policy import load_policy
+    from driftline.streams.core.batches import concat_batches, in_arrival_order
+    from driftline.streams.core.monitor import Arrival, Monitor
+    from driftline.streams.core.validation import check_batch
+    from driftline.streams.worker import WorkerOptions, monitor_settings
+
+    options = WorkerOptions(window_seconds=window_seconds, lateness_seconds=0.0)
+    policy = load_policy(None)
+    assert options.idle_seconds is not None
+    monitor = Monitor(
+        lambda model_id: monitor_settings(policy, options, model_id),
+        idle_ms=int(options.idle_seconds * 1000),
+        index_ttl_ms=int(options.index_ttl_hours * 3_600_000),
+        index_max_entries=options.index_max_entries,
+    )
+    monitor.recover("bench", "1", None)
+    now = CORE_CLOCK_MS
+    outcomes: list[Any] = []
+    gc.collect()
+    cpu_started = time.process_time()
+    for part in parts:
+        ok = [(batch, owners) for batch, owners in part if check_batch(batch, now) is None]
+        batch, owners = in_arrival_order(concat_batches([b for b, _ in ok]), np.concatenate([o for _, o in ok]))
+        monitor.ingest_all("bench", [Arrival(batch, reference, owners, True)], source=("predictions", 0), now_ms=now)
+        outcomes += monitor.close_due(now)
+    return time.process_time() - cpu_started, outcomes
+
+
+def outcomes_digest(outcomes: Sequence[Any]) -> str:
+    """A hash of what the closed windows measured (profiles, drift rows, latency, detectors): equal digests
+    before and after a change show the rows it leads to are bit-identical."""
+    h = hashlib.sha256()
+    for o in outcomes:
+        record = [
+            o.window_start,
+            o.n_current,
+            [repr(sorted(vars(d).items())) for d in o.drift],
+            o.profile.to_dict(),
+            o.latency,
+            [repr(c) for c in o.changes],
+            repr(o.detector_state),
+        ]
+        h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def core_main(args: argparse.Namespace, out: Callable[[str], None]) -> None:
+    from driftline.streams.core.reference import ReferenceProfile
+
+    window_ms = int(args.window_seconds * 1000)
+    data = window_compute.synthetic(window_compute.REFERENCE_ROWS, seed=0)
+    # the reference as the worker holds it: read back from its registered JSON form
+    reference = ReferenceProfile.from_dict(
+        json.loads(json.dumps(window_compute.build_reference(data, "bench", "1").to_dict()))
+    )
+    parts = core_polls(backlog_columns(args.n), args.n, args.per_window, window_ms, args.mode, args.take)
+    cpus, digest, windows = [], "", 0
+    for i in range(args.warmup + args.repeats):
+        cpu, outcomes = core_once(reference, parts, args.window_seconds)
+        digest, windows = outcomes_digest(outcomes), len(outcomes)
+        if i >= args.warmup:
+            cpus.append(cpu)
+            out(f"RUN {i}: core cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.3f}")
+    out(
+        f"RESULT core mode={args.mode} n={args.n} per_window={args.per_window} take={args.take} runs={len(cpus)} "
+        f"windows={windows} cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.3f} "
+        f"min={min(cpus) * 1e6 / args.n:.3f} digest={digest}"
+    )
+    if args.profile:
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        core_once(reference, parts, args.window_seconds)
+        profiler.disable()
+        print_profile(profiler, args.top, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="events of the backlog (a multiple of --per-window)")
@@ -203,7 +330,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one more repetition under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile lines to print per ordering")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="time only the core's calls (batch checks, Monitor ingestion and closing) on the decoded backlog, "
+        "in this process, without Kafka or ClickHouse; prints a digest of the windows to compare rows",
+    )
+    parser.add_argument("--take", type=int, default=1000, help="--core: messages a poll (WorkerOptions.batch_size)")
     args = parser.parse_args(argv)
+    if args.core:
+        core_main(args, lambda line: print(line, flush=True))
+        return 0
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
