@@ -6,7 +6,8 @@ up only what the service needs (a Kafka broker for the records the sinks
 produce, a ClickHouse server for the rows, a registry with the model) and
 times ``WorkerService.handle`` on a backlog of N events as ``PredictionBatch``
 messages of 1,000 events (20 numeric + 2 categorical features + score, the
-same columns and seeds as ``throughput.py``), ``--repeats`` times in one process.
+same columns and seeds as ``throughput.py``), or with ``--mode single`` as one
+``PredictionEvent`` message per event, ``--repeats`` times in one process.
 
 The messages are encoded here with the worker's codec and handed to the
 service in takes of ``batch_size`` messages, as the Faust app hands them: the
@@ -28,7 +29,15 @@ dropped at the end; otherwise the script starts a broker and the embedded
 ClickHouse server itself, as ``throughput.py`` does. Lines starting with
 ``RESULT`` are the results::
 
-    .venv/bin/python bench/service_profile.py --n 200000 --repeats 5 [--profile]
+    .venv/bin/python bench/service_profile.py --n 200000 --repeats 5 [--mode single] [--profile]
+
+``--core`` times only the core's share of ``handle`` (batch checks, concatenation,
+``Monitor.ingest_all`` and ``close_due``) on the same backlog decoded as the worker
+decodes it, in polls of ``--take`` messages and parts of ``max_take_events``, with no
+Kafka or ClickHouse, and prints a digest of what the closed windows measured, so that a
+change to the core can show its rows unchanged::
+
+    .venv/bin/python bench/service_profile.py --core --n 100000 --repeats 5 [--mode single]
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
 import io
+import json
 import pstats
 import statistics
 import sys
@@ -44,6 +55,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +66,13 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import scale  # noqa: E402
 import throughput  # noqa: E402
 import window_compute  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
 
 from driftline.streams.codec import default_codec  # noqa: E402
-from driftline.streams.records import PredictionBatch, PredictionEvent  # noqa: E402
+from driftline.streams.records import PredictionEvent  # noqa: E402
 
 
 def backlog_columns(n: int) -> list[window_compute.Columns]:
@@ -71,10 +84,21 @@ def backlog_columns(n: int) -> list[window_compute.Columns]:
 
 
 def encode_backlog(
-    columns: Sequence[window_compute.Columns], model_id: str, version: str, n: int, per_window: int, window_ms: int
+    columns: Sequence[window_compute.Columns],
+    model_id: str,
+    version: str,
+    n: int,
+    per_window: int,
+    window_ms: int,
+    mode: str = "batched",
+    now_s: float | None = None,
 ) -> list[bytes]:
-    """The encoded messages of a batched backlog of ``model_id``, and the one event that closes its last window."""
-    w = make_workload(model_id, "batched", n, per_window, window_ms)
+    """The encoded messages of a backlog of ``model_id`` (one ``PredictionBatch`` per 1,000 events, or one
+    ``PredictionEvent`` per event: ``mode='single'``), and the one event that closes its last window.
+    ``now_s``: the wall clock the backlog's times are placed before (default: now)."""
+    w = make_workload(model_id, mode, n, per_window, window_ms)
+    if now_s is not None:
+        w = replace(w, t0=(int(now_s * 1000) - 2 * throughput.DAY_MS) // window_ms * window_ms)
     codec = default_codec()
     rng = np.random.default_rng(7)
     out = []
@@ -82,20 +106,10 @@ def encode_backlog(
         start = k * BATCH_EVENTS
         ids = [f"{w.name}-{i}" for i in range(start, start + c.n)]
         latency = rng.gamma(2.0, 4.0, c.n)
-        out.append(
-            codec.encode(
-                PredictionBatch(
-                    model_id,
-                    version,
-                    ids,
-                    w.times(start, c.n),
-                    numeric=c.numeric,
-                    categorical=c.categorical,
-                    predictions=c.predictions,
-                    latency_ms=latency,
-                )
-            )
+        records = scale.prediction_records(
+            c, model_id, version, ids, w.times(start, c.n), latency, single=mode == "single"
         )
+        out.extend(codec.encode(record) for record in records)
     out.append(
         codec.encode(PredictionEvent(f"{w.name}-closer", model_id, version, w.closer_time, {"f00": 0.0}, {}, 0.5))
     )
@@ -132,6 +146,7 @@ def run_once(
     per_window: int,
     profiler: cProfile.Profile | None = None,
     write_raw: bool = True,
+    mode: str = "batched",
 ) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds (this process, all threads) that ``WorkerService.handle`` takes over the
     whole backlog, and the windows it wrote."""
@@ -139,7 +154,7 @@ def run_once(
 
     settings, model_id, version = bench.prepare(tag)
     window_ms = int(bench.window_seconds * 1000)
-    values = encode_backlog(columns, model_id, version, n, per_window, window_ms)
+    values = encode_backlog(columns, model_id, version, n, per_window, window_ms, mode)
     topic = settings.topic("predictions")
     key = model_id.encode()
     incoming = [
@@ -182,11 +197,129 @@ def print_profile(profiler: cProfile.Profile, top: int, out: Callable[[str], Non
                 out(f"PROFILE   {line}")
 
 
+# A fixed wall clock for --core (2026-12-06): the same windows, seeds and digest in every run.
+CORE_CLOCK_MS = 1_796_600_000_000
+
+
+def core_polls(
+    columns: Sequence[window_compute.Columns], n: int, per_window: int, window_ms: int, mode: str, take: int
+) -> list[list[tuple[Any, np.ndarray]]]:
+    """The backlog decoded as the worker decodes it, poll by poll (``take`` messages) and part by part
+    (``WorkerOptions.max_take_events``): each part as its batches and, per row, the index of its message."""
+    from driftline.streams.codec import decode_bulk
+    from driftline.streams.core.batches import take_rows
+    from driftline.streams.worker import WorkerOptions, part_bounds
+
+    values = encode_backlog(columns, "bench", "1", n, per_window, window_ms, mode, now_s=CORE_CLOCK_MS / 1000)
+    codec = default_codec()
+    parts = []
+    for start in range(0, len(values), take):
+        decoded = decode_bulk(codec, values[start : start + take], topic="predictions")
+        events = np.ones(min(take, len(values) - start), dtype=np.int64)
+        for i, record in decoded.others:
+            events[i] = record.n
+        for lo, hi in part_bounds(events, WorkerOptions().max_take_events):
+            part = [(record, np.full(record.n, i)) for i, record in decoded.others if lo <= i < hi]
+            for g in decoded.groups:
+                rows = np.flatnonzero((g.messages >= lo) & (g.messages < hi))
+                if rows.size:
+                    part.append((take_rows(g.batch, rows), g.messages[rows]))
+            parts.append(sorted(part, key=lambda p: int(p[1][0])))
+    return parts
+
+
+def core_once(
+    reference: Any, parts: Sequence[list[tuple[Any, np.ndarray]]], window_seconds: float
+) -> tuple[float, Any]:
+    """CPU seconds of the worker's core calls on the decoded parts (batch checks, concatenation, ``Monitor``
+    ingestion and closing; no decoding, no Kafka, no warehouse), and the windows closed."""
+    from driftline.retrainer.policy import load_policy
+    from driftline.streams.core.batches import concat_batches, in_arrival_order
+    from driftline.streams.core.monitor import Arrival, Monitor
+    from driftline.streams.core.validation import check_batch
+    from driftline.streams.worker import WorkerOptions, monitor_settings
+
+    options = WorkerOptions(window_seconds=window_seconds, lateness_seconds=0.0)
+    policy = load_policy(None)
+    assert options.idle_seconds is not None
+    monitor = Monitor(
+        lambda model_id: monitor_settings(policy, options, model_id),
+        idle_ms=int(options.idle_seconds * 1000),
+        index_ttl_ms=int(options.index_ttl_hours * 3_600_000),
+        index_max_entries=options.index_max_entries,
+    )
+    monitor.recover("bench", "1", None)
+    now = CORE_CLOCK_MS
+    outcomes: list[Any] = []
+    gc.collect()
+    cpu_started = time.process_time()
+    for part in parts:
+        ok = [(batch, owners) for batch, owners in part if check_batch(batch, now) is None]
+        batch, owners = in_arrival_order(concat_batches([b for b, _ in ok]), np.concatenate([o for _, o in ok]))
+        monitor.ingest_all("bench", [Arrival(batch, reference, owners, True)], source=("predictions", 0), now_ms=now)
+        outcomes += monitor.close_due(now)
+    return time.process_time() - cpu_started, outcomes
+
+
+def outcomes_digest(outcomes: Sequence[Any]) -> str:
+    """A hash of what the closed windows measured (profiles, drift rows, latency, detectors): equal digests
+    before and after a change show the rows it leads to are bit-identical."""
+    h = hashlib.sha256()
+    for o in outcomes:
+        record = [
+            o.window_start,
+            o.n_current,
+            [repr(sorted(vars(d).items())) for d in o.drift],
+            o.profile.to_dict(),
+            o.latency,
+            [repr(c) for c in o.changes],
+            repr(o.detector_state),
+        ]
+        h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def core_main(args: argparse.Namespace, out: Callable[[str], None]) -> None:
+    from driftline.streams.core.reference import ReferenceProfile
+
+    window_ms = int(args.window_seconds * 1000)
+    data = window_compute.synthetic(window_compute.REFERENCE_ROWS, seed=0)
+    # the reference as the worker holds it: read back from its registered JSON form
+    reference = ReferenceProfile.from_dict(
+        json.loads(json.dumps(window_compute.build_reference(data, "bench", "1").to_dict()))
+    )
+    parts = core_polls(backlog_columns(args.n), args.n, args.per_window, window_ms, args.mode, args.take)
+    cpus, digest, windows = [], "", 0
+    for i in range(args.warmup + args.repeats):
+        cpu, outcomes = core_once(reference, parts, args.window_seconds)
+        digest, windows = outcomes_digest(outcomes), len(outcomes)
+        if i >= args.warmup:
+            cpus.append(cpu)
+            out(f"RUN {i}: core cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.3f}")
+    out(
+        f"RESULT core mode={args.mode} n={args.n} per_window={args.per_window} take={args.take} runs={len(cpus)} "
+        f"windows={windows} cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.3f} "
+        f"min={min(cpus) * 1e6 / args.n:.3f} digest={digest}"
+    )
+    if args.profile:
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        core_once(reference, parts, args.window_seconds)
+        profiler.disable()
+        print_profile(profiler, args.top, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="events of the backlog (a multiple of --per-window)")
     parser.add_argument("--per-window", type=int, default=10_000, help="events per event-time window")
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size")
+    parser.add_argument(
+        "--mode",
+        choices=("batched", "single"),
+        default="batched",
+        help="messages of 1,000-event batches, or one single event per message",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (imports, caches)")
     parser.add_argument(
@@ -197,7 +330,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one more repetition under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile lines to print per ordering")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="time only the core's calls (batch checks, Monitor ingestion and closing) on the decoded backlog, "
+        "in this process, without Kafka or ClickHouse; prints a digest of the windows to compare rows",
+    )
+    parser.add_argument("--take", type=int, default=1000, help="--core: messages a poll (WorkerOptions.batch_size)")
     args = parser.parse_args(argv)
+    if args.core:
+        core_main(args, lambda line: print(line, flush=True))
+        return 0
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -212,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates, cpus = [], []
         for i in range(args.warmup + args.repeats):
             seconds, cpu, windows = run_once(
-                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw
+                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw, mode=args.mode
             )
             timed = i >= args.warmup
             if timed:
@@ -220,19 +363,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpus.append(cpu)
             out(
                 f"{'RUN' if timed else 'WARMUP'} {i}: n={args.n} windows={windows} seconds={seconds:.3f} "
-                f"cpu_s={cpu:.3f} events_per_s={args.n / seconds:,.0f}"
+                f"cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.2f} events_per_s={args.n / seconds:,.0f}"
             )
         if rates:
             out(
-                f"RESULT WorkerService.handle n={args.n} per_window={args.per_window} "
+                f"RESULT WorkerService.handle mode={args.mode} n={args.n} per_window={args.per_window} "
                 f"raw={'no' if args.no_raw else 'yes'} runs={len(rates)} "
                 f"events_per_s median={statistics.median(rates):,.0f} min={min(rates):,.0f} max={max(rates):,.0f} "
-                f"cpu_s median={statistics.median(cpus):.3f} (process CPU, every thread)"
+                f"cpu_s median={statistics.median(cpus):.3f} "
+                f"cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.2f} (process CPU, every thread)"
             )
         if args.profile:
             profiler = cProfile.Profile()
             seconds, _, _ = run_once(
-                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw
+                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw, mode=args.mode
             )
             out(f"PROFILE n={args.n} in {seconds:.2f} s under cProfile = {args.n / seconds:,.0f} events/s")
             print_profile(profiler, args.top, out)

@@ -48,7 +48,7 @@ def bin_counts(cuts: NDArray[np.float64], values: NDArray[np.float64]) -> NDArra
 
 
 def bin_counts_rows(cuts: Sequence[NDArray[np.float64]], values: NDArray[np.float64]) -> list[NDArray[np.int64]]:
-    """``bin_counts(cuts[j], values[j])`` for each row ``j`` of ``values``, one sort serving every row.
+    """``bin_counts(cuts[j], values[j])`` for each row ``j`` of ``values`` (finite), the rows counted together.
 
     >>> x = np.array([[-5.0, 0.0, 0.5, 1.0, 2.0, 7.0], [3.0, 3.0, 3.0, 3.0, 3.0, -3.0]])
     >>> [c.tolist() for c in bin_counts_rows([np.array([0.0, 1.0, 2.0]), np.array([3.0])], x)]
@@ -57,11 +57,19 @@ def bin_counts_rows(cuts: Sequence[NDArray[np.float64]], values: NDArray[np.floa
     rows, n = values.shape
     if n >= _COUNT_BY_SORT:
         return [bin_counts(c, v) for c, v in zip(cuts, values)]
-    ordered = np.sort(values, axis=1)
-    # below[j, 1 + k]: how many values of row j are < cuts[j][k]; 0 before the first cut, n after the last
-    below = np.full((rows, max(c.size for c in cuts) + 2), n, dtype=np.int64)
-    below[:, 0] = 0
+    width = max(c.size for c in cuts)
+    # each value's bin is how many of its row's cuts it reaches: one comparison of the whole block per
+    # cut (rows with fewer cuts are padded with +inf, which no finite value reaches), then one bincount
+    # of every row's bins; half the cost of sorting each row and searching it once per cut
+    grid = np.full((rows, width), np.inf)
     for j, c in enumerate(cuts):
-        below[j, 1 : c.size + 1] = np.searchsorted(ordered[j], c, side="left")
-    counts = np.diff(below, axis=1)
+        grid[j, : c.size] = c
+    bins = np.zeros(values.shape, np.uint8 if width < 255 else np.intp)
+    reached = np.empty(values.shape, dtype=bool)
+    for k in range(width):
+        np.greater_equal(values, grid[:, k, None], out=reached)
+        bins += reached
+    codes = bins.astype(np.intp)
+    codes += (np.arange(rows, dtype=np.intp) * (width + 1))[:, None]
+    counts = np.bincount(codes.ravel(), minlength=rows * (width + 1)).reshape(rows, width + 1).astype(np.int64)
     return [counts[j, : c.size + 1] for j, c in enumerate(cuts)]

@@ -47,6 +47,7 @@ _LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
 _SAFE_LOW = 2.0**-450
 _SAFE_HIGH = 2.0**450
 _EXTRACTIONS = 2  # rounds of extraction before the few terms left go to the buckets
+_FEW_LEVELS = 8  # up to this many levels in all, each becomes an exact sum by itself (see _level_totals)
 
 
 @dataclass(frozen=True)
@@ -223,15 +224,12 @@ def _moments_by_extraction(
     t2 += hi
     err += t2
     del t, hi, lo, t2
-    sums = _extracted_sums(values, largest)
-    squares = [
-        a.merged(b)
-        for a, b in zip(
-            _extracted_sums(p, largest * largest, owned=True),
-            _extracted_sums(err, np.abs(err).max(axis=1), owned=True),
-        )
-    ]
-    return sums, squares
+    sum_levels, sum_left = _extracted_levels(values, largest)
+    # |err| <= 2**-53 * x*x: no need for a pass to find its largest magnitude
+    p_levels, p_left = _extracted_levels(p, largest * largest, owned=True)
+    err_levels, err_left = _extracted_levels(err, largest * largest * 2.0**-53, owned=True)
+    n_rows = values.shape[0]
+    return _level_totals(n_rows, sum_levels, sum_left), _level_totals(n_rows, p_levels + err_levels, p_left + err_left)
 
 
 def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
@@ -267,49 +265,101 @@ def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], li
 
 
 def _extracted_sums(terms: NDArray[np.float64], largest: NDArray[np.float64], *, owned: bool = False) -> list[ExactSum]:
-    """The exact sum of each row of ``terms`` (normal floats or zeros, at most 2**900), ``largest`` its max |t|.
-
-    Rump, Ogita and Oishi's extraction (Accurate floating-point summation,
-    part I, 2008): with ``sigma = 2**(m + e)``, ``2**m >= n + 2`` and every
-    ``|t| < 2**e``, ``q = (sigma + t) - sigma`` is a multiple of
-    ``2**-53 * sigma`` no larger than ``2**-m * sigma``, ``t - q`` is exact,
-    and any sum of the n values ``q`` is exact in float64. Each round takes
-    about 52 - m leading bits of every term; after a few rounds the terms
-    still left (usually none) go to the buckets. ``owned``: ``terms`` may be overwritten.
+    """The exact sum of each row of ``terms`` (normal floats or zeros, at most 2**900), ``largest`` a bound of
+    its |t| (its max |t|, or more). ``owned``: ``terms`` may be overwritten.
 
     >>> x = np.array([[1e16, 1.0, -1e16, 0.25], [0.1, 0.2, 0.3, 0.0]])
     >>> [s.fraction() for s in _extracted_sums(x, np.abs(x).max(axis=1))] == [
     ...     sum(map(Fraction, row)) for row in x.tolist()]
     True
     """
+    return _level_totals(terms.shape[0], *_extracted_levels(terms, largest, owned=owned))
+
+
+def _extracted_levels(
+    terms: NDArray[np.float64], largest: NDArray[np.float64], *, owned: bool = False
+) -> tuple[list[NDArray[np.float64]], list[list[ExactSum]]]:
+    """Each row's exact sum as float levels (one array per round, each exact) and the exact sums of the
+    few terms extraction left.
+
+    Rump, Ogita and Oishi's extraction (Accurate floating-point summation,
+    part I, 2008): with ``sigma = 2**(m + e)``, ``2**m >= n + 2`` and every
+    ``|t| < 2**e``, ``q = (sigma + t) - sigma`` is a multiple of
+    ``2**-53 * sigma`` no larger than ``2**-m * sigma``, ``t - q`` is exact
+    and at most ``2**-53 * sigma``, and any sum of the n values ``q`` is exact
+    in float64. Each round takes about 52 - m leading bits of every term; the
+    next round's bound comes from that, not from another pass over the terms.
+    After a few rounds the terms still left (usually none) go to the buckets.
+    """
     n_rows, n = terms.shape
     m = (n + 1).bit_length()
-    totals = [ZERO] * n_rows
+    levels: list[NDArray[np.float64]] = []
     rest = terms if owned else None
     q = np.empty_like(terms)
+    # every |t| of a row is below 2**e; rows with no terms (largest 0) take no part in the checks
+    _, e = np.frexp(largest)
+    e = e.astype(np.int64)
+    nonzero = e if largest.all() else e[largest > 0]
+    lowest = int(nonzero.min()) if nonzero.size else None
     for _ in range(_EXTRACTIONS):
         # sigma's multiples of 2**-53 must be normal floats: rows with terms this small go to the buckets
-        if not largest.any() or ((largest > 0) & (largest < 2.0**-900)).any():
+        if lowest is None or lowest <= -900:
             break
-        _, e = np.frexp(largest)
-        sigma = np.ldexp(1.0, (e + m).astype(np.int64))[:, None]
+        sigma = np.ldexp(1.0, e + m)[:, None]
         np.add(terms if rest is None else rest, sigma, out=q)
         q -= sigma
         if rest is None:
             rest = terms - q
         else:
             rest -= q
-        for j, level in enumerate(q.sum(axis=1).tolist()):
-            if level:
-                totals[j] = totals[j].merged(_float_sum(level))
-        largest = np.abs(rest, out=q).max(axis=1)
+        levels.append(q.sum(axis=1))
+        # |t - q| <= 2**-53 * sigma, so every term left is below 2**(e + m - 52)
+        e += m - 52
+        lowest += m - 52
     if rest is None:
         rest = terms
-    left = np.flatnonzero(rest)
-    if left.size:
-        rows, _ = np.divmod(left, n)
-        for j, s in enumerate(group_sums(rows, rest.ravel()[left], n_rows)):
-            totals[j] = totals[j].merged(s)
+    left: list[list[ExactSum]] = []
+    remaining = np.flatnonzero(rest)
+    if remaining.size:
+        rows, _ = np.divmod(remaining, n)
+        left.append(group_sums(rows, rest.ravel()[remaining], n_rows))
+    return levels, left
+
+
+def _level_totals(n_rows: int, levels: list[NDArray[np.float64]], left: list[list[ExactSum]]) -> list[ExactSum]:
+    """Per row, the exact sum of its levels (floats, one array per round) and of its ``left`` sums.
+
+    The levels become integers times powers of two all at once; only the
+    shifts and additions of each row's few integers are Python steps.
+
+    >>> [s.fraction() for s in _level_totals(2, [np.array([1e16, 0.5]), np.array([1.0, 0.0])], [])]
+    [Fraction(10000000000000001, 1), Fraction(1, 2)]
+    """
+    totals = [ZERO] * n_rows
+    if levels and n_rows * len(levels) <= _FEW_LEVELS:
+        # a few levels (one row of a long batch): a Python step each costs less than the array steps
+        for level in levels:
+            for j, value in enumerate(level.tolist()):
+                if value:
+                    totals[j] = totals[j].merged(_float_sum(value))
+    elif levels:
+        frac, exp = np.frexp(np.stack(levels, axis=1))
+        # a level is a float: its fraction times 2**53 is an integer, exactly
+        mantissas = (frac * 2.0**53).astype(np.int64)
+        exp = exp.astype(np.int64)
+        # empty levels must not pull a row's lowest exponent down
+        exp[mantissas == 0] = np.iinfo(np.int64).max // 2
+        low = exp.min(axis=1)
+        shifts = exp - low[:, None]
+        for j, (row_m, row_s, lowest) in enumerate(zip(mantissas.tolist(), shifts.tolist(), low.tolist())):
+            total = 0
+            for mantissa, shift in zip(row_m, row_s):
+                if mantissa:
+                    total += mantissa << shift
+            if total:
+                totals[j] = ExactSum.make(total, lowest - 53)
+    for sums in left:
+        totals = [a.merged(b) for a, b in zip(totals, sums)]
     return totals
 
 

@@ -97,8 +97,12 @@ def quote(value: str, limit: int = _QUOTE) -> str:
 
 
 def _longest(values: Iterable[str | None]) -> int:
-    # filter(None) drops None (and "", whose length is 0 anyway): all of it stays in C
-    return max(map(len, filter(None, values)), default=0)
+    try:
+        # the longest itself, found in C: cheaper than a max over map(len) when no value is None
+        return len(max(values, key=len))  # type: ignore[arg-type]  # a None raises TypeError: handled below
+    except (TypeError, ValueError):  # a None among them, or none at all
+        # filter(None) drops None (and "", whose length is 0 anyway): all of it stays in C
+        return max(map(len, filter(None, values)), default=0)
 
 
 def _keys(names: Iterable[str]) -> AbstractSet[str]:
@@ -110,9 +114,11 @@ def _short(names: Iterable[str]) -> bool:
     return len("".join(names)) <= MAX_ID_LENGTH or _longest(names) <= MAX_ID_LENGTH
 
 
-def _too_long(what: str, values: Iterable[str | None], limit: int) -> Rejection | None:
+def _too_long(what: str, values: Iterable[str | None], limit: int, *, repeats: bool = False) -> Rejection | None:
+    """A rejection if a value is longer than ``limit``. ``repeats``: the values are mostly a few repeated
+    ones (categories), so only the distinct ones are measured (a set is built in C, at a tenth of the cost)."""
     values = values if isinstance(values, (list, tuple)) else list(values)
-    if _longest(values) <= limit:
+    if _longest(set(values) if repeats else values) <= limit:
         return None
     first = next(v for v in values if v is not None and len(v) > limit)
     return Rejection(VALUE_TOO_LONG, f"{what} {quote(first)} is longer than {limit} characters")
@@ -184,16 +190,22 @@ def _strings_problem(batch: PredictionBatch) -> Rejection | None:
         _too_long("model_id", [batch.model_id], MAX_ID_LENGTH)
         or _too_long("model_version", [batch.model_version], MAX_ID_LENGTH)
         or _too_long("event_id", batch.event_ids, MAX_ID_LENGTH)
-        or _too_long("predicted_label", batch.predicted_labels, MAX_VALUE_LENGTH)
+        or _too_long("predicted_label", batch.predicted_labels, MAX_VALUE_LENGTH, repeats=True)
     )
     if problem:
         return problem
     for what, columns in (("categorical value of", batch.categorical), ("attribute value of", batch.attributes)):
         for name, column in columns.items():
-            problem = _too_long(f"{what} {quote(name)}", column, MAX_VALUE_LENGTH)
+            problem = _too_long(f"{what} {quote(name)}", column, MAX_VALUE_LENGTH, repeats=True)
             if problem:
                 return problem
     return None
+
+
+def _has_infinity(column: np.ndarray) -> bool:
+    # a finite sum (one pass, no temporary) rules infinity out; only a column with a missing value
+    # (NaN), an infinity or an overflowing sum is looked at value by value
+    return not math.isfinite(np.add.reduce(column, axis=None)) and bool(np.isinf(column).any())
 
 
 def check_batch(
@@ -222,9 +234,9 @@ def check_batch(
     if times.dtype.kind == "f" and not np.isfinite(times).all():
         return Rejection(INVALID_VALUE, "an event_time is NaN or infinite")
     for name, column in batch.numeric.items():
-        if np.isinf(column).any():
+        if _has_infinity(column):
             return Rejection(INVALID_VALUE, f"numeric input {quote(name)} holds an infinite value")
-    if batch.predictions.size and np.isinf(batch.predictions).any():
+    if batch.predictions.size and _has_infinity(batch.predictions):
         return Rejection(INVALID_VALUE, "a prediction is infinite")
     if batch.latency_ms is not None and batch.latency_ms.size:
         bad = np.isinf(batch.latency_ms) | (batch.latency_ms < 0)
