@@ -229,16 +229,6 @@ class _Columns(TypedDict):
     base: dict[str, np.ndarray]  # the reference's rate of a data-quality metric (added to a threshold you set)
 
 
-class _Rows(TypedDict):
-    """:class:`_Columns` as Python lists, for the rows."""
-
-    events: list[float]
-    values: dict[str, list[float]]
-    p: dict[str, list[float]]
-    threshold: dict[str, list[float]]
-    base: dict[str, list[float]]
-
-
 @dataclass
 class _Prepared:
     numeric: list[str]
@@ -247,7 +237,6 @@ class _Prepared:
     num_counts: np.ndarray  # reference counts, padded
     num_n: np.ndarray  # reference non-missing count
     num_missing: np.ndarray
-    num_sample_n: np.ndarray
     num_scale: np.ndarray  # reference std (1 when constant)
     num_mean: np.ndarray
     num_var: np.ndarray  # reference variance (over all its values)
@@ -255,6 +244,10 @@ class _Prepared:
     num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
     num_spread: np.ndarray  # ... and scale, for heavy-tailed features
     num_bins: np.ndarray
+    num_grid: np.ndarray  # where the binned CDFs are known (metrics.cdf_grid), padded with the last point
+    num_grid_bins: np.ndarray
+    num_grid_fractions: np.ndarray
+    num_grid_high: np.ndarray  # the grid's last point (and its padding): the window's maximum widens it
     cat_p: np.ndarray
     cat_counts: np.ndarray
     cat_n: np.ndarray
@@ -326,6 +319,15 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     nrefs = [reference.numeric[f] for f in num]
     crefs = [reference.categorical[f] for f in cat]
     num_counts = _padded([r.counts.astype(np.float64) for r in nrefs])
+    grids = [metrics.cdf_grid(r.cuts, r.sample, r.min, r.max) for r in nrefs]
+    width = max((g[0].size for g in grids), default=0)
+
+    def grid_part(j: int) -> np.ndarray:
+        # padded with the last point: steps of zero width, which add nothing
+        return (
+            np.stack([np.pad(g[j], (0, width - g[j].size), mode="edge") for g in grids]) if grids else np.zeros((0, 0))
+        )
+
     cat_counts = _padded([r.counts.astype(np.float64) for r in crefs])
     num_n = num_counts.sum(axis=1)
     cat_n = cat_counts.sum(axis=1)
@@ -336,7 +338,6 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_counts=num_counts,
         num_n=num_n,
         num_missing=np.array([r.missing for r in nrefs], dtype=np.float64),
-        num_sample_n=np.array([r.sample.size for r in nrefs], dtype=np.float64),
         num_scale=np.array([r.std if r.std > 0 else 1.0 for r in nrefs], dtype=np.float64),
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
         num_var=np.array([r.std**2 for r in nrefs], dtype=np.float64),
@@ -344,6 +345,10 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
         num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
+        num_grid=grid_part(0),
+        num_grid_bins=grid_part(1).astype(np.int64),
+        num_grid_fractions=grid_part(2),
+        num_grid_high=np.arange(width)[None, :] >= np.array([g[0].size - 1 for g in grids])[:, None],
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None],
         cat_counts=cat_counts,
         cat_n=cat_n,
@@ -537,14 +542,70 @@ def _decisions(adjusted: np.ndarray, fdr_q: float) -> np.ndarray:
     return (adjusted <= cut) & (cut > 0)
 
 
-def _gate(
-    values: Mapping[str, float], mine: Mapping[str, float], names: Sequence[str], base: Mapping[str, float]
-) -> bool:
-    """Whether any metric with a threshold exceeds it (True when none has one: significance decides)."""
-    applicable = [m for m in names if m in mine and values[m] == values[m]]
-    if not applicable:
-        return True
-    return any((abs(values[m]) if m in SIGNED_METRICS else values[m] - base.get(m, 0.0)) > mine[m] for m in applicable)
+def _gates(
+    block: _Columns, names: Sequence[str], overrides: Mapping[str, Mapping[str, float]], metrics_here: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The thresholds you set (NaN where none) per metric of ``metrics_here``, and per feature of
+    ``names`` whether any of them is exceeded (True where none applies: significance decides).
+
+    >>> block = {"values": {"psi": np.array([0.3, 0.1, np.nan]), "mean_shift": np.array([-0.5, 0.0, 0.0])}, "base": {}}
+    >>> overrides = {"*": {"psi": 0.2}, "c": {"mean_shift": 1.0}}
+    >>> mine, gate = _gates(block, ["a", "b", "c"], overrides, ["psi", "mean_shift"])
+    >>> mine["psi"].tolist(), gate.tolist()
+    ([0.2, 0.2, 0.2], [True, False, False])
+    """
+    k = len(names)
+    star = overrides.get("*", {})
+    own = [(i, overrides[f]) for i, f in enumerate(names) if f in overrides and f != "*"]
+    mine: dict[str, np.ndarray] = {}
+    applies = np.zeros(k, dtype=bool)
+    exceeds = np.zeros(k, dtype=bool)
+    for m in metrics_here:
+        th = np.full(k, star.get(m, np.nan))
+        for i, by_metric in own:
+            th[i] = by_metric.get(m, th[i])
+        mine[m] = th
+        if np.isnan(th).all():
+            continue
+        v = block["values"][m]
+        effect = np.abs(v) if m in SIGNED_METRICS else v - block["base"].get(m, 0.0)
+        here = ~np.isnan(th) & ~np.isnan(v)
+        with np.errstate(invalid="ignore"):
+            exceeds |= here & (effect > th)
+        applies |= here
+    return mine, ~applies | exceeds
+
+
+def _block_rows(
+    block: _Columns, names: Sequence[str], significant: np.ndarray, overrides: Mapping[str, Mapping[str, float]]
+) -> dict[str, list[FeatureDrift]]:
+    """The rows of one class's features (numeric or categorical) that saw events, by feature."""
+    if not names:
+        return {}
+    metric_names = block["metrics"]
+    quality_names = [m for m in metric_names if m in QUALITY_METRICS]
+    drift_names = [m for m in metric_names if m not in QUALITY_METRICS]
+    mine, drift_gate = _gates(block, names, overrides, drift_names)
+    quality_mine, quality_gate = _gates(block, names, overrides, quality_names)
+    mine.update(quality_mine)
+    flags = {
+        DRIFT_KIND: (significant[0] & drift_gate).tolist(),
+        QUALITY_KIND: (significant[1] & quality_gate).tolist(),
+    }
+    columns = []
+    for m in metric_names:
+        kind = QUALITY_KIND if m in QUALITY_METRICS else DRIFT_KIND
+        base = block["base"].get(m, 0.0)
+        threshold = np.where(np.isnan(mine[m]), block["threshold"][m], mine[m] + base)
+        p = block["p"].get(m)
+        p_values = [None] * len(names) if p is None else [None if x != x else x for x in p.tolist()]
+        columns.append((m, block["values"][m].tolist(), p_values, threshold.tolist(), flags[kind], kind))
+    seen = (block["events"] > 0).tolist()
+    return {
+        f: [FeatureDrift(f, m, v[j], p[j], t[j], d[j], kind) for m, v, p, t, d, kind in columns]
+        for j, f in enumerate(names)
+        if seen[j]
+    }
 
 
 def evaluate_window(
@@ -582,62 +643,17 @@ def evaluate_window(
     num = _numeric(reference, window, prep, alpha, fdr_q)
     cat = _categorical(reference, window, prep, alpha, fdr_q)
 
-    names = prep.numeric + prep.categorical
     adjusted = np.stack(
         [np.concatenate([num["drift_p"], cat["drift_p"]]), np.concatenate([num["quality_p"], cat["quality_p"]])]
     )
-    significant = _decisions(adjusted, fdr_q).tolist()
+    significant = _decisions(adjusted, fdr_q)
 
-    position = {f: i for i, f in enumerate(names)}
-    tables = [_as_lists(num), _as_lists(cat)]
-    rows: list[FeatureDrift] = []
-    for f in reference.features:
-        i = position[f]
-        numeric = i < len(prep.numeric)
-        block = tables[0] if numeric else tables[1]
-        j = i if numeric else i - len(prep.numeric)
-        if block["events"][j] == 0:
-            continue
-        mine = {**overrides.get("*", {}), **overrides.get(f, {})}
-        names_here = NUMERIC_METRICS if numeric else CATEGORICAL_METRICS
-        values = {m: block["values"][m][j] for m in names_here}
-        base = {m: block["base"][m][j] for m in block["base"]}
-        drift_metrics = [m for m in names_here if m not in QUALITY_METRICS]
-        quality_metrics = [m for m in names_here if m in QUALITY_METRICS]
-        drifted = bool(significant[0][i] and _gate(values, mine, drift_metrics, base))
-        quality = bool(significant[1][i] and _gate(values, mine, quality_metrics, base))
-        for m in names_here:
-            pv = block["p"][m][j] if m in block["p"] else None
-            p_value = None if pv is None or pv != pv else pv
-            is_quality = m in QUALITY_METRICS
-            threshold = mine[m] + base.get(m, 0.0) if m in mine else block["threshold"][m][j]
-            rows.append(
-                FeatureDrift(
-                    f,
-                    m,
-                    values[m],
-                    p_value,
-                    threshold,
-                    quality if is_quality else drifted,
-                    QUALITY_KIND if is_quality else DRIFT_KIND,
-                )
-            )
-    return rows
-
-
-def _as_lists(block: _Columns) -> _Rows:
-    """Python floats for the rows: indexing numpy arrays one value at a time is slow."""
-
-    def floats(columns: dict[str, np.ndarray]) -> dict[str, list[float]]:
-        return {m: np.asarray(v, dtype=np.float64).tolist() for m, v in columns.items()}
-
-    return {
-        "events": block["events"].tolist(),
-        "values": {m: v.tolist() for m, v in block["values"].items()},
-        "p": floats(block["p"]),
-        "threshold": floats(block["threshold"]),
-        "base": floats(block["base"]),
+    k = len(prep.numeric)
+    rows = {
+        **_block_rows(num, prep.numeric, significant[:, :k], overrides),
+        **_block_rows(cat, prep.categorical, significant[:, k:], overrides),
     }
+    return [row for f in reference.features for row in rows.get(f, ())]
 
 
 def _window_counts(
@@ -685,18 +701,20 @@ def _numeric(
     js = metrics.jensenshannon(prep.num_p, q)
     hel = metrics.hellinger(prep.num_p, q)
 
-    d = np.full(k, np.nan)
-    w_raw = np.full(k, np.nan)
-    m = np.zeros(k)
-    for i, f in enumerate(names):
-        s = wins[i].sample.values
-        m[i] = s.size
-        if s.size:
-            d[i], w_raw[i] = metrics.ks_wasserstein_sorted(reference.numeric[f].sample, np.sort(s))
-    ks_p = np.where(m > 0, metrics.ks_pvalue(np.nan_to_num(d), prep.num_sample_n, np.maximum(m, 1)), np.nan)
     chi, dof, chi_p = _pooled_chi2(reference, names, prep.num_counts, counts, prep.num_bins, n, ordered=True)
     total = n + missing
     big_n = prep.num_n
+
+    # KS and Wasserstein between the binned CDFs over every value (the reference's
+    # bins, spread inside like the reference's values): reported, never decisive.
+    low = np.array([w.min if w.min is not None else np.inf for w in wins], dtype=np.float64)
+    high = np.array([w.max if w.max is not None else -np.inf for w in wins], dtype=np.float64)
+    grid = np.where(prep.num_grid_high, np.maximum(prep.num_grid, high[:, None]), prep.num_grid)
+    grid[:, 0] = np.minimum(grid[:, 0], low)
+    with np.errstate(invalid="ignore"):
+        d, w_raw = metrics.binned_cdf_distances(grid, prep.num_grid_bins, prep.num_grid_fractions, prep.num_p, q)
+    d, w_raw = np.where(has, d, np.nan), np.where(has, w_raw, np.nan)
+    ks_p = np.where(has, metrics.ks_pvalue(np.nan_to_num(d), big_n, np.maximum(n, 1)), np.nan)
 
     # Location and scale on the window's exact moments (every value, not the
     # sample): z on the means, and the log-variance ratio whose noise,
@@ -765,9 +783,7 @@ def _numeric(
     # Normal approximation to the beta-binomial (n, 2, N - 1) quantile: the reported threshold only.
     range_sd = np.sqrt(n * tail_share * (1 - tail_share) * (big_n + 1 + n) / (big_n + 2))
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
-    th_w = calibration.wasserstein_threshold_table(
-        reference, names, metrics.ks_effective_n(m, prep.num_sample_n), alpha
-    )
+    th_w = calibration.wasserstein_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
     nan = np.full(k, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
@@ -801,7 +817,7 @@ def _numeric(
                 "jensenshannon": binned["jensenshannon"],
                 "hellinger": binned["hellinger"],
                 "wasserstein": th_w,
-                "ks": np.where(m > 0, metrics.ks_critical_value(alpha, prep.num_sample_n, np.maximum(m, 1)), nan),
+                "ks": np.where(has, metrics.ks_critical_value(alpha, big_n, np.maximum(n, 1)), nan),
                 "chi2": metrics.chi2_critical_value(alpha, dof),
                 "missing_rate": _rate_threshold(prep.num_missing / np.maximum(ref_total, 1), total, alpha),
                 "mean_shift": np.where(moments, z * se_loc / prep.num_scale, np.nan),
