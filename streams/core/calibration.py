@@ -89,7 +89,7 @@ def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, al
         rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein-binned", feature, exponent, alpha))
         m = 2**exponent
         q = rng.multinomial(m, _reference_proportions(reference, feature), size=BINNED_REPLICATES) / m
-        _, w = metrics.binned_cdf_distances(points, bins, fractions, ref.counts / ref.counts.sum(), q)
+        _, w = metrics.binned_cdf_distances(np.diff(points), bins, fractions, ref.counts / ref.counts.sum(), q)
         return float(np.quantile(w / (ref.std if ref.std > 0 else 1.0), 1.0 - alpha))
 
     return reference.cached(("wasserstein", feature, exponent, alpha), calibrate)

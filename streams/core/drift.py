@@ -244,10 +244,14 @@ class _Prepared:
     num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
     num_spread: np.ndarray  # ... and scale, for heavy-tailed features
     num_bins: np.ndarray
-    num_grid: np.ndarray  # where the binned CDFs are known (metrics.cdf_grid), padded with the last point
+    # where the binned CDFs are known (metrics.cdf_grid), padded with the last point: the steps
+    # between points, and what the window's minimum and maximum widen (the first and last steps)
+    num_grid_steps: np.ndarray
     num_grid_bins: np.ndarray
     num_grid_fractions: np.ndarray
-    num_grid_high: np.ndarray  # the grid's last point (and its padding): the window's maximum widens it
+    num_grid_low: np.ndarray
+    num_grid_high: np.ndarray
+    num_grid_last: np.ndarray
     cat_p: np.ndarray
     cat_counts: np.ndarray
     cat_n: np.ndarray
@@ -345,10 +349,12 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
         num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
-        num_grid=grid_part(0),
+        num_grid_steps=np.diff(grid_part(0), axis=1),
         num_grid_bins=grid_part(1).astype(np.int64),
         num_grid_fractions=grid_part(2),
-        num_grid_high=np.arange(width)[None, :] >= np.array([g[0].size - 1 for g in grids])[:, None],
+        num_grid_low=np.array([g[0][0] for g in grids], dtype=np.float64),
+        num_grid_high=np.array([g[0][-1] for g in grids], dtype=np.float64),
+        num_grid_last=np.array([g[0].size - 2 for g in grids], dtype=np.int64),
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None],
         cat_counts=cat_counts,
         cat_n=cat_n,
@@ -424,7 +430,8 @@ def _pooled_chi2(
     ``keep[i]`` False drops feature i's last cell (an ``other`` the reference never saw).
     """
     cells = n_bins if keep is None else n_bins - (~keep).astype(np.int64)
-    n_ref = np.array([ref_counts[i, :c].sum() for i, c in enumerate(cells.tolist())])
+    # integer counts: the masked row sums are exact, as the sums of the rows' first cells were
+    n_ref = np.where(np.arange(ref_counts.shape[1]) < cells[:, None], ref_counts, 0.0).sum(axis=1)
     buckets = tuple(_size_bucket(x) for x in np.minimum(n_window, n_ref).tolist())
 
     def layout() -> tuple[np.ndarray, np.ndarray]:
@@ -709,10 +716,11 @@ def _numeric(
     # bins, spread inside like the reference's values): reported, never decisive.
     low = np.array([w.min if w.min is not None else np.inf for w in wins], dtype=np.float64)
     high = np.array([w.max if w.max is not None else -np.inf for w in wins], dtype=np.float64)
-    grid = np.where(prep.num_grid_high, np.maximum(prep.num_grid, high[:, None]), prep.num_grid)
-    grid[:, 0] = np.minimum(grid[:, 0], low)
+    steps = prep.num_grid_steps.copy()
+    steps[:, 0] += np.maximum(prep.num_grid_low - low, 0.0)
+    steps[np.arange(k), prep.num_grid_last] += np.maximum(high - prep.num_grid_high, 0.0)
     with np.errstate(invalid="ignore"):
-        d, w_raw = metrics.binned_cdf_distances(grid, prep.num_grid_bins, prep.num_grid_fractions, prep.num_p, q)
+        d, w_raw = metrics.binned_cdf_distances(steps, prep.num_grid_bins, prep.num_grid_fractions, prep.num_p, q)
     d, w_raw = np.where(has, d, np.nan), np.where(has, w_raw, np.nan)
     ks_p = np.where(has, metrics.ks_pvalue(np.nan_to_num(d), big_n, np.maximum(n, 1)), np.nan)
 

@@ -144,41 +144,46 @@ def cdf_grid(
 
 
 def binned_cdf_distances(
-    points: np.ndarray, bins: np.ndarray, fractions: np.ndarray, p: np.ndarray, q: np.ndarray
+    steps: np.ndarray, bins: np.ndarray, fractions: np.ndarray, p: np.ndarray, q: np.ndarray
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The KS statistic and the raw Wasserstein-1 distance of two binned distributions.
 
     ``p`` and ``q`` are shares over the same bins (last axis); each CDF
     passes through ``share below bins[j] + share of bins[j] * fractions[j]``
-    at ``points[j]`` (a grid from :func:`cdf_grid`, non-decreasing) and is
-    linear between consecutive points. KS is the largest gap between the two
+    at the grid's point ``j`` (from :func:`cdf_grid`) and is linear between
+    consecutive points, ``steps`` apart (``np.diff(points)``: one fewer). KS is the largest gap between the two
     CDFs (it sits at a bin edge: inside a bin the gap is monotone), Wasserstein
-    the area between them, exact for these piecewise-linear CDFs. Leading axes
-    broadcast: rows of features, or of resampled windows.
+    the area between them, exact for these piecewise-linear CDFs. Either one
+    grid serves every row of ``p`` and ``q`` (resampled windows), or each row
+    has its own (features: ``steps``, ``bins`` and ``fractions`` with a row
+    per row of ``p`` and ``q``, both two-dimensional).
 
     >>> x, b, f = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2, 2, 3]), np.array([0, 0, 1, 0, 1, 1.0])
-    >>> ks, w = binned_cdf_distances(x, b, f, np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 0.0]))
+    >>> ks, w = binned_cdf_distances(np.diff(x), b, f, np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 0.0]))
     >>> float(ks), float(w)  # all mass on [0, 1] against all on [1, 2]: shifted by 1
     (1.0, 1.0)
     """
-    lead = np.broadcast_shapes(p.shape[:-1], q.shape[:-1], bins.shape[:-1])
-    at = np.broadcast_to(bins, lead + bins.shape[-1:])
+    if bins.ndim > 1:  # a grid per row: gather from the flattened rows
+        bins = bins + np.arange(bins.shape[0])[:, None] * np.shape(q)[-1]
 
     def cdf(shares: np.ndarray) -> NDArray[np.float64]:
-        shares = np.broadcast_to(shares, lead + shares.shape[-1:])
-        below = np.cumsum(shares, axis=-1) - shares
-        out: NDArray[np.float64] = (
-            np.take_along_axis(below, at, axis=-1) + np.take_along_axis(shares, at, axis=-1) * fractions
-        )
+        below = np.cumsum(shares, axis=-1)
+        below -= shares
+        if bins.ndim > 1:
+            out: NDArray[np.float64] = below.ravel()[bins] + shares.ravel()[bins] * fractions
+        else:
+            out = below[..., bins] + shares[..., bins] * fractions
         return out
 
-    gap = cdf(p) - cdf(q)
+    gap = cdf(np.asarray(p, dtype=np.float64)) - cdf(np.asarray(q, dtype=np.float64))
+    size = np.abs(gap)
     a, b = gap[..., :-1], gap[..., 1:]
+    across = size[..., :-1] + size[..., 1:]
     # the area of |linear| over a step: a trapezoid, or two triangles where the gap changes sign
     with np.errstate(invalid="ignore", divide="ignore"):
-        area = np.where(a * b >= 0, 0.5 * (np.abs(a) + np.abs(b)), 0.5 * (a * a + b * b) / (np.abs(a) + np.abs(b)))
-    ks: NDArray[np.float64] = np.max(np.abs(gap), axis=-1)
-    wasserstein: NDArray[np.float64] = np.sum(np.diff(points, axis=-1) * area, axis=-1)
+        area = np.where(a * b >= 0, 0.5 * across, 0.5 * (a * a + b * b) / across)
+    ks: NDArray[np.float64] = np.max(size, axis=-1)
+    wasserstein: NDArray[np.float64] = np.sum(steps * area, axis=-1)
     return ks, wasserstein
 
 
@@ -359,6 +364,8 @@ def out_of_range_pvalue(outside: np.ndarray, n: np.ndarray, reference_n: np.ndar
     k = np.asarray(outside, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     big_n = np.asarray(reference_n, dtype=np.float64)
+    if not (k > 0).any():  # the usual window: nothing outside, and the answer below is 1 everywhere
+        return np.ones(np.broadcast_shapes(k.shape, n.shape, big_n.shape))
     rest = big_n + n - 1.0 - k
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         total = _log_binom(big_n + n, big_n)

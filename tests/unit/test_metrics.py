@@ -115,7 +115,7 @@ def binned(reference: np.ndarray, window: np.ndarray, bins: int = 10) -> tuple[f
     points, at, fractions = metrics.cdf_grid(ref.cuts, ref.sample, ref.min, ref.max)
     points[0], points[-1] = min(points[0], window.min()), max(points[-1], window.max())
     q = np.bincount(ref.bin_index(window), minlength=ref.n_bins) / window.size
-    ks, w = metrics.binned_cdf_distances(points, at, fractions, ref.counts / ref.counts.sum(), q)
+    ks, w = metrics.binned_cdf_distances(np.diff(points), at, fractions, ref.counts / ref.counts.sum(), q)
     return float(ks), float(w) / ref.std
 
 
@@ -170,7 +170,9 @@ def test_binned_distances_hand_worked() -> None:
     points, at, fractions = metrics.cdf_grid(np.array([0.0, 2.0, np.nextafter(3.0, 4.0)]), np.arange(4.0), 0.0, 3.0, 1)
     assert points.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
     assert fractions.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0, 0.0, 0.5, 0.5, 1.0, 1.0]
-    ks, w = metrics.binned_cdf_distances(points, at, fractions, np.array([0, 0.5, 0.5, 0]), np.array([0, 0, 1.0, 0]))
+    ks, w = metrics.binned_cdf_distances(
+        np.diff(points), at, fractions, np.array([0, 0.5, 0.5, 0]), np.array([0, 0, 1.0, 0])
+    )
     # CDF gaps (the reference's steps, the window spread in [2, 3] like the reference's 2 and 3):
     # 1/4 on [0, 1), 1/2 on [1, 2), 3/4 - 1/2 = 1/4 on [2, 3), then 0
     assert float(ks) == 0.5
