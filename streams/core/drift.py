@@ -243,6 +243,9 @@ class _Prepared:
     num_kurtosis: np.ndarray  # of the reference sample (3 for a normal; sets the scale test's noise)
     num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
     num_spread: np.ndarray  # ... and scale, for heavy-tailed features
+    num_scores: np.ndarray  # both, stacked (location rows, then scale rows): one rank test call
+    num_counts_twice: np.ndarray  # num_counts stacked twice, to go with them
+    num_slots: np.ndarray  # where a window's numeric bin counts, end to end, land in the padded matrix
     num_bins: np.ndarray
     # where the binned CDFs are known (metrics.cdf_grid), padded with the last point: the steps
     # between points, and what the window's minimum and maximum widen (the first and last steps)
@@ -258,6 +261,17 @@ class _Prepared:
     cat_missing: np.ndarray
     cat_other: np.ndarray  # reference count outside the table
     cat_bins: np.ndarray
+    cat_slots: np.ndarray
+
+
+def _slots(rows: list[np.ndarray]) -> np.ndarray:
+    """Where the cells of ``rows``, end to end, sit in their flattened :func:`_padded` matrix.
+
+    >>> _slots([np.zeros(2), np.zeros(3)]).tolist()
+    [0, 1, 3, 4, 5]
+    """
+    width = max((r.size for r in rows), default=0)
+    return np.concatenate([i * width + np.arange(r.size) for i, r in enumerate(rows)] or [np.zeros(0, np.int64)])
 
 
 def _padded(rows: list[np.ndarray]) -> np.ndarray:
@@ -323,6 +337,8 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     nrefs = [reference.numeric[f] for f in num]
     crefs = [reference.categorical[f] for f in cat]
     num_counts = _padded([r.counts.astype(np.float64) for r in nrefs])
+    where = _padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs])
+    spread = _padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs])
     grids = [metrics.cdf_grid(r.cuts, r.sample, r.min, r.max) for r in nrefs]
     width = max((g[0].size for g in grids), default=0)
 
@@ -346,8 +362,11 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
         num_var=np.array([r.std**2 for r in nrefs], dtype=np.float64),
         num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
-        num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
-        num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
+        num_where=where,
+        num_spread=spread,
+        num_scores=np.concatenate([where, spread]),
+        num_counts_twice=np.concatenate([num_counts, num_counts]),
+        num_slots=_slots([r.counts for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
         num_grid_steps=np.diff(grid_part(0), axis=1),
         num_grid_bins=grid_part(1).astype(np.int64),
@@ -361,6 +380,7 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         cat_missing=np.array([r.missing for r in crefs], dtype=np.float64),
         cat_other=np.array([r.counts[-1] for r in crefs], dtype=np.float64),
         cat_bins=np.array([r.n_bins for r in crefs], dtype=np.int64),
+        cat_slots=_slots([r.counts for r in crefs]),
     )
 
 
@@ -551,32 +571,36 @@ def _decisions(adjusted: np.ndarray, fdr_q: float) -> np.ndarray:
 
 def _gates(
     block: _Columns, names: Sequence[str], overrides: Mapping[str, Mapping[str, float]], metrics_here: Sequence[str]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The thresholds you set (NaN where none) per metric of ``metrics_here``, and per feature of
-    ``names`` whether any of them is exceeded (True where none applies: significance decides).
+) -> tuple[dict[str, float | np.ndarray], np.ndarray]:
+    """The thresholds you set for the metrics of ``metrics_here`` (one value for every feature of
+    ``names``, or an array with NaN where a feature has none; metrics without any are left out),
+    and per feature whether any of them is exceeded (True where none applies: significance decides).
 
     >>> block = {"values": {"psi": np.array([0.3, 0.1, np.nan]), "mean_shift": np.array([-0.5, 0.0, 0.0])}, "base": {}}
     >>> overrides = {"*": {"psi": 0.2}, "c": {"mean_shift": 1.0}}
     >>> mine, gate = _gates(block, ["a", "b", "c"], overrides, ["psi", "mean_shift"])
-    >>> mine["psi"].tolist(), gate.tolist()
-    ([0.2, 0.2, 0.2], [True, False, False])
+    >>> mine["psi"], mine["mean_shift"].tolist(), gate.tolist()
+    (0.2, [nan, nan, 1.0], [True, False, False])
     """
     k = len(names)
     star = overrides.get("*", {})
     own = [(i, overrides[f]) for i, f in enumerate(names) if f in overrides and f != "*"]
-    mine: dict[str, np.ndarray] = {}
+    mine: dict[str, float | np.ndarray] = {}
     applies = np.zeros(k, dtype=bool)
     exceeds = np.zeros(k, dtype=bool)
     for m in metrics_here:
-        th = np.full(k, star.get(m, np.nan))
-        for i, by_metric in own:
-            th[i] = by_metric.get(m, th[i])
-        mine[m] = th
-        if np.isnan(th).all():
+        th: float | np.ndarray | None = star.get(m)
+        set_here = [(i, by_metric[m]) for i, by_metric in own if m in by_metric]
+        if set_here:
+            th = np.full(k, np.nan if th is None else th)
+            for i, value in set_here:
+                th[i] = value
+        if th is None:
             continue
+        mine[m] = th
         v = block["values"][m]
         effect = np.abs(v) if m in SIGNED_METRICS else v - block["base"].get(m, 0.0)
-        here = ~np.isnan(th) & ~np.isnan(v)
+        here = ~np.isnan(v) & ~np.isnan(th)
         with np.errstate(invalid="ignore"):
             exceeds |= here & (effect > th)
         applies |= here
@@ -589,6 +613,7 @@ def _block_rows(
     """The rows of one class's features (numeric or categorical) that saw events, by feature."""
     if not names:
         return {}
+    k = len(names)
     metric_names = block["metrics"]
     quality_names = [m for m in metric_names if m in QUALITY_METRICS]
     drift_names = [m for m in metric_names if m not in QUALITY_METRICS]
@@ -602,10 +627,12 @@ def _block_rows(
     columns = []
     for m in metric_names:
         kind = QUALITY_KIND if m in QUALITY_METRICS else DRIFT_KIND
-        base = block["base"].get(m, 0.0)
-        threshold = np.where(np.isnan(mine[m]), block["threshold"][m], mine[m] + base)
+        threshold = block["threshold"][m]
+        if m in mine:  # yours (plus the reference's rate of a data-quality metric), where you set one
+            th = mine[m] + block["base"].get(m, 0.0)
+            threshold = np.where(np.isnan(th), threshold, th)
         p = block["p"].get(m)
-        p_values = [None] * len(names) if p is None else [None if x != x else x for x in p.tolist()]
+        p_values = [None] * k if p is None else [None if x != x else x for x in p.tolist()]
         columns.append((m, block["values"][m].tolist(), p_values, threshold.tolist(), flags[kind], kind))
     seen = (block["events"] > 0).tolist()
     return {
@@ -664,10 +691,13 @@ def evaluate_window(
 
 
 def _window_counts(
-    features: Sequence[NumericWindow | CategoricalWindow],
+    features: Sequence[NumericWindow | CategoricalWindow], reference_counts: np.ndarray, slots: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per feature (a row each) of a window: its bin counts (padded), values, missing values and bin shares."""
-    counts = _padded([f.counts.astype(np.float64) for f in features])
+    """Per feature (a row each) of a window: its bin counts (padded like ``reference_counts``, at the
+    flat ``slots`` of :func:`_slots`), values, missing values and bin shares."""
+    counts = np.zeros(reference_counts.shape)
+    if slots.size:
+        counts.ravel()[slots] = np.concatenate([f.counts for f in features])
     n = counts.sum(axis=1)
     missing = np.array([f.missing for f in features], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -702,7 +732,7 @@ def _numeric(
         return _no_columns(NUMERIC_METRICS)
     wins = [window.numeric[f] for f in names]
     k = len(names)
-    counts, n, missing, q = _window_counts(wins)
+    counts, n, missing, q = _window_counts(wins, prep.num_counts, prep.num_slots)
     has = n > 0
     psi = metrics.psi(prep.num_p, q)
     js = metrics.jensenshannon(prep.num_p, q)
@@ -757,10 +787,13 @@ def _numeric(
         # Few distinct values (a binary feature shares one bin) leave ranks nothing
         # to see, and their moments are well behaved.
         heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
-        p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
-        p_scale = np.where(
-            scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts), p_moments), np.nan
-        )
+        if heavy.any():  # location and scale in one call: the rows are independent
+            ranks = _rank_pvalue(prep.num_scores, np.concatenate([counts, counts]), prep.num_counts_twice)
+            rank_loc, rank_scale = ranks[:k], ranks[k:]
+        else:
+            rank_loc = rank_scale = np.full(k, np.nan)
+        p_loc = np.where(heavy & moments, rank_loc, p_loc)
+        p_scale = np.where(scaled, np.where(heavy, rank_scale, p_moments), np.nan)
 
     # Shape: chi-squared on the reference's bins over every value. A constant
     # reference feature pools into a single cell: what can change is the share
@@ -769,7 +802,7 @@ def _numeric(
     outside = counts[:, 0] + counts[rows_k, prep.num_bins - 1]
     ref_outside = prep.num_counts[:, 0] + prep.num_counts[rows_k, prep.num_bins - 1]
     constant = prep.num_bins == 3  # one inner bin between the two open ones
-    p_shape = np.where(constant, metrics.rate_test(ref_outside, big_n, outside, n), chi_p)
+    p_shape = np.where(constant, metrics.rate_test(ref_outside, big_n, outside, n), chi_p) if constant.any() else chi_p
 
     ref_total = big_n + prep.num_missing
     miss_p = metrics.rate_increase_test(prep.num_missing, ref_total, missing, total)
@@ -845,7 +878,7 @@ def _categorical(
         return _no_columns(CATEGORICAL_METRICS)
     wins = [window.categorical[f] for f in names]
     k = len(names)
-    counts, n, missing, q = _window_counts(wins)
+    counts, n, missing, q = _window_counts(wins, prep.cat_counts, prep.cat_slots)
     has = n > 0
     other = counts[np.arange(k), prep.cat_bins - 1]
     seen_other = prep.cat_other > 0
