@@ -255,6 +255,7 @@ class _Prepared:
     num_grid_low: np.ndarray
     num_grid_high: np.ndarray
     num_grid_last: np.ndarray
+    num_grid_reference: np.ndarray  # the reference's binned CDF at the grid's points
     cat_p: np.ndarray
     cat_counts: np.ndarray
     cat_n: np.ndarray
@@ -351,10 +352,12 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     cat_counts = _padded([r.counts.astype(np.float64) for r in crefs])
     num_n = num_counts.sum(axis=1)
     cat_n = cat_counts.sum(axis=1)
+    num_p = num_counts / np.maximum(num_n, 1)[:, None]
+    grid_bins, grid_fractions = grid_part(1).astype(np.int64), grid_part(2)
     return _Prepared(
         numeric=num,
         categorical=cat,
-        num_p=num_counts / np.maximum(num_n, 1)[:, None],
+        num_p=num_p,
         num_counts=num_counts,
         num_n=num_n,
         num_missing=np.array([r.missing for r in nrefs], dtype=np.float64),
@@ -369,11 +372,12 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_slots=_slots([r.counts for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
         num_grid_steps=np.diff(grid_part(0), axis=1),
-        num_grid_bins=grid_part(1).astype(np.int64),
-        num_grid_fractions=grid_part(2),
+        num_grid_bins=grid_bins,
+        num_grid_fractions=grid_fractions,
         num_grid_low=np.array([g[0][0] for g in grids], dtype=np.float64),
         num_grid_high=np.array([g[0][-1] for g in grids], dtype=np.float64),
         num_grid_last=np.array([g[0].size - 2 for g in grids], dtype=np.int64),
+        num_grid_reference=metrics.binned_cdf(grid_bins, grid_fractions, num_p),
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None],
         cat_counts=cat_counts,
         cat_n=cat_n,
@@ -750,7 +754,9 @@ def _numeric(
     steps[:, 0] += np.maximum(prep.num_grid_low - low, 0.0)
     steps[np.arange(k), prep.num_grid_last] += np.maximum(high - prep.num_grid_high, 0.0)
     with np.errstate(invalid="ignore"):
-        d, w_raw = metrics.binned_cdf_distances(steps, prep.num_grid_bins, prep.num_grid_fractions, prep.num_p, q)
+        d, w_raw = metrics.cdf_distances(
+            steps, prep.num_grid_reference, metrics.binned_cdf(prep.num_grid_bins, prep.num_grid_fractions, q)
+        )
     d, w_raw = np.where(has, d, np.nan), np.where(has, w_raw, np.nan)
     ks_p = np.where(has, metrics.ks_pvalue(np.nan_to_num(d), big_n, np.maximum(n, 1)), np.nan)
 

@@ -13,6 +13,7 @@ or a textbook formula; the tests check that.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -145,48 +146,67 @@ def cdf_grid(
     return points, bins, fractions
 
 
+def binned_cdf(bins: np.ndarray, fractions: np.ndarray, shares: np.ndarray) -> NDArray[np.float64]:
+    """A binned CDF at the points of a :func:`cdf_grid`: ``share below bins[j] + share of bins[j] * fractions[j]``.
+
+    ``shares`` are over the bins (last axis). Either one grid serves every row
+    of ``shares`` (resampled windows), or each row has its own (features:
+    ``bins`` and ``fractions`` with a row per row of ``shares``).
+
+    >>> binned_cdf(np.array([0, 1, 1, 2]), np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.25, 0.75])).tolist()
+    [0.0, 0.0, 0.25, 1.0]
+    """
+    below = np.cumsum(shares, axis=-1)
+    below -= shares
+    if bins.ndim > 1:  # a grid per row: gather from the flattened rows
+        at = bins + np.arange(bins.shape[0])[:, None] * shares.shape[-1]
+        out: NDArray[np.float64] = below.ravel()[at] + shares.ravel()[at] * fractions
+    else:
+        out = below[..., bins] + shares[..., bins] * fractions
+    return out
+
+
+def cdf_distances(
+    steps: np.ndarray, cdf_p: np.ndarray, cdf_q: np.ndarray
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The KS statistic and the raw Wasserstein-1 distance of two CDFs known at the same points,
+    ``steps`` apart (``np.diff(points)``), and linear between them: the largest gap, and the area
+    between them (trapezoids, or two triangles where the gap changes sign), along the last axis.
+
+    >>> ks, w = cdf_distances(np.array([1.0, 1.0]), np.array([0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0]))
+    >>> float(ks), float(w)  # the gap rises to 1 over the first step and closes over the second
+    (1.0, 1.0)
+    """
+    gap = cdf_p - cdf_q
+    size = np.abs(gap)
+    a, b = gap[..., :-1], gap[..., 1:]
+    across = size[..., :-1] + size[..., 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = np.where(a * b >= 0, 0.5 * across, 0.5 * (a * a + b * b) / across)
+    ks: NDArray[np.float64] = np.max(size, axis=-1)
+    wasserstein: NDArray[np.float64] = np.sum(steps * area, axis=-1)
+    return ks, wasserstein
+
+
 def binned_cdf_distances(
     steps: np.ndarray, bins: np.ndarray, fractions: np.ndarray, p: np.ndarray, q: np.ndarray
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The KS statistic and the raw Wasserstein-1 distance of two binned distributions.
 
-    ``p`` and ``q`` are shares over the same bins (last axis); each CDF
-    passes through ``share below bins[j] + share of bins[j] * fractions[j]``
-    at the grid's point ``j`` (from :func:`cdf_grid`) and is linear between
-    consecutive points, ``steps`` apart (``np.diff(points)``: one fewer). KS is the largest gap between the two
-    CDFs (it sits at a bin edge: inside a bin the gap is monotone), Wasserstein
-    the area between them, exact for these piecewise-linear CDFs. Either one
-    grid serves every row of ``p`` and ``q`` (resampled windows), or each row
-    has its own (features: ``steps``, ``bins`` and ``fractions`` with a row
-    per row of ``p`` and ``q``, both two-dimensional).
+    ``p`` and ``q`` are shares over the same bins; their CDFs are
+    :func:`binned_cdf` at the grid's points (from :func:`cdf_grid`) and linear
+    between consecutive points, ``steps`` apart (``np.diff(points)``). KS is the
+    largest gap between the two CDFs (it sits at a bin edge: inside a bin the
+    gap is monotone), Wasserstein the area between them, exact for these
+    piecewise-linear CDFs (:func:`cdf_distances`).
 
     >>> x, b, f = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2, 2, 3]), np.array([0, 0, 1, 0, 1, 1.0])
     >>> ks, w = binned_cdf_distances(np.diff(x), b, f, np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 0.0]))
     >>> float(ks), float(w)  # all mass on [0, 1] against all on [1, 2]: shifted by 1
     (1.0, 1.0)
     """
-    if bins.ndim > 1:  # a grid per row: gather from the flattened rows
-        bins = bins + np.arange(bins.shape[0])[:, None] * np.shape(q)[-1]
-
-    def cdf(shares: np.ndarray) -> NDArray[np.float64]:
-        below = np.cumsum(shares, axis=-1)
-        below -= shares
-        if bins.ndim > 1:
-            out: NDArray[np.float64] = below.ravel()[bins] + shares.ravel()[bins] * fractions
-        else:
-            out = below[..., bins] + shares[..., bins] * fractions
-        return out
-
-    gap = cdf(np.asarray(p, dtype=np.float64)) - cdf(np.asarray(q, dtype=np.float64))
-    size = np.abs(gap)
-    a, b = gap[..., :-1], gap[..., 1:]
-    across = size[..., :-1] + size[..., 1:]
-    # the area of |linear| over a step: a trapezoid, or two triangles where the gap changes sign
-    with np.errstate(invalid="ignore", divide="ignore"):
-        area = np.where(a * b >= 0, 0.5 * across, 0.5 * (a * a + b * b) / across)
-    ks: NDArray[np.float64] = np.max(size, axis=-1)
-    wasserstein: NDArray[np.float64] = np.sum(steps * area, axis=-1)
-    return ks, wasserstein
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return cdf_distances(steps, binned_cdf(bins, fractions, p), binned_cdf(bins, fractions, q))
 
 
 def ks_effective_n(n1: np.ndarray | int, n2: np.ndarray | int) -> NDArray[np.float64]:
@@ -281,9 +301,24 @@ def chi2_homogeneity(reference: np.ndarray, current: np.ndarray) -> tuple[np.nda
 
 
 def chi2_critical_value(alpha: float, dof: np.ndarray | int) -> np.ndarray:
-    """The chi-squared statistic with upper tail ``alpha`` (NaN with no degrees of freedom)."""
+    """The chi-squared statistic with upper tail ``alpha`` (NaN with no degrees of freedom).
+
+    >>> chi2_critical_value(0.05, np.array([0, 1, 2])).round(4).tolist()
+    [nan, 3.8415, 5.9915]
+    """
     dof = np.asarray(dof)
-    return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
+    if not np.issubdtype(dof.dtype, np.integer):  # a table of whole degrees of freedom would not do
+        return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
+    table = _chi2_upper(float(alpha), max(int(dof.max(initial=0)), 1))
+    return np.where(dof > 0, table[np.clip(dof, 1, table.size) - 1], np.nan)
+
+
+@functools.lru_cache(maxsize=256)
+def _chi2_upper(alpha: float, top: int) -> NDArray[np.float64]:
+    """``chdtri(dof, alpha)`` for dof 1 to ``top``: windows ask for the same few again and again (never changed)."""
+    table: NDArray[np.float64] = special.chdtri(np.arange(1, top + 1), alpha)
+    table.flags.writeable = False
+    return table
 
 
 def rate_test(
