@@ -67,7 +67,8 @@ REGION_P = (0.4, 0.3, 0.15, 0.1, 0.05)
 MERCHANTS = tuple(f"m{i:02d}" for i in range(40))
 EVIDENTLY_TARGET = 100.0
 SCIPY_TARGET = 10.0
-EVALUATE_TARGET_MS = 1.5  # issue 12: evaluate_window at 1,000 events x 22 features
+EVALUATE_TARGET_MS = 1.5  # issue 12: evaluate_window at 1,000 events x 22 features (here 22 and the score)
+EVALUATE_TARGET_SIZE = 1_000
 
 T = TypeVar("T")
 
@@ -306,16 +307,24 @@ def driftline_ms(
     return cold, warm
 
 
-def evaluate_cpu_ms(reference: ReferenceProfile, profiles: Sequence[WindowProfile]) -> float:
+def evaluate_cpu_ms(
+    reference: ReferenceProfile, profiles: Sequence[WindowProfile], rounds: int = 5
+) -> tuple[float, float]:
     """Median process CPU milliseconds of ``evaluate_window`` per window (the machine is shared: CPU
-    time counts what this process spent, not the waits), after one call that fills the caches."""
+    time counts what this process spent, not the waits), after one call that fills the caches
+    (calibration is per reference and size: a running worker pays it once). Each window is
+    evaluated ``rounds`` times, so that the median of a loaded machine's noisy calls settles.
+    Returns (median, least): on a machine shared by more processes than cores, the contention
+    (caches, the other hyperthread) inflates CPU time too, and the least call shows the cost
+    without it; the target is judged on the median."""
     evaluate_window(reference, profiles[0])
     times = []
-    for profile in profiles:
-        started = time.process_time()
-        evaluate_window(reference, profile)
-        times.append(time.process_time() - started)
-    return 1000.0 * statistics.median(times)
+    for _ in range(rounds):
+        for profile in profiles:
+            started = time.process_time()
+            evaluate_window(reference, profile)
+            times.append(time.process_time() - started)
+    return 1000.0 * statistics.median(times), 1000.0 * min(times)
 
 
 def verdict(ratio: float, target: float) -> str:
@@ -393,11 +402,16 @@ def run(
             profiles.append(profile)
         methods["evaluate_window"] = (lambda i, profiles=profiles: evaluate_window(reference, profiles[i]), repeats)
         times = interleaved_ms(methods, repeats)
-        cpu = evaluate_cpu_ms(reference, profiles)
+        cpu, least = evaluate_cpu_ms(reference, profiles)
+        verdict_here = (
+            ("MET" if cpu <= EVALUATE_TARGET_MS else "NOT MET")
+            if size == EVALUATE_TARGET_SIZE
+            else f"(informational: the target is at {EVALUATE_TARGET_SIZE} events)"
+        )
         out(
             f"RATIO window={size} evaluate_window cpu={cpu:.2f} ms target<={EVALUATE_TARGET_MS:g} ms "
-            f"({len(reference.features)} features, calibration cached; process CPU time) "
-            f"{'MET' if cpu <= EVALUATE_TARGET_MS else 'NOT MET'}"
+            f"({len(reference.features) - 1} features + score, calibration cached, least call {least:.2f} ms; "
+            f"process CPU time) {verdict_here}"
         )
         out(
             f"EVALUATE window={size} evaluate_window {times['evaluate_window']:.2f} ms/window "

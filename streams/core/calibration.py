@@ -37,8 +37,6 @@ from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.window_profile import DEFAULT_WINDOW_SAMPLE
 
 BINNED_REPLICATES = 1_000
-SAMPLE_REPLICATES = 400
-ATOMS = 500
 _RATE = {"psi": 1.0, "jensenshannon": 0.5, "hellinger": 0.5, "wasserstein": 0.5}
 
 
@@ -83,21 +81,16 @@ def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: 
 def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> float:
     def calibrate() -> float:
         ref = reference.numeric[feature]
-        # The reference sample, thinned to at most ATOMS equally likely
-        # quantiles: the null distribution of W hardly changes, the cost falls
-        # tenfold.
-        s = ref.sample.size
-        atoms = ref.sample[((np.arange(min(s, ATOMS)) + 0.5) * s / min(s, ATOMS)).astype(np.int64)]
-        g = atoms.size
+        # Windows of m values drawn into the reference's bins; their binned CDFs spread
+        # a bin's count like the reference's values (metrics.cdf_grid), as drift.py does.
+        # The open bins get no width: without drift, values beyond the reference's range
+        # are rare (2 / (N + 1) of a window) and their distance to it is unknown here.
+        points, bins, fractions = metrics.cdf_grid(ref.cuts, ref.sample, ref.min, ref.max)
+        rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein-binned", feature, exponent, alpha))
         m = 2**exponent
-        rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein", feature, exponent, alpha))
-        # Windows of m values drawn from the atoms, as counts per atom; the
-        # area between the two CDFs is then a dot product.
-        draws = rng.integers(0, g, size=(SAMPLE_REPLICATES, m)) + np.arange(SAMPLE_REPLICATES)[:, None] * g
-        counts = np.bincount(draws.ravel(), minlength=SAMPLE_REPLICATES * g).reshape(SAMPLE_REPLICATES, g)
-        gap = np.abs(np.cumsum(counts[:, :-1], axis=1) / m - np.arange(1, g) / g)
-        w = gap @ np.diff(atoms) / (ref.std if ref.std > 0 else 1.0)
-        return float(np.quantile(w, 1.0 - alpha))
+        q = rng.multinomial(m, _reference_proportions(reference, feature), size=BINNED_REPLICATES) / m
+        _, w = metrics.binned_cdf_distances(np.diff(points), bins, fractions, ref.counts / ref.counts.sum(), q)
+        return float(np.quantile(w / (ref.std if ref.std > 0 else 1.0), 1.0 - alpha))
 
     return reference.cached(("wasserstein", feature, exponent, alpha), calibrate)
 

@@ -229,16 +229,6 @@ class _Columns(TypedDict):
     base: dict[str, np.ndarray]  # the reference's rate of a data-quality metric (added to a threshold you set)
 
 
-class _Rows(TypedDict):
-    """:class:`_Columns` as Python lists, for the rows."""
-
-    events: list[float]
-    values: dict[str, list[float]]
-    p: dict[str, list[float]]
-    threshold: dict[str, list[float]]
-    base: dict[str, list[float]]
-
-
 @dataclass
 class _Prepared:
     numeric: list[str]
@@ -247,20 +237,42 @@ class _Prepared:
     num_counts: np.ndarray  # reference counts, padded
     num_n: np.ndarray  # reference non-missing count
     num_missing: np.ndarray
-    num_sample_n: np.ndarray
     num_scale: np.ndarray  # reference std (1 when constant)
     num_mean: np.ndarray
     num_var: np.ndarray  # reference variance (over all its values)
     num_kurtosis: np.ndarray  # of the reference sample (3 for a normal; sets the scale test's noise)
     num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
     num_spread: np.ndarray  # ... and scale, for heavy-tailed features
+    num_scores: np.ndarray  # both, stacked (location rows, then scale rows): one rank test call
+    num_counts_twice: np.ndarray  # num_counts stacked twice, to go with them
+    num_slots: np.ndarray  # where a window's numeric bin counts, end to end, land in the padded matrix
     num_bins: np.ndarray
+    # where the binned CDFs are known (metrics.cdf_grid), padded with the last point: the steps
+    # between points, and what the window's minimum and maximum widen (the first and last steps)
+    num_grid_steps: np.ndarray
+    num_grid_bins: np.ndarray
+    num_grid_fractions: np.ndarray
+    num_grid_low: np.ndarray
+    num_grid_high: np.ndarray
+    num_grid_last: np.ndarray
+    num_grid_reference: np.ndarray  # the reference's binned CDF at the grid's points
     cat_p: np.ndarray
     cat_counts: np.ndarray
     cat_n: np.ndarray
     cat_missing: np.ndarray
     cat_other: np.ndarray  # reference count outside the table
     cat_bins: np.ndarray
+    cat_slots: np.ndarray
+
+
+def _slots(rows: list[np.ndarray]) -> np.ndarray:
+    """Where the cells of ``rows``, end to end, sit in their flattened :func:`_padded` matrix.
+
+    >>> _slots([np.zeros(2), np.zeros(3)]).tolist()
+    [0, 1, 3, 4, 5]
+    """
+    width = max((r.size for r in rows), default=0)
+    return np.concatenate([i * width + np.arange(r.size) for i, r in enumerate(rows)] or [np.zeros(0, np.int64)])
 
 
 def _padded(rows: list[np.ndarray]) -> np.ndarray:
@@ -326,30 +338,53 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     nrefs = [reference.numeric[f] for f in num]
     crefs = [reference.categorical[f] for f in cat]
     num_counts = _padded([r.counts.astype(np.float64) for r in nrefs])
+    where = _padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs])
+    spread = _padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs])
+    grids = [metrics.cdf_grid(r.cuts, r.sample, r.min, r.max) for r in nrefs]
+    width = max((g[0].size for g in grids), default=0)
+
+    def grid_part(j: int) -> np.ndarray:
+        # padded with the last point: steps of zero width, which add nothing
+        return (
+            np.stack([np.pad(g[j], (0, width - g[j].size), mode="edge") for g in grids]) if grids else np.zeros((0, 0))
+        )
+
     cat_counts = _padded([r.counts.astype(np.float64) for r in crefs])
     num_n = num_counts.sum(axis=1)
     cat_n = cat_counts.sum(axis=1)
+    num_p = num_counts / np.maximum(num_n, 1)[:, None]
+    grid_bins, grid_fractions = grid_part(1).astype(np.int64), grid_part(2)
     return _Prepared(
         numeric=num,
         categorical=cat,
-        num_p=num_counts / np.maximum(num_n, 1)[:, None],
+        num_p=num_p,
         num_counts=num_counts,
         num_n=num_n,
         num_missing=np.array([r.missing for r in nrefs], dtype=np.float64),
-        num_sample_n=np.array([r.sample.size for r in nrefs], dtype=np.float64),
         num_scale=np.array([r.std if r.std > 0 else 1.0 for r in nrefs], dtype=np.float64),
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
         num_var=np.array([r.std**2 for r in nrefs], dtype=np.float64),
         num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
-        num_where=_padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs]),
-        num_spread=_padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs]),
+        num_where=where,
+        num_spread=spread,
+        num_scores=np.concatenate([where, spread]),
+        num_counts_twice=np.concatenate([num_counts, num_counts]),
+        num_slots=_slots([r.counts for r in nrefs]),
         num_bins=np.array([r.n_bins for r in nrefs], dtype=np.int64),
+        num_grid_steps=np.diff(grid_part(0), axis=1),
+        num_grid_bins=grid_bins,
+        num_grid_fractions=grid_fractions,
+        num_grid_low=np.array([g[0][0] for g in grids], dtype=np.float64),
+        num_grid_high=np.array([g[0][-1] for g in grids], dtype=np.float64),
+        num_grid_last=np.array([g[0].size - 2 for g in grids], dtype=np.int64),
+        num_grid_reference=metrics.binned_cdf(grid_bins, grid_fractions, num_p),
         cat_p=cat_counts / np.maximum(cat_n, 1)[:, None],
         cat_counts=cat_counts,
         cat_n=cat_n,
         cat_missing=np.array([r.missing for r in crefs], dtype=np.float64),
         cat_other=np.array([r.counts[-1] for r in crefs], dtype=np.float64),
         cat_bins=np.array([r.n_bins for r in crefs], dtype=np.int64),
+        cat_slots=_slots([r.counts for r in crefs]),
     )
 
 
@@ -419,7 +454,8 @@ def _pooled_chi2(
     ``keep[i]`` False drops feature i's last cell (an ``other`` the reference never saw).
     """
     cells = n_bins if keep is None else n_bins - (~keep).astype(np.int64)
-    n_ref = np.array([ref_counts[i, :c].sum() for i, c in enumerate(cells.tolist())])
+    # integer counts: the masked row sums are exact, as the sums of the rows' first cells were
+    n_ref = np.where(np.arange(ref_counts.shape[1]) < cells[:, None], ref_counts, 0.0).sum(axis=1)
     buckets = tuple(_size_bucket(x) for x in np.minimum(n_window, n_ref).tolist())
 
     def layout() -> tuple[np.ndarray, np.ndarray]:
@@ -537,14 +573,77 @@ def _decisions(adjusted: np.ndarray, fdr_q: float) -> np.ndarray:
     return (adjusted <= cut) & (cut > 0)
 
 
-def _gate(
-    values: Mapping[str, float], mine: Mapping[str, float], names: Sequence[str], base: Mapping[str, float]
-) -> bool:
-    """Whether any metric with a threshold exceeds it (True when none has one: significance decides)."""
-    applicable = [m for m in names if m in mine and values[m] == values[m]]
-    if not applicable:
-        return True
-    return any((abs(values[m]) if m in SIGNED_METRICS else values[m] - base.get(m, 0.0)) > mine[m] for m in applicable)
+def _gates(
+    block: _Columns, names: Sequence[str], overrides: Mapping[str, Mapping[str, float]], metrics_here: Sequence[str]
+) -> tuple[dict[str, float | np.ndarray], np.ndarray]:
+    """The thresholds you set for the metrics of ``metrics_here`` (one value for every feature of
+    ``names``, or an array with NaN where a feature has none; metrics without any are left out),
+    and per feature whether any of them is exceeded (True where none applies: significance decides).
+
+    >>> block = {"values": {"psi": np.array([0.3, 0.1, np.nan]), "mean_shift": np.array([-0.5, 0.0, 0.0])}, "base": {}}
+    >>> overrides = {"*": {"psi": 0.2}, "c": {"mean_shift": 1.0}}
+    >>> mine, gate = _gates(block, ["a", "b", "c"], overrides, ["psi", "mean_shift"])
+    >>> mine["psi"], mine["mean_shift"].tolist(), gate.tolist()
+    (0.2, [nan, nan, 1.0], [True, False, False])
+    """
+    k = len(names)
+    star = overrides.get("*", {})
+    own = [(i, overrides[f]) for i, f in enumerate(names) if f in overrides and f != "*"]
+    mine: dict[str, float | np.ndarray] = {}
+    applies = np.zeros(k, dtype=bool)
+    exceeds = np.zeros(k, dtype=bool)
+    for m in metrics_here:
+        th: float | np.ndarray | None = star.get(m)
+        set_here = [(i, by_metric[m]) for i, by_metric in own if m in by_metric]
+        if set_here:
+            th = np.full(k, np.nan if th is None else th)
+            for i, value in set_here:
+                th[i] = value
+        if th is None:
+            continue
+        mine[m] = th
+        v = block["values"][m]
+        effect = np.abs(v) if m in SIGNED_METRICS else v - block["base"].get(m, 0.0)
+        here = ~np.isnan(v) & ~np.isnan(th)
+        with np.errstate(invalid="ignore"):
+            exceeds |= here & (effect > th)
+        applies |= here
+    return mine, ~applies | exceeds
+
+
+def _block_rows(
+    block: _Columns, names: Sequence[str], significant: np.ndarray, overrides: Mapping[str, Mapping[str, float]]
+) -> dict[str, list[FeatureDrift]]:
+    """The rows of one class's features (numeric or categorical) that saw events, by feature."""
+    if not names:
+        return {}
+    k = len(names)
+    metric_names = block["metrics"]
+    quality_names = [m for m in metric_names if m in QUALITY_METRICS]
+    drift_names = [m for m in metric_names if m not in QUALITY_METRICS]
+    mine, drift_gate = _gates(block, names, overrides, drift_names)
+    quality_mine, quality_gate = _gates(block, names, overrides, quality_names)
+    mine.update(quality_mine)
+    flags = {
+        DRIFT_KIND: (significant[0] & drift_gate).tolist(),
+        QUALITY_KIND: (significant[1] & quality_gate).tolist(),
+    }
+    columns = []
+    for m in metric_names:
+        kind = QUALITY_KIND if m in QUALITY_METRICS else DRIFT_KIND
+        threshold = block["threshold"][m]
+        if m in mine:  # yours (plus the reference's rate of a data-quality metric), where you set one
+            th = mine[m] + block["base"].get(m, 0.0)
+            threshold = np.where(np.isnan(th), threshold, th)
+        p = block["p"].get(m)
+        p_values = [None] * k if p is None else [None if x != x else x for x in p.tolist()]
+        columns.append((m, block["values"][m].tolist(), p_values, threshold.tolist(), flags[kind], kind))
+    seen = (block["events"] > 0).tolist()
+    return {
+        f: [FeatureDrift(f, m, v[j], p[j], t[j], d[j], kind) for m, v, p, t, d, kind in columns]
+        for j, f in enumerate(names)
+        if seen[j]
+    }
 
 
 def evaluate_window(
@@ -582,69 +681,27 @@ def evaluate_window(
     num = _numeric(reference, window, prep, alpha, fdr_q)
     cat = _categorical(reference, window, prep, alpha, fdr_q)
 
-    names = prep.numeric + prep.categorical
     adjusted = np.stack(
         [np.concatenate([num["drift_p"], cat["drift_p"]]), np.concatenate([num["quality_p"], cat["quality_p"]])]
     )
-    significant = _decisions(adjusted, fdr_q).tolist()
+    significant = _decisions(adjusted, fdr_q)
 
-    position = {f: i for i, f in enumerate(names)}
-    tables = [_as_lists(num), _as_lists(cat)]
-    rows: list[FeatureDrift] = []
-    for f in reference.features:
-        i = position[f]
-        numeric = i < len(prep.numeric)
-        block = tables[0] if numeric else tables[1]
-        j = i if numeric else i - len(prep.numeric)
-        if block["events"][j] == 0:
-            continue
-        mine = {**overrides.get("*", {}), **overrides.get(f, {})}
-        names_here = NUMERIC_METRICS if numeric else CATEGORICAL_METRICS
-        values = {m: block["values"][m][j] for m in names_here}
-        base = {m: block["base"][m][j] for m in block["base"]}
-        drift_metrics = [m for m in names_here if m not in QUALITY_METRICS]
-        quality_metrics = [m for m in names_here if m in QUALITY_METRICS]
-        drifted = bool(significant[0][i] and _gate(values, mine, drift_metrics, base))
-        quality = bool(significant[1][i] and _gate(values, mine, quality_metrics, base))
-        for m in names_here:
-            pv = block["p"][m][j] if m in block["p"] else None
-            p_value = None if pv is None or pv != pv else pv
-            is_quality = m in QUALITY_METRICS
-            threshold = mine[m] + base.get(m, 0.0) if m in mine else block["threshold"][m][j]
-            rows.append(
-                FeatureDrift(
-                    f,
-                    m,
-                    values[m],
-                    p_value,
-                    threshold,
-                    quality if is_quality else drifted,
-                    QUALITY_KIND if is_quality else DRIFT_KIND,
-                )
-            )
-    return rows
-
-
-def _as_lists(block: _Columns) -> _Rows:
-    """Python floats for the rows: indexing numpy arrays one value at a time is slow."""
-
-    def floats(columns: dict[str, np.ndarray]) -> dict[str, list[float]]:
-        return {m: np.asarray(v, dtype=np.float64).tolist() for m, v in columns.items()}
-
-    return {
-        "events": block["events"].tolist(),
-        "values": {m: v.tolist() for m, v in block["values"].items()},
-        "p": floats(block["p"]),
-        "threshold": floats(block["threshold"]),
-        "base": floats(block["base"]),
+    k = len(prep.numeric)
+    rows = {
+        **_block_rows(num, prep.numeric, significant[:, :k], overrides),
+        **_block_rows(cat, prep.categorical, significant[:, k:], overrides),
     }
+    return [row for f in reference.features for row in rows.get(f, ())]
 
 
 def _window_counts(
-    features: Sequence[NumericWindow | CategoricalWindow],
+    features: Sequence[NumericWindow | CategoricalWindow], reference_counts: np.ndarray, slots: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per feature (a row each) of a window: its bin counts (padded), values, missing values and bin shares."""
-    counts = _padded([f.counts.astype(np.float64) for f in features])
+    """Per feature (a row each) of a window: its bin counts (padded like ``reference_counts``, at the
+    flat ``slots`` of :func:`_slots`), values, missing values and bin shares."""
+    counts = np.zeros(reference_counts.shape)
+    if slots.size:
+        counts.ravel()[slots] = np.concatenate([f.counts for f in features])
     n = counts.sum(axis=1)
     missing = np.array([f.missing for f in features], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -679,24 +736,29 @@ def _numeric(
         return _no_columns(NUMERIC_METRICS)
     wins = [window.numeric[f] for f in names]
     k = len(names)
-    counts, n, missing, q = _window_counts(wins)
+    counts, n, missing, q = _window_counts(wins, prep.num_counts, prep.num_slots)
     has = n > 0
     psi = metrics.psi(prep.num_p, q)
     js = metrics.jensenshannon(prep.num_p, q)
     hel = metrics.hellinger(prep.num_p, q)
 
-    d = np.full(k, np.nan)
-    w_raw = np.full(k, np.nan)
-    m = np.zeros(k)
-    for i, f in enumerate(names):
-        s = wins[i].sample.values
-        m[i] = s.size
-        if s.size:
-            d[i], w_raw[i] = metrics.ks_wasserstein_sorted(reference.numeric[f].sample, np.sort(s))
-    ks_p = np.where(m > 0, metrics.ks_pvalue(np.nan_to_num(d), prep.num_sample_n, np.maximum(m, 1)), np.nan)
     chi, dof, chi_p = _pooled_chi2(reference, names, prep.num_counts, counts, prep.num_bins, n, ordered=True)
     total = n + missing
     big_n = prep.num_n
+
+    # KS and Wasserstein between the binned CDFs over every value (the reference's
+    # bins, spread inside like the reference's values): reported, never decisive.
+    low = np.array([w.min if w.min is not None else np.inf for w in wins], dtype=np.float64)
+    high = np.array([w.max if w.max is not None else -np.inf for w in wins], dtype=np.float64)
+    steps = prep.num_grid_steps.copy()
+    steps[:, 0] += np.maximum(prep.num_grid_low - low, 0.0)
+    steps[np.arange(k), prep.num_grid_last] += np.maximum(high - prep.num_grid_high, 0.0)
+    with np.errstate(invalid="ignore"):
+        d, w_raw = metrics.cdf_distances(
+            steps, prep.num_grid_reference, metrics.binned_cdf(prep.num_grid_bins, prep.num_grid_fractions, q)
+        )
+    d, w_raw = np.where(has, d, np.nan), np.where(has, w_raw, np.nan)
+    ks_p = np.where(has, metrics.ks_pvalue(np.nan_to_num(d), big_n, np.maximum(n, 1)), np.nan)
 
     # Location and scale on the window's exact moments (every value, not the
     # sample): z on the means, and the log-variance ratio whose noise,
@@ -731,10 +793,13 @@ def _numeric(
         # Few distinct values (a binary feature shares one bin) leave ranks nothing
         # to see, and their moments are well behaved.
         heavy = (prep.num_kurtosis > HEAVY_KURTOSIS) & (prep.num_bins >= 7)
-        p_loc = np.where(heavy & moments, _rank_pvalue(prep.num_where, counts, prep.num_counts), p_loc)
-        p_scale = np.where(
-            scaled, np.where(heavy, _rank_pvalue(prep.num_spread, counts, prep.num_counts), p_moments), np.nan
-        )
+        if heavy.any():  # location and scale in one call: the rows are independent
+            ranks = _rank_pvalue(prep.num_scores, np.concatenate([counts, counts]), prep.num_counts_twice)
+            rank_loc, rank_scale = ranks[:k], ranks[k:]
+        else:
+            rank_loc = rank_scale = np.full(k, np.nan)
+        p_loc = np.where(heavy & moments, rank_loc, p_loc)
+        p_scale = np.where(scaled, np.where(heavy, rank_scale, p_moments), np.nan)
 
     # Shape: chi-squared on the reference's bins over every value. A constant
     # reference feature pools into a single cell: what can change is the share
@@ -743,7 +808,7 @@ def _numeric(
     outside = counts[:, 0] + counts[rows_k, prep.num_bins - 1]
     ref_outside = prep.num_counts[:, 0] + prep.num_counts[rows_k, prep.num_bins - 1]
     constant = prep.num_bins == 3  # one inner bin between the two open ones
-    p_shape = np.where(constant, metrics.rate_test(ref_outside, big_n, outside, n), chi_p)
+    p_shape = np.where(constant, metrics.rate_test(ref_outside, big_n, outside, n), chi_p) if constant.any() else chi_p
 
     ref_total = big_n + prep.num_missing
     miss_p = metrics.rate_increase_test(prep.num_missing, ref_total, missing, total)
@@ -765,9 +830,7 @@ def _numeric(
     # Normal approximation to the beta-binomial (n, 2, N - 1) quantile: the reported threshold only.
     range_sd = np.sqrt(n * tail_share * (1 - tail_share) * (big_n + 1 + n) / (big_n + 2))
     binned = calibration.binned_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
-    th_w = calibration.wasserstein_threshold_table(
-        reference, names, metrics.ks_effective_n(m, prep.num_sample_n), alpha
-    )
+    th_w = calibration.wasserstein_threshold_table(reference, names, metrics.ks_effective_n(n, big_n), alpha)
     nan = np.full(k, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
@@ -801,7 +864,7 @@ def _numeric(
                 "jensenshannon": binned["jensenshannon"],
                 "hellinger": binned["hellinger"],
                 "wasserstein": th_w,
-                "ks": np.where(m > 0, metrics.ks_critical_value(alpha, prep.num_sample_n, np.maximum(m, 1)), nan),
+                "ks": np.where(has, metrics.ks_critical_value(alpha, big_n, np.maximum(n, 1)), nan),
                 "chi2": metrics.chi2_critical_value(alpha, dof),
                 "missing_rate": _rate_threshold(prep.num_missing / np.maximum(ref_total, 1), total, alpha),
                 "mean_shift": np.where(moments, z * se_loc / prep.num_scale, np.nan),
@@ -821,7 +884,7 @@ def _categorical(
         return _no_columns(CATEGORICAL_METRICS)
     wins = [window.categorical[f] for f in names]
     k = len(names)
-    counts, n, missing, q = _window_counts(wins)
+    counts, n, missing, q = _window_counts(wins, prep.cat_counts, prep.cat_slots)
     has = n > 0
     other = counts[np.arange(k), prep.cat_bins - 1]
     seen_other = prep.cat_other > 0

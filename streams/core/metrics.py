@@ -13,6 +13,9 @@ or a textbook formula; the tests check that.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy import special
@@ -94,6 +97,116 @@ def ks_wasserstein_sorted(reference: np.ndarray, current: np.ndarray) -> tuple[f
     ks = float(np.max(gap[step > 0], initial=0.0))
     wasserstein = float(np.dot(gap, step))
     return ks, wasserstein
+
+
+#: Points per inner bin of a numeric reference at which :func:`cdf_grid` places its in-bin
+#: quantiles (0, 1/8, ..., 1: octiles), the shape that spreads a bin's count inside it.
+INBIN_STEPS = 8
+
+
+def cdf_grid(
+    cuts: np.ndarray, sample: np.ndarray, low: float, high: float, steps: int = INBIN_STEPS
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    """Where the binned CDFs of :func:`binned_cdf_distances` are known: ``(points, bins, fractions)``.
+
+    A numeric reference's bins (``np.searchsorted(cuts, x, side="right")``:
+    an open bin below ``low``, the inner bins, an open bin above ``high``)
+    count every value; inside an inner bin, values are spread like the
+    reference's own values there. The grid holds, per inner bin, the quantiles
+    of the sorted ``sample`` inside it at levels ``0, 1/steps, ..., 1``, each
+    twice: with the share of the bin's sample below it and the share up to it,
+    so atoms stay atoms (a bin of one repeated value is a jump). An inner bin
+    without sample values is an atom at its lower cut (a reference value). The
+    first point (``low``, the open bin below it still empty) and the last
+    (``high``, every bin full) are where a window's minimum and maximum widen
+    the open bins.
+
+    >>> x, b, f = cdf_grid(np.array([0.0, 1.0, np.nextafter(2.0, 3.0)]), np.array([0.0, 0.0, 1.0, 1.5, 2.0]),
+    ...                    0.0, 2.0, steps=1)
+    >>> x.tolist(), b.tolist()
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0], [0, 1, 1, 1, 1, 2, 2, 2, 2, 3])
+    >>> [round(v, 3) for v in f.tolist()]
+    [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.333, 0.667, 1.0, 1.0]
+    """
+    inner = cuts.size - 1
+    levels = np.arange(steps + 1) / steps
+    where = np.searchsorted(cuts, sample, side="right")
+    first = np.searchsorted(where, np.arange(1, inner + 1), side="left")
+    size = np.searchsorted(where, np.arange(1, inner + 1), side="right") - first
+    # the inverted-CDF quantile at level l of the c values from ``first``: the ceil(l c)-th, l = 0 the least
+    at = first[:, None] + np.clip(np.ceil(levels * size[:, None]) - 1, 0, np.maximum(size - 1, 0)[:, None])
+    found = size[:, None] > 0
+    quantiles = np.where(found, sample[np.minimum(at, max(sample.size - 1, 0)).astype(np.int64)], cuts[:-1, None])
+    share = np.maximum(size, 1)[:, None]
+    below = np.where(found, (np.searchsorted(sample, quantiles, side="left") - first[:, None]) / share, 0.0)
+    upto = np.where(found, (np.searchsorted(sample, quantiles, side="right") - first[:, None]) / share, 1.0)
+    points = np.concatenate([[low], np.repeat(quantiles.ravel(), 2), [high]]).astype(np.float64)
+    bins = np.concatenate([[0], np.repeat(np.arange(1, inner + 1), 2 * (steps + 1)), [inner + 1]]).astype(np.int64)
+    fractions = np.concatenate([[0.0], np.stack([below, upto], axis=-1).ravel(), [1.0]])
+    return points, bins, fractions
+
+
+def binned_cdf(bins: np.ndarray, fractions: np.ndarray, shares: np.ndarray) -> NDArray[np.float64]:
+    """A binned CDF at the points of a :func:`cdf_grid`: ``share below bins[j] + share of bins[j] * fractions[j]``.
+
+    ``shares`` are over the bins (last axis). Either one grid serves every row
+    of ``shares`` (resampled windows), or each row has its own (features:
+    ``bins`` and ``fractions`` with a row per row of ``shares``).
+
+    >>> binned_cdf(np.array([0, 1, 1, 2]), np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.25, 0.75])).tolist()
+    [0.0, 0.0, 0.25, 1.0]
+    """
+    below = np.cumsum(shares, axis=-1)
+    below -= shares
+    if bins.ndim > 1:  # a grid per row: gather from the flattened rows
+        at = bins + np.arange(bins.shape[0])[:, None] * shares.shape[-1]
+        out: NDArray[np.float64] = below.ravel()[at] + shares.ravel()[at] * fractions
+    else:
+        out = below[..., bins] + shares[..., bins] * fractions
+    return out
+
+
+def cdf_distances(
+    steps: np.ndarray, cdf_p: np.ndarray, cdf_q: np.ndarray
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The KS statistic and the raw Wasserstein-1 distance of two CDFs known at the same points,
+    ``steps`` apart (``np.diff(points)``), and linear between them: the largest gap, and the area
+    between them (trapezoids, or two triangles where the gap changes sign), along the last axis.
+
+    >>> ks, w = cdf_distances(np.array([1.0, 1.0]), np.array([0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0]))
+    >>> float(ks), float(w)  # the gap rises to 1 over the first step and closes over the second
+    (1.0, 1.0)
+    """
+    gap = cdf_p - cdf_q
+    size = np.abs(gap)
+    a, b = gap[..., :-1], gap[..., 1:]
+    across = size[..., :-1] + size[..., 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = np.where(a * b >= 0, 0.5 * across, 0.5 * (a * a + b * b) / across)
+    ks: NDArray[np.float64] = np.max(size, axis=-1)
+    wasserstein: NDArray[np.float64] = np.sum(steps * area, axis=-1)
+    return ks, wasserstein
+
+
+def binned_cdf_distances(
+    steps: np.ndarray, bins: np.ndarray, fractions: np.ndarray, p: np.ndarray, q: np.ndarray
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The KS statistic and the raw Wasserstein-1 distance of two binned distributions.
+
+    ``p`` and ``q`` are shares over the same bins; their CDFs are
+    :func:`binned_cdf` at the grid's points (from :func:`cdf_grid`) and linear
+    between consecutive points, ``steps`` apart (``np.diff(points)``). KS is the
+    largest gap between the two CDFs (it sits at a bin edge: inside a bin the
+    gap is monotone), Wasserstein the area between them, exact for these
+    piecewise-linear CDFs (:func:`cdf_distances`).
+
+    >>> x, b, f = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2, 2, 3]), np.array([0, 0, 1, 0, 1, 1.0])
+    >>> ks, w = binned_cdf_distances(np.diff(x), b, f, np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 0.0]))
+    >>> float(ks), float(w)  # all mass on [0, 1] against all on [1, 2]: shifted by 1
+    (1.0, 1.0)
+    """
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return cdf_distances(steps, binned_cdf(bins, fractions, p), binned_cdf(bins, fractions, q))
 
 
 def ks_effective_n(n1: np.ndarray | int, n2: np.ndarray | int) -> NDArray[np.float64]:
@@ -188,9 +301,24 @@ def chi2_homogeneity(reference: np.ndarray, current: np.ndarray) -> tuple[np.nda
 
 
 def chi2_critical_value(alpha: float, dof: np.ndarray | int) -> np.ndarray:
-    """The chi-squared statistic with upper tail ``alpha`` (NaN with no degrees of freedom)."""
+    """The chi-squared statistic with upper tail ``alpha`` (NaN with no degrees of freedom).
+
+    >>> chi2_critical_value(0.05, np.array([0, 1, 2])).round(4).tolist()
+    [nan, 3.8415, 5.9915]
+    """
     dof = np.asarray(dof)
-    return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
+    if not np.issubdtype(dof.dtype, np.integer):  # a table of whole degrees of freedom would not do
+        return np.where(dof > 0, special.chdtri(np.maximum(dof, 1), alpha), np.nan)
+    table = _chi2_upper(float(alpha), max(int(dof.max(initial=0)), 1))
+    return np.where(dof > 0, table[np.clip(dof, 1, table.size) - 1], np.nan)
+
+
+@functools.lru_cache(maxsize=256)
+def _chi2_upper(alpha: float, top: int) -> NDArray[np.float64]:
+    """``chdtri(dof, alpha)`` for dof 1 to ``top``: windows ask for the same few again and again (never changed)."""
+    table: NDArray[np.float64] = special.chdtri(np.arange(1, top + 1), alpha)
+    table.flags.writeable = False
+    return table
 
 
 def rate_test(
@@ -217,11 +345,11 @@ def rate_test(
     n2 = np.asarray(current_n, dtype=np.float64)
     k = k1 + k2
     share = np.where(n1 + n2 > 0, n2 / np.maximum(n1 + n2, 1.0), 0.0)
-    with np.errstate(invalid="ignore"):
-        lower = special.bdtr(k2, k, share)  # P(X <= k2)
-        upper = np.where(k2 > 0, special.bdtrc(np.maximum(k2 - 1, 0), k, share), 1.0)  # P(X >= k2)
+    live = (k > 0) & (n1 > 0) & (n2 > 0)
+    lower = _where_live(live, special.bdtr, k2, k, share)  # P(X <= k2)
+    upper = _where_live(live & (k2 > 0), special.bdtrc, np.maximum(k2 - 1, 0), k, share)  # P(X >= k2)
     p = np.minimum(1.0, 2.0 * np.minimum(lower, upper))
-    return np.where((k > 0) & (n1 > 0) & (n2 > 0), p, 1.0)
+    return np.where(live, p, 1.0)
 
 
 def rate_increase_test(
@@ -244,9 +372,24 @@ def rate_increase_test(
     n2 = np.asarray(current_n, dtype=np.float64)
     k = k1 + k2
     share = np.where(n1 + n2 > 0, n2 / np.maximum(n1 + n2, 1.0), 0.0)
-    with np.errstate(invalid="ignore"):
-        upper = np.where(k2 > 0, special.bdtrc(np.maximum(k2 - 1, 0), k, share), 1.0)  # P(X >= k2)
-    return np.where((k > 0) & (n1 > 0) & (n2 > 0), np.minimum(upper, 1.0), 1.0)
+    live = (k2 > 0) & (n1 > 0) & (n2 > 0)
+    upper = _where_live(live, special.bdtrc, np.maximum(k2 - 1, 0), k, share)  # P(X >= k2)
+    return np.minimum(upper, 1.0)
+
+
+def _where_live(live: np.ndarray, tail: Callable[..., np.ndarray], *args: np.ndarray) -> NDArray[np.float64]:
+    """``tail(*args)`` where ``live`` (all broadcast together), 1.0 elsewhere: a binomial tail costs about
+    a microsecond a value, and most features of a window have nothing to test.
+
+    >>> _where_live(np.array([True, False]), special.bdtrc, np.array([0, 0]), np.array([2, 2]), 0.5).tolist()
+    [0.75, 1.0]
+    """
+    *values, mask = np.broadcast_arrays(*args, live)
+    out = np.ones(mask.shape)
+    if mask.any():
+        with np.errstate(invalid="ignore"):
+            out[mask] = tail(*(v[mask] for v in values))
+    return out
 
 
 def _log_binom(a: np.ndarray, b: np.ndarray) -> NDArray[np.float64]:
@@ -273,6 +416,8 @@ def out_of_range_pvalue(outside: np.ndarray, n: np.ndarray, reference_n: np.ndar
     k = np.asarray(outside, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     big_n = np.asarray(reference_n, dtype=np.float64)
+    if not (k > 0).any():  # the usual window: nothing outside, and the answer below is 1 everywhere
+        return np.ones(np.broadcast_shapes(k.shape, n.shape, big_n.shape))
     rest = big_n + n - 1.0 - k
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         total = _log_binom(big_n + n, big_n)

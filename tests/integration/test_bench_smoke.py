@@ -39,6 +39,12 @@ def test_window_compute_prints_its_ratios_and_false_alarms() -> None:
     assert re.search(rf"^window 150: driftline {NUMBER} ms/window .* scipy {NUMBER} ms/window", out, re.M), out
     assert re.search(rf"^RATIO window=150 scipy/driftline={NUMBER}x target>=10x (MET|NOT MET)$", out, re.M), out
     assert re.search(rf"^FALSE-ALARMS window=150 driftline over 20 windows: \d+/20 = {NUMBER}%", out, re.M), out
+    assert re.search(
+        rf"^RATIO window=150 evaluate_window cpu={NUMBER} ms target<=1.5 ms \(22 features \+ score, .*process CPU "
+        r"time\) \(informational: the target is at 1000 events\)$",
+        out,
+        re.M,
+    ), out
     if importlib.util.find_spec("evidently") is not None:
         assert re.search(rf"^RATIO window=150 evidently/driftline={NUMBER}x target>=100x (MET|NOT MET)$", out, re.M), (
             out
