@@ -60,7 +60,7 @@ from driftline.streams.observability import WorkerMetrics
 from driftline.streams.outbox import Outbox
 from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.references import ReferenceProvider
-from driftline.streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
+from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, Rejected, SinkError, Sinks
 from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
 from driftline.streams.warehouse.queries import WarehouseQueries
 
@@ -299,7 +299,12 @@ class WorkerService:
         # Raw rows and closed windows are written on their own thread, overlapped with decoding and
         # monitoring; a message is acknowledged once the write that covers it has landed.
         self._backlog = False  # the last poll came back full
-        self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
+        self.outbox = Outbox(
+            self.sinks.write_predictions,
+            self._write_windows,
+            raw_insert_rows=options.raw_insert_rows,
+            write_labels=self.sinks.write_labels,
+        )
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
         # messages of a part whose handling raised, applied one by one when delivered again; and those
         # that raised alone (see _apply): kept across the reset that follows, by (topic, partition, offset)
@@ -478,11 +483,32 @@ class WorkerService:
         self._gauges()  # after the written tokens have left the outbox: they are no longer unacknowledged
         return written
 
-    def _write_windows(self, windows: list[ClosedWindow]) -> None:
-        """Closed windows, on the outbox's window thread: a round trip per table, not per window."""
+    def _write_windows(self, closed_windows: list[ClosedWindow | ClosedLabelWindow]) -> None:
+        """Closed prediction and label windows, on the outbox's window thread: a round trip per table,
+        not per window."""
         started = time.perf_counter()
+        windows = [w for w in closed_windows if isinstance(w, ClosedWindow)]
+        label_windows = [w for w in closed_windows if isinstance(w, ClosedLabelWindow)]
         reports = self.sinks.write_windows(windows)
+        self.sinks.write_label_windows(label_windows)
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        for labelled in label_windows:
+            done = labelled.outcome
+            self.metrics.windows.labels(kind="performance").inc()
+            log.info(
+                "label window %s v%s [%d, %d) written: %d labelled",
+                done.model_id,
+                done.model_version,
+                done.window_start,
+                done.window_end,
+                done.n_labeled,
+                extra={
+                    "model_id": done.model_id,
+                    "version": done.model_version,
+                    "window_start": done.window_start,
+                    "n_labeled": done.n_labeled,
+                },
+            )
         for closed, report in zip(windows, reports):
             outcome = closed.outcome
             self.metrics.windows.labels(kind="drift").inc()
@@ -899,7 +925,8 @@ class WorkerService:
         token = batch_token(messages)
         self._reject(rejected, token)
         if self.options.write_raw:
-            self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
+            # gathered with the raw predictions, written on their thread: the messages' tokens wait for it
+            self.outbox.add_labels([e for items in by_model.values() for _, e in items], token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
         for model_id, items in by_model.items():
@@ -1083,7 +1110,7 @@ class WorkerService:
     # -- closing windows -------------------------------------------------------------------
 
     def _close(self, now: int) -> None:
-        drift: list[ClosedWindow] = []
+        closed: list[ClosedWindow | ClosedLabelWindow] = []
         for outcome in self.monitor.close_due(now):
             if isinstance(outcome, WindowOutcome):
                 trigger_window = TriggerInput(
@@ -1103,12 +1130,13 @@ class WorkerService:
                         request.evidence += root_cause_evidence(
                             outcome.root_cause, outcome.window_start, outcome.window_end
                         )
-                drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
+                closed.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
             else:
-                self._write_performance(outcome, now)
-        self.outbox.add_windows(drift)
+                closed.append(self._label_window(outcome, now))
+        # label windows go with the prediction windows, on the window thread: an insert per table for all
+        self.outbox.add_windows(closed)
 
-    def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
+    def _label_window(self, outcome: PerformanceOutcome, now: int) -> ClosedLabelWindow:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
         holdout = getattr(self.references, "holdout_metrics", None)
         trigger_window = TriggerInput(
@@ -1122,24 +1150,7 @@ class WorkerService:
             change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
         )
         requests, alerts = self._decide("performance", trigger_window)
-        started = time.perf_counter()
-        self.sinks.write_performance(outcome, now, requests, alerts)
-        self.metrics.flush_seconds.observe(time.perf_counter() - started)
-        self.metrics.windows.labels(kind="performance").inc()
-        log.info(
-            "label window %s v%s [%d, %d) written: %d labelled",
-            outcome.model_id,
-            outcome.model_version,
-            outcome.window_start,
-            outcome.window_end,
-            outcome.n_labeled,
-            extra={
-                "model_id": outcome.model_id,
-                "version": outcome.model_version,
-                "window_start": outcome.window_start,
-                "n_labeled": outcome.n_labeled,
-            },
-        )
+        return ClosedLabelWindow(outcome, requests, alerts, computed_at=now)
 
     def _decide(self, stream: str, window: TriggerInput) -> tuple[list, list]:
         # Prediction and label windows close at different times, so each has its own
