@@ -46,7 +46,15 @@ from driftline.retrainer.triggers import (
     record_request,
 )
 from driftline.settings import Settings
-from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
+from driftline.streams.codec import (
+    BulkDecoded,
+    Codec,
+    DecodedGroup,
+    DecodeError,
+    decode_bulk,
+    decode_labels,
+    default_codec,
+)
 from driftline.streams.core.batches import concat_batches, in_arrival_order, take_rows
 from driftline.streams.core.explain import root_cause_evidence
 from driftline.streams.core.ledger import AckLedger, Hold
@@ -883,17 +891,29 @@ class WorkerService:
             )
         return problem
 
-    def _prepare_label(self, m: Incoming, now: int) -> LabelEvent | Rejected:
-        """The label of one message, or why it is refused."""
-        try:
-            record = self.codec.decode(m.value, topic="labels")
-        except DecodeError as exc:
-            return self._rejected(m, exc.reason, exc.message, now)
+    def _prepare_label(
+        self, m: Incoming, now: int, decoded: LabelEvent | None = None, known: dict[str, bool] | None = None
+    ) -> LabelEvent | Rejected:
+        """The label of one message (``decoded`` by ``decode_labels``, else decoded here), or why it is
+        refused; ``known`` remembers the registry's answers for the messages of one poll."""
+        if decoded is not None:
+            record: Any = decoded
+        else:
+            try:
+                record = self.codec.decode(m.value, topic="labels")
+            except DecodeError as exc:
+                return self._rejected(m, exc.reason, exc.message, now)
         if not isinstance(record, LabelEvent):
             return self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now)
         problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
-        if problem is None and not self.references.knows_model(record.model_id):
-            problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
+        if problem is None:
+            is_known = None if known is None else known.get(record.model_id)
+            if is_known is None:
+                is_known = self.references.knows_model(record.model_id)
+                if known is not None:
+                    known[record.model_id] = is_known
+            if not is_known:
+                problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
         if problem is not None:
             return self._rejected(m, problem.reason, problem.detail, now, record.model_id)
         return record
@@ -902,13 +922,16 @@ class WorkerService:
         now = self.now_ms()
         rejected: list[Rejected] = []
         by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
+        # all of a poll's labels at once; a message decode_labels cannot vouch for is decoded alone
+        decoded = decode_labels(self.codec, [m.value for m in messages])
+        known_models: dict[str, bool] = {}
         for i, m in enumerate(messages):
             # preparing a label changes nothing, so one that raises is that message's alone
             try:
-                known = self._poison_of(m)
-                if known is not None:
-                    raise known
-                label = self._prepare_label(m, now)
+                poison = self._poison_of(m)
+                if poison is not None:
+                    raise poison
+                label = self._prepare_label(m, now, decoded[i], known_models)
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
