@@ -72,7 +72,7 @@ import window_compute  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
 
 from driftline.streams.codec import default_codec  # noqa: E402
-from driftline.streams.records import PredictionEvent  # noqa: E402
+from driftline.streams.records import LabelEvent, PredictionEvent  # noqa: E402
 
 
 def backlog_columns(n: int) -> list[window_compute.Columns]:
@@ -116,6 +116,30 @@ def encode_backlog(
     return out
 
 
+def encode_labels(
+    columns: Sequence[window_compute.Columns], model_id: str, n: int, per_window: int, window_ms: int, share: float
+) -> list[list[bytes]]:
+    """Single ``LabelEvent`` messages for ``share`` of each backlog message's events (as ``bench/scale.py`` sends
+    them: one message a label, 1 ms after its prediction, 30% positive), one list per prediction message."""
+    w = make_workload(model_id, "batched", n, per_window, window_ms)
+    codec = default_codec()
+    rng = np.random.default_rng(11)
+    out = []
+    for k, c in enumerate(columns):
+        start = k * BATCH_EVENTS
+        times = w.times(start, c.n)
+        labelled = np.flatnonzero(rng.random(c.n) < share).tolist()
+        out.append(
+            [
+                codec.encode(
+                    LabelEvent(f"{w.name}-{start + i}", model_id, int(times[i]) + 1, float(rng.random() < 0.3))
+                )
+                for i in labelled
+            ]
+        )
+    return out
+
+
 def build_service(settings: Any, options: Any) -> Any:
     """The service with its real adapters, as ``driftline.streams.app.build_service`` wires it (without Faust)."""
     from driftline.retrainer.policy import load_policy
@@ -147,9 +171,17 @@ def run_once(
     profiler: cProfile.Profile | None = None,
     write_raw: bool = True,
     mode: str = "batched",
-) -> tuple[float, float, int]:
+    label_share: float = 0.0,
+    labels_ahead: bool = False,
+    server_pid: int | None = None,
+) -> tuple[float, float, float, int]:
     """Wall-clock and CPU seconds (this process, all threads) that ``WorkerService.handle`` takes over the
-    whole backlog, and the windows it wrote."""
+    whole backlog, the ClickHouse server's CPU seconds over that time (``server_pid``, else 0), and the windows
+    it wrote.
+
+    With ``label_share``, each take of prediction messages is followed by one take of the labels of its
+    events on the labels topic (preceded, with ``labels_ahead``: the labels then wait for their predictions).
+    """
     from driftline.streams.worker import Incoming, WorkerOptions
 
     settings, model_id, version = bench.prepare(tag)
@@ -161,6 +193,8 @@ def run_once(
         Incoming("predictions", 0, offset, key, value, token=offset, full_topic=topic)
         for offset, value in enumerate(values)
     ]
+    label_values = encode_labels(columns, model_id, n, per_window, window_ms, label_share) if label_share else []
+    label_topic = settings.topic("labels")
     options = WorkerOptions(
         app_id=model_id, window_seconds=bench.window_seconds, lateness_seconds=0.0, write_raw=write_raw
     )
@@ -170,11 +204,26 @@ def run_once(
         gc.collect()
         if profiler is not None:
             profiler.enable()
+        server_started = scale.cpu_seconds(server_pid) if server_pid else 0.0
         started, cpu_started = time.perf_counter(), time.process_time()
+        label_offset = 0
         for i in range(0, len(incoming), take):
+            labels = [v for values in label_values[i : i + take] for v in values]
+            label_take = [
+                Incoming(
+                    "labels", 0, label_offset + j, key, value, token=("l", label_offset + j), full_topic=label_topic
+                )
+                for j, value in enumerate(labels)
+            ]
+            label_offset += len(labels)
+            if label_take and labels_ahead:
+                service.handle("labels", label_take, backlog=True)
             service.handle("predictions", incoming[i : i + take], backlog=i + take < len(incoming))
+            if label_take and not labels_ahead:
+                service.handle("labels", label_take, backlog=i + take < len(incoming))
         service.drain()  # every write landed, as in the worker before it acknowledges
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        server_cpu = scale.cpu_seconds(server_pid) - server_started if server_pid else 0.0
         if profiler is not None:
             profiler.disable()
         windows = int(
@@ -184,7 +233,7 @@ def run_once(
         service.outbox.close()
         service.sinks.producer.flush(30)
         service.sinks.warehouse.close()
-    return seconds, cpu, windows
+    return seconds, cpu, server_cpu, windows
 
 
 def print_profile(profiler: cProfile.Profile, top: int, out: Callable[[str], None]) -> None:
@@ -327,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="do not insert the raw predictions (the worker's --no-raw), to see the rest without them",
     )
+    parser.add_argument(
+        "--label-share", type=float, default=0.0, help="share of the predictions that get a label (single messages)"
+    )
+    parser.add_argument(
+        "--labels-ahead", action="store_true", help="hand each take's labels to the service before its predictions"
+    )
     parser.add_argument("--profile", action="store_true", help="one more repetition under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile lines to print per ordering")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -352,31 +407,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(stack, home, uuid.uuid4().hex[:8], args.window_seconds, 600.0, say)
     try:
         columns = backlog_columns(args.n)
-        rates, cpus = [], []
+        port = int(stack.warehouse_base.rsplit(":", 1)[1])
+        server_pid = stack.chserver.pid() if stack.chserver is not None else scale.listening_pid(port)
+        rates, cpus, server_cpus = [], [], []
         for i in range(args.warmup + args.repeats):
-            seconds, cpu, windows = run_once(
-                bench, f"r{i}", columns, args.n, args.per_window, write_raw=not args.no_raw, mode=args.mode
+            seconds, cpu, server_cpu, windows = run_once(
+                bench,
+                f"r{i}",
+                columns,
+                args.n,
+                args.per_window,
+                write_raw=not args.no_raw,
+                mode=args.mode,
+                label_share=args.label_share,
+                labels_ahead=args.labels_ahead,
+                server_pid=server_pid,
             )
             timed = i >= args.warmup
             if timed:
                 rates.append(args.n / seconds)
                 cpus.append(cpu)
+                server_cpus.append(server_cpu)
             out(
                 f"{'RUN' if timed else 'WARMUP'} {i}: n={args.n} windows={windows} seconds={seconds:.3f} "
-                f"cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.2f} events_per_s={args.n / seconds:,.0f}"
+                f"cpu_s={cpu:.3f} server_cpu_s={server_cpu:.3f} events_per_s={args.n / seconds:,.0f}"
             )
         if rates:
             out(
                 f"RESULT WorkerService.handle mode={args.mode} n={args.n} per_window={args.per_window} "
-                f"raw={'no' if args.no_raw else 'yes'} runs={len(rates)} "
+                f"raw={'no' if args.no_raw else 'yes'} label_share={args.label_share:g} "
+                f"labels_ahead={'yes' if args.labels_ahead else 'no'} runs={len(rates)} "
                 f"events_per_s median={statistics.median(rates):,.0f} min={min(rates):,.0f} max={max(rates):,.0f} "
-                f"cpu_s median={statistics.median(cpus):.3f} "
-                f"cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.2f} (process CPU, every thread)"
+                f"cpu_s median={statistics.median(cpus):.3f} (process CPU, every thread) "
+                f"cpu_s_per_million={statistics.median(cpus) / args.n * 1e6:.2f} "
+                f"server_cpu_s_per_million={statistics.median(server_cpus) / args.n * 1e6:.2f}"
             )
         if args.profile:
             profiler = cProfile.Profile()
-            seconds, _, _ = run_once(
-                bench, "prof", columns, args.n, args.per_window, profiler, write_raw=not args.no_raw, mode=args.mode
+            seconds, _, _, _ = run_once(
+                bench,
+                "prof",
+                columns,
+                args.n,
+                args.per_window,
+                profiler,
+                write_raw=not args.no_raw,
+                mode=args.mode,
+                label_share=args.label_share,
+                labels_ahead=args.labels_ahead,
             )
             out(f"PROFILE n={args.n} in {seconds:.2f} s under cProfile = {args.n / seconds:,.0f} events/s")
             print_profile(profiler, args.top, out)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from driftline.streams.background import BackgroundWriter
-from driftline.streams.records import PredictionBatch
-from driftline.streams.sinks import ClosedWindow, combined_token
+from driftline.streams.records import LabelEvent, PredictionBatch
+from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, combined_token
 
 
 class Outbox:
@@ -52,11 +52,13 @@ class Outbox:
     def __init__(
         self,
         write_raw: Callable[[list[PredictionBatch], str], object],
-        write_windows: Callable[[list[ClosedWindow]], object],
+        write_windows: Callable[[list[ClosedWindow | ClosedLabelWindow]], object],
         raw_insert_rows: int,
+        write_labels: Callable[[list[LabelEvent], str], object] | None = None,
     ) -> None:
         self._write_raw = write_raw
         self._write_windows = write_windows
+        self._write_labels = write_labels
         self.raw_insert_rows = raw_insert_rows
         # One raw insert waits while another runs, which bounds the memory of the rows they hold.
         self.raw_writer = BackgroundWriter("driftline-raw-writes", max_pending=1)
@@ -64,7 +66,10 @@ class Outbox:
         self._batches: list[PredictionBatch] = []
         self._tokens: list[str] = []
         self._rows = 0
-        self._windows: list[ClosedWindow] = []
+        # raw labels ride with the raw predictions: one insert per flush instead of one per poll
+        self._labels: list[LabelEvent] = []
+        self._label_tokens: list[str] = []
+        self._windows: list[ClosedWindow | ClosedLabelWindow] = []
         self._since: float | None = None  # when the oldest thing gathered was added (monotonic)
         # (raw insert number, window write number, tokens), in release order
         self._waiting: deque[tuple[int, int, list[Any]]] = deque()
@@ -78,7 +83,31 @@ class Outbox:
         if self._rows >= self.raw_insert_rows:
             self.flush()
 
-    def add_windows(self, windows: Sequence[ClosedWindow]) -> None:
+    def add_labels(self, labels: Sequence[LabelEvent], token: str) -> None:
+        """Raw label rows to insert with the next raw predictions (each counts as a row towards
+        ``raw_insert_rows``); needs ``write_labels``.
+
+        >>> written = []
+        >>> outbox = Outbox(lambda b, t: None, lambda w: None, raw_insert_rows=10,
+        ...                 write_labels=lambda labels, token: written.append((len(labels), token)))
+        >>> outbox.add_labels([LabelEvent("a", "m", 1, 1.0)], "t1")
+        >>> outbox.add_labels([LabelEvent("b", "m", 2, 0.0)], "t2")
+        >>> outbox.drain() == [] and written[0][0]
+        2
+        >>> outbox.close()
+        """
+        if self._write_labels is None:
+            raise ValueError("this outbox writes no labels (no write_labels given)")
+        if not labels:
+            return
+        self._gathered()
+        self._labels.extend(labels)
+        self._label_tokens.append(token)
+        self._rows += len(labels)
+        if self._rows >= self.raw_insert_rows:
+            self.flush()
+
+    def add_windows(self, windows: Sequence[ClosedWindow | ClosedLabelWindow]) -> None:
         if windows:
             self._gathered()
             self._windows.extend(windows)
@@ -90,7 +119,7 @@ class Outbox:
     def release(self, tokens: Sequence[Any]) -> None:
         """Tokens of messages done with their windows; :meth:`written` returns them once their writes land."""
         if tokens:
-            raw_due = self.raw_writer.submitted + (1 if self._batches else 0)
+            raw_due = self.raw_writer.submitted + (1 if self._batches or self._labels else 0)
             window_due = self.window_writer.submitted + (1 if self._windows else 0)
             self._waiting.append((raw_due, window_due, list(tokens)))
 
@@ -125,6 +154,7 @@ class Outbox:
         self.window_writer.join()
         dropped = len(self)
         self._batches, self._tokens, self._rows, self._windows, self._since = [], [], 0, [], None
+        self._labels, self._label_tokens = [], []
         self._waiting.clear()
         return dropped
 
@@ -141,11 +171,20 @@ class Outbox:
             self._since = time.monotonic()
 
     def _flush_raw(self) -> None:
-        if not self._batches:
+        if not self._batches and not self._labels:
             return
-        batches, token = self._batches, combined_token(self._tokens)
-        self._batches, self._tokens, self._rows = [], [], 0
-        self.raw_writer.submit(lambda: self._write_raw(batches, token))
+        batches, token = self._batches, combined_token(self._tokens) if self._tokens else ""
+        labels, label_token = self._labels, combined_token(self._label_tokens) if self._label_tokens else ""
+        self._batches, self._tokens, self._rows, self._labels, self._label_tokens = [], [], 0, [], []
+        write_labels = self._write_labels
+
+        def write() -> None:
+            if batches:
+                self._write_raw(batches, token)
+            if labels and write_labels is not None:
+                write_labels(labels, label_token)
+
+        self.raw_writer.submit(write)
 
 
 __all__ = ["Outbox"]

@@ -155,6 +155,21 @@ class ClosedWindow:
     computed_at: int = 0  # epoch ms: the rows' ``computed_at``
 
 
+@dataclass
+class ClosedLabelWindow:
+    """A label window to write (its performance metrics), with the retrain requests and alerts it led to.
+
+    >>> closed = ClosedLabelWindow(outcome=None)  # the worker passes the monitor's PerformanceOutcome
+    >>> closed.requests, closed.alerts, closed.computed_at
+    ([], [], 0)
+    """
+
+    outcome: PerformanceOutcome
+    requests: list[RetrainRequest] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    computed_at: int = 0  # epoch ms: the rows' ``computed_at``
+
+
 def combined_token(tokens: Sequence[str]) -> str:
     """One deduplication token for rows that several tokens name, written together.
 
@@ -511,45 +526,62 @@ class Sinks:
         requests: Sequence[RetrainRequest] = (),
         alerts: Sequence[Alert] = (),
     ) -> None:
-        m, v, start, end = outcome.model_id, outcome.model_version, outcome.window_start, outcome.window_end
-        token = f"{m}:{v}:{start}:{end}"
-        if outcome.changes:
-            changes = [
-                DriftMetricRow(
-                    m,
-                    v,
-                    c.feature,
-                    c.detector,
-                    start,
-                    end,
-                    float(c.alarms),
-                    None,
-                    1.0,
-                    c.alarms > 0,
-                    0,
-                    c.n_values,
-                    computed_at,
-                )
-                for c in outcome.changes
-            ]
+        """One label window's rows (see :meth:`write_label_windows`)."""
+        self.write_label_windows([ClosedLabelWindow(outcome, list(requests), list(alerts), computed_at)])
+
+    def write_label_windows(self, windows: Sequence[ClosedLabelWindow]) -> None:
+        """Write closed label windows together: one insert per table for all of them.
+
+        The order is that of one window: error-stream change counts, decisions, detector
+        states, then the performance rows, whose ``n_labeled`` row marks a window written.
+        One window keeps the deduplication tokens it always had (``window_token``).
+        """
+        if not windows:
+            return
+        token = window_token([w.outcome for w in windows])
+        changes = [
+            DriftMetricRow(
+                o.model_id,
+                o.model_version,
+                c.feature,
+                c.detector,
+                o.window_start,
+                o.window_end,
+                float(c.alarms),
+                None,
+                1.0,
+                c.alarms > 0,
+                0,
+                c.n_values,
+                w.computed_at,
+            )
+            for w in windows
+            for o in (w.outcome,)
+            for c in o.changes
+        ]
+        if changes:
             self.retry(
                 "insert of error-stream change counts",
                 lambda: self.warehouse.insert_drift_metrics(changes, dedup_token=f"errors:{token}"),
             )
-        self._decisions(requests, alerts, token)
-        if outcome.detector_state is not None:
-            state = _state_row(outcome, "error", computed_at)
+        self._decisions([r for w in windows for r in w.requests], [a for w in windows for a in w.alerts], token)
+        states = [
+            _state_row(w.outcome, "error", w.computed_at) for w in windows if w.outcome.detector_state is not None
+        ]
+        if states:
             self.retry(
                 "insert of change-detector states",
-                lambda: self.warehouse.insert_detector_states([state], dedup_token=f"detectors:error:{token}"),
+                lambda: self.warehouse.insert_detector_states(states, dedup_token=f"detectors:error:{token}"),
             )
-        rows = [
-            PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), computed_at, segment=r.segment)
-            for r in outcome.rows
-        ]
-        rows.append(
-            PerformanceRow(m, v, N_LABELED, start, end, float(outcome.n_labeled), outcome.n_labeled, computed_at)
-        )
+        rows = []
+        for w in windows:
+            o, at = w.outcome, w.computed_at
+            m, v, start, end = o.model_id, o.model_version, o.window_start, o.window_end
+            rows += [
+                PerformanceRow(m, v, r.metric, start, end, float(r.value), int(r.n_labeled), at, segment=r.segment)
+                for r in o.rows
+            ]
+            rows.append(PerformanceRow(m, v, N_LABELED, start, end, float(o.n_labeled), o.n_labeled, at))
         self.retry(
             "insert of performance metrics",
             lambda: self.warehouse.insert_performance_metrics(rows, dedup_token=f"performance:{token}"),
@@ -580,6 +612,7 @@ class Sinks:
 
 
 __all__ = [
+    "ClosedLabelWindow",
     "ClosedWindow",
     "Rejected",
     "SinkError",

@@ -46,7 +46,15 @@ from driftline.retrainer.triggers import (
     record_request,
 )
 from driftline.settings import Settings
-from driftline.streams.codec import BulkDecoded, Codec, DecodedGroup, DecodeError, decode_bulk, default_codec
+from driftline.streams.codec import (
+    BulkDecoded,
+    Codec,
+    DecodedGroup,
+    DecodeError,
+    decode_bulk,
+    decode_labels,
+    default_codec,
+)
 from driftline.streams.core.batches import concat_batches, in_arrival_order, take_rows
 from driftline.streams.core.explain import root_cause_evidence
 from driftline.streams.core.ledger import AckLedger, Hold
@@ -60,7 +68,7 @@ from driftline.streams.observability import WorkerMetrics
 from driftline.streams.outbox import Outbox
 from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.references import ReferenceProvider
-from driftline.streams.sinks import ClosedWindow, Rejected, SinkError, Sinks
+from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, Rejected, SinkError, Sinks
 from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
 from driftline.streams.warehouse.queries import WarehouseQueries
 
@@ -299,7 +307,12 @@ class WorkerService:
         # Raw rows and closed windows are written on their own thread, overlapped with decoding and
         # monitoring; a message is acknowledged once the write that covers it has landed.
         self._backlog = False  # the last poll came back full
-        self.outbox = Outbox(self.sinks.write_predictions, self._write_windows, raw_insert_rows=options.raw_insert_rows)
+        self.outbox = Outbox(
+            self.sinks.write_predictions,
+            self._write_windows,
+            raw_insert_rows=options.raw_insert_rows,
+            write_labels=self.sinks.write_labels,
+        )
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
         # messages of a part whose handling raised, applied one by one when delivered again; and those
         # that raised alone (see _apply): kept across the reset that follows, by (topic, partition, offset)
@@ -476,11 +489,32 @@ class WorkerService:
         self._gauges()  # after the written tokens have left the outbox: they are no longer unacknowledged
         return written
 
-    def _write_windows(self, windows: list[ClosedWindow]) -> None:
-        """Closed windows, on the outbox's window thread: a round trip per table, not per window."""
+    def _write_windows(self, closed_windows: list[ClosedWindow | ClosedLabelWindow]) -> None:
+        """Closed prediction and label windows, on the outbox's window thread: a round trip per table,
+        not per window."""
         started = time.perf_counter()
+        windows = [w for w in closed_windows if isinstance(w, ClosedWindow)]
+        label_windows = [w for w in closed_windows if isinstance(w, ClosedLabelWindow)]
         reports = self.sinks.write_windows(windows)
+        self.sinks.write_label_windows(label_windows)
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        for labelled in label_windows:
+            done = labelled.outcome
+            self.metrics.windows.labels(kind="performance").inc()
+            log.info(
+                "label window %s v%s [%d, %d) written: %d labelled",
+                done.model_id,
+                done.model_version,
+                done.window_start,
+                done.window_end,
+                done.n_labeled,
+                extra={
+                    "model_id": done.model_id,
+                    "version": done.model_version,
+                    "window_start": done.window_start,
+                    "n_labeled": done.n_labeled,
+                },
+            )
         for closed, report in zip(windows, reports):
             outcome = closed.outcome
             self.metrics.windows.labels(kind="drift").inc()
@@ -855,17 +889,29 @@ class WorkerService:
             )
         return problem
 
-    def _prepare_label(self, m: Incoming, now: int) -> LabelEvent | Rejected:
-        """The label of one message, or why it is refused."""
-        try:
-            record = self.codec.decode(m.value, topic="labels")
-        except DecodeError as exc:
-            return self._rejected(m, exc.reason, exc.message, now)
+    def _prepare_label(
+        self, m: Incoming, now: int, decoded: LabelEvent | None = None, known: dict[str, bool] | None = None
+    ) -> LabelEvent | Rejected:
+        """The label of one message (``decoded`` by ``decode_labels``, else decoded here), or why it is
+        refused; ``known`` remembers the registry's answers for the messages of one poll."""
+        if decoded is not None:
+            record: Any = decoded
+        else:
+            try:
+                record = self.codec.decode(m.value, topic="labels")
+            except DecodeError as exc:
+                return self._rejected(m, exc.reason, exc.message, now)
         if not isinstance(record, LabelEvent):
             return self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now)
         problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
-        if problem is None and not self.references.knows_model(record.model_id):
-            problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
+        if problem is None:
+            is_known = None if known is None else known.get(record.model_id)
+            if is_known is None:
+                is_known = self.references.knows_model(record.model_id)
+                if known is not None:
+                    known[record.model_id] = is_known
+            if not is_known:
+                problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
         if problem is not None:
             return self._rejected(m, problem.reason, problem.detail, now, record.model_id)
         return record
@@ -874,13 +920,16 @@ class WorkerService:
         now = self.now_ms()
         rejected: list[Rejected] = []
         by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
+        # all of a poll's labels at once; a message decode_labels cannot vouch for is decoded alone
+        decoded = decode_labels(self.codec, [m.value for m in messages])
+        known_models: dict[str, bool] = {}
         for i, m in enumerate(messages):
             # preparing a label changes nothing, so one that raises is that message's alone
             try:
-                known = self._poison_of(m)
-                if known is not None:
-                    raise known
-                label = self._prepare_label(m, now)
+                poison = self._poison_of(m)
+                if poison is not None:
+                    raise poison
+                label = self._prepare_label(m, now, decoded[i], known_models)
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
@@ -897,7 +946,8 @@ class WorkerService:
         token = batch_token(messages)
         self._reject(rejected, token)
         if self.options.write_raw:
-            self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
+            # gathered with the raw predictions, written on their thread: the messages' tokens wait for it
+            self.outbox.add_labels([e for items in by_model.values() for _, e in items], token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
         for model_id, items in by_model.items():
@@ -1080,7 +1130,7 @@ class WorkerService:
     # -- closing windows -------------------------------------------------------------------
 
     def _close(self, now: int) -> None:
-        drift: list[ClosedWindow] = []
+        closed: list[ClosedWindow | ClosedLabelWindow] = []
         for outcome in self.monitor.close_due(now):
             if isinstance(outcome, WindowOutcome):
                 trigger_window = TriggerInput(
@@ -1100,12 +1150,13 @@ class WorkerService:
                         request.evidence += root_cause_evidence(
                             outcome.root_cause, outcome.window_start, outcome.window_end
                         )
-                drift.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
+                closed.append(ClosedWindow(outcome, requests, alerts, computed_at=now))
             else:
-                self._write_performance(outcome, now)
-        self.outbox.add_windows(drift)
+                closed.append(self._label_window(outcome, now))
+        # label windows go with the prediction windows, on the window thread: an insert per table for all
+        self.outbox.add_windows(closed)
 
-    def _write_performance(self, outcome: PerformanceOutcome, now: int) -> None:
+    def _label_window(self, outcome: PerformanceOutcome, now: int) -> ClosedLabelWindow:
         overall = {r.metric: r.value for r in outcome.rows if r.segment == ""}
         trigger_window = TriggerInput(
             outcome.model_id,
@@ -1118,24 +1169,7 @@ class WorkerService:
             change_events=[(c.detector, "error") for c in outcome.changes for _ in range(c.alarms)],
         )
         requests, alerts = self._decide("performance", trigger_window)
-        started = time.perf_counter()
-        self.sinks.write_performance(outcome, now, requests, alerts)
-        self.metrics.flush_seconds.observe(time.perf_counter() - started)
-        self.metrics.windows.labels(kind="performance").inc()
-        log.info(
-            "label window %s v%s [%d, %d) written: %d labelled",
-            outcome.model_id,
-            outcome.model_version,
-            outcome.window_start,
-            outcome.window_end,
-            outcome.n_labeled,
-            extra={
-                "model_id": outcome.model_id,
-                "version": outcome.model_version,
-                "window_start": outcome.window_start,
-                "n_labeled": outcome.n_labeled,
-            },
-        )
+        return ClosedLabelWindow(outcome, requests, alerts, computed_at=now)
 
     def _decide(self, stream: str, window: TriggerInput) -> tuple[list, list]:
         # Prediction and label windows close at different times, so each has its own

@@ -4,7 +4,8 @@ One concept per module: ``codec`` (one message to a record and back: Avro single
 Confluent, JSON), ``schemas`` (the Avro schema versions and their fingerprints), ``registry``
 (a Confluent schema registry client), and the bulk decoder ``bulk`` (many messages at once),
 built on ``buffer`` (vectorised byte and varint reads), ``event_parser`` (single events) and
-``batch_parser`` (packed-column batches). The names below are the public surface.
+``batch_parser`` (packed-column batches), and ``label_parser`` (many label messages at once).
+The names below are the public surface.
 
 >>> from driftline.streams.codec import decode, encode
 >>> from driftline.streams.records import LabelEvent
@@ -27,6 +28,7 @@ from driftline.streams.codec.codec import (
     encode_json,
     infer_json_record,
 )
+from driftline.streams.codec.label_parser import decode_labels
 from driftline.streams.codec.registry import SchemaRegistryClient, SchemaRegistryError
 from driftline.streams.codec.schemas import SchemaSet, SchemaSetError, SchemaVersion
 
@@ -47,6 +49,7 @@ __all__ = [
     "as_message_bytes",
     "decode",
     "decode_bulk",
+    "decode_labels",
     "default_codec",
     "encode",
     "encode_json",
