@@ -109,8 +109,9 @@ def test_service_profile_prints_its_result(kafka_bootstrap: str, warehouse_serve
     env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
     out = _run("service_profile.py", "--n", "2000", "--per-window", "1000", "--repeats", "1", "--warmup", "0", env=env)
     assert re.search(
-        rf"^RESULT WorkerService.handle n=2000 per_window=1000 raw=yes runs=1 events_per_s "
-        rf"median={NUMBER} min={NUMBER} max={NUMBER} cpu_s median={NUMBER}",
+        rf"^RESULT WorkerService.handle mode=batched n=2000 per_window=1000 raw=yes label_share=0 labels_ahead=no "
+        rf"runs=1 events_per_s median={NUMBER} min={NUMBER} max={NUMBER} cpu_s median={NUMBER} .*"
+        rf"cpu_s_per_million={NUMBER} server_cpu_s_per_million={NUMBER}",
         out,
         re.M,
     ), out
