@@ -307,20 +307,12 @@ class TrendDetector:
         m = w.shape[0]
         total_w = self.base_precision + w.sum(axis=0)
         total_y = self.base_sum + (w * y).sum(axis=0)
-        # The regressor of start j at kept window i >= j is i - j + 1: its sums over the windows are
-        # suffix sums of w, i w and i^2 w (O(m k), where the ramp matrix would cost O(m^2 k)).
-        i = np.arange(m, dtype=np.float64)[:, None]  # a kept window's row; row j is also start j's
-        lag = i - 1.0  # j - 1, for start j
-
-        def suffix(v: NDArray[np.float64]) -> NDArray[np.float64]:
-            out: NDArray[np.float64] = np.cumsum(v[::-1], axis=0)[::-1]
-            return out
-
-        wy = w * y
-        p0, p1, p2 = suffix(w), suffix(i * w), suffix(i * i * w)
-        a = p1 - lag * p0
-        b = p2 - 2.0 * lag * p1 + lag * lag * p0
-        c = suffix(i * wy) - lag * suffix(wy)
+        # ramp[j, i]: the regressor of start j at kept window i (1, 2, ... from the start, 0 before)
+        steps = np.arange(m)
+        ramp = np.clip(steps[None, :] - steps[:, None] + 1, 0, None).astype(np.float64)
+        a = ramp @ w
+        b = (ramp * ramp) @ w
+        c = ramp @ (w * y)
         score = c - a * (total_y / np.where(total_w > 0, total_w, 1.0))
         info = np.maximum(b - a * a / np.where(total_w > 0, total_w, 1.0), 0.0)
         if self.prior == "normal":

@@ -145,9 +145,9 @@ def test_ever_mode_rarely_alarms_at_all_over_many_stationary_windows():
 
 @pytest.mark.parametrize("shared_by", [1, 23])
 def test_rate_mode_false_alarms_stay_under_alpha_of_the_windows(shared_by):
-    # 400 streams, 600 stationary windows each, judged at the level of a detector of `shared_by` streams
+    # 200 streams, 400 stationary windows each, judged at the level of a detector of `shared_by` streams
     # (threshold shared_by / alpha): the bound is E[alarms] <= windows * alpha / shared_by per stream.
-    k, windows, alpha = 400, 600, 0.05
+    k, windows, alpha = 200, 400, 0.05
     rng = np.random.default_rng(shared_by)
     det = TrendDetector(
         [f"s{i}" for i in range(k)],
