@@ -36,6 +36,7 @@ from driftline.retrainer.promotion import TOLERANCE, Direction, PromotionRule, m
 from driftline.streams.core import drift
 from driftline.streams.core.drift import DEFAULT_THRESHOLDS
 from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
+from driftline.streams.core.sequential import GUARANTEES as TREND_GUARANTEES
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
 
 # The drift engine owns its metric names (those of drift_metrics rows, docs/CONTRACTS.md) and the
@@ -171,6 +172,8 @@ class Monitoring:
     detectors: tuple[str, ...] = ("adwin",)
     # event attributes whose values get their own drift rows and root-cause segments (docs/POLICY.md)
     segments: tuple[str, ...] = ()
+    # the slow-drift detector's false-alarm guarantee: 'rate' (at most alpha of the windows) or 'ever'
+    trend_guarantee: str = "rate"
 
     def threshold(self, feature: str, metric: str) -> float | None:
         entry = self.thresholds.get(feature)
@@ -305,12 +308,16 @@ class MultivariateTrigger:
 class TrendTrigger:
     """Retrain when the slow-drift evidence (``trend_evidence``) crosses its alarm level on ``min_features`` streams.
 
-    The evidence is an anytime-valid e-value accumulated across the version's
-    windows, so its alarm already holds its false-alarm rate over any number
-    of windows. Two windows all the same: an abrupt change crosses it in its
-    first window, and the second keeps it from asking before the drift
-    trigger's own confirmation (and before the snapshot holds data from after
-    the change); once crossed, the evidence stays, so a slow trend loses one window.
+    The evidence is accumulated across the version's windows, so its alarm
+    already holds its false-alarm guarantee over any number of windows
+    (``monitoring.trend_guarantee``). Two windows all the same: an abrupt
+    change crosses it in its first window, and the second keeps it from asking
+    before the drift trigger's own confirmation (and before the snapshot holds
+    data from after the change). A trend that goes on keeps alarming, so a
+    slow trend loses about one window: in ``'ever'`` mode the evidence stays
+    once crossed; in ``'rate'`` mode a stream keeps what it has beyond the
+    alarm level (up to one level), which the next window of a trend lifts over
+    it again, while a false alarm's evidence is spent.
 
     >>> TrendTrigger(features=("__prediction__",)).watches("income", "trend_evidence")
     False
@@ -689,6 +696,7 @@ _Direction: TypeAlias = Annotated[Any, _choice(("higher", "lower"), optional=Tru
 _DriftMetric: TypeAlias = Annotated[Any, _choice((DRIFTED,) + DRIFT_METRICS)]
 _Op: TypeAlias = Annotated[Any, _choice(tuple(OPS), _OP_HINT)]
 _Since: TypeAlias = Annotated[Any, _choice(("lookback", "last_promotion"))]
+_TrendGuarantee: TypeAlias = Annotated[Any, _choice(TREND_GUARANTEES)]
 _Detectors: TypeAlias = Annotated[Any, _names(_detector_names)]
 _Names: TypeAlias = Annotated[Any, _names()]
 _QualityMetrics: TypeAlias = Annotated[Any, _names(lambda: QUALITY_METRICS)]
@@ -730,6 +738,7 @@ class _Monitoring(_Section):
     reference: _Reference = _Reference()
     detectors: _Detectors = None
     segments: _Names = None
+    trend_guarantee: _TrendGuarantee = None
 
 
 class _Drift(_Section):

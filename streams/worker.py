@@ -1236,6 +1236,7 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
         detectors=tuple(m.detectors),
         task=options.task,
         segments=tuple(m.segments),
+        trend_guarantee=m.trend_guarantee,
     )
 
 

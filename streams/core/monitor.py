@@ -112,6 +112,8 @@ class MonitorSettings:
     segments: tuple[str, ...] = ()
     max_segment_values: int = MAX_SEGMENT_VALUES
     min_drift_segment: int = MIN_SEGMENT_SIZE
+    # the slow-drift detector's false-alarm guarantee (policy monitoring.trend_guarantee: 'rate' or 'ever')
+    trend_guarantee: str = "rate"
 
 
 class ScoreLog:
@@ -807,7 +809,7 @@ class Monitor:
         model_id, version, start = key
         s = track.settings
         drift = evaluate_window(window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q)
-        trend = _trend_for(track, version, window.reference)
+        trend = _trend_for(track, version, window.reference, s.trend_guarantee)
         if trend is not None:
             # a stream with no values in this window (no predictions: features logged alone) learns
             # nothing from it and gets no row, as the per-window tests give none
@@ -915,17 +917,18 @@ def _reference_key(reference: ReferenceProfile) -> str:
     return f"{reference.model_id}:{reference.model_version}:{reference.n}"
 
 
-def _trend_for(track: _Track, version: str, reference: ReferenceProfile) -> TrendDetector | None:
-    """The version's slow-drift detector, started afresh from ``reference`` on a re-baseline."""
+def _trend_for(track: _Track, version: str, reference: ReferenceProfile, guarantee: str) -> TrendDetector | None:
+    """The version's slow-drift detector, started afresh from ``reference`` on a re-baseline (or when the
+    policy changed its guarantee: the evidence of one mode means nothing to the other)."""
     key = _reference_key(reference)
     held = track.trends.get(version)
-    if held is not None and held[0] == key:
+    if held is not None and held[0] == key and held[1].guarantee == guarantee:
         return held[1]
     # a stream whose reference has no finite mean and spread has no baseline to drift from
     streams = [f for f, r in reference.numeric.items() if r.count > 0 and np.isfinite([r.mean, r.std]).all()]
     if not streams:
         return None
-    trend = TrendDetector.from_reference(reference, streams)
+    trend = TrendDetector.from_reference(reference, streams, guarantee=guarantee)
     track.trends[version] = (key, trend)
     return trend
 

@@ -13,36 +13,59 @@ windows); the reference is one more observation, ``y_0 = 0`` with precision
 "a trend started at window ``j``" adds ``b * (t - j + 1)`` to the windows
 ``t >= j``.
 
-**Evidence.** For each start ``j`` the Bayes factor with a flat prior on the
-common mean and a normal prior ``b ~ N(0, slope^2)`` on the trend is, with
-``S`` the score and ``I`` the information of the trend regressor after
-weighted centring on all observations,
+**Evidence of one start.** With a flat prior on the common mean, ``S`` the
+score and ``I`` the information of the trend regressor after weighted centring
+on all observations, the Bayes factor of start ``j`` is, for the prior
+``prior='normal'`` (``b ~ N(0, slope^2)``),
 
-    BF_j = (1 + slope^2 I)^(-1/2) * exp(slope^2 S^2 / (2 (1 + slope^2 I))).
+    BF_j = (1 + slope^2 I)^(-1/2) * exp(slope^2 S^2 / (2 (1 + slope^2 I))),
 
-It is the likelihood ratio of the data's *location-invariant* part (every
+and for ``prior='two_point'`` (``b = +slope`` or ``-slope``, one half each),
+
+    BF_j = cosh(slope S) * exp(-slope^2 I / 2).
+
+Both are likelihood ratios of the data's *location-invariant* part (every
 difference between observations), whose law under the null does not depend
 on the unknown common mean; those parts grow with the data, so ``BF_j`` is a
-test martingale in windows (value 1 before ``j``). The evidence is the
-mixture over starts ``M_T = sum_j w_j BF_j(T)`` with
-``w_j = H / ((H + j - 1)(H + j))``, which sum to one: ``M_T`` is itself a test
-martingale, and by Ville's inequality **P(M_T ever reaches 1/alpha) <= alpha**
-over an unbounded number of windows, whatever their sizes. The weights are
-nearly uniform (about 1/H) over the first ``H`` windows after a reset, so for
-onsets in that horizon the detector is a Shiryaev-Roberts procedure with
-threshold ``H/alpha``; later onsets pay a slowly growing price
-(``w_j`` falls as ``1/j^2`` past ``H``).
+test martingale in windows (value 1 before ``j``). The two-point prior spends
+nothing on slopes far from the one sought: at 1,000 events a window it finds
++0.02 sigma per window sooner (docs/STATISTICS.md, "Slow drift"); the normal
+prior finds much slower trends too, in time.
+
+**Two guarantees** (``guarantee``):
+
+- ``'rate'`` (the default), an e-detector (Shin, Ramdas & Rinaldo, 2023): the
+  Shiryaev-Roberts sum ``R_T = sum_j c_j BF_j(T)`` over the starts since the
+  last alarm, each start entering with weight ``c_j = 1``. Under the null
+  ``E[R_T | past] = R_(T-1) + 1``. A stream alarms when ``R_T >= A``; it then
+  keeps ``min(R_T - A, A)`` (all weights scaled alike), so
+  ``R_T + A * alarms_T`` never exceeds what it would have been, and
+  **E[alarms over T windows] <= T / A** for every ``T``: false alarms are at
+  most ``1/A`` of the windows however long the stream runs. The evidence kept
+  past the alarm level lets a trend that goes on alarm again in the next
+  window, while a false alarm's evidence is spent (and what is kept is at
+  most one alarm level, so a stream that settles stops alarming).
+- ``'ever'``: the mixture over starts ``M_T = sum_j w_j BF_j(T)`` with
+  ``w_j = H / ((H + j - 1)(H + j))``, which sum to one: ``M_T`` is itself a
+  test martingale, and by Ville's inequality **P(M_T ever reaches A) <= 1/A**
+  over an unbounded number of windows. The weights are nearly uniform (about
+  1/H) over the first ``H`` windows after a reset, so for onsets in that
+  horizon this is a Shiryaev-Roberts procedure with threshold ``H A``: a much
+  stronger promise (no false alarm at all, with probability ``1 - 1/A``) paid
+  for with a later alarm. Once crossed, the evidence of a trend stays.
 
 Only the last ``memory`` starts are kept (older windows join the baseline
-sums): dropping terms only lowers ``M_T``, so the guarantee stands. The
+sums): dropping terms only lowers the evidence, so the guarantees stand. The
 streams of one detector (a model's features and its output) share ``alpha``
-by Bonferroni: a stream alarms when its evidence reaches ``n_streams/alpha``,
-so the probability of any false alarm on any stream, ever, is at most ``alpha``
+by Bonferroni: a stream alarms at ``A = k / alpha`` for ``k`` streams
+(``shared_by``), so in ``'rate'`` mode the expected share of windows in which
+any stream alarms falsely is at most ``alpha``, and in ``'ever'`` mode the
+probability of any false alarm on any stream, ever, is at most ``alpha``,
 under any dependence between the streams.
 
-The guarantee is exact for normal window means with known variances; window
+The guarantees are exact for normal window means with known variances; window
 means of a few hundred values are close to normal (central limit), and the
-benchmark (``bench/power_slow_mv.py``) measures the rate on normal, t(3) and
+benchmark (``bench/power_slow_mv.py``) measures the rates on normal, t(3) and
 integer-valued streams.
 """
 
@@ -58,7 +81,10 @@ from numpy.typing import NDArray
 from driftline.streams.records import FeatureDrift
 
 METRIC = "trend_evidence"
-_STATE_FORMAT = 1
+GUARANTEES = ("rate", "ever")
+PRIORS = ("normal", "two_point")
+# 1: the 'ever' mode with the normal prior, weights implied by the start; 2: guarantee, prior and weights stored
+_STATE_FORMAT = 2
 # Pseudo-values of the reference's variance added to a window's own: a window of a
 # handful of values cannot claim a tiny variance (and so a huge precision) for itself.
 _PRIOR_VALUES = 30.0
@@ -66,6 +92,7 @@ _PRIOR_VALUES = 30.0
 # value's magnitude makes any departure overwhelming and an exact match neutral.
 _SCALE_FLOOR = 1e-12
 _LOG_MAX = 709.0  # exp() of more overflows a float
+_LOG_SPENT = -745.0  # the log weight of a start whose evidence an alarm used up (exp() of it is 0)
 
 
 class TrendDetector:
@@ -77,9 +104,13 @@ class TrendDetector:
     window count, mean and M2 (as ``NumericWindow`` keeps them; count 0 means
     no values: that stream learns nothing from the window).
 
-    ``slope`` is the trend the mixture is tuned for, in reference standard
-    deviations per window; ``horizon`` the number of windows over which start
-    times are weighted alike; ``memory`` how many recent starts are kept.
+    ``slope`` is the trend the prior is tuned for, in reference standard
+    deviations per window; ``guarantee`` ``'rate'`` (false alarms at most
+    ``alpha`` of the windows) or ``'ever'`` (any false alarm at all with
+    probability at most ``alpha``); ``prior`` ``'two_point'`` or ``'normal'``;
+    ``horizon`` the number of windows over which ``'ever'`` weighs start times
+    alike; ``memory`` how many recent starts are kept; ``shared_by`` how many
+    streams share ``alpha`` (default: this detector's).
 
     >>> det = TrendDetector(["x"], ref_count=[5_000], ref_mean=[0.0], ref_std=[1.0])
     >>> rng = np.random.default_rng(1)
@@ -89,6 +120,8 @@ class TrendDetector:
     ...     rows = det.update([v.size], [v.mean()], [((v - v.mean()) ** 2).sum()])
     ...     flagged.append(rows[0].drifted)
     >>> flagged.index(True) - 9 + 1 <= 5   # windows seen since the onset when first flagged
+    True
+    >>> all(flagged[flagged.index(True):])   # a trend that goes on alarms in every window
     True
     >>> again = TrendDetector.from_dict(det.to_dict())
     >>> again.to_dict() == det.to_dict(), rows[0].metric, rows[0].threshold
@@ -108,6 +141,9 @@ class TrendDetector:
         slope: float = 0.02,
         horizon: int = 1_000,
         memory: int = 64,
+        guarantee: str = "rate",
+        prior: str = "normal",
+        shared_by: int | None = None,
     ) -> None:
         self.names = list(names)
         k = len(self.names)
@@ -129,7 +165,15 @@ class TrendDetector:
             raise ValueError(
                 f"need 0 < alpha < 1, slope > 0, horizon >= 1, memory >= 1; got {alpha}, {slope}, {horizon}, {memory}"
             )
+        if guarantee not in GUARANTEES or prior not in PRIORS:
+            raise ValueError(
+                f"guarantee must be one of {GUARANTEES} and prior one of {PRIORS}: {guarantee!r}, {prior!r}"
+            )
+        if shared_by is not None and shared_by < 1:
+            raise ValueError(f"shared_by must be at least 1, got {shared_by}")
         self.alpha, self.slope, self.horizon, self.memory = float(alpha), float(slope), int(horizon), int(memory)
+        self.guarantee, self.prior = guarantee, prior
+        self.shared_by = k if shared_by is None else int(shared_by)
         self.floor = _SCALE_FLOOR * np.maximum(1.0, np.abs(self.ref_mean))
         self.scale = np.maximum(self.ref_std, self.floor)
         self.reset()
@@ -140,8 +184,9 @@ class TrendDetector:
 
         >>> from driftline.streams.core.reference import ReferenceProfile
         >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(10.0)}, {}, predictions=np.ones(10))
-        >>> TrendDetector.from_reference(ref).names
-        ['x', '__prediction__']
+        >>> det = TrendDetector.from_reference(ref, guarantee="ever")
+        >>> det.names, det.guarantee
+        (['x', '__prediction__'], 'ever')
         """
         names = list(reference.numeric) if features is None else list(features)
         refs = [reference.numeric[f] for f in names]
@@ -155,8 +200,8 @@ class TrendDetector:
 
     @property
     def threshold(self) -> float:
-        """The e-value at which a stream alarms: Bonferroni over the streams."""
-        return len(self.names) / self.alpha
+        """The e-value at which a stream alarms: Bonferroni over the streams sharing ``alpha``."""
+        return self.shared_by / self.alpha
 
     def reset(self) -> None:
         """Forget every window (a re-baseline): only the reference remains as the baseline."""
@@ -167,10 +212,23 @@ class TrendDetector:
         self.base_sum = np.zeros(k)
         self.recent_precision = np.zeros((0, k))
         self.recent_y = np.zeros((0, k))
+        # log c_j of each kept start (row) per stream: its weight in the evidence
+        self.recent_log_weight = np.zeros((0, k))
         self.max_log_evidence = np.zeros(k)
 
-    def update(self, count: Sequence[float], mean: Sequence[float], m2: Sequence[float]) -> list[FeatureDrift]:
-        """Add one window per stream (its count, mean and M2); one row per stream."""
+    def observe(
+        self, count: Sequence[float], mean: Sequence[float], m2: Sequence[float]
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        """Add one window per stream; each stream's log evidence in this window and whether it alarms.
+
+        In ``'rate'`` mode the evidence is the one that raised the alarm; what the
+        stream keeps after it is ``log_evidence()``.
+
+        >>> det = TrendDetector(["x"], ref_count=[1_000], ref_mean=[0.0], ref_std=[1.0])
+        >>> log_e, alarm = det.observe([1_000], [0.0], [1_000.0])
+        >>> bool(alarm[0]), bool(log_e[0] < math.log(det.threshold))
+        (False, True)
+        """
         n = np.asarray(count, np.float64).reshape(-1)
         mu = np.asarray(mean, np.float64).reshape(-1)
         m2v = np.asarray(m2, np.float64).reshape(-1)
@@ -184,21 +242,41 @@ class TrendDetector:
         var = np.maximum((np.where(seen, m2v, 0.0) + _PRIOR_VALUES * ref_var) / (n + _PRIOR_VALUES), self.floor**2)
         precision = np.where(seen, n * self.scale**2 / var, 0.0)
         y = np.where(seen, (np.where(seen, mu, 0.0) - self.ref_mean) / self.scale, 0.0)
+        self.windows += 1
         self.recent_precision = np.vstack([self.recent_precision, precision])
         self.recent_y = np.vstack([self.recent_y, y])
-        self.windows += 1
+        self.recent_log_weight = np.vstack([self.recent_log_weight, np.full(k, self._log_start_weight(self.windows))])
         if self.recent_y.shape[0] > self.memory:
             self.base_precision += self.recent_precision[0]
             self.base_sum += self.recent_precision[0] * self.recent_y[0]
             self.recent_precision, self.recent_y = self.recent_precision[1:], self.recent_y[1:]
+            self.recent_log_weight = self.recent_log_weight[1:]
         log_e = self.log_evidence()
+        log_a = math.log(self.threshold)
+        alarm = log_e >= log_a
+        if self.guarantee == "rate" and alarm.any():
+            # keep min(R - A, A): log(R - A) = log R + log(1 - A/R), every start's weight scaled alike
+            with np.errstate(divide="ignore"):  # R == A exactly: nothing is kept
+                spent = np.minimum(np.log1p(-np.exp(np.minimum(log_a - log_e, 0.0))), log_a - log_e)
+            scale = np.where(alarm, np.maximum(spent, _LOG_SPENT), 0.0)
+            self.recent_log_weight = np.maximum(self.recent_log_weight + scale, _LOG_SPENT)
         self.max_log_evidence = np.maximum(self.max_log_evidence, log_e)
-        log_threshold = math.log(self.threshold)
+        return log_e, alarm
+
+    def update(self, count: Sequence[float], mean: Sequence[float], m2: Sequence[float]) -> list[FeatureDrift]:
+        """Add one window per stream (its count, mean and M2); one row per stream.
+
+        The row's value is the evidence, ``threshold`` the alarm level ``A`` and
+        ``drifted`` the alarm. Its p-value is the smallest ``alpha`` at which the
+        stream would have alarmed: in this window (``'rate'``), or by now (``'ever'``).
+        """
+        log_e, alarm = self.observe(count, mean, m2)
         value = np.exp(np.minimum(log_e, _LOG_MAX))
-        p = np.minimum(1.0, np.exp(log_threshold + math.log(self.alpha) - self.max_log_evidence))
+        evidence = self.max_log_evidence if self.guarantee == "ever" else log_e
+        p = np.minimum(1.0, np.exp(math.log(self.shared_by) - evidence))
         return [
-            FeatureDrift(f, METRIC, float(v), float(pv), self.threshold, bool(le >= log_threshold))
-            for f, v, pv, le in zip(self.names, value.tolist(), p.tolist(), log_e.tolist())
+            FeatureDrift(f, METRIC, float(v), float(pv), self.threshold, bool(a))
+            for f, v, pv, a in zip(self.names, value.tolist(), p.tolist(), alarm.tolist())
         ]
 
     def update_window(self, window: Any) -> list[FeatureDrift]:
@@ -216,12 +294,17 @@ class TrendDetector:
         moments = [window.numeric[f] for f in self.names]
         return self.update([m.count for m in moments], [m.mean for m in moments], [m.m2 for m in moments])
 
-    def log_evidence(self) -> NDArray[np.float64]:
-        """log M_T per stream: the mixture over the kept starts plus the weight of starts still to come."""
+    def _log_start_weight(self, j: int | NDArray[np.float64]) -> Any:
+        """log of the weight with which start ``j`` (a window number from 1) enters the evidence."""
+        if self.guarantee == "rate":
+            return np.zeros_like(j, dtype=np.float64) if isinstance(j, np.ndarray) else 0.0
+        h = float(self.horizon)
+        return math.log(h) - np.log(h + j - 1.0) - np.log(h + j)
+
+    def log_bayes_factors(self) -> NDArray[np.float64]:
+        """log BF_j of every kept start (rows, oldest first) per stream (columns)."""
         w, y = self.recent_precision, self.recent_y
         m = w.shape[0]
-        if m == 0:
-            return np.zeros(len(self.names))
         total_w = self.base_precision + w.sum(axis=0)
         total_y = self.base_sum + (w * y).sum(axis=0)
         # ramp[j, i]: the regressor of start j at kept window i (1, 2, ... from the start, 0 before)
@@ -232,17 +315,26 @@ class TrendDetector:
         c = ramp @ (w * y)
         score = c - a * (total_y / np.where(total_w > 0, total_w, 1.0))
         info = np.maximum(b - a * a / np.where(total_w > 0, total_w, 1.0), 0.0)
-        t2 = self.slope**2
-        log_bf = -0.5 * np.log1p(t2 * info) + t2 * score * score / (2.0 * (1.0 + t2 * info))
-        first = self.windows - m + 1  # window number (from 1) of the oldest kept start
-        j = np.arange(first, self.windows + 1, dtype=np.float64)
-        h = float(self.horizon)
-        log_w = math.log(h) - np.log(h + j - 1.0) - np.log(h + j)
-        terms = log_w[:, None] + log_bf
-        # the starts after this window have Bayes factor 1: their weights sum to H / (H + T)
-        future = math.log(h / (h + self.windows))
-        top = np.maximum(terms.max(axis=0), future)
-        evidence: NDArray[np.float64] = top + np.log(np.exp(terms - top).sum(axis=0) + np.exp(future - top))
+        if self.prior == "normal":
+            t2 = self.slope**2
+            log_bf: NDArray[np.float64] = -0.5 * np.log1p(t2 * info) + t2 * score * score / (2.0 * (1.0 + t2 * info))
+            return log_bf
+        x = np.abs(self.slope * score)  # log cosh(x) = x + log(1 + exp(-2x)) - log 2, without overflow
+        log_bf = x + np.log1p(np.exp(-2.0 * x)) - math.log(2.0) - 0.5 * self.slope**2 * info
+        return log_bf
+
+    def log_evidence(self) -> NDArray[np.float64]:
+        """log of the evidence per stream: the weighted sum over the kept starts ('ever': plus the starts to come)."""
+        m = self.recent_y.shape[0]
+        if m == 0:
+            return np.zeros(len(self.names)) if self.guarantee == "ever" else np.full(len(self.names), -np.inf)
+        terms = self.recent_log_weight + self.log_bayes_factors()
+        if self.guarantee == "ever":
+            # the starts after this window have Bayes factor 1: their weights sum to H / (H + T)
+            future = np.full((1, terms.shape[1]), math.log(self.horizon / (self.horizon + self.windows)))
+            terms = np.vstack([terms, future])
+        top = terms.max(axis=0)
+        evidence: NDArray[np.float64] = top + np.log(np.exp(terms - top).sum(axis=0))
         return evidence
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,18 +349,30 @@ class TrendDetector:
             "slope": self.slope,
             "horizon": self.horizon,
             "memory": self.memory,
+            "guarantee": self.guarantee,
+            "prior": self.prior,
+            "shared_by": self.shared_by,
             "windows": self.windows,
             "base_precision": self.base_precision.tolist(),
             "base_sum": self.base_sum.tolist(),
             "recent_precision": self.recent_precision.tolist(),
             "recent_y": self.recent_y.tolist(),
+            "recent_log_weight": self.recent_log_weight.tolist(),
             "max_log_evidence": self.max_log_evidence.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrendDetector:
-        if d.get("format") != _STATE_FORMAT:
-            raise ValueError(f"unsupported trend detector state format {d.get('format')!r}; expected {_STATE_FORMAT}")
+        """The detector ``to_dict`` saved; a state of format 1 (before the guarantee modes) resumes as
+        ``'ever'`` with the normal prior, as it was.
+
+        >>> det = TrendDetector(["x"], ref_count=[100], ref_mean=[0.0], ref_std=[1.0], guarantee="ever")
+        >>> TrendDetector.from_dict(det.to_dict()).guarantee
+        'ever'
+        """
+        fmt = d.get("format")
+        if fmt not in (1, _STATE_FORMAT):
+            raise ValueError(f"unsupported trend detector state format {fmt!r}; expected 1 or {_STATE_FORMAT}")
         det = cls(
             d["names"],
             ref_count=d["ref_count"],
@@ -278,6 +382,9 @@ class TrendDetector:
             slope=d["slope"],
             horizon=d["horizon"],
             memory=d["memory"],
+            guarantee=d.get("guarantee", "ever"),
+            prior=d.get("prior", "normal"),
+            shared_by=d.get("shared_by"),
         )
         k = len(det.names)
         det.windows = int(d["windows"])
@@ -285,5 +392,13 @@ class TrendDetector:
         det.base_sum = np.asarray(d["base_sum"], np.float64)
         det.recent_precision = np.asarray(d["recent_precision"], np.float64).reshape(-1, k)
         det.recent_y = np.asarray(d["recent_y"], np.float64).reshape(-1, k)
+        m = det.recent_y.shape[0]
+        if "recent_log_weight" in d:
+            det.recent_log_weight = np.asarray(d["recent_log_weight"], np.float64).reshape(-1, k)
+        else:  # format 1: each kept start's weight follows from its window number
+            starts = np.arange(det.windows - m + 1, det.windows + 1, dtype=np.float64)
+            det.recent_log_weight = np.repeat(np.asarray(det._log_start_weight(starts)).reshape(-1, 1), k, axis=1)
+        if det.recent_log_weight.shape != det.recent_y.shape:
+            raise ValueError("trend detector state: the kept starts' weights and windows differ in number")
         det.max_log_evidence = np.asarray(d["max_log_evidence"], np.float64)
         return det

@@ -54,8 +54,8 @@ def stream(
     )
 
 
-def settings(detectors: tuple[str, ...] = ()) -> MonitorSettings:
-    return MonitorSettings(Windowing(SIZE, 0), detectors=detectors)
+def settings(detectors: tuple[str, ...] = (), trend_guarantee: str = "rate") -> MonitorSettings:
+    return MonitorSettings(Windowing(SIZE, 0), detectors=detectors, trend_guarantee=trend_guarantee)
 
 
 def pieces(batch: PredictionBatch, size: int) -> list[PredictionBatch]:
@@ -147,6 +147,42 @@ def test_a_new_reference_for_the_version_restarts_the_trend_from_the_new_baselin
         profile = WindowProfile.empty(old, seed=stable_seed("m", "1", o.window_start))
         profile.update(part.numeric, part.categorical, part.predictions)
         assert rows(o, metric=TREND_METRIC) == continued.update_window(profile)
+
+
+def test_the_trend_guarantee_follows_the_settings_and_a_restart_under_another_one_starts_afresh() -> None:
+    ref = reference()
+    batch = stream(9, trend_from=1)
+    batches = pieces(batch, PER_WINDOW)  # one message per window
+
+    def oracle_rows(det: TrendDetector, o: WindowOutcome) -> list[FeatureDrift]:
+        part = window_rows(batch, o.window_start)
+        profile = WindowProfile.empty(ref, seed=stable_seed("m", "1", o.window_start))
+        profile.update(part.numeric, part.categorical, part.predictions)
+        return det.update_window(profile)
+
+    before = run(Monitor(lambda m: settings(trend_guarantee="ever")), batches[:5], ref)
+    assert len(before) == 4
+    ever = TrendDetector.from_reference(ref, guarantee="ever")
+    for o in before:
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(ever, o)
+    written = before[-1]
+    assert written.detector_state is not None
+
+    def restarted(guarantee: str) -> list[WindowOutcome]:
+        monitor = Monitor(lambda m: settings(trend_guarantee=guarantee))
+        monitor.recover("m", "1", written.window_end)
+        monitor.restore_detectors("m", "1", "score", written.detector_state)
+        return run(monitor, batches[4:], ref)
+
+    # the same guarantee after the restart: the saved 'ever' evidence goes on
+    for o in restarted("ever"):
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(ever, o)
+    # the policy now asks for 'rate': the evidence of the other mode is not reused, the detector starts afresh
+    rate = TrendDetector.from_reference(ref)
+    after = restarted("rate")
+    assert len(after) == 4
+    for o in after:
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(rate, o)
 
 
 @pytest.mark.parametrize("detectors", [("adwin",), ()])
