@@ -35,6 +35,7 @@ from driftline.naming import InvalidName, validate_name
 from driftline.retrainer.promotion import TOLERANCE, Direction, PromotionRule, metric_direction
 from driftline.streams.core import drift
 from driftline.streams.core.drift import DEFAULT_THRESHOLDS
+from driftline.streams.core.monitor import TREND_LEVELS
 from driftline.streams.core.multivariate import CORRELATION_CHANGE, MULTIVARIATE_FEATURE, RECONSTRUCTION_ERROR
 from driftline.streams.core.sequential import GUARANTEES as TREND_GUARANTEES
 from driftline.streams.core.sequential import METRIC as TREND_METRIC
@@ -174,6 +175,8 @@ class Monitoring:
     segments: tuple[str, ...] = ()
     # the slow-drift detector's false-alarm guarantee: 'rate' (at most alpha of the windows) or 'ever'
     trend_guarantee: str = "rate"
+    # whom that guarantee covers: 'model' (the model's streams together) or 'stream' (each stream alone)
+    trend_level: str = "model"
 
     def threshold(self, feature: str, metric: str) -> float | None:
         entry = self.thresholds.get(feature)
@@ -310,7 +313,10 @@ class TrendTrigger:
 
     The evidence is accumulated across the version's windows, so its alarm
     already holds its false-alarm guarantee over any number of windows
-    (``monitoring.trend_guarantee``). Two windows all the same: an abrupt
+    (``monitoring.trend_guarantee``), for the model's streams together or for
+    each stream alone (``monitoring.trend_level``: at ``'stream'`` a model of
+    many streams alarms falsely more often, and ``min_features`` above 1 is the
+    way to ask for agreement). Two windows all the same: an abrupt
     change crosses it in its first window, and the second keeps it from asking
     before the drift trigger's own confirmation (and before the snapshot holds
     data from after the change). A trend that goes on keeps alarming, so a
@@ -697,6 +703,7 @@ _DriftMetric: TypeAlias = Annotated[Any, _choice((DRIFTED,) + DRIFT_METRICS)]
 _Op: TypeAlias = Annotated[Any, _choice(tuple(OPS), _OP_HINT)]
 _Since: TypeAlias = Annotated[Any, _choice(("lookback", "last_promotion"))]
 _TrendGuarantee: TypeAlias = Annotated[Any, _choice(TREND_GUARANTEES)]
+_TrendLevel: TypeAlias = Annotated[Any, _choice(TREND_LEVELS)]
 _Detectors: TypeAlias = Annotated[Any, _names(_detector_names)]
 _Names: TypeAlias = Annotated[Any, _names()]
 _QualityMetrics: TypeAlias = Annotated[Any, _names(lambda: QUALITY_METRICS)]
@@ -739,6 +746,7 @@ class _Monitoring(_Section):
     detectors: _Detectors = None
     segments: _Names = None
     trend_guarantee: _TrendGuarantee = None
+    trend_level: _TrendLevel = None
 
 
 class _Drift(_Section):

@@ -1237,6 +1237,7 @@ def monitor_settings(policy: Policy, options: WorkerOptions, model_id: str) -> M
         task=options.task,
         segments=tuple(m.segments),
         trend_guarantee=m.trend_guarantee,
+        trend_level=m.trend_level,
     )
 
 

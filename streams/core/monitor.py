@@ -86,6 +86,10 @@ from driftline.streams.core.windows import EventClock, Windowing, WindowKey, Win
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 
 PREDICTIONS = "predictions"  # hold stream names (see streams.core.ledger)
+# who shares the slow-drift detector's alpha (policy monitoring.trend_level): the model's streams
+# together (at most alpha of the windows alarm on any stream) or each stream alone (at most alpha
+# of its own windows: of the (stream, window) pairs)
+TREND_LEVELS = ("model", "stream")
 LABELS = "labels"
 
 
@@ -114,6 +118,8 @@ class MonitorSettings:
     min_drift_segment: int = MIN_SEGMENT_SIZE
     # the slow-drift detector's false-alarm guarantee (policy monitoring.trend_guarantee: 'rate' or 'ever')
     trend_guarantee: str = "rate"
+    # whom the slow-drift alarm's alpha covers (policy monitoring.trend_level: 'model' or 'stream')
+    trend_level: str = "model"
 
 
 class ScoreLog:
@@ -809,7 +815,7 @@ class Monitor:
         model_id, version, start = key
         s = track.settings
         drift = evaluate_window(window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q)
-        trend = _trend_for(track, version, window.reference, s.trend_guarantee)
+        trend = _trend_for(track, version, window.reference, s.trend_guarantee, s.trend_level)
         if trend is not None:
             # a stream with no values in this window (no predictions: features logged alone) learns
             # nothing from it and gets no row, as the per-window tests give none
@@ -917,20 +923,36 @@ def _reference_key(reference: ReferenceProfile) -> str:
     return f"{reference.model_id}:{reference.model_version}:{reference.n}"
 
 
-def _trend_for(track: _Track, version: str, reference: ReferenceProfile, guarantee: str) -> TrendDetector | None:
+def _trend_for(
+    track: _Track, version: str, reference: ReferenceProfile, guarantee: str, level: str = "model"
+) -> TrendDetector | None:
     """The version's slow-drift detector, started afresh from ``reference`` on a re-baseline (or when the
-    policy changed its guarantee: the evidence of one mode means nothing to the other)."""
+    policy changed its guarantee or level: the evidence of one alarm level means nothing at another)."""
     key = _reference_key(reference)
     held = track.trends.get(version)
-    if held is not None and held[0] == key and held[1].guarantee == guarantee:
-        return held[1]
+    if held is not None and held[0] == key:
+        trend = held[1]
+        if trend.guarantee == guarantee and trend.shared_by == _trend_shared_by(level, len(trend.names)):
+            return trend
     # a stream whose reference has no finite mean and spread has no baseline to drift from
     streams = [f for f, r in reference.numeric.items() if r.count > 0 and np.isfinite([r.mean, r.std]).all()]
     if not streams:
         return None
-    trend = TrendDetector.from_reference(reference, streams, guarantee=guarantee)
+    shared_by = _trend_shared_by(level, len(streams))
+    trend = TrendDetector.from_reference(reference, streams, guarantee=guarantee, shared_by=shared_by)
     track.trends[version] = (key, trend)
     return trend
+
+
+def _trend_shared_by(level: str, streams: int) -> int:
+    """How many streams share the slow-drift alarm's alpha at ``level`` (Bonferroni over the model's ``streams``).
+
+    >>> _trend_shared_by("model", 23), _trend_shared_by("stream", 23)
+    (23, 1)
+    """
+    if level not in TREND_LEVELS:
+        raise ValueError(f"trend level must be one of {TREND_LEVELS}, got {level!r}")
+    return streams if level == "model" else 1
 
 
 def _in_event_order(values: np.ndarray, event_times: np.ndarray) -> np.ndarray:

@@ -54,8 +54,12 @@ def stream(
     )
 
 
-def settings(detectors: tuple[str, ...] = (), trend_guarantee: str = "rate") -> MonitorSettings:
-    return MonitorSettings(Windowing(SIZE, 0), detectors=detectors, trend_guarantee=trend_guarantee)
+def settings(
+    detectors: tuple[str, ...] = (), trend_guarantee: str = "rate", trend_level: str = "model"
+) -> MonitorSettings:
+    return MonitorSettings(
+        Windowing(SIZE, 0), detectors=detectors, trend_guarantee=trend_guarantee, trend_level=trend_level
+    )
 
 
 def pieces(batch: PredictionBatch, size: int) -> list[PredictionBatch]:
@@ -149,7 +153,18 @@ def test_a_new_reference_for_the_version_restarts_the_trend_from_the_new_baselin
         assert rows(o, metric=TREND_METRIC) == continued.update_window(profile)
 
 
-def test_the_trend_guarantee_follows_the_settings_and_a_restart_under_another_one_starts_afresh() -> None:
+@pytest.mark.parametrize(
+    ("key", "first", "then", "first_options", "first_threshold"),
+    [
+        # 4 streams (a, b, c, the model output) share alpha = 0.05: each alarms at 4 / 0.05
+        ("trend_guarantee", "ever", "rate", {"guarantee": "ever"}, 80.0),
+        # each stream on its own alpha: 1 / 0.05
+        ("trend_level", "stream", "model", {"shared_by": 1}, 20.0),
+    ],
+)
+def test_the_trend_detector_follows_the_settings_and_a_restart_under_other_ones_starts_afresh(
+    key: str, first: str, then: str, first_options: dict[str, object], first_threshold: float
+) -> None:
     ref = reference()
     batch = stream(9, trend_from=1)
     batches = pieces(batch, PER_WINDOW)  # one message per window
@@ -158,31 +173,37 @@ def test_the_trend_guarantee_follows_the_settings_and_a_restart_under_another_on
         part = window_rows(batch, o.window_start)
         profile = WindowProfile.empty(ref, seed=stable_seed("m", "1", o.window_start))
         profile.update(part.numeric, part.categorical, part.predictions)
+        trend_rows = rows(o, metric=TREND_METRIC)
+        assert {r.threshold for r in trend_rows} == {det.threshold}
         return det.update_window(profile)
 
-    before = run(Monitor(lambda m: settings(trend_guarantee="ever")), batches[:5], ref)
+    before = run(Monitor(lambda m: settings(**{key: first})), batches[:5], ref)
     assert len(before) == 4
-    ever = TrendDetector.from_reference(ref, guarantee="ever")
+    oracle = TrendDetector.from_reference(ref, **first_options)
+    assert oracle.threshold == first_threshold
     for o in before:
-        assert rows(o, metric=TREND_METRIC) == oracle_rows(ever, o)
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(oracle, o)
     written = before[-1]
     assert written.detector_state is not None
+    _, saved = split_detector_state(written.detector_state)
+    assert saved is not None and saved[1].to_dict() == oracle.to_dict()  # (reference key, detector)
 
-    def restarted(guarantee: str) -> list[WindowOutcome]:
-        monitor = Monitor(lambda m: settings(trend_guarantee=guarantee))
+    def restarted(value: str) -> list[WindowOutcome]:
+        monitor = Monitor(lambda m: settings(**{key: value}))
         monitor.recover("m", "1", written.window_end)
         monitor.restore_detectors("m", "1", "score", written.detector_state)
         return run(monitor, batches[4:], ref)
 
-    # the same guarantee after the restart: the saved 'ever' evidence goes on
-    for o in restarted("ever"):
-        assert rows(o, metric=TREND_METRIC) == oracle_rows(ever, o)
-    # the policy now asks for 'rate': the evidence of the other mode is not reused, the detector starts afresh
-    rate = TrendDetector.from_reference(ref)
-    after = restarted("rate")
+    # the same settings after the restart: the saved evidence goes on
+    for o in restarted(first):
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(oracle, o)
+    # the policy now asks for the default: the evidence of the other mode or alarm level is not
+    # reused, the detector starts afresh
+    default = TrendDetector.from_reference(ref)
+    after = restarted(then)
     assert len(after) == 4
     for o in after:
-        assert rows(o, metric=TREND_METRIC) == oracle_rows(rate, o)
+        assert rows(o, metric=TREND_METRIC) == oracle_rows(default, o)
 
 
 @pytest.mark.parametrize("detectors", [("adwin",), ()])
