@@ -86,11 +86,11 @@ from driftline.streams.core.windows import EventClock, Windowing, WindowKey, Win
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 
 PREDICTIONS = "predictions"  # hold stream names (see streams.core.ledger)
+LABELS = "labels"
 # who shares the slow-drift detector's alpha (policy monitoring.trend_level): the model's streams
 # together (at most alpha of the windows alarm on any stream) or each stream alone (at most alpha
 # of its own windows: of the (stream, window) pairs)
 TREND_LEVELS = ("model", "stream")
-LABELS = "labels"
 
 
 @dataclass(frozen=True)
