@@ -820,7 +820,9 @@ def _numeric(
             "scale": scaled,
             "shape": has & (constant | (dof > 0)),
             "missing": _rate_can_matter(prep.num_missing + missing, ref_total, total, level),
-            "range": has & (outside > 0),
+            # always, not only when a value is outside: that is the window's data, and it goes with
+            # the spread; the shares of the other tests would then add up to more than the level
+            "range": has,
         },
         {**NUMERIC_WEIGHTS, "missing": NUMERIC_WEIGHTS["missing"] * _rate_weight(total, ref_total)},
     )
