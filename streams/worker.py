@@ -915,25 +915,31 @@ class WorkerService:
             self.sinks.write_labels([e for items in by_model.values() for _, e in items], token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
-        for model_id, items in by_model.items():
-            if not self.policy.for_model(model_id).monitoring.enabled:
-                continue
-            events = [e for _, e in items]
-            result = self.monitor.ingest_labels(
+        results = {}
+        for model_id in monitored:
+            items = by_model[model_id]
+            result = results[model_id] = self.monitor.ingest_labels(
                 model_id,
-                [e.event_id for e in events],
-                [e.label for e in events],
-                np.fromiter((e.event_time for e in events), dtype=np.int64, count=len(events)),
+                [e.event_id for _, e in items],
+                [e.label for _, e in items],
+                np.fromiter((e.event_time for _, e in items), dtype=np.int64, count=len(items)),
                 now_ms=now,
             )
             for (i, _), label_holds in zip(items, result.holds):
                 holds[i].extend(label_holds)
-            if result.unmatched:
-                # predictions from before a restart are no longer in memory, but in the warehouse
+        # predictions from before a restart (or not consumed yet) are no longer in memory, but may be in the
+        # warehouse: one read for every model of the poll, not one per model
+        unmatched = {m: r.unmatched for m, r in results.items() if r.unmatched}
+        looked_up = self.queries.lookup_predictions_of(unmatched) if unmatched else {}
+        reads = self._recovery_reads([(m, b.model_version) for m, batches in looked_up.items() for b in batches])
+        for model_id in monitored:
+            items, result = by_model[model_id], results[model_id]
+            events = [e for _, e in items]
+            if model_id in looked_up:
                 position = {e.event_id: i for i, e in items}
                 found = 0
-                for batch in self.queries.lookup_predictions(model_id, result.unmatched):
-                    self._recover(model_id, batch.model_version)
+                for batch in looked_up[model_id]:
+                    self._recover(model_id, batch.model_version, reads)
                     # The warehouse returns rows in any order; the monitor takes row order as the labels'
                     # arrival order (a label later in time arriving first would make the others late).
                     arrival = np.fromiter((position[e] for e in batch.event_ids), dtype=np.int64, count=batch.n)

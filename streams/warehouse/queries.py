@@ -7,7 +7,7 @@ as it does on a write (it passes ``Sinks.retry``); by default a read is tried on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -145,26 +145,36 @@ class WarehouseQueries:
 
         Only the columns a label join needs: ids, times, scores, predicted labels, attributes.
         """
-        found: dict[str, list[dict[str, Any]]] = {}
-        ids = list(dict.fromkeys(event_ids))
-        for lo in range(0, len(ids), chunk):
-            part = ids[lo : lo + chunk]
+        return self.lookup_predictions_of({model_id: event_ids}, chunk)[model_id]
 
-            def query(part: list[str] = part) -> list[dict[str, Any]]:
+    def lookup_predictions_of(
+        self, event_ids: Mapping[str, Sequence[str]], chunk: int = 10_000
+    ) -> dict[str, list[PredictionBatch]]:
+        """:meth:`lookup_predictions` of many models in one read per ``chunk`` ids (every model has an entry):
+        a poll of labels whose predictions are not in memory touches hundreds of models at once."""
+        pairs = [(m, e) for m, ids in event_ids.items() for e in dict.fromkeys(ids)]
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for lo in range(0, len(pairs), chunk):
+            part = pairs[lo : lo + chunk]
+            wanted = set(part)
+
+            def query(part: list[tuple[str, str]] = part) -> list[dict[str, Any]]:
                 return self.warehouse.query_rows(
-                    "SELECT event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, prediction, "
-                    "predicted_label, attributes FROM predictions FINAL "
-                    "WHERE model_id = {model_id:String} AND event_id IN {ids:Array(String)}",
-                    {"model_id": model_id, "ids": part},
+                    "SELECT model_id, event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, "
+                    "prediction, predicted_label, attributes FROM predictions FINAL "
+                    "WHERE model_id IN {models:Array(String)} AND event_id IN {ids:Array(String)}",
+                    {"models": sorted({m for m, _ in part}), "ids": [e for _, e in part]},
                 )
 
             for row in self.retry("looking up predictions for labels", query):
-                found.setdefault(row["model_version"], []).append(row)
-        batches = []
-        for version, rows in sorted(found.items()):
+                # ids and models are filtered apart: keep only the pairs asked for
+                if (row["model_id"], row["event_id"]) in wanted:
+                    found.setdefault((row["model_id"], row["model_version"]), []).append(row)
+        out: dict[str, list[PredictionBatch]] = {m: [] for m in event_ids}
+        for (model_id, version), rows in sorted(found.items()):
             keys = sorted({k for r in rows for k in r["attributes"]})
             labels = [r["predicted_label"] for r in rows]
-            batches.append(
+            out[model_id].append(
                 PredictionBatch(
                     model_id,
                     version,
@@ -177,7 +187,7 @@ class WarehouseQueries:
                     attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
                 )
             )
-        return batches
+        return out
 
     def detector_state(self, model_id: str, model_version: str, stream: str, through: int) -> bytes | None:
         """The change-detector state of a version's ``stream`` after the last window written up to ``through``."""

@@ -154,3 +154,26 @@ def test_the_reads_of_many_versions_at_once_answer_as_one_read_per_version(wareh
         assert many == {m: s.waiting_labels(m, now - HOUR, limit) for m in models}
         assert [e.event_id for e in many["a"]] == ["a2"] and many["nobody"] == []
         assert len(many["b"]) == min(3, limit)
+
+
+def test_predictions_of_many_models_are_looked_up_in_one_read(warehouse: Warehouse) -> None:
+    s = sinks(warehouse)
+    warehouse.insert_predictions(
+        [
+            PredictionBatch("a", "1", ["e1", "e2"], np.array([T0, T0 + 1]), predictions=np.array([0.1, 0.2])),
+            PredictionBatch("a", "2", ["e3"], np.array([T0 + 2]), predictions=np.array([0.3])),
+            PredictionBatch("b", "1", ["e1", "e4"], np.array([T0 + 3, T0 + 4]), predictions=np.array([0.4, 0.5])),
+        ]
+    )
+    # e1 of model a and e4 of model b only: an id of one model never brings another model's row
+    wanted = {"a": ["e1", "e3", "e9", "e1"], "b": ["e4"], "c": ["e1"]}
+    for chunk in (10_000, 1):
+        many = s.lookup_predictions_of(wanted, chunk=chunk)
+        assert set(many) == {"a", "b", "c"} and many["c"] == []
+        for model_id, ids in wanted.items():
+            one = s.lookup_predictions(model_id, ids, chunk=chunk)
+            assert [(b.model_version, b.event_ids, b.predictions.tolist()) for b in many[model_id]] == [
+                (b.model_version, b.event_ids, b.predictions.tolist()) for b in one
+            ]
+        assert [(b.model_version, sorted(b.event_ids)) for b in many["a"]] == [("1", ["e1"]), ("2", ["e3"])]
+        assert [(b.model_version, b.event_ids, b.predictions.tolist()) for b in many["b"]] == [("1", ["e4"], [0.5])]
