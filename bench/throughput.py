@@ -998,7 +998,15 @@ def models_main(args: argparse.Namespace) -> int:
                 settings = bench.settings(tag)
                 kafka.ensure_topics(settings, partitions=plan.partitions)
                 traffic = scale.Traffic(
-                    fleet, plan.events, event_rate, window_ms, t0, args.slice_seconds, args.label_share, args.seed
+                    fleet,
+                    plan.events,
+                    event_rate,
+                    window_ms,
+                    t0,
+                    args.slice_seconds,
+                    args.label_share,
+                    args.seed,
+                    say=say,
                 )
 
                 def make_worker(member: str, settings: Settings = settings, tag: str = tag) -> WorkerRun:

@@ -270,6 +270,15 @@ def part_bounds(events: np.ndarray, max_events: int) -> list[tuple[int, int]]:
     return bounds
 
 
+@dataclass
+class _RecoveryReads:
+    """The warehouse's answers for the recoveries of one poll, read together (see WorkerService._recovery_reads)."""
+
+    waiting: dict[str, list[LabelEvent]] = field(default_factory=dict)
+    through: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    label_through: dict[tuple[str, str], int | None] = field(default_factory=dict)
+
+
 class WorkerService:
     """Wires the monitor to Kafka records and to the sinks; holds no statistics of its own.
 
@@ -824,9 +833,12 @@ class WorkerService:
             if self.policy.for_model(key[0]).monitoring.enabled:
                 by_model[key[0]].append(key)
         results: dict[tuple[str, str, bool], Any] = {}
+        reads = self._recovery_reads(
+            [(model_id, version) for model_id, keys in by_model.items() for _, version, _ in keys]
+        )
         for model_id, keys in by_model.items():
             for _, version, _ in keys:
-                self._recover(model_id, version)
+                self._recover(model_id, version, reads)
             # each topic partition is a source of the model's event clock (see streams.core.windows)
             source = (topic, messages[int(ordered[keys[0]][1][0])].partition)
             # the versions of one model together: a row is late or not as its message stood in the poll
@@ -939,10 +951,11 @@ class WorkerService:
             else:
                 by_model[label.model_id].append((i, label))
 
-        for model_id in by_model:
-            if self.policy.for_model(model_id).monitoring.enabled:
-                # before this batch's raw rows are written, so that its labels are not read back as waiting
-                self._recover(model_id)
+        monitored = [model_id for model_id in by_model if self.policy.for_model(model_id).monitoring.enabled]
+        # before this batch's raw rows are written, so that its labels are not read back as waiting
+        reads = self._recovery_reads([(model_id, None) for model_id in monitored])
+        for model_id in monitored:
+            self._recover(model_id, None, reads)
         token = batch_token(messages)
         self._reject(rejected, token)
         if self.options.write_raw:
@@ -950,25 +963,31 @@ class WorkerService:
             self.outbox.add_labels([e for items in by_model.values() for _, e in items], token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
-        for model_id, items in by_model.items():
-            if not self.policy.for_model(model_id).monitoring.enabled:
-                continue
-            events = [e for _, e in items]
-            result = self.monitor.ingest_labels(
+        results = {}
+        for model_id in monitored:
+            items = by_model[model_id]
+            result = results[model_id] = self.monitor.ingest_labels(
                 model_id,
-                [e.event_id for e in events],
-                [e.label for e in events],
-                np.fromiter((e.event_time for e in events), dtype=np.int64, count=len(events)),
+                [e.event_id for _, e in items],
+                [e.label for _, e in items],
+                np.fromiter((e.event_time for _, e in items), dtype=np.int64, count=len(items)),
                 now_ms=now,
             )
             for (i, _), label_holds in zip(items, result.holds):
                 holds[i].extend(label_holds)
-            if result.unmatched:
-                # predictions from before a restart are no longer in memory, but in the warehouse
+        # predictions from before a restart (or not consumed yet) are no longer in memory, but may be in the
+        # warehouse: one read for every model of the poll, not one per model
+        unmatched = {m: r.unmatched for m, r in results.items() if r.unmatched}
+        looked_up = self.queries.lookup_predictions_of(unmatched) if unmatched else {}
+        reads = self._recovery_reads([(m, b.model_version) for m, batches in looked_up.items() for b in batches])
+        for model_id in monitored:
+            items, result = by_model[model_id], results[model_id]
+            events = [e for _, e in items]
+            if model_id in looked_up:
                 position = {e.event_id: i for i, e in items}
                 found = 0
-                for batch in self.queries.lookup_predictions(model_id, result.unmatched):
-                    self._recover(model_id, batch.model_version)
+                for batch in looked_up[model_id]:
+                    self._recover(model_id, batch.model_version, reads)
                     # The warehouse returns rows in any order; the monitor takes row order as the labels'
                     # arrival order (a label later in time arriving first would make the others late).
                     arrival = np.fromiter((position[e] for e in batch.event_ids), dtype=np.int64, count=batch.n)
@@ -997,17 +1016,35 @@ class WorkerService:
             self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
         return {(model_id, None) for model_id in by_model}
 
-    def _recover(self, model_id: str, version: str | None = None) -> None:
+    def _recovery_reads(self, keys: Sequence[tuple[str, str | None]]) -> _RecoveryReads:
+        """What :meth:`_recover` reads for the models and versions of one poll that still need it, in one
+        read per kind instead of one per model version (a fresh worker meets a thousand versions at once)."""
+        models = [m for m in dict.fromkeys(m for m, _ in keys) if self.monitor.needs_label_restore(m)]
+        versions = [(m, v) for m, v in dict.fromkeys(keys) if v is not None and self.monitor.needs_recovery(m, v)]
+        reads = _RecoveryReads()
+        if models:
+            since = self.now_ms() - self.monitor.index_ttl_ms
+            reads.waiting = self.queries.waiting_labels_of(models, since, self.monitor.index_max_entries)
+        if versions:
+            reads.through = self.queries.latest_windows(versions)
+            reads.label_through = self.queries.latest_label_windows(versions)
+        return reads
+
+    def _recover(self, model_id: str, version: str | None = None, reads: _RecoveryReads | None = None) -> None:
         """Pick up what was written before a start or rebalance, before the first batch that needs it.
 
         Per model: the labels that were waiting for their predictions (their
         messages were acknowledged, so Kafka does not deliver them again). Per
         version (unless ``version`` is None): how far its windows were written,
         its change detectors as of those windows, and its trigger states.
+        ``reads``: what :meth:`_recovery_reads` read for the poll (what it lacks is read here).
         """
+        reads = reads or _RecoveryReads()
         if self.monitor.needs_label_restore(model_id):
             since = self.now_ms() - self.monitor.index_ttl_ms
-            waiting = self.queries.waiting_labels(model_id, since, self.monitor.index_max_entries)
+            waiting = reads.waiting.get(model_id)
+            if waiting is None:
+                waiting = self.queries.waiting_labels(model_id, since, self.monitor.index_max_entries)
             n = self.monitor.restore_labels(
                 model_id,
                 [e.event_id for e in waiting],
@@ -1024,8 +1061,13 @@ class WorkerService:
                 )
         if version is None or not self.monitor.needs_recovery(model_id, version):
             return
-        through = self.queries.latest_window(model_id, version)
-        label_through = self.queries.latest_label_window(model_id, version)
+        key = (model_id, version)
+        through = reads.through[key] if key in reads.through else self.queries.latest_window(model_id, version)
+        label_through = (
+            reads.label_through[key]
+            if key in reads.label_through
+            else self.queries.latest_label_window(model_id, version)
+        )
         resumed_after_release = (model_id, version) in self._released
         self._released.discard((model_id, version))
         self.monitor.recover(model_id, version, through)
@@ -1067,16 +1109,19 @@ class WorkerService:
                     extra={"model_id": model_id, "version": version, "stream": stream, "through": written},
                 )
         if not resumed_after_release:  # the trigger states stayed in memory
-            self._rebuild_triggers(model_id, version, through)
+            self._rebuild_triggers(model_id, version, through, label_through)
 
-    def _rebuild_triggers(self, model_id: str, version: str, through: int | None) -> None:
+    def _rebuild_triggers(self, model_id: str, version: str, through: int | None, label_through: int | None) -> None:
         """Pick up the trigger states where they were: fold the evaluator over the windows already written.
 
         The state is a pure function of the written windows (the evaluator uses
         event time), so a restarted worker, or the one that takes a partition
         over, continues an episode instead of starting a new one.
         """
-        drift_windows, label_windows = self.queries.written_windows(model_id, version)
+        # Nothing written for this version (no window marker, no label window marker): no window to
+        # fold, and the reads below would find none that counts; a fresh worker skips them per version.
+        nothing = through is None and label_through is None
+        drift_windows, label_windows = ([], []) if nothing else self.queries.written_windows(model_id, version)
         policy = self.policy.for_model(model_id)
         reference = self.references.holdout_metrics(model_id, version) if label_windows else None
         folds = (

@@ -26,6 +26,7 @@ scaled to the exact ``en`` inside the bucket by the metric's asymptotic rate
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,6 +38,8 @@ from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.window_profile import DEFAULT_WINDOW_SAMPLE
 
 BINNED_REPLICATES = 1_000
+#: Null quantiles kept per process, shared by every reference with the same counts (a few hundred bytes each).
+SHARED_BINNED = 8_192
 _RATE = {"psi": 1.0, "jensenshannon": 0.5, "hellinger": 0.5, "wasserstein": 0.5}
 
 
@@ -44,36 +47,57 @@ def _bucket(en: float) -> int:
     return max(0, int(math.floor(math.log2(max(en, 1.0)))))
 
 
-def _reference_proportions(reference: ReferenceProfile, feature: str) -> NDArray[np.float64]:
-    if feature in reference.numeric:
-        counts = reference.numeric[feature].counts.astype(np.float64)
-        n = counts.sum()
-        # A new value of a continuous feature falls below (above) all n
-        # reference values with probability 1/(n+1): that is what the open bins
-        # of stationary windows receive.
-        p = counts / (n + 1.0)
-        p[0] = p[-1] = 0.5 / (n + 1.0)
-        shares: NDArray[np.float64] = p / p.sum()
+def _null_proportions(counts: np.ndarray, numeric: bool) -> NDArray[np.float64]:
+    """The proportions stationary windows are drawn from: the reference's, with a continuous
+    feature's two open bins given the chance that a new value falls outside its ``n`` values."""
+    c = counts.astype(np.float64)
+    if not numeric:
+        shares: NDArray[np.float64] = c / c.sum()
         return shares
-    counts = reference.categorical[feature].counts.astype(np.float64)
-    shares = counts / counts.sum()
-    return shares
+    n = c.sum()
+    # A new value of a continuous feature falls below (above) all n
+    # reference values with probability 1/(n+1): that is what the open bins
+    # of stationary windows receive.
+    p = c / (n + 1.0)
+    p[0] = p[-1] = 0.5 / (n + 1.0)
+    out: NDArray[np.float64] = p / p.sum()
+    return out
+
+
+def _reference_proportions(reference: ReferenceProfile, feature: str) -> NDArray[np.float64]:
+    numeric = feature in reference.numeric
+    kind = reference.numeric[feature] if numeric else reference.categorical[feature]
+    return _null_proportions(kind.counts, numeric)
+
+
+@functools.lru_cache(maxsize=SHARED_BINNED)
+def _binned_null(counts: bytes, numeric: bool, exponent: int, alpha: float) -> tuple[float, float, float]:
+    """The null quantiles of one set of reference counts: they depend on nothing else.
+
+    Every continuous feature binned on the quantiles of the same number of
+    reference values has the same counts, so the features of a worker's model
+    versions share a handful of these. The seed comes from the key, so every
+    process and every order of computing gives the same values.
+    """
+    ref_counts = np.frombuffer(counts, dtype=np.int64)
+    rng = np.random.default_rng(stable_seed("binned", counts, numeric, exponent, alpha))
+    p_true = _null_proportions(ref_counts, numeric)
+    p_ref = ref_counts / ref_counts.sum()
+    n = 2**exponent
+    q = rng.multinomial(n, p_true, size=BINNED_REPLICATES) / n
+    level = 1.0 - alpha
+    return (
+        float(np.quantile(metrics.psi(p_ref, q), level)),
+        float(np.quantile(metrics.jensenshannon(p_ref, q), level)),
+        float(np.quantile(metrics.hellinger(p_ref, q), level)),
+    )
 
 
 def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> tuple[float, ...]:
     def calibrate() -> tuple[float, ...]:
-        rng = np.random.default_rng(stable_seed(reference.seed, "binned", feature, exponent, alpha))
-        p_true = _reference_proportions(reference, feature)
-        kind = reference.numeric.get(feature) or reference.categorical[feature]
-        p_ref = kind.counts / kind.counts.sum()
-        n = 2**exponent
-        q = rng.multinomial(n, p_true, size=BINNED_REPLICATES) / n
-        level = 1.0 - alpha
-        return (
-            float(np.quantile(metrics.psi(p_ref, q), level)),
-            float(np.quantile(metrics.jensenshannon(p_ref, q), level)),
-            float(np.quantile(metrics.hellinger(p_ref, q), level)),
-        )
+        numeric = feature in reference.numeric
+        kind = reference.numeric[feature] if numeric else reference.categorical[feature]
+        return _binned_null(np.ascontiguousarray(kind.counts, dtype=np.int64).tobytes(), numeric, exponent, alpha)
 
     return reference.cached(("binned", feature, exponent, alpha), calibrate)
 
@@ -161,9 +185,9 @@ def calibrate(
         for n in window_sizes:
             if feature in reference.numeric:
                 ref = reference.numeric[feature]
-                binned_thresholds(reference, feature, float(metrics.ks_effective_n(n, ref.count)), alpha)
-                m = min(n, window_sample_size)
-                wasserstein_threshold(reference, feature, float(metrics.ks_effective_n(m, ref.sample.size)), alpha)
+                en = float(metrics.ks_effective_n(n, ref.count))
+                binned_thresholds(reference, feature, en, alpha)
+                wasserstein_threshold(reference, feature, en, alpha)  # binned over every value, as drift.py reads it
             else:
                 binned_thresholds(
                     reference, feature, float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha

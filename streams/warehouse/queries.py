@@ -7,7 +7,7 @@ as it does on a write (it passes ``Sinks.retry``); by default a read is tried on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -145,26 +145,36 @@ class WarehouseQueries:
 
         Only the columns a label join needs: ids, times, scores, predicted labels, attributes.
         """
-        found: dict[str, list[dict[str, Any]]] = {}
-        ids = list(dict.fromkeys(event_ids))
-        for lo in range(0, len(ids), chunk):
-            part = ids[lo : lo + chunk]
+        return self.lookup_predictions_of({model_id: event_ids}, chunk)[model_id]
 
-            def query(part: list[str] = part) -> list[dict[str, Any]]:
+    def lookup_predictions_of(
+        self, event_ids: Mapping[str, Sequence[str]], chunk: int = 10_000
+    ) -> dict[str, list[PredictionBatch]]:
+        """:meth:`lookup_predictions` of many models in one read per ``chunk`` ids (every model has an entry):
+        a poll of labels whose predictions are not in memory touches hundreds of models at once."""
+        pairs = [(m, e) for m, ids in event_ids.items() for e in dict.fromkeys(ids)]
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for lo in range(0, len(pairs), chunk):
+            part = pairs[lo : lo + chunk]
+            wanted = set(part)
+
+            def query(part: list[tuple[str, str]] = part) -> list[dict[str, Any]]:
                 return self.warehouse.query_rows(
-                    "SELECT event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, prediction, "
-                    "predicted_label, attributes FROM predictions FINAL "
-                    "WHERE model_id = {model_id:String} AND event_id IN {ids:Array(String)}",
-                    {"model_id": model_id, "ids": part},
+                    "SELECT model_id, event_id, model_version, toUnixTimestamp64Milli(event_time) AS event_time, "
+                    "prediction, predicted_label, attributes FROM predictions FINAL "
+                    "WHERE model_id IN {models:Array(String)} AND event_id IN {ids:Array(String)}",
+                    {"models": sorted({m for m, _ in part}), "ids": [e for _, e in part]},
                 )
 
             for row in self.retry("looking up predictions for labels", query):
-                found.setdefault(row["model_version"], []).append(row)
-        batches = []
-        for version, rows in sorted(found.items()):
+                # ids and models are filtered apart: keep only the pairs asked for
+                if (row["model_id"], row["event_id"]) in wanted:
+                    found.setdefault((row["model_id"], row["model_version"]), []).append(row)
+        out: dict[str, list[PredictionBatch]] = {m: [] for m in event_ids}
+        for (model_id, version), rows in sorted(found.items()):
             keys = sorted({k for r in rows for k in r["attributes"]})
             labels = [r["predicted_label"] for r in rows]
-            batches.append(
+            out[model_id].append(
                 PredictionBatch(
                     model_id,
                     version,
@@ -177,7 +187,7 @@ class WarehouseQueries:
                     attributes={k: [r["attributes"].get(k, "") for r in rows] for k in keys},
                 )
             )
-        return batches
+        return out
 
     def detector_state(self, model_id: str, model_version: str, stream: str, through: int) -> bytes | None:
         """The change-detector state of a version's ``stream`` after the last window written up to ``through``."""
@@ -196,56 +206,88 @@ class WarehouseQueries:
         written only up to before the label's event time. At most ``limit``,
         the latest stored, returned oldest first.
         """
+        return self.waiting_labels_of([model_id], since_ms, limit)[model_id]
+
+    def waiting_labels_of(self, model_ids: Sequence[str], since_ms: int, limit: int) -> dict[str, list[LabelEvent]]:
+        """:meth:`waiting_labels` of many models in one read (``limit`` per model); every model has an entry."""
+        ids = list(dict.fromkeys(model_ids))
 
         def query() -> list[dict[str, Any]]:
+            if not ids:
+                return []
             return self.warehouse.query_rows(
-                "SELECT l.event_id AS event_id, toUnixTimestamp64Milli(l.event_time) AS event_time, "
+                "SELECT l.model_id AS model_id, l.event_id AS event_id, "
+                "toUnixTimestamp64Milli(l.event_time) AS event_time, "
                 "l.label_value AS label_value, l.label_class AS label_class, l.ingested_at AS ingested_at "
-                "FROM (SELECT event_id, event_time, label_value, label_class, ingested_at FROM labels FINAL "
-                "      WHERE model_id = {model_id:String} "
+                "FROM (SELECT model_id, event_id, event_time, label_value, label_class, ingested_at FROM labels FINAL "
+                "      WHERE model_id IN {ids:Array(String)} "
                 "      AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) AS l "
                 # only the predictions of these labels: the key (model_id, event_id) finds them
-                "LEFT JOIN (SELECT event_id, argMax(model_version, ingested_at) AS model_version FROM predictions "
-                "           WHERE model_id = {model_id:String} AND event_id IN "
-                "           (SELECT event_id FROM labels WHERE model_id = {model_id:String} "
+                "LEFT JOIN (SELECT model_id, event_id, argMax(model_version, ingested_at) AS model_version "
+                "           FROM predictions WHERE model_id IN {ids:Array(String)} AND (model_id, event_id) IN "
+                "           (SELECT model_id, event_id FROM labels WHERE model_id IN {ids:Array(String)} "
                 "            AND ingested_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')) "
-                "           GROUP BY event_id) AS p ON l.event_id = p.event_id "
-                "LEFT JOIN (SELECT model_version, max(window_end) AS through FROM performance_metrics "
-                "           WHERE model_id = {model_id:String} AND metric = {marker:String} AND segment = '' "
-                "           GROUP BY model_version) AS w ON p.model_version = w.model_version "
+                "           GROUP BY model_id, event_id) AS p ON l.model_id = p.model_id AND l.event_id = p.event_id "
+                "LEFT JOIN (SELECT model_id, model_version, max(window_end) AS through FROM performance_metrics "
+                "           WHERE model_id IN {ids:Array(String)} AND metric = {marker:String} AND segment = '' "
+                "           GROUP BY model_id, model_version) AS w "
+                "ON p.model_id = w.model_id AND p.model_version = w.model_version "
                 # a missing row of a LEFT JOIN reads as the column's default: '' and 1970
                 "WHERE p.event_id = '' OR l.event_time >= w.through "
-                "ORDER BY l.ingested_at DESC, l.event_id DESC LIMIT {limit:UInt64}",
-                {"model_id": model_id, "since": int(since_ms), "marker": N_LABELED, "limit": int(limit)},
+                "ORDER BY l.model_id, l.ingested_at DESC, l.event_id DESC LIMIT {limit:UInt64} BY l.model_id",
+                {"ids": ids, "since": int(since_ms), "marker": N_LABELED, "limit": int(limit)},
             )
 
         rows = self.retry("reading the labels that waited for their predictions", query)
-        rows.reverse()
-        return [
-            LabelEvent(
-                r["event_id"],
-                model_id,
-                int(r["event_time"]),
-                r["label_class"] if r["label_class"] is not None else r["label_value"],
+        out: dict[str, list[LabelEvent]] = {m: [] for m in ids}
+        for r in reversed(rows):  # oldest first
+            out[r["model_id"]].append(
+                LabelEvent(
+                    r["event_id"],
+                    r["model_id"],
+                    int(r["event_time"]),
+                    r["label_class"] if r["label_class"] is not None else r["label_value"],
+                )
             )
-            for r in rows
-        ]
+        return out
 
     def latest_window(self, model_id: str, model_version: str) -> int | None:
         return self.retry(
             "reading the latest written window", lambda: self.warehouse.latest_closed_window(model_id, model_version)
         )
 
+    def latest_windows(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+        """:meth:`latest_window` of many ``(model_id, model_version)`` in one read; every key has an entry."""
+        return self._latest_of(
+            "reading the latest written windows",
+            "SELECT model_id AS m, model_version AS v, toUnixTimestamp64Milli(max(window_end)) AS end_ms "
+            "FROM window_profiles WHERE model_id IN {ids:Array(String)} GROUP BY m, v",
+            keys,
+            {},
+        )
+
     def latest_label_window(self, model_id: str, model_version: str) -> int | None:
         """The end of the last performance window written for this version (the ``n_labeled`` marker)."""
+        return self.latest_label_windows([(model_id, model_version)])[(model_id, model_version)]
 
-        def query() -> int | None:
-            rows = self.warehouse.query_rows(
-                "SELECT count() AS n, toUnixTimestamp64Milli(max(window_end)) AS end_ms FROM performance_metrics "
-                "WHERE model_id = {model_id:String} AND model_version = {model_version:String} "
-                "AND metric = {metric:String} AND segment = ''",
-                {"model_id": model_id, "model_version": model_version, "metric": N_LABELED},
-            )
-            return int(rows[0]["end_ms"]) if rows[0]["n"] else None
+    def latest_label_windows(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+        """:meth:`latest_label_window` of many ``(model_id, model_version)`` in one read; every key has an entry."""
+        return self._latest_of(
+            "reading the latest written label windows",
+            "SELECT model_id AS m, model_version AS v, toUnixTimestamp64Milli(max(window_end)) AS end_ms "
+            "FROM performance_metrics WHERE model_id IN {ids:Array(String)} "
+            "AND metric = {metric:String} AND segment = '' GROUP BY m, v",
+            keys,
+            {"metric": N_LABELED},
+        )
 
-        return self.retry("reading the latest written label window", query)
+    def _latest_of(
+        self, what: str, sql: str, keys: Sequence[tuple[str, str]], params: dict[str, Any]
+    ) -> dict[tuple[str, str], int | None]:
+        """One grouped read of the latest window end per version, over the models of ``keys`` (by the
+        primary key's first column); the versions of those models not asked for are dropped."""
+        wanted = list(dict.fromkeys(keys))
+        ids = list(dict.fromkeys(m for m, _ in wanted))
+        rows = self.retry(what, lambda: self.warehouse.query_rows(sql, {**params, "ids": ids}) if ids else [])
+        found = {(str(r["m"]), str(r["v"])): int(r["end_ms"]) for r in rows}
+        return {k: found.get(k) for k in wanted}

@@ -13,7 +13,7 @@ from driftline.streams.core.detectors import ChangeDetectorBank
 from driftline.streams.records import LabelEvent, PredictionBatch
 from driftline.streams.sinks import Sinks
 from driftline.streams.warehouse import Warehouse, WarehouseQueries
-from driftline.streams.warehouse.rows import N_LABELED, DetectorStateRow, PerformanceRow
+from driftline.streams.warehouse.rows import N_LABELED, DetectorStateRow, PerformanceRow, WindowProfileRow
 
 pytestmark = pytest.mark.warehouse
 
@@ -104,3 +104,76 @@ def test_waiting_labels_are_those_that_no_written_label_window_counts(warehouse:
     warehouse.insert_labels([LabelEvent("w1", "m", T0 + 30, 0.0)])
     (w1,) = [e for e in s.waiting_labels("m", now - HOUR, limit=100) if e.event_id == "w1"]
     assert (w1.event_time, w1.label) == (T0 + 30, 0.0)
+
+
+def test_the_reads_of_many_versions_at_once_answer_as_one_read_per_version(warehouse: Warehouse) -> None:
+    """A fresh worker meets many versions in one poll: one read per kind answers for all of them."""
+    s = sinks(warehouse)
+    now = int(time.time() * 1000)
+    ends = {("a", "1"): [T0 + 60_000, T0 + 120_000], ("a", "2"): [T0 + 60_000], ("b", "1"): [T0 + 180_000]}
+    warehouse.insert_window_profiles(
+        [
+            WindowProfileRow(m, v, "x", end - 60_000, end, count=1, missing=0, computed_at=now)
+            for (m, v), window_ends in ends.items()
+            for end in window_ends
+        ]
+    )
+    warehouse.insert_performance_metrics(
+        [
+            PerformanceRow("a", "2", N_LABELED, T0, T0 + 60_000, 3.0, 3, now),
+            PerformanceRow("a", "2", N_LABELED, T0 + 60_000, T0 + 120_000, 3.0, 3, now),
+            PerformanceRow("a", "2", "accuracy", T0 + 120_000, T0 + 180_000, 0.5, 3, now),  # not the marker
+            PerformanceRow("c", "1", N_LABELED, T0, T0 + 60_000, 3.0, 3, now),
+        ]
+    )
+    keys = [("a", "1"), ("a", "2"), ("b", "1"), ("b", "9"), ("c", "1"), ("nobody", "1")]
+    latest = s.latest_windows(keys)
+    assert latest == {k: s.latest_window(*k) for k in keys}
+    assert latest[("a", "1")] == T0 + 120_000 and latest[("b", "9")] is None
+    labelled = s.latest_label_windows(keys)
+    assert labelled == {k: s.latest_label_window(*k) for k in keys}
+    assert labelled[("a", "2")] == T0 + 120_000 and labelled[("c", "1")] == T0 + 60_000 and labelled[("a", "1")] is None
+    assert s.latest_windows([]) == {} and s.latest_label_windows([]) == {}
+
+    # waiting labels: model a's prediction a1 is counted by version 2's label windows, a2 is not
+    warehouse.insert_predictions(
+        [PredictionBatch("a", "2", ["a1", "a2"], np.array([T0, T0 + 1]), predictions=np.array([0.1, 0.2]))]
+    )
+    warehouse.insert_labels(
+        [
+            LabelEvent("a1", "a", T0 + 10, 1.0),
+            LabelEvent("a2", "a", T0 + 120_000, 0.0),
+            LabelEvent("b1", "b", T0 + 20, "yes"),
+            LabelEvent("b2", "b", T0 + 30, "no"),
+            LabelEvent("b3", "b", T0 + 40, "no"),
+        ]
+    )
+    models = ["a", "b", "nobody"]
+    for limit in (100, 2):
+        many = s.waiting_labels_of(models, now - HOUR, limit)
+        assert many == {m: s.waiting_labels(m, now - HOUR, limit) for m in models}
+        assert [e.event_id for e in many["a"]] == ["a2"] and many["nobody"] == []
+        assert len(many["b"]) == min(3, limit)
+
+
+def test_predictions_of_many_models_are_looked_up_in_one_read(warehouse: Warehouse) -> None:
+    s = sinks(warehouse)
+    warehouse.insert_predictions(
+        [
+            PredictionBatch("a", "1", ["e1", "e2"], np.array([T0, T0 + 1]), predictions=np.array([0.1, 0.2])),
+            PredictionBatch("a", "2", ["e3"], np.array([T0 + 2]), predictions=np.array([0.3])),
+            PredictionBatch("b", "1", ["e1", "e4"], np.array([T0 + 3, T0 + 4]), predictions=np.array([0.4, 0.5])),
+        ]
+    )
+    # e1 of model a and e4 of model b only: an id of one model never brings another model's row
+    wanted = {"a": ["e1", "e3", "e9", "e1"], "b": ["e4"], "c": ["e1"]}
+    for chunk in (10_000, 1):
+        many = s.lookup_predictions_of(wanted, chunk=chunk)
+        assert set(many) == {"a", "b", "c"} and many["c"] == []
+        for model_id, ids in wanted.items():
+            one = s.lookup_predictions(model_id, ids, chunk=chunk)
+            assert [(b.model_version, b.event_ids, b.predictions.tolist()) for b in many[model_id]] == [
+                (b.model_version, b.event_ids, b.predictions.tolist()) for b in one
+            ]
+        assert [(b.model_version, sorted(b.event_ids)) for b in many["a"]] == [("1", ["e1"]), ("2", ["e3"])]
+        assert [(b.model_version, b.event_ids, b.predictions.tolist()) for b in many["b"]] == [("1", ["e4"], [0.5])]
