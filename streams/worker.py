@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -244,11 +245,89 @@ def _key(m: Incoming) -> tuple[str, int, int]:
     return (m.full_topic, m.partition, m.offset)
 
 
+_FULL_TOPIC = attrgetter("full_topic")
+_PARTITION = attrgetter("partition")
+_OFFSET = attrgetter("offset")
+
+
+def _positions(messages: Sequence[Incoming]) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
+    """The partitions ``(full topic, partition)`` of a poll's messages, and per message the index of its
+    partition among them and its offset: read once for the whole poll, in C (attrgetter) and numpy.
+
+    >>> parts, codes, offsets = _positions([Incoming("p", 1, 5, None, b"", full_topic="t.p"),
+    ...                                     Incoming("p", 0, 9, None, b"", full_topic="t.p"),
+    ...                                     Incoming("p", 1, 6, None, b"", full_topic="t.p")])
+    >>> parts, codes.tolist(), offsets.tolist()
+    ([('t.p', 0), ('t.p', 1)], [1, 0, 1], [5, 9, 6])
+    """
+    n = len(messages)
+    offsets = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=n)
+    numbers = np.fromiter(map(_PARTITION, messages), dtype=np.int64, count=n)
+    topics = list(dict.fromkeys(map(_FULL_TOPIC, messages)))
+    if len(topics) > 1:  # messages of several topics (not from one poll of one topic): by name and number
+        index: dict[tuple[str, int], int] = {}
+        keys = [(m.full_topic, m.partition) for m in messages]
+        codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=n)
+        return list(index), codes, offsets
+    if n == 0:
+        return [], numbers, offsets
+    if numbers.min() == numbers.max():  # one partition, the usual poll
+        return [(topics[0], int(numbers[0]))], np.zeros(n, dtype=np.int64), offsets
+    distinct, codes = np.unique(numbers, return_inverse=True)
+    return [(topics[0], p) for p in distinct.tolist()], codes.reshape(-1), offsets
+
+
 @dataclass(frozen=True)
 class _Poison:
     """A message whose decoding raised something other than a DecodeError."""
 
     error: Exception
+
+
+def _hold_runs(
+    messages: Sequence[Incoming],
+    window: np.ndarray,
+    window_holds: Sequence[tuple[Hold, ...]],
+    alone: dict[int, tuple[Hold, ...]],
+) -> Iterator[tuple[tuple[str, int], int, int, Any, tuple[Hold, ...], int]]:
+    """The messages as ledger runs: per partition, the longest stretches of messages (in offset order)
+    that wait for the same holds, as ``(partition, first offset, last offset, last token, holds, count)``.
+
+    Message ``i`` waits for ``alone[i]`` if given, else for ``window_holds[window[i]]`` (-1: nothing).
+    The messages must be fresh (``_fresh``): offsets increase per partition in message order.
+
+    >>> ms = [Incoming("p", 0, o, None, b"", token=f"m{o}", full_topic="t.p") for o in (4, 5, 6, 7)]
+    >>> h, g = Hold("predictions", "m", "1", 60_000), Hold("labels", "m", "1", 60_000)
+    >>> for run in _hold_runs(ms, np.array([0, 0, -1, 0]), [(h,)], {1: (h, g)}):
+    ...     print(run[1:4], [x.stream for x in run[4]], run[5])
+    (4, 4, 'm4') ['predictions'] 1
+    (5, 5, 'm5') ['predictions', 'labels'] 1
+    (6, 6, 'm6') [] 1
+    (7, 7, 'm7') ['predictions'] 1
+    """
+    n = len(messages)
+    if n == 0:
+        return
+    partitions, positions, offsets = _positions(messages)
+    combos: list[tuple[Hold, ...]] = [(), *window_holds]
+    combo = window + 1
+    for i, holds in alone.items():
+        combo[i] = len(combos)
+        combos.append(holds)
+    order = np.argsort(positions, kind="stable") if len(partitions) > 1 else np.arange(n)
+    part, held = positions[order], combo[order]
+    cuts = np.flatnonzero((part[1:] != part[:-1]) | (held[1:] != held[:-1])) + 1
+    starts, ends = [0, *cuts.tolist()], [*cuts.tolist(), n]
+    for start, end in zip(starts, ends):
+        first, last = int(order[start]), int(order[end - 1])
+        yield (
+            partitions[int(part[start])],
+            int(offsets[first]),
+            int(offsets[last]),
+            messages[last].token,
+            combos[int(held[start])],
+            end - start,
+        )
 
 
 def part_bounds(events: np.ndarray, max_events: int) -> list[tuple[int, int]]:
@@ -826,7 +905,6 @@ class WorkerService:
         if self.options.write_raw and topic == "predictions":
             self._raw(list(batches.values()), token)
 
-        holds: list[tuple[Hold, ...]] = [()] * len(messages)
         read: set[tuple[str, Any]] = set()
         by_model: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
         for key in ordered:
@@ -846,6 +924,11 @@ class WorkerService:
             results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
         late_rows = np.zeros(len(messages), dtype=np.int64)
+        # What each message waits for: the index of its window's holds (a message is one record, so it
+        # is in one group and one window), or its own tuple when it waits for more (``alone``, rare).
+        window = np.full(len(messages), -1, dtype=np.int64)
+        window_holds: list[tuple[Hold, ...]] = []
+        alone: dict[int, tuple[Hold, ...]] = {}
         for key, ingested in results.items():
             model_id, version, _ = key
             owners = ordered[key][1]
@@ -858,12 +941,18 @@ class WorkerService:
                 # One Hold per window end, shared by the messages that wait for it, so that the
                 # ledger sees runs of identical holds (thousands of single events, one entry).
                 ends, codes = np.unique(latest[held], return_inverse=True)
-                shared = [(Hold(PREDICTIONS, model_id, version, end),) for end in ends.tolist()]
-                for i, code in zip(held.tolist(), codes.tolist()):
-                    holds[i] = holds[i] + shared[code] if holds[i] else shared[code]
+                codes = codes.reshape(-1) + len(window_holds)
+                window_holds.extend((Hold(PREDICTIONS, model_id, version, end),) for end in ends.tolist())
+                taken = window[held] >= 0
+                if alone:
+                    taken |= np.isin(held, list(alone))
+                window[held[~taken]] = codes[~taken]
+                for i, code in zip(held[taken].tolist(), codes[taken].tolist()):
+                    alone[i] = alone.get(i, window_holds[window[i]]) + window_holds[code]
             if ingested.holds:
                 last = int(owners.max())
-                holds[last] = holds[last] + tuple(ingested.holds)
+                so_far = alone.get(last, window_holds[window[last]] if window[last] >= 0 else ())
+                alone[last] = so_far + tuple(ingested.holds)
             if ingested.joined_labels:
                 self.metrics.events.labels(topic="labels", outcome="joined").inc(ingested.joined_labels)
             if ingested.late_rows is not None:
@@ -886,9 +975,8 @@ class WorkerService:
             ]
             self.metrics.dlq.labels(reason=LATE_EVENT).inc(len(late))
             self.sinks.reject(late, f"{token}:late")
-        add = self.ledger.add
-        for m, held_by in zip(messages, holds):
-            add((m.full_topic, m.partition), m.offset, m.token, held_by)
+        for partition, first, last, token, holds, count in _hold_runs(messages, window, window_holds, alone):
+            self.ledger.add_run(partition, first, last, token, holds, count)
         return read
 
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:

@@ -76,22 +76,45 @@ class AckLedger(Generic[T]):
         return sum(len(q) for q in self._pending.values())
 
     def add(self, partition: Hashable, offset: int, token: T, holds: list[Hold] | tuple[Hold, ...]) -> None:
+        """One message of ``partition`` waiting for ``holds``."""
+        self.add_run(partition, offset, offset, token, holds, 1)
+
+    def add_run(
+        self,
+        partition: Hashable,
+        first: int,
+        last: int,
+        token: T,
+        holds: list[Hold] | tuple[Hold, ...],
+        count: int,
+    ) -> None:
+        """``count`` consecutive messages of ``partition`` (offsets ``first`` to ``last``) that wait for the
+        same ``holds``; ``token`` is the last one's. The same as adding them one by one, in one step.
+
+        >>> ledger = AckLedger()
+        >>> ledger.add_run("p0", 10, 14, "m14", (Hold("predictions", "m", "1", 60_000),), 5)
+        >>> ledger.add("p0", 15, "m15", [Hold("predictions", "m", "1", 60_000)])  # joins the run
+        >>> len(ledger), ledger.runs, ledger.oldest_offsets()
+        (6, 1, {'p0': 10})
+        >>> ledger.release(lambda hold: True)
+        ['m15']
+        """
+        if count < 1 or last < first:
+            raise ValueError(f"a run holds at least one message, first to last: got {count} in {first}..{last}")
         queue = self._pending.setdefault(partition, deque())
         held = holds if type(holds) is tuple else tuple(holds)
+        self._size += count
         if queue:
             tail = queue[-1]
-            if offset <= tail.last:
-                raise ValueError(
-                    f"offsets must increase per partition: got {offset} after {tail.last} on {partition!r}"
-                )
+            if first <= tail.last:
+                self._size -= count
+                raise ValueError(f"offsets must increase per partition: got {first} after {tail.last} on {partition!r}")
             # the caller shares one tuple among the messages of a window: identity is the usual match
             if tail.holds is held or tail.holds == held:
-                tail.last, tail.token = offset, token
-                tail.count += 1
-                self._size += 1
+                tail.last, tail.token = last, token
+                tail.count += count
                 return
-        queue.append(_Run(offset, offset, token, held, 1))
-        self._size += 1
+        queue.append(_Run(first, last, token, held, count))
 
     def release(self, is_done: Callable[[Hold], bool]) -> list[T]:
         """Pop, per partition, the longest prefix of finished messages; return the last token of each run."""
