@@ -338,7 +338,13 @@ DEFAULT_SCENARIOS: dict[str, tuple[str, Callable[[int], dict | None]]] = {
 
 def defaults_cell(scenario: str, n: int, windows: int, per_reference: int, seed: int) -> tuple[int, int, int, int]:
     """With ``DEFAULT_THRESHOLDS``: (drifted windows, those flagging the changed feature, stationary
-    windows, those with any alarm). ``scenario`` "stationary" has no drifted window."""
+    windows, those with any alarm). ``scenario`` "stationary" has no drifted window.
+
+    >>> defaults_cell("mean + 0.5 sd", 1_000, windows=4, per_reference=2, seed=0)
+    (4, 4, 0, 0)
+    >>> defaults_cell("stationary", 1_000, windows=4, per_reference=2, seed=0)[:3]
+    (0, 0, 4)
+    """
     rng = np.random.default_rng(seed)
     feature, change = DEFAULT_SCENARIOS.get(scenario, ("", lambda k: None))
     drifted = caught = calm = alarms = 0
@@ -358,7 +364,13 @@ def defaults_cell(scenario: str, n: int, windows: int, per_reference: int, seed:
 
 
 def defaults_table(windows: int, per_reference: int, sizes: Sequence[int]) -> bool:
-    """Print the defaults table; whether every line is MET."""
+    """Print the defaults table; whether every line is MET.
+
+    >>> defaults_table(windows=2, per_reference=2, sizes=[100])  # doctest: +ELLIPSIS
+    With the default thresholds ...
+    | mean + 0.5 sd | 100 | 2/2 | 1.000 | >= 95% | MET |
+    ...
+    """
     print(
         f"With the default thresholds (DEFAULT_THRESHOLDS), a {DEFAULTS_REFERENCE:,}-row reference drawn every "
         f"{per_reference} windows; {windows} windows per line; a drifted window counts when the changed feature "
