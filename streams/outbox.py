@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from driftline.streams.background import BackgroundWriter
 from driftline.streams.records import LabelEvent, PredictionBatch
 from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, combined_token
@@ -25,8 +27,9 @@ from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, combined_to
 class Outbox:
     """Raw rows and closed windows written on two threads; tokens released as the writes covering them land.
 
-    While a backlog is read, raw rows gather into inserts of about ``raw_insert_rows`` and closed
-    windows gather with them: a flush writes both, the windows on their own thread, so that their
+    While a backlog is read, raw rows gather into inserts of about ``raw_insert_rows``, or fewer
+    once they hold about ``raw_insert_bytes`` (``batch_bytes``: wide rows or long strings), and
+    closed windows gather with them: a flush writes both, the windows on their own thread, so that their
     rows do not queue behind a big raw insert. (Each insert costs the server a part and, later,
     merges: a backlog that closed windows at every poll cost it five small inserts a poll.)
 
@@ -55,11 +58,15 @@ class Outbox:
         write_windows: Callable[[list[ClosedWindow | ClosedLabelWindow]], object],
         raw_insert_rows: int,
         write_labels: Callable[[list[LabelEvent], str], object] | None = None,
+        raw_insert_bytes: int | None = None,
     ) -> None:
         self._write_raw = write_raw
         self._write_windows = write_windows
         self._write_labels = write_labels
         self.raw_insert_rows = raw_insert_rows
+        # None: rows alone bound an insert. Three inserts' rows may be alive at once (gathering, one
+        # waiting, one running), each with its Arrow table, so this bounds most of their memory.
+        self.raw_insert_bytes = raw_insert_bytes
         # One raw insert waits while another runs, which bounds the memory of the rows they hold.
         self.raw_writer = BackgroundWriter("driftline-raw-writes", max_pending=1)
         self.window_writer = BackgroundWriter("driftline-window-writes", max_pending=2)
@@ -69,18 +76,23 @@ class Outbox:
         # raw labels ride with the raw predictions: one insert per flush instead of one per poll
         self._labels: list[LabelEvent] = []
         self._label_tokens: list[str] = []
+        self._bytes = 0
         self._windows: list[ClosedWindow | ClosedLabelWindow] = []
         self._since: float | None = None  # when the oldest thing gathered was added (monotonic)
         # (raw insert number, window write number, tokens), in release order
         self._waiting: deque[tuple[int, int, list[Any]]] = deque()
 
     def add_raw(self, batches: Sequence[PredictionBatch], token: str) -> None:
-        """Raw rows to insert; written at once when ``raw_insert_rows`` have gathered."""
+        """Raw rows to insert; written at once when ``raw_insert_rows`` (or ``raw_insert_bytes``) have gathered."""
         self._gathered()
         self._batches.extend(batches)
         self._tokens.append(token)
         self._rows += sum(b.n for b in batches)
-        if self._rows >= self.raw_insert_rows:
+        if self.raw_insert_bytes is not None:
+            self._bytes += sum(batch_bytes(b) for b in batches)
+        if self._rows >= self.raw_insert_rows or (
+            self.raw_insert_bytes is not None and self._bytes >= self.raw_insert_bytes
+        ):
             self.flush()
 
     def add_labels(self, labels: Sequence[LabelEvent], token: str) -> None:
@@ -153,7 +165,7 @@ class Outbox:
         self.raw_writer.join()
         self.window_writer.join()
         dropped = len(self)
-        self._batches, self._tokens, self._rows, self._windows, self._since = [], [], 0, [], None
+        self._batches, self._tokens, self._rows, self._bytes, self._windows, self._since = [], [], 0, 0, [], None
         self._labels, self._label_tokens = [], []
         self._waiting.clear()
         return dropped
@@ -175,7 +187,7 @@ class Outbox:
             return
         batches, token = self._batches, combined_token(self._tokens) if self._tokens else ""
         labels, label_token = self._labels, combined_token(self._label_tokens) if self._label_tokens else ""
-        self._batches, self._tokens, self._rows, self._labels, self._label_tokens = [], [], 0, [], []
+        self._batches, self._tokens, self._rows, self._bytes, self._labels, self._label_tokens = [], [], 0, 0, [], []
         write_labels = self._write_labels
 
         def write() -> None:
@@ -187,4 +199,29 @@ class Outbox:
         self.raw_writer.submit(write)
 
 
-__all__ = ["Outbox"]
+# What a Python str of an event id or a category costs beyond its characters (CPython's compact ASCII
+# header), and a list slot pointing at it.
+_STR_OVERHEAD = 49
+_SLOT = 8
+
+
+def batch_bytes(batch: PredictionBatch) -> int:
+    """About how many bytes a batch's rows hold: its arrays, and its strings (ids, categories, labels).
+
+    Strings repeated across rows (categories) are counted each time, as the raw insert's columns
+    hold them; so this errs high for a batch that shares its category strings.
+
+    >>> batch = PredictionBatch("m", "1", ["a", "b"], [1, 2], numeric={"x": [0.5, 1.5]}, predictions=[0.1, 0.9])
+    >>> batch_bytes(batch)  # times, x and predictions: 3 x 16 bytes; two ids of one character: 2 x 58
+    164
+    """
+    arrays = [batch.event_times, batch.predictions, *batch.numeric.values()]
+    if batch.latency_ms is not None:
+        arrays.append(batch.latency_ms)
+    size = sum(int(np.asarray(a).nbytes) for a in arrays)
+    for strings in (batch.event_ids, batch.predicted_labels, *batch.categorical.values(), *batch.attributes.values()):
+        size += _SLOT * len(strings) + sum(_STR_OVERHEAD + len(s) for s in strings if s is not None)
+    return size
+
+
+__all__ = ["Outbox", "batch_bytes"]

@@ -103,8 +103,11 @@ class WorkerOptions:
     the worker's models together (the earliest added go first, whichever
     model's), at about 300 bytes each (200,000: about 60 MiB). ``keep_late_events`` also
     sends each message with late rows to the DLQ and ``rejected_events``, reason
-    ``late_event`` (its other rows are accepted as usual). Events before ``min_event_time_ms``
-    (epoch ms; default 2000-01-01) or more than ``max_future_seconds`` ahead go to the DLQ.
+    ``late_event`` (its other rows are accepted as usual). While a backlog is read, raw rows
+    gather into inserts of ``raw_insert_rows``, or fewer once they hold about
+    ``raw_insert_bytes`` (up to three inserts' rows and Arrow tables are alive at once). Events
+    before ``min_event_time_ms`` (epoch ms; default 2000-01-01) or more than
+    ``max_future_seconds`` ahead go to the DLQ.
 
     >>> WorkerOptions(window_seconds=5).window_seconds, WorkerOptions().idle_seconds
     (5, 30.0)
@@ -132,6 +135,7 @@ class WorkerOptions:
     index_max_entries: int = 200_000
     write_raw: bool = True
     raw_insert_rows: int = 100_000
+    raw_insert_bytes: int = 16 * 1024 * 1024
     task: str | None = None
     keep_late_events: bool = False
 
@@ -400,6 +404,7 @@ class WorkerService:
             self._write_windows,
             raw_insert_rows=options.raw_insert_rows,
             write_labels=self.sinks.write_labels,
+            raw_insert_bytes=options.raw_insert_bytes,
         )
         sinks.on_retry = lambda sink: self.metrics.errors.labels(sink=sink).inc()
         # messages of a part whose handling raised, applied one by one when delivered again; and those

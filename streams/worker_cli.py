@@ -117,6 +117,13 @@ _FLAGS = (
         "gathered (else at once, or within a tick) (default {default})",
         int,
     ),
+    _Flag(
+        "raw-insert-bytes",
+        "... or once the raw rows gathered hold about this many bytes (numbers, ids, categories), "
+        "which bounds the memory of the raw inserts: up to three inserts' rows and tables are "
+        "alive at once (default {default}, 16 MiB)",
+        int,
+    ),
 )
 #: Logging flags, listed by ``--help`` after the switches.
 _LOGGING_FLAGS = (

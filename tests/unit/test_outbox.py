@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from driftline.streams.outbox import Outbox
+from driftline.streams.outbox import Outbox, batch_bytes
 from driftline.streams.records import PredictionBatch
 from driftline.streams.sinks import ClosedWindow
 
@@ -109,4 +109,22 @@ def test_closed_windows_wait_for_the_next_flush_with_the_raw_rows() -> None:
     outbox.raw_writer.join(), outbox.window_writer.join()
     assert windows.calls == [2] and raw.calls == [(20, raw.calls[0][1])]
     assert outbox.written() == ["m1", "m2"]
+    outbox.close()
+
+
+def test_raw_rows_are_written_once_their_bytes_reach_the_bound_before_the_row_count() -> None:
+    # 10 rows of 8-byte times and 2-character ids: 10 x (8 + 8 + 49 + 2) bytes, worked by hand
+    assert batch_bytes(_batch(10)) == 670
+    raw = Gate()
+    raw.open.set()
+    outbox = Outbox(raw.raw, lambda windows: None, raw_insert_rows=1_000, raw_insert_bytes=1_000)
+    outbox.add_raw([_batch(10)], "t1")
+    outbox.raw_writer.join()
+    assert raw.calls == []  # 670 bytes, 10 rows: both under their bounds
+    outbox.add_raw([_batch(10)], "t2")  # 1,340 bytes: over the byte bound, far under the row bound
+    outbox.raw_writer.join()
+    assert [n for n, _ in raw.calls] == [20]  # type: ignore[misc]
+    outbox.add_raw([_batch(10)], "t3")  # counted afresh after the flush
+    outbox.raw_writer.join()
+    assert [n for n, _ in raw.calls] == [20]  # type: ignore[misc]
     outbox.close()

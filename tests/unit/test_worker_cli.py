@@ -71,6 +71,7 @@ def test_the_defaults_are_the_worker_options_and_the_flags_of_old(monkeypatch: p
         "index_max_entries": 200_000,
         "task": None,
         "raw_insert_rows": 100_000,
+        "raw_insert_bytes": 16 * 1024 * 1024,
         "write_raw": True,
         "keep_late_events": False,
         "health": False,
