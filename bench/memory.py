@@ -16,10 +16,10 @@ by component:
 
 - **reference**: blocks allocated under ``ReferenceProfile``,
   ``NumericReference`` or ``CategoricalReference`` code (loading the
-  profile, and the derived data cached on it: sorted samples, calibrated
+  profile, and the derived data cached on it: binned CDF grids, calibrated
   thresholds);
-- **samples**: blocks allocated under ``BottomKSample`` (the open windows'
-  per-feature samples);
+- **samples**: always 0 since Session 7 (windows and references keep no
+  sample; the column stays for comparison with older runs);
 - **detector states**: blocks allocated under ``streams/core/detectors.py``
   or ``streams/core/sequential.py``;
 - **label index**: the difference between this run and the same run with
@@ -60,7 +60,7 @@ import scale  # noqa: E402
 import window_compute  # noqa: E402
 
 from driftline.retrainer.policy import load_policy  # noqa: E402
-from driftline.streams.core import detectors, reference, sampler, sequential  # noqa: E402
+from driftline.streams.core import detectors, reference, sequential  # noqa: E402
 from driftline.streams.core.monitor import Monitor  # noqa: E402
 from driftline.streams.core.reference import ReferenceProfile  # noqa: E402
 from driftline.streams.records import PredictionBatch  # noqa: E402
@@ -97,12 +97,11 @@ def sites() -> list[Site]:
     """The allocation sites of each component, in the order they are tried (the first that holds wins).
 
     >>> [s.component for s in sites()][:3]
-    ['detector states', 'detector states', 'samples']
+    ['detector states', 'detector states', 'reference']
     """
     return [
         _site("detector states", detectors),
         _site("detector states", sequential),
-        _site("samples", sampler.BottomKSample),
         _site("reference", reference.ReferenceProfile),
         _site("reference", reference.NumericReference),
         _site("reference", reference.CategoricalReference),

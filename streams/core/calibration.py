@@ -35,7 +35,6 @@ from numpy.typing import NDArray
 from driftline.streams.core import metrics
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.sampler import stable_seed
-from driftline.streams.core.window_profile import DEFAULT_WINDOW_SAMPLE
 
 BINNED_REPLICATES = 1_000
 #: Null quantiles kept per process, shared by every reference with the same counts (a few hundred bytes each).
@@ -109,7 +108,7 @@ def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, al
         # a bin's count like the reference's values (metrics.cdf_grid), as drift.py does.
         # The open bins get no width: without drift, values beyond the reference's range
         # are rare (2 / (N + 1) of a window) and their distance to it is unknown here.
-        points, bins, fractions = metrics.cdf_grid(ref.cuts, ref.sample, ref.min, ref.max)
+        points, bins, fractions = ref.grid
         rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein-binned", feature, exponent, alpha))
         m = 2**exponent
         q = rng.multinomial(m, _reference_proportions(reference, feature), size=BINNED_REPLICATES) / m
@@ -177,17 +176,16 @@ def calibrate(
     reference: ReferenceProfile,
     window_sizes: list[int],
     alpha: float = 0.05,
-    *,
-    window_sample_size: int = DEFAULT_WINDOW_SAMPLE,
 ) -> None:
     """Fill the cache for windows of these sizes, e.g. when a worker loads a reference."""
     for feature in reference.features:
         for n in window_sizes:
             if feature in reference.numeric:
                 ref = reference.numeric[feature]
+                # at the effective size drift.evaluate_window asks for: both over every value
                 en = float(metrics.ks_effective_n(n, ref.count))
                 binned_thresholds(reference, feature, en, alpha)
-                wasserstein_threshold(reference, feature, en, alpha)  # binned over every value, as drift.py reads it
+                wasserstein_threshold(reference, feature, en, alpha)
             else:
                 binned_thresholds(
                     reference, feature, float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha

@@ -240,7 +240,7 @@ class _Prepared:
     num_scale: np.ndarray  # reference std (1 when constant)
     num_mean: np.ndarray
     num_var: np.ndarray  # reference variance (over all its values)
-    num_kurtosis: np.ndarray  # of the reference sample (3 for a normal; sets the scale test's noise)
+    num_kurtosis: np.ndarray  # the reference's (3 for a normal; sets the scale test's noise)
     num_where: np.ndarray  # normal scores per bin (padded): rank tests of location ...
     num_spread: np.ndarray  # ... and scale, for heavy-tailed features
     num_scores: np.ndarray  # both, stacked (location rows, then scale rows): one rank test call
@@ -281,13 +281,6 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, : r.size] = r
     return out
-
-
-def _kurtosis(sample: np.ndarray) -> float:
-    """Moment kurtosis of a sample (3 for a normal), at least 1 (its least possible value); 3 when constant."""
-    d = sample - sample.mean()
-    v = float(np.dot(d, d)) / max(sample.size, 1)
-    return max(1.0, float(np.mean(d**4)) / (v * v)) if v > 0 else 3.0
 
 
 def _normal_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +333,7 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
     num_counts = _padded([r.counts.astype(np.float64) for r in nrefs])
     where = _padded([_normal_scores(r.counts.astype(np.float64))[0] for r in nrefs])
     spread = _padded([_normal_scores(r.counts.astype(np.float64))[1] for r in nrefs])
-    grids = [metrics.cdf_grid(r.cuts, r.sample, r.min, r.max) for r in nrefs]
+    grids = [r.grid for r in nrefs]
     width = max((g[0].size for g in grids), default=0)
 
     def grid_part(j: int) -> np.ndarray:
@@ -364,7 +357,7 @@ def _prepare(reference: ReferenceProfile) -> _Prepared:
         num_scale=np.array([r.std if r.std > 0 else 1.0 for r in nrefs], dtype=np.float64),
         num_mean=np.array([r.mean for r in nrefs], dtype=np.float64),
         num_var=np.array([r.std**2 for r in nrefs], dtype=np.float64),
-        num_kurtosis=np.array([_kurtosis(r.sample) for r in nrefs], dtype=np.float64),
+        num_kurtosis=np.array([r.kurtosis for r in nrefs], dtype=np.float64),
         num_where=where,
         num_spread=spread,
         num_scores=np.concatenate([where, spread]),

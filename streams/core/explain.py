@@ -71,8 +71,6 @@ Z = 3.0
 FORMAT_VERSION = 1
 # per attribute, the values that get a profile of their own in one window (the first seen): bounds memory
 MAX_SEGMENT_VALUES = 20
-# values kept per numeric feature of a segment's profile, for its KS and Wasserstein tests
-SEGMENT_SAMPLE_SIZE = 1_000
 # metric names of the root cause's entries in a retrain request's evidence
 EFFECT_EVIDENCE = "effect"
 SEGMENT_EVIDENCE = "segment_share"
@@ -346,14 +344,12 @@ def update_segments(
     attributes: Mapping[str, Any],
     predictions: np.ndarray | None = None,
     *,
-    sample_size: int | None = 0,
     max_values: int | None = None,
 ) -> None:
     """Add a batch to the per-segment profiles ``profiles`` (``key=value`` -> profile), creating new ones.
 
     One profile per value of each attribute; ``''`` (no such attribute) is no segment.
-    :func:`explain` reads no samples, so new profiles keep none unless ``sample_size`` says so
-    (None: the window default). With ``max_values``, an attribute gets at most that many
+    With ``max_values``, an attribute gets at most that many
     profiles: the values first seen; the rows of later values go into no segment.
 
     >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(100.0)}, {})
@@ -382,7 +378,7 @@ def update_segments(
                     if held >= max_values:
                         continue
                     held += 1
-                profiles[segment] = WindowProfile.empty(reference, seed, sample_size=sample_size)
+                profiles[segment] = WindowProfile.empty(reference, seed)
             profiles[segment].update(
                 {f: x[rows] for f, x in num.items()},
                 {f: x[rows].tolist() for f, x in cat.items()},
@@ -439,7 +435,7 @@ def segment_drift(
     >>> seg: dict[str, WindowProfile] = {}
     >>> c = np.repeat(["a", "b", "tiny"], [500, 500, 10])
     >>> x = rng.normal(size=c.size) + 2.0 * (c == "b")
-    >>> update_segments(seg, ref, 1, {"x": x, "y": rng.normal(size=c.size)}, {}, {"c": c}, sample_size=None)
+    >>> update_segments(seg, ref, 1, {"x": x, "y": rng.normal(size=c.size)}, {}, {"c": c})
     >>> [(d.segment, d.n, d.drifted, sorted({m.feature for m in d.drift})) for d in segment_drift(ref, seg, ["x"])]
     [('c=a', 500, [], ['x']), ('c=b', 500, ['x'], ['x'])]
     """

@@ -104,29 +104,18 @@ def ks_wasserstein_sorted(reference: np.ndarray, current: np.ndarray) -> tuple[f
 INBIN_STEPS = 8
 
 
-def cdf_grid(
-    cuts: np.ndarray, sample: np.ndarray, low: float, high: float, steps: int = INBIN_STEPS
-) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
-    """Where the binned CDFs of :func:`binned_cdf_distances` are known: ``(points, bins, fractions)``.
+def inbin_shape(cuts: np.ndarray, sample: np.ndarray, steps: int = INBIN_STEPS) -> NDArray[np.float64]:
+    """How the sorted ``sample`` spreads inside each inner bin of ``cuts``: ``(3, inner bins, steps + 1)``.
 
-    A numeric reference's bins (``np.searchsorted(cuts, x, side="right")``:
-    an open bin below ``low``, the inner bins, an open bin above ``high``)
-    count every value; inside an inner bin, values are spread like the
-    reference's own values there. The grid holds, per inner bin, the quantiles
-    of the sorted ``sample`` inside it at levels ``0, 1/steps, ..., 1``, each
-    twice: with the share of the bin's sample below it and the share up to it,
-    so atoms stay atoms (a bin of one repeated value is a jump). An inner bin
-    without sample values is an atom at its lower cut (a reference value). The
-    first point (``low``, the open bin below it still empty) and the last
-    (``high``, every bin full) are where a window's minimum and maximum widen
-    the open bins.
+    Per inner bin, ``[0]`` holds the quantiles of the bin's sample values at
+    levels ``0, 1/steps, ..., 1`` (inverted CDF), ``[1]`` the share of the
+    bin's values below each and ``[2]`` the share up to each, so atoms stay
+    atoms (a bin of one repeated value is a jump). An inner bin without sample
+    values is an atom at its lower cut (a reference value). This is all of the
+    sample that :func:`cdf_grid` reads: a reference keeps it instead of the sample.
 
-    >>> x, b, f = cdf_grid(np.array([0.0, 1.0, np.nextafter(2.0, 3.0)]), np.array([0.0, 0.0, 1.0, 1.5, 2.0]),
-    ...                    0.0, 2.0, steps=1)
-    >>> x.tolist(), b.tolist()
-    ([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0], [0, 1, 1, 1, 1, 2, 2, 2, 2, 3])
-    >>> [round(v, 3) for v in f.tolist()]
-    [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.333, 0.667, 1.0, 1.0]
+    >>> inbin_shape(np.array([0.0, 1.0, np.nextafter(2.0, 3.0)]), np.array([0.0, 0.0, 1.0, 1.5, 2.0]), 1).tolist()
+    [[[0.0, 0.0], [1.0, 2.0]], [[0.0, 0.0], [0.0, 0.6666666666666666]], [[1.0, 1.0], [0.3333333333333333, 1.0]]]
     """
     inner = cuts.size - 1
     levels = np.arange(steps + 1) / steps
@@ -140,10 +129,48 @@ def cdf_grid(
     share = np.maximum(size, 1)[:, None]
     below = np.where(found, (np.searchsorted(sample, quantiles, side="left") - first[:, None]) / share, 0.0)
     upto = np.where(found, (np.searchsorted(sample, quantiles, side="right") - first[:, None]) / share, 1.0)
+    return np.stack([quantiles, below, upto]).astype(np.float64)
+
+
+def shape_grid(
+    shape: np.ndarray, low: float, high: float
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    """The :func:`cdf_grid` of an :func:`inbin_shape` and the reference's minimum and maximum.
+
+    >>> x, b, f = shape_grid(np.array([[[0.0, 1.0]], [[0.0, 0.5]], [[0.5, 1.0]]]), 0.0, 1.0)
+    >>> x.tolist(), b.tolist(), f.tolist()
+    ([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], [0, 1, 1, 1, 1, 2], [0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
+    """
+    quantiles, below, upto = shape
+    inner, width = quantiles.shape
     points = np.concatenate([[low], np.repeat(quantiles.ravel(), 2), [high]]).astype(np.float64)
-    bins = np.concatenate([[0], np.repeat(np.arange(1, inner + 1), 2 * (steps + 1)), [inner + 1]]).astype(np.int64)
+    bins = np.concatenate([[0], np.repeat(np.arange(1, inner + 1), 2 * width), [inner + 1]]).astype(np.int64)
     fractions = np.concatenate([[0.0], np.stack([below, upto], axis=-1).ravel(), [1.0]])
     return points, bins, fractions
+
+
+def cdf_grid(
+    cuts: np.ndarray, sample: np.ndarray, low: float, high: float, steps: int = INBIN_STEPS
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    """Where the binned CDFs of :func:`binned_cdf_distances` are known: ``(points, bins, fractions)``.
+
+    A numeric reference's bins (``np.searchsorted(cuts, x, side="right")``:
+    an open bin below ``low``, the inner bins, an open bin above ``high``)
+    count every value; inside an inner bin, values are spread like the
+    reference's own values there (:func:`inbin_shape` of its sorted
+    ``sample``): the grid holds each in-bin quantile twice, with the share of
+    the bin below it and the share up to it. The first point (``low``, the
+    open bin below it still empty) and the last (``high``, every bin full) are
+    where a window's minimum and maximum widen the open bins.
+
+    >>> x, b, f = cdf_grid(np.array([0.0, 1.0, np.nextafter(2.0, 3.0)]), np.array([0.0, 0.0, 1.0, 1.5, 2.0]),
+    ...                    0.0, 2.0, steps=1)
+    >>> x.tolist(), b.tolist()
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0], [0, 1, 1, 1, 1, 2, 2, 2, 2, 3])
+    >>> [round(v, 3) for v in f.tolist()]
+    [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.333, 0.667, 1.0, 1.0]
+    """
+    return shape_grid(inbin_shape(cuts, sample, steps), low, high)
 
 
 def binned_cdf(bins: np.ndarray, fractions: np.ndarray, shares: np.ndarray) -> NDArray[np.float64]:
@@ -163,6 +190,27 @@ def binned_cdf(bins: np.ndarray, fractions: np.ndarray, shares: np.ndarray) -> N
         out: NDArray[np.float64] = below.ravel()[at] + shares.ravel()[at] * fractions
     else:
         out = below[..., bins] + shares[..., bins] * fractions
+    return out
+
+
+def binned_quantiles(
+    points: np.ndarray, bins: np.ndarray, fractions: np.ndarray, shares: np.ndarray, levels: np.ndarray
+) -> NDArray[np.float64]:
+    """Quantiles at ``levels`` of the binned CDF (:func:`binned_cdf`) of ``shares`` on a :func:`cdf_grid`.
+
+    The CDF is linear between the grid's points, so each quantile is read off
+    the segment where the CDF first reaches its level. With exact bin counts,
+    only the spread inside a bin is the reference's, not the window's own.
+
+    >>> points, bins, fractions = np.array([0.0, 0.0, 1.0, 2.0]), np.array([0, 1, 1, 2]), np.array([0.0, 0.0, 1.0, 1.0])
+    >>> binned_quantiles(points, bins, fractions, np.array([0.0, 0.5, 0.5]), np.array([0.25, 0.5, 0.75])).tolist()
+    [0.5, 1.0, 1.5]
+    """
+    cdf = binned_cdf(bins, fractions, shares)
+    at = np.clip(np.searchsorted(cdf, levels, side="left"), 1, cdf.size - 1)
+    lo, rise = cdf[at - 1], cdf[at] - cdf[at - 1]
+    t = np.clip(np.divide(levels - lo, rise, out=np.zeros(levels.shape), where=rise > 0), 0.0, 1.0)
+    out: NDArray[np.float64] = points[at - 1] + t * (points[at] - points[at - 1])
     return out
 
 

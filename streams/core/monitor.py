@@ -54,7 +54,6 @@ from driftline.streams.core.estimation import EstimationState
 from driftline.streams.core.explain import (
     MAX_SEGMENT_VALUES,
     MIN_SEGMENT_SIZE,
-    SEGMENT_SAMPLE_SIZE,
     RootCause,
     SegmentWindowDrift,
     drift_features,
@@ -620,7 +619,6 @@ class Monitor:
                         chunk.categorical,
                         named,
                         chunk.predictions if has_predictions else None,
-                        sample_size=SEGMENT_SAMPLE_SIZE,
                         max_values=track.settings.max_segment_values,
                     )
                 if window.multivariate is not None:

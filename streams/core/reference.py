@@ -5,9 +5,12 @@ or validated on. Numeric features are binned on the reference's quantile
 edges, with an open bin below the reference minimum and one above its
 maximum. Categorical features count the reference's top-K values plus
 ``other``. Both count missing values separately. Numeric features also keep
-a uniform sample, for the tests that need values (KS, Wasserstein,
-quantiles). ``to_dict`` round-trips exactly (arrays packed, see
-``streams.core.packing``).
+the moments (kurtosis included) and how values spread inside each bin (the
+in-bin octiles of a uniform sample, ``metrics.inbin_shape``): all that the
+binned CDFs of KS, Wasserstein and the window quantiles need, instead of the
+sample itself. ``to_dict`` round-trips exactly (arrays packed, see
+``streams.core.packing``); a profile registered with its sample loads by
+deriving the same summary from it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from driftline.streams.core import metrics
 from driftline.streams.core.columns import category_counts, check_names, columns_length, finite_values, numeric_column
 from driftline.streams.core.packing import pack_array, unpack_array
 from driftline.streams.core.sampler import stable_seed
@@ -29,6 +33,12 @@ OTHER = "__other__"
 T = TypeVar("T")
 
 
+def _cuts(edges: np.ndarray) -> np.ndarray:
+    """The cuts of ``np.searchsorted(cuts, x, side="right")`` on a numeric reference's edges."""
+    # a value equal to the maximum goes in the last inner bin and anything above it in the open bin
+    return np.append(edges[: max(len(edges) - 1, 1)], np.nextafter(edges[-1], np.inf))
+
+
 @dataclass(eq=False)
 class NumericReference:
     """The reference summary of one numeric feature.
@@ -36,10 +46,12 @@ class NumericReference:
     ``edges`` are the reference quantiles (first = minimum, last = maximum);
     ``counts`` has one open bin below the minimum, the inner bins, and one open
     bin above the maximum (the open bins are empty in the reference itself).
+    ``shape`` is the in-bin spread of a uniform sample of ``shape_of`` values
+    (``metrics.inbin_shape``), and ``kurtosis`` that sample's moment kurtosis.
 
     >>> r = NumericReference.build("x", np.arange(100.0), bins=4, sample_size=10, seed=0)
-    >>> r.edges.tolist(), r.counts.tolist()
-    ([0.0, 24.0, 49.0, 74.0, 99.0], [0, 24, 25, 25, 26, 0])
+    >>> r.edges.tolist(), r.counts.tolist(), r.shape.shape, r.shape_of
+    ([0.0, 24.0, 49.0, 74.0, 99.0], [0, 24, 25, 25, 26, 0], (3, 4, 9), 10)
     >>> r.bin_index(np.array([-1.0, 0.0, 99.0, 99.5])).tolist()
     [0, 1, 4, 5]
     """
@@ -52,13 +64,13 @@ class NumericReference:
     std: float
     min: float
     max: float
-    sample: np.ndarray  # sorted
+    kurtosis: float  # of the sample behind ``shape`` (3 for a normal): sets the scale test's noise
+    shape: np.ndarray  # metrics.inbin_shape of that sample: (3, inner bins, INBIN_STEPS + 1)
+    shape_of: int  # how many values that sample held
     cuts: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # One searchsorted on these cuts puts a value equal to the maximum in the
-        # last inner bin and anything above it in the open bin.
-        self.cuts = np.append(self.edges[: max(len(self.edges) - 1, 1)], np.nextafter(self.edges[-1], np.inf))
+        self.cuts = _cuts(self.edges)
         if self.counts.shape != (self.n_bins,):
             raise ValueError(f"feature {self.name!r}: {len(self.counts)} counts for {self.n_bins} bins")
 
@@ -83,7 +95,7 @@ class NumericReference:
         edges = np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1), method="inverted_cdf"))
         rng = np.random.default_rng(stable_seed(seed, "reference", name))
         sample = v if v.size <= sample_size else rng.choice(v, size=sample_size, replace=False)
-        ref = cls(
+        ref = cls._summarised(
             name,
             edges,
             np.zeros(max(len(edges), 2) + 1, np.int64),
@@ -97,6 +109,28 @@ class NumericReference:
         ref.counts = np.bincount(ref.bin_index(v), minlength=ref.n_bins).astype(np.int64)
         return ref
 
+    @classmethod
+    def _summarised(
+        cls,
+        name: str,
+        edges: np.ndarray,
+        counts: np.ndarray,
+        missing: int,
+        mean: float,
+        std: float,
+        low: float,
+        high: float,
+        sample: np.ndarray,
+    ) -> NumericReference:
+        """The reference with the summary of its sorted ``sample`` in place of the sample."""
+        shape = metrics.inbin_shape(_cuts(edges), sample)
+        return cls(name, edges, counts, missing, mean, std, low, high, sample_kurtosis(sample), shape, sample.size)
+
+    @property
+    def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where this feature's binned CDFs are known (``metrics.cdf_grid``): (points, bins, fractions)."""
+        return metrics.shape_grid(self.shape, self.min, self.max)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -108,12 +142,14 @@ class NumericReference:
             "std": self.std,
             "min": self.min,
             "max": self.max,
-            "sample": pack_array(self.sample, "<f8"),
+            "kurtosis": self.kurtosis,
+            "shape": pack_array(self.shape, "<f8"),
+            "shape_of": self.shape_of,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NumericReference:
-        return cls(
+        common = (
             d["name"],
             np.asarray(d["edges"], np.float64),
             np.asarray(d["counts"], np.int64),
@@ -122,8 +158,23 @@ class NumericReference:
             float(d["std"]),
             float(d["min"]),
             float(d["max"]),
-            unpack_array(d["sample"], "<f8"),
         )
+        if "sample" in d:  # registered before the summary replaced the sample: derive it
+            return cls._summarised(*common, unpack_array(d["sample"], "<f8"))
+        edges = common[1]
+        shape = unpack_array(d["shape"], "<f8").reshape(3, max(len(edges) - 1, 1), -1)
+        return cls(*common, float(d["kurtosis"]), shape, int(d["shape_of"]))
+
+
+def sample_kurtosis(sample: np.ndarray) -> float:
+    """Moment kurtosis of a sample (3 for a normal), at least 1 (its least possible value); 3 when constant.
+
+    >>> sample_kurtosis(np.array([-1.0, 1.0])), sample_kurtosis(np.full(4, 2.0))
+    (1.0, 3.0)
+    """
+    d = sample - sample.mean()
+    v = float(np.dot(d, d)) / max(sample.size, 1)
+    return max(1.0, float(np.mean(d**4)) / (v * v)) if v > 0 else 3.0
 
 
 @dataclass(eq=False)
@@ -191,8 +242,8 @@ class CategoricalReference:
 class ReferenceProfile:
     """The reference of one model version: what its inputs and outputs looked like.
 
-    Numeric features keep quantile bins, moments and a uniform sample;
-    categorical ones the top-K values. The model output is the numeric feature
+    Numeric features keep quantile bins, moments and the in-bin spread of a
+    uniform sample; categorical ones the top-K values. The model output is the numeric feature
     ``__prediction__``. Derived data (sorted samples, proportions, calibrated
     thresholds) is cached on the object by :meth:`cached`, never serialised.
 

@@ -80,7 +80,7 @@ def test_wasserstein_thresholds_match_brute_force_resampling(m: int) -> None:
     # for windows of m values drawn from the reference's own distribution.
     reference = _reference(2)
     ref = reference.numeric["normal"]
-    points, bins, fractions = metrics.cdf_grid(ref.cuts, ref.sample, ref.min, ref.max)
+    points, bins, fractions = ref.grid
     rng = np.random.default_rng(m)
     windows = rng.normal(3.0, 2.0, (3_000, m))
     q = np.stack([bin_counts(ref.cuts, w) for w in windows]).astype(float) / m

@@ -240,13 +240,13 @@ def test_segment_drift_is_the_drift_engine_on_the_segment_alone(reference):
     mobile = attrs["channel"] == "mobile"
     numeric["x2"] = numeric["x2"] + 1.0 * mobile
     segments: dict[str, WindowProfile] = {}
-    update_segments(segments, reference, 3, numeric, categorical, {"channel": attrs["channel"]}, sample_size=None)
+    update_segments(segments, reference, 3, numeric, categorical, {"channel": attrs["channel"]})
     got = {d.segment: d for d in segment_drift(reference, segments, ["x2", "x7"], min_segment_size=100)}
     assert set(got) == {f"channel={c}" for c in ATTRIBUTES["channel"]}
     for name, d in got.items():
         # the same rows as evaluating a window of that segment's events only
         rows = np.flatnonzero(attrs["channel"] == name.split("=")[1])
-        alone = WindowProfile.empty(reference, 3, sample_size=None)
+        alone = WindowProfile.empty(reference, 3)
         alone.update(
             {f: v[rows] for f, v in numeric.items()}, {f: [v[i] for i in rows] for f, v in categorical.items()}
         )
@@ -303,7 +303,7 @@ def test_a_segment_of_a_feature_is_not_drifted_for_holding_one_value(reference):
     whole = WindowProfile.empty(reference, 2)
     whole.update(numeric, categorical)
     segments: dict[str, WindowProfile] = {}
-    update_segments(segments, reference, 2, numeric, categorical, {"device": device}, sample_size=None)
+    update_segments(segments, reference, 2, numeric, categorical, {"device": device})
     cause = explain(reference, whole, segments)
     assert [s.segment for s in cause.segments] == ["device=ios"]
     assert all(e.feature != "device" for s in cause.segments for e in s.features)

@@ -112,7 +112,7 @@ def binned(reference: np.ndarray, window: np.ndarray, bins: int = 10) -> tuple[f
     from driftline.streams.core.reference import NumericReference
 
     ref = NumericReference.build("x", reference, bins=bins, sample_size=5_000, seed=0)
-    points, at, fractions = metrics.cdf_grid(ref.cuts, ref.sample, ref.min, ref.max)
+    points, at, fractions = ref.grid
     points[0], points[-1] = min(points[0], window.min()), max(points[-1], window.max())
     q = np.bincount(ref.bin_index(window), minlength=ref.n_bins) / window.size
     ks, w = metrics.binned_cdf_distances(np.diff(points), at, fractions, ref.counts / ref.counts.sum(), q)
