@@ -38,6 +38,14 @@ Kafka or ClickHouse, and prints a digest of what the closed windows measured, so
 change to the core can show its rows unchanged::
 
     .venv/bin/python bench/service_profile.py --core --n 100000 --repeats 5 [--mode single]
+
+``--core --models N --features F`` runs the same core calls on ``bench/scale.py``'s many-models traffic
+(N model versions, each with its own reference, Zipf-skewed, ``--event-rate`` events per second of event
+time, batches of at most 1,000 rows, ``--mode batched|mixed|single``, predictions only) followed by one
+closer per model: each poll then holds many small batches, a few events per version, as a worker of a
+thousand models sees them::
+
+    .venv/bin/python bench/service_profile.py --core --models 1000 --features 30 --n 300000 --window-seconds 1
 """
 
 from __future__ import annotations
@@ -255,11 +263,17 @@ def core_polls(
 ) -> list[list[tuple[Any, np.ndarray]]]:
     """The backlog decoded as the worker decodes it, poll by poll (``take`` messages) and part by part
     (``WorkerOptions.max_take_events``): each part as its batches and, per row, the index of its message."""
+    values = encode_backlog(columns, "bench", "1", n, per_window, window_ms, mode, now_s=CORE_CLOCK_MS / 1000)
+    return decoded_parts(values, take)
+
+
+def decoded_parts(values: Sequence[bytes], take: int) -> list[list[tuple[Any, np.ndarray]]]:
+    """Encoded messages decoded as the worker decodes them, poll by poll (``take`` messages) and part by part
+    (``WorkerOptions.max_take_events``): each part as its batches and, per row, the index of its message."""
     from driftline.streams.codec import decode_bulk
     from driftline.streams.core.batches import take_rows
     from driftline.streams.worker import WorkerOptions, part_bounds
 
-    values = encode_backlog(columns, "bench", "1", n, per_window, window_ms, mode, now_s=CORE_CLOCK_MS / 1000)
     codec = default_codec()
     parts = []
     for start in range(0, len(values), take):
@@ -277,11 +291,38 @@ def core_polls(
     return parts
 
 
+def many_models_workload(
+    models: int, features: int, n: int, event_rate: float, window_ms: int, mode: str, take: int
+) -> tuple[dict[str, Any], list[list[tuple[Any, np.ndarray]]]]:
+    """``bench/scale.py``'s traffic of ``models`` versions (predictions only, then one closer per model),
+    decoded in polls of ``take`` messages, and each model's reference as the worker holds it (read back from
+    its registered JSON form, re-labelled per model as ``scale.register_fleet`` registers it)."""
+    from driftline.streams.core.reference import ReferenceProfile
+
+    base = window_compute.build_reference(scale.feature_columns(scale.REFERENCE_ROWS, features, seed=0)).to_dict()
+    model_ids = [f"m{i:04d}" for i in range(models)]
+    fleet = scale.Fleet(model_ids, ["1"] * models, scale.single_models(models, mode), features)
+    t0 = (CORE_CLOCK_MS - 2 * throughput.DAY_MS) // window_ms * window_ms
+    traffic = scale.Traffic(fleet, n, event_rate, window_ms, t0, label_share=0.0)
+    values = [m.value for s in traffic.slices() for m in s.messages if m.topic == "predictions"]
+    values += [m.value for m in traffic.closers()]
+    references = {
+        model_id: ReferenceProfile.from_dict(
+            json.loads(json.dumps({**base, "model_id": model_id, "model_version": "1"}))
+        )
+        for model_id in model_ids
+    }
+    return references, decoded_parts(values, take)
+
+
 def core_once(
     reference: Any, parts: Sequence[list[tuple[Any, np.ndarray]]], window_seconds: float
 ) -> tuple[float, Any]:
     """CPU seconds of the worker's core calls on the decoded parts (batch checks, concatenation, ``Monitor``
-    ingestion and closing; no decoding, no Kafka, no warehouse), and the windows closed."""
+    ingestion and closing; no decoding, no Kafka, no warehouse), and the windows closed.
+
+    ``reference``: the one model's reference, or a dict of references by model id: the versions of each
+    part are then grouped per model version and ingested model by model, as ``WorkerService`` does."""
     from driftline.retrainer.policy import load_policy
     from driftline.streams.core.batches import concat_batches, in_arrival_order
     from driftline.streams.core.monitor import Arrival, Monitor
@@ -297,9 +338,29 @@ def core_once(
         index_ttl_ms=int(options.index_ttl_hours * 3_600_000),
         index_max_entries=options.index_max_entries,
     )
-    monitor.recover("bench", "1", None)
     now = CORE_CLOCK_MS
     outcomes: list[Any] = []
+    if isinstance(reference, dict):
+        for model_id in reference:
+            monitor.recover(model_id, "1", None)
+        gc.collect()
+        cpu_started = time.process_time()
+        for part in parts:
+            groups: dict[tuple[str, str], list[tuple[Any, np.ndarray]]] = {}
+            for batch, owners in part:
+                if check_batch(batch, now) is None:
+                    groups.setdefault((batch.model_id, batch.model_version), []).append((batch, owners))
+            by_model: dict[str, list[Any]] = {}
+            for (model_id, _), group in groups.items():
+                batch, owners = in_arrival_order(
+                    concat_batches([b for b, _ in group]), np.concatenate([o for _, o in group])
+                )
+                by_model.setdefault(model_id, []).append(Arrival(batch, reference[model_id], owners, True))
+            for model_id, arrivals in by_model.items():
+                monitor.ingest_all(model_id, arrivals, source=("predictions", 0), now_ms=now)
+            outcomes += monitor.close_due(now)
+        return time.process_time() - cpu_started, outcomes
+    monitor.recover("bench", "1", None)
     gc.collect()
     cpu_started = time.process_time()
     for part in parts:
@@ -332,12 +393,30 @@ def core_main(args: argparse.Namespace, out: Callable[[str], None]) -> None:
     from driftline.streams.core.reference import ReferenceProfile
 
     window_ms = int(args.window_seconds * 1000)
+    if args.models:
+        started = time.perf_counter()
+        references, parts = many_models_workload(
+            args.models, args.features, args.n, args.event_rate, window_ms, args.mode, args.take
+        )
+        print(f"workload built in {time.perf_counter() - started:.1f} s: {len(parts)} parts", file=sys.stderr)
+        core_runs(args, references, parts, out, f"models={args.models} features={args.features} ")
+        return
     data = window_compute.synthetic(window_compute.REFERENCE_ROWS, seed=0)
     # the reference as the worker holds it: read back from its registered JSON form
     reference = ReferenceProfile.from_dict(
         json.loads(json.dumps(window_compute.build_reference(data, "bench", "1").to_dict()))
     )
     parts = core_polls(backlog_columns(args.n), args.n, args.per_window, window_ms, args.mode, args.take)
+    core_runs(args, reference, parts, out, f"per_window={args.per_window} ")
+
+
+def core_runs(
+    args: argparse.Namespace,
+    reference: Any,
+    parts: Sequence[list[tuple[Any, np.ndarray]]],
+    out: Callable[[str], None],
+    what: str,
+) -> None:
     cpus, digest, windows = [], "", 0
     for i in range(args.warmup + args.repeats):
         cpu, outcomes = core_once(reference, parts, args.window_seconds)
@@ -346,7 +425,7 @@ def core_main(args: argparse.Namespace, out: Callable[[str], None]) -> None:
             cpus.append(cpu)
             out(f"RUN {i}: core cpu_s={cpu:.3f} cpu_s_per_million={cpu * 1e6 / args.n:.3f}")
     out(
-        f"RESULT core mode={args.mode} n={args.n} per_window={args.per_window} take={args.take} runs={len(cpus)} "
+        f"RESULT core mode={args.mode} n={args.n} {what}take={args.take} runs={len(cpus)} "
         f"windows={windows} cpu_s_per_million median={statistics.median(cpus) * 1e6 / args.n:.3f} "
         f"min={min(cpus) * 1e6 / args.n:.3f} digest={digest}"
     )
@@ -365,9 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window-seconds", type=float, default=10.0, help="event-time window size")
     parser.add_argument(
         "--mode",
-        choices=("batched", "single"),
+        choices=("batched", "single", "mixed"),
         default="batched",
-        help="messages of 1,000-event batches, or one single event per message",
+        help="messages of 1,000-event batches, or one single event per message (mixed: --models only, "
+        "the lower-traffic half of the models log single events)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (imports, caches)")
@@ -392,6 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in this process, without Kafka or ClickHouse; prints a digest of the windows to compare rows",
     )
     parser.add_argument("--take", type=int, default=1000, help="--core: messages a poll (WorkerOptions.batch_size)")
+    parser.add_argument(
+        "--models", type=int, default=0, help="--core: bench/scale.py's traffic over this many model versions"
+    )
+    parser.add_argument("--features", type=int, default=30, help="--core --models: features per model")
+    parser.add_argument(
+        "--event-rate", type=float, default=100_000.0, help="--core --models: events per second of event time"
+    )
     args = parser.parse_args(argv)
     if args.core:
         core_main(args, lambda line: print(line, flush=True))
