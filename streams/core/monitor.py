@@ -80,7 +80,7 @@ from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.reference_models import multivariate_model, reference_calibrator, reference_estimates
 from driftline.streams.core.sampler import stable_seed
 from driftline.streams.core.sequential import TrendDetector
-from driftline.streams.core.window_profile import WindowProfile
+from driftline.streams.core.window_profile import PendingMoments, WindowProfile
 from driftline.streams.core.windows import EventClock, Windowing, WindowKey, WindowStore
 from driftline.streams.records import PREDICTION_FEATURE, FeatureDrift, PredictionBatch
 
@@ -90,6 +90,8 @@ LABELS = "labels"
 # together (at most alpha of the windows alarm on any stream) or each stream alone (at most alpha
 # of its own windows: of the (stream, window) pairs)
 TREND_LEVELS = ("model", "stream")
+# values whose exact sums may wait in the monitor's queue (8 bytes each: 32 MiB) before it sums them
+_PENDING_VALUES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,8 @@ class Monitor:
         # one bound on the predictions waiting for labels, shared by every model (the oldest go first)
         self._index_budget = IndexBudget(index_max_entries)
         self._tracks: dict[str, _Track] = {}
+        # the exact sums of the short batches of many versions, taken together (per poll, or at a read)
+        self._pending = PendingMoments()
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -552,10 +556,13 @@ class Monitor:
         in_force[order] = w.in_force(all_times[order], track.predictions.clock.watermark(model_id, now_ms))
         track.predictions.clock.observe(model_id, source, int(all_times.max()), now_ms)
         bounds = np.cumsum([0, *(t.size for t in times)])
-        return [
+        ingested = [
             self._ingest_version(track, a, t, in_force[lo:hi], now_ms)
             for a, t, lo, hi in zip(arrivals, times, bounds[:-1].tolist(), bounds[1:].tolist())
         ]
+        if self._pending.values > _PENDING_VALUES:
+            self._pending.flush()
+        return ingested
 
     def _ingest_version(
         self, track: _Track, arrival: Arrival, times: np.ndarray, in_force: np.ndarray, now_ms: int
@@ -608,7 +615,12 @@ class Monitor:
                 key = (batch.model_id, batch.model_version, start)
                 window = track.predictions.windows.get(key, new_window)
                 chunk = part if rows.size == part.n else take_rows(part, rows)
-                window.profile.update(chunk.numeric, chunk.categorical, chunk.predictions if has_predictions else None)
+                window.profile.update(
+                    chunk.numeric,
+                    chunk.categorical,
+                    chunk.predictions if has_predictions else None,
+                    pending=self._pending,
+                )
                 named = {k: chunk.attributes[k] for k in track.settings.segments if k in chunk.attributes}
                 if named:
                     update_segments(
@@ -797,6 +809,7 @@ class Monitor:
     def close_due(self, now_ms: int) -> list[WindowOutcome | PerformanceOutcome]:
         """Close every window whose end the watermark has passed, oldest first per model."""
         out: list[WindowOutcome | PerformanceOutcome] = []
+        self._pending.flush()
         for model_id in sorted(self._tracks):
             track = self._tracks[model_id]
             size = track.settings.windowing.size_ms

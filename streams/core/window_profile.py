@@ -75,6 +75,67 @@ def _complete_blocks(
     return blocks, others
 
 
+# Rows of different windows are summed in one ``row_moments`` call per width (a power of two, at least
+# this): the zeros that pad a row to its width change no exact sum.
+_MIN_WIDTH = 16
+# Rows longer than this are summed at once: one call per window is cheap per value there, and
+# padding them would cost copies.
+_DEFER_VALUES = 1_024
+
+
+class PendingMoments:
+    """Rows of values whose exact sums (``row_moments``) are taken together, for many windows at once.
+
+    A poll spread over many model versions gives each window a few dozen values a feature; one
+    ``row_moments`` call per window costs more in numpy's per-call overhead than in arithmetic. The
+    rows wait here (each window that has some points here) and are summed, padded with zeros to a
+    few widths, when ``flush`` is called or the first of them is read. The sums are exact, so they
+    are the same however the rows are grouped.
+
+    >>> ref = NumericReference.build("x", np.arange(10.0), bins=2, sample_size=10, seed=0)
+    >>> a, b, pending = NumericWindow.empty(ref), NumericWindow.empty(ref), PendingMoments()
+    >>> x, y = np.array([[0.1, 0.2, 0.3]]), np.array([[1e16, 1.0, -1e16, 0.5]])
+    >>> NumericWindow.add_rows_deferred([a], x, x.min(axis=1), x.max(axis=1), pending)
+    >>> NumericWindow.add_rows_deferred([b], y, y.min(axis=1), y.max(axis=1), pending)
+    >>> pending.values, b.total == ExactSum.of(y[0]), a.total == ExactSum.of(x[0]), pending.values
+    (7, True, True, 0)
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Sequence[NumericWindow], np.ndarray]] = []
+        self.values = 0  # values waiting
+
+    def add(self, windows: Sequence[NumericWindow], values: np.ndarray) -> None:
+        """Row ``j`` of ``values`` (finite, one row per window) waits for ``windows[j]``'s sums."""
+        self._rows.append((windows, values))
+        self.values += values.size
+        for w in windows:
+            w.pending = self
+
+    def flush(self) -> None:
+        """Add every waiting row's exact sums to its window."""
+        rows, self._rows, self.values = self._rows, [], 0
+        by_width: dict[int, list[tuple[Sequence[NumericWindow], np.ndarray]]] = {}
+        for windows, values in rows:
+            for w in windows:
+                w.pending = None
+            by_width.setdefault(max(_MIN_WIDTH, 1 << (values.shape[1] - 1).bit_length()), []).append((windows, values))
+        for width, group in by_width.items():
+            # at most about _BLOCK_VALUES values a call: bigger temporaries cost page faults
+            step = max(1, _BLOCK_VALUES // width)
+            windows = [w for ws, _ in group for w in ws]
+            stacked = np.zeros((len(windows), width))
+            at = 0
+            for ws, values in group:
+                stacked[at : at + len(ws), : values.shape[1]] = values
+                at += len(ws)
+            for lo in range(0, len(windows), step):
+                totals, squares = row_moments(stacked[lo : lo + step])
+                for w, total, square in zip(windows[lo : lo + step], totals, squares):
+                    w.settled_total = w.settled_total.merged(total)
+                    w.settled_squares = w.settled_squares.merged(square)
+
+
 @dataclass(eq=False)
 class NumericWindow:
     """One numeric feature in one window: bin counts, exact sums, minimum and maximum.
@@ -95,14 +156,30 @@ class NumericWindow:
     counts: np.ndarray
     missing: int = 0
     count: int = 0
-    total: ExactSum = ZERO
-    squares: ExactSum = ZERO
+    settled_total: ExactSum = ZERO  # of the values whose sums are known; see ``total``
+    settled_squares: ExactSum = ZERO
     min: float | None = None
     max: float | None = None
+    # values added whose exact sums wait in this queue, to be summed with other windows' (``PendingMoments``)
+    pending: PendingMoments | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, ref: NumericReference) -> NumericWindow:
         return cls(ref.name, ref.cuts, np.zeros(ref.n_bins, np.int64))
+
+    @property
+    def total(self) -> ExactSum:
+        """The exact sum of the values."""
+        if self.pending is not None:
+            self.pending.flush()
+        return self.settled_total
+
+    @property
+    def squares(self) -> ExactSum:
+        """The exact sum of the squares of the values."""
+        if self.pending is not None:
+            self.pending.flush()
+        return self.settled_squares
 
     @property
     def mean(self) -> float:
@@ -122,10 +199,19 @@ class NumericWindow:
     def update(self, x: np.ndarray) -> None:
         self.add(*finite_values(self.name, numeric_column(self.name, x)))
 
-    def add(self, v: np.ndarray, n_missing: int) -> None:
-        """Add finite values ``v`` and ``n_missing`` missing ones (already validated)."""
+    def add(self, v: np.ndarray, n_missing: int, pending: PendingMoments | None = None) -> None:
+        """Add finite values ``v`` and ``n_missing`` missing ones (already validated); their exact sums
+        wait in ``pending`` when given (and the batch is short)."""
         self.missing += n_missing
         if v.size == 0:
+            return
+        if pending is not None and v.size <= _DEFER_VALUES:
+            self.counts += bin_counts(self.cuts, v)
+            self.count += v.size
+            low, high = float(v.min()), float(v.max())
+            self.min = low if self.min is None else min(self.min, low)
+            self.max = high if self.max is None else max(self.max, high)
+            pending.add([self], v[None, :])
             return
         self.counts += bin_counts(self.cuts, v)
         (total,), (squares,) = row_moments(v[None, :])
@@ -146,20 +232,40 @@ class NumericWindow:
         >>> a.counts.tolist(), a.mean, b.min
         ([0, 2, 0, 1], 11.0, -5.0)
         """
+        NumericWindow.add_rows_deferred(windows, values, lo, hi, None)
+
+    @staticmethod
+    def add_rows_deferred(
+        windows: Sequence[NumericWindow],
+        values: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        pending: PendingMoments | None,
+    ) -> None:
+        """``add_rows``, the exact sums left to ``pending`` (when given) to take with other windows' rows."""
         n = values.shape[1]
         counts = bin_counts_rows([w.cuts for w in windows], values)
+        for w, c, low, high in zip(windows, counts, lo.tolist(), hi.tolist()):
+            w.counts += c
+            w.count += n
+            w.min = low if w.min is None else min(w.min, low)
+            w.max = high if w.max is None else max(w.max, high)
+        if pending is not None and n <= _DEFER_VALUES:
+            pending.add(windows, values)
+            return
         totals, squares = row_moments(values)
-        for j, (w, low, high) in enumerate(zip(windows, lo.tolist(), hi.tolist())):
-            w.counts += counts[j]
-            w._combine(n, totals[j], squares[j], low, high)
+        for w, total, square in zip(windows, totals, squares):
+            w.settled_total = w.settled_total.merged(total)
+            w.settled_squares = w.settled_squares.merged(square)
 
     def _combine(self, n: int, total: ExactSum, squares: ExactSum, lo: float | None, hi: float | None) -> None:
         if n == 0:
             return
         assert lo is not None and hi is not None  # rows were added, so they have extremes
         self.count += n
-        self.total = self.total.merged(total)
-        self.squares = self.squares.merged(squares)
+        # the sums waiting in ``pending`` add to these whenever they come: exact sums commute
+        self.settled_total = self.settled_total.merged(total)
+        self.settled_squares = self.settled_squares.merged(squares)
         self.min = lo if self.min is None else min(self.min, lo)
         self.max = hi if self.max is None else max(self.max, hi)
 
@@ -170,7 +276,7 @@ class NumericWindow:
             self.counts + other.counts,
             self.missing + other.missing,
             self.count,
-            self.total,
+            self.total,  # settles what is pending
             self.squares,
             self.min,
             self.max,
@@ -306,8 +412,10 @@ class WindowProfile:
         predictions: np.ndarray | None = None,
         *,
         n: int | None = None,
+        pending: PendingMoments | None = None,
     ) -> None:
-        """Add a batch of ``n`` events (inferred from the columns when not given)."""
+        """Add a batch of ``n`` events (inferred from the columns when not given). ``pending``: a queue the
+        exact sums of short batches wait in, to be summed with other windows' (see ``PendingMoments``)."""
         check_names(numeric, categorical)
         length = columns_length(numeric, categorical, predictions)
         if n is None:
@@ -335,10 +443,10 @@ class WindowProfile:
         self.unknown_features.update(f for f in columns if f not in self.numeric)
         self.unknown_features.update(f for f in categorical if f not in self.categorical)
         for names, x, lo, hi in blocks:
-            NumericWindow.add_rows([self.numeric[f] for f in names], x, lo, hi)
+            NumericWindow.add_rows_deferred([self.numeric[f] for f in names], x, lo, hi, pending)
         for f, w in self.numeric.items():
             if f in parsed_num:
-                w.add(*parsed_num[f])
+                w.add(*parsed_num[f], pending)
             elif f not in columns and f != PREDICTION_FEATURE:
                 w.missing += n
         for f, cw in self.categorical.items():
