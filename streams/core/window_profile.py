@@ -121,19 +121,34 @@ class PendingMoments:
                 w.pending = None
             by_width.setdefault(max(_MIN_WIDTH, 1 << (values.shape[1] - 1).bit_length()), []).append((windows, values))
         for width, group in by_width.items():
-            # at most about _BLOCK_VALUES values a call: bigger temporaries cost page faults
+            # blocks of at most about _BLOCK_VALUES values: bigger temporaries cost page faults
             step = max(1, _BLOCK_VALUES // width)
-            windows = [w for ws, _ in group for w in ws]
-            stacked = np.zeros((len(windows), width))
-            at = 0
-            for ws, values in group:
-                stacked[at : at + len(ws), : values.shape[1]] = values
-                at += len(ws)
-            for lo in range(0, len(windows), step):
-                totals, squares = row_moments(stacked[lo : lo + step])
-                for w, total, square in zip(windows[lo : lo + step], totals, squares):
-                    w.settled_total = w.settled_total.merged(total)
-                    w.settled_squares = w.settled_squares.merged(square)
+            chunk: list[tuple[Sequence[NumericWindow], np.ndarray]] = []
+            rows_in_chunk = 0
+            for windows, values in group:
+                if chunk and rows_in_chunk + len(windows) > step:
+                    _sum_rows(chunk, rows_in_chunk, width)
+                    chunk, rows_in_chunk = [], 0
+                chunk.append((windows, values))
+                rows_in_chunk += len(windows)
+            if chunk:
+                _sum_rows(chunk, rows_in_chunk, width)
+
+
+def _sum_rows(chunk: Sequence[tuple[Sequence[NumericWindow], np.ndarray]], n_rows: int, width: int) -> None:
+    # the rows side by side, padded with zeros to ``width``: one row_moments call for them all
+    stacked = np.zeros((n_rows, width))
+    at = 0
+    for windows, values in chunk:
+        stacked[at : at + len(windows), : values.shape[1]] = values
+        at += len(windows)
+    totals, squares = row_moments(stacked)
+    at = 0
+    for windows, _ in chunk:
+        for w in windows:
+            w.settled_total = w.settled_total.merged(totals[at])
+            w.settled_squares = w.settled_squares.merged(squares[at])
+            at += 1
 
 
 @dataclass(eq=False)
