@@ -87,13 +87,8 @@ class Outbox:
         self._gathered()
         self._batches.extend(batches)
         self._tokens.append(token)
-        self._rows += sum(b.n for b in batches)
-        if self.raw_insert_bytes is not None:
-            self._bytes += sum(batch_bytes(b) for b in batches)
-        if self._rows >= self.raw_insert_rows or (
-            self.raw_insert_bytes is not None and self._bytes >= self.raw_insert_bytes
-        ):
-            self.flush()
+        size = sum(batch_bytes(b) for b in batches) if self.raw_insert_bytes is not None else 0
+        self._count(sum(b.n for b in batches), size)
 
     def add_labels(self, labels: Sequence[LabelEvent], token: str) -> None:
         """Raw label rows to insert with the next raw predictions (each counts as a row towards
@@ -115,8 +110,15 @@ class Outbox:
         self._gathered()
         self._labels.extend(labels)
         self._label_tokens.append(token)
-        self._rows += len(labels)
-        if self._rows >= self.raw_insert_rows:
+        self._count(len(labels))
+
+    def _count(self, rows: int, size: int = 0) -> None:
+        """Count gathered raw rows (and their bytes) and flush once either bound of an insert is reached."""
+        self._rows += rows
+        self._bytes += size
+        if self._rows >= self.raw_insert_rows or (
+            self.raw_insert_bytes is not None and self._bytes >= self.raw_insert_bytes
+        ):
             self.flush()
 
     def add_windows(self, windows: Sequence[ClosedWindow | ClosedLabelWindow]) -> None:
