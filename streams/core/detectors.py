@@ -12,30 +12,93 @@ measurements behind each choice.
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
 import itertools
 import operator
 import pickle
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-from river import drift
 from river.__version__ import __version__ as _RIVER_VERSION  # river's __init__ re-exports it without __all__
-from river.drift import binary as binary_drift
 
 from driftline.unpickling import Allowlist, restricted_loads
 
-# The metric names of the ClickHouse rows (drift_metrics.metric) and of the policy.
-DETECTORS: dict[str, Callable[..., Any]] = {
-    "adwin": drift.ADWIN,
-    "page_hinkley": drift.PageHinkley,
-    "kswin": drift.KSWIN,
-    "ddm": binary_drift.DDM,
-    "eddm": binary_drift.EDDM,
-    "hddm_a": binary_drift.HDDMA,
-    "hddm_w": binary_drift.HDDMW,
-}
+
+def _river_module(name: str) -> ModuleType:
+    """river's module ``name`` (``river.drift.adwin``), without running ``river.drift``'s ``__init__`` if it can.
+
+    That ``__init__`` imports every detector of the package, KSWIN's ``scipy.stats`` and the
+    river datasets among them (about 80 MiB of a worker's RSS), and Python runs a package's
+    ``__init__`` before any of its modules. A detector module itself needs only ``river.base``
+    and river's compiled helpers, so it is loaded from its file under its own name (the
+    ``importlib`` recipe for importing a source file directly): its classes, their pickles
+    and a later ``import river.drift`` are the same as with the ordinary import. If the module
+    is loaded already, or ``river.drift`` is, or the module needs its package after all (a
+    relative import: another river), the ordinary import serves.
+
+    >>> _river_module("river.drift.adwin").ADWIN.__module__
+    'river.drift.adwin'
+    """
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded
+    package = name.rpartition(".")[0]
+    if package not in sys.modules:
+        import river
+
+        directory = Path(river.__file__).parent.joinpath(*package.split(".")[1:])
+        spec = importlib.machinery.PathFinder.find_spec(name, [str(directory)])
+        if spec is not None and spec.loader is not None and package not in sys.modules:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+                return module
+            except ImportError:
+                del sys.modules[name]  # the ordinary import below, with the package's __init__
+            except BaseException:
+                del sys.modules[name]
+                raise
+    return importlib.import_module(name)
+
+
+class _RiverDetectors(Mapping[str, Callable[..., Any]]):
+    """Detector name -> river's class, each module imported at its first lookup (see ``_river_module``)."""
+
+    def __init__(self, homes: Mapping[str, str]) -> None:
+        self._homes = dict(homes)
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        module, _, cls = self._homes[name].rpartition(".")
+        detector: Callable[..., Any] = getattr(_river_module(module), cls)
+        return detector
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._homes)
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+
+# The metric names of the ClickHouse rows (drift_metrics.metric) and of the policy, and river's classes.
+DETECTORS: Mapping[str, Callable[..., Any]] = _RiverDetectors(
+    {
+        "adwin": "river.drift.adwin.ADWIN",
+        "page_hinkley": "river.drift.page_hinkley.PageHinkley",
+        "kswin": "river.drift.kswin.KSWIN",
+        "ddm": "river.drift.binary.ddm.DDM",
+        "eddm": "river.drift.binary.eddm.EDDM",
+        "hddm_a": "river.drift.binary.hddm_a.HDDMA",
+        "hddm_w": "river.drift.binary.hddm_w.HDDMW",
+    }
+)
 
 # These model a stream of 0/1 outcomes (error or not); they have no meaning on scores.
 BINARY_DETECTORS = frozenset({"ddm", "eddm", "hddm_a", "hddm_w"})
@@ -304,7 +367,7 @@ def _loads(data: bytes) -> Any:
 
 def _feed(detector: Any, xs: list[float]) -> list[int]:
     """Feed ``xs`` in order; return the positions after which the detector signalled a drift."""
-    if type(detector) is drift.ADWIN and hasattr(detector, "_helper"):
+    if type(detector) is DETECTORS["adwin"] and hasattr(detector, "_helper"):
         return _feed_adwin(detector, xs)
     # The one per-value loop: river detectors take one value at a time.
     update = detector.update
