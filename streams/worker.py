@@ -27,6 +27,7 @@ Delivery and crash safety:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import zlib
 from collections import defaultdict
@@ -215,7 +216,7 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 
     from driftline.streams.warehouse import WarehouseError
 
-    errors: list[type[BaseException]] = [
+    return (
         SinkError,
         WarehouseError,
         KafkaException,
@@ -223,17 +224,25 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
         TimeoutError,
         sqlite3.OperationalError,
         MemoryError,
-    ]
-    try:
-        import psycopg
-
-        errors.append(psycopg.OperationalError)
-    except ImportError:  # the registry runs on SQLite here
-        pass
-    return tuple(errors)
+    )
 
 
-INFRASTRUCTURE_ERRORS = _infrastructure_errors()
+_INFRASTRUCTURE_ERRORS = _infrastructure_errors()
+
+
+def infrastructure_errors() -> tuple[type[BaseException], ...]:
+    """The failures that stop a batch, as of now: with a PostgreSQL registry, psycopg's too.
+
+    psycopg (9 MiB) is imported by the PostgreSQL registry when it connects, and only then
+    can its errors be raised, so a worker on a SQLite registry never loads it.
+
+    >>> import sqlite3
+    >>> sqlite3.OperationalError in infrastructure_errors()
+    True
+    """
+    psycopg = sys.modules.get("psycopg")
+    operational = getattr(psycopg, "OperationalError", None)
+    return _INFRASTRUCTURE_ERRORS if operational is None else (*_INFRASTRUCTURE_ERRORS, operational)
 
 
 class Replay(RuntimeError):
@@ -685,7 +694,7 @@ class WorkerService:
     ) -> set[tuple[str, Any]]:
         try:
             read = handle_part(part)
-        except INFRASTRUCTURE_ERRORS:
+        except infrastructure_errors():
             raise
         except Exception as exc:
             kind, detail = error_detail(exc)
@@ -780,7 +789,7 @@ class WorkerService:
             attempt,
             lambda i, exc: BulkDecoded([], [(i, _Poison(exc))]),
             merge,
-            passes=INFRASTRUCTURE_ERRORS,
+            passes=infrastructure_errors(),
         )
 
     def _rejected(self, m: Incoming, reason: str, detail: str, now: int, model_id: str = "") -> Rejected:
@@ -844,7 +853,7 @@ class WorkerService:
             attempt,
             lambda i, exc: _Prepared([self._poisoned(messages[i], exc, now)]),
             _Prepared.merge,
-            passes=INFRASTRUCTURE_ERRORS,
+            passes=infrastructure_errors(),
         )
         return self._apply_inputs(topic, part, now, prepared)
 
@@ -1035,7 +1044,7 @@ class WorkerService:
                 if poison is not None:
                     raise poison
                 label = self._prepare_label(m, now, decoded[i], known_models)
-            except INFRASTRUCTURE_ERRORS:
+            except infrastructure_errors():
                 raise
             except Exception as exc:
                 label = self._poisoned(m, exc, now)
