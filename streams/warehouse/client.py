@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -147,6 +148,7 @@ class Warehouse:
         """This thread's clickhouse-connect client, created on first use."""
         if self._closed:
             raise WarehouseError(f"{self!r} is closed")
+        _pandas_as_imported()
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._open_client(self.database)
@@ -225,6 +227,8 @@ class Warehouse:
             return list(self.client.query(sql, parameters=dict(parameters or {})).named_results())
 
     def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        import pandas  # noqa: F401  (clickhouse-connect uses it once it is imported: see _pandas_as_imported)
+
         with self._errors(f"query {_head(sql)}"):
             return self.client.query_df(sql, parameters=dict(parameters or {}))
 
@@ -630,6 +634,31 @@ def _flatten_map(column: pa.ChunkedArray, n: int, *, numeric: bool) -> dict[str,
             position[where] = np.arange(len(where))
             out[str(name)] = pc.take(items.filter(pa.array(mask)), pa.array(position, mask=position < 0))
     return out
+
+
+def _pandas_as_imported() -> None:
+    """Tell clickhouse-connect that pandas is absent until this process imports it.
+
+    clickhouse-connect imports pandas (29 MiB, 500 modules) at its first insert, only to
+    ask whether the data is a DataFrame, or a value pandas' NaT or a Timedelta: while no
+    one has imported pandas no such object exists, so "pandas is not installed" (its own
+    setting when the import fails) gives the same answers, for every column type, and a
+    worker never loads pandas. Once pandas is imported (``query_df``, the retrainer),
+    clickhouse-connect resolves it again at its next use.
+
+    >>> from clickhouse_connect.driver import options
+    >>> _pandas_as_imported()
+    >>> vars(options).get("pd", "unresolved") is None or "pandas" in sys.modules
+    True
+    """
+    from clickhouse_connect.driver import options
+
+    resolved = vars(options)
+    if "pandas" in sys.modules:
+        if "pd" in resolved and resolved["pd"] is None:  # told absent before pandas came
+            del resolved["pd"], resolved["pd_time_test"]
+    elif "pd" not in resolved:
+        resolved["pd"] = resolved["pd_time_test"] = None
 
 
 def _column_values(values: Sequence[Any] | np.ndarray) -> list[Any]:
