@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import isotonic_regression
 
 from driftline.streams.core.performance import PerformanceRow, parse_labels
 
@@ -141,6 +140,9 @@ class ScoreCalibrator:
         first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         tie_rows = np.diff(np.r_[first, n]).astype(np.float64)
         tie_pos = np.add.reduceat(y, first)
+        # imported here: the fit runs where a model is registered, and scipy.optimize is 24 MiB of a worker
+        from scipy.optimize import isotonic_regression
+
         fit = isotonic_regression(tie_pos / tie_rows, weights=tie_rows)
         fitted = np.repeat(fit.x, tie_rows.astype(np.int64))
         tie_block = np.repeat(np.arange(fit.blocks.size - 1), np.diff(fit.blocks))

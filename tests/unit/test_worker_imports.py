@@ -37,7 +37,7 @@ ChangeDetectorBank().update("v1:score", __import__("numpy").linspace(0, 1, 100))
 def test_worker_imports_no_pandas_psycopg_or_river_drift_package() -> None:
     loaded = _loaded_after(WORKER_IMPORTS)
     assert "driftline.streams.app" in loaded and "river.drift.adwin" in loaded  # the check can see modules
-    for heavy in ("pandas", "psycopg", "river.drift", "river.stats", "scipy.stats", "aiohttp.web"):
+    for heavy in ("pandas", "psycopg", "river.drift", "river.stats", "scipy.stats", "scipy.optimize", "aiohttp.web"):
         assert heavy not in loaded, f"the worker's imports pull in {heavy} again"
 
 
