@@ -190,6 +190,7 @@ def run_once(
     With ``label_share``, each take of prediction messages is followed by one take of the labels of its
     events on the labels topic (preceded, with ``labels_ahead``: the labels then wait for their predictions).
     """
+    from driftline.streams.messages import Messages
     from driftline.streams.worker import Incoming, WorkerOptions
 
     settings, model_id, version = bench.prepare(tag)
@@ -197,10 +198,7 @@ def run_once(
     values = encode_backlog(columns, model_id, version, n, per_window, window_ms, mode)
     topic = settings.topic("predictions")
     key = model_id.encode()
-    incoming = [
-        Incoming("predictions", 0, offset, key, value, token=offset, full_topic=topic)
-        for offset, value in enumerate(values)
-    ]
+    incoming = [Incoming("predictions", 0, offset, key, value, full_topic=topic) for offset, value in enumerate(values)]
     label_values = encode_labels(columns, model_id, n, per_window, window_ms, label_share) if label_share else []
     label_topic = settings.topic("labels")
     options = WorkerOptions(
@@ -208,6 +206,8 @@ def run_once(
     )
     service = build_service(settings, options)
     take = options.batch_size
+    # each take in columns, as the fetch thread hands a poll over (made before the clock starts)
+    takes = [Messages.of("predictions", incoming[i : i + take], topic) for i in range(0, len(incoming), take)]
     try:
         gc.collect()
         if profiler is not None:
@@ -218,15 +218,13 @@ def run_once(
         for i in range(0, len(incoming), take):
             labels = [v for values in label_values[i : i + take] for v in values]
             label_take = [
-                Incoming(
-                    "labels", 0, label_offset + j, key, value, token=("l", label_offset + j), full_topic=label_topic
-                )
+                Incoming("labels", 0, label_offset + j, key, value, full_topic=label_topic)
                 for j, value in enumerate(labels)
             ]
             label_offset += len(labels)
             if label_take and labels_ahead:
                 service.handle("labels", label_take, backlog=True)
-            service.handle("predictions", incoming[i : i + take], backlog=i + take < len(incoming))
+            service.handle("predictions", takes[i // take], backlog=i + take < len(incoming))
             if label_take and not labels_ahead:
                 service.handle("labels", label_take, backlog=i + take < len(incoming))
         service.drain()  # every write landed, as in the worker before it acknowledges

@@ -45,7 +45,7 @@ from faust.app.base import BootStrategy
 from driftline.redaction import redact
 from driftline.settings import Settings
 from driftline.streams.batch_consumer import BatchConsumer, contract_topics
-from driftline.streams.messages import Incoming, Offset
+from driftline.streams.messages import Incoming, Messages, Offset
 from driftline.streams.observability import CONTENT_TYPE_LATEST
 from driftline.streams.records import ModelEvent
 from driftline.streams.supervision import Supervisor
@@ -243,10 +243,10 @@ class Runner:
 
 @dataclass
 class Batch:
-    """One poll's messages of one topic, and the generation they were polled in."""
+    """One poll's messages of one topic (as columns), and the generation they were polled in."""
 
     generation: int
-    messages: list[Incoming]
+    messages: Messages
     backlog: bool = False  # polled while more messages were waiting
 
 

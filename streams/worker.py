@@ -34,7 +34,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,7 @@ from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceO
 from driftline.streams.core.reference_models import reference_estimates
 from driftline.streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
 from driftline.streams.core.windows import Windowing
-from driftline.streams.messages import Incoming
+from driftline.streams.messages import Incoming, Messages, Offset
 from driftline.streams.observability import WorkerMetrics
 from driftline.streams.outbox import Outbox
 from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
@@ -161,7 +160,7 @@ class _Part:
     ``groups`` and ``others`` index ``messages`` (see :class:`driftline.streams.codec.BulkDecoded`).
     """
 
-    messages: list[Incoming]
+    messages: Messages
     groups: list[DecodedGroup]
     others: list[tuple[int, Any]]
 
@@ -177,7 +176,7 @@ class _Part:
                 batch = g.batch if b - a == g.batch.n else take_rows(g.batch, np.arange(a, b))
                 groups.append(DecodedGroup(batch, g.has_predictions, g.messages[a:b] - lo))
         others = [(i - lo, record) for i, record in self.others if lo <= i < hi]
-        return _Part(list(self.messages[lo:hi]), groups, others)
+        return _Part(self.messages.slice(lo, hi), groups, others)
 
 
 @dataclass
@@ -254,40 +253,27 @@ class Replay(RuntimeError):
     """
 
 
-def _key(m: Incoming) -> tuple[str, int, int]:
-    return (m.full_topic, m.partition, m.offset)
+def _offset_token(partition: tuple[str, int], offset: int) -> Offset:
+    """The acknowledgement token of a ledger run's last message (partition: ``(full topic, number)``)."""
+    return Offset(partition[0], partition[1], offset)
 
 
-_FULL_TOPIC = attrgetter("full_topic")
-_PARTITION = attrgetter("partition")
-_OFFSET = attrgetter("offset")
+def _partition_codes(messages: Messages) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """The partitions ``(full topic, partition)`` of a poll's messages, and per message the index of
+    its partition among them.
 
-
-def _positions(messages: Sequence[Incoming]) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
-    """The partitions ``(full topic, partition)`` of a poll's messages, and per message the index of its
-    partition among them and its offset: read once for the whole poll, in C (attrgetter) and numpy.
-
-    >>> parts, codes, offsets = _positions([Incoming("p", 1, 5, None, b"", full_topic="t.p"),
-    ...                                     Incoming("p", 0, 9, None, b"", full_topic="t.p"),
-    ...                                     Incoming("p", 1, 6, None, b"", full_topic="t.p")])
-    >>> parts, codes.tolist(), offsets.tolist()
-    ([('t.p', 0), ('t.p', 1)], [1, 0, 1], [5, 9, 6])
+    >>> ms = Messages("p", "t.p", np.array([1, 0, 1]), np.array([5, 9, 6]), [None] * 3, [b""] * 3)
+    >>> parts, codes = _partition_codes(ms)
+    >>> parts, codes.tolist()
+    ([('t.p', 0), ('t.p', 1)], [1, 0, 1])
     """
-    n = len(messages)
-    offsets = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=n)
-    numbers = np.fromiter(map(_PARTITION, messages), dtype=np.int64, count=n)
-    topics = list(dict.fromkeys(map(_FULL_TOPIC, messages)))
-    if len(topics) > 1:  # messages of several topics (not from one poll of one topic): by name and number
-        index: dict[tuple[str, int], int] = {}
-        keys = [(m.full_topic, m.partition) for m in messages]
-        codes = np.fromiter((index.setdefault(key, len(index)) for key in keys), dtype=np.int64, count=n)
-        return list(index), codes, offsets
-    if n == 0:
-        return [], numbers, offsets
+    numbers = messages.partitions
+    if numbers.size == 0:
+        return [], numbers
     if numbers.min() == numbers.max():  # one partition, the usual poll
-        return [(topics[0], int(numbers[0]))], np.zeros(n, dtype=np.int64), offsets
+        return [(messages.full_topic, int(numbers[0]))], np.zeros(numbers.size, dtype=np.int64)
     distinct, codes = np.unique(numbers, return_inverse=True)
-    return [(topics[0], p) for p in distinct.tolist()], codes.reshape(-1), offsets
+    return [(messages.full_topic, p) for p in distinct.tolist()], codes.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -298,30 +284,31 @@ class _Poison:
 
 
 def _hold_runs(
-    messages: Sequence[Incoming],
+    messages: Messages,
     window: np.ndarray,
     window_holds: Sequence[tuple[Hold, ...]],
     alone: dict[int, tuple[Hold, ...]],
-) -> Iterator[tuple[tuple[str, int], int, int, Any, tuple[Hold, ...], int]]:
+) -> Iterator[tuple[tuple[str, int], int, int, tuple[Hold, ...], int]]:
     """The messages as ledger runs: per partition, the longest stretches of messages (in offset order)
-    that wait for the same holds, as ``(partition, first offset, last offset, last token, holds, count)``.
+    that wait for the same holds, as ``(partition, first offset, last offset, holds, count)``.
 
     Message ``i`` waits for ``alone[i]`` if given, else for ``window_holds[window[i]]`` (-1: nothing).
     The messages must be fresh (``_fresh``): offsets increase per partition in message order.
 
-    >>> ms = [Incoming("p", 0, o, None, b"", token=f"m{o}", full_topic="t.p") for o in (4, 5, 6, 7)]
+    >>> ms = Messages("p", "t.p", np.zeros(4, dtype=np.int64), np.arange(4, 8), [None] * 4, [b""] * 4)
     >>> h, g = Hold("predictions", "m", "1", 60_000), Hold("labels", "m", "1", 60_000)
     >>> for run in _hold_runs(ms, np.array([0, 0, -1, 0]), [(h,)], {1: (h, g)}):
-    ...     print(run[1:4], [x.stream for x in run[4]], run[5])
-    (4, 4, 'm4') ['predictions'] 1
-    (5, 5, 'm5') ['predictions', 'labels'] 1
-    (6, 6, 'm6') [] 1
-    (7, 7, 'm7') ['predictions'] 1
+    ...     print(run[:3], [x.stream for x in run[3]], run[4])
+    (('t.p', 0), 4, 4) ['predictions'] 1
+    (('t.p', 0), 5, 5) ['predictions', 'labels'] 1
+    (('t.p', 0), 6, 6) [] 1
+    (('t.p', 0), 7, 7) ['predictions'] 1
     """
     n = len(messages)
     if n == 0:
         return
-    partitions, positions, offsets = _positions(messages)
+    offsets = messages.offsets
+    partitions, positions = _partition_codes(messages)
     combos: list[tuple[Hold, ...]] = [(), *window_holds]
     combo = window + 1
     for i, holds in alone.items():
@@ -337,7 +324,6 @@ def _hold_runs(
             partitions[int(part[start])],
             int(offsets[first]),
             int(offsets[last]),
-            messages[last].token,
             combos[int(held[start])],
             end - start,
         )
@@ -400,7 +386,7 @@ class WorkerService:
         self.codec = codec or default_codec()
         self.clock = clock
         self.monitor = self._new_monitor()
-        self.ledger: AckLedger[Any] = AckLedger()
+        self.ledger: AckLedger[Offset] = AckLedger(_offset_token)
         self._last_offset: dict[tuple[str, int], int] = {}
         self._triggers: dict[tuple[str, str], TriggerState] = {}
         self._released: set[tuple[str, str]] = set()  # versions released while idle (see _release_idle)
@@ -491,23 +477,25 @@ class WorkerService:
     def poisoned(self, m: Incoming, exc: Exception) -> None:
         """Dead-letter one message read outside the input topics (the ``models`` follower) whose handling raised."""
         rejected = self._poisoned(m, exc, self.now_ms())
-        self._reject([rejected], batch_token([m]))
+        self._reject([rejected], batch_token(Messages.of(m.topic, [m], m.full_topic)))
 
     # -- entry points ------------------------------------------------------------------
 
-    def handle(self, topic: str, messages: Sequence[Incoming], backlog: bool = False) -> list[Any]:
-        """Process one batch of messages of one input topic; return the tokens that may be acknowledged.
+    def handle(self, topic: str, messages: Messages | Sequence[Incoming], backlog: bool = False) -> list[Offset]:
+        """Process one poll's messages of one input topic; return the offsets that may be acknowledged.
 
+        ``messages``: the poll's columns (``BatchConsumer.poll``), or messages one by one (tests,
+        benchmarks: a message without a full topic name is this deployment's).
         ``backlog``: more messages are waiting (the poll came back full), so raw rows may gather
         into a bigger insert; otherwise they are written now.
         """
         started = time.perf_counter()
-        # callers without Faust (tests, benchmarks) may leave the full name out: it is this deployment's
-        messages = [m if m.full_topic else replace(m, full_topic=self.settings.topic(m.topic)) for m in messages]
+        if not isinstance(messages, Messages):
+            messages = Messages.of(topic, messages, self.settings.topic(topic))
         fresh = self._fresh(messages)
         self.metrics.messages.labels(topic=topic).inc(len(messages))
         if topic == "labels":
-            parts: Iterable[Any] = [(self._handle_labels, fresh, lambda lo, hi: fresh[lo:hi])]
+            parts: Iterable[Any] = [(self._handle_labels, fresh, fresh.slice)]
         elif topic in ("predictions", "features"):
             parts = (
                 (lambda part: self._handle_inputs(topic, part), part, part.slice) for part in self._parts(topic, fresh)
@@ -674,8 +662,8 @@ class WorkerService:
     def _apply(
         self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any, cut: Callable[[int, int], Any]
     ) -> set[tuple[str, Any]]:
-        messages: Sequence[Incoming] = part.messages if isinstance(part, _Part) else part
-        suspect = [_key(m) in self._suspects for m in messages] if self._suspects else []
+        messages: Messages = part.messages if isinstance(part, _Part) else part
+        suspect = [messages.position(i) in self._suspects for i in range(len(messages))] if self._suspects else []
         if not any(suspect):
             return self._apply_once(handle_part, part, messages, alone=False)
         read: set[tuple[str, Any]] = set()
@@ -685,12 +673,12 @@ class WorkerService:
             if not suspect[lo]:
                 while hi < len(messages) and not suspect[hi]:
                     hi += 1
-            read |= self._apply_once(handle_part, cut(lo, hi), messages[lo:hi], alone=suspect[lo])
+            read |= self._apply_once(handle_part, cut(lo, hi), messages.slice(lo, hi), alone=suspect[lo])
             lo = hi
         return read
 
     def _apply_once(
-        self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any, messages: Sequence[Incoming], alone: bool
+        self, handle_part: Callable[[Any], set[tuple[str, Any]]], part: Any, messages: Messages, alone: bool
     ) -> set[tuple[str, Any]]:
         try:
             read = handle_part(part)
@@ -701,18 +689,18 @@ class WorkerService:
             if alone:
                 # kept until forgotten as the oldest of KNOWN_POISON: it comes again with every replay
                 # until the offsets after it are committed, which the service does not see
-                self._known_poison[_key(messages[0])] = exc
+                self._known_poison[messages.position(0)] = exc
                 while len(self._known_poison) > KNOWN_POISON:
                     del self._known_poison[next(iter(self._known_poison))]
             else:
-                self._suspects.update(_key(m) for m in messages)
-            first, last = messages[0], messages[-1]
+                self._suspects.update(messages.position(i) for i in range(len(messages)))
+            first = messages[0]
             log.error(
                 "handling %s[%d]@%d..%d raised %s: %s; %s",
                 first.topic,
                 first.partition,
                 first.offset,
-                last.offset,
+                int(messages.offsets[-1]),
                 kind,
                 detail,
                 "the message is poison and is dead-lettered when it comes again"
@@ -727,12 +715,12 @@ class WorkerService:
                 self.on_replay()
             raise Replay(f"{kind}: {detail}") from exc
         if self._suspects:
-            self._suspects.difference_update(_key(m) for m in messages)
+            self._suspects.difference_update(messages.position(i) for i in range(len(messages)))
         return read
 
-    def _poison_of(self, m: Incoming) -> Exception | None:
-        """The exception a message raised when it was applied alone before (it is poison), if any."""
-        return self._known_poison.get(_key(m)) if self._known_poison else None
+    def _poison_of(self, messages: Messages, i: int) -> Exception | None:
+        """The exception message ``i`` raised when it was applied alone before (it is poison), if any."""
+        return self._known_poison.get(messages.position(i)) if self._known_poison else None
 
     def on_model_event(self, event: ModelEvent) -> None:
         """A registry change: the next windows of that model use the new baseline."""
@@ -740,20 +728,28 @@ class WorkerService:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _fresh(self, messages: Sequence[Incoming]) -> list[Incoming]:
-        # a message at or below an offset already seen (no rebalance in between) would count twice
-        out = []
-        for m in messages:
-            key = (m.full_topic, m.partition)
-            last = self._last_offset.get(key)
-            if last is not None and m.offset <= last:
-                log.warning("skipping %s[%d]@%d, already processed", key[0], m.partition, m.offset)
-                continue
-            self._last_offset[key] = m.offset
-            out.append(m)
-        return out
+    def _fresh(self, messages: Messages) -> Messages:
+        """The messages after the last offset seen of their partition (no rebalance in between): one
+        at or below it would count twice."""
+        if not len(messages):
+            return messages
+        partitions, codes = _partition_codes(messages)
+        offsets = messages.offsets
+        keep = np.ones(len(messages), dtype=bool)
+        for code, key in enumerate(partitions):
+            rows = np.flatnonzero(codes == code) if len(partitions) > 1 else np.arange(len(messages))
+            seen = offsets[rows]
+            # each message against the highest offset before it: the last one seen, then the poll's own
+            before = np.maximum.accumulate(np.concatenate(([self._last_offset.get(key, -1)], seen)))[:-1]
+            stale = seen <= before
+            if stale.any():
+                keep[rows[stale]] = False
+                for offset in seen[stale].tolist():
+                    log.warning("skipping %s[%d]@%d, already processed", key[0], key[1], offset)
+            self._last_offset[key] = int(before[-1]) if seen[-1] <= before[-1] else int(seen[-1])
+        return messages if keep.all() else messages.take(np.flatnonzero(keep))
 
-    def _parts(self, topic: str, messages: Sequence[Incoming]) -> Iterator[_Part]:
+    def _parts(self, topic: str, messages: Messages) -> Iterator[_Part]:
         """The messages decoded, in parts of at most about ``max_take_events`` events (at least one message).
 
         Single events are decoded together, straight into columns (``decode_bulk``); batches and
@@ -766,16 +762,16 @@ class WorkerService:
         for i, record in decoded.others:
             if isinstance(record, (PredictionBatch, FeatureBatch)):
                 events[i] = record.n
-        whole = _Part(list(messages), decoded.groups, decoded.others)
+        whole = _Part(messages, decoded.groups, decoded.others)
         for lo, hi in part_bounds(events, self.options.max_take_events):
             yield whole.slice(lo, hi)
 
-    def _decode(self, topic: str, messages: Sequence[Incoming]) -> BulkDecoded:
+    def _decode(self, topic: str, messages: Messages) -> BulkDecoded:
         """``decode_bulk`` of the messages; a message whose decoding raises anything but a
         DecodeError stands alone as a :class:`_Poison` among the others."""
 
         def attempt(lo: int, hi: int) -> BulkDecoded:
-            decoded = decode_bulk(self.codec, [m.value for m in messages[lo:hi]], topic=topic)
+            decoded = decode_bulk(self.codec, messages.values[lo:hi], topic=topic)
             return BulkDecoded(
                 [DecodedGroup(g.batch, g.has_predictions, g.messages + lo) for g in decoded.groups],
                 [(i + lo, record) for i, record in decoded.others],
@@ -842,8 +838,8 @@ class WorkerService:
         now = self.now_ms()
 
         def attempt(lo: int, hi: int) -> _Prepared:
-            for m in messages[lo:hi] if self._known_poison else ():
-                known = self._poison_of(m)
+            for i in range(lo, hi) if self._known_poison else ():
+                known = self._poison_of(messages, i)
                 if known is not None:
                     raise known
             return self._prepare_inputs(part.slice(lo, hi), now).shifted(lo)
@@ -863,7 +859,6 @@ class WorkerService:
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
         for i, record in part.others:
-            m = messages[i]
             if isinstance(record, _Poison):
                 raise record.error
             try:
@@ -871,13 +866,13 @@ class WorkerService:
                     raise record
                 batch, has_predictions = _as_batch(record)
             except DecodeError as exc:
-                rejected.append(self._rejected(m, exc.reason, exc.message, now))
+                rejected.append(self._rejected(messages[i], exc.reason, exc.message, now))
                 continue
             if batch.n == 0:
                 continue
             problem = self._problem(batch, now)
             if problem is not None:
-                rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
+                rejected.append(self._rejected(messages[i], problem.reason, problem.detail, now, batch.model_id))
                 continue
             groups.setdefault((batch.model_id, batch.model_version, has_predictions), _Group()).add(
                 batch, np.full(batch.n, i)
@@ -932,7 +927,7 @@ class WorkerService:
             for _, version, _ in keys:
                 self._recover(model_id, version, reads)
             # each topic partition is a source of the model's event clock (see streams.core.windows)
-            source = (topic, messages[int(ordered[keys[0]][1][0])].partition)
+            source = (topic, int(messages.partitions[int(ordered[keys[0]][1][0])]))
             # the versions of one model together: a row is late or not as its message stood in the poll
             arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
             results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
@@ -973,24 +968,18 @@ class WorkerService:
                 np.add.at(late_rows, owners[ingested.late_rows], 1)
         if self.options.keep_late_events and late_rows.any():
             late = [
-                Rejected(
-                    m.full_topic,
-                    m.partition,
-                    m.offset,
-                    m.key,
-                    m.value,
+                self._rejected(
+                    messages[i],
                     LATE_EVENT,
                     f"{int(late_rows[i])} row(s) came after their window closed; counted in drift_reports.late_events",
                     now,
-                    "",
                 )
-                for i, m in enumerate(messages)
-                if late_rows[i]
+                for i in np.flatnonzero(late_rows).tolist()
             ]
             self.metrics.dlq.labels(reason=LATE_EVENT).inc(len(late))
             self.sinks.reject(late, f"{token}:late")
-        for partition, first, last, token, holds, count in _hold_runs(messages, window, window_holds, alone):
-            self.ledger.add_run(partition, first, last, token, holds, count)
+        for run in _hold_runs(messages, window, window_holds, alone):
+            self.ledger.add_run(*run)
         return read
 
     def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
@@ -1004,19 +993,26 @@ class WorkerService:
         return problem
 
     def _prepare_label(
-        self, m: Incoming, now: int, decoded: LabelEvent | None = None, known: dict[str, bool] | None = None
+        self,
+        messages: Messages,
+        i: int,
+        now: int,
+        decoded: LabelEvent | None = None,
+        known: dict[str, bool] | None = None,
     ) -> LabelEvent | Rejected:
-        """The label of one message (``decoded`` by ``decode_labels``, else decoded here), or why it is
+        """The label of message ``i`` (``decoded`` by ``decode_labels``, else decoded here), or why it is
         refused; ``known`` remembers the registry's answers for the messages of one poll."""
         if decoded is not None:
             record: Any = decoded
         else:
             try:
-                record = self.codec.decode(m.value, topic="labels")
+                record = self.codec.decode(messages.values[i], topic="labels")
             except DecodeError as exc:
-                return self._rejected(m, exc.reason, exc.message, now)
+                return self._rejected(messages[i], exc.reason, exc.message, now)
         if not isinstance(record, LabelEvent):
-            return self._rejected(m, "unexpected_record", f"a {type(record).__name__} on the labels topic", now)
+            return self._rejected(
+                messages[i], "unexpected_record", f"a {type(record).__name__} on the labels topic", now
+            )
         problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
         if problem is None:
             is_known = None if known is None else known.get(record.model_id)
@@ -1027,27 +1023,27 @@ class WorkerService:
             if not is_known:
                 problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
         if problem is not None:
-            return self._rejected(m, problem.reason, problem.detail, now, record.model_id)
+            return self._rejected(messages[i], problem.reason, problem.detail, now, record.model_id)
         return record
 
-    def _handle_labels(self, messages: Sequence[Incoming]) -> set[tuple[str, Any]]:
+    def _handle_labels(self, messages: Messages) -> set[tuple[str, Any]]:
         now = self.now_ms()
         rejected: list[Rejected] = []
         by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
         # all of a poll's labels at once; a message decode_labels cannot vouch for is decoded alone
-        decoded = decode_labels(self.codec, [m.value for m in messages])
+        decoded = decode_labels(self.codec, messages.values)
         known_models: dict[str, bool] = {}
-        for i, m in enumerate(messages):
+        for i in range(len(messages)):
             # preparing a label changes nothing, so one that raises is that message's alone
             try:
-                poison = self._poison_of(m)
+                poison = self._poison_of(messages, i)
                 if poison is not None:
                     raise poison
-                label = self._prepare_label(m, now, decoded[i], known_models)
+                label = self._prepare_label(messages, i, now, decoded[i], known_models)
             except infrastructure_errors():
                 raise
             except Exception as exc:
-                label = self._poisoned(m, exc, now)
+                label = self._poisoned(messages[i], exc, now)
             if isinstance(label, Rejected):
                 rejected.append(label)
             else:
@@ -1114,8 +1110,15 @@ class WorkerService:
                 )
             if result.replayed:
                 self.metrics.events.labels(topic="labels", outcome="replayed").inc(result.replayed)
-        for i, m in enumerate(messages):
-            self.ledger.add((m.full_topic, m.partition), m.offset, m.token, holds.get(i, []))
+        # What each message waits for, as an index into the distinct tuples of holds: a run of labels
+        # waiting for the same windows is one ledger entry, which keeps their partition and offsets only.
+        window = np.full(len(messages), -1, dtype=np.int64)
+        distinct: dict[tuple[Hold, ...], int] = {}
+        for i, label_holds in holds.items():
+            if label_holds:
+                window[i] = distinct.setdefault(tuple(label_holds), len(distinct))
+        for run in _hold_runs(messages, window, list(distinct), {}):
+            self.ledger.add_run(*run)
         return {(model_id, None) for model_id in by_model}
 
     def _recovery_reads(self, keys: Sequence[tuple[str, str | None]]) -> _RecoveryReads:
@@ -1396,7 +1399,7 @@ def _as_batch(record: Any) -> tuple[PredictionBatch, bool]:
     raise DecodeError("unexpected_record", f"a {type(record).__name__} is not a prediction or feature record")
 
 
-def batch_token(messages: Iterable[Incoming]) -> str:
+def batch_token(messages: Messages | Sequence[Incoming]) -> str:
     """The ``insert_deduplication_token`` of the raw rows of one batch of messages.
 
     It names the data, not the consumer that read it: each partition's full
@@ -1409,20 +1412,39 @@ def batch_token(messages: Iterable[Incoming]) -> str:
     >>> batch_token([Incoming("predictions", 0, o, None, b"x", full_topic="prod.predictions") for o in (7, 8)])
     'prod.predictions:0:7-8:f8e1180f'
     """
-    ranges: dict[tuple[str, int], list[int]] = {}
-    chunks: list[bytes] = []
-    for m in messages:
-        if not m.full_topic:
+    if not isinstance(messages, Messages):
+        topics = sorted({m.full_topic for m in messages})
+        if "" in topics:
+            m = next(m for m in messages if not m.full_topic)
             raise ValueError(f"message {m.topic}[{m.partition}]@{m.offset} has no full topic name")
-        r = ranges.setdefault((m.full_topic, m.partition), [m.offset, m.offset])
-        if m.offset < r[0]:
-            r[0] = m.offset
-        elif m.offset > r[1]:
-            r[1] = m.offset
-        if m.key:
-            chunks.append(m.key)
-        chunks.append(m.value)
-    # the CRC of the concatenation is the chained CRC of the parts, in one call
-    checksum = zlib.crc32(b"".join(chunks))
-    spans = ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
-    return f"{spans}:{checksum:08x}"
+        spans = ";".join(
+            span for t in topics for span in _spans(Messages.of("", [m for m in messages if m.full_topic == t], t))
+        )
+        return f"{spans}:{_checksum([m.key for m in messages], [m.value for m in messages]):08x}"
+    if not messages.full_topic and len(messages):
+        raise ValueError(f"message {messages.topic}[{int(messages.partitions[0])}] has no full topic name")
+    return f"{';'.join(_spans(messages))}:{_checksum(messages.keys, messages.values):08x}"
+
+
+def _spans(messages: Messages) -> list[str]:
+    """``topic:partition:first-last`` per partition of the messages, by partition."""
+    partitions, codes = _partition_codes(messages)
+    if len(partitions) == 1:
+        offsets = messages.offsets
+        return [f"{partitions[0][0]}:{partitions[0][1]}:{int(offsets.min())}-{int(offsets.max())}"]
+    lows = np.full(len(partitions), np.iinfo(np.int64).max)
+    highs = np.full(len(partitions), -1)
+    np.minimum.at(lows, codes, messages.offsets)
+    np.maximum.at(highs, codes, messages.offsets)
+    return [f"{t}:{p}:{lo}-{hi}" for (t, p), lo, hi in zip(partitions, lows.tolist(), highs.tolist())]
+
+
+def _checksum(keys: list[bytes | None], values: list[bytes]) -> int:
+    """The CRC-32 of each message's key (if any) and bytes, in order: that of their concatenation,
+    in one call."""
+    chunks: list[bytes | None] = [b""] * (2 * len(values))
+    chunks[0::2] = keys
+    chunks[1::2] = values
+    if None in keys:
+        chunks = [c or b"" for c in chunks]
+    return zlib.crc32(b"".join(chunks))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.batch_consumer import BatchConsumer, contract_topics
-from driftline.streams.messages import Incoming
+from driftline.streams.messages import Incoming, Messages
 
 pytestmark = [pytest.mark.kafka]
 
@@ -54,12 +54,17 @@ def _committed(settings: Settings, group: str, topic: str, partitions: int) -> d
         probe.close()
 
 
+def _each(messages: Messages | None) -> list[Incoming]:
+    """A poll's columns of one topic, message by message (each with its Offset as token)."""
+    return [] if messages is None else [messages[i] for i in range(len(messages))]
+
+
 def _poll_until(consumer: BatchConsumer, want: int, timeout: float = 30) -> list[Incoming]:
     got: list[Incoming] = []
     deadline = time.monotonic() + timeout
     while len(got) < want and time.monotonic() < deadline:
         poll = consumer.poll(0.5)
-        got += [m for messages in poll.by_topic.values() for m in messages]
+        got += [m for messages in poll.by_topic.values() for m in _each(messages)]
     return got
 
 
@@ -191,7 +196,7 @@ def test_a_rebalance_drops_state_and_every_message_is_delivered_after_its_last_a
         while time.monotonic() < deadline and sum(map(len, current().values())) < 400 - sum(start.values()):
             for name, member in members.items():
                 poll = member.poll(0.2)
-                polls[name].append((poll.generation, poll.by_topic.get("predictions", [])))
+                polls[name].append((poll.generation, _each(poll.by_topic.get("predictions"))))
         after = current()
         assert revoked, "the first member saw no revocation"
         assert first.generation > generation
@@ -243,7 +248,7 @@ def test_a_paused_consumer_keeps_polling_returns_nothing_and_resumes_where_it_wa
         _produce(kafka_settings, "predictions", 50, 1, start=50)
         held = []
         for _ in range(6):
-            held += [m for ms in consumer.poll(0.5).by_topic.values() for m in ms]
+            held += [m for ms in consumer.poll(0.5).by_topic.values() for m in _each(ms)]
         consumer.pause(False)
         rest = _poll_until(consumer, 100 - len(first) - len(held))
         offsets = [m.offset for m in first + held + rest]

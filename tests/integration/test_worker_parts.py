@@ -18,6 +18,7 @@ from worker_harness import T0, WINDOW_MS, WorkerEnv, env, make_batch  # noqa: F4
 
 from driftline.streams.app import build_service
 from driftline.streams.codec import default_codec
+from driftline.streams.messages import Messages
 from driftline.streams.records import PredictionEvent
 from driftline.streams.worker import Incoming, WorkerOptions
 
@@ -26,9 +27,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.warehouse]
 
 def _messages(records: list, start: int = 0) -> list[Incoming]:
     codec = default_codec()
-    return [
-        Incoming("predictions", 0, start + i, b"k", codec.encode(r), token=start + i) for i, r in enumerate(records)
-    ]
+    return [Incoming("predictions", 0, start + i, b"k", codec.encode(r)) for i, r in enumerate(records)]
 
 
 def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: WorkerEnv, unique: str) -> None:
@@ -62,7 +61,8 @@ def test_single_events_are_one_batch_and_a_bad_one_is_rejected_alone(env: Worker
     assert counts == [{"n_current": 299}]
     # the first window's messages are released, as the last token of each run of messages waiting
     # for the same windows (a commit covers the messages before it); the last one waits for its window
-    assert released == [122, 123, 299]  # the rejected message 123 waits for nothing: a run of its own
+    # the rejected message 123 waits for nothing: a run of its own
+    assert [o.offset for o in released] == [122, 123, 299]
 
 
 def test_connect_opens_the_sessions_of_the_service_and_its_writers_before_the_first_batch(
@@ -97,7 +97,7 @@ def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: st
         for part in range(per_window // 100)
     ]
     batches.append(make_batch(model, version, T0 + windows * WINDOW_MS, 1, 1, seed=99))
-    parts = list(service._parts("predictions", _messages(batches)))
+    parts = list(service._parts("predictions", Messages.of("predictions", _messages(batches), "t.predictions")))
     assert [len(p) for p in parts] == [3, 3, 3, 3, 1]  # 300 events, then the rest
 
     released = service.handle("predictions", _messages(batches)) + service.drain()
@@ -105,7 +105,8 @@ def test_a_take_is_handled_in_parts_bounded_by_events(env: WorkerEnv, unique: st
     assert env.windows_written(model) == windows
     counts = env.query("SELECT DISTINCT n_current FROM drift_metrics FINAL WHERE model_id = {m:String}", m=model)
     assert counts == [{"n_current": per_window}]
-    assert released[-1] == len(batches) - 2 and released == sorted(released)
+    offsets = [o.offset for o in released]
+    assert offsets[-1] == len(batches) - 2 and offsets == sorted(offsets)
 
 
 def test_a_schedule_asks_for_a_retrain_when_its_period_has_passed(env: WorkerEnv, unique: str, tmp_path) -> None:

@@ -152,13 +152,13 @@ def test_invalid_windowing_is_refused() -> None:
 
 
 def test_ledger_releases_only_finished_prefixes_per_partition() -> None:
-    ledger: AckLedger[str] = AckLedger()
+    ledger: AckLedger[str] = AckLedger(lambda partition, offset: f"p{partition[1]}-{offset}")
     a = Hold("predictions", "m", "1", 60_000)
     b = Hold("predictions", "m", "1", 120_000)
-    ledger.add(("t", 0), 1, "p0-1", [a])
-    ledger.add(("t", 0), 2, "p0-2", [])
-    ledger.add(("t", 0), 3, "p0-3", [b])
-    ledger.add(("t", 1), 7, "p1-7", [])
+    ledger.add(("t", 0), 1, [a])
+    ledger.add(("t", 0), 2, [])
+    ledger.add(("t", 0), 3, [b])
+    ledger.add(("t", 1), 7, [])
     done: set[Hold] = set()
     assert ledger.release(done.__contains__) == ["p1-7"]
     assert ledger.oldest_offsets() == {("t", 0): 1}
@@ -166,35 +166,35 @@ def test_ledger_releases_only_finished_prefixes_per_partition() -> None:
     assert ledger.release(done.__contains__) == ["p0-1", "p0-2"]
     assert len(ledger) == 1
     with pytest.raises(ValueError, match="increase"):
-        ledger.add(("t", 0), 3, "again", [])
+        ledger.add(("t", 0), 3, [])
     assert ledger.clear() == 1
     assert len(ledger) == 0 and ledger.release(lambda h: True) == []
 
 
 def test_ledger_keeps_runs_of_messages_waiting_for_the_same_windows() -> None:
-    ledger: AckLedger[int] = AckLedger()
+    ledger: AckLedger[int] = AckLedger(lambda partition, offset: offset)
     a = Hold("predictions", "m", "1", 60_000)
     b = Hold("predictions", "m", "1", 120_000)
     for offset in range(1000):
-        ledger.add(("t", 0), offset, offset, [a] if offset < 600 else [b])
-    ledger.add(("t", 0), 1000, 1000, [a, b])  # a message with events in both windows
-    ledger.add(("t", 0), 1001, 1001, [b])
+        ledger.add(("t", 0), offset, [a] if offset < 600 else [b])
+    ledger.add(("t", 0), 1000, [a, b])  # a message with events in both windows
+    ledger.add(("t", 0), 1001, [b])
     assert len(ledger) == 1002 and ledger.runs == 4
     # the run of window a releases as its last message: acknowledging 599 acknowledges 0..599
     assert ledger.release({a}.__contains__) == [599]
     assert len(ledger) == 402 and ledger.oldest_offsets() == {("t", 0): 600}
     with pytest.raises(ValueError, match="increase"):
-        ledger.add(("t", 0), 1001, 0, [b])
+        ledger.add(("t", 0), 1001, [b])
     assert ledger.release({a, b}.__contains__) == [999, 1000, 1001]
     assert len(ledger) == 0 and ledger.runs == 0
 
 
 def test_ledger_waits_for_every_hold_of_a_message() -> None:
-    ledger: AckLedger[str] = AckLedger()
+    ledger: AckLedger[tuple[object, int]] = AckLedger()
     holds = [Hold("predictions", "m", "1", 10), Hold("labels", "m", "1", 10)]
-    ledger.add(0, 0, "both", holds)
+    ledger.add(0, 0, holds)
     assert ledger.release(lambda h: h.stream == "predictions") == []
-    assert ledger.release(lambda h: True) == ["both"]
+    assert ledger.release(lambda h: True) == [(0, 0)]
 
 
 def test_an_idle_source_stops_holding_the_others_back() -> None:
