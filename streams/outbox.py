@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from operator import countOf
 from typing import Any
 
 import numpy as np
@@ -222,7 +223,9 @@ def batch_bytes(batch: PredictionBatch) -> int:
         arrays.append(batch.latency_ms)
     size = sum(int(np.asarray(a).nbytes) for a in arrays)
     for strings in (batch.event_ids, batch.predicted_labels, *batch.categorical.values(), *batch.attributes.values()):
-        size += _SLOT * len(strings) + sum(_STR_OVERHEAD + len(s) for s in strings if s is not None)
+        # map/filter/countOf run in C: a generator here cost a tenth of a second per million strings
+        texts = len(strings) - countOf(strings, None)
+        size += _SLOT * len(strings) + _STR_OVERHEAD * texts + sum(map(len, filter(None, strings)))
     return size
 
 

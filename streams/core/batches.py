@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -117,7 +118,7 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
     return PredictionBatch(
         model_id=first.model_id,
         model_version=first.model_version,
-        event_ids=[i for b in batches for i in b.event_ids],
+        event_ids=list(chain.from_iterable(b.event_ids for b in batches)),
         event_times=np.concatenate([np.asarray(b.event_times, dtype=np.int64) for b in batches]),
         numeric={k: floats([b.numeric.get(k) for b in batches]) for k in numeric_names},
         categorical={k: lists([b.categorical.get(k) for b in batches], None) for k in categorical_names},
