@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from operator import countOf
 from typing import Any
 
 import numpy as np
@@ -211,7 +212,9 @@ def batch_bytes(batch: PredictionBatch) -> int:
     """About how many bytes a batch's rows hold: its arrays, and its strings (ids, categories, labels).
 
     Strings repeated across rows (categories) are counted each time, as the raw insert's columns
-    hold them; so this errs high for a batch that shares its category strings.
+    hold them; so this errs high for a batch that shares its category strings. Columns the decoder
+    also read as Arrow arrays (``batch.arrow``) are counted from those: their UTF-8 bytes stand for
+    the characters (as many for ASCII, more otherwise).
 
     >>> batch = PredictionBatch("m", "1", ["a", "b"], [1, 2], numeric={"x": [0.5, 1.5]}, predictions=[0.1, 0.9])
     >>> batch_bytes(batch)  # times, x and predictions: 3 x 16 bytes; two ids of one character: 2 x 58
@@ -221,8 +224,23 @@ def batch_bytes(batch: PredictionBatch) -> int:
     if batch.latency_ms is not None:
         arrays.append(batch.latency_ms)
     size = sum(int(np.asarray(a).nbytes) for a in arrays)
-    for strings in (batch.event_ids, batch.predicted_labels, *batch.categorical.values(), *batch.attributes.values()):
-        size += _SLOT * len(strings) + sum(_STR_OVERHEAD + len(s) for s in strings if s is not None)
+    columns = [(("event_ids", ""), batch.event_ids), (("predicted_labels", ""), batch.predicted_labels)]
+    for field in ("categorical", "attributes"):
+        columns.extend(((field, name), strings) for name, strings in getattr(batch, field).items())
+    for key, strings in columns:
+        array = batch.arrow.get(key)
+        if array is not None:  # the decoder's Arrow copy knows its counts: no pass over the strings
+            texts = len(array) - array.null_count
+            characters = 0
+            if len(array):  # its UTF-8 bytes, from the offsets
+                offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[
+                    array.offset : array.offset + len(array) + 1
+                ]
+                characters = int(offsets[-1] - offsets[0])
+        else:  # map/filter/countOf run in C
+            texts = len(strings) - countOf(strings, None)
+            characters = sum(map(len, filter(None, strings)))
+        size += _SLOT * len(strings) + _STR_OVERHEAD * texts + characters
     return size
 
 

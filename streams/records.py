@@ -8,7 +8,7 @@ numpy arrays: every statistic downstream works per column, never per value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -68,6 +68,11 @@ class PredictionBatch:
     predicted_labels: list[str | None] = field(default_factory=list)
     latency_ms: np.ndarray | None = None
     attributes: dict[str, list[str]] = field(default_factory=dict)
+    # The same strings as pyarrow string arrays, where the decoder read them as such
+    # (driftline.streams.codec.batch_parser): the raw insert takes them as they are instead of
+    # converting the lists again. Keys: ("event_ids", ""), ("predicted_labels", ""),
+    # ("categorical", name), ("attributes", name); a column missing here is built from its list.
+    arrow: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n(self) -> int:

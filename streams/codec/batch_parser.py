@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from driftline.streams.codec.buffer import (
     _HEADER,
@@ -66,6 +67,7 @@ _BATCH_LAYOUT_FINGERPRINTS = {name: fingerprint(layout) for name, layout in _BAT
 _LOCKSTEP_ROWS = 8
 _MIN_BATCH_EVENTS = 1000
 _MAX_BATCH_KEYS = 4096  # map entries per batch field the fast path walks; more: the slow path
+_ARROW_MAX_BYTES = 1 << 31  # string bytes an Arrow string array (32-bit offsets) holds
 
 
 def _step_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -272,8 +274,9 @@ def _walk_in_step(
     return (items if ok.all() else items.subset(ok)), ok_in_order
 
 
-def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.ndarray]:
-    """The strings of each array (None for a null item), and which arrays hold invalid UTF-8.
+def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], list[pa.StringArray | None], np.ndarray]:
+    """The strings of each array (None for a null item), the same as an Arrow array (None for an
+    array read string by string), and which arrays hold invalid UTF-8.
 
     The bytes of all the arrays are copied end to end with every header byte (union branch,
     length) set to NUL, then decoded and split at NUL in two C calls; each string is the piece
@@ -281,11 +284,15 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
     tells) and the whole decodes: a NUL cannot be part of a multi-byte character, so the whole
     decodes iff every string does. Otherwise the arrays are halved until the culprits are found,
     and those are decoded string by string.
+
+    The Arrow arrays are slices of one array over all the arrays decoded together: its bytes are
+    the copied bytes without their NULs (the header bytes, when the NUL count tells there are no
+    others), and its offsets the items' text lengths summed.
     """
     counts = np.diff(items.bounds)
     n_items = len(items.starts)
     if not n_items:
-        return [], np.zeros(0, dtype=bool)
+        return [], [], np.zeros(0, dtype=bool)
     nexts = np.empty(n_items, dtype=np.int64)  # the byte after each item
     nexts[:-1] = items.starts[1:]
     nexts[items.bounds[1:] - 1] = items.stops
@@ -300,7 +307,22 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
     h = int(header[0])
     regular = (present is None or bool(present.all())) and bool((header == h).all())  # then every h-th piece
 
-    def decode(a: int, b: int) -> tuple[list[list], np.ndarray]:
+    lengths = nexts - items.starts - header  # of each item's text (0 for a null)
+
+    def arrow(region: np.ndarray, lo: int, hi: int) -> pa.StringArray | None:
+        """Items lo..hi-1 as one Arrow array, from their copied bytes with only the headers NUL."""
+        offsets = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(lengths[lo:hi], out=offsets[1:])
+        if offsets[-1] >= _ARROW_MAX_BYTES:
+            return None  # beyond 32-bit offsets: the raw insert converts the lists
+        valid = None if present is None else present[lo:hi]
+        nulls = 0 if valid is None else int(hi - lo - np.count_nonzero(valid))
+        bitmap = None if not nulls else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.StringArray.from_buffers(
+            hi - lo, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(region[region != 0]), bitmap, nulls
+        )
+
+    def decode(a: int, b: int) -> tuple[list[list], list[pa.StringArray | None], np.ndarray]:
         """Arrays a..b-1."""
         lo, hi = int(items.bounds[a]), int(items.bounds[b])
         first, stop = items.starts[items.bounds[a:b]], items.stops[a:b]
@@ -321,13 +343,15 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
             if b - a == 1:
                 return one(a)
             mid = (a + b) // 2
-            left, bad_left = decode(a, mid)
-            right, bad_right = decode(mid, b)
-            return left + right, np.concatenate([bad_left, bad_right])
+            left, left_arrays, bad_left = decode(a, mid)
+            right, right_arrays, bad_right = decode(mid, b)
+            return left + right, left_arrays + right_arrays, np.concatenate([bad_left, bad_right])
         offsets = (items.bounds[a : b + 1] - lo).tolist()
+        whole = arrow(region, lo, hi)
+        arrays = [None if whole is None else whole.slice(x, y - x) for x, y in zip(offsets[:-1], offsets[1:])]
         if regular:
             strings = pieces[h::h]
-            return [strings[x:y] for x, y in zip(offsets[:-1], offsets[1:])], np.zeros(b - a, dtype=bool)
+            return [strings[x:y] for x, y in zip(offsets[:-1], offsets[1:])], arrays, np.zeros(b - a, dtype=bool)
         column = np.empty(hi - lo, dtype=object)
         chosen = ends_before[lo:hi] - (ends_before[lo - 1] if lo else 0)
         if present is not None:
@@ -338,9 +362,10 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
             column[:] = texts[chosen]
         else:
             column[present[lo:hi]] = texts[chosen]
-        return [column[x:y].tolist() for x, y in zip(offsets[:-1], offsets[1:])], np.zeros(b - a, dtype=bool)
+        lists = [column[x:y].tolist() for x, y in zip(offsets[:-1], offsets[1:])]
+        return lists, arrays, np.zeros(b - a, dtype=bool)
 
-    def one(a: int) -> tuple[list[list], np.ndarray]:
+    def one(a: int) -> tuple[list[list], list[pa.StringArray | None], np.ndarray]:
         """One array, string by string (a NUL inside a string, or invalid UTF-8)."""
         lo, hi = int(items.bounds[a]), int(items.bounds[a + 1])
         data = buf.data
@@ -350,8 +375,8 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], np.nda
             for x, y, text in zip((items.starts[lo:hi] + header[lo:hi]).tolist(), nexts[lo:hi].tolist(), is_text):
                 out.append(data[x:y].decode("utf-8") if text else None)
         except UnicodeDecodeError:
-            return [[]], np.ones(1, dtype=bool)
-        return [out], np.zeros(1, dtype=bool)
+            return [[]], [None], np.ones(1, dtype=bool)
+        return [out], [None], np.zeros(1, dtype=bool)
 
     return decode(0, len(counts))
 
@@ -412,17 +437,20 @@ class _Rows:
         self.advance(rows, 1, self.buf.u8[self.pos[rows]] != 0)
 
 
-def _read_array(cur: _Rows, rows: np.ndarray, counts: np.ndarray, union: bool) -> list[tuple[int, list]]:
-    """One array field (``counts[i] >= 1`` items) of these messages: (row, its list) of those that parse."""
+def _read_array(
+    cur: _Rows, rows: np.ndarray, counts: np.ndarray, union: bool
+) -> list[tuple[int, list, pa.StringArray | None]]:
+    """One array field (``counts[i] >= 1`` items) of these messages: (row, its list, the same as an Arrow
+    array or None) of those that parse."""
     if not rows.size:
         return []
     items, ok = _walk(cur.buf, rows, cur.pos[rows], counts, cur.end[rows], union)
     cur.fail[rows[~ok]] = True
-    lists, bad = _texts(cur.buf, items, union)
+    lists, arrays, bad = _texts(cur.buf, items, union)
     cur.fail[items.rows[bad]] = True
     cur.pos[items.rows] = items.stops
     cur.zero(cur.live(items.rows))
-    return list(zip(items.rows.tolist(), lists))
+    return list(zip(items.rows.tolist(), lists, arrays))
 
 
 def _column_template(data: bytes, at: int, end: int, n: int) -> tuple[np.ndarray, list, list[int], int] | None:
@@ -492,8 +520,9 @@ def _read_column_templates(
     return done
 
 
-def _read_map(cur: _Rows, rows: np.ndarray, n: np.ndarray, values: str) -> tuple[list[list], list[list]]:
-    """A map field of these messages: per message row, its (key start, key length) and values in wire order.
+def _read_map(cur: _Rows, rows: np.ndarray, n: np.ndarray, values: str) -> tuple[list[list], list[list], list[list]]:
+    """A map field of these messages: per message row, its (key start, key length), values in wire order
+    and, for string values, the same values as Arrow arrays (or None).
 
     ``values``: "column" (bytes of n 8-byte values: the value is its start), "strings" or
     "optional strings" (an array of n items: the value is the list).
@@ -501,6 +530,7 @@ def _read_map(cur: _Rows, rows: np.ndarray, n: np.ndarray, values: str) -> tuple
     m = len(cur.pos)
     keys: list[list[tuple[int, int]]] = [[] for _ in range(m)]
     out: list[list[Any]] = [[] for _ in range(m)]
+    arrays: list[list[pa.StringArray | None]] = [[] for _ in range(m)]
     if values == "column" and rows.size:
         rows = rows[~_read_column_templates(cur, rows, n, keys, out)[rows]]
     size = np.zeros(m, dtype=np.int64)
@@ -521,10 +551,11 @@ def _read_map(cur: _Rows, rows: np.ndarray, n: np.ndarray, values: str) -> tuple
         count = cur.count(at)
         cur.fail[at[count != n[at]]] = True  # the slow path says column_length (or avro_body)
         at = cur.live(at)
-        for row, strings in _read_array(cur, at, n[at], union=values == "optional strings"):
+        for row, strings, array in _read_array(cur, at, n[at], union=values == "optional strings"):
             out[row].append(strings)
+            arrays[row].append(array)
     cur.zero(cur.live(rows[size[rows] > 0]))
-    return keys, out
+    return keys, out, arrays
 
 
 def _parse_batches(
@@ -543,15 +574,17 @@ def _parse_batches(
         return [None] * m
     rows = cur.live(rows)
     event_ids: list[list | None] = [None] * m
-    for row, strings in _read_array(cur, rows, n[rows], union=False):
-        event_ids[row] = strings
+    id_arrays: list[pa.StringArray | None] = [None] * m
+    for row, strings, array in _read_array(cur, rows, n[rows], union=False):
+        event_ids[row], id_arrays[row] = strings, array
     # The packed columns: event_times, predictions and latency_ms at their start, or -1.
     times, predictions, latency = (np.full(m, -1, dtype=np.int64) for _ in range(3))
     rows = cur.live(rows)
     times[rows], _ = cur.column(rows, n[rows])
-    numeric_keys, numeric = _read_map(cur, cur.live(rows), n, "column")
-    categorical_keys, categorical = _read_map(cur, cur.live(rows), n, "optional strings")
+    numeric_keys, numeric, _ = _read_map(cur, cur.live(rows), n, "column")
+    categorical_keys, categorical, categorical_arrays = _read_map(cur, cur.live(rows), n, "optional strings")
     labels: list[list] = [[] for _ in range(m)]
+    label_arrays: list[pa.StringArray | None] = [None] * m
     if has_predictions:
         rows = cur.live(rows)
         predictions[rows], _ = cur.column(rows, n[rows])
@@ -559,12 +592,12 @@ def _parse_batches(
         count = cur.count(rows)
         cur.fail[rows[(count != 0) & (count != n[rows])]] = True  # the codec: column_length
         with_labels = cur.live(rows[count != 0])
-        for row, strings in _read_array(cur, with_labels, n[with_labels], union=True):
-            labels[row] = strings
+        for row, strings, array in _read_array(cur, with_labels, n[with_labels], union=True):
+            labels[row], label_arrays[row] = strings, array
         rows = cur.live(rows)
         start, present = cur.column(rows, n[rows], empty_ok=True)
         latency[rows[present]] = start[present]
-    attribute_keys, attributes = _read_map(cur, cur.live(rows), n, "strings")
+    attribute_keys, attributes, attribute_arrays = _read_map(cur, cur.live(rows), n, "strings")
     cur.fail |= cur.pos != ends  # bytes left after the record: the slow path says avro_body
 
     data = buf.data
@@ -618,6 +651,13 @@ def _parse_batches(
         if numeric_columns is None or check_feature_names(numeric_columns, cats, attrs) is not None:
             continue  # the codec says why
         if has_predictions:
+            arrays = {("event_ids", ""): id_arrays[row], ("predicted_labels", ""): label_arrays[row]}
+            for field, field_keys, field_arrays in (
+                ("categorical", categorical_keys[row], categorical_arrays[row]),
+                ("attributes", attribute_keys[row], attribute_arrays[row]),
+            ):
+                # as mapping(): a repeated key keeps its last value
+                arrays.update({(field, str(text(a, b))): array for (a, b), array in zip(field_keys, field_arrays)})
             out[row] = PredictionBatch(
                 model_id,
                 version,
@@ -629,6 +669,7 @@ def _parse_batches(
                 labels[row],
                 values[2 + k] if latency[row] >= 0 else None,
                 attrs,
+                arrow={key: array for key, array in arrays.items() if array is not None},
             )
         else:
             out[row] = FeatureBatch(

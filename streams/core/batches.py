@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ def take_rows(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:
         predicted_labels=pick(batch.predicted_labels) if batch.predicted_labels else [],
         latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[idx],
         attributes={k: pick(v) for k, v in batch.attributes.items()},
+        arrow={k: v.take(idx) for k, v in batch.arrow.items()},
     )
 
 
@@ -77,6 +79,7 @@ def _slice_rows(batch: PredictionBatch, rows: slice) -> PredictionBatch:
         predicted_labels=list(batch.predicted_labels[rows]) if batch.predicted_labels else [],
         latency_ms=None if batch.latency_ms is None or not batch.latency_ms.size else batch.latency_ms[rows],
         attributes={k: list(v[rows]) for k, v in batch.attributes.items()},
+        arrow={k: v.slice(rows.start, rows.stop - rows.start) for k, v in batch.arrow.items()},
     )
 
 
@@ -117,7 +120,7 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
     return PredictionBatch(
         model_id=first.model_id,
         model_version=first.model_version,
-        event_ids=[i for b in batches for i in b.event_ids],
+        event_ids=list(chain.from_iterable(b.event_ids for b in batches)),
         event_times=np.concatenate([np.asarray(b.event_times, dtype=np.int64) for b in batches]),
         numeric={k: floats([b.numeric.get(k) for b in batches]) for k in numeric_names},
         categorical={k: lists([b.categorical.get(k) for b in batches], None) for k in categorical_names},
@@ -125,4 +128,16 @@ def concat_batches(batches: Sequence[PredictionBatch]) -> PredictionBatch:
         predicted_labels=lists([b.predicted_labels for b in batches], None) if any_labels else [],
         latency_ms=floats([b.latency_ms for b in batches]) if any_latency else None,
         attributes={k: lists([b.attributes.get(k) for b in batches], "") for k in attribute_names},
+        arrow=_concat_arrow(batches),
     )
+
+
+def _concat_arrow(batches: Sequence[PredictionBatch]) -> dict[tuple[str, str], Any]:
+    """The Arrow string columns every batch has, joined; a column some batch lacks is left to its list."""
+    shared = set(batches[0].arrow).intersection(*(b.arrow for b in batches[1:]))
+    if not shared:
+        return {}
+    # Only batches the decoder read into Arrow arrays get here; the rest of the core never touches pyarrow.
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    return {k: pa.concat_arrays([b.arrow[k] for b in batches]) for k in sorted(shared)}

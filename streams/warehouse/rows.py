@@ -491,18 +491,18 @@ def predictions_table(batches: Sequence[PredictionBatch]) -> pa.Table:
     # small chunks far more slowly than one), built from the batches' numpy columns without a per-row step.
     counts = np.array([b.n for b in batches], dtype=np.int64)
     arrays = [
-        _strings([e for b in batches for e in b.event_ids] if len(batches) > 1 else batches[0].event_ids, "event_ids"),
+        _string_column(batches, ("event_ids", ""), [b.event_ids for b in batches], "event_ids"),
         _per_batch([b.model_id for b in batches], counts),
         _per_batch([b.model_version for b in batches], counts),
         pa.array(
             _concat([np.asarray(b.event_times, dtype=np.int64) for b in batches]), type=pa.timestamp("ms", tz="UTC")
         ),
         _numeric_map([b.numeric for b in batches], counts),
-        _string_map([b.categorical for b in batches], counts, "categorical"),
+        _string_map(batches, "categorical"),
         _optional_floats([b.predictions for b in batches], counts),
-        _optional_strings([b.predicted_labels for b in batches], counts),
+        _optional_strings(batches, counts),
         _optional_floats([b.latency_ms for b in batches], counts),
-        _string_map([b.attributes for b in batches], counts, "attributes"),
+        _string_map(batches, "attributes"),
     ]
     return pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
 
@@ -552,13 +552,26 @@ def _optional_floats(columns_: list[np.ndarray | None], counts: np.ndarray) -> p
     return pa.array(values, mask=np.isnan(values))
 
 
-def _optional_strings(columns_: list[Sequence[str | None]], counts: np.ndarray) -> pa.Array:
-    if not any(len(c) for c in columns_):
+def _optional_strings(batches: list[PredictionBatch], counts: np.ndarray) -> pa.Array:
+    if not any(len(b.predicted_labels) for b in batches):
         return pa.nulls(int(counts.sum()), pa.string())
-    flat: list[str | None] = []
-    for c, k in zip(columns_, counts, strict=True):
-        flat.extend(c if len(c) else [None] * int(k))
-    return _strings(flat, "predicted_labels")
+    return _string_column(
+        batches, ("predicted_labels", ""), [b.predicted_labels or None for b in batches], "predicted_labels"
+    )
+
+
+def _string_column(
+    batches: list[PredictionBatch], key: tuple[str, str], lists: list[Sequence[str | None] | None], what: str
+) -> pa.Array:
+    """One string column over the batches' rows: a batch's Arrow array from the decoder as it is, else its
+    list converted (None: the batch lacks the column, nulls)."""
+    parts = []
+    for batch, values in zip(batches, lists, strict=True):
+        array = batch.arrow.get(key)
+        if array is None:
+            array = pa.nulls(batch.n, pa.string()) if values is None else _strings(values, what)
+        parts.append(array)
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
 
 def _map_names(columns_: list[Mapping[str, Any]], counts: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -588,18 +601,25 @@ def _numeric_map(columns_: list[Mapping[str, np.ndarray]], counts: np.ndarray) -
     return _map(grid, None if has.size == 0 else has, names, pa.array)
 
 
-def _string_map(columns_: list[Mapping[str, Sequence[str | None]]], counts: np.ndarray, what: str) -> pa.MapArray:
-    names, _ = _map_names(columns_, counts)
-    n, k = int(counts.sum()), len(names)
+def _string_map(batches: list[PredictionBatch], what: str) -> pa.MapArray:
+    """The ``categorical`` or ``attributes`` maps of the batches' rows, without their None values.
+
+    Each name's column is one Arrow array over every row; the maps' values are gathered from them row
+    by row in one ``take``, not string by string.
+    """
+    maps: list[Mapping[str, Sequence[str | None]]] = [getattr(b, what) for b in batches]
+    names = sorted({name for c in maps for name in c})
+    n, k = sum(b.n for b in batches), len(names)
     if k == 0:
         return _empty_maps(n, pa.string())
-    grid = np.empty((n, k), dtype=object)
-    for j, name in enumerate(names):
-        column: list[str | None] = []
-        for c, m in zip(columns_, counts, strict=True):
-            column.extend(c[name] if name in c else [None] * int(m))
-        grid[:, j] = column
-    return _map(grid, np.not_equal(grid, None), names, lambda values: _strings(values, what))
+    columns_ = [_string_column(batches, (what, name), [c.get(name) for c in maps], what) for name in names]
+    stacked = pa.concat_arrays(columns_)  # name after name: value j of row i at j * n + i
+    present = stacked.is_valid().to_numpy(zero_copy_only=False).reshape(k, n).T
+    where = (np.arange(k, dtype=np.int64) * n + np.arange(n, dtype=np.int64)[:, None])[present]
+    index = np.tile(np.arange(k, dtype=np.int32), n)[present.reshape(-1)]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(present.sum(axis=1), out=offsets[1:])
+    return pa.MapArray.from_arrays(pa.array(offsets), _names(names, index), stacked.take(pa.array(where)))
 
 
 def _map(grid: np.ndarray, present: np.ndarray | None, names: list[str], values: Any) -> pa.MapArray:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -207,8 +208,22 @@ def assert_bits(a: np.ndarray | None, b: np.ndarray | None) -> None:
         assert np.array_equal(a.view(np.uint64), b.view(np.uint64)), (a, b)
 
 
+def assert_arrow_matches(batch: PredictionBatch) -> None:
+    """The decoder's Arrow copies of string columns hold exactly the strings of their lists."""
+    lists: dict[tuple[str, str], list] = {("event_ids", ""): batch.event_ids}
+    if batch.predicted_labels:
+        lists[("predicted_labels", "")] = batch.predicted_labels
+    for field in ("categorical", "attributes"):
+        lists.update({(field, name): values for name, values in getattr(batch, field).items()})
+    for key, array in batch.arrow.items():
+        assert key in lists and array.type == pa.string(), key
+        assert array.to_pylist() == lists[key], key
+
+
 def assert_same_batch(a: Any, b: Any) -> None:
     assert type(a) is type(b)
+    if isinstance(a, PredictionBatch):
+        assert_arrow_matches(a)
     assert (a.model_id, a.model_version) == (b.model_id, b.model_version)
     assert a.event_ids == b.event_ids and type(a.event_ids) is list
     assert all(type(x) is str for x in a.event_ids)
@@ -1207,6 +1222,12 @@ def test_many_batches_with_random_columns() -> None:
         )
     fast, calls = check(values)
     assert calls == 0 and len(fast.others) == 40
+    for _, b in fast.others:  # every string column also came as an Arrow array
+        expected = {("event_ids", "")} | {("categorical", k) for k in b.categorical}
+        expected |= {("attributes", k) for k in b.attributes} | (
+            {("predicted_labels", "")} if b.predicted_labels else set()
+        )
+        assert set(b.arrow) == expected
 
 
 TEXTS = st.one_of(TEXT, TEXT, TEXT, st.text(min_size=20, max_size=40))
