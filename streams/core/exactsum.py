@@ -47,6 +47,8 @@ _LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
 _SAFE_LOW = 2.0**-450
 _SAFE_HIGH = 2.0**450
 _EXTRACTIONS = 2  # rounds of extraction before the few terms left go to the buckets
+# up to this many terms left by extraction are summed one Python step each (the buckets' arrays cost more)
+_FEW_TERMS = 512
 _FEW_LEVELS = 8  # up to this many levels in all, each becomes an exact sum by itself (see _level_totals)
 
 
@@ -319,11 +321,41 @@ def _extracted_levels(
     if rest is None:
         rest = terms
     left: list[list[ExactSum]] = []
-    remaining = np.flatnonzero(rest)
+    # (nonzero of a float array costs several times a comparison and nonzero of its booleans)
+    remaining = np.flatnonzero(rest != 0.0)
     if remaining.size:
         rows, _ = np.divmod(remaining, n)
-        left.append(group_sums(rows, rest.ravel()[remaining], n_rows))
+        if remaining.size <= _FEW_TERMS:
+            left.append(_few_sums(rows.tolist(), rest.ravel()[remaining], n_rows))
+        else:
+            left.append(group_sums(rows, rest.ravel()[remaining], n_rows))
     return levels, left
+
+
+def _few_sums(rows: list[int], terms: NDArray[np.float64], n_rows: int) -> list[ExactSum]:
+    """The exact sum of ``terms`` per row (``rows[i]``, ascending, is the row of ``terms[i]``): each term
+    becomes an integer times a power of two at once, and a row's integers are shifted and added in Python.
+
+    >>> [s.fraction() for s in _few_sums([0, 1, 1], np.array([0.5, 1e16, 1.0]), 3)]
+    [Fraction(1, 2), Fraction(10000000000000001, 1), Fraction(0, 1)]
+    """
+    frac, exp = np.frexp(terms)
+    # a float's fraction times 2**53 is an integer, exactly
+    mantissas = (frac * 2.0**53).astype(np.int64).tolist()
+    exponents = exp.tolist()
+    totals = [ZERO] * n_rows
+    start = 0
+    while start < len(rows):
+        row, end = rows[start], start + 1
+        while end < len(rows) and rows[end] == row:
+            end += 1
+        low = min(exponents[start:end])
+        total = 0
+        for mantissa, exponent in zip(mantissas[start:end], exponents[start:end]):
+            total += mantissa << (exponent - low)
+        totals[row] = ExactSum.make(total, low - 53)
+        start = end
+    return totals
 
 
 def _level_totals(n_rows: int, levels: list[NDArray[np.float64]], left: list[list[ExactSum]]) -> list[ExactSum]:

@@ -342,3 +342,17 @@ def test_extraction_leaves_values_far_below_the_largest_to_the_buckets() -> None
     for row, s, q in zip(x.tolist(), sums, squares):
         assert s.fraction() == sum(map(Fraction, row))
         assert q.fraction() == sum(Fraction(v) ** 2 for v in row)
+
+
+def test_few_and_many_terms_left_by_extraction_are_summed_alike() -> None:
+    # rows whose values far below the largest leave a few terms (summed one Python step each) or more
+    # than _FEW_TERMS (summed by buckets) after extraction: either way the exact sums of the row
+    rng = np.random.default_rng(31)
+    for tiny in (1, 3, 40, 600, 3_000):
+        x = rng.normal(0.0, 1e3, (3, 4_000))
+        x[0, :tiny] = rng.normal(0.0, 1e-15, tiny)
+        x[2, -tiny:] = -(2.0 ** -rng.integers(60, 200, tiny).astype(np.float64))
+        sums, squares = row_moments(x)
+        for row, s, q in zip(x.tolist(), sums, squares):
+            assert s.fraction() == sum(map(Fraction, row))
+            assert q.fraction() == sum(Fraction(v) ** 2 for v in row)
