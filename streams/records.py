@@ -207,6 +207,64 @@ class LabelEvent:
 
 
 @dataclass
+class LabelBatch:
+    """Many labels of one model, in columns (docs/CONTRACTS.md, "Labels in a LabelBatch").
+
+    ``numeric_labels`` is float64 with NaN where the row's label is a string; ``string_labels``
+    holds the class labels, None where the label is numeric, and is empty when every label is.
+
+    >>> b = LabelBatch.from_events([LabelEvent("a", "m", 10, 1.0), LabelEvent("b", "m", 20, "fraud")])
+    >>> b.n, b.numeric_labels.tolist(), b.string_labels, b.labels()
+    (2, [1.0, nan], [None, 'fraud'], [1.0, 'fraud'])
+    >>> b.events()[1]
+    LabelEvent(event_id='b', model_id='m', event_time=20, label='fraud')
+    """
+
+    model_id: str
+    event_ids: list[str]
+    event_times: np.ndarray
+    numeric_labels: np.ndarray
+    string_labels: list[str | None] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def from_events(cls, events: list[LabelEvent]) -> LabelBatch:
+        """Columns of labels of one model (ValueError for none, or for labels of several models)."""
+        if not events:
+            raise ValueError("a batch needs at least one event")
+        model_id = events[0].model_id
+        if any(e.model_id != model_id for e in events):
+            raise ValueError("the labels of a LabelBatch belong to one model")
+        n = len(events)
+        strings = [e.label if isinstance(e.label, str) else None for e in events]
+        return cls(
+            model_id,
+            [e.event_id for e in events],
+            np.fromiter((e.event_time for e in events), dtype=np.int64, count=n),
+            np.fromiter((np.nan if isinstance(e.label, str) else e.label for e in events), dtype=np.float64, count=n),
+            strings if any(s is not None for s in strings) else [],
+        )
+
+    def labels(self) -> list[float | str]:
+        """Each row's label: its string, else its number."""
+        numbers: list[float | str] = self.numeric_labels.tolist()
+        if self.string_labels:
+            return [n if s is None else s for n, s in zip(numbers, self.string_labels)]
+        return numbers
+
+    def events(self) -> list[LabelEvent]:
+        """The labels one by one, in row order, as the same labels sent one ``LabelEvent`` each."""
+        model_id = self.model_id
+        return [
+            LabelEvent(event_id, model_id, time, label)
+            for event_id, time, label in zip(self.event_ids, self.event_times.tolist(), self.labels())
+        ]
+
+
+@dataclass
 class Evidence:
     """One metric that crossed its threshold in one window."""
 

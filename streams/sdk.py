@@ -3,9 +3,10 @@
 A log call validates its arguments, appends one record to an in-memory
 buffer and returns; it never touches the network. A background thread
 groups predictions (and features) per model version into ``PredictionBatch``
-(``FeatureBatch``) messages of at most ``batch_size`` events, sent when full
-or ``linger_ms`` after the first event of the group, and hands them to
-confluent-kafka, which sends them and reports each delivery.
+(``FeatureBatch``) messages, and labels per model into ``LabelBatch``
+messages, of at most ``batch_size`` events, sent when full or ``linger_ms``
+after the first event of the group, and hands them to confluent-kafka, which
+sends them and reports each delivery.
 
 Bound: at most ``max_buffered`` events are held (in this buffer and in the
 Kafka client's queue together) before they are delivered or have failed.
@@ -39,12 +40,27 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import Codec, default_codec
-from driftline.streams.records import FeatureBatch, FeatureEvent, LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams.records import (
+    FeatureBatch,
+    FeatureEvent,
+    LabelBatch,
+    LabelEvent,
+    PredictionBatch,
+    PredictionEvent,
+)
 
 log = logging.getLogger(__name__)
 
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 _NUMBER_TYPES = (int, float)
+
+
+# The batch record each kind of buffer is sent as (one model version, or one model for labels).
+_BATCH_OF: dict[str, type[PredictionBatch] | type[FeatureBatch] | type[LabelBatch]] = {
+    "predictions": PredictionBatch,
+    "features": FeatureBatch,
+    "labels": LabelBatch,
+}
 
 
 @dataclass(frozen=True)
@@ -170,9 +186,9 @@ class PredictionLogger:
 
     ``target`` is a Settings object or a bootstrap address. Messages go to the
     settings' ``predictions``, ``features`` and ``labels`` topics, keyed by model id.
-    ``single_events`` sends each prediction (and feature event) as its own
-    PredictionEvent (FeatureEvent) instead of batches, for consumers that read
-    only those. ``producer_config`` adds librdkafka settings, e.g.
+    ``single_events`` sends each prediction (feature event, label) as its own
+    PredictionEvent (FeatureEvent, LabelEvent) instead of batches, for consumers
+    that read only those. ``producer_config`` adds librdkafka settings, e.g.
     ``{"message.timeout.ms": 30000}`` to count events as failed after 30 s of
     outage instead of librdkafka's 5 minutes.
 
@@ -356,13 +372,12 @@ class PredictionLogger:
 
     def _send(self, kind: str, model_id: str, records: list) -> None:
         topic = self._topics[kind]
-        if kind == "labels" or self.single_events:
+        if self.single_events:
             for record in records:
                 self._produce(topic, model_id, self._encode_one(record), 1)
             return
         try:
-            batch = PredictionBatch.from_events(records) if kind == "predictions" else FeatureBatch.from_events(records)
-            value = self._codec.encode(batch)
+            value = self._codec.encode(_BATCH_OF[kind].from_events(records))
         except Exception as exc:  # arguments were validated; this is a bug, counted rather than raised in a thread
             self._resolve(len(records), failed=True, error=f"cannot encode a {kind} batch: {exc}")
             log.exception("driftline SDK could not encode a %s batch", kind)

@@ -62,12 +62,19 @@ from driftline.streams.core.ledger import AckLedger, Hold
 from driftline.streams.core.monitor import PREDICTIONS, Monitor, MonitorSettings
 from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceOutcome, WindowOutcome
 from driftline.streams.core.reference_models import reference_estimates
-from driftline.streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
+from driftline.streams.core.validation import (
+    MIN_EVENT_TIME_MS,
+    UNKNOWN_MODEL,
+    Rejection,
+    check_batch,
+    check_label,
+    check_label_batch,
+)
 from driftline.streams.core.windows import Windowing
 from driftline.streams.messages import Incoming, Messages, Offset
 from driftline.streams.observability import WorkerMetrics
 from driftline.streams.outbox import Outbox
-from driftline.streams.records import FeatureBatch, LabelEvent, ModelEvent, PredictionBatch
+from driftline.streams.records import FeatureBatch, LabelBatch, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.references import ReferenceProvider
 from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, Rejected, SinkError, Sinks
 from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
@@ -997,11 +1004,11 @@ class WorkerService:
         messages: Messages,
         i: int,
         now: int,
-        decoded: LabelEvent | None = None,
+        decoded: LabelEvent | LabelBatch | None = None,
         known: dict[str, bool] | None = None,
-    ) -> LabelEvent | Rejected:
-        """The label of message ``i`` (``decoded`` by ``decode_labels``, else decoded here), or why it is
-        refused; ``known`` remembers the registry's answers for the messages of one poll."""
+    ) -> LabelEvent | LabelBatch | Rejected:
+        """The label (or label batch) of message ``i`` (``decoded`` by ``decode_labels``, else decoded here), or
+        why it is refused, whole; ``known`` remembers the registry's answers for the messages of one poll."""
         if decoded is not None:
             record: Any = decoded
         else:
@@ -1009,11 +1016,14 @@ class WorkerService:
                 record = self.codec.decode(messages.values[i], topic="labels")
             except DecodeError as exc:
                 return self._rejected(messages[i], exc.reason, exc.message, now)
-        if not isinstance(record, LabelEvent):
+        if isinstance(record, LabelBatch):
+            problem = check_label_batch(record, now, self.max_future_ms, self.options.min_event_time_ms)
+        elif isinstance(record, LabelEvent):
+            problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
+        else:
             return self._rejected(
                 messages[i], "unexpected_record", f"a {type(record).__name__} on the labels topic", now
             )
-        problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
         if problem is None:
             is_known = None if known is None else known.get(record.model_id)
             if is_known is None:
@@ -1046,6 +1056,9 @@ class WorkerService:
                 label = self._poisoned(messages[i], exc, now)
             if isinstance(label, Rejected):
                 rejected.append(label)
+            elif isinstance(label, LabelBatch):
+                # a batch's labels, in row order, are taken as if each had come in a message of its own
+                by_model[label.model_id].extend((i, e) for e in label.events())
             else:
                 by_model[label.model_id].append((i, label))
 

@@ -36,7 +36,8 @@ that the streams worker writes into the DLQ header ``driftline-error``:
 ``column_length``      a batch column does not hold exactly n values
 ``invalid_value``      ±inf in a numeric input, a prediction or a latency; NaN as the
                        prediction of a single event (null says "no prediction" there;
-                       in a batch column NaN is the contract's "none")
+                       in a batch column NaN is the contract's "none"); a LabelBatch
+                       row without exactly one of a number and a string label
 ``schema_registry``    the schema registry could not be asked
 ``unknown_schema_id``  the registry does not know the id, or it is not a driftline record
 ``unexpected_record``  a valid record that does not belong on that topic
@@ -89,6 +90,7 @@ from driftline.streams.records import (
     FeatureBatch,
     FeatureDrift,
     FeatureEvent,
+    LabelBatch,
     LabelEvent,
     ModelEvent,
     PredictionBatch,
@@ -102,6 +104,7 @@ Record = (
     | FeatureEvent
     | FeatureBatch
     | LabelEvent
+    | LabelBatch
     | RetrainRequest
     | ModelEvent
     | DriftReport
@@ -135,7 +138,7 @@ MAX_DETAIL_CHARS = 1_024
 TOPIC_RECORDS: dict[str, tuple[str, ...]] = {
     "predictions": ("PredictionEvent", "PredictionBatch"),
     "features": ("FeatureEvent", "FeatureBatch"),
-    "labels": ("LabelEvent",),
+    "labels": ("LabelEvent", "LabelBatch"),
     "drift": ("DriftReport",),
     "alerts": ("Alert",),
     "retrain-requests": ("RetrainRequest",),
@@ -145,7 +148,7 @@ TOPIC_RECORDS: dict[str, tuple[str, ...]] = {
 
 _CONFLUENT_MAGIC = 0
 _JSON_START = frozenset(b"{ \t\r\n")
-_BATCHES = frozenset({f"{NAMESPACE}.PredictionBatch", f"{NAMESPACE}.FeatureBatch"})
+_BATCHES = frozenset({f"{NAMESPACE}.PredictionBatch", f"{NAMESPACE}.FeatureBatch", f"{NAMESPACE}.LabelBatch"})
 
 
 class DecodeError(ValueError):
@@ -301,6 +304,38 @@ def _feature_batch(d: dict[str, Any]) -> FeatureBatch:
     )
 
 
+def _label_problem(numbers: np.ndarray, strings: list[str | None]) -> str | None:
+    """Why the label columns of a LabelBatch are invalid, or None: each row holds exactly one of a
+    finite number and a string (docs/CONTRACTS.md, "Labels in a LabelBatch")."""
+    if np.isinf(numbers).any():
+        return "numeric_labels hold ±inf"
+    is_number = ~np.isnan(numbers)
+    if strings:
+        is_string = np.fromiter((s is not None for s in strings), dtype=bool, count=len(strings))
+        both = np.flatnonzero(is_number & is_string)
+        if both.size:
+            return f"row {int(both[0])} holds both a numeric and a string label"
+        is_number |= is_string
+    if not is_number.all():
+        return f"row {int(np.argmin(is_number))} holds no label (NaN and no string)"
+    return None
+
+
+def _label_batch(d: dict[str, Any]) -> LabelBatch:
+    n = len(d["event_ids"])
+    if n == 0:
+        raise DecodeError("column_length", "a batch needs at least one event")
+    times = _column(d["event_times"], "<i8", n, "event_times")
+    numbers = _column(d["numeric_labels"], "<f8", n, "numeric_labels")
+    strings = d["string_labels"]
+    if strings and len(strings) != n:
+        raise DecodeError("column_length", f"string_labels holds {len(strings)} values, expected {n} or none")
+    problem = _label_problem(numbers, strings)
+    if problem:
+        raise DecodeError("invalid_value", problem)
+    return LabelBatch(d["model_id"], d["event_ids"], times, numbers, strings)
+
+
 def _prediction_event(d: dict[str, Any]) -> PredictionEvent:
     problem = _event_problem(d["numeric"], d["prediction"], d["latency_ms"])
     if problem:
@@ -387,6 +422,25 @@ def _feature_batch_datum(b: FeatureBatch) -> dict[str, Any]:
     return d
 
 
+def _label_batch_datum(b: LabelBatch) -> dict[str, Any]:
+    n = b.n
+    if n == 0:
+        raise ValueError("a batch needs at least one event")
+    if b.string_labels and len(b.string_labels) != n:
+        raise ValueError(f"string_labels has {len(b.string_labels)} values, expected {n} or none")
+    d = {
+        "model_id": b.model_id,
+        "event_ids": list(b.event_ids),
+        "event_times": _pack(b.event_times, "<i8", n, "event_times"),
+        "numeric_labels": _pack(b.numeric_labels, "<f8", n, "numeric_labels"),
+        "string_labels": list(b.string_labels),
+    }
+    problem = _label_problem(np.frombuffer(d["numeric_labels"], "<f8"), d["string_labels"])
+    if problem:
+        raise ValueError(problem)
+    return d
+
+
 def _prediction_event_datum(e: PredictionEvent) -> dict[str, Any]:
     if e.prediction is not None and math.isnan(e.prediction):
         # NaN is "no prediction" in the SDK and in batches; a single event says that with null
@@ -431,6 +485,7 @@ _KINDS: dict[str, _Kind] = {
         _Kind(FeatureEvent, _feature_event_datum, _feature_event),
         _Kind(FeatureBatch, _feature_batch_datum, _feature_batch),
         _Kind(LabelEvent, _plain_datum, lambda d: LabelEvent(**d)),
+        _Kind(LabelBatch, _label_batch_datum, _label_batch),
         _Kind(RetrainRequest, _retrain_request_datum, _retrain_request),
         _Kind(ModelEvent, _plain_datum, lambda d: ModelEvent(**d)),
         _Kind(DriftReport, _drift_report_datum, _drift_report),

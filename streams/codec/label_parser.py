@@ -10,6 +10,12 @@ schema is the current reader schema and the v1 layout below, varints of at
 most 5 bytes, 9 for ``event_time``, strict UTF-8, no byte left over) and
 answers None for every other message, which the caller decodes alone with
 ``Codec.decode``: so whatever it returns is what ``Codec.decode`` would.
+
+A ``LabelBatch`` message (many labels of one model in packed columns) is one
+fastavro read and a few ``np.frombuffer`` calls for hundreds of labels, so
+:func:`decode_labels` reads each with ``Codec.decode`` and returns the batch;
+one the codec refuses comes back as None, for the caller to decode alone and
+dead-letter with the codec's reason.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from driftline.streams.codec.buffer import _HEADER, _Buffer, _strings
-from driftline.streams.codec.codec import SINGLE_OBJECT_MAGIC, Codec
+from driftline.streams.codec.codec import SINGLE_OBJECT_MAGIC, Codec, DecodeError
 from driftline.streams.codec.event_parser import _Cursor
 from driftline.streams.codec.schemas import NAMESPACE, fingerprint
-from driftline.streams.records import LabelEvent
+from driftline.streams.records import LabelBatch, LabelEvent
 
 log = logging.getLogger("driftline.codec")
 
@@ -44,9 +50,9 @@ _DOUBLE, _STRING = 0, 2  # the union's branch bytes: zigzag 0 and 1
 MIN_BULK_LABELS = 128
 
 
-def decode_labels(codec: Codec, values: Sequence[bytes | None]) -> list[LabelEvent | None]:
-    """The label of each message, or None where ``codec.decode(v, topic="labels")`` must decide alone
-    (every message of a call with fewer than ``MIN_BULK_LABELS``: the codec is faster there).
+def decode_labels(codec: Codec, values: Sequence[bytes | None]) -> list[LabelEvent | LabelBatch | None]:
+    """The label (or label batch) of each message, or None where ``codec.decode(v, topic="labels")`` must
+    decide alone (every single label of a call with fewer than ``MIN_BULK_LABELS``: the codec is faster there).
 
     >>> from driftline.streams.codec import default_codec
     >>> codec = default_codec()
@@ -54,8 +60,21 @@ def decode_labels(codec: Codec, values: Sequence[bytes | None]) -> list[LabelEve
     >>> decode_labels(codec, [*values, b"{}", None] * 40)[:4]
     [LabelEvent(event_id='e1', model_id='m', event_time=5, label=1.0), \
 LabelEvent(event_id='e2', model_id='m', event_time=6, label='fraud'), None, None]
+    >>> batch = codec.encode(LabelBatch.from_events([LabelEvent("e3", "m", 7, 0.0), LabelEvent("e4", "m", 8, 1.0)]))
+    >>> found = decode_labels(codec, [batch, values[0]])
+    >>> found[0].event_ids, found[0].labels(), found[1]
+    (['e3', 'e4'], [0.0, 1.0], None)
     """
-    out: list[LabelEvent | None] = [None] * len(values)
+    out: list[LabelEvent | LabelBatch | None] = [None] * len(values)
+    batch_header = codec.schemas.current("LabelBatch").header
+    for i, v in enumerate(values):
+        if type(v) is bytes and v[:_HEADER] == batch_header:
+            try:
+                record = codec.decode(v, topic="labels")
+            except DecodeError:
+                continue  # the caller decodes it again and dead-letters it with the reason
+            if isinstance(record, LabelBatch):
+                out[i] = record
     current = codec.schemas.current("LabelEvent").fingerprint
     if len(values) < MIN_BULK_LABELS or sys.byteorder != "little" or current != _LABEL_FINGERPRINT:
         return out
@@ -64,11 +83,12 @@ LabelEvent(event_id='e2', model_id='m', event_time=6, label='fraud'), None, None
     if not rows:
         return out
     try:
-        for i, label in zip(rows, _parse([values[i] for i in rows])):  # type: ignore[misc]
-            out[i] = label
-    except Exception as exc:  # a bug in the vectorised reading: every message is decoded alone instead
+        labels = _parse([values[i] for i in rows])  # type: ignore[misc]
+    except Exception as exc:  # a bug in the vectorised reading: every single label is decoded alone instead
         log.warning("decode_labels left %d messages to Codec.decode after %s: %s", len(rows), type(exc).__name__, exc)
-        return [None] * len(values)
+        return out
+    for i, label in zip(rows, labels):
+        out[i] = label
     return out
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.streams.records import PREDICTION_FEATURE, LabelEvent, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, LabelBatch, LabelEvent, PredictionBatch
 
 UNKNOWN_MODEL = "unknown_model"
 INVALID_VALUE = "invalid_value"
@@ -279,4 +279,35 @@ def check_label(
         _too_long("event_id", [event.event_id], MAX_ID_LENGTH)
         or _too_long("model_id", [event.model_id], MAX_ID_LENGTH)
         or (_too_long("label", [event.label], MAX_VALUE_LENGTH) if isinstance(event.label, str) else None)
+    )
+
+
+def check_label_batch(
+    batch: LabelBatch,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    min_event_time_ms: int = MIN_EVENT_TIME_MS,
+) -> Rejection | None:
+    """The first problem of a decoded label batch, or None: :func:`check_label` over all its rows at once
+    (the codec has already refused a row without exactly one finite number or string).
+
+    >>> import numpy as np
+    >>> b = LabelBatch("m", ["e1", "e2"], np.array([1_000, 1_500]), np.array([1.0, np.nan]), [None, "fraud"])
+    >>> check_label_batch(b, now_ms=2_000, min_event_time_ms=0) is None
+    True
+    >>> check_label_batch(b, now_ms=2_000, min_event_time_ms=1_200).reason
+    'invalid_event_time'
+    >>> b.string_labels[1] = "x" * 2_000
+    >>> check_label_batch(b, now_ms=2_000, min_event_time_ms=0).reason
+    'value_too_long'
+    """
+    times = np.asarray(batch.event_times)
+    if times.size:
+        problem = _event_time_problem(int(times.min()), int(times.max()), now_ms, max_future_ms, min_event_time_ms)
+        if problem:
+            return problem
+    return (
+        _too_long("model_id", [batch.model_id], MAX_ID_LENGTH)
+        or _too_long("event_id", batch.event_ids, MAX_ID_LENGTH)
+        or _too_long("label", batch.string_labels, MAX_VALUE_LENGTH, repeats=True)
     )

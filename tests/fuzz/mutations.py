@@ -45,6 +45,7 @@ from driftline.streams.records import (
     FeatureBatch,
     FeatureDrift,
     FeatureEvent,
+    LabelBatch,
     LabelEvent,
     ModelEvent,
     PredictionBatch,
@@ -165,6 +166,7 @@ def seed_records() -> list[Any]:
         ),
         LabelEvent("e1", "credit", T0, 1.0),
         LabelEvent("e2", "credit", T0, "approve"),
+        LabelBatch.from_events([LabelEvent(f"e{i}", "credit", T0 + i, "approve" if i % 3 else 1.0) for i in range(n)]),
         RetrainRequest("r1", "credit", "3", "drift", T0, [Evidence("psi", "age", 0.31, 0.2, T0 - 3_600_000, T0)]),
         ModelEvent("promoted", "credit", "4", T0, alias="champion", request_id="r1"),
         DriftReport(

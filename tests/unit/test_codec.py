@@ -38,6 +38,7 @@ from driftline.streams.records import (
     FeatureBatch,
     FeatureDrift,
     FeatureEvent,
+    LabelBatch,
     LabelEvent,
     ModelEvent,
     PredictionBatch,
@@ -84,6 +85,7 @@ def sample_records() -> list:
         ),
         LabelEvent("e1", "credit", T0, 1.0),
         LabelEvent("e2", "credit", T0, "approve"),
+        LabelBatch.from_events([LabelEvent("e1", "credit", T0, 1.0), LabelEvent("e2", "credit", T0 + 1, "approve")]),
         RetrainRequest("r1", "credit", "3", "drift", T0, [Evidence("psi", "age", 0.31, 0.2, T0 - 3_600_000, T0)]),
         RetrainRequest("r2", "credit", "3", "manual", T0),
         ModelEvent("promoted", "credit", "4", T0, alias="champion", request_id="r1"),
@@ -195,6 +197,7 @@ PINNED_V1 = {
     "DriftReport": "7d5c48daab95bc43",
     "FeatureBatch": "cb015e8f867e6684",
     "FeatureEvent": "c871750506a36bab",
+    "LabelBatch": "d1c1ac4ba0661a6b",
     "LabelEvent": "29686dc300a4e678",
     "ModelEvent": "4678aa89e4dd4e38",
     "PredictionBatch": "fd96d0fc3be9ba43",
@@ -361,7 +364,7 @@ def test_json_record_comes_from_type_then_topic_then_fields() -> None:
 
 @pytest.mark.parametrize(
     "record",
-    [r for r in sample_records() if not isinstance(r, (PredictionBatch, FeatureBatch))],
+    [r for r in sample_records() if not isinstance(r, (PredictionBatch, FeatureBatch, LabelBatch))],
     ids=lambda r: type(r).__name__,
 )
 def test_encode_json_round_trips(record) -> None:

@@ -36,7 +36,8 @@ def test_the_seeds_cover_every_record_kind_in_avro_and_json(corpus: Corpus) -> N
         if seed.json is not None:
             assert decoded == seed.record
             assert corpus.codec.decode(seed.json) == seed.record
-    assert {type(s.record).__name__ for s in corpus.seeds if s.json is None} == {"PredictionBatch", "FeatureBatch"}
+    batches = {"PredictionBatch", "FeatureBatch", "LabelBatch"}
+    assert {type(s.record).__name__ for s in corpus.seeds if s.json is None} == batches
 
 
 def test_the_mutator_is_deterministic(corpus: Corpus) -> None:
