@@ -212,13 +212,17 @@ def _moments_by_extraction(
 ) -> tuple[list[ExactSum], list[ExactSum]]:
     """``row_moments`` of rows whose squares and their errors are normal floats (see ``row_moments``)."""
     # Dekker's TwoProduct: x*x = p + err exactly, with err a normal float in this range (in place where
-    # it can be: a fresh temporary per step would cost page faults on a big block)
+    # it can be: a fresh temporary per step would cost page faults on a big block). p and err are rows
+    # of one array, so that one extraction takes both.
+    n_rows = values.shape[0]
+    squares = np.empty((2 * n_rows, values.shape[1]))
+    p, err = squares[:n_rows], squares[n_rows:]
+    np.multiply(values, values, out=p)
     t = values * _DEKKER
     hi = t - values
     np.subtract(t, hi, out=hi)
     lo = np.subtract(values, hi, out=t)
-    p = values * values
-    err = lo * lo
+    np.multiply(lo, lo, out=err)
     t2 = hi * hi
     t2 -= p
     hi *= lo
@@ -228,10 +232,13 @@ def _moments_by_extraction(
     del t, hi, lo, t2
     sum_levels, sum_left = _extracted_levels(values, largest)
     # |err| <= 2**-53 * x*x: no need for a pass to find its largest magnitude
-    p_levels, p_left = _extracted_levels(p, largest * largest, owned=True)
-    err_levels, err_left = _extracted_levels(err, largest * largest * 2.0**-53, owned=True)
-    n_rows = values.shape[0]
-    return _level_totals(n_rows, sum_levels, sum_left), _level_totals(n_rows, p_levels + err_levels, p_left + err_left)
+    bound = largest * largest
+    levels, left = _extracted_levels(squares, np.concatenate([bound, bound * 2.0**-53]), owned=True)
+    return _level_totals(n_rows, sum_levels, sum_left), _level_totals(
+        n_rows,
+        [level[:n_rows] for level in levels] + [level[n_rows:] for level in levels],
+        [sums[:n_rows] for sums in left] + [sums[n_rows:] for sums in left],
+    )
 
 
 def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
