@@ -46,10 +46,9 @@ _LANE_BITS = 3
 _LANE_CYCLE = np.arange(_CHUNK, dtype=np.int64) & ((1 << _LANE_BITS) - 1)
 _SAFE_LOW = 2.0**-450
 _SAFE_HIGH = 2.0**450
-_EXTRACTIONS = 2  # rounds of extraction before the few terms left go to the buckets
+_EXTRACTIONS = 2  # rounds of extraction before the terms left are summed as integers (few) or by buckets
 # up to this many terms left by extraction are summed one Python step each (the buckets' arrays cost more)
 _FEW_TERMS = 512
-_FEW_LEVELS = 8  # up to this many levels in all, each becomes an exact sum by itself (see _level_totals)
 
 
 @dataclass(frozen=True)
@@ -212,13 +211,17 @@ def _moments_by_extraction(
 ) -> tuple[list[ExactSum], list[ExactSum]]:
     """``row_moments`` of rows whose squares and their errors are normal floats (see ``row_moments``)."""
     # Dekker's TwoProduct: x*x = p + err exactly, with err a normal float in this range (in place where
-    # it can be: a fresh temporary per step would cost page faults on a big block)
+    # it can be: a fresh temporary per step would cost page faults on a big block). p and err are rows
+    # of one array, so that one extraction takes both.
+    n_rows = values.shape[0]
+    squares = np.empty((2 * n_rows, values.shape[1]))
+    p, err = squares[:n_rows], squares[n_rows:]
+    np.multiply(values, values, out=p)
     t = values * _DEKKER
     hi = t - values
     np.subtract(t, hi, out=hi)
     lo = np.subtract(values, hi, out=t)
-    p = values * values
-    err = lo * lo
+    np.multiply(lo, lo, out=err)
     t2 = hi * hi
     t2 -= p
     hi *= lo
@@ -228,10 +231,13 @@ def _moments_by_extraction(
     del t, hi, lo, t2
     sum_levels, sum_left = _extracted_levels(values, largest)
     # |err| <= 2**-53 * x*x: no need for a pass to find its largest magnitude
-    p_levels, p_left = _extracted_levels(p, largest * largest, owned=True)
-    err_levels, err_left = _extracted_levels(err, largest * largest * 2.0**-53, owned=True)
-    n_rows = values.shape[0]
-    return _level_totals(n_rows, sum_levels, sum_left), _level_totals(n_rows, p_levels + err_levels, p_left + err_left)
+    bound = largest * largest
+    levels, left = _extracted_levels(squares, np.concatenate([bound, bound * 2.0**-53]), owned=True)
+    return _level_totals(n_rows, sum_levels, sum_left), _level_totals(
+        n_rows,
+        [level[:n_rows] for level in levels] + [level[n_rows:] for level in levels],
+        [sums[:n_rows] for sums in left] + [sums[n_rows:] for sums in left],
+    )
 
 
 def _moments_by_buckets(values: NDArray[np.float64]) -> tuple[list[ExactSum], list[ExactSum]]:
@@ -361,35 +367,20 @@ def _few_sums(rows: list[int], terms: NDArray[np.float64], n_rows: int) -> list[
 def _level_totals(n_rows: int, levels: list[NDArray[np.float64]], left: list[list[ExactSum]]) -> list[ExactSum]:
     """Per row, the exact sum of its levels (floats, one array per round) and of its ``left`` sums.
 
-    The levels become integers times powers of two all at once; only the
-    shifts and additions of each row's few integers are Python steps.
+    The levels are summed as the few terms they are (``_few_sums``): they become
+    integers times powers of two all at once; only the shifts and additions of
+    each row's few integers are Python steps.
 
     >>> [s.fraction() for s in _level_totals(2, [np.array([1e16, 0.5]), np.array([1.0, 0.0])], [])]
     [Fraction(10000000000000001, 1), Fraction(1, 2)]
     """
-    totals = [ZERO] * n_rows
-    if levels and n_rows * len(levels) <= _FEW_LEVELS:
-        # a few levels (one row of a long batch): a Python step each costs less than the array steps
-        for level in levels:
-            for j, value in enumerate(level.tolist()):
-                if value:
-                    totals[j] = totals[j].merged(_float_sum(value))
-    elif levels:
-        frac, exp = np.frexp(np.stack(levels, axis=1))
-        # a level is a float: its fraction times 2**53 is an integer, exactly
-        mantissas = (frac * 2.0**53).astype(np.int64)
-        exp = exp.astype(np.int64)
-        # empty levels must not pull a row's lowest exponent down
-        exp[mantissas == 0] = np.iinfo(np.int64).max // 2
-        low = exp.min(axis=1)
-        shifts = exp - low[:, None]
-        for j, (row_m, row_s, lowest) in enumerate(zip(mantissas.tolist(), shifts.tolist(), low.tolist())):
-            total = 0
-            for mantissa, shift in zip(row_m, row_s):
-                if mantissa:
-                    total += mantissa << shift
-            if total:
-                totals[j] = ExactSum.make(total, lowest - 53)
+    if levels:
+        # row by row, each row's levels side by side: the nonzero ones are a few terms of ascending rows
+        stacked = np.stack(levels, axis=1).ravel()
+        terms = np.flatnonzero(stacked != 0.0)
+        totals = _few_sums((terms // len(levels)).tolist(), stacked[terms], n_rows)
+    else:
+        totals = [ZERO] * n_rows
     for sums in left:
         totals = [a.merged(b) for a, b in zip(totals, sums)]
     return totals
