@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.abc
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -463,10 +465,46 @@ def check_copartitioned(settings: Settings, timeout: float = 30.0) -> dict[str, 
     return counts
 
 
+def pyarrow_without_pandas() -> bool:
+    """Have pyarrow's probe for pandas objects find no pandas, if none is imported; True if so.
+
+    pyarrow imports pandas (29 MiB, 500 modules) at its first ``pa.array``, only to ask
+    whether the values are a pandas Series or Categorical. The worker builds its Arrow
+    tables from typed lists and numpy arrays, never from pandas objects, so in its process
+    that probe is made to fail once (as on an install without pandas). Nothing is
+    blocked afterwards: a call that needs pandas (``Table.to_pandas``) imports it as
+    before, and so does a list converted without a type (pyarrow's inference looks for
+    pandas' NA).
+
+    >>> import subprocess, sys
+    >>> code = "import sys, pyarrow as pa; from driftline.streams.app import pyarrow_without_pandas as w; "
+    >>> code += "print(w(), pa.array(['a'], type=pa.string()).type, 'pandas' in sys.modules)"
+    >>> subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    ['True', 'string', 'False']
+    """
+    if "pandas" in sys.modules:
+        return False
+    import pyarrow as pa
+
+    class NoPandas(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            if name == "pandas":
+                raise ImportError("pandas is not used by the worker's Arrow tables")
+
+    finder = NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([], type=pa.int8())  # pyarrow probes for pandas once, at its first array
+    finally:
+        sys.meta_path.remove(finder)
+    return "pandas" not in sys.modules
+
+
 def run_worker(settings: Settings, options: WorkerOptions, *, loglevel: str = "info") -> int:
     """Create the topics, start the worker and block until it stops; returns the exit code."""
     from driftline.streams import kafka
 
+    pyarrow_without_pandas()
     kafka.ensure_topics(settings, partitions=options.partitions)
     check_copartitioned(settings)
     service = build_service(settings, options)

@@ -81,6 +81,30 @@ def test_query_df_still_returns_pandas() -> None:
     )
 
 
+def test_worker_arrow_tables_without_pandas() -> None:
+    """The worker's Arrow tables load no pandas; pandas still works once something imports it."""
+    _loaded_after(
+        """
+        import sys
+        import numpy as np
+        import pyarrow as pa
+        from driftline.streams.app import pyarrow_without_pandas
+        assert pyarrow_without_pandas()
+        ids = pa.array(["e1", "e2"], type=pa.string())
+        scores = pa.array(np.array([0.5, np.nan]), mask=np.isnan(np.array([0.5, np.nan])))
+        index = pa.array(np.array([0, 0], dtype=np.int32))
+        names = pa.DictionaryArray.from_arrays(index, pa.array(["x"], type=pa.string()))
+        offsets = pa.array(np.array([0, 1, 1], dtype=np.int32))
+        maps = pa.MapArray.from_arrays(offsets, names.dictionary_decode()[:1], scores[:1])
+        table = pa.table({"id": ids, "score": scores, "m": maps})
+        assert "pandas" not in sys.modules
+        import pandas as pd
+        assert table.to_pandas()["id"].tolist() == ["e1", "e2"]
+        assert pa.types.is_dictionary(pa.array(pd.Series(pd.Categorical(["a", "b"]))).type)
+        """
+    )
+
+
 @pytest.mark.parametrize("first", ["alone", "package"])
 def test_detector_loaded_alone_is_river_drift_class(first: str) -> None:
     """A state pickled with the detector loaded alone resumes with ``river.drift`` imported, and back."""
