@@ -72,7 +72,8 @@ class PredictionBatch:
     # (driftline.streams.codec.batch_parser): the raw insert takes them as they are instead of
     # converting the lists again. Keys: ("event_ids", ""), ("predicted_labels", ""),
     # ("categorical", name), ("attributes", name); a column missing here is built from its list.
-    arrow: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False)
+    # Not part of the wire record (metadata "wire": False): the codec never sends it.
+    arrow: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False, metadata={"wire": False})
 
     @property
     def n(self) -> int:
