@@ -8,7 +8,9 @@ time: each slice draws how many of its events each model gets
 (``numpy.random.Generator.multinomial``) and sends them as
 ``PredictionBatch`` es of at most 1,000 rows or, for the models that log one
 event at a time, as single ``PredictionEvent`` s; a share of the predictions
-(``--label-share``) gets a ``LabelEvent``. ``--mode mixed`` (the default)
+(``--label-share``) gets a label: a slice's labels of a batched model travel
+as ``LabelBatch`` es of at most 1,000 labels (``--label-batches no``: one
+``LabelEvent`` each), those of a single-event model as ``LabelEvent`` s. ``--mode mixed`` (the default)
 makes the lower-traffic half of the models log single events (about 9% of
 the events at 1,000 models); ``batched`` and ``single`` make every model do
 the same.
@@ -60,7 +62,7 @@ from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import default_codec
-from driftline.streams.records import LabelEvent, PredictionBatch, PredictionEvent
+from driftline.streams.records import LabelBatch, LabelEvent, PredictionBatch, PredictionEvent
 from driftline.streams.warehouse import Warehouse
 
 BATCH_EVENTS = 1_000
@@ -247,6 +249,7 @@ class Traffic:
     labels: int = 0
     last_time: int = 0
     say: Callable[[str], None] | None = None
+    label_batches: bool = True  # the labels of a batched model's slice as LabelBatch messages, else one a message
 
     @property
     def slice_events(self) -> int:
@@ -277,9 +280,17 @@ class Traffic:
                     messages += self._predictions(codec, rng, pool, rank, seq[lo:hi], times[lo:hi])
                 labelled = np.flatnonzero(rng.random(c) < self.label_share)
                 model_id = self.fleet.model_ids[rank]
-                for i in labelled.tolist():
-                    label = LabelEvent(f"e{seq[i]}", model_id, int(times[i]) + 1, float(rng.random() < 0.3))
-                    labels.append(Message("labels", model_id, codec.encode(label), 0))
+                values = (rng.random(labelled.size) < 0.3).astype(np.float64)  # the draws of one label at a time
+                if self.label_batches and not self.fleet.single[rank]:
+                    for lo in range(0, labelled.size, BATCH_EVENTS):
+                        rows = labelled[lo : lo + BATCH_EVENTS]
+                        ids = [f"e{i}" for i in seq[rows].tolist()]
+                        batch = LabelBatch(model_id, ids, times[rows] + 1, values[lo : lo + rows.size])
+                        labels.append(Message("labels", model_id, codec.encode(batch), 0))
+                else:
+                    for i, value in zip(labelled.tolist(), values.tolist()):
+                        label = LabelEvent(f"e{seq[i]}", model_id, int(times[i]) + 1, value)
+                        labels.append(Message("labels", model_id, codec.encode(label), 0))
                 self.labels += len(labelled)
             yield Slice(count, messages + labels)
 

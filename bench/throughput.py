@@ -850,6 +850,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     many.add_argument("--partitions", type=int, default=1, help="partitions of the input topics")
     many.add_argument("--mode", choices=scale.MODES, default="mixed", help="batches, single events or both")
     many.add_argument("--label-share", type=float, default=0.1, help="share of predictions that get a label")
+    many.add_argument(
+        "--label-batches",
+        choices=("yes", "no"),
+        default="yes",
+        help="batched models send a slice's labels as LabelBatch messages (no: one LabelEvent each)",
+    )
     many.add_argument("--slice-seconds", type=float, default=1.0, help="event time drawn and sent at a time")
     many.add_argument("--seed", type=int, default=7, help="seed of the traffic")
     many.add_argument(
@@ -1007,6 +1013,7 @@ def models_main(args: argparse.Namespace) -> int:
                     args.label_share,
                     args.seed,
                     say=say,
+                    label_batches=args.label_batches == "yes",
                 )
 
                 def make_worker(member: str, settings: Settings = settings, tag: str = tag) -> WorkerRun:
