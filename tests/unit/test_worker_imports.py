@@ -128,3 +128,16 @@ def test_detector_loaded_alone_is_river_drift_class(first: str) -> None:
         assert [e.index + 1_000 for e in resumed.update("k", x[1_000:])] == whole == [2_015]
         """
     )
+
+
+def test_psycopg_errors_stop_a_batch_once_a_postgresql_registry_loaded_psycopg() -> None:
+    _loaded_after(
+        """
+        import sys
+        from driftline.streams.worker import infrastructure_errors
+        assert "psycopg" not in sys.modules
+        assert not any(e.__module__.startswith("psycopg") for e in infrastructure_errors())
+        import psycopg
+        assert psycopg.OperationalError in infrastructure_errors()
+        """
+    )
