@@ -639,6 +639,24 @@ def _block_rows(
     }
 
 
+Moments = Mapping[str, tuple[int, float, float]]
+
+
+def window_moments(window: WindowProfile) -> dict[str, tuple[int, float, float]]:
+    """Count, mean and M2 of each numeric feature of ``window``, each rounded once from its exact sums.
+
+    Reading them costs a few exact-sum steps per feature; the monitor reads them
+    once per closed window for the drift tests and the slow-drift detector.
+
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(10.0)}, {})
+    >>> w = WindowProfile.empty(ref, seed=0)
+    >>> w.update({"x": np.array([1.0, 2.0, 6.0])}, {})
+    >>> window_moments(w)
+    {'x': (3, 3.0, 14.0)}
+    """
+    return {f: (w.count, w.mean, w.m2) for f, w in window.numeric.items()}
+
+
 def evaluate_window(
     reference: ReferenceProfile,
     window: WindowProfile,
@@ -646,6 +664,7 @@ def evaluate_window(
     thresholds: Thresholds | None = None,
     fdr_q: float = 0.05,
     alpha: float = 0.05,
+    moments: Moments | None = None,
 ) -> list[FeatureDrift]:
     """Every drift and data-quality metric of every feature of ``window``, with the ``drifted`` decision.
 
@@ -656,6 +675,7 @@ def evaluate_window(
     get no rows. Metrics that need values are NaN when all values were missing.
     Rows of :data:`QUALITY_METRICS` carry the data-quality decision and
     ``kind="data_quality"``; the others the drift decision and ``kind="drift"``.
+    ``moments``: the window's ``window_moments`` when the caller already read them.
     """
     if not 0.0 < fdr_q < 1.0 or not 0.0 < alpha < 1.0:
         raise ValueError(f"fdr_q and alpha must be between 0 and 1, got {fdr_q} and {alpha}")
@@ -671,7 +691,7 @@ def evaluate_window(
         )
     overrides = check_thresholds(thresholds)
     prep = reference.cached("drift", lambda: _prepare(reference))
-    num = _numeric(reference, window, prep, alpha, fdr_q)
+    num = _numeric(reference, window, prep, alpha, fdr_q, window_moments(window) if moments is None else moments)
     cat = _categorical(reference, window, prep, alpha, fdr_q)
 
     adjusted = np.stack(
@@ -722,7 +742,7 @@ def _no_columns(names: tuple[str, ...]) -> _Columns:
 
 
 def _numeric(
-    reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float, level: float
+    reference: ReferenceProfile, window: WindowProfile, prep: _Prepared, alpha: float, level: float, read: Moments
 ) -> _Columns:
     names = prep.numeric
     if not names:
@@ -758,8 +778,8 @@ def _numeric(
     # (kurtosis - 1) / n, comes from the reference's kurtosis, so heavy tails
     # widen it instead of raising false alarms.
     # exact sums in the profile: the same bits for any batching, so a replay gives the same rows
-    mean_w = np.array([w.mean for w in wins], dtype=np.float64)
-    m2_w = np.array([w.m2 for w in wins], dtype=np.float64)
+    mean_w = np.array([read[f][1] for f in names], dtype=np.float64)
+    m2_w = np.array([read[f][2] for f in names], dtype=np.float64)
     varying = prep.num_var > 0
     moments = (n >= 2) & varying
     with np.errstate(invalid="ignore", divide="ignore"):

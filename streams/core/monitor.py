@@ -49,7 +49,7 @@ from driftline.streams.core.batches import (
 )
 from driftline.streams.core.detector_state import join_detector_state, split_detector_state
 from driftline.streams.core.detectors import BINARY_DETECTORS, ChangeDetectorBank
-from driftline.streams.core.drift import evaluate_window
+from driftline.streams.core.drift import evaluate_window, window_moments
 from driftline.streams.core.estimation import EstimationState
 from driftline.streams.core.explain import (
     MAX_SEGMENT_VALUES,
@@ -825,12 +825,16 @@ class Monitor:
     def _window_outcome(self, track: _Track, key: WindowKey, window: _Window) -> WindowOutcome:
         model_id, version, start = key
         s = track.settings
-        drift = evaluate_window(window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q)
+        # read once from the exact sums, for the drift tests and the slow-drift detector
+        moments = window_moments(window.profile)
+        drift = evaluate_window(
+            window.reference, window.profile, thresholds=s.thresholds, fdr_q=s.fdr_q, moments=moments
+        )
         trend = _trend_for(track, version, window.reference, s.trend_guarantee, s.trend_level)
         if trend is not None:
             # a stream with no values in this window (no predictions: features logged alone) learns
             # nothing from it and gets no row, as the per-window tests give none
-            drift += [r for r in trend.update_window(window.profile) if window.profile.numeric[r.feature].count]
+            drift += [r for r in trend.update_window(window.profile, moments) if moments[r.feature][0]]
         model = multivariate_model(window.reference)
         if model is not None and window.multivariate is not None:
             drift += model.evaluate(window.multivariate)

@@ -279,8 +279,11 @@ class TrendDetector:
             for f, v, pv, a in zip(self.names, value.tolist(), p.tolist(), alarm.tolist())
         ]
 
-    def update_window(self, window: Any) -> list[FeatureDrift]:
-        """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2.
+    def update_window(
+        self, window: Any, moments: Mapping[str, tuple[int, float, float]] | None = None
+    ) -> list[FeatureDrift]:
+        """``update`` from a closed ``WindowProfile``: each stream's ``NumericWindow`` count, mean and M2
+        (``moments``: those already read, feature -> (count, mean, M2), as ``drift.window_moments`` gives them).
 
         >>> from driftline.streams.core.reference import ReferenceProfile
         >>> from driftline.streams.core.window_profile import WindowProfile
@@ -291,8 +294,11 @@ class TrendDetector:
         >>> [(r.feature, r.drifted) for r in det.update_window(w)]
         [('x', False), ('__prediction__', False)]
         """
-        moments = [window.numeric[f] for f in self.names]
-        return self.update([m.count for m in moments], [m.mean for m in moments], [m.m2 for m in moments])
+        if moments is None:
+            read = [window.numeric[f] for f in self.names]
+            return self.update([m.count for m in read], [m.mean for m in read], [m.m2 for m in read])
+        got = [moments[f] for f in self.names]
+        return self.update([m[0] for m in got], [m[1] for m in got], [m[2] for m in got])
 
     def _log_start_weight(self, j: int | NDArray[np.float64]) -> Any:
         """log of the weight with which start ``j`` (a window number from 1) enters the evidence."""

@@ -15,6 +15,7 @@ from driftline.streams.core.drift import (
     NUMERIC_METRICS,
     drifted_features,
     evaluate_window,
+    window_moments,
 )
 from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.sampler import stable_seed
@@ -421,3 +422,14 @@ def test_the_out_of_range_test_takes_its_share_whether_or_not_a_value_is_outside
     assert rows["x", "out_of_range_rate"].value == 0.0
     assert 0.05 / 3 < rows["x", "mean_shift"].p_value < 0.05 * 0.25 / 0.6
     assert not rows["x", "mean_shift"].drifted
+
+
+def test_moments_read_once_give_the_rows_of_reading_the_window(reference):
+    rng = np.random.default_rng(21)
+    for n, shift in ((1, 0.0), (40, 0.5), (900, 0.0), (3_000, 0.2)):
+        w = window_of(reference, rng, n, shift)
+        moments = window_moments(w)
+        assert set(moments) == set(reference.numeric)
+        assert all(moments[f] == (x.count, x.mean, x.m2) for f, x in w.numeric.items())
+        given = evaluate_window(reference, w, moments=moments)
+        assert [repr(r) for r in given] == [repr(r) for r in evaluate_window(reference, w)]  # NaN-safe

@@ -351,3 +351,16 @@ def test_update_window_reads_the_exact_moments_of_a_window_profile():
             [((x - x.mean()) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()],
         )
         assert [r.value for r in got] == pytest.approx([r.value for r in expected], rel=1e-9)
+
+
+def test_update_window_with_moments_read_once_gives_the_rows_of_reading_the_profile():
+    from driftline.streams.core.drift import window_moments
+
+    rng = np.random.default_rng(11)
+    ref = ReferenceProfile.build("m", "1", {"x": rng.normal(size=2_000)}, {}, predictions=rng.random(2_000))
+    by_profile, by_moments = TrendDetector.from_reference(ref), TrendDetector.from_reference(ref)
+    for t in range(5):
+        w = WindowProfile.empty(ref, seed=t)
+        w.update({"x": rng.normal(0.1 * t, 1.0, 700)}, {}, rng.random(700) if t != 2 else None)
+        assert by_moments.update_window(w, window_moments(w)) == by_profile.update_window(w)
+    assert by_moments.to_dict() == by_profile.to_dict()
