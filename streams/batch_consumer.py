@@ -148,6 +148,9 @@ class BatchConsumer:
                 "max.poll.interval.ms": max(300_000, session_ms),
                 # librdkafka prefetches up to 64 MiB by default; the worker's memory is bounded by its polls
                 "queued.max.messages.kbytes": max(1024, 2 * max_bytes // 1024),
+                # and by count: 100,000 a partition by default, so a backlog of small messages (single
+                # labels) was fetched whole at once, in librdkafka's malloc arenas, which keep it once freed
+                "queued.min.messages": max(2 * max_messages, 1000),
                 # 1 MiB per partition and fetch (the default) is 5 batches of 1,000 events a round trip
                 "max.partition.fetch.bytes": max(1024 * 1024, max_bytes // 2),
                 "fetch.wait.max.ms": 100,
