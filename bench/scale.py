@@ -71,6 +71,7 @@ POOL_BLOCKS = 8
 REFERENCE_ROWS = 5_000
 DAY_MS = 86_400_000
 POLL_S = 0.25
+IDLE_SAMPLE_S = 5.0  # how long the primed workers' idle CPU is sampled before the traffic
 MODES = ("mixed", "batched", "single")
 PRODUCERS = 2  # processes sending the encoded traffic
 
@@ -460,6 +461,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_rates(pids: Sequence[int], seconds: float) -> list[float]:
+    """CPU milliseconds per second that each process spends over ``seconds`` (of wall time) from now.
+
+    >>> [rate >= 0 for rate in idle_rates([os.getpid()], 0.05)]
+    [True]
+    """
+    before = [cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return [(cpu_seconds(pid) - b) * 1000 / elapsed for pid, b in zip(pids, before)]
+
+
 def listening_pid(port: int) -> int | None:
     """The process (of this user) listening on a local TCP port, found through ``/proc/net/tcp*`` inodes."""
     inodes = set()
@@ -562,6 +576,13 @@ class ModelsResult:
     worker_cpu_s: float
     server_cpu_s: float | None
     fingerprints: dict[str, tuple[int, int, int]]
+    worker_cpu_each_s: list[float] = field(default_factory=list)  # per worker, over the timed run
+    idle_cpu_ms_per_s: list[float] = field(default_factory=list)  # per worker, primed and waiting (paced runs)
+
+    @property
+    def idle_cpu_s(self) -> float:
+        """The CPU the workers would have spent idling for the timed run's length, at their idle rates."""
+        return sum(self.idle_cpu_ms_per_s) / 1000 * self.seconds
 
     @property
     def events_per_s(self) -> float:
@@ -673,10 +694,11 @@ def run_models(
 
         def mark_start() -> None:
             marks["wall"] = time.time()
-            marks["workers"] = sum(cpu_seconds(p.pid) for p in procs)
+            marks.update({f"w{i}": cpu_seconds(p.pid) for i, p in enumerate(procs)})
             marks["server"] = cpu_seconds(server_pid) if server_pid else 0.0
 
         messages, produce_s = 0, 0.0
+        idle: list[float] = []
         try:
             if backlog:
                 messages, produce_s = produce_traffic(settings, traffic, 0.0)
@@ -689,6 +711,7 @@ def run_models(
                     p.start()
                 wait_group(procs, partitions, min(deadline, time.monotonic() + 120))
                 prime(settings, traffic, procs, deadline)
+                idle = idle_rates([p.pid for p in procs], IDLE_SAMPLE_S)
                 say(f"{workers} worker(s) in the group; producing at {rate:,.0f}/s" if rate else "producing")
                 messages, produce_s = produce_traffic(settings, traffic, rate, on_start=mark_start)
                 say(f"produced {messages:,} messages ({traffic.events:,} predictions) in {produce_s:.1f} s")
@@ -710,7 +733,8 @@ def run_models(
                         f"{len(expected & rows.seen.keys())} of {len(expected)}\n{procs[0].log_tail()}"
                     )
                 time.sleep(POLL_S)
-            worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - marks["workers"]
+            each = [cpu_seconds(p.pid) - marks[f"w{i}"] for i, p in enumerate(procs)]
+            worker_cpu = sum(each)
             server_cpu = cpu_seconds(server_pid) - marks["server"] if server_pid else None
             peaks = [_status_kib(p.pid, "VmHWM") for p in procs]
         finally:
@@ -738,6 +762,8 @@ def run_models(
         worker_cpu_s=worker_cpu,
         server_cpu_s=server_cpu,
         fingerprints=prints,
+        worker_cpu_each_s=each,
+        idle_cpu_ms_per_s=idle,
     )
 
 
@@ -761,6 +787,13 @@ def detail_lines(r: ModelsResult) -> list[str]:
         f"labels={r.labels} messages={r.messages} seconds={r.seconds:.2f} produce_s={r.produce_s:.2f} "
         f"close_to_row_ms_p50={p50:.0f} peak_rss_mib_per_worker={','.join(str(k // 1024) for k in r.peak_rss_kib)} "
         f"worker_cpu_s={r.worker_cpu_s:.2f} server_cpu_s={server}",
+        f"RESULT mode=models workers={r.workers} worker_cpu_s_each={','.join(f'{c:.1f}' for c in r.worker_cpu_each_s)} "
+        + (
+            f"idle_cpu_ms_per_s_each={','.join(f'{c:.0f}' for c in r.idle_cpu_ms_per_s)} "
+            f"idle_share_s_per_million={r.per_million(r.idle_cpu_s):.2f}"
+            if r.idle_cpu_ms_per_s
+            else "idle_cpu_ms_per_s_each=n/a (backlog run)"
+        ),
         f"RESULT mode=models windows_expected={r.windows_expected} windows_written={r.windows_written} "
         f"(drift_reports {r.windows_reports}, drift_metrics {r.windows_metrics})",
     ]

@@ -640,6 +640,12 @@ class Bench:
     reference_data: window_compute.Columns = field(
         default_factory=lambda: window_compute.synthetic(window_compute.REFERENCE_ROWS, seed=0)
     )
+    registry_home: Path | None = None  # the SQLite registry's folder (registry_scratch), made at first use
+
+    def registry_dir(self) -> Path:
+        if self.registry_home is None:
+            self.registry_home = registry_scratch(self.home)
+        return self.registry_home
 
     def settings(self, tag: str) -> Settings:
         database = f"dlbench_{self.run_id}_{tag}"
@@ -650,7 +656,7 @@ class Bench:
             kafka_bootstrap=self.stack.kafka_bootstrap,
             topic_prefix=prefix,
             warehouse=f"{self.stack.warehouse_base}/{database}",
-            registry=f"sqlite:///{self.home / 'registry.db'}",
+            registry=f"sqlite:///{self.registry_dir() / 'registry.db'}",
             artifacts=str(self.home / "artifacts"),
             state_dir=str(self.home / "state"),
         )
@@ -1045,14 +1051,34 @@ def models_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def registry_scratch(home: Path) -> Path:
+    """Where the benchmark's SQLite registry goes: a new folder on tmpfs when the machine has one, else ``home``.
+
+    Registering is set-up, not what is measured, and each version is one committed transaction:
+    on a disk each commit waits for its fsync (100 versions at load 11: 4.6 s on disk, 1.2 s on tmpfs).
+
+    >>> folder = registry_scratch(Path(tempfile.gettempdir()))
+    >>> folder.is_dir()
+    True
+    >>> folder == Path(tempfile.gettempdir()) or not folder.rmdir()
+    True
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="driftline-bench-registry-", dir=shm))
+    return home
+
+
 def tear_down(bench: Any, stack: Stack, home: Path, *, keep: bool, say: Callable[[str], None]) -> None:
-    """Drop the benchmark's topics and databases, stop what it started, and remove (or keep) its directory."""
+    """Drop the benchmark's topics and databases, stop what it started, and remove (or keep) its directories."""
     bench.cleanup()
     stack.stop()
-    if keep:
-        say(f"kept {home}")
-    else:
-        shutil.rmtree(home, ignore_errors=True)
+    folders = [home] + [f for f in [getattr(bench, "registry_home", None)] if f is not None and f != home]
+    for folder in folders:
+        if keep:
+            say(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

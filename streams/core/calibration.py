@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -101,6 +102,96 @@ def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: 
     return reference.cached(("binned", feature, exponent, alpha), calibrate)
 
 
+def _area(a: np.ndarray, b: np.ndarray) -> NDArray[np.float64]:
+    """Mean of ``|gap|`` over a segment where the gap runs linearly from ``a`` to ``b`` (as metrics.cdf_distances)."""
+    across = np.abs(a) + np.abs(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: NDArray[np.float64] = np.where(a * b >= 0, 0.5 * across, 0.5 * (a * a + b * b) / across)
+    return out
+
+
+@dataclass(frozen=True)
+class WassersteinGrid:
+    """A reference feature's :func:`metrics.cdf_grid`, arranged to give the Wasserstein distances of many
+    resampled windows at once: ``metrics.binned_cdf_distances(...)[1]``, to rounding, at a tenth of its cost.
+
+    Inside one bin, the gap between two binned CDFs is ``D + E f`` (``D`` the gap of the shares below
+    the bin, ``E`` of the bin's own share, ``f`` the in-bin fraction of the grid's point). While it
+    keeps its sign over the bin, its area is ``|D width + E mass|`` (``width`` the bin's steps,
+    ``mass`` their integral of ``f``): one term per bin instead of one per grid segment. Only the bins
+    where a window's gap changes sign (a few per window) are summed segment by segment, and the
+    segments between bins (where the CDFs are flat) as in :func:`metrics.cdf_distances`.
+
+    >>> x, b, f = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2, 2, 3]), np.array([0, 0, 1, 0, 1, 1.0])
+    >>> p, q = np.array([0.0, 0.5, 0.5, 0.0]), np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.25, 0.75, 0.0]])
+    >>> WassersteinGrid.of(x, b, f).distances(p, q).tolist()  # half the mass moved by 1; a quarter by 1
+    [0.5, 0.25]
+    >>> metrics.binned_cdf_distances(np.diff(x), b, f, p, q)[1].tolist()
+    [0.5, 0.25]
+    """
+
+    points_bins: NDArray[np.int64]
+    fractions: NDArray[np.float64]
+    between: NDArray[np.int64]  # segments from one bin to the next that have a width
+    between_steps: NDArray[np.float64]
+    bins: NDArray[np.int64]  # bins with segments of a width inside them
+    width: NDArray[np.float64]
+    mass: NDArray[np.float64]
+    f_low: NDArray[np.float64]
+    f_high: NDArray[np.float64]
+    segment_f0: NDArray[np.float64]  # (bins, most segments in a bin), zero-width padding
+    segment_f1: NDArray[np.float64]
+    segment_steps: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, points: np.ndarray, bins: np.ndarray, fractions: np.ndarray) -> WassersteinGrid:
+        steps = np.diff(points)
+        wide = np.flatnonzero(steps > 0)
+        inside = bins[wide] == bins[wide + 1]
+        between = wide[~inside]
+        seg = wide[inside]
+        owner = bins[seg]
+        ids, first, per = np.unique(owner, return_index=True, return_counts=True)
+        size = int(bins.max()) + 1 if bins.size else 0
+        slot = np.arange(int(per.max()) if per.size else 0)
+        valid = slot[None, :] < per[:, None]
+        at = seg[np.minimum(first[:, None] + slot[None, :], max(seg.size - 1, 0))] if seg.size else slot[None, :0]
+        return cls(
+            bins,
+            fractions,
+            between,
+            steps[between],
+            ids,
+            np.bincount(owner, steps[seg], minlength=size)[ids],
+            np.bincount(owner, steps[seg] * 0.5 * (fractions[seg] + fractions[seg + 1]), minlength=size)[ids],
+            fractions[seg[first]],
+            fractions[seg[first + per - 1] + 1],
+            np.where(valid, fractions[at], 0.0),
+            np.where(valid, fractions[np.minimum(at + 1, fractions.size - 1)], 0.0),
+            np.where(valid, steps[at], 0.0),
+        )
+
+    def distances(self, p: np.ndarray, q: np.ndarray) -> NDArray[np.float64]:
+        """The raw Wasserstein-1 distance between shares ``p`` (over the bins) and each row of ``q``."""
+        gap = np.asarray(p, dtype=np.float64) - np.asarray(q, dtype=np.float64)
+        below = np.cumsum(gap, axis=-1)
+        below -= gap
+        b, f, c = self.points_bins, self.fractions, self.between
+        out: NDArray[np.float64] = (
+            _area(below[:, b[c]] + gap[:, b[c]] * f[c], below[:, b[c + 1]] + gap[:, b[c + 1]] * f[c + 1])
+            @ self.between_steps
+        )
+        d, e = below[:, self.bins], gap[:, self.bins]
+        keeps_sign = (d + e * self.f_low) * (d + e * self.f_high) >= 0
+        out += np.where(keeps_sign, np.abs(d * self.width + e * self.mass), 0.0).sum(axis=1)
+        rows, at = np.nonzero(~keeps_sign)
+        if rows.size:
+            d_at, e_at = d[rows, at][:, None], e[rows, at][:, None]
+            area = _area(d_at + e_at * self.segment_f0[at], d_at + e_at * self.segment_f1[at])
+            out += np.bincount(rows, (area * self.segment_steps[at]).sum(axis=1), minlength=gap.shape[0])
+        return out
+
+
 def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> float:
     def calibrate() -> float:
         ref = reference.numeric[feature]
@@ -108,11 +199,11 @@ def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, al
         # a bin's count like the reference's values (metrics.cdf_grid), as drift.py does.
         # The open bins get no width: without drift, values beyond the reference's range
         # are rare (2 / (N + 1) of a window) and their distance to it is unknown here.
-        points, bins, fractions = ref.grid
+        grid = reference.cached(("wasserstein-grid", feature), lambda: WassersteinGrid.of(*ref.grid))
         rng = np.random.default_rng(stable_seed(reference.seed, "wasserstein-binned", feature, exponent, alpha))
         m = 2**exponent
         q = rng.multinomial(m, _reference_proportions(reference, feature), size=BINNED_REPLICATES) / m
-        _, w = metrics.binned_cdf_distances(np.diff(points), bins, fractions, ref.counts / ref.counts.sum(), q)
+        w = grid.distances(ref.counts / ref.counts.sum(), q)
         return float(np.quantile(w / (ref.std if ref.std > 0 else 1.0), 1.0 - alpha))
 
     return reference.cached(("wasserstein", feature, exponent, alpha), calibrate)

@@ -147,3 +147,31 @@ def test_throughput_many_models_writes_every_window(kafka_bootstrap: str, wareho
     assert re.search(
         r"^RATIO models=20 features=5 mode=mixed workers=1 peak_rss_mib=\d+ target<=1024 (MET|NOT MET)$", out, re.M
     ), out
+
+
+@pytest.mark.kafka
+@pytest.mark.warehouse
+def test_throughput_group_of_workers_writes_the_same_rows(kafka_bootstrap: str, warehouse_server) -> None:
+    """``--workers 1,2 --partitions 2``: one worker and a group of two write the same drift rows, and the
+    benchmark says so; each run prints its workers' CPU and idle rates."""
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
+    out = _run(
+        "throughput.py",
+        *("--models", "12", "--features", "5", "--events", "4000", "--rate", "20000"),
+        *("--workers", "1,2", "--partitions", "2", "--warm-up", "0", "--timeout", "150"),
+        env=env,
+        timeout=330,
+    )
+    head = "RATIO models=12 features=5 mode=mixed"
+    rows = re.search(rf"^{head} rows workers=2 vs 1: identical=(yes|no) \(rows (.*)\) (MET|NOT MET)$", out, re.M)
+    assert rows, out
+    # every window of the twelve models is written by both runs, and the rows are the same
+    assert rows[1] == "yes" and rows[3] == "MET", out
+    assert re.search(rf"^{head} group_cpu workers=2 vs 1: {NUMBER}/{NUMBER} s per million = {NUMBER} ", out, re.M), out
+    for k, rates in ((1, r"\d+"), (2, r"\d+,\d+")):
+        assert re.search(
+            rf"^RESULT mode=models workers={k} worker_cpu_s_each=[0-9.,]+ idle_cpu_ms_per_s_each={rates} "
+            rf"idle_share_s_per_million={NUMBER}$",
+            out,
+            re.M,
+        ), out
