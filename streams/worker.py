@@ -520,10 +520,17 @@ class WorkerService:
         self.metrics.batch_seconds.labels(topic=topic).observe(time.perf_counter() - started)
         return released
 
-    def tick(self) -> list[Any]:
+    def tick(self, reading: bool = True) -> list[Any]:
         """Close windows that the clock (idle models) has passed, and ask for scheduled retrains;
-        return the tokens that may be acknowledged."""
+        return the tokens that may be acknowledged.
+
+        ``reading`` is False while the consumer is paused (the warehouse is down, the service is
+        stuck): a model is idle when its stream is quiet, not when nothing is read, so a pause never
+        lets the wall clock close a window whose events wait unread in Kafka.
+        """
         now = self.now_ms()
+        if not reading:
+            self.monitor.hold_clocks(now)
         self._close(now)
         self._release_idle(now)
         self._scheduled(now)

@@ -425,6 +425,13 @@ class Monitor:
             else:
                 track.predictions.clock.touch(model_id, source, now_ms)
 
+    def hold_clocks(self, now_ms: int) -> None:
+        """The reader was held back until ``now_ms``: no model's silence up to then counts as idle
+        (see EventClock.hold)."""
+        for track in self._tracks.values():
+            track.predictions.clock.hold(now_ms)
+            track.labels.clock.hold(now_ms)
+
     def is_done(self, hold: Hold) -> bool:
         """Whether the window a message waits for is closed (the caller has it written before acknowledging)."""
         track = self._tracks.get(hold.model_id)

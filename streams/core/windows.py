@@ -192,6 +192,20 @@ class EventClock:
         if s is not None:
             s.last_seen_ms = max(s.last_seen_ms, int(now_ms))
 
+    def hold(self, now_ms: int) -> None:
+        """Nothing was read up to ``now_ms`` because the reader was held back (paused, or behind on a
+        backlog): no source may look idle for that, so every source counts as seen at ``now_ms``.
+
+        >>> clock = EventClock(lateness_ms=0, idle_ms=5_000)
+        >>> clock.observe("credit", source=0, max_event_time=10_000, now_ms=0)
+        >>> clock.hold(now_ms=60_000)  # a minute paused, e.g. while the warehouse was down
+        >>> clock.watermark("credit", now_ms=62_000)  # silent for 2 s since, not 62
+        10000
+        """
+        for sources in self._sources.values():
+            for s in sources.values():
+                s.last_seen_ms = max(s.last_seen_ms, int(now_ms))
+
     def raise_floor(self, model_id: str, watermark: int) -> None:
         """The watermark is at least this (e.g. the end of the last window already written)."""
         self._floor[model_id] = max(self._floor.get(model_id, watermark), int(watermark))
