@@ -61,6 +61,7 @@ from driftline.streams.core.explain import root_cause_evidence
 from driftline.streams.core.ledger import AckLedger, Hold
 from driftline.streams.core.monitor import PREDICTIONS, Monitor, MonitorSettings
 from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceOutcome, WindowOutcome
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.reference_models import reference_estimates
 from driftline.streams.core.validation import MIN_EVENT_TIME_MS, UNKNOWN_MODEL, Rejection, check_batch, check_label
 from driftline.streams.core.windows import Windowing
@@ -186,6 +187,8 @@ class _Prepared:
 
     rejected: list[Rejected] = field(default_factory=list)
     groups: dict[tuple[str, str, bool], _Group] = field(default_factory=dict)
+    # the reference of each (model, version) looked up, None for an unknown one: one lookup a part
+    references: dict[tuple[str, str], ReferenceProfile | None] = field(default_factory=dict)
 
     def shifted(self, offset: int) -> _Prepared:
         if offset:
@@ -199,6 +202,7 @@ class _Prepared:
         out = _Prepared()
         for part in parts:
             out.rejected.extend(part.rejected)
+            out.references.update(part.references)
             for key, group in part.groups.items():
                 into = out.groups.setdefault(key, _Group())
                 into.batches.extend(group.batches)
@@ -853,6 +857,13 @@ class WorkerService:
         messages = part.messages
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
+        # the references of the part's versions not cached yet, in one registry read (a fresh worker meets
+        # a thousand versions in its first polls); then one lookup per version, not per message
+        self.references.load(
+            [(r.model_id, r.model_version) for _, r in part.others if isinstance(r, (PredictionBatch, FeatureBatch))]
+            + [(g.batch.model_id, g.batch.model_version) for g in part.groups]
+        )
+        references: dict[tuple[str, str], ReferenceProfile | None] = {}
         for i, record in part.others:
             m = messages[i]
             if isinstance(record, _Poison):
@@ -866,7 +877,7 @@ class WorkerService:
                 continue
             if batch.n == 0:
                 continue
-            problem = self._problem(batch, now)
+            problem = self._problem(batch, now, references)
             if problem is not None:
                 rejected.append(self._rejected(m, problem.reason, problem.detail, now, batch.model_id))
                 continue
@@ -877,13 +888,13 @@ class WorkerService:
         for g in part.groups:
             batch = g.batch
             key = (batch.model_id, batch.model_version, g.has_predictions)
-            if self._problem(batch, now) is None:
+            if self._problem(batch, now, references) is None:
                 groups.setdefault(key, _Group()).add(batch, g.messages)
                 continue
             # the unit of rejection is the message: find the events at fault, one by one (bad input only)
             for row in range(batch.n):
                 one = take_rows(batch, np.array([row]))
-                problem = self._problem(one, now)
+                problem = self._problem(one, now, references)
                 if problem is None:
                     groups.setdefault(key, _Group()).add(one, g.messages[row : row + 1])
                 else:
@@ -892,7 +903,7 @@ class WorkerService:
                             messages[int(g.messages[row])], problem.reason, problem.detail, now, batch.model_id
                         )
                     )
-        return _Prepared(rejected, groups)
+        return _Prepared(rejected, groups, references)
 
     def _apply_inputs(self, topic: str, part: _Part, now: int, prepared: _Prepared) -> set[tuple[str, Any]]:
         messages = part.messages
@@ -925,7 +936,7 @@ class WorkerService:
             # each topic partition is a source of the model's event clock (see streams.core.windows)
             source = (topic, messages[int(ordered[keys[0]][1][0])].partition)
             # the versions of one model together: a row is late or not as its message stood in the poll
-            arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
+            arrivals = [Arrival(ordered[k][0], prepared.references[k[:2]], ordered[k][1], k[2]) for k in keys]
             results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
         late_rows = np.zeros(len(messages), dtype=np.int64)
@@ -984,9 +995,17 @@ class WorkerService:
             self.ledger.add_run(partition, first, last, token, holds, count)
         return read
 
-    def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
+    def _problem(
+        self, batch: PredictionBatch, now: int, references: dict[tuple[str, str], ReferenceProfile | None]
+    ) -> Rejection | None:
+        """Why the batch is refused, if it is; ``references`` remembers the part's lookups."""
         problem = check_batch(batch, now, self.max_future_ms, self.options.min_event_time_ms)
-        if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
+        if problem is not None:
+            return problem
+        key = (batch.model_id, batch.model_version)
+        if key not in references:
+            references[key] = self.references.get(*key)
+        if references[key] is None:
             problem = Rejection(
                 UNKNOWN_MODEL,
                 f"no reference profile for model {batch.model_id!r} "
