@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from driftline.retrainer.policy import Policy, load_policy
+from driftline.retrainer.policy import ModelPolicy, Policy, load_policy
 from driftline.retrainer.triggers import (
     TriggerInput,
     TriggerState,
@@ -391,6 +391,9 @@ class WorkerService:
         self.sinks = sinks
         self.queries = WarehouseQueries(sinks.warehouse, retry=sinks.retry)  # reads wait out outages as writes do
         self.policy = policy or load_policy(settings.policy)
+        # each model's policy, looked up once: Policy.for_model builds a new record per call for a model
+        # without a section of its own, and a poll, a tick and a window close ask for hundreds of models
+        self._model_policies: tuple[Policy, dict[str, ModelPolicy]] = (self.policy, {})
         self.metrics = metrics or WorkerMetrics()
         self.codec = codec or default_codec()
         self.clock = clock
@@ -436,6 +439,24 @@ class WorkerService:
             index_ttl_ms=int(o.index_ttl_hours * 3_600_000),
             index_max_entries=o.index_max_entries,
         )
+
+    def model_policy(self, model_id: str) -> ModelPolicy:
+        """``self.policy.for_model(model_id)``, kept per model until ``self.policy`` is replaced.
+
+        >>> from driftline.streams.references import StaticReferences
+        >>> sinks = Sinks(Settings(), warehouse=None, producer=None)  # nothing is written here
+        >>> service = WorkerService(Settings(), WorkerOptions(), references=StaticReferences({}), sinks=sinks)
+        >>> first = service.model_policy("credit")
+        >>> first is service.model_policy("credit"), first == service.policy.for_model("credit")
+        (True, True)
+        """
+        policy, by_model = self._model_policies
+        if policy is not self.policy:
+            policy, by_model = self._model_policies = (self.policy, {})
+        found = by_model.get(model_id)
+        if found is None:
+            found = by_model[model_id] = policy.for_model(model_id)
+        return found
 
     def monitor_settings(self, model_id: str) -> MonitorSettings:
         return monitor_settings(self.policy, self.options, model_id)
@@ -924,7 +945,7 @@ class WorkerService:
         read: set[tuple[str, Any]] = set()
         by_model: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
         for key in ordered:
-            if self.policy.for_model(key[0]).monitoring.enabled:
+            if self.model_policy(key[0]).monitoring.enabled:
                 by_model[key[0]].append(key)
         results: dict[tuple[str, str, bool], Any] = {}
         reads = self._recovery_reads(
@@ -1063,7 +1084,7 @@ class WorkerService:
             else:
                 by_model[label.model_id].append((i, label))
 
-        monitored = [model_id for model_id in by_model if self.policy.for_model(model_id).monitoring.enabled]
+        monitored = [model_id for model_id in by_model if self.model_policy(model_id).monitoring.enabled]
         # before this batch's raw rows are written, so that its labels are not read back as waiting
         reads = self._recovery_reads([(model_id, None) for model_id in monitored])
         for model_id in monitored:
@@ -1234,7 +1255,7 @@ class WorkerService:
         # fold, and the reads below would find none that counts; a fresh worker skips them per version.
         nothing = through is None and label_through is None
         drift_windows, label_windows = ([], []) if nothing else self.queries.written_windows(model_id, version)
-        policy = self.policy.for_model(model_id)
+        policy = self.model_policy(model_id)
         reference = self.references.holdout_metrics(model_id, version) if label_windows else None
         folds = (
             ("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
@@ -1332,7 +1353,7 @@ class WorkerService:
         # Prediction and label windows close at different times, so each has its own
         # trigger state (the evaluator ignores a window older than the last one it saw);
         # a request from either starts the cooldown of both.
-        policy = self.policy.for_model(window.model_id)
+        policy = self.model_policy(window.model_id)
         key = (stream, window.model_id)
         state = self._triggers.get(key) or TriggerState(window.model_id)
         state, requests, alerts = evaluate(policy, state, window, window.window_end)
@@ -1346,7 +1367,7 @@ class WorkerService:
         for (stream, model_id), state in list(self._triggers.items()):
             if stream != "drift":
                 continue
-            state, requests, alerts = evaluate_schedule(self.policy.for_model(model_id), state, now)
+            state, requests, alerts = evaluate_schedule(self.model_policy(model_id), state, now)
             self._triggers[(stream, model_id)] = state
             if requests:
                 self._record(stream, model_id, requests, alerts)
