@@ -50,8 +50,9 @@ thousand models sees them::
 ``--models N --features F`` without ``--core`` runs the same traffic, with ``--label-share`` of it labelled
 (single ``LabelEvent`` messages), through the whole ``WorkerService.handle`` in polls of ``--take`` messages:
 the shell included (per-version lookups, references loaded from a real registry, recovery reads, the window
-writes). It prints the CPU seconds of the first poll (every version's first events) apart from the rest, and
-how long each window waited from its close to the end of its write (``close_to_written_ms``)::
+writes). It prints the CPU seconds of the first poll (every version's first events) apart from the rest,
+how long each window waited from its close to the end of its write (``close_to_written_ms``), and the CPU
+the window thread spent per window written (the profile covers the service thread only)::
 
     .venv/bin/python bench/service_profile.py --models 1000 --features 30 --n 300000 --window-seconds 1 --profile
 """
@@ -298,10 +299,13 @@ def models_shell_once(
     from driftline.streams.worker import WorkerOptions, WorkerService
 
     waits: list[float] = []
+    writes: list[tuple[int, float]] = []  # (windows, CPU seconds of the window thread) per write
 
     class TimedService(WorkerService):
         def _write_windows(self, closed_windows: list[Any]) -> None:
+            started = time.thread_time()
             super()._write_windows(closed_windows)
+            writes.append((len(closed_windows), time.thread_time() - started))
             done = time.time() * 1000
             waits.extend(done - w.computed_at for w in closed_windows)
 
@@ -343,6 +347,8 @@ def models_shell_once(
         "wait_p50": float(np.percentile(waits, 50)) if waits else float("nan"),
         "wait_p99": float(np.percentile(waits, 99)) if waits else float("nan"),
         "events": events,
+        "writes": len(writes),
+        "write_cpu_ms_per_window": 1000 * sum(c for _, c in writes) / max(1, sum(n for n, _ in writes)),
     }
 
 
@@ -373,7 +379,8 @@ def models_shell_main(args: argparse.Namespace, out: Callable[[str], None], say:
             out(
                 f"{'RUN' if timed else 'WARMUP'} {i}: windows={r['windows']} cpu_s={r['cpu']:.2f} "
                 f"first_poll_cpu_s={r['first_cpu']:.2f} server_cpu_s={r['server_cpu']:.2f} "
-                f"close_to_written_ms p50={r['wait_p50']:.0f} p99={r['wait_p99']:.0f}"
+                f"close_to_written_ms p50={r['wait_p50']:.0f} p99={r['wait_p99']:.0f} window_writes={r['writes']} "
+                f"write_cpu_ms_per_window={r['write_cpu_ms_per_window']:.1f}"
             )
         if runs:
 
@@ -388,7 +395,8 @@ def models_shell_main(args: argparse.Namespace, out: Callable[[str], None], say:
                 f"first_poll_cpu_s median={med('first_cpu'):.2f} "
                 f"rest_cpu_s_per_million median={(med('cpu') - med('first_cpu')) * per_m:.2f} "
                 f"server_cpu_s_per_million={med('server_cpu') * per_m:.2f} "
-                f"close_to_written_ms_p99 median={med('wait_p99'):.0f}"
+                f"close_to_written_ms_p99 median={med('wait_p99'):.0f} "
+                f"write_cpu_ms_per_window median={med('write_cpu_ms_per_window'):.1f}"
             )
         if args.profile:
             profiler = cProfile.Profile(time.process_time)
