@@ -125,7 +125,7 @@ def test_service_profile_runs_the_whole_service_at_many_versions(kafka_bootstrap
     out = _run(
         "service_profile.py",
         *("--models", "6", "--features", "4", "--n", "3000", "--event-rate", "1000", "--window-seconds", "1"),
-        *("--label-share", "0.1", "--repeats", "1", "--warmup", "0"),
+        *("--mode", "mixed", "--label-share", "0.1", "--repeats", "1", "--warmup", "0"),
         env=env,
     )
     result = re.search(
