@@ -46,6 +46,15 @@ closer per model: each poll then holds many small batches, a few events per vers
 thousand models sees them::
 
     .venv/bin/python bench/service_profile.py --core --models 1000 --features 30 --n 300000 --window-seconds 1
+
+``--models N --features F`` without ``--core`` runs the same traffic, with ``--label-share`` of it labelled
+(single ``LabelEvent`` messages), through the whole ``WorkerService.handle`` in polls of ``--take`` messages:
+the shell included (per-version lookups, references loaded from a real registry, recovery reads, the window
+writes). It prints the CPU seconds of the first poll (every version's first events) apart from the rest,
+how long each window waited from its close to the end of its write (``close_to_written_ms``), and the CPU
+the window thread spent per window written (the profile covers the service thread only)::
+
+    .venv/bin/python bench/service_profile.py --models 1000 --features 30 --n 300000 --window-seconds 1 --profile
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ import throughput  # noqa: E402
 import window_compute  # noqa: E402
 from throughput import BATCH_EVENTS, Bench, Stack, make_workload  # noqa: E402
 
+from driftline.streams import kafka  # noqa: E402
 from driftline.streams.codec import default_codec  # noqa: E402
 from driftline.streams.records import LabelEvent, PredictionEvent  # noqa: E402
 
@@ -148,7 +158,7 @@ def encode_labels(
     return out
 
 
-def build_service(settings: Any, options: Any) -> Any:
+def build_service(settings: Any, options: Any, service_class: Any = None) -> Any:
     """The service with its real adapters, as ``driftline.streams.app.build_service`` wires it (without Faust)."""
     from driftline.retrainer.policy import load_policy
     from driftline.retrainer.registry import Registry
@@ -161,7 +171,7 @@ def build_service(settings: Any, options: Any) -> Any:
     warehouse = Warehouse.from_settings(settings, migrate=True)
     producer = kafka.producer(settings, **{"linger.ms": 5, "enable.idempotence": True})
     references = RegistryReferences(Registry.from_settings(settings), baseline=options.baseline)
-    return WorkerService(
+    return (service_class or WorkerService)(
         settings,
         options,
         references=references,
@@ -240,6 +250,159 @@ def run_once(
         service.sinks.producer.flush(30)
         service.sinks.warehouse.close()
     return seconds, cpu, server_cpu, windows
+
+
+def shell_polls(traffic: Any, take: int) -> list[tuple[str, list[Any]]]:
+    """``bench/scale.py``'s traffic as the polls a one-partition worker takes: per slice of event time, its
+    predictions in takes of ``take`` messages, then its labels; the closers last."""
+    from driftline.streams.worker import Incoming
+
+    offsets = {"predictions": 0, "labels": 0}
+    polls: list[tuple[str, list[Any]]] = []
+
+    def add(topic: str, messages: Sequence[Any]) -> None:
+        for lo in range(0, len(messages), take):
+            chunk = messages[lo : lo + take]
+            first = offsets[topic]
+            offsets[topic] += len(chunk)
+            polls.append(
+                (
+                    topic,
+                    [
+                        Incoming(topic, 0, first + k, m.key.encode(), m.value, token=(topic, first + k))
+                        for k, m in enumerate(chunk)
+                    ],
+                )
+            )
+
+    for s in traffic.slices():
+        for topic in ("predictions", "labels"):
+            add(topic, [m for m in s.messages if m.topic == topic])
+    add("predictions", traffic.closers())
+    return polls
+
+
+def models_shell_once(
+    bench: Bench,
+    tag: str,
+    polls: Sequence[tuple[str, list[Any]]],
+    events: int,
+    window_seconds: float,
+    profiler: cProfile.Profile | None = None,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """CPU seconds of ``WorkerService.handle`` (this process, every thread) over the polls, a fresh service
+    on a fresh database: the first poll (each version's first events: references, recovery reads) apart
+    from the rest; the windows written and how long each waited from its close to the end of its write."""
+    from driftline.streams.worker import WorkerOptions, WorkerService
+
+    waits: list[float] = []
+    writes: list[tuple[int, float]] = []  # (windows, CPU seconds of the window thread) per write
+
+    class TimedService(WorkerService):
+        def _write_windows(self, closed_windows: list[Any]) -> None:
+            started = time.thread_time()
+            super()._write_windows(closed_windows)
+            writes.append((len(closed_windows), time.thread_time() - started))
+            done = time.time() * 1000
+            waits.extend(done - w.computed_at for w in closed_windows)
+
+    settings = bench.settings(tag)
+    kafka.ensure_topics(settings)
+    options = WorkerOptions(app_id=tag, window_seconds=window_seconds, lateness_seconds=0.0, idle_seconds=None)
+    service = build_service(settings, options, TimedService)
+    # named as the consumer names them, outside the timed part (else handle names each message)
+    polls = [(topic, [replace(m, full_topic=settings.topic(topic)) for m in messages]) for topic, messages in polls]
+    try:
+        gc.collect()
+        server_started = scale.cpu_seconds(server_pid) if server_pid else 0.0
+        cpu_started = time.process_time()
+        first_cpu = 0.0
+        if profiler is not None:
+            profiler.enable()
+        for i, (topic, messages) in enumerate(polls):
+            service.handle(topic, messages, backlog=i + 1 < len(polls))
+            service.tick()  # the app's timer, here once a poll: gathered writes wait at most about a tick
+            if i == 0:
+                first_cpu = time.process_time() - cpu_started
+        service.drain()
+        if profiler is not None:
+            profiler.disable()
+        cpu = time.process_time() - cpu_started
+        server_cpu = scale.cpu_seconds(server_pid) - server_started if server_pid else 0.0
+        windows = int(
+            service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total", {"kind": "drift"}) or 0
+        )
+    finally:
+        service.outbox.close()
+        service.sinks.producer.flush(30)
+        service.sinks.warehouse.close()
+    return {
+        "cpu": cpu,
+        "first_cpu": first_cpu,
+        "server_cpu": server_cpu,
+        "windows": windows,
+        "wait_p50": float(np.percentile(waits, 50)) if waits else float("nan"),
+        "wait_p99": float(np.percentile(waits, 99)) if waits else float("nan"),
+        "events": events,
+        "writes": len(writes),
+        "write_cpu_ms_per_window": 1000 * sum(c for _, c in writes) / max(1, sum(n for n, _ in writes)),
+    }
+
+
+def models_shell_main(args: argparse.Namespace, out: Callable[[str], None], say: Callable[[str], None]) -> None:
+    """``--models N --features F`` without ``--core``: the whole service at many versions, shell included."""
+    from driftline.retrainer.registry import Registry
+
+    out(window_compute.machine_line())
+    home = Path(tempfile.mkdtemp(prefix="driftline-service-"))
+    stack = Stack.start(home, say)
+    bench = Bench(stack, home, uuid.uuid4().hex[:8], args.window_seconds, 600.0, say)
+    try:
+        port = int(stack.warehouse_base.rsplit(":", 1)[1])
+        server_pid = stack.chserver.pid() if stack.chserver is not None else scale.listening_pid(port)
+        registry = Registry.from_settings(bench.settings("reg"))
+        fleet = scale.register_fleet(registry, f"s{bench.run_id}", args.models, args.features, args.mode, say)
+        window_ms = int(args.window_seconds * 1000)
+        t0 = (int(time.time() * 1000) - 2 * throughput.DAY_MS) // window_ms * window_ms
+        traffic = scale.Traffic(fleet, args.n, args.event_rate, window_ms, t0, label_share=args.label_share)
+        polls = shell_polls(traffic, args.take)
+        say(f"{len(polls)} polls, {traffic.events:,} predictions, {traffic.labels:,} labels")
+        runs = []
+        for i in range(args.warmup + args.repeats):
+            r = models_shell_once(bench, f"r{i}", polls, traffic.events, args.window_seconds, None, server_pid)
+            timed = i >= args.warmup
+            if timed:
+                runs.append(r)
+            out(
+                f"{'RUN' if timed else 'WARMUP'} {i}: windows={r['windows']} cpu_s={r['cpu']:.2f} "
+                f"first_poll_cpu_s={r['first_cpu']:.2f} server_cpu_s={r['server_cpu']:.2f} "
+                f"close_to_written_ms p50={r['wait_p50']:.0f} p99={r['wait_p99']:.0f} window_writes={r['writes']} "
+                f"write_cpu_ms_per_window={r['write_cpu_ms_per_window']:.1f}"
+            )
+        if runs:
+
+            def med(key: str) -> float:
+                return statistics.median(r[key] for r in runs)
+
+            per_m = 1e6 / traffic.events
+            out(
+                f"RESULT shell models={args.models} features={args.features} mode={args.mode} n={traffic.events} "
+                f"labels={traffic.labels} take={args.take} runs={len(runs)} windows={runs[0]['windows']} "
+                f"cpu_s_per_million median={med('cpu') * per_m:.2f} "
+                f"first_poll_cpu_s median={med('first_cpu'):.2f} "
+                f"rest_cpu_s_per_million median={(med('cpu') - med('first_cpu')) * per_m:.2f} "
+                f"server_cpu_s_per_million={med('server_cpu') * per_m:.2f} "
+                f"close_to_written_ms_p99 median={med('wait_p99'):.0f} "
+                f"write_cpu_ms_per_window median={med('write_cpu_ms_per_window'):.1f}"
+            )
+        if args.profile:
+            profiler = cProfile.Profile(time.process_time)
+            models_shell_once(bench, "prof", polls, traffic.events, args.window_seconds, profiler, server_pid)
+            print_profile(profiler, args.top, out)
+        out(window_compute.machine_line())
+    finally:
+        throughput.tear_down(bench, stack, home, keep=args.keep, say=say)
 
 
 def print_profile(profiler: cProfile.Profile, top: int, out: Callable[[str], None]) -> None:
@@ -469,14 +632,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="time only the core's calls (batch checks, Monitor ingestion and closing) on the decoded backlog, "
         "in this process, without Kafka or ClickHouse; prints a digest of the windows to compare rows",
     )
-    parser.add_argument("--take", type=int, default=1000, help="--core: messages a poll (WorkerOptions.batch_size)")
     parser.add_argument(
-        "--models", type=int, default=0, help="--core: bench/scale.py's traffic over this many model versions"
+        "--take", type=int, default=1000, help="--core, --models: messages a poll (WorkerOptions.batch_size)"
     )
-    parser.add_argument("--features", type=int, default=30, help="--core --models: features per model")
     parser.add_argument(
-        "--event-rate", type=float, default=100_000.0, help="--core --models: events per second of event time"
+        "--models",
+        type=int,
+        default=0,
+        help="bench/scale.py's traffic over this many model versions (with --core: the core alone; without: "
+        "the whole service, shell included)",
     )
+    parser.add_argument("--features", type=int, default=30, help="--models: features per model")
+    parser.add_argument("--event-rate", type=float, default=100_000.0, help="--models: events per second of event time")
     args = parser.parse_args(argv)
     if args.core:
         core_main(args, lambda line: print(line, flush=True))
@@ -486,6 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     out = lambda line: print(line, flush=True)  # noqa: E731
+    if args.models:
+        models_shell_main(args, out, say)
+        return 0
     out(window_compute.machine_line())
     home = Path(tempfile.mkdtemp(prefix="driftline-service-"))
     stack = Stack.start(home, say)

@@ -12,6 +12,7 @@ poll.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,10 +30,13 @@ class Outbox:
     """Raw rows and closed windows written on two threads; tokens released as the writes covering them land.
 
     While a backlog is read, raw rows gather into inserts of about ``raw_insert_rows``, or fewer
-    once they hold about ``raw_insert_bytes`` (``batch_bytes``: wide rows or long strings), and
-    closed windows gather with them: a flush writes both, the windows on their own thread, so that their
-    rows do not queue behind a big raw insert. (Each insert costs the server a part and, later,
-    merges: a backlog that closed windows at every poll cost it five small inserts a poll.)
+    once they hold about ``raw_insert_bytes`` (``batch_bytes``: wide rows or long strings). Closed
+    windows go to their own thread, so that their rows do not queue behind a big raw insert: at once
+    when it is idle, else they gather while it writes and go together when it is done (or at the next
+    flush), and a write takes every window handed over before it starts. So a window waits for at
+    most the write running when it closed and its own, however many versions closed with it; and the
+    inserts of windows are no more than the writer can make. (Each insert costs the server a part and,
+    later, merges: a backlog that closed windows at every poll cost it five small inserts a poll.)
 
     A token passed to :meth:`release` waits for both writes that cover its message: on each
     thread, the last one submitted, or the next one if anything is gathered for it now.
@@ -79,6 +83,9 @@ class Outbox:
         self._label_tokens: list[str] = []
         self._bytes = 0
         self._windows: list[ClosedWindow | ClosedLabelWindow] = []
+        # windows handed to the window thread and not yet taken by a write (a write takes them all)
+        self._handed: list[ClosedWindow | ClosedLabelWindow] = []
+        self._handed_lock = threading.Lock()
         self._since: float | None = None  # when the oldest thing gathered was added (monotonic)
         # (raw insert number, window write number, tokens), in release order
         self._waiting: deque[tuple[int, int, list[Any]]] = deque()
@@ -123,9 +130,46 @@ class Outbox:
             self.flush()
 
     def add_windows(self, windows: Sequence[ClosedWindow | ClosedLabelWindow]) -> None:
+        """Closed windows to write: handed to the window thread at once if it is idle, else gathered until it is.
+
+        >>> import threading
+        >>> gate, writes = threading.Event(), []
+        >>> def write(windows):
+        ...     gate.wait(10)
+        ...     writes.append(len(windows))
+        >>> outbox = Outbox(lambda b, t: None, write, raw_insert_rows=10)
+        >>> outbox.add_windows(["w1"])  # the writer is idle: written now
+        >>> outbox.add_windows(["w2"]); outbox.add_windows(["w3", "w4"])  # it writes: they gather
+        >>> gate.set(); outbox.window_writer.join(); outbox.release(["m"])  # idle again: the three go together
+        >>> outbox.drain(), writes
+        (['m'], [1, 3])
+        >>> outbox.close()
+        """
         if windows:
             self._gathered()
             self._windows.extend(windows)
+            self._hand_windows_if_idle()
+
+    def _hand_windows_if_idle(self) -> None:
+        writer = self.window_writer
+        if self._windows and writer.completed == writer.submitted:
+            self._hand_windows()
+
+    def _hand_windows(self) -> None:
+        windows, self._windows = self._windows, []
+        if not self._batches and not self._labels:
+            self._since = None
+        with self._handed_lock:
+            self._handed.extend(windows)
+        self.window_writer.submit(self._write_handed)
+
+    def _write_handed(self) -> None:
+        """On the window thread: every window handed over so far, in one write (those of the writes queued
+        behind this one too; theirs then find nothing left)."""
+        with self._handed_lock:
+            windows, self._handed = self._handed, []
+        if windows:
+            self._write_windows(windows)
 
     def waited(self) -> float:
         """Seconds the oldest gathered row or window has waited (0 when nothing is gathered)."""
@@ -133,6 +177,7 @@ class Outbox:
 
     def release(self, tokens: Sequence[Any]) -> None:
         """Tokens of messages done with their windows; :meth:`written` returns them once their writes land."""
+        self._hand_windows_if_idle()
         if tokens:
             raw_due = self.raw_writer.submitted + (1 if self._batches or self._labels else 0)
             window_due = self.window_writer.submitted + (1 if self._windows else 0)
@@ -140,10 +185,9 @@ class Outbox:
 
     def flush(self) -> None:
         """Hand the gathered windows and raw rows to their writers."""
-        self._since = None
         if self._windows:
-            windows, self._windows = self._windows, []
-            self.window_writer.submit(lambda: self._write_windows(windows))
+            self._hand_windows()
+        self._since = None
         self._flush_raw()
 
     def written(self) -> list[Any]:

@@ -1,6 +1,6 @@
 """Where the worker finds each model version's reference profile.
 
-Two providers behind one interface (``get``, ``knows_model``, ``holdout_metrics``, ``release``,
+Two providers behind one interface (``get``, ``load``, ``knows_model``, ``holdout_metrics``, ``release``,
 ``on_model_event``):
 
 - :class:`RegistryReferences` reads the model registry. A version's own
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,10 @@ MAX_MODEL_ID = 128
 class ReferenceProvider(Protocol):
     def get(self, model_id: str, model_version: str) -> ReferenceProfile | None:
         """The profile to compare this version's windows with, or None (an unknown model)."""
+        ...
+
+    def load(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read what is not cached yet of these ``(model_id, version)`` at once (``get`` then finds it)."""
         ...
 
     def knows_model(self, model_id: str) -> bool:
@@ -103,6 +108,43 @@ class RegistryReferences:
             if own is not None:
                 return own
         return self._champion_profile(model_id)
+
+    def load(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the own profiles of the versions not cached yet in one registry read, not one per version.
+
+        A worker meets a thousand versions in its first polls; ``get`` then finds them cached. A version
+        the registry has no profile for is left to ``get`` (the champion's profile, or None, remembered for
+        ``negative_ttl_s``).
+
+        >>> import tempfile, numpy as np
+        >>> from driftline.retrainer.registry import ArtifactStore, Lineage, Registry
+        >>> d = tempfile.mkdtemp()
+        >>> reg = Registry(f"sqlite:///{d}/r.db", ArtifactStore(d))
+        >>> for m in ("a", "b"):
+        ...     _ = reg.register(m, lineage=Lineage(),
+        ...                      reference_profile=ReferenceProfile.build(m, "1", {"x": np.arange(9.0)}, {}).to_dict())
+        >>> refs = RegistryReferences(reg)
+        >>> refs.load([("a", "1"), ("b", "1"), ("c", "1")])
+        >>> reg.reference_profile = None  # no read per version from here on: both are cached
+        >>> refs.get("a", "1").model_id, refs.get("b", "1").model_id
+        ('a', 'b')
+        """
+        if self.baseline != "version":
+            return  # every event is compared with its champion's profile: one per model, read by ``get``
+        now = self._clock()
+        wanted = [
+            key
+            for key in dict.fromkeys(keys)
+            if key not in self._own
+            and len(key[0]) <= MAX_MODEL_ID
+            and len(key[1]) <= MAX_MODEL_ID
+            and now - self._missing.get(key, -math.inf) >= self.negative_ttl_s
+        ]
+        if not wanted:
+            return
+        for key, profile in self.registry.reference_profiles(wanted).items():
+            self._own[key] = ReferenceProfile.from_dict(profile)
+            self._missing.pop(key, None)
 
     def knows_model(self, model_id: str) -> bool:
         from driftline.retrainer.registry import InvalidNameError, ModelNotFoundError
@@ -237,6 +279,10 @@ class StaticReferences:
 
     def get(self, model_id: str, model_version: str) -> ReferenceProfile | None:
         return self._profiles.get((model_id, model_version)) or self._profiles.get(model_id)
+
+    def load(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Nothing to read: the profiles were given up front."""
+        return None
 
     def knows_model(self, model_id: str) -> bool:
         return any((k == model_id) or (isinstance(k, tuple) and k[0] == model_id) for k in self._profiles)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from driftline.retrainer.policy import Policy, load_policy
+from driftline.retrainer.policy import ModelPolicy, Policy, load_policy
 from driftline.retrainer.triggers import (
     TriggerInput,
     TriggerState,
@@ -61,6 +61,7 @@ from driftline.streams.core.explain import root_cause_evidence
 from driftline.streams.core.ledger import AckLedger, Hold
 from driftline.streams.core.monitor import PREDICTIONS, Monitor, MonitorSettings
 from driftline.streams.core.outcomes import NOT_IN_WINDOW, Arrival, PerformanceOutcome, WindowOutcome
+from driftline.streams.core.reference import ReferenceProfile
 from driftline.streams.core.reference_models import reference_estimates
 from driftline.streams.core.validation import (
     MIN_EVENT_TIME_MS,
@@ -193,6 +194,8 @@ class _Prepared:
 
     rejected: list[Rejected] = field(default_factory=list)
     groups: dict[tuple[str, str, bool], _Group] = field(default_factory=dict)
+    # the reference of each (model, version) looked up, None for an unknown one: one lookup a part
+    references: dict[tuple[str, str], ReferenceProfile | None] = field(default_factory=dict)
 
     def shifted(self, offset: int) -> _Prepared:
         if offset:
@@ -206,6 +209,7 @@ class _Prepared:
         out = _Prepared()
         for part in parts:
             out.rejected.extend(part.rejected)
+            out.references.update(part.references)
             for key, group in part.groups.items():
                 into = out.groups.setdefault(key, _Group())
                 into.batches.extend(group.batches)
@@ -389,6 +393,9 @@ class WorkerService:
         self.sinks = sinks
         self.queries = WarehouseQueries(sinks.warehouse, retry=sinks.retry)  # reads wait out outages as writes do
         self.policy = policy or load_policy(settings.policy)
+        # each model's policy, looked up once: Policy.for_model builds a new record per call for a model
+        # without a section of its own, and a poll, a tick and a window close ask for hundreds of models
+        self._model_policies: tuple[Policy, dict[str, ModelPolicy]] = (self.policy, {})
         self.metrics = metrics or WorkerMetrics()
         self.codec = codec or default_codec()
         self.clock = clock
@@ -434,6 +441,24 @@ class WorkerService:
             index_ttl_ms=int(o.index_ttl_hours * 3_600_000),
             index_max_entries=o.index_max_entries,
         )
+
+    def model_policy(self, model_id: str) -> ModelPolicy:
+        """``self.policy.for_model(model_id)``, kept per model until ``self.policy`` is replaced.
+
+        >>> from driftline.streams.references import StaticReferences
+        >>> sinks = Sinks(Settings(), warehouse=None, producer=None)  # nothing is written here
+        >>> service = WorkerService(Settings(), WorkerOptions(), references=StaticReferences({}), sinks=sinks)
+        >>> first = service.model_policy("credit")
+        >>> first is service.model_policy("credit"), first == service.policy.for_model("credit")
+        (True, True)
+        """
+        policy, by_model = self._model_policies
+        if policy is not self.policy:
+            policy, by_model = self._model_policies = (self.policy, {})
+        found = by_model.get(model_id)
+        if found is None:
+            found = by_model[model_id] = policy.for_model(model_id)
+        return found
 
     def monitor_settings(self, model_id: str) -> MonitorSettings:
         return monitor_settings(self.policy, self.options, model_id)
@@ -872,6 +897,13 @@ class WorkerService:
         messages = part.messages
         rejected: list[Rejected] = []
         groups: dict[tuple[str, str, bool], _Group] = {}
+        # the references of the part's versions not cached yet, in one registry read (a fresh worker meets
+        # a thousand versions in its first polls); then one lookup per version, not per message
+        self.references.load(
+            [(r.model_id, r.model_version) for _, r in part.others if isinstance(r, (PredictionBatch, FeatureBatch))]
+            + [(g.batch.model_id, g.batch.model_version) for g in part.groups]
+        )
+        references: dict[tuple[str, str], ReferenceProfile | None] = {}
         for i, record in part.others:
             if isinstance(record, _Poison):
                 raise record.error
@@ -884,7 +916,7 @@ class WorkerService:
                 continue
             if batch.n == 0:
                 continue
-            problem = self._problem(batch, now)
+            problem = self._problem(batch, now, references)
             if problem is not None:
                 rejected.append(self._rejected(messages[i], problem.reason, problem.detail, now, batch.model_id))
                 continue
@@ -895,13 +927,13 @@ class WorkerService:
         for g in part.groups:
             batch = g.batch
             key = (batch.model_id, batch.model_version, g.has_predictions)
-            if self._problem(batch, now) is None:
+            if self._problem(batch, now, references) is None:
                 groups.setdefault(key, _Group()).add(batch, g.messages)
                 continue
             # the unit of rejection is the message: find the events at fault, one by one (bad input only)
             for row in range(batch.n):
                 one = take_rows(batch, np.array([row]))
-                problem = self._problem(one, now)
+                problem = self._problem(one, now, references)
                 if problem is None:
                     groups.setdefault(key, _Group()).add(one, g.messages[row : row + 1])
                 else:
@@ -910,7 +942,7 @@ class WorkerService:
                             messages[int(g.messages[row])], problem.reason, problem.detail, now, batch.model_id
                         )
                     )
-        return _Prepared(rejected, groups)
+        return _Prepared(rejected, groups, references)
 
     def _apply_inputs(self, topic: str, part: _Part, now: int, prepared: _Prepared) -> set[tuple[str, Any]]:
         messages = part.messages
@@ -931,7 +963,7 @@ class WorkerService:
         read: set[tuple[str, Any]] = set()
         by_model: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
         for key in ordered:
-            if self.policy.for_model(key[0]).monitoring.enabled:
+            if self.model_policy(key[0]).monitoring.enabled:
                 by_model[key[0]].append(key)
         results: dict[tuple[str, str, bool], Any] = {}
         reads = self._recovery_reads(
@@ -943,7 +975,7 @@ class WorkerService:
             # each topic partition is a source of the model's event clock (see streams.core.windows)
             source = (topic, int(messages.partitions[int(ordered[keys[0]][1][0])]))
             # the versions of one model together: a row is late or not as its message stood in the poll
-            arrivals = [Arrival(ordered[k][0], self.references.get(model_id, k[1]), ordered[k][1], k[2]) for k in keys]
+            arrivals = [Arrival(ordered[k][0], prepared.references[k[:2]], ordered[k][1], k[2]) for k in keys]
             results.update(zip(keys, self.monitor.ingest_all(model_id, arrivals, source=source, now_ms=now)))
             read.add((model_id, source))
         late_rows = np.zeros(len(messages), dtype=np.int64)
@@ -996,9 +1028,17 @@ class WorkerService:
             self.ledger.add_run(*run)
         return read
 
-    def _problem(self, batch: PredictionBatch, now: int) -> Rejection | None:
+    def _problem(
+        self, batch: PredictionBatch, now: int, references: dict[tuple[str, str], ReferenceProfile | None]
+    ) -> Rejection | None:
+        """Why the batch is refused, if it is; ``references`` remembers the part's lookups."""
         problem = check_batch(batch, now, self.max_future_ms, self.options.min_event_time_ms)
-        if problem is None and self.references.get(batch.model_id, batch.model_version) is None:
+        if problem is not None:
+            return problem
+        key = (batch.model_id, batch.model_version)
+        if key not in references:
+            references[key] = self.references.get(*key)
+        if references[key] is None:
             problem = Rejection(
                 UNKNOWN_MODEL,
                 f"no reference profile for model {batch.model_id!r} "
@@ -1069,7 +1109,7 @@ class WorkerService:
             else:
                 by_model[label.model_id].append((i, label))
 
-        monitored = [model_id for model_id in by_model if self.policy.for_model(model_id).monitoring.enabled]
+        monitored = [model_id for model_id in by_model if self.model_policy(model_id).monitoring.enabled]
         # before this batch's raw rows are written, so that its labels are not read back as waiting
         reads = self._recovery_reads([(model_id, None) for model_id in monitored])
         for model_id in monitored:
@@ -1247,7 +1287,7 @@ class WorkerService:
         # fold, and the reads below would find none that counts; a fresh worker skips them per version.
         nothing = through is None and label_through is None
         drift_windows, label_windows = ([], []) if nothing else self.queries.written_windows(model_id, version)
-        policy = self.policy.for_model(model_id)
+        policy = self.model_policy(model_id)
         reference = self.references.holdout_metrics(model_id, version) if label_windows else None
         folds = (
             ("drift", [w for w in drift_windows if through is not None and w.window_end <= through]),
@@ -1345,7 +1385,7 @@ class WorkerService:
         # Prediction and label windows close at different times, so each has its own
         # trigger state (the evaluator ignores a window older than the last one it saw);
         # a request from either starts the cooldown of both.
-        policy = self.policy.for_model(window.model_id)
+        policy = self.model_policy(window.model_id)
         key = (stream, window.model_id)
         state = self._triggers.get(key) or TriggerState(window.model_id)
         state, requests, alerts = evaluate(policy, state, window, window.window_end)
@@ -1359,7 +1399,7 @@ class WorkerService:
         for (stream, model_id), state in list(self._triggers.items()):
             if stream != "drift":
                 continue
-            state, requests, alerts = evaluate_schedule(self.policy.for_model(model_id), state, now)
+            state, requests, alerts = evaluate_schedule(self.model_policy(model_id), state, now)
             self._triggers[(stream, model_id)] = state
             if requests:
                 self._record(stream, model_id, requests, alerts)

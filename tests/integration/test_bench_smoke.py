@@ -119,6 +119,30 @@ def test_service_profile_prints_its_result(kafka_bootstrap: str, warehouse_serve
 
 @pytest.mark.kafka
 @pytest.mark.warehouse
+def test_service_profile_runs_the_whole_service_at_many_versions(kafka_bootstrap: str, warehouse_server) -> None:
+    """``--models 6 --features 4`` without ``--core``: the service with its registry and sinks, labels included."""
+    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}
+    out = _run(
+        "service_profile.py",
+        *("--models", "6", "--features", "4", "--n", "3000", "--event-rate", "1000", "--window-seconds", "1"),
+        *("--mode", "mixed", "--label-share", "0.1", "--repeats", "1", "--warmup", "0"),
+        env=env,
+    )
+    result = re.search(
+        rf"^RESULT shell models=6 features=4 mode=mixed n=3000 labels=(?P<labels>\d+) take=1000 runs=1 "
+        rf"windows=(?P<windows>\d+) cpu_s_per_million median={NUMBER} first_poll_cpu_s median={NUMBER} "
+        rf"rest_cpu_s_per_million median={NUMBER} server_cpu_s_per_million={NUMBER} "
+        rf"close_to_written_ms_p99 median=(?P<p99>\d+) write_cpu_ms_per_window median={NUMBER}$",
+        out,
+        re.M,
+    )
+    assert result, out
+    # 3,000 events at 1,000/s of event time: three 1-s windows, each with events of the busiest models
+    assert 6 <= int(result["windows"]) <= 18 and 150 <= int(result["labels"]) <= 450, out
+
+
+@pytest.mark.kafka
+@pytest.mark.warehouse
 def test_throughput_many_models_writes_every_window(kafka_bootstrap: str, warehouse_server) -> None:
     """``--models 20 --features 5`` through the real worker, Kafka and ClickHouse: the RESULT line, every window."""
     env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_WAREHOUSE": warehouse_server.url()}

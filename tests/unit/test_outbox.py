@@ -21,6 +21,7 @@ class Gate:
 
     def __init__(self) -> None:
         self.open = threading.Event()
+        self.entered = threading.Event()  # a write has started
         self.calls: list[object] = []
 
     def raw(self, batches: list[PredictionBatch], token: str) -> None:
@@ -28,6 +29,7 @@ class Gate:
         self.calls.append((sum(b.n for b in batches), token))
 
     def windows(self, windows: list[ClosedWindow]) -> None:
+        self.entered.set()
         assert self.open.wait(10)
         self.calls.append(len(windows))
 
@@ -94,21 +96,42 @@ def test_clear_drops_gathered_rows_and_waiting_tokens() -> None:
     outbox.close()
 
 
-def test_closed_windows_wait_for_the_next_flush_with_the_raw_rows() -> None:
+def test_closed_windows_go_at_once_to_an_idle_writer_and_gather_while_it_writes() -> None:
     raw, windows = Gate(), Gate()
-    raw.open.set(), windows.open.set()
+    raw.open.set()
     outbox = Outbox(raw.raw, windows.windows, raw_insert_rows=15)
-    outbox.add_windows([ClosedWindow(outcome=None)])
+    outbox.add_windows([ClosedWindow(outcome=None)])  # the window writer is idle: handed over now
     outbox.add_raw([_batch(10)], "t1")
     outbox.release(["m1"])
-    outbox.window_writer.join()
-    assert windows.calls == [] and outbox.written() == []  # a backlog: both still gathered
-    outbox.add_windows([ClosedWindow(outcome=None)])
-    outbox.add_raw([_batch(10)], "t2")  # the threshold flushes the raw rows and both windows
+    # a backlog: the raw rows gather; the windows closed while the first write runs gather too
+    for _ in range(3):
+        outbox.add_windows([ClosedWindow(outcome=None), ClosedWindow(outcome=None)])
     outbox.release(["m2"])
+    assert outbox.window_writer.submitted == 1 and raw.calls == []
+    windows.open.set()
+    outbox.window_writer.join()
+    assert windows.calls == [1] and outbox.written() == []  # m1's raw rows are still gathered
+    outbox.add_raw([_batch(10)], "t2")  # the threshold flushes the raw rows; the six windows go together
+    outbox.release(["m3"])
     outbox.raw_writer.join(), outbox.window_writer.join()
-    assert windows.calls == [2] and raw.calls == [(20, raw.calls[0][1])]
-    assert outbox.written() == ["m1", "m2"]
+    assert windows.calls == [1, 6] and raw.calls == [(20, raw.calls[0][1])]
+    assert outbox.written() == ["m1", "m2", "m3"]
+    outbox.close()
+
+
+def test_a_window_write_takes_every_window_handed_over_before_it_starts() -> None:
+    windows = Gate()
+    outbox = Outbox(lambda batches, token: None, windows.windows, raw_insert_rows=100)
+    outbox.add_windows([ClosedWindow(outcome=None)])  # written first, held at the gate
+    assert windows.entered.wait(10)
+    for _ in range(2):  # flushes queue writes behind it, each handing its windows over
+        outbox.add_windows([ClosedWindow(outcome=None)] * 3)
+        outbox.flush()
+    outbox.release(["m1"])
+    windows.open.set()
+    assert outbox.drain() == ["m1"]
+    assert outbox.window_writer.submitted == 3
+    assert windows.calls == [1, 6]  # the second write took the third's windows; the third found none
     outbox.close()
 
 
