@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,9 @@ class BatchConsumer:
         self._acked: dict[tuple[str, int], int] = {}  # next offset to commit, noted by ack, not yet stored
         self._paused = False
         self._rewind_pending = False  # a rewind is due before the next consume (see replay)
+        # Set when librdkafka reports that it lost the brokers, cleared by a message or a probe (see reachable)
+        self._unreachable = False
+        self._probed = 0.0  # monotonic time of the last probe while unreachable
         session_ms = int(session_timeout_seconds * 1000)
         self._consumer = Consumer(
             {
@@ -157,6 +161,8 @@ class BatchConsumer:
                 # Once the queue above is full, librdkafka waits this long before it fetches again (1 s by
                 # default), so a poll that has just emptied it waited out its timeout for a few messages.
                 "fetch.queue.backoff.ms": 20,
+                # called from consume, on the fetch thread
+                "error_cb": self._on_error,
                 **(conf or {}),
             }
         )
@@ -167,6 +173,38 @@ class BatchConsumer:
     @property
     def generation(self) -> int:
         return self._generation
+
+    @property
+    def reachable(self) -> bool:
+        """False from the moment librdkafka reports the brokers lost until a poll returns a message or a
+        probe (at most one a second, only while unreachable) reaches the broker again. Empty polls then
+        mean nothing about the stream: the caller must not count them as silence. Any thread."""
+        return not self._unreachable
+
+    def _on_error(self, error: KafkaError) -> None:
+        # librdkafka reports a lost connection as _TRANSPORT and the loss of every broker as
+        # _ALL_BROKERS_DOWN; it reports no recovery, so poll clears the mark (see _probe)
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if not self._unreachable:
+                log.warning("kafka unreachable: %s", error)
+            self._unreachable = True
+            self._probed = time.monotonic()
+        else:
+            log.warning("kafka: %s", error)
+
+    def _probe(self, timeout: float) -> None:
+        """While unreachable, ask the broker for the input topics' metadata at most once a second."""
+        now = time.monotonic()
+        if now - self._probed < 1.0:
+            return
+        self._probed = now
+        topic = next(iter(self.topics.values()))
+        try:
+            self._consumer.list_topics(topic, timeout=max(min(timeout, 0.5), 0.05))
+        except KafkaException:
+            return
+        self._unreachable = False
+        log.info("kafka reachable again")
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
@@ -242,6 +280,12 @@ class BatchConsumer:
         # instead of waiting out the timeout for a full poll's worth that was never produced.
         asked = behind if behind is not None and 0 < behind < full else full
         messages = self._consumer.consume(num_messages=asked, timeout=timeout)
+        if self._unreachable:
+            if any(m.error() is None for m in messages):
+                self._unreachable = False
+                log.info("kafka reachable again")
+            else:
+                self._probe(timeout)
         poll = Poll(self._generation, backlog=len(messages) >= full)
         if self._generation != before:
             # The assignment changed during the call, so some of these messages may come from before it:
