@@ -195,7 +195,7 @@ class Runner:
         if self.failed is not None or self.consumer is None:
             return
         try:
-            released = await self._run(self.service.tick, not self.paused)
+            released = await self._run(self.service.tick, not self.paused and self.consumer.reachable)
         except Exception as exc:
             await self._crash(exc)
             return
