@@ -34,7 +34,7 @@ from driftline.retrainer.registry import CHAMPION, ArtifactStore, Registry
 from driftline.service_sim import ServiceStats, SimulatedService, Switch, oracle_scorer
 from driftline.settings import Settings
 from driftline.streams.kafka import consume_records, ensure_topics
-from driftline.streams.records import PREDICTION_FEATURE, LabelEvent, ModelEvent, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, LabelBatch, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.sdk import PredictionLogger
 from driftline.streams.warehouse import SNAPSHOT_COLUMNS, Warehouse
 
@@ -262,7 +262,11 @@ def test_simulated_service_logs_predictions_then_late_labels_and_drifts_on_time(
     assert all(set(b.attributes) == {"region", "channel"} for b in batches)
     assert all(np.isfinite(b.latency_ms).all() for b in batches)
 
-    labels = [r.record for r in consume_records(kafka_settings, kafka_settings.topic("labels"), 2000, timeout=10)]
+    label_batches = [
+        r.record for r in consume_records(kafka_settings, kafka_settings.topic("labels"), 2000, timeout=10)
+    ]
+    assert all(isinstance(b, LabelBatch) for b in label_batches)  # the SDK packs a model's labels
+    labels = [e for b in label_batches for e in b.events()]
     assert len(labels) == 2000 and all(isinstance(e, LabelEvent) for e in labels)
     assert {e.event_id for e in labels} == set(ids)
     by_id = dict(zip(ids, times.tolist()))
@@ -324,7 +328,7 @@ def test_simulate_verb_produces_predictions_and_labels(kafka_settings: Settings,
     ]
     assert sum(b.n for b in batches) == 400 and {b.model_id for b in batches} == {"credit-cli"}
     labels = consume_records(kafka_settings, kafka_settings.topic("labels"), 400, timeout=10)
-    assert len(labels) == 400
+    assert sum(r.record.n for r in labels) == 400
 
 
 @pytest.mark.kafka
