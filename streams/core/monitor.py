@@ -340,6 +340,11 @@ class Monitor:
         self._wake_at: dict[str, int] = {}
         self._last_tick: int | None = None
         self._visited: set[str] = set()  # the models the last tick visited: nothing to bring up to it
+        # release_idle looks only at versions silent long enough: a heap of (last seen, model id, version),
+        # an entry older than the version's last_seen refreshed when it comes up; and the versions found
+        # silent but with a window still open or late rows to count, looked at again on each call
+        self._silent: list[tuple[int, str, str]] = []
+        self._silent_waiting: set[tuple[str, str]] = set()
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -498,18 +503,39 @@ class Monitor:
         >>> monitor.release_idle(now_ms=60_000, idle_ms=30_000), monitor.needs_recovery("m", "1")
         ([('m', '1')], True)
         """
+        candidates, self._silent_waiting = self._silent_waiting, set()
+        silent = self._silent
+        while silent and silent[0][0] <= now_ms - idle_ms:
+            seen, model_id, version = heapq.heappop(silent)
+            track = self._tracks.get(model_id)
+            current = None if track is None else track.last_seen.get(version)
+            if current is None:
+                continue  # released, or forgotten by reset
+            if current != seen:
+                heapq.heappush(silent, (current, model_id, version))
+            else:
+                candidates.add((model_id, version))
         released: list[tuple[str, str]] = []
-        for model_id, track in sorted(self._tracks.items()):
-            busy = {k[1] for k in track.predictions.windows.keys()}  # noqa: SIM118 - a WindowStore, not a dict
-            for version, seen in sorted(track.last_seen.items()):
-                if now_ms - seen < idle_ms or version in busy or track.late.get(version):
-                    continue
-                del track.last_seen[version]
-                track.released[version] = track.predictions.recovered.pop(version, None)
-                track.trends.pop(version, None)
-                if track.detectors is not None:
-                    track.detectors.forget(f"{version}:score")
-                released.append((model_id, version))
+        busy: dict[str, set[str]] = {}
+        for model_id, version in sorted(candidates):
+            track = self._tracks[model_id]
+            last = track.last_seen.get(version)
+            if last is None:
+                continue
+            if now_ms - last < idle_ms:  # seen again since (or a longer idle_ms this call)
+                heapq.heappush(silent, (last, model_id, version))
+                continue
+            if model_id not in busy:
+                busy[model_id] = {k[1] for k in track.predictions.windows.keys()}  # noqa: SIM118 - a WindowStore
+            if version in busy[model_id] or track.late.get(version):
+                self._silent_waiting.add((model_id, version))
+                continue
+            del track.last_seen[version]
+            track.released[version] = track.predictions.recovered.pop(version, None)
+            track.trends.pop(version, None)
+            if track.detectors is not None:
+                track.detectors.forget(f"{version}:score")
+            released.append((model_id, version))
         return released
 
     def reset(self) -> None:
@@ -520,6 +546,8 @@ class Monitor:
         self._wakes.clear()
         self._wake_at.clear()
         self._visited.clear()
+        self._silent.clear()
+        self._silent_waiting.clear()
 
     def pending_labels(self) -> int:
         return sum(t.index.n_pending for t in self._tracks.values())
@@ -610,6 +638,9 @@ class Monitor:
         ends = np.full(n, NOT_IN_WINDOW, dtype=np.int64)
         if n == 0:
             return Ingested(ends)
+        before = track.last_seen.get(batch.model_version)
+        if before is None or now_ms < before:  # else its entry in _silent is refreshed when it comes up
+            heapq.heappush(self._silent, (now_ms, batch.model_id, batch.model_version))
         track.last_seen[batch.model_version] = now_ms
         row_ends = w.starts(times) + w.size_ms
         through = track.predictions.windows.closed_through(batch.model_id, batch.model_version)
