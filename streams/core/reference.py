@@ -238,6 +238,59 @@ class CategoricalReference:
         return cls(d["name"], list(d["categories"]), np.asarray(d["counts"], np.int64), int(d["missing"]))
 
 
+@dataclass(frozen=True)
+class StoredCalibration:
+    """Null quantiles of the drift distances stored with the profile (``calibration.precompute``), kept
+    as arrays: per (metric group, feature, alpha) the bucket exponents and their values. ``binned``
+    rows hold PSI, Jensen-Shannon and Hellinger; ``wasserstein`` rows one value.
+
+    >>> d = [{"alpha": 0.05, "features": {"x": {"exponents": [3, 4], "binned": [[0.1, 0.2, 0.3], [0.05, 0.1, 0.2]],
+    ...       "wasserstein": [0.4, 0.3]}}}]
+    >>> s = StoredCalibration.from_dict(d)
+    >>> s.get("binned", "x", 4, 0.05), s.get("wasserstein", "x", 3, 0.05), s.get("wasserstein", "x", 5, 0.05)
+    ((0.05, 0.1, 0.2), 0.4, None)
+    >>> s.to_dict() == d
+    True
+    """
+
+    tables: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]]
+
+    def get(self, group: str, feature: str, exponent: int, alpha: float) -> Any:
+        """The stored value (a float, or a tuple of floats for ``binned``), None when not stored."""
+        found = self.tables.get((group, feature, alpha))
+        if found is None:
+            return None
+        exponents, values = found
+        at = np.flatnonzero(exponents == exponent)
+        if at.size == 0:
+            return None
+        value = values[at[0]].tolist()  # float64 to Python floats: the very values computed
+        return tuple(value) if isinstance(value, list) else value
+
+    @classmethod
+    def from_dict(cls, blocks: Sequence[Mapping[str, Any]]) -> StoredCalibration:
+        tables: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]] = {}
+        for block in blocks:
+            alpha = float(block["alpha"])
+            for feature, kept in block["features"].items():
+                exponents = np.asarray(kept["exponents"], np.int64)
+                for group, width in (("binned", 3), ("wasserstein", 0)):
+                    if group not in kept:
+                        continue
+                    values = np.asarray(kept[group], np.float64)
+                    if values.shape != ((exponents.size, width) if width else (exponents.size,)):
+                        raise ValueError(f"calibration of feature {feature!r}: one {group} value per exponent expected")
+                    tables[group, feature, alpha] = (exponents, values)
+        return cls(tables)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        blocks: dict[float, dict[str, dict[str, Any]]] = {}
+        for (group, feature, alpha), (exponents, values) in self.tables.items():
+            kept = blocks.setdefault(alpha, {}).setdefault(feature, {"exponents": exponents.tolist()})
+            kept[group] = values.tolist()
+        return [{"alpha": alpha, "features": features} for alpha, features in blocks.items()]
+
+
 @dataclass(eq=False)
 class ReferenceProfile:
     """The reference of one model version: what its inputs and outputs looked like.
@@ -245,7 +298,8 @@ class ReferenceProfile:
     Numeric features keep quantile bins, moments and the in-bin spread of a
     uniform sample; categorical ones the top-K values. The model output is the numeric feature
     ``__prediction__``. Derived data (sorted samples, proportions, calibrated
-    thresholds) is cached on the object by :meth:`cached`, never serialised.
+    thresholds) is cached on the object by :meth:`cached`, never serialised, except the thresholds
+    registration stores in ``calibration`` (``calibration.precompute``), which the cache reads first.
 
     >>> rng = np.random.default_rng(0)
     >>> ref = ReferenceProfile.build(
@@ -278,6 +332,9 @@ class ReferenceProfile:
     # old profile, or fewer than two non-constant numeric features); it needs the joint rows, which
     # the per-feature references do not keep, so whoever builds the profile fits it
     multivariate: dict[str, Any] | None = None
+    # ``calibration.precompute``: the drift thresholds' null quantiles, computed where the profile is
+    # registered instead of in the worker's first window (None: the worker calibrates on first use)
+    calibration: StoredCalibration | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -359,6 +416,7 @@ class ReferenceProfile:
             **({"calibrator": self.calibrator} if self.calibrator is not None else {}),
             # only when fitted, so that the dict of a profile without it is what it always was
             **({"multivariate": self.multivariate} if self.multivariate is not None else {}),
+            **({"calibration": self.calibration.to_dict()} if self.calibration is not None else {}),
         }
 
     @classmethod
@@ -382,4 +440,5 @@ class ReferenceProfile:
             int(s["seed"]),
             calibrator=d.get("calibrator"),
             multivariate=d.get("multivariate"),
+            calibration=None if "calibration" not in d else StoredCalibration.from_dict(d["calibration"]),
         )
