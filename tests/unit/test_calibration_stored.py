@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -38,10 +39,12 @@ def _through_json(reference: ReferenceProfile) -> ReferenceProfile:
     return ReferenceProfile.from_dict(d)
 
 
-def _runtime(group: str, feature: str, exponent: int, alpha: float) -> object:
+def _runtime(
+    group: str, feature: str, exponent: int, alpha: float, make: Callable[[], ReferenceProfile] = _reference
+) -> object:
     # a fresh profile and an empty shared cache: nothing precompute left behind is read
     calibration._binned_null.cache_clear()
-    fresh = _reference()
+    fresh = make()
     at = calibration._binned_at if group == "binned" else calibration._wasserstein_at
     return at(fresh, feature, exponent, alpha)
 
@@ -116,3 +119,23 @@ def test_a_malformed_calibration_is_a_clear_error() -> None:
     d["calibration"][0]["features"]["count"]["wasserstein"].pop()
     with pytest.raises(ValueError, match="calibration of feature 'count'"):
         ReferenceProfile.from_dict(d)
+
+
+def test_registration_stores_the_calibration() -> None:
+    from driftline.retrainer.policy import ReferenceSettings
+
+    columns = _columns(np.random.default_rng(7), 3_000)
+    settings = ReferenceSettings()
+    body = settings.profile_builder("m", *columns)("4")
+    loaded = ReferenceProfile.from_dict(json.loads(json.dumps(body)))
+    assert loaded.model_version == "4" and loaded.calibration is not None
+
+    def fresh() -> ReferenceProfile:
+        return ReferenceProfile.build(
+            "m", "4", *columns, bins=settings.bins, top_k=settings.top_k, sample_size=settings.sample_size
+        )
+
+    for feature in ("normal", "colour"):
+        top = calibration.exponents_of(loaded, feature)[-1]
+        assert loaded.calibration.get("binned", feature, top, 0.05) == _runtime("binned", feature, top, 0.05, fresh)
+    assert loaded.calibration.get("wasserstein", "normal", 3, 0.05) == _runtime("wasserstein", "normal", 3, 0.05, fresh)
