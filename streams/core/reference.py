@@ -240,55 +240,64 @@ class CategoricalReference:
 
 @dataclass(frozen=True)
 class StoredCalibration:
-    """Null quantiles of the drift distances stored with the profile (``calibration.precompute``), kept
-    as arrays: per (metric group, feature, alpha) the bucket exponents and their values. ``binned``
-    rows hold PSI, Jensen-Shannon and Hellinger; ``wasserstein`` rows one value.
+    """Null quantiles of the drift distances stored with the profile (``calibration.precompute``).
+
+    Per alpha, one array of (feature, bucket exponent, PSI / Jensen-Shannon / Hellinger / Wasserstein),
+    NaN where not stored: a few kilobytes per model version, against the worker's thousand versions.
 
     >>> d = [{"alpha": 0.05, "features": {"x": {"exponents": [3, 4], "binned": [[0.1, 0.2, 0.3], [0.05, 0.1, 0.2]],
-    ...       "wasserstein": [0.4, 0.3]}}}]
+    ...       "wasserstein": [0.4, 0.3]}, "c": {"exponents": [0], "binned": [[1.0, 0.5, 0.5]]}}}]
     >>> s = StoredCalibration.from_dict(d)
     >>> s.get("binned", "x", 4, 0.05), s.get("wasserstein", "x", 3, 0.05), s.get("wasserstein", "x", 5, 0.05)
     ((0.05, 0.1, 0.2), 0.4, None)
-    >>> s.to_dict() == d
-    True
+    >>> s.get("wasserstein", "c", 0, 0.05), s.get("binned", "c", 0, 0.01), s.to_dict() == d
+    (None, None, True)
     """
 
-    tables: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]]
+    features: dict[str, int]  # row of each feature in the tables
+    tables: dict[float, np.ndarray]  # per alpha: (features, exponents, 4)
+    with_wasserstein: frozenset[str]
 
     def get(self, group: str, feature: str, exponent: int, alpha: float) -> Any:
         """The stored value (a float, or a tuple of floats for ``binned``), None when not stored."""
-        found = self.tables.get((group, feature, alpha))
-        if found is None:
+        table, row = self.tables.get(alpha), self.features.get(feature)
+        if table is None or row is None or not 0 <= exponent < table.shape[1]:
             return None
-        exponents, values = found
-        at = np.flatnonzero(exponents == exponent)
-        if at.size == 0:
-            return None
-        value = values[at[0]].tolist()  # float64 to Python floats: the very values computed
-        return tuple(value) if isinstance(value, list) else value
+        values = table[row, exponent]
+        if group == "binned":
+            return None if np.isnan(values[0]) else tuple(values[:3].tolist())  # the very floats computed
+        return None if np.isnan(values[3]) else float(values[3])
 
     @classmethod
     def from_dict(cls, blocks: Sequence[Mapping[str, Any]]) -> StoredCalibration:
-        tables: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]] = {}
+        names = sorted({f for b in blocks for f in b["features"]})
+        top = max((e for b in blocks for kept in b["features"].values() for e in kept["exponents"]), default=-1)
+        tables = {}
         for block in blocks:
-            alpha = float(block["alpha"])
+            table = np.full((len(names), top + 1, 4), np.nan)
             for feature, kept in block["features"].items():
                 exponents = np.asarray(kept["exponents"], np.int64)
-                for group, width in (("binned", 3), ("wasserstein", 0)):
-                    if group not in kept:
-                        continue
-                    values = np.asarray(kept[group], np.float64)
-                    if values.shape != ((exponents.size, width) if width else (exponents.size,)):
-                        raise ValueError(f"calibration of feature {feature!r}: one {group} value per exponent expected")
-                    tables[group, feature, alpha] = (exponents, values)
-        return cls(tables)
+                binned = np.asarray(kept["binned"], np.float64).reshape(-1, 3)
+                wasserstein = np.asarray(kept.get("wasserstein", np.full(exponents.size, np.nan)), np.float64)
+                if binned.shape[0] != exponents.size or wasserstein.shape != exponents.shape or (exponents < 0).any():
+                    raise ValueError(f"calibration of feature {feature!r}: one value per exponent expected")
+                table[names.index(feature), exponents] = np.column_stack([binned, wasserstein])
+            tables[float(block["alpha"])] = table
+        with_w = frozenset(f for b in blocks for f, kept in b["features"].items() if "wasserstein" in kept)
+        return cls({f: i for i, f in enumerate(names)}, tables, with_w)
 
     def to_dict(self) -> list[dict[str, Any]]:
-        blocks: dict[float, dict[str, dict[str, Any]]] = {}
-        for (group, feature, alpha), (exponents, values) in self.tables.items():
-            kept = blocks.setdefault(alpha, {}).setdefault(feature, {"exponents": exponents.tolist()})
-            kept[group] = values.tolist()
-        return [{"alpha": alpha, "features": features} for alpha, features in blocks.items()]
+        blocks = []
+        for alpha, table in self.tables.items():
+            features: dict[str, Any] = {}
+            for feature, row in self.features.items():
+                stored = np.flatnonzero(~np.isnan(table[row, :, 0]))
+                kept: dict[str, Any] = {"exponents": stored.tolist(), "binned": table[row, stored, :3].tolist()}
+                if feature in self.with_wasserstein:
+                    kept["wasserstein"] = table[row, stored, 3].tolist()
+                features[feature] = kept
+            blocks.append({"alpha": alpha, "features": features})
+        return blocks
 
 
 @dataclass(eq=False)
