@@ -62,6 +62,7 @@ from driftline.retrainer.registry import Lineage, Registry
 from driftline.settings import Settings
 from driftline.streams import kafka
 from driftline.streams.codec import default_codec
+from driftline.streams.core.calibration import with_calibration
 from driftline.streams.records import LabelBatch, LabelEvent, PredictionBatch, PredictionEvent
 from driftline.streams.warehouse import Warehouse
 
@@ -210,14 +211,18 @@ def register_fleet(
 ) -> Fleet:
     """Register ``n`` models, each with its own reference profile (one built profile, re-labelled per model)."""
     started = time.perf_counter()
-    base = window_compute.build_reference(feature_columns(REFERENCE_ROWS, features, seed=0)).to_dict()
+    # one profile content for every model: its drift calibration (what registration stores, see
+    # retrainer.reference.registered_form) is computed once and copied with it
+    base = with_calibration(window_compute.build_reference(feature_columns(REFERENCE_ROWS, features, seed=0)))
+    say(f"built one {features}-feature reference with its calibration in {time.perf_counter() - started:.1f} s")
+    base_form = base.to_dict()
     model_ids = [f"{prefix}-m{i:04d}" for i in range(n)]
     versions = []
     lineage = Lineage(dataset_rows=REFERENCE_ROWS)
     for model_id in model_ids:
 
         def profile(version: str, model_id: str = model_id) -> dict[str, Any]:
-            return {**base, "model_id": model_id, "model_version": version}
+            return {**base_form, "model_id": model_id, "model_version": version}
 
         versions.append(str(registry.register(model_id, lineage=lineage, reference_profile=profile).version))
     say(f"registered {n} model versions with {features}-feature references in {time.perf_counter() - started:.1f} s")

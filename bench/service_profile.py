@@ -458,9 +458,13 @@ def many_models_workload(
     """``bench/scale.py``'s traffic of ``models`` versions (predictions only, then one closer per model),
     decoded in polls of ``take`` messages, and each model's reference as the worker holds it (read back from
     its registered JSON form, re-labelled per model as ``scale.register_fleet`` registers it)."""
+    from driftline.streams.core.calibration import with_calibration
     from driftline.streams.core.reference import ReferenceProfile
 
-    base = window_compute.build_reference(scale.feature_columns(scale.REFERENCE_ROWS, features, seed=0)).to_dict()
+    # with the calibration registration stores (scale.register_fleet): no first window resamples
+    base = with_calibration(
+        window_compute.build_reference(scale.feature_columns(scale.REFERENCE_ROWS, features, seed=0))
+    ).to_dict()
     model_ids = [f"m{i:04d}" for i in range(models)]
     fleet = scale.Fleet(model_ids, ["1"] * models, scale.single_models(models, mode), features)
     t0 = (CORE_CLOCK_MS - 2 * throughput.DAY_MS) // window_ms * window_ms

@@ -128,7 +128,7 @@ class ReferenceSettings:
         >>> d = build("3"); d["model_version"], d["model_id"]
         ('3', 'm')
         """
-        from driftline.retrainer.reference import build_reference
+        from driftline.retrainer.reference import build_reference, registered_form
 
         def build(version: str) -> dict[str, Any]:
             profile = build_reference(
@@ -141,7 +141,7 @@ class ReferenceSettings:
                 top_k=self.top_k,
                 sample_size=self.sample_size,
             )
-            return replace(profile, calibrator=dict(calibrator) if calibrator is not None else None).to_dict()
+            return registered_form(profile, calibrator)
 
         return build
 

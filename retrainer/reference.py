@@ -4,15 +4,19 @@ Both ways a version gets registered (``registry register`` and the
 retrainer's challenger) build it here, so both carry the same statistics: the
 per-feature references and, when the numeric features allow it, the
 multivariate model, which needs the joint rows that only the dataset has.
+Both store it through :func:`registered_form`, with the drift thresholds'
+calibration computed once here rather than in the worker's first window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from driftline.streams.core.calibration import with_calibration
 from driftline.streams.core.multivariate import MultivariateModel
 from driftline.streams.core.reference import ReferenceProfile
 
@@ -61,3 +65,16 @@ def build_reference(
         multivariate=fit_multivariate(numeric, seed=int(settings.get("seed", 0))),
         **settings,
     )
+
+
+def registered_form(profile: ReferenceProfile, calibrator: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON form registration stores: the profile with its score ``calibrator`` (or None) and its
+    drift thresholds precomputed (``calibration.precompute``), so no worker resamples them.
+
+    >>> ref = build_reference("m", "1", {"a": np.arange(300.0)}, {})
+    >>> d = registered_form(ref)
+    >>> d["calibration"][0]["alpha"], d["calibration"][0]["features"]["a"]["exponents"][-1]
+    (0.05, 8)
+    """
+    owned = None if calibrator is None else dict(calibrator)
+    return with_calibration(dataclasses.replace(profile, calibrator=owned)).to_dict()

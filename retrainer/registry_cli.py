@@ -247,7 +247,7 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
     # needed only by this verb
     try:
         from driftline.retrainer.evaluation import fit_calibrator
-        from driftline.retrainer.reference import build_reference
+        from driftline.retrainer.reference import build_reference, registered_form
     except ImportError as exc:
         raise InputError(f"cannot compute the reference profile: {exc}") from exc
     try:
@@ -256,7 +256,7 @@ def _profile(model_id: str, columns: dict[str, Any], version: str) -> dict[str, 
         raise InputError(f"cannot compute the reference profile of the dataset: {exc}") from exc
     # a binary classifier's dataset with both label and prediction calibrates the label-free estimate
     calibrator = fit_calibrator("classification", columns.get("labels"), columns["predictions"])
-    return dataclasses.replace(profile, calibrator=calibrator).to_dict()
+    return registered_form(profile, calibrator)
 
 
 def _time_range(frame: pd.DataFrame) -> tuple[int | None, int | None]:

@@ -16,7 +16,7 @@ scaled to the exact ``en`` inside the bucket by the metric's asymptotic rate
 (PSI, like chi-squared, falls as ``1/en``; the distances as ``1/sqrt(en)``).
 
 >>> import numpy as np
->>> from driftline.streams.core.reference import ReferenceProfile
+>>> from driftline.streams.core.reference import ReferenceProfile, StoredCalibration
 >>> ref = ReferenceProfile.build("m", "1", {"x": np.random.default_rng(0).normal(size=20_000)}, {})
 >>> small = binned_thresholds(ref, "x", 150.0, 0.05)
 >>> large = binned_thresholds(ref, "x", 10_000.0, 0.05)
@@ -26,15 +26,17 @@ scaled to the exact ``en`` inside the bucket by the metric's asymptotic rate
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from driftline.streams.core import metrics
-from driftline.streams.core.reference import ReferenceProfile
+from driftline.streams.core.reference import ReferenceProfile, StoredCalibration
 from driftline.streams.core.sampler import stable_seed
 
 BINNED_REPLICATES = 1_000
@@ -93,8 +95,15 @@ def _binned_null(counts: bytes, numeric: bool, exponent: int, alpha: float) -> t
     )
 
 
+def _stored(reference: ReferenceProfile, group: str, feature: str, exponent: int, alpha: float) -> Any:
+    return None if reference.calibration is None else reference.calibration.get(group, feature, exponent, alpha)
+
+
 def _binned_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> tuple[float, ...]:
     def calibrate() -> tuple[float, ...]:
+        stored: tuple[float, ...] | None = _stored(reference, "binned", feature, exponent, alpha)
+        if stored is not None:  # registration computed it (precompute): the same seeded draws
+            return stored
         numeric = feature in reference.numeric
         kind = reference.numeric[feature] if numeric else reference.categorical[feature]
         return _binned_null(np.ascontiguousarray(kind.counts, dtype=np.int64).tobytes(), numeric, exponent, alpha)
@@ -194,6 +203,9 @@ class WassersteinGrid:
 
 def _wasserstein_at(reference: ReferenceProfile, feature: str, exponent: int, alpha: float) -> float:
     def calibrate() -> float:
+        stored: float | None = _stored(reference, "wasserstein", feature, exponent, alpha)
+        if stored is not None:
+            return stored
         ref = reference.numeric[feature]
         # Windows of m values drawn into the reference's bins; their binned CDFs spread
         # a bin's count like the reference's values (metrics.cdf_grid), as drift.py does.
@@ -281,3 +293,71 @@ def calibrate(
                 binned_thresholds(
                     reference, feature, float(metrics.ks_effective_n(n, reference.categorical[feature].count)), alpha
                 )
+
+
+#: The levels the worker's drift tests ask thresholds at: ``drift.evaluate_window``'s ``alpha``, which
+#: the monitor never overrides (the policy sets the FDR level, not these). Others are calibrated at runtime.
+DEFAULT_ALPHAS = (0.05,)
+
+
+def exponents_of(reference: ReferenceProfile, feature: str) -> range:
+    """Every bucket a window of this feature can fall in: the effective size stays below the reference's count.
+
+    >>> import numpy as np
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.arange(1_000.0)}, {})
+    >>> exponents_of(ref, "x")
+    range(0, 10)
+    """
+    kind = reference.numeric[feature] if feature in reference.numeric else reference.categorical[feature]
+    return range(_bucket(float(kind.count)) + 1)
+
+
+def precompute(
+    reference: ReferenceProfile, alphas: tuple[float, ...] = DEFAULT_ALPHAS, exponents: range | None = None
+) -> list[dict[str, Any]]:
+    """The null thresholds the worker would calibrate, for every bucket (``exponents``, by default each
+    feature's :func:`exponents_of`) and level: the ``calibration`` of ``ReferenceProfile.to_dict``.
+
+    The draws are seeded from the reference, so these are the very values a worker would compute;
+    a profile loaded with them finds them in its cache. Only finite values are kept.
+
+    >>> import numpy as np
+    >>> ref = ReferenceProfile.build("m", "1", {"x": np.random.default_rng(0).normal(size=300)}, {})
+    >>> stored = precompute(ref)
+    >>> [b["alpha"] for b in stored], stored[0]["features"]["x"]["exponents"]
+    ([0.05], [0, 1, 2, 3, 4, 5, 6, 7, 8])
+    >>> fresh = ReferenceProfile.build("m", "1", {"x": np.random.default_rng(0).normal(size=300)}, {})
+    >>> stored[0]["features"]["x"]["wasserstein"][4] == _wasserstein_at(fresh, "x", 4, 0.05)
+    True
+    """
+    out: list[dict[str, Any]] = []
+    for alpha in alphas:
+        features: dict[str, dict[str, list[object]]] = {}
+        for feature in reference.features:
+            numeric = feature in reference.numeric
+            kept: dict[str, list[object]] = {"exponents": [], "binned": [], "wasserstein": []}
+            for e in exponents_of(reference, feature) if exponents is None else exponents:
+                binned = _binned_at(reference, feature, e, alpha)
+                wasserstein = _wasserstein_at(reference, feature, e, alpha) if numeric else 0.0
+                if all(math.isfinite(v) for v in (*binned, wasserstein)):
+                    kept["exponents"].append(e)
+                    kept["binned"].append(list(binned))
+                    kept["wasserstein"].append(wasserstein)
+            if not numeric:
+                del kept["wasserstein"]
+            features[feature] = kept
+        out.append({"alpha": alpha, "features": features})
+    return out
+
+
+def with_calibration(reference: ReferenceProfile, alphas: tuple[float, ...] = DEFAULT_ALPHAS) -> ReferenceProfile:
+    """The reference carrying its :func:`precompute`: what registration stores.
+
+    >>> import numpy as np
+    >>> ref = with_calibration(ReferenceProfile.build("m", "1", {"x": np.arange(300.0)}, {}))
+    >>> loaded = ReferenceProfile.from_dict(ref.to_dict())
+    >>> fresh = ReferenceProfile.build("m", "1", {"x": np.arange(300.0)}, {})
+    >>> loaded.calibration.get("wasserstein", "x", 5, 0.05) == _wasserstein_at(fresh, "x", 5, 0.05)
+    True
+    """
+    return dataclasses.replace(reference, calibration=StoredCalibration.from_dict(precompute(reference, alphas)))

@@ -238,6 +238,68 @@ class CategoricalReference:
         return cls(d["name"], list(d["categories"]), np.asarray(d["counts"], np.int64), int(d["missing"]))
 
 
+@dataclass(frozen=True)
+class StoredCalibration:
+    """Null quantiles of the drift distances stored with the profile (``calibration.precompute``).
+
+    Per alpha, one array of (feature, bucket exponent, PSI / Jensen-Shannon / Hellinger / Wasserstein),
+    NaN where not stored: a few kilobytes per model version, against the worker's thousand versions.
+
+    >>> d = [{"alpha": 0.05, "features": {"x": {"exponents": [3, 4], "binned": [[0.1, 0.2, 0.3], [0.05, 0.1, 0.2]],
+    ...       "wasserstein": [0.4, 0.3]}, "c": {"exponents": [0], "binned": [[1.0, 0.5, 0.5]]}}}]
+    >>> s = StoredCalibration.from_dict(d)
+    >>> s.get("binned", "x", 4, 0.05), s.get("wasserstein", "x", 3, 0.05), s.get("wasserstein", "x", 5, 0.05)
+    ((0.05, 0.1, 0.2), 0.4, None)
+    >>> s.get("wasserstein", "c", 0, 0.05), s.get("binned", "c", 0, 0.01), s.to_dict() == d
+    (None, None, True)
+    """
+
+    features: dict[str, int]  # row of each feature in the tables
+    tables: dict[float, np.ndarray]  # per alpha: (features, exponents, 4)
+    with_wasserstein: frozenset[str]
+
+    def get(self, group: str, feature: str, exponent: int, alpha: float) -> Any:
+        """The stored value (a float, or a tuple of floats for ``binned``), None when not stored."""
+        table, row = self.tables.get(alpha), self.features.get(feature)
+        if table is None or row is None or not 0 <= exponent < table.shape[1]:
+            return None
+        values = table[row, exponent]
+        if group == "binned":
+            return None if np.isnan(values[0]) else tuple(values[:3].tolist())  # the very floats computed
+        return None if np.isnan(values[3]) else float(values[3])
+
+    @classmethod
+    def from_dict(cls, blocks: Sequence[Mapping[str, Any]]) -> StoredCalibration:
+        names = sorted({f for b in blocks for f in b["features"]})
+        top = max((e for b in blocks for kept in b["features"].values() for e in kept["exponents"]), default=-1)
+        tables = {}
+        for block in blocks:
+            table = np.full((len(names), top + 1, 4), np.nan)
+            for feature, kept in block["features"].items():
+                exponents = np.asarray(kept["exponents"], np.int64)
+                binned = np.asarray(kept["binned"], np.float64).reshape(-1, 3)
+                wasserstein = np.asarray(kept.get("wasserstein", np.full(exponents.size, np.nan)), np.float64)
+                if binned.shape[0] != exponents.size or wasserstein.shape != exponents.shape or (exponents < 0).any():
+                    raise ValueError(f"calibration of feature {feature!r}: one value per exponent expected")
+                table[names.index(feature), exponents] = np.column_stack([binned, wasserstein])
+            tables[float(block["alpha"])] = table
+        with_w = frozenset(f for b in blocks for f, kept in b["features"].items() if "wasserstein" in kept)
+        return cls({f: i for i, f in enumerate(names)}, tables, with_w)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        blocks = []
+        for alpha, table in self.tables.items():
+            features: dict[str, Any] = {}
+            for feature, row in self.features.items():
+                stored = np.flatnonzero(~np.isnan(table[row, :, 0]))
+                kept: dict[str, Any] = {"exponents": stored.tolist(), "binned": table[row, stored, :3].tolist()}
+                if feature in self.with_wasserstein:
+                    kept["wasserstein"] = table[row, stored, 3].tolist()
+                features[feature] = kept
+            blocks.append({"alpha": alpha, "features": features})
+        return blocks
+
+
 @dataclass(eq=False)
 class ReferenceProfile:
     """The reference of one model version: what its inputs and outputs looked like.
@@ -245,7 +307,8 @@ class ReferenceProfile:
     Numeric features keep quantile bins, moments and the in-bin spread of a
     uniform sample; categorical ones the top-K values. The model output is the numeric feature
     ``__prediction__``. Derived data (sorted samples, proportions, calibrated
-    thresholds) is cached on the object by :meth:`cached`, never serialised.
+    thresholds) is cached on the object by :meth:`cached`, never serialised, except the thresholds
+    registration stores in ``calibration`` (``calibration.precompute``), which the cache reads first.
 
     >>> rng = np.random.default_rng(0)
     >>> ref = ReferenceProfile.build(
@@ -278,6 +341,9 @@ class ReferenceProfile:
     # old profile, or fewer than two non-constant numeric features); it needs the joint rows, which
     # the per-feature references do not keep, so whoever builds the profile fits it
     multivariate: dict[str, Any] | None = None
+    # ``calibration.precompute``: the drift thresholds' null quantiles, computed where the profile is
+    # registered instead of in the worker's first window (None: the worker calibrates on first use)
+    calibration: StoredCalibration | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -359,6 +425,7 @@ class ReferenceProfile:
             **({"calibrator": self.calibrator} if self.calibrator is not None else {}),
             # only when fitted, so that the dict of a profile without it is what it always was
             **({"multivariate": self.multivariate} if self.multivariate is not None else {}),
+            **({"calibration": self.calibration.to_dict()} if self.calibration is not None else {}),
         }
 
     @classmethod
@@ -382,4 +449,5 @@ class ReferenceProfile:
             int(s["seed"]),
             calibrator=d.get("calibrator"),
             multivariate=d.get("multivariate"),
+            calibration=None if "calibration" not in d else StoredCalibration.from_dict(d["calibration"]),
         )
