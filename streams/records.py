@@ -327,6 +327,22 @@ class LabelColumns:
             [self.string_labels[r] for r in picked],
         )
 
+    def by_model(self) -> dict[str, np.ndarray]:
+        """The rows of each model, in row order, the models in the order of their first row.
+
+        >>> c = LabelColumns.of([LabelEvent("a", "m", 1, 1.0),
+        ...                      LabelEvent("b", "n", 2, 1.0), LabelEvent("c", "m", 3, 0)])
+        >>> {m: rows.tolist() for m, rows in c.by_model().items()}
+        {'m': [0, 2], 'n': [1]}
+        """
+        model_ids = self.model_ids
+        code = {m: k for k, m in enumerate(dict.fromkeys(model_ids))}
+        if len(code) <= 1:
+            return {m: np.arange(len(model_ids)) for m in code}
+        codes = np.fromiter(map(code.__getitem__, model_ids), dtype=np.int64, count=len(model_ids))
+        order = np.argsort(codes, kind="stable")
+        return dict(zip(code, np.split(order, np.cumsum(np.bincount(codes, minlength=len(code)))[:-1])))
+
     def labels(self, rows: np.ndarray) -> list[float | str]:
         """The labels of ``rows`` as they came: each row's string, else its number."""
         numbers: list[float | str] = self.numeric_labels[rows].tolist()

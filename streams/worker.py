@@ -293,20 +293,6 @@ class _Poison:
     error: Exception
 
 
-def _rows_by_model(model_ids: list[str]) -> dict[str, np.ndarray]:
-    """The rows of each model, in row order, the models in the order of their first row.
-
-    >>> {m: rows.tolist() for m, rows in _rows_by_model(["a", "b", "a"]).items()}
-    {'a': [0, 2], 'b': [1]}
-    """
-    code = {m: k for k, m in enumerate(dict.fromkeys(model_ids))}
-    if len(code) == 1:
-        return {model_ids[0]: np.arange(len(model_ids))}
-    codes = np.fromiter(map(code.__getitem__, model_ids), dtype=np.int64, count=len(model_ids))
-    order = np.argsort(codes, kind="stable")
-    return dict(zip(code, np.split(order, np.cumsum(np.bincount(codes, minlength=len(code)))[:-1])))
-
-
 def _hold_runs(
     messages: Messages,
     window: np.ndarray,
@@ -1152,7 +1138,7 @@ class WorkerService:
         now = self.now_ms()
         columns, message_of, rejected_at = self._label_columns(messages, now)
         rejected = [r for _, r in rejected_at]
-        by_model = _rows_by_model(columns.model_ids)
+        by_model = columns.by_model()
 
         monitored = [model_id for model_id in by_model if self.model_policy(model_id).monitoring.enabled]
         # before this batch's raw rows are written, so that its labels are not read back as waiting
