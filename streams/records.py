@@ -286,6 +286,8 @@ class LabelColumns:
     event_times: np.ndarray  # float64
     numeric_labels: np.ndarray  # float64, NaN where the label is a string
     string_labels: list[str | None]
+    # the single LabelEvent a row came as, None for a batch's row: given again, not built again
+    singles: list[LabelEvent | None] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -306,11 +308,13 @@ class LabelColumns:
         times = [np.fromiter((e.event_time for e in events), dtype=np.float64, count=len(events))]
         numbers = [np.fromiter((np.nan if type(v) is str else v for v in labels), dtype=np.float64, count=len(labels))]
         strings: list[str | None] = [v if type(v) is str else None for v in labels]
+        sources: list[LabelEvent | None] = [*events]
         for b in parts:
             times.append(np.asarray(b.event_times, dtype=np.float64))
             numbers.append(np.asarray(b.numeric_labels, dtype=np.float64))
             strings.extend(b.string_labels or [None] * b.n)
-        columns = cls(message, model_ids, event_ids, np.concatenate(times), np.concatenate(numbers), strings)
+            sources.extend([None] * b.n)
+        columns = cls(message, model_ids, event_ids, np.concatenate(times), np.concatenate(numbers), strings, sources)
         if not parts or not events:
             return columns
         return columns.take(np.argsort(message, kind="stable"))
@@ -325,6 +329,7 @@ class LabelColumns:
             self.event_times[rows],
             self.numeric_labels[rows],
             [self.string_labels[r] for r in picked],
+            [self.singles[r] for r in picked],
         )
 
     def by_model(self) -> dict[str, np.ndarray]:
@@ -353,10 +358,14 @@ class LabelColumns:
         return numbers
 
     def events(self, rows: np.ndarray) -> list[LabelEvent]:
-        """The labels of ``rows`` one by one, as the same labels sent one ``LabelEvent`` each."""
+        """The labels of ``rows`` one by one, as the same labels sent one ``LabelEvent`` each (a single's own)."""
+        picked = rows.tolist()
+        given = [self.singles[r] for r in picked] if self.singles else [None] * len(picked)
+        if all(e is not None for e in given):
+            return given  # type: ignore[return-value]
         return [
-            LabelEvent(self.event_ids[r], self.model_ids[r], int(t), v)
-            for r, t, v in zip(rows.tolist(), self.event_times[rows].tolist(), self.labels(rows))
+            LabelEvent(self.event_ids[r], self.model_ids[r], int(t), v) if e is None else e
+            for e, r, t, v in zip(given, picked, self.event_times[rows].tolist(), self.labels(rows))
         ]
 
 
