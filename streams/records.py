@@ -266,6 +266,110 @@ class LabelBatch:
 
 
 @dataclass
+class LabelColumns:
+    """The labels of many messages, single ``LabelEvent`` s and ``LabelBatch`` es alike, in columns, a row a
+    label in message order (a batch's rows in its row order); ``message`` is the position of each row's record
+    in the list it was built from.
+
+    ``event_times`` is float64 so that a single label's NaN time survives to its check (every time a
+    check lets through is below 2**53, hence exact); ``string_labels`` is None where the label is numeric.
+
+    >>> c = LabelColumns.of([LabelEvent("a", "m", 10, 1.0), LabelBatch("n", ["b", "c"], np.array([20, 30]),
+    ...                      np.array([np.nan, 0.0]), ["fraud", None])])
+    >>> c.n, c.message.tolist(), c.model_ids, c.labels(np.arange(3))
+    (3, [0, 1, 1], ['m', 'n', 'n'], [1.0, 'fraud', 0.0])
+    """
+
+    message: np.ndarray  # int64
+    model_ids: list[str]
+    event_ids: list[str]
+    event_times: np.ndarray  # float64
+    numeric_labels: np.ndarray  # float64, NaN where the label is a string
+    string_labels: list[str | None]
+    # the single LabelEvent a row came as, None for a batch's row: given again, not built again
+    singles: list[LabelEvent | None] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def of(cls, records: list[LabelEvent | LabelBatch]) -> LabelColumns:
+        """The columns of ``records``: the singles' attributes read once, the batches' columns concatenated."""
+        singles = [k for k, r in enumerate(records) if type(r) is not LabelBatch]
+        batches = [k for k, r in enumerate(records) if type(r) is LabelBatch]
+        events: list[LabelEvent] = [records[k] for k in singles]  # type: ignore[misc]
+        parts: list[LabelBatch] = [records[k] for k in batches]  # type: ignore[misc]
+        labels = [e.label for e in events]
+        sizes = np.fromiter((b.n for b in parts), dtype=np.int64, count=len(parts))
+        message = np.concatenate([np.asarray(singles, dtype=np.int64), np.repeat(np.asarray(batches, np.int64), sizes)])
+        model_ids = [e.model_id for e in events] + [b.model_id for b in parts for _ in range(b.n)]
+        event_ids = [e.event_id for e in events] + [e for b in parts for e in b.event_ids]
+        times = [np.fromiter((e.event_time for e in events), dtype=np.float64, count=len(events))]
+        numbers = [np.fromiter((np.nan if type(v) is str else v for v in labels), dtype=np.float64, count=len(labels))]
+        strings: list[str | None] = [v if type(v) is str else None for v in labels]
+        sources: list[LabelEvent | None] = [*events]
+        for b in parts:
+            times.append(np.asarray(b.event_times, dtype=np.float64))
+            numbers.append(np.asarray(b.numeric_labels, dtype=np.float64))
+            strings.extend(b.string_labels or [None] * b.n)
+            sources.extend([None] * b.n)
+        columns = cls(message, model_ids, event_ids, np.concatenate(times), np.concatenate(numbers), strings, sources)
+        if not parts or not events:
+            return columns
+        return columns.take(np.argsort(message, kind="stable"))
+
+    def take(self, rows: np.ndarray) -> LabelColumns:
+        """The columns of ``rows`` only, in that order."""
+        picked = rows.tolist()
+        return LabelColumns(
+            self.message[rows],
+            [self.model_ids[r] for r in picked],
+            [self.event_ids[r] for r in picked],
+            self.event_times[rows],
+            self.numeric_labels[rows],
+            [self.string_labels[r] for r in picked],
+            [self.singles[r] for r in picked],
+        )
+
+    def by_model(self) -> dict[str, np.ndarray]:
+        """The rows of each model, in row order, the models in the order of their first row.
+
+        >>> c = LabelColumns.of([LabelEvent("a", "m", 1, 1.0),
+        ...                      LabelEvent("b", "n", 2, 1.0), LabelEvent("c", "m", 3, 0)])
+        >>> {m: rows.tolist() for m, rows in c.by_model().items()}
+        {'m': [0, 2], 'n': [1]}
+        """
+        model_ids = self.model_ids
+        code = {m: k for k, m in enumerate(dict.fromkeys(model_ids))}
+        if len(code) <= 1:
+            return {m: np.arange(len(model_ids)) for m in code}
+        codes = np.fromiter(map(code.__getitem__, model_ids), dtype=np.int64, count=len(model_ids))
+        order = np.argsort(codes, kind="stable")
+        return dict(zip(code, np.split(order, np.cumsum(np.bincount(codes, minlength=len(code)))[:-1])))
+
+    def labels(self, rows: np.ndarray) -> list[float | str]:
+        """The labels of ``rows`` as they came: each row's string, else its number."""
+        numbers: list[float | str] = self.numeric_labels[rows].tolist()
+        strings = self.string_labels
+        for j, row in enumerate(rows.tolist()):
+            if strings[row] is not None:
+                numbers[j] = strings[row]  # type: ignore[assignment]
+        return numbers
+
+    def events(self, rows: np.ndarray) -> list[LabelEvent]:
+        """The labels of ``rows`` one by one, as the same labels sent one ``LabelEvent`` each (a single's own)."""
+        picked = rows.tolist()
+        given = [self.singles[r] for r in picked] if self.singles else [None] * len(picked)
+        if all(e is not None for e in given):
+            return given  # type: ignore[return-value]
+        return [
+            LabelEvent(self.event_ids[r], self.model_ids[r], int(t), v) if e is None else e
+            for e, r, t, v in zip(given, picked, self.event_times[rows].tolist(), self.labels(rows))
+        ]
+
+
+@dataclass
 class Evidence:
     """One metric that crossed its threshold in one window."""
 

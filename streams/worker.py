@@ -68,14 +68,13 @@ from driftline.streams.core.validation import (
     UNKNOWN_MODEL,
     Rejection,
     check_batch,
-    check_label,
-    check_label_batch,
+    check_labels,
 )
 from driftline.streams.core.windows import Windowing
 from driftline.streams.messages import Incoming, Messages, Offset
 from driftline.streams.observability import WorkerMetrics
 from driftline.streams.outbox import Outbox
-from driftline.streams.records import FeatureBatch, LabelBatch, LabelEvent, ModelEvent, PredictionBatch
+from driftline.streams.records import FeatureBatch, LabelBatch, LabelColumns, LabelEvent, ModelEvent, PredictionBatch
 from driftline.streams.references import ReferenceProvider
 from driftline.streams.sinks import ClosedLabelWindow, ClosedWindow, Rejected, SinkError, Sinks
 from driftline.streams.supervision import INTERNAL_ERROR, Supervisor, error_detail, isolate
@@ -1046,68 +1045,100 @@ class WorkerService:
             )
         return problem
 
-    def _prepare_label(
-        self,
-        messages: Messages,
-        i: int,
-        now: int,
-        decoded: LabelEvent | LabelBatch | None = None,
-        known: dict[str, bool] | None = None,
+    def _decode_label(
+        self, messages: Messages, i: int, now: int, decoded: LabelEvent | LabelBatch | None = None
     ) -> LabelEvent | LabelBatch | Rejected:
         """The label (or label batch) of message ``i`` (``decoded`` by ``decode_labels``, else decoded here), or
-        why it is refused, whole; ``known`` remembers the registry's answers for the messages of one poll."""
+        why it cannot be read as one."""
         if decoded is not None:
-            record: Any = decoded
-        else:
-            try:
-                record = self.codec.decode(messages.values[i], topic="labels")
-            except DecodeError as exc:
-                return self._rejected(messages[i], exc.reason, exc.message, now)
-        if isinstance(record, LabelBatch):
-            problem = check_label_batch(record, now, self.max_future_ms, self.options.min_event_time_ms)
-        elif isinstance(record, LabelEvent):
-            problem = check_label(record, now, self.max_future_ms, self.options.min_event_time_ms)
-        else:
+            return decoded
+        try:
+            record = self.codec.decode(messages.values[i], topic="labels")
+        except DecodeError as exc:
+            return self._rejected(messages[i], exc.reason, exc.message, now)
+        if not isinstance(record, (LabelEvent, LabelBatch)):
             return self._rejected(
                 messages[i], "unexpected_record", f"a {type(record).__name__} on the labels topic", now
             )
-        if problem is None:
-            is_known = None if known is None else known.get(record.model_id)
-            if is_known is None:
-                is_known = self.references.knows_model(record.model_id)
-                if known is not None:
-                    known[record.model_id] = is_known
-            if not is_known:
-                problem = Rejection(UNKNOWN_MODEL, f"no model {record.model_id!r} is registered")
-        if problem is not None:
-            return self._rejected(messages[i], problem.reason, problem.detail, now, record.model_id)
         return record
 
-    def _handle_labels(self, messages: Messages) -> set[tuple[str, Any]]:
-        now = self.now_ms()
-        rejected: list[Rejected] = []
-        by_model: dict[str, list[tuple[int, LabelEvent]]] = defaultdict(list)
+    def _unknown_model(self, model_id: str, known: dict[str, bool]) -> Rejection | None:
+        is_known = known.get(model_id)
+        if is_known is None:
+            is_known = known[model_id] = self.references.knows_model(model_id)
+        return None if is_known else Rejection(UNKNOWN_MODEL, f"no model {model_id!r} is registered")
+
+    def _label_columns(
+        self, messages: Messages, now: int
+    ) -> tuple[LabelColumns, np.ndarray, list[tuple[int, Rejected]]]:
+        """A poll's accepted labels as columns, each row's message, and the refused messages by position.
+
+        A single label's problem refuses its message, a batch's row's problem the whole batch; a message
+        whose decoding raises, or one known to be poison, is that message's alone (a check that raises fails
+        the poll, which is then applied a message at a time, as any part that raises)."""
+        rejected: list[tuple[int, Rejected]] = []
         # all of a poll's labels at once; a message decode_labels cannot vouch for is decoded alone
         decoded = decode_labels(self.codec, messages.values)
-        known_models: dict[str, bool] = {}
-        for i in range(len(messages)):
-            # preparing a label changes nothing, so one that raises is that message's alone
+        records: list[LabelEvent | LabelBatch] = []
+        positions: list[int] = []
+        for i, record in enumerate(decoded):
+            if record is None or self._known_poison:
+                try:
+                    poison = self._poison_of(messages, i)
+                    if poison is not None:
+                        raise poison
+                    got = self._decode_label(messages, i, now, record)
+                except infrastructure_errors():
+                    raise
+                except Exception as exc:
+                    got = self._poisoned(messages[i], exc, now)
+                if isinstance(got, Rejected):
+                    rejected.append((i, got))
+                    continue
+                record = got
+            records.append(record)
+            positions.append(i)
+        known: dict[str, bool] = {}
+        columns = LabelColumns.of(records)
+        problems: dict[int, Rejection | Exception] = dict(
+            check_labels(records, columns, now, self.max_future_ms, self.options.min_event_time_ms)
+        )
+        fine = columns.take(np.flatnonzero(~np.isin(columns.message, list(problems)))) if problems else columns
+        # the registry is asked once a model, not once a label; a model whose question raises is its messages'
+        # alone, each dead-lettered with the exception as if it had been asked for that message
+        unknown: dict[str, Rejection | Exception] = {}
+        for model_id in set(fine.model_ids):
             try:
-                poison = self._poison_of(messages, i)
-                if poison is not None:
-                    raise poison
-                label = self._prepare_label(messages, i, now, decoded[i], known_models)
+                problem = self._unknown_model(model_id, known)
             except infrastructure_errors():
                 raise
             except Exception as exc:
-                label = self._poisoned(messages[i], exc, now)
-            if isinstance(label, Rejected):
-                rejected.append(label)
-            elif isinstance(label, LabelBatch):
-                # a batch's labels, in row order, are taken as if each had come in a message of its own
-                by_model[label.model_id].extend((i, e) for e in label.events())
+                unknown[model_id] = exc
+                continue
+            if problem is not None:
+                unknown[model_id] = problem
+        if unknown:
+            for k in np.unique(fine.message).tolist():
+                if records[k].model_id in unknown:
+                    problems[k] = unknown[records[k].model_id]
+        for k, problem in problems.items():
+            i = positions[k]
+            if isinstance(problem, Exception):
+                rejected.append((i, self._poisoned(messages[i], problem, now)))
             else:
-                by_model[label.model_id].append((i, label))
+                rejected.append(
+                    (i, self._rejected(messages[i], problem.reason, problem.detail, now, records[k].model_id))
+                )
+        rejected.sort(key=lambda item: item[0])
+        if problems:
+            columns = columns.take(np.flatnonzero(~np.isin(columns.message, list(problems))))
+        return columns, np.asarray(positions, dtype=np.int64)[columns.message], rejected
+
+    def _handle_labels(self, messages: Messages) -> set[tuple[str, Any]]:
+        now = self.now_ms()
+        columns, message_of, rejected_at = self._label_columns(messages, now)
+        rejected = [r for _, r in rejected_at]
+        by_model = columns.by_model()
 
         monitored = [model_id for model_id in by_model if self.model_policy(model_id).monitoring.enabled]
         # before this batch's raw rows are written, so that its labels are not read back as waiting
@@ -1118,31 +1149,31 @@ class WorkerService:
         self._reject(rejected, token)
         if self.options.write_raw:
             # gathered with the raw predictions, written on their thread: the messages' tokens wait for it
-            self.outbox.add_labels([e for items in by_model.values() for _, e in items], token)
+            self.outbox.add_labels([e for rows in by_model.values() for e in columns.events(rows)], token)
 
         holds: dict[int, list[Hold]] = defaultdict(list)
         results = {}
         for model_id in monitored:
-            items = by_model[model_id]
+            rows = by_model[model_id]
             result = results[model_id] = self.monitor.ingest_labels(
                 model_id,
-                [e.event_id for _, e in items],
-                [e.label for _, e in items],
-                np.fromiter((e.event_time for _, e in items), dtype=np.int64, count=len(items)),
+                [columns.event_ids[r] for r in rows.tolist()],
+                columns.labels(rows),
+                columns.event_times[rows].astype(np.int64),
                 now_ms=now,
             )
-            for (i, _), label_holds in zip(items, result.holds):
-                holds[i].extend(label_holds)
+            for i, label_holds in zip(message_of[rows].tolist(), result.holds):
+                if label_holds:
+                    holds[i].extend(label_holds)
         # predictions from before a restart (or not consumed yet) are no longer in memory, but may be in the
         # warehouse: one read for every model of the poll, not one per model
         unmatched = {m: r.unmatched for m, r in results.items() if r.unmatched}
         looked_up = self.queries.lookup_predictions_of(unmatched) if unmatched else {}
         reads = self._recovery_reads([(m, b.model_version) for m, batches in looked_up.items() for b in batches])
         for model_id in monitored:
-            items, result = by_model[model_id], results[model_id]
-            events = [e for _, e in items]
+            rows, result = by_model[model_id], results[model_id]
             if model_id in looked_up:
-                position = {e.event_id: i for i, e in items}
+                position = dict(zip([columns.event_ids[r] for r in rows.tolist()], message_of[rows].tolist()))
                 found = 0
                 for batch in looked_up[model_id]:
                     self._recover(model_id, batch.model_version, reads)
@@ -1156,7 +1187,7 @@ class WorkerService:
                 result.joined += found
                 result.pending -= found
             self.metrics.events.labels(topic="labels", outcome="accepted").inc(
-                len(events) - result.late - result.replayed
+                rows.size - result.late - result.replayed
             )
             self.metrics.events.labels(topic="labels", outcome="joined").inc(result.joined)
             self.metrics.events.labels(topic="labels", outcome="pending").inc(result.pending)

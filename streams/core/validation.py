@@ -35,13 +35,13 @@ values and event times by :func:`check_batch` and :func:`check_label`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.streams.records import PREDICTION_FEATURE, LabelBatch, LabelEvent, PredictionBatch
+from driftline.streams.records import PREDICTION_FEATURE, LabelBatch, LabelColumns, LabelEvent, PredictionBatch
 
 UNKNOWN_MODEL = "unknown_model"
 INVALID_VALUE = "invalid_value"
@@ -280,6 +280,58 @@ def check_label(
         or _too_long("model_id", [event.model_id], MAX_ID_LENGTH)
         or (_too_long("label", [event.label], MAX_VALUE_LENGTH) if isinstance(event.label, str) else None)
     )
+
+
+def check_labels(
+    records: list[LabelEvent | LabelBatch],
+    columns: LabelColumns,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    min_event_time_ms: int = MIN_EVENT_TIME_MS,
+) -> dict[int, Rejection]:
+    """The problem of each refused record of ``records`` (``columns`` = ``LabelColumns.of(records)``), by its
+    position: every row checked at once, and only a record with a row out of bounds checked again alone by
+    :func:`check_label` or :func:`check_label_batch`, so that its reason and detail are theirs.
+
+    >>> import numpy as np
+    >>> records = [LabelEvent("e1", "m", 1_000, 1.0), LabelEvent("e2", "m", 1_000, float("inf")),
+    ...            LabelBatch("m", ["e3", "e4"], np.array([1_000, 9_000]), np.array([1.0, 0.0]))]
+    >>> {k: r.reason for k, r in check_labels(records, LabelColumns.of(records), now_ms=2_000,
+    ...                                            max_future_ms=1_000, min_event_time_ms=0).items()}
+    {1: 'invalid_value', 2: 'future_event_time'}
+    """
+    times = columns.event_times
+    single = np.fromiter((type(r) is not LabelBatch for r in records), dtype=bool, count=len(records))
+    with np.errstate(invalid="ignore"):
+        # NaN compares false: a NaN time fails ``>=``, a NaN label is a string's unless its record is a single
+        out = ~(times >= min_event_time_ms) | (times > now_ms + max_future_ms)
+        out |= single[columns.message] & ~np.isfinite(columns.numeric_labels) & _is_none(columns.string_labels)
+    # the longest first, in C: the lengths row by row only when some value is too long
+    for values, limit, distinct in (
+        (columns.event_ids, MAX_ID_LENGTH, False),
+        (columns.model_ids, MAX_ID_LENGTH, True),
+        (columns.string_labels, MAX_VALUE_LENGTH, True),
+    ):
+        if _longest(set(values) if distinct else values) > limit:
+            out |= _lengths(values) > limit
+    problems = {}
+    for k in np.unique(columns.message[out]).tolist():
+        record = records[k]
+        if isinstance(record, LabelBatch):
+            problem = check_label_batch(record, now_ms, max_future_ms, min_event_time_ms)
+        else:
+            problem = check_label(record, now_ms, max_future_ms, min_event_time_ms)
+        if problem is not None:
+            problems[k] = problem
+    return problems
+
+
+def _lengths(values: Sequence[str | None]) -> np.ndarray:
+    return np.fromiter((len(v) if v is not None else 0 for v in values), dtype=np.int64, count=len(values))
+
+
+def _is_none(values: Sequence[str | None]) -> np.ndarray:
+    return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
 
 
 def check_label_batch(
