@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
+
+try:
+    import pyarrow as pa
+except ImportError:  # the light SDK install has no Arrow: the decoder then hands over the lists alone
+    pa = None
 
 from driftline.streams.codec.buffer import (
     _HEADER,
@@ -311,6 +315,8 @@ def _texts(buf: _Buffer, items: _Items, union: bool) -> tuple[list[list], list[p
 
     def arrow(region: np.ndarray, lo: int, hi: int) -> pa.StringArray | None:
         """Items lo..hi-1 as one Arrow array, from their copied bytes with only the headers NUL."""
+        if pa is None:
+            return None  # no Arrow here: the raw insert, if any, converts the lists
         offsets = np.zeros(hi - lo + 1, dtype=np.int64)
         np.cumsum(lengths[lo:hi], out=offsets[1:])
         if offsets[-1] >= _ARROW_MAX_BYTES:
