@@ -467,7 +467,6 @@ class Monitor:
         """The reader was held back until ``now_ms``: no model's silence up to then counts as idle
         (see EventClock.hold)."""
         for track in self._tracks.values():
-            self._changing(track)  # what the skipped ticks did first: the hold only moves wake-ups later
             track.predictions.clock.hold(now_ms)
             track.labels.clock.hold(now_ms)
 
