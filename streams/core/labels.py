@@ -266,24 +266,6 @@ class PredictionIndex:
     def n_pending(self) -> int:
         return len(self._pending)
 
-    def expires_at(self) -> int | None:
-        """The least ``expire`` time at which a prediction or a waiting label would go (None: nothing stored).
-
-        >>> import numpy as np
-        >>> index = PredictionIndex(max_entries=10, ttl_ms=1_000)
-        >>> _ = index.add(["a", "b"], "v1", np.array([50, 20]), np.ones(2))
-        >>> at = index.expires_at()
-        >>> at, index.expire(at - 1), index.expire(at)
-        (1021, 0, 1)
-        """
-        times = self._times[self._head : self._size][self._alive[self._head : self._size]]
-        due = [int(times.min()) + self.ttl_ms + 1] if times.size else []
-        if self._pending:
-            since = next(iter(self._pending.values()))[1]
-            # a label not stamped yet is stamped by the next expire, whatever its time
-            due.append(int(np.iinfo(np.int64).min) if since is None else since + self.ttl_ms + 1)
-        return min(due, default=None)
-
     def add(
         self,
         event_ids: Sequence[str],

@@ -37,7 +37,6 @@ window its labelled rows.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -330,52 +329,16 @@ class Monitor:
         self._tracks: dict[str, _Track] = {}
         # the exact sums of the short batches of many versions, taken together (per poll, or at a read)
         self._pending = PendingMoments()
-        # close_due visits only the models whose state changed since their last visit (``_changed``) and
-        # those whose wake-up time has come: ``_wakes`` is a heap of (time, model id), ``_wake_at`` the
-        # current time of each model (an entry that differs is stale and skipped). ``_last_tick``: the
-        # wall clock of the last close_due, which a skipped model's watermark is brought up to before
-        # it changes, as if it had been visited then
-        self._changed: set[str] = set()
-        self._wakes: list[tuple[int, str]] = []
-        self._wake_at: dict[str, int] = {}
-        self._last_tick: int | None = None
-        self._visited: set[str] = set()  # the models the last tick visited: nothing to bring up to it
-        # release_idle looks only at versions silent long enough: a heap of (last seen, model id, version),
-        # an entry older than the version's last_seen refreshed when it comes up; and the versions found
-        # silent but with a window still open or late rows to count, looked at again on each call
-        self._silent: list[tuple[int, str, str]] = []
-        self._silent_waiting: set[tuple[str, str]] = set()
 
     # -- bookkeeping ---------------------------------------------------------------
 
     def _track(self, model_id: str) -> _Track:
-        """The model's state, about to change (every change goes through here or ``_changing``)."""
         track = self._tracks.get(model_id)
         if track is None:
             track = self._tracks[model_id] = _Track(
                 model_id, self.settings_for(model_id), self.idle_ms, self.index_ttl_ms, self._index_budget
             )
-            self._changed.add(model_id)
-        else:
-            self._changing(track)
         return track
-
-    def _changing(self, track: _Track) -> None:
-        """Before the first change since the model's last visit by close_due: what that visit would have done.
-
-        The model was not visited at the last tick because nothing could close; but
-        the watermarks and the index's clock still followed the wall clock there, and
-        the change to come (a new source, a label waiting) must see them as they were.
-        """
-        model_id = track.model_id
-        if model_id in self._changed:
-            return
-        self._changed.add(model_id)
-        if self._last_tick is not None and model_id not in self._visited:
-            track.labels.clock.watermark(model_id, self._last_tick)
-            wm = track.predictions.clock.watermark(model_id, self._last_tick)
-            if wm is not None:
-                track.index.expire(wm)
 
     def needs_recovery(self, model_id: str, model_version: str) -> bool:
         """Whether the caller must still say how far this version's prediction windows were written."""
@@ -457,7 +420,6 @@ class Monitor:
         """A batch from ``source`` (or of labels) was just processed: the source is not idle (see EventClock.touch)."""
         track = self._tracks.get(model_id)
         if track is not None:
-            self._changing(track)
             if labels:
                 track.labels.clock.touch(model_id, LABELS, now_ms)
             else:
@@ -510,51 +472,24 @@ class Monitor:
         >>> monitor.release_idle(now_ms=60_000, idle_ms=30_000), monitor.needs_recovery("m", "1")
         ([('m', '1')], True)
         """
-        candidates, self._silent_waiting = self._silent_waiting, set()
-        silent = self._silent
-        while silent and silent[0][0] <= now_ms - idle_ms:
-            seen, model_id, version = heapq.heappop(silent)
-            track = self._tracks.get(model_id)
-            current = None if track is None else track.last_seen.get(version)
-            if current is None:
-                continue  # released, or forgotten by reset
-            if current != seen:
-                heapq.heappush(silent, (current, model_id, version))
-            else:
-                candidates.add((model_id, version))
         released: list[tuple[str, str]] = []
-        busy: dict[str, set[str]] = {}
-        for model_id, version in sorted(candidates):
-            track = self._tracks[model_id]
-            last = track.last_seen.get(version)
-            if last is None:
-                continue
-            if now_ms - last < idle_ms:  # seen again since (or a longer idle_ms this call)
-                heapq.heappush(silent, (last, model_id, version))
-                continue
-            if model_id not in busy:
-                busy[model_id] = {k[1] for k in track.predictions.windows.keys()}  # noqa: SIM118 - a WindowStore
-            if version in busy[model_id] or track.late.get(version):
-                self._silent_waiting.add((model_id, version))
-                continue
-            del track.last_seen[version]
-            track.released[version] = track.predictions.recovered.pop(version, None)
-            track.trends.pop(version, None)
-            if track.detectors is not None:
-                track.detectors.forget(f"{version}:score")
-            released.append((model_id, version))
+        for model_id, track in sorted(self._tracks.items()):
+            busy = {k[1] for k in track.predictions.windows.keys()}  # noqa: SIM118 - a WindowStore, not a dict
+            for version, seen in sorted(track.last_seen.items()):
+                if now_ms - seen < idle_ms or version in busy or track.late.get(version):
+                    continue
+                del track.last_seen[version]
+                track.released[version] = track.predictions.recovered.pop(version, None)
+                track.trends.pop(version, None)
+                if track.detectors is not None:
+                    track.detectors.forget(f"{version}:score")
+                released.append((model_id, version))
         return released
 
     def reset(self) -> None:
         """Forget everything (after a rebalance, Kafka delivers the unwritten messages again)."""
         self._tracks.clear()
         self._index_budget = IndexBudget(self.index_max_entries)
-        self._changed.clear()
-        self._wakes.clear()
-        self._wake_at.clear()
-        self._visited.clear()
-        self._silent.clear()
-        self._silent_waiting.clear()
 
     def pending_labels(self) -> int:
         return sum(t.index.n_pending for t in self._tracks.values())
@@ -645,9 +580,6 @@ class Monitor:
         ends = np.full(n, NOT_IN_WINDOW, dtype=np.int64)
         if n == 0:
             return Ingested(ends)
-        before = track.last_seen.get(batch.model_version)
-        if before is None or now_ms < before:  # else its entry in _silent is refreshed when it comes up
-            heapq.heappush(self._silent, (now_ms, batch.model_id, batch.model_version))
         track.last_seen[batch.model_version] = now_ms
         row_ends = w.starts(times) + w.size_ms
         through = track.predictions.windows.closed_through(batch.model_id, batch.model_version)
@@ -882,14 +814,10 @@ class Monitor:
     # -- closing ---------------------------------------------------------------------
 
     def close_due(self, now_ms: int) -> list[WindowOutcome | PerformanceOutcome]:
-        """Close every window whose end the watermark has passed, oldest first per model.
-
-        Only the models that changed since their last visit, or whose wake-up time
-        has come, are visited: an idle tick costs nothing per model.
-        """
+        """Close every window whose end the watermark has passed, oldest first per model."""
         out: list[WindowOutcome | PerformanceOutcome] = []
         self._pending.flush()
-        for model_id in self._due(now_ms):
+        for model_id in sorted(self._tracks):
             track = self._tracks[model_id]
             size = track.settings.windowing.size_ms
             for key, window in track.predictions.close(model_id, now_ms, size):
@@ -899,50 +827,7 @@ class Monitor:
             wm = track.predictions.clock.watermark(model_id, now_ms)
             if wm is not None:
                 track.index.expire(wm)
-            self._schedule(track, now_ms)
         return out
-
-    def _due(self, now_ms: int) -> list[str]:
-        """The models close_due visits at ``now_ms``, in order: changed, or their wake-up time come."""
-        if self._last_tick is not None and now_ms < self._last_tick:
-            # the wall clock went back: the wake-up times assumed it would not, so visit everyone,
-            # each first brought up to the last tick (its watermark never goes back from there)
-            for track in self._tracks.values():
-                self._changing(track)
-            due = set(self._tracks)
-        else:
-            due = self._changed & self._tracks.keys()
-            wakes, wake_at = self._wakes, self._wake_at
-            while wakes and wakes[0][0] <= now_ms:
-                at, model_id = heapq.heappop(wakes)
-                if wake_at.get(model_id) == at:
-                    del wake_at[model_id]
-                    due.add(model_id)
-        self._changed.clear()
-        self._last_tick = now_ms
-        self._visited = due
-        if len(self._wakes) > 4 * len(self._wake_at) + 1024:
-            # stale entries of models woken or rescheduled since: drop them at once
-            self._wakes = [(at, m) for m, at in self._wake_at.items()]
-            heapq.heapify(self._wakes)
-        return sorted(due)
-
-    def _schedule(self, track: _Track, now_ms: int) -> None:
-        """When the model must be visited next if nothing changes: the earliest time its watermarks
-        may close a window or expire a prediction or waiting label (none: only a change wakes it)."""
-        model_id, size = track.model_id, track.settings.windowing.size_ms
-        targets = (
-            (track.predictions.clock, track.predictions.windows.first_end(size)),
-            (track.labels.clock, track.labels.windows.first_end(size)),
-            (track.predictions.clock, track.index.expires_at()),
-        )
-        times = [clock.reaches_at(model_id, now_ms, target) for clock, target in targets if target is not None]
-        at = min((t for t in times if t is not None), default=None)
-        if at is None:
-            self._wake_at.pop(model_id, None)
-        elif self._wake_at.get(model_id) != at:
-            self._wake_at[model_id] = at
-            heapq.heappush(self._wakes, (at, model_id))
 
     def _window_outcome(self, track: _Track, key: WindowKey, window: _Window) -> WindowOutcome:
         model_id, version, start = key

@@ -239,34 +239,6 @@ class EventClock:
             return min(t for t, _ in active)
         return max(t + silent for t, silent in idle)
 
-    def reaches_at(self, model_id: str, now_ms: int, target: int) -> int | None:
-        """The earliest wall-clock time after ``now_ms`` at which the watermark may reach ``target``
-        if no event comes (None: it never will without one); never later than the true time.
-
-        Without events the watermark moves only when a source turns idle, then with the wall
-        clock once every source is idle, so a caller may leave a model alone until then.
-
-        >>> clock = EventClock(lateness_ms=1_000, idle_ms=5_000)
-        >>> clock.observe("credit", source=0, max_event_time=10_000, now_ms=0)
-        >>> clock.reaches_at("credit", now_ms=0, target=20_000)  # the source turns idle first
-        5001
-        >>> t = clock.reaches_at("credit", now_ms=5_001, target=20_000)
-        >>> t, clock.watermark("credit", t - 1) < 20_000 <= clock.watermark("credit", t)
-        (16000, True)
-        >>> EventClock(idle_ms=None).reaches_at("credit", now_ms=0, target=1) is None
-        True
-        """
-        sources = self._sources.get(model_id)
-        if not sources or self.idle_ms is None:
-            return None  # the floor and the last watermark do not move with the wall clock
-        now_ms, idle_ms = int(now_ms), self.idle_ms
-        turns_idle = [s.last_seen_ms + idle_ms + 1 for s in sources.values() if now_ms - s.last_seen_ms <= idle_ms]
-        if turns_idle:
-            return min(turns_idle)
-        # every source idle: the watermark is now + lead - lateness (clamped), rising with the wall clock
-        lead = max(s.max_event_time - s.last_seen_ms - idle_ms for s in sources.values())
-        return max(now_ms + 1, int(target) + self.lateness_ms - lead)
-
     def models(self) -> list[str]:
         return sorted(set(self._sources) | set(self._floor))
 
@@ -342,18 +314,6 @@ class WindowStore(Generic[S]):
             closed.append((key, self._open.pop(key)))
             self.mark_closed(key[0], key[1], clamp_int64(key[2] + size_ms))
         return closed
-
-    def first_end(self, size_ms: int) -> int | None:
-        """The end of the oldest open window (None: none open): the watermark that closes something next.
-
-        >>> store = WindowStore(lambda key: 0)
-        >>> _ = store.get(("m", "1", 60_000)), store.get(("m", "2", 0))
-        >>> store.first_end(60_000), WindowStore().first_end(60_000)
-        (60000, None)
-        """
-        if not self._open:
-            return None
-        return clamp_int64(min(k[2] for k in self._open) + size_ms)
 
     def models(self) -> list[str]:
         return sorted({k[0] for k in self._open})
