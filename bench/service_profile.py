@@ -242,14 +242,23 @@ def run_once(
         server_cpu = scale.cpu_seconds(server_pid) - server_started if server_pid else 0.0
         if profiler is not None:
             profiler.disable()
-        windows = int(
-            service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total", {"kind": "drift"}) or 0
-        )
+        windows = _drift_windows_closed(service)
     finally:
-        service.outbox.close()
-        service.sinks.producer.flush(30)
-        service.sinks.warehouse.close()
+        _close(service)
     return seconds, cpu, server_cpu, windows
+
+
+def _drift_windows_closed(service: Any) -> int:
+    """The drift windows the service closed, from its own metrics."""
+    closed = service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total", {"kind": "drift"})
+    return int(closed or 0)
+
+
+def _close(service: Any) -> None:
+    """Stop the service's writer threads and its clients, as the worker does at exit."""
+    service.outbox.close()
+    service.sinks.producer.flush(30)
+    service.sinks.warehouse.close()
 
 
 def shell_polls(traffic: Any, take: int) -> list[tuple[str, list[Any]]]:
@@ -330,13 +339,9 @@ def models_shell_once(
             profiler.disable()
         cpu = time.process_time() - cpu_started
         server_cpu = scale.cpu_seconds(server_pid) - server_started if server_pid else 0.0
-        windows = int(
-            service.metrics.registry.get_sample_value("driftline_worker_windows_closed_total", {"kind": "drift"}) or 0
-        )
+        windows = _drift_windows_closed(service)
     finally:
-        service.outbox.close()
-        service.sinks.producer.flush(30)
-        service.sinks.warehouse.close()
+        _close(service)
     return {
         "cpu": cpu,
         "first_cpu": first_cpu,

@@ -549,8 +549,8 @@ class WorkerService:
         return the tokens that may be acknowledged.
 
         ``reading`` is False while the consumer is paused (the warehouse is down, the service is
-        stuck): a model is idle when its stream is quiet, not when nothing is read, so a pause never
-        lets the wall clock close a window whose events wait unread in Kafka.
+        stuck) or cannot reach the broker: a model is idle when its stream is quiet, not when nothing
+        is read, so neither lets the wall clock close a window whose events wait unread in Kafka.
         """
         now = self.now_ms()
         if not reading:

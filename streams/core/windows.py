@@ -193,8 +193,8 @@ class EventClock:
             s.last_seen_ms = max(s.last_seen_ms, int(now_ms))
 
     def hold(self, now_ms: int) -> None:
-        """Nothing was read up to ``now_ms`` because the reader was held back (paused, or behind on a
-        backlog): no source may look idle for that, so every source counts as seen at ``now_ms``.
+        """Nothing was read up to ``now_ms`` because the reader was held back (paused, or the broker
+        unreachable): no source may look idle for that, so every source counts as seen at ``now_ms``.
 
         >>> clock = EventClock(lateness_ms=0, idle_ms=5_000)
         >>> clock.observe("credit", source=0, max_event_time=10_000, now_ms=0)
